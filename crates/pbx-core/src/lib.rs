@@ -1,0 +1,32 @@
+//! # pbx-core: the sans-IO heart of pbx-edge
+//!
+//! Bytes and timestamps come in; call events, PCM and recording metadata come out.
+//! Nothing in this crate opens a socket or a file, spawns a task or reads the clock:
+//! the shell (the `pbx-edge` binary) owns all of that and passes time in with every
+//! input. That keeps a two-hour call with a missing BYE a test that runs in
+//! milliseconds.
+//!
+//! The modules follow the data flow:
+//!
+//! ```text
+//! capture ─► net ─► sip / rtp ─► call (engine) ─► audio (codecs, timeline, wav)
+//! ```
+//!
+//! - [`capture`]: pcap / pcapng bytes → link-layer frames with timestamps.
+//! - [`net`]: frames → UDP datagrams and in-order TCP stream bytes (VLAN, SLL,
+//!   IPv4/IPv6, IPv4 defragmentation, TCP reassembly).
+//! - [`sip`]: SIP messages (via `rsip`), TCP framing, SDP.
+//! - [`rtp`]: RTP/RTCP header parsing, RFC 4733 telephone events.
+//! - [`audio`]: decoders (G.711, G.722, Opus, L16), resampling, the two-channel
+//!   timeline, the WAV writer.
+//! - [`call`]: the `CallEngine` that ties it all together.
+
+pub mod audio;
+pub mod call;
+pub mod capture;
+pub mod net;
+pub mod rtp;
+pub mod sip;
+pub mod time;
+
+pub use time::Timestamp;

@@ -1,0 +1,130 @@
+//! Time as the core sees it: a wall-clock instant handed in by the shell.
+//!
+//! The core never reads a clock. Captures carry their own timestamps; the live
+//! shell stamps each packet on arrival. [`Timestamp`] is microseconds since the
+//! Unix epoch (UTC), which is what pcap and pcapng store and what the recording
+//! JSON needs (`started_at`, ...).
+
+use std::fmt;
+use std::ops::{Add, Sub};
+
+/// Microseconds since 1970-01-01T00:00:00Z.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const ZERO: Timestamp = Timestamp(0);
+
+    pub const fn from_micros(us: i64) -> Self {
+        Timestamp(us)
+    }
+
+    pub const fn from_secs(s: i64) -> Self {
+        Timestamp(s.saturating_mul(1_000_000))
+    }
+
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    pub const fn as_millis(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    /// Signed difference `self - earlier` in microseconds.
+    pub const fn micros_since(self, earlier: Timestamp) -> i64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    pub const fn add_micros(self, us: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(us))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-25T03:16:16.123Z`.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60,
+            micros / 1000
+        )
+    }
+
+    /// Compact UTC form for identifiers: `20261125T031616Z`.
+    pub fn to_compact(self) -> String {
+        let secs = self.0.div_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        )
+    }
+}
+
+impl Add<std::time::Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: std::time::Duration) -> Timestamp {
+        self.add_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
+impl Sub for Timestamp {
+    type Output = i64;
+    /// Difference in microseconds.
+    fn sub(self, rhs: Timestamp) -> i64 {
+        self.micros_since(rhs)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_epoch_and_known_dates() {
+        assert_eq!(Timestamp::ZERO.to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        // 2026-11-25T03:16:16.5Z
+        let t = Timestamp::from_micros(1_795_576_576_500_000);
+        assert_eq!(t.to_rfc3339(), "2026-11-25T03:16:16.500Z");
+        assert_eq!(t.to_compact(), "20261125T031616Z");
+        // leap day
+        let t = Timestamp::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(t.to_rfc3339(), "2000-02-29T00:00:00.000Z");
+        // before the epoch
+        assert_eq!(
+            Timestamp::from_micros(-1).to_rfc3339(),
+            "1969-12-31T23:59:59.999Z"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("pbx-edge {}", env!("CARGO_PKG_VERSION"));
+}
