@@ -1,0 +1,315 @@
+//! Leg clock: where on the call's timeline each RTP packet of one leg belongs.
+//!
+//! In: for every packet of the leg, its arrival position (arrival time since the
+//! call's time zero, in output samples), SSRC, RTP timestamp and RTP clock rate.
+//! Out: the timeline position (output samples) of the packet's first sample.
+//!
+//! RTP timestamps say how long the audio is; arrival times say when it happened.
+//! The clock anchors an SSRC's timestamps on the arrival of its first packet and
+//! then follows the timestamps, so network jitter does not move audio around and
+//! silence suppression (timestamp jumps) lands where it should. It re-anchors on
+//! arrival time when the two really disagree:
+//!
+//! - a new SSRC or a new RTP clock rate (transfer, media server, re-INVITE);
+//! - a packet newer than any before whose timestamp places it more than
+//!   `late_limit` behind its arrival (the sender paused, e.g. hold, without
+//!   advancing its timestamps);
+//! - a packet placed more than `ahead_limit` ahead of its arrival (a timestamp
+//!   jump larger than the real pause);
+//! - slow drift: over every `window`, the smallest deviation between arrival and
+//!   timestamp position (the least-delayed packet tells the true offset; jitter
+//!   only ever adds delay) is computed, and if it exceeds `tolerance` in either
+//!   direction the anchor moves by it. A sender clock a few hundred ppm off, or a
+//!   first packet that itself was delayed, is corrected this way while jitter
+//!   bursts of tens of milliseconds never trigger a re-anchor.
+
+/// Tuning of a [`LegClock`], in output samples and microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockParams {
+    /// Output sample rate (8000 or 16000).
+    pub rate: u32,
+    /// New packets later than this (samples) behind their arrival re-anchor.
+    pub late_limit: i64,
+    /// Packets more than this (samples) ahead of their arrival re-anchor.
+    pub ahead_limit: i64,
+    /// Drift larger than this (samples) is corrected at the end of a window.
+    pub tolerance: i64,
+    /// Length of a drift window, in samples of arrival time.
+    pub window: i64,
+}
+
+impl ClockParams {
+    /// Defaults for a jitter window of `hold_back_ms`.
+    pub fn new(rate: u32, hold_back_ms: u32) -> Self {
+        let ms = |m: i64| m * i64::from(rate) / 1000;
+        ClockParams {
+            rate,
+            late_limit: ms(i64::from(hold_back_ms)),
+            ahead_limit: ms(500),
+            tolerance: ms(30),
+            window: ms(5000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    ssrc: u32,
+    clock_rate: u32,
+    /// Extended timestamp of the anchor point.
+    ext_ts: i64,
+    /// Timeline position of the anchor point.
+    pos: i64,
+    last_ts: u32,
+    last_ext: i64,
+    highest_ext: i64,
+}
+
+/// Why a packet was (re-)anchored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reanchor {
+    /// First packet, new SSRC or new clock rate.
+    NewStream,
+    /// Timestamps fell behind arrival (pause without timestamp jump).
+    Late,
+    /// Timestamps ran ahead of arrival.
+    Ahead,
+    /// Slow drift corrected by the window rule (by this many samples).
+    Drift(i64),
+}
+
+/// Where a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Timeline position (output samples) of the packet's first sample.
+    pub pos: i64,
+    /// Whether this packet moved the anchor.
+    pub reanchor: Option<Reanchor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LegClock {
+    p: ClockParams,
+    anchor: Option<Anchor>,
+    win_start: i64,
+    win_min: i64,
+    reanchors: u32,
+}
+
+impl LegClock {
+    pub fn new(p: ClockParams) -> Self {
+        LegClock {
+            p,
+            anchor: None,
+            win_start: 0,
+            win_min: i64::MAX,
+            reanchors: 0,
+        }
+    }
+
+    /// How many times the clock re-anchored after the first packet.
+    pub fn reanchors(&self) -> u32 {
+        self.reanchors
+    }
+
+    fn ts_to_samples(&self, dts: i64, clock_rate: u32) -> i64 {
+        (i128::from(dts) * i128::from(self.p.rate) / i128::from(clock_rate.max(1))) as i64
+    }
+
+    fn start(&mut self, arrival_pos: i64, ssrc: u32, ts: u32, clock_rate: u32) {
+        let ext = i64::from(ts);
+        self.anchor = Some(Anchor {
+            ssrc,
+            clock_rate,
+            ext_ts: ext,
+            pos: arrival_pos,
+            last_ts: ts,
+            last_ext: ext,
+            highest_ext: ext,
+        });
+        self.win_start = arrival_pos;
+        self.win_min = i64::MAX;
+    }
+
+    /// Place one packet. `arrival_pos` is its arrival time on the timeline.
+    pub fn place(&mut self, arrival_pos: i64, ssrc: u32, ts: u32, clock_rate: u32) -> Placement {
+        let Some(a) = self.anchor.as_mut() else {
+            self.start(arrival_pos, ssrc, ts, clock_rate);
+            return Placement {
+                pos: arrival_pos,
+                reanchor: Some(Reanchor::NewStream),
+            };
+        };
+        if a.ssrc != ssrc || a.clock_rate != clock_rate {
+            self.reanchors += 1;
+            self.start(arrival_pos, ssrc, ts, clock_rate);
+            return Placement {
+                pos: arrival_pos,
+                reanchor: Some(Reanchor::NewStream),
+            };
+        }
+        // Extend the 32-bit timestamp relative to the last one seen.
+        let delta = i64::from(ts.wrapping_sub(a.last_ts) as i32);
+        let ext = a.last_ext + delta;
+        a.last_ts = ts;
+        a.last_ext = ext;
+        let is_new = ext > a.highest_ext;
+        if is_new {
+            a.highest_ext = ext;
+        }
+        let (a_pos, a_ext) = (a.pos, a.ext_ts);
+        let ts_pos = a_pos + self.ts_to_samples(ext - a_ext, clock_rate);
+        let dev = arrival_pos - ts_pos;
+        if (is_new && dev > self.p.late_limit) || dev < -self.p.ahead_limit {
+            self.reanchors += 1;
+            self.start(arrival_pos, ssrc, ts, clock_rate);
+            return Placement {
+                pos: arrival_pos,
+                reanchor: Some(if dev > 0 {
+                    Reanchor::Late
+                } else {
+                    Reanchor::Ahead
+                }),
+            };
+        }
+        self.win_min = self.win_min.min(dev);
+        let mut reanchor = None;
+        if arrival_pos - self.win_start >= self.p.window {
+            let shift = self.win_min;
+            if shift.abs() > self.p.tolerance {
+                if let Some(a) = self.anchor.as_mut() {
+                    a.pos += shift;
+                }
+                self.reanchors += 1;
+                reanchor = Some(Reanchor::Drift(shift));
+            }
+            self.win_start = arrival_pos;
+            self.win_min = i64::MAX;
+        }
+        Placement {
+            pos: ts_pos,
+            reanchor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params() -> ClockParams {
+        ClockParams::new(8000, 500)
+    }
+
+    #[test]
+    fn follows_timestamps_through_jitter() {
+        let mut c = LegClock::new(params());
+        let mut ts = 1000u32;
+        for n in 0..1000i64 {
+            let jitter = (n * 37 % 11) * 40; // 0..400 samples = up to 50 ms
+            let p = c.place(n * 160 + jitter, 7, ts, 8000);
+            assert_eq!(p.pos, n * 160, "packet {n}");
+            ts = ts.wrapping_add(160);
+        }
+        assert_eq!(c.reanchors(), 0);
+    }
+
+    #[test]
+    fn timestamp_wrap_is_continuous() {
+        let mut c = LegClock::new(params());
+        let mut ts = u32::MAX - 800;
+        for n in 0..20i64 {
+            assert_eq!(c.place(n * 160, 1, ts, 8000).pos, n * 160);
+            ts = ts.wrapping_add(160);
+        }
+    }
+
+    #[test]
+    fn silence_suppression_jump_lands_in_place() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 0, 8000);
+        // 3 s of silence, timestamps jump accordingly
+        let p = c.place(24_000, 1, 24_000, 8000);
+        assert_eq!(p.pos, 24_000);
+        assert_eq!(p.reanchor, None);
+    }
+
+    #[test]
+    fn pause_without_timestamp_jump_reanchors_on_arrival() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 0, 8000);
+        c.place(160, 1, 160, 8000);
+        // hold for 10 s, timestamps continue as if nothing happened
+        let p = c.place(80_160, 1, 320, 8000);
+        assert_eq!(p.pos, 80_160);
+        assert_eq!(p.reanchor, Some(Reanchor::Late));
+        assert_eq!(c.place(80_320, 1, 480, 8000).pos, 80_320);
+    }
+
+    #[test]
+    fn reordered_old_packet_does_not_reanchor() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 0, 8000);
+        c.place(160, 1, 160, 8000);
+        c.place(320, 1, 320, 8000);
+        // a packet from long ago arrives very late: stays at its timestamp position
+        let p = c.place(20_000, 1, 160, 8000);
+        assert_eq!(p.pos, 160);
+        assert_eq!(p.reanchor, None);
+    }
+
+    #[test]
+    fn ssrc_change_reanchors() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 0, 8000);
+        let p = c.place(1600, 2, 999_999, 8000);
+        assert_eq!(p.pos, 1600);
+        assert_eq!(p.reanchor, Some(Reanchor::NewStream));
+        assert_eq!(c.place(1760, 2, 1_000_159, 8000).pos, 1760);
+    }
+
+    #[test]
+    fn forward_timestamp_jump_beyond_real_time_reanchors() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 0, 8000);
+        let p = c.place(160, 1, 160 + 80_000, 8000);
+        assert_eq!(p.reanchor, Some(Reanchor::Ahead));
+        assert_eq!(p.pos, 160);
+    }
+
+    #[test]
+    fn wideband_clock_mapping() {
+        // Opus: 48 kHz RTP clock, 16 kHz output
+        let mut c = LegClock::new(ClockParams::new(16000, 500));
+        c.place(0, 1, 0, 48000);
+        assert_eq!(c.place(320, 1, 960, 48000).pos, 320);
+    }
+
+    proptest! {
+        /// A sender whose clock is off by up to ±500 ppm, over an hour, with
+        /// jitter up to 60 ms: every packet stays within tolerance + one drift
+        /// step of where its arrival says it belongs, and jitter alone never
+        /// causes more re-anchors than drift needs.
+        #[test]
+        fn drift_stays_bounded(ppm in -500i64..500, seed in any::<u64>()) {
+            let p = params();
+            let mut c = LegClock::new(p);
+            let mut rng = seed;
+            let mut worst = 0i64;
+            let packets = 180_000i64; // one hour of 20 ms packets
+            for n in 0..packets {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let jitter = ((rng >> 33) % 480) as i64; // 0..60 ms
+                let true_pos = n * 160 * (1_000_000 + ppm) / 1_000_000;
+                let ts = (n as u32).wrapping_mul(160);
+                let pl = c.place(true_pos + jitter, 3, ts, 8000);
+                if n > 250 { worst = worst.max((pl.pos - true_pos).abs()); }
+            }
+            // tolerance 30 ms + one window's drift (5 s * 500 ppm = 2.5 ms) + jitter slack
+            prop_assert!(worst <= p.tolerance + 40 + 480, "worst {worst}");
+            let needed = (packets * 160 * ppm.abs() / 1_000_000) / p.tolerance + 2;
+            prop_assert!(i64::from(c.reanchors()) <= needed, "reanchors {} needed {}", c.reanchors(), needed);
+        }
+    }
+}
