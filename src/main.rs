@@ -1,3 +1,47 @@
-fn main() {
-    println!("pbx-edge {}", env!("CARGO_PKG_VERSION"));
+//! `pbx-edge`: the shell around `pbx-core`. Command-line parsing lives in
+//! [`cli`]; each command is a module of its own.
+
+mod cli;
+mod import;
+mod recording;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.verbose);
+    let res = match cli.command {
+        cli::Command::Import(args) => import::run(&args),
+        other => {
+            eprintln!(
+                "pbx-edge: `{}` is not available in this build yet",
+                other.name()
+            );
+            Ok(ExitCode::from(2))
+        }
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pbx-edge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("PBX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

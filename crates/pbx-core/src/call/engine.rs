@@ -1,0 +1,1132 @@
+//! The call engine: captured frames (or UDP datagrams) and time in, recordings out.
+//!
+//! In: link-layer frames with their arrival time ([`CallEngine::handle_frame`]),
+//! or already-decoded transport segments ([`CallEngine::handle_segment`]), and
+//! the passage of time ([`CallEngine::handle_timeout`]). Out: calls on a
+//! [`RecordingSink`]: `begin`, interleaved stereo PCM in order, `end` with the
+//! call's [`CallMeta`].
+//!
+//! How a call is followed:
+//! - **SIP** (UDP or TCP) is grouped by Call-ID. The sender of the initial
+//!   INVITE (no To-tag) is the caller; every later request or response is put on
+//!   the caller's or the callee's side by its From-tag. Each SDP body (offer or
+//!   answer, in INVITE, 18x, 2xx, ACK, UPDATE, PRACK) says where *its sender*
+//!   receives media and with which payload-type map; those addresses are
+//!   registered for the call. Retransmissions are recognised and counted once.
+//! - **RTP** is matched to a call by its destination (a registered receive
+//!   address: the packet is what the *other* party said) or, failing that, by
+//!   its source (symmetric RTP: parties send from where they receive, which
+//!   also finds streams whose announced address a NAT rewrote). RTCP is ignored.
+//! - Each leg keeps one active flow (source, destination, SSRC): a second copy
+//!   of the same audio (a media relay seen on both sides) is ignored while the
+//!   active flow is alive; a new SSRC (transfer, media server) takes over when
+//!   the old one has gone quiet.
+//! - Time zero is the first RTP packet of the call; each leg's
+//!   [`LegClock`] maps RTP timestamps onto that timeline and the
+//!   [`TwoChannelMixer`] assembles the channels, holding back `jitter` of audio
+//!   so reordered packets still find their place. PCM is handed to the sink as
+//!   soon as it is older than that window: memory does not grow with call length.
+//! - A call ends on BYE (after lingering one jitter window for stragglers),
+//!   CANCEL, a failure answer, `rtp_timeout` of media silence, or [`CallEngine::finish`].
+//!
+//! Malformed packets are counted in [`EngineStats`] and dropped; nothing here
+//! panics on input.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::audio::codec::{new_decoder, Codec, Decoder};
+use crate::call::clock::{ClockParams, LegClock};
+use crate::call::meta::{
+    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PartyInfo,
+    RecordingSink, RecordingStart,
+};
+use crate::call::mixer::TwoChannelMixer;
+use crate::capture::LinkType;
+use crate::net::{NetDecoder, NetLimits, Segment, Transport};
+use crate::rtp::{event_to_digit, is_rtcp, parse_rtp, parse_telephone_event};
+use crate::sip::message::{looks_like_sip, parse_message, Method, NameAddr, SipMessage, StartLine};
+use crate::sip::sdp::{parse_sdp, Direction, SessionDescription};
+use crate::sip::stream::SipStreamFramer;
+use crate::Timestamp;
+
+/// Output sample-rate policy (`recording.sample_rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleRatePolicy {
+    /// 8000 for narrowband calls, 16000 if a leg is wideband when media starts.
+    Auto,
+    Fixed(u32),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub sample_rate: SampleRatePolicy,
+    /// Jitter / reorder window: audio is held this long before it is written.
+    pub jitter_ms: u32,
+    /// A call whose media stopped this long ends.
+    pub rtp_timeout_us: i64,
+    /// A call that never carried media is forgotten after this long without SIP.
+    pub setup_timeout_us: i64,
+    /// Most calls tracked at once (SIP-only dialogs included); beyond, the oldest
+    /// call without media is forgotten.
+    pub max_calls: usize,
+    pub net: NetLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            sample_rate: SampleRatePolicy::Auto,
+            jitter_ms: 500,
+            rtp_timeout_us: 30_000_000,
+            setup_timeout_us: 300_000_000,
+            max_calls: 100_000,
+            net: NetLimits::default(),
+        }
+    }
+}
+
+/// Counters of what the engine saw and what it could not use.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    pub frames: u64,
+    pub frames_undecodable: u64,
+    pub sip_messages: u64,
+    pub sip_malformed: u64,
+    pub sip_retransmissions: u64,
+    pub sdp_malformed: u64,
+    pub rtp_packets: u64,
+    pub rtp_malformed: u64,
+    pub rtp_unmatched: u64,
+    pub rtp_duplicate_flow: u64,
+    pub rtcp_packets: u64,
+    pub udp_other: u64,
+    pub tcp_other: u64,
+    pub calls_seen: u64,
+    pub calls_recorded: u64,
+    pub calls_without_media: u64,
+    pub calls_evicted: u64,
+}
+
+const TCP_FRAMERS_MAX: usize = 4096;
+const DTMF_MAX: usize = 4096;
+const WARNINGS_MAX: usize = 32;
+const FLOW_QUIET_US: i64 = 300_000;
+const HOUSEKEEPING_US: i64 = 1_000_000;
+
+/// Receive addresses and payload-type map announced by one side.
+#[derive(Debug, Default, Clone)]
+struct SideMedia {
+    endpoints: Vec<SocketAddr>,
+    pt_map: HashMap<u8, Codec>,
+    direction: Option<Direction>,
+    /// First audio codec of the latest SDP of this side.
+    preferred: Option<Codec>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SeqStats {
+    base: u64,
+    max: u64,
+    last: u16,
+    started: bool,
+    received: u64,
+    duplicates: u64,
+    window: [u64; 8], // bitmap of the 512 sequence numbers below `max`
+}
+
+impl SeqStats {
+    /// Returns false for a duplicate.
+    fn update(&mut self, seq: u16) -> bool {
+        if !self.started {
+            self.started = true;
+            self.base = 1 << 32 | u64::from(seq);
+            self.max = self.base;
+            self.last = seq;
+            self.received = 1;
+            self.window = [0; 8];
+            self.window[0] = 1;
+            return true;
+        }
+        let delta = i64::from(seq.wrapping_sub(self.last) as i16);
+        self.last = seq;
+        let ext = (self.max as i64 + i64::from(seq.wrapping_sub(self.max as u16) as i16)) as u64;
+        let _ = delta;
+        if ext > self.max {
+            let shift = ext - self.max;
+            self.shift_window(shift);
+            self.max = ext;
+            self.set_bit(0);
+            self.received += 1;
+            true
+        } else {
+            let back = self.max - ext;
+            if back >= 512 {
+                // Too old to tell; count it as received (a very late packet).
+                self.received += 1;
+                if ext < self.base {
+                    self.base = ext;
+                }
+                return true;
+            }
+            if self.bit(back) {
+                self.duplicates += 1;
+                false
+            } else {
+                self.set_bit(back);
+                self.received += 1;
+                if ext < self.base {
+                    self.base = ext;
+                }
+                true
+            }
+        }
+    }
+    fn bit(&self, back: u64) -> bool {
+        self.window[(back / 64) as usize] >> (back % 64) & 1 == 1
+    }
+    fn set_bit(&mut self, back: u64) {
+        self.window[(back / 64) as usize] |= 1 << (back % 64);
+    }
+    fn shift_window(&mut self, n: u64) {
+        if n >= 512 {
+            self.window = [0; 8];
+            return;
+        }
+        let words = (n / 64) as usize;
+        let bits = n % 64;
+        let old = self.window;
+        for i in 0..8 {
+            let mut v = 0u64;
+            if i >= words {
+                v = old[i - words] << bits;
+                if bits > 0 && i > words {
+                    v |= old[i - words - 1] >> (64 - bits);
+                }
+            }
+            self.window[i] = v;
+        }
+    }
+    fn lost(&self) -> u64 {
+        if !self.started {
+            return 0;
+        }
+        (self.max - self.base + 1).saturating_sub(self.received)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    src: SocketAddr,
+    dst: SocketAddr,
+    ssrc: u32,
+}
+
+struct ActiveDecoder {
+    pt: u8,
+    codec: Codec,
+    decoder: Option<Box<dyn Decoder>>,
+}
+
+struct DtmfState {
+    ssrc: u32,
+    ts: u32,
+    index: usize,
+}
+
+struct Leg {
+    party: Party,
+    clock: LegClock,
+    decoder: Option<ActiveDecoder>,
+    flow: Option<(Flow, Timestamp)>,
+    seq: HashMap<u32, SeqStats>,
+    meta: ChannelMeta,
+    dtmf: Option<DtmfState>,
+    warned_codecs: Vec<u8>,
+}
+
+impl Leg {
+    fn new(party: Party, params: ClockParams) -> Self {
+        Leg {
+            party,
+            clock: LegClock::new(params),
+            decoder: None,
+            flow: None,
+            seq: HashMap::new(),
+            meta: ChannelMeta {
+                index: party.channel(),
+                party: match party {
+                    Party::Caller => "caller".into(),
+                    Party::Callee => "callee".into(),
+                },
+                ..ChannelMeta::default()
+            },
+            dtmf: None,
+            warned_codecs: Vec::new(),
+        }
+    }
+}
+
+struct Media {
+    t0: Timestamp,
+    rate: u32,
+    mixer: TwoChannelMixer,
+    legs: [Leg; 2],
+    frames_out: u64,
+}
+
+enum CallState {
+    Setup,
+    Answered,
+    /// BYE / CANCEL / failure seen at this time; finalised one jitter window later.
+    Ending(Timestamp, EndReason),
+}
+
+struct Call {
+    key: CallKey,
+    call_id: String,
+    caller_tag: Option<String>,
+    caller: NameAddr,
+    callee: NameAddr,
+    caller_known: bool,
+    initial_cseq: Option<u32>,
+    started_at: Timestamp,
+    answered_at: Option<Timestamp>,
+    last_sip: Timestamp,
+    last_rtp: Timestamp,
+    state: CallState,
+    sides: [SideMedia; 2],
+    media: Option<Media>,
+    seen_msgs: VecDeque<(u32, String, u16, String)>,
+    dtmf: Vec<Dtmf>,
+    warnings: Vec<String>,
+}
+
+impl Call {
+    fn side_of_sender(&self, msg: &SipMessage) -> Party {
+        // In requests From is the sender; in responses From is still the
+        // request's sender, so the responder is the other party.
+        let from_is_caller = match (&self.caller_tag, &msg.from.tag) {
+            (Some(c), Some(t)) => c == t,
+            _ => msg.from.uri == self.caller.uri,
+        };
+        let requester = if from_is_caller {
+            Party::Caller
+        } else {
+            Party::Callee
+        };
+        if msg.is_request() {
+            requester
+        } else {
+            requester.other()
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        if self.warnings.len() < WARNINGS_MAX && !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+}
+
+/// Everything but the network decoder (so the decoder's callback can borrow it).
+struct Tracker {
+    cfg: EngineConfig,
+    calls: HashMap<CallKey, Call>,
+    by_call_id: HashMap<String, CallKey>,
+    endpoints: HashMap<SocketAddr, (CallKey, Party)>,
+    framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
+    stats: EngineStats,
+    next_key: u64,
+    now: Timestamp,
+    last_housekeeping: Timestamp,
+    scratch: Vec<i16>,
+    out: Vec<i16>,
+}
+
+impl Tracker {
+    fn new(cfg: EngineConfig) -> Self {
+        Tracker {
+            cfg,
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            endpoints: HashMap::new(),
+            framers: HashMap::new(),
+            stats: EngineStats::default(),
+            next_key: 1,
+            now: Timestamp::ZERO,
+            last_housekeeping: Timestamp::ZERO,
+            scratch: Vec::with_capacity(4096),
+            out: Vec::with_capacity(16384),
+        }
+    }
+
+    fn handle_segment(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
+        self.advance(seg.ts, sink);
+        match seg.transport {
+            Transport::Udp => self.handle_udp(seg.ts, seg.src, seg.dst, seg.payload, sink),
+            Transport::Tcp => self.handle_tcp(seg, sink),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Timestamp, sink: &mut dyn RecordingSink) {
+        if now > self.now {
+            self.now = now;
+        }
+        self.housekeeping(sink);
+    }
+
+    fn finish(&mut self, reason: EndReason, sink: &mut dyn RecordingSink) {
+        let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
+        keys.sort();
+        for k in keys {
+            let r = match self.calls.get(&k).map(|c| &c.state) {
+                Some(CallState::Ending(_, r)) => *r,
+                _ => reason,
+            };
+            self.finalize(k, r, sink);
+        }
+        self.framers.clear();
+    }
+
+    fn advance(&mut self, ts: Timestamp, sink: &mut dyn RecordingSink) {
+        if ts > self.now {
+            self.now = ts;
+        }
+        if self.now.micros_since(self.last_housekeeping) >= HOUSEKEEPING_US {
+            self.housekeeping(sink);
+        }
+    }
+
+    fn housekeeping(&mut self, sink: &mut dyn RecordingSink) {
+        self.last_housekeeping = self.now;
+        let now = self.now;
+        let linger = i64::from(self.cfg.jitter_ms) * 1000;
+        let mut done: Vec<(CallKey, EndReason)> = Vec::new();
+        let mut forget: Vec<CallKey> = Vec::new();
+        for (k, c) in &self.calls {
+            match (&c.state, &c.media) {
+                (CallState::Ending(at, r), _) if now.micros_since(*at) >= linger => {
+                    done.push((*k, *r))
+                }
+                (_, Some(_)) if now.micros_since(c.last_rtp) >= self.cfg.rtp_timeout_us => {
+                    done.push((*k, EndReason::RtpTimeout))
+                }
+                (_, None) if now.micros_since(c.last_sip) >= self.cfg.setup_timeout_us => {
+                    forget.push(*k)
+                }
+                _ => {}
+            }
+        }
+        done.sort_by_key(|d| d.0);
+        for (k, r) in done {
+            self.finalize(k, r, sink);
+        }
+        for k in forget {
+            self.finalize(k, EndReason::RtpTimeout, sink);
+        }
+        // Flush every recording up to now - jitter.
+        let keys: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.media.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.flush_call(k, sink, false);
+        }
+        let idle = self.cfg.setup_timeout_us;
+        self.framers
+            .retain(|_, (_, last)| now.micros_since(*last) < idle);
+    }
+
+    fn handle_udp(
+        &mut self,
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        sink: &mut dyn RecordingSink,
+    ) {
+        if looks_like_sip(payload) {
+            match parse_message(payload) {
+                Ok(msg) => self.handle_sip(ts, src, dst, msg, sink),
+                Err(_) => self.stats.sip_malformed += 1,
+            }
+            return;
+        }
+        if is_rtcp(payload) {
+            self.stats.rtcp_packets += 1;
+            return;
+        }
+        if payload.len() >= 12 && payload[0] >> 6 == 2 {
+            self.handle_rtp(ts, src, dst, payload, sink);
+            return;
+        }
+        self.stats.udp_other += 1;
+    }
+
+    fn handle_tcp(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
+        let key = (seg.src, seg.dst);
+        if !self.framers.contains_key(&key) {
+            if !looks_like_sip(seg.payload) {
+                self.stats.tcp_other += 1;
+                return;
+            }
+            if self.framers.len() >= TCP_FRAMERS_MAX {
+                // Drop the least recently used stream.
+                if let Some(old) = self
+                    .framers
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| *k)
+                {
+                    self.framers.remove(&old);
+                }
+            }
+            self.framers
+                .insert(key, (SipStreamFramer::new(), seg.ts));
+        }
+        let mut msgs = Vec::new();
+        if let Some((framer, last)) = self.framers.get_mut(&key) {
+            *last = seg.ts;
+            if seg.tcp_gap {
+                framer.gap();
+            }
+            framer.push(seg.payload);
+            while let Some(m) = framer.next_message() {
+                msgs.push(m);
+            }
+        }
+        for m in msgs {
+            match m.map_err(|_| ()).and_then(|b| parse_message(&b).map_err(|_| ())) {
+                Ok(msg) => self.handle_sip(seg.ts, seg.src, seg.dst, msg, sink),
+                Err(()) => self.stats.sip_malformed += 1,
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- SIP
+
+    fn handle_sip(
+        &mut self,
+        ts: Timestamp,
+        _src: SocketAddr,
+        _dst: SocketAddr,
+        msg: SipMessage,
+        sink: &mut dyn RecordingSink,
+    ) {
+        self.stats.sip_messages += 1;
+        if msg.call_id.is_empty() {
+            self.stats.sip_malformed += 1;
+            return;
+        }
+        let is_invite = matches!(msg.method(), Some(Method::Invite));
+        let mut key = self.by_call_id.get(&msg.call_id).copied();
+
+        // A new initial INVITE for a Call-ID whose call has ended: a new call.
+        if let (Some(k), true) = (key, is_invite && msg.to.tag.is_none()) {
+            let replace = self.calls.get(&k).is_some_and(|c| {
+                matches!(c.state, CallState::Ending(..))
+                    && c.initial_cseq.is_some_and(|s| msg.cseq > s)
+            });
+            if replace {
+                self.finalize(k, EndReason::Replaced, sink);
+                key = None;
+            }
+        }
+
+        let key = match key {
+            Some(k) => k,
+            None => {
+                // Only an INVITE opens a call.
+                if !is_invite {
+                    return;
+                }
+                self.open_call(ts, &msg, sink)
+            }
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_sip = ts;
+
+        // Retransmission detection: same CSeq, method, status and branch.
+        let sig = (
+            msg.cseq,
+            format!("{:?}", msg.cseq_method),
+            msg.status().unwrap_or(0),
+            msg.via_branch.clone().unwrap_or_default(),
+        );
+        if call.seen_msgs.contains(&sig) {
+            self.stats.sip_retransmissions += 1;
+            return;
+        }
+        if call.seen_msgs.len() >= 64 {
+            call.seen_msgs.pop_front();
+        }
+        call.seen_msgs.push_back(sig);
+
+        let side = call.side_of_sender(&msg);
+        let sdp_body = sdp_of(&msg);
+        match &msg.start {
+            StartLine::Request { method, .. } => match method {
+                Method::Invite | Method::Ack | Method::Update | Method::Prack => {}
+                Method::Bye => {
+                    if !matches!(call.state, CallState::Ending(..)) {
+                        call.state = CallState::Ending(ts, EndReason::Bye);
+                    }
+                }
+                Method::Cancel => {
+                    if !matches!(call.state, CallState::Ending(..))
+                        && call.answered_at.is_none()
+                    {
+                        call.state = CallState::Ending(ts, EndReason::Cancel);
+                    }
+                }
+                _ => {}
+            },
+            StartLine::Response { code, .. } => {
+                let code = *code;
+                if msg.cseq_method == Method::Invite {
+                    if (200..300).contains(&code) {
+                        if call.answered_at.is_none() {
+                            call.answered_at = Some(ts);
+                        }
+                        if matches!(call.state, CallState::Setup) {
+                            call.state = CallState::Answered;
+                        }
+                        if call.callee.tag.is_none() {
+                            call.callee.tag = msg.to.tag.clone();
+                        }
+                    } else if code >= 300
+                        && call.answered_at.is_none()
+                        && call.initial_cseq == Some(msg.cseq)
+                        && !matches!(call.state, CallState::Ending(..))
+                    {
+                        let r = if code == 487 {
+                            EndReason::Cancel
+                        } else {
+                            EndReason::Rejected
+                        };
+                        call.state = CallState::Ending(ts, r);
+                    }
+                }
+            }
+        }
+        if let Some(body) = sdp_body {
+            match parse_sdp(&body) {
+                Ok(sdp) => self.apply_sdp(key, side, &sdp, msg.is_request()),
+                Err(_) => self.stats.sdp_malformed += 1,
+            }
+        }
+    }
+
+    fn open_call(&mut self, ts: Timestamp, msg: &SipMessage, sink: &mut dyn RecordingSink) -> CallKey {
+        if self.calls.len() >= self.cfg.max_calls {
+            // Forget the oldest call without media; if all have media, end the oldest.
+            let victim = self
+                .calls
+                .values()
+                .filter(|c| c.media.is_none())
+                .min_by_key(|c| c.last_sip)
+                .or_else(|| self.calls.values().min_by_key(|c| c.last_rtp))
+                .map(|c| c.key);
+            if let Some(v) = victim {
+                self.stats.calls_evicted += 1;
+                self.finalize(v, EndReason::RtpTimeout, sink);
+            }
+        }
+        let key = CallKey(self.next_key);
+        self.next_key += 1;
+        self.stats.calls_seen += 1;
+        let initial = msg.to.tag.is_none();
+        let call = Call {
+            key,
+            call_id: msg.call_id.clone(),
+            caller_tag: msg.from.tag.clone(),
+            caller: msg.from.clone(),
+            callee: msg.to.clone(),
+            caller_known: initial,
+            initial_cseq: Some(msg.cseq),
+            started_at: ts,
+            answered_at: if initial { None } else { Some(ts) },
+            last_sip: ts,
+            last_rtp: ts,
+            state: if initial {
+                CallState::Setup
+            } else {
+                CallState::Answered
+            },
+            sides: [SideMedia::default(), SideMedia::default()],
+            media: None,
+            seen_msgs: VecDeque::new(),
+            dtmf: Vec::new(),
+            warnings: if initial {
+                Vec::new()
+            } else {
+                vec!["capture started mid-call: caller/callee taken from the first re-INVITE seen".into()]
+            },
+        };
+        self.calls.insert(key, call);
+        self.by_call_id.insert(msg.call_id.clone(), key);
+        key
+    }
+
+    fn apply_sdp(&mut self, key: CallKey, side: Party, sdp: &SessionDescription, is_offer: bool) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let s = &mut call.sides[side.channel()];
+        let mut first_audio: Option<Codec> = None;
+        for m in sdp.media.iter().filter(|m| m.media.eq_ignore_ascii_case("audio")) {
+            for pt in &m.formats {
+                let codec = m
+                    .rtpmap(*pt)
+                    .map(|r| Codec::from_rtpmap(&r.encoding, r.clock_rate, r.channels))
+                    .or_else(|| Codec::from_static_pt(*pt));
+                if let Some(c) = codec {
+                    if first_audio.is_none() && c.is_audio() {
+                        first_audio = Some(c.clone());
+                    }
+                    s.pt_map.insert(*pt, c);
+                }
+            }
+            s.direction = Some(m.effective_direction(sdp));
+            if m.port == 0 {
+                continue;
+            }
+            if let Some(addr) = m.effective_connection(sdp) {
+                if addr.is_unspecified() {
+                    continue; // RFC 2543 hold: no address
+                }
+                let ep = SocketAddr::new(addr, m.port);
+                if !s.endpoints.contains(&ep) {
+                    if s.endpoints.len() >= 16 {
+                        s.endpoints.remove(0);
+                    }
+                    s.endpoints.push(ep);
+                }
+                self.endpoints.insert(ep, (key, side));
+            }
+        }
+        if first_audio.is_some() {
+            s.preferred = first_audio;
+        }
+        let _ = is_offer;
+    }
+
+    // ---------------------------------------------------------------- RTP
+
+    fn handle_rtp(
+        &mut self,
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        sink: &mut dyn RecordingSink,
+    ) {
+        let (key, speaker) = match self.endpoints.get(&dst) {
+            Some((k, receiver)) => (*k, receiver.other()),
+            None => match self.endpoints.get(&src) {
+                Some((k, sender)) => (*k, *sender),
+                None => {
+                    self.stats.rtp_unmatched += 1;
+                    return;
+                }
+            },
+        };
+        let rtp = match parse_rtp(payload) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.rtp_malformed += 1;
+                return;
+            }
+        };
+        self.stats.rtp_packets += 1;
+        let jitter_ms = self.cfg.jitter_ms;
+        let policy = self.cfg.sample_rate;
+        let Some(call) = self.calls.get_mut(&key) else {
+            self.stats.rtp_unmatched += 1;
+            return;
+        };
+        if matches!(call.state, CallState::Ending(at, _) if ts.micros_since(at) > i64::from(jitter_ms) * 1000)
+        {
+            return;
+        }
+        // Codec of this packet: the receiver's map first (the sender uses the
+        // payload numbers the receiver announced), then the sender's, then static.
+        let codec = call.sides[speaker.other().channel()]
+            .pt_map
+            .get(&rtp.payload_type)
+            .or_else(|| call.sides[speaker.channel()].pt_map.get(&rtp.payload_type))
+            .cloned()
+            .or_else(|| Codec::from_static_pt(rtp.payload_type));
+
+        if call.media.is_none() {
+            let wide = codec.as_ref().is_some_and(|c| c.is_wideband())
+                || call
+                    .sides
+                    .iter()
+                    .any(|s| s.preferred.as_ref().is_some_and(|c| c.is_wideband()));
+            let rate = match policy {
+                SampleRatePolicy::Fixed(r) => r,
+                SampleRatePolicy::Auto => {
+                    if wide {
+                        16000
+                    } else {
+                        8000
+                    }
+                }
+            };
+            let params = ClockParams::new(rate, jitter_ms);
+            // Room for the jitter window, the clock's ahead limit and a margin.
+            let capacity = (rate as usize) * (jitter_ms as usize + 500 + 1000) / 1000;
+            call.media = Some(Media {
+                t0: ts,
+                rate,
+                mixer: TwoChannelMixer::new(capacity),
+                legs: [
+                    Leg::new(Party::Caller, params),
+                    Leg::new(Party::Callee, params),
+                ],
+                frames_out: 0,
+            });
+            let start = RecordingStart {
+                call_id: call.call_id.clone(),
+                sample_rate: rate,
+                media_started_at: ts,
+                recording_id: recording_id(&call.call_id, ts),
+            };
+            sink.begin(key, &start);
+        }
+        call.last_rtp = ts;
+        let Some(media) = call.media.as_mut() else {
+            return;
+        };
+        let rate = media.rate;
+        let arrival_pos =
+            (i128::from(ts.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        let leg = &mut media.legs[speaker.channel()];
+
+        // One active flow per leg.
+        let flow = Flow {
+            src,
+            dst,
+            ssrc: rtp.ssrc,
+        };
+        if let Some((active, last)) = leg.flow {
+            if active != flow && ts.micros_since(last) < FLOW_QUIET_US {
+                self.stats.rtp_duplicate_flow += 1;
+                return;
+            }
+        }
+        leg.flow = Some((flow, ts));
+
+        let seq = leg.seq.entry(rtp.ssrc).or_default();
+        if !seq.update(rtp.sequence) {
+            leg.meta.duplicates += 1;
+            return;
+        }
+        leg.meta.packets += 1;
+        if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
+            leg.meta.ssrcs.push(rtp.ssrc);
+        }
+
+        let Some(codec) = codec else {
+            if !leg.warned_codecs.contains(&rtp.payload_type) {
+                leg.warned_codecs.push(rtp.payload_type);
+                let w = format!(
+                    "channel {}: payload type {} is not in the SDP and not static: that audio is silence",
+                    leg.party.channel(),
+                    rtp.payload_type
+                );
+                call.warn(w);
+            }
+            return;
+        };
+        match &codec {
+            Codec::TelephoneEvent { rate: ev_rate } => {
+                leg.meta.dtmf_packets += 1;
+                let Ok(ev) = parse_telephone_event(rtp.payload) else {
+                    return;
+                };
+                let ev_rate = i64::from((*ev_rate).max(1));
+                let dur_ms = i64::from(ev.duration) * 1000 / ev_rate;
+                match &leg.dtmf {
+                    Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
+                        if let Some(e) = call.dtmf.get_mut(d.index) {
+                            e.duration_ms = e.duration_ms.max(dur_ms);
+                        }
+                    }
+                    _ => {
+                        if let Some(digit) = event_to_digit(ev.event) {
+                            if call.dtmf.len() < DTMF_MAX {
+                                let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
+                                call.dtmf.push(Dtmf {
+                                    channel: leg.party.channel(),
+                                    digit: digit.to_string(),
+                                    at_ms,
+                                    duration_ms: dur_ms,
+                                });
+                                leg.dtmf = Some(DtmfState {
+                                    ssrc: rtp.ssrc,
+                                    ts: rtp.timestamp,
+                                    index: call.dtmf.len() - 1,
+                                });
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            Codec::ComfortNoise => {
+                leg.meta.comfort_noise_packets += 1;
+                return;
+            }
+            _ => {}
+        }
+        // Decoder for this payload type.
+        let need_new = leg.decoder.as_ref().is_none_or(|d| d.pt != rtp.payload_type || d.codec != codec);
+        if need_new {
+            let dec = new_decoder(&codec, rate);
+            if dec.is_none() && !leg.warned_codecs.contains(&rtp.payload_type) {
+                leg.warned_codecs.push(rtp.payload_type);
+                let w = format!(
+                    "channel {}: codec {} (payload type {}) cannot be decoded: that audio is silence",
+                    leg.party.channel(),
+                    codec.name(),
+                    rtp.payload_type
+                );
+                call.warn(w);
+            }
+            if dec.is_some() {
+                if leg.meta.codec.is_empty() {
+                    leg.meta.codec = codec.name().to_string();
+                }
+                if codec.is_wideband() && rate < 16000 {
+                    let w = format!(
+                        "channel {}: wideband {} recorded at {} Hz (the call started narrowband)",
+                        leg.party.channel(),
+                        codec.name(),
+                        rate
+                    );
+                    call.warn(w);
+                }
+            } else if leg.meta.codec.is_empty() {
+                leg.meta.codec = codec.name().to_string();
+            }
+            if !leg.meta.codecs.iter().any(|c| c == codec.name()) {
+                leg.meta.codecs.push(codec.name().to_string());
+            }
+            leg.decoder = Some(ActiveDecoder {
+                pt: rtp.payload_type,
+                codec: codec.clone(),
+                decoder: dec,
+            });
+        }
+        let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
+            return;
+        };
+        let placement = leg
+            .clock
+            .place(arrival_pos, rtp.ssrc, rtp.timestamp, codec.rtp_clock_rate());
+        self.scratch.clear();
+        if dec.decode(rtp.payload, &mut self.scratch).is_err() {
+            self.stats.rtp_malformed += 1;
+            return;
+        }
+        let ch = leg.party.channel();
+        let before = media.mixer.drops(ch).late;
+        media.mixer.write(ch, placement.pos, &self.scratch);
+        if media.mixer.drops(ch).late > before {
+            leg.meta.late += 1;
+        }
+        self.flush_call(key, sink, false);
+    }
+
+    /// Write out everything older than the jitter window (or all, at the end).
+    fn flush_call(&mut self, key: CallKey, sink: &mut dyn RecordingSink, all: bool) {
+        let jitter_us = i64::from(self.cfg.jitter_ms) * 1000;
+        let now = self.now;
+        let Some(media) = self.calls.get_mut(&key).and_then(|c| c.media.as_mut()) else {
+            return;
+        };
+        self.out.clear();
+        if all {
+            media.mixer.finish(&mut self.out);
+        } else {
+            let horizon = now.micros_since(media.t0) - jitter_us;
+            if horizon <= 0 {
+                return;
+            }
+            let target = (i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64;
+            // Write in chunks of at least 100 ms.
+            if target < media.mixer.flushed() + u64::from(media.rate / 10) {
+                return;
+            }
+            media.mixer.flush_until(target, &mut self.out);
+        }
+        if !self.out.is_empty() {
+            media.frames_out += (self.out.len() / 2) as u64;
+            sink.audio(key, &self.out);
+        }
+    }
+
+    fn finalize(&mut self, key: CallKey, reason: EndReason, sink: &mut dyn RecordingSink) {
+        self.flush_call(key, sink, true);
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        if self.by_call_id.get(&call.call_id) == Some(&key) {
+            self.by_call_id.remove(&call.call_id);
+        }
+        for s in &call.sides {
+            for ep in &s.endpoints {
+                if self.endpoints.get(ep).is_some_and(|(k, _)| *k == key) {
+                    self.endpoints.remove(ep);
+                }
+            }
+        }
+        let Some(media) = call.media else {
+            self.stats.calls_without_media += 1;
+            return;
+        };
+        self.stats.calls_recorded += 1;
+        let rate = media.rate;
+        let ended_at = match call.state {
+            CallState::Ending(at, _) => at.max(call.last_rtp),
+            _ => call.last_rtp.max(call.last_sip),
+        };
+        let mut channels: [ChannelMeta; 2] = Default::default();
+        for (i, leg) in media.legs.into_iter().enumerate() {
+            let mut m = leg.meta;
+            m.lost = leg.seq.values().map(SeqStats::lost).sum();
+            m.duplicates += leg.seq.values().map(|s| s.duplicates).sum::<u64>();
+            m.late = media.mixer.drops(i).late.min(m.late.max(0)).max(m.late);
+            m.reanchors = leg.clock.reanchors();
+            channels[i] = m;
+        }
+        let mut warnings = call.warnings;
+        for (i, c) in channels.iter().enumerate() {
+            if c.packets == 0 {
+                warnings.push(format!("channel {i} ({}): no RTP was received from this party; the channel is silent", c.party));
+            }
+        }
+        let meta = CallMeta {
+            key,
+            call_id: call.call_id,
+            from: party_info(&call.caller),
+            to: party_info(&call.callee),
+            caller_known: call.caller_known,
+            started_at: call.started_at.min(media.t0),
+            answered_at: call.answered_at,
+            ended_at,
+            media_started_at: media.t0,
+            sample_rate: rate,
+            frames: media.frames_out,
+            channels,
+            dtmf: call.dtmf,
+            end_reason: reason,
+            warnings,
+        };
+        sink.end(key, meta);
+    }
+}
+
+/// The sans-IO call engine. See the module documentation.
+pub struct CallEngine {
+    net: NetDecoder,
+    t: Tracker,
+}
+
+impl CallEngine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        CallEngine {
+            net: NetDecoder::new(cfg.net.clone()),
+            t: Tracker::new(cfg),
+        }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.t.stats
+    }
+
+    pub fn net_stats(&self) -> &crate::net::NetStats {
+        self.net.stats()
+    }
+
+    /// Calls currently tracked (with or without media).
+    pub fn active_calls(&self) -> usize {
+        self.t.calls.len()
+    }
+
+    /// Calls currently recording.
+    pub fn recording_calls(&self) -> usize {
+        self.t.calls.values().filter(|c| c.media.is_some()).count()
+    }
+
+    /// Feed one captured link-layer frame.
+    pub fn handle_frame(
+        &mut self,
+        ts: Timestamp,
+        link: LinkType,
+        frame: &[u8],
+        sink: &mut dyn RecordingSink,
+    ) {
+        self.t.stats.frames += 1;
+        let t = &mut self.t;
+        if self
+            .net
+            .decode(ts, link, frame, &mut |s: &Segment<'_>| t.handle_segment(s, sink))
+            .is_err()
+        {
+            self.t.stats.frames_undecodable += 1;
+        }
+    }
+
+    /// Feed one UDP datagram or a piece of a TCP stream.
+    pub fn handle_segment(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
+        self.t.handle_segment(seg, sink)
+    }
+
+    /// Let time pass without packets (the daemon calls this on a timer).
+    pub fn handle_timeout(&mut self, now: Timestamp, sink: &mut dyn RecordingSink) {
+        self.t.handle_timeout(now, sink)
+    }
+
+    /// End every call (end of capture, shutdown) and write out all audio.
+    pub fn finish(&mut self, reason: EndReason, sink: &mut dyn RecordingSink) {
+        self.t.finish(reason, sink)
+    }
+}
+
+fn party_info(n: &NameAddr) -> PartyInfo {
+    PartyInfo {
+        number: n.user.clone().unwrap_or_default(),
+        name: n.display_name.clone().unwrap_or_default(),
+        uri: n.uri.clone(),
+    }
+}
+
+/// The SDP text carried by a message, if any (plain `application/sdp`, or the
+/// SDP part of a multipart body).
+fn sdp_of(msg: &SipMessage) -> Option<String> {
+    if msg.body.is_empty() {
+        return None;
+    }
+    let ct = msg.content_type.as_deref().unwrap_or("application/sdp");
+    let body = String::from_utf8_lossy(&msg.body);
+    if ct.starts_with("application/sdp") {
+        return Some(body.into_owned());
+    }
+    if ct.starts_with("multipart/") {
+        // Minimal: find the SDP inside (SIPREC bodies are handled by the SIPREC source).
+        let start = body.find("\nv=0")?;
+        let rest = &body[start + 1..];
+        let end = rest.find("\n--").map(|e| e + 1).unwrap_or(rest.len());
+        return Some(rest[..end].to_string());
+    }
+    None
+}
