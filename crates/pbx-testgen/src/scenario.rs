@@ -1,0 +1,594 @@
+//! Calls whose audio is known: SIP dialog + two RTP legs, with controlled network
+//! trouble, turned into timestamped link-layer frames, and the ground truth that
+//! a correct recorder must reproduce.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::codec::{Encoder, TestCodec};
+use crate::frame::{self, Framing, TCP_ACK, TCP_PSH, TCP_SYN};
+use crate::pcap::Link;
+
+/// One party of a call.
+#[derive(Debug, Clone)]
+pub struct Party {
+    pub ip: IpAddr,
+    pub sip_port: u16,
+    pub rtp_port: u16,
+    pub number: String,
+    pub name: String,
+}
+
+/// Sender hold: no packets between `from_ms` and `to_ms` (leg time).
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub from_ms: u32,
+    pub to_ms: u32,
+    /// Whether RTP timestamps advance over the pause (false: they continue
+    /// where they stopped, as some phones do).
+    pub timestamps_continue: bool,
+    /// Also send a re-INVITE with `a=sendonly` at `from_ms` and one with
+    /// `a=sendrecv` at `to_ms`.
+    pub signal: bool,
+}
+
+/// Network and sender trouble on one leg.
+#[derive(Debug, Clone, Default)]
+pub struct Impairments {
+    /// Probability that a packet is lost.
+    pub loss: f64,
+    /// Probability that a packet is delivered twice.
+    pub duplicate: f64,
+    /// Uniform extra delay 0..jitter_ms per packet (reorders when > ptime).
+    pub jitter_ms: u32,
+    /// Probability that a packet is held back by 3 packet times (reordering).
+    pub reorder: f64,
+    /// The sender switches to a new SSRC (new sequence and timestamp bases) here.
+    pub ssrc_change_at_ms: Option<u32>,
+    /// Frames quieter than this RMS are not sent (silence suppression / DTX).
+    pub silence_suppression_rms: Option<f64>,
+    pub hold: Option<Hold>,
+    /// Sender clock error in parts per million (positive: the sender's clock is
+    /// slow, so packets come later than their timestamps say).
+    pub drift_ppm: i32,
+    /// Packets leave from this address instead of the one in the SDP (NAT).
+    pub nat_source: Option<SocketAddr>,
+    /// The leg sends nothing at all.
+    pub mute: bool,
+}
+
+/// One leg: what one party says.
+#[derive(Debug, Clone, Default)]
+pub struct LegSpec {
+    /// Mono audio at the codec's audio rate ([`TestCodec::audio_rate`]).
+    pub audio: Vec<i16>,
+    /// Delay of the first packet after the answer.
+    pub start_ms: u32,
+    pub impair: Impairments,
+    /// RFC 4733 digits: (digit, at_ms of leg audio, duration_ms). The audio
+    /// packets in that time are replaced by telephone-event packets.
+    pub dtmf: Vec<(char, u32, u32)>,
+}
+
+/// How SIP travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+}
+
+/// A whole call.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    pub call_id: String,
+    pub caller: Party,
+    pub callee: Party,
+    pub codec: TestCodec,
+    pub ptime_ms: u32,
+    /// Time of the INVITE, ns since the epoch.
+    pub start_ns: i64,
+    /// INVITE → 200 OK.
+    pub ring_ms: u32,
+    pub caller_leg: LegSpec,
+    pub callee_leg: LegSpec,
+    /// Send a BYE at the end (else the capture just stops).
+    pub bye: bool,
+    pub transport: SipTransport,
+    pub seed: u64,
+}
+
+impl CallSpec {
+    /// A plain call between two hosts with the given audio.
+    pub fn simple(call_id: &str, codec: TestCodec, caller_audio: Vec<i16>, callee_audio: Vec<i16>) -> Self {
+        CallSpec {
+            call_id: call_id.to_string(),
+            caller: Party {
+                ip: "10.0.0.1".parse().expect("literal"),
+                sip_port: 5060,
+                rtp_port: 40000,
+                number: "1001".into(),
+                name: "Alice".into(),
+            },
+            callee: Party {
+                ip: "10.0.0.2".parse().expect("literal"),
+                sip_port: 5060,
+                rtp_port: 50000,
+                number: "2002".into(),
+                name: "Bob".into(),
+            },
+            codec,
+            ptime_ms: 20,
+            start_ns: 1_795_576_576_000_000_000,
+            ring_ms: 1000,
+            caller_leg: LegSpec {
+                audio: caller_audio,
+                ..LegSpec::default()
+            },
+            callee_leg: LegSpec {
+                audio: callee_audio,
+                ..LegSpec::default()
+            },
+            bye: true,
+            transport: SipTransport::Udp,
+            seed: 1,
+        }
+    }
+}
+
+/// What a correct recording of the call contains.
+#[derive(Debug, Clone)]
+pub struct CallTruth {
+    pub call_id: String,
+    /// Arrival of the first RTP packet (time zero of the WAV), ns.
+    pub t0_ns: i64,
+    /// Audio rate of `expected`.
+    pub rate: u32,
+    /// Per channel (0 = caller, 1 = callee): what should be heard, on the
+    /// recording's timeline, at `rate`. Lost / suppressed / held parts are zero.
+    pub expected: [Vec<i16>; 2],
+    /// Digits sent: (channel, digit, at_ms on the timeline, duration_ms).
+    pub dtmf: Vec<(usize, char, i64, i64)>,
+    /// RTP packets sent per channel (before loss).
+    pub sent: [u64; 2],
+    pub lost: [u64; 2],
+}
+
+/// Deterministic PRNG (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A frame with its capture time.
+pub type TimedFrame = (i64, Vec<u8>);
+
+struct SipFlow {
+    link: Link,
+    framing: Framing,
+    transport: SipTransport,
+    caller: SocketAddr,
+    callee: SocketAddr,
+    seq: [u32; 2],
+    ip_id: u16,
+    rng: Rng,
+}
+
+impl SipFlow {
+    fn send(&mut self, out: &mut Vec<TimedFrame>, at_ns: i64, from_caller: bool, msg: &str) {
+        let (src, dst, dir) = if from_caller {
+            (self.caller, self.callee, 0)
+        } else {
+            (self.callee, self.caller, 1)
+        };
+        match self.transport {
+            SipTransport::Udp => {
+                self.ip_id = self.ip_id.wrapping_add(1);
+                for f in frame::udp_frames(self.link, &self.framing, src, dst, msg.as_bytes(), self.ip_id) {
+                    out.push((at_ns, f));
+                }
+            }
+            SipTransport::Tcp => {
+                // Split each message into 1-3 segments at random points.
+                let b = msg.as_bytes();
+                let parts = 1 + (self.rng.next_u64() % 3) as usize;
+                let mut cuts: Vec<usize> = (1..parts)
+                    .map(|_| 1 + (self.rng.next_u64() as usize) % (b.len().max(2) - 1))
+                    .collect();
+                cuts.sort_unstable();
+                cuts.dedup();
+                let mut last = 0;
+                for (i, c) in cuts.iter().copied().chain(std::iter::once(b.len())).enumerate() {
+                    let seg = &b[last..c];
+                    let f = frame::tcp_frame(self.link, &self.framing, src, dst, self.seq[dir], self.seq[1 - dir], TCP_ACK | TCP_PSH, seg);
+                    self.seq[dir] = self.seq[dir].wrapping_add(seg.len() as u32);
+                    out.push((at_ns + i as i64 * 1000, f));
+                    last = c;
+                }
+            }
+        }
+    }
+
+    fn handshake(&mut self, out: &mut Vec<TimedFrame>, at_ns: i64) {
+        if self.transport != SipTransport::Tcp {
+            return;
+        }
+        let (c, s) = (self.caller, self.callee);
+        out.push((at_ns - 3000, frame::tcp_frame(self.link, &self.framing, c, s, self.seq[0].wrapping_sub(1), 0, TCP_SYN, &[])));
+        out.push((at_ns - 2000, frame::tcp_frame(self.link, &self.framing, s, c, self.seq[1].wrapping_sub(1), self.seq[0], TCP_SYN | TCP_ACK, &[])));
+        out.push((at_ns - 1000, frame::tcp_frame(self.link, &self.framing, c, s, self.seq[0], self.seq[1], TCP_ACK, &[])));
+    }
+}
+
+fn sdp(p: &Party, codec: TestCodec, dir: &str, session_version: u32) -> String {
+    let (ipv, ip) = match p.ip {
+        IpAddr::V4(a) => ("IP4", a.to_string()),
+        IpAddr::V6(a) => ("IP6", a.to_string()),
+    };
+    format!(
+        "v=0\r\no=- 1000 {session_version} IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {} 101\r\na=rtpmap:{} {}\r\na=rtpmap:101 telephone-event/{}\r\na=fmtp:101 0-16\r\na=ptime:20\r\na={dir}\r\n",
+        p.rtp_port,
+        codec.payload_type(),
+        codec.payload_type(),
+        codec.rtpmap(),
+        codec.rtp_clock(),
+    )
+}
+
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+struct Dialog<'a> {
+    spec: &'a CallSpec,
+    transport: &'static str,
+}
+
+impl Dialog<'_> {
+    fn request(&self, method: &str, cseq: u32, from_caller: bool, to_tag: bool, branch: &str, body: Option<&str>) -> String {
+        let s = self.spec;
+        let (me, peer) = if from_caller { (&s.caller, &s.callee) } else { (&s.callee, &s.caller) };
+        let caller_h = format!("\"{}\" <sip:{}@{}>;tag=caller-{}", s.caller.name, s.caller.number, host(s.caller.ip), s.seed);
+        let callee_h = format!(
+            "\"{}\" <sip:{}@{}>{}",
+            s.callee.name,
+            s.callee.number,
+            host(s.callee.ip),
+            if to_tag { format!(";tag=callee-{}", s.seed) } else { String::new() }
+        );
+        let (from_h, to_h) = if from_caller { (caller_h, callee_h) } else { (callee_h, caller_h) };
+        let body = body.unwrap_or("");
+        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        format!(
+            "{method} sip:{}@{}:{} SIP/2.0\r\nVia: SIP/2.0/{} {}:{};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: {from_h}\r\nTo: {to_h}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{}@{}:{}>\r\nUser-Agent: pbx-testgen\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            peer.number,
+            host(peer.ip),
+            peer.sip_port,
+            self.transport,
+            host(me.ip),
+            me.sip_port,
+            s.call_id,
+            me.number,
+            host(me.ip),
+            me.sip_port,
+            body.len()
+        )
+    }
+
+    fn response(&self, code: u16, reason: &str, req: &str, to_tag: bool, body: Option<&str>) -> String {
+        // Copy Via, From, To, Call-ID, CSeq from the request.
+        let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+        for line in req.split("\r\n").skip(1) {
+            if line.is_empty() {
+                break;
+            }
+            let name = line.split(':').next().unwrap_or("");
+            match name {
+                "Via" | "From" | "Call-ID" | "CSeq" => {
+                    out.push_str(line);
+                    out.push_str("\r\n");
+                }
+                "To" => {
+                    out.push_str(line);
+                    if to_tag && !line.contains(";tag=") {
+                        out.push_str(&format!(";tag=callee-{}", self.spec.seed));
+                    }
+                    out.push_str("\r\n");
+                }
+                _ => {}
+            }
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() {
+            out.push_str("Content-Type: application/sdp\r\n");
+        }
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        out
+    }
+}
+
+struct LegOut {
+    frames: Vec<TimedFrame>,
+    /// (send time of the packet in ns, position in leg audio samples, samples) for delivered audio
+    delivered: Vec<(i64, usize, usize)>,
+    dtmf: Vec<(i64, char, u32)>,
+    sent: u64,
+    lost: u64,
+    first_arrival: Option<i64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rtp_leg(
+    spec: &CallSpec,
+    leg: &LegSpec,
+    from: &Party,
+    to: &Party,
+    media_start_ns: i64,
+    link: Link,
+    framing: &Framing,
+    seed: u64,
+) -> LegOut {
+    let mut out = LegOut { frames: Vec::new(), delivered: Vec::new(), dtmf: Vec::new(), sent: 0, lost: 0, first_arrival: None };
+    if leg.impair.mute {
+        return out;
+    }
+    let codec = spec.codec;
+    let mut rng = Rng::new(seed);
+    let rate = codec.audio_rate() as usize;
+    let n = rate * spec.ptime_ms as usize / 1000;
+    let ts_step = codec.rtp_clock() * spec.ptime_ms / 1000;
+    let packets = leg.audio.len().div_ceil(n);
+    let mut enc = Encoder::new(codec);
+    let src = leg.impair.nat_source.unwrap_or(SocketAddr::new(from.ip, from.rtp_port));
+    let dst = SocketAddr::new(to.ip, to.rtp_port);
+    let mut ssrc = rng.next_u64() as u32;
+    let mut seq = rng.next_u64() as u16;
+    let mut ts_base = rng.next_u64() as u32;
+    let mut ts_held: u32 = 0; // timestamps not advanced during a hold
+    let mut marker = true;
+    let mut ssrc_changed = false;
+    let mut dtmf_done: Vec<bool> = vec![false; leg.dtmf.len()];
+    let ptime_ns = i64::from(spec.ptime_ms) * 1_000_000;
+    let imp = &leg.impair;
+    let mut ip_id: u16 = rng.next_u64() as u16;
+    let mut frame_buf = vec![0i16; n];
+    for i in 0..packets {
+        let t_ms = (i as u64 * u64::from(spec.ptime_ms)) as u32;
+        let start = i * n;
+        let end = (start + n).min(leg.audio.len());
+        frame_buf.iter_mut().for_each(|s| *s = 0);
+        frame_buf[..end - start].copy_from_slice(&leg.audio[start..end]);
+        // Every frame goes through the encoder (real encoders keep state).
+        let payload = enc.encode(&frame_buf);
+        let nominal = i as i64 * ptime_ns;
+        let send_ns = media_start_ns + i64::from(leg.start_ms) * 1_000_000 + nominal + nominal * i64::from(imp.drift_ppm) / 1_000_000;
+        if let (Some(at), false) = (imp.ssrc_change_at_ms, ssrc_changed) {
+            if t_ms >= at {
+                ssrc_changed = true;
+                ssrc = rng.next_u64() as u32;
+                seq = rng.next_u64() as u16;
+                ts_base = (rng.next_u64() as u32).wrapping_sub((i as u32).wrapping_mul(ts_step));
+                marker = true;
+            }
+        }
+        if let Some(h) = imp.hold {
+            if t_ms >= h.from_ms && t_ms < h.to_ms {
+                if !h.timestamps_continue {
+                    ts_held = ts_held.wrapping_add(ts_step);
+                }
+                marker = true;
+                continue;
+            }
+        }
+        let ts = ts_base.wrapping_add((i as u32).wrapping_mul(ts_step)).wrapping_sub(ts_held);
+        // DTMF replaces the audio of its window.
+        let mut in_dtmf = None;
+        for (k, (d, at, dur)) in leg.dtmf.iter().enumerate() {
+            if t_ms >= *at && t_ms < at + dur {
+                in_dtmf = Some((k, *d, *at, *dur));
+            }
+        }
+        if let Some((k, digit, at, dur)) = in_dtmf {
+            let ev = crate::codec::dtmf_event(digit);
+            let ev_ts = ts_base.wrapping_add(((at / spec.ptime_ms) as u32).wrapping_mul(ts_step)).wrapping_sub(ts_held);
+            let elapsed = (t_ms - at + spec.ptime_ms).min(dur);
+            let last = t_ms + spec.ptime_ms >= at + dur;
+            let duration = (elapsed * codec.rtp_clock() / 1000) as u16;
+            let te = [ev, if last { 0x80 | 10 } else { 10 }, (duration >> 8) as u8, duration as u8];
+            if !dtmf_done[k] {
+                dtmf_done[k] = true;
+                out.dtmf.push((send_ns, digit, dur));
+            }
+            let reps = if last { 3 } else { 1 };
+            for r in 0..reps {
+                let pkt = rtp_packet(101, marker && r == 0, seq, ev_ts, ssrc, &te);
+                seq = seq.wrapping_add(1);
+                ip_id = ip_id.wrapping_add(1);
+                for f in frame::udp_frames(link, framing, src, dst, &pkt, ip_id) {
+                    out.frames.push((send_ns + r * 1000, f));
+                }
+            }
+            marker = false;
+            continue;
+        }
+        if let Some(th) = imp.silence_suppression_rms {
+            let rms = (frame_buf.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / n as f64).sqrt();
+            if rms < th {
+                marker = true;
+                continue;
+            }
+        }
+        let pkt = rtp_packet(codec.payload_type(), marker, seq, ts, ssrc, &payload);
+        marker = false;
+        seq = seq.wrapping_add(1);
+        out.sent += 1;
+        if rng.unit() < imp.loss {
+            out.lost += 1;
+            continue;
+        }
+        let mut arrival = send_ns;
+        if imp.jitter_ms > 0 {
+            arrival += (rng.unit() * f64::from(imp.jitter_ms) * 1e6) as i64;
+        }
+        if rng.unit() < imp.reorder {
+            arrival += 3 * ptime_ns;
+        }
+        ip_id = ip_id.wrapping_add(1);
+        for f in frame::udp_frames(link, framing, src, dst, &pkt, ip_id) {
+            out.frames.push((arrival, f.clone()));
+            if rng.unit() < imp.duplicate {
+                out.frames.push((arrival + 2_000_000, f));
+            }
+        }
+        out.first_arrival = Some(out.first_arrival.map_or(arrival, |a: i64| a.min(arrival)));
+        out.delivered.push((send_ns, start, end - start));
+    }
+    out
+}
+
+/// RTP header + payload.
+pub fn rtp_packet(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + payload.len());
+    p.push(0x80);
+    p.push(pt | if marker { 0x80 } else { 0 });
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Frames of one call (unsorted) and its truth.
+pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<TimedFrame>, CallTruth) {
+    let mut frames: Vec<TimedFrame> = Vec::new();
+    let transport = match spec.transport {
+        SipTransport::Udp => "UDP",
+        SipTransport::Tcp => "TCP",
+    };
+    let d = Dialog { spec, transport };
+    let mut flow = SipFlow {
+        link,
+        framing: framing.clone(),
+        transport: spec.transport,
+        caller: SocketAddr::new(spec.caller.ip, spec.caller.sip_port),
+        callee: SocketAddr::new(spec.callee.ip, spec.callee.sip_port),
+        seq: [1000 + spec.seed as u32, 5000 + spec.seed as u32],
+        ip_id: spec.seed as u16,
+        rng: Rng::new(spec.seed ^ 0x5151),
+    };
+    let t = spec.start_ns;
+    let ms = 1_000_000i64;
+    flow.handshake(&mut frames, t);
+    let offer = sdp(&spec.caller, spec.codec, "sendrecv", 1);
+    let invite = d.request("INVITE", 1, true, false, &format!("inv{}", spec.seed), Some(&offer));
+    flow.send(&mut frames, t, true, &invite);
+    flow.send(&mut frames, t + 5 * ms, false, &d.response(100, "Trying", &invite, false, None));
+    flow.send(&mut frames, t + 50 * ms, false, &d.response(180, "Ringing", &invite, true, None));
+    let answer_ns = t + i64::from(spec.ring_ms) * ms;
+    let answer = sdp(&spec.callee, spec.codec, "sendrecv", 1);
+    flow.send(&mut frames, answer_ns, false, &d.response(200, "OK", &invite, true, Some(&answer)));
+    flow.send(&mut frames, answer_ns + 10 * ms, true, &d.request("ACK", 1, true, true, &format!("ack{}", spec.seed), None));
+
+    let media_start = answer_ns + 20 * ms;
+    let legs = [
+        rtp_leg(spec, &spec.caller_leg, &spec.caller, &spec.callee, media_start, link, framing, spec.seed.wrapping_mul(31).wrapping_add(7)),
+        rtp_leg(spec, &spec.callee_leg, &spec.callee, &spec.caller, media_start, link, framing, spec.seed.wrapping_mul(37).wrapping_add(11)),
+    ];
+
+    // Hold signalling (re-INVITE from the holding party).
+    let mut cseq = 2;
+    for (ch, leg) in [&spec.caller_leg, &spec.callee_leg].iter().enumerate() {
+        if let Some(h) = leg.impair.hold.filter(|h| h.signal) {
+            let from_caller = ch == 0;
+            let me = if from_caller { &spec.caller } else { &spec.callee };
+            let other = if from_caller { &spec.callee } else { &spec.caller };
+            for (at, dir, back, v) in [(h.from_ms, "sendonly", "recvonly", 2), (h.to_ms, "sendrecv", "sendrecv", 3)] {
+                let at_ns = media_start + i64::from(leg.start_ms + at) * ms - 5 * ms;
+                let body = sdp(me, spec.codec, dir, v);
+                let req = d.request("INVITE", cseq, from_caller, true, &format!("re{}x{}", spec.seed, cseq), Some(&body));
+                let ans = sdp(other, spec.codec, back, v);
+                flow.send(&mut frames, at_ns, from_caller, &req);
+                let resp = d.response(200, "OK", &req, true, Some(&ans));
+                flow.send(&mut frames, at_ns + 2 * ms, !from_caller, &resp);
+                cseq += 1;
+            }
+        }
+    }
+
+    let rate = spec.codec.audio_rate();
+    let t0 = legs.iter().filter_map(|l| l.first_arrival).min().unwrap_or(media_start);
+    let mut expected: [Vec<i16>; 2] = [Vec::new(), Vec::new()];
+    let mut dtmf = Vec::new();
+    let mut end_ns = media_start;
+    for (ch, (l, spec_leg)) in legs.iter().zip([&spec.caller_leg, &spec.callee_leg]).enumerate() {
+        for (send_ns, start, len) in &l.delivered {
+            let pos = ((send_ns - t0) as i128 * i128::from(rate) / 1_000_000_000) as i64;
+            if pos < 0 {
+                continue;
+            }
+            let pos = pos as usize;
+            let e = &mut expected[ch];
+            if e.len() < pos + len {
+                e.resize(pos + len, 0);
+            }
+            e[pos..pos + len].copy_from_slice(&spec_leg.audio[*start..start + len]);
+        }
+        for (send_ns, digit, dur) in &l.dtmf {
+            dtmf.push((ch, *digit, (send_ns - t0) / ms, i64::from(*dur)));
+        }
+        if let Some(last) = l.frames.iter().map(|f| f.0).max() {
+            end_ns = end_ns.max(last);
+        }
+    }
+    let n = expected[0].len().max(expected[1].len());
+    expected[0].resize(n, 0);
+    expected[1].resize(n, 0);
+    for l in &legs {
+        frames.extend(l.frames.iter().cloned());
+    }
+    if spec.bye {
+        let bye = d.request("BYE", cseq, true, true, &format!("bye{}", spec.seed), None);
+        let bye_ns = end_ns + 200 * ms;
+        flow.send(&mut frames, bye_ns, true, &bye);
+        flow.send(&mut frames, bye_ns + 5 * ms, false, &d.response(200, "OK", &bye, true, None));
+    }
+    let truth = CallTruth {
+        call_id: spec.call_id.clone(),
+        t0_ns: t0,
+        rate,
+        expected,
+        dtmf,
+        sent: [legs[0].sent, legs[1].sent],
+        lost: [legs[0].lost, legs[1].lost],
+    };
+    (frames, truth)
+}
+
+/// Frames of several calls, in capture order, and their truths.
+pub fn generate(calls: &[CallSpec], link: Link, framing: &Framing) -> (Vec<TimedFrame>, Vec<CallTruth>) {
+    let mut all = Vec::new();
+    let mut truths = Vec::new();
+    for c in calls {
+        let (f, t) = generate_call(c, link, framing);
+        all.extend(f);
+        truths.push(t);
+    }
+    all.sort_by_key(|f| f.0);
+    (all, truths)
+}
