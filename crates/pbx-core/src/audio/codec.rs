@@ -806,3 +806,45 @@ mod tests {
         is_send(&d);
     }
 }
+
+/// Throughput check of the import hot path: `cargo test -p pbx-core --release
+/// decode_speed -- --ignored --nocapture`. Budget: < 10 µs per 20 ms packet.
+#[cfg(test)]
+mod perf {
+    use super::*;
+
+    #[test]
+    #[ignore = "timing; run in release"]
+    #[allow(clippy::disallowed_methods)]
+    fn decode_speed() {
+        let packets = 50 * 60; // one minute
+        let opus_packet = {
+            let mut enc = crate::audio::opus::OpusEncoder::new(16000, 24000).unwrap();
+            let pcm = test_support::sine(300.0, 16000.0, 8000.0, 320);
+            enc.encode_frame(&pcm).unwrap()
+        };
+        for (codec, rate) in [
+            (Codec::Pcmu, 8000),
+            (Codec::Pcmu, 16000),
+            (Codec::G722, 16000),
+            (Codec::G722, 8000),
+            (Codec::Opus, 8000),
+            (Codec::Opus, 16000),
+        ] {
+            let mut d = new_decoder(&codec, rate).unwrap();
+            let payload = if codec == Codec::Opus {
+                opus_packet.clone()
+            } else {
+                (0..160u32).map(|i| (i * 37 % 256) as u8).collect()
+            };
+            let mut out = Vec::with_capacity(rate as usize / 50);
+            let start = std::time::Instant::now();
+            for _ in 0..packets {
+                out.clear();
+                d.decode(&payload, &mut out).unwrap();
+            }
+            let per_packet = start.elapsed() / packets;
+            eprintln!("{codec:?} -> {rate}: {per_packet:?} per 20 ms packet");
+        }
+    }
+}
