@@ -1,1 +1,26 @@
-//! (being written)
+//! # Audio: codecs, resampling and the WAV writer
+//!
+//! RTP payloads come in; mono 16-bit PCM at the recording rate (8000 or 16000 Hz)
+//! goes out, and the two-channel timeline's interleaved samples go into a WAV file.
+//!
+//! - [`codec`]: the [`codec::Codec`] registry (static payload types, `a=rtpmap`
+//!   names, clock-rate quirks) and the [`codec::Decoder`] trait with
+//!   [`codec::new_decoder`], which hands out a decoder emitting at 8000 or 16000 Hz.
+//! - [`g711`]: PCMU / PCMA, table-driven, bit-exact with ITU-T G.711 (and sox).
+//! - [`g722`]: ITU-T G.722 64 kbit/s decoder and encoder (QMF + sub-band ADPCM).
+//! - [`opus`]: wrappers over libopus (via the `opus` crate) with packet-loss
+//!   concealment and in-band FEC.
+//! - [`resample`]: streaming 8000 <-> 16000 Hz half-band FIR resampler.
+//! - [`wav`]: RIFF/WAVE writer on `Write + Seek`, header parser, crash repair.
+//! - [`timeline`]: the two-channel timeline (owned by the call engine).
+//!
+//! Nothing here does I/O of its own: the WAV writer works on any `Write + Seek`
+//! the shell hands it.
+
+pub mod codec;
+pub mod g711;
+pub mod g722;
+pub mod opus;
+pub mod resample;
+pub mod timeline;
+pub mod wav;

@@ -1,0 +1,1 @@
+//! Two-channel timeline (written by the engine author).
