@@ -135,7 +135,6 @@ pub(crate) fn tcp_follow(file: &std::path::Path, stream: u32) -> (String, Vec<u8
 /// The SDP part of a SIPREC `.txt` file from the corpus: the lines between
 /// `Content-Type: application/sdp` (and its part headers) and the next
 /// `--boundary` line.
-#[allow(dead_code)]
 pub(crate) fn sdp_from_siprec_text(text: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     let ct = lines.iter().position(|l| {
@@ -157,4 +156,25 @@ pub(crate) fn sdp_from_siprec_text(text: &str) -> Option<String> {
         sdp.push_str("\r\n");
     }
     Some(sdp)
+}
+
+/// Resolves the SIPp keywords of a SIPp template (`[local_ip]`, ...) with
+/// fixed test values; `[len]` stays (a non-numeric Content-Length).
+pub(crate) fn fill_sipp_template(text: &str) -> String {
+    [
+        ("[local_ip_type]", "4"),
+        ("[local_ip]", "127.0.0.1"),
+        ("[remote_ip]", "127.0.0.2"),
+        ("[auto_media_port]", "6000"),
+        ("[media_port]", "6000"),
+        ("[local_port]", "5060"),
+        ("[remote_port]", "5080"),
+        ("[transport]", "UDP"),
+        ("[call_id]", "sipp-call-1"),
+        ("[branch]", "z9hG4bK-1"),
+        ("[pid]", "1"),
+        ("[call_number]", "1"),
+    ]
+    .iter()
+    .fold(text.to_string(), |t, (k, v)| t.replace(k, v))
 }
