@@ -23,6 +23,7 @@ pub(crate) mod test_support;
 pub use message::{
     looks_like_sip, parse_message, Method, NameAddr, SipError, SipMessage, StartLine,
 };
+pub use multipart::{split_multipart, MultipartError, Part};
 pub use sdp::{
     parse_sdp, Crypto, Direction, MediaDescription, RtpMap, SdpError, SessionDescription,
 };
