@@ -1,1 +1,30 @@
-//! (being written)
+//! SIP for the call engine: bytes in, plain structs out (no `rsip` types leak).
+//!
+//! - [`message`]: one complete SIP message → [`SipMessage`] (rsip first, a
+//!   tolerant parser of our own where rsip refuses a real device's message).
+//! - [`stream`]: SIP over TCP → one message's bytes at a time (RFC 3261 §18.3
+//!   framing by Content-Length, resync after garbage or lost bytes).
+//! - [`sdp`]: session descriptions → [`SessionDescription`] (codecs, ports,
+//!   direction, hold, SRTP crypto lines).
+//! - [`multipart`]: `multipart/mixed` bodies (SIPREC: SDP + rs-metadata) →
+//!   parts with their own headers.
+//!
+//! Everything here is bounded (64 KiB per message, 256 headers) and never
+//! panics on input.
+
+pub mod message;
+pub mod multipart;
+pub mod sdp;
+pub mod stream;
+
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use message::{
+    looks_like_sip, parse_message, Method, NameAddr, SipError, SipMessage, StartLine,
+};
+pub use multipart::{split_multipart, MultipartError, Part};
+pub use sdp::{
+    parse_sdp, Crypto, Direction, MediaDescription, RtpMap, SdpError, SessionDescription,
+};
+pub use stream::SipStreamFramer;
