@@ -85,7 +85,7 @@ impl Encoder {
                 e.encode(pcm, &mut out);
                 out
             }
-            Encoder::Opus(e) => e.encode(pcm).expect("opus encode of a 20 ms frame"),
+            Encoder::Opus(e) => e.encode_frame(pcm).expect("opus encode of a 20 ms frame"),
         }
     }
 }

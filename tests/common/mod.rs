@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests: run the real `pbx-edge` binary,
+//! read the recordings it wrote, measure them against the truth.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pbx_testgen::audio::{best_lag, correlation_at, read_stereo_wav};
+use serde_json::Value;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pbx-edge"))
+}
+
+/// ../shared/corpus, if present.
+pub fn corpus() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    if p.join("MANIFEST.tsv").exists() {
+        Some(p)
+    } else {
+        eprintln!("note: ../shared/corpus not found; corpus test skipped");
+        None
+    }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn import(files: &[&Path], out: &Path, extra: &[&str]) -> Output {
+    let mut c = Command::new(bin());
+    c.arg("import");
+    for f in files {
+        c.arg(f);
+    }
+    c.arg("--out").arg(out).args(extra);
+    c.output().expect("run pbx-edge import")
+}
+
+pub struct Recording {
+    pub json: Value,
+    pub wav: PathBuf,
+    pub rate: u32,
+    pub ch: [Vec<i16>; 2],
+}
+
+/// Every recording pair in `dir`, sorted by started_at then call id.
+pub fn recordings(dir: &Path) -> Vec<Recording> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read out dir") {
+        let p = e.expect("dir entry").path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let json: Value = serde_json::from_slice(&std::fs::read(&p).expect("read json")).expect("parse json");
+        let wav = p.with_extension("wav");
+        let (rate, ch) = read_stereo_wav(&wav).expect("read wav");
+        out.push(Recording { json, wav, rate, ch });
+    }
+    out.sort_by(|a, b| {
+        (a.json["media_started_at"].as_str(), a.json["call_id"].as_str())
+            .cmp(&(b.json["media_started_at"].as_str(), b.json["call_id"].as_str()))
+    });
+    out
+}
+
+pub fn by_call_id<'a>(recs: &'a [Recording], call_id: &str) -> &'a Recording {
+    recs.iter()
+        .find(|r| r.json["call_id"] == call_id)
+        .unwrap_or_else(|| panic!("no recording for call {call_id}"))
+}
+
+/// Bring a truth signal to the recording's rate.
+pub fn to_rate(x: &[i16], from: u32, to: u32) -> Vec<i16> {
+    match (from, to) {
+        (a, b) if a == b => x.to_vec(),
+        (16000, 8000) => pbx_testgen::audio::halve(x),
+        (8000, 16000) => x.iter().flat_map(|s| [*s, *s]).collect(),
+        _ => panic!("unsupported rate pair {from}->{to}"),
+    }
+}
+
+/// Alignment of recorded channel vs truth: (lag in ms, correlation).
+pub fn align(rec: &[i16], rec_rate: u32, truth: &[i16], truth_rate: u32, max_ms: i64) -> (f64, f64) {
+    let t = to_rate(truth, truth_rate, rec_rate);
+    let max = max_ms * i64::from(rec_rate) / 1000;
+    let (lag, c) = best_lag(rec, &t, max);
+    (lag as f64 * 1000.0 / f64::from(rec_rate), c)
+}
+
+/// Correlation between a recorded channel and a truth at zero lag (cross-talk check).
+pub fn corr0(rec: &[i16], rec_rate: u32, truth: &[i16], truth_rate: u32) -> f64 {
+    correlation_at(rec, &to_rate(truth, truth_rate, rec_rate), 0)
+}

@@ -1,0 +1,310 @@
+//! Ground-truth tests: generated calls whose audio is known go through the real
+//! `pbx-edge import`, and each output channel is measured against what that
+//! party said (cross-correlation, alignment error, cross-talk, duration).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use pbx_testgen::audio::{best_lag, rms, speechlike, tone};
+use pbx_testgen::{
+    write_capture, CallSpec, CallTruth, Format, Framing, Hold, Link, SipTransport, TestCodec,
+};
+
+fn call(id: &str, codec: TestCodec, secs: u32, seed: u64) -> CallSpec {
+    let rate = codec.audio_rate();
+    let mut c = CallSpec::simple(
+        id,
+        codec,
+        speechlike(seed * 2 + 1, secs * 1000, rate),
+        speechlike(seed * 2 + 2, secs * 1000, rate),
+    );
+    c.seed = seed;
+    c
+}
+
+fn run(calls: &[CallSpec], format: Format, link: Link, framing: &Framing, extra: &[&str]) -> (tempfile::TempDir, Vec<CallTruth>, Vec<Recording>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = dir.path().join("calls.pcap");
+    let truths = write_capture(&cap, calls, format, link, framing).expect("write capture");
+    let out = dir.path().join("out");
+    let o = import(&[&cap], &out, extra);
+    assert!(o.status.success(), "import failed: {}", String::from_utf8_lossy(&o.stderr));
+    let recs = recordings(&out);
+    (dir, truths, recs)
+}
+
+/// Each channel matches its own party and not the other one.
+fn check(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64) {
+    for ch in 0..2 {
+        if rms(&truth.expected[ch]) == 0.0 {
+            assert!(rms(&rec.ch[ch]) < 1.0, "channel {ch} should be silent");
+            continue;
+        }
+        let (lag, c) = align(&rec.ch[ch], rec.rate, &truth.expected[ch], truth.rate, 300);
+        assert!(
+            lag.abs() <= max_lag_ms && c >= min_corr,
+            "call {} channel {ch}: lag {lag} ms, correlation {c:.3} (want |lag| <= {max_lag_ms}, corr >= {min_corr})",
+            truth.call_id
+        );
+        let other = &truth.expected[1 - ch];
+        if rms(other) > 0.0 {
+            let t = to_rate(other, truth.rate, rec.rate);
+            let (_, x) = best_lag(&rec.ch[ch], &t, i64::from(rec.rate) / 10);
+            assert!(x < 0.2, "call {} channel {ch}: cross-talk correlation {x:.3}", truth.call_id);
+        }
+    }
+    // Duration: the recording covers the truth (within a packet or two).
+    let want_ms = truth.expected[0].len() as f64 * 1000.0 / f64::from(truth.rate);
+    let got_ms = rec.ch[0].len() as f64 * 1000.0 / f64::from(rec.rate);
+    assert!((got_ms - want_ms).abs() <= 60.0, "duration {got_ms} ms, expected {want_ms} ms");
+    assert_eq!(rec.json["duration_ms"].as_f64().map(|d| (d - got_ms).abs() < 2.0), Some(true));
+}
+
+#[test]
+fn pcmu_clean_call_is_sample_aligned() {
+    let c = call("clean-pcmu@test", TestCodec::Pcmu, 20, 1);
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    check(r, &truths[0], 0.0, 0.99);
+    let j = &r.json;
+    assert_eq!(j["schema"], "pbx-edge.recording/1");
+    assert_eq!(j["source"], "pcap");
+    assert_eq!(j["call_id"], "clean-pcmu@test");
+    assert_eq!(j["from"]["number"], "1001");
+    assert_eq!(j["from"]["name"], "Alice");
+    assert_eq!(j["to"]["number"], "2002");
+    assert_eq!(j["audio"]["sample_rate"], 8000);
+    assert_eq!(j["audio"]["channels"], 2);
+    assert_eq!(j["channels"][0]["party"], "caller");
+    assert_eq!(j["channels"][0]["codec"], "PCMU");
+    assert_eq!(j["channels"][0]["packets"], truths[0].sent[0]);
+    assert_eq!(j["channels"][1]["packets"], truths[0].sent[1]);
+    assert_eq!(j["channels"][0]["lost"], 0);
+    assert_eq!(j["end_reason"], "bye");
+    assert_eq!(j["truncated"], false);
+    assert!(j["answered_at"].is_string());
+    let id = j["recording_id"].as_str().unwrap();
+    assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let meta = std::fs::metadata(&r.wav).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(j["audio"]["bytes"], meta.len());
+}
+
+#[test]
+fn pcma_with_loss_duplicates_jitter_and_reordering() {
+    let mut c = call("rough-pcma@test", TestCodec::Pcma, 30, 2);
+    for leg in [&mut c.caller_leg, &mut c.callee_leg] {
+        leg.impair.loss = 0.05;
+        leg.impair.duplicate = 0.03;
+        leg.impair.jitter_ms = 60;
+        leg.impair.reorder = 0.03;
+    }
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs.len(), 1);
+    check(&recs[0], &truths[0], 2.0, 0.95);
+    let lost0 = recs[0].json["channels"][0]["lost"].as_u64().unwrap();
+    let want = truths[0].lost[0];
+    assert!(lost0.abs_diff(want) <= 2, "lost {lost0}, truth {want}");
+}
+
+#[test]
+fn g722_call_is_recorded_wideband() {
+    let c = call("g722@test", TestCodec::G722, 15, 3);
+    let (_d, truths, recs) = run(&[c], Format::PcapNanos, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs[0].rate, 16000);
+    assert_eq!(recs[0].json["channels"][0]["codec"], "G722");
+    check(&recs[0], &truths[0], 1.0, 0.9);
+}
+
+#[test]
+fn opus_call_is_recorded_wideband() {
+    let c = call("opus@test", TestCodec::Opus, 15, 4);
+    let (_d, truths, recs) = run(&[c], Format::PcapNg, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs[0].rate, 16000);
+    check(&recs[0], &truths[0], 10.0, 0.8);
+}
+
+#[test]
+fn forced_8k_output_downsamples_wideband() {
+    let c = call("g722-8k@test", TestCodec::G722, 10, 5);
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &["--sample-rate", "8000"]);
+    assert_eq!(recs[0].rate, 8000);
+    check(&recs[0], &truths[0], 1.0, 0.85);
+}
+
+#[test]
+fn ssrc_change_hold_and_silence_suppression_keep_sync() {
+    let mut c = call("trouble@test", TestCodec::Pcmu, 40, 6);
+    c.callee_leg.impair.ssrc_change_at_ms = Some(12_000);
+    c.caller_leg.impair.hold = Some(Hold {
+        from_ms: 15_000,
+        to_ms: 25_000,
+        timestamps_continue: false,
+        signal: true,
+    });
+    c.caller_leg.impair.silence_suppression_rms = Some(50.0);
+    c.callee_leg.impair.silence_suppression_rms = Some(50.0);
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs.len(), 1, "one recording despite SSRC change and re-INVITEs");
+    check(&recs[0], &truths[0], 1.0, 0.97);
+    // The end of the call is still in sync (after hold and SSRC change).
+    let r = &recs[0];
+    let t = &truths[0];
+    let from = 30 * 8000;
+    for ch in 0..2 {
+        let (lag, c) = align(&r.ch[ch][from..], 8000, &t.expected[ch][from..], 8000, 200);
+        assert!(lag.abs() <= 1.0 && c > 0.97, "channel {ch} after 30 s: lag {lag} ms corr {c}");
+    }
+    assert_eq!(r.json["channels"][1]["ssrcs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sender_clock_drift_over_ten_minutes_stays_in_sync() {
+    let mut c = call("drift@test", TestCodec::Pcmu, 600, 7);
+    c.caller_leg.impair.drift_ppm = 300;
+    c.callee_leg.impair.drift_ppm = -300;
+    c.caller_leg.impair.jitter_ms = 30;
+    c.callee_leg.impair.jitter_ms = 30;
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let r = &recs[0];
+    let t = &truths[0];
+    // Measure alignment in the last 30 s of the call.
+    let from = 560 * 8000;
+    for ch in 0..2 {
+        let (lag, c) = align(&r.ch[ch][from..], 8000, &t.expected[ch][from..], 8000, 300);
+        assert!(lag.abs() <= 40.0 && c > 0.9, "channel {ch} at the end: lag {lag} ms corr {c}");
+    }
+}
+
+#[test]
+fn silent_leg_gives_silent_channel() {
+    let mut c = call("oneway@test", TestCodec::Pcmu, 10, 8);
+    c.callee_leg.impair.mute = true;
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    check(&recs[0], &truths[0], 0.0, 0.99);
+    assert_eq!(recs[0].json["channels"][1]["packets"], 0);
+    let w = recs[0].json["warnings"].to_string();
+    assert!(w.contains("no RTP"), "warnings: {w}");
+}
+
+#[test]
+fn tcp_sip_over_qinq_ipv6_pcapng() {
+    let mut c = call("tcp-v6@test", TestCodec::Pcma, 8, 9);
+    c.transport = SipTransport::Tcp;
+    c.caller.ip = "2001:db8::1".parse().unwrap();
+    c.callee.ip = "2001:db8::2".parse().unwrap();
+    let framing = Framing { vlans: vec![100, 200], mtu: None };
+    let (_d, truths, recs) = run(&[c], Format::PcapNg, Link::Ethernet, &framing, &[]);
+    assert_eq!(recs.len(), 1);
+    check(&recs[0], &truths[0], 0.0, 0.99);
+    assert_eq!(recs[0].json["from"]["number"], "1001");
+}
+
+#[test]
+fn fragmented_invite_over_linux_cooked_v2_and_v1() {
+    for link in [Link::LinuxSll2, Link::LinuxSll, Link::RawIp] {
+        let c = call("frag@test", TestCodec::Pcmu, 5, 10);
+        let framing = Framing { vlans: vec![], mtu: Some(576) };
+        let (_d, truths, recs) = run(&[c], Format::PcapMicros, link, &framing, &[]);
+        assert_eq!(recs.len(), 1, "{link:?}");
+        check(&recs[0], &truths[0], 0.0, 0.99);
+    }
+}
+
+#[test]
+fn call_without_bye_ends_with_the_capture() {
+    let mut c = call("nobye@test", TestCodec::Pcmu, 6, 11);
+    c.bye = false;
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    check(&recs[0], &truths[0], 0.0, 0.99);
+    assert_eq!(recs[0].json["end_reason"], "capture_end");
+    assert_eq!(recs[0].json["truncated"], true);
+}
+
+#[test]
+fn dtmf_becomes_json_not_audio() {
+    let mut c = call("dtmf@test", TestCodec::Pcmu, 10, 12);
+    c.caller_leg.dtmf = vec![('1', 2000, 200), ('#', 4000, 160), ('9', 6000, 100)];
+    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let dtmf = recs[0].json["dtmf"].as_array().unwrap().clone();
+    let digits: String = dtmf.iter().map(|d| d["digit"].as_str().unwrap()).collect();
+    assert_eq!(digits, "1#9");
+    for (d, t) in dtmf.iter().zip(&truths[0].dtmf) {
+        assert_eq!(d["channel"], t.0 as u64);
+        let at = d["at_ms"].as_i64().unwrap();
+        assert!((at - t.2).abs() <= 30, "digit {} at {at} ms, sent at {} ms", t.1, t.2);
+        let dur = d["duration_ms"].as_i64().unwrap();
+        assert!((dur - t.3).abs() <= 25, "duration {dur} vs {}", t.3);
+    }
+    check(&recs[0], &truths[0], 0.0, 0.98);
+}
+
+#[test]
+fn many_concurrent_calls_are_kept_apart() {
+    let mut calls = Vec::new();
+    for n in 0..12u64 {
+        let mut c = call(&format!("multi-{n}@test"), TestCodec::Pcmu, 8, 100 + n);
+        c.caller.ip = format!("10.9.0.{}", n + 1).parse().unwrap();
+        c.callee.ip = format!("10.9.1.{}", n + 1).parse().unwrap();
+        c.start_ns += n as i64 * 150_000_000;
+        calls.push(c);
+    }
+    let (_d, truths, recs) = run(&calls, Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    assert_eq!(recs.len(), 12);
+    for t in &truths {
+        check(by_call_id(&recs, &t.call_id), t, 0.0, 0.99);
+    }
+}
+
+#[test]
+fn truncated_capture_keeps_complete_calls_and_names_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("cut.pcap");
+    let mut a = call("first@test", TestCodec::Pcmu, 4, 13);
+    a.start_ns -= 60_000_000_000;
+    let b = call("second@test", TestCodec::Pcmu, 20, 14);
+    write_capture(&cap, &[a, b], Format::PcapMicros, Link::Ethernet, &Framing::default()).unwrap();
+    let len = std::fs::metadata(&cap).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&cap).unwrap();
+    f.set_len(len / 2 + 7).unwrap();
+    let out = dir.path().join("out");
+    let o = import(&[&cap], &out, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cut.pcap") && err.contains("byte"), "stderr: {err}");
+    let recs = recordings(&out);
+    assert_eq!(recs.len(), 2, "the complete call and the part of the cut one");
+    assert_eq!(by_call_id(&recs, "first@test").json["end_reason"], "bye");
+    assert_eq!(by_call_id(&recs, "second@test").json["truncated"], true);
+}
+
+#[test]
+fn not_a_capture_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("notes.txt");
+    std::fs::write(&f, "hello, this is not a pcap").unwrap();
+    let o = import(&[&f], &dir.path().join("out"), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("notes.txt") && err.contains("not a pcap"), "{err}");
+    let missing = import(&[Path::new("/nonexistent/x.pcap")], &dir.path().join("out"), &[]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn tone_levels_survive_g711() {
+    // A pure tone keeps its level through encode/decode (no gain errors).
+    let a = tone(440.0, 3000, 8000, 8000.0);
+    let b = tone(1000.0, 3000, 8000, 4000.0);
+    let c = CallSpec::simple("tone@test", TestCodec::Pcmu, a.clone(), b.clone());
+    let (_d, _t, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let r = &recs[0];
+    let l = rms(&r.ch[0][800..20000]);
+    let rr = rms(&r.ch[1][800..20000]);
+    assert!((l / rms(&a) - 1.0).abs() < 0.02, "left level {l}");
+    assert!((rr / rms(&b) - 1.0).abs() < 0.02, "right level {rr}");
+}
