@@ -21,8 +21,8 @@ use crate::units::parse_duration;
 
 pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     let sample_rate = parse_rate(&args.sample_rate)?;
-    let min_duration = parse_duration(&args.min_duration)
-        .map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
+    let min_duration =
+        parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
     let ctx = RecordingContext {
         agent_id: args.agent_id.clone().unwrap_or_else(hostname),
         source: "pcap",
@@ -184,7 +184,10 @@ fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) ->
     bad(s.sdp_malformed, "malformed SDP");
     bad(s.rtp_malformed, "malformed RTP");
     bad(s.rtp_unmatched, "RTP of no known call");
-    bad(s.rtp_duplicate_flow, "RTP copies of an already recorded stream");
+    bad(
+        s.rtp_duplicate_flow,
+        "RTP copies of an already recorded stream",
+    );
     bad(s.rtcp_packets, "RTCP (ignored)");
     bad(s.sip_retransmissions, "SIP retransmissions");
     bad(s.udp_other, "other UDP");

@@ -86,7 +86,11 @@ impl RecordingDir {
         })
     }
 
-    fn finish_files(&mut self, rec: OpenRecording, meta: &CallMeta) -> io::Result<Option<WrittenRecording>> {
+    fn finish_files(
+        &mut self,
+        rec: OpenRecording,
+        meta: &CallMeta,
+    ) -> io::Result<Option<WrittenRecording>> {
         if let Some(e) = rec.error {
             return Err(e);
         }
@@ -129,8 +133,9 @@ impl RecordingDir {
 impl RecordingSink for RecordingDir {
     fn begin(&mut self, call: CallKey, start: &RecordingStart) {
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
-        let opened = create_private_file(&part)
-            .and_then(|f| WavWriter::new(BufWriter::with_capacity(64 * 1024, f), start.sample_rate, 2));
+        let opened = create_private_file(&part).and_then(|f| {
+            WavWriter::new(BufWriter::with_capacity(64 * 1024, f), start.sample_rate, 2)
+        });
         let (wav, error) = match opened {
             Ok(w) => (Some(w), None),
             Err(e) => (None, Some(e)),
@@ -251,7 +256,10 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// fsync a directory so renames in it are durable.

@@ -20,7 +20,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("`{s}` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")"));
+            return Err(format!(
+                "`{s}` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")"
+            ));
         }
         let n: u128 = rest[..num_len]
             .parse()
@@ -57,7 +59,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .unwrap_or(t.len());
     let (num, unit) = (&t[..split], t[split..].trim());
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size (write e.g. \"512MiB\", \"20GiB\")"));
+        return Err(format!(
+            "`{s}` is not a size (write e.g. \"512MiB\", \"20GiB\")"
+        ));
     }
     let n: f64 = num.parse().map_err(|_| format!("`{s}`: bad number"))?;
     let mult: f64 = match unit.to_ascii_lowercase().as_str() {
@@ -70,7 +74,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (use B, KB, MB, GB, KiB, MiB, GiB, TiB)")),
+        u => {
+            return Err(format!(
+                "`{s}`: unknown unit `{u}` (use B, KB, MB, GB, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     let v = n * mult;
     if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {

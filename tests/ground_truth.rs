@@ -24,13 +24,23 @@ fn call(id: &str, codec: TestCodec, secs: u32, seed: u64) -> CallSpec {
     c
 }
 
-fn run(calls: &[CallSpec], format: Format, link: Link, framing: &Framing, extra: &[&str]) -> (tempfile::TempDir, Vec<CallTruth>, Vec<Recording>) {
+fn run(
+    calls: &[CallSpec],
+    format: Format,
+    link: Link,
+    framing: &Framing,
+    extra: &[&str],
+) -> (tempfile::TempDir, Vec<CallTruth>, Vec<Recording>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cap = dir.path().join("calls.pcap");
     let truths = write_capture(&cap, calls, format, link, framing).expect("write capture");
     let out = dir.path().join("out");
     let o = import(&[&cap], &out, extra);
-    assert!(o.status.success(), "import failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let recs = recordings(&out);
     (dir, truths, recs)
 }
@@ -52,20 +62,38 @@ fn check(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64) {
         if rms(other) > 0.0 {
             let t = to_rate(other, truth.rate, rec.rate);
             let (_, x) = best_lag(&rec.ch[ch], &t, i64::from(rec.rate) / 10);
-            assert!(x < 0.2, "call {} channel {ch}: cross-talk correlation {x:.3}", truth.call_id);
+            assert!(
+                x < 0.2,
+                "call {} channel {ch}: cross-talk correlation {x:.3}",
+                truth.call_id
+            );
         }
     }
     // Duration: the recording covers the truth (within a packet or two).
     let want_ms = truth.expected[0].len() as f64 * 1000.0 / f64::from(truth.rate);
     let got_ms = rec.ch[0].len() as f64 * 1000.0 / f64::from(rec.rate);
-    assert!((got_ms - want_ms).abs() <= 60.0, "duration {got_ms} ms, expected {want_ms} ms");
-    assert_eq!(rec.json["duration_ms"].as_f64().map(|d| (d - got_ms).abs() < 2.0), Some(true));
+    assert!(
+        (got_ms - want_ms).abs() <= 60.0,
+        "duration {got_ms} ms, expected {want_ms} ms"
+    );
+    assert_eq!(
+        rec.json["duration_ms"]
+            .as_f64()
+            .map(|d| (d - got_ms).abs() < 2.0),
+        Some(true)
+    );
 }
 
 #[test]
 fn pcmu_clean_call_is_sample_aligned() {
     let c = call("clean-pcmu@test", TestCodec::Pcmu, 20, 1);
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
     check(r, &truths[0], 0.0, 0.99);
@@ -103,7 +131,13 @@ fn pcma_with_loss_duplicates_jitter_and_reordering() {
         leg.impair.jitter_ms = 60;
         leg.impair.reorder = 0.03;
     }
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     assert_eq!(recs.len(), 1);
     check(&recs[0], &truths[0], 2.0, 0.95);
     let lost0 = recs[0].json["channels"][0]["lost"].as_u64().unwrap();
@@ -114,7 +148,13 @@ fn pcma_with_loss_duplicates_jitter_and_reordering() {
 #[test]
 fn g722_call_is_recorded_wideband() {
     let c = call("g722@test", TestCodec::G722, 15, 3);
-    let (_d, truths, recs) = run(&[c], Format::PcapNanos, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapNanos,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     assert_eq!(recs[0].rate, 16000);
     assert_eq!(recs[0].json["channels"][0]["codec"], "G722");
     check(&recs[0], &truths[0], 1.0, 0.9);
@@ -123,7 +163,13 @@ fn g722_call_is_recorded_wideband() {
 #[test]
 fn opus_call_is_recorded_wideband() {
     let c = call("opus@test", TestCodec::Opus, 15, 4);
-    let (_d, truths, recs) = run(&[c], Format::PcapNg, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapNg,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     assert_eq!(recs[0].rate, 16000);
     check(&recs[0], &truths[0], 10.0, 0.8);
 }
@@ -131,7 +177,13 @@ fn opus_call_is_recorded_wideband() {
 #[test]
 fn forced_8k_output_downsamples_wideband() {
     let c = call("g722-8k@test", TestCodec::G722, 10, 5);
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &["--sample-rate", "8000"]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &["--sample-rate", "8000"],
+    );
     assert_eq!(recs[0].rate, 8000);
     check(&recs[0], &truths[0], 1.0, 0.85);
 }
@@ -148,8 +200,18 @@ fn ssrc_change_hold_and_silence_suppression_keep_sync() {
     });
     c.caller_leg.impair.silence_suppression_rms = Some(50.0);
     c.callee_leg.impair.silence_suppression_rms = Some(50.0);
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
-    assert_eq!(recs.len(), 1, "one recording despite SSRC change and re-INVITEs");
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
+    assert_eq!(
+        recs.len(),
+        1,
+        "one recording despite SSRC change and re-INVITEs"
+    );
     check(&recs[0], &truths[0], 1.0, 0.97);
     // The end of the call is still in sync (after hold and SSRC change).
     let r = &recs[0];
@@ -157,7 +219,10 @@ fn ssrc_change_hold_and_silence_suppression_keep_sync() {
     let from = 30 * 8000;
     for ch in 0..2 {
         let (lag, c) = align(&r.ch[ch][from..], 8000, &t.expected[ch][from..], 8000, 200);
-        assert!(lag.abs() <= 1.0 && c > 0.97, "channel {ch} after 30 s: lag {lag} ms corr {c}");
+        assert!(
+            lag.abs() <= 1.0 && c > 0.97,
+            "channel {ch} after 30 s: lag {lag} ms corr {c}"
+        );
     }
     assert_eq!(r.json["channels"][1]["ssrcs"].as_array().unwrap().len(), 2);
 }
@@ -169,14 +234,23 @@ fn sender_clock_drift_over_ten_minutes_stays_in_sync() {
     c.callee_leg.impair.drift_ppm = -300;
     c.caller_leg.impair.jitter_ms = 30;
     c.callee_leg.impair.jitter_ms = 30;
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     let r = &recs[0];
     let t = &truths[0];
     // Measure alignment in the last 30 s of the call.
     let from = 560 * 8000;
     for ch in 0..2 {
         let (lag, c) = align(&r.ch[ch][from..], 8000, &t.expected[ch][from..], 8000, 300);
-        assert!(lag.abs() <= 40.0 && c > 0.9, "channel {ch} at the end: lag {lag} ms corr {c}");
+        assert!(
+            lag.abs() <= 40.0 && c > 0.9,
+            "channel {ch} at the end: lag {lag} ms corr {c}"
+        );
     }
 }
 
@@ -184,7 +258,13 @@ fn sender_clock_drift_over_ten_minutes_stays_in_sync() {
 fn silent_leg_gives_silent_channel() {
     let mut c = call("oneway@test", TestCodec::Pcmu, 10, 8);
     c.callee_leg.impair.mute = true;
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     check(&recs[0], &truths[0], 0.0, 0.99);
     assert_eq!(recs[0].json["channels"][1]["packets"], 0);
     let w = recs[0].json["warnings"].to_string();
@@ -197,7 +277,10 @@ fn tcp_sip_over_qinq_ipv6_pcapng() {
     c.transport = SipTransport::Tcp;
     c.caller.ip = "2001:db8::1".parse().unwrap();
     c.callee.ip = "2001:db8::2".parse().unwrap();
-    let framing = Framing { vlans: vec![100, 200], mtu: None };
+    let framing = Framing {
+        vlans: vec![100, 200],
+        mtu: None,
+    };
     let (_d, truths, recs) = run(&[c], Format::PcapNg, Link::Ethernet, &framing, &[]);
     assert_eq!(recs.len(), 1);
     check(&recs[0], &truths[0], 0.0, 0.99);
@@ -208,7 +291,10 @@ fn tcp_sip_over_qinq_ipv6_pcapng() {
 fn fragmented_invite_over_linux_cooked_v2_and_v1() {
     for link in [Link::LinuxSll2, Link::LinuxSll, Link::RawIp] {
         let c = call("frag@test", TestCodec::Pcmu, 5, 10);
-        let framing = Framing { vlans: vec![], mtu: Some(576) };
+        let framing = Framing {
+            vlans: vec![],
+            mtu: Some(576),
+        };
         let (_d, truths, recs) = run(&[c], Format::PcapMicros, link, &framing, &[]);
         assert_eq!(recs.len(), 1, "{link:?}");
         check(&recs[0], &truths[0], 0.0, 0.99);
@@ -219,7 +305,13 @@ fn fragmented_invite_over_linux_cooked_v2_and_v1() {
 fn call_without_bye_ends_with_the_capture() {
     let mut c = call("nobye@test", TestCodec::Pcmu, 6, 11);
     c.bye = false;
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     check(&recs[0], &truths[0], 0.0, 0.99);
     assert_eq!(recs[0].json["end_reason"], "capture_end");
     assert_eq!(recs[0].json["truncated"], true);
@@ -229,14 +321,25 @@ fn call_without_bye_ends_with_the_capture() {
 fn dtmf_becomes_json_not_audio() {
     let mut c = call("dtmf@test", TestCodec::Pcmu, 10, 12);
     c.caller_leg.dtmf = vec![('1', 2000, 200), ('#', 4000, 160), ('9', 6000, 100)];
-    let (_d, truths, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     let dtmf = recs[0].json["dtmf"].as_array().unwrap().clone();
     let digits: String = dtmf.iter().map(|d| d["digit"].as_str().unwrap()).collect();
     assert_eq!(digits, "1#9");
     for (d, t) in dtmf.iter().zip(&truths[0].dtmf) {
         assert_eq!(d["channel"], t.0 as u64);
         let at = d["at_ms"].as_i64().unwrap();
-        assert!((at - t.2).abs() <= 30, "digit {} at {at} ms, sent at {} ms", t.1, t.2);
+        assert!(
+            (at - t.2).abs() <= 30,
+            "digit {} at {at} ms, sent at {} ms",
+            t.1,
+            t.2
+        );
         let dur = d["duration_ms"].as_i64().unwrap();
         assert!((dur - t.3).abs() <= 25, "duration {dur} vs {}", t.3);
     }
@@ -253,7 +356,13 @@ fn many_concurrent_calls_are_kept_apart() {
         c.start_ns += n as i64 * 150_000_000;
         calls.push(c);
     }
-    let (_d, truths, recs) = run(&calls, Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, truths, recs) = run(
+        &calls,
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     assert_eq!(recs.len(), 12);
     for t in &truths {
         check(by_call_id(&recs, &t.call_id), t, 0.0, 0.99);
@@ -267,7 +376,14 @@ fn truncated_capture_keeps_complete_calls_and_names_the_offset() {
     let mut a = call("first@test", TestCodec::Pcmu, 4, 13);
     a.start_ns -= 60_000_000_000;
     let b = call("second@test", TestCodec::Pcmu, 20, 14);
-    write_capture(&cap, &[a, b], Format::PcapMicros, Link::Ethernet, &Framing::default()).unwrap();
+    write_capture(
+        &cap,
+        &[a, b],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .unwrap();
     let len = std::fs::metadata(&cap).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&cap).unwrap();
     f.set_len(len / 2 + 7).unwrap();
@@ -275,9 +391,16 @@ fn truncated_capture_keeps_complete_calls_and_names_the_offset() {
     let o = import(&[&cap], &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cut.pcap") && err.contains("byte"), "stderr: {err}");
+    assert!(
+        err.contains("cut.pcap") && err.contains("byte"),
+        "stderr: {err}"
+    );
     let recs = recordings(&out);
-    assert_eq!(recs.len(), 2, "the complete call and the part of the cut one");
+    assert_eq!(
+        recs.len(),
+        2,
+        "the complete call and the part of the cut one"
+    );
     assert_eq!(by_call_id(&recs, "first@test").json["end_reason"], "bye");
     assert_eq!(by_call_id(&recs, "second@test").json["truncated"], true);
 }
@@ -290,8 +413,15 @@ fn not_a_capture_is_a_clear_error() {
     let o = import(&[&f], &dir.path().join("out"), &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("notes.txt") && err.contains("not a pcap"), "{err}");
-    let missing = import(&[Path::new("/nonexistent/x.pcap")], &dir.path().join("out"), &[]);
+    assert!(
+        err.contains("notes.txt") && err.contains("not a pcap"),
+        "{err}"
+    );
+    let missing = import(
+        &[Path::new("/nonexistent/x.pcap")],
+        &dir.path().join("out"),
+        &[],
+    );
     assert_eq!(missing.status.code(), Some(1));
 }
 
@@ -301,7 +431,13 @@ fn tone_levels_survive_g711() {
     let a = tone(440.0, 3000, 8000, 8000.0);
     let b = tone(1000.0, 3000, 8000, 4000.0);
     let c = CallSpec::simple("tone@test", TestCodec::Pcmu, a.clone(), b.clone());
-    let (_d, _t, recs) = run(&[c], Format::PcapMicros, Link::Ethernet, &Framing::default(), &[]);
+    let (_d, _t, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
     let r = &recs[0];
     let l = rms(&r.ch[0][800..20000]);
     let rr = rms(&r.ch[1][800..20000]);

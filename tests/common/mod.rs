@@ -57,14 +57,26 @@ pub fn recordings(dir: &Path) -> Vec<Recording> {
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        let json: Value = serde_json::from_slice(&std::fs::read(&p).expect("read json")).expect("parse json");
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(&p).expect("read json")).expect("parse json");
         let wav = p.with_extension("wav");
         let (rate, ch) = read_stereo_wav(&wav).expect("read wav");
-        out.push(Recording { json, wav, rate, ch });
+        out.push(Recording {
+            json,
+            wav,
+            rate,
+            ch,
+        });
     }
     out.sort_by(|a, b| {
-        (a.json["media_started_at"].as_str(), a.json["call_id"].as_str())
-            .cmp(&(b.json["media_started_at"].as_str(), b.json["call_id"].as_str()))
+        (
+            a.json["media_started_at"].as_str(),
+            a.json["call_id"].as_str(),
+        )
+            .cmp(&(
+                b.json["media_started_at"].as_str(),
+                b.json["call_id"].as_str(),
+            ))
     });
     out
 }
@@ -86,7 +98,13 @@ pub fn to_rate(x: &[i16], from: u32, to: u32) -> Vec<i16> {
 }
 
 /// Alignment of recorded channel vs truth: (lag in ms, correlation).
-pub fn align(rec: &[i16], rec_rate: u32, truth: &[i16], truth_rate: u32, max_ms: i64) -> (f64, f64) {
+pub fn align(
+    rec: &[i16],
+    rec_rate: u32,
+    truth: &[i16],
+    truth_rate: u32,
+    max_ms: i64,
+) -> (f64, f64) {
     let t = to_rate(truth, truth_rate, rec_rate);
     let max = max_ms * i64::from(rec_rate) / 1000;
     let (lag, c) = best_lag(rec, &t, max);

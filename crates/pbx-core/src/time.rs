@@ -86,6 +86,13 @@ impl Sub for Timestamp {
     }
 }
 
+impl serde::Serialize for Timestamp {
+    /// As RFC 3339 text.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())

@@ -10,7 +10,10 @@ use crate::scenario::Rng;
 pub fn tone(freq: f64, ms: u32, rate: u32, amplitude: f64) -> Vec<i16> {
     let n = (u64::from(ms) * u64::from(rate) / 1000) as usize;
     (0..n)
-        .map(|i| (amplitude * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16)
+        .map(|i| {
+            (amplitude * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
+                as i16
+        })
         .collect()
 }
 
@@ -47,8 +50,14 @@ pub fn speechlike(seed: u64, ms: u32, rate: u32) -> Vec<i16> {
 /// Speech from espeak-ng at `rate` (8000 or 16000), via sox for the rate
 /// change. `None` when the tools are missing.
 pub fn espeak(text: &str, voice: &str, rate: u32, tmp: &Path) -> Option<Vec<i16>> {
-    let wav = tmp.join(format!("espeak-{}-{rate}.wav", voice.replace(['/', ' '], "_")));
-    let raw = tmp.join(format!("espeak-{}-{rate}.raw", voice.replace(['/', ' '], "_")));
+    let wav = tmp.join(format!(
+        "espeak-{}-{rate}.wav",
+        voice.replace(['/', ' '], "_")
+    ));
+    let raw = tmp.join(format!(
+        "espeak-{}-{rate}.raw",
+        voice.replace(['/', ' '], "_")
+    ));
     let ok = Command::new("espeak-ng")
         .args(["-v", voice, "-w"])
         .arg(&wav)
@@ -61,7 +70,18 @@ pub fn espeak(text: &str, voice: &str, rate: u32, tmp: &Path) -> Option<Vec<i16>
     }
     let ok = Command::new("sox")
         .arg(&wav)
-        .args(["-r", &rate.to_string(), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw"])
+        .args([
+            "-r",
+            &rate.to_string(),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
         .arg(&raw)
         .status()
         .ok()?
@@ -70,7 +90,12 @@ pub fn espeak(text: &str, voice: &str, rate: u32, tmp: &Path) -> Option<Vec<i16>
         return None;
     }
     let bytes = std::fs::read(&raw).ok()?;
-    Some(bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect())
+    Some(
+        bytes
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+    )
 }
 
 /// A two-channel WAV (16-bit PCM) as (rate, [left, right]).
@@ -79,7 +104,10 @@ pub fn read_stereo_wav(path: &Path) -> std::io::Result<(u32, [Vec<i16>; 2])> {
     let info = pbx_core::audio::wav::parse_wav_header(&bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     if info.channels != 2 || info.bits_per_sample != 16 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not 16-bit stereo"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not 16-bit stereo",
+        ));
     }
     let start = info.data_offset as usize;
     let end = (start + info.data_len as usize).min(bytes.len());

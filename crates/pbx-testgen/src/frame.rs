@@ -30,7 +30,14 @@ fn checksum16(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: usize, id: u16, frag: u16) -> Vec<u8> {
+fn ipv4_header(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    payload_len: usize,
+    id: u16,
+    frag: u16,
+) -> Vec<u8> {
     let mut h = vec![0u8; 20];
     h[0] = 0x45;
     let total = (20 + payload_len) as u16;
@@ -47,7 +54,14 @@ fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: usize, id: u1
 }
 
 /// IP packets (one, or several fragments) carrying `l4` with protocol `proto`.
-pub fn ip_packets(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], id: u16, mtu: Option<usize>) -> Vec<Vec<u8>> {
+pub fn ip_packets(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4: &[u8],
+    id: u16,
+    mtu: Option<usize>,
+) -> Vec<Vec<u8>> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let max = mtu.unwrap_or(65_535).max(68) - 20;
@@ -150,7 +164,11 @@ pub fn link_frame(link: Link, framing: &Framing, ip: &[u8]) -> Vec<u8> {
             f.extend_from_slice(&[0x00, 0x11, 0x22, 0x33, 0x44, 0x55]);
             f.extend_from_slice(&[0x00, 0x66, 0x77, 0x88, 0x99, 0xaa]);
             for (i, v) in framing.vlans.iter().enumerate() {
-                let tpid: u16 = if i == 0 && framing.vlans.len() > 1 { 0x88a8 } else { 0x8100 };
+                let tpid: u16 = if i == 0 && framing.vlans.len() > 1 {
+                    0x88a8
+                } else {
+                    0x8100
+                };
                 f.extend_from_slice(&tpid.to_be_bytes());
                 f.extend_from_slice(&(v & 0x0fff).to_be_bytes());
             }
@@ -179,7 +197,14 @@ pub fn link_frame(link: Link, framing: &Framing, ip: &[u8]) -> Vec<u8> {
 }
 
 /// Frames for one UDP datagram (several if it is fragmented).
-pub fn udp_frames(link: Link, framing: &Framing, src: SocketAddr, dst: SocketAddr, payload: &[u8], ip_id: u16) -> Vec<Vec<u8>> {
+pub fn udp_frames(
+    link: Link,
+    framing: &Framing,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    ip_id: u16,
+) -> Vec<Vec<u8>> {
     let l4 = udp(src.port(), dst.port(), payload);
     ip_packets(src.ip(), dst.ip(), 17, &l4, ip_id, framing.mtu)
         .iter()
@@ -189,7 +214,16 @@ pub fn udp_frames(link: Link, framing: &Framing, src: SocketAddr, dst: SocketAdd
 
 /// One frame for a TCP segment.
 #[allow(clippy::too_many_arguments)]
-pub fn tcp_frame(link: Link, framing: &Framing, src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_frame(
+    link: Link,
+    framing: &Framing,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let l4 = tcp(src.port(), dst.port(), seq, ack, flags, payload);
     let p = ip_packets(src.ip(), dst.ip(), 6, &l4, 0, None);
     link_frame(link, framing, &p[0])

@@ -98,7 +98,12 @@ pub struct CallSpec {
 
 impl CallSpec {
     /// A plain call between two hosts with the given audio.
-    pub fn simple(call_id: &str, codec: TestCodec, caller_audio: Vec<i16>, callee_audio: Vec<i16>) -> Self {
+    pub fn simple(
+        call_id: &str,
+        codec: TestCodec,
+        caller_audio: Vec<i16>,
+        callee_audio: Vec<i16>,
+    ) -> Self {
         CallSpec {
             call_id: call_id.to_string(),
             caller: Party {
@@ -197,7 +202,14 @@ impl SipFlow {
         match self.transport {
             SipTransport::Udp => {
                 self.ip_id = self.ip_id.wrapping_add(1);
-                for f in frame::udp_frames(self.link, &self.framing, src, dst, msg.as_bytes(), self.ip_id) {
+                for f in frame::udp_frames(
+                    self.link,
+                    &self.framing,
+                    src,
+                    dst,
+                    msg.as_bytes(),
+                    self.ip_id,
+                ) {
                     out.push((at_ns, f));
                 }
             }
@@ -211,9 +223,23 @@ impl SipFlow {
                 cuts.sort_unstable();
                 cuts.dedup();
                 let mut last = 0;
-                for (i, c) in cuts.iter().copied().chain(std::iter::once(b.len())).enumerate() {
+                for (i, c) in cuts
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(b.len()))
+                    .enumerate()
+                {
                     let seg = &b[last..c];
-                    let f = frame::tcp_frame(self.link, &self.framing, src, dst, self.seq[dir], self.seq[1 - dir], TCP_ACK | TCP_PSH, seg);
+                    let f = frame::tcp_frame(
+                        self.link,
+                        &self.framing,
+                        src,
+                        dst,
+                        self.seq[dir],
+                        self.seq[1 - dir],
+                        TCP_ACK | TCP_PSH,
+                        seg,
+                    );
                     self.seq[dir] = self.seq[dir].wrapping_add(seg.len() as u32);
                     out.push((at_ns + i as i64 * 1000, f));
                     last = c;
@@ -227,9 +253,45 @@ impl SipFlow {
             return;
         }
         let (c, s) = (self.caller, self.callee);
-        out.push((at_ns - 3000, frame::tcp_frame(self.link, &self.framing, c, s, self.seq[0].wrapping_sub(1), 0, TCP_SYN, &[])));
-        out.push((at_ns - 2000, frame::tcp_frame(self.link, &self.framing, s, c, self.seq[1].wrapping_sub(1), self.seq[0], TCP_SYN | TCP_ACK, &[])));
-        out.push((at_ns - 1000, frame::tcp_frame(self.link, &self.framing, c, s, self.seq[0], self.seq[1], TCP_ACK, &[])));
+        out.push((
+            at_ns - 3000,
+            frame::tcp_frame(
+                self.link,
+                &self.framing,
+                c,
+                s,
+                self.seq[0].wrapping_sub(1),
+                0,
+                TCP_SYN,
+                &[],
+            ),
+        ));
+        out.push((
+            at_ns - 2000,
+            frame::tcp_frame(
+                self.link,
+                &self.framing,
+                s,
+                c,
+                self.seq[1].wrapping_sub(1),
+                self.seq[0],
+                TCP_SYN | TCP_ACK,
+                &[],
+            ),
+        ));
+        out.push((
+            at_ns - 1000,
+            frame::tcp_frame(
+                self.link,
+                &self.framing,
+                c,
+                s,
+                self.seq[0],
+                self.seq[1],
+                TCP_ACK,
+                &[],
+            ),
+        ));
     }
 }
 
@@ -261,20 +323,50 @@ struct Dialog<'a> {
 }
 
 impl Dialog<'_> {
-    fn request(&self, method: &str, cseq: u32, from_caller: bool, to_tag: bool, branch: &str, body: Option<&str>) -> String {
+    fn request(
+        &self,
+        method: &str,
+        cseq: u32,
+        from_caller: bool,
+        to_tag: bool,
+        branch: &str,
+        body: Option<&str>,
+    ) -> String {
         let s = self.spec;
-        let (me, peer) = if from_caller { (&s.caller, &s.callee) } else { (&s.callee, &s.caller) };
-        let caller_h = format!("\"{}\" <sip:{}@{}>;tag=caller-{}", s.caller.name, s.caller.number, host(s.caller.ip), s.seed);
+        let (me, peer) = if from_caller {
+            (&s.caller, &s.callee)
+        } else {
+            (&s.callee, &s.caller)
+        };
+        let caller_h = format!(
+            "\"{}\" <sip:{}@{}>;tag=caller-{}",
+            s.caller.name,
+            s.caller.number,
+            host(s.caller.ip),
+            s.seed
+        );
         let callee_h = format!(
             "\"{}\" <sip:{}@{}>{}",
             s.callee.name,
             s.callee.number,
             host(s.callee.ip),
-            if to_tag { format!(";tag=callee-{}", s.seed) } else { String::new() }
+            if to_tag {
+                format!(";tag=callee-{}", s.seed)
+            } else {
+                String::new()
+            }
         );
-        let (from_h, to_h) = if from_caller { (caller_h, callee_h) } else { (callee_h, caller_h) };
+        let (from_h, to_h) = if from_caller {
+            (caller_h, callee_h)
+        } else {
+            (callee_h, caller_h)
+        };
         let body = body.unwrap_or("");
-        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let ct = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".into()
+        };
         format!(
             "{method} sip:{}@{}:{} SIP/2.0\r\nVia: SIP/2.0/{} {}:{};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: {from_h}\r\nTo: {to_h}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{}@{}:{}>\r\nUser-Agent: pbx-testgen\r\n{ct}Content-Length: {}\r\n\r\n{body}",
             peer.number,
@@ -291,7 +383,14 @@ impl Dialog<'_> {
         )
     }
 
-    fn response(&self, code: u16, reason: &str, req: &str, to_tag: bool, body: Option<&str>) -> String {
+    fn response(
+        &self,
+        code: u16,
+        reason: &str,
+        req: &str,
+        to_tag: bool,
+        body: Option<&str>,
+    ) -> String {
         // Copy Via, From, To, Call-ID, CSeq from the request.
         let mut out = format!("SIP/2.0 {code} {reason}\r\n");
         for line in req.split("\r\n").skip(1) {
@@ -344,7 +443,14 @@ fn rtp_leg(
     framing: &Framing,
     seed: u64,
 ) -> LegOut {
-    let mut out = LegOut { frames: Vec::new(), delivered: Vec::new(), dtmf: Vec::new(), sent: 0, lost: 0, first_arrival: None };
+    let mut out = LegOut {
+        frames: Vec::new(),
+        delivered: Vec::new(),
+        dtmf: Vec::new(),
+        sent: 0,
+        lost: 0,
+        first_arrival: None,
+    };
     if leg.impair.mute {
         return out;
     }
@@ -355,7 +461,10 @@ fn rtp_leg(
     let ts_step = codec.rtp_clock() * spec.ptime_ms / 1000;
     let packets = leg.audio.len().div_ceil(n);
     let mut enc = Encoder::new(codec);
-    let src = leg.impair.nat_source.unwrap_or(SocketAddr::new(from.ip, from.rtp_port));
+    let src = leg
+        .impair
+        .nat_source
+        .unwrap_or(SocketAddr::new(from.ip, from.rtp_port));
     let dst = SocketAddr::new(to.ip, to.rtp_port);
     let mut ssrc = rng.next_u64() as u32;
     let mut seq = rng.next_u64() as u16;
@@ -377,7 +486,10 @@ fn rtp_leg(
         // Every frame goes through the encoder (real encoders keep state).
         let payload = enc.encode(&frame_buf);
         let nominal = i as i64 * ptime_ns;
-        let send_ns = media_start_ns + i64::from(leg.start_ms) * 1_000_000 + nominal + nominal * i64::from(imp.drift_ppm) / 1_000_000;
+        let send_ns = media_start_ns
+            + i64::from(leg.start_ms) * 1_000_000
+            + nominal
+            + nominal * i64::from(imp.drift_ppm) / 1_000_000;
         if let (Some(at), false) = (imp.ssrc_change_at_ms, ssrc_changed) {
             if t_ms >= at {
                 ssrc_changed = true;
@@ -396,7 +508,9 @@ fn rtp_leg(
                 continue;
             }
         }
-        let ts = ts_base.wrapping_add((i as u32).wrapping_mul(ts_step)).wrapping_sub(ts_held);
+        let ts = ts_base
+            .wrapping_add((i as u32).wrapping_mul(ts_step))
+            .wrapping_sub(ts_held);
         // DTMF replaces the audio of its window.
         let mut in_dtmf = None;
         for (k, (d, at, dur)) in leg.dtmf.iter().enumerate() {
@@ -406,11 +520,18 @@ fn rtp_leg(
         }
         if let Some((k, digit, at, dur)) = in_dtmf {
             let ev = crate::codec::dtmf_event(digit);
-            let ev_ts = ts_base.wrapping_add(((at / spec.ptime_ms) as u32).wrapping_mul(ts_step)).wrapping_sub(ts_held);
+            let ev_ts = ts_base
+                .wrapping_add(((at / spec.ptime_ms) as u32).wrapping_mul(ts_step))
+                .wrapping_sub(ts_held);
             let elapsed = (t_ms - at + spec.ptime_ms).min(dur);
             let last = t_ms + spec.ptime_ms >= at + dur;
             let duration = (elapsed * codec.rtp_clock() / 1000) as u16;
-            let te = [ev, if last { 0x80 | 10 } else { 10 }, (duration >> 8) as u8, duration as u8];
+            let te = [
+                ev,
+                if last { 0x80 | 10 } else { 10 },
+                (duration >> 8) as u8,
+                duration as u8,
+            ];
             if !dtmf_done[k] {
                 dtmf_done[k] = true;
                 out.dtmf.push((send_ns, digit, dur));
@@ -428,7 +549,8 @@ fn rtp_leg(
             continue;
         }
         if let Some(th) = imp.silence_suppression_rms {
-            let rms = (frame_buf.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / n as f64).sqrt();
+            let rms =
+                (frame_buf.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / n as f64).sqrt();
             if rms < th {
                 marker = true;
                 continue;
@@ -475,7 +597,11 @@ pub fn rtp_packet(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &
 }
 
 /// Frames of one call (unsorted) and its truth.
-pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<TimedFrame>, CallTruth) {
+pub fn generate_call(
+    spec: &CallSpec,
+    link: Link,
+    framing: &Framing,
+) -> (Vec<TimedFrame>, CallTruth) {
     let mut frames: Vec<TimedFrame> = Vec::new();
     let transport = match spec.transport {
         SipTransport::Udp => "UDP",
@@ -496,19 +622,64 @@ pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<Tim
     let ms = 1_000_000i64;
     flow.handshake(&mut frames, t);
     let offer = sdp(&spec.caller, spec.codec, "sendrecv", 1);
-    let invite = d.request("INVITE", 1, true, false, &format!("inv{}", spec.seed), Some(&offer));
+    let invite = d.request(
+        "INVITE",
+        1,
+        true,
+        false,
+        &format!("inv{}", spec.seed),
+        Some(&offer),
+    );
     flow.send(&mut frames, t, true, &invite);
-    flow.send(&mut frames, t + 5 * ms, false, &d.response(100, "Trying", &invite, false, None));
-    flow.send(&mut frames, t + 50 * ms, false, &d.response(180, "Ringing", &invite, true, None));
+    flow.send(
+        &mut frames,
+        t + 5 * ms,
+        false,
+        &d.response(100, "Trying", &invite, false, None),
+    );
+    flow.send(
+        &mut frames,
+        t + 50 * ms,
+        false,
+        &d.response(180, "Ringing", &invite, true, None),
+    );
     let answer_ns = t + i64::from(spec.ring_ms) * ms;
     let answer = sdp(&spec.callee, spec.codec, "sendrecv", 1);
-    flow.send(&mut frames, answer_ns, false, &d.response(200, "OK", &invite, true, Some(&answer)));
-    flow.send(&mut frames, answer_ns + 10 * ms, true, &d.request("ACK", 1, true, true, &format!("ack{}", spec.seed), None));
+    flow.send(
+        &mut frames,
+        answer_ns,
+        false,
+        &d.response(200, "OK", &invite, true, Some(&answer)),
+    );
+    flow.send(
+        &mut frames,
+        answer_ns + 10 * ms,
+        true,
+        &d.request("ACK", 1, true, true, &format!("ack{}", spec.seed), None),
+    );
 
     let media_start = answer_ns + 20 * ms;
     let legs = [
-        rtp_leg(spec, &spec.caller_leg, &spec.caller, &spec.callee, media_start, link, framing, spec.seed.wrapping_mul(31).wrapping_add(7)),
-        rtp_leg(spec, &spec.callee_leg, &spec.callee, &spec.caller, media_start, link, framing, spec.seed.wrapping_mul(37).wrapping_add(11)),
+        rtp_leg(
+            spec,
+            &spec.caller_leg,
+            &spec.caller,
+            &spec.callee,
+            media_start,
+            link,
+            framing,
+            spec.seed.wrapping_mul(31).wrapping_add(7),
+        ),
+        rtp_leg(
+            spec,
+            &spec.callee_leg,
+            &spec.callee,
+            &spec.caller,
+            media_start,
+            link,
+            framing,
+            spec.seed.wrapping_mul(37).wrapping_add(11),
+        ),
     ];
 
     // Hold signalling (re-INVITE from the holding party).
@@ -516,12 +687,30 @@ pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<Tim
     for (ch, leg) in [&spec.caller_leg, &spec.callee_leg].iter().enumerate() {
         if let Some(h) = leg.impair.hold.filter(|h| h.signal) {
             let from_caller = ch == 0;
-            let me = if from_caller { &spec.caller } else { &spec.callee };
-            let other = if from_caller { &spec.callee } else { &spec.caller };
-            for (at, dir, back, v) in [(h.from_ms, "sendonly", "recvonly", 2), (h.to_ms, "sendrecv", "sendrecv", 3)] {
+            let me = if from_caller {
+                &spec.caller
+            } else {
+                &spec.callee
+            };
+            let other = if from_caller {
+                &spec.callee
+            } else {
+                &spec.caller
+            };
+            for (at, dir, back, v) in [
+                (h.from_ms, "sendonly", "recvonly", 2),
+                (h.to_ms, "sendrecv", "sendrecv", 3),
+            ] {
                 let at_ns = media_start + i64::from(leg.start_ms + at) * ms - 5 * ms;
                 let body = sdp(me, spec.codec, dir, v);
-                let req = d.request("INVITE", cseq, from_caller, true, &format!("re{}x{}", spec.seed, cseq), Some(&body));
+                let req = d.request(
+                    "INVITE",
+                    cseq,
+                    from_caller,
+                    true,
+                    &format!("re{}x{}", spec.seed, cseq),
+                    Some(&body),
+                );
                 let ans = sdp(other, spec.codec, back, v);
                 flow.send(&mut frames, at_ns, from_caller, &req);
                 let resp = d.response(200, "OK", &req, true, Some(&ans));
@@ -532,11 +721,19 @@ pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<Tim
     }
 
     let rate = spec.codec.audio_rate();
-    let t0 = legs.iter().filter_map(|l| l.first_arrival).min().unwrap_or(media_start);
+    let t0 = legs
+        .iter()
+        .filter_map(|l| l.first_arrival)
+        .min()
+        .unwrap_or(media_start);
     let mut expected: [Vec<i16>; 2] = [Vec::new(), Vec::new()];
     let mut dtmf = Vec::new();
     let mut end_ns = media_start;
-    for (ch, (l, spec_leg)) in legs.iter().zip([&spec.caller_leg, &spec.callee_leg]).enumerate() {
+    for (ch, (l, spec_leg)) in legs
+        .iter()
+        .zip([&spec.caller_leg, &spec.callee_leg])
+        .enumerate()
+    {
         for (send_ns, start, len) in &l.delivered {
             let pos = ((send_ns - t0) as i128 * i128::from(rate) / 1_000_000_000) as i64;
             if pos < 0 {
@@ -566,7 +763,12 @@ pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<Tim
         let bye = d.request("BYE", cseq, true, true, &format!("bye{}", spec.seed), None);
         let bye_ns = end_ns + 200 * ms;
         flow.send(&mut frames, bye_ns, true, &bye);
-        flow.send(&mut frames, bye_ns + 5 * ms, false, &d.response(200, "OK", &bye, true, None));
+        flow.send(
+            &mut frames,
+            bye_ns + 5 * ms,
+            false,
+            &d.response(200, "OK", &bye, true, None),
+        );
     }
     let truth = CallTruth {
         call_id: spec.call_id.clone(),
@@ -581,7 +783,11 @@ pub fn generate_call(spec: &CallSpec, link: Link, framing: &Framing) -> (Vec<Tim
 }
 
 /// Frames of several calls, in capture order, and their truths.
-pub fn generate(calls: &[CallSpec], link: Link, framing: &Framing) -> (Vec<TimedFrame>, Vec<CallTruth>) {
+pub fn generate(
+    calls: &[CallSpec],
+    link: Link,
+    framing: &Framing,
+) -> (Vec<TimedFrame>, Vec<CallTruth>) {
     let mut all = Vec::new();
     let mut truths = Vec::new();
     for c in calls {

@@ -22,5 +22,4 @@ pub mod g711;
 pub mod g722;
 pub mod opus;
 pub mod resample;
-pub mod timeline;
 pub mod wav;

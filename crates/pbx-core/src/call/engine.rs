@@ -38,8 +38,8 @@ use std::net::SocketAddr;
 use crate::audio::codec::{new_decoder, Codec, Decoder};
 use crate::call::clock::{ClockParams, LegClock};
 use crate::call::meta::{
-    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PartyInfo,
-    RecordingSink, RecordingStart,
+    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PartyInfo, RecordingSink,
+    RecordingStart,
 };
 use crate::call::mixer::TwoChannelMixer;
 use crate::capture::LinkType;
@@ -112,7 +112,9 @@ pub struct EngineStats {
 const TCP_FRAMERS_MAX: usize = 4096;
 const DTMF_MAX: usize = 4096;
 const WARNINGS_MAX: usize = 32;
-const FLOW_QUIET_US: i64 = 300_000;
+/// A second flow on a leg takes over once the active one has been quiet this long
+/// (relayed copies of a stream interleave, a replaced stream stops).
+const FLOW_QUIET_US: i64 = 60_000;
 const HOUSEKEEPING_US: i64 = 1_000_000;
 
 /// Receive addresses and payload-type map announced by one side.
@@ -322,12 +324,6 @@ impl Call {
             requester.other()
         }
     }
-
-    fn warn(&mut self, w: String) {
-        if self.warnings.len() < WARNINGS_MAX && !self.warnings.contains(&w) {
-            self.warnings.push(w);
-        }
-    }
 }
 
 /// Everything but the network decoder (so the decoder's callback can borrow it).
@@ -485,8 +481,7 @@ impl Tracker {
                     self.framers.remove(&old);
                 }
             }
-            self.framers
-                .insert(key, (SipStreamFramer::new(), seg.ts));
+            self.framers.insert(key, (SipStreamFramer::new(), seg.ts));
         }
         let mut msgs = Vec::new();
         if let Some((framer, last)) = self.framers.get_mut(&key) {
@@ -500,7 +495,10 @@ impl Tracker {
             }
         }
         for m in msgs {
-            match m.map_err(|_| ()).and_then(|b| parse_message(&b).map_err(|_| ())) {
+            match m
+                .map_err(|_| ())
+                .and_then(|b| parse_message(&b).map_err(|_| ()))
+            {
                 Ok(msg) => self.handle_sip(seg.ts, seg.src, seg.dst, msg, sink),
                 Err(()) => self.stats.sip_malformed += 1,
             }
@@ -579,9 +577,7 @@ impl Tracker {
                     }
                 }
                 Method::Cancel => {
-                    if !matches!(call.state, CallState::Ending(..))
-                        && call.answered_at.is_none()
-                    {
+                    if !matches!(call.state, CallState::Ending(..)) && call.answered_at.is_none() {
                         call.state = CallState::Ending(ts, EndReason::Cancel);
                     }
                 }
@@ -623,7 +619,12 @@ impl Tracker {
         }
     }
 
-    fn open_call(&mut self, ts: Timestamp, msg: &SipMessage, sink: &mut dyn RecordingSink) -> CallKey {
+    fn open_call(
+        &mut self,
+        ts: Timestamp,
+        msg: &SipMessage,
+        sink: &mut dyn RecordingSink,
+    ) -> CallKey {
         if self.calls.len() >= self.cfg.max_calls {
             // Forget the oldest call without media; if all have media, end the oldest.
             let victim = self
@@ -666,7 +667,10 @@ impl Tracker {
             warnings: if initial {
                 Vec::new()
             } else {
-                vec!["capture started mid-call: caller/callee taken from the first re-INVITE seen".into()]
+                vec![
+                    "capture started mid-call: caller/callee taken from the first re-INVITE seen"
+                        .into(),
+                ]
             },
         };
         self.calls.insert(key, call);
@@ -680,7 +684,11 @@ impl Tracker {
         };
         let s = &mut call.sides[side.channel()];
         let mut first_audio: Option<Codec> = None;
-        for m in sdp.media.iter().filter(|m| m.media.eq_ignore_ascii_case("audio")) {
+        for m in sdp
+            .media
+            .iter()
+            .filter(|m| m.media.eq_ignore_ascii_case("audio"))
+        {
             for pt in &m.formats {
                 let codec = m
                     .rtpmap(*pt)
@@ -713,6 +721,12 @@ impl Tracker {
         }
         if first_audio.is_some() {
             s.preferred = first_audio;
+        }
+        // New SDP may bring new streams (re-INVITE, transfer): let them take over at once.
+        if let Some(media) = call.media.as_mut() {
+            for leg in &mut media.legs {
+                leg.flow = None;
+            }
         }
         let _ = is_offer;
     }
@@ -810,6 +824,54 @@ impl Tracker {
             (i128::from(ts.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
         let leg = &mut media.legs[speaker.channel()];
 
+        // DTMF first: digits count from any flow of the leg (a relayed copy of
+        // the same digit is recognised by digit and start time).
+        if let Some(Codec::TelephoneEvent { rate: ev_rate }) = &codec {
+            leg.meta.dtmf_packets += 1;
+            let Ok(ev) = parse_telephone_event(rtp.payload) else {
+                return;
+            };
+            let ev_rate = i64::from((*ev_rate).max(1));
+            let dur_ms = i64::from(ev.duration) * 1000 / ev_rate;
+            let ch = leg.party.channel();
+            match &leg.dtmf {
+                Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
+                    if let Some(e) = call.dtmf.get_mut(d.index) {
+                        e.duration_ms = e.duration_ms.max(dur_ms);
+                    }
+                }
+                _ => {
+                    let Some(digit) = event_to_digit(ev.event) else {
+                        return;
+                    };
+                    let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
+                    let digit = digit.to_string();
+                    let copy = call.dtmf.iter().position(|e| {
+                        e.channel == ch && e.digit == digit && (e.at_ms - at_ms).abs() < 150
+                    });
+                    let index = match copy {
+                        Some(i) => i,
+                        None if call.dtmf.len() < DTMF_MAX => {
+                            call.dtmf.push(Dtmf {
+                                channel: ch,
+                                digit,
+                                at_ms,
+                                duration_ms: dur_ms,
+                            });
+                            call.dtmf.len() - 1
+                        }
+                        None => return,
+                    };
+                    leg.dtmf = Some(DtmfState {
+                        ssrc: rtp.ssrc,
+                        ts: rtp.timestamp,
+                        index,
+                    });
+                }
+            }
+            return;
+        }
+
         // One active flow per leg.
         let flow = Flow {
             src,
@@ -842,45 +904,11 @@ impl Tracker {
                     leg.party.channel(),
                     rtp.payload_type
                 );
-                call.warn(w);
+                push_warning(&mut call.warnings, w);
             }
             return;
         };
         match &codec {
-            Codec::TelephoneEvent { rate: ev_rate } => {
-                leg.meta.dtmf_packets += 1;
-                let Ok(ev) = parse_telephone_event(rtp.payload) else {
-                    return;
-                };
-                let ev_rate = i64::from((*ev_rate).max(1));
-                let dur_ms = i64::from(ev.duration) * 1000 / ev_rate;
-                match &leg.dtmf {
-                    Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
-                        if let Some(e) = call.dtmf.get_mut(d.index) {
-                            e.duration_ms = e.duration_ms.max(dur_ms);
-                        }
-                    }
-                    _ => {
-                        if let Some(digit) = event_to_digit(ev.event) {
-                            if call.dtmf.len() < DTMF_MAX {
-                                let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
-                                call.dtmf.push(Dtmf {
-                                    channel: leg.party.channel(),
-                                    digit: digit.to_string(),
-                                    at_ms,
-                                    duration_ms: dur_ms,
-                                });
-                                leg.dtmf = Some(DtmfState {
-                                    ssrc: rtp.ssrc,
-                                    ts: rtp.timestamp,
-                                    index: call.dtmf.len() - 1,
-                                });
-                            }
-                        }
-                    }
-                }
-                return;
-            }
             Codec::ComfortNoise => {
                 leg.meta.comfort_noise_packets += 1;
                 return;
@@ -888,7 +916,10 @@ impl Tracker {
             _ => {}
         }
         // Decoder for this payload type.
-        let need_new = leg.decoder.as_ref().is_none_or(|d| d.pt != rtp.payload_type || d.codec != codec);
+        let need_new = leg
+            .decoder
+            .as_ref()
+            .is_none_or(|d| d.pt != rtp.payload_type || d.codec != codec);
         if need_new {
             let dec = new_decoder(&codec, rate);
             if dec.is_none() && !leg.warned_codecs.contains(&rtp.payload_type) {
@@ -899,7 +930,7 @@ impl Tracker {
                     codec.name(),
                     rtp.payload_type
                 );
-                call.warn(w);
+                push_warning(&mut call.warnings, w);
             }
             if dec.is_some() {
                 if leg.meta.codec.is_empty() {
@@ -912,7 +943,7 @@ impl Tracker {
                         codec.name(),
                         rate
                     );
-                    call.warn(w);
+                    push_warning(&mut call.warnings, w);
                 }
             } else if leg.meta.codec.is_empty() {
                 leg.meta.codec = codec.name().to_string();
@@ -929,9 +960,9 @@ impl Tracker {
         let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
             return;
         };
-        let placement = leg
-            .clock
-            .place(arrival_pos, rtp.ssrc, rtp.timestamp, codec.rtp_clock_rate());
+        let placement =
+            leg.clock
+                .place(arrival_pos, rtp.ssrc, rtp.timestamp, codec.rtp_clock_rate());
         self.scratch.clear();
         if dec.decode(rtp.payload, &mut self.scratch).is_err() {
             self.stats.rtp_malformed += 1;
@@ -939,7 +970,9 @@ impl Tracker {
         }
         let ch = leg.party.channel();
         let before = media.mixer.drops(ch).late;
-        media.mixer.write(ch, placement.pos, &self.scratch);
+        // Resampling decoders delay their output by a known amount: undo it.
+        let pos = placement.pos - dec.delay_samples() as i64;
+        media.mixer.write(ch, pos, &self.scratch);
         if media.mixer.drops(ch).late > before {
             leg.meta.late += 1;
         }
@@ -1011,7 +1044,10 @@ impl Tracker {
         let mut warnings = call.warnings;
         for (i, c) in channels.iter().enumerate() {
             if c.packets == 0 {
-                warnings.push(format!("channel {i} ({}): no RTP was received from this party; the channel is silent", c.party));
+                warnings.push(format!(
+                    "channel {i} ({}): no RTP was received from this party; the channel is silent",
+                    c.party
+                ));
             }
         }
         let meta = CallMeta {
@@ -1079,7 +1115,9 @@ impl CallEngine {
         let t = &mut self.t;
         if self
             .net
-            .decode(ts, link, frame, &mut |s: &Segment<'_>| t.handle_segment(s, sink))
+            .decode(ts, link, frame, &mut |s: &Segment<'_>| {
+                t.handle_segment(s, sink)
+            })
             .is_err()
         {
             self.t.stats.frames_undecodable += 1;
@@ -1099,6 +1137,12 @@ impl CallEngine {
     /// End every call (end of capture, shutdown) and write out all audio.
     pub fn finish(&mut self, reason: EndReason, sink: &mut dyn RecordingSink) {
         self.t.finish(reason, sink)
+    }
+}
+
+fn push_warning(warnings: &mut Vec<String>, w: String) {
+    if warnings.len() < WARNINGS_MAX && !warnings.contains(&w) {
+        warnings.push(w);
     }
 }
 

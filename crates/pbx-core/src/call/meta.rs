@@ -177,11 +177,15 @@ mod tests {
     #[test]
     fn recording_id_is_file_safe_and_stable() {
         let id = recording_id("a/b\\..\0c@host", Timestamp::from_secs(1_795_576_576));
-        assert!(id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        assert_eq!(id, recording_id("a/b\\..\0c@host", Timestamp::from_secs(1_795_576_576)));
-        assert_ne!(id, recording_id("a/b\\..\0c@host", Timestamp::from_secs(1_795_576_577)));
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        assert_eq!(
+            id,
+            recording_id("a/b\\..\0c@host", Timestamp::from_secs(1_795_576_576))
+        );
+        assert_ne!(
+            id,
+            recording_id("a/b\\..\0c@host", Timestamp::from_secs(1_795_576_577))
+        );
         assert!(id.starts_with("20261125T031616Z-"));
     }
 }

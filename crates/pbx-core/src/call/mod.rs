@@ -1,8 +1,8 @@
 //! The call engine: SIP dialogs, RTP legs and the two-channel timeline.
 pub mod clock;
-pub mod mixer;
 pub mod engine;
 pub mod meta;
+pub mod mixer;
 
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};
 pub use meta::{CallKey, CallMeta, EndReason, Party, RecordingSink, RecordingStart};

@@ -98,7 +98,12 @@ fn main() -> ExitCode {
         .collect();
     match write_capture(&out, &specs, format, Link::Ethernet, &Framing::default()) {
         Ok(_) => {
-            eprintln!("wrote {} calls of {} s to {}", calls, seconds, out.display());
+            eprintln!(
+                "wrote {} calls of {} s to {}",
+                calls,
+                seconds,
+                out.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

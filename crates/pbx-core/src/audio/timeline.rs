@@ -1,1 +1,0 @@
-//! Two-channel timeline (written by the engine author).
