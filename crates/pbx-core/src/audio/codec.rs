@@ -13,7 +13,9 @@
 //!   native rate appends exactly `n * out_rate / native_rate` samples (for
 //!   G.711, G.722 and L16 that is a fixed function of the payload length; for
 //!   Opus it is what the packet's TOC says). The timeline can therefore place
-//!   each packet by its RTP timestamp and trust the length.
+//!   each packet by its RTP timestamp and trust the length. (One exception:
+//!   16 kHz L16 packets with an odd sample count into an 8 kHz recording
+//!   alternate between rounding down and up; the running total is exact.)
 //! - **Delay is reported, not hidden.** Decoders that resample (G.711 at
 //!   16 kHz, G.722 at 8 kHz, L16 at the other rate) go through the streaming
 //!   [`Resampler`] and report its group delay in
