@@ -13,7 +13,9 @@
 //!   native rate appends exactly `n * out_rate / native_rate` samples (for
 //!   G.711, G.722 and L16 that is a fixed function of the payload length; for
 //!   Opus it is what the packet's TOC says). The timeline can therefore place
-//!   each packet by its RTP timestamp and trust the length.
+//!   each packet by its RTP timestamp and trust the length. (One exception:
+//!   16 kHz L16 packets with an odd sample count into an 8 kHz recording
+//!   alternate between rounding down and up; the running total is exact.)
 //! - **Delay is reported, not hidden.** Decoders that resample (G.711 at
 //!   16 kHz, G.722 at 8 kHz, L16 at the other rate) go through the streaming
 //!   [`Resampler`] and report its group delay in
@@ -797,6 +799,57 @@ mod tests {
         // G.711 quantisation limits this to ~35 dB.
         let snr = snr_db(&want[200..], &got[200..]);
         assert!(snr > 30.0, "snr {snr}");
+    }
+
+    proptest::proptest! {
+        /// Any bytes, any codec: no panic, and on success exactly the
+        /// promised number of samples (nothing appended on error).
+        #[test]
+        fn arbitrary_payloads_are_safe(
+            payloads in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), 1..6),
+            gap in 0usize..2000,
+        ) {
+            for codec in [
+                Codec::Pcmu,
+                Codec::Pcma,
+                Codec::G722,
+                Codec::Opus,
+                Codec::L16 { rate: 8000, channels: 2 },
+                Codec::L16 { rate: 16000, channels: 1 },
+            ] {
+                for rate in [8000u32, 16000] {
+                    let mut d = new_decoder(&codec, rate).expect("decoder");
+                    let mut out = Vec::new();
+                    for p in &payloads {
+                        let before = out.len();
+                        match d.decode(p, &mut out) {
+                            Ok(n) => {
+                                proptest::prop_assert_eq!(out.len(), before + n);
+                                let expected = match &codec {
+                                    Codec::Pcmu | Codec::Pcma => Some(p.len() * rate as usize / 8000),
+                                    Codec::G722 => Some(p.len() * rate as usize / 8000),
+                                    Codec::L16 { rate: r, channels } => {
+                                        let frames = p.len() / (2 * *channels as usize);
+                                        Some(frames * rate as usize / *r as usize)
+                                    }
+                                    _ => None,
+                                };
+                                if let Some(e) = expected {
+                                    // Downsampling an odd count may round
+                                    // either way; the total stays exact.
+                                    proptest::prop_assert!(n.abs_diff(e) <= 1, "{:?} {} {}", codec, n, e);
+                                }
+                            }
+                            Err(_) => proptest::prop_assert_eq!(out.len(), before),
+                        }
+                        let before = out.len();
+                        d.conceal_with_next(gap, p, &mut out);
+                        proptest::prop_assert_eq!(out.len(), before + gap);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! `0xFFFFFFFF` ("until end of file"), then only appends samples. The data
 //! chunk is always the last chunk, so a file cut off by a crash at any byte
 //! after the header is recoverable: [`repair_wav`] sets the sizes from the file
-//! length (dropping a partial last frame). Until then, tools that honour the
-//! placeholder (sox, ffmpeg) already read such a file to its end.
+//! length (dropping a partial last frame). Even unrepaired, such a file is
+//! readable: ffmpeg reads it to its end and reports the right duration; sox
+//! reads it to its end with a "premature EOF" warning (and `soxi` shows a
+//! bogus 37-hour length).
 //! [`WavWriter::finalize`] patches the real sizes.
 //!
 //! Size limit: RIFF sizes are 32-bit. The writer refuses (with
