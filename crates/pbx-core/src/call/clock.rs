@@ -16,10 +16,13 @@
 //!   advancing its timestamps);
 //! - a packet placed more than `ahead_limit` ahead of its arrival (a timestamp
 //!   jump larger than the real pause);
+//! - a packet that arrives more than `early_limit` *earlier* than its timestamp
+//!   says: jitter only ever delays packets, so the anchor packet itself was
+//!   delayed (or the sender's clock runs fast); the anchor moves back at once;
 //! - slow drift: over every `window`, the smallest deviation between arrival and
 //!   timestamp position (the least-delayed packet tells the true offset; jitter
-//!   only ever adds delay) is computed, and if it exceeds `tolerance` in either
-//!   direction the anchor moves by it. A sender clock a few hundred ppm off, or a
+//!   only ever adds delay) is computed, and if it is later than `tolerance` or
+//!   earlier than `fine_tolerance` the anchor moves by it. A sender clock a few hundred ppm off, or a
 //!   first packet that itself was delayed, is corrected this way while jitter
 //!   bursts of tens of milliseconds never trigger a re-anchor.
 
@@ -32,8 +35,15 @@ pub struct ClockParams {
     pub late_limit: i64,
     /// Packets more than this (samples) ahead of their arrival re-anchor.
     pub ahead_limit: i64,
-    /// Drift larger than this (samples) is corrected at the end of a window.
+    /// Lateness (samples) of a whole window's least-delayed packet beyond which
+    /// the anchor moves forward at the end of the window.
     pub tolerance: i64,
+    /// Earliness (samples) of a whole window's least-delayed packet beyond
+    /// which the anchor moves back at the end of the window.
+    pub fine_tolerance: i64,
+    /// A single packet this much (samples) earlier than its timestamp says
+    /// moves the anchor back at once.
+    pub early_limit: i64,
     /// Length of a drift window, in samples of arrival time.
     pub window: i64,
 }
@@ -47,6 +57,8 @@ impl ClockParams {
             late_limit: ms(i64::from(hold_back_ms)),
             ahead_limit: ms(500),
             tolerance: ms(30),
+            fine_tolerance: ms(2),
+            early_limit: ms(10),
             window: ms(5000),
         }
     }
@@ -172,11 +184,26 @@ impl LegClock {
                 }),
             };
         }
+        // A packet can arrive late (jitter), never early: one that arrives
+        // clearly earlier than its timestamp says shows the anchor itself was a
+        // delayed packet (or the sender's clock runs fast). Correct at once.
+        if dev < -self.p.early_limit {
+            if let Some(a) = self.anchor.as_mut() {
+                a.pos += dev;
+            }
+            self.reanchors += 1;
+            self.win_start = arrival_pos;
+            self.win_min = i64::MAX;
+            return Placement {
+                pos: arrival_pos,
+                reanchor: Some(Reanchor::Drift(dev)),
+            };
+        }
         self.win_min = self.win_min.min(dev);
         let mut reanchor = None;
         if arrival_pos - self.win_start >= self.p.window {
             let shift = self.win_min;
-            if shift.abs() > self.p.tolerance {
+            if shift > self.p.tolerance || shift < -self.p.fine_tolerance {
                 if let Some(a) = self.anchor.as_mut() {
                     a.pos += shift;
                 }
@@ -308,7 +335,7 @@ mod tests {
             }
             // tolerance 30 ms + one window's drift (5 s * 500 ppm = 2.5 ms) + jitter slack
             prop_assert!(worst <= p.tolerance + 40 + 480, "worst {worst}");
-            let needed = (packets * 160 * ppm.abs() / 1_000_000) / p.tolerance + 2;
+            let needed = (packets * 160 * ppm.abs() / 1_000_000) / p.tolerance + 5;
             prop_assert!(i64::from(c.reanchors()) <= needed, "reanchors {} needed {}", c.reanchors(), needed);
         }
     }
