@@ -1,3 +1,8 @@
+//! Tests for the network decoder: frames built by hand (Ethernet, VLAN, QinQ,
+//! MPLS, PPPoE, SLL, SLL2, loopback, raw IPv4 / IPv6 with extension headers), IP
+//! fragments shuffled and duplicated, TCP segments out of order, repeated,
+//! overlapping, wrapping, lost; proptests on reassembly; the shared corpus.
+
 use super::*;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
