@@ -1,3 +1,8 @@
+//! Tests for the capture reader: pcap / pcapng bytes built by tiny writers below
+//! (timestamps, link types, sections, truncation and corruption offsets), byte-
+//! at-a-time reads, every-prefix truncation, proptests on garbage, and the shared
+//! corpus read end to end with frame counts from tshark.
+
 use super::*;
 use proptest::prelude::*;
 use std::io::Cursor;

@@ -8,8 +8,8 @@
 //! The layers: Ethernet (with 802.1Q / QinQ tags, MPLS, PPPoE), Linux cooked v1
 //! and v2, BSD loopback, raw IP → IPv4 (options, fragments) or IPv6 (extension
 //! headers, Fragment header) → UDP or TCP. Header parsing of IP, UDP and TCP uses
-//! `etherparse`; the link layer ([`link`]), fragment reassembly ([`defrag`]) and
-//! TCP reassembly ([`tcp`]) are written here because they own state and limits.
+//! `etherparse`; the link layer (`link`), fragment reassembly (`defrag`) and
+//! TCP reassembly (`tcp`) are written here because they own state and limits.
 //! UDP and TCP checksums are not verified: captures taken on the sending host
 //! routinely show offload-garbled checksums.
 //!
