@@ -204,6 +204,7 @@ impl TsUnwrapper {
         Self::default()
     }
 
+    /// Records a timestamp and returns its extended value.
     pub fn unwrap(&mut self, ts: u32) -> i64 {
         match self.max {
             None => {
@@ -220,6 +221,11 @@ impl TsUnwrapper {
                 ext
             }
         }
+    }
+
+    /// Same as [`TsUnwrapper::unwrap`] (named like [`SeqTracker::update`]).
+    pub fn update(&mut self, ts: u32) -> i64 {
+        self.unwrap(ts)
     }
 
     /// Extends without recording: what [`TsUnwrapper::unwrap`] would return.

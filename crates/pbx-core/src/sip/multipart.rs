@@ -339,6 +339,7 @@ Content-Type: multipart/mixed;boundary=XX\r\nContent-Length: {}\r\n\r\n{BODY}",
             b"<x/>"
         );
         assert_eq!(m.body_of_type("image/png"), None);
+        assert_eq!(m.sdp().unwrap().unwrap().media[0].port, 4000);
     }
 
     /// Every SIPREC sample of the corpus splits into an SDP that parses and

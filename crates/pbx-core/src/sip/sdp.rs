@@ -253,6 +253,19 @@ impl MediaDescription {
     }
 }
 
+impl crate::sip::message::SipMessage {
+    /// The message's SDP: the body when it is `application/sdp`, or the first
+    /// `application/sdp` part of a multipart body (SIPREC). `None` when there
+    /// is none.
+    pub fn sdp(&self) -> Option<Result<SessionDescription, SdpError>> {
+        let body = self.body_of_type("application/sdp")?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(parse_sdp(&String::from_utf8_lossy(&body)))
+    }
+}
+
 /// Parses one SDP (see the module doc for what is tolerated and what not).
 pub fn parse_sdp(text: &str) -> Result<SessionDescription, SdpError> {
     if text.len() > MAX_SDP_LEN {
@@ -763,10 +776,12 @@ a=crypto:x bad\n",
             for (payload, _) in udp_sip_payloads(&file) {
                 let msg = parse_message(&payload).unwrap();
                 if msg.media_type() != Some("application/sdp") || msg.body.is_empty() {
+                    assert!(msg.sdp().is_none());
                     continue;
                 }
                 let text = String::from_utf8_lossy(&msg.body);
                 let s = check_corpus_sdp(name, &text);
+                assert_eq!(msg.sdp().unwrap().unwrap(), s);
                 t38 += s.media.iter().filter(|m| m.media == "image").count();
                 n += 1;
             }

@@ -501,7 +501,16 @@ To: <sip:b@h>\r\nCall-ID: c{cseq}\r\nCSeq: {cseq} INFO\r\nContent-Length: {}\r\n
             while let Some(r) = f.next_message() {
                 match r {
                     Ok(m) => match parse_message(&m) {
-                        Ok(_) => count += 1,
+                        Ok(msg) => {
+                            count += 1;
+                            // SDP bodies carried over TCP parse too.
+                            if msg.media_type() == Some("application/sdp") {
+                                let text = String::from_utf8_lossy(&msg.body);
+                                if let Err(e) = crate::sip::sdp::parse_sdp(&text) {
+                                    errors.push(format!("sdp: {e}\n{text}"));
+                                }
+                            }
+                        }
                         Err(e) => errors.push(format!("{e}: {}", String::from_utf8_lossy(&m))),
                     },
                     Err(e) => errors.push(e.to_string()),
