@@ -1,10 +1,7 @@
-//! `pbx-edge`: the shell around `pbx-core`. Command-line parsing lives in
-//! [`cli`]; each command is a module of its own.
+//! `pbx-edge`: the binary. Command-line parsing lives in `pbx_edge::cli`; each
+//! command is a module of the `pbx_edge` library.
 
-mod cli;
-mod import;
-mod recording;
-mod units;
+use pbx_edge::{cli, import};
 
 use std::process::ExitCode;
 

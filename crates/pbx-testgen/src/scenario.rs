@@ -521,7 +521,7 @@ fn rtp_leg(
         if let Some((k, digit, at, dur)) = in_dtmf {
             let ev = crate::codec::dtmf_event(digit);
             let ev_ts = ts_base
-                .wrapping_add(((at / spec.ptime_ms) as u32).wrapping_mul(ts_step))
+                .wrapping_add((at / spec.ptime_ms).wrapping_mul(ts_step))
                 .wrapping_sub(ts_held);
             let elapsed = (t_ms - at + spec.ptime_ms).min(dur);
             let last = t_ms + spec.ptime_ms >= at + dur;

@@ -105,6 +105,8 @@ pub struct LegClock {
     anchor: Option<Anchor>,
     win_start: i64,
     win_min: i64,
+    /// Whether the first (short) window since the last anchor has passed.
+    settled: bool,
     reanchors: u32,
 }
 
@@ -115,6 +117,7 @@ impl LegClock {
             anchor: None,
             win_start: 0,
             win_min: i64::MAX,
+            settled: false,
             reanchors: 0,
         }
     }
@@ -141,6 +144,7 @@ impl LegClock {
         });
         self.win_start = arrival_pos;
         self.win_min = i64::MAX;
+        self.settled = false;
     }
 
     /// Place one packet. `arrival_pos` is its arrival time on the timeline.
@@ -201,7 +205,15 @@ impl LegClock {
         }
         self.win_min = self.win_min.min(dev);
         let mut reanchor = None;
-        if arrival_pos - self.win_start >= self.p.window {
+        // The first window after an anchor is short, so a first packet that
+        // was itself delayed is corrected within a second.
+        let window = if self.settled {
+            self.p.window
+        } else {
+            self.p.window / 5
+        };
+        if arrival_pos - self.win_start >= window {
+            self.settled = true;
             let shift = self.win_min;
             if shift > self.p.tolerance || shift < -self.p.fine_tolerance {
                 if let Some(a) = self.anchor.as_mut() {

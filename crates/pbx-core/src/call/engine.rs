@@ -571,15 +571,14 @@ impl Tracker {
         match &msg.start {
             StartLine::Request { method, .. } => match method {
                 Method::Invite | Method::Ack | Method::Update | Method::Prack => {}
-                Method::Bye => {
-                    if !matches!(call.state, CallState::Ending(..)) {
-                        call.state = CallState::Ending(ts, EndReason::Bye);
-                    }
+                Method::Bye if !matches!(call.state, CallState::Ending(..)) => {
+                    call.state = CallState::Ending(ts, EndReason::Bye);
                 }
-                Method::Cancel => {
-                    if !matches!(call.state, CallState::Ending(..)) && call.answered_at.is_none() {
-                        call.state = CallState::Ending(ts, EndReason::Cancel);
-                    }
+                Method::Cancel
+                    if !matches!(call.state, CallState::Ending(..))
+                        && call.answered_at.is_none() =>
+                {
+                    call.state = CallState::Ending(ts, EndReason::Cancel);
                 }
                 _ => {}
             },
@@ -908,12 +907,10 @@ impl Tracker {
             }
             return;
         };
-        match &codec {
-            Codec::ComfortNoise => {
-                leg.meta.comfort_noise_packets += 1;
-                return;
-            }
-            _ => {}
+        // Comfort noise is silence on the recording.
+        if codec == Codec::ComfortNoise {
+            leg.meta.comfort_noise_packets += 1;
+            return;
         }
         // Decoder for this payload type.
         let need_new = leg
@@ -1037,7 +1034,6 @@ impl Tracker {
             let mut m = leg.meta;
             m.lost = leg.seq.values().map(SeqStats::lost).sum();
             m.duplicates += leg.seq.values().map(|s| s.duplicates).sum::<u64>();
-            m.late = media.mixer.drops(i).late.min(m.late.max(0)).max(m.late);
             m.reanchors = leg.clock.reanchors();
             channels[i] = m;
         }

@@ -1,0 +1,11 @@
+//! # pbx-edge: the shell around `pbx-core`
+//!
+//! Everything that touches the operating system lives here: the command line
+//! ([`cli`]), the `import` command ([`import`]), recording files
+//! ([`recording`]), and the config value syntax ([`units`]). The protocol and
+//! audio logic is in the sans-IO `pbx-core` crate.
+
+pub mod cli;
+pub mod import;
+pub mod recording;
+pub mod units;
