@@ -119,6 +119,7 @@ impl RecordingDir {
             f.sync_all()?;
         }
         fs::rename(&tmp, &json_path)?;
+        let _ = fs::remove_file(self.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&self.dir)?;
         self.counters.bytes += bytes;
         Ok(Some(WrittenRecording {
@@ -132,6 +133,12 @@ impl RecordingDir {
 
 impl RecordingSink for RecordingDir {
     fn begin(&mut self, call: CallKey, start: &RecordingStart) {
+        // What is known now, kept beside the growing WAV so that a recording cut
+        // off by a crash can be completed at the next start.
+        let sidecar = self.dir.join(format!(".{}.start.json", start.recording_id));
+        if let Ok(mut f) = create_private_file(&sidecar) {
+            let _ = serde_json::to_writer(&mut f, start);
+        }
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
         let opened = create_private_file(&part).and_then(|f| {
             WavWriter::new(BufWriter::with_capacity(64 * 1024, f), start.sample_rate, 2)
@@ -175,9 +182,13 @@ impl RecordingSink for RecordingDir {
                 self.counters.written += 1;
                 self.written.push(w);
             }
-            Ok(None) => self.counters.too_short += 1,
+            Ok(None) => {
+                let _ = fs::remove_file(self.dir.join(format!(".{id}.start.json")));
+                self.counters.too_short += 1
+            }
             Err(e) => {
                 let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(self.dir.join(format!(".{id}.start.json")));
                 self.counters.failed += 1;
                 self.errors.push(format!("recording {id}: {e}"));
             }
@@ -265,4 +276,106 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// fsync a directory so renames in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Complete the recordings a crash (or power loss) cut off in `dir`: every
+/// `.<id>.wav.part` gets a valid WAV header for the audio that reached the disk,
+/// becomes `<id>.wav`, and gets a `<id>.json` from what was known when the call
+/// started, with `"truncated": true` and `"end_reason": "crash"`. Returns the
+/// ids recovered. Left-over temp files of finished recordings are removed.
+pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
+    use pbx_core::audio::wav::{parse_wav_header, repair_wav};
+    let mut recovered = Vec::new();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') && name.ends_with(".json.tmp") {
+            // The JSON never got renamed: its WAV is complete (renamed first) or
+            // still a .part; either way the JSON is rebuilt below or from the pair.
+            let _ = fs::remove_file(&p);
+            continue;
+        }
+        let Some(id) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".wav.part"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let sidecar = dir.join(format!(".{id}.start.json"));
+        let start_json: Option<Value> = fs::read(&sidecar)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut f = OpenOptions::new().read(true).write(true).open(&p)?;
+        let len = f.metadata()?.len();
+        let audio = match repair_wav(&mut f, len) {
+            Ok(n) => n,
+            Err(_) => {
+                // Not even a header reached the disk: nothing to keep.
+                drop(f);
+                fs::remove_file(&p)?;
+                let _ = fs::remove_file(&sidecar);
+                continue;
+            }
+        };
+        f.sync_all()?;
+        let mut head = vec![0u8; 64];
+        {
+            use std::io::{Seek, SeekFrom};
+            f.seek(SeekFrom::Start(0))?;
+            let n = f.read(&mut head)?;
+            head.truncate(n);
+        }
+        drop(f);
+        let info = parse_wav_header(&head).ok();
+        let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
+        let frames = audio / 4;
+        let wav_path = dir.join(format!("{id}.wav"));
+        fs::rename(&p, &wav_path)?;
+        let (bytes, sha) = hash_file(&wav_path)?;
+        let sj = start_json.unwrap_or(Value::Null);
+        let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
+        let media_start = sj["media_started_at"].as_str().unwrap_or("").to_string();
+        let doc = json!({
+            "schema": SCHEMA,
+            "recording_id": id,
+            "agent_id": ctx.agent_id,
+            "source": ctx.source,
+            "call_id": sj["call_id"],
+            "from": sj["from"],
+            "to": sj["to"],
+            "direction": "unknown",
+            "started_at": sj["started_at"],
+            "answered_at": sj["answered_at"],
+            "ended_at": Value::Null,
+            "media_started_at": media_start,
+            "duration_ms": duration_ms,
+            "audio": {"format": "wav", "sample_rate": rate, "channels": 2, "bytes": bytes, "sha256": sha},
+            "channels": [
+                {"index": 0, "party": "caller"},
+                {"index": 1, "party": "callee"}
+            ],
+            "dtmf": [],
+            "end_reason": "crash",
+            "truncated": true,
+            "warnings": ["the daemon stopped while recording this call; the audio that reached the disk was kept"],
+        });
+        let tmp = dir.join(format!(".{id}.json.tmp"));
+        {
+            let mut jf = create_private_file(&tmp)?;
+            serde_json::to_writer_pretty(&mut jf, &doc)?;
+            jf.write_all(b"\n")?;
+            jf.sync_all()?;
+        }
+        fs::rename(&tmp, dir.join(format!("{id}.json")))?;
+        let _ = fs::remove_file(&sidecar);
+        sync_dir(dir)?;
+        recovered.push(id);
+    }
+    Ok(recovered)
 }

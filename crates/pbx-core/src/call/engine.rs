@@ -811,6 +811,10 @@ impl Tracker {
                 sample_rate: rate,
                 media_started_at: ts,
                 recording_id: recording_id(&call.call_id, ts),
+                from: party_info(&call.caller),
+                to: party_info(&call.callee),
+                started_at: call.started_at.min(ts),
+                answered_at: call.answered_at,
             };
             sink.begin(key, &start);
         }

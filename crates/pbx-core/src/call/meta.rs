@@ -154,11 +154,17 @@ pub fn recording_id(call_id: &str, at: Timestamp) -> String {
 
 /// What a sink learns when a recording starts.
 #[derive(Debug, Clone)]
+#[derive(Serialize)]
 pub struct RecordingStart {
     pub call_id: String,
     pub sample_rate: u32,
     pub media_started_at: Timestamp,
     pub recording_id: String,
+    /// What is known of the call when recording starts (for recovery after a crash).
+    pub from: PartyInfo,
+    pub to: PartyInfo,
+    pub started_at: Timestamp,
+    pub answered_at: Option<Timestamp>,
 }
 
 /// Where the engine's recordings go. Implemented by the shell (files) and by

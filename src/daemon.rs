@@ -1,0 +1,380 @@
+//! `pbx-edge run`: the long-running service.
+//!
+//! Shape (after tokio's mini-redis): the main task owns configuration, signals
+//! and supervision; each source runs in its own thread with its own
+//! [`pbx_core::call::CallEngine`] and writes recordings into the spool; the
+//! health endpoint serves copies of the shared [`Status`]. Shutdown is a flag
+//! every source loop checks at least every 200 ms; the source threads joining
+//! proves every recording was closed.
+//!
+//! - Start-up: load and check the config, create the spool (0700), complete
+//!   recordings a crash cut off, bind the health endpoint and the sources, tell
+//!   systemd `READY=1` (Type=notify) with a `STATUS=` line.
+//! - Watchdog: when systemd sets `WATCHDOG_USEC`, `WATCHDOG=1` is sent at half
+//!   that interval, but only while every source loop has beaten recently (a
+//!   stuck engine gets the daemon restarted).
+//! - SIGTERM / SIGINT: stop taking calls, close every active recording (marked
+//!   `shutdown`, `truncated`), exit 0 within 10 s.
+//! - SIGHUP: re-read the config; a bad new config is rejected with the reason
+//!   logged and the old one kept; sources whose settings changed restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pbx_core::call::EngineConfig;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::health::{self, Liveness};
+use crate::recording::{self, RecordingContext, RecordingDir};
+use crate::sniff;
+use crate::status::{SharedStatus, SourceStatus, Status};
+
+/// A running source: its stop flag and thread.
+struct RunningSource {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl RunningSource {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
+        sample_rate: cfg.recording.sample_rate,
+        jitter_ms: u32::try_from(cfg.recording.jitter.as_millis()).unwrap_or(500),
+        rtp_timeout_us: i64::try_from(cfg.recording.rtp_timeout.as_micros()).unwrap_or(30_000_000),
+        ..EngineConfig::default()
+    }
+}
+
+fn context(cfg: &Config, source: &'static str) -> RecordingContext {
+    RecordingContext {
+        agent_id: cfg.agent.id.clone(),
+        source,
+        min_duration: cfg.recording.min_duration,
+    }
+}
+
+/// Start every enabled source. Errors are reported in the status (readyz) and
+/// the log; the daemon keeps running with what it could start.
+fn start_sources(cfg: &Config, status: &SharedStatus, live: &Arc<Liveness>) -> BTreeMap<&'static str, RunningSource> {
+    let mut running = BTreeMap::new();
+    if cfg.sources.sniff.enabled {
+        let iface = cfg.sources.sniff.interface.clone();
+        let set = |up: bool, error: Option<String>| {
+            if let Ok(mut s) = status.lock() {
+                let e = s.sources.entry("sniff".into()).or_insert_with(SourceStatus::default);
+                e.up = up;
+                e.error = error;
+                e.listen = iface.clone();
+            }
+        };
+        match sniff::PacketSocket::open(&iface) {
+            Ok(sock) => match RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff")) {
+                Ok(out) => {
+                    set(true, None);
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
+                    let ecfg = engine_config(cfg);
+                    live.beat("sniff");
+                    let thread = std::thread::Builder::new()
+                        .name("sniff".into())
+                        .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv))
+                        .expect("spawn sniff thread");
+                    tracing::info!(interface = %iface, "sniffing");
+                    running.insert("sniff", RunningSource { stop, thread });
+                }
+                Err(e) => {
+                    tracing::error!("spool {}: {e}", cfg.spool.dir.display());
+                    set(false, Some(format!("spool: {e}")));
+                }
+            },
+            Err(e) => {
+                tracing::error!("sniff: {e}");
+                set(false, Some(e.to_string()));
+            }
+        }
+    } else if let Ok(mut s) = status.lock() {
+        s.sources.remove("sniff");
+    }
+    running
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+/// Free bytes on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail.saturating_mul(st.f_frsize)
+}
+
+/// Refresh the spool figures of the status.
+fn scan_spool(cfg: &Config, status: &SharedStatus) {
+    let dir = &cfg.spool.dir;
+    let (mut files, mut bytes) = (0u64, 0u64);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_file() {
+                    files += 1;
+                    bytes += m.len();
+                }
+            }
+        }
+    }
+    let probe = dir.join(".pbx-edge-write-probe");
+    let writable = recording::create_private_file(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let free = free_bytes(dir);
+    if let Ok(mut s) = status.lock() {
+        let (w, f, b) = s.sources.values().fold((0, 0, 0), |a, x| {
+            (a.0 + x.recordings_written, a.1 + x.recordings_failed, a.2 + x.bytes_written)
+        });
+        let sp = &mut s.spool;
+        sp.dir = dir.display().to_string();
+        sp.files = files;
+        sp.bytes = bytes;
+        sp.max_size = cfg.spool.max_size;
+        sp.writable = writable;
+        sp.free_bytes = free;
+        sp.recordings_written = w;
+        sp.recordings_failed = f;
+        sp.bytes_written = b;
+    }
+}
+
+fn status_line(status: &SharedStatus) -> String {
+    let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls: u64 = s.sources.values().map(|x| x.recording_calls).sum();
+    let recorded: u64 = s.sources.values().map(|x| x.engine.calls_recorded).sum();
+    format!(
+        "recording {calls} calls, {recorded} recorded, spool {} files",
+        s.spool.files
+    )
+}
+
+/// `pbx-edge run [--config FILE]`.
+pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
+    let cfg = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    recording::create_private_dir(&cfg.spool.dir)
+        .with_context(|| format!("cannot create spool directory {}", cfg.spool.dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pbx-edge-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(main_loop(cfg, config_path))
+}
+
+async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let started = Instant::now();
+    let status: SharedStatus = Arc::new(Mutex::new(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        agent_id: cfg.agent.id.clone(),
+        started_at: sniff::now().to_rfc3339(),
+        config_file: cfg.source_file.as_ref().map(|p| p.display().to_string()),
+        ..Status::default()
+    }));
+    if let Ok(mut s) = status.lock() {
+        s.cloud.configured = !cfg.cloud.url.is_empty();
+    }
+    let live = Liveness::new();
+
+    // Recordings a crash cut off.
+    match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(count = ids.len(), "completed recordings cut off by an earlier stop");
+            if let Ok(mut s) = status.lock() {
+                s.spool.repaired_at_start = ids.len() as u64;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("spool recovery in {}: {e}", cfg.spool.dir.display()),
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = health::bind(cfg.health.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
+    tokio::spawn(health::serve(listener, status.clone(), live.clone(), stop_rx.clone()));
+
+    let mut sources = start_sources(&cfg, &status, &live);
+    scan_spool(&cfg, &status);
+    tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line(&status))]);
+
+    let watchdog = {
+        let mut usec = 0u64;
+        sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| Duration::from_micros(usec / 2))
+    };
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut last_wd = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match Config::load(config_path.as_deref()) {
+                    Ok(new) => {
+                        let changed = cfg.diff_restart_needed(&new);
+                        tracing::info!(?changed, "configuration reloaded");
+                        let restart_sniff = changed.contains(&"sniff") || changed.contains(&"recording") || changed.contains(&"spool");
+                        cfg = new;
+                        if restart_sniff {
+                            if let Some(s) = sources.remove("sniff") {
+                                s.stop();
+                            }
+                            for (k, v) in start_sources(&cfg, &status, &live) {
+                                sources.insert(k, v);
+                            }
+                        }
+                        if let Ok(mut s) = status.lock() {
+                            s.cloud.configured = !cfg.cloud.url.is_empty();
+                            s.agent_id = cfg.agent.id.clone();
+                        }
+                    }
+                    Err(errs) => {
+                        tracing::error!("new configuration rejected, keeping the running one:\n{errs}");
+                    }
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = tick.tick() => {
+                if let Ok(mut s) = status.lock() {
+                    s.uptime_s = started.elapsed().as_secs();
+                }
+                scan_spool(&cfg, &status);
+                if let Some(half) = watchdog {
+                    if last_wd.elapsed() >= half {
+                        let stalled = live.stalled(half * 2);
+                        if stalled.is_empty() {
+                            notify(&[sd_notify::NotifyState::Watchdog]);
+                            last_wd = Instant::now();
+                        } else {
+                            tracing::error!(?stalled, "loops stalled: withholding the watchdog ping");
+                        }
+                    }
+                }
+                notify(&[sd_notify::NotifyState::Status(&status_line(&status))]);
+            }
+        }
+    }
+
+    tracing::info!("stopping: closing active recordings");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Ok(mut s) = status.lock() {
+        s.shutting_down = true;
+    }
+    // Stop sources in parallel threads so the 10 s budget is shared.
+    let handles: Vec<_> = std::mem::take(&mut sources)
+        .into_values()
+        .map(|s| std::thread::spawn(move || s.stop()))
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = stop_tx.send(true);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pbx-edge status`: ask the running daemon and print it for people.
+pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
+    let cfg = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let addr = cfg.health.listen;
+    let (code, body) = match health::get(addr, "/status") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx-edge status: no daemon answering on {addr} (health.listen): {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    if code != 200 {
+        eprintln!("pbx-edge status: {addr} answered {code}");
+        return Ok(ExitCode::from(1));
+    }
+    let s: serde_json::Value = serde_json::from_str(&body).context("bad /status JSON")?;
+    let (_, ready) = health::get(addr, "/readyz").unwrap_or((0, String::new()));
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap_or_default();
+    println!(
+        "pbx-edge {} on {} (agent {}), up {} s",
+        s["version"].as_str().unwrap_or("?"),
+        addr,
+        s["agent_id"].as_str().unwrap_or("?"),
+        s["uptime_s"]
+    );
+    println!(
+        "ready: {}",
+        if ready["ready"] == true { "yes" } else { "NO" }
+    );
+    if let Some(c) = ready["components"].as_object() {
+        for (k, v) in c {
+            println!("  {k:<16} {}", v.as_str().unwrap_or(""));
+        }
+    }
+    if let Some(srcs) = s["sources"].as_object() {
+        for (name, v) in srcs {
+            println!(
+                "source {name}: {} {} — {} active calls, {} recording, {} recorded, {} packets, {} kernel drops",
+                if v["up"] == true { "up" } else { "DOWN" },
+                v["listen"].as_str().unwrap_or(""),
+                v["active_calls"],
+                v["recording_calls"],
+                v["engine"]["calls_recorded"],
+                v["engine"]["frames"],
+                v["kernel_drops"],
+            );
+        }
+    }
+    let sp = &s["spool"];
+    println!(
+        "spool {}: {} files, {} bytes, {} bytes free{}",
+        sp["dir"].as_str().unwrap_or(""),
+        sp["files"],
+        sp["bytes"],
+        sp["free_bytes"],
+        if sp["writable"] == true { "" } else { " — NOT WRITABLE" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

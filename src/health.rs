@@ -1,0 +1,191 @@
+//! The HTTP health endpoint: `/healthz` (liveness), `/readyz` (readiness with a
+//! reason per component), `/metrics` (Prometheus text), `/status` (JSON for
+//! people and for `pbx-edge status`).
+//!
+//! A deliberately small HTTP/1.1 server on tokio: GET only, one request per
+//! connection, headers capped at 8 KiB, a 5 s read timeout, and a semaphore
+//! capping concurrent connections (mini-redis style). It never touches
+//! recordings: it only copies the [`Status`] snapshot.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::status::{readiness, render_metrics, SharedStatus, Status};
+
+const MAX_CONNECTIONS: usize = 64;
+const MAX_REQUEST: usize = 8192;
+
+/// Liveness: the time of the last heartbeat of each main loop.
+#[derive(Debug)]
+pub struct Liveness {
+    pub beats: std::sync::Mutex<Vec<(String, Instant)>>,
+}
+
+impl Liveness {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Liveness {
+            beats: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+    /// Record that loop `name` is alive.
+    pub fn beat(&self, name: &str) {
+        let mut b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match b.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 = now,
+            None => b.push((name.to_string(), now)),
+        }
+    }
+    /// Stop watching loop `name` (it ended on purpose).
+    pub fn forget(&self, name: &str) {
+        let mut b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        b.retain(|(n, _)| n != name);
+    }
+    /// Loops that have not beaten within `limit`.
+    pub fn stalled(&self, limit: Duration) -> Vec<String> {
+        let b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        b.iter()
+            .filter(|(_, t)| t.elapsed() > limit)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Bind the listener (so a bind error is reported at start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return; }
+            }
+            acc = listener.accept() => {
+                let Ok((sock, _)) = acc else { continue };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    drop(sock);
+                    continue;
+                };
+                let status = status.clone();
+                let live = live.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live)).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+async fn handle(mut sock: TcpStream, status: SharedStatus, live: Arc<Liveness>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return respond(&mut sock, 431, "text/plain", "request header too large\n").await;
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut sock, 405, "text/plain", "only GET\n").await;
+    }
+    let snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
+    match path {
+        "/healthz" => {
+            let stalled = live.stalled(Duration::from_secs(30));
+            if stalled.is_empty() {
+                respond(&mut sock, 200, "text/plain", "ok\n").await
+            } else {
+                let body = format!("stalled: {}\n", stalled.join(", "));
+                respond(&mut sock, 503, "text/plain", &body).await
+            }
+        }
+        "/readyz" => {
+            let (ok, parts) = readiness(&snapshot);
+            let body = serde_json::to_string_pretty(&serde_json::json!({
+                "ready": ok,
+                "components": parts,
+            }))
+            .unwrap_or_default()
+                + "\n";
+            respond(&mut sock, if ok { 200 } else { 503 }, "application/json", &body).await
+        }
+        "/metrics" => {
+            respond(
+                &mut sock,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &render_metrics(&snapshot),
+            )
+            .await
+        }
+        "/status" => {
+            let body = serde_json::to_string_pretty(&snapshot).unwrap_or_default() + "\n";
+            respond(&mut sock, 200, "application/json", &body).await
+        }
+        _ => respond(&mut sock, 404, "text/plain", "not found: try /healthz /readyz /metrics /status\n").await,
+    }
+}
+
+async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+/// A blocking GET for `pbx-edge status` (no HTTP client dependency needed for
+/// loopback plain HTTP).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}

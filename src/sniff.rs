@@ -1,0 +1,225 @@
+//! Live sniffing: SIP and RTP captured on an interface with an AF_PACKET socket,
+//! fed to the same [`CallEngine`] as `import`.
+//!
+//! One thread owns the socket and the engine: receive a frame, stamp it with the
+//! wall clock, hand it to the engine, which writes recordings into the spool.
+//! Every 200 ms without traffic (and at least once a second) the engine gets a
+//! timeout tick, so calls whose media stopped end by `rtp_timeout`, and the
+//! status snapshot is refreshed (kernel drop counters from `PACKET_STATISTICS`).
+//!
+//! The socket is `SOCK_DGRAM`: the kernel strips the link layer (and VLAN
+//! tags), so frames arrive as raw IP whatever the interface type, including
+//! `any`. Opening it needs `CAP_NET_RAW`; without it the error says so.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::capture::LinkType;
+use pbx_core::Timestamp;
+
+use crate::health::Liveness;
+use crate::recording::RecordingDir;
+use crate::status::{EngineCounters, SharedStatus};
+
+/// An open capture socket.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    drops: u64,
+}
+
+impl PacketSocket {
+    /// Open a capture on `interface` ("any" for all interfaces).
+    pub fn open(interface: &str) -> io::Result<PacketSocket> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto)) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "capturing on interface {interface} needs the CAP_NET_RAW capability \
+                         (grant it with the systemd drop-in described in the README, or run as root): {e}"
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+        // SAFETY: fd is a valid, owned descriptor from socket(2).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = PacketSocket { fd, drops: 0 };
+        // A large receive buffer absorbs bursts.
+        let size: libc::c_int = 8 << 20;
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
+        if interface != "any" {
+            let name = CString::new(interface)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+            // SAFETY: name is a valid C string.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no network interface named {interface}"),
+                ));
+            }
+            // SAFETY: zeroed sockaddr_ll is a valid value; fields set below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            // SAFETY: sll is a properly initialised sockaddr_ll of the given size.
+            let rc = unsafe {
+                libc::bind(
+                    sock.fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(sock)
+    }
+
+    fn setsockopt<T>(&self, level: i32, name: i32, v: &T) {
+        // SAFETY: v points to a T of the given size; errors are ignored on purpose
+        // (buffer size and timeouts are best effort).
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (v as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
+            );
+        }
+    }
+
+    /// Receive one frame (raw IP). `Ok(None)` on timeout.
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
+                    Ok(None)
+                }
+                _ => Err(e),
+            };
+        }
+        Ok(buf.get(..n as usize))
+    }
+
+    /// Packets the kernel dropped since the socket was opened.
+    pub fn kernel_drops(&mut self) -> u64 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: st and len are valid for the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            // The kernel resets the counters on each read.
+            self.drops += u64::from(st.tp_drops);
+        }
+        self.drops
+    }
+}
+
+/// Wall-clock now as a core [`Timestamp`] (only the shell reads the clock).
+pub fn now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Run the sniffing loop until `stop` is set; then close every open call
+/// (marked as cut by shutdown) and return.
+pub fn run(
+    name: &str,
+    mut sock: PacketSocket,
+    engine_cfg: EngineConfig,
+    mut out: RecordingDir,
+    stop: Arc<AtomicBool>,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+) {
+    let mut engine = CallEngine::new(engine_cfg);
+    let mut buf = vec![0u8; 65_536];
+    let mut last_tick = Instant::now();
+    let mut errors = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        match sock.recv(&mut buf) {
+            Ok(Some(frame)) => engine.handle_frame(now(), LinkType::RawIp, frame, &mut out),
+            Ok(None) => {}
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(source = name, "capture error: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(200) {
+            last_tick = Instant::now();
+            engine.handle_timeout(now(), &mut out);
+            live.beat(name);
+            publish(name, &engine, &mut sock, &out, errors, &status);
+        }
+    }
+    engine.finish(EndReason::Shutdown, &mut out);
+    publish(name, &engine, &mut sock, &out, errors, &status);
+    live.forget(name);
+}
+
+fn publish(
+    name: &str,
+    engine: &CallEngine,
+    sock: &mut PacketSocket,
+    out: &RecordingDir,
+    errors: u64,
+    status: &SharedStatus,
+) {
+    let drops = sock.kernel_drops();
+    if let Ok(mut s) = status.lock() {
+        let src = s.sources.entry(name.to_string()).or_default();
+        src.up = true;
+        src.error = None;
+        src.active_calls = engine.active_calls() as u64;
+        src.recording_calls = engine.recording_calls() as u64;
+        src.engine = EngineCounters::from(engine.stats());
+        src.kernel_drops = drops;
+        src.errors = errors + out.counters.failed;
+        src.recordings_written = out.counters.written;
+        src.recordings_failed = out.counters.failed;
+        src.bytes_written = out.counters.bytes;
+    }
+}

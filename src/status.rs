@@ -1,0 +1,363 @@
+//! What the daemon knows about itself: one [`Status`] snapshot per source,
+//! published by each engine thread once a second, read by the health endpoint
+//! (`/status`, `/metrics`, `/readyz`) and by `pbx-edge status`.
+//!
+//! One mutex around plain data, written by its owner and copied by readers: no
+//! atomics sprinkled through the code, no locks held across I/O.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use pbx_core::call::EngineStats;
+use serde::Serialize;
+
+/// Counters and state of one source (sniff, siprec, ...).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SourceStatus {
+    /// Whether the source is bound / capturing.
+    pub up: bool,
+    /// Why not, if not.
+    pub error: Option<String>,
+    /// Where it listens (address or interface).
+    pub listen: String,
+    pub active_calls: u64,
+    pub recording_calls: u64,
+    pub engine: EngineCounters,
+    /// Packets the kernel dropped before we saw them (sniffing).
+    pub kernel_drops: u64,
+    /// Packets dropped because the engine could not keep up.
+    pub queue_drops: u64,
+    pub errors: u64,
+    pub recordings_written: u64,
+    pub recordings_failed: u64,
+    pub bytes_written: u64,
+}
+
+/// The subset of [`EngineStats`] exported.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct EngineCounters {
+    pub frames: u64,
+    pub sip_messages: u64,
+    pub sip_malformed: u64,
+    pub rtp_packets: u64,
+    pub rtp_malformed: u64,
+    pub rtp_unmatched: u64,
+    pub calls_seen: u64,
+    pub calls_recorded: u64,
+    pub calls_without_media: u64,
+    pub packets_lost: u64,
+}
+
+impl From<&EngineStats> for EngineCounters {
+    fn from(s: &EngineStats) -> Self {
+        EngineCounters {
+            frames: s.frames,
+            sip_messages: s.sip_messages,
+            sip_malformed: s.sip_malformed,
+            rtp_packets: s.rtp_packets,
+            rtp_malformed: s.rtp_malformed,
+            rtp_unmatched: s.rtp_unmatched,
+            calls_seen: s.calls_seen,
+            calls_recorded: s.calls_recorded,
+            calls_without_media: s.calls_without_media,
+            packets_lost: 0,
+        }
+    }
+}
+
+/// Spool figures.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SpoolStatus {
+    pub dir: String,
+    pub writable: bool,
+    pub files: u64,
+    pub bytes: u64,
+    pub max_size: u64,
+    pub free_bytes: u64,
+    pub recordings_written: u64,
+    pub recordings_failed: u64,
+    pub bytes_written: u64,
+    pub repaired_at_start: u64,
+}
+
+/// Everything `/status` shows.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub agent_id: String,
+    pub started_at: String,
+    pub uptime_s: u64,
+    pub config_file: Option<String>,
+    pub sources: BTreeMap<String, SourceStatus>,
+    pub spool: SpoolStatus,
+    pub cloud: CloudStatus,
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CloudStatus {
+    pub configured: bool,
+    pub url_host: Option<String>,
+}
+
+/// Shared handle on the daemon's status.
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Readiness: (ready, per-component reasons).
+pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
+    let mut ok = true;
+    let mut parts = BTreeMap::new();
+    for (name, src) in &s.sources {
+        if src.up {
+            parts.insert(format!("source.{name}"), "ok".to_string());
+        } else {
+            ok = false;
+            parts.insert(
+                format!("source.{name}"),
+                src.error.clone().unwrap_or_else(|| "not running".into()),
+            );
+        }
+    }
+    let sp = &s.spool;
+    if !sp.writable {
+        ok = false;
+        parts.insert("spool".into(), format!("{} is not writable", sp.dir));
+    } else if sp.free_bytes < 64 * 1024 * 1024 {
+        ok = false;
+        parts.insert(
+            "spool".into(),
+            format!("disk almost full: {} bytes free", sp.free_bytes),
+        );
+    } else if sp.max_size > 0 && sp.bytes > sp.max_size {
+        ok = false;
+        parts.insert(
+            "spool".into(),
+            format!(
+                "spool holds {} bytes, above max_size {}",
+                sp.bytes, sp.max_size
+            ),
+        );
+    } else {
+        parts.insert("spool".into(), "ok".into());
+    }
+    if s.cloud.configured {
+        parts.insert("cloud".into(), "ok".into());
+    } else {
+        parts.insert(
+            "cloud".into(),
+            "not configured (recording and spooling only)".into(),
+        );
+    }
+    if s.shutting_down {
+        ok = false;
+        parts.insert("daemon".into(), "shutting down".into());
+    }
+    (ok, parts)
+}
+
+/// Prometheus text exposition (version 0.0.4).
+pub fn render_metrics(s: &Status) -> String {
+    let mut o = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let per_source = |f: &dyn Fn(&SourceStatus) -> u64| -> Vec<(String, f64)> {
+        s.sources
+            .iter()
+            .map(|(n, st)| (format!("{{source=\"{n}\"}}"), f(st) as f64))
+            .collect()
+    };
+    family(
+        "pbx_edge_up",
+        "gauge",
+        "Whether each source is running (1) or not (0).",
+        &per_source(&|x| u64::from(x.up)),
+    );
+    family(
+        "pbx_edge_active_calls",
+        "gauge",
+        "Calls currently followed (with or without media).",
+        &per_source(&|x| x.active_calls),
+    );
+    family(
+        "pbx_edge_recording_calls",
+        "gauge",
+        "Calls currently being recorded.",
+        &per_source(&|x| x.recording_calls),
+    );
+    family(
+        "pbx_edge_calls_recorded_total",
+        "counter",
+        "Calls whose recording was completed.",
+        &per_source(&|x| x.engine.calls_recorded),
+    );
+    family(
+        "pbx_edge_calls_without_media_total",
+        "counter",
+        "Calls that ended without any media (nothing to record).",
+        &per_source(&|x| x.engine.calls_without_media),
+    );
+    family(
+        "pbx_edge_packets_received_total",
+        "counter",
+        "Packets (frames or datagrams) received by each source.",
+        &per_source(&|x| x.engine.frames),
+    );
+    family(
+        "pbx_edge_rtp_packets_total",
+        "counter",
+        "RTP packets matched to a call.",
+        &per_source(&|x| x.engine.rtp_packets),
+    );
+    family(
+        "pbx_edge_rtp_unmatched_total",
+        "counter",
+        "RTP packets that belonged to no known call.",
+        &per_source(&|x| x.engine.rtp_unmatched),
+    );
+    family(
+        "pbx_edge_sip_messages_total",
+        "counter",
+        "SIP messages parsed.",
+        &per_source(&|x| x.engine.sip_messages),
+    );
+    family(
+        "pbx_edge_malformed_total",
+        "counter",
+        "Malformed SIP or RTP packets dropped.",
+        &per_source(&|x| x.engine.sip_malformed + x.engine.rtp_malformed),
+    );
+    family(
+        "pbx_edge_packets_dropped_total",
+        "counter",
+        "Packets dropped before the engine: by the kernel (reason=kernel) or because the engine queue was full (reason=queue).",
+        &s.sources
+            .iter()
+            .flat_map(|(n, st)| {
+                [
+                    (
+                        format!("{{source=\"{n}\",reason=\"kernel\"}}"),
+                        st.kernel_drops as f64,
+                    ),
+                    (
+                        format!("{{source=\"{n}\",reason=\"queue\"}}"),
+                        st.queue_drops as f64,
+                    ),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_source_errors_total",
+        "counter",
+        "Errors of each source (socket errors, unwritable recordings).",
+        &per_source(&|x| x.errors),
+    );
+    let sp = &s.spool;
+    family(
+        "pbx_edge_spool_files",
+        "gauge",
+        "Files in the spool.",
+        &[(String::new(), sp.files as f64)],
+    );
+    family(
+        "pbx_edge_spool_bytes",
+        "gauge",
+        "Bytes in the spool.",
+        &[(String::new(), sp.bytes as f64)],
+    );
+    family(
+        "pbx_edge_spool_free_bytes",
+        "gauge",
+        "Free bytes on the spool's file system.",
+        &[(String::new(), sp.free_bytes as f64)],
+    );
+    family(
+        "pbx_edge_recordings_written_total",
+        "counter",
+        "Recordings written to the spool.",
+        &[(String::new(), sp.recordings_written as f64)],
+    );
+    family(
+        "pbx_edge_recordings_failed_total",
+        "counter",
+        "Recordings that could not be written (disk full, I/O error).",
+        &[(String::new(), sp.recordings_failed as f64)],
+    );
+    family(
+        "pbx_edge_bytes_written_total",
+        "counter",
+        "Audio bytes written to the spool.",
+        &[(String::new(), sp.bytes_written as f64)],
+    );
+    let (ready, _) = readiness(s);
+    family(
+        "pbx_edge_ready",
+        "gauge",
+        "1 when /readyz answers 200.",
+        &[(String::new(), f64::from(u8::from(ready)))],
+    );
+    family(
+        "pbx_edge_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        &[(String::new(), s.uptime_s as f64)],
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let mut s = Status {
+            version: "0",
+            ..Status::default()
+        };
+        s.sources.insert(
+            "sniff".into(),
+            SourceStatus {
+                up: true,
+                active_calls: 3,
+                ..SourceStatus::default()
+            },
+        );
+        s.spool.writable = true;
+        s.spool.free_bytes = 1 << 40;
+        let m = render_metrics(&s);
+        assert!(m.contains("# TYPE pbx_edge_active_calls gauge"));
+        assert!(m.contains("pbx_edge_active_calls{source=\"sniff\"} 3"));
+        assert!(m.contains("pbx_edge_ready 1"));
+        for line in m.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.rsplitn(2, ' ');
+            let v = parts.next().unwrap();
+            assert!(v.parse::<f64>().is_ok(), "bad sample line {line}");
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_reason() {
+        let mut s = Status::default();
+        s.spool.writable = true;
+        s.spool.free_bytes = 1 << 40;
+        s.sources.insert(
+            "siprec".into(),
+            SourceStatus {
+                up: false,
+                error: Some("cannot bind 127.0.0.1:5090: address in use".into()),
+                ..SourceStatus::default()
+            },
+        );
+        let (ok, parts) = readiness(&s);
+        assert!(!ok);
+        assert!(parts["source.siprec"].contains("address in use"));
+        assert!(parts["cloud"].contains("not configured"));
+    }
+}
