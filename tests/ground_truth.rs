@@ -500,3 +500,65 @@ fn tone_levels_survive_g711() {
     assert!((l / rms(&a) - 1.0).abs() < 0.02, "left level {l}");
     assert!((rr / rms(&b) - 1.0).abs() < 0.02, "right level {rr}");
 }
+
+#[test]
+fn wideband_and_narrowband_legs_give_16k_with_both_in_sync() {
+    let mut c = call("mixed@test", TestCodec::G722, 12, 15);
+    // The callee talks PCMU (8 kHz): its audio must be upsampled properly.
+    c.callee_leg.codec = Some(TestCodec::Pcmu);
+    c.callee_leg.audio = speechlike(31, 12_000, 8000);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
+    let r = &recs[0];
+    assert_eq!(r.rate, 16000);
+    assert_eq!(r.json["channels"][0]["codec"], "G722");
+    assert_eq!(r.json["channels"][1]["codec"], "PCMU");
+    check(r, &truths[0], 2.0, 0.85);
+    // No sample doubling: an 8 kHz leg upsampled properly has (almost) no
+    // energy above 4 kHz; doubling samples would leave a strong image there.
+    let x = &r.ch[1];
+    let (mut hi, mut all) = (0f64, 0f64);
+    for w in x.windows(2) {
+        // first difference emphasises high frequencies
+        let d = f64::from(w[1]) - f64::from(w[0]);
+        hi += d * d;
+        all += f64::from(w[0]) * f64::from(w[0]);
+    }
+    assert!(hi / all < 0.5, "high-frequency energy ratio {}", hi / all);
+}
+
+#[test]
+fn early_media_on_183_is_recorded() {
+    let mut c = call("early@test", TestCodec::Pcma, 10, 16);
+    c.ring_ms = 5000;
+    c.early_media_ms = Some(3000);
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
+    assert_eq!(recs.len(), 1);
+    check(&recs[0], &truths[0], 0.0, 0.99);
+}
+
+#[test]
+fn reinvite_moving_media_to_a_new_port_keeps_the_recording_going() {
+    let mut c = call("move@test", TestCodec::Pcmu, 20, 17);
+    c.caller_moves_media = Some((8000, 41000));
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
+    assert_eq!(recs.len(), 1, "one recording across the re-INVITE");
+    check(&recs[0], &truths[0], 0.0, 0.99);
+}

@@ -67,6 +67,9 @@ pub struct LegSpec {
     /// RFC 4733 digits: (digit, at_ms of leg audio, duration_ms). The audio
     /// packets in that time are replaced by telephone-event packets.
     pub dtmf: Vec<(char, u32, u32)>,
+    /// This leg's codec when it differs from the call's (mixed wideband and
+    /// narrowband legs). Its audio is at this codec's rate.
+    pub codec: Option<TestCodec>,
 }
 
 /// How SIP travels.
@@ -94,9 +97,33 @@ pub struct CallSpec {
     pub bye: bool,
     pub transport: SipTransport,
     pub seed: u64,
+    /// The callee answers with a 183 carrying SDP and starts sending this
+    /// long before the 200 OK (early media: ring-back, announcements).
+    pub early_media_ms: Option<u32>,
+    /// (ms after media start, new port): the caller moves its media to a new
+    /// port with a re-INVITE; the callee sends there afterwards.
+    pub caller_moves_media: Option<(u32, u16)>,
 }
 
 impl CallSpec {
+    /// The codec of leg `ch` (0 caller, 1 callee).
+    pub fn leg_codec(&self, ch: usize) -> TestCodec {
+        let leg = if ch == 0 {
+            &self.caller_leg
+        } else {
+            &self.callee_leg
+        };
+        leg.codec.unwrap_or(self.codec)
+    }
+
+    fn codecs(&self) -> Vec<TestCodec> {
+        let mut v = vec![self.leg_codec(0)];
+        if self.leg_codec(1) != v[0] {
+            v.push(self.leg_codec(1));
+        }
+        v
+    }
+
     /// A plain call between two hosts with the given audio.
     pub fn simple(
         call_id: &str,
@@ -135,6 +162,8 @@ impl CallSpec {
             bye: true,
             transport: SipTransport::Udp,
             seed: 1,
+            early_media_ms: None,
+            caller_moves_media: None,
         }
     }
 }
@@ -145,8 +174,10 @@ pub struct CallTruth {
     pub call_id: String,
     /// Arrival of the first RTP packet (time zero of the WAV), ns.
     pub t0_ns: i64,
-    /// Audio rate of `expected`.
+    /// Audio rate of `expected` (the higher of the two legs' rates).
     pub rate: u32,
+    /// Audio rate of each leg's codec.
+    pub rates: [u32; 2],
     /// Per channel (0 = caller, 1 = callee): what should be heard, on the
     /// recording's timeline, at `rate`. Lost / suppressed / held parts are zero.
     pub expected: [Vec<i16>; 2],
@@ -295,19 +326,27 @@ impl SipFlow {
     }
 }
 
-fn sdp(p: &Party, codec: TestCodec, dir: &str, session_version: u32) -> String {
+fn sdp(p: &Party, port: u16, codecs: &[TestCodec], dir: &str, session_version: u32) -> String {
     let (ipv, ip) = match p.ip {
         IpAddr::V4(a) => ("IP4", a.to_string()),
         IpAddr::V6(a) => ("IP6", a.to_string()),
     };
-    format!(
-        "v=0\r\no=- 1000 {session_version} IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {} 101\r\na=rtpmap:{} {}\r\na=rtpmap:101 telephone-event/{}\r\na=fmtp:101 0-16\r\na=ptime:20\r\na={dir}\r\n",
-        p.rtp_port,
-        codec.payload_type(),
-        codec.payload_type(),
-        codec.rtpmap(),
-        codec.rtp_clock(),
-    )
+    let pts: Vec<String> = codecs
+        .iter()
+        .map(|c| c.payload_type().to_string())
+        .collect();
+    let mut out = format!(
+        "v=0\r\no=- 1000 {session_version} IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {} 101\r\n",
+        pts.join(" ")
+    );
+    for c in codecs {
+        out.push_str(&format!("a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap()));
+    }
+    out.push_str(&format!(
+        "a=rtpmap:101 telephone-event/{}\r\na=fmtp:101 0-16\r\na=ptime:20\r\na={dir}\r\n",
+        codecs[0].rtp_clock()
+    ));
+    out
 }
 
 fn host(ip: IpAddr) -> String {
@@ -442,6 +481,8 @@ fn rtp_leg(
     link: Link,
     framing: &Framing,
     seed: u64,
+    move_port: Option<(u32, u16)>,
+    moves_src: bool,
 ) -> LegOut {
     let mut out = LegOut {
         frames: Vec::new(),
@@ -454,7 +495,7 @@ fn rtp_leg(
     if leg.impair.mute {
         return out;
     }
-    let codec = spec.codec;
+    let codec = leg.codec.unwrap_or(spec.codec);
     let mut rng = Rng::new(seed);
     let rate = codec.audio_rate() as usize;
     let n = rate * spec.ptime_ms as usize / 1000;
@@ -465,7 +506,8 @@ fn rtp_leg(
         .impair
         .nat_source
         .unwrap_or(SocketAddr::new(from.ip, from.rtp_port));
-    let dst = SocketAddr::new(to.ip, to.rtp_port);
+    let mut dst = SocketAddr::new(to.ip, to.rtp_port);
+    let mut src = src;
     let mut ssrc = rng.next_u64() as u32;
     let mut seq = rng.next_u64() as u16;
     let mut ts_base = rng.next_u64() as u32;
@@ -490,6 +532,15 @@ fn rtp_leg(
             + i64::from(leg.start_ms) * 1_000_000
             + nominal
             + nominal * i64::from(imp.drift_ppm) / 1_000_000;
+        if let Some((at_ms, port)) = move_port {
+            if send_ns >= media_start_ns + i64::from(at_ms) * 1_000_000 {
+                if moves_src {
+                    src.set_port(port);
+                } else {
+                    dst.set_port(port);
+                }
+            }
+        }
         if let (Some(at), false) = (imp.ssrc_change_at_ms, ssrc_changed) {
             if t_ms >= at {
                 ssrc_changed = true;
@@ -621,7 +672,8 @@ pub fn generate_call(
     let t = spec.start_ns;
     let ms = 1_000_000i64;
     flow.handshake(&mut frames, t);
-    let offer = sdp(&spec.caller, spec.codec, "sendrecv", 1);
+    let codecs = spec.codecs();
+    let offer = sdp(&spec.caller, spec.caller.rtp_port, &codecs, "sendrecv", 1);
     let invite = d.request(
         "INVITE",
         1,
@@ -644,7 +696,18 @@ pub fn generate_call(
         &d.response(180, "Ringing", &invite, true, None),
     );
     let answer_ns = t + i64::from(spec.ring_ms) * ms;
-    let answer = sdp(&spec.callee, spec.codec, "sendrecv", 1);
+    let answer = sdp(&spec.callee, spec.callee.rtp_port, &codecs, "sendrecv", 1);
+    let mut callee_media_start = answer_ns + 20 * ms;
+    if let Some(early) = spec.early_media_ms {
+        let at = answer_ns - i64::from(early) * ms;
+        flow.send(
+            &mut frames,
+            at,
+            false,
+            &d.response(183, "Session Progress", &invite, true, Some(&answer)),
+        );
+        callee_media_start = at + 20 * ms;
+    }
     flow.send(
         &mut frames,
         answer_ns,
@@ -669,21 +732,62 @@ pub fn generate_call(
             link,
             framing,
             spec.seed.wrapping_mul(31).wrapping_add(7),
+            spec.caller_moves_media,
+            true,
         ),
         rtp_leg(
             spec,
             &spec.callee_leg,
             &spec.callee,
             &spec.caller,
-            media_start,
+            callee_media_start,
             link,
             framing,
             spec.seed.wrapping_mul(37).wrapping_add(11),
+            spec.caller_moves_media.map(|(at, p)| {
+                let shift = (media_start - callee_media_start) / ms;
+                ((i64::from(at) + shift).max(0) as u32, p)
+            }),
+            false,
         ),
     ];
+    let mut cseq = 2;
+    if let Some((at, port)) = spec.caller_moves_media {
+        let at_ns = media_start + i64::from(at) * ms - 5 * ms;
+        let body = sdp(&spec.caller, port, &codecs, "sendrecv", 2);
+        let req = d.request(
+            "INVITE",
+            cseq,
+            true,
+            true,
+            &format!("mv{}", spec.seed),
+            Some(&body),
+        );
+        let ans = sdp(&spec.callee, spec.callee.rtp_port, &codecs, "sendrecv", 2);
+        flow.send(&mut frames, at_ns, true, &req);
+        flow.send(
+            &mut frames,
+            at_ns + 2 * ms,
+            false,
+            &d.response(200, "OK", &req, true, Some(&ans)),
+        );
+        flow.send(
+            &mut frames,
+            at_ns + 3 * ms,
+            true,
+            &d.request(
+                "ACK",
+                cseq,
+                true,
+                true,
+                &format!("mvack{}", spec.seed),
+                None,
+            ),
+        );
+        cseq += 1;
+    }
 
     // Hold signalling (re-INVITE from the holding party).
-    let mut cseq = 2;
     for (ch, leg) in [&spec.caller_leg, &spec.callee_leg].iter().enumerate() {
         if let Some(h) = leg.impair.hold.filter(|h| h.signal) {
             let from_caller = ch == 0;
@@ -702,7 +806,7 @@ pub fn generate_call(
                 (h.to_ms, "sendrecv", "sendrecv", 3),
             ] {
                 let at_ns = media_start + i64::from(leg.start_ms + at) * ms - 5 * ms;
-                let body = sdp(me, spec.codec, dir, v);
+                let body = sdp(me, me.rtp_port, &codecs, dir, v);
                 let req = d.request(
                     "INVITE",
                     cseq,
@@ -711,7 +815,7 @@ pub fn generate_call(
                     &format!("re{}x{}", spec.seed, cseq),
                     Some(&body),
                 );
-                let ans = sdp(other, spec.codec, back, v);
+                let ans = sdp(other, other.rtp_port, &codecs, back, v);
                 flow.send(&mut frames, at_ns, from_caller, &req);
                 let resp = d.response(200, "OK", &req, true, Some(&ans));
                 flow.send(&mut frames, at_ns + 2 * ms, !from_caller, &resp);
@@ -720,7 +824,11 @@ pub fn generate_call(
         }
     }
 
-    let rate = spec.codec.audio_rate();
+    let rates = [
+        spec.leg_codec(0).audio_rate(),
+        spec.leg_codec(1).audio_rate(),
+    ];
+    let rate = rates[0].max(rates[1]);
     let t0 = legs
         .iter()
         .filter_map(|l| l.first_arrival)
@@ -740,11 +848,17 @@ pub fn generate_call(
                 continue;
             }
             let pos = pos as usize;
+            // A narrowband leg in a wideband truth: each sample twice.
+            let factor = (rate / rates[ch]) as usize;
             let e = &mut expected[ch];
-            if e.len() < pos + len {
-                e.resize(pos + len, 0);
+            if e.len() < pos + len * factor {
+                e.resize(pos + len * factor, 0);
             }
-            e[pos..pos + len].copy_from_slice(&spec_leg.audio[*start..start + len]);
+            for (i, v) in spec_leg.audio[*start..start + len].iter().enumerate() {
+                for k in 0..factor {
+                    e[pos + i * factor + k] = *v;
+                }
+            }
         }
         for (send_ns, digit, dur) in &l.dtmf {
             dtmf.push((ch, *digit, (send_ns - t0) / ms, i64::from(*dur)));
@@ -774,6 +888,7 @@ pub fn generate_call(
         call_id: spec.call_id.clone(),
         t0_ns: t0,
         rate,
+        rates,
         expected,
         dtmf,
         sent: [legs[0].sent, legs[1].sent],

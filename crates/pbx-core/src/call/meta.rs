@@ -153,8 +153,7 @@ pub fn recording_id(call_id: &str, at: Timestamp) -> String {
 }
 
 /// What a sink learns when a recording starts.
-#[derive(Debug, Clone)]
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RecordingStart {
     pub call_id: String,
     pub sample_rate: u32,
