@@ -6,6 +6,7 @@
 //! audio logic is in the sans-IO `pbx-core` crate.
 
 pub mod cli;
+pub mod config;
 pub mod import;
 pub mod recording;
 pub mod units;

@@ -1,7 +1,7 @@
 //! `pbx-edge`: the binary. Command-line parsing lives in `pbx_edge::cli`; each
 //! command is a module of the `pbx_edge` library.
 
-use pbx_edge::{cli, import};
+use pbx_edge::{cli, config, import};
 
 use std::process::ExitCode;
 
@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let res = match cli.command {
         cli::Command::Import(args) => import::run(&args),
+        cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
         other => {
             eprintln!(
                 "pbx-edge: `{}` is not available in this build yet",
