@@ -50,12 +50,7 @@ impl RunningSource {
 }
 
 fn engine_config(cfg: &Config) -> EngineConfig {
-    EngineConfig {
-        sample_rate: cfg.recording.sample_rate,
-        jitter_ms: u32::try_from(cfg.recording.jitter.as_millis()).unwrap_or(500),
-        rtp_timeout_us: i64::try_from(cfg.recording.rtp_timeout.as_micros()).unwrap_or(30_000_000),
-        ..EngineConfig::default()
-    }
+    cfg.recording.engine_config()
 }
 
 fn context(cfg: &Config, source: &'static str) -> RecordingContext {
@@ -68,13 +63,20 @@ fn context(cfg: &Config, source: &'static str) -> RecordingContext {
 
 /// Start every enabled source. Errors are reported in the status (readyz) and
 /// the log; the daemon keeps running with what it could start.
-fn start_sources(cfg: &Config, status: &SharedStatus, live: &Arc<Liveness>) -> BTreeMap<&'static str, RunningSource> {
+fn start_sources(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> BTreeMap<&'static str, RunningSource> {
     let mut running = BTreeMap::new();
     if cfg.sources.sniff.enabled {
         let iface = cfg.sources.sniff.interface.clone();
         let set = |up: bool, error: Option<String>| {
             if let Ok(mut s) = status.lock() {
-                let e = s.sources.entry("sniff".into()).or_insert_with(SourceStatus::default);
+                let e = s
+                    .sources
+                    .entry("sniff".into())
+                    .or_insert_with(SourceStatus::default);
                 e.up = up;
                 e.error = error;
                 e.listen = iface.clone();
@@ -112,7 +114,18 @@ fn start_sources(cfg: &Config, status: &SharedStatus, live: &Arc<Liveness>) -> B
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(false, state);
+    let _ = sd_notify::notify(state);
+}
+
+/// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
+fn monotonic_usec() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1000
 }
 
 /// Free bytes on the file system holding `dir`.
@@ -149,7 +162,11 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     let free = free_bytes(dir);
     if let Ok(mut s) = status.lock() {
         let (w, f, b) = s.sources.values().fold((0, 0, 0), |a, x| {
-            (a.0 + x.recordings_written, a.1 + x.recordings_failed, a.2 + x.bytes_written)
+            (
+                a.0 + x.recordings_written,
+                a.1 + x.recordings_failed,
+                a.2 + x.bytes_written,
+            )
         });
         let sp = &mut s.spool;
         sp.dir = dir.display().to_string();
@@ -202,7 +219,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         version: env!("CARGO_PKG_VERSION"),
         agent_id: cfg.agent.id.clone(),
         started_at: sniff::now().to_rfc3339(),
-        config_file: cfg.source_file.as_ref().map(|p| p.display().to_string()),
+        config_file: Config::resolve_path(config_path.as_deref()).map(|p| p.display().to_string()),
         ..Status::default()
     }));
     if let Ok(mut s) = status.lock() {
@@ -213,7 +230,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     // Recordings a crash cut off.
     match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
         Ok(ids) if !ids.is_empty() => {
-            tracing::warn!(count = ids.len(), "completed recordings cut off by an earlier stop");
+            tracing::warn!(
+                count = ids.len(),
+                "completed recordings cut off by an earlier stop"
+            );
             if let Ok(mut s) = status.lock() {
                 s.spool.repaired_at_start = ids.len() as u64;
             }
@@ -226,19 +246,27 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let listener = health::bind(cfg.health.listen)
         .await
         .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
-    tokio::spawn(health::serve(listener, status.clone(), live.clone(), stop_rx.clone()));
+    tokio::spawn(health::serve(
+        listener,
+        status.clone(),
+        live.clone(),
+        stop_rx.clone(),
+    ));
 
     let mut sources = start_sources(&cfg, &status, &live);
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line(&status))]);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status_line(&status)),
+    ]);
 
-    let watchdog = {
-        let mut usec = 0u64;
-        sd_notify::watchdog_enabled(false, &mut usec)
-            .then(|| Duration::from_micros(usec / 2))
-    };
-    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut tick = tokio::time::interval(
+        watchdog
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1)),
+    );
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -248,12 +276,15 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                notify(&[sd_notify::NotifyState::Reloading]);
+                notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic_usec())]);
                 match Config::load(config_path.as_deref()) {
                     Ok(new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
-                        let restart_sniff = changed.contains(&"sniff") || changed.contains(&"recording") || changed.contains(&"spool");
+                        let restart_sniff = changed.contains(&"sources.sniff")
+                            || changed.contains(&"spool.dir")
+                            || cfg.recording != new.recording
+                            || cfg.agent != new.agent;
                         cfg = new;
                         if restart_sniff {
                             if let Some(s) = sources.remove("sniff") {
@@ -374,7 +405,11 @@ pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
         sp["files"],
         sp["bytes"],
         sp["free_bytes"],
-        if sp["writable"] == true { "" } else { " — NOT WRITABLE" }
+        if sp["writable"] == true {
+            ""
+        } else {
+            " — NOT WRITABLE"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -91,7 +91,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut sock: TcpStream, status: SharedStatus, live: Arc<Liveness>) -> std::io::Result<()> {
+async fn handle(
+    mut sock: TcpStream,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -132,7 +136,13 @@ async fn handle(mut sock: TcpStream, status: SharedStatus, live: Arc<Liveness>) 
             }))
             .unwrap_or_default()
                 + "\n";
-            respond(&mut sock, if ok { 200 } else { 503 }, "application/json", &body).await
+            respond(
+                &mut sock,
+                if ok { 200 } else { 503 },
+                "application/json",
+                &body,
+            )
+            .await
         }
         "/metrics" => {
             respond(
@@ -147,7 +157,15 @@ async fn handle(mut sock: TcpStream, status: SharedStatus, live: Arc<Liveness>) 
             let body = serde_json::to_string_pretty(&snapshot).unwrap_or_default() + "\n";
             respond(&mut sock, 200, "application/json", &body).await
         }
-        _ => respond(&mut sock, 404, "text/plain", "not found: try /healthz /readyz /metrics /status\n").await,
+        _ => {
+            respond(
+                &mut sock,
+                404,
+                "text/plain",
+                "not found: try /healthz /readyz /metrics /status\n",
+            )
+            .await
+        }
     }
 }
 
@@ -175,7 +193,10 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp

@@ -6,6 +6,11 @@
 //! audio logic is in the sans-IO `pbx-core` crate.
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod health;
 pub mod import;
 pub mod recording;
+pub mod sniff;
+pub mod status;
 pub mod units;

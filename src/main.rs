@@ -1,7 +1,7 @@
 //! `pbx-edge`: the binary. Command-line parsing lives in `pbx_edge::cli`; each
 //! command is a module of the `pbx_edge` library.
 
-use pbx_edge::{cli, import};
+use pbx_edge::{cli, config, daemon, import};
 
 use std::process::ExitCode;
 
@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let res = match cli.command {
         cli::Command::Import(args) => import::run(&args),
+        cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
+        cli::Command::Run(c) => daemon::run(c.config),
+        cli::Command::Status(c) => daemon::print_status(c.config),
         other => {
             eprintln!(
                 "pbx-edge: `{}` is not available in this build yet",
