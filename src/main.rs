@@ -35,14 +35,22 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
     };
-    let filter =
-        EnvFilter::try_from_env("PBX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_env("PBX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Under systemd (JOURNAL_STREAM set) journald adds time stamps and the
+    // unit name itself: plain lines without colours or our own time stamps.
+    let json = std::env::var("PBX_EDGE__LOG__FORMAT").is_ok_and(|v| v == "json");
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).with_target(false).try_init()
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+    };
 }

@@ -30,6 +30,9 @@ use crate::status::{EngineCounters, SharedStatus};
 pub struct PacketSocket {
     fd: OwnedFd,
     drops: u64,
+    /// Index of the loopback interface: on it every packet is seen twice
+    /// (outgoing and incoming); the outgoing copy is skipped, as libpcap does.
+    loopback: i32,
 }
 
 impl PacketSocket {
@@ -59,7 +62,13 @@ impl PacketSocket {
         }
         // SAFETY: fd is a valid, owned descriptor from socket(2).
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let sock = PacketSocket { fd, drops: 0 };
+        // SAFETY: the literal is a valid C string.
+        let loopback = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
+        let sock = PacketSocket {
+            fd,
+            drops: 0,
+            loopback,
+        };
         // A large receive buffer absorbs bursts.
         let size: libc::c_int = 8 << 20;
         sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
@@ -113,18 +122,33 @@ impl PacketSocket {
         }
     }
 
-    /// Receive one frame (raw IP). `Ok(None)` on timeout.
+    /// Receive one frame (raw IP). `Ok(None)` on timeout (or a skipped duplicate).
     pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // SAFETY: zeroed sockaddr_ll is valid; recvfrom fills it.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: buf is valid for writes of buf.len() bytes; from/from_len are valid.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut from_len,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => Ok(None),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
+                    Ok(None)
+                }
                 _ => Err(e),
             };
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 && from.sll_ifindex == self.loopback {
+            return Ok(None);
         }
         Ok(buf.get(..n as usize))
     }

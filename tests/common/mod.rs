@@ -2,6 +2,9 @@
 //! read the recordings it wrote, measure them against the truth.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod truth;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
