@@ -403,6 +403,24 @@ impl Config {
         build(root, env, errors)
     }
 
+    /// Every key the loader knows, as dotted paths (`sources.siprec.listen`),
+    /// in schema order.
+    pub fn known_keys() -> Vec<String> {
+        let root = Node {
+            origin: Origin::Default,
+            env_text: None,
+            kind: Kind::Table(Table::new()),
+        };
+        let mut keys = Vec::new();
+        check(
+            &root,
+            &mut Config::defaults(None),
+            &mut Vec::new(),
+            &mut keys,
+        );
+        keys
+    }
+
     /// One line for people: which sources, where the spool is, which cloud.
     pub fn summary(&self) -> String {
         let s = &self.sources;
@@ -894,9 +912,8 @@ fn apply_env(root: &mut Node, var: &str, text: &str, errors: &mut Vec<ConfigErro
         });
         if !matches!(entry.node.kind, Kind::Table(_)) {
             errors.push(err(format!(
-                "`{}` is {} (set at {}), not a table",
+                "`{}` is not a table (it is set at {})",
                 walked.join("."),
-                entry.node.type_name(),
                 entry.node.origin
             )));
             return;
@@ -965,7 +982,7 @@ fn build(
         .filter_map(|e| e.origin().cloned())
         .collect();
     let mut semantic = Vec::new();
-    check(&root, &mut cfg, &mut semantic);
+    check(&root, &mut cfg, &mut semantic, &mut Vec::new());
     errors.extend(
         semantic
             .into_iter()
@@ -1077,8 +1094,11 @@ impl<'t> Sec<'t> {
         }
     }
 
-    /// Report every key that was not asked for.
-    fn finish(self, errs: &mut Vec<ConfigError>, what: &str) {
+    /// Report every key that was not asked for; note the known ones in `keys`.
+    fn finish(self, errs: &mut Vec<ConfigError>, keys: &mut Vec<String>, what: &str) {
+        if what == "key" {
+            keys.extend(self.known.iter().map(|k| self.key(k)));
+        }
         let Some(t) = self.table else { return };
         for (k, e) in t {
             if self.known.contains(&k.as_str()) {
@@ -1254,10 +1274,11 @@ fn to_agent_id(n: &Node) -> Result<String, String> {
 
 fn to_sample_rate(n: &Node) -> Result<SampleRate, String> {
     let bad = || {
-        format!(
-            "expected \"auto\", \"8000\" or \"16000\", {}",
-            n.found().replace("found a string", "found")
-        )
+        let found = match &n.kind {
+            Kind::Str(s) => format!("found {}", quote(s)),
+            _ => n.found(),
+        };
+        format!("expected \"auto\", \"8000\" or \"16000\", {found}")
     };
     match &n.kind {
         Kind::Int(Some(8000)) => Ok(SampleRate::Hz8000),
@@ -1385,7 +1406,7 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 
 // --- the sections ---
 
-fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
+fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut Vec<String>) {
     let Kind::Table(t) = &root.kind else {
         return;
     };
@@ -1397,7 +1418,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
 
     let mut s = Sec::child(&top, "agent", errs);
     s.field(errs, "id", &mut cfg.agent.id, to_agent_id);
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "spool", errs);
     s.field(errs, "dir", &mut cfg.spool.dir, to_nonempty_path);
@@ -1411,12 +1432,12 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
         },
     );
     s.field(errs, "retention", &mut cfg.spool.retention, to_duration);
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "health", errs);
     s.field(errs, "listen", &mut cfg.health.listen, to_socket_addr);
     let health_origin = s.origin("listen");
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "recording", errs);
     let r = &mut cfg.recording;
@@ -1428,7 +1449,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
     s.field(errs, "jitter", &mut r.jitter, |n| {
         to_duration_in(n, Duration::ZERO, Duration::from_secs(10))
     });
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "cloud", errs);
     let c = &mut cfg.cloud;
@@ -1446,7 +1467,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
         }
         Ok(v)
     });
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut src = Sec::child(&top, "sources", errs);
     src.known = SOURCES.to_vec();
@@ -1534,7 +1555,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
             ),
         });
     }
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&src, "sniff", errs);
     let sn = &mut cfg.sources.sniff;
@@ -1553,7 +1574,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
         let v = to_string(n)?;
         Ok((!v.trim().is_empty()).then_some(v))
     });
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&src, "folder", errs);
     let f = &mut cfg.sources.folder;
@@ -1577,16 +1598,16 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>) {
             message: "must not be empty when sources.folder is enabled".into(),
         });
     }
-    s.finish(errs, "key");
-    src.finish(errs, "source");
+    s.finish(errs, keys, "key");
+    src.finish(errs, keys, "source");
 
     let mut s = Sec::child(&top, "log", errs);
     s.field(errs, "format", &mut cfg.log.format, to_log_format);
     s.field(errs, "log_numbers", &mut cfg.log.log_numbers, to_bool);
-    s.finish(errs, "key");
+    s.finish(errs, keys, "key");
 
     top.known = SECTIONS.to_vec();
-    top.finish(errs, "section");
+    top.finish(errs, keys, "section");
 }
 
 #[cfg(test)]
@@ -1687,7 +1708,7 @@ mod tests {
         );
         assert_eq!(
             err1("[recording]\nsample_rate = \"wide\"\n"),
-            "t.toml:2: recording.sample_rate: expected \"auto\", \"8000\" or \"16000\", found (\"wide\")"
+            "t.toml:2: recording.sample_rate: expected \"auto\", \"8000\" or \"16000\", found \"wide\""
         );
     }
 
@@ -1815,6 +1836,44 @@ mod tests {
             a.diff_restart_needed(&b),
             vec!["sources.siprec", "sources.folder", "health.listen"]
         );
+    }
+
+    proptest::proptest! {
+        /// Any text: no panic, and every problem points at a line of the text.
+        #[test]
+        fn any_text_gives_config_or_located_errors(
+            text in "([a-z_.\\[\\]=\"' 0-9/:-]{0,12}\n?){0,12}"
+        ) {
+            check_located(&text);
+        }
+
+        /// The annotated file with one line replaced by junk.
+        #[test]
+        fn mutated_annotated_file(line in 0usize..100, junk in "[a-z_=\"\\[\\] 0-9.:/-]{0,20}") {
+            let base = include_str!("../config/pbx-edge.toml");
+            let text: Vec<&str> = base
+                .lines()
+                .enumerate()
+                .map(|(i, l)| if i == line { junk.as_str() } else { l })
+                .collect();
+            check_located(&text.join("\n"));
+        }
+    }
+
+    fn check_located(text: &str) {
+        let n_lines = text.lines().count().max(1);
+        if let Err(e) = parse(text) {
+            assert!(!e.is_empty());
+            for l in e {
+                if l.starts_with("(built-in default): ") {
+                    continue; // a clash between a set key and a default
+                }
+                let rest = l.strip_prefix("t.toml:").unwrap_or_else(|| panic!("{l}"));
+                let (line, _) = rest.split_once(": ").unwrap_or_else(|| panic!("{l}"));
+                let line: usize = line.parse().unwrap_or_else(|_| panic!("{l}"));
+                assert!((1..=n_lines + 1).contains(&line), "{l} ({n_lines} lines)");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,633 @@
+//! The configuration as users meet it: the annotated default file, every kind of
+//! bad value with its exact `FILE:LINE: key.path: message`, several problems at
+//! once, environment overrides, and `pbx-edge check-config` through the real
+//! binary (exit codes and output).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pbx_edge::config::{CloudProtocol, Config, LogFormat, SampleRate};
+
+const NO_ENV: [(&str, &str); 0] = [];
+
+fn annotated() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pbx-edge.toml")
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_toml_str("bad.toml", text, NO_ENV) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e.lines(),
+    }
+}
+
+fn error(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn annotated_file_equals_defaults() {
+    let c = Config::load_from_env_map(Some(&annotated()), NO_ENV).unwrap();
+    let d = Config::defaults(None);
+    // agent.id (host name) and spool.dir ($STATE_DIRECTORY) depend on the
+    // environment; in the file they are commented out, so they default too.
+    assert_eq!(c.agent, d.agent);
+    assert_eq!(c.spool.dir, PathBuf::from("./var"));
+    assert_eq!(c.spool.max_size, d.spool.max_size);
+    assert_eq!(c.spool.retention, d.spool.retention);
+    assert_eq!(c.health, d.health);
+    assert_eq!(c.recording, d.recording);
+    assert_eq!(c.cloud, d.cloud);
+    assert_eq!(c.sources.siprec, d.sources.siprec);
+    assert_eq!(c.sources.sniff, d.sources.sniff);
+    assert_eq!(c.sources.folder, d.sources.folder);
+    assert_eq!(c.log, d.log);
+    assert_eq!(c, d);
+
+    // And the values are the ones CONTRACT §2 names.
+    assert_eq!(c.spool.max_size, 20 * 1024 * 1024 * 1024);
+    assert_eq!(c.spool.retention, Duration::ZERO);
+    assert_eq!(
+        c.health.listen,
+        "127.0.0.1:9466".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.recording.sample_rate, SampleRate::Auto);
+    assert_eq!(c.recording.rtp_timeout, Duration::from_secs(30));
+    assert_eq!(c.recording.jitter, Duration::from_millis(500));
+    assert_eq!(c.cloud.url, "");
+    assert!(!c.cloud.is_configured());
+    assert_eq!(c.cloud.protocol, CloudProtocol::Tus);
+    assert_eq!(c.cloud.max_parallel, 2);
+    assert_eq!(c.cloud.chunk_size, 4 << 20);
+    assert!(c.sources.siprec.enabled);
+    assert_eq!(c.sources.siprec.listen.to_string(), "127.0.0.1:5090");
+    assert_eq!(c.sources.siprec.rtp_ports, 20000..=29999);
+    assert!(c.sources.siprec.allow.is_empty());
+    assert_eq!(c.sources.siprec.max_calls, 1000);
+    assert!(!c.sources.sniff.enabled);
+    assert_eq!(c.sources.sniff.interface, "any");
+    assert!(!c.sources.folder.enabled);
+    assert_eq!(c.sources.folder.settle, Duration::from_secs(5));
+    assert_eq!(c.log.format, LogFormat::Auto);
+    assert!(!c.log.log_numbers);
+}
+
+/// Every key the loader knows is written in the annotated file (set or as a
+/// commented-out `# key = value` example), and with the examples uncommented
+/// the file still loads.
+#[test]
+fn annotated_file_documents_every_key() {
+    let text = std::fs::read_to_string(annotated()).unwrap();
+    let mut section = String::new();
+    let mut documented = BTreeSet::new();
+    let mut uncommented = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = h.trim().to_string();
+        }
+        let body = t.strip_prefix('#').map(str::trim).unwrap_or(t);
+        if let Some((k, _)) = body.split_once('=') {
+            let k = k.trim();
+            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                documented.insert(format!("{section}.{k}"));
+                uncommented.push_str(body);
+                uncommented.push('\n');
+                continue;
+            }
+        }
+        uncommented.push_str(line);
+        uncommented.push('\n');
+    }
+    let known: BTreeSet<String> = Config::known_keys().into_iter().collect();
+    assert_eq!(documented, known);
+    let c = Config::from_toml_str("uncommented", &uncommented, NO_ENV).unwrap();
+    assert_eq!(c.agent.id, "pbx-01");
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/pbx-edge"));
+}
+
+#[test]
+fn built_in_defaults_without_file() {
+    let c = Config::from_toml_str("empty", "", NO_ENV).unwrap();
+    assert_eq!(c, Config::defaults(None));
+    assert!(!c.agent.id.is_empty());
+    assert_eq!(
+        c.summary(),
+        "sources: siprec 127.0.0.1:5090; spool ./var; cloud: not configured"
+    );
+}
+
+#[test]
+fn a_full_file_is_read() {
+    let text = r#"
+[agent]
+id = "pbx-01"
+[spool]
+dir = "/var/lib/pbx-edge"
+max_size = "512MiB"
+retention = "1h30m"
+[health]
+listen = "0.0.0.0:9000"
+[recording]
+sample_rate = "16000"
+min_duration = "2s"
+rtp_timeout = "5m"
+jitter = "200ms"
+[cloud]
+url = "https://api.example.com/"
+protocol = "multipart"
+token_file = "/etc/pbx-edge/token"
+max_parallel = 8
+ca_file = "/etc/pbx-edge/ca.pem"
+chunk_size = "16MiB"
+[sources.siprec]
+enabled = false
+listen = "[::]:5070"
+rtp_ports = "40000-40999"
+allow = ["10.0.0.0/8", "2001:db8::/32"]
+max_calls = 50
+[sources.sniff]
+enabled = true
+interface = "eth0"
+filter = "host 10.0.0.5"
+[sources.folder]
+enabled = true
+path = "/srv/rec"
+cdr_csv = "/var/log/asterisk/cdr-csv/Master.csv"
+settle = "10s"
+[log]
+format = "json"
+log_numbers = true
+"#;
+    let c = Config::from_toml_str("full.toml", text, NO_ENV).unwrap();
+    assert_eq!(c.agent.id, "pbx-01");
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/pbx-edge"));
+    assert_eq!(c.spool.max_size, 512 << 20);
+    assert_eq!(c.spool.retention, Duration::from_secs(5400));
+    assert_eq!(c.health.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(c.recording.sample_rate, SampleRate::Hz16000);
+    assert_eq!(c.recording.min_duration, Duration::from_secs(2));
+    assert_eq!(c.recording.rtp_timeout, Duration::from_secs(300));
+    assert_eq!(c.recording.jitter, Duration::from_millis(200));
+    assert_eq!(c.cloud.url, "https://api.example.com");
+    assert_eq!(c.cloud.protocol, CloudProtocol::Multipart);
+    assert_eq!(c.cloud.token_file, PathBuf::from("/etc/pbx-edge/token"));
+    assert_eq!(c.cloud.max_parallel, 8);
+    assert_eq!(c.cloud.ca_file, Some(PathBuf::from("/etc/pbx-edge/ca.pem")));
+    assert_eq!(c.cloud.chunk_size, 16 << 20);
+    let s = &c.sources;
+    assert!(!s.siprec.enabled);
+    assert_eq!(s.siprec.listen.to_string(), "[::]:5070");
+    assert_eq!(s.siprec.rtp_ports, 40000..=40999);
+    assert_eq!(s.siprec.allow.len(), 2);
+    assert_eq!(s.siprec.max_calls, 50);
+    assert!(s.sniff.enabled);
+    assert_eq!(s.sniff.interface, "eth0");
+    assert_eq!(s.sniff.filter.as_deref(), Some("host 10.0.0.5"));
+    assert!(s.folder.enabled);
+    assert_eq!(s.folder.path, PathBuf::from("/srv/rec"));
+    assert_eq!(
+        s.folder.cdr_csv,
+        Some(PathBuf::from("/var/log/asterisk/cdr-csv/Master.csv"))
+    );
+    assert_eq!(s.folder.settle, Duration::from_secs(10));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.log.log_numbers);
+    assert_eq!(
+        c.summary(),
+        "sources: sniff eth0, folder /srv/rec; spool /var/lib/pbx-edge; cloud: https://api.example.com (multipart)"
+    );
+}
+
+#[test]
+fn each_kind_of_bad_value() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[spool]\nmax_size = \"20 parsecs\"",
+            "bad.toml:2: spool.max_size: `20 parsecs`: unknown unit `parsecs` (use B, KB, MB, GB, KiB, MiB, GiB, TiB)",
+        ),
+        (
+            "[spool]\nretention = \"5 weeks\"",
+            "bad.toml:2: spool.retention: `5 weeks`: unknown unit `weeks` (use ms, s, m, h, d)",
+        ),
+        (
+            "[recording]\nmin_duration = \"30\"",
+            "bad.toml:2: recording.min_duration: `30`: missing unit (ms, s, m, h, d)",
+        ),
+        (
+            "[recording]\n\nrtp_timeout = \"500ms\"",
+            "bad.toml:3: recording.rtp_timeout: must be at least 1s",
+        ),
+        (
+            "[recording]\njitter = \"1m\"",
+            "bad.toml:2: recording.jitter: must be at most 10s",
+        ),
+        (
+            "[health]\nlisten = \"127.0.0.1\"",
+            "bad.toml:2: health.listen: \"127.0.0.1\" is not an IP address and port (write e.g. \"127.0.0.1:5090\", \"0.0.0.0:5090\" or \"[::1]:5090\"; host names are not accepted)",
+        ),
+        (
+            "[sources.siprec]\nrtp_ports = \"20000-29999-3\"",
+            "bad.toml:2: sources.siprec.rtp_ports: \"20000-29999-3\" is not a port range (write e.g. \"20000-29999\")",
+        ),
+        (
+            "[sources.siprec]\nrtp_ports = \"29999-20000\"",
+            "bad.toml:2: sources.siprec.rtp_ports: low port 29999 is above high port 20000",
+        ),
+        (
+            "[sources.siprec]\nrtp_ports = \"80-2000\"",
+            "bad.toml:2: sources.siprec.rtp_ports: starts at 80: ports below 1024 are privileged (start at 1024 or above)",
+        ),
+        (
+            "[sources.siprec]\nrtp_ports = \"20001-20002\"",
+            "bad.toml:2: sources.siprec.rtp_ports: 20001-20002 holds no RTP/RTCP pair (an even port and the odd one after it)",
+        ),
+        (
+            "[sources.siprec]\nrtp_ports = \"5000-6000\"\nlisten = \"127.0.0.1:5090\"",
+            "bad.toml:2: sources.siprec.rtp_ports: contains the SIP port 5090 of sources.siprec.listen",
+        ),
+        (
+            "[sources.siprec]\nallow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]",
+            "bad.toml:4: sources.siprec.allow[1]: \"10.0.0.0/33\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
+        ),
+        (
+            "[sources.siprec]\nallow = \"10.0.0.0/8\"",
+            "bad.toml:2: sources.siprec.allow: expected an array of networks such as [\"10.0.0.0/8\"], found a string (\"10.0.0.0/8\")",
+        ),
+        (
+            "[sources.siprec]\nmax_calls = 0",
+            "bad.toml:2: sources.siprec.max_calls: must be between 1 and 1000000, found 0",
+        ),
+        (
+            "[cloud]\nurl = \"http://api.example.com\"",
+            "bad.toml:2: cloud.url: plain http:// is accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://",
+        ),
+        (
+            "[cloud]\nurl = \"api.example.com\"",
+            "bad.toml:2: cloud.url: \"api.example.com\" is not a URL: relative URL without a base",
+        ),
+        (
+            "[cloud]\nurl = \"https://me:secret@api.example.com\"",
+            "bad.toml:2: cloud.url: must not contain credentials; put the token in cloud.token_file",
+        ),
+        (
+            "[cloud]\nprotocol = \"s3\"",
+            "bad.toml:2: cloud.protocol: expected \"tus\" or \"multipart\", found \"s3\"",
+        ),
+        (
+            "[cloud]\nmax_parallel = 65",
+            "bad.toml:2: cloud.max_parallel: must be between 1 and 64, found 65",
+        ),
+        (
+            "[cloud]\nchunk_size = \"1KiB\"",
+            "bad.toml:2: cloud.chunk_size: must be between 64KiB and 1GiB, found 1024 bytes",
+        ),
+        (
+            "[agent]\nid = \"\"",
+            "bad.toml:2: agent.id: must not be empty (leave the key out to use the host name)",
+        ),
+        (
+            "[sources.sniff]\ninterface = \"\"",
+            "bad.toml:2: sources.sniff.interface: must not be empty (\"any\" captures on all interfaces)",
+        ),
+        (
+            "[sources.folder]\nenabled = true\npath = \"\"",
+            "bad.toml:3: sources.folder.path: must not be empty when sources.folder is enabled",
+        ),
+        (
+            "[log]\nformat = \"syslog\"",
+            "bad.toml:2: log.format: expected \"auto\", \"journald\", \"text\" or \"json\", found \"syslog\"",
+        ),
+        (
+            "[health]\nlisten = \"127.0.0.1:5090\"",
+            "bad.toml:2: health.listen: 127.0.0.1:5090 is used by both health.listen and sources.siprec.listen",
+        ),
+        // Wrong types.
+        (
+            "[sources.sniff]\nenabled = 1",
+            "bad.toml:2: sources.sniff.enabled: expected true or false, found an integer (1)",
+        ),
+        (
+            "[cloud]\nmax_parallel = 2.5",
+            "bad.toml:2: cloud.max_parallel: expected an integer, found a float (2.5)",
+        ),
+        (
+            "[spool]\ndir = [\"/a\"]",
+            "bad.toml:2: spool.dir: expected a path string, found an array",
+        ),
+        (
+            "spool = \"./var\"",
+            "bad.toml:1: spool: expected a table ([spool]), found a string (\"./var\")",
+        ),
+        (
+            "[cloud]\nmax_parallel = 99999999999999999999",
+            "bad.toml:2: cloud.max_parallel: must be between 1 and 64",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&error(text), want, "for {text:?}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_line_and_key() {
+    let e = errors("[agent]\nid = \"pbx-01\"\n[cloud]\nurl = 'https://x\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("bad.toml:4: cloud.url: "), "{e:#?}");
+    let e = errors("[cloud]\nurl = \"\"\nurl = \"\"\n");
+    assert_eq!(e, vec!["bad.toml:3: cloud.url: duplicate key"]);
+}
+
+#[test]
+fn unknown_keys_and_sections() {
+    assert_eq!(
+        error("[spool]\nmax_sise = \"1GiB\""),
+        "bad.toml:2: spool.max_sise: unknown key (did you mean `max_size`?)"
+    );
+    assert_eq!(
+        error("[spool]\ncompression = true"),
+        "bad.toml:2: spool.compression: unknown key (known: dir, max_size, retention)"
+    );
+    assert_eq!(
+        error("\n[upload]\nurl = \"https://x\""),
+        "bad.toml:2: upload: unknown section (known: agent, spool, health, recording, cloud, sources, log)"
+    );
+    assert_eq!(
+        error("[sources.sip]\nenabled = true"),
+        "bad.toml:1: sources.sip: unknown source (known: siprec, sniff, folder)"
+    );
+    assert_eq!(
+        error("[sources.sniff.extra]\nx = 1"),
+        "bad.toml:1: sources.sniff.extra: unknown key (known: enabled, interface, filter)"
+    );
+}
+
+#[test]
+fn several_errors_at_once_in_file_order() {
+    let text = "\
+[sources.siprec]
+listen = \"nowhere\"
+rtp_ports = \"1-2\"
+[cloud]
+url = \"ftp://x\"
+max_parallel = 0
+bogus = 1
+[spool]
+max_size = \"big\"
+";
+    assert_eq!(
+        errors(text),
+        vec![
+            "bad.toml:2: sources.siprec.listen: \"nowhere\" is not an IP address and port (write e.g. \"127.0.0.1:5090\", \"0.0.0.0:5090\" or \"[::1]:5090\"; host names are not accepted)",
+            "bad.toml:3: sources.siprec.rtp_ports: starts at 1: ports below 1024 are privileged (start at 1024 or above)",
+            "bad.toml:5: cloud.url: scheme must be https (or http for a loopback host), found `ftp`",
+            "bad.toml:6: cloud.max_parallel: must be between 1 and 64, found 0",
+            "bad.toml:7: cloud.bogus: unknown key (known: url, protocol, token_file, max_parallel, ca_file, chunk_size)",
+            "bad.toml:9: spool.max_size: `big` is not a size (write e.g. \"512MiB\", \"20GiB\")",
+        ]
+    );
+}
+
+#[test]
+fn env_overrides_apply_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pbx-edge.toml");
+    std::fs::write(
+        &path,
+        "[cloud]\nurl = \"https://a.example\"\nmax_parallel = 3\n[sources.siprec]\nmax_calls = 10\n",
+    )
+    .unwrap();
+    let env = [
+        ("PBX_EDGE__CLOUD__MAX_PARALLEL", "8"),
+        ("PBX_EDGE__AGENT__ID", "1234"),
+        ("PBX_EDGE__SPOOL__MAX_SIZE", "1GiB"),
+        ("PBX_EDGE__RECORDING__SAMPLE_RATE", "16000"),
+        ("PBX_EDGE__RECORDING__RTP_TIMEOUT", "\"2m\""),
+        ("PBX_EDGE__SOURCES__SIPREC__LISTEN", "0.0.0.0:5070"),
+        ("PBX_EDGE__SOURCES__SIPREC__ALLOW", "[\"10.0.0.0/8\"]"),
+        (
+            "PBX_EDGE__SOURCES__SNIFF",
+            "{ enabled = true, interface = \"eth1\" }",
+        ),
+        ("PBX_EDGE__LOG__LOG_NUMBERS", "true"),
+        ("PBX_EDGE_LOG", "debug"), // not an override (single underscore)
+        ("STATE_DIRECTORY", "/var/lib/pbx-edge"),
+        ("HOME", "/root"),
+    ];
+    let c = Config::load_from_env_map(Some(&path), env).unwrap();
+    assert_eq!(c.cloud.url, "https://a.example"); // from the file
+    assert_eq!(c.cloud.max_parallel, 8); // env wins
+    assert_eq!(c.sources.siprec.max_calls, 10);
+    assert_eq!(c.agent.id, "1234"); // parsed as TOML integer, used as text
+    assert_eq!(c.spool.max_size, 1 << 30);
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/pbx-edge"));
+    assert_eq!(c.recording.sample_rate, SampleRate::Hz16000);
+    assert_eq!(c.recording.rtp_timeout, Duration::from_secs(120));
+    assert_eq!(c.sources.siprec.listen.to_string(), "0.0.0.0:5070");
+    assert_eq!(c.sources.siprec.allow.len(), 1);
+    assert_eq!(c.sources.siprec.allow[0].to_string(), "10.0.0.0/8");
+    assert!(c.sources.sniff.enabled);
+    assert_eq!(c.sources.sniff.interface, "eth1");
+    assert!(c.log.log_numbers);
+
+    // A plain comma-separated list is accepted from the environment.
+    let c = Config::from_toml_str(
+        "x",
+        "",
+        [("PBX_EDGE__SOURCES__SIPREC__ALLOW", "10.0.0.0/8, 192.0.2.7")],
+    )
+    .unwrap();
+    assert_eq!(c.sources.siprec.allow.len(), 2);
+
+    // Without any file: env over built-in defaults.
+    let c = Config::from_toml_str("x", "", [("PBX_EDGE__CLOUD__PROTOCOL", "multipart")]).unwrap();
+    assert_eq!(c.cloud.protocol, CloudProtocol::Multipart);
+}
+
+#[test]
+fn bad_env_overrides_name_the_variable() {
+    let env = [
+        ("PBX_EDGE__CLOUD__MAX_PARALLEL", "0"),
+        ("PBX_EDGE__CLOUD__URLL", "https://x"),
+        (
+            "PBX_EDGE__SOURCES__SIPREC__ALLOW",
+            "[\"10.0.0.0/8\", \"nope\"]",
+        ),
+        ("PBX_EDGE__SOURCES__SNIFF__ENABLED", "yes"),
+        ("PBX_EDGE__RECORDING__JITTER", "lots"),
+        ("PBX_EDGE__NETWORK__X", "1"),
+        ("PBX_EDGE__AGENT____ID", "x"),
+        ("PBX_EDGE__AGENT__ID__SUB", "x"),
+    ];
+    let text = "[agent]\nid = \"a\"\n[cloud]\nmax_parallel = 70\n";
+    let e = Config::from_toml_str("f.toml", text, env)
+        .unwrap_err()
+        .lines();
+    assert_eq!(
+        e,
+        vec![
+            // The file's value is overridden, so only the variable's problem shows.
+            "PBX_EDGE__AGENT__ID__SUB: agent.id.sub: `agent.id` is not a table (it is set at f.toml:2)",
+            "PBX_EDGE__AGENT____ID: agent..id: malformed variable name (write PBX_EDGE__SECTION__KEY)",
+            "PBX_EDGE__CLOUD__MAX_PARALLEL: cloud.max_parallel: must be between 1 and 64, found 0",
+            "PBX_EDGE__CLOUD__URLL: cloud.urll: unknown key (did you mean `url`?)",
+            "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, sources, log)",
+            "PBX_EDGE__RECORDING__JITTER: recording.jitter: `lots` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")",
+            "PBX_EDGE__SOURCES__SIPREC__ALLOW: sources.siprec.allow[1]: \"nope\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
+            "PBX_EDGE__SOURCES__SNIFF__ENABLED: sources.sniff.enabled: expected true or false, found a string (\"yes\")",
+        ]
+    );
+}
+
+#[test]
+fn explicit_file_must_exist() {
+    let e = Config::load_from_env_map(Some(Path::new("/nonexistent/pbx.toml")), NO_ENV)
+        .unwrap_err()
+        .lines();
+    assert_eq!(
+        e,
+        vec!["/nonexistent/pbx.toml: cannot read: No such file or directory (os error 2)"]
+    );
+}
+
+#[test]
+fn huge_or_binary_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let e = Config::load_from_env_map(Some(&big), NO_ENV).unwrap_err();
+    assert!(e.to_string().contains("larger than 1024 KiB"), "{e}");
+    let bin = dir.path().join("bin.toml");
+    std::fs::write(&bin, b"id = \"\xff\"").unwrap();
+    let e = Config::load_from_env_map(Some(&bin), NO_ENV).unwrap_err();
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+}
+
+#[test]
+fn reload_diff_names_sources_to_restart() {
+    let a = Config::from_toml_str("a", "", NO_ENV).unwrap();
+    let b = Config::from_toml_str(
+        "b",
+        "[sources.sniff]\nenabled = true\n[cloud]\nmax_parallel = 4\n",
+        NO_ENV,
+    )
+    .unwrap();
+    assert_eq!(a.diff_restart_needed(&b), vec!["sources.sniff"]);
+    assert!(b.diff_restart_needed(&b.clone()).is_empty());
+}
+
+// --- the real binary ---
+
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbx-edge"));
+    cmd.arg("check-config").args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PBX_EDGE__") || k == "STATE_DIRECTORY" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_annotated_file() {
+    let f = annotated();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = check_config(&[f], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("{f}: ok (sources: siprec 127.0.0.1:5090; spool ./var; cloud: not configured)\n")
+    );
+    assert_eq!(err, "");
+    // The same through --config.
+    let (code, out2, _) = check_config(&["--config", f], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(out2, out);
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cloud]\nurl = \"http://example.com\"\n\n[sources.siprec]\nallow = [\"x\"]\nmax_call = 5\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[("PBX_EDGE__CLOUD__MAX_PARALLEL", "100")]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{p}:2: cloud.url: plain http:// is accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://"),
+            format!("{p}:5: sources.siprec.allow[0]: \"x\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")"),
+            format!("{p}:6: sources.siprec.max_call: unknown key (did you mean `max_calls`?)"),
+            "PBX_EDGE__CLOUD__MAX_PARALLEL: cloud.max_parallel: must be between 1 and 64, found 100".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn check_config_missing_file_and_env_effects() {
+    let (code, out, err) = check_config(&["/nonexistent/x.toml"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "/nonexistent/x.toml: cannot read: No such file or directory (os error 2)\n"
+    );
+
+    let f = annotated();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = check_config(
+        &[f],
+        &[
+            ("PBX_EDGE__CLOUD__URL", "https://cloud.example/"),
+            ("PBX_EDGE__SOURCES__FOLDER__ENABLED", "true"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("{f}: ok (sources: siprec 127.0.0.1:5090, folder /var/spool/asterisk/monitor; spool ./var; cloud: https://cloud.example (tus))\n")
+    );
+
+    let (code, _, err) = check_config(&[f, "--config", "/other.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("two different files"), "{err}");
+}
+
+#[test]
+fn check_config_without_a_file() {
+    if Path::new(pbx_edge::config::DEFAULT_PATH).exists() {
+        eprintln!("note: {} exists; skipping", pbx_edge::config::DEFAULT_PATH);
+        return;
+    }
+    let (code, out, err) = check_config(&[], &[("STATE_DIRECTORY", "/var/lib/pbx-edge")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "(built-in defaults; /etc/pbx-edge/pbx-edge.toml not found): ok (sources: siprec 127.0.0.1:5090; spool /var/lib/pbx-edge; cloud: not configured)\n"
+    );
+}
