@@ -58,6 +58,11 @@ pub struct RecordingCounters {
 struct OpenRecording {
     id: String,
     part: PathBuf,
+    /// Audio bytes written since the last flush to the OS.
+    unflushed: u64,
+    /// Flush after this many audio bytes (about one second of audio), so a
+    /// crash of the process loses at most that much.
+    flush_every: u64,
     wav: Option<WavWriter<BufWriter<File>>>,
     error: Option<io::Error>,
 }
@@ -152,6 +157,8 @@ impl RecordingSink for RecordingDir {
             OpenRecording {
                 id: start.recording_id.clone(),
                 part,
+                unflushed: 0,
+                flush_every: u64::from(start.sample_rate) * 4,
                 wav,
                 error,
             },
@@ -164,7 +171,13 @@ impl RecordingSink for RecordingDir {
                 return;
             }
             if let Some(w) = rec.wav.as_mut() {
-                if let Err(e) = w.write_samples(frames) {
+                let mut res = w.write_samples(frames);
+                rec.unflushed += frames.len() as u64 * 2;
+                if res.is_ok() && rec.unflushed >= rec.flush_every {
+                    rec.unflushed = 0;
+                    res = w.flush();
+                }
+                if let Err(e) = res {
                     rec.error = Some(e);
                 }
             }

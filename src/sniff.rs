@@ -141,13 +141,13 @@ impl PacketSocket {
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
-                    Ok(None)
-                }
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(None),
                 _ => Err(e),
             };
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 && from.sll_ifindex == self.loopback {
+        if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_ifindex == self.loopback {
             return Ok(None);
         }
         Ok(buf.get(..n as usize))

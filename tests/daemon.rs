@@ -62,7 +62,12 @@ fn recording_of(json: &std::path::Path) -> Recording {
     let j = read_json(json);
     let wav = json.with_extension("wav");
     let (rate, ch) = pbx_testgen::audio::read_stereo_wav(&wav).unwrap();
-    Recording { json: j, wav, rate, ch }
+    Recording {
+        json: j,
+        wav,
+        rate,
+        ch,
+    }
 }
 
 #[test]
@@ -75,7 +80,8 @@ fn sniffed_call_on_loopback_matches_its_source() {
     let d = Daemon::start(dir.path(), &sniff_config(""));
     d.wait_http("/readyz", 200, Duration::from_secs(5));
     let spec = loopback_call("sniff-1@test", 4, 41, 47100);
-    let (frames, truths): (_, Vec<CallTruth>) = generate(&[spec], Link::Ethernet, &Framing::default());
+    let (frames, truths): (_, Vec<CallTruth>) =
+        generate(&[spec], Link::Ethernet, &Framing::default());
     replay(&frames, None);
     let recs = d.wait_recordings(1, Duration::from_secs(10));
     let r = recording_of(&recs[0]);
@@ -86,18 +92,37 @@ fn sniffed_call_on_loopback_matches_its_source() {
     check_alignment(&r, &truths[0], 5.0, 0.9, 0.9);
     let want = truths[0].expected[0].len() as f64 / 8.0;
     let got = r.ch[0].len() as f64 / 8.0;
-    assert!((got - want).abs() < want * 0.05, "duration {got} ms, expected {want} ms");
+    assert!(
+        (got - want).abs() < want * 0.05,
+        "duration {got} ms, expected {want} ms"
+    );
     // The same packets through `import` give the same channels.
     let cap = dir.path().join("same.pcap");
     let spec = loopback_call("sniff-1@test", 4, 41, 47100);
-    pbx_testgen::write_capture(&cap, &[spec], pbx_testgen::Format::PcapMicros, Link::Ethernet, &Framing::default()).unwrap();
+    pbx_testgen::write_capture(
+        &cap,
+        &[spec],
+        pbx_testgen::Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .unwrap();
     let out = dir.path().join("imported");
     assert!(import(&[&cap], &out, &[]).status.success());
     let imported = &recordings(&out)[0];
-    assert_eq!(imported.json["channels"][0]["packets"], r.json["channels"][0]["packets"]);
-    assert_eq!(imported.json["channels"][1]["packets"], r.json["channels"][1]["packets"]);
+    assert_eq!(
+        imported.json["channels"][0]["packets"],
+        r.json["channels"][0]["packets"]
+    );
+    assert_eq!(
+        imported.json["channels"][1]["packets"],
+        r.json["channels"][1]["packets"]
+    );
     let metrics = d.get("/metrics").unwrap().1;
-    assert!(metrics.contains("pbx_edge_calls_recorded_total{source=\"sniff\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("pbx_edge_calls_recorded_total{source=\"sniff\"} 1"),
+        "{metrics}"
+    );
     // File modes: recordings 0600, spool 0700.
     use std::os::unix::fs::PermissionsExt;
     let m = std::fs::metadata(&r.wav).unwrap().permissions().mode() & 0o777;
@@ -120,7 +145,12 @@ fn sigterm_during_a_call_closes_the_recording_and_exits_zero() {
     replay(&frames, Some(4_000_000_000));
     let t = std::time::Instant::now();
     d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "log:\n{}", d.log());
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "log:\n{}",
+        d.log()
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     let recs = d.recordings();
     assert_eq!(recs.len(), 1, "log:\n{}", d.log());
@@ -137,7 +167,10 @@ fn call_without_bye_ends_after_rtp_timeout() {
     }
     let _one_at_a_time = sniff_lock();
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), &sniff_config("[recording]\nrtp_timeout = \"2s\"\n"));
+    let d = Daemon::start(
+        dir.path(),
+        &sniff_config("[recording]\nrtp_timeout = \"2s\"\n"),
+    );
     let mut spec = loopback_call("timeout@test", 3, 43, 47300);
     spec.bye = false;
     let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
@@ -150,8 +183,12 @@ fn call_without_bye_ends_after_rtp_timeout() {
 #[test]
 fn sighup_takes_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n[agent]\nid = \"first\"\n");
-    let status = |d: &Daemon| -> Value { serde_json::from_str(&d.get("/status").unwrap().1).unwrap() };
+    let d = Daemon::start(
+        dir.path(),
+        "[sources.siprec]\nenabled = false\n[agent]\nid = \"first\"\n",
+    );
+    let status =
+        |d: &Daemon| -> Value { serde_json::from_str(&d.get("/status").unwrap().1).unwrap() };
     assert_eq!(status(&d)["agent_id"], "first");
     // A bad config: rejected, old one kept, daemon still serving.
     std::fs::write(&d.config, "[agent]\nid = 5\nbogus_key = 1\n").unwrap();
@@ -159,11 +196,18 @@ fn sighup_takes_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(status(&d)["agent_id"], "first");
     let log = d.log();
-    assert!(log.contains("rejected") && log.contains("bogus_key"), "log:\n{log}");
+    assert!(
+        log.contains("rejected") && log.contains("bogus_key"),
+        "log:\n{log}"
+    );
     // A good one: taken.
     std::fs::write(
         &d.config,
-        Daemon::config_text(&d.spool, d.health, "[sources.siprec]\nenabled = false\n[agent]\nid = \"second\"\n"),
+        Daemon::config_text(
+            &d.spool,
+            d.health,
+            "[sources.siprec]\nenabled = false\n[agent]\nid = \"second\"\n",
+        ),
     )
     .unwrap();
     d.signal(libc::SIGHUP);
@@ -219,7 +263,10 @@ fn status_command_and_readiness() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ready: yes") && text.contains("spool"), "{text}");
+    assert!(
+        text.contains("ready: yes") && text.contains("spool"),
+        "{text}"
+    );
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("not configured"));
@@ -233,6 +280,9 @@ fn sniffing_without_capability_is_a_clear_error() {
     let e = pbx_edge::sniff::PacketSocket::open("no-such-interface-xyz").err();
     if let Some(e) = e {
         let m = e.to_string();
-        assert!(m.contains("no-such-interface-xyz") || m.contains("CAP_NET_RAW"), "{m}");
+        assert!(
+            m.contains("no-such-interface-xyz") || m.contains("CAP_NET_RAW"),
+            "{m}"
+        );
     }
 }

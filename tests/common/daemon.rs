@@ -41,7 +41,13 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start pbx-edge run");
-        let d = Daemon { child, dir: dir.to_path_buf(), config, health, spool };
+        let d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            config,
+            health,
+            spool,
+        };
         d.wait_http("/healthz", 200, Duration::from_secs(10));
         d
     }
@@ -67,7 +73,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("daemon did not answer {code} on {path}; log:\n{}", self.log());
+        panic!(
+            "daemon did not answer {code} on {path}; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -96,7 +105,10 @@ impl Daemon {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&self.spool)
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        v.retain(|p| p.extension().is_some_and(|e| e == "json") && !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+        v.retain(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        });
         v.sort();
         v
     }
@@ -146,7 +158,11 @@ fn udp_of(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
     let udp = ip.get(ihl..)?;
     let sp = u16::from_be_bytes([udp[0], udp[1]]);
     let dp = u16::from_be_bytes([udp[2], udp[3]]);
-    Some((SocketAddr::new(src.into(), sp), SocketAddr::new(dst.into(), dp), udp.get(8..)?))
+    Some((
+        SocketAddr::new(src.into(), sp),
+        SocketAddr::new(dst.into(), dp),
+        udp.get(8..)?,
+    ))
 }
 
 /// Send the UDP datagrams of `frames` for real, from sockets bound to their
@@ -154,14 +170,18 @@ fn udp_of(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
 /// later than `until_ns` after the first one, if given.
 pub fn replay(frames: &[TimedFrame], until_ns: Option<i64>) {
     let mut socks: HashMap<SocketAddr, UdpSocket> = HashMap::new();
-    let Some(first) = frames.first().map(|f| f.0) else { return };
+    let Some(first) = frames.first().map(|f| f.0) else {
+        return;
+    };
     let start = Instant::now();
     for (ts, f) in frames {
         let rel = ts - first;
         if until_ns.is_some_and(|u| rel > u) {
             break;
         }
-        let Some((src, dst, payload)) = udp_of(f) else { continue };
+        let Some((src, dst, payload)) = udp_of(f) else {
+            continue;
+        };
         let due = Duration::from_nanos(rel as u64);
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);

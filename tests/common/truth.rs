@@ -50,10 +50,29 @@ pub fn check(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64)
 /// [`check`] with the share of windows that must be in sync given.
 pub fn check_share(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64, share: f64) {
     check_alignment(rec, truth, max_lag_ms, min_corr, share);
+    // Duration: the recording covers the truth (within a packet or two).
+    let want_ms = truth.expected[0].len() as f64 * 1000.0 / f64::from(truth.rate);
+    let got_ms = rec.ch[0].len() as f64 * 1000.0 / f64::from(rec.rate);
+    assert!(
+        (got_ms - want_ms).abs() <= 60.0,
+        "duration {got_ms} ms, expected {want_ms} ms"
+    );
+    assert_eq!(
+        rec.json["duration_ms"]
+            .as_f64()
+            .map(|d| (d - got_ms).abs() < 2.0),
+        Some(true)
+    );
 }
 
 /// The per-channel part of [`check_share`] (no duration check).
-pub fn check_alignment(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_corr: f64, share: f64) {
+pub fn check_alignment(
+    rec: &Recording,
+    truth: &CallTruth,
+    max_lag_ms: f64,
+    min_corr: f64,
+    share: f64,
+) {
     for ch in 0..2 {
         if rms(&truth.expected[ch]) == 0.0 {
             assert!(rms(&rec.ch[ch]) < 1.0, "channel {ch} should be silent");
@@ -84,18 +103,4 @@ pub fn check_alignment(rec: &Recording, truth: &CallTruth, max_lag_ms: f64, min_
             );
         }
     }
-    // Duration: the recording covers the truth (within a packet or two).
-    let want_ms = truth.expected[0].len() as f64 * 1000.0 / f64::from(truth.rate);
-    let got_ms = rec.ch[0].len() as f64 * 1000.0 / f64::from(rec.rate);
-    assert!(
-        (got_ms - want_ms).abs() <= 60.0,
-        "duration {got_ms} ms, expected {want_ms} ms"
-    );
-    assert_eq!(
-        rec.json["duration_ms"]
-            .as_f64()
-            .map(|d| (d - got_ms).abs() < 2.0),
-        Some(true)
-    );
 }
-

@@ -107,6 +107,12 @@ pub struct LegClock {
     win_min: i64,
     /// Whether the first (short) window since the last anchor has passed.
     settled: bool,
+    /// A small backward correction waiting for a gap in the stream (applying
+    /// it mid-talk would overwrite the end of the previous packet).
+    pending: i64,
+    pending_since: i64,
+    /// Smallest timestamp step seen (one packet), in RTP units.
+    min_step: i64,
     reanchors: u32,
 }
 
@@ -118,6 +124,9 @@ impl LegClock {
             win_start: 0,
             win_min: i64::MAX,
             settled: false,
+            pending: 0,
+            pending_since: 0,
+            min_step: i64::MAX,
             reanchors: 0,
         }
     }
@@ -145,10 +154,26 @@ impl LegClock {
         self.win_start = arrival_pos;
         self.win_min = i64::MAX;
         self.settled = false;
+        self.pending = 0;
     }
 
-    /// Place one packet. `arrival_pos` is its arrival time on the timeline.
+    /// Place one packet that is the newest of its stream by sequence number.
     pub fn place(&mut self, arrival_pos: i64, ssrc: u32, ts: u32, clock_rate: u32) -> Placement {
+        self.place_seq(arrival_pos, ssrc, ts, clock_rate, true)
+    }
+
+    /// Place one packet. `arrival_pos` is its arrival time on the timeline;
+    /// `seq_newest` says whether its sequence number is the highest so far (a
+    /// timestamp far behind on the next sequence number is a restart, not a
+    /// very late packet).
+    pub fn place_seq(
+        &mut self,
+        arrival_pos: i64,
+        ssrc: u32,
+        ts: u32,
+        clock_rate: u32,
+        seq_newest: bool,
+    ) -> Placement {
         let Some(a) = self.anchor.as_mut() else {
             self.start(arrival_pos, ssrc, ts, clock_rate);
             return Placement {
@@ -169,14 +194,32 @@ impl LegClock {
         let ext = a.last_ext + delta;
         a.last_ts = ts;
         a.last_ext = ext;
+        let step = ext - a.highest_ext;
         let is_new = ext > a.highest_ext;
         if is_new {
             a.highest_ext = ext;
         }
+        // A pending backward correction is applied where the stream has a gap
+        // (silence suppression, comfort noise, loss) so no audio is overwritten,
+        // or after 10 s at the latest.
+        let mut applied = None;
+        if self.pending != 0
+            && seq_newest
+            && (step >= 2 * self.min_step
+                || arrival_pos - self.pending_since > 10 * i64::from(self.p.rate))
+        {
+            a.pos += self.pending;
+            applied = Some(Reanchor::Drift(self.pending));
+            self.pending = 0;
+            self.reanchors += 1;
+        }
+        if step > 0 {
+            self.min_step = self.min_step.min(step);
+        }
         let (a_pos, a_ext) = (a.pos, a.ext_ts);
         let ts_pos = a_pos + self.ts_to_samples(ext - a_ext, clock_rate);
         let dev = arrival_pos - ts_pos;
-        if (is_new && dev > self.p.late_limit) || dev < -self.p.ahead_limit {
+        if ((is_new || seq_newest) && dev > self.p.late_limit) || dev < -self.p.ahead_limit {
             self.reanchors += 1;
             self.start(arrival_pos, ssrc, ts, clock_rate);
             return Placement {
@@ -204,7 +247,7 @@ impl LegClock {
             };
         }
         self.win_min = self.win_min.min(dev);
-        let mut reanchor = None;
+        let mut reanchor = applied;
         // The first window after an anchor is short, so a first packet that
         // was itself delayed is corrected within a second.
         let window = if self.settled {
@@ -222,12 +265,17 @@ impl LegClock {
             };
             self.settled = true;
             let shift = self.win_min;
-            if shift > self.p.tolerance || shift < -early {
+            if shift > self.p.tolerance {
+                // Later than the timestamps say: move forward (silence fills).
                 if let Some(a) = self.anchor.as_mut() {
                     a.pos += shift;
                 }
                 self.reanchors += 1;
                 reanchor = Some(Reanchor::Drift(shift));
+            } else if shift < -early && self.pending == 0 {
+                // Earlier: move back at the next gap.
+                self.pending = shift;
+                self.pending_since = arrival_pos;
             }
             self.win_start = arrival_pos;
             self.win_min = i64::MAX;
@@ -300,9 +348,50 @@ mod tests {
         c.place(160, 1, 160, 8000);
         c.place(320, 1, 320, 8000);
         // a packet from long ago arrives very late: stays at its timestamp position
-        let p = c.place(20_000, 1, 160, 8000);
+        let p = c.place_seq(20_000, 1, 160, 8000, false);
         assert_eq!(p.pos, 160);
         assert_eq!(p.reanchor, None);
+    }
+
+    #[test]
+    fn timestamp_restart_on_the_next_sequence_number_reanchors() {
+        let mut c = LegClock::new(params());
+        c.place(0, 1, 347_040, 8000);
+        c.place(160, 1, 347_200, 8000);
+        // same SSRC, next sequence number, timestamp back to 0
+        let p = c.place_seq(320, 1, 0, 8000, true);
+        assert_eq!(p.pos, 320);
+        assert_eq!(p.reanchor, Some(Reanchor::Late));
+        assert_eq!(c.place(480, 1, 160, 8000).pos, 480);
+    }
+
+    #[test]
+    fn small_backward_correction_waits_for_a_gap() {
+        let mut c = LegClock::new(params());
+        // The first packet was 6 ms late: every later one is 48 samples early.
+        c.place(48, 1, 0, 8000);
+        let mut ts = 0u32;
+        let mut pos = 0i64;
+        let mut moved_at = None;
+        for n in 1..600i64 {
+            ts = ts.wrapping_add(160);
+            pos += 160;
+            // a gap of 10 packets (silence suppression) from packet 300
+            if (300..310).contains(&n) {
+                continue;
+            }
+            let p = c.place(pos, 1, ts, 8000);
+            if let Some(Reanchor::Drift(s)) = p.reanchor {
+                moved_at.get_or_insert((n, s));
+            }
+        }
+        let (n, s) = moved_at.expect("corrected");
+        assert_eq!(n, 310, "applied at the first packet after the gap");
+        assert_eq!(s, -48);
+        assert_eq!(
+            c.place(pos + 160, 1, ts.wrapping_add(160), 8000).pos,
+            pos + 160
+        );
     }
 
     #[test]

@@ -138,9 +138,18 @@ struct SeqStats {
     window: [u64; 8], // bitmap of the 512 sequence numbers below `max`
 }
 
+/// What a sequence number was, relative to those seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeqUpdate {
+    /// Beyond the highest so far.
+    Newest,
+    /// Older than the highest, not seen before (reordered).
+    Older,
+    Duplicate,
+}
+
 impl SeqStats {
-    /// Returns false for a duplicate.
-    fn update(&mut self, seq: u16) -> bool {
+    fn update(&mut self, seq: u16) -> SeqUpdate {
         if !self.started {
             self.started = true;
             self.base = 1 << 32 | u64::from(seq);
@@ -149,19 +158,17 @@ impl SeqStats {
             self.received = 1;
             self.window = [0; 8];
             self.window[0] = 1;
-            return true;
+            return SeqUpdate::Newest;
         }
-        let delta = i64::from(seq.wrapping_sub(self.last) as i16);
         self.last = seq;
         let ext = (self.max as i64 + i64::from(seq.wrapping_sub(self.max as u16) as i16)) as u64;
-        let _ = delta;
         if ext > self.max {
             let shift = ext - self.max;
             self.shift_window(shift);
             self.max = ext;
             self.set_bit(0);
             self.received += 1;
-            true
+            SeqUpdate::Newest
         } else {
             let back = self.max - ext;
             if back >= 512 {
@@ -170,18 +177,18 @@ impl SeqStats {
                 if ext < self.base {
                     self.base = ext;
                 }
-                return true;
+                return SeqUpdate::Older;
             }
             if self.bit(back) {
                 self.duplicates += 1;
-                false
+                SeqUpdate::Duplicate
             } else {
                 self.set_bit(back);
                 self.received += 1;
                 if ext < self.base {
                     self.base = ext;
                 }
-                true
+                SeqUpdate::Older
             }
         }
     }
@@ -223,6 +230,8 @@ struct Flow {
     src: SocketAddr,
     dst: SocketAddr,
     ssrc: u32,
+    /// Matched by its destination (an SDP receive address) rather than its source.
+    by_dst: bool,
 }
 
 struct ActiveDecoder {
@@ -303,6 +312,8 @@ struct Call {
     seen_msgs: VecDeque<(u32, String, u16, String)>,
     dtmf: Vec<Dtmf>,
     warnings: Vec<String>,
+    /// ZRTP was seen on the call's media: the audio is encrypted.
+    zrtp: bool,
 }
 
 impl Call {
@@ -460,6 +471,27 @@ impl Tracker {
             self.handle_rtp(ts, src, dst, payload, sink);
             return;
         }
+        // ZRTP (RFC 6189) on a call's media addresses: its audio will be SRTP
+        // with keys we never see.
+        if payload.len() >= 12 && payload[0] & 0xf0 == 0x10 && &payload[4..8] == b"ZRTP" {
+            let hit = self
+                .endpoints
+                .get(&dst)
+                .or_else(|| self.endpoints.get(&src));
+            if let Some((k, _)) = hit {
+                if let Some(call) = self.calls.get_mut(k) {
+                    if !call.zrtp {
+                        call.zrtp = true;
+                        push_warning(
+                            &mut call.warnings,
+                            "the parties negotiated ZRTP: their audio is encrypted end to end and cannot be recorded; the channels are silent from then on".into(),
+                        );
+                    }
+                }
+            }
+            self.stats.udp_other += 1;
+            return;
+        }
         self.stats.udp_other += 1;
     }
 
@@ -566,6 +598,11 @@ impl Tracker {
         }
         call.seen_msgs.push_back(sig);
 
+        // A new INVITE without To-tag on a call still being set up is the
+        // retry after an authentication challenge (401/407): same call.
+        if is_invite && msg.to.tag.is_none() && matches!(call.state, CallState::Setup) {
+            call.initial_cseq = Some(msg.cseq);
+        }
         let side = call.side_of_sender(&msg);
         let sdp_body = sdp_of(&msg);
         match &msg.start {
@@ -596,6 +633,8 @@ impl Tracker {
                             call.callee.tag = msg.to.tag.clone();
                         }
                     } else if code >= 300
+                        && code != 401
+                        && code != 407
                         && call.answered_at.is_none()
                         && call.initial_cseq == Some(msg.cseq)
                         && !matches!(call.state, CallState::Ending(..))
@@ -663,6 +702,7 @@ impl Tracker {
             media: None,
             seen_msgs: VecDeque::new(),
             dtmf: Vec::new(),
+            zrtp: false,
             warnings: if initial {
                 Vec::new()
             } else {
@@ -740,10 +780,10 @@ impl Tracker {
         payload: &[u8],
         sink: &mut dyn RecordingSink,
     ) {
-        let (key, speaker) = match self.endpoints.get(&dst) {
-            Some((k, receiver)) => (*k, receiver.other()),
+        let (key, speaker, by_dst) = match self.endpoints.get(&dst) {
+            Some((k, receiver)) => (*k, receiver.other(), true),
             None => match self.endpoints.get(&src) {
-                Some((k, sender)) => (*k, *sender),
+                Some((k, sender)) => (*k, *sender, false),
                 None => {
                     self.stats.rtp_unmatched += 1;
                     return;
@@ -827,6 +867,39 @@ impl Tracker {
             (i128::from(ts.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
         let leg = &mut media.legs[speaker.channel()];
 
+        // One active flow per leg: a flow sent to an announced receive address
+        // beats one only recognised by its source; otherwise a new flow takes
+        // over when the active one has gone quiet.
+        let flow = Flow {
+            src,
+            dst,
+            ssrc: rtp.ssrc,
+            by_dst,
+        };
+        let active_flow = match leg.flow {
+            None => true,
+            Some((active, last)) => {
+                active == flow
+                    || (flow.by_dst && !active.by_dst)
+                    || ts.micros_since(last) >= FLOW_QUIET_US
+            }
+        };
+        let seq_update = if active_flow {
+            leg.flow = Some((flow, ts));
+            let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
+            if u == SeqUpdate::Duplicate {
+                leg.meta.duplicates += 1;
+                return;
+            }
+            leg.meta.packets += 1;
+            if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
+                leg.meta.ssrcs.push(rtp.ssrc);
+            }
+            Some(u)
+        } else {
+            None
+        };
+
         // DTMF first: digits count from any flow of the leg (a relayed copy of
         // the same digit is recognised by digit and start time).
         if let Some(Codec::TelephoneEvent { rate: ev_rate }) = &codec {
@@ -875,29 +948,10 @@ impl Tracker {
             return;
         }
 
-        // One active flow per leg.
-        let flow = Flow {
-            src,
-            dst,
-            ssrc: rtp.ssrc,
-        };
-        if let Some((active, last)) = leg.flow {
-            if active != flow && ts.micros_since(last) < FLOW_QUIET_US {
-                self.stats.rtp_duplicate_flow += 1;
-                return;
-            }
-        }
-        leg.flow = Some((flow, ts));
-
-        let seq = leg.seq.entry(rtp.ssrc).or_default();
-        if !seq.update(rtp.sequence) {
-            leg.meta.duplicates += 1;
+        let Some(seq_update) = seq_update else {
+            self.stats.rtp_duplicate_flow += 1;
             return;
-        }
-        leg.meta.packets += 1;
-        if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
-            leg.meta.ssrcs.push(rtp.ssrc);
-        }
+        };
 
         let Some(codec) = codec else {
             if !leg.warned_codecs.contains(&rtp.payload_type) {
@@ -911,6 +965,10 @@ impl Tracker {
             }
             return;
         };
+        // Encrypted by ZRTP-negotiated SRTP: nothing we can decode.
+        if call.zrtp {
+            return;
+        }
         // Comfort noise is silence on the recording.
         if codec == Codec::ComfortNoise {
             leg.meta.comfort_noise_packets += 1;
@@ -961,9 +1019,13 @@ impl Tracker {
         let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
             return;
         };
-        let placement =
-            leg.clock
-                .place(arrival_pos, rtp.ssrc, rtp.timestamp, codec.rtp_clock_rate());
+        let placement = leg.clock.place_seq(
+            arrival_pos,
+            rtp.ssrc,
+            rtp.timestamp,
+            codec.rtp_clock_rate(),
+            seq_update == SeqUpdate::Newest,
+        );
         self.scratch.clear();
         if dec.decode(rtp.payload, &mut self.scratch).is_err() {
             self.stats.rtp_malformed += 1;
