@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Records calls beside a PBX as two-channel WAVs and delivers them to a
 /// speech-analytics cloud.
@@ -35,6 +35,14 @@ pub enum Command {
     Spool(SpoolCommand),
     /// Show what the running daemon reports on /status.
     Status(ConfigArg),
+    /// Write the man pages or the shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        what: Generate,
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 impl Command {
@@ -45,6 +53,7 @@ impl Command {
             Command::Import(_) => "import",
             Command::Spool(_) => "spool",
             Command::Status(_) => "status",
+            Command::Generate { .. } => "generate",
         }
     }
 }
@@ -102,4 +111,160 @@ pub struct ImportArgs {
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// What `pbx-edge generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// `pbx-edge.1` and one page per command (`pbx-edge-run.1`, ...).
+    Man,
+    /// `pbx-edge.bash`, `_pbx-edge` (zsh) and `pbx-edge.fish`.
+    Completions,
+}
+
+/// Sections of `pbx-edge(1)` that clap does not know about, in roff.
+const MAN_EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/pbx\-edge/pbx\-edge.toml\fR
+The configuration (TOML). Every key is documented in the file itself; check it with
+\fBpbx\-edge check\-config\fR. Without \fB\-\-config\fR and without this file,
+\fBrun\fR uses built\-in defaults.
+.TP
+\fI/etc/pbx\-edge/token\fR
+The cloud bearer token (mode 0600, owner root). The systemd unit hands it to the
+daemon as the credential \fIcloud\-token\fR.
+.TP
+\fI/var/lib/pbx\-edge/\fR
+The spool: recordings (\fIID\fR.wav and \fIID\fR.json, mode 0600) waiting for delivery.
+.TP
+\fI/usr/share/doc/pbx\-edge/\fR
+The operators' guide and the systemd drop\-in examples.
+.SH ENVIRONMENT
+.TP
+\fBPBX_EDGE__\fR\fISECTION\fR\fB__\fR\fIKEY\fR
+Overrides any configuration key, e.g. \fBPBX_EDGE__CLOUD__URL\fR or
+\fBPBX_EDGE__SOURCES__SIPREC__LISTEN\fR.
+.TP
+\fBPBX_EDGE_LOG\fR
+Log filter (\fBerror\fR, \fBwarn\fR, \fBinfo\fR, \fBdebug\fR, \fBtrace\fR, or per module).
+.TP
+\fBSTATE_DIRECTORY\fR
+Set by systemd (\fBStateDirectory=\fR); the default spool directory.
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+Set by systemd (\fBLoadCredential=\fR); the cloud token is read from its file \fIcloud\-token\fR.
+.TP
+\fBJOURNAL_STREAM\fR
+Set by systemd when logging to the journal: log lines then carry no time stamps or colours.
+.SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop taking calls, close every open recording, exit 0 within 10 seconds.
+.TP
+\fBSIGHUP\fR
+Re\-read the configuration. A file with errors is rejected (the reason is logged) and the
+running configuration is kept.
+.SH EXIT STATUS
+0 on success; 1 on an error (an invalid configuration, an unreadable capture); 2 on a usage error.
+.SH SEE ALSO
+\fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.exec\fR(5),
+\fI/usr/share/doc/pbx\-edge/operators\-guide.md\fR
+"#;
+
+/// Write the man pages (`what == Man`) or the shell completions into `dir`.
+/// Returns the files written.
+pub fn generate(what: Generate, dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    match what {
+        Generate::Man => {
+            let source = format!("pbx-edge {}", env!("CARGO_PKG_VERSION"));
+            let mut cmd = cmd.disable_help_subcommand(true);
+            cmd.build();
+            // One page per visible command, depth first (pbx-edge-spool-list.1 ...).
+            let mut todo: Vec<clap::Command> = cmd.get_subcommands().cloned().collect();
+            while let Some(sub) = todo.pop() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                todo.extend(sub.get_subcommands().cloned());
+                let man = clap_mangen::Man::new(sub)
+                    .source(source.clone())
+                    .manual("pbx-edge");
+                written.push(man.generate_to(dir)?);
+            }
+            let man = clap_mangen::Man::new(cmd.clone())
+                .source(source)
+                .manual("pbx-edge");
+            let mut page = Vec::new();
+            man.render(&mut page)?;
+            let mut page = String::from_utf8_lossy(&page).into_owned();
+            page.push_str(MAN_EXTRA);
+            let path = dir.join(man.get_filename());
+            std::fs::write(&path, page)?;
+            written.push(path);
+        }
+        Generate::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                written.push(clap_complete::generate_to(
+                    shell, &mut cmd, "pbx-edge", dir,
+                )?);
+            }
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generates_man_pages_and_completions() {
+        let dir = tempfile::tempdir().unwrap();
+        let man = generate(Generate::Man, dir.path()).unwrap();
+        let names: Vec<String> = man
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "pbx-edge.1",
+            "pbx-edge-run.1",
+            "pbx-edge-check-config.1",
+            "pbx-edge-spool-list.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("generate") || n.contains("help")),
+            "{names:?}"
+        );
+        let main = std::fs::read_to_string(dir.path().join("pbx-edge.1")).unwrap();
+        assert!(main.contains(".TH pbx-edge 1"), "no title");
+        for section in [
+            ".SH SYNOPSIS",
+            ".SH FILES",
+            ".SH ENVIRONMENT",
+            ".SH SIGNALS",
+        ] {
+            assert!(main.contains(section), "{section} missing");
+        }
+        let comp = generate(Generate::Completions, dir.path()).unwrap();
+        assert_eq!(comp.len(), 3);
+        let bash = std::fs::read_to_string(dir.path().join("pbx-edge.bash")).unwrap();
+        assert!(bash.contains("check-config"));
+        let fish = std::fs::read_to_string(dir.path().join("pbx-edge.fish")).unwrap();
+        assert!(fish.contains("import"));
+        assert!(dir.path().join("_pbx-edge").is_file());
+    }
 }

@@ -15,6 +15,15 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
         cli::Command::Run(c) => daemon::run(c.config),
         cli::Command::Status(c) => daemon::print_status(c.config),
+        cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(anyhow::anyhow!("generate into {}: {e}", dir.display())),
+        },
         other => {
             eprintln!(
                 "pbx-edge: `{}` is not available in this build yet",
