@@ -877,10 +877,12 @@ const SUPPORTED: [&str; 4] = ["PCMU", "PCMA", "G722", "opus"];
 /// - `m=<media> 0` (rejected) for an m-line that is not audio, has no
 ///   supported codec, was itself rejected, has no port given (missing or 0
 ///   in `ports`), or is SRTP without a usable key.
-/// - SDES (RFC 4568): when the m-line is `RTP/SAVP(F)` or carries
-///   `a=crypto`, `crypto[i] = Some((suite, key))` answers with the offered
-///   line of that suite (same tag) and the caller's fresh key
-///   (`inline:<key>`, with or without the `inline:` prefix given).
+/// - SDES (RFC 4568): `crypto[i] = Some((suite, key))` answers with the
+///   offered `a=crypto` line of that suite (same tag) and the caller's fresh
+///   key (`inline:<key>`, with or without the `inline:` prefix given). An
+///   `RTP/SAVP(F)` m-line without such a pair is rejected; an `RTP/AVP`
+///   line with optional crypto lines is answered in the clear when no pair
+///   is given.
 ///
 /// `o=` uses a sess-id derived from the offer's (stable across re-INVITEs
 /// of the same call) and `session_version`, which the caller increments for
@@ -926,21 +928,22 @@ fn answer_media(m: &MediaDescription, port: u16, crypto: Option<(&str, &str)>) -
         .iter()
         .filter(|r| r.is("telephone-event") && m.formats.contains(&r.pt))
         .min_by_key(|r| u8::from(r.clock_rate != codec.clock_rate));
-    let secure = m.proto.to_ascii_uppercase().contains("SAVP") || !m.crypto.is_empty();
-    let crypto_line = if secure {
-        let (suite, key) = crypto?;
-        let offered = m
+    // SDES: answer the offered line of the caller's suite with its key.
+    // RTP/SAVP(F) without a usable key is refused; RTP/AVP with optional
+    // a=crypto lines (best-effort SRTP) may also be answered in the clear.
+    let offered = crypto.and_then(|(suite, key)| {
+        let c = m
             .crypto
             .iter()
             .find(|c| c.suite.eq_ignore_ascii_case(suite))?;
-        let key = key.strip_prefix("inline:").unwrap_or(key);
-        Some(format!(
-            "a=crypto:{} {} inline:{}\r\n",
-            offered.tag, offered.suite, key
-        ))
-    } else {
-        None
-    };
+        Some((c, key.strip_prefix("inline:").unwrap_or(key)))
+    });
+    let crypto_line = offered
+        .filter(|(_, key)| !key.trim().is_empty())
+        .map(|(c, key)| format!("a=crypto:{} {} inline:{}\r\n", c.tag, c.suite, key.trim()));
+    if m.proto.to_ascii_uppercase().contains("SAVP") && crypto_line.is_none() {
+        return None;
+    }
     let mut s = String::new();
     let _ = write!(s, "m=audio {port} {} {}", m.proto, codec.pt);
     if let Some(te) = te {
@@ -1814,7 +1817,8 @@ mod tests {
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
              m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:32\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj\r\na=label:1\r\n\
              m=audio 4002 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=label:2\r\n\
-             m=audio 4004 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=label:3\r\n",
+             m=audio 4004 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=label:3\r\n\
+             m=audio 4006 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=label:4\r\n",
         )
         .unwrap();
         let ip: IpAddr = "2001:db8::5".parse().unwrap();
@@ -1822,7 +1826,7 @@ mod tests {
         let ans = answer_sdp(
             &offer,
             ip,
-            &[40000, 40002, 40004],
+            &[40000, 40002, 40004, 40006],
             &[
                 Some(("AES_CM_128_HMAC_SHA1_32", key)),
                 None,
@@ -1842,6 +1846,9 @@ mod tests {
         // No key given, or a suite that was not offered: rejected.
         assert!(a.media[1].is_rejected());
         assert!(a.media[2].is_rejected());
+        // Best-effort SRTP offered in RTP/AVP: answered in the clear.
+        assert_eq!((a.media[3].port, a.media[3].crypto.len()), (40006, 0));
+        assert_eq!(a.media[3].proto, "RTP/AVP");
     }
 
     proptest::proptest! {

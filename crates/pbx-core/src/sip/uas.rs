@@ -68,6 +68,12 @@ pub const TX_LIFETIME_US: i64 = 64 * T1_US;
 pub const MAX_DIALOGS: usize = 8192;
 /// Most server + client transactions held at once.
 pub const MAX_TRANSACTIONS: usize = 16_384;
+/// Most bytes of copied request headers, stored responses and dialog data
+/// held at once (messages may be 64 KiB each: the counts alone would allow
+/// gigabytes).
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+/// Bookkeeping overhead counted per entry on top of its strings.
+const ENTRY_OVERHEAD: usize = 256;
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 const ACCEPT: &str =
@@ -240,6 +246,17 @@ struct ServerTx {
     decide_by: Option<Timestamp>,
     /// Dropped at this time.
     expires_at: Option<Timestamp>,
+    /// Bytes counted against [`MAX_STATE_BYTES`].
+    size: usize,
+}
+
+impl ServerTx {
+    fn footprint(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.req.footprint()
+            + self.local_tag.len()
+            + self.last_response.as_ref().map_or(0, Vec::len)
+    }
 }
 
 #[derive(Debug)]
@@ -268,6 +285,30 @@ struct Dialog {
     pending: Option<TxKey>,
     /// CSeq and transaction of the INVITE whose 2xx waits for its ACK.
     ack_wait: Option<(u32, TxKey)>,
+    /// Bytes counted against [`MAX_STATE_BYTES`].
+    size: usize,
+}
+
+impl Dialog {
+    fn footprint(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.remote_target.len()
+            + self.route_set.iter().map(String::len).sum::<usize>()
+            + self.local_hdr.len()
+            + self.remote_hdr.len()
+    }
+}
+
+impl ReqHeaders {
+    fn footprint(&self) -> usize {
+        self.vias.iter().map(String::len).sum::<usize>()
+            + self.record_route.iter().map(String::len).sum::<usize>()
+            + self.from.len()
+            + self.to.len()
+            + self.call_id.len()
+            + self.cseq.len()
+            + self.timestamp.as_ref().map_or(0, String::len)
+    }
 }
 
 /// The UAS: all transaction and dialog state.
@@ -279,6 +320,8 @@ pub struct Uas {
     clients: HashMap<String, ClientTx>,
     dialogs: HashMap<DialogId, Dialog>,
     events: VecDeque<UasEvent>,
+    /// Sum of the entries' sizes (see [`MAX_STATE_BYTES`]).
+    state_bytes: usize,
 }
 
 impl Uas {
@@ -290,6 +333,58 @@ impl Uas {
             clients: HashMap::new(),
             dialogs: HashMap::new(),
             events: VecDeque::new(),
+            state_bytes: 0,
+        }
+    }
+
+    /// Bytes of state held (copied headers, stored responses, dialogs).
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes
+    }
+
+    fn has_room(&self, bytes: usize) -> bool {
+        self.state_bytes.saturating_add(bytes) <= MAX_STATE_BYTES
+            && self.txs.len() + self.clients.len() < MAX_TRANSACTIONS
+    }
+
+    fn insert_tx(&mut self, key: TxKey, mut tx: ServerTx) {
+        tx.size = tx.footprint();
+        self.state_bytes = self.state_bytes.saturating_add(tx.size);
+        if let Some(old) = self.txs.insert(key, tx) {
+            self.state_bytes = self.state_bytes.saturating_sub(old.size);
+        }
+    }
+
+    fn remove_tx(&mut self, key: &TxKey) {
+        if let Some(old) = self.txs.remove(key) {
+            self.state_bytes = self.state_bytes.saturating_sub(old.size);
+        }
+    }
+
+    fn insert_client(&mut self, branch: String, c: ClientTx) {
+        self.state_bytes = self
+            .state_bytes
+            .saturating_add(ENTRY_OVERHEAD + c.bytes.len());
+        if let Some(old) = self.clients.insert(branch, c) {
+            self.state_bytes = self
+                .state_bytes
+                .saturating_sub(ENTRY_OVERHEAD + old.bytes.len());
+        }
+    }
+
+    fn remove_client(&mut self, branch: &str) {
+        if let Some(old) = self.clients.remove(branch) {
+            self.state_bytes = self
+                .state_bytes
+                .saturating_sub(ENTRY_OVERHEAD + old.bytes.len());
+        }
+    }
+
+    fn insert_dialog(&mut self, id: DialogId, mut d: Dialog) {
+        d.size = d.footprint() + id.call_id.len() + id.local_tag.len() + id.remote_tag.len();
+        self.state_bytes = self.state_bytes.saturating_add(d.size);
+        if let Some(old) = self.dialogs.insert(id, d) {
+            self.state_bytes = self.state_bytes.saturating_sub(old.size);
         }
     }
 
@@ -553,7 +648,9 @@ impl Uas {
         key: TxKey,
         req: ReqHeaders,
     ) {
-        if self.dialogs.len() >= MAX_DIALOGS || self.txs.len() >= MAX_TRANSACTIONS {
+        // Room for the dialog, its transaction and the 200 (~3 header copies).
+        let need = 3 * (req.footprint() + ENTRY_OVERHEAD) + 4096;
+        if self.dialogs.len() >= MAX_DIALOGS || !self.has_room(need) {
             self.stateless(&req, from, transport, 503, "Service Unavailable");
             return;
         }
@@ -576,8 +673,9 @@ impl Uas {
             remote_hdr: req.from.clone(),
             pending: Some(key.clone()),
             ack_wait: None,
+            size: 0,
         };
-        self.dialogs.insert(id.clone(), dialog);
+        self.insert_dialog(id.clone(), dialog);
         self.start_proceeding(
             at,
             from,
@@ -626,7 +724,7 @@ impl Uas {
                 bytes: bytes.clone(),
             });
         }
-        self.txs.insert(
+        self.insert_tx(
             key,
             ServerTx {
                 kind,
@@ -642,6 +740,7 @@ impl Uas {
                 give_up_at: None,
                 decide_by: Some(at.add_micros(TX_LIFETIME_US)),
                 expires_at: None,
+                size: 0,
             },
         );
     }
@@ -679,6 +778,24 @@ impl Uas {
         let local_tag = id.local_tag.clone();
         match method {
             Method::Invite | Method::Update => {
+                let need = 3 * (req.footprint() + ENTRY_OVERHEAD) + 4096;
+                if !self.has_room(need) {
+                    self.new_final(
+                        at,
+                        from,
+                        transport,
+                        key,
+                        req,
+                        msg,
+                        503,
+                        "Service Unavailable",
+                        &[],
+                    );
+                    return;
+                }
+                let Some(dl) = self.dialogs.get_mut(&id) else {
+                    return;
+                };
                 if dl.pending.is_some() {
                     let extra = [("Retry-After", "1".to_string())];
                     self.new_final(
@@ -697,6 +814,15 @@ impl Uas {
                 // Target refresh (RFC 3261 §12.2.2, RFC 3311 §5.2).
                 if msg.header("Contact").is_some() {
                     dl.remote_target = remote_target(msg);
+                    let size = dl.footprint()
+                        + id.call_id.len()
+                        + id.local_tag.len()
+                        + id.remote_tag.len();
+                    self.state_bytes = self
+                        .state_bytes
+                        .saturating_sub(dl.size)
+                        .saturating_add(size);
+                    dl.size = size;
                 }
                 dl.peer = from;
                 dl.transport = transport;
@@ -851,7 +977,7 @@ impl Uas {
         };
         // Any answer to our BYE ends its retransmissions; we need no more.
         if msg.status().is_some() {
-            self.clients.remove(branch);
+            self.remove_client(branch);
         }
     }
 
@@ -911,11 +1037,12 @@ impl Uas {
         let invite = msg.method() == Some(&Method::Invite);
         // Keep state to absorb retransmissions; none arrive over TCP for
         // non-INVITE requests, and the table has a hard cap.
-        if (!invite && transport.is_reliable()) || self.txs.len() >= MAX_TRANSACTIONS {
+        let need = 2 * (req.footprint() + ENTRY_OVERHEAD) + bytes.len();
+        if (!invite && transport.is_reliable()) || !self.has_room(need) {
             return;
         }
         let retrans = invite && code >= 300 && !transport.is_reliable();
-        self.txs.insert(
+        self.insert_tx(
             key,
             ServerTx {
                 kind: TxKind::Other,
@@ -935,6 +1062,7 @@ impl Uas {
                 give_up_at: (invite && code >= 300).then(|| at.add_micros(TX_LIFETIME_US)),
                 decide_by: None,
                 expires_at: Some(at.add_micros(TX_LIFETIME_US)),
+                size: 0,
             },
         );
     }
@@ -984,6 +1112,12 @@ impl Uas {
                 bytes: bytes.clone(),
             });
             tx.last_response = Some(bytes);
+            let size = tx.footprint();
+            self.state_bytes = self
+                .state_bytes
+                .saturating_sub(tx.size)
+                .saturating_add(size);
+            tx.size = size;
         }
     }
 
@@ -1103,7 +1237,8 @@ impl Uas {
     }
 
     fn end_dialog(&mut self, id: &DialogId, reason: EndCause) {
-        if self.dialogs.remove(id).is_some() {
+        if let Some(old) = self.dialogs.remove(id) {
+            self.state_bytes = self.state_bytes.saturating_sub(old.size);
             self.events.push_back(UasEvent::Ended {
                 dialog: id.clone(),
                 reason,
@@ -1152,8 +1287,8 @@ impl Uas {
             transport,
             bytes: bytes.clone(),
         });
-        if self.txs.len() + self.clients.len() < MAX_TRANSACTIONS {
-            self.clients.insert(
+        if self.has_room(ENTRY_OVERHEAD + bytes.len()) {
+            self.insert_client(
                 branch,
                 ClientTx {
                     peer,
@@ -1197,7 +1332,7 @@ impl Uas {
                 continue;
             };
             if c.expires_at <= at {
-                self.clients.remove(&b);
+                self.remove_client(&b);
                 continue;
             }
             if let Some((next, interval)) = c.retransmit {
@@ -1246,7 +1381,7 @@ impl Uas {
             if tx.state == TxState::Accepted {
                 self.ack_timeout(key, at);
             }
-            self.txs.remove(key);
+            self.remove_tx(key);
             return;
         }
         if tx.give_up_at.is_some_and(|g| g <= at) {
@@ -1908,6 +2043,9 @@ mod tests {
         );
         assert_eq!(codes(&feed(&mut u, t(61_000), &bye2)), vec![481]);
         assert_eq!(u.dialog_count(), 0);
+        assert!(u.state_bytes() > 0);
+        run_until(&mut u, t(200_000));
+        assert_eq!((u.transaction_count(), u.state_bytes()), (0, 0));
     }
 
     #[test]
@@ -2305,6 +2443,9 @@ mod tests {
             proptest::prop_assert_eq!(u.transaction_count(), 0);
             proptest::prop_assert_eq!(u.dialog_count() + ends.len(), new_calls);
             proptest::prop_assert_eq!(u.poll_timeout(), None);
+            if u.dialog_count() == 0 {
+                proptest::prop_assert_eq!(u.state_bytes(), 0, "byte accounting balances");
+            }
         }
     }
 }
