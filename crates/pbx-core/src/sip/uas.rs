@@ -161,7 +161,8 @@ pub enum UasInput<'a> {
 /// What the UAS asks of the shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UasEvent {
-    /// Responses, retransmissions and our BYEs.
+    /// Responses, retransmissions and our BYEs. `to` is where the request
+    /// came from; over TCP/TLS the shell writes to that peer's connection.
     Send {
         to: SocketAddr,
         transport: Transport,
@@ -512,9 +513,11 @@ impl Uas {
         true
     }
 
-    /// Ends an established dialog from our side: sends BYE, emits
-    /// [`EndCause::LocalBye`]. A dialog still undecided is rejected with 480
-    /// instead. `false` for an unknown dialog.
+    /// Ends an established dialog from our side: sends BYE (retransmitted
+    /// over UDP until answered), emits [`EndCause::LocalBye`]. A dialog still
+    /// undecided is rejected with 480 instead. Simplification: a BYE asked
+    /// for before the 2xx was acknowledged goes out at once (RFC 3261 §15
+    /// would wait for the ACK). `false` for an unknown dialog.
     pub fn hangup(&mut self, d: &DialogId, at: Timestamp) -> bool {
         let Some(dl) = self.dialogs.get(d) else {
             return false;
@@ -2385,6 +2388,67 @@ mod tests {
             Some("<sip:[2001:db8::50]:5090>;+sip.srs")
         );
         assert_eq!(ok.header("Server"), None);
+    }
+
+    #[test]
+    fn cisco_cube_invite_end_to_end() {
+        use crate::sip::sdp::{parse_sdp, Direction};
+        use crate::sip::siprec::{answer_sdp, assign_streams, siprec_parts};
+        let Some(dir) = crate::sip::test_support::corpus_dir() else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(dir.join("siprec/invite_cisco_cube_media_proxy.txt")) else {
+            eprintln!("note: Cisco CUBE INVITE missing, test skipped");
+            return;
+        };
+        let inv = parse_message(&bytes).unwrap();
+        let mut u = uas();
+        let ev = feed(&mut u, t(0), &inv);
+        assert_eq!(codes(&ev), vec![100]);
+        let (d, invite) = ev
+            .iter()
+            .find_map(|e| match e {
+                UasEvent::NewCall { dialog, invite, .. } => Some((dialog.clone(), invite.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(d.remote_tag, "678813-6AC");
+        let (offer, meta) = siprec_parts(&invite).unwrap();
+        let a = assign_streams(&offer, &meta.unwrap()).unwrap();
+        assert_eq!(a.len(), 2);
+        let answer = answer_sdp(
+            &offer,
+            "192.0.2.50".parse().unwrap(),
+            &[20000, 20002],
+            &[],
+            1,
+        );
+        assert!(u.accept(&d, &answer, t(20)));
+        let ok = sent(&drain(&mut u)).remove(0);
+        assert_eq!(ok.status(), Some(200));
+        assert_eq!(ok.header("Require"), Some("siprec"));
+        assert_eq!(ok.header("CSeq"), Some("101 INVITE"));
+        assert_eq!(
+            ok.call_id,
+            "B0FA2851-4D4811EA-82E5D263-E98F8024@8.43.33.209"
+        );
+        let sdp = ok.sdp().unwrap().unwrap();
+        let ports: Vec<u16> = sdp.media.iter().map(|m| m.port).collect();
+        assert_eq!(ports, vec![20000, 20002]);
+        assert!(sdp
+            .media
+            .iter()
+            .all(|m| m.direction == Some(Direction::RecvOnly)));
+        assert_eq!(parse_sdp(&answer).unwrap(), sdp);
+        // The SRC's ACK (new branch, our tag, CSeq 101) confirms the dialog.
+        let ack_text = format!(
+            "ACK sip:8.43.33.203:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 8.43.33.209:5060;branch=z9hG4bKack\r\nFrom: <sip:8.43.33.209>;tag=678813-6AC\r\nTo: <sip:9876@8.43.33.203>;tag={}\r\nCall-ID: B0FA2851-4D4811EA-82E5D263-E98F8024@8.43.33.209\r\nCSeq: 101 ACK\r\nContent-Length: 0\r\n\r\n",
+            d.local_tag
+        );
+        feed(&mut u, t(100), &parse_message(ack_text.as_bytes()).unwrap());
+        let w = run_until(&mut u, t(60_000));
+        assert!(send_times(&w, t(0)).is_empty());
+        assert_eq!(u.dialog_count(), 1);
     }
 
     proptest::proptest! {
