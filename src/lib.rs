@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod health;
 pub mod import;
 pub mod recording;
+pub mod siprec;
 pub mod sniff;
 pub mod status;
 pub mod units;
