@@ -13,5 +13,6 @@ pub mod import;
 pub mod recording;
 pub mod siprec;
 pub mod sniff;
+pub mod srtp;
 pub mod status;
 pub mod units;

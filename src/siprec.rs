@@ -543,15 +543,41 @@ async fn answer_for(
 ) -> Option<String> {
     let ip = media_ip(listen_ip, peer);
     let mut ports = Vec::with_capacity(offer.media.len());
+    let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     for (i, m) in offer.media.iter().enumerate() {
-        let usable = m.media.eq_ignore_ascii_case("audio")
-            && m.port != 0
-            && !m.proto.to_ascii_uppercase().contains("SAVP");
+        let secure = m.proto.to_ascii_uppercase().contains("SAVP");
+        // SDES: the first offered suite we support, with the SRC's key.
+        let sdes = if secure {
+            m.crypto.iter().find_map(|c| {
+                crate::srtp::SUITES
+                    .contains(&c.suite.as_str())
+                    .then(|| (c.suite.clone(), c.key_params.clone()))
+            })
+        } else {
+            None
+        };
+        let usable =
+            m.media.eq_ignore_ascii_case("audio") && m.port != 0 && (!secure || sdes.is_some());
         if !usable {
             ports.push(0);
             continue;
         }
+        let decrypt = match &sdes {
+            Some((suite, params)) => match crate::srtp::SrtpStream::new(suite, params) {
+                Some(d) => {
+                    crypto[i] = Some((suite.clone(), crate::srtp::new_key()));
+                    Some(d)
+                }
+                None => {
+                    ports.push(0);
+                    continue;
+                }
+            },
+            None => None,
+        };
         if let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) {
+            // Re-offer of a line we already receive: same port (an SRTP key
+            // change would need a new context; keep the running one).
             ports.push(p);
             continue;
         }
@@ -574,10 +600,24 @@ async fn answer_for(
         let dst = SocketAddr::new(ip, p);
         let (etx, drops, last) = (etx.clone(), drops.clone(), session.last_rtp.clone());
         let task = tokio::spawn(async move {
+            let mut decrypt = decrypt;
             let mut buf = vec![0u8; 2048];
             while let Ok((n, src)) = sock.recv_from(&mut buf).await {
                 last.store(now().as_micros(), Ordering::Relaxed);
-                feed(&etx, &drops, src, dst, buf[..n].to_vec());
+                let pkt = &buf[..n];
+                let plain = match decrypt.as_mut() {
+                    // RTCP (rtcp-mux) is not needed for recording: dropped.
+                    Some(_) if pbx_core::rtp::is_rtcp(pkt) => continue,
+                    Some(d) => match d.decrypt(pkt) {
+                        Some(p) => p,
+                        None => {
+                            drops.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                    None => pkt.to_vec(),
+                };
+                feed(&etx, &drops, src, dst, plain);
             }
         });
         session.ports.push(MediaPort { port: p, task });
@@ -587,8 +627,11 @@ async fn answer_for(
     if ports.iter().all(|p| *p == 0) {
         return None;
     }
-    let crypto: Vec<Option<(&str, &str)>> = vec![None; offer.media.len()];
-    Some(answer_sdp(offer, ip, &ports, &crypto, session.version))
+    let crypto_refs: Vec<Option<(&str, &str)>> = crypto
+        .iter()
+        .map(|c| c.as_ref().map(|(s, k)| (s.as_str(), k.as_str())))
+        .collect();
+    Some(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
 }
 
 fn release(s: Session, pool: &mut PortPool) {

@@ -73,12 +73,35 @@ fn invite(
     branch: &str,
     metadata: &str,
 ) -> String {
-    let sdp = format!(
+    invite_with(call_id, src_port, srs, rtp, cseq, branch, metadata, None)
+}
+
+/// [`invite`], with Alice's stream (m-line 1) as SRTP with this SDES key.
+#[allow(clippy::too_many_arguments)]
+fn invite_with(
+    call_id: &str,
+    src_port: u16,
+    srs: SocketAddr,
+    rtp: [u16; 2],
+    cseq: u32,
+    branch: &str,
+    metadata: &str,
+    srtp_key: Option<&str>,
+) -> String {
+    let mut sdp = format!(
         "v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:2\r\na=sendonly\r\n\
          m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n",
         rtp[0], rtp[1]
     );
+    if let Some(key) = srtp_key {
+        let plain = format!("m=audio {} RTP/AVP 0 101\r\n", rtp[1]);
+        let secure = format!(
+            "m=audio {} RTP/SAVP 0 101\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31\r\n",
+            rtp[1]
+        );
+        sdp = sdp.replace(&plain, &secure);
+    }
     let body = format!(
         "--{BOUNDARY}\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--{BOUNDARY}\r\nContent-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{metadata}\r\n--{BOUNDARY}--\r\n"
     );
@@ -148,13 +171,23 @@ fn siprec_daemon(dir: &std::path::Path, extra: &str) -> (Daemon, SocketAddr) {
 
 #[test]
 fn two_stream_siprec_call_records_each_party_on_its_channel() {
+    two_stream_call(false);
+}
+
+#[test]
+fn two_stream_siprec_call_with_srtp_on_one_stream() {
+    two_stream_call(true);
+}
+
+fn two_stream_call(srtp: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (d, srs) = siprec_daemon(dir.path(), "");
     let src = Src::new(srs);
     let call_id = "siprec-1@src";
     let rtp_a = UdpSocket::bind("127.0.0.1:0").unwrap(); // Alice's stream (label 1)
     let rtp_b = UdpSocket::bind("127.0.0.1:0").unwrap(); // Bob's stream (label 2)
-    let inv = invite(
+    let key = pbx_edge::srtp::new_key();
+    let inv = invite_with(
         call_id,
         src.port(),
         srs,
@@ -165,7 +198,19 @@ fn two_stream_siprec_call_records_each_party_on_its_channel() {
         1,
         "inv1",
         &metadata("recorded-call-42@pbx"),
+        srtp.then_some(key.as_str()),
     );
+    let mut enc_a = srtp.then(|| {
+        let (k, salt) = pbx_edge::srtp::parse_key_params(&format!("inline:{key}")).unwrap();
+        webrtc_srtp::context::Context::new(
+            &k,
+            &salt,
+            webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80,
+            None,
+            None,
+        )
+        .unwrap()
+    });
     src.send(&inv);
     // A retransmission of the INVITE is absorbed (same answer, one call).
     src.send(&inv);
@@ -174,6 +219,12 @@ fn two_stream_siprec_call_records_each_party_on_its_channel() {
     assert!(ok.contains("a=recvonly"), "{ok}");
     let ports = answer_ports(&ok);
     assert_eq!(ports.len(), 2);
+    if srtp {
+        assert!(
+            ok.contains("RTP/SAVP") && ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{ok}"
+        );
+    }
     let to = header(&ok, "To").unwrap().to_string();
     let bye = ack_and_bye(&src, call_id, &to, srs);
 
@@ -203,6 +254,10 @@ fn two_stream_siprec_call_records_each_party_on_its_channel() {
             0xB0B,
             &eb.encode(&bob[i * 160..(i + 1) * 160]),
         );
+        let pa = match enc_a.as_mut() {
+            Some(ctx) => ctx.encrypt_rtp(&pa).unwrap().to_vec(),
+            None => pa,
+        };
         // m-line 0 is Bob's stream, m-line 1 Alice's.
         rtp_b
             .send_to(&pb, SocketAddr::new(srs.ip(), ports[0]))
