@@ -159,7 +159,11 @@ impl RecordingSink for CheckingSink {
     }
 
     fn audio(&mut self, call: CallKey, frames: &[i16]) {
-        assert!(frames.len() % 2 == 0, "odd audio length {}", frames.len());
+        assert!(
+            frames.len().is_multiple_of(2),
+            "odd audio length {}",
+            frames.len()
+        );
         let limit = {
             let c = self.calls.get(&call).expect("audio before begin");
             assert!(!c.ended, "audio after end for {call:?}");
@@ -212,13 +216,16 @@ struct Harness {
 /// Engine settings picked by a `finish` record's variant: few calls (so
 /// eviction runs), other jitter windows, a fixed wideband rate.
 fn config(variant: u8) -> EngineConfig {
-    let mut cfg = EngineConfig::default();
-    cfg.max_calls = [100_000, 1, 2, 8][usize::from(variant & 3)];
-    cfg.jitter_ms = [500, 0, 100, 2000][usize::from((variant >> 2) & 3)];
-    if variant & 16 != 0 {
-        cfg.sample_rate = SampleRatePolicy::Fixed(16000);
+    EngineConfig {
+        max_calls: [100_000, 1, 2, 8][usize::from(variant & 3)],
+        jitter_ms: [500, 0, 100, 2000][usize::from((variant >> 2) & 3)],
+        sample_rate: if variant & 16 != 0 {
+            SampleRatePolicy::Fixed(16000)
+        } else {
+            SampleRatePolicy::Auto
+        },
+        ..EngineConfig::default()
     }
-    cfg
 }
 
 const STEP_US: i64 = 10_000;
@@ -259,8 +266,7 @@ impl Harness {
             3 => {
                 let ts = self.tick(STEP_US);
                 let link = LINKS[usize::from(variant) % LINKS.len()];
-                self.engine
-                    .handle_frame(ts, link, payload, &mut self.sink);
+                self.engine.handle_frame(ts, link, payload, &mut self.sink);
             }
             4 => {
                 let mut ms = [0u8; 4];
@@ -341,7 +347,7 @@ impl Harness {
         };
         // Timestamp advance: the samples of 20 ms at the RTP clock of the type.
         let ts_step = match pt {
-            9 => 160,  // G.722: 8000 RTP clock
+            9 => 160, // G.722: 8000 RTP clock
             96..=127 => 960,
             _ => 160,
         };
