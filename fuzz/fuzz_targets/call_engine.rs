@@ -14,7 +14,7 @@
 //! | 4 | time: `u32` ms; forward + `handle_timeout`, or (bit 0) step the packet clock back | bit 0 |
 //! | 5 | SIP over TCP (`handle_segment`, stream bytes) | as 0, bit 4 = `tcp_gap` |
 //! | 6 | UDP datagram between arbitrary ports of the SIP hosts | bits 0-4 ports |
-//! | 7 | `finish(CaptureEnd)` in the middle of the input | - |
+//! | 7 | `finish(CaptureEnd)` in the middle of the input; a non-zero variant then continues with a new engine configured by it | bits 0-1 `max_calls`, 2-3 `jitter_ms`, 4 fixed 16 kHz |
 //!
 //! Every packet record advances the clock by 10 ms, so interleaved RTP of the
 //! two legs comes at the 20 ms pace of real calls. The addresses are those of
@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use pbx_core::call::{
     CallEngine, CallKey, CallMeta, EndReason, EngineConfig, RecordingSink, RecordingStart,
+    SampleRatePolicy,
 };
 use pbx_core::capture::LinkType;
 use pbx_core::net::{Segment, Transport};
@@ -104,6 +105,9 @@ struct CheckingSink {
     calls: HashMap<CallKey, CallState>,
     /// Highest timestamp fed so far (micros).
     max_ts: i64,
+    /// The engine's jitter window and the rate it must record at (0 = auto).
+    jitter_ms: u32,
+    fixed_rate: u32,
 }
 
 impl CheckingSink {
@@ -111,10 +115,11 @@ impl CheckingSink {
         self.calls.values().filter(|c| !c.ended).count()
     }
     /// Frames a call may have produced by `max_ts`: the time since its first
-    /// packet plus the mixer's window (jitter 500 ms + 1.5 s), with slack.
+    /// packet plus the mixer's window (jitter + 1.5 s), with 1 s of slack.
     fn frame_limit(&self, c: &CallState) -> u64 {
         let elapsed = (self.max_ts - c.t0).max(0) as u128;
-        (elapsed * u128::from(c.rate) / 1_000_000) as u64 + 3 * u64::from(c.rate)
+        let window_ms = u64::from(self.jitter_ms) + 2500;
+        (elapsed * u128::from(c.rate) / 1_000_000) as u64 + window_ms * u64::from(c.rate) / 1000
     }
 }
 
@@ -125,11 +130,15 @@ impl RecordingSink for CheckingSink {
             "begin twice for {call:?} (ended: {:?})",
             self.calls.get(&call).map(|c| c.ended)
         );
-        assert!(
-            start.sample_rate == 8000 || start.sample_rate == 16000,
-            "sample rate {}",
-            start.sample_rate
-        );
+        if self.fixed_rate == 0 {
+            assert!(
+                start.sample_rate == 8000 || start.sample_rate == 16000,
+                "sample rate {}",
+                start.sample_rate
+            );
+        } else {
+            assert_eq!(start.sample_rate, self.fixed_rate);
+        }
         assert!(
             start.media_started_at.as_micros() <= self.max_ts,
             "media starts in the future"
@@ -150,7 +159,11 @@ impl RecordingSink for CheckingSink {
     }
 
     fn audio(&mut self, call: CallKey, frames: &[i16]) {
-        assert!(frames.len() % 2 == 0, "odd audio length {}", frames.len());
+        assert!(
+            frames.len().is_multiple_of(2),
+            "odd audio length {}",
+            frames.len()
+        );
         let limit = {
             let c = self.calls.get(&call).expect("audio before begin");
             assert!(!c.ended, "audio after end for {call:?}");
@@ -200,6 +213,21 @@ struct Harness {
     pkt: Vec<u8>,
 }
 
+/// Engine settings picked by a `finish` record's variant: few calls (so
+/// eviction runs), other jitter windows, a fixed wideband rate.
+fn config(variant: u8) -> EngineConfig {
+    EngineConfig {
+        max_calls: [100_000, 1, 2, 8][usize::from(variant & 3)],
+        jitter_ms: [500, 0, 100, 2000][usize::from((variant >> 2) & 3)],
+        sample_rate: if variant & 16 != 0 {
+            SampleRatePolicy::Fixed(16000)
+        } else {
+            SampleRatePolicy::Auto
+        },
+        ..EngineConfig::default()
+    }
+}
+
 const STEP_US: i64 = 10_000;
 const BASE_US: i64 = 1_700_000_000_000_000;
 
@@ -238,8 +266,7 @@ impl Harness {
             3 => {
                 let ts = self.tick(STEP_US);
                 let link = LINKS[usize::from(variant) % LINKS.len()];
-                self.engine
-                    .handle_frame(ts, link, payload, &mut self.sink);
+                self.engine.handle_frame(ts, link, payload, &mut self.sink);
             }
             4 => {
                 let mut ms = [0u8; 4];
@@ -284,6 +311,17 @@ impl Harness {
                 self.engine.finish(EndReason::CaptureEnd, &mut self.sink);
                 assert_eq!(self.engine.active_calls(), 0);
                 assert_eq!(self.sink.open(), 0, "finish left a recording open");
+                if variant != 0 {
+                    // Keys start again at 1 in the new engine.
+                    self.sink.calls.clear();
+                    let cfg = config(variant);
+                    self.sink.jitter_ms = cfg.jitter_ms;
+                    self.sink.fixed_rate = match cfg.sample_rate {
+                        SampleRatePolicy::Fixed(r) => r,
+                        SampleRatePolicy::Auto => 0,
+                    };
+                    self.engine = CallEngine::new(cfg);
+                }
             }
         }
     }
@@ -309,7 +347,7 @@ impl Harness {
         };
         // Timestamp advance: the samples of 20 ms at the RTP clock of the type.
         let ts_step = match pt {
-            9 => 160,  // G.722: 8000 RTP clock
+            9 => 160, // G.722: 8000 RTP clock
             96..=127 => 960,
             _ => 160,
         };
@@ -344,6 +382,7 @@ fuzz_target!(|data: &[u8]| {
         pkt: Vec::with_capacity(2048),
     };
     h.sink.max_ts = BASE_US;
+    h.sink.jitter_ms = EngineConfig::default().jitter_ms;
     let mut rest = data;
     while let Some((&op, r)) = rest.split_first() {
         let len = match r {

@@ -792,6 +792,12 @@ fn sip_tcp_a2b(p: &[u8]) -> Vec<u8> {
 fn finish_rec() -> Vec<u8> {
     record(7, &[])
 }
+/// Finish, then go on with an engine configured by `variant` (bits 0-1
+/// `max_calls` 100000/1/2/8, bits 2-3 `jitter_ms` 500/0/100/2000, bit 4 fixed
+/// 16 kHz).
+fn reconfigure(variant: u8) -> Vec<u8> {
+    record(7 | variant << 3, &[])
+}
 
 /// Ethernet / IPv4 / UDP frame.
 fn eth_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
@@ -1028,6 +1034,27 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     wide.extend(rtp_both(111, 0, 4, (0, 1), &opus));
     wide.push(sip_b2a(&d2.request("BYE", 2, false, None)));
     out.push(("seed-wideband", wide));
+
+    // 9. One call at most, no jitter window: a second INVITE evicts the
+    //    first call while it has media; then 16 kHz fixed with 2 s jitter.
+    let d3 = Dialog::new("seed-second@10.0.0.2");
+    let mut evict = vec![reconfigure(1 | 1 << 2)];
+    evict.extend(setup.clone());
+    evict.extend(rtp_both(0, 0, 5, (0, 1), &pcmu));
+    evict.push(sip_a2b(&d3.request("INVITE", 1, true, Some(&hold))));
+    evict.push(sip_b2a(&d3.response(
+        200,
+        "OK",
+        1,
+        "INVITE",
+        true,
+        Some(&held),
+    )));
+    evict.extend(rtp_both(0, 0, 5, (2, 3), &pcmu));
+    evict.push(reconfigure(3 << 2 | 16));
+    evict.extend(setup.clone());
+    evict.extend(rtp_both(0, 0, 10, (0, 1), &pcmu));
+    out.push(("seed-config-evict", evict));
     out
 }
 
