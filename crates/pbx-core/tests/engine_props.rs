@@ -1164,7 +1164,6 @@ fn call_without_bye(n: usize) -> CheckingSink {
 /// Expected: the recording ends within the jitter window (+ a 100 ms chunk)
 /// of the last media, like a call ended by BYE.
 #[test]
-#[ignore = "bug: RtpTimeout recordings carry rtp_timeout of trailing silence (call/engine.rs flush_call from housekeeping)"]
 fn missing_bye_recording_has_no_trailing_timeout_silence() {
     let _g = serial();
     let n = 250;

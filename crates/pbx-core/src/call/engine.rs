@@ -1136,6 +1136,21 @@ impl Tracker {
         let before = media.mixer.drops(ch).late;
         // Resampling decoders delay their output by a known amount: undo it.
         let pos = placement.pos - dec.delay_samples() as i64;
+        // Media resuming after a long pause lands beyond the buffered window:
+        // write out the silence of the pause first (up to a jitter window
+        // before this packet), so nothing is cut and memory stays bounded.
+        let end = pos + self.scratch.len() as i64;
+        let window_end = (media.mixer.flushed() + media.mixer.capacity() as u64) as i64;
+        if end > window_end {
+            let jitter = i64::from(media.rate) * i64::from(self.cfg.jitter_ms) / 1000;
+            let upto = (pos - jitter).max(media.mixer.flushed() as i64) as u64;
+            self.out.clear();
+            media.mixer.flush_until(upto, &mut self.out);
+            if !self.out.is_empty() {
+                media.frames_out += (self.out.len() / 2) as u64;
+                sink.audio(key, &self.out);
+            }
+        }
         media.mixer.write(ch, pos, &self.scratch);
         if media.mixer.drops(ch).late > before {
             leg.meta.late += 1;
@@ -1158,7 +1173,11 @@ impl Tracker {
             if horizon <= 0 {
                 return;
             }
-            let target = (i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64;
+            // Never beyond the last audio written: silence after the end of
+            // the media is only written if media resumes (a call whose BYE
+            // never comes must not end with rtp_timeout of silence).
+            let target = ((i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64)
+                .min(media.mixer.end(0).max(media.mixer.end(1)));
             // Write in chunks of at least 100 ms.
             if target < media.mixer.flushed() + u64::from(media.rate / 10) {
                 return;
