@@ -166,32 +166,47 @@ fn main() {
     let mut ids: Vec<usize> = sessions.keys().copied().collect();
     ids.sort_unstable();
     let packets_per_stream = seconds * 50;
+    // Two sender threads, each with its own sockets and half the sessions.
+    let targets: Vec<(usize, [u16; 2])> = ids.iter().map(|id| (*id, sessions[id].ports)).collect();
+    let threads = 2usize;
     let t0 = Instant::now();
-    let mut sent = 0u64;
-    let mut send_errors = 0u64;
-    let mut worst_lag = Duration::ZERO;
-    for k in 0..packets_per_stream {
-        let due = Duration::from_millis(20 * k);
-        match due.checked_sub(t0.elapsed()) {
-            Some(w) => std::thread::sleep(w),
-            None => worst_lag = worst_lag.max(t0.elapsed() - due),
-        }
-        let payload = &frames[(k as usize) % frames.len()];
-        for (j, id) in ids.iter().enumerate() {
-            let s = &sessions[id];
-            for (stream, port) in s.ports.iter().enumerate() {
-                let ssrc = (*id as u32) << 1 | stream as u32;
-                let pkt = rtp_packet(0, k == 0, k as u16, (k * 160) as u32, ssrc, payload);
-                let sock = &media[(j * 2 + stream) % media.len()];
-                match sock.send_to(&pkt, SocketAddr::new(srs.ip(), *port)) {
-                    Ok(_) => sent += 1,
-                    Err(_) => send_errors += 1,
-                }
-            }
-        }
-        // Keep the SIP socket drained (retransmitted 200s, OPTIONS).
-        while sip.recv_from(&mut buf).is_ok() {}
-    }
+    let results: Vec<(u64, u64, Duration)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<(usize, [u16; 2])> = targets.iter().skip(t).step_by(threads).copied().collect();
+                let frames = &frames;
+                let media = &media;
+                sc.spawn(move || {
+                    let (mut sent, mut errors, mut worst) = (0u64, 0u64, Duration::ZERO);
+                    for k in 0..packets_per_stream {
+                        let due = Duration::from_millis(20 * k);
+                        match due.checked_sub(t0.elapsed()) {
+                            Some(w) => std::thread::sleep(w),
+                            None => worst = worst.max(t0.elapsed() - due),
+                        }
+                        let payload = &frames[(k as usize) % frames.len()];
+                        for (j, (id, ports)) in mine.iter().enumerate() {
+                            for (stream, port) in ports.iter().enumerate() {
+                                let ssrc = (*id as u32) << 1 | stream as u32;
+                                let pkt = rtp_packet(0, k == 0, k as u16, (k * 160) as u32, ssrc, payload);
+                                let sock = &media[t * 4 + (j * 2 + stream) % 4];
+                                match sock.send_to(&pkt, SocketAddr::new(srs.ip(), *port)) {
+                                    Ok(_) => sent += 1,
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                        }
+                    }
+                    (sent, errors, worst)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("sender thread")).collect()
+    });
+    let sent: u64 = results.iter().map(|r| r.0).sum();
+    let send_errors: u64 = results.iter().map(|r| r.1).sum();
+    let worst_lag = results.iter().map(|r| r.2).max().unwrap_or_default();
+    while sip.recv_from(&mut buf).is_ok() {}
     let media_s = t0.elapsed().as_secs_f64();
 
     // Hang up.
