@@ -206,8 +206,8 @@ impl RateLimiter {
         let Ok(mut next) = self.next_free.lock() else {
             return Duration::ZERO;
         };
-        let earliest = now.checked_sub(Self::BURST).unwrap_or(now);
-        let start = (*next).max(earliest);
+        // Idle time is not saved up: a sender may run BURST ahead, no more.
+        let start = (*next).max(now);
         *next = start + Duration::from_secs_f64(n as f64 / rate as f64);
         next.saturating_duration_since(now + Self::BURST)
     }
