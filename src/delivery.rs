@@ -660,11 +660,12 @@ async fn run_job(shared: Arc<Shared>, active: Arc<Active>, cloud: Arc<Cloud>, en
                 Action::PauseAll { kind, reason } => {
                     shared.metrics.failure(label, &reason);
                     shared.set_pause(kind, &reason, pause_retry);
-                    let next = now_ms() + pause_retry.as_millis() as i64;
+                    // Due at once: the pause alone decides when the next try
+                    // (the probe) starts, so a reload can end it early.
                     shared
                         .db(move |sp| {
-                            sp.retry_later(&i, next, &reason, false, now_ms())
-                                .map(|_| ())
+                            let now = now_ms();
+                            sp.retry_later(&i, now, &reason, false, now).map(|_| ())
                         })
                         .await
                 }
@@ -712,9 +713,16 @@ fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), Spoo
         tracing::debug!(count = report.adopted.len(), "recordings adopted");
     }
     for e in sp.in_state(State::Recorded)? {
-        let doc: Option<Value> = std::fs::read(sp.json_path(&e.id))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let doc: Option<Value> = match std::fs::read(sp.json_path(&e.id)) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if sp.forget_vanished(&e.id)? {
+                    continue;
+                }
+                None
+            }
+            Err(_) => None,
+        };
         // A JSON that cannot be read is not filtered (the upload reports it).
         let verdict = doc.as_ref().and_then(|d| settings.filters.check(d));
         match verdict {

@@ -492,6 +492,26 @@ impl Spool {
         Ok(n > 0)
     }
 
+    /// One UPDATE/DELETE and, when it matched, `counter + 1`, in one
+    /// transaction (a crash never leaves the state changed but not counted).
+    fn update_counted(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        counter: &str,
+    ) -> Result<bool, SpoolError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.err(e))?;
+        let ok = self.update(sql, p)?;
+        if ok {
+            self.bump(counter, 1)?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ok)
+    }
+
     fn bump(&self, counter: &str, by: i64) -> Result<(), SpoolError> {
         self.update(
             "INSERT INTO counters (name, value) VALUES (?1, ?2) \
@@ -526,28 +546,34 @@ impl Spool {
 
     /// `recorded` → `filtered`, files kept.
     pub fn mark_filtered(&self, id: &str, reason: &str, now: i64) -> Result<bool, SpoolError> {
-        let ok = self.update(
+        self.update_counted(
             "UPDATE recordings SET state = 'filtered', filter_reason = ?2, updated_at = ?3 \
              WHERE id = ?1 AND state = 'recorded'",
             params![id, reason, now],
-        )?;
-        if ok {
-            self.bump("filtered", 1)?;
-        }
-        Ok(ok)
+            "filtered",
+        )
     }
 
     /// A recording filtered out and not kept: files, then row, removed.
     pub fn drop_filtered(&self, id: &str) -> Result<bool, SpoolError> {
         self.remove_files(id)?;
-        let ok = self.update(
+        self.update_counted(
             "DELETE FROM recordings WHERE id = ?1 AND state = 'recorded'",
             params![id],
-        )?;
-        if ok {
-            self.bump("filtered", 1)?;
+            "filtered",
+        )
+    }
+
+    /// A `recorded` row whose files are both gone (a crash in the middle of
+    /// dropping a filtered recording, or files removed by hand): forget it.
+    pub fn forget_vanished(&self, id: &str) -> Result<bool, SpoolError> {
+        if self.json_path(id).exists() || self.wav_path(id).exists() {
+            return Ok(false);
         }
-        Ok(ok)
+        self.update(
+            "DELETE FROM recordings WHERE id = ?1 AND state = 'recorded'",
+            params![id],
+        )
     }
 
     /// An attempt starts: `attempts + 1`, state `uploading`. False if the row
@@ -594,16 +620,13 @@ impl Spool {
 
     /// `/v1/calls` answered 200/201.
     pub fn mark_delivered(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
-        let ok = self.update(
+        self.update_counted(
             "UPDATE recordings SET state = 'delivered', delivered_at = ?2, updated_at = ?2, \
              upload_location = NULL, last_error = NULL, retries = 0, next_attempt_at = 0 \
              WHERE id = ?1 AND state IN ('queued', 'uploading')",
             params![id, now],
-        )?;
-        if ok {
-            self.bump("delivered", 1)?;
-        }
-        Ok(ok)
+            "delivered",
+        )
     }
 
     /// A transient failure: due again at `next_at`. Stays `uploading` when a

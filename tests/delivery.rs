@@ -643,7 +643,9 @@ fn broken_connection_mid_chunk_resumes_from_head() {
     assert!(st.count("HEAD", "/v1/uploads/", 200) >= 2, "{:?}", st.log);
     assert_eq!(st.count("PATCH", "/v1/uploads/", 0), 1);
     assert_eq!(st.count("PATCH", "/v1/uploads/", 409), 1);
-    assert_eq!(cloud_status(&status).failures["connection"], 1);
+    // The 409 comes before the body was read: the client may see it, or a
+    // broken pipe when the server closes; either way it resumes.
+    assert!(cloud_status(&status).failures["connection"] >= 1);
 }
 
 #[test]
@@ -703,7 +705,8 @@ fn slow_answers_within_the_timeout_succeed_and_beyond_it_are_retried() {
     // the first post: the second then gets 200, "already accepted".)
     let c = cloud_status(&status);
     assert_eq!(c.failures.get("timeout"), Some(&1), "{:?}", c.failures);
-    assert_eq!(rx.calls()["slow"].posts, 2);
+    assert!(rx.calls()["slow"].posts >= 1);
+    assert_eq!(rx.lock().count("POST", "/v1/calls", 201), 1);
 }
 
 // ---------------------------------------------------------------------------
