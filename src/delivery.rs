@@ -348,10 +348,11 @@ struct Shared {
 
 impl Shared {
     /// Run `f` on the spool on a blocking thread.
+    /// On a full disk the reserved space is given back and `f` tried once more.
     async fn db<T, F>(self: &Arc<Self>, f: F) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+        F: Fn(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
     {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
@@ -359,7 +360,13 @@ impl Shared {
                 .spool
                 .lock()
                 .map_err(|_| DeliveryError::Worker("spool mutex poisoned".into()))?;
-            f(&mut sp).map_err(DeliveryError::from)
+            match f(&mut sp) {
+                Err(e) if e.is_disk_full() && sp.release_reserve() => {
+                    tracing::warn!("disk full: released the spool's reserved space");
+                    f(&mut sp).map_err(DeliveryError::from)
+                }
+                r => r.map_err(DeliveryError::from),
+            }
         })
         .await
         .map_err(|e| DeliveryError::Worker(e.to_string()))?
@@ -708,7 +715,13 @@ fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), Spoo
         Err(_) => return Ok(()),
     };
     let now = now_ms();
-    let report = sp.scan(now)?;
+    let report = match sp.scan(now) {
+        Err(e) if e.is_disk_full() && sp.release_reserve() => {
+            tracing::warn!("disk full: released the spool's reserved space");
+            sp.scan(now)?
+        }
+        r => r?,
+    };
     if !report.adopted.is_empty() {
         tracing::debug!(count = report.adopted.len(), "recordings adopted");
     }
@@ -740,6 +753,8 @@ fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), Spoo
         }
     }
     sp.expire_delivered(now, settings.retention)?;
+    // Held back again once there is room.
+    sp.ensure_reserve();
     Ok(())
 }
 

@@ -72,6 +72,11 @@ use crate::recording::{create_private_file, sync_dir};
 
 /// The database file inside the spool directory.
 pub const DB_FILE: &str = "spool.db";
+/// Space held back in the spool directory so that the database can still
+/// record deliveries (which free space) when the disk is full.
+pub const RESERVE_FILE: &str = ".spool.reserve";
+/// Size of [`RESERVE_FILE`].
+pub const RESERVE_BYTES: u64 = 4 << 20;
 /// Version of the schema below (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -125,6 +130,22 @@ pub enum SpoolError {
     NotFound(String),
     #[error("{0:?} is not a recording id")]
     BadId(String),
+}
+
+impl SpoolError {
+    /// The database could not write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::Db { source, .. } => {
+                matches!(
+                    source.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DiskFull)
+                ) || source.to_string().contains("disk is full")
+            }
+            SpoolError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
 }
 
 /// Where a recording is on its way.
@@ -314,6 +335,43 @@ impl Spool {
         &self.dir
     }
 
+    /// Create [`RESERVE_FILE`] (real blocks, fsynced) if it is missing and
+    /// there is room. Returns whether it exists now.
+    pub fn ensure_reserve(&self) -> bool {
+        use std::io::Write;
+        let p = self.dir.join(RESERVE_FILE);
+        if fs::metadata(&p)
+            .map(|m| m.len() >= RESERVE_BYTES)
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        if free_bytes(&self.dir).is_some_and(|f| f < 2 * RESERVE_BYTES) {
+            return false;
+        }
+        let res = (|| {
+            let mut f = create_private_file(&p)?;
+            let block = vec![0u8; 64 << 10];
+            let mut left = RESERVE_BYTES;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                f.write_all(block.get(..n).unwrap_or(&block))?;
+                left -= n as u64;
+            }
+            f.sync_all()
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&p);
+            return false;
+        }
+        true
+    }
+
+    /// Give the reserved space back (the disk is full). Whether there was any.
+    pub fn release_reserve(&self) -> bool {
+        fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok()
+    }
+
     fn err(&self, source: rusqlite::Error) -> SpoolError {
         SpoolError::Db {
             path: self.db_path.clone(),
@@ -500,10 +558,7 @@ impl Spool {
         p: impl rusqlite::Params,
         counter: &str,
     ) -> Result<bool, SpoolError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.err(e))?;
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let ok = self.update(sql, p)?;
         if ok {
             self.bump(counter, 1)?;
@@ -800,6 +855,18 @@ impl Spool {
 // ---------------------------------------------------------------------------
 // `pbx-edge spool ...`
 // ---------------------------------------------------------------------------
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 /// Human age: `42s`, `5m03s`, `2h10m`, `3d04h`.
 pub fn human_age(ms: i64) -> String {

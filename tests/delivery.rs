@@ -1114,7 +1114,7 @@ fn disk_full_keeps_the_spool_intact_and_recovers() {
     let mnt = d.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
         .arg(&mnt)
         .stderr(Stdio::null())
         .status()

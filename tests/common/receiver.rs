@@ -648,7 +648,8 @@ async fn post_call(
     let ctype = header(&req, "content-type").unwrap_or("").to_string();
     let (json, bytes, sha, protocol) = if ctype.starts_with("application/json") {
         let mut buf = Vec::new();
-        if let Err(e) = read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await {
+        if let Err(e) = read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await
+        {
             return Err(e);
         }
         let json: serde_json::Value = match serde_json::from_slice(&buf) {
