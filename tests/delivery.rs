@@ -1157,6 +1157,12 @@ fn disk_full_keeps_the_spool_intact_and_recovers() {
         .await;
         h
     });
+    // The daemon's health view of the same spool (its spool path is a
+    // symlink into the tmpfs; config and log stay outside it).
+    let ddir = d.path().join("daemon");
+    std::fs::create_dir(&ddir).unwrap();
+    std::os::unix::fs::symlink(&spool, ddir.join("spool")).unwrap();
+    let daemon = common::daemon::Daemon::start(&ddir, "[sources.siprec]\nenabled = false\n");
     // Fill the file system.
     let filler = mnt.join("filler");
     {
@@ -1170,6 +1176,17 @@ fn disk_full_keeps_the_spool_intact_and_recovers() {
     let r = write_recording_with(&spool, "no-room", 500_000, 99, |_| {});
     assert!(r.is_err(), "the disk should be full");
     assert!(!spool.join("no-room.json").exists());
+    let readyz = || daemon.get("/readyz").unwrap_or((0, String::new()));
+    let t0 = Instant::now();
+    while readyz().0 != 503 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = readyz();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("disk almost full") || body.contains("not writable"),
+        "{body}"
+    );
     // Delivery keeps running on a full disk; the existing pairs are intact.
     rt.block_on(async {
         rx.lock().payment_required_until = None;
@@ -1194,6 +1211,9 @@ fn disk_full_keeps_the_spool_intact_and_recovers() {
         h.shutdown().await;
     });
     assert_eq!(rx.calls()["after"].sha256, sha);
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
 // ---------------------------------------------------------------------------

@@ -618,9 +618,7 @@ async fn tus_patch(
             u.offset = offset + written;
         }
     }
-    if let Err(e) = res {
-        return Err(e);
-    }
+    res?;
     let new = st.uploads.get(id).map(|u| u.offset).unwrap_or(0);
     let mut r = answer(204, "");
     r.headers_mut()
@@ -648,10 +646,7 @@ async fn post_call(
     let ctype = header(&req, "content-type").unwrap_or("").to_string();
     let (json, bytes, sha, protocol) = if ctype.starts_with("application/json") {
         let mut buf = Vec::new();
-        if let Err(e) = read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await
-        {
-            return Err(e);
-        }
+        read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await?;
         let json: serde_json::Value = match serde_json::from_slice(&buf) {
             Ok(v) => v,
             Err(e) => return Ok(answer(400, &format!("bad JSON: {e}"))),
