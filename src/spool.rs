@@ -324,6 +324,7 @@ impl Spool {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(dbe)?;
         }
+        give_to_dir_owner(dir, &db_path);
         Ok(Spool {
             dir: dir.to_path_buf(),
             db_path,
@@ -855,6 +856,26 @@ impl Spool {
 // ---------------------------------------------------------------------------
 // `pbx-edge spool ...`
 // ---------------------------------------------------------------------------
+
+/// When root opens the database (`pbx-edge spool list` run with sudo), the
+/// files SQLite created must stay usable by the daemon's user: they are
+/// given to the owner of the spool directory.
+fn give_to_dir_owner(dir: &Path, db: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let Ok(m) = fs::metadata(dir) else { return };
+    if m.uid() == 0 {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::os::unix::fs::chown(Path::new(&p), Some(m.uid()), Some(m.gid()));
+    }
+}
 
 /// Free bytes for unprivileged users on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> Option<u64> {

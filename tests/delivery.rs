@@ -352,6 +352,102 @@ fn retention_keeps_delivered_recordings_and_filters_apply() {
     );
 }
 
+#[test]
+fn bandwidth_limit_paces_uploads() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "bw1", 300_000, 1);
+    write_recording(d.path(), "bw2", 300_000, 2);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.bandwidth_limit = 300_000; // 600 KB at 300 KB/s: about 2 s
+    let t0 = Instant::now();
+    rt().block_on(async {
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivery", Duration::from_secs(15), || {
+            rx.lock().calls.len() == 2
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1600), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+#[test]
+fn nothing_starts_outside_the_upload_window() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "w", 1000, 1);
+    let now = delivery::local_minute_of_day(std::time::SystemTime::now());
+    // A window that ends at this minute (it does not contain it).
+    let (start, end) = ((now + 1380) % 1440, now);
+    let w = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.upload_window = Some(w.parse().unwrap());
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), status.clone()).unwrap();
+        wait_for("status", Duration::from_secs(5), || {
+            cloud_status(&status).queue.get("queued") == Some(&1)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rx.lock().log.is_empty());
+        assert!(cloud_status(&status).outside_upload_window);
+        // The window opens (reload): delivered.
+        s.upload_window = None;
+        h.reload_with(s).unwrap();
+        wait_for("delivery", Duration::from_secs(5), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+}
+
+#[test]
+fn shutdown_within_the_grace_period_keeps_the_progress() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "long", 2_000_000, 1);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.bandwidth_limit = 200_000; // 10 s for the file
+    s.shutdown_grace = Duration::from_secs(1);
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), new_status()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t0 = Instant::now();
+        h.shutdown().await;
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    });
+    let e = Spool::open(d.path()).unwrap().get("long").unwrap().unwrap();
+    assert_eq!(e.state, State::Uploading);
+    assert!(e.location.is_some());
+    assert!(e.offset >= 64 << 10, "{e:?}");
+    assert!(rx.lock().calls.is_empty());
+    // The next start continues from the server's offset.
+    s.bandwidth_limit = 0;
+    rt().block_on(async {
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.calls["long"].sha256, sha);
+    assert_eq!(st.count("POST", "/v1/uploads", 201), 1);
+    assert!(st.count("HEAD", "/v1/uploads/", 200) >= 1);
+}
+
 // ---------------------------------------------------------------------------
 // The answer table
 // ---------------------------------------------------------------------------

@@ -134,6 +134,9 @@ pub struct RxState {
     /// Uploads whose creation is answered, then expire (410) on first PATCH.
     pub expire_next_upload: bool,
     pub bytes_received: u64,
+    /// Requests being handled now, and the most at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 impl RxState {
@@ -388,6 +391,21 @@ async fn read_body(
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, std::io::Error> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    {
+        let mut st = ctx.state.lock().unwrap();
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
+    }
+    // Counted down even when the client goes away mid-request.
+    struct Done(Arc<Ctx>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Ok(mut st) = self.0.state.lock() {
+                st.in_flight -= 1;
+            }
+        }
+    }
+    let _done = Done(ctx.clone());
     let r = handle_inner(&ctx, req).await;
     let status = match &r {
         Ok(resp) => resp.status().as_u16(),
