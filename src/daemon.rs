@@ -317,6 +317,14 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
 
     let mut sources = start_sources(&cfg, &status, &live);
     let mut siprec = start_siprec(&cfg, &status, &live).await;
+    // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
+    let mut delivery = match crate::delivery::start(&cfg, status.clone()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!("delivery not started: {e}");
+            None
+        }
+    };
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
     notify(&[
@@ -371,6 +379,16 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
                         }
+                        if changed.contains(&"spool.dir") {
+                            if let Some(d) = delivery.take() {
+                                d.shutdown().await;
+                            }
+                            delivery = crate::delivery::start(&cfg, status.clone()).map_err(|e| tracing::error!("delivery not started: {e}")).ok();
+                        } else if let Some(d) = &delivery {
+                            if let Err(e) = d.reload(&cfg) {
+                                tracing::error!("delivery kept its running settings: {e}");
+                            }
+                        }
                     }
                     Err(errs) => {
                         tracing::error!("new configuration rejected, keeping the running one:\n{errs}");
@@ -415,6 +433,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     }
     if let Some(t) = siprec_stop {
         let _ = t.await;
+    }
+    if let Some(d) = delivery.take() {
+        d.shutdown().await;
     }
     let _ = stop_tx.send(true);
     tracing::info!("stopped");

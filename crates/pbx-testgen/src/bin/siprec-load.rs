@@ -173,7 +173,8 @@ fn main() {
     let results: Vec<(u64, u64, Duration)> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let mine: Vec<(usize, [u16; 2])> = targets.iter().skip(t).step_by(threads).copied().collect();
+                let mine: Vec<(usize, [u16; 2])> =
+                    targets.iter().skip(t).step_by(threads).copied().collect();
                 let frames = &frames;
                 let media = &media;
                 sc.spawn(move || {
@@ -188,7 +189,14 @@ fn main() {
                         for (j, (id, ports)) in mine.iter().enumerate() {
                             for (stream, port) in ports.iter().enumerate() {
                                 let ssrc = (*id as u32) << 1 | stream as u32;
-                                let pkt = rtp_packet(0, k == 0, k as u16, (k * 160) as u32, ssrc, payload);
+                                let pkt = rtp_packet(
+                                    0,
+                                    k == 0,
+                                    k as u16,
+                                    (k * 160) as u32,
+                                    ssrc,
+                                    payload,
+                                );
                                 let sock = &media[t * 4 + (j * 2 + stream) % 4];
                                 match sock.send_to(&pkt, SocketAddr::new(srs.ip(), *port)) {
                                     Ok(_) => sent += 1,
@@ -201,7 +209,10 @@ fn main() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("sender thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sender thread"))
+            .collect()
     });
     let sent: u64 = results.iter().map(|r| r.0).sum();
     let send_errors: u64 = results.iter().map(|r| r.1).sum();
