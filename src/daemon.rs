@@ -191,6 +191,68 @@ fn status_line(status: &SharedStatus) -> String {
     )
 }
 
+/// Start the SIPREC server if enabled; its state goes to the status either way.
+async fn start_siprec(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::siprec::SiprecHandle> {
+    let sc = &cfg.sources.siprec;
+    if !sc.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        return None;
+    }
+    let set_error = |e: String| {
+        if let Ok(mut s) = status.lock() {
+            let src = s
+                .sources
+                .entry("siprec".into())
+                .or_insert_with(SourceStatus::default);
+            src.up = false;
+            src.error = Some(e);
+            src.listen = sc.listen.to_string();
+        }
+    };
+    let out = match RecordingDir::new(&cfg.spool.dir, context(cfg, "siprec")) {
+        Ok(o) => o,
+        Err(e) => {
+            set_error(format!("spool: {e}"));
+            return None;
+        }
+    };
+    match crate::siprec::start(
+        sc.clone(),
+        engine_config(cfg),
+        cfg.recording.rtp_timeout,
+        out,
+        status.clone(),
+        live.clone(),
+    )
+    .await
+    {
+        Ok(h) => {
+            if let Ok(mut s) = status.lock() {
+                let src = s
+                    .sources
+                    .entry("siprec".into())
+                    .or_insert_with(SourceStatus::default);
+                src.up = true;
+                src.error = None;
+                src.listen = sc.listen.to_string();
+            }
+            tracing::info!(listen = %sc.listen, rtp_ports = ?sc.rtp_ports, "SIPREC recording server listening (UDP and TCP)");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("SIPREC: cannot listen on {}: {e}", sc.listen);
+            set_error(format!("cannot listen on {}: {e}", sc.listen));
+            None
+        }
+    }
+}
+
 /// `pbx-edge run [--config FILE]`.
 pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
@@ -254,6 +316,15 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     ));
 
     let mut sources = start_sources(&cfg, &status, &live);
+    let mut siprec = start_siprec(&cfg, &status, &live).await;
+    // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
+    let mut delivery = match crate::delivery::start(&cfg, status.clone()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!("delivery not started: {e}");
+            None
+        }
+    };
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
     notify(&[
@@ -281,11 +352,21 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     Ok(new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
+                        let restart_siprec = changed.contains(&"sources.siprec")
+                            || changed.contains(&"spool.dir")
+                            || cfg.recording != new.recording
+                            || cfg.agent != new.agent;
                         let restart_sniff = changed.contains(&"sources.sniff")
                             || changed.contains(&"spool.dir")
                             || cfg.recording != new.recording
                             || cfg.agent != new.agent;
                         cfg = new;
+                        if restart_siprec {
+                            if let Some(h) = siprec.take() {
+                                h.stop().await;
+                            }
+                            siprec = start_siprec(&cfg, &status, &live).await;
+                        }
                         if restart_sniff {
                             if let Some(s) = sources.remove("sniff") {
                                 s.stop();
@@ -297,6 +378,16 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
+                        }
+                        if changed.contains(&"spool.dir") {
+                            if let Some(d) = delivery.take() {
+                                d.shutdown().await;
+                            }
+                            delivery = crate::delivery::start(&cfg, status.clone()).map_err(|e| tracing::error!("delivery not started: {e}")).ok();
+                        } else if let Some(d) = &delivery {
+                            if let Err(e) = d.reload(&cfg) {
+                                tracing::error!("delivery kept its running settings: {e}");
+                            }
                         }
                     }
                     Err(errs) => {
@@ -331,13 +422,20 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     if let Ok(mut s) = status.lock() {
         s.shutting_down = true;
     }
-    // Stop sources in parallel threads so the 10 s budget is shared.
+    // Stop sources in parallel so the 10 s budget is shared.
+    let siprec_stop = siprec.take().map(|h| tokio::spawn(h.stop()));
     let handles: Vec<_> = std::mem::take(&mut sources)
         .into_values()
         .map(|s| std::thread::spawn(move || s.stop()))
         .collect();
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(t) = siprec_stop {
+        let _ = t.await;
+    }
+    if let Some(d) = delivery.take() {
+        d.shutdown().await;
     }
     let _ = stop_tx.send(true);
     tracing::info!("stopped");

@@ -8,9 +8,14 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod health;
 pub mod import;
 pub mod recording;
+pub mod siprec;
 pub mod sniff;
+pub mod spool;
+pub mod srtp;
 pub mod status;
 pub mod units;
+pub mod upload;

@@ -1,7 +1,7 @@
 //! `pbx-edge`: the binary. Command-line parsing lives in `pbx_edge::cli`; each
 //! command is a module of the `pbx_edge` library.
 
-use pbx_edge::{cli, config, daemon, import};
+use pbx_edge::{cli, config, daemon, import, spool};
 
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
         cli::Command::Run(c) => daemon::run(c.config),
         cli::Command::Status(c) => daemon::print_status(c.config),
+        cli::Command::Spool(c) => spool::cli(c),
         cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
             Ok(files) => {
                 for f in files {
@@ -24,13 +25,6 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!("generate into {}: {e}", dir.display())),
         },
-        other => {
-            eprintln!(
-                "pbx-edge: `{}` is not available in this build yet",
-                other.name()
-            );
-            Ok(ExitCode::from(2))
-        }
     };
     match res {
         Ok(code) => code,

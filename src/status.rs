@@ -99,6 +99,33 @@ pub struct Status {
 pub struct CloudStatus {
     pub configured: bool,
     pub url_host: Option<String>,
+    /// "tus" or "multipart".
+    pub protocol: String,
+    /// Spool rows per state (recorded, queued, uploading, delivered, failed, filtered).
+    pub queue: BTreeMap<String, u64>,
+    /// Age of the oldest recording not yet delivered (seconds).
+    pub oldest_undelivered_s: Option<u64>,
+    /// Recordings delivered / filtered, all time (kept in the spool database).
+    pub delivered_total: u64,
+    pub filtered_total: u64,
+    /// Uploads running now.
+    pub in_flight: u64,
+    /// Body bytes sent since start.
+    pub bytes_uploaded: u64,
+    /// Upload attempts since start.
+    pub attempts: u64,
+    /// Failed attempts since start, by reason (server, throttled, timeout,
+    /// connection, local_io, auth, payment, tls, refused).
+    pub failures: BTreeMap<String, u64>,
+    pub last_error: Option<String>,
+    /// Why every upload is paused (401/403/402, TLS certificate), if it is.
+    pub paused: Option<String>,
+    /// auth | payment | tls
+    pub pause_kind: Option<String>,
+    /// Outside the daily upload window: no upload starts.
+    pub outside_upload_window: bool,
+    /// The spool database cannot be used.
+    pub spool_error: Option<String>,
 }
 
 /// Shared handle on the daemon's status.
@@ -141,7 +168,14 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     } else {
         parts.insert("spool".into(), "ok".into());
     }
-    if s.cloud.configured {
+    if let Some(e) = &s.cloud.spool_error {
+        ok = false;
+        parts.insert("spool.queue".into(), format!("spool database: {e}"));
+    }
+    if let (true, Some(reason)) = (s.cloud.configured, &s.cloud.paused) {
+        ok = false;
+        parts.insert("cloud".into(), format!("uploads paused: {reason}"));
+    } else if s.cloud.configured {
         parts.insert("cloud".into(), "ok".into());
     } else {
         parts.insert(
@@ -294,6 +328,73 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "Audio bytes written to the spool.",
         &[(String::new(), sp.bytes_written as f64)],
+    );
+    let c = &s.cloud;
+    family(
+        "pbx_edge_delivery_queue",
+        "gauge",
+        "Recordings in the spool queue by state.",
+        &c.queue
+            .iter()
+            .map(|(st, n)| (format!("{{state=\"{st}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_delivery_oldest_undelivered_seconds",
+        "gauge",
+        "Age of the oldest recording not yet delivered (0 when none).",
+        &[(String::new(), c.oldest_undelivered_s.unwrap_or(0) as f64)],
+    );
+    family(
+        "pbx_edge_delivery_in_flight",
+        "gauge",
+        "Uploads running now.",
+        &[(String::new(), c.in_flight as f64)],
+    );
+    family(
+        "pbx_edge_upload_bytes_total",
+        "counter",
+        "Recording bytes sent to the cloud.",
+        &[(String::new(), c.bytes_uploaded as f64)],
+    );
+    family(
+        "pbx_edge_upload_attempts_total",
+        "counter",
+        "Upload attempts started.",
+        &[(String::new(), c.attempts as f64)],
+    );
+    family(
+        "pbx_edge_upload_failures_total",
+        "counter",
+        "Failed upload attempts by reason.",
+        &c.failures
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_recordings_delivered_total",
+        "counter",
+        "Recordings delivered to the cloud (all time).",
+        &[(String::new(), c.delivered_total as f64)],
+    );
+    family(
+        "pbx_edge_recordings_filtered_total",
+        "counter",
+        "Recordings stopped by the local filters (all time).",
+        &[(String::new(), c.filtered_total as f64)],
+    );
+    family(
+        "pbx_edge_delivery_paused",
+        "gauge",
+        "1 while every upload is paused, labelled with the reason (auth, payment, tls).",
+        &[(
+            c.pause_kind
+                .as_ref()
+                .map(|k| format!("{{reason=\"{k}\"}}"))
+                .unwrap_or_default(),
+            f64::from(u8::from(c.paused.is_some())),
+        )],
     );
     let (ready, _) = readiness(s);
     family(

@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     if let Ok(audio) = repair_wav(&mut file, len) {
         let repaired = file.into_inner();
-        assert_eq!(repaired.len(), data.len(), "repair must not change the length");
+        assert_eq!(
+            repaired.len(),
+            data.len(),
+            "repair must not change the length"
+        );
         let info = parse_wav_header(&repaired).expect("repaired header parses");
         assert_eq!(info.data_len, audio);
         assert!(info.data_offset + audio <= len);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod receiver;
 pub mod truth;
 
 use std::path::{Path, PathBuf};

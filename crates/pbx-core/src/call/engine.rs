@@ -47,6 +47,7 @@ use crate::net::{NetDecoder, NetLimits, Segment, Transport};
 use crate::rtp::{event_to_digit, is_rtcp, parse_rtp, parse_telephone_event};
 use crate::sip::message::{looks_like_sip, parse_message, Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Direction, SessionDescription};
+use crate::sip::siprec::{assign_streams, siprec_parts};
 use crate::sip::stream::SipStreamFramer;
 use crate::Timestamp;
 
@@ -314,6 +315,12 @@ struct Call {
     warnings: Vec<String>,
     /// ZRTP was seen on the call's media: the audio is encrypted.
     zrtp: bool,
+    /// SIPREC recording session: the party of each SDP m-line.
+    siprec: Option<Vec<Option<Party>>>,
+    /// SIPREC: the recorded call's parties and Call-ID from the metadata.
+    rec_caller: Option<NameAddr>,
+    rec_callee: Option<NameAddr>,
+    recorded_call_id: Option<String>,
 }
 
 impl Call {
@@ -649,6 +656,18 @@ impl Tracker {
                 }
             }
         }
+        let is_siprec_offer = msg.is_request()
+            && matches!(msg.method(), Some(Method::Invite | Method::Update))
+            && msg
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"));
+        if is_siprec_offer {
+            if let Some(sdp) = self.apply_siprec_metadata(key, &msg) {
+                self.apply_sdp(key, side, &sdp, true);
+                return;
+            }
+        }
         if let Some(body) = sdp_body {
             match parse_sdp(&body) {
                 Ok(sdp) => self.apply_sdp(key, side, &sdp, msg.is_request()),
@@ -703,6 +722,10 @@ impl Tracker {
             seen_msgs: VecDeque::new(),
             dtmf: Vec::new(),
             zrtp: false,
+            siprec: None,
+            rec_caller: None,
+            rec_callee: None,
+            recorded_call_id: None,
             warnings: if initial {
                 Vec::new()
             } else {
@@ -717,17 +740,29 @@ impl Tracker {
         key
     }
 
-    fn apply_sdp(&mut self, key: CallKey, side: Party, sdp: &SessionDescription, is_offer: bool) {
+    /// Register the media an SDP body announces. For a normal call the body
+    /// says where `side` receives. For a SIPREC recording session each m-line
+    /// carries one party's voice (from the metadata): the SRC's offer lines
+    /// are where that voice comes from, the SRS's answer lines where it goes.
+    fn apply_sdp(&mut self, key: CallKey, side: Party, sdp: &SessionDescription, is_request: bool) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let s = &mut call.sides[side.channel()];
+        let siprec = call.siprec.clone();
         let mut first_audio: Option<Codec> = None;
-        for m in sdp
-            .media
-            .iter()
-            .filter(|m| m.media.eq_ignore_ascii_case("audio"))
-        {
+        for (i, m) in sdp.media.iter().enumerate() {
+            if !m.media.eq_ignore_ascii_case("audio") {
+                continue;
+            }
+            // (who this line's packets belong to as registered side)
+            let reg_side = match &siprec {
+                Some(parties) => match parties.get(i).copied().flatten() {
+                    Some(p) if is_request => p,
+                    Some(p) => p.other(),
+                    None => continue,
+                },
+                None => side,
+            };
             for pt in &m.formats {
                 let codec = m
                     .rtpmap(*pt)
@@ -737,9 +772,16 @@ impl Tracker {
                     if first_audio.is_none() && c.is_audio() {
                         first_audio = Some(c.clone());
                     }
-                    s.pt_map.insert(*pt, c);
+                    if siprec.is_some() {
+                        // Both parties' streams use the session's payload numbers.
+                        call.sides[0].pt_map.insert(*pt, c.clone());
+                        call.sides[1].pt_map.insert(*pt, c);
+                    } else {
+                        call.sides[side.channel()].pt_map.insert(*pt, c);
+                    }
                 }
             }
+            let s = &mut call.sides[reg_side.channel()];
             s.direction = Some(m.effective_direction(sdp));
             if m.port == 0 {
                 continue;
@@ -755,11 +797,11 @@ impl Tracker {
                     }
                     s.endpoints.push(ep);
                 }
-                self.endpoints.insert(ep, (key, side));
+                self.endpoints.insert(ep, (key, reg_side));
             }
         }
         if first_audio.is_some() {
-            s.preferred = first_audio;
+            call.sides[side.channel()].preferred = first_audio;
         }
         // New SDP may bring new streams (re-INVITE, transfer): let them take over at once.
         if let Some(media) = call.media.as_mut() {
@@ -767,7 +809,66 @@ impl Tracker {
                 leg.flow = None;
             }
         }
-        let _ = is_offer;
+    }
+
+    /// A SIPREC INVITE / UPDATE: which m-line is whose voice, and who the
+    /// recorded call's parties are (CONTRACT §3: the first participant that
+    /// sends a stream is the caller).
+    fn apply_siprec_metadata(
+        &mut self,
+        key: CallKey,
+        msg: &SipMessage,
+    ) -> Option<SessionDescription> {
+        let (sdp, session) = siprec_parts(msg).ok()?;
+        let session = session?;
+        let call = self.calls.get_mut(&key)?;
+        match assign_streams(&sdp, &session) {
+            Ok(assign) => {
+                let n = sdp.media.len();
+                let mut parties = vec![None; n];
+                for a in &assign {
+                    if let Some(slot) = parties.get_mut(a.m_line) {
+                        *slot = a.party;
+                    }
+                    if let Some(w) = &a.warning {
+                        push_warning(&mut call.warnings, w.clone());
+                    }
+                }
+                call.siprec = Some(parties);
+                for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
+                    let pid = assign
+                        .iter()
+                        .find(|a| a.party == Some(party))
+                        .and_then(|a| a.participant.clone());
+                    if let Some(p) =
+                        pid.and_then(|id| session.participants.iter().find(|p| p.id == id))
+                    {
+                        let na = NameAddr {
+                            display_name: p.name.clone(),
+                            uri: p.aor.clone().unwrap_or_default(),
+                            user: p.number.clone(),
+                            host: None,
+                            tag: None,
+                        };
+                        if slot == 0 {
+                            call.rec_caller = Some(na);
+                        } else {
+                            call.rec_callee = Some(na);
+                        }
+                    }
+                }
+                if let Some(cid) = &session.call_id_hint {
+                    call.recorded_call_id = Some(cid.clone());
+                }
+            }
+            Err(e) => {
+                push_warning(
+                    &mut call.warnings,
+                    format!("SIPREC metadata not usable: {e}"),
+                );
+            }
+        }
+        Some(sdp)
     }
 
     // ---------------------------------------------------------------- RTP
@@ -851,8 +952,8 @@ impl Tracker {
                 sample_rate: rate,
                 media_started_at: ts,
                 recording_id: recording_id(&call.call_id, ts),
-                from: party_info(&call.caller),
-                to: party_info(&call.callee),
+                from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
+                to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
                 started_at: call.started_at.min(ts),
                 answered_at: call.answered_at,
             };
@@ -1035,6 +1136,21 @@ impl Tracker {
         let before = media.mixer.drops(ch).late;
         // Resampling decoders delay their output by a known amount: undo it.
         let pos = placement.pos - dec.delay_samples() as i64;
+        // Media resuming after a long pause lands beyond the buffered window:
+        // write out the silence of the pause first (up to a jitter window
+        // before this packet), so nothing is cut and memory stays bounded.
+        let end = pos + self.scratch.len() as i64;
+        let window_end = (media.mixer.flushed() + media.mixer.capacity() as u64) as i64;
+        if end > window_end {
+            let jitter = i64::from(media.rate) * i64::from(self.cfg.jitter_ms) / 1000;
+            let upto = (pos - jitter).max(media.mixer.flushed() as i64) as u64;
+            self.out.clear();
+            media.mixer.flush_until(upto, &mut self.out);
+            if !self.out.is_empty() {
+                media.frames_out += (self.out.len() / 2) as u64;
+                sink.audio(key, &self.out);
+            }
+        }
         media.mixer.write(ch, pos, &self.scratch);
         if media.mixer.drops(ch).late > before {
             leg.meta.late += 1;
@@ -1057,7 +1173,11 @@ impl Tracker {
             if horizon <= 0 {
                 return;
             }
-            let target = (i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64;
+            // Never beyond the last audio written: silence after the end of
+            // the media is only written if media resumes (a call whose BYE
+            // never comes must not end with rtp_timeout of silence).
+            let target = ((i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64)
+                .min(media.mixer.end(0).max(media.mixer.end(1)));
             // Write in chunks of at least 100 ms.
             if target < media.mixer.flushed() + u64::from(media.rate / 10) {
                 return;
@@ -1114,9 +1234,10 @@ impl Tracker {
         }
         let meta = CallMeta {
             key,
-            call_id: call.call_id,
-            from: party_info(&call.caller),
-            to: party_info(&call.callee),
+            recording_id: recording_id(&call.call_id, media.t0),
+            call_id: call.recorded_call_id.unwrap_or(call.call_id),
+            from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
+            to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
             caller_known: call.caller_known,
             started_at: call.started_at.min(media.t0),
             answered_at: call.answered_at,

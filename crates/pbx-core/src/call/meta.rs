@@ -103,6 +103,8 @@ pub struct ChannelMeta {
 #[derive(Debug, Clone, Serialize)]
 pub struct CallMeta {
     pub key: CallKey,
+    /// File-name-safe unique id (see [`recording_id`]), as given at `begin`.
+    pub recording_id: String,
     pub call_id: String,
     pub from: PartyInfo,
     pub to: PartyInfo,
@@ -127,15 +129,10 @@ impl CallMeta {
     pub fn duration_ms(&self) -> i64 {
         (self.frames as i64) * 1000 / i64::from(self.sample_rate.max(1))
     }
-
-    /// File-name-safe unique id: `YYYYMMDDTHHMMSSZ-<16 hex>`, from the time
-    /// media started and a hash of the Call-ID (never the raw Call-ID).
-    pub fn recording_id(&self) -> String {
-        recording_id(&self.call_id, self.media_started_at)
-    }
 }
 
-/// See [`CallMeta::recording_id`].
+/// File-name-safe unique id: `YYYYMMDDTHHMMSSZ-<16 hex>`, from the time
+/// media started and a hash of the signalling Call-ID (never the raw Call-ID).
 pub fn recording_id(call_id: &str, at: Timestamp) -> String {
     // FNV-1a 64 over the Call-ID and the start time: stable across runs, so the
     // same call imported twice gets the same id (and the cloud's idempotency

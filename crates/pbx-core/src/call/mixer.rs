@@ -44,6 +44,11 @@ impl TwoChannelMixer {
         }
     }
 
+    /// Frames that may be buffered past the flushed position.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Frames already emitted.
     pub fn flushed(&self) -> u64 {
         self.flushed

@@ -15,7 +15,9 @@
 pub mod message;
 pub mod multipart;
 pub mod sdp;
+pub mod siprec;
 pub mod stream;
+pub mod uas;
 
 #[cfg(test)]
 pub(crate) mod test_support;

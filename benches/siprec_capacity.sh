@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# SIPREC capacity benchmark (not a test). For each N, starts `pbx-edge run`
+# (release) as a SIPREC server on loopback, drives N concurrent two-stream
+# PCMU SIPREC sessions at the real packet rate (siprec-load: one packet per
+# stream every 20 ms) for S seconds, hangs up, and reports: sessions answered,
+# RTP packets sent vs recorded (loss), the daemon's CPU (% of one core, and per
+# call) and peak memory (VmHWM), per call.
+#
+# Usage: benches/siprec_capacity.sh [SECONDS] [N...]   (default 20 s; 250 500 1000 2000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}; shift || true
+NS=${*:-250 500 1000 2000}
+DIR=${BENCH_DIR:-/tmp/pbx-edge-capacity}
+cargo build --release -q -p pbx-edge -p pbx-testgen
+BIN=./target/release/pbx-edge
+LOAD=./target/release/siprec-load
+ticks=$(getconf CLK_TCK)
+
+echo "siprec capacity: $SECS s of media per run; $(nproc) cores; $(date -u +%FT%TZ)"
+echo
+echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for N in $NS; do
+  rm -rf "$DIR/$N"; mkdir -p "$DIR/$N"
+  cat > "$DIR/$N/pbx-edge.toml" <<TOML
+[spool]
+dir = "$DIR/$N/spool"
+[health]
+listen = "127.0.0.1:19466"
+[sources.siprec]
+listen = "127.0.0.1:15090"
+rtp_ports = "20000-29999"
+max_calls = 10000
+TOML
+  $BIN run --config "$DIR/$N/pbx-edge.toml" 2>"$DIR/$N/daemon.log" &
+  PID=$!
+  for _ in $(seq 50); do curl -sf 127.0.0.1:19466/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+  c0=$(awk '{print $14+$15}' /proc/$PID/stat)
+  t0=$(date +%s.%N)
+  OUT=$($LOAD --srs 127.0.0.1:15090 --calls "$N" --seconds "$SECS" --setup-rate 500)
+  t1=$(date +%s.%N)
+  c1=$(awk '{print $14+$15}' /proc/$PID/stat)
+  hwm=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
+  answered=$(echo "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["answered"])')
+  # wait for every recording
+  for _ in $(seq 100); do
+    n=$(ls "$DIR/$N/spool"/*.json 2>/dev/null | wc -l)
+    [ "$n" -ge "$answered" ] && break; sleep 0.2
+  done
+  kill -TERM $PID; wait $PID || true
+  python3 - "$OUT" "$DIR/$N/spool" "$c0" "$c1" "$t0" "$t1" "$ticks" "$hwm" "$N" <<'PY'
+import json, sys, glob
+out = json.loads(sys.argv[1]); spool = sys.argv[2]
+c0, c1, t0, t1, ticks, hwm, n = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
+rec = 0
+for f in glob.glob(spool + "/*.json"):
+    j = json.load(open(f))
+    rec += sum(c.get("packets", 0) for c in j["channels"])
+sent = out["packets_sent"]
+cpu = (c1 - c0) / ticks / (t1 - t0) * 100
+a = max(out["answered"], 1)
+print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} |")
+PY
+done

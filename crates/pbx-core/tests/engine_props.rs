@@ -1,0 +1,1183 @@
+//! Property tests of the call engine through its public API only.
+//!
+//! A synthetic call (SIP text and RTP packets built here) goes into
+//! [`CallEngine::handle_segment`] as UDP segments; a checking sink verifies the
+//! recording protocol and keeps what the engine wrote. Properties:
+//!
+//! - reordering (any arrival order a 0-200 ms network delay per packet
+//!   produces), duplicates and loss do not move audio: every packet that got
+//!   through is at the place it has in a clean run, lost ones are silence, and
+//!   the length stays within a packet of the clean run;
+//! - a two-hour G.711 call yields two hours of frames and does not grow the
+//!   process's memory (`two_hour_call_memory_is_bounded`; the tests of this
+//!   file run one at a time so the RSS it measures is its own);
+//! - a call whose BYE never comes ends by `rtp_timeout` on `handle_timeout`.
+//!
+//! `write_call_engine_seeds` (ignored) writes the fuzz corpus seeds of
+//! `fuzz/fuzz_targets/call_engine.rs` in its record format.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+
+use pbx_core::call::{
+    CallEngine, CallKey, CallMeta, EndReason, EngineConfig, RecordingSink, RecordingStart,
+};
+use pbx_core::net::{Segment, Transport};
+use pbx_core::Timestamp;
+use proptest::prelude::*;
+
+/// Tests of this binary run one at a time, so the RSS measurement of the
+/// long-call test sees only its own allocations.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ------------------------------------------------------------ addresses
+
+fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port)
+}
+
+fn caller_sip() -> SocketAddr {
+    v4(10, 0, 0, 1, 5060)
+}
+fn callee_sip() -> SocketAddr {
+    v4(10, 0, 0, 2, 5060)
+}
+fn caller_rtp() -> SocketAddr {
+    v4(10, 0, 0, 1, 40000)
+}
+fn callee_rtp() -> SocketAddr {
+    v4(10, 0, 0, 2, 50000)
+}
+
+// ------------------------------------------------------------ SIP / SDP / RTP text
+
+fn sdp(ip: &str, port: u16, pts: &[u8], direction: &str) -> String {
+    let mut s = format!(
+        "v=0\r\no=- 4711 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP"
+    );
+    for pt in pts {
+        s.push_str(&format!(" {pt}"));
+    }
+    s.push_str("\r\n");
+    for pt in pts {
+        let map = match pt {
+            0 => "PCMU/8000",
+            8 => "PCMA/8000",
+            9 => "G722/8000",
+            13 => "CN/8000",
+            101 => "telephone-event/8000",
+            111 => "opus/48000/2",
+            _ => continue,
+        };
+        s.push_str(&format!("a=rtpmap:{pt} {map}\r\n"));
+    }
+    if pts.contains(&101) {
+        s.push_str("a=fmtp:101 0-16\r\n");
+    }
+    s.push_str("a=ptime:20\r\n");
+    s.push_str(&format!("a={direction}\r\n"));
+    s
+}
+
+/// One dialog's SIP messages.
+struct Dialog {
+    call_id: String,
+    from_tag: String,
+    to_tag: String,
+}
+
+impl Dialog {
+    fn new(call_id: &str) -> Self {
+        Dialog {
+            call_id: call_id.to_string(),
+            from_tag: "a73kszlfl".into(),
+            to_tag: "1410948204".into(),
+        }
+    }
+
+    fn headers(&self, by_caller: bool, to_tag: bool) -> (String, String) {
+        let caller = format!("\"Alice\" <sip:1001@10.0.0.1>;tag={}", self.from_tag);
+        let callee = if to_tag {
+            format!("<sip:1002@10.0.0.2>;tag={}", self.to_tag)
+        } else {
+            "<sip:1002@10.0.0.2>".to_string()
+        };
+        if by_caller {
+            (caller, callee)
+        } else {
+            (callee, caller)
+        }
+    }
+
+    fn finish(mut head: String, body: Option<&str>) -> Vec<u8> {
+        let body = body.unwrap_or("");
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/sdp\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        head.into_bytes()
+    }
+
+    /// A request; `by_caller` says who sends it (From/To swap for the callee).
+    fn request(&self, method: &str, cseq: u32, by_caller: bool, body: Option<&str>) -> Vec<u8> {
+        let to_tag = !((method == "INVITE" && cseq == 1) || method == "CANCEL");
+        let (from, to) = self.headers(by_caller, to_tag);
+        let (host, target) = if by_caller {
+            ("10.0.0.1", "sip:1002@10.0.0.2")
+        } else {
+            ("10.0.0.2", "sip:1001@10.0.0.1")
+        };
+        // CANCEL and a non-2xx ACK reuse the INVITE's branch.
+        let branch_method = if method == "CANCEL" { "INVITE" } else { method };
+        let head = format!(
+            "{method} {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {host}:5060;branch=z9hG4bK-{}-{branch_method}-{cseq}\r\n\
+             Max-Forwards: 70\r\n\
+             From: {from}\r\n\
+             To: {to}\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:{}@{host}:5060>\r\n\
+             User-Agent: engine-props\r\n",
+            self.call_id,
+            self.call_id,
+            if by_caller { "1001" } else { "1002" },
+        );
+        Self::finish(head, body)
+    }
+
+    /// A response to a request sent by the caller (`req_by_caller`) or the callee.
+    fn response(
+        &self,
+        code: u16,
+        reason: &str,
+        cseq: u32,
+        method: &str,
+        req_by_caller: bool,
+        body: Option<&str>,
+    ) -> Vec<u8> {
+        let to_tag = code != 100;
+        let (from, to) = self.headers(req_by_caller, to_tag);
+        let host = if req_by_caller {
+            "10.0.0.1"
+        } else {
+            "10.0.0.2"
+        };
+        let head = format!(
+            "SIP/2.0 {code} {reason}\r\n\
+             Via: SIP/2.0/UDP {host}:5060;branch=z9hG4bK-{}-{method}-{cseq}\r\n\
+             From: {from}\r\n\
+             To: {to}\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:{}@{}:5060>\r\n",
+            self.call_id,
+            self.call_id,
+            if req_by_caller { "1002" } else { "1001" },
+            if req_by_caller {
+                "10.0.0.2"
+            } else {
+                "10.0.0.1"
+            },
+        );
+        Self::finish(head, body)
+    }
+}
+
+fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + payload.len());
+    p.push(0x80);
+    p.push(pt | if marker { 0x80 } else { 0 });
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// RFC 4733 event payload.
+fn dtmf(event: u8, end: bool, duration: u16) -> Vec<u8> {
+    let d = duration.to_be_bytes();
+    vec![event, if end { 0x8a } else { 0x0a }, d[0], d[1]]
+}
+
+// ------------------------------------------------------------ sinks
+
+#[derive(Default)]
+struct Rec {
+    rate: u32,
+    t0: Timestamp,
+    frames: u64,
+    /// Interleaved stereo, if the sink keeps audio.
+    audio: Vec<i16>,
+    meta: Option<CallMeta>,
+}
+
+/// Checks the protocol (`begin` once, `audio` between, `end` once, even
+/// lengths, `meta.frames` = frames written) and keeps what was written.
+#[derive(Default)]
+struct CheckingSink {
+    keep_audio: bool,
+    calls: HashMap<CallKey, Rec>,
+    order: Vec<CallKey>,
+}
+
+impl CheckingSink {
+    fn keeping_audio() -> Self {
+        CheckingSink {
+            keep_audio: true,
+            ..Default::default()
+        }
+    }
+    fn only(&self) -> &Rec {
+        assert_eq!(self.order.len(), 1, "expected exactly one recording");
+        &self.calls[&self.order[0]]
+    }
+}
+
+impl RecordingSink for CheckingSink {
+    fn begin(&mut self, call: CallKey, start: &RecordingStart) {
+        assert!(!self.calls.contains_key(&call), "begin twice for {call:?}");
+        self.order.push(call);
+        self.calls.insert(
+            call,
+            Rec {
+                rate: start.sample_rate,
+                t0: start.media_started_at,
+                ..Default::default()
+            },
+        );
+    }
+    fn audio(&mut self, call: CallKey, frames: &[i16]) {
+        assert_eq!(frames.len() % 2, 0, "odd interleaved length");
+        let keep = self.keep_audio;
+        let r = self.calls.get_mut(&call).expect("audio before begin");
+        assert!(r.meta.is_none(), "audio after end");
+        r.frames += (frames.len() / 2) as u64;
+        if keep {
+            r.audio.extend_from_slice(frames);
+        }
+    }
+    fn end(&mut self, call: CallKey, meta: CallMeta) {
+        let r = self.calls.get_mut(&call).expect("end before begin");
+        assert!(r.meta.is_none(), "end twice");
+        assert_eq!(meta.frames, r.frames, "meta.frames vs frames written");
+        assert_eq!(meta.sample_rate, r.rate);
+        assert_eq!(meta.media_started_at, r.t0);
+        r.meta = Some(meta);
+    }
+}
+
+// ------------------------------------------------------------ driving the engine
+
+/// A packet (SIP or RTP) with its arrival time.
+#[derive(Clone)]
+struct Pkt {
+    at_us: i64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: Vec<u8>,
+}
+
+const T0_US: i64 = 1_790_000_000_000_000;
+
+fn feed(engine: &mut CallEngine, sink: &mut dyn RecordingSink, pkts: &[Pkt]) {
+    for p in pkts {
+        let seg = Segment {
+            ts: Timestamp::from_micros(p.at_us),
+            src: p.src,
+            dst: p.dst,
+            transport: Transport::Udp,
+            payload: &p.data,
+            tcp_gap: false,
+        };
+        engine.handle_segment(&seg, sink);
+    }
+}
+
+/// INVITE / 180 / 200 / ACK; media may start at `T0_US + 1_020_000`.
+fn setup_packets(d: &Dialog) -> Vec<Pkt> {
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let a2b = |at_ms: i64, data: Vec<u8>| Pkt {
+        at_us: T0_US + at_ms * 1000,
+        src: caller_sip(),
+        dst: callee_sip(),
+        data,
+    };
+    let b2a = |at_ms: i64, data: Vec<u8>| Pkt {
+        at_us: T0_US + at_ms * 1000,
+        src: callee_sip(),
+        dst: caller_sip(),
+        data,
+    };
+    vec![
+        a2b(0, d.request("INVITE", 1, true, Some(&offer))),
+        b2a(50, d.response(180, "Ringing", 1, "INVITE", true, None)),
+        b2a(
+            1000,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        a2b(1010, d.request("ACK", 1, true, None)),
+    ]
+}
+
+/// The μ-law byte packet `k` of a leg carries: distinct, never silence.
+fn payload_byte(leg: usize, k: usize) -> u8 {
+    // 0x01..=0x7e decode to distinct negative values, 0x80..=0xfe to positive.
+    if leg == 0 {
+        1 + (k % 120) as u8
+    } else {
+        0x81 + (k % 120) as u8
+    }
+}
+
+const MEDIA_START_US: i64 = T0_US + 1_020_000;
+const PACKET_US: i64 = 20_000;
+/// The callee's packets are sent 10 ms after the caller's.
+const LEG_OFFSET_US: i64 = 10_000;
+
+/// Nominal send time of packet `k` of `leg`.
+fn send_time(leg: usize, k: usize) -> i64 {
+    MEDIA_START_US + k as i64 * PACKET_US + if leg == 1 { LEG_OFFSET_US } else { 0 }
+}
+
+fn leg_packet(leg: usize, k: usize) -> Vec<u8> {
+    let ssrc = if leg == 0 { 0x1111_0000 } else { 0x2222_0000 };
+    rtp(
+        0,
+        k == 0,
+        (1000 + k) as u16,
+        (5000 + k * 160) as u32,
+        ssrc,
+        &[payload_byte(leg, k); 160],
+    )
+}
+
+fn leg_addrs(leg: usize) -> (SocketAddr, SocketAddr) {
+    if leg == 0 {
+        (caller_rtp(), callee_rtp())
+    } else {
+        (callee_rtp(), caller_rtp())
+    }
+}
+
+/// What happens to one RTP packet on the way.
+#[derive(Debug, Clone, Copy)]
+struct Fate {
+    delay_us: i64,
+    lost: bool,
+    /// Delay of a duplicate copy (after the original's send time), if any.
+    dup_delay_us: Option<i64>,
+}
+
+const CLEAN: Fate = Fate {
+    delay_us: 0,
+    lost: false,
+    dup_delay_us: None,
+};
+
+/// A whole call: setup, `n` packets per leg with their fates, BYE and 200.
+/// Packets are sorted by arrival (stable, so equal times keep send order).
+fn call_packets(n: usize, fates: &[[Fate; 2]]) -> Vec<Pkt> {
+    let d = Dialog::new("props-call@10.0.0.1");
+    let mut pkts = setup_packets(&d);
+    let mut media = Vec::new();
+    for k in 0..n {
+        for leg in 0..2 {
+            let f = fates.get(k).map(|f| f[leg]).unwrap_or(CLEAN);
+            let (src, dst) = leg_addrs(leg);
+            let data = leg_packet(leg, k);
+            let sent = send_time(leg, k);
+            if let Some(dd) = f.dup_delay_us {
+                media.push(Pkt {
+                    at_us: sent + dd,
+                    src,
+                    dst,
+                    data: data.clone(),
+                });
+            }
+            if !f.lost {
+                media.push(Pkt {
+                    at_us: sent + f.delay_us,
+                    src,
+                    dst,
+                    data,
+                });
+            }
+        }
+    }
+    media.sort_by_key(|p| p.at_us);
+    pkts.extend(media);
+    let bye_at = send_time(1, n) + 300_000;
+    pkts.push(Pkt {
+        at_us: bye_at,
+        src: caller_sip(),
+        dst: callee_sip(),
+        data: d.request("BYE", 2, true, None),
+    });
+    pkts.push(Pkt {
+        at_us: bye_at + 20_000,
+        src: callee_sip(),
+        dst: caller_sip(),
+        data: d.response(200, "OK", 2, "BYE", true, None),
+    });
+    pkts
+}
+
+fn run(pkts: &[Pkt]) -> CheckingSink {
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(engine.active_calls(), 0);
+    sink
+}
+
+fn channel(audio: &[i16], ch: usize) -> Vec<i16> {
+    audio.iter().skip(ch).step_by(2).copied().collect()
+}
+
+/// Where packet `k` of `leg` lands on the clean timeline (time zero is the
+/// caller's first packet).
+fn clean_pos(leg: usize, k: usize) -> usize {
+    k * 160 + if leg == 1 { 80 } else { 0 }
+}
+
+#[test]
+fn clean_call_is_exact() {
+    let _g = serial();
+    let n = 150;
+    let sink = run(&call_packets(n, &[]));
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    assert_eq!(r.rate, 8000);
+    assert_eq!(r.frames, (n * 160 + 80) as u64);
+    for leg in 0..2 {
+        let ch = channel(&r.audio, leg);
+        assert_eq!(meta.channels[leg].packets, n as u64);
+        assert_eq!(meta.channels[leg].lost, 0);
+        assert_eq!(meta.channels[leg].codec, "PCMU");
+        for k in 0..n {
+            let p = clean_pos(leg, k);
+            let first = ch[p];
+            assert_ne!(first, 0, "leg {leg} packet {k}");
+            assert!(
+                ch[p..p + 160].iter().all(|s| *s == first),
+                "leg {leg} packet {k} not in place"
+            );
+        }
+        // the callee's first 10 ms are silence
+        if leg == 1 {
+            assert!(ch[..80].iter().all(|s| *s == 0));
+        }
+    }
+}
+
+fn fate_strategy() -> impl Strategy<Value = Fate> {
+    (
+        0i64..200_000,
+        prop::bool::weighted(0.1),
+        prop::option::weighted(0.1, 0i64..200_000),
+    )
+        .prop_map(|(delay_us, lost, dup_delay_us)| Fate {
+            delay_us,
+            lost,
+            dup_delay_us,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// (a) Each packet is delayed by 0-200 ms (so arrival order is any
+    /// permutation within a 200 ms window), some are lost, some duplicated.
+    /// The first packet of each leg arrives undelayed (it sets time zero and
+    /// the leg's anchor: a delayed first packet shifts the whole timeline by
+    /// design) and the last packet of each leg is not lost (a lost tail is
+    /// unknowable). Then: no panic; every packet that got through sits exactly
+    /// where it sits in the clean run, lost ones are silence; the length is
+    /// within one packet of the clean run.
+    #[test]
+    fn reorder_duplicates_and_loss_keep_audio_in_place(
+        fates in prop::collection::vec([fate_strategy(), fate_strategy()], 60..250),
+    ) {
+        let _g = serial();
+        let n = fates.len();
+        let mut fates = fates;
+        for f in fates[0].iter_mut() {
+            f.delay_us = 0;
+            f.lost = false;
+        }
+        for f in fates[n - 1].iter_mut() {
+            f.lost = false;
+        }
+        let clean = run(&call_packets(n, &[]));
+        let got = run(&call_packets(n, &fates));
+        let (c, g) = (clean.only(), got.only());
+        prop_assert!(
+            (g.frames as i64 - c.frames as i64).abs() <= 160,
+            "length {} vs clean {}", g.frames, c.frames
+        );
+        let meta = g.meta.as_ref().expect("ended");
+        prop_assert_eq!(meta.end_reason, EndReason::Bye);
+        for leg in 0..2 {
+            let (cc, gc) = (channel(&c.audio, leg), channel(&g.audio, leg));
+            let mut lost = 0u64;
+            for (k, f) in fates.iter().enumerate() {
+                let p = clean_pos(leg, k);
+                let want: &[i16] = &cc[p..p + 160];
+                let got_k = gc.get(p..p + 160).unwrap_or(&[]);
+                let f = f[leg];
+                if f.lost && f.dup_delay_us.is_none() {
+                    lost += 1;
+                    prop_assert!(
+                        got_k.iter().all(|s| *s == 0),
+                        "leg {} packet {} was lost but is not silence", leg, k
+                    );
+                } else {
+                    prop_assert_eq!(got_k, want, "leg {} packet {} misplaced", leg, k);
+                }
+            }
+            prop_assert_eq!(meta.channels[leg].lost, lost, "leg {} lost count", leg);
+            prop_assert_eq!(meta.channels[leg].packets, n as u64 - lost);
+            prop_assert_eq!(meta.channels[leg].late, 0);
+        }
+    }
+}
+
+// ------------------------------------------------------------ (b) two hours
+
+fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// A sink that only counts.
+#[derive(Default)]
+struct CountingSink {
+    begins: u32,
+    frames: u64,
+    ends: Vec<CallMeta>,
+}
+
+impl RecordingSink for CountingSink {
+    fn begin(&mut self, _call: CallKey, _start: &RecordingStart) {
+        self.begins += 1;
+    }
+    fn audio(&mut self, _call: CallKey, frames: &[i16]) {
+        assert_eq!(frames.len() % 2, 0);
+        self.frames += (frames.len() / 2) as u64;
+    }
+    fn end(&mut self, _call: CallKey, meta: CallMeta) {
+        self.ends.push(meta);
+    }
+}
+
+/// (b) A two-hour PCMU call (360,000 packets of 20 ms per leg, the timer
+/// ticking every second): the sink gets two hours of frames (± a packet) and
+/// the process's resident memory grows by less than 20 MB from the first
+/// minute to the end (the engine has no accessor for its buffered samples).
+///
+/// Takes ~11 s in a debug build (720,000 packets), so it runs with the
+/// others.
+#[test]
+fn two_hour_call_memory_is_bounded() {
+    let _g = serial();
+    const PACKETS: usize = 360_000;
+    let d = Dialog::new("two-hours@10.0.0.1");
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut count = CountingSink::default();
+    feed(&mut engine, &mut count, &setup_packets(&d));
+    let mut pkt = rtp(0, false, 0, 0, 0, &[0u8; 160]);
+    let mut baseline = None;
+    let mut peak = 0u64;
+    for k in 0..PACKETS {
+        for leg in 0..2 {
+            let ssrc: u32 = if leg == 0 { 0x1111_0000 } else { 0x2222_0000 };
+            let seq = (k as u16).wrapping_add(1000);
+            let ts = (k as u32).wrapping_mul(160).wrapping_add(0xffff_0000);
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&ts.to_be_bytes());
+            pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            pkt[12..].fill(payload_byte(leg, k));
+            let (src, dst) = leg_addrs(leg);
+            let seg = Segment {
+                ts: Timestamp::from_micros(send_time(leg, k)),
+                src,
+                dst,
+                transport: Transport::Udp,
+                payload: &pkt,
+                tcp_gap: false,
+            };
+            engine.handle_segment(&seg, &mut count);
+        }
+        if k % 50 == 0 {
+            engine.handle_timeout(Timestamp::from_micros(send_time(1, k)), &mut count);
+        }
+        if k == 3000 {
+            baseline = rss_bytes();
+        }
+        if k % 30_000 == 0 {
+            if let Some(r) = rss_bytes() {
+                peak = peak.max(r);
+            }
+        }
+    }
+    let bye = send_time(1, PACKETS) + 100_000;
+    feed(
+        &mut engine,
+        &mut count,
+        &[Pkt {
+            at_us: bye,
+            src: caller_sip(),
+            dst: callee_sip(),
+            data: d.request("BYE", 2, true, None),
+        }],
+    );
+    engine.handle_timeout(Timestamp::from_micros(bye + 1_000_000), &mut count);
+    if let Some(r) = rss_bytes() {
+        peak = peak.max(r);
+    }
+    assert_eq!(engine.active_calls(), 0, "BYE ended the call");
+    assert_eq!(count.begins, 1);
+    assert_eq!(count.ends.len(), 1);
+    let meta = &count.ends[0];
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    let want = (PACKETS * 160 + 80) as i64;
+    assert!(
+        (count.frames as i64 - want).abs() <= 160,
+        "frames {} vs two hours {want}",
+        count.frames
+    );
+    assert_eq!(meta.frames, count.frames);
+    for c in &meta.channels {
+        assert_eq!(c.packets, PACKETS as u64);
+        assert_eq!(c.lost, 0);
+        assert_eq!(c.late, 0);
+    }
+    eprintln!("two-hour call: rss first minute {:?} peak {peak}", baseline);
+    if let Some(b) = baseline {
+        let growth = peak.saturating_sub(b);
+        assert!(
+            growth < 20 * 1024 * 1024,
+            "RSS grew {growth} bytes over two hours"
+        );
+    } else {
+        eprintln!("note: /proc/self/statm unavailable, memory not measured");
+    }
+}
+
+// ------------------------------------------------------------ (c) missing BYE
+
+/// (c) Media stops and no BYE comes: the timer ends the call with
+/// `RtpTimeout` once `rtp_timeout` (30 s) has passed since the last packet,
+/// not before; a running call with the timer ticking is never ended.
+#[test]
+fn missing_bye_ends_by_rtp_timeout() {
+    let _g = serial();
+    let n = 250; // 5 s
+    let d = Dialog::new("no-bye@10.0.0.1");
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &setup_packets(&d));
+    for k in 0..n {
+        let mut pkts = Vec::new();
+        for leg in 0..2 {
+            let (src, dst) = leg_addrs(leg);
+            pkts.push(Pkt {
+                at_us: send_time(leg, k),
+                src,
+                dst,
+                data: leg_packet(leg, k),
+            });
+        }
+        feed(&mut engine, &mut sink, &pkts);
+        if k % 50 == 49 {
+            engine.handle_timeout(Timestamp::from_micros(send_time(1, k)), &mut sink);
+            assert_eq!(engine.active_calls(), 1, "ended while media flows");
+        }
+    }
+    let last_rtp = send_time(1, n - 1);
+    let cfg = EngineConfig::default();
+    let mut ended_at_tick = None;
+    let mut t = last_rtp;
+    while t < last_rtp + 60_000_000 {
+        t += 500_000;
+        engine.handle_timeout(Timestamp::from_micros(t), &mut sink);
+        if sink.only().meta.is_some() {
+            ended_at_tick = Some(t);
+            break;
+        }
+    }
+    let tick = ended_at_tick.expect("call never ended without BYE");
+    assert!(
+        tick - last_rtp >= cfg.rtp_timeout_us,
+        "ended {} us after media stopped, before rtp_timeout",
+        tick - last_rtp
+    );
+    assert!(
+        tick - last_rtp < cfg.rtp_timeout_us + 1_000_000,
+        "ended {} us after media stopped",
+        tick - last_rtp
+    );
+    assert_eq!(engine.active_calls(), 0);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::RtpTimeout);
+    assert!(!meta.end_reason.is_cut());
+    assert_eq!(meta.ended_at, Timestamp::from_micros(last_rtp));
+    // All the media is there; what comes after it is silence (see
+    // `missing_bye_recording_has_no_trailing_timeout_silence`).
+    assert!(r.frames >= (n * 160 + 80) as u64);
+    let ch = [channel(&r.audio, 0), channel(&r.audio, 1)];
+    for (leg, c) in ch.iter().enumerate() {
+        for k in 0..n {
+            let p = clean_pos(leg, k);
+            assert!(c[p..p + 160].iter().all(|s| *s == c[p] && *s != 0));
+        }
+        assert!(c[n * 160 + 80..].iter().all(|s| *s == 0));
+    }
+    // Nothing more after the end, even when time moves on.
+    engine.handle_timeout(Timestamp::from_micros(t + 100_000_000), &mut sink);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 1);
+}
+
+// ------------------------------------------------------------ fuzz seeds
+
+/// One record of the `call_engine` fuzz target's input.
+fn record(op: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).expect("record fits");
+    let mut r = vec![op];
+    r.extend_from_slice(&len.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+/// Kinds and variants, see fuzz/fuzz_targets/call_engine.rs.
+fn sip_a2b(p: &[u8]) -> Vec<u8> {
+    record((1 << 2) << 3, p) // src 0 (10.0.0.1), dst 1 (10.0.0.2)
+}
+fn sip_b2a(p: &[u8]) -> Vec<u8> {
+    record(1 << 3, p)
+}
+fn rtp_rec(pair: u8, p: &[u8]) -> Vec<u8> {
+    record(1 | pair << 3, p)
+}
+fn burst(pair: u8, pt: u8, count: u8, step_ms: u8, ssrc_sel: u8, audio: &[u8]) -> Vec<u8> {
+    let mut p = vec![pt, count, step_ms, ssrc_sel];
+    p.extend_from_slice(audio);
+    record(2 | pair << 3, &p)
+}
+fn frame_rec(link: u8, p: &[u8]) -> Vec<u8> {
+    record(3 | link << 3, p)
+}
+fn wait_ms(ms: u32) -> Vec<u8> {
+    record(4, &ms.to_be_bytes())
+}
+fn clock_back_ms(ms: u32) -> Vec<u8> {
+    record(4 | 1 << 3, &ms.to_be_bytes())
+}
+fn sip_tcp_a2b(p: &[u8]) -> Vec<u8> {
+    record(5 | (1 << 2) << 3, p)
+}
+fn finish_rec() -> Vec<u8> {
+    record(7, &[])
+}
+/// Finish, then go on with an engine configured by `variant` (bits 0-1
+/// `max_calls` 100000/1/2/8, bits 2-3 `jitter_ms` 500/0/100/2000, bit 4 fixed
+/// 16 kHz).
+fn reconfigure(variant: u8) -> Vec<u8> {
+    record(7 | variant << 3, &[])
+}
+
+/// Ethernet / IPv4 / UDP frame.
+fn eth_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("v4 only");
+    };
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, 17, 0, 0]);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Interleaved RTP records of both legs: `n` packets each, starting at `k0`.
+fn rtp_both(pt: u8, k0: usize, n: usize, pairs: (u8, u8), payload: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in k0..k0 + n {
+        let ts = (k * 160) as u32;
+        out.push(rtp_rec(
+            pairs.0,
+            &rtp(pt, false, k as u16, ts, 0x1111_0000, payload),
+        ));
+        out.push(rtp_rec(
+            pairs.1,
+            &rtp(
+                pt,
+                false,
+                k as u16,
+                ts.wrapping_add(7),
+                0x2222_0000,
+                payload,
+            ),
+        ));
+    }
+    out
+}
+
+fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let d = Dialog::new("seed-call@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 9, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0, 8, 9, 101], "sendrecv");
+    let setup = vec![
+        sip_a2b(&d.request("INVITE", 1, true, Some(&offer))),
+        sip_b2a(&d.response(100, "Trying", 1, "INVITE", true, None)),
+        sip_b2a(&d.response(180, "Ringing", 1, "INVITE", true, None)),
+        sip_b2a(&d.response(200, "OK", 1, "INVITE", true, Some(&answer))),
+        sip_a2b(&d.request("ACK", 1, true, None)),
+    ];
+    let pcmu = [0x55u8; 160];
+    let pcma = [0xd5u8; 160];
+    let g722 = [0x3cu8; 160];
+    let mut out = Vec::new();
+
+    // 1. The full call: PCMU, PCMA, G.722, DTMF, CN, re-INVITE to sendonly
+    //    on new ports, BYE.
+    let mut full = setup.clone();
+    full.extend(rtp_both(0, 0, 12, (0, 1), &pcmu));
+    full.extend(rtp_both(8, 12, 4, (0, 1), &pcma));
+    full.extend(rtp_both(9, 16, 4, (0, 1), &g722));
+    for (i, end) in [(0u16, false), (1, false), (2, false), (3, true), (3, true)] {
+        full.push(rtp_rec(
+            0,
+            &rtp(
+                101,
+                i == 0,
+                20 + i,
+                20 * 160,
+                0x1111_0000,
+                &dtmf(5, end, 160 * (i + 1)),
+            ),
+        ));
+    }
+    full.push(rtp_rec(
+        1,
+        &rtp(13, false, 24, 24 * 160, 0x2222_0000, &[40]),
+    ));
+    let hold = sdp("10.0.0.1", 40002, &[0, 101], "sendonly");
+    let held = sdp("10.0.0.2", 50002, &[0, 101], "recvonly");
+    full.push(sip_a2b(&d.request("INVITE", 2, true, Some(&hold))));
+    full.push(sip_b2a(&d.response(
+        200,
+        "OK",
+        2,
+        "INVITE",
+        true,
+        Some(&held),
+    )));
+    full.push(sip_a2b(&d.request("ACK", 2, true, None)));
+    full.extend(rtp_both(0, 30, 6, (2, 3), &pcmu));
+    full.push(sip_a2b(&d.request("BYE", 3, true, None)));
+    full.push(sip_b2a(&d.response(200, "OK", 3, "BYE", true, None)));
+    out.push(("seed-full-call", full));
+
+    // 2. Bursts (long streams from few bytes), then silence until rtp_timeout.
+    let mut long = setup.clone();
+    long.push(burst(0, 0, 200, 20, 0, &pcmu));
+    long.push(burst(1, 0, 200, 20, 0, &pcmu));
+    long.push(burst(0, 0, 50, 20, 1, &pcmu)); // new SSRC
+    long.push(wait_ms(31_000));
+    out.push(("seed-bursts-timeout", long));
+
+    // 3. Early media then CANCEL / 487.
+    let early = sdp("10.0.0.2", 50000, &[0], "sendrecv");
+    out.push((
+        "seed-cancel",
+        vec![
+            sip_a2b(&d.request("INVITE", 1, true, Some(&offer))),
+            sip_b2a(&d.response(183, "Session Progress", 1, "INVITE", true, Some(&early))),
+            rtp_rec(1, &rtp(0, true, 1, 0, 0x2222_0000, &pcmu)),
+            rtp_rec(1, &rtp(0, false, 2, 160, 0x2222_0000, &pcmu)),
+            sip_a2b(&d.request("CANCEL", 1, true, None)),
+            sip_b2a(&d.response(200, "OK", 1, "CANCEL", true, None)),
+            sip_b2a(&d.response(487, "Request Terminated", 1, "INVITE", true, None)),
+            sip_a2b(&d.request("ACK", 1, true, None)),
+        ],
+    ));
+
+    // 4. Rejected.
+    out.push((
+        "seed-rejected",
+        vec![
+            sip_a2b(&d.request("INVITE", 1, true, Some(&offer))),
+            sip_b2a(&d.response(486, "Busy Here", 1, "INVITE", true, None)),
+        ],
+    ));
+
+    // 5. SIP over TCP, the INVITE in two segments.
+    let inv = d.request("INVITE", 1, true, Some(&offer));
+    let (a, b) = inv.split_at(inv.len() / 2);
+    let mut tcp = vec![sip_tcp_a2b(a), sip_tcp_a2b(b)];
+    tcp.push(sip_b2a(&d.response(
+        200,
+        "OK",
+        1,
+        "INVITE",
+        true,
+        Some(&answer),
+    )));
+    tcp.extend(rtp_both(0, 0, 5, (0, 1), &pcmu));
+    out.push(("seed-tcp", tcp));
+
+    // 6. The same call as raw Ethernet frames.
+    let mut frames = vec![
+        frame_rec(
+            0,
+            &eth_udp(
+                caller_sip(),
+                callee_sip(),
+                &d.request("INVITE", 1, true, Some(&offer)),
+            ),
+        ),
+        frame_rec(
+            0,
+            &eth_udp(
+                callee_sip(),
+                caller_sip(),
+                &d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+            ),
+        ),
+    ];
+    for k in 0..5u16 {
+        frames.push(frame_rec(
+            0,
+            &eth_udp(
+                caller_rtp(),
+                callee_rtp(),
+                &rtp(0, false, k, u32::from(k) * 160, 0x1111_0000, &pcmu),
+            ),
+        ));
+        frames.push(frame_rec(
+            0,
+            &eth_udp(
+                callee_rtp(),
+                caller_rtp(),
+                &rtp(0, false, k, u32::from(k) * 160, 0x2222_0000, &pcmu),
+            ),
+        ));
+    }
+    frames.push(frame_rec(
+        0,
+        &eth_udp(caller_sip(), callee_sip(), &d.request("BYE", 2, true, None)),
+    ));
+    out.push(("seed-frames", frames));
+
+    // 7. Mid-call pickup (re-INVITE with To-tag first), a relay's copy, a
+    //    NATed sender, a clock step back, finish mid-input, then a new call.
+    let mut mid = vec![sip_a2b(&d.request("INVITE", 5, true, Some(&offer)))];
+    mid.push(sip_b2a(&d.response(
+        200,
+        "OK",
+        5,
+        "INVITE",
+        true,
+        Some(&answer),
+    )));
+    mid.extend(rtp_both(0, 0, 4, (0, 4), &pcmu));
+    mid.extend(rtp_both(0, 4, 4, (6, 5), &pcmu));
+    mid.push(clock_back_ms(100));
+    mid.extend(rtp_both(0, 8, 4, (0, 1), &pcmu));
+    mid.push(finish_rec());
+    mid.extend(setup.clone());
+    mid.push(burst(1, 8, 20, 20, 0, &pcma));
+    out.push(("seed-midcall-relay", mid));
+
+    // 8. Wideband: G.722 and Opus offered, 16 kHz recording.
+    let d2 = Dialog::new("seed-wide@10.0.0.1");
+    let wide_offer = sdp("10.0.0.1", 40000, &[9, 111, 0, 101], "sendrecv");
+    let wide_answer = sdp("10.0.0.2", 50000, &[9, 111, 101], "sendrecv");
+    let mut wide = vec![
+        sip_a2b(&d2.request("INVITE", 1, true, Some(&wide_offer))),
+        sip_b2a(&d2.response(200, "OK", 1, "INVITE", true, Some(&wide_answer))),
+        sip_a2b(&d2.request("ACK", 1, true, None)),
+    ];
+    wide.extend(rtp_both(9, 0, 6, (0, 1), &g722));
+    // an Opus frame (TOC: CELT FB 20 ms, one frame) with a little data
+    let opus = [0xfcu8, 0xff, 0xfe];
+    wide.extend(rtp_both(111, 0, 4, (0, 1), &opus));
+    wide.push(sip_b2a(&d2.request("BYE", 2, false, None)));
+    out.push(("seed-wideband", wide));
+
+    // 9. One call at most, no jitter window: a second INVITE evicts the
+    //    first call while it has media; then 16 kHz fixed with 2 s jitter.
+    let d3 = Dialog::new("seed-second@10.0.0.2");
+    let mut evict = vec![reconfigure(1 | 1 << 2)];
+    evict.extend(setup.clone());
+    evict.extend(rtp_both(0, 0, 5, (0, 1), &pcmu));
+    evict.push(sip_a2b(&d3.request("INVITE", 1, true, Some(&hold))));
+    evict.push(sip_b2a(&d3.response(
+        200,
+        "OK",
+        1,
+        "INVITE",
+        true,
+        Some(&held),
+    )));
+    evict.extend(rtp_both(0, 0, 5, (2, 3), &pcmu));
+    evict.push(reconfigure(3 << 2 | 16));
+    evict.extend(setup.clone());
+    evict.extend(rtp_both(0, 0, 10, (0, 1), &pcmu));
+    out.push(("seed-config-evict", evict));
+    out
+}
+
+/// Writes the seed corpus of the `call_engine` fuzz target.
+/// `cargo test -p pbx-core --test engine_props -- --ignored write_call_engine_seeds`
+#[test]
+#[ignore = "writes fuzz/corpus/call_engine seeds"]
+fn write_call_engine_seeds() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/call_engine");
+    std::fs::create_dir_all(&dir).expect("create corpus dir");
+    for (name, recs) in seeds() {
+        std::fs::write(dir.join(name), recs.concat()).expect("write seed");
+    }
+}
+
+/// The seeds are real calls: each one that carries media gives a recording.
+#[test]
+fn seeds_are_parsed_by_the_engine() {
+    let _g = serial();
+    let d = Dialog::new("seed-call@10.0.0.1");
+    let offer = d.request(
+        "INVITE",
+        1,
+        true,
+        Some(&sdp("10.0.0.1", 40000, &[0], "sendrecv")),
+    );
+    let msg = pbx_core::sip::message::parse_message(&offer).expect("INVITE parses");
+    assert_eq!(msg.call_id, "seed-call@10.0.0.1");
+    assert!(
+        pbx_core::sip::sdp::parse_sdp(&sdp("10.0.0.1", 40000, &[0, 8, 9, 101], "sendonly")).is_ok()
+    );
+    // The full-call seed, replayed the way the fuzz target does: SIP and
+    // RTP at 10 ms steps.
+    let (_, full) = seeds().into_iter().next().expect("seeds");
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::default();
+    let mut t = T0_US;
+    for r in &full {
+        t += 10_000;
+        let op = r[0];
+        let payload = &r[3..];
+        let (src, dst) = match (op & 7, op >> 3) {
+            (0, 4) => (caller_sip(), callee_sip()),
+            (0, _) => (callee_sip(), caller_sip()),
+            (1, 0) => (caller_rtp(), callee_rtp()),
+            (1, 1) => (callee_rtp(), caller_rtp()),
+            (1, 2) => (v4(10, 0, 0, 1, 40002), v4(10, 0, 0, 2, 50002)),
+            (1, _) => (v4(10, 0, 0, 2, 50002), v4(10, 0, 0, 1, 40002)),
+            _ => unreachable!("only SIP and RTP in the full-call seed"),
+        };
+        feed(
+            &mut engine,
+            &mut sink,
+            &[Pkt {
+                at_us: t,
+                src,
+                dst,
+                data: payload.to_vec(),
+            }],
+        );
+    }
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let meta = sink.only().meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    assert_eq!(engine.stats().sip_malformed, 0);
+    assert_eq!(engine.stats().sdp_malformed, 0);
+    assert_eq!(engine.stats().rtp_unmatched, 0);
+    assert_eq!(meta.dtmf.len(), 1, "{:?}", meta.dtmf);
+    assert_eq!(meta.dtmf[0].digit, "5");
+    assert_eq!(meta.channels[0].codecs, ["PCMU", "PCMA", "G722"]);
+    assert!(meta.channels[1].comfort_noise_packets >= 1);
+}
+
+/// Runs a call whose media stops after `n` packets per leg and whose BYE never
+/// comes, ticking the timer every 500 ms until it ends. Returns the sink.
+fn call_without_bye(n: usize) -> CheckingSink {
+    let d = Dialog::new("no-bye@10.0.0.1");
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::default();
+    let mut pkts = setup_packets(&d);
+    for k in 0..n {
+        for leg in 0..2 {
+            let (src, dst) = leg_addrs(leg);
+            pkts.push(Pkt {
+                at_us: send_time(leg, k),
+                src,
+                dst,
+                data: leg_packet(leg, k),
+            });
+        }
+    }
+    feed(&mut engine, &mut sink, &pkts);
+    let mut t = send_time(1, n - 1);
+    while engine.active_calls() > 0 && t < send_time(1, n) + 120_000_000 {
+        t += 500_000;
+        engine.handle_timeout(Timestamp::from_micros(t), &mut sink);
+    }
+    sink
+}
+
+/// A call that lost its BYE is recorded with `rtp_timeout` (30 s) of silence
+/// after its last packet: while waiting for the timeout, `handle_timeout`
+/// flushes the timeline up to `now - jitter`, so by the time the call ends
+/// the silence is already written. `meta.frames` (hence `duration_ms`) then
+/// says 35 s for a 5 s call, while `meta.ended_at` says 5 s.
+/// Expected: the recording ends within the jitter window (+ a 100 ms chunk)
+/// of the last media, like a call ended by BYE.
+#[test]
+fn missing_bye_recording_has_no_trailing_timeout_silence() {
+    let _g = serial();
+    let n = 250;
+    let sink = call_without_bye(n);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::RtpTimeout);
+    let media = (n * 160 + 80) as u64;
+    let span_ms = meta.ended_at.micros_since(meta.media_started_at) / 1000;
+    assert!(
+        r.frames <= media + 8000 * 6 / 10,
+        "{} frames ({} ms) for {} ms of media; ended_at - media_started_at = {span_ms} ms",
+        r.frames,
+        meta.duration_ms(),
+        media / 8,
+    );
+}

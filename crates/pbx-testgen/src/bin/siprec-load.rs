@@ -1,0 +1,245 @@
+//! `siprec-load --srs HOST:PORT --calls N --seconds S [--setup-rate CPS]`
+//!
+//! A SIPREC load generator for capacity benchmarks: sets up N concurrent
+//! two-stream SIPREC sessions against a recording server over UDP, sends PCMU
+//! RTP on both streams of every session at the real packet rate (one packet per
+//! stream every 20 ms) for S seconds, hangs up, and prints one JSON line with
+//! what it did (sessions answered, packets sent, setup failures, how late the
+//! sender ran behind real time).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use pbx_testgen::audio::speechlike;
+use pbx_testgen::codec::Encoder;
+use pbx_testgen::scenario::rtp_packet;
+use pbx_testgen::TestCodec;
+
+const BOUNDARY: &str = "loadboundary";
+
+fn invite(n: usize, local: SocketAddr, srs: SocketAddr) -> String {
+    let sdp = format!(
+        "v=0\r\no=load {n} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {p0} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=sendonly\r\n\
+         m=audio {p1} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=sendonly\r\n",
+        ip = local.ip(),
+        p0 = 40000 + (n % 10000) * 2,
+        p1 = 40000 + (n % 10000) * 2 + 1
+    );
+    let meta = format!(
+        "<?xml version=\"1.0\"?><recording xmlns=\"urn:ietf:params:xml:ns:recording:1\"><datamode>complete</datamode>\
+         <session session_id=\"s{n}\"/>\
+         <participant participant_id=\"a{n}\"><nameID aor=\"sip:1{n:05}@load\"/></participant>\
+         <participant participant_id=\"b{n}\"><nameID aor=\"sip:2{n:05}@load\"/></participant>\
+         <stream stream_id=\"x{n}\" session_id=\"s{n}\"><label>1</label></stream>\
+         <stream stream_id=\"y{n}\" session_id=\"s{n}\"><label>2</label></stream>\
+         <participantstreamassoc participant_id=\"a{n}\"><send>x{n}</send></participantstreamassoc>\
+         <participantstreamassoc participant_id=\"b{n}\"><send>y{n}</send></participantstreamassoc></recording>"
+    );
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--{BOUNDARY}\r\nContent-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{meta}\r\n--{BOUNDARY}--\r\n"
+    );
+    format!(
+        "INVITE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKload{n}\r\nMax-Forwards: 70\r\n\
+         From: <sip:src@{ip}>;tag=load{n}\r\nTo: <sip:srs@{srs}>\r\nCall-ID: load-{n}@siprec-load\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:src@{local}>;+sip.src\r\nRequire: siprec\r\nContent-Type: multipart/mixed;boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len(),
+        ip = local.ip()
+    )
+}
+
+fn in_dialog(
+    method: &str,
+    n: usize,
+    cseq: u32,
+    to: &str,
+    local: SocketAddr,
+    srs: SocketAddr,
+) -> String {
+    format!(
+        "{method} sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{method}{n}\r\nMax-Forwards: 70\r\n\
+         From: <sip:src@{ip}>;tag=load{n}\r\nTo: {to}\r\nCall-ID: load-{n}@siprec-load\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        ip = local.ip()
+    )
+}
+
+struct Session {
+    to: String,
+    ports: [u16; 2],
+}
+
+fn parse_answer(msg: &str) -> Option<(usize, u16, String, Vec<u16>, String)> {
+    let code: u16 = msg.split_whitespace().nth(1)?.parse().ok()?;
+    let mut call = None;
+    let mut to = String::new();
+    let mut method = String::new();
+    for l in msg.lines() {
+        if let Some(v) = l.strip_prefix("Call-ID:") {
+            call = v
+                .trim()
+                .strip_prefix("load-")?
+                .split('@')
+                .next()?
+                .parse()
+                .ok();
+        } else if let Some(v) = l.strip_prefix("To:") {
+            to = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("CSeq:") {
+            method = v.split_whitespace().nth(1).unwrap_or("").to_string();
+        }
+    }
+    let ports = msg
+        .lines()
+        .filter(|l| l.starts_with("m=audio "))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    Some((call?, code, to, ports, method))
+}
+
+fn main() {
+    let mut srs: SocketAddr = "127.0.0.1:5090".parse().expect("literal");
+    let mut calls = 100usize;
+    let mut seconds = 30u64;
+    let mut setup_rate = 200usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < args.len() {
+        let v = &args[i + 1];
+        match args[i].as_str() {
+            "--srs" => srs = v.parse().expect("--srs HOST:PORT"),
+            "--calls" => calls = v.parse().expect("--calls N"),
+            "--seconds" => seconds = v.parse().expect("--seconds S"),
+            "--setup-rate" => setup_rate = v.parse().expect("--setup-rate CPS"),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    let sip = UdpSocket::bind("127.0.0.1:0").expect("bind SIP socket");
+    let local = sip.local_addr().expect("local addr");
+    sip.set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let media: Vec<UdpSocket> = (0..8)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind RTP socket"))
+        .collect();
+
+    // Set up the sessions at `setup_rate` calls per second.
+    let mut sessions: HashMap<usize, Session> = HashMap::new();
+    let mut failed = 0usize;
+    let start = Instant::now();
+    let mut next = 0usize;
+    let mut buf = vec![0u8; 65536];
+    while (sessions.len() + failed) < calls && start.elapsed() < Duration::from_secs(120) {
+        let due = (start.elapsed().as_secs_f64() * setup_rate as f64) as usize + 1;
+        while next < calls && next < due {
+            let _ = sip.send_to(invite(next, local, srs).as_bytes(), srs);
+            next += 1;
+        }
+        while let Ok((n, _)) = sip.recv_from(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some((call, code, to, ports, method)) = parse_answer(&msg) {
+                if method != "INVITE" || code < 200 || sessions.contains_key(&call) {
+                    continue;
+                }
+                if code == 200 && ports.len() == 2 {
+                    let _ = sip.send_to(in_dialog("ACK", call, 1, &to, local, srs).as_bytes(), srs);
+                    sessions.insert(
+                        call,
+                        Session {
+                            to,
+                            ports: [ports[0], ports[1]],
+                        },
+                    );
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let setup_s = start.elapsed().as_secs_f64();
+
+    // Media: 20 ms packets on both streams of every session, real time.
+    let speech = speechlike(7, 1000, 8000);
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let frames: Vec<Vec<u8>> = speech.chunks(160).map(|c| enc.encode(c)).collect();
+    let mut ids: Vec<usize> = sessions.keys().copied().collect();
+    ids.sort_unstable();
+    let packets_per_stream = seconds * 50;
+    // Two sender threads, each with its own sockets and half the sessions.
+    let targets: Vec<(usize, [u16; 2])> = ids.iter().map(|id| (*id, sessions[id].ports)).collect();
+    let threads = 2usize;
+    let t0 = Instant::now();
+    let results: Vec<(u64, u64, Duration)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<(usize, [u16; 2])> =
+                    targets.iter().skip(t).step_by(threads).copied().collect();
+                let frames = &frames;
+                let media = &media;
+                sc.spawn(move || {
+                    let (mut sent, mut errors, mut worst) = (0u64, 0u64, Duration::ZERO);
+                    for k in 0..packets_per_stream {
+                        let due = Duration::from_millis(20 * k);
+                        match due.checked_sub(t0.elapsed()) {
+                            Some(w) => std::thread::sleep(w),
+                            None => worst = worst.max(t0.elapsed() - due),
+                        }
+                        let payload = &frames[(k as usize) % frames.len()];
+                        for (j, (id, ports)) in mine.iter().enumerate() {
+                            for (stream, port) in ports.iter().enumerate() {
+                                let ssrc = (*id as u32) << 1 | stream as u32;
+                                let pkt = rtp_packet(
+                                    0,
+                                    k == 0,
+                                    k as u16,
+                                    (k * 160) as u32,
+                                    ssrc,
+                                    payload,
+                                );
+                                let sock = &media[t * 4 + (j * 2 + stream) % 4];
+                                match sock.send_to(&pkt, SocketAddr::new(srs.ip(), *port)) {
+                                    Ok(_) => sent += 1,
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                        }
+                    }
+                    (sent, errors, worst)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sender thread"))
+            .collect()
+    });
+    let sent: u64 = results.iter().map(|r| r.0).sum();
+    let send_errors: u64 = results.iter().map(|r| r.1).sum();
+    let worst_lag = results.iter().map(|r| r.2).max().unwrap_or_default();
+    while sip.recv_from(&mut buf).is_ok() {}
+    let media_s = t0.elapsed().as_secs_f64();
+
+    // Hang up.
+    for id in &ids {
+        let s = &sessions[id];
+        let _ = sip.send_to(in_dialog("BYE", *id, 2, &s.to, local, srs).as_bytes(), srs);
+    }
+    let bye_deadline = Instant::now() + Duration::from_secs(10);
+    let mut byes = 0usize;
+    while byes < ids.len() && Instant::now() < bye_deadline {
+        if let Ok((n, _)) = sip.recv_from(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some((_, 200, _, _, m)) = parse_answer(&msg) {
+                if m == "BYE" {
+                    byes += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{{\"calls\":{calls},\"answered\":{},\"failed\":{failed},\"setup_s\":{setup_s:.2},\"media_s\":{media_s:.2},\"packets_per_stream\":{packets_per_stream},\"packets_sent\":{sent},\"send_errors\":{send_errors},\"sender_worst_lag_ms\":{},\"byes_answered\":{byes}}}",
+        sessions.len(),
+        worst_lag.as_millis()
+    );
+}

@@ -1,0 +1,658 @@
+//! The SIPREC recording server (RFC 7866): the PBX or SBC (the SRC) sends an
+//! INVITE with SDP and recording metadata; we answer with one RTP port per
+//! stream and record what arrives.
+//!
+//! Shape:
+//! - one tokio task owns the SIP side: the UDP socket, the TCP listener and its
+//!   connections, and the sans-IO [`Uas`] (transactions, retransmissions,
+//!   dialogs). It decides on each new call (allow list → 403, call limit → 503,
+//!   unusable offer → 488), hands out RTP ports from `rtp_ports`, and answers.
+//! - one tokio task per RTP port receives datagrams.
+//! - one thread owns the [`CallEngine`] and the spool writer, exactly as for
+//!   `import` and sniffing. It is fed the SIP messages as they were received
+//!   and sent (the INVITE with its metadata, our 200 OK with the answer, BYE)
+//!   and the RTP datagrams with their addresses, so a SIPREC session and a
+//!   capture of the same packets give the same recording: the engine reads the
+//!   metadata's `participantstreamassoc` to know whose voice each stream is.
+//! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::net::{Segment, Transport};
+use pbx_core::sip::message::parse_message;
+use pbx_core::sip::sdp::SessionDescription;
+use pbx_core::sip::siprec::{answer_sdp, siprec_parts};
+use pbx_core::sip::stream::SipStreamFramer;
+use pbx_core::sip::uas::{self, DialogId, Uas, UasConfig, UasEvent, UasInput};
+use pbx_core::Timestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::SiprecConfig;
+use crate::health::Liveness;
+use crate::recording::RecordingDir;
+use crate::sniff::now;
+use crate::status::{EngineCounters, SharedStatus};
+
+/// What the engine thread is fed.
+enum EngineInput {
+    Udp {
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+    },
+}
+
+/// The pool of RTP ports (even ports of the range).
+#[derive(Debug)]
+pub struct PortPool {
+    free: VecDeque<u16>,
+}
+
+impl PortPool {
+    pub fn new(range: RangeInclusive<u16>) -> Self {
+        let start = range.start() + range.start() % 2;
+        let free = (start..=*range.end()).step_by(2).collect();
+        PortPool { free }
+    }
+    pub fn take(&mut self) -> Option<u16> {
+        self.free.pop_front()
+    }
+    pub fn give_back(&mut self, p: u16) {
+        self.free.push_back(p);
+    }
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+struct MediaPort {
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+struct Session {
+    ports: Vec<MediaPort>,
+    last_rtp: Arc<AtomicI64>,
+    version: u64,
+    /// Port per offered m-line (0 = rejected).
+    line_ports: Vec<u16>,
+}
+
+/// A running SIPREC source.
+pub struct SiprecHandle {
+    stop: Arc<AtomicBool>,
+    sip_task: JoinHandle<()>,
+    engine_thread: std::thread::JoinHandle<()>,
+}
+
+impl SiprecHandle {
+    /// Stop taking calls, close every recording (marked `shutdown`), return.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.sip_task.await;
+        let _ = tokio::task::spawn_blocking(move || self.engine_thread.join()).await;
+    }
+}
+
+/// Bind the sockets and start the source.
+pub async fn start(
+    cfg: SiprecConfig,
+    engine_cfg: EngineConfig,
+    rtp_timeout: Duration,
+    out: RecordingDir,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+) -> std::io::Result<SiprecHandle> {
+    let udp = Arc::new(UdpSocket::bind(cfg.listen).await?);
+    let tcp = TcpListener::bind(cfg.listen).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(65_536);
+    let drops = Arc::new(AtomicI64::new(0));
+    let engine_thread = {
+        let (stop, status, live, drops) =
+            (stop.clone(), status.clone(), live.clone(), drops.clone());
+        let listen = cfg.listen.to_string();
+        std::thread::Builder::new()
+            .name("siprec-engine".into())
+            .spawn(move || engine_loop(engine_cfg, out, erx, stop, status, live, drops, listen))?
+    };
+    live.beat("siprec");
+    let sip_task = tokio::spawn(sip_loop(
+        cfg,
+        udp,
+        tcp,
+        etx,
+        stop.clone(),
+        drops,
+        rtp_timeout,
+    ));
+    Ok(SiprecHandle {
+        stop,
+        sip_task,
+        engine_thread,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine_loop(
+    engine_cfg: EngineConfig,
+    mut out: RecordingDir,
+    rx: std_mpsc::Receiver<EngineInput>,
+    stop: Arc<AtomicBool>,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+    drops: Arc<AtomicI64>,
+    listen: String,
+) {
+    let mut engine = CallEngine::new(engine_cfg);
+    let mut last_tick = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(EngineInput::Udp {
+                ts,
+                src,
+                dst,
+                payload,
+            }) => {
+                let seg = Segment {
+                    ts,
+                    src,
+                    dst,
+                    transport: Transport::Udp,
+                    payload: &payload,
+                    tcp_gap: false,
+                };
+                engine.handle_segment(&seg, &mut out);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_tick.elapsed() >= Duration::from_millis(200) {
+            last_tick = Instant::now();
+            engine.handle_timeout(now(), &mut out);
+            live.beat("siprec");
+            publish(&engine, &out, &status, &drops, &listen);
+        }
+        if stop.load(Ordering::Relaxed) {
+            // Drain what is queued, then close every call.
+            while let Ok(EngineInput::Udp {
+                ts,
+                src,
+                dst,
+                payload,
+            }) = rx.try_recv()
+            {
+                let seg = Segment {
+                    ts,
+                    src,
+                    dst,
+                    transport: Transport::Udp,
+                    payload: &payload,
+                    tcp_gap: false,
+                };
+                engine.handle_segment(&seg, &mut out);
+            }
+            break;
+        }
+    }
+    engine.finish(EndReason::Shutdown, &mut out);
+    publish(&engine, &out, &status, &drops, &listen);
+    live.forget("siprec");
+}
+
+fn publish(
+    engine: &CallEngine,
+    out: &RecordingDir,
+    status: &SharedStatus,
+    drops: &AtomicI64,
+    listen: &str,
+) {
+    if let Ok(mut s) = status.lock() {
+        let src = s.sources.entry("siprec".to_string()).or_default();
+        src.up = true;
+        src.error = None;
+        src.listen = listen.to_string();
+        src.active_calls = engine.active_calls() as u64;
+        src.recording_calls = engine.recording_calls() as u64;
+        src.engine = EngineCounters::from(engine.stats());
+        src.queue_drops = drops.load(Ordering::Relaxed).max(0) as u64;
+        src.errors = out.counters.failed;
+        src.recordings_written = out.counters.written;
+        src.recordings_failed = out.counters.failed;
+        src.bytes_written = out.counters.bytes;
+    }
+}
+
+fn feed(
+    etx: &SyncSender<EngineInput>,
+    drops: &AtomicI64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: Vec<u8>,
+) {
+    let input = EngineInput::Udp {
+        ts: now(),
+        src,
+        dst,
+        payload,
+    };
+    if let Err(TrySendError::Full(_)) = etx.try_send(input) {
+        drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The address we put in our SDP: the listen address, or (when listening on
+/// all addresses) the local address the kernel would use towards the SRC.
+fn media_ip(listen: IpAddr, peer: SocketAddr) -> IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(listen, 0)).and_then(|s| {
+        s.connect(peer)?;
+        s.local_addr()
+    });
+    probe.map(|a| a.ip()).unwrap_or(listen)
+}
+
+enum SipIn {
+    Tcp { peer: SocketAddr, bytes: Vec<u8> },
+    TcpClosed { peer: SocketAddr },
+}
+
+async fn sip_loop(
+    cfg: SiprecConfig,
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    etx: SyncSender<EngineInput>,
+    stop: Arc<AtomicBool>,
+    drops: Arc<AtomicI64>,
+    rtp_timeout: Duration,
+) {
+    let local = cfg.listen;
+    let mut uas = Uas::new(UasConfig {
+        contact_host: local.ip().to_string(),
+        contact_port: local.port(),
+        user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
+        tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
+    });
+    let mut pool = PortPool::new(cfg.rtp_ports.clone());
+    let mut sessions: HashMap<DialogId, Session> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
+    let mut buf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::select! {
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    let bytes = buf[..n].to_vec();
+                    on_message(&mut uas, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
+                }
+            }
+            acc = tcp.accept() => {
+                if let Ok((sock, peer)) = acc {
+                    let (rd, mut wr) = sock.into_split();
+                    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+                    tcp_writers.insert(peer, wtx);
+                    tokio::spawn(async move {
+                        while let Some(b) = wrx.recv().await {
+                            if wr.write_all(&b).await.is_err() { break; }
+                        }
+                    });
+                    let tx = tcp_tx.clone();
+                    tokio::spawn(tcp_reader(rd, peer, tx));
+                }
+            }
+            Some(m) = tcp_rx.recv() => {
+                match m {
+                    SipIn::Tcp { peer, bytes } => on_message(&mut uas, &bytes, peer, local, uas::Transport::Tcp, &etx, &drops),
+                    SipIn::TcpClosed { peer } => { tcp_writers.remove(&peer); }
+                }
+            }
+            _ = tick.tick() => {
+                uas.handle(UasInput::Timeout(now()));
+                // Hang up sessions whose media stopped long ago.
+                let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
+                let t = now().as_micros();
+                let silent: Vec<DialogId> = sessions
+                    .iter()
+                    .filter(|(_, s)| t - s.last_rtp.load(Ordering::Relaxed) > limit)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for d in silent {
+                    uas.hangup(&d, now());
+                    if let Some(s) = sessions.remove(&d) { release(s, &mut pool); }
+                }
+            }
+        }
+        // Act on what the UAS decided.
+        while let Some(ev) = uas.poll_event() {
+            match ev {
+                UasEvent::Send {
+                    to,
+                    transport,
+                    bytes,
+                } => {
+                    match transport {
+                        uas::Transport::Udp => {
+                            let _ = udp.send_to(&bytes, to).await;
+                        }
+                        _ => {
+                            if let Some(w) = tcp_writers.get(&to) {
+                                let _ = w.send(bytes.clone()).await;
+                            }
+                        }
+                    }
+                    // The engine sees our answers too (the SDP with our ports).
+                    feed(&etx, &drops, local, to, bytes);
+                }
+                UasEvent::NewCall {
+                    dialog,
+                    invite,
+                    from,
+                } => {
+                    let at = now();
+                    if !cfg.allows(from.ip()) {
+                        tracing::warn!(peer = %from, "SIPREC INVITE from an address outside sources.siprec.allow: 403");
+                        uas.reject(&dialog, 403, "Forbidden", at);
+                        continue;
+                    }
+                    if sessions.len() >= cfg.max_calls as usize {
+                        tracing::warn!(limit = cfg.max_calls, "SIPREC call limit reached: 503");
+                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        continue;
+                    }
+                    let offer = match siprec_parts(&invite) {
+                        Ok((sdp, Some(_meta))) => sdp,
+                        Ok((_, None)) => {
+                            uas.reject(
+                                &dialog,
+                                488,
+                                "Not Acceptable Here (no recording metadata)",
+                                at,
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %from, "unusable SIPREC offer: {e}");
+                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                            continue;
+                        }
+                    };
+                    let mut session = Session {
+                        ports: Vec::new(),
+                        last_rtp: Arc::new(AtomicI64::new(at.as_micros())),
+                        version: 1,
+                        line_ports: Vec::new(),
+                    };
+                    match answer_for(
+                        &offer,
+                        &mut session,
+                        &mut pool,
+                        local.ip(),
+                        from,
+                        &etx,
+                        &drops,
+                    )
+                    .await
+                    {
+                        Some(answer) => {
+                            uas.accept(&dialog, &answer, at);
+                            sessions.insert(dialog, session);
+                        }
+                        None => {
+                            release(session, &mut pool);
+                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                        }
+                    }
+                }
+                UasEvent::Reinvite { dialog, msg } | UasEvent::Update { dialog, msg } => {
+                    let at = now();
+                    let offer = siprec_parts(&msg).ok().map(|(sdp, _)| sdp);
+                    match (offer, sessions.get_mut(&dialog)) {
+                        (Some(offer), Some(session)) => {
+                            session.version += 1;
+                            match answer_for(
+                                &offer,
+                                session,
+                                &mut pool,
+                                local.ip(),
+                                msg_source(&msg).unwrap_or(local),
+                                &etx,
+                                &drops,
+                            )
+                            .await
+                            {
+                                Some(answer) => {
+                                    uas.accept(&dialog, &answer, at);
+                                }
+                                None => {
+                                    uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                                }
+                            }
+                        }
+                        _ => {
+                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                        }
+                    }
+                }
+                UasEvent::Ended { dialog, reason } => {
+                    tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
+                    if let Some(s) = sessions.remove(&dialog) {
+                        release(s, &mut pool);
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown: hang up every session (the SRC learns the recording stopped).
+    let at = now();
+    for (d, s) in sessions.drain() {
+        uas.hangup(&d, at);
+        release(s, &mut pool);
+    }
+    while let Some(ev) = uas.poll_event() {
+        if let UasEvent::Send {
+            to,
+            transport: uas::Transport::Udp,
+            bytes,
+        } = ev
+        {
+            let _ = udp.send_to(&bytes, to).await;
+            feed(&etx, &drops, local, to, bytes);
+        }
+    }
+}
+
+fn msg_source(_msg: &pbx_core::sip::message::SipMessage) -> Option<SocketAddr> {
+    None
+}
+
+fn on_message(
+    uas: &mut Uas,
+    bytes: &[u8],
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: uas::Transport,
+    etx: &SyncSender<EngineInput>,
+    drops: &AtomicI64,
+) {
+    let Ok(msg) = parse_message(bytes) else {
+        tracing::debug!(peer = %peer, "malformed SIP message dropped");
+        return;
+    };
+    feed(etx, drops, peer, local, bytes.to_vec());
+    uas.handle(UasInput::Message {
+        at: now(),
+        from: peer,
+        transport,
+        msg: &msg,
+        raw_len: bytes.len(),
+    });
+}
+
+async fn tcp_reader(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
+    tx: mpsc::Sender<SipIn>,
+) {
+    let mut framer = SipStreamFramer::new();
+    let mut buf = vec![0u8; 16_384];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                framer.push(&buf[..n]);
+                while let Some(m) = framer.next_message() {
+                    if let Ok(bytes) = m {
+                        if tx.send(SipIn::Tcp { peer, bytes }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = tx.send(SipIn::TcpClosed { peer }).await;
+}
+
+/// Ports for every offered audio line (reusing the session's), the RTP
+/// receivers, and the SDP answer. `None` when no line can be taken.
+async fn answer_for(
+    offer: &SessionDescription,
+    session: &mut Session,
+    pool: &mut PortPool,
+    listen_ip: IpAddr,
+    peer: SocketAddr,
+    etx: &SyncSender<EngineInput>,
+    drops: &Arc<AtomicI64>,
+) -> Option<String> {
+    let ip = media_ip(listen_ip, peer);
+    let mut ports = Vec::with_capacity(offer.media.len());
+    let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
+    for (i, m) in offer.media.iter().enumerate() {
+        let secure = m.proto.to_ascii_uppercase().contains("SAVP");
+        // SDES: the first offered suite we support, with the SRC's key.
+        let sdes = if secure {
+            m.crypto.iter().find_map(|c| {
+                crate::srtp::SUITES
+                    .contains(&c.suite.as_str())
+                    .then(|| (c.suite.clone(), c.key_params.clone()))
+            })
+        } else {
+            None
+        };
+        let usable =
+            m.media.eq_ignore_ascii_case("audio") && m.port != 0 && (!secure || sdes.is_some());
+        if !usable {
+            ports.push(0);
+            continue;
+        }
+        let decrypt = match &sdes {
+            Some((suite, params)) => match crate::srtp::SrtpStream::new(suite, params) {
+                Some(d) => {
+                    crypto[i] = Some((suite.clone(), crate::srtp::new_key()));
+                    Some(d)
+                }
+                None => {
+                    ports.push(0);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) {
+            // Re-offer of a line we already receive: same port (an SRTP key
+            // change would need a new context; keep the running one).
+            ports.push(p);
+            continue;
+        }
+        // A new line: a port from the pool that we can bind.
+        let mut bound = None;
+        for _ in 0..16 {
+            let Some(p) = pool.take() else { break };
+            match UdpSocket::bind(SocketAddr::new(ip, p)).await {
+                Ok(s) => {
+                    bound = Some((p, s));
+                    break;
+                }
+                Err(_) => pool.give_back(p),
+            }
+        }
+        let Some((p, sock)) = bound else {
+            ports.push(0);
+            continue;
+        };
+        let dst = SocketAddr::new(ip, p);
+        let (etx, drops, last) = (etx.clone(), drops.clone(), session.last_rtp.clone());
+        let task = tokio::spawn(async move {
+            let mut decrypt = decrypt;
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, src)) = sock.recv_from(&mut buf).await {
+                last.store(now().as_micros(), Ordering::Relaxed);
+                let pkt = &buf[..n];
+                let plain = match decrypt.as_mut() {
+                    // RTCP (rtcp-mux) is not needed for recording: dropped.
+                    Some(_) if pbx_core::rtp::is_rtcp(pkt) => continue,
+                    Some(d) => match d.decrypt(pkt) {
+                        Some(p) => p,
+                        None => {
+                            drops.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                    None => pkt.to_vec(),
+                };
+                feed(&etx, &drops, src, dst, plain);
+            }
+        });
+        session.ports.push(MediaPort { port: p, task });
+        ports.push(p);
+    }
+    session.line_ports = ports.clone();
+    if ports.iter().all(|p| *p == 0) {
+        return None;
+    }
+    let crypto_refs: Vec<Option<(&str, &str)>> = crypto
+        .iter()
+        .map(|c| c.as_ref().map(|(s, k)| (s.as_str(), k.as_str())))
+        .collect();
+    Some(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
+}
+
+fn release(s: Session, pool: &mut PortPool) {
+    for p in s.ports {
+        p.task.abort();
+        pool.give_back(p.port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_pool_hands_out_even_ports_and_takes_them_back() {
+        let mut p = PortPool::new(20001..=20010);
+        assert_eq!(p.available(), 5);
+        let a = p.take().unwrap();
+        assert_eq!(a, 20002);
+        assert_eq!(p.available(), 4);
+        p.give_back(a);
+        assert_eq!(p.available(), 5);
+    }
+}

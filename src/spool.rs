@@ -1,0 +1,1222 @@
+//! The spool queue: which recording is where on its way to the cloud.
+//!
+//! In: complete recording pairs in the spool directory (`<id>.wav` +
+//! `<id>.json`, written by [`crate::recording`]: WAV renamed first, JSON last,
+//! so a `<id>.json` means the pair is complete; hidden files are recordings in
+//! progress and are never looked at), and state changes from the delivery task
+//! and from `pbx-edge spool retry|purge`. Out: a durable per-recording state,
+//! the work that is due, and figures for metrics and `pbx-edge spool list`.
+//!
+//! # On-disk format
+//! One SQLite database, `<spool dir>/spool.db` (plus SQLite's `spool.db-wal`
+//! and `spool.db-shm`), mode 0600, WAL journal with `synchronous=FULL`: every
+//! state change is one transaction that is on disk (WAL fsynced) before the
+//! call returns, so nothing is acknowledged before it is durable. Several
+//! processes may open it at once (the daemon and the `spool` commands); writers
+//! wait up to 10 s for each other (`busy_timeout`). `PRAGMA user_version`
+//! holds the schema version ([`SCHEMA_VERSION`]).
+//!
+//! Table `recordings`, one row per recording id:
+//! `state` (`recorded`, `queued`, `uploading`, `delivered`, `failed`,
+//! `filtered`), `size` (WAV bytes), `recorded_at` (JSON file mtime, Unix ms),
+//! `adopted_at`, `updated_at`, `attempts` (requests started, all time),
+//! `retries` (consecutive transient failures: the backoff exponent),
+//! `next_attempt_at` (Unix ms; due when ≤ now), `last_error`,
+//! `upload_location` + `upload_offset` (tus: the upload's URL and the last
+//! offset the server confirmed), `failed_status` + `failed_body` (the cloud's
+//! refusal), `delivered_at`, `filter_reason`. Table `counters` (name, value)
+//! keeps totals across restarts (`delivered`, `filtered`).
+//!
+//! # States
+//! `recorded` (adopted by the scanner) → `queued` (passed the local filters)
+//! or `filtered` (kept only with `keep_filtered`; otherwise files and row are
+//! removed and only the counter remains) → `uploading` (a tus location and
+//! offset may be set) → `delivered` (after `200`/`201` on `/v1/calls`) or
+//! `failed` (400/413/415/422, with the body; only `spool retry` requeues it).
+//! A transient failure puts the row back to `queued` (or keeps `uploading`
+//! when a tus location is known) with `next_attempt_at` in the future.
+//!
+//! # Recovery rules (after a crash or power loss)
+//! - A pair on disk without a row is adopted by the next scan (idempotent:
+//!   `INSERT OR IGNORE`); a row is only created after its `<id>.json` was seen.
+//! - `uploading` with a location: the uploader `HEAD`s it and continues from
+//!   the server's `Upload-Offset` (404/410: a new upload). Without a location
+//!   (cut between the creation `POST` and the checkpoint): a new upload; the
+//!   orphan expires on the server. Nothing is "in flight" in the database:
+//!   whatever was running when the process died is simply due again.
+//! - `delivered` rows whose files still exist are cleaned up once `retention`
+//!   has passed; files are removed JSON first, then WAV, then the directory is
+//!   fsynced and only then the row deleted, so a crash in between never makes
+//!   the scanner adopt a delivered recording again.
+//! - A crash after the cloud accepted `/v1/calls` but before `delivered` was
+//!   committed sends the call again: the `Idempotency-Key` (the recording id)
+//!   makes the cloud keep one copy (delivery is at least once, CONTRACT §4).
+//! - If `spool.db` itself is lost, every pair still on disk is adopted again
+//!   and re-sent; idempotency keys keep the cloud's copy single.
+//! - Nothing undelivered is ever deleted automatically: only `delivered`
+//!   recordings (after `retention`), filtered ones (unless kept) and
+//!   `spool purge` remove files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::cli::SpoolCommand;
+use crate::config::Config;
+use crate::recording::{create_private_file, sync_dir};
+
+/// The database file inside the spool directory.
+pub const DB_FILE: &str = "spool.db";
+/// Space held back in the spool directory so that the database can still
+/// record deliveries (which free space) when the disk is full.
+pub const RESERVE_FILE: &str = ".spool.reserve";
+/// Size of [`RESERVE_FILE`].
+pub const RESERVE_BYTES: u64 = 4 << 20;
+/// Version of the schema below (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    adopted_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    upload_location TEXT,
+    upload_offset INTEGER NOT NULL DEFAULT 0,
+    failed_status INTEGER,
+    failed_body TEXT,
+    delivered_at INTEGER,
+    filter_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS recordings_due ON recordings (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+";
+
+/// Errors of the spool queue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    #[error("spool database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "spool database {path} has schema version {found}, this pbx-edge knows {SCHEMA_VERSION}"
+    )]
+    Schema { path: PathBuf, found: i64 },
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no recording {0:?} in the spool")]
+    NotFound(String),
+    #[error("{0:?} is not a recording id")]
+    BadId(String),
+}
+
+impl SpoolError {
+    /// The database could not write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::Db { source, .. } => {
+                matches!(
+                    source.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DiskFull)
+                ) || source.to_string().contains("disk is full")
+            }
+            SpoolError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
+/// Where a recording is on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Recorded,
+    Queued,
+    Uploading,
+    Delivered,
+    Failed,
+    Filtered,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Recorded,
+        State::Queued,
+        State::Uploading,
+        State::Delivered,
+        State::Failed,
+        State::Filtered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Recorded => "recorded",
+            State::Queued => "queued",
+            State::Uploading => "uploading",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Filtered => "filtered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Not yet in the cloud and still meant to go there.
+    pub fn is_undelivered(self) -> bool {
+        matches!(
+            self,
+            State::Recorded | State::Queued | State::Uploading | State::Failed
+        )
+    }
+}
+
+/// One row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub state: State,
+    pub size: u64,
+    pub recorded_at_ms: i64,
+    pub adopted_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub attempts: u32,
+    pub retries: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+    pub location: Option<String>,
+    pub offset: u64,
+    pub failed_status: Option<u16>,
+    pub failed_body: Option<String>,
+    pub delivered_at_ms: Option<i64>,
+    pub filter_reason: Option<String>,
+}
+
+const COLUMNS: &str = "id, state, size, recorded_at, adopted_at, updated_at, attempts, retries, \
+     next_attempt_at, last_error, upload_location, upload_offset, failed_status, failed_body, \
+     delivered_at, filter_reason";
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let state: String = r.get(1)?;
+    Ok(Entry {
+        id: r.get(0)?,
+        // An unknown state (a newer pbx-edge wrote it) is shown as failed:
+        // never uploaded, never deleted.
+        state: State::parse(&state).unwrap_or(State::Failed),
+        size: r.get::<_, i64>(2)?.max(0) as u64,
+        recorded_at_ms: r.get(3)?,
+        adopted_at_ms: r.get(4)?,
+        updated_at_ms: r.get(5)?,
+        attempts: r.get::<_, i64>(6)?.clamp(0, u32::MAX as i64) as u32,
+        retries: r.get::<_, i64>(7)?.clamp(0, u32::MAX as i64) as u32,
+        next_attempt_ms: r.get(8)?,
+        last_error: r.get(9)?,
+        location: r.get(10)?,
+        offset: r.get::<_, i64>(11)?.max(0) as u64,
+        failed_status: r
+            .get::<_, Option<i64>>(12)?
+            .and_then(|s| u16::try_from(s).ok()),
+        failed_body: r.get(13)?,
+        delivered_at_ms: r.get(14)?,
+        filter_reason: r.get(15)?,
+    })
+}
+
+/// What one directory scan found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Pairs newly adopted as `recorded`.
+    pub adopted: Vec<String>,
+    /// `<id>.json` files without their `<id>.wav`.
+    pub incomplete: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn to_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether `id` can be a recording id (a plain file stem, not hidden).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'@'))
+}
+
+/// The spool's database, opened by one process. Not `Sync`: the delivery
+/// task keeps it behind a mutex and calls it from blocking threads.
+pub struct Spool {
+    dir: PathBuf,
+    db_path: PathBuf,
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.dir).finish()
+    }
+}
+
+impl Spool {
+    /// Open (creating if needed, mode 0600) `<dir>/spool.db`. `dir` must exist.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            // Created by us with mode 0600; SQLite gives -wal/-shm the same mode.
+            create_private_file(&db_path).map_err(|source| SpoolError::Io {
+                path: db_path.clone(),
+                source,
+            })?;
+        }
+        let dbe = |source| SpoolError::Db {
+            path: db_path.clone(),
+            source,
+        };
+        let conn = Connection::open(&db_path).map_err(dbe)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(dbe)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(dbe)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(dbe)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(dbe)?;
+        if version > SCHEMA_VERSION {
+            return Err(SpoolError::Schema {
+                path: db_path,
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(dbe)?;
+        if version < SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(dbe)?;
+        }
+        give_to_dir_owner(dir, &db_path);
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            db_path,
+            conn,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create [`RESERVE_FILE`] (real blocks, fsynced) if it is missing and
+    /// there is room. Returns whether it exists now.
+    pub fn ensure_reserve(&self) -> bool {
+        use std::io::Write;
+        let p = self.dir.join(RESERVE_FILE);
+        if fs::metadata(&p)
+            .map(|m| m.len() >= RESERVE_BYTES)
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        if free_bytes(&self.dir).is_some_and(|f| f < 2 * RESERVE_BYTES) {
+            return false;
+        }
+        let res = (|| {
+            let mut f = create_private_file(&p)?;
+            let block = vec![0u8; 64 << 10];
+            let mut left = RESERVE_BYTES;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                f.write_all(block.get(..n).unwrap_or(&block))?;
+                left -= n as u64;
+            }
+            f.sync_all()
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&p);
+            return false;
+        }
+        true
+    }
+
+    /// Give the reserved space back (the disk is full). Whether there was any.
+    pub fn release_reserve(&self) -> bool {
+        fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok()
+    }
+
+    fn err(&self, source: rusqlite::Error) -> SpoolError {
+        SpoolError::Db {
+            path: self.db_path.clone(),
+            source,
+        }
+    }
+
+    /// `<dir>/<id>.wav`
+    pub fn wav_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.wav"))
+    }
+
+    /// `<dir>/<id>.json`
+    pub fn json_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Adopt every complete pair that has no row yet (state `recorded`).
+    pub fn scan(&mut self, now: i64) -> Result<ScanReport, SpoolError> {
+        let rd = fs::read_dir(&self.dir).map_err(|source| SpoolError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut candidates = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            candidates.push((id.to_string(), e.metadata().ok()));
+        }
+        let known: HashSet<String> = {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id FROM recordings")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut report = ScanReport::default();
+        let mut new = Vec::new();
+        for (id, meta) in candidates {
+            if known.contains(&id) {
+                continue;
+            }
+            let Ok(wav) = fs::metadata(self.wav_path(&id)) else {
+                report.incomplete += 1;
+                continue;
+            };
+            let recorded_at = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(to_ms)
+                .unwrap_or(now);
+            new.push((id, wav.len(), recorded_at));
+        }
+        if new.is_empty() {
+            return Ok(report);
+        }
+        let tx = self.conn.transaction().map_err(|e| SpoolError::Db {
+            path: self.db_path.clone(),
+            source: e,
+        })?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO recordings (id, state, size, recorded_at, adopted_at, updated_at) \
+                     VALUES (?1, 'recorded', ?2, ?3, ?4, ?4)",
+                )
+                .map_err(|e| SpoolError::Db {
+                    path: self.db_path.clone(),
+                    source: e,
+                })?;
+            for (id, size, recorded_at) in &new {
+                // Checked again right before the insert: a `spool purge`
+                // running at the same moment removes the JSON first.
+                if !self.dir.join(format!("{id}.json")).exists() {
+                    continue;
+                }
+                let n = ins
+                    .execute(params![id, *size as i64, recorded_at, now])
+                    .map_err(|e| SpoolError::Db {
+                        path: self.db_path.clone(),
+                        source: e,
+                    })?;
+                if n == 1 {
+                    report.adopted.push(id.clone());
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(report)
+    }
+
+    /// One row.
+    pub fn get(&self, id: &str) -> Result<Option<Entry>, SpoolError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM recordings WHERE id = ?1"),
+                [id],
+                entry_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every row, oldest recording first.
+    pub fn list(&self) -> Result<Vec<Entry>, SpoolError> {
+        self.select("1 = 1 ORDER BY recorded_at, id", params![])
+    }
+
+    /// Rows in `state`, oldest first.
+    pub fn in_state(&self, state: State) -> Result<Vec<Entry>, SpoolError> {
+        self.select(
+            "state = ?1 ORDER BY recorded_at, id",
+            params![state.as_str()],
+        )
+    }
+
+    /// Up to `limit` rows due for an upload attempt at `now` (queued or
+    /// uploading, `next_attempt_at` ≤ now), oldest first, skipping `busy`.
+    pub fn due(
+        &self,
+        now: i64,
+        limit: usize,
+        busy: &HashSet<String>,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.select(
+            "state IN ('queued', 'uploading') AND next_attempt_at <= ?1 \
+             ORDER BY next_attempt_at, recorded_at, id LIMIT ?2",
+            params![now, (limit + busy.len()) as i64],
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter(|e| !busy.contains(&e.id))
+            .take(limit)
+            .collect())
+    }
+
+    /// When the next queued/uploading row becomes due (Unix ms), if any.
+    pub fn next_due(&self) -> Result<Option<i64>, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(next_attempt_at) FROM recordings WHERE state IN ('queued', 'uploading')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn select(&self, where_: &str, p: impl rusqlite::Params) -> Result<Vec<Entry>, SpoolError> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM recordings WHERE {where_}"))
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map(p, entry_from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Run one UPDATE; whether a row matched (false: purged meanwhile).
+    fn update(&self, sql: &str, p: impl rusqlite::Params) -> Result<bool, SpoolError> {
+        let n = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(p))
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// One UPDATE/DELETE and, when it matched, `counter + 1`, in one
+    /// transaction (a crash never leaves the state changed but not counted).
+    fn update_counted(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        counter: &str,
+    ) -> Result<bool, SpoolError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let ok = self.update(sql, p)?;
+        if ok {
+            self.bump(counter, 1)?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ok)
+    }
+
+    fn bump(&self, counter: &str, by: i64) -> Result<(), SpoolError> {
+        self.update(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            params![counter, by],
+        )
+        .map(|_| ())
+    }
+
+    /// Persistent totals (`delivered`, `filtered`).
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, SpoolError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, value FROM counters")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// `recorded` → `queued` (passed the filters).
+    pub fn mark_queued(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET state = 'queued', next_attempt_at = 0, updated_at = ?2 \
+             WHERE id = ?1 AND state = 'recorded'",
+            params![id, now],
+        )
+    }
+
+    /// `recorded` → `filtered`, files kept.
+    pub fn mark_filtered(&self, id: &str, reason: &str, now: i64) -> Result<bool, SpoolError> {
+        self.update_counted(
+            "UPDATE recordings SET state = 'filtered', filter_reason = ?2, updated_at = ?3 \
+             WHERE id = ?1 AND state = 'recorded'",
+            params![id, reason, now],
+            "filtered",
+        )
+    }
+
+    /// A recording filtered out and not kept: files, then row, removed.
+    pub fn drop_filtered(&self, id: &str) -> Result<bool, SpoolError> {
+        self.remove_files(id)?;
+        self.update_counted(
+            "DELETE FROM recordings WHERE id = ?1 AND state = 'recorded'",
+            params![id],
+            "filtered",
+        )
+    }
+
+    /// A `recorded` row whose files are both gone (a crash in the middle of
+    /// dropping a filtered recording, or files removed by hand): forget it.
+    pub fn forget_vanished(&self, id: &str) -> Result<bool, SpoolError> {
+        if self.json_path(id).exists() || self.wav_path(id).exists() {
+            return Ok(false);
+        }
+        self.update(
+            "DELETE FROM recordings WHERE id = ?1 AND state = 'recorded'",
+            params![id],
+        )
+    }
+
+    /// An attempt starts: `attempts + 1`, state `uploading`. False if the row
+    /// is gone or no longer due (purged, delivered, failed meanwhile).
+    pub fn begin_attempt(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ?2 \
+             WHERE id = ?1 AND state IN ('queued', 'uploading')",
+            params![id, now],
+        )
+    }
+
+    /// The server confirmed `offset` bytes of the upload at `location`.
+    pub fn checkpoint(
+        &self,
+        id: &str,
+        location: &str,
+        offset: u64,
+        now: i64,
+    ) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET upload_location = ?2, upload_offset = ?3, updated_at = ?4 \
+             WHERE id = ?1 AND state = 'uploading'",
+            params![id, location, offset as i64, now],
+        )
+    }
+
+    /// Forget the upload location (404/410: start again).
+    pub fn clear_upload(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET upload_location = NULL, upload_offset = 0, updated_at = ?2 \
+             WHERE id = ?1",
+            params![id, now],
+        )
+    }
+
+    /// Any progress resets the backoff exponent.
+    pub fn reset_retries(&self, id: &str) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET retries = 0 WHERE id = ?1 AND retries <> 0",
+            params![id],
+        )
+    }
+
+    /// `/v1/calls` answered 200/201.
+    pub fn mark_delivered(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
+        self.update_counted(
+            "UPDATE recordings SET state = 'delivered', delivered_at = ?2, updated_at = ?2, \
+             upload_location = NULL, last_error = NULL, retries = 0, next_attempt_at = 0 \
+             WHERE id = ?1 AND state IN ('queued', 'uploading')",
+            params![id, now],
+            "delivered",
+        )
+    }
+
+    /// A transient failure: due again at `next_at`. Stays `uploading` when a
+    /// tus location is known (shown in `spool list`), else `queued`.
+    pub fn retry_later(
+        &self,
+        id: &str,
+        next_at: i64,
+        error: &str,
+        count_retry: bool,
+        now: i64,
+    ) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET \
+               state = CASE WHEN upload_location IS NULL THEN 'queued' ELSE 'uploading' END, \
+               next_attempt_at = ?2, last_error = ?3, retries = retries + ?4, updated_at = ?5 \
+             WHERE id = ?1 AND state IN ('queued', 'uploading')",
+            params![id, next_at, error, i64::from(count_retry), now],
+        )
+    }
+
+    /// The cloud refused the recording (`status` 0: it could not be sent at
+    /// all, `body` says why).
+    pub fn mark_failed(
+        &self,
+        id: &str,
+        status: u16,
+        body: &str,
+        now: i64,
+    ) -> Result<bool, SpoolError> {
+        self.update(
+            "UPDATE recordings SET state = 'failed', failed_status = ?2, failed_body = ?3, \
+               last_error = ?4, upload_location = NULL, upload_offset = 0, updated_at = ?5 \
+             WHERE id = ?1 AND state IN ('queued', 'uploading')",
+            params![
+                id,
+                i64::from(status),
+                body,
+                if status == 0 {
+                    crate::upload::policy::truncate(body, 200)
+                } else {
+                    format!(
+                        "HTTP {status}: {}",
+                        crate::upload::policy::truncate(body, 200)
+                    )
+                },
+                now
+            ],
+        )
+    }
+
+    /// `spool retry ID`: failed (or waiting) → due now.
+    pub fn retry(&self, id: &str, now: i64) -> Result<(), SpoolError> {
+        let ok = self.update(
+            "UPDATE recordings SET state = CASE WHEN state = 'failed' THEN 'queued' ELSE state END, \
+               next_attempt_at = 0, retries = 0, failed_status = NULL, failed_body = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND state IN ('failed', 'queued', 'uploading')",
+            params![id, now],
+        )?;
+        if ok {
+            return Ok(());
+        }
+        match self.get(id)? {
+            None => Err(SpoolError::NotFound(id.to_string())),
+            // recorded / delivered / filtered: nothing to retry.
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// `spool retry --all-failed`: how many were requeued.
+    pub fn retry_all_failed(&self, now: i64) -> Result<usize, SpoolError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recordings SET state = 'queued', next_attempt_at = 0, retries = 0, \
+                   failed_status = NULL, failed_body = NULL, updated_at = ?1 WHERE state = 'failed'",
+                params![now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Remove `<id>.json` then `<id>.wav` (missing files are fine), then
+    /// fsync the directory.
+    fn remove_files(&self, id: &str) -> Result<(), SpoolError> {
+        for p in [self.json_path(id), self.wav_path(id)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(SpoolError::Io { path: p, source }),
+            }
+        }
+        sync_dir(&self.dir).map_err(|source| SpoolError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// `spool purge ID`: files and row, whatever the state.
+    pub fn purge(&self, id: &str) -> Result<(), SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId(id.to_string()));
+        }
+        let known = self.get(id)?.is_some();
+        let on_disk = self.json_path(id).exists() || self.wav_path(id).exists();
+        if !known && !on_disk {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        self.remove_files(id)?;
+        self.update("DELETE FROM recordings WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Remove recordings delivered at least `retention` ago (files, then
+    /// rows). Returns the ids removed.
+    pub fn expire_delivered(
+        &self,
+        now: i64,
+        retention: Duration,
+    ) -> Result<Vec<String>, SpoolError> {
+        let cutoff = now.saturating_sub(to_ms(retention));
+        let rows = self.select(
+            "state = 'delivered' AND delivered_at <= ?1 ORDER BY delivered_at LIMIT 1000",
+            params![cutoff],
+        )?;
+        let mut out = Vec::new();
+        for e in rows {
+            self.remove_files(&e.id)?;
+            if self.update(
+                "DELETE FROM recordings WHERE id = ?1 AND state = 'delivered'",
+                params![e.id],
+            )? {
+                out.push(e.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows per state (every state present, zeros included).
+    pub fn depth_by_state(&self) -> Result<BTreeMap<State, u64>, SpoolError> {
+        let mut out: BTreeMap<State, u64> = State::ALL.into_iter().map(|s| (s, 0)).collect();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM recordings GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for r in rows {
+            let (s, n) = r.map_err(|e| self.err(e))?;
+            if let Some(s) = State::parse(&s) {
+                *out.entry(s).or_default() += n.max(0) as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `recorded_at` of the oldest undelivered recording (Unix ms).
+    pub fn oldest_undelivered(&self) -> Result<Option<i64>, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(recorded_at) FROM recordings \
+                 WHERE state IN ('recorded', 'queued', 'uploading', 'failed')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `pbx-edge spool ...`
+// ---------------------------------------------------------------------------
+
+/// When root opens the database (`pbx-edge spool list` run with sudo), the
+/// files SQLite created must stay usable by the daemon's user: they are
+/// given to the owner of the spool directory.
+fn give_to_dir_owner(dir: &Path, db: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let Ok(m) = fs::metadata(dir) else { return };
+    if m.uid() == 0 {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::os::unix::fs::chown(Path::new(&p), Some(m.uid()), Some(m.gid()));
+    }
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Human age: `42s`, `5m03s`, `2h10m`, `3d04h`.
+pub fn human_age(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Human size: `812B`, `1.5KiB`, `12.0MiB`.
+pub fn human_size(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
+}
+
+/// The table `spool list` prints.
+pub fn render_list(entries: &[Entry], now: i64) -> String {
+    use std::fmt::Write as _;
+    let idw = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<idw$}  {:<9}  {:>7}  {:>8}  {:>8}  LAST ERROR",
+        "ID", "STATE", "AGE", "SIZE", "ATTEMPTS"
+    );
+    for e in entries {
+        let mut state = e.state.as_str().to_string();
+        if e.state == State::Uploading && e.size > 0 {
+            state = format!("{state} {}%", e.offset.min(e.size) * 100 / e.size);
+        }
+        let err = match (e.state, &e.last_error) {
+            (State::Filtered, _) => e.filter_reason.clone().unwrap_or_default(),
+            (State::Queued | State::Uploading, Some(err)) if e.next_attempt_ms > now => {
+                format!("{err} (next try in {})", human_age(e.next_attempt_ms - now))
+            }
+            (_, Some(err)) => err.clone(),
+            (_, None) => String::new(),
+        };
+        let err: String = err.chars().filter(|c| !c.is_control()).take(160).collect();
+        let _ = writeln!(
+            o,
+            "{:<idw$}  {:<9}  {:>7}  {:>8}  {:>8}  {}",
+            e.id,
+            state,
+            human_age(now - e.recorded_at_ms),
+            human_size(e.size),
+            e.attempts,
+            err
+        );
+    }
+    o
+}
+
+/// `pbx-edge spool list|retry|purge`: works while the daemon runs (both use
+/// the database; SQLite serialises the writers).
+pub fn cli(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let config = match &cmd {
+        SpoolCommand::List(c) => c.config.clone(),
+        SpoolCommand::Retry { config, .. } | SpoolCommand::Purge { config, .. } => {
+            config.config.clone()
+        }
+    };
+    let cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let dir = &cfg.spool.dir;
+    if !dir.is_dir() {
+        eprintln!(
+            "pbx-edge spool: the spool directory {} does not exist (spool.dir)",
+            dir.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let mut spool = Spool::open(dir).context("cannot open the spool")?;
+    let now = now_ms();
+    match cmd {
+        SpoolCommand::List(_) => {
+            // Pairs the daemon has not adopted yet (or no daemon runs) show too.
+            spool.scan(now)?;
+            let entries = spool.list()?;
+            print!("{}", render_list(&entries, now));
+            let depth = spool.depth_by_state()?;
+            let summary: Vec<String> = depth
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| format!("{n} {}", s.as_str()))
+                .collect();
+            println!(
+                "{} recordings{}{}",
+                entries.len(),
+                if summary.is_empty() { "" } else { ": " },
+                summary.join(", ")
+            );
+        }
+        SpoolCommand::Retry { id, all_failed, .. } => match (id, all_failed) {
+            (None, true) => {
+                let n = spool.retry_all_failed(now)?;
+                println!("{n} failed recordings queued again");
+            }
+            (Some(id), false) => match spool.retry(&id, now) {
+                Ok(()) => println!("{id}: queued for the next attempt"),
+                Err(e @ SpoolError::NotFound(_)) => {
+                    eprintln!("pbx-edge spool retry: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ => {
+                eprintln!("pbx-edge spool retry: give a recording ID or --all-failed (not both)");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        SpoolCommand::Purge { id, .. } => match spool.purge(&id) {
+            Ok(()) => println!("{id}: removed from the spool"),
+            Err(e @ (SpoolError::NotFound(_) | SpoolError::BadId(_))) => {
+                eprintln!("pbx-edge spool purge: {e}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, id: &str, bytes: usize) {
+        fs::write(dir.join(format!("{id}.wav")), vec![0u8; bytes]).unwrap();
+        fs::write(
+            dir.join(format!("{id}.json")),
+            format!("{{\"recording_id\":\"{id}\"}}"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn scan_adopts_complete_pairs_once() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "a", 10);
+        pair(d.path(), "b", 20);
+        fs::write(d.path().join(".c.wav.part"), b"x").unwrap();
+        fs::write(d.path().join(".c.start.json"), b"{}").unwrap();
+        fs::write(d.path().join(".d.json.tmp"), b"{}").unwrap();
+        fs::write(d.path().join("e.json"), b"{}").unwrap(); // WAV missing
+        let mut s = Spool::open(d.path()).unwrap();
+        let r = s.scan(1000).unwrap();
+        let mut ad = r.adopted.clone();
+        ad.sort();
+        assert_eq!(ad, vec!["a", "b"]);
+        assert_eq!(r.incomplete, 1);
+        assert_eq!(s.scan(2000).unwrap().adopted, Vec::<String>::new());
+        let a = s.get("a").unwrap().unwrap();
+        assert_eq!(a.state, State::Recorded);
+        assert_eq!(a.size, 10);
+        // Reopen: the rows survive.
+        drop(s);
+        let mut s = Spool::open(d.path()).unwrap();
+        assert_eq!(s.list().unwrap().len(), 2);
+        assert!(s.scan(3000).unwrap().adopted.is_empty());
+    }
+
+    #[test]
+    fn the_whole_life_of_a_recording() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "r1", 100);
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        assert!(s.due(10, 5, &HashSet::new()).unwrap().is_empty());
+        assert!(s.mark_queued("r1", 1).unwrap());
+        assert!(!s.mark_queued("r1", 1).unwrap());
+        let due = s.due(10, 5, &HashSet::new()).unwrap();
+        assert_eq!(due.len(), 1);
+        let busy: HashSet<String> = ["r1".to_string()].into();
+        assert!(s.due(10, 5, &busy).unwrap().is_empty());
+        assert!(s.begin_attempt("r1", 2).unwrap());
+        assert!(s.checkpoint("r1", "http://x/u/1", 50, 3).unwrap());
+        assert!(s.retry_later("r1", 1000, "HTTP 503", true, 4).unwrap());
+        let e = s.get("r1").unwrap().unwrap();
+        assert_eq!(e.state, State::Uploading);
+        assert_eq!(
+            (e.location.as_deref(), e.offset),
+            (Some("http://x/u/1"), 50)
+        );
+        assert_eq!((e.attempts, e.retries), (1, 1));
+        assert!(s.due(999, 5, &HashSet::new()).unwrap().is_empty());
+        assert_eq!(s.next_due().unwrap(), Some(1000));
+        assert_eq!(s.due(1000, 5, &HashSet::new()).unwrap().len(), 1);
+        assert!(s.begin_attempt("r1", 1001).unwrap());
+        assert!(s.mark_delivered("r1", 1002).unwrap());
+        let e = s.get("r1").unwrap().unwrap();
+        assert_eq!(e.state, State::Delivered);
+        assert_eq!(e.location, None);
+        assert_eq!(s.counters().unwrap()["delivered"], 1);
+        // Retention: not yet, then gone with its files.
+        assert!(s
+            .expire_delivered(1500, Duration::from_secs(1))
+            .unwrap()
+            .is_empty());
+        assert!(d.path().join("r1.wav").exists());
+        assert_eq!(
+            s.expire_delivered(2002, Duration::from_secs(1)).unwrap(),
+            vec!["r1"]
+        );
+        assert!(!d.path().join("r1.wav").exists());
+        assert!(!d.path().join("r1.json").exists());
+        assert!(s.get("r1").unwrap().is_none());
+        // And never adopted again.
+        assert!(s.scan(3000).unwrap().adopted.is_empty());
+    }
+
+    #[test]
+    fn failed_stays_until_retried() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "f", 1);
+        pair(d.path(), "g", 1);
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        for id in ["f", "g"] {
+            s.mark_queued(id, 0).unwrap();
+            s.begin_attempt(id, 0).unwrap();
+            assert!(s.mark_failed(id, 422, "{\"error\":\"no\"}", 1).unwrap());
+        }
+        let e = s.get("f").unwrap().unwrap();
+        assert_eq!(e.state, State::Failed);
+        assert_eq!(e.failed_status, Some(422));
+        assert_eq!(e.failed_body.as_deref(), Some("{\"error\":\"no\"}"));
+        assert!(s.due(i64::MAX, 10, &HashSet::new()).unwrap().is_empty());
+        // Expiry never touches undelivered recordings.
+        assert!(s
+            .expire_delivered(i64::MAX, Duration::ZERO)
+            .unwrap()
+            .is_empty());
+        assert!(d.path().join("f.wav").exists());
+        s.retry("f", 5).unwrap();
+        assert_eq!(s.get("f").unwrap().unwrap().state, State::Queued);
+        assert_eq!(s.due(5, 10, &HashSet::new()).unwrap().len(), 1);
+        assert_eq!(s.retry_all_failed(6).unwrap(), 1);
+        assert!(matches!(s.retry("nope", 0), Err(SpoolError::NotFound(_))));
+    }
+
+    #[test]
+    fn purge_and_filters() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "p", 1);
+        pair(d.path(), "q", 1);
+        pair(d.path(), "k", 1);
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        s.purge("p").unwrap();
+        assert!(!d.path().join("p.wav").exists());
+        assert!(s.get("p").unwrap().is_none());
+        assert!(matches!(s.purge("p"), Err(SpoolError::NotFound(_))));
+        assert!(matches!(s.purge("../x"), Err(SpoolError::BadId(_))));
+        assert!(s.drop_filtered("q").unwrap());
+        assert!(!d.path().join("q.json").exists());
+        assert!(s.mark_filtered("k", "direction internal", 0).unwrap());
+        assert!(d.path().join("k.wav").exists());
+        assert_eq!(s.counters().unwrap()["filtered"], 2);
+        assert!(s.scan(1).unwrap().adopted.is_empty());
+        let depth = s.depth_by_state().unwrap();
+        assert_eq!(depth[&State::Filtered], 1);
+        assert_eq!(depth[&State::Queued], 0);
+    }
+
+    #[test]
+    fn two_connections_see_each_other() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "x", 1);
+        let mut a = Spool::open(d.path()).unwrap();
+        let b = Spool::open(d.path()).unwrap();
+        a.scan(0).unwrap();
+        a.mark_queued("x", 0).unwrap();
+        a.begin_attempt("x", 0).unwrap();
+        a.mark_failed("x", 400, "bad", 0).unwrap();
+        b.retry("x", 1).unwrap();
+        assert_eq!(a.get("x").unwrap().unwrap().state, State::Queued);
+        assert!(a.oldest_undelivered().unwrap().is_some());
+    }
+
+    #[test]
+    fn ids_and_rendering() {
+        assert!(valid_id("20240101-abc_1.2"));
+        assert!(!valid_id(".hidden"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(""));
+        assert_eq!(human_age(61_000), "1m01s");
+        assert_eq!(human_age(3_600_000 * 49), "2d01h");
+        assert_eq!(human_size(1536), "1.5KiB");
+        let e = Entry {
+            id: "abc".into(),
+            state: State::Failed,
+            size: 2048,
+            recorded_at_ms: 0,
+            adopted_at_ms: 0,
+            updated_at_ms: 0,
+            attempts: 3,
+            retries: 0,
+            next_attempt_ms: 0,
+            last_error: Some("HTTP 422: bad\nline".into()),
+            location: None,
+            offset: 0,
+            failed_status: Some(422),
+            failed_body: None,
+            delivered_at_ms: None,
+            filter_reason: None,
+        };
+        let t = render_list(&[e], 90_000);
+        assert!(t.contains("abc  failed"), "{t}");
+        assert!(t.contains("HTTP 422: badline"), "{t}");
+        assert!(t.contains("1m30s"), "{t}");
+    }
+}

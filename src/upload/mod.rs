@@ -1,0 +1,722 @@
+//! The uploader: one recording from the spool to the cloud (CONTRACT §4).
+//!
+//! In: a [`Job`] (recording id, WAV path and size, the recording JSON, and the
+//! tus location/offset saved by an earlier attempt) and a [`Cloud`] (HTTPS
+//! client, bearer token, settings). Out: an [`Outcome`] — delivered, or the
+//! [`policy::Action`] the answer calls for — plus checkpoints reported through
+//! [`Progress`] while the upload runs.
+//!
+//! Promises:
+//! - The cloud API lives behind the [`Protocol`] trait: [`tus::Tus`] and
+//!   [`multipart::Multipart`] are its two implementations; changing the API
+//!   touches one module.
+//! - HTTPS through `reqwest` with rustls only (no OpenSSL): the system roots
+//!   plus `ca_file`, an optional client certificate, `HTTPS_PROXY` or an
+//!   explicit proxy; plain `http://` only to loopback hosts. Redirects are
+//!   not followed.
+//! - Bodies stream from disk in 64 KiB pieces: memory does not depend on the
+//!   file size. An optional shared bandwidth limit paces every upload.
+//! - Every request carries `User-Agent: pbx-edge/<version>` and, when a token
+//!   is configured, `Authorization: Bearer …` (marked sensitive; the token is
+//!   never logged, shown or put into an error).
+//! - Transport errors are classified for the policy: certificate problems are
+//!   never reported as transient.
+
+pub mod multipart;
+pub mod policy;
+pub mod tus;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::config::CloudProtocol;
+use policy::{Action, Answer, Step, Transport};
+
+/// `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
+/// Size of each read from disk while streaming a body.
+pub const PIECE: usize = 64 * 1024;
+/// The systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "cloud-token";
+
+/// A boxed future (the [`Protocol`] trait is object safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors setting up the uploader (never from a single upload: those are
+/// [`Outcome`]s).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    #[error("cloud.url {0:?} is not a valid URL")]
+    BadUrl(String),
+    #[error("cloud.url: plain http:// is accepted only for loopback hosts, not {0:?}")]
+    InsecureUrl(String),
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {message}")]
+    BadPem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("cloud.proxy {0:?} is not a valid proxy URL")]
+    BadProxy(String),
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(String),
+}
+
+/// How to reach the cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSettings {
+    /// `cloud.url`, base of every request.
+    pub url: String,
+    /// `cloud.protocol`.
+    pub protocol: CloudProtocol,
+    /// `cloud.token_file` (empty: `$CREDENTIALS_DIRECTORY/cloud-token`, if present).
+    pub token_file: PathBuf,
+    /// `cloud.ca_file`: PEM certificates trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `cloud.client_cert` + `cloud.client_key`: PEM, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `cloud.proxy`: explicit proxy URL (else `HTTPS_PROXY`/`NO_PROXY`).
+    pub proxy: Option<String>,
+    /// `cloud.chunk_size`: tus PATCH body size.
+    pub chunk_size: u64,
+    /// Send `Upload-Checksum` with every tus PATCH.
+    pub checksum: bool,
+    /// `cloud.timeout`: limit for small requests (HEAD, creation, /v1/calls)
+    /// and for a stalled answer; a PATCH gets this plus time for its body.
+    pub timeout: Duration,
+}
+
+impl CloudSettings {
+    /// Settings with the defaults for everything but `url` and `protocol`.
+    pub fn new(url: &str, protocol: CloudProtocol) -> CloudSettings {
+        CloudSettings {
+            url: url.trim_end_matches('/').to_string(),
+            protocol,
+            token_file: PathBuf::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+            chunk_size: 4 << 20,
+            checksum: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The bearer token. Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where the token comes from: `token_file` if set, else the systemd
+/// credential `cloud-token` when `$CREDENTIALS_DIRECTORY` holds one.
+pub fn token_path(token_file: &Path, credentials_dir: Option<&Path>) -> Option<PathBuf> {
+    if !token_file.as_os_str().is_empty() {
+        return Some(token_file.to_path_buf());
+    }
+    credentials_dir
+        .map(|d| d.join(CREDENTIAL_NAME))
+        .filter(|p| p.is_file())
+}
+
+/// Read the token (first line, trimmed). `Ok(None)` when none is configured.
+pub fn read_token(token_file: &Path) -> Result<Option<Secret>, UploadError> {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let Some(path) = token_path(token_file, creds.as_deref()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| UploadError::Read {
+        what: "cloud.token_file",
+        path: path.clone(),
+        source,
+    })?;
+    let tok = text.lines().next().unwrap_or("").trim().to_string();
+    if tok.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Secret(tok)))
+}
+
+/// Whether `host` (from a URL) names this machine.
+pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => a.is_loopback(),
+    }
+}
+
+/// A token bucket shared by every upload (`bandwidth_limit`, bytes/s).
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: AtomicU64,
+    next_free: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    /// How far ahead of the schedule a sender may be (a small burst).
+    const BURST: Duration = Duration::from_millis(250);
+
+    /// `rate` bytes per second; 0: unlimited.
+    pub fn new(rate: u64) -> RateLimiter {
+        RateLimiter {
+            rate: AtomicU64::new(rate),
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// How long to wait before sending `n` bytes (and book them).
+    pub fn reserve(&self, n: u64, now: Instant) -> Duration {
+        let rate = self.rate();
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let Ok(mut next) = self.next_free.lock() else {
+            return Duration::ZERO;
+        };
+        // Idle time is not saved up: a sender may run BURST ahead, no more.
+        let start = (*next).max(now);
+        *next = start + Duration::from_secs_f64(n as f64 / rate as f64);
+        next.saturating_duration_since(now + Self::BURST)
+    }
+
+    pub async fn acquire(&self, n: u64) {
+        let d = self.reserve(n, Instant::now());
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+/// Marks a failure to read the local file inside a streamed body, so it is
+/// not mistaken for a network error.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the recording: {0}")]
+pub struct LocalReadError(#[source] pub std::io::Error);
+
+/// Stream `len` bytes of `path` from `offset` in [`PIECE`]s, paced by
+/// `limiter`, adding each piece to `sent`.
+pub fn file_stream(
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    limiter: Option<Arc<RateLimiter>>,
+    sent: Arc<AtomicU64>,
+) -> impl Stream<Item = Result<Bytes, LocalReadError>> + Send + 'static {
+    struct St {
+        file: Option<tokio::fs::File>,
+        path: PathBuf,
+        offset: u64,
+        left: u64,
+        limiter: Option<Arc<RateLimiter>>,
+        sent: Arc<AtomicU64>,
+    }
+    let st = St {
+        file: None,
+        path,
+        offset,
+        left: len,
+        limiter,
+        sent,
+    };
+    futures_util::stream::try_unfold(st, |mut st| async move {
+        if st.left == 0 {
+            return Ok(None);
+        }
+        if st.file.is_none() {
+            let mut f = tokio::fs::File::open(&st.path)
+                .await
+                .map_err(LocalReadError)?;
+            f.seek(std::io::SeekFrom::Start(st.offset))
+                .await
+                .map_err(LocalReadError)?;
+            st.file = Some(f);
+        }
+        let want = st.left.min(PIECE as u64) as usize;
+        if let Some(l) = &st.limiter {
+            l.acquire(want as u64).await;
+        }
+        let mut buf = vec![0u8; want];
+        let Some(f) = st.file.as_mut() else {
+            return Ok(None);
+        };
+        f.read_exact(&mut buf).await.map_err(LocalReadError)?;
+        st.left -= want as u64;
+        st.sent.fetch_add(want as u64, Ordering::Relaxed);
+        Ok(Some((Bytes::from(buf), st)))
+    })
+}
+
+/// A recording to deliver.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub wav: PathBuf,
+    /// WAV size in bytes (read when the job starts).
+    pub size: u64,
+    /// The recording JSON (CONTRACT §3) as it is in the spool.
+    pub json: serde_json::Value,
+    /// tus: the upload URL and offset of an earlier attempt.
+    pub resume: Option<(String, u64)>,
+}
+
+/// Reports from a running upload.
+pub trait Progress: Send + Sync {
+    /// The server holds `offset` bytes of the upload at `location` (tus).
+    fn checkpoint<'a>(&'a self, location: &'a str, offset: u64) -> BoxFuture<'a, ()>;
+    /// The saved upload location is gone (404/410): a new upload starts.
+    fn restart(&self) -> BoxFuture<'_, ()>;
+}
+
+/// How an upload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `/v1/calls` answered 200 or 201: the recording is delivered.
+    Delivered { status: u16 },
+    /// Anything else, as the policy says (never `Done`/`Resume`/`Restart`).
+    Failed(Action),
+}
+
+/// One cloud API. Implementations: [`tus::Tus`], [`multipart::Multipart`].
+pub trait Protocol: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn deliver<'a>(
+        &'a self,
+        cloud: &'a Cloud,
+        job: &'a Job,
+        progress: &'a dyn Progress,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+/// The HTTPS client and what every request needs.
+pub struct Cloud {
+    pub settings: CloudSettings,
+    base: url::Url,
+    http: reqwest::Client,
+    token: RwLock<Option<Secret>>,
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Body bytes handed to the network (all uploads).
+    pub bytes_sent: Arc<AtomicU64>,
+    protocol: Box<dyn Protocol>,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("url", &self.settings.url)
+            .field("protocol", &self.protocol.name())
+            .finish()
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, UploadError> {
+    std::fs::read(path).map_err(|source| UploadError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Cloud {
+    /// Build the client: checks the URL, reads the CA file, client
+    /// certificate and token.
+    pub fn new(
+        settings: CloudSettings,
+        limiter: Option<Arc<RateLimiter>>,
+        bytes_sent: Arc<AtomicU64>,
+    ) -> Result<Cloud, UploadError> {
+        let base = url::Url::parse(&format!("{}/", settings.url.trim_end_matches('/')))
+            .map_err(|_| UploadError::BadUrl(settings.url.clone()))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if base.host().as_ref().is_some_and(is_loopback_host) => {}
+            "http" => return Err(UploadError::InsecureUrl(settings.url.clone())),
+            _ => return Err(UploadError::BadUrl(settings.url.clone())),
+        }
+        let mut b = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(15).min(settings.timeout))
+            .read_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tls_built_in_native_certs(true);
+        if let Some(ca) = &settings.ca_file {
+            let pem = read_file("cloud.ca_file", ca)?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| UploadError::BadPem {
+                    what: "cloud.ca_file",
+                    path: ca.clone(),
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(UploadError::BadPem {
+                    what: "cloud.ca_file",
+                    path: ca.clone(),
+                    message: "no certificate found".into(),
+                });
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), key) => {
+                let mut pem = read_file("cloud.client_cert", cert)?;
+                if let Some(key) = key {
+                    pem.push(b'\n');
+                    pem.extend(read_file("cloud.client_key", key)?);
+                }
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| UploadError::BadPem {
+                    what: "cloud.client_cert",
+                    path: cert.clone(),
+                    message: e.to_string(),
+                })?;
+                b = b.identity(id);
+            }
+            (None, Some(key)) => {
+                return Err(UploadError::BadPem {
+                    what: "cloud.client_key",
+                    path: key.clone(),
+                    message: "given without cloud.client_cert".into(),
+                })
+            }
+            (None, None) => {}
+        }
+        if let Some(p) = &settings.proxy {
+            let proxy = reqwest::Proxy::all(p).map_err(|_| UploadError::BadProxy(p.clone()))?;
+            b = b.proxy(proxy);
+        }
+        let http = b.build().map_err(|e| UploadError::Client(e.to_string()))?;
+        let token = read_token(&settings.token_file)?;
+        let protocol: Box<dyn Protocol> = match settings.protocol {
+            CloudProtocol::Tus => Box::new(tus::Tus),
+            CloudProtocol::Multipart => Box::new(multipart::Multipart),
+        };
+        Ok(Cloud {
+            settings,
+            base,
+            http,
+            token: RwLock::new(token),
+            limiter,
+            bytes_sent,
+            protocol,
+        })
+    }
+
+    /// Re-read the token file (after a reload, or before retrying a pause).
+    pub fn reload_token(&self) -> Result<(), UploadError> {
+        let t = read_token(&self.settings.token_file)?;
+        if let Ok(mut w) = self.token.write() {
+            *w = t;
+        }
+        Ok(())
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.read().map(|t| t.is_some()).unwrap_or(false)
+    }
+
+    pub fn protocol(&self) -> &dyn Protocol {
+        self.protocol.as_ref()
+    }
+
+    /// Deliver one recording with the configured protocol.
+    pub async fn deliver(&self, job: &Job, progress: &dyn Progress) -> Outcome {
+        self.protocol.deliver(self, job, progress).await
+    }
+
+    /// `path` (like `v1/uploads`) or an absolute URL, resolved against the base URL.
+    pub fn resolve(&self, path_or_url: &str) -> Option<url::Url> {
+        // RFC 3986 reference resolution: `v1/uploads` is below the base path,
+        // `/files/x` keeps the base's host, a full URL stands for itself.
+        self.base.join(path_or_url).ok()
+    }
+
+    /// A request with the common headers.
+    pub fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
+        let mut h = HeaderMap::new();
+        if let Ok(t) = self.token.read() {
+            if let Some(Secret(tok)) = t.as_ref() {
+                if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {tok}")) {
+                    v.set_sensitive(true);
+                    h.insert(AUTHORIZATION, v);
+                }
+            }
+        }
+        self.http.request(method, url).headers(h)
+    }
+
+    /// Send, and turn the result into an [`HttpResult`] (body read up to a
+    /// few KiB).
+    pub async fn send(&self, req: reqwest::RequestBuilder, timeout: Duration) -> HttpResult {
+        match req.timeout(timeout).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = read_body(resp, policy::BODY_KEEP * 2).await;
+                HttpResult::Answer {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            Err(e) => HttpResult::Transport(classify_error(&e)),
+        }
+    }
+}
+
+/// An answer, or why there was none.
+#[derive(Debug)]
+pub enum HttpResult {
+    Answer {
+        status: u16,
+        headers: HeaderMap,
+        body: String,
+    },
+    Transport(Transport),
+}
+
+impl HttpResult {
+    /// The policy's view of this result.
+    pub fn action(&self, step: Step) -> Action {
+        match self {
+            HttpResult::Answer {
+                status,
+                headers,
+                body,
+            } => policy::classify(
+                step,
+                &Answer::Http {
+                    status: *status,
+                    retry_after: headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()),
+                    body,
+                },
+                SystemTime::now(),
+            ),
+            HttpResult::Transport(t) => {
+                policy::classify(step, &Answer::Transport(t.clone()), SystemTime::now())
+            }
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            HttpResult::Answer { headers, .. } => headers.get(name).and_then(|v| v.to_str().ok()),
+            HttpResult::Transport(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpResult::Answer { status, .. } => Some(*status),
+            HttpResult::Transport(_) => None,
+        }
+    }
+}
+
+async fn read_body(mut resp: reqwest::Response, max: usize) -> String {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or(&[]));
+        if buf.len() >= max {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Classify a reqwest error for the policy. Certificate problems (ours or
+/// theirs) are [`Transport::Certificate`]; a local read failure inside a body
+/// is [`Transport::LocalIo`]. The message never contains the token (reqwest
+/// errors carry the URL, which has no credentials: config refuses them).
+pub fn classify_error(e: &reqwest::Error) -> Transport {
+    let mut chain = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(l) = err.downcast_ref::<LocalReadError>() {
+            return Transport::LocalIo(l.0.to_string());
+        }
+        chain.push(err.to_string());
+        cur = err.source();
+    }
+    let text = chain.join(": ");
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        return Transport::Certificate(text);
+    }
+    if e.is_timeout() {
+        Transport::Timeout(text)
+    } else {
+        Transport::Connection(text)
+    }
+}
+
+/// Read the recording JSON (at most 4 MiB) and the WAV size for a job.
+pub async fn load_job(
+    id: &str,
+    wav: PathBuf,
+    json: &Path,
+    resume: Option<(String, u64)>,
+) -> std::io::Result<Job> {
+    let meta = tokio::fs::metadata(json).await?;
+    if meta.len() > 4 << 20 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "recording JSON larger than 4 MiB",
+        ));
+    }
+    let text = tokio::fs::read(json).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if !doc.is_object() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "recording JSON is not an object",
+        ));
+    }
+    let size = tokio::fs::metadata(&wav).await?.len();
+    Ok(Job {
+        id: id.to_string(),
+        wav,
+        size,
+        json: doc,
+        resume,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_paths() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(token_path(Path::new(""), None), None);
+        assert_eq!(token_path(Path::new(""), Some(d.path())), None);
+        std::fs::write(d.path().join(CREDENTIAL_NAME), "abc\n").unwrap();
+        assert_eq!(
+            token_path(Path::new(""), Some(d.path())),
+            Some(d.path().join(CREDENTIAL_NAME))
+        );
+        assert_eq!(
+            token_path(Path::new("/x/t"), Some(d.path())),
+            Some(PathBuf::from("/x/t"))
+        );
+        let t = read_token(&d.path().join(CREDENTIAL_NAME))
+            .unwrap()
+            .unwrap();
+        assert_eq!(format!("{t:?}"), "Secret(***)");
+        assert_eq!(t.0, "abc");
+    }
+
+    #[test]
+    fn urls_are_checked_and_resolved() {
+        let mk = |u: &str| {
+            Cloud::new(
+                CloudSettings::new(u, CloudProtocol::Tus),
+                None,
+                Arc::default(),
+            )
+        };
+        assert!(matches!(
+            mk("http://example.com"),
+            Err(UploadError::InsecureUrl(_))
+        ));
+        assert!(matches!(mk("ftp://x"), Err(UploadError::BadUrl(_))));
+        let c = mk("http://127.0.0.1:9/api").unwrap();
+        assert_eq!(
+            c.resolve("v1/uploads").unwrap().as_str(),
+            "http://127.0.0.1:9/api/v1/uploads"
+        );
+        assert_eq!(
+            c.resolve("/files/abc").unwrap().as_str(),
+            "http://127.0.0.1:9/files/abc"
+        );
+        assert_eq!(
+            c.resolve("https://other/x?y=1").unwrap().as_str(),
+            "https://other/x?y=1"
+        );
+        assert!(mk("http://[::1]:9").is_ok());
+        assert!(mk("http://localhost:9").is_ok());
+    }
+
+    #[test]
+    fn rate_limiter_paces() {
+        let l = RateLimiter::new(1000);
+        let t0 = Instant::now();
+        // 250 ms of sending may go ahead of the schedule, then 1 s per 1000 bytes.
+        assert_eq!(l.reserve(250, t0), Duration::ZERO);
+        let d = l.reserve(250, t0);
+        assert!(
+            d > Duration::from_millis(240) && d <= Duration::from_millis(250),
+            "{d:?}"
+        );
+        let d = l.reserve(1000, t0);
+        assert!(
+            d > Duration::from_millis(1240) && d <= Duration::from_millis(1250),
+            "{d:?}"
+        );
+        // Later, idle time is not saved up beyond the burst.
+        let t1 = t0 + Duration::from_secs(100);
+        assert_eq!(l.reserve(250, t1), Duration::ZERO);
+        assert!(l.reserve(250, t1) > Duration::from_millis(240));
+        let u = RateLimiter::new(0);
+        assert_eq!(u.reserve(1 << 30, t0), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn file_stream_reads_the_range() {
+        use futures_util::TryStreamExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let parts: Vec<Bytes> = file_stream(p.clone(), 1000, 150_000, None, sent.clone())
+            .try_collect()
+            .await
+            .unwrap();
+        let got: Vec<u8> = parts.concat();
+        assert_eq!(got, data[1000..151_000]);
+        assert_eq!(sent.load(Ordering::Relaxed), 150_000);
+        assert!(parts.iter().all(|b| b.len() <= PIECE));
+        // Past the end: a local read error, not a panic.
+        let r: Result<Vec<Bytes>, _> = file_stream(p, 199_000, 5000, None, sent)
+            .try_collect()
+            .await;
+        assert!(r.is_err());
+    }
+}

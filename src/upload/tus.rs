@@ -1,0 +1,342 @@
+//! `protocol = "tus"` (CONTRACT §4): a resumable tus 1.0.0 upload of the WAV,
+//! then `POST /v1/calls` with the recording JSON and the upload's location.
+//!
+//! In: a [`Job`] (maybe with the location and offset of an earlier attempt).
+//! Out: [`Outcome::Delivered`] after `200`/`201` on `/v1/calls`, or the
+//! policy's action for the first answer that stops the upload; every offset
+//! the server confirms is reported through [`Progress::checkpoint`] (the
+//! creation's location with offset 0 right after the `201`).
+//!
+//! Steps: with a saved location, `HEAD` it and continue from its
+//! `Upload-Offset` (404/410: forget it and create a new upload); else
+//! `POST {url}/v1/uploads` (`Upload-Length`, `Upload-Metadata` with
+//! `filename`, `recording_id`, `agent_id`, `content_type`). Then `PATCH`
+//! chunks of `chunk_size` bytes streamed from disk with `Upload-Offset` and
+//! `Upload-Checksum: sha256 <base64>`; a 409 (or a 460 checksum mismatch)
+//! `HEAD`s and continues from the server's offset. A location on another
+//! origin than `cloud.url` is refused (the token would go there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::policy::{Action, Step};
+use super::{file_stream, BoxFuture, Cloud, HttpResult, Job, Outcome, Progress, Protocol};
+
+/// The tus version spoken.
+pub const TUS_VERSION: &str = "1.0.0";
+/// How often one attempt may go back to `HEAD` or restart before it gives up
+/// (as a transient failure) instead of looping.
+const MAX_DETOURS: u32 = 8;
+
+/// The tus protocol.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tus;
+
+impl Protocol for Tus {
+    fn name(&self) -> &'static str {
+        "tus"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        cloud: &'a Cloud,
+        job: &'a Job,
+        progress: &'a dyn Progress,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(deliver(cloud, job, progress))
+    }
+}
+
+fn fail(a: Action) -> Outcome {
+    Outcome::Failed(a)
+}
+
+fn retry(reason: impl Into<String>) -> Outcome {
+    fail(Action::Retry {
+        after: None,
+        reason: reason.into(),
+    })
+}
+
+/// `Upload-Metadata`: `key base64(value)` pairs.
+pub fn upload_metadata(pairs: &[(&str, &str)]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                (*k).to_string()
+            } else {
+                format!("{k} {}", b64.encode(v.as_bytes()))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Base64 SHA-256 of `len` bytes of `path` from `offset` (read in pieces).
+async fn chunk_checksum(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<String> {
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; super::PIECE];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let Some(b) = buf.get_mut(..want) else { break };
+        f.read_exact(b).await?;
+        h.update(&*b);
+        left -= want as u64;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(h.finalize()))
+}
+
+fn parse_offset(r: &HttpResult) -> Option<u64> {
+    r.header("upload-offset")?.trim().parse().ok()
+}
+
+async fn head(cloud: &Cloud, loc: &url::Url) -> Result<Option<u64>, Outcome> {
+    let r = cloud
+        .send(
+            cloud
+                .request(Method::HEAD, loc.clone())
+                .header("Tus-Resumable", TUS_VERSION),
+            cloud.settings.timeout,
+        )
+        .await;
+    match r.action(Step::Location) {
+        Action::Done => match parse_offset(&r) {
+            Some(o) => Ok(Some(o)),
+            None => Err(retry("tus HEAD answer without a valid Upload-Offset")),
+        },
+        Action::Restart => Ok(None),
+        // 409 on HEAD makes no sense: transient.
+        Action::Resume => Err(retry("tus HEAD answered 409")),
+        a => Err(fail(a)),
+    }
+}
+
+async fn create(cloud: &Cloud, job: &Job) -> Result<url::Url, Outcome> {
+    let Some(url) = cloud.resolve("v1/uploads") else {
+        return Err(retry("cannot build the upload URL"));
+    };
+    let agent = job.json["agent_id"].as_str().unwrap_or("");
+    let filename = format!("{}.wav", job.id);
+    let meta = upload_metadata(&[
+        ("filename", &filename),
+        ("recording_id", &job.id),
+        ("agent_id", agent),
+        ("content_type", "audio/wav"),
+    ]);
+    let r = cloud
+        .send(
+            cloud
+                .request(Method::POST, url)
+                .header("Tus-Resumable", TUS_VERSION)
+                .header("Upload-Length", job.size.to_string())
+                .header("Upload-Metadata", meta)
+                .header("Content-Length", "0"),
+            cloud.settings.timeout,
+        )
+        .await;
+    match r.action(Step::Create) {
+        Action::Done => {}
+        a => return Err(fail(a)),
+    }
+    let Some(loc) = r.header("location") else {
+        return Err(retry("tus creation answer without Location"));
+    };
+    let Some(loc) = cloud.resolve(loc.trim()) else {
+        return Err(retry("tus creation answered an invalid Location"));
+    };
+    check_origin(cloud, &loc)?;
+    Ok(loc)
+}
+
+fn check_origin(cloud: &Cloud, loc: &url::Url) -> Result<(), Outcome> {
+    let base = cloud.resolve("").map(|b| b.origin());
+    if base.as_ref() != Some(&loc.origin()) {
+        return Err(retry(format!(
+            "tus location {}://{} is not on the cloud.url origin: refused",
+            loc.scheme(),
+            loc.host_str().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+enum PatchEnd {
+    /// Server confirmed this offset.
+    Offset(u64),
+    /// HEAD and continue (409, 460, a bad offset).
+    Rehead,
+    /// 404/410.
+    Restart,
+}
+
+async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<PatchEnd, Outcome> {
+    let len = cloud.settings.chunk_size.min(job.size - offset);
+    let mut req = cloud
+        .request(Method::PATCH, loc.clone())
+        .header("Tus-Resumable", TUS_VERSION)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", offset.to_string())
+        .header("Content-Length", len.to_string());
+    if cloud.settings.checksum {
+        match chunk_checksum(&job.wav, offset, len).await {
+            Ok(sum) => req = req.header("Upload-Checksum", format!("sha256 {sum}")),
+            Err(e) => {
+                return Err(fail(Action::Retry {
+                    after: None,
+                    reason: format!("local file: {e}"),
+                }))
+            }
+        }
+    }
+    let body = reqwest::Body::wrap_stream(file_stream(
+        job.wav.clone(),
+        offset,
+        len,
+        cloud.limiter.clone(),
+        Arc::clone(&cloud.bytes_sent),
+    ));
+    // Time for the body at no less than 16 KiB/s (or the bandwidth limit).
+    let floor = match cloud.limiter.as_ref().map(|l| l.rate()) {
+        Some(r) if r > 0 => r.min(16 << 10),
+        _ => 16 << 10,
+    };
+    let timeout = cloud.settings.timeout + Duration::from_secs(len / floor + 1);
+    let r = cloud.send(req.body(body), timeout).await;
+    if r.status() == Some(460) {
+        return Ok(PatchEnd::Rehead);
+    }
+    match r.action(Step::Location) {
+        Action::Done => match parse_offset(&r) {
+            Some(o) if o > offset && o <= job.size => Ok(PatchEnd::Offset(o)),
+            _ => Ok(PatchEnd::Rehead),
+        },
+        Action::Resume => Ok(PatchEnd::Rehead),
+        Action::Restart => Ok(PatchEnd::Restart),
+        a => Err(fail(a)),
+    }
+}
+
+/// `POST /v1/calls` with the JSON plus `"upload": <location>`.
+async fn post_call(cloud: &Cloud, job: &Job, location: &str) -> Outcome {
+    let mut doc = job.json.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("upload".into(), serde_json::Value::String(location.into()));
+    }
+    post_json_call(cloud, job, &doc).await
+}
+
+/// `POST {url}/v1/calls` with `Idempotency-Key: <recording id>`.
+pub async fn post_json_call(cloud: &Cloud, job: &Job, doc: &serde_json::Value) -> Outcome {
+    let Some(url) = cloud.resolve("v1/calls") else {
+        return retry("cannot build the calls URL");
+    };
+    let body = match serde_json::to_vec(doc) {
+        Ok(b) => b,
+        Err(e) => return retry(format!("local: cannot encode the JSON: {e}")),
+    };
+    let r = cloud
+        .send(
+            cloud
+                .request(Method::POST, url)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", job.id.as_str())
+                .body(body),
+            cloud.settings.timeout,
+        )
+        .await;
+    match r.action(Step::Call) {
+        Action::Done => Outcome::Delivered {
+            status: r.status().unwrap_or(0),
+        },
+        a => fail(a),
+    }
+}
+
+async fn deliver(cloud: &Cloud, job: &Job, progress: &dyn Progress) -> Outcome {
+    let mut saved = match &job.resume {
+        Some((l, _)) => match cloud.resolve(l) {
+            Some(u) if check_origin(cloud, &u).is_ok() => Some(u),
+            _ => None,
+        },
+        None => None,
+    };
+    let mut detours = 0u32;
+    'upload: loop {
+        detours += 1;
+        if detours > MAX_DETOURS {
+            return retry("tus: the upload kept moving (409/404 loop)");
+        }
+        // Where to continue.
+        let (loc, mut offset) = match saved.take() {
+            Some(loc) => match head(cloud, &loc).await {
+                Ok(Some(o)) if o <= job.size => (loc, o),
+                Ok(Some(_)) | Ok(None) => {
+                    // Gone, or longer than our file (not ours): start again.
+                    progress.restart().await;
+                    continue 'upload;
+                }
+                Err(out) => return out,
+            },
+            None => match create(cloud, job).await {
+                Ok(loc) => {
+                    progress.checkpoint(loc.as_str(), 0).await;
+                    (loc, 0)
+                }
+                Err(out) => return out,
+            },
+        };
+        while offset < job.size {
+            match patch(cloud, job, &loc, offset).await {
+                Ok(PatchEnd::Offset(o)) => {
+                    offset = o;
+                    progress.checkpoint(loc.as_str(), offset).await;
+                }
+                Ok(PatchEnd::Rehead) => {
+                    saved = Some(loc);
+                    continue 'upload;
+                }
+                Ok(PatchEnd::Restart) => {
+                    progress.restart().await;
+                    continue 'upload;
+                }
+                Err(out) => return out,
+            }
+        }
+        return post_call(cloud, job, loc.as_str()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_base64_pairs() {
+        assert_eq!(
+            upload_metadata(&[("filename", "a.wav"), ("recording_id", "a")]),
+            "filename YS53YXY=,recording_id YQ=="
+        );
+        assert_eq!(upload_metadata(&[("agent_id", "")]), "agent_id");
+    }
+
+    #[tokio::test]
+    async fn checksum_of_a_range() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let got = chunk_checksum(&p, 2, 3).await.unwrap();
+        let want = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"234"));
+        assert_eq!(got, want);
+        assert!(chunk_checksum(&p, 8, 5).await.is_err());
+    }
+}

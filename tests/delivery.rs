@@ -1,0 +1,1354 @@
+//! Delivery end to end: recordings in a spool directory, the delivery task
+//! (in process, or as a child process killed with SIGKILL), and the
+//! reference cloud receiver of `common::receiver` with injected faults.
+//!
+//! Child modes: this test binary re-runs itself with `PBX_DELIVERY_CHILD`
+//! set to run only the delivery task (`child_delivery_process`), so that the
+//! torture test can SIGKILL a real process. The ignored `bench_*` tests are
+//! driven by `benches/upload.sh`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::receiver::{Fault, FaultAction, RandomFaults, Receiver, ReceiverOptions, TestPki};
+use hyper::Method;
+use pbx_edge::config::CloudProtocol;
+use pbx_edge::delivery::{self, DeliverySettings, Filters};
+use pbx_edge::spool::{Spool, State};
+use pbx_edge::status::{readiness, render_metrics, SharedStatus, Status};
+use pbx_edge::upload::CloudSettings;
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Write a recording pair the way `recording.rs` does (WAV renamed into
+/// place first, then the JSON through a temp file). Returns the WAV's sha256.
+fn write_recording(dir: &Path, id: &str, audio_bytes: usize, seed: u64) -> String {
+    write_recording_with(dir, id, audio_bytes, seed, |_| {}).expect("write recording")
+}
+
+fn write_recording_with(
+    dir: &Path,
+    id: &str,
+    audio_bytes: usize,
+    seed: u64,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let data_len = (audio_bytes / 4 * 4) as u32;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&32000u32.to_le_bytes());
+    wav.extend_from_slice(&4u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.extend((0..data_len).map(|_| rng.u8(..)));
+    let sha = hex::encode(Sha256::digest(&wav));
+    let part = dir.join(format!(".{id}.wav.part"));
+    let res = (|| {
+        let mut f = std::fs::File::create(&part)?;
+        f.write_all(&wav)?;
+        f.sync_all()?;
+        std::fs::rename(&part, dir.join(format!("{id}.wav")))?;
+        let mut doc = serde_json::json!({
+            "schema": "pbx-edge.recording/1",
+            "recording_id": id,
+            "agent_id": "test-agent",
+            "source": "pcap",
+            "call_id": format!("{id}@test"),
+            "from": {"number": "+4930111", "name": "A"},
+            "to": {"number": "200", "name": "B"},
+            "direction": "inbound",
+            "started_at": "2026-01-01T00:00:00Z",
+            "answered_at": null,
+            "ended_at": "2026-01-01T00:01:00Z",
+            "duration_ms": (data_len / 32) as i64,
+            "audio": {"format": "wav", "sample_rate": 8000, "channels": 2,
+                      "bytes": wav.len(), "sha256": sha},
+            "channels": [],
+            "dtmf": [],
+        });
+        edit(&mut doc);
+        let tmp = dir.join(format!(".{id}.json.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&doc)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(format!("{id}.json")))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(dir.join(format!(".{id}.json.tmp")));
+        let _ = std::fs::remove_file(dir.join(format!("{id}.wav")));
+        return Err(e);
+    }
+    Ok(sha)
+}
+
+fn fast_settings(spool: &Path, url: &str, protocol: CloudProtocol) -> DeliverySettings {
+    let mut cloud = CloudSettings::new(url, protocol);
+    cloud.chunk_size = 64 << 10;
+    cloud.timeout = Duration::from_secs(10);
+    DeliverySettings {
+        cloud: Some(cloud),
+        max_parallel: 3,
+        scan_interval: Duration::from_millis(100),
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        pause_retry: Duration::from_millis(500),
+        ..DeliverySettings::new(spool)
+    }
+}
+
+fn new_status() -> SharedStatus {
+    Arc::new(Mutex::new(Status {
+        version: "test",
+        ..Status::default()
+    }))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn wait_for(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < max,
+            "timed out after {max:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pairs (non-hidden `.wav`/`.json`) left in `dir`.
+fn pairs_left(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && (n.ends_with(".wav") || n.ends_with(".json")))
+        .collect();
+    v.sort();
+    v
+}
+
+fn cloud_status(st: &SharedStatus) -> pbx_edge::status::CloudStatus {
+    st.lock().unwrap().cloud.clone()
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pbx-edge"))
+}
+
+fn spool_cmd(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(bin())
+        .arg("spool")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Happy paths
+// ---------------------------------------------------------------------------
+
+fn deliver_all(protocol: CloudProtocol, absolute_location: bool) {
+    let rx = Receiver::start(ReceiverOptions {
+        token: Some("s3cret-token".into()),
+        absolute_location,
+        ..ReceiverOptions::default()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let tok = d.path().join("token");
+    std::fs::write(&tok, "s3cret-token\n").unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for (i, size) in [0usize, 1000, 65_536, 200_000, 300_001].iter().enumerate() {
+        let id = format!("rec-{i}");
+        want.insert(id.clone(), write_recording(&spool, &id, *size, i as u64));
+    }
+    // A recording still being written must be ignored.
+    std::fs::write(spool.join(".rec-9.wav.part"), b"RIFF").unwrap();
+    let mut s = fast_settings(&spool, &rx.url, protocol);
+    if let Some(c) = s.cloud.as_mut() {
+        c.token_file = tok;
+    }
+    let status = new_status();
+    let rt = rt();
+    rt.block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("5 calls", Duration::from_secs(20), || {
+            rx.lock().calls.len() == 5
+        })
+        .await;
+        wait_for("an empty spool", Duration::from_secs(5), || {
+            pairs_left(&spool).is_empty()
+        })
+        .await;
+        wait_for("status", Duration::from_secs(5), || {
+            cloud_status(&status).delivered_total == 5
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let calls = rx.calls();
+    for (id, sha) in &want {
+        let c = &calls[id];
+        assert_eq!(&c.sha256, sha, "{id}");
+        assert_eq!(c.posts, 1, "{id}");
+        assert_eq!(c.json["recording_id"], id.as_str());
+    }
+    let st = rx.lock();
+    assert!(st.conflicts.is_empty());
+    assert!(st.user_agents.iter().all(|u| u.starts_with("pbx-edge/")));
+    assert!(st
+        .authorization_seen
+        .iter()
+        .all(|a| a == "Bearer s3cret-token"));
+    if protocol == CloudProtocol::Tus {
+        assert_eq!(st.count("POST", "/v1/uploads", 201), 5);
+        // 0+1 header-only.. 300 KB: ceil(len/64Ki) PATCHes each.
+        assert!(st.count("PATCH", "/v1/uploads/", 204) >= 9);
+        assert_eq!(st.count("POST", "/v1/calls", 201), 5);
+    } else {
+        assert_eq!(st.count("POST", "/v1/calls", 201), 5);
+        assert_eq!(st.count("POST", "/v1/uploads", 201), 0);
+    }
+    drop(st);
+    assert!(spool.join(".rec-9.wav.part").exists());
+    let c = cloud_status(&status);
+    assert_eq!(
+        c.queue["delivered"], 0,
+        "retention 0 removes delivered rows"
+    );
+    assert!(c.bytes_uploaded >= want.len() as u64 * 44);
+    assert_eq!(c.attempts, 5);
+    let st = status.lock().unwrap();
+    let json = serde_json::to_string(&*st).unwrap();
+    assert!(!json.contains("s3cret"), "the token leaked into /status");
+    assert!(!render_metrics(&st).contains("s3cret"));
+    assert!(render_metrics(&st).contains("pbx_edge_recordings_delivered_total 5"));
+}
+
+#[test]
+fn tus_delivers_every_recording_and_empties_the_spool() {
+    deliver_all(CloudProtocol::Tus, false);
+}
+
+#[test]
+fn tus_with_absolute_locations() {
+    deliver_all(CloudProtocol::Tus, true);
+}
+
+#[test]
+fn multipart_delivers_every_recording() {
+    deliver_all(CloudProtocol::Multipart, false);
+}
+
+#[test]
+fn retention_keeps_delivered_recordings_and_filters_apply() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().to_path_buf();
+    write_recording(&spool, "keep-me", 5000, 1);
+    write_recording_with(&spool, "too-short", 100, 2, |j| {
+        j["duration_ms"] = 10.into()
+    })
+    .unwrap();
+    write_recording_with(&spool, "internal", 5000, 3, |j| {
+        j["direction"] = "internal".into()
+    })
+    .unwrap();
+    write_recording_with(&spool, "blocked", 5000, 4, |j| {
+        j["to"]["number"] = "+1900555".into()
+    })
+    .unwrap();
+    let mut s = fast_settings(&spool, &rx.url, CloudProtocol::Tus);
+    s.retention = Duration::from_secs(3600);
+    s.filters = Filters {
+        min_duration: Duration::from_millis(100),
+        exclude_numbers: vec!["+1900*".into()],
+        directions: vec!["inbound".into(), "outbound".into()],
+        ..Filters::default()
+    };
+    s.keep_filtered = false;
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), status.clone()).unwrap();
+        wait_for("1 call", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        wait_for("filtered count", Duration::from_secs(5), || {
+            cloud_status(&status).filtered_total == 3
+        })
+        .await;
+        // keep_filtered: a new filtered recording stays.
+        s.keep_filtered = true;
+        h.reload_with(s.clone()).unwrap();
+        write_recording_with(&spool, "kept-filtered", 5000, 5, |j| {
+            j["direction"] = "internal".into()
+        })
+        .unwrap();
+        wait_for("kept", Duration::from_secs(5), || {
+            cloud_status(&status).queue.get("filtered") == Some(&1)
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(rx.calls().contains_key("keep-me"));
+    assert_eq!(
+        pairs_left(&spool),
+        vec![
+            "keep-me.json",
+            "keep-me.wav",
+            "kept-filtered.json",
+            "kept-filtered.wav"
+        ]
+    );
+    let sp = Spool::open(&spool).unwrap();
+    assert_eq!(sp.get("keep-me").unwrap().unwrap().state, State::Delivered);
+    let f = sp.get("kept-filtered").unwrap().unwrap();
+    assert_eq!(f.state, State::Filtered);
+    assert!(f.filter_reason.unwrap().contains("direction internal"));
+    assert_eq!(sp.counters().unwrap()["filtered"], 4);
+    // Retention passed: delivered files go, the filtered one stays.
+    assert_eq!(
+        sp.expire_delivered(pbx_edge::spool::now_ms() + 3_600_001, s.retention)
+            .unwrap(),
+        vec!["keep-me"]
+    );
+    assert_eq!(
+        pairs_left(&spool),
+        vec!["kept-filtered.json", "kept-filtered.wav"]
+    );
+}
+
+#[test]
+fn bandwidth_limit_paces_uploads() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "bw1", 300_000, 1);
+    write_recording(d.path(), "bw2", 300_000, 2);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.bandwidth_limit = 300_000; // 600 KB at 300 KB/s: about 2 s
+    let t0 = Instant::now();
+    rt().block_on(async {
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivery", Duration::from_secs(15), || {
+            rx.lock().calls.len() == 2
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1600), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+#[test]
+fn nothing_starts_outside_the_upload_window() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "w", 1000, 1);
+    let now = delivery::local_minute_of_day(std::time::SystemTime::now());
+    // A window that ends at this minute (it does not contain it).
+    let (start, end) = ((now + 1380) % 1440, now);
+    let w = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.upload_window = Some(w.parse().unwrap());
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), status.clone()).unwrap();
+        wait_for("status", Duration::from_secs(5), || {
+            cloud_status(&status).queue.get("queued") == Some(&1)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rx.lock().log.is_empty());
+        assert!(cloud_status(&status).outside_upload_window);
+        // The window opens (reload): delivered.
+        s.upload_window = None;
+        h.reload_with(s).unwrap();
+        wait_for("delivery", Duration::from_secs(5), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+}
+
+#[test]
+fn shutdown_within_the_grace_period_keeps_the_progress() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "long", 2_000_000, 1);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.bandwidth_limit = 200_000; // 10 s for the file
+    s.shutdown_grace = Duration::from_secs(1);
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), new_status()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t0 = Instant::now();
+        h.shutdown().await;
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    });
+    let e = Spool::open(d.path()).unwrap().get("long").unwrap().unwrap();
+    assert_eq!(e.state, State::Uploading);
+    assert!(e.location.is_some());
+    assert!(e.offset >= 64 << 10, "{e:?}");
+    assert!(rx.lock().calls.is_empty());
+    // The next start continues from the server's offset.
+    s.bandwidth_limit = 0;
+    rt().block_on(async {
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.calls["long"].sha256, sha);
+    assert_eq!(st.count("POST", "/v1/uploads", 201), 1);
+    assert!(st.count("HEAD", "/v1/uploads/", 200) >= 1);
+}
+
+// ---------------------------------------------------------------------------
+// The answer table
+// ---------------------------------------------------------------------------
+
+#[test]
+fn transient_errors_back_off_and_retry_after_is_obeyed() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    for s in [500, 502, 503, 504, 408] {
+        rx.push_fault(Fault::new(
+            Some(Method::POST),
+            "/v1/uploads",
+            FaultAction::Status(s, None),
+        ));
+    }
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Status(429, Some("2".into())),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "r", 10_000, 7);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    s.backoff_cap = Duration::from_secs(5);
+    let status = new_status();
+    let t0 = Instant::now();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("the 429", Duration::from_secs(20), || {
+            rx.lock().count("POST", "/v1/calls", 429) == 1
+        })
+        .await;
+        let t429 = Instant::now();
+        // The recording shows the last error and waits.
+        let sp = Spool::open(d.path()).unwrap();
+        let e = sp.get("r").unwrap().unwrap();
+        assert_eq!(e.state, State::Uploading, "tus location kept");
+        assert_eq!(e.last_error.as_deref(), Some("HTTP 429"));
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        let waited = t429.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1900),
+            "Retry-After 2 s not obeyed: {waited:?}"
+        );
+        h.shutdown().await;
+    });
+    // Five backoffs (1,2,4,8,16 × 20 ms ceilings) plus the 2 s Retry-After.
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert_eq!(rx.calls()["r"].sha256, sha);
+    let c = cloud_status(&status);
+    assert_eq!(c.failures["server"], 5, "{:?}", c.failures);
+    assert_eq!(c.failures["throttled"], 1);
+    assert_eq!(c.attempts, 7);
+    // Only one upload was created: the 429 came after it.
+    assert_eq!(rx.lock().count("POST", "/v1/uploads", 201), 1);
+}
+
+#[test]
+fn payment_required_pauses_all_uploads_then_resumes() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().payment_required_until = Some(Instant::now() + Duration::from_secs(2));
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        write_recording(d.path(), &format!("p{i}"), 3000, i);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
+        s.pause_retry = Duration::from_millis(700);
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("pause", Duration::from_secs(5), || {
+            cloud_status(&status).paused.is_some()
+        })
+        .await;
+        {
+            let st = status.lock().unwrap();
+            let (ok, parts) = readiness(&st);
+            assert!(!ok);
+            assert!(parts["cloud"].contains("402"), "{parts:?}");
+            let m = render_metrics(&st);
+            assert!(
+                m.contains("pbx_edge_delivery_paused{reason=\"payment\"} 1"),
+                "{m}"
+            );
+        }
+        // While paused, at most one probe per pause_retry: few requests.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let n402 = rx.lock().count("POST", "/v1/calls", 402);
+        assert!(n402 <= 6, "{n402} requests during the pause");
+        wait_for("all delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 6
+        })
+        .await;
+        wait_for("unpaused", Duration::from_secs(3), || {
+            cloud_status(&status).paused.is_none()
+        })
+        .await;
+        let st = status.lock().unwrap().clone();
+        assert_eq!(readiness(&st).1["cloud"], "ok");
+        h.shutdown().await;
+    });
+    assert!(pairs_left(d.path()).is_empty());
+}
+
+#[test]
+fn refused_token_pauses_until_a_reload_brings_a_good_one() {
+    let rx = Receiver::start(ReceiverOptions {
+        token: Some("good-token".into()),
+        ..ReceiverOptions::default()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    write_recording(&spool, "t1", 3000, 1);
+    let tok = d.path().join("token");
+    std::fs::write(&tok, "bad-token").unwrap();
+    let mut s = fast_settings(&spool, &rx.url, CloudProtocol::Tus);
+    s.pause_retry = Duration::from_secs(300); // CONTRACT value: only a reload helps soon
+    if let Some(c) = s.cloud.as_mut() {
+        c.token_file = tok.clone();
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), status.clone()).unwrap();
+        wait_for("pause", Duration::from_secs(5), || {
+            cloud_status(&status).paused.is_some()
+        })
+        .await;
+        {
+            let st = status.lock().unwrap();
+            let (ok, parts) = readiness(&st);
+            assert!(!ok);
+            assert!(parts["cloud"].contains("token"), "{parts:?}");
+            let json = serde_json::to_string(&*st).unwrap();
+            assert!(!json.contains("bad-token"));
+        }
+        std::fs::write(&tok, "good-token\n").unwrap();
+        h.reload_with(s.clone()).unwrap();
+        wait_for("delivery", Duration::from_secs(5), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert_eq!(rx.lock().count("POST", "/v1/uploads", 401), 1);
+}
+
+#[test]
+fn refused_recording_fails_with_the_body_and_spool_retry_requeues() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().refuse_ids.push("bad".into());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    write_recording(&spool, "bad", 3000, 1);
+    write_recording(&spool, "good", 3000, 2);
+    let config = d.path().join("pbx-edge.toml");
+    std::fs::write(&config, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(&spool, &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for(
+            "good delivered, bad failed",
+            Duration::from_secs(10),
+            || cloud_status(&status).queue.get("failed") == Some(&1) && rx.lock().calls.len() == 1,
+        )
+        .await;
+        // Never retried by itself.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(rx.lock().count("POST", "/v1/calls", 422), 1);
+        let (code, out, err) = spool_cmd(&config, &["list"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("bad") && out.contains("failed"), "{out}");
+        assert!(out.contains("HTTP 422"), "{out}");
+        assert!(out.contains("recording refused by policy"), "{out}");
+        let e = Spool::open(&spool).unwrap().get("bad").unwrap().unwrap();
+        assert_eq!(e.failed_status, Some(422));
+        assert!(e.failed_body.unwrap().contains("refused by policy"));
+        // The cloud changes its mind; `spool retry` (while delivery runs).
+        rx.lock().refuse_ids.clear();
+        let (code, out, _) = spool_cmd(&config, &["retry", "bad"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("queued"));
+        wait_for("bad delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 2
+        })
+        .await;
+        let (code, _, err) = spool_cmd(&config, &["retry", "nope"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("no recording"), "{err}");
+        h.shutdown().await;
+    });
+    assert!(pairs_left(&spool).is_empty());
+}
+
+#[test]
+fn spool_purge_and_retry_all_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    for id in ["a", "b", "c"] {
+        write_recording(&spool, id, 1000, 1);
+    }
+    let config = d.path().join("pbx-edge.toml");
+    std::fs::write(&config, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    // No daemon: list adopts what is there.
+    let (code, out, _) = spool_cmd(&config, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("3 recordings: 3 recorded"), "{out}");
+    {
+        let sp = Spool::open(&spool).unwrap();
+        for id in ["a", "b"] {
+            sp.mark_queued(id, 0).unwrap();
+            sp.begin_attempt(id, 0).unwrap();
+            sp.mark_failed(id, 400, "nope", 0).unwrap();
+        }
+    }
+    let (code, out, _) = spool_cmd(&config, &["retry", "--all-failed"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 failed recordings queued again"), "{out}");
+    let (code, out, _) = spool_cmd(&config, &["purge", "c"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        pairs_left(&spool),
+        vec!["a.json", "a.wav", "b.json", "b.wav"]
+    );
+    let (code, _, err) = spool_cmd(&config, &["purge", "c"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = spool_cmd(&config, &["purge", "../etc/passwd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a recording id"), "{err}");
+    let (code, _, _) = spool_cmd(&config, &["retry"]);
+    assert_eq!(code, 2);
+}
+
+// ---------------------------------------------------------------------------
+// tus resume paths
+// ---------------------------------------------------------------------------
+
+#[test]
+fn broken_connection_mid_chunk_resumes_from_head() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    // Second PATCH breaks after 10 000 bytes; a checksummed partial chunk is
+    // discarded by the server, so the client must HEAD and resend it.
+    rx.push_fault(Fault::new(
+        Some(Method::PATCH),
+        "/v1/uploads/",
+        FaultAction::Delay(Duration::ZERO),
+    ));
+    rx.push_fault(Fault::new(
+        Some(Method::PATCH),
+        "/v1/uploads/",
+        FaultAction::ResetAfter(10_000),
+    ));
+    // Then a 409 (offset moved) on the next PATCH.
+    rx.push_fault(Fault::new(
+        Some(Method::PATCH),
+        "/v1/uploads/",
+        FaultAction::Status(409, None),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "big", 500_000, 3);
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for("delivery", Duration::from_secs(15), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.calls["big"].sha256, sha);
+    assert_eq!(
+        st.count("POST", "/v1/uploads", 201),
+        1,
+        "one upload, resumed"
+    );
+    assert!(st.count("HEAD", "/v1/uploads/", 200) >= 2, "{:?}", st.log);
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 0), 1);
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 409), 1);
+    // The 409 comes before the body was read: the client may see it, or a
+    // broken pipe when the server closes; either way it resumes.
+    assert!(cloud_status(&status).failures["connection"] >= 1);
+}
+
+#[test]
+fn expired_upload_starts_again() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().expire_next_upload = true;
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "x", 100_000, 9);
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            new_status(),
+        )
+        .unwrap();
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.calls["x"].sha256, sha);
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 410), 1);
+    assert_eq!(st.count("POST", "/v1/uploads", 201), 2);
+}
+
+#[test]
+fn slow_answers_within_the_timeout_succeed_and_beyond_it_are_retried() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Delay(Duration::from_millis(1500)),
+    ));
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Delay(Duration::from_millis(500)),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "slow", 2000, 1);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    if let Some(c) = s.cloud.as_mut() {
+        c.timeout = Duration::from_secs(1);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    // The first answer came after the 1 s timeout: a timeout failure, then
+    // the 500 ms answer was waited for. (The receiver may still have stored
+    // the first post: the second then gets 200, "already accepted".)
+    let c = cloud_status(&status);
+    assert_eq!(c.failures.get("timeout"), Some(&1), "{:?}", c.failures);
+    assert!(rx.calls()["slow"].posts >= 1);
+    assert_eq!(rx.lock().count("POST", "/v1/calls", 201), 1);
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+fn tls_run(
+    pki_server: &TestPki,
+    ca_pem: &str,
+    client_cert: bool,
+) -> (Receiver, SharedStatus, usize) {
+    let rx = Receiver::start(ReceiverOptions {
+        tls: Some(pki_server.tls(client_cert)),
+        ..ReceiverOptions::default()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    write_recording(&spool, "tls", 70_000, 1);
+    let ca = d.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let mut s = fast_settings(&spool, &rx.url, CloudProtocol::Tus);
+    if let Some(c) = s.cloud.as_mut() {
+        c.ca_file = Some(ca);
+        if client_cert {
+            let (cp, kp) = (d.path().join("client.pem"), d.path().join("client.key"));
+            std::fs::write(&cp, &pki_server.client_cert_pem).unwrap();
+            std::fs::write(&kp, &pki_server.client_key_pem).unwrap();
+            c.client_cert = Some(cp);
+            c.client_key = Some(kp);
+        }
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(4)
+            && rx.lock().calls.is_empty()
+            && cloud_status(&status).paused.is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.shutdown().await;
+    });
+    let n = rx.lock().calls.len();
+    (rx, status, n)
+}
+
+#[test]
+fn tls_with_the_configured_ca_works() {
+    let pki = TestPki::new("good");
+    let (rx, status, n) = tls_run(&pki, &pki.ca_pem, false);
+    assert_eq!(n, 1, "{:?}", cloud_status(&status));
+    assert!(rx.url.starts_with("https://"));
+}
+
+#[test]
+fn tls_with_a_client_certificate() {
+    let pki = TestPki::new("mtls");
+    let (_rx, status, n) = tls_run(&pki, &pki.ca_pem, true);
+    assert_eq!(n, 1, "{:?}", cloud_status(&status));
+}
+
+#[test]
+fn tls_with_a_wrong_ca_is_refused_and_pauses_with_the_reason() {
+    let server = TestPki::new("server");
+    let other = TestPki::new("other");
+    let (rx, status, n) = tls_run(&server, &other.ca_pem, false);
+    assert_eq!(n, 0);
+    assert!(rx.lock().log.is_empty(), "no request got through");
+    let st = status.lock().unwrap().clone();
+    let (ok, parts) = readiness(&st);
+    assert!(!ok);
+    assert!(parts["cloud"].contains("certificate"), "{parts:?}");
+    assert_eq!(st.cloud.pause_kind.as_deref(), Some("tls"));
+    assert_eq!(st.cloud.failures.get("tls"), Some(&1));
+}
+
+// ---------------------------------------------------------------------------
+// Torture: SIGKILL at random moments, faults, 200 recordings
+// ---------------------------------------------------------------------------
+
+/// Child mode: run only the delivery task until killed (or 180 s).
+#[test]
+fn child_delivery_process() {
+    let Ok(spool) = std::env::var("PBX_DELIVERY_CHILD") else {
+        return;
+    };
+    let url = std::env::var("PBX_DELIVERY_URL").unwrap();
+    let protocol = match std::env::var("PBX_DELIVERY_PROTOCOL").as_deref() {
+        Ok("multipart") => CloudProtocol::Multipart,
+        _ => CloudProtocol::Tus,
+    };
+    let mut s = fast_settings(Path::new(&spool), &url, protocol);
+    s.max_parallel = std::env::var("PBX_DELIVERY_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    if let Some(c) = s.cloud.as_mut() {
+        if let Ok(v) = std::env::var("PBX_DELIVERY_CHUNK") {
+            c.chunk_size = v.parse().unwrap();
+        }
+    }
+    let exit_when_empty = std::env::var_os("PBX_DELIVERY_EXIT_WHEN_EMPTY").is_some();
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(180) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if exit_when_empty && pairs_left(Path::new(&spool)).is_empty() {
+                let c = cloud_status(&status);
+                eprintln!(
+                    "delivered {} bytes {} in {:?}",
+                    c.delivered_total,
+                    c.bytes_uploaded,
+                    t0.elapsed()
+                );
+                break;
+            }
+        }
+        h.shutdown().await;
+    });
+}
+
+fn spawn_child(spool: &Path, url: &str, protocol: &str, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_delivery_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PBX_DELIVERY_CHILD", spool)
+        .env("PBX_DELIVERY_URL", url)
+        .env("PBX_DELIVERY_PROTOCOL", protocol)
+        .env("PBX_EDGE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn torture_sigkill_with_faults_delivers_everything_exactly_once() {
+    const N: usize = 200;
+    let rx = Receiver::start(ReceiverOptions {
+        random: Some(RandomFaults {
+            seed: 0x5eed,
+            p_5xx: 0.06,
+            p_429: 0.02,
+            p_reset: 0.05,
+            p_slow: 0.03,
+            slow: Duration::from_millis(300),
+        }),
+        ..ReceiverOptions::default()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let log = d.path().join("children.log");
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut want = std::collections::BTreeMap::new();
+    let mut next = 0usize;
+    let mut write_some = |n: usize, want: &mut std::collections::BTreeMap<String, String>| {
+        for _ in 0..n {
+            if next >= N {
+                return;
+            }
+            let id = format!("t{next:04}");
+            let size = rng.usize(2_000..300_000);
+            want.insert(id.clone(), write_recording(&spool, &id, size, next as u64));
+            next += 1;
+        }
+    };
+    write_some(80, &mut want);
+    let t0 = Instant::now();
+    let mut kills = 0;
+    let mut krng = fastrand::Rng::with_seed(7);
+    while kills < 12 {
+        let protocol = if kills % 3 == 2 { "multipart" } else { "tus" };
+        let mut child = spawn_child(&spool, &rx.url, protocol, &log);
+        let live = Duration::from_millis(krng.u64(150..1500));
+        let step = Instant::now();
+        while step.elapsed() < live {
+            std::thread::sleep(Duration::from_millis(50));
+            write_some(2, &mut want);
+        }
+        if kills == 5 {
+            // 402 for a while in the middle of it.
+            rx.lock().payment_required_until = Some(Instant::now() + Duration::from_millis(1500));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    write_some(N, &mut want);
+    assert_eq!(want.len(), N);
+    let mut child = spawn_child(&spool, &rx.url, "tus", &log);
+    let drained = Instant::now();
+    while !(pairs_left(&spool).is_empty() && rx.lock().calls.len() == N) {
+        if drained.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!(
+                "not drained: {} calls, left {:?}\n{}",
+                rx.lock().calls.len(),
+                pairs_left(&spool).len(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the last row deletions land, then stop.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = rx.lock();
+    assert!(st.conflicts.is_empty(), "{:?}", st.conflicts);
+    assert_eq!(st.calls.len(), N);
+    for (id, sha) in &want {
+        let c = st.calls.get(id).unwrap_or_else(|| panic!("{id} missing"));
+        assert_eq!(&c.sha256, sha, "{id} differs");
+    }
+    let reposts: u32 = st.calls.values().map(|c| c.posts - 1).sum();
+    let resets = st.log.iter().filter(|l| l.2 == 0).count();
+    let by_proto = st
+        .calls
+        .values()
+        .filter(|c| c.protocol == "multipart")
+        .count();
+    eprintln!(
+        "torture: {N} recordings, {kills} SIGKILLs, {} requests ({resets} resets, {} 5xx, {} 429, {} 402), {reposts} duplicate posts answered 200, {by_proto} via multipart, {:?}",
+        st.log.len(),
+        st.log.iter().filter(|l| l.2 >= 500).count(),
+        st.log.iter().filter(|l| l.2 == 429).count(),
+        st.log.iter().filter(|l| l.2 == 402).count(),
+        t0.elapsed()
+    );
+    drop(st);
+    let sp = Spool::open(&spool).unwrap();
+    let rows = sp.list().unwrap();
+    assert!(
+        rows.iter().all(|e| e.state != State::Delivered),
+        "delivered rows left: {rows:?}"
+    );
+    assert!(rows.is_empty(), "rows left: {rows:?}");
+    assert_eq!(sp.counters().unwrap()["delivered"] as usize, N);
+}
+
+// ---------------------------------------------------------------------------
+// Interop with a tus server we did not write
+// ---------------------------------------------------------------------------
+
+fn rustus_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RUSTUS_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    [
+        home.join(".cargo/bin/rustus"),
+        PathBuf::from("/usr/local/bin/rustus"),
+        PathBuf::from("/tmp/rustus-build/inst/bin/rustus"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+struct NullProgress(Mutex<Vec<(String, u64)>>);
+impl pbx_edge::upload::Progress for NullProgress {
+    fn checkpoint<'a>(&'a self, l: &'a str, o: u64) -> pbx_edge::upload::BoxFuture<'a, ()> {
+        self.0.lock().unwrap().push((l.to_string(), o));
+        Box::pin(async {})
+    }
+    fn restart(&self) -> pbx_edge::upload::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[test]
+fn tus_interop_with_rustus() {
+    let Some(rustus) = rustus_bin() else {
+        eprintln!("note: rustus not installed (cargo install rustus, or set RUSTUS_BIN): interop test skipped");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let port = common::daemon::free_port();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(
+        Command::new(&rustus)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--url", "/v1/uploads"])
+            .args(["--tus-extensions", "getting,creation,termination,checksum"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.path().join("rustus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "rustus did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let sha = write_recording(&spool, "interop", 1_000_000, 5);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cs = CloudSettings::new(&url, CloudProtocol::Tus);
+    cs.chunk_size = 64 << 10;
+    let rt = rt();
+    rt.block_on(async {
+        use pbx_edge::upload::{load_job, Cloud, Outcome, RateLimiter};
+        // First attempt: cut off after ~300 KB by a bandwidth limit and a timeout.
+        let slow = Cloud::new(
+            cs.clone(),
+            Some(Arc::new(RateLimiter::new(1 << 20))),
+            Arc::default(),
+        )
+        .unwrap();
+        let job = load_job(
+            "interop",
+            spool.join("interop.wav"),
+            &spool.join("interop.json"),
+            None,
+        )
+        .await
+        .unwrap();
+        let p = NullProgress(Mutex::new(Vec::new()));
+        let r = tokio::time::timeout(Duration::from_millis(300), slow.deliver(&job, &p)).await;
+        assert!(r.is_err(), "should have been cut off");
+        let (loc, off) = p.0.lock().unwrap().last().cloned().expect("a checkpoint");
+        assert!(off < 1_000_044, "{off}");
+        // Second attempt: HEAD, continue, then /v1/calls (404 on rustus).
+        let fast = Cloud::new(cs.clone(), None, Arc::default()).unwrap();
+        let job = load_job(
+            "interop",
+            spool.join("interop.wav"),
+            &spool.join("interop.json"),
+            Some((loc.clone(), off)),
+        )
+        .await
+        .unwrap();
+        let p2 = NullProgress(Mutex::new(Vec::new()));
+        let out = fast.deliver(&job, &p2).await;
+        // rustus has no /v1/calls: the upload itself must be complete.
+        assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
+        let cps = p2.0.lock().unwrap().clone();
+        assert_eq!(cps.last().map(|c| c.1), Some(job.size), "{cps:?}");
+        assert!(cps.iter().all(|c| c.0 == loc), "same upload resumed");
+        assert!(cps.first().map(|c| c.1).unwrap_or(0) >= off);
+    });
+    // The bytes rustus stored equal the recording.
+    let stored: Vec<PathBuf> = walk(&data)
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len() == 1_000_044)
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let got = hex::encode(Sha256::digest(std::fs::read(&stored[0]).unwrap()));
+    assert_eq!(got, sha);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Disk full
+// ---------------------------------------------------------------------------
+
+#[test]
+fn disk_full_keeps_the_spool_intact_and_recovers() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "note: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): disk-full test skipped"
+        );
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let spool = mnt.join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let rx = Receiver::start(ReceiverOptions::default());
+    // The cloud answers 402 at first: recordings stay in the spool.
+    rx.lock().payment_required_until = Some(Instant::now() + Duration::from_secs(3600));
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..5 {
+        let id = format!("full{i}");
+        want.insert(id.clone(), write_recording(&spool, &id, 200_000, i));
+    }
+    let status = new_status();
+    let rt = rt();
+    let h = rt.block_on(async {
+        let h = delivery::start_with(
+            fast_settings(&spool, &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for("paused", Duration::from_secs(5), || {
+            cloud_status(&status).paused.is_some()
+        })
+        .await;
+        h
+    });
+    // The daemon's health view of the same spool (its spool path is a
+    // symlink into the tmpfs; config and log stay outside it).
+    let ddir = d.path().join("daemon");
+    std::fs::create_dir(&ddir).unwrap();
+    std::os::unix::fs::symlink(&spool, ddir.join("spool")).unwrap();
+    let daemon = common::daemon::Daemon::start(&ddir, "[sources.siprec]\nenabled = false\n");
+    // Fill the file system.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // A new recording cannot be written; the attempt leaves nothing behind.
+    let r = write_recording_with(&spool, "no-room", 500_000, 99, |_| {});
+    assert!(r.is_err(), "the disk should be full");
+    assert!(!spool.join("no-room.json").exists());
+    let readyz = || daemon.get("/readyz").unwrap_or((0, String::new()));
+    let t0 = Instant::now();
+    while readyz().0 != 503 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = readyz();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("disk almost full") || body.contains("not writable"),
+        "{body}"
+    );
+    // Delivery keeps running on a full disk; the existing pairs are intact.
+    rt.block_on(async {
+        rx.lock().payment_required_until = None;
+        h.wake();
+        wait_for("deliveries on a full disk", Duration::from_secs(20), || {
+            rx.lock().calls.len() == 5
+        })
+        .await;
+    });
+    for (id, sha) in &want {
+        assert_eq!(&rx.calls()[id].sha256, sha);
+    }
+    // Space returns: new recordings flow again, the database is fine.
+    std::fs::remove_file(&filler).unwrap();
+    let sha = write_recording(&spool, "after", 100_000, 100);
+    rt.block_on(async {
+        wait_for("recovery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 6 && pairs_left(&spool).is_empty()
+        })
+        .await;
+        assert!(cloud_status(&status).spool_error.is_none());
+        h.shutdown().await;
+    });
+    assert_eq!(rx.calls()["after"].sha256, sha);
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+// ---------------------------------------------------------------------------
+// Benchmark helpers (driven by benches/upload.sh; ignored in normal runs)
+// ---------------------------------------------------------------------------
+
+/// Serve the reference receiver on `PBX_BENCH_ADDR` until `PBX_BENCH_SECONDS`.
+#[test]
+#[ignore]
+fn bench_receiver() {
+    let addr = std::env::var("PBX_BENCH_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let secs: u64 = std::env::var("PBX_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let rx = Receiver::start_on(&addr, ReceiverOptions::default());
+    println!("RECEIVER {}", rx.url);
+    let t0 = Instant::now();
+    let mut last = 0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(200));
+        let n = rx.lock().calls.len();
+        if n != last {
+            last = n;
+            println!("CALLS {n}");
+        }
+    }
+}
+
+/// Write `PBX_BENCH_FILES` recordings of `PBX_BENCH_BYTES` into `PBX_BENCH_DIR`.
+#[test]
+#[ignore]
+fn bench_make_recordings() {
+    let dir = PathBuf::from(std::env::var("PBX_BENCH_DIR").unwrap());
+    let n: usize = std::env::var("PBX_BENCH_FILES").unwrap().parse().unwrap();
+    let bytes: usize = std::env::var("PBX_BENCH_BYTES").unwrap().parse().unwrap();
+    let prefix = std::env::var("PBX_BENCH_PREFIX").unwrap_or_else(|_| "b".into());
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..n {
+        write_recording(&dir, &format!("{prefix}{i:05}"), bytes, i as u64);
+    }
+}

@@ -1,0 +1,462 @@
+//! The SIPREC recording server end to end: a Rust SRC sends a two-stream
+//! SIPREC INVITE (metadata says whose voice each stream is, m-line order says
+//! the opposite), then real RTP, then BYE; the recording's channels are checked
+//! against the source audio. Plus the refusals: forbidden address, malformed
+//! body, call limit; INVITE retransmissions; OPTIONS; and SIPp as the SRC.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::daemon::*;
+use common::*;
+use pbx_testgen::audio::{best_lag, rms, speechlike};
+use pbx_testgen::codec::Encoder;
+use pbx_testgen::scenario::rtp_packet;
+use pbx_testgen::TestCodec;
+use serde_json::Value;
+
+struct Src {
+    sock: UdpSocket,
+    srs: SocketAddr,
+}
+
+impl Src {
+    fn new(srs: SocketAddr) -> Src {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Src { sock, srs }
+    }
+    fn port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+    fn send(&self, msg: &str) {
+        self.sock.send_to(msg.as_bytes(), self.srs).unwrap();
+    }
+    /// Next message; None on timeout.
+    fn recv(&self) -> Option<String> {
+        let mut b = vec![0u8; 65536];
+        let (n, _) = self.sock.recv_from(&mut b).ok()?;
+        Some(String::from_utf8_lossy(&b[..n]).into_owned())
+    }
+    /// Wait for a final response (>= 200) to `method`.
+    fn final_response(&self, method: &str) -> String {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Some(m) = self.recv() {
+                let code: u16 = m
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n"))
+                {
+                    return m;
+                }
+            }
+        }
+        panic!("no final response to {method}");
+    }
+}
+
+const BOUNDARY: &str = "pbxedgeboundary";
+
+/// The SIPREC INVITE. m-line 0 carries label "2" (Bob's voice), m-line 1
+/// label "1" (Alice's): only the metadata says who is who.
+fn invite(
+    call_id: &str,
+    src_port: u16,
+    srs: SocketAddr,
+    rtp: [u16; 2],
+    cseq: u32,
+    branch: &str,
+    metadata: &str,
+) -> String {
+    invite_with(call_id, src_port, srs, rtp, cseq, branch, metadata, None)
+}
+
+/// [`invite`], with Alice's stream (m-line 1) as SRTP with this SDES key.
+#[allow(clippy::too_many_arguments)]
+fn invite_with(
+    call_id: &str,
+    src_port: u16,
+    srs: SocketAddr,
+    rtp: [u16; 2],
+    cseq: u32,
+    branch: &str,
+    metadata: &str,
+    srtp_key: Option<&str>,
+) -> String {
+    let mut sdp = format!(
+        "v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:2\r\na=sendonly\r\n\
+         m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n",
+        rtp[0], rtp[1]
+    );
+    if let Some(key) = srtp_key {
+        let plain = format!("m=audio {} RTP/AVP 0 101\r\n", rtp[1]);
+        let secure = format!(
+            "m=audio {} RTP/SAVP 0 101\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31\r\n",
+            rtp[1]
+        );
+        sdp = sdp.replace(&plain, &secure);
+    }
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--{BOUNDARY}\r\nContent-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{metadata}\r\n--{BOUNDARY}--\r\n"
+    );
+    format!(
+        "INVITE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{src_port};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
+         From: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: <sip:srs@{srs}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n\
+         Contact: <sip:src@127.0.0.1:{src_port}>;+sip.src\r\nRequire: siprec\r\nAccept: application/sdp, application/rs-metadata\r\n\
+         Content-Type: multipart/mixed;boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn metadata(recorded_call_id: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE="><sipSessionID>{recorded_call_id}</sipSessionID></session>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <stream stream_id="U1RSMg==" session_id="c2Vzc2lvbjE="><label>2</label></stream>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send><recv>U1RSMg==</recv></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDI="><send>U1RSMg==</send><recv>U1RSMQ==</recv></participantstreamassoc>
+</recording>"#
+    )
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
+        .map(|l| l[name.len() + 1..].trim())
+}
+
+/// Answered RTP ports, in m-line order.
+fn answer_ports(resp: &str) -> Vec<u16> {
+    resp.lines()
+        .filter(|l| l.starts_with("m=audio "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+fn ack_and_bye(src: &Src, call_id: &str, to: &str, srs: SocketAddr) -> String {
+    let p = src.port();
+    src.send(&format!(
+        "ACK sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKack\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ));
+    format!(
+        "BYE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn siprec_daemon(dir: &std::path::Path, extra: &str) -> (Daemon, SocketAddr) {
+    let port = free_port();
+    let rtp = 30_000 + (port % 1000) * 20;
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Daemon::start(
+        dir,
+        &format!("[sources.siprec]\nenabled = true\nlisten = \"{listen}\"\nrtp_ports = \"{rtp}-{}\"\n{extra}", rtp + 19),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    (d, listen)
+}
+
+#[test]
+fn two_stream_siprec_call_records_each_party_on_its_channel() {
+    two_stream_call(false);
+}
+
+#[test]
+fn two_stream_siprec_call_with_srtp_on_one_stream() {
+    two_stream_call(true);
+}
+
+fn two_stream_call(srtp: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "siprec-1@src";
+    let rtp_a = UdpSocket::bind("127.0.0.1:0").unwrap(); // Alice's stream (label 1)
+    let rtp_b = UdpSocket::bind("127.0.0.1:0").unwrap(); // Bob's stream (label 2)
+    let key = pbx_edge::srtp::new_key();
+    let inv = invite_with(
+        call_id,
+        src.port(),
+        srs,
+        [
+            rtp_b.local_addr().unwrap().port(),
+            rtp_a.local_addr().unwrap().port(),
+        ],
+        1,
+        "inv1",
+        &metadata("recorded-call-42@pbx"),
+        srtp.then_some(key.as_str()),
+    );
+    let mut enc_a = srtp.then(|| {
+        let (k, salt) = pbx_edge::srtp::parse_key_params(&format!("inline:{key}")).unwrap();
+        webrtc_srtp::context::Context::new(
+            &k,
+            &salt,
+            webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80,
+            None,
+            None,
+        )
+        .unwrap()
+    });
+    src.send(&inv);
+    // A retransmission of the INVITE is absorbed (same answer, one call).
+    src.send(&inv);
+    let ok = src.final_response("INVITE");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.contains("a=recvonly"), "{ok}");
+    let ports = answer_ports(&ok);
+    assert_eq!(ports.len(), 2);
+    if srtp {
+        assert!(
+            ok.contains("RTP/SAVP") && ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{ok}"
+        );
+    }
+    let to = header(&ok, "To").unwrap().to_string();
+    let bye = ack_and_bye(&src, call_id, &to, srs);
+
+    // 3 s of audio on each stream, 20 ms packets, real time.
+    let alice = speechlike(101, 3000, 8000);
+    let bob = speechlike(102, 3000, 8000);
+    let (mut ea, mut eb) = (Encoder::new(TestCodec::Pcmu), Encoder::new(TestCodec::Pcmu));
+    let t = Instant::now();
+    for i in 0..150usize {
+        let due = Duration::from_millis(20 * i as u64);
+        if let Some(w) = due.checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let pa = rtp_packet(
+            0,
+            i == 0,
+            i as u16,
+            (i * 160) as u32,
+            0xA11CE,
+            &ea.encode(&alice[i * 160..(i + 1) * 160]),
+        );
+        let pb = rtp_packet(
+            0,
+            i == 0,
+            1000 + i as u16,
+            5000 + (i * 160) as u32,
+            0xB0B,
+            &eb.encode(&bob[i * 160..(i + 1) * 160]),
+        );
+        let pa = match enc_a.as_mut() {
+            Some(ctx) => ctx.encrypt_rtp(&pa).unwrap().to_vec(),
+            None => pa,
+        };
+        // m-line 0 is Bob's stream, m-line 1 Alice's.
+        rtp_b
+            .send_to(&pb, SocketAddr::new(srs.ip(), ports[0]))
+            .unwrap();
+        rtp_a
+            .send_to(&pa, SocketAddr::new(srs.ip(), ports[1]))
+            .unwrap();
+    }
+    src.send(&bye);
+    let r = src.final_response("BYE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+
+    let recs = d.wait_recordings(1, Duration::from_secs(5));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["source"], "siprec");
+    assert_eq!(
+        j["call_id"], "recorded-call-42@pbx",
+        "the recorded call's Call-ID from the metadata"
+    );
+    assert_eq!(j["from"]["name"], "Alice");
+    assert_eq!(j["from"]["number"], "+15551001");
+    assert_eq!(j["to"]["name"], "Bob");
+    assert_eq!(j["end_reason"], "bye");
+    let (rate, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
+    assert_eq!(rate, 8000);
+    // Channel 0 is Alice (from the metadata), channel 1 Bob; no cross-talk.
+    let (_, ca) = best_lag(&ch[0], &alice, 800);
+    let (_, cb) = best_lag(&ch[1], &bob, 800);
+    let (_, xa) = best_lag(&ch[0], &bob, 800);
+    assert!(ca > 0.95 && cb > 0.95, "correlations {ca:.3} {cb:.3}");
+    assert!(xa < 0.2, "cross-talk {xa:.3}");
+    // Both streams start together: channels aligned within a few ms.
+    let (la, _) = best_lag(&ch[0], &alice, 800);
+    let (lb, _) = best_lag(&ch[1], &bob, 800);
+    assert!((la - lb).abs() <= 40, "alignment {la} vs {lb} samples");
+    assert!(rms(&ch[0]) > 100.0);
+}
+
+#[test]
+fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only 10.0.0.0/8 may send: 127.0.0.1 gets 403.
+    let (_d, srs) = siprec_daemon(dir.path(), "allow = [\"10.0.0.0/8\"]\n");
+    let src = Src::new(srs);
+    src.send(&invite(
+        "forbidden@src",
+        src.port(),
+        srs,
+        [40000, 40002],
+        1,
+        "f1",
+        &metadata("x"),
+    ));
+    let r = src.final_response("INVITE");
+    assert!(r.starts_with("SIP/2.0 403"), "{r}");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let (d2, srs2) = siprec_daemon(dir2.path(), "max_calls = 1\n");
+    let src2 = Src::new(srs2);
+    // Malformed multipart body: 488 (or 400), never a crash.
+    let bad = invite(
+        "bad@src",
+        src2.port(),
+        srs2,
+        [40000, 40002],
+        1,
+        "b1",
+        &metadata("x"),
+    )
+    .replace(
+        &format!("--{BOUNDARY}\r\nContent-Type: application/sdp"),
+        "--wrongboundary\r\nContent-Type: application/sdp",
+    );
+    src2.send(&bad);
+    let r = src2.final_response("INVITE");
+    assert!(
+        r.starts_with("SIP/2.0 488") || r.starts_with("SIP/2.0 400"),
+        "{r}"
+    );
+    // One call up, the second gets 503.
+    src2.send(&invite(
+        "one@src",
+        src2.port(),
+        srs2,
+        [40010, 40012],
+        1,
+        "o1",
+        &metadata("x"),
+    ));
+    assert!(src2.final_response("INVITE").starts_with("SIP/2.0 200"));
+    src2.send(&invite(
+        "two@src",
+        src2.port(),
+        srs2,
+        [40020, 40022],
+        1,
+        "t1",
+        &metadata("x"),
+    ));
+    let r = src2.final_response("INVITE");
+    assert!(r.starts_with("SIP/2.0 503"), "{r}");
+    // BYE for an unknown dialog: 481.
+    let p = src2.port();
+    src2.send(&format!(
+        "BYE sip:srs@{srs2} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKnone\r\nFrom: <sip:a@b>;tag=x\r\nTo: <sip:c@d>;tag=y\r\nCall-ID: nobody@src\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let r = src2.final_response("BYE");
+    assert!(r.starts_with("SIP/2.0 481"), "{r}");
+    // OPTIONS: 200.
+    src2.send(&format!(
+        "OPTIONS sip:srs@{srs2} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKopt\r\nFrom: <sip:a@b>;tag=x\r\nTo: <sip:c@d>\r\nCall-ID: ping@src\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert!(src2.final_response("OPTIONS").starts_with("SIP/2.0 200"));
+    let status: Value = serde_json::from_str(&d2.get("/status").unwrap().1).unwrap();
+    assert_eq!(status["sources"]["siprec"]["up"], true);
+}
+
+#[test]
+fn sipp_as_the_src() {
+    if !have("sipp") {
+        eprintln!("note: sipp not installed; SIPp test skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    // Audio for SIPp to play: a pcap with one PCMU RTP stream.
+    let pcap = dir.path().join("caller.pcap");
+    write_rtp_pcap(&pcap, &speechlike(201, 3000, 8000));
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/siprec_uac.xml");
+    let out = std::process::Command::new("sipp")
+        .arg(srs.to_string())
+        .args(["-sf"])
+        .arg(&scenario)
+        .args([
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &free_port().to_string(),
+            "-timeout",
+            "20s",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("run sipp");
+    assert!(
+        out.status.success(),
+        "sipp failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = d.wait_recordings(1, Duration::from_secs(5));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["source"], "siprec");
+    let (_, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
+    // SIPp plays its pcap to the first m-line, which the metadata gives to the caller.
+    assert!(rms(&ch[0]) > 100.0, "caller channel has the played audio");
+}
+
+/// A pcap of one RTP stream (Ethernet/IPv4/UDP), the format SIPp plays.
+fn write_rtp_pcap(path: &std::path::Path, audio: &[i16]) {
+    use pbx_testgen::frame::udp_frames;
+    use pbx_testgen::pcap::{CaptureWriter, Format, Link};
+    let mut w = CaptureWriter::new(
+        std::fs::File::create(path).unwrap(),
+        Format::PcapMicros,
+        Link::Ethernet,
+    )
+    .unwrap();
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let src: SocketAddr = "10.0.0.1:6000".parse().unwrap();
+    let dst: SocketAddr = "10.0.0.2:6002".parse().unwrap();
+    for (i, chunk) in audio.chunks(160).enumerate() {
+        let mut frame = chunk.to_vec();
+        frame.resize(160, 0);
+        let pkt = rtp_packet(
+            0,
+            i == 0,
+            i as u16,
+            (i * 160) as u32,
+            0x5151,
+            &enc.encode(&frame),
+        );
+        for f in udp_frames(
+            Link::Ethernet,
+            &Default::default(),
+            src,
+            dst,
+            &pkt,
+            i as u16,
+        ) {
+            w.write(1_700_000_000_000_000_000 + i as i64 * 20_000_000, &f)
+                .unwrap();
+        }
+    }
+}
