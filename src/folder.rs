@@ -927,6 +927,7 @@ struct Watch {
 pub struct FolderScanner {
     root: PathBuf,
     spool: PathBuf,
+    spool_canon: Option<PathBuf>,
     agent_id: String,
     settle: Duration,
     settings: FolderSettings,
@@ -957,6 +958,7 @@ impl FolderScanner {
         Ok(FolderScanner {
             root: root.to_path_buf(),
             spool: spool.to_path_buf(),
+            spool_canon: fs::canonicalize(spool).ok(),
             agent_id: agent_id.to_string(),
             settle,
             settings,
@@ -991,6 +993,10 @@ impl FolderScanner {
             let p = entry.path();
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
+                // Never take our own output (a spool inside the PBX folder).
+                if self.spool_canon.as_deref() == fs::canonicalize(&p).ok().as_deref() {
+                    continue;
+                }
                 if depth < self.settings.max_depth {
                     self.walk(&p, depth + 1, out);
                 }

@@ -405,3 +405,62 @@ fn odd_characters_in_path() {
         "seen file with odd names reloads"
     );
 }
+
+#[test]
+fn spool_inside_the_pbx_folder_is_not_rescanned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = root.join("pbx-edge-spool");
+    write_wav(
+        &root.join("1700000060.1.wav"),
+        8000,
+        1,
+        &speechlike(16, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1);
+    assert_eq!(settle_scan(&mut s, Instant::now() + SETTLE * 4), 0);
+    assert_eq!(pairs(&spool).len(), 1);
+}
+
+#[test]
+fn start_runs_in_a_thread_and_publishes_status() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    write_wav(
+        &root.join("2026/11/24/out-5551234-1001-20261124-101502-1700000070.1.wav"),
+        8000,
+        1,
+        &speechlike(17, 300, 8000),
+    );
+    let mut cfg = pbx_edge::config::Config::defaults(Some(spool.to_str().unwrap()));
+    cfg.spool.dir = spool.clone();
+    cfg.sources.folder.enabled = true;
+    cfg.sources.folder.path = root.clone();
+    cfg.sources.folder.settle = Duration::from_millis(200);
+    let status: pbx_edge::status::SharedStatus =
+        Arc::new(Mutex::new(pbx_edge::status::Status::default()));
+    let live = pbx_edge::health::Liveness::new();
+    let settings = FolderSettings {
+        poll: Duration::from_millis(50),
+        ..FolderSettings::default()
+    };
+    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pairs(&spool).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    h.stop();
+    assert_eq!(pairs(&spool).len(), 1);
+    let st = status.lock().unwrap();
+    let f = st.sources.get("folder").expect("folder status");
+    assert!(f.up);
+    assert_eq!(f.recordings_written, 1);
+    assert_eq!(f.errors, 0);
+    // A missing folder is an error at start, not a panic.
+    cfg.sources.folder.path = tmp.path().join("nope");
+    assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
+}
