@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod folder;
 pub mod health;
 pub mod import;
 pub mod recording;

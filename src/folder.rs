@@ -1,0 +1,1314 @@
+//! The folder source: recordings the PBX already makes (Asterisk/FreePBX
+//! MixMonitor files) become pbx-edge recording pairs.
+//!
+//! In: a directory tree the PBX writes (`[sources.folder] path`, FreePBX layout
+//! `YYYY/MM/DD/<type>-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>.<ext>`), and
+//! optionally Asterisk's `Master.csv` (cdr_csv, default column order).
+//! Out: `<id>.wav` + `<id>.json` in the spool directory (CONTRACT §3, `"source":
+//! "folder"`), written like every other recording: WAV renamed first, JSON
+//! temp+fsync+rename last, directory fsynced, mode 0600.
+//!
+//! Promises:
+//! - The PBX's files are only read: never modified, moved or deleted.
+//! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
+//!   `…-out.wav` = the callee, channel 1) are merged aligned at their start,
+//!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
+//!   Stereo files are taken as they are; a mono mix goes on channel 0 with
+//!   silence on channel 1, `"mixed_mono": true` and a warning.
+//! - A file is taken only once it has been unchanged (size and mtime) for
+//!   `settle`; each file is taken once, even across restarts and renames (its
+//!   inode, size and mtime are remembered in `<spool>/.folder-seen`).
+//! - An unreadable or undecodable file is logged, counted and marked seen; the
+//!   others continue. Input never panics; files larger than
+//!   [`FolderSettings::max_file_bytes`] are refused.
+//!
+//! Times in file names and in Master.csv are the PBX's local time; they are
+//! read as UTC shifted by [`FolderSettings::utc_offset_secs`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pbx_core::audio::resample::Resampler;
+use pbx_core::audio::wav::{parse_wav_header, WavWriter};
+use pbx_core::call::meta::recording_id;
+use pbx_core::Timestamp;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::health::Liveness;
+use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
+use crate::status::SharedStatus;
+
+/// Errors of the folder source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FolderError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {why}")]
+    Format { path: PathBuf, why: String },
+    #[error("{path}: {size} bytes is more than the limit of {limit}")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("writing the recording {id}: {source}")]
+    Write {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FolderError + '_ {
+    move |source| FolderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fmt_err(path: &Path, why: impl Into<String>) -> FolderError {
+    FolderError::Format {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
+}
+
+/// Settings of the folder source beyond `[sources.folder]` (defaults apply
+/// until the config grows these keys).
+#[derive(Debug, Clone)]
+pub struct FolderSettings {
+    /// Seconds east of UTC of the PBX's local time (file names, Master.csv).
+    pub utc_offset_secs: i64,
+    /// `.raw`/`.sln` files hold interleaved stereo (MixMonitor `D`).
+    pub raw_stereo: bool,
+    /// Files larger than this are refused (memory bound).
+    pub max_file_bytes: u64,
+    /// How often the folder is scanned.
+    pub poll: Duration,
+    /// How long a settled recording waits for its Master.csv row.
+    pub cdr_wait: Duration,
+    /// Rows of Master.csv kept in memory (oldest forgotten first).
+    pub max_cdr_rows: usize,
+    /// Directory depth scanned below `path`.
+    pub max_depth: usize,
+}
+
+impl Default for FolderSettings {
+    fn default() -> Self {
+        FolderSettings {
+            utc_offset_secs: 0,
+            raw_stereo: false,
+            max_file_bytes: 1 << 30,
+            poll: Duration::from_secs(1),
+            cdr_wait: Duration::from_secs(60),
+            max_cdr_rows: 200_000,
+            max_depth: 12,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- names
+
+/// What a FreePBX recording file name tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreePbxName {
+    /// `in`, `out`, `internal`, `q`, `rg`, `exten`, ...
+    pub kind: String,
+    pub dst: String,
+    pub src: String,
+    /// Local time of the PBX read as UTC (shift with `utc_offset_secs`).
+    pub started_at: Timestamp,
+    pub uniqueid: String,
+}
+
+/// Parses `<type>-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>` (a stem, without
+/// extension or `-in`/`-out` suffix). `None` if it does not fit.
+pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
+    // The uniqueid (`1700000000.123`) has no '-'; dst/src normally neither, but
+    // the date and time are found from the right to be safe.
+    let parts: Vec<&str> = stem.split('-').collect();
+    if parts.len() < 6 {
+        return None;
+    }
+    let n = parts.len();
+    let uniqueid = *parts.get(n - 1)?;
+    let time = *parts.get(n - 2)?;
+    let date = *parts.get(n - 3)?;
+    let kind = *parts.first()?;
+    let dst = *parts.get(1)?;
+    let src = parts.get(2..n - 3)?.join("-");
+    if uniqueid.is_empty() || kind.is_empty() {
+        return None;
+    }
+    let started_at = parse_compact_datetime(date, time)?;
+    Some(FreePbxName {
+        kind: kind.to_string(),
+        dst: dst.to_string(),
+        src,
+        started_at,
+        uniqueid: uniqueid.to_string(),
+    })
+}
+
+fn digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn civil(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<Timestamp> {
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // days_from_civil (H. Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(Timestamp::from_secs(days * 86_400 + h * 3600 + mi * 60 + s))
+}
+
+/// `YYYYMMDD`, `HHMMSS` → timestamp (as UTC).
+pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
+    if date.len() != 8 || time.len() != 6 {
+        return None;
+    }
+    civil(
+        digits(date.get(0..4)?)?,
+        digits(date.get(4..6)?)?,
+        digits(date.get(6..8)?)?,
+        digits(time.get(0..2)?)?,
+        digits(time.get(2..4)?)?,
+        digits(time.get(4..6)?)?,
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (Asterisk CDR) → timestamp (as UTC); empty → `None`.
+pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    let (d, t) = s.split_once(' ')?;
+    let mut dp = d.split('-');
+    let mut tp = t.split(':');
+    let y = digits(dp.next()?)?;
+    let mo = digits(dp.next()?)?;
+    let da = digits(dp.next()?)?;
+    let h = digits(tp.next()?)?;
+    let mi = digits(tp.next()?)?;
+    let sec = digits(tp.next()?.split('.').next()?)?;
+    civil(y, mo, da, h, mi, sec)
+}
+
+/// FreePBX recording type → CONTRACT direction.
+pub fn direction_of(kind: &str) -> &'static str {
+    match kind {
+        "in" | "q" | "rg" | "external" => "inbound",
+        "out" => "outbound",
+        "internal" | "exten" | "conf" => "internal",
+        _ => "unknown",
+    }
+}
+
+// ---------------------------------------------------------------- CDR
+
+/// One Master.csv row (the fields pbx-edge uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdrRow {
+    pub src: String,
+    pub dst: String,
+    pub dcontext: String,
+    pub clid: String,
+    pub start: Option<Timestamp>,
+    pub answer: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    pub duration: Option<i64>,
+    pub billsec: Option<i64>,
+    pub disposition: String,
+    pub uniqueid: String,
+    pub userfield: String,
+}
+
+/// Splits one CSV line (RFC 4180 quoting, `""` inside quotes).
+pub fn split_csv_line(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') => {
+                if chars.peek() == Some(&'"') {
+                    cur.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            }
+            (false, '"') => quoted = true,
+            (false, ',') => out.push(std::mem::take(&mut cur)),
+            (_, '\r') if !quoted => {}
+            (_, c) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Parses a Master.csv line in cdr_csv's default column order. `None` for a
+/// line that does not have at least the 17 columns up to `uniqueid`.
+pub fn parse_cdr_line(line: &str, utc_offset_secs: i64) -> Option<CdrRow> {
+    let f = split_csv_line(line);
+    let g = |i: usize| f.get(i).cloned().unwrap_or_default();
+    let t = |i: usize| {
+        f.get(i)
+            .and_then(|s| parse_cdr_datetime(s))
+            .map(|ts| ts.add_micros(-utc_offset_secs * 1_000_000))
+    };
+    if f.len() < 17 || g(16).trim().is_empty() {
+        return None;
+    }
+    Some(CdrRow {
+        src: g(1),
+        dst: g(2),
+        dcontext: g(3),
+        clid: g(4),
+        start: t(9),
+        answer: t(10),
+        end: t(11),
+        duration: g(12).trim().parse().ok(),
+        billsec: g(13).trim().parse().ok(),
+        disposition: g(14),
+        uniqueid: g(16).trim().to_string(),
+        userfield: g(17),
+    })
+}
+
+/// The caller-ID name of a `"Name" <number>` clid, if any.
+pub fn clid_name(clid: &str) -> Option<String> {
+    let name = clid.split('<').next()?.trim().trim_matches('"').trim();
+    if name.is_empty() {
+        None
+    } else {
+        Some(name.to_string())
+    }
+}
+
+/// Follows Master.csv as it grows (bounded memory: the oldest rows are forgotten).
+#[derive(Debug)]
+pub struct CdrFollower {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    rows: HashMap<String, CdrRow>,
+    order: VecDeque<String>,
+    max_rows: usize,
+    utc_offset_secs: i64,
+    pub malformed: u64,
+}
+
+impl CdrFollower {
+    pub fn new(path: &Path, max_rows: usize, utc_offset_secs: i64) -> Self {
+        CdrFollower {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: Vec::new(),
+            rows: HashMap::new(),
+            order: VecDeque::new(),
+            max_rows: max_rows.max(1),
+            utc_offset_secs,
+            malformed: 0,
+        }
+    }
+
+    /// Reads what was appended since the last call (from the start again if
+    /// the file shrank: rotated).
+    pub fn poll(&mut self) -> io::Result<()> {
+        let mut f = File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        if len < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        f.take(len - self.offset).read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                continue;
+            }
+            match parse_cdr_line(text, self.utc_offset_secs) {
+                Some(row) => self.insert(row),
+                None => self.malformed += 1,
+            }
+        }
+        // A line longer than 64 KiB is not a CDR line: drop it.
+        if self.partial.len() > 64 * 1024 {
+            self.partial.clear();
+            self.malformed += 1;
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, row: CdrRow) {
+        let key = row.uniqueid.clone();
+        if self.rows.insert(key.clone(), row).is_none() {
+            self.order.push_back(key);
+        }
+        while self.rows.len() > self.max_rows {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.rows.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn get(&self, uniqueid: &str) -> Option<&CdrRow> {
+        self.rows.get(uniqueid)
+    }
+}
+
+// ---------------------------------------------------------------- audio
+
+/// Decoded 16-bit PCM, interleaved.
+#[derive(Debug, Clone)]
+pub struct Pcm {
+    pub rate: u32,
+    pub channels: u16,
+    pub samples: Vec<i16>,
+}
+
+/// Extensions taken as recordings.
+pub fn is_audio_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".wav", ".sln", ".sln16", ".raw"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+}
+
+fn le_samples(bytes: &[u8]) -> Vec<i16> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// Reads a recording file: 16-bit PCM WAV (mono or stereo), `.sln`/`.raw`
+/// (8 kHz s16le, mono or interleaved stereo per `raw_stereo`), `.sln16`.
+pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
+    let size = fs::metadata(path).map_err(io_err(path))?.len();
+    if size > settings.max_file_bytes {
+        return Err(FolderError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: settings.max_file_bytes,
+        });
+    }
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let raw_channels = if settings.raw_stereo { 2 } else { 1 };
+    if name.ends_with(".sln16") {
+        return Ok(Pcm {
+            rate: 16000,
+            channels: raw_channels,
+            samples: le_samples(&bytes),
+        });
+    }
+    if name.ends_with(".sln") || name.ends_with(".raw") {
+        return Ok(Pcm {
+            rate: 8000,
+            channels: raw_channels,
+            samples: le_samples(&bytes),
+        });
+    }
+    let info = parse_wav_header(&bytes).map_err(|e| fmt_err(path, e.to_string()))?;
+    if !info.is_pcm() || info.bits_per_sample != 16 {
+        return Err(fmt_err(
+            path,
+            format!(
+                "unsupported WAV encoding (format {}, {} bits); 16-bit PCM expected",
+                info.format, info.bits_per_sample
+            ),
+        ));
+    }
+    if info.channels != 1 && info.channels != 2 {
+        return Err(fmt_err(
+            path,
+            format!("{} channels; 1 or 2 expected", info.channels),
+        ));
+    }
+    let start = usize::try_from(info.data_offset).unwrap_or(usize::MAX);
+    let len = usize::try_from(info.audio_len(bytes.len() as u64)).unwrap_or(0);
+    let data = bytes
+        .get(start..start.saturating_add(len))
+        .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
+    Ok(Pcm {
+        rate: info.sample_rate,
+        channels: info.channels,
+        samples: le_samples(data),
+    })
+}
+
+fn channel(p: &Pcm, idx: usize) -> Vec<i16> {
+    let n = usize::from(p.channels.max(1));
+    p.samples.iter().skip(idx).step_by(n).copied().collect()
+}
+
+/// `x` at `from` Hz converted to `to` Hz, same duration, delay compensated.
+fn resample(x: Vec<i16>, from: u32, to: u32, path: &Path) -> Result<Vec<i16>, FolderError> {
+    if from == to {
+        return Ok(x);
+    }
+    let mut r = Resampler::new(from, to).map_err(|e| fmt_err(path, e.to_string()))?;
+    let want = (x.len() as u64 * u64::from(to) / u64::from(from.max(1))) as usize;
+    let delay = r.delay();
+    let mut out = Vec::with_capacity(want + delay + 64);
+    r.process(&x, &mut out);
+    // Flush the filter: enough input silence to produce `delay` more outputs.
+    let extra_in = (delay as u64 * u64::from(from) / u64::from(to.max(1))) as usize + 2;
+    r.process_silence(extra_in, &mut out);
+    let mut out: Vec<i16> = out.into_iter().skip(delay).collect();
+    out.resize(want, 0);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- sets
+
+/// The files of one PBX recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSet {
+    /// Directory + stem without `-in`/`-out`: the set's identity.
+    pub key: PathBuf,
+    /// What the PBX received from the caller (`-in`, MixMonitor `r()`).
+    pub rx: Option<PathBuf>,
+    /// What the PBX sent to the caller, i.e. the callee (`-out`, `t()`).
+    pub tx: Option<PathBuf>,
+    /// A file without leg suffix: stereo taken as is, mono as a mixed mono.
+    pub whole: Option<PathBuf>,
+}
+
+impl RecordingSet {
+    pub fn files(&self) -> Vec<&PathBuf> {
+        [&self.rx, &self.tx, &self.whole]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The stem (no directory).
+    pub fn stem(&self) -> String {
+        self.key
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`.
+fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
+    if !is_audio_name(name) {
+        return None;
+    }
+    let stem = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
+    for (suffix, leg) in [
+        ("-in", "in"),
+        ("-out", "out"),
+        ("-rx", "in"),
+        ("-tx", "out"),
+    ] {
+        if let Some(base) = stem.strip_suffix(suffix) {
+            if !base.is_empty() {
+                return Some((base.to_string(), Some(leg)));
+            }
+        }
+    }
+    Some((stem.to_string(), None))
+}
+
+/// Groups audio files into recording sets.
+pub fn group_sets(files: &[PathBuf]) -> Vec<RecordingSet> {
+    let mut sets: HashMap<PathBuf, RecordingSet> = HashMap::new();
+    for f in files {
+        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let Some((base, leg)) = split_name(&name) else {
+            continue;
+        };
+        let key = f.parent().unwrap_or(Path::new("")).join(&base);
+        let set = sets.entry(key.clone()).or_insert_with(|| RecordingSet {
+            key,
+            rx: None,
+            tx: None,
+            whole: None,
+        });
+        match leg {
+            Some("in") => set.rx = Some(f.clone()),
+            Some(_) => set.tx = Some(f.clone()),
+            None => set.whole = Some(f.clone()),
+        }
+    }
+    let mut v: Vec<RecordingSet> = sets.into_values().collect();
+    v.sort_by(|a, b| a.key.cmp(&b.key));
+    v
+}
+
+// ---------------------------------------------------------------- convert
+
+/// A recording pair written to the spool.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub id: String,
+    pub wav: PathBuf,
+    pub json: PathBuf,
+    pub bytes: u64,
+    pub duration_ms: i64,
+    pub warnings: Vec<String>,
+}
+
+/// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
+/// Reads only the PBX's files. `mtime` is the start time used when neither the
+/// file name nor the CDR has one.
+pub fn convert(
+    set: &RecordingSet,
+    cdr: Option<&CdrRow>,
+    out_dir: &Path,
+    agent_id: &str,
+    settings: &FolderSettings,
+    mtime: Timestamp,
+) -> Result<Converted, FolderError> {
+    let mut warnings: Vec<String> = Vec::new();
+    let mut mixed_mono = false;
+    let (left, right, rate, sources, codec): (Vec<i16>, Vec<i16>, u32, Vec<String>, String);
+    let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
+    if set.rx.is_some() || set.tx.is_some() {
+        let a = set
+            .rx
+            .as_ref()
+            .map(|p| read_audio(p, settings))
+            .transpose()?;
+        let b = set
+            .tx
+            .as_ref()
+            .map(|p| read_audio(p, settings))
+            .transpose()?;
+        for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
+            if let (Some(pcm), Some(path)) = (leg, p) {
+                if pcm.channels != 1 {
+                    warnings.push(format!(
+                        "{}: leg has {} channels, the first is used",
+                        path.display(),
+                        pcm.channels
+                    ));
+                }
+            }
+        }
+        if a.is_none() {
+            warnings.push("the caller leg (-in) is missing: channel 0 is silent".into());
+        }
+        if b.is_none() {
+            warnings.push("the callee leg (-out) is missing: channel 1 is silent".into());
+        }
+        let ra = a.as_ref().map(|p| p.rate).unwrap_or(8000);
+        let rb = b.as_ref().map(|p| p.rate).unwrap_or(8000);
+        rate = if ra > 8000 || rb > 8000 { 16000 } else { 8000 };
+        let la = match (&a, &set.rx) {
+            (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
+            _ => Vec::new(),
+        };
+        let lb = match (&b, &set.tx) {
+            (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
+            _ => Vec::new(),
+        };
+        if a.is_some() && b.is_some() && la.len() != lb.len() {
+            let diff = la.len().abs_diff(lb.len()) as u64 * 1000 / u64::from(rate);
+            if diff > 0 {
+                warnings.push(format!(
+                    "the legs differ in length by {diff} ms; aligned at their start"
+                ));
+            }
+        }
+        left = la;
+        right = lb;
+        sources = [&set.rx, &set.tx]
+            .into_iter()
+            .flatten()
+            .map(src_name)
+            .collect();
+        codec = "L16".into();
+    } else if let Some(path) = &set.whole {
+        let p = read_audio(path, settings)?;
+        let r = if p.rate > 8000 { 16000 } else { 8000 };
+        if p.channels == 2 {
+            left = resample(channel(&p, 0), p.rate, r, path)?;
+            right = resample(channel(&p, 1), p.rate, r, path)?;
+        } else {
+            mixed_mono = true;
+            warnings.push(
+                "mono mix: both parties are on channel 0, channel 1 is silent; \
+                 record split legs (MixMonitor r()/t()) or stereo for a two-channel analysis"
+                    .into(),
+            );
+            left = resample(channel(&p, 0), p.rate, r, path)?;
+            right = Vec::new();
+        }
+        rate = r;
+        sources = vec![src_name(path)];
+        codec = "L16".into();
+    } else {
+        return Err(fmt_err(&set.key, "no audio file in the set"));
+    }
+
+    // Metadata: Master.csv first, then the FreePBX file name, then the mtime.
+    let stem = set.stem();
+    let name = parse_freepbx_name(&stem);
+    let offset_us = settings.utc_offset_secs * 1_000_000;
+    let call_id = cdr
+        .map(|c| c.uniqueid.clone())
+        .or_else(|| name.as_ref().map(|n| n.uniqueid.clone()))
+        .unwrap_or_else(|| stem.clone());
+    let frames = left.len().max(right.len());
+    let duration_ms = (frames as u64 * 1000 / u64::from(rate)) as i64;
+    let name_start = name.as_ref().map(|n| n.started_at.add_micros(-offset_us));
+    let started_at = cdr
+        .and_then(|c| c.start)
+        .or(name_start)
+        .unwrap_or_else(|| mtime.add_micros(-duration_ms * 1000));
+    let answered_at = cdr.and_then(|c| c.answer);
+    let ended_at = cdr
+        .and_then(|c| c.end)
+        .unwrap_or_else(|| started_at.add_micros(duration_ms * 1000));
+    let (from_number, to_number) = match (cdr, &name) {
+        (Some(c), _) => (c.src.clone(), c.dst.clone()),
+        (None, Some(n)) => (n.src.clone(), n.dst.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let from_name = cdr.and_then(|c| clid_name(&c.clid));
+    let direction = name
+        .as_ref()
+        .map(|n| direction_of(&n.kind))
+        .unwrap_or("unknown");
+    let id = recording_id(&call_id, started_at);
+
+    // Audio: WAV renamed first.
+    create_private_dir(out_dir).map_err(|source| FolderError::Write {
+        id: id.clone(),
+        source,
+    })?;
+    let werr = |source: io::Error| FolderError::Write {
+        id: id.clone(),
+        source,
+    };
+    let part = out_dir.join(format!(".{id}.wav.part"));
+    let wav_path = out_dir.join(format!("{id}.wav"));
+    let json_path = out_dir.join(format!("{id}.json"));
+    let result = (|| -> io::Result<(u64, String)> {
+        let f = create_private_file(&part)?;
+        let mut w = WavWriter::new(BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
+        let mut buf = Vec::with_capacity(8192);
+        let mut i = 0;
+        while i < frames {
+            buf.clear();
+            let end = (i + 4096).min(frames);
+            for k in i..end {
+                buf.push(left.get(k).copied().unwrap_or(0));
+                buf.push(right.get(k).copied().unwrap_or(0));
+            }
+            w.write_samples(&buf)?;
+            i = end;
+        }
+        let mut bw = w.finalize()?;
+        bw.flush()?;
+        let file = bw.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let h = hash_file(&part)?;
+        fs::rename(&part, &wav_path)?;
+        Ok(h)
+    })();
+    let (bytes, sha) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            return Err(werr(e));
+        }
+    };
+    let channels = json!([
+        {"index": 0, "party": "caller", "codec": codec, "packets": 0, "lost": 0},
+        {"index": 1, "party": "callee", "codec": codec, "packets": 0, "lost": 0},
+    ]);
+    let doc: Value = json!({
+        "schema": SCHEMA,
+        "recording_id": id,
+        "agent_id": agent_id,
+        "source": "folder",
+        "call_id": call_id,
+        "from": {"number": from_number, "name": from_name},
+        "to": {"number": to_number, "name": Value::Null},
+        "direction": direction,
+        "started_at": started_at.to_rfc3339(),
+        "answered_at": answered_at.map(|t| t.to_rfc3339()),
+        "ended_at": ended_at.to_rfc3339(),
+        "duration_ms": duration_ms,
+        "audio": {"format": "wav", "sample_rate": rate, "channels": 2,
+                  "bytes": bytes, "sha256": sha},
+        "channels": channels,
+        "dtmf": [],
+        "mixed_mono": mixed_mono,
+        "disposition": cdr.map(|c| c.disposition.clone()),
+        "cdr": cdr.is_some(),
+        "pbx_type": name.as_ref().map(|n| n.kind.clone()),
+        "source_files": sources,
+        "truncated": false,
+        "warnings": warnings,
+    });
+    let tmp = out_dir.join(format!(".{id}.json.tmp"));
+    let jres = (|| -> io::Result<()> {
+        let mut f = create_private_file(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, &doc)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &json_path)?;
+        sync_dir(out_dir)
+    })();
+    if let Err(e) = jres {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&wav_path);
+        return Err(werr(e));
+    }
+    Ok(Converted {
+        id,
+        wav: wav_path,
+        json: json_path,
+        bytes,
+        duration_ms,
+        warnings,
+    })
+}
+
+// ---------------------------------------------------------------- seen state
+
+/// Identity of a file version: inode, size, mtime (ns). Survives renames.
+pub type FileKey = (u64, u64, i64);
+
+fn file_key(md: &fs::Metadata) -> FileKey {
+    (
+        md.ino(),
+        md.size(),
+        md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec(),
+    )
+}
+
+/// The files already taken, `<spool>/.folder-seen`: append-only lines
+/// `ino size mtime_ns<TAB>path` (the path is for people; only the key counts).
+#[derive(Debug)]
+pub struct SeenFile {
+    path: PathBuf,
+    keys: HashSet<FileKey>,
+}
+
+impl SeenFile {
+    pub const NAME: &'static str = ".folder-seen";
+
+    pub fn open(spool: &Path) -> io::Result<Self> {
+        let path = spool.join(Self::NAME);
+        let mut keys = HashSet::new();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines() {
+                    let mut it = line.split('\t').next().unwrap_or("").split(' ');
+                    let k = (
+                        it.next().and_then(|v| v.parse().ok()),
+                        it.next().and_then(|v| v.parse().ok()),
+                        it.next().and_then(|v| v.parse().ok()),
+                    );
+                    if let (Some(a), Some(b), Some(c)) = k {
+                        keys.insert((a, b, c));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(SeenFile { path, keys })
+    }
+
+    pub fn contains(&self, k: &FileKey) -> bool {
+        self.keys.contains(k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Remembers `files` durably (append + fsync).
+    pub fn add(&mut self, files: &[(FileKey, PathBuf)]) -> io::Result<()> {
+        let mut text = String::new();
+        for (k, p) in files {
+            let shown: String = p.to_string_lossy().escape_debug().collect();
+            text.push_str(&format!("{} {} {}\t{}\n", k.0, k.1, k.2, shown));
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode_private()
+            .open(&self.path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        for (k, _) in files {
+            self.keys.insert(*k);
+        }
+        Ok(())
+    }
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+// ---------------------------------------------------------------- scanner
+
+/// Counters of the folder source.
+#[derive(Debug, Default, Clone)]
+pub struct FolderCounters {
+    pub written: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub skipped_seen: u64,
+    pub scan_errors: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Watch {
+    key: FileKey,
+    since: Instant,
+}
+
+/// Scans a PBX folder and converts settled recording sets (no thread: call
+/// [`FolderScanner::scan`] periodically; [`start`] does that in a thread).
+#[derive(Debug)]
+pub struct FolderScanner {
+    root: PathBuf,
+    spool: PathBuf,
+    spool_canon: Option<PathBuf>,
+    agent_id: String,
+    settle: Duration,
+    settings: FolderSettings,
+    seen: SeenFile,
+    cdr: Option<CdrFollower>,
+    watching: HashMap<PathBuf, Watch>,
+    /// Settled sets waiting for their CDR row: key → first settled.
+    waiting_cdr: HashMap<PathBuf, Instant>,
+    pub counters: FolderCounters,
+    pub written: Vec<Converted>,
+    /// Recent errors (at most 100 kept).
+    pub errors: VecDeque<String>,
+}
+
+impl FolderScanner {
+    pub fn new(
+        root: &Path,
+        spool: &Path,
+        agent_id: &str,
+        cdr_csv: Option<&Path>,
+        settle: Duration,
+        settings: FolderSettings,
+    ) -> io::Result<Self> {
+        create_private_dir(spool)?;
+        let seen = SeenFile::open(spool)?;
+        let cdr =
+            cdr_csv.map(|p| CdrFollower::new(p, settings.max_cdr_rows, settings.utc_offset_secs));
+        Ok(FolderScanner {
+            root: root.to_path_buf(),
+            spool: spool.to_path_buf(),
+            spool_canon: fs::canonicalize(spool).ok(),
+            agent_id: agent_id.to_string(),
+            settle,
+            settings,
+            seen,
+            cdr,
+            watching: HashMap::new(),
+            waiting_cdr: HashMap::new(),
+            counters: FolderCounters::default(),
+            written: Vec::new(),
+            errors: VecDeque::new(),
+        })
+    }
+
+    fn error(&mut self, msg: String) {
+        tracing::error!(target: "pbx_edge::folder", "{msg}");
+        if self.errors.len() >= 100 {
+            self.errors.pop_front();
+        }
+        self.errors.push_back(msg);
+    }
+
+    fn walk(&mut self, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, fs::Metadata)>) {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.counters.scan_errors += 1;
+                self.error(format!("folder: cannot list {}: {e}", dir.display()));
+                return;
+            }
+        };
+        for entry in rd.flatten() {
+            let p = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                // Never take our own output (a spool inside the PBX folder).
+                if self.spool_canon.as_deref() == fs::canonicalize(&p).ok().as_deref() {
+                    continue;
+                }
+                if depth < self.settings.max_depth {
+                    self.walk(&p, depth + 1, out);
+                }
+            } else if ft.is_file() {
+                let name = entry.file_name();
+                if !is_audio_name(&name.to_string_lossy()) {
+                    continue;
+                }
+                if let Ok(md) = entry.metadata() {
+                    out.push((p, md));
+                }
+            }
+        }
+    }
+
+    /// One pass: notices new and changed files, converts the sets whose files
+    /// have all been unchanged for `settle`. Returns how many were written.
+    pub fn scan(&mut self, now: Instant) -> usize {
+        if let Some(c) = self.cdr.as_mut() {
+            if let Err(e) = c.poll() {
+                if e.kind() != io::ErrorKind::NotFound {
+                    let msg = format!("folder: cannot read {}: {e}", c.path.display());
+                    self.counters.scan_errors += 1;
+                    self.error(msg);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        let root = self.root.clone();
+        self.walk(&root, 0, &mut found);
+        let mut present: HashMap<PathBuf, FileKey> = HashMap::new();
+        for (p, md) in found {
+            let key = file_key(&md);
+            if self.seen.contains(&key) {
+                continue;
+            }
+            present.insert(p, key);
+        }
+        self.watching.retain(|p, _| present.contains_key(p));
+        for (p, key) in &present {
+            match self.watching.get_mut(p) {
+                Some(w) if w.key == *key => {}
+                Some(w) => {
+                    w.key = *key;
+                    w.since = now;
+                }
+                None => {
+                    self.watching.insert(
+                        p.clone(),
+                        Watch {
+                            key: *key,
+                            since: now,
+                        },
+                    );
+                }
+            }
+        }
+        let files: Vec<PathBuf> = present.keys().cloned().collect();
+        let mut written = 0;
+        for set in group_sets(&files) {
+            let settled = set.files().iter().all(|f| {
+                self.watching
+                    .get(*f)
+                    .is_some_and(|w| now.saturating_duration_since(w.since) >= self.settle)
+            });
+            if !settled {
+                continue;
+            }
+            if self.take(&set, &present, now) {
+                written += 1;
+            }
+        }
+        written
+    }
+
+    /// Converts one settled set (or leaves it waiting for its CDR row).
+    fn take(
+        &mut self,
+        set: &RecordingSet,
+        present: &HashMap<PathBuf, FileKey>,
+        now: Instant,
+    ) -> bool {
+        let stem = set.stem();
+        let uniqueid = parse_freepbx_name(&stem)
+            .map(|n| n.uniqueid)
+            .unwrap_or_else(|| stem.clone());
+        let row = self.cdr.as_ref().and_then(|c| c.get(&uniqueid)).cloned();
+        if self.cdr.is_some() && row.is_none() {
+            let first = *self.waiting_cdr.entry(set.key.clone()).or_insert(now);
+            if now.saturating_duration_since(first) < self.settings.cdr_wait {
+                return false;
+            }
+        }
+        self.waiting_cdr.remove(&set.key);
+        let mtime = set
+            .files()
+            .iter()
+            .filter_map(|f| fs::metadata(f).ok())
+            .map(|m| Timestamp::from_micros(m.mtime() * 1_000_000 + m.mtime_nsec() / 1000))
+            .max()
+            .unwrap_or(Timestamp::ZERO);
+        let res = convert(
+            set,
+            row.as_ref(),
+            &self.spool,
+            &self.agent_id,
+            &self.settings,
+            mtime,
+        );
+        let ok = match res {
+            Ok(c) => {
+                tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %set.key.display(), "folder recording taken");
+                self.counters.written += 1;
+                self.counters.bytes += c.bytes;
+                self.written.push(c);
+                if self.written.len() > 1000 {
+                    self.written.remove(0);
+                }
+                true
+            }
+            Err(e) => {
+                self.counters.failed += 1;
+                self.error(format!("folder: {} not taken: {e}", set.key.display()));
+                false
+            }
+        };
+        // Taken or refused: either way not tried again (a broken file does not
+        // become readable by waiting; a changed one has a new key).
+        let marks: Vec<(FileKey, PathBuf)> = set
+            .files()
+            .into_iter()
+            .filter_map(|f| present.get(f).map(|k| (*k, f.clone())))
+            .collect();
+        if let Err(e) = self.seen.add(&marks) {
+            self.error(format!(
+                "folder: cannot write {}: {e}",
+                self.seen.path.display()
+            ));
+        }
+        for f in set.files() {
+            self.watching.remove(f);
+        }
+        ok
+    }
+}
+
+// ---------------------------------------------------------------- thread
+
+/// The running folder source.
+#[derive(Debug)]
+pub struct FolderHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FolderHandle {
+    /// Stops the scanner thread and waits for it (at most one poll interval
+    /// plus the conversion in progress).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FolderHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn publish(status: &SharedStatus, root: &Path, s: &FolderScanner) {
+    if let Ok(mut st) = status.lock() {
+        let src = st.sources.entry("folder".to_string()).or_default();
+        src.up = true;
+        src.error = s.errors.back().cloned();
+        src.listen = root.display().to_string();
+        src.errors = s.counters.failed + s.counters.scan_errors;
+        src.recordings_written = s.counters.written;
+        src.recordings_failed = s.counters.failed;
+        src.bytes_written = s.counters.bytes;
+    }
+}
+
+/// Starts the folder source (`[sources.folder]`) in its own thread, writing
+/// into `cfg.spool.dir`; beats `"folder"` on `live` each pass.
+pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Result<FolderHandle> {
+    start_with(cfg, FolderSettings::default(), status, live)
+}
+
+/// [`start`] with explicit [`FolderSettings`].
+pub fn start_with(
+    cfg: &Config,
+    settings: FolderSettings,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+) -> io::Result<FolderHandle> {
+    let f = &cfg.sources.folder;
+    if !f.path.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "sources.folder.path {} is not a directory",
+                f.path.display()
+            ),
+        ));
+    }
+    let poll = settings.poll.max(Duration::from_millis(50));
+    let mut scanner = FolderScanner::new(
+        &f.path,
+        &cfg.spool.dir,
+        &cfg.agent.id,
+        f.cdr_csv.as_deref(),
+        f.settle,
+        settings,
+    )?;
+    let root = f.path.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("folder".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                scanner.scan(Instant::now());
+                publish(&status, &root, &scanner);
+                live.beat("folder");
+                let mut slept = Duration::ZERO;
+                while slept < poll && !stop2.load(Ordering::SeqCst) {
+                    let step = Duration::from_millis(50).min(poll - slept);
+                    std::thread::sleep(step);
+                    slept += step;
+                }
+            }
+            live.forget("folder");
+        })?;
+    Ok(FolderHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freepbx_name() {
+        let n = parse_freepbx_name("out-5551234-1001-20261124-101502-1700000000.123").unwrap();
+        assert_eq!(n.kind, "out");
+        assert_eq!(n.dst, "5551234");
+        assert_eq!(n.src, "1001");
+        assert_eq!(n.uniqueid, "1700000000.123");
+        assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+        assert!(parse_freepbx_name("foo").is_none());
+        assert!(parse_freepbx_name("in-1-2-2026x124-101502-1.2").is_none());
+        assert!(parse_freepbx_name("in-1-2-20261324-101502-1.2").is_none());
+    }
+
+    #[test]
+    fn csv_and_cdr() {
+        let line = r#""","1001","5551234","from-internal","""Alice"" <1001>","SIP/1001-0001","SIP/t-0002","Dial","SIP/t/5551234,300","2026-11-24 10:15:02","2026-11-24 10:15:05","2026-11-24 10:16:02",60,57,"ANSWERED","DOCUMENTATION","1700000000.123","""#;
+        let r = parse_cdr_line(line, 3600).unwrap();
+        assert_eq!(r.src, "1001");
+        assert_eq!(r.dst, "5551234");
+        assert_eq!(clid_name(&r.clid).as_deref(), Some("Alice"));
+        assert_eq!(r.uniqueid, "1700000000.123");
+        assert_eq!(r.start.unwrap().to_rfc3339(), "2026-11-24T09:15:02.000Z");
+        assert_eq!(r.billsec, Some(57));
+        assert_eq!(r.disposition, "ANSWERED");
+        assert!(parse_cdr_line("a,b,c", 0).is_none());
+        let f = split_csv_line(r#"a,"b,c","d""e",,"#);
+        assert_eq!(f, vec!["a", "b,c", "d\"e", "", ""]);
+    }
+
+    #[test]
+    fn grouping() {
+        let files: Vec<PathBuf> = [
+            "/r/x-in.wav",
+            "/r/x-out.wav",
+            "/r/y.wav",
+            "/r/z.WAV",
+            "/r/notes.txt",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let sets = group_sets(&files);
+        assert_eq!(sets.len(), 3);
+        assert_eq!(sets[0].rx.as_deref(), Some(Path::new("/r/x-in.wav")));
+        assert_eq!(sets[0].tx.as_deref(), Some(Path::new("/r/x-out.wav")));
+        assert_eq!(sets[1].whole.as_deref(), Some(Path::new("/r/y.wav")));
+    }
+
+    #[test]
+    fn resample_keeps_length() {
+        let x: Vec<i16> = (0..8000)
+            .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
+            .collect();
+        let y = resample(x.clone(), 8000, 16000, Path::new("t")).unwrap();
+        assert_eq!(y.len(), 16000);
+        let z = resample(y, 16000, 8000, Path::new("t")).unwrap();
+        assert_eq!(z.len(), 8000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in ".{0,200}") {
+            let _ = parse_freepbx_name(&s);
+            let _ = parse_cdr_line(&s, 0);
+            let _ = parse_cdr_datetime(&s);
+            let _ = split_name(&s);
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The folder source against generated FreePBX-style recordings: split legs,
+//! stereo, mono, raw, Master.csv, settling, once-only, broken files, odd paths.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pbx_core::audio::wav::WavWriter;
+use pbx_edge::folder::{FolderScanner, FolderSettings};
+use pbx_testgen::audio::{best_lag, correlation_at, halve, read_stereo_wav, rms, speechlike, tone};
+use serde_json::Value;
+
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = File::create(path).unwrap();
+    let mut w = WavWriter::new(f, rate, channels).unwrap();
+    w.write_samples(samples).unwrap();
+    w.finalize().unwrap();
+}
+
+fn day_dir(root: &Path) -> PathBuf {
+    root.join("2026/11/24")
+}
+
+fn scanner(root: &Path, spool: &Path, cdr: Option<&Path>) -> FolderScanner {
+    let settings = FolderSettings {
+        cdr_wait: Duration::from_secs(30),
+        ..FolderSettings::default()
+    };
+    FolderScanner::new(root, spool, "pbx-test", cdr, SETTLE, settings).unwrap()
+}
+
+/// Two scans a settle apart: everything present and unchanged is taken.
+fn settle_scan(s: &mut FolderScanner, t0: Instant) -> usize {
+    let a = s.scan(t0);
+    a + s.scan(t0 + SETTLE + Duration::from_millis(1))
+}
+
+fn json_of(p: &Path) -> Value {
+    serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+}
+
+fn pairs(spool: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(spool)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".json").map(str::to_string)
+        })
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn split_legs_merged_aligned_with_freepbx_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let caller = speechlike(1, 3000, 8000);
+    let callee_speech = speechlike(2, 2000, 8000);
+    // The callee leg starts with 500 ms of silence (it answered later).
+    let mut callee = vec![0i16; 4000];
+    callee.extend_from_slice(&callee_speech);
+    let stem = "out-5551234-1001-20261124-101502-1700000000.123";
+    let d = day_dir(&root);
+    write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
+    write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &callee);
+
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let c = &s.written[0];
+    let (rate, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+    assert_eq!(rate, 8000);
+    assert_eq!(l.len(), 3000 * 8, "padded to the longer leg");
+    let (lag, corr) = best_lag(&l, &caller, 200);
+    assert_eq!(lag, 0);
+    assert!(corr > 0.99, "caller on channel 0: {corr}");
+    let (lag, corr) = best_lag(&r, &callee, 200);
+    assert_eq!(lag, 0);
+    assert!(corr > 0.99, "callee on channel 1: {corr}");
+    assert!(correlation_at(&l, &callee, 0).abs() < 0.2);
+    assert!(rms(&r[..3900]) < 1.0, "offset kept: callee silent first");
+
+    let j = json_of(&c.json);
+    assert_eq!(j["schema"], "pbx-edge.recording/1");
+    assert_eq!(j["source"], "folder");
+    assert_eq!(j["agent_id"], "pbx-test");
+    assert_eq!(j["call_id"], "1700000000.123");
+    assert_eq!(j["from"]["number"], "1001");
+    assert_eq!(j["to"]["number"], "5551234");
+    assert_eq!(j["direction"], "outbound");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
+    assert_eq!(j["ended_at"], "2026-11-24T10:15:05.000Z");
+    assert_eq!(j["duration_ms"], 3000);
+    assert_eq!(j["mixed_mono"], false);
+    assert_eq!(j["audio"]["channels"], 2);
+    assert_eq!(j["audio"]["sample_rate"], 8000);
+    assert_eq!(j["audio"]["bytes"], fs::metadata(&c.wav).unwrap().len());
+    assert_eq!(j["recording_id"], c.id.as_str());
+    assert!(c.id.starts_with("20261124T101502Z-"));
+    // The PBX's files are untouched.
+    assert!(d.join(format!("{stem}-in.wav")).exists());
+    assert!(d.join(format!("{stem}-out.wav")).exists());
+    // Mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&c.wav).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn legs_of_different_rates_resampled_to_16k() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let caller = speechlike(3, 2000, 8000);
+    let callee16 = speechlike(4, 2000, 16000);
+    write_wav(&root.join("1700000001.5-in.wav"), 8000, 1, &caller);
+    write_wav(&root.join("1700000001.5-out.wav"), 16000, 1, &callee16);
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (rate, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!(rate, 16000);
+    assert_eq!(l.len(), 32000);
+    let (lag, corr) = best_lag(&halve(&l), &caller, 50);
+    assert!(lag.abs() <= 1 && corr > 0.8, "{lag} {corr}");
+    let (lag, corr) = best_lag(&r, &callee16, 50);
+    assert!(lag == 0 && corr > 0.99, "{lag} {corr}");
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["call_id"], "1700000001.5");
+    assert_eq!(j["direction"], "unknown");
+}
+
+#[test]
+fn stereo_as_is_mono_flagged_raw_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    let a = tone(440.0, 1000, 8000, 0.3);
+    let b = speechlike(5, 1000, 8000);
+    let inter: Vec<i16> = a.iter().zip(&b).flat_map(|(x, y)| [*x, *y]).collect();
+    write_wav(
+        &d.join("in-1001-5550000-20261124-090000-1700000002.1.wav"),
+        8000,
+        2,
+        &inter,
+    );
+    let mono = speechlike(6, 1500, 8000);
+    write_wav(
+        &d.join("internal-1002-1001-20261124-091000-1700000003.1.wav"),
+        8000,
+        1,
+        &mono,
+    );
+    let raw = speechlike(7, 800, 8000);
+    let bytes: Vec<u8> = raw.iter().flat_map(|s| s.to_le_bytes()).collect();
+    fs::write(
+        d.join("q-600-5551111-20261124-092000-1700000004.1.sln"),
+        bytes,
+    )
+    .unwrap();
+
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 3, "{:?}", s.errors);
+    let by_call = |id: &str| {
+        s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let st = by_call("1700000002.1");
+    let (_, [l, r]) = read_stereo_wav(&st.wav).unwrap();
+    assert_eq!(l, a);
+    assert_eq!(r, b);
+    let j = json_of(&st.json);
+    assert_eq!(j["direction"], "inbound");
+    assert_eq!(j["mixed_mono"], false);
+
+    let mo = by_call("1700000003.1");
+    let (_, [l, r]) = read_stereo_wav(&mo.wav).unwrap();
+    assert_eq!(l, mono);
+    assert!(r.iter().all(|&x| x == 0));
+    let j = json_of(&mo.json);
+    assert_eq!(j["mixed_mono"], true);
+    assert_eq!(j["direction"], "internal");
+    assert!(j["warnings"][0].as_str().unwrap().contains("mono"));
+
+    let rw = by_call("1700000004.1");
+    let (rate, [l, _]) = read_stereo_wav(&rw.wav).unwrap();
+    assert_eq!(rate, 8000);
+    assert_eq!(l, raw);
+    assert_eq!(json_of(&rw.json)["direction"], "inbound");
+}
+
+#[test]
+fn master_csv_fills_call_details_and_late_row_is_waited_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    let stem = "in-5550000-15551230000-20261124-101502-1700000010.7";
+    write_wav(
+        &d.join(format!("{stem}.wav")),
+        8000,
+        1,
+        &speechlike(8, 1000, 8000),
+    );
+    let csv = tmp.path().join("Master.csv");
+    fs::write(
+        &csv,
+        "\"\",\"999\",\"1\",\"ctx\",\"\",\"\",\"\",\"\",\"\",\"2026-11-24 09:00:00\",\"\",\"2026-11-24 09:00:01\",1,0,\"NO ANSWER\",\"DOCUMENTATION\",\"1600000000.1\",\"\"\n",
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv));
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 0, "waits for its CDR row");
+    let mut f = fs::OpenOptions::new().append(true).open(&csv).unwrap();
+    writeln!(
+        f,
+        r#""","15551230000","5550000","from-trunk","""Bob Smith"" <15551230000>","SIP/trunk-0001","SIP/1001-0002","Dial","SIP/1001,30","2026-11-24 10:15:01","2026-11-24 10:15:04","2026-11-24 10:16:04",63,60,"ANSWERED","DOCUMENTATION","1700000010.7","""#
+    )
+    .unwrap();
+    drop(f);
+    assert_eq!(s.scan(t0 + SETTLE * 2), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["call_id"], "1700000010.7");
+    assert_eq!(j["from"]["number"], "15551230000");
+    assert_eq!(j["from"]["name"], "Bob Smith");
+    assert_eq!(j["to"]["number"], "5550000");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:01.000Z");
+    assert_eq!(j["answered_at"], "2026-11-24T10:15:04.000Z");
+    assert_eq!(j["ended_at"], "2026-11-24T10:16:04.000Z");
+    assert_eq!(j["disposition"], "ANSWERED");
+    assert_eq!(j["cdr"], true);
+    assert_eq!(j["mixed_mono"], true);
+
+    // A recording whose row never comes goes after cdr_wait with the file name.
+    let stem2 = "out-5552222-1001-20261124-110000-1700000011.1";
+    write_wav(
+        &d.join(format!("{stem2}.wav")),
+        8000,
+        1,
+        &speechlike(9, 500, 8000),
+    );
+    let t1 = t0 + SETTLE * 3;
+    s.scan(t1);
+    assert_eq!(s.scan(t1 + SETTLE + Duration::from_secs(1)), 0);
+    assert_eq!(s.scan(t1 + SETTLE + Duration::from_secs(31)), 1);
+    let j = json_of(&s.written[1].json);
+    assert_eq!(j["cdr"], false);
+    assert_eq!(j["from"]["number"], "1001");
+}
+
+#[test]
+fn growing_file_not_taken_until_settled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let p = root.join("1700000020.1.sln");
+    fs::create_dir_all(&root).unwrap();
+    let chunk: Vec<u8> = speechlike(10, 200, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(&p, &chunk).unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(s.scan(t0), 0);
+    // Still being written: grows before each scan.
+    for i in 1..=4u32 {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(&chunk)
+            .unwrap();
+        assert_eq!(s.scan(t0 + SETTLE * i + Duration::from_millis(1)), 0);
+    }
+    assert!(pairs(&spool).is_empty());
+    // Quiet now, but not yet for `settle`.
+    assert_eq!(s.scan(t0 + SETTLE * 4 + Duration::from_secs(2)), 0);
+    assert_eq!(s.scan(t0 + SETTLE * 5 + Duration::from_millis(2)), 1);
+    assert_eq!(s.written[0].duration_ms, 1000, "all five chunks");
+}
+
+#[test]
+fn taken_once_across_restarts_and_renames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    write_wav(
+        &root.join("a/1700000030.1.wav"),
+        8000,
+        1,
+        &speechlike(11, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1);
+    assert_eq!(settle_scan(&mut s, Instant::now() + SETTLE * 4), 0);
+    drop(s);
+    // Restart; the PBX (or an admin) moves the file meanwhile.
+    fs::create_dir_all(root.join("b")).unwrap();
+    fs::rename(root.join("a/1700000030.1.wav"), root.join("b/moved.wav")).unwrap();
+    let mut s2 = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s2, Instant::now()), 0);
+    // A new file after the restart is taken.
+    write_wav(
+        &root.join("b/1700000031.1.wav"),
+        8000,
+        1,
+        &speechlike(12, 300, 8000),
+    );
+    assert_eq!(settle_scan(&mut s2, Instant::now() + SETTLE * 4), 1);
+    assert_eq!(pairs(&spool).len(), 2);
+    assert!(spool.join(".folder-seen").exists());
+}
+
+#[test]
+fn broken_file_reported_others_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(
+        root.join("1700000040.1.wav"),
+        b"RIFF\x10\0\0\0WAVEjunkjunkjunk",
+    )
+    .unwrap();
+    // 8-bit WAV: a format pbx-edge does not take.
+    {
+        let mut h = pbx_core::audio::wav::canonical_header(8000, 1, 4).to_vec();
+        h[34] = 8; // bits per sample
+        h.extend_from_slice(&[1, 2, 3, 4]);
+        fs::write(root.join("1700000041.1.wav"), h).unwrap();
+    }
+    write_wav(
+        &root.join("1700000042.1.wav"),
+        8000,
+        1,
+        &speechlike(13, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1);
+    assert_eq!(s.counters.failed, 2);
+    assert_eq!(s.errors.len(), 2);
+    assert!(
+        s.errors.iter().any(|e| e.contains("1700000040.1")),
+        "{:?}",
+        s.errors
+    );
+    assert!(
+        s.errors.iter().any(|e| e.contains("8 bits")),
+        "{:?}",
+        s.errors
+    );
+    // Not retried in a loop.
+    assert_eq!(settle_scan(&mut s, Instant::now() + SETTLE * 4), 0);
+    assert_eq!(s.counters.failed, 2);
+    assert_eq!(pairs(&spool).len(), 1);
+    // No stray temp files.
+    assert!(fs::read_dir(&spool).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".part")));
+}
+
+#[test]
+fn odd_characters_in_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rec ordings 'quoted' \"dq\" ünïcødé");
+    let spool = tmp.path().join("spool dir");
+    let d = root.join("2026/11/24/sub dir ✓");
+    let stem = "in-55 5-Ölaf's phone-20261124-101502-1700000050.2";
+    write_wav(
+        &d.join(format!("{stem}-in.wav")),
+        8000,
+        1,
+        &speechlike(14, 400, 8000),
+    );
+    write_wav(
+        &d.join(format!("{stem}-out.wav")),
+        8000,
+        1,
+        &speechlike(15, 400, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["call_id"], "1700000050.2");
+    assert_eq!(j["from"]["number"], "Ölaf's phone");
+    assert!(!s.written[0].id.contains(' '));
+    let mut s2 = scanner(&root, &spool, None);
+    assert_eq!(
+        settle_scan(&mut s2, Instant::now()),
+        0,
+        "seen file with odd names reloads"
+    );
+}
+
+#[test]
+fn spool_inside_the_pbx_folder_is_not_rescanned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = root.join("pbx-edge-spool");
+    write_wav(
+        &root.join("1700000060.1.wav"),
+        8000,
+        1,
+        &speechlike(16, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1);
+    assert_eq!(settle_scan(&mut s, Instant::now() + SETTLE * 4), 0);
+    assert_eq!(pairs(&spool).len(), 1);
+}
+
+#[test]
+fn start_runs_in_a_thread_and_publishes_status() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    write_wav(
+        &root.join("2026/11/24/out-5551234-1001-20261124-101502-1700000070.1.wav"),
+        8000,
+        1,
+        &speechlike(17, 300, 8000),
+    );
+    let mut cfg = pbx_edge::config::Config::defaults(Some(spool.to_str().unwrap()));
+    cfg.spool.dir = spool.clone();
+    cfg.sources.folder.enabled = true;
+    cfg.sources.folder.path = root.clone();
+    cfg.sources.folder.settle = Duration::from_millis(200);
+    let status: pbx_edge::status::SharedStatus =
+        Arc::new(Mutex::new(pbx_edge::status::Status::default()));
+    let live = pbx_edge::health::Liveness::new();
+    let settings = FolderSettings {
+        poll: Duration::from_millis(50),
+        ..FolderSettings::default()
+    };
+    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pairs(&spool).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    h.stop();
+    assert_eq!(pairs(&spool).len(), 1);
+    let st = status.lock().unwrap();
+    let f = st.sources.get("folder").expect("folder status");
+    assert!(f.up);
+    assert_eq!(f.recordings_written, 1);
+    assert_eq!(f.errors, 0);
+    // A missing folder is an error at start, not a panic.
+    cfg.sources.folder.path = tmp.path().join("nope");
+    assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
+}
