@@ -253,6 +253,39 @@ async fn start_siprec(
     }
 }
 
+/// Start the folder source (PBX recording files) if enabled.
+fn start_folder(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::folder::FolderHandle> {
+    if !cfg.sources.folder.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("folder");
+        }
+        return None;
+    }
+    match crate::folder::start(cfg, status.clone(), live.clone()) {
+        Ok(h) => {
+            tracing::info!(path = %cfg.sources.folder.path.display(), "watching PBX recordings");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("folder source: {e}");
+            if let Ok(mut s) = status.lock() {
+                let src = s
+                    .sources
+                    .entry("folder".into())
+                    .or_insert_with(SourceStatus::default);
+                src.up = false;
+                src.error = Some(e.to_string());
+                src.listen = cfg.sources.folder.path.display().to_string();
+            }
+            None
+        }
+    }
+}
+
 /// `pbx-edge run [--config FILE]`.
 pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
@@ -317,6 +350,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
 
     let mut sources = start_sources(&cfg, &status, &live);
     let mut siprec = start_siprec(&cfg, &status, &live).await;
+    let mut folder = start_folder(&cfg, &status, &live);
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
     let mut delivery = match crate::delivery::start(&cfg, status.clone()) {
         Ok(d) => Some(d),
@@ -361,6 +395,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             || cfg.recording != new.recording
                             || cfg.agent != new.agent;
                         cfg = new;
+                        if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
+                            if let Some(f) = folder.take() {
+                                f.stop();
+                            }
+                            folder = start_folder(&cfg, &status, &live);
+                        }
                         if restart_siprec {
                             if let Some(h) = siprec.take() {
                                 h.stop().await;
@@ -433,6 +473,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     }
     if let Some(t) = siprec_stop {
         let _ = t.await;
+    }
+    if let Some(f) = folder.take() {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
     }
     if let Some(d) = delivery.take() {
         d.shutdown().await;
