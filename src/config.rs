@@ -175,6 +175,10 @@ pub struct CloudConfig {
     pub ca_file: Option<PathBuf>,
     /// tus PATCH body size in bytes, 64 KiB ..= 1 GiB.
     pub chunk_size: u64,
+    /// Upload bandwidth limit over all uploads, bytes/s; 0 = none.
+    pub bandwidth_limit: u64,
+    /// Daily upload window `"HH:MM-HH:MM"` (local time); empty = always.
+    pub upload_window: String,
 }
 
 impl CloudConfig {
@@ -312,6 +316,8 @@ impl Config {
                 max_parallel: 2,
                 ca_file: None,
                 chunk_size: 4 << 20,
+                bandwidth_limit: 0,
+                upload_window: String::new(),
             },
             sources: SourcesConfig {
                 siprec: SiprecConfig {
@@ -1464,6 +1470,14 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
         let v = to_size(n)?;
         if !(64 << 10..=1 << 30).contains(&v) {
             return Err(format!("must be between 64KiB and 1GiB, found {v} bytes"));
+        }
+        Ok(v)
+    });
+    s.field(errs, "bandwidth_limit", &mut c.bandwidth_limit, to_size);
+    s.field(errs, "upload_window", &mut c.upload_window, |n| {
+        let v = to_string(n)?;
+        if !v.is_empty() && v.parse::<crate::delivery::UploadWindow>().is_err() {
+            return Err(format!("`{v}` is not a window like \"22:00-06:00\""));
         }
         Ok(v)
     });

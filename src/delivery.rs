@@ -292,6 +292,8 @@ impl DeliverySettings {
             retention: cfg.spool.retention,
             cloud,
             max_parallel: c.max_parallel.max(1),
+            bandwidth_limit: c.bandwidth_limit,
+            upload_window: c.upload_window.parse().ok(),
             ..DeliverySettings::new(&cfg.spool.dir)
         }
     }
