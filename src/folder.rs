@@ -314,6 +314,7 @@ pub fn clid_name(clid: &str) -> Option<String> {
 pub struct CdrFollower {
     path: PathBuf,
     offset: u64,
+    inode: u64,
     partial: Vec<u8>,
     rows: HashMap<String, CdrRow>,
     order: VecDeque<String>,
@@ -327,6 +328,7 @@ impl CdrFollower {
         CdrFollower {
             path: path.to_path_buf(),
             offset: 0,
+            inode: 0,
             partial: Vec::new(),
             rows: HashMap::new(),
             order: VecDeque::new(),
@@ -337,11 +339,13 @@ impl CdrFollower {
     }
 
     /// Reads what was appended since the last call (from the start again if
-    /// the file shrank: rotated).
+    /// the file shrank or was replaced: rotated).
     pub fn poll(&mut self) -> io::Result<()> {
         let mut f = File::open(&self.path)?;
-        let len = f.metadata()?.len();
-        if len < self.offset {
+        let md = f.metadata()?;
+        let len = md.len();
+        if len < self.offset || md.ino() != self.inode {
+            self.inode = md.ino();
             self.offset = 0;
             self.partial.clear();
         }
@@ -1300,6 +1304,31 @@ mod tests {
         assert_eq!(y.len(), 16000);
         let z = resample(y, 16000, 8000, Path::new("t")).unwrap();
         assert_eq!(z.len(), 8000);
+    }
+
+    #[test]
+    fn cdr_follower_partial_lines_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Master.csv");
+        let row = |u: &str| {
+            format!("\"\",\"1\",\"2\",\"c\",\"\",\"\",\"\",\"\",\"\",\"2026-11-24 10:00:00\",\"\",\"2026-11-24 10:00:09\",9,0,\"NO ANSWER\",\"D\",\"{u}\",\"\"\n")
+        };
+        let first = row("1.1");
+        let (a, b) = first.split_at(30);
+        fs::write(&p, a).unwrap();
+        let mut f = CdrFollower::new(&p, 2, 0);
+        f.poll().unwrap();
+        assert!(f.get("1.1").is_none(), "half a line is not a row");
+        fs::write(&p, format!("{a}{b}{}garbage\n", row("1.2"))).unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.get("1.1").unwrap().answer, None);
+        assert!(f.get("1.2").is_some());
+        assert_eq!(f.malformed, 1);
+        // Rotated: shorter file, read from the start; bounded to 2 rows.
+        fs::write(&p, format!("{}{}", row("2.1"), row("2.2"))).unwrap();
+        f.poll().unwrap();
+        assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
+        assert!(f.get("1.1").is_none(), "oldest forgotten");
     }
 
     proptest::proptest! {

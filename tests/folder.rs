@@ -464,3 +464,39 @@ fn start_runs_in_a_thread_and_publishes_status() {
     cfg.sources.folder.path = tmp.path().join("nope");
     assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
 }
+
+#[test]
+fn espeak_speech_legs_at_16k_and_8k() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (Some(caller), Some(callee)) = (
+        pbx_testgen::audio::espeak(
+            "Hello, I would like to check my order.",
+            "en",
+            16000,
+            tmp.path(),
+        ),
+        pbx_testgen::audio::espeak("Sure, what is the order number?", "en", 8000, tmp.path()),
+    ) else {
+        eprintln!("espeak-ng not available: test skipped");
+        return;
+    };
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    let stem = "in-5550100-5559876-20261124-120000-1700000080.3";
+    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
+    // The callee answers 1 s in.
+    let mut late = vec![0i16; 8000];
+    late.extend_from_slice(&callee);
+    write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &late);
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (rate, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!(rate, 16000);
+    assert_eq!(l.len(), caller.len().max(late.len() * 2));
+    let (lag, c) = best_lag(&l, &caller, 100);
+    assert!(lag == 0 && c > 0.99, "{lag} {c}");
+    let (lag, c) = best_lag(&halve(&r), &late, 100);
+    assert!(lag.abs() <= 1 && c > 0.8, "{lag} {c}");
+    assert!(rms(&r[..15_000]) < 50.0, "callee silent before answering");
+}
