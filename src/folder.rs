@@ -104,6 +104,63 @@ pub struct FolderSettings {
     pub max_cdr_rows: usize,
     /// Directory depth scanned below `path`.
     pub max_depth: usize,
+    /// Name patterns tried (in order) before the FreePBX one, matched against
+    /// the file stem without extension and `-in`/`-out`; see [`NamePattern`].
+    pub name_patterns: Vec<NamePattern>,
+}
+
+/// A recording file name pattern: a regex with named groups that become
+/// metadata. Groups: `uniqueid` (the call id), `src`, `src_name`, `dst`,
+/// `kind` (a FreePBX type or `inbound`/`outbound`/`internal`), and the start
+/// time as `datetime` (14 digits) or `date` + `time` (any separators:
+/// `2026-11-24` + `10-15-02`), or `epoch` (Unix seconds).
+///
+/// FreeSWITCH (`RECORD_STEREO`, dialplan
+/// `${strftime(%Y-%m-%d-%H-%M-%S)}_${destination_number}_${caller_id_number}_${uuid}.wav`):
+/// `^(?P<date>\d{4}-\d{2}-\d{2})-(?P<time>\d{2}-\d{2}-\d{2})_(?P<dst>[^_]*)_(?P<src>[^_]*)_(?P<uniqueid>[0-9a-f-]{36})$`
+///
+/// 3CX (`[%CallerDisplayName%]_%CallerNumber%-%CalledNumber%_%DateTime%(%CallId%)`):
+/// `^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$`
+#[derive(Debug, Clone)]
+pub struct NamePattern(pub regex::Regex);
+
+impl NamePattern {
+    pub fn new(re: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(re).map(NamePattern)
+    }
+
+    /// What the pattern tells of `stem`; `None` if it does not match or has
+    /// no usable start time or id.
+    pub fn parse(&self, stem: &str) -> Option<FreePbxName> {
+        let c = self.0.captures(stem)?;
+        let g = |n: &str| c.name(n).map(|m| m.as_str().to_string());
+        let only_digits = |s: String| s.chars().filter(char::is_ascii_digit).collect::<String>();
+        let started_at = if let Some(e) = g("epoch") {
+            Timestamp::from_secs(digits(e.split('.').next().unwrap_or(""))?)
+        } else if let Some(dt) = g("datetime").map(only_digits) {
+            parse_compact_datetime(dt.get(0..8)?, dt.get(8..14)?)?
+        } else {
+            parse_compact_datetime(&only_digits(g("date")?), &only_digits(g("time")?))?
+        };
+        let uniqueid = g("uniqueid").filter(|u| !u.is_empty())?;
+        Some(FreePbxName {
+            kind: g("kind").unwrap_or_default(),
+            dst: g("dst").unwrap_or_default(),
+            src: g("src").unwrap_or_default(),
+            src_name: g("src_name").filter(|n| !n.is_empty()),
+            started_at,
+            uniqueid,
+        })
+    }
+}
+
+/// The metadata of a recording's stem: the configured patterns first, then
+/// the FreePBX naming.
+pub fn parse_name(stem: &str, patterns: &[NamePattern]) -> Option<FreePbxName> {
+    patterns
+        .iter()
+        .find_map(|p| p.parse(stem))
+        .or_else(|| parse_freepbx_name(stem))
 }
 
 impl Default for FolderSettings {
@@ -116,6 +173,7 @@ impl Default for FolderSettings {
             cdr_wait: Duration::from_secs(60),
             max_cdr_rows: 200_000,
             max_depth: 12,
+            name_patterns: Vec::new(),
         }
     }
 }
@@ -129,6 +187,8 @@ pub struct FreePbxName {
     pub kind: String,
     pub dst: String,
     pub src: String,
+    /// Caller name, when the naming carries it (3CX).
+    pub src_name: Option<String>,
     /// Local time of the PBX read as UTC (shift with `utc_offset_secs`).
     pub started_at: Timestamp,
     pub uniqueid: String,
@@ -158,6 +218,7 @@ pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
         kind: kind.to_string(),
         dst: dst.to_string(),
         src,
+        src_name: None,
         started_at,
         uniqueid: uniqueid.to_string(),
     })
@@ -218,8 +279,8 @@ pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
 /// FreePBX recording type → CONTRACT direction.
 pub fn direction_of(kind: &str) -> &'static str {
     match kind {
-        "in" | "q" | "rg" | "external" => "inbound",
-        "out" => "outbound",
+        "in" | "q" | "rg" | "external" | "inbound" => "inbound",
+        "out" | "outbound" => "outbound",
         "internal" | "exten" | "conf" => "internal",
         _ => "unknown",
     }
@@ -690,7 +751,7 @@ pub fn convert(
 
     // Metadata: Master.csv first, then the FreePBX file name, then the mtime.
     let stem = set.stem();
-    let name = parse_freepbx_name(&stem);
+    let name = parse_name(&stem, &settings.name_patterns);
     let offset_us = settings.utc_offset_secs * 1_000_000;
     let call_id = cdr
         .map(|c| c.uniqueid.clone())
@@ -712,7 +773,9 @@ pub fn convert(
         (None, Some(n)) => (n.src.clone(), n.dst.clone()),
         (None, None) => (String::new(), String::new()),
     };
-    let from_name = cdr.and_then(|c| clid_name(&c.clid));
+    let from_name = cdr
+        .and_then(|c| clid_name(&c.clid))
+        .or_else(|| name.as_ref().and_then(|n| n.src_name.clone()));
     let direction = name
         .as_ref()
         .map(|n| direction_of(&n.kind))
@@ -1084,7 +1147,7 @@ impl FolderScanner {
         now: Instant,
     ) -> bool {
         let stem = set.stem();
-        let uniqueid = parse_freepbx_name(&stem)
+        let uniqueid = parse_name(&stem, &self.settings.name_patterns)
             .map(|n| n.uniqueid)
             .unwrap_or_else(|| stem.clone());
         let row = self.cdr.as_ref().and_then(|c| c.get(&uniqueid)).cloned();
@@ -1329,6 +1392,29 @@ mod tests {
         f.poll().unwrap();
         assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
         assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn freeswitch_and_3cx_patterns() {
+        let fs_re = NamePattern::new(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<time>\d{2}-\d{2}-\d{2})_(?P<dst>[^_]*)_(?P<src>[^_]*)_(?P<uniqueid>[0-9a-f-]{36})$").unwrap();
+        let cx = NamePattern::new(r"^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$").unwrap();
+        let pats = vec![fs_re, cx];
+        let n = parse_name(
+            "2026-11-24-10-15-02_5551234_1001_0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f",
+            &pats,
+        )
+        .unwrap();
+        assert_eq!(n.uniqueid, "0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f");
+        assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+        assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+        let n = parse_name("[Alice Smith]_1001-5551234_20261124101502(77)", &pats).unwrap();
+        assert_eq!(n.src_name.as_deref(), Some("Alice Smith"));
+        assert_eq!(n.uniqueid, "77");
+        assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+        // FreePBX still recognised after the patterns.
+        let n = parse_name("in-1-2-20261124-101502-9.9", &pats).unwrap();
+        assert_eq!(n.uniqueid, "9.9");
+        assert!(parse_name("nothing", &pats).is_none());
     }
 
     proptest::proptest! {

@@ -500,3 +500,37 @@ fn espeak_speech_legs_at_16k_and_8k() {
     assert!(lag.abs() <= 1 && c > 0.8, "{lag} {c}");
     assert!(rms(&r[..15_000]) < 50.0, "callee silent before answering");
 }
+
+#[test]
+fn three_cx_stereo_with_a_name_pattern() {
+    use pbx_edge::folder::NamePattern;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("3cx");
+    let spool = tmp.path().join("s");
+    let a = speechlike(20, 600, 8000);
+    let b = speechlike(21, 600, 8000);
+    let inter: Vec<i16> = a.iter().zip(&b).flat_map(|(x, y)| [*x, *y]).collect();
+    write_wav(
+        &root.join("1001/[Alice Smith]_1001-5551234_20261124101502(77).wav"),
+        8000,
+        2,
+        &inter,
+    );
+    let settings = FolderSettings {
+        name_patterns: vec![NamePattern::new(
+            r"^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$",
+        )
+        .unwrap()],
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "a", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["call_id"], "77");
+    assert_eq!(j["from"]["name"], "Alice Smith");
+    assert_eq!(j["from"]["number"], "1001");
+    assert_eq!(j["to"]["number"], "5551234");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
+    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!((l, r), (a, b));
+}
