@@ -107,6 +107,10 @@ pub struct FolderSettings {
     /// Name patterns tried (in order) before the FreePBX one, matched against
     /// the file stem without extension and `-in`/`-out`; see [`NamePattern`].
     pub name_patterns: Vec<NamePattern>,
+    /// Files last modified longer ago than this are ignored (not taken, not
+    /// marked): keeps a first start from importing years of old recordings.
+    /// `None`: everything found is taken.
+    pub max_age: Option<Duration>,
 }
 
 /// A recording file name pattern: a regex with named groups that become
@@ -174,6 +178,7 @@ impl Default for FolderSettings {
             max_cdr_rows: 200_000,
             max_depth: 12,
             name_patterns: Vec::new(),
+            max_age: None,
         }
     }
 }
@@ -1073,7 +1078,15 @@ impl FolderScanner {
                     continue;
                 }
                 if let Ok(md) = entry.metadata() {
-                    out.push((p, md));
+                    let too_old = self.settings.max_age.is_some_and(|age| {
+                        md.modified()
+                            .ok()
+                            .and_then(|m| m.elapsed().ok())
+                            .is_some_and(|e| e > age)
+                    });
+                    if !too_old {
+                        out.push((p, md));
+                    }
                 }
             }
         }

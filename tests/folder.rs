@@ -534,3 +534,38 @@ fn three_cx_stereo_with_a_name_pattern() {
     let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
     assert_eq!((l, r), (a, b));
 }
+
+#[test]
+fn old_files_ignored_with_max_age_and_raw_stereo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    let a = tone(300.0, 500, 8000, 0.2);
+    let b = tone(700.0, 500, 8000, 0.2);
+    let bytes: Vec<u8> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| [*x, *y])
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(root.join("new-1700000090.1.raw"), &bytes).unwrap();
+    let old = root.join("old-1600000000.1.raw");
+    fs::write(&old, &bytes).unwrap();
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01 00:00:00"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let settings = FolderSettings {
+        raw_stereo: true,
+        max_age: Some(Duration::from_secs(7 * 86400)),
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "a", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!((l, r), (a, b));
+    assert_eq!(json_of(&s.written[0].json)["call_id"], "new-1700000090.1");
+}
