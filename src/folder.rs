@@ -1197,6 +1197,21 @@ impl FolderScanner {
                 }
                 true
             }
+            Err(e @ FolderError::Write { .. }) => {
+                // Our side (spool full, ...): not the PBX file's fault. Not
+                // marked: tried again once it has settled again.
+                self.counters.failed += 1;
+                self.error(format!(
+                    "folder: {} not taken, will retry: {e}",
+                    set.key.display()
+                ));
+                for f in set.files() {
+                    if let Some(w) = self.watching.get_mut(f.as_path()) {
+                        w.since = now;
+                    }
+                }
+                return false;
+            }
             Err(e) => {
                 self.counters.failed += 1;
                 self.error(format!("folder: {} not taken: {e}", set.key.display()));

@@ -569,3 +569,41 @@ fn old_files_ignored_with_max_age_and_raw_stereo() {
     assert_eq!((l, r), (a, b));
     assert_eq!(json_of(&s.written[0].json)["call_id"], "new-1700000090.1");
 }
+
+#[test]
+fn spool_write_error_is_retried_not_forgotten() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    write_wav(
+        &root.join("1700000100.1.wav"),
+        8000,
+        1,
+        &speechlike(30, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    s.scan(t0);
+    // The spool breaks (a file where the directory was: fails even as root).
+    fs::remove_dir_all(&spool).unwrap();
+    fs::write(&spool, b"not a dir").unwrap();
+    assert_eq!(s.scan(t0 + SETTLE + Duration::from_millis(1)), 0);
+    assert_eq!(s.counters.failed, 1);
+    assert!(s.errors.back().unwrap().contains("will retry"));
+    // Repaired: taken after settling again.
+    fs::remove_file(&spool).unwrap();
+    fs::create_dir_all(&spool).unwrap();
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(1)),
+        0,
+        "waits to settle again"
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE * 2 + Duration::from_millis(2)),
+        1,
+        "{:?}",
+        s.errors
+    );
+    assert_eq!(pairs(&spool).len(), 1);
+}
