@@ -572,7 +572,6 @@ fn old_files_ignored_with_max_age_and_raw_stereo() {
 
 #[test]
 fn spool_write_error_is_retried_not_forgotten() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("m");
     let spool = tmp.path().join("s");
