@@ -18,6 +18,10 @@
 //! - A file is taken only once it has been unchanged (size and mtime) for
 //!   `settle`; each file is taken once, even across restarts and renames (its
 //!   inode, size and mtime are remembered in `<spool>/.folder-seen`).
+//! - The folder is polled (every [`FolderSettings::poll`]); a directory whose
+//!   mtime has not changed since it was listed (and was quiet then) is not
+//!   listed again, only the files still settling are re-read; a full listing
+//!   runs every 5 minutes.
 //! - An unreadable or undecodable file is logged, counted and marked seen; the
 //!   others continue. Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
@@ -1006,6 +1010,9 @@ pub struct FolderScanner {
     seen: SeenFile,
     cdr: Option<CdrFollower>,
     watching: HashMap<PathBuf, Watch>,
+    /// Directories listed: mtime then, subdirectories.
+    dir_cache: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
+    full_scan_at: Instant,
     /// Settled sets waiting for their CDR row: key → first settled.
     waiting_cdr: HashMap<PathBuf, Instant>,
     pub counters: FolderCounters,
@@ -1037,6 +1044,8 @@ impl FolderScanner {
             seen,
             cdr,
             watching: HashMap::new(),
+            dir_cache: HashMap::new(),
+            full_scan_at: Instant::now(),
             waiting_cdr: HashMap::new(),
             counters: FolderCounters::default(),
             written: Vec::new(),
@@ -1053,6 +1062,23 @@ impl FolderScanner {
     }
 
     fn walk(&mut self, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, fs::Metadata)>) {
+        // A directory whose mtime has not changed since it was listed (and
+        // was old enough then not to be racy) holds no new files: only its
+        // subdirectories are visited. Files still settling are re-read from
+        // `watching` by `scan`.
+        let dir_mtime = fs::metadata(dir).ok().map(|m| (m.mtime(), m.mtime_nsec()));
+        if let (Some(mt), Some(cached)) = (dir_mtime, self.dir_cache.get(dir)) {
+            if cached.0 == mt {
+                let subdirs = cached.1.clone();
+                for sub in subdirs {
+                    if depth < self.settings.max_depth {
+                        self.walk(&sub, depth + 1, out);
+                    }
+                }
+                return;
+            }
+        }
+        let mut subdirs = Vec::new();
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -1069,6 +1095,7 @@ impl FolderScanner {
                 if self.spool_canon.as_deref() == fs::canonicalize(&p).ok().as_deref() {
                     continue;
                 }
+                subdirs.push(p.clone());
                 if depth < self.settings.max_depth {
                     self.walk(&p, depth + 1, out);
                 }
@@ -1090,6 +1117,21 @@ impl FolderScanner {
                 }
             }
         }
+        // Cache only a listing that cannot race a file created in the same
+        // mtime tick: the directory must have been quiet for 2 s.
+        let quiet = fs::metadata(dir)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|e| e > Duration::from_secs(2));
+        match (dir_mtime, quiet) {
+            (Some(mt), true) if self.dir_cache.len() < 100_000 => {
+                self.dir_cache.insert(dir.to_path_buf(), (mt, subdirs));
+            }
+            _ => {
+                self.dir_cache.remove(dir);
+            }
+        }
     }
 
     /// One pass: notices new and changed files, converts the sets whose files
@@ -1104,9 +1146,29 @@ impl FolderScanner {
                 }
             }
         }
+        // A full listing now and then, whatever the directory mtimes say.
+        if now.saturating_duration_since(self.full_scan_at) >= Duration::from_secs(300) {
+            self.dir_cache.clear();
+            self.full_scan_at = now;
+        }
         let mut found = Vec::new();
         let root = self.root.clone();
         self.walk(&root, 0, &mut found);
+        // Files still settling in directories that were not listed again.
+        let listed: HashSet<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
+        let pending: Vec<PathBuf> = self
+            .watching
+            .keys()
+            .filter(|p| !listed.contains(*p))
+            .cloned()
+            .collect();
+        for p in pending {
+            if let Ok(md) = fs::metadata(&p) {
+                if md.is_file() {
+                    found.push((p, md));
+                }
+            }
+        }
         let mut present: HashMap<PathBuf, FileKey> = HashMap::new();
         for (p, md) in found {
             let key = file_key(&md);

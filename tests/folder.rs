@@ -606,3 +606,52 @@ fn spool_write_error_is_retried_not_forgotten() {
     );
     assert_eq!(pairs(&spool).len(), 1);
 }
+
+#[test]
+fn quiet_directories_are_not_relisted_but_new_and_growing_files_are_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = root.join("2026/11/24");
+    fs::create_dir_all(&d).unwrap();
+    let p = d.join("1700000110.1.sln");
+    let chunk: Vec<u8> = speechlike(40, 200, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(&p, &chunk).unwrap();
+    let touch_old = |dir: &Path| {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2020-01-01 00:00:00"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    touch_old(&d);
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(s.scan(t0), 0);
+    // Grows in a directory whose mtime does not change.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(&chunk)
+        .unwrap();
+    assert_eq!(s.scan(t0 + SETTLE + Duration::from_millis(1)), 0);
+    assert_eq!(s.scan(t0 + SETTLE * 2 + Duration::from_millis(2)), 1);
+    assert_eq!(s.written[0].duration_ms, 400);
+    // A new file in the (now cached) directory changes its mtime: found.
+    touch_old(&d);
+    s.scan(t0 + SETTLE * 3);
+    write_wav(
+        &d.join("1700000111.1.wav"),
+        8000,
+        1,
+        &speechlike(41, 300, 8000),
+    );
+    s.scan(t0 + SETTLE * 4);
+    assert_eq!(s.scan(t0 + SETTLE * 5 + Duration::from_millis(1)), 1);
+}
