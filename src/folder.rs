@@ -800,7 +800,9 @@ pub fn convert(
         id: id.clone(),
         source,
     };
-    let part = out_dir.join(format!(".{id}.wav.part"));
+    // Not `.wav.part`: `recording::recover` would turn a half-converted file
+    // into a crash recording; this one is simply converted again.
+    let part = out_dir.join(format!(".{id}{FOLDER_TMP}"));
     let wav_path = out_dir.join(format!("{id}.wav"));
     let json_path = out_dir.join(format!("{id}.json"));
     let result = (|| -> io::Result<(u64, String)> {
@@ -887,6 +889,9 @@ pub fn convert(
         warnings,
     })
 }
+
+/// Suffix of a WAV being converted in the spool (removed at start if left).
+pub const FOLDER_TMP: &str = ".wav.folder-tmp";
 
 // ---------------------------------------------------------------- seen state
 
@@ -1031,6 +1036,15 @@ impl FolderScanner {
         settings: FolderSettings,
     ) -> io::Result<Self> {
         create_private_dir(spool)?;
+        // Conversions a crash cut off: redone, since their files were not
+        // marked seen.
+        for e in fs::read_dir(spool)?.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with('.') && n.ends_with(FOLDER_TMP) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let seen = SeenFile::open(spool)?;
         let cdr =
             cdr_csv.map(|p| CdrFollower::new(p, settings.max_cdr_rows, settings.utc_offset_secs));
