@@ -18,6 +18,10 @@
 //! - A file is taken only once it has been unchanged (size and mtime) for
 //!   `settle`; each file is taken once, even across restarts and renames (its
 //!   inode, size and mtime are remembered in `<spool>/.folder-seen`).
+//! - The folder is polled (every [`FolderSettings::poll`]); a directory whose
+//!   mtime has not changed since it was listed (and was quiet then) is not
+//!   listed again, only the files still settling are re-read; a full listing
+//!   runs every 5 minutes.
 //! - An unreadable or undecodable file is logged, counted and marked seen; the
 //!   others continue. Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
@@ -104,6 +108,67 @@ pub struct FolderSettings {
     pub max_cdr_rows: usize,
     /// Directory depth scanned below `path`.
     pub max_depth: usize,
+    /// Name patterns tried (in order) before the FreePBX one, matched against
+    /// the file stem without extension and `-in`/`-out`; see [`NamePattern`].
+    pub name_patterns: Vec<NamePattern>,
+    /// Files last modified longer ago than this are ignored (not taken, not
+    /// marked): keeps a first start from importing years of old recordings.
+    /// `None`: everything found is taken.
+    pub max_age: Option<Duration>,
+}
+
+/// A recording file name pattern: a regex with named groups that become
+/// metadata. Groups: `uniqueid` (the call id), `src`, `src_name`, `dst`,
+/// `kind` (a FreePBX type or `inbound`/`outbound`/`internal`), and the start
+/// time as `datetime` (14 digits) or `date` + `time` (any separators:
+/// `2026-11-24` + `10-15-02`), or `epoch` (Unix seconds).
+///
+/// FreeSWITCH (`RECORD_STEREO`, dialplan
+/// `${strftime(%Y-%m-%d-%H-%M-%S)}_${destination_number}_${caller_id_number}_${uuid}.wav`):
+/// `^(?P<date>\d{4}-\d{2}-\d{2})-(?P<time>\d{2}-\d{2}-\d{2})_(?P<dst>[^_]*)_(?P<src>[^_]*)_(?P<uniqueid>[0-9a-f-]{36})$`
+///
+/// 3CX (`[%CallerDisplayName%]_%CallerNumber%-%CalledNumber%_%DateTime%(%CallId%)`):
+/// `^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$`
+#[derive(Debug, Clone)]
+pub struct NamePattern(pub regex::Regex);
+
+impl NamePattern {
+    pub fn new(re: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(re).map(NamePattern)
+    }
+
+    /// What the pattern tells of `stem`; `None` if it does not match or has
+    /// no usable start time or id.
+    pub fn parse(&self, stem: &str) -> Option<FreePbxName> {
+        let c = self.0.captures(stem)?;
+        let g = |n: &str| c.name(n).map(|m| m.as_str().to_string());
+        let only_digits = |s: String| s.chars().filter(char::is_ascii_digit).collect::<String>();
+        let started_at = if let Some(e) = g("epoch") {
+            Timestamp::from_secs(digits(e.split('.').next().unwrap_or(""))?)
+        } else if let Some(dt) = g("datetime").map(only_digits) {
+            parse_compact_datetime(dt.get(0..8)?, dt.get(8..14)?)?
+        } else {
+            parse_compact_datetime(&only_digits(g("date")?), &only_digits(g("time")?))?
+        };
+        let uniqueid = g("uniqueid").filter(|u| !u.is_empty())?;
+        Some(FreePbxName {
+            kind: g("kind").unwrap_or_default(),
+            dst: g("dst").unwrap_or_default(),
+            src: g("src").unwrap_or_default(),
+            src_name: g("src_name").filter(|n| !n.is_empty()),
+            started_at,
+            uniqueid,
+        })
+    }
+}
+
+/// The metadata of a recording's stem: the configured patterns first, then
+/// the FreePBX naming.
+pub fn parse_name(stem: &str, patterns: &[NamePattern]) -> Option<FreePbxName> {
+    patterns
+        .iter()
+        .find_map(|p| p.parse(stem))
+        .or_else(|| parse_freepbx_name(stem))
 }
 
 impl Default for FolderSettings {
@@ -116,6 +181,8 @@ impl Default for FolderSettings {
             cdr_wait: Duration::from_secs(60),
             max_cdr_rows: 200_000,
             max_depth: 12,
+            name_patterns: Vec::new(),
+            max_age: None,
         }
     }
 }
@@ -129,6 +196,8 @@ pub struct FreePbxName {
     pub kind: String,
     pub dst: String,
     pub src: String,
+    /// Caller name, when the naming carries it (3CX).
+    pub src_name: Option<String>,
     /// Local time of the PBX read as UTC (shift with `utc_offset_secs`).
     pub started_at: Timestamp,
     pub uniqueid: String,
@@ -158,6 +227,7 @@ pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
         kind: kind.to_string(),
         dst: dst.to_string(),
         src,
+        src_name: None,
         started_at,
         uniqueid: uniqueid.to_string(),
     })
@@ -218,8 +288,8 @@ pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
 /// FreePBX recording type → CONTRACT direction.
 pub fn direction_of(kind: &str) -> &'static str {
     match kind {
-        "in" | "q" | "rg" | "external" => "inbound",
-        "out" => "outbound",
+        "in" | "q" | "rg" | "external" | "inbound" => "inbound",
+        "out" | "outbound" => "outbound",
         "internal" | "exten" | "conf" => "internal",
         _ => "unknown",
     }
@@ -314,6 +384,7 @@ pub fn clid_name(clid: &str) -> Option<String> {
 pub struct CdrFollower {
     path: PathBuf,
     offset: u64,
+    inode: u64,
     partial: Vec<u8>,
     rows: HashMap<String, CdrRow>,
     order: VecDeque<String>,
@@ -327,6 +398,7 @@ impl CdrFollower {
         CdrFollower {
             path: path.to_path_buf(),
             offset: 0,
+            inode: 0,
             partial: Vec::new(),
             rows: HashMap::new(),
             order: VecDeque::new(),
@@ -337,11 +409,13 @@ impl CdrFollower {
     }
 
     /// Reads what was appended since the last call (from the start again if
-    /// the file shrank: rotated).
+    /// the file shrank or was replaced: rotated).
     pub fn poll(&mut self) -> io::Result<()> {
         let mut f = File::open(&self.path)?;
-        let len = f.metadata()?.len();
-        if len < self.offset {
+        let md = f.metadata()?;
+        let len = md.len();
+        if len < self.offset || md.ino() != self.inode {
+            self.inode = md.ino();
             self.offset = 0;
             self.partial.clear();
         }
@@ -686,7 +760,7 @@ pub fn convert(
 
     // Metadata: Master.csv first, then the FreePBX file name, then the mtime.
     let stem = set.stem();
-    let name = parse_freepbx_name(&stem);
+    let name = parse_name(&stem, &settings.name_patterns);
     let offset_us = settings.utc_offset_secs * 1_000_000;
     let call_id = cdr
         .map(|c| c.uniqueid.clone())
@@ -708,7 +782,9 @@ pub fn convert(
         (None, Some(n)) => (n.src.clone(), n.dst.clone()),
         (None, None) => (String::new(), String::new()),
     };
-    let from_name = cdr.and_then(|c| clid_name(&c.clid));
+    let from_name = cdr
+        .and_then(|c| clid_name(&c.clid))
+        .or_else(|| name.as_ref().and_then(|n| n.src_name.clone()));
     let direction = name
         .as_ref()
         .map(|n| direction_of(&n.kind))
@@ -724,7 +800,9 @@ pub fn convert(
         id: id.clone(),
         source,
     };
-    let part = out_dir.join(format!(".{id}.wav.part"));
+    // Not `.wav.part`: `recording::recover` would turn a half-converted file
+    // into a crash recording; this one is simply converted again.
+    let part = out_dir.join(format!(".{id}{FOLDER_TMP}"));
     let wav_path = out_dir.join(format!("{id}.wav"));
     let json_path = out_dir.join(format!("{id}.json"));
     let result = (|| -> io::Result<(u64, String)> {
@@ -811,6 +889,9 @@ pub fn convert(
         warnings,
     })
 }
+
+/// Suffix of a WAV being converted in the spool (removed at start if left).
+pub const FOLDER_TMP: &str = ".wav.folder-tmp";
 
 // ---------------------------------------------------------------- seen state
 
@@ -934,6 +1015,9 @@ pub struct FolderScanner {
     seen: SeenFile,
     cdr: Option<CdrFollower>,
     watching: HashMap<PathBuf, Watch>,
+    /// Directories listed: mtime then, subdirectories.
+    dir_cache: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
+    full_scan_at: Instant,
     /// Settled sets waiting for their CDR row: key → first settled.
     waiting_cdr: HashMap<PathBuf, Instant>,
     pub counters: FolderCounters,
@@ -952,6 +1036,15 @@ impl FolderScanner {
         settings: FolderSettings,
     ) -> io::Result<Self> {
         create_private_dir(spool)?;
+        // Conversions a crash cut off: redone, since their files were not
+        // marked seen.
+        for e in fs::read_dir(spool)?.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with('.') && n.ends_with(FOLDER_TMP) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let seen = SeenFile::open(spool)?;
         let cdr =
             cdr_csv.map(|p| CdrFollower::new(p, settings.max_cdr_rows, settings.utc_offset_secs));
@@ -965,6 +1058,8 @@ impl FolderScanner {
             seen,
             cdr,
             watching: HashMap::new(),
+            dir_cache: HashMap::new(),
+            full_scan_at: Instant::now(),
             waiting_cdr: HashMap::new(),
             counters: FolderCounters::default(),
             written: Vec::new(),
@@ -981,6 +1076,23 @@ impl FolderScanner {
     }
 
     fn walk(&mut self, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, fs::Metadata)>) {
+        // A directory whose mtime has not changed since it was listed (and
+        // was old enough then not to be racy) holds no new files: only its
+        // subdirectories are visited. Files still settling are re-read from
+        // `watching` by `scan`.
+        let dir_mtime = fs::metadata(dir).ok().map(|m| (m.mtime(), m.mtime_nsec()));
+        if let (Some(mt), Some(cached)) = (dir_mtime, self.dir_cache.get(dir)) {
+            if cached.0 == mt {
+                let subdirs = cached.1.clone();
+                for sub in subdirs {
+                    if depth < self.settings.max_depth {
+                        self.walk(&sub, depth + 1, out);
+                    }
+                }
+                return;
+            }
+        }
+        let mut subdirs = Vec::new();
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -997,6 +1109,7 @@ impl FolderScanner {
                 if self.spool_canon.as_deref() == fs::canonicalize(&p).ok().as_deref() {
                     continue;
                 }
+                subdirs.push(p.clone());
                 if depth < self.settings.max_depth {
                     self.walk(&p, depth + 1, out);
                 }
@@ -1006,8 +1119,31 @@ impl FolderScanner {
                     continue;
                 }
                 if let Ok(md) = entry.metadata() {
-                    out.push((p, md));
+                    let too_old = self.settings.max_age.is_some_and(|age| {
+                        md.modified()
+                            .ok()
+                            .and_then(|m| m.elapsed().ok())
+                            .is_some_and(|e| e > age)
+                    });
+                    if !too_old {
+                        out.push((p, md));
+                    }
                 }
+            }
+        }
+        // Cache only a listing that cannot race a file created in the same
+        // mtime tick: the directory must have been quiet for 2 s.
+        let quiet = fs::metadata(dir)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|e| e > Duration::from_secs(2));
+        match (dir_mtime, quiet) {
+            (Some(mt), true) if self.dir_cache.len() < 100_000 => {
+                self.dir_cache.insert(dir.to_path_buf(), (mt, subdirs));
+            }
+            _ => {
+                self.dir_cache.remove(dir);
             }
         }
     }
@@ -1024,9 +1160,29 @@ impl FolderScanner {
                 }
             }
         }
+        // A full listing now and then, whatever the directory mtimes say.
+        if now.saturating_duration_since(self.full_scan_at) >= Duration::from_secs(300) {
+            self.dir_cache.clear();
+            self.full_scan_at = now;
+        }
         let mut found = Vec::new();
         let root = self.root.clone();
         self.walk(&root, 0, &mut found);
+        // Files still settling in directories that were not listed again.
+        let listed: HashSet<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
+        let pending: Vec<PathBuf> = self
+            .watching
+            .keys()
+            .filter(|p| !listed.contains(*p))
+            .cloned()
+            .collect();
+        for p in pending {
+            if let Ok(md) = fs::metadata(&p) {
+                if md.is_file() {
+                    found.push((p, md));
+                }
+            }
+        }
         let mut present: HashMap<PathBuf, FileKey> = HashMap::new();
         for (p, md) in found {
             let key = file_key(&md);
@@ -1080,7 +1236,7 @@ impl FolderScanner {
         now: Instant,
     ) -> bool {
         let stem = set.stem();
-        let uniqueid = parse_freepbx_name(&stem)
+        let uniqueid = parse_name(&stem, &self.settings.name_patterns)
             .map(|n| n.uniqueid)
             .unwrap_or_else(|| stem.clone());
         let row = self.cdr.as_ref().and_then(|c| c.get(&uniqueid)).cloned();
@@ -1116,6 +1272,21 @@ impl FolderScanner {
                     self.written.remove(0);
                 }
                 true
+            }
+            Err(e @ FolderError::Write { .. }) => {
+                // Our side (spool full, ...): not the PBX file's fault. Not
+                // marked: tried again once it has settled again.
+                self.counters.failed += 1;
+                self.error(format!(
+                    "folder: {} not taken, will retry: {e}",
+                    set.key.display()
+                ));
+                for f in set.files() {
+                    if let Some(w) = self.watching.get_mut(f.as_path()) {
+                        w.since = now;
+                    }
+                }
+                return false;
             }
             Err(e) => {
                 self.counters.failed += 1;
@@ -1300,6 +1471,54 @@ mod tests {
         assert_eq!(y.len(), 16000);
         let z = resample(y, 16000, 8000, Path::new("t")).unwrap();
         assert_eq!(z.len(), 8000);
+    }
+
+    #[test]
+    fn cdr_follower_partial_lines_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Master.csv");
+        let row = |u: &str| {
+            format!("\"\",\"1\",\"2\",\"c\",\"\",\"\",\"\",\"\",\"\",\"2026-11-24 10:00:00\",\"\",\"2026-11-24 10:00:09\",9,0,\"NO ANSWER\",\"D\",\"{u}\",\"\"\n")
+        };
+        let first = row("1.1");
+        let (a, b) = first.split_at(30);
+        fs::write(&p, a).unwrap();
+        let mut f = CdrFollower::new(&p, 2, 0);
+        f.poll().unwrap();
+        assert!(f.get("1.1").is_none(), "half a line is not a row");
+        fs::write(&p, format!("{a}{b}{}garbage\n", row("1.2"))).unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.get("1.1").unwrap().answer, None);
+        assert!(f.get("1.2").is_some());
+        assert_eq!(f.malformed, 1);
+        // Rotated: shorter file, read from the start; bounded to 2 rows.
+        fs::write(&p, format!("{}{}", row("2.1"), row("2.2"))).unwrap();
+        f.poll().unwrap();
+        assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
+        assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn freeswitch_and_3cx_patterns() {
+        let fs_re = NamePattern::new(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<time>\d{2}-\d{2}-\d{2})_(?P<dst>[^_]*)_(?P<src>[^_]*)_(?P<uniqueid>[0-9a-f-]{36})$").unwrap();
+        let cx = NamePattern::new(r"^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$").unwrap();
+        let pats = vec![fs_re, cx];
+        let n = parse_name(
+            "2026-11-24-10-15-02_5551234_1001_0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f",
+            &pats,
+        )
+        .unwrap();
+        assert_eq!(n.uniqueid, "0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f");
+        assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+        assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+        let n = parse_name("[Alice Smith]_1001-5551234_20261124101502(77)", &pats).unwrap();
+        assert_eq!(n.src_name.as_deref(), Some("Alice Smith"));
+        assert_eq!(n.uniqueid, "77");
+        assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+        // FreePBX still recognised after the patterns.
+        let n = parse_name("in-1-2-20261124-101502-9.9", &pats).unwrap();
+        assert_eq!(n.uniqueid, "9.9");
+        assert!(parse_name("nothing", &pats).is_none());
     }
 
     proptest::proptest! {

@@ -306,6 +306,8 @@ fn taken_once_across_restarts_and_renames() {
     assert_eq!(settle_scan(&mut s, Instant::now()), 1);
     assert_eq!(settle_scan(&mut s, Instant::now() + SETTLE * 4), 0);
     drop(s);
+    // A conversion cut off by a crash leaves a temp file: removed at start.
+    fs::write(spool.join(".x.wav.folder-tmp"), b"half").unwrap();
     // Restart; the PBX (or an admin) moves the file meanwhile.
     fs::create_dir_all(root.join("b")).unwrap();
     fs::rename(root.join("a/1700000030.1.wav"), root.join("b/moved.wav")).unwrap();
@@ -321,6 +323,7 @@ fn taken_once_across_restarts_and_renames() {
     assert_eq!(settle_scan(&mut s2, Instant::now() + SETTLE * 4), 1);
     assert_eq!(pairs(&spool).len(), 2);
     assert!(spool.join(".folder-seen").exists());
+    assert!(!spool.join(".x.wav.folder-tmp").exists());
 }
 
 #[test]
@@ -370,7 +373,7 @@ fn broken_file_reported_others_continue() {
         .unwrap()
         .file_name()
         .to_string_lossy()
-        .ends_with(".part")));
+        .contains("tmp")));
 }
 
 #[test]
@@ -463,4 +466,195 @@ fn start_runs_in_a_thread_and_publishes_status() {
     // A missing folder is an error at start, not a panic.
     cfg.sources.folder.path = tmp.path().join("nope");
     assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
+}
+
+#[test]
+fn espeak_speech_legs_at_16k_and_8k() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (Some(caller), Some(callee)) = (
+        pbx_testgen::audio::espeak(
+            "Hello, I would like to check my order.",
+            "en",
+            16000,
+            tmp.path(),
+        ),
+        pbx_testgen::audio::espeak("Sure, what is the order number?", "en", 8000, tmp.path()),
+    ) else {
+        eprintln!("espeak-ng not available: test skipped");
+        return;
+    };
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    let stem = "in-5550100-5559876-20261124-120000-1700000080.3";
+    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
+    // The callee answers 1 s in.
+    let mut late = vec![0i16; 8000];
+    late.extend_from_slice(&callee);
+    write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &late);
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (rate, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!(rate, 16000);
+    assert_eq!(l.len(), caller.len().max(late.len() * 2));
+    let (lag, c) = best_lag(&l, &caller, 100);
+    assert!(lag == 0 && c > 0.99, "{lag} {c}");
+    let (lag, c) = best_lag(&halve(&r), &late, 100);
+    assert!(lag.abs() <= 1 && c > 0.8, "{lag} {c}");
+    assert!(rms(&r[..15_000]) < 50.0, "callee silent before answering");
+}
+
+#[test]
+fn three_cx_stereo_with_a_name_pattern() {
+    use pbx_edge::folder::NamePattern;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("3cx");
+    let spool = tmp.path().join("s");
+    let a = speechlike(20, 600, 8000);
+    let b = speechlike(21, 600, 8000);
+    let inter: Vec<i16> = a.iter().zip(&b).flat_map(|(x, y)| [*x, *y]).collect();
+    write_wav(
+        &root.join("1001/[Alice Smith]_1001-5551234_20261124101502(77).wav"),
+        8000,
+        2,
+        &inter,
+    );
+    let settings = FolderSettings {
+        name_patterns: vec![NamePattern::new(
+            r"^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$",
+        )
+        .unwrap()],
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "a", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["call_id"], "77");
+    assert_eq!(j["from"]["name"], "Alice Smith");
+    assert_eq!(j["from"]["number"], "1001");
+    assert_eq!(j["to"]["number"], "5551234");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
+    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!((l, r), (a, b));
+}
+
+#[test]
+fn old_files_ignored_with_max_age_and_raw_stereo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    let a = tone(300.0, 500, 8000, 0.2);
+    let b = tone(700.0, 500, 8000, 0.2);
+    let bytes: Vec<u8> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| [*x, *y])
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(root.join("new-1700000090.1.raw"), &bytes).unwrap();
+    let old = root.join("old-1600000000.1.raw");
+    fs::write(&old, &bytes).unwrap();
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01 00:00:00"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let settings = FolderSettings {
+        raw_stereo: true,
+        max_age: Some(Duration::from_secs(7 * 86400)),
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "a", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    assert_eq!((l, r), (a, b));
+    assert_eq!(json_of(&s.written[0].json)["call_id"], "new-1700000090.1");
+}
+
+#[test]
+fn spool_write_error_is_retried_not_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    write_wav(
+        &root.join("1700000100.1.wav"),
+        8000,
+        1,
+        &speechlike(30, 300, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    s.scan(t0);
+    // The spool breaks (a file where the directory was: fails even as root).
+    fs::remove_dir_all(&spool).unwrap();
+    fs::write(&spool, b"not a dir").unwrap();
+    assert_eq!(s.scan(t0 + SETTLE + Duration::from_millis(1)), 0);
+    assert_eq!(s.counters.failed, 1);
+    assert!(s.errors.back().unwrap().contains("will retry"));
+    // Repaired: taken after settling again.
+    fs::remove_file(&spool).unwrap();
+    fs::create_dir_all(&spool).unwrap();
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(1)),
+        0,
+        "waits to settle again"
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE * 2 + Duration::from_millis(2)),
+        1,
+        "{:?}",
+        s.errors
+    );
+    assert_eq!(pairs(&spool).len(), 1);
+}
+
+#[test]
+fn quiet_directories_are_not_relisted_but_new_and_growing_files_are_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = root.join("2026/11/24");
+    fs::create_dir_all(&d).unwrap();
+    let p = d.join("1700000110.1.sln");
+    let chunk: Vec<u8> = speechlike(40, 200, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(&p, &chunk).unwrap();
+    let touch_old = |dir: &Path| {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2020-01-01 00:00:00"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    touch_old(&d);
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(s.scan(t0), 0);
+    // Grows in a directory whose mtime does not change.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(&chunk)
+        .unwrap();
+    assert_eq!(s.scan(t0 + SETTLE + Duration::from_millis(1)), 0);
+    assert_eq!(s.scan(t0 + SETTLE * 2 + Duration::from_millis(2)), 1);
+    assert_eq!(s.written[0].duration_ms, 400);
+    // A new file in the (now cached) directory changes its mtime: found.
+    touch_old(&d);
+    s.scan(t0 + SETTLE * 3);
+    write_wav(
+        &d.join("1700000111.1.wav"),
+        8000,
+        1,
+        &speechlike(41, 300, 8000),
+    );
+    s.scan(t0 + SETTLE * 4);
+    assert_eq!(s.scan(t0 + SETTLE * 5 + Duration::from_millis(1)), 1);
 }
