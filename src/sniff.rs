@@ -49,12 +49,17 @@ impl PacketSocket {
         };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) {
+            // EAFNOSUPPORT: the systemd unit's RestrictAddressFamilies= forbids
+            // AF_PACKET unless the sniffing drop-in is installed.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EAFNOSUPPORT)
+            ) {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     format!(
-                        "capturing on interface {interface} needs the CAP_NET_RAW capability \
-                         (grant it with the systemd drop-in described in the README, or run as root): {e}"
+                        "capturing on interface {interface} needs the CAP_NET_RAW capability and AF_PACKET sockets \
+                         (under systemd install the drop-in /usr/share/doc/pbx-edge/examples/sniff.conf; or run as root): {e}"
                     ),
                 ));
             }
