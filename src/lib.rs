@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod folder;
 pub mod health;
 pub mod import;
+pub mod logmask;
 pub mod recording;
 pub mod siprec;
 pub mod sniff;

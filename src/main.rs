@@ -9,7 +9,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    // The daemon's [log] settings apply from the first line; a config error
+    // is reported by `run` itself (with defaults for logging until then).
+    let log = match &cli.command {
+        cli::Command::Run(c) => config::Config::load(c.config.as_deref())
+            .map(|c| c.log)
+            .unwrap_or_else(|_| config::Config::default().log),
+        _ => config::Config::default().log,
+    };
+    init_logging(cli.verbose, &log);
     let res = match cli.command {
         cli::Command::Import(args) => import::run(&args),
         cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
@@ -35,7 +43,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, log: &pbx_edge::config::LogConfig) {
+    use pbx_edge::config::LogFormat;
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "info",
@@ -44,23 +53,27 @@ fn init_logging(verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("PBX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Phone numbers are masked unless log.log_numbers = true.
+    let writer = pbx_edge::logmask::MaskedStderr {
+        mask: !log.log_numbers,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // Under systemd (JOURNAL_STREAM set) journald adds time stamps and the
     // unit name itself: plain lines without colours or our own time stamps.
-    let json = std::env::var("PBX_EDGE__LOG__FORMAT").is_ok_and(|v| v == "json");
-    let _ = if json {
-        builder.json().with_current_span(false).try_init()
-    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder
+    let _ = match log
+        .format
+        .resolve(std::env::var_os("JOURNAL_STREAM").is_some())
+    {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Journald => builder
             .without_time()
             .with_ansi(false)
             .with_target(false)
-            .try_init()
-    } else {
-        builder
+            .try_init(),
+        _ => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+            .try_init(),
     };
 }
