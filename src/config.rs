@@ -58,6 +58,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub cloud: CloudConfig,
     pub sources: SourcesConfig,
+    pub filter: FilterConfig,
     pub log: LogConfig,
 }
 
@@ -266,6 +267,22 @@ impl LogFormat {
     }
 }
 
+/// `[filter]`: local filters applied before anything leaves the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FilterConfig {
+    /// Recordings shorter than this are not delivered.
+    pub min_duration: Duration,
+    /// When not empty, the caller's or callee's number must match one of
+    /// these patterns (`*` any run, `?` one character).
+    pub include_numbers: Vec<String>,
+    /// A caller or callee number matching one of these filters the recording.
+    pub exclude_numbers: Vec<String>,
+    /// When not empty, only these directions are delivered.
+    pub directions: Vec<String>,
+    /// Keep filtered recordings on disk (state `filtered`) instead of deleting them.
+    pub keep_filtered: bool,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -339,6 +356,7 @@ impl Config {
                     settle: Duration::from_secs(5),
                 },
             },
+            filter: FilterConfig::default(),
             log: LogConfig {
                 format: LogFormat::Auto,
                 log_numbers: false,
@@ -1017,6 +1035,7 @@ const SECTIONS: &[&str] = &[
     "recording",
     "cloud",
     "sources",
+    "filter",
     "log",
 ];
 const SOURCES: &[&str] = &["siprec", "sniff", "folder"];
@@ -1177,6 +1196,23 @@ fn as_str<'n>(n: &'n Node, expect: &str) -> Result<&'n str, String> {
 
 fn to_string(n: &Node) -> Result<String, String> {
     as_str(n, "a string").map(str::to_string)
+}
+
+/// An array of strings; from the environment also a comma-separated list.
+fn to_string_list(n: &Node) -> Result<Vec<String>, String> {
+    match &n.kind {
+        Kind::Array(items) => items
+            .iter()
+            .map(|i| as_str(i, "a string").map(str::to_string))
+            .collect(),
+        Kind::Str(text) if n.env_text.is_some() => Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()),
+        _ => Err(format!("expected an array of strings, {}", n.found())),
+    }
 }
 
 fn to_bool(n: &Node) -> Result<bool, String> {
@@ -1615,6 +1651,35 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.finish(errs, keys, "key");
     src.finish(errs, keys, "source");
 
+    let mut s = Sec::child(&top, "filter", errs);
+    let f = &mut cfg.filter;
+    s.field(errs, "min_duration", &mut f.min_duration, to_duration);
+    s.field(
+        errs,
+        "include_numbers",
+        &mut f.include_numbers,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "exclude_numbers",
+        &mut f.exclude_numbers,
+        to_string_list,
+    );
+    s.field(errs, "directions", &mut f.directions, |n| {
+        let v = to_string_list(n)?;
+        for d in &v {
+            if !["inbound", "outbound", "internal", "unknown"].contains(&d.as_str()) {
+                return Err(format!(
+                    "`{d}` is not a direction (inbound, outbound, internal, unknown)"
+                ));
+            }
+        }
+        Ok(v)
+    });
+    s.field(errs, "keep_filtered", &mut f.keep_filtered, to_bool);
+    s.finish(errs, keys, "key");
+
     let mut s = Sec::child(&top, "log", errs);
     s.field(errs, "format", &mut cfg.log.format, to_log_format);
     s.field(errs, "log_numbers", &mut cfg.log.log_numbers, to_bool);
@@ -1815,7 +1880,7 @@ mod tests {
         );
         assert_eq!(
             err1("[network]\nx = 1"),
-            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, sources, log)"
+            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)"
         );
         assert_eq!(
             suggest("max_parralel", &["url", "max_parallel"]),

@@ -294,6 +294,13 @@ impl DeliverySettings {
             max_parallel: c.max_parallel.max(1),
             bandwidth_limit: c.bandwidth_limit,
             upload_window: c.upload_window.parse().ok(),
+            filters: Filters {
+                min_duration: cfg.filter.min_duration,
+                include_numbers: cfg.filter.include_numbers.clone(),
+                exclude_numbers: cfg.filter.exclude_numbers.clone(),
+                directions: cfg.filter.directions.clone(),
+            },
+            keep_filtered: cfg.filter.keep_filtered,
             ..DeliverySettings::new(&cfg.spool.dir)
         }
     }

@@ -355,7 +355,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("\n[upload]\nurl = \"https://x\""),
-        "bad.toml:2: upload: unknown section (known: agent, spool, health, recording, cloud, sources, log)"
+        "bad.toml:2: upload: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)"
     );
     assert_eq!(
         error("[sources.sip]\nenabled = true"),
@@ -476,7 +476,7 @@ fn bad_env_overrides_name_the_variable() {
             "PBX_EDGE__AGENT____ID: agent..id: malformed variable name (write PBX_EDGE__SECTION__KEY)",
             "PBX_EDGE__CLOUD__MAX_PARALLEL: cloud.max_parallel: must be between 1 and 64, found 0",
             "PBX_EDGE__CLOUD__URLL: cloud.urll: unknown key (did you mean `url`?)",
-            "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, sources, log)",
+            "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)",
             "PBX_EDGE__RECORDING__JITTER: recording.jitter: `lots` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")",
             "PBX_EDGE__SOURCES__SIPREC__ALLOW: sources.siprec.allow[1]: \"nope\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
             "PBX_EDGE__SOURCES__SNIFF__ENABLED: sources.sniff.enabled: expected true or false, found a string (\"yes\")",
@@ -629,5 +629,31 @@ fn check_config_without_a_file() {
     assert_eq!(
         out,
         "(built-in defaults; /etc/pbx-edge/pbx-edge.toml not found): ok (sources: siprec 127.0.0.1:5090; spool /var/lib/pbx-edge; cloud: not configured)\n"
+    );
+}
+
+#[test]
+fn filter_section_reaches_delivery() {
+    let env: Vec<(String, String)> = Vec::new();
+    let c = pbx_edge::config::Config::from_toml_str(
+        "f.toml",
+        "[filter]\nmin_duration = \"3s\"\nexclude_numbers = [\"+4930*\"]\ndirections = [\"inbound\"]\nkeep_filtered = true\n",
+        env.clone(),
+    )
+    .unwrap();
+    let d = pbx_edge::delivery::DeliverySettings::from_config(&c);
+    assert_eq!(d.filters.min_duration, std::time::Duration::from_secs(3));
+    assert_eq!(d.filters.exclude_numbers, vec!["+4930*".to_string()]);
+    assert_eq!(d.filters.directions, vec!["inbound".to_string()]);
+    assert!(d.keep_filtered);
+    let e = pbx_edge::config::Config::from_toml_str(
+        "f.toml",
+        "\n[filter]\ndirections = [\"sideways\"]\n",
+        env,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.lines(),
+        vec!["f.toml:3: filter.directions: `sideways` is not a direction (inbound, outbound, internal, unknown)".to_string()]
     );
 }
