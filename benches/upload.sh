@@ -9,12 +9,13 @@
 #     max_parallel 2.
 #   - curl: the same files, 2 at a time (xargs -P2): multipart = one
 #     `curl -F` per recording; tus = creation POST, ONE PATCH of the whole
-#     file (no chunks, no checksum), then POST /v1/calls.
+#     file (no chunks, no checksum), then POST /v1/calls (JSON + "upload"
+#     added by jq).
 # Prints wall and CPU seconds, MiB/s, and peak RSS, and appends a section to
 # BENCHMARKS.md.
 #
 # Usage: benches/upload.sh [SMALL_COUNT] [LARGE_COUNT]   (default 200 x 1 MiB, 4 x 100 MiB)
-# Needs: curl, python3, /usr/bin/time. Scratch: $BENCH_DIR (default /tmp/pbx-edge-upload-bench).
+# Needs: curl, jq, python3, /usr/bin/time. Scratch: $BENCH_DIR (default /tmp/pbx-edge-upload-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL=${1:-200}
@@ -77,7 +78,7 @@ curl_tus_one() { # json wav key
     "$URL/v1/uploads" | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
   curl -sf -o /dev/null -X PATCH -H 'Tus-Resumable: 1.0.0' -H 'Content-Type: application/offset+octet-stream' \
     -H 'Upload-Offset: 0' --data-binary "@$2" "$URL$loc"
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["upload"]=sys.argv[2]; sys.stdout.write(json.dumps(d))' "$1" "$loc" \
+  jq -c --arg u "$loc" '. + {upload: $u}' "$1" \
     | curl -sf -o /dev/null -H 'Content-Type: application/json' -H "Idempotency-Key: $3" --data-binary @- "$URL/v1/calls"
 }
 export -f curl_multipart_one curl_tus_one
@@ -120,7 +121,10 @@ echo "receiver: $CALLS" >&2
   echo '  read twice: once to hash the chunk, once to send it) and a durable (fsynced) SQLite'
   echo '  checkpoint; curl tus sends each file in ONE PATCH without checksum, so it is an upper'
   echo '  bound rather than an equal comparison. Multipart is the same request on both sides.'
-  echo '- Memory: pbx-edge streams bodies from disk in 64 KiB pieces; its peak RSS is the same'
+  echo '- Memory: pbx-edge streams bodies from disk in 256 KiB pieces; its peak RSS is the same'
   echo '  for 1 MiB and 100 MiB files (the rows "pbx-edge ..." above), i.e. independent of file size.'
+  echo '  (`curl --data-binary @file`, used for the tus PATCH, reads the whole file into memory.)'
+  echo '- Small files: per-process start-up of curl (and jq) is part of the curl rows; the'
+  echo '  pbx-edge rows include its 100 ms spool scan interval.'
 } >>BENCHMARKS.md
 echo "appended to BENCHMARKS.md" >&2

@@ -14,7 +14,7 @@
 //!   plus `ca_file`, an optional client certificate, `HTTPS_PROXY` or an
 //!   explicit proxy; plain `http://` only to loopback hosts. Redirects are
 //!   not followed.
-//! - Bodies stream from disk in 64 KiB pieces: memory does not depend on the
+//! - Bodies stream from disk in 256 KiB pieces: memory does not depend on the
 //!   file size. An optional shared bandwidth limit paces every upload.
 //! - Every request carries `User-Agent: pbx-edge/<version>` and, when a token
 //!   is configured, `Authorization: Bearer …` (marked sensitive; the token is
@@ -44,7 +44,7 @@ use policy::{Action, Answer, Step, Transport};
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
 /// Size of each read from disk while streaming a body.
-pub const PIECE: usize = 64 * 1024;
+pub const PIECE: usize = 256 * 1024;
 /// The systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "cloud-token";
 
