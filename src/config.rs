@@ -180,6 +180,11 @@ pub struct CloudConfig {
     pub bandwidth_limit: u64,
     /// Daily upload window `"HH:MM-HH:MM"` (local time); empty = always.
     pub upload_window: String,
+    /// Client certificate and key (PEM) for mutual TLS; both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// HTTPS proxy URL; empty: `HTTPS_PROXY` from the environment, if set.
+    pub proxy: String,
 }
 
 impl CloudConfig {
@@ -335,6 +340,9 @@ impl Config {
                 chunk_size: 4 << 20,
                 bandwidth_limit: 0,
                 upload_window: String::new(),
+                client_cert: None,
+                client_key: None,
+                proxy: String::new(),
             },
             sources: SourcesConfig {
                 siprec: SiprecConfig {
@@ -1510,6 +1518,9 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
         Ok(v)
     });
     s.field(errs, "bandwidth_limit", &mut c.bandwidth_limit, to_size);
+    s.field(errs, "client_cert", &mut c.client_cert, to_opt_path);
+    s.field(errs, "client_key", &mut c.client_key, to_opt_path);
+    s.field(errs, "proxy", &mut c.proxy, to_string);
     s.field(errs, "upload_window", &mut c.upload_window, |n| {
         let v = to_string(n)?;
         if !v.is_empty() && v.parse::<crate::delivery::UploadWindow>().is_err() {

@@ -285,6 +285,9 @@ impl DeliverySettings {
         let cloud = c.is_configured().then(|| CloudSettings {
             token_file: c.token_file.clone(),
             ca_file: c.ca_file.clone(),
+            client_cert: c.client_cert.clone(),
+            client_key: c.client_key.clone(),
+            proxy: (!c.proxy.is_empty()).then(|| c.proxy.clone()),
             chunk_size: c.chunk_size,
             ..CloudSettings::new(&c.url, c.protocol)
         });

@@ -387,7 +387,7 @@ max_size = \"big\"
             "bad.toml:3: sources.siprec.rtp_ports: starts at 1: ports below 1024 are privileged (start at 1024 or above)",
             "bad.toml:5: cloud.url: scheme must be https (or http for a loopback host), found `ftp`",
             "bad.toml:6: cloud.max_parallel: must be between 1 and 64, found 0",
-            "bad.toml:7: cloud.bogus: unknown key (known: url, protocol, token_file, max_parallel, ca_file, chunk_size, bandwidth_limit, upload_window)",
+            "bad.toml:7: cloud.bogus: unknown key (known: url, protocol, token_file, max_parallel, ca_file, chunk_size, bandwidth_limit, client_cert, client_key, proxy, upload_window)",
             "bad.toml:9: spool.max_size: `big` is not a size (write e.g. \"512MiB\", \"20GiB\")",
         ]
     );
