@@ -371,7 +371,7 @@ fn bandwidth_limit_paces_uploads() {
     });
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(1600), "{took:?}");
-    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
 #[test]
