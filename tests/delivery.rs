@@ -1112,6 +1112,8 @@ fn tus_interop_with_rustus() {
             .arg(&data)
             .args(["--url", "/v1/uploads"])
             .args(["--tus-extensions", "getting,creation,termination,checksum"])
+            // rustus keeps its .info files in ./data: keep them in the temp dir.
+            .current_dir(d.path())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.path().join("rustus.log")).unwrap())
             .spawn()
