@@ -1246,37 +1246,3 @@ fn corpus_every_file_decodes() {
         assert_eq!(stats.unsupported, 0, "{name}");
     }
 }
-
-/// Throughput smoke test: `cargo test --release -p pbx-core net::tests::throughput -- --ignored --nocapture`.
-#[test]
-#[ignore]
-#[allow(clippy::disallowed_methods)] // a benchmark may read the clock
-fn throughput() {
-    let Some(bytes) = corpus("marseillaise-srtp.pcap") else {
-        return;
-    };
-    let Some(tcp_bytes) = corpus("sip_ipv4_tcp_fragmented.pcap") else {
-        return;
-    };
-    for (name, bytes) in [("udp", &bytes), ("tcp", &tcp_bytes)] {
-        let rounds = 50;
-        let start = std::time::Instant::now();
-        let mut frames = 0u64;
-        let mut payload = 0usize;
-        for _ in 0..rounds {
-            let mut reader =
-                crate::capture::CaptureReader::new(std::io::Cursor::new(&bytes[..])).unwrap();
-            let mut dec = NetDecoder::default();
-            while let Some(f) = reader.next_frame().unwrap() {
-                frames += 1;
-                let _ = dec.decode(f.ts, f.link, f.data, &mut |s| payload += s.payload.len());
-            }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        eprintln!(
-            "{name}: {frames} frames in {secs:.3} s = {:.1} M frames/s, {:.0} MB/s of capture ({payload} payload bytes)",
-            frames as f64 / secs / 1e6,
-            (bytes.len() * rounds) as f64 / secs / 1e6
-        );
-    }
-}
