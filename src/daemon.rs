@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pbx_core::call::EngineConfig;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -47,10 +46,6 @@ impl RunningSource {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
-}
-
-fn engine_config(cfg: &Config) -> EngineConfig {
-    cfg.recording.engine_config()
 }
 
 fn context(cfg: &Config, source: &'static str) -> RecordingContext {
@@ -88,7 +83,7 @@ fn start_sources(
                     set(true, None);
                     let stop = Arc::new(AtomicBool::new(false));
                     let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
-                    let ecfg = engine_config(cfg);
+                    let ecfg = cfg.recording.engine_config();
                     live.beat("sniff");
                     let thread = std::thread::Builder::new()
                         .name("sniff".into())
@@ -224,7 +219,7 @@ async fn start_siprec(
     };
     match crate::siprec::start(
         sc.clone(),
-        engine_config(cfg),
+        cfg.recording.engine_config(),
         cfg.recording.rtp_timeout,
         out,
         status.clone(),

@@ -41,7 +41,7 @@ use crate::config::SiprecConfig;
 use crate::health::Liveness;
 use crate::recording::RecordingDir;
 use crate::sniff::now;
-use crate::status::{EngineCounters, SharedStatus};
+use crate::status::SharedStatus;
 
 /// What the engine thread is fed.
 enum EngineInput {
@@ -87,6 +87,8 @@ struct Session {
     version: u64,
     /// Port per offered m-line (0 = rejected).
     line_ports: Vec<u16>,
+    /// The SRC's address (picks our media address when listening on all).
+    peer: SocketAddr,
 }
 
 /// A running SIPREC source.
@@ -220,17 +222,10 @@ fn publish(
 ) {
     if let Ok(mut s) = status.lock() {
         let src = s.sources.entry("siprec".to_string()).or_default();
-        src.up = true;
-        src.error = None;
+        src.record_engine(engine, &out.counters);
         src.listen = listen.to_string();
-        src.active_calls = engine.active_calls() as u64;
-        src.recording_calls = engine.recording_calls() as u64;
-        src.engine = EngineCounters::from(engine.stats());
         src.queue_drops = drops.load(Ordering::Relaxed).max(0) as u64;
         src.errors = out.counters.failed;
-        src.recordings_written = out.counters.written;
-        src.recordings_failed = out.counters.failed;
-        src.bytes_written = out.counters.bytes;
     }
 }
 
@@ -398,6 +393,7 @@ async fn sip_loop(
                         last_rtp: Arc::new(AtomicI64::new(at.as_micros())),
                         version: 1,
                         line_ports: Vec::new(),
+                        peer: from,
                     };
                     match answer_for(
                         &offer,
@@ -431,7 +427,7 @@ async fn sip_loop(
                                 session,
                                 &mut pool,
                                 local.ip(),
-                                msg_source(&msg).unwrap_or(local),
+                                session.peer,
                                 &etx,
                                 &drops,
                             )
@@ -476,10 +472,6 @@ async fn sip_loop(
             feed(&etx, &drops, local, to, bytes);
         }
     }
-}
-
-fn msg_source(_msg: &pbx_core::sip::message::SipMessage) -> Option<SocketAddr> {
-    None
 }
 
 fn on_message(

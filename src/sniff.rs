@@ -24,7 +24,7 @@ use pbx_core::Timestamp;
 
 use crate::health::Liveness;
 use crate::recording::RecordingDir;
-use crate::status::{EngineCounters, SharedStatus};
+use crate::status::SharedStatus;
 
 /// An open capture socket.
 pub struct PacketSocket {
@@ -239,15 +239,8 @@ fn publish(
     let drops = sock.kernel_drops();
     if let Ok(mut s) = status.lock() {
         let src = s.sources.entry(name.to_string()).or_default();
-        src.up = true;
-        src.error = None;
-        src.active_calls = engine.active_calls() as u64;
-        src.recording_calls = engine.recording_calls() as u64;
-        src.engine = EngineCounters::from(engine.stats());
+        src.record_engine(engine, &out.counters);
         src.kernel_drops = drops;
         src.errors = errors + out.counters.failed;
-        src.recordings_written = out.counters.written;
-        src.recordings_failed = out.counters.failed;
-        src.bytes_written = out.counters.bytes;
     }
 }

@@ -34,6 +34,25 @@ pub struct SourceStatus {
     pub bytes_written: u64,
 }
 
+impl SourceStatus {
+    /// Refresh what every engine-driven source reports: up, calls, engine
+    /// counters and the recordings it wrote.
+    pub fn record_engine(
+        &mut self,
+        engine: &pbx_core::call::CallEngine,
+        written: &crate::recording::RecordingCounters,
+    ) {
+        self.up = true;
+        self.error = None;
+        self.active_calls = engine.active_calls() as u64;
+        self.recording_calls = engine.recording_calls() as u64;
+        self.engine = EngineCounters::from(engine.stats());
+        self.recordings_written = written.written;
+        self.recordings_failed = written.failed;
+        self.bytes_written = written.bytes;
+    }
+}
+
 /// The subset of [`EngineStats`] exported.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct EngineCounters {

@@ -46,7 +46,7 @@ use crate::capture::LinkType;
 use crate::net::{NetDecoder, NetLimits, Segment, Transport};
 use crate::rtp::{event_to_digit, is_rtcp, parse_rtp, parse_telephone_event};
 use crate::sip::message::{looks_like_sip, parse_message, Method, NameAddr, SipMessage, StartLine};
-use crate::sip::sdp::{parse_sdp, Direction, SessionDescription};
+use crate::sip::sdp::{parse_sdp, SessionDescription};
 use crate::sip::siprec::{assign_streams, siprec_parts};
 use crate::sip::stream::SipStreamFramer;
 use crate::Timestamp;
@@ -123,7 +123,6 @@ const HOUSEKEEPING_US: i64 = 1_000_000;
 struct SideMedia {
     endpoints: Vec<SocketAddr>,
     pt_map: HashMap<u8, Codec>,
-    direction: Option<Direction>,
     /// First audio codec of the latest SDP of this side.
     preferred: Option<Codec>,
 }
@@ -782,7 +781,6 @@ impl Tracker {
                 }
             }
             let s = &mut call.sides[reg_side.channel()];
-            s.direction = Some(m.effective_direction(sdp));
             if m.port == 0 {
                 continue;
             }
