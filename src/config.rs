@@ -234,7 +234,8 @@ pub struct SniffConfig {
     pub enabled: bool,
     /// Interface name (at most 15 bytes) or `any`.
     pub interface: String,
-    /// Extra BPF filter (pcap syntax), ANDed with the built-in SIP/RTP filter.
+    /// Capture filter (pcap syntax, as for tcpdump) applied in the kernel;
+    /// `None`: every packet. Checked by compiling it with libpcap.
     pub filter: Option<String>,
 }
 
@@ -1633,7 +1634,12 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     });
     s.field(errs, "filter", &mut sn.filter, |n| {
         let v = to_string(n)?;
-        Ok((!v.trim().is_empty()).then_some(v))
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::sniff::compile_filter(&v)
+            .map_err(|e| format!("not a valid capture filter (pcap syntax): {e}"))?;
+        Ok(Some(v))
     });
     s.finish(errs, keys, "key");
 

@@ -66,6 +66,7 @@ fn start_sources(
     let mut running = BTreeMap::new();
     if cfg.sources.sniff.enabled {
         let iface = cfg.sources.sniff.interface.clone();
+        let filter = cfg.sources.sniff.filter.as_deref();
         let set = |up: bool, error: Option<String>| {
             if let Ok(mut s) = status.lock() {
                 let e = s
@@ -77,7 +78,7 @@ fn start_sources(
                 e.listen = iface.clone();
             }
         };
-        match sniff::PacketSocket::open(&iface) {
+        match sniff::PacketSocket::open(&iface, filter) {
             Ok(sock) => match RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff")) {
                 Ok(out) => {
                     set(true, None);
@@ -89,7 +90,7 @@ fn start_sources(
                         .name("sniff".into())
                         .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv))
                         .expect("spawn sniff thread");
-                    tracing::info!(interface = %iface, "sniffing");
+                    tracing::info!(interface = %iface, filter = filter.unwrap_or(""), "sniffing");
                     running.insert("sniff", RunningSource { stop, thread });
                 }
                 Err(e) => {

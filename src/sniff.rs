@@ -10,6 +10,14 @@
 //! The socket is `SOCK_DGRAM`: the kernel strips the link layer (and VLAN
 //! tags), so frames arrive as raw IP whatever the interface type, including
 //! `any`. Opening it needs `CAP_NET_RAW`; without it the error says so.
+//!
+//! `sources.sniff.filter` is a filter in pcap syntax (as for tcpdump),
+//! compiled by libpcap for `DLT_RAW` (what the socket delivers: packets
+//! from the IP header on, IPv4 or IPv6) and attached to the socket in the
+//! kernel (`SO_ATTACH_FILTER`, then `SO_LOCK_FILTER`), before the socket is
+//! bound, so no unfiltered packet is ever queued. Link-layer primitives
+//! (`ether host`, `vlan`) do not apply to raw IP and are refused when the
+//! config is checked.
 
 use std::ffi::CString;
 use std::io;
@@ -36,17 +44,14 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
-    /// Open a capture on `interface` ("any" for all interfaces).
-    pub fn open(interface: &str) -> io::Result<PacketSocket> {
+    /// Open a capture on `interface` ("any" for all interfaces), keeping
+    /// only the packets that match `filter` (pcap syntax; `None`: all).
+    pub fn open(interface: &str, filter: Option<&str>) -> io::Result<PacketSocket> {
         let proto = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0: the socket receives nothing until it is bound below,
+        // after the filter is in place.
         // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             // EAFNOSUPPORT: the systemd unit's RestrictAddressFamilies= forbids
@@ -82,7 +87,18 @@ impl PacketSocket {
             tv_usec: 200_000,
         };
         sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
-        if interface != "any" {
+        if let Some(expr) = filter {
+            let prog = compile_filter(expr).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("sources.sniff.filter: {e}"),
+                )
+            })?;
+            sock.attach_filter(&prog)?;
+        }
+        let index = if interface == "any" {
+            0
+        } else {
             let name = CString::new(interface)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
             // SAFETY: name is a valid C string.
@@ -93,37 +109,66 @@ impl PacketSocket {
                     format!("no network interface named {interface}"),
                 ));
             }
-            // SAFETY: zeroed sockaddr_ll is a valid value; fields set below.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = index as i32;
-            // SAFETY: sll is a properly initialised sockaddr_ll of the given size.
-            let rc = unsafe {
-                libc::bind(
-                    sock.fd.as_raw_fd(),
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            index as i32
+        };
+        // Binding with the protocol starts the capture (index 0: every interface).
+        // SAFETY: zeroed sockaddr_ll is a valid value; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index;
+        // SAFETY: sll is a properly initialised sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                sock.fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(sock)
     }
 
+    /// Attach a classic BPF program to the socket and lock it (a process that
+    /// later got hold of the descriptor cannot widen the capture).
+    fn attach_filter(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(prog.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        self.try_setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+            .map_err(|e| named("SO_ATTACH_FILTER", e))?;
+        let one: libc::c_int = 1;
+        self.try_setsockopt(libc::SOL_SOCKET, libc::SO_LOCK_FILTER, &one)
+            .map_err(|e| named("SO_LOCK_FILTER", e))?;
+        Ok(())
+    }
+
+    /// Best effort (buffer size and timeouts): errors are ignored on purpose.
     fn setsockopt<T>(&self, level: i32, name: i32, v: &T) {
-        // SAFETY: v points to a T of the given size; errors are ignored on purpose
-        // (buffer size and timeouts are best effort).
-        unsafe {
+        let _ = self.try_setsockopt(level, name, v);
+    }
+
+    fn try_setsockopt<T>(&self, level: i32, name: i32, v: &T) -> io::Result<()> {
+        // SAFETY: v points to a T of the given size, valid for the call (the
+        // kernel copies what it keeps).
+        let rc = unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
                 level,
                 name,
                 (v as *const T).cast(),
                 std::mem::size_of::<T>() as u32,
-            );
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
         }
     }
 
@@ -181,6 +226,39 @@ impl PacketSocket {
         }
         self.drops
     }
+}
+
+/// Compile a filter in pcap syntax (as tcpdump takes it) for the packets the
+/// capture socket delivers: raw IP (IPv4 or IPv6) from the network header on.
+/// The error is libpcap's message.
+pub fn compile_filter(expr: &str) -> Result<Vec<libc::sock_filter>, String> {
+    // DLT_RAW as libpcap numbers it on Linux (12; `Linktype::RAW` is the
+    // file format's LINKTYPE_RAW, 101, which pcap_open_dead refuses).
+    const DLT_RAW: i32 = 12;
+    let cap = pcap::Capture::dead(pcap::Linktype(DLT_RAW)).map_err(|e| e.to_string())?;
+    let prog = cap.compile(expr, true).map_err(|e| match e {
+        pcap::Error::PcapError(m) => m,
+        other => other.to_string(),
+    })?;
+    // `BpfInstruction` prints as "code jt jf k" (its fields are private).
+    prog.get_instructions()
+        .iter()
+        .map(|i| {
+            let text = i.to_string();
+            let mut f = text.split(' ');
+            let mut next = || {
+                f.next()
+                    .ok_or_else(|| format!("unexpected BPF instruction {text}"))
+            };
+            let bad = |_| format!("unexpected BPF instruction {text}");
+            Ok(libc::sock_filter {
+                code: next()?.parse().map_err(bad)?,
+                jt: next()?.parse().map_err(bad)?,
+                jf: next()?.parse().map_err(bad)?,
+                k: next()?.parse().map_err(bad)?,
+            })
+        })
+        .collect()
 }
 
 /// Wall-clock now as a core [`Timestamp`] (only the shell reads the clock).

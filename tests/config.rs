@@ -335,6 +335,38 @@ fn each_kind_of_bad_value() {
 }
 
 #[test]
+fn sniff_filters_are_compiled_by_libpcap() {
+    let ok = |f: &str| {
+        let c = Config::from_toml_str(
+            "t.toml",
+            &format!("[sources.sniff]\nfilter = \"{f}\""),
+            NO_ENV,
+        )
+        .unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(c.sources.sniff.filter.as_deref(), Some(f));
+    };
+    ok("udp port 5060 or udp portrange 10000-20000");
+    ok("host 10.0.0.5");
+    ok("ip6 and udp and net 2001:db8::/32");
+    assert_eq!(
+        error("[sources.sniff]\nenabled = true\nfilter = \"udp portrange 5060-\""),
+        "bad.toml:3: sources.sniff.filter: not a valid capture filter (pcap syntax): \
+         can't parse filter expression: syntax error"
+    );
+    // The socket sees IP packets: link-layer primitives cannot apply.
+    let e = error("[sources.sniff]\nfilter = \"ether host 00:11:22:33:44:55\"");
+    assert!(
+        e.starts_with(
+            "bad.toml:2: sources.sniff.filter: not a valid capture filter (pcap syntax): "
+        ),
+        "{e}"
+    );
+    // Empty: no filter.
+    let c = Config::from_toml_str("t.toml", "[sources.sniff]\nfilter = \" \"", NO_ENV).unwrap();
+    assert_eq!(c.sources.sniff.filter, None);
+}
+
+#[test]
 fn syntax_errors_name_line_and_key() {
     let e = errors("[agent]\nid = \"pbx-01\"\n[cloud]\nurl = 'https://x\n");
     assert_eq!(e.len(), 1, "{e:#?}");
