@@ -215,6 +215,15 @@ pub struct SiprecConfig {
     pub allow: Vec<IpNet>,
     /// More concurrent calls than this get 503. 1..=1_000_000.
     pub max_calls: u32,
+    /// SIP over TLS (TCP) on this address; `None`: off.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key for TLS (both set with
+    /// `tls_listen`).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, TLS clients must present a certificate
+    /// issued by one of them (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl SiprecConfig {
@@ -352,6 +361,10 @@ impl Config {
                     rtp_ports: 20000..=29999,
                     allow: Vec::new(),
                     max_calls: 1000,
+                    tls_listen: None,
+                    tls_cert: None,
+                    tls_key: None,
+                    tls_client_ca: None,
                 },
                 sniff: SniffConfig {
                     enabled: false,
@@ -1157,6 +1170,81 @@ impl<'t> Sec<'t> {
     }
 }
 
+/// `sources.siprec.tls_*` once `tls_listen` is set: certificate and key
+/// given and usable (loaded as the listener would), no port clashes.
+fn check_siprec_tls(
+    s: &Sec<'_>,
+    sr: &SiprecConfig,
+    tls: SocketAddr,
+    listen_ok: bool,
+    ports_ok: bool,
+    health: &SocketAddr,
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut problem = |key: &str, message: String| {
+        let o = s.origin(key);
+        let (origin, key) = if o == Origin::Default {
+            (s.origin("tls_listen"), "tls_listen")
+        } else {
+            (o, key)
+        };
+        errs.push(ConfigError::Invalid {
+            origin,
+            key: s.key(key),
+            message,
+        });
+    };
+    let same_tcp_port = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    if listen_ok && same_tcp_port(tls, sr.listen) {
+        problem(
+            "tls_listen",
+            format!("{tls} clashes with sources.siprec.listen {} (TCP); TLS needs its own port, usually 5061", sr.listen),
+        );
+    }
+    if same_tcp_port(tls, *health) {
+        problem(
+            "tls_listen",
+            format!("{tls} clashes with health.listen {health}"),
+        );
+    }
+    if ports_ok && sr.rtp_ports.contains(&tls.port()) {
+        problem(
+            "tls_listen",
+            format!(
+                "port {} is inside sources.siprec.rtp_ports ({}-{})",
+                tls.port(),
+                sr.rtp_ports.start(),
+                sr.rtp_ports.end()
+            ),
+        );
+    }
+    let (Some(cert), Some(key)) = (&sr.tls_cert, &sr.tls_key) else {
+        for (k, v) in [("tls_cert", &sr.tls_cert), ("tls_key", &sr.tls_key)] {
+            if v.is_none() {
+                errs.push(ConfigError::Invalid {
+                    origin: s.origin("tls_listen"),
+                    key: s.key(k),
+                    message: "must be set when sources.siprec.tls_listen is (a PEM file)".into(),
+                });
+            }
+        }
+        return;
+    };
+    if !sr.enabled {
+        return;
+    }
+    match crate::sip_tls::server_config(cert, key, sr.tls_client_ca.as_deref()) {
+        Ok(_) => {}
+        // The key is often readable only by the service user: checked when
+        // the listener starts (and by check-config run as that user).
+        Err(e) if e.permission_denied && e.key == "tls_key" => {}
+        Err(e) => problem(e.key, e.message),
+    }
+}
+
 /// The closest known name to a misspelt one, if close enough.
 fn suggest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     let lname = name.to_ascii_lowercase();
@@ -1591,6 +1679,19 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.field(errs, "max_calls", &mut sr.max_calls, |n| {
         to_u32_in(n, 1..=1_000_000)
     });
+    let mut tls_ok = true;
+    s.field(errs, "tls_listen", &mut sr.tls_listen, |n| {
+        if matches!(&n.kind, Kind::Str(t) if t.trim().is_empty()) {
+            return Ok(None);
+        }
+        to_socket_addr(n).map(Some).inspect_err(|_| tls_ok = false)
+    });
+    s.field(errs, "tls_cert", &mut sr.tls_cert, to_opt_path);
+    s.field(errs, "tls_key", &mut sr.tls_key, to_opt_path);
+    s.field(errs, "tls_client_ca", &mut sr.tls_client_ca, to_opt_path);
+    if let (true, Some(tls)) = (tls_ok, sr.tls_listen) {
+        check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
+    }
     if listen_ok && ports_ok && sr.rtp_ports.contains(&sr.listen.port()) {
         errs.push(ConfigError::Invalid {
             origin: s.origin("rtp_ports"),

@@ -209,6 +209,7 @@ async fn start_siprec(
             src.up = false;
             src.error = Some(e);
             src.listen = sc.listen.to_string();
+            src.tls = None;
         }
     };
     let out = match RecordingDir::new(&cfg.spool.dir, context(cfg, "siprec")) {
@@ -237,8 +238,12 @@ async fn start_siprec(
                 src.up = true;
                 src.error = None;
                 src.listen = sc.listen.to_string();
+                src.tls = tls_description(sc);
             }
             tracing::info!(listen = %sc.listen, rtp_ports = ?sc.rtp_ports, "SIPREC recording server listening (UDP and TCP)");
+            if let Some(tls) = tls_description(sc) {
+                tracing::info!("SIPREC over TLS listening on {tls}");
+            }
             Some(h)
         }
         Err(e) => {
@@ -247,6 +252,16 @@ async fn start_siprec(
             None
         }
     }
+}
+
+/// The TLS listener for /status and /readyz: address and client check.
+fn tls_description(sc: &crate::config::SiprecConfig) -> Option<String> {
+    let addr = sc.tls_listen?;
+    Some(if sc.tls_client_ca.is_some() {
+        format!("{addr} (client certificates required)")
+    } else {
+        format!("{addr}")
+    })
 }
 
 /// Start the folder source (PBX recording files) if enabled.
@@ -402,6 +417,14 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                                 h.stop().await;
                             }
                             siprec = start_siprec(&cfg, &status, &live).await;
+                        } else if let Some(h) = &siprec {
+                            // Same settings: certificates renewed on disk are taken
+                            // for new TLS connections without restarting.
+                            match h.reload_tls(&cfg.sources.siprec) {
+                                Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
+                                Ok(false) => {}
+                                Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
+                            }
                         }
                         if restart_sniff {
                             if let Some(s) = sources.remove("sniff") {

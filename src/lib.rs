@@ -14,6 +14,7 @@ pub mod health;
 pub mod import;
 pub mod logmask;
 pub mod recording;
+pub mod sip_tls;
 pub mod siprec;
 pub mod sniff;
 pub mod spool;

@@ -3,8 +3,10 @@
 //! stream and record what arrives.
 //!
 //! Shape:
-//! - one tokio task owns the SIP side: the UDP socket, the TCP listener and its
-//!   connections, and the sans-IO [`Uas`] (transactions, retransmissions,
+//! - one tokio task owns the SIP side: the UDP socket, the TCP listener, the
+//!   optional TLS listener (`tls_listen`; each connection's handshake runs in
+//!   its own task, then TCP and TLS connections share the same stream framer
+//!   and writer code), and the sans-IO [`Uas`] (transactions, retransmissions,
 //!   dialogs). It decides on each new call (allow list → 403, call limit → 503,
 //!   unusable offer → 488), hands out RTP ports from `rtp_ports`, and answers.
 //! - one tokio task per RTP port receives datagrams.
@@ -21,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use pbx_core::call::{CallEngine, EndReason, EngineConfig};
@@ -32,10 +34,12 @@ use pbx_core::sip::siprec::{answer_sdp, siprec_parts};
 use pbx_core::sip::stream::SipStreamFramer;
 use pbx_core::sip::uas::{self, DialogId, Uas, UasConfig, UasEvent, UasInput};
 use pbx_core::Timestamp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::SiprecConfig;
 use crate::health::Liveness;
@@ -91,14 +95,35 @@ struct Session {
     peer: SocketAddr,
 }
 
+/// The TLS settings new connections are accepted with (swapped on reload).
+type TlsShared = Arc<RwLock<Arc<ServerConfig>>>;
+
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running SIPREC source.
 pub struct SiprecHandle {
     stop: Arc<AtomicBool>,
     sip_task: JoinHandle<()>,
     engine_thread: std::thread::JoinHandle<()>,
+    tls: Option<TlsShared>,
 }
 
 impl SiprecHandle {
+    /// Re-read the TLS certificate, key and client CA files (SIGHUP): new
+    /// connections use them, established ones keep theirs. On an error the
+    /// running settings stay. `Ok(false)`: TLS is not on.
+    pub fn reload_tls(&self, cfg: &SiprecConfig) -> Result<bool, crate::sip_tls::TlsError> {
+        let (Some(shared), Some(cert), Some(key)) = (&self.tls, &cfg.tls_cert, &cfg.tls_key) else {
+            return Ok(false);
+        };
+        let new = crate::sip_tls::server_config(cert, key, cfg.tls_client_ca.as_deref())?;
+        if let Ok(mut w) = shared.write() {
+            *w = new;
+        }
+        Ok(true)
+    }
+
     /// Stop taking calls, close every recording (marked `shutdown`), return.
     pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -118,6 +143,20 @@ pub async fn start(
 ) -> std::io::Result<SiprecHandle> {
     let udp = Arc::new(UdpSocket::bind(cfg.listen).await?);
     let tcp = TcpListener::bind(cfg.listen).await?;
+    let tls = match (cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let sc = crate::sip_tls::server_config(cert, key, cfg.tls_client_ca.as_deref())
+                .map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("TLS listener {addr}: {e}")))?;
+            Some((listener, Arc::new(RwLock::new(sc))))
+        }
+        _ => None,
+    };
+    let tls_shared = tls.as_ref().map(|(_, t)| t.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(65_536);
     let drops = Arc::new(AtomicI64::new(0));
@@ -134,6 +173,7 @@ pub async fn start(
         cfg,
         udp,
         tcp,
+        tls,
         etx,
         stop.clone(),
         drops,
@@ -143,6 +183,7 @@ pub async fn start(
         stop,
         sip_task,
         engine_thread,
+        tls: tls_shared,
     })
 }
 
@@ -260,15 +301,31 @@ fn media_ip(listen: IpAddr, peer: SocketAddr) -> IpAddr {
     probe.map(|a| a.ip()).unwrap_or(listen)
 }
 
+/// What the connection tasks (TCP and TLS) tell the SIP task.
 enum SipIn {
-    Tcp { peer: SocketAddr, bytes: Vec<u8> },
-    TcpClosed { peer: SocketAddr },
+    /// A TLS connection finished its handshake: where to write to it.
+    Opened {
+        peer: SocketAddr,
+        transport: uas::Transport,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    Tcp {
+        peer: SocketAddr,
+        transport: uas::Transport,
+        bytes: Vec<u8>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
+        transport: uas::Transport,
+    },
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sip_loop(
     cfg: SiprecConfig,
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    tls: Option<(TcpListener, TlsShared)>,
     etx: SyncSender<EngineInput>,
     stop: Arc<AtomicBool>,
     drops: Arc<AtomicI64>,
@@ -278,12 +335,14 @@ async fn sip_loop(
     let mut uas = Uas::new(UasConfig {
         contact_host: local.ip().to_string(),
         contact_port: local.port(),
+        tls_port: cfg.tls_listen.map(|a| a.port()),
         user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
         tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
     });
     let mut pool = PortPool::new(cfg.rtp_ports.clone());
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
-    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
+        HashMap::new();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -300,22 +359,24 @@ async fn sip_loop(
             }
             acc = tcp.accept() => {
                 if let Ok((sock, peer)) = acc {
-                    let (rd, mut wr) = sock.into_split();
-                    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
-                    tcp_writers.insert(peer, wtx);
-                    tokio::spawn(async move {
-                        while let Some(b) = wrx.recv().await {
-                            if wr.write_all(&b).await.is_err() { break; }
-                        }
-                    });
-                    let tx = tcp_tx.clone();
-                    tokio::spawn(tcp_reader(rd, peer, tx));
+                    let (wtx, reader) = stream_tasks(sock, peer, uas::Transport::Tcp, tcp_tx.clone());
+                    tcp_writers.insert((uas::Transport::Tcp, peer), wtx);
+                    tokio::spawn(reader);
+                }
+            }
+            acc = accept_tls(&tls) => {
+                if let (Ok((sock, peer)), Some((_, shared))) = (acc, &tls) {
+                    let acceptor = shared.read().map(|c| TlsAcceptor::from(c.clone()));
+                    if let Ok(acceptor) = acceptor {
+                        tokio::spawn(tls_connection(acceptor, sock, peer, tcp_tx.clone()));
+                    }
                 }
             }
             Some(m) = tcp_rx.recv() => {
                 match m {
-                    SipIn::Tcp { peer, bytes } => on_message(&mut uas, &bytes, peer, local, uas::Transport::Tcp, &etx, &drops),
-                    SipIn::TcpClosed { peer } => { tcp_writers.remove(&peer); }
+                    SipIn::Opened { peer, transport, writer } => { tcp_writers.insert((transport, peer), writer); }
+                    SipIn::Tcp { peer, transport, bytes } => on_message(&mut uas, &bytes, peer, local, transport, &etx, &drops),
+                    SipIn::TcpClosed { peer, transport } => { tcp_writers.remove(&(transport, peer)); }
                 }
             }
             _ = tick.tick() => {
@@ -347,7 +408,7 @@ async fn sip_loop(
                             let _ = udp.send_to(&bytes, to).await;
                         }
                         _ => {
-                            if let Some(w) = tcp_writers.get(&to) {
+                            if let Some(w) = tcp_writers.get(&(transport, to)) {
                                 let _ = w.send(bytes.clone()).await;
                             }
                         }
@@ -464,14 +525,95 @@ async fn sip_loop(
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
             to,
-            transport: uas::Transport::Udp,
+            transport,
             bytes,
         } = ev
         {
-            let _ = udp.send_to(&bytes, to).await;
+            match transport {
+                uas::Transport::Udp => {
+                    let _ = udp.send_to(&bytes, to).await;
+                }
+                _ => {
+                    if let Some(w) = tcp_writers.get(&(transport, to)) {
+                        let _ = w.send(bytes.clone()).await;
+                    }
+                }
+            }
             feed(&etx, &drops, local, to, bytes);
         }
     }
+}
+
+/// The next connection on the TLS listener (never, without one).
+async fn accept_tls(
+    tls: &Option<(TcpListener, TlsShared)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One TLS connection: the handshake (bounded in time; with `tls_client_ca`
+/// the client's certificate is verified here), then the same framing as TCP.
+async fn tls_connection(
+    acceptor: TlsAcceptor,
+    sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tx: mpsc::Sender<SipIn>,
+) {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %peer, "SIP over TLS: handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %peer, "SIP over TLS: handshake not finished in time");
+            return;
+        }
+    };
+    let transport = uas::Transport::Tls;
+    let (writer, reader) = stream_tasks(stream, peer, transport, tx.clone());
+    // Registered before the first message is read, so answers find their way.
+    if tx
+        .send(SipIn::Opened {
+            peer,
+            transport,
+            writer,
+        })
+        .await
+        .is_ok()
+    {
+        reader.await;
+    }
+}
+
+/// Split a connected stream (TCP or TLS): a writer task fed by the returned
+/// channel, and the reader (to be run) that frames SIP messages off it.
+fn stream_tasks<S>(
+    stream: S,
+    peer: SocketAddr,
+    transport: uas::Transport,
+    tx: mpsc::Sender<SipIn>,
+) -> (
+    mpsc::Sender<Vec<u8>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(b) = wrx.recv().await {
+            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    (wtx, tcp_reader(rd, peer, transport, tx))
 }
 
 fn on_message(
@@ -497,9 +639,10 @@ fn on_message(
     });
 }
 
-async fn tcp_reader(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+async fn tcp_reader<R: AsyncRead + Unpin>(
+    mut rd: R,
     peer: SocketAddr,
+    transport: uas::Transport,
     tx: mpsc::Sender<SipIn>,
 ) {
     let mut framer = SipStreamFramer::new();
@@ -511,7 +654,15 @@ async fn tcp_reader(
                 framer.push(&buf[..n]);
                 while let Some(m) = framer.next_message() {
                     if let Ok(bytes) = m {
-                        if tx.send(SipIn::Tcp { peer, bytes }).await.is_err() {
+                        if tx
+                            .send(SipIn::Tcp {
+                                peer,
+                                transport,
+                                bytes,
+                            })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -519,7 +670,7 @@ async fn tcp_reader(
             }
         }
     }
-    let _ = tx.send(SipIn::TcpClosed { peer }).await;
+    let _ = tx.send(SipIn::TcpClosed { peer, transport }).await;
 }
 
 /// Ports for every offered audio line (reusing the session's), the RTP

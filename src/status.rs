@@ -21,6 +21,10 @@ pub struct SourceStatus {
     pub error: Option<String>,
     /// Where it listens (address or interface).
     pub listen: String,
+    /// SIPREC: the SIP-over-TLS listener, if on (address, and whether client
+    /// certificates are required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     pub active_calls: u64,
     pub recording_calls: u64,
     pub engine: EngineCounters,
@@ -157,6 +161,12 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     for (name, src) in &s.sources {
         if src.up {
             parts.insert(format!("source.{name}"), "ok".to_string());
+            if let Some(tls) = &src.tls {
+                parts.insert(
+                    format!("source.{name}.tls"),
+                    format!("ok, listening on {tls}"),
+                );
+            }
         } else {
             ok = false;
             parts.insert(

@@ -335,6 +335,72 @@ fn each_kind_of_bad_value() {
 }
 
 #[test]
+fn siprec_tls_keys_are_checked_with_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["srs.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.path().join("srs.crt"), dir.path().join("srs.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let good = format!(
+        "[sources.siprec]\nlisten = \"0.0.0.0:5090\"\ntls_listen = \"0.0.0.0:5061\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"\ntls_client_ca = \"{c}\"\n"
+    );
+    let cfg = Config::from_toml_str("t.toml", &good, NO_ENV).unwrap();
+    let sr = &cfg.sources.siprec;
+    assert_eq!(sr.tls_listen, Some("0.0.0.0:5061".parse().unwrap()));
+    assert_eq!(sr.tls_client_ca.as_deref(), Some(Path::new(&c)));
+    // Empty: off.
+    let off =
+        Config::from_toml_str("t.toml", "[sources.siprec]\ntls_listen = \"\"", NO_ENV).unwrap();
+    assert_eq!(off.sources.siprec.tls_listen, None);
+    // Missing certificate and key: both named, at the tls_listen line.
+    assert_eq!(
+        errors("[sources.siprec]\ntls_listen = \"0.0.0.0:5061\"\n"),
+        vec![
+            "bad.toml:2: sources.siprec.tls_cert: must be set when sources.siprec.tls_listen is (a PEM file)",
+            "bad.toml:2: sources.siprec.tls_key: must be set when sources.siprec.tls_listen is (a PEM file)",
+        ]
+    );
+    // The certificate file is read: a key given as certificate, at its line.
+    let e = error(&format!(
+        "[sources.siprec]\ntls_listen = \"0.0.0.0:5061\"\ntls_cert = \"{k}\"\ntls_key = \"{k}\"\n"
+    ));
+    assert_eq!(
+        e,
+        format!("bad.toml:3: sources.siprec.tls_cert: {k}: no PEM CERTIFICATE found")
+    );
+    // A key that does not go with the certificate, never quoted.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let e = error(&format!(
+        "[sources.siprec]\ntls_listen = \"0.0.0.0:5061\"\ntls_cert = \"{c}\"\ntls_key = \"{}\"\n",
+        other.display()
+    ));
+    assert!(
+        e.starts_with("bad.toml:4: sources.siprec.tls_key: ")
+            && e.contains("does not go with the certificate"),
+        "{e}"
+    );
+    assert!(!e.contains("PRIVATE KEY-----"), "{e}");
+    // Port clashes: the TCP listener, the RTP range, a bad address.
+    assert_eq!(
+        error(&good.replace("0.0.0.0:5061", "127.0.0.1:5090")),
+        "t.toml:3: sources.siprec.tls_listen: 127.0.0.1:5090 clashes with sources.siprec.listen 0.0.0.0:5090 (TCP); TLS needs its own port, usually 5061"
+            .replace("t.toml", "bad.toml")
+    );
+    assert_eq!(
+        error(&good.replace("0.0.0.0:5061", "0.0.0.0:20002")),
+        "bad.toml:3: sources.siprec.tls_listen: port 20002 is inside sources.siprec.rtp_ports (20000-29999)"
+    );
+    assert!(error("[sources.siprec]\ntls_listen = \"5061\"")
+        .starts_with("bad.toml:2: sources.siprec.tls_listen: "));
+}
+
+#[test]
 fn sniff_filters_are_compiled_by_libpcap() {
     let ok = |f: &str| {
         let c = Config::from_toml_str(

@@ -3,6 +3,8 @@
 //! the opposite), then real RTP, then BYE; the recording's channels are checked
 //! against the source audio. Plus the refusals: forbidden address, malformed
 //! body, call limit; INVITE retransmissions; OPTIONS; and SIPp as the SRC.
+//! The same call over SIP/TLS with a client certificate (mutual TLS), an
+//! untrusted client refused, certificates re-read on SIGHUP.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
+use common::receiver::TestPki;
 use common::*;
 use pbx_testgen::audio::{best_lag, rms, speechlike};
 use pbx_testgen::codec::Encoder;
@@ -57,6 +60,142 @@ impl Src {
             }
         }
         panic!("no final response to {method}");
+    }
+}
+
+/// How the SRC's SIP goes: UDP ([`Src`]) or a TLS connection ([`TlsSrc`]).
+trait Signalling {
+    fn port(&self) -> u16;
+    /// `SIP/2.0/UDP` or `SIP/2.0/TLS`, for Via.
+    fn via(&self) -> &'static str;
+    fn send(&mut self, msg: &str);
+    fn final_response(&mut self, method: &str) -> String;
+}
+
+impl Signalling for Src {
+    fn port(&self) -> u16 {
+        Src::port(self)
+    }
+    fn via(&self) -> &'static str {
+        "SIP/2.0/UDP"
+    }
+    fn send(&mut self, msg: &str) {
+        Src::send(self, msg)
+    }
+    fn final_response(&mut self, method: &str) -> String {
+        Src::final_response(self, method)
+    }
+}
+
+type TlsStream =
+    tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, std::net::TcpStream>;
+
+/// An SRC talking SIP over TLS (as an SBC does), optionally with a client
+/// certificate.
+struct TlsSrc {
+    tls: TlsStream,
+    port: u16,
+    buf: Vec<u8>,
+}
+
+impl TlsSrc {
+    fn connect(
+        srs: SocketAddr,
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+    ) -> std::io::Result<TlsSrc> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let cfg = match client {
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => b.with_no_client_auth(),
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let sock = std::net::TcpStream::connect(srs)?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let port = sock.local_addr()?.port();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(TlsSrc {
+            tls,
+            port,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The server's certificate (leaf, DER).
+    fn server_cert(&self) -> Vec<u8> {
+        self.tls.conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// The next SIP message off the stream (framed by Content-Length).
+    fn recv(&mut self) -> std::io::Result<String> {
+        use std::io::Read;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len: usize = header(&head, "Content-Length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let msg: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
+                    return Ok(String::from_utf8_lossy(&msg).into_owned());
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.tls.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Signalling for TlsSrc {
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn via(&self) -> &'static str {
+        "SIP/2.0/TLS"
+    }
+    fn send(&mut self, msg: &str) {
+        use std::io::Write;
+        self.tls.write_all(msg.as_bytes()).unwrap();
+        self.tls.flush().unwrap();
+    }
+    fn final_response(&mut self, method: &str) -> String {
+        loop {
+            let m = self
+                .recv()
+                .unwrap_or_else(|e| panic!("no final response to {method}: {e}"));
+            let code: u16 = m
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
+                return m;
+            }
+        }
     }
 }
 
@@ -147,13 +286,13 @@ fn answer_ports(resp: &str) -> Vec<u16> {
         .collect()
 }
 
-fn ack_and_bye(src: &Src, call_id: &str, to: &str, srs: SocketAddr) -> String {
-    let p = src.port();
+fn ack_and_bye(src: &mut impl Signalling, call_id: &str, to: &str, srs: SocketAddr) -> String {
+    let (p, via) = (src.port(), src.via());
     src.send(&format!(
-        "ACK sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKack\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        "ACK sip:srs@{srs} SIP/2.0\r\nVia: {via} 127.0.0.1:{p};branch=z9hG4bKack\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
     ));
     format!(
-        "BYE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        "BYE sip:srs@{srs} SIP/2.0\r\nVia: {via} 127.0.0.1:{p};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
@@ -182,7 +321,15 @@ fn two_stream_siprec_call_with_srtp_on_one_stream() {
 fn two_stream_call(srtp: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (d, srs) = siprec_daemon(dir.path(), "");
-    let src = Src::new(srs);
+    let mut src = Src::new(srs);
+    two_stream_call_over(&d, srs, &mut src, srtp);
+}
+
+/// A two-stream call whose SIP goes through `src` (to `sip_to`, the SIP
+/// listener it talks to); RTP over UDP to the answered ports. Checks the
+/// recording channel by channel against the source audio.
+fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signalling, srtp: bool) {
+    let srs = sip_to;
     let call_id = "siprec-1@src";
     let rtp_a = UdpSocket::bind("127.0.0.1:0").unwrap(); // Alice's stream (label 1)
     let rtp_b = UdpSocket::bind("127.0.0.1:0").unwrap(); // Bob's stream (label 2)
@@ -199,7 +346,8 @@ fn two_stream_call(srtp: bool) {
         "inv1",
         &metadata("recorded-call-42@pbx"),
         srtp.then_some(key.as_str()),
-    );
+    )
+    .replace("Via: SIP/2.0/UDP ", &format!("Via: {} ", src.via()));
     let mut enc_a = srtp.then(|| {
         let (k, salt) = pbx_edge::srtp::parse_key_params(&format!("inline:{key}")).unwrap();
         webrtc_srtp::context::Context::new(
@@ -219,6 +367,17 @@ fn two_stream_call(srtp: bool) {
     assert!(ok.contains("a=recvonly"), "{ok}");
     let ports = answer_ports(&ok);
     assert_eq!(ports.len(), 2);
+    // Answers name the transport the request came over (Via copied; our
+    // Contact with this listener's port and transport=tls for TLS).
+    assert!(header(&ok, "Via").unwrap().starts_with(src.via()), "{ok}");
+    if src.via() == "SIP/2.0/TLS" {
+        let contact = header(&ok, "Contact").unwrap();
+        assert_eq!(
+            contact,
+            format!("<sip:{srs};transport=tls>;+sip.srs"),
+            "{ok}"
+        );
+    }
     if srtp {
         assert!(
             ok.contains("RTP/SAVP") && ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
@@ -226,7 +385,7 @@ fn two_stream_call(srtp: bool) {
         );
     }
     let to = header(&ok, "To").unwrap().to_string();
-    let bye = ack_and_bye(&src, call_id, &to, srs);
+    let bye = ack_and_bye(src, call_id, &to, srs);
 
     // 3 s of audio on each stream, 20 ms packets, real time.
     let alice = speechlike(101, 3000, 8000);
@@ -421,6 +580,139 @@ fn sipp_as_the_src() {
     let (_, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
     // SIPp plays its pcap to the first m-line, which the metadata gives to the caller.
     assert!(rms(&ch[0]) > 100.0, "caller channel has the played audio");
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out + &format!("-----END {label}-----\n")
+}
+
+/// Write the server certificate and key of `pki` where the daemon reads them.
+fn write_server_pem(pki: &TestPki, cert: &std::path::Path, key: &std::path::Path) {
+    std::fs::write(cert, pem("CERTIFICATE", &pki.server_chain[0])).unwrap();
+    std::fs::write(key, pem("PRIVATE KEY", &pki.server_key_der)).unwrap();
+}
+
+#[test]
+fn siprec_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("siprec");
+    let (cert, key, ca) = (
+        dir.path().join("srs.crt"),
+        dir.path().join("srs.key"),
+        dir.path().join("sbc-ca.pem"),
+    );
+    write_server_pem(&pki, &cert, &key);
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (d, _udp) = siprec_daemon(
+        dir.path(),
+        &format!(
+            "tls_listen = \"{tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    );
+    let (code, ready) = d.get("/readyz").unwrap();
+    assert_eq!(code, 200, "{ready}");
+    assert!(
+        ready.contains(&format!(
+            "\"source.siprec.tls\": \"ok, listening on {tls} (client certificates required)\""
+        )),
+        "{ready}"
+    );
+
+    // The SBC with a certificate from the configured CA: a full call.
+    let client = Some((pki.client_cert_pem.as_str(), pki.client_key_pem.as_str()));
+    let mut src = TlsSrc::connect(tls, &pki.ca_pem, client).unwrap();
+    // OPTIONS ping first (SBCs keep their SIPREC trunks alive with it).
+    let p = src.port();
+    src.send(&format!(
+        "OPTIONS sip:srs@{tls} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{p};branch=z9hG4bKopt\r\nFrom: <sip:a@b>;tag=x\r\nTo: <sip:srs@{tls}>\r\nCall-ID: ping@src\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let r = src.final_response("OPTIONS");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert!(
+        header(&r, "Via").unwrap().starts_with("SIP/2.0/TLS "),
+        "{r}"
+    );
+    two_stream_call_over(&d, tls, &mut src, true);
+
+    // Clients the configured CA did not issue, or without a certificate: refused.
+    let other = TestPki::new("someone-else");
+    for client in [
+        Some((
+            other.client_cert_pem.as_str(),
+            other.client_key_pem.as_str(),
+        )),
+        None,
+    ] {
+        let refused = match TlsSrc::connect(tls, &pki.ca_pem, client) {
+            Err(_) => true,
+            // TLS 1.3: the server checks the client's certificate after the
+            // client's side of the handshake; the refusal comes on first read.
+            Ok(mut s) => {
+                use std::io::Write;
+                let _ = s
+                    .tls
+                    .write_all(b"OPTIONS sip:srs SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+                let _ = s.tls.flush();
+                s.recv().is_err()
+            }
+        };
+        assert!(
+            refused,
+            "a client without a trusted certificate got an answer"
+        );
+    }
+    assert!(
+        d.log().contains("SIP over TLS: handshake refused"),
+        "{}",
+        d.log()
+    );
+
+    // SIGHUP with a broken certificate: rejected with the reason, the running
+    // certificate stays in use.
+    let before = TlsSrc::connect(tls, &pki.ca_pem, client)
+        .unwrap()
+        .server_cert();
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("new configuration rejected") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log();
+    assert!(
+        log.contains("sources.siprec.tls_cert:") && log.contains("no PEM CERTIFICATE found"),
+        "{log}"
+    );
+    assert_eq!(
+        TlsSrc::connect(tls, &pki.ca_pem, client)
+            .unwrap()
+            .server_cert(),
+        before
+    );
+    // A renewed certificate (same CA) is taken for new connections.
+    let renewed = TestPki::new("renewed");
+    let renewed_cert = pem("CERTIFICATE", &renewed.server_chain[0]);
+    write_server_pem(&renewed, &cert, &key);
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("SIPREC TLS certificate and key re-read") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = TlsSrc::connect(tls, &renewed.ca_pem, client)
+        .unwrap()
+        .server_cert();
+    assert_eq!(pem("CERTIFICATE", &now), renewed_cert);
 }
 
 /// A pcap of one RTP stream (Ethernet/IPv4/UDP), the format SIPp plays.

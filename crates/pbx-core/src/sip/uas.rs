@@ -109,6 +109,9 @@ pub struct UasConfig {
     /// Host (IP or name) for our Contact and Via.
     pub contact_host: String,
     pub contact_port: u16,
+    /// Our port for SIP over TLS (Contact and Via of dialogs over TLS);
+    /// `None`: `contact_port`.
+    pub tls_port: Option<u16>,
     /// Sent as `Server:` in responses and `User-Agent:` in our BYEs; empty
     /// for none.
     pub user_agent: String,
@@ -1221,7 +1224,16 @@ impl Uas {
             Some(Transport::Tls) => ";transport=tls",
             _ => "",
         };
-        format!("<sip:{host}:{}{tp}>;+sip.srs", self.cfg.contact_port)
+        let port = self.local_port(transport.unwrap_or(Transport::Udp));
+        format!("<sip:{host}:{port}{tp}>;+sip.srs")
+    }
+
+    /// The port we receive on over `transport`.
+    fn local_port(&self, transport: Transport) -> u16 {
+        match (transport, self.cfg.tls_port) {
+            (Transport::Tls, Some(p)) => p,
+            _ => self.cfg.contact_port,
+        }
     }
 
     // -- dialogs and timers -----------------------------------------------
@@ -1270,7 +1282,7 @@ impl Uas {
             s,
             "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {host}:{};branch={branch};rport\r\nMax-Forwards: 70\r\n",
             transport.via_name(),
-            self.cfg.contact_port
+            self.local_port(transport)
         );
         for r in &routes {
             let _ = write!(s, "Route: {r}\r\n");
@@ -1622,6 +1634,7 @@ mod tests {
         Uas::new(UasConfig {
             contact_host: "192.0.2.50".into(),
             contact_port: 5090,
+            tls_port: Some(5091),
             user_agent: "pbx-edge-test".into(),
             tag_seed: 7,
         })
@@ -1942,6 +1955,43 @@ mod tests {
         let w = run_until(&mut u, t(100_000));
         assert!(w.iter().all(|(_, e)| e.is_empty()));
         assert_eq!(u.dialog_count(), 1);
+    }
+
+    #[test]
+    fn tls_dialogs_name_the_tls_port_and_transport() {
+        let mut u = uas();
+        let ev = feed_tp(
+            &mut u,
+            t(0),
+            &invite("z9hG4bKinv1", "call-tls"),
+            Transport::Tls,
+        );
+        let d = new_call(&ev);
+        u.accept(&d, SDP, t(10));
+        let ok = sent(&drain(&mut u)).remove(0);
+        assert_eq!(
+            ok.header("Contact"),
+            Some("<sip:192.0.2.50:5091;transport=tls>;+sip.srs")
+        );
+        feed_tp(
+            &mut u,
+            t(50),
+            &ack("z9hG4bKack", "call-tls", &d.local_tag, 1),
+            Transport::Tls,
+        );
+        assert!(u.hangup(&d, t(1000)));
+        let ev = drain(&mut u);
+        let bye = sent(&ev).remove(0);
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        let via = bye.header("Via").unwrap();
+        assert!(via.starts_with("SIP/2.0/TLS 192.0.2.50:5091;"), "{via}");
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            UasEvent::Send {
+                transport: Transport::Tls,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -2373,6 +2423,7 @@ mod tests {
         let mut u = Uas::new(UasConfig {
             contact_host: "2001:db8::50".into(),
             contact_port: 5090,
+            tls_port: Some(5091),
             user_agent: String::new(),
             tag_seed: 1,
         });
