@@ -630,6 +630,11 @@ fn on_message(
         return;
     };
     feed(etx, drops, peer, local, bytes.to_vec());
+    if uas.needs_local_ip(peer.ip()) {
+        // Listening on all interfaces: Contact and Via name the address
+        // this peer reaches (an SBC may open new connections to it).
+        uas.learn_local_ip(peer.ip(), media_ip(local.ip(), peer));
+    }
     uas.handle(UasInput::Message {
         at: now(),
         from: peer,

@@ -52,7 +52,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::message::{parse_name_addr, Method, SipMessage};
 use crate::Timestamp;
@@ -326,7 +326,14 @@ pub struct Uas {
     events: VecDeque<UasEvent>,
     /// Sum of the entries' sizes (see [`MAX_STATE_BYTES`]).
     state_bytes: usize,
+    /// Our address as seen by each peer, when `contact_host` is an
+    /// unspecified address (`0.0.0.0`, `::`): told by the shell, which knows
+    /// the route (see [`Uas::learn_local_ip`]).
+    local_ips: HashMap<IpAddr, IpAddr>,
 }
+
+/// Peers whose local address is remembered (beyond it, the map restarts).
+const MAX_LOCAL_IPS: usize = 4096;
 
 impl Uas {
     pub fn new(cfg: UasConfig) -> Self {
@@ -338,6 +345,44 @@ impl Uas {
             dialogs: HashMap::new(),
             events: VecDeque::new(),
             state_bytes: 0,
+            local_ips: HashMap::new(),
+        }
+    }
+
+    /// Whether our Contact/Via host depends on the peer: the configured host
+    /// is an unspecified address (listening on all interfaces).
+    pub fn needs_local_ip(&self, peer: IpAddr) -> bool {
+        self.cfg
+            .contact_host
+            .parse::<IpAddr>()
+            .is_ok_and(|h| h.is_unspecified())
+            && !self.local_ips.contains_key(&peer)
+    }
+
+    /// Tells the address of ours that `peer` reaches (the shell's routing
+    /// lookup or the connection's local address); used in Contact and Via
+    /// instead of an unspecified configured host.
+    pub fn learn_local_ip(&mut self, peer: IpAddr, local: IpAddr) {
+        if local.is_unspecified() {
+            return;
+        }
+        if self.local_ips.len() >= MAX_LOCAL_IPS && !self.local_ips.contains_key(&peer) {
+            self.local_ips.clear();
+        }
+        self.local_ips.insert(peer, local);
+    }
+
+    /// Our host for Contact and Via towards `peer`, bracketed if IPv6.
+    fn host_for(&self, peer: Option<SocketAddr>) -> String {
+        let learned = peer.and_then(|p| self.local_ips.get(&p.ip()));
+        let host = match learned {
+            Some(ip) => ip.to_string(),
+            None => self.cfg.contact_host.clone(),
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
         }
     }
 
@@ -462,6 +507,7 @@ impl Uas {
         let opts = RespOpts {
             contact: true,
             transport_hint: Some(tx.transport),
+            peer: Some(tx.peer),
             record_route: tx.kind == TxKind::InitialInvite,
             allow: true,
             require_siprec: invite && tx.req.require_siprec,
@@ -1031,6 +1077,7 @@ impl Uas {
             accept: options,
             contact: options && code == 200,
             transport_hint: Some(transport),
+            peer: Some(from),
             extra: extra.to_vec(),
             ..RespOpts::default()
         };
@@ -1179,7 +1226,11 @@ impl Uas {
             }
         }
         if opts.contact {
-            let _ = write!(s, "Contact: {}\r\n", self.contact(opts.transport_hint));
+            let _ = write!(
+                s,
+                "Contact: {}\r\n",
+                self.contact(opts.transport_hint, opts.peer)
+            );
         }
         if opts.allow {
             let _ = write!(s, "Allow: {ALLOW}\r\n");
@@ -1212,13 +1263,8 @@ impl Uas {
         s.into_bytes()
     }
 
-    fn contact(&self, transport: Option<Transport>) -> String {
-        let host = &self.cfg.contact_host;
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
+    fn contact(&self, transport: Option<Transport>, peer: Option<SocketAddr>) -> String {
+        let host = self.host_for(peer);
         let tp = match transport {
             Some(Transport::Tcp) => ";transport=tcp",
             Some(Transport::Tls) => ";transport=tls",
@@ -1271,12 +1317,7 @@ impl Uas {
         let routes = dl.route_set.clone();
         let (local_hdr, remote_hdr) = (dl.local_hdr.clone(), dl.remote_hdr.clone());
         let branch = format!("z9hG4bK{}", self.next_tag());
-        let host = &self.cfg.contact_host;
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
+        let host = self.host_for(Some(peer));
         let mut s = String::with_capacity(512);
         let _ = write!(
             s,
@@ -1468,6 +1509,8 @@ impl Uas {
 struct RespOpts<'a> {
     contact: bool,
     transport_hint: Option<Transport>,
+    /// Who the response goes to (picks our Contact host, see `host_for`).
+    peer: Option<SocketAddr>,
     record_route: bool,
     allow: bool,
     accept: bool,
@@ -2140,6 +2183,41 @@ mod tests {
         assert!(w.iter().all(|(_, e)| e.is_empty()));
         // A stray ACK is absorbed.
         assert!(feed(&mut u, t(0), &ack("z9hG4bK5", "nope", "zzz", 9)).is_empty());
+    }
+
+    #[test]
+    fn unspecified_listen_uses_the_address_the_peer_reaches() {
+        let mut u = Uas::new(UasConfig {
+            contact_host: "0.0.0.0".into(),
+            contact_port: 5090,
+            tls_port: None,
+            user_agent: "pbx-edge-test".into(),
+            tag_seed: 7,
+        });
+        assert!(u.needs_local_ip(src().ip()));
+        u.learn_local_ip(src().ip(), "192.0.2.77".parse().unwrap());
+        assert!(!u.needs_local_ip(src().ip()));
+        let opt = request("OPTIONS", "z9hG4bKo1", "opt-1", None, 1, "OPTIONS", "", "");
+        let r = sent(&feed(&mut u, t(0), &opt)).remove(0);
+        assert_eq!(r.header("Contact"), Some("<sip:192.0.2.77:5090>;+sip.srs"));
+        // Our BYE's Via names it too.
+        let ev = feed(&mut u, t(10), &invite("z9hG4bKi1", "call-1"));
+        let d = ev
+            .iter()
+            .find_map(|e| match e {
+                UasEvent::NewCall { dialog, .. } => Some(dialog.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(u.accept(&d, SDP, t(20)));
+        let ok = sent(&drain(&mut u)).remove(0);
+        assert!(ok.header("Contact").unwrap().contains("192.0.2.77:5090"));
+        assert!(u.hangup(&d, t(30)));
+        let bye = sent(&drain(&mut u))
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap();
+        assert!(bye.header("Via").unwrap().contains("192.0.2.77:5090"));
     }
 
     #[test]
