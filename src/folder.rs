@@ -10,7 +10,10 @@
 //! temp+fsync+rename last, directory fsynced, mode 0600.
 //!
 //! Promises:
-//! - The PBX's files are only read: never modified, moved or deleted.
+//! - The PBX's files are only read. With `after_delivery = "move" | "delete"`
+//!   they are moved or deleted, but only once the spool has delivered the
+//!   recording (a delivery watch in `spool.db`, marked by a trigger in the
+//!   same transaction as the delivery; it survives restarts and `retention`).
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
 //!   `…-out.wav` = the callee, channel 1) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
@@ -37,7 +40,7 @@
 //! ready with the reason; the wait starts again once the store answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,7 @@ pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower
 use crate::cdr::csv::{CsvColumns, CsvStore};
 pub use crate::cdr::CdrRow;
 use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
+pub use crate::config::AfterDelivery;
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
@@ -114,6 +118,11 @@ pub struct FolderSettings {
     /// The caller is on the `-out`/`tx` leg (and the right channel of
     /// stereo files): the channels are swapped.
     pub caller_leg_out: bool,
+    /// What happens to the PBX's files once the spool has delivered the
+    /// recording (never before).
+    pub after_delivery: AfterDelivery,
+    /// Target directory of `AfterDelivery::Move` (the tree below `path` is kept).
+    pub move_to: Option<PathBuf>,
     /// `.raw`/`.sln` files hold interleaved stereo (MixMonitor `D`).
     pub raw_stereo: bool,
     /// Files larger than this are refused (memory bound).
@@ -196,6 +205,8 @@ impl Default for FolderSettings {
             csv_columns: CsvColumns::default(),
             direction: DirectionRules::default(),
             caller_leg_out: false,
+            after_delivery: AfterDelivery::Leave,
+            move_to: None,
             raw_stereo: false,
             max_file_bytes: 1 << 30,
             poll: Duration::from_secs(1),
@@ -228,6 +239,8 @@ impl FolderSettings {
                 internal_contexts: f.internal_contexts.clone(),
             },
             caller_leg_out: f.caller_leg_out,
+            after_delivery: f.after_delivery,
+            move_to: f.move_to.clone(),
             raw_stereo: f.raw_stereo,
             cdr_wait: f.cdr_wait,
             name_patterns,
@@ -378,7 +391,7 @@ pub struct Pcm {
 /// Extensions taken as recordings.
 pub fn is_audio_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [".wav", ".sln", ".sln16", ".raw"]
+    [".wav", ".sln", ".sln16", ".raw", ".gsm", ".wav49"]
         .iter()
         .any(|e| lower.ends_with(e))
 }
@@ -421,7 +434,21 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
             samples: le_samples(&bytes),
         });
     }
+    if name.ends_with(".gsm") || name.ends_with(".wav49") {
+        return Err(fmt_err(
+            path,
+            "unsupported format: GSM 6.10 (.gsm / WAV49) cannot be decoded; \
+             record wav (MixMonitor file format wav) instead",
+        ));
+    }
     let info = parse_wav_header(&bytes).map_err(|e| fmt_err(path, e.to_string()))?;
+    if info.format == 0x31 {
+        return Err(fmt_err(
+            path,
+            "unsupported format: GSM 6.10 in WAV (WAV49) cannot be decoded; \
+             record wav (MixMonitor file format wav) instead",
+        ));
+    }
     if !info.is_pcm() || info.bits_per_sample != 16 {
         return Err(fmt_err(
             path,
@@ -943,6 +970,10 @@ pub struct FolderScanner {
     cdr: Option<Box<dyn CdrStore>>,
     /// Why the CDR store cannot answer, while it cannot.
     cdr_down: Option<String>,
+    /// The spool database, for `after_delivery` (opened when first needed).
+    spool_db: Option<crate::spool::Spool>,
+    /// Watches whose action failed (reported once each).
+    after_failed: HashSet<String>,
     watching: HashMap<PathBuf, Watch>,
     /// Directories listed: mtime then, subdirectories.
     dir_cache: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
@@ -993,6 +1024,8 @@ impl FolderScanner {
             seen,
             cdr,
             cdr_down: None,
+            spool_db: None,
+            after_failed: HashSet::new(),
             watching: HashMap::new(),
             dir_cache: HashMap::new(),
             full_scan_at: Instant::now(),
@@ -1097,6 +1130,7 @@ impl FolderScanner {
     /// One pass: notices new and changed files, converts the sets whose files
     /// have all been unchanged for `settle`. Returns how many were written.
     pub fn scan(&mut self, now: Instant) -> usize {
+        self.after_delivery_pass();
         // A full listing now and then, whatever the directory mtimes say.
         if now.saturating_duration_since(self.full_scan_at) >= Duration::from_secs(300) {
             self.dir_cache.clear();
@@ -1168,6 +1202,112 @@ impl FolderScanner {
             }
         }
         written
+    }
+
+    fn spool_db(&mut self) -> Option<&crate::spool::Spool> {
+        if self.spool_db.is_none() {
+            match crate::spool::Spool::open(&self.spool) {
+                Ok(db) => self.spool_db = Some(db),
+                Err(e) => {
+                    self.counters.scan_errors += 1;
+                    self.error(format!("folder: after_delivery: {e}"));
+                }
+            }
+        }
+        self.spool_db.as_ref()
+    }
+
+    /// Asks the spool to tell when `id` is delivered (after_delivery).
+    fn watch_delivery(&mut self, id: &str, set: &RecordingSet) {
+        if self.settings.after_delivery == AfterDelivery::Leave {
+            return;
+        }
+        let files: Vec<String> = set
+            .files()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        let note = serde_json::to_string(&files).unwrap_or_default();
+        let res = self.spool_db().map(|db| db.watch_delivery(id, &note));
+        if let Some(Err(e)) = res {
+            self.counters.scan_errors += 1;
+            self.error(format!("folder: after_delivery: {e}"));
+        }
+    }
+
+    /// Moves or deletes the PBX files of recordings the spool delivered.
+    fn after_delivery_pass(&mut self) {
+        if self.settings.after_delivery == AfterDelivery::Leave {
+            return;
+        }
+        let done = match self.spool_db().map(|db| db.delivered_watches()) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                self.spool_db = None;
+                self.counters.scan_errors += 1;
+                self.error(format!("folder: after_delivery: {e}"));
+                return;
+            }
+            None => return,
+        };
+        for (id, note) in done {
+            let files: Vec<PathBuf> = serde_json::from_str::<Vec<String>>(&note)
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect();
+            let mut failed = None;
+            for f in &files {
+                if let Err(e) = self.after_one(f) {
+                    failed = Some(format!("{}: {e}", f.display()));
+                }
+            }
+            match failed {
+                None => {
+                    tracing::info!(target: "pbx_edge::folder", %id, action = ?self.settings.after_delivery, "PBX files handled after delivery");
+                    self.after_failed.remove(&id);
+                    if let Some(db) = self.spool_db.as_ref() {
+                        let _ = db.unwatch_delivery(&id);
+                    }
+                }
+                Some(e) => {
+                    if self.after_failed.insert(id.clone()) {
+                        self.counters.scan_errors += 1;
+                        self.error(format!("folder: after_delivery of {id}: {e} (retried)"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn after_one(&self, f: &Path) -> io::Result<()> {
+        if !f.exists() {
+            return Ok(());
+        }
+        match (self.settings.after_delivery, &self.settings.move_to) {
+            (AfterDelivery::Delete, _) => fs::remove_file(f),
+            (AfterDelivery::Move, Some(dir)) => {
+                let rel = f
+                    .strip_prefix(&self.root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| f.file_name().map(PathBuf::from).unwrap_or_default());
+                let target = dir.join(rel);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                match fs::rename(f, &target) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        // Another file system: copy, sync, then remove.
+                        fs::copy(f, &target)?;
+                        File::open(&target)?.sync_all()?;
+                        fs::remove_file(f)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The CDR rows of `sets`, one per set (`Lookup::Wait` while the store is
@@ -1268,6 +1408,7 @@ impl FolderScanner {
                 tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %set.key.display(), "folder recording taken");
                 self.counters.written += 1;
                 self.counters.bytes += c.bytes;
+                self.watch_delivery(&c.id.clone(), set);
                 self.written.push(c);
                 if self.written.len() > 1000 {
                     self.written.remove(0);
