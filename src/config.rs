@@ -258,6 +258,40 @@ pub struct FolderConfig {
     pub cdr_csv: Option<PathBuf>,
     /// A file counts as finished after this long unchanged.
     pub settle: Duration,
+    /// FreePBX CDR database: a file holding `mysql://user:password@host/db`.
+    pub cdr_db_url_file: Option<PathBuf>,
+    /// The CDR table in that database.
+    pub cdr_db_table: String,
+    /// Master.csv columns in file order; empty: Asterisk's default.
+    pub cdr_csv_columns: Vec<String>,
+    /// How long a settled recording waits for its CDR row.
+    pub cdr_wait: Duration,
+    /// The PBX's time zone: `None` = this machine's (local), else seconds east of UTC.
+    pub utc_offset: Option<i64>,
+    /// Files older than this are ignored; zero: none ignored.
+    pub max_age: Duration,
+    /// File name regexes (named groups) tried before the FreePBX naming.
+    pub name_patterns: Vec<String>,
+    /// `.raw`/`.sln` files are interleaved stereo.
+    pub raw_stereo: bool,
+    /// The caller's leg: `in` (rx, default) or `out` (tx): swaps the channels.
+    pub caller_leg_out: bool,
+    /// Direction rules (dcontext prefixes).
+    pub inbound_contexts: Vec<String>,
+    pub outbound_contexts: Vec<String>,
+    pub internal_contexts: Vec<String>,
+    /// What happens to the PBX's files once the recording is delivered.
+    pub after_delivery: AfterDelivery,
+    /// Where `after_delivery = "move"` puts them.
+    pub move_to: Option<PathBuf>,
+}
+
+/// `sources.folder.after_delivery`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDelivery {
+    Leave,
+    Move,
+    Delete,
 }
 
 /// `log.format`
@@ -376,6 +410,20 @@ impl Config {
                     path: PathBuf::from("/var/spool/asterisk/monitor"),
                     cdr_csv: None,
                     settle: Duration::from_secs(5),
+                    cdr_db_url_file: None,
+                    cdr_db_table: "cdr".into(),
+                    cdr_csv_columns: Vec::new(),
+                    cdr_wait: Duration::from_secs(60),
+                    utc_offset: None,
+                    max_age: Duration::ZERO,
+                    name_patterns: Vec::new(),
+                    raw_stereo: false,
+                    caller_leg_out: false,
+                    inbound_contexts: crate::cdr::DirectionRules::default().inbound_contexts,
+                    outbound_contexts: crate::cdr::DirectionRules::default().outbound_contexts,
+                    internal_contexts: crate::cdr::DirectionRules::default().internal_contexts,
+                    after_delivery: AfterDelivery::Leave,
+                    move_to: None,
                 },
             },
             filter: FilterConfig::default(),
@@ -1291,6 +1339,56 @@ fn as_str<'n>(n: &'n Node, expect: &str) -> Result<&'n str, String> {
     }
 }
 
+/// `"local"` (this machine's zone) → `None`; `"+01:00"`, `"-05:30"`, `"UTC"` →
+/// seconds east of UTC.
+fn to_utc_offset(n: &Node) -> Result<Option<i64>, String> {
+    let v = to_string(n)?;
+    let t = v.trim();
+    if t.eq_ignore_ascii_case("local") {
+        return Ok(None);
+    }
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return Ok(Some(0));
+    }
+    let bad = || {
+        format!(
+            "{} is not a UTC offset: \"local\", \"UTC\" or like \"+01:00\"",
+            quote(&v)
+        )
+    };
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(Some(sign * (h * 3600 + m * 60)))
+}
+
+/// A folder name pattern: a regex naming at least `uniqueid` and a time.
+fn check_name_pattern(p: &str) -> Result<(), String> {
+    let re = regex::Regex::new(p).map_err(|e| format!("{} is not a regex: {e}", quote(p)))?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    if !names.contains(&"uniqueid") {
+        return Err(format!("{} has no (?P<uniqueid>…) group", quote(p)));
+    }
+    let timed = names.contains(&"datetime")
+        || names.contains(&"epoch")
+        || (names.contains(&"date") && names.contains(&"time"));
+    if !timed {
+        return Err(format!(
+            "{} has no start time: (?P<datetime>…), (?P<epoch>…) or (?P<date>…) + (?P<time>…)",
+            quote(p)
+        ));
+    }
+    Ok(())
+}
+
 fn to_string(n: &Node) -> Result<String, String> {
     as_str(n, "a string").map(str::to_string)
 }
@@ -1753,6 +1851,105 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     });
     s.field(errs, "cdr_csv", &mut f.cdr_csv, to_opt_path);
     s.field(errs, "settle", &mut f.settle, to_duration);
+    s.field(errs, "cdr_db_url_file", &mut f.cdr_db_url_file, to_opt_path);
+    s.field(errs, "cdr_db_table", &mut f.cdr_db_table, |n| {
+        let v = to_string(n)?;
+        if crate::cdr::mysql::valid_table(&v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{} is not a table name (letters, digits, _)",
+                quote(&v)
+            ))
+        }
+    });
+    s.field(errs, "cdr_csv_columns", &mut f.cdr_csv_columns, |n| {
+        let v = to_string_list(n)?;
+        if !v.is_empty() {
+            crate::cdr::csv::CsvColumns::new(&v)?;
+        }
+        Ok(v)
+    });
+    s.field(errs, "cdr_wait", &mut f.cdr_wait, |n| {
+        to_duration_in(n, Duration::ZERO, Duration::from_secs(86_400))
+    });
+    s.field(errs, "utc_offset", &mut f.utc_offset, to_utc_offset);
+    s.field(errs, "max_age", &mut f.max_age, to_duration);
+    s.field(errs, "name_patterns", &mut f.name_patterns, |n| {
+        let v = to_string_list(n)?;
+        for p in &v {
+            check_name_pattern(p)?;
+        }
+        Ok(v)
+    });
+    s.field(errs, "raw_stereo", &mut f.raw_stereo, to_bool);
+    s.field(
+        errs,
+        "caller_leg",
+        &mut f.caller_leg_out,
+        |n| match to_string(n)?.as_str() {
+            "in" => Ok(false),
+            "out" => Ok(true),
+            v => Err(format!("{} is not a leg: \"in\" or \"out\"", quote(v))),
+        },
+    );
+    s.field(
+        errs,
+        "inbound_contexts",
+        &mut f.inbound_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "outbound_contexts",
+        &mut f.outbound_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "internal_contexts",
+        &mut f.internal_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "after_delivery",
+        &mut f.after_delivery,
+        |n| match to_string(n)?.as_str() {
+            "leave" => Ok(AfterDelivery::Leave),
+            "move" => Ok(AfterDelivery::Move),
+            "delete" => Ok(AfterDelivery::Delete),
+            v => Err(format!(
+                "{} is not one of \"leave\", \"move\", \"delete\"",
+                quote(v)
+            )),
+        },
+    );
+    s.field(errs, "move_to", &mut f.move_to, to_opt_path);
+    if f.after_delivery == AfterDelivery::Move {
+        match &f.move_to {
+            None => errs.push(ConfigError::Invalid {
+                origin: s.origin("after_delivery"),
+                key: s.key("move_to"),
+                message: "must be set when after_delivery = \"move\"".into(),
+            }),
+            Some(m) if path_ok && m.starts_with(&f.path) => errs.push(ConfigError::Invalid {
+                origin: s.origin("move_to"),
+                key: s.key("move_to"),
+                message:
+                    "must not be inside sources.folder.path (moved files would be found again)"
+                        .into(),
+            }),
+            _ => {}
+        }
+    }
+    if f.cdr_db_url_file.is_some() && f.cdr_csv.is_some() {
+        errs.push(ConfigError::Invalid {
+            origin: s.origin("cdr_db_url_file"),
+            key: s.key("cdr_db_url_file"),
+            message: "use either cdr_csv or cdr_db_url_file, not both".into(),
+        });
+    }
     if path_ok && f.enabled && f.path.as_os_str().is_empty() {
         let o = s.origin("path");
         let origin = if o == Origin::Default {

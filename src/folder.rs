@@ -3,13 +3,17 @@
 //!
 //! In: a directory tree the PBX writes (`[sources.folder] path`, FreePBX layout
 //! `YYYY/MM/DD/<type>-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>.<ext>`), and
-//! optionally Asterisk's `Master.csv` (cdr_csv, default column order).
+//! optionally call details from a CDR store ([`crate::cdr`]: Asterisk's
+//! `Master.csv`, or FreePBX's `asteriskcdrdb.cdr` table in MariaDB/MySQL).
 //! Out: `<id>.wav` + `<id>.json` in the spool directory (CONTRACT §3, `"source":
 //! "folder"`), written like every other recording: WAV renamed first, JSON
 //! temp+fsync+rename last, directory fsynced, mode 0600.
 //!
 //! Promises:
-//! - The PBX's files are only read: never modified, moved or deleted.
+//! - The PBX's files are only read. With `after_delivery = "move" | "delete"`
+//!   they are moved or deleted, but only once the spool has delivered the
+//!   recording (a delivery watch in `spool.db`, marked by a trigger in the
+//!   same transaction as the delivery; it survives restarts and `retention`).
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
 //!   `…-out.wav` = the callee, channel 1) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
@@ -26,12 +30,18 @@
 //!   others continue. Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
 //!
-//! Times in file names and in Master.csv are the PBX's local time; they are
-//! read as UTC shifted by [`FolderSettings::utc_offset_secs`].
+//! Times in file names and in the CDR are the PBX's local time; they become
+//! UTC by [`FolderSettings::timezone`].
+//!
+//! A settled recording whose CDR row is not there yet waits for it up to
+//! [`FolderSettings::cdr_wait`], then goes with what its file name tells. A
+//! CDR store that cannot answer (database down, Master.csv unreadable) keeps
+//! every settled recording waiting, however long, and marks the source not
+//! ready with the reason; the wait starts again once the store answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +55,12 @@ use pbx_core::call::meta::recording_id;
 use pbx_core::Timestamp;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower};
+use crate::cdr::csv::{CsvColumns, CsvStore};
+pub use crate::cdr::CdrRow;
+use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
+pub use crate::config::AfterDelivery;
+use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
 use crate::status::SharedStatus;
@@ -94,8 +109,20 @@ fn fmt_err(path: &Path, why: impl Into<String>) -> FolderError {
 /// until the config grows these keys).
 #[derive(Debug, Clone)]
 pub struct FolderSettings {
-    /// Seconds east of UTC of the PBX's local time (file names, Master.csv).
-    pub utc_offset_secs: i64,
+    /// The PBX's time zone (file names, CDR times).
+    pub timezone: PbxTimeZone,
+    /// Master.csv column order.
+    pub csv_columns: CsvColumns,
+    /// Direction from the CDR.
+    pub direction: DirectionRules,
+    /// The caller is on the `-out`/`tx` leg (and the right channel of
+    /// stereo files): the channels are swapped.
+    pub caller_leg_out: bool,
+    /// What happens to the PBX's files once the spool has delivered the
+    /// recording (never before).
+    pub after_delivery: AfterDelivery,
+    /// Target directory of `AfterDelivery::Move` (the tree below `path` is kept).
+    pub move_to: Option<PathBuf>,
     /// `.raw`/`.sln` files hold interleaved stereo (MixMonitor `D`).
     pub raw_stereo: bool,
     /// Files larger than this are refused (memory bound).
@@ -174,7 +201,12 @@ pub fn parse_name(stem: &str, patterns: &[NamePattern]) -> Option<FreePbxName> {
 impl Default for FolderSettings {
     fn default() -> Self {
         FolderSettings {
-            utc_offset_secs: 0,
+            timezone: PbxTimeZone::Fixed(0),
+            csv_columns: CsvColumns::default(),
+            direction: DirectionRules::default(),
+            caller_leg_out: false,
+            after_delivery: AfterDelivery::Leave,
+            move_to: None,
             raw_stereo: false,
             max_file_bytes: 1 << 30,
             poll: Duration::from_secs(1),
@@ -185,6 +217,57 @@ impl Default for FolderSettings {
             max_age: None,
         }
     }
+}
+
+impl FolderSettings {
+    /// The settings `[sources.folder]` gives (the rest at their defaults).
+    pub fn from_config(f: &FolderConfig) -> Result<Self, String> {
+        let mut name_patterns = Vec::new();
+        for p in &f.name_patterns {
+            name_patterns.push(NamePattern::new(p).map_err(|e| e.to_string())?);
+        }
+        Ok(FolderSettings {
+            timezone: f.utc_offset.map_or(PbxTimeZone::Local, PbxTimeZone::Fixed),
+            csv_columns: if f.cdr_csv_columns.is_empty() {
+                CsvColumns::default()
+            } else {
+                CsvColumns::new(&f.cdr_csv_columns)?
+            },
+            direction: DirectionRules {
+                inbound_contexts: f.inbound_contexts.clone(),
+                outbound_contexts: f.outbound_contexts.clone(),
+                internal_contexts: f.internal_contexts.clone(),
+            },
+            caller_leg_out: f.caller_leg_out,
+            after_delivery: f.after_delivery,
+            move_to: f.move_to.clone(),
+            raw_stereo: f.raw_stereo,
+            cdr_wait: f.cdr_wait,
+            name_patterns,
+            max_age: (!f.max_age.is_zero()).then_some(f.max_age),
+            ..FolderSettings::default()
+        })
+    }
+}
+
+/// The CDR database store `[sources.folder] cdr_db_url_file` names, if any.
+pub fn db_store(f: &FolderConfig, tz: PbxTimeZone) -> io::Result<Option<Box<dyn CdrStore>>> {
+    let Some(file) = &f.cdr_db_url_file else {
+        return Ok(None);
+    };
+    let url = fs::read_to_string(file).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
+        )
+    })?;
+    let store = crate::cdr::mysql::MysqlStore::new(&url, &f.cdr_db_table, tz).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
+        )
+    })?;
+    Ok(Some(Box::new(store)))
 }
 
 // ---------------------------------------------------------------- names
@@ -198,7 +281,7 @@ pub struct FreePbxName {
     pub src: String,
     /// Caller name, when the naming carries it (3CX).
     pub src_name: Option<String>,
-    /// Local time of the PBX read as UTC (shift with `utc_offset_secs`).
+    /// Local time of the PBX read as UTC (see [`FolderSettings::timezone`]).
     pub started_at: Timestamp,
     pub uniqueid: String,
 }
@@ -295,175 +378,6 @@ pub fn direction_of(kind: &str) -> &'static str {
     }
 }
 
-// ---------------------------------------------------------------- CDR
-
-/// One Master.csv row (the fields pbx-edge uses).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CdrRow {
-    pub src: String,
-    pub dst: String,
-    pub dcontext: String,
-    pub clid: String,
-    pub start: Option<Timestamp>,
-    pub answer: Option<Timestamp>,
-    pub end: Option<Timestamp>,
-    pub duration: Option<i64>,
-    pub billsec: Option<i64>,
-    pub disposition: String,
-    pub uniqueid: String,
-    pub userfield: String,
-}
-
-/// Splits one CSV line (RFC 4180 quoting, `""` inside quotes).
-pub fn split_csv_line(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') => {
-                if chars.peek() == Some(&'"') {
-                    cur.push('"');
-                    chars.next();
-                } else {
-                    quoted = false;
-                }
-            }
-            (false, '"') => quoted = true,
-            (false, ',') => out.push(std::mem::take(&mut cur)),
-            (_, '\r') if !quoted => {}
-            (_, c) => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
-/// Parses a Master.csv line in cdr_csv's default column order. `None` for a
-/// line that does not have at least the 17 columns up to `uniqueid`.
-pub fn parse_cdr_line(line: &str, utc_offset_secs: i64) -> Option<CdrRow> {
-    let f = split_csv_line(line);
-    let g = |i: usize| f.get(i).cloned().unwrap_or_default();
-    let t = |i: usize| {
-        f.get(i)
-            .and_then(|s| parse_cdr_datetime(s))
-            .map(|ts| ts.add_micros(-utc_offset_secs * 1_000_000))
-    };
-    if f.len() < 17 || g(16).trim().is_empty() {
-        return None;
-    }
-    Some(CdrRow {
-        src: g(1),
-        dst: g(2),
-        dcontext: g(3),
-        clid: g(4),
-        start: t(9),
-        answer: t(10),
-        end: t(11),
-        duration: g(12).trim().parse().ok(),
-        billsec: g(13).trim().parse().ok(),
-        disposition: g(14),
-        uniqueid: g(16).trim().to_string(),
-        userfield: g(17),
-    })
-}
-
-/// The caller-ID name of a `"Name" <number>` clid, if any.
-pub fn clid_name(clid: &str) -> Option<String> {
-    let name = clid.split('<').next()?.trim().trim_matches('"').trim();
-    if name.is_empty() {
-        None
-    } else {
-        Some(name.to_string())
-    }
-}
-
-/// Follows Master.csv as it grows (bounded memory: the oldest rows are forgotten).
-#[derive(Debug)]
-pub struct CdrFollower {
-    path: PathBuf,
-    offset: u64,
-    inode: u64,
-    partial: Vec<u8>,
-    rows: HashMap<String, CdrRow>,
-    order: VecDeque<String>,
-    max_rows: usize,
-    utc_offset_secs: i64,
-    pub malformed: u64,
-}
-
-impl CdrFollower {
-    pub fn new(path: &Path, max_rows: usize, utc_offset_secs: i64) -> Self {
-        CdrFollower {
-            path: path.to_path_buf(),
-            offset: 0,
-            inode: 0,
-            partial: Vec::new(),
-            rows: HashMap::new(),
-            order: VecDeque::new(),
-            max_rows: max_rows.max(1),
-            utc_offset_secs,
-            malformed: 0,
-        }
-    }
-
-    /// Reads what was appended since the last call (from the start again if
-    /// the file shrank or was replaced: rotated).
-    pub fn poll(&mut self) -> io::Result<()> {
-        let mut f = File::open(&self.path)?;
-        let md = f.metadata()?;
-        let len = md.len();
-        if len < self.offset || md.ino() != self.inode {
-            self.inode = md.ino();
-            self.offset = 0;
-            self.partial.clear();
-        }
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = Vec::new();
-        f.take(len - self.offset).read_to_end(&mut buf)?;
-        self.offset += buf.len() as u64;
-        self.partial.extend_from_slice(&buf);
-        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if text.is_empty() {
-                continue;
-            }
-            match parse_cdr_line(text, self.utc_offset_secs) {
-                Some(row) => self.insert(row),
-                None => self.malformed += 1,
-            }
-        }
-        // A line longer than 64 KiB is not a CDR line: drop it.
-        if self.partial.len() > 64 * 1024 {
-            self.partial.clear();
-            self.malformed += 1;
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, row: CdrRow) {
-        let key = row.uniqueid.clone();
-        if self.rows.insert(key.clone(), row).is_none() {
-            self.order.push_back(key);
-        }
-        while self.rows.len() > self.max_rows {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.rows.remove(&old);
-                }
-                None => break,
-            }
-        }
-    }
-
-    pub fn get(&self, uniqueid: &str) -> Option<&CdrRow> {
-        self.rows.get(uniqueid)
-    }
-}
-
 // ---------------------------------------------------------------- audio
 
 /// Decoded 16-bit PCM, interleaved.
@@ -477,7 +391,7 @@ pub struct Pcm {
 /// Extensions taken as recordings.
 pub fn is_audio_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [".wav", ".sln", ".sln16", ".raw"]
+    [".wav", ".sln", ".sln16", ".raw", ".gsm", ".wav49"]
         .iter()
         .any(|e| lower.ends_with(e))
 }
@@ -520,7 +434,21 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
             samples: le_samples(&bytes),
         });
     }
+    if name.ends_with(".gsm") || name.ends_with(".wav49") {
+        return Err(fmt_err(
+            path,
+            "unsupported format: GSM 6.10 (.gsm / WAV49) cannot be decoded; \
+             record wav (MixMonitor file format wav) instead",
+        ));
+    }
     let info = parse_wav_header(&bytes).map_err(|e| fmt_err(path, e.to_string()))?;
+    if info.format == 0x31 {
+        return Err(fmt_err(
+            path,
+            "unsupported format: GSM 6.10 in WAV (WAV49) cannot be decoded; \
+             record wav (MixMonitor file format wav) instead",
+        ));
+    }
     if !info.is_pcm() || info.bits_per_sample != 16 {
         return Err(fmt_err(
             path,
@@ -758,17 +686,25 @@ pub fn convert(
         return Err(fmt_err(&set.key, "no audio file in the set"));
     }
 
-    // Metadata: Master.csv first, then the FreePBX file name, then the mtime.
+    // `caller_leg = "out"`: the caller is what the PBX sent (tx / right).
+    let (left, right) = if settings.caller_leg_out && !mixed_mono {
+        (right, left)
+    } else {
+        (left, right)
+    };
+
+    // Metadata: the CDR first, then the file name, then the mtime.
     let stem = set.stem();
     let name = parse_name(&stem, &settings.name_patterns);
-    let offset_us = settings.utc_offset_secs * 1_000_000;
     let call_id = cdr
         .map(|c| c.uniqueid.clone())
         .or_else(|| name.as_ref().map(|n| n.uniqueid.clone()))
         .unwrap_or_else(|| stem.clone());
     let frames = left.len().max(right.len());
     let duration_ms = (frames as u64 * 1000 / u64::from(rate)) as i64;
-    let name_start = name.as_ref().map(|n| n.started_at.add_micros(-offset_us));
+    let name_start = name
+        .as_ref()
+        .map(|n| settings.timezone.to_utc(n.started_at));
     let started_at = cdr
         .and_then(|c| c.start)
         .or(name_start)
@@ -778,17 +714,25 @@ pub fn convert(
         .and_then(|c| c.end)
         .unwrap_or_else(|| started_at.add_micros(duration_ms * 1000));
     let (from_number, to_number) = match (cdr, &name) {
-        (Some(c), _) => (c.src.clone(), c.dst.clone()),
+        (Some(c), _) => (
+            if c.src.is_empty() {
+                c.cnum.clone()
+            } else {
+                c.src.clone()
+            },
+            c.dst.clone(),
+        ),
         (None, Some(n)) => (n.src.clone(), n.dst.clone()),
         (None, None) => (String::new(), String::new()),
     };
     let from_name = cdr
-        .and_then(|c| clid_name(&c.clid))
+        .and_then(|c| clid_name(&c.clid).or_else(|| Some(c.cnam.clone()).filter(|n| !n.is_empty())))
         .or_else(|| name.as_ref().and_then(|n| n.src_name.clone()));
-    let direction = name
+    let file_direction = name
         .as_ref()
         .map(|n| direction_of(&n.kind))
         .unwrap_or("unknown");
+    let direction = settings.direction.classify(cdr, file_direction);
     let id = recording_id(&call_id, started_at);
 
     // Audio: WAV renamed first.
@@ -859,6 +803,7 @@ pub fn convert(
         "dtmf": [],
         "mixed_mono": mixed_mono,
         "disposition": cdr.map(|c| c.disposition.clone()),
+        "did": cdr.map(|c| c.did.clone()).filter(|d| !d.is_empty()),
         "cdr": cdr.is_some(),
         "pbx_type": name.as_ref().map(|n| n.kind.clone()),
         "source_files": sources,
@@ -996,6 +941,15 @@ pub struct FolderCounters {
     pub scan_errors: u64,
 }
 
+/// What the CDR store said of one settled recording.
+#[derive(Debug)]
+enum Lookup {
+    NoStore,
+    Found(Box<CdrRow>),
+    NotYet,
+    Down,
+}
+
 #[derive(Debug, Clone)]
 struct Watch {
     key: FileKey,
@@ -1013,7 +967,13 @@ pub struct FolderScanner {
     settle: Duration,
     settings: FolderSettings,
     seen: SeenFile,
-    cdr: Option<CdrFollower>,
+    cdr: Option<Box<dyn CdrStore>>,
+    /// Why the CDR store cannot answer, while it cannot.
+    cdr_down: Option<String>,
+    /// The spool database, for `after_delivery` (opened when first needed).
+    spool_db: Option<crate::spool::Spool>,
+    /// Watches whose action failed (reported once each).
+    after_failed: HashSet<String>,
     watching: HashMap<PathBuf, Watch>,
     /// Directories listed: mtime then, subdirectories.
     dir_cache: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
@@ -1046,8 +1006,14 @@ impl FolderScanner {
             }
         }
         let seen = SeenFile::open(spool)?;
-        let cdr =
-            cdr_csv.map(|p| CdrFollower::new(p, settings.max_cdr_rows, settings.utc_offset_secs));
+        let cdr = cdr_csv.map(|p| {
+            Box::new(CsvStore(CdrFollower::with_columns(
+                p,
+                settings.max_cdr_rows,
+                settings.csv_columns.clone(),
+                settings.timezone,
+            ))) as Box<dyn CdrStore>
+        });
         Ok(FolderScanner {
             root: root.to_path_buf(),
             spool: spool.to_path_buf(),
@@ -1057,6 +1023,9 @@ impl FolderScanner {
             settings,
             seen,
             cdr,
+            cdr_down: None,
+            spool_db: None,
+            after_failed: HashSet::new(),
             watching: HashMap::new(),
             dir_cache: HashMap::new(),
             full_scan_at: Instant::now(),
@@ -1065,6 +1034,16 @@ impl FolderScanner {
             written: Vec::new(),
             errors: VecDeque::new(),
         })
+    }
+
+    /// Uses `store` for call details (replacing Master.csv, if any).
+    pub fn set_cdr_store(&mut self, store: Box<dyn CdrStore>) {
+        self.cdr = Some(store);
+    }
+
+    /// Why the CDR store cannot answer now, if it cannot.
+    pub fn cdr_down(&self) -> Option<&str> {
+        self.cdr_down.as_deref()
     }
 
     fn error(&mut self, msg: String) {
@@ -1151,15 +1130,7 @@ impl FolderScanner {
     /// One pass: notices new and changed files, converts the sets whose files
     /// have all been unchanged for `settle`. Returns how many were written.
     pub fn scan(&mut self, now: Instant) -> usize {
-        if let Some(c) = self.cdr.as_mut() {
-            if let Err(e) = c.poll() {
-                if e.kind() != io::ErrorKind::NotFound {
-                    let msg = format!("folder: cannot read {}: {e}", c.path.display());
-                    self.counters.scan_errors += 1;
-                    self.error(msg);
-                }
-            }
-        }
+        self.after_delivery_pass();
         // A full listing now and then, whatever the directory mtimes say.
         if now.saturating_duration_since(self.full_scan_at) >= Duration::from_secs(300) {
             self.dir_cache.clear();
@@ -1211,41 +1182,211 @@ impl FolderScanner {
             }
         }
         let files: Vec<PathBuf> = present.keys().cloned().collect();
+        let settled: Vec<RecordingSet> = group_sets(&files)
+            .into_iter()
+            .filter(|set| {
+                set.files().iter().all(|f| {
+                    self.watching
+                        .get(*f)
+                        .is_some_and(|w| now.saturating_duration_since(w.since) >= self.settle)
+                })
+            })
+            .collect();
+        self.waiting_cdr
+            .retain(|k, _| settled.iter().any(|s| s.key == *k));
+        let rows = self.lookup_cdr(&settled, now);
         let mut written = 0;
-        for set in group_sets(&files) {
-            let settled = set.files().iter().all(|f| {
-                self.watching
-                    .get(*f)
-                    .is_some_and(|w| now.saturating_duration_since(w.since) >= self.settle)
-            });
-            if !settled {
-                continue;
-            }
-            if self.take(&set, &present, now) {
+        for (set, row) in settled.iter().zip(rows) {
+            if self.take(set, row, &present, now) {
                 written += 1;
             }
         }
         written
     }
 
+    fn spool_db(&mut self) -> Option<&crate::spool::Spool> {
+        if self.spool_db.is_none() {
+            match crate::spool::Spool::open(&self.spool) {
+                Ok(db) => self.spool_db = Some(db),
+                Err(e) => {
+                    self.counters.scan_errors += 1;
+                    self.error(format!("folder: after_delivery: {e}"));
+                }
+            }
+        }
+        self.spool_db.as_ref()
+    }
+
+    /// Asks the spool to tell when `id` is delivered (after_delivery).
+    fn watch_delivery(&mut self, id: &str, set: &RecordingSet) {
+        if self.settings.after_delivery == AfterDelivery::Leave {
+            return;
+        }
+        let files: Vec<String> = set
+            .files()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        let note = serde_json::to_string(&files).unwrap_or_default();
+        let res = self.spool_db().map(|db| db.watch_delivery(id, &note));
+        if let Some(Err(e)) = res {
+            self.counters.scan_errors += 1;
+            self.error(format!("folder: after_delivery: {e}"));
+        }
+    }
+
+    /// Moves or deletes the PBX files of recordings the spool delivered.
+    fn after_delivery_pass(&mut self) {
+        if self.settings.after_delivery == AfterDelivery::Leave {
+            return;
+        }
+        let done = match self.spool_db().map(|db| db.delivered_watches()) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                self.spool_db = None;
+                self.counters.scan_errors += 1;
+                self.error(format!("folder: after_delivery: {e}"));
+                return;
+            }
+            None => return,
+        };
+        for (id, note) in done {
+            let files: Vec<PathBuf> = serde_json::from_str::<Vec<String>>(&note)
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect();
+            let mut failed = None;
+            for f in &files {
+                if let Err(e) = self.after_one(f) {
+                    failed = Some(format!("{}: {e}", f.display()));
+                }
+            }
+            match failed {
+                None => {
+                    tracing::info!(target: "pbx_edge::folder", %id, action = ?self.settings.after_delivery, "PBX files handled after delivery");
+                    self.after_failed.remove(&id);
+                    if let Some(db) = self.spool_db.as_ref() {
+                        let _ = db.unwatch_delivery(&id);
+                    }
+                }
+                Some(e) => {
+                    if self.after_failed.insert(id.clone()) {
+                        self.counters.scan_errors += 1;
+                        self.error(format!("folder: after_delivery of {id}: {e} (retried)"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn after_one(&self, f: &Path) -> io::Result<()> {
+        if !f.exists() {
+            return Ok(());
+        }
+        match (self.settings.after_delivery, &self.settings.move_to) {
+            (AfterDelivery::Delete, _) => fs::remove_file(f),
+            (AfterDelivery::Move, Some(dir)) => {
+                let rel = f
+                    .strip_prefix(&self.root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| f.file_name().map(PathBuf::from).unwrap_or_default());
+                let target = dir.join(rel);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                match fs::rename(f, &target) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        // Another file system: copy, sync, then remove.
+                        fs::copy(f, &target)?;
+                        File::open(&target)?.sync_all()?;
+                        fs::remove_file(f)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The CDR rows of `sets`, one per set (`Lookup::Wait` while the store is
+    /// down).
+    fn lookup_cdr(&mut self, sets: &[RecordingSet], now: Instant) -> Vec<Lookup> {
+        let Some(store) = self.cdr.as_mut() else {
+            return sets.iter().map(|_| Lookup::NoStore).collect();
+        };
+        if sets.is_empty() {
+            return Vec::new();
+        }
+        let queries: Vec<CdrQuery> = sets
+            .iter()
+            .map(|set| {
+                let stem = set.stem();
+                let name = parse_name(&stem, &self.settings.name_patterns);
+                let mut files: Vec<String> = set
+                    .files()
+                    .iter()
+                    .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                for ext in ["wav", "WAV", "wav49", "gsm"] {
+                    let n = format!("{stem}.{ext}");
+                    if !files.contains(&n) {
+                        files.push(n);
+                    }
+                }
+                CdrQuery {
+                    uniqueid: name.as_ref().map(|n| n.uniqueid.clone()).unwrap_or(stem),
+                    files,
+                    around: name.map(|n| self.settings.timezone.to_utc(n.started_at)),
+                }
+            })
+            .collect();
+        match store.find(&queries) {
+            Ok(rows) => {
+                if self.cdr_down.take().is_some() {
+                    tracing::info!(target: "pbx_edge::folder", store = %store.describe(), "CDR store answers again");
+                }
+                rows.into_iter()
+                    .map(|r| r.map_or(Lookup::NotYet, |r| Lookup::Found(Box::new(r))))
+                    .collect()
+            }
+            Err(e) => {
+                let msg = format!("folder: {e}; {} recording(s) wait for it", sets.len());
+                if self.cdr_down.as_deref() != Some(msg.as_str()) {
+                    self.counters.scan_errors += 1;
+                    self.error(msg.clone());
+                }
+                self.cdr_down = Some(msg);
+                // The wait for late rows starts again once the store answers.
+                for s in sets {
+                    self.waiting_cdr.insert(s.key.clone(), now);
+                }
+                sets.iter().map(|_| Lookup::Down).collect()
+            }
+        }
+    }
+
     /// Converts one settled set (or leaves it waiting for its CDR row).
     fn take(
         &mut self,
         set: &RecordingSet,
+        lookup: Lookup,
         present: &HashMap<PathBuf, FileKey>,
         now: Instant,
     ) -> bool {
-        let stem = set.stem();
-        let uniqueid = parse_name(&stem, &self.settings.name_patterns)
-            .map(|n| n.uniqueid)
-            .unwrap_or_else(|| stem.clone());
-        let row = self.cdr.as_ref().and_then(|c| c.get(&uniqueid)).cloned();
-        if self.cdr.is_some() && row.is_none() {
-            let first = *self.waiting_cdr.entry(set.key.clone()).or_insert(now);
-            if now.saturating_duration_since(first) < self.settings.cdr_wait {
-                return false;
+        let row = match lookup {
+            Lookup::Down => return false,
+            Lookup::Found(r) => Some(*r),
+            Lookup::NoStore => None,
+            Lookup::NotYet => {
+                let first = *self.waiting_cdr.entry(set.key.clone()).or_insert(now);
+                if now.saturating_duration_since(first) < self.settings.cdr_wait {
+                    return false;
+                }
+                None
             }
-        }
+        };
         self.waiting_cdr.remove(&set.key);
         let mtime = set
             .files()
@@ -1267,6 +1408,7 @@ impl FolderScanner {
                 tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %set.key.display(), "folder recording taken");
                 self.counters.written += 1;
                 self.counters.bytes += c.bytes;
+                self.watch_delivery(&c.id.clone(), set);
                 self.written.push(c);
                 if self.written.len() > 1000 {
                     self.written.remove(0);
@@ -1343,8 +1485,12 @@ impl Drop for FolderHandle {
 fn publish(status: &SharedStatus, root: &Path, s: &FolderScanner) {
     if let Ok(mut st) = status.lock() {
         let src = st.sources.entry("folder".to_string()).or_default();
-        src.up = true;
-        src.error = s.errors.back().cloned();
+        // A CDR store that cannot answer holds recordings back: not ready.
+        src.up = s.cdr_down().is_none();
+        src.error = s
+            .cdr_down()
+            .map(str::to_string)
+            .or_else(|| s.errors.back().cloned());
         src.listen = root.display().to_string();
         src.errors = s.counters.failed + s.counters.scan_errors;
         src.recordings_written = s.counters.written;
@@ -1356,7 +1502,9 @@ fn publish(status: &SharedStatus, root: &Path, s: &FolderScanner) {
 /// Starts the folder source (`[sources.folder]`) in its own thread, writing
 /// into `cfg.spool.dir`; beats `"folder"` on `live` each pass.
 pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Result<FolderHandle> {
-    start_with(cfg, FolderSettings::default(), status, live)
+    let settings = FolderSettings::from_config(&cfg.sources.folder)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    start_with(cfg, settings, status, live)
 }
 
 /// [`start`] with explicit [`FolderSettings`].
@@ -1377,6 +1525,7 @@ pub fn start_with(
         ));
     }
     let poll = settings.poll.max(Duration::from_millis(50));
+    let db = db_store(f, settings.timezone)?;
     let mut scanner = FolderScanner::new(
         &f.path,
         &cfg.spool.dir,
@@ -1385,6 +1534,9 @@ pub fn start_with(
         f.settle,
         settings,
     )?;
+    if let Some(db) = db {
+        scanner.set_cdr_store(db);
+    }
     let root = f.path.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -1428,22 +1580,6 @@ mod tests {
     }
 
     #[test]
-    fn csv_and_cdr() {
-        let line = r#""","1001","5551234","from-internal","""Alice"" <1001>","SIP/1001-0001","SIP/t-0002","Dial","SIP/t/5551234,300","2026-11-24 10:15:02","2026-11-24 10:15:05","2026-11-24 10:16:02",60,57,"ANSWERED","DOCUMENTATION","1700000000.123","""#;
-        let r = parse_cdr_line(line, 3600).unwrap();
-        assert_eq!(r.src, "1001");
-        assert_eq!(r.dst, "5551234");
-        assert_eq!(clid_name(&r.clid).as_deref(), Some("Alice"));
-        assert_eq!(r.uniqueid, "1700000000.123");
-        assert_eq!(r.start.unwrap().to_rfc3339(), "2026-11-24T09:15:02.000Z");
-        assert_eq!(r.billsec, Some(57));
-        assert_eq!(r.disposition, "ANSWERED");
-        assert!(parse_cdr_line("a,b,c", 0).is_none());
-        let f = split_csv_line(r#"a,"b,c","d""e",,"#);
-        assert_eq!(f, vec!["a", "b,c", "d\"e", "", ""]);
-    }
-
-    #[test]
     fn grouping() {
         let files: Vec<PathBuf> = [
             "/r/x-in.wav",
@@ -1471,31 +1607,6 @@ mod tests {
         assert_eq!(y.len(), 16000);
         let z = resample(y, 16000, 8000, Path::new("t")).unwrap();
         assert_eq!(z.len(), 8000);
-    }
-
-    #[test]
-    fn cdr_follower_partial_lines_and_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("Master.csv");
-        let row = |u: &str| {
-            format!("\"\",\"1\",\"2\",\"c\",\"\",\"\",\"\",\"\",\"\",\"2026-11-24 10:00:00\",\"\",\"2026-11-24 10:00:09\",9,0,\"NO ANSWER\",\"D\",\"{u}\",\"\"\n")
-        };
-        let first = row("1.1");
-        let (a, b) = first.split_at(30);
-        fs::write(&p, a).unwrap();
-        let mut f = CdrFollower::new(&p, 2, 0);
-        f.poll().unwrap();
-        assert!(f.get("1.1").is_none(), "half a line is not a row");
-        fs::write(&p, format!("{a}{b}{}garbage\n", row("1.2"))).unwrap();
-        f.poll().unwrap();
-        assert_eq!(f.get("1.1").unwrap().answer, None);
-        assert!(f.get("1.2").is_some());
-        assert_eq!(f.malformed, 1);
-        // Rotated: shorter file, read from the start; bounded to 2 rows.
-        fs::write(&p, format!("{}{}", row("2.1"), row("2.2"))).unwrap();
-        f.poll().unwrap();
-        assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
-        assert!(f.get("1.1").is_none(), "oldest forgotten");
     }
 
     #[test]

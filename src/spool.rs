@@ -104,6 +104,14 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS delivery_watch (
+    id TEXT PRIMARY KEY NOT NULL,
+    note TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS delivery_watch_mark AFTER UPDATE OF state ON recordings
+WHEN NEW.state = 'delivered'
+BEGIN UPDATE delivery_watch SET delivered = 1 WHERE id = NEW.id; END;
 ";
 
 /// Errors of the spool queue.
@@ -683,6 +691,37 @@ impl Spool {
             params![id, now],
             "delivered",
         )
+    }
+
+    /// Asks to learn when `id` is delivered (kept across restarts, whatever
+    /// `retention` removes): a trigger marks the watch in the same
+    /// transaction as [`Spool::mark_delivered`]. `note` is the watcher's own
+    /// data (the folder source: which PBX files to move or delete).
+    pub fn watch_delivery(&self, id: &str, note: &str) -> Result<(), SpoolError> {
+        self.update(
+            "INSERT OR REPLACE INTO delivery_watch (id, note, delivered) VALUES (?1, ?2, \
+             (SELECT COUNT(*) FROM recordings WHERE id = ?1 AND state = 'delivered'))",
+            params![id, note],
+        )?;
+        Ok(())
+    }
+
+    /// Watched recordings delivered since: `(id, note)`.
+    pub fn delivered_watches(&self) -> Result<Vec<(String, String)>, SpoolError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, note FROM delivery_watch WHERE delivered = 1 LIMIT 1000")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Forgets a watch (its action is done).
+    pub fn unwatch_delivery(&self, id: &str) -> Result<(), SpoolError> {
+        self.update("DELETE FROM delivery_watch WHERE id = ?1", params![id])?;
+        Ok(())
     }
 
     /// A transient failure: due again at `next_at`. Stays `uploading` when a

@@ -658,3 +658,57 @@ fn quiet_directories_are_not_relisted_but_new_and_growing_files_are_seen() {
     s.scan(t0 + SETTLE * 4);
     assert_eq!(s.scan(t0 + SETTLE * 5 + Duration::from_millis(1)), 1);
 }
+
+#[test]
+fn after_delivery_move_and_delete_only_once_delivered() {
+    use pbx_edge::folder::AfterDelivery;
+    use pbx_edge::spool::{now_ms, Spool};
+    for action in [AfterDelivery::Move, AfterDelivery::Delete] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        let moved = tmp.path().join("done");
+        let stem = "out-5551234-1001-20261124-101502-1700000000.5";
+        let d = day_dir(&root);
+        let files = [
+            d.join(format!("{stem}-in.wav")),
+            d.join(format!("{stem}-out.wav")),
+        ];
+        for f in &files {
+            write_wav(f, 8000, 1, &speechlike(7, 500, 8000));
+        }
+        let settings = FolderSettings {
+            after_delivery: action,
+            move_to: Some(moved.clone()),
+            ..FolderSettings::default()
+        };
+        let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(settle_scan(&mut s, t0), 1, "{:?}", s.errors);
+        let id = s.written[0].id.clone();
+        // Spooled, queued, not delivered: the PBX's files stay.
+        let mut sp = Spool::open(&spool).unwrap();
+        sp.scan(now_ms()).unwrap();
+        assert!(sp.mark_queued(&id, now_ms()).unwrap());
+        s.scan(t0 + SETTLE * 2);
+        assert!(
+            files.iter().all(|f| f.exists()),
+            "{action:?} before delivery"
+        );
+        // Delivered, and expired at once (retention 0): the watch still fires.
+        assert!(sp.mark_delivered(&id, now_ms()).unwrap());
+        sp.expire_delivered(now_ms(), Duration::ZERO).unwrap();
+        s.scan(t0 + SETTLE * 3);
+        assert!(
+            files.iter().all(|f| !f.exists()),
+            "{action:?}: {:?}",
+            s.errors
+        );
+        let target = moved.join("2026/11/24").join(format!("{stem}-in.wav"));
+        assert_eq!(target.exists(), action == AfterDelivery::Move);
+        // Nothing taken again, no error.
+        assert_eq!(s.scan(t0 + SETTLE * 4), 0);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(pairs(&spool).len(), 0, "expired from the spool");
+    }
+}
