@@ -17,35 +17,10 @@ use pbx_core::Timestamp;
 
 use super::{best_row, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
 
-/// Column names understood in `cdr_csv_columns` (`""` or `"-"` skips a column).
-pub const COLUMN_NAMES: &[&str] = &[
-    "accountcode",
-    "src",
-    "dst",
-    "dcontext",
-    "clid",
-    "channel",
-    "dstchannel",
-    "lastapp",
-    "lastdata",
-    "start",
-    "answer",
-    "end",
-    "duration",
-    "billsec",
-    "disposition",
-    "amaflags",
-    "uniqueid",
-    "userfield",
-    "linkedid",
-    "peeraccount",
-    "sequence",
-    "did",
-    "cnum",
-    "cnam",
-    "outbound_cnum",
-    "recordingfile",
-];
+/// Column names understood in `cdr_csv_columns` besides [`DEFAULT_COLUMNS`]
+/// (`""` or `"-"` skips a column): fields a `cdr_custom.conf` template
+/// commonly adds.
+pub const EXTRA_COLUMNS: &[&str] = &["did", "cnum", "cnam", "outbound_cnum", "recordingfile"];
 
 /// Asterisk's default Master.csv columns (cdr_csv.conf without options).
 pub const DEFAULT_COLUMNS: &[&str] = &[
@@ -97,10 +72,15 @@ impl CsvColumns {
                 continue;
             }
             let n = if n == "calldate" { "start" } else { n };
-            if !COLUMN_NAMES.contains(&n) {
+            if !DEFAULT_COLUMNS.contains(&n) && !EXTRA_COLUMNS.contains(&n) {
                 return Err(format!(
                     "`{n}` is not a CDR column ({}, or \"-\" to skip one)",
-                    COLUMN_NAMES.join(", ")
+                    DEFAULT_COLUMNS
+                        .iter()
+                        .chain(EXTRA_COLUMNS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             if idx.insert(n.to_string(), i).is_some() {
