@@ -14,6 +14,7 @@ pub mod folder;
 pub mod health;
 pub mod import;
 pub mod logmask;
+pub mod media;
 pub mod recording;
 pub mod sip_tls;
 pub mod siprec;

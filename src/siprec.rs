@@ -9,7 +9,9 @@
 //!   and writer code), and the sans-IO [`Uas`] (transactions, retransmissions,
 //!   dialogs). It decides on each new call (allow list → 403, call limit → 503,
 //!   unusable offer → 488), hands out RTP ports from `rtp_ports`, and answers.
-//! - one tokio task per RTP port receives datagrams.
+//! - one thread reads every RTP port ([`crate::media`]: epoll + `recvmmsg`,
+//!   kernel receive timestamps, SRTP decryption) and hands the engine a batch
+//!   of datagrams per reading round.
 //! - one thread owns the [`CallEngine`] and the spool writer, exactly as for
 //!   `import` and sniffing. It is fed the SIP messages as they were received
 //!   and sent (the INVITE with its metadata, our 200 OK with the answer, BYE)
@@ -43,11 +45,17 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::SiprecConfig;
 use crate::health::Liveness;
+use crate::media::{
+    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaPort, MediaReceiver,
+};
 use crate::recording::RecordingDir;
 use crate::sniff::now;
 use crate::status::SharedStatus;
 
-/// What the engine thread is fed.
+/// What the engine thread is fed: SIP messages (as received and as sent) from
+/// the SIP task, RTP in batches from the media thread. Both go through one
+/// channel, so our 200 OK (fed before it is sent) is always ahead of the RTP
+/// it asks for.
 enum EngineInput {
     Udp {
         ts: Timestamp,
@@ -55,6 +63,17 @@ enum EngineInput {
         dst: SocketAddr,
         payload: Vec<u8>,
     },
+    Media(DatagramBatch),
+}
+
+/// The media thread's way into the engine: it waits when the engine is
+/// behind (the sockets' queues absorb that), it never drops a batch.
+struct EngineSink(SyncSender<EngineInput>);
+
+impl BatchSink for EngineSink {
+    fn deliver(&mut self, batch: DatagramBatch) -> bool {
+        self.0.send(EngineInput::Media(batch)).is_ok()
+    }
 }
 
 /// The pool of RTP ports (even ports of the range).
@@ -80,13 +99,9 @@ impl PortPool {
     }
 }
 
-struct MediaPort {
-    port: u16,
-    task: JoinHandle<()>,
-}
-
 struct Session {
-    ports: Vec<MediaPort>,
+    /// Our RTP addresses (one per stream taken).
+    ports: Vec<SocketAddr>,
     last_rtp: Arc<AtomicI64>,
     version: u64,
     /// Port per offered m-line (0 = rejected).
@@ -105,6 +120,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SiprecHandle {
     stop: Arc<AtomicBool>,
     sip_task: JoinHandle<()>,
+    media: MediaReceiver,
     engine_thread: std::thread::JoinHandle<()>,
     tls: Option<TlsShared>,
 }
@@ -125,10 +141,19 @@ impl SiprecHandle {
     }
 
     /// Stop taking calls, close every recording (marked `shutdown`), return.
+    ///
+    /// The SIP task hangs up and ends first, then the media thread delivers
+    /// what its sockets still hold; the engine thread ends when both are gone
+    /// (its channel disconnects), so nothing received is left unrecorded.
     pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.sip_task.await;
-        let _ = tokio::task::spawn_blocking(move || self.engine_thread.join()).await;
+        let (media, engine) = (self.media, self.engine_thread);
+        let _ = tokio::task::spawn_blocking(move || {
+            media.stop();
+            engine.join()
+        })
+        .await;
     }
 }
 
@@ -158,15 +183,21 @@ pub async fn start(
     };
     let tls_shared = tls.as_ref().map(|(_, t)| t.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(65_536);
+    let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
+    let counters = Arc::new(MediaCounters::default());
+    let media = MediaReceiver::start(EngineSink(etx.clone()), counters.clone())?;
     let engine_thread = {
-        let (stop, status, live, drops) =
-            (stop.clone(), status.clone(), live.clone(), drops.clone());
-        let listen = cfg.listen.to_string();
+        let (status, live, drops) = (status.clone(), live.clone(), drops.clone());
+        let report = Report {
+            status,
+            drops,
+            media: counters,
+            listen: cfg.listen.to_string(),
+        };
         std::thread::Builder::new()
             .name("siprec-engine".into())
-            .spawn(move || engine_loop(engine_cfg, out, erx, stop, status, live, drops, listen))?
+            .spawn(move || engine_loop(engine_cfg, out, erx, live, report))?
     };
     live.beat("siprec");
     let sip_task = tokio::spawn(sip_loop(
@@ -175,6 +206,7 @@ pub async fn start(
         tcp,
         tls,
         etx,
+        media.control(),
         stop.clone(),
         drops,
         rtp_timeout,
@@ -182,42 +214,39 @@ pub async fn start(
     Ok(SiprecHandle {
         stop,
         sip_task,
+        media,
         engine_thread,
         tls: tls_shared,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Messages the engine queue holds (SIP messages and media batches of one
+/// reading round each: many seconds of backlog).
+const ENGINE_QUEUE: usize = 4096;
+
+/// What the engine thread publishes to the status snapshot.
+struct Report {
+    status: SharedStatus,
+    /// SIP messages the engine missed because its queue was full.
+    drops: Arc<AtomicI64>,
+    media: Arc<MediaCounters>,
+    listen: String,
+}
+
+/// The engine thread: runs until every sender (SIP task, media thread) is
+/// gone, then closes every open call as cut by shutdown.
 fn engine_loop(
     engine_cfg: EngineConfig,
     mut out: RecordingDir,
     rx: std_mpsc::Receiver<EngineInput>,
-    stop: Arc<AtomicBool>,
-    status: SharedStatus,
     live: Arc<Liveness>,
-    drops: Arc<AtomicI64>,
-    listen: String,
+    report: Report,
 ) {
     let mut engine = CallEngine::new(engine_cfg);
     let mut last_tick = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(EngineInput::Udp {
-                ts,
-                src,
-                dst,
-                payload,
-            }) => {
-                let seg = Segment {
-                    ts,
-                    src,
-                    dst,
-                    transport: Transport::Udp,
-                    payload: &payload,
-                    tcp_gap: false,
-                };
-                engine.handle_segment(&seg, &mut out);
-            }
+            Ok(input) => handle_input(&mut engine, input, &mut out),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -225,47 +254,46 @@ fn engine_loop(
             last_tick = Instant::now();
             engine.handle_timeout(now(), &mut out);
             live.beat("siprec");
-            publish(&engine, &out, &status, &drops, &listen);
-        }
-        if stop.load(Ordering::Relaxed) {
-            // Drain what is queued, then close every call.
-            while let Ok(EngineInput::Udp {
-                ts,
-                src,
-                dst,
-                payload,
-            }) = rx.try_recv()
-            {
-                let seg = Segment {
-                    ts,
-                    src,
-                    dst,
-                    transport: Transport::Udp,
-                    payload: &payload,
-                    tcp_gap: false,
-                };
-                engine.handle_segment(&seg, &mut out);
-            }
-            break;
+            publish(&engine, &out, &report);
         }
     }
     engine.finish(EndReason::Shutdown, &mut out);
-    publish(&engine, &out, &status, &drops, &listen);
+    publish(&engine, &out, &report);
     live.forget("siprec");
 }
 
-fn publish(
-    engine: &CallEngine,
-    out: &RecordingDir,
-    status: &SharedStatus,
-    drops: &AtomicI64,
-    listen: &str,
-) {
-    if let Ok(mut s) = status.lock() {
+fn handle_input(engine: &mut CallEngine, input: EngineInput, out: &mut RecordingDir) {
+    let udp = |ts, src, dst, payload| Segment {
+        ts,
+        src,
+        dst,
+        transport: Transport::Udp,
+        payload,
+        tcp_gap: false,
+    };
+    match input {
+        EngineInput::Udp {
+            ts,
+            src,
+            dst,
+            payload,
+        } => engine.handle_segment(&udp(ts, src, dst, &payload), out),
+        EngineInput::Media(batch) => {
+            for (d, bytes) in batch.iter() {
+                engine.handle_segment(&udp(d.ts, d.src, d.dst, bytes), out);
+            }
+        }
+    }
+}
+
+fn publish(engine: &CallEngine, out: &RecordingDir, r: &Report) {
+    if let Ok(mut s) = r.status.lock() {
         let src = s.sources.entry("siprec".to_string()).or_default();
         src.record_engine(engine, &out.counters);
-        src.listen = listen.to_string();
-        src.queue_drops = drops.load(Ordering::Relaxed).max(0) as u64;
+        src.listen = r.listen.clone();
+        src.queue_drops = r.drops.load(Ordering::Relaxed).max(0) as u64;
+        src.kernel_drops = r.media.kernel_drops.load(Ordering::Relaxed);
+        src.srtp_failures = r.media.srtp_failures.load(Ordering::Relaxed);
         src.errors = out.counters.failed;
     }
 }
@@ -327,6 +355,7 @@ async fn sip_loop(
     tcp: TcpListener,
     tls: Option<(TcpListener, TlsShared)>,
     etx: SyncSender<EngineInput>,
+    media: MediaControl,
     stop: Arc<AtomicBool>,
     drops: Arc<AtomicI64>,
     rtp_timeout: Duration,
@@ -391,7 +420,7 @@ async fn sip_loop(
                     .collect();
                 for d in silent {
                     uas.hangup(&d, now());
-                    if let Some(s) = sessions.remove(&d) { release(s, &mut pool); }
+                    if let Some(s) = sessions.remove(&d) { release(s, &mut pool, &media); }
                 }
             }
         }
@@ -403,18 +432,10 @@ async fn sip_loop(
                     transport,
                     bytes,
                 } => {
-                    match transport {
-                        uas::Transport::Udp => {
-                            let _ = udp.send_to(&bytes, to).await;
-                        }
-                        _ => {
-                            if let Some(w) = tcp_writers.get(&(transport, to)) {
-                                let _ = w.send(bytes.clone()).await;
-                            }
-                        }
-                    }
-                    // The engine sees our answers too (the SDP with our ports).
-                    feed(&etx, &drops, local, to, bytes);
+                    // The engine sees our answers too (the SDP with our
+                    // ports), before the SRC can send RTP to them.
+                    feed(&etx, &drops, local, to, bytes.clone());
+                    send_sip(&udp, &tcp_writers, transport, to, bytes).await;
                 }
                 UasEvent::NewCall {
                     dialog,
@@ -456,23 +477,13 @@ async fn sip_loop(
                         line_ports: Vec::new(),
                         peer: from,
                     };
-                    match answer_for(
-                        &offer,
-                        &mut session,
-                        &mut pool,
-                        local.ip(),
-                        from,
-                        &etx,
-                        &drops,
-                    )
-                    .await
-                    {
+                    match answer_for(&offer, &mut session, &mut pool, local.ip(), from, &media) {
                         Some(answer) => {
                             uas.accept(&dialog, &answer, at);
                             sessions.insert(dialog, session);
                         }
                         None => {
-                            release(session, &mut pool);
+                            release(session, &mut pool, &media);
                             uas.reject(&dialog, 488, "Not Acceptable Here", at);
                         }
                     }
@@ -489,11 +500,8 @@ async fn sip_loop(
                                 &mut pool,
                                 local.ip(),
                                 session.peer,
-                                &etx,
-                                &drops,
-                            )
-                            .await
-                            {
+                                &media,
+                            ) {
                                 Some(answer) => {
                                     uas.accept(&dialog, &answer, at);
                                 }
@@ -510,7 +518,7 @@ async fn sip_loop(
                 UasEvent::Ended { dialog, reason } => {
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
                     if let Some(s) = sessions.remove(&dialog) {
-                        release(s, &mut pool);
+                        release(s, &mut pool, &media);
                     }
                 }
             }
@@ -520,7 +528,7 @@ async fn sip_loop(
     let at = now();
     for (d, s) in sessions.drain() {
         uas.hangup(&d, at);
-        release(s, &mut pool);
+        release(s, &mut pool, &media);
     }
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
@@ -529,17 +537,8 @@ async fn sip_loop(
             bytes,
         } = ev
         {
-            match transport {
-                uas::Transport::Udp => {
-                    let _ = udp.send_to(&bytes, to).await;
-                }
-                _ => {
-                    if let Some(w) = tcp_writers.get(&(transport, to)) {
-                        let _ = w.send(bytes.clone()).await;
-                    }
-                }
-            }
-            feed(&etx, &drops, local, to, bytes);
+            feed(&etx, &drops, local, to, bytes.clone());
+            send_sip(&udp, &tcp_writers, transport, to, bytes).await;
         }
     }
 }
@@ -680,14 +679,13 @@ async fn tcp_reader<R: AsyncRead + Unpin>(
 
 /// Ports for every offered audio line (reusing the session's), the RTP
 /// receivers, and the SDP answer. `None` when no line can be taken.
-async fn answer_for(
+fn answer_for(
     offer: &SessionDescription,
     session: &mut Session,
     pool: &mut PortPool,
     listen_ip: IpAddr,
     peer: SocketAddr,
-    etx: &SyncSender<EngineInput>,
-    drops: &Arc<AtomicI64>,
+    media: &MediaControl,
 ) -> Option<String> {
     let ip = media_ip(listen_ip, peer);
     let mut ports = Vec::with_capacity(offer.media.len());
@@ -729,46 +727,30 @@ async fn answer_for(
             ports.push(p);
             continue;
         }
-        // A new line: a port from the pool that we can bind.
+        // A new line: a port from the pool that we can bind (a port just
+        // given back may still be open in the media thread: the next one).
         let mut bound = None;
         for _ in 0..16 {
             let Some(p) = pool.take() else { break };
-            match UdpSocket::bind(SocketAddr::new(ip, p)).await {
-                Ok(s) => {
-                    bound = Some((p, s));
+            match MediaPort::bind(SocketAddr::new(ip, p), session.last_rtp.clone()) {
+                Ok(port) => {
+                    bound = Some(port);
                     break;
                 }
-                Err(_) => pool.give_back(p),
+                Err(e) => {
+                    tracing::debug!(port = p, "RTP port not bindable: {e}");
+                    pool.give_back(p);
+                }
             }
         }
-        let Some((p, sock)) = bound else {
+        let Some(mut port) = bound else {
             ports.push(0);
             continue;
         };
-        let dst = SocketAddr::new(ip, p);
-        let (etx, drops, last) = (etx.clone(), drops.clone(), session.last_rtp.clone());
-        let task = tokio::spawn(async move {
-            let mut decrypt = decrypt;
-            let mut buf = vec![0u8; 2048];
-            while let Ok((n, src)) = sock.recv_from(&mut buf).await {
-                last.store(now().as_micros(), Ordering::Relaxed);
-                let pkt = &buf[..n];
-                let plain = match decrypt.as_mut() {
-                    // RTCP (rtcp-mux) is not needed for recording: dropped.
-                    Some(_) if pbx_core::rtp::is_rtcp(pkt) => continue,
-                    Some(d) => match d.decrypt(pkt) {
-                        Some(p) => p,
-                        None => {
-                            drops.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    },
-                    None => pkt.to_vec(),
-                };
-                feed(&etx, &drops, src, dst, plain);
-            }
-        });
-        session.ports.push(MediaPort { port: p, task });
+        port.decrypt = decrypt;
+        let p = port.local.port();
+        session.ports.push(port.local);
+        media.add(port);
         ports.push(p);
     }
     session.line_ports = ports.clone();
@@ -782,10 +764,30 @@ async fn answer_for(
     Some(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
 }
 
-fn release(s: Session, pool: &mut PortPool) {
-    for p in s.ports {
-        p.task.abort();
-        pool.give_back(p.port);
+fn release(s: Session, pool: &mut PortPool, media: &MediaControl) {
+    for local in s.ports {
+        media.remove(local);
+        pool.give_back(local.port());
+    }
+}
+
+/// Send one SIP message on the transport it belongs to.
+async fn send_sip(
+    udp: &UdpSocket,
+    tcp_writers: &HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    transport: uas::Transport,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+) {
+    match transport {
+        uas::Transport::Udp => {
+            let _ = udp.send_to(&bytes, to).await;
+        }
+        _ => {
+            if let Some(w) = tcp_writers.get(&(transport, to)) {
+                let _ = w.send(bytes).await;
+            }
+        }
     }
 }
 

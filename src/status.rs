@@ -32,6 +32,8 @@ pub struct SourceStatus {
     pub kernel_drops: u64,
     /// Packets dropped because the engine could not keep up.
     pub queue_drops: u64,
+    /// SRTP packets that failed authentication (wrong key, corrupted, replays).
+    pub srtp_failures: u64,
     pub errors: u64,
     pub recordings_written: u64,
     pub recordings_failed: u64,
@@ -314,6 +316,12 @@ pub fn render_metrics(s: &Status) -> String {
                 ]
             })
             .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_srtp_auth_failures_total",
+        "counter",
+        "SRTP packets dropped because they failed authentication (or were replays).",
+        &per_source(&|x| x.srtp_failures),
     );
     family(
         "pbx_edge_source_errors_total",
