@@ -13,8 +13,9 @@ SECS=${1:-20}; shift || true
 NS=${*:-250 500 1000 2000}
 DIR=${BENCH_DIR:-/tmp/pbx-edge-capacity}
 cargo build --release -q -p pbx-edge -p pbx-testgen
-BIN=./target/release/pbx-edge
-LOAD=./target/release/siprec-load
+T=${CARGO_TARGET_DIR:-target}
+BIN=$T/release/pbx-edge
+LOAD=$T/release/siprec-load
 ticks=$(getconf CLK_TCK)
 
 echo "siprec capacity: $SECS s of media per run; $(nproc) cores; $(date -u +%FT%TZ)"

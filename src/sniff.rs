@@ -1,8 +1,8 @@
 //! Live sniffing: SIP and RTP captured on an interface with an AF_PACKET socket,
 //! fed to the same [`CallEngine`] as `import`.
 //!
-//! One thread owns the socket and the engine: receive a frame, stamp it with the
-//! wall clock, hand it to the engine, which writes recordings into the spool.
+//! One thread owns the socket and the engine: receive a frame with the time the
+//! kernel received it (`SO_TIMESTAMPNS`, wall clock), hand it to the engine, which writes recordings into the spool.
 //! Every 200 ms without traffic (and at least once a second) the engine gets a
 //! timeout tick, so calls whose media stopped end by `rtp_timeout`, and the
 //! status snapshot is refreshed (kernel drop counters from `PACKET_STATISTICS`).
@@ -87,6 +87,10 @@ impl PacketSocket {
             tv_usec: 200_000,
         };
         sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
+        // Arrival times from the kernel, as libpcap gives them: a busy moment
+        // of this thread does not move the audio in time.
+        let on: libc::c_int = 1;
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on);
         if let Some(expr) = filter {
             let prog = compile_filter(expr).map_err(|e| {
                 io::Error::new(
@@ -172,22 +176,25 @@ impl PacketSocket {
         }
     }
 
-    /// Receive one frame (raw IP). `Ok(None)` on timeout (or a skipped duplicate).
-    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
-        // SAFETY: zeroed sockaddr_ll is valid; recvfrom fills it.
+    /// Receive one frame (raw IP) with the time the kernel received it.
+    /// `Ok(None)` on timeout (or a skipped duplicate).
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<(Timestamp, &'a [u8])>> {
+        // SAFETY: zeroed sockaddr_ll and msghdr are valid; recvmsg fills them.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: buf is valid for writes of buf.len() bytes; from/from_len are valid.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut from_len,
-            )
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        h.msg_control = control.as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: every pointer in h points at a live buffer of the stated size.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -200,7 +207,9 @@ impl PacketSocket {
         if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_ifindex == self.loopback {
             return Ok(None);
         }
-        Ok(buf.get(..n as usize))
+        // SAFETY: h was just filled by recvmsg; `control` is alive.
+        let (ts, _) = unsafe { crate::media::control_values(&h) };
+        Ok(buf.get(..n as usize).map(|f| (ts.unwrap_or_else(now), f)))
     }
 
     /// Packets the kernel dropped since the socket was opened.
@@ -286,7 +295,7 @@ pub fn run(
     let mut errors = 0u64;
     while !stop.load(Ordering::Relaxed) {
         match sock.recv(&mut buf) {
-            Ok(Some(frame)) => engine.handle_frame(now(), LinkType::RawIp, frame, &mut out),
+            Ok(Some((ts, frame))) => engine.handle_frame(ts, LinkType::RawIp, frame, &mut out),
             Ok(None) => {}
             Err(e) => {
                 errors += 1;

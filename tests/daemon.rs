@@ -230,7 +230,7 @@ fn sniff_filter_runs_in_the_kernel_for_ipv4_and_ipv6() {
     let mut idle = 0;
     while idle < 3 {
         match sock.recv(&mut buf).unwrap() {
-            Some(pkt) => {
+            Some((_, pkt)) => {
                 got.push(pkt.to_vec());
                 idle = 0;
             }

@@ -98,6 +98,69 @@ fn parse_answer(msg: &str) -> Option<(usize, u16, String, Vec<u16>, String)> {
     Some((call?, code, to, ports, method))
 }
 
+/// Send every datagram of `batch` from `sock` with as few `sendmmsg` calls
+/// as the kernel allows; (sent, failed).
+fn send_batch(sock: &UdpSocket, batch: &[(Vec<u8>, SocketAddr)]) -> (u64, u64) {
+    use std::os::fd::AsRawFd;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for chunk in batch.chunks(256) {
+        let mut names: Vec<libc::sockaddr_in> = chunk
+            .iter()
+            .map(|(_, to)| match to {
+                SocketAddr::V4(v) => libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                },
+                SocketAddr::V6(_) => panic!("siprec-load sends over IPv4"),
+            })
+            .collect();
+        let mut iovecs: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(p, _)| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = (0..chunk.len())
+            .map(|i| {
+                // SAFETY: all-zero is a valid mmsghdr; the pointers set below
+                // point into vectors that outlive the sendmmsg call.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                h.msg_hdr.msg_iov = &mut iovecs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let mut done = 0usize;
+        while done < headers.len() {
+            // SAFETY: headers[done..] are valid mmsghdrs (see above).
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    headers[done..].as_mut_ptr(),
+                    (headers.len() - done) as u32,
+                    0,
+                )
+            };
+            if n <= 0 {
+                // Skip the datagram the kernel refused and go on.
+                failed += 1;
+                done += 1;
+            } else {
+                sent += n as u64;
+                done += n as usize;
+            }
+        }
+    }
+    (sent, failed)
+}
+
 fn main() {
     let mut srs: SocketAddr = "127.0.0.1:5090".parse().expect("literal");
     let mut calls = 100usize;
@@ -179,6 +242,10 @@ fn main() {
                 let media = &media;
                 sc.spawn(move || {
                     let (mut sent, mut errors, mut worst) = (0u64, 0u64, Duration::ZERO);
+                    // Each stream always leaves from the same one of this
+                    // thread's four sockets; a tick's packets go out with one
+                    // sendmmsg per socket and batch.
+                    let mut per_socket: Vec<Vec<(Vec<u8>, SocketAddr)>> = vec![Vec::new(); 4];
                     for k in 0..packets_per_stream {
                         let due = Duration::from_millis(20 * k);
                         match due.checked_sub(t0.elapsed()) {
@@ -197,12 +264,15 @@ fn main() {
                                     ssrc,
                                     payload,
                                 );
-                                let sock = &media[t * 4 + (j * 2 + stream) % 4];
-                                match sock.send_to(&pkt, SocketAddr::new(srs.ip(), *port)) {
-                                    Ok(_) => sent += 1,
-                                    Err(_) => errors += 1,
-                                }
+                                per_socket[(j * 2 + stream) % 4]
+                                    .push((pkt, SocketAddr::new(srs.ip(), *port)));
                             }
+                        }
+                        for (q, batch) in per_socket.iter_mut().enumerate() {
+                            let (ok, failed) = send_batch(&media[t * 4 + q], batch);
+                            sent += ok;
+                            errors += failed;
+                            batch.clear();
                         }
                     }
                     (sent, errors, worst)
