@@ -20,8 +20,8 @@ ticks=$(getconf CLK_TCK)
 
 echo "siprec capacity: $SECS s of media per run; $(nproc) cores; $(date -u +%FT%TZ)"
 echo
-echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms | BYEs answered |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for N in $NS; do
   rm -rf "$DIR/$N"; mkdir -p "$DIR/$N"
   cat > "$DIR/$N/pbx-edge.toml" <<TOML
@@ -46,7 +46,7 @@ TOML
   answered=$(echo "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["answered"])')
   # wait for every recording
   for _ in $(seq 100); do
-    n=$(ls "$DIR/$N/spool"/*.json 2>/dev/null | wc -l)
+    n=$(find "$DIR/$N/spool" -maxdepth 1 -name "*.json" 2>/dev/null | wc -l)
     [ "$n" -ge "$answered" ] && break; sleep 0.2
   done
   kill -TERM $PID; wait $PID || true
@@ -61,6 +61,6 @@ for f in glob.glob(spool + "/*.json"):
 sent = out["packets_sent"]
 cpu = (c1 - c0) / ticks / (t1 - t0) * 100
 a = max(out["answered"], 1)
-print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} |")
+print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} | {out['byes_answered']} |")
 PY
 done

@@ -49,7 +49,7 @@ use pbx_core::Timestamp;
 use crate::srtp::SrtpStream;
 
 /// Shortest time between two reading rounds while media flows.
-pub const ROUND: Duration = Duration::from_millis(10);
+pub const ROUND: Duration = Duration::from_millis(40);
 
 /// Datagrams read from one socket per `recvmmsg` call.
 const VLEN: usize = 32;
@@ -101,6 +101,23 @@ impl DatagramBatch {
         self.items.is_empty()
     }
 }
+
+/// Gives processed batches back to the receive thread, which refills them:
+/// the buffers of a busy server are allocated once, not every round (and not
+/// freed on another thread than the one that allocated them).
+#[derive(Clone)]
+pub struct Recycler(mpsc::SyncSender<DatagramBatch>);
+
+impl Recycler {
+    pub fn give_back(&self, mut batch: DatagramBatch) {
+        batch.data.clear();
+        batch.items.clear();
+        let _ = self.0.try_send(batch);
+    }
+}
+
+/// Spare batches kept for reuse.
+const SPARE_BATCHES: usize = 8;
 
 /// What the receive path counts (read by the status snapshot).
 #[derive(Debug, Default)]
@@ -183,6 +200,7 @@ pub trait BatchSink: Send + 'static {
 pub struct MediaReceiver {
     commands: Sender<Command>,
     wake: Arc<OwnedFd>,
+    recycler: Recycler,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -235,18 +253,25 @@ impl MediaReceiver {
         let ev = Arc::new(unsafe { OwnedFd::from_raw_fd(ev) });
         epoll_add(&ep, ev.as_raw_fd(), WAKE)?;
         let (tx, rx) = mpsc::channel();
+        let (spare_tx, spare_rx) = mpsc::sync_channel(SPARE_BATCHES);
         let wake_fd = ev.clone();
         let thread = std::thread::Builder::new()
             .name("siprec-media".into())
             .spawn(move || {
-                let mut r = Reader::new(ep, wake_fd, rx, counters);
+                let mut r = Reader::new(ep, wake_fd, rx, counters, spare_rx);
                 r.run(sink);
             })?;
         Ok(MediaReceiver {
             commands: tx,
             wake: ev,
+            recycler: Recycler(spare_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Where the consumer gives processed batches back.
+    pub fn recycler(&self) -> Recycler {
+        self.recycler.clone()
     }
 
     pub fn control(&self) -> MediaControl {
@@ -446,6 +471,7 @@ struct Reader {
     free: Vec<usize>,
     live: usize,
     bufs: RecvBuffers,
+    spare: Receiver<DatagramBatch>,
 }
 
 impl Reader {
@@ -454,6 +480,7 @@ impl Reader {
         wake: Arc<OwnedFd>,
         commands: Receiver<Command>,
         counters: Arc<MediaCounters>,
+        spare: Receiver<DatagramBatch>,
     ) -> Reader {
         Reader {
             ep,
@@ -464,6 +491,7 @@ impl Reader {
             free: Vec::new(),
             live: 0,
             bufs: RecvBuffers::new(),
+            spare,
         }
     }
 
@@ -472,31 +500,29 @@ impl Reader {
         let mut events: Vec<libc::epoll_event> =
             vec![unsafe { MaybeUninit::zeroed().assume_init() }; 1024];
         loop {
-            // SAFETY: the buffer holds events.len() events.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.ep.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    -1,
-                )
-            };
-            if n < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::error!("media receive: epoll_wait: {}", io::Error::last_os_error());
+            // Wait for the first readable socket (or a command)...
+            let Some(mut n) = self.wait(&mut events, -1) else {
                 return;
-            }
+            };
             let round = Instant::now();
             let mut stop = false;
-            let mut batch = DatagramBatch::default();
-            for e in &events[..n as usize] {
-                let key = e.u64;
-                if key == WAKE {
-                    stop |= self.commands_due();
-                } else {
-                    self.drain(key as usize, &mut batch);
+            let mut batch = self.spare.try_recv().unwrap_or_default();
+            loop {
+                for e in &events[..n] {
+                    let key = e.u64;
+                    if key == WAKE {
+                        stop |= self.commands_due();
+                    } else {
+                        self.drain(key as usize, &mut batch);
+                    }
+                }
+                // ...then take every socket that is ready in this round.
+                if n < events.len() {
+                    break;
+                }
+                match self.wait(&mut events, 0) {
+                    Some(0) | None => break,
+                    Some(m) => n = m,
                 }
             }
             if stop {
@@ -524,6 +550,29 @@ impl Reader {
                 if let Some(rest) = ROUND.checked_sub(round.elapsed()) {
                     std::thread::sleep(rest);
                 }
+            }
+        }
+    }
+
+    /// `epoll_wait`; the number of events, `None` on a fatal error.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> Option<usize> {
+        loop {
+            // SAFETY: the buffer holds events.len() events.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    timeout_ms,
+                )
+            };
+            if n >= 0 {
+                return Some(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("media receive: epoll_wait: {e}");
+                return None;
             }
         }
     }

@@ -201,8 +201,10 @@ impl<W: Write + Seek> WavWriter<W> {
             if self.buf.len() + chunk.len() * 2 > WRITE_BUF {
                 self.flush_buf()?;
             }
-            for s in chunk {
-                self.buf.extend_from_slice(&s.to_le_bytes());
+            let start = self.buf.len();
+            self.buf.resize(start + chunk.len() * 2, 0);
+            for (d, s) in self.buf[start..].chunks_exact_mut(2).zip(chunk) {
+                d.copy_from_slice(&s.to_le_bytes());
             }
         }
         self.data_bytes += bytes;

@@ -33,6 +33,8 @@
 //! panics on input.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use crate::audio::codec::{new_decoder, Codec, Decoder};
@@ -122,7 +124,7 @@ const HOUSEKEEPING_US: i64 = 1_000_000;
 #[derive(Debug, Default, Clone)]
 struct SideMedia {
     endpoints: Vec<SocketAddr>,
-    pt_map: HashMap<u8, Codec>,
+    pt_map: FxHashMap<u8, Codec>,
     /// First audio codec of the latest SDP of this side.
     preferred: Option<Codec>,
 }
@@ -251,7 +253,7 @@ struct Leg {
     clock: LegClock,
     decoder: Option<ActiveDecoder>,
     flow: Option<(Flow, Timestamp)>,
-    seq: HashMap<u32, SeqStats>,
+    seq: FxHashMap<u32, SeqStats>,
     meta: ChannelMeta,
     dtmf: Option<DtmfState>,
     warned_codecs: Vec<u8>,
@@ -264,7 +266,7 @@ impl Leg {
             clock: LegClock::new(params),
             decoder: None,
             flow: None,
-            seq: HashMap::new(),
+            seq: FxHashMap::default(),
             meta: ChannelMeta {
                 index: party.channel(),
                 party: match party {
@@ -346,9 +348,11 @@ impl Call {
 /// Everything but the network decoder (so the decoder's callback can borrow it).
 struct Tracker {
     cfg: EngineConfig,
-    calls: HashMap<CallKey, Call>,
+    // Per-packet lookups use a fast hash: the keys are our own (call keys)
+    // or addresses taken from SDP, not chosen freely by each packet.
+    calls: FxHashMap<CallKey, Call>,
     by_call_id: HashMap<String, CallKey>,
-    endpoints: HashMap<SocketAddr, (CallKey, Party)>,
+    endpoints: FxHashMap<SocketAddr, (CallKey, Party)>,
     framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
     stats: EngineStats,
     next_key: u64,
@@ -362,9 +366,9 @@ impl Tracker {
     fn new(cfg: EngineConfig) -> Self {
         Tracker {
             cfg,
-            calls: HashMap::new(),
+            calls: FxHashMap::default(),
             by_call_id: HashMap::new(),
-            endpoints: HashMap::new(),
+            endpoints: FxHashMap::default(),
             framers: HashMap::new(),
             stats: EngineStats::default(),
             next_key: 1,

@@ -91,8 +91,16 @@ impl TwoChannelMixer {
         if buf.len() < off + take {
             buf.resize(off + take, 0);
         }
-        for (i, s) in samples[..take].iter().enumerate() {
-            buf[off + i] = *s;
+        // The deque's storage is two slices; the samples may span both.
+        let (a, b) = buf.as_mut_slices();
+        let samples = &samples[..take];
+        if off < a.len() {
+            let n = (a.len() - off).min(take);
+            a[off..off + n].copy_from_slice(&samples[..n]);
+            b[..take - n].copy_from_slice(&samples[n..]);
+        } else {
+            let o = off - a.len();
+            b[o..o + take].copy_from_slice(samples);
         }
         self.end[ch] = self.end[ch].max(pos as u64 + take as u64);
     }
@@ -103,16 +111,23 @@ impl TwoChannelMixer {
             return;
         }
         let n = (pos - self.flushed) as usize;
-        out.reserve(n * 2);
-        let [a, b] = &mut self.chans;
-        let mut ia = a.drain(..n.min(a.len()));
-        let mut ib = b.drain(..n.min(b.len()));
-        for _ in 0..n {
-            out.push(ia.next().unwrap_or(0));
-            out.push(ib.next().unwrap_or(0));
+        let start = out.len();
+        // Silence first; then each channel's buffered samples into its slots.
+        out.resize(start + n * 2, 0);
+        let frames = &mut out[start..];
+        for (ch, buf) in self.chans.iter_mut().enumerate() {
+            let m = n.min(buf.len());
+            let (a, b) = buf.as_slices();
+            for (slot, s) in frames
+                .iter_mut()
+                .skip(ch)
+                .step_by(2)
+                .zip(a.iter().chain(b.iter()).take(m))
+            {
+                *slot = *s;
+            }
+            buf.drain(..m);
         }
-        drop(ia);
-        drop(ib);
         self.flushed = pos;
     }
 

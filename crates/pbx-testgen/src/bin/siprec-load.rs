@@ -181,6 +181,21 @@ fn main() {
     }
     let sip = UdpSocket::bind("127.0.0.1:0").expect("bind SIP socket");
     let local = sip.local_addr().expect("local addr");
+    {
+        // Room for a burst of answers (every BYE's 200 at once).
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                sip.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
     sip.set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
     let media: Vec<UdpSocket> = (0..8)
@@ -290,25 +305,38 @@ fn main() {
     while sip.recv_from(&mut buf).is_ok() {}
     let media_s = t0.elapsed().as_secs_f64();
 
-    // Hang up.
-    for id in &ids {
-        let s = &sessions[id];
-        let _ = sip.send_to(in_dialog("BYE", *id, 2, &s.to, local, srs).as_bytes(), srs);
-    }
+    // Hang up, retransmitting unanswered BYEs as a UAC does (RFC 3261 timer E:
+    // 500 ms doubling to 4 s) for up to 10 s.
+    let mut open: std::collections::BTreeSet<usize> = ids.iter().copied().collect();
     let bye_deadline = Instant::now() + Duration::from_secs(10);
+    let mut interval = Duration::from_millis(500);
     let mut byes = 0usize;
-    while byes < ids.len() && Instant::now() < bye_deadline {
-        if let Ok((n, _)) = sip.recv_from(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if let Some((_, 200, _, _, m)) = parse_answer(&msg) {
-                if m == "BYE" {
-                    byes += 1;
+    let mut bye_retransmissions = 0usize;
+    let mut first = true;
+    while !open.is_empty() && Instant::now() < bye_deadline {
+        for id in &open {
+            let s = &sessions[id];
+            let _ = sip.send_to(in_dialog("BYE", *id, 2, &s.to, local, srs).as_bytes(), srs);
+            if !first {
+                bye_retransmissions += 1;
+            }
+        }
+        first = false;
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !open.is_empty() {
+            if let Ok((n, _)) = sip.recv_from(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some((call, code, _, _, m)) = parse_answer(&msg) {
+                    if m == "BYE" && code >= 200 && open.remove(&call) {
+                        byes += 1;
+                    }
                 }
             }
         }
+        interval = (interval * 2).min(Duration::from_secs(4));
     }
     println!(
-        "{{\"calls\":{calls},\"answered\":{},\"failed\":{failed},\"setup_s\":{setup_s:.2},\"media_s\":{media_s:.2},\"packets_per_stream\":{packets_per_stream},\"packets_sent\":{sent},\"send_errors\":{send_errors},\"sender_worst_lag_ms\":{},\"byes_answered\":{byes}}}",
+        "{{\"calls\":{calls},\"answered\":{},\"failed\":{failed},\"setup_s\":{setup_s:.2},\"media_s\":{media_s:.2},\"packets_per_stream\":{packets_per_stream},\"packets_sent\":{sent},\"send_errors\":{send_errors},\"sender_worst_lag_ms\":{},\"byes_answered\":{byes},\"bye_retransmissions\":{bye_retransmissions}}}",
         sessions.len(),
         worst_lag.as_millis()
     );
