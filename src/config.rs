@@ -256,7 +256,8 @@ pub struct FolderConfig {
     pub path: PathBuf,
     /// Asterisk Master.csv to take call details from.
     pub cdr_csv: Option<PathBuf>,
-    /// A file counts as finished after this long unchanged.
+    /// A file counts as finished after this long unchanged (with inotify:
+    /// after being closed, then this long unchanged).
     pub settle: Duration,
     /// How changes in `path` are noticed.
     pub watch: FolderWatch,

@@ -1471,7 +1471,8 @@ impl FolderScanner {
             .partition(|(_, t)| *t <= now);
         self.fresh = later;
         look.extend(due.into_iter().map(|(p, _)| (p, false)));
-        look.sort();
+        // One look per path; an event's (listed again later) wins.
+        look.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         look.dedup_by(|a, b| a.0 == b.0);
         for (p, from_event) in look {
             let Ok(md) = fs::symlink_metadata(&p) else {
