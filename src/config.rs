@@ -256,8 +256,11 @@ pub struct FolderConfig {
     pub path: PathBuf,
     /// Asterisk Master.csv to take call details from.
     pub cdr_csv: Option<PathBuf>,
-    /// A file counts as finished after this long unchanged.
+    /// A file counts as finished after this long unchanged (with inotify:
+    /// after being closed, then this long unchanged).
     pub settle: Duration,
+    /// How changes in `path` are noticed.
+    pub watch: FolderWatch,
     /// FreePBX CDR database: a file holding `mysql://user:password@host/db`.
     pub cdr_db_url_file: Option<PathBuf>,
     /// The CDR table in that database.
@@ -284,6 +287,18 @@ pub struct FolderConfig {
     pub after_delivery: AfterDelivery,
     /// Where `after_delivery = "move"` puts them.
     pub move_to: Option<PathBuf>,
+}
+
+/// `sources.folder.watch`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderWatch {
+    /// inotify, unless `path` is on a network file system (NFS, SMB/CIFS,
+    /// FUSE, ...), whose writes made on other hosts raise no inotify event.
+    Auto,
+    /// inotify (polling only if inotify cannot be used).
+    Inotify,
+    /// Polling every second (directory mtimes, a full listing every 5 min).
+    Poll,
 }
 
 /// `sources.folder.after_delivery`
@@ -410,6 +425,7 @@ impl Config {
                     path: PathBuf::from("/var/spool/asterisk/monitor"),
                     cdr_csv: None,
                     settle: Duration::from_secs(5),
+                    watch: FolderWatch::Auto,
                     cdr_db_url_file: None,
                     cdr_db_table: "cdr".into(),
                     cdr_csv_columns: Vec::new(),
@@ -1851,6 +1867,17 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     });
     s.field(errs, "cdr_csv", &mut f.cdr_csv, to_opt_path);
     s.field(errs, "settle", &mut f.settle, to_duration);
+    s.field(errs, "watch", &mut f.watch, |n| {
+        match to_string(n)?.as_str() {
+            "auto" => Ok(FolderWatch::Auto),
+            "inotify" => Ok(FolderWatch::Inotify),
+            "poll" => Ok(FolderWatch::Poll),
+            v => Err(format!(
+                "{} is not one of \"auto\", \"inotify\", \"poll\"",
+                quote(v)
+            )),
+        }
+    });
     s.field(errs, "cdr_db_url_file", &mut f.cdr_db_url_file, to_opt_path);
     s.field(errs, "cdr_db_table", &mut f.cdr_db_table, |n| {
         let v = to_string(n)?;

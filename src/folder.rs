@@ -19,13 +19,47 @@
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
 //!   Stereo files are taken as they are; a mono mix goes on channel 0 with
 //!   silence on channel 1, `"mixed_mono": true` and a warning.
-//! - A file is taken only once it has been unchanged (size and mtime) for
-//!   `settle`; each file is taken once, even across restarts and renames (its
-//!   inode, size and mtime are remembered in `<spool>/.folder-seen`).
-//! - The folder is polled (every [`FolderSettings::poll`]); a directory whose
+//! - A file is taken only once the PBX has finished writing it. With
+//!   inotify: closed after writing (`IN_CLOSE_WRITE`), then unchanged for
+//!   `settle` (MixMonitor may reopen a file: a write after the close makes it
+//!   open again). A file written to and never closed is taken only after
+//!   [`FolderSettings::open_settle`] unchanged (a PBX holding a file open
+//!   without writing). Files found by a listing with no event about them (at
+//!   start, in a directory moved in) and every file while polling need
+//!   `settle` unchanged (size and mtime) between two looks. Each file is
+//!   taken once, even across restarts and renames (its inode, size and mtime
+//!   are remembered in `<spool>/.folder-seen`).
+//! - Changes are noticed by a recursive inotify watch on `path` (the
+//!   `notify` crate, its inotify backend; `watch = "inotify"`, or `"auto"`
+//!   on a local file system). The thread blocks on events and wakes only
+//!   when a file is due to have settled, a new directory is to be listed, a
+//!   recording waiting for its CDR row is looked up again (every
+//!   [`FolderSettings::poll`]), an `after_delivery` action waits for a
+//!   delivery, or for the safety listing of the whole tree every
+//!   [`FolderSettings::full_scan`]: an idle folder costs nothing. Writes are
+//!   only noted (one event per file per 500 ms reaches the thread); the
+//!   source's own reads raise no wake-up.
+//! - At start the whole tree is listed: files that appeared while the daemon
+//!   was down are taken. A new directory (created or moved in) is listed at
+//!   once, and again 2 s later (notify watches it only after reporting it,
+//!   so a file created in between raises no event); a directory deleted or
+//!   moved away is forgotten. A lost event (inotify queue overflow, this
+//!   side's queue of 65536 full, a watch error) makes the next pass list the
+//!   whole tree and start every settle wait again. When `path` itself is
+//!   deleted or moved away the source is not ready (`/readyz` says why) and
+//!   its parent is watched (polled every `poll` if the parent is gone too);
+//!   once `path` is back it is watched and listed again.
+//! - Polling instead: with `watch = "poll"`, with `"auto"` when `path` is
+//!   on a network file system (NFS, SMB/CIFS, FUSE, ...: changes made on
+//!   other hosts raise no inotify event there), and when inotify cannot be
+//!   used: the watch limit `fs.inotify.max_user_watches` is reached (at
+//!   start, or when a new directory is to be watched) or no inotify
+//!   instance is left. The last two are a warning in the log and in
+//!   `/status` / `/readyz` (`source.folder.watch`), never a failure of the
+//!   source. Polling scans every [`FolderSettings::poll`]: a directory whose
 //!   mtime has not changed since it was listed (and was quiet then) is not
-//!   listed again, only the files still settling are re-read; a full listing
-//!   runs every 5 minutes.
+//!   listed again, only the files still settling are re-read; the whole
+//!   tree is listed every `full_scan`.
 //! - An unreadable or undecodable file is logged, counted and marked seen; the
 //!   others continue. Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
@@ -45,6 +79,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,7 +94,7 @@ pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower
 use crate::cdr::csv::{CsvColumns, CsvStore};
 pub use crate::cdr::CdrRow;
 use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
-pub use crate::config::AfterDelivery;
+pub use crate::config::{AfterDelivery, FolderWatch};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
@@ -127,8 +162,19 @@ pub struct FolderSettings {
     pub raw_stereo: bool,
     /// Files larger than this are refused (memory bound).
     pub max_file_bytes: u64,
-    /// How often the folder is scanned.
+    /// How changes are noticed (`watch`).
+    pub watch: FolderWatch,
+    /// While polling: how often the folder is scanned. With inotify: how
+    /// often settled recordings waiting for their CDR row are looked up
+    /// again, and a vanished `path` whose parent is gone too is looked for.
     pub poll: Duration,
+    /// How often the whole tree is listed anyway (a safety net for events
+    /// inotify could not deliver, and for directory mtimes while polling).
+    pub full_scan: Duration,
+    /// With inotify: how long a file written to and not closed since must
+    /// stay unchanged before it is taken anyway (a PBX holding a file open
+    /// without writing). A closed file needs `settle`.
+    pub open_settle: Duration,
     /// How long a settled recording waits for its Master.csv row.
     pub cdr_wait: Duration,
     /// Rows of Master.csv kept in memory (oldest forgotten first).
@@ -209,7 +255,10 @@ impl Default for FolderSettings {
             move_to: None,
             raw_stereo: false,
             max_file_bytes: 1 << 30,
+            watch: FolderWatch::Auto,
             poll: Duration::from_secs(1),
+            full_scan: Duration::from_secs(300),
+            open_settle: Duration::from_secs(3600),
             cdr_wait: Duration::from_secs(60),
             max_cdr_rows: 200_000,
             max_depth: 12,
@@ -242,6 +291,7 @@ impl FolderSettings {
             after_delivery: f.after_delivery,
             move_to: f.move_to.clone(),
             raw_stereo: f.raw_stereo,
+            watch: f.watch,
             cdr_wait: f.cdr_wait,
             name_patterns,
             max_age: (!f.max_age.is_zero()).then_some(f.max_age),
@@ -953,11 +1003,39 @@ enum Lookup {
 #[derive(Debug, Clone)]
 struct Watch {
     key: FileKey,
+    /// Since when the file is known to be unchanged.
     since: Instant,
+    /// The pass that last read its metadata.
+    checked: Instant,
+}
+
+/// How long after it appeared a new directory is listed again (events mode):
+/// notify adds the watch of a new directory only after reporting it, so a
+/// file created in it in between raises no event.
+const FRESH_RELIST: Duration = Duration::from_secs(2);
+
+/// With `after_delivery`, how often (at most) an idle events-mode scanner
+/// asks the spool whether a watched recording was delivered.
+const AFTER_DELIVERY_POLL: Duration = Duration::from_secs(5);
+
+/// What an inotify event asks of the thread that owns the watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventEffect {
+    /// Noted; the next pass is due when [`FolderScanner::next_pass`] says.
+    Noted,
+    /// Something is to be listed: a pass now.
+    PassNow,
+    /// `path` is back (created or moved in again): watch it again, then a
+    /// full listing.
+    RootBack,
+    /// `path` itself was deleted or moved away.
+    RootGone,
 }
 
 /// Scans a PBX folder and converts settled recording sets (no thread: call
-/// [`FolderScanner::scan`] periodically; [`start`] does that in a thread).
+/// [`FolderScanner::scan`] periodically, or feed it inotify events with
+/// [`FolderScanner::note_event`] and call `scan` at
+/// [`FolderScanner::next_pass`]; [`start`] does that in a thread).
 #[derive(Debug)]
 pub struct FolderScanner {
     root: PathBuf,
@@ -974,12 +1052,29 @@ pub struct FolderScanner {
     spool_db: Option<crate::spool::Spool>,
     /// Watches whose action failed (reported once each).
     after_failed: HashSet<String>,
+    /// `after_delivery`: some recording taken is not delivered yet.
+    after_pending: bool,
     watching: HashMap<PathBuf, Watch>,
-    /// Directories listed: mtime then, subdirectories.
+    /// Directories listed: mtime then, subdirectories (polling only).
     dir_cache: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
     full_scan_at: Instant,
     /// Settled sets waiting for their CDR row: key → first settled.
     waiting_cdr: HashMap<PathBuf, Instant>,
+    /// Why `path` cannot be listed (deleted, moved away), while it cannot.
+    root_missing: Option<String>,
+    /// The next pass lists the whole tree.
+    rescan: bool,
+    /// Changes come as inotify events ([`FolderScanner::note_event`]).
+    events: bool,
+    /// Events mode: paths to look at in the next pass (a directory is listed
+    /// with everything below it).
+    to_list: HashSet<PathBuf>,
+    /// Events mode: new directories to list again, and when.
+    fresh: Vec<(PathBuf, Instant)>,
+    /// Events mode: the last event of each file since the last pass.
+    touched: HashMap<PathBuf, Instant>,
+    /// Events mode: files written to and not closed since.
+    open: HashSet<PathBuf>,
     pub counters: FolderCounters,
     pub written: Vec<Converted>,
     /// Recent errors (at most 100 kept).
@@ -1014,8 +1109,11 @@ impl FolderScanner {
                 settings.timezone,
             ))) as Box<dyn CdrStore>
         });
+        // Absolute, as inotify events name the files (not canonical: the
+        // configured path is kept, symbolic links and all).
+        let root = std::path::absolute(root)?;
         Ok(FolderScanner {
-            root: root.to_path_buf(),
+            root,
             spool: spool.to_path_buf(),
             spool_canon: fs::canonicalize(spool).ok(),
             agent_id: agent_id.to_string(),
@@ -1026,10 +1124,18 @@ impl FolderScanner {
             cdr_down: None,
             spool_db: None,
             after_failed: HashSet::new(),
+            after_pending: false,
             watching: HashMap::new(),
             dir_cache: HashMap::new(),
             full_scan_at: Instant::now(),
             waiting_cdr: HashMap::new(),
+            root_missing: None,
+            rescan: false,
+            events: false,
+            to_list: HashSet::new(),
+            fresh: Vec::new(),
+            touched: HashMap::new(),
+            open: HashSet::new(),
             counters: FolderCounters::default(),
             written: Vec::new(),
             errors: VecDeque::new(),
@@ -1046,6 +1152,51 @@ impl FolderScanner {
         self.cdr_down.as_deref()
     }
 
+    /// Why `path` cannot be listed now (it was deleted or moved away).
+    pub fn root_missing(&self) -> Option<&str> {
+        self.root_missing.as_deref()
+    }
+
+    /// The folder watched (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Switches to passes driven by inotify events (`true`; the caller has
+    /// just added the watch) or back to polling. Either way the next pass
+    /// lists the whole tree.
+    pub fn set_event_driven(&mut self, on: bool) {
+        self.events = on;
+        self.dir_cache.clear();
+        self.to_list.clear();
+        self.fresh.clear();
+        self.touched.clear();
+        self.open.clear();
+        self.rescan = true;
+    }
+
+    /// Whether passes are driven by inotify events.
+    pub fn event_driven(&self) -> bool {
+        self.events
+    }
+
+    /// The next pass lists the whole tree.
+    pub fn request_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    /// Events were lost (inotify queue overflow, a watch error): nothing
+    /// said since can be trusted. The next pass lists the whole tree, every
+    /// settle wait starts again at `now`, and no file counts as open.
+    pub fn lost_events(&mut self, now: Instant) {
+        self.rescan = true;
+        self.open.clear();
+        self.touched.clear();
+        for w in self.watching.values_mut() {
+            w.since = now;
+        }
+    }
+
     fn error(&mut self, msg: String) {
         tracing::error!(target: "pbx_edge::folder", "{msg}");
         if self.errors.len() >= 100 {
@@ -1054,18 +1205,205 @@ impl FolderScanner {
         self.errors.push_back(msg);
     }
 
-    fn walk(&mut self, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, fs::Metadata)>) {
-        // A directory whose mtime has not changed since it was listed (and
-        // was old enough then not to be racy) holds no new files: only its
-        // subdirectories are visited. Files still settling are re-read from
-        // `watching` by `scan`.
+    fn is_spool(&self, p: &Path) -> bool {
+        p.starts_with(&self.spool)
+            || self
+                .spool_canon
+                .as_deref()
+                .is_some_and(|c| p.starts_with(c))
+    }
+
+    fn too_old(&self, md: &fs::Metadata) -> bool {
+        self.settings.max_age.is_some_and(|age| {
+            md.modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|e| e > age)
+        })
+    }
+
+    /// How long `p` must stay unchanged.
+    fn need(&self, p: &Path) -> Duration {
+        if self.open.contains(p) {
+            self.settings.open_settle.max(self.settle)
+        } else {
+            self.settle
+        }
+    }
+
+    /// Forgets `p` and everything below it (deleted or moved away).
+    fn forget(&mut self, p: &Path) {
+        self.watching.retain(|k, _| !k.starts_with(p));
+        self.touched.retain(|k, _| !k.starts_with(p));
+        self.open.retain(|k| !k.starts_with(p));
+        self.to_list.retain(|k| !k.starts_with(p));
+        self.fresh.retain(|(k, _)| !k.starts_with(p));
+    }
+
+    /// Takes in one inotify event (events mode) at `now`.
+    pub fn note_event(&mut self, ev: &notify::Event, now: Instant) -> EventEffect {
+        if ev.need_rescan() {
+            self.lost_events(now);
+            return EventEffect::PassNow;
+        }
+        let mut effect = EventEffect::Noted;
+        for p in &ev.paths {
+            effect = effect.max(self.note_path(&ev.kind, p, now));
+        }
+        effect
+    }
+
+    fn note_path(&mut self, kind: &notify::EventKind, p: &Path, now: Instant) -> EventEffect {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        use notify::EventKind as K;
+        if p == self.root {
+            return match kind {
+                K::Remove(_) | K::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    EventEffect::RootGone
+                }
+                K::Create(_) | K::Modify(ModifyKind::Name(RenameMode::To)) => EventEffect::RootBack,
+                _ => EventEffect::Noted,
+            };
+        }
+        // Not below `path` (the parent's watch, while `path` is gone), too
+        // deep, or our own output.
+        let Ok(rel) = p.strip_prefix(&self.root) else {
+            return EventEffect::Noted;
+        };
+        if rel.components().count() > self.settings.max_depth + 1 || self.is_spool(p) {
+            return EventEffect::Noted;
+        }
+        let audio = p
+            .file_name()
+            .is_some_and(|n| is_audio_name(&n.to_string_lossy()));
+        match kind {
+            K::Access(AccessKind::Close(AccessMode::Write)) => {
+                if audio {
+                    self.touched.insert(p.to_path_buf(), now);
+                    self.open.remove(p);
+                }
+                EventEffect::Noted
+            }
+            K::Access(_) => EventEffect::Noted,
+            K::Create(CreateKind::File) | K::Modify(ModifyKind::Data(_)) => {
+                if audio {
+                    self.touched.insert(p.to_path_buf(), now);
+                    self.open.insert(p.to_path_buf());
+                }
+                EventEffect::Noted
+            }
+            K::Modify(ModifyKind::Metadata(_)) => {
+                if audio {
+                    self.touched.insert(p.to_path_buf(), now);
+                }
+                EventEffect::Noted
+            }
+            K::Modify(ModifyKind::Name(RenameMode::From)) | K::Remove(_) => {
+                self.forget(p);
+                EventEffect::Noted
+            }
+            // A rename gives From and To as well.
+            K::Modify(ModifyKind::Name(RenameMode::Both)) => EventEffect::Noted,
+            // A new directory, a file or directory moved in, or an event
+            // that does not say what happened: look at it.
+            _ => {
+                self.to_list.insert(p.to_path_buf());
+                EventEffect::PassNow
+            }
+        }
+    }
+
+    /// When the next pass is due in events mode (never before `now`): when
+    /// a file may have settled, a new directory is listed again, the safety
+    /// listing is due, or — every [`FolderSettings::poll`] — recordings wait
+    /// for their CDR row, `path` is missing or a delivery is awaited.
+    pub fn next_pass(&self, now: Instant) -> Instant {
+        let mut next = self.full_scan_at + self.settings.full_scan;
+        if self.rescan || !self.to_list.is_empty() {
+            return now;
+        }
+        for (p, w) in &self.watching {
+            let last = self.touched.get(p).map_or(w.since, |t| (*t).max(w.since));
+            let due = last + self.need(p);
+            // Past due and still here: it waits for its CDR row or for the
+            // other leg, which have their own deadlines.
+            if due > now {
+                next = next.min(due);
+            }
+        }
+        for (p, t) in &self.touched {
+            if !self.watching.contains_key(p) {
+                next = next.min(*t + self.need(p));
+            }
+        }
+        for (_, t) in &self.fresh {
+            next = next.min(*t);
+        }
+        if !self.waiting_cdr.is_empty() || self.root_missing.is_some() {
+            next = next.min(now + self.settings.poll);
+        }
+        if self.after_pending {
+            next = next.min(now + self.settings.poll.max(AFTER_DELIVERY_POLL));
+        }
+        next.max(now)
+    }
+
+    /// Whether `path` is there; notes (once) when it goes and comes back.
+    fn root_present(&mut self) -> bool {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => {
+                if self.root_missing.take().is_some() {
+                    tracing::info!(target: "pbx_edge::folder", path = %self.root.display(), "folder path is back: listing it");
+                    self.rescan = true;
+                }
+                true
+            }
+            r => {
+                if self.root_missing.is_none() {
+                    let why = match r {
+                        Ok(_) => "not a directory".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let msg = format!(
+                        "folder: sources.folder.path {}: {why}; waiting for it to come back",
+                        self.root.display()
+                    );
+                    self.counters.scan_errors += 1;
+                    self.error(msg.clone());
+                    self.root_missing = Some(msg);
+                }
+                // Nothing below it is there any more.
+                self.watching.clear();
+                self.waiting_cdr.clear();
+                self.dir_cache.clear();
+                self.to_list.clear();
+                self.fresh.clear();
+                self.touched.clear();
+                self.open.clear();
+                false
+            }
+        }
+    }
+
+    /// Lists `dir` and below: audio files into `out`. `cached`: a directory
+    /// whose mtime has not changed since it was listed (and was old enough
+    /// then not to be racy) holds no new files, only its subdirectories are
+    /// visited (polling; files still settling are re-read from `watching` by
+    /// `scan`).
+    fn walk(
+        &mut self,
+        dir: &Path,
+        depth: usize,
+        out: &mut Vec<(PathBuf, fs::Metadata)>,
+        cached: bool,
+    ) {
         let dir_mtime = fs::metadata(dir).ok().map(|m| (m.mtime(), m.mtime_nsec()));
-        if let (Some(mt), Some(cached)) = (dir_mtime, self.dir_cache.get(dir)) {
-            if cached.0 == mt {
-                let subdirs = cached.1.clone();
+        if let (true, Some(mt), Some(c)) = (cached, dir_mtime, self.dir_cache.get(dir)) {
+            if c.0 == mt {
+                let subdirs = c.1.clone();
                 for sub in subdirs {
                     if depth < self.settings.max_depth {
-                        self.walk(&sub, depth + 1, out);
+                        self.walk(&sub, depth + 1, out, cached);
                     }
                 }
                 return;
@@ -1090,7 +1428,7 @@ impl FolderScanner {
                 }
                 subdirs.push(p.clone());
                 if depth < self.settings.max_depth {
-                    self.walk(&p, depth + 1, out);
+                    self.walk(&p, depth + 1, out, cached);
                 }
             } else if ft.is_file() {
                 let name = entry.file_name();
@@ -1098,17 +1436,14 @@ impl FolderScanner {
                     continue;
                 }
                 if let Ok(md) = entry.metadata() {
-                    let too_old = self.settings.max_age.is_some_and(|age| {
-                        md.modified()
-                            .ok()
-                            .and_then(|m| m.elapsed().ok())
-                            .is_some_and(|e| e > age)
-                    });
-                    if !too_old {
+                    if !self.too_old(&md) {
                         out.push((p, md));
                     }
                 }
             }
+        }
+        if !cached {
+            return;
         }
         // Cache only a listing that cannot race a file created in the same
         // mtime tick: the directory must have been quiet for 2 s.
@@ -1127,29 +1462,99 @@ impl FolderScanner {
         }
     }
 
+    /// Events mode, no full listing: what the events named (directories
+    /// listed with everything below them).
+    fn look_at_events(&mut self, now: Instant, out: &mut Vec<(PathBuf, fs::Metadata)>) {
+        let mut look: Vec<(PathBuf, bool)> = self.to_list.drain().map(|p| (p, true)).collect();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fresh)
+            .into_iter()
+            .partition(|(_, t)| *t <= now);
+        self.fresh = later;
+        look.extend(due.into_iter().map(|(p, _)| (p, false)));
+        // One look per path; an event's (listed again later) wins.
+        look.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        look.dedup_by(|a, b| a.0 == b.0);
+        for (p, from_event) in look {
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                if self.is_spool(&p)
+                    || self.spool_canon.as_deref() == fs::canonicalize(&p).ok().as_deref()
+                {
+                    continue;
+                }
+                let depth = p
+                    .strip_prefix(&self.root)
+                    .map_or(0, |r| r.components().count());
+                if depth > self.settings.max_depth {
+                    continue;
+                }
+                self.walk(&p, depth, out, false);
+                if from_event {
+                    self.fresh.push((p, now + FRESH_RELIST));
+                }
+            } else if md.is_file()
+                && p.file_name()
+                    .is_some_and(|n| is_audio_name(&n.to_string_lossy()))
+                && !self.too_old(&md)
+            {
+                out.push((p, md));
+            }
+        }
+    }
+
     /// One pass: notices new and changed files, converts the sets whose files
-    /// have all been unchanged for `settle`. Returns how many were written.
+    /// have all been unchanged for `settle` (and, with inotify, closed).
+    /// Returns how many were written.
     pub fn scan(&mut self, now: Instant) -> usize {
         self.after_delivery_pass();
-        // A full listing now and then, whatever the directory mtimes say.
-        if now.saturating_duration_since(self.full_scan_at) >= Duration::from_secs(300) {
+        if !self.root_present() {
+            return 0;
+        }
+        // A full listing now and then, whatever the directory mtimes or the
+        // events say.
+        if self.rescan
+            || now.saturating_duration_since(self.full_scan_at) >= self.settings.full_scan
+        {
+            self.rescan = false;
             self.dir_cache.clear();
             self.full_scan_at = now;
+            // New directories among them are listed again all the same.
+            for p in std::mem::take(&mut self.to_list) {
+                self.fresh.push((p, now + FRESH_RELIST));
+            }
+            let root = self.root.clone();
+            let mut found = Vec::new();
+            self.walk(&root, 0, &mut found, !self.events);
+            return self.settle_and_take(found, now);
         }
         let mut found = Vec::new();
-        let root = self.root.clone();
-        self.walk(&root, 0, &mut found);
-        // Files still settling in directories that were not listed again.
+        if self.events {
+            self.look_at_events(now, &mut found);
+        } else {
+            let root = self.root.clone();
+            self.walk(&root, 0, &mut found, true);
+        }
+        self.settle_and_take(found, now)
+    }
+
+    fn settle_and_take(&mut self, mut found: Vec<(PathBuf, fs::Metadata)>, now: Instant) -> usize {
+        // Files still settling (or written to since the last pass) that the
+        // listing did not cover.
         let listed: HashSet<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
-        let pending: Vec<PathBuf> = self
+        let mut pending: Vec<PathBuf> = self
             .watching
             .keys()
+            .chain(self.touched.keys())
             .filter(|p| !listed.contains(*p))
             .cloned()
             .collect();
+        pending.sort();
+        pending.dedup();
         for p in pending {
-            if let Ok(md) = fs::metadata(&p) {
-                if md.is_file() {
+            if let Ok(md) = fs::symlink_metadata(&p) {
+                if md.is_file() && (self.watching.contains_key(&p) || !self.too_old(&md)) {
                     found.push((p, md));
                 }
             }
@@ -1164,31 +1569,43 @@ impl FolderScanner {
         }
         self.watching.retain(|p, _| present.contains_key(p));
         for (p, key) in &present {
+            // An event after the last look: unchanged since that event (the
+            // writes before it are in what was just read).
+            let event = self.touched.remove(p).map(|t| t.min(now));
             match self.watching.get_mut(p) {
-                Some(w) if w.key == *key => {}
                 Some(w) => {
+                    match event {
+                        Some(t) if t >= w.checked => w.since = t,
+                        _ if w.key != *key => w.since = now,
+                        _ => {}
+                    }
                     w.key = *key;
-                    w.since = now;
+                    w.checked = now;
                 }
                 None => {
                     self.watching.insert(
                         p.clone(),
                         Watch {
                             key: *key,
-                            since: now,
+                            since: event.unwrap_or(now),
+                            checked: now,
                         },
                     );
                 }
             }
         }
+        // What the events said is in `watching` now.
+        self.touched.clear();
+        let watching = &self.watching;
+        self.open.retain(|p| watching.contains_key(p));
         let files: Vec<PathBuf> = present.keys().cloned().collect();
         let settled: Vec<RecordingSet> = group_sets(&files)
             .into_iter()
             .filter(|set| {
                 set.files().iter().all(|f| {
-                    self.watching
-                        .get(*f)
-                        .is_some_and(|w| now.saturating_duration_since(w.since) >= self.settle)
+                    self.watching.get(*f).is_some_and(|w| {
+                        now.saturating_duration_since(w.since) >= self.need(f.as_path())
+                    })
                 })
             })
             .collect();
@@ -1228,6 +1645,7 @@ impl FolderScanner {
             .map(|f| f.to_string_lossy().into_owned())
             .collect();
         let note = serde_json::to_string(&files).unwrap_or_default();
+        self.after_pending = true;
         let res = self.spool_db().map(|db| db.watch_delivery(id, &note));
         if let Some(Err(e)) = res {
             self.counters.scan_errors += 1;
@@ -1240,6 +1658,8 @@ impl FolderScanner {
         if self.settings.after_delivery == AfterDelivery::Leave {
             return;
         }
+        // Tried again later unless nothing is left to wait for.
+        self.after_pending = true;
         let done = match self.spool_db().map(|db| db.delivered_watches()) {
             Some(Ok(v)) => v,
             Some(Err(e)) => {
@@ -1278,6 +1698,11 @@ impl FolderScanner {
                 }
             }
         }
+        let waiting = self
+            .spool_db
+            .as_ref()
+            .is_none_or(|db| db.watches_pending().unwrap_or(true));
+        self.after_pending = waiting || !self.after_failed.is_empty();
     }
 
     fn after_one(&self, f: &Path) -> io::Result<()> {
@@ -1451,6 +1876,7 @@ impl FolderScanner {
         }
         for f in set.files() {
             self.watching.remove(f);
+            self.open.remove(f);
         }
         ok
     }
@@ -1458,44 +1884,513 @@ impl FolderScanner {
 
 // ---------------------------------------------------------------- thread
 
+/// What wakes the folder thread.
+enum Wake {
+    /// From notify's thread.
+    Event(notify::Result<notify::Event>),
+    /// The event queue was full: events were dropped.
+    Lost,
+    Stop,
+}
+
+/// Events queued between notify's thread and the folder thread; more are
+/// dropped and make the next pass list everything (as an inotify overflow).
+const EVENT_QUEUE: usize = 65_536;
+
+/// A file's writes within this long of the last one forwarded are not
+/// forwarded (MixMonitor writes every 20 ms; "closed" always is).
+const WRITE_COALESCE: Duration = Duration::from_millis(500);
+
+/// Passes notify's events to the folder thread, keeping only what the
+/// folder source uses: opens and reads (its own among them) and events of
+/// files that are not recordings are dropped, a run of writes to one file is
+/// one event per [`WRITE_COALESCE`], and a full queue is one [`Wake::Lost`].
+struct EventSink {
+    tx: SyncSender<Wake>,
+    lost: Arc<AtomicBool>,
+    /// Files whose last forwarded event was a write, and when.
+    writes: HashMap<PathBuf, Instant>,
+}
+
+impl EventSink {
+    fn wanted(&mut self, ev: &notify::Event) -> bool {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode,
+        };
+        use notify::EventKind as K;
+        if ev.need_rescan() {
+            return true;
+        }
+        let audio = ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| is_audio_name(&n.to_string_lossy()))
+        });
+        match &ev.kind {
+            K::Access(AccessKind::Close(AccessMode::Write)) => {
+                for p in &ev.paths {
+                    self.writes.remove(p);
+                }
+                audio
+            }
+            K::Access(_) => false,
+            K::Modify(ModifyKind::Data(_)) => {
+                let (Some(p), true) = (ev.paths.first(), audio) else {
+                    return false;
+                };
+                let now = Instant::now();
+                if self
+                    .writes
+                    .get(p)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < WRITE_COALESCE)
+                {
+                    return false;
+                }
+                if self.writes.len() >= 10_000 {
+                    self.writes.clear();
+                }
+                self.writes.insert(p.clone(), now);
+                true
+            }
+            K::Create(CreateKind::File) | K::Modify(ModifyKind::Metadata(_)) => {
+                for p in &ev.paths {
+                    self.writes.remove(p);
+                }
+                audio
+            }
+            K::Remove(RemoveKind::File) => {
+                for p in &ev.paths {
+                    self.writes.remove(p);
+                }
+                audio
+            }
+            K::Modify(ModifyKind::Name(RenameMode::Both)) => false,
+            _ => true,
+        }
+    }
+}
+
+impl notify::EventHandler for EventSink {
+    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
+        if let Ok(ev) = &event {
+            if !self.wanted(ev) {
+                return;
+            }
+        }
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Wake::Event(event)) {
+            // Flag first: the folder thread checks it after draining.
+            self.lost.store(true, Ordering::SeqCst);
+            let _ = self.tx.try_send(Wake::Lost);
+        }
+    }
+}
+
+/// What a notify error means for the watch, for people.
+fn watch_error(e: &notify::Error) -> String {
+    let sysctl = |name: &str| {
+        fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => format!(
+            "the inotify watch limit is reached (fs.inotify.max_user_watches = {}, one watch per \
+             directory); raise it (sysctl fs.inotify.max_user_watches=524288, and in \
+             /etc/sysctl.d/) and restart pbx-edge",
+            sysctl("max_user_watches")
+        ),
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => format!(
+            "no inotify instance left (fs.inotify.max_user_instances = {}); raise it and \
+             restart pbx-edge",
+            sysctl("max_user_instances")
+        ),
+        _ => format!("inotify: {e}"),
+    }
+}
+
+/// The network file system `path` is on, if it is one: inotify sees only
+/// the changes made through this host's kernel, not a PBX writing on another
+/// host.
+pub fn network_fs(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills the zeroed struct; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // f_type is a signed word whose width differs between targets; the
+    // magic numbers are 32-bit.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u32;
+    Some(match magic {
+        0x6969 => "NFS",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x517B => "SMB",
+        0x6573_5546 => "FUSE",
+        0x0102_1997 => "9P",
+        0x00C3_6400 => "Ceph",
+        0x6B41_4653 => "AFS",
+        0x5346_414F => "OpenAFS",
+        0x4750_4653 => "GPFS",
+        0x0BD0_0BD0 => "Lustre",
+        0x564C => "NCP",
+        0x7461_636F => "OCFS2",
+        0x0116_1970 => "GFS2",
+        _ => return None,
+    })
+}
+
+/// How the folder thread learns of changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Inotify,
+    Poll,
+}
+
+/// The folder thread: the scanner, the inotify watch, and the status it
+/// publishes.
+struct FolderLoop {
+    scanner: FolderScanner,
+    root: PathBuf,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+    watch: FolderWatch,
+    poll: Duration,
+    mode: Mode,
+    watcher: Option<notify::INotifyWatcher>,
+    /// `path` is gone: its parent, watched for it to come back (if it could be).
+    root_gone: Option<Option<PathBuf>>,
+    /// What `/status` and `/readyz` say of the watch.
+    note: String,
+    tx: SyncSender<Wake>,
+    rx: Receiver<Wake>,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What handling one wake-up asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Next {
+    Wait,
+    Pass,
+    Stop,
+}
+
+impl FolderLoop {
+    fn new(
+        scanner: FolderScanner,
+        watch: FolderWatch,
+        poll: Duration,
+        status: SharedStatus,
+        live: Arc<Liveness>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let (tx, rx) = sync_channel(EVENT_QUEUE);
+        FolderLoop {
+            root: scanner.root().to_path_buf(),
+            scanner,
+            status,
+            live,
+            watch,
+            poll,
+            mode: Mode::Poll,
+            watcher: None,
+            root_gone: None,
+            note: String::new(),
+            tx,
+            rx,
+            lost: Arc::new(AtomicBool::new(false)),
+            stop,
+        }
+    }
+
+    fn polling(&self) -> String {
+        let p = self.poll;
+        if p.subsec_millis() == 0 {
+            format!("polling every {}s", p.as_secs())
+        } else {
+            format!("polling every {}ms", p.as_millis())
+        }
+    }
+
+    /// Chooses inotify or polling, and adds the watch.
+    fn start_watch(&mut self) {
+        let fs_kind = network_fs(&self.root);
+        match (self.watch, fs_kind) {
+            (FolderWatch::Poll, _) => {
+                self.note = format!("{} (watch = \"poll\")", self.polling());
+                self.set_poll();
+                tracing::info!(target: "pbx_edge::folder", path = %self.root.display(), "folder: {}", self.note);
+            }
+            (FolderWatch::Auto, Some(kind)) => {
+                self.note = format!(
+                    "{}: {} is on a network file system ({kind}), where changes made by other \
+                     hosts raise no inotify event (watch = \"inotify\" to use inotify anyway)",
+                    self.polling(),
+                    self.root.display()
+                );
+                self.set_poll();
+                tracing::info!(target: "pbx_edge::folder", "folder: {}", self.note);
+            }
+            _ => match self.add_watch() {
+                Ok(()) => {
+                    self.mode = Mode::Inotify;
+                    self.note = "inotify".into();
+                    self.scanner.set_event_driven(true);
+                    tracing::info!(target: "pbx_edge::folder", path = %self.root.display(), "folder: watching with inotify");
+                }
+                Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {
+                    // Gone since start() looked: watched for when it is back.
+                    self.mode = Mode::Inotify;
+                    self.note = "inotify".into();
+                    self.scanner.set_event_driven(true);
+                    self.on_root_gone();
+                }
+                Err(e) => self.fall_back(&watch_error(&e)),
+            },
+        }
+    }
+
+    fn set_poll(&mut self) {
+        self.mode = Mode::Poll;
+        self.watcher = None;
+        self.root_gone = None;
+        if self.scanner.event_driven() {
+            self.scanner.set_event_driven(false);
+        }
+    }
+
+    /// A recursive watch on `path` (a new inotify instance if there is none).
+    fn add_watch(&mut self) -> notify::Result<()> {
+        use notify::Watcher;
+        if self.watcher.is_none() {
+            let sink = EventSink {
+                tx: self.tx.clone(),
+                lost: self.lost.clone(),
+                writes: HashMap::new(),
+            };
+            let cfg = notify::Config::default().with_follow_symlinks(false);
+            self.watcher = Some(notify::INotifyWatcher::new(sink, cfg)?);
+        }
+        let w = self.watcher.as_mut().expect("watcher just set");
+        w.watch(&self.root, notify::RecursiveMode::Recursive)
+    }
+
+    /// inotify cannot be used (any more): polling from now on.
+    fn fall_back(&mut self, why: &str) {
+        self.note = format!("{} instead of inotify: {why}", self.polling());
+        tracing::warn!(target: "pbx_edge::folder", path = %self.root.display(), "folder: {}", self.note);
+        self.set_poll();
+    }
+
+    /// `path` was deleted or moved away: its parent is watched for it.
+    fn on_root_gone(&mut self) {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        let _ = w.unwatch(&self.root);
+        let parent = self
+            .root
+            .parent()
+            .filter(|p| p.is_dir())
+            .map(Path::to_path_buf)
+            .filter(|p| w.watch(p, notify::RecursiveMode::NonRecursive).is_ok());
+        tracing::warn!(target: "pbx_edge::folder", path = %self.root.display(), "folder path is gone: waiting for it");
+        self.root_gone = Some(parent);
+    }
+
+    /// `path` is there again: watched and listed again.
+    fn on_root_back(&mut self) {
+        use notify::Watcher;
+        let Some(parent) = self.root_gone.take() else {
+            return;
+        };
+        if let (Some(p), Some(w)) = (parent, self.watcher.as_mut()) {
+            let _ = w.unwatch(&p);
+        }
+        match self.add_watch() {
+            Ok(()) => self.scanner.request_rescan(),
+            Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => self.on_root_gone(),
+            Err(e) => self.fall_back(&watch_error(&e)),
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.scanner;
+        if let Ok(mut st) = self.status.lock() {
+            let src = st.sources.entry("folder".to_string()).or_default();
+            // A CDR store that cannot answer holds recordings back, a
+            // missing folder gives none: not ready.
+            src.up = s.cdr_down().is_none() && s.root_missing().is_none();
+            src.error = s
+                .root_missing()
+                .or(s.cdr_down())
+                .map(str::to_string)
+                .or_else(|| s.errors.back().cloned());
+            src.listen = self.root.display().to_string();
+            src.watch = Some(self.note.clone());
+            src.errors = s.counters.failed + s.counters.scan_errors;
+            src.recordings_written = s.counters.written;
+            src.recordings_failed = s.counters.failed;
+            src.bytes_written = s.counters.bytes;
+        }
+    }
+
+    /// One wake-up's message.
+    fn handle(&mut self, msg: Wake, now: Instant) -> Next {
+        match msg {
+            Wake::Stop => Next::Stop,
+            Wake::Lost => {
+                if self.mode == Mode::Inotify {
+                    self.scanner.lost_events(now);
+                }
+                Next::Pass
+            }
+            Wake::Event(_) if self.mode != Mode::Inotify => Next::Wait,
+            Wake::Event(Err(e)) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    // A new directory could not be watched.
+                    self.fall_back(&watch_error(&e));
+                } else {
+                    tracing::warn!(target: "pbx_edge::folder", "folder: {}; listing the folder again", watch_error(&e));
+                    self.scanner.lost_events(now);
+                }
+                Next::Pass
+            }
+            Wake::Event(Ok(ev)) => match self.scanner.note_event(&ev, now) {
+                EventEffect::Noted => Next::Wait,
+                EventEffect::PassNow => Next::Pass,
+                EventEffect::RootGone => {
+                    if self.root_gone.is_none() {
+                        self.on_root_gone();
+                    }
+                    Next::Pass
+                }
+                EventEffect::RootBack => {
+                    self.on_root_back();
+                    Next::Pass
+                }
+            },
+        }
+    }
+
+    /// When the next pass is due.
+    fn due(&self, now: Instant) -> Instant {
+        let mut due = match self.mode {
+            Mode::Inotify => self.scanner.next_pass(now),
+            Mode::Poll => now + self.poll,
+        };
+        // Gone with its parent: nothing to watch, look for it.
+        if let Some(None) = self.root_gone {
+            due = due.min(now + self.poll);
+        }
+        due
+    }
+
+    /// Blocks until the next pass is due or events ask for one; `false`:
+    /// stop.
+    fn wait(&mut self) -> bool {
+        // Gone without an event saying so (unmounted, say): watched for.
+        if self.mode == Mode::Inotify
+            && self.root_gone.is_none()
+            && self.scanner.root_missing().is_some()
+        {
+            self.on_root_gone();
+        }
+        if self.root_gone.is_some() && self.root.is_dir() {
+            self.on_root_back();
+            return true;
+        }
+        let mut due = self.due(Instant::now());
+        // Blocked for work, not stalled.
+        self.live.waiting("folder");
+        loop {
+            let now = Instant::now();
+            let left = due.saturating_duration_since(now);
+            if left.is_zero() {
+                return true;
+            }
+            let msg = match self.rx.recv_timeout(left) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            };
+            let now = Instant::now();
+            let mut next = self.handle(msg, now);
+            // What else is queued, bounded: a pass still runs when due.
+            for _ in 0..EVENT_QUEUE {
+                let Ok(m) = self.rx.try_recv() else { break };
+                next = next.max(self.handle(m, now));
+            }
+            if self.lost.swap(false, Ordering::SeqCst) && self.mode == Mode::Inotify {
+                self.scanner.lost_events(now);
+                next = next.max(Next::Pass);
+            }
+            if next == Next::Stop || self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            if next == Next::Pass {
+                return true;
+            }
+            due = self.due(now);
+        }
+    }
+
+    fn run(mut self) {
+        self.start_watch();
+        while !self.stop.load(Ordering::SeqCst) {
+            self.live.beat("folder");
+            self.scanner.scan(Instant::now());
+            self.publish();
+            self.live.beat("folder");
+            if !self.wait() {
+                break;
+            }
+        }
+        self.live.forget("folder");
+    }
+}
+
 /// The running folder source.
 #[derive(Debug)]
 pub struct FolderHandle {
     stop: Arc<AtomicBool>,
+    wake: SyncSender<Wake>,
     thread: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Wake::Event(_) => "Event",
+            Wake::Lost => "Lost",
+            Wake::Stop => "Stop",
+        })
+    }
+}
+
 impl FolderHandle {
-    /// Stops the scanner thread and waits for it (at most one poll interval
-    /// plus the conversion in progress).
+    /// Stops the scanner thread and waits for it (at most the conversion in
+    /// progress).
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    fn signal(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // A full queue wakes the thread anyway; it then sees `stop`.
+        let _ = self.wake.try_send(Wake::Stop);
     }
 }
 
 impl Drop for FolderHandle {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn publish(status: &SharedStatus, root: &Path, s: &FolderScanner) {
-    if let Ok(mut st) = status.lock() {
-        let src = st.sources.entry("folder".to_string()).or_default();
-        // A CDR store that cannot answer holds recordings back: not ready.
-        src.up = s.cdr_down().is_none();
-        src.error = s
-            .cdr_down()
-            .map(str::to_string)
-            .or_else(|| s.errors.back().cloned());
-        src.listen = root.display().to_string();
-        src.errors = s.counters.failed + s.counters.scan_errors;
-        src.recordings_written = s.counters.written;
-        src.recordings_failed = s.counters.failed;
-        src.bytes_written = s.counters.bytes;
+        self.signal();
     }
 }
 
@@ -1525,6 +2420,7 @@ pub fn start_with(
         ));
     }
     let poll = settings.poll.max(Duration::from_millis(50));
+    let watch = settings.watch;
     let db = db_store(f, settings.timezone)?;
     let mut scanner = FolderScanner::new(
         &f.path,
@@ -1537,27 +2433,15 @@ pub fn start_with(
     if let Some(db) = db {
         scanner.set_cdr_store(db);
     }
-    let root = f.path.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let run = FolderLoop::new(scanner, watch, poll, status, live, stop.clone());
+    let wake = run.tx.clone();
     let thread = std::thread::Builder::new()
         .name("folder".into())
-        .spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                scanner.scan(Instant::now());
-                publish(&status, &root, &scanner);
-                live.beat("folder");
-                let mut slept = Duration::ZERO;
-                while slept < poll && !stop2.load(Ordering::SeqCst) {
-                    let step = Duration::from_millis(50).min(poll - slept);
-                    std::thread::sleep(step);
-                    slept += step;
-                }
-            }
-            live.forget("folder");
-        })?;
+        .spawn(move || run.run())?;
     Ok(FolderHandle {
         stop,
+        wake,
         thread: Some(thread),
     })
 }
@@ -1640,5 +2524,429 @@ mod tests {
             let _ = parse_cdr_datetime(&s);
             let _ = split_name(&s);
         }
+    }
+}
+
+/// The event-driven side: events fed by hand (exact times), a real inotify
+/// overflow, the watch-limit fallback, the event sink's filter.
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
+    };
+    use notify::{Event, EventKind};
+
+    const SETTLE: Duration = Duration::from_secs(5);
+
+    fn settings() -> FolderSettings {
+        FolderSettings {
+            full_scan: Duration::from_secs(3600),
+            open_settle: Duration::from_secs(600),
+            ..FolderSettings::default()
+        }
+    }
+
+    fn events_scanner(root: &Path, spool: &Path) -> FolderScanner {
+        fs::create_dir_all(root).unwrap();
+        let mut s = FolderScanner::new(root, spool, "t", None, SETTLE, settings()).unwrap();
+        s.set_event_driven(true);
+        s
+    }
+
+    fn ev(kind: EventKind, p: &Path) -> Event {
+        Event::new(kind).add_path(p.to_path_buf())
+    }
+
+    fn sln(p: &Path, ms: u32) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let b: Vec<u8> = pbx_testgen::audio::speechlike(1, ms, 8000)
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        fs::write(p, b).unwrap();
+    }
+
+    const CREATED: EventKind = EventKind::Create(CreateKind::File);
+    const WRITTEN: EventKind = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+    const CLOSED: EventKind = EventKind::Access(AccessKind::Close(AccessMode::Write));
+
+    #[test]
+    fn closed_after_write_then_quiet_for_settle_and_not_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        assert_eq!(s.scan(t0), 0, "the start-up listing: nothing there");
+        // Idle: nothing due before the safety listing.
+        assert_eq!(s.next_pass(t0), t0 + Duration::from_secs(3600));
+
+        let p = root.join("1700000200.1.sln");
+        sln(&p, 200);
+        assert_eq!(s.note_event(&ev(CREATED, &p), t0), EventEffect::Noted);
+        assert_eq!(
+            s.note_event(&ev(WRITTEN, &p), t0 + Duration::from_secs(1)),
+            EventEffect::Noted
+        );
+        // Open: due only after open_settle.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(s.next_pass(t1), t1 + Duration::from_secs(600));
+        assert_eq!(
+            s.scan(t0 + SETTLE * 2),
+            0,
+            "quiet for settle but not closed"
+        );
+        // Our own reads (open, close without write) change nothing.
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert_eq!(
+            s.note_event(&ev(read, &p), t0 + SETTLE * 2),
+            EventEffect::Noted
+        );
+        // Closed: due `settle` after the close.
+        let tc = t0 + SETTLE * 2 + Duration::from_secs(1);
+        assert_eq!(s.note_event(&ev(CLOSED, &p), tc), EventEffect::Noted);
+        assert_eq!(s.next_pass(tc), tc + SETTLE);
+        assert_eq!(s.scan(tc + SETTLE - Duration::from_millis(1)), 0);
+        assert_eq!(s.scan(tc + SETTLE), 1, "{:?}", s.errors);
+        assert_eq!(s.written[0].duration_ms, 200);
+        // Taken once: a late close event does not bring it back.
+        assert_eq!(
+            s.note_event(&ev(CLOSED, &p), tc + SETTLE * 2),
+            EventEffect::Noted
+        );
+        assert_eq!(s.scan(tc + SETTLE * 4), 0);
+        assert_eq!(s.next_pass(tc + SETTLE * 4), t0 + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn reopened_after_close_waits_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        let p = root.join("1700000201.1.sln");
+        sln(&p, 100);
+        s.note_event(&ev(CREATED, &p), t0);
+        s.note_event(&ev(CLOSED, &p), t0);
+        // MixMonitor opens it again and writes: open again.
+        let t1 = t0 + Duration::from_secs(3);
+        sln(&p, 300);
+        s.note_event(&ev(WRITTEN, &p), t1);
+        assert_eq!(s.scan(t0 + SETTLE * 3), 0, "written after the close: open");
+        s.note_event(&ev(CLOSED, &p), t0 + SETTLE * 3);
+        assert_eq!(s.scan(t0 + SETTLE * 4), 1, "{:?}", s.errors);
+        assert_eq!(s.written[0].duration_ms, 300);
+    }
+
+    #[test]
+    fn new_directory_listed_at_once_and_again_later() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        // mkdir -p 2026/11/24 and a file in it before its watch existed:
+        // only the event of the top directory arrives.
+        let d = root.join("2026/11/24");
+        sln(&d.join("1700000210.1.sln"), 100);
+        let top = root.join("2026");
+        let dir_ev = ev(EventKind::Create(CreateKind::Folder), &top);
+        assert_eq!(s.note_event(&dir_ev, t0), EventEffect::PassNow);
+        assert_eq!(s.next_pass(t0), t0, "listed at once");
+        assert_eq!(s.scan(t0), 0);
+        // Listed again FRESH_RELIST later: catches a file made meanwhile.
+        assert_eq!(s.next_pass(t0), t0 + FRESH_RELIST);
+        sln(&d.join("1700000211.1.sln"), 100);
+        assert_eq!(s.scan(t0 + FRESH_RELIST), 0);
+        assert_eq!(s.next_pass(t0 + FRESH_RELIST), t0 + SETTLE);
+        assert_eq!(s.scan(t0 + SETTLE), 1, "the first one");
+        assert_eq!(s.scan(t0 + FRESH_RELIST + SETTLE), 1, "the one found later");
+        // A file moved in (rename): looked at, settles from then.
+        let outside = tmp.path().join("elsewhere.sln");
+        sln(&outside, 100);
+        let moved = d.join("1700000212.1.sln");
+        fs::rename(&outside, &moved).unwrap();
+        let t1 = t0 + SETTLE * 3;
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(s.note_event(&ev(to, &moved), t1), EventEffect::PassNow);
+        assert_eq!(s.scan(t1), 0);
+        assert_eq!(s.scan(t1 + SETTLE), 1);
+        assert_eq!(s.counters.written, 3);
+    }
+
+    #[test]
+    fn deleted_directory_is_forgotten_and_root_events_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        let d = root.join("2026/11/24");
+        let p = d.join("1700000220.1.sln");
+        sln(&p, 100);
+        s.note_event(&ev(CREATED, &p), t0);
+        s.note_event(&ev(CLOSED, &p), t0);
+        assert_eq!(s.scan(t0 + Duration::from_secs(1)), 0);
+        assert_eq!(s.next_pass(t0 + Duration::from_secs(1)), t0 + SETTLE);
+        fs::remove_dir_all(root.join("2026")).unwrap();
+        let rm = EventKind::Remove(RemoveKind::Folder);
+        assert_eq!(
+            s.note_event(&ev(rm, &root.join("2026")), t0 + Duration::from_secs(2)),
+            EventEffect::Noted
+        );
+        assert_eq!(
+            s.next_pass(t0 + Duration::from_secs(2)),
+            t0 + Duration::from_secs(3600),
+            "nothing left to wait for"
+        );
+        // The watched folder itself.
+        let root_abs = s.root().to_path_buf();
+        assert_eq!(s.note_event(&ev(rm, &root_abs), t0), EventEffect::RootGone);
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert_eq!(
+            s.note_event(&ev(from, &root_abs), t0),
+            EventEffect::RootGone
+        );
+        let mk = EventKind::Create(CreateKind::Folder);
+        assert_eq!(s.note_event(&ev(mk, &root_abs), t0), EventEffect::RootBack);
+        // The parent's other entries are none of our business.
+        let sibling = tmp.path().join("other.wav");
+        assert_eq!(s.note_event(&ev(CREATED, &sibling), t0), EventEffect::Noted);
+        assert_eq!(
+            s.next_pass(t0 + Duration::from_secs(3)),
+            t0 + Duration::from_secs(3600)
+        );
+        // Gone for real: reported, then listed again once back.
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(s.scan(t0 + Duration::from_secs(3)), 0);
+        assert!(s.root_missing().unwrap().contains("waiting for it"));
+        sln(&root.join("1700000221.1.sln"), 100);
+        assert_eq!(s.scan(t0 + Duration::from_secs(4)), 0);
+        assert!(s.root_missing().is_none());
+        assert_eq!(s.scan(t0 + Duration::from_secs(4) + SETTLE), 1);
+    }
+
+    #[test]
+    fn a_lost_event_lists_everything_and_restarts_settling() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        let a = root.join("1700000230.1.sln");
+        sln(&a, 100);
+        s.note_event(&ev(CREATED, &a), t0);
+        s.note_event(&ev(CLOSED, &a), t0);
+        assert_eq!(s.scan(t0 + Duration::from_secs(1)), 0);
+        // A file whose events were lost, then the overflow notice.
+        let b = root.join("2026/1700000231.1.sln");
+        sln(&b, 100);
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        let t1 = t0 + Duration::from_secs(4);
+        assert_eq!(s.note_event(&overflow, t1), EventEffect::PassNow);
+        assert_eq!(s.next_pass(t1), t1);
+        assert_eq!(s.scan(t1), 0);
+        // `a` settles again from the overflow on; `b` was found.
+        assert_eq!(s.scan(t0 + SETTLE), 0, "settle restarted at the overflow");
+        assert_eq!(s.scan(t1 + SETTLE), 2, "{:?}", s.errors);
+    }
+
+    #[test]
+    fn a_real_inotify_overflow_is_reported_and_rescanned() {
+        use notify::Watcher;
+        let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        if max > 65_536 {
+            eprintln!("fs.inotify.max_queued_events = {max}: overflow test skipped");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        // The handler stops at a gate: the kernel queue fills up.
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let got = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let held = gate.lock().unwrap();
+        let (g, v) = (gate.clone(), got.clone());
+        let mut w = notify::INotifyWatcher::new(
+            move |e: notify::Result<Event>| {
+                let _open = g.lock().unwrap();
+                if let Ok(e) = e {
+                    v.lock().unwrap().push(e);
+                }
+            },
+            notify::Config::default(),
+        )
+        .unwrap();
+        // Made before the watch: notify watches a new directory only after
+        // its handler has seen the directory's event.
+        let junk = root.join("junk");
+        fs::create_dir(&junk).unwrap();
+        w.watch(s.root(), notify::RecursiveMode::Recursive).unwrap();
+        for i in 0..max {
+            fs::write(junk.join(format!("{i}.txt")), b"x").unwrap();
+        }
+        // Its events cannot be queued any more.
+        let lost = root.join("1700000240.1.sln");
+        sln(&lost, 100);
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !got.lock().unwrap().iter().any(Event::need_rescan) {
+            assert!(Instant::now() < deadline, "no overflow reported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(w);
+        let events = std::mem::take(&mut *got.lock().unwrap());
+        let t1 = t0 + Duration::from_secs(1);
+        let mut effect = EventEffect::Noted;
+        for e in &events {
+            effect = effect.max(s.note_event(e, t1));
+        }
+        assert_eq!(effect, EventEffect::PassNow);
+        assert_eq!(s.scan(t1), 0);
+        assert_eq!(s.scan(t1 + SETTLE), 1, "{:?}", s.errors);
+        assert_eq!(
+            json_of(&s.written[0].json)["call_id"],
+            "1700000240.1",
+            "the file whose events were lost"
+        );
+    }
+
+    fn json_of(p: &Path) -> Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    }
+
+    fn sink(cap: usize) -> (EventSink, Receiver<Wake>, Arc<AtomicBool>) {
+        let (tx, rx) = sync_channel(cap);
+        let lost = Arc::new(AtomicBool::new(false));
+        let s = EventSink {
+            tx,
+            lost: lost.clone(),
+            writes: HashMap::new(),
+        };
+        (s, rx, lost)
+    }
+
+    #[test]
+    fn the_sink_keeps_what_the_scanner_uses() {
+        let (mut k, _rx, _) = sink(16);
+        let wav = Path::new("/r/a.wav");
+        let txt = Path::new("/r/Master.csv");
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(
+            !k.wanted(&ev(open, wav)),
+            "opens (our own reads among them)"
+        );
+        assert!(!k.wanted(&ev(read, wav)));
+        assert!(!k.wanted(&ev(CREATED, txt)), "not a recording");
+        assert!(!k.wanted(&ev(WRITTEN, txt)));
+        assert!(k.wanted(&ev(CREATED, wav)));
+        assert!(k.wanted(&ev(WRITTEN, wav)));
+        assert!(!k.wanted(&ev(WRITTEN, wav)), "a run of writes: one event");
+        assert!(k.wanted(&ev(CLOSED, wav)), "closed: always");
+        assert!(
+            k.wanted(&ev(WRITTEN, wav)),
+            "written after the close: forwarded"
+        );
+        assert!(k.wanted(&ev(
+            EventKind::Create(CreateKind::Folder),
+            Path::new("/r/2026")
+        )));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(
+            k.wanted(&ev(to, Path::new("/r/2027"))),
+            "moved in: file or directory"
+        );
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(!k.wanted(&ev(both, wav)), "From and To say it");
+        assert!(k.wanted(&ev(
+            EventKind::Remove(RemoveKind::Folder),
+            Path::new("/r/2026")
+        )));
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(k.wanted(&overflow));
+    }
+
+    #[test]
+    fn a_full_queue_is_one_lost_signal() {
+        use notify::EventHandler;
+        let (mut k, rx, lost) = sink(1);
+        let dir = EventKind::Create(CreateKind::Folder);
+        k.handle_event(Ok(ev(dir, Path::new("/r/a"))));
+        k.handle_event(Ok(ev(dir, Path::new("/r/b"))));
+        assert!(lost.load(Ordering::SeqCst));
+        assert!(matches!(rx.try_recv(), Ok(Wake::Event(Ok(_)))));
+        assert!(rx.try_recv().is_err(), "nothing more fitted");
+    }
+
+    #[test]
+    fn watch_limit_falls_back_to_polling_with_a_warning() {
+        use std::sync::Mutex;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        fs::create_dir_all(&root).unwrap();
+        let settle = Duration::from_millis(100);
+        let scanner =
+            FolderScanner::new(&root, &tmp.path().join("s"), "t", None, settle, settings())
+                .unwrap();
+        let status: SharedStatus = Arc::new(Mutex::new(crate::status::Status::default()));
+        let mut lp = FolderLoop::new(
+            scanner,
+            FolderWatch::Inotify,
+            Duration::from_secs(1),
+            status.clone(),
+            Liveness::new(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        lp.start_watch();
+        assert_eq!(lp.mode, Mode::Inotify);
+        assert!(lp.scanner.event_driven());
+        lp.publish();
+        assert_eq!(
+            status.lock().unwrap().sources["folder"].watch.as_deref(),
+            Some("inotify")
+        );
+        // A new directory could not be watched: ENOSPC from inotify_add_watch.
+        let err = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        assert_eq!(lp.handle(Wake::Event(Err(err)), Instant::now()), Next::Pass);
+        assert_eq!(lp.mode, Mode::Poll);
+        assert!(lp.watcher.is_none(), "the inotify instance is closed");
+        assert!(!lp.scanner.event_driven());
+        lp.publish();
+        {
+            let st = status.lock().unwrap();
+            let f = &st.sources["folder"];
+            assert!(f.up, "not a failure of the source");
+            let w = f.watch.as_deref().unwrap();
+            assert!(w.starts_with("polling every 1s instead of inotify"), "{w}");
+            assert!(w.contains("fs.inotify.max_user_watches"), "{w}");
+            let (_, parts) = crate::status::readiness(&st);
+            assert_eq!(parts["source.folder"], "ok");
+            assert_eq!(parts["source.folder.watch"], w);
+        }
+        // Later events of the closed watch are ignored; polling finds files.
+        let p = root.join("2026/1700000250.1.sln");
+        sln(&p, 100);
+        let stale = ev(CREATED, &lp.scanner.root().join("2026/1700000250.1.sln"));
+        assert_eq!(
+            lp.handle(Wake::Event(Ok(stale)), Instant::now()),
+            Next::Wait
+        );
+        let t0 = Instant::now();
+        assert_eq!(lp.scanner.scan(t0), 0);
+        assert_eq!(lp.scanner.scan(t0 + settle), 1, "{:?}", lp.scanner.errors);
+    }
+
+    #[test]
+    fn local_file_systems_are_not_network_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(network_fs(tmp.path()), None);
+        assert_eq!(network_fs(Path::new("/nonexistent/x")), None);
     }
 }

@@ -21,9 +21,14 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST: usize = 8192;
 
 /// Liveness: the time of the last heartbeat of each main loop.
+///
+/// A loop that blocks until there is work (the folder source waiting for
+/// inotify events) says so with [`Liveness::waiting`]: it is not stalled
+/// while it waits, and its next [`Liveness::beat`] starts the clock again.
 #[derive(Debug)]
 pub struct Liveness {
-    pub beats: std::sync::Mutex<Vec<(String, Instant)>>,
+    /// Name, last beat; `None` while the loop waits for work.
+    pub beats: std::sync::Mutex<Vec<(String, Option<Instant>)>>,
 }
 
 impl Liveness {
@@ -32,25 +37,32 @@ impl Liveness {
             beats: std::sync::Mutex::new(Vec::new()),
         })
     }
+    fn set(&self, name: &str, at: Option<Instant>) {
+        let mut b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        match b.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 = at,
+            None => b.push((name.to_string(), at)),
+        }
+    }
     /// Record that loop `name` is alive.
     pub fn beat(&self, name: &str) {
-        let mut b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match b.iter_mut().find(|(n, _)| n == name) {
-            Some(e) => e.1 = now,
-            None => b.push((name.to_string(), now)),
-        }
+        self.set(name, Some(Instant::now()));
+    }
+    /// Loop `name` is idle, blocked until work arrives: not stalled until
+    /// its next beat.
+    pub fn waiting(&self, name: &str) {
+        self.set(name, None);
     }
     /// Stop watching loop `name` (it ended on purpose).
     pub fn forget(&self, name: &str) {
         let mut b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         b.retain(|(n, _)| n != name);
     }
-    /// Loops that have not beaten within `limit`.
+    /// Loops that have not beaten within `limit` (and are not waiting).
     pub fn stalled(&self, limit: Duration) -> Vec<String> {
         let b = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         b.iter()
-            .filter(|(_, t)| t.elapsed() > limit)
+            .filter(|(_, t)| t.is_some_and(|t| t.elapsed() > limit))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -209,4 +221,30 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_loop_is_not_stalled_until_it_beats_again() {
+        let live = Liveness::new();
+        live.beat("a");
+        live.beat("b");
+        live.waiting("b");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            live.stalled(Duration::from_millis(1)),
+            vec!["a".to_string()]
+        );
+        live.beat("b");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(live.stalled(Duration::from_millis(1)).len(), 2);
+        live.forget("a");
+        assert_eq!(
+            live.stalled(Duration::from_millis(1)),
+            vec!["b".to_string()]
+        );
+    }
 }

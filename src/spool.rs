@@ -718,6 +718,17 @@ impl Spool {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Whether any watch is still waiting for its recording's delivery.
+    pub fn watches_pending(&self) -> Result<bool, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM delivery_watch WHERE delivered = 0)",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Forgets a watch (its action is done).
     pub fn unwatch_delivery(&self, id: &str) -> Result<(), SpoolError> {
         self.update("DELETE FROM delivery_watch WHERE id = ?1", params![id])?;

@@ -25,6 +25,10 @@ pub struct SourceStatus {
     /// certificates are required).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
+    /// Folder: how changes are noticed ("inotify", or "polling every 1s"
+    /// and why, e.g. the inotify watch limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
     pub active_calls: u64,
     pub recording_calls: u64,
     pub engine: EngineCounters,
@@ -168,6 +172,9 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
                     format!("source.{name}.tls"),
                     format!("ok, listening on {tls}"),
                 );
+            }
+            if let Some(w) = &src.watch {
+                parts.insert(format!("source.{name}.watch"), w.clone());
             }
         } else {
             ok = false;

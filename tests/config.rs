@@ -160,6 +160,7 @@ enabled = true
 path = "/srv/rec"
 cdr_csv = "/var/log/asterisk/cdr-csv/Master.csv"
 settle = "10s"
+watch = "poll"
 [log]
 format = "json"
 log_numbers = true
@@ -196,6 +197,7 @@ log_numbers = true
         Some(PathBuf::from("/var/log/asterisk/cdr-csv/Master.csv"))
     );
     assert_eq!(s.folder.settle, Duration::from_secs(10));
+    assert_eq!(s.folder.watch, pbx_edge::config::FolderWatch::Poll);
     assert_eq!(c.log.format, LogFormat::Json);
     assert!(c.log.log_numbers);
     assert_eq!(
@@ -298,6 +300,10 @@ fn each_kind_of_bad_value() {
         (
             "[sources.folder]\nenabled = true\npath = \"\"",
             "bad.toml:3: sources.folder.path: must not be empty when sources.folder is enabled",
+        ),
+        (
+            "[sources.folder]\nwatch = \"fanotify\"",
+            "bad.toml:2: sources.folder.watch: \"fanotify\" is not one of \"auto\", \"inotify\", \"poll\"",
         ),
         (
             "[log]\nformat = \"syslog\"",

@@ -712,3 +712,249 @@ fn after_delivery_move_and_delete_only_once_delivered() {
         assert_eq!(pairs(&spool).len(), 0, "expired from the spool");
     }
 }
+
+// ------------------------------------------------------------ inotify
+//
+// The folder thread with inotify. The poll interval and the safety listing
+// are set to an hour: whatever is taken within the test was found through
+// inotify events. No test asserts how fast: each waits (bounded) for what
+// must happen, and checks what must not happen while it waits.
+
+mod inotify {
+    use super::*;
+    use pbx_edge::folder::{FolderHandle, FolderWatch};
+    use pbx_edge::status::{SharedStatus, SourceStatus, Status};
+    use std::sync::{Arc, Mutex};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const SHORT_SETTLE: Duration = Duration::from_millis(200);
+
+    struct Running {
+        handle: Option<FolderHandle>,
+        status: SharedStatus,
+        spool: PathBuf,
+    }
+
+    impl Running {
+        fn start(root: &Path, spool: &Path, watch: FolderWatch, poll: Duration) -> Running {
+            let mut cfg = pbx_edge::config::Config::defaults(Some(spool.to_str().unwrap()));
+            cfg.spool.dir = spool.to_path_buf();
+            cfg.sources.folder.enabled = true;
+            cfg.sources.folder.path = root.to_path_buf();
+            cfg.sources.folder.settle = SHORT_SETTLE;
+            let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
+            let settings = FolderSettings {
+                watch,
+                poll,
+                full_scan: HOUR,
+                ..FolderSettings::default()
+            };
+            let live = pbx_edge::health::Liveness::new();
+            let handle =
+                pbx_edge::folder::start_with(&cfg, settings, status.clone(), live).unwrap();
+            let r = Running {
+                handle: Some(handle),
+                status,
+                spool: spool.to_path_buf(),
+            };
+            // The start-up listing has run once the status is published.
+            assert!(r.wait_for(|r| r.folder().is_some()), "no status");
+            r
+        }
+
+        fn folder(&self) -> Option<SourceStatus> {
+            self.status.lock().unwrap().sources.get("folder").cloned()
+        }
+
+        fn pairs(&self) -> usize {
+            pairs(&self.spool).len()
+        }
+
+        /// Waits (at most 30 s) until `f` holds.
+        fn wait_for(&self, f: impl Fn(&Running) -> bool) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if f(self) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            f(self)
+        }
+
+        fn stop(mut self) {
+            if let Some(h) = self.handle.take() {
+                h.stop();
+            }
+        }
+    }
+
+    fn sln_bytes(seed: u64, ms: u32) -> Vec<u8> {
+        speechlike(seed, ms, 8000)
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_file_is_taken_without_waiting_for_a_poll() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        // There before the start (the daemon was down): the start-up listing.
+        write_wav(
+            &day_dir(&root).join("out-5551234-1001-20261124-101502-1700000300.1.wav"),
+            8000,
+            1,
+            &speechlike(50, 300, 8000),
+        );
+        let r = Running::start(&root, &spool, FolderWatch::Inotify, HOUR);
+        assert_eq!(r.folder().unwrap().watch.as_deref(), Some("inotify"));
+        assert!(
+            r.wait_for(|r| r.pairs() == 1),
+            "the file from before the start"
+        );
+        // After the start: only an event can bring it in within the hour.
+        write_wav(
+            &day_dir(&root).join("in-1001-5550000-20261124-101600-1700000301.1.wav"),
+            8000,
+            1,
+            &speechlike(51, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 2), "{:?}", r.folder());
+        // Published after the pass that wrote it.
+        assert!(r.wait_for(|r| r.folder().unwrap().recordings_written == 2));
+        let f = r.folder().unwrap();
+        assert!(f.up);
+        assert_eq!(f.errors, 0);
+        r.stop();
+    }
+
+    #[test]
+    fn a_file_still_being_written_is_not_taken_until_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(&root).unwrap();
+        let r = Running::start(&root, &spool, FolderWatch::Inotify, HOUR);
+        let p = root.join("1700000310.1.sln");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&sln_bytes(52, 200)).unwrap();
+        // Open and quiet for many times `settle` (a pause in the call): a
+        // poller would take it now; the writer has not closed it.
+        std::thread::sleep(SHORT_SETTLE * 8);
+        assert_eq!(r.pairs(), 0, "taken while still open");
+        f.write_all(&sln_bytes(53, 300)).unwrap();
+        std::thread::sleep(SHORT_SETTLE * 2);
+        assert_eq!(r.pairs(), 0, "taken while still open");
+        drop(f); // closed after writing
+        assert!(r.wait_for(|r| r.pairs() == 1), "{:?}", r.folder());
+        let json = fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .unwrap();
+        assert_eq!(json_of(&json)["duration_ms"], 500, "both writes");
+        r.stop();
+    }
+
+    #[test]
+    fn new_nested_and_moved_in_directories_are_watched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(root.join("2026/11/24")).unwrap();
+        let r = Running::start(&root, &spool, FolderWatch::Inotify, HOUR);
+        // A day's directory made after the start, as Asterisk does at
+        // midnight; the file comes well after the directory was listed (and
+        // listed again), so only the new directory's own watch sees it.
+        let d = root.join("2026/11/25");
+        fs::create_dir_all(&d).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        write_wav(
+            &d.join("in-1001-5550000-20261125-000100-1700000320.1.wav"),
+            8000,
+            1,
+            &speechlike(54, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 1), "{:?}", r.folder());
+        // A new month, its day and a file made at once (before notify can
+        // watch the new directories).
+        write_wav(
+            &root.join("2026/12/01/in-1001-5550000-20261201-000100-1700000321.1.wav"),
+            8000,
+            1,
+            &speechlike(55, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 2), "{:?}", r.folder());
+        // A directory with a recording moved in from elsewhere.
+        let outside = tmp.path().join("restored/26");
+        write_wav(
+            &outside.join("in-1001-5550000-20261126-000100-1700000322.1.wav"),
+            8000,
+            1,
+            &speechlike(56, 300, 8000),
+        );
+        fs::rename(&outside, root.join("2026/11/26")).unwrap();
+        assert!(r.wait_for(|r| r.pairs() == 3), "{:?}", r.folder());
+        // And the watch of a moved-in directory works too.
+        write_wav(
+            &root.join("2026/11/26/in-1001-5550000-20261126-000200-1700000323.1.wav"),
+            8000,
+            1,
+            &speechlike(57, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 4), "{:?}", r.folder());
+        assert_eq!(r.folder().unwrap().errors, 0);
+        r.stop();
+    }
+
+    #[test]
+    fn the_folder_deleted_and_made_again_is_watched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(root.join("2026/11/24")).unwrap();
+        let r = Running::start(&root, &spool, FolderWatch::Inotify, HOUR);
+        fs::remove_dir_all(&root).unwrap();
+        assert!(
+            r.wait_for(|r| r.folder().is_some_and(|f| !f.up)),
+            "{:?}",
+            r.folder()
+        );
+        let f = r.folder().unwrap();
+        assert!(f.error.unwrap().contains("waiting for it to come back"));
+        // Back, with a recording already in it.
+        write_wav(
+            &day_dir(&root).join("in-1001-5550000-20261124-120000-1700000330.1.wav"),
+            8000,
+            1,
+            &speechlike(58, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 1), "{:?}", r.folder());
+        assert!(r.wait_for(|r| r.folder().is_some_and(|f| f.up)));
+        // Watched again: a new file in it is seen.
+        write_wav(
+            &day_dir(&root).join("in-1001-5550000-20261124-120100-1700000331.1.wav"),
+            8000,
+            1,
+            &speechlike(59, 300, 8000),
+        );
+        assert!(r.wait_for(|r| r.pairs() == 2), "{:?}", r.folder());
+        r.stop();
+    }
+
+    #[test]
+    fn polling_when_asked_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(&root).unwrap();
+        let r = Running::start(&root, &spool, FolderWatch::Poll, Duration::from_millis(50));
+        let w = r.folder().unwrap().watch.unwrap();
+        assert_eq!(w, "polling every 50ms (watch = \"poll\")");
+        fs::write(root.join("1700000340.1.sln"), sln_bytes(60, 200)).unwrap();
+        assert!(r.wait_for(|r| r.pairs() == 1), "{:?}", r.folder());
+        r.stop();
+    }
+}
