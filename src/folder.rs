@@ -217,7 +217,9 @@ impl NamePattern {
         let g = |n: &str| c.name(n).map(|m| m.as_str().to_string());
         let only_digits = |s: String| s.chars().filter(char::is_ascii_digit).collect::<String>();
         let started_at = if let Some(e) = g("epoch") {
-            Timestamp::from_secs(digits(e.split('.').next().unwrap_or(""))?)
+            Timestamp::from_secs(
+                digits(e.split('.').next().unwrap_or("")).filter(|s| *s <= LAST_SECOND)?,
+            )
         } else if let Some(dt) = g("datetime").map(only_digits) {
             parse_compact_datetime(dt.get(0..8)?, dt.get(8..14)?)?
         } else {
@@ -373,8 +375,18 @@ fn digits(s: &str) -> Option<i64> {
     s.parse().ok()
 }
 
+/// Latest start time a file name or the CDR may give (9999-12-31T23:59:59Z):
+/// later ones are not dates, and would overflow the arithmetic after.
+const LAST_SECOND: i64 = 253_402_300_799;
+
 fn civil(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<Timestamp> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
         return None;
     }
     // days_from_civil (H. Hinnant)
@@ -465,6 +477,16 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
         });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
+    decode_audio(path, &bytes, settings)
+}
+
+/// [`read_audio`] of bytes already read: the format comes from `path`'s
+/// extension (`path` also names the file in errors). Never panics.
+pub fn decode_audio(
+    path: &Path,
+    bytes: &[u8],
+    settings: &FolderSettings,
+) -> Result<Pcm, FolderError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -474,14 +496,14 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
         return Ok(Pcm {
             rate: 16000,
             channels: raw_channels,
-            samples: le_samples(&bytes),
+            samples: le_samples(bytes),
         });
     }
     if name.ends_with(".sln") || name.ends_with(".raw") {
         return Ok(Pcm {
             rate: 8000,
             channels: raw_channels,
-            samples: le_samples(&bytes),
+            samples: le_samples(bytes),
         });
     }
     if name.ends_with(".gsm") || name.ends_with(".wav49") {
@@ -491,7 +513,7 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
              record wav (MixMonitor file format wav) instead",
         ));
     }
-    let info = parse_wav_header(&bytes).map_err(|e| fmt_err(path, e.to_string()))?;
+    let info = parse_wav_header(bytes).map_err(|e| fmt_err(path, e.to_string()))?;
     if info.format == 0x31 {
         return Err(fmt_err(
             path,
@@ -526,13 +548,15 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
     })
 }
 
-fn channel(p: &Pcm, idx: usize) -> Vec<i16> {
+/// Channel `idx` of interleaved PCM.
+pub fn channel(p: &Pcm, idx: usize) -> Vec<i16> {
     let n = usize::from(p.channels.max(1));
     p.samples.iter().skip(idx).step_by(n).copied().collect()
 }
 
-/// `x` at `from` Hz converted to `to` Hz, same duration, delay compensated.
-fn resample(x: Vec<i16>, from: u32, to: u32, path: &Path) -> Result<Vec<i16>, FolderError> {
+/// `x` at `from` Hz converted to `to` Hz, same duration, delay compensated
+/// (8 ↔ 16 kHz; other rates are an error naming `path`).
+pub fn resample(x: Vec<i16>, from: u32, to: u32, path: &Path) -> Result<Vec<i16>, FolderError> {
     if from == to {
         return Ok(x);
     }
@@ -581,8 +605,9 @@ impl RecordingSet {
     }
 }
 
-/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`.
-fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
+/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`;
+/// `None` if it is not an audio file name.
+pub fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
     if !is_audio_name(name) {
         return None;
     }
@@ -914,24 +939,11 @@ impl SeenFile {
 
     pub fn open(spool: &Path) -> io::Result<Self> {
         let path = spool.join(Self::NAME);
-        let mut keys = HashSet::new();
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    let mut it = line.split('\t').next().unwrap_or("").split(' ');
-                    let k = (
-                        it.next().and_then(|v| v.parse().ok()),
-                        it.next().and_then(|v| v.parse().ok()),
-                        it.next().and_then(|v| v.parse().ok()),
-                    );
-                    if let (Some(a), Some(b), Some(c)) = k {
-                        keys.insert((a, b, c));
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let keys = match fs::read(&path) {
+            Ok(bytes) => parse_seen(&String::from_utf8_lossy(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
             Err(e) => return Err(e),
-        }
+        };
         Ok(SeenFile { path, keys })
     }
 
@@ -949,11 +961,7 @@ impl SeenFile {
 
     /// Remembers `files` durably (append + fsync).
     pub fn add(&mut self, files: &[(FileKey, PathBuf)]) -> io::Result<()> {
-        let mut text = String::new();
-        for (k, p) in files {
-            let shown: String = p.to_string_lossy().escape_debug().collect();
-            text.push_str(&format!("{} {} {}\t{}\n", k.0, k.1, k.2, shown));
-        }
+        let text: String = files.iter().map(|(k, p)| seen_line(k, p)).collect();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -966,6 +974,31 @@ impl SeenFile {
         }
         Ok(())
     }
+}
+
+/// One line of `.folder-seen`: `ino size mtime_ns<TAB>path` (the path
+/// escaped: one line whatever its characters).
+pub fn seen_line(k: &FileKey, p: &Path) -> String {
+    let shown: String = p.to_string_lossy().escape_debug().collect();
+    format!("{} {} {}\t{}\n", k.0, k.1, k.2, shown)
+}
+
+/// The keys of a `.folder-seen` text; lines that are not `ino size
+/// mtime_ns...` (a line cut off by a crash, say) are skipped.
+pub fn parse_seen(text: &str) -> HashSet<FileKey> {
+    let mut keys = HashSet::new();
+    for line in text.lines() {
+        let mut it = line.split('\t').next().unwrap_or("").split(' ');
+        let k = (
+            it.next().and_then(|v| v.parse().ok()),
+            it.next().and_then(|v| v.parse().ok()),
+            it.next().and_then(|v| v.parse().ok()),
+        );
+        if let (Some(a), Some(b), Some(c)) = k {
+            keys.insert((a, b, c));
+        }
+    }
+    keys
 }
 
 trait PrivateMode {
@@ -2461,6 +2494,12 @@ mod tests {
         assert!(parse_freepbx_name("foo").is_none());
         assert!(parse_freepbx_name("in-1-2-2026x124-101502-1.2").is_none());
         assert!(parse_freepbx_name("in-1-2-20261324-101502-1.2").is_none());
+        // Years beyond 9999 are not dates (found by fuzzing: an overflow).
+        assert!(parse_cdr_datetime("999799999999997-11-24 10:15:02").is_none());
+        assert!(parse_cdr_datetime("9999-12-31 23:59:59").is_some());
+        let epoch = NamePattern::new(r"^(?P<epoch>\d+)-(?P<uniqueid>.+)$").unwrap();
+        assert!(epoch.parse("253402300800-x").is_none());
+        assert!(epoch.parse("1700000000-x").is_some());
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl RecordingSink for CheckingSink {
             assert_eq!(ch.index, i);
             assert!(ch.ssrcs.len() <= 64);
         }
-        let _ = meta.recording_id();
+        let _ = &meta.recording_id;
     }
 }
 

@@ -252,7 +252,15 @@ impl CdrFollower {
         let mut buf = Vec::new();
         f.take(len - self.offset).read_to_end(&mut buf)?;
         self.offset += buf.len() as u64;
-        self.partial.extend_from_slice(&buf);
+        self.feed(&buf);
+        Ok(())
+    }
+
+    /// Takes in bytes appended to the file: complete lines become rows (a
+    /// line without a `uniqueid` is counted in `malformed`), the rest waits
+    /// for its end.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
         while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&line);
@@ -270,11 +278,51 @@ impl CdrFollower {
             self.partial.clear();
             self.malformed += 1;
         }
-        Ok(())
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Drops `r`'s entries in the `linked` and `by_file` indexes.
+    fn unindex(&mut self, r: &CdrRow) {
+        let key = &r.uniqueid;
+        if let Some(v) = self.linked.get_mut(&r.linkedid) {
+            v.retain(|u| u != key);
+            if v.is_empty() {
+                self.linked.remove(&r.linkedid);
+            }
+        }
+        let rf = r.recordingfile.trim();
+        let base = rf.rsplit('/').next().unwrap_or(rf);
+        if self.by_file.get(base) == Some(key) {
+            self.by_file.remove(base);
+        }
+    }
+
+    /// Whether the indexes name only rows held (for tests and fuzzing).
+    pub fn indexes_consistent(&self) -> bool {
+        self.order.len() == self.rows.len()
+            && self.rows.len() <= self.max_rows
+            && self.order.iter().all(|u| self.rows.contains_key(u))
+            && self.by_file.values().all(|u| self.rows.contains_key(u))
+            && self
+                .linked
+                .values()
+                .all(|v| !v.is_empty() && v.iter().all(|u| self.rows.contains_key(u)))
     }
 
     fn insert(&mut self, row: CdrRow) {
         let key = row.uniqueid.clone();
+        // A row again (the CDR rewritten): the old one's index entries go.
+        if let Some(old) = self.rows.get(&key).cloned() {
+            self.unindex(&old);
+        }
         if !row.linkedid.is_empty() {
             let v = self.linked.entry(row.linkedid.clone()).or_default();
             if !v.contains(&key) {
@@ -293,17 +341,7 @@ impl CdrFollower {
             match self.order.pop_front() {
                 Some(old) => {
                     if let Some(r) = self.rows.remove(&old) {
-                        if let Some(v) = self.linked.get_mut(&r.linkedid) {
-                            v.retain(|u| *u != old);
-                            if v.is_empty() {
-                                self.linked.remove(&r.linkedid);
-                            }
-                        }
-                        let rf = r.recordingfile.trim();
-                        let base = rf.rsplit('/').next().unwrap_or(rf);
-                        if self.by_file.get(base) == Some(&old) {
-                            self.by_file.remove(base);
-                        }
+                        self.unindex(&r);
                     }
                 }
                 None => break,
@@ -424,6 +462,24 @@ mod tests {
         f.poll().unwrap();
         assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
         assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn a_row_written_again_leaves_no_stale_index_entries() {
+        let cols = CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let mut f = CdrFollower::with_columns(Path::new("/x"), 2, cols, PbxTimeZone::Fixed(0));
+        f.feed(b"1.1,L1,a.wav\n1.1,L2,b.wav\n");
+        assert!(f.indexes_consistent());
+        f.feed(b"2.1,L2,c.wav\n3.1,,\n");
+        assert_eq!(f.len(), 2);
+        assert!(f.indexes_consistent());
+        assert!(f.get("1.1").is_none());
+        let q = CdrQuery {
+            uniqueid: "L1".into(),
+            files: vec!["a.wav".into()],
+            around: None,
+        };
+        assert!(f.lookup(&q).is_none(), "forgotten with its row");
     }
 
     proptest::proptest! {

@@ -1,0 +1,40 @@
+//! Arbitrary bytes as a PBX recording file (WAV, .sln/.raw, .sln16, GSM):
+//! decoding must never panic and give consistent PCM, and splitting it into
+//! channels and resampling to 8/16 kHz (as a conversion does) must hold the
+//! duration.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pbx_edge::folder::{channel, decode_audio, resample, FolderSettings};
+use std::path::Path;
+
+const NAMES: [&str; 7] = [
+    "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&ctl, bytes)) = data.split_first() else {
+        return;
+    };
+    let settings = FolderSettings {
+        raw_stereo: ctl & 0x80 != 0,
+        ..FolderSettings::default()
+    };
+    let path = Path::new(NAMES[usize::from(ctl & 0x7f) % NAMES.len()]);
+    let Ok(pcm) = decode_audio(path, bytes, &settings) else {
+        return;
+    };
+    assert!(pcm.channels == 1 || pcm.channels == 2, "{}", pcm.channels);
+    assert!(pcm.samples.len() * 2 <= bytes.len());
+    let frames = pcm.samples.len().div_ceil(usize::from(pcm.channels));
+    for c in 0..usize::from(pcm.channels) {
+        let x = channel(&pcm, c);
+        assert!(x.len() <= frames);
+        for to in [8000, 16000] {
+            if let Ok(y) = resample(x.clone(), pcm.rate, to, path) {
+                let want = x.len() as u64 * u64::from(to) / u64::from(pcm.rate.max(1));
+                assert_eq!(y.len() as u64, want);
+            }
+        }
+    }
+});
