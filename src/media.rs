@@ -2,8 +2,8 @@
 //! thread in batches.
 //!
 //! In: bound UDP sockets (one per offered stream), each with its optional SRTP
-//! context, added and removed by the SIP task ([`MediaReceiver::add`],
-//! [`MediaReceiver::remove`]). Out: [`DatagramBatch`]es of plain RTP, each
+//! context, added and removed by the SIP task ([`MediaControl::add`],
+//! [`MediaControl::remove`]). Out: [`DatagramBatch`]es of plain RTP, each
 //! datagram with the kernel's arrival time and its addresses, sent to the
 //! engine thread.
 //!
@@ -26,6 +26,12 @@
 //! (`SO_RXQ_OVFL`); they are summed into [`MediaCounters::kernel_drops`].
 //! The socket queues hold seconds of audio at 50 packets/s, so a round of
 //! [`ROUND`] or a short engine stall loses nothing.
+//!
+//! Back-pressure: the thread owns [`BATCHES`] batch buffers, which the engine
+//! gives back once processed ([`Recycler`]). With all of them waiting in the
+//! engine, the thread waits too and the sockets queue: the engine's backlog
+//! is at most that many rounds, whatever the load. When the engine is gone
+//! (its recycler dropped), the thread ends.
 //!
 //! Promises: datagrams of one socket reach the engine in the order the kernel
 //! received them; a removed port is closed before its slot is reused; the
@@ -105,19 +111,20 @@ impl DatagramBatch {
 /// Gives processed batches back to the receive thread, which refills them:
 /// the buffers of a busy server are allocated once, not every round (and not
 /// freed on another thread than the one that allocated them).
-#[derive(Clone)]
 pub struct Recycler(mpsc::SyncSender<DatagramBatch>);
 
 impl Recycler {
     pub fn give_back(&self, mut batch: DatagramBatch) {
         batch.data.clear();
         batch.items.clear();
+        // Room for every batch there is: never full.
         let _ = self.0.try_send(batch);
     }
 }
 
-/// Spare batches kept for reuse.
-const SPARE_BATCHES: usize = 8;
+/// Batches the receive thread may have out at once: the engine's backlog, in
+/// rounds of [`ROUND`] (about 1.3 s).
+const BATCHES: usize = 32;
 
 /// What the receive path counts (read by the status snapshot).
 #[derive(Debug, Default)]
@@ -128,8 +135,6 @@ pub struct MediaCounters {
     pub kernel_drops: AtomicU64,
     /// SRTP packets that failed authentication (or were replays).
     pub srtp_failures: AtomicU64,
-    /// Reading rounds (for the benchmark's view of batching).
-    pub rounds: AtomicU64,
 }
 
 /// One RTP port to read.
@@ -149,8 +154,9 @@ impl MediaPort {
     pub fn bind(local: SocketAddr, last_rtp: Arc<AtomicI64>) -> io::Result<MediaPort> {
         let socket = UdpSocket::bind(local)?;
         socket.set_nonblocking(true)?;
-        setsockopt_int(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
-        setsockopt_int(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        let fd = socket.as_raw_fd();
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
         let local = socket.local_addr()?;
         Ok(MediaPort {
             socket,
@@ -159,10 +165,6 @@ impl MediaPort {
             last_rtp,
         })
     }
-}
-
-fn setsockopt_int(s: &UdpSocket, level: i32, name: i32, v: libc::c_int) -> io::Result<()> {
-    set_int_option(s.as_raw_fd(), level, name, v)
 }
 
 /// `setsockopt` of an int-valued option.
@@ -200,7 +202,6 @@ pub trait BatchSink: Send + 'static {
 pub struct MediaReceiver {
     commands: Sender<Command>,
     wake: Arc<OwnedFd>,
-    recycler: Recycler,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -236,8 +237,12 @@ fn wake(fd: &OwnedFd) {
 }
 
 impl MediaReceiver {
-    /// Start the receive thread, sending batches to `sink`.
-    pub fn start(sink: impl BatchSink, counters: Arc<MediaCounters>) -> io::Result<MediaReceiver> {
+    /// Start the receive thread, sending batches to `sink`; the consumer
+    /// gives each processed batch back through the [`Recycler`].
+    pub fn start(
+        sink: impl BatchSink,
+        counters: Arc<MediaCounters>,
+    ) -> io::Result<(MediaReceiver, Recycler)> {
         // SAFETY: plain syscalls; results checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -253,7 +258,7 @@ impl MediaReceiver {
         let ev = Arc::new(unsafe { OwnedFd::from_raw_fd(ev) });
         epoll_add(&ep, ev.as_raw_fd(), WAKE)?;
         let (tx, rx) = mpsc::channel();
-        let (spare_tx, spare_rx) = mpsc::sync_channel(SPARE_BATCHES);
+        let (spare_tx, spare_rx) = mpsc::sync_channel(BATCHES);
         let wake_fd = ev.clone();
         let thread = std::thread::Builder::new()
             .name("siprec-media".into())
@@ -261,17 +266,12 @@ impl MediaReceiver {
                 let mut r = Reader::new(ep, wake_fd, rx, counters, spare_rx);
                 r.run(sink);
             })?;
-        Ok(MediaReceiver {
+        let media = MediaReceiver {
             commands: tx,
             wake: ev,
-            recycler: Recycler(spare_tx),
             thread: Some(thread),
-        })
-    }
-
-    /// Where the consumer gives processed batches back.
-    pub fn recycler(&self) -> Recycler {
-        self.recycler.clone()
+        };
+        Ok((media, Recycler(spare_tx)))
     }
 
     pub fn control(&self) -> MediaControl {
@@ -472,6 +472,8 @@ struct Reader {
     live: usize,
     bufs: RecvBuffers,
     spare: Receiver<DatagramBatch>,
+    /// Batches made so far (at most [`BATCHES`]).
+    batches: usize,
 }
 
 impl Reader {
@@ -492,6 +494,7 @@ impl Reader {
             live: 0,
             bufs: RecvBuffers::new(),
             spare,
+            batches: 0,
         }
     }
 
@@ -505,8 +508,10 @@ impl Reader {
                 return;
             };
             let round = Instant::now();
+            let Some(mut batch) = self.free_batch() else {
+                return;
+            };
             let mut stop = false;
-            let mut batch = self.spare.try_recv().unwrap_or_default();
             loop {
                 for e in &events[..n] {
                     let key = e.u64;
@@ -526,32 +531,44 @@ impl Reader {
                 }
             }
             if stop {
-                // Read what the sockets still hold, then end.
+                // Read what the sockets still hold before ending.
                 for k in 0..self.slots.len() {
                     self.drain(k, &mut batch);
                 }
-                if !batch.is_empty() {
-                    self.counters
-                        .datagrams
-                        .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-                    sink.deliver(batch);
-                }
-                return;
             }
-            if !batch.is_empty() {
-                self.counters.rounds.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .datagrams
-                    .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-                if !sink.deliver(batch) {
+            if batch.is_empty() {
+                // Nothing read (only commands): no batch is out.
+                self.batches -= 1;
+                if stop {
                     return;
                 }
-                // Let the next round find many sockets ready at once.
-                if let Some(rest) = ROUND.checked_sub(round.elapsed()) {
-                    std::thread::sleep(rest);
-                }
+                continue;
+            }
+            self.counters
+                .datagrams
+                .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+            if !sink.deliver(batch) || stop {
+                return;
+            }
+            // Let the next round find many sockets ready at once.
+            if let Some(rest) = ROUND.checked_sub(round.elapsed()) {
+                std::thread::sleep(rest);
             }
         }
+    }
+
+    /// A batch to fill: a given-back one, a new one while fewer than
+    /// [`BATCHES`] exist, or else the next one the engine gives back (the
+    /// sockets queue meanwhile). `None` when the engine is gone.
+    fn free_batch(&mut self) -> Option<DatagramBatch> {
+        if let Ok(b) = self.spare.try_recv() {
+            return Some(b);
+        }
+        if self.batches < BATCHES {
+            self.batches += 1;
+            return Some(DatagramBatch::default());
+        }
+        self.spare.recv().ok()
     }
 
     /// `epoll_wait`; the number of events, `None` on a fatal error.
@@ -683,13 +700,18 @@ mod tests {
         }
     }
 
-    fn collect(rx: &mpsc::Receiver<DatagramBatch>, want: usize) -> Vec<(Datagram, Vec<u8>)> {
+    fn collect(
+        rx: &mpsc::Receiver<DatagramBatch>,
+        recycler: &Recycler,
+        want: usize,
+    ) -> Vec<(Datagram, Vec<u8>)> {
         let mut got = Vec::new();
         while got.len() < want {
             let b = rx
                 .recv_timeout(Duration::from_secs(10))
                 .expect("datagrams arrive");
             got.extend(b.iter().map(|(d, p)| (d.clone(), p.to_vec())));
+            recycler.give_back(b);
         }
         got
     }
@@ -698,7 +720,7 @@ mod tests {
     fn reads_every_port_in_order_with_kernel_timestamps() {
         let (tx, rx) = sync_channel(64);
         let counters = Arc::new(MediaCounters::default());
-        let media = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
+        let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
         let ctl = media.control();
         let last = Arc::new(AtomicI64::new(0));
         let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), last.clone()).unwrap();
@@ -711,12 +733,12 @@ mod tests {
         // Wait until both ports are watched: a probe on each comes back.
         sender.send_to(b"probe-a", la).unwrap();
         sender.send_to(b"probe-b", lb).unwrap();
-        collect(&rx, 2);
+        collect(&rx, &recycler, 2);
         for i in 0..200u32 {
             let to = if i % 2 == 0 { la } else { lb };
             sender.send_to(&i.to_be_bytes(), to).unwrap();
         }
-        let got = collect(&rx, 200);
+        let got = collect(&rx, &recycler, 200);
         let after = crate::sniff::now();
         for port in [la, lb] {
             let seq: Vec<u32> = got
@@ -740,7 +762,7 @@ mod tests {
     #[test]
     fn a_removed_port_is_closed_and_its_slot_reused() {
         let (tx, rx) = sync_channel(64);
-        let media = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
+        let (media, recycler) = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
         let ctl = media.control();
         let last = Arc::new(AtomicI64::new(0));
         let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), last.clone()).unwrap();
@@ -748,7 +770,7 @@ mod tests {
         ctl.add(a);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"x", la).unwrap();
-        collect(&rx, 1);
+        collect(&rx, &recycler, 1);
         ctl.remove(la);
         // The port becomes free once the thread closed it.
         let mut rebound = None;
@@ -762,7 +784,7 @@ mod tests {
         let again = rebound.expect("the removed port is closed");
         ctl.add(again);
         sender.send_to(b"y", la).unwrap();
-        let got = collect(&rx, 1);
+        let got = collect(&rx, &recycler, 1);
         assert_eq!(got[0].1, b"y");
         media.stop();
     }
@@ -770,14 +792,14 @@ mod tests {
     #[test]
     fn stop_delivers_what_is_queued() {
         let (tx, rx) = sync_channel(64);
-        let media = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
+        let (media, recycler) = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
         let ctl = media.control();
         let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), Arc::default()).unwrap();
         let la = a.local;
         ctl.add(a);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"first", la).unwrap();
-        collect(&rx, 1);
+        collect(&rx, &recycler, 1);
         for _ in 0..10 {
             sender.send_to(b"more", la).unwrap();
         }

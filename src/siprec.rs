@@ -23,7 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -66,44 +66,14 @@ enum EngineInput {
     Media(DatagramBatch),
 }
 
-/// The media thread's way into the engine: it waits when the engine is
-/// behind (the sockets' queues absorb that), it never drops a batch. What
-/// waits in the engine queue is bounded in bytes ([`ENGINE_QUEUE_BYTES`]),
-/// not only in messages, so an engine that falls behind costs no more memory
-/// than that.
-struct EngineSink {
-    tx: SyncSender<EngineInput>,
-    queued: Arc<QueuedBytes>,
-}
-
-/// Bytes of media waiting in the engine queue, and whether the engine still
-/// runs (set false when its thread ends, even by a panic).
-struct QueuedBytes {
-    bytes: AtomicUsize,
-    engine_running: AtomicBool,
-}
+/// The media thread's way into the engine: it waits when the queue is full
+/// (the sockets' queues absorb that), it never drops a batch. How much media
+/// can wait is bounded by the media thread's batch pool ([`crate::media`]).
+struct EngineSink(SyncSender<EngineInput>);
 
 impl BatchSink for EngineSink {
     fn deliver(&mut self, batch: DatagramBatch) -> bool {
-        while self.queued.bytes.load(Ordering::Acquire) > ENGINE_QUEUE_BYTES {
-            if !self.queued.engine_running.load(Ordering::Acquire) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.queued
-            .bytes
-            .fetch_add(batch.data.len(), Ordering::AcqRel);
-        self.tx.send(EngineInput::Media(batch)).is_ok()
-    }
-}
-
-/// Sets [`QueuedBytes::engine_running`] false when the engine thread ends.
-struct EngineRunning(Arc<QueuedBytes>);
-
-impl Drop for EngineRunning {
-    fn drop(&mut self) {
-        self.0.engine_running.store(false, Ordering::Release);
+        self.0.send(EngineInput::Media(batch)).is_ok()
     }
 }
 
@@ -228,15 +198,7 @@ pub async fn start(
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
     let counters = Arc::new(MediaCounters::default());
-    let queued = Arc::new(QueuedBytes {
-        bytes: AtomicUsize::new(0),
-        engine_running: AtomicBool::new(true),
-    });
-    let sink = EngineSink {
-        tx: etx.clone(),
-        queued: queued.clone(),
-    };
-    let media = MediaReceiver::start(sink, counters.clone())?;
+    let (media, recycler) = MediaReceiver::start(EngineSink(etx.clone()), counters.clone())?;
     let engine_thread = {
         let (status, live, drops) = (status.clone(), live.clone(), drops.clone());
         let report = Report {
@@ -245,13 +207,9 @@ pub async fn start(
             media: counters,
             listen: cfg.listen.to_string(),
         };
-        let recycler = media.recycler();
         std::thread::Builder::new()
             .name("siprec-engine".into())
-            .spawn(move || {
-                let _running = EngineRunning(queued.clone());
-                engine_loop(engine_cfg, out, erx, live, report, &queued, &recycler)
-            })?
+            .spawn(move || engine_loop(engine_cfg, out, erx, live, report, recycler))?
     };
     live.beat("siprec");
     let sip_task = tokio::spawn(sip_loop(
@@ -278,12 +236,9 @@ pub async fn start(
 const SIP_RCVBUF: libc::c_int = 4 << 20;
 
 /// Messages the engine queue holds (SIP messages and media batches of one
-/// reading round each).
+/// reading round each; the media thread has far fewer batches than this, so
+/// SIP messages always find room).
 const ENGINE_QUEUE: usize = 4096;
-
-/// Media bytes the engine queue may hold: about a second of RTP at 2,000
-/// G.711 calls. Beyond it the media thread waits and the sockets queue.
-const ENGINE_QUEUE_BYTES: usize = 32 << 20;
 
 /// What the engine thread publishes to the status snapshot.
 struct Report {
@@ -302,21 +257,13 @@ fn engine_loop(
     rx: std_mpsc::Receiver<EngineInput>,
     live: Arc<Liveness>,
     report: Report,
-    queued: &QueuedBytes,
-    recycler: &Recycler,
+    recycler: Recycler,
 ) {
     let mut engine = CallEngine::new(engine_cfg);
     let mut last_tick = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(input) => {
-                let media_bytes = match &input {
-                    EngineInput::Media(b) => b.data.len(),
-                    EngineInput::Udp { .. } => 0,
-                };
-                handle_input(&mut engine, input, &mut out, recycler);
-                queued.bytes.fetch_sub(media_bytes, Ordering::AcqRel);
-            }
+            Ok(input) => handle_input(&mut engine, input, &mut out, &recycler),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
