@@ -2593,6 +2593,24 @@ mod event_tests {
         s
     }
 
+    /// An event-driven scanner on `<tmp>/m` (spool `<tmp>/s`) after its
+    /// start-up listing at the returned instant.
+    fn started_events_scanner() -> (tempfile::TempDir, PathBuf, FolderScanner, Instant) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let mut s = events_scanner(&root, &tmp.path().join("s"));
+        let t0 = Instant::now();
+        s.scan(t0);
+        (tmp, root, s, t0)
+    }
+
+    /// The PBX writes `p` (`ms` of audio) and closes it: both events at `at`.
+    fn written_and_closed(s: &mut FolderScanner, p: &Path, ms: u32, at: Instant) {
+        sln(p, ms);
+        s.note_event(&ev(CREATED, p), at);
+        s.note_event(&ev(CLOSED, p), at);
+    }
+
     fn ev(kind: EventKind, p: &Path) -> Event {
         Event::new(kind).add_path(p.to_path_buf())
     }
@@ -2659,15 +2677,9 @@ mod event_tests {
 
     #[test]
     fn reopened_after_close_waits_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("m");
-        let mut s = events_scanner(&root, &tmp.path().join("s"));
-        let t0 = Instant::now();
-        s.scan(t0);
+        let (_tmp, root, mut s, t0) = started_events_scanner();
         let p = root.join("1700000201.1.sln");
-        sln(&p, 100);
-        s.note_event(&ev(CREATED, &p), t0);
-        s.note_event(&ev(CLOSED, &p), t0);
+        written_and_closed(&mut s, &p, 100, t0);
         // MixMonitor opens it again and writes: open again.
         let t1 = t0 + Duration::from_secs(3);
         sln(&p, 300);
@@ -2680,11 +2692,7 @@ mod event_tests {
 
     #[test]
     fn new_directory_listed_at_once_and_again_later() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("m");
-        let mut s = events_scanner(&root, &tmp.path().join("s"));
-        let t0 = Instant::now();
-        s.scan(t0);
+        let (tmp, root, mut s, t0) = started_events_scanner();
         // mkdir -p 2026/11/24 and a file in it before its watch existed:
         // only the event of the top directory arrives.
         let d = root.join("2026/11/24");
@@ -2716,16 +2724,10 @@ mod event_tests {
 
     #[test]
     fn deleted_directory_is_forgotten_and_root_events_are_reported() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("m");
-        let mut s = events_scanner(&root, &tmp.path().join("s"));
-        let t0 = Instant::now();
-        s.scan(t0);
+        let (tmp, root, mut s, t0) = started_events_scanner();
         let d = root.join("2026/11/24");
         let p = d.join("1700000220.1.sln");
-        sln(&p, 100);
-        s.note_event(&ev(CREATED, &p), t0);
-        s.note_event(&ev(CLOSED, &p), t0);
+        written_and_closed(&mut s, &p, 100, t0);
         assert_eq!(s.scan(t0 + Duration::from_secs(1)), 0);
         assert_eq!(s.next_pass(t0 + Duration::from_secs(1)), t0 + SETTLE);
         fs::remove_dir_all(root.join("2026")).unwrap();
@@ -2768,15 +2770,9 @@ mod event_tests {
 
     #[test]
     fn a_lost_event_lists_everything_and_restarts_settling() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("m");
-        let mut s = events_scanner(&root, &tmp.path().join("s"));
-        let t0 = Instant::now();
-        s.scan(t0);
+        let (_tmp, root, mut s, t0) = started_events_scanner();
         let a = root.join("1700000230.1.sln");
-        sln(&a, 100);
-        s.note_event(&ev(CREATED, &a), t0);
-        s.note_event(&ev(CLOSED, &a), t0);
+        written_and_closed(&mut s, &a, 100, t0);
         assert_eq!(s.scan(t0 + Duration::from_secs(1)), 0);
         // A file whose events were lost, then the overflow notice.
         let b = root.join("2026/1700000231.1.sln");
@@ -2802,11 +2798,7 @@ mod event_tests {
             eprintln!("fs.inotify.max_queued_events = {max}: overflow test skipped");
             return;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("m");
-        let mut s = events_scanner(&root, &tmp.path().join("s"));
-        let t0 = Instant::now();
-        s.scan(t0);
+        let (_tmp, root, mut s, t0) = started_events_scanner();
         // The handler stops at a gate: the kernel queue fills up.
         let gate = Arc::new(std::sync::Mutex::new(()));
         let got = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
