@@ -480,11 +480,16 @@ fn transient_errors_back_off_and_retry_after_is_obeyed() {
         })
         .await;
         let t429 = Instant::now();
-        // The recording shows the last error and waits.
+        // The recording shows the last error and waits. The receiver counts
+        // the 429 before the client has read it, so wait for the spool.
         let sp = Spool::open(d.path()).unwrap();
+        wait_for("the 429 in the spool", Duration::from_secs(2), || {
+            let e = sp.get("r").unwrap().unwrap();
+            e.last_error.as_deref() == Some("HTTP 429")
+        })
+        .await;
         let e = sp.get("r").unwrap().unwrap();
         assert_eq!(e.state, State::Uploading, "tus location kept");
-        assert_eq!(e.last_error.as_deref(), Some("HTTP 429"));
         wait_for("delivery", Duration::from_secs(10), || {
             rx.lock().calls.len() == 1
         })
