@@ -1,6 +1,8 @@
 //! The folder source against generated FreePBX-style recordings: split legs,
 //! stereo, mono, raw, Master.csv, settling, once-only, broken files, odd paths.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -956,5 +958,216 @@ mod inotify {
         fs::write(root.join("1700000340.1.sln"), sln_bytes(60, 200)).unwrap();
         assert!(r.wait_for(|r| r.pairs() == 1), "{:?}", r.folder());
         r.stop();
+    }
+}
+
+// ------------------------------------------------------------ the daemon
+//
+// `pbx-edge run` with the folder source and a cloud: killed and stopped in
+// the middle of deliveries, started again. Every recording reaches the cloud
+// once, with the PBX's audio, and every PBX file is moved once, untouched.
+
+mod daemon {
+    use super::common::daemon::Daemon;
+    use super::common::receiver::{Fault, FaultAction, Receiver, ReceiverOptions};
+    use super::*;
+    use hyper::Method;
+    use std::os::unix::process::ExitStatusExt;
+
+    struct Set {
+        stem: String,
+        caller: Vec<i16>,
+        callee: Vec<i16>,
+    }
+
+    fn write_set(root: &Path, n: u64) -> Set {
+        let stem = format!("in-1001-555000{n}-20261124-1015{n:02}-1700000100.{n}");
+        let caller = speechlike(100 + n, 2500, 8000);
+        let callee = speechlike(200 + n, 2500, 8000);
+        let d = day_dir(root);
+        write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
+        write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &callee);
+        Set {
+            stem,
+            caller,
+            callee,
+        }
+    }
+
+    fn folder_status(d: &Daemon) -> Value {
+        let (code, body) = d.get("/status").expect("status");
+        assert_eq!(code, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["sources"]["folder"].clone()
+    }
+
+    /// Waits (at most `max`) until `f` holds.
+    fn wait(what: &str, max: Duration, d: &Daemon, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < max, "{what}; log:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keeps a stopped daemon's log (the next start truncates daemon.log).
+    fn keep_log(dir: &Path, n: usize) -> String {
+        let to = dir.join(format!("daemon-{n}.log"));
+        fs::rename(dir.join("daemon.log"), &to).unwrap();
+        fs::read_to_string(to).unwrap()
+    }
+
+    #[test]
+    fn restarts_in_the_middle_of_deliveries_deliver_each_recording_once() {
+        let rx = Receiver::start(ReceiverOptions {
+            token: Some("folder-token".into()),
+            ..ReceiverOptions::default()
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let root = dir.join("monitor dir");
+        let done = dir.join("done");
+        fs::write(dir.join("token"), "folder-token\n").unwrap();
+        let extra = format!(
+            "[sources.siprec]\nenabled = false\n\
+             [sources.folder]\nenabled = true\npath = \"{}\"\nsettle = \"1s\"\n\
+             after_delivery = \"move\"\nmove_to = \"{}\"\n\
+             [cloud]\nurl = \"{}\"\ntoken_file = \"{}\"\nmax_parallel = 2\n",
+            root.display(),
+            done.display(),
+            rx.url,
+            dir.join("token").display()
+        );
+        // Three calls recorded while the daemon was not running.
+        let mut sets: Vec<Set> = (1..=3).map(|n| write_set(&root, n)).collect();
+        let originals: Vec<(PathBuf, Vec<u8>)> = sets
+            .iter()
+            .flat_map(|s| ["in", "out"].map(|leg| format!("{}-{leg}.wav", s.stem)))
+            .map(|n| {
+                let p = day_dir(&root).join(&n);
+                let b = fs::read(&p).unwrap();
+                (PathBuf::from(n), b)
+            })
+            .collect();
+
+        // 1. The uploads hang: SIGKILL while they do, recordings spooled.
+        for _ in 0..2 {
+            rx.push_fault(Fault::new(
+                Some(Method::PATCH),
+                "/v1/uploads/",
+                FaultAction::Delay(Duration::from_secs(15)),
+            ));
+        }
+        let mut d = Daemon::start(dir, &extra);
+        wait("3 recordings spooled", Duration::from_secs(30), &d, || {
+            d.recordings().len() == 3
+        });
+        // A scripted fault is used up when its request arrives.
+        wait("two uploads hanging", Duration::from_secs(30), &d, || {
+            rx.lock().script.is_empty()
+        });
+        d.signal(libc::SIGKILL);
+        let exit = d.child.wait().unwrap();
+        assert_eq!(exit.signal(), Some(libc::SIGKILL));
+        drop(d);
+        let log1 = keep_log(dir, 1);
+        assert_eq!(
+            rx.lock().calls.len(),
+            0,
+            "nothing delivered before the kill"
+        );
+
+        // 2. A fourth call while it is down; started again, stopped (SIGTERM)
+        //    with a call post hanging.
+        let mut sets_more = vec![write_set(&root, 4)];
+        let originals_4: Vec<(PathBuf, Vec<u8>)> = ["in", "out"]
+            .map(|leg| {
+                let n = format!("{}-{leg}.wav", sets_more[0].stem);
+                (
+                    PathBuf::from(&n),
+                    fs::read(day_dir(&root).join(&n)).unwrap(),
+                )
+            })
+            .into();
+        rx.push_fault(Fault::new(
+            Some(Method::POST),
+            "/v1/calls",
+            FaultAction::Delay(Duration::from_secs(15)),
+        ));
+        let mut d = Daemon::start(dir, &extra);
+        wait("the 4th spooled", Duration::from_secs(30), &d, || {
+            d.log().contains("folder recording taken")
+        });
+        wait("a call post hanging", Duration::from_secs(30), &d, || {
+            rx.lock().script.is_empty()
+        });
+        d.signal(libc::SIGTERM);
+        assert_eq!(
+            d.wait_exit(Duration::from_secs(15)),
+            Some(0),
+            "SIGTERM: exit 0"
+        );
+        drop(d);
+        let log2 = keep_log(dir, 2);
+
+        // 3. Started again: everything is delivered and moved.
+        let d = Daemon::start(dir, &extra);
+        wait("4 calls delivered", Duration::from_secs(60), &d, || {
+            rx.lock().calls.len() == 4
+        });
+        let day_done = day_dir(&done);
+        let all: Vec<(PathBuf, Vec<u8>)> = originals.into_iter().chain(originals_4).collect();
+        wait("the PBX files moved", Duration::from_secs(30), &d, || {
+            all.iter()
+                .all(|(n, _)| day_done.join(n).exists() && !day_dir(&root).join(n).exists())
+        });
+        wait("an empty spool", Duration::from_secs(10), &d, || {
+            d.recordings().is_empty()
+        });
+        let f3 = folder_status(&d);
+        let log3 = d.log();
+        drop(d);
+
+        // Each recording once in the cloud, with the PBX's audio.
+        sets.append(&mut sets_more);
+        let st = rx.lock();
+        assert!(st.conflicts.is_empty(), "{:?}", st.conflicts);
+        assert_eq!(st.calls.len(), 4);
+        for s in &sets {
+            let uid = s.stem.rsplit('-').next().unwrap();
+            let c = st
+                .calls
+                .values()
+                .find(|c| c.json["call_id"] == uid)
+                .unwrap_or_else(|| panic!("{uid} not delivered"));
+            assert_eq!(c.json["source"], "folder");
+            assert_eq!(c.json["from"]["number"], format!("555000{}", &uid[11..]));
+            assert_eq!(c.json["to"]["number"], "1001");
+            assert_eq!(c.json["direction"], "inbound");
+            let (rate, [l, r]) = read_stereo_wav(&c.audio).unwrap();
+            assert_eq!(rate, 8000);
+            assert!(correlation_at(&l, &s.caller, 0) > 0.99, "{uid} caller");
+            assert!(correlation_at(&r, &s.callee, 0) > 0.99, "{uid} callee");
+        }
+        // Auth was sent every time; the hung call post was not lost.
+        assert!(st
+            .authorization_seen
+            .iter()
+            .all(|a| a == "Bearer folder-token"));
+        drop(st);
+        // Every PBX file moved once, byte for byte as the PBX wrote it.
+        for (n, bytes) in &all {
+            assert_eq!(&fs::read(day_done.join(n)).unwrap(), bytes, "{n:?}");
+        }
+        // Each set was taken once over the three runs: by the first (3) and
+        // the second (the one that appeared while it was down); none by the
+        // third.
+        let taken = |log: &str| log.matches("folder recording taken").count();
+        assert_eq!(taken(&log1), 3, "{log1}");
+        assert_eq!(taken(&log2), 1, "{log2}");
+        assert_eq!(taken(&log3), 0, "{log3}");
+        assert_eq!(f3["recordings_written"], 0);
+        assert_eq!(f3["errors"], 0, "{f3}");
+        assert!(!log3.contains("not taken"), "{log3}");
     }
 }

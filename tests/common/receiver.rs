@@ -113,6 +113,8 @@ pub struct StoredCall {
     /// How many times this key was posted (accepted answers).
     pub posts: u32,
     pub protocol: &'static str,
+    /// The audio as received (kept in the receiver's store).
+    pub audio: PathBuf,
 }
 
 /// Everything the receiver saw.
@@ -653,6 +655,14 @@ fn file_sha(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
+/// Where a call's audio came in.
+enum Received {
+    /// A finished tus upload.
+    Upload(PathBuf),
+    /// The audio part of a multipart call.
+    Part(tempfile::NamedTempFile),
+}
+
 async fn post_call(
     ctx: &Arc<Ctx>,
     req: Request<Incoming>,
@@ -662,7 +672,7 @@ async fn post_call(
         return Ok(answer(400, "Idempotency-Key required"));
     };
     let ctype = header(&req, "content-type").unwrap_or("").to_string();
-    let (json, bytes, sha, protocol) = if ctype.starts_with("application/json") {
+    let (json, bytes, sha, protocol, received) = if ctype.starts_with("application/json") {
         let mut buf = Vec::new();
         read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await?;
         let json: serde_json::Value = match serde_json::from_slice(&buf) {
@@ -682,7 +692,7 @@ async fn post_call(
             }
         };
         let (n, sha) = file_sha(&path)?;
-        (json, n, sha, "tus")
+        (json, n, sha, "tus", Received::Upload(path))
     } else if ctype.starts_with("multipart/form-data") {
         let boundary = multer::parse_boundary(&ctype)?;
         let stream = body_stream(req.into_body(), reset_after);
@@ -713,7 +723,7 @@ async fn post_call(
         let (Some(json), Some((n, sha))) = (json, audio) else {
             return Ok(answer(400, "parts metadata and audio required"));
         };
-        (json, n, sha, "multipart")
+        (json, n, sha, "multipart", Received::Part(tmp))
     } else {
         return Ok(answer(415, "unsupported content type"));
     };
@@ -738,6 +748,10 @@ async fn post_call(
         }
         return Ok(answer(200, "{\"status\":\"already accepted\"}"));
     }
+    let audio = match received {
+        Received::Upload(p) => p,
+        Received::Part(t) => t.into_temp_path().keep()?,
+    };
     st.calls.insert(
         key,
         StoredCall {
@@ -746,6 +760,7 @@ async fn post_call(
             bytes,
             posts: 1,
             protocol,
+            audio,
         },
     );
     Ok(answer(201, "{\"status\":\"created\"}"))
