@@ -30,7 +30,9 @@
 //! Back-pressure: the thread owns [`BATCHES`] batch buffers, which the engine
 //! gives back once processed ([`Recycler`]). With all of them waiting in the
 //! engine, the thread waits too and the sockets queue: the engine's backlog
-//! is at most that many rounds, whatever the load. When the engine is gone
+//! is at most that many rounds, whatever the load. A round that reads more
+//! than [`BATCH_BYTES`] (a burst) is cut into several batches, so the
+//! backlog's memory is bounded too. When the engine is gone
 //! (its recycler dropped), the thread ends.
 //!
 //! Promises: datagrams of one socket reach the engine in the order the kernel
@@ -125,6 +127,14 @@ impl Recycler {
 /// Batches the receive thread may have out at once: the engine's backlog, in
 /// rounds of [`ROUND`] (about 1.3 s).
 const BATCHES: usize = 32;
+
+/// A batch holding this many bytes of datagrams goes to the engine at once,
+/// even in the middle of a round, and the round goes on in another one: after
+/// a burst (a sender catching up) the batches, which keep their buffers,
+/// are not each as large as the burst. With [`BATCHES`] of them, the engine's
+/// backlog holds at most about 50 MiB (32 MiB of datagrams and their
+/// addresses), about 2 s of 2,000 G.711 calls.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// What the receive path counts (read by the status snapshot).
 #[derive(Debug, Default)]
@@ -517,8 +527,18 @@ impl Reader {
                     let key = e.u64;
                     if key == WAKE {
                         stop |= self.commands_due();
-                    } else {
-                        self.drain(key as usize, &mut batch);
+                        continue;
+                    }
+                    self.drain(key as usize, &mut batch);
+                    if batch.data.len() >= BATCH_BYTES {
+                        let full = std::mem::take(&mut batch);
+                        if !self.deliver(&mut sink, full) {
+                            return;
+                        }
+                        let Some(b) = self.free_batch() else {
+                            return;
+                        };
+                        batch = b;
                     }
                 }
                 // ...then take every socket that is ready in this round.
@@ -544,10 +564,7 @@ impl Reader {
                 }
                 continue;
             }
-            self.counters
-                .datagrams
-                .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-            if !sink.deliver(batch) || stop {
+            if !self.deliver(&mut sink, batch) || stop {
                 return;
             }
             // Let the next round find many sockets ready at once.
@@ -555,6 +572,14 @@ impl Reader {
                 std::thread::sleep(rest);
             }
         }
+    }
+
+    /// Counts `batch` and hands it to the engine; false when it is gone.
+    fn deliver(&self, sink: &mut impl BatchSink, batch: DatagramBatch) -> bool {
+        self.counters
+            .datagrams
+            .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+        sink.deliver(batch)
     }
 
     /// A batch to fill: a given-back one, a new one while fewer than
@@ -786,6 +811,80 @@ mod tests {
         sender.send_to(b"y", la).unwrap();
         let got = collect(&rx, &recycler, 1);
         assert_eq!(got[0].1, b"y");
+        media.stop();
+    }
+
+    /// Hands batches on, but holds the thread in its first delivery until
+    /// told to go on (the sockets queue meanwhile).
+    struct Held {
+        out: mpsc::SyncSender<DatagramBatch>,
+        go: Option<mpsc::Receiver<()>>,
+    }
+    impl BatchSink for Held {
+        fn deliver(&mut self, batch: DatagramBatch) -> bool {
+            let ok = self.out.send(batch).is_ok();
+            if let Some(go) = self.go.take() {
+                let _ = go.recv();
+            }
+            ok
+        }
+    }
+
+    #[test]
+    fn a_burst_is_cut_into_batches_of_bounded_size() {
+        let (tx, rx) = sync_channel(64);
+        let (go_tx, go_rx) = sync_channel(1);
+        let sink = Held {
+            out: tx,
+            go: Some(go_rx),
+        };
+        let (media, recycler) = MediaReceiver::start(sink, Arc::default()).unwrap();
+        let ctl = media.control();
+        const PORTS: usize = 20;
+        const EACH: usize = 60;
+        let mut ports = Vec::new();
+        for _ in 0..PORTS {
+            let p = MediaPort::bind("127.0.0.1:0".parse().unwrap(), Arc::default()).unwrap();
+            ports.push(p.local);
+            ctl.add(p);
+        }
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // One probe per port until all are watched; the thread is then held.
+        for &p in &ports {
+            sender.send_to(b"probe", p).unwrap();
+        }
+        collect(&rx, &recycler, PORTS);
+        // 1.2 MB queued in the sockets while the thread waits.
+        let payload = [7u8; 1000];
+        for i in 0..EACH {
+            for &p in &ports {
+                let mut d = payload;
+                d[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                sender.send_to(&d, p).unwrap();
+            }
+        }
+        go_tx.send(()).unwrap();
+        let mut got = 0;
+        let mut batches = 0;
+        let mut per_port = vec![Vec::new(); PORTS];
+        while got < PORTS * EACH {
+            let b = rx.recv_timeout(Duration::from_secs(10)).expect("the burst");
+            // At most one socket's queue beyond the limit.
+            assert!(b.data.len() < BATCH_BYTES + EACH * 1000, "{}", b.data.len());
+            for (d, bytes) in b.iter() {
+                let k = ports.iter().position(|p| *p == d.dst).unwrap();
+                per_port[k].push(u32::from_be_bytes(bytes[..4].try_into().unwrap()));
+            }
+            got += b.items.len();
+            batches += 1;
+            recycler.give_back(b);
+        }
+        assert!(batches >= 2, "1.2 MB in {batches} batch(es)");
+        let want: Vec<u32> = (0..EACH as u32).collect();
+        assert!(
+            per_port.iter().all(|v| *v == want),
+            "every datagram, in order"
+        );
         media.stop();
     }
 
