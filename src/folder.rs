@@ -19,6 +19,10 @@
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
 //!   Stereo files are taken as they are; a mono mix goes on channel 0 with
 //!   silence on channel 1, `"mixed_mono": true` and a warning.
+//! - Formats ([`decode_audio`]): WAV 16-bit PCM, `.sln`/`.raw` (8 kHz),
+//!   `.sln16`, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
+//!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
 //!   inotify: closed after writing (`IN_CLOSE_WRITE`), then unchanged for
 //!   `settle` (MixMonitor may reopen a file: a write after the close makes it
@@ -84,6 +88,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pbx_core::audio::gsm;
 use pbx_core::audio::resample::Resampler;
 use pbx_core::audio::wav::{parse_wav_header, WavWriter};
 use pbx_core::call::meta::recording_id;
@@ -448,6 +453,24 @@ pub struct Pcm {
     pub rate: u32,
     pub channels: u16,
     pub samples: Vec<i16>,
+    /// What the file held, for the JSON's per-channel `codec`: `"L16"` (PCM)
+    /// or `"GSM"` (GSM 06.10, raw or WAV49).
+    pub codec: &'static str,
+    /// What decoding noticed but got past (GSM frames without the magic, a
+    /// partial last frame), each naming the file: for the JSON's `warnings`.
+    pub warnings: Vec<String>,
+}
+
+impl Pcm {
+    fn l16(rate: u32, channels: u16, samples: Vec<i16>) -> Self {
+        Pcm {
+            rate,
+            channels,
+            samples,
+            codec: "L16",
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Extensions taken as recordings.
@@ -465,8 +488,10 @@ fn le_samples(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
-/// Reads a recording file: 16-bit PCM WAV (mono or stereo), `.sln`/`.raw`
-/// (8 kHz s16le, mono or interleaved stereo per `raw_stereo`), `.sln16`.
+/// Reads a recording file: WAV (16-bit PCM mono or stereo, or GSM 6.10 =
+/// WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames `.gsm` (8 kHz mono),
+/// `.sln`/`.raw` (8 kHz s16le, mono or interleaved stereo per `raw_stereo`),
+/// `.sln16`.
 pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
     let size = fs::metadata(path).map_err(io_err(path))?.len();
     if size > settings.max_file_bytes {
@@ -481,7 +506,11 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
 }
 
 /// [`read_audio`] of bytes already read: the format comes from `path`'s
-/// extension (`path` also names the file in errors). Never panics.
+/// extension and, for WAV (`.wav`, `.WAV`, `.wav49`), from the header's
+/// format tag (1 = PCM, 0x31 = GSM 6.10); `path` also names the file in
+/// errors and warnings. GSM decodes to about 10 times its size: a GSM file
+/// whose PCM would exceed [`FolderSettings::max_file_bytes`] is refused.
+/// Never panics.
 pub fn decode_audio(
     path: &Path,
     bytes: &[u8],
@@ -493,39 +522,76 @@ pub fn decode_audio(
         .unwrap_or_default();
     let raw_channels = if settings.raw_stereo { 2 } else { 1 };
     if name.ends_with(".sln16") {
-        return Ok(Pcm {
-            rate: 16000,
-            channels: raw_channels,
-            samples: le_samples(bytes),
-        });
+        return Ok(Pcm::l16(16000, raw_channels, le_samples(bytes)));
     }
     if name.ends_with(".sln") || name.ends_with(".raw") {
-        return Ok(Pcm {
-            rate: 8000,
-            channels: raw_channels,
-            samples: le_samples(bytes),
-        });
+        return Ok(Pcm::l16(8000, raw_channels, le_samples(bytes)));
     }
-    if name.ends_with(".gsm") || name.ends_with(".wav49") {
-        return Err(fmt_err(
+    if name.ends_with(".gsm") {
+        // Asterisk's `gsm` format: 33-byte GSM 06.10 frames, no header.
+        gsm_fits(
             path,
-            "unsupported format: GSM 6.10 (.gsm / WAV49) cannot be decoded; \
-             record wav (MixMonitor file format wav) instead",
-        ));
+            bytes.len() / gsm::FRAME_BYTES,
+            gsm::FRAME_SAMPLES,
+            settings,
+        )?;
+        let (samples, stats) = gsm::decode_gsm_with_stats(bytes)
+            .map_err(|e| fmt_err(path, format!("GSM 06.10: {e}")))?;
+        return Ok(gsm_pcm(path, samples, stats, "frame"));
     }
     let info = parse_wav_header(bytes).map_err(|e| fmt_err(path, e.to_string()))?;
-    if info.format == 0x31 {
-        return Err(fmt_err(
+    let start = usize::try_from(info.data_offset).unwrap_or(usize::MAX);
+    if info.format == gsm::WAVE_FORMAT_GSM610 {
+        // WAV49 (Asterisk's `wav49`, written as `.WAV`): 65-byte blocks of
+        // two GSM 06.10 frames, Microsoft packing.
+        if info.channels != 1 || info.sample_rate != gsm::SAMPLE_RATE {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "GSM 6.10 WAV (WAV49) with {} channels at {} Hz; mono 8000 Hz expected",
+                    info.channels, info.sample_rate
+                ),
+            ));
+        }
+        if usize::from(info.block_align) != gsm::WAV49_BLOCK_BYTES {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "GSM 6.10 WAV (WAV49) with block align {}; {} expected",
+                    info.block_align,
+                    gsm::WAV49_BLOCK_BYTES
+                ),
+            ));
+        }
+        // The declared size (the 0xFFFFFFFF placeholder of a file still
+        // being written, or more than a cut file holds) clamped to the file.
+        let available = bytes.len().saturating_sub(start);
+        let len = usize::try_from(info.data_len)
+            .unwrap_or(usize::MAX)
+            .min(available);
+        let data = bytes
+            .get(start..start.saturating_add(len))
+            .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
+        gsm_fits(
             path,
-            "unsupported format: GSM 6.10 in WAV (WAV49) cannot be decoded; \
-             record wav (MixMonitor file format wav) instead",
-        ));
+            data.len() / gsm::WAV49_BLOCK_BYTES,
+            gsm::WAV49_BLOCK_SAMPLES,
+            settings,
+        )?;
+        let (samples, mut stats) = gsm::decode_wav49_with_stats(data)
+            .map_err(|e| fmt_err(path, format!("GSM 6.10 WAV (WAV49): {e}")))?;
+        // One byte over whole blocks is the RIFF pad of an odd-sized chunk
+        // (sox and Asterisk count it in the chunk size), not a cut block.
+        if stats.trailing_bytes == 1 {
+            stats.trailing_bytes = 0;
+        }
+        return Ok(gsm_pcm(path, samples, stats, "block"));
     }
     if !info.is_pcm() || info.bits_per_sample != 16 {
         return Err(fmt_err(
             path,
             format!(
-                "unsupported WAV encoding (format {}, {} bits); 16-bit PCM expected",
+                "unsupported WAV encoding (format {}, {} bits); 16-bit PCM or GSM 6.10 expected",
                 info.format, info.bits_per_sample
             ),
         ));
@@ -536,16 +602,61 @@ pub fn decode_audio(
             format!("{} channels; 1 or 2 expected", info.channels),
         ));
     }
-    let start = usize::try_from(info.data_offset).unwrap_or(usize::MAX);
     let len = usize::try_from(info.audio_len(bytes.len() as u64)).unwrap_or(0);
     let data = bytes
         .get(start..start.saturating_add(len))
         .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
-    Ok(Pcm {
-        rate: info.sample_rate,
-        channels: info.channels,
-        samples: le_samples(data),
-    })
+    Ok(Pcm::l16(info.sample_rate, info.channels, le_samples(data)))
+}
+
+/// Refuses GSM whose decoded PCM (`units` frames or blocks of `samples`
+/// each) would be larger than `max_file_bytes`: the memory bound holds for
+/// what is decoded, not only for what is read.
+fn gsm_fits(
+    path: &Path,
+    units: usize,
+    samples: usize,
+    settings: &FolderSettings,
+) -> Result<(), FolderError> {
+    let pcm_bytes = (units as u64).saturating_mul(samples as u64 * 2);
+    if pcm_bytes > settings.max_file_bytes {
+        return Err(fmt_err(
+            path,
+            format!(
+                "GSM 06.10 decoding to {pcm_bytes} bytes of PCM, more than the limit of {}",
+                settings.max_file_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decoded GSM as mono 8 kHz [`Pcm`], with a warning for each thing the
+/// decoder got past (`unit`: "frame" or "block").
+fn gsm_pcm(path: &Path, samples: Vec<i16>, stats: gsm::GsmStats, unit: &str) -> Pcm {
+    let mut warnings = Vec::new();
+    if stats.bad_frames > 0 {
+        warnings.push(format!(
+            "{}: {} of {} GSM frames without the 0xD magic, decoded as silence",
+            path.display(),
+            stats.bad_frames,
+            stats.frames
+        ));
+    }
+    if stats.trailing_bytes > 0 {
+        warnings.push(format!(
+            "{}: the last {} bytes are a partial GSM {unit}, ignored",
+            path.display(),
+            stats.trailing_bytes
+        ));
+    }
+    Pcm {
+        rate: gsm::SAMPLE_RATE,
+        channels: 1,
+        samples,
+        codec: "GSM",
+        warnings,
+    }
 }
 
 /// Channel `idx` of interleaved PCM.
@@ -681,7 +792,7 @@ pub fn convert(
 ) -> Result<Converted, FolderError> {
     let mut warnings: Vec<String> = Vec::new();
     let mut mixed_mono = false;
-    let (left, right, rate, sources, codec): (Vec<i16>, Vec<i16>, u32, Vec<String>, String);
+    let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);
     let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
     if set.rx.is_some() || set.tx.is_some() {
         let a = set
@@ -696,6 +807,7 @@ pub fn convert(
             .transpose()?;
         for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
             if let (Some(pcm), Some(path)) = (leg, p) {
+                warnings.extend(pcm.warnings.iter().cloned());
                 if pcm.channels != 1 {
                     warnings.push(format!(
                         "{}: leg has {} channels, the first is used",
@@ -737,9 +849,13 @@ pub fn convert(
             .flatten()
             .map(src_name)
             .collect();
-        codec = "L16".into();
+        codecs = [
+            a.as_ref().map_or("L16", |p| p.codec),
+            b.as_ref().map_or("L16", |p| p.codec),
+        ];
     } else if let Some(path) = &set.whole {
         let p = read_audio(path, settings)?;
+        warnings.extend(p.warnings.iter().cloned());
         let r = if p.rate > 8000 { 16000 } else { 8000 };
         if p.channels == 2 {
             left = resample(channel(&p, 0), p.rate, r, path)?;
@@ -756,16 +872,16 @@ pub fn convert(
         }
         rate = r;
         sources = vec![src_name(path)];
-        codec = "L16".into();
+        codecs = [p.codec, p.codec];
     } else {
         return Err(fmt_err(&set.key, "no audio file in the set"));
     }
 
     // `caller_leg = "out"`: the caller is what the PBX sent (tx / right).
-    let (left, right) = if settings.caller_leg_out && !mixed_mono {
-        (right, left)
+    let (left, right, codecs) = if settings.caller_leg_out && !mixed_mono {
+        (right, left, [codecs[1], codecs[0]])
     } else {
-        (left, right)
+        (left, right, codecs)
     };
 
     // Metadata: the CDR first, then the file name, then the mtime.
@@ -856,8 +972,8 @@ pub fn convert(
         }
     };
     let channels = json!([
-        {"index": 0, "party": "caller", "codec": codec, "packets": 0, "lost": 0},
-        {"index": 1, "party": "callee", "codec": codec, "packets": 0, "lost": 0},
+        {"index": 0, "party": "caller", "codec": codecs[0], "packets": 0, "lost": 0},
+        {"index": 1, "party": "callee", "codec": codecs[1], "packets": 0, "lost": 0},
     ]);
     let doc: Value = json!({
         "schema": SCHEMA,

@@ -722,6 +722,219 @@ fn after_delivery_move_and_delete_only_once_delivered() {
 // inotify events. No test asserts how fast: each waits (bounded) for what
 // must happen, and checks what must not happen while it waits.
 
+/// `sox <src> <args...> <dst>`; panics on failure.
+fn sox(src: &Path, args: &[&str], dst: &Path) {
+    let out = std::process::Command::new("sox")
+        .arg("-V1")
+        .arg(src)
+        .args(args)
+        .arg(dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// sox's (libgsm's) decoding of a `.gsm` / WAV49 file, as s16 samples.
+fn sox_decoded(file: &Path, tmp: &Path) -> Vec<i16> {
+    let raw = tmp.join("sox-decoded.raw");
+    sox(file, &["-t", "raw", "-e", "signed", "-b", "16"], &raw);
+    fs::read(&raw)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// Speech at 8 kHz (espeak-ng), or a speech-like signal without it.
+fn speech_8k(text: &str, seed: u64, tmp: &Path) -> Vec<i16> {
+    pbx_testgen::audio::espeak(text, "en", 8000, tmp).unwrap_or_else(|| {
+        eprintln!("espeak-ng not available: a speech-like signal instead");
+        speechlike(seed, 2500, 8000)
+    })
+}
+
+#[test]
+fn wav49_split_legs_merged_exact_with_sox() {
+    if !common::have("sox") {
+        eprintln!("sox not available: WAV49 folder test skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let caller = speech_8k("Hello, I am calling about my last invoice.", 21, &work);
+    let callee_speech = speech_8k("Of course, can you give me the invoice number?", 22, &work);
+    // The callee answers 600 ms in.
+    let mut callee = vec![0i16; 4800];
+    callee.extend_from_slice(&callee_speech);
+    // Asterisk `wav49`: GSM 6.10 in WAV, written as `.WAV`.
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let stem = "in-5550100-5559876-20261124-130000-1700000090.7";
+    let legs = [(&caller, "in"), (&callee, "out")].map(|(pcm, leg)| {
+        let src = work.join(format!("{leg}.wav"));
+        write_wav(&src, 8000, 1, pcm);
+        let dst = d.join(format!("{stem}-{leg}.WAV"));
+        sox(&src, &["-e", "gsm-full-rate"], &dst);
+        dst
+    });
+    let want_l = sox_decoded(&legs[0], &work);
+    let want_r = sox_decoded(&legs[1], &work);
+
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let c = &s.written[0];
+    let (rate, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+    assert_eq!(rate, 8000);
+    let frames = want_l.len().max(want_r.len());
+    assert_eq!(l.len(), frames, "padded to the longer leg");
+    // Sample for sample what sox (libgsm) decodes, the shorter leg padded.
+    assert_eq!(
+        &l[..want_l.len()],
+        &want_l[..],
+        "caller leg = sox's decoding"
+    );
+    assert_eq!(
+        &r[..want_r.len()],
+        &want_r[..],
+        "callee leg = sox's decoding"
+    );
+    assert!(l[want_l.len()..]
+        .iter()
+        .chain(&r[want_r.len()..])
+        .all(|&x| x == 0));
+    // And close to what was said, on the right channels, in time.
+    let (lag, corr) = best_lag(&l, &caller, 80);
+    assert!(lag == 0 && corr > 0.9, "caller on channel 0: {lag} {corr}");
+    let (lag, corr) = best_lag(&r, &callee, 80);
+    assert!(lag == 0 && corr > 0.9, "callee on channel 1: {lag} {corr}");
+    assert!(correlation_at(&l, &callee, 0).abs() < 0.2);
+    assert!(rms(&r[..4700]) < 50.0, "callee silent before answering");
+
+    let j = json_of(&c.json);
+    assert_eq!(j["call_id"], "1700000090.7");
+    assert_eq!(j["direction"], "inbound");
+    assert_eq!(j["mixed_mono"], false);
+    assert_eq!(j["channels"][0]["codec"], "GSM");
+    assert_eq!(j["channels"][1]["codec"], "GSM");
+    let warnings = j["warnings"].as_array().unwrap();
+    assert!(
+        !warnings.iter().any(|w| w.as_str().unwrap().contains("GSM")),
+        "sox's RIFF pad byte is not a partial block: {warnings:?}"
+    );
+}
+
+#[test]
+fn gsm_raw_mono_and_broken_gsm_files_reported() {
+    if !common::have("sox") {
+        eprintln!("sox not available: GSM folder test skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    let speech = speech_8k(
+        "Thank you for holding, an agent will be with you shortly.",
+        23,
+        &work,
+    );
+    let src = work.join("src.wav");
+    write_wav(&src, 8000, 1, &speech);
+    // Asterisk `gsm`: raw frames, a mono mix.
+    let gsm = root.join("1700000091.1.gsm");
+    sox(&src, &[], &gsm);
+    let want = sox_decoded(&gsm, &work);
+    // A `.wav49` file name, the last block cut short by a crash.
+    let w49 = work.join("w49.wav");
+    sox(&src, &["-e", "gsm-full-rate"], &w49);
+    let want49 = sox_decoded(&w49, &work);
+    let mut cut = fs::read(&w49).unwrap();
+    let keep = cut.len() - 40;
+    cut.truncate(keep);
+    fs::write(root.join("1700000092.1.wav49"), &cut).unwrap();
+    // Broken: text named .gsm; a stereo 16 kHz "GSM 6.10" WAV; a WAV49
+    // header with no whole block.
+    fs::write(
+        root.join("1700000093.1.gsm"),
+        "not a GSM file at all, ".repeat(10),
+    )
+    .unwrap();
+    let mut stereo = fs::read(&w49).unwrap();
+    stereo[22] = 2; // channels
+    stereo[24..28].copy_from_slice(&16000u32.to_le_bytes());
+    fs::write(root.join("1700000094.1.WAV"), &stereo).unwrap();
+    let header_only = &fs::read(&w49).unwrap()[..60 + 64];
+    fs::write(root.join("1700000095.1.WAV"), header_only).unwrap();
+
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 2, "{:?}", s.errors);
+    assert_eq!(s.counters.failed, 3, "{:?}", s.errors);
+    let has = |file: &str, what: &str| {
+        s.errors
+            .iter()
+            .any(|e| e.contains(file) && e.contains(what))
+    };
+    assert!(
+        has("1700000093.1.gsm", "lack the 0xD magic"),
+        "{:?}",
+        s.errors
+    );
+    assert!(
+        has("1700000094.1.WAV", "2 channels at 16000 Hz"),
+        "{:?}",
+        s.errors
+    );
+    assert!(
+        has("1700000095.1.WAV", "no complete GSM frame"),
+        "{:?}",
+        s.errors
+    );
+
+    let by_call = |id: &str| {
+        s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let mono = by_call("1700000091.1");
+    let (rate, [l, r]) = read_stereo_wav(&mono.wav).unwrap();
+    assert_eq!(rate, 8000);
+    assert_eq!(l, want, "= sox's decoding");
+    assert!(r.iter().all(|&x| x == 0));
+    assert!(correlation_at(&l, &speech, 0) > 0.9);
+    let j = json_of(&mono.json);
+    assert_eq!(j["mixed_mono"], true);
+    assert_eq!(j["channels"][0]["codec"], "GSM");
+
+    let cut = by_call("1700000092.1");
+    let (_, [l, _]) = read_stereo_wav(&cut.wav).unwrap();
+    assert_eq!(l.len(), want49.len() - 320, "the cut block is dropped");
+    assert_eq!(l[..], want49[..l.len()]);
+    let j = json_of(&cut.json);
+    let warnings: Vec<&str> = j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("1700000092.1.wav49") && w.contains("partial GSM block")),
+        "{warnings:?}"
+    );
+}
+
 mod inotify {
     use super::*;
     use pbx_edge::folder::{FolderHandle, FolderWatch};

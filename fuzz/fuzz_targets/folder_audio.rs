@@ -1,7 +1,7 @@
-//! Arbitrary bytes as a PBX recording file (WAV, .sln/.raw, .sln16, GSM):
-//! decoding must never panic and give consistent PCM, and splitting it into
-//! channels and resampling to 8/16 kHz (as a conversion does) must hold the
-//! duration.
+//! Arbitrary bytes as a PBX recording file (WAV, .sln/.raw, .sln16, raw GSM,
+//! WAV49): decoding must never panic and give consistent PCM, and splitting
+//! it into channels and resampling to 8/16 kHz (as a conversion does) must
+//! hold the duration.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,7 +25,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(pcm.channels == 1 || pcm.channels == 2, "{}", pcm.channels);
-    assert!(pcm.samples.len() * 2 <= bytes.len());
+    if pcm.codec == "GSM" {
+        // 320 samples per 65-byte WAV49 block at most (160 per 33-byte frame).
+        assert_eq!(pcm.channels, 1);
+        assert_eq!(pcm.rate, 8000);
+        assert!(pcm.samples.len() * 65 <= bytes.len() * 320);
+    } else {
+        assert!(pcm.samples.len() * 2 <= bytes.len());
+    }
     let frames = pcm.samples.len().div_ceil(usize::from(pcm.channels));
     for c in 0..usize::from(pcm.channels) {
         let x = channel(&pcm, c);

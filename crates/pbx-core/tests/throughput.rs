@@ -82,3 +82,47 @@ fn decode_speed() {
         eprintln!("{codec:?} -> {rate}: {per_packet:?} per 20 ms packet");
     }
 }
+
+/// GSM 06.10 decode speed (raw frames and WAV49 blocks), in seconds of
+/// audio per second of CPU.
+#[test]
+#[ignore = "timing; run in release"]
+fn gsm_decode_speed() {
+    use pbx_core::audio::gsm::{decode_gsm, decode_wav49, GsmError, FRAME_BYTES};
+    type Decode = fn(&[u8]) -> Result<Vec<i16>, GsmError>;
+    // Ten minutes of frames with arbitrary parameters (the decoder's cost
+    // does not depend on the content).
+    let frames = 50 * 600;
+    let mut x: u32 = 0x1234_5678;
+    let mut bytes: Vec<u8> = (0..frames * FRAME_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    for f in bytes.chunks_exact_mut(FRAME_BYTES) {
+        f[0] = 0xD0 | (f[0] & 0x0F);
+    }
+    let audio_secs = frames as f64 / 50.0;
+    for (name, run) in [
+        ("gsm", decode_gsm as Decode),
+        ("wav49", decode_wav49 as Decode),
+    ] {
+        let rounds = 5;
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        for _ in 0..rounds {
+            n += run(&bytes).unwrap().len();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let audio = n as f64 / 8000.0;
+        eprintln!(
+            "GSM ({name}): {audio:.0} s of audio in {secs:.3} s = {:.0}x real time, {:.2} µs per 20 ms frame",
+            audio / secs,
+            secs * 1e6 / (audio * 50.0)
+        );
+        assert!(audio >= audio_secs * rounds as f64 * 0.99);
+    }
+}

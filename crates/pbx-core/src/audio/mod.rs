@@ -8,6 +8,8 @@
 //!   [`codec::new_decoder`], which hands out a decoder emitting at 8000 or 16000 Hz.
 //! - [`g711`]: PCMU / PCMA, table-driven, bit-exact with ITU-T G.711 (and sox).
 //! - [`g722`]: ITU-T G.722 64 kbit/s decoder and encoder (QMF + sub-band ADPCM).
+//! - [`gsm`]: GSM 06.10 full-rate decoder (raw `.gsm` frames and WAV49),
+//!   bit-exact with libgsm (and sox); for the folder source's recordings.
 //! - [`opus`]: wrappers over libopus (via the `opus` crate) with packet-loss
 //!   concealment and in-band FEC.
 //! - [`resample`]: streaming 8000 <-> 16000 Hz half-band FIR resampler.
@@ -20,6 +22,7 @@
 pub mod codec;
 pub mod g711;
 pub mod g722;
+pub mod gsm;
 pub mod opus;
 pub mod resample;
 pub mod wav;
