@@ -125,6 +125,43 @@ fn g722_call_is_recorded_wideband() {
 }
 
 #[test]
+fn gsm_call_is_recorded() {
+    if !pbx_testgen::codec::have_sox() {
+        eprintln!("note: sox not installed; GSM call test skipped");
+        return;
+    }
+    // RTP payload type 3, encoded by sox (libgsm).
+    let c = call("gsm@test", TestCodec::Gsm, 10, 9);
+    let legs = [c.caller_leg.audio.clone(), c.callee_leg.audio.clone()];
+    let (_d, truths, recs) = run(
+        &[c],
+        Format::PcapNanos,
+        Link::Ethernet,
+        &Framing::default(),
+        &[],
+    );
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].rate, 8000);
+    assert_eq!(recs[0].json["channels"][0]["codec"], "GSM");
+    assert_eq!(recs[0].json["channels"][1]["codec"], "GSM");
+    // GSM is a vocoder: on noise-like test signals its waveform follows the
+    // source less closely (the decoder itself is bit-exact with libgsm:
+    // crates/pbx-core/tests/gsm_sox.rs).
+    check_share(&recs[0], &truths[0], 2.0, 0.6, 0.8);
+    // Each channel is what libgsm decodes from the same frames.
+    for (ch, audio) in legs.iter().enumerate() {
+        let mut pcm = audio.clone();
+        pcm.resize(audio.len().div_ceil(160) * 160, 0);
+        let coded = pbx_testgen::codec::sox_gsm_decode(&pbx_testgen::codec::sox_gsm(&pcm));
+        let (lag, corr) = pbx_testgen::audio::best_lag(&recs[0].ch[ch], &coded, 800);
+        eprintln!(
+            "GSM channel {ch}: lag {lag} samples, correlation with libgsm's decoding {corr:.5}"
+        );
+        assert!(corr > 0.999, "channel {ch}: {corr} at lag {lag}");
+    }
+}
+
+#[test]
 fn opus_call_is_recorded_wideband() {
     let c = call("opus@test", TestCodec::Opus, 15, 4);
     let (_d, truths, recs) = run(

@@ -501,7 +501,7 @@ fn rtp_leg(
     let n = rate * spec.ptime_ms as usize / 1000;
     let ts_step = codec.rtp_clock() * spec.ptime_ms / 1000;
     let packets = leg.audio.len().div_ceil(n);
-    let mut enc = Encoder::new(codec);
+    let mut enc = Encoder::for_leg(codec, &leg.audio, n);
     let src = leg
         .impair
         .nat_source

@@ -11,7 +11,7 @@
 //!
 //! - **Sample counts are exact.** A payload holding `n` samples at the codec's
 //!   native rate appends exactly `n * out_rate / native_rate` samples (for
-//!   G.711, G.722 and L16 that is a fixed function of the payload length; for
+//!   G.711, G.722, GSM and L16 that is a fixed function of the payload length; for
 //!   Opus it is what the packet's TOC says). The timeline can therefore place
 //!   each packet by its RTP timestamp and trust the length. (One exception:
 //!   16 kHz L16 packets with an odd sample count into an 8 kHz recording
@@ -33,6 +33,7 @@
 
 use super::g711::{G711Decoder, Law};
 use super::g722::G722Decoder;
+use super::gsm::GsmDecoder;
 use super::opus::OpusDecoder;
 use super::resample::Resampler;
 
@@ -60,6 +61,8 @@ pub enum Codec {
     Pcma,
     /// G.722 at 64 kbit/s, PT 9 (16 kHz audio, 8 kHz RTP clock).
     G722,
+    /// GSM 06.10 full rate, PT 3 (RFC 3551 4.5.8: 33-byte frames of 20 ms).
+    Gsm,
     /// Opus (48 kHz RTP clock whatever the audio bandwidth).
     Opus,
     /// Linear 16-bit big-endian PCM.
@@ -68,7 +71,7 @@ pub enum Codec {
     TelephoneEvent { rate: u32 },
     /// RFC 3389 comfort noise, PT 13: silence for a recorder.
     ComfortNoise,
-    /// Anything else (GSM, G.729, ...): recognised, not decodable.
+    /// Anything else (G.729, G.723, ...): recognised, not decodable.
     Unknown { name: String, rate: u32 },
 }
 
@@ -85,7 +88,7 @@ impl Codec {
         };
         match pt {
             0 => Some(Codec::Pcmu),
-            3 => unknown("GSM", 8000),
+            3 => Some(Codec::Gsm),
             4 => unknown("G723", 8000),
             5 => unknown("DVI4", 8000),
             6 => unknown("DVI4", 16000),
@@ -133,6 +136,8 @@ impl Codec {
             Codec::G722
         } else if e.eq_ignore_ascii_case("opus") {
             Codec::Opus
+        } else if e.eq_ignore_ascii_case("GSM") {
+            Codec::Gsm
         } else if e.eq_ignore_ascii_case("L16") {
             Codec::L16 {
                 rate: clock_rate,
@@ -156,6 +161,7 @@ impl Codec {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
             Codec::G722 => "G722",
+            Codec::Gsm => "GSM",
             Codec::Opus => "opus",
             Codec::L16 { .. } => "L16",
             Codec::TelephoneEvent { .. } => "telephone-event",
@@ -167,7 +173,7 @@ impl Codec {
     /// Units per second of the RTP timestamp.
     pub fn rtp_clock_rate(&self) -> u32 {
         match self {
-            Codec::Pcmu | Codec::Pcma | Codec::ComfortNoise => 8000,
+            Codec::Pcmu | Codec::Pcma | Codec::Gsm | Codec::ComfortNoise => 8000,
             // RFC 3551 4.5.2: G.722 samples at 16 kHz but its clock says 8 kHz.
             Codec::G722 => 8000,
             // RFC 7587: always 48 kHz.
@@ -182,7 +188,7 @@ impl Codec {
     /// from [`new_decoder`] decodes directly at the requested output rate).
     pub fn native_rate(&self) -> u32 {
         match self {
-            Codec::Pcmu | Codec::Pcma | Codec::ComfortNoise => 8000,
+            Codec::Pcmu | Codec::Pcma | Codec::Gsm | Codec::ComfortNoise => 8000,
             Codec::G722 => 16000,
             Codec::Opus => 48000,
             Codec::L16 { rate, .. } => *rate,
@@ -204,7 +210,7 @@ impl Codec {
     pub fn is_audio(&self) -> bool {
         matches!(
             self,
-            Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::Opus | Codec::L16 { .. }
+            Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::Gsm | Codec::Opus | Codec::L16 { .. }
         )
     }
 }
@@ -253,6 +259,7 @@ pub fn new_decoder(codec: &Codec, out_rate: u32) -> Option<Box<dyn Decoder>> {
         Codec::Pcmu => Some(resampled(G711Decoder::new(Law::Ulaw), out_rate)),
         Codec::Pcma => Some(resampled(G711Decoder::new(Law::Alaw), out_rate)),
         Codec::G722 => Some(resampled(G722Decoder::new(), out_rate)),
+        Codec::Gsm => Some(resampled(GsmDecoder::new(), out_rate)),
         Codec::Opus => OpusDecoder::new(out_rate)
             .ok()
             .map(|d| Box::new(d) as Box<dyn Decoder>),
@@ -605,10 +612,8 @@ mod tests {
                 rate: 8000
             })
         );
-        assert_eq!(
-            Codec::from_static_pt(3).map(|c| c.name().to_string()),
-            Some("GSM".into())
-        );
+        assert_eq!(Codec::from_static_pt(3), Some(Codec::Gsm));
+        assert_eq!(Codec::Gsm.name(), "GSM");
         for pt in [1, 2, 19, 20, 24, 35, 96, 101, 127, 200] {
             assert_eq!(Codec::from_static_pt(pt), None, "pt {pt}");
         }
@@ -667,6 +672,7 @@ mod tests {
             Codec::Pcmu,
             Codec::Pcma,
             Codec::G722,
+            Codec::Gsm,
             Codec::Opus,
             Codec::ComfortNoise,
             Codec::TelephoneEvent { rate: 8000 },
@@ -685,6 +691,8 @@ mod tests {
             (Codec::G722, 8000, 19),
             (Codec::Opus, 8000, 0),
             (Codec::Opus, 16000, 0),
+            (Codec::Gsm, 8000, 0),
+            (Codec::Gsm, 16000, 40),
         ] {
             let d = new_decoder(&codec, rate).expect("decoder");
             assert_eq!(d.output_rate(), rate, "{codec:?}");

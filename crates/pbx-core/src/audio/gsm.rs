@@ -468,6 +468,57 @@ fn rpe_decoding(xmaxc: i16, mc: i16, xmc: &[i16; 13]) -> [i16; 40] {
     ep
 }
 
+// ------------------------------------------------------------ RTP
+
+/// RTP payload type 3 (RFC 3551 4.5.8): one or more standard-packed frames
+/// per packet. A payload that is not whole frames, or with a frame lacking
+/// the magic, is refused whole (nothing appended; the engine conceals it
+/// like a lost packet). Concealment is silence.
+impl super::codec::Decoder for GsmDecoder {
+    fn output_rate(&self) -> u32 {
+        SAMPLE_RATE
+    }
+
+    fn decode(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<i16>,
+    ) -> Result<usize, super::codec::CodecError> {
+        let invalid = |reason: String| super::codec::CodecError::InvalidPayload {
+            codec: "GSM",
+            reason,
+        };
+        if payload.is_empty() || payload.len() % FRAME_BYTES != 0 {
+            return Err(invalid(format!(
+                "{} bytes, not whole {FRAME_BYTES}-byte frames",
+                payload.len()
+            )));
+        }
+        if let Some(f) = payload
+            .chunks_exact(FRAME_BYTES)
+            .find(|f| f[0] >> 4 != MAGIC)
+        {
+            self.bad_frames += 1;
+            return Err(invalid(format!(
+                "frame without the 0xD magic (first byte {:#04x})",
+                f[0]
+            )));
+        }
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        for f in payload.chunks_exact(FRAME_BYTES) {
+            let frame: &[u8; FRAME_BYTES] = f.try_into().expect("chunks_exact");
+            // The magic was checked above: this cannot fail.
+            let _ = self.decode_frame(frame, &mut pcm);
+            out.extend_from_slice(&pcm);
+        }
+        Ok(payload.len() / FRAME_BYTES * FRAME_SAMPLES)
+    }
+
+    fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
+        out.resize(out.len() + samples, 0);
+    }
+}
+
 // ------------------------------------------------------------ whole buffers
 
 /// Decodes a raw `.gsm` file (standard-packed frames back to back) into
@@ -721,6 +772,40 @@ mod tests {
         }
         assert_eq!(xmaxc_to_exp_mant(0), (-4, 7));
         assert_eq!(xmaxc_to_exp_mant(63), (6, 7));
+    }
+
+    /// RTP payload type 3: packets of one or two frames decode as the file
+    /// of those frames does; broken payloads are refused whole.
+    #[test]
+    fn gsm_rtp_decoder_matches_the_whole_buffer() {
+        use crate::audio::codec::{new_decoder, Codec, CodecError};
+        let frames: Vec<u8> = (0..12).flat_map(|i| pack(&sample_params(i))).collect();
+        let want = decode_gsm(&frames).unwrap();
+        for per_packet in [1, 2] {
+            let mut d = new_decoder(&Codec::Gsm, 8000).expect("GSM decoder");
+            let mut got = Vec::new();
+            for p in frames.chunks(FRAME_BYTES * per_packet) {
+                assert_eq!(d.decode(p, &mut got), Ok(per_packet * FRAME_SAMPLES));
+            }
+            assert_eq!(got, want, "{per_packet} frame(s) per packet");
+        }
+        let mut d = new_decoder(&Codec::Gsm, 16000).expect("GSM at 16 kHz");
+        let mut out = Vec::new();
+        assert_eq!(d.decode(&frames[..FRAME_BYTES], &mut out), Ok(320));
+        let mut d = GsmDecoder::new();
+        use crate::audio::codec::Decoder as _;
+        let mut bad = frames[..2 * FRAME_BYTES].to_vec();
+        bad[FRAME_BYTES] = 0x00;
+        for p in [&[][..], &frames[..32], &frames[..34], &bad[..]] {
+            out.clear();
+            assert!(matches!(
+                d.decode(p, &mut out),
+                Err(CodecError::InvalidPayload { codec: "GSM", .. })
+            ));
+            assert!(out.is_empty(), "nothing appended on error");
+        }
+        d.conceal(160, &mut out);
+        assert_eq!(out, vec![0; 160]);
     }
 
     #[test]

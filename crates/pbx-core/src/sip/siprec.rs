@@ -866,7 +866,7 @@ pub fn assign_streams(
 // The SDP answer.
 
 /// Codecs the recorder decodes, by encoding name.
-const SUPPORTED: [&str; 4] = ["PCMU", "PCMA", "G722", "opus"];
+const SUPPORTED: [&str; 5] = ["PCMU", "PCMA", "G722", "opus", "GSM"];
 
 /// The SRS's SDP answer to `offer` (RFC 3264, RFC 7866 §7.1.1):
 ///
@@ -1764,6 +1764,21 @@ mod tests {
     }
 
     // -- SDP answer ---------------------------------------------------------
+
+    #[test]
+    fn answer_sdp_takes_gsm() {
+        let offer = parse_sdp(
+            "v=0\r\no=SRC 42 7 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 18 3\r\na=label:1\r\na=sendonly\r\n",
+        )
+        .unwrap();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let a = parse_sdp(&answer_sdp(&offer, ip, &[30000], &[], 1)).unwrap();
+        assert_eq!(
+            (a.media[0].port, a.media[0].formats.clone()),
+            (30000, vec![3])
+        );
+    }
 
     #[test]
     fn answer_sdp_recvonly_ports_codecs() {
