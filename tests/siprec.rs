@@ -429,7 +429,7 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
     let r = src.final_response("BYE");
     assert!(r.starts_with("SIP/2.0 200"), "{r}");
 
-    let recs = d.wait_recordings(1, Duration::from_secs(5));
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
     let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
     assert_eq!(j["source"], "siprec");
     assert_eq!(
@@ -574,7 +574,7 @@ fn sipp_as_the_src() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let recs = d.wait_recordings(1, Duration::from_secs(5));
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
     let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
     assert_eq!(j["source"], "siprec");
     let (_, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
@@ -671,6 +671,11 @@ fn siprec_over_tls_with_client_certificates() {
             refused,
             "a client without a trusted certificate got an answer"
         );
+    }
+    // The client may see the refusal before the daemon has logged it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("SIP over TLS: handshake refused") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         d.log().contains("SIP over TLS: handshake refused"),
