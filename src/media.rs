@@ -814,17 +814,26 @@ mod tests {
         media.stop();
     }
 
-    /// Hands batches on, but holds the thread in its first delivery until
-    /// told to go on (the sockets queue meanwhile).
+    /// Hands batches on, but holds the thread in the delivery that brings
+    /// its `hold_at`-th datagram until told to go on (the sockets queue
+    /// meanwhile). The probes of several ports may come in several rounds:
+    /// holding in the first delivery could keep the last probes out.
     struct Held {
         out: mpsc::SyncSender<DatagramBatch>,
+        hold_at: usize,
+        seen: usize,
         go: Option<mpsc::Receiver<()>>,
     }
     impl BatchSink for Held {
         fn deliver(&mut self, batch: DatagramBatch) -> bool {
+            self.seen += batch.items.len();
             let ok = self.out.send(batch).is_ok();
-            if let Some(go) = self.go.take() {
-                let _ = go.recv();
+            if self.seen >= self.hold_at {
+                if let Some(go) = self.go.take() {
+                    // Bounded: a failing test must not hang in the
+                    // receiver's join (the go sender outlives it).
+                    let _ = go.recv_timeout(Duration::from_secs(60));
+                }
             }
             ok
         }
@@ -834,14 +843,16 @@ mod tests {
     fn a_burst_is_cut_into_batches_of_bounded_size() {
         let (tx, rx) = sync_channel(64);
         let (go_tx, go_rx) = sync_channel(1);
+        const PORTS: usize = 20;
+        const EACH: usize = 60;
         let sink = Held {
             out: tx,
+            hold_at: PORTS,
+            seen: 0,
             go: Some(go_rx),
         };
         let (media, recycler) = MediaReceiver::start(sink, Arc::default()).unwrap();
         let ctl = media.control();
-        const PORTS: usize = 20;
-        const EACH: usize = 60;
         let mut ports = Vec::new();
         for _ in 0..PORTS {
             let p = MediaPort::bind("127.0.0.1:0".parse().unwrap(), Arc::default()).unwrap();
@@ -849,7 +860,8 @@ mod tests {
             ctl.add(p);
         }
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // One probe per port until all are watched; the thread is then held.
+        // One probe per port until all are watched; the thread is then held
+        // in the delivery that brings the last probe.
         for &p in &ports {
             sender.send_to(b"probe", p).unwrap();
         }

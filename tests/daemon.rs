@@ -118,11 +118,18 @@ fn sniffed_call_on_loopback_matches_its_source() {
         imported.json["channels"][1]["packets"],
         r.json["channels"][1]["packets"]
     );
-    let metrics = d.get("/metrics").unwrap().1;
-    assert!(
-        metrics.contains("pbx_edge_calls_recorded_total{source=\"sniff\"} 1"),
-        "{metrics}"
-    );
+    // The capture thread publishes its counters every 200 ms, not with the
+    // recording: wait for them.
+    let want = "pbx_edge_calls_recorded_total{source=\"sniff\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = d.get("/metrics").map(|r| r.1).unwrap_or_default();
+        if m.contains(want) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains(want), "{metrics}");
     // File modes: recordings 0600, spool 0700.
     use std::os::unix::fs::PermissionsExt;
     let m = std::fs::metadata(&r.wav).unwrap().permissions().mode() & 0o777;
@@ -312,7 +319,10 @@ fn sighup_takes_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     // A bad config: rejected, old one kept, daemon still serving.
     std::fs::write(&d.config, "[agent]\nid = 5\nbogus_key = 1\n").unwrap();
     d.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(700));
+    let t = std::time::Instant::now();
+    while !d.log().contains("rejected") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(status(&d)["agent_id"], "first");
     let log = d.log();
     assert!(
@@ -355,7 +365,24 @@ fn recording_cut_by_sigkill_is_completed_at_the_next_start() {
         // Ready: the capture socket is bound (healthz answers before that).
         d.wait_http("/readyz", 200, Duration::from_secs(5));
         replay(&frames, Some(3_000_000_000));
-        std::thread::sleep(Duration::from_millis(800));
+        // Audio is written while the call runs (flushed every second of it):
+        // wait until more than a second is on disk, then kill.
+        let part_len = || -> u64 {
+            std::fs::read_dir(&d.spool)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".wav.part"))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0)
+        };
+        let t = std::time::Instant::now();
+        while part_len() <= 44 + 8000 * 4 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         d.signal(libc::SIGKILL);
         d.wait_exit(Duration::from_secs(5));
         assert!(d.recordings().is_empty(), "nothing complete yet");
@@ -377,6 +404,8 @@ fn recording_cut_by_sigkill_is_completed_at_the_next_start() {
 fn status_command_and_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
+    // /healthz answers before the spool was first looked at: ready a moment later.
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
     let out = std::process::Command::new(bin())
         .args(["status", "--config"])
         .arg(&d.config)

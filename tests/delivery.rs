@@ -422,7 +422,18 @@ fn shutdown_within_the_grace_period_keeps_the_progress() {
     s.shutdown_grace = Duration::from_secs(1);
     rt().block_on(async {
         let h = delivery::start_with(s.clone(), new_status()).unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Some progress saved (the first chunk), the upload still running.
+        let sp = Spool::open(d.path()).unwrap();
+        wait_for(
+            "the first chunk in the spool",
+            Duration::from_secs(8),
+            || {
+                sp.get("long")
+                    .unwrap()
+                    .is_some_and(|e| e.offset >= 64 << 10)
+            },
+        )
+        .await;
         let t0 = Instant::now();
         h.shutdown().await;
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
@@ -479,7 +490,6 @@ fn transient_errors_back_off_and_retry_after_is_obeyed() {
             rx.lock().count("POST", "/v1/calls", 429) == 1
         })
         .await;
-        let t429 = Instant::now();
         // The recording shows the last error and waits. The receiver counts
         // the 429 before the client has read it, so wait for the spool.
         let sp = Spool::open(d.path()).unwrap();
@@ -494,7 +504,13 @@ fn transient_errors_back_off_and_retry_after_is_obeyed() {
             rx.lock().calls.len() == 1
         })
         .await;
-        let waited = t429.elapsed();
+        // Measured on the receiver's clock (the 429 answered, the next post
+        // answered), not from when this thread noticed the 429.
+        let waited = {
+            let st = rx.lock();
+            let t429 = st.answered_at("POST", "/v1/calls", 429)[0];
+            st.answered_at("POST", "/v1/calls", 201)[0].duration_since(t429)
+        };
         assert!(
             waited >= Duration::from_millis(1900),
             "Retry-After 2 s not obeyed: {waited:?}"
@@ -844,7 +860,7 @@ fn tls_run(
     rt().block_on(async {
         let h = delivery::start_with(s, status.clone()).unwrap();
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(4)
+        while t0.elapsed() < Duration::from_secs(20)
             && rx.lock().calls.is_empty()
             && cloud_status(&status).paused.is_none()
         {
@@ -1025,8 +1041,19 @@ fn torture_sigkill_with_faults_delivers_everything_exactly_once() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Let the last row deletions land, then stop.
-    std::thread::sleep(Duration::from_millis(300));
+    // The files go before their rows: wait for the last row deletions, then stop.
+    {
+        let sp = Spool::open(&spool).unwrap();
+        let t = Instant::now();
+        while !sp.list().unwrap().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "rows left: {:?}",
+                sp.list().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let st = rx.lock();

@@ -127,6 +127,8 @@ pub struct RxState {
     pub conflicts: Vec<String>,
     /// (method, path, status) of every answered request (status 0: reset).
     pub log: Vec<(String, String, u16)>,
+    /// When each `log` entry was answered (same order).
+    pub log_at: Vec<Instant>,
     pub script: VecDeque<Fault>,
     pub payment_required_until: Option<Instant>,
     pub refuse_ids: Vec<String>,
@@ -147,6 +149,17 @@ impl RxState {
             .iter()
             .filter(|(m, p, s)| m == method && p.starts_with(path_prefix) && *s == status)
             .count()
+    }
+
+    /// When the requests matching `method`, `path_prefix` and `status` were
+    /// answered, in order.
+    pub fn answered_at(&self, method: &str, path_prefix: &str, status: u16) -> Vec<Instant> {
+        self.log
+            .iter()
+            .zip(&self.log_at)
+            .filter(|((m, p, s), _)| m == method && p.starts_with(path_prefix) && *s == status)
+            .map(|(_, t)| *t)
+            .collect()
     }
 }
 
@@ -413,11 +426,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, std::io::
         Ok(resp) => resp.status().as_u16(),
         Err(_) => 0,
     };
-    ctx.state
-        .lock()
-        .unwrap()
-        .log
-        .push((method.to_string(), path, status));
+    let mut st = ctx.state.lock().unwrap();
+    st.log.push((method.to_string(), path, status));
+    st.log_at.push(Instant::now());
+    drop(st);
     r.map_err(|e| std::io::Error::other(e.to_string()))
 }
 
