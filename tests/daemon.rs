@@ -421,6 +421,51 @@ fn recording_cut_by_sigkill_is_completed_at_the_next_start() {
 }
 
 #[test]
+fn sighup_as_soon_as_healthz_answers_is_a_reload() {
+    // A reload may come the moment the daemon answers: the signal handlers
+    // are in place before the health endpoint (SIGHUP's default action would
+    // end the process).
+    let dir = tempfile::tempdir().unwrap();
+    // Started by hand to catch the first answer (Daemon::start polls slower).
+    let health: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("pbx-edge.toml");
+    let text = Daemon::config_text(&spool, health, "[sources.siprec]\nenabled = false\n");
+    std::fs::write(&config, text).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        dir: dir.path().to_path_buf(),
+        config,
+        health,
+        spool,
+    };
+    let t = std::time::Instant::now();
+    while d.get("/healthz").map(|r| r.0) != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    d.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    while !d.log().contains("configuration reloaded") && t.elapsed() < Duration::from_secs(10) {
+        assert_eq!(d.child.try_wait().unwrap(), None, "log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.log().contains("configuration reloaded"), "{}", d.log());
+    d.wait_http("/healthz", 200, Duration::from_secs(5));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+}
+
+#[test]
 fn status_command_and_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
