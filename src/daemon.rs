@@ -320,6 +320,13 @@ pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
 async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
 
+    // Before anything answers (the health endpoint, READY=1): a SIGHUP's
+    // default action ends the process, and a reload or stop may come as soon
+    // as /healthz answers.
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
     let started = Instant::now();
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -383,9 +390,6 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1)),
     );
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut last_wd = Instant::now();
     loop {
         tokio::select! {

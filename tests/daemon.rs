@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::daemon::*;
@@ -80,16 +80,36 @@ fn sniffed_call_on_loopback_matches_its_source() {
     let d = Daemon::start(dir.path(), &sniff_config(""));
     d.wait_http("/readyz", 200, Duration::from_secs(5));
     let spec = loopback_call("sniff-1@test", 4, 41, 47100);
-    let (frames, truths): (_, Vec<CallTruth>) =
-        generate(&[spec], Link::Ethernet, &Framing::default());
-    replay(&frames, None);
+    let (frames, truths): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    let first_late = replay(&frames, None);
     let recs = d.wait_recordings(1, Duration::from_secs(10));
     let r = recording_of(&recs[0]);
     assert_eq!(r.json["source"], "sniff");
     assert_eq!(r.json["call_id"], "sniff-1@test");
     assert_eq!(r.json["end_reason"], "bye");
-    // Replay pacing on a busy machine adds jitter: allow a few ms.
-    check_alignment(&r, &truths[0], 5.0, 0.9, 0.9);
+    // Replay pacing on a busy machine adds jitter: allow a few ms. Each leg
+    // starts where its first packet arrived, and a first packet delayed by
+    // less than 10 ms stays there in a call without a gap: allow for how late
+    // the first RTP packets of the two legs went out.
+    let rtp_late = [
+        SocketAddr::new(spec.caller.ip, spec.caller.rtp_port),
+        SocketAddr::new(spec.callee.ip, spec.callee.rtp_port),
+    ]
+    .iter()
+    .map(|a| first_late.get(a).copied().unwrap_or_default())
+    .max()
+    .unwrap_or_default();
+    check_alignment(
+        &r,
+        &truths[0],
+        5.0 + rtp_late.as_secs_f64() * 1000.0,
+        0.9,
+        0.9,
+    );
     let want = truths[0].expected[0].len() as f64 / 8.0;
     let got = r.ch[0].len() as f64 / 8.0;
     assert!(
@@ -398,6 +418,51 @@ fn recording_cut_by_sigkill_is_completed_at_the_next_start() {
     let (bytes, sha) = pbx_edge::recording::hash_file(&r.wav).unwrap();
     assert_eq!(j["audio"]["sha256"], sha);
     assert_eq!(j["audio"]["bytes"], bytes);
+}
+
+#[test]
+fn sighup_as_soon_as_healthz_answers_is_a_reload() {
+    // A reload may come the moment the daemon answers: the signal handlers
+    // are in place before the health endpoint (SIGHUP's default action would
+    // end the process).
+    let dir = tempfile::tempdir().unwrap();
+    // Started by hand to catch the first answer (Daemon::start polls slower).
+    let health: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("pbx-edge.toml");
+    let text = Daemon::config_text(&spool, health, "[sources.siprec]\nenabled = false\n");
+    std::fs::write(&config, text).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        dir: dir.path().to_path_buf(),
+        config,
+        health,
+        spool,
+    };
+    let t = std::time::Instant::now();
+    while d.get("/healthz").map(|r| r.0) != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    d.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    while !d.log().contains("configuration reloaded") && t.elapsed() < Duration::from_secs(10) {
+        assert_eq!(d.child.try_wait().unwrap(), None, "log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.log().contains("configuration reloaded"), "{}", d.log());
+    d.wait_http("/healthz", 200, Duration::from_secs(5));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
 }
 
 #[test]

@@ -168,10 +168,15 @@ fn udp_of(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
 /// Send the UDP datagrams of `frames` for real, from sockets bound to their
 /// source addresses, at the pace of their time stamps. Stops before frames
 /// later than `until_ns` after the first one, if given.
-pub fn replay(frames: &[TimedFrame], until_ns: Option<i64>) {
+///
+/// Returns, for each destination, how late its first datagram went out at
+/// most (a busy machine may run something else just before or after a
+/// send): the clock of a recorded leg starts on its first packet.
+pub fn replay(frames: &[TimedFrame], until_ns: Option<i64>) -> HashMap<SocketAddr, Duration> {
     let mut socks: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+    let mut first_late: HashMap<SocketAddr, Duration> = HashMap::new();
     let Some(first) = frames.first().map(|f| f.0) else {
-        return;
+        return first_late;
     };
     let start = Instant::now();
     for (ts, f) in frames {
@@ -190,5 +195,9 @@ pub fn replay(frames: &[TimedFrame], until_ns: Option<i64>) {
             .entry(src)
             .or_insert_with(|| UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind {src}: {e}")));
         let _ = s.send_to(payload, dst);
+        first_late
+            .entry(dst)
+            .or_insert_with(|| start.elapsed().saturating_sub(due));
     }
+    first_late
 }
