@@ -8,7 +8,9 @@
 //!   its own task, then TCP and TLS connections share the same stream framer
 //!   and writer code), and the sans-IO [`Uas`] (transactions, retransmissions,
 //!   dialogs). It decides on each new call (allow list → 403, call limit → 503,
-//!   unusable offer → 488), hands out RTP ports from `rtp_ports`, and answers.
+//!   unusable offer → 488, no free RTP port for a stream → 503, never a call
+//!   recorded without one of its streams), hands out RTP ports from
+//!   `rtp_ports`, and answers.
 //! - one thread reads every RTP port ([`crate::media`]: epoll + `recvmmsg`,
 //!   kernel receive timestamps, SRTP decryption) and hands the engine a batch
 //!   of datagrams per reading round.
@@ -501,13 +503,14 @@ async fn sip_loop(
                         peer: from,
                     };
                     match answer_for(&offer, &mut session, &mut pool, local.ip(), from, &media) {
-                        Some(answer) => {
+                        Ok(answer) => {
                             uas.accept(&dialog, &answer, at);
                             sessions.insert(dialog, session);
                         }
-                        None => {
+                        Err(why) => {
                             release(session, &mut pool, &media);
-                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                            let (code, reason) = why.status();
+                            uas.reject(&dialog, code, reason, at);
                         }
                     }
                 }
@@ -525,11 +528,12 @@ async fn sip_loop(
                                 session.peer,
                                 &media,
                             ) {
-                                Some(answer) => {
+                                Ok(answer) => {
                                     uas.accept(&dialog, &answer, at);
                                 }
-                                None => {
-                                    uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                                Err(why) => {
+                                    let (code, reason) = why.status();
+                                    uas.reject(&dialog, code, reason, at);
                                 }
                             }
                         }
@@ -700,8 +704,27 @@ async fn tcp_reader<R: AsyncRead + Unpin>(
     let _ = tx.send(SipIn::TcpClosed { peer, transport }).await;
 }
 
+/// Why an offer gets no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoAnswer {
+    /// No line can be taken (codecs, SRTP suites, no audio): 488.
+    NotAcceptable,
+    /// A line we could take found no free RTP port (`rtp_ports` used up):
+    /// 503, rather than a call recorded without one of its streams.
+    NoPorts,
+}
+
+impl NoAnswer {
+    fn status(self) -> (u16, &'static str) {
+        match self {
+            NoAnswer::NotAcceptable => (488, "Not Acceptable Here"),
+            NoAnswer::NoPorts => (503, "Service Unavailable"),
+        }
+    }
+}
+
 /// Ports for every offered audio line (reusing the session's), the RTP
-/// receivers, and the SDP answer. `None` when no line can be taken.
+/// receivers, and the SDP answer.
 fn answer_for(
     offer: &SessionDescription,
     session: &mut Session,
@@ -709,7 +732,7 @@ fn answer_for(
     listen_ip: IpAddr,
     peer: SocketAddr,
     media: &MediaControl,
-) -> Option<String> {
+) -> Result<String, NoAnswer> {
     let ip = media_ip(listen_ip, peer);
     let mut ports = Vec::with_capacity(offer.media.len());
     let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
@@ -767,8 +790,8 @@ fn answer_for(
             }
         }
         let Some(mut port) = bound else {
-            ports.push(0);
-            continue;
+            tracing::warn!("SIPREC: no free RTP port (rtp_ports used up): 503; widen rtp_ports");
+            return Err(NoAnswer::NoPorts);
         };
         port.decrypt = decrypt;
         let p = port.local.port();
@@ -778,13 +801,13 @@ fn answer_for(
     }
     session.line_ports = ports.clone();
     if ports.iter().all(|p| *p == 0) {
-        return None;
+        return Err(NoAnswer::NotAcceptable);
     }
     let crypto_refs: Vec<Option<(&str, &str)>> = crypto
         .iter()
         .map(|c| c.as_ref().map(|(s, k)| (s.as_str(), k.as_str())))
         .collect();
-    Some(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
+    Ok(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
 }
 
 fn release(s: Session, pool: &mut PortPool, media: &MediaControl) {

@@ -475,6 +475,51 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
 }
 
 #[test]
+fn used_up_rtp_ports_give_503_not_a_call_without_a_stream() {
+    // Two even ports: one two-stream call.
+    let port = free_port();
+    let rtp = 31_000 + (port % 500) * 4;
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[sources.siprec]\nenabled = true\nlisten = \"{listen}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 3
+        ),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let src = Src::new(listen);
+    src.send(&invite(
+        "first@src",
+        src.port(),
+        listen,
+        [40030, 40032],
+        1,
+        "p1",
+        &metadata("x"),
+    ));
+    assert!(src.final_response("INVITE").starts_with("SIP/2.0 200"));
+    // Both streams of the next call, or one of them, find no port: 503.
+    src.send(&invite(
+        "second@src",
+        src.port(),
+        listen,
+        [40034, 40036],
+        1,
+        "p2",
+        &metadata("x"),
+    ));
+    let r = src.final_response("INVITE");
+    assert!(r.starts_with("SIP/2.0 503"), "{r}");
+    let t = Instant::now();
+    while !d.log().contains("no free RTP port") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
     let dir = tempfile::tempdir().unwrap();
     // Only 10.0.0.0/8 may send: 127.0.0.1 gets 403.
