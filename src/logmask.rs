@@ -1,8 +1,12 @@
 //! Log lines without phone numbers: a writer for `tracing` that masks every
 //! run of 7 or more digits (an optional leading `+` included) except its last
 //! two, so `+15551234567` becomes `+*********67`. Shorter runs (extensions,
-//! ports, years, microseconds) are left alone. `log.log_numbers = true` turns
-//! it off.
+//! ports, years, microseconds) are left alone, and so are two long runs that
+//! are not numbers: a compact date and time (`20261203-101500`,
+//! `20261203T101500Z`, as in FreePBX file names and recording ids) and an
+//! Asterisk uniqueid (`1700000000.42`: epoch seconds, a dot, a sequence), so a
+//! logged recording file or id stays recognisable while the caller's and
+//! callee's numbers in it are masked. `log.log_numbers = true` turns it off.
 
 use std::io::{self, Write};
 
@@ -17,7 +21,11 @@ pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
                 i += 1;
             }
             let run = &s[start..i];
-            if run.len() >= 7 {
+            let prefixed = start > 0 && s[start - 1] == b'+';
+            if let Some(keep) = (!prefixed).then(|| not_a_number(s, start, i)).flatten() {
+                out.extend_from_slice(&s[start..keep]);
+                i = keep;
+            } else if run.len() >= 7 {
                 out.extend(std::iter::repeat_n(b'*', run.len() - 2));
                 out.extend_from_slice(&run[run.len() - 2..]);
             } else {
@@ -29,6 +37,43 @@ pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// When the digit run `s[start..end]` is a compact date-time or an Asterisk
+/// uniqueid rather than a number, the end of what to keep as is.
+fn not_a_number(s: &[u8], start: usize, end: usize) -> Option<usize> {
+    let num = |a: usize, b: usize| -> Option<u32> {
+        let d = s.get(a..b)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0u32, |v, c| v * 10 + u32::from(c - b'0')))
+    };
+    let run = end - start;
+    // YYYYMMDD then `-`, `T` or `_` and HHMMSS (a digit may not follow).
+    if run == 8 && matches!(s.get(end), Some(b'-' | b'T' | b'_')) {
+        let (y, m, d) = (
+            num(start, start + 4)?,
+            num(start + 4, start + 6)?,
+            num(start + 6, end)?,
+        );
+        let t = end + 1;
+        let (hh, mm, ss) = (num(t, t + 2)?, num(t + 2, t + 4)?, num(t + 4, t + 6)?);
+        let digit_after = s.get(t + 6).is_some_and(u8::is_ascii_digit);
+        let date = (1970..=2099).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d);
+        let time = hh < 24 && mm < 60 && ss < 61;
+        return (date && time && !digit_after).then_some(t + 6);
+    }
+    // Epoch seconds (2001-09-09 .. 2286) then `.` and a sequence number.
+    if run == 10 && s.get(end) == Some(&b'.') && s.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        let mut e = end + 1;
+        while s.get(e).is_some_and(u8::is_ascii_digit) {
+            e += 1;
+        }
+        // Not an address or a dotted number: nothing but the sequence follows.
+        let dotted = s.get(e) == Some(&b'.') && s.get(e + 1).is_some_and(u8::is_ascii_digit);
+        return (!dotted && e - end - 1 <= 9).then_some(e);
+    }
+    None
 }
 
 /// stderr, masked (or not).
@@ -71,5 +116,25 @@ mod tests {
         assert!(m.contains("2026-11-25T05:38:01.123456Z"), "{m}");
         assert!(m.contains(" 1001 ") && m.contains("127.0.0.1:5090"), "{m}");
         assert!(!m.contains("5551234567"));
+        assert!(m.contains("uniqueid 1700000000.123"), "{m}");
+    }
+
+    #[test]
+    fn freepbx_names_keep_date_time_and_uniqueid_but_not_numbers() {
+        let line = b"2026/12/03/in-4915112345678-0301234567-20261203-101500-1764756900.42.wav \
+                     id=20261203T101500Z-ab12 +4930123456-20261203 19991399-101500 \
+                     20261203-101500123 1764756900.1.2";
+        let m = String::from_utf8(mask_numbers(line)).unwrap();
+        assert!(
+            m.contains("in-***********78-********67-20261203-101500-1764756900.42.wav"),
+            "{m}"
+        );
+        assert!(m.contains("id=20261203T101500Z-ab12"), "{m}");
+        // A + number before a date-like run, an impossible date, a run that
+        // goes on, a dotted number: masked as numbers.
+        assert!(m.contains("+********56-******03"), "{m}");
+        assert!(m.contains("******99-101500"), "{m}");
+        assert!(m.contains("******03-*******23"), "{m}");
+        assert!(m.contains("********00.1.2"), "{m}");
     }
 }
