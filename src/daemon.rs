@@ -385,11 +385,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     ]);
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut tick = tokio::time::interval(
-        watchdog
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1)),
-    );
+    let period = watchdog
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
     let mut last_wd = Instant::now();
     loop {
         tokio::select! {
@@ -465,7 +464,11 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 scan_spool(&cfg, &status);
                 if let Some(half) = watchdog {
-                    if last_wd.elapsed() >= half {
+                    // Ping on the tick that comes closest to half the
+                    // watchdog time: a tick a little early must not wait a
+                    // whole period more (with WATCHDOG_USEC=2s the period is
+                    // the half, and `>= half` missed every other tick).
+                    if last_wd.elapsed() + period / 2 >= half {
                         let stalled = live.stalled(half * 2);
                         if stalled.is_empty() {
                             notify(&[sd_notify::NotifyState::Watchdog]);

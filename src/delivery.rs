@@ -424,11 +424,14 @@ impl std::fmt::Debug for DeliveryHandle {
 
 fn take_lock(dir: &Path) -> Result<File, DeliveryError> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
+    // 0600 like every other file in the spool.
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|source| DeliveryError::Lock {
             path: path.clone(),

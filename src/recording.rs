@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use pbx_core::audio::wav::WavWriter;
 use pbx_core::call::{CallKey, CallMeta, RecordingSink, RecordingStart};
+use pbx_core::time::Timestamp;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -142,7 +143,12 @@ impl RecordingSink for RecordingDir {
         // off by a crash can be completed at the next start.
         let sidecar = self.dir.join(format!(".{}.start.json", start.recording_id));
         if let Ok(mut f) = create_private_file(&sidecar) {
-            let _ = serde_json::to_writer(&mut f, start);
+            let mut v = serde_json::to_value(start).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("source".into(), self.ctx.source.into());
+                o.insert("agent_id".into(), self.ctx.agent_id.clone().into());
+            }
+            let _ = serde_json::to_writer(&mut f, &v);
         }
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
         let opened = create_private_file(&part).and_then(|f| {
@@ -294,10 +300,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Complete the recordings a crash (or power loss) cut off in `dir`: every
 /// `.<id>.wav.part` gets a valid WAV header for the audio that reached the disk,
 /// becomes `<id>.wav`, and gets a `<id>.json` from what was known when the call
-/// started, with `"truncated": true` and `"end_reason": "crash"`. Returns the
-/// ids recovered. Left-over temp files of finished recordings are removed.
+/// started (its source, ids, parties and times, kept in the start sidecar),
+/// with `"truncated": true` and `"end_reason": "crash"`; `ended_at` is the end
+/// of the audio kept. A `<id>.wav` whose JSON never got written (a crash
+/// between the two renames: the WAV is complete) gets its JSON the same way,
+/// with `"truncated": false`. `ctx` names the source and agent of sidecars
+/// without them. Returns the ids recovered. Left-over temp files of finished
+/// recordings are removed.
 pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
-    use pbx_core::audio::wav::{parse_wav_header, repair_wav};
+    use pbx_core::audio::wav::repair_wav;
     let mut recovered = Vec::new();
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -313,6 +324,26 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             let _ = fs::remove_file(&p);
             continue;
         }
+        if let Some(id) = name
+            .strip_suffix(".start.json")
+            .and_then(|n| n.strip_prefix('.'))
+        {
+            // A finished WAV without its JSON: renamed, then the crash.
+            let wav_path = dir.join(format!("{id}.wav"));
+            let part = dir.join(format!(".{id}.wav.part"));
+            if part.exists() {
+                continue; // completed with its .part below
+            }
+            if wav_path.is_file() && !dir.join(format!("{id}.json")).exists() {
+                complete_json(dir, id, ctx, &p, false)?;
+                recovered.push(id.to_string());
+            } else {
+                // The pair is complete (crash before the sidecar's removal),
+                // or the recording was discarded.
+                let _ = fs::remove_file(&p);
+            }
+            continue;
+        }
         let Some(id) = name
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".wav.part"))
@@ -321,74 +352,217 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             continue;
         };
         let sidecar = dir.join(format!(".{id}.start.json"));
-        let start_json: Option<Value> = fs::read(&sidecar)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
         let mut f = OpenOptions::new().read(true).write(true).open(&p)?;
         let len = f.metadata()?.len();
-        let audio = match repair_wav(&mut f, len) {
-            Ok(n) => n,
-            Err(_) => {
-                // Not even a header reached the disk: nothing to keep.
-                drop(f);
-                fs::remove_file(&p)?;
-                let _ = fs::remove_file(&sidecar);
-                continue;
-            }
-        };
+        if repair_wav(&mut f, len).is_err() {
+            // Not even a header reached the disk: nothing to keep.
+            drop(f);
+            fs::remove_file(&p)?;
+            let _ = fs::remove_file(&sidecar);
+            continue;
+        }
         f.sync_all()?;
-        let mut head = vec![0u8; 64];
-        {
-            use std::io::{Seek, SeekFrom};
-            f.seek(SeekFrom::Start(0))?;
-            let n = f.read(&mut head)?;
-            head.truncate(n);
-        }
         drop(f);
-        let info = parse_wav_header(&head).ok();
-        let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
-        let frames = audio / 4;
-        let wav_path = dir.join(format!("{id}.wav"));
-        fs::rename(&p, &wav_path)?;
-        let (bytes, sha) = hash_file(&wav_path)?;
-        let sj = start_json.unwrap_or(Value::Null);
-        let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
-        let media_start = sj["media_started_at"].as_str().unwrap_or("").to_string();
-        let doc = json!({
-            "schema": SCHEMA,
-            "recording_id": id,
-            "agent_id": ctx.agent_id,
-            "source": ctx.source,
-            "call_id": sj["call_id"],
-            "from": sj["from"],
-            "to": sj["to"],
-            "direction": "unknown",
-            "started_at": sj["started_at"],
-            "answered_at": sj["answered_at"],
-            "ended_at": Value::Null,
-            "media_started_at": media_start,
-            "duration_ms": duration_ms,
-            "audio": {"format": "wav", "sample_rate": rate, "channels": 2, "bytes": bytes, "sha256": sha},
-            "channels": [
-                {"index": 0, "party": "caller"},
-                {"index": 1, "party": "callee"}
-            ],
-            "dtmf": [],
-            "end_reason": "crash",
-            "truncated": true,
-            "warnings": ["the daemon stopped while recording this call; the audio that reached the disk was kept"],
-        });
-        let tmp = dir.join(format!(".{id}.json.tmp"));
-        {
-            let mut jf = create_private_file(&tmp)?;
-            serde_json::to_writer_pretty(&mut jf, &doc)?;
-            jf.write_all(b"\n")?;
-            jf.sync_all()?;
-        }
-        fs::rename(&tmp, dir.join(format!("{id}.json")))?;
-        let _ = fs::remove_file(&sidecar);
-        sync_dir(dir)?;
+        fs::rename(&p, dir.join(format!("{id}.wav")))?;
+        complete_json(dir, &id, ctx, &sidecar, true)?;
         recovered.push(id);
     }
     Ok(recovered)
+}
+
+/// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
+/// never recorded, from its start sidecar (then removed).
+fn complete_json(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    sidecar: &Path,
+    truncated: bool,
+) -> io::Result<()> {
+    use pbx_core::audio::wav::parse_wav_header;
+    let wav_path = dir.join(format!("{id}.wav"));
+    let sj: Value = fs::read(sidecar)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let mut head = vec![0u8; 64];
+    let n = File::open(&wav_path)?.read(&mut head)?;
+    head.truncate(n);
+    let info = parse_wav_header(&head).ok();
+    let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
+    let (bytes, sha) = hash_file(&wav_path)?;
+    let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
+    let frames = bytes.saturating_sub(header) / 4;
+    let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
+    let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
+    // The end of the audio kept on the call's timeline; else when the file
+    // was last written.
+    let ended_at = time("media_started_at")
+        .or_else(|| time("started_at"))
+        .map(|t| t.add_micros(duration_ms * 1000))
+        .or_else(|| {
+            let m = fs::metadata(&wav_path).and_then(|m| m.modified()).ok()?;
+            let us = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+            Some(Timestamp::from_micros(i64::try_from(us).ok()?))
+        })
+        .map(Timestamp::to_rfc3339);
+    let text =
+        |k: &str, default: &str| -> Value { sj[k].as_str().unwrap_or(default).to_string().into() };
+    let channel = |index: usize, party: &str| json!({"index": index, "party": party, "codec": "", "packets": 0, "lost": 0});
+    let warning = if truncated {
+        "the daemon stopped while recording this call; the audio that reached the disk was kept; its packet counts were lost"
+    } else {
+        "the daemon stopped while saving this recording: the audio is complete; the call's end details and packet counts were lost"
+    };
+    let doc = json!({
+        "schema": SCHEMA,
+        "recording_id": id,
+        "agent_id": text("agent_id", &ctx.agent_id),
+        "source": text("source", ctx.source),
+        "call_id": sj["call_id"],
+        "from": sj["from"],
+        "to": sj["to"],
+        "direction": "unknown",
+        "started_at": sj["started_at"],
+        "answered_at": sj["answered_at"],
+        "ended_at": ended_at,
+        "media_started_at": sj["media_started_at"],
+        "duration_ms": duration_ms,
+        "audio": {"format": "wav", "sample_rate": rate, "channels": 2, "bytes": bytes, "sha256": sha},
+        "channels": [channel(0, "caller"), channel(1, "callee")],
+        "dtmf": [],
+        "end_reason": "crash",
+        "truncated": truncated,
+        "warnings": [warning],
+    });
+    let tmp = dir.join(format!(".{id}.json.tmp"));
+    {
+        let mut jf = create_private_file(&tmp)?;
+        serde_json::to_writer_pretty(&mut jf, &doc)?;
+        jf.write_all(b"\n")?;
+        jf.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(format!("{id}.json")))?;
+    let _ = fs::remove_file(sidecar);
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbx_core::call::PartyInfo;
+
+    fn start(id: &str) -> RecordingStart {
+        RecordingStart {
+            call_id: format!("{id}@src"),
+            sample_rate: 8000,
+            media_started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap(),
+            recording_id: id.to_string(),
+            from: PartyInfo {
+                number: "1001".into(),
+                ..PartyInfo::default()
+            },
+            to: PartyInfo::default(),
+            started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
+            answered_at: None,
+        }
+    }
+
+    fn ctx(source: &'static str) -> RecordingContext {
+        RecordingContext {
+            agent_id: "agent-a".into(),
+            source,
+            min_duration: Duration::ZERO,
+        }
+    }
+
+    fn json_of(dir: &Path, id: &str) -> Value {
+        serde_json::from_slice(&fs::read(dir.join(format!("{id}.json"))).unwrap()).unwrap()
+    }
+
+    /// A SIPREC call cut by a crash, recovered by a start that names another
+    /// source: the sidecar's source, agent and times win, and every field of
+    /// CONTRACT §3 is there with its type.
+    #[test]
+    fn crash_recovery_keeps_the_source_and_fills_every_contract_field() {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+        rd.begin(CallKey(1), &start("r1"));
+        // 2.5 s of stereo audio reaches the disk, then the process dies.
+        for _ in 0..25 {
+            rd.audio(CallKey(1), &[7i16; 1600]);
+        }
+        drop(rd);
+        let ids = recover(d.path(), &ctx("sniff")).unwrap();
+        assert_eq!(ids, vec!["r1".to_string()]);
+        let j = json_of(d.path(), "r1");
+        assert_eq!(j["source"], "siprec");
+        assert_eq!(j["agent_id"], "agent-a");
+        assert_eq!(j["call_id"], "r1@src");
+        assert_eq!(j["from"]["number"], "1001");
+        assert_eq!(
+            (j["truncated"].clone(), j["end_reason"].clone()),
+            (true.into(), "crash".into())
+        );
+        assert_eq!(j["duration_ms"], 2500);
+        assert_eq!(j["ended_at"], "2026-12-03T10:00:03.500Z");
+        assert_eq!(j["started_at"], "2026-12-03T10:00:00.000Z");
+        assert!(j["answered_at"].is_null());
+        for (i, party) in [(0, "caller"), (1, "callee")] {
+            let c = &j["channels"][i];
+            assert_eq!(c["party"], party);
+            assert!(
+                c["codec"].is_string() && c["packets"].is_u64() && c["lost"].is_u64(),
+                "{c}"
+            );
+        }
+        let wav = fs::read(d.path().join("r1.wav")).unwrap();
+        assert_eq!(j["audio"]["bytes"], wav.len());
+        assert_eq!(wav.len(), 44 + 20_000 * 4);
+        assert!(!d.path().join(".r1.start.json").exists());
+        // Done once: a second start finds nothing to do.
+        assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+    }
+
+    /// A crash between the WAV's rename and the JSON's: the WAV is complete,
+    /// its JSON is written at the next start.
+    #[test]
+    fn wav_renamed_without_its_json_gets_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+        rd.begin(CallKey(1), &start("r2"));
+        rd.audio(CallKey(1), &[3i16; 16_000]);
+        drop(rd);
+        // What finish_files had done before the crash: a finalised WAV.
+        let part = d.path().join(".r2.wav.part");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        pbx_core::audio::wav::repair_wav(&mut f, len).unwrap();
+        drop(f);
+        fs::rename(&part, d.path().join("r2.wav")).unwrap();
+        let before = hash_file(&d.path().join("r2.wav")).unwrap();
+        assert_eq!(
+            recover(d.path(), &ctx("sniff")).unwrap(),
+            vec!["r2".to_string()]
+        );
+        let j = json_of(d.path(), "r2");
+        assert_eq!(j["source"], "siprec");
+        assert_eq!(j["truncated"], false);
+        assert_eq!(j["duration_ms"], 1000);
+        assert_eq!(j["audio"]["sha256"], before.1.as_str());
+        assert_eq!(
+            hash_file(&d.path().join("r2.wav")).unwrap(),
+            before,
+            "WAV untouched"
+        );
+        // A finished pair is left alone, and its stray sidecar removed.
+        fs::write(d.path().join(".r2.start.json"), b"{}").unwrap();
+        assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+        assert!(!d.path().join(".r2.start.json").exists());
+        assert_eq!(json_of(d.path(), "r2"), j);
+    }
 }

@@ -552,6 +552,8 @@ async fn sip_loop(
         }
     }
     // Shutdown: hang up every session (the SRC learns the recording stopped).
+    // Our BYEs are not fed to the engine: its calls end as cut by shutdown
+    // (`truncated`), not as hung up, when the engine thread finishes them.
     let at = now();
     for (d, s) in sessions.drain() {
         uas.hangup(&d, at);
@@ -564,7 +566,6 @@ async fn sip_loop(
             bytes,
         } = ev
         {
-            feed(&etx, &drops, local, to, bytes.clone());
             send_sip(&udp, &tcp_writers, transport, to, bytes).await;
         }
     }
@@ -748,8 +749,12 @@ fn answer_for(
         } else {
             None
         };
-        let usable =
-            m.media.eq_ignore_ascii_case("audio") && m.port != 0 && (!secure || sdes.is_some());
+        // Audio with a codec we decode (no port for AMR, G.729, ...: with no
+        // such line at all the offer gets 488).
+        let usable = m.media.eq_ignore_ascii_case("audio")
+            && m.port != 0
+            && (!secure || sdes.is_some())
+            && pbx_core::sip::siprec::decodable_codec(m).is_some();
         if !usable {
             ports.push(0);
             continue;

@@ -156,6 +156,15 @@ fn sniffed_call_on_loopback_matches_its_source() {
     assert_eq!(m, 0o600);
     let m = std::fs::metadata(&d.spool).unwrap().permissions().mode() & 0o777;
     assert_eq!(m, 0o700);
+    // Every file in the spool (queue database, lock, reserve, sidecars).
+    for e in std::fs::read_dir(&d.spool).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        if md.is_file() {
+            let m = md.permissions().mode() & 0o777;
+            assert_eq!(m, 0o600, "{}", e.file_name().to_string_lossy());
+        }
+    }
 }
 
 #[test]

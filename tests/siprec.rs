@@ -269,6 +269,23 @@ fn metadata(recorded_call_id: &str) -> String {
     )
 }
 
+/// `msg` with its Content-Length set to its body's length again (after an
+/// edit of the body).
+fn with_content_length(msg: &str) -> String {
+    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
+
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines()
         .find(|l| {
@@ -475,6 +492,74 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
 }
 
 #[test]
+fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut calls = Vec::new();
+    for n in 0..3 {
+        let call_id = format!("term-{n}@src");
+        src.send(&invite(
+            &call_id,
+            src.port(),
+            srs,
+            [40100 + n * 4, 40102 + n * 4],
+            1,
+            &format!("term{n}"),
+            &metadata("x"),
+        ));
+        let ok = src.final_response("INVITE");
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        let to = header(&ok, "To").unwrap().to_string();
+        let _bye = ack_and_bye(&mut src, &call_id, &to, srs);
+        calls.push(answer_ports(&ok));
+    }
+    // 1 s of PCMU on both streams of every call.
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let audio = speechlike(7, 1000, 8000);
+    let t = Instant::now();
+    for i in 0..50usize {
+        let due = Duration::from_millis(20 * i as u64);
+        if let Some(w) = due.checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let payload = enc.encode(&audio[i * 160..(i + 1) * 160]);
+        for (c, ports) in calls.iter().enumerate() {
+            for (s, port) in ports.iter().enumerate() {
+                let ssrc = (c * 2 + s) as u32 + 1;
+                let pkt = rtp_packet(0, i == 0, i as u16, (i * 160) as u32, ssrc, &payload);
+                rtp.send_to(&pkt, ("127.0.0.1", *port)).unwrap();
+            }
+        }
+    }
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // The SRC was told: a BYE for every session.
+    let mut byes = std::collections::HashSet::new();
+    while let Some(m) = src.recv() {
+        if m.starts_with("BYE ") {
+            byes.insert(header(&m, "Call-ID").unwrap().to_string());
+        }
+        if byes.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(byes.len(), 3, "{byes:?}");
+    let recs = d.recordings();
+    assert_eq!(recs.len(), 3, "{}", d.log());
+    for r in recs {
+        let j: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+        assert_eq!(j["source"], "siprec");
+        assert_eq!(j["end_reason"], "shutdown", "{j}");
+        assert_eq!(j["truncated"], true);
+        assert!(j["duration_ms"].as_i64().unwrap() >= 900, "{j}");
+    }
+}
+
+#[test]
 fn used_up_rtp_ports_give_503_not_a_call_without_a_stream() {
     // Two even ports: one two-stream call.
     let port = free_port();
@@ -560,6 +645,29 @@ fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
         r.starts_with("SIP/2.0 488") || r.starts_with("SIP/2.0 400"),
         "{r}"
     );
+    // No codec we decode on any line (AMR-WB, G.729): 488, no call.
+    let amr = invite(
+        "amr@src",
+        src2.port(),
+        srs2,
+        [40004, 40006],
+        1,
+        "a1",
+        &metadata("x"),
+    )
+    .replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
+        "RTP/AVP 96 101\r\na=rtpmap:96 AMR-WB/16000",
+    )
+    .replacen(
+        "RTP/AVP 96 101\r\na=rtpmap:96 AMR-WB/16000",
+        "RTP/AVP 18 101\r\na=rtpmap:18 G729/8000",
+        1,
+    );
+    assert!(amr.contains("AMR-WB") && amr.contains("G729") && !amr.contains("PCMU"));
+    src2.send(&with_content_length(&amr));
+    let r = src2.final_response("INVITE");
+    assert!(r.starts_with("SIP/2.0 488"), "{r}");
     // One call up, the second gets 503.
     src2.send(&invite(
         "one@src",

@@ -56,6 +56,60 @@ impl Timestamp {
         )
     }
 
+    /// Parses RFC 3339 (`2026-11-25T03:16:16.123Z`, `...16+01:00`, any
+    /// fraction of a second up to microseconds kept); `None` if it is not.
+    pub fn parse_rfc3339(t: &str) -> Option<Timestamp> {
+        let b = t.as_bytes();
+        let num = |a: usize, n: usize| -> Option<i64> {
+            let d = b.get(a..a + n)?;
+            d.iter()
+                .all(u8::is_ascii_digit)
+                .then(|| d.iter().fold(0i64, |v, c| v * 10 + i64::from(c - b'0')))
+        };
+        let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+        if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+            return None;
+        }
+        let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+            return None;
+        }
+        let mut i = 19;
+        let mut micros = 0i64;
+        if sep(i, b".") {
+            i += 1;
+            let start = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                if i - start < 6 {
+                    micros = micros * 10 + i64::from(b[i] - b'0');
+                }
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+            for _ in (i - start)..6 {
+                micros *= 10;
+            }
+        }
+        let offset = match b.get(i) {
+            Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+            Some(c @ (b'+' | b'-')) if i + 6 == b.len() && sep(i + 3, b":") => {
+                let o = num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60;
+                if *c == b'-' {
+                    -o
+                } else {
+                    o
+                }
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(y, mo as u32, d as u32);
+        let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+        Some(Timestamp(secs * 1_000_000 + micros))
+    }
+
     /// Compact UTC form for identifiers: `20261125T031616Z`.
     pub fn to_compact(self) -> String {
         let secs = self.0.div_euclid(1_000_000);
@@ -114,9 +168,50 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// (year, month, day), proleptic Gregorian → days since 1970-01-01.
+/// Howard Hinnant's `days_from_civil`.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trip_and_offsets() {
+        for us in [
+            0i64,
+            1_764_756_900_123_000,
+            -86_400_000_000,
+            4_102_444_799_999_000,
+        ] {
+            let t = Timestamp::from_micros(us);
+            assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        }
+        let t = Timestamp::parse_rfc3339("2026-12-03T10:15:00.5+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-03T09:15:00.500Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-12-03T10:15:00Z"),
+            Timestamp::parse_rfc3339("2026-12-03T10:15:00.000000Z")
+        );
+        for bad in [
+            "",
+            "2026-12-03",
+            "2026-13-03T10:15:00Z",
+            "2026-12-03T10:15:00",
+            "2026-12-03T10:15:00.Z",
+            "x026-12-03T10:15:00Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn rfc3339_epoch_and_known_dates() {

@@ -5,4 +5,4 @@ pub mod meta;
 pub mod mixer;
 
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};
-pub use meta::{CallKey, CallMeta, EndReason, Party, RecordingSink, RecordingStart};
+pub use meta::{CallKey, CallMeta, EndReason, Party, PartyInfo, RecordingSink, RecordingStart};

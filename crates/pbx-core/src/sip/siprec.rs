@@ -55,7 +55,7 @@ use quick_xml::{Reader, XmlVersion};
 
 use super::message::{uri_user_host, SipMessage};
 use super::multipart::{MultipartError, Part};
-use super::sdp::{parse_sdp, MediaDescription, SdpError, SessionDescription};
+use super::sdp::{parse_sdp, Direction, MediaDescription, RtpMap, SdpError, SessionDescription};
 use crate::call::Party;
 
 /// Largest metadata document accepted, in bytes.
@@ -870,7 +870,8 @@ const SUPPORTED: [&str; 5] = ["PCMU", "PCMA", "G722", "opus", "GSM"];
 
 /// The SRS's SDP answer to `offer` (RFC 3264, RFC 7866 §7.1.1):
 ///
-/// - m-line *i* is answered on `ports[i]` with `a=recvonly` and the first
+/// - m-line *i* is answered on `ports[i]` with `a=recvonly` (`a=inactive`
+///   when the offer will not send on it: inactive or recvonly) and the first
 ///   codec of the offer's list that the recorder decodes (PCMU, PCMA, G722,
 ///   opus), plus the offered telephone-event (same clock rate preferred);
 ///   `a=label` is kept.
@@ -904,7 +905,13 @@ pub fn answer_sdp(
     for (i, m) in offer.media.iter().enumerate() {
         let port = ports.get(i).copied().unwrap_or(0);
         let crypto_in = crypto.get(i).copied().flatten();
-        match answer_media(m, port, crypto_in) {
+        // RFC 3264 6.1: a stream the SRC will not send on (hold with
+        // a=inactive, or recvonly) is answered inactive, else recvonly.
+        let receives = matches!(
+            m.effective_direction(offer),
+            Direction::SendRecv | Direction::SendOnly
+        );
+        match answer_media(m, port, crypto_in, receives) {
             Some(text) => s.push_str(&text),
             None => s.push_str(&rejected_media(m)),
         }
@@ -912,17 +919,28 @@ pub fn answer_sdp(
     s
 }
 
-fn answer_media(m: &MediaDescription, port: u16, crypto: Option<(&str, &str)>) -> Option<String> {
+/// The first codec of `m`'s offer list that the recorder decodes, if any: a
+/// line without one is rejected in the answer (and gets no RTP port).
+pub fn decodable_codec(m: &MediaDescription) -> Option<RtpMap> {
+    m.formats.iter().find_map(|pt| {
+        let map = m.codec(*pt)?;
+        SUPPORTED.iter().any(|n| map.is(n)).then_some(map)
+    })
+}
+
+fn answer_media(
+    m: &MediaDescription,
+    port: u16,
+    crypto: Option<(&str, &str)>,
+    receives: bool,
+) -> Option<String> {
     if port == 0 || m.is_rejected() || !m.media.eq_ignore_ascii_case("audio") {
         return None;
     }
     if !m.proto.to_ascii_uppercase().starts_with("RTP/") {
         return None;
     }
-    let codec = m.formats.iter().find_map(|pt| {
-        let map = m.codec(*pt)?;
-        SUPPORTED.iter().any(|n| map.is(n)).then_some(map)
-    })?;
+    let codec = decodable_codec(m)?;
     let te = m
         .rtpmaps
         .iter()
@@ -980,7 +998,11 @@ fn answer_media(m: &MediaDescription, port: u16, crypto: Option<(&str, &str)>) -
     if let Some(c) = crypto_line {
         s.push_str(&c);
     }
-    s.push_str("a=recvonly\r\n");
+    s.push_str(if receives {
+        "a=recvonly\r\n"
+    } else {
+        "a=inactive\r\n"
+    });
     Some(s)
 }
 
@@ -1777,6 +1799,38 @@ mod tests {
         assert_eq!(
             (a.media[0].port, a.media[0].formats.clone()),
             (30000, vec![3])
+        );
+    }
+
+    #[test]
+    fn held_streams_are_answered_inactive() {
+        // RFC 3264 6.1: inactive → inactive; recvonly (the SRC will not
+        // send) → inactive; sendonly or no attribute → recvonly; a
+        // session-level a=inactive holds every line without its own.
+        let offer = parse_sdp(
+            "v=0\r\no=SRC 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\na=inactive\r\n\
+             m=audio 4000 RTP/AVP 0\r\na=inactive\r\n\
+             m=audio 4002 RTP/AVP 0\r\na=recvonly\r\n\
+             m=audio 4004 RTP/AVP 0\r\na=sendonly\r\n\
+             m=audio 4006 RTP/AVP 0\r\n",
+        )
+        .unwrap();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let a = parse_sdp(&answer_sdp(&offer, ip, &[1, 2, 3, 4], &[], 1)).unwrap();
+        let dirs: Vec<_> = a.media.iter().map(|m| m.direction).collect();
+        use Direction::*;
+        assert_eq!(
+            dirs,
+            vec![
+                Some(Inactive),
+                Some(Inactive),
+                Some(RecvOnly),
+                Some(Inactive)
+            ]
+        );
+        assert!(
+            a.media.iter().all(|m| !m.is_rejected()),
+            "held, not removed"
         );
     }
 

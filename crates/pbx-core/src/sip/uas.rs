@@ -812,7 +812,10 @@ impl Uas {
         let Some(dl) = self.dialogs.get_mut(&id) else {
             return;
         };
-        if msg.cseq <= dl.remote_cseq {
+        // RFC 3261 12.2.2: only a lower CSeq is out of order. An equal one
+        // with another method (a BYE reusing the re-INVITE's CSeq, as some
+        // SRCs do) is a new request; a retransmission never gets here.
+        if msg.cseq < dl.remote_cseq {
             self.new_final(
                 at,
                 from,
@@ -2389,6 +2392,20 @@ mod tests {
             "",
         );
         assert_eq!(codes(&feed(&mut u, t(81_000), &old)), vec![500]);
+        // A BYE with the rejected re-INVITE's CSeq (5): not lower, so taken.
+        let bye = request(
+            "BYE",
+            "z9hG4bKbye5",
+            "call-8",
+            Some(&d.local_tag),
+            5,
+            "BYE",
+            "",
+            "",
+        );
+        let ev = feed(&mut u, t(82_000), &bye);
+        assert_eq!(codes(&ev), vec![200]);
+        assert_eq!(u.dialog_count(), 0);
     }
 
     #[test]
