@@ -229,6 +229,7 @@ pub fn recording_json(
         "agent_id": ctx.agent_id,
         "source": ctx.source,
         "call_id": meta.call_id,
+        "recorded_call_id": meta.recorded_call_id,
         "from": {"number": meta.from.number, "name": meta.from.name, "uri": meta.from.uri},
         "to": {"number": meta.to.number, "name": meta.to.name, "uri": meta.to.uri},
         "direction": "unknown",

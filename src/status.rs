@@ -81,7 +81,9 @@ pub struct EngineCounters {
 impl From<&EngineStats> for EngineCounters {
     fn from(s: &EngineStats) -> Self {
         EngineCounters {
-            frames: s.frames,
+            // What a source received: frames when it captures, datagrams
+            // (and TCP pieces) when it owns the sockets.
+            frames: s.frames + s.segments,
             sip_messages: s.sip_messages,
             sip_malformed: s.sip_malformed,
             rtp_packets: s.rtp_packets,
@@ -90,7 +92,7 @@ impl From<&EngineStats> for EngineCounters {
             calls_seen: s.calls_seen,
             calls_recorded: s.calls_recorded,
             calls_without_media: s.calls_without_media,
-            packets_lost: 0,
+            packets_lost: s.rtp_lost,
         }
     }
 }
@@ -285,6 +287,12 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "RTP packets matched to a call.",
         &per_source(&|x| x.engine.rtp_packets),
+    );
+    family(
+        "pbx_edge_rtp_packets_lost_total",
+        "counter",
+        "RTP packets missing from the sequence numbers of recorded calls (counted when the recording ends).",
+        &per_source(&|x| x.engine.packets_lost),
     );
     family(
         "pbx_edge_rtp_unmatched_total",

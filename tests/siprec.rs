@@ -458,10 +458,29 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
     let recs = d.wait_recordings(1, Duration::from_secs(20));
     let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
     assert_eq!(j["source"], "siprec");
-    assert_eq!(
-        j["call_id"], "recorded-call-42@pbx",
-        "the recorded call's Call-ID from the metadata"
-    );
+    // call_id: the SIP Call-ID (of the recording session); how the metadata
+    // names the recorded call is beside it.
+    assert_eq!(j["call_id"], call_id);
+    assert_eq!(j["recorded_call_id"], "recorded-call-42@pbx");
+    // Metrics count the datagrams the SIPREC sockets received (300 RTP and
+    // the SIP) and the recorded calls' losses (none here).
+    let metric = |name: &str| -> Option<u64> {
+        let m = d.get("/metrics").unwrap().1;
+        let line = format!("{name}{{source=\"siprec\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let t = Instant::now();
+    while metric("pbx_edge_packets_received_total").unwrap_or(0) < 300 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            d.get("/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric("pbx_edge_rtp_packets_lost_total"), Some(0));
     assert_eq!(j["from"]["name"], "Alice");
     assert_eq!(j["from"]["number"], "+15551001");
     assert_eq!(j["to"]["name"], "Bob");

@@ -93,7 +93,14 @@ impl Default for EngineConfig {
 /// Counters of what the engine saw and what it could not use.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Link-layer frames fed with `handle_frame` (captures, sniffing).
     pub frames: u64,
+    /// Datagrams and TCP pieces fed directly with `handle_segment` (the
+    /// SIPREC server's sockets).
+    pub segments: u64,
+    /// RTP packets missing from the sequence ranges of finished recordings
+    /// (the sum of their channels' `lost`).
+    pub rtp_lost: u64,
     pub frames_undecodable: u64,
     pub sip_messages: u64,
     pub sip_malformed: u64,
@@ -1221,6 +1228,7 @@ impl Tracker {
         for (i, leg) in media.legs.into_iter().enumerate() {
             let mut m = leg.meta;
             m.lost = leg.seq.values().map(SeqStats::lost).sum();
+            self.stats.rtp_lost += m.lost;
             m.duplicates += leg.seq.values().map(|s| s.duplicates).sum::<u64>();
             m.reanchors = leg.clock.reanchors();
             channels[i] = m;
@@ -1237,7 +1245,8 @@ impl Tracker {
         let meta = CallMeta {
             key,
             recording_id: recording_id(&call.call_id, media.t0),
-            call_id: call.recorded_call_id.unwrap_or(call.call_id),
+            call_id: call.call_id,
+            recorded_call_id: call.recorded_call_id,
             from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
             to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
             caller_known: call.caller_known,
@@ -1311,6 +1320,7 @@ impl CallEngine {
 
     /// Feed one UDP datagram or a piece of a TCP stream.
     pub fn handle_segment(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
+        self.t.stats.segments += 1;
         self.t.handle_segment(seg, sink)
     }
 

@@ -105,7 +105,12 @@ pub struct CallMeta {
     pub key: CallKey,
     /// File-name-safe unique id (see [`recording_id`]), as given at `begin`.
     pub recording_id: String,
+    /// The SIP Call-ID of the dialog the media came with (for SIPREC: the
+    /// recording session's INVITE).
     pub call_id: String,
+    /// SIPREC: how the SRC's metadata names the recorded call: its Call-ID
+    /// (`callData/callid`), else its Session-ID (`sipSessionID`, RFC 7989).
+    pub recorded_call_id: Option<String>,
     pub from: PartyInfo,
     pub to: PartyInfo,
     /// Whether the caller is known from an initial INVITE (false when the

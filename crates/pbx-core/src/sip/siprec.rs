@@ -873,7 +873,7 @@ const SUPPORTED: [&str; 5] = ["PCMU", "PCMA", "G722", "opus", "GSM"];
 /// - m-line *i* is answered on `ports[i]` with `a=recvonly` (`a=inactive`
 ///   when the offer will not send on it: inactive or recvonly) and the first
 ///   codec of the offer's list that the recorder decodes (PCMU, PCMA, G722,
-///   opus), plus the offered telephone-event (same clock rate preferred);
+///   opus, GSM, L16 at 8/16 kHz), plus the offered telephone-event (same clock rate preferred);
 ///   `a=label` is kept.
 /// - `m=<media> 0` (rejected) for an m-line that is not audio, has no
 ///   supported codec, was itself rejected, has no port given (missing or 0
@@ -924,7 +924,11 @@ pub fn answer_sdp(
 pub fn decodable_codec(m: &MediaDescription) -> Option<RtpMap> {
     m.formats.iter().find_map(|pt| {
         let map = m.codec(*pt)?;
-        SUPPORTED.iter().any(|n| map.is(n)).then_some(map)
+        // L16 only where its decoder goes (8/16 kHz, mono or stereo).
+        let l16 = map.is("L16")
+            && matches!(map.clock_rate, 8000 | 16000)
+            && matches!(map.channels, None | Some(1) | Some(2));
+        (l16 || SUPPORTED.iter().any(|n| map.is(n))).then_some(map)
     })
 }
 
@@ -1832,6 +1836,16 @@ mod tests {
             a.media.iter().all(|m| !m.is_rejected()),
             "held, not removed"
         );
+        // L16 where the decoder goes (8/16 kHz), not at 44.1 kHz.
+        let offer = parse_sdp(
+            "v=0\r\no=SRC 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 L16/16000\r\n\
+             m=audio 4002 RTP/AVP 97\r\na=rtpmap:97 L16/44100/2\r\n",
+        )
+        .unwrap();
+        let a = parse_sdp(&answer_sdp(&offer, ip, &[1, 2], &[], 1)).unwrap();
+        assert_eq!(a.media[0].formats, vec![96]);
+        assert!(!a.media[0].is_rejected() && a.media[1].is_rejected());
     }
 
     #[test]
