@@ -15,7 +15,9 @@
 //!   recording (a delivery watch in `spool.db`, marked by a trigger in the
 //!   same transaction as the delivery; it survives restarts and `retention`).
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
-//!   `…-out.wav` = the callee, channel 1) are merged aligned at their start,
+//!   `…-out.wav` = the callee, channel 1; also `-rx`/`-tx`, `_in`/`_out`,
+//!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
+//!   [`LEG_SUFFIXES`]) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
 //!   Stereo files are taken as they are; a mono mix goes on channel 0 with
 //!   silence on channel 1, `"mixed_mono": true` and a warning.
@@ -689,7 +691,8 @@ pub fn resample(x: Vec<i16>, from: u32, to: u32, path: &Path) -> Result<Vec<i16>
 /// The files of one PBX recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingSet {
-    /// Directory + stem without `-in`/`-out`: the set's identity.
+    /// Directory + stem without leg suffix (`-in`/`-out`, ...): the set's
+    /// identity.
     pub key: PathBuf,
     /// What the PBX received from the caller (`-in`, MixMonitor `r()`).
     pub rx: Option<PathBuf>,
@@ -716,39 +719,68 @@ impl RecordingSet {
     }
 }
 
-/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`;
-/// `None` if it is not an audio file name.
-pub fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
-    if !is_audio_name(name) {
+/// The leg suffixes paired into split legs (matched without regard to
+/// case, just before the extension): what people configure for MixMonitor
+/// `r()` (what the PBX received: the caller, `"in"`) and `t()` (what it
+/// sent: the callee, `"out"`). Longest first, so `-out` is not read as `-t`.
+pub const LEG_SUFFIXES: &[(&str, &str)] = &[
+    ("-out", "out"),
+    ("_out", "out"),
+    (".out", "out"),
+    ("-in", "in"),
+    ("_in", "in"),
+    (".in", "in"),
+    ("-rx", "in"),
+    ("_rx", "in"),
+    ("-tx", "out"),
+    ("_tx", "out"),
+    ("-r", "in"),
+    ("_r", "in"),
+    ("-t", "out"),
+    ("_t", "out"),
+];
+
+/// [`split_name`] of a file name's bytes (any, not only UTF-8): the length
+/// of the base (the stem without extension and leg suffix) and the leg.
+pub fn split_name_bytes(name: &[u8]) -> Option<(usize, Option<&'static str>)> {
+    if !is_audio_name(&String::from_utf8_lossy(name)) {
         return None;
     }
-    let stem = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
-    for (suffix, leg) in [
-        ("-in", "in"),
-        ("-out", "out"),
-        ("-rx", "in"),
-        ("-tx", "out"),
-    ] {
-        if let Some(base) = stem.strip_suffix(suffix) {
-            if !base.is_empty() {
-                return Some((base.to_string(), Some(leg)));
-            }
+    let stem_len = name.iter().rposition(|&b| b == b'.').unwrap_or(name.len());
+    let stem = &name[..stem_len];
+    for (suffix, leg) in LEG_SUFFIXES {
+        let s = suffix.as_bytes();
+        if stem.len() > s.len() && stem[stem.len() - s.len()..].eq_ignore_ascii_case(s) {
+            return Some((stem.len() - s.len(), Some(*leg)));
         }
     }
-    Some((stem.to_string(), None))
+    Some((stem_len, None))
+}
+
+/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`
+/// (and the other [`LEG_SUFFIXES`]: `base_rx.wav`, `base.IN.wav`, ...);
+/// `None` if it is not an audio file name.
+pub fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
+    let (len, leg) = split_name_bytes(name.as_bytes())?;
+    // The suffixes and extensions are ASCII: `len` is a char boundary.
+    Some((name.get(..len).unwrap_or(name).to_string(), leg))
 }
 
 /// Groups audio files into recording sets.
 pub fn group_sets(files: &[PathBuf]) -> Vec<RecordingSet> {
+    use std::os::unix::ffi::OsStrExt;
     let mut sets: HashMap<PathBuf, RecordingSet> = HashMap::new();
     for f in files {
-        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        let Some(name) = f.file_name() else {
             continue;
         };
-        let Some((base, leg)) = split_name(&name) else {
+        let Some((len, leg)) = split_name_bytes(name.as_bytes()) else {
             continue;
         };
-        let key = f.parent().unwrap_or(Path::new("")).join(&base);
+        // The key keeps the name's bytes (not a lossy copy): two names that
+        // differ only in bytes that are not UTF-8 stay two recordings.
+        let base = std::ffi::OsStr::from_bytes(&name.as_bytes()[..len]);
+        let key = f.parent().unwrap_or(Path::new("")).join(base);
         let set = sets.entry(key.clone()).or_insert_with(|| RecordingSet {
             key,
             rx: None,
@@ -2635,6 +2667,54 @@ mod tests {
         assert_eq!(sets[0].rx.as_deref(), Some(Path::new("/r/x-in.wav")));
         assert_eq!(sets[0].tx.as_deref(), Some(Path::new("/r/x-out.wav")));
         assert_eq!(sets[1].whole.as_deref(), Some(Path::new("/r/y.wav")));
+    }
+
+    #[test]
+    fn leg_suffixes_and_what_is_not_one() {
+        let base = "out-5551234-1001-20261124-101502-1700000000.123";
+        for (rx, tx) in [
+            ("-in", "-out"),
+            ("-rx", "-tx"),
+            ("_in", "_out"),
+            ("_rx", "_tx"),
+            ("-r", "-t"),
+            ("_r", "_t"),
+            (".in", ".out"),
+            ("-IN", "-OUT"),
+            ("_Rx", "_TX"),
+        ] {
+            for ext in ["wav", "WAV", "sln16", "gsm"] {
+                assert_eq!(
+                    split_name(&format!("{base}{rx}.{ext}")),
+                    Some((base.to_string(), Some("in"))),
+                    "{rx}.{ext}"
+                );
+                assert_eq!(
+                    split_name(&format!("{base}{tx}.{ext}")),
+                    Some((base.to_string(), Some("out"))),
+                    "{tx}.{ext}"
+                );
+            }
+        }
+        // The FreePBX name of the base parses as without a suffix.
+        let n = parse_freepbx_name(&split_name(&format!("{base}_rx.wav")).unwrap().0).unwrap();
+        assert_eq!(n.uniqueid, "1700000000.123");
+        assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+        // Not legs: a uniqueid ending in `.12`, other endings, a bare suffix.
+        for whole in [
+            "in-1-2-20261124-101502-1700000000.12.wav",
+            "in-1-2-20261124-101502-1700000000.1.wav",
+            "1700000000.12.sln",
+            "call-internal.wav",
+            "x-ri.wav",
+            "x.int.wav",
+        ] {
+            let (stem, leg) = split_name(whole).unwrap();
+            assert_eq!(leg, None, "{whole}");
+            assert_eq!(format!("{stem}."), whole[..=stem.len()], "{whole}");
+        }
+        assert_eq!(split_name("-in.wav"), Some(("-in".to_string(), None)));
+        assert_eq!(split_name("x-in.txt"), None);
     }
 
     #[test]

@@ -1384,3 +1384,89 @@ mod daemon {
         assert!(!log3.contains("not taken"), "{log3}");
     }
 }
+
+// ------------------------------------------------------------ review fixes
+
+/// Sets of 8 kHz legs under each suffix pair MixMonitor r()/t() are given.
+#[test]
+fn leg_suffix_variants_pair_into_two_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    let pairs_of = [
+        ("-in", "-out"),
+        ("_in", "_out"),
+        ("_rx", "_tx"),
+        ("-rx", "-tx"),
+        ("-r", "-t"),
+        ("_r", "_t"),
+        (".in", ".out"),
+        ("-IN", "-OUT"),
+        ("_RX", "_Tx"),
+    ];
+    let mut want = Vec::new();
+    for (i, (rx, tx)) in pairs_of.iter().enumerate() {
+        let uid = format!("1700000{:03}.{}", 300 + i, 10 + i);
+        let stem = format!("out-5551234-1001-20261124-101502-{uid}");
+        let caller = speechlike(100 + i as u64, 600, 8000);
+        let callee = speechlike(200 + i as u64, 400, 8000);
+        write_wav(&d.join(format!("{stem}{rx}.wav")), 8000, 1, &caller);
+        write_wav(&d.join(format!("{stem}{tx}.wav")), 8000, 1, &callee);
+        want.push((uid, caller, callee, *rx));
+    }
+    // A plain FreePBX name whose uniqueid ends in `.12`, `.in`-like
+    // look-alikes: whole recordings, not legs.
+    let plain = speechlike(300, 500, 8000);
+    write_wav(
+        &d.join("in-1001-5550000-20261124-101502-1700000399.12.wav"),
+        8000,
+        1,
+        &plain,
+    );
+    write_wav(
+        &d.join("in-1001-5550000-20261124-101502-1700000398.1.wav"),
+        8000,
+        1,
+        &plain,
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(
+        settle_scan(&mut s, Instant::now()),
+        pairs_of.len() + 2,
+        "{:?}",
+        s.errors
+    );
+    for (uid, caller, callee, rx) in want {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == uid.as_str())
+            .unwrap_or_else(|| panic!("{rx}: no recording with call_id {uid}"));
+        let j = json_of(&c.json);
+        assert_eq!(j["mixed_mono"], false, "{rx}");
+        assert_eq!(j["from"]["number"], "1001", "{rx}");
+        assert_eq!(j["to"]["number"], "5551234", "{rx}");
+        assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z", "{rx}");
+        assert_eq!(j["source_files"].as_array().unwrap().len(), 2, "{rx}");
+        let (_, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+        assert_eq!(
+            &l[..caller.len()],
+            &caller[..],
+            "{rx}: channel 0 = the rx leg"
+        );
+        assert_eq!(
+            &r[..callee.len()],
+            &callee[..],
+            "{rx}: channel 1 = the tx leg"
+        );
+    }
+    for uid in ["1700000399.12", "1700000398.1"] {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == uid)
+            .unwrap();
+        assert_eq!(json_of(&c.json)["mixed_mono"], true, "{uid}");
+    }
+}
