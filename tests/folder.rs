@@ -1470,3 +1470,32 @@ fn leg_suffix_variants_pair_into_two_channels() {
         assert_eq!(json_of(&c.json)["mixed_mono"], true, "{uid}");
     }
 }
+
+/// Asterisk cdr_csv with `newcdrcolumns = yes` writes 21 columns:
+/// ..., uniqueid, userfield, peeraccount, linkedid, sequence.
+#[test]
+fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let stem = "in-5550000-15551230000-20261124-101502-1700000600.1";
+    write_wav(
+        &day_dir(&root).join(format!("{stem}.wav")),
+        8000,
+        1,
+        &speechlike(60, 500, 8000),
+    );
+    let csv = tmp.path().join("Master.csv");
+    // The row of the agent's leg: its own uniqueid, the call's linkedid.
+    let row = r#""acct","15551230000","5550000","from-trunk","""Carol"" <15551230000>","SIP/trunk-0001","SIP/1001-0002","Dial","SIP/1001,30","2026-11-24 10:15:01","2026-11-24 10:15:03","2026-11-24 10:16:03",62,60,"ANSWERED","DOCUMENTATION","1700000600.7","","peeracct","1700000600.1",42"#;
+    assert_eq!(pbx_edge::folder::split_csv_line(row).len(), 21);
+    fs::write(&csv, format!("{row}\n")).unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv));
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["cdr"], true);
+    assert_eq!(j["call_id"], "1700000600.7");
+    assert_eq!(j["from"]["name"], "Carol");
+    assert_eq!(j["disposition"], "ANSWERED");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:01.000Z");
+}
