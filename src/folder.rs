@@ -475,12 +475,32 @@ impl Pcm {
     }
 }
 
-/// Extensions taken as recordings.
+/// Asterisk's signed-linear formats at rates other than 8 and 16 kHz
+/// (`slin12` ... `slin192`): their extensions and rates. Taken as
+/// recordings so that they are reported (the resampler converts only
+/// between 8 and 16 kHz), not silently passed over.
+pub const SLN_OTHER_RATES: &[(&str, u32)] = &[
+    ("sln12", 12_000),
+    ("sln24", 24_000),
+    ("sln32", 32_000),
+    ("sln44", 44_100),
+    ("sln48", 48_000),
+    ("sln96", 96_000),
+    ("sln192", 192_000),
+];
+
+/// Extensions taken as recordings (any case): `wav`, `wav16` (Asterisk's
+/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, and the
+/// [`SLN_OTHER_RATES`] ones (reported as unsupported).
 pub fn is_audio_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [".wav", ".sln", ".sln16", ".raw", ".gsm", ".wav49"]
-        .iter()
-        .any(|e| lower.ends_with(e))
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let ext = ext.to_ascii_lowercase();
+    matches!(
+        ext.as_str(),
+        "wav" | "wav16" | "wav49" | "sln" | "sln16" | "raw" | "gsm"
+    ) || SLN_OTHER_RATES.iter().any(|(e, _)| *e == ext)
 }
 
 fn le_samples(bytes: &[u8]) -> Vec<i16> {
@@ -528,6 +548,18 @@ pub fn decode_audio(
     }
     if name.ends_with(".sln") || name.ends_with(".raw") {
         return Ok(Pcm::l16(8000, raw_channels, le_samples(bytes)));
+    }
+    if let Some((ext, rate)) = SLN_OTHER_RATES
+        .iter()
+        .find(|(e, _)| name.rsplit_once('.').is_some_and(|(_, x)| x == *e))
+    {
+        return Err(fmt_err(
+            path,
+            format!(
+                "signed linear at {rate} Hz (Asterisk's .{ext}) is not supported: pbx-edge \
+                 converts 8000 and 16000 Hz only; record as wav, wav16, sln or sln16"
+            ),
+        ));
     }
     if name.ends_with(".gsm") {
         // Asterisk's `gsm` format: 33-byte GSM 06.10 frames, no header.
@@ -2715,6 +2747,19 @@ mod tests {
         }
         assert_eq!(split_name("-in.wav"), Some(("-in".to_string(), None)));
         assert_eq!(split_name("x-in.txt"), None);
+    }
+
+    #[test]
+    fn extensions() {
+        for yes in [
+            "a.wav", "a.WAV16", "a.wav49", "a.sln", "a.sln16", "a.SLN48", "a.sln192", "a.raw",
+            "a.gsm",
+        ] {
+            assert!(is_audio_name(yes), "{yes}");
+        }
+        for no in ["a.txt", "a.sln17", "a.sln8", "wav", "a.wav.part", "a.mp3"] {
+            assert!(!is_audio_name(no), "{no}");
+        }
     }
 
     #[test]

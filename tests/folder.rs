@@ -1499,3 +1499,56 @@ fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
     assert_eq!(j["disposition"], "ANSWERED");
     assert_eq!(j["started_at"], "2026-11-24T10:15:01.000Z");
 }
+
+fn raw_bytes(x: &[i16]) -> Vec<u8> {
+    x.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// `.wav16` is a WAV; `.sln48` & co. are reported, counted, not retried.
+#[test]
+fn wav16_taken_and_other_sln_rates_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let x = speechlike(91, 500, 16000);
+    write_wav(
+        &root.join("in-1-2-20261124-101502-1700001000.1.wav16"),
+        16000,
+        1,
+        &x,
+    );
+    write_wav(&root.join("1700001001.1-in.wav16"), 16000, 1, &x);
+    write_wav(&root.join("1700001001.1-out.wav16"), 16000, 1, &x);
+    fs::write(root.join("1700001002.1.sln48"), raw_bytes(&x)).unwrap();
+    fs::write(root.join("1700001003.1.SLN12"), raw_bytes(&x)).unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+    let j = json_of(
+        &s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == "1700001000.1")
+            .unwrap()
+            .json,
+    );
+    assert_eq!(j["audio"]["sample_rate"], 16000);
+    assert_eq!(j["duration_ms"], 500);
+    assert_eq!(j["mixed_mono"], true);
+    assert_eq!(s.counters.failed, 2);
+    for (file, rate) in [
+        ("1700001002.1.sln48", "48000 Hz"),
+        ("1700001003.1.SLN12", "12000 Hz"),
+    ] {
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains(file) && e.contains(rate) && e.contains("not supported")),
+            "{file}: {:?}",
+            s.errors
+        );
+    }
+    // Format errors are for good: not retried.
+    assert_eq!(s.scan(t0 + Duration::from_secs(400)), 0);
+    assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
+    assert_eq!(s.counters.failed, 2);
+}

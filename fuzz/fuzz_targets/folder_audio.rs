@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use pbx_edge::folder::{channel, decode_audio, resample, FolderSettings};
 use std::path::Path;
 
-const NAMES: [&str; 7] = [
-    "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49",
+const NAMES: [&str; 9] = [
+    "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49", "a.wav16", "a.sln48",
 ];
 
 fuzz_target!(|data: &[u8]| {
