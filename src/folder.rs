@@ -101,7 +101,7 @@ pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower
 use crate::cdr::csv::{CsvColumns, CsvStore};
 pub use crate::cdr::CdrRow;
 use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
-pub use crate::config::{AfterDelivery, FolderWatch};
+pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
@@ -165,8 +165,10 @@ pub struct FolderSettings {
     pub after_delivery: AfterDelivery,
     /// Target directory of `AfterDelivery::Move` (the tree below `path` is kept).
     pub move_to: Option<PathBuf>,
-    /// `.raw`/`.sln` files hold interleaved stereo (MixMonitor `D`).
-    pub raw_stereo: bool,
+    /// Whether `.raw`/`.sln`/`.sln16` files hold interleaved stereo
+    /// (MixMonitor `D`): [`RawStereo::Auto`] tells from the samples
+    /// ([`probe_raw_layout`]).
+    pub raw_stereo: RawStereo,
     /// Files larger than this are refused (memory bound).
     pub max_file_bytes: u64,
     /// How changes are noticed (`watch`).
@@ -262,7 +264,7 @@ impl Default for FolderSettings {
             caller_leg_out: false,
             after_delivery: AfterDelivery::Leave,
             move_to: None,
-            raw_stereo: false,
+            raw_stereo: RawStereo::Auto,
             max_file_bytes: 1 << 30,
             watch: FolderWatch::Auto,
             poll: Duration::from_secs(1),
@@ -510,11 +512,151 @@ fn le_samples(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
-/// Reads a recording file: WAV (16-bit PCM mono or stereo, or GSM 6.10 =
-/// WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames `.gsm` (8 kHz mono),
-/// `.sln`/`.raw` (8 kHz s16le, mono or interleaved stereo per `raw_stereo`),
-/// `.sln16`.
+/// What [`probe_raw_layout`] measured of headerless s16 samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawProbe {
+    /// Σ(x[n] − x[n+1])² over the probe: adjacent samples.
+    pub d1: f64,
+    /// Σ(x[n] − x[n+2])² over the probe: every other sample.
+    pub d2: f64,
+    /// Σx[n]² over the probe.
+    pub energy: f64,
+    /// RMS of the probe (full scale 32768).
+    pub rms: f64,
+    /// Whether the samples count as interleaved stereo.
+    pub stereo: bool,
+    /// Why not, when a precondition failed (odd count, too quiet).
+    pub why_not: Option<&'static str>,
+}
+
+impl RawProbe {
+    /// D1/D2 (infinite when D2 is 0 and D1 is not; 0 when both are).
+    pub fn ratio(&self) -> f64 {
+        if self.d2 > 0.0 {
+            self.d1 / self.d2
+        } else if self.d1 > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
+
+    /// For the JSON's warnings.
+    pub fn describe(&self) -> String {
+        let how = match self.why_not {
+            Some(why) => format!("{why}, D1/D2 = {:.2}", self.ratio()),
+            None => format!("D1/D2 = {:.2}", self.ratio()),
+        };
+        if self.stereo {
+            format!("raw layout detected as interleaved stereo (raw_stereo = \"auto\": {how})")
+        } else {
+            format!(
+                "raw layout detected as mono (raw_stereo = \"auto\": {how}); set raw_stereo = \
+                 true if the file is MixMonitor D interleaved stereo"
+            )
+        }
+    }
+}
+
+/// How much of a raw file [`probe_raw_layout`] looks at, in seconds (of
+/// stereo, at the file's rate): enough to get past ringing and a quiet
+/// start, bounded so that the cost does not grow with the call.
+pub const RAW_PROBE_SECONDS: usize = 30;
+
+/// Interleaved stereo when D1 > this × D2.
+pub const RAW_STEREO_RATIO: f64 = 1.5;
+
+/// Interleaved stereo only when D1 < this × 2·Σx²: the channels of two
+/// parties (or one party and silence) are not anti-correlated, so D1 ≈
+/// 2·Σx²; a mono tone of angular frequency θ has D1 = 2·Σx²·(1 − cos θ),
+/// at least 1.5 × 2·Σx² exactly when D1/D2 can exceed 1 (θ ≥ 2π/3).
+pub const RAW_MAX_ANTI: f64 = 1.5;
+
+/// Below this RMS (about −66 dBFS) a probe tells nothing: mono.
+pub const RAW_PROBE_MIN_RMS: f64 = 16.0;
+
+/// Whether headerless s16 samples at `rate` are interleaved stereo
+/// (MixMonitor `D`) or mono, from the samples alone.
+///
+/// With x the samples: D1 = Σ(x[n]−x[n+1])², D2 = Σ(x[n]−x[n+2])², E =
+/// Σx[n]². In interleaved stereo adjacent samples come from different
+/// channels (two parties, or one party and silence), every other sample
+/// from the same one: D1 ≈ 2E (independent channels), D2 only what a
+/// channel changes in one frame, so D1 ≫ D2. In mono, band-limited audio
+/// changes less in one sample than in two: D1 ≤ D2. Stereo when, over the
+/// first [`RAW_PROBE_SECONDS`], D1 > [`RAW_STEREO_RATIO`]·D2, D1 <
+/// [`RAW_MAX_ANTI`]·2E (not a mono tone above fs/3, whose D1/D2 exceeds 1),
+/// the count of samples is even (whole frames) and the RMS is at least
+/// [`RAW_PROBE_MIN_RMS`]; else mono.
+///
+/// Measured (tests/folder.rs `raw_layout_detector_on_real_material`,
+/// `--nocapture` prints them), D1/D2 and D1/2E:
+/// - mono, must stay mono: espeak-ng speech 8 kHz 0.42 / 0.24 and 0.44 /
+///   0.29 (two voices), the same through a 300-3400 Hz band 0.39 / 0.26;
+///   16 kHz 0.35 / 0.09 and 0.39 / 0.14; two voices mixed (MixMonitor's
+///   default) 8 kHz 0.43, 16 kHz 0.37; sox tones 440 Hz 0.26, 1 kHz 0.29
+///   (16 kHz: 0.26), DTMF 697+1209 Hz 0.50; pink noise 0.63, white noise
+///   0.90 / 0.94. Mono tones above fs/3 pass the ratio but not the second
+///   test: 3 kHz at 8 kHz 1.71 / 1.71, 3.4 kHz 4.59 / 1.89, 7 kHz at
+///   16 kHz 6.57 / 1.92.
+/// - interleaved, must be stereo: espeak speech + silence 8 kHz 4.15 and
+///   3.44 (silence first) / 1.00, 16 kHz 10.99 / 1.00; two espeak voices
+///   8 kHz 3.75 / 0.99, 16 kHz 8.58 / 0.99, 8 kHz with 30 % crosstalk
+///   each way 1.96 / 0.52; sox tones 300 / 700 Hz 11.43 / 1.00; a 440 Hz
+///   tone + speech 14.95 / 1.02.
+///
+/// Channels with heavy crosstalk (one party at more than about a third on
+/// the other's channel) fall below the ratio and are read as mono: say
+/// `raw_stereo = true` then.
+pub fn probe_raw_layout(samples: &[i16], rate: u32) -> RawProbe {
+    let n = samples
+        .len()
+        .min((rate as usize).saturating_mul(2 * RAW_PROBE_SECONDS));
+    let x = &samples[..n];
+    let (mut d1, mut d2, mut e) = (0f64, 0f64, 0f64);
+    for (i, &v) in x.iter().enumerate() {
+        let v = f64::from(v);
+        e += v * v;
+        if let Some(&a) = x.get(i + 1) {
+            d1 += (v - f64::from(a)).powi(2);
+        }
+        if let Some(&b) = x.get(i + 2) {
+            d2 += (v - f64::from(b)).powi(2);
+        }
+    }
+    let rms = if n > 0 { (e / n as f64).sqrt() } else { 0.0 };
+    let why_not = if samples.len() % 2 != 0 {
+        Some("an odd number of samples")
+    } else if rms < RAW_PROBE_MIN_RMS {
+        Some("too quiet to tell")
+    } else if d1 >= RAW_MAX_ANTI * 2.0 * e {
+        // Adjacent samples anti-correlated (ρ1 ≤ −0.5): a mono tone above
+        // fs/3, not two parties (independent channels give D1 ≈ 2·Σx²).
+        Some("adjacent samples anti-correlated, as in a mono tone above a third of the rate")
+    } else {
+        None
+    };
+    RawProbe {
+        d1,
+        d2,
+        energy: e,
+        rms,
+        stereo: why_not.is_none() && d1 > RAW_STEREO_RATIO * d2,
+        why_not,
+    }
+}
+
+/// Reads a recording file: WAV (`.wav`, `.wav16`; 16-bit PCM mono or
+/// stereo, or GSM 6.10 = WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames
+/// `.gsm` (8 kHz mono), `.sln`/`.raw` (8 kHz s16le, mono or interleaved
+/// stereo per `raw_stereo`), `.sln16`.
 pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
+    read_audio_as(path, settings, false)
+}
+
+/// [`read_audio`] of a split leg (`leg`: MixMonitor `r()`/`t()` files are
+/// mono, so `raw_stereo = "auto"` reads them as mono) or a whole file.
+fn read_audio_as(path: &Path, settings: &FolderSettings, leg: bool) -> Result<Pcm, FolderError> {
     let size = fs::metadata(path).map_err(io_err(path))?.len();
     if size > settings.max_file_bytes {
         return Err(FolderError::TooLarge {
@@ -524,7 +666,7 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
         });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
-    decode_audio(path, &bytes, settings)
+    decode_audio_as(path, &bytes, settings, leg)
 }
 
 /// [`read_audio`] of bytes already read: the format comes from `path`'s
@@ -538,16 +680,42 @@ pub fn decode_audio(
     bytes: &[u8],
     settings: &FolderSettings,
 ) -> Result<Pcm, FolderError> {
+    decode_audio_as(path, bytes, settings, false)
+}
+
+fn decode_audio_as(
+    path: &Path,
+    bytes: &[u8],
+    settings: &FolderSettings,
+    leg: bool,
+) -> Result<Pcm, FolderError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let raw_channels = if settings.raw_stereo { 2 } else { 1 };
-    if name.ends_with(".sln16") {
-        return Ok(Pcm::l16(16000, raw_channels, le_samples(bytes)));
-    }
-    if name.ends_with(".sln") || name.ends_with(".raw") {
-        return Ok(Pcm::l16(8000, raw_channels, le_samples(bytes)));
+    let raw_rate = if name.ends_with(".sln16") {
+        Some(16000)
+    } else if name.ends_with(".sln") || name.ends_with(".raw") {
+        Some(8000)
+    } else {
+        None
+    };
+    if let Some(rate) = raw_rate {
+        let samples = le_samples(bytes);
+        let (channels, warning) = match (settings.raw_stereo, leg) {
+            (RawStereo::Stereo, _) => (2, None),
+            (RawStereo::Mono, _) | (RawStereo::Auto, true) => (1, None),
+            (RawStereo::Auto, false) => {
+                let probe = probe_raw_layout(&samples, rate);
+                (
+                    if probe.stereo { 2 } else { 1 },
+                    Some(format!("{}: {}", path.display(), probe.describe())),
+                )
+            }
+        };
+        let mut pcm = Pcm::l16(rate, channels, samples);
+        pcm.warnings.extend(warning);
+        return Ok(pcm);
     }
     if let Some((ext, rate)) = SLN_OTHER_RATES
         .iter()
@@ -862,12 +1030,12 @@ pub fn convert(
         let a = set
             .rx
             .as_ref()
-            .map(|p| read_audio(p, settings))
+            .map(|p| read_audio_as(p, settings, true))
             .transpose()?;
         let b = set
             .tx
             .as_ref()
-            .map(|p| read_audio(p, settings))
+            .map(|p| read_audio_as(p, settings, true))
             .transpose()?;
         for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
             if let (Some(pcm), Some(path)) = (leg, p) {

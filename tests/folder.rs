@@ -564,7 +564,7 @@ fn old_files_ignored_with_max_age_and_raw_stereo() {
         .unwrap();
     assert!(status.success());
     let settings = FolderSettings {
-        raw_stereo: true,
+        raw_stereo: pbx_edge::folder::RawStereo::Stereo,
         max_age: Some(Duration::from_secs(7 * 86400)),
         ..FolderSettings::default()
     };
@@ -1502,6 +1502,315 @@ fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
 
 fn raw_bytes(x: &[i16]) -> Vec<u8> {
     x.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+fn interleave(a: &[i16], b: &[i16]) -> Vec<i16> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .flat_map(|i| {
+            [
+                a.get(i).copied().unwrap_or(0),
+                b.get(i).copied().unwrap_or(0),
+            ]
+        })
+        .collect()
+}
+
+/// sox-made raw s16 samples (`sox -n ... synth ...`).
+fn sox_synth(rate: u32, channels: u32, effects: &[&str], tmp: &Path) -> Vec<i16> {
+    let out = tmp.join(format!("synth-{}.raw", effects.join("_").replace('/', "")));
+    let r = rate.to_string();
+    let c = channels.to_string();
+    let mut args = vec![
+        "-V1", "-n", "-r", &r, "-c", &c, "-b", "16", "-e", "signed", "-t", "raw",
+    ];
+    let o = out.to_str().unwrap().to_string();
+    args.push(&o);
+    args.extend_from_slice(effects);
+    let st = std::process::Command::new("sox")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    fs::read(&out)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// `raw_stereo = "auto"` on real material: espeak-ng speech mono stays
+/// mono, interleaved (speech + silence, two voices, two tones) is stereo;
+/// the ratios are printed (`--nocapture`) for the record in folder.rs.
+#[test]
+fn raw_layout_detector_on_real_material() {
+    use pbx_edge::folder::probe_raw_layout;
+    let tmp = tempfile::tempdir().unwrap();
+    let espeak = |text: &str, voice: &str, rate: u32| {
+        pbx_testgen::audio::espeak(text, voice, rate, tmp.path())
+            .expect("espeak-ng is needed for this test (Debian package espeak-ng)")
+    };
+    let text_a = "Hello, this is Alice from the accounts team. I am calling about your invoice.";
+    let text_b = "Yes, hi. I got the letter yesterday, but the amount looks wrong to me.";
+    let a8 = espeak(text_a, "en", 8000);
+    let b8 = espeak(text_b, "en+f3", 8000);
+    let a16 = espeak(text_a, "en", 16000);
+    let b16 = espeak(text_b, "en+f3", 16000);
+    let silence8 = vec![0i16; a8.len()];
+    let silence16 = vec![0i16; a16.len()];
+    let tone = |e: &[&str], rate: u32, ch: u32| sox_synth(rate, ch, e, tmp.path());
+    let mut mono_cases: Vec<(&str, Vec<i16>, u32)> = vec![
+        ("espeak speech mono 8 kHz", a8.clone(), 8000),
+        ("espeak speech mono 8 kHz (voice 2)", b8.clone(), 8000),
+        ("espeak speech mono 16 kHz", a16.clone(), 16000),
+        ("espeak speech mono 16 kHz (voice 2)", b16.clone(), 16000),
+        (
+            "sox tone 440 Hz mono 8 kHz",
+            tone(&["synth", "3", "sine", "440"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 1 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "1000"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 1 kHz mono 16 kHz",
+            tone(&["synth", "3", "sine", "1000"], 16000, 1),
+            16000,
+        ),
+        (
+            "sox DTMF 1 (697+1209 Hz) mono 8 kHz",
+            tone(
+                &["synth", "3", "sine", "697", "sine", "1209", "remix", "1,2"],
+                8000,
+                2,
+            ),
+            8000,
+        ),
+        (
+            "sox tone 3 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "3000"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 3.4 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "3400"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 7 kHz mono 16 kHz",
+            tone(&["synth", "3", "sine", "7000"], 16000, 1),
+            16000,
+        ),
+        (
+            "sox white noise mono 8 kHz",
+            tone(&["synth", "3", "whitenoise", "vol", "0.3"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox pink noise mono 8 kHz",
+            tone(&["synth", "3", "pinknoise", "vol", "0.3"], 8000, 1),
+            8000,
+        ),
+    ];
+    // Mono espeak speech as MixMonitor writes it at 8 kHz: through sox's
+    // telephone band (300-3400 Hz).
+    let band = tmp.path().join("band.raw");
+    fs::write(tmp.path().join("a8.raw"), raw_bytes(&a8)).unwrap();
+    let raw8 = [
+        "-t", "raw", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed",
+    ];
+    let out = std::process::Command::new("sox")
+        .args(raw8)
+        .arg(tmp.path().join("a8.raw"))
+        .args(raw8)
+        .arg(&band)
+        .args(["sinc", "300-3400"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banded: Vec<i16> = fs::read(&band)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    mono_cases.push(("espeak speech mono 8 kHz, 300-3400 Hz band", banded, 8000));
+    // What MixMonitor writes by default: both parties mixed.
+    let mix = |a: &[i16], b: &[i16], k: f64| -> Vec<i16> {
+        (0..a.len().max(b.len()))
+            .map(|i| {
+                let x = f64::from(a.get(i).copied().unwrap_or(0));
+                let y = f64::from(b.get(i).copied().unwrap_or(0));
+                (x + k * y).clamp(-32768.0, 32767.0) as i16
+            })
+            .collect()
+    };
+    mono_cases.push((
+        "two espeak voices mixed mono 8 kHz",
+        mix(&a8, &b8, 1.0),
+        8000,
+    ));
+    mono_cases.push((
+        "two espeak voices mixed mono 16 kHz",
+        mix(&a16, &b16, 1.0),
+        16000,
+    ));
+    let stereo_cases: Vec<(&str, Vec<i16>, u32)> = vec![
+        (
+            "espeak speech + silence interleaved 8 kHz",
+            interleave(&a8, &silence8),
+            8000,
+        ),
+        (
+            "silence + espeak speech interleaved 8 kHz",
+            interleave(&silence8, &b8),
+            8000,
+        ),
+        (
+            "two espeak voices interleaved 8 kHz",
+            interleave(&a8, &b8),
+            8000,
+        ),
+        (
+            "espeak speech + silence interleaved 16 kHz",
+            interleave(&a16, &silence16),
+            16000,
+        ),
+        (
+            "two espeak voices interleaved 16 kHz",
+            interleave(&a16, &b16),
+            16000,
+        ),
+        (
+            "two espeak voices interleaved 8 kHz, 30 % crosstalk each way",
+            interleave(&mix(&a8, &b8, 0.3), &mix(&b8, &a8, 0.3)),
+            8000,
+        ),
+        (
+            "sox tones 300 / 700 Hz stereo 8 kHz",
+            tone(&["synth", "3", "sine", "300", "sine", "700"], 8000, 2),
+            8000,
+        ),
+        (
+            "sox tone 440 Hz + espeak speech interleaved 8 kHz",
+            interleave(&tone(&["synth", "3", "sine", "440"], 8000, 1), &a8),
+            8000,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, x, rate) in &mono_cases {
+        let p = probe_raw_layout(x, *rate);
+        eprintln!(
+            "{name}: D1/D2 = {:.3}, D1/2E = {:.3}, D2/2E = {:.3} (rms {:.0})",
+            p.ratio(),
+            p.d1 / (2.0 * p.energy),
+            p.d2 / (2.0 * p.energy),
+            p.rms
+        );
+        // Even sample counts only: what "mono" means is not the odd count.
+        let even = &x[..x.len() / 2 * 2];
+        let p = probe_raw_layout(even, *rate);
+        if p.stereo {
+            wrong.push(format!("{name} (mono): {p:?}"));
+        }
+    }
+    for (name, x, rate) in &stereo_cases {
+        let p = probe_raw_layout(x, *rate);
+        eprintln!(
+            "{name}: D1/D2 = {:.3}, D1/2E = {:.3}, D2/2E = {:.3} (rms {:.0})",
+            p.ratio(),
+            p.d1 / (2.0 * p.energy),
+            p.d2 / (2.0 * p.energy),
+            p.rms
+        );
+        if !p.stereo {
+            wrong.push(format!("{name} (stereo): {p:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Quiet or odd: mono.
+    assert!(!probe_raw_layout(&vec![0i16; 16000], 8000).stereo);
+    assert!(!probe_raw_layout(&interleave(&a8, &silence8)[1..], 8000).stereo);
+
+    // Through the folder source: files as MixMonitor writes them.
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let even = |x: &[i16]| x[..x.len() / 2 * 2].to_vec();
+    let (m8, m16) = (even(&a8), even(&a16));
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000700.1.sln"),
+        raw_bytes(&m8),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000701.1.sln16"),
+        raw_bytes(&m16),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000702.1.raw"),
+        raw_bytes(&interleave(&a8, &b8)),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000703.1.sln16"),
+        raw_bytes(&interleave(&silence16, &b16)),
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 4, "{:?}", s.errors);
+    let by_call = |id: &str| {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap();
+        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap())
+    };
+    let warned = |j: &Value, what: &str| {
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(what))
+    };
+    for (id, rate, x) in [("1700000700.1", 8000, &m8), ("1700000701.1", 16000, &m16)] {
+        let (j, (r, [l, rr])) = by_call(id);
+        assert_eq!(j["mixed_mono"], true, "{id}");
+        assert!(warned(&j, "raw layout detected as mono"), "{id}: {j}");
+        assert_eq!(r, rate);
+        assert_eq!(&l, x);
+        assert!(rr.iter().all(|&v| v == 0));
+    }
+    let (j, (r, [l, rr])) = by_call("1700000702.1");
+    assert_eq!(j["mixed_mono"], false);
+    assert!(
+        warned(&j, "raw layout detected as interleaved stereo"),
+        "{j}"
+    );
+    assert_eq!(r, 8000);
+    assert_eq!(&l[..a8.len()], &a8[..]);
+    assert_eq!(&rr[..b8.len()], &b8[..]);
+    let (j, (r, [l, rr])) = by_call("1700000703.1");
+    assert_eq!(j["mixed_mono"], false);
+    assert!(
+        warned(&j, "raw layout detected as interleaved stereo"),
+        "{j}"
+    );
+    assert_eq!(r, 16000);
+    assert!(l.iter().all(|&v| v == 0));
+    assert_eq!(&rr[..b16.len()], &b16[..]);
 }
 
 /// `.wav16` is a WAV; `.sln48` & co. are reported, counted, not retried.
