@@ -54,7 +54,8 @@
 //!   whole tree and start every settle wait again. When `path` itself is
 //!   deleted or moved away the source is not ready (`/readyz` says why) and
 //!   its parent is watched (polled every `poll` if the parent is gone too);
-//!   once `path` is back it is watched and listed again.
+//!   once `path` is back it is watched and listed again. A `path` not there
+//!   at start is the same: the source starts, not ready, and waits for it.
 //! - Polling instead: with `watch = "poll"`, with `"auto"` when `path` is
 //!   on a network file system (NFS, SMB/CIFS, FUSE, ...: changes made on
 //!   other hosts raise no inotify event there), and when inotify cannot be
@@ -2791,14 +2792,11 @@ pub fn start_with(
     live: Arc<Liveness>,
 ) -> io::Result<FolderHandle> {
     let f = &cfg.sources.folder;
+    // A `path` not there (yet: mounted later, made by the PBX on its first
+    // recording) is no reason to give up: the source starts not ready,
+    // saying why, and takes files once the directory appears.
     if !f.path.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "sources.folder.path {} is not a directory",
-                f.path.display()
-            ),
-        ));
+        tracing::warn!(target: "pbx_edge::folder", path = %f.path.display(), "folder: sources.folder.path is not a directory (yet): waiting for it");
     }
     let poll = settings.poll.max(Duration::from_millis(50));
     let watch = settings.watch;

@@ -452,7 +452,7 @@ fn start_runs_in_a_thread_and_publishes_status() {
         poll: Duration::from_millis(50),
         ..FolderSettings::default()
     };
-    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live.clone()).unwrap();
+    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while pairs(&spool).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -465,9 +465,6 @@ fn start_runs_in_a_thread_and_publishes_status() {
     assert!(f.up);
     assert_eq!(f.recordings_written, 1);
     assert_eq!(f.errors, 0);
-    // A missing folder is an error at start, not a panic.
-    cfg.sources.folder.path = tmp.path().join("nope");
-    assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
 }
 
 #[test]
@@ -1811,6 +1808,89 @@ fn raw_layout_detector_on_real_material() {
     assert_eq!(r, 16000);
     assert!(l.iter().all(|&v| v == 0));
     assert_eq!(&rr[..b16.len()], &b16[..]);
+}
+
+/// `path` missing at start: started anyway, not ready with the reason,
+/// files taken once the directory appears (its parent there, or not).
+#[test]
+fn folder_missing_at_start_is_waited_for() {
+    use std::sync::{Arc, Mutex};
+    for (parent_too, watch) in [
+        (false, pbx_edge::folder::FolderWatch::Auto),
+        (true, pbx_edge::folder::FolderWatch::Auto),
+        (false, pbx_edge::folder::FolderWatch::Poll),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = if parent_too {
+            tmp.path().join("later/monitor")
+        } else {
+            tmp.path().join("monitor")
+        };
+        let spool = tmp.path().join("s");
+        let mut cfg = pbx_edge::config::Config::defaults(Some(spool.to_str().unwrap()));
+        cfg.spool.dir = spool.clone();
+        cfg.sources.folder.enabled = true;
+        cfg.sources.folder.path = root.clone();
+        cfg.sources.folder.settle = Duration::from_millis(200);
+        let status: pbx_edge::status::SharedStatus =
+            Arc::new(Mutex::new(pbx_edge::status::Status::default()));
+        let settings = FolderSettings {
+            poll: Duration::from_millis(50),
+            watch,
+            ..FolderSettings::default()
+        };
+        let live = pbx_edge::health::Liveness::new();
+        let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live)
+            .expect("starts without its folder");
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} (parent_too {parent_too}, {watch:?})"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for("published not ready", &|| {
+            status
+                .lock()
+                .unwrap()
+                .sources
+                .get("folder")
+                .is_some_and(|f| !f.up)
+        });
+        {
+            let st = status.lock().unwrap();
+            let (ready, parts) = pbx_edge::status::readiness(&st);
+            assert!(!ready);
+            let why = &parts["source.folder"];
+            assert!(
+                why.contains("sources.folder.path") && why.contains("waiting for it"),
+                "{why}"
+            );
+        }
+        // The directory appears (as the PBX makes it), then a recording.
+        std::thread::sleep(Duration::from_millis(200));
+        write_wav(
+            &root.join("2026/11/24/out-5551234-1001-20261124-101502-1700000800.1.wav"),
+            8000,
+            1,
+            &speechlike(80, 300, 8000),
+        );
+        wait_for("the recording taken", &|| pairs(&spool).len() == 1);
+        wait_for("ready again", &|| {
+            status
+                .lock()
+                .unwrap()
+                .sources
+                .get("folder")
+                .is_some_and(|f| f.up)
+        });
+        h.stop();
+        let st = status.lock().unwrap();
+        assert_eq!(st.sources["folder"].recordings_written, 1);
+    }
 }
 
 /// `.wav16` is a WAV; `.sln48` & co. are reported, counted, not retried.
