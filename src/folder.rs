@@ -21,8 +21,11 @@
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
 //!   Stereo files are taken as they are; a mono mix goes on channel 0 with
 //!   silence on channel 1, `"mixed_mono": true` and a warning.
-//! - Formats ([`decode_audio`]): WAV 16-bit PCM, `.sln`/`.raw` (8 kHz),
-//!   `.sln16`, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
+//!   never finalised is read to the end of the file, with a warning),
+//!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
+//!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
+//!   Asterisk's other `.slnNN` rates reported as unsupported, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
 //!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
 //!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
@@ -675,6 +678,8 @@ fn read_audio_as(path: &Path, settings: &FolderSettings, leg: bool) -> Result<Pc
 /// format tag (1 = PCM, 0x31 = GSM 6.10); `path` also names the file in
 /// errors and warnings. GSM decodes to about 10 times its size: a GSM file
 /// whose PCM would exceed [`FolderSettings::max_file_bytes`] is refused.
+/// A PCM WAV whose header was never finalised (data size 0, or more than
+/// the file holds) is read to the end of the file, with a warning.
 /// Never panics.
 pub fn decode_audio(
     path: &Path,
@@ -769,9 +774,20 @@ fn decode_audio_as(
         // The declared size (the 0xFFFFFFFF placeholder of a file still
         // being written, or more than a cut file holds) clamped to the file.
         let available = bytes.len().saturating_sub(start);
-        let len = usize::try_from(info.data_len)
-            .unwrap_or(usize::MAX)
-            .min(available);
+        let mut header_warning = None;
+        let len = if info.data_len == 0 && available > 0 {
+            // Never finalised (the PBX crashed): to the end of the file.
+            header_warning = Some(format!(
+                "{}: WAV header data size 0: read to end of file ({available} bytes; the \
+                 header was never finalised)",
+                path.display()
+            ));
+            available
+        } else {
+            usize::try_from(info.data_len)
+                .unwrap_or(usize::MAX)
+                .min(available)
+        };
         let data = bytes
             .get(start..start.saturating_add(len))
             .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
@@ -788,7 +804,9 @@ fn decode_audio_as(
         if stats.trailing_bytes == 1 {
             stats.trailing_bytes = 0;
         }
-        return Ok(gsm_pcm(path, samples, stats, "block"));
+        let mut pcm = gsm_pcm(path, samples, stats, "block");
+        pcm.warnings.extend(header_warning);
+        return Ok(pcm);
     }
     if !info.is_pcm() || info.bits_per_sample != 16 {
         return Err(fmt_err(
@@ -805,11 +823,47 @@ fn decode_audio_as(
             format!("{} channels; 1 or 2 expected", info.channels),
         ));
     }
-    let len = usize::try_from(info.audio_len(bytes.len() as u64)).unwrap_or(0);
+    let (len, warning) = pcm_data_len(&info, bytes.len() as u64);
+    let len = usize::try_from(len).unwrap_or(0);
     let data = bytes
         .get(start..start.saturating_add(len))
         .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
-    Ok(Pcm::l16(info.sample_rate, info.channels, le_samples(data)))
+    let mut pcm = Pcm::l16(info.sample_rate, info.channels, le_samples(data));
+    pcm.warnings
+        .extend(warning.map(|w| format!("{}: {w}", path.display())));
+    Ok(pcm)
+}
+
+/// The audio bytes of a PCM WAV of `file_len` bytes, in whole frames. A
+/// header the PBX never finalised (it crashed, or the file was cut off)
+/// declares a data size of 0 (Asterisk's until the file is closed), or the
+/// 0xFFFFFFFF placeholder, or more than the file holds: the data then
+/// runs to the end of the file, and the warning says so. A valid header
+/// is taken as it is (chunks after `data` stay out).
+pub fn pcm_data_len(info: &pbx_core::audio::wav::WavInfo, file_len: u64) -> (u64, Option<String>) {
+    let available = file_len.saturating_sub(info.data_offset);
+    let align = u64::from(info.block_align.max(1));
+    let whole = available / align * align;
+    if info.data_len == 0 && whole > 0 {
+        return (
+            whole,
+            Some(format!(
+                "WAV header data size 0: read to end of file ({whole} bytes; the header was \
+                 never finalised)"
+            )),
+        );
+    }
+    if info.data_len > available {
+        return (
+            whole,
+            Some(format!(
+                "WAV header data size {} is more than the file holds ({available} bytes): read \
+                 to end of file",
+                info.data_len
+            )),
+        );
+    }
+    (info.audio_len(file_len), None)
 }
 
 /// Refuses GSM whose decoded PCM (`units` frames or blocks of `samples`

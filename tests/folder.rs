@@ -1893,6 +1893,113 @@ fn folder_missing_at_start_is_waited_for() {
     }
 }
 
+/// A header never finalised (data size 0, or more than the file): read to
+/// the end of the file, with a warning; a valid header as it is.
+#[test]
+fn unfinalised_wav_header_read_to_end_of_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    let x = speechlike(90, 700, 8000);
+    let data = raw_bytes(&x);
+    let with_size = |size: u32, extra: &[u8]| {
+        let mut b = pbx_core::audio::wav::canonical_header(8000, 1, size).to_vec();
+        b.extend_from_slice(&data);
+        b.extend_from_slice(extra);
+        b
+    };
+    // Crashed: size 0 (and one odd byte at the end: a cut frame).
+    fs::write(root.join("1700000900.1.wav"), with_size(0, &[7])).unwrap();
+    // Size larger than the file.
+    fs::write(
+        root.join("1700000901.1.wav"),
+        with_size(data.len() as u32 * 3, &[]),
+    )
+    .unwrap();
+    // Valid, with a LIST chunk after the data: the chunk is not audio.
+    let mut list = b"LIST\x04\0\0\0INFO".to_vec();
+    list.extend_from_slice(&[0; 0]);
+    fs::write(
+        root.join("1700000902.1.wav"),
+        with_size(data.len() as u32, &list),
+    )
+    .unwrap();
+    // Valid and empty.
+    fs::write(
+        root.join("1700000903.1.wav"),
+        with_size(0, &[]).get(..44).unwrap(),
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 4, "{:?}", s.errors);
+    let get = |s: &FolderScanner, id: &str| {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap();
+        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap().1)
+    };
+    let header_warnings = |j: &Value| -> Vec<String> {
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .filter(|w| w.contains("WAV header"))
+            .collect()
+    };
+    let (j, [l, _]) = get(&s, "1700000900.1");
+    assert_eq!(l, x);
+    assert_eq!(j["duration_ms"], 700);
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("WAV header data size 0: read to end of file"),
+        "{w:?}"
+    );
+    let (j, [l, _]) = get(&s, "1700000901.1");
+    assert_eq!(l, x);
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("more than the file holds"),
+        "{w:?}"
+    );
+    let (j, [l, _]) = get(&s, "1700000902.1");
+    assert_eq!(l, x, "the LIST chunk after the data is not audio");
+    assert!(header_warnings(&j).is_empty());
+    let (j, [l, _]) = get(&s, "1700000903.1");
+    assert!(l.is_empty());
+    assert!(header_warnings(&j).is_empty());
+
+    // WAV49 (GSM 6.10 in WAV) that Asterisk never finalised: the same.
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let src = work.join("speech.wav");
+    write_wav(&src, 8000, 1, &speechlike(92, 640, 8000));
+    let gsm = work.join("speech.WAV");
+    sox(&src, &["-e", "gsm-full-rate"], &gsm);
+    let want = sox_decoded(&gsm, &work);
+    let mut b = fs::read(&gsm).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&b).unwrap();
+    let at = info.data_offset as usize - 4;
+    b[at..at + 4].copy_from_slice(&[0; 4]);
+    fs::write(root.join("1700000904.1.WAV"), &b).unwrap();
+    assert_eq!(
+        settle_scan(&mut s, Instant::now() + SETTLE * 3),
+        1,
+        "{:?}",
+        s.errors
+    );
+    let (j, [l, _]) = get(&s, "1700000904.1");
+    assert_eq!(l, want, "as sox decodes the finalised file");
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("WAV header data size 0: read to end of file"),
+        "{w:?}"
+    );
+}
+
 /// `.wav16` is a WAV; `.sln48` & co. are reported, counted, not retried.
 #[test]
 fn wav16_taken_and_other_sln_rates_reported() {
