@@ -1316,6 +1316,49 @@ pub fn convert(
 /// Suffix of a WAV being converted in the spool (removed at start if left).
 pub const FOLDER_TMP: &str = ".wav.folder-tmp";
 
+/// A PBX file's path as stored in the spool's delivery watch (a JSON
+/// string): as it is when it is UTF-8, else `hex:` and the hex of its bytes
+/// (the paths watched are absolute, so a plain one never starts so).
+pub fn encode_path(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    match p.to_str() {
+        Some(s) if !s.starts_with(HEX_PATH) => s.to_string(),
+        _ => {
+            let mut out = String::from(HEX_PATH);
+            for b in p.as_os_str().as_bytes() {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
+}
+
+/// [`encode_path`] reversed; entries written before it (plain, lossy
+/// strings) are read as they are.
+pub fn decode_path(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(hex) = s.strip_prefix(HEX_PATH) else {
+        return PathBuf::from(s);
+    };
+    let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0)
+        .then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        None => PathBuf::from(s),
+    }
+}
+
+const HEX_PATH: &str = "hex:";
+
 // ---------------------------------------------------------------- seen state
 
 /// Identity of a file version: inode, size, mtime (ns). Survives renames.
@@ -2075,11 +2118,7 @@ impl FolderScanner {
         if self.settings.after_delivery == AfterDelivery::Leave {
             return;
         }
-        let files: Vec<String> = set
-            .files()
-            .iter()
-            .map(|f| f.to_string_lossy().into_owned())
-            .collect();
+        let files: Vec<String> = set.files().iter().map(|f| encode_path(f)).collect();
         let note = serde_json::to_string(&files).unwrap_or_default();
         self.after_pending = true;
         let res = self.spool_db().map(|db| db.watch_delivery(id, &note));
@@ -2109,8 +2148,8 @@ impl FolderScanner {
         for (id, note) in done {
             let files: Vec<PathBuf> = serde_json::from_str::<Vec<String>>(&note)
                 .unwrap_or_default()
-                .into_iter()
-                .map(PathBuf::from)
+                .iter()
+                .map(|s| decode_path(s))
                 .collect();
             let mut failed = None;
             for f in &files {
@@ -2142,8 +2181,16 @@ impl FolderScanner {
     }
 
     fn after_one(&self, f: &Path) -> io::Result<()> {
-        if !f.exists() {
-            return Ok(());
+        match fs::symlink_metadata(f) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Moved or deleted by someone else: nothing left to do, but
+                // not silently (a path we could not name right would end
+                // here too).
+                tracing::warn!(target: "pbx_edge::folder", file = %f.display(), action = ?self.settings.after_delivery, "folder: after_delivery: the PBX file is not there any more");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
         match (self.settings.after_delivery, &self.settings.move_to) {
             (AfterDelivery::Delete, _) => fs::remove_file(f),
@@ -2967,6 +3014,30 @@ mod tests {
         }
         assert_eq!(split_name("-in.wav"), Some(("-in".to_string(), None)));
         assert_eq!(split_name("x-in.txt"), None);
+    }
+
+    #[test]
+    fn paths_in_delivery_watches_are_lossless_and_old_ones_readable() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/m/2026/a \xff\xfe-in.wav"));
+        let e = encode_path(&odd);
+        assert_eq!(e, format!("hex:{}", hex_of(odd.as_os_str().as_bytes())));
+        assert_eq!(decode_path(&e), odd);
+        // UTF-8 paths (and what was stored before): as they are.
+        for p in ["/m/2026/11/24/x-in.wav", "/m/ünï cødé/x.wav"] {
+            assert_eq!(encode_path(Path::new(p)), p);
+            assert_eq!(decode_path(p), PathBuf::from(p));
+        }
+        // An old lossy entry stays a path (that is not there: warned of).
+        assert_eq!(
+            decode_path("/m/a \u{fffd}-in.wav"),
+            PathBuf::from("/m/a \u{fffd}-in.wav")
+        );
+        assert_eq!(decode_path("hex:zz"), PathBuf::from("hex:zz"));
+    }
+
+    fn hex_of(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

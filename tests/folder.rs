@@ -2048,3 +2048,60 @@ fn wav16_taken_and_other_sln_rates_reported() {
     assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
     assert_eq!(s.counters.failed, 2);
 }
+
+/// after_delivery moves and deletes files whose names are not UTF-8.
+#[test]
+fn after_delivery_handles_names_that_are_not_utf8() {
+    use pbx_edge::folder::AfterDelivery;
+    use pbx_edge::spool::{now_ms, Spool};
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    for action in [AfterDelivery::Move, AfterDelivery::Delete] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        let moved = tmp.path().join("done");
+        let d = day_dir(&root).join(OsStr::from_bytes(b"dir \xff\xfe"));
+        let names: [&[u8]; 2] = [
+            b"call \xff\xfe 1700001100.1-in.wav",
+            b"call \xff\xfe 1700001100.1-out.wav",
+        ];
+        let files: Vec<PathBuf> = names.iter().map(|n| d.join(OsStr::from_bytes(n))).collect();
+        for f in &files {
+            write_wav(f, 8000, 1, &speechlike(7, 300, 8000));
+        }
+        // A look-alike whose lossy name is the same: another recording,
+        // and not touched.
+        let other = d.join(OsStr::from_bytes(b"call \xfe\xff 1700001100.1-in.wav"));
+        write_wav(&other, 8000, 1, &speechlike(8, 450, 8000));
+        let settings = FolderSettings {
+            after_delivery: action,
+            move_to: Some(moved.clone()),
+            ..FolderSettings::default()
+        };
+        let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["source_files"].as_array().unwrap().len() == 2)
+            .unwrap()
+            .clone();
+        let mut sp = Spool::open(&spool).unwrap();
+        sp.scan(now_ms()).unwrap();
+        assert!(sp.mark_queued(&c.id, now_ms()).unwrap());
+        assert!(sp.mark_delivered(&c.id, now_ms()).unwrap());
+        s.scan(t0 + SETTLE * 3);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        for (f, n) in files.iter().zip(names) {
+            assert!(!f.exists(), "{action:?}: {f:?} still there");
+            let target = moved
+                .join("2026/11/24")
+                .join(OsStr::from_bytes(b"dir \xff\xfe"))
+                .join(OsStr::from_bytes(n));
+            assert_eq!(target.exists(), action == AfterDelivery::Move, "{target:?}");
+        }
+        assert!(other.exists(), "the look-alike is not delivered yet");
+    }
+}
