@@ -70,8 +70,10 @@
 //!   mtime has not changed since it was listed (and was quiet then) is not
 //!   listed again, only the files still settling are re-read; the whole
 //!   tree is listed every `full_scan`.
-//! - An unreadable or undecodable file is logged, counted and marked seen; the
-//!   others continue. Input never panics; files larger than
+//! - An undecodable file is logged, counted and marked seen; the others
+//!   continue. A file that cannot be read (an I/O error: permission denied,
+//!   EIO, ... may pass) is logged and counted, not marked seen, and tried
+//!   again at the next full listing (every `full_scan`). Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
 //!
 //! Times in file names and in the CDR are the PBX's local time; they become
@@ -1539,6 +1541,10 @@ pub struct FolderScanner {
     full_scan_at: Instant,
     /// Settled sets waiting for their CDR row: key → first settled.
     waiting_cdr: HashMap<PathBuf, Instant>,
+    /// Files whose set failed with an I/O error (permission denied, EIO,
+    /// ...: maybe transient), with the version that failed: not marked
+    /// seen, not tried again before the next full listing.
+    io_failed: HashMap<PathBuf, FileKey>,
     /// Why `path` cannot be listed (deleted, moved away), while it cannot.
     root_missing: Option<String>,
     /// The next pass lists the whole tree.
@@ -1608,6 +1614,7 @@ impl FolderScanner {
             dir_cache: HashMap::new(),
             full_scan_at: Instant::now(),
             waiting_cdr: HashMap::new(),
+            io_failed: HashMap::new(),
             root_missing: None,
             rescan: false,
             events: false,
@@ -1999,6 +2006,8 @@ impl FolderScanner {
             self.rescan = false;
             self.dir_cache.clear();
             self.full_scan_at = now;
+            // Files that failed with an I/O error get another attempt.
+            self.io_failed.clear();
             // New directories among them are listed again all the same.
             for p in std::mem::take(&mut self.to_list) {
                 self.fresh.push((p, now + FRESH_RELIST));
@@ -2078,8 +2087,18 @@ impl FolderScanner {
         let watching = &self.watching;
         self.open.retain(|p| watching.contains_key(p));
         let files: Vec<PathBuf> = present.keys().cloned().collect();
+        let io_failed = &self.io_failed;
         let settled: Vec<RecordingSet> = group_sets(&files)
             .into_iter()
+            // Failed with an I/O error in this version: waits for the next
+            // full listing (a changed file is a new version, tried anew).
+            .filter(|set| {
+                !set.files().iter().any(|f| {
+                    present
+                        .get(*f)
+                        .is_some_and(|k| io_failed.get(*f) == Some(k))
+                })
+            })
             .filter(|set| {
                 set.files().iter().all(|f| {
                     self.watching.get(*f).is_some_and(|w| {
@@ -2335,6 +2354,26 @@ impl FolderScanner {
                     if let Some(w) = self.watching.get_mut(f.as_path()) {
                         w.since = now;
                     }
+                }
+                return false;
+            }
+            Err(e @ FolderError::Io { .. }) => {
+                // Reading the PBX's file failed (permission denied, EIO, a
+                // file replaced meanwhile): maybe not for good. Not marked
+                // seen; tried once more at each full listing, counted and
+                // logged once per attempt.
+                self.counters.failed += 1;
+                self.error(format!(
+                    "folder: {} not taken, will retry at the next full listing: {e}",
+                    set.key.display()
+                ));
+                for f in set.files() {
+                    if let Some(k) = present.get(f) {
+                        self.io_failed.insert(f.clone(), *k);
+                    }
+                }
+                if self.io_failed.len() > 100_000 {
+                    self.io_failed.clear();
                 }
                 return false;
             }

@@ -2105,3 +2105,125 @@ fn after_delivery_handles_names_that_are_not_utf8() {
         assert!(other.exists(), "the look-alike is not delivered yet");
     }
 }
+
+/// Dropping CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH from this thread's
+/// effective set (capabilities are per thread on Linux; the permitted set
+/// keeps them, so they come back): a mode 000 file is then unreadable even
+/// for root, as for the unprivileged pbx-edge user.
+struct NoDacOverride {
+    saved: [CapData; 2],
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+const DAC_BITS: u32 = (1 << 1) | (1 << 2); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+
+impl NoDacOverride {
+    fn drop_caps() -> Option<Self> {
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let mut d = [CapData::default(); 2];
+        // SAFETY: capget fills two v3 data structs for the calling thread.
+        let r =
+            unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        let saved = d;
+        d[0].effective &= !DAC_BITS;
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        // SAFETY: as above; capset of the calling thread.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) };
+        (r == 0).then_some(NoDacOverride { saved })
+    }
+}
+
+impl Drop for NoDacOverride {
+    fn drop(&mut self) {
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        // SAFETY: restores what capget returned, for the calling thread.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut h as *mut CapHeader,
+                self.saved.as_ptr(),
+            )
+        };
+    }
+}
+
+/// An I/O error reading a PBX file (permission denied here) may pass: the
+/// file is not marked seen, is not retried before the next full listing,
+/// and is taken then; each attempt counts once.
+#[test]
+fn unreadable_file_is_retried_at_the_next_full_listing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let locked = root.join("1700001200.1.wav");
+    write_wav(&locked, 8000, 1, &speechlike(120, 300, 8000));
+    write_wav(
+        &root.join("1700001201.1.wav"),
+        8000,
+        1,
+        &speechlike(121, 300, 8000),
+    );
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let caps = NoDacOverride::drop_caps();
+    if File::open(&locked).is_ok() {
+        eprintln!("a mode 000 file is readable here even without CAP_DAC_OVERRIDE: test skipped");
+        return;
+    }
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(
+        settle_scan(&mut s, t0),
+        1,
+        "the readable one: {:?}",
+        s.errors
+    );
+    assert_eq!(s.counters.failed, 1);
+    let e = s.errors.back().unwrap();
+    assert!(
+        e.contains("1700001200.1") && e.contains("ermission denied") && e.contains("will retry"),
+        "{e}"
+    );
+    // Not tried again (nor counted) before the next full listing, even
+    // once readable.
+    for i in 2..6 {
+        assert_eq!(s.scan(t0 + SETTLE * i), 0);
+    }
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o644)).unwrap();
+    drop(caps);
+    assert_eq!(s.scan(t0 + SETTLE * 7), 0);
+    assert_eq!(s.counters.failed, 1, "one failure per attempt");
+    // The full listing (every 300 s): tried again, taken.
+    let t1 = t0 + Duration::from_secs(301);
+    let n = s.scan(t1) + s.scan(t1 + SETTLE + Duration::from_millis(1));
+    assert_eq!(n, 1, "{:?}", s.errors);
+    assert_eq!(s.counters.failed, 1);
+    assert_eq!(s.counters.written, 2);
+    assert_eq!(pairs(&spool).len(), 2);
+}
