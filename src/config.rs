@@ -275,8 +275,9 @@ pub struct FolderConfig {
     pub max_age: Duration,
     /// File name regexes (named groups) tried before the FreePBX naming.
     pub name_patterns: Vec<String>,
-    /// `.raw`/`.sln` files are interleaved stereo.
-    pub raw_stereo: bool,
+    /// Whether `.raw`/`.sln`/`.sln16` files are interleaved stereo
+    /// (MixMonitor `D`): detected from the samples, or said.
+    pub raw_stereo: RawStereo,
     /// The caller's leg: `in` (rx, default) or `out` (tx): swaps the channels.
     pub caller_leg_out: bool,
     /// Direction rules (dcontext prefixes).
@@ -299,6 +300,19 @@ pub enum FolderWatch {
     Inotify,
     /// Polling every second (directory mtimes, a full listing every 5 min).
     Poll,
+}
+
+/// `sources.folder.raw_stereo`: the layout of headerless `.raw`/`.sln`/
+/// `.sln16` recordings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawStereo {
+    /// `"auto"`: interleaved stereo when the samples show it (adjacent
+    /// samples unlike each other, every other one alike), else mono.
+    Auto,
+    /// `true`: always interleaved stereo (MixMonitor `D`).
+    Stereo,
+    /// `false`: always mono.
+    Mono,
 }
 
 /// `sources.folder.after_delivery`
@@ -433,7 +447,7 @@ impl Config {
                     utc_offset: None,
                     max_age: Duration::ZERO,
                     name_patterns: Vec::new(),
-                    raw_stereo: false,
+                    raw_stereo: RawStereo::Auto,
                     caller_leg_out: false,
                     inbound_contexts: crate::cdr::DirectionRules::default().inbound_contexts,
                     outbound_contexts: crate::cdr::DirectionRules::default().outbound_contexts,
@@ -1909,7 +1923,12 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
         }
         Ok(v)
     });
-    s.field(errs, "raw_stereo", &mut f.raw_stereo, to_bool);
+    s.field(errs, "raw_stereo", &mut f.raw_stereo, |n| match &n.kind {
+        Kind::Bool(true) => Ok(RawStereo::Stereo),
+        Kind::Bool(false) => Ok(RawStereo::Mono),
+        Kind::Str(v) if v == "auto" => Ok(RawStereo::Auto),
+        _ => Err(format!("expected \"auto\", true or false, {}", n.found())),
+    });
     s.field(
         errs,
         "caller_leg",

@@ -15,12 +15,17 @@
 //!   recording (a delivery watch in `spool.db`, marked by a trigger in the
 //!   same transaction as the delivery; it survives restarts and `retention`).
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
-//!   `…-out.wav` = the callee, channel 1) are merged aligned at their start,
+//!   `…-out.wav` = the callee, channel 1; also `-rx`/`-tx`, `_in`/`_out`,
+//!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
+//!   [`LEG_SUFFIXES`]) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
 //!   Stereo files are taken as they are; a mono mix goes on channel 0 with
 //!   silence on channel 1, `"mixed_mono": true` and a warning.
-//! - Formats ([`decode_audio`]): WAV 16-bit PCM, `.sln`/`.raw` (8 kHz),
-//!   `.sln16`, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
+//!   never finalised is read to the end of the file, with a warning),
+//!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
+//!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
+//!   Asterisk's other `.slnNN` rates reported as unsupported, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
 //!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
 //!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
@@ -52,7 +57,8 @@
 //!   whole tree and start every settle wait again. When `path` itself is
 //!   deleted or moved away the source is not ready (`/readyz` says why) and
 //!   its parent is watched (polled every `poll` if the parent is gone too);
-//!   once `path` is back it is watched and listed again.
+//!   once `path` is back it is watched and listed again. A `path` not there
+//!   at start is the same: the source starts, not ready, and waits for it.
 //! - Polling instead: with `watch = "poll"`, with `"auto"` when `path` is
 //!   on a network file system (NFS, SMB/CIFS, FUSE, ...: changes made on
 //!   other hosts raise no inotify event there), and when inotify cannot be
@@ -64,8 +70,10 @@
 //!   mtime has not changed since it was listed (and was quiet then) is not
 //!   listed again, only the files still settling are re-read; the whole
 //!   tree is listed every `full_scan`.
-//! - An unreadable or undecodable file is logged, counted and marked seen; the
-//!   others continue. Input never panics; files larger than
+//! - An undecodable file is logged, counted and marked seen; the others
+//!   continue. A file that cannot be read (an I/O error: permission denied,
+//!   EIO, ... may pass) is logged and counted, not marked seen, and tried
+//!   again at the next full listing (every `full_scan`). Input never panics; files larger than
 //!   [`FolderSettings::max_file_bytes`] are refused.
 //!
 //! Times in file names and in the CDR are the PBX's local time; they become
@@ -99,7 +107,7 @@ pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower
 use crate::cdr::csv::{CsvColumns, CsvStore};
 pub use crate::cdr::CdrRow;
 use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
-pub use crate::config::{AfterDelivery, FolderWatch};
+pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
@@ -163,8 +171,10 @@ pub struct FolderSettings {
     pub after_delivery: AfterDelivery,
     /// Target directory of `AfterDelivery::Move` (the tree below `path` is kept).
     pub move_to: Option<PathBuf>,
-    /// `.raw`/`.sln` files hold interleaved stereo (MixMonitor `D`).
-    pub raw_stereo: bool,
+    /// Whether `.raw`/`.sln`/`.sln16` files hold interleaved stereo
+    /// (MixMonitor `D`): [`RawStereo::Auto`] tells from the samples
+    /// ([`probe_raw_layout`]).
+    pub raw_stereo: RawStereo,
     /// Files larger than this are refused (memory bound).
     pub max_file_bytes: u64,
     /// How changes are noticed (`watch`).
@@ -260,7 +270,7 @@ impl Default for FolderSettings {
             caller_leg_out: false,
             after_delivery: AfterDelivery::Leave,
             move_to: None,
-            raw_stereo: false,
+            raw_stereo: RawStereo::Auto,
             max_file_bytes: 1 << 30,
             watch: FolderWatch::Auto,
             poll: Duration::from_secs(1),
@@ -473,12 +483,32 @@ impl Pcm {
     }
 }
 
-/// Extensions taken as recordings.
+/// Asterisk's signed-linear formats at rates other than 8 and 16 kHz
+/// (`slin12` ... `slin192`): their extensions and rates. Taken as
+/// recordings so that they are reported (the resampler converts only
+/// between 8 and 16 kHz), not silently passed over.
+pub const SLN_OTHER_RATES: &[(&str, u32)] = &[
+    ("sln12", 12_000),
+    ("sln24", 24_000),
+    ("sln32", 32_000),
+    ("sln44", 44_100),
+    ("sln48", 48_000),
+    ("sln96", 96_000),
+    ("sln192", 192_000),
+];
+
+/// Extensions taken as recordings (any case): `wav`, `wav16` (Asterisk's
+/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, and the
+/// [`SLN_OTHER_RATES`] ones (reported as unsupported).
 pub fn is_audio_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [".wav", ".sln", ".sln16", ".raw", ".gsm", ".wav49"]
-        .iter()
-        .any(|e| lower.ends_with(e))
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let ext = ext.to_ascii_lowercase();
+    matches!(
+        ext.as_str(),
+        "wav" | "wav16" | "wav49" | "sln" | "sln16" | "raw" | "gsm"
+    ) || SLN_OTHER_RATES.iter().any(|(e, _)| *e == ext)
 }
 
 fn le_samples(bytes: &[u8]) -> Vec<i16> {
@@ -488,11 +518,151 @@ fn le_samples(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
-/// Reads a recording file: WAV (16-bit PCM mono or stereo, or GSM 6.10 =
-/// WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames `.gsm` (8 kHz mono),
-/// `.sln`/`.raw` (8 kHz s16le, mono or interleaved stereo per `raw_stereo`),
-/// `.sln16`.
+/// What [`probe_raw_layout`] measured of headerless s16 samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawProbe {
+    /// Σ(x[n] − x[n+1])² over the probe: adjacent samples.
+    pub d1: f64,
+    /// Σ(x[n] − x[n+2])² over the probe: every other sample.
+    pub d2: f64,
+    /// Σx[n]² over the probe.
+    pub energy: f64,
+    /// RMS of the probe (full scale 32768).
+    pub rms: f64,
+    /// Whether the samples count as interleaved stereo.
+    pub stereo: bool,
+    /// Why not, when a precondition failed (odd count, too quiet).
+    pub why_not: Option<&'static str>,
+}
+
+impl RawProbe {
+    /// D1/D2 (infinite when D2 is 0 and D1 is not; 0 when both are).
+    pub fn ratio(&self) -> f64 {
+        if self.d2 > 0.0 {
+            self.d1 / self.d2
+        } else if self.d1 > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
+
+    /// For the JSON's warnings.
+    pub fn describe(&self) -> String {
+        let how = match self.why_not {
+            Some(why) => format!("{why}, D1/D2 = {:.2}", self.ratio()),
+            None => format!("D1/D2 = {:.2}", self.ratio()),
+        };
+        if self.stereo {
+            format!("raw layout detected as interleaved stereo (raw_stereo = \"auto\": {how})")
+        } else {
+            format!(
+                "raw layout detected as mono (raw_stereo = \"auto\": {how}); set raw_stereo = \
+                 true if the file is MixMonitor D interleaved stereo"
+            )
+        }
+    }
+}
+
+/// How much of a raw file [`probe_raw_layout`] looks at, in seconds (of
+/// stereo, at the file's rate): enough to get past ringing and a quiet
+/// start, bounded so that the cost does not grow with the call.
+pub const RAW_PROBE_SECONDS: usize = 30;
+
+/// Interleaved stereo when D1 > this × D2.
+pub const RAW_STEREO_RATIO: f64 = 1.5;
+
+/// Interleaved stereo only when D1 < this × 2·Σx²: the channels of two
+/// parties (or one party and silence) are not anti-correlated, so D1 ≈
+/// 2·Σx²; a mono tone of angular frequency θ has D1 = 2·Σx²·(1 − cos θ),
+/// at least 1.5 × 2·Σx² exactly when D1/D2 can exceed 1 (θ ≥ 2π/3).
+pub const RAW_MAX_ANTI: f64 = 1.5;
+
+/// Below this RMS (about −66 dBFS) a probe tells nothing: mono.
+pub const RAW_PROBE_MIN_RMS: f64 = 16.0;
+
+/// Whether headerless s16 samples at `rate` are interleaved stereo
+/// (MixMonitor `D`) or mono, from the samples alone.
+///
+/// With x the samples: D1 = Σ(x[n]−x[n+1])², D2 = Σ(x[n]−x[n+2])², E =
+/// Σx[n]². In interleaved stereo adjacent samples come from different
+/// channels (two parties, or one party and silence), every other sample
+/// from the same one: D1 ≈ 2E (independent channels), D2 only what a
+/// channel changes in one frame, so D1 ≫ D2. In mono, band-limited audio
+/// changes less in one sample than in two: D1 ≤ D2. Stereo when, over the
+/// first [`RAW_PROBE_SECONDS`], D1 > [`RAW_STEREO_RATIO`]·D2, D1 <
+/// [`RAW_MAX_ANTI`]·2E (not a mono tone above fs/3, whose D1/D2 exceeds 1),
+/// the count of samples is even (whole frames) and the RMS is at least
+/// [`RAW_PROBE_MIN_RMS`]; else mono.
+///
+/// Measured (tests/folder.rs `raw_layout_detector_on_real_material`,
+/// `--nocapture` prints them), D1/D2 and D1/2E:
+/// - mono, must stay mono: espeak-ng speech 8 kHz 0.42 / 0.24 and 0.44 /
+///   0.29 (two voices), the same through a 300-3400 Hz band 0.39 / 0.26;
+///   16 kHz 0.35 / 0.09 and 0.39 / 0.14; two voices mixed (MixMonitor's
+///   default) 8 kHz 0.43, 16 kHz 0.37; sox tones 440 Hz 0.26, 1 kHz 0.29
+///   (16 kHz: 0.26), DTMF 697+1209 Hz 0.50; pink noise 0.63, white noise
+///   0.90 / 0.94. Mono tones above fs/3 pass the ratio but not the second
+///   test: 3 kHz at 8 kHz 1.71 / 1.71, 3.4 kHz 4.59 / 1.89, 7 kHz at
+///   16 kHz 6.57 / 1.92.
+/// - interleaved, must be stereo: espeak speech + silence 8 kHz 4.15 and
+///   3.44 (silence first) / 1.00, 16 kHz 10.99 / 1.00; two espeak voices
+///   8 kHz 3.75 / 0.99, 16 kHz 8.58 / 0.99, 8 kHz with 30 % crosstalk
+///   each way 1.96 / 0.52; sox tones 300 / 700 Hz 11.43 / 1.00; a 440 Hz
+///   tone + speech 14.95 / 1.02.
+///
+/// Channels with heavy crosstalk (one party at more than about a third on
+/// the other's channel) fall below the ratio and are read as mono: say
+/// `raw_stereo = true` then.
+pub fn probe_raw_layout(samples: &[i16], rate: u32) -> RawProbe {
+    let n = samples
+        .len()
+        .min((rate as usize).saturating_mul(2 * RAW_PROBE_SECONDS));
+    let x = &samples[..n];
+    let (mut d1, mut d2, mut e) = (0f64, 0f64, 0f64);
+    for (i, &v) in x.iter().enumerate() {
+        let v = f64::from(v);
+        e += v * v;
+        if let Some(&a) = x.get(i + 1) {
+            d1 += (v - f64::from(a)).powi(2);
+        }
+        if let Some(&b) = x.get(i + 2) {
+            d2 += (v - f64::from(b)).powi(2);
+        }
+    }
+    let rms = if n > 0 { (e / n as f64).sqrt() } else { 0.0 };
+    let why_not = if samples.len() % 2 != 0 {
+        Some("an odd number of samples")
+    } else if rms < RAW_PROBE_MIN_RMS {
+        Some("too quiet to tell")
+    } else if d1 >= RAW_MAX_ANTI * 2.0 * e {
+        // Adjacent samples anti-correlated (ρ1 ≤ −0.5): a mono tone above
+        // fs/3, not two parties (independent channels give D1 ≈ 2·Σx²).
+        Some("adjacent samples anti-correlated, as in a mono tone above a third of the rate")
+    } else {
+        None
+    };
+    RawProbe {
+        d1,
+        d2,
+        energy: e,
+        rms,
+        stereo: why_not.is_none() && d1 > RAW_STEREO_RATIO * d2,
+        why_not,
+    }
+}
+
+/// Reads a recording file: WAV (`.wav`, `.wav16`; 16-bit PCM mono or
+/// stereo, or GSM 6.10 = WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames
+/// `.gsm` (8 kHz mono), `.sln`/`.raw` (8 kHz s16le, mono or interleaved
+/// stereo per `raw_stereo`), `.sln16`.
 pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
+    read_audio_as(path, settings, false)
+}
+
+/// [`read_audio`] of a split leg (`leg`: MixMonitor `r()`/`t()` files are
+/// mono, so `raw_stereo = "auto"` reads them as mono) or a whole file.
+fn read_audio_as(path: &Path, settings: &FolderSettings, leg: bool) -> Result<Pcm, FolderError> {
     let size = fs::metadata(path).map_err(io_err(path))?.len();
     if size > settings.max_file_bytes {
         return Err(FolderError::TooLarge {
@@ -502,7 +672,7 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
         });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
-    decode_audio(path, &bytes, settings)
+    decode_audio_as(path, &bytes, settings, leg)
 }
 
 /// [`read_audio`] of bytes already read: the format comes from `path`'s
@@ -510,22 +680,62 @@ pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderE
 /// format tag (1 = PCM, 0x31 = GSM 6.10); `path` also names the file in
 /// errors and warnings. GSM decodes to about 10 times its size: a GSM file
 /// whose PCM would exceed [`FolderSettings::max_file_bytes`] is refused.
+/// A PCM WAV whose header was never finalised (data size 0, or more than
+/// the file holds) is read to the end of the file, with a warning.
 /// Never panics.
 pub fn decode_audio(
     path: &Path,
     bytes: &[u8],
     settings: &FolderSettings,
 ) -> Result<Pcm, FolderError> {
+    decode_audio_as(path, bytes, settings, false)
+}
+
+fn decode_audio_as(
+    path: &Path,
+    bytes: &[u8],
+    settings: &FolderSettings,
+    leg: bool,
+) -> Result<Pcm, FolderError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let raw_channels = if settings.raw_stereo { 2 } else { 1 };
-    if name.ends_with(".sln16") {
-        return Ok(Pcm::l16(16000, raw_channels, le_samples(bytes)));
+    let raw_rate = if name.ends_with(".sln16") {
+        Some(16000)
+    } else if name.ends_with(".sln") || name.ends_with(".raw") {
+        Some(8000)
+    } else {
+        None
+    };
+    if let Some(rate) = raw_rate {
+        let samples = le_samples(bytes);
+        let (channels, warning) = match (settings.raw_stereo, leg) {
+            (RawStereo::Stereo, _) => (2, None),
+            (RawStereo::Mono, _) | (RawStereo::Auto, true) => (1, None),
+            (RawStereo::Auto, false) => {
+                let probe = probe_raw_layout(&samples, rate);
+                (
+                    if probe.stereo { 2 } else { 1 },
+                    Some(format!("{}: {}", path.display(), probe.describe())),
+                )
+            }
+        };
+        let mut pcm = Pcm::l16(rate, channels, samples);
+        pcm.warnings.extend(warning);
+        return Ok(pcm);
     }
-    if name.ends_with(".sln") || name.ends_with(".raw") {
-        return Ok(Pcm::l16(8000, raw_channels, le_samples(bytes)));
+    if let Some((ext, rate)) = SLN_OTHER_RATES
+        .iter()
+        .find(|(e, _)| name.rsplit_once('.').is_some_and(|(_, x)| x == *e))
+    {
+        return Err(fmt_err(
+            path,
+            format!(
+                "signed linear at {rate} Hz (Asterisk's .{ext}) is not supported: pbx-edge \
+                 converts 8000 and 16000 Hz only; record as wav, wav16, sln or sln16"
+            ),
+        ));
     }
     if name.ends_with(".gsm") {
         // Asterisk's `gsm` format: 33-byte GSM 06.10 frames, no header.
@@ -566,9 +776,20 @@ pub fn decode_audio(
         // The declared size (the 0xFFFFFFFF placeholder of a file still
         // being written, or more than a cut file holds) clamped to the file.
         let available = bytes.len().saturating_sub(start);
-        let len = usize::try_from(info.data_len)
-            .unwrap_or(usize::MAX)
-            .min(available);
+        let mut header_warning = None;
+        let len = if info.data_len == 0 && available > 0 {
+            // Never finalised (the PBX crashed): to the end of the file.
+            header_warning = Some(format!(
+                "{}: WAV header data size 0: read to end of file ({available} bytes; the \
+                 header was never finalised)",
+                path.display()
+            ));
+            available
+        } else {
+            usize::try_from(info.data_len)
+                .unwrap_or(usize::MAX)
+                .min(available)
+        };
         let data = bytes
             .get(start..start.saturating_add(len))
             .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
@@ -585,7 +806,9 @@ pub fn decode_audio(
         if stats.trailing_bytes == 1 {
             stats.trailing_bytes = 0;
         }
-        return Ok(gsm_pcm(path, samples, stats, "block"));
+        let mut pcm = gsm_pcm(path, samples, stats, "block");
+        pcm.warnings.extend(header_warning);
+        return Ok(pcm);
     }
     if !info.is_pcm() || info.bits_per_sample != 16 {
         return Err(fmt_err(
@@ -602,11 +825,47 @@ pub fn decode_audio(
             format!("{} channels; 1 or 2 expected", info.channels),
         ));
     }
-    let len = usize::try_from(info.audio_len(bytes.len() as u64)).unwrap_or(0);
+    let (len, warning) = pcm_data_len(&info, bytes.len() as u64);
+    let len = usize::try_from(len).unwrap_or(0);
     let data = bytes
         .get(start..start.saturating_add(len))
         .ok_or_else(|| fmt_err(path, "data chunk outside the file"))?;
-    Ok(Pcm::l16(info.sample_rate, info.channels, le_samples(data)))
+    let mut pcm = Pcm::l16(info.sample_rate, info.channels, le_samples(data));
+    pcm.warnings
+        .extend(warning.map(|w| format!("{}: {w}", path.display())));
+    Ok(pcm)
+}
+
+/// The audio bytes of a PCM WAV of `file_len` bytes, in whole frames. A
+/// header the PBX never finalised (it crashed, or the file was cut off)
+/// declares a data size of 0 (Asterisk's until the file is closed), or the
+/// 0xFFFFFFFF placeholder, or more than the file holds: the data then
+/// runs to the end of the file, and the warning says so. A valid header
+/// is taken as it is (chunks after `data` stay out).
+pub fn pcm_data_len(info: &pbx_core::audio::wav::WavInfo, file_len: u64) -> (u64, Option<String>) {
+    let available = file_len.saturating_sub(info.data_offset);
+    let align = u64::from(info.block_align.max(1));
+    let whole = available / align * align;
+    if info.data_len == 0 && whole > 0 {
+        return (
+            whole,
+            Some(format!(
+                "WAV header data size 0: read to end of file ({whole} bytes; the header was \
+                 never finalised)"
+            )),
+        );
+    }
+    if info.data_len > available {
+        return (
+            whole,
+            Some(format!(
+                "WAV header data size {} is more than the file holds ({available} bytes): read \
+                 to end of file",
+                info.data_len
+            )),
+        );
+    }
+    (info.audio_len(file_len), None)
 }
 
 /// Refuses GSM whose decoded PCM (`units` frames or blocks of `samples`
@@ -689,7 +948,8 @@ pub fn resample(x: Vec<i16>, from: u32, to: u32, path: &Path) -> Result<Vec<i16>
 /// The files of one PBX recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingSet {
-    /// Directory + stem without `-in`/`-out`: the set's identity.
+    /// Directory + stem without leg suffix (`-in`/`-out`, ...): the set's
+    /// identity.
     pub key: PathBuf,
     /// What the PBX received from the caller (`-in`, MixMonitor `r()`).
     pub rx: Option<PathBuf>,
@@ -716,39 +976,68 @@ impl RecordingSet {
     }
 }
 
-/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`;
-/// `None` if it is not an audio file name.
-pub fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
-    if !is_audio_name(name) {
+/// The leg suffixes paired into split legs (matched without regard to
+/// case, just before the extension): what people configure for MixMonitor
+/// `r()` (what the PBX received: the caller, `"in"`) and `t()` (what it
+/// sent: the callee, `"out"`). Longest first, so `-out` is not read as `-t`.
+pub const LEG_SUFFIXES: &[(&str, &str)] = &[
+    ("-out", "out"),
+    ("_out", "out"),
+    (".out", "out"),
+    ("-in", "in"),
+    ("_in", "in"),
+    (".in", "in"),
+    ("-rx", "in"),
+    ("_rx", "in"),
+    ("-tx", "out"),
+    ("_tx", "out"),
+    ("-r", "in"),
+    ("_r", "in"),
+    ("-t", "out"),
+    ("_t", "out"),
+];
+
+/// [`split_name`] of a file name's bytes (any, not only UTF-8): the length
+/// of the base (the stem without extension and leg suffix) and the leg.
+pub fn split_name_bytes(name: &[u8]) -> Option<(usize, Option<&'static str>)> {
+    if !is_audio_name(&String::from_utf8_lossy(name)) {
         return None;
     }
-    let stem = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
-    for (suffix, leg) in [
-        ("-in", "in"),
-        ("-out", "out"),
-        ("-rx", "in"),
-        ("-tx", "out"),
-    ] {
-        if let Some(base) = stem.strip_suffix(suffix) {
-            if !base.is_empty() {
-                return Some((base.to_string(), Some(leg)));
-            }
+    let stem_len = name.iter().rposition(|&b| b == b'.').unwrap_or(name.len());
+    let stem = &name[..stem_len];
+    for (suffix, leg) in LEG_SUFFIXES {
+        let s = suffix.as_bytes();
+        if stem.len() > s.len() && stem[stem.len() - s.len()..].eq_ignore_ascii_case(s) {
+            return Some((stem.len() - s.len(), Some(*leg)));
         }
     }
-    Some((stem.to_string(), None))
+    Some((stem_len, None))
+}
+
+/// Stem and leg of a file name: `("base", Some("in"))` for `base-in.wav`
+/// (and the other [`LEG_SUFFIXES`]: `base_rx.wav`, `base.IN.wav`, ...);
+/// `None` if it is not an audio file name.
+pub fn split_name(name: &str) -> Option<(String, Option<&'static str>)> {
+    let (len, leg) = split_name_bytes(name.as_bytes())?;
+    // The suffixes and extensions are ASCII: `len` is a char boundary.
+    Some((name.get(..len).unwrap_or(name).to_string(), leg))
 }
 
 /// Groups audio files into recording sets.
 pub fn group_sets(files: &[PathBuf]) -> Vec<RecordingSet> {
+    use std::os::unix::ffi::OsStrExt;
     let mut sets: HashMap<PathBuf, RecordingSet> = HashMap::new();
     for f in files {
-        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        let Some(name) = f.file_name() else {
             continue;
         };
-        let Some((base, leg)) = split_name(&name) else {
+        let Some((len, leg)) = split_name_bytes(name.as_bytes()) else {
             continue;
         };
-        let key = f.parent().unwrap_or(Path::new("")).join(&base);
+        // The key keeps the name's bytes (not a lossy copy): two names that
+        // differ only in bytes that are not UTF-8 stay two recordings.
+        let base = std::ffi::OsStr::from_bytes(&name.as_bytes()[..len]);
+        let key = f.parent().unwrap_or(Path::new("")).join(base);
         let set = sets.entry(key.clone()).or_insert_with(|| RecordingSet {
             key,
             rx: None,
@@ -798,12 +1087,12 @@ pub fn convert(
         let a = set
             .rx
             .as_ref()
-            .map(|p| read_audio(p, settings))
+            .map(|p| read_audio_as(p, settings, true))
             .transpose()?;
         let b = set
             .tx
             .as_ref()
-            .map(|p| read_audio(p, settings))
+            .map(|p| read_audio_as(p, settings, true))
             .transpose()?;
         for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
             if let (Some(pcm), Some(path)) = (leg, p) {
@@ -1029,6 +1318,49 @@ pub fn convert(
 /// Suffix of a WAV being converted in the spool (removed at start if left).
 pub const FOLDER_TMP: &str = ".wav.folder-tmp";
 
+/// A PBX file's path as stored in the spool's delivery watch (a JSON
+/// string): as it is when it is UTF-8, else `hex:` and the hex of its bytes
+/// (the paths watched are absolute, so a plain one never starts so).
+pub fn encode_path(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    match p.to_str() {
+        Some(s) if !s.starts_with(HEX_PATH) => s.to_string(),
+        _ => {
+            let mut out = String::from(HEX_PATH);
+            for b in p.as_os_str().as_bytes() {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
+}
+
+/// [`encode_path`] reversed; entries written before it (plain, lossy
+/// strings) are read as they are.
+pub fn decode_path(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(hex) = s.strip_prefix(HEX_PATH) else {
+        return PathBuf::from(s);
+    };
+    let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0)
+        .then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        None => PathBuf::from(s),
+    }
+}
+
+const HEX_PATH: &str = "hex:";
+
 // ---------------------------------------------------------------- seen state
 
 /// Identity of a file version: inode, size, mtime (ns). Survives renames.
@@ -1209,6 +1541,10 @@ pub struct FolderScanner {
     full_scan_at: Instant,
     /// Settled sets waiting for their CDR row: key → first settled.
     waiting_cdr: HashMap<PathBuf, Instant>,
+    /// Files whose set failed with an I/O error (permission denied, EIO,
+    /// ...: maybe transient), with the version that failed: not marked
+    /// seen, not tried again before the next full listing.
+    io_failed: HashMap<PathBuf, FileKey>,
     /// Why `path` cannot be listed (deleted, moved away), while it cannot.
     root_missing: Option<String>,
     /// The next pass lists the whole tree.
@@ -1278,6 +1614,7 @@ impl FolderScanner {
             dir_cache: HashMap::new(),
             full_scan_at: Instant::now(),
             waiting_cdr: HashMap::new(),
+            io_failed: HashMap::new(),
             root_missing: None,
             rescan: false,
             events: false,
@@ -1669,6 +2006,8 @@ impl FolderScanner {
             self.rescan = false;
             self.dir_cache.clear();
             self.full_scan_at = now;
+            // Files that failed with an I/O error get another attempt.
+            self.io_failed.clear();
             // New directories among them are listed again all the same.
             for p in std::mem::take(&mut self.to_list) {
                 self.fresh.push((p, now + FRESH_RELIST));
@@ -1748,8 +2087,18 @@ impl FolderScanner {
         let watching = &self.watching;
         self.open.retain(|p| watching.contains_key(p));
         let files: Vec<PathBuf> = present.keys().cloned().collect();
+        let io_failed = &self.io_failed;
         let settled: Vec<RecordingSet> = group_sets(&files)
             .into_iter()
+            // Failed with an I/O error in this version: waits for the next
+            // full listing (a changed file is a new version, tried anew).
+            .filter(|set| {
+                !set.files().iter().any(|f| {
+                    present
+                        .get(*f)
+                        .is_some_and(|k| io_failed.get(*f) == Some(k))
+                })
+            })
             .filter(|set| {
                 set.files().iter().all(|f| {
                     self.watching.get(*f).is_some_and(|w| {
@@ -1788,11 +2137,7 @@ impl FolderScanner {
         if self.settings.after_delivery == AfterDelivery::Leave {
             return;
         }
-        let files: Vec<String> = set
-            .files()
-            .iter()
-            .map(|f| f.to_string_lossy().into_owned())
-            .collect();
+        let files: Vec<String> = set.files().iter().map(|f| encode_path(f)).collect();
         let note = serde_json::to_string(&files).unwrap_or_default();
         self.after_pending = true;
         let res = self.spool_db().map(|db| db.watch_delivery(id, &note));
@@ -1822,8 +2167,8 @@ impl FolderScanner {
         for (id, note) in done {
             let files: Vec<PathBuf> = serde_json::from_str::<Vec<String>>(&note)
                 .unwrap_or_default()
-                .into_iter()
-                .map(PathBuf::from)
+                .iter()
+                .map(|s| decode_path(s))
                 .collect();
             let mut failed = None;
             for f in &files {
@@ -1855,8 +2200,16 @@ impl FolderScanner {
     }
 
     fn after_one(&self, f: &Path) -> io::Result<()> {
-        if !f.exists() {
-            return Ok(());
+        match fs::symlink_metadata(f) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Moved or deleted by someone else: nothing left to do, but
+                // not silently (a path we could not name right would end
+                // here too).
+                tracing::warn!(target: "pbx_edge::folder", file = %f.display(), action = ?self.settings.after_delivery, "folder: after_delivery: the PBX file is not there any more");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
         match (self.settings.after_delivery, &self.settings.move_to) {
             (AfterDelivery::Delete, _) => fs::remove_file(f),
@@ -2001,6 +2354,26 @@ impl FolderScanner {
                     if let Some(w) = self.watching.get_mut(f.as_path()) {
                         w.since = now;
                     }
+                }
+                return false;
+            }
+            Err(e @ FolderError::Io { .. }) => {
+                // Reading the PBX's file failed (permission denied, EIO, a
+                // file replaced meanwhile): maybe not for good. Not marked
+                // seen; tried once more at each full listing, counted and
+                // logged once per attempt.
+                self.counters.failed += 1;
+                self.error(format!(
+                    "folder: {} not taken, will retry at the next full listing: {e}",
+                    set.key.display()
+                ));
+                for f in set.files() {
+                    if let Some(k) = present.get(f) {
+                        self.io_failed.insert(f.clone(), *k);
+                    }
+                }
+                if self.io_failed.len() > 100_000 {
+                    self.io_failed.clear();
                 }
                 return false;
             }
@@ -2559,14 +2932,11 @@ pub fn start_with(
     live: Arc<Liveness>,
 ) -> io::Result<FolderHandle> {
     let f = &cfg.sources.folder;
+    // A `path` not there (yet: mounted later, made by the PBX on its first
+    // recording) is no reason to give up: the source starts not ready,
+    // saying why, and takes files once the directory appears.
     if !f.path.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "sources.folder.path {} is not a directory",
-                f.path.display()
-            ),
-        ));
+        tracing::warn!(target: "pbx_edge::folder", path = %f.path.display(), "folder: sources.folder.path is not a directory (yet): waiting for it");
     }
     let poll = settings.poll.max(Duration::from_millis(50));
     let watch = settings.watch;
@@ -2635,6 +3005,91 @@ mod tests {
         assert_eq!(sets[0].rx.as_deref(), Some(Path::new("/r/x-in.wav")));
         assert_eq!(sets[0].tx.as_deref(), Some(Path::new("/r/x-out.wav")));
         assert_eq!(sets[1].whole.as_deref(), Some(Path::new("/r/y.wav")));
+    }
+
+    #[test]
+    fn leg_suffixes_and_what_is_not_one() {
+        let base = "out-5551234-1001-20261124-101502-1700000000.123";
+        for (rx, tx) in [
+            ("-in", "-out"),
+            ("-rx", "-tx"),
+            ("_in", "_out"),
+            ("_rx", "_tx"),
+            ("-r", "-t"),
+            ("_r", "_t"),
+            (".in", ".out"),
+            ("-IN", "-OUT"),
+            ("_Rx", "_TX"),
+        ] {
+            for ext in ["wav", "WAV", "sln16", "gsm"] {
+                assert_eq!(
+                    split_name(&format!("{base}{rx}.{ext}")),
+                    Some((base.to_string(), Some("in"))),
+                    "{rx}.{ext}"
+                );
+                assert_eq!(
+                    split_name(&format!("{base}{tx}.{ext}")),
+                    Some((base.to_string(), Some("out"))),
+                    "{tx}.{ext}"
+                );
+            }
+        }
+        // The FreePBX name of the base parses as without a suffix.
+        let n = parse_freepbx_name(&split_name(&format!("{base}_rx.wav")).unwrap().0).unwrap();
+        assert_eq!(n.uniqueid, "1700000000.123");
+        assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+        // Not legs: a uniqueid ending in `.12`, other endings, a bare suffix.
+        for whole in [
+            "in-1-2-20261124-101502-1700000000.12.wav",
+            "in-1-2-20261124-101502-1700000000.1.wav",
+            "1700000000.12.sln",
+            "call-internal.wav",
+            "x-ri.wav",
+            "x.int.wav",
+        ] {
+            let (stem, leg) = split_name(whole).unwrap();
+            assert_eq!(leg, None, "{whole}");
+            assert_eq!(format!("{stem}."), whole[..=stem.len()], "{whole}");
+        }
+        assert_eq!(split_name("-in.wav"), Some(("-in".to_string(), None)));
+        assert_eq!(split_name("x-in.txt"), None);
+    }
+
+    #[test]
+    fn paths_in_delivery_watches_are_lossless_and_old_ones_readable() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/m/2026/a \xff\xfe-in.wav"));
+        let e = encode_path(&odd);
+        assert_eq!(e, format!("hex:{}", hex_of(odd.as_os_str().as_bytes())));
+        assert_eq!(decode_path(&e), odd);
+        // UTF-8 paths (and what was stored before): as they are.
+        for p in ["/m/2026/11/24/x-in.wav", "/m/ünï cødé/x.wav"] {
+            assert_eq!(encode_path(Path::new(p)), p);
+            assert_eq!(decode_path(p), PathBuf::from(p));
+        }
+        // An old lossy entry stays a path (that is not there: warned of).
+        assert_eq!(
+            decode_path("/m/a \u{fffd}-in.wav"),
+            PathBuf::from("/m/a \u{fffd}-in.wav")
+        );
+        assert_eq!(decode_path("hex:zz"), PathBuf::from("hex:zz"));
+    }
+
+    fn hex_of(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn extensions() {
+        for yes in [
+            "a.wav", "a.WAV16", "a.wav49", "a.sln", "a.sln16", "a.SLN48", "a.sln192", "a.raw",
+            "a.gsm",
+        ] {
+            assert!(is_audio_name(yes), "{yes}");
+        }
+        for no in ["a.txt", "a.sln17", "a.sln8", "wav", "a.wav.part", "a.mp3"] {
+            assert!(!is_audio_name(no), "{no}");
+        }
     }
 
     #[test]

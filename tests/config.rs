@@ -306,6 +306,14 @@ fn each_kind_of_bad_value() {
             "bad.toml:2: sources.folder.watch: \"fanotify\" is not one of \"auto\", \"inotify\", \"poll\"",
         ),
         (
+            "[sources.folder]\nraw_stereo = \"yes\"",
+            "bad.toml:2: sources.folder.raw_stereo: expected \"auto\", true or false, found a string (\"yes\")",
+        ),
+        (
+            "[sources.folder]\n\nraw_stereo = 1",
+            "bad.toml:3: sources.folder.raw_stereo: expected \"auto\", true or false, found an integer (1)",
+        ),
+        (
             "[log]\nformat = \"syslog\"",
             "bad.toml:2: log.format: expected \"auto\", \"journald\", \"text\" or \"json\", found \"syslog\"",
         ),
@@ -760,4 +768,33 @@ fn filter_section_reaches_delivery() {
         e.lines(),
         vec!["f.toml:3: filter.directions: `sideways` is not a direction (inbound, outbound, internal, unknown)".to_string()]
     );
+}
+
+#[test]
+fn raw_stereo_takes_auto_and_booleans() {
+    use pbx_edge::config::RawStereo;
+    for (v, want) in [
+        ("\"auto\"", RawStereo::Auto),
+        ("true", RawStereo::Stereo),
+        ("false", RawStereo::Mono),
+    ] {
+        let c = Config::from_toml_str(
+            "t.toml",
+            &format!("[sources.folder]\nraw_stereo = {v}"),
+            NO_ENV,
+        )
+        .unwrap();
+        assert_eq!(c.sources.folder.raw_stereo, want, "{v}");
+    }
+    let c = Config::from_toml_str("t.toml", "", NO_ENV).unwrap();
+    assert_eq!(c.sources.folder.raw_stereo, RawStereo::Auto, "the default");
+    for (v, want) in [
+        ("auto", RawStereo::Auto),
+        ("true", RawStereo::Stereo),
+        ("false", RawStereo::Mono),
+    ] {
+        let env = [("PBX_EDGE__SOURCES__FOLDER__RAW_STEREO", v)];
+        let c = Config::from_toml_str("t.toml", "", env).unwrap();
+        assert_eq!(c.sources.folder.raw_stereo, want, "env {v}");
+    }
 }

@@ -452,7 +452,7 @@ fn start_runs_in_a_thread_and_publishes_status() {
         poll: Duration::from_millis(50),
         ..FolderSettings::default()
     };
-    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live.clone()).unwrap();
+    let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while pairs(&spool).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -465,9 +465,6 @@ fn start_runs_in_a_thread_and_publishes_status() {
     assert!(f.up);
     assert_eq!(f.recordings_written, 1);
     assert_eq!(f.errors, 0);
-    // A missing folder is an error at start, not a panic.
-    cfg.sources.folder.path = tmp.path().join("nope");
-    assert!(pbx_edge::folder::start(&cfg, status.clone(), live).is_err());
 }
 
 #[test]
@@ -564,7 +561,7 @@ fn old_files_ignored_with_max_age_and_raw_stereo() {
         .unwrap();
     assert!(status.success());
     let settings = FolderSettings {
-        raw_stereo: true,
+        raw_stereo: pbx_edge::folder::RawStereo::Stereo,
         max_age: Some(Duration::from_secs(7 * 86400)),
         ..FolderSettings::default()
     };
@@ -1383,4 +1380,850 @@ mod daemon {
         assert_eq!(f3["errors"], 0, "{f3}");
         assert!(!log3.contains("not taken"), "{log3}");
     }
+}
+
+// ------------------------------------------------------------ review fixes
+
+/// Sets of 8 kHz legs under each suffix pair MixMonitor r()/t() are given.
+#[test]
+fn leg_suffix_variants_pair_into_two_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    let pairs_of = [
+        ("-in", "-out"),
+        ("_in", "_out"),
+        ("_rx", "_tx"),
+        ("-rx", "-tx"),
+        ("-r", "-t"),
+        ("_r", "_t"),
+        (".in", ".out"),
+        ("-IN", "-OUT"),
+        ("_RX", "_Tx"),
+    ];
+    let mut want = Vec::new();
+    for (i, (rx, tx)) in pairs_of.iter().enumerate() {
+        let uid = format!("1700000{:03}.{}", 300 + i, 10 + i);
+        let stem = format!("out-5551234-1001-20261124-101502-{uid}");
+        let caller = speechlike(100 + i as u64, 600, 8000);
+        let callee = speechlike(200 + i as u64, 400, 8000);
+        write_wav(&d.join(format!("{stem}{rx}.wav")), 8000, 1, &caller);
+        write_wav(&d.join(format!("{stem}{tx}.wav")), 8000, 1, &callee);
+        want.push((uid, caller, callee, *rx));
+    }
+    // A plain FreePBX name whose uniqueid ends in `.12`, `.in`-like
+    // look-alikes: whole recordings, not legs.
+    let plain = speechlike(300, 500, 8000);
+    write_wav(
+        &d.join("in-1001-5550000-20261124-101502-1700000399.12.wav"),
+        8000,
+        1,
+        &plain,
+    );
+    write_wav(
+        &d.join("in-1001-5550000-20261124-101502-1700000398.1.wav"),
+        8000,
+        1,
+        &plain,
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(
+        settle_scan(&mut s, Instant::now()),
+        pairs_of.len() + 2,
+        "{:?}",
+        s.errors
+    );
+    for (uid, caller, callee, rx) in want {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == uid.as_str())
+            .unwrap_or_else(|| panic!("{rx}: no recording with call_id {uid}"));
+        let j = json_of(&c.json);
+        assert_eq!(j["mixed_mono"], false, "{rx}");
+        assert_eq!(j["from"]["number"], "1001", "{rx}");
+        assert_eq!(j["to"]["number"], "5551234", "{rx}");
+        assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z", "{rx}");
+        assert_eq!(j["source_files"].as_array().unwrap().len(), 2, "{rx}");
+        let (_, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+        assert_eq!(
+            &l[..caller.len()],
+            &caller[..],
+            "{rx}: channel 0 = the rx leg"
+        );
+        assert_eq!(
+            &r[..callee.len()],
+            &callee[..],
+            "{rx}: channel 1 = the tx leg"
+        );
+    }
+    for uid in ["1700000399.12", "1700000398.1"] {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == uid)
+            .unwrap();
+        assert_eq!(json_of(&c.json)["mixed_mono"], true, "{uid}");
+    }
+}
+
+/// Asterisk cdr_csv with `newcdrcolumns = yes` writes 21 columns:
+/// ..., uniqueid, userfield, peeraccount, linkedid, sequence.
+#[test]
+fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let stem = "in-5550000-15551230000-20261124-101502-1700000600.1";
+    write_wav(
+        &day_dir(&root).join(format!("{stem}.wav")),
+        8000,
+        1,
+        &speechlike(60, 500, 8000),
+    );
+    let csv = tmp.path().join("Master.csv");
+    // The row of the agent's leg: its own uniqueid, the call's linkedid.
+    let row = r#""acct","15551230000","5550000","from-trunk","""Carol"" <15551230000>","SIP/trunk-0001","SIP/1001-0002","Dial","SIP/1001,30","2026-11-24 10:15:01","2026-11-24 10:15:03","2026-11-24 10:16:03",62,60,"ANSWERED","DOCUMENTATION","1700000600.7","","peeracct","1700000600.1",42"#;
+    assert_eq!(pbx_edge::folder::split_csv_line(row).len(), 21);
+    fs::write(&csv, format!("{row}\n")).unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv));
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["cdr"], true);
+    assert_eq!(j["call_id"], "1700000600.7");
+    assert_eq!(j["from"]["name"], "Carol");
+    assert_eq!(j["disposition"], "ANSWERED");
+    assert_eq!(j["started_at"], "2026-11-24T10:15:01.000Z");
+}
+
+fn raw_bytes(x: &[i16]) -> Vec<u8> {
+    x.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+fn interleave(a: &[i16], b: &[i16]) -> Vec<i16> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .flat_map(|i| {
+            [
+                a.get(i).copied().unwrap_or(0),
+                b.get(i).copied().unwrap_or(0),
+            ]
+        })
+        .collect()
+}
+
+/// sox-made raw s16 samples (`sox -n ... synth ...`).
+fn sox_synth(rate: u32, channels: u32, effects: &[&str], tmp: &Path) -> Vec<i16> {
+    let out = tmp.join(format!("synth-{}.raw", effects.join("_").replace('/', "")));
+    let r = rate.to_string();
+    let c = channels.to_string();
+    let mut args = vec![
+        "-V1", "-n", "-r", &r, "-c", &c, "-b", "16", "-e", "signed", "-t", "raw",
+    ];
+    let o = out.to_str().unwrap().to_string();
+    args.push(&o);
+    args.extend_from_slice(effects);
+    let st = std::process::Command::new("sox")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    fs::read(&out)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// `raw_stereo = "auto"` on real material: espeak-ng speech mono stays
+/// mono, interleaved (speech + silence, two voices, two tones) is stereo;
+/// the ratios are printed (`--nocapture`) for the record in folder.rs.
+#[test]
+fn raw_layout_detector_on_real_material() {
+    use pbx_edge::folder::probe_raw_layout;
+    let tmp = tempfile::tempdir().unwrap();
+    let espeak = |text: &str, voice: &str, rate: u32| {
+        pbx_testgen::audio::espeak(text, voice, rate, tmp.path())
+            .expect("espeak-ng is needed for this test (Debian package espeak-ng)")
+    };
+    let text_a = "Hello, this is Alice from the accounts team. I am calling about your invoice.";
+    let text_b = "Yes, hi. I got the letter yesterday, but the amount looks wrong to me.";
+    let a8 = espeak(text_a, "en", 8000);
+    let b8 = espeak(text_b, "en+f3", 8000);
+    let a16 = espeak(text_a, "en", 16000);
+    let b16 = espeak(text_b, "en+f3", 16000);
+    let silence8 = vec![0i16; a8.len()];
+    let silence16 = vec![0i16; a16.len()];
+    let tone = |e: &[&str], rate: u32, ch: u32| sox_synth(rate, ch, e, tmp.path());
+    let mut mono_cases: Vec<(&str, Vec<i16>, u32)> = vec![
+        ("espeak speech mono 8 kHz", a8.clone(), 8000),
+        ("espeak speech mono 8 kHz (voice 2)", b8.clone(), 8000),
+        ("espeak speech mono 16 kHz", a16.clone(), 16000),
+        ("espeak speech mono 16 kHz (voice 2)", b16.clone(), 16000),
+        (
+            "sox tone 440 Hz mono 8 kHz",
+            tone(&["synth", "3", "sine", "440"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 1 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "1000"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 1 kHz mono 16 kHz",
+            tone(&["synth", "3", "sine", "1000"], 16000, 1),
+            16000,
+        ),
+        (
+            "sox DTMF 1 (697+1209 Hz) mono 8 kHz",
+            tone(
+                &["synth", "3", "sine", "697", "sine", "1209", "remix", "1,2"],
+                8000,
+                2,
+            ),
+            8000,
+        ),
+        (
+            "sox tone 3 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "3000"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 3.4 kHz mono 8 kHz",
+            tone(&["synth", "3", "sine", "3400"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox tone 7 kHz mono 16 kHz",
+            tone(&["synth", "3", "sine", "7000"], 16000, 1),
+            16000,
+        ),
+        (
+            "sox white noise mono 8 kHz",
+            tone(&["synth", "3", "whitenoise", "vol", "0.3"], 8000, 1),
+            8000,
+        ),
+        (
+            "sox pink noise mono 8 kHz",
+            tone(&["synth", "3", "pinknoise", "vol", "0.3"], 8000, 1),
+            8000,
+        ),
+    ];
+    // Mono espeak speech as MixMonitor writes it at 8 kHz: through sox's
+    // telephone band (300-3400 Hz).
+    let band = tmp.path().join("band.raw");
+    fs::write(tmp.path().join("a8.raw"), raw_bytes(&a8)).unwrap();
+    let raw8 = [
+        "-t", "raw", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed",
+    ];
+    let out = std::process::Command::new("sox")
+        .args(raw8)
+        .arg(tmp.path().join("a8.raw"))
+        .args(raw8)
+        .arg(&band)
+        .args(["sinc", "300-3400"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banded: Vec<i16> = fs::read(&band)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    mono_cases.push(("espeak speech mono 8 kHz, 300-3400 Hz band", banded, 8000));
+    // What MixMonitor writes by default: both parties mixed.
+    let mix = |a: &[i16], b: &[i16], k: f64| -> Vec<i16> {
+        (0..a.len().max(b.len()))
+            .map(|i| {
+                let x = f64::from(a.get(i).copied().unwrap_or(0));
+                let y = f64::from(b.get(i).copied().unwrap_or(0));
+                (x + k * y).clamp(-32768.0, 32767.0) as i16
+            })
+            .collect()
+    };
+    mono_cases.push((
+        "two espeak voices mixed mono 8 kHz",
+        mix(&a8, &b8, 1.0),
+        8000,
+    ));
+    mono_cases.push((
+        "two espeak voices mixed mono 16 kHz",
+        mix(&a16, &b16, 1.0),
+        16000,
+    ));
+    let stereo_cases: Vec<(&str, Vec<i16>, u32)> = vec![
+        (
+            "espeak speech + silence interleaved 8 kHz",
+            interleave(&a8, &silence8),
+            8000,
+        ),
+        (
+            "silence + espeak speech interleaved 8 kHz",
+            interleave(&silence8, &b8),
+            8000,
+        ),
+        (
+            "two espeak voices interleaved 8 kHz",
+            interleave(&a8, &b8),
+            8000,
+        ),
+        (
+            "espeak speech + silence interleaved 16 kHz",
+            interleave(&a16, &silence16),
+            16000,
+        ),
+        (
+            "two espeak voices interleaved 16 kHz",
+            interleave(&a16, &b16),
+            16000,
+        ),
+        (
+            "two espeak voices interleaved 8 kHz, 30 % crosstalk each way",
+            interleave(&mix(&a8, &b8, 0.3), &mix(&b8, &a8, 0.3)),
+            8000,
+        ),
+        (
+            "sox tones 300 / 700 Hz stereo 8 kHz",
+            tone(&["synth", "3", "sine", "300", "sine", "700"], 8000, 2),
+            8000,
+        ),
+        (
+            "sox tone 440 Hz + espeak speech interleaved 8 kHz",
+            interleave(&tone(&["synth", "3", "sine", "440"], 8000, 1), &a8),
+            8000,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, x, rate) in &mono_cases {
+        let p = probe_raw_layout(x, *rate);
+        eprintln!(
+            "{name}: D1/D2 = {:.3}, D1/2E = {:.3}, D2/2E = {:.3} (rms {:.0})",
+            p.ratio(),
+            p.d1 / (2.0 * p.energy),
+            p.d2 / (2.0 * p.energy),
+            p.rms
+        );
+        // Even sample counts only: what "mono" means is not the odd count.
+        let even = &x[..x.len() / 2 * 2];
+        let p = probe_raw_layout(even, *rate);
+        if p.stereo {
+            wrong.push(format!("{name} (mono): {p:?}"));
+        }
+    }
+    for (name, x, rate) in &stereo_cases {
+        let p = probe_raw_layout(x, *rate);
+        eprintln!(
+            "{name}: D1/D2 = {:.3}, D1/2E = {:.3}, D2/2E = {:.3} (rms {:.0})",
+            p.ratio(),
+            p.d1 / (2.0 * p.energy),
+            p.d2 / (2.0 * p.energy),
+            p.rms
+        );
+        if !p.stereo {
+            wrong.push(format!("{name} (stereo): {p:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Quiet or odd: mono.
+    assert!(!probe_raw_layout(&vec![0i16; 16000], 8000).stereo);
+    assert!(!probe_raw_layout(&interleave(&a8, &silence8)[1..], 8000).stereo);
+
+    // Through the folder source: files as MixMonitor writes them.
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let even = |x: &[i16]| x[..x.len() / 2 * 2].to_vec();
+    let (m8, m16) = (even(&a8), even(&a16));
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000700.1.sln"),
+        raw_bytes(&m8),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000701.1.sln16"),
+        raw_bytes(&m16),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000702.1.raw"),
+        raw_bytes(&interleave(&a8, &b8)),
+    )
+    .unwrap();
+    fs::write(
+        d.join("in-1-2-20261124-101502-1700000703.1.sln16"),
+        raw_bytes(&interleave(&silence16, &b16)),
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 4, "{:?}", s.errors);
+    let by_call = |id: &str| {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap();
+        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap())
+    };
+    let warned = |j: &Value, what: &str| {
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(what))
+    };
+    for (id, rate, x) in [("1700000700.1", 8000, &m8), ("1700000701.1", 16000, &m16)] {
+        let (j, (r, [l, rr])) = by_call(id);
+        assert_eq!(j["mixed_mono"], true, "{id}");
+        assert!(warned(&j, "raw layout detected as mono"), "{id}: {j}");
+        assert_eq!(r, rate);
+        assert_eq!(&l, x);
+        assert!(rr.iter().all(|&v| v == 0));
+    }
+    let (j, (r, [l, rr])) = by_call("1700000702.1");
+    assert_eq!(j["mixed_mono"], false);
+    assert!(
+        warned(&j, "raw layout detected as interleaved stereo"),
+        "{j}"
+    );
+    assert_eq!(r, 8000);
+    assert_eq!(&l[..a8.len()], &a8[..]);
+    assert_eq!(&rr[..b8.len()], &b8[..]);
+    let (j, (r, [l, rr])) = by_call("1700000703.1");
+    assert_eq!(j["mixed_mono"], false);
+    assert!(
+        warned(&j, "raw layout detected as interleaved stereo"),
+        "{j}"
+    );
+    assert_eq!(r, 16000);
+    assert!(l.iter().all(|&v| v == 0));
+    assert_eq!(&rr[..b16.len()], &b16[..]);
+}
+
+/// `path` missing at start: started anyway, not ready with the reason,
+/// files taken once the directory appears (its parent there, or not).
+#[test]
+fn folder_missing_at_start_is_waited_for() {
+    use std::sync::{Arc, Mutex};
+    for (parent_too, watch) in [
+        (false, pbx_edge::folder::FolderWatch::Auto),
+        (true, pbx_edge::folder::FolderWatch::Auto),
+        (false, pbx_edge::folder::FolderWatch::Poll),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = if parent_too {
+            tmp.path().join("later/monitor")
+        } else {
+            tmp.path().join("monitor")
+        };
+        let spool = tmp.path().join("s");
+        let mut cfg = pbx_edge::config::Config::defaults(Some(spool.to_str().unwrap()));
+        cfg.spool.dir = spool.clone();
+        cfg.sources.folder.enabled = true;
+        cfg.sources.folder.path = root.clone();
+        cfg.sources.folder.settle = Duration::from_millis(200);
+        let status: pbx_edge::status::SharedStatus =
+            Arc::new(Mutex::new(pbx_edge::status::Status::default()));
+        let settings = FolderSettings {
+            poll: Duration::from_millis(50),
+            watch,
+            ..FolderSettings::default()
+        };
+        let live = pbx_edge::health::Liveness::new();
+        let h = pbx_edge::folder::start_with(&cfg, settings, status.clone(), live)
+            .expect("starts without its folder");
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} (parent_too {parent_too}, {watch:?})"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for("published not ready", &|| {
+            status
+                .lock()
+                .unwrap()
+                .sources
+                .get("folder")
+                .is_some_and(|f| !f.up)
+        });
+        {
+            let st = status.lock().unwrap();
+            let (ready, parts) = pbx_edge::status::readiness(&st);
+            assert!(!ready);
+            let why = &parts["source.folder"];
+            assert!(
+                why.contains("sources.folder.path") && why.contains("waiting for it"),
+                "{why}"
+            );
+        }
+        // The directory appears (as the PBX makes it), then a recording.
+        std::thread::sleep(Duration::from_millis(200));
+        write_wav(
+            &root.join("2026/11/24/out-5551234-1001-20261124-101502-1700000800.1.wav"),
+            8000,
+            1,
+            &speechlike(80, 300, 8000),
+        );
+        wait_for("the recording taken", &|| pairs(&spool).len() == 1);
+        wait_for("ready again", &|| {
+            status
+                .lock()
+                .unwrap()
+                .sources
+                .get("folder")
+                .is_some_and(|f| f.up)
+        });
+        h.stop();
+        let st = status.lock().unwrap();
+        assert_eq!(st.sources["folder"].recordings_written, 1);
+    }
+}
+
+/// A header never finalised (data size 0, or more than the file): read to
+/// the end of the file, with a warning; a valid header as it is.
+#[test]
+fn unfinalised_wav_header_read_to_end_of_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    let x = speechlike(90, 700, 8000);
+    let data = raw_bytes(&x);
+    let with_size = |size: u32, extra: &[u8]| {
+        let mut b = pbx_core::audio::wav::canonical_header(8000, 1, size).to_vec();
+        b.extend_from_slice(&data);
+        b.extend_from_slice(extra);
+        b
+    };
+    // Crashed: size 0 (and one odd byte at the end: a cut frame).
+    fs::write(root.join("1700000900.1.wav"), with_size(0, &[7])).unwrap();
+    // Size larger than the file.
+    fs::write(
+        root.join("1700000901.1.wav"),
+        with_size(data.len() as u32 * 3, &[]),
+    )
+    .unwrap();
+    // Valid, with a LIST chunk after the data: the chunk is not audio.
+    let mut list = b"LIST\x04\0\0\0INFO".to_vec();
+    list.extend_from_slice(&[0; 0]);
+    fs::write(
+        root.join("1700000902.1.wav"),
+        with_size(data.len() as u32, &list),
+    )
+    .unwrap();
+    // Valid and empty.
+    fs::write(
+        root.join("1700000903.1.wav"),
+        with_size(0, &[]).get(..44).unwrap(),
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 4, "{:?}", s.errors);
+    let get = |s: &FolderScanner, id: &str| {
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap();
+        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap().1)
+    };
+    let header_warnings = |j: &Value| -> Vec<String> {
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .filter(|w| w.contains("WAV header"))
+            .collect()
+    };
+    let (j, [l, _]) = get(&s, "1700000900.1");
+    assert_eq!(l, x);
+    assert_eq!(j["duration_ms"], 700);
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("WAV header data size 0: read to end of file"),
+        "{w:?}"
+    );
+    let (j, [l, _]) = get(&s, "1700000901.1");
+    assert_eq!(l, x);
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("more than the file holds"),
+        "{w:?}"
+    );
+    let (j, [l, _]) = get(&s, "1700000902.1");
+    assert_eq!(l, x, "the LIST chunk after the data is not audio");
+    assert!(header_warnings(&j).is_empty());
+    let (j, [l, _]) = get(&s, "1700000903.1");
+    assert!(l.is_empty());
+    assert!(header_warnings(&j).is_empty());
+
+    // WAV49 (GSM 6.10 in WAV) that Asterisk never finalised: the same.
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let src = work.join("speech.wav");
+    write_wav(&src, 8000, 1, &speechlike(92, 640, 8000));
+    let gsm = work.join("speech.WAV");
+    sox(&src, &["-e", "gsm-full-rate"], &gsm);
+    let want = sox_decoded(&gsm, &work);
+    let mut b = fs::read(&gsm).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&b).unwrap();
+    let at = info.data_offset as usize - 4;
+    b[at..at + 4].copy_from_slice(&[0; 4]);
+    fs::write(root.join("1700000904.1.WAV"), &b).unwrap();
+    assert_eq!(
+        settle_scan(&mut s, Instant::now() + SETTLE * 3),
+        1,
+        "{:?}",
+        s.errors
+    );
+    let (j, [l, _]) = get(&s, "1700000904.1");
+    assert_eq!(l, want, "as sox decodes the finalised file");
+    let w = header_warnings(&j);
+    assert!(
+        w.len() == 1 && w[0].contains("WAV header data size 0: read to end of file"),
+        "{w:?}"
+    );
+}
+
+/// `.wav16` is a WAV; `.sln48` & co. are reported, counted, not retried.
+#[test]
+fn wav16_taken_and_other_sln_rates_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let x = speechlike(91, 500, 16000);
+    write_wav(
+        &root.join("in-1-2-20261124-101502-1700001000.1.wav16"),
+        16000,
+        1,
+        &x,
+    );
+    write_wav(&root.join("1700001001.1-in.wav16"), 16000, 1, &x);
+    write_wav(&root.join("1700001001.1-out.wav16"), 16000, 1, &x);
+    fs::write(root.join("1700001002.1.sln48"), raw_bytes(&x)).unwrap();
+    fs::write(root.join("1700001003.1.SLN12"), raw_bytes(&x)).unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+    let j = json_of(
+        &s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == "1700001000.1")
+            .unwrap()
+            .json,
+    );
+    assert_eq!(j["audio"]["sample_rate"], 16000);
+    assert_eq!(j["duration_ms"], 500);
+    assert_eq!(j["mixed_mono"], true);
+    assert_eq!(s.counters.failed, 2);
+    for (file, rate) in [
+        ("1700001002.1.sln48", "48000 Hz"),
+        ("1700001003.1.SLN12", "12000 Hz"),
+    ] {
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains(file) && e.contains(rate) && e.contains("not supported")),
+            "{file}: {:?}",
+            s.errors
+        );
+    }
+    // Format errors are for good: not retried.
+    assert_eq!(s.scan(t0 + Duration::from_secs(400)), 0);
+    assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
+    assert_eq!(s.counters.failed, 2);
+}
+
+/// after_delivery moves and deletes files whose names are not UTF-8.
+#[test]
+fn after_delivery_handles_names_that_are_not_utf8() {
+    use pbx_edge::folder::AfterDelivery;
+    use pbx_edge::spool::{now_ms, Spool};
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    for action in [AfterDelivery::Move, AfterDelivery::Delete] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("monitor");
+        let spool = tmp.path().join("spool");
+        let moved = tmp.path().join("done");
+        let d = day_dir(&root).join(OsStr::from_bytes(b"dir \xff\xfe"));
+        let names: [&[u8]; 2] = [
+            b"call \xff\xfe 1700001100.1-in.wav",
+            b"call \xff\xfe 1700001100.1-out.wav",
+        ];
+        let files: Vec<PathBuf> = names.iter().map(|n| d.join(OsStr::from_bytes(n))).collect();
+        for f in &files {
+            write_wav(f, 8000, 1, &speechlike(7, 300, 8000));
+        }
+        // A look-alike whose lossy name is the same: another recording,
+        // and not touched.
+        let other = d.join(OsStr::from_bytes(b"call \xfe\xff 1700001100.1-in.wav"));
+        write_wav(&other, 8000, 1, &speechlike(8, 450, 8000));
+        let settings = FolderSettings {
+            after_delivery: action,
+            move_to: Some(moved.clone()),
+            ..FolderSettings::default()
+        };
+        let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+        let c = s
+            .written
+            .iter()
+            .find(|c| json_of(&c.json)["source_files"].as_array().unwrap().len() == 2)
+            .unwrap()
+            .clone();
+        let mut sp = Spool::open(&spool).unwrap();
+        sp.scan(now_ms()).unwrap();
+        assert!(sp.mark_queued(&c.id, now_ms()).unwrap());
+        assert!(sp.mark_delivered(&c.id, now_ms()).unwrap());
+        s.scan(t0 + SETTLE * 3);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        for (f, n) in files.iter().zip(names) {
+            assert!(!f.exists(), "{action:?}: {f:?} still there");
+            let target = moved
+                .join("2026/11/24")
+                .join(OsStr::from_bytes(b"dir \xff\xfe"))
+                .join(OsStr::from_bytes(n));
+            assert_eq!(target.exists(), action == AfterDelivery::Move, "{target:?}");
+        }
+        assert!(other.exists(), "the look-alike is not delivered yet");
+    }
+}
+
+/// Dropping CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH from this thread's
+/// effective set (capabilities are per thread on Linux; the permitted set
+/// keeps them, so they come back): a mode 000 file is then unreadable even
+/// for root, as for the unprivileged pbx-edge user.
+struct NoDacOverride {
+    saved: [CapData; 2],
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+const DAC_BITS: u32 = (1 << 1) | (1 << 2); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+
+impl NoDacOverride {
+    fn drop_caps() -> Option<Self> {
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let mut d = [CapData::default(); 2];
+        // SAFETY: capget fills two v3 data structs for the calling thread.
+        let r =
+            unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        let saved = d;
+        d[0].effective &= !DAC_BITS;
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        // SAFETY: as above; capset of the calling thread.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) };
+        (r == 0).then_some(NoDacOverride { saved })
+    }
+}
+
+impl Drop for NoDacOverride {
+    fn drop(&mut self) {
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        // SAFETY: restores what capget returned, for the calling thread.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut h as *mut CapHeader,
+                self.saved.as_ptr(),
+            )
+        };
+    }
+}
+
+/// An I/O error reading a PBX file (permission denied here) may pass: the
+/// file is not marked seen, is not retried before the next full listing,
+/// and is taken then; each attempt counts once.
+#[test]
+fn unreadable_file_is_retried_at_the_next_full_listing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let locked = root.join("1700001200.1.wav");
+    write_wav(&locked, 8000, 1, &speechlike(120, 300, 8000));
+    write_wav(
+        &root.join("1700001201.1.wav"),
+        8000,
+        1,
+        &speechlike(121, 300, 8000),
+    );
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let caps = NoDacOverride::drop_caps();
+    if File::open(&locked).is_ok() {
+        eprintln!("a mode 000 file is readable here even without CAP_DAC_OVERRIDE: test skipped");
+        return;
+    }
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(
+        settle_scan(&mut s, t0),
+        1,
+        "the readable one: {:?}",
+        s.errors
+    );
+    assert_eq!(s.counters.failed, 1);
+    let e = s.errors.back().unwrap();
+    assert!(
+        e.contains("1700001200.1") && e.contains("ermission denied") && e.contains("will retry"),
+        "{e}"
+    );
+    // Not tried again (nor counted) before the next full listing, even
+    // once readable.
+    for i in 2..6 {
+        assert_eq!(s.scan(t0 + SETTLE * i), 0);
+    }
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o644)).unwrap();
+    drop(caps);
+    assert_eq!(s.scan(t0 + SETTLE * 7), 0);
+    assert_eq!(s.counters.failed, 1, "one failure per attempt");
+    // The full listing (every 300 s): tried again, taken.
+    let t1 = t0 + Duration::from_secs(301);
+    let n = s.scan(t1) + s.scan(t1 + SETTLE + Duration::from_millis(1));
+    assert_eq!(n, 1, "{:?}", s.errors);
+    assert_eq!(s.counters.failed, 1);
+    assert_eq!(s.counters.written, 2);
+    assert_eq!(pairs(&spool).len(), 2);
 }

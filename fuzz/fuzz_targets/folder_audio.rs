@@ -5,11 +5,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pbx_edge::folder::{channel, decode_audio, resample, FolderSettings};
+use pbx_edge::folder::{channel, decode_audio, resample, FolderSettings, RawStereo};
 use std::path::Path;
 
-const NAMES: [&str; 7] = [
-    "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49",
+const NAMES: [&str; 9] = [
+    "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49", "a.wav16", "a.sln48",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -17,10 +17,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let settings = FolderSettings {
-        raw_stereo: ctl & 0x80 != 0,
+        raw_stereo: match ctl >> 6 {
+            0 => RawStereo::Auto,
+            1 => RawStereo::Stereo,
+            _ => RawStereo::Mono,
+        },
         ..FolderSettings::default()
     };
-    let path = Path::new(NAMES[usize::from(ctl & 0x7f) % NAMES.len()]);
+    let path = Path::new(NAMES[usize::from(ctl & 0x3f) % NAMES.len()]);
     let Ok(pcm) = decode_audio(path, bytes, &settings) else {
         return;
     };

@@ -2,9 +2,10 @@
 //!
 //! Column order: Asterisk's default (`accountcode, src, dst, dcontext, clid,
 //! channel, dstchannel, lastapp, lastdata, start, answer, end, duration,
-//! billsec, disposition, amaflags, uniqueid, userfield`, with `linkedid`,
-//! `peeraccount`, `sequence` after them when `loguniqueid`/`newcdrcolumns`
-//! are on) or any order given as [`CsvColumns`] (`cdr_csv_columns`).
+//! billsec, disposition, amaflags, uniqueid, userfield`, then, with
+//! `newcdrcolumns = yes`, `peeraccount, linkedid, sequence`: the order
+//! cdr_csv.c writes them in) or any order given as [`CsvColumns`]
+//! (`cdr_csv_columns`).
 //! Times are the PBX's local time ([`PbxTimeZone`]).
 
 use std::collections::{HashMap, VecDeque};
@@ -22,7 +23,8 @@ use super::{best_row, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
 /// commonly adds.
 pub const EXTRA_COLUMNS: &[&str] = &["did", "cnum", "cnam", "outbound_cnum", "recordingfile"];
 
-/// Asterisk's default Master.csv columns (cdr_csv.conf without options).
+/// Asterisk's default Master.csv columns (cdr_csv.conf without options:
+/// the first 18), followed by the three `newcdrcolumns = yes` adds.
 pub const DEFAULT_COLUMNS: &[&str] = &[
     "accountcode",
     "src",
@@ -42,8 +44,9 @@ pub const DEFAULT_COLUMNS: &[&str] = &[
     "amaflags",
     "uniqueid",
     "userfield",
-    "linkedid",
+    // cdr_csv.c with newcdrcolumns = yes appends these three, in this order.
     "peeraccount",
+    "linkedid",
     "sequence",
 ];
 
@@ -462,6 +465,26 @@ mod tests {
         f.poll().unwrap();
         assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
         assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn newcdrcolumns_order_is_peeraccount_linkedid_sequence() {
+        // cdr_csv.c (newcdrcolumns = yes): ..., uniqueid, userfield,
+        // peeraccount, linkedid, sequence.
+        let line = r#""","1","2","c","","","","","","2026-11-24 10:00:00","","2026-11-24 10:00:09",9,0,"NO ANSWER","D","1.2","uf","peer","1.1",7"#;
+        let row = parse_cdr_line(line, 0).unwrap();
+        assert_eq!(row.uniqueid, "1.2");
+        assert_eq!(row.linkedid, "1.1");
+        assert_eq!(
+            &DEFAULT_COLUMNS[16..],
+            [
+                "uniqueid",
+                "userfield",
+                "peeraccount",
+                "linkedid",
+                "sequence"
+            ]
+        );
     }
 
     #[test]
