@@ -34,7 +34,7 @@ use pbx_core::call::{CallEngine, EndReason, EngineConfig};
 use pbx_core::net::{Segment, Transport};
 use pbx_core::sip::message::parse_message;
 use pbx_core::sip::sdp::SessionDescription;
-use pbx_core::sip::siprec::{answer_sdp, siprec_parts};
+use pbx_core::sip::siprec::{answer_sdp, siprec_parts, SiprecError};
 use pbx_core::sip::stream::SipStreamFramer;
 use pbx_core::sip::uas::{self, DialogId, Uas, UasConfig, UasEvent, UasInput};
 use pbx_core::Timestamp;
@@ -111,6 +111,9 @@ struct Session {
     line_ports: Vec<u16>,
     /// The SRC's address (picks our media address when listening on all).
     peer: SocketAddr,
+    /// Our SDP now in force (offered again in the 200 to a re-INVITE that
+    /// carries no offer).
+    sdp: String,
 }
 
 /// The TLS settings new connections are accepted with (swapped on reload).
@@ -501,10 +504,12 @@ async fn sip_loop(
                         version: 1,
                         line_ports: Vec::new(),
                         peer: from,
+                        sdp: String::new(),
                     };
                     match answer_for(&offer, &mut session, &mut pool, local.ip(), from, &media) {
                         Ok(answer) => {
                             uas.accept(&dialog, &answer, at);
+                            session.sdp = answer;
                             sessions.insert(dialog, session);
                         }
                         Err(why) => {
@@ -514,11 +519,19 @@ async fn sip_loop(
                         }
                     }
                 }
-                UasEvent::Reinvite { dialog, msg } | UasEvent::Update { dialog, msg } => {
+                ev @ (UasEvent::Reinvite { .. } | UasEvent::Update { .. }) => {
+                    let (dialog, msg, invite) = match ev {
+                        UasEvent::Reinvite { dialog, msg } => (dialog, msg, true),
+                        UasEvent::Update { dialog, msg } => (dialog, msg, false),
+                        _ => unreachable!(),
+                    };
                     let at = now();
-                    let offer = siprec_parts(&msg).ok().map(|(sdp, _)| sdp);
-                    match (offer, sessions.get_mut(&dialog)) {
-                        (Some(offer), Some(session)) => {
+                    let Some(session) = sessions.get_mut(&dialog) else {
+                        uas.reject(&dialog, 481, "Call/Transaction Does Not Exist", at);
+                        continue;
+                    };
+                    match siprec_parts(&msg) {
+                        Ok((offer, _)) => {
                             session.version += 1;
                             match answer_for(
                                 &offer,
@@ -530,6 +543,7 @@ async fn sip_loop(
                             ) {
                                 Ok(answer) => {
                                     uas.accept(&dialog, &answer, at);
+                                    session.sdp = answer;
                                 }
                                 Err(why) => {
                                     let (code, reason) = why.status();
@@ -537,7 +551,22 @@ async fn sip_loop(
                                 }
                             }
                         }
-                        _ => {
+                        // No offer: a session refresh (RFC 4028) or a
+                        // metadata update (RFC 7866 §6.2) -- the engine reads
+                        // the metadata from the request itself. Media stay as
+                        // they are: an UPDATE gets a 200 without a body, a
+                        // re-INVITE our SDP in force as the offer (RFC 3261
+                        // 14.2; the answer in the ACK changes nothing here).
+                        Err(SiprecError::NoSdp) => {
+                            let body = if invite {
+                                session.sdp.clone()
+                            } else {
+                                String::new()
+                            };
+                            uas.accept(&dialog, &body, at);
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %session.peer, "unusable SIPREC re-offer: {e}");
                             uas.reject(&dialog, 488, "Not Acceptable Here", at);
                         }
                     }

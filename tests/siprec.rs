@@ -578,6 +578,115 @@ fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
     }
 }
 
+/// An in-dialog request from the SRC of `call_id` (UDP).
+#[allow(clippy::too_many_arguments)]
+fn in_dialog(
+    src: &Src,
+    srs: SocketAddr,
+    call_id: &str,
+    to: &str,
+    method: &str,
+    cseq: u32,
+    extra: &str,
+    body: &str,
+) -> String {
+    let p = src.port();
+    format!(
+        "{method} sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:src@127.0.0.1:{p}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn updates_and_reinvites_without_an_offer_keep_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "refresh@src";
+    src.send(&invite(
+        call_id,
+        src.port(),
+        srs,
+        [40200, 40202],
+        1,
+        "r1",
+        &metadata("x"),
+    ));
+    let ok = src.final_response("INVITE");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    let ack = |cseq: u32| in_dialog(&src, srs, call_id, &to, "ACK", cseq, "", "");
+    src.send(&ack(1));
+    // A session refresh (RFC 4028) as an UPDATE without a body: 200, no SDP.
+    src.send(&in_dialog(
+        &src,
+        srs,
+        call_id,
+        &to,
+        "UPDATE",
+        2,
+        "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n",
+        "",
+    ));
+    let r = src.final_response("UPDATE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert!(!r.contains("m=audio"), "{r}");
+    // A metadata update (RFC 7866): an UPDATE with only rs-metadata.
+    let md = metadata("x");
+    src.send(&in_dialog(
+        &src,
+        srs,
+        call_id,
+        &to,
+        "UPDATE",
+        3,
+        "Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n",
+        &md,
+    ));
+    let r = src.final_response("UPDATE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    // A re-INVITE without an offer: our SDP in force is the offer in the 200,
+    // on the same ports.
+    src.send(&in_dialog(&src, srs, call_id, &to, "INVITE", 4, "", ""));
+    let r = src.final_response("INVITE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert_eq!(answer_ports(&r), ports, "{r}");
+    src.send(&ack(4));
+    // Media still goes to those ports and the call is recorded whole.
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let audio = speechlike(9, 1000, 8000);
+    let t = Instant::now();
+    for i in 0..50usize {
+        if let Some(w) = Duration::from_millis(20 * i as u64).checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let payload = enc.encode(&audio[i * 160..(i + 1) * 160]);
+        for (n, port) in ports.iter().enumerate() {
+            let pkt = rtp_packet(
+                0,
+                i == 0,
+                i as u16,
+                (i * 160) as u32,
+                7 + n as u32,
+                &payload,
+            );
+            rtp.send_to(&pkt, ("127.0.0.1", *port)).unwrap();
+        }
+    }
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 5, "", ""));
+    let r = src.final_response("BYE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    assert!(j["duration_ms"].as_i64().unwrap() >= 950, "{j}");
+    for c in 0..2 {
+        assert_eq!(j["channels"][c]["packets"], 50, "{j}");
+    }
+}
+
 #[test]
 fn used_up_rtp_ports_give_503_not_a_call_without_a_stream() {
     // Two even ports: one two-stream call.
