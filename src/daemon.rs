@@ -221,7 +221,10 @@ async fn start_siprec(
     };
     match crate::siprec::start(
         sc.clone(),
-        cfg.recording.engine_config(),
+        pbx_core::call::EngineConfig {
+            siprec_server: true,
+            ..cfg.recording.engine_config()
+        },
         cfg.recording.rtp_timeout,
         out,
         status.clone(),

@@ -483,14 +483,11 @@ async fn sip_loop(
                     }
                     let offer = match siprec_parts(&invite) {
                         Ok((sdp, Some(_meta))) => sdp,
-                        Ok((_, None)) => {
-                            uas.reject(
-                                &dialog,
-                                488,
-                                "Not Acceptable Here (no recording metadata)",
-                                at,
-                            );
-                            continue;
+                        Ok((sdp, None)) => {
+                            // Taken (nothing is lost): the streams in m-line
+                            // order until metadata says otherwise.
+                            tracing::warn!(peer = %from, "SIPREC INVITE without metadata: channels follow the order of the SDP's audio streams");
+                            sdp
                         }
                         Err(e) => {
                             tracing::warn!(peer = %from, "unusable SIPREC offer: {e}");

@@ -688,6 +688,71 @@ fn updates_and_reinvites_without_an_offer_keep_the_call() {
 }
 
 #[test]
+fn invite_without_metadata_is_recorded_in_m_line_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "nometa@src";
+    let p = src.port();
+    let sdp = "v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40300 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=sendonly\r\n\
+               m=audio 40302 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=sendonly\r\n";
+    src.send(&format!(
+        "INVITE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKnm1\r\nMax-Forwards: 70\r\n\
+         From: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: <sip:srs@{srs}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:src@127.0.0.1:{p}>;+sip.src\r\nRequire: siprec\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let ok = src.final_response("INVITE");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 1, "", ""));
+    // m-line 0 carries a, m-line 1 b; b's packets go out first each time.
+    let (a, b) = (speechlike(31, 2000, 8000), speechlike(32, 2000, 8000));
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (mut ea, mut eb) = (Encoder::new(TestCodec::Pcmu), Encoder::new(TestCodec::Pcmu));
+    let t = Instant::now();
+    for i in 0..100usize {
+        if let Some(w) = Duration::from_millis(20 * i as u64).checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let r = i * 160..(i + 1) * 160;
+        let pb = rtp_packet(
+            0,
+            i == 0,
+            i as u16,
+            (i * 160) as u32,
+            0xB,
+            &eb.encode(&b[r.clone()]),
+        );
+        let pa = rtp_packet(
+            0,
+            i == 0,
+            i as u16,
+            (i * 160) as u32,
+            0xA,
+            &ea.encode(&a[r]),
+        );
+        rtp.send_to(&pb, ("127.0.0.1", ports[1])).unwrap();
+        rtp.send_to(&pa, ("127.0.0.1", ports[0])).unwrap();
+    }
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 2, "", ""));
+    assert!(src.final_response("BYE").starts_with("SIP/2.0 200"));
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert!(
+        j["warnings"].to_string().contains("without metadata"),
+        "{j}"
+    );
+    let (_, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
+    let (_, ca) = best_lag(&ch[0], &a, 800);
+    let (_, cb) = best_lag(&ch[1], &b, 800);
+    let (_, x) = best_lag(&ch[0], &b, 800);
+    assert!(ca > 0.95 && cb > 0.95 && x < 0.2, "{ca:.3} {cb:.3} {x:.3}");
+}
+
+#[test]
 fn used_up_rtp_ports_give_503_not_a_call_without_a_stream() {
     // Two even ports: one two-stream call.
     let port = free_port();

@@ -49,7 +49,7 @@ use crate::net::{NetDecoder, NetLimits, Segment, Transport};
 use crate::rtp::{event_to_digit, is_rtcp, parse_rtp, parse_telephone_event};
 use crate::sip::message::{looks_like_sip, parse_message, Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, SessionDescription};
-use crate::sip::siprec::{assign_streams, siprec_parts};
+use crate::sip::siprec::{assign_streams, is_siprec_request, siprec_parts};
 use crate::sip::stream::SipStreamFramer;
 use crate::Timestamp;
 
@@ -75,6 +75,9 @@ pub struct EngineConfig {
     /// call without media is forgotten.
     pub max_calls: usize,
     pub net: NetLimits,
+    /// Every INVITE is a SIPREC recording session (the SIPREC server's
+    /// engine), also without `Require: siprec` / `+sip.src` or metadata.
+    pub siprec_server: bool,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
             setup_timeout_us: 300_000_000,
             max_calls: 100_000,
             net: NetLimits::default(),
+            siprec_server: false,
         }
     }
 }
@@ -668,10 +672,11 @@ impl Tracker {
         }
         let is_siprec_offer = msg.is_request()
             && matches!(msg.method(), Some(Method::Invite | Method::Update))
-            && msg
+            && (msg
                 .content_type
                 .as_deref()
-                .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"));
+                .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"))
+                || (sdp_body.is_some() && (self.cfg.siprec_server || is_siprec_request(&msg))));
         if is_siprec_offer {
             if let Some(sdp) = self.apply_siprec_metadata(key, &msg) {
                 self.apply_sdp(key, side, &sdp, true);
@@ -829,8 +834,32 @@ impl Tracker {
         msg: &SipMessage,
     ) -> Option<SessionDescription> {
         let (sdp, session) = siprec_parts(msg).ok()?;
-        let session = session?;
         let call = self.calls.get_mut(&key)?;
+        let Some(session) = session else {
+            if call.siprec.is_some() {
+                return None; // the metadata's assignment stays
+            }
+            // No metadata (yet: RFC 7866 lets it come in a later request):
+            // the audio m-lines in order, the first the caller's. Metadata
+            // arriving later replaces this.
+            let mut next = [Party::Caller, Party::Callee].into_iter();
+            let parties = sdp
+                .media
+                .iter()
+                .map(|m| {
+                    m.media
+                        .eq_ignore_ascii_case("audio")
+                        .then(|| next.next())
+                        .flatten()
+                })
+                .collect();
+            push_warning(
+                &mut call.warnings,
+                "SIPREC offer without metadata: channel 0 is the first audio stream of the SDP, channel 1 the second".to_string(),
+            );
+            call.siprec = Some(parties);
+            return Some(sdp);
+        };
         match assign_streams(&sdp, &session) {
             Ok(assign) => {
                 let n = sdp.media.len();
