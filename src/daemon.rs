@@ -144,6 +144,10 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     let (mut files, mut bytes) = (0u64, 0u64);
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
+            // The disk-full reserve is space held for the queue, not spool content.
+            if e.file_name() == crate::spool::RESERVE_FILE {
+                continue;
+            }
             if let Ok(m) = e.metadata() {
                 if m.is_file() {
                     files += 1;
