@@ -115,13 +115,11 @@ pub type SharedPorts = Arc<Mutex<PortPool>>;
 
 impl PortPool {
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        let mut p = PortPool {
-            range: 1..=0,
-            free: VecDeque::new(),
+        PortPool {
+            free: Self::even_ports(&range).collect(),
+            range,
             taken: HashSet::new(),
-        };
-        p.set_range(range);
-        p
+        }
     }
     fn even_ports(range: &RangeInclusive<u16>) -> impl Iterator<Item = u16> {
         let start = range.start().saturating_add(range.start() % 2);
@@ -1089,5 +1087,26 @@ mod tests {
         assert_eq!(p.available(), 4);
         p.give_back(a);
         assert_eq!(p.available(), 5);
+    }
+
+    #[test]
+    fn port_pool_range_change_keeps_ports_out_and_drops_old_ones() {
+        let mut p = PortPool::new(20000..=20005);
+        let (a, b) = (p.take().unwrap(), p.take().unwrap());
+        assert_eq!((a, b), (20000, 20002));
+        // The new range overlaps: a port still out is not handed out again.
+        p.set_range(20002..=20009);
+        assert_eq!(p.in_use(), 2);
+        let got: Vec<u16> = std::iter::from_fn(|| p.take()).collect();
+        assert_eq!(got, vec![20004, 20006, 20008]);
+        // Given back: 20000 is outside the new range and leaves the pool.
+        p.give_back(a);
+        p.give_back(b);
+        assert_eq!(p.in_use(), 3);
+        assert_eq!(p.available(), 1);
+        assert_eq!(p.take(), Some(20002));
+        // A port never handed out is not taken in.
+        p.give_back(20100);
+        assert_eq!(p.available(), 0);
     }
 }
