@@ -16,7 +16,12 @@
 //! - SIGTERM / SIGINT: stop taking calls, close every active recording (marked
 //!   `shutdown`, `truncated`), exit 0 within 10 s.
 //! - SIGHUP: re-read the config; a bad new config is rejected with the reason
-//!   logged and the old one kept; sources whose settings changed restart.
+//!   logged and the old one kept. Calls in progress are never cut: settings
+//!   that need no new socket go to the running sources (new calls take them);
+//!   a new SIPREC listener binds first and the old one drains (or, needing
+//!   the old one's port, replaces it when no call is in progress); a new
+//!   sniff capture is handed to the running engine (`reload_siprec`,
+//!   `reload_sniff`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

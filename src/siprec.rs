@@ -21,6 +21,12 @@
 //!   capture of the same packets give the same recording: the engine reads the
 //!   metadata's `participantstreamassoc` to know whose voice each stream is.
 //! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+//! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
+//!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
+//!   recording settings (new calls take them, calls in progress go on). A
+//!   listener replaced by a new address [`SiprecHandle::drain`]s: new INVITEs
+//!   get 503, its dialogs go on, it ends after the last one; the RTP port
+//!   pool is shared with its successor.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
