@@ -789,6 +789,8 @@ async fn sip_loop(
     }
     calls.store(0, Ordering::Relaxed);
     // Shutdown: hang up every session (the SRC learns the recording stopped).
+    // These BYEs are not fed to the engine: its recordings are closed as cut
+    // by shutdown (`truncated`), not as ended by a BYE.
     let at = now();
     for (d, s) in sessions.drain() {
         uas.hangup(&d, at);
@@ -801,7 +803,6 @@ async fn sip_loop(
             bytes,
         } = ev
         {
-            feed(&etx, &drops, local, to, bytes.clone());
             send_sip(&udp, &tcp_writers, transport, to, bytes).await;
         }
     }

@@ -1195,3 +1195,43 @@ fn sighup_moving_listen_to_the_wildcard_on_the_same_port_waits_for_the_call_to_e
     assert!(final_response_no_bye(&src, "BYE", "then@src").starts_with("SIP/2.0 200"));
     wait_recording_of(&d, "then@src");
 }
+
+#[test]
+fn sigterm_while_a_replaced_listener_drains_closes_its_call_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let rtp = 35_000 + (port_a % 250) * 20;
+    let srs_a: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let siprec = |p: u16| {
+        format!(
+            "listen = \"127.0.0.1:{p}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        )
+    };
+    let mut d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = true\n{}", siprec(port_a)),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let mut src = Src::new(srs_a);
+    let (ok, _bye) = start_call(&mut src, srs_a, "draining@src");
+    let media = send_rtp(srs_a.ip(), answer_ports(&ok), 2000, 331);
+    std::thread::sleep(Duration::from_millis(700));
+    reload(&d, &siprec(port_b), "");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    media.join().unwrap();
+    let (j, _) = wait_recording_of(&d, "draining@src");
+    assert_eq!(j["end_reason"], "shutdown", "{j}");
+    assert_eq!(j["truncated"], true);
+    // The draining listener hung its call up (the SRC learns the recording stopped).
+    let mut saw_bye = false;
+    while let Some(m) = src.recv() {
+        if m.starts_with("BYE ") && m.contains("draining@src") {
+            saw_bye = true;
+            break;
+        }
+    }
+    assert!(saw_bye, "no BYE from the daemon at SIGTERM");
+}
