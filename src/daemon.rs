@@ -16,9 +16,15 @@
 //! - SIGTERM / SIGINT: stop taking calls, close every active recording (marked
 //!   `shutdown`, `truncated`), exit 0 within 10 s.
 //! - SIGHUP: re-read the config; a bad new config is rejected with the reason
-//!   logged and the old one kept; sources whose settings changed restart.
+//!   logged and the old one kept. Calls in progress are never cut: settings
+//!   that need no new socket go to the running sources (new calls take them);
+//!   a new SIPREC listener binds first and the old one drains (or, needing
+//!   the old one's port, replaces it when no call is in progress); a new
+//!   sniff capture is handed to the running engine (`reload_siprec`,
+//!   `reload_sniff`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::health::{self, Liveness};
-use crate::recording::{self, RecordingContext, RecordingDir};
+use crate::recording::{self, RecordingContext, RecordingDir, RecordingSettings};
 use crate::sniff;
 use crate::status::{SharedStatus, SourceStatus, Status};
 
@@ -39,6 +45,10 @@ use crate::status::{SharedStatus, SourceStatus, Status};
 struct RunningSource {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// Reloads for the sniffing loop.
+    control: std::sync::mpsc::Sender<sniff::SniffControl>,
+    /// What its capture was opened with (interface, filter).
+    capture: (String, Option<String>),
 }
 
 impl RunningSource {
@@ -53,6 +63,15 @@ fn context(cfg: &Config, source: &'static str) -> RecordingContext {
         agent_id: cfg.agent.id.clone(),
         source,
         min_duration: cfg.recording.min_duration,
+    }
+}
+
+/// The settings a reload applies to a running source in place.
+fn recording_settings(cfg: &Config, source: &'static str) -> RecordingSettings {
+    RecordingSettings {
+        engine: cfg.recording.engine_config(),
+        ctx: context(cfg, source),
+        dir: cfg.spool.dir.clone(),
     }
 }
 
@@ -85,13 +104,23 @@ fn start_sources(
                     let stop = Arc::new(AtomicBool::new(false));
                     let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
                     let ecfg = cfg.recording.engine_config();
+                    let (control, crx) = std::sync::mpsc::channel();
                     live.beat("sniff");
                     let thread = std::thread::Builder::new()
                         .name("sniff".into())
-                        .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv))
+                        .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv, crx))
                         .expect("spawn sniff thread");
                     tracing::info!(interface = %iface, filter = filter.unwrap_or(""), "sniffing");
-                    running.insert("sniff", RunningSource { stop, thread });
+                    let capture = (iface.clone(), filter.map(str::to_string));
+                    running.insert(
+                        "sniff",
+                        RunningSource {
+                            stop,
+                            thread,
+                            control,
+                            capture,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::error!("spool {}: {e}", cfg.spool.dir.display());
@@ -107,6 +136,195 @@ fn start_sources(
         s.sources.remove("sniff");
     }
     running
+}
+
+/// SIGHUP for the SIPREC source. Calls in progress are never cut:
+/// - same sockets (listen, tls_listen): the running instance takes the new
+///   allow / max_calls / rtp_ports / rtp_timeout for new INVITEs and the new
+///   recording settings for new recordings; TLS files are re-read;
+/// - new addresses that do not collide with the running ones: the new
+///   instance binds first, the old one drains (no new calls, 503; its dialogs
+///   go on until they end), sharing the RTP port pool;
+/// - new addresses sharing a port with the running ones: the running instance
+///   keeps serving (with the in-place settings) and is replaced as soon as
+///   no call is in progress;
+/// - disabled: the running instance drains.
+#[allow(clippy::too_many_arguments)]
+async fn reload_siprec(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    siprec: &mut Option<crate::siprec::SiprecHandle>,
+    draining: &mut Vec<crate::siprec::SiprecHandle>,
+    pending: &mut bool,
+    gen: &mut u64,
+) {
+    let sc = &cfg.sources.siprec;
+    let rec = recording_settings(cfg, "siprec");
+    let drain = |draining: &mut Vec<_>,
+                 gen: &mut u64,
+                 h: crate::siprec::SiprecHandle,
+                 why: &str| {
+        *gen += 1;
+        let name = format!("siprec.draining.{gen}");
+        let n = h.calls();
+        h.drain(&name);
+        tracing::info!(
+            "SIPREC listener {} {why}: it takes no new calls and closes when its {n} calls in progress end",
+            h.listen
+        );
+        draining.push(h);
+    };
+    // A listener that was waiting for its calls to end and just did.
+    if siprec.as_ref().is_some_and(|h| h.finished()) {
+        if let Some(h) = siprec.take() {
+            draining.push(h);
+        }
+    }
+    let Some(h) = siprec.take() else {
+        *pending = false;
+        if sc.enabled {
+            let ports = draining.last().map(|h| h.ports());
+            *siprec = start_siprec(cfg, status, live, ports).await;
+        } else if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        return;
+    };
+    if !sc.enabled {
+        *pending = false;
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        drain(draining, gen, h, "disabled");
+        return;
+    }
+    // Whatever happens to the sockets, new calls get the new settings.
+    h.update(sc, cfg.recording.rtp_timeout, rec);
+    if h.listen == sc.listen && h.tls_listen == sc.tls_listen {
+        if *pending {
+            *pending = false;
+            h.stop_when_idle(false);
+            tracing::info!("SIPREC: back to the running listen addresses, nothing to replace");
+        }
+        // Certificates renewed on disk are taken for new TLS connections.
+        match h.reload_tls(sc) {
+            Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
+        }
+        tracing::info!("SIPREC settings applied to new calls; calls in progress go on");
+        *siprec = Some(h);
+        return;
+    }
+    let ports_of = |a: SocketAddr, b: Option<SocketAddr>| {
+        std::iter::once(a.port())
+            .chain(b.map(|b| b.port()))
+            .collect::<Vec<_>>()
+    };
+    let old = ports_of(h.listen, h.tls_listen);
+    let collides = ports_of(sc.listen, sc.tls_listen)
+        .iter()
+        .any(|p| old.contains(p));
+    if !collides {
+        match start_siprec_with(cfg, status, live, Some(h.ports()), false).await {
+            Some(new) => {
+                drain(draining, gen, h, "replaced by a new listen address");
+                *siprec = Some(new);
+                *pending = false;
+                if let Ok(mut s) = status.lock() {
+                    if let Some(src) = s.sources.get_mut("siprec") {
+                        src.listen = sc.listen.to_string();
+                    }
+                }
+            }
+            None => {
+                tracing::error!(
+                    "SIPREC keeps listening on {} (the new address could not be bound; see above)",
+                    h.listen
+                );
+                *siprec = Some(h);
+            }
+        }
+        return;
+    }
+    // The new sockets need a port the running listener holds: replace it
+    // when no call is in progress (at once, if none is).
+    h.stop_when_idle(true);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while !h.finished() && h.calls() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if h.finished() {
+        let ports = h.ports();
+        h.stop().await;
+        *pending = false;
+        *siprec = start_siprec(cfg, status, live, Some(ports)).await;
+    } else {
+        let n = h.calls();
+        tracing::warn!(
+            listen = %h.listen,
+            "SIPREC listen change applied when the {n} calls in progress end (the new addresses share a port with the running listener); until then new calls are taken on {}",
+            h.listen
+        );
+        *pending = true;
+        *siprec = Some(h);
+    }
+}
+
+/// SIGHUP for the sniffing source: recording settings go to the running
+/// loop in place; a new interface or filter opens a new capture, handed to
+/// the running loop (same engine: calls in progress go on); disabled: stops.
+fn reload_sniff(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    sources: &mut BTreeMap<&'static str, RunningSource>,
+) {
+    let sn = &cfg.sources.sniff;
+    let Some(mut running) = sources.remove("sniff") else {
+        for (k, v) in start_sources(cfg, status, live) {
+            sources.insert(k, v);
+        }
+        return;
+    };
+    if !sn.enabled || running.thread.is_finished() {
+        running.stop();
+        for (k, v) in start_sources(cfg, status, live) {
+            sources.insert(k, v);
+        }
+        return;
+    }
+    let _ = running
+        .control
+        .send(sniff::SniffControl::Settings(Box::new(recording_settings(
+            cfg, "sniff",
+        ))));
+    let capture = (sn.interface.clone(), sn.filter.clone());
+    if capture != running.capture {
+        match sniff::PacketSocket::open(&sn.interface, sn.filter.as_deref()) {
+            Ok(sock) => {
+                if running
+                    .control
+                    .send(sniff::SniffControl::Socket(sock))
+                    .is_ok()
+                {
+                    tracing::info!(interface = %sn.interface, filter = sn.filter.as_deref().unwrap_or(""), "sniffing: new capture; calls in progress go on");
+                    running.capture = capture;
+                    if let Ok(mut s) = status.lock() {
+                        if let Some(src) = s.sources.get_mut("sniff") {
+                            src.listen = sn.interface.clone();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(
+                "sniffing keeps capturing on {} (the new capture could not be opened: {e})",
+                running.capture.0
+            ),
+        }
+    }
+    sources.insert("sniff", running);
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -196,6 +414,19 @@ async fn start_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    ports: Option<crate::siprec::SharedPorts>,
+) -> Option<crate::siprec::SiprecHandle> {
+    start_siprec_with(cfg, status, live, ports, true).await
+}
+
+/// `report_error`: false while another instance still serves (a reload that
+/// could not bind the new address keeps the running one).
+async fn start_siprec_with(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    ports: Option<crate::siprec::SharedPorts>,
+    report_error: bool,
 ) -> Option<crate::siprec::SiprecHandle> {
     let sc = &cfg.sources.siprec;
     if !sc.enabled {
@@ -205,6 +436,9 @@ async fn start_siprec(
         return None;
     }
     let set_error = |e: String| {
+        if !report_error {
+            return;
+        }
         if let Ok(mut s) = status.lock() {
             let src = s
                 .sources
@@ -233,6 +467,7 @@ async fn start_siprec(
         out,
         status.clone(),
         live.clone(),
+        ports,
     )
     .await
     {
@@ -374,7 +609,13 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     ));
 
     let mut sources = start_sources(&cfg, &status, &live);
-    let mut siprec = start_siprec(&cfg, &status, &live).await;
+    let mut siprec = start_siprec(&cfg, &status, &live, None).await;
+    // SIPREC instances replaced by a reload, finishing their calls.
+    let mut siprec_draining: Vec<crate::siprec::SiprecHandle> = Vec::new();
+    // The running instance ends when its calls have ended, then one with
+    // the new sockets starts (they need its address).
+    let mut siprec_pending = false;
+    let mut drain_gen = 0u64;
     let mut folder = start_folder(&cfg, &status, &live);
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
     let mut delivery = match crate::delivery::start(&cfg, status.clone()) {
@@ -407,14 +648,6 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     Ok(new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
-                        let restart_siprec = changed.contains(&"sources.siprec")
-                            || changed.contains(&"spool.dir")
-                            || cfg.recording != new.recording
-                            || cfg.agent != new.agent;
-                        let restart_sniff = changed.contains(&"sources.sniff")
-                            || changed.contains(&"spool.dir")
-                            || cfg.recording != new.recording
-                            || cfg.agent != new.agent;
                         cfg = new;
                         if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
                             if let Some(f) = folder.take() {
@@ -422,28 +655,17 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             }
                             folder = start_folder(&cfg, &status, &live);
                         }
-                        if restart_siprec {
-                            if let Some(h) = siprec.take() {
-                                h.stop().await;
-                            }
-                            siprec = start_siprec(&cfg, &status, &live).await;
-                        } else if let Some(h) = &siprec {
-                            // Same settings: certificates renewed on disk are taken
-                            // for new TLS connections without restarting.
-                            match h.reload_tls(&cfg.sources.siprec) {
-                                Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
-                                Ok(false) => {}
-                                Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
-                            }
-                        }
-                        if restart_sniff {
-                            if let Some(s) = sources.remove("sniff") {
-                                s.stop();
-                            }
-                            for (k, v) in start_sources(&cfg, &status, &live) {
-                                sources.insert(k, v);
-                            }
-                        }
+                        reload_siprec(
+                            &cfg,
+                            &status,
+                            &live,
+                            &mut siprec,
+                            &mut siprec_draining,
+                            &mut siprec_pending,
+                            &mut drain_gen,
+                        )
+                        .await;
+                        reload_sniff(&cfg, &status, &live, &mut sources);
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
@@ -468,6 +690,28 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             _ = tick.tick() => {
                 if let Ok(mut s) = status.lock() {
                     s.uptime_s = started.elapsed().as_secs();
+                }
+                // Replaced SIPREC listeners whose last call ended.
+                let (done, going): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut siprec_draining).into_iter().partition(|h| h.finished());
+                siprec_draining = going;
+                for h in done {
+                    h.stop().await;
+                }
+                if siprec_pending && siprec.as_ref().is_none_or(|h| h.finished()) {
+                    siprec_pending = false;
+                    let ports = match siprec.take() {
+                        Some(h) => {
+                            let p = h.ports();
+                            h.stop().await;
+                            Some(p)
+                        }
+                        None => None,
+                    };
+                    siprec = start_siprec(&cfg, &status, &live, ports).await;
+                    if siprec.is_some() {
+                        tracing::info!(listen = %cfg.sources.siprec.listen, "SIPREC listen change applied: the calls that were in progress have ended");
+                    }
                 }
                 scan_spool(&cfg, &status);
                 if let Some(half) = watchdog {
@@ -496,7 +740,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         s.shutting_down = true;
     }
     // Stop sources in parallel so the 10 s budget is shared.
-    let siprec_stop = siprec.take().map(|h| tokio::spawn(h.stop()));
+    let siprec_stop: Vec<_> = siprec
+        .take()
+        .into_iter()
+        .chain(std::mem::take(&mut siprec_draining))
+        .map(|h| tokio::spawn(h.stop()))
+        .collect();
     let handles: Vec<_> = std::mem::take(&mut sources)
         .into_values()
         .map(|s| std::thread::spawn(move || s.stop()))
@@ -504,7 +753,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     for h in handles {
         let _ = h.join();
     }
-    if let Some(t) = siprec_stop {
+    for t in siprec_stop {
         let _ = t.await;
     }
     if let Some(f) = folder.take() {

@@ -38,6 +38,35 @@ pub struct RecordingContext {
     pub min_duration: Duration,
 }
 
+/// What a configuration reload changes for a running source without new
+/// sockets: the engine settings and the recording context, for calls that
+/// begin from now on.
+#[derive(Debug, Clone)]
+pub struct RecordingSettings {
+    pub engine: pbx_core::call::EngineConfig,
+    pub ctx: RecordingContext,
+    pub dir: PathBuf,
+}
+
+/// Apply reloaded settings in a source's engine thread: calls in progress
+/// keep their sample rate, jitter window, agent id, min_duration and
+/// directory; `rtp_timeout` applies to them too.
+pub fn apply_settings(
+    engine: &mut pbx_core::call::CallEngine,
+    out: &mut RecordingDir,
+    s: RecordingSettings,
+) {
+    engine.set_config(s.engine);
+    out.set_context(s.ctx);
+    if let Err(e) = out.set_dir(&s.dir) {
+        tracing::error!(
+            "spool {}: {e}; new recordings stay in {}",
+            s.dir.display(),
+            out.dir().display()
+        );
+    }
+}
+
 /// A finished recording pair.
 #[derive(Debug, Clone)]
 pub struct WrittenRecording {
@@ -66,6 +95,11 @@ struct OpenRecording {
     flush_every: u64,
     wav: Option<WavWriter<BufWriter<File>>>,
     error: Option<io::Error>,
+    /// The context when the call began: a reload changes it for new calls
+    /// only (agent id, min_duration).
+    ctx: RecordingContext,
+    /// The directory it is written in (a reload may move new ones elsewhere).
+    dir: PathBuf,
 }
 
 /// Writes recordings into one directory.
@@ -92,6 +126,32 @@ impl RecordingDir {
         })
     }
 
+    /// New settings (a configuration reload): recordings that begin from now
+    /// on carry them; recordings already open keep the context they began with.
+    pub fn set_context(&mut self, ctx: RecordingContext) {
+        self.ctx = ctx;
+    }
+
+    /// Write recordings that begin from now on into `dir` (created 0700);
+    /// open ones finish where they began. On an error nothing changes.
+    pub fn set_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if dir != self.dir {
+            create_private_dir(dir)?;
+            self.dir = dir.to_path_buf();
+        }
+        Ok(())
+    }
+
+    /// Where new recordings go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The context new recordings get.
+    pub fn context(&self) -> &RecordingContext {
+        &self.ctx
+    }
+
     fn finish_files(
         &mut self,
         rec: OpenRecording,
@@ -108,16 +168,16 @@ impl RecordingDir {
         let file = buf.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        if (meta.duration_ms() as u128) < self.ctx.min_duration.as_millis() {
+        if (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis() {
             fs::remove_file(&rec.part)?;
             return Ok(None);
         }
         let (bytes, sha) = hash_file(&rec.part)?;
-        let wav_path = self.dir.join(format!("{}.wav", rec.id));
-        let json_path = self.dir.join(format!("{}.json", rec.id));
+        let wav_path = rec.dir.join(format!("{}.wav", rec.id));
+        let json_path = rec.dir.join(format!("{}.json", rec.id));
         fs::rename(&rec.part, &wav_path)?;
-        let doc = recording_json(meta, &rec.id, &self.ctx, bytes, &sha);
-        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
+        let doc = recording_json(meta, &rec.id, &rec.ctx, bytes, &sha);
+        let tmp = rec.dir.join(format!(".{}.json.tmp", rec.id));
         {
             let mut f = create_private_file(&tmp)?;
             serde_json::to_writer_pretty(&mut f, &doc)?;
@@ -125,8 +185,8 @@ impl RecordingDir {
             f.sync_all()?;
         }
         fs::rename(&tmp, &json_path)?;
-        let _ = fs::remove_file(self.dir.join(format!(".{}.start.json", rec.id)));
-        sync_dir(&self.dir)?;
+        let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
+        sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
         Ok(Some(WrittenRecording {
             id: rec.id,
@@ -167,6 +227,8 @@ impl RecordingSink for RecordingDir {
                 flush_every: u64::from(start.sample_rate) * 4,
                 wav,
                 error,
+                ctx: self.ctx.clone(),
+                dir: self.dir.clone(),
             },
         );
     }
@@ -196,18 +258,19 @@ impl RecordingSink for RecordingDir {
         };
         let part = rec.part.clone();
         let id = rec.id.clone();
+        let dir = rec.dir.clone();
         match self.finish_files(rec, &meta) {
             Ok(Some(w)) => {
                 self.counters.written += 1;
                 self.written.push(w);
             }
             Ok(None) => {
-                let _ = fs::remove_file(self.dir.join(format!(".{id}.start.json")));
+                let _ = fs::remove_file(dir.join(format!(".{id}.start.json")));
                 self.counters.too_short += 1
             }
             Err(e) => {
                 let _ = fs::remove_file(&part);
-                let _ = fs::remove_file(self.dir.join(format!(".{id}.start.json")));
+                let _ = fs::remove_file(dir.join(format!(".{id}.start.json")));
                 self.counters.failed += 1;
                 self.errors.push(format!("recording {id}: {e}"));
             }

@@ -21,13 +21,19 @@
 //!   capture of the same packets give the same recording: the engine reads the
 //!   metadata's `participantstreamassoc` to know whose voice each stream is.
 //! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+//! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
+//!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
+//!   recording settings (new calls take them, calls in progress go on). A
+//!   listener replaced by a new address [`SiprecHandle::drain`]s: new INVITEs
+//!   get 503, its dialogs go on, it ends after the last one; the RTP port
+//!   pool is shared with its successor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use pbx_core::call::{CallEngine, EndReason, EngineConfig};
@@ -50,7 +56,7 @@ use crate::health::Liveness;
 use crate::media::{
     BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaPort, MediaReceiver, Recycler,
 };
-use crate::recording::RecordingDir;
+use crate::recording::{RecordingDir, RecordingSettings};
 use crate::sniff::now;
 use crate::status::SharedStatus;
 
@@ -66,6 +72,23 @@ enum EngineInput {
         payload: Vec<u8>,
     },
     Media(DatagramBatch),
+    /// New recording settings (reload): for calls that begin from now on.
+    Settings(Box<RecordingSettings>),
+}
+
+/// What the daemon tells the running SIP task.
+enum Control {
+    /// Settings that apply to new INVITEs (allow, max_calls, rtp_timeout).
+    Update {
+        cfg: Box<SiprecConfig>,
+        rtp_timeout: Duration,
+    },
+    /// Take no new calls (503), keep the dialogs in progress, end after the
+    /// last one (its listener was replaced or the source disabled).
+    Drain,
+    /// Keep taking calls, end as soon as none is in progress (the new
+    /// listener needs this one's address); `false` cancels it.
+    StopWhenIdle(bool),
 }
 
 /// The media thread's way into the engine: it waits when the queue is full
@@ -80,25 +103,64 @@ impl BatchSink for EngineSink {
 }
 
 /// The pool of RTP ports (even ports of the range).
+///
+/// The range can change while ports are out (a reload of `rtp_ports`): new
+/// calls take ports of the new range, a port of the old range given back by
+/// a call in progress leaves the pool. A SIPREC instance replaced on reload
+/// (new listen address) shares its pool with the new one, so the two never
+/// hand out the same port.
 #[derive(Debug)]
 pub struct PortPool {
+    range: RangeInclusive<u16>,
     free: VecDeque<u16>,
+    taken: HashSet<u16>,
 }
+
+/// A port pool shared by the SIPREC instances of one daemon.
+pub type SharedPorts = Arc<Mutex<PortPool>>;
 
 impl PortPool {
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        let start = range.start() + range.start() % 2;
-        let free = (start..=*range.end()).step_by(2).collect();
-        PortPool { free }
+        PortPool {
+            free: Self::even_ports(&range).collect(),
+            range,
+            taken: HashSet::new(),
+        }
+    }
+    fn even_ports(range: &RangeInclusive<u16>) -> impl Iterator<Item = u16> {
+        let start = range.start().saturating_add(range.start() % 2);
+        (start..=*range.end()).step_by(2)
+    }
+    /// Hand out ports of `range` from now on (ports out stay out until given back).
+    pub fn set_range(&mut self, range: RangeInclusive<u16>) {
+        if range == self.range {
+            return;
+        }
+        let taken = &self.taken;
+        self.free = Self::even_ports(&range)
+            .filter(|p| !taken.contains(p))
+            .collect();
+        self.range = range;
+    }
+    pub fn range(&self) -> RangeInclusive<u16> {
+        self.range.clone()
     }
     pub fn take(&mut self) -> Option<u16> {
-        self.free.pop_front()
+        let p = self.free.pop_front()?;
+        self.taken.insert(p);
+        Some(p)
     }
     pub fn give_back(&mut self, p: u16) {
-        self.free.push_back(p);
+        if self.taken.remove(&p) && self.range.contains(&p) && p % 2 == 0 {
+            self.free.push_back(p);
+        }
     }
     pub fn available(&self) -> usize {
         self.free.len()
+    }
+    /// Ports handed out and not given back.
+    pub fn in_use(&self) -> usize {
+        self.taken.len()
     }
 }
 
@@ -129,9 +191,75 @@ pub struct SiprecHandle {
     media: MediaReceiver,
     engine_thread: std::thread::JoinHandle<()>,
     tls: Option<TlsShared>,
+    control: mpsc::UnboundedSender<Control>,
+    /// Into the engine thread, for settings; dropped before the engine is
+    /// joined (the engine ends when every sender is gone).
+    settings: Option<SyncSender<EngineInput>>,
+    /// Dialogs in progress (kept by the SIP task).
+    calls: Arc<AtomicUsize>,
+    ports: SharedPorts,
+    /// The status / liveness name the engine thread reports under.
+    name: Arc<Mutex<String>>,
+    /// The addresses this instance is bound to.
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl SiprecHandle {
+    /// Apply the settings that need no new socket: `allow`, `max_calls`,
+    /// `rtp_timeout` and `rtp_ports` for new INVITEs; `recording` and the
+    /// agent id for recordings that begin from now on. Calls in progress go on.
+    pub fn update(&self, cfg: &SiprecConfig, rtp_timeout: Duration, rec: RecordingSettings) {
+        if let Ok(mut p) = self.ports.lock() {
+            p.set_range(cfg.rtp_ports.clone());
+        }
+        let _ = self.control.send(Control::Update {
+            cfg: Box::new(cfg.clone()),
+            rtp_timeout,
+        });
+        if let Some(tx) = &self.settings {
+            let input = EngineInput::Settings(Box::new(rec));
+            // The queue is deep and drained fast; wait for room if it is full.
+            if let Err(TrySendError::Full(input)) = tx.try_send(input) {
+                let tx = tx.clone();
+                tokio::task::block_in_place(move || {
+                    let _ = tx.send(input);
+                });
+            }
+        }
+    }
+
+    /// Take no new calls (answered 503), let the calls in progress finish
+    /// (in-dialog requests answered, their recordings complete), then end.
+    /// Its status moves to `name`. See [`SiprecHandle::finished`].
+    pub fn drain(&self, name: &str) {
+        if let Ok(mut n) = self.name.lock() {
+            *n = name.to_string();
+        }
+        let _ = self.control.send(Control::Drain);
+    }
+
+    /// Keep taking calls, end as soon as no call is in progress (`false`:
+    /// keep running after all).
+    pub fn stop_when_idle(&self, on: bool) {
+        let _ = self.control.send(Control::StopWhenIdle(on));
+    }
+
+    /// The SIP task has ended (drained, idle, or stopped): [`stop`] returns at once.
+    pub fn finished(&self) -> bool {
+        self.sip_task.is_finished()
+    }
+
+    /// Dialogs in progress.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The RTP port pool (shared with the instance replacing this one).
+    pub fn ports(&self) -> SharedPorts {
+        self.ports.clone()
+    }
+
     /// Re-read the TLS certificate, key and client CA files (SIGHUP): new
     /// connections use them, established ones keep theirs. On an error the
     /// running settings stay. `Ok(false)`: TLS is not on.
@@ -151,8 +279,9 @@ impl SiprecHandle {
     /// The SIP task hangs up and ends first, then the media thread delivers
     /// what its sockets still hold; the engine thread ends when both are gone
     /// (its channel disconnects), so nothing received is left unrecorded.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.settings = None;
         let _ = self.sip_task.await;
         let (media, engine) = (self.media, self.engine_thread);
         let _ = tokio::task::spawn_blocking(move || {
@@ -171,6 +300,7 @@ pub async fn start(
     out: RecordingDir,
     status: SharedStatus,
     live: Arc<Liveness>,
+    ports: Option<SharedPorts>,
 ) -> std::io::Result<SiprecHandle> {
     let udp = Arc::new(UdpSocket::bind(cfg.listen).await?);
     // Room for bursts (an SBC hanging up hundreds of calls at once); the
@@ -199,6 +329,19 @@ pub async fn start(
         _ => None,
     };
     let tls_shared = tls.as_ref().map(|(_, t)| t.clone());
+    let ports = match ports {
+        Some(p) => {
+            if let Ok(mut g) = p.lock() {
+                g.set_range(cfg.rtp_ports.clone());
+            }
+            p
+        }
+        None => Arc::new(Mutex::new(PortPool::new(cfg.rtp_ports.clone()))),
+    };
+    let name = Arc::new(Mutex::new("siprec".to_string()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
     let stop = Arc::new(AtomicBool::new(false));
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
@@ -211,6 +354,7 @@ pub async fn start(
             drops,
             media: counters,
             listen: cfg.listen.to_string(),
+            name: name.clone(),
         };
         std::thread::Builder::new()
             .name("siprec-engine".into())
@@ -219,14 +363,17 @@ pub async fn start(
     live.beat("siprec");
     let sip_task = tokio::spawn(sip_loop(
         cfg,
-        udp,
-        tcp,
-        tls,
-        etx,
+        SipSockets { udp, tcp, tls },
+        etx.clone(),
         media.control(),
         stop.clone(),
         drops,
         rtp_timeout,
+        Shared {
+            ports: ports.clone(),
+            calls: calls.clone(),
+            control: control_rx,
+        },
     ));
     Ok(SiprecHandle {
         stop,
@@ -234,6 +381,13 @@ pub async fn start(
         media,
         engine_thread,
         tls: tls_shared,
+        control: control_tx,
+        settings: Some(etx),
+        calls,
+        ports,
+        name,
+        listen,
+        tls_listen,
     })
 }
 
@@ -252,6 +406,17 @@ struct Report {
     drops: Arc<AtomicI64>,
     media: Arc<MediaCounters>,
     listen: String,
+    /// "siprec", or the name of a draining instance.
+    name: Arc<Mutex<String>>,
+}
+
+impl Report {
+    fn name(&self) -> String {
+        self.name
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_else(|_| "siprec".into())
+    }
 }
 
 /// The engine thread: runs until every sender (SIP task, media thread) is
@@ -275,13 +440,24 @@ fn engine_loop(
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             engine.handle_timeout(now(), &mut out);
-            live.beat("siprec");
+            let name = report.name();
+            if name != "siprec" {
+                live.forget("siprec");
+            }
+            live.beat(&name);
             publish(&engine, &out, &report);
         }
     }
     engine.finish(EndReason::Shutdown, &mut out);
     publish(&engine, &out, &report);
-    live.forget("siprec");
+    let name = report.name();
+    live.forget(&name);
+    if name != "siprec" {
+        // A drained instance: its calls are recorded, its entry goes.
+        if let Ok(mut s) = report.status.lock() {
+            s.sources.remove(&name);
+        }
+    }
 }
 
 fn handle_input(
@@ -311,12 +487,18 @@ fn handle_input(
             }
             recycler.give_back(batch);
         }
+        EngineInput::Settings(s) => crate::recording::apply_settings(engine, out, *s),
     }
 }
 
 fn publish(engine: &CallEngine, out: &RecordingDir, r: &Report) {
+    let name = r.name();
     if let Ok(mut s) = r.status.lock() {
-        let src = s.sources.entry("siprec".to_string()).or_default();
+        let draining = name != "siprec";
+        let src = s.sources.entry(name).or_default();
+        if draining {
+            src.up = true;
+        }
         src.record_engine(engine, &out.counters);
         src.listen = r.listen.clone();
         src.queue_drops = r.drops.load(Ordering::Relaxed).max(0) as u64;
@@ -376,18 +558,44 @@ enum SipIn {
     },
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn sip_loop(
-    cfg: SiprecConfig,
+/// The sockets of one SIPREC instance.
+struct SipSockets {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     tls: Option<(TcpListener, TlsShared)>,
+}
+
+/// What the SIP task shares with the daemon.
+struct Shared {
+    ports: SharedPorts,
+    calls: Arc<AtomicUsize>,
+    control: mpsc::UnboundedReceiver<Control>,
+}
+
+/// How long a drained instance still answers retransmissions after its last
+/// dialog ended (while server transactions remain).
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
+#[allow(clippy::too_many_arguments)]
+async fn sip_loop(
+    mut cfg: SiprecConfig,
+    sockets: SipSockets,
     etx: SyncSender<EngineInput>,
     media: MediaControl,
     stop: Arc<AtomicBool>,
     drops: Arc<AtomicI64>,
-    rtp_timeout: Duration,
+    mut rtp_timeout: Duration,
+    shared: Shared,
 ) {
+    let SipSockets { udp, tcp, tls } = sockets;
+    let Shared {
+        ports: pool,
+        calls,
+        control: mut control_rx,
+    } = shared;
+    // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
+    let (mut draining, mut stop_when_idle) = (false, false);
+    let mut idle_since: Option<Instant> = None;
     let local = cfg.listen;
     let mut uas = Uas::new(UasConfig {
         contact_host: local.ip().to_string(),
@@ -396,7 +604,6 @@ async fn sip_loop(
         user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
         tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
     });
-    let mut pool = PortPool::new(cfg.rtp_ports.clone());
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
     let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
         HashMap::new();
@@ -407,7 +614,31 @@ async fn sip_loop(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        calls.store(sessions.len(), Ordering::Relaxed);
+        if sessions.is_empty() && (draining || stop_when_idle) {
+            if stop_when_idle {
+                tracing::info!(listen = %local, "SIPREC: no call in progress any more, closing this listener for the new settings");
+                break;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if uas.transaction_count() == 0 || since.elapsed() >= DRAIN_LINGER {
+                tracing::info!(listen = %local, "SIPREC: the last call on the replaced listener ended, closing it");
+                break;
+            }
+        } else {
+            idle_since = None;
+        }
         tokio::select! {
+            Some(c) = control_rx.recv() => match c {
+                Control::Update { cfg: new, rtp_timeout: t } => {
+                    cfg.allow = new.allow;
+                    cfg.max_calls = new.max_calls;
+                    cfg.rtp_ports = new.rtp_ports;
+                    rtp_timeout = t;
+                }
+                Control::Drain => draining = true,
+                Control::StopWhenIdle(on) => stop_when_idle = on,
+            },
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     let bytes = buf[..n].to_vec();
@@ -448,7 +679,7 @@ async fn sip_loop(
                     .collect();
                 for d in silent {
                     uas.hangup(&d, now());
-                    if let Some(s) = sessions.remove(&d) { release(s, &mut pool, &media); }
+                    if let Some(s) = sessions.remove(&d) { release(s, &pool, &media); }
                 }
             }
         }
@@ -471,6 +702,11 @@ async fn sip_loop(
                     from,
                 } => {
                     let at = now();
+                    if draining {
+                        tracing::info!(peer = %from, listen = %local, "SIPREC INVITE to a listener replaced by a reload: 503 (send new calls to the new sources.siprec.listen)");
+                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        continue;
+                    }
                     if !cfg.allows(from.ip()) {
                         tracing::warn!(peer = %from, "SIPREC INVITE from an address outside sources.siprec.allow: 403");
                         uas.reject(&dialog, 403, "Forbidden", at);
@@ -503,14 +739,14 @@ async fn sip_loop(
                         peer: from,
                         sdp: String::new(),
                     };
-                    match answer_for(&offer, &mut session, &mut pool, local.ip(), from, &media) {
+                    match answer_for(&offer, &mut session, &pool, local.ip(), from, &media) {
                         Ok(answer) => {
                             uas.accept(&dialog, &answer, at);
                             session.sdp = answer;
                             sessions.insert(dialog, session);
                         }
                         Err(why) => {
-                            release(session, &mut pool, &media);
+                            release(session, &pool, &media);
                             let (code, reason) = why.status();
                             uas.reject(&dialog, code, reason, at);
                         }
@@ -533,7 +769,7 @@ async fn sip_loop(
                             match answer_for(
                                 &offer,
                                 session,
-                                &mut pool,
+                                &pool,
                                 local.ip(),
                                 session.peer,
                                 &media,
@@ -571,19 +807,20 @@ async fn sip_loop(
                 UasEvent::Ended { dialog, reason } => {
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
                     if let Some(s) = sessions.remove(&dialog) {
-                        release(s, &mut pool, &media);
+                        release(s, &pool, &media);
                     }
                 }
             }
         }
     }
+    calls.store(0, Ordering::Relaxed);
     // Shutdown: hang up every session (the SRC learns the recording stopped).
     // Our BYEs are not fed to the engine: its calls end as cut by shutdown
     // (`truncated`), not as hung up, when the engine thread finishes them.
     let at = now();
     for (d, s) in sessions.drain() {
         uas.hangup(&d, at);
-        release(s, &mut pool, &media);
+        release(s, &pool, &media);
     }
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
@@ -755,7 +992,7 @@ impl NoAnswer {
 fn answer_for(
     offer: &SessionDescription,
     session: &mut Session,
-    pool: &mut PortPool,
+    pool: &Mutex<PortPool>,
     listen_ip: IpAddr,
     peer: SocketAddr,
     media: &MediaControl,
@@ -808,7 +1045,9 @@ fn answer_for(
         // given back may still be open in the media thread: the next one).
         let mut bound = None;
         for _ in 0..16 {
-            let Some(p) = pool.take() else { break };
+            let Some(p) = pool.lock().ok().and_then(|mut g| g.take()) else {
+                break;
+            };
             match MediaPort::bind(SocketAddr::new(ip, p), session.last_rtp.clone()) {
                 Ok(port) => {
                     bound = Some(port);
@@ -816,7 +1055,9 @@ fn answer_for(
                 }
                 Err(e) => {
                     tracing::debug!(port = p, "RTP port not bindable: {e}");
-                    pool.give_back(p);
+                    if let Ok(mut g) = pool.lock() {
+                        g.give_back(p);
+                    }
                 }
             }
         }
@@ -841,10 +1082,12 @@ fn answer_for(
     Ok(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
 }
 
-fn release(s: Session, pool: &mut PortPool, media: &MediaControl) {
+fn release(s: Session, pool: &Mutex<PortPool>, media: &MediaControl) {
     for local in s.ports {
         media.remove(local);
-        pool.give_back(local.port());
+        if let Ok(mut g) = pool.lock() {
+            g.give_back(local.port());
+        }
     }
 }
 
@@ -881,5 +1124,26 @@ mod tests {
         assert_eq!(p.available(), 4);
         p.give_back(a);
         assert_eq!(p.available(), 5);
+    }
+
+    #[test]
+    fn port_pool_range_change_keeps_ports_out_and_drops_old_ones() {
+        let mut p = PortPool::new(20000..=20005);
+        let (a, b) = (p.take().unwrap(), p.take().unwrap());
+        assert_eq!((a, b), (20000, 20002));
+        // The new range overlaps: a port still out is not handed out again.
+        p.set_range(20002..=20009);
+        assert_eq!(p.in_use(), 2);
+        let got: Vec<u16> = std::iter::from_fn(|| p.take()).collect();
+        assert_eq!(got, vec![20004, 20006, 20008]);
+        // Given back: 20000 is outside the new range and leaves the pool.
+        p.give_back(a);
+        p.give_back(b);
+        assert_eq!(p.in_use(), 3);
+        assert_eq!(p.available(), 1);
+        assert_eq!(p.take(), Some(20002));
+        // A port never handed out is not taken in.
+        p.give_back(20100);
+        assert_eq!(p.available(), 0);
     }
 }

@@ -23,6 +23,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +32,7 @@ use pbx_core::capture::LinkType;
 use pbx_core::Timestamp;
 
 use crate::health::Liveness;
-use crate::recording::RecordingDir;
+use crate::recording::{RecordingDir, RecordingSettings};
 use crate::status::SharedStatus;
 
 /// An open capture socket.
@@ -179,6 +180,21 @@ impl PacketSocket {
     /// Receive one frame (raw IP) with the time the kernel received it.
     /// `Ok(None)` on timeout (or a skipped duplicate).
     pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<(Timestamp, &'a [u8])>> {
+        match self.recv_flags(buf, 0) {
+            Ok(Some((ts, n))) => Ok(buf.get(..n).map(|f| (ts, f))),
+            Ok(None) => Ok(None),
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// One frame: its time and length (`None`: a skipped duplicate); a
+    /// timeout or an empty queue (`MSG_DONTWAIT`) is an error (WouldBlock).
+    fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(Timestamp, usize)>> {
         // SAFETY: zeroed sockaddr_ll and msghdr are valid; recvmsg fills them.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut control = [0u64; 8];
@@ -194,22 +210,16 @@ impl PacketSocket {
         h.msg_control = control.as_mut_ptr().cast();
         h.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: every pointer in h points at a live buffer of the stated size.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, 0) };
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, flags) };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(e),
-            };
+            return Err(io::Error::last_os_error());
         }
         if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_ifindex == self.loopback {
             return Ok(None);
         }
         // SAFETY: h was just filled by recvmsg; `control` is alive.
         let (ts, _) = unsafe { crate::media::control_values(&h) };
-        Ok(buf.get(..n as usize).map(|f| (ts.unwrap_or_else(now), f)))
+        Ok(Some((ts.unwrap_or_else(now), (n as usize).min(buf.len()))))
     }
 
     /// Packets the kernel dropped since the socket was opened.
@@ -278,8 +288,23 @@ pub fn now() -> Timestamp {
     Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// What the daemon hands a running sniffing loop on a reload.
+pub enum SniffControl {
+    /// Recording settings for the calls that begin from now on.
+    Settings(Box<RecordingSettings>),
+    /// A new capture (interface or filter changed), opened by the daemon
+    /// while the old one still runs: the loop reads what the old socket
+    /// still holds, then goes on with the new one; the engine and its calls
+    /// in progress stay.
+    Socket(PacketSocket),
+}
+
+/// Most frames read off the old socket when a new capture takes over.
+const SWAP_DRAIN_MAX: usize = 1 << 20;
+
 /// Run the sniffing loop until `stop` is set; then close every open call
 /// (marked as cut by shutdown) and return.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     name: &str,
     mut sock: PacketSocket,
@@ -288,14 +313,24 @@ pub fn run(
     stop: Arc<AtomicBool>,
     status: SharedStatus,
     live: Arc<Liveness>,
+    control: Receiver<SniffControl>,
 ) {
     let mut engine = CallEngine::new(engine_cfg);
     let mut buf = vec![0u8; 65_536];
     let mut last_tick = Instant::now();
     let mut errors = 0u64;
+    // After a capture swap: frames of the new socket up to this time were
+    // read off the old one already (both sockets saw them).
+    let mut skip_until: Option<Timestamp> = None;
     while !stop.load(Ordering::Relaxed) {
         match sock.recv(&mut buf) {
-            Ok(Some((ts, frame))) => engine.handle_frame(ts, LinkType::RawIp, frame, &mut out),
+            Ok(Some((ts, frame))) => {
+                if skip_until.is_some_and(|t| ts <= t) {
+                    continue;
+                }
+                skip_until = None;
+                engine.handle_frame(ts, LinkType::RawIp, frame, &mut out)
+            }
             Ok(None) => {}
             Err(e) => {
                 errors += 1;
@@ -305,6 +340,36 @@ pub fn run(
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
+            while let Ok(c) = control.try_recv() {
+                match c {
+                    SniffControl::Settings(s) => {
+                        crate::recording::apply_settings(&mut engine, &mut out, *s)
+                    }
+                    SniffControl::Socket(mut new) => {
+                        // What the old socket still holds (it stops queuing
+                        // when it is closed below), then the new one.
+                        let mut last = None;
+                        for _ in 0..SWAP_DRAIN_MAX {
+                            match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
+                                Ok(Some((ts, n))) => {
+                                    last = Some(ts);
+                                    engine.handle_frame(ts, LinkType::RawIp, &buf[..n], &mut out);
+                                }
+                                Ok(None) => {}
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(_) => break,
+                            }
+                        }
+                        skip_until = last;
+                        new.drops += sock.kernel_drops();
+                        sock = new;
+                        tracing::info!(
+                            source = name,
+                            "capture switched to the new interface/filter; calls in progress go on"
+                        );
+                    }
+                }
+            }
             engine.handle_timeout(now(), &mut out);
             live.beat(name);
             publish(name, &engine, &mut sock, &out, errors, &status);

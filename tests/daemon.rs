@@ -510,3 +510,81 @@ fn sniffing_without_capability_is_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn sighup_during_a_sniffed_call_new_filter_and_agent_do_not_cut_it() {
+    if !can_sniff() {
+        return;
+    }
+    let _one_at_a_time = sniff_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &sniff_config("[agent]\nid = \"sniff-before\"\n"),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let spec = loopback_call("sniff-reload@test", 4, 43, 47300);
+    let (frames, _truths): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    let player = std::thread::spawn(move || replay(&frames, None));
+    std::thread::sleep(Duration::from_millis(1500));
+    // A new filter (a new capture) and a new agent id, mid-call.
+    std::fs::write(
+        &d.config,
+        Daemon::config_text(
+            &d.spool,
+            d.health,
+            &sniff_config("filter = \"udp\"\n[agent]\nid = \"sniff-after\"\n"),
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    player.join().unwrap();
+    let recs = d.wait_recordings(1, Duration::from_secs(10));
+    let log = d.log();
+    assert!(log.contains("capture switched"), "{log}");
+    let r = recording_of(&recs[0]);
+    assert_eq!(r.json["end_reason"], "bye", "{}", r.json);
+    assert_eq!(r.json["truncated"], false);
+    // Recordings in progress keep the settings they began with.
+    assert_eq!(r.json["agent_id"], "sniff-before");
+    // Every packet once: the same counts as `import` of the same packets.
+    let cap = dir.path().join("same.pcap");
+    pbx_testgen::write_capture(
+        &cap,
+        &[loopback_call("sniff-reload@test", 4, 43, 47300)],
+        pbx_testgen::Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .unwrap();
+    let out = dir.path().join("imported");
+    assert!(import(&[&cap], &out, &[]).status.success());
+    let imported = &recordings(&out)[0];
+    for ch in 0..2 {
+        assert_eq!(
+            imported.json["channels"][ch]["packets"], r.json["channels"][ch]["packets"],
+            "channel {ch}"
+        );
+    }
+    assert!((r.ch[0].len() as f64 / 8.0 - 4000.0).abs() < 200.0);
+
+    // The next call gets the new agent id.
+    let spec = loopback_call("sniff-after@test", 1, 44, 47400);
+    let (frames, _): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    replay(&frames, None);
+    let recs = d.wait_recordings(2, Duration::from_secs(10));
+    let j = recs
+        .iter()
+        .map(|p| read_json(p))
+        .find(|j| j["call_id"] == "sniff-after@test")
+        .expect("second recording");
+    assert_eq!(j["agent_id"], "sniff-after");
+}

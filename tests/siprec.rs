@@ -1122,3 +1122,417 @@ fn write_rtp_pcap(path: &std::path::Path, audio: &[i16]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// SIGHUP during calls: calls in progress are not cut.
+// ---------------------------------------------------------------------------
+
+/// The next final response to `method`, with every other message seen on
+/// the way; panics if the daemon sent a BYE (it must not hang up a call).
+/// Only answers for `call_id` count (a refusal not ACKed is retransmitted).
+fn final_response_no_bye(src: &Src, method: &str, call_id: &str) -> String {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Some(m) = src.recv() {
+            assert!(
+                !m.starts_with("BYE "),
+                "the daemon hung up a call in progress:\n{m}"
+            );
+            let code: u16 = m
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if m.starts_with("SIP/2.0")
+                && code >= 200
+                && m.contains(&format!(" {method}\r\n"))
+                && header(&m, "Call-ID") == Some(call_id)
+            {
+                return m;
+            }
+        }
+    }
+    panic!("no final response to {method}");
+}
+
+/// INVITE (to `srs`) and ACK; the 200 OK and the BYE to send later.
+fn start_call(src: &mut Src, srs: SocketAddr, call_id: &str) -> (String, String) {
+    let inv = invite(
+        call_id,
+        src.port(),
+        srs,
+        [40100, 40102],
+        1,
+        &format!("i-{call_id}"),
+        &metadata(call_id),
+    );
+    src.send(&inv);
+    let ok = final_response_no_bye(src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let to = header(&ok, "To").unwrap().to_string();
+    let bye =
+        ack_and_bye(src, call_id, &to, srs).replace("z9hG4bKbye", &format!("z9hG4bKbye-{call_id}"));
+    (ok, bye)
+}
+
+/// `ms` of PCMU audio on both answered streams, 20 ms packets, real time.
+fn send_rtp(
+    to: std::net::IpAddr,
+    ports: Vec<u16>,
+    ms: usize,
+    seed: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let socks: Vec<UdpSocket> = ports
+            .iter()
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let audio = speechlike(seed, ms as u32, 8000);
+        let mut enc: Vec<Encoder> = ports
+            .iter()
+            .map(|_| Encoder::new(TestCodec::Pcmu))
+            .collect();
+        let t = Instant::now();
+        for i in 0..ms / 20 {
+            let due = Duration::from_millis(20 * i as u64);
+            if let Some(w) = due.checked_sub(t.elapsed()) {
+                std::thread::sleep(w);
+            }
+            for (k, (s, p)) in socks.iter().zip(&ports).enumerate() {
+                let pkt = rtp_packet(
+                    0,
+                    i == 0,
+                    i as u16,
+                    (i * 160) as u32,
+                    0x5000 + k as u32,
+                    &enc[k].encode(&audio[i * 160..(i + 1) * 160]),
+                );
+                let _ = s.send_to(&pkt, SocketAddr::new(to, *p));
+            }
+        }
+    })
+}
+
+/// Rewrite the daemon's config with `siprec` as its [sources.siprec] body
+/// and `extra` after it, send SIGHUP and wait until the reload is logged.
+fn reload(d: &Daemon, siprec: &str, extra: &str) {
+    let before = d.log().matches("configuration reloaded").count();
+    std::fs::write(
+        &d.config,
+        Daemon::config_text(
+            &d.spool,
+            d.health,
+            &format!("[sources.siprec]\nenabled = true\n{siprec}\n{extra}"),
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let t = Instant::now();
+    while d.log().matches("configuration reloaded").count() <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no reload:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The reload's work (in-place settings, new listener) is done in the
+    // same step; give the SIP task a moment to take the new settings.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// The recording of `call_id` (from its metadata) once it is in the spool.
+fn wait_recording_of(d: &Daemon, call_id: &str) -> (Value, std::path::PathBuf) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        for p in d.recordings() {
+            let j: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            if j["call_id"] == call_id {
+                return (j, p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no recording of {call_id}; log:\n{}", d.log());
+}
+
+/// A recording that covers the whole `ms` of audio sent, ended by the SRC's BYE.
+fn assert_whole_call(j: &Value, wav: &std::path::Path, ms: i64) {
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    assert_eq!(j["truncated"], false, "{j}");
+    let d = j["duration_ms"].as_i64().unwrap();
+    assert!(d >= ms - 150, "recorded {d} ms of a {ms} ms call: {j}");
+    let (rate, ch) = pbx_testgen::audio::read_stereo_wav(&wav.with_extension("wav")).unwrap();
+    let got = ch[0].len() as i64 * 1000 / i64::from(rate);
+    assert!(got >= ms - 150, "{got} ms of audio for a {ms} ms call");
+    assert!(rms(&ch[0]) > 100.0 && rms(&ch[1]) > 100.0);
+}
+
+#[test]
+fn sighup_changing_allow_max_calls_agent_and_rtp_timeout_keeps_the_call_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rtp = 32_000 + (port % 500) * 20;
+    let srs: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let siprec = |allow: &str, max: u32| {
+        format!(
+            "listen = \"{srs}\"\nrtp_ports = \"{rtp}-{}\"\nallow = [{allow}]\nmax_calls = {max}\n",
+            rtp + 19
+        )
+    };
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[sources.siprec]\nenabled = true\n{}\n[agent]\nid = \"agent-before\"\n[recording]\nrtp_timeout = \"30s\"\n",
+            siprec("", 10)
+        ),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let mut src = Src::new(srs);
+
+    // A 3 s call; the reload comes 1 s into it.
+    let (ok, bye) = start_call(&mut src, srs, "long@src");
+    let media = send_rtp(srs.ip(), answer_ports(&ok), 3000, 301);
+    std::thread::sleep(Duration::from_millis(1000));
+    reload(
+        &d,
+        &siprec("\"127.0.0.0/8\"", 1),
+        "[agent]\nid = \"agent-after\"\n[recording]\nrtp_timeout = \"5s\"\n",
+    );
+    assert!(d.log().contains("calls in progress go on"), "{}", d.log());
+    // The new limit holds for new INVITEs: one call in progress, max_calls 1.
+    src.send(&invite(
+        "refused@src",
+        src.port(),
+        srs,
+        [40110, 40112],
+        1,
+        "r1",
+        &metadata("refused@src"),
+    ));
+    let r = final_response_no_bye(&src, "INVITE", "refused@src");
+    assert!(r.starts_with("SIP/2.0 503"), "{r}");
+    media.join().unwrap();
+    src.send(&bye);
+    let r = final_response_no_bye(&src, "BYE", "long@src");
+    assert!(r.starts_with("SIP/2.0 200"), "the SRC's BYE: {r}");
+    let (j, p) = wait_recording_of(&d, "long@src");
+    assert_whole_call(&j, &p, 3000);
+    // A call in progress keeps the recording settings it began with.
+    assert_eq!(j["agent_id"], "agent-before");
+
+    // A new call takes the new settings.
+    let (ok, bye) = start_call(&mut src, srs, "after@src");
+    send_rtp(srs.ip(), answer_ports(&ok), 1000, 302)
+        .join()
+        .unwrap();
+    src.send(&bye);
+    assert!(final_response_no_bye(&src, "BYE", "after@src").starts_with("SIP/2.0 200"));
+    let (j, p) = wait_recording_of(&d, "after@src");
+    assert_whole_call(&j, &p, 1000);
+    assert_eq!(j["agent_id"], "agent-after");
+
+    // And a new allow list: 127.0.0.1 is now outside it.
+    reload(&d, &siprec("\"10.0.0.0/8\"", 1), "");
+    src.send(&invite(
+        "forbidden@src",
+        src.port(),
+        srs,
+        [40120, 40122],
+        1,
+        "f1",
+        &metadata("forbidden@src"),
+    ));
+    let r = final_response_no_bye(&src, "INVITE", "forbidden@src");
+    assert!(r.starts_with("SIP/2.0 403"), "{r}\n{}", d.log());
+    // The listener was never replaced.
+    assert!(!d.log().contains("closing this listener"), "{}", d.log());
+}
+
+#[test]
+fn sighup_moving_listen_and_rtp_ports_lets_the_old_listener_finish_its_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let rtp_a = 33_000 + (port_a % 250) * 20;
+    let rtp_b = rtp_a + 10_000;
+    let (srs_a, srs_b): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{port_a}").parse().unwrap(),
+        format!("127.0.0.1:{port_b}").parse().unwrap(),
+    );
+    let siprec = |listen: SocketAddr, rtp: u16| {
+        format!(
+            "listen = \"{listen}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        )
+    };
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = true\n{}", siprec(srs_a, rtp_a)),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let mut src = Src::new(srs_a);
+    let (ok, bye) = start_call(&mut src, srs_a, "moving@src");
+    let ports = answer_ports(&ok);
+    assert!(
+        ports.iter().all(|p| (rtp_a..rtp_a + 20).contains(p)),
+        "{ports:?}"
+    );
+    let media = send_rtp(srs_a.ip(), ports, 3000, 311);
+    std::thread::sleep(Duration::from_millis(1000));
+    reload(&d, &siprec(srs_b, rtp_b), "");
+
+    // New calls on the new address, with ports of the new range.
+    let mut src_b = Src::new(srs_b);
+    let (ok_b, bye_b) = start_call(&mut src_b, srs_b, "new@src");
+    let ports_b = answer_ports(&ok_b);
+    assert!(
+        ports_b.iter().all(|p| (rtp_b..rtp_b + 20).contains(p)),
+        "{ports_b:?}"
+    );
+    let media_b = send_rtp(srs_b.ip(), ports_b, 1000, 312);
+    // The old listener takes no new call...
+    src.send(&invite(
+        "late@src",
+        src.port(),
+        srs_a,
+        [40130, 40132],
+        1,
+        "l1",
+        &metadata("late@src"),
+    ));
+    let r = final_response_no_bye(&src, "INVITE", "late@src");
+    assert!(r.starts_with("SIP/2.0 503"), "{r}");
+    // ...but its call goes on to the SRC's own BYE.
+    media.join().unwrap();
+    media_b.join().unwrap();
+    src.send(&bye);
+    let r = final_response_no_bye(&src, "BYE", "moving@src");
+    assert!(r.starts_with("SIP/2.0 200"), "the SRC's BYE: {r}");
+    src_b.send(&bye_b);
+    assert!(final_response_no_bye(&src_b, "BYE", "new@src").starts_with("SIP/2.0 200"));
+    let (j, p) = wait_recording_of(&d, "moving@src");
+    assert_whole_call(&j, &p, 3000);
+    let (j, p) = wait_recording_of(&d, "new@src");
+    assert_whole_call(&j, &p, 1000);
+    // The old listener closes once its call has ended.
+    let t = Instant::now();
+    while !d
+        .log()
+        .contains("the last call on the replaced listener ended")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    loop {
+        let s: Value = serde_json::from_str(&d.get("/status").unwrap().1).unwrap();
+        let names: Vec<String> = s["sources"].as_object().unwrap().keys().cloned().collect();
+        if names == ["siprec"] {
+            assert_eq!(s["sources"]["siprec"]["listen"], srs_b.to_string());
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{names:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+}
+
+#[test]
+fn sighup_moving_listen_to_the_wildcard_on_the_same_port_waits_for_the_call_to_end() {
+    // New sockets that need the running listener's port (127.0.0.1:P to
+    // 0.0.0.0:P): the running listener keeps its call (and keeps taking
+    // calls) and is replaced once no call is in progress.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rtp = 34_000 + (port % 250) * 20;
+    let (srs, any): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("0.0.0.0:{port}").parse().unwrap(),
+    );
+    let siprec = |listen: SocketAddr| {
+        format!(
+            "listen = \"{listen}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        )
+    };
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = true\n{}", siprec(srs)),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let mut src = Src::new(srs);
+    let (ok, bye) = start_call(&mut src, srs, "waiting@src");
+    let media = send_rtp(srs.ip(), answer_ports(&ok), 2000, 321);
+    std::thread::sleep(Duration::from_millis(700));
+    reload(&d, &siprec(any), "");
+    assert!(
+        d.log().contains("listen change applied when the"),
+        "{}",
+        d.log()
+    );
+    media.join().unwrap();
+    src.send(&bye);
+    let r = final_response_no_bye(&src, "BYE", "waiting@src");
+    assert!(r.starts_with("SIP/2.0 200"), "the SRC's BYE: {r}");
+    let (j, p) = wait_recording_of(&d, "waiting@src");
+    assert_whole_call(&j, &p, 2000);
+    // Then the new listener (0.0.0.0) takes calls.
+    let t = Instant::now();
+    loop {
+        let s: Value = serde_json::from_str(&d.get("/status").unwrap().1).unwrap();
+        if s["sources"]["siprec"]["listen"] == any.to_string()
+            && s["sources"]["siprec"]["up"] == true
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{s}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, bye) = start_call(&mut src, srs, "then@src");
+    send_rtp(srs.ip(), answer_ports(&ok), 600, 322)
+        .join()
+        .unwrap();
+    src.send(&bye);
+    assert!(final_response_no_bye(&src, "BYE", "then@src").starts_with("SIP/2.0 200"));
+    wait_recording_of(&d, "then@src");
+}
+
+#[test]
+fn sigterm_while_a_replaced_listener_drains_closes_its_call_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let rtp = 35_000 + (port_a % 250) * 20;
+    let srs_a: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let siprec = |p: u16| {
+        format!(
+            "listen = \"127.0.0.1:{p}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        )
+    };
+    let mut d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = true\n{}", siprec(port_a)),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let mut src = Src::new(srs_a);
+    let (ok, _bye) = start_call(&mut src, srs_a, "draining@src");
+    let media = send_rtp(srs_a.ip(), answer_ports(&ok), 2000, 331);
+    std::thread::sleep(Duration::from_millis(700));
+    reload(&d, &siprec(port_b), "");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    media.join().unwrap();
+    let (j, _) = wait_recording_of(&d, "draining@src");
+    assert_eq!(j["end_reason"], "shutdown", "{j}");
+    assert_eq!(j["truncated"], true);
+    // The draining listener hung its call up (the SRC learns the recording stopped).
+    let mut saw_bye = false;
+    while let Some(m) = src.recv() {
+        if m.starts_with("BYE ") && m.contains("draining@src") {
+            saw_bye = true;
+            break;
+        }
+    }
+    assert!(saw_bye, "no BYE from the daemon at SIGTERM");
+}

@@ -298,6 +298,9 @@ struct Media {
     mixer: TwoChannelMixer,
     legs: [Leg; 2],
     frames_out: u64,
+    /// The jitter window this call started with (a reload changing
+    /// `jitter_ms` applies to new calls: the mixer is sized for this one).
+    jitter_ms: u32,
 }
 
 enum CallState {
@@ -435,7 +438,10 @@ impl Tracker {
         let mut forget: Vec<CallKey> = Vec::new();
         for (k, c) in &self.calls {
             match (&c.state, &c.media) {
-                (CallState::Ending(at, r), _) if now.micros_since(*at) >= linger => {
+                (CallState::Ending(at, r), m)
+                    if now.micros_since(*at)
+                        >= m.as_ref().map_or(linger, |m| i64::from(m.jitter_ms) * 1000) =>
+                {
                     done.push((*k, *r))
                 }
                 (_, Some(_)) if now.micros_since(c.last_rtp) >= self.cfg.rtp_timeout_us => {
@@ -943,7 +949,8 @@ impl Tracker {
             self.stats.rtp_unmatched += 1;
             return;
         };
-        if matches!(call.state, CallState::Ending(at, _) if ts.micros_since(at) > i64::from(jitter_ms) * 1000)
+        let call_jitter = call.media.as_ref().map_or(jitter_ms, |m| m.jitter_ms);
+        if matches!(call.state, CallState::Ending(at, _) if ts.micros_since(at) > i64::from(call_jitter) * 1000)
         {
             return;
         }
@@ -984,6 +991,7 @@ impl Tracker {
                     Leg::new(Party::Callee, params),
                 ],
                 frames_out: 0,
+                jitter_ms,
             });
             let start = RecordingStart {
                 call_id: call.call_id.clone(),
@@ -1180,7 +1188,7 @@ impl Tracker {
         let end = pos + self.scratch.len() as i64;
         let window_end = (media.mixer.flushed() + media.mixer.capacity() as u64) as i64;
         if end > window_end {
-            let jitter = i64::from(media.rate) * i64::from(self.cfg.jitter_ms) / 1000;
+            let jitter = i64::from(media.rate) * i64::from(media.jitter_ms) / 1000;
             let upto = (pos - jitter).max(media.mixer.flushed() as i64) as u64;
             self.out.clear();
             media.mixer.flush_until(upto, &mut self.out);
@@ -1198,11 +1206,11 @@ impl Tracker {
 
     /// Write out everything older than the jitter window (or all, at the end).
     fn flush_call(&mut self, key: CallKey, sink: &mut dyn RecordingSink, all: bool) {
-        let jitter_us = i64::from(self.cfg.jitter_ms) * 1000;
         let now = self.now;
         let Some(media) = self.calls.get_mut(&key).and_then(|c| c.media.as_mut()) else {
             return;
         };
+        let jitter_us = i64::from(media.jitter_ms) * 1000;
         self.out.clear();
         if all {
             media.mixer.finish(&mut self.out);
@@ -1310,6 +1318,27 @@ impl CallEngine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.t.stats
+    }
+
+    /// New settings (a configuration reload). Calls whose media has started
+    /// keep their sample rate and jitter window; new calls take the new ones.
+    /// `rtp_timeout_us`, `setup_timeout_us` and `max_calls` apply to every
+    /// call from now on. The network decoder keeps its limits (`net`) and
+    /// the engine its role (`siprec_server`).
+    pub fn set_config(&mut self, cfg: EngineConfig) {
+        // The network limits and the engine's role (a SIPREC server's) stay.
+        let net = self.t.cfg.net.clone();
+        let siprec_server = self.t.cfg.siprec_server;
+        self.t.cfg = EngineConfig {
+            net,
+            siprec_server,
+            ..cfg
+        };
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.t.cfg
     }
 
     pub fn net_stats(&self) -> &crate::net::NetStats {
