@@ -256,10 +256,8 @@ async fn reload_siprec(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if h.finished() {
-        let ports = h.ports();
-        h.stop().await;
         *pending = false;
-        *siprec = start_siprec(cfg, status, live, Some(ports)).await;
+        *siprec = replace_siprec(Some(h), cfg, status, live).await;
     } else {
         let n = h.calls();
         tracing::warn!(
@@ -270,6 +268,25 @@ async fn reload_siprec(
         *pending = true;
         *siprec = Some(h);
     }
+}
+
+/// Stop `old` (its calls have ended) and start the configured SIPREC source
+/// in its place, with its RTP port pool.
+async fn replace_siprec(
+    old: Option<crate::siprec::SiprecHandle>,
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::siprec::SiprecHandle> {
+    let ports = match old {
+        Some(h) => {
+            let p = h.ports();
+            h.stop().await;
+            Some(p)
+        }
+        None => None,
+    };
+    start_siprec(cfg, status, live, ports).await
 }
 
 /// SIGHUP for the sniffing source: recording settings go to the running
@@ -700,15 +717,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 if siprec_pending && siprec.as_ref().is_none_or(|h| h.finished()) {
                     siprec_pending = false;
-                    let ports = match siprec.take() {
-                        Some(h) => {
-                            let p = h.ports();
-                            h.stop().await;
-                            Some(p)
-                        }
-                        None => None,
-                    };
-                    siprec = start_siprec(&cfg, &status, &live, ports).await;
+                    siprec = replace_siprec(siprec.take(), &cfg, &status, &live).await;
                     if siprec.is_some() {
                         tracing::info!(listen = %cfg.sources.siprec.listen, "SIPREC listen change applied: the calls that were in progress have ended");
                     }

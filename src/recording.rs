@@ -147,11 +147,6 @@ impl RecordingDir {
         &self.dir
     }
 
-    /// The context new recordings get.
-    pub fn context(&self) -> &RecordingContext {
-        &self.ctx
-    }
-
     fn finish_files(
         &mut self,
         rec: OpenRecording,
@@ -177,14 +172,7 @@ impl RecordingDir {
         let json_path = rec.dir.join(format!("{}.json", rec.id));
         fs::rename(&rec.part, &wav_path)?;
         let doc = recording_json(meta, &rec.id, &rec.ctx, bytes, &sha);
-        let tmp = rec.dir.join(format!(".{}.json.tmp", rec.id));
-        {
-            let mut f = create_private_file(&tmp)?;
-            serde_json::to_writer_pretty(&mut f, &doc)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &json_path)?;
+        write_json(&rec.dir, &rec.id, &doc)?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
@@ -315,6 +303,19 @@ pub fn recording_json(
         "caller_known": meta.caller_known,
         "warnings": meta.warnings,
     })
+}
+
+/// `<id>.json` in `dir`, durably and atomically: a temp file, fsynced, then
+/// renamed (the caller fsyncs the directory).
+fn write_json(dir: &Path, id: &str, doc: &Value) -> io::Result<()> {
+    let tmp = dir.join(format!(".{id}.json.tmp"));
+    {
+        let mut f = create_private_file(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, doc)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(format!("{id}.json")))
 }
 
 /// Length and hex SHA-256 of a file.
@@ -499,14 +500,7 @@ fn complete_json(
         "truncated": truncated,
         "warnings": [warning],
     });
-    let tmp = dir.join(format!(".{id}.json.tmp"));
-    {
-        let mut jf = create_private_file(&tmp)?;
-        serde_json::to_writer_pretty(&mut jf, &doc)?;
-        jf.write_all(b"\n")?;
-        jf.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(format!("{id}.json")))?;
+    write_json(dir, id, &doc)?;
     let _ = fs::remove_file(sidecar);
     sync_dir(dir)
 }

@@ -142,9 +142,6 @@ impl PortPool {
             .collect();
         self.range = range;
     }
-    pub fn range(&self) -> RangeInclusive<u16> {
-        self.range.clone()
-    }
     pub fn take(&mut self) -> Option<u16> {
         let p = self.free.pop_front()?;
         self.taken.insert(p);
