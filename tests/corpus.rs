@@ -1338,9 +1338,37 @@ fn decode_problems(file: &str, tshark_extra: &[&str], legs: &[LegSpec]) -> Vec<S
     for spec in legs {
         let rec = by_call_id(&got.recs, spec.call_id);
         assert_eq!(rec.rate, 8000, "G.711 call recorded at 8 kHz");
-        let reanchors = rec.json["channels"][spec.channel]["reanchors"]
-            .as_u64()
-            .unwrap_or(0) as usize;
+        let chj = &rec.json["channels"][spec.channel];
+        let reanchors = chj["reanchors"].as_u64().unwrap_or(0) as usize;
+        // Offset corrections the timeline made (and said it made): a leg with
+        // any is checked as Tolerant, each correction allowing one offset
+        // change and the packets it was spread over (1 in 256).
+        let corrections = chj["timing_corrections"].as_u64().unwrap_or(0) as usize;
+        let spread: usize = chj["timing_log"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|c| {
+                        let n = c["samples"].as_i64().unwrap_or(0).unsigned_abs() as usize;
+                        if c["spread"] == true {
+                            n * 256 / 160 + 2
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        // Interpolated stretches (a drift followed for a while): each 20 ms
+        // of it may hold a packet that is not bit for bit the decoded one.
+        let resampled = chj["resampled_ms"].as_u64().unwrap_or(0) as usize;
+        let spread = spread + resampled.div_ceil(20);
+        let mode = if corrections > 0 || resampled > 0 {
+            Mode::Tolerant
+        } else {
+            spec.mode
+        };
+        let spec = &LegSpec { mode, ..*spec };
         let r = decode_leg(&pkts, spec, &rec.ch[spec.channel], tmp.path());
         let name = format!(
             "{} ch{} ({} ssrc {:#010x}, {} audio + {} CN packets, {:?})",
@@ -1378,9 +1406,11 @@ fn decode_problems(file: &str, tshark_extra: &[&str], legs: &[LegSpec]) -> Vec<S
             ));
         }
         if spec.mode == Mode::Tolerant {
-            if r.offset_changes.len() > reanchors || r.damaged.len() > reanchors {
+            if r.offset_changes.len() > reanchors + corrections
+                || r.damaged.len() > reanchors + spread
+            {
                 bad.push(format!(
-                    "{name}: {} offset changes {:?} and {} damaged packets {:?}, but only {reanchors} reanchors",
+                    "{name}: {} offset changes {:?} and {} damaged packets {:?}, but only {reanchors} reanchors and {corrections} corrections",
                     r.offset_changes.len(),
                     r.offset_changes,
                     r.damaged.len(),

@@ -54,6 +54,13 @@ pub struct Impairments {
     pub nat_source: Option<SocketAddr>,
     /// The leg sends nothing at all.
     pub mute: bool,
+    /// The first `late_first_packets` delivered packets arrive this much
+    /// later (a late start: the envelope, not the first packet, is the truth).
+    pub late_first_ms: u32,
+    pub late_first_packets: u32,
+    /// Probability per packet that a burst of `burst_len` lost packets starts.
+    pub loss_burst: f64,
+    pub burst_len: u32,
 }
 
 /// One leg: what one party says.
@@ -172,7 +179,8 @@ impl CallSpec {
 #[derive(Debug, Clone)]
 pub struct CallTruth {
     pub call_id: String,
-    /// Arrival of the first RTP packet (time zero of the WAV), ns.
+    /// Time zero of the WAV, ns: the arrival of the first RTP packet, or
+    /// when it was sent if it came late (see the engine's envelope).
     pub t0_ns: i64,
     /// Audio rate of `expected` (the higher of the two legs' rates).
     pub rate: u32,
@@ -519,6 +527,8 @@ fn rtp_leg(
     let imp = &leg.impair;
     let mut ip_id: u16 = rng.next_u64() as u16;
     let mut frame_buf = vec![0i16; n];
+    let mut burst_left = 0u32;
+    let mut delivered_count = 0u32;
     for i in 0..packets {
         let t_ms = (i as u64 * u64::from(spec.ptime_ms)) as u32;
         let start = i * n;
@@ -611,11 +621,23 @@ fn rtp_leg(
         marker = false;
         seq = seq.wrapping_add(1);
         out.sent += 1;
+        if burst_left == 0 && imp.loss_burst > 0.0 && rng.unit() < imp.loss_burst {
+            burst_left = imp.burst_len;
+        }
+        if burst_left > 0 {
+            burst_left -= 1;
+            out.lost += 1;
+            continue;
+        }
         if rng.unit() < imp.loss {
             out.lost += 1;
             continue;
         }
         let mut arrival = send_ns;
+        if delivered_count < imp.late_first_packets {
+            arrival += i64::from(imp.late_first_ms) * 1_000_000;
+        }
+        delivered_count += 1;
         if imp.jitter_ms > 0 {
             arrival += (rng.unit() * f64::from(imp.jitter_ms) * 1e6) as i64;
         }
@@ -829,11 +851,20 @@ pub fn generate_call(
         spec.leg_codec(1).audio_rate(),
     ];
     let rate = rates[0].max(rates[1]);
-    let t0 = legs
+    // Time zero: the first RTP packet's arrival, or where the envelope puts
+    // it if it was itself late (its send time: the generator's least delay
+    // is 0), by at most the recorder's 500 ms jitter window.
+    let first_arrival = legs
         .iter()
         .filter_map(|l| l.first_arrival)
         .min()
         .unwrap_or(media_start);
+    let first_send = legs
+        .iter()
+        .filter_map(|l| l.delivered.iter().map(|d| d.0).min())
+        .min()
+        .unwrap_or(first_arrival);
+    let t0 = first_send.clamp(first_arrival - 500_000_000, first_arrival);
     let mut expected: [Vec<i16>; 2] = [Vec::new(), Vec::new()];
     let mut dtmf = Vec::new();
     let mut end_ns = media_start;
@@ -844,19 +875,24 @@ pub fn generate_call(
     {
         for (send_ns, start, len) in &l.delivered {
             let pos = ((send_ns - t0) as i128 * i128::from(rate) / 1_000_000_000) as i64;
-            if pos < 0 {
-                continue;
-            }
-            let pos = pos as usize;
             // A narrowband leg in a wideband truth: each sample twice.
             let factor = (rate / rates[ch]) as usize;
-            let e = &mut expected[ch];
-            if e.len() < pos + len * factor {
-                e.resize(pos + len * factor, 0);
+            let end = pos + (len * factor) as i64;
+            if end <= 0 {
+                continue;
             }
+            let e = &mut expected[ch];
+            if e.len() < end as usize {
+                e.resize(end as usize, 0);
+            }
+            // Samples before time zero (a first packet that came late) are
+            // not on the timeline.
             for (i, v) in spec_leg.audio[*start..start + len].iter().enumerate() {
                 for k in 0..factor {
-                    e[pos + i * factor + k] = *v;
+                    let at = pos + (i * factor + k) as i64;
+                    if at >= 0 {
+                        e[at as usize] = *v;
+                    }
                 }
             }
         }

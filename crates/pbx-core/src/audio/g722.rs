@@ -286,6 +286,13 @@ impl Decoder for G722Decoder {
         16000
     }
 
+    /// The sender's transmit QMF and our receive QMF together delay the
+    /// audio by 22 samples (every G.722 encoder uses the same QMF): taken
+    /// off the placement, so the channel is where the words were said.
+    fn delay_samples(&self) -> usize {
+        22
+    }
+
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<usize, CodecError> {
         self.decode_into(payload, out);
         Ok(payload.len() * 2)

@@ -21,11 +21,14 @@
 //!   of the same audio (a media relay seen on both sides) is ignored while the
 //!   active flow is alive; a new SSRC (transfer, media server) takes over when
 //!   the old one has gone quiet.
-//! - Time zero is the first RTP packet of the call; each leg's
-//!   [`LegClock`] maps RTP timestamps onto that timeline and the
-//!   [`TwoChannelMixer`] assembles the channels, holding back `jitter` of audio
-//!   so reordered packets still find their place. PCM is handed to the sink as
-//!   soon as it is older than that window: memory does not grow with call length.
+//! - Time zero is the arrival of the first RTP packet of the call; each leg's
+//!   [`LegTimeline`] places its audio on that timeline by the lower envelope
+//!   of arrival against RTP timestamps (jitter only delays; see its module),
+//!   holding back `jitter` of audio so reordered packets find their place and
+//!   a late first packet is known to be late before anything is written. The
+//!   two legs are rendered together and interleaved: PCM is handed to the
+//!   sink as soon as it is older than that window, so memory does not grow
+//!   with call length.
 //! - A call ends on BYE (after lingering one jitter window for stragglers),
 //!   CANCEL, a failure answer, `rtp_timeout` of media silence, or [`CallEngine::finish`].
 //!
@@ -38,12 +41,11 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use crate::audio::codec::{new_decoder, Codec, Decoder};
-use crate::call::clock::{ClockParams, LegClock};
 use crate::call::meta::{
     recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PartyInfo, RecordingSink,
     RecordingStart,
 };
-use crate::call::mixer::TwoChannelMixer;
+use crate::call::timeline::{LegTimeline, Packet};
 use crate::capture::LinkType;
 use crate::net::{NetDecoder, NetLimits, Segment, Transport};
 use crate::rtp::{event_to_digit, is_rtcp, parse_rtp, parse_telephone_event};
@@ -261,7 +263,8 @@ struct DtmfState {
 
 struct Leg {
     party: Party,
-    clock: LegClock,
+    timeline: LegTimeline,
+    order: DecodeOrder,
     decoder: Option<ActiveDecoder>,
     flow: Option<(Flow, Timestamp)>,
     seq: FxHashMap<u32, SeqStats>,
@@ -271,10 +274,11 @@ struct Leg {
 }
 
 impl Leg {
-    fn new(party: Party, params: ClockParams) -> Self {
+    fn new(party: Party, rate: u32, hold_back: i64) -> Self {
         Leg {
             party,
-            clock: LegClock::new(params),
+            timeline: LegTimeline::new(rate, hold_back),
+            order: DecodeOrder::default(),
             decoder: None,
             flow: None,
             seq: FxHashMap::default(),
@@ -295,9 +299,14 @@ impl Leg {
 struct Media {
     t0: Timestamp,
     rate: u32,
-    mixer: TwoChannelMixer,
     legs: [Leg; 2],
+    /// Frames handed to the sink (the next timeline position to render).
     frames_out: u64,
+    /// Timeline position of frame 0 (<= 0): set when the first audio is
+    /// written. Negative when the call's first packet was itself late: its
+    /// place on the envelope is before its arrival, and time zero moves there
+    /// (by at most the jitter window) so that none of its audio is cut.
+    origin: Option<i64>,
     /// The jitter window this call started with (a reload changing
     /// `jitter_ms` applies to new calls: the mixer is sized for this one).
     jitter_ms: u32,
@@ -979,18 +988,16 @@ impl Tracker {
                     }
                 }
             };
-            let params = ClockParams::new(rate, jitter_ms);
-            // Room for the jitter window, the clock's ahead limit and a margin.
-            let capacity = (rate as usize) * (jitter_ms as usize + 500 + 1000) / 1000;
+            let hold_back = i64::from(rate) * i64::from(jitter_ms) / 1000;
             call.media = Some(Media {
                 t0: ts,
                 rate,
-                mixer: TwoChannelMixer::new(capacity),
                 legs: [
-                    Leg::new(Party::Caller, params),
-                    Leg::new(Party::Callee, params),
+                    Leg::new(Party::Caller, rate, hold_back),
+                    Leg::new(Party::Callee, rate, hold_back),
                 ],
                 frames_out: 0,
+                origin: None,
                 jitter_ms,
             });
             let start = RecordingStart {
@@ -1026,7 +1033,11 @@ impl Tracker {
         let active_flow = match leg.flow {
             None => true,
             Some((active, last)) => {
+                // The same path with a new SSRC is the sender's new stream
+                // (transfer, restart): it takes over at once. A relayed copy
+                // of the stream comes by another path.
                 active == flow
+                    || (active.src == flow.src && active.dst == flow.dst)
                     || (flow.by_dst && !active.by_dst)
                     || ts.micros_since(last) >= FLOW_QUIET_US
             }
@@ -1121,85 +1132,29 @@ impl Tracker {
             leg.meta.comfort_noise_packets += 1;
             return;
         }
-        // Decoder for this payload type.
-        let need_new = leg
-            .decoder
-            .as_ref()
-            .is_none_or(|d| d.pt != rtp.payload_type || d.codec != codec);
-        if need_new {
-            let dec = new_decoder(&codec, rate);
-            if dec.is_none() && !leg.warned_codecs.contains(&rtp.payload_type) {
-                leg.warned_codecs.push(rtp.payload_type);
-                let w = format!(
-                    "channel {}: codec {} (payload type {}) cannot be decoded: that audio is silence",
-                    leg.party.channel(),
-                    codec.name(),
-                    rtp.payload_type
-                );
-                push_warning(&mut call.warnings, w);
-            }
-            if dec.is_some() {
-                if leg.meta.codec.is_empty() {
-                    leg.meta.codec = codec.name().to_string();
-                }
-                if codec.is_wideband() && rate < 16000 {
-                    let w = format!(
-                        "channel {}: wideband {} recorded at {} Hz (the call started narrowband)",
-                        leg.party.channel(),
-                        codec.name(),
-                        rate
-                    );
-                    push_warning(&mut call.warnings, w);
-                }
-            } else if leg.meta.codec.is_empty() {
-                leg.meta.codec = codec.name().to_string();
-            }
-            if !leg.meta.codecs.iter().any(|c| c == codec.name()) {
-                leg.meta.codecs.push(codec.name().to_string());
-            }
-            leg.decoder = Some(ActiveDecoder {
-                pt: rtp.payload_type,
-                codec: codec.clone(),
-                decoder: dec,
-            });
-        }
-        let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
-            return;
+        let pkt = InPacket {
+            arrival: arrival_pos,
+            ssrc: rtp.ssrc,
+            seq: rtp.sequence,
+            ts: rtp.timestamp,
+            pt: rtp.payload_type,
+            newest: seq_update == SeqUpdate::Newest,
         };
-        let placement = leg.clock.place_seq(
-            arrival_pos,
-            rtp.ssrc,
-            rtp.timestamp,
-            codec.rtp_clock_rate(),
-            seq_update == SeqUpdate::Newest,
-        );
-        self.scratch.clear();
-        if dec.decode(rtp.payload, &mut self.scratch).is_err() {
-            self.stats.rtp_malformed += 1;
-            return;
+        let mut ctx = DecodeCtx {
+            rate,
+            warnings: &mut call.warnings,
+            scratch: &mut self.scratch,
+            stats: &mut self.stats,
+        };
+        // Decoders keep state (ADPCM, LPC, resampler history): packets are
+        // decoded in sequence order, held back briefly when one is missing.
+        if leg.order.offer(&pkt, &codec, rtp.payload) {
+            decode_and_place(leg, &mut ctx, &pkt, &codec, rtp.payload);
         }
-        let ch = leg.party.channel();
-        let before = media.mixer.drops(ch).late;
-        // Resampling decoders delay their output by a known amount: undo it.
-        let pos = placement.pos - dec.delay_samples() as i64;
-        // Media resuming after a long pause lands beyond the buffered window:
-        // write out the silence of the pause first (up to a jitter window
-        // before this packet), so nothing is cut and memory stays bounded.
-        let end = pos + self.scratch.len() as i64;
-        let window_end = (media.mixer.flushed() + media.mixer.capacity() as u64) as i64;
-        if end > window_end {
-            let jitter = i64::from(media.rate) * i64::from(media.jitter_ms) / 1000;
-            let upto = (pos - jitter).max(media.mixer.flushed() as i64) as u64;
-            self.out.clear();
-            media.mixer.flush_until(upto, &mut self.out);
-            if !self.out.is_empty() {
-                media.frames_out += (self.out.len() / 2) as u64;
-                sink.audio(key, &self.out);
-            }
-        }
-        media.mixer.write(ch, pos, &self.scratch);
-        if media.mixer.drops(ch).late > before {
-            leg.meta.late += 1;
+        let wait = order_wait(rate, media.jitter_ms);
+        while let Some(h) = leg.order.pop_ready(arrival_pos, wait) {
+            decode_and_place(leg, &mut ctx, &h.pkt, &h.codec, &h.payload);
+            leg.order.recycle(h);
         }
         self.flush_call(key, sink, false);
     }
@@ -1207,32 +1162,100 @@ impl Tracker {
     /// Write out everything older than the jitter window (or all, at the end).
     fn flush_call(&mut self, key: CallKey, sink: &mut dyn RecordingSink, all: bool) {
         let now = self.now;
-        let Some(media) = self.calls.get_mut(&key).and_then(|c| c.media.as_mut()) else {
+        let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let jitter_us = i64::from(media.jitter_ms) * 1000;
-        self.out.clear();
-        if all {
-            media.mixer.finish(&mut self.out);
-        } else {
-            let horizon = now.micros_since(media.t0) - jitter_us;
-            if horizon <= 0 {
-                return;
+        let Some(media) = call.media.as_mut() else {
+            return;
+        };
+        let rate = i64::from(media.rate);
+        let now_pos =
+            (i128::from(now.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        // Packets held for decoding order whose wait is over (all, at the end).
+        let wait = order_wait(media.rate, media.jitter_ms);
+        let mut ctx = DecodeCtx {
+            rate: media.rate,
+            warnings: &mut call.warnings,
+            scratch: &mut self.scratch,
+            stats: &mut self.stats,
+        };
+        for leg in &mut media.legs {
+            if all {
+                leg.order.release_all();
             }
-            // Never beyond the last audio written: silence after the end of
-            // the media is only written if media resumes (a call whose BYE
-            // never comes must not end with rtp_timeout of silence).
-            let target = ((i128::from(horizon) * i128::from(media.rate) / 1_000_000) as u64)
-                .min(media.mixer.end(0).max(media.mixer.end(1)));
-            // Write in chunks of at least 100 ms.
-            if target < media.mixer.flushed() + u64::from(media.rate / 10) {
-                return;
+            while let Some(h) = leg.order.pop_ready(now_pos, wait) {
+                decode_and_place(leg, &mut ctx, &h.pkt, &h.codec, &h.payload);
+                leg.order.recycle(h);
             }
-            media.mixer.flush_until(target, &mut self.out);
         }
-        if !self.out.is_empty() {
-            media.frames_out += (self.out.len() / 2) as u64;
+        let hold_back = rate * i64::from(media.jitter_ms) / 1000;
+        let origin = match media.origin {
+            Some(o) => o,
+            None => {
+                let o = media
+                    .legs
+                    .iter()
+                    .filter_map(|l| l.timeline.audio_start())
+                    .min()
+                    .unwrap_or(0)
+                    .clamp(-hold_back, 0);
+                if !all && now_pos - hold_back < o + rate / 10 {
+                    return;
+                }
+                media.origin = Some(o);
+                for l in &mut media.legs {
+                    l.timeline.set_start(o);
+                }
+                o
+            }
+        };
+        let flushed = origin + media.frames_out as i64;
+        let target = if all {
+            media
+                .legs
+                .iter_mut()
+                .map(|l| l.timeline.end_position(now_pos))
+                .max()
+                .unwrap_or(flushed)
+        } else {
+            let horizon = now_pos - rate * i64::from(media.jitter_ms) / 1000;
+            // Never beyond the last audio either leg holds: silence after the
+            // end of the media is only written if media resumes (a call whose
+            // BYE never comes must not end with rtp_timeout of silence).
+            let end = media
+                .legs
+                .iter()
+                .filter_map(|l| l.timeline.audio_end())
+                .max()
+                .unwrap_or(flushed);
+            let mut t = horizon.min(end);
+            for l in &mut media.legs {
+                t = t.min(l.timeline.ready_until(now_pos, false));
+            }
+            // Write in chunks of at least 100 ms.
+            if t < flushed + rate / 10 {
+                return;
+            }
+            t
+        };
+        // In pieces of at most a second, so a long pause resumed costs no
+        // more memory than a second of audio.
+        let mut at = flushed;
+        while at < target {
+            let to = (at + rate).min(target);
+            let n = (to - at) as usize;
+            self.out.clear();
+            self.out.resize(n * 2, 0);
+            for (ch, leg) in media.legs.iter_mut().enumerate() {
+                self.scratch.clear();
+                leg.timeline.render(to, &mut self.scratch);
+                for (slot, s) in self.out.iter_mut().skip(ch).step_by(2).zip(&self.scratch) {
+                    *slot = *s;
+                }
+            }
+            media.frames_out += n as u64;
             sink.audio(key, &self.out);
+            at = to;
         }
     }
 
@@ -1257,6 +1280,7 @@ impl Tracker {
         };
         self.stats.calls_recorded += 1;
         let rate = media.rate;
+        let origin_us = media.origin.unwrap_or(0) * 1_000_000 / i64::from(rate.max(1));
         let ended_at = match call.state {
             CallState::Ending(at, _) => at.max(call.last_rtp),
             _ => call.last_rtp.max(call.last_sip),
@@ -1267,7 +1291,22 @@ impl Tracker {
             m.lost = leg.seq.values().map(SeqStats::lost).sum();
             self.stats.rtp_lost += m.lost;
             m.duplicates += leg.seq.values().map(|s| s.duplicates).sum::<u64>();
-            m.reanchors = leg.clock.reanchors();
+            let st = leg.timeline.stats();
+            m.reanchors = st.breaks;
+            m.late += st.late;
+            m.timing_corrections = st.corrections;
+            m.corrected_samples = st.corrected_samples;
+            m.drift_ppm = st.drift_ppm;
+            m.resampled_ms = st.resampled_samples * 1000 / u64::from(rate.max(1));
+            m.timing_log = leg
+                .timeline
+                .corrections()
+                .map(|c| crate::call::meta::TimingCorrection {
+                    at_ms: c.at * 1000 / i64::from(rate),
+                    samples: c.samples.round() as i32,
+                    spread: c.spread,
+                })
+                .collect();
             channels[i] = m;
         }
         let mut warnings = call.warnings;
@@ -1290,16 +1329,222 @@ impl Tracker {
             started_at: call.started_at.min(media.t0),
             answered_at: call.answered_at,
             ended_at,
-            media_started_at: media.t0,
+            media_started_at: media.t0.add_micros(origin_us),
             sample_rate: rate,
             frames: media.frames_out,
             channels,
-            dtmf: call.dtmf,
+            dtmf: dtmf_on_timeline(call.dtmf, origin_us),
             end_reason: reason,
             warnings,
         };
         sink.end(key, meta);
     }
+}
+
+/// One RTP packet on its way to the decoder.
+#[derive(Debug, Clone, Copy)]
+struct InPacket {
+    arrival: i64,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    pt: u8,
+    newest: bool,
+}
+
+/// A packet held until the ones before it arrive.
+struct Held {
+    pkt: InPacket,
+    codec: Codec,
+    payload: Vec<u8>,
+    /// Due now: no more waiting for the packets before it.
+    released: bool,
+}
+
+/// Puts a leg's packets in sequence order for the decoder. A packet that
+/// follows the last one released goes straight through (no copy); one after
+/// a gap waits until the gap fills or until it has waited `wait` samples of
+/// arrival time (then the missing ones are lost); one older than the last
+/// released is decoded at once (it is late; its place on the timeline is
+/// still found by its timestamp).
+#[derive(Default)]
+struct DecodeOrder {
+    /// SSRC and next expected sequence number.
+    next: Option<(u32, u16)>,
+    held: Vec<Held>,
+    spare: Vec<Vec<u8>>,
+}
+
+const ORDER_HELD_MAX: usize = 64;
+
+impl DecodeOrder {
+    /// Whether `pkt` is to be decoded now; otherwise it is held.
+    fn offer(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) -> bool {
+        let Some((ssrc, next)) = self.next else {
+            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
+            return true;
+        };
+        if ssrc != pkt.ssrc {
+            // A new stream: what the old one left waiting goes first.
+            self.release_all();
+            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
+            return true;
+        }
+        let ahead = pkt.seq.wrapping_sub(next) as i16;
+        if ahead == 0 {
+            self.next = Some((ssrc, next.wrapping_add(1)));
+            return true;
+        }
+        if !(0..=50).contains(&ahead) || self.held.len() >= ORDER_HELD_MAX {
+            // Late (its successor went already), or a jump no wait explains.
+            if ahead > 0 {
+                self.release_all();
+                self.next = Some((ssrc, pkt.seq.wrapping_add(1)));
+            }
+            return true;
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(payload);
+        self.held.push(Held {
+            pkt: *pkt,
+            codec: codec.clone(),
+            payload: buf,
+            released: false,
+        });
+        false
+    }
+
+    /// Mark every held packet ready (they come out of `pop_ready` in order).
+    fn release_all(&mut self) {
+        for h in &mut self.held {
+            h.released = true;
+        }
+    }
+
+    /// The next packet to decode: the expected one if held, else the
+    /// oldest held once it has waited `wait` (or was released).
+    fn pop_ready(&mut self, now: i64, wait: i64) -> Option<Held> {
+        let (ssrc, next) = self.next?;
+        if self.held.is_empty() {
+            return None;
+        }
+        let by_seq = |h: &Held| h.pkt.seq.wrapping_sub(next) as i16;
+        let i = match self
+            .held
+            .iter()
+            .position(|h| h.pkt.ssrc == ssrc && by_seq(h) == 0)
+        {
+            Some(i) => i,
+            None => {
+                let (i, h) = self
+                    .held
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, h)| (h.pkt.ssrc != ssrc, by_seq(h)))?;
+                let waited = h.released || now.saturating_sub(h.pkt.arrival) >= wait;
+                if !waited && !self.held.iter().any(|h| h.released) {
+                    return None;
+                }
+                i
+            }
+        };
+        let h = self.held.swap_remove(i);
+        if h.pkt.ssrc == ssrc {
+            self.next = Some((ssrc, h.pkt.seq.wrapping_add(1)));
+        }
+        Some(h)
+    }
+
+    fn recycle(&mut self, h: Held) {
+        if self.spare.len() < 8 {
+            self.spare.push(h.payload);
+        }
+    }
+}
+
+/// How long a packet after a gap waits for the missing ones: half the
+/// jitter window, at most 120 ms (output samples).
+fn order_wait(rate: u32, jitter_ms: u32) -> i64 {
+    i64::from(rate) * i64::from(jitter_ms.min(240)) / 2000
+}
+
+struct DecodeCtx<'a> {
+    rate: u32,
+    warnings: &'a mut Vec<String>,
+    scratch: &'a mut Vec<i16>,
+    stats: &'a mut EngineStats,
+}
+
+/// Decode one packet of `leg` (choosing the decoder for its payload type)
+/// and hand the PCM to the leg's timeline.
+fn decode_and_place(
+    leg: &mut Leg,
+    ctx: &mut DecodeCtx<'_>,
+    pkt: &InPacket,
+    codec: &Codec,
+    payload: &[u8],
+) {
+    let rate = ctx.rate;
+    let need_new = leg
+        .decoder
+        .as_ref()
+        .is_none_or(|d| d.pt != pkt.pt || d.codec != *codec);
+    if need_new {
+        let dec = new_decoder(codec, rate);
+        if dec.is_none() && !leg.warned_codecs.contains(&pkt.pt) {
+            leg.warned_codecs.push(pkt.pt);
+            let w = format!(
+                "channel {}: codec {} (payload type {}) cannot be decoded: that audio is silence",
+                leg.party.channel(),
+                codec.name(),
+                pkt.pt
+            );
+            push_warning(ctx.warnings, w);
+        }
+        if dec.is_some() {
+            if leg.meta.codec.is_empty() {
+                leg.meta.codec = codec.name().to_string();
+            }
+            if codec.is_wideband() && rate < 16000 {
+                let w = format!(
+                    "channel {}: wideband {} recorded at {} Hz (the call started narrowband)",
+                    leg.party.channel(),
+                    codec.name(),
+                    rate
+                );
+                push_warning(ctx.warnings, w);
+            }
+        } else if leg.meta.codec.is_empty() {
+            leg.meta.codec = codec.name().to_string();
+        }
+        if !leg.meta.codecs.iter().any(|c| c == codec.name()) {
+            leg.meta.codecs.push(codec.name().to_string());
+        }
+        leg.decoder = Some(ActiveDecoder {
+            pt: pkt.pt,
+            codec: codec.clone(),
+            decoder: dec,
+        });
+    }
+    let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
+        return;
+    };
+    ctx.scratch.clear();
+    if dec.decode(payload, ctx.scratch).is_err() {
+        ctx.stats.rtp_malformed += 1;
+        return;
+    }
+    leg.timeline.insert(&Packet {
+        arrival: pkt.arrival,
+        ssrc: pkt.ssrc,
+        ts: pkt.ts,
+        clock_rate: codec.rtp_clock_rate(),
+        newest: pkt.newest,
+        // Resampling decoders delay their output by a known amount.
+        delay: dec.delay_samples() as i64,
+        pcm: ctx.scratch,
+    });
 }
 
 /// The sans-IO call engine. See the module documentation.
@@ -1391,6 +1636,15 @@ impl CallEngine {
     pub fn finish(&mut self, reason: EndReason, sink: &mut dyn RecordingSink) {
         self.t.finish(reason, sink)
     }
+}
+
+/// DTMF times are taken on the arrival clock (0 = the first packet's
+/// arrival); frame 0 may lie before it (see `Media::origin`).
+fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
+    for d in &mut dtmf {
+        d.at_ms -= origin_us / 1000;
+    }
+    dtmf
 }
 
 fn push_warning(warnings: &mut Vec<String>, w: String) {

@@ -95,8 +95,31 @@ pub struct ChannelMeta {
     pub ssrcs: Vec<u32>,
     pub dtmf_packets: u64,
     pub comfort_noise_packets: u64,
-    /// Times the leg's clock was re-anchored after its first packet.
+    /// Segments after the first: SSRC changes and timestamp breaks (hold
+    /// without timestamps, restarts, jumps) where the leg was placed anew.
     pub reanchors: u32,
+    /// Offset corrections (taken in gaps or spread over audio at 0.4 %).
+    pub timing_corrections: u32,
+    /// Their total, in samples.
+    pub corrected_samples: u64,
+    /// Sender clock drift against the capture clock that was followed by
+    /// resampling, in ppm (0: none, or below 100 ppm).
+    pub drift_ppm: i32,
+    /// How much of the channel was interpolated (drift followed, corrections
+    /// spread), in ms; the rest is the decoded audio bit for bit.
+    pub resampled_ms: u64,
+    /// The last (at most 16) corrections: where (ms on the timeline), by how
+    /// many samples (positive: later), and whether spread over audio.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timing_log: Vec<TimingCorrection>,
+}
+
+/// One entry of [`ChannelMeta::timing_log`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimingCorrection {
+    pub at_ms: i64,
+    pub samples: i32,
+    pub spread: bool,
 }
 
 /// Everything the engine knows when a recording ends.
