@@ -224,6 +224,12 @@ pub struct SiprecConfig {
     /// PEM CA certificates: when set, TLS clients must present a certificate
     /// issued by one of them (mutual TLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// A SIP connection (TCP or TLS) without a byte for this long is closed,
+    /// unless a call set up over it is in progress. 1 s ..= 1 day.
+    pub tcp_idle_timeout: Duration,
+    /// A SIP message over TCP/TLS not complete this long after its first
+    /// byte (a sender that trickles) gets its connection closed. 1 s ..= 10 min.
+    pub tcp_message_timeout: Duration,
 }
 
 impl SiprecConfig {
@@ -428,6 +434,8 @@ impl Config {
                     tls_cert: None,
                     tls_key: None,
                     tls_client_ca: None,
+                    tcp_idle_timeout: Duration::from_secs(120),
+                    tcp_message_timeout: Duration::from_secs(10),
                 },
                 sniff: SniffConfig {
                     enabled: false,
@@ -1817,6 +1825,15 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.field(errs, "tls_cert", &mut sr.tls_cert, to_opt_path);
     s.field(errs, "tls_key", &mut sr.tls_key, to_opt_path);
     s.field(errs, "tls_client_ca", &mut sr.tls_client_ca, to_opt_path);
+    s.field(errs, "tcp_idle_timeout", &mut sr.tcp_idle_timeout, |n| {
+        to_duration_in(n, Duration::from_secs(1), Duration::from_secs(86_400))
+    });
+    s.field(
+        errs,
+        "tcp_message_timeout",
+        &mut sr.tcp_message_timeout,
+        |n| to_duration_in(n, Duration::from_secs(1), Duration::from_secs(600)),
+    );
     if let (true, Some(tls)) = (tls_ok, sr.tls_listen) {
         check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
     }
