@@ -21,6 +21,10 @@
 //!   capture of the same packets give the same recording: the engine reads the
 //!   metadata's `participantstreamassoc` to know whose voice each stream is.
 //! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+//! - SIP input over the limits or malformed is answered (513 / 400 / 488 with
+//!   a Warning), rate-limited per source, and counted; TCP/TLS connections
+//!   are capped in number and closed when idle, trickling or their framing is
+//!   lost ([`crate::sip_guard`]).
 //! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
 //!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
 //!   recording settings (new calls take them, calls in progress go on). A
