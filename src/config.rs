@@ -856,12 +856,21 @@ impl Node {
         let t = self.type_name();
         match &self.kind {
             Kind::Int(Some(i)) => format!("found {t} ({i})"),
-            Kind::Float(x) => format!("found {t} ({x})"),
+            Kind::Float(x) => format!("found {t} ({})", short_float(*x)),
             Kind::Bool(b) => format!("found {t} ({b})"),
             Kind::Str(s) => format!("found {t} ({})", quote(s)),
             Kind::Datetime(d) => format!("found {t} ({d})"),
             _ => format!("found {t}"),
         }
+    }
+}
+
+/// A float as a person wrote it: `1e308`, not 309 digits.
+fn short_float(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-6..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
     }
 }
 
@@ -903,12 +912,62 @@ fn parse_file(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<
         });
     }
     let span = doc.span();
-    let table = convert_table(doc.get_ref(), &origin);
+    let mut table = convert_table(doc.get_ref(), &origin);
+    // After a broken table header the recovered tree puts that table's keys
+    // anywhere (an unclosed `[sources.siprec` leaves `max_calls` at the top,
+    // "unknown section"): its lines are left out, the syntax error is the
+    // one problem reported for them.
+    let broken = broken_tables(
+        text,
+        syntax
+            .iter()
+            .filter_map(|e| e.span())
+            .map(|s| lines.line(s.start)),
+    );
+    if !broken.is_empty() {
+        drop_lines(&mut table, path, &broken);
+    }
     Some(Node {
         origin: origin(span.start..span.start),
         env_text: None,
         kind: Kind::Table(table),
     })
+}
+
+/// Line ranges (1-based, end exclusive) from each table header with a syntax
+/// error on it to the next header line.
+fn broken_tables(text: &str, error_lines: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    let all: Vec<&str> = text.lines().collect();
+    let is_header = |l: usize| {
+        all.get(l.wrapping_sub(1))
+            .is_some_and(|t| t.trim_start().starts_with('['))
+    };
+    let mut out = Vec::new();
+    for line in error_lines {
+        if !is_header(line) {
+            continue;
+        }
+        let end = (line + 1..=all.len())
+            .find(|l| is_header(*l))
+            .unwrap_or(all.len() + 1);
+        out.push((line, end));
+    }
+    out
+}
+
+/// Removes every entry whose key is on one of the `lines` ranges of `path`.
+fn drop_lines(table: &mut Table, path: &Path, lines: &[(usize, usize)]) {
+    table.retain(|_, e| match &e.key_origin {
+        Origin::File { path: p, line } if p == path => {
+            !lines.iter().any(|(a, b)| (*a..*b).contains(line))
+        }
+        _ => true,
+    });
+    for e in table.values_mut() {
+        if let Kind::Table(t) = &mut e.node.kind {
+            drop_lines(t, path, lines);
+        }
+    }
 }
 
 fn convert_table(t: &DeTable<'_>, origin: &dyn Fn(std::ops::Range<usize>) -> Origin) -> Table {
@@ -968,6 +1027,15 @@ fn syntax_key_guess(text: &str, line: usize) -> String {
             .filter(|h| is_key(h));
         if i + 1 == line {
             if let Some(h) = header {
+                return clean(h).join(".");
+            }
+            // A header that is not closed: `[sources.siprec`.
+            if let Some(h) = t
+                .strip_prefix("[[")
+                .or_else(|| t.strip_prefix('['))
+                .map(|h| h.trim_end_matches(']').trim())
+                .filter(|h| is_key(h))
+            {
                 return clean(h).join(".");
             }
             if let Some((k, _)) = t.split_once('=') {

@@ -192,7 +192,10 @@ mod tests {
         }
         assert!(m.contains("sip:+***********78@pbx"), "{m}");
         assert!(m.contains("sip:***********78@pbx"), "{m}");
-        assert!(m.contains("in-***********78-********67-20261203-101500.wav"), "{m}");
+        assert!(
+            m.contains("in-***********78-********67-20261203-101500.wav"),
+            "{m}"
+        );
         assert!(m.contains("call=***********78"), "{m}");
         assert!(!m.contains("4915112345678"), "{m}");
         // A UUID-like run that goes on, or 16 digits without the time stamp:

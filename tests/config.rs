@@ -456,6 +456,53 @@ fn syntax_errors_name_line_and_key() {
 }
 
 #[test]
+fn an_unclosed_table_is_one_error_not_two() {
+    // The keys after the broken header are not reported as misplaced.
+    assert_eq!(
+        errors("[sources.siprec\nmax_calls = 5\nlisten = \"127.0.0.1:5090\"\n"),
+        vec!["bad.toml:1: sources.siprec: unclosed table, expected `]`"]
+    );
+    // Problems elsewhere in the file are still all reported.
+    assert_eq!(
+        errors(
+            "[agent]\nid = \"x\"\n[sources.siprec\nmax_calls = 5\n[spool]\nmax_size = \"big\"\n"
+        ),
+        vec![
+            "bad.toml:3: sources.siprec: unclosed table, expected `]`",
+            "bad.toml:6: spool.max_size: `big` is not a size (write e.g. \"512MiB\", \"20GiB\")",
+        ]
+    );
+}
+
+#[test]
+fn out_of_range_numbers_are_short() {
+    assert_eq!(
+        error("[sources.siprec]\nmax_calls = 1e308"),
+        "bad.toml:2: sources.siprec.max_calls: expected an integer, found a float (1e308)"
+    );
+    assert_eq!(
+        error("[sources.siprec]\nmax_calls = 99999999999999999999999999"),
+        "bad.toml:2: sources.siprec.max_calls: must be between 1 and 1000000"
+    );
+    assert_eq!(
+        error("[recording]\nrtp_timeout = -1e300"),
+        "bad.toml:2: recording.rtp_timeout: expected a duration string such as \"30s\" or \"5m\", found a float (-1e300)"
+    );
+    assert_eq!(
+        error("[cloud]\nmax_parallel = 2.5"),
+        "bad.toml:2: cloud.max_parallel: expected an integer, found a float (2.5)"
+    );
+    for text in [
+        "[sources.siprec]\nmax_calls = 1e308",
+        "[cloud]\nchunk_size = 1.7976931348623157e308",
+        "[spool]\nmax_size = 1e300",
+    ] {
+        let e = error(text);
+        assert!(e.len() < 200, "{e}");
+    }
+}
+
+#[test]
 fn unknown_keys_and_sections() {
     assert_eq!(
         error("[spool]\nmax_sise = \"1GiB\""),
