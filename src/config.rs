@@ -588,6 +588,33 @@ impl Config {
     /// that source), `"health.listen"`, `"spool.dir"`, `"log.format"`. Every
     /// other key (agent, recording, cloud, spool limits, log_numbers) can be
     /// taken over by the running daemon for new calls and uploads.
+    /// Files holding secrets (`cloud.token_file`, `cloud.client_key`,
+    /// `sources.siprec.tls_key`, `sources.folder.cdr_db_url_file`) whose
+    /// mode is more open than 0640 (writable by the group, or any access
+    /// for others): one warning each, naming the key, the file and its mode.
+    /// Shown by `check-config` and logged at start and on SIGHUP; not an
+    /// error (the daemon still runs). Files that cannot be read are left to
+    /// the key's own check.
+    pub fn secret_file_warnings(&self) -> Vec<String> {
+        let mut files: Vec<(&str, &Path)> = Vec::new();
+        if !self.cloud.token_file.as_os_str().is_empty() {
+            files.push(("cloud.token_file", &self.cloud.token_file));
+        }
+        if let Some(p) = &self.cloud.client_key {
+            files.push(("cloud.client_key", p));
+        }
+        if let Some(p) = &self.sources.siprec.tls_key {
+            files.push(("sources.siprec.tls_key", p));
+        }
+        if let Some(p) = &self.sources.folder.cdr_db_url_file {
+            files.push(("sources.folder.cdr_db_url_file", p));
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| secret_file_warning(key, path))
+            .collect()
+    }
+
     pub fn diff_restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.sources.siprec != new.sources.siprec {
@@ -610,6 +637,34 @@ impl Config {
         }
         out
     }
+}
+
+/// The warning for one secret file, if its mode is more open than 0640.
+pub fn secret_file_warning(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    if mode & 0o037 == 0 {
+        return None;
+    }
+    let mut what = Vec::new();
+    if mode & 0o004 != 0 {
+        what.push("readable by others");
+    }
+    if mode & 0o002 != 0 {
+        what.push("writable by others");
+    }
+    if mode & 0o020 != 0 {
+        what.push("writable by its group");
+    }
+    if what.is_empty() {
+        what.push("more open than 0640");
+    }
+    Some(format!(
+        "{key}: {} is {} (mode {mode:04o}) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+        path.display(),
+        what.join(" and "),
+        path.display()
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -716,8 +771,9 @@ impl std::error::Error for ConfigErrors {}
 // ---------------------------------------------------------------------------
 
 /// `pbx-edge check-config [FILE] [--config FILE]`: prints the summary line to
-/// stdout and exits 0, or prints every problem to stderr and exits 1 (2 for
-/// contradicting arguments).
+/// stdout and exits 0 (warnings, such as a token file others can read, go to
+/// stderr as `warning: key: ...`), or prints every problem to stderr and
+/// exits 1 (2 for contradicting arguments).
 pub fn check_config(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     let path = match (file, config) {
         (Some(a), Some(b)) if a != b => {
@@ -733,6 +789,9 @@ pub fn check_config(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode 
     let used = Config::resolve_path(path.as_deref());
     match Config::load(path.as_deref()) {
         Ok(c) => {
+            for w in c.secret_file_warnings() {
+                eprintln!("warning: {w}");
+            }
             println!("{}", check_ok_line(used.as_deref(), &c));
             ExitCode::SUCCESS
         }

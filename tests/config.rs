@@ -845,3 +845,89 @@ fn raw_stereo_takes_auto_and_booleans() {
         assert_eq!(c.sources.folder.raw_stereo, want, "env {v}");
     }
 }
+
+#[test]
+fn secret_files_others_can_read_are_named_at_check_config_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("cloud-token");
+    let db = dir.path().join("cdr-db-url");
+    std::fs::write(&token, "tok\n").unwrap();
+    std::fs::write(&db, "mysql://u:p@127.0.0.1/cdr\n").unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&token, 0o644);
+    chmod(&db, 0o660);
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[spool]\ndir = \"{}\"\n[health]\nlisten = \"{health}\"\n[cloud]\ntoken_file = \"{}\"\n\
+             [sources.siprec]\nenabled = false\n[sources.folder]\ncdr_db_url_file = \"{}\"\n",
+            dir.path().join("spool").display(),
+            token.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!(code, 0, "a warning, not an error: {err}");
+    assert!(out.starts_with(&format!("{p}: ok")), "{out}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        vec![
+            format!(
+                "warning: cloud.token_file: {} is readable by others (mode 0644) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+                token.display(),
+                token.display()
+            ),
+            format!(
+                "warning: sources.folder.cdr_db_url_file: {} is writable by its group (mode 0660) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+                db.display(),
+                db.display()
+            ),
+        ]
+    );
+
+    // At start, the daemon logs the same.
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbx-edge"))
+        .args(["run", "--config", p])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("cdr_db_url_file") && text.contains("cloud.token_file") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned = |key: &str| {
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains(key) && l.contains("make it 0600 or 0640"))
+    };
+    assert!(
+        warned("cloud.token_file") && warned("cdr_db_url_file"),
+        "{text}"
+    );
+
+    // 0600 and 0640: nothing to say.
+    chmod(&token, 0o600);
+    chmod(&db, 0o640);
+    let (code, _, err) = check_config(&[p], &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
