@@ -191,6 +191,19 @@ impl Refuser {
         peer: SocketAddr,
         transport: Transport,
     ) -> bool {
+        self.refuse_at(uas, bytes, error, peer, transport, Instant::now())
+    }
+
+    /// [`Refuser::refuse`] at a given time (for the rate limit).
+    pub fn refuse_at(
+        &mut self,
+        uas: &mut Uas,
+        bytes: &[u8],
+        error: &SipError,
+        peer: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) -> bool {
         let Some(refusal) = Refusal::for_sip_error(error) else {
             return false; // an empty keep-alive, nothing to say
         };
@@ -199,7 +212,7 @@ impl Refuser {
             self.log(peer, "unanswerable", error);
             return false;
         };
-        if !self.limiter.allow(peer.ip(), Instant::now()) {
+        if !self.limiter.allow(peer.ip(), now) {
             self.counters.count("rate_limited");
             return false;
         }
@@ -522,8 +535,9 @@ mod tests {
         many.push_str("\r\n");
         let err = pbx_core::sip::parse_message(many.as_bytes()).unwrap_err();
         let mut answered = 0;
+        let t0 = Instant::now();
         for _ in 0..(REFUSAL_BURST as usize + 20) {
-            if r.refuse(&mut u, many.as_bytes(), &err, peer, Transport::Udp) {
+            if r.refuse_at(&mut u, many.as_bytes(), &err, peer, Transport::Udp, t0) {
                 answered += 1;
             }
         }
