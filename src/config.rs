@@ -224,6 +224,12 @@ pub struct SiprecConfig {
     /// PEM CA certificates: when set, TLS clients must present a certificate
     /// issued by one of them (mutual TLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// A SIP connection (TCP or TLS) without a byte for this long is closed,
+    /// unless a call set up over it is in progress. 1 s ..= 1 day.
+    pub tcp_idle_timeout: Duration,
+    /// A SIP message over TCP/TLS not complete this long after its first
+    /// byte (a sender that trickles) gets its connection closed. 1 s ..= 10 min.
+    pub tcp_message_timeout: Duration,
 }
 
 impl SiprecConfig {
@@ -428,6 +434,8 @@ impl Config {
                     tls_cert: None,
                     tls_key: None,
                     tls_client_ca: None,
+                    tcp_idle_timeout: Duration::from_secs(120),
+                    tcp_message_timeout: Duration::from_secs(10),
                 },
                 sniff: SniffConfig {
                     enabled: false,
@@ -580,6 +588,33 @@ impl Config {
     /// that source), `"health.listen"`, `"spool.dir"`, `"log.format"`. Every
     /// other key (agent, recording, cloud, spool limits, log_numbers) can be
     /// taken over by the running daemon for new calls and uploads.
+    /// Files holding secrets (`cloud.token_file`, `cloud.client_key`,
+    /// `sources.siprec.tls_key`, `sources.folder.cdr_db_url_file`) whose
+    /// mode is more open than 0640 (writable by the group, or any access
+    /// for others): one warning each, naming the key, the file and its mode.
+    /// Shown by `check-config` and logged at start and on SIGHUP; not an
+    /// error (the daemon still runs). Files that cannot be read are left to
+    /// the key's own check.
+    pub fn secret_file_warnings(&self) -> Vec<String> {
+        let mut files: Vec<(&str, &Path)> = Vec::new();
+        if !self.cloud.token_file.as_os_str().is_empty() {
+            files.push(("cloud.token_file", &self.cloud.token_file));
+        }
+        if let Some(p) = &self.cloud.client_key {
+            files.push(("cloud.client_key", p));
+        }
+        if let Some(p) = &self.sources.siprec.tls_key {
+            files.push(("sources.siprec.tls_key", p));
+        }
+        if let Some(p) = &self.sources.folder.cdr_db_url_file {
+            files.push(("sources.folder.cdr_db_url_file", p));
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| secret_file_warning(key, path))
+            .collect()
+    }
+
     pub fn diff_restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.sources.siprec != new.sources.siprec {
@@ -602,6 +637,34 @@ impl Config {
         }
         out
     }
+}
+
+/// The warning for one secret file, if its mode is more open than 0640.
+pub fn secret_file_warning(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    if mode & 0o037 == 0 {
+        return None;
+    }
+    let mut what = Vec::new();
+    if mode & 0o004 != 0 {
+        what.push("readable by others");
+    }
+    if mode & 0o002 != 0 {
+        what.push("writable by others");
+    }
+    if mode & 0o020 != 0 {
+        what.push("writable by its group");
+    }
+    if what.is_empty() {
+        what.push("more open than 0640");
+    }
+    Some(format!(
+        "{key}: {} is {} (mode {mode:04o}) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+        path.display(),
+        what.join(" and "),
+        path.display()
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -708,8 +771,9 @@ impl std::error::Error for ConfigErrors {}
 // ---------------------------------------------------------------------------
 
 /// `pbx-edge check-config [FILE] [--config FILE]`: prints the summary line to
-/// stdout and exits 0, or prints every problem to stderr and exits 1 (2 for
-/// contradicting arguments).
+/// stdout and exits 0 (warnings, such as a token file others can read, go to
+/// stderr as `warning: key: ...`), or prints every problem to stderr and
+/// exits 1 (2 for contradicting arguments).
 pub fn check_config(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     let path = match (file, config) {
         (Some(a), Some(b)) if a != b => {
@@ -725,6 +789,9 @@ pub fn check_config(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode 
     let used = Config::resolve_path(path.as_deref());
     match Config::load(path.as_deref()) {
         Ok(c) => {
+            for w in c.secret_file_warnings() {
+                eprintln!("warning: {w}");
+            }
             println!("{}", check_ok_line(used.as_deref(), &c));
             ExitCode::SUCCESS
         }
@@ -848,12 +915,21 @@ impl Node {
         let t = self.type_name();
         match &self.kind {
             Kind::Int(Some(i)) => format!("found {t} ({i})"),
-            Kind::Float(x) => format!("found {t} ({x})"),
+            Kind::Float(x) => format!("found {t} ({})", short_float(*x)),
             Kind::Bool(b) => format!("found {t} ({b})"),
             Kind::Str(s) => format!("found {t} ({})", quote(s)),
             Kind::Datetime(d) => format!("found {t} ({d})"),
             _ => format!("found {t}"),
         }
+    }
+}
+
+/// A float as a person wrote it: `1e308`, not 309 digits.
+fn short_float(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-6..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
     }
 }
 
@@ -895,12 +971,62 @@ fn parse_file(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<
         });
     }
     let span = doc.span();
-    let table = convert_table(doc.get_ref(), &origin);
+    let mut table = convert_table(doc.get_ref(), &origin);
+    // After a broken table header the recovered tree puts that table's keys
+    // anywhere (an unclosed `[sources.siprec` leaves `max_calls` at the top,
+    // "unknown section"): its lines are left out, the syntax error is the
+    // one problem reported for them.
+    let broken = broken_tables(
+        text,
+        syntax
+            .iter()
+            .filter_map(|e| e.span())
+            .map(|s| lines.line(s.start)),
+    );
+    if !broken.is_empty() {
+        drop_lines(&mut table, path, &broken);
+    }
     Some(Node {
         origin: origin(span.start..span.start),
         env_text: None,
         kind: Kind::Table(table),
     })
+}
+
+/// Line ranges (1-based, end exclusive) from each table header with a syntax
+/// error on it to the next header line.
+fn broken_tables(text: &str, error_lines: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    let all: Vec<&str> = text.lines().collect();
+    let is_header = |l: usize| {
+        all.get(l.wrapping_sub(1))
+            .is_some_and(|t| t.trim_start().starts_with('['))
+    };
+    let mut out = Vec::new();
+    for line in error_lines {
+        if !is_header(line) {
+            continue;
+        }
+        let end = (line + 1..=all.len())
+            .find(|l| is_header(*l))
+            .unwrap_or(all.len() + 1);
+        out.push((line, end));
+    }
+    out
+}
+
+/// Removes every entry whose key is on one of the `lines` ranges of `path`.
+fn drop_lines(table: &mut Table, path: &Path, lines: &[(usize, usize)]) {
+    table.retain(|_, e| match &e.key_origin {
+        Origin::File { path: p, line } if p == path => {
+            !lines.iter().any(|(a, b)| (*a..*b).contains(line))
+        }
+        _ => true,
+    });
+    for e in table.values_mut() {
+        if let Kind::Table(t) = &mut e.node.kind {
+            drop_lines(t, path, lines);
+        }
+    }
 }
 
 fn convert_table(t: &DeTable<'_>, origin: &dyn Fn(std::ops::Range<usize>) -> Origin) -> Table {
@@ -960,6 +1086,15 @@ fn syntax_key_guess(text: &str, line: usize) -> String {
             .filter(|h| is_key(h));
         if i + 1 == line {
             if let Some(h) = header {
+                return clean(h).join(".");
+            }
+            // A header that is not closed: `[sources.siprec`.
+            if let Some(h) = t
+                .strip_prefix("[[")
+                .or_else(|| t.strip_prefix('['))
+                .map(|h| h.trim_end_matches(']').trim())
+                .filter(|h| is_key(h))
+            {
                 return clean(h).join(".");
             }
             if let Some((k, _)) = t.split_once('=') {
@@ -1817,6 +1952,15 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.field(errs, "tls_cert", &mut sr.tls_cert, to_opt_path);
     s.field(errs, "tls_key", &mut sr.tls_key, to_opt_path);
     s.field(errs, "tls_client_ca", &mut sr.tls_client_ca, to_opt_path);
+    s.field(errs, "tcp_idle_timeout", &mut sr.tcp_idle_timeout, |n| {
+        to_duration_in(n, Duration::from_secs(1), Duration::from_secs(86_400))
+    });
+    s.field(
+        errs,
+        "tcp_message_timeout",
+        &mut sr.tcp_message_timeout,
+        |n| to_duration_in(n, Duration::from_secs(1), Duration::from_secs(600)),
+    );
     if let (true, Some(tls)) = (tls_ok, sr.tls_listen) {
         check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
     }

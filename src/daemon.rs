@@ -586,6 +586,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
 
+    for w in cfg.secret_file_warnings() {
+        tracing::warn!("{w}");
+    }
     let started = Instant::now();
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -665,6 +668,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     Ok(new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
+                        for w in new.secret_file_warnings() {
+                            tracing::warn!("{w}");
+                        }
                         cfg = new;
                         if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
                             if let Some(f) = folder.take() {

@@ -322,12 +322,13 @@ pub fn db_store(f: &FolderConfig, tz: PbxTimeZone) -> io::Result<Option<Box<dyn 
     let Some(file) = &f.cdr_db_url_file else {
         return Ok(None);
     };
-    let url = fs::read_to_string(file).map_err(|e| {
+    // Holds the database password: wiped from memory when dropped.
+    let url = zeroize::Zeroizing::new(fs::read_to_string(file).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
         )
-    })?;
+    })?);
     let store = crate::cdr::mysql::MysqlStore::new(&url, &f.cdr_db_table, tz).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -16,6 +16,7 @@ pub mod import;
 pub mod logmask;
 pub mod media;
 pub mod recording;
+pub mod sip_guard;
 pub mod sip_tls;
 pub mod siprec;
 pub mod sniff;

@@ -1,12 +1,21 @@
 //! Log lines without phone numbers: a writer for `tracing` that masks every
 //! run of 7 or more digits (an optional leading `+` included) except its last
 //! two, so `+15551234567` becomes `+*********67`. Shorter runs (extensions,
-//! ports, years, microseconds) are left alone, and so are two long runs that
-//! are not numbers: a compact date and time (`20261203-101500`,
-//! `20261203T101500Z`, as in FreePBX file names and recording ids) and an
-//! Asterisk uniqueid (`1700000000.42`: epoch seconds, a dot, a sequence), so a
-//! logged recording file or id stays recognisable while the caller's and
-//! callee's numbers in it are masked. `log.log_numbers = true` turns it off.
+//! ports, years, microseconds) are left alone, and so are long runs that are
+//! not numbers, so an operator can still grep the log for an id:
+//! - digits inside an identifier: a word of letters and digits (`0123456789abcdef`,
+//!   `rec4815162342X`, the hex part of a recording id, a tus upload id) is
+//!   kept whole; a phone number glued to letters is taken for such a word;
+//! - a UUID (`550e8400-e29b-41d4-a716-446655440000`, as upload ids often are);
+//! - a recording id `YYYYMMDDTHHMMSSZ-<16 hex>` even when its hex part
+//!   happens to be all digits;
+//! - a compact date and time (`20261203-101500`, `20261203T101500Z`, as in
+//!   FreePBX file names) and an Asterisk uniqueid (`1700000000.42`: epoch
+//!   seconds, a dot, a sequence).
+//!
+//! So a logged recording file or id stays recognisable while the caller's and
+//! callee's numbers in it (`sip:+15551234567@`, `in-4915112345678-...`) are
+//! masked. `log.log_numbers = true` turns it off.
 
 use std::io::{self, Write};
 
@@ -15,6 +24,12 @@ pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
+        let word_start = i == 0 || !s[i - 1].is_ascii_alphanumeric();
+        if word_start && is_uuid(&s[i..]) {
+            out.extend_from_slice(&s[i..i + UUID_LEN]);
+            i += UUID_LEN;
+            continue;
+        }
         if s[i].is_ascii_digit() {
             let start = i;
             while i < s.len() && s[i].is_ascii_digit() {
@@ -22,7 +37,17 @@ pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
             }
             let run = &s[start..i];
             let prefixed = start > 0 && s[start - 1] == b'+';
-            if let Some(keep) = (!prefixed).then(|| not_a_number(s, start, i)).flatten() {
+            let word_end = s[i..]
+                .iter()
+                .position(|b| !b.is_ascii_alphanumeric())
+                .map_or(s.len(), |n| i + n);
+            let glued = (start > 0 && s[start - 1].is_ascii_alphabetic())
+                || s.get(i).is_some_and(u8::is_ascii_alphabetic);
+            if !prefixed && (glued || is_recording_id_hex(s, start, word_end)) {
+                // Part of an identifier: the rest of the word as is.
+                out.extend_from_slice(&s[start..word_end]);
+                i = word_end;
+            } else if let Some(keep) = (!prefixed).then(|| not_a_number(s, start, i)).flatten() {
                 out.extend_from_slice(&s[start..keep]);
                 i = keep;
             } else if run.len() >= 7 {
@@ -37,6 +62,36 @@ pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+const UUID_LEN: usize = 36;
+
+/// `s` starts with a UUID (8-4-4-4-12 hex digits) not followed by a letter
+/// or digit.
+fn is_uuid(s: &[u8]) -> bool {
+    let Some(u) = s.get(..UUID_LEN) else {
+        return false;
+    };
+    let shape = u.iter().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => *b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    });
+    shape && !s.get(UUID_LEN).is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// The word `s[start..end]` is the 16-hex part of a recording id
+/// (`YYYYMMDDTHHMMSSZ-<16 hex>`).
+fn is_recording_id_hex(s: &[u8], start: usize, end: usize) -> bool {
+    if end - start != 16 || !s[start..end].iter().all(u8::is_ascii_hexdigit) || start < 17 {
+        return false;
+    }
+    let stamp = &s[start - 17..start];
+    stamp.iter().enumerate().all(|(i, b)| match i {
+        8 => *b == b'T',
+        15 => *b == b'Z',
+        16 => *b == b'-',
+        _ => b.is_ascii_digit(),
+    })
 }
 
 /// When the digit run `s[start..end]` is a compact date-time or an Asterisk
@@ -117,6 +172,40 @@ mod tests {
         assert!(m.contains(" 1001 ") && m.contains("127.0.0.1:5090"), "{m}");
         assert!(!m.contains("5551234567"));
         assert!(m.contains("uniqueid 1700000000.123"), "{m}");
+    }
+
+    #[test]
+    fn recording_and_upload_ids_stay_greppable_numbers_do_not() {
+        let line = b"id=20261203T101500Z-0123456789abcdef upload=/v1/uploads/24e533e02ec3bc40c387f1a0e460e216 \
+                     rec=20261203T101500Z-1234567890123456 tus=550e8400-e29b-41d4-a716-446655440000 \
+                     other=rec4815162342X from=sip:+4915112345678@pbx to=sip:4915112345678@pbx \
+                     file=in-4915112345678-0301234567-20261203-101500.wav call=4915112345678";
+        let m = String::from_utf8(mask_numbers(line)).unwrap();
+        for id in [
+            "20261203T101500Z-0123456789abcdef",
+            "/v1/uploads/24e533e02ec3bc40c387f1a0e460e216",
+            "20261203T101500Z-1234567890123456",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "rec4815162342X",
+        ] {
+            assert!(m.contains(id), "{id} in {m}");
+        }
+        assert!(m.contains("sip:+***********78@pbx"), "{m}");
+        assert!(m.contains("sip:***********78@pbx"), "{m}");
+        assert!(
+            m.contains("in-***********78-********67-20261203-101500.wav"),
+            "{m}"
+        );
+        assert!(m.contains("call=***********78"), "{m}");
+        assert!(!m.contains("4915112345678"), "{m}");
+        // A UUID-like run that goes on, or 16 digits without the time stamp:
+        // numbers.
+        let m = String::from_utf8(mask_numbers(
+            b"550e8400-e29b-41d4-a716-4466554400001 x-1234567890123456",
+        ))
+        .unwrap();
+        assert!(m.contains("a716-***********01"), "{m}");
+        assert!(m.contains("x-**************56"), "{m}");
     }
 
     #[test]

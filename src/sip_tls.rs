@@ -78,7 +78,8 @@ pub fn read_certs(
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let key = "tls_key";
-    let bytes = std::fs::read(path).map_err(|e| io_err(key, path, &e))?;
+    // The PEM text is wiped from memory when dropped.
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| io_err(key, path, &e))?);
     // Only the kind of problem: the text of a key file is never repeated.
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         let what = match e {

@@ -21,6 +21,10 @@
 //!   capture of the same packets give the same recording: the engine reads the
 //!   metadata's `participantstreamassoc` to know whose voice each stream is.
 //! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+//! - SIP input over the limits or malformed is answered (513 / 400 / 488 with
+//!   a Warning), rate-limited per source, and counted; TCP/TLS connections
+//!   are capped in number and closed when idle, trickling or their framing is
+//!   lost ([`crate::sip_guard`]).
 //! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
 //!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
 //!   recording settings (new calls take them, calls in progress go on). A
@@ -41,10 +45,10 @@ use pbx_core::net::{Segment, Transport};
 use pbx_core::sip::message::parse_message;
 use pbx_core::sip::sdp::SessionDescription;
 use pbx_core::sip::siprec::{answer_sdp, siprec_parts, SiprecError};
-use pbx_core::sip::stream::SipStreamFramer;
 use pbx_core::sip::uas::{self, DialogId, Uas, UasConfig, UasEvent, UasInput};
+use pbx_core::sip::Refusal;
 use pbx_core::Timestamp;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -57,6 +61,9 @@ use crate::media::{
     BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaPort, MediaReceiver, Recycler,
 };
 use crate::recording::{RecordingDir, RecordingSettings};
+use crate::sip_guard::{
+    read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
+};
 use crate::sniff::now;
 use crate::status::SharedStatus;
 
@@ -343,6 +350,7 @@ pub async fn start(
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
     let counters = Arc::new(MediaCounters::default());
+    let guard = Arc::new(GuardCounters::default());
     let (media, recycler) = MediaReceiver::start(EngineSink(etx.clone()), counters.clone())?;
     let engine_thread = {
         let (status, live, drops) = (status.clone(), live.clone(), drops.clone());
@@ -352,6 +360,7 @@ pub async fn start(
             media: counters,
             listen: cfg.listen.to_string(),
             name: name.clone(),
+            guard: guard.clone(),
         };
         std::thread::Builder::new()
             .name("siprec-engine".into())
@@ -370,6 +379,7 @@ pub async fn start(
             ports: ports.clone(),
             calls: calls.clone(),
             control: control_rx,
+            guard,
         },
     ));
     Ok(SiprecHandle {
@@ -405,6 +415,8 @@ struct Report {
     listen: String,
     /// "siprec", or the name of a draining instance.
     name: Arc<Mutex<String>>,
+    /// SIP input refused ([`crate::sip_guard`]).
+    guard: Arc<GuardCounters>,
 }
 
 impl Report {
@@ -502,6 +514,7 @@ fn publish(engine: &CallEngine, out: &RecordingDir, r: &Report) {
         src.kernel_drops = r.media.kernel_drops.load(Ordering::Relaxed);
         src.srtp_failures = r.media.srtp_failures.load(Ordering::Relaxed);
         src.errors = out.counters.failed;
+        src.sip_rejected = r.guard.snapshot();
     }
 }
 
@@ -544,14 +557,11 @@ enum SipIn {
         transport: uas::Transport,
         writer: mpsc::Sender<Vec<u8>>,
     },
-    Tcp {
+    /// What a connection's reader reports (messages, refusals, its end).
+    Conn {
         peer: SocketAddr,
         transport: uas::Transport,
-        bytes: Vec<u8>,
-    },
-    TcpClosed {
-        peer: SocketAddr,
-        transport: uas::Transport,
+        ev: ConnEvent,
     },
 }
 
@@ -567,6 +577,7 @@ struct Shared {
     ports: SharedPorts,
     calls: Arc<AtomicUsize>,
     control: mpsc::UnboundedReceiver<Control>,
+    guard: Arc<GuardCounters>,
 }
 
 /// How long a drained instance still answers retransmissions after its last
@@ -589,7 +600,18 @@ async fn sip_loop(
         ports: pool,
         calls,
         control: mut control_rx,
+        guard,
     } = shared;
+    // Refused input answered and counted; connections capped and timed.
+    let mut refuser = Refuser::new(guard.clone());
+    let busy = BusyPeers::default();
+    let conn_limits = ConnLimits::default();
+    let conn_config = |cfg: &SiprecConfig| ConnConfig {
+        idle_timeout: cfg.tcp_idle_timeout,
+        message_timeout: cfg.tcp_message_timeout,
+        counters: guard.clone(),
+        busy: busy.clone(),
+    };
     // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
     let (mut draining, mut stop_when_idle) = (false, false);
     let mut idle_since: Option<Instant> = None;
@@ -631,6 +653,8 @@ async fn sip_loop(
                     cfg.allow = new.allow;
                     cfg.max_calls = new.max_calls;
                     cfg.rtp_ports = new.rtp_ports;
+                    cfg.tcp_idle_timeout = new.tcp_idle_timeout;
+                    cfg.tcp_message_timeout = new.tcp_message_timeout;
                     rtp_timeout = t;
                 }
                 Control::Drain => draining = true,
@@ -639,33 +663,40 @@ async fn sip_loop(
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     let bytes = buf[..n].to_vec();
-                    on_message(&mut uas, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
+                    on_message(&mut uas, &mut refuser, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
                 }
             }
             acc = tcp.accept() => {
                 if let Ok((sock, peer)) = acc {
-                    let (wtx, reader) = stream_tasks(sock, peer, uas::Transport::Tcp, tcp_tx.clone());
-                    tcp_writers.insert((uas::Transport::Tcp, peer), wtx);
-                    tokio::spawn(reader);
+                    if let Some(slot) = conn_slot(&conn_limits, &guard, peer) {
+                        let (wtx, reader) = stream_tasks(sock, peer, uas::Transport::Tcp, tcp_tx.clone(), conn_config(&cfg), slot);
+                        tcp_writers.insert((uas::Transport::Tcp, peer), wtx);
+                        tokio::spawn(reader);
+                    }
                 }
             }
             acc = accept_tls(&tls) => {
                 if let (Ok((sock, peer)), Some((_, shared))) = (acc, &tls) {
                     let acceptor = shared.read().map(|c| TlsAcceptor::from(c.clone()));
-                    if let Ok(acceptor) = acceptor {
-                        tokio::spawn(tls_connection(acceptor, sock, peer, tcp_tx.clone()));
+                    let slot = conn_slot(&conn_limits, &guard, peer);
+                    if let (Ok(acceptor), Some(slot)) = (acceptor, slot) {
+                        tokio::spawn(tls_connection(acceptor, sock, peer, tcp_tx.clone(), conn_config(&cfg), slot));
                     }
                 }
             }
             Some(m) = tcp_rx.recv() => {
                 match m {
                     SipIn::Opened { peer, transport, writer } => { tcp_writers.insert((transport, peer), writer); }
-                    SipIn::Tcp { peer, transport, bytes } => on_message(&mut uas, &bytes, peer, local, transport, &etx, &drops),
-                    SipIn::TcpClosed { peer, transport } => { tcp_writers.remove(&(transport, peer)); }
+                    SipIn::Conn { peer, transport, ev } => match ev {
+                        ConnEvent::Message(bytes) => on_message(&mut uas, &mut refuser, &bytes, peer, local, transport, &etx, &drops),
+                        ConnEvent::Refused { error, head } => { refuser.refuse(&mut uas, &head, &error, peer, transport); }
+                        ConnEvent::Closed => { tcp_writers.remove(&(transport, peer)); }
+                    },
                 }
             }
             _ = tick.tick() => {
                 uas.handle(UasInput::Timeout(now()));
+                busy.set(sessions.values().map(|s| s.peer));
                 // Hang up sessions whose media stopped long ago.
                 let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
                 let t = now().as_micros();
@@ -724,7 +755,9 @@ async fn sip_loop(
                         }
                         Err(e) => {
                             tracing::warn!(peer = %from, "unusable SIPREC offer: {e}");
-                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                            let refusal = Refusal::for_offer(&e);
+                            refuser.count_offer(&refusal);
+                            uas.reject_refusal(&dialog, &refusal, at);
                             continue;
                         }
                     };
@@ -797,7 +830,9 @@ async fn sip_loop(
                         }
                         Err(e) => {
                             tracing::warn!(peer = %session.peer, "unusable SIPREC re-offer: {e}");
-                            uas.reject(&dialog, 488, "Not Acceptable Here", at);
+                            let refusal = Refusal::for_offer(&e);
+                            refuser.count_offer(&refusal);
+                            uas.reject_refusal(&dialog, &refusal, at);
                         }
                     }
                 }
@@ -848,6 +883,8 @@ async fn tls_connection(
     sock: tokio::net::TcpStream,
     peer: SocketAddr,
     tx: mpsc::Sender<SipIn>,
+    conn: ConnConfig,
+    slot: ConnSlot,
 ) {
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
         Ok(Ok(s)) => s,
@@ -861,7 +898,7 @@ async fn tls_connection(
         }
     };
     let transport = uas::Transport::Tls;
-    let (writer, reader) = stream_tasks(stream, peer, transport, tx.clone());
+    let (writer, reader) = stream_tasks(stream, peer, transport, tx.clone(), conn, slot);
     // Registered before the first message is read, so answers find their way.
     if tx
         .send(SipIn::Opened {
@@ -883,6 +920,8 @@ fn stream_tasks<S>(
     peer: SocketAddr,
     transport: uas::Transport,
     tx: mpsc::Sender<SipIn>,
+    conn: ConnConfig,
+    slot: ConnSlot,
 ) -> (
     mpsc::Sender<Vec<u8>>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -900,11 +939,29 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    (wtx, tcp_reader(rd, peer, transport, tx))
+    let wrap = move |ev| SipIn::Conn {
+        peer,
+        transport,
+        ev,
+    };
+    (wtx, read_connection(rd, peer, conn, Some(slot), tx, wrap))
 }
 
+/// A place for one more connection from `peer`, or `None` (counted and
+/// logged; the socket is dropped, i.e. closed) over the caps.
+fn conn_slot(limits: &ConnLimits, guard: &GuardCounters, peer: SocketAddr) -> Option<ConnSlot> {
+    let slot = limits.acquire(peer.ip());
+    if slot.is_none() {
+        guard.count("tcp_connections");
+        tracing::debug!(peer = %peer, "SIP connection refused: too many connections");
+    }
+    slot
+}
+
+#[allow(clippy::too_many_arguments)]
 fn on_message(
     uas: &mut Uas,
+    refuser: &mut Refuser,
     bytes: &[u8],
     peer: SocketAddr,
     local: SocketAddr,
@@ -912,9 +969,13 @@ fn on_message(
     etx: &SyncSender<EngineInput>,
     drops: &AtomicI64,
 ) {
-    let Ok(msg) = parse_message(bytes) else {
-        tracing::debug!(peer = %peer, "malformed SIP message dropped");
-        return;
+    let msg = match parse_message(bytes) {
+        Ok(msg) => msg,
+        Err(e) => {
+            // Answered if it can be (513 / 400 with a Warning), counted.
+            refuser.refuse(uas, bytes, &e, peer, transport);
+            return;
+        }
     };
     feed(etx, drops, peer, local, bytes.to_vec());
     if uas.needs_local_ip(peer.ip()) {
@@ -929,40 +990,6 @@ fn on_message(
         msg: &msg,
         raw_len: bytes.len(),
     });
-}
-
-async fn tcp_reader<R: AsyncRead + Unpin>(
-    mut rd: R,
-    peer: SocketAddr,
-    transport: uas::Transport,
-    tx: mpsc::Sender<SipIn>,
-) {
-    let mut framer = SipStreamFramer::new();
-    let mut buf = vec![0u8; 16_384];
-    loop {
-        match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                framer.push(&buf[..n]);
-                while let Some(m) = framer.next_message() {
-                    if let Ok(bytes) = m {
-                        if tx
-                            .send(SipIn::Tcp {
-                                peer,
-                                transport,
-                                bytes,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = tx.send(SipIn::TcpClosed { peer, transport }).await;
 }
 
 /// Why an offer gets no answer.

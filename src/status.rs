@@ -42,6 +42,9 @@ pub struct SourceStatus {
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
+    /// SIPREC: SIP input refused, by reason (see [`crate::sip_guard::REASONS`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sip_rejected: BTreeMap<String, u64>,
 }
 
 impl SourceStatus {
@@ -329,6 +332,22 @@ pub fn render_metrics(s: &Status) -> String {
                         st.queue_drops as f64,
                     ),
                 ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_sip_rejected_total",
+        "counter",
+        "SIP input refused by the SIPREC server, by reason: answered 513/400/488 (too_large, too_many_headers, too_many_vias, bad_content_length, bad_request, sdp_limit, metadata_limit, body_limit, not_acceptable), dropped (unanswerable, rate_limited), connections closed (tcp_idle, tcp_slow, tcp_connections).",
+        &s.sources
+            .iter()
+            .flat_map(|(n, st)| {
+                st.sip_rejected.iter().map(move |(reason, v)| {
+                    (
+                        format!("{{source=\"{n}\",reason=\"{reason}\"}}"),
+                        *v as f64,
+                    )
+                })
             })
             .collect::<Vec<_>>(),
     );

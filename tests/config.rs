@@ -456,6 +456,53 @@ fn syntax_errors_name_line_and_key() {
 }
 
 #[test]
+fn an_unclosed_table_is_one_error_not_two() {
+    // The keys after the broken header are not reported as misplaced.
+    assert_eq!(
+        errors("[sources.siprec\nmax_calls = 5\nlisten = \"127.0.0.1:5090\"\n"),
+        vec!["bad.toml:1: sources.siprec: unclosed table, expected `]`"]
+    );
+    // Problems elsewhere in the file are still all reported.
+    assert_eq!(
+        errors(
+            "[agent]\nid = \"x\"\n[sources.siprec\nmax_calls = 5\n[spool]\nmax_size = \"big\"\n"
+        ),
+        vec![
+            "bad.toml:3: sources.siprec: unclosed table, expected `]`",
+            "bad.toml:6: spool.max_size: `big` is not a size (write e.g. \"512MiB\", \"20GiB\")",
+        ]
+    );
+}
+
+#[test]
+fn out_of_range_numbers_are_short() {
+    assert_eq!(
+        error("[sources.siprec]\nmax_calls = 1e308"),
+        "bad.toml:2: sources.siprec.max_calls: expected an integer, found a float (1e308)"
+    );
+    assert_eq!(
+        error("[sources.siprec]\nmax_calls = 99999999999999999999999999"),
+        "bad.toml:2: sources.siprec.max_calls: must be between 1 and 1000000"
+    );
+    assert_eq!(
+        error("[recording]\nrtp_timeout = -1e300"),
+        "bad.toml:2: recording.rtp_timeout: expected a duration string such as \"30s\" or \"5m\", found a float (-1e300)"
+    );
+    assert_eq!(
+        error("[cloud]\nmax_parallel = 2.5"),
+        "bad.toml:2: cloud.max_parallel: expected an integer, found a float (2.5)"
+    );
+    for text in [
+        "[sources.siprec]\nmax_calls = 1e308",
+        "[cloud]\nchunk_size = 1.7976931348623157e308",
+        "[spool]\nmax_size = 1e300",
+    ] {
+        let e = error(text);
+        assert!(e.len() < 200, "{e}");
+    }
+}
+
+#[test]
 fn unknown_keys_and_sections() {
     assert_eq!(
         error("[spool]\nmax_sise = \"1GiB\""),
@@ -797,4 +844,90 @@ fn raw_stereo_takes_auto_and_booleans() {
         let c = Config::from_toml_str("t.toml", "", env).unwrap();
         assert_eq!(c.sources.folder.raw_stereo, want, "env {v}");
     }
+}
+
+#[test]
+fn secret_files_others_can_read_are_named_at_check_config_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("cloud-token");
+    let db = dir.path().join("cdr-db-url");
+    std::fs::write(&token, "tok\n").unwrap();
+    std::fs::write(&db, "mysql://u:p@127.0.0.1/cdr\n").unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&token, 0o644);
+    chmod(&db, 0o660);
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[spool]\ndir = \"{}\"\n[health]\nlisten = \"{health}\"\n[cloud]\ntoken_file = \"{}\"\n\
+             [sources.siprec]\nenabled = false\n[sources.folder]\ncdr_db_url_file = \"{}\"\n",
+            dir.path().join("spool").display(),
+            token.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!(code, 0, "a warning, not an error: {err}");
+    assert!(out.starts_with(&format!("{p}: ok")), "{out}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        vec![
+            format!(
+                "warning: cloud.token_file: {} is readable by others (mode 0644) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+                token.display(),
+                token.display()
+            ),
+            format!(
+                "warning: sources.folder.cdr_db_url_file: {} is writable by its group (mode 0660) and holds a secret: make it 0600 or 0640 (chmod 600 {})",
+                db.display(),
+                db.display()
+            ),
+        ]
+    );
+
+    // At start, the daemon logs the same.
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbx-edge"))
+        .args(["run", "--config", p])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("cdr_db_url_file") && text.contains("cloud.token_file") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned = |key: &str| {
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains(key) && l.contains("make it 0600 or 0640"))
+    };
+    assert!(
+        warned("cloud.token_file") && warned("cdr_db_url_file"),
+        "{text}"
+    );
+
+    // 0600 and 0640: nothing to say.
+    chmod(&token, 0o600);
+    chmod(&db, 0o640);
+    let (code, _, err) = check_config(&[p], &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
 }

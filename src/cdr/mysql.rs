@@ -331,6 +331,8 @@ impl Drop for MysqlStore {
                 tokio::time::timeout(Duration::from_secs(2), c.disconnect()).await
             });
         }
+        // The password's forms kept for masking messages.
+        zeroize::Zeroize::zeroize(&mut self.secrets);
     }
 }
 

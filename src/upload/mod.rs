@@ -37,6 +37,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::CloudProtocol;
 use policy::{Action, Answer, Step, Transport};
@@ -122,9 +123,19 @@ impl CloudSettings {
     }
 }
 
-/// The bearer token. Debug and Display never show it.
+/// The bearer token. Debug and Display never show it; its bytes are
+/// overwritten with zeros when it is dropped (and so is the text of the
+/// file it was read from).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Secret {}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,11 +160,14 @@ pub fn read_token(token_file: &Path) -> Result<Option<Secret>, UploadError> {
     let Some(path) = token_path(token_file, creds.as_deref()) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| UploadError::Read {
-        what: "cloud.token_file",
-        path: path.clone(),
-        source,
-    })?;
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(&path).map_err(|source| UploadError::Read {
+                what: "cloud.token_file",
+                path: path.clone(),
+                source,
+            })?,
+        );
     let tok = text.lines().next().unwrap_or("").trim().to_string();
     if tok.is_empty() {
         return Ok(None);
@@ -393,10 +407,11 @@ impl Cloud {
         }
         match (&settings.client_cert, &settings.client_key) {
             (Some(cert), key) => {
-                let mut pem = read_file("cloud.client_cert", cert)?;
+                // Holds the private key too: wiped when dropped.
+                let mut pem = Zeroizing::new(read_file("cloud.client_cert", cert)?);
                 if let Some(key) = key {
                     pem.push(b'\n');
-                    pem.extend(read_file("cloud.client_key", key)?);
+                    pem.extend_from_slice(&Zeroizing::new(read_file("cloud.client_key", key)?));
                 }
                 let id = reqwest::Identity::from_pem(&pem).map_err(|e| UploadError::BadPem {
                     what: "cloud.client_cert",
@@ -469,7 +484,8 @@ impl Cloud {
         let mut h = HeaderMap::new();
         if let Ok(t) = self.token.read() {
             if let Some(Secret(tok)) = t.as_ref() {
-                if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {tok}")) {
+                let bearer = Zeroizing::new(format!("Bearer {tok}"));
+                if let Ok(mut v) = HeaderValue::from_str(&bearer) {
                     v.set_sensitive(true);
                     h.insert(AUTHORIZATION, v);
                 }
@@ -620,6 +636,25 @@ pub async fn load_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_wiped_when_dropped() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        std::fs::write(&f, "s3cr3t-token\n").unwrap();
+        let t = read_token(&f).unwrap().unwrap();
+        wiped_on_drop(&t);
+        // What the drop does: the bytes become zeros, then the string is empty.
+        let mut copy = t.clone();
+        let ptr = copy.0.as_ptr();
+        let len = copy.0.len();
+        copy.0.zeroize();
+        // SAFETY: zeroize keeps the allocation (it clears, it does not free).
+        let after = unsafe { std::slice::from_raw_parts(ptr, len) };
+        assert!(after.iter().all(|b| *b == 0));
+        assert_eq!(t.0, "s3cr3t-token");
+    }
 
     #[test]
     fn token_paths() {

@@ -16,9 +16,16 @@
 //! this on every SIP message of the corpus captures).
 //!
 //! Promises: never panics on any input; refuses messages over
-//! [`MAX_MESSAGE_LEN`] bytes or with more than [`MAX_HEADERS`] headers; header
-//! names come out in canonical long form (`i` → `Call-ID`, `call-id` →
-//! `Call-ID`), unknown names as written.
+//! [`MAX_MESSAGE_LEN`] bytes, with more than [`MAX_HEADERS`] headers or more
+//! than [`MAX_VIAS`] Via values (counted before either parser runs, so both
+//! refuse the same messages the same way); header names come out in
+//! canonical long form (`i` → `Call-ID`, `call-id` → `Call-ID`), unknown
+//! names as written.
+//!
+//! A refused request can still be answered: [`salvage_request`] takes from
+//! it only what a response needs (start line, Via, From, To, Call-ID, CSeq;
+//! bounded in count and length) so the server can tell the sender why
+//! (see [`super::limits`]).
 //!
 //! Body rule (UDP, RFC 3261 §18.3 made tolerant): the body is everything after
 //! the first empty line. When Content-Length is smaller and the excess is only
@@ -33,6 +40,12 @@ use std::fmt;
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Largest number of header fields accepted (after unfolding).
 pub const MAX_HEADERS: usize = 256;
+/// Largest number of Via values accepted (all Via headers, comma-separated
+/// values counted one by one): a request that went through more proxies
+/// than Max-Forwards' usual start of 70 allows is a loop or an attack.
+pub const MAX_VIAS: usize = 70;
+/// Longest header value [`salvage_request`] copies into a response.
+pub const MAX_SALVAGED_VALUE: usize = 4096;
 
 /// Why a message could not be parsed (or framed, see [`super::stream`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +55,8 @@ pub enum SipError {
     TooLarge(usize),
     #[error("more than {MAX_HEADERS} header fields")]
     TooManyHeaders,
+    #[error("{0} Via values, more than the {MAX_VIAS} accepted")]
+    TooManyVias(usize),
     #[error("empty message")]
     Empty,
     #[error("not a SIP request or status line")]
@@ -248,7 +263,210 @@ fn check_limits(bytes: &[u8]) -> Result<(), SipError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(SipError::Empty);
     }
+    let (headers, vias) = count_headers(bytes);
+    if vias > MAX_VIAS {
+        return Err(SipError::TooManyVias(vias));
+    }
+    if headers > MAX_HEADERS {
+        return Err(SipError::TooManyHeaders);
+    }
     Ok(())
+}
+
+/// Lines of a message after its first line, up to the empty line that ends
+/// the header block: `(line without its line end)`. LF or CRLF.
+fn header_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let start = bytes
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(bytes.len());
+    bytes
+        .get(start..)
+        .unwrap_or_default()
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+}
+
+/// Header fields and Via values in a message's header block, as both
+/// parsers would see them (continuation lines belong to their header).
+fn count_headers(bytes: &[u8]) -> (usize, usize) {
+    let (mut headers, mut vias) = (0usize, 0usize);
+    let mut in_via = false;
+    for line in header_lines(bytes) {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            if in_via {
+                vias += count_commas_outside_quotes(line);
+            }
+            continue;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            in_via = false;
+            continue;
+        };
+        let name = trim_bytes(line.get(..colon).unwrap_or_default());
+        if name.is_empty() || !name.iter().all(|b| is_token_byte(*b)) {
+            in_via = false;
+            continue;
+        }
+        headers += 1;
+        in_via = is_via_name(name);
+        if in_via {
+            vias += 1 + count_commas_outside_quotes(line.get(colon + 1..).unwrap_or_default());
+        }
+    }
+    (headers, vias)
+}
+
+fn is_via_name(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"via") || name.eq_ignore_ascii_case(b"v")
+}
+
+fn count_commas_outside_quotes(s: &[u8]) -> usize {
+    let (mut n, mut in_quotes, mut escaped) = (0, false, false);
+    for &b in s {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b',' if !in_quotes => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// The headers a response to a request is built from (RFC 3261 §8.2.6.2),
+/// long or compact names: `Some(0)` Via, `1` From, `2` To, `3` Call-ID,
+/// `4` CSeq; `None` for any other.
+pub(crate) fn response_header_index(name: &[u8]) -> Option<usize> {
+    let name = trim_bytes(name);
+    const NAMES: [(&str, &str); 5] = [
+        ("via", "v"),
+        ("from", "f"),
+        ("to", "t"),
+        ("call-id", "i"),
+        ("cseq", "cseq"),
+    ];
+    NAMES.iter().position(|(long, short)| {
+        name.eq_ignore_ascii_case(long.as_bytes()) || name.eq_ignore_ascii_case(short.as_bytes())
+    })
+}
+
+/// What a response needs from a request that [`parse_message`] refused (too
+/// large, too many headers or Vias, a malformed field): the request line and
+/// the Via (at most [`MAX_VIAS`] values), From, To, Call-ID and CSeq headers,
+/// each value at most [`MAX_SALVAGED_VALUE`] bytes; every other header and
+/// the body are left out. `None` when the first line is not a request line
+/// or the request has no Via, no Call-ID or no usable CSeq: nothing to
+/// address an answer with. From and To are kept as written (absent ones stay
+/// absent; the response then has none either). Linear in the input; never
+/// panics.
+pub fn salvage_request(bytes: &[u8]) -> Option<SipMessage> {
+    let start = bytes.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let first = bytes
+        .get(start..)?
+        .split(|b| *b == b'\n')
+        .next()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))?;
+    let start_line = parse_start_line(first).ok()?;
+    if !matches!(start_line, StartLine::Request { .. }) {
+        return None;
+    }
+    // (canonical name, value) of the kept headers; `None` value: dropped
+    // (too long), its continuation lines go with it.
+    let mut kept: Vec<(String, String)> = Vec::new();
+    let mut current: Option<usize> = None;
+    let mut vias = 0usize;
+    for line in header_lines(bytes) {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            if let Some((_, v)) = current.and_then(|i| kept.get_mut(i)) {
+                let more = String::from_utf8_lossy(trim_bytes(line));
+                if v.len() + more.len() < MAX_SALVAGED_VALUE {
+                    v.push(' ');
+                    v.push_str(&more);
+                } else {
+                    v.clear(); // too long: unusable
+                }
+            }
+            continue;
+        }
+        current = None;
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line.get(..colon).unwrap_or_default();
+        let value = trim_bytes(line.get(colon + 1..).unwrap_or_default());
+        let Some(index) = response_header_index(name) else {
+            continue;
+        };
+        if index == 0 {
+            // Via: the first values, within the count and the length.
+            if vias >= MAX_VIAS {
+                continue;
+            }
+            let value = String::from_utf8_lossy(value);
+            let mut joined = String::new();
+            for v in split_outside_quotes(&value, b',') {
+                if vias >= MAX_VIAS || joined.len() + v.len() + 1 > MAX_SALVAGED_VALUE {
+                    break;
+                }
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                joined.push_str(v);
+                vias += 1;
+            }
+            if !joined.is_empty() {
+                kept.push(("Via".to_string(), joined.trim().to_string()));
+            }
+            current = None; // a continuation could not be told apart
+            continue;
+        }
+        if value.len() > MAX_SALVAGED_VALUE {
+            continue;
+        }
+        let canon = canonical_header_name(&String::from_utf8_lossy(trim_bytes(name)));
+        let value = String::from_utf8_lossy(value).into_owned();
+        if kept.iter().any(|(n, _)| *n == canon) {
+            continue; // the first one counts
+        } else {
+            kept.push((canon, value));
+        }
+        current = Some(kept.len() - 1);
+    }
+    kept.retain(|(_, v)| !v.trim().is_empty());
+    let call_id = find_header(&kept, "Call-ID")?.trim().to_string();
+    let (cseq, cseq_method) = parse_cseq(find_header(&kept, "CSeq")?)?;
+    let via_branch = via_branch(find_header(&kept, "Via")?);
+    let addr = |name: &str| {
+        find_header(&kept, name)
+            .map(|v| {
+                parse_name_addr(v).unwrap_or_else(|| NameAddr {
+                    uri: v.to_string(),
+                    ..NameAddr::default()
+                })
+            })
+            .unwrap_or_default()
+    };
+    let (from, to) = (addr("From"), addr("To"));
+    Some(SipMessage {
+        start: start_line,
+        call_id,
+        from,
+        to,
+        cseq,
+        cseq_method,
+        via_branch,
+        content_type: None,
+        content_length: None,
+        body: Vec::new(),
+        headers: kept,
+    })
 }
 
 /// Cheap check used to classify UDP/TCP payloads: does the first line (after

@@ -8,10 +8,13 @@
 //!   direction, hold, SRTP crypto lines).
 //! - [`multipart`]: `multipart/mixed` bodies (SIPREC: SDP + rs-metadata) →
 //!   parts with their own headers.
+//! - [`limits`]: how a request over a limit (or malformed) is answered
+//!   (513 / 400 / 488 with a Warning naming the limit).
 //!
-//! Everything here is bounded (64 KiB per message, 256 headers) and never
-//! panics on input.
+//! Everything here is bounded (64 KiB per message, 256 headers, 70 Vias)
+//! and never panics on input.
 
+pub mod limits;
 pub mod message;
 pub mod multipart;
 pub mod sdp;
@@ -22,11 +25,13 @@ pub mod uas;
 #[cfg(test)]
 pub(crate) mod test_support;
 
+pub use limits::Refusal;
 pub use message::{
-    looks_like_sip, parse_message, Method, NameAddr, SipError, SipMessage, StartLine,
+    looks_like_sip, parse_message, salvage_request, Method, NameAddr, SipError, SipMessage,
+    StartLine,
 };
 pub use multipart::{split_multipart, MultipartError, Part};
 pub use sdp::{
     parse_sdp, Crypto, Direction, MediaDescription, RtpMap, SdpError, SessionDescription,
 };
-pub use stream::SipStreamFramer;
+pub use stream::{Frame, SipStreamFramer};

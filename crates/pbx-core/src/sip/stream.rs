@@ -9,22 +9,70 @@
 //!   message after a capture gap) are skipped line by line until a line that
 //!   looks like a start line; [`SipStreamFramer::skipped_bytes`] counts them.
 //! - Header blocks end at the first empty line, CRLF or bare LF.
-//! - A message over [`MAX_MESSAGE_LEN`] bytes yields one error and its bytes
-//!   (known from Content-Length) are dropped as they arrive, never buffered. A
-//!   header block that does not end within the limit, or a non-numeric
-//!   Content-Length, yields one error and resync by the rule above.
+//! - A message over [`MAX_MESSAGE_LEN`] bytes is refused
+//!   ([`Frame::Refused`], [`SipError::TooLarge`]) and never buffered whole:
+//!   - its length known from Content-Length: refused at once, its bytes are
+//!     dropped as they arrive;
+//!   - a header block that does not end within the limit: its lines are read
+//!     as they arrive, only those a response needs are kept (start line, the
+//!     first [`MAX_VIAS`] Via lines within [`VIA_BUDGET`] bytes, the first
+//!     From, To, Call-ID and CSeq; at most [`MAX_HEAD`] bytes), and when the
+//!     block ends the message is refused and its body dropped as above. A
+//!     block still going on after [`MAX_HEADER_DISCARD`] bytes is refused
+//!     there, then resync by the rule above.
+//!
+//!   The refusal carries those kept lines (`head`, for
+//!   [`super::message::salvage_request`]) so a server can answer `513`.
+//!   It is `fatal` when the stream cannot sensibly go on: more than
+//!   [`MAX_DISCARD`] bytes still to drop (`Content-Length: 2000000000`), a
+//!   Content-Length that is not a number (framing lost; refused as
+//!   [`SipError::BadHeader`], then resync), a header block over
+//!   [`MAX_HEADER_DISCARD`]. A server answers and closes the connection; a
+//!   passive reader (sniffing) just goes on.
 //!
 //! Memory is bounded: the framer never holds more than [`MAX_BUFFER`] bytes.
-//! Call [`SipStreamFramer::next_message`] until it returns `None` after every
-//! [`SipStreamFramer::push`]; data pushed beyond the bound without draining is
-//! dropped (reported once as [`SipError::BufferOverflow`], then resync).
+//! Call [`SipStreamFramer::next_frame`] (or [`SipStreamFramer::next_message`])
+//! until it returns `None` after every [`SipStreamFramer::push`]; data pushed
+//! beyond the bound without draining is dropped (reported once as
+//! [`SipError::BufferOverflow`], then resync).
 
-use super::message::{is_start_line, Method, SipError, MAX_MESSAGE_LEN};
+use super::message::{
+    is_start_line, response_header_index, Method, SipError, MAX_MESSAGE_LEN, MAX_SALVAGED_VALUE,
+    MAX_VIAS,
+};
 
 /// Most bytes one framer buffers.
 pub const MAX_BUFFER: usize = 4 * MAX_MESSAGE_LEN;
 /// A line longer than this that is not yet terminated cannot be a start line.
 const MAX_START_LINE: usize = 4096;
+/// Most bytes of a refused message kept for its answer ([`Frame::Refused`]).
+pub const MAX_HEAD: usize = 32 * 1024;
+/// Most bytes of Via lines in that head (room stays for From, To, Call-ID
+/// and CSeq after thousands of Vias).
+pub const VIA_BUDGET: usize = 8 * 1024;
+/// Most bytes of a refused message's body dropped as they arrive with the
+/// stream still usable; beyond, the refusal is `fatal`.
+pub const MAX_DISCARD: usize = 1024 * 1024;
+/// A header block still without its end after this many bytes is refused
+/// as `fatal`.
+pub const MAX_HEADER_DISCARD: usize = 1024 * 1024;
+
+/// What [`SipStreamFramer::next_frame`] cuts out of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// One complete message's bytes.
+    Message(Vec<u8>),
+    /// A message refused while framing (see the module doc).
+    Refused {
+        error: SipError,
+        /// The start line and the header lines a response needs, as
+        /// received (CRLF line ends, at most [`MAX_HEAD`] bytes); empty when
+        /// nothing is known (buffer overflow, start line too long).
+        head: Vec<u8>,
+        /// The stream cannot sensibly go on: a server answers and closes.
+        fatal: bool,
+    },
+}
 
 /// Cuts one TCP direction into SIP messages. Sans-IO: feed bytes, pull messages.
 #[derive(Debug, Default)]
@@ -37,8 +85,75 @@ pub struct SipStreamFramer {
     pending_error: Option<SipError>,
     /// Bytes of an oversize message still to be dropped as they arrive.
     discard: usize,
+    /// Reading the header block of an oversize message line by line.
+    oversize: Option<Oversize>,
     skipped: u64,
     messages: u64,
+}
+
+/// The header block of a message over the limit, read as it arrives.
+#[derive(Debug)]
+struct Oversize {
+    /// Start line and the header lines a response needs.
+    head: Head,
+    /// Bytes of the header block so far (start line included).
+    size: usize,
+    content_length: ContentLength,
+    /// The line being read is too long to keep: dropped up to its end.
+    dropping: bool,
+}
+
+/// The lines of a refused message an answer needs (see the module doc).
+#[derive(Debug, Default)]
+struct Head {
+    bytes: Vec<u8>,
+    /// The last header line was kept (so are its continuations).
+    keeping: bool,
+    via_lines: usize,
+    via_bytes: usize,
+    /// From, To, Call-ID, CSeq already kept (the first of each counts).
+    seen: [bool; 4],
+}
+
+impl Head {
+    fn start(line: &[u8]) -> Head {
+        let mut h = Head::default();
+        if line.len() <= MAX_START_LINE {
+            h.bytes.extend_from_slice(line);
+            h.bytes.extend_from_slice(b"\r\n");
+        }
+        h
+    }
+
+    /// One header line (without its line end).
+    fn line(&mut self, line: &[u8]) {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            let index = line
+                .iter()
+                .position(|b| *b == b':')
+                .and_then(|c| response_header_index(line.get(..c).unwrap_or_default()));
+            self.keeping = match index {
+                Some(0) => self.via_lines < MAX_VIAS && self.via_bytes + line.len() <= VIA_BUDGET,
+                Some(i) => match self.seen.get_mut(i - 1) {
+                    Some(seen) if !*seen => {
+                        *seen = true;
+                        line.len() <= MAX_SALVAGED_VALUE + 64
+                    }
+                    _ => false,
+                },
+                None => false,
+            };
+            if self.keeping && index == Some(0) {
+                self.via_lines += 1;
+                self.via_bytes += line.len();
+            }
+        }
+        if self.keeping && self.bytes.len() + line.len() + 2 <= MAX_HEAD {
+            self.bytes.extend_from_slice(line);
+            self.bytes.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 impl SipStreamFramer {
@@ -69,6 +184,7 @@ impl SipStreamFramer {
         self.skipped = self.skipped.saturating_add(self.buf.len() as u64);
         self.buf.clear();
         self.discard = 0;
+        self.oversize = None;
         self.after_gap = true;
     }
 
@@ -87,10 +203,34 @@ impl SipStreamFramer {
         self.buf.len()
     }
 
-    /// The next complete message's bytes; `None` means "incomplete, push more".
+    /// Inside a message (bytes buffered, an oversize header block being
+    /// read, body bytes still to drop): what a server times to catch a
+    /// sender that trickles.
+    pub fn in_message(&self) -> bool {
+        !self.buf.is_empty() || self.discard > 0 || self.oversize.is_some()
+    }
+
+    /// The next complete message's bytes; `None` means "incomplete, push
+    /// more". Refusals come as errors (see [`SipStreamFramer::next_frame`]
+    /// for what a server needs to answer them).
     pub fn next_message(&mut self) -> Option<Result<Vec<u8>, SipError>> {
-        if let Some(e) = self.pending_error.take() {
-            return Some(Err(e));
+        self.next_frame().map(|f| match f {
+            Frame::Message(m) => Ok(m),
+            Frame::Refused { error, .. } => Err(error),
+        })
+    }
+
+    /// The next message or refusal; `None` means "incomplete, push more".
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        if let Some(error) = self.pending_error.take() {
+            return Some(Frame::Refused {
+                error,
+                head: Vec::new(),
+                fatal: true,
+            });
+        }
+        if self.oversize.is_some() {
+            return self.oversize_step();
         }
         loop {
             // Keep-alives and blank lines between messages.
@@ -128,8 +268,15 @@ impl SipStreamFramer {
             // Find the end of the header block.
             let Some((head_len, cl_field)) = header_block(&self.buf) else {
                 if self.buf.len() > MAX_MESSAGE_LEN {
+                    // Read the rest of the block line by line.
+                    self.oversize = Some(Oversize {
+                        head: Head::start(line),
+                        size: line_end + 1,
+                        content_length: ContentLength::Absent,
+                        dropping: false,
+                    });
                     self.skip(line_end + 1);
-                    return Some(Err(SipError::TooLarge(self.buf.len())));
+                    return self.oversize_step();
                 }
                 return None;
             };
@@ -137,25 +284,107 @@ impl SipStreamFramer {
                 ContentLength::Absent => 0,
                 ContentLength::Value(n) => n,
                 ContentLength::Invalid => {
+                    let head = response_head(self.buf.get(..head_len).unwrap_or_default());
                     self.skip(line_end + 1);
-                    return Some(Err(SipError::BadHeader("Content-Length")));
+                    return Some(Frame::Refused {
+                        error: SipError::BadHeader("Content-Length"),
+                        head,
+                        fatal: true,
+                    });
                 }
             };
             let total = head_len.saturating_add(body_len);
             if total > MAX_MESSAGE_LEN {
                 // Its length is known: drop exactly that many bytes, now and
                 // as they arrive.
+                let head = response_head(self.buf.get(..head_len).unwrap_or_default());
                 let now = total.min(self.buf.len());
                 self.skip(now);
                 self.discard = total - now;
-                return Some(Err(SipError::TooLarge(total)));
+                return Some(Frame::Refused {
+                    error: SipError::TooLarge(total),
+                    head,
+                    fatal: self.discard > MAX_DISCARD,
+                });
             }
             if self.buf.len() < total {
                 return None;
             }
             let msg: Vec<u8> = self.buf.drain(..total).collect();
             self.messages += 1;
-            return Some(Ok(msg));
+            return Some(Frame::Message(msg));
+        }
+    }
+
+    /// Reads the header block of an oversize message as far as it has
+    /// arrived; the refusal once it ends (or grows past
+    /// [`MAX_HEADER_DISCARD`]).
+    fn oversize_step(&mut self) -> Option<Frame> {
+        let mut o = self.oversize.take()?;
+        loop {
+            let Some(nl) = self.buf.iter().position(|b| *b == b'\n') else {
+                // A partial line: too long to keep, drop what there is.
+                if o.dropping || self.buf.len() > MAX_HEAD {
+                    o.dropping = true;
+                    o.size = o.size.saturating_add(self.buf.len());
+                    let n = self.buf.len();
+                    self.skip(n);
+                }
+                if o.size > MAX_HEADER_DISCARD {
+                    return Some(Frame::Refused {
+                        error: SipError::TooLarge(o.size),
+                        head: o.head.bytes,
+                        fatal: true,
+                    });
+                }
+                self.oversize = Some(o);
+                return None;
+            };
+            o.size = o.size.saturating_add(nl + 1);
+            let line = self.buf.get(..nl).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if o.dropping {
+                // The end of a line too long to keep (nor its continuations).
+                o.dropping = false;
+                o.head.keeping = false;
+            } else if line.is_empty() {
+                // The end of the block: refuse, drop the body.
+                self.skip(nl + 1);
+                let body = match o.content_length {
+                    ContentLength::Absent => 0,
+                    ContentLength::Value(n) => n,
+                    ContentLength::Invalid => {
+                        return Some(Frame::Refused {
+                            error: SipError::BadHeader("Content-Length"),
+                            head: o.head.bytes,
+                            fatal: true,
+                        })
+                    }
+                };
+                let now = body.min(self.buf.len());
+                self.skip(now);
+                self.discard = body - now;
+                return Some(Frame::Refused {
+                    error: SipError::TooLarge(o.size.saturating_add(body)),
+                    head: o.head.bytes,
+                    fatal: self.discard > MAX_DISCARD,
+                });
+            } else {
+                if matches!(o.content_length, ContentLength::Absent) {
+                    if let Some(cl) = content_length_line(line) {
+                        o.content_length = cl;
+                    }
+                }
+                o.head.line(line);
+            }
+            self.skip(nl + 1);
+            if o.size > MAX_HEADER_DISCARD {
+                return Some(Frame::Refused {
+                    error: SipError::TooLarge(o.size),
+                    head: o.head.bytes,
+                    fatal: true,
+                });
+            }
         }
     }
 
@@ -169,6 +398,18 @@ impl SipStreamFramer {
         self.skipped = self.skipped.saturating_add(n as u64);
         self.buf.drain(..n);
     }
+}
+
+/// The head of a complete header block (start line first).
+fn response_head(block: &[u8]) -> Vec<u8> {
+    let mut lines = block
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut head = Head::start(lines.next().unwrap_or_default());
+    for line in lines.take_while(|l| !l.is_empty()) {
+        head.line(line);
+    }
+    head.bytes
 }
 
 /// After a gap: a status line, or a request line whose method is known.
@@ -186,6 +427,7 @@ fn plausible_after_gap(line: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+#[derive(Debug, Clone, Copy)]
 enum ContentLength {
     Absent,
     Value(usize),
@@ -214,18 +456,33 @@ fn header_block(buf: &[u8]) -> Option<(usize, ContentLength)> {
             continue;
         }
         if matches!(cl, ContentLength::Absent) {
-            if let Some(colon) = line.iter().position(|b| *b == b':') {
-                let name = trim(line.get(..colon).unwrap_or_default());
-                if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-                    let value = trim(line.get(colon + 1..).unwrap_or_default());
-                    cl = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .map_or(ContentLength::Invalid, ContentLength::Value);
-                }
+            if let Some(found) = content_length_line(line) {
+                cl = found;
             }
         }
     }
+}
+
+/// The Content-Length of a header line (long or compact `l`), `None` for
+/// any other line. A number too large for `usize` reads as `usize::MAX`
+/// (over any limit), anything but digits as invalid.
+fn content_length_line(line: &[u8]) -> Option<ContentLength> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = trim(line.get(..colon).unwrap_or_default());
+    if !name.eq_ignore_ascii_case(b"content-length") && !name.eq_ignore_ascii_case(b"l") {
+        return None;
+    }
+    let value = trim(line.get(colon + 1..).unwrap_or_default());
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Some(ContentLength::Invalid);
+    }
+    let n = value
+        .iter()
+        .try_fold(0usize, |n, d| {
+            n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        })
+        .unwrap_or(usize::MAX);
+    Some(ContentLength::Value(n))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -389,16 +646,154 @@ To: <sip:b@h>\r\nCall-ID: c{cseq}\r\nCSeq: {cseq} INFO\r\nContent-Length: {}\r\n
         let mut f = SipStreamFramer::new();
         f.push(b"INVITE sip:a@b SIP/2.0\r\n");
         let line = b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
-        let mut errors = 0;
-        for _ in 0..10_000 {
+        let mut errors = Vec::new();
+        for _ in 0..2 * MAX_HEADER_DISCARD / line.len() {
             f.push(line);
-            while let Some(r) = f.next_message() {
-                assert!(r.is_err());
-                errors += 1;
+            while let Some(r) = f.next_frame() {
+                errors.push(r);
             }
             assert!(f.buffered() <= MAX_MESSAGE_LEN + line.len());
         }
-        assert_eq!(errors, 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let Frame::Refused { error, fatal, .. } = &errors[0] else {
+            panic!("{errors:?}");
+        };
+        assert!(matches!(error, SipError::TooLarge(n) if *n > MAX_HEADER_DISCARD));
+        assert!(fatal);
+        // Resync: the next message is framed.
+        f.push(b"\r\n");
+        f.push(msg(9, "x").as_bytes());
+        let out = drain(&mut f);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            parse_message(out[0].as_ref().unwrap()).unwrap().call_id,
+            "c9"
+        );
+    }
+
+    /// A message whose header block is over the limit: refused when the
+    /// block ends, with what an answer needs, and its body dropped.
+    fn refused(f: &mut SipStreamFramer, input: &[u8], chunk: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for c in input.chunks(chunk) {
+            f.push(c);
+            while let Some(fr) = f.next_frame() {
+                out.push(fr);
+            }
+            assert!(f.buffered() <= MAX_MESSAGE_LEN + chunk, "{}", f.buffered());
+        }
+        out
+    }
+
+    #[test]
+    fn a_100_kib_header_is_refused_with_an_answerable_head_and_the_stream_goes_on() {
+        let body = "v=0\r\n";
+        let big = format!(
+            "INVITE sip:srs@h SIP/2.0\r\nX-Big: {}\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKbig\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: big\r\nCSeq: 1 INVITE\r\n\
+Subject: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            "a".repeat(100 * 1024),
+            "s".repeat(1000),
+            body.len()
+        );
+        for chunk in [1000, 16384, big.len()] {
+            let mut f = SipStreamFramer::new();
+            let mut out = refused(&mut f, big.as_bytes(), chunk);
+            out.extend(refused(&mut f, msg(2, "after").as_bytes(), 100));
+            assert_eq!(out.len(), 2, "chunk {chunk}: {out:?}");
+            let Frame::Refused { error, head, fatal } = &out[0] else {
+                panic!("{out:?}");
+            };
+            assert_eq!(*error, SipError::TooLarge(big.len()), "chunk {chunk}");
+            assert!(!fatal);
+            assert!(
+                head.len() < 1024,
+                "only what an answer needs: {}",
+                head.len()
+            );
+            let m = crate::sip::message::salvage_request(head).expect("answerable");
+            assert_eq!(m.call_id, "big");
+            assert_eq!(m.via_branch.as_deref(), Some("z9hG4bKbig"));
+            assert!(m.header("Subject").is_none());
+            assert_eq!(
+                out[1],
+                Frame::Message(msg(2, "after").into_bytes()),
+                "chunk {chunk}"
+            );
+            assert_eq!(f.skipped_bytes(), big.len() as u64);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_vias_are_refused_with_a_bounded_head() {
+        let mut m = String::from("INVITE sip:srs@h SIP/2.0\r\n");
+        for i in 0..10_000 {
+            m.push_str(&format!(
+                "Via: SIP/2.0/TCP 10.0.{}.{}:5060;branch=z9hG4bK{i}\r\n",
+                i / 250,
+                i % 250
+            ));
+        }
+        m.push_str("From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: vias\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+        let mut f = SipStreamFramer::new();
+        let out = refused(&mut f, m.as_bytes(), 16384);
+        assert_eq!(out.len(), 1);
+        let Frame::Refused { error, head, fatal } = &out[0] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(*error, SipError::TooLarge(m.len()));
+        assert!(!fatal);
+        assert!(head.len() <= VIA_BUDGET + 1024, "{}", head.len());
+        // From, To, Call-ID and CSeq after 10,000 Vias still made it.
+        let r = crate::sip::message::salvage_request(head).expect("answerable");
+        assert_eq!(r.call_id, "vias");
+        assert_eq!(r.via_branch.as_deref(), Some("z9hG4bK0"));
+        assert!(r.headers_named("Via").count() <= MAX_VIAS);
+    }
+
+    #[test]
+    fn an_impossible_content_length_is_refused_fatal_at_once() {
+        let head = "INVITE sip:srs@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKcl\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: cl\r\nCSeq: 1 INVITE\r\n";
+        for (cl, size) in [
+            ("2000000000", Some(2_000_000_000usize)),
+            ("99999999999999999999999999", None),
+        ] {
+            let m = format!("{head}Content-Length: {cl}\r\n\r\nv=0\r\n");
+            let mut f = SipStreamFramer::new();
+            f.push(m.as_bytes());
+            let Some(Frame::Refused { error, head, fatal }) = f.next_frame() else {
+                panic!("refused");
+            };
+            match size {
+                Some(n) => assert_eq!(
+                    error,
+                    SipError::TooLarge(m.find("\r\n\r\n").unwrap() + 4 + n)
+                ),
+                None => assert_eq!(error, SipError::TooLarge(usize::MAX)),
+            }
+            assert!(fatal);
+            let r = crate::sip::message::salvage_request(&head).unwrap();
+            assert_eq!(r.call_id, "cl");
+            assert_eq!(f.buffered(), 0);
+            assert!(f.in_message(), "its body is still being dropped");
+        }
+    }
+
+    #[test]
+    fn a_700_kb_body_is_dropped_and_the_stream_goes_on() {
+        let body = "<x/>".repeat(175_000);
+        let m = msg(1, &body);
+        let mut f = SipStreamFramer::new();
+        let mut out = refused(&mut f, m.as_bytes(), 16384);
+        assert!(f.in_message() || out.len() == 1);
+        out.extend(refused(&mut f, msg(2, "ok").as_bytes(), 16384));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(
+            matches!(&out[0], Frame::Refused { error: SipError::TooLarge(n), fatal: false, .. } if *n == m.len())
+        );
+        assert_eq!(out[1], Frame::Message(msg(2, "ok").into_bytes()));
+        assert!(!f.in_message());
     }
 
     #[test]
@@ -410,6 +805,22 @@ To: <sip:b@h>\r\nCall-ID: c{cseq}\r\nCSeq: {cseq} INFO\r\nContent-Length: {}\r\n
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], Err(SipError::BadHeader("Content-Length")));
         assert!(out[1].is_ok());
+        // A server learns the framing is lost, and what to answer.
+        let mut f = SipStreamFramer::new();
+        f.push(
+            msg(6, "")
+                .replace("Content-Length: 0", "Content-Length: -1")
+                .as_bytes(),
+        );
+        let Some(Frame::Refused { error, head, fatal }) = f.next_frame() else {
+            panic!("refused");
+        };
+        assert_eq!(error, SipError::BadHeader("Content-Length"));
+        assert!(fatal);
+        assert_eq!(
+            crate::sip::message::salvage_request(&head).unwrap().call_id,
+            "c6"
+        );
     }
 
     #[test]

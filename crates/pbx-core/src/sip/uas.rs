@@ -32,6 +32,10 @@
 //!   (`application/sdp`, `application/rs-metadata+xml`, `multipart/mixed`)
 //!   and `Supported: siprec`; BYE/UPDATE/INFO/PRACK `481`; other methods
 //!   `405`; a `Require` with an option tag other than `siprec` → `420`.
+//! - Requests the shell refused before they got here (over a limit,
+//!   malformed; [`super::limits`]): [`Uas::refuse`] answers them without
+//!   keeping state, with a `Warning` naming the limit; an offer over a limit
+//!   is rejected with [`Uas::reject_refusal`] (488 + Warning).
 //! - Responses copy Via (with `received`/`rport`, RFC 3581), From, To (plus
 //!   our tag), Call-ID, CSeq; dialog-creating ones copy Record-Route and
 //!   carry `Contact: <sip:host:port>;+sip.srs` (RFC 7866 §6.1.2) and
@@ -54,6 +58,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use super::limits::Refusal;
 use super::message::{parse_name_addr, Method, SipMessage};
 use crate::Timestamp;
 
@@ -543,6 +548,25 @@ impl Uas {
     /// dialog as it was. `false` when nothing was pending or `code` is not a
     /// failure code.
     pub fn reject(&mut self, d: &DialogId, code: u16, reason: &str, at: Timestamp) -> bool {
+        self.reject_with(d, code, reason, &[], at)
+    }
+
+    /// [`Uas::reject`] with the refusal's code, reason and a Warning header
+    /// saying why (an offer over a limit: too many m-lines, metadata too
+    /// large, ...).
+    pub fn reject_refusal(&mut self, d: &DialogId, refusal: &Refusal, at: Timestamp) -> bool {
+        let extra = [("Warning", refusal.warning_value())];
+        self.reject_with(d, refusal.code, refusal.reason, &extra, at)
+    }
+
+    fn reject_with(
+        &mut self,
+        d: &DialogId,
+        code: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+        at: Timestamp,
+    ) -> bool {
         if !(300..=699).contains(&code) {
             return false;
         }
@@ -553,12 +577,52 @@ impl Uas {
             .txs
             .get(&key)
             .is_some_and(|t| t.kind == TxKind::InitialInvite);
-        if !self.final_failure(&key, code, reason, &[], at) {
+        if !self.final_failure(&key, code, reason, extra, at) {
             return false;
         }
         if initial {
             self.end_dialog(d, EndCause::Rejected(code));
         }
+        true
+    }
+
+    /// Answers a request that will not be taken (over a limit, malformed:
+    /// see [`super::limits`]) with the refusal's code and reason and a
+    /// `Warning` naming the limit. `msg` is what
+    /// [`super::message::salvage_request`] kept of the request. No state is
+    /// kept (a retransmission is refused again, with the same To-tag, so the
+    /// answers are identical); an ACK is never answered. `false` when
+    /// nothing was sent.
+    pub fn refuse(
+        &mut self,
+        from: SocketAddr,
+        transport: Transport,
+        msg: &SipMessage,
+        refusal: &Refusal,
+    ) -> bool {
+        if !(300..=699).contains(&refusal.code)
+            || matches!(msg.method(), None | Some(Method::Ack))
+            || msg.header("Via").is_none()
+        {
+            return false;
+        }
+        let req = req_headers(msg, from);
+        let tag = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (self.cfg.tag_seed, &msg.via_branch, &msg.call_id, msg.cseq).hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let opts = RespOpts {
+            extra: vec![("Warning", refusal.warning_value())],
+            ..RespOpts::default()
+        };
+        let bytes = self.response(&req, refusal.code, refusal.reason, Some(&tag), &opts);
+        self.events.push_back(UasEvent::Send {
+            to: from,
+            transport,
+            bytes,
+        });
         true
     }
 
@@ -1213,8 +1277,12 @@ impl Uas {
                 let _ = write!(s, "Record-Route: {r}\r\n");
             }
         }
-        let _ = write!(s, "From: {}\r\n", req.from);
+        // Always there but in a refusal of a request that had none.
+        if !req.from.is_empty() {
+            let _ = write!(s, "From: {}\r\n", req.from);
+        }
         match to_tag {
+            _ if req.to.is_empty() => {}
             Some(tag) if !req.to_has_tag => {
                 let _ = write!(s, "To: {};tag={tag}\r\n", req.to);
             }
@@ -2434,6 +2502,106 @@ mod tests {
             assert!(send_times(&w, t(0)).is_empty());
             assert_eq!((u.dialog_count(), u.transaction_count()), (0, 0));
         }
+    }
+
+    #[test]
+    fn refused_requests_are_answered_without_state() {
+        use crate::sip::message::{salvage_request, SipError, MAX_VIAS};
+        let mut u = uas();
+        // An INVITE with 1,000 Vias: refused by the parser, answered 400 with
+        // the first 70 Vias (the top one annotated), From, To + tag, CSeq.
+        let mut text = String::from("INVITE sip:srs@192.0.2.50 SIP/2.0\r\n");
+        text.push_str("Via: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKbig;rport\r\n");
+        for i in 1..1000 {
+            text.push_str(&format!(
+                "Via: SIP/2.0/UDP 10.2.{}.{};branch=z9hG4bK{i}\r\n",
+                i / 250,
+                i % 250
+            ));
+        }
+        text.push_str("From: <sip:src@10.1.1.1>;tag=f1\r\nTo: <sip:srs@192.0.2.50>\r\nCall-ID: vias\r\nCSeq: 3 INVITE\r\nContent-Length: 0\r\n\r\n");
+        let err = parse_message(text.as_bytes()).unwrap_err();
+        assert_eq!(err, SipError::TooManyVias(1000));
+        let refusal = Refusal::for_sip_error(&err).unwrap();
+        let msg = salvage_request(text.as_bytes()).unwrap();
+        assert!(u.refuse(src(), Transport::Udp, &msg, &refusal));
+        let ev = drain(&mut u);
+        let UasEvent::Send {
+            bytes, transport, ..
+        } = &ev[0]
+        else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(*transport, Transport::Udp);
+        assert!(
+            bytes.len() < text.len() / 4,
+            "no amplification: {}",
+            bytes.len()
+        );
+        let r = sent(&ev).remove(0);
+        assert_eq!(r.status(), Some(400));
+        assert_eq!(
+            r.start,
+            crate::sip::StartLine::Response {
+                code: 400,
+                reason: "Too Many Via Headers".into()
+            }
+        );
+        assert_eq!(r.call_id, "vias");
+        assert_eq!((r.cseq, r.cseq_method.clone()), (3, Method::Invite));
+        assert_eq!(r.headers_named("Via").count(), MAX_VIAS);
+        assert_eq!(
+            r.header("Via"),
+            Some("SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKbig;rport=5062;received=192.0.2.10")
+        );
+        assert_eq!(r.from.tag.as_deref(), Some("f1"));
+        let tag = r.to.tag.clone().expect("our To-tag");
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 pbx-edge \"1000 Via values, more than the 70 accepted\"")
+        );
+        // No state: a retransmission gets the same answer again.
+        assert_eq!((u.dialog_count(), u.transaction_count()), (0, 0));
+        assert!(u.refuse(src(), Transport::Udp, &msg, &refusal));
+        let again = sent(&drain(&mut u)).remove(0);
+        assert_eq!(again.to.tag.as_deref(), Some(tag.as_str()));
+        // Over TCP the answer goes back on the connection's transport.
+        assert!(u.refuse(src(), Transport::Tcp, &msg, &refusal));
+        assert!(matches!(
+            drain(&mut u)[0],
+            UasEvent::Send {
+                transport: Transport::Tcp,
+                ..
+            }
+        ));
+        // An ACK is never answered; neither is a response.
+        let ack = salvage_request(
+            text.replace("INVITE sip:", "ACK sip:")
+                .replace("3 INVITE", "3 ACK")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(!u.refuse(src(), Transport::Udp, &ack, &refusal));
+        assert!(drain(&mut u).is_empty());
+    }
+
+    #[test]
+    fn an_offer_over_a_limit_is_rejected_488_with_a_warning() {
+        use crate::sip::sdp::SdpError;
+        use crate::sip::siprec::SiprecError;
+        let mut u = uas();
+        let ev = feed(&mut u, t(0), &invite("z9hG4bKm", "call-m"));
+        let d = new_call(&ev);
+        let refusal = Refusal::for_offer(&SiprecError::Sdp(SdpError::TooManyMedia));
+        assert!(u.reject_refusal(&d, &refusal, t(5)));
+        let ev = drain(&mut u);
+        let r = sent(&ev).remove(0);
+        assert_eq!(r.status(), Some(488));
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 pbx-edge \"SDP: more than 64 media sections\"")
+        );
+        assert_eq!(ended(&ev), vec![EndCause::Rejected(488)]);
     }
 
     #[test]

@@ -325,3 +325,131 @@ proptest! {
         }
     }
 }
+
+/// `n` Via values (`per_header` per Via header line) before From..CSeq.
+fn with_vias(n: usize, per_header: usize) -> String {
+    let mut m = String::from("INVITE sip:srs@h SIP/2.0\r\n");
+    let vias: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "SIP/2.0/UDP 10.0.{}.{}:5060;branch=z9hG4bK{i}",
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    for chunk in vias.chunks(per_header.max(1)) {
+        m.push_str(&format!("Via: {}\r\n", chunk.join(", ")));
+    }
+    m.push_str("From: <sip:a@h>;tag=f\r\nTo: <sip:b@h>\r\nCall-ID: vias@h\r\nCSeq: 7 INVITE\r\nX-Pad: \"a, b, c\"\r\nContent-Length: 0\r\n\r\n");
+    m
+}
+
+#[test]
+fn via_count_limit_counts_every_value() {
+    // At the limit: taken, both paths.
+    let ok = with_vias(MAX_VIAS, 1);
+    assert!(parse_message(ok.as_bytes()).is_ok());
+    assert!(parse_message_tolerant(ok.as_bytes()).is_ok());
+    // One more, as headers or as comma-separated values (folded too): refused.
+    let over = with_vias(MAX_VIAS + 1, 1);
+    assert_eq!(
+        parse_message(over.as_bytes()),
+        Err(SipError::TooManyVias(MAX_VIAS + 1))
+    );
+    let combined = with_vias(MAX_VIAS + 1, 10);
+    assert_eq!(
+        parse_message(combined.as_bytes()),
+        Err(SipError::TooManyVias(MAX_VIAS + 1))
+    );
+    let folded = combined.replace(", SIP/2.0/UDP", ",\r\n  SIP/2.0/UDP");
+    assert_eq!(
+        parse_message_tolerant(folded.as_bytes()),
+        Err(SipError::TooManyVias(MAX_VIAS + 1))
+    );
+    // 1,000 Via headers: the Via limit, not the header count, is named.
+    assert_eq!(
+        parse_message(with_vias(1000, 1).as_bytes()),
+        Err(SipError::TooManyVias(1000))
+    );
+    // Commas in quoted strings of other headers are not Vias.
+    assert!(parse_message(with_vias(MAX_VIAS, 70).as_bytes()).is_ok());
+}
+
+#[test]
+fn salvage_keeps_what_an_answer_needs_and_nothing_else() {
+    // 1,000 Vias (51 KB): refused, yet answerable with the first 70.
+    let m = with_vias(1000, 1);
+    assert!(m.len() > 50_000);
+    let r = salvage_request(m.as_bytes()).unwrap();
+    assert_eq!(r.method(), Some(&Method::Invite));
+    assert_eq!(r.call_id, "vias@h");
+    assert_eq!((r.cseq, &r.cseq_method), (7, &Method::Invite));
+    assert_eq!(r.via_branch.as_deref(), Some("z9hG4bK0"));
+    assert_eq!(r.headers_named("Via").count(), MAX_VIAS);
+    assert_eq!(r.from.tag.as_deref(), Some("f"));
+    assert_eq!(r.header("To"), Some("<sip:b@h>"));
+    assert!(r.header("X-Pad").is_none() && r.body.is_empty());
+    // Comma-joined Vias are cut at the limit too.
+    let r = salvage_request(with_vias(1000, 100).as_bytes()).unwrap();
+    let values: usize = r.headers_named("Via").map(|v| v.split(',').count()).sum();
+    assert_eq!(values, MAX_VIAS);
+    // Too many headers, compact names, a huge unrelated header: answerable.
+    let mut many = String::from("OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKm\r\nf: <sip:a@h>;tag=1\r\nt: <sip:b@h>\r\ni: many\r\nCSeq: 1 OPTIONS\r\n");
+    for i in 0..1000 {
+        many.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    many.push_str(&format!("Subject: {}\r\n\r\n", "x".repeat(20_000)));
+    assert_eq!(
+        parse_message(many.as_bytes()),
+        Err(SipError::TooManyHeaders)
+    );
+    let r = salvage_request(many.as_bytes()).unwrap();
+    assert_eq!(r.call_id, "many");
+    assert_eq!(r.headers.len(), 5);
+    // An empty From: still answerable (without one).
+    let bad_from = "BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKb\r\nFrom: \r\nTo: <sip:b@h>;tag=2\r\nCall-ID: bf\r\nCSeq: 2 BYE\r\n\r\n";
+    assert_eq!(
+        parse_message(bad_from.as_bytes()),
+        Err(SipError::BadHeader("From"))
+    );
+    let r = salvage_request(bad_from.as_bytes()).unwrap();
+    assert_eq!(r.header("From"), None);
+    assert_eq!(r.to.tag.as_deref(), Some("2"));
+    // Too broken to answer: no Via, no Call-ID, no CSeq, a response, not SIP,
+    // a Call-ID too long to copy.
+    let ok = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>\r\nTo: <sip:b@h>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    assert!(salvage_request(ok.as_bytes()).is_some());
+    for (what, broken) in [
+        (
+            "no Via",
+            ok.replace("Via: SIP/2.0/UDP h;branch=z9hG4bKo\r\n", ""),
+        ),
+        ("no Call-ID", ok.replace("Call-ID: o\r\n", "")),
+        ("bad CSeq", ok.replace("CSeq: 1 OPTIONS", "CSeq: x")),
+        (
+            "response",
+            ok.replace("OPTIONS sip:a@b SIP/2.0", "SIP/2.0 200 OK"),
+        ),
+        ("not SIP", format!("hello\r\n{ok}")),
+        (
+            "huge Call-ID",
+            ok.replace(
+                "Call-ID: o",
+                &format!("Call-ID: {}", "o".repeat(MAX_SALVAGED_VALUE + 1)),
+            ),
+        ),
+    ] {
+        assert!(salvage_request(broken.as_bytes()).is_none(), "{what}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn salvage_never_panics_and_stays_bounded(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        if let Some(m) = salvage_request(&bytes) {
+            prop_assert!(m.headers.len() <= MAX_VIAS + 4);
+            prop_assert!(m.headers.iter().all(|(_, v)| v.len() <= MAX_SALVAGED_VALUE * 2));
+        }
+    }
+}
