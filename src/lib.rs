@@ -5,6 +5,7 @@
 //! ([`recording`]), and the config value syntax ([`units`]). The protocol and
 //! audio logic is in the sans-IO `pbx-core` crate.
 
+pub mod admission;
 pub mod cdr;
 pub mod cli;
 pub mod config;
