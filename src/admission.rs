@@ -321,6 +321,14 @@ impl Admission {
         self.state = State::Learning(Vec::new());
     }
 
+    /// The stream ended: from now on every datagram is `unknown_port`;
+    /// packets still held are rejected (`source`).
+    pub fn retire(&mut self, rejected: &mut RejectCounts) {
+        self.reject_held(Reason::Source, rejected);
+        self.origin = None;
+        self.state = State::Retired;
+    }
+
     /// Whether a source is locked.
     pub fn locked(&self) -> Option<SocketAddr> {
         match self.state {

@@ -17,6 +17,7 @@ pub mod import;
 pub mod logmask;
 pub mod media;
 pub mod recording;
+pub mod rtp_ports;
 pub mod sip_tls;
 pub mod siprec;
 pub mod sniff;
