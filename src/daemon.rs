@@ -380,7 +380,10 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             // The disk-full reserve is space held for the queue, not spool content.
-            if e.file_name() == crate::spool::RESERVE_FILE {
+            // Nor is the RTP port pool's small state file.
+            if e.file_name() == crate::spool::RESERVE_FILE
+                || e.file_name() == crate::rtp_ports::STATE_FILE
+            {
                 continue;
             }
             if let Ok(m) = e.metadata() {
