@@ -831,6 +831,16 @@ pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
                 v["engine"]["frames"],
                 v["kernel_drops"],
             );
+            let r = &v["rtp_rejected"];
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            if n("source") + n("ssrc") + n("unknown_port") > 0 {
+                println!(
+                    "  RTP kept out: {} not from the stream's source, {} of a foreign SSRC, {} to ports without a stream",
+                    n("source"),
+                    n("ssrc"),
+                    n("unknown_port")
+                );
+            }
         }
     }
     let sp = &s["spool"];

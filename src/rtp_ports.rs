@@ -15,9 +15,10 @@
 //!   (even ports only; the next port up stays free for RTCP). A port given
 //!   back goes to the end of the line: it comes back after every other free
 //!   port, so at least 60 s later whenever the range has room for the ports
-//!   freed in 60 s (`rtp_ports` of 10,000 ports: 5,000 streams, about 40
-//!   calls a second). Only when the range is too small for the load is a port
-//!   handed out earlier (counted in [`PortPool::early_reuses`], warned).
+//!   in use plus those freed in 60 s (`rtp_ports` of 10,000 ports: 5,000
+//!   streams, e.g. 1,000 calls in progress and 25 ending a second). Only when
+//!   the range is too small for the load is a port handed out earlier
+//!   (counted in [`PortPool::early_reuses`], warned).
 //! - **Retired ports** ([`RETIRE_FOR`], 10 s): a port given back stays open
 //!   that long, its datagrams counted (`unknown_port`) and dropped, then it is
 //!   closed. If the pool hands it out before (a small range), the open socket

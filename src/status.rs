@@ -375,7 +375,7 @@ pub fn render_metrics(s: &Status) -> String {
                     ("ssrc", r.ssrc),
                     ("unknown_port", r.unknown_port),
                 ]
-                .map(|(reason, v)| (format!("{{source=\"{n}\",reason=\"{reason}\"}}"), v as f64))
+                .map(|(reason, v)| (format!("{{reason=\"{reason}\",source=\"{n}\"}}"), v as f64))
             })
             .collect::<Vec<_>>(),
     );

@@ -86,14 +86,15 @@ fn answer_ports(resp: &str) -> Vec<u16> {
 }
 
 /// A two-stream SIPREC INVITE: m-line 0 is Alice's stream (label 1), m-line
-/// 1 Bob's (label 2), both announced at `c_ip` and the given ports.
-fn invite(call_id: &str, src: &Src, c_ip: &str, rtp: [u16; 2]) -> String {
+/// 1 Bob's (label 2), announced at `c_ip` (media-level `c=` lines) and the
+/// given ports.
+fn invite(call_id: &str, src: &Src, c_ip: [&str; 2], rtp: [u16; 2]) -> String {
     let srs = src.srs;
     let sdp = format!(
-        "v=0\r\no=SRC 1 1 IN IP4 {c_ip}\r\ns=-\r\nc=IN IP4 {c_ip}\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=sendonly\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=sendonly\r\n",
-        rtp[0], rtp[1]
+        "v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\nc=IN IP4 {}\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=sendonly\r\n\
+         m=audio {} RTP/AVP 0\r\nc=IN IP4 {}\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=sendonly\r\n",
+        c_ip[0], rtp[0], c_ip[0], rtp[1], c_ip[1]
     );
     let meta = r#"<?xml version="1.0" encoding="UTF-8"?>
 <recording xmlns="urn:ietf:params:xml:ns:recording:1">
@@ -120,7 +121,7 @@ fn invite(call_id: &str, src: &Src, c_ip: &str, rtp: [u16; 2]) -> String {
 }
 
 /// INVITE, 200 OK, ACK: the answered ports and the BYE to send later.
-fn start_call(src: &Src, call_id: &str, c_ip: &str, rtp: [u16; 2]) -> (Vec<u16>, String) {
+fn start_call(src: &Src, call_id: &str, c_ip: [&str; 2], rtp: [u16; 2]) -> (Vec<u16>, String) {
     src.send(&invite(call_id, src, c_ip, rtp));
     let ok = src.final_response("INVITE", call_id);
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
@@ -230,10 +231,10 @@ fn rtp_range() -> (u16, u16) {
     (base, base + 39)
 }
 
-/// `pbx_edge_rtp_rejected_total{source="siprec",reason=...}`.
+/// `pbx_edge_rtp_rejected_total{reason=...,source="siprec"}`.
 fn rejected(d: &Daemon, reason: &str) -> u64 {
     let m = d.get("/metrics").map(|r| r.1).unwrap_or_default();
-    let line = format!("pbx_edge_rtp_rejected_total{{source=\"siprec\",reason=\"{reason}\"}} ");
+    let line = format!("pbx_edge_rtp_rejected_total{{reason=\"{reason}\",source=\"siprec\"}} ");
     m.lines()
         .find_map(|l| l.strip_prefix(line.as_str()))
         .and_then(|v| v.trim().parse().ok())
@@ -305,7 +306,7 @@ fn packets_from_another_port_of_the_src_host_never_reach_the_recording() {
         sb.local_addr().unwrap().port(),
     ];
     let call_id = "inject-1@src";
-    let (ports, bye) = start_call(&src, call_id, "127.0.0.1", announced);
+    let (ports, bye) = start_call(&src, call_id, ["127.0.0.1"; 2], announced);
     assert_eq!(ports.len(), 2);
     let to = |k: usize| SocketAddr::new(srs.ip(), ports[k]);
     let mut real_a = Stream::new(sa, to(0), 0xA11CE, 100, alice.clone());
@@ -342,17 +343,35 @@ fn packets_from_another_port_of_the_src_host_never_reach_the_recording() {
 
 #[test]
 fn an_src_behind_nat_is_latched_on_its_signalling_host_and_another_host_is_kept_out() {
+    nat_call(false);
+}
+
+/// One stream announced where it comes from, the other behind NAT: the
+/// latched one (held back while latching) stays in place on the timeline.
+#[test]
+fn a_latched_stream_beside_an_announced_one_keeps_its_place() {
+    nat_call(true);
+}
+
+fn nat_call(alice_announced: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (d, srs) = daemon(dir.path(), rtp_range());
     let src = Src::new(srs);
     let (alice, bob) = (speechlike(401, 3000, 8000), speechlike(402, 3000, 8000));
     let call_id = "nat-1@src";
+    let sa = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sb = UdpSocket::bind("127.0.0.1:0").unwrap();
     // The SDP names the SRC's private address; its packets come from
     // elsewhere on the host it signals from (its NAT's public side).
-    let (ports, bye) = start_call(&src, call_id, "10.255.0.1", [40000, 40002]);
+    let (c_a, port_a) = if alice_announced {
+        ("127.0.0.1", sa.local_addr().unwrap().port())
+    } else {
+        ("10.255.0.1", 40000)
+    };
+    let (ports, bye) = start_call(&src, call_id, [c_a, "10.255.0.1"], [port_a, 40002]);
     let to = |k: usize| SocketAddr::new(srs.ip(), ports[k]);
-    let mut real_a = Stream::from("127.0.0.1", to(0), 0xA11CE, 100, alice.clone());
-    let mut real_b = Stream::from("127.0.0.1", to(1), 0xB0B, 5000, bob.clone());
+    let mut real_a = Stream::new(sa, to(0), 0xA11CE, 100, alice.clone());
+    let mut real_b = Stream::new(sb, to(1), 0xB0B, 5000, bob.clone());
     // Another host sends to the same ports, from before the real streams
     // begin until the end of the call.
     let noise = tone(700.0, 3400, 8000, 12000.0);
@@ -391,7 +410,7 @@ fn ports_of_an_ended_call_or_of_a_run_killed_are_not_given_to_the_next_call() {
     let (mut d, srs) = daemon(dir.path(), range);
     let src = Src::new(srs);
     // A call in progress when the daemon is killed (the run's first call).
-    let (killed, _) = start_call(&src, "killed@src", "127.0.0.1", [40000, 40002]);
+    let (killed, _) = start_call(&src, "killed@src", ["127.0.0.1"; 2], [40000, 40002]);
     let old_audio = speechlike(501, 6000, 8000);
     let to = |p: u16| SocketAddr::new(srs.ip(), p);
     let mut old_a = Stream::from("127.0.0.1", to(killed[0]), 0x01D, 1, old_audio.clone());
@@ -425,7 +444,7 @@ fn ports_of_an_ended_call_or_of_a_run_killed_are_not_given_to_the_next_call() {
         sa.local_addr().unwrap().port(),
         sb.local_addr().unwrap().port(),
     ];
-    let (new, bye) = start_call(&src2, "after-restart@src", "127.0.0.1", announced);
+    let (new, bye) = start_call(&src2, "after-restart@src", ["127.0.0.1"; 2], announced);
     assert!(
         new.iter().all(|p| !killed.contains(p)),
         "the killed call's ports {killed:?} were given to a new call after the restart: {new:?}"
@@ -452,7 +471,7 @@ fn ports_of_an_ended_call_or_of_a_run_killed_are_not_given_to_the_next_call() {
     let (j, path) = wait_recording_of(&d, "after-restart@src");
     assert_only(&j, &path, [(&alice, 0xA11CE), (&bob, 0xB0B)], 150);
     // The next call gets other ports than the one that just ended.
-    let (next, bye) = start_call(&src2, "next@src", "127.0.0.1", [40000, 40002]);
+    let (next, bye) = start_call(&src2, "next@src", ["127.0.0.1"; 2], [40000, 40002]);
     src2.send(&bye);
     assert!(src2
         .final_response("BYE", "next@src")
