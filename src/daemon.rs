@@ -382,7 +382,9 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
             // The disk-full reserve is space held for the queue, not spool content.
             // Nor is the RTP port pool's small state file.
             if e.file_name() == crate::spool::RESERVE_FILE
-                || e.file_name() == crate::rtp_ports::STATE_FILE
+                || e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(crate::rtp_ports::STATE_FILE))
             {
                 continue;
             }

@@ -239,7 +239,9 @@ impl PortPool {
             "# pbx-edge: RTP ports in use or cooling off, for the next start\nsaved_at={secs}\nports={}\n",
             ports.join(",")
         );
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         {
             let mut f = crate::recording::create_private_file(&tmp)?;
             f.write_all(text.as_bytes())?;
