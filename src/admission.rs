@@ -806,6 +806,116 @@ mod tests {
         assert_eq!(r.admitted.len(), 1);
     }
 
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Who sends: 0 the announced address, 1-2 other ports of the SRC's
+        /// host, 3 another host.
+        const SOURCES: [&str; 4] = [
+            "192.0.2.10:4000",
+            "192.0.2.10:5000",
+            "192.0.2.10:5002",
+            "198.51.100.9:4000",
+        ];
+
+        #[derive(Debug, Clone)]
+        struct Dgram {
+            gap_ms: i64,
+            src: usize,
+            ssrc: u32,
+            seq_step: u16,
+            kind: u8,
+        }
+
+        fn dgram() -> impl Strategy<Value = Dgram> {
+            (0i64..60, 0usize..4, 1u32..4, 0u16..8, 0u8..10).prop_map(
+                |(gap_ms, src, ssrc, seq_step, kind)| Dgram {
+                    gap_ms,
+                    src,
+                    ssrc,
+                    seq_step,
+                    kind,
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever arrives: every datagram is admitted once, rejected
+            /// or still held (nothing lost, nothing doubled); nothing from
+            /// another host gets in; once the announced address is in,
+            /// nothing else is; held memory stays bounded; each source's
+            /// datagrams reach the engine in arrival order with their own
+            /// arrival times.
+            #[test]
+            fn admission_invariants(dgrams in proptest::collection::vec(dgram(), 1..400), nat in any::<bool>()) {
+                let origin = StreamOrigin {
+                    announced_ip: Some(if nat { "10.1.1.1" } else { SRC_HOST }.parse().unwrap()),
+                    announced_port: 4000,
+                    signalling: SRC_HOST.parse().unwrap(),
+                };
+                let mut adm = Admission::new(origin);
+                let mut rejected = RejectCounts::default();
+                let mut admitted: Vec<(Timestamp, SocketAddr, Vec<u8>)> = Vec::new();
+                let mut offered: Vec<(Timestamp, SocketAddr, Vec<u8>)> = Vec::new();
+                let mut seqs = [0u16; 4];
+                let mut t = 0i64;
+                let mut announced_in_at = None;
+                for (i, d) in dgrams.iter().enumerate() {
+                    t += d.gap_ms * 1000;
+                    seqs[d.src] = seqs[d.src].wrapping_add(d.seq_step);
+                    let mut bytes = match d.kind {
+                        0 => vec![0x80, 200, 0, 1, 0, 0, 0, 1],
+                        1 => b"not rtp at all".to_vec(),
+                        _ => rtp(d.ssrc, seqs[d.src]),
+                    };
+                    // Unique payload: which datagram this is.
+                    bytes.extend_from_slice(&(i as u32).to_be_bytes());
+                    let src = a(SOURCES[d.src]);
+                    let ts = Timestamp::from_micros(t);
+                    offered.push((ts, src, bytes.clone()));
+                    adm.offer(ts, src, &bytes, &mut rejected, &mut |ts, s, b| {
+                        admitted.push((ts, s, b.to_vec()))
+                    });
+                    prop_assert!(adm.held() <= MAX_CANDIDATES * MAX_HELD);
+                    if !nat && announced_in_at.is_none()
+                        && admitted.iter().any(|x| x.1 == a(SOURCES[0]))
+                    {
+                        announced_in_at = Some(admitted.len());
+                    }
+                }
+                prop_assert_eq!(
+                    admitted.len() as u64 + rejected.total() + adm.held() as u64,
+                    offered.len() as u64
+                );
+                prop_assert_eq!(rejected.unknown_port, 0);
+                prop_assert!(admitted.iter().all(|x| x.1 != a(SOURCES[3])));
+                if let Some(k) = announced_in_at {
+                    prop_assert!(admitted[k..].iter().all(|x| x.1 == a(SOURCES[0])));
+                }
+                // Each admitted datagram was offered, once, with its time;
+                // the RTP of each source in arrival order (RTCP and other
+                // datagrams of the locked source pass at once, also while
+                // packets of a new SSRC are held).
+                let mut last_index = [None::<usize>; 4];
+                let mut seen = std::collections::HashSet::new();
+                for (ts, src, b) in &admitted {
+                    let idx = u32::from_be_bytes(b[b.len() - 4..].try_into().unwrap()) as usize;
+                    prop_assert_eq!(&offered[idx], &(*ts, *src, b.clone()));
+                    prop_assert!(seen.insert(idx), "datagram {} admitted twice", idx);
+                    if dgrams[idx].kind < 2 {
+                        continue;
+                    }
+                    let s = SOURCES.iter().position(|x| a(x) == *src).unwrap();
+                    prop_assert!(last_index[s].is_none_or(|l| l < idx), "order of {}", src);
+                    last_index[s] = Some(idx);
+                }
+            }
+        }
+    }
+
     #[test]
     fn reordered_packets_in_a_run_are_held_not_lost() {
         let o = StreamOrigin {
