@@ -38,9 +38,13 @@
 //! SSRC interleaved with the locked one is rejected (`ssrc`). A new SSRC is
 //! never accepted from another address. RTCP (rtcp-mux) and datagrams that
 //! are not RTP are admitted only from the locked address (the engine ignores
-//! or counts them). A port whose stream has ended ([`Admission::retired`])
+//! or counts them). A port whose stream has ended ([`Admission::retire`])
 //! rejects everything (`unknown_port`): late packets after a BYE, streams of
-//! calls a restart killed.
+//! calls a restart killed. It remembers the sources it heard (the ended
+//! stream's first); if the port is given to a new stream before they stopped
+//! (a small `rtp_ports`), they are never latched for it
+//! ([`Admission::excluding`]) and still count as `unknown_port`: an SBC
+//! still sending an ended call's stream cannot win the new call's latch.
 //!
 //! A re-offer announcing another address for the stream starts over
 //! ([`Admission::set_origin`]); one announcing the same keeps the lock. A
@@ -88,6 +92,9 @@ pub const MAX_HELD_BYTES: usize = 16 * 1024;
 
 /// A candidate silent this long (µs) makes room for a new one.
 const CANDIDATE_STALE_US: i64 = 1_000_000;
+
+/// Sources remembered per retired port (see [`Admission::excluding`]).
+const MAX_STALE: usize = 8;
 
 /// Why a datagram was not admitted (the `reason` label of
 /// `pbx_edge_rtp_rejected_total`).
@@ -269,6 +276,10 @@ enum State {
 pub struct Admission {
     origin: Option<StreamOrigin>,
     state: State,
+    /// Retired: the sources heard (the ended stream's, and whatever came
+    /// since). A stream: sources of the port's previous stream, never
+    /// latched (their packets are `unknown_port`).
+    stale: Vec<SocketAddr>,
 }
 
 /// The RTP header fields admission looks at; None when not RTP (or RTCP).
@@ -287,6 +298,7 @@ impl Admission {
         Admission {
             origin: Some(origin),
             state: State::Learning(Vec::new()),
+            stale: Vec::new(),
         }
     }
 
@@ -295,6 +307,7 @@ impl Admission {
         Admission {
             origin: None,
             state: State::Retired,
+            stale: Vec::new(),
         }
     }
 
@@ -303,6 +316,7 @@ impl Admission {
         Admission {
             origin: None,
             state: State::Unrestricted,
+            stale: Vec::new(),
         }
     }
 
@@ -324,9 +338,29 @@ impl Admission {
     /// The stream ended: from now on every datagram is `unknown_port`;
     /// packets still held are rejected (`source`).
     pub fn retire(&mut self, rejected: &mut RejectCounts) {
+        let locked = self.locked();
         self.reject_held(Reason::Source, rejected);
         self.origin = None;
         self.state = State::Retired;
+        self.stale = locked.into_iter().collect();
+    }
+
+    /// Retired: the sources heard on the port (its last stream's source
+    /// first), to keep out of the port's next stream.
+    pub fn stale_sources(&self) -> &[SocketAddr] {
+        match self.state {
+            State::Retired => &self.stale,
+            _ => &[],
+        }
+    }
+
+    /// A stream on a port that was retired: packets from `stale` (streams
+    /// that went to the port before, e.g. an SBC still sending the ended
+    /// call's stream) are never latched; they count as `unknown_port`. The
+    /// announced address is still taken from them (rule 1).
+    pub fn excluding(mut self, stale: &[SocketAddr]) -> Admission {
+        self.stale = stale.iter().take(MAX_STALE).copied().collect();
+        self
     }
 
     /// Whether a source is locked.
@@ -376,9 +410,17 @@ impl Admission {
         let src = SocketAddr::new(src.ip().to_canonical(), src.port());
         let origin = match (&self.state, self.origin) {
             (State::Unrestricted, _) => return out(ts, src, bytes),
-            (State::Retired, _) | (_, None) => return rejected.add(Reason::UnknownPort, 1),
+            (State::Retired, _) | (_, None) => {
+                if self.stale.len() < MAX_STALE && !self.stale.contains(&src) {
+                    self.stale.push(src);
+                }
+                return rejected.add(Reason::UnknownPort, 1);
+            }
             (_, Some(o)) => o,
         };
+        if self.stale.contains(&src) && origin.announced() != Some(src) {
+            return rejected.add(Reason::UnknownPort, 1);
+        }
         let fields = rtp_fields(bytes);
         // Rule 1: the announced address wins over everything.
         if origin.announced() == Some(src) {
@@ -757,6 +799,45 @@ mod tests {
         }
         assert!(r.admitted.is_empty());
         assert_eq!(r.rejected.unknown_port, 10);
+    }
+
+    #[test]
+    fn the_stream_of_a_retired_port_is_kept_out_of_its_next_stream() {
+        // NAT: an ended call's stream from the SRC's host, still flowing
+        // when the port is given to a new call whose stream comes from
+        // another port of the same host.
+        let nat = StreamOrigin {
+            announced_ip: Some("10.1.1.1".parse().unwrap()),
+            announced_port: 4000,
+            signalling: SRC_HOST.parse().unwrap(),
+        };
+        let mut r = Run::new(Admission::new(nat));
+        for i in 0..20 {
+            r.send(i * 20, "192.0.2.10:31000", 1, i as u16);
+        }
+        assert_eq!(r.adm.locked(), Some(a("192.0.2.10:31000")));
+        let mut rej = RejectCounts::default();
+        r.adm.retire(&mut rej);
+        r.send(400, "192.0.2.10:31002", 2, 1);
+        let stale = r.adm.stale_sources().to_vec();
+        assert_eq!(stale, vec![a("192.0.2.10:31000"), a("192.0.2.10:31002")]);
+        // The new call: the old stream goes on, the new one starts later.
+        let mut r2 = Run::new(Admission::new(nat).excluding(&stale));
+        for i in 0..50 {
+            r2.send(1000 + i * 20, "192.0.2.10:31000", 1, 20 + i as u16);
+            if i >= 5 {
+                r2.send(1000 + i * 20 + 5, "192.0.2.10:32000", 3, i as u16);
+            }
+        }
+        assert_eq!(r2.adm.locked(), Some(a("192.0.2.10:32000")));
+        assert!(r2.admitted.iter().all(|x| x.1 == a("192.0.2.10:32000")));
+        assert_eq!(r2.admitted.len(), 45);
+        assert_eq!(r2.rejected.unknown_port, 50);
+        // The announced address is taken even if it was heard before.
+        let o = origin();
+        let mut r3 = Run::new(Admission::new(o).excluding(&[a("192.0.2.10:4000")]));
+        r3.send(0, "192.0.2.10:4000", 1, 1);
+        assert_eq!(r3.admitted.len(), 1);
     }
 
     #[test]

@@ -731,7 +731,10 @@ impl Reader {
                     Some(slot) => {
                         slot.port.decrypt = decrypt;
                         slot.port.last_rtp = last_rtp;
-                        slot.port.admission = admission;
+                        // What still came to the retired port is no
+                        // candidate for its new stream.
+                        let stale = slot.port.admission.stale_sources().to_vec();
+                        slot.port.admission = admission.excluding(&stale);
                     }
                     None => {
                         tracing::error!(port = %local, "media receive: no retired port to reuse")

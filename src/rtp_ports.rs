@@ -23,15 +23,17 @@
 //!   that long, its datagrams counted (`unknown_port`) and dropped, then it is
 //!   closed. If the pool hands it out before (a small range), the open socket
 //!   carries the new stream.
-//! - **Restarts**: the pool writes the ports in use or cooling off to
-//!   `<spool dir>/.rtp-ports` (port numbers and a time, nothing else; at
-//!   most once a second, replaced atomically, not fsynced: what a power cut
-//!   loses is a few ports' cooling). The next run (within
-//!   [`STATE_MAX_AGE`]) puts those ports at the end of the line and keeps
-//!   them open, retired, for [`COOL_OFF`]: streams of calls the restart
-//!   killed are counted as `unknown_port`, never recorded into new calls.
-//!   Without the file (first start, or it is old) the pool starts at a random
-//!   place, so a new run rarely meets ports the previous one used.
+//! - **Restarts**: the pool keeps the ports in use or cooling off in
+//!   `<spool dir>/.rtp-ports` (port numbers and a time, nothing else): a
+//!   snapshot, replaced atomically at most once a second, and after it one
+//!   line `+PORT` appended for every port handed out since, so a SIGKILL
+//!   loses none (the page cache keeps what was written; it is not fsynced: a
+//!   power cut may lose the last second, and with it those ports' cooling).
+//!   The next run (within [`STATE_MAX_AGE`]) puts those ports at the end of
+//!   the line and keeps them open, retired, for [`COOL_OFF`]: streams of calls
+//!   the restart killed are counted as `unknown_port`, never recorded into new
+//!   calls. Without the file (first start, or it is old) the pool starts at a
+//!   random place, so a new run rarely meets ports the previous one used.
 //!
 //! A port is never handed to two streams at once: [`PortPool`] is shared by
 //! every SIPREC instance of the daemon (a reload moving the listener).
@@ -85,6 +87,8 @@ pub struct PortPool {
     /// Ports handed out before their cooling-off ended.
     early_reuses: u64,
     state: Option<PathBuf>,
+    /// The state file, open for appending `+PORT` lines (after a snapshot).
+    append: Option<std::fs::File>,
     dirty: bool,
 }
 
@@ -119,6 +123,7 @@ impl PortPool {
             quarantine: Vec::new(),
             early_reuses: 0,
             state: None,
+            append: None,
             dirty: false,
         }
     }
@@ -143,9 +148,14 @@ impl PortPool {
             pool.free.retain(|(p, _)| !set.contains(p));
             pool.free.extend(recent.iter().map(|p| (*p, Some(now))));
             pool.quarantine = recent.into_iter().take(MAX_QUARANTINE).collect();
-            pool.dirty = true;
         }
         pool.state = Some(path.to_path_buf());
+        // A snapshot now: the previous run's ports stay recorded (they cool
+        // off from now), and ports handed out from now on are appended.
+        pool.dirty = true;
+        if let Err(e) = pool.save(now, wall) {
+            tracing::warn!(path = %path.display(), "RTP port state not written: {e}");
+        }
         pool
     }
 
@@ -182,6 +192,11 @@ impl PortPool {
         }
         self.taken.insert(p);
         self.dirty = true;
+        if let Some(f) = self.append.as_mut() {
+            if f.write_all(format!("+{p}\n").as_bytes()).is_err() {
+                self.append = None;
+            }
+        }
         Some(p)
     }
 
@@ -246,7 +261,9 @@ impl PortPool {
             let mut f = crate::recording::create_private_file(&tmp)?;
             f.write_all(text.as_bytes())?;
         }
+        self.append = None;
         std::fs::rename(&tmp, &path)?;
+        self.append = std::fs::OpenOptions::new().append(true).open(&path).ok();
         self.dirty = false;
         Ok(())
     }
@@ -261,14 +278,16 @@ fn read_state(path: &Path, wall: SystemTime) -> Option<Vec<u16>> {
         if let Some(v) = line.strip_prefix("saved_at=") {
             saved_at = v.trim().parse::<u64>().ok();
         } else if let Some(v) = line.strip_prefix("ports=") {
-            ports = v
-                .split(',')
-                .filter_map(|p| p.trim().parse::<u16>().ok())
-                .collect();
+            ports.extend(v.split(',').filter_map(|p| p.trim().parse::<u16>().ok()));
+        } else if let Some(p) = line.strip_prefix('+').and_then(|p| p.trim().parse().ok()) {
+            // Handed out after the snapshot.
+            ports.push(p);
         }
     }
     let saved = UNIX_EPOCH + Duration::from_secs(saved_at?);
     let age = wall.duration_since(saved).unwrap_or(Duration::ZERO);
+    ports.sort_unstable();
+    ports.dedup();
     (age <= STATE_MAX_AGE).then_some(ports)
 }
 
@@ -514,6 +533,10 @@ mod tests {
         first.save(now, wall).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("saved_at="), "{text}");
+        // Two more calls after the last snapshot, then the kill: appended.
+        let late: Vec<u16> = (0..4).map(|_| first.take(now).unwrap()).collect();
+        let used: Vec<u16> = used.into_iter().chain(late).collect();
+        drop(first);
         // Restart a few seconds later.
         let mut second =
             PortPool::restore(40000..=40099, &path, wall + Duration::from_secs(5), now);
@@ -524,7 +547,7 @@ mod tests {
         assert_eq!(q, want);
         let order = take_all(&mut second, now);
         assert_eq!(order.len(), 50);
-        let tail: HashSet<u16> = order[44..].iter().copied().collect();
+        let tail: HashSet<u16> = order[40..].iter().copied().collect();
         assert_eq!(tail, used.iter().copied().collect::<HashSet<_>>());
         // An old state file is ignored.
         let mut late = PortPool::restore(40000..=40099, &path, wall + STATE_MAX_AGE * 2, now);

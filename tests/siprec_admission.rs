@@ -415,8 +415,8 @@ fn ports_of_an_ended_call_or_of_a_run_killed_are_not_given_to_the_next_call() {
     let to = |p: u16| SocketAddr::new(srs.ip(), p);
     let mut old_a = Stream::from("127.0.0.1", to(killed[0]), 0x01D, 1, old_audio.clone());
     let mut old_b = Stream::from("127.0.0.1", to(killed[1]), 0x01E, 1, old_audio);
-    // 1.5 s of it (the pool's state is written at most once a second).
-    play(&mut [&mut old_a, &mut old_b], 75, |_| {});
+    // Half a second of it, then the kill.
+    play(&mut [&mut old_a, &mut old_b], 25, |_| {});
     d.signal(libc::SIGKILL);
     let _ = d.wait_exit(Duration::from_secs(10));
     drop(d);
