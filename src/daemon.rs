@@ -380,7 +380,12 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             // The disk-full reserve is space held for the queue, not spool content.
-            if e.file_name() == crate::spool::RESERVE_FILE {
+            // Nor is the RTP port pool's small state file.
+            if e.file_name() == crate::spool::RESERVE_FILE
+                || e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(crate::rtp_ports::STATE_FILE))
+            {
                 continue;
             }
             if let Ok(m) = e.metadata() {
@@ -834,6 +839,16 @@ pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
                 v["engine"]["frames"],
                 v["kernel_drops"],
             );
+            let r = &v["rtp_rejected"];
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            if n("source") + n("ssrc") + n("unknown_port") > 0 {
+                println!(
+                    "  RTP kept out: {} not from the stream's source, {} of a foreign SSRC, {} to ports without a stream",
+                    n("source"),
+                    n("ssrc"),
+                    n("unknown_port")
+                );
+            }
         }
     }
     let sp = &s["spool"];

@@ -5,6 +5,7 @@
 //! ([`recording`]), and the config value syntax ([`units`]). The protocol and
 //! audio logic is in the sans-IO `pbx-core` crate.
 
+pub mod admission;
 pub mod cdr;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod import;
 pub mod logmask;
 pub mod media;
 pub mod recording;
+pub mod rtp_ports;
 pub mod sip_guard;
 pub mod sip_tls;
 pub mod siprec;

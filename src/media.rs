@@ -35,11 +35,24 @@
 //! backlog's memory is bounded too. When the engine is gone
 //! (its recycler dropped), the thread ends.
 //!
+//! Media admission: every port has an [`Admission`] (see
+//! [`crate::admission`]), given with the port and updated by the SIP task on
+//! a re-offer ([`MediaControl::set_origin`]). Each datagram (after SRTP
+//! decryption) goes through it here, where it is cheap: only the stream's
+//! source reaches the engine; the rest is counted by reason in
+//! [`MediaCounters`] (`pbx_edge_rtp_rejected_total`). A port whose call ended
+//! can stay open a while as a *retired* port ([`MediaControl::retire`]): what
+//! still arrives on it is counted (`unknown_port`) and dropped, and the SIP
+//! task may give it to a new stream ([`MediaControl::reuse`]) or close it.
+//!
 //! Promises: datagrams of one socket reach the engine in the order the kernel
-//! received them; a removed port is closed before its slot is reused; the
+//! received them (a datagram held by admission until its source is latched
+//! keeps its place and its arrival time); nothing rejected by admission
+//! reaches the engine; a removed port is closed before its slot is reused; the
 //! thread ends when it is told to stop or when the engine is gone; a packet
-//! that fails SRTP authentication is counted and dropped; RTCP on an SRTP
-//! port (rtcp-mux) is dropped (recording does not need it).
+//! that fails SRTP authentication is counted and dropped (it never counts
+//! towards latching); RTCP on an SRTP port (rtcp-mux) is dropped (recording
+//! does not need it).
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -54,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use pbx_core::Timestamp;
 
+use crate::admission::{Admission, RejectCounts, StreamOrigin};
 use crate::srtp::SrtpStream;
 
 /// Shortest time between two reading rounds while media flows.
@@ -145,6 +159,35 @@ pub struct MediaCounters {
     pub kernel_drops: AtomicU64,
     /// SRTP packets that failed authentication (or were replays).
     pub srtp_failures: AtomicU64,
+    /// Datagrams refused by admission: not from the stream's source.
+    pub rejected_source: AtomicU64,
+    /// Datagrams refused by admission: an SSRC interleaved with the locked one.
+    pub rejected_ssrc: AtomicU64,
+    /// Datagrams to a port that carries no stream (any more).
+    pub rejected_unknown_port: AtomicU64,
+}
+
+impl MediaCounters {
+    fn add_rejected(&self, r: &RejectCounts) {
+        for (c, n) in [
+            (&self.rejected_source, r.source),
+            (&self.rejected_ssrc, r.ssrc),
+            (&self.rejected_unknown_port, r.unknown_port),
+        ] {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// What admission refused so far, by reason.
+    pub fn rejected(&self) -> RejectCounts {
+        RejectCounts {
+            source: self.rejected_source.load(Ordering::Relaxed),
+            ssrc: self.rejected_ssrc.load(Ordering::Relaxed),
+            unknown_port: self.rejected_unknown_port.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One RTP port to read.
@@ -153,15 +196,21 @@ pub struct MediaPort {
     /// Its local address (what the engine sees as the destination).
     pub local: SocketAddr,
     pub decrypt: Option<SrtpStream>,
-    /// Set to the arrival time (µs) of the newest datagram: the session's
-    /// RTP inactivity timeout reads it.
+    /// Set to the arrival time (µs) of the newest datagram admitted: the
+    /// session's RTP inactivity timeout reads it.
     pub last_rtp: Arc<AtomicI64>,
+    /// Which datagrams are the stream's.
+    pub admission: Admission,
 }
 
 impl MediaPort {
     /// Bind a port for media (non-blocking, with kernel timestamps and drop
     /// counters on; plain RTP until `decrypt` is set).
-    pub fn bind(local: SocketAddr, last_rtp: Arc<AtomicI64>) -> io::Result<MediaPort> {
+    pub fn bind(
+        local: SocketAddr,
+        last_rtp: Arc<AtomicI64>,
+        admission: Admission,
+    ) -> io::Result<MediaPort> {
         let socket = UdpSocket::bind(local)?;
         socket.set_nonblocking(true)?;
         let fd = socket.as_raw_fd();
@@ -173,6 +222,7 @@ impl MediaPort {
             local,
             decrypt: None,
             last_rtp,
+            admission,
         })
     }
 }
@@ -199,6 +249,14 @@ pub fn set_int_option(fd: RawFd, level: i32, name: i32, v: libc::c_int) -> io::R
 enum Command {
     Add(MediaPort),
     Remove(SocketAddr),
+    Retire(SocketAddr),
+    Reuse {
+        local: SocketAddr,
+        decrypt: Option<SrtpStream>,
+        last_rtp: Arc<AtomicI64>,
+        admission: Admission,
+    },
+    SetOrigin(SocketAddr, StreamOrigin),
     Stop,
 }
 
@@ -231,6 +289,33 @@ impl MediaControl {
     /// Stop reading the port bound to `local` and close it.
     pub fn remove(&self, local: SocketAddr) {
         self.send(Command::Remove(local));
+    }
+
+    /// The stream on `local` ended: keep the port open, count what still
+    /// arrives on it (`unknown_port`) and drop it.
+    pub fn retire(&self, local: SocketAddr) {
+        self.send(Command::Retire(local));
+    }
+
+    /// A retired port carries a new stream.
+    pub fn reuse(
+        &self,
+        local: SocketAddr,
+        decrypt: Option<SrtpStream>,
+        last_rtp: Arc<AtomicI64>,
+        admission: Admission,
+    ) {
+        self.send(Command::Reuse {
+            local,
+            decrypt,
+            last_rtp,
+            admission,
+        });
+    }
+
+    /// The SRC re-offered the stream on `local` (see [`Admission::set_origin`]).
+    pub fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
+        self.send(Command::SetOrigin(local, origin));
     }
 
     fn send(&self, c: Command) {
@@ -628,6 +713,40 @@ impl Reader {
             match c {
                 Command::Add(port) => self.add(port),
                 Command::Remove(local) => self.remove(local),
+                Command::Retire(local) => {
+                    let mut rejected = RejectCounts::default();
+                    if let Some(slot) = self.slot_of(local) {
+                        slot.port.admission.retire(&mut rejected);
+                        slot.port.decrypt = None;
+                        slot.port.last_rtp = Arc::default();
+                    }
+                    self.counters.add_rejected(&rejected);
+                }
+                Command::Reuse {
+                    local,
+                    decrypt,
+                    last_rtp,
+                    admission,
+                } => match self.slot_of(local) {
+                    Some(slot) => {
+                        slot.port.decrypt = decrypt;
+                        slot.port.last_rtp = last_rtp;
+                        // What still came to the retired port is no
+                        // candidate for its new stream.
+                        let stale = slot.port.admission.stale_sources().to_vec();
+                        slot.port.admission = admission.excluding(&stale);
+                    }
+                    None => {
+                        tracing::error!(port = %local, "media receive: no retired port to reuse")
+                    }
+                },
+                Command::SetOrigin(local, origin) => {
+                    let mut rejected = RejectCounts::default();
+                    if let Some(slot) = self.slot_of(local) {
+                        slot.port.admission.set_origin(origin, &mut rejected);
+                    }
+                    self.counters.add_rejected(&rejected);
+                }
                 Command::Stop => return true,
             }
         }
@@ -648,6 +767,13 @@ impl Reader {
         self.live += 1;
     }
 
+    fn slot_of(&mut self, local: SocketAddr) -> Option<&mut Slot> {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .find(|s| s.port.local == local)
+    }
+
     fn remove(&mut self, local: SocketAddr) {
         let found = self
             .slots
@@ -666,13 +792,16 @@ impl Reader {
         let Some(Some(slot)) = self.slots.get_mut(k) else {
             return;
         };
-        let fd = slot.port.socket.as_raw_fd();
+        let port = &mut slot.port;
+        let fd = port.socket.as_raw_fd();
+        let local = port.local;
         let mut newest = None;
+        let mut rejected = RejectCounts::default();
         loop {
             let n = match self.bufs.recv(fd) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::debug!(port = %slot.port.local, "RTP receive: {e}");
+                    tracing::debug!(port = %local, "RTP receive: {e}");
                     0
                 }
             };
@@ -689,26 +818,35 @@ impl Reader {
                     continue;
                 };
                 let ts = ts.unwrap_or_else(crate::sniff::now);
-                newest = Some(ts);
                 let pkt = self.bufs.bytes(i);
-                match slot.port.decrypt.as_mut() {
+                let mut admit = |ts: Timestamp, src: SocketAddr, b: &[u8]| {
+                    batch.push(ts, src, local, b);
+                    newest = newest.max(Some(ts));
+                };
+                match port.decrypt.as_mut() {
                     // RTCP (rtcp-mux) is not needed for recording: dropped.
                     Some(_) if pbx_core::rtp::is_rtcp(pkt) => {}
                     Some(d) => match d.decrypt(pkt) {
-                        Some(plain) => batch.push(ts, src, slot.port.local, &plain),
+                        Some(plain) => {
+                            port.admission
+                                .offer(ts, src, &plain, &mut rejected, &mut admit)
+                        }
                         None => {
                             self.counters.srtp_failures.fetch_add(1, Ordering::Relaxed);
                         }
                     },
-                    None => batch.push(ts, src, slot.port.local, pkt),
+                    None => port
+                        .admission
+                        .offer(ts, src, pkt, &mut rejected, &mut admit),
                 }
             }
             if n < VLEN {
                 break;
             }
         }
+        self.counters.add_rejected(&rejected);
         if let Some(ts) = newest {
-            slot.port.last_rtp.store(ts.as_micros(), Ordering::Relaxed);
+            port.last_rtp.store(ts.as_micros(), Ordering::Relaxed);
         }
     }
 }
@@ -748,8 +886,18 @@ mod tests {
         let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
         let ctl = media.control();
         let last = Arc::new(AtomicI64::new(0));
-        let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), last.clone()).unwrap();
-        let b = MediaPort::bind("127.0.0.1:0".parse().unwrap(), last.clone()).unwrap();
+        let a = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            last.clone(),
+            Admission::unrestricted(),
+        )
+        .unwrap();
+        let b = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            last.clone(),
+            Admission::unrestricted(),
+        )
+        .unwrap();
         let (la, lb) = (a.local, b.local);
         ctl.add(a);
         ctl.add(b);
@@ -790,7 +938,12 @@ mod tests {
         let (media, recycler) = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
         let ctl = media.control();
         let last = Arc::new(AtomicI64::new(0));
-        let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), last.clone()).unwrap();
+        let a = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            last.clone(),
+            Admission::unrestricted(),
+        )
+        .unwrap();
         let la = a.local;
         ctl.add(a);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -800,7 +953,7 @@ mod tests {
         // The port becomes free once the thread closed it.
         let mut rebound = None;
         for _ in 0..500 {
-            if let Ok(p) = MediaPort::bind(la, last.clone()) {
+            if let Ok(p) = MediaPort::bind(la, last.clone(), Admission::unrestricted()) {
                 rebound = Some(p);
                 break;
             }
@@ -855,7 +1008,12 @@ mod tests {
         let ctl = media.control();
         let mut ports = Vec::new();
         for _ in 0..PORTS {
-            let p = MediaPort::bind("127.0.0.1:0".parse().unwrap(), Arc::default()).unwrap();
+            let p = MediaPort::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                Arc::default(),
+                Admission::unrestricted(),
+            )
+            .unwrap();
             ports.push(p.local);
             ctl.add(p);
         }
@@ -901,11 +1059,108 @@ mod tests {
     }
 
     #[test]
+    fn admission_keeps_other_sources_out_and_a_retired_port_counts_what_comes() {
+        let (tx, rx) = sync_channel(64);
+        let counters = Arc::new(MediaCounters::default());
+        let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
+        let ctl = media.control();
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let origin = StreamOrigin {
+            announced_ip: Some(src.local_addr().unwrap().ip()),
+            announced_port: src.local_addr().unwrap().port(),
+            signalling: src.local_addr().unwrap().ip(),
+        };
+        let last = Arc::new(AtomicI64::new(0));
+        let p = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            last.clone(),
+            Admission::new(origin),
+        )
+        .unwrap();
+        let local = p.local;
+        ctl.add(p);
+        let rtp = |seq: u16| {
+            let mut b = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            b[2..4].copy_from_slice(&seq.to_be_bytes());
+            b.extend_from_slice(&[0u8; 160]);
+            b
+        };
+        // Another port of the SRC's host first: held, then rejected.
+        for i in 0..5 {
+            other.send_to(&rtp(100 + i), local).unwrap();
+        }
+        for i in 0..20 {
+            src.send_to(&rtp(i), local).unwrap();
+        }
+        let got = collect(&rx, &recycler, 20);
+        assert!(got.iter().all(|(d, _)| d.src == src.local_addr().unwrap()));
+        let seqs: Vec<u16> = got
+            .iter()
+            .map(|(_, p)| u16::from_be_bytes([p[2], p[3]]))
+            .collect();
+        assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+        assert!(last.load(Ordering::Relaxed) > 0);
+        // The rejections are counted once the thread got to them.
+        let t = Instant::now();
+        while counters.rejected().source < 5 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                counters.rejected()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Retired: nothing gets through, everything is counted.
+        // (The command may reach the thread after a datagram sent at once:
+        // keep sending until ten were counted.)
+        ctl.retire(local);
+        let mut seq = 20;
+        while counters.rejected().unknown_port < 10 {
+            src.send_to(&rtp(seq), local).unwrap();
+            seq += 1;
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                counters.rejected()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Reused for a new stream from `other`.
+        let origin2 = StreamOrigin {
+            announced_ip: Some(other.local_addr().unwrap().ip()),
+            announced_port: other.local_addr().unwrap().port(),
+            signalling: other.local_addr().unwrap().ip(),
+        };
+        ctl.reuse(local, None, Arc::default(), Admission::new(origin2));
+        other.send_to(&rtp(7), local).unwrap();
+        // Skip what src got in before the port was retired.
+        let first_of_other = loop {
+            let got = collect(&rx, &recycler, 1);
+            if let Some((d, _)) = got
+                .into_iter()
+                .find(|(d, _)| d.src != src.local_addr().unwrap())
+            {
+                break d;
+            }
+        };
+        assert_eq!(first_of_other.src, other.local_addr().unwrap());
+        assert_eq!(counters.rejected().source, 5);
+        assert_eq!(counters.rejected().ssrc, 0);
+        media.stop();
+    }
+
+    #[test]
     fn stop_delivers_what_is_queued() {
         let (tx, rx) = sync_channel(64);
         let (media, recycler) = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
         let ctl = media.control();
-        let a = MediaPort::bind("127.0.0.1:0".parse().unwrap(), Arc::default()).unwrap();
+        let a = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::default(),
+            Admission::unrestricted(),
+        )
+        .unwrap();
         let la = a.local;
         ctl.add(a);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -13,7 +13,13 @@
 //!   `rtp_ports`, and answers.
 //! - one thread reads every RTP port ([`crate::media`]: epoll + `recvmmsg`,
 //!   kernel receive timestamps, SRTP decryption) and hands the engine a batch
-//!   of datagrams per reading round.
+//!   of datagrams per reading round. Only the stream's source gets through
+//!   ([`crate::admission`]): the address the SRC's SDP announces for the
+//!   stream, or a source on the SRC's signalling host latched after a quorum
+//!   of in-sequence packets, its SSRC locked; the rest is counted
+//!   (`pbx_edge_rtp_rejected_total`). Ports come from [`crate::rtp_ports`]:
+//!   a random start, least recently used first, a cooling-off after a call
+//!   and across restarts.
 //! - one thread owns the [`CallEngine`] and the spool writer, exactly as for
 //!   `import` and sniffing. It is fed the SIP messages as they were received
 //!   and sent (the INVITE with its metadata, our 200 OK with the answer, BYE)
@@ -32,9 +38,8 @@
 //!   get 503, its dialogs go on, it ends after the last one; the RTP port
 //!   pool is shared with its successor.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,12 +60,14 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Admission, StreamOrigin};
 use crate::config::SiprecConfig;
 use crate::health::Liveness;
 use crate::media::{
-    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaPort, MediaReceiver, Recycler,
+    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaReceiver, Recycler,
 };
 use crate::recording::{RecordingDir, RecordingSettings};
+use crate::rtp_ports::RtpPorts;
 use crate::sip_guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
 };
@@ -109,64 +116,7 @@ impl BatchSink for EngineSink {
     }
 }
 
-/// The pool of RTP ports (even ports of the range).
-///
-/// The range can change while ports are out (a reload of `rtp_ports`): new
-/// calls take ports of the new range, a port of the old range given back by
-/// a call in progress leaves the pool. A SIPREC instance replaced on reload
-/// (new listen address) shares its pool with the new one, so the two never
-/// hand out the same port.
-#[derive(Debug)]
-pub struct PortPool {
-    range: RangeInclusive<u16>,
-    free: VecDeque<u16>,
-    taken: HashSet<u16>,
-}
-
-/// A port pool shared by the SIPREC instances of one daemon.
-pub type SharedPorts = Arc<Mutex<PortPool>>;
-
-impl PortPool {
-    pub fn new(range: RangeInclusive<u16>) -> Self {
-        PortPool {
-            free: Self::even_ports(&range).collect(),
-            range,
-            taken: HashSet::new(),
-        }
-    }
-    fn even_ports(range: &RangeInclusive<u16>) -> impl Iterator<Item = u16> {
-        let start = range.start().saturating_add(range.start() % 2);
-        (start..=*range.end()).step_by(2)
-    }
-    /// Hand out ports of `range` from now on (ports out stay out until given back).
-    pub fn set_range(&mut self, range: RangeInclusive<u16>) {
-        if range == self.range {
-            return;
-        }
-        let taken = &self.taken;
-        self.free = Self::even_ports(&range)
-            .filter(|p| !taken.contains(p))
-            .collect();
-        self.range = range;
-    }
-    pub fn take(&mut self) -> Option<u16> {
-        let p = self.free.pop_front()?;
-        self.taken.insert(p);
-        Some(p)
-    }
-    pub fn give_back(&mut self, p: u16) {
-        if self.taken.remove(&p) && self.range.contains(&p) && p % 2 == 0 {
-            self.free.push_back(p);
-        }
-    }
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
-    /// Ports handed out and not given back.
-    pub fn in_use(&self) -> usize {
-        self.taken.len()
-    }
-}
+pub use crate::rtp_ports::{PortPool, SharedPorts};
 
 struct Session {
     /// Our RTP addresses (one per stream taken).
@@ -340,7 +290,12 @@ pub async fn start(
             }
             p
         }
-        None => Arc::new(Mutex::new(PortPool::new(cfg.rtp_ports.clone()))),
+        None => Arc::new(Mutex::new(PortPool::restore(
+            cfg.rtp_ports.clone(),
+            &out.dir().join(crate::rtp_ports::STATE_FILE),
+            std::time::SystemTime::now(),
+            Instant::now(),
+        ))),
     };
     let name = Arc::new(Mutex::new("siprec".to_string()));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -513,6 +468,7 @@ fn publish(engine: &CallEngine, out: &RecordingDir, r: &Report) {
         src.queue_drops = r.drops.load(Ordering::Relaxed).max(0) as u64;
         src.kernel_drops = r.media.kernel_drops.load(Ordering::Relaxed);
         src.srtp_failures = r.media.srtp_failures.load(Ordering::Relaxed);
+        src.rtp_rejected = r.media.rejected().into();
         src.errors = out.counters.failed;
         src.sip_rejected = r.guard.snapshot();
     }
@@ -612,6 +568,7 @@ async fn sip_loop(
         counters: guard.clone(),
         busy: busy.clone(),
     };
+    let mut ports = RtpPorts::new(pool, media, cfg.listen.ip(), Instant::now());
     // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
     let (mut draining, mut stop_when_idle) = (false, false);
     let mut idle_since: Option<Instant> = None;
@@ -707,8 +664,9 @@ async fn sip_loop(
                     .collect();
                 for d in silent {
                     uas.hangup(&d, now());
-                    if let Some(s) = sessions.remove(&d) { release(s, &pool, &media); }
+                    if let Some(s) = sessions.remove(&d) { release(s, &mut ports); }
                 }
+                ports.tick(Instant::now(), std::time::SystemTime::now());
             }
         }
         // Act on what the UAS decided.
@@ -769,14 +727,14 @@ async fn sip_loop(
                         peer: from,
                         sdp: String::new(),
                     };
-                    match answer_for(&offer, &mut session, &pool, local.ip(), from, &media) {
+                    match answer_for(&offer, &mut session, &mut ports, local.ip(), from) {
                         Ok(answer) => {
                             uas.accept(&dialog, &answer, at);
                             session.sdp = answer;
                             sessions.insert(dialog, session);
                         }
                         Err(why) => {
-                            release(session, &pool, &media);
+                            release(session, &mut ports);
                             let (code, reason) = why.status();
                             uas.reject(&dialog, code, reason, at);
                         }
@@ -796,14 +754,8 @@ async fn sip_loop(
                     match siprec_parts(&msg) {
                         Ok((offer, _)) => {
                             session.version += 1;
-                            match answer_for(
-                                &offer,
-                                session,
-                                &pool,
-                                local.ip(),
-                                session.peer,
-                                &media,
-                            ) {
+                            let peer = session.peer;
+                            match answer_for(&offer, session, &mut ports, local.ip(), peer) {
                                 Ok(answer) => {
                                     uas.accept(&dialog, &answer, at);
                                     session.sdp = answer;
@@ -839,7 +791,7 @@ async fn sip_loop(
                 UasEvent::Ended { dialog, reason } => {
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
                     if let Some(s) = sessions.remove(&dialog) {
-                        release(s, &pool, &media);
+                        release(s, &mut ports);
                     }
                 }
             }
@@ -852,7 +804,7 @@ async fn sip_loop(
     let at = now();
     for (d, s) in sessions.drain() {
         uas.hangup(&d, at);
-        release(s, &pool, &media);
+        release(s, &mut ports);
     }
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
@@ -1016,10 +968,9 @@ impl NoAnswer {
 fn answer_for(
     offer: &SessionDescription,
     session: &mut Session,
-    pool: &Mutex<PortPool>,
+    rtp: &mut RtpPorts,
     listen_ip: IpAddr,
     peer: SocketAddr,
-    media: &MediaControl,
 ) -> Result<String, NoAnswer> {
     let ip = media_ip(listen_ip, peer);
     let mut ports = Vec::with_capacity(offer.media.len());
@@ -1059,41 +1010,34 @@ fn answer_for(
             },
             None => None,
         };
+        // Where this stream may come from (see crate::admission).
+        let origin = StreamOrigin {
+            announced_ip: m.effective_connection(offer),
+            announced_port: m.port,
+            signalling: peer.ip(),
+        };
         if let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) {
             // Re-offer of a line we already receive: same port (an SRTP key
             // change would need a new context; keep the running one).
+            if let Some(local) = session.ports.iter().find(|a| a.port() == p) {
+                rtp.set_origin(*local, origin);
+            }
             ports.push(p);
             continue;
         }
-        // A new line: a port from the pool that we can bind (a port just
-        // given back may still be open in the media thread: the next one).
-        let mut bound = None;
-        for _ in 0..16 {
-            let Some(p) = pool.lock().ok().and_then(|mut g| g.take()) else {
-                break;
-            };
-            match MediaPort::bind(SocketAddr::new(ip, p), session.last_rtp.clone()) {
-                Ok(port) => {
-                    bound = Some(port);
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(port = p, "RTP port not bindable: {e}");
-                    if let Ok(mut g) = pool.lock() {
-                        g.give_back(p);
-                    }
-                }
-            }
-        }
-        let Some(mut port) = bound else {
+        // A new line: a port from the pool.
+        let Some(local) = rtp.open(
+            ip,
+            session.last_rtp.clone(),
+            decrypt,
+            Admission::new(origin),
+            Instant::now(),
+        ) else {
             tracing::warn!("SIPREC: no free RTP port (rtp_ports used up): 503; widen rtp_ports");
             return Err(NoAnswer::NoPorts);
         };
-        port.decrypt = decrypt;
-        let p = port.local.port();
-        session.ports.push(port.local);
-        media.add(port);
-        ports.push(p);
+        session.ports.push(local);
+        ports.push(local.port());
     }
     session.line_ports = ports.clone();
     if ports.iter().all(|p| *p == 0) {
@@ -1106,12 +1050,10 @@ fn answer_for(
     Ok(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
 }
 
-fn release(s: Session, pool: &Mutex<PortPool>, media: &MediaControl) {
+fn release(s: Session, ports: &mut RtpPorts) {
+    let now = Instant::now();
     for local in s.ports {
-        media.remove(local);
-        if let Ok(mut g) = pool.lock() {
-            g.give_back(local.port());
-        }
+        ports.close(local, now);
     }
 }
 
@@ -1132,42 +1074,5 @@ async fn send_sip(
                 let _ = w.send(bytes).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_pool_hands_out_even_ports_and_takes_them_back() {
-        let mut p = PortPool::new(20001..=20010);
-        assert_eq!(p.available(), 5);
-        let a = p.take().unwrap();
-        assert_eq!(a, 20002);
-        assert_eq!(p.available(), 4);
-        p.give_back(a);
-        assert_eq!(p.available(), 5);
-    }
-
-    #[test]
-    fn port_pool_range_change_keeps_ports_out_and_drops_old_ones() {
-        let mut p = PortPool::new(20000..=20005);
-        let (a, b) = (p.take().unwrap(), p.take().unwrap());
-        assert_eq!((a, b), (20000, 20002));
-        // The new range overlaps: a port still out is not handed out again.
-        p.set_range(20002..=20009);
-        assert_eq!(p.in_use(), 2);
-        let got: Vec<u16> = std::iter::from_fn(|| p.take()).collect();
-        assert_eq!(got, vec![20004, 20006, 20008]);
-        // Given back: 20000 is outside the new range and leaves the pool.
-        p.give_back(a);
-        p.give_back(b);
-        assert_eq!(p.in_use(), 3);
-        assert_eq!(p.available(), 1);
-        assert_eq!(p.take(), Some(20002));
-        // A port never handed out is not taken in.
-        p.give_back(20100);
-        assert_eq!(p.available(), 0);
     }
 }

@@ -38,6 +38,8 @@ pub struct SourceStatus {
     pub queue_drops: u64,
     /// SRTP packets that failed authentication (wrong key, corrupted, replays).
     pub srtp_failures: u64,
+    /// SIPREC: RTP datagrams refused by media admission, by reason.
+    pub rtp_rejected: RtpRejected,
     pub errors: u64,
     pub recordings_written: u64,
     pub recordings_failed: u64,
@@ -63,6 +65,27 @@ impl SourceStatus {
         self.recordings_written = written.written;
         self.recordings_failed = written.failed;
         self.bytes_written = written.bytes;
+    }
+}
+
+/// Datagrams refused by media admission ([`crate::admission`]), by reason.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct RtpRejected {
+    /// Not from the stream's source.
+    pub source: u64,
+    /// An SSRC interleaved with the stream's locked one.
+    pub ssrc: u64,
+    /// To a port that carries no stream (any more).
+    pub unknown_port: u64,
+}
+
+impl From<crate::admission::RejectCounts> for RtpRejected {
+    fn from(r: crate::admission::RejectCounts) -> Self {
+        RtpRejected {
+            source: r.source,
+            ssrc: r.ssrc,
+            unknown_port: r.unknown_port,
+        }
     }
 }
 
@@ -356,6 +379,24 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "SRTP packets dropped because they failed authentication (or were replays).",
         &per_source(&|x| x.srtp_failures),
+    );
+    family(
+        "pbx_edge_rtp_rejected_total",
+        "counter",
+        "RTP datagrams on SIPREC ports kept from the recording by media admission: not from the stream's source (reason=source), an SSRC interleaved with the stream's (reason=ssrc), to a port without a stream (reason=unknown_port).",
+        &s.sources
+            .iter()
+            .filter(|(n, _)| n.starts_with("siprec"))
+            .flat_map(|(n, st)| {
+                let r = st.rtp_rejected;
+                [
+                    ("source", r.source),
+                    ("ssrc", r.ssrc),
+                    ("unknown_port", r.unknown_port),
+                ]
+                .map(|(reason, v)| (format!("{{reason=\"{reason}\",source=\"{n}\"}}"), v as f64))
+            })
+            .collect::<Vec<_>>(),
     );
     family(
         "pbx_edge_source_errors_total",
