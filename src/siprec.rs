@@ -21,6 +21,12 @@
 //!   capture of the same packets give the same recording: the engine reads the
 //!   metadata's `participantstreamassoc` to know whose voice each stream is.
 //! - a dialog whose media has been silent for `rtp_timeout` is hung up (BYE).
+//! - durability (docs/durability.md): before the `200 OK` to an INVITE goes
+//!   out, the call is noted on disk ([`AnsweredCalls`]), so a crash at any
+//!   later moment still leaves a recording of it; the `200 OK` to the SRC's
+//!   BYE is held ([`Uas::hold_byes`]) until the engine thread reports the
+//!   call's recording pair durable (or that it has none), at most
+//!   [`uas::BYE_HOLD_MAX_US`]: a BYE answered means a recording complete on disk.
 //! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
 //!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
 //!   recording settings (new calls take them, calls in progress go on). A
@@ -56,7 +62,7 @@ use crate::health::Liveness;
 use crate::media::{
     BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaPort, MediaReceiver, Recycler,
 };
-use crate::recording::{RecordingDir, RecordingSettings};
+use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
 use crate::sniff::now;
 use crate::status::SharedStatus;
 
@@ -74,6 +80,9 @@ enum EngineInput {
     Media(DatagramBatch),
     /// New recording settings (reload): for calls that begin from now on.
     Settings(Box<RecordingSettings>),
+    /// The SRC's BYE ended this dialog (fed after the BYE itself): report
+    /// [`Control::ByeDurable`] once its recording is on disk.
+    AwaitDurable(DialogId),
 }
 
 /// What the daemon tells the running SIP task.
@@ -89,6 +98,9 @@ enum Control {
     /// Keep taking calls, end as soon as none is in progress (the new
     /// listener needs this one's address); `false` cancels it.
     StopWhenIdle(bool),
+    /// From the engine thread: the recording of the dialog the SRC's BYE
+    /// ended is durable (or there is none): answer the BYE.
+    ByeDurable(DialogId),
 }
 
 /// The media thread's way into the engine: it waits when the queue is full
@@ -340,6 +352,7 @@ pub async fn start(
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = out.answered_calls();
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
     let counters = Arc::new(MediaCounters::default());
@@ -353,9 +366,10 @@ pub async fn start(
             listen: cfg.listen.to_string(),
             name: name.clone(),
         };
+        let durable = control_tx.clone();
         std::thread::Builder::new()
             .name("siprec-engine".into())
-            .spawn(move || engine_loop(engine_cfg, out, erx, live, report, recycler))?
+            .spawn(move || engine_loop(engine_cfg, out, erx, live, report, recycler, durable))?
     };
     live.beat("siprec");
     let sip_task = tokio::spawn(sip_loop(
@@ -370,6 +384,7 @@ pub async fn start(
             ports: ports.clone(),
             calls: calls.clone(),
             control: control_rx,
+            answered,
         },
     ));
     Ok(SiprecHandle {
@@ -417,7 +432,8 @@ impl Report {
 }
 
 /// The engine thread: runs until every sender (SIP task, media thread) is
-/// gone, then closes every open call as cut by shutdown.
+/// gone, then closes every open call as cut by shutdown (calls answered
+/// whose audio never came become empty recordings, cut by shutdown too).
 fn engine_loop(
     engine_cfg: EngineConfig,
     mut out: RecordingDir,
@@ -425,14 +441,32 @@ fn engine_loop(
     live: Arc<Liveness>,
     report: Report,
     recycler: Recycler,
+    durable: mpsc::UnboundedSender<Control>,
 ) {
     let mut engine = CallEngine::new(engine_cfg);
     let mut last_tick = Instant::now();
+    // BYEs waiting for their call's recording, by Call-ID.
+    let mut byes: HashMap<String, Vec<DialogId>> = HashMap::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(EngineInput::AwaitDurable(d)) => {
+                if out.is_recording(&d.call_id) {
+                    byes.entry(d.call_id.clone()).or_default().push(d);
+                } else {
+                    let _ = durable.send(Control::ByeDurable(d));
+                }
+            }
             Ok(input) => handle_input(&mut engine, input, &mut out, &recycler),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        for call_id in out.take_closed() {
+            if out.is_recording(&call_id) {
+                continue;
+            }
+            for d in byes.remove(&call_id).unwrap_or_default() {
+                let _ = durable.send(Control::ByeDurable(d));
+            }
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
@@ -446,6 +480,7 @@ fn engine_loop(
         }
     }
     engine.finish(EndReason::Shutdown, &mut out);
+    out.finish_answered("shutdown");
     publish(&engine, &out, &report);
     let name = report.name();
     live.forget(&name);
@@ -485,6 +520,7 @@ fn handle_input(
             recycler.give_back(batch);
         }
         EngineInput::Settings(s) => crate::recording::apply_settings(engine, out, *s),
+        EngineInput::AwaitDurable(_) => {}
     }
 }
 
@@ -567,6 +603,8 @@ struct Shared {
     ports: SharedPorts,
     calls: Arc<AtomicUsize>,
     control: mpsc::UnboundedReceiver<Control>,
+    /// Where answered calls are noted before their 200 OK.
+    answered: AnsweredCalls,
 }
 
 /// How long a drained instance still answers retransmissions after its last
@@ -589,6 +627,7 @@ async fn sip_loop(
         ports: pool,
         calls,
         control: mut control_rx,
+        answered,
     } = shared;
     // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
     let (mut draining, mut stop_when_idle) = (false, false);
@@ -601,6 +640,8 @@ async fn sip_loop(
         user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
         tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
     });
+    // A BYE is answered when the call's recording is on disk (ByeDurable).
+    uas.hold_byes(true);
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
     let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
         HashMap::new();
@@ -612,7 +653,8 @@ async fn sip_loop(
             break;
         }
         calls.store(sessions.len(), Ordering::Relaxed);
-        if sessions.is_empty() && (draining || stop_when_idle) {
+        // A BYE still held for its recording keeps the listener open.
+        if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
             if stop_when_idle {
                 tracing::info!(listen = %local, "SIPREC: no call in progress any more, closing this listener for the new settings");
                 break;
@@ -635,6 +677,9 @@ async fn sip_loop(
                 }
                 Control::Drain => draining = true,
                 Control::StopWhenIdle(on) => stop_when_idle = on,
+                Control::ByeDurable(d) => {
+                    uas.answer_bye(&d, now());
+                }
             },
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
@@ -738,6 +783,13 @@ async fn sip_loop(
                     };
                     match answer_for(&offer, &mut session, &pool, local.ip(), from, &media) {
                         Ok(answer) => {
+                            // On disk before the 200 goes out: from now on a
+                            // crash still leaves a recording of this call.
+                            if let Err(e) =
+                                answered.answered(&answered_call(&dialog, &invite, at, now()))
+                            {
+                                tracing::error!("spool: cannot note an answered call: {e}");
+                            }
                             uas.accept(&dialog, &answer, at);
                             session.sdp = answer;
                             sessions.insert(dialog, session);
@@ -805,6 +857,19 @@ async fn sip_loop(
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
                     if let Some(s) = sessions.remove(&dialog) {
                         release(s, &pool, &media);
+                        // Ended without audio: no recording (as without a
+                        // crash); with audio the note is gone already.
+                        answered.forget(&dialog.call_id);
+                    }
+                    if reason == uas::EndCause::Bye {
+                        // Fed after the BYE: the engine has seen it. If the
+                        // queue is full, answer now rather than keep the
+                        // SRC waiting for the UAS's deadline.
+                        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                            etx.try_send(EngineInput::AwaitDurable(dialog.clone()))
+                        {
+                            uas.answer_bye(&dialog, now());
+                        }
                     }
                 }
             }
@@ -819,6 +884,9 @@ async fn sip_loop(
         uas.hangup(&d, at);
         release(s, &pool, &media);
     }
+    // BYEs still waiting for their recording: the engine finishes every
+    // recording as this source stops.
+    uas.answer_held_byes(at);
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
             to,
@@ -829,6 +897,46 @@ async fn sip_loop(
             send_sip(&udp, &tcp_writers, transport, to, bytes).await;
         }
     }
+}
+
+/// What is known of a call as it is answered: the parties as the metadata
+/// names them (the same assignment the engine makes), the recorded call's id.
+fn answered_call(
+    dialog: &DialogId,
+    invite: &pbx_core::sip::message::SipMessage,
+    started_at: Timestamp,
+    answered_at: Timestamp,
+) -> AnsweredCall {
+    use pbx_core::call::{Party, PartyInfo};
+    let mut call = AnsweredCall {
+        call_id: dialog.call_id.clone(),
+        started_at,
+        answered_at,
+        ..AnsweredCall::default()
+    };
+    let Ok((sdp, Some(meta))) = siprec_parts(invite) else {
+        return call;
+    };
+    call.recorded_call_id = meta.call_id_hint.clone();
+    let assigned = pbx_core::sip::siprec::assign_streams(&sdp, &meta).unwrap_or_default();
+    for (party, slot) in [
+        (Party::Caller, &mut call.from),
+        (Party::Callee, &mut call.to),
+    ] {
+        let p = assigned
+            .iter()
+            .find(|a| a.party == Some(party))
+            .and_then(|a| a.participant.as_deref())
+            .and_then(|id| meta.participant(id));
+        if let Some(p) = p {
+            *slot = PartyInfo {
+                number: p.number.clone().unwrap_or_default(),
+                name: p.name.clone().unwrap_or_default(),
+                uri: p.aor.clone().unwrap_or_default(),
+            };
+        }
+    }
+    call
 }
 
 /// The next connection on the TLS listener (never, without one).
