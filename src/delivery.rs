@@ -359,6 +359,8 @@ struct Shared {
     spool: Mutex<Option<Spool>>,
     /// Rebuilds of the database since start, and the last one.
     repairs: Mutex<(u64, Option<String>)>,
+    /// When the open database was last checked.
+    checked_at: Mutex<Instant>,
     dir: PathBuf,
     status: SharedStatus,
     metrics: Metrics,
@@ -515,7 +517,10 @@ pub fn start_with(
     let db = dir.join(crate::spool::DB_FILE);
     let why = match fs_exists(&db).then(|| Spool::open(&dir).and_then(|s| s.check_integrity())) {
         Some(Err(e)) if e.is_corrupt() => {
-            format!("{e}: moving it aside and rebuilding the queue from the recordings on disk")
+            format!(
+                "{}: moving it aside and rebuilding the queue from the recordings on disk",
+                e.describe()
+            )
         }
         Some(Err(e)) => e.to_string(),
         _ => "opening the spool database".to_string(),
@@ -529,6 +534,7 @@ pub fn start_with(
     let shared = Arc::new(Shared {
         spool: Mutex::new(None),
         repairs: Mutex::new((0, None)),
+        checked_at: Mutex::new(Instant::now()),
         dir,
         status,
         metrics: Metrics::default(),
@@ -764,6 +770,11 @@ fn fs_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
+/// How often the open database is checked (`PRAGMA quick_check`): damage
+/// that no query of ours ran into yet (garbage written over the file under
+/// the running daemon) is found within this time.
+pub const INTEGRITY_CHECK_EVERY: Duration = Duration::from_secs(300);
+
 /// Open the spool database if it is not (first scan, after a corruption,
 /// or when `spool.db` was replaced or removed under us), repairing it.
 fn ensure_open(shared: &Shared, guard: &mut Option<Spool>) -> Result<(), SpoolError> {
@@ -778,6 +789,9 @@ fn ensure_open(shared: &Shared, guard: &mut Option<Spool>) -> Result<(), SpoolEr
         return Ok(());
     }
     let (sp, repair) = Spool::open_repairing(&shared.dir)?;
+    if let Ok(mut c) = shared.checked_at.lock() {
+        *c = Instant::now();
+    }
     if let Some(r) = repair {
         let line = r.to_string();
         tracing::warn!("{line}");
@@ -800,7 +814,23 @@ fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), Spoo
     let Some(sp) = guard.as_mut() else {
         return Err(SpoolError::NotOpen);
     };
-    let r = housekeeping_open(sp, settings);
+    let check_due = shared
+        .checked_at
+        .lock()
+        .map(|mut c| {
+            let due = c.elapsed() >= INTEGRITY_CHECK_EVERY;
+            if due {
+                *c = Instant::now();
+            }
+            due
+        })
+        .unwrap_or(false);
+    let r = if check_due {
+        sp.check_integrity()
+            .and_then(|()| housekeeping_open(sp, settings))
+    } else {
+        housekeeping_open(sp, settings)
+    };
     if let Err(e) = &r {
         if e.is_corrupt() {
             // Moved aside and rebuilt at the next scan.
@@ -944,7 +974,10 @@ async fn scheduler(
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => {
                     let msg = if e.is_corrupt() {
-                        format!("{e}: moving it aside and rebuilding the queue from the recordings on disk")
+                        format!(
+                            "{}: moving it aside and rebuilding the queue from the recordings on disk",
+                            e.describe()
+                        )
                     } else {
                         e.to_string()
                     };

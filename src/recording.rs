@@ -17,10 +17,11 @@
 //!   most that much more; a finished pair is fsynced before it appears.
 //! - An answered call leaves a trace before its `200 OK` goes out
 //!   ([`AnsweredCalls`]: `.<id>.answer.json`), replaced by the recording's own
-//!   start sidecar (`.<id>.start.json`) when its audio begins and removed
-//!   when the call ends without any audio. After a crash [`recover`] turns
-//!   every one left into a recording pair (an empty, valid WAV if no audio
-//!   had arrived), marked truncated.
+//!   start sidecar (`.<id>.start.json`) when its audio begins. A call that
+//!   ends without any audio becomes a recording of its own (an empty, valid
+//!   WAV and its metadata, [`RecordingDir::end_answered`]); after a crash
+//!   [`recover`] turns every note left into one, marked truncated: an
+//!   answered call always leaves a recording.
 //! - A pair appears atomically and durably: the WAV is finalised, fsynced and
 //!   renamed, the JSON is written to a temp file, fsynced and renamed last, then
 //!   the directory is fsynced. A crash leaves either a `.part` (repairable) or a
@@ -193,31 +194,60 @@ impl RecordingDir {
     /// does with calls whose media never came.
     pub fn finish_answered(&mut self, reason: &str) {
         for (call_id, sidecar) in self.answered.take_all() {
-            let Some(dir) = sidecar.parent().map(Path::to_path_buf) else {
-                continue;
-            };
-            let Some(id) = sidecar_id(&sidecar, ANSWER_SUFFIX) else {
-                continue;
-            };
-            match complete_answered(&dir, &id, &self.ctx, &sidecar, reason) {
-                Ok(()) => {
-                    self.counters.written += 1;
-                    let wav = dir.join(format!("{id}.wav"));
-                    self.counters.bytes += fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
-                    self.written.push(WrittenRecording {
-                        json: dir.join(format!("{id}.json")),
-                        wav,
-                        id,
-                        duration_ms: 0,
-                    });
-                }
-                Err(e) => {
-                    self.counters.failed += 1;
-                    self.errors.push(format!("recording {id}: {e}"));
-                }
-            }
-            self.closed.push(call_id);
+            self.write_answered(&call_id, &sidecar, reason, true);
         }
+    }
+
+    /// The call with this Call-ID ended (`reason`: `bye`, `rtp_timeout`):
+    /// if its audio never began, it becomes a recording of its own, an
+    /// empty WAV, not truncated (unless `min_duration` discards it).
+    /// Whether such a recording was made.
+    pub fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
+        let Some(sidecar) = self.answered.take(call_id) else {
+            return false;
+        };
+        if !self.ctx.min_duration.is_zero() {
+            let _ = fs::remove_file(&sidecar);
+            self.counters.too_short += 1;
+            self.closed.push(call_id.to_string());
+            return false;
+        }
+        self.write_answered(call_id, &sidecar, reason, false)
+    }
+
+    fn write_answered(&mut self, call_id: &str, sidecar: &Path, reason: &str, cut: bool) -> bool {
+        let (Some(dir), Some(id)) = (
+            sidecar.parent().map(Path::to_path_buf),
+            sidecar_id(sidecar, ANSWER_SUFFIX),
+        ) else {
+            return false;
+        };
+        let warning = if cut {
+            "the daemon stopped after answering this call, before any of its audio arrived"
+        } else {
+            "no audio arrived for this call"
+        };
+        let made = match complete_answered(&dir, &id, &self.ctx, sidecar, reason, cut, warning) {
+            Ok(()) => {
+                self.counters.written += 1;
+                let wav = dir.join(format!("{id}.wav"));
+                self.counters.bytes += fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
+                self.written.push(WrittenRecording {
+                    json: dir.join(format!("{id}.json")),
+                    wav,
+                    id,
+                    duration_ms: 0,
+                });
+                true
+            }
+            Err(e) => {
+                self.counters.failed += 1;
+                self.errors.push(format!("recording {id}: {e}"));
+                false
+            }
+        };
+        self.closed.push(call_id.to_string());
+        made
     }
 
     /// Where new recordings go.
@@ -469,6 +499,11 @@ impl AnsweredCalls {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The sidecar of this call, no longer tracked (the caller uses it).
+    fn take(&self, call_id: &str) -> Option<PathBuf> {
+        self.0.lock().ok()?.by_call.remove(call_id)
     }
 
     fn take_all(&self) -> Vec<(String, PathBuf)> {
@@ -723,7 +758,7 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             if stale {
                 let _ = fs::remove_file(&p);
             } else {
-                complete_answered(dir, &id, ctx, &p, "crash")?;
+                complete_answered(dir, &id, ctx, &p, "crash", true, WARN_NO_AUDIO)?;
                 recovered.push(id);
             }
             continue;
@@ -819,13 +854,15 @@ fn wav_rate(sj: &Value) -> u32 {
 
 /// An answered call without audio as a recording pair: an empty 2-channel
 /// WAV (header only, fsynced, renamed) and its JSON from the answer sidecar
-/// (then removed), `truncated`, `end_reason` = `reason`.
+/// (then removed), `end_reason` = `reason`.
 fn complete_answered(
     dir: &Path,
     id: &str,
     ctx: &RecordingContext,
     sidecar: &Path,
     reason: &str,
+    truncated: bool,
+    warning: &str,
 ) -> io::Result<()> {
     use pbx_core::audio::wav::canonical_header;
     let wav = dir.join(format!("{id}.wav"));
@@ -837,12 +874,7 @@ fn complete_answered(
         drop(f);
         fs::rename(&tmp, &wav)?;
     }
-    let warning = if reason == "crash" {
-        WARN_NO_AUDIO
-    } else {
-        "the daemon stopped after answering this call, before any of its audio arrived"
-    };
-    complete_json(dir, id, ctx, sidecar, true, reason, warning)
+    complete_json(dir, id, ctx, sidecar, truncated, reason, warning)
 }
 
 /// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
@@ -1148,18 +1180,9 @@ mod tests {
         assert!(!d.path().join(format!("{id}.json")).exists());
     }
 
-    /// `take_closed` names a call once its pair is on disk; a stop turns
-    /// calls answered without audio into recordings cut by shutdown.
-    #[test]
-    fn closed_calls_are_named_once_their_pair_is_durable() {
-        let d = tempfile::tempdir().unwrap();
-        let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
-        rd.begin(CallKey(4), &start("r4"));
-        rd.audio(CallKey(4), &[1i16; 1600]);
-        assert!(rd.is_recording("r4@src"));
-        assert!(rd.take_closed().is_empty());
+    fn meta_r4() -> CallMeta {
         let t0 = Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap();
-        let meta = CallMeta {
+        CallMeta {
             key: CallKey(4),
             recording_id: "r4".into(),
             call_id: "r4@src".into(),
@@ -1177,12 +1200,64 @@ mod tests {
             dtmf: Vec::new(),
             end_reason: pbx_core::call::EndReason::Bye,
             warnings: Vec::new(),
-        };
+        }
+    }
+
+    /// `take_closed` names a call once its pair is on disk; a stop turns
+    /// calls answered without audio into recordings cut by shutdown.
+    #[test]
+    fn closed_calls_are_named_once_their_pair_is_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+        rd.begin(CallKey(4), &start("r4"));
+        rd.audio(CallKey(4), &[1i16; 1600]);
+        assert!(rd.is_recording("r4@src"));
+        assert!(rd.take_closed().is_empty());
+        let meta = meta_r4();
         rd.end(CallKey(4), meta);
         assert!(!rd.is_recording("r4@src"));
         assert_eq!(rd.take_closed(), vec!["r4@src".to_string()]);
         assert!(d.path().join("r4.json").exists() && d.path().join("r4.wav").exists());
         assert!(rd.take_closed().is_empty());
+        // A call that ends without audio is a recording of its own, whole.
+        let id = rd
+            .answered_calls()
+            .answered(&answered("empty@src"))
+            .unwrap();
+        assert!(rd.end_answered("empty@src", "bye"));
+        assert!(!rd.end_answered("empty@src", "bye"), "once");
+        assert_eq!(rd.take_closed(), vec!["empty@src".to_string()]);
+        let j = json_of(d.path(), &id);
+        assert_eq!(
+            (j["truncated"].clone(), j["end_reason"].clone()),
+            (false.into(), "bye".into())
+        );
+        assert_eq!(
+            fs::metadata(d.path().join(format!("{id}.wav")))
+                .unwrap()
+                .len(),
+            44
+        );
+        // A call with audio: its note went when the audio began.
+        rd.answered_calls().answered(&answered("r4b@src")).unwrap();
+        rd.begin(
+            CallKey(7),
+            &RecordingStart {
+                call_id: "r4b@src".into(),
+                ..start("r4b")
+            },
+        );
+        assert!(!rd.end_answered("r4b@src", "bye"));
+        rd.end(
+            CallKey(7),
+            CallMeta {
+                call_id: "r4b@src".into(),
+                recording_id: "r4b".into(),
+                key: CallKey(7),
+                ..meta_r4()
+            },
+        );
+        assert_eq!(rd.take_closed(), vec!["r4b@src".to_string()]);
         let id = rd
             .answered_calls()
             .answered(&answered("quiet@src"))
@@ -1194,7 +1269,7 @@ mod tests {
             (j["truncated"].clone(), j["end_reason"].clone()),
             (true.into(), "shutdown".into())
         );
-        assert_eq!(rd.counters.written, 2);
+        assert_eq!(rd.counters.written, 4);
         assert!(hidden_files(d.path()).is_empty());
     }
 

@@ -80,9 +80,15 @@ enum EngineInput {
     Media(DatagramBatch),
     /// New recording settings (reload): for calls that begin from now on.
     Settings(Box<RecordingSettings>),
-    /// The SRC's BYE ended this dialog (fed after the BYE itself): report
-    /// [`Control::ByeDurable`] once its recording is on disk.
-    AwaitDurable(DialogId),
+    /// An answered dialog ended (after the messages that ended it): a call
+    /// whose audio never began becomes an empty recording (`reason`); with
+    /// `bye` (the SRC's BYE, held) report [`Control::ByeDurable`] once the
+    /// call's recording is on disk.
+    DialogEnded {
+        call_id: String,
+        reason: &'static str,
+        bye: Option<DialogId>,
+    },
 }
 
 /// What the daemon tells the running SIP task.
@@ -449,11 +455,18 @@ fn engine_loop(
     let mut byes: HashMap<String, Vec<DialogId>> = HashMap::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(EngineInput::AwaitDurable(d)) => {
-                if out.is_recording(&d.call_id) {
-                    byes.entry(d.call_id.clone()).or_default().push(d);
-                } else {
-                    let _ = durable.send(Control::ByeDurable(d));
+            Ok(EngineInput::DialogEnded {
+                call_id,
+                reason,
+                bye,
+            }) => {
+                out.end_answered(&call_id, reason);
+                if let Some(d) = bye {
+                    if out.is_recording(&call_id) {
+                        byes.entry(call_id).or_default().push(d);
+                    } else {
+                        let _ = durable.send(Control::ByeDurable(d));
+                    }
                 }
             }
             Ok(input) => handle_input(&mut engine, input, &mut out, &recycler),
@@ -520,7 +533,7 @@ fn handle_input(
             recycler.give_back(batch);
         }
         EngineInput::Settings(s) => crate::recording::apply_settings(engine, out, *s),
-        EngineInput::AwaitDurable(_) => {}
+        EngineInput::DialogEnded { .. } => {}
     }
 }
 
@@ -855,21 +868,30 @@ async fn sip_loop(
                 }
                 UasEvent::Ended { dialog, reason } => {
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
+                    let bye = reason == uas::EndCause::Bye;
                     if let Some(s) = sessions.remove(&dialog) {
                         release(s, &pool, &media);
-                        // Ended without audio: no recording (as without a
-                        // crash); with audio the note is gone already.
-                        answered.forget(&dialog.call_id);
-                    }
-                    if reason == uas::EndCause::Bye {
-                        // Fed after the BYE: the engine has seen it. If the
-                        // queue is full, answer now rather than keep the
-                        // SRC waiting for the UAS's deadline.
-                        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                            etx.try_send(EngineInput::AwaitDurable(dialog.clone()))
-                        {
+                        // After the BYE in the engine's queue: the engine
+                        // has seen it. Never dropped (a call without audio
+                        // would lose its recording): waits for room.
+                        let ended = EngineInput::DialogEnded {
+                            call_id: dialog.call_id.clone(),
+                            reason: if bye { "bye" } else { "rtp_timeout" },
+                            bye: bye.then(|| dialog.clone()),
+                        };
+                        let sent = match etx.try_send(ended) {
+                            Ok(()) => true,
+                            Err(TrySendError::Full(ended)) => {
+                                let tx = etx.clone();
+                                tokio::task::block_in_place(move || tx.send(ended).is_ok())
+                            }
+                            Err(TrySendError::Disconnected(_)) => false,
+                        };
+                        if bye && !sent {
                             uas.answer_bye(&dialog, now());
                         }
+                    } else if bye {
+                        uas.answer_bye(&dialog, now());
                     }
                 }
             }

@@ -183,6 +183,16 @@ impl SpoolError {
         }
     }
 
+    /// One line for people: what is wrong with the database.
+    pub fn describe(&self) -> String {
+        match self {
+            SpoolError::Db { path, source } if self.is_corrupt() => {
+                format!("spool database {} is corrupt ({source})", path.display())
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The database could not write because the disk is full.
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -434,9 +444,12 @@ impl Spool {
         let opened = Spool::open(dir).and_then(|s| s.check_integrity().map(|()| s));
         let (mut spool, reason, moved_to) = match opened {
             Ok(s) => {
-                // Missing: a rebuild if there is anything to rebuild from.
-                let history = !s.delivered.ids.is_empty() || has_pairs(dir);
-                let reason = (!existed && history).then(|| "was missing".to_string());
+                // Missing although this spool had one (it has delivered
+                // before: the delivered record exists): a rebuild, if there
+                // is anything to rebuild from. A first start just adopts.
+                let had_db = dir.join(DELIVERED_LOG).exists();
+                let reason =
+                    (!existed && had_db && has_pairs(dir)).then(|| "was missing".to_string());
                 (s, reason, None)
             }
             Err(e) if e.is_corrupt() => {
@@ -445,6 +458,7 @@ impl Spool {
                     SpoolError::Db { source, .. } => source.to_string(),
                     other => other.to_string(),
                 };
+                let detail: String = detail.chars().take(200).collect();
                 let moved = move_aside(dir)?;
                 tracing::error!(
                     "spool database {} is corrupt ({detail}): moved aside to {}; rebuilding the queue from the recordings on disk",
