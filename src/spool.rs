@@ -36,6 +36,24 @@
 //! A transient failure puts the row back to `queued` (or keeps `uploading`
 //! when a tus location is known) with `next_attempt_at` in the future.
 //!
+//! # Durability window (docs/durability.md)
+//! What a crash can cost before a pair reaches this queue, per call in
+//! progress ([`crate::recording`] writes the files):
+//! - the process dies (SIGKILL, OOM, panic): at most `recording.jitter`
+//!   plus 200 ms of its latest audio (700 ms by default). The engine holds back
+//!   `jitter` and hands over chunks of at least 100 ms; each is `write()`n to
+//!   the `.part` WAV before the engine goes on, and the page cache survives
+//!   the process, so no fsync is needed for this.
+//! - power loss: that plus [`crate::recording::SYNC_INTERVAL`] (1 s): the
+//!   spool's file system is synced once a second while recordings are
+//!   written; a finished pair is fsynced (files, then directory) before its
+//!   `<id>.json` appears.
+//! - every call answered (SIPREC `200 OK`) leaves a pair: a note written
+//!   before the answer is sent becomes a recording with an empty WAV if no
+//!   audio ever reached the disk (`truncated`, `end_reason` `crash`).
+//! - a call whose BYE was answered is complete: the SIPREC source sends that
+//!   `200 OK` only once the pair is durable.
+//!
 //! # Recovery rules (after a crash or power loss)
 //! - A pair on disk without a row is adopted by the next scan (idempotent:
 //!   `INSERT OR IGNORE`); a row is only created after its `<id>.json` was seen.

@@ -261,9 +261,8 @@ fn listen_and_rtp() -> (SocketAddr, u16) {
     (format!("127.0.0.1:{port}").parse().unwrap(), rtp)
 }
 
-/// SIGKILL, and wait until the process is gone.
-fn kill(d: &mut Daemon) {
-    d.signal(libc::SIGKILL);
+/// Wait until the SIGKILLed process is gone.
+fn reap(d: &mut Daemon) {
     assert!(d.wait_exit(Duration::from_secs(10)).is_none(), "killed");
 }
 
@@ -326,8 +325,11 @@ fn sigkill_during_siprec_calls_loses_at_most_the_stated_window() {
     while m_short.sent_ms() < 500 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    kill(&mut d);
+    d.signal(libc::SIGKILL);
+    // Read right after the signal: what was sent before the kill (at most
+    // one packet more).
     let (sent_long, sent_short) = (m_long.sent_ms(), m_short.sent_ms());
+    reap(&mut d);
     m_long.stop();
     m_short.stop();
     assert!(
@@ -658,13 +660,16 @@ fn crash_torture_sigkills_while_siprec_calls_arrive_and_the_cloud_fails() {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        kill(&mut d);
+        d.signal(libc::SIGKILL);
         for (id, _, m, _) in live.iter_mut() {
             let t = truth.get_mut(id.as_str()).unwrap();
             t.sent_ms = m.sent_ms();
             t.media_done = m.thread.as_ref().is_none_or(|h| h.is_finished());
+        }
+        for (_, _, m, _) in live.iter_mut() {
             m.stop();
         }
+        reap(&mut d);
     }
     let kills_done = Instant::now();
     // The last start: everything recovered and delivered.
