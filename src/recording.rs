@@ -133,8 +133,10 @@ pub struct RecordingDir {
     /// Calls answered whose audio has not begun (shared with the SIP side).
     answered: AnsweredCalls,
     /// Call-IDs whose recording ended (pair durable, discarded or failed)
-    /// since the last [`RecordingDir::take_closed`].
+    /// since the last [`RecordingDir::take_closed`]; kept only when asked
+    /// for ([`RecordingDir::track_closed`]).
     closed: Vec<String>,
+    track_closed: bool,
 }
 
 impl RecordingDir {
@@ -150,6 +152,7 @@ impl RecordingDir {
             counters: RecordingCounters::default(),
             errors: Vec::new(),
             closed: Vec::new(),
+            track_closed: false,
         })
     }
 
@@ -182,6 +185,21 @@ impl RecordingDir {
         self.open.values().any(|r| r.call_id == call_id)
     }
 
+    /// Keep the Call-IDs of recordings that end for [`RecordingDir::take_closed`]
+    /// (the SIPREC source, which drains them; others never ask).
+    pub fn track_closed(&mut self, on: bool) {
+        self.track_closed = on;
+        if !on {
+            self.closed.clear();
+        }
+    }
+
+    fn closed_call(&mut self, call_id: &str) {
+        if self.track_closed {
+            self.closed.push(call_id.to_string());
+        }
+    }
+
     /// The Call-IDs whose recording ended since the last call: their pair is
     /// durable on disk (files and directory fsynced), or there is none
     /// (shorter than `min_duration`, or a write error, counted).
@@ -209,7 +227,7 @@ impl RecordingDir {
         if !self.ctx.min_duration.is_zero() {
             let _ = fs::remove_file(&sidecar);
             self.counters.too_short += 1;
-            self.closed.push(call_id.to_string());
+            self.closed_call(call_id);
             return false;
         }
         self.write_answered(call_id, &sidecar, reason, false)
@@ -246,7 +264,7 @@ impl RecordingDir {
                 false
             }
         };
-        self.closed.push(call_id.to_string());
+        self.closed_call(call_id);
         made
     }
 
@@ -373,7 +391,7 @@ impl RecordingSink for RecordingDir {
                 self.errors.push(format!("recording {id}: {e}"));
             }
         }
-        self.closed.push(call_id);
+        self.closed_call(&call_id);
     }
 }
 
@@ -1209,6 +1227,7 @@ mod tests {
     fn closed_calls_are_named_once_their_pair_is_durable() {
         let d = tempfile::tempdir().unwrap();
         let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+        rd.track_closed(true);
         rd.begin(CallKey(4), &start("r4"));
         rd.audio(CallKey(4), &[1i16; 1600]);
         assert!(rd.is_recording("r4@src"));

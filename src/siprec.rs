@@ -359,6 +359,9 @@ pub async fn start(
     let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = out.answered_calls();
+    let mut out = out;
+    // The engine thread tells the SIP task when a call's pair is durable.
+    out.track_closed(true);
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
     let counters = Arc::new(MediaCounters::default());
@@ -473,14 +476,6 @@ fn engine_loop(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        for call_id in out.take_closed() {
-            if out.is_recording(&call_id) {
-                continue;
-            }
-            for d in byes.remove(&call_id).unwrap_or_default() {
-                let _ = durable.send(Control::ByeDurable(d));
-            }
-        }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             engine.handle_timeout(now(), &mut out);
@@ -490,6 +485,15 @@ fn engine_loop(
             }
             live.beat(&name);
             publish(&engine, &out, &report);
+        }
+        // Pairs made durable by this input or tick: their BYEs are answered.
+        for call_id in out.take_closed() {
+            if out.is_recording(&call_id) {
+                continue;
+            }
+            for d in byes.remove(&call_id).unwrap_or_default() {
+                let _ = durable.send(Control::ByeDurable(d));
+            }
         }
     }
     engine.finish(EndReason::Shutdown, &mut out);
