@@ -535,6 +535,29 @@ fn corrupt_spool_db_is_rebuilt_and_every_pair_delivered_once() {
     assert!(text.contains("7 recordings: 7 delivered"), "{text}");
 }
 
+/// Delivery that cannot start (another process holds the spool's delivery
+/// lock, as `pbx-edge spool` does for a moment) is no silent stall: /readyz
+/// says why, and it starts as soon as the lock is free.
+#[test]
+fn delivery_that_cannot_start_says_why_and_starts_when_it_can() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let lock = std::fs::File::create(spool.join(".delivery.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
+    wait_until("/readyz to say why", Duration::from_secs(10), || {
+        d.get("/readyz").is_some_and(|(c, b)| {
+            c == 503 && b.contains("delivery not started") && b.contains("already delivers")
+        })
+    });
+    drop(lock);
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    assert!(d.log().contains("delivery started"), "{}", d.log());
+}
+
 /// The daemon with `extra`, delivered recordings kept an hour.
 fn start_with_retention(dir: &Path, extra: &str) -> Daemon {
     let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
