@@ -561,6 +561,36 @@ fn start_folder(
     }
 }
 
+/// Start the delivery task; on an error (another process holds the
+/// spool's delivery lock, the spool directory cannot be created) `/readyz`
+/// says why and the caller tries again later. `last` is the error logged
+/// last (the same one is not logged every second).
+fn start_delivery(
+    cfg: &Config,
+    status: &SharedStatus,
+    last: &mut Option<String>,
+) -> Option<crate::delivery::DeliveryHandle> {
+    match crate::delivery::start(cfg, status.clone()) {
+        Ok(d) => {
+            if last.take().is_some() {
+                tracing::info!("delivery started");
+            }
+            Some(d)
+        }
+        Err(e) => {
+            let msg = format!("delivery not started: {e}");
+            if last.as_ref() != Some(&msg) {
+                tracing::error!("{msg} (tried again every second)");
+            }
+            if let Ok(mut s) = status.lock() {
+                s.cloud.spool_error = Some(msg.clone());
+            }
+            *last = Some(msg);
+            None
+        }
+    }
+}
+
 /// `pbx-edge run [--config FILE]`.
 pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
@@ -604,6 +634,8 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     }));
     if let Ok(mut s) = status.lock() {
         s.cloud.configured = !cfg.cloud.url.is_empty();
+        // Not ready before the delivery task has the queue open.
+        s.cloud.spool_error = Some("opening the spool database".into());
     }
     let live = Liveness::new();
 
@@ -643,13 +675,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut drain_gen = 0u64;
     let mut folder = start_folder(&cfg, &status, &live);
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
-    let mut delivery = match crate::delivery::start(&cfg, status.clone()) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::error!("delivery not started: {e}");
-            None
-        }
-    };
+    // The last reason delivery could not start (tried again every tick).
+    let mut delivery_error: Option<String> = None;
+    let mut delivery = start_delivery(&cfg, &status, &mut delivery_error);
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
     notify(&[
@@ -702,7 +730,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             if let Some(d) = delivery.take() {
                                 d.shutdown().await;
                             }
-                            delivery = crate::delivery::start(&cfg, status.clone()).map_err(|e| tracing::error!("delivery not started: {e}")).ok();
+                            delivery = start_delivery(&cfg, &status, &mut delivery_error);
                         } else if let Some(d) = &delivery {
                             if let Err(e) = d.reload(&cfg) {
                                 tracing::error!("delivery kept its running settings: {e}");
@@ -734,6 +762,11 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     }
                 }
                 scan_spool(&cfg, &status);
+                if delivery.is_none() {
+                    // Never a silent stall: e.g. `pbx-edge spool` held the
+                    // lock for a moment.
+                    delivery = start_delivery(&cfg, &status, &mut delivery_error);
+                }
                 if let Some(half) = watchdog {
                     // Ping on the tick that comes closest to half the
                     // watchdog time: a tick a little early must not wait a

@@ -21,6 +21,13 @@
 //! upload paused (401/403/402, TLS certificate errors) with one probe every
 //! `pause_retry` (5 min), which re-reads the token first.
 //!
+//! The spool database is opened by the scheduler ([`Spool::open_repairing`]):
+//! a corrupt or missing one is moved aside and rebuilt from the pairs on
+//! disk; until it is usable (and while a query says it is corrupt, or the
+//! file was replaced under us), `/readyz` fails with the reason, nothing is
+//! uploaded, and it is tried again at every scan. A spool problem never ends
+//! the task.
+//!
 //! Promises: database calls run on blocking threads, never on the runtime's
 //! workers; one process delivers from a spool at a time (`.delivery.lock`,
 //! an `flock` the kernel releases when the process dies); nothing undelivered
@@ -347,7 +354,13 @@ struct Active {
 }
 
 struct Shared {
-    spool: Mutex<Spool>,
+    /// `None` until opened, and after a corruption was found (reopened and
+    /// repaired at the next scan).
+    spool: Mutex<Option<Spool>>,
+    /// Rebuilds of the database since start, and the last one.
+    repairs: Mutex<(u64, Option<String>)>,
+    /// When the open database was last checked.
+    checked_at: Mutex<Instant>,
     dir: PathBuf,
     status: SharedStatus,
     metrics: Metrics,
@@ -368,17 +381,27 @@ impl Shared {
     {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut sp = me
+            let mut guard = me
                 .spool
                 .lock()
                 .map_err(|_| DeliveryError::Worker("spool mutex poisoned".into()))?;
-            match f(&mut sp) {
+            let Some(sp) = guard.as_mut() else {
+                return Err(DeliveryError::Spool(SpoolError::NotOpen));
+            };
+            let r = match f(sp) {
                 Err(e) if e.is_disk_full() && sp.release_reserve() => {
                     tracing::warn!("disk full: released the spool's reserved space");
-                    f(&mut sp).map_err(DeliveryError::from)
+                    f(sp)
                 }
-                r => r.map_err(DeliveryError::from),
+                r => r,
+            };
+            if let Err(e) = &r {
+                if e.is_corrupt() {
+                    // Repaired at the next scan.
+                    *guard = None;
+                }
             }
+            r.map_err(DeliveryError::from)
         })
         .await
         .map_err(|e| DeliveryError::Worker(e.to_string()))?
@@ -422,7 +445,9 @@ impl std::fmt::Debug for DeliveryHandle {
     }
 }
 
-fn take_lock(dir: &Path) -> Result<File, DeliveryError> {
+/// Take the spool's delivery lock (`flock` on [`LOCK_FILE`], released when
+/// the file is closed or the process dies).
+pub(crate) fn take_lock(dir: &Path) -> Result<File, DeliveryError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
@@ -487,12 +512,29 @@ pub fn start_with(
         source,
     })?;
     let lock = take_lock(&dir)?;
-    let spool = Spool::open(&dir)?;
+    // The database is opened (and repaired if need be) by the scheduler's
+    // first scan; until then /readyz says why it is not ready.
+    let db = dir.join(crate::spool::DB_FILE);
+    let why = match fs_exists(&db).then(|| Spool::open(&dir).and_then(|s| s.check_integrity())) {
+        Some(Err(e)) if e.is_corrupt() => {
+            format!(
+                "{}: moving it aside and rebuilding the queue from the recordings on disk",
+                e.describe()
+            )
+        }
+        Some(Err(e)) => e.to_string(),
+        _ => "opening the spool database".to_string(),
+    };
+    if let Ok(mut st) = status.lock() {
+        st.cloud.spool_error = Some(why);
+    }
     let limiter = Arc::new(RateLimiter::new(settings.bandwidth_limit));
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let active = build_active(settings, &limiter, &bytes_sent)?;
     let shared = Arc::new(Shared {
-        spool: Mutex::new(spool),
+        spool: Mutex::new(None),
+        repairs: Mutex::new((0, None)),
+        checked_at: Mutex::new(Instant::now()),
         dir,
         status,
         metrics: Metrics::default(),
@@ -723,12 +765,82 @@ async fn run_job(shared: Arc<Shared>, active: Arc<Active>, cloud: Arc<Cloud>, en
     }
 }
 
+/// Whether `p` exists (a broken symlink or a directory counts).
+fn fs_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// How often the open database is checked (`PRAGMA quick_check`): damage
+/// that no query of ours ran into yet (garbage written over the file under
+/// the running daemon) is found within this time.
+pub const INTEGRITY_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// Open the spool database if it is not (first scan, after a corruption,
+/// or when `spool.db` was replaced or removed under us), repairing it.
+fn ensure_open(shared: &Shared, guard: &mut Option<Spool>) -> Result<(), SpoolError> {
+    if guard.as_ref().is_some_and(|sp| sp.is_detached()) {
+        tracing::warn!(
+            "spool database {} was removed or replaced: opening it again",
+            shared.dir.join(crate::spool::DB_FILE).display()
+        );
+        *guard = None;
+    }
+    if guard.is_some() {
+        return Ok(());
+    }
+    let (sp, repair) = Spool::open_repairing(&shared.dir)?;
+    if let Ok(mut c) = shared.checked_at.lock() {
+        *c = Instant::now();
+    }
+    if let Some(r) = repair {
+        let line = r.to_string();
+        tracing::warn!("{line}");
+        if let Ok(mut rp) = shared.repairs.lock() {
+            rp.0 += 1;
+            rp.1 = Some(format!("{}: {line}", crate::sniff::now().to_rfc3339()));
+        }
+    }
+    *guard = Some(sp);
+    Ok(())
+}
+
 /// Adopt, filter, expire; then refresh the status. Runs on a blocking thread.
 fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), SpoolError> {
-    let mut sp = match shared.spool.lock() {
-        Ok(sp) => sp,
+    let mut guard = match shared.spool.lock() {
+        Ok(g) => g,
         Err(_) => return Ok(()),
     };
+    ensure_open(shared, &mut guard)?;
+    let Some(sp) = guard.as_mut() else {
+        return Err(SpoolError::NotOpen);
+    };
+    let check_due = shared
+        .checked_at
+        .lock()
+        .map(|mut c| {
+            let due = c.elapsed() >= INTEGRITY_CHECK_EVERY;
+            if due {
+                *c = Instant::now();
+            }
+            due
+        })
+        .unwrap_or(false);
+    let r = if check_due {
+        sp.check_integrity()
+            .and_then(|()| housekeeping_open(sp, settings))
+    } else {
+        housekeeping_open(sp, settings)
+    };
+    if let Err(e) = &r {
+        if e.is_corrupt() {
+            // Moved aside and rebuilt at the next scan.
+            *guard = None;
+        }
+    }
+    r
+}
+
+fn housekeeping_open(sp: &mut Spool, settings: &DeliverySettings) -> Result<(), SpoolError> {
     let now = now_ms();
     let report = match sp.scan(now) {
         Err(e) if e.is_disk_full() && sp.release_reserve() => {
@@ -781,13 +893,15 @@ fn publish(
     window_open: bool,
     db_error: Option<String>,
 ) {
-    let figures = shared.spool.lock().ok().map(|sp| {
-        (
+    let figures = shared.spool.lock().ok().and_then(|sp| {
+        let sp = sp.as_ref()?;
+        Some((
             sp.depth_by_state().unwrap_or_default(),
             sp.oldest_undelivered().ok().flatten(),
             sp.counters().unwrap_or_default(),
-        )
+        ))
     });
+    let repairs = shared.repairs.lock().map(|r| r.clone()).unwrap_or_default();
     let pause = shared.pause.lock().ok().and_then(|p| p.clone());
     let failures = shared
         .metrics
@@ -830,6 +944,8 @@ fn publish(
     c.pause_kind = pause.map(|p| p.kind.as_str().to_string());
     c.outside_upload_window = !window_open;
     c.spool_error = db_error;
+    c.spool_repairs = repairs.0;
+    c.spool_repaired = repairs.1;
 }
 
 async fn scheduler(
@@ -841,6 +957,8 @@ async fn scheduler(
     let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut next_scan = Instant::now();
     let mut db_error: Option<String> = None;
+    // The last spool error logged (the same one is not logged every scan).
+    let mut logged: Option<String> = None;
     loop {
         if *stop_rx.borrow() {
             break;
@@ -855,16 +973,31 @@ async fn scheduler(
             db_error = match r {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => {
-                    tracing::error!("spool: {e}");
-                    Some(e.to_string())
+                    let msg = if e.is_corrupt() {
+                        format!(
+                            "{}: moving it aside and rebuilding the queue from the recordings on disk",
+                            e.describe()
+                        )
+                    } else {
+                        e.to_string()
+                    };
+                    if logged.as_ref() != Some(&msg) {
+                        tracing::error!("spool: {msg}");
+                    }
+                    Some(msg)
                 }
                 Err(e) => Some(format!("spool worker: {e}")),
             };
+            if db_error.is_none() && logged.is_some() {
+                tracing::info!("spool database usable again");
+            }
+            logged.clone_from(&db_error);
         }
+        let spool_open = shared.spool.lock().is_ok_and(|g| g.is_some());
         let window_open = settings
             .upload_window
             .is_none_or(|w| w.contains(local_minute_of_day(SystemTime::now())));
-        if let (Some(cloud), true) = (&active.cloud, window_open) {
+        if let (Some(cloud), true, true) = (&active.cloud, window_open, spool_open) {
             // How many may start now.
             let mut probe = false;
             let room = {

@@ -2121,6 +2121,11 @@ impl FolderScanner {
     }
 
     fn spool_db(&mut self) -> Option<&crate::spool::Spool> {
+        // Moved aside and rebuilt by the delivery task (or removed): the
+        // new one is where watches must go.
+        if self.spool_db.as_ref().is_some_and(|db| db.is_detached()) {
+            self.spool_db = None;
+        }
         if self.spool_db.is_none() {
             match crate::spool::Spool::open(&self.spool) {
                 Ok(db) => self.spool_db = Some(db),

@@ -31,6 +31,12 @@
 //!   a Warning), rate-limited per source, and counted; TCP/TLS connections
 //!   are capped in number and closed when idle, trickling or their framing is
 //!   lost ([`crate::sip_guard`]).
+//! - durability (docs/durability.md): before the `200 OK` to an INVITE goes
+//!   out, the call is noted on disk ([`AnsweredCalls`]), so a crash at any
+//!   later moment still leaves a recording of it; the `200 OK` to the SRC's
+//!   BYE is held ([`Uas::hold_byes`]) until the engine thread reports the
+//!   call's recording pair durable (or that it has none), at most
+//!   [`uas::BYE_HOLD_MAX_US`]: a BYE answered means a recording complete on disk.
 //! - reload (SIGHUP): [`SiprecHandle::update`] gives the running SIP task new
 //!   allow / max_calls / rtp_timeout / rtp_ports and the engine thread new
 //!   recording settings (new calls take them, calls in progress go on). A
@@ -66,7 +72,7 @@ use crate::health::Liveness;
 use crate::media::{
     BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaReceiver, Recycler,
 };
-use crate::recording::{RecordingDir, RecordingSettings};
+use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
 use crate::rtp_ports::RtpPorts;
 use crate::sip_guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
@@ -88,6 +94,15 @@ enum EngineInput {
     Media(DatagramBatch),
     /// New recording settings (reload): for calls that begin from now on.
     Settings(Box<RecordingSettings>),
+    /// An answered dialog ended (after the messages that ended it): a call
+    /// whose audio never began becomes an empty recording (`reason`); with
+    /// `bye` (the SRC's BYE, held) report [`Control::ByeDurable`] once the
+    /// call's recording is on disk.
+    DialogEnded {
+        call_id: String,
+        reason: &'static str,
+        bye: Option<DialogId>,
+    },
 }
 
 /// What the daemon tells the running SIP task.
@@ -103,6 +118,9 @@ enum Control {
     /// Keep taking calls, end as soon as none is in progress (the new
     /// listener needs this one's address); `false` cancels it.
     StopWhenIdle(bool),
+    /// From the engine thread: the recording of the dialog the SRC's BYE
+    /// ended is durable (or there is none): answer the BYE.
+    ByeDurable(DialogId),
 }
 
 /// The media thread's way into the engine: it waits when the queue is full
@@ -302,6 +320,10 @@ pub async fn start(
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = out.answered_calls();
+    let mut out = out;
+    // The engine thread tells the SIP task when a call's pair is durable.
+    out.track_closed(true);
     let (etx, erx) = std_mpsc::sync_channel::<EngineInput>(ENGINE_QUEUE);
     let drops = Arc::new(AtomicI64::new(0));
     let counters = Arc::new(MediaCounters::default());
@@ -317,9 +339,10 @@ pub async fn start(
             name: name.clone(),
             guard: guard.clone(),
         };
+        let durable = control_tx.clone();
         std::thread::Builder::new()
             .name("siprec-engine".into())
-            .spawn(move || engine_loop(engine_cfg, out, erx, live, report, recycler))?
+            .spawn(move || engine_loop(engine_cfg, out, erx, live, report, recycler, durable))?
     };
     live.beat("siprec");
     let sip_task = tokio::spawn(sip_loop(
@@ -335,6 +358,7 @@ pub async fn start(
             calls: calls.clone(),
             control: control_rx,
             guard,
+            answered,
         },
     ));
     Ok(SiprecHandle {
@@ -384,7 +408,8 @@ impl Report {
 }
 
 /// The engine thread: runs until every sender (SIP task, media thread) is
-/// gone, then closes every open call as cut by shutdown.
+/// gone, then closes every open call as cut by shutdown (calls answered
+/// whose audio never came become empty recordings, cut by shutdown too).
 fn engine_loop(
     engine_cfg: EngineConfig,
     mut out: RecordingDir,
@@ -392,11 +417,28 @@ fn engine_loop(
     live: Arc<Liveness>,
     report: Report,
     recycler: Recycler,
+    durable: mpsc::UnboundedSender<Control>,
 ) {
     let mut engine = CallEngine::new(engine_cfg);
     let mut last_tick = Instant::now();
+    // BYEs waiting for their call's recording, by Call-ID.
+    let mut byes: HashMap<String, Vec<DialogId>> = HashMap::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(EngineInput::DialogEnded {
+                call_id,
+                reason,
+                bye,
+            }) => {
+                out.end_answered(&call_id, reason);
+                if let Some(d) = bye {
+                    if out.is_recording(&call_id) {
+                        byes.entry(call_id).or_default().push(d);
+                    } else {
+                        let _ = durable.send(Control::ByeDurable(d));
+                    }
+                }
+            }
             Ok(input) => handle_input(&mut engine, input, &mut out, &recycler),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -411,8 +453,18 @@ fn engine_loop(
             live.beat(&name);
             publish(&engine, &out, &report);
         }
+        // Pairs made durable by this input or tick: their BYEs are answered.
+        for call_id in out.take_closed() {
+            if out.is_recording(&call_id) {
+                continue;
+            }
+            for d in byes.remove(&call_id).unwrap_or_default() {
+                let _ = durable.send(Control::ByeDurable(d));
+            }
+        }
     }
     engine.finish(EndReason::Shutdown, &mut out);
+    out.finish_answered("shutdown");
     publish(&engine, &out, &report);
     let name = report.name();
     live.forget(&name);
@@ -452,6 +504,7 @@ fn handle_input(
             recycler.give_back(batch);
         }
         EngineInput::Settings(s) => crate::recording::apply_settings(engine, out, *s),
+        EngineInput::DialogEnded { .. } => {}
     }
 }
 
@@ -534,6 +587,8 @@ struct Shared {
     calls: Arc<AtomicUsize>,
     control: mpsc::UnboundedReceiver<Control>,
     guard: Arc<GuardCounters>,
+    /// Where answered calls are noted before their 200 OK.
+    answered: AnsweredCalls,
 }
 
 /// How long a drained instance still answers retransmissions after its last
@@ -557,6 +612,7 @@ async fn sip_loop(
         calls,
         control: mut control_rx,
         guard,
+        answered,
     } = shared;
     // Refused input answered and counted; connections capped and timed.
     let mut refuser = Refuser::new(guard.clone());
@@ -580,6 +636,8 @@ async fn sip_loop(
         user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
         tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
     });
+    // A BYE is answered when the call's recording is on disk (ByeDurable).
+    uas.hold_byes(true);
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
     let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
         HashMap::new();
@@ -591,7 +649,8 @@ async fn sip_loop(
             break;
         }
         calls.store(sessions.len(), Ordering::Relaxed);
-        if sessions.is_empty() && (draining || stop_when_idle) {
+        // A BYE still held for its recording keeps the listener open.
+        if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
             if stop_when_idle {
                 tracing::info!(listen = %local, "SIPREC: no call in progress any more, closing this listener for the new settings");
                 break;
@@ -616,6 +675,9 @@ async fn sip_loop(
                 }
                 Control::Drain => draining = true,
                 Control::StopWhenIdle(on) => stop_when_idle = on,
+                Control::ByeDurable(d) => {
+                    uas.answer_bye(&d, now());
+                }
             },
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
@@ -729,6 +791,13 @@ async fn sip_loop(
                     };
                     match answer_for(&offer, &mut session, &mut ports, local.ip(), from) {
                         Ok(answer) => {
+                            // On disk before the 200 goes out: from now on a
+                            // crash still leaves a recording of this call.
+                            if let Err(e) =
+                                answered.answered(&answered_call(&dialog, &invite, at, now()))
+                            {
+                                tracing::error!("spool: cannot note an answered call: {e}");
+                            }
                             uas.accept(&dialog, &answer, at);
                             session.sdp = answer;
                             sessions.insert(dialog, session);
@@ -790,8 +859,30 @@ async fn sip_loop(
                 }
                 UasEvent::Ended { dialog, reason } => {
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
+                    let bye = reason == uas::EndCause::Bye;
                     if let Some(s) = sessions.remove(&dialog) {
                         release(s, &mut ports);
+                        // After the BYE in the engine's queue: the engine
+                        // has seen it. Never dropped (a call without audio
+                        // would lose its recording): waits for room.
+                        let ended = EngineInput::DialogEnded {
+                            call_id: dialog.call_id.clone(),
+                            reason: if bye { "bye" } else { "rtp_timeout" },
+                            bye: bye.then(|| dialog.clone()),
+                        };
+                        let sent = match etx.try_send(ended) {
+                            Ok(()) => true,
+                            Err(TrySendError::Full(ended)) => {
+                                let tx = etx.clone();
+                                tokio::task::block_in_place(move || tx.send(ended).is_ok())
+                            }
+                            Err(TrySendError::Disconnected(_)) => false,
+                        };
+                        if bye && !sent {
+                            uas.answer_bye(&dialog, now());
+                        }
+                    } else if bye {
+                        uas.answer_bye(&dialog, now());
                     }
                 }
             }
@@ -806,6 +897,9 @@ async fn sip_loop(
         uas.hangup(&d, at);
         release(s, &mut ports);
     }
+    // BYEs still waiting for their recording: the engine finishes every
+    // recording as this source stops.
+    uas.answer_held_byes(at);
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
             to,
@@ -816,6 +910,46 @@ async fn sip_loop(
             send_sip(&udp, &tcp_writers, transport, to, bytes).await;
         }
     }
+}
+
+/// What is known of a call as it is answered: the parties as the metadata
+/// names them (the same assignment the engine makes), the recorded call's id.
+fn answered_call(
+    dialog: &DialogId,
+    invite: &pbx_core::sip::message::SipMessage,
+    started_at: Timestamp,
+    answered_at: Timestamp,
+) -> AnsweredCall {
+    use pbx_core::call::{Party, PartyInfo};
+    let mut call = AnsweredCall {
+        call_id: dialog.call_id.clone(),
+        started_at,
+        answered_at,
+        ..AnsweredCall::default()
+    };
+    let Ok((sdp, Some(meta))) = siprec_parts(invite) else {
+        return call;
+    };
+    call.recorded_call_id = meta.call_id_hint.clone();
+    let assigned = pbx_core::sip::siprec::assign_streams(&sdp, &meta).unwrap_or_default();
+    for (party, slot) in [
+        (Party::Caller, &mut call.from),
+        (Party::Callee, &mut call.to),
+    ] {
+        let p = assigned
+            .iter()
+            .find(|a| a.party == Some(party))
+            .and_then(|a| a.participant.as_deref())
+            .and_then(|id| meta.participant(id));
+        if let Some(p) = p {
+            *slot = PartyInfo {
+                number: p.number.clone().unwrap_or_default(),
+                name: p.name.clone().unwrap_or_default(),
+                uri: p.aor.clone().unwrap_or_default(),
+            };
+        }
+    }
+    call
 }
 
 /// The next connection on the TLS listener (never, without one).

@@ -36,6 +36,24 @@
 //! A transient failure puts the row back to `queued` (or keeps `uploading`
 //! when a tus location is known) with `next_attempt_at` in the future.
 //!
+//! # Durability window (docs/durability.md)
+//! What a crash can cost before a pair reaches this queue, per call in
+//! progress ([`crate::recording`] writes the files):
+//! - the process dies (SIGKILL, OOM, panic): at most `recording.jitter`
+//!   plus 200 ms of its latest audio (700 ms by default). The engine holds back
+//!   `jitter` and hands over chunks of at least 100 ms; each is `write()`n to
+//!   the `.part` WAV before the engine goes on, and the page cache survives
+//!   the process, so no fsync is needed for this.
+//! - power loss: that plus [`crate::recording::SYNC_INTERVAL`] (1 s): the
+//!   spool's file system is synced once a second while recordings are
+//!   written; a finished pair is fsynced (files, then directory) before its
+//!   `<id>.json` appears.
+//! - every call answered (SIPREC `200 OK`) leaves a pair: a note written
+//!   before the answer is sent becomes a recording with an empty WAV if no
+//!   audio ever reached the disk (`truncated`, `end_reason` `crash`).
+//! - a call whose BYE was answered is complete: the SIPREC source sends that
+//!   `200 OK` only once the pair is durable.
+//!
 //! # Recovery rules (after a crash or power loss)
 //! - A pair on disk without a row is adopted by the next scan (idempotent:
 //!   `INSERT OR IGNORE`); a row is only created after its `<id>.json` was seen.
@@ -51,8 +69,27 @@
 //! - A crash after the cloud accepted `/v1/calls` but before `delivered` was
 //!   committed sends the call again: the `Idempotency-Key` (the recording id)
 //!   makes the cloud keep one copy (delivery is at least once, CONTRACT §4).
-//! - If `spool.db` itself is lost, every pair still on disk is adopted again
-//!   and re-sent; idempotency keys keep the cloud's copy single.
+//! - Delivered ids are also kept in a small durable record beside the
+//!   database, [`DELIVERED_LOG`] (`spool.delivered`: one id per line,
+//!   appended and fsynced before the row becomes `delivered`, compacted to
+//!   the ids whose files are still on disk). A row still queued whose id the
+//!   record names (a crash between the two writes) is settled as delivered
+//!   when the delivery task opens the spool.
+//! - A corrupt `spool.db` (SQLite says "not a database" or "malformed", or
+//!   `PRAGMA quick_check` fails when the delivery task opens it, or any query
+//!   later says so) is moved aside with its `-wal`/`-shm` as
+//!   `spool.db.corrupt-<UTC time>` and a new one is built from the pairs on
+//!   disk ([`Spool::open_repairing`]): pairs named in [`DELIVERED_LOG`] come
+//!   back as `delivered` (kept for `retention`, never sent again), the others
+//!   as `recorded` (sent; if one had been accepted by the cloud just before
+//!   the crash, its idempotency key keeps the cloud's copy single). A missing
+//!   `spool.db` (deleted, or replaced under the running daemon) is rebuilt
+//!   the same way. Lost in a rebuild: attempt counts, `failed` states (such
+//!   recordings are tried once more), tus upload locations (uploads start
+//!   again) and the folder source's after-delivery watches (those PBX files
+//!   are left in place). While the database cannot be used, `/readyz` fails
+//!   with the reason and the delivery task tries again every scan; it never
+//!   exits for it.
 //! - Nothing undelivered is ever deleted automatically: only `delivered`
 //!   recordings (after `retention`), filtered ones (unless kept) and
 //!   `spool purge` remove files.
@@ -79,6 +116,12 @@ pub const RESERVE_FILE: &str = ".spool.reserve";
 pub const RESERVE_BYTES: u64 = 4 << 20;
 /// Version of the schema below (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
+/// The durable record of delivered ids beside the database (see the module
+/// doc): one id per line.
+pub const DELIVERED_LOG: &str = "spool.delivered";
+/// Compact [`DELIVERED_LOG`] once it has at least this many lines and more
+/// than twice as many as ids whose files are still there.
+const DELIVERED_LOG_COMPACT: usize = 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS recordings (
@@ -134,6 +177,10 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    #[error("spool database {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("the spool database is not open")]
+    NotOpen,
     #[error("no recording {0:?} in the spool")]
     NotFound(String),
     #[error("{0:?} is not a recording id")]
@@ -141,6 +188,29 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// The database file is damaged (or not a database at all): moving it
+    /// aside and rebuilding is the way out ([`Spool::open_repairing`]).
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            SpoolError::Corrupt { .. } => true,
+            SpoolError::Db { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
+    }
+
+    /// One line for people: what is wrong with the database.
+    pub fn describe(&self) -> String {
+        match self {
+            SpoolError::Db { path, source } if self.is_corrupt() => {
+                format!("spool database {} is corrupt ({source})", path.display())
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The database could not write because the disk is full.
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -289,6 +359,45 @@ pub struct Spool {
     dir: PathBuf,
     db_path: PathBuf,
     conn: Connection,
+    /// Device and inode of `spool.db` when opened (see [`Spool::is_detached`]).
+    identity: Option<(u64, u64)>,
+    delivered: DeliveredLog,
+}
+
+/// How the queue database was rebuilt ([`Spool::open_repairing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// Why: what SQLite said, or that the file was missing.
+    pub reason: String,
+    /// Where the damaged database went.
+    pub moved_to: Option<PathBuf>,
+    /// Pairs adopted from the disk.
+    pub recordings: usize,
+    /// Of those, already delivered (from [`DELIVERED_LOG`]): not sent again.
+    pub known_delivered: usize,
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spool.db {}", self.reason)?;
+        if let Some(m) = &self.moved_to {
+            let name = m
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            write!(f, ", moved aside to {name}")?;
+        }
+        write!(
+            f,
+            "; rebuilt from the {} recordings on disk ({} already delivered, not sent again)",
+            self.recordings, self.known_delivered
+        )
+    }
+}
+
+fn file_identity(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl std::fmt::Debug for Spool {
@@ -335,9 +444,124 @@ impl Spool {
         give_to_dir_owner(dir, &db_path);
         Ok(Spool {
             dir: dir.to_path_buf(),
+            identity: file_identity(&db_path),
             db_path,
             conn,
+            delivered: DeliveredLog::load(dir),
         })
+    }
+
+    /// [`Spool::open`] for the process that delivers (it holds
+    /// `.delivery.lock`): checks the database (`PRAGMA quick_check`); a
+    /// corrupt one is moved aside and rebuilt from the pairs on disk, a
+    /// missing one rebuilt (see the module doc). Rows the delivered record
+    /// names are settled as delivered. `Some(repair)` says what was done.
+    pub fn open_repairing(dir: &Path) -> Result<(Spool, Option<Repair>), SpoolError> {
+        let db_path = dir.join(DB_FILE);
+        let existed = fs::symlink_metadata(&db_path).is_ok();
+        let opened = Spool::open(dir).and_then(|s| s.check_integrity().map(|()| s));
+        let (mut spool, reason, moved_to) = match opened {
+            Ok(s) => {
+                // Missing although this spool had one (it has delivered
+                // before: the delivered record exists): a rebuild, if there
+                // is anything to rebuild from. A first start just adopts.
+                let had_db = dir.join(DELIVERED_LOG).exists();
+                let reason =
+                    (!existed && had_db && has_pairs(dir)).then(|| "was missing".to_string());
+                (s, reason, None)
+            }
+            Err(e) if e.is_corrupt() => {
+                let detail = match &e {
+                    SpoolError::Corrupt { detail, .. } => detail.clone(),
+                    SpoolError::Db { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                let detail: String = detail.chars().take(200).collect();
+                let moved = move_aside(dir)?;
+                tracing::error!(
+                    "spool database {} is corrupt ({detail}): moved aside to {}; rebuilding the queue from the recordings on disk",
+                    db_path.display(),
+                    moved.display()
+                );
+                let s = Spool::open(dir)?;
+                s.check_integrity()?;
+                (s, Some(format!("was corrupt ({detail})")), Some(moved))
+            }
+            Err(e) => return Err(e),
+        };
+        let repair = match reason {
+            Some(reason) => {
+                let report = spool.scan(now_ms())?;
+                let known_delivered = report
+                    .adopted
+                    .iter()
+                    .filter(|id| spool.delivered.ids.contains(*id))
+                    .count();
+                Some(Repair {
+                    reason,
+                    moved_to,
+                    recordings: report.adopted.len(),
+                    known_delivered,
+                })
+            }
+            None => None,
+        };
+        spool.settle_known_delivered(now_ms())?;
+        Ok((spool, repair))
+    }
+
+    /// `PRAGMA quick_check`: `Err(Corrupt)` unless SQLite finds it sound.
+    pub fn check_integrity(&self) -> Result<(), SpoolError> {
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let found: Vec<String> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        if found.len() == 1 && found[0] == "ok" {
+            return Ok(());
+        }
+        Err(SpoolError::Corrupt {
+            path: self.db_path.clone(),
+            detail: found.join("; "),
+        })
+    }
+
+    /// `spool.db` is no longer the file this connection has open (deleted,
+    /// replaced or moved away by another process): reopen to see it.
+    pub fn is_detached(&self) -> bool {
+        self.identity.is_none() || file_identity(&self.db_path) != self.identity
+    }
+
+    /// Rows not yet delivered whose id the delivered record names (a crash
+    /// between the record and the database): delivered now.
+    fn settle_known_delivered(&mut self, now: i64) -> Result<usize, SpoolError> {
+        let pending = self.select(
+            "state IN ('recorded', 'queued', 'uploading', 'failed')",
+            params![],
+        )?;
+        let mut n = 0;
+        for e in pending {
+            if self.delivered.ids.contains(&e.id)
+                && self.update_counted(
+                    "UPDATE recordings SET state = 'delivered', delivered_at = ?2, updated_at = ?2, \
+                     upload_location = NULL, last_error = NULL, retries = 0, next_attempt_at = 0 \
+                     WHERE id = ?1 AND state <> 'delivered'",
+                    params![e.id, now],
+                    "delivered",
+                )?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether the delivered record names `id`.
+    pub fn known_delivered(&self, id: &str) -> bool {
+        self.delivered.ids.contains(id)
     }
 
     pub fn dir(&self) -> &Path {
@@ -451,10 +675,13 @@ impl Spool {
             source: e,
         })?;
         {
+            // A pair the delivered record names (the database was rebuilt)
+            // comes back delivered: kept for `retention`, never sent again.
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO recordings (id, state, size, recorded_at, adopted_at, updated_at) \
-                     VALUES (?1, 'recorded', ?2, ?3, ?4, ?4)",
+                    "INSERT OR IGNORE INTO recordings (id, state, size, recorded_at, adopted_at, updated_at, delivered_at) \
+                     VALUES (?1, CASE WHEN ?5 THEN 'delivered' ELSE 'recorded' END, ?2, ?3, ?4, ?4, \
+                     CASE WHEN ?5 THEN ?4 ELSE NULL END)",
                 )
                 .map_err(|e| SpoolError::Db {
                     path: self.db_path.clone(),
@@ -466,8 +693,9 @@ impl Spool {
                 if !self.dir.join(format!("{id}.json")).exists() {
                     continue;
                 }
+                let delivered = self.delivered.ids.contains(id);
                 let n = ins
-                    .execute(params![id, *size as i64, recorded_at, now])
+                    .execute(params![id, *size as i64, recorded_at, now, delivered])
                     .map_err(|e| SpoolError::Db {
                         path: self.db_path.clone(),
                         source: e,
@@ -682,8 +910,13 @@ impl Spool {
         )
     }
 
-    /// `/v1/calls` answered 200/201.
-    pub fn mark_delivered(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
+    /// `/v1/calls` answered 200/201. The id goes to the delivered record
+    /// first (fsynced), then the row changes.
+    pub fn mark_delivered(&mut self, id: &str, now: i64) -> Result<bool, SpoolError> {
+        if let Err(e) = self.delivered.append(id) {
+            // The database alone still says it; only a rebuild would miss it.
+            tracing::warn!(%id, "spool: cannot add to {DELIVERED_LOG}: {e}");
+        }
         self.update_counted(
             "UPDATE recordings SET state = 'delivered', delivered_at = ?2, updated_at = ?2, \
              upload_location = NULL, last_error = NULL, retries = 0, next_attempt_at = 0 \
@@ -849,7 +1082,7 @@ impl Spool {
     /// Remove recordings delivered at least `retention` ago (files, then
     /// rows). Returns the ids removed.
     pub fn expire_delivered(
-        &self,
+        &mut self,
         now: i64,
         retention: Duration,
     ) -> Result<Vec<String>, SpoolError> {
@@ -868,7 +1101,28 @@ impl Spool {
                 out.push(e.id);
             }
         }
+        self.compact_delivered_log();
         Ok(out)
+    }
+
+    /// Drops the ids whose files are gone from [`DELIVERED_LOG`] once it has
+    /// grown (nothing is left to send twice for them).
+    fn compact_delivered_log(&mut self) {
+        let lines = self.delivered.lines;
+        if lines < DELIVERED_LOG_COMPACT {
+            return;
+        }
+        let dir = self.dir.clone();
+        let alive = |id: &str| {
+            dir.join(format!("{id}.json")).exists() || dir.join(format!("{id}.wav")).exists()
+        };
+        let live = self.delivered.ids.iter().filter(|id| alive(id)).count();
+        if lines <= 2 * live {
+            return;
+        }
+        if let Err(e) = self.delivered.compact(alive) {
+            tracing::warn!("spool: cannot compact {DELIVERED_LOG}: {e}");
+        }
     }
 
     /// Rows per state (every state present, zeros included).
@@ -900,6 +1154,160 @@ impl Spool {
                 |r| r.get::<_, Option<i64>>(0),
             )
             .map_err(|e| self.err(e))
+    }
+}
+
+/// Whether `dir` holds any recording pair (`<id>.json` with its WAV).
+fn has_pairs(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.strip_suffix(".json")
+                    .is_some_and(|id| valid_id(id) && dir.join(format!("{id}.wav")).exists())
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Moves `spool.db` (and its `-wal`, `-shm`) aside as
+/// `spool.db.corrupt-<UTC time>` (`-wal.corrupt-…`, …). Returns the new name
+/// of the database.
+fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
+    let stamp: String = pbx_core::Timestamp::from_micros(now_ms().saturating_mul(1000))
+        .to_rfc3339()
+        .chars()
+        .take(19)
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        + "Z";
+    let mut n = 0;
+    let suffix = loop {
+        let s = if n == 0 {
+            format!("corrupt-{stamp}")
+        } else {
+            format!("corrupt-{stamp}-{n}")
+        };
+        if !dir.join(format!("{DB_FILE}.{s}")).exists() {
+            break s;
+        }
+        n += 1;
+    };
+    let target = dir.join(format!("{DB_FILE}.{suffix}"));
+    for ext in ["", "-wal", "-shm"] {
+        let from = dir.join(format!("{DB_FILE}{ext}"));
+        let to = dir.join(format!("{DB_FILE}{ext}.{suffix}"));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SpoolError::Io { path: from, source }),
+        }
+    }
+    sync_dir(dir).map_err(|source| SpoolError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(target)
+}
+
+/// The delivered record ([`DELIVERED_LOG`]): ids, one per line, appended
+/// with an fsync each; a torn last line (a crash mid-append) is ignored and
+/// cut off at the next append.
+#[derive(Debug)]
+struct DeliveredLog {
+    path: PathBuf,
+    ids: HashSet<String>,
+    /// Lines in the file (compaction counts them).
+    lines: usize,
+    /// Where the complete lines end when the file does not end with a
+    /// newline (a torn append): cut there before the next append.
+    torn: Option<u64>,
+}
+
+impl DeliveredLog {
+    fn load(dir: &Path) -> DeliveredLog {
+        let path = dir.join(DELIVERED_LOG);
+        let text = fs::read(&path).unwrap_or_default();
+        let complete = match text.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &text[..=i],
+            None => &text[..0],
+        };
+        let torn = (complete.len() < text.len()).then_some(complete.len() as u64);
+        let mut ids = HashSet::new();
+        let mut lines = 0;
+        for line in complete.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            lines += 1;
+            if let Ok(id) = std::str::from_utf8(line) {
+                if valid_id(id) {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        DeliveredLog {
+            path,
+            ids,
+            lines,
+            torn,
+        }
+    }
+
+    fn append(&mut self, id: &str) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.ids.contains(id) {
+            return Ok(());
+        }
+        let new = !self.path.exists();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        if let Some(end) = self.torn {
+            // A torn id is no id: it goes.
+            f.set_len(end)?;
+        }
+        f.write_all(format!("{id}\n").as_bytes())?;
+        f.sync_data()?;
+        if new {
+            if let Some(dir) = self.path.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        self.torn = None;
+        self.ids.insert(id.to_string());
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Rewrites the record with the ids `keep` says (temp file, fsync,
+    /// rename, directory fsync).
+    fn compact(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
+        use std::io::Write;
+        let mut kept: Vec<String> = self.ids.iter().filter(|id| keep(id)).cloned().collect();
+        kept.sort();
+        let tmp = self.path.with_extension("delivered.tmp");
+        {
+            let mut f = create_private_file(&tmp)?;
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
+        self.lines = kept.len();
+        self.ids = kept.into_iter().collect();
+        self.torn = None;
+        Ok(())
     }
 }
 
@@ -1029,7 +1437,32 @@ pub fn cli(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let mut spool = Spool::open(dir).context("cannot open the spool")?;
+    let mut spool = match Spool::open(dir).and_then(|s| s.check_integrity().map(|()| s)) {
+        Ok(s) => s,
+        Err(e) if e.is_corrupt() => {
+            // Repaired here only while no daemon delivers from this spool
+            // (it repairs its own, and two repairs must not cross).
+            match crate::delivery::take_lock(dir) {
+                Ok(lock) => {
+                    let r = Spool::open_repairing(dir);
+                    drop(lock);
+                    let (s, repair) = r.context("cannot repair the spool database")?;
+                    if let Some(r) = repair {
+                        eprintln!("pbx-edge spool: {r}");
+                    }
+                    s
+                }
+                Err(crate::delivery::DeliveryError::Locked(_)) => {
+                    eprintln!(
+                        "pbx-edge spool: {e}; the running daemon moves it aside and rebuilds it from the recordings on disk: try again in a few seconds"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Err(le) => return Err(le.into()),
+            }
+        }
+        Err(e) => return Err(e).context("cannot open the spool"),
+    };
     let now = now_ms();
     match cmd {
         SpoolCommand::List(_) => {
@@ -1268,5 +1701,165 @@ mod tests {
         assert!(t.contains("abc  failed"), "{t}");
         assert!(t.contains("HTTP 422: badline"), "{t}");
         assert!(t.contains("1m30s"), "{t}");
+    }
+
+    /// Through the states to `delivered` (retention keeps the files).
+    fn deliver(s: &mut Spool, id: &str, now: i64) {
+        s.mark_queued(id, now).unwrap();
+        s.begin_attempt(id, now).unwrap();
+        assert!(s.mark_delivered(id, now).unwrap());
+    }
+
+    fn aside(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".corrupt-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Garbage over spool.db: opening says corrupt; the delivering process
+    /// moves it aside and rebuilds the queue from the pairs, the delivered
+    /// one (from the delivered record) stays delivered, the others are due.
+    #[test]
+    fn corrupt_database_is_moved_aside_and_rebuilt_from_the_pairs() {
+        let d = tempfile::tempdir().unwrap();
+        for id in ["a", "b", "c"] {
+            pair(d.path(), id, 100);
+        }
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        deliver(&mut s, "a", 10);
+        drop(s);
+        fs::write(d.path().join(DB_FILE), vec![0x5au8; 20_000]).unwrap();
+        let e = Spool::open(d.path()).unwrap_err();
+        assert!(e.is_corrupt(), "{e}");
+        let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+        let r = repair.expect("a repair");
+        assert!(r.reason.contains("corrupt"), "{r:?}");
+        assert_eq!((r.recordings, r.known_delivered), (3, 1));
+        let moved = r.moved_to.clone().unwrap();
+        assert_eq!(fs::read(&moved).unwrap(), vec![0x5au8; 20_000]);
+        assert_eq!(aside(d.path()).len(), 1, "{:?}", aside(d.path()));
+        assert!(
+            r.to_string().contains("moved aside to spool.db.corrupt-"),
+            "{r}"
+        );
+        assert_eq!(s.get("a").unwrap().unwrap().state, State::Delivered);
+        assert_eq!(s.get("b").unwrap().unwrap().state, State::Recorded);
+        assert_eq!(s.get("c").unwrap().unwrap().state, State::Recorded);
+        s.check_integrity().unwrap();
+        drop(s);
+        // Sound now: nothing more to do.
+        let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+        assert!(repair.is_none());
+        assert_eq!(s.list().unwrap().len(), 3);
+    }
+
+    /// Damage inside the file (the header intact) is found by quick_check.
+    #[test]
+    fn damaged_pages_are_found_and_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            pair(
+                d.path(),
+                &format!("rec-{i:04}-with-a-longer-id-to-fill-pages"),
+                1,
+            );
+        }
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        drop(s); // the last connection checkpoints the WAL into the file
+        let db = d.path().join(DB_FILE);
+        let mut bytes = fs::read(&db).unwrap();
+        assert!(bytes.len() > 4 * 4096, "{}", bytes.len());
+        for b in &mut bytes[2 * 4096..4 * 4096] {
+            *b = 0xa5;
+        }
+        fs::write(&db, &bytes).unwrap();
+        let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+        let r = repair.expect("a repair");
+        assert_eq!(r.recordings, 300, "{r:?}");
+        assert_eq!(s.list().unwrap().len(), 300);
+    }
+
+    /// spool.db removed: rebuilt from the pairs and the delivered record; a
+    /// connection to the removed file knows it is detached.
+    #[test]
+    fn missing_database_is_rebuilt_and_delivered_ones_are_not_sent_again() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "x", 5);
+        pair(d.path(), "y", 5);
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        deliver(&mut s, "x", 1);
+        assert!(!s.is_detached());
+        for ext in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(d.path().join(format!("{DB_FILE}{ext}")));
+        }
+        assert!(s.is_detached());
+        drop(s);
+        let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+        let r = repair.expect("a rebuild");
+        assert_eq!(r.reason, "was missing");
+        assert_eq!((r.recordings, r.known_delivered, r.moved_to), (2, 1, None));
+        assert_eq!(s.get("x").unwrap().unwrap().state, State::Delivered);
+        assert_eq!(s.get("y").unwrap().unwrap().state, State::Recorded);
+        assert!(s.due(i64::MAX, 10, &HashSet::new()).unwrap().is_empty());
+        // A brand-new spool is no rebuild.
+        let e = tempfile::tempdir().unwrap();
+        assert!(Spool::open_repairing(e.path()).unwrap().1.is_none());
+    }
+
+    /// The cloud accepted, the record says so, the crash came before the
+    /// row changed: settled as delivered when the delivery task opens it.
+    #[test]
+    fn a_row_the_delivered_record_names_is_settled_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        pair(d.path(), "z", 5);
+        let mut s = Spool::open(d.path()).unwrap();
+        s.scan(0).unwrap();
+        s.mark_queued("z", 0).unwrap();
+        s.begin_attempt("z", 0).unwrap();
+        s.delivered.append("z").unwrap();
+        drop(s);
+        let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+        assert!(repair.is_none());
+        assert_eq!(s.get("z").unwrap().unwrap().state, State::Delivered);
+        assert_eq!(s.counters().unwrap()["delivered"], 1);
+    }
+
+    /// A torn last line is ignored and cut off by the next append; the
+    /// record is compacted to the ids whose files are still there.
+    #[test]
+    fn delivered_record_torn_lines_and_compaction() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(DELIVERED_LOG), b"one\ntwo\nthr").unwrap();
+        let mut log = DeliveredLog::load(d.path());
+        assert_eq!(log.ids.len(), 2);
+        assert_eq!(log.torn, Some(8));
+        log.append("four").unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join(DELIVERED_LOG)).unwrap(),
+            "one\ntwo\nfour\n"
+        );
+        let again = DeliveredLog::load(d.path());
+        assert_eq!(again.ids.len(), 3);
+        log.compact(|id| id == "two").unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join(DELIVERED_LOG)).unwrap(),
+            "two\n"
+        );
+        // Through the spool: delivered and expired ids go at compaction.
+        let mut s = Spool::open(d.path()).unwrap();
+        for i in 0..DELIVERED_LOG_COMPACT + 10 {
+            s.delivered.append(&format!("gone{i}")).unwrap();
+        }
+        s.expire_delivered(0, Duration::ZERO).unwrap();
+        assert!(s.delivered.lines < 10, "{}", s.delivered.lines);
+        assert!(DeliveredLog::load(d.path()).ids.len() < 10);
     }
 }

@@ -183,6 +183,10 @@ pub struct CloudStatus {
     pub outside_upload_window: bool,
     /// The spool database cannot be used.
     pub spool_error: Option<String>,
+    /// Times the spool database was rebuilt since start (corrupt or missing).
+    pub spool_repairs: u64,
+    /// The last rebuild: when, why, and what it found.
+    pub spool_repaired: Option<String>,
 }
 
 /// Shared handle on the daemon's status.
@@ -237,6 +241,8 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     if let Some(e) = &s.cloud.spool_error {
         ok = false;
         parts.insert("spool.queue".into(), format!("spool database: {e}"));
+    } else if let Some(r) = &s.cloud.spool_repaired {
+        parts.insert("spool.queue".into(), format!("ok (rebuilt {r})"));
     }
     if let (true, Some(reason)) = (s.cloud.configured, &s.cloud.paused) {
         ok = false;
@@ -489,6 +495,12 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "Recordings delivered to the cloud (all time).",
         &[(String::new(), c.delivered_total as f64)],
+    );
+    family(
+        "pbx_edge_spool_repairs_total",
+        "counter",
+        "Times the spool database was found corrupt or missing and rebuilt from the recordings on disk (since start).",
+        &[(String::new(), c.spool_repairs as f64)],
     );
     family(
         "pbx_edge_recordings_filtered_total",

@@ -334,7 +334,7 @@ fn retention_keeps_delivered_recordings_and_filters_apply() {
             "kept-filtered.wav"
         ]
     );
-    let sp = Spool::open(&spool).unwrap();
+    let mut sp = Spool::open(&spool).unwrap();
     assert_eq!(sp.get("keep-me").unwrap().unwrap().state, State::Delivered);
     let f = sp.get("kept-filtered").unwrap().unwrap();
     assert_eq!(f.state, State::Filtered);

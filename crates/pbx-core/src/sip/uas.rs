@@ -23,7 +23,10 @@
 //! - CANCEL of a pending INVITE: `200` to the CANCEL, `487` to the INVITE,
 //!   [`EndCause::Cancel`]. A CANCEL after the final answer gets `200` and
 //!   changes nothing; a CANCEL matching nothing gets `481`.
-//! - In-dialog: BYE (`200`, [`EndCause::Bye`], pending requests get `487`),
+//! - In-dialog: BYE (`200`, [`EndCause::Bye`], pending requests get `487`;
+//!   with [`Uas::hold_byes`] the `200` waits for [`Uas::answer_bye`], at most
+//!   [`BYE_HOLD_MAX_US`], while retransmissions are absorbed: the shell
+//!   answers once the call's recording is safe on disk),
 //!   re-INVITE and UPDATE (events for the shell; a second offer while one
 //!   is pending gets `500` + Retry-After), OPTIONS and INFO (`200`), CSeq
 //!   going backwards (`500`), anything else `405`. Requests naming a dialog
@@ -69,6 +72,9 @@ pub const T2_US: i64 = 4_000_000;
 /// 64·T1: ACK wait (Timer H / L), transaction lifetime after its final
 /// response, and the time the shell has to decide on a request.
 pub const TX_LIFETIME_US: i64 = 64 * T1_US;
+/// Longest a held BYE waits for [`Uas::answer_bye`] before it is answered
+/// `200` anyway (well inside the SRC's 32 s Timer F).
+pub const BYE_HOLD_MAX_US: i64 = 16_000_000;
 /// Most dialogs (calls) held at once.
 pub const MAX_DIALOGS: usize = 8192;
 /// Most server + client transactions held at once.
@@ -232,6 +238,8 @@ enum TxKind {
     InitialInvite,
     Reinvite,
     Update,
+    /// A BYE whose `200` waits for the shell ([`Uas::hold_byes`]).
+    HeldBye,
     Other,
 }
 
@@ -335,6 +343,10 @@ pub struct Uas {
     /// unspecified address (`0.0.0.0`, `::`): told by the shell, which knows
     /// the route (see [`Uas::learn_local_ip`]).
     local_ips: HashMap<IpAddr, IpAddr>,
+    /// BYEs are answered by the shell ([`Uas::hold_byes`]).
+    hold_byes: bool,
+    /// The held BYE of each ended dialog.
+    held_byes: HashMap<DialogId, TxKey>,
 }
 
 /// Peers whose local address is remembered (beyond it, the map restarts).
@@ -351,7 +363,41 @@ impl Uas {
             events: VecDeque::new(),
             state_bytes: 0,
             local_ips: HashMap::new(),
+            hold_byes: false,
+            held_byes: HashMap::new(),
         }
+    }
+
+    /// With `on`, a BYE ends its dialog at once ([`UasEvent::Ended`] with
+    /// [`EndCause::Bye`]) but its `200 OK` waits until the shell calls
+    /// [`Uas::answer_bye`] for that dialog (retransmissions meanwhile are
+    /// absorbed), or [`BYE_HOLD_MAX_US`] passed: the SRC learns that the
+    /// session is over only when what the shell had to do for it is done.
+    pub fn hold_byes(&mut self, on: bool) {
+        self.hold_byes = on;
+    }
+
+    /// Sends the `200 OK` to the held BYE that ended dialog `d`. `false` when
+    /// none is held (answered already, or BYEs are not held).
+    pub fn answer_bye(&mut self, d: &DialogId, at: Timestamp) -> bool {
+        let Some(key) = self.held_byes.remove(d) else {
+            return false;
+        };
+        self.final_response(&key, 200, "OK", &[], at)
+    }
+
+    /// Answers every held BYE (the shell stops).
+    pub fn answer_held_byes(&mut self, at: Timestamp) {
+        let mut held: Vec<DialogId> = self.held_byes.keys().cloned().collect();
+        held.sort();
+        for d in held {
+            self.answer_bye(&d, at);
+        }
+    }
+
+    /// BYEs waiting for [`Uas::answer_bye`].
+    pub fn held_bye_count(&self) -> usize {
+        self.held_byes.len()
     }
 
     /// Whether our Contact/Via host depends on the peer: the configured host
@@ -981,7 +1027,30 @@ impl Uas {
                     self.final_failure(&p, 487, "Request Terminated", &[], at);
                 }
                 self.stop_ack_wait(&id);
-                self.new_final(at, from, transport, key, req, msg, 200, "OK", &[]);
+                if self.hold_byes && self.has_room(2 * (req.footprint() + ENTRY_OVERHEAD)) {
+                    self.start_proceeding(
+                        at,
+                        from,
+                        transport,
+                        key.clone(),
+                        req,
+                        msg,
+                        TxKind::HeldBye,
+                        local_tag,
+                        None,
+                    );
+                    if let Some(tx) = self.txs.get_mut(&key) {
+                        tx.decide_by = Some(at.add_micros(BYE_HOLD_MAX_US));
+                    }
+                    if let Some(old) = self.held_byes.insert(id.clone(), key) {
+                        // A second BYE with a new transaction for the same
+                        // dialog cannot reach here (the dialog is gone);
+                        // answer an earlier one rather than drop it.
+                        self.final_response(&old, 200, "OK", &[], at);
+                    }
+                } else {
+                    self.new_final(at, from, transport, key, req, msg, 200, "OK", &[]);
+                }
                 self.end_dialog(&id, EndCause::Bye);
             }
             Method::Options | Method::Info => {
@@ -1189,6 +1258,19 @@ impl Uas {
 
     /// Sends a final failure on an existing (proceeding) server transaction.
     fn final_failure(
+        &mut self,
+        key: &TxKey,
+        code: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+        at: Timestamp,
+    ) -> bool {
+        self.final_response(key, code, reason, extra, at)
+    }
+
+    /// Sends a final response on an existing (proceeding) server
+    /// transaction: a failure, or the `200` of a held BYE.
+    fn final_response(
         &mut self,
         key: &TxKey,
         code: u16,
@@ -1496,6 +1578,11 @@ impl Uas {
                 if let Some(d) = dialog {
                     self.end_dialog(&d, EndCause::DecisionTimeout);
                 }
+            } else if kind == TxKind::HeldBye {
+                // The shell never said: the BYE is answered anyway (a BYE is
+                // never refused).
+                self.held_byes.retain(|_, k| k != key);
+                self.final_response(key, 200, "OK", &[], at);
             } else {
                 let extra = [("Retry-After", "1".to_string())];
                 self.final_failure(key, 500, "Server Internal Error", &extra, at);
@@ -2213,6 +2300,88 @@ mod tests {
         assert!(u.state_bytes() > 0);
         run_until(&mut u, t(200_000));
         assert_eq!((u.transaction_count(), u.state_bytes()), (0, 0));
+    }
+
+    /// With held BYEs the dialog ends at once but the 200 waits for the
+    /// shell; retransmissions meanwhile get nothing, afterwards the same
+    /// 200; a BYE the shell never answers is answered at BYE_HOLD_MAX_US.
+    #[test]
+    fn held_bye_is_answered_when_the_shell_says_or_at_the_deadline() {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let mut u = uas();
+            u.hold_byes(true);
+            let d = established(&mut u, "call-h");
+            feed(&mut u, t(50), &ack("z9hG4bKack", "call-h", &d.local_tag, 1));
+            let bye = request(
+                "BYE",
+                "z9hG4bKbyeh",
+                "call-h",
+                Some(&d.local_tag),
+                2,
+                "BYE",
+                "",
+                "",
+            );
+            let ev = feed_tp(&mut u, t(1000), &bye, transport);
+            assert!(codes(&ev).is_empty(), "no answer yet: {ev:?}");
+            assert_eq!(ended(&ev), vec![EndCause::Bye]);
+            assert_eq!(u.held_bye_count(), 1);
+            // A retransmission is absorbed.
+            assert!(codes(&feed_tp(&mut u, t(1500), &bye, transport)).is_empty());
+            assert!(u.answer_bye(&d, t(1700)));
+            let ev = drain(&mut u);
+            assert_eq!(codes(&ev), vec![200]);
+            assert_eq!(sent(&ev)[0].cseq_method, Method::Bye);
+            assert_eq!(sent(&ev)[0].to.tag.as_deref(), Some(d.local_tag.as_str()));
+            assert!(!u.answer_bye(&d, t(1800)), "answered once");
+            assert_eq!(u.held_bye_count(), 0);
+            if transport == Transport::Udp {
+                // Retransmitted after the answer: the same 200.
+                assert_eq!(codes(&feed(&mut u, t(2000), &bye)), vec![200]);
+            }
+            run_until(&mut u, t(200_000));
+            assert_eq!((u.transaction_count(), u.state_bytes()), (0, 0));
+        }
+        // Never answered by the shell: 200 at the deadline, not before.
+        let mut u = uas();
+        u.hold_byes(true);
+        let d = established(&mut u, "call-i");
+        feed(&mut u, t(50), &ack("z9hG4bKack", "call-i", &d.local_tag, 1));
+        let bye = request(
+            "BYE",
+            "z9hG4bKbyei",
+            "call-i",
+            Some(&d.local_tag),
+            2,
+            "BYE",
+            "",
+            "",
+        );
+        feed(&mut u, t(1000), &bye);
+        let w = run_until(&mut u, t(1000 + BYE_HOLD_MAX_US / 1000 - 1));
+        assert!(w.iter().all(|(_, e)| codes(e).is_empty()));
+        let w = run_until(&mut u, t(1000 + BYE_HOLD_MAX_US / 1000));
+        let all: Vec<u16> = w.iter().flat_map(|(_, e)| codes(e)).collect();
+        assert_eq!(all, vec![200]);
+        assert_eq!(u.held_bye_count(), 0);
+        // Stopping answers whatever is held.
+        let mut u = uas();
+        u.hold_byes(true);
+        let d = established(&mut u, "call-j");
+        feed(&mut u, t(50), &ack("z9hG4bKack", "call-j", &d.local_tag, 1));
+        let bye = request(
+            "BYE",
+            "z9hG4bKbyej",
+            "call-j",
+            Some(&d.local_tag),
+            2,
+            "BYE",
+            "",
+            "",
+        );
+        assert!(codes(&feed(&mut u, t(100), &bye)).is_empty());
+        u.answer_held_byes(t(200));
+        assert_eq!(codes(&drain(&mut u)), vec![200]);
     }
 
     #[test]
