@@ -67,7 +67,7 @@ pub const QUORUM: u32 = 5;
 
 /// Arrival time the run of a latching source must span (µs): the announced
 /// address has this long to show up and win.
-pub const LATCH_WAIT_US: i64 = 200_000;
+pub const LATCH_WAIT_US: i64 = 100_000;
 
 /// Packets of a new SSRC, in sequence, that move a locked stream to it.
 pub const SSRC_QUORUM: u32 = 3;
@@ -665,8 +665,8 @@ mod tests {
                 latched_at = Some(i);
             }
         }
-        // 200 ms of arrival time: the 11th packet (at 200 ms) latches.
-        assert_eq!(latched_at, Some(10));
+        // 100 ms of arrival time: the 6th packet (at 100 ms) latches.
+        assert_eq!(latched_at, Some(5));
         assert_eq!(
             r.seqs_from("192.0.2.10:31000"),
             (1000..1050).collect::<Vec<_>>()

@@ -1181,3 +1181,68 @@ fn missing_bye_recording_has_no_trailing_timeout_silence() {
         media / 8,
     );
 }
+
+// ------------------------------------------------------- SRTP without keys
+
+/// A sniffed or imported call that negotiated SRTP (RTP/SAVP with SDES keys,
+/// or DTLS-SRTP) is recorded as silence with a warning naming why, never as
+/// the noise its encrypted payloads decode to.
+#[test]
+fn srtp_negotiated_in_the_sdp_is_silence_with_a_warning_not_noise() {
+    let _g = serial();
+    for (keys, why) in [
+        (
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:aSBrbm93IGFsbCB5b3VyIGxpdHRsZSBzZWNyZXRz\r\n",
+            "SDES",
+        ),
+        ("a=fingerprint:sha-256 AA:BB:CC\r\n", "DTLS-SRTP"),
+    ] {
+        let d = Dialog::new("srtp@10.0.0.1");
+        let mut pkts = setup_packets(&d);
+        // The same dialog, but its SDP says RTP/SAVP with keys.
+        for p in pkts.iter_mut() {
+            let text = String::from_utf8_lossy(&p.data).into_owned();
+            if let Some(body_at) = text.find("\r\n\r\nv=0") {
+                let body = text[body_at + 4..]
+                    .replace("RTP/AVP", "RTP/SAVP")
+                    .replace("a=ptime:20\r\n", &format!("a=ptime:20\r\n{keys}"));
+                let head = text[..body_at]
+                    .lines()
+                    .map(|l| {
+                        if l.to_ascii_lowercase().starts_with("content-length") {
+                            format!("Content-Length: {}", body.len())
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\r\n");
+                p.data = format!("{head}\r\n\r\n{body}").into_bytes();
+            }
+        }
+        let mut media = Vec::new();
+        for k in 0..100 {
+            for leg in 0..2 {
+                let (src, dst) = leg_addrs(leg);
+                // "Encrypted" payloads: bytes that decode to loud noise.
+                let noise: Vec<u8> = (0..160).map(|i| ((i * 37 + k * 11 + leg) % 256) as u8).collect();
+                let ssrc = if leg == 0 { 0x1111_0000 } else { 0x2222_0000 };
+                media.push(Pkt {
+                    at_us: send_time(leg, k),
+                    src,
+                    dst,
+                    data: rtp(0, k == 0, (1000 + k) as u16, (5000 + k * 160) as u32, ssrc, &noise),
+                });
+            }
+        }
+        media.sort_by_key(|p| p.at_us);
+        pkts.extend(media);
+        let sink = run(&pkts);
+        let r = sink.only();
+        let meta = r.meta.as_ref().expect("ended");
+        assert!(r.audio.iter().all(|s| *s == 0), "{why}: the channels must be silent");
+        let w = meta.warnings.join(" | ");
+        assert!(w.contains("SRTP") && w.contains(why), "{why}: warnings: {w}");
+        assert_eq!(meta.channels[0].packets, 100, "the packets are counted");
+    }
+}

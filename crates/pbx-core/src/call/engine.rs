@@ -339,6 +339,9 @@ struct Call {
     warnings: Vec<String>,
     /// ZRTP was seen on the call's media: the audio is encrypted.
     zrtp: bool,
+    /// The SDP negotiated SRTP (RTP/SAVP…), which this engine does not
+    /// decrypt: how its keys were exchanged.
+    srtp: Option<&'static str>,
     /// SIPREC recording session: the party of each SDP m-line.
     siprec: Option<Vec<Option<Party>>>,
     /// SIPREC: the recorded call's parties and Call-ID from the metadata.
@@ -752,6 +755,7 @@ impl Tracker {
             seen_msgs: VecDeque::new(),
             dtmf: Vec::new(),
             zrtp: false,
+            srtp: None,
             siprec: None,
             rec_caller: None,
             rec_callee: None,
@@ -783,6 +787,35 @@ impl Tracker {
         for (i, m) in sdp.media.iter().enumerate() {
             if !m.media.eq_ignore_ascii_case("audio") {
                 continue;
+            }
+            // SRTP seen from outside (sniffing, captures): the engine has no
+            // decryption, so the audio would be noise. The SIPREC server's
+            // sockets decrypt before the engine and are not affected.
+            if !self.cfg.siprec_server
+                && m.port != 0
+                && m.proto.to_ascii_uppercase().contains("SAVP")
+                && call.srtp.is_none()
+            {
+                let how = if !m.crypto.is_empty() {
+                    "SDES keys (a=crypto), which pbx-edge does not apply when sniffing or importing"
+                } else if m
+                    .attributes
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("fingerprint"))
+                    || sdp
+                        .attributes
+                        .iter()
+                        .any(|(n, _)| n.eq_ignore_ascii_case("fingerprint"))
+                {
+                    "DTLS-SRTP, whose keys never appear on the wire"
+                } else {
+                    "keys exchanged outside the SDP"
+                };
+                call.srtp = Some(how);
+                push_warning(
+                    &mut call.warnings,
+                    format!("the parties negotiated SRTP ({}) with {how}: their audio is encrypted and cannot be recorded here; the channels are silent", m.proto),
+                );
             }
             // (who this line's packets belong to as registered side)
             let reg_side = match &siprec {
@@ -1123,8 +1156,9 @@ impl Tracker {
             }
             return;
         };
-        // Encrypted by ZRTP-negotiated SRTP: nothing we can decode.
-        if call.zrtp {
+        // Encrypted (ZRTP, or SRTP negotiated in the SDP): decoding would
+        // give noise; the channel stays silent (the warning says why).
+        if call.zrtp || call.srtp.is_some() {
             return;
         }
         // Comfort noise is silence on the recording.
@@ -1232,8 +1266,9 @@ impl Tracker {
             for l in &mut media.legs {
                 t = t.min(l.timeline.ready_until(now_pos, false));
             }
-            // Write in chunks of at least 100 ms.
-            if t < flushed + rate / 10 {
+            // Write in chunks of at least 40 ms: what a crash can lose is the
+            // jitter window plus this (docs/durability.md).
+            if t < flushed + rate / 25 {
                 return;
             }
             t
