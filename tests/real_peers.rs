@@ -4,7 +4,10 @@
 //! answer) another, PCMU, ptime 20, no SRTP/ICE/STUN. pbx-edge sniffs the
 //! veth end in A's namespace live (`pbx-edge run`, `sources.sniff`), and
 //! tshark captures the same interface to a pcap that `pbx-edge import`
-//! turns into a recording.
+//! turns into a recording. A second test runs the same call through
+//! Kamailio (stateful proxy, record-route) and rtpengine (userspace media
+//! relay) in a third namespace between the phones, captured on A's side, so
+//! B's speech reaches the recorder relayed.
 //!
 //! What is checked, on both recordings, per channel (0 = A, 1 = B), against
 //! the 8 kHz WAV that party's phone played:
@@ -14,16 +17,21 @@
 //!   plus where the WAV starts in the decoded RTP stream by timestamp);
 //! - content: every 1 s window of speech correlates > 0.9 at its best lag;
 //! - continuity: that best lag is the same within 1 sample in every speech
-//!   window (a dropped or repeated sample would shift it for the rest);
+//!   window, and its sub-sample value (parabola through the peak) moves by
+//!   less than half a sample between neighbouring windows: a dropped or
+//!   repeated sample is a step of one for the rest of the call, whichever
+//!   side of the whole-call lag it falls;
 //! - no cross-talk: correlation with the other party's speech < 0.2.
 //!
 //! Skipped with a message (not failed) where namespaces cannot be created
-//! (no root / CAP_NET_ADMIN) or a tool is missing. Namespaces and processes
-//! are removed on exit by a guard, also when a check fails.
+//! (no root / CAP_NET_ADMIN) or a tool is missing (baresip, espeak-ng, sox,
+//! tshark, ip; kamailio and rtpengine for the second test). Namespaces and
+//! processes are removed on exit by a guard, also when a check fails.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -51,9 +59,24 @@ struct Guard {
 }
 
 impl Guard {
+    /// Every child was started in a process group of its own (kamailio and
+    /// tshark have children of their own): SIGTERM to the group, SIGKILL to
+    /// what is left after 5 s.
     fn kill_all(&mut self) {
         for (_, c) in self.children.iter_mut().rev() {
-            let _ = c.kill();
+            let pg = -(c.id() as i32);
+            if c.try_wait().ok().flatten().is_none() {
+                // SAFETY: signals to a process group we created.
+                unsafe { libc::kill(pg, libc::SIGTERM) };
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(5) && c.try_wait().ok().flatten().is_none()
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            // SAFETY: as above; workers may outlive their leader (kamailio).
+            // The group id was ours a moment ago (a pid is not reused that fast).
+            unsafe { libc::kill(pg, libc::SIGKILL) };
             let _ = c.wait();
         }
         self.children.clear();
@@ -183,6 +206,7 @@ fn start_phone(g: &mut Guard, ns: &str, dir: &Path, name: &'static str) -> Phone
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .expect("start baresip");
     let out = Output::default();
@@ -192,6 +216,124 @@ fn start_phone(g: &mut Guard, ns: &str, dir: &Path, name: &'static str) -> Phone
     g.children.push((name.into(), c));
     out.wait_for("baresip is ready", Duration::from_secs(20), name);
     Phone { stdin, out, name }
+}
+
+/// Kamailio (stateful proxy that record-routes and sends every request for
+/// `b` on to B) and rtpengine (userspace relay, one interface per side) in
+/// namespace `ns`; returns once both are up.
+fn start_proxy(g: &mut Guard, ns: &str, dir: &Path, pa: &str, pb: &str, ip_b: &str) {
+    let rtpe = Output::default();
+    let mut c = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "rtpengine",
+            "--config-file=none",
+            "--foreground",
+        ])
+        .args(["--log-stderr", "--log-level=6", "--table=-1"])
+        .arg(format!("--interface=a/{pa}"))
+        .arg(format!("--interface=b/{pb}"))
+        .args([
+            "--listen-ng=127.0.0.1:22222",
+            "--port-min=30000",
+            "--port-max=30999",
+        ])
+        .arg(format!("--pidfile={}", dir.join("rtpengine.pid").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start rtpengine");
+    rtpe.collect(c.stderr.take().unwrap());
+    g.children.push(("rtpengine".into(), c));
+    rtpe.wait_for("Startup complete", Duration::from_secs(20), "rtpengine");
+
+    let cfg = format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+mhomed=1
+listen=udp:{pa}:5060
+listen=udp:{pb}:5060
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "rtpengine.so"
+modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:22222")
+modparam("rr", "enable_double_rr", 1)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            if (is_method("BYE")) {{ rtpengine_delete(); }}
+            else if (has_body("application/sdp")) {{ rtpengine_manage("replace-origin replace-session-connection"); }}
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (!is_method("INVITE")) {{ sl_send_reply("405", "Method Not Allowed"); exit; }}
+    record_route();
+    rtpengine_offer("direction=a direction=b replace-origin replace-session-connection");
+    t_on_reply("ANSWER");
+    $rd = "{ip_b}";
+    $rp = 5060;
+    t_relay();
+    exit;
+}}
+
+onreply_route[ANSWER] {{
+    if (has_body("application/sdp")) {{ rtpengine_answer("replace-origin replace-session-connection"); }}
+}}
+"#
+    );
+    let cfg_path = dir.join("kamailio.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let kam = Output::default();
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ns, "kamailio", "-DD", "-E", "-f"])
+        .arg(&cfg_path)
+        .arg("-P")
+        .arg(dir.join("kamailio.pid"))
+        .args(["-Y", &dir.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start kamailio");
+    kam.collect(c.stderr.take().unwrap());
+    g.children.push(("kamailio".into(), c));
+    // ready when its UDP socket answers: an OPTIONS gets a 405 from the script
+    let t = Instant::now();
+    loop {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg(format!("ss -lun | grep -q '{pa}:5060'"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "kamailio did not start:\n{}",
+            kam.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One RTP packet from the tshark capture.
@@ -433,16 +575,37 @@ fn can_make_netns(probe: &str) -> bool {
     ok
 }
 
+/// The real-peer calls run one at a time (CPU, and timing on a loaded machine).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
-    for tool in ["ip", "baresip", "espeak-ng", "sox", "tshark"] {
+    real_call(false);
+}
+
+/// The same call through Kamailio (stateful proxy, record-route) and
+/// rtpengine (media relay, userspace) in a third namespace between the
+/// phones; pbx-edge and tshark on A's side, so B's speech arrives relayed.
+#[test]
+fn baresip_call_through_kamailio_and_rtpengine_matches_what_each_party_sent() {
+    real_call(true);
+}
+
+fn real_call(proxy: bool) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tools = vec!["ip", "baresip", "espeak-ng", "sox", "tshark"];
+    if proxy {
+        tools.extend(["kamailio", "rtpengine"]);
+    }
+    for tool in tools {
         if !have(tool) {
             eprintln!("SKIPPED real-peer test: `{tool}` is not installed (see .ci/run)");
             return;
         }
     }
     let id = std::process::id();
-    if !can_make_netns(&format!("pbxe-probe-{id}")) {
+    let tag = if proxy { "p" } else { "d" };
+    if !can_make_netns(&format!("pbxe-probe-{tag}{id}")) {
         eprintln!(
             "SKIPPED real-peer test: network namespaces cannot be created here (needs root or CAP_NET_ADMIN)"
         );
@@ -471,23 +634,52 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
         TALK.as_secs()
     );
 
-    // Two namespaces joined by a veth pair.
+    // Two namespaces joined by a veth pair, or three: A - proxy - B.
     let mut g = Guard::default();
-    let (ns_a, ns_b) = (format!("pbxe-a-{id}"), format!("pbxe-b-{id}"));
-    let (if_a, if_b) = (format!("pxa{id}"), format!("pxb{id}"));
     let net = id % 250 + 1;
-    let (ip_a, ip_b) = (format!("10.77.{net}.1"), format!("10.77.{net}.2"));
-    for ns in [&ns_a, &ns_b] {
-        ip(&["netns", "add", ns]);
-        g.netns.push(ns.clone());
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    let ns = |n: &str| format!("pbxe-{tag}{n}-{id}");
+    let (ns_a, ns_b, ns_p) = (ns("a"), ns("b"), ns("p"));
+    let names: Vec<&String> = if proxy {
+        vec![&ns_a, &ns_b, &ns_p]
+    } else {
+        vec![&ns_a, &ns_b]
+    };
+    for n in names {
+        ip(&["netns", "add", n]);
+        g.netns.push(n.clone());
+        ip(&["-n", n, "link", "set", "lo", "up"]);
     }
-    ip(&[
-        "link", "add", &if_a, "netns", &ns_a, "type", "veth", "peer", "name", &if_b, "netns", &ns_b,
-    ]);
-    for (ns, ifn, addr) in [(&ns_a, &if_a, &ip_a), (&ns_b, &if_b, &ip_b)] {
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifn]);
-        ip(&["-n", ns, "link", "set", ifn, "up"]);
+    let veth = |n1: &str, if1: &str, a1: &str, n2: &str, if2: &str, a2: &str| {
+        ip(&[
+            "link", "add", if1, "netns", n1, "type", "veth", "peer", "name", if2, "netns", n2,
+        ]);
+        for (n, i, a) in [(n1, if1, a1), (n2, if2, a2)] {
+            ip(&["-n", n, "addr", "add", &format!("{a}/24"), "dev", i]);
+            ip(&["-n", n, "link", "set", i, "up"]);
+        }
+    };
+    let if_a = format!("{tag}xa{id}");
+    let ip_a = format!("10.77.{net}.1");
+    // where A sends its INVITE and, per the SDP answer, its audio; B's IP
+    let (call_to, ip_b);
+    if proxy {
+        let (pa, pb) = (format!("10.77.{net}.254"), format!("10.78.{net}.254"));
+        ip_b = format!("10.78.{net}.2");
+        veth(&ns_a, &if_a, &ip_a, &ns_p, &format!("{tag}pa{id}"), &pa);
+        veth(
+            &ns_p,
+            &format!("{tag}pb{id}"),
+            &pb,
+            &ns_b,
+            &format!("{tag}xb{id}"),
+            &ip_b,
+        );
+        start_proxy(&mut g, &ns_p, dir, &pa, &pb, &ip_b);
+        call_to = pa;
+    } else {
+        ip_b = format!("10.77.{net}.2");
+        veth(&ns_a, &if_a, &ip_a, &ns_b, &format!("{tag}xb{id}"), &ip_b);
+        call_to = ip_b.clone();
     }
 
     // tshark on A's veth end.
@@ -499,6 +691,7 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
         .arg(&pcap)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .expect("start tshark");
     let tshark_out = Output::default();
@@ -527,6 +720,7 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .process_group(0)
         .spawn()
         .expect("start pbx-edge");
     g.children.push(("pbx-edge".into(), c));
@@ -547,7 +741,7 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
     baresip_config(&cfg_b, "b", &ip_b, &wav_b, true);
     let mut pb = start_phone(&mut g, &ns_b, &cfg_b, "baresip B");
     let mut pa = start_phone(&mut g, &ns_a, &cfg_a, "baresip A");
-    pa.send(&format!("/dial sip:b@{ip_b}"));
+    pa.send(&format!("/dial sip:b@{call_to}"));
     pa.out
         .wait_for("Call established", Duration::from_secs(20), pa.name);
     std::thread::sleep(TALK);
@@ -589,6 +783,9 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
         }
     }
     for (name, c) in g.children.iter_mut() {
+        if name == "kamailio" || name == "rtpengine" {
+            continue; // stopped below
+        }
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = c.try_wait() {
@@ -609,7 +806,8 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
 
     // Where each party's speech belongs, from the capture (tshark's reading).
     let rtp_a = rtp_from(&pcap, &ip_a);
-    let rtp_b = rtp_from(&pcap, &ip_b);
+    // B's audio as it reaches A's side: from B, or relayed by rtpengine
+    let rtp_b = rtp_from(&pcap, &call_to);
     assert!(
         rtp_a.len() > 500 && rtp_b.len() > 500,
         "RTP in the capture: A {} packets, B {}",
@@ -658,7 +856,7 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
     bad.extend(check_recording("import", &out, &a, &b));
     if !bad.is_empty() {
         // keep the evidence for a look
-        let keep = std::env::temp_dir().join(format!("pbxe-real-peers-{id}"));
+        let keep = std::env::temp_dir().join(format!("pbxe-real-peers-{tag}{id}"));
         let _ = Command::new("cp").arg("-a").arg(dir).arg(&keep).status();
         panic!(
             "real peers: {} failures (files kept in {}):\n{}",
