@@ -418,6 +418,10 @@ struct Party {
     speech: Vec<i16>,
     /// Sample of the recording where the speech WAV starts, per the RTP.
     expected: f64,
+    /// The same where the lower envelope of the leg's arrivals (against its
+    /// timestamps, over the whole call) puts it, both legs' envelopes taken
+    /// back to the call's time zero: printed for the record, not checked.
+    expected_env: f64,
 }
 
 /// Best lag of `truth` in `rec` within `[from, to]` (samples; positive: the
@@ -448,6 +452,7 @@ fn check_channel(label: &str, rec: &[i16], me: &Party, other: &Party) -> Vec<Str
     let global = e + coarse;
     let (global, gc) = lag_in(rec, &me.speech, global - 8, global + 8);
     let placement = ms(global as f64 - me.expected);
+    let placement_env = ms(global as f64 - me.expected_env);
     // 1 s windows of speech, each searched +-40 ms around the global lag.
     let w = RATE as usize;
     let mut lags = Vec::new();
@@ -503,7 +508,8 @@ fn check_channel(label: &str, rec: &[i16], me: &Party, other: &Party) -> Vec<Str
     let (_, xc_any) = best_lag(rec, &shifted(&other.speech, oe), 2 * i64::from(RATE));
     let xtalk = xc.max(xc_any);
     println!(
-        "{label}: party {}: placement {placement:+.3} ms (lag {global} samples, expected {:.1}), \
+        "{label}: party {}: placement {placement:+.3} ms (lag {global} samples, expected {:.1}; \
+         {placement_env:+.3} ms from the envelope's place), \
          whole-call correlation {gc:.3}, {} speech windows, worst window correlation {worst_corr:.3}, \
          window lag offsets {steps:?} (spread {spread} samples; sub-sample [{}], largest step \
          between neighbours {jump:.2} samples), cross-talk {xtalk:.3}",
@@ -815,6 +821,13 @@ fn real_call(proxy: bool) {
         rtp_b.len()
     );
     let t0 = rtp_a[0].t.min(rtp_b[0].t);
+    // the earliest place either leg's envelope puts its first packet
+    let env0 = |pkts: &[Pkt]| {
+        pkts.iter()
+            .map(|p| p.t - f64::from(p.ts.wrapping_sub(pkts[0].ts)) / f64::from(RATE))
+            .fold(f64::MAX, f64::min)
+    };
+    let t0_env = env0(&rtp_a).min(env0(&rtp_b));
     let party = |name, pkts: &[Pkt], speech: Vec<i16>| {
         let sent = sent_stream(pkts);
         // where the WAV starts in what was sent (baresip may send a little before it)
@@ -825,20 +838,36 @@ fn real_call(proxy: bool) {
             4000,
         );
         let expected = (pkts[0].t - t0) * f64::from(RATE) + off as f64;
+        // For the record: how each packet's arrival compares with the first
+        // one's, by timestamp (the lower envelope; the median).
+        let mut d: Vec<f64> = pkts
+            .iter()
+            .map(|p| {
+                let u = f64::from(p.ts.wrapping_sub(pkts[0].ts)) / f64::from(RATE);
+                (p.t - pkts[0].t - u) * 1000.0
+            })
+            .collect();
+        d.sort_by(f64::total_cmp);
         println!(
             "party {name}: {} RTP packets, first at +{:.3} ms, speech starts {off} samples into its stream \
-             (correlation of what was sent with the WAV {c:.3}), expected at sample {expected:.1}",
+             (correlation of what was sent with the WAV {c:.3}), expected at sample {expected:.1}; \
+             arrival vs timestamp against the first packet: min {:+.3} ms, median {:+.3} ms, max {:+.3} ms",
             pkts.len(),
-            (pkts[0].t - t0) * 1000.0
+            (pkts[0].t - t0) * 1000.0,
+            d[0],
+            d[d.len() / 2],
+            d[d.len() - 1]
         );
         assert!(
             c > 0.9,
             "party {name}: the RTP does not carry its WAV (corr {c:.3})"
         );
+        let expected_env = (env0(pkts) - t0_env) * f64::from(RATE) + off as f64;
         Party {
             name,
             speech,
             expected,
+            expected_env,
         }
     };
     let a = party("A", &rtp_a, speech_a);
@@ -878,11 +907,13 @@ fn the_channel_checks_catch_a_dropped_sample_a_misplacement_and_cross_talk() {
         name: "me",
         speech: mine.clone(),
         expected: 100.0,
+        expected_env: 100.0,
     };
     let other = Party {
         name: "other",
         speech: theirs.clone(),
         expected: 40.0,
+        expected_env: 40.0,
     };
     let good = shifted(&mine, 100);
     assert!(check_channel("intact", &good, &me, &other).is_empty());
