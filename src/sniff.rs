@@ -273,7 +273,8 @@ fn compile_filter_with(names: &[&str], expr: &str) -> Result<Vec<libc::sock_filt
         bf_insns: *mut libc::sock_filter,
     }
     type OpenDead = unsafe extern "C" fn(c_int, c_int) -> *mut c_void;
-    type Compile = unsafe extern "C" fn(*mut c_void, *mut BpfProgram, *const c_char, c_int, u32) -> c_int;
+    type Compile =
+        unsafe extern "C" fn(*mut c_void, *mut BpfProgram, *const c_char, c_int, u32) -> c_int;
     type GetErr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
     type FreeCode = unsafe extern "C" fn(*mut BpfProgram);
     type Close = unsafe extern "C" fn(*mut c_void);
@@ -311,9 +312,12 @@ fn compile_filter_with(names: &[&str], expr: &str) -> Result<Vec<libc::sock_filt
     // library outlives all of them.
     unsafe {
         let sym = |name: &[u8]| -> Result<*mut c_void, String> {
-            lib.get::<*mut c_void>(name)
-                .map(|s| *s)
-                .map_err(|e| format!("libpcap lacks {}: {e}", String::from_utf8_lossy(&name[..name.len() - 1])))
+            lib.get::<*mut c_void>(name).map(|s| *s).map_err(|e| {
+                format!(
+                    "libpcap lacks {}: {e}",
+                    String::from_utf8_lossy(&name[..name.len() - 1])
+                )
+            })
         };
         let open_dead: OpenDead = std::mem::transmute(sym(b"pcap_open_dead\0")?);
         let compile: Compile = std::mem::transmute(sym(b"pcap_compile\0")?);

@@ -128,7 +128,11 @@ impl Noise {
             // isolation (not a port filter) keeps it out when it can.
             let mut spec = loopback_call("heldout-noise@other", 2, 77, 47100);
             spec.ring_ms = 50;
-            let (frames, _) = generate(std::slice::from_ref(&spec), Link::Ethernet, &Framing::default());
+            let (frames, _) = generate(
+                std::slice::from_ref(&spec),
+                Link::Ethernet,
+                &Framing::default(),
+            );
             let mut rounds = 0;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 // Partial calls too: the loop stops between packets.
@@ -145,7 +149,10 @@ impl Noise {
 
     fn stop(mut self) -> u32 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().map(|t| t.join().unwrap_or(0)).unwrap_or(0)
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -185,15 +192,20 @@ fn sniffed_call_is_recorded_alone_while_other_sip_rtp_plays_on_lo() {
     let _one_at_a_time = sniff_lock();
     if !ISOLATED.with(|i| i.get()) {
         // Same ports: a port filter cannot tell the two apart.
-        eprintln!("skipped: needs a network namespace (unshare CLONE_NEWNET: root or CAP_SYS_ADMIN)");
+        eprintln!(
+            "skipped: needs a network namespace (unshare CLONE_NEWNET: root or CAP_SYS_ADMIN)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &sniff_config(""));
     d.wait_http("/readyz", 200, Duration::from_secs(5));
     let spec = loopback_call("sniff-noise@test", 3, 45, 47100);
-    let (frames, truths): (_, Vec<CallTruth>) =
-        generate(std::slice::from_ref(&spec), Link::Ethernet, &Framing::default());
+    let (frames, truths): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
     replay(&frames, None);
     let recs = d.wait_recordings(1, Duration::from_secs(10));
     // Give a stray recording of the noise time to appear before counting.
@@ -629,6 +641,60 @@ fn status_command_and_readiness() {
         text.contains("ready: yes") && text.contains("spool"),
         "{text}"
     );
+    // For people: sizes in KiB/MiB/GiB/TiB, uptime as an age, no raw bytes.
+    let spool_line = text.lines().find(|l| l.starts_with("spool ")).unwrap();
+    assert!(!spool_line.contains("bytes"), "{spool_line}");
+    assert!(
+        spool_line.contains("iB free") && spool_line.contains(" files, "),
+        "{spool_line}"
+    );
+    assert!(!text.lines().next().unwrap().ends_with(" s"), "{text}");
+    // --json keeps the exact figures.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--json", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        j["status"]["spool"]["free_bytes"].as_u64().unwrap() > 0,
+        "{j}"
+    );
+    assert!(j["status"]["spool"]["bytes"].is_u64(), "{j}");
+    assert_eq!(j["readyz"]["ready"], true, "{j}");
+    // spool list: people's units by default, exact figures with --json.
+    std::fs::write(
+        d.spool.join("20250101T000000Z-00000000000000aa.wav"),
+        vec![0u8; 3 << 20],
+    )
+    .unwrap();
+    std::fs::write(
+        d.spool.join("20250101T000000Z-00000000000000aa.json"),
+        b"{}",
+    )
+    .unwrap();
+    let list = |json: bool| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["spool", "list", "--config"]).arg(&d.config);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = list(false);
+    assert!(text.contains("MiB"), "{text}");
+    let rows: Value = serde_json::from_str(&list(true)).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["id"], "20250101T000000Z-00000000000000aa", "{rows}");
+    assert!(row["size_bytes"].as_u64().unwrap() >= 3 << 20, "{rows}");
+    assert!(row["age_ms"].is_i64(), "{rows}");
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("not configured"));

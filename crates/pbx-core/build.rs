@@ -3,7 +3,6 @@
 //! (no pkg-config, no cmake). Float build, portable C (no intrinsics, no
 //! run-time CPU detection), the file lists taken from libopus' own `*.mk`.
 
-
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     // With `system-opus` the system library is used (and the two would
@@ -13,7 +12,10 @@ fn main() {
 }
 
 /// The files listed under `var` in a libopus `*.mk` file.
-#[cfg_attr(any(not(feature = "bundled-opus"), feature = "system-opus"), allow(dead_code))]
+#[cfg_attr(
+    any(not(feature = "bundled-opus"), feature = "system-opus"),
+    allow(dead_code)
+)]
 fn mk_list(mk: &str, var: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut inside = false;
@@ -24,7 +26,12 @@ fn mk_list(mk: &str, var: &str) -> Vec<String> {
                 if rest.trim_start().starts_with('=') {
                     inside = true;
                     let after = rest.trim_start()[1..].trim();
-                    out.extend(after.split_whitespace().filter(|w| *w != "\\").map(String::from));
+                    out.extend(
+                        after
+                            .split_whitespace()
+                            .filter(|w| *w != "\\")
+                            .map(String::from),
+                    );
                     if !l.ends_with('\\') {
                         break;
                     }
@@ -32,7 +39,11 @@ fn mk_list(mk: &str, var: &str) -> Vec<String> {
             }
             continue;
         }
-        out.extend(l.split_whitespace().filter(|w| *w != "\\").map(String::from));
+        out.extend(
+            l.split_whitespace()
+                .filter(|w| *w != "\\")
+                .map(String::from),
+        );
         if !l.ends_with('\\') {
             break;
         }
@@ -45,13 +56,21 @@ fn build_opus() {
     let root = std::path::Path::new("libopus");
     println!("cargo:rerun-if-changed=libopus");
     let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("libopus source list");
-    let (celt, silk, opus) = (read("celt_sources.mk"), read("silk_sources.mk"), read("opus_sources.mk"));
+    let (celt, silk, opus) = (
+        read("celt_sources.mk"),
+        read("silk_sources.mk"),
+        read("opus_sources.mk"),
+    );
     let mut files = mk_list(&celt, "CELT_SOURCES");
     files.extend(mk_list(&silk, "SILK_SOURCES"));
     files.extend(mk_list(&silk, "SILK_SOURCES_FLOAT"));
     files.extend(mk_list(&opus, "OPUS_SOURCES"));
     files.extend(mk_list(&opus, "OPUS_SOURCES_FLOAT"));
-    assert!(files.len() > 100, "libopus source lists look wrong ({} files)", files.len());
+    assert!(
+        files.len() > 100,
+        "libopus source lists look wrong ({} files)",
+        files.len()
+    );
     let mut b = cc::Build::new();
     b.warnings(false)
         .include(root.join("include"))

@@ -122,7 +122,11 @@ fn signal(rate: u32, seconds: usize) -> Vec<i16> {
                 v += formant * (2.0 * std::f64::consts::PI * phase * h as f64).sin();
             }
             let voiced = if syllable < 0.6 { 1.0 } else { 0.0 };
-            let hiss = if (0.6..0.75).contains(&syllable) { 0.3 } else { 0.0 };
+            let hiss = if (0.6..0.75).contains(&syllable) {
+                0.3
+            } else {
+                0.0
+            };
             let pause = if (t as usize) % 3 == 2 { 0.0 } else { 1.0 };
             ((v * voiced * 6000.0 + noise() * hiss * 8000.0) * pause) as i16
         })
@@ -192,10 +196,26 @@ fn bundled_decoder_matches_system_libopus() {
     let mut worst_lossy_snr = f64::INFINITY;
     let cases = [
         // SILK narrowband, SILK wideband, hybrid (SWB/FB), CELT fullband.
-        Case { rate: 8000, bitrate: 8000, fec: false },
-        Case { rate: 16000, bitrate: 16000, fec: true },
-        Case { rate: 48000, bitrate: 32000, fec: true },
-        Case { rate: 48000, bitrate: 96000, fec: false },
+        Case {
+            rate: 8000,
+            bitrate: 8000,
+            fec: false,
+        },
+        Case {
+            rate: 16000,
+            bitrate: 16000,
+            fec: true,
+        },
+        Case {
+            rate: 48000,
+            bitrate: 32000,
+            fec: true,
+        },
+        Case {
+            rate: 48000,
+            bitrate: 96000,
+            fec: false,
+        },
     ];
     let mut total = 0usize;
     for c in &cases {
@@ -215,10 +235,21 @@ fn bundled_decoder_matches_system_libopus() {
                 assert!(!b.is_null() && err == 0);
                 let x = decode_with(lossy, out_rate, &packets, |d, o, f| a.decode(d, o, f));
                 let y = decode_with(lossy, out_rate, &packets, |d, o, f| {
-                    let ptr = if d.is_empty() { std::ptr::null() } else { d.as_ptr() };
+                    let ptr = if d.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        d.as_ptr()
+                    };
                     // SAFETY: b is live, d and o valid for their lengths.
                     let n = unsafe {
-                        (sys.decode)(b, ptr, d.len() as i32, o.as_mut_ptr(), o.len() as c_int, c_int::from(f))
+                        (sys.decode)(
+                            b,
+                            ptr,
+                            d.len() as i32,
+                            o.as_mut_ptr(),
+                            o.len() as c_int,
+                            c_int::from(f),
+                        )
                     };
                     usize::try_from(n).map_err(|_| format!("opus error {n}"))
                 });
@@ -262,7 +293,10 @@ fn bundled_decoder_matches_system_libopus() {
                     if c.rate <= 16000 {
                         assert_eq!(max_diff, 0, "a SILK-only stream must decode identically");
                     }
-                    assert!(max_diff <= MAX_LSB, "bundled and system libopus differ by {max_diff}");
+                    assert!(
+                        max_diff <= MAX_LSB,
+                        "bundled and system libopus differ by {max_diff}"
+                    );
                     worst = worst.max(max_diff);
                 }
                 total += x.len();

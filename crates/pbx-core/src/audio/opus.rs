@@ -29,10 +29,10 @@ pub const MAX_PLC_MS: usize = 120;
 #[cfg(not(any(feature = "bundled-opus", feature = "system-opus")))]
 compile_error!("pbx-core needs an Opus backend: feature `bundled-opus` (default) or `system-opus`");
 
-#[cfg(feature = "system-opus")]
-use system as backend;
 #[cfg(all(feature = "bundled-opus", not(feature = "system-opus")))]
 use bundled as backend;
+#[cfg(feature = "system-opus")]
+use system as backend;
 
 fn opus_err(e: String) -> CodecError {
     CodecError::Opus(e)
@@ -236,7 +236,9 @@ pub mod bundled {
             return Err(strerror(OPUS_BAD_ARG));
         }
         // SAFETY: data is valid for its length.
-        check(unsafe { opus_packet_get_nb_samples(data.as_ptr(), len_i32(data.len())?, rate_i32(rate)?) })
+        check(unsafe {
+            opus_packet_get_nb_samples(data.as_ptr(), len_i32(data.len())?, rate_i32(rate)?)
+        })
     }
 
     /// Samples per frame of a packet at `rate`.
@@ -259,7 +261,8 @@ pub mod bundled {
         pub fn new(rate: u32, bitrate: i32) -> Result<Self, String> {
             let mut err: c_int = 0;
             // SAFETY: plain constructor; the result is checked.
-            let st = unsafe { opus_encoder_create(rate_i32(rate)?, 1, OPUS_APPLICATION_VOIP, &mut err) };
+            let st =
+                unsafe { opus_encoder_create(rate_i32(rate)?, 1, OPUS_APPLICATION_VOIP, &mut err) };
             if st.is_null() || err != OPUS_OK {
                 if !st.is_null() {
                     // SAFETY: st came from opus_encoder_create.
