@@ -357,35 +357,6 @@ fn compile_filter_with(names: &[&str], expr: &str) -> Result<Vec<libc::sock_filt
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_libpcap_is_named_with_its_package() {
-        let e = compile_filter_with(&["libpcap-not-here.so.9"], "udp port 5060").unwrap_err();
-        assert!(e.contains("libpcap0.8"), "{e}");
-        assert!(e.contains("sources.sniff.filter"), "{e}");
-    }
-
-    #[test]
-    fn filters_compile_through_the_loaded_libpcap() {
-        if unsafe { libloading::Library::new("libpcap.so.0.8") }.is_err() {
-            eprintln!("skipped: no libpcap.so.0.8 (apt-get install libpcap0.8)");
-            return;
-        }
-        let prog = compile_filter("udp port 5060 or udp portrange 10000-20000").unwrap();
-        // Raw IP: the program starts by reading the IP version nibble, and
-        // ends with accept/drop returns.
-        assert!(prog.len() > 5, "{} instructions", prog.len());
-        assert!(prog.iter().any(|i| i.code == 0x06), "no return instruction");
-        let e = compile_filter("udp port").unwrap_err();
-        assert!(e.contains("syntax error"), "{e}");
-        assert!(compile_filter("ether host 01:02:03:04:05:06").is_err());
-        assert!(compile_filter("udp\0port").is_err());
-    }
-}
-
 /// Wall-clock now as a core [`Timestamp`] (only the shell reads the clock).
 pub fn now() -> Timestamp {
     let d = SystemTime::now()
@@ -500,5 +471,34 @@ fn publish(
         src.record_engine(engine, &out.counters);
         src.kernel_drops = drops;
         src.errors = errors + out.counters.failed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_libpcap_is_named_with_its_package() {
+        let e = compile_filter_with(&["libpcap-not-here.so.9"], "udp port 5060").unwrap_err();
+        assert!(e.contains("libpcap0.8"), "{e}");
+        assert!(e.contains("sources.sniff.filter"), "{e}");
+    }
+
+    #[test]
+    fn filters_compile_through_the_loaded_libpcap() {
+        if unsafe { libloading::Library::new("libpcap.so.0.8") }.is_err() {
+            eprintln!("skipped: no libpcap.so.0.8 (apt-get install libpcap0.8)");
+            return;
+        }
+        let prog = compile_filter("udp port 5060 or udp portrange 10000-20000").unwrap();
+        // Raw IP: the program starts by reading the IP version nibble, and
+        // ends with accept/drop returns.
+        assert!(prog.len() > 5, "{} instructions", prog.len());
+        assert!(prog.iter().any(|i| i.code == 0x06), "no return instruction");
+        let e = compile_filter("udp port").unwrap_err();
+        assert!(e.contains("syntax error"), "{e}");
+        assert!(compile_filter("ether host 01:02:03:04:05:06").is_err());
+        assert!(compile_filter("udp\0port").is_err());
     }
 }
