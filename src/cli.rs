@@ -33,8 +33,9 @@ pub enum Command {
     /// Inspect and act on the spool of a configured daemon.
     #[command(subcommand)]
     Spool(SpoolCommand),
-    /// Show what the running daemon reports on /status.
-    Status(ConfigArg),
+    /// Show what the running daemon reports on /status (sizes and ages for
+    /// people; `--json` for the exact figures).
+    Status(ReportArgs),
     /// Write the man pages or the shell completions into DIR (for packaging).
     #[command(hide = true)]
     Generate {
@@ -65,10 +66,21 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
+/// A report for people, or its exact figures as JSON.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print the exact figures as JSON (bytes, milliseconds) instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
-    /// List recordings in the spool.
-    List(ConfigArg),
+    /// List recordings in the spool (sizes and ages for people; `--json`
+    /// for exact bytes and milliseconds).
+    List(ReportArgs),
     /// Retry a failed recording (or all failed ones with --all-failed).
     Retry {
         id: Option<String>,

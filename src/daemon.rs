@@ -592,6 +592,61 @@ fn start_delivery(
 }
 
 /// `pbx-edge run [--config FILE]`.
+/// For the person who started it: where it listens, where recordings go and
+/// how to send it a test call (stdout, once at start; the logs go on as
+/// before).
+fn print_banner(cfg: &Config) {
+    use std::io::Write;
+    let spool = std::fs::canonicalize(&cfg.spool.dir).unwrap_or_else(|_| cfg.spool.dir.clone());
+    let mut t = format!(
+        "pbx-edge {} is running (SIGTERM or Ctrl-C stops it)\n  health:     http://{}/readyz  (also /healthz /metrics /status)\n",
+        env!("CARGO_PKG_VERSION"),
+        cfg.health.listen
+    );
+    let sc = &cfg.sources.siprec;
+    if sc.enabled {
+        t += &format!(
+            "  SIPREC:     {} (UDP and TCP), RTP ports {}-{}\n",
+            sc.listen,
+            sc.rtp_ports.start(),
+            sc.rtp_ports.end()
+        );
+    }
+    let sn = &cfg.sources.sniff;
+    if sn.enabled {
+        t += &format!(
+            "  sniffing:   interface {}{}\n",
+            sn.interface,
+            sn.filter
+                .as_deref()
+                .map(|f| format!(", filter {f}"))
+                .unwrap_or_default()
+        );
+    }
+    if cfg.sources.folder.enabled {
+        t += &format!("  folder:     {}\n", cfg.sources.folder.path.display());
+    }
+    t += &format!(
+        "  recordings: {}  (pbx-edge spool list)\n  cloud:      {}\n",
+        spool.display(),
+        if cfg.cloud.url.is_empty() {
+            "not configured: recordings stay in the spool".to_string()
+        } else {
+            // Checked at load: no credentials in it.
+            format!("{} ({:?})", cfg.cloud.url, cfg.cloud.protocol)
+        }
+    );
+    if sc.enabled {
+        t += &format!(
+            "  test call:  cargo run -p pbx-testgen --bin siprec-load -- --srs {} --calls 1 --seconds 5   (from a checkout)\n",
+            sc.listen
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(t.as_bytes());
+    let _ = out.flush();
+}
+
 pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -680,6 +735,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut delivery = start_delivery(&cfg, &status, &mut delivery_error);
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
+    print_banner(&cfg);
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&status_line(&status)),
@@ -821,7 +877,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
 }
 
 /// `pbx-edge status`: ask the running daemon and print it for people.
-pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
+pub fn print_status(config_path: Option<PathBuf>, json: bool) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(errs) => {
@@ -844,12 +900,29 @@ pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
     let s: serde_json::Value = serde_json::from_str(&body).context("bad /status JSON")?;
     let (_, ready) = health::get(addr, "/readyz").unwrap_or((0, String::new()));
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap_or_default();
+    if json {
+        // Exact figures: /status and /readyz as the daemon gave them.
+        let both = serde_json::json!({"status": s, "readyz": ready});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&both).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let size = |v: &serde_json::Value| {
+        v.as_u64()
+            .map(crate::spool::human_size)
+            .unwrap_or_else(|| "?".into())
+    };
     println!(
-        "pbx-edge {} on {} (agent {}), up {} s",
+        "pbx-edge {} on {} (agent {}), up {}",
         s["version"].as_str().unwrap_or("?"),
         addr,
         s["agent_id"].as_str().unwrap_or("?"),
         s["uptime_s"]
+            .as_u64()
+            .map(|u| crate::spool::human_age(i64::try_from(u).unwrap_or(i64::MAX / 1000) * 1000))
+            .unwrap_or_else(|| "?".into())
     );
     println!(
         "ready: {}",
@@ -886,11 +959,11 @@ pub fn print_status(config_path: Option<PathBuf>) -> Result<ExitCode> {
     }
     let sp = &s["spool"];
     println!(
-        "spool {}: {} files, {} bytes, {} bytes free{}",
+        "spool {}: {} files, {}, {} free{}",
         sp["dir"].as_str().unwrap_or(""),
         sp["files"],
-        sp["bytes"],
-        sp["free_bytes"],
+        size(&sp["bytes"]),
+        size(&sp["free_bytes"]),
         if sp["writable"] == true {
             ""
         } else {

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         cli::Command::Import(args) => import::run(&args),
         cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
         cli::Command::Run(c) => daemon::run(c.config),
-        cli::Command::Status(c) => daemon::print_status(c.config),
+        cli::Command::Status(c) => daemon::print_status(c.config.config, c.json),
         cli::Command::Spool(c) => spool::cli(c),
         cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
             Ok(files) => {

@@ -1375,6 +1375,28 @@ pub fn human_size(b: u64) -> String {
 }
 
 /// The table `spool list` prints.
+/// `spool list --json`: every recording with its exact size in bytes and
+/// age in milliseconds.
+pub fn list_json(entries: &[Entry], now: i64) -> String {
+    let rows: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id,
+                "state": e.state.as_str(),
+                "size_bytes": e.size,
+                "age_ms": (now - e.recorded_at_ms).max(0),
+                "recorded_at_ms": e.recorded_at_ms,
+                "attempts": e.attempts,
+                "upload_offset": e.offset,
+                "last_error": e.last_error,
+                "delivered_at_ms": e.delivered_at_ms,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_default()
+}
+
 pub fn render_list(entries: &[Entry], now: i64) -> String {
     use std::fmt::Write as _;
     let idw = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
@@ -1417,7 +1439,7 @@ pub fn render_list(entries: &[Entry], now: i64) -> String {
 pub fn cli(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let config = match &cmd {
-        SpoolCommand::List(c) => c.config.clone(),
+        SpoolCommand::List(c) => c.config.config.clone(),
         SpoolCommand::Retry { config, .. } | SpoolCommand::Purge { config, .. } => {
             config.config.clone()
         }
@@ -1465,10 +1487,14 @@ pub fn cli(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
     };
     let now = now_ms();
     match cmd {
-        SpoolCommand::List(_) => {
+        SpoolCommand::List(args) => {
             // Pairs the daemon has not adopted yet (or no daemon runs) show too.
             spool.scan(now)?;
             let entries = spool.list()?;
+            if args.json {
+                println!("{}", list_json(&entries, now));
+                return Ok(ExitCode::SUCCESS);
+            }
             print!("{}", render_list(&entries, now));
             let depth = spool.depth_by_state()?;
             let summary: Vec<String> = depth

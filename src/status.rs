@@ -224,7 +224,10 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
         ok = false;
         parts.insert(
             "spool".into(),
-            format!("disk almost full: {} bytes free", sp.free_bytes),
+            format!(
+                "disk almost full: {} free",
+                crate::spool::human_size(sp.free_bytes)
+            ),
         );
     } else if sp.max_size > 0 && sp.bytes > sp.max_size {
         ok = false;

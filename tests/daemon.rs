@@ -46,12 +46,123 @@ fn loopback_call(id: &str, secs: u32, seed: u64, base: u16) -> CallSpec {
 /// Sniffing daemons see every packet on `lo`: tests that sniff run one at a time.
 static SNIFF: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+thread_local! {
+    /// This test thread runs in a network namespace of its own.
+    static ISOLATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Takes the sniff lock and, where the kernel and privileges allow, moves
+/// the calling test thread into a network namespace of its own with only
+/// `lo` (up): the daemons it starts, the packets it replays and the HTTP
+/// requests it makes stay in there, and nothing else on the machine's `lo`
+/// reaches the capture. Where it is not allowed, [`sniff_config`] filters
+/// on the ports the tests own (47000-47999) instead.
 fn sniff_lock() -> std::sync::MutexGuard<'static, ()> {
-    SNIFF.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = SNIFF.lock().unwrap_or_else(|e| e.into_inner());
+    if !ISOLATED.with(|i| i.get()) {
+        match isolate_network() {
+            Ok(()) => ISOLATED.with(|i| i.set(true)),
+            Err(e) => eprintln!(
+                "note: no network namespace for this test ({e}); the capture filters on the test's ports"
+            ),
+        }
+    }
+    guard
+}
+
+/// `unshare(CLONE_NEWNET)` for the calling thread, then `lo` up.
+fn isolate_network() -> std::io::Result<()> {
+    // SAFETY: plain system calls on this thread and a socket it owns.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn sniff_config(extra: &str) -> String {
-    format!("[sources.siprec]\nenabled = false\n[sources.sniff]\nenabled = true\ninterface = \"lo\"\n{extra}")
+    // Not isolated: only the ports the tests own (unless the test sets a
+    // filter of its own).
+    let filter = if ISOLATED.with(|i| i.get()) || extra.contains("filter =") {
+        String::new()
+    } else {
+        "filter = \"udp portrange 47000-47999\"\n".to_string()
+    };
+    format!(
+        "[sources.siprec]\nenabled = false\n[sources.sniff]\nenabled = true\ninterface = \"lo\"\n{filter}{extra}"
+    )
+}
+
+/// Unrelated SIP and RTP replayed on the machine's `lo` in a loop (another
+/// program's calls, as on a CI machine or a laptop) until dropped.
+struct Noise {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Noise {
+    fn start() -> Noise {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // The same addresses and ports as the tests' own calls, so only
+            // isolation (not a port filter) keeps it out when it can.
+            let mut spec = loopback_call("heldout-noise@other", 2, 77, 47100);
+            spec.ring_ms = 50;
+            let (frames, _) = generate(
+                std::slice::from_ref(&spec),
+                Link::Ethernet,
+                &Framing::default(),
+            );
+            let mut rounds = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                // Partial calls too: the loop stops between packets.
+                replay(&frames, Some(300_000_000));
+                rounds += 1;
+            }
+            rounds
+        });
+        Noise {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn read_json(p: &std::path::Path) -> Value {
@@ -68,6 +179,45 @@ fn recording_of(json: &std::path::Path) -> Recording {
         rate,
         ch,
     }
+}
+
+#[test]
+fn sniffed_call_is_recorded_alone_while_other_sip_rtp_plays_on_lo() {
+    if !can_sniff() {
+        return;
+    }
+    // The noise starts first, on the machine's own `lo`, and plays a call
+    // on the same addresses and ports for as long as the test runs.
+    let noise = Noise::start();
+    let _one_at_a_time = sniff_lock();
+    if !ISOLATED.with(|i| i.get()) {
+        // Same ports: a port filter cannot tell the two apart.
+        eprintln!(
+            "skipped: needs a network namespace (unshare CLONE_NEWNET: root or CAP_SYS_ADMIN)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &sniff_config(""));
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let spec = loopback_call("sniff-noise@test", 3, 45, 47100);
+    let (frames, truths): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    replay(&frames, None);
+    let recs = d.wait_recordings(1, Duration::from_secs(10));
+    // Give a stray recording of the noise time to appear before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    let rounds = noise.stop();
+    assert!(rounds >= 1, "the noise never played");
+    let all = d.recordings();
+    assert_eq!(all.len(), 1, "recordings: {all:?}");
+    let r = recording_of(&recs[0]);
+    assert_eq!(r.json["call_id"], "sniff-noise@test");
+    check_alignment(&r, &truths[0], 25.0, 0.9, 0.9);
+    eprintln!("{rounds} rounds of unrelated SIP/RTP on lo; one recording, the test's own");
 }
 
 #[test]
@@ -491,6 +641,60 @@ fn status_command_and_readiness() {
         text.contains("ready: yes") && text.contains("spool"),
         "{text}"
     );
+    // For people: sizes in KiB/MiB/GiB/TiB, uptime as an age, no raw bytes.
+    let spool_line = text.lines().find(|l| l.starts_with("spool ")).unwrap();
+    assert!(!spool_line.contains("bytes"), "{spool_line}");
+    assert!(
+        spool_line.contains("iB free") && spool_line.contains(" files, "),
+        "{spool_line}"
+    );
+    assert!(!text.lines().next().unwrap().ends_with(" s"), "{text}");
+    // --json keeps the exact figures.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--json", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        j["status"]["spool"]["free_bytes"].as_u64().unwrap() > 0,
+        "{j}"
+    );
+    assert!(j["status"]["spool"]["bytes"].is_u64(), "{j}");
+    assert_eq!(j["readyz"]["ready"], true, "{j}");
+    // spool list: people's units by default, exact figures with --json.
+    std::fs::write(
+        d.spool.join("20250101T000000Z-00000000000000aa.wav"),
+        vec![0u8; 3 << 20],
+    )
+    .unwrap();
+    std::fs::write(
+        d.spool.join("20250101T000000Z-00000000000000aa.json"),
+        b"{}",
+    )
+    .unwrap();
+    let list = |json: bool| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["spool", "list", "--config"]).arg(&d.config);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = list(false);
+    assert!(text.contains("MiB"), "{text}");
+    let rows: Value = serde_json::from_str(&list(true)).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["id"], "20250101T000000Z-00000000000000aa", "{rows}");
+    assert!(row["size_bytes"].as_u64().unwrap() >= 3 << 20, "{rows}");
+    assert!(row["age_ms"].is_i64(), "{rows}");
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("not configured"));

@@ -1,4 +1,11 @@
-//! Opus via libopus (the `opus` crate).
+//! Opus through libopus: by default built from the sources in `libopus/`
+//! by build.rs with the `cc` crate (feature `bundled-opus`: a C compiler is
+//! all it needs, no pkg-config, no cmake), or the system's shared libopus
+//! (`opus` crate, feature `system-opus`, for packagers; it wins when both
+//! are on). `tests/opus_libopus.rs` compares the bundled decoder with the
+//! system's libopus.so.0 (loaded at run time) sample for sample on SILK,
+//! hybrid and CELT streams with PLC and FEC; the measured tolerance is
+//! stated there.
 //!
 //! In: Opus RTP payloads (RFC 7587; mono or stereo, any mode, 2.5-120 ms).
 //! Out: mono 16-bit PCM decoded *directly* at the recording rate (8000 or
@@ -19,13 +26,297 @@ use super::codec::{CodecError, Decoder};
 /// Concealment beyond this many ms of a gap is plain silence.
 pub const MAX_PLC_MS: usize = 120;
 
-fn opus_err(e: opus::Error) -> CodecError {
-    CodecError::Opus(e.to_string())
+#[cfg(not(any(feature = "bundled-opus", feature = "system-opus")))]
+compile_error!("pbx-core needs an Opus backend: feature `bundled-opus` (default) or `system-opus`");
+
+#[cfg(all(feature = "bundled-opus", not(feature = "system-opus")))]
+use bundled as backend;
+#[cfg(feature = "system-opus")]
+use system as backend;
+
+fn opus_err(e: String) -> CodecError {
+    CodecError::Opus(e)
 }
+
+/// libopus through the `opus` crate (the system's shared library).
+#[cfg(feature = "system-opus")]
+pub mod system {
+    /// Which implementation this is (for logs and tests).
+    pub const NAME: &str = "system libopus";
+
+    /// A mono decoder.
+    pub struct RawDecoder(opus::Decoder);
+
+    impl RawDecoder {
+        /// `rate`: 8000, 12000, 16000, 24000 or 48000.
+        pub fn new(rate: u32) -> Result<Self, String> {
+            opus::Decoder::new(rate, opus::Channels::Mono)
+                .map(RawDecoder)
+                .map_err(|e| e.to_string())
+        }
+
+        /// Decode `data` into `out` (empty `data`: PLC for `out.len()`
+        /// samples; `fec`: rebuild the frame before `data` from its FEC).
+        pub fn decode(&mut self, data: &[u8], out: &mut [i16], fec: bool) -> Result<usize, String> {
+            self.0.decode(data, out, fec).map_err(|e| e.to_string())
+        }
+    }
+
+    /// Samples in a packet at `rate`.
+    pub fn nb_samples(data: &[u8], rate: u32) -> Result<usize, String> {
+        opus::packet::get_nb_samples(data, rate).map_err(|e| e.to_string())
+    }
+
+    /// Samples per frame of a packet at `rate`.
+    pub fn samples_per_frame(data: &[u8], rate: u32) -> Result<usize, String> {
+        opus::packet::get_samples_per_frame(data, rate).map_err(|e| e.to_string())
+    }
+
+    /// A mono VoIP encoder.
+    pub struct RawEncoder(opus::Encoder);
+
+    impl RawEncoder {
+        /// `rate` as for the decoder, `bitrate` in bit/s.
+        pub fn new(rate: u32, bitrate: i32) -> Result<Self, String> {
+            let mut e = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
+                .map_err(|e| e.to_string())?;
+            e.set_bitrate(opus::Bitrate::Bits(bitrate))
+                .map_err(|e| e.to_string())?;
+            Ok(RawEncoder(e))
+        }
+
+        /// In-band FEC on, tuned for `loss_percent`.
+        pub fn set_fec(&mut self, loss_percent: i32) -> Result<(), String> {
+            self.0.set_inband_fec(true).map_err(|e| e.to_string())?;
+            self.0
+                .set_packet_loss_perc(loss_percent)
+                .map_err(|e| e.to_string())
+        }
+
+        /// Encode one frame into `buf`; the packet's length.
+        pub fn encode(&mut self, pcm: &[i16], buf: &mut [u8]) -> Result<usize, String> {
+            self.0.encode(pcm, buf).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// libopus built from the sources in `libopus/` (build.rs, `cc`): no
+/// system library. Left out when `system-opus` is on (the two would define
+/// the same C symbols).
+#[cfg(all(feature = "bundled-opus", not(feature = "system-opus")))]
+pub mod bundled {
+    use std::ffi::{c_char, c_int, CStr};
+
+    /// Which implementation this is (for logs and tests).
+    pub const NAME: &str = "bundled libopus (built from libopus/)";
+
+    #[repr(C)]
+    struct OpusDecoder {
+        _private: [u8; 0],
+    }
+    #[repr(C)]
+    struct OpusEncoder {
+        _private: [u8; 0],
+    }
+
+    const OPUS_OK: c_int = 0;
+    const OPUS_BAD_ARG: c_int = -1;
+    const OPUS_APPLICATION_VOIP: c_int = 2048;
+    const OPUS_SET_BITRATE_REQUEST: c_int = 4002;
+    const OPUS_SET_INBAND_FEC_REQUEST: c_int = 4012;
+    const OPUS_SET_PACKET_LOSS_PERC_REQUEST: c_int = 4014;
+
+    extern "C" {
+        fn opus_decoder_create(fs: i32, channels: c_int, error: *mut c_int) -> *mut OpusDecoder;
+        fn opus_decode(
+            st: *mut OpusDecoder,
+            data: *const u8,
+            len: i32,
+            pcm: *mut i16,
+            frame_size: c_int,
+            decode_fec: c_int,
+        ) -> c_int;
+        fn opus_decoder_destroy(st: *mut OpusDecoder);
+        fn opus_packet_get_nb_samples(packet: *const u8, len: i32, fs: i32) -> c_int;
+        fn opus_packet_get_samples_per_frame(data: *const u8, fs: i32) -> c_int;
+        fn opus_encoder_create(
+            fs: i32,
+            channels: c_int,
+            application: c_int,
+            error: *mut c_int,
+        ) -> *mut OpusEncoder;
+        fn opus_encode(
+            st: *mut OpusEncoder,
+            pcm: *const i16,
+            frame_size: c_int,
+            data: *mut u8,
+            max_data_bytes: i32,
+        ) -> i32;
+        fn opus_encoder_ctl(st: *mut OpusEncoder, request: c_int, ...) -> c_int;
+        fn opus_encoder_destroy(st: *mut OpusEncoder);
+        fn opus_strerror(error: c_int) -> *const c_char;
+    }
+
+    fn strerror(code: c_int) -> String {
+        // SAFETY: opus_strerror returns a static NUL-terminated string for
+        // any code.
+        unsafe { CStr::from_ptr(opus_strerror(code)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn check(code: c_int) -> Result<usize, String> {
+        usize::try_from(code).map_err(|_| strerror(code))
+    }
+
+    fn len_i32(n: usize) -> Result<i32, String> {
+        i32::try_from(n).map_err(|_| strerror(OPUS_BAD_ARG))
+    }
+
+    fn rate_i32(rate: u32) -> Result<i32, String> {
+        i32::try_from(rate).map_err(|_| strerror(OPUS_BAD_ARG))
+    }
+
+    /// A mono decoder.
+    pub struct RawDecoder(*mut OpusDecoder);
+
+    // SAFETY: the decoder state is owned by this value alone; libopus keeps
+    // no thread-local or global state for it.
+    unsafe impl Send for RawDecoder {}
+
+    impl RawDecoder {
+        /// `rate`: 8000, 12000, 16000, 24000 or 48000.
+        pub fn new(rate: u32) -> Result<Self, String> {
+            let mut err: c_int = 0;
+            // SAFETY: plain constructor; the result is checked.
+            let st = unsafe { opus_decoder_create(rate_i32(rate)?, 1, &mut err) };
+            if st.is_null() || err != OPUS_OK {
+                if !st.is_null() {
+                    // SAFETY: st came from opus_decoder_create.
+                    unsafe { opus_decoder_destroy(st) };
+                }
+                return Err(strerror(err));
+            }
+            Ok(RawDecoder(st))
+        }
+
+        /// Decode `data` into `out` (empty `data`: PLC for `out.len()`
+        /// samples; `fec`: rebuild the frame before `data` from its FEC).
+        pub fn decode(&mut self, data: &[u8], out: &mut [i16], fec: bool) -> Result<usize, String> {
+            let ptr = if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr()
+            };
+            // SAFETY: self.0 is a live decoder; data and out are valid for
+            // the lengths given (out holds frame_size mono samples).
+            check(unsafe {
+                opus_decode(
+                    self.0,
+                    ptr,
+                    len_i32(data.len())?,
+                    out.as_mut_ptr(),
+                    len_i32(out.len())?,
+                    c_int::from(fec),
+                )
+            })
+        }
+    }
+
+    impl Drop for RawDecoder {
+        fn drop(&mut self) {
+            // SAFETY: created by opus_decoder_create, destroyed once.
+            unsafe { opus_decoder_destroy(self.0) }
+        }
+    }
+
+    /// Samples in a packet at `rate`.
+    pub fn nb_samples(data: &[u8], rate: u32) -> Result<usize, String> {
+        if data.is_empty() {
+            return Err(strerror(OPUS_BAD_ARG));
+        }
+        // SAFETY: data is valid for its length.
+        check(unsafe {
+            opus_packet_get_nb_samples(data.as_ptr(), len_i32(data.len())?, rate_i32(rate)?)
+        })
+    }
+
+    /// Samples per frame of a packet at `rate`.
+    pub fn samples_per_frame(data: &[u8], rate: u32) -> Result<usize, String> {
+        if data.is_empty() {
+            return Err(strerror(OPUS_BAD_ARG));
+        }
+        // SAFETY: reads the first byte only; data is not empty.
+        check(unsafe { opus_packet_get_samples_per_frame(data.as_ptr(), rate_i32(rate)?) })
+    }
+
+    /// A mono VoIP encoder.
+    pub struct RawEncoder(*mut OpusEncoder);
+
+    // SAFETY: as for the decoder.
+    unsafe impl Send for RawEncoder {}
+
+    impl RawEncoder {
+        /// `rate` as for the decoder, `bitrate` in bit/s.
+        pub fn new(rate: u32, bitrate: i32) -> Result<Self, String> {
+            let mut err: c_int = 0;
+            // SAFETY: plain constructor; the result is checked.
+            let st =
+                unsafe { opus_encoder_create(rate_i32(rate)?, 1, OPUS_APPLICATION_VOIP, &mut err) };
+            if st.is_null() || err != OPUS_OK {
+                if !st.is_null() {
+                    // SAFETY: st came from opus_encoder_create.
+                    unsafe { opus_encoder_destroy(st) };
+                }
+                return Err(strerror(err));
+            }
+            let e = RawEncoder(st);
+            e.ctl(OPUS_SET_BITRATE_REQUEST, bitrate)?;
+            Ok(e)
+        }
+
+        fn ctl(&self, request: c_int, value: i32) -> Result<(), String> {
+            // SAFETY: self.0 is a live encoder; each request used here
+            // takes one opus_int32 argument.
+            check(unsafe { opus_encoder_ctl(self.0, request, value) }).map(|_| ())
+        }
+
+        /// In-band FEC on, tuned for `loss_percent`.
+        pub fn set_fec(&mut self, loss_percent: i32) -> Result<(), String> {
+            self.ctl(OPUS_SET_INBAND_FEC_REQUEST, 1)?;
+            self.ctl(OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_percent)
+        }
+
+        /// Encode one frame into `buf`; the packet's length.
+        pub fn encode(&mut self, pcm: &[i16], buf: &mut [u8]) -> Result<usize, String> {
+            // SAFETY: pcm holds frame_size mono samples, buf is writable
+            // for its length.
+            check(unsafe {
+                opus_encode(
+                    self.0,
+                    pcm.as_ptr(),
+                    len_i32(pcm.len())?,
+                    buf.as_mut_ptr(),
+                    len_i32(buf.len())?,
+                )
+            })
+        }
+    }
+
+    impl Drop for RawEncoder {
+        fn drop(&mut self) {
+            // SAFETY: created by opus_encoder_create, destroyed once.
+            unsafe { opus_encoder_destroy(self.0) }
+        }
+    }
+}
+
+/// The implementation in use ([`system`] when built with `system-opus`).
+pub const BACKEND: &str = backend::NAME;
 
 /// A mono Opus decoder emitting at `out_rate`.
 pub struct OpusDecoder {
-    inner: opus::Decoder,
+    inner: backend::RawDecoder,
     rate: u32,
 }
 
@@ -45,7 +336,7 @@ impl OpusDecoder {
                 "opus output rate {out_rate}"
             )));
         }
-        let inner = opus::Decoder::new(out_rate, opus::Channels::Mono).map_err(opus_err)?;
+        let inner = backend::RawDecoder::new(out_rate).map_err(opus_err)?;
         Ok(OpusDecoder {
             inner,
             rate: out_rate,
@@ -93,7 +384,7 @@ impl Decoder for OpusDecoder {
         }
         // The TOC says how long the packet is (at most 120 ms); libopus
         // rejects anything inconsistent.
-        let n = opus::packet::get_nb_samples(payload, self.rate).map_err(opus_err)?;
+        let n = backend::nb_samples(payload, self.rate).map_err(opus_err)?;
         if n == 0 || n > self.rate as usize * 120 / 1000 {
             return Err(CodecError::InvalidPayload {
                 codec: "opus",
@@ -130,7 +421,7 @@ impl Decoder for OpusDecoder {
 
     fn conceal_with_next(&mut self, samples: usize, next_payload: &[u8], out: &mut Vec<i16>) {
         let q = self.quantum();
-        let frame = match opus::packet::get_samples_per_frame(next_payload, self.rate) {
+        let frame = match backend::samples_per_frame(next_payload, self.rate) {
             Ok(f) if f > 0 && f % q == 0 && !next_payload.is_empty() => f,
             _ => return self.conceal(samples, out),
         };
@@ -145,7 +436,7 @@ impl Decoder for OpusDecoder {
 
 /// A mono Opus encoder producing 20 ms packets (VoIP application).
 pub struct OpusEncoder {
-    inner: opus::Encoder,
+    inner: backend::RawEncoder,
     rate: u32,
     buf: Vec<u8>,
 }
@@ -161,11 +452,7 @@ impl std::fmt::Debug for OpusEncoder {
 impl OpusEncoder {
     /// `rate`: 8000, 12000, 16000, 24000 or 48000; `bitrate` in bit/s.
     pub fn new(rate: u32, bitrate: i32) -> Result<Self, CodecError> {
-        let mut inner = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
-            .map_err(opus_err)?;
-        inner
-            .set_bitrate(opus::Bitrate::Bits(bitrate))
-            .map_err(opus_err)?;
+        let inner = backend::RawEncoder::new(rate, bitrate).map_err(opus_err)?;
         Ok(OpusEncoder {
             inner,
             rate,
@@ -175,10 +462,7 @@ impl OpusEncoder {
 
     /// Turn on in-band FEC, tuned for `loss_percent` expected loss.
     pub fn set_fec(&mut self, loss_percent: i32) -> Result<(), CodecError> {
-        self.inner.set_inband_fec(true).map_err(opus_err)?;
-        self.inner
-            .set_packet_loss_perc(loss_percent)
-            .map_err(opus_err)
+        self.inner.set_fec(loss_percent).map_err(opus_err)
     }
 
     /// Samples per 20 ms frame at this encoder's rate.
@@ -348,7 +632,7 @@ mod tests {
                     // Rebuild single-packet gaps with FEC, as the engine would.
                     if let Some((s, p)) = prev_seq {
                         if s == *ssrc && seq.wrapping_sub(p) == 2 {
-                            let n = opus::packet::get_nb_samples(payload, rate).unwrap();
+                            let n = backend::nb_samples(payload, rate).unwrap();
                             dec.conceal_with_next(n, payload, &mut out);
                         }
                     }
