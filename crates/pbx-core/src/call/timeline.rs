@@ -225,6 +225,12 @@ struct Envelope {
     /// The fit counter when `update_drift` last looked.
     fits: u32,
     seen_fits: u32,
+    /// Bumped whenever the minima, the line or `following` change.
+    gen: u64,
+    /// The window minimum last computed: (gen, bucket of `u`, following,
+    /// value). Every packet asks for the envelope; the minima change only
+    /// every dozen packets.
+    cache: std::cell::Cell<(u64, i64, bool, f64)>,
 }
 
 impl Envelope {
@@ -241,12 +247,16 @@ impl Envelope {
             significant_fits: 0,
             fits: 0,
             seen_fits: 0,
+            gen: 1,
+            cache: std::cell::Cell::new((0, 0, false, 0.0)),
         }
     }
 
     fn add(&mut self, u: i64, d: i64) {
         let idx = u.div_euclid(self.bucket_len);
         let mut refit = false;
+        let gen = self.gen;
+        self.gen += 1;
         match self.buckets.back() {
             None => self.buckets.push_back(Bucket { idx, u, d }),
             Some(last) if idx > last.idx => {
@@ -261,6 +271,9 @@ impl Envelope {
                     if d < b.d {
                         b.u = u;
                         b.d = d;
+                    } else {
+                        // Nothing changed: the cached minimum stays valid.
+                        self.gen = gen;
                     }
                 } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
                     let at = self.buckets.partition_point(|b| b.idx < idx);
@@ -332,6 +345,7 @@ impl Envelope {
             }
         }
         self.fits = self.fits.wrapping_add(1);
+        self.gen += 1;
         self.line = Some(Line {
             u0,
             d0,
@@ -361,17 +375,26 @@ impl Envelope {
     /// more data only lowers it, so it never swings back); before that, the
     /// cone estimate interpolated between the minima around `u`.
     fn at(&self, u: i64) -> Option<f64> {
+        let idx = u.div_euclid(self.bucket_len);
+        let cached = |following: bool| {
+            let (g, i, f, v) = self.cache.get();
+            (g == self.gen && i == idx && f == following).then_some(v)
+        };
         if let (Some(l), true) = (self.line, self.following) {
             // The line's slope, its height from the minima near `u` (a small
             // slope error has no lever arm over the whole window).
-            let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
-            let lift = self
-                .buckets
-                .iter()
-                .filter(|b| (b.u - u).abs() <= w)
-                .map(|b| b.d as f64 - l.at(b.u))
-                .reduce(f64::min)
-                .unwrap_or(0.0);
+            let lift = cached(true).unwrap_or_else(|| {
+                let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
+                let v = self
+                    .buckets
+                    .iter()
+                    .filter(|b| (b.u - u).abs() <= w)
+                    .map(|b| b.d as f64 - l.at(b.u))
+                    .reduce(f64::min)
+                    .unwrap_or(0.0);
+                self.cache.set((self.gen, idx, true, v));
+                v
+            });
             return Some(l.at(u) + lift);
         }
         let n = self.buckets.len();
@@ -381,14 +404,21 @@ impl Envelope {
         if self.span() >= (FIT_SPAN_MS as f64 * self.ms) as i64 {
             // The last FLAT_WINDOW_MS only: a drift too small to follow
             // must not leave the minimum behind by the whole window's worth.
+            if let Some(v) = cached(false) {
+                return Some(v);
+            }
             let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
             let flat = self
                 .buckets
                 .iter()
                 .filter(|b| (b.u - u).abs() <= w)
                 .map(|b| b.d as f64)
-                .reduce(f64::min);
-            return flat.or_else(|| self.buckets.iter().map(|b| b.d as f64).reduce(f64::min));
+                .reduce(f64::min)
+                .or_else(|| self.buckets.iter().map(|b| b.d as f64).reduce(f64::min));
+            if let Some(v) = flat {
+                self.cache.set((self.gen, idx, false, v));
+            }
+            return flat;
         }
         let i = self.buckets.partition_point(|b| b.u <= u);
         if i == 0 {
@@ -436,6 +466,7 @@ impl Envelope {
     /// Decide whether the sender's drift is followed; its slope if so.
     fn update_drift(&mut self) -> Option<f64> {
         let l = self.line?;
+        let was = self.following;
         if self.following {
             self.following = self.slope_significant(&l);
         } else if self.seen_fits == self.fits {
@@ -450,6 +481,9 @@ impl Envelope {
             self.significant_fits = self.significant_fits.saturating_sub(1);
         }
         self.seen_fits = self.fits;
+        if self.following != was {
+            self.gen += 1;
+        }
         self.following.then_some(l.slope)
     }
 
@@ -621,6 +655,9 @@ pub struct LegTimeline {
     stats: TimelineStats,
     any_started: bool,
     log: VecDeque<Correction>,
+    /// Whether a break candidate may be waiting (cleared by a scan that
+    /// finds none): most packets then cost no scan of the queue.
+    maybe_flagged: bool,
 }
 
 /// One offset correction, for diagnostics ([`LegTimeline::corrections`]).
@@ -647,6 +684,7 @@ impl LegTimeline {
             stats: TimelineStats::default(),
             any_started: false,
             log: VecDeque::new(),
+            maybe_flagged: false,
         }
     }
 
@@ -771,6 +809,7 @@ impl LegTimeline {
             self.stats.late += 1;
             return;
         }
+        self.maybe_flagged |= flag != Flag::Normal;
         let c = self.chunk(u, u_ts, d, p.arrival, flag, p.pcm);
         self.segs[i].insert_chunk(c, &mut self.pool);
     }
@@ -808,6 +847,9 @@ impl LegTimeline {
     /// return how far this leg can be rendered (`i64::MAX`: no limit).
     /// With `force`, undecided candidates are decided on what is there.
     pub fn ready_until(&mut self, now: i64, force: bool) -> i64 {
+        if !self.maybe_flagged && !force {
+            return i64::MAX;
+        }
         let confirm = (CONFIRM_MS as f64 * self.ms) as i64;
         let early_lim = -(BREAK_MS as f64 * self.ms);
         let mut i = 0;
@@ -842,7 +884,7 @@ impl LegTimeline {
                     if jitter {
                         self.clear_flag(i, k);
                     } else if force || now - c.arrival >= confirm {
-                        if rs.len() >= 4 || force {
+                        if rs.len() >= 4 {
                             self.split(i, k);
                             i += 1;
                         } else {
@@ -880,6 +922,8 @@ impl LegTimeline {
                 Flag::Normal => {}
             }
         }
+        // Every candidate decided.
+        self.maybe_flagged = false;
         i64::MAX
     }
 
