@@ -2014,11 +2014,11 @@ mod tests {
                         }
                         Op::Crash => spool = None,
                         Op::Restart => {
-                            spool = None;
+                            drop(spool.take());
                             spool = Some(start(dir));
                         }
                         Op::Corrupt(how) => {
-                            spool = None;
+                            drop(spool.take());
                             corrupt(dir, how);
                             spool = Some(start(dir));
                         }
