@@ -43,6 +43,8 @@ pub fn new_key() -> String {
 /// Decrypts one SRTP stream.
 pub struct SrtpStream {
     ctx: Context,
+    /// Length of the authentication tag at the end of each packet.
+    tag: usize,
 }
 
 impl SrtpStream {
@@ -50,8 +52,12 @@ impl SrtpStream {
     pub fn new(suite: &str, key_params: &str) -> Option<SrtpStream> {
         let p = profile(suite)?;
         let (key, salt) = parse_key_params(key_params)?;
+        let tag = match p {
+            ProtectionProfile::Aes128CmHmacSha1_32 => 4,
+            _ => 10,
+        };
         let ctx = Context::new(&key, &salt, p, Some(srtp_replay_protection(1024)), None).ok()?;
-        Some(SrtpStream { ctx })
+        Some(SrtpStream { ctx, tag })
     }
 
     /// The plain RTP packet, or None when authentication fails (or a replay)
@@ -59,10 +65,18 @@ impl SrtpStream {
     /// header extension runs past the end: the SRTP library panics on those,
     /// so they never reach it).
     pub fn decrypt(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
-        if !rtp_header_fits(packet) {
+        let body = packet.get(..packet.len().checked_sub(self.tag)?)?;
+        if !rtp_header_fits(body) {
             return None;
         }
-        self.ctx.decrypt_rtp(packet).ok().map(|b| b.to_vec())
+        // The library has panicked on malformed packets before: one packet
+        // must never take the media thread down.
+        let ctx = &mut self.ctx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.decrypt_rtp(packet).ok().map(|b| b.to_vec())
+        }))
+        .ok()
+        .flatten()
     }
 }
 
@@ -114,6 +128,15 @@ mod tests {
         let input = STANDARD.decode(input).unwrap();
         let cut = input.iter().position(|b| *b == 0).unwrap();
         let fuzz_key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4";
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
+            let mut s = SrtpStream::new(suite, fuzz_key).unwrap();
+            for found in input[cut + 1..].split(|b| *b == 0xff) {
+                assert_eq!(s.decrypt(found), None);
+            }
+        }
+        // The second one: the header fits the packet but not without its tag.
+        let input = STANDARD.decode("CgwL+HQHAAAAAAAAAAAAAP+AowA4AAAAOgAnAAAAAP7/ALL/srIr7jJ4AQAAAAAAOwAAAAAAAAAoEAAAAQ0AADoAAAAAAACyeAEAAADDAAB4eHh4eHh4eHgAOngAAAAAALJ4AQAAAAAA//+AowA4AAAAAAAAAAAA//+AowBgNgAAAAAA//+AgwA3AAAACAAAw6MAIwAAAIoKjgAAAP4LfgoKDAv4dAAAAP+AowA4AAAAOgAAAAAA/v8Asv+ysisyeAEAAAAAADsAAAAAAAAAKBAAAAcNAAA6AAAAAAAAsngBAAAAwwACeHh4eHh4eHh4ADp4AAAAAACyeAEAAAAAAP//gKMAOAAAAAAAAAAAAP//gKMAYDYAAAAAAP//gIMANwAAAAgAAMOjACMAAACKCo4AAAD+C34KCg==").unwrap();
+        let cut = input.iter().position(|b| *b == 0).unwrap();
         for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
             let mut s = SrtpStream::new(suite, fuzz_key).unwrap();
             for found in input[cut + 1..].split(|b| *b == 0xff) {
