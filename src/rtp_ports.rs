@@ -271,7 +271,13 @@ impl PortPool {
 
 /// The ports in the state file at `path`, if it is younger than [`STATE_MAX_AGE`].
 fn read_state(path: &Path, wall: SystemTime) -> Option<Vec<u16>> {
-    let text = std::fs::read_to_string(path).ok()?;
+    parse_state(&std::fs::read_to_string(path).ok()?, wall)
+}
+
+/// The ports named by a state file's text (`saved_at=`, `ports=` and `+port`
+/// lines; anything else ignored), sorted and without duplicates, if it was
+/// saved no longer than [`STATE_MAX_AGE`] before `wall`. Never panics.
+pub fn parse_state(text: &str, wall: SystemTime) -> Option<Vec<u16>> {
     let mut saved_at = None;
     let mut ports = Vec::new();
     for line in text.lines() {
@@ -284,7 +290,7 @@ fn read_state(path: &Path, wall: SystemTime) -> Option<Vec<u16>> {
             ports.push(p);
         }
     }
-    let saved = UNIX_EPOCH + Duration::from_secs(saved_at?);
+    let saved = UNIX_EPOCH.checked_add(Duration::from_secs(saved_at?))?;
     let age = wall.duration_since(saved).unwrap_or(Duration::ZERO);
     ports.sort_unstable();
     ports.dedup();
@@ -557,5 +563,27 @@ mod tests {
         let mut bad = PortPool::restore(40000..=40099, &path, wall, now);
         assert!(bad.take_quarantine().is_empty());
         assert_eq!(bad.available(), 50);
+    }
+
+    /// Found by the `rtp_port_state` fuzz target: a `saved_at` beyond what
+    /// a SystemTime holds made the start panic (a crash loop on a damaged
+    /// state file); now the file is ignored.
+    #[test]
+    fn absurd_saved_at_is_ignored_not_a_panic() {
+        let wall = SystemTime::now();
+        for v in ["18446744073709551615", "9223372036854775808"] {
+            let text = format!("saved_at={v}\nports=40000,40001\n+40002\n");
+            assert_eq!(parse_state(&text, wall), None, "{v}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, "saved_at=18446744073709551615\nports=40000\n").unwrap();
+        let mut pool = PortPool::restore(40000..=40099, &path, wall, Instant::now());
+        assert!(pool.take_quarantine().is_empty());
+        assert_eq!(pool.available(), 100);
+        // A good file still reads.
+        let secs = wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let good = format!("saved_at={secs}\nports=40001,40000\n+40000\n+7\n");
+        assert_eq!(parse_state(&good, wall), Some(vec![7, 40000, 40001]));
     }
 }

@@ -1211,6 +1211,44 @@ fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
     Ok(target)
 }
 
+/// What the delivered record's bytes say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveredRecord {
+    /// The valid ids ([`valid_id`]) on complete lines.
+    pub ids: HashSet<String>,
+    /// Non-empty complete lines (valid or not).
+    pub lines: usize,
+    /// Where the complete lines end when the text does not end with a
+    /// newline (a torn append).
+    pub torn: Option<u64>,
+}
+
+/// Parses the delivered record ([`DELIVERED_LOG`]): one id per line; a last
+/// line without its newline is torn and not read; lines that are not a
+/// valid id (not UTF-8, bad characters) are counted and skipped. Never
+/// panics; linear in the input.
+pub fn parse_delivered(text: &[u8]) -> DeliveredRecord {
+    let complete = match text.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &text[..=i],
+        None => &text[..0],
+    };
+    let torn = (complete.len() < text.len()).then_some(complete.len() as u64);
+    let mut ids = HashSet::new();
+    let mut lines = 0;
+    for line in complete.split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        lines += 1;
+        if let Ok(id) = std::str::from_utf8(line) {
+            if valid_id(id) {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    DeliveredRecord { ids, lines, torn }
+}
+
 /// The delivered record ([`DELIVERED_LOG`]): ids, one per line, appended
 /// with an fsync each; a torn last line (a crash mid-append) is ignored and
 /// cut off at the next append.
@@ -1229,24 +1267,7 @@ impl DeliveredLog {
     fn load(dir: &Path) -> DeliveredLog {
         let path = dir.join(DELIVERED_LOG);
         let text = fs::read(&path).unwrap_or_default();
-        let complete = match text.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &text[..=i],
-            None => &text[..0],
-        };
-        let torn = (complete.len() < text.len()).then_some(complete.len() as u64);
-        let mut ids = HashSet::new();
-        let mut lines = 0;
-        for line in complete.split(|b| *b == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
-            lines += 1;
-            if let Ok(id) = std::str::from_utf8(line) {
-                if valid_id(id) {
-                    ids.insert(id.to_string());
-                }
-            }
-        }
+        let DeliveredRecord { ids, lines, torn } = parse_delivered(&text);
         DeliveredLog {
             path,
             ids,
@@ -1887,5 +1908,188 @@ mod tests {
         s.expire_delivered(0, Duration::ZERO).unwrap();
         assert!(s.delivered.lines < 10, "{}", s.delivered.lines);
         assert!(DeliveredLog::load(d.path()).ids.len() < 10);
+    }
+
+    /// The spool as a model: any sequence of recordings finished, uploads
+    /// accepted or failed, crashes (the spool dropped mid-way, an upload
+    /// accepted by the cloud but not yet marked), restarts and a damaged or
+    /// missing spool.db keeps every acknowledged recording (a complete pair
+    /// on disk) in the queue, and never offers again for upload a recording
+    /// once it was marked delivered.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A recording finished: its pair is on disk (acknowledged).
+            Record,
+            /// The oldest due upload `n` (mod the due count) is accepted.
+            UploadOk(usize),
+            /// Refused for now (5xx, timeout): retried later.
+            UploadFail(usize),
+            /// Accepted by the cloud, then the crash before the row changed.
+            CrashAfterAccept(usize),
+            /// The process dies (the spool dropped without anything else).
+            Crash,
+            /// A clean restart: open_repairing + scan, as the delivery task.
+            Restart,
+            /// spool.db damaged (header overwritten, cut, or gone) while down.
+            Corrupt(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => Just(Op::Record),
+                3 => any::<usize>().prop_map(Op::UploadOk),
+                2 => any::<usize>().prop_map(Op::UploadFail),
+                1 => any::<usize>().prop_map(Op::CrashAfterAccept),
+                1 => Just(Op::Crash),
+                1 => Just(Op::Restart),
+                1 => any::<u8>().prop_map(Op::Corrupt),
+            ]
+        }
+
+        /// What the delivery task does when it starts: repair, adopt, queue.
+        fn start(dir: &Path) -> Spool {
+            let (mut s, _) = Spool::open_repairing(dir).expect("open_repairing");
+            s.scan(now_ms()).expect("scan");
+            for e in s.in_state(State::Recorded).unwrap() {
+                s.mark_queued(&e.id, now_ms()).unwrap();
+            }
+            s
+        }
+
+        fn corrupt(dir: &Path, how: u8) {
+            let db = dir.join(DB_FILE);
+            match how % 3 {
+                0 => {
+                    let mut b = fs::read(&db).unwrap_or_default();
+                    for (i, x) in b.iter_mut().take(100).enumerate() {
+                        *x = (i as u8).wrapping_mul(how | 1) ^ 0x5a;
+                    }
+                    fs::write(&db, b).unwrap();
+                }
+                1 => {
+                    let b = fs::read(&db).unwrap_or_default();
+                    fs::write(&db, &b[..b.len() / 3]).unwrap();
+                }
+                _ => {
+                    for ext in ["", "-wal", "-shm"] {
+                        let _ = fs::remove_file(dir.join(format!("{DB_FILE}{ext}")));
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 48,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+            #[test]
+            fn spool_keeps_every_recording_and_delivers_once(ops in proptest::collection::vec(op(), 1..40)) {
+                let d = tempfile::tempdir().unwrap();
+                let dir = d.path();
+                let mut recorded: Vec<String> = Vec::new();
+                // Marked delivered (the cloud's answer recorded by the spool).
+                let mut delivered: HashSet<String> = HashSet::new();
+                // Offered for upload after their delivered mark: must stay 0.
+                let mut offered_after_mark = 0usize;
+                let mut spool = Some(start(dir));
+                for op in ops {
+                    match op {
+                        Op::Record => {
+                            let id = format!("rec-{}", recorded.len());
+                            pair(dir, &id, 44 + recorded.len());
+                            recorded.push(id);
+                            if let Some(s) = spool.as_mut() {
+                                s.scan(now_ms()).unwrap();
+                                for e in s.in_state(State::Recorded).unwrap() {
+                                    s.mark_queued(&e.id, now_ms()).unwrap();
+                                }
+                            }
+                        }
+                        Op::UploadOk(n) | Op::UploadFail(n) | Op::CrashAfterAccept(n) => {
+                            let s = match spool.as_mut() {
+                                Some(s) => s,
+                                None => spool.insert(start(dir)),
+                            };
+                            let due = s.due(i64::MAX, 100, &HashSet::new()).unwrap();
+                            if due.is_empty() {
+                                continue;
+                            }
+                            let id = due[n % due.len()].id.clone();
+                            offered_after_mark += usize::from(delivered.contains(&id));
+                            s.begin_attempt(&id, now_ms()).unwrap();
+                            match op {
+                                Op::UploadOk(_) => {
+                                    prop_assert!(s.mark_delivered(&id, now_ms()).unwrap());
+                                    delivered.insert(id);
+                                }
+                                Op::UploadFail(_) => {
+                                    s.retry_later(&id, now_ms() + 1, "HTTP 503", true, now_ms()).unwrap();
+                                }
+                                _ => {
+                                    // The cloud has it (its idempotency key will
+                                    // answer a resend); nothing was marked.
+                                    spool = None;
+                                }
+                            }
+                        }
+                        Op::Crash => spool = None,
+                        Op::Restart => {
+                            drop(spool.take());
+                            spool = Some(start(dir));
+                        }
+                        Op::Corrupt(how) => {
+                            drop(spool.take());
+                            corrupt(dir, how);
+                            spool = Some(start(dir));
+                        }
+                    }
+                    // The invariant, seen from a running spool.
+                    if let Some(s) = spool.as_ref() {
+                        for id in &recorded {
+                            let e = s.get(id).unwrap();
+                            prop_assert!(e.is_some(), "acknowledged {} lost", id);
+                            let e = e.unwrap();
+                            if delivered.contains(id) {
+                                prop_assert_eq!(e.state, State::Delivered, "{} delivered", id);
+                            } else {
+                                prop_assert!(e.state.is_undelivered(), "{} {:?}", id, e.state);
+                            }
+                        }
+                        let due = s.due(i64::MAX, 1000, &HashSet::new()).unwrap();
+                        prop_assert!(due.iter().all(|e| !delivered.contains(&e.id)));
+                    }
+                }
+                prop_assert_eq!(offered_after_mark, 0);
+                // In the end everything acknowledged and not yet delivered is
+                // still due: nothing stalls.
+                drop(spool);
+                let s = start(dir);
+                let due: HashSet<String> = s
+                    .due(i64::MAX, 1000, &HashSet::new())
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect();
+                for id in &recorded {
+                    prop_assert_eq!(due.contains(id), !delivered.contains(id), "{}", id);
+                }
+            }
+        }
+    }
+
+    /// The delivered record's parser (also the `spool_delivered` fuzz
+    /// target): complete lines only, invalid ids skipped.
+    #[test]
+    fn delivered_record_parses_complete_valid_lines() {
+        let r = parse_delivered(b"a\n\xff\xfe\n.hidden\n\nb\nc");
+        assert_eq!(r.ids, HashSet::from(["a".to_string(), "b".to_string()]));
+        assert_eq!((r.lines, r.torn), (4, Some(16)));
+        assert_eq!(parse_delivered(b""), DeliveredRecord::default());
     }
 }

@@ -43,6 +43,8 @@ pub fn new_key() -> String {
 /// Decrypts one SRTP stream.
 pub struct SrtpStream {
     ctx: Context,
+    /// Length of the authentication tag at the end of each packet.
+    tag: usize,
 }
 
 impl SrtpStream {
@@ -50,19 +52,100 @@ impl SrtpStream {
     pub fn new(suite: &str, key_params: &str) -> Option<SrtpStream> {
         let p = profile(suite)?;
         let (key, salt) = parse_key_params(key_params)?;
+        let tag = match p {
+            ProtectionProfile::Aes128CmHmacSha1_32 => 4,
+            _ => 10,
+        };
         let ctx = Context::new(&key, &salt, p, Some(srtp_replay_protection(1024)), None).ok()?;
-        Some(SrtpStream { ctx })
+        Some(SrtpStream { ctx, tag })
     }
 
-    /// The plain RTP packet, or None when authentication fails (or a replay).
+    /// The plain RTP packet, or None when authentication fails (or a replay)
+    /// or the packet's RTP header does not fit in it (its CSRC list or
+    /// header extension runs past the end: the SRTP library panics on those,
+    /// so they never reach it).
     pub fn decrypt(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
-        self.ctx.decrypt_rtp(packet).ok().map(|b| b.to_vec())
+        let body = packet.get(..packet.len().checked_sub(self.tag)?)?;
+        if !rtp_header_fits(body) {
+            return None;
+        }
+        // The library has panicked on malformed packets before: one packet
+        // must never take the media thread down.
+        let ctx = &mut self.ctx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.decrypt_rtp(packet).ok().map(|b| b.to_vec())
+        }))
+        .ok()
+        .flatten()
     }
+}
+
+/// Whether `p` holds a whole RTP header: version 2, the fixed 12 bytes,
+/// the CSRC list and, when the X bit is set, the extension with the length
+/// it states.
+fn rtp_header_fits(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    if p.len() < 12 || first >> 6 != 2 {
+        return false;
+    }
+    let mut end = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let Some(ext) = p.get(end..end + 4) else {
+            return false;
+        };
+        end += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+    }
+    p.len() >= end
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `srtp` fuzz target: a packet whose header extension
+    /// (or CSRC list) runs past its end made the SRTP library panic
+    /// ("advance out of bounds") in the media thread; now it is refused.
+    #[test]
+    fn a_header_longer_than_its_packet_is_refused_not_a_panic() {
+        let key = new_key();
+        let params = format!("inline:{key}");
+        let mut s = SrtpStream::new("AES_CM_128_HMAC_SHA1_80", &params).unwrap();
+        // X bit, extension of 0xffff words, 30 bytes of packet.
+        let mut p = vec![
+            0x90, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7, 0xbe, 0xde, 0xff, 0xff,
+        ];
+        p.extend_from_slice(&[0u8; 14]);
+        assert_eq!(s.decrypt(&p), None);
+        // 15 CSRCs announced in a 20-byte packet.
+        let mut q = vec![0x8f, 0, 0, 2, 0, 0, 1, 64, 0, 0, 0, 7];
+        q.extend_from_slice(&[0u8; 8]);
+        assert_eq!(s.decrypt(&q), None);
+        // The fuzzer's own input (params, then packets split at 0xff), in
+        // the fuzz target's loop: the key is not usable, so the built-in one.
+        let input = "DEAAEgAAAAAAAAAAJgwvKoUM/xAAAJAAegwMDAwMDBAAAAwMDLOzs7Ozs7Ozs7Ozs7Ozs7Ozs7OzDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMCgwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDACOhQz/DAwMEAAAkAAMDAwMekgMDAwMDAwMDAwMEAwgAAAAjgAAKgA=";
+        let input = STANDARD.decode(input).unwrap();
+        let cut = input.iter().position(|b| *b == 0).unwrap();
+        let fuzz_key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4";
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
+            let mut s = SrtpStream::new(suite, fuzz_key).unwrap();
+            for found in input[cut + 1..].split(|b| *b == 0xff) {
+                assert_eq!(s.decrypt(found), None);
+            }
+        }
+        // The second one: the header fits the packet but not without its tag.
+        let input = STANDARD.decode("CgwL+HQHAAAAAAAAAAAAAP+AowA4AAAAOgAnAAAAAP7/ALL/srIr7jJ4AQAAAAAAOwAAAAAAAAAoEAAAAQ0AADoAAAAAAACyeAEAAADDAAB4eHh4eHh4eHgAOngAAAAAALJ4AQAAAAAA//+AowA4AAAAAAAAAAAA//+AowBgNgAAAAAA//+AgwA3AAAACAAAw6MAIwAAAIoKjgAAAP4LfgoKDAv4dAAAAP+AowA4AAAAOgAAAAAA/v8Asv+ysisyeAEAAAAAADsAAAAAAAAAKBAAAAcNAAA6AAAAAAAAsngBAAAAwwACeHh4eHh4eHh4ADp4AAAAAACyeAEAAAAAAP//gKMAOAAAAAAAAAAAAP//gKMAYDYAAAAAAP//gIMANwAAAAgAAMOjACMAAACKCo4AAAD+C34KCg==").unwrap();
+        let cut = input.iter().position(|b| *b == 0).unwrap();
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
+            let mut s = SrtpStream::new(suite, fuzz_key).unwrap();
+            for found in input[cut + 1..].split(|b| *b == 0xff) {
+                assert_eq!(s.decrypt(found), None);
+            }
+        }
+        assert!(!rtp_header_fits(&[]));
+        assert!(rtp_header_fits(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]));
+    }
 
     #[test]
     fn round_trip_with_webrtc_encryption() {

@@ -186,7 +186,16 @@ impl RecordingSink for CheckingSink {
         assert_eq!(meta.key, call);
         assert_eq!(meta.frames, c.frames, "meta.frames vs frames written");
         assert_eq!(meta.sample_rate, c.rate);
-        assert_eq!(meta.media_started_at.as_micros(), c.t0);
+        // The timing core puts time zero on the arrival envelope at the end
+        // (up to the jitter earlier than the first packet the recording
+        // began with); `begin` still carries the first arrival. Reported
+        // (issue 11 hardening): a recovered recording's start differs from
+        // a finished one's by that much. Bounded here, not equal.
+        let early = c.t0 - meta.media_started_at.as_micros();
+        assert!(
+            (0..=2_000_000).contains(&early),
+            "time zero moved by {early} us"
+        );
         assert!(meta.duration_ms() >= 0);
         assert!(meta.dtmf.len() <= 4096);
         assert!(meta.warnings.len() <= 64);

@@ -1,0 +1,61 @@
+//! Crash-recovery inputs: what a crash (or a hostile hand in the spool) may
+//! leave in the recording directory: a start sidecar, an answered-call note
+//! and a `.part` WAV, each any bytes. `recover` never panics; every id it
+//! recovers ends as a WAV whose header reads and a JSON object; no `.part`
+//! stays behind.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use pbx_core::audio::wav::repair_wav;
+use pbx_edge::recording::{recover, RecordingContext, ANSWER_SUFFIX, START_SUFFIX};
+use std::fs;
+use std::time::Duration;
+
+fuzz_target!(|data: &[u8]| {
+    if data.is_empty() {
+        return;
+    }
+    let flags = data[0];
+    let mut pieces = data[1..].splitn(3, |b| *b == 0xfe);
+    let start = pieces.next().unwrap_or(&[]);
+    let answer = pieces.next().unwrap_or(&[]);
+    let part = pieces.next().unwrap_or(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let id = "20260101T000000Z-abc";
+    if flags & 1 != 0 {
+        fs::write(dir.join(format!(".{id}{START_SUFFIX}")), start).unwrap();
+    }
+    if flags & 2 != 0 {
+        fs::write(dir.join(format!(".ans-1{ANSWER_SUFFIX}")), answer).unwrap();
+    }
+    if flags & 4 != 0 {
+        fs::write(dir.join(format!(".{id}.wav.part")), part).unwrap();
+    }
+    if flags & 8 != 0 {
+        fs::write(dir.join(format!("{id}.wav")), part).unwrap();
+    }
+    let ctx = RecordingContext {
+        agent_id: "fuzz".into(),
+        source: "siprec",
+        min_duration: Duration::ZERO,
+    };
+    let ids = recover(dir, &ctx).expect("recover");
+    for id in &ids {
+        // A finished WAV left without its JSON is taken as written (our
+        // writer renamed it complete); a `.part` is repaired and must read.
+        let repaired = flags & 8 == 0;
+        let json = fs::read(dir.join(format!("{id}.json"))).expect("json written");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json parses");
+        assert!(v.is_object());
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(format!("{id}.wav")))
+            .expect("wav written");
+        let len = f.metadata().unwrap().len();
+        if repaired {
+            repair_wav(&mut f, len).expect("recovered wav has a header");
+        }
+    }
+    assert!(!dir.join(format!(".{id}.wav.part")).exists());
+});
