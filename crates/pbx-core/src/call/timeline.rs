@@ -958,10 +958,6 @@ impl LegTimeline {
         self.segs[i].max_end = self.segs[i].chunks.iter().map(Chunk::end).max();
         self.segs.insert(i + 1, s);
         self.stats.breaks += 1;
-        // Later segments of the same stream keep receiving in the newest one.
-        if i + 2 < self.segs.len() {
-            // (nothing to move: chunks after a later break live there already)
-        }
     }
 
     /// Write the leg's samples for timeline positions `[rendered(), to)`
