@@ -30,6 +30,9 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
+    // A capture file can be imported again: no need to write each chunk
+    // through for crash safety.
+    out.set_write_through(false);
     let mut engine = CallEngine::new(EngineConfig {
         sample_rate,
         jitter_ms: args.jitter_ms,

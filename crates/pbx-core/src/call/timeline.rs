@@ -227,10 +227,11 @@ struct Envelope {
     seen_fits: u32,
     /// Bumped whenever the minima, the line or `following` change.
     gen: u64,
-    /// The window minimum last computed: (gen, bucket of `u`, following,
-    /// value). Every packet asks for the envelope; the minima change only
-    /// every dozen packets.
-    cache: std::cell::Cell<(u64, i64, bool, f64)>,
+    /// The window minima last computed: (gen, bucket of `u`, following,
+    /// value), one slot for even and one for odd buckets (the newest packet
+    /// and the render point are often in neighbouring buckets). Every packet
+    /// asks for the envelope; the minima change only every dozen packets.
+    cache: [std::cell::Cell<(u64, i64, bool, f64)>; 2],
 }
 
 impl Envelope {
@@ -248,7 +249,10 @@ impl Envelope {
             fits: 0,
             seen_fits: 0,
             gen: 1,
-            cache: std::cell::Cell::new((0, 0, false, 0.0)),
+            cache: [
+                std::cell::Cell::new((0, 0, false, 0.0)),
+                std::cell::Cell::new((0, 0, false, 0.0)),
+            ],
         }
     }
 
@@ -369,6 +373,14 @@ impl Envelope {
         best
     }
 
+    /// The minima within [`FLAT_WINDOW_MS`] of `u` (the buckets are sorted).
+    fn near(&self, u: i64) -> impl Iterator<Item = &Bucket> {
+        let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
+        let lo = self.buckets.partition_point(|b| b.u < u - w);
+        let hi = self.buckets.partition_point(|b| b.u <= u + w);
+        self.buckets.range(lo..hi.max(lo))
+    }
+
     /// The envelope's value at `u` (samples of offset): the fitted line while
     /// the sender's drift is followed; else, once the minima span
     /// [`FIT_SPAN_MS`], the lowest minimum of the window (a flat envelope:
@@ -376,23 +388,21 @@ impl Envelope {
     /// cone estimate interpolated between the minima around `u`.
     fn at(&self, u: i64) -> Option<f64> {
         let idx = u.div_euclid(self.bucket_len);
+        let slot = &self.cache[(idx & 1) as usize];
         let cached = |following: bool| {
-            let (g, i, f, v) = self.cache.get();
+            let (g, i, f, v) = slot.get();
             (g == self.gen && i == idx && f == following).then_some(v)
         };
         if let (Some(l), true) = (self.line, self.following) {
             // The line's slope, its height from the minima near `u` (a small
             // slope error has no lever arm over the whole window).
             let lift = cached(true).unwrap_or_else(|| {
-                let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
                 let v = self
-                    .buckets
-                    .iter()
-                    .filter(|b| (b.u - u).abs() <= w)
+                    .near(u)
                     .map(|b| b.d as f64 - l.at(b.u))
                     .reduce(f64::min)
                     .unwrap_or(0.0);
-                self.cache.set((self.gen, idx, true, v));
+                slot.set((self.gen, idx, true, v));
                 v
             });
             return Some(l.at(u) + lift);
@@ -407,16 +417,13 @@ impl Envelope {
             if let Some(v) = cached(false) {
                 return Some(v);
             }
-            let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
             let flat = self
-                .buckets
-                .iter()
-                .filter(|b| (b.u - u).abs() <= w)
+                .near(u)
                 .map(|b| b.d as f64)
                 .reduce(f64::min)
                 .or_else(|| self.buckets.iter().map(|b| b.d as f64).reduce(f64::min));
             if let Some(v) = flat {
-                self.cache.set((self.gen, idx, false, v));
+                slot.set((self.gen, idx, false, v));
             }
             return flat;
         }
@@ -599,6 +606,11 @@ impl Segment {
     fn insert_chunk(&mut self, c: Chunk, pool: &mut Vec<Vec<i16>>) {
         self.max_end = Some(self.max_end.map_or(c.end(), |e| e.max(c.end())));
         // Keep chunks sorted by u; a chunk at the same place replaces it.
+        // Most packets come in order: they go at the back.
+        if self.chunks.back().is_none_or(|x| x.u < c.u) {
+            self.chunks.push_back(c);
+            return;
+        }
         let at = self.chunks.partition_point(|x| x.u < c.u);
         if at < self.chunks.len() && self.chunks[at].u == c.u {
             if let Some(old) = self.chunks.get_mut(at) {

@@ -478,6 +478,11 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(0);
     let rest = bytes.get(start..).unwrap_or_default();
+    // A start line begins with a method (a token) or "SIP/2.0": this turns
+    // away RTP (first byte 0x80-0xBF) before any scanning.
+    if !rest.first().is_some_and(|b| is_token_byte(*b)) {
+        return false;
+    }
     let window = rest.get(..4096.min(rest.len())).unwrap_or_default();
     let line = match window.iter().position(|b| *b == b'\n') {
         Some(i) => window.get(..i).unwrap_or_default(),
