@@ -1132,20 +1132,23 @@ impl LegTimeline {
                     seg.pending_forced = false;
                 }
             }
-            // A step this large is a discontinuity, not the estimate moving:
-            // it is taken at once (spreading it would bend seconds of audio).
-            if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms {
-                let k = seg.pending.round();
-                seg.a += k;
-                seg.pending = 0.0;
-                seg.pending_forced = false;
-                let c = Correction {
-                    at: self.pos,
-                    samples: k,
-                    spread: false,
-                };
-                Self::note(&mut self.stats, &mut self.log, c);
-            }
+        }
+        // A step this large is a discontinuity, not the estimate moving: it
+        // is taken at once (spreading it would bend seconds of audio), also
+        // before the estimate has settled (a step found as following stops).
+        if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms {
+            let k = seg.pending.round();
+            seg.a += k;
+            seg.pending = 0.0;
+            seg.pending_forced = false;
+            let c = Correction {
+                at: self.pos,
+                samples: k,
+                spread: false,
+            };
+            Self::note(&mut self.stats, &mut self.log, c);
+        }
+        if seg.slew_left == 0.0 && settled {
             // No quiet place came in time: spread it over the audio.
             if seg.pending != 0.0
                 && self.pos - seg.pending_since >= (SLEW_AFTER_MS as f64 * ms) as i64
