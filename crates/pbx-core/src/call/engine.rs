@@ -1253,6 +1253,11 @@ impl Tracker {
                 .unwrap_or(flushed)
         } else {
             let horizon = now_pos - rate * i64::from(media.jitter_ms) / 1000;
+            // Nothing to write before the next 40 ms chunk (see below): the
+            // usual case, checked before asking the legs.
+            if horizon < flushed + rate / 25 {
+                return;
+            }
             // Never beyond the last audio either leg holds: silence after the
             // end of the media is only written if media resumes (a call whose
             // BYE never comes must not end with rtp_timeout of silence).

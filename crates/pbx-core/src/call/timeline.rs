@@ -203,6 +203,31 @@ impl Line {
     }
 }
 
+/// Buckets either side of a bucket in its window ([`FLAT_WINDOW_MS`]).
+const NEAR_WINDOW: i64 = FLAT_WINDOW_MS * BUCKETS_PER_S / 1000;
+
+/// A window minimum remembered by [`Envelope::at`].
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    valid: bool,
+    /// [`Envelope::gen`] when computed (the line it is relative to).
+    gen: u64,
+    /// The bucket of the `u` asked for.
+    idx: i64,
+    following: bool,
+    v: f64,
+}
+
+impl Cached {
+    const NONE: Cached = Cached {
+        valid: false,
+        gen: 0,
+        idx: 0,
+        following: false,
+        v: 0.0,
+    };
+}
+
 /// Lower envelope of `d = arrival - u` for one segment.
 #[derive(Debug, Clone)]
 struct Envelope {
@@ -225,13 +250,14 @@ struct Envelope {
     /// The fit counter when `update_drift` last looked.
     fits: u32,
     seen_fits: u32,
-    /// Bumped whenever the minima, the line or `following` change.
+    /// Bumped whenever the line or `following` change.
     gen: u64,
-    /// The window minima last computed: (gen, bucket of `u`, following,
-    /// value), one slot for even and one for odd buckets (the newest packet
-    /// and the render point are often in neighbouring buckets). Every packet
-    /// asks for the envelope; the minima change only every dozen packets.
-    cache: [std::cell::Cell<(u64, i64, bool, f64)>; 2],
+    /// The window minima last computed, one slot for even and one for odd
+    /// buckets (the newest packet and the render point are often in
+    /// neighbouring buckets). Every packet asks for the envelope; a new or
+    /// lowered minimum updates them, so they are computed again only when
+    /// the line changes or a minimum leaves the window.
+    cache: [std::cell::Cell<Cached>; 2],
 }
 
 impl Envelope {
@@ -249,24 +275,22 @@ impl Envelope {
             fits: 0,
             seen_fits: 0,
             gen: 1,
-            cache: [
-                std::cell::Cell::new((0, 0, false, 0.0)),
-                std::cell::Cell::new((0, 0, false, 0.0)),
-            ],
+            cache: [const { std::cell::Cell::new(Cached::NONE) }; 2],
         }
     }
 
     fn add(&mut self, u: i64, d: i64) {
         let idx = u.div_euclid(self.bucket_len);
         let mut refit = false;
-        let gen = self.gen;
-        self.gen += 1;
+        let mut changed = true;
         match self.buckets.back() {
             None => self.buckets.push_back(Bucket { idx, u, d }),
             Some(last) if idx > last.idx => {
                 self.buckets.push_back(Bucket { idx, u, d });
                 if self.buckets.len() > MAX_BUCKETS {
-                    self.buckets.pop_front();
+                    if let Some(old) = self.buckets.pop_front() {
+                        self.cache_forget(old.idx);
+                    }
                 }
                 refit = true;
             }
@@ -276,14 +300,18 @@ impl Envelope {
                         b.u = u;
                         b.d = d;
                     } else {
-                        // Nothing changed: the cached minimum stays valid.
-                        self.gen = gen;
+                        changed = false;
                     }
                 } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
                     let at = self.buckets.partition_point(|b| b.idx < idx);
                     self.buckets.insert(at, Bucket { idx, u, d });
+                } else {
+                    changed = false;
                 }
             }
+        }
+        if changed {
+            self.cache_offer(Bucket { idx, u, d });
         }
         // A point under the fitted line is news now, not at the next bucket.
         if refit || self.line.is_some_and(|l| (d as f64) < l.at(u) - 0.5) {
@@ -309,9 +337,10 @@ impl Envelope {
             return;
         }
         let mid = self.buckets[0].u + span / 2;
-        let split = self.buckets.partition_point(|b| b.u < mid);
-        let (h1, h2) = self.buckets.as_slices();
-        let all: Vec<Bucket> = h1.iter().chain(h2).copied().collect();
+        let jitter_typ = self.jitter_typ;
+        let ms = self.ms;
+        let all: &[Bucket] = self.buckets.make_contiguous();
+        let split = all.partition_point(|b| b.u < mid);
         let (first, second) = all.split_at(split);
         let (Some(p1), Some(p2)) = (lowest(first), lowest(second)) else {
             return;
@@ -325,7 +354,7 @@ impl Envelope {
             return;
         }
         let pin = (pin_gap(first) + pin_gap(second)) / 2.0;
-        let uncertainty = ((pin + 0.05 * self.ms) / du).max(C_MIN);
+        let uncertainty = ((pin + 0.05 * ms) / du).max(C_MIN);
         let u0 = p1.u;
         let d0 = all
             .iter()
@@ -337,17 +366,15 @@ impl Envelope {
         // well above it: not a drift.
         let quarter = (span / 4).max(1);
         let start = all[0].u;
-        let mut linear = true;
-        for q in 0..4 {
-            let lo_q = all
-                .iter()
-                .filter(|b| (b.u - start) / quarter == q)
-                .map(|b| b.d as f64 - (d0 + slope * (b.u - u0) as f64))
-                .fold(f64::INFINITY, f64::min);
-            if lo_q.is_finite() && lo_q > 1.0 + 2.0 * pin + self.jitter_typ / 8.0 {
-                linear = false;
+        let mut lo_q = [f64::INFINITY; 4];
+        for b in all {
+            if let Some(lo) = lo_q.get_mut(((b.u - start) / quarter) as usize) {
+                *lo = lo.min(b.d as f64 - (d0 + slope * (b.u - u0) as f64));
             }
         }
+        let linear = !lo_q
+            .iter()
+            .any(|lo| lo.is_finite() && *lo > 1.0 + 2.0 * pin + jitter_typ / 8.0);
         self.fits = self.fits.wrapping_add(1);
         self.gen += 1;
         self.line = Some(Line {
@@ -373,12 +400,40 @@ impl Envelope {
         best
     }
 
-    /// The minima within [`FLAT_WINDOW_MS`] of `u` (the buckets are sorted).
-    fn near(&self, u: i64) -> impl Iterator<Item = &Bucket> {
-        let w = (FLAT_WINDOW_MS as f64 * self.ms) as i64;
-        let lo = self.buckets.partition_point(|b| b.u < u - w);
-        let hi = self.buckets.partition_point(|b| b.u <= u + w);
+    /// The minima of the buckets within [`FLAT_WINDOW_MS`] of bucket `idx`
+    /// (the buckets are sorted).
+    fn near(&self, idx: i64) -> impl Iterator<Item = &Bucket> {
+        let lo = self.buckets.partition_point(|b| b.idx < idx - NEAR_WINDOW);
+        let hi = self.buckets.partition_point(|b| b.idx <= idx + NEAR_WINDOW);
         self.buckets.range(lo..hi.max(lo))
+    }
+
+    /// A new or lowered minimum `b`: the cached window minima around it
+    /// take it in.
+    fn cache_offer(&self, b: Bucket) {
+        for slot in &self.cache {
+            let mut c = slot.get();
+            if c.valid && (c.idx - b.idx).abs() <= NEAR_WINDOW {
+                let v = match (c.following, self.line) {
+                    (false, _) => b.d as f64,
+                    (true, Some(l)) => b.d as f64 - l.at(b.u),
+                    (true, None) => f64::NEG_INFINITY,
+                };
+                c.v = c.v.min(v);
+                c.valid = v.is_finite();
+                slot.set(c);
+            }
+        }
+    }
+
+    /// Minimum `idx` left the window: the cached minima around it are void.
+    fn cache_forget(&self, idx: i64) {
+        for slot in &self.cache {
+            let c = slot.get();
+            if (c.idx - idx).abs() <= NEAR_WINDOW {
+                slot.set(Cached::NONE);
+            }
+        }
     }
 
     /// The envelope's value at `u` (samples of offset): the fitted line while
@@ -390,20 +445,34 @@ impl Envelope {
         let idx = u.div_euclid(self.bucket_len);
         let slot = &self.cache[(idx & 1) as usize];
         let cached = |following: bool| {
-            let (g, i, f, v) = slot.get();
-            (g == self.gen && i == idx && f == following).then_some(v)
+            let c = slot.get();
+            let current = c.valid && c.idx == idx && c.following == following;
+            (current && (!following || c.gen == self.gen)).then_some(c.v)
+        };
+        let keep = |following: bool, v: f64| {
+            slot.set(Cached {
+                valid: true,
+                gen: self.gen,
+                idx,
+                following,
+                v,
+            })
         };
         if let (Some(l), true) = (self.line, self.following) {
             // The line's slope, its height from the minima near `u` (a small
             // slope error has no lever arm over the whole window).
             let lift = cached(true).unwrap_or_else(|| {
-                let v = self
-                    .near(u)
+                match self
+                    .near(idx)
                     .map(|b| b.d as f64 - l.at(b.u))
                     .reduce(f64::min)
-                    .unwrap_or(0.0);
-                slot.set((self.gen, idx, true, v));
-                v
+                {
+                    Some(v) => {
+                        keep(true, v);
+                        v
+                    }
+                    None => 0.0,
+                }
             });
             return Some(l.at(u) + lift);
         }
@@ -417,15 +486,12 @@ impl Envelope {
             if let Some(v) = cached(false) {
                 return Some(v);
             }
-            let flat = self
-                .near(u)
-                .map(|b| b.d as f64)
-                .reduce(f64::min)
-                .or_else(|| self.buckets.iter().map(|b| b.d as f64).reduce(f64::min));
-            if let Some(v) = flat {
-                slot.set((self.gen, idx, false, v));
+            if let Some(v) = self.near(idx).map(|b| b.d as f64).reduce(f64::min) {
+                keep(false, v);
+                return Some(v);
             }
-            return flat;
+            // No minimum near `u`: the window's lowest (not cached).
+            return self.buckets.iter().map(|b| b.d as f64).reduce(f64::min);
         }
         let i = self.buckets.partition_point(|b| b.u <= u);
         if i == 0 {
