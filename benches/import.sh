@@ -9,6 +9,8 @@
 # audio per CPU second.
 #
 # Usage: benches/import.sh [CALLS] [SECONDS]      (default 500 calls x 120 s)
+#        BASELINE=/path/to/older/pbx-edge benches/import.sh ...   also measures
+#        an older build on the same capture, in the same run (before/after).
 # Needs: tshark, /usr/bin/time. Scratch space: $BENCH_DIR (default /tmp/pbx-edge-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,12 @@ echo "| tool | CPU s | wall s | peak RSS MiB | packets / CPU s | call audio / CP
 echo "|---|---|---|---|---|---|"
 rm -rf "$DIR/out"
 measure "pbx-edge import" ./target/release/pbx-edge import "$CAP" --out "$DIR/out" --quiet
+if [ -n "${BASELINE:-}" ]; then
+  rm -rf "$DIR/out-baseline"
+  measure "baseline ($(basename "$(dirname "$(dirname "$(dirname "$BASELINE")")")"))" \
+    "$BASELINE" import "$CAP" --out "$DIR/out-baseline" --quiet
+  rm -rf "$DIR/out-baseline"
+fi
 measure "tshark RTP extraction" tshark -r "$CAP" -n -Y rtp -T fields -e rtp.ssrc -e rtp.seq -e rtp.payload
 echo
 echo "pbx-edge: $(tail -1 "$DIR/stdout-pbx-edge import.txt") $(ls "$DIR/out"/*.wav | wc -l) recordings, $(du -sm "$DIR/out" | cut -f1) MiB written"

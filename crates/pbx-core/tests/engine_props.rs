@@ -494,13 +494,14 @@ fn fate_strategy() -> impl Strategy<Value = Fate> {
 }
 
 proptest! {
-    // A fixed seed: CI must not depend on the draw. A draw with 0-200 ms
-    // jitter on every packet where the timeline made a quiet-place
-    // correction (so packets moved by a few samples) was found with a random
-    // seed (seed 0x5eed_0001 draws one; see the issue notes): open work.
+    // A fixed seed: CI must not depend on the draw. This seed draws a call
+    // of 4.8 s with 0-200 ms jitter whose lowest delays happened to tilt
+    // by 1000 ppm: it was once taken for a drift and resampled (fixed: the
+    // envelope's slope is as uncertain as the least of n delays spread over
+    // the jitter). Seeds 2, 4, 5, 6 and 0x1234_5678 pass too.
     #![proptest_config(ProptestConfig {
         cases: 96,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0003),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0001),
         ..ProptestConfig::default()
     })]
 

@@ -183,6 +183,8 @@ struct Bucket {
     idx: i64,
     u: i64,
     d: i64,
+    /// Packets that fell in the bucket (how many the minimum is the least of).
+    n: u32,
 }
 
 /// A line `d = d0 + slope·(u - u0)`.
@@ -284,9 +286,9 @@ impl Envelope {
         let mut refit = false;
         let mut changed = true;
         match self.buckets.back() {
-            None => self.buckets.push_back(Bucket { idx, u, d }),
+            None => self.buckets.push_back(Bucket { idx, u, d, n: 1 }),
             Some(last) if idx > last.idx => {
-                self.buckets.push_back(Bucket { idx, u, d });
+                self.buckets.push_back(Bucket { idx, u, d, n: 1 });
                 if self.buckets.len() > MAX_BUCKETS {
                     if let Some(old) = self.buckets.pop_front() {
                         self.cache_forget(old.idx);
@@ -296,6 +298,7 @@ impl Envelope {
             }
             Some(_) => {
                 if let Some(b) = self.buckets.iter_mut().rev().find(|b| b.idx == idx) {
+                    b.n = b.n.saturating_add(1);
                     if d < b.d {
                         b.u = u;
                         b.d = d;
@@ -304,14 +307,14 @@ impl Envelope {
                     }
                 } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
                     let at = self.buckets.partition_point(|b| b.idx < idx);
-                    self.buckets.insert(at, Bucket { idx, u, d });
+                    self.buckets.insert(at, Bucket { idx, u, d, n: 1 });
                 } else {
                     changed = false;
                 }
             }
         }
         if changed {
-            self.cache_offer(Bucket { idx, u, d });
+            self.cache_offer(Bucket { idx, u, d, n: 1 });
         }
         // A point under the fitted line is news now, not at the next bucket.
         if refit || self.line.is_some_and(|l| (d as f64) < l.at(u) - 0.5) {
@@ -354,7 +357,14 @@ impl Envelope {
             return;
         }
         let pin = (pin_gap(first) + pin_gap(second)) / 2.0;
-        let uncertainty = ((pin + 0.05 * ms) / du).max(C_MIN);
+        // However sharp the pins look, the least of n delays spread over J
+        // lies about J/(n+1) above the true floor, give or take as much:
+        // the two halves' lowest points are that uncertain (with heavy
+        // jitter and few packets, chance must not pass for a drift).
+        let packets = |h: &[Bucket]| h.iter().map(|b| f64::from(b.n)).sum::<f64>();
+        let floor = jitter_typ.max(self.jitter)
+            * (1.0 / (packets(first) + 1.0)).hypot(1.0 / (packets(second) + 1.0));
+        let uncertainty = ((pin.max(floor) + 0.05 * ms) / du).max(C_MIN);
         let u0 = p1.u;
         let d0 = all
             .iter()
