@@ -1233,7 +1233,13 @@ impl Tracker {
                     .min()
                     .unwrap_or(0)
                     .clamp(-hold_back, 0);
-                if !all && now_pos - hold_back < o + rate / 10 {
+                // Time zero is fixed once every leg's first audio is placed
+                // well (a jittery leg's first packets are late by chance:
+                // fixing it by them would shift the whole call), at the
+                // latest when the hold-back window would otherwise fill.
+                let settled = media.legs.iter().all(|l| l.timeline.start_settled());
+                let waited = now_pos - hold_back - o;
+                if !all && (waited < rate / 10 || (!settled && waited < 3 * rate)) {
                     return;
                 }
                 media.origin = Some(o);

@@ -794,6 +794,22 @@ impl LegTimeline {
         log.push_back(c);
     }
 
+    /// Whether the leg's first audio is placed well enough to fix time zero
+    /// by it: its envelope is the least of enough packets that the floor is
+    /// known within a millisecond (the least of n delays spread over J lies
+    /// about J/(n+1) above it), or spans [`FIT_SPAN_MS`]. A clean link
+    /// knows it after a few packets; 80 ms of jitter takes about 1.6 s.
+    pub fn start_settled(&self) -> bool {
+        let Some(seg) = self.segs.front() else {
+            return true;
+        };
+        let e = &seg.env;
+        let n = f64::from(e.residuals);
+        let spread = e.jitter.max(e.jitter_typ);
+        e.span() >= (FIT_SPAN_MS as f64 * self.ms) as i64
+            || (n >= 4.0 && spread / (n + 1.0) <= HYSTERESIS_MS * self.ms)
+    }
+
     /// Where rendering begins (frame 0 of the recording; before any render).
     pub fn set_start(&mut self, pos: i64) {
         if !self.any_started {
