@@ -95,9 +95,44 @@ fn rtp_header_fits(p: &[u8]) -> bool {
         let Some(ext) = p.get(end..end + 4) else {
             return false;
         };
-        end += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        let profile = u16::from_be_bytes([ext[0], ext[1]]);
+        let start = end + 4;
+        end = start + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        if p.len() < end || !extension_elements_fit(profile, p.get(start..end).unwrap_or(&[])) {
+            return false;
+        }
     }
     p.len() >= end
+}
+
+/// Whether the RFC 8285 elements of a one-byte (0xBEDE) or two-byte
+/// (0x1000) header extension each end inside it, as the SRTP library's
+/// header parser assumes (it panics past the end of the packet otherwise).
+fn extension_elements_fit(profile: u16, ext: &[u8]) -> bool {
+    let mut i = 0;
+    while i < ext.len() {
+        let b = ext[i];
+        if b == 0 {
+            i += 1;
+            continue;
+        }
+        match profile {
+            0xBEDE => {
+                if b >> 4 == 15 {
+                    return true;
+                }
+                i += 1 + usize::from(b & 0x0f) + 1;
+            }
+            0x1000 => {
+                let Some(&len) = ext.get(i + 1) else {
+                    return false;
+                };
+                i += 2 + usize::from(len);
+            }
+            _ => return true,
+        }
+    }
+    i <= ext.len()
 }
 
 #[cfg(test)]
@@ -143,8 +178,51 @@ mod tests {
                 assert_eq!(s.decrypt(found), None);
             }
         }
+        // The third one: an RFC 8285 element longer than what is left of
+        // the packet ("advance out of bounds: the len is 8 but advancing
+        // by 13").
+        let input = STANDARD.decode("CgwL+HQAAAD/gKMAOAAAADoAAAAAAP7/ALL/srIrMngBAAAAAAA7AAAAAAAAACgQAAAB+A0AADr4dAAAAP+AowA4AAAAOgAAAAAA/v8Asv+ysngAAAAAALJ4AQAAAAAA//+AowA4AAAAAAAAAAAAAAAA/v8Asv+ysisyeAEAAAAAADsAAAAAAAAAKBAAAAENAAA6AAAAAAAAsngBAAAAwwAAeHh4eHh4eHh4ADp4AAAAAACyeAEAAAAAAP+jCgr/CoAKCgoAAAAAAAAAAAD//4CjAGA2AAAAAAD//4CDADcAAAAIAADDowAgAAAAigqOAAAA/gt+Cgo=").unwrap();
+        let cut = input.iter().position(|b| *b == 0).unwrap();
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
+            let mut s = SrtpStream::new(suite, fuzz_key).unwrap();
+            for found in input[cut + 1..].split(|b| *b == 0xff) {
+                assert_eq!(s.decrypt(found), None);
+            }
+        }
         assert!(!rtp_header_fits(&[]));
         assert!(rtp_header_fits(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]));
+        // One-byte extension (one word) whose element claims 16 bytes.
+        let mut e = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 1];
+        e.extend_from_slice(&[0x1f, 1, 2, 3]);
+        assert!(!rtp_header_fits(&e));
+        e[16] = 0x12; // id 1, 3 bytes: fits
+        assert!(rtp_header_fits(&e));
+        // Two-byte extension whose length byte is missing or too large.
+        let mut t = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0, 0, 1];
+        t.extend_from_slice(&[0, 0, 0, 7]);
+        assert!(!rtp_header_fits(&t));
+        t[16..20].copy_from_slice(&[5, 2, 9, 9]); // id 5, 2 bytes: fits
+        assert!(rtp_header_fits(&t));
+        t[17] = 3; // 3 bytes: one past the end
+        assert!(!rtp_header_fits(&t));
+    }
+
+    /// A packet with a valid RFC 8285 one-byte header extension still
+    /// decrypts (the element check refuses only what runs past the end).
+    #[test]
+    fn header_extensions_that_fit_still_decrypt() {
+        let key = new_key();
+        let params = format!("inline:{key}");
+        let (k, s) = parse_key_params(&params).unwrap();
+        let mut enc =
+            Context::new(&k, &s, ProtectionProfile::Aes128CmHmacSha1_80, None, None).unwrap();
+        let mut dec = SrtpStream::new("AES_CM_128_HMAC_SHA1_80", &params).unwrap();
+        let mut rtp = vec![0x90, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0x12, 0x34];
+        // 0xBEDE, one word: element id 1 with 1 byte (audio level), padding.
+        rtp.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0x2a, 0, 0]);
+        rtp.extend_from_slice(&[0x55; 160]);
+        let cipher = enc.encrypt_rtp(&rtp).unwrap();
+        assert_eq!(dec.decrypt(&cipher).unwrap(), rtp);
     }
 
     #[test]
