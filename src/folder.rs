@@ -6,8 +6,9 @@
 //! optionally call details from a CDR store ([`crate::cdr`]: Asterisk's
 //! `Master.csv`, or FreePBX's `asteriskcdrdb.cdr` table in MariaDB/MySQL).
 //! Out: `<id>.wav` + `<id>.json` in the spool directory (CONTRACT §3, `"source":
-//! "folder"`), written like every other recording: WAV renamed first, JSON
-//! temp+fsync+rename last, directory fsynced, mode 0600.
+//! "folder"`), written by the recording module like every other recording
+//! ([`crate::recording::write_whole`]: WAV renamed first, JSON
+//! temp+fsync+rename last, directory fsynced, mode 0600).
 //!
 //! Promises:
 //! - The PBX's files are only read. With `after_delivery = "move" | "delete"`
@@ -87,7 +88,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,10 +99,11 @@ use std::time::{Duration, Instant};
 
 use pbx_core::audio::gsm;
 use pbx_core::audio::resample::Resampler;
-use pbx_core::audio::wav::{parse_wav_header, WavWriter};
+use pbx_core::audio::wav::parse_wav_header;
 use pbx_core::call::meta::recording_id;
 use pbx_core::Timestamp;
-use serde_json::{json, Value};
+#[cfg(test)]
+use serde_json::Value;
 
 pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower};
 use crate::cdr::csv::{CsvColumns, CsvStore};
@@ -110,7 +112,9 @@ use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
 pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
-use crate::recording::{create_private_dir, create_private_file, hash_file, sync_dir, SCHEMA};
+use crate::recording::{
+    create_private_dir, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
+};
 use crate::status::SharedStatus;
 
 /// Errors of the folder source.
@@ -1216,108 +1220,60 @@ pub fn convert(
     let direction = settings.direction.classify(cdr, file_direction);
     let id = recording_id(&call_id, started_at);
 
-    // Audio: WAV renamed first.
-    create_private_dir(out_dir).map_err(|source| FolderError::Write {
-        id: id.clone(),
-        source,
-    })?;
-    let werr = |source: io::Error| FolderError::Write {
-        id: id.clone(),
-        source,
+    let doc = RecordingDoc {
+        schema: SCHEMA,
+        recording_id: id.clone(),
+        agent_id: agent_id.to_string(),
+        source: "folder".into(),
+        call_id: Some(call_id),
+        from: Some(DocParty {
+            number: from_number,
+            name: from_name,
+            uri: None,
+        }),
+        to: Some(DocParty {
+            number: to_number,
+            name: None,
+            uri: None,
+        }),
+        direction: direction.to_string(),
+        started_at: Some(started_at),
+        answered_at,
+        ended_at: Some(ended_at),
+        duration_ms,
+        // Filled in by `write_whole` from the WAV it writes.
+        audio: DocAudio::wav(rate, 0, String::new()),
+        channels: DocChannels::summary(codecs),
+        dtmf: Vec::new(),
+        truncated: false,
+        warnings: warnings.clone(),
+        call: None,
+        folder: Some(FolderFields {
+            mixed_mono,
+            disposition: cdr.map(|c| c.disposition.clone()),
+            did: cdr.map(|c| c.did.clone()).filter(|d| !d.is_empty()),
+            cdr: cdr.is_some(),
+            pbx_type: name.as_ref().map(|n| n.kind.clone()),
+            source_files: sources,
+        }),
     };
-    // Not `.wav.part`: `recording::recover` would turn a half-converted file
-    // into a crash recording; this one is simply converted again.
-    let part = out_dir.join(format!(".{id}{FOLDER_TMP}"));
-    let wav_path = out_dir.join(format!("{id}.wav"));
-    let json_path = out_dir.join(format!("{id}.json"));
-    let result = (|| -> io::Result<(u64, String)> {
-        let f = create_private_file(&part)?;
-        let mut w = WavWriter::new(BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
-        let mut buf = Vec::with_capacity(8192);
-        let mut i = 0;
-        while i < frames {
-            buf.clear();
-            let end = (i + 4096).min(frames);
-            for k in i..end {
-                buf.push(left.get(k).copied().unwrap_or(0));
-                buf.push(right.get(k).copied().unwrap_or(0));
-            }
-            w.write_samples(&buf)?;
-            i = end;
-        }
-        let mut bw = w.finalize()?;
-        bw.flush()?;
-        let file = bw.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        let h = hash_file(&part)?;
-        fs::rename(&part, &wav_path)?;
-        Ok(h)
-    })();
-    let (bytes, sha) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = fs::remove_file(&part);
-            return Err(werr(e));
-        }
-    };
-    let channels = json!([
-        {"index": 0, "party": "caller", "codec": codecs[0], "packets": 0, "lost": 0},
-        {"index": 1, "party": "callee", "codec": codecs[1], "packets": 0, "lost": 0},
-    ]);
-    let doc: Value = json!({
-        "schema": SCHEMA,
-        "recording_id": id,
-        "agent_id": agent_id,
-        "source": "folder",
-        "call_id": call_id,
-        "from": {"number": from_number, "name": from_name},
-        "to": {"number": to_number, "name": Value::Null},
-        "direction": direction,
-        "started_at": started_at.to_rfc3339(),
-        "answered_at": answered_at.map(|t| t.to_rfc3339()),
-        "ended_at": ended_at.to_rfc3339(),
-        "duration_ms": duration_ms,
-        "audio": {"format": "wav", "sample_rate": rate, "channels": 2,
-                  "bytes": bytes, "sha256": sha},
-        "channels": channels,
-        "dtmf": [],
-        "mixed_mono": mixed_mono,
-        "disposition": cdr.map(|c| c.disposition.clone()),
-        "did": cdr.map(|c| c.did.clone()).filter(|d| !d.is_empty()),
-        "cdr": cdr.is_some(),
-        "pbx_type": name.as_ref().map(|n| n.kind.clone()),
-        "source_files": sources,
-        "truncated": false,
-        "warnings": warnings,
-    });
-    let tmp = out_dir.join(format!(".{id}.json.tmp"));
-    let jres = (|| -> io::Result<()> {
-        let mut f = create_private_file(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, &doc)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, &json_path)?;
-        sync_dir(out_dir)
-    })();
-    if let Err(e) = jres {
-        let _ = fs::remove_file(&tmp);
-        let _ = fs::remove_file(&wav_path);
-        return Err(werr(e));
-    }
+    let (written, bytes) = crate::recording::write_whole(out_dir, rate, &left, &right, doc)
+        .map_err(|source| FolderError::Write {
+            id: id.clone(),
+            source,
+        })?;
     Ok(Converted {
         id,
-        wav: wav_path,
-        json: json_path,
+        wav: written.wav,
+        json: written.json,
         bytes,
-        duration_ms,
+        duration_ms: written.duration_ms,
         warnings,
     })
 }
 
 /// Suffix of a WAV being converted in the spool (removed at start if left).
-pub const FOLDER_TMP: &str = ".wav.folder-tmp";
+pub use crate::recording::WHOLE_TMP as FOLDER_TMP;
 
 /// A PBX file's path as stored in the spool's delivery watch (a JSON
 /// string): as it is when it is UTF-8, else `hex:` and the hex of its bytes

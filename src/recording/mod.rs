@@ -1,6 +1,10 @@
 //! Recording files: the engine's calls become `<id>.wav` + `<id>.json` in a directory.
 //!
-//! In: `begin` / `audio` / `end` calls from the engine ([`RecordingSink`]).
+//! The only writer of recording pairs: every source's `<id>.json` is a typed
+//! [`RecordingDoc`] written by one function (temp file, fsync, rename).
+//!
+//! In: `begin` / `audio` / `end` calls from the engine ([`RecordingSink`]);
+//! whole recordings converted from a PBX's files ([`write_whole`]).
 //! Out: a recording pair per call (CONTRACT §3), files of mode 0600.
 //!
 //! Promises:
@@ -28,6 +32,9 @@
 //!   complete pair; the presence of `<id>.json` means `<id>.wav` is complete.
 //!   [`RecordingDir::take_closed`] names the calls whose pair is durable (the
 //!   SIPREC source answers a BYE only then).
+//! - A folder conversion ([`write_whole`]) is written the same way, its WAV
+//!   under [`WHOLE_TMP`] until renamed; it is excluded from crash
+//!   completion on purpose (see [`WHOLE_TMP`]): it is converted again.
 //! - A write error (disk full) does not stop other calls: the broken recording is
 //!   removed, counted and reported.
 
@@ -46,8 +53,10 @@ use pbx_core::time::Timestamp;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// The recording JSON schema version (CONTRACT §3).
-pub const SCHEMA: &str = "pbx-edge.recording/1";
+pub mod doc;
+pub use doc::{
+    CallFields, ChannelSummary, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
+};
 
 /// What every recording of one run shares.
 #[derive(Debug, Clone)]
@@ -295,8 +304,14 @@ impl RecordingDir {
         let wav_path = rec.dir.join(format!("{}.wav", rec.id));
         let json_path = rec.dir.join(format!("{}.json", rec.id));
         fs::rename(&rec.part, &wav_path)?;
-        let doc = recording_json(meta, &rec.id, &rec.ctx, bytes, &sha);
-        write_json(&rec.dir, &rec.id, &doc)?;
+        let doc = RecordingDoc::of_call(
+            meta,
+            &rec.id,
+            &rec.ctx.agent_id,
+            rec.ctx.source,
+            DocAudio::wav(meta.sample_rate, bytes, sha),
+        );
+        write_json(&rec.dir, &doc)?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
@@ -630,56 +645,99 @@ pub fn fs_syncs() -> u64 {
     SYNCER.get().map_or(0, |s| s.syncs.load(Ordering::Relaxed))
 }
 
-/// The recording JSON of CONTRACT §3, plus pbx-edge's own fields.
-pub fn recording_json(
-    meta: &CallMeta,
-    id: &str,
-    ctx: &RecordingContext,
-    audio_bytes: u64,
-    sha256: &str,
-) -> Value {
-    json!({
-        "schema": SCHEMA,
-        "recording_id": id,
-        "agent_id": ctx.agent_id,
-        "source": ctx.source,
-        "call_id": meta.call_id,
-        "recorded_call_id": meta.recorded_call_id,
-        "from": {"number": meta.from.number, "name": meta.from.name, "uri": meta.from.uri},
-        "to": {"number": meta.to.number, "name": meta.to.name, "uri": meta.to.uri},
-        "direction": "unknown",
-        "started_at": meta.started_at.to_rfc3339(),
-        "answered_at": meta.answered_at.map(|t| t.to_rfc3339()),
-        "ended_at": meta.ended_at.to_rfc3339(),
-        "media_started_at": meta.media_started_at.to_rfc3339(),
-        "duration_ms": meta.duration_ms(),
-        "audio": {
-            "format": "wav",
-            "sample_rate": meta.sample_rate,
-            "channels": 2,
-            "bytes": audio_bytes,
-            "sha256": sha256,
-        },
-        "channels": meta.channels,
-        "dtmf": meta.dtmf,
-        "end_reason": meta.end_reason,
-        "truncated": meta.end_reason.is_cut(),
-        "caller_known": meta.caller_known,
-        "warnings": meta.warnings,
-    })
-}
-
-/// `<id>.json` in `dir`, durably and atomically: a temp file, fsynced, then
-/// renamed (the caller fsyncs the directory).
-fn write_json(dir: &Path, id: &str, doc: &Value) -> io::Result<()> {
+/// The only writer of `<id>.json` files.
+fn write_json(dir: &Path, doc: &RecordingDoc) -> io::Result<()> {
+    let id = &doc.recording_id;
     let tmp = dir.join(format!(".{id}.json.tmp"));
-    {
+    let written = (|| {
         let mut f = create_private_file(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, doc)?;
+        serde_json::to_writer_pretty(&mut f, &doc.to_value())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join(format!("{id}.json")))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, dir.join(format!("{id}.json")))
+    written
+}
+
+/// Suffix of the WAV of a recording being written whole by
+/// [`write_whole`] (a folder conversion). Not `.wav.part`: [`recover`]
+/// completes a `.part` as a crash recording, while a conversion cut off is
+/// simply converted again from the PBX's files, which were not marked seen.
+/// Not `.wav.tmp` either: the folder source removes these at its own start,
+/// which a reload can bring while other sources write `.wav.tmp` files.
+pub const WHOLE_TMP: &str = ".wav.folder-tmp";
+
+/// Writes a recording whose audio is all known at once (a folder
+/// conversion) as a pair, the same way the engine's recordings end: the
+/// WAV (`left` on channel 0, `right` on channel 1, the shorter padded with
+/// silence) in a temp file, fsynced, hashed, renamed; then `doc`, its
+/// `audio` and `duration_ms` filled in from what was written, by the one
+/// JSON writer; then the directory fsynced. On an error nothing is left
+/// (neither temp file nor WAV). Returns the pair and the WAV's size.
+pub fn write_whole(
+    dir: &Path,
+    rate: u32,
+    left: &[i16],
+    right: &[i16],
+    mut doc: RecordingDoc,
+) -> io::Result<(WrittenRecording, u64)> {
+    create_private_dir(dir)?;
+    let id = doc.recording_id.clone();
+    let frames = left.len().max(right.len());
+    let part = dir.join(format!(".{id}{WHOLE_TMP}"));
+    let wav_path = dir.join(format!("{id}.wav"));
+    let json_path = dir.join(format!("{id}.json"));
+    let wav = (|| -> io::Result<(u64, String)> {
+        let f = create_private_file(&part)?;
+        let mut w = WavWriter::new(io::BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
+        let mut buf = Vec::with_capacity(8192);
+        let mut i = 0;
+        while i < frames {
+            buf.clear();
+            let end = (i + 4096).min(frames);
+            for k in i..end {
+                buf.push(left.get(k).copied().unwrap_or(0));
+                buf.push(right.get(k).copied().unwrap_or(0));
+            }
+            w.write_samples(&buf)?;
+            i = end;
+        }
+        let mut bw = w.finalize()?;
+        bw.flush()?;
+        let file = bw.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let h = hash_file(&part)?;
+        fs::rename(&part, &wav_path)?;
+        Ok(h)
+    })();
+    let (bytes, sha) = match wav {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    doc.audio = DocAudio::wav(rate, bytes, sha);
+    doc.duration_ms = (frames as u64 * 1000 / u64::from(rate.max(1))) as i64;
+    if let Err(e) = write_json(dir, &doc).and_then(|()| sync_dir(dir)) {
+        let _ = fs::remove_file(&wav_path);
+        return Err(e);
+    }
+    let duration_ms = doc.duration_ms;
+    Ok((
+        WrittenRecording {
+            id,
+            wav: wav_path,
+            json: json_path,
+            duration_ms,
+        },
+        bytes,
+    ))
 }
 
 /// Length and hex SHA-256 of a file.
@@ -929,34 +987,37 @@ fn complete_json(
             let m = fs::metadata(&wav_path).and_then(|m| m.modified()).ok()?;
             let us = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
             Some(Timestamp::from_micros(i64::try_from(us).ok()?))
-        })
-        .map(Timestamp::to_rfc3339);
-    let text =
-        |k: &str, default: &str| -> Value { sj[k].as_str().unwrap_or(default).to_string().into() };
-    let channel = |index: usize, party: &str| json!({"index": index, "party": party, "codec": "", "packets": 0, "lost": 0});
-    let doc = json!({
-        "schema": SCHEMA,
-        "recording_id": id,
-        "agent_id": text("agent_id", &ctx.agent_id),
-        "source": text("source", ctx.source),
-        "call_id": sj["call_id"],
-        "recorded_call_id": sj["recorded_call_id"],
-        "from": sj["from"],
-        "to": sj["to"],
-        "direction": "unknown",
-        "started_at": sj["started_at"],
-        "answered_at": sj["answered_at"],
-        "ended_at": ended_at,
-        "media_started_at": sj["media_started_at"],
-        "duration_ms": duration_ms,
-        "audio": {"format": "wav", "sample_rate": rate, "channels": 2, "bytes": bytes, "sha256": sha},
-        "channels": [channel(0, "caller"), channel(1, "callee")],
-        "dtmf": [],
-        "end_reason": reason,
-        "truncated": truncated,
-        "warnings": [warning],
-    });
-    write_json(dir, id, &doc)?;
+        });
+    let text = |k: &str, default: &str| sj[k].as_str().unwrap_or(default).to_string();
+    let string = |k: &str| sj[k].as_str().map(str::to_string);
+    let party = |k: &str| serde_json::from_value::<DocParty>(sj[k].clone()).ok();
+    let doc = RecordingDoc {
+        schema: SCHEMA,
+        recording_id: id.to_string(),
+        agent_id: text("agent_id", &ctx.agent_id),
+        source: text("source", ctx.source),
+        call_id: string("call_id"),
+        from: party("from"),
+        to: party("to"),
+        direction: "unknown".into(),
+        started_at: time("started_at"),
+        answered_at: time("answered_at"),
+        ended_at,
+        duration_ms,
+        audio: DocAudio::wav(rate, bytes, sha),
+        channels: DocChannels::summary(["", ""]),
+        dtmf: Vec::new(),
+        truncated,
+        warnings: vec![warning.to_string()],
+        call: Some(CallFields {
+            recorded_call_id: string("recorded_call_id"),
+            media_started_at: time("media_started_at"),
+            end_reason: reason.to_string(),
+            caller_known: None,
+        }),
+        folder: None,
+    };
+    write_json(dir, &doc)?;
     let _ = fs::remove_file(sidecar);
     sync_dir(dir)
 }
@@ -1325,6 +1386,47 @@ mod tests {
     }
 
     /// The sync thread syncs a directory written to within a few intervals.
+    #[test]
+    fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut doc = RecordingDoc::of_call(
+            &meta_r4(),
+            "w1",
+            "edge",
+            "folder",
+            DocAudio::wav(8000, 0, String::new()),
+        );
+        doc.call = None;
+        let left = vec![100i16; 8000];
+        let right = vec![-100i16; 4000];
+        let (w, bytes) = write_whole(d.path(), 8000, &left, &right, doc).unwrap();
+        assert_eq!(w.duration_ms, 1000);
+        assert_eq!(bytes, 44 + 8000 * 4);
+        let (len, sha) = hash_file(&w.wav).unwrap();
+        let j = json_of(d.path(), "w1");
+        assert_eq!(j["audio"]["bytes"], len);
+        assert_eq!(j["audio"]["sha256"], sha);
+        assert_eq!(j["duration_ms"], 1000);
+        assert!(j.get("end_reason").is_none(), "{j}");
+        assert!(
+            hidden_files(d.path()).is_empty(),
+            "{:?}",
+            hidden_files(d.path())
+        );
+        // A directory that cannot be written leaves nothing behind.
+        let blocked = d.path().join("blocked");
+        fs::write(&blocked, b"a file").unwrap();
+        let doc = RecordingDoc::of_call(
+            &meta_r4(),
+            "w2",
+            "edge",
+            "folder",
+            DocAudio::wav(8000, 0, String::new()),
+        );
+        assert!(write_whole(&blocked, 8000, &left, &right, doc).is_err());
+        assert!(!d.path().join("w2.wav").exists());
+    }
+
     #[test]
     fn written_directories_are_synced_in_the_background() {
         let d = tempfile::tempdir().unwrap();
