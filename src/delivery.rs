@@ -39,7 +39,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,8 +72,6 @@ pub enum DeliveryError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bad upload window {0:?}: expected \"HH:MM-HH:MM\" (local time)")]
-    BadWindow(String),
     #[error("spool worker thread: {0}")]
     Worker(String),
 }
@@ -178,44 +175,7 @@ impl Filters {
     }
 }
 
-/// A daily window (local time) in which uploads may start, `HH:MM-HH:MM`;
-/// it may wrap midnight (`22:00-06:00`); equal ends mean all day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UploadWindow {
-    /// Minutes after local midnight.
-    pub start: u16,
-    pub end: u16,
-}
-
-impl FromStr for UploadWindow {
-    type Err = DeliveryError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || DeliveryError::BadWindow(s.to_string());
-        let hm = |x: &str| -> Option<u16> {
-            let (h, m) = x.trim().split_once(':')?;
-            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-            (h < 24 && m < 60 || h == 24 && m == 0).then_some(h * 60 + m)
-        };
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        Ok(UploadWindow {
-            start: hm(a).ok_or_else(bad)?,
-            end: hm(b).ok_or_else(bad)?,
-        })
-    }
-}
-
-impl UploadWindow {
-    /// Whether `minute` (after local midnight) is inside.
-    pub fn contains(&self, minute: u16) -> bool {
-        let (s, e) = (self.start % 1440, self.end % 1440);
-        match s.cmp(&e) {
-            std::cmp::Ordering::Equal => true,
-            std::cmp::Ordering::Less => (s..e).contains(&minute),
-            std::cmp::Ordering::Greater => minute >= s || minute < e,
-        }
-    }
-}
+pub use crate::config::UploadWindow;
 
 /// Minutes since local midnight (the system time zone).
 pub fn local_minute_of_day(t: SystemTime) -> u16 {
@@ -303,7 +263,7 @@ impl DeliverySettings {
             cloud,
             max_parallel: c.max_parallel.max(1),
             bandwidth_limit: c.bandwidth_limit,
-            upload_window: c.upload_window.parse().ok(),
+            upload_window: c.upload_window,
             filters: Filters {
                 min_duration: cfg.filter.min_duration,
                 include_numbers: cfg.filter.include_numbers.clone(),
@@ -507,7 +467,7 @@ pub fn start_with(
     status: SharedStatus,
 ) -> Result<DeliveryHandle, DeliveryError> {
     let dir = settings.spool_dir.clone();
-    crate::recording::create_private_dir(&dir).map_err(|source| DeliveryError::Lock {
+    crate::sys::create_private_dir(&dir).map_err(|source| DeliveryError::Lock {
         path: dir.clone(),
         source,
     })?;
@@ -797,7 +757,7 @@ fn ensure_open(shared: &Shared, guard: &mut Option<Spool>) -> Result<(), SpoolEr
         tracing::warn!("{line}");
         if let Ok(mut rp) = shared.repairs.lock() {
             rp.0 += 1;
-            rp.1 = Some(format!("{}: {line}", crate::sniff::now().to_rfc3339()));
+            rp.1 = Some(format!("{}: {line}", crate::sys::now().to_rfc3339()));
         }
     }
     *guard = Some(sp);

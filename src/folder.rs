@@ -298,11 +298,7 @@ impl FolderSettings {
         }
         Ok(FolderSettings {
             timezone: f.utc_offset.map_or(PbxTimeZone::Local, PbxTimeZone::Fixed),
-            csv_columns: if f.cdr_csv_columns.is_empty() {
-                CsvColumns::default()
-            } else {
-                CsvColumns::new(&f.cdr_csv_columns)?
-            },
+            csv_columns: f.cdr_csv_columns.clone(),
             direction: DirectionRules {
                 inbound_contexts: f.inbound_contexts.clone(),
                 outbound_contexts: f.outbound_contexts.clone(),
@@ -388,44 +384,18 @@ pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
     })
 }
 
-fn digits(s: &str) -> Option<i64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
+use crate::cdr::digits;
 
 /// Latest start time a file name or the CDR may give (9999-12-31T23:59:59Z):
 /// later ones are not dates, and would overflow the arithmetic after.
 const LAST_SECOND: i64 = 253_402_300_799;
-
-fn civil(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<Timestamp> {
-    if !(0..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || s > 60
-    {
-        return None;
-    }
-    // days_from_civil (H. Hinnant)
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(Timestamp::from_secs(days * 86_400 + h * 3600 + mi * 60 + s))
-}
 
 /// `YYYYMMDD`, `HHMMSS` → timestamp (as UTC).
 pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
     if date.len() != 8 || time.len() != 6 {
         return None;
     }
-    civil(
+    Timestamp::from_civil(
         digits(date.get(0..4)?)?,
         digits(date.get(4..6)?)?,
         digits(date.get(6..8)?)?,
@@ -435,20 +405,7 @@ pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
     )
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (Asterisk CDR) → timestamp (as UTC); empty → `None`.
-pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
-    let s = s.trim();
-    let (d, t) = s.split_once(' ')?;
-    let mut dp = d.split('-');
-    let mut tp = t.split(':');
-    let y = digits(dp.next()?)?;
-    let mo = digits(dp.next()?)?;
-    let da = digits(dp.next()?)?;
-    let h = digits(tp.next()?)?;
-    let mi = digits(tp.next()?)?;
-    let sec = digits(tp.next()?.split('.').next()?)?;
-    civil(y, mo, da, h, mi, sec)
-}
+pub use crate::cdr::parse_cdr_datetime;
 
 /// FreePBX recording type → CONTRACT direction.
 pub fn direction_of(kind: &str) -> &'static str {

@@ -227,24 +227,7 @@ impl MediaPort {
     }
 }
 
-/// `setsockopt` of an int-valued option.
-pub fn set_int_option(fd: RawFd, level: i32, name: i32, v: libc::c_int) -> io::Result<()> {
-    // SAFETY: a c_int option value of the right size for these options.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+pub use crate::sys::sockets::set_int_option;
 
 enum Command {
     Add(MediaPort),
@@ -499,36 +482,8 @@ impl RecvBuffers {
     /// The kernel timestamp and overflow counter of datagram `i`.
     fn control(&self, i: usize) -> (Option<Timestamp>, Option<u32>) {
         // SAFETY: the header was filled by the last recvmmsg.
-        unsafe { control_values(&self.headers[i].msg_hdr) }
+        unsafe { crate::sys::sockets::control_values(&self.headers[i].msg_hdr) }
     }
-}
-
-/// The receive timestamp (`SCM_TIMESTAMPNS`) and the socket's overflow
-/// counter (`SO_RXQ_OVFL`) in the control messages of a received `msghdr`.
-///
-/// # Safety
-/// `h` must be a header the kernel just filled by `recvmsg`/`recvmmsg`, its
-/// control buffer still alive.
-pub unsafe fn control_values(h: &libc::msghdr) -> (Option<Timestamp>, Option<u32>) {
-    let (mut ts, mut ovfl) = (None, None);
-    // SAFETY: the CMSG macros walk the control buffer the kernel filled,
-    // bounded by msg_controllen; data is read unaligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(h);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let t: libc::timespec = std::ptr::read_unaligned(data.cast());
-                ts = Some(Timestamp::from_micros(
-                    t.tv_sec * 1_000_000 + t.tv_nsec / 1000,
-                ));
-            } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
-                ovfl = Some(std::ptr::read_unaligned(data.cast::<u32>()));
-            }
-            c = libc::CMSG_NXTHDR(h, c);
-        }
-    }
-    (ts, ovfl)
 }
 
 fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -817,7 +772,7 @@ impl Reader {
                 let Some(src) = self.bufs.source(i) else {
                     continue;
                 };
-                let ts = ts.unwrap_or_else(crate::sniff::now);
+                let ts = ts.unwrap_or_else(crate::sys::now);
                 let pkt = self.bufs.bytes(i);
                 let mut admit = |ts: Timestamp, src: SocketAddr, b: &[u8]| {
                     batch.push(ts, src, local, b);
@@ -902,7 +857,7 @@ mod tests {
         ctl.add(a);
         ctl.add(b);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = crate::sniff::now();
+        let before = crate::sys::now();
         // Wait until both ports are watched: a probe on each comes back.
         sender.send_to(b"probe-a", la).unwrap();
         sender.send_to(b"probe-b", lb).unwrap();
@@ -912,7 +867,7 @@ mod tests {
             sender.send_to(&i.to_be_bytes(), to).unwrap();
         }
         let got = collect(&rx, &recycler, 200);
-        let after = crate::sniff::now();
+        let after = crate::sys::now();
         for port in [la, lb] {
             let seq: Vec<u32> = got
                 .iter()

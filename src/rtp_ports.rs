@@ -258,7 +258,7 @@ impl PortPool {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         {
-            let mut f = crate::recording::create_private_file(&tmp)?;
+            let mut f = crate::sys::create_private_file(&tmp)?;
             f.write_all(text.as_bytes())?;
         }
         self.append = None;

@@ -77,8 +77,8 @@ use crate::rtp_ports::RtpPorts;
 use crate::sip_guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
 };
-use crate::sniff::now;
 use crate::status::SharedStatus;
+use crate::sys::now;
 
 /// What the engine thread is fed: SIP messages (as received and as sent) from
 /// the SIP task, RTP in batches from the media thread. Both go through one
@@ -235,11 +235,11 @@ impl SiprecHandle {
     /// Re-read the TLS certificate, key and client CA files (SIGHUP): new
     /// connections use them, established ones keep theirs. On an error the
     /// running settings stay. `Ok(false)`: TLS is not on.
-    pub fn reload_tls(&self, cfg: &SiprecConfig) -> Result<bool, crate::sip_tls::TlsError> {
+    pub fn reload_tls(&self, cfg: &SiprecConfig) -> Result<bool, crate::sys::tls::TlsError> {
         let (Some(shared), Some(cert), Some(key)) = (&self.tls, &cfg.tls_cert, &cfg.tls_key) else {
             return Ok(false);
         };
-        let new = crate::sip_tls::server_config(cert, key, cfg.tls_client_ca.as_deref())?;
+        let new = crate::sys::tls::server_config(cert, key, cfg.tls_client_ca.as_deref())?;
         if let Ok(mut w) = shared.write() {
             *w = new;
         }
@@ -279,7 +279,7 @@ pub async fn start(
     // kernel caps this at net.core.rmem_max.
     {
         use std::os::fd::AsRawFd;
-        let _ = crate::media::set_int_option(
+        let _ = crate::sys::sockets::set_int_option(
             udp.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
@@ -289,7 +289,7 @@ pub async fn start(
     let tcp = TcpListener::bind(cfg.listen).await?;
     let tls = match (cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
         (Some(addr), Some(cert), Some(key)) => {
-            let sc = crate::sip_tls::server_config(cert, key, cfg.tls_client_ca.as_deref())
+            let sc = crate::sys::tls::server_config(cert, key, cfg.tls_client_ca.as_deref())
                 .map_err(|e| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                 })?;

@@ -98,14 +98,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::cli::SpoolCommand;
-use crate::config::Config;
-use crate::recording::{create_private_file, sync_dir};
+use crate::sys::{create_private_file, free_bytes, sync_dir};
 
 /// The database file inside the spool directory.
 pub const DB_FILE: &str = "spool.db";
@@ -331,13 +328,7 @@ pub struct ScanReport {
     pub incomplete: u64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::sys::now_ms;
 
 fn to_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -1356,18 +1347,6 @@ fn give_to_dir_owner(dir: &Path, db: &Path) {
     }
 }
 
-/// Free bytes for unprivileged users on the file system holding `dir`.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct; c is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 /// Human age: `42s`, `5m03s`, `2h10m`, `3d04h`.
 pub fn human_age(ms: i64) -> String {
     let s = (ms / 1000).max(0);
@@ -1453,111 +1432,6 @@ pub fn render_list(entries: &[Entry], now: i64) -> String {
         );
     }
     o
-}
-
-/// `pbx-edge spool list|retry|purge`: works while the daemon runs (both use
-/// the database; SQLite serialises the writers).
-pub fn cli(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
-    use anyhow::Context as _;
-    let config = match &cmd {
-        SpoolCommand::List(c) => c.config.config.clone(),
-        SpoolCommand::Retry { config, .. } | SpoolCommand::Purge { config, .. } => {
-            config.config.clone()
-        }
-    };
-    let cfg = match Config::load(config.as_deref()) {
-        Ok(c) => c,
-        Err(errs) => {
-            eprintln!("{errs}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let dir = &cfg.spool.dir;
-    if !dir.is_dir() {
-        eprintln!(
-            "pbx-edge spool: the spool directory {} does not exist (spool.dir)",
-            dir.display()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    let mut spool = match Spool::open(dir).and_then(|s| s.check_integrity().map(|()| s)) {
-        Ok(s) => s,
-        Err(e) if e.is_corrupt() => {
-            // Repaired here only while no daemon delivers from this spool
-            // (it repairs its own, and two repairs must not cross).
-            match crate::delivery::take_lock(dir) {
-                Ok(lock) => {
-                    let r = Spool::open_repairing(dir);
-                    drop(lock);
-                    let (s, repair) = r.context("cannot repair the spool database")?;
-                    if let Some(r) = repair {
-                        eprintln!("pbx-edge spool: {r}");
-                    }
-                    s
-                }
-                Err(crate::delivery::DeliveryError::Locked(_)) => {
-                    eprintln!(
-                        "pbx-edge spool: {e}; the running daemon moves it aside and rebuilds it from the recordings on disk: try again in a few seconds"
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                Err(le) => return Err(le.into()),
-            }
-        }
-        Err(e) => return Err(e).context("cannot open the spool"),
-    };
-    let now = now_ms();
-    match cmd {
-        SpoolCommand::List(args) => {
-            // Pairs the daemon has not adopted yet (or no daemon runs) show too.
-            spool.scan(now)?;
-            let entries = spool.list()?;
-            if args.json {
-                println!("{}", list_json(&entries, now));
-                return Ok(ExitCode::SUCCESS);
-            }
-            print!("{}", render_list(&entries, now));
-            let depth = spool.depth_by_state()?;
-            let summary: Vec<String> = depth
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(s, n)| format!("{n} {}", s.as_str()))
-                .collect();
-            println!(
-                "{} recordings{}{}",
-                entries.len(),
-                if summary.is_empty() { "" } else { ": " },
-                summary.join(", ")
-            );
-        }
-        SpoolCommand::Retry { id, all_failed, .. } => match (id, all_failed) {
-            (None, true) => {
-                let n = spool.retry_all_failed(now)?;
-                println!("{n} failed recordings queued again");
-            }
-            (Some(id), false) => match spool.retry(&id, now) {
-                Ok(()) => println!("{id}: queued for the next attempt"),
-                Err(e @ SpoolError::NotFound(_)) => {
-                    eprintln!("pbx-edge spool retry: {e}");
-                    return Ok(ExitCode::from(1));
-                }
-                Err(e) => return Err(e.into()),
-            },
-            _ => {
-                eprintln!("pbx-edge spool retry: give a recording ID or --all-failed (not both)");
-                return Ok(ExitCode::from(2));
-            }
-        },
-        SpoolCommand::Purge { id, .. } => match spool.purge(&id) {
-            Ok(()) => println!("{id}: removed from the spool"),
-            Err(e @ (SpoolError::NotFound(_) | SpoolError::BadId(_))) => {
-                eprintln!("pbx-edge spool purge: {e}");
-                return Ok(ExitCode::from(1));
-            }
-            Err(e) => return Err(e.into()),
-        },
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

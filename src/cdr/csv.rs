@@ -18,92 +18,7 @@ use pbx_core::Timestamp;
 
 use super::{best_row, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
 
-/// Column names understood in `cdr_csv_columns` besides [`DEFAULT_COLUMNS`]
-/// (`""` or `"-"` skips a column): fields a `cdr_custom.conf` template
-/// commonly adds.
-pub const EXTRA_COLUMNS: &[&str] = &["did", "cnum", "cnam", "outbound_cnum", "recordingfile"];
-
-/// Asterisk's default Master.csv columns (cdr_csv.conf without options:
-/// the first 18), followed by the three `newcdrcolumns = yes` adds.
-pub const DEFAULT_COLUMNS: &[&str] = &[
-    "accountcode",
-    "src",
-    "dst",
-    "dcontext",
-    "clid",
-    "channel",
-    "dstchannel",
-    "lastapp",
-    "lastdata",
-    "start",
-    "answer",
-    "end",
-    "duration",
-    "billsec",
-    "disposition",
-    "amaflags",
-    "uniqueid",
-    "userfield",
-    // cdr_csv.c with newcdrcolumns = yes appends these three, in this order.
-    "peeraccount",
-    "linkedid",
-    "sequence",
-];
-
-/// Where each field is in a Master.csv line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsvColumns {
-    idx: HashMap<String, usize>,
-}
-
-impl Default for CsvColumns {
-    fn default() -> Self {
-        CsvColumns::new(DEFAULT_COLUMNS).unwrap_or(CsvColumns {
-            idx: HashMap::new(),
-        })
-    }
-}
-
-impl CsvColumns {
-    /// From column names in file order. Errors name the first problem: an
-    /// unknown name, a repeated one, or no `uniqueid`.
-    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
-        let mut idx = HashMap::new();
-        for (i, n) in names.iter().enumerate() {
-            let n = n.as_ref();
-            if n.is_empty() || n == "-" {
-                continue;
-            }
-            let n = if n == "calldate" { "start" } else { n };
-            if !DEFAULT_COLUMNS.contains(&n) && !EXTRA_COLUMNS.contains(&n) {
-                return Err(format!(
-                    "`{n}` is not a CDR column ({}, or \"-\" to skip one)",
-                    DEFAULT_COLUMNS
-                        .iter()
-                        .chain(EXTRA_COLUMNS)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            if idx.insert(n.to_string(), i).is_some() {
-                return Err(format!("`{n}` is listed twice"));
-            }
-        }
-        if !idx.contains_key("uniqueid") {
-            return Err("must contain `uniqueid` (recordings are matched by it)".into());
-        }
-        Ok(CsvColumns { idx })
-    }
-
-    fn get(&self, f: &[String], name: &str) -> String {
-        self.idx
-            .get(name)
-            .and_then(|&i| f.get(i))
-            .cloned()
-            .unwrap_or_default()
-    }
-}
+pub use crate::config::{CsvColumns, DEFAULT_COLUMNS, EXTRA_COLUMNS};
 
 /// Splits one CSV line (RFC 4180 quoting, `""` inside quotes).
 pub fn split_csv_line(line: &str) -> Vec<String> {
@@ -133,7 +48,7 @@ pub fn split_csv_line(line: &str) -> Vec<String> {
 
 /// `YYYY-MM-DD HH:MM:SS` (Asterisk CDR) → timestamp (as UTC); empty → `None`.
 pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
-    crate::folder::parse_cdr_datetime(s)
+    super::parse_cdr_datetime(s)
 }
 
 /// Parses a Master.csv line in Asterisk's default column order, times

@@ -106,7 +106,7 @@ impl PbxTimeZone {
                 let frac = naive.as_micros().rem_euclid(1_000_000);
                 let days = secs.div_euclid(86_400);
                 let sod = secs.rem_euclid(86_400);
-                let (y, m, d) = civil_from_days(days);
+                let (y, m, d) = pbx_core::time::civil_from_days(days);
                 // SAFETY: `tm` is a plain C struct, zeroed then filled;
                 // mktime only reads and normalises it.
                 let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -129,18 +129,27 @@ impl PbxTimeZone {
     }
 }
 
-/// (year, month, day) of days since 1970-01-01 (H. Hinnant).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `YYYY-MM-DD HH:MM:SS` (Asterisk CDR) → timestamp (as UTC); empty → `None`.
+pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    let (d, t) = s.split_once(' ')?;
+    let mut dp = d.split('-');
+    let mut tp = t.split(':');
+    let y = digits(dp.next()?)?;
+    let mo = digits(dp.next()?)?;
+    let da = digits(dp.next()?)?;
+    let h = digits(tp.next()?)?;
+    let mi = digits(tp.next()?)?;
+    let sec = digits(tp.next()?.split('.').next()?)?;
+    Timestamp::from_civil(y, mo, da, h, mi, sec)
+}
+
+/// A non-empty run of ASCII digits as a number.
+pub fn digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// How well a row matches a query: 3 recordingfile, 2 uniqueid, 1 linkedid.
@@ -206,11 +215,11 @@ pub struct DirectionRules {
 
 impl Default for DirectionRules {
     fn default() -> Self {
-        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        use crate::config::{strings, INBOUND_CONTEXTS, INTERNAL_CONTEXTS, OUTBOUND_CONTEXTS};
         DirectionRules {
-            inbound_contexts: v(&["from-trunk", "from-pstn", "ext-did", "from-did-direct"]),
-            outbound_contexts: v(&["outrt-", "macro-dialout-trunk", "outbound-allroutes"]),
-            internal_contexts: v(&["from-internal", "ext-local", "from-sip-external"]),
+            inbound_contexts: strings(INBOUND_CONTEXTS),
+            outbound_contexts: strings(OUTBOUND_CONTEXTS),
+            internal_contexts: strings(INTERNAL_CONTEXTS),
         }
     }
 }
@@ -323,8 +332,8 @@ mod tests {
             PbxTimeZone::Fixed(3600).to_utc(n),
             Timestamp::from_secs(1_795_252_502)
         );
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        assert_eq!(pbx_core::time::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(pbx_core::time::civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(
             mask("mysql://u:s3cret@h/db: refused", "s3cret"),
             "mysql://u:***@h/db: refused"

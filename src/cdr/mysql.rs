@@ -84,15 +84,7 @@ impl std::fmt::Debug for MysqlStore {
     }
 }
 
-/// `table` is a plain SQL identifier (`cdr`, `asteriskcdrdb.cdr` is given
-/// through the URL's database instead).
-pub fn valid_table(table: &str) -> bool {
-    !table.is_empty()
-        && table.len() <= 64
-        && table
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
-}
+pub use crate::config::valid_table;
 
 impl MysqlStore {
     /// From the connection URL (the contents of `cdr_db_url_file`). Does not
@@ -227,7 +219,7 @@ impl MysqlStore {
                 .cloned()
                 .unwrap_or_default()
         };
-        let start = crate::folder::parse_cdr_datetime(&g("calldate")).map(|t| self.tz.to_utc(t));
+        let start = super::parse_cdr_datetime(&g("calldate")).map(|t| self.tz.to_utc(t));
         let duration: Option<i64> = g("duration").trim().parse().ok();
         let billsec: Option<i64> = g("billsec").trim().parse().ok();
         let end = match (start, duration) {

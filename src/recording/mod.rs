@@ -41,7 +41,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +53,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub mod doc;
+pub use crate::sys::{create_private_dir, create_private_file, sync_dir};
 pub use doc::{
     CallFields, ChannelSummary, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
 };
@@ -755,33 +755,6 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
         n += r as u64;
     }
     Ok((n, hex::encode(h.finalize())))
-}
-
-/// Create a new file readable only by its owner (recordings hold personal data).
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-/// Create `dir` (and parents) with mode 0700 if it does not exist.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// fsync a directory so renames in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Complete the recordings a crash (or power loss) cut off in `dir`: every

@@ -28,7 +28,6 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -37,6 +36,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::units::{parse_duration, parse_size};
+
+mod values;
+pub use values::*;
 
 /// Where the daemon looks for its configuration when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/pbx-edge/pbx-edge.toml";
@@ -178,8 +180,8 @@ pub struct CloudConfig {
     pub chunk_size: u64,
     /// Upload bandwidth limit over all uploads, bytes/s; 0 = none.
     pub bandwidth_limit: u64,
-    /// Daily upload window `"HH:MM-HH:MM"` (local time); empty = always.
-    pub upload_window: String,
+    /// Daily upload window `"HH:MM-HH:MM"` (local time); `None` = always.
+    pub upload_window: Option<UploadWindow>,
     /// Client certificate and key (PEM) for mutual TLS; both or neither.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
@@ -271,8 +273,8 @@ pub struct FolderConfig {
     pub cdr_db_url_file: Option<PathBuf>,
     /// The CDR table in that database.
     pub cdr_db_table: String,
-    /// Master.csv columns in file order; empty: Asterisk's default.
-    pub cdr_csv_columns: Vec<String>,
+    /// Master.csv columns in file order (Asterisk's default unless set).
+    pub cdr_csv_columns: CsvColumns,
     /// How long a settled recording waits for its CDR row.
     pub cdr_wait: Duration,
     /// The PBX's time zone: `None` = this machine's (local), else seconds east of UTC.
@@ -394,7 +396,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./var"));
         Config {
             agent: AgentConfig {
-                id: crate::import::hostname(),
+                id: crate::sys::hostname(),
             },
             spool: SpoolConfig {
                 dir,
@@ -418,7 +420,7 @@ impl Config {
                 ca_file: None,
                 chunk_size: 4 << 20,
                 bandwidth_limit: 0,
-                upload_window: String::new(),
+                upload_window: None,
                 client_cert: None,
                 client_key: None,
                 proxy: String::new(),
@@ -450,16 +452,16 @@ impl Config {
                     watch: FolderWatch::Auto,
                     cdr_db_url_file: None,
                     cdr_db_table: "cdr".into(),
-                    cdr_csv_columns: Vec::new(),
+                    cdr_csv_columns: CsvColumns::default(),
                     cdr_wait: Duration::from_secs(60),
                     utc_offset: None,
                     max_age: Duration::ZERO,
                     name_patterns: Vec::new(),
                     raw_stereo: RawStereo::Auto,
                     caller_leg_out: false,
-                    inbound_contexts: crate::cdr::DirectionRules::default().inbound_contexts,
-                    outbound_contexts: crate::cdr::DirectionRules::default().outbound_contexts,
-                    internal_contexts: crate::cdr::DirectionRules::default().internal_contexts,
+                    inbound_contexts: strings(INBOUND_CONTEXTS),
+                    outbound_contexts: strings(OUTBOUND_CONTEXTS),
+                    internal_contexts: strings(INTERNAL_CONTEXTS),
                     after_delivery: AfterDelivery::Leave,
                     move_to: None,
                 },
@@ -765,51 +767,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-// ---------------------------------------------------------------------------
-// `pbx-edge check-config`
-// ---------------------------------------------------------------------------
-
-/// `pbx-edge check-config [FILE] [--config FILE]`: prints the summary line to
-/// stdout and exits 0 (warnings, such as a token file others can read, go to
-/// stderr as `warning: key: ...`), or prints every problem to stderr and
-/// exits 1 (2 for contradicting arguments).
-pub fn check_config(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
-    let path = match (file, config) {
-        (Some(a), Some(b)) if a != b => {
-            eprintln!(
-                "pbx-edge: check-config: two different files given ({} and --config {})",
-                a.display(),
-                b.display()
-            );
-            return ExitCode::from(2);
-        }
-        (a, b) => a.or(b),
-    };
-    let used = Config::resolve_path(path.as_deref());
-    match Config::load(path.as_deref()) {
-        Ok(c) => {
-            for w in c.secret_file_warnings() {
-                eprintln!("warning: {w}");
-            }
-            println!("{}", check_ok_line(used.as_deref(), &c));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// The line `check-config` prints for a good configuration.
-pub fn check_ok_line(path: Option<&Path>, c: &Config) -> String {
-    let name = match path {
-        Some(p) => p.display().to_string(),
-        None => format!("(built-in defaults; {DEFAULT_PATH} not found)"),
-    };
-    format!("{name}: ok ({})", c.summary())
-}
 
 // ---------------------------------------------------------------------------
 // Loading: file and environment into one tree of values with origins
@@ -1449,7 +1406,7 @@ fn check_siprec_tls(
     if !sr.enabled {
         return;
     }
-    match crate::sip_tls::server_config(cert, key, sr.tls_client_ca.as_deref()) {
+    match crate::sys::tls::server_config(cert, key, sr.tls_client_ca.as_deref()) {
         Ok(_) => {}
         // The key is often readable only by the service user: checked when
         // the listener starts (and by check-config run as that user).
@@ -1875,10 +1832,12 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.field(errs, "proxy", &mut c.proxy, to_string);
     s.field(errs, "upload_window", &mut c.upload_window, |n| {
         let v = to_string(n)?;
-        if !v.is_empty() && v.parse::<crate::delivery::UploadWindow>().is_err() {
-            return Err(format!("`{v}` is not a window like \"22:00-06:00\""));
+        if v.is_empty() {
+            return Ok(None);
         }
-        Ok(v)
+        v.parse::<UploadWindow>()
+            .map(Some)
+            .map_err(|_| format!("`{v}` is not a window like \"22:00-06:00\""))
     });
     s.finish(errs, keys, "key");
 
@@ -2010,7 +1969,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
         if v.trim().is_empty() {
             return Ok(None);
         }
-        crate::sniff::compile_filter(&v)
+        crate::sys::bpf::compile_filter(&v)
             .map_err(|e| format!("not a valid capture filter (pcap syntax): {e}"))?;
         Ok(Some(v))
     });
@@ -2039,7 +1998,7 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     s.field(errs, "cdr_db_url_file", &mut f.cdr_db_url_file, to_opt_path);
     s.field(errs, "cdr_db_table", &mut f.cdr_db_table, |n| {
         let v = to_string(n)?;
-        if crate::cdr::mysql::valid_table(&v) {
+        if valid_table(&v) {
             Ok(v)
         } else {
             Err(format!(
@@ -2050,10 +2009,10 @@ fn check(root: &Node, cfg: &mut Config, errs: &mut Vec<ConfigError>, keys: &mut 
     });
     s.field(errs, "cdr_csv_columns", &mut f.cdr_csv_columns, |n| {
         let v = to_string_list(n)?;
-        if !v.is_empty() {
-            crate::cdr::csv::CsvColumns::new(&v)?;
+        if v.is_empty() {
+            return Ok(CsvColumns::default());
         }
-        Ok(v)
+        CsvColumns::new(&v)
     });
     s.field(errs, "cdr_wait", &mut f.cdr_wait, |n| {
         to_duration_in(n, Duration::ZERO, Duration::from_secs(86_400))
@@ -2434,7 +2393,7 @@ mod tests {
         /// The annotated file with one line replaced by junk.
         #[test]
         fn mutated_annotated_file(line in 0usize..100, junk in "[a-z_=\"\\[\\] 0-9.:/-]{0,20}") {
-            let base = include_str!("../config/pbx-edge.toml");
+            let base = include_str!("../../config/pbx-edge.toml");
             let text: Vec<&str> = base
                 .lines()
                 .enumerate()

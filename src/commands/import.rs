@@ -24,7 +24,7 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     let min_duration =
         parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
     let ctx = RecordingContext {
-        agent_id: args.agent_id.clone().unwrap_or_else(hostname),
+        agent_id: args.agent_id.clone().unwrap_or_else(crate::sys::hostname),
         source: "pcap",
         min_duration,
     };
@@ -199,20 +199,4 @@ fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) ->
         line.push_str(&format!("; not used: {}", unusable.join(", ")));
     }
     line
-}
-
-/// This machine's host name, the default agent id.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    "pbx-edge".to_string()
 }
