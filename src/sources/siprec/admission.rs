@@ -9,7 +9,7 @@
 //! other datagram is counted in [`RejectCounts`] by reason and goes nowhere.
 //! Pure: no sockets, no clock (times come with the datagrams); one
 //! [`Admission`] per port, kept by the media receive thread
-//! ([`crate::media`]), so the rule costs a few comparisons per datagram.
+//! ([`crate::sources::siprec::media`]), so the rule costs a few comparisons per datagram.
 //!
 //! The rule (the first that applies):
 //! 1. **The announced address** (the `c=` address and the `m=` port of the
@@ -531,6 +531,17 @@ impl Admission {
                 }
             }
             State::Retired | State::Unrestricted => unreachable!("handled above"),
+        }
+    }
+}
+
+/// What `/status` shows of the refusals.
+impl From<RejectCounts> for crate::status::RtpRejected {
+    fn from(r: RejectCounts) -> Self {
+        crate::status::RtpRejected {
+            source: r.source,
+            ssrc: r.ssrc,
+            unknown_port: r.unknown_port,
         }
     }
 }

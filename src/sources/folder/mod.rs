@@ -3,7 +3,7 @@
 //!
 //! In: a directory tree the PBX writes (`[sources.folder] path`, FreePBX layout
 //! `YYYY/MM/DD/<type>-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>.<ext>`), and
-//! optionally call details from a CDR store ([`crate::cdr`]: Asterisk's
+//! optionally call details from a CDR store ([`crate::sources::folder::cdr`]: Asterisk's
 //! `Master.csv`, or FreePBX's `asteriskcdrdb.cdr` table in MariaDB/MySQL).
 //! Out: `<id>.wav` + `<id>.json` in the spool directory (CONTRACT §3, `"source":
 //! "folder"`), written by the recording module like every other recording
@@ -86,6 +86,8 @@
 //! every settled recording waiting, however long, and marks the source not
 //! ready with the reason; the wait starts again once the store answers.
 
+pub mod cdr;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -105,16 +107,18 @@ use pbx_core::Timestamp;
 #[cfg(test)]
 use serde_json::Value;
 
-pub use crate::cdr::csv::{clid_name, parse_cdr_line, split_csv_line, CdrFollower};
-use crate::cdr::csv::{CsvColumns, CsvStore};
-pub use crate::cdr::CdrRow;
-use crate::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
 pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{
     create_private_dir, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
 };
+pub use crate::sources::folder::cdr::csv::{
+    clid_name, parse_cdr_line, split_csv_line, CdrFollower,
+};
+use crate::sources::folder::cdr::csv::{CsvColumns, CsvStore};
+pub use crate::sources::folder::cdr::CdrRow;
+use crate::sources::folder::cdr::{CdrQuery, CdrStore, DirectionRules, PbxTimeZone};
 use crate::status::SharedStatus;
 
 /// Errors of the folder source.
@@ -329,12 +333,13 @@ pub fn db_store(f: &FolderConfig, tz: PbxTimeZone) -> io::Result<Option<Box<dyn 
             format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
         )
     })?);
-    let store = crate::cdr::mysql::MysqlStore::new(&url, &f.cdr_db_table, tz).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
-        )
-    })?;
+    let store = crate::sources::folder::cdr::mysql::MysqlStore::new(&url, &f.cdr_db_table, tz)
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("sources.folder.cdr_db_url_file {}: {e}", file.display()),
+            )
+        })?;
     Ok(Some(Box::new(store)))
 }
 
@@ -384,7 +389,7 @@ pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
     })
 }
 
-use crate::cdr::digits;
+use crate::sources::folder::cdr::digits;
 
 /// Latest start time a file name or the CDR may give (9999-12-31T23:59:59Z):
 /// later ones are not dates, and would overflow the arithmetic after.
@@ -405,7 +410,7 @@ pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
     )
 }
 
-pub use crate::cdr::parse_cdr_datetime;
+pub use crate::sources::folder::cdr::parse_cdr_datetime;
 
 /// FreePBX recording type → CONTRACT direction.
 pub fn direction_of(kind: &str) -> &'static str {

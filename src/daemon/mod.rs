@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::health::{self, Liveness};
 use crate::recording::{self, RecordingContext, RecordingDir, RecordingSettings};
-use crate::sniff;
+use crate::sources::sniff;
 use crate::status::{SharedStatus, SourceStatus, Status};
 
 /// A running source: its stop flag and thread.
@@ -154,8 +154,8 @@ async fn reload_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-    siprec: &mut Option<crate::siprec::SiprecHandle>,
-    draining: &mut Vec<crate::siprec::SiprecHandle>,
+    siprec: &mut Option<crate::sources::siprec::SiprecHandle>,
+    draining: &mut Vec<crate::sources::siprec::SiprecHandle>,
     pending: &mut bool,
     gen: &mut u64,
 ) {
@@ -163,7 +163,7 @@ async fn reload_siprec(
     let rec = recording_settings(cfg, "siprec");
     let drain = |draining: &mut Vec<_>,
                  gen: &mut u64,
-                 h: crate::siprec::SiprecHandle,
+                 h: crate::sources::siprec::SiprecHandle,
                  why: &str| {
         *gen += 1;
         let name = format!("siprec.draining.{gen}");
@@ -273,11 +273,11 @@ async fn reload_siprec(
 /// Stop `old` (its calls have ended) and start the configured SIPREC source
 /// in its place, with its RTP port pool.
 async fn replace_siprec(
-    old: Option<crate::siprec::SiprecHandle>,
+    old: Option<crate::sources::siprec::SiprecHandle>,
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-) -> Option<crate::siprec::SiprecHandle> {
+) -> Option<crate::sources::siprec::SiprecHandle> {
     let ports = match old {
         Some(h) => {
             let p = h.ports();
@@ -375,7 +375,7 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
             if e.file_name() == crate::spool::RESERVE_FILE
                 || e.file_name()
                     .to_str()
-                    .is_some_and(|n| n.starts_with(crate::rtp_ports::STATE_FILE))
+                    .is_some_and(|n| n.starts_with(crate::sources::siprec::ports::STATE_FILE))
             {
                 continue;
             }
@@ -427,8 +427,8 @@ async fn start_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-    ports: Option<crate::siprec::SharedPorts>,
-) -> Option<crate::siprec::SiprecHandle> {
+    ports: Option<crate::sources::siprec::SharedPorts>,
+) -> Option<crate::sources::siprec::SiprecHandle> {
     start_siprec_with(cfg, status, live, ports, true).await
 }
 
@@ -438,9 +438,9 @@ async fn start_siprec_with(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-    ports: Option<crate::siprec::SharedPorts>,
+    ports: Option<crate::sources::siprec::SharedPorts>,
     report_error: bool,
-) -> Option<crate::siprec::SiprecHandle> {
+) -> Option<crate::sources::siprec::SiprecHandle> {
     let sc = &cfg.sources.siprec;
     if !sc.enabled {
         if let Ok(mut s) = status.lock() {
@@ -470,7 +470,7 @@ async fn start_siprec_with(
             return None;
         }
     };
-    match crate::siprec::start(
+    match crate::sources::siprec::start(
         sc.clone(),
         pbx_core::call::EngineConfig {
             siprec_server: true,
@@ -524,14 +524,14 @@ fn start_folder(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-) -> Option<crate::folder::FolderHandle> {
+) -> Option<crate::sources::folder::FolderHandle> {
     if !cfg.sources.folder.enabled {
         if let Ok(mut s) = status.lock() {
             s.sources.remove("folder");
         }
         return None;
     }
-    match crate::folder::start(cfg, status.clone(), live.clone()) {
+    match crate::sources::folder::start(cfg, status.clone(), live.clone()) {
         Ok(h) => {
             tracing::info!(path = %cfg.sources.folder.path.display(), "watching PBX recordings");
             Some(h)
@@ -714,7 +714,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut sources = start_sources(&cfg, &status, &live);
     let mut siprec = start_siprec(&cfg, &status, &live, None).await;
     // SIPREC instances replaced by a reload, finishing their calls.
-    let mut siprec_draining: Vec<crate::siprec::SiprecHandle> = Vec::new();
+    let mut siprec_draining: Vec<crate::sources::siprec::SiprecHandle> = Vec::new();
     // The running instance ends when its calls have ended, then one with
     // the new sockets starts (they need its address).
     let mut siprec_pending = false;

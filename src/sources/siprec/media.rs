@@ -36,7 +36,7 @@
 //! (its recycler dropped), the thread ends.
 //!
 //! Media admission: every port has an [`Admission`] (see
-//! [`crate::admission`]), given with the port and updated by the SIP task on
+//! [`crate::sources::siprec::admission`]), given with the port and updated by the SIP task on
 //! a re-offer ([`MediaControl::set_origin`]). Each datagram (after SRTP
 //! decryption) goes through it here, where it is cheap: only the stream's
 //! source reaches the engine; the rest is counted by reason in
@@ -67,8 +67,8 @@ use std::time::{Duration, Instant};
 
 use pbx_core::Timestamp;
 
-use crate::admission::{Admission, RejectCounts, StreamOrigin};
-use crate::srtp::SrtpStream;
+use crate::sources::siprec::admission::{Admission, RejectCounts, StreamOrigin};
+use crate::sources::siprec::srtp::SrtpStream;
 
 /// Shortest time between two reading rounds while media flows.
 pub const ROUND: Duration = Duration::from_millis(40);

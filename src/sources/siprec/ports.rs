@@ -3,7 +3,7 @@
 //!
 //! In: `rtp_ports` (the range), requests for a port per new stream, ports
 //! given back when a call ends, the time. Out: ports bound for the media
-//! receive thread ([`crate::media`]), each with its stream's
+//! receive thread ([`crate::sources::siprec::media`]), each with its stream's
 //! [`Admission`]; a small state file in the spool directory.
 //!
 //! Why it matters: an SBC keeps sending a stream for a while after its call
@@ -47,9 +47,9 @@ use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::admission::{Admission, StreamOrigin};
-use crate::media::{MediaControl, MediaPort};
-use crate::srtp::SrtpStream;
+use crate::sources::siprec::admission::{Admission, StreamOrigin};
+use crate::sources::siprec::media::{MediaControl, MediaPort};
+use crate::sources::siprec::srtp::SrtpStream;
 
 /// A port given back is not handed out again within this time while the
 /// range allows.

@@ -11,13 +11,13 @@
 //!   unusable offer → 488, no free RTP port for a stream → 503, never a call
 //!   recorded without one of its streams), hands out RTP ports from
 //!   `rtp_ports`, and answers.
-//! - one thread reads every RTP port ([`crate::media`]: epoll + `recvmmsg`,
+//! - one thread reads every RTP port ([`crate::sources::siprec::media`]: epoll + `recvmmsg`,
 //!   kernel receive timestamps, SRTP decryption) and hands the engine a batch
 //!   of datagrams per reading round. Only the stream's source gets through
-//!   ([`crate::admission`]): the address the SRC's SDP announces for the
+//!   ([`crate::sources::siprec::admission`]): the address the SRC's SDP announces for the
 //!   stream, or a source on the SRC's signalling host latched after a quorum
 //!   of in-sequence packets, its SSRC locked; the rest is counted
-//!   (`pbx_edge_rtp_rejected_total`). Ports come from [`crate::rtp_ports`]:
+//!   (`pbx_edge_rtp_rejected_total`). Ports come from [`crate::sources::siprec::ports`]:
 //!   a random start, least recently used first, a cooling-off after a call
 //!   and across restarts.
 //! - one thread owns the [`CallEngine`] and the spool writer, exactly as for
@@ -30,7 +30,7 @@
 //! - SIP input over the limits or malformed is answered (513 / 400 / 488 with
 //!   a Warning), rate-limited per source, and counted; TCP/TLS connections
 //!   are capped in number and closed when idle, trickling or their framing is
-//!   lost ([`crate::sip_guard`]).
+//!   lost ([`crate::sources::siprec::guard`]).
 //! - durability (docs/durability.md): before the `200 OK` to an INVITE goes
 //!   out, the call is noted on disk ([`AnsweredCalls`]), so a crash at any
 //!   later moment still leaves a recording of it; the `200 OK` to the SRC's
@@ -43,6 +43,12 @@
 //!   listener replaced by a new address [`SiprecHandle::drain`]s: new INVITEs
 //!   get 503, its dialogs go on, it ends after the last one; the RTP port
 //!   pool is shared with its successor.
+
+pub mod admission;
+pub mod guard;
+pub mod media;
+pub mod ports;
+pub mod srtp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -66,17 +72,17 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{Admission, StreamOrigin};
 use crate::config::SiprecConfig;
 use crate::health::Liveness;
-use crate::media::{
-    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaReceiver, Recycler,
-};
 use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
-use crate::rtp_ports::RtpPorts;
-use crate::sip_guard::{
+use crate::sources::siprec::admission::{Admission, StreamOrigin};
+use crate::sources::siprec::guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
 };
+use crate::sources::siprec::media::{
+    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaReceiver, Recycler,
+};
+use crate::sources::siprec::ports::RtpPorts;
 use crate::status::SharedStatus;
 use crate::sys::now;
 
@@ -125,7 +131,7 @@ enum Control {
 
 /// The media thread's way into the engine: it waits when the queue is full
 /// (the sockets' queues absorb that), it never drops a batch. How much media
-/// can wait is bounded by the media thread's batch pool ([`crate::media`]).
+/// can wait is bounded by the media thread's batch pool ([`crate::sources::siprec::media`]).
 struct EngineSink(SyncSender<EngineInput>);
 
 impl BatchSink for EngineSink {
@@ -134,7 +140,7 @@ impl BatchSink for EngineSink {
     }
 }
 
-pub use crate::rtp_ports::{PortPool, SharedPorts};
+pub use crate::sources::siprec::ports::{PortPool, SharedPorts};
 
 struct Session {
     /// Our RTP addresses (one per stream taken).
@@ -310,7 +316,7 @@ pub async fn start(
         }
         None => Arc::new(Mutex::new(PortPool::restore(
             cfg.rtp_ports.clone(),
-            &out.dir().join(crate::rtp_ports::STATE_FILE),
+            &out.dir().join(crate::sources::siprec::ports::STATE_FILE),
             std::time::SystemTime::now(),
             Instant::now(),
         ))),
@@ -394,7 +400,7 @@ struct Report {
     listen: String,
     /// "siprec", or the name of a draining instance.
     name: Arc<Mutex<String>>,
-    /// SIP input refused ([`crate::sip_guard`]).
+    /// SIP input refused ([`crate::sources::siprec::guard`]).
     guard: Arc<GuardCounters>,
 }
 
@@ -1114,7 +1120,7 @@ fn answer_for(
         // SDES: the first offered suite we support, with the SRC's key.
         let sdes = if secure {
             m.crypto.iter().find_map(|c| {
-                crate::srtp::SUITES
+                crate::sources::siprec::srtp::SUITES
                     .contains(&c.suite.as_str())
                     .then(|| (c.suite.clone(), c.key_params.clone()))
             })
@@ -1132,19 +1138,21 @@ fn answer_for(
             continue;
         }
         let decrypt = match &sdes {
-            Some((suite, params)) => match crate::srtp::SrtpStream::new(suite, params) {
-                Some(d) => {
-                    crypto[i] = Some((suite.clone(), crate::srtp::new_key()));
-                    Some(d)
+            Some((suite, params)) => {
+                match crate::sources::siprec::srtp::SrtpStream::new(suite, params) {
+                    Some(d) => {
+                        crypto[i] = Some((suite.clone(), crate::sources::siprec::srtp::new_key()));
+                        Some(d)
+                    }
+                    None => {
+                        ports.push(0);
+                        continue;
+                    }
                 }
-                None => {
-                    ports.push(0);
-                    continue;
-                }
-            },
+            }
             None => None,
         };
-        // Where this stream may come from (see crate::admission).
+        // Where this stream may come from (see crate::sources::siprec::admission).
         let origin = StreamOrigin {
             announced_ip: m.effective_connection(offer),
             announced_port: m.port,
