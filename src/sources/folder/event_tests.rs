@@ -1,4 +1,3 @@
-
 use super::*;
 use notify::event::{
     AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
