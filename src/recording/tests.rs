@@ -1,4 +1,3 @@
-
 use super::*;
 use pbx_core::call::PartyInfo;
 

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn pair(dir: &Path, id: &str, bytes: usize) {
