@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
