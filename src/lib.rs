@@ -5,6 +5,8 @@
 //! ([`recording`]), and the config value syntax ([`units`]). The protocol and
 //! audio logic is in the sans-IO `pbx-core` crate.
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,7 +19,7 @@ pub mod recording;
 pub mod sources;
 pub mod spool;
 pub mod status;
-pub mod sys;
+pub(crate) mod sys;
 pub mod units;
 pub mod upload;
 

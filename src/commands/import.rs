@@ -16,7 +16,10 @@ use pbx_core::call::{CallEngine, EndReason, EngineConfig, EngineStats, SampleRat
 use pbx_core::capture::{CaptureError, CaptureReader};
 
 use crate::cli::ImportArgs;
+
 use crate::recording::{RecordingContext, RecordingCounters, RecordingDir};
+/// The host name (the default agent id), where it used to be.
+pub use crate::sys::hostname;
 use crate::units::parse_duration;
 
 pub fn run(args: &ImportArgs) -> Result<ExitCode> {
@@ -24,7 +27,7 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     let min_duration =
         parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
     let ctx = RecordingContext {
-        agent_id: args.agent_id.clone().unwrap_or_else(crate::sys::hostname),
+        agent_id: args.agent_id.clone().unwrap_or_else(hostname),
         source: "pcap",
         min_duration,
     };

@@ -48,9 +48,9 @@ use check::*;
 /// Where the daemon looks for its configuration when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/pbx-edge/pbx-edge.toml";
 /// Prefix of the environment variables that override config keys.
-pub const ENV_PREFIX: &str = "PBX_EDGE__";
+pub(crate) const ENV_PREFIX: &str = "PBX_EDGE__";
 /// Config files larger than this are refused (they are a few KiB).
-pub const MAX_FILE_SIZE: u64 = 1 << 20;
+pub(crate) const MAX_FILE_SIZE: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // The typed configuration
@@ -142,7 +142,7 @@ pub struct RecordingConfig {
 
 impl RecordingConfig {
     /// An engine configuration carrying these settings (the rest default).
-    pub fn engine_config(&self) -> EngineConfig {
+    pub(crate) fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             sample_rate: self.sample_rate.policy(),
             jitter_ms: u32::try_from(self.jitter.as_millis()).unwrap_or(u32::MAX),
@@ -241,7 +241,7 @@ pub struct SiprecConfig {
 
 impl SiprecConfig {
     /// Whether `addr` may send INVITEs (`allow` empty: everyone).
-    pub fn allows(&self, addr: IpAddr) -> bool {
+    pub(crate) fn allows(&self, addr: IpAddr) -> bool {
         let addr = match addr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
             v4 => v4,
@@ -647,7 +647,7 @@ impl Config {
 }
 
 /// The warning for one secret file, if its mode is more open than 0640.
-pub fn secret_file_warning(key: &str, path: &Path) -> Option<String> {
+pub(crate) fn secret_file_warning(key: &str, path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     if mode & 0o037 == 0 {

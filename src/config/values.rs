@@ -151,14 +151,16 @@ pub fn valid_table(table: &str) -> bool {
 }
 
 /// `sources.folder.inbound_contexts` by default (dcontext prefixes).
-pub const INBOUND_CONTEXTS: &[&str] = &["from-trunk", "from-pstn", "ext-did", "from-did-direct"];
+pub(crate) const INBOUND_CONTEXTS: &[&str] =
+    &["from-trunk", "from-pstn", "ext-did", "from-did-direct"];
 /// `sources.folder.outbound_contexts` by default.
-pub const OUTBOUND_CONTEXTS: &[&str] = &["outrt-", "macro-dialout-trunk", "outbound-allroutes"];
+pub(crate) const OUTBOUND_CONTEXTS: &[&str] =
+    &["outrt-", "macro-dialout-trunk", "outbound-allroutes"];
 /// `sources.folder.internal_contexts` by default.
-pub const INTERNAL_CONTEXTS: &[&str] = &["from-internal", "ext-local", "from-sip-external"];
+pub(crate) const INTERNAL_CONTEXTS: &[&str] = &["from-internal", "ext-local", "from-sip-external"];
 
 /// Owned strings of a default list.
-pub fn strings(list: &[&str]) -> Vec<String> {
+pub(crate) fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 

@@ -58,10 +58,10 @@ pub use settings::*;
 mod job;
 use job::*;
 mod scheduler;
-pub use scheduler::*;
+use scheduler::*;
 
 /// The lock file that keeps a second delivering process away from a spool.
-pub const LOCK_FILE: &str = ".delivery.lock";
+pub(crate) const LOCK_FILE: &str = ".delivery.lock";
 
 /// Errors of the delivery task.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ pub(super) fn fs_exists(p: &Path) -> bool {
 /// How often the open database is checked (`PRAGMA quick_check`): damage
 /// that no query of ours ran into yet (garbage written over the file under
 /// the running daemon) is found within this time.
-pub const INTEGRITY_CHECK_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const INTEGRITY_CHECK_EVERY: Duration = Duration::from_secs(300);
 
 /// Open the spool database if it is not (first scan, after a corruption,
 /// or when `spool.db` was replaced or removed under us), repairing it.

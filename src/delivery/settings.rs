@@ -22,7 +22,7 @@ pub struct Filters {
 
 /// `*` matches any run of characters, `?` exactly one; everything else
 /// literally. Iterative, linear in practice, no recursion.
-pub fn glob_match(pattern: &str, s: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, s: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = s.chars().collect();
     let (mut pi, mut ti) = (0usize, 0usize);

@@ -174,7 +174,7 @@ pub struct FolderFields {
 
 impl RecordingDoc {
     /// The document of a call the engine recorded to its end.
-    pub fn of_call(
+    pub(crate) fn of_call(
         meta: &CallMeta,
         id: &str,
         agent_id: &str,
@@ -210,7 +210,7 @@ impl RecordingDoc {
     }
 
     /// The JSON value written to `<id>.json`.
-    pub fn to_value(&self) -> serde_json::Value {
+    pub(crate) fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 }

@@ -88,7 +88,7 @@ pub struct RecordingSettings {
 /// Apply reloaded settings in a source's engine thread: calls in progress
 /// keep their sample rate, jitter window, agent id, min_duration and
 /// directory; `rtp_timeout` applies to them too.
-pub fn apply_settings(
+pub(crate) fn apply_settings(
     engine: &mut pbx_core::call::CallEngine,
     out: &mut RecordingDir,
     s: RecordingSettings,
@@ -174,14 +174,14 @@ impl RecordingDir {
 
     /// New settings (a configuration reload): recordings that begin from now
     /// on carry them; recordings already open keep the context they began with.
-    pub fn set_context(&mut self, ctx: RecordingContext) {
+    pub(crate) fn set_context(&mut self, ctx: RecordingContext) {
         self.answered.set_context(&ctx);
         self.ctx = ctx;
     }
 
     /// Write recordings that begin from now on into `dir` (created 0700);
     /// open ones finish where they began. On an error nothing changes.
-    pub fn set_dir(&mut self, dir: &Path) -> io::Result<()> {
+    pub(crate) fn set_dir(&mut self, dir: &Path) -> io::Result<()> {
         if dir != self.dir {
             create_private_dir(dir)?;
             self.dir = dir.to_path_buf();
@@ -192,18 +192,18 @@ impl RecordingDir {
 
     /// The handle the signalling side records answered calls with (see
     /// [`AnsweredCalls`]); it follows this directory's settings.
-    pub fn answered_calls(&self) -> AnsweredCalls {
+    pub(crate) fn answered_calls(&self) -> AnsweredCalls {
         self.answered.clone()
     }
 
     /// Whether a recording of the call with this SIP Call-ID is open.
-    pub fn is_recording(&self, call_id: &str) -> bool {
+    pub(crate) fn is_recording(&self, call_id: &str) -> bool {
         self.open.values().any(|r| r.call_id == call_id)
     }
 
     /// Keep the Call-IDs of recordings that end for [`RecordingDir::take_closed`]
     /// (the SIPREC source, which drains them; others never ask).
-    pub fn track_closed(&mut self, on: bool) {
+    pub(crate) fn track_closed(&mut self, on: bool) {
         self.track_closed = on;
         if !on {
             self.closed.clear();
@@ -219,14 +219,14 @@ impl RecordingDir {
     /// The Call-IDs whose recording ended since the last call: their pair is
     /// durable on disk (files and directory fsynced), or there is none
     /// (shorter than `min_duration`, or a write error, counted).
-    pub fn take_closed(&mut self) -> Vec<String> {
+    pub(crate) fn take_closed(&mut self) -> Vec<String> {
         std::mem::take(&mut self.closed)
     }
 
     /// Turn the calls still answered without audio into recordings of their
     /// own (an empty WAV, `truncated`, `end_reason` = `reason`): what a stop
     /// does with calls whose media never came.
-    pub fn finish_answered(&mut self, reason: &str) {
+    pub(crate) fn finish_answered(&mut self, reason: &str) {
         for (call_id, sidecar) in self.answered.take_all() {
             self.write_answered(&call_id, &sidecar, reason, true);
         }
@@ -236,7 +236,7 @@ impl RecordingDir {
     /// if its audio never began, it becomes a recording of its own, an
     /// empty WAV, not truncated (unless `min_duration` discards it).
     /// Whether such a recording was made.
-    pub fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
+    pub(crate) fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
         let Some(sidecar) = self.answered.take(call_id) else {
             return false;
         };
@@ -417,6 +417,25 @@ impl RecordingSink for RecordingDir {
     }
 }
 
+/// The recording JSON of CONTRACT §3 for a call the engine recorded to its
+/// end (the document [`RecordingDir`] writes).
+pub fn recording_json(
+    meta: &CallMeta,
+    id: &str,
+    ctx: &RecordingContext,
+    audio_bytes: u64,
+    sha256: &str,
+) -> Value {
+    RecordingDoc::of_call(
+        meta,
+        id,
+        &ctx.agent_id,
+        ctx.source,
+        DocAudio::wav(meta.sample_rate, audio_bytes, sha256.to_string()),
+    )
+    .to_value()
+}
+
 /// The only writer of `<id>.json` files.
 fn write_json(dir: &Path, doc: &RecordingDoc) -> io::Result<()> {
     let id = &doc.recording_id;
@@ -450,7 +469,7 @@ pub const WHOLE_TMP: &str = ".wav.folder-tmp";
 /// `audio` and `duration_ms` filled in from what was written, by the one
 /// JSON writer; then the directory fsynced. On an error nothing is left
 /// (neither temp file nor WAV). Returns the pair and the WAV's size.
-pub fn write_whole(
+pub(crate) fn write_whole(
     dir: &Path,
     rate: u32,
     left: &[i16],

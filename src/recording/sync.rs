@@ -6,7 +6,7 @@ use super::*;
 
 /// How often the file system of a spool being written is synced: the
 /// power-loss window beyond the engine's hold-back (docs/durability.md).
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) struct Syncer {
     /// Directories written since the last round.
@@ -66,7 +66,7 @@ pub(super) fn sync_fs(dir: &Path) -> io::Result<()> {
 }
 
 /// Something was written in `dir`: sync its file system in the next round.
-pub fn mark_unsynced(dir: &Path) {
+pub(crate) fn mark_unsynced(dir: &Path) {
     if let Ok(mut d) = syncer().dirty.lock() {
         if !d.contains(dir) {
             d.insert(dir.to_path_buf());

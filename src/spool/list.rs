@@ -5,7 +5,7 @@
 use super::*;
 
 /// Human age: `42s`, `5m03s`, `2h10m`, `3d04h`.
-pub fn human_age(ms: i64) -> String {
+pub(crate) fn human_age(ms: i64) -> String {
     let s = (ms / 1000).max(0);
     match s {
         0..60 => format!("{s}s"),
@@ -34,7 +34,7 @@ pub fn human_size(b: u64) -> String {
 /// The table `spool list` prints.
 /// `spool list --json`: every recording with its exact size in bytes and
 /// age in milliseconds.
-pub fn list_json(entries: &[Entry], now: i64) -> String {
+pub(crate) fn list_json(entries: &[Entry], now: i64) -> String {
     let rows: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
@@ -54,7 +54,7 @@ pub fn list_json(entries: &[Entry], now: i64) -> String {
     serde_json::to_string_pretty(&rows).unwrap_or_default()
 }
 
-pub fn render_list(entries: &[Entry], now: i64) -> String {
+pub(crate) fn render_list(entries: &[Entry], now: i64) -> String {
     use std::fmt::Write as _;
     let idw = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
     let mut o = String::new();

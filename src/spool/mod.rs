@@ -102,20 +102,20 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sys::{create_private_file, free_bytes, sync_dir};
+use crate::sys::{create_private_file, sync_dir};
 
 /// The database file inside the spool directory.
-pub const DB_FILE: &str = "spool.db";
+pub(crate) const DB_FILE: &str = "spool.db";
 /// Space held back in the spool directory so that the database can still
 /// record deliveries (which free space) when the disk is full.
-pub const RESERVE_FILE: &str = ".spool.reserve";
+pub(crate) const RESERVE_FILE: &str = ".spool.reserve";
 /// Size of [`RESERVE_FILE`].
-pub const RESERVE_BYTES: u64 = 4 << 20;
+pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 /// Version of the schema below (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// The durable record of delivered ids beside the database (see the module
 /// doc): one id per line.
-pub const DELIVERED_LOG: &str = "spool.delivered";
+pub(crate) const DELIVERED_LOG: &str = "spool.delivered";
 /// Compact [`DELIVERED_LOG`] once it has at least this many lines and more
 /// than twice as many as ids whose files are still there.
 const DELIVERED_LOG_COMPACT: usize = 1024;
@@ -187,7 +187,7 @@ pub enum SpoolError {
 impl SpoolError {
     /// The database file is damaged (or not a database at all): moving it
     /// aside and rebuilding is the way out ([`Spool::open_repairing`]).
-    pub fn is_corrupt(&self) -> bool {
+    pub(crate) fn is_corrupt(&self) -> bool {
         match self {
             SpoolError::Corrupt { .. } => true,
             SpoolError::Db { source, .. } => matches!(
@@ -199,7 +199,7 @@ impl SpoolError {
     }
 
     /// One line for people: what is wrong with the database.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             SpoolError::Db { path, source } if self.is_corrupt() => {
                 format!("spool database {} is corrupt ({source})", path.display())
@@ -209,7 +209,7 @@ impl SpoolError {
     }
 
     /// The database could not write because the disk is full.
-    pub fn is_disk_full(&self) -> bool {
+    pub(crate) fn is_disk_full(&self) -> bool {
         match self {
             SpoolError::Db { source, .. } => {
                 matches!(
@@ -328,7 +328,7 @@ pub struct ScanReport {
     pub incomplete: u64,
 }
 
-pub use crate::sys::now_ms;
+pub use crate::sys::{free_bytes, now_ms};
 
 mod queue;
 mod repair;

@@ -8,11 +8,11 @@
 //! `SystemTime::now`; recordings' files and directories are created private
 //! (0600 / 0700) here and nowhere else.
 
-pub mod bpf;
-pub mod clock;
-pub mod files;
-pub mod host;
-pub mod sockets;
+pub(crate) mod bpf;
+pub(crate) mod clock;
+pub(crate) mod files;
+pub(crate) mod host;
+pub(crate) mod sockets;
 pub mod tls;
 
 pub use clock::{now, now_ms};

@@ -58,7 +58,7 @@ fn pem_message(e: &pem::Error) -> String {
 }
 
 /// Every certificate in a PEM file (at least one).
-pub fn read_certs(
+pub(crate) fn read_certs(
     key: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -94,7 +94,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// The TLS server configuration. With `client_ca`, every client must present
 /// a certificate issued by one of those CAs (mutual TLS).
-pub fn server_config(
+pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,

@@ -20,7 +20,7 @@ pub struct Converted {
 /// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
 /// Reads only the PBX's files. `mtime` is the start time used when neither the
 /// file name nor the CDR has one.
-pub fn convert(
+pub(crate) fn convert(
     set: &RecordingSet,
     cdr: Option<&CdrRow>,
     out_dir: &Path,

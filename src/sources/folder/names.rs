@@ -121,7 +121,7 @@ impl RecordingSet {
 /// case, just before the extension): what people configure for MixMonitor
 /// `r()` (what the PBX received: the caller, `"in"`) and `t()` (what it
 /// sent: the callee, `"out"`). Longest first, so `-out` is not read as `-t`.
-pub const LEG_SUFFIXES: &[(&str, &str)] = &[
+pub(crate) const LEG_SUFFIXES: &[(&str, &str)] = &[
     ("-out", "out"),
     ("_out", "out"),
     (".out", "out"),
@@ -140,7 +140,7 @@ pub const LEG_SUFFIXES: &[(&str, &str)] = &[
 
 /// [`split_name`] of a file name's bytes (any, not only UTF-8): the length
 /// of the base (the stem without extension and leg suffix) and the leg.
-pub fn split_name_bytes(name: &[u8]) -> Option<(usize, Option<&'static str>)> {
+pub(crate) fn split_name_bytes(name: &[u8]) -> Option<(usize, Option<&'static str>)> {
     if !is_audio_name(&String::from_utf8_lossy(name)) {
         return None;
     }

@@ -7,7 +7,7 @@ use super::*;
 /// A PBX file's path as stored in the spool's delivery watch (a JSON
 /// string): as it is when it is UTF-8, else `hex:` and the hex of its bytes
 /// (the paths watched are absolute, so a plain one never starts so).
-pub fn encode_path(p: &Path) -> String {
+pub(crate) fn encode_path(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     match p.to_str() {
         Some(s) if !s.starts_with(HEX_PATH) => s.to_string(),
@@ -23,7 +23,7 @@ pub fn encode_path(p: &Path) -> String {
 
 /// [`encode_path`] reversed; entries written before it (plain, lossy
 /// strings) are read as they are.
-pub fn decode_path(s: &str) -> PathBuf {
+pub(crate) fn decode_path(s: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let Some(hex) = s.strip_prefix(HEX_PATH) else {
         return PathBuf::from(s);
@@ -69,7 +69,7 @@ pub struct SeenFile {
 }
 
 impl SeenFile {
-    pub const NAME: &'static str = ".folder-seen";
+    pub(crate) const NAME: &'static str = ".folder-seen";
 
     pub fn open(spool: &Path) -> io::Result<Self> {
         let path = spool.join(Self::NAME);

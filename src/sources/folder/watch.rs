@@ -132,7 +132,7 @@ fn watch_error(e: &notify::Error) -> String {
 /// The network file system `path` is on, if it is one: inotify sees only
 /// the changes made through this host's kernel, not a PBX writing on another
 /// host.
-pub fn network_fs(path: &Path) -> Option<&'static str> {
+pub(crate) fn network_fs(path: &Path) -> Option<&'static str> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statfs fills the zeroed struct; `c` is a valid C string.

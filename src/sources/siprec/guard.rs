@@ -43,18 +43,18 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// Refusal answers per second and source address.
-pub const REFUSALS_PER_SECOND: f64 = 50.0;
+pub(crate) const REFUSALS_PER_SECOND: f64 = 50.0;
 /// Refusal answers a source may get at once.
-pub const REFUSAL_BURST: f64 = 100.0;
+pub(crate) const REFUSAL_BURST: f64 = 100.0;
 /// Source addresses whose refusal budget is remembered.
 const MAX_TRACKED_SOURCES: usize = 4096;
 /// Connections (TCP and TLS) from one address.
-pub const MAX_CONNS_PER_IP: usize = 128;
+pub(crate) const MAX_CONNS_PER_IP: usize = 128;
 /// Connections (TCP and TLS) in all.
-pub const MAX_CONNS: usize = 2048;
+pub(crate) const MAX_CONNS: usize = 2048;
 /// After a refusal that loses the stream: how long we go on reading (and
 /// dropping) what the sender still sends before the socket is closed.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why SIP input was refused, as counted (label `reason` of
 /// `pbx_edge_sip_rejected_total`):
@@ -66,7 +66,7 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 ///   response), `rate_limited` (over the source's refusal budget);
 /// - connections closed: `tcp_idle`, `tcp_slow` (a message not finished in
 ///   time), `tcp_connections` (over the connection caps).
-pub const REASONS: [&str; 14] = [
+pub(crate) const REASONS: [&str; 14] = [
     "too_large",
     "too_many_headers",
     "too_many_vias",
@@ -110,7 +110,7 @@ impl GuardCounters {
 
     /// Every reason with its count (zeros included, so the metric exists
     /// from the start).
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         REASONS
             .iter()
             .zip(&self.counts)
@@ -195,7 +195,7 @@ impl Refuser {
     }
 
     /// [`Refuser::refuse`] at a given time (for the rate limit).
-    pub fn refuse_at(
+    pub(crate) fn refuse_at(
         &mut self,
         uas: &mut Uas,
         bytes: &[u8],
@@ -222,7 +222,7 @@ impl Refuser {
     }
 
     /// An offer refused by the SIP task itself (488): counted.
-    pub fn count_offer(&self, refusal: &Refusal) {
+    pub(crate) fn count_offer(&self, refusal: &Refusal) {
         self.counters.count(refusal.kind);
     }
 
@@ -270,7 +270,7 @@ pub struct ConnLimits(Arc<Mutex<HashMap<IpAddr, usize>>>);
 impl ConnLimits {
     /// A slot for one more connection from `ip`, `None` over the caps. The
     /// slot is given back when dropped (however the connection ends).
-    pub fn acquire(&self, ip: IpAddr) -> Option<ConnSlot> {
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<ConnSlot> {
         let mut m = self.0.lock().ok()?;
         let total: usize = m.values().sum();
         let here = m.get(&ip).copied().unwrap_or(0);
@@ -338,7 +338,7 @@ pub struct ConnConfig {
 /// framing SIP messages and reporting them as `wrap(event)` on `tx`; the
 /// last event is always [`ConnEvent::Closed`] (unless the SIP task is gone).
 /// `slot` is held until the end.
-pub async fn read_connection<R, T>(
+pub(crate) async fn read_connection<R, T>(
     mut rd: R,
     peer: SocketAddr,
     cfg: ConnConfig,

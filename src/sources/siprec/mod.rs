@@ -224,7 +224,7 @@ impl SiprecHandle {
 
     /// Keep taking calls, end as soon as no call is in progress (`false`:
     /// keep running after all).
-    pub fn stop_when_idle(&self, on: bool) {
+    pub(crate) fn stop_when_idle(&self, on: bool) {
         let _ = self.control.send(Control::StopWhenIdle(on));
     }
 
@@ -246,7 +246,7 @@ impl SiprecHandle {
     /// Re-read the TLS certificate, key and client CA files (SIGHUP): new
     /// connections use them, established ones keep theirs. On an error the
     /// running settings stay. `Ok(false)`: TLS is not on.
-    pub fn reload_tls(&self, cfg: &SiprecConfig) -> Result<bool, crate::sys::tls::TlsError> {
+    pub(crate) fn reload_tls(&self, cfg: &SiprecConfig) -> Result<bool, crate::sys::tls::TlsError> {
         let (Some(shared), Some(cert), Some(key)) = (&self.tls, &cfg.tls_cert, &cfg.tls_key) else {
             return Ok(false);
         };

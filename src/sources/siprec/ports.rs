@@ -53,16 +53,16 @@ use crate::sources::siprec::srtp::SrtpStream;
 
 /// A port given back is not handed out again within this time while the
 /// range allows.
-pub const COOL_OFF: Duration = Duration::from_secs(60);
+pub(crate) const COOL_OFF: Duration = Duration::from_secs(60);
 
 /// A port given back stays open this long, counting what still arrives.
-pub const RETIRE_FOR: Duration = Duration::from_secs(10);
+pub(crate) const RETIRE_FOR: Duration = Duration::from_secs(10);
 
 /// A state file older than this is ignored at start.
-pub const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// The state file's name in the spool directory.
-pub const STATE_FILE: &str = ".rtp-ports";
+pub(crate) const STATE_FILE: &str = ".rtp-ports";
 
 /// At most this many ports of the previous run are kept open at start.
 const MAX_QUARANTINE: usize = 4096;
@@ -131,7 +131,7 @@ impl PortPool {
     /// A pool that keeps its state in `path`: the ports the previous run
     /// wrote there (if it is younger than [`STATE_MAX_AGE`] at `wall`) cool
     /// off from `now` and are handed out last.
-    pub fn restore(
+    pub(crate) fn restore(
         range: RangeInclusive<u16>,
         path: &Path,
         wall: SystemTime,
@@ -160,7 +160,7 @@ impl PortPool {
     }
 
     /// Hand out ports of `range` from now on (ports out stay out until given back).
-    pub fn set_range(&mut self, range: RangeInclusive<u16>) {
+    pub(crate) fn set_range(&mut self, range: RangeInclusive<u16>) {
         if range == self.range {
             return;
         }
@@ -201,7 +201,7 @@ impl PortPool {
     }
 
     /// `p` is free again (at `now`): it is handed out after every other free port.
-    pub fn give_back(&mut self, p: u16, now: Instant) {
+    pub(crate) fn give_back(&mut self, p: u16, now: Instant) {
         if self.taken.remove(&p) && self.range.contains(&p) && p % 2 == 0 {
             self.free.push_back((p, Some(now)));
         }
@@ -218,12 +218,12 @@ impl PortPool {
     }
 
     /// Ports handed out before [`COOL_OFF`] had passed since they were given back.
-    pub fn early_reuses(&self) -> u64 {
+    pub(crate) fn early_reuses(&self) -> u64 {
         self.early_reuses
     }
 
     /// The ports of the previous run to keep open (once; empty afterwards).
-    pub fn take_quarantine(&mut self) -> Vec<u16> {
+    pub(crate) fn take_quarantine(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.quarantine)
     }
 
@@ -241,7 +241,7 @@ impl PortPool {
     }
 
     /// Write the state file if anything changed (temp file + rename).
-    pub fn save(&mut self, now: Instant, wall: SystemTime) -> std::io::Result<()> {
+    pub(crate) fn save(&mut self, now: Instant, wall: SystemTime) -> std::io::Result<()> {
         let Some(path) = self.state.clone() else {
             return Ok(());
         };
@@ -407,7 +407,7 @@ impl RtpPorts {
     }
 
     /// The SRC re-offered the stream on `local`.
-    pub fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
+    pub(crate) fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
         self.media.set_origin(local, origin);
     }
 

@@ -11,7 +11,7 @@ use webrtc_srtp::option::srtp_replay_protection;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 
 /// Crypto suites we take, best first.
-pub const SUITES: [&str; 2] = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"];
+pub(crate) const SUITES: [&str; 2] = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"];
 
 fn profile(suite: &str) -> Option<ProtectionProfile> {
     match suite {

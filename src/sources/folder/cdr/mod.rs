@@ -153,7 +153,7 @@ pub fn digits(s: &str) -> Option<i64> {
 }
 
 /// How well a row matches a query: 3 recordingfile, 2 uniqueid, 1 linkedid.
-pub fn match_rank(row: &CdrRow, q: &CdrQuery) -> u8 {
+pub(crate) fn match_rank(row: &CdrRow, q: &CdrQuery) -> u8 {
     let rf = row.recordingfile.trim();
     if !rf.is_empty() {
         let base = rf.rsplit('/').next().unwrap_or(rf);
@@ -171,7 +171,10 @@ pub fn match_rank(row: &CdrRow, q: &CdrQuery) -> u8 {
 }
 
 /// The best of `rows` for `q` (see the module doc), if any matches.
-pub fn best_row<'a>(rows: impl IntoIterator<Item = &'a CdrRow>, q: &CdrQuery) -> Option<CdrRow> {
+pub(crate) fn best_row<'a>(
+    rows: impl IntoIterator<Item = &'a CdrRow>,
+    q: &CdrQuery,
+) -> Option<CdrRow> {
     /// rank, answered, billsec, −start
     type Score = (u8, bool, i64, i64);
     let mut best: Option<(&CdrRow, Score)> = None;
