@@ -11,6 +11,10 @@
 //! override `PBX_EDGE__VAR: key.path: what is wrong`). Unknown sections and keys
 //! are errors, never silently ignored. A missing key takes its default.
 //!
+//! A leaf of the shell: it uses only `units` and `sys` (tests/layering.rs).
+//! Values with a syntax of their own are stored parsed, as the types the
+//! runtime modules use ([`values`]: the upload window, Master.csv columns).
+//!
 //! Why the `toml` crate and not the `config` crate: `config` merges sources into
 //! an untyped map and forgets where each value came from, so it cannot name the
 //! line of a bad value, and its serde-driven deserialisation stops at the first

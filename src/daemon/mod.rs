@@ -674,7 +674,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         version: env!("CARGO_PKG_VERSION"),
         agent_id: cfg.agent.id.clone(),
-        started_at: sniff::now().to_rfc3339(),
+        started_at: crate::sys::now().to_rfc3339(),
         config_file: Config::resolve_path(config_path.as_deref()).map(|p| p.display().to_string()),
         ..Status::default()
     }));

@@ -4,9 +4,11 @@
 //! In: the clock, file systems, sockets' control messages, the host, PEM
 //! key files (TLS), libpcap (filters).
 //! Out: plain values (`Timestamp`, sizes, names) and private files.
-//! Promises: only this module (and the sockets of the sources) calls
-//! `SystemTime::now`; recordings' files and directories are created private
-//! (0600 / 0700) here and nowhere else.
+//! Promises: one copy of each: the wall clock as a core `Timestamp` or as
+//! epoch milliseconds ([`now`], [`now_ms`]; code that needs a `SystemTime`,
+//! such as HTTP dates, still asks `SystemTime::now` itself), private file
+//! and directory creation (0600 / 0700), free space, the host name, socket
+//! options and control messages.
 
 pub(crate) mod bpf;
 pub(crate) mod clock;
