@@ -41,7 +41,7 @@ use toml::Spanned;
 
 use crate::units::{parse_duration, parse_size};
 
-mod values;
+pub mod values;
 pub use values::*;
 
 mod load;

@@ -105,7 +105,7 @@ impl AnsweredCalls {
     }
 
     /// The call's audio began or the call ended: its sidecar goes.
-    pub(crate) fn forget(&self, call_id: &str) {
+    pub fn forget(&self, call_id: &str) {
         let path = self
             .0
             .lock()

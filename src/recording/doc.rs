@@ -2,7 +2,7 @@
 //!
 //! In: what a source knows of a finished call (the engine's [`CallMeta`], a
 //! crash sidecar, or a folder conversion's file name and CDR row).
-//! Out: [`RecordingDoc`], serialised by [`super::write_json`] only.
+//! Out: [`RecordingDoc`], serialised by `write_json` (in [`super`]) only.
 //!
 //! Promises:
 //! - Every recording, whatever its source, carries the CONTRACT §3 fields

@@ -219,7 +219,7 @@ impl RecordingDir {
     /// The Call-IDs whose recording ended since the last call: their pair is
     /// durable on disk (files and directory fsynced), or there is none
     /// (shorter than `min_duration`, or a write error, counted).
-    pub(crate) fn take_closed(&mut self) -> Vec<String> {
+    pub fn take_closed(&mut self) -> Vec<String> {
         std::mem::take(&mut self.closed)
     }
 
@@ -236,7 +236,7 @@ impl RecordingDir {
     /// if its audio never began, it becomes a recording of its own, an
     /// empty WAV, not truncated (unless `min_duration` discards it).
     /// Whether such a recording was made.
-    pub(crate) fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
+    pub fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
         let Some(sidecar) = self.answered.take(call_id) else {
             return false;
         };
@@ -469,7 +469,7 @@ pub const WHOLE_TMP: &str = ".wav.folder-tmp";
 /// `audio` and `duration_ms` filled in from what was written, by the one
 /// JSON writer; then the directory fsynced. On an error nothing is left
 /// (neither temp file nor WAV). Returns the pair and the WAV's size.
-pub(crate) fn write_whole(
+pub fn write_whole(
     dir: &Path,
     rate: u32,
     left: &[i16],

@@ -6,7 +6,7 @@ use super::*;
 
 /// How often the file system of a spool being written is synced: the
 /// power-loss window beyond the engine's hold-back (docs/durability.md).
-pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) struct Syncer {
     /// Directories written since the last round.

@@ -108,14 +108,14 @@ use crate::sys::{create_private_file, sync_dir};
 pub(crate) const DB_FILE: &str = "spool.db";
 /// Space held back in the spool directory so that the database can still
 /// record deliveries (which free space) when the disk is full.
-pub(crate) const RESERVE_FILE: &str = ".spool.reserve";
+pub const RESERVE_FILE: &str = ".spool.reserve";
 /// Size of [`RESERVE_FILE`].
 pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 /// Version of the schema below (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 1;
 /// The durable record of delivered ids beside the database (see the module
 /// doc): one id per line.
-pub(crate) const DELIVERED_LOG: &str = "spool.delivered";
+pub const DELIVERED_LOG: &str = "spool.delivered";
 /// Compact [`DELIVERED_LOG`] once it has at least this many lines and more
 /// than twice as many as ids whose files are still there.
 const DELIVERED_LOG_COMPACT: usize = 1024;

@@ -18,7 +18,7 @@ pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Backoff cap (CONTRACT §4).
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// How often a paused delivery tries again (CONTRACT §4).
-pub(crate) const PAUSE_RETRY: Duration = Duration::from_secs(300);
+pub const PAUSE_RETRY: Duration = Duration::from_secs(300);
 /// A `Retry-After` longer than this is clamped (a broken header must not stop
 /// a recording for days).
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);

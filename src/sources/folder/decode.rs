@@ -37,7 +37,7 @@ impl Pcm {
 /// (`slin12` ... `slin192`): their extensions and rates. Taken as
 /// recordings so that they are reported (the resampler converts only
 /// between 8 and 16 kHz), not silently passed over.
-pub(crate) const SLN_OTHER_RATES: &[(&str, u32)] = &[
+pub const SLN_OTHER_RATES: &[(&str, u32)] = &[
     ("sln12", 12_000),
     ("sln24", 24_000),
     ("sln32", 32_000),
@@ -117,19 +117,19 @@ impl RawProbe {
 /// How much of a raw file [`probe_raw_layout`] looks at, in seconds (of
 /// stereo, at the file's rate): enough to get past ringing and a quiet
 /// start, bounded so that the cost does not grow with the call.
-pub(crate) const RAW_PROBE_SECONDS: usize = 30;
+pub const RAW_PROBE_SECONDS: usize = 30;
 
 /// Interleaved stereo when D1 > this × D2.
-pub(crate) const RAW_STEREO_RATIO: f64 = 1.5;
+pub const RAW_STEREO_RATIO: f64 = 1.5;
 
 /// Interleaved stereo only when D1 < this × 2·Σx²: the channels of two
 /// parties (or one party and silence) are not anti-correlated, so D1 ≈
 /// 2·Σx²; a mono tone of angular frequency θ has D1 = 2·Σx²·(1 − cos θ),
 /// at least 1.5 × 2·Σx² exactly when D1/D2 can exceed 1 (θ ≥ 2π/3).
-pub(crate) const RAW_MAX_ANTI: f64 = 1.5;
+pub const RAW_MAX_ANTI: f64 = 1.5;
 
 /// Below this RMS (about −66 dBFS) a probe tells nothing: mono.
-pub(crate) const RAW_PROBE_MIN_RMS: f64 = 16.0;
+pub const RAW_PROBE_MIN_RMS: f64 = 16.0;
 
 /// Whether headerless s16 samples at `rate` are interleaved stereo
 /// (MixMonitor `D`) or mono, from the samples alone.
@@ -206,7 +206,7 @@ pub fn probe_raw_layout(samples: &[i16], rate: u32) -> RawProbe {
 /// stereo, or GSM 6.10 = WAV49 mono 8 kHz), `.wav49`, raw GSM 06.10 frames
 /// `.gsm` (8 kHz mono), `.sln`/`.raw` (8 kHz s16le, mono or interleaved
 /// stereo per `raw_stereo`), `.sln16`.
-pub(crate) fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
+pub fn read_audio(path: &Path, settings: &FolderSettings) -> Result<Pcm, FolderError> {
     read_audio_as(path, settings, false)
 }
 

@@ -121,7 +121,7 @@ impl RecordingSet {
 /// case, just before the extension): what people configure for MixMonitor
 /// `r()` (what the PBX received: the caller, `"in"`) and `t()` (what it
 /// sent: the callee, `"out"`). Longest first, so `-out` is not read as `-t`.
-pub(crate) const LEG_SUFFIXES: &[(&str, &str)] = &[
+pub const LEG_SUFFIXES: &[(&str, &str)] = &[
     ("-out", "out"),
     ("_out", "out"),
     (".out", "out"),

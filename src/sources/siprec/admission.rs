@@ -63,32 +63,32 @@ use pbx_core::rtp::is_rtcp;
 use pbx_core::Timestamp;
 
 /// Packets of one SSRC, in sequence, a source needs to be latched.
-pub(crate) const QUORUM: u32 = 5;
+pub const QUORUM: u32 = 5;
 
 /// Arrival time the run of a latching source must span (µs): the announced
 /// address has this long to show up and win.
-pub(crate) const LATCH_WAIT_US: i64 = 100_000;
+pub const LATCH_WAIT_US: i64 = 100_000;
 
 /// Packets of a new SSRC, in sequence, that move a locked stream to it.
-pub(crate) const SSRC_QUORUM: u32 = 3;
+pub const SSRC_QUORUM: u32 = 3;
 
 /// Largest forward step of the sequence number that keeps a run going (lost
 /// packets); a larger jump, or a step back beyond [`MAX_SEQ_BEHIND`], starts
 /// the run again.
-pub(crate) const MAX_SEQ_GAP: u16 = 4;
+pub const MAX_SEQ_GAP: u16 = 4;
 
 /// A packet up to this many sequence numbers behind the newest of its run is
 /// reordered: held (the engine puts it in place), not counted towards the run.
-pub(crate) const MAX_SEQ_BEHIND: u16 = 16;
+pub const MAX_SEQ_BEHIND: u16 = 16;
 
 /// Sources held at once while learning.
-pub(crate) const MAX_CANDIDATES: usize = 4;
+pub const MAX_CANDIDATES: usize = 4;
 
 /// Packets held per source.
-pub(crate) const MAX_HELD: usize = 32;
+pub const MAX_HELD: usize = 32;
 
 /// Bytes held per source.
-pub(crate) const MAX_HELD_BYTES: usize = 16 * 1024;
+pub const MAX_HELD_BYTES: usize = 16 * 1024;
 
 /// A candidate silent this long (µs) makes room for a new one.
 const CANDIDATE_STALE_US: i64 = 1_000_000;

@@ -43,18 +43,18 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// Refusal answers per second and source address.
-pub(crate) const REFUSALS_PER_SECOND: f64 = 50.0;
+pub const REFUSALS_PER_SECOND: f64 = 50.0;
 /// Refusal answers a source may get at once.
-pub(crate) const REFUSAL_BURST: f64 = 100.0;
+pub const REFUSAL_BURST: f64 = 100.0;
 /// Source addresses whose refusal budget is remembered.
 const MAX_TRACKED_SOURCES: usize = 4096;
 /// Connections (TCP and TLS) from one address.
-pub(crate) const MAX_CONNS_PER_IP: usize = 128;
+pub const MAX_CONNS_PER_IP: usize = 128;
 /// Connections (TCP and TLS) in all.
-pub(crate) const MAX_CONNS: usize = 2048;
+pub const MAX_CONNS: usize = 2048;
 /// After a refusal that loses the stream: how long we go on reading (and
 /// dropping) what the sender still sends before the socket is closed.
-pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why SIP input was refused, as counted (label `reason` of
 /// `pbx_edge_sip_rejected_total`):
@@ -66,7 +66,7 @@ pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 ///   response), `rate_limited` (over the source's refusal budget);
 /// - connections closed: `tcp_idle`, `tcp_slow` (a message not finished in
 ///   time), `tcp_connections` (over the connection caps).
-pub(crate) const REASONS: [&str; 14] = [
+pub const REASONS: [&str; 14] = [
     "too_large",
     "too_many_headers",
     "too_many_vias",
@@ -338,7 +338,7 @@ pub struct ConnConfig {
 /// framing SIP messages and reporting them as `wrap(event)` on `tx`; the
 /// last event is always [`ConnEvent::Closed`] (unless the SIP task is gone).
 /// `slot` is held until the end.
-pub(crate) async fn read_connection<R, T>(
+pub async fn read_connection<R, T>(
     mut rd: R,
     peer: SocketAddr,
     cfg: ConnConfig,

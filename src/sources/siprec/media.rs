@@ -71,7 +71,7 @@ use crate::sources::siprec::admission::{Admission, RejectCounts, StreamOrigin};
 use crate::sources::siprec::srtp::SrtpStream;
 
 /// Shortest time between two reading rounds while media flows.
-pub(crate) const ROUND: Duration = Duration::from_millis(40);
+pub const ROUND: Duration = Duration::from_millis(40);
 
 /// Datagrams read from one socket per `recvmmsg` call.
 const VLEN: usize = 32;
@@ -276,7 +276,7 @@ impl MediaControl {
 
     /// The stream on `local` ended: keep the port open, count what still
     /// arrives on it (`unknown_port`) and drop it.
-    pub(crate) fn retire(&self, local: SocketAddr) {
+    pub fn retire(&self, local: SocketAddr) {
         self.send(Command::Retire(local));
     }
 
@@ -297,7 +297,7 @@ impl MediaControl {
     }
 
     /// The SRC re-offered the stream on `local` (see [`Admission::set_origin`]).
-    pub(crate) fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
+    pub fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
         self.send(Command::SetOrigin(local, origin));
     }
 

@@ -53,13 +53,13 @@ use crate::sources::siprec::srtp::SrtpStream;
 
 /// A port given back is not handed out again within this time while the
 /// range allows.
-pub(crate) const COOL_OFF: Duration = Duration::from_secs(60);
+pub const COOL_OFF: Duration = Duration::from_secs(60);
 
 /// A port given back stays open this long, counting what still arrives.
-pub(crate) const RETIRE_FOR: Duration = Duration::from_secs(10);
+pub const RETIRE_FOR: Duration = Duration::from_secs(10);
 
 /// A state file older than this is ignored at start.
-pub(crate) const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
+pub const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// The state file's name in the spool directory.
 pub(crate) const STATE_FILE: &str = ".rtp-ports";
@@ -218,7 +218,7 @@ impl PortPool {
     }
 
     /// Ports handed out before [`COOL_OFF`] had passed since they were given back.
-    pub(crate) fn early_reuses(&self) -> u64 {
+    pub fn early_reuses(&self) -> u64 {
         self.early_reuses
     }
 
@@ -407,7 +407,7 @@ impl RtpPorts {
     }
 
     /// The SRC re-offered the stream on `local`.
-    pub(crate) fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
+    pub fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
         self.media.set_origin(local, origin);
     }
 

@@ -171,10 +171,7 @@ pub(crate) fn match_rank(row: &CdrRow, q: &CdrQuery) -> u8 {
 }
 
 /// The best of `rows` for `q` (see the module doc), if any matches.
-pub(crate) fn best_row<'a>(
-    rows: impl IntoIterator<Item = &'a CdrRow>,
-    q: &CdrQuery,
-) -> Option<CdrRow> {
+pub fn best_row<'a>(rows: impl IntoIterator<Item = &'a CdrRow>, q: &CdrQuery) -> Option<CdrRow> {
     /// rank, answered, billsec, −start
     type Score = (u8, bool, i64, i64);
     let mut best: Option<(&CdrRow, Score)> = None;

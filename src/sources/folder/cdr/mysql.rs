@@ -37,7 +37,7 @@ use mysql_async::{Conn, Opts, Value};
 use super::{best_row, mask, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
 
 /// Bound of a connect + query round trip.
-pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Columns read (those present in the table).
 const WANTED: &[&str] = &[
