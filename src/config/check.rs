@@ -2,7 +2,6 @@
 //! problem collected with its origin (unknown keys with a suggestion, wrong
 //! types, values out of range, contradictions).
 
-#[allow(unused_imports)]
 use super::*;
 
 // The schema walk

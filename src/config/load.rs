@@ -2,7 +2,6 @@
 //! values, each with its origin (file and line, or variable), for the
 //! schema walk ([`super::check`]).
 
-#[allow(unused_imports)]
 use super::*;
 
 // Loading: file and environment into one tree of values with origins

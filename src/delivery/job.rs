@@ -1,7 +1,6 @@
 //! One upload job: a due entry → the cloud → its outcome in the spool
 //! (what to do with it is [`crate::upload::policy`], a pure function).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Per-upload progress into the database.

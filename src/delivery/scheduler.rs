@@ -2,7 +2,6 @@
 //! window, pauses), housekeeping (retention, integrity checks, reserve),
 //! the status published.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Whether `p` exists (a broken symlink or a directory counts).

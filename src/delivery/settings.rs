@@ -1,7 +1,6 @@
 //! Delivery settings from the config: filters (what is uploaded), the
 //! upload window, parallelism, retention.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Local filters: recordings that fail them never leave the machine.

@@ -2,7 +2,6 @@
 //! the `200 OK` goes out, so that an answered call always leaves a
 //! recording (module doc of [`super`]).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Suffix of the sidecar of an answered call whose audio has not begun.

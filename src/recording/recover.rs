@@ -1,7 +1,6 @@
 //! Crash recovery: what a crash or power loss cut off in a spool directory
 //! becomes complete recording pairs at the next start.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Complete the recordings a crash (or power loss) cut off in `dir`: every

@@ -1,7 +1,6 @@
 //! Syncing for power loss: one thread per process `syncfs`es every file
 //! system a recording was written to, every [`SYNC_INTERVAL`].
 
-#[allow(unused_imports)]
 use super::*;
 
 /// How often the file system of a spool being written is synced: the

@@ -1,7 +1,6 @@
 //! The queue for people and scripts: `spool list` text and JSON, human
 //! sizes and ages.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Human age: `42s`, `5m03s`, `2h10m`, `3d04h`.

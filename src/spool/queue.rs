@@ -1,7 +1,6 @@
 //! The queue: rows read, and moved between states (recorded → queued →
 //! uploading → delivered / failed / filtered), each one SQL statement.
 
-#[allow(unused_imports)]
 use super::*;
 
 // Queries and state transitions (CONTRACT §5 states).

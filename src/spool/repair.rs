@@ -1,7 +1,6 @@
 //! Rebuilding after damage: a corrupt database moved aside, the record of
 //! delivered ids (`spool.delivered`) that keeps them from being sent again.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Whether `dir` holds any recording pair (`<id>.json` with its WAV).

@@ -1,7 +1,6 @@
 //! A finished recording set (+ its CDR row) → a recording pair, written by
 //! [`crate::recording::write_whole`] (the one writer).
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------- convert

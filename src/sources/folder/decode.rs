@@ -2,7 +2,6 @@
 //! interleaved stereo told from the samples), GSM; resampling to 8/16 kHz.
 //! Never panics on input; what was odd is returned as warnings.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------- audio

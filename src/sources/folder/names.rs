@@ -2,7 +2,6 @@
 //! call facts (type, numbers, start, unique id); files grouped into the
 //! sets of one call (split legs `-in`/`-out` and their variants).
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------- names

@@ -2,7 +2,6 @@
 //! converted (after their CDR row, if one is awaited), `after_delivery`
 //! actions once delivered.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------- scanner

@@ -1,7 +1,6 @@
 //! Which PBX files were taken (`<spool>/.folder-seen`, by inode, size and
 //! mtime, across restarts and renames) and how their paths are kept.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A PBX file's path as stored in the spool's delivery watch (a JSON

@@ -1,7 +1,6 @@
 //! The folder source's thread: the inotify watch (or polling), the wake-ups
 //! of the scanner, the handle the daemon stops it with.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------- thread

@@ -2,7 +2,6 @@
 //! engine → recordings; reloads and stops applied between inputs; the
 //! status report published.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What the engine thread publishes to the status snapshot.

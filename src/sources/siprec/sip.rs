@@ -1,7 +1,6 @@
 //! The SIP side of the SIPREC server: UDP, TCP and TLS transports, the
 //! answers (SDP with our media ports), sessions and their RTP ports.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The address we put in our SDP: the listen address, or (when listening on
