@@ -1,29 +1,50 @@
 //! # pbx-edge: the shell around `pbx-core`
 //!
-//! Everything that touches the operating system lives here: the command line
-//! ([`cli`]), the `import` command ([`import`]), recording files
-//! ([`recording`]), and the config value syntax ([`units`]). The protocol and
-//! audio logic is in the sans-IO `pbx-core` crate.
+//! Everything that touches the operating system lives here; the protocol and
+//! audio logic is in the sans-IO `pbx-core` crate. Each folder is one arrow
+//! of the flow (docs/architecture.md has the diagram and the layering rule,
+//! which `tests/layering.rs` enforces):
+//!
+//! - [`cli`]: argv → a command; [`commands`]: `check-config`, `import`,
+//!   `spool list|retry|purge`, `status`; [`daemon`]: `run` (sources,
+//!   delivery, health, signals, reload, sd_notify).
+//! - [`sources`]: the outside world → recordings: [`sources::sniff`]
+//!   (AF_PACKET), [`sources::siprec`] (SIPREC server: SIP transports, media
+//!   ports, SRTP, admission), [`sources::folder`] (a PBX's recording files
+//!   and its CDR store).
+//! - [`recording`]: the only writer of `<id>.wav` + `<id>.json` (a typed
+//!   document), answered-call notes, power-loss syncing, crash recovery.
+//! - [`spool`]: recording pairs → a durable queue (SQLite); [`delivery`]:
+//!   due entries → uploads → outcomes; [`upload`]: the cloud protocols (tus,
+//!   multipart) and what an answer means (a pure policy).
+//! - [`status`] and [`health`]: snapshots → `/healthz`, `/readyz`,
+//!   `/metrics`, `/status`.
+//! - [`config`]: file + environment → a typed `Config` (a leaf); `sys`
+//!   (crate-private): clock, files, sockets, host name, BPF filters, TLS key
+//!   files (a leaf); [`units`]: sizes and durations; [`logmask`]: phone
+//!   numbers masked in logs.
 
-pub mod admission;
-pub mod cdr;
+#![warn(unreachable_pub)]
+
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
-pub mod folder;
 pub mod health;
-pub mod import;
+pub use commands::import;
 pub mod logmask;
-pub mod media;
 pub mod recording;
-pub mod rtp_ports;
-pub mod sip_guard;
-pub mod sip_tls;
-pub mod siprec;
-pub mod sniff;
+pub mod sources;
 pub mod spool;
-pub mod srtp;
 pub mod status;
+pub(crate) mod sys;
 pub mod units;
 pub mod upload;
+
+// The paths these modules had before the layout of sources/ (kept for the
+// tests, fuzz targets and benches that use them).
+pub use sources::folder::{self, cdr};
+pub use sources::siprec::{self, admission, guard as sip_guard, media, ports as rtp_ports, srtp};
+pub use sources::sniff;
+pub use sys::tls as sip_tls;

@@ -20,7 +20,7 @@
 use std::io::{self, Write};
 
 /// Mask phone-number-like digit runs in `s`.
-pub fn mask_numbers(s: &[u8]) -> Vec<u8> {
+pub(crate) fn mask_numbers(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

@@ -1,7 +1,7 @@
 //! `pbx-edge`: the binary. Command-line parsing lives in `pbx_edge::cli`; each
 //! command is a module of the `pbx_edge` library.
 
-use pbx_edge::{cli, config, daemon, import, spool};
+use pbx_edge::{cli, commands, config, daemon};
 
 use std::process::ExitCode;
 
@@ -19,11 +19,11 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose, &log);
     let res = match cli.command {
-        cli::Command::Import(args) => import::run(&args),
-        cli::Command::CheckConfig { file, config } => Ok(config::check_config(file, config)),
+        cli::Command::Import(args) => commands::import::run(&args),
+        cli::Command::CheckConfig { file, config } => Ok(commands::check_config::run(file, config)),
         cli::Command::Run(c) => daemon::run(c.config),
-        cli::Command::Status(c) => daemon::print_status(c.config.config, c.json),
-        cli::Command::Spool(c) => spool::cli(c),
+        cli::Command::Status(c) => commands::status::run(c.config.config, c.json),
+        cli::Command::Spool(c) => commands::spool::run(c),
         cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
             Ok(files) => {
                 for f in files {

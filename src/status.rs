@@ -44,7 +44,7 @@ pub struct SourceStatus {
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
-    /// SIPREC: SIP input refused, by reason (see [`crate::sip_guard::REASONS`]).
+    /// SIPREC: SIP input refused, by reason (see [`crate::sources::siprec::guard::REASONS`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sip_rejected: BTreeMap<String, u64>,
 }
@@ -68,7 +68,7 @@ impl SourceStatus {
     }
 }
 
-/// Datagrams refused by media admission ([`crate::admission`]), by reason.
+/// Datagrams refused by media admission ([`crate::sources::siprec::admission`]), by reason.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct RtpRejected {
     /// Not from the stream's source.
@@ -77,16 +77,6 @@ pub struct RtpRejected {
     pub ssrc: u64,
     /// To a port that carries no stream (any more).
     pub unknown_port: u64,
-}
-
-impl From<crate::admission::RejectCounts> for RtpRejected {
-    fn from(r: crate::admission::RejectCounts) -> Self {
-        RtpRejected {
-            source: r.source,
-            ssrc: r.ssrc,
-            unknown_port: r.unknown_port,
-        }
-    }
 }
 
 /// The subset of [`EngineStats`] exported.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parse a duration: one or more `<number><unit>` groups, unit in
 /// ms, s, m, h, d. A bare `0` is accepted.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
         return Ok(Duration::ZERO);

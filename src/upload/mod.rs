@@ -43,11 +43,11 @@ use crate::config::CloudProtocol;
 use policy::{Action, Answer, Step, Transport};
 
 /// `User-Agent` of every request.
-pub const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
 /// Size of each read from disk while streaming a body.
-pub const PIECE: usize = 256 * 1024;
+pub(crate) const PIECE: usize = 256 * 1024;
 /// The systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
-pub const CREDENTIAL_NAME: &str = "cloud-token";
+pub(crate) const CREDENTIAL_NAME: &str = "cloud-token";
 
 /// A boxed future (the [`Protocol`] trait is object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -145,7 +145,7 @@ impl std::fmt::Debug for Secret {
 
 /// Where the token comes from: `token_file` if set, else the systemd
 /// credential `cloud-token` when `$CREDENTIALS_DIRECTORY` holds one.
-pub fn token_path(token_file: &Path, credentials_dir: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn token_path(token_file: &Path, credentials_dir: Option<&Path>) -> Option<PathBuf> {
     if !token_file.as_os_str().is_empty() {
         return Some(token_file.to_path_buf());
     }
@@ -155,7 +155,7 @@ pub fn token_path(token_file: &Path, credentials_dir: Option<&Path>) -> Option<P
 }
 
 /// Read the token (first line, trimmed). `Ok(None)` when none is configured.
-pub fn read_token(token_file: &Path) -> Result<Option<Secret>, UploadError> {
+pub(crate) fn read_token(token_file: &Path) -> Result<Option<Secret>, UploadError> {
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let Some(path) = token_path(token_file, creds.as_deref()) else {
         return Ok(None);
@@ -176,7 +176,7 @@ pub fn read_token(token_file: &Path) -> Result<Option<Secret>, UploadError> {
 }
 
 /// Whether `host` (from a URL) names this machine.
-pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
+pub(crate) fn is_loopback_host(host: &url::Host<&str>) -> bool {
     match host {
         url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
         url::Host::Ipv4(a) => a.is_loopback(),
@@ -242,7 +242,7 @@ pub struct LocalReadError(#[source] pub std::io::Error);
 
 /// Stream `len` bytes of `path` from `offset` in [`PIECE`]s, paced by
 /// `limiter`, adding each piece to `sent`.
-pub fn file_stream(
+pub(crate) fn file_stream(
     path: PathBuf,
     offset: u64,
     len: u64,
@@ -578,7 +578,7 @@ async fn read_body(mut resp: reqwest::Response, max: usize) -> String {
 /// theirs) are [`Transport::Certificate`]; a local read failure inside a body
 /// is [`Transport::LocalIo`]. The message never contains the token (reqwest
 /// errors carry the URL, which has no credentials: config refuses them).
-pub fn classify_error(e: &reqwest::Error) -> Transport {
+pub(crate) fn classify_error(e: &reqwest::Error) -> Transport {
     let mut chain = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {

@@ -14,9 +14,9 @@
 use std::time::{Duration, SystemTime};
 
 /// Backoff base (CONTRACT §4).
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Backoff cap (CONTRACT §4).
-pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// How often a paused delivery tries again (CONTRACT §4).
 pub const PAUSE_RETRY: Duration = Duration::from_secs(300);
 /// A `Retry-After` longer than this is clamped (a broken header must not stop
@@ -201,7 +201,7 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 /// Exponential backoff with full jitter: uniform in `[0, min(cap, base·2^n)]`
 /// for the `n`-th consecutive failure (`n` from 0); `unit` is a uniform random
 /// number in `[0, 1)`.
-pub fn backoff(n: u32, unit: f64, base: Duration, cap: Duration) -> Duration {
+pub(crate) fn backoff(n: u32, unit: f64, base: Duration, cap: Duration) -> Duration {
     let ceiling = base
         .checked_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(cap)

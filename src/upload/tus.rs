@@ -28,7 +28,7 @@ use super::policy::{Action, Step};
 use super::{file_stream, BoxFuture, Cloud, HttpResult, Job, Outcome, Progress, Protocol};
 
 /// The tus version spoken.
-pub const TUS_VERSION: &str = "1.0.0";
+pub(crate) const TUS_VERSION: &str = "1.0.0";
 /// How often one attempt may go back to `HEAD` or restart before it gives up
 /// (as a transient failure) instead of looping.
 const MAX_DETOURS: u32 = 8;
@@ -64,7 +64,7 @@ fn retry(reason: impl Into<String>) -> Outcome {
 }
 
 /// `Upload-Metadata`: `key base64(value)` pairs.
-pub fn upload_metadata(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn upload_metadata(pairs: &[(&str, &str)]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     pairs
         .iter()
@@ -236,7 +236,7 @@ async fn post_call(cloud: &Cloud, job: &Job, location: &str) -> Outcome {
 }
 
 /// `POST {url}/v1/calls` with `Idempotency-Key: <recording id>`.
-pub async fn post_json_call(cloud: &Cloud, job: &Job, doc: &serde_json::Value) -> Outcome {
+pub(crate) async fn post_json_call(cloud: &Cloud, job: &Job, doc: &serde_json::Value) -> Outcome {
     let Some(url) = cloud.resolve("v1/calls") else {
         return retry("cannot build the calls URL");
     };

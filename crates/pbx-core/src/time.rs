@@ -110,6 +110,23 @@ impl Timestamp {
         Some(Timestamp(secs * 1_000_000 + micros))
     }
 
+    /// A civil date and time read as UTC (file names, CDR rows): `None`
+    /// unless year 0..=9999, month 1..=12, day 1..=31 (a day past the end
+    /// of its month rolls over), hour ..=23, minute ..=59, second ..=60.
+    pub fn from_civil(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<Timestamp> {
+        let ok = (0..=9999).contains(&y)
+            && (1..=12).contains(&mo)
+            && (1..=31).contains(&d)
+            && (0..=23).contains(&h)
+            && (0..=59).contains(&mi)
+            && (0..=60).contains(&s);
+        if !ok {
+            return None;
+        }
+        let days = days_from_civil(y, mo as u32, d as u32);
+        Some(Timestamp::from_secs(days * 86_400 + h * 3600 + mi * 60 + s))
+    }
+
     /// Compact UTC form for identifiers: `20261125T031616Z`.
     pub fn to_compact(self) -> String {
         let secs = self.0.div_euclid(1_000_000);
@@ -154,8 +171,8 @@ impl fmt::Display for Timestamp {
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// Howard Hinnant's `civil_from_days` (the one copy in the workspace).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -169,8 +186,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// (year, month, day), proleptic Gregorian → days since 1970-01-01.
-/// Howard Hinnant's `days_from_civil`.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+/// Howard Hinnant's `days_from_civil` (the one copy in the workspace).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

@@ -1,0 +1,208 @@
+//! `pbx-edge import FILE... --out DIR`: captures in, recordings out (CONTRACT §1).
+//!
+//! The files are read in the order given, through one [`CallEngine`], so a call
+//! that spans rotated capture files is one recording. A file that cannot be read
+//! to its end (truncated, corrupt) still gives every call found before the point
+//! where reading stopped; the message names the file and the byte offset, and the
+//! exit status is 1.
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use pbx_core::call::{CallEngine, EndReason, EngineConfig, EngineStats, SampleRatePolicy};
+use pbx_core::capture::{CaptureError, CaptureReader};
+
+use crate::cli::ImportArgs;
+
+use crate::recording::{RecordingContext, RecordingCounters, RecordingDir};
+/// The host name (the default agent id), where it used to be.
+pub use crate::sys::hostname;
+use crate::units::parse_duration;
+
+pub fn run(args: &ImportArgs) -> Result<ExitCode> {
+    let sample_rate = parse_rate(&args.sample_rate)?;
+    let min_duration =
+        parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
+    let ctx = RecordingContext {
+        agent_id: args.agent_id.clone().unwrap_or_else(hostname),
+        source: "pcap",
+        min_duration,
+    };
+    let mut out = RecordingDir::new(&args.out, ctx)
+        .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
+    // A capture file can be imported again: no need to write each chunk
+    // through for crash safety.
+    out.set_write_through(false);
+    let mut engine = CallEngine::new(EngineConfig {
+        sample_rate,
+        jitter_ms: args.jitter_ms,
+        ..EngineConfig::default()
+    });
+
+    let total: u64 = args
+        .files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = if !args.quiet && std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+
+    let mut all_ok = true;
+    let mut done_bytes = 0u64;
+    let mut files_read = 0usize;
+    for path in &args.files {
+        let shown = path.display();
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                report(&bar, format!("{shown}: cannot open: {e}"));
+                all_ok = false;
+                continue;
+            }
+        };
+        let mut reader = match CaptureReader::new(BufReader::with_capacity(1 << 20, file)) {
+            Ok(r) => r,
+            Err(e) => {
+                report(&bar, format!("{shown}: {}", describe(&e)));
+                all_ok = false;
+                continue;
+            }
+        };
+        files_read += 1;
+        let mut n = 0u64;
+        loop {
+            match reader.next_frame() {
+                Ok(Some(f)) => {
+                    engine.handle_frame(f.ts, f.link, f.data, &mut out);
+                    n += 1;
+                    if n % 8192 == 0 {
+                        if let Some(b) = &bar {
+                            b.set_position(done_bytes + reader.offset());
+                            b.set_message(format!(
+                                "{} calls, {} recordings",
+                                engine.stats().calls_seen,
+                                out.counters.written
+                            ));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    report(&bar, format!("{shown}: {}", describe(&e)));
+                    all_ok = false;
+                    break;
+                }
+            }
+        }
+        done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if let Some(b) = &bar {
+            b.set_position(done_bytes);
+        }
+    }
+    engine.finish(EndReason::CaptureEnd, &mut out);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    for e in &out.errors {
+        eprintln!("pbx-edge import: {e}");
+    }
+    println!(
+        "{}",
+        summary(args.files.len(), files_read, engine.stats(), &out.counters)
+    );
+    if !out.errors.is_empty() {
+        all_ok = false;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn report(bar: &Option<ProgressBar>, msg: String) {
+    match bar {
+        Some(b) => b.println(format!("pbx-edge import: {msg}")),
+        None => eprintln!("pbx-edge import: {msg}"),
+    }
+}
+
+fn describe(e: &CaptureError) -> String {
+    match e {
+        CaptureError::Truncated { offset } => {
+            format!("stopped at byte {offset}: the file ends in the middle of a packet record (truncated capture)")
+        }
+        CaptureError::Corrupt { offset, reason } => {
+            format!("stopped at byte {offset}: corrupt capture: {reason}")
+        }
+        CaptureError::NotACapture => "not a pcap or pcapng file".to_string(),
+        CaptureError::Io(io) => format!("read error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<SampleRatePolicy> {
+    Ok(match s {
+        "auto" => SampleRatePolicy::Auto,
+        "8000" => SampleRatePolicy::Fixed(8000),
+        "16000" => SampleRatePolicy::Fixed(16000),
+        other => bail!("--sample-rate must be auto, 8000 or 16000, not `{other}`"),
+    })
+}
+
+/// The one summary line printed at the end.
+fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) -> String {
+    let mut line = format!(
+        "imported {read}/{files} files: {} packets, {} calls, {} recordings written",
+        s.frames, s.calls_seen, c.written
+    );
+    let mut notes: Vec<String> = Vec::new();
+    let mut add = |n: u64, what: &str| {
+        if n > 0 {
+            notes.push(format!("{n} {what}"));
+        }
+    };
+    add(s.calls_without_media, "calls without media");
+    add(c.too_short, "recordings shorter than --min-duration");
+    add(c.failed, "recordings failed to write");
+    let mut unusable: Vec<String> = Vec::new();
+    let mut bad = |n: u64, what: &str| {
+        if n > 0 {
+            unusable.push(format!("{n} {what}"));
+        }
+    };
+    bad(s.frames_undecodable, "not IP/UDP/TCP or malformed");
+    bad(s.sip_malformed, "malformed SIP");
+    bad(s.sdp_malformed, "malformed SDP");
+    bad(s.rtp_malformed, "malformed RTP");
+    bad(s.rtp_unmatched, "RTP of no known call");
+    bad(
+        s.rtp_duplicate_flow,
+        "RTP copies of an already recorded stream",
+    );
+    bad(s.rtcp_packets, "RTCP (ignored)");
+    bad(s.sip_retransmissions, "SIP retransmissions");
+    bad(s.udp_other, "other UDP");
+    bad(s.tcp_other, "other TCP");
+    if !notes.is_empty() {
+        line.push_str(&format!(" ({})", notes.join(", ")));
+    }
+    if !unusable.is_empty() {
+        line.push_str(&format!("; not used: {}", unusable.join(", ")));
+    }
+    line
+}

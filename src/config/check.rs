@@ -1,0 +1,946 @@
+//! The schema walk: the tree of values → the typed [`Config`], every
+//! problem collected with its origin (unknown keys with a suggestion, wrong
+//! types, values out of range, contradictions).
+
+use super::*;
+
+// The schema walk
+// ---------------------------------------------------------------------------
+
+pub(super) const SECTIONS: &[&str] = &[
+    "agent",
+    "spool",
+    "health",
+    "recording",
+    "cloud",
+    "sources",
+    "filter",
+    "log",
+];
+pub(super) const SOURCES: &[&str] = &["siprec", "sniff", "folder"];
+
+/// A table being read: which keys were asked for, to report the rest as unknown.
+pub(super) struct Sec<'t> {
+    pub(super) path: String,
+    pub(super) table: Option<&'t Table>,
+    pub(super) known: Vec<&'static str>,
+}
+
+impl<'t> Sec<'t> {
+    /// The section `name` of `parent` (a missing one reads as empty; one that
+    /// is not a table is reported and reads as empty).
+    pub(super) fn child(parent: &Sec<'t>, name: &str, errs: &mut Vec<ConfigError>) -> Sec<'t> {
+        let path = if parent.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", parent.path)
+        };
+        let table = match parent.table.and_then(|t| t.get(name)) {
+            None => None,
+            Some(Entry {
+                node:
+                    Node {
+                        kind: Kind::Table(t),
+                        ..
+                    },
+                ..
+            }) => Some(t),
+            Some(e) => {
+                errs.push(ConfigError::Invalid {
+                    origin: e.node.origin.clone(),
+                    key: path.clone(),
+                    message: format!("expected a table ([{path}]), {}", e.node.found()),
+                });
+                None
+            }
+        };
+        Sec {
+            path,
+            table,
+            known: Vec::new(),
+        }
+    }
+
+    pub(super) fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    pub(super) fn get(&mut self, key: &'static str) -> Option<&'t Node> {
+        self.known.push(key);
+        self.table?.get(key).map(|e| &e.node)
+    }
+
+    /// Where `key` was set, for problems between two keys.
+    pub(super) fn origin(&self, key: &str) -> Origin {
+        self.table
+            .and_then(|t| t.get(key))
+            .map(|e| e.node.origin.clone())
+            .unwrap_or(Origin::Default)
+    }
+
+    /// Read `key` with `conv`; on success store it in `target`, else report.
+    pub(super) fn field<T>(
+        &mut self,
+        errs: &mut Vec<ConfigError>,
+        key: &'static str,
+        target: &mut T,
+        conv: impl FnOnce(&Node) -> Result<T, String>,
+    ) {
+        if let Some(n) = self.get(key) {
+            match conv(n) {
+                Ok(v) => *target = v,
+                Err(message) => errs.push(ConfigError::Invalid {
+                    origin: n.origin.clone(),
+                    key: self.key(key),
+                    message,
+                }),
+            }
+        }
+    }
+
+    /// Report every key that was not asked for; note the known ones in `keys`.
+    pub(super) fn finish(self, errs: &mut Vec<ConfigError>, keys: &mut Vec<String>, what: &str) {
+        if what == "key" {
+            keys.extend(self.known.iter().map(|k| self.key(k)));
+        }
+        let Some(t) = self.table else { return };
+        for (k, e) in t {
+            if self.known.contains(&k.as_str()) {
+                continue;
+            }
+            let key = if self.path.is_empty() {
+                k.clone()
+            } else {
+                format!("{}.{k}", self.path)
+            };
+            let mut message = format!("unknown {what}");
+            match suggest(k, &self.known) {
+                Some(s) => message.push_str(&format!(" (did you mean `{s}`?)")),
+                None => message.push_str(&format!(" (known: {})", self.known.join(", "))),
+            }
+            errs.push(ConfigError::Invalid {
+                origin: e.key_origin.clone(),
+                key,
+                message,
+            });
+        }
+    }
+}
+
+/// `sources.siprec.tls_*` once `tls_listen` is set: certificate and key
+/// given and usable (loaded as the listener would), no port clashes.
+pub(super) fn check_siprec_tls(
+    s: &Sec<'_>,
+    sr: &SiprecConfig,
+    tls: SocketAddr,
+    listen_ok: bool,
+    ports_ok: bool,
+    health: &SocketAddr,
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut problem = |key: &str, message: String| {
+        let o = s.origin(key);
+        let (origin, key) = if o == Origin::Default {
+            (s.origin("tls_listen"), "tls_listen")
+        } else {
+            (o, key)
+        };
+        errs.push(ConfigError::Invalid {
+            origin,
+            key: s.key(key),
+            message,
+        });
+    };
+    let same_tcp_port = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    if listen_ok && same_tcp_port(tls, sr.listen) {
+        problem(
+            "tls_listen",
+            format!("{tls} clashes with sources.siprec.listen {} (TCP); TLS needs its own port, usually 5061", sr.listen),
+        );
+    }
+    if same_tcp_port(tls, *health) {
+        problem(
+            "tls_listen",
+            format!("{tls} clashes with health.listen {health}"),
+        );
+    }
+    if ports_ok && sr.rtp_ports.contains(&tls.port()) {
+        problem(
+            "tls_listen",
+            format!(
+                "port {} is inside sources.siprec.rtp_ports ({}-{})",
+                tls.port(),
+                sr.rtp_ports.start(),
+                sr.rtp_ports.end()
+            ),
+        );
+    }
+    let (Some(cert), Some(key)) = (&sr.tls_cert, &sr.tls_key) else {
+        for (k, v) in [("tls_cert", &sr.tls_cert), ("tls_key", &sr.tls_key)] {
+            if v.is_none() {
+                errs.push(ConfigError::Invalid {
+                    origin: s.origin("tls_listen"),
+                    key: s.key(k),
+                    message: "must be set when sources.siprec.tls_listen is (a PEM file)".into(),
+                });
+            }
+        }
+        return;
+    };
+    if !sr.enabled {
+        return;
+    }
+    match crate::sys::tls::server_config(cert, key, sr.tls_client_ca.as_deref()) {
+        Ok(_) => {}
+        // The key is often readable only by the service user: checked when
+        // the listener starts (and by check-config run as that user).
+        Err(e) if e.permission_denied && e.key == "tls_key" => {}
+        Err(e) => problem(e.key, e.message),
+    }
+}
+
+/// The closest known name to a misspelt one, if close enough.
+pub(super) fn suggest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lname = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lname, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+pub(super) fn quote(s: &str) -> String {
+    const MAX: usize = 60;
+    let mut t: String = s.chars().take(MAX).collect();
+    if s.chars().count() > MAX {
+        t.push('…');
+    }
+    format!("\"{}\"", t.escape_debug())
+}
+
+// --- value conversions: each returns the message of what is wrong ---
+
+pub(super) fn as_str<'n>(n: &'n Node, expect: &str) -> Result<&'n str, String> {
+    match (&n.kind, &n.env_text) {
+        (Kind::Str(s), _) => Ok(s),
+        (_, Some(text)) => Ok(text),
+        _ => Err(format!("expected {expect}, {}", n.found())),
+    }
+}
+
+/// `"local"` (this machine's zone) → `None`; `"+01:00"`, `"-05:30"`, `"UTC"` →
+/// seconds east of UTC.
+pub(super) fn to_utc_offset(n: &Node) -> Result<Option<i64>, String> {
+    let v = to_string(n)?;
+    let t = v.trim();
+    if t.eq_ignore_ascii_case("local") {
+        return Ok(None);
+    }
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return Ok(Some(0));
+    }
+    let bad = || {
+        format!(
+            "{} is not a UTC offset: \"local\", \"UTC\" or like \"+01:00\"",
+            quote(&v)
+        )
+    };
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(Some(sign * (h * 3600 + m * 60)))
+}
+
+/// A folder name pattern: a regex naming at least `uniqueid` and a time.
+pub(super) fn check_name_pattern(p: &str) -> Result<(), String> {
+    let re = regex::Regex::new(p).map_err(|e| format!("{} is not a regex: {e}", quote(p)))?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    if !names.contains(&"uniqueid") {
+        return Err(format!("{} has no (?P<uniqueid>…) group", quote(p)));
+    }
+    let timed = names.contains(&"datetime")
+        || names.contains(&"epoch")
+        || (names.contains(&"date") && names.contains(&"time"));
+    if !timed {
+        return Err(format!(
+            "{} has no start time: (?P<datetime>…), (?P<epoch>…) or (?P<date>…) + (?P<time>…)",
+            quote(p)
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn to_string(n: &Node) -> Result<String, String> {
+    as_str(n, "a string").map(str::to_string)
+}
+
+/// An array of strings; from the environment also a comma-separated list.
+pub(super) fn to_string_list(n: &Node) -> Result<Vec<String>, String> {
+    match &n.kind {
+        Kind::Array(items) => items
+            .iter()
+            .map(|i| as_str(i, "a string").map(str::to_string))
+            .collect(),
+        Kind::Str(text) if n.env_text.is_some() => Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()),
+        _ => Err(format!("expected an array of strings, {}", n.found())),
+    }
+}
+
+pub(super) fn to_bool(n: &Node) -> Result<bool, String> {
+    match n.kind {
+        Kind::Bool(b) => Ok(b),
+        _ => Err(format!("expected true or false, {}", n.found())),
+    }
+}
+
+pub(super) fn to_int_in(n: &Node, range: RangeInclusive<i64>) -> Result<i64, String> {
+    let (lo, hi) = (range.start(), range.end());
+    match n.kind {
+        Kind::Int(Some(i)) if range.contains(&i) => Ok(i),
+        Kind::Int(Some(i)) => Err(format!("must be between {lo} and {hi}, found {i}")),
+        Kind::Int(None) => Err(format!("must be between {lo} and {hi}")),
+        _ => Err(format!("expected an integer, {}", n.found())),
+    }
+}
+
+pub(super) fn to_u32_in(n: &Node, range: RangeInclusive<u32>) -> Result<u32, String> {
+    let i = to_int_in(n, i64::from(*range.start())..=i64::from(*range.end()))?;
+    u32::try_from(i).map_err(|_| "out of range".to_string())
+}
+
+pub(super) fn to_duration(n: &Node) -> Result<Duration, String> {
+    let s = as_str(n, "a duration string such as \"30s\" or \"5m\"")?;
+    parse_duration(s)
+}
+
+pub(super) fn to_duration_in(n: &Node, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    let d = to_duration(n)?;
+    if d < lo {
+        return Err(format!("must be at least {}", fmt_duration(lo)));
+    }
+    if d > hi {
+        return Err(format!("must be at most {}", fmt_duration(hi)));
+    }
+    Ok(d)
+}
+
+pub(super) fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+pub(super) fn to_size(n: &Node) -> Result<u64, String> {
+    match n.kind {
+        Kind::Int(Some(i)) => u64::try_from(i).map_err(|_| format!("must not be negative ({i})")),
+        _ => parse_size(as_str(n, "a size string such as \"512MiB\" or \"20GiB\"")?),
+    }
+}
+
+pub(super) fn to_socket_addr(n: &Node) -> Result<SocketAddr, String> {
+    let s = as_str(n, "an address such as \"127.0.0.1:5090\"")?;
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{} is not an IP address and port (write e.g. \"127.0.0.1:5090\", \"0.0.0.0:5090\" or \"[::1]:5090\"; host names are not accepted)",
+            quote(s)
+        )
+    })
+}
+
+pub(super) fn to_path(n: &Node) -> Result<PathBuf, String> {
+    let s = as_str(n, "a path string")?;
+    if s.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
+pub(super) fn to_opt_path(n: &Node) -> Result<Option<PathBuf>, String> {
+    let p = to_path(n)?;
+    Ok((!p.as_os_str().is_empty()).then_some(p))
+}
+
+pub(super) fn to_nonempty_path(n: &Node) -> Result<PathBuf, String> {
+    let p = to_path(n)?;
+    if p.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(p)
+}
+
+pub(super) fn to_agent_id(n: &Node) -> Result<String, String> {
+    let s = as_str(n, "a string")?;
+    if s.is_empty() {
+        return Err("must not be empty (leave the key out to use the host name)".into());
+    }
+    if s.chars().count() > 128 {
+        return Err("longer than 128 characters".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(s.to_string())
+}
+
+pub(super) fn to_sample_rate(n: &Node) -> Result<SampleRate, String> {
+    let bad = || {
+        let found = match &n.kind {
+            Kind::Str(s) => format!("found {}", quote(s)),
+            _ => n.found(),
+        };
+        format!("expected \"auto\", \"8000\" or \"16000\", {found}")
+    };
+    match &n.kind {
+        Kind::Int(Some(8000)) => Ok(SampleRate::Hz8000),
+        Kind::Int(Some(16000)) => Ok(SampleRate::Hz16000),
+        Kind::Str(s) => match s.trim() {
+            "auto" => Ok(SampleRate::Auto),
+            "8000" => Ok(SampleRate::Hz8000),
+            "16000" => Ok(SampleRate::Hz16000),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+pub(super) fn to_protocol(n: &Node) -> Result<CloudProtocol, String> {
+    match as_str(n, "\"tus\" or \"multipart\"")? {
+        "tus" => Ok(CloudProtocol::Tus),
+        "multipart" => Ok(CloudProtocol::Multipart),
+        s => Err(format!(
+            "expected \"tus\" or \"multipart\", found {}",
+            quote(s)
+        )),
+    }
+}
+
+pub(super) fn to_log_format(n: &Node) -> Result<LogFormat, String> {
+    match as_str(n, "\"auto\", \"journald\", \"text\" or \"json\"")? {
+        "auto" => Ok(LogFormat::Auto),
+        "journald" => Ok(LogFormat::Journald),
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        s => Err(format!(
+            "expected \"auto\", \"journald\", \"text\" or \"json\", found {}",
+            quote(s)
+        )),
+    }
+}
+
+/// `cloud.url`: empty, or https, or http to a loopback host (CONTRACT §4).
+pub(super) fn to_cloud_url(n: &Node) -> Result<String, String> {
+    let s = as_str(n, "a URL string")?.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let u = url::Url::parse(s).map_err(|e| format!("{} is not a URL: {e}", quote(s)))?;
+    match u.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match u.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(
+                    "plain http:// is accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://"
+                        .into(),
+                );
+            }
+        }
+        other => {
+            return Err(format!(
+                "scheme must be https (or http for a loopback host), found `{other}`"
+            ))
+        }
+    }
+    if u.host().is_none() {
+        return Err("has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not contain credentials; put the token in cloud.token_file".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query (?…) or fragment (#…)".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+pub(super) fn to_port_range(n: &Node) -> Result<RangeInclusive<u16>, String> {
+    let s = as_str(n, "a port range string such as \"20000-29999\"")?;
+    let bad = || {
+        format!(
+            "{} is not a port range (write e.g. \"20000-29999\")",
+            quote(s)
+        )
+    };
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(format!("low port {lo} is above high port {hi}"));
+    }
+    if lo < 1024 {
+        return Err(format!(
+            "starts at {lo}: ports below 1024 are privileged (start at 1024 or above)"
+        ));
+    }
+    let first_even = if lo % 2 == 0 {
+        lo
+    } else {
+        lo.saturating_add(1)
+    };
+    if first_even < lo || first_even >= hi {
+        return Err(format!(
+            "{lo}-{hi} holds no RTP/RTCP pair (an even port and the odd one after it)"
+        ));
+    }
+    Ok(lo..=hi)
+}
+
+pub(super) fn parse_net(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    if let Ok(a) = t.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    Err(format!(
+        "{} is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
+        quote(s)
+    ))
+}
+
+// --- the sections ---
+
+pub(super) fn check(
+    root: &Node,
+    cfg: &mut Config,
+    errs: &mut Vec<ConfigError>,
+    keys: &mut Vec<String>,
+) {
+    let Kind::Table(t) = &root.kind else {
+        return;
+    };
+    let mut top = Sec {
+        path: String::new(),
+        table: Some(t),
+        known: SECTIONS.to_vec(),
+    };
+
+    let mut s = Sec::child(&top, "agent", errs);
+    s.field(errs, "id", &mut cfg.agent.id, to_agent_id);
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "spool", errs);
+    s.field(errs, "dir", &mut cfg.spool.dir, to_nonempty_path);
+    s.field(
+        errs,
+        "max_size",
+        &mut cfg.spool.max_size,
+        |n| match to_size(n)? {
+            0 => Err("must be above 0".into()),
+            v => Ok(v),
+        },
+    );
+    s.field(errs, "retention", &mut cfg.spool.retention, to_duration);
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "health", errs);
+    s.field(errs, "listen", &mut cfg.health.listen, to_socket_addr);
+    let health_origin = s.origin("listen");
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "recording", errs);
+    let r = &mut cfg.recording;
+    s.field(errs, "sample_rate", &mut r.sample_rate, to_sample_rate);
+    s.field(errs, "min_duration", &mut r.min_duration, to_duration);
+    s.field(errs, "rtp_timeout", &mut r.rtp_timeout, |n| {
+        to_duration_in(n, Duration::from_secs(1), Duration::from_secs(86_400))
+    });
+    s.field(errs, "jitter", &mut r.jitter, |n| {
+        to_duration_in(n, Duration::ZERO, Duration::from_secs(10))
+    });
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "cloud", errs);
+    let c = &mut cfg.cloud;
+    s.field(errs, "url", &mut c.url, to_cloud_url);
+    s.field(errs, "protocol", &mut c.protocol, to_protocol);
+    s.field(errs, "token_file", &mut c.token_file, to_path);
+    s.field(errs, "max_parallel", &mut c.max_parallel, |n| {
+        to_u32_in(n, 1..=64)
+    });
+    s.field(errs, "ca_file", &mut c.ca_file, to_opt_path);
+    s.field(errs, "chunk_size", &mut c.chunk_size, |n| {
+        let v = to_size(n)?;
+        if !(64 << 10..=1 << 30).contains(&v) {
+            return Err(format!("must be between 64KiB and 1GiB, found {v} bytes"));
+        }
+        Ok(v)
+    });
+    s.field(errs, "bandwidth_limit", &mut c.bandwidth_limit, to_size);
+    s.field(errs, "client_cert", &mut c.client_cert, to_opt_path);
+    s.field(errs, "client_key", &mut c.client_key, to_opt_path);
+    s.field(errs, "proxy", &mut c.proxy, to_string);
+    s.field(errs, "upload_window", &mut c.upload_window, |n| {
+        let v = to_string(n)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<UploadWindow>()
+            .map(Some)
+            .map_err(|_| format!("`{v}` is not a window like \"22:00-06:00\""))
+    });
+    s.finish(errs, keys, "key");
+
+    let mut src = Sec::child(&top, "sources", errs);
+    src.known = SOURCES.to_vec();
+
+    let mut s = Sec::child(&src, "siprec", errs);
+    let sr = &mut cfg.sources.siprec;
+    s.field(errs, "enabled", &mut sr.enabled, to_bool);
+    let mut listen_ok = true;
+    s.field(errs, "listen", &mut sr.listen, |n| {
+        to_socket_addr(n).inspect_err(|_| listen_ok = false)
+    });
+    let mut ports_ok = true;
+    s.field(errs, "rtp_ports", &mut sr.rtp_ports, |n| {
+        to_port_range(n).inspect_err(|_| ports_ok = false)
+    });
+    if let Some(n) = s.get("allow") {
+        match &n.kind {
+            Kind::Array(items) => {
+                let mut nets = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match as_str(item, "a network string such as \"10.0.0.0/8\"")
+                        .and_then(parse_net)
+                    {
+                        Ok(net) => nets.push(net),
+                        Err(message) => errs.push(ConfigError::Invalid {
+                            origin: item.origin.clone(),
+                            key: format!("{}[{i}]", s.key("allow")),
+                            message,
+                        }),
+                    }
+                }
+                sr.allow = nets;
+            }
+            // From the environment a plain list is fine: "10.0.0.0/8, 192.0.2.7".
+            Kind::Str(text) if n.env_text.is_some() => {
+                let mut nets = Vec::new();
+                for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+                    match parse_net(part) {
+                        Ok(net) => nets.push(net),
+                        Err(message) => errs.push(ConfigError::Invalid {
+                            origin: n.origin.clone(),
+                            key: s.key("allow"),
+                            message,
+                        }),
+                    }
+                }
+                sr.allow = nets;
+            }
+            _ => errs.push(ConfigError::Invalid {
+                origin: n.origin.clone(),
+                key: s.key("allow"),
+                message: format!(
+                    "expected an array of networks such as [\"10.0.0.0/8\"], {}",
+                    n.found()
+                ),
+            }),
+        }
+    }
+    s.field(errs, "max_calls", &mut sr.max_calls, |n| {
+        to_u32_in(n, 1..=1_000_000)
+    });
+    let mut tls_ok = true;
+    s.field(errs, "tls_listen", &mut sr.tls_listen, |n| {
+        if matches!(&n.kind, Kind::Str(t) if t.trim().is_empty()) {
+            return Ok(None);
+        }
+        to_socket_addr(n).map(Some).inspect_err(|_| tls_ok = false)
+    });
+    s.field(errs, "tls_cert", &mut sr.tls_cert, to_opt_path);
+    s.field(errs, "tls_key", &mut sr.tls_key, to_opt_path);
+    s.field(errs, "tls_client_ca", &mut sr.tls_client_ca, to_opt_path);
+    s.field(errs, "tcp_idle_timeout", &mut sr.tcp_idle_timeout, |n| {
+        to_duration_in(n, Duration::from_secs(1), Duration::from_secs(86_400))
+    });
+    s.field(
+        errs,
+        "tcp_message_timeout",
+        &mut sr.tcp_message_timeout,
+        |n| to_duration_in(n, Duration::from_secs(1), Duration::from_secs(600)),
+    );
+    if let (true, Some(tls)) = (tls_ok, sr.tls_listen) {
+        check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
+    }
+    if listen_ok && ports_ok && sr.rtp_ports.contains(&sr.listen.port()) {
+        errs.push(ConfigError::Invalid {
+            origin: s.origin("rtp_ports"),
+            key: s.key("rtp_ports"),
+            message: format!(
+                "contains the SIP port {} of sources.siprec.listen",
+                sr.listen.port()
+            ),
+        });
+    }
+    if listen_ok && sr.enabled && sr.listen == cfg.health.listen {
+        let siprec_origin = s.origin("listen");
+        let (origin, key) = if siprec_origin != Origin::Default {
+            (siprec_origin, s.key("listen"))
+        } else {
+            (health_origin.clone(), "health.listen".to_string())
+        };
+        errs.push(ConfigError::Invalid {
+            origin,
+            key,
+            message: format!(
+                "{} is used by both health.listen and sources.siprec.listen",
+                sr.listen
+            ),
+        });
+    }
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&src, "sniff", errs);
+    let sn = &mut cfg.sources.sniff;
+    s.field(errs, "enabled", &mut sn.enabled, to_bool);
+    s.field(errs, "interface", &mut sn.interface, |n| {
+        let v = to_string(n)?;
+        if v.is_empty() {
+            Err("must not be empty (\"any\" captures on all interfaces)".into())
+        } else if v.len() > 15 || v.chars().any(|c| c.is_whitespace() || c == '/') {
+            Err(format!("{} is not an interface name", quote(&v)))
+        } else {
+            Ok(v)
+        }
+    });
+    s.field(errs, "filter", &mut sn.filter, |n| {
+        let v = to_string(n)?;
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::sys::bpf::compile_filter(&v)
+            .map_err(|e| format!("not a valid capture filter (pcap syntax): {e}"))?;
+        Ok(Some(v))
+    });
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&src, "folder", errs);
+    let f = &mut cfg.sources.folder;
+    s.field(errs, "enabled", &mut f.enabled, to_bool);
+    let mut path_ok = true;
+    s.field(errs, "path", &mut f.path, |n| {
+        to_path(n).inspect_err(|_| path_ok = false)
+    });
+    s.field(errs, "cdr_csv", &mut f.cdr_csv, to_opt_path);
+    s.field(errs, "settle", &mut f.settle, to_duration);
+    s.field(errs, "watch", &mut f.watch, |n| {
+        match to_string(n)?.as_str() {
+            "auto" => Ok(FolderWatch::Auto),
+            "inotify" => Ok(FolderWatch::Inotify),
+            "poll" => Ok(FolderWatch::Poll),
+            v => Err(format!(
+                "{} is not one of \"auto\", \"inotify\", \"poll\"",
+                quote(v)
+            )),
+        }
+    });
+    s.field(errs, "cdr_db_url_file", &mut f.cdr_db_url_file, to_opt_path);
+    s.field(errs, "cdr_db_table", &mut f.cdr_db_table, |n| {
+        let v = to_string(n)?;
+        if valid_table(&v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{} is not a table name (letters, digits, _)",
+                quote(&v)
+            ))
+        }
+    });
+    s.field(errs, "cdr_csv_columns", &mut f.cdr_csv_columns, |n| {
+        let v = to_string_list(n)?;
+        if v.is_empty() {
+            return Ok(CsvColumns::default());
+        }
+        CsvColumns::new(&v)
+    });
+    s.field(errs, "cdr_wait", &mut f.cdr_wait, |n| {
+        to_duration_in(n, Duration::ZERO, Duration::from_secs(86_400))
+    });
+    s.field(errs, "utc_offset", &mut f.utc_offset, to_utc_offset);
+    s.field(errs, "max_age", &mut f.max_age, to_duration);
+    s.field(errs, "name_patterns", &mut f.name_patterns, |n| {
+        let v = to_string_list(n)?;
+        for p in &v {
+            check_name_pattern(p)?;
+        }
+        Ok(v)
+    });
+    s.field(errs, "raw_stereo", &mut f.raw_stereo, |n| match &n.kind {
+        Kind::Bool(true) => Ok(RawStereo::Stereo),
+        Kind::Bool(false) => Ok(RawStereo::Mono),
+        Kind::Str(v) if v == "auto" => Ok(RawStereo::Auto),
+        _ => Err(format!("expected \"auto\", true or false, {}", n.found())),
+    });
+    s.field(
+        errs,
+        "caller_leg",
+        &mut f.caller_leg_out,
+        |n| match to_string(n)?.as_str() {
+            "in" => Ok(false),
+            "out" => Ok(true),
+            v => Err(format!("{} is not a leg: \"in\" or \"out\"", quote(v))),
+        },
+    );
+    s.field(
+        errs,
+        "inbound_contexts",
+        &mut f.inbound_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "outbound_contexts",
+        &mut f.outbound_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "internal_contexts",
+        &mut f.internal_contexts,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "after_delivery",
+        &mut f.after_delivery,
+        |n| match to_string(n)?.as_str() {
+            "leave" => Ok(AfterDelivery::Leave),
+            "move" => Ok(AfterDelivery::Move),
+            "delete" => Ok(AfterDelivery::Delete),
+            v => Err(format!(
+                "{} is not one of \"leave\", \"move\", \"delete\"",
+                quote(v)
+            )),
+        },
+    );
+    s.field(errs, "move_to", &mut f.move_to, to_opt_path);
+    if f.after_delivery == AfterDelivery::Move {
+        match &f.move_to {
+            None => errs.push(ConfigError::Invalid {
+                origin: s.origin("after_delivery"),
+                key: s.key("move_to"),
+                message: "must be set when after_delivery = \"move\"".into(),
+            }),
+            Some(m) if path_ok && m.starts_with(&f.path) => errs.push(ConfigError::Invalid {
+                origin: s.origin("move_to"),
+                key: s.key("move_to"),
+                message:
+                    "must not be inside sources.folder.path (moved files would be found again)"
+                        .into(),
+            }),
+            _ => {}
+        }
+    }
+    if f.cdr_db_url_file.is_some() && f.cdr_csv.is_some() {
+        errs.push(ConfigError::Invalid {
+            origin: s.origin("cdr_db_url_file"),
+            key: s.key("cdr_db_url_file"),
+            message: "use either cdr_csv or cdr_db_url_file, not both".into(),
+        });
+    }
+    if path_ok && f.enabled && f.path.as_os_str().is_empty() {
+        let o = s.origin("path");
+        let origin = if o == Origin::Default {
+            s.origin("enabled")
+        } else {
+            o
+        };
+        errs.push(ConfigError::Invalid {
+            origin,
+            key: s.key("path"),
+            message: "must not be empty when sources.folder is enabled".into(),
+        });
+    }
+    s.finish(errs, keys, "key");
+    src.finish(errs, keys, "source");
+
+    let mut s = Sec::child(&top, "filter", errs);
+    let f = &mut cfg.filter;
+    s.field(errs, "min_duration", &mut f.min_duration, to_duration);
+    s.field(
+        errs,
+        "include_numbers",
+        &mut f.include_numbers,
+        to_string_list,
+    );
+    s.field(
+        errs,
+        "exclude_numbers",
+        &mut f.exclude_numbers,
+        to_string_list,
+    );
+    s.field(errs, "directions", &mut f.directions, |n| {
+        let v = to_string_list(n)?;
+        for d in &v {
+            if !["inbound", "outbound", "internal", "unknown"].contains(&d.as_str()) {
+                return Err(format!(
+                    "`{d}` is not a direction (inbound, outbound, internal, unknown)"
+                ));
+            }
+        }
+        Ok(v)
+    });
+    s.field(errs, "keep_filtered", &mut f.keep_filtered, to_bool);
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "log", errs);
+    s.field(errs, "format", &mut cfg.log.format, to_log_format);
+    s.field(errs, "log_numbers", &mut cfg.log.log_numbers, to_bool);
+    s.finish(errs, keys, "key");
+
+    top.known = SECTIONS.to_vec();
+    top.finish(errs, keys, "section");
+}

@@ -1,0 +1,285 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<String>> {
+    Config::from_toml_str("t.toml", text, Vec::<(String, String)>::new()).map_err(|e| e.lines())
+}
+
+fn err1(text: &str) -> String {
+    let e = parse(text).expect_err("should fail");
+    assert_eq!(e.len(), 1, "{e:?}");
+    e.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn empty_file_is_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c, Config::defaults(None));
+    assert_eq!(c.spool.dir, PathBuf::from("./var"));
+    assert_eq!(c.spool.max_size, 20 << 30);
+    assert_eq!(c.health.listen.to_string(), "127.0.0.1:9466");
+    assert_eq!(c.sources.siprec.rtp_ports, 20000..=29999);
+    assert_eq!(c.cloud.chunk_size, 4 << 20);
+    assert_eq!(c.recording.jitter, Duration::from_millis(500));
+}
+
+#[test]
+fn state_directory_sets_spool_default() {
+    let c = Config::defaults(Some("/var/lib/pbx-edge:/other"));
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/pbx-edge"));
+    let c = Config::from_toml_str("t", "", [("STATE_DIRECTORY", "/srv/x")]).unwrap();
+    assert_eq!(c.spool.dir, PathBuf::from("/srv/x"));
+}
+
+#[test]
+fn lines_from_offsets() {
+    let l = Lines::new("a\nbc\n\nd");
+    assert_eq!(l.line(0), 1);
+    assert_eq!(l.line(1), 1);
+    assert_eq!(l.line(2), 2);
+    assert_eq!(l.line(5), 3);
+    assert_eq!(l.line(6), 4);
+    assert_eq!(l.line(999), 4);
+}
+
+#[test]
+fn wrong_types() {
+    assert_eq!(
+        err1("[cloud]\nmax_parallel = \"2\"\n"),
+        "t.toml:2: cloud.max_parallel: expected an integer, found a string (\"2\")"
+    );
+    assert_eq!(
+        err1("[sources.siprec]\nenabled = \"yes\""),
+        "t.toml:2: sources.siprec.enabled: expected true or false, found a string (\"yes\")"
+    );
+    assert_eq!(
+            err1("[recording]\nrtp_timeout = 30\n"),
+            "t.toml:2: recording.rtp_timeout: expected a duration string such as \"30s\" or \"5m\", found an integer (30)"
+        );
+    assert_eq!(
+        err1("cloud = 5\n"),
+        "t.toml:1: cloud: expected a table ([cloud]), found an integer (5)"
+    );
+}
+
+#[test]
+fn sizes_accept_integers_and_strings() {
+    let c = parse("[spool]\nmax_size = 1000\n").unwrap();
+    assert_eq!(c.spool.max_size, 1000);
+    let c = parse("[spool]\nmax_size = \"1GB\"\n").unwrap();
+    assert_eq!(c.spool.max_size, 1_000_000_000);
+    assert_eq!(
+        err1("[spool]\nmax_size = -1\n"),
+        "t.toml:2: spool.max_size: must not be negative (-1)"
+    );
+    assert_eq!(
+        err1("[spool]\nmax_size = 0\n"),
+        "t.toml:2: spool.max_size: must be above 0"
+    );
+}
+
+#[test]
+fn sample_rates() {
+    for (v, want) in [
+        ("\"auto\"", SampleRate::Auto),
+        ("\"8000\"", SampleRate::Hz8000),
+        ("16000", SampleRate::Hz16000),
+    ] {
+        let c = parse(&format!("[recording]\nsample_rate = {v}\n")).unwrap();
+        assert_eq!(c.recording.sample_rate, want);
+    }
+    assert_eq!(SampleRate::Hz16000.policy(), SampleRatePolicy::Fixed(16000));
+    assert_eq!(
+            err1("[recording]\nsample_rate = 44100\n"),
+            "t.toml:2: recording.sample_rate: expected \"auto\", \"8000\" or \"16000\", found an integer (44100)"
+        );
+    assert_eq!(
+        err1("[recording]\nsample_rate = \"wide\"\n"),
+        "t.toml:2: recording.sample_rate: expected \"auto\", \"8000\" or \"16000\", found \"wide\""
+    );
+}
+
+#[test]
+fn engine_config_carries_recording_settings() {
+    let c =
+        parse("[recording]\njitter = \"250ms\"\nrtp_timeout = \"1m\"\nsample_rate = 8000").unwrap();
+    let e = c.recording.engine_config();
+    assert_eq!(e.jitter_ms, 250);
+    assert_eq!(e.rtp_timeout_us, 60_000_000);
+    assert_eq!(e.sample_rate, SampleRatePolicy::Fixed(8000));
+}
+
+#[test]
+fn port_ranges() {
+    let ok = |s: &str| {
+        parse(&format!("[sources.siprec]\nrtp_ports = \"{s}\"")).map(|c| c.sources.siprec.rtp_ports)
+    };
+    assert_eq!(ok("10000-10001").unwrap(), 10000..=10001);
+    assert_eq!(ok(" 30000 - 40000 ").unwrap(), 30000..=40000);
+    assert!(ok("10001-10002").is_err()); // 10002 has no odd partner
+    assert!(ok("10000-10000").is_err());
+    assert!(ok("5000").is_err());
+    assert!(ok("1000-2000").is_err());
+    assert!(ok("3000-2000").is_err());
+    assert!(ok("20000-70000").is_err());
+    assert_eq!(
+        err1("[sources.siprec]\nrtp_ports = \"30000-20000\""),
+        "t.toml:2: sources.siprec.rtp_ports: low port 30000 is above high port 20000"
+    );
+    assert_eq!(
+            err1("[sources.siprec]\nlisten = \"0.0.0.0:20000\""),
+            "(built-in default): sources.siprec.rtp_ports: contains the SIP port 20000 of sources.siprec.listen"
+        );
+}
+
+#[test]
+fn urls() {
+    let url = |s: &str| parse(&format!("[cloud]\nurl = \"{s}\"")).map(|c| c.cloud.url);
+    assert_eq!(url("").unwrap(), "");
+    assert_eq!(
+        url("https://api.example.com/edge/").unwrap(),
+        "https://api.example.com/edge"
+    );
+    assert_eq!(
+        url("http://127.0.0.1:8080").unwrap(),
+        "http://127.0.0.1:8080"
+    );
+    assert_eq!(
+        url("http://localhost:8080/").unwrap(),
+        "http://localhost:8080"
+    );
+    assert_eq!(url("http://[::1]:8080").unwrap(), "http://[::1]:8080");
+    assert!(url("http://api.example.com").is_err());
+    assert!(url("http://10.0.0.1").is_err());
+    assert!(url("ftp://x.example").is_err());
+    assert!(url("https://user:pw@x.example").is_err());
+    assert!(url("https://x.example/?a=b").is_err());
+    assert!(url("not a url").is_err());
+}
+
+#[test]
+fn allow_lists() {
+    let c = parse("[sources.siprec]\nallow = [\"10.1.2.3/8\", \"192.0.2.7\", \"2001:db8::/32\"]")
+        .unwrap();
+    let a = &c.sources.siprec.allow;
+    assert_eq!(a.len(), 3);
+    assert_eq!(a[0].to_string(), "10.0.0.0/8");
+    assert_eq!(a[1].to_string(), "192.0.2.7/32");
+    assert!(c.sources.siprec.allows("10.9.9.9".parse().unwrap()));
+    assert!(c.sources.siprec.allows("::ffff:10.9.9.9".parse().unwrap()));
+    assert!(!c.sources.siprec.allows("11.0.0.1".parse().unwrap()));
+    assert!(Config::defaults(None)
+        .sources
+        .siprec
+        .allows("8.8.8.8".parse().unwrap()));
+}
+
+#[test]
+fn unknown_keys_suggest() {
+    assert_eq!(
+        err1("[cloud]\nurll = \"\""),
+        "t.toml:2: cloud.urll: unknown key (did you mean `url`?)"
+    );
+    assert_eq!(
+        err1("[sources.sipreq]\nenabled = true"),
+        "t.toml:1: sources.sipreq: unknown source (did you mean `siprec`?)"
+    );
+    assert_eq!(
+            err1("[network]\nx = 1"),
+            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)"
+        );
+    assert_eq!(
+        suggest("max_parralel", &["url", "max_parallel"]),
+        Some("max_parallel")
+    );
+    assert_eq!(suggest("zzz", &["url", "id"]), None);
+}
+
+#[test]
+fn syntax_errors_have_lines_and_keys() {
+    let e = parse("[cloud]\nurl = \"https://x\n[spool]\nmax_size = \n").unwrap_err();
+    assert!(!e.is_empty());
+    assert!(e[0].starts_with("t.toml:2: cloud.url: "), "{e:?}");
+    assert_eq!(syntax_key_guess("[a.b]\nc = 1", 2), "a.b.c");
+    assert_eq!(syntax_key_guess("[ a . \"b\" ]\n", 1), "a.b");
+    assert_eq!(syntax_key_guess("x", 1), "toml");
+    assert_eq!(syntax_key_guess("x", 9), "toml");
+}
+
+#[test]
+fn diff_restart() {
+    let a = Config::defaults(None);
+    let mut b = a.clone();
+    assert!(a.diff_restart_needed(&b).is_empty());
+    b.recording.jitter = Duration::from_secs(1);
+    b.cloud.max_parallel = 9;
+    assert!(a.diff_restart_needed(&b).is_empty());
+    b.sources.siprec.max_calls = 5;
+    b.sources.folder.enabled = true;
+    b.health.listen = "127.0.0.1:1".parse().unwrap();
+    assert_eq!(
+        a.diff_restart_needed(&b),
+        vec!["sources.siprec", "sources.folder", "health.listen"]
+    );
+}
+
+proptest::proptest! {
+    /// Any text: no panic, and every problem points at a line of the text.
+    #[test]
+    fn any_text_gives_config_or_located_errors(
+        text in "([a-z_.\\[\\]=\"' 0-9/:-]{0,12}\n?){0,12}"
+    ) {
+        check_located(&text);
+    }
+
+    /// The annotated file with one line replaced by junk.
+    #[test]
+    fn mutated_annotated_file(line in 0usize..100, junk in "[a-z_=\"\\[\\] 0-9.:/-]{0,20}") {
+        let base = include_str!("../../config/pbx-edge.toml");
+        let text: Vec<&str> = base
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == line { junk.as_str() } else { l })
+            .collect();
+        check_located(&text.join("\n"));
+    }
+}
+
+fn check_located(text: &str) {
+    let n_lines = text.lines().count().max(1);
+    if let Err(e) = parse(text) {
+        assert!(!e.is_empty());
+        for l in e {
+            if l.starts_with("(built-in default): ") {
+                continue; // a clash between a set key and a default
+            }
+            let rest = l.strip_prefix("t.toml:").unwrap_or_else(|| panic!("{l}"));
+            let (line, _) = rest.split_once(": ").unwrap_or_else(|| panic!("{l}"));
+            let line: usize = line.parse().unwrap_or_else(|_| panic!("{l}"));
+            assert!((1..=n_lines + 1).contains(&line), "{l} ({n_lines} lines)");
+        }
+    }
+}
+
+#[test]
+fn env_key_paths() {
+    assert_eq!(
+        env_key_path("PBX_EDGE__SOURCES__SIPREC__RTP_PORTS"),
+        "sources.siprec.rtp_ports"
+    );
+    assert_eq!(env_key_path("PBX_EDGE__CLOUD__URL"), "cloud.url");
+}
+
+#[test]
+fn resolve_path_prefers_explicit_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = dir.path().join("pbx-edge.toml");
+    let other = dir.path().join("other.toml");
+    assert_eq!(resolve_path_with(None, &def), None);
+    assert_eq!(resolve_path_with(Some(&other), &def), Some(other.clone()));
+    std::fs::write(&def, "[agent]\nid = \"from-default\"\n").unwrap();
+    assert_eq!(resolve_path_with(None, &def), Some(def.clone()));
+    let c = load_inner(None, &def, Vec::new()).unwrap();
+    assert_eq!(c.agent.id, "from-default");
+    let e = load_inner(Some(&other), &def, Vec::new()).unwrap_err();
+    assert!(e.lines()[0].contains("other.toml: cannot read"), "{e}");
+}

@@ -1,0 +1,868 @@
+//! `pbx-edge run`: the long-running service.
+//!
+//! Shape (after tokio's mini-redis): the main task owns configuration, signals
+//! and supervision; each source runs in its own thread with its own
+//! [`pbx_core::call::CallEngine`] and writes recordings into the spool; the
+//! health endpoint serves copies of the shared [`Status`]. Shutdown is a flag
+//! every source loop checks at least every 200 ms; the source threads joining
+//! proves every recording was closed.
+//!
+//! - Start-up: load and check the config, create the spool (0700), complete
+//!   recordings a crash cut off, bind the health endpoint and the sources, tell
+//!   systemd `READY=1` (Type=notify) with a `STATUS=` line.
+//! - Watchdog: when systemd sets `WATCHDOG_USEC`, `WATCHDOG=1` is sent at half
+//!   that interval, but only while every source loop has beaten recently (a
+//!   stuck engine gets the daemon restarted).
+//! - SIGTERM / SIGINT: stop taking calls, close every active recording (marked
+//!   `shutdown`, `truncated`), exit 0 within 10 s.
+//! - SIGHUP: re-read the config; a bad new config is rejected with the reason
+//!   logged and the old one kept. Calls in progress are never cut: settings
+//!   that need no new socket go to the running sources (new calls take them);
+//!   a new SIPREC listener binds first and the old one drains (or, needing
+//!   the old one's port, replaces it when no call is in progress); a new
+//!   sniff capture is handed to the running engine (`reload_siprec`,
+//!   `reload_sniff`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::health::{self, Liveness};
+use crate::recording::{self, RecordingContext, RecordingDir, RecordingSettings};
+use crate::sources::sniff;
+use crate::status::{SharedStatus, SourceStatus, Status};
+
+/// A running source: its stop flag and thread.
+struct RunningSource {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+    /// Reloads for the sniffing loop.
+    control: std::sync::mpsc::Sender<sniff::SniffControl>,
+    /// What its capture was opened with (interface, filter).
+    capture: (String, Option<String>),
+}
+
+impl RunningSource {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn context(cfg: &Config, source: &'static str) -> RecordingContext {
+    RecordingContext {
+        agent_id: cfg.agent.id.clone(),
+        source,
+        min_duration: cfg.recording.min_duration,
+    }
+}
+
+/// The settings a reload applies to a running source in place.
+fn recording_settings(cfg: &Config, source: &'static str) -> RecordingSettings {
+    RecordingSettings {
+        engine: cfg.recording.engine_config(),
+        ctx: context(cfg, source),
+        dir: cfg.spool.dir.clone(),
+    }
+}
+
+/// Start every enabled source. Errors are reported in the status (readyz) and
+/// the log; the daemon keeps running with what it could start.
+fn start_sources(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> BTreeMap<&'static str, RunningSource> {
+    let mut running = BTreeMap::new();
+    if cfg.sources.sniff.enabled {
+        let iface = cfg.sources.sniff.interface.clone();
+        let filter = cfg.sources.sniff.filter.as_deref();
+        let set = |up: bool, error: Option<String>| {
+            if let Ok(mut s) = status.lock() {
+                let e = s
+                    .sources
+                    .entry("sniff".into())
+                    .or_insert_with(SourceStatus::default);
+                e.up = up;
+                e.error = error;
+                e.listen = iface.clone();
+            }
+        };
+        match sniff::PacketSocket::open(&iface, filter) {
+            Ok(sock) => match RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff")) {
+                Ok(out) => {
+                    set(true, None);
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
+                    let ecfg = cfg.recording.engine_config();
+                    let (control, crx) = std::sync::mpsc::channel();
+                    live.beat("sniff");
+                    let thread = std::thread::Builder::new()
+                        .name("sniff".into())
+                        .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv, crx))
+                        .expect("spawn sniff thread");
+                    tracing::info!(interface = %iface, filter = filter.unwrap_or(""), "sniffing");
+                    let capture = (iface.clone(), filter.map(str::to_string));
+                    running.insert(
+                        "sniff",
+                        RunningSource {
+                            stop,
+                            thread,
+                            control,
+                            capture,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("spool {}: {e}", cfg.spool.dir.display());
+                    set(false, Some(format!("spool: {e}")));
+                }
+            },
+            Err(e) => {
+                tracing::error!("sniff: {e}");
+                set(false, Some(e.to_string()));
+            }
+        }
+    } else if let Ok(mut s) = status.lock() {
+        s.sources.remove("sniff");
+    }
+    running
+}
+
+/// SIGHUP for the SIPREC source. Calls in progress are never cut:
+/// - same sockets (listen, tls_listen): the running instance takes the new
+///   allow / max_calls / rtp_ports / rtp_timeout for new INVITEs and the new
+///   recording settings for new recordings; TLS files are re-read;
+/// - new addresses that do not collide with the running ones: the new
+///   instance binds first, the old one drains (no new calls, 503; its dialogs
+///   go on until they end), sharing the RTP port pool;
+/// - new addresses sharing a port with the running ones: the running instance
+///   keeps serving (with the in-place settings) and is replaced as soon as
+///   no call is in progress;
+/// - disabled: the running instance drains.
+#[allow(clippy::too_many_arguments)]
+async fn reload_siprec(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    siprec: &mut Option<crate::sources::siprec::SiprecHandle>,
+    draining: &mut Vec<crate::sources::siprec::SiprecHandle>,
+    pending: &mut bool,
+    gen: &mut u64,
+) {
+    let sc = &cfg.sources.siprec;
+    let rec = recording_settings(cfg, "siprec");
+    let drain = |draining: &mut Vec<_>,
+                 gen: &mut u64,
+                 h: crate::sources::siprec::SiprecHandle,
+                 why: &str| {
+        *gen += 1;
+        let name = format!("siprec.draining.{gen}");
+        let n = h.calls();
+        h.drain(&name);
+        tracing::info!(
+            "SIPREC listener {} {why}: it takes no new calls and closes when its {n} calls in progress end",
+            h.listen
+        );
+        draining.push(h);
+    };
+    // A listener that was waiting for its calls to end and just did.
+    if siprec.as_ref().is_some_and(|h| h.finished()) {
+        if let Some(h) = siprec.take() {
+            draining.push(h);
+        }
+    }
+    let Some(h) = siprec.take() else {
+        *pending = false;
+        if sc.enabled {
+            let ports = draining.last().map(|h| h.ports());
+            *siprec = start_siprec(cfg, status, live, ports).await;
+        } else if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        return;
+    };
+    if !sc.enabled {
+        *pending = false;
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        drain(draining, gen, h, "disabled");
+        return;
+    }
+    // Whatever happens to the sockets, new calls get the new settings.
+    h.update(sc, cfg.recording.rtp_timeout, rec);
+    if h.listen == sc.listen && h.tls_listen == sc.tls_listen {
+        if *pending {
+            *pending = false;
+            h.stop_when_idle(false);
+            tracing::info!("SIPREC: back to the running listen addresses, nothing to replace");
+        }
+        // Certificates renewed on disk are taken for new TLS connections.
+        match h.reload_tls(sc) {
+            Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
+        }
+        tracing::info!("SIPREC settings applied to new calls; calls in progress go on");
+        *siprec = Some(h);
+        return;
+    }
+    let ports_of = |a: SocketAddr, b: Option<SocketAddr>| {
+        std::iter::once(a.port())
+            .chain(b.map(|b| b.port()))
+            .collect::<Vec<_>>()
+    };
+    let old = ports_of(h.listen, h.tls_listen);
+    let collides = ports_of(sc.listen, sc.tls_listen)
+        .iter()
+        .any(|p| old.contains(p));
+    if !collides {
+        match start_siprec_with(cfg, status, live, Some(h.ports()), false).await {
+            Some(new) => {
+                drain(draining, gen, h, "replaced by a new listen address");
+                *siprec = Some(new);
+                *pending = false;
+                if let Ok(mut s) = status.lock() {
+                    if let Some(src) = s.sources.get_mut("siprec") {
+                        src.listen = sc.listen.to_string();
+                    }
+                }
+            }
+            None => {
+                tracing::error!(
+                    "SIPREC keeps listening on {} (the new address could not be bound; see above)",
+                    h.listen
+                );
+                *siprec = Some(h);
+            }
+        }
+        return;
+    }
+    // The new sockets need a port the running listener holds: replace it
+    // when no call is in progress (at once, if none is).
+    h.stop_when_idle(true);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while !h.finished() && h.calls() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if h.finished() {
+        *pending = false;
+        *siprec = replace_siprec(Some(h), cfg, status, live).await;
+    } else {
+        let n = h.calls();
+        tracing::warn!(
+            listen = %h.listen,
+            "SIPREC listen change applied when the {n} calls in progress end (the new addresses share a port with the running listener); until then new calls are taken on {}",
+            h.listen
+        );
+        *pending = true;
+        *siprec = Some(h);
+    }
+}
+
+/// Stop `old` (its calls have ended) and start the configured SIPREC source
+/// in its place, with its RTP port pool.
+async fn replace_siprec(
+    old: Option<crate::sources::siprec::SiprecHandle>,
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::sources::siprec::SiprecHandle> {
+    let ports = match old {
+        Some(h) => {
+            let p = h.ports();
+            h.stop().await;
+            Some(p)
+        }
+        None => None,
+    };
+    start_siprec(cfg, status, live, ports).await
+}
+
+/// SIGHUP for the sniffing source: recording settings go to the running
+/// loop in place; a new interface or filter opens a new capture, handed to
+/// the running loop (same engine: calls in progress go on); disabled: stops.
+fn reload_sniff(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    sources: &mut BTreeMap<&'static str, RunningSource>,
+) {
+    let sn = &cfg.sources.sniff;
+    let Some(mut running) = sources.remove("sniff") else {
+        for (k, v) in start_sources(cfg, status, live) {
+            sources.insert(k, v);
+        }
+        return;
+    };
+    if !sn.enabled || running.thread.is_finished() {
+        running.stop();
+        for (k, v) in start_sources(cfg, status, live) {
+            sources.insert(k, v);
+        }
+        return;
+    }
+    let _ = running
+        .control
+        .send(sniff::SniffControl::Settings(Box::new(recording_settings(
+            cfg, "sniff",
+        ))));
+    let capture = (sn.interface.clone(), sn.filter.clone());
+    if capture != running.capture {
+        match sniff::PacketSocket::open(&sn.interface, sn.filter.as_deref()) {
+            Ok(sock) => {
+                if running
+                    .control
+                    .send(sniff::SniffControl::Socket(sock))
+                    .is_ok()
+                {
+                    tracing::info!(interface = %sn.interface, filter = sn.filter.as_deref().unwrap_or(""), "sniffing: new capture; calls in progress go on");
+                    running.capture = capture;
+                    if let Ok(mut s) = status.lock() {
+                        if let Some(src) = s.sources.get_mut("sniff") {
+                            src.listen = sn.interface.clone();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(
+                "sniffing keeps capturing on {} (the new capture could not be opened: {e})",
+                running.capture.0
+            ),
+        }
+    }
+    sources.insert("sniff", running);
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(state);
+}
+
+/// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
+fn monotonic_usec() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1000
+}
+
+/// Free bytes on the file system holding `dir` (0 when unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    crate::sys::free_bytes(dir).unwrap_or(0)
+}
+
+/// Refresh the spool figures of the status.
+fn scan_spool(cfg: &Config, status: &SharedStatus) {
+    let dir = &cfg.spool.dir;
+    let (mut files, mut bytes) = (0u64, 0u64);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            // The disk-full reserve is space held for the queue, not spool content.
+            // Nor is the RTP port pool's small state file.
+            if e.file_name() == crate::spool::RESERVE_FILE
+                || e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(crate::sources::siprec::ports::STATE_FILE))
+            {
+                continue;
+            }
+            if let Ok(m) = e.metadata() {
+                if m.is_file() {
+                    files += 1;
+                    bytes += m.len();
+                }
+            }
+        }
+    }
+    let probe = dir.join(".pbx-edge-write-probe");
+    let writable = recording::create_private_file(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let free = free_bytes(dir);
+    if let Ok(mut s) = status.lock() {
+        let (w, f, b) = s.sources.values().fold((0, 0, 0), |a, x| {
+            (
+                a.0 + x.recordings_written,
+                a.1 + x.recordings_failed,
+                a.2 + x.bytes_written,
+            )
+        });
+        let sp = &mut s.spool;
+        sp.dir = dir.display().to_string();
+        sp.files = files;
+        sp.bytes = bytes;
+        sp.max_size = cfg.spool.max_size;
+        sp.writable = writable;
+        sp.free_bytes = free;
+        sp.recordings_written = w;
+        sp.recordings_failed = f;
+        sp.bytes_written = b;
+    }
+}
+
+fn status_line(status: &SharedStatus) -> String {
+    let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls: u64 = s.sources.values().map(|x| x.recording_calls).sum();
+    let recorded: u64 = s.sources.values().map(|x| x.engine.calls_recorded).sum();
+    format!(
+        "recording {calls} calls, {recorded} recorded, spool {} files",
+        s.spool.files
+    )
+}
+
+/// Start the SIPREC server if enabled; its state goes to the status either way.
+async fn start_siprec(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    ports: Option<crate::sources::siprec::SharedPorts>,
+) -> Option<crate::sources::siprec::SiprecHandle> {
+    start_siprec_with(cfg, status, live, ports, true).await
+}
+
+/// `report_error`: false while another instance still serves (a reload that
+/// could not bind the new address keeps the running one).
+async fn start_siprec_with(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    ports: Option<crate::sources::siprec::SharedPorts>,
+    report_error: bool,
+) -> Option<crate::sources::siprec::SiprecHandle> {
+    let sc = &cfg.sources.siprec;
+    if !sc.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("siprec");
+        }
+        return None;
+    }
+    let set_error = |e: String| {
+        if !report_error {
+            return;
+        }
+        if let Ok(mut s) = status.lock() {
+            let src = s
+                .sources
+                .entry("siprec".into())
+                .or_insert_with(SourceStatus::default);
+            src.up = false;
+            src.error = Some(e);
+            src.listen = sc.listen.to_string();
+            src.tls = None;
+        }
+    };
+    let out = match RecordingDir::new(&cfg.spool.dir, context(cfg, "siprec")) {
+        Ok(o) => o,
+        Err(e) => {
+            set_error(format!("spool: {e}"));
+            return None;
+        }
+    };
+    match crate::sources::siprec::start(
+        sc.clone(),
+        pbx_core::call::EngineConfig {
+            siprec_server: true,
+            ..cfg.recording.engine_config()
+        },
+        cfg.recording.rtp_timeout,
+        out,
+        status.clone(),
+        live.clone(),
+        ports,
+    )
+    .await
+    {
+        Ok(h) => {
+            if let Ok(mut s) = status.lock() {
+                let src = s
+                    .sources
+                    .entry("siprec".into())
+                    .or_insert_with(SourceStatus::default);
+                src.up = true;
+                src.error = None;
+                src.listen = sc.listen.to_string();
+                src.tls = tls_description(sc);
+            }
+            tracing::info!(listen = %sc.listen, rtp_ports = ?sc.rtp_ports, "SIPREC recording server listening (UDP and TCP)");
+            if let Some(tls) = tls_description(sc) {
+                tracing::info!("SIPREC over TLS listening on {tls}");
+            }
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("SIPREC: cannot listen on {}: {e}", sc.listen);
+            set_error(format!("cannot listen on {}: {e}", sc.listen));
+            None
+        }
+    }
+}
+
+/// The TLS listener for /status and /readyz: address and client check.
+fn tls_description(sc: &crate::config::SiprecConfig) -> Option<String> {
+    let addr = sc.tls_listen?;
+    Some(if sc.tls_client_ca.is_some() {
+        format!("{addr} (client certificates required)")
+    } else {
+        format!("{addr}")
+    })
+}
+
+/// Start the folder source (PBX recording files) if enabled.
+fn start_folder(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::sources::folder::FolderHandle> {
+    if !cfg.sources.folder.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("folder");
+        }
+        return None;
+    }
+    match crate::sources::folder::start(cfg, status.clone(), live.clone()) {
+        Ok(h) => {
+            tracing::info!(path = %cfg.sources.folder.path.display(), "watching PBX recordings");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("folder source: {e}");
+            if let Ok(mut s) = status.lock() {
+                let src = s
+                    .sources
+                    .entry("folder".into())
+                    .or_insert_with(SourceStatus::default);
+                src.up = false;
+                src.error = Some(e.to_string());
+                src.listen = cfg.sources.folder.path.display().to_string();
+            }
+            None
+        }
+    }
+}
+
+/// Start the delivery task; on an error (another process holds the
+/// spool's delivery lock, the spool directory cannot be created) `/readyz`
+/// says why and the caller tries again later. `last` is the error logged
+/// last (the same one is not logged every second).
+fn start_delivery(
+    cfg: &Config,
+    status: &SharedStatus,
+    last: &mut Option<String>,
+) -> Option<crate::delivery::DeliveryHandle> {
+    match crate::delivery::start(cfg, status.clone()) {
+        Ok(d) => {
+            if last.take().is_some() {
+                tracing::info!("delivery started");
+            }
+            Some(d)
+        }
+        Err(e) => {
+            let msg = format!("delivery not started: {e}");
+            if last.as_ref() != Some(&msg) {
+                tracing::error!("{msg} (tried again every second)");
+            }
+            if let Ok(mut s) = status.lock() {
+                s.cloud.spool_error = Some(msg.clone());
+            }
+            *last = Some(msg);
+            None
+        }
+    }
+}
+
+/// `pbx-edge run [--config FILE]`.
+/// For the person who started it: where it listens, where recordings go and
+/// how to send it a test call (stdout, once at start; the logs go on as
+/// before).
+fn print_banner(cfg: &Config) {
+    use std::io::Write;
+    let spool = std::fs::canonicalize(&cfg.spool.dir).unwrap_or_else(|_| cfg.spool.dir.clone());
+    let mut t = format!(
+        "pbx-edge {} is running (SIGTERM or Ctrl-C stops it)\n  health:     http://{}/readyz  (also /healthz /metrics /status)\n",
+        env!("CARGO_PKG_VERSION"),
+        cfg.health.listen
+    );
+    let sc = &cfg.sources.siprec;
+    if sc.enabled {
+        t += &format!(
+            "  SIPREC:     {} (UDP and TCP), RTP ports {}-{}\n",
+            sc.listen,
+            sc.rtp_ports.start(),
+            sc.rtp_ports.end()
+        );
+    }
+    let sn = &cfg.sources.sniff;
+    if sn.enabled {
+        t += &format!(
+            "  sniffing:   interface {}{}\n",
+            sn.interface,
+            sn.filter
+                .as_deref()
+                .map(|f| format!(", filter {f}"))
+                .unwrap_or_default()
+        );
+    }
+    if cfg.sources.folder.enabled {
+        t += &format!("  folder:     {}\n", cfg.sources.folder.path.display());
+    }
+    t += &format!(
+        "  recordings: {}  (pbx-edge spool list)\n  cloud:      {}\n",
+        spool.display(),
+        if cfg.cloud.url.is_empty() {
+            "not configured: recordings stay in the spool".to_string()
+        } else {
+            // Checked at load: no credentials in it.
+            format!("{} ({:?})", cfg.cloud.url, cfg.cloud.protocol)
+        }
+    );
+    if sc.enabled {
+        t += &format!(
+            "  test call:  cargo run -p pbx-testgen --bin siprec-load -- --srs {} --calls 1 --seconds 5   (from a checkout)\n",
+            sc.listen
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(t.as_bytes());
+    let _ = out.flush();
+}
+
+pub fn run(config_path: Option<PathBuf>) -> Result<ExitCode> {
+    let cfg = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    recording::create_private_dir(&cfg.spool.dir)
+        .with_context(|| format!("cannot create spool directory {}", cfg.spool.dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pbx-edge-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(main_loop(cfg, config_path))
+}
+
+async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    // Before anything answers (the health endpoint, READY=1): a SIGHUP's
+    // default action ends the process, and a reload or stop may come as soon
+    // as /healthz answers.
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
+    for w in cfg.secret_file_warnings() {
+        tracing::warn!("{w}");
+    }
+    let started = Instant::now();
+    let status: SharedStatus = Arc::new(Mutex::new(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        agent_id: cfg.agent.id.clone(),
+        started_at: crate::sys::now().to_rfc3339(),
+        config_file: Config::resolve_path(config_path.as_deref()).map(|p| p.display().to_string()),
+        ..Status::default()
+    }));
+    if let Ok(mut s) = status.lock() {
+        s.cloud.configured = !cfg.cloud.url.is_empty();
+        // Not ready before the delivery task has the queue open.
+        s.cloud.spool_error = Some("opening the spool database".into());
+    }
+    let live = Liveness::new();
+
+    // Recordings a crash cut off.
+    match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(
+                count = ids.len(),
+                "completed recordings cut off by an earlier stop"
+            );
+            if let Ok(mut s) = status.lock() {
+                s.spool.repaired_at_start = ids.len() as u64;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("spool recovery in {}: {e}", cfg.spool.dir.display()),
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = health::bind(cfg.health.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
+    tokio::spawn(health::serve(
+        listener,
+        status.clone(),
+        live.clone(),
+        stop_rx.clone(),
+    ));
+
+    let mut sources = start_sources(&cfg, &status, &live);
+    let mut siprec = start_siprec(&cfg, &status, &live, None).await;
+    // SIPREC instances replaced by a reload, finishing their calls.
+    let mut siprec_draining: Vec<crate::sources::siprec::SiprecHandle> = Vec::new();
+    // The running instance ends when its calls have ended, then one with
+    // the new sockets starts (they need its address).
+    let mut siprec_pending = false;
+    let mut drain_gen = 0u64;
+    let mut folder = start_folder(&cfg, &status, &live);
+    // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
+    // The last reason delivery could not start (tried again every tick).
+    let mut delivery_error: Option<String> = None;
+    let mut delivery = start_delivery(&cfg, &status, &mut delivery_error);
+    scan_spool(&cfg, &status);
+    tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
+    print_banner(&cfg);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status_line(&status)),
+    ]);
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let period = watchdog
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    let mut last_wd = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic_usec())]);
+                match Config::load(config_path.as_deref()) {
+                    Ok(new) => {
+                        let changed = cfg.diff_restart_needed(&new);
+                        tracing::info!(?changed, "configuration reloaded");
+                        for w in new.secret_file_warnings() {
+                            tracing::warn!("{w}");
+                        }
+                        cfg = new;
+                        if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
+                            if let Some(f) = folder.take() {
+                                f.stop();
+                            }
+                            folder = start_folder(&cfg, &status, &live);
+                        }
+                        reload_siprec(
+                            &cfg,
+                            &status,
+                            &live,
+                            &mut siprec,
+                            &mut siprec_draining,
+                            &mut siprec_pending,
+                            &mut drain_gen,
+                        )
+                        .await;
+                        reload_sniff(&cfg, &status, &live, &mut sources);
+                        if let Ok(mut s) = status.lock() {
+                            s.cloud.configured = !cfg.cloud.url.is_empty();
+                            s.agent_id = cfg.agent.id.clone();
+                        }
+                        if changed.contains(&"spool.dir") {
+                            if let Some(d) = delivery.take() {
+                                d.shutdown().await;
+                            }
+                            delivery = start_delivery(&cfg, &status, &mut delivery_error);
+                        } else if let Some(d) = &delivery {
+                            if let Err(e) = d.reload(&cfg) {
+                                tracing::error!("delivery kept its running settings: {e}");
+                            }
+                        }
+                    }
+                    Err(errs) => {
+                        tracing::error!("new configuration rejected, keeping the running one:\n{errs}");
+                    }
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = tick.tick() => {
+                if let Ok(mut s) = status.lock() {
+                    s.uptime_s = started.elapsed().as_secs();
+                }
+                // Replaced SIPREC listeners whose last call ended.
+                let (done, going): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut siprec_draining).into_iter().partition(|h| h.finished());
+                siprec_draining = going;
+                for h in done {
+                    h.stop().await;
+                }
+                if siprec_pending && siprec.as_ref().is_none_or(|h| h.finished()) {
+                    siprec_pending = false;
+                    siprec = replace_siprec(siprec.take(), &cfg, &status, &live).await;
+                    if siprec.is_some() {
+                        tracing::info!(listen = %cfg.sources.siprec.listen, "SIPREC listen change applied: the calls that were in progress have ended");
+                    }
+                }
+                scan_spool(&cfg, &status);
+                if delivery.is_none() {
+                    // Never a silent stall: e.g. `pbx-edge spool` held the
+                    // lock for a moment.
+                    delivery = start_delivery(&cfg, &status, &mut delivery_error);
+                }
+                if let Some(half) = watchdog {
+                    // Ping on the tick that comes closest to half the
+                    // watchdog time: a tick a little early must not wait a
+                    // whole period more (with WATCHDOG_USEC=2s the period is
+                    // the half, and `>= half` missed every other tick).
+                    if last_wd.elapsed() + period / 2 >= half {
+                        let stalled = live.stalled(half * 2);
+                        if stalled.is_empty() {
+                            notify(&[sd_notify::NotifyState::Watchdog]);
+                            last_wd = Instant::now();
+                        } else {
+                            tracing::error!(?stalled, "loops stalled: withholding the watchdog ping");
+                        }
+                    }
+                }
+                notify(&[sd_notify::NotifyState::Status(&status_line(&status))]);
+            }
+        }
+    }
+
+    tracing::info!("stopping: closing active recordings");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Ok(mut s) = status.lock() {
+        s.shutting_down = true;
+    }
+    // Stop sources in parallel so the 10 s budget is shared.
+    let siprec_stop: Vec<_> = siprec
+        .take()
+        .into_iter()
+        .chain(std::mem::take(&mut siprec_draining))
+        .map(|h| tokio::spawn(h.stop()))
+        .collect();
+    let handles: Vec<_> = std::mem::take(&mut sources)
+        .into_values()
+        .map(|s| std::thread::spawn(move || s.stop()))
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    for t in siprec_stop {
+        let _ = t.await;
+    }
+    if let Some(f) = folder.take() {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
+    if let Some(d) = delivery.take() {
+        d.shutdown().await;
+    }
+    let _ = stop_tx.send(true);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,176 @@
+//! One upload job: a due entry → the cloud → its outcome in the spool
+//! (what to do with it is [`crate::upload::policy`], a pure function).
+
+use super::*;
+
+/// Per-upload progress into the database.
+pub(super) struct JobProgress {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: String,
+    pub(super) best: AtomicU64,
+}
+
+impl Progress for JobProgress {
+    fn checkpoint<'a>(&'a self, location: &'a str, offset: u64) -> upload::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (id, loc) = (self.id.clone(), location.to_string());
+            let advanced = offset > self.best.fetch_max(offset, Ordering::Relaxed);
+            let r = self
+                .shared
+                .db(move |sp| {
+                    let now = now_ms();
+                    sp.checkpoint(&id, &loc, offset, now)?;
+                    if advanced {
+                        sp.reset_retries(&id)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(id = %self.id, "cannot save upload progress: {e}");
+            }
+            if advanced {
+                // The cloud takes our data: whatever paused us is over.
+                self.shared.clear_pause();
+            }
+        })
+    }
+
+    fn restart(&self) -> upload::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let id = self.id.clone();
+            self.best.store(0, Ordering::Relaxed);
+            if let Err(e) = self
+                .shared
+                .db(move |sp| sp.clear_upload(&id, now_ms()))
+                .await
+            {
+                tracing::error!(id = %self.id, "cannot reset the upload: {e}");
+            }
+        })
+    }
+}
+
+pub(super) async fn run_job(
+    shared: Arc<Shared>,
+    active: Arc<Active>,
+    cloud: Arc<Cloud>,
+    entry: Entry,
+) {
+    let id = entry.id.clone();
+    let wav = shared.dir.join(format!("{id}.wav"));
+    let json = shared.dir.join(format!("{id}.json"));
+    let resume = entry.location.clone().map(|l| (l, entry.offset));
+    let job = match upload::load_job(&id, wav, &json, resume).await {
+        Ok(j) => j,
+        Err(e) => {
+            // Missing or unreadable files are not the cloud's fault and no
+            // retry fixes them: failed, kept, shown in `spool list`.
+            let msg = format!("recording cannot be read: {e}");
+            tracing::error!(%id, "{msg}");
+            let i = id.clone();
+            let _ = shared
+                .db(move |sp| {
+                    if sp.begin_attempt(&i, now_ms())? {
+                        sp.mark_failed(&i, 0, &msg, now_ms())?;
+                    }
+                    Ok(())
+                })
+                .await;
+            shared
+                .metrics
+                .failure("local_io", "recording cannot be read");
+            return;
+        }
+    };
+    let i = id.clone();
+    match shared.db(move |sp| sp.begin_attempt(&i, now_ms())).await {
+        Ok(true) => {}
+        Ok(false) => return, // purged or settled meanwhile
+        Err(e) => {
+            tracing::error!(%id, "spool: {e}");
+            return;
+        }
+    }
+    shared.metrics.attempts.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%id, size = job.size, protocol = cloud.protocol().name(), "uploading");
+    let progress = JobProgress {
+        shared: Arc::clone(&shared),
+        id: id.clone(),
+        best: AtomicU64::new(entry.offset),
+    };
+    let outcome = cloud.deliver(&job, &progress).await;
+    let s = &active.settings;
+    let (retention, base, cap, pause_retry) =
+        (s.retention, s.backoff_base, s.backoff_cap, s.pause_retry);
+    let i = id.clone();
+    let res = match outcome {
+        Outcome::Delivered { status } => {
+            tracing::info!(%id, status, bytes = job.size, "delivered");
+            shared.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+            shared.clear_pause();
+            shared
+                .db(move |sp| {
+                    let now = now_ms();
+                    sp.mark_delivered(&i, now)?;
+                    if retention.is_zero() {
+                        sp.expire_delivered(now, Duration::ZERO)?;
+                    }
+                    Ok(())
+                })
+                .await
+        }
+        Outcome::Failed(action) => {
+            let label = action.failure_label().unwrap_or("other");
+            match action {
+                Action::Fail { status, body } => {
+                    tracing::warn!(%id, status, "the cloud refused the recording; kept as failed");
+                    shared.metrics.failure(label, &format!("HTTP {status}"));
+                    shared.clear_pause();
+                    shared
+                        .db(move |sp| sp.mark_failed(&i, status, &body, now_ms()).map(|_| ()))
+                        .await
+                }
+                Action::PauseAll { kind, reason } => {
+                    shared.metrics.failure(label, &reason);
+                    shared.set_pause(kind, &reason, pause_retry);
+                    // Due at once: the pause alone decides when the next try
+                    // (the probe) starts, so a reload can end it early.
+                    shared
+                        .db(move |sp| {
+                            let now = now_ms();
+                            sp.retry_later(&i, now, &reason, false, now).map(|_| ())
+                        })
+                        .await
+                }
+                Action::Retry { after, reason } => {
+                    tracing::info!(%id, %reason, "upload failed; will retry");
+                    shared.metrics.failure(label, &reason);
+                    shared
+                        .db(move |sp| {
+                            let n = sp.get(&i)?.map(|e| e.retries).unwrap_or(0);
+                            let delay = after
+                                .unwrap_or_else(|| policy::backoff(n, fastrand::f64(), base, cap));
+                            let now = now_ms();
+                            let next = now + delay.as_millis() as i64;
+                            sp.retry_later(&i, next, &reason, true, now).map(|_| ())
+                        })
+                        .await
+                }
+                other @ (Action::Done | Action::Resume | Action::Restart) => {
+                    let reason = format!("uploader ended with {other:?}");
+                    shared.metrics.failure("other", &reason);
+                    shared
+                        .db(move |sp| {
+                            sp.retry_later(&i, now_ms() + 1000, &reason, true, now_ms())
+                                .map(|_| ())
+                        })
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(e) = res {
+        tracing::error!(%id, "cannot record the upload's outcome: {e}");
+    }
+}

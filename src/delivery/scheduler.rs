@@ -1,0 +1,344 @@
+//! The scheduler: due entries started within the limits (parallelism,
+//! window, pauses), housekeeping (retention, integrity checks, reserve),
+//! the status published.
+
+use super::*;
+
+/// Whether `p` exists (a broken symlink or a directory counts).
+pub(super) fn fs_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// How often the open database is checked (`PRAGMA quick_check`): damage
+/// that no query of ours ran into yet (garbage written over the file under
+/// the running daemon) is found within this time.
+pub(crate) const INTEGRITY_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// Open the spool database if it is not (first scan, after a corruption,
+/// or when `spool.db` was replaced or removed under us), repairing it.
+pub(super) fn ensure_open(shared: &Shared, guard: &mut Option<Spool>) -> Result<(), SpoolError> {
+    if guard.as_ref().is_some_and(|sp| sp.is_detached()) {
+        tracing::warn!(
+            "spool database {} was removed or replaced: opening it again",
+            shared.dir.join(crate::spool::DB_FILE).display()
+        );
+        *guard = None;
+    }
+    if guard.is_some() {
+        return Ok(());
+    }
+    let (sp, repair) = Spool::open_repairing(&shared.dir)?;
+    if let Ok(mut c) = shared.checked_at.lock() {
+        *c = Instant::now();
+    }
+    if let Some(r) = repair {
+        let line = r.to_string();
+        tracing::warn!("{line}");
+        if let Ok(mut rp) = shared.repairs.lock() {
+            rp.0 += 1;
+            rp.1 = Some(format!("{}: {line}", crate::sys::now().to_rfc3339()));
+        }
+    }
+    *guard = Some(sp);
+    Ok(())
+}
+
+/// Adopt, filter, expire; then refresh the status. Runs on a blocking thread.
+pub(super) fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Result<(), SpoolError> {
+    let mut guard = match shared.spool.lock() {
+        Ok(g) => g,
+        Err(_) => return Ok(()),
+    };
+    ensure_open(shared, &mut guard)?;
+    let Some(sp) = guard.as_mut() else {
+        return Err(SpoolError::NotOpen);
+    };
+    let check_due = shared
+        .checked_at
+        .lock()
+        .map(|mut c| {
+            let due = c.elapsed() >= INTEGRITY_CHECK_EVERY;
+            if due {
+                *c = Instant::now();
+            }
+            due
+        })
+        .unwrap_or(false);
+    let r = if check_due {
+        sp.check_integrity()
+            .and_then(|()| housekeeping_open(sp, settings))
+    } else {
+        housekeeping_open(sp, settings)
+    };
+    if let Err(e) = &r {
+        if e.is_corrupt() {
+            // Moved aside and rebuilt at the next scan.
+            *guard = None;
+        }
+    }
+    r
+}
+
+pub(super) fn housekeeping_open(
+    sp: &mut Spool,
+    settings: &DeliverySettings,
+) -> Result<(), SpoolError> {
+    let now = now_ms();
+    let report = match sp.scan(now) {
+        Err(e) if e.is_disk_full() && sp.release_reserve() => {
+            tracing::warn!("disk full: released the spool's reserved space");
+            sp.scan(now)?
+        }
+        r => r?,
+    };
+    if !report.adopted.is_empty() {
+        tracing::debug!(count = report.adopted.len(), "recordings adopted");
+    }
+    for e in sp.in_state(State::Recorded)? {
+        let doc: Option<Value> = match std::fs::read(sp.json_path(&e.id)) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if sp.forget_vanished(&e.id)? {
+                    continue;
+                }
+                None
+            }
+            Err(_) => None,
+        };
+        // A JSON that cannot be read is not filtered (the upload reports it).
+        let verdict = doc.as_ref().and_then(|d| settings.filters.check(d));
+        match verdict {
+            None => {
+                sp.mark_queued(&e.id, now)?;
+            }
+            Some(reason) if settings.keep_filtered => {
+                tracing::info!(id = %e.id, %reason, "filtered (kept)");
+                sp.mark_filtered(&e.id, &reason, now)?;
+            }
+            Some(reason) => {
+                tracing::info!(id = %e.id, %reason, "filtered (deleted)");
+                sp.drop_filtered(&e.id)?;
+            }
+        }
+    }
+    sp.expire_delivered(now, settings.retention)?;
+    // Held back again once there is room.
+    sp.ensure_reserve();
+    Ok(())
+}
+
+/// Copy the figures into the shared status.
+pub(super) fn publish(
+    shared: &Shared,
+    active: &Active,
+    in_flight: usize,
+    window_open: bool,
+    db_error: Option<String>,
+) {
+    let figures = shared.spool.lock().ok().and_then(|sp| {
+        let sp = sp.as_ref()?;
+        Some((
+            sp.depth_by_state().unwrap_or_default(),
+            sp.oldest_undelivered().ok().flatten(),
+            sp.counters().unwrap_or_default(),
+        ))
+    });
+    let repairs = shared.repairs.lock().map(|r| r.clone()).unwrap_or_default();
+    let pause = shared.pause.lock().ok().and_then(|p| p.clone());
+    let failures = shared
+        .metrics
+        .failures
+        .lock()
+        .map(|f| f.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        .unwrap_or_default();
+    let last_error = shared
+        .metrics
+        .last_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone());
+    let Ok(mut st) = shared.status.lock() else {
+        return;
+    };
+    let c = &mut st.cloud;
+    c.configured = active.cloud.is_some();
+    if let Some(cs) = &active.settings.cloud {
+        c.url_host = url::Url::parse(&cs.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
+        c.protocol = cs.protocol.as_str().to_string();
+    }
+    if let Some((depth, oldest, counters)) = figures {
+        c.queue = depth
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect();
+        c.oldest_undelivered_s = oldest.map(|t| (now_ms().saturating_sub(t).max(0) / 1000) as u64);
+        c.delivered_total = counters.get("delivered").copied().unwrap_or(0);
+        c.filtered_total = counters.get("filtered").copied().unwrap_or(0);
+    }
+    c.in_flight = in_flight as u64;
+    c.bytes_uploaded = shared.bytes_sent.load(Ordering::Relaxed);
+    c.attempts = shared.metrics.attempts.load(Ordering::Relaxed);
+    c.failures = failures;
+    c.last_error = last_error;
+    c.paused = pause.as_ref().map(|p| p.reason.clone());
+    c.pause_kind = pause.map(|p| p.kind.as_str().to_string());
+    c.outside_upload_window = !window_open;
+    c.spool_error = db_error;
+    c.spool_repairs = repairs.0;
+    c.spool_repaired = repairs.1;
+}
+
+pub(super) async fn scheduler(
+    shared: Arc<Shared>,
+    mut active_rx: watch::Receiver<Arc<Active>>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut next_scan = Instant::now();
+    let mut db_error: Option<String> = None;
+    // The last spool error logged (the same one is not logged every scan).
+    let mut logged: Option<String> = None;
+    loop {
+        if *stop_rx.borrow() {
+            break;
+        }
+        let active = Arc::clone(&active_rx.borrow());
+        let settings = &active.settings;
+        let now = Instant::now();
+        if now >= next_scan {
+            next_scan = now + settings.scan_interval;
+            let (sh, st) = (Arc::clone(&shared), settings.clone());
+            let r = tokio::task::spawn_blocking(move || housekeeping(&sh, &st)).await;
+            db_error = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    let msg = if e.is_corrupt() {
+                        format!(
+                            "{}: moving it aside and rebuilding the queue from the recordings on disk",
+                            e.describe()
+                        )
+                    } else {
+                        e.to_string()
+                    };
+                    if logged.as_ref() != Some(&msg) {
+                        tracing::error!("spool: {msg}");
+                    }
+                    Some(msg)
+                }
+                Err(e) => Some(format!("spool worker: {e}")),
+            };
+            if db_error.is_none() && logged.is_some() {
+                tracing::info!("spool database usable again");
+            }
+            logged.clone_from(&db_error);
+        }
+        let spool_open = shared.spool.lock().is_ok_and(|g| g.is_some());
+        let window_open = settings
+            .upload_window
+            .is_none_or(|w| w.contains(local_minute_of_day(SystemTime::now())));
+        if let (Some(cloud), true, true) = (&active.cloud, window_open, spool_open) {
+            // How many may start now.
+            let mut probe = false;
+            let room = {
+                let mut p = shared.pause.lock().ok();
+                match p.as_mut().and_then(|p| p.as_mut()) {
+                    Some(p) if Instant::now() < p.until => 0,
+                    Some(p) if busy.is_empty() => {
+                        // One probe; the next one not before another pause_retry.
+                        p.until = Instant::now() + settings.pause_retry;
+                        probe = true;
+                        1
+                    }
+                    Some(_) => 0,
+                    None => (settings.max_parallel as usize).saturating_sub(busy.len()),
+                }
+            };
+            if room > 0 {
+                if probe {
+                    if let Err(e) = cloud.reload_token() {
+                        tracing::error!("{e}");
+                    }
+                }
+                let taken: HashSet<String> = busy.values().cloned().collect();
+                match shared.db(move |sp| sp.due(now_ms(), room, &taken)).await {
+                    Ok(due) => {
+                        if probe && due.is_empty() {
+                            // Nothing to probe with: try again as soon as something is due.
+                            if let Ok(mut p) = shared.pause.lock() {
+                                if let Some(p) = p.as_mut() {
+                                    p.until = Instant::now();
+                                }
+                            }
+                        }
+                        for e in due {
+                            let id = e.id.clone();
+                            let h = jobs.spawn(run_job(
+                                Arc::clone(&shared),
+                                Arc::clone(&active),
+                                Arc::clone(cloud),
+                                e,
+                            ));
+                            busy.insert(h.id(), id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("spool: {e}");
+                        db_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        {
+            let (sh, ac, n, err) = (
+                Arc::clone(&shared),
+                Arc::clone(&active),
+                busy.len(),
+                db_error.clone(),
+            );
+            let _ =
+                tokio::task::spawn_blocking(move || publish(&sh, &ac, n, window_open, err)).await;
+        }
+        let sleep = next_scan.saturating_duration_since(Instant::now());
+        tokio::select! {
+            _ = stop_rx.changed() => {}
+            r = active_rx.changed() => {
+                if r.is_err() { break; }
+                next_scan = Instant::now();
+            }
+            _ = shared.wake.notified() => { next_scan = Instant::now(); }
+            Some(r) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                let tid = match r { Ok((tid, ())) => tid, Err(e) => {
+                    if e.is_panic() { tracing::error!("an upload task panicked: {e}"); }
+                    e.id()
+                }};
+                busy.remove(&tid);
+                // A slot is free: look for due work at once (no rescan).
+                continue;
+            }
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    // Shutdown: let running uploads finish within the grace period.
+    let grace = active_rx.borrow().settings.shutdown_grace;
+    if !jobs.is_empty() {
+        tracing::info!(
+            uploads = jobs.len(),
+            "waiting up to {grace:?} for running uploads"
+        );
+        let all = async { while jobs.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::info!(
+                uploads = jobs.len(),
+                "uploads still running at shutdown: resumed at the next start"
+            );
+            jobs.abort_all();
+            while jobs.join_next().await.is_some() {}
+        }
+    }
+    let active = Arc::clone(&active_rx.borrow());
+    let sh = Arc::clone(&shared);
+    let _ = tokio::task::spawn_blocking(move || publish(&sh, &active, 0, true, None)).await;
+}

@@ -1,0 +1,571 @@
+//! Recording files: the engine's calls become `<id>.wav` + `<id>.json` in a directory.
+//!
+//! The only writer of recording pairs: every source's `<id>.json` is a typed
+//! [`RecordingDoc`] written by one function (temp file, fsync, rename).
+//!
+//! In: `begin` / `audio` / `end` calls from the engine ([`RecordingSink`]);
+//! whole recordings converted from a PBX's files ([`write_whole`]).
+//! Out: a recording pair per call (CONTRACT §3), files of mode 0600.
+//!
+//! Promises:
+//! - Audio is written while the call runs (`.<id>.wav.part`), never held in
+//!   memory: every chunk the engine hands over (at least 100 ms of audio, at
+//!   most its hold-back window `recording.jitter` behind real time) is passed
+//!   to the kernel with one `write()` before [`RecordingSink::audio`] returns,
+//!   and the WAV header is on disk as soon as the recording begins. The kernel's
+//!   page cache survives the death of the process (SIGKILL, a panic, the OOM
+//!   killer), so a crash of pbx-edge loses only what the engine still held:
+//!   at most the hold-back window plus one chunk (docs/durability.md).
+//! - Power loss: the spool's file system is synced (`syncfs`) every
+//!   [`SYNC_INTERVAL`] while recordings are written, so a power cut loses at
+//!   most that much more; a finished pair is fsynced before it appears.
+//! - An answered call leaves a trace before its `200 OK` goes out
+//!   ([`AnsweredCalls`]: `.<id>.answer.json`), replaced by the recording's own
+//!   start sidecar (`.<id>.start.json`) when its audio begins. A call that
+//!   ends without any audio becomes a recording of its own (an empty, valid
+//!   WAV and its metadata, [`RecordingDir::end_answered`]); after a crash
+//!   [`recover`] turns every note left into one, marked truncated: an
+//!   answered call always leaves a recording.
+//! - A pair appears atomically and durably: the WAV is finalised, fsynced and
+//!   renamed, the JSON is written to a temp file, fsynced and renamed last, then
+//!   the directory is fsynced. A crash leaves either a `.part` (repairable) or a
+//!   complete pair; the presence of `<id>.json` means `<id>.wav` is complete.
+//!   [`RecordingDir::take_closed`] names the calls whose pair is durable (the
+//!   SIPREC source answers a BYE only then).
+//! - A folder conversion ([`write_whole`]) is written the same way, its WAV
+//!   under [`WHOLE_TMP`] until renamed; it is excluded from crash
+//!   completion on purpose (see [`WHOLE_TMP`]): it is converted again.
+//! - A write error (disk full) does not stop other calls: the broken recording is
+//!   removed, counted and reported.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pbx_core::audio::wav::WavWriter;
+use pbx_core::call::{CallKey, CallMeta, PartyInfo, RecordingSink, RecordingStart};
+use pbx_core::time::Timestamp;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub mod doc;
+pub use crate::sys::{create_private_dir, create_private_file, sync_dir};
+pub use doc::{
+    CallFields, ChannelSummary, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
+};
+
+mod answered;
+pub use answered::*;
+mod sync;
+pub use sync::*;
+mod recover;
+pub use recover::*;
+
+/// What every recording of one run shares.
+#[derive(Debug, Clone)]
+pub struct RecordingContext {
+    pub agent_id: String,
+    /// "siprec" | "sniff" | "pcap" | "folder"
+    pub source: &'static str,
+    /// Calls shorter than this are discarded.
+    pub min_duration: Duration,
+}
+
+/// What a configuration reload changes for a running source without new
+/// sockets: the engine settings and the recording context, for calls that
+/// begin from now on.
+#[derive(Debug, Clone)]
+pub struct RecordingSettings {
+    pub engine: pbx_core::call::EngineConfig,
+    pub ctx: RecordingContext,
+    pub dir: PathBuf,
+}
+
+/// Apply reloaded settings in a source's engine thread: calls in progress
+/// keep their sample rate, jitter window, agent id, min_duration and
+/// directory; `rtp_timeout` applies to them too.
+pub(crate) fn apply_settings(
+    engine: &mut pbx_core::call::CallEngine,
+    out: &mut RecordingDir,
+    s: RecordingSettings,
+) {
+    engine.set_config(s.engine);
+    out.set_context(s.ctx);
+    if let Err(e) = out.set_dir(&s.dir) {
+        tracing::error!(
+            "spool {}: {e}; new recordings stay in {}",
+            s.dir.display(),
+            out.dir().display()
+        );
+    }
+}
+
+/// A finished recording pair.
+#[derive(Debug, Clone)]
+pub struct WrittenRecording {
+    pub id: String,
+    pub wav: PathBuf,
+    pub json: PathBuf,
+    pub duration_ms: i64,
+}
+
+/// Counters of a [`RecordingDir`].
+#[derive(Debug, Default, Clone)]
+pub struct RecordingCounters {
+    pub written: u64,
+    pub too_short: u64,
+    pub failed: u64,
+    pub bytes: u64,
+}
+
+struct OpenRecording {
+    id: String,
+    /// The SIP Call-ID of the call (for [`RecordingDir::take_closed`]).
+    call_id: String,
+    part: PathBuf,
+    /// Unbuffered below the writer's own conversion buffer: every `audio`
+    /// call ends in one `write()` (see the module doc).
+    wav: Option<WavWriter<File>>,
+    error: Option<io::Error>,
+    /// The context when the call began: a reload changes it for new calls
+    /// only (agent id, min_duration).
+    ctx: RecordingContext,
+    /// The directory it is written in (a reload may move new ones elsewhere).
+    dir: PathBuf,
+}
+
+/// Writes recordings into one directory.
+pub struct RecordingDir {
+    dir: PathBuf,
+    ctx: RecordingContext,
+    open: HashMap<CallKey, OpenRecording>,
+    pub written: Vec<WrittenRecording>,
+    pub counters: RecordingCounters,
+    pub errors: Vec<String>,
+    /// Calls answered whose audio has not begun (shared with the SIP side).
+    answered: AnsweredCalls,
+    /// Call-IDs whose recording ended (pair durable, discarded or failed)
+    /// since the last [`RecordingDir::take_closed`]; kept only when asked
+    /// for ([`RecordingDir::track_closed`]).
+    closed: Vec<String>,
+    track_closed: bool,
+    /// Whether every `audio` call ends in a `write()` (live sources: what a
+    /// crash of the process leaves is in the page cache). Off for imports,
+    /// which can be run again: audio then goes out in 64 KiB writes.
+    write_through: bool,
+}
+
+impl RecordingDir {
+    /// Opens (and creates, mode 0700) `dir`.
+    pub fn new(dir: &Path, ctx: RecordingContext) -> io::Result<Self> {
+        create_private_dir(dir)?;
+        Ok(RecordingDir {
+            dir: dir.to_path_buf(),
+            answered: AnsweredCalls::new(dir, &ctx),
+            ctx,
+            open: HashMap::new(),
+            written: Vec::new(),
+            counters: RecordingCounters::default(),
+            errors: Vec::new(),
+            closed: Vec::new(),
+            track_closed: false,
+            write_through: true,
+        })
+    }
+
+    /// Whether each `audio` call is written through to the file at once
+    /// (the default, for live sources) or buffered in 64 KiB writes (for
+    /// imports, which lose nothing to a crash that a rerun cannot redo).
+    pub(crate) fn set_write_through(&mut self, on: bool) {
+        self.write_through = on;
+    }
+
+    /// New settings (a configuration reload): recordings that begin from now
+    /// on carry them; recordings already open keep the context they began with.
+    pub(crate) fn set_context(&mut self, ctx: RecordingContext) {
+        self.answered.set_context(&ctx);
+        self.ctx = ctx;
+    }
+
+    /// Write recordings that begin from now on into `dir` (created 0700);
+    /// open ones finish where they began. On an error nothing changes.
+    pub(crate) fn set_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if dir != self.dir {
+            create_private_dir(dir)?;
+            self.dir = dir.to_path_buf();
+            self.answered.set_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// The handle the signalling side records answered calls with (see
+    /// [`AnsweredCalls`]); it follows this directory's settings.
+    pub(crate) fn answered_calls(&self) -> AnsweredCalls {
+        self.answered.clone()
+    }
+
+    /// Whether a recording of the call with this SIP Call-ID is open.
+    pub(crate) fn is_recording(&self, call_id: &str) -> bool {
+        self.open.values().any(|r| r.call_id == call_id)
+    }
+
+    /// Keep the Call-IDs of recordings that end for [`RecordingDir::take_closed`]
+    /// (the SIPREC source, which drains them; others never ask).
+    pub(crate) fn track_closed(&mut self, on: bool) {
+        self.track_closed = on;
+        if !on {
+            self.closed.clear();
+        }
+    }
+
+    fn closed_call(&mut self, call_id: &str) {
+        if self.track_closed {
+            self.closed.push(call_id.to_string());
+        }
+    }
+
+    /// The Call-IDs whose recording ended since the last call: their pair is
+    /// durable on disk (files and directory fsynced), or there is none
+    /// (shorter than `min_duration`, or a write error, counted).
+    pub fn take_closed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Turn the calls still answered without audio into recordings of their
+    /// own (an empty WAV, `truncated`, `end_reason` = `reason`): what a stop
+    /// does with calls whose media never came.
+    pub(crate) fn finish_answered(&mut self, reason: &str) {
+        for (call_id, sidecar) in self.answered.take_all() {
+            self.write_answered(&call_id, &sidecar, reason, true);
+        }
+    }
+
+    /// The call with this Call-ID ended (`reason`: `bye`, `rtp_timeout`):
+    /// if its audio never began, it becomes a recording of its own, an
+    /// empty WAV, not truncated (unless `min_duration` discards it).
+    /// Whether such a recording was made.
+    pub fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
+        let Some(sidecar) = self.answered.take(call_id) else {
+            return false;
+        };
+        if !self.ctx.min_duration.is_zero() {
+            let _ = fs::remove_file(&sidecar);
+            self.counters.too_short += 1;
+            self.closed_call(call_id);
+            return false;
+        }
+        self.write_answered(call_id, &sidecar, reason, false)
+    }
+
+    fn write_answered(&mut self, call_id: &str, sidecar: &Path, reason: &str, cut: bool) -> bool {
+        let (Some(dir), Some(id)) = (
+            sidecar.parent().map(Path::to_path_buf),
+            sidecar_id(sidecar, ANSWER_SUFFIX),
+        ) else {
+            return false;
+        };
+        let warning = if cut {
+            "the daemon stopped after answering this call, before any of its audio arrived"
+        } else {
+            "no audio arrived for this call"
+        };
+        let made = match complete_answered(&dir, &id, &self.ctx, sidecar, reason, cut, warning) {
+            Ok(()) => {
+                self.counters.written += 1;
+                let wav = dir.join(format!("{id}.wav"));
+                self.counters.bytes += fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
+                self.written.push(WrittenRecording {
+                    json: dir.join(format!("{id}.json")),
+                    wav,
+                    id,
+                    duration_ms: 0,
+                });
+                true
+            }
+            Err(e) => {
+                self.counters.failed += 1;
+                self.errors.push(format!("recording {id}: {e}"));
+                false
+            }
+        };
+        self.closed_call(call_id);
+        made
+    }
+
+    /// Where new recordings go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn finish_files(
+        &mut self,
+        rec: OpenRecording,
+        meta: &CallMeta,
+    ) -> io::Result<Option<WrittenRecording>> {
+        if let Some(e) = rec.error {
+            return Err(e);
+        }
+        let Some(wav) = rec.wav else {
+            return Err(io::Error::other("recording was never opened"));
+        };
+        let file = wav.finalize()?;
+        file.sync_all()?;
+        drop(file);
+        if (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis() {
+            fs::remove_file(&rec.part)?;
+            return Ok(None);
+        }
+        let (bytes, sha) = hash_file(&rec.part)?;
+        let wav_path = rec.dir.join(format!("{}.wav", rec.id));
+        let json_path = rec.dir.join(format!("{}.json", rec.id));
+        fs::rename(&rec.part, &wav_path)?;
+        let doc = RecordingDoc::of_call(
+            meta,
+            &rec.id,
+            &rec.ctx.agent_id,
+            rec.ctx.source,
+            DocAudio::wav(meta.sample_rate, bytes, sha),
+        );
+        write_json(&rec.dir, &doc)?;
+        let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
+        sync_dir(&rec.dir)?;
+        self.counters.bytes += bytes;
+        Ok(Some(WrittenRecording {
+            id: rec.id,
+            wav: wav_path,
+            json: json_path,
+            duration_ms: meta.duration_ms(),
+        }))
+    }
+}
+
+impl RecordingSink for RecordingDir {
+    fn begin(&mut self, call: CallKey, start: &RecordingStart) {
+        // What is known now, kept beside the growing WAV so that a recording cut
+        // off by a crash can be completed at the next start.
+        let sidecar = self
+            .dir
+            .join(format!(".{}{START_SUFFIX}", start.recording_id));
+        let mut v = serde_json::to_value(start).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("source".into(), self.ctx.source.into());
+            o.insert("agent_id".into(), self.ctx.agent_id.clone().into());
+        }
+        let _ = write_small_file(&sidecar, &v);
+        let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
+        // The header goes to the kernel at once: a crash a moment later still
+        // leaves a valid (empty) WAV.
+        let opened = create_private_file(&part).and_then(|f| {
+            let mut w = WavWriter::new(f, start.sample_rate, 2)?;
+            w.flush()?;
+            Ok(w)
+        });
+        let (wav, error) = match opened {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e)),
+        };
+        // The start sidecar now stands for the call.
+        self.answered.forget(&start.call_id);
+        mark_unsynced(&self.dir);
+        self.open.insert(
+            call,
+            OpenRecording {
+                id: start.recording_id.clone(),
+                call_id: start.call_id.clone(),
+                part,
+                wav,
+                error,
+                ctx: self.ctx.clone(),
+                dir: self.dir.clone(),
+            },
+        );
+    }
+
+    fn audio(&mut self, call: CallKey, frames: &[i16]) {
+        if let Some(rec) = self.open.get_mut(&call) {
+            if rec.error.is_some() {
+                return;
+            }
+            if let Some(w) = rec.wav.as_mut() {
+                // Written through: one write() per chunk, in the page cache,
+                // safe from a crash of the process, before the engine goes on.
+                let res = if self.write_through {
+                    w.write_samples(frames).and_then(|()| w.flush())
+                } else {
+                    w.write_samples(frames)
+                };
+                if let Err(e) = res {
+                    rec.error = Some(e);
+                }
+                if self.write_through {
+                    mark_unsynced(&rec.dir);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, call: CallKey, meta: CallMeta) {
+        let Some(rec) = self.open.remove(&call) else {
+            return;
+        };
+        let part = rec.part.clone();
+        let id = rec.id.clone();
+        let dir = rec.dir.clone();
+        let call_id = rec.call_id.clone();
+        match self.finish_files(rec, &meta) {
+            Ok(Some(w)) => {
+                self.counters.written += 1;
+                self.written.push(w);
+            }
+            Ok(None) => {
+                let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+                self.counters.too_short += 1
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+                self.counters.failed += 1;
+                self.errors.push(format!("recording {id}: {e}"));
+            }
+        }
+        self.closed_call(&call_id);
+    }
+}
+
+/// The recording JSON of CONTRACT §3 for a call the engine recorded to its
+/// end (the document [`RecordingDir`] writes).
+pub fn recording_json(
+    meta: &CallMeta,
+    id: &str,
+    ctx: &RecordingContext,
+    audio_bytes: u64,
+    sha256: &str,
+) -> Value {
+    RecordingDoc::of_call(
+        meta,
+        id,
+        &ctx.agent_id,
+        ctx.source,
+        DocAudio::wav(meta.sample_rate, audio_bytes, sha256.to_string()),
+    )
+    .to_value()
+}
+
+/// The only writer of `<id>.json` files.
+fn write_json(dir: &Path, doc: &RecordingDoc) -> io::Result<()> {
+    let id = &doc.recording_id;
+    let tmp = dir.join(format!(".{id}.json.tmp"));
+    let written = (|| {
+        let mut f = create_private_file(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, &doc.to_value())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join(format!("{id}.json")))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Suffix of the WAV of a recording being written whole by
+/// [`write_whole`] (a folder conversion). Not `.wav.part`: [`recover`]
+/// completes a `.part` as a crash recording, while a conversion cut off is
+/// simply converted again from the PBX's files, which were not marked seen.
+/// Not `.wav.tmp` either: the folder source removes these at its own start,
+/// which a reload can bring while other sources write `.wav.tmp` files.
+pub const WHOLE_TMP: &str = ".wav.folder-tmp";
+
+/// Writes a recording whose audio is all known at once (a folder
+/// conversion) as a pair, the same way the engine's recordings end: the
+/// WAV (`left` on channel 0, `right` on channel 1, the shorter padded with
+/// silence) in a temp file, fsynced, hashed, renamed; then `doc`, its
+/// `audio` and `duration_ms` filled in from what was written, by the one
+/// JSON writer; then the directory fsynced. On an error nothing is left
+/// (neither temp file nor WAV). Returns the pair and the WAV's size.
+pub fn write_whole(
+    dir: &Path,
+    rate: u32,
+    left: &[i16],
+    right: &[i16],
+    mut doc: RecordingDoc,
+) -> io::Result<(WrittenRecording, u64)> {
+    create_private_dir(dir)?;
+    let id = doc.recording_id.clone();
+    let frames = left.len().max(right.len());
+    let part = dir.join(format!(".{id}{WHOLE_TMP}"));
+    let wav_path = dir.join(format!("{id}.wav"));
+    let json_path = dir.join(format!("{id}.json"));
+    let wav = (|| -> io::Result<(u64, String)> {
+        let f = create_private_file(&part)?;
+        let mut w = WavWriter::new(io::BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
+        let mut buf = Vec::with_capacity(8192);
+        let mut i = 0;
+        while i < frames {
+            buf.clear();
+            let end = (i + 4096).min(frames);
+            for k in i..end {
+                buf.push(left.get(k).copied().unwrap_or(0));
+                buf.push(right.get(k).copied().unwrap_or(0));
+            }
+            w.write_samples(&buf)?;
+            i = end;
+        }
+        let mut bw = w.finalize()?;
+        bw.flush()?;
+        let file = bw.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let h = hash_file(&part)?;
+        fs::rename(&part, &wav_path)?;
+        Ok(h)
+    })();
+    let (bytes, sha) = match wav {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    doc.audio = DocAudio::wav(rate, bytes, sha);
+    doc.duration_ms = (frames as u64 * 1000 / u64::from(rate.max(1))) as i64;
+    if let Err(e) = write_json(dir, &doc).and_then(|()| sync_dir(dir)) {
+        let _ = fs::remove_file(&wav_path);
+        return Err(e);
+    }
+    let duration_ms = doc.duration_ms;
+    Ok((
+        WrittenRecording {
+            id,
+            wav: wav_path,
+            json: json_path,
+            duration_ms,
+        },
+        bytes,
+    ))
+}
+
+/// Length and hex SHA-256 of a file.
+pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+#[cfg(test)]
+mod tests;

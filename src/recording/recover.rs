@@ -1,0 +1,242 @@
+//! Crash recovery: what a crash or power loss cut off in a spool directory
+//! becomes complete recording pairs at the next start.
+
+use super::*;
+
+/// Complete the recordings a crash (or power loss) cut off in `dir`: every
+/// `.<id>.wav.part` gets a valid WAV header for the whole frames that reached
+/// the disk (a partial frame at its end is cut off; a file without even its
+/// header gets a fresh one: an empty recording), becomes `<id>.wav`, and gets
+/// a `<id>.json` from what was known when the call started (its source, ids,
+/// parties and times, kept in the start sidecar), with `"truncated": true` and
+/// `"end_reason": "crash"`; `ended_at` is the end of the audio kept. A
+/// `<id>.wav` whose JSON never got written (a crash between the two renames:
+/// the WAV is complete) gets its JSON the same way, with `"truncated": false`.
+/// A call answered whose audio had not begun (`.<id>.answer.json`) becomes
+/// an empty recording (a 44-byte WAV) marked truncated, unless a recording
+/// of the same Call-ID exists (its audio began). `ctx` names the source and
+/// agent of sidecars without them. Returns the ids recovered. Left-over temp
+/// files of finished recordings are removed.
+pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
+    use pbx_core::audio::wav::{canonical_header, repair_wav};
+    use std::os::unix::fs::FileExt;
+    let mut recovered = Vec::new();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    // Calls whose audio began: an answer sidecar of theirs is stale.
+    let began: HashSet<String> = entries
+        .iter()
+        .filter(|p| sidecar_id(p, START_SUFFIX).is_some())
+        .filter_map(|p| fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter_map(|v| v["call_id"].as_str().map(str::to_string))
+        .collect();
+    for p in entries {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') && (name.ends_with(".json.tmp") || name.ends_with(".wav.tmp")) {
+            // The JSON never got renamed: its WAV is complete (renamed first) or
+            // still a .part; either way the JSON is rebuilt below or from the pair.
+            let _ = fs::remove_file(&p);
+            continue;
+        }
+        if let Some(id) = sidecar_id(&p, ANSWER_SUFFIX) {
+            let call_id: Option<String> = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["call_id"].as_str().map(str::to_string));
+            let stale = call_id.is_some_and(|c| began.contains(&c))
+                || dir.join(format!("{id}.json")).exists();
+            if stale {
+                let _ = fs::remove_file(&p);
+            } else {
+                complete_answered(dir, &id, ctx, &p, "crash", true, WARN_NO_AUDIO)?;
+                recovered.push(id);
+            }
+            continue;
+        }
+        if let Some(id) = sidecar_id(&p, START_SUFFIX) {
+            // A finished WAV without its JSON: renamed, then the crash.
+            let wav_path = dir.join(format!("{id}.wav"));
+            let part = dir.join(format!(".{id}.wav.part"));
+            if part.exists() {
+                continue; // completed with its .part below
+            }
+            if wav_path.is_file() && !dir.join(format!("{id}.json")).exists() {
+                complete_json(dir, &id, ctx, &p, false, "crash", WARN_SAVING)?;
+                recovered.push(id);
+            } else {
+                // The pair is complete (crash before the sidecar's removal),
+                // or the recording was discarded.
+                let _ = fs::remove_file(&p);
+            }
+            continue;
+        }
+        let Some(id) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".wav.part"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
+        let mut f = OpenOptions::new().read(true).write(true).open(&p)?;
+        let len = f.metadata()?.len();
+        match repair_wav(&mut f, len) {
+            Ok(audio) => {
+                // Whole frames only: a write cut in the middle of a frame
+                // leaves no stray bytes after the data chunk.
+                let end = len.min(44 + audio).max(44);
+                if end < len && header_is_canonical(&mut f) {
+                    f.set_len(end)?;
+                }
+            }
+            Err(_) if sidecar.exists() => {
+                // The call had begun but not even the header reached the
+                // disk (power loss): an empty recording of it.
+                let sj = read_json_file(&sidecar);
+                let rate = wav_rate(&sj);
+                f.set_len(0)?;
+                f.write_all_at(&canonical_header(rate, 2, 0), 0)?;
+            }
+            Err(_) => {
+                // Nothing to say what it was: nothing to keep.
+                drop(f);
+                fs::remove_file(&p)?;
+                continue;
+            }
+        }
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&p, dir.join(format!("{id}.wav")))?;
+        complete_json(dir, &id, ctx, &sidecar, true, "crash", WARN_CUT)?;
+        recovered.push(id);
+    }
+    Ok(recovered)
+}
+
+pub(super) const WARN_CUT: &str = "the daemon stopped while recording this call; the audio that reached the disk was kept; its packet counts were lost";
+pub(super) const WARN_SAVING: &str = "the daemon stopped while saving this recording: the audio is complete; the call's end details and packet counts were lost";
+pub(super) const WARN_NO_AUDIO: &str =
+    "the daemon stopped after answering this call, before any of its audio was written";
+
+/// Whether the file starts with the 44-byte header our writer makes (data
+/// chunk right after `fmt `), so the data ends at 44 + its size.
+pub(super) fn header_is_canonical(f: &mut File) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let mut h = [0u8; 44];
+    let ok = f.seek(SeekFrom::Start(0)).is_ok() && f.read_exact(&mut h).is_ok();
+    ok && &h[12..16] == b"fmt " && h[16..20] == 16u32.to_le_bytes() && &h[36..40] == b"data"
+}
+
+pub(super) fn read_json_file(p: &Path) -> Value {
+    fs::read(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The WAV rate a sidecar names (8000 or 16000; 8000 when it does not say).
+pub(super) fn wav_rate(sj: &Value) -> u32 {
+    match sj["sample_rate"].as_u64() {
+        Some(16000) => 16000,
+        _ => 8000,
+    }
+}
+
+/// An answered call without audio as a recording pair: an empty 2-channel
+/// WAV (header only, fsynced, renamed) and its JSON from the answer sidecar
+/// (then removed), `end_reason` = `reason`.
+pub(super) fn complete_answered(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    sidecar: &Path,
+    reason: &str,
+    truncated: bool,
+    warning: &str,
+) -> io::Result<()> {
+    use pbx_core::audio::wav::canonical_header;
+    let wav = dir.join(format!("{id}.wav"));
+    if !wav.exists() {
+        let tmp = dir.join(format!(".{id}.wav.tmp"));
+        let mut f = create_private_file(&tmp)?;
+        f.write_all(&canonical_header(wav_rate(&read_json_file(sidecar)), 2, 0))?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &wav)?;
+    }
+    complete_json(dir, id, ctx, sidecar, truncated, reason, warning)
+}
+
+/// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
+/// never recorded, from its sidecar (then removed).
+pub(super) fn complete_json(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    sidecar: &Path,
+    truncated: bool,
+    reason: &str,
+    warning: &str,
+) -> io::Result<()> {
+    use pbx_core::audio::wav::parse_wav_header;
+    let wav_path = dir.join(format!("{id}.wav"));
+    let sj = read_json_file(sidecar);
+    let mut head = vec![0u8; 64];
+    let n = File::open(&wav_path)?.read(&mut head)?;
+    head.truncate(n);
+    let info = parse_wav_header(&head).ok();
+    let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
+    let (bytes, sha) = hash_file(&wav_path)?;
+    let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
+    let frames = bytes.saturating_sub(header) / 4;
+    let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
+    let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
+    // The end of the audio kept on the call's timeline; else when the file
+    // was last written.
+    let ended_at = time("media_started_at")
+        .or_else(|| time("answered_at"))
+        .or_else(|| time("started_at"))
+        .map(|t| t.add_micros(duration_ms * 1000))
+        .or_else(|| {
+            let m = fs::metadata(&wav_path).and_then(|m| m.modified()).ok()?;
+            let us = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+            Some(Timestamp::from_micros(i64::try_from(us).ok()?))
+        });
+    let text = |k: &str, default: &str| sj[k].as_str().unwrap_or(default).to_string();
+    let string = |k: &str| sj[k].as_str().map(str::to_string);
+    let party = |k: &str| serde_json::from_value::<DocParty>(sj[k].clone()).ok();
+    let doc = RecordingDoc {
+        schema: SCHEMA,
+        recording_id: id.to_string(),
+        agent_id: text("agent_id", &ctx.agent_id),
+        source: text("source", ctx.source),
+        call_id: string("call_id"),
+        from: party("from"),
+        to: party("to"),
+        direction: "unknown".into(),
+        started_at: time("started_at"),
+        answered_at: time("answered_at"),
+        ended_at,
+        duration_ms,
+        audio: DocAudio::wav(rate, bytes, sha),
+        channels: DocChannels::summary(["", ""]),
+        dtmf: Vec::new(),
+        truncated,
+        warnings: vec![warning.to_string()],
+        call: Some(CallFields {
+            recorded_call_id: string("recorded_call_id"),
+            media_started_at: time("media_started_at"),
+            end_reason: reason.to_string(),
+            caller_known: None,
+        }),
+        folder: None,
+    };
+    write_json(dir, &doc)?;
+    let _ = fs::remove_file(sidecar);
+    sync_dir(dir)
+}

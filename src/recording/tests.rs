@@ -1,0 +1,437 @@
+use super::*;
+use pbx_core::call::PartyInfo;
+
+fn start(id: &str) -> RecordingStart {
+    RecordingStart {
+        call_id: format!("{id}@src"),
+        sample_rate: 8000,
+        media_started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap(),
+        recording_id: id.to_string(),
+        from: PartyInfo {
+            number: "1001".into(),
+            ..PartyInfo::default()
+        },
+        to: PartyInfo::default(),
+        started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
+        answered_at: None,
+    }
+}
+
+fn ctx(source: &'static str) -> RecordingContext {
+    RecordingContext {
+        agent_id: "agent-a".into(),
+        source,
+        min_duration: Duration::ZERO,
+    }
+}
+
+fn json_of(dir: &Path, id: &str) -> Value {
+    serde_json::from_slice(&fs::read(dir.join(format!("{id}.json"))).unwrap()).unwrap()
+}
+
+/// A SIPREC call cut by a crash, recovered by a start that names another
+/// source: the sidecar's source, agent and times win, and every field of
+/// CONTRACT §3 is there with its type.
+#[test]
+fn crash_recovery_keeps_the_source_and_fills_every_contract_field() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("r1"));
+    // 2.5 s of stereo audio reaches the disk, then the process dies.
+    for _ in 0..25 {
+        rd.audio(CallKey(1), &[7i16; 1600]);
+    }
+    drop(rd);
+    let ids = recover(d.path(), &ctx("sniff")).unwrap();
+    assert_eq!(ids, vec!["r1".to_string()]);
+    let j = json_of(d.path(), "r1");
+    assert_eq!(j["source"], "siprec");
+    assert_eq!(j["agent_id"], "agent-a");
+    assert_eq!(j["call_id"], "r1@src");
+    assert_eq!(j["from"]["number"], "1001");
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (true.into(), "crash".into())
+    );
+    assert_eq!(j["duration_ms"], 2500);
+    assert_eq!(j["ended_at"], "2026-12-03T10:00:03.500Z");
+    assert_eq!(j["started_at"], "2026-12-03T10:00:00.000Z");
+    assert!(j["answered_at"].is_null());
+    for (i, party) in [(0, "caller"), (1, "callee")] {
+        let c = &j["channels"][i];
+        assert_eq!(c["party"], party);
+        assert!(
+            c["codec"].is_string() && c["packets"].is_u64() && c["lost"].is_u64(),
+            "{c}"
+        );
+    }
+    let wav = fs::read(d.path().join("r1.wav")).unwrap();
+    assert_eq!(j["audio"]["bytes"], wav.len());
+    assert_eq!(wav.len(), 44 + 20_000 * 4);
+    assert!(!d.path().join(".r1.start.json").exists());
+    // Done once: a second start finds nothing to do.
+    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+}
+
+/// A crash between the WAV's rename and the JSON's: the WAV is complete,
+/// its JSON is written at the next start.
+#[test]
+fn wav_renamed_without_its_json_gets_one() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("r2"));
+    rd.audio(CallKey(1), &[3i16; 16_000]);
+    drop(rd);
+    // What finish_files had done before the crash: a finalised WAV.
+    let part = d.path().join(".r2.wav.part");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&part)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    pbx_core::audio::wav::repair_wav(&mut f, len).unwrap();
+    drop(f);
+    fs::rename(&part, d.path().join("r2.wav")).unwrap();
+    let before = hash_file(&d.path().join("r2.wav")).unwrap();
+    assert_eq!(
+        recover(d.path(), &ctx("sniff")).unwrap(),
+        vec!["r2".to_string()]
+    );
+    let j = json_of(d.path(), "r2");
+    assert_eq!(j["source"], "siprec");
+    assert_eq!(j["truncated"], false);
+    assert_eq!(j["duration_ms"], 1000);
+    assert_eq!(j["audio"]["sha256"], before.1.as_str());
+    assert_eq!(
+        hash_file(&d.path().join("r2.wav")).unwrap(),
+        before,
+        "WAV untouched"
+    );
+    // A finished pair is left alone, and its stray sidecar removed.
+    fs::write(d.path().join(".r2.start.json"), b"{}").unwrap();
+    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+    assert!(!d.path().join(".r2.start.json").exists());
+    assert_eq!(json_of(d.path(), "r2"), j);
+}
+
+fn answered(call_id: &str) -> AnsweredCall {
+    AnsweredCall {
+        call_id: call_id.to_string(),
+        from: PartyInfo {
+            number: "+15551001".into(),
+            name: "Alice".into(),
+            uri: "sip:+15551001@pbx".into(),
+        },
+        to: PartyInfo::default(),
+        started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
+        answered_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.250Z").unwrap(),
+        recorded_call_id: Some("orig@pbx".into()),
+        sample_rate: None,
+    }
+}
+
+fn hidden_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every chunk the engine hands over is in the file (the page cache,
+/// which a SIGKILL does not touch) when `audio` returns; the header is
+/// there as soon as the recording begins.
+#[test]
+fn audio_reaches_the_file_before_audio_returns() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("p1"));
+    let part = d.path().join(".p1.wav.part");
+    assert_eq!(fs::metadata(&part).unwrap().len(), 44, "header at once");
+    // 100 ms of stereo audio at 8 kHz, then 20 ms more.
+    rd.audio(CallKey(1), &[5i16; 1600]);
+    assert_eq!(fs::metadata(&part).unwrap().len(), 44 + 3200);
+    rd.audio(CallKey(1), &[6i16; 320]);
+    assert_eq!(fs::metadata(&part).unwrap().len(), 44 + 3200 + 640);
+    // What a crash leaves is what recovery keeps.
+    std::mem::forget(rd);
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec!["p1"]);
+    let j = json_of(d.path(), "p1");
+    assert_eq!(j["duration_ms"], 120);
+    assert_eq!(j["truncated"], true);
+}
+
+/// A call answered whose audio never began: after a crash, a recording
+/// of its own with an empty, valid 2-channel WAV, marked truncated.
+#[test]
+fn answered_call_without_audio_becomes_an_empty_recording_after_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let id = rd.answered_calls().answered(&answered("a1@src")).unwrap();
+    assert_eq!(rd.answered_calls().len(), 1);
+    assert_eq!(
+        hidden_files(d.path()),
+        vec![format!(".{id}{ANSWER_SUFFIX}")]
+    );
+    std::mem::forget(rd);
+    assert_eq!(recover(d.path(), &ctx("sniff")).unwrap(), vec![id.clone()]);
+    let j = json_of(d.path(), &id);
+    assert_eq!(j["call_id"], "a1@src");
+    assert_eq!(j["source"], "siprec");
+    assert_eq!(j["agent_id"], "agent-a");
+    assert_eq!(j["recorded_call_id"], "orig@pbx");
+    assert_eq!(j["from"]["number"], "+15551001");
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (true.into(), "crash".into())
+    );
+    assert_eq!(j["duration_ms"], 0);
+    assert_eq!(j["answered_at"], "2026-12-03T10:00:00.250Z");
+    assert_eq!(j["ended_at"], "2026-12-03T10:00:00.250Z");
+    let wav = fs::read(d.path().join(format!("{id}.wav"))).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+    assert_eq!((info.channels, info.sample_rate, wav.len()), (2, 8000, 44));
+    assert_eq!(j["audio"]["bytes"], 44);
+    assert_eq!(
+        j["audio"]["sha256"],
+        hash_file(&d.path().join(format!("{id}.wav"))).unwrap().1
+    );
+    assert!(hidden_files(d.path()).is_empty());
+    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+}
+
+/// The answer note goes when the call's audio begins (the recording
+/// stands for the call) or when it ends without audio; a crash between
+/// the start sidecar and the note's removal still gives one recording.
+#[test]
+fn answered_note_gives_way_to_the_recording_or_goes_with_the_call() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let calls = rd.answered_calls();
+    calls.answered(&answered("r3@src")).unwrap();
+    rd.begin(CallKey(3), &start("r3"));
+    assert!(calls.is_empty());
+    assert_eq!(
+        hidden_files(d.path()),
+        vec![".r3.start.json", ".r3.wav.part"]
+    );
+    // Ended without audio: nothing stays.
+    calls.answered(&answered("gone@src")).unwrap();
+    calls.forget("gone@src");
+    assert_eq!(hidden_files(d.path()).len(), 2);
+    // A crash right after begin wrote its files but before the note
+    // went: the note is stale, the recording is the call's one.
+    let id = calls.answered(&answered("r3@src")).unwrap();
+    std::mem::forget(rd);
+    assert!(d.path().join(format!(".{id}{ANSWER_SUFFIX}")).exists());
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec!["r3"]);
+    assert!(hidden_files(d.path()).is_empty());
+    assert!(!d.path().join(format!("{id}.json")).exists());
+}
+
+fn meta_r4() -> CallMeta {
+    let t0 = Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap();
+    CallMeta {
+        key: CallKey(4),
+        recording_id: "r4".into(),
+        call_id: "r4@src".into(),
+        recorded_call_id: None,
+        from: PartyInfo::default(),
+        to: PartyInfo::default(),
+        caller_known: true,
+        started_at: t0,
+        answered_at: None,
+        ended_at: t0.add_micros(100_000),
+        media_started_at: t0,
+        sample_rate: 8000,
+        frames: 800,
+        channels: Default::default(),
+        dtmf: Vec::new(),
+        end_reason: pbx_core::call::EndReason::Bye,
+        warnings: Vec::new(),
+    }
+}
+
+/// `take_closed` names a call once its pair is on disk; a stop turns
+/// calls answered without audio into recordings cut by shutdown.
+#[test]
+fn closed_calls_are_named_once_their_pair_is_durable() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.track_closed(true);
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    assert!(rd.is_recording("r4@src"));
+    assert!(rd.take_closed().is_empty());
+    let meta = meta_r4();
+    rd.end(CallKey(4), meta);
+    assert!(!rd.is_recording("r4@src"));
+    assert_eq!(rd.take_closed(), vec!["r4@src".to_string()]);
+    assert!(d.path().join("r4.json").exists() && d.path().join("r4.wav").exists());
+    assert!(rd.take_closed().is_empty());
+    // A call that ends without audio is a recording of its own, whole.
+    let id = rd
+        .answered_calls()
+        .answered(&answered("empty@src"))
+        .unwrap();
+    assert!(rd.end_answered("empty@src", "bye"));
+    assert!(!rd.end_answered("empty@src", "bye"), "once");
+    assert_eq!(rd.take_closed(), vec!["empty@src".to_string()]);
+    let j = json_of(d.path(), &id);
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (false.into(), "bye".into())
+    );
+    assert_eq!(
+        fs::metadata(d.path().join(format!("{id}.wav")))
+            .unwrap()
+            .len(),
+        44
+    );
+    // A call with audio: its note went when the audio began.
+    rd.answered_calls().answered(&answered("r4b@src")).unwrap();
+    rd.begin(
+        CallKey(7),
+        &RecordingStart {
+            call_id: "r4b@src".into(),
+            ..start("r4b")
+        },
+    );
+    assert!(!rd.end_answered("r4b@src", "bye"));
+    rd.end(
+        CallKey(7),
+        CallMeta {
+            call_id: "r4b@src".into(),
+            recording_id: "r4b".into(),
+            key: CallKey(7),
+            ..meta_r4()
+        },
+    );
+    assert_eq!(rd.take_closed(), vec!["r4b@src".to_string()]);
+    let id = rd
+        .answered_calls()
+        .answered(&answered("quiet@src"))
+        .unwrap();
+    rd.finish_answered("shutdown");
+    assert_eq!(rd.take_closed(), vec!["quiet@src".to_string()]);
+    let j = json_of(d.path(), &id);
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (true.into(), "shutdown".into())
+    );
+    assert_eq!(rd.counters.written, 4);
+    assert!(hidden_files(d.path()).is_empty());
+}
+
+/// A write cut in the middle of a frame: the stray bytes go, the WAV
+/// stays valid. A part that never got its header (power loss) but whose
+/// call is known: an empty recording, not nothing.
+#[test]
+fn parts_are_cut_to_whole_frames_and_headerless_ones_kept_empty() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(5), &start("r5"));
+    rd.audio(CallKey(5), &[9i16; 800]);
+    rd.begin(CallKey(6), &start("r6"));
+    std::mem::forget(rd);
+    let part5 = d.path().join(".r5.wav.part");
+    let mut f = OpenOptions::new().append(true).open(&part5).unwrap();
+    f.write_all(&[1, 2, 3]).unwrap();
+    drop(f);
+    fs::write(d.path().join(".r6.wav.part"), b"").unwrap();
+    let mut ids = recover(d.path(), &ctx("siprec")).unwrap();
+    ids.sort();
+    assert_eq!(ids, vec!["r5", "r6"]);
+    let w5 = fs::read(d.path().join("r5.wav")).unwrap();
+    assert_eq!(w5.len(), 44 + 1600);
+    assert_eq!(
+        pbx_core::audio::wav::parse_wav_header(&w5)
+            .unwrap()
+            .audio_len(w5.len() as u64),
+        1600
+    );
+    let w6 = fs::read(d.path().join("r6.wav")).unwrap();
+    assert_eq!(w6.len(), 44);
+    assert_eq!(json_of(d.path(), "r6")["call_id"], "r6@src");
+}
+
+/// The sync thread syncs a directory written to within a few intervals.
+#[test]
+fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let mut doc = RecordingDoc::of_call(
+        &meta_r4(),
+        "w1",
+        "edge",
+        "folder",
+        DocAudio::wav(8000, 0, String::new()),
+    );
+    doc.call = None;
+    let left = vec![100i16; 8000];
+    let right = vec![-100i16; 4000];
+    let (w, bytes) = write_whole(d.path(), 8000, &left, &right, doc).unwrap();
+    assert_eq!(w.duration_ms, 1000);
+    assert_eq!(bytes, 44 + 8000 * 4);
+    let (len, sha) = hash_file(&w.wav).unwrap();
+    let j = json_of(d.path(), "w1");
+    assert_eq!(j["audio"]["bytes"], len);
+    assert_eq!(j["audio"]["sha256"], sha);
+    assert_eq!(j["duration_ms"], 1000);
+    assert!(j.get("end_reason").is_none(), "{j}");
+    assert!(
+        hidden_files(d.path()).is_empty(),
+        "{:?}",
+        hidden_files(d.path())
+    );
+    // A directory that cannot be written leaves nothing behind.
+    let blocked = d.path().join("blocked");
+    fs::write(&blocked, b"a file").unwrap();
+    let doc = RecordingDoc::of_call(
+        &meta_r4(),
+        "w2",
+        "edge",
+        "folder",
+        DocAudio::wav(8000, 0, String::new()),
+    );
+    assert!(write_whole(&blocked, 8000, &left, &right, doc).is_err());
+    assert!(!d.path().join("w2.wav").exists());
+}
+
+#[test]
+fn written_directories_are_synced_in_the_background() {
+    let d = tempfile::tempdir().unwrap();
+    let before = fs_syncs();
+    mark_unsynced(d.path());
+    let t = std::time::Instant::now();
+    while fs_syncs() == before {
+        assert!(t.elapsed() < SYNC_INTERVAL * 20, "no sync");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An import (write-through off) buffers its audio, and the finished
+/// pair is byte for byte what a written-through one is.
+#[test]
+fn buffered_writes_make_the_same_recording() {
+    let mut wavs = Vec::new();
+    for through in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("pcap")).unwrap();
+        rd.set_write_through(through);
+        rd.begin(CallKey(4), &start("r4"));
+        let part = d.path().join(".r4.wav.part");
+        rd.audio(CallKey(4), &[3i16; 800]);
+        rd.audio(CallKey(4), &[-4i16; 800]);
+        let grown = fs::metadata(&part).unwrap().len();
+        assert_eq!(grown, if through { 44 + 3200 } else { 44 }, "{through}");
+        rd.end(CallKey(4), meta_r4());
+        assert_eq!(rd.counters.written, 1);
+        wavs.push(fs::read(d.path().join("r4.wav")).unwrap());
+    }
+    assert_eq!(wavs[0].len(), 44 + 3200);
+    assert_eq!(wavs[0], wavs[1]);
+}

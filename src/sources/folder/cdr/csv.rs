@@ -1,0 +1,430 @@
+//! Asterisk's `Master.csv` (cdr_csv) as a CDR store, followed as it grows.
+//!
+//! Column order: Asterisk's default (`accountcode, src, dst, dcontext, clid,
+//! channel, dstchannel, lastapp, lastdata, start, answer, end, duration,
+//! billsec, disposition, amaflags, uniqueid, userfield`, then, with
+//! `newcdrcolumns = yes`, `peeraccount, linkedid, sequence`: the order
+//! cdr_csv.c writes them in) or any order given as [`CsvColumns`]
+//! (`cdr_csv_columns`).
+//! Times are the PBX's local time ([`PbxTimeZone`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use pbx_core::Timestamp;
+
+use super::{best_row, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
+
+pub use crate::config::{CsvColumns, DEFAULT_COLUMNS, EXTRA_COLUMNS};
+
+/// Splits one CSV line (RFC 4180 quoting, `""` inside quotes).
+pub fn split_csv_line(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') => {
+                if chars.peek() == Some(&'"') {
+                    cur.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            }
+            (false, '"') => quoted = true,
+            (false, ',') => out.push(std::mem::take(&mut cur)),
+            (_, '\r') if !quoted => {}
+            (_, c) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (Asterisk CDR) → timestamp (as UTC); empty → `None`.
+pub fn parse_cdr_datetime(s: &str) -> Option<Timestamp> {
+    super::parse_cdr_datetime(s)
+}
+
+/// Parses a Master.csv line in Asterisk's default column order, times
+/// shifted by `utc_offset_secs`. `None` for a line without a `uniqueid`.
+pub fn parse_cdr_line(line: &str, utc_offset_secs: i64) -> Option<CdrRow> {
+    parse_cdr_line_with(
+        line,
+        &CsvColumns::default(),
+        PbxTimeZone::Fixed(utc_offset_secs),
+    )
+}
+
+/// Parses a Master.csv line with the given columns and time zone.
+pub fn parse_cdr_line_with(line: &str, cols: &CsvColumns, tz: PbxTimeZone) -> Option<CdrRow> {
+    let f = split_csv_line(line);
+    let g = |n: &str| cols.get(&f, n);
+    let t = |n: &str| parse_cdr_datetime(&g(n)).map(|ts| tz.to_utc(ts));
+    let uniqueid = g("uniqueid").trim().to_string();
+    if uniqueid.is_empty() {
+        return None;
+    }
+    Some(CdrRow {
+        src: g("src"),
+        dst: g("dst"),
+        dcontext: g("dcontext"),
+        clid: g("clid"),
+        channel: g("channel"),
+        dstchannel: g("dstchannel"),
+        start: t("start"),
+        answer: t("answer"),
+        end: t("end"),
+        duration: g("duration").trim().parse().ok(),
+        billsec: g("billsec").trim().parse().ok(),
+        disposition: g("disposition"),
+        uniqueid,
+        linkedid: g("linkedid").trim().to_string(),
+        userfield: g("userfield"),
+        did: g("did"),
+        cnum: g("cnum"),
+        cnam: g("cnam"),
+        outbound_cnum: g("outbound_cnum"),
+        recordingfile: g("recordingfile"),
+    })
+}
+
+/// The caller-ID name of a `"Name" <number>` clid, if any.
+pub fn clid_name(clid: &str) -> Option<String> {
+    let name = clid.split('<').next()?.trim().trim_matches('"').trim();
+    if name.is_empty() {
+        None
+    } else {
+        Some(name.to_string())
+    }
+}
+
+/// Follows Master.csv as it grows (bounded memory: the oldest rows are forgotten).
+#[derive(Debug)]
+pub struct CdrFollower {
+    pub(crate) path: PathBuf,
+    offset: u64,
+    inode: u64,
+    partial: Vec<u8>,
+    rows: HashMap<String, CdrRow>,
+    /// linkedid → uniqueids of its rows.
+    linked: HashMap<String, Vec<String>>,
+    /// recordingfile base name → uniqueid.
+    by_file: HashMap<String, String>,
+    order: VecDeque<String>,
+    max_rows: usize,
+    columns: CsvColumns,
+    tz: PbxTimeZone,
+    pub malformed: u64,
+}
+
+impl CdrFollower {
+    pub fn new(path: &Path, max_rows: usize, utc_offset_secs: i64) -> Self {
+        Self::with_columns(
+            path,
+            max_rows,
+            CsvColumns::default(),
+            PbxTimeZone::Fixed(utc_offset_secs),
+        )
+    }
+
+    pub fn with_columns(
+        path: &Path,
+        max_rows: usize,
+        columns: CsvColumns,
+        tz: PbxTimeZone,
+    ) -> Self {
+        CdrFollower {
+            path: path.to_path_buf(),
+            offset: 0,
+            inode: 0,
+            partial: Vec::new(),
+            rows: HashMap::new(),
+            linked: HashMap::new(),
+            by_file: HashMap::new(),
+            order: VecDeque::new(),
+            max_rows: max_rows.max(1),
+            columns,
+            tz,
+            malformed: 0,
+        }
+    }
+
+    /// Reads what was appended since the last call (from the start again if
+    /// the file shrank or was replaced: rotated).
+    pub fn poll(&mut self) -> io::Result<()> {
+        let mut f = File::open(&self.path)?;
+        let md = f.metadata()?;
+        let len = md.len();
+        if len < self.offset || md.ino() != self.inode {
+            self.inode = md.ino();
+            self.offset = 0;
+            self.partial.clear();
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        f.take(len - self.offset).read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        self.feed(&buf);
+        Ok(())
+    }
+
+    /// Takes in bytes appended to the file: complete lines become rows (a
+    /// line without a `uniqueid` is counted in `malformed`), the rest waits
+    /// for its end.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                continue;
+            }
+            match parse_cdr_line_with(text, &self.columns, self.tz) {
+                Some(row) => self.insert(row),
+                None => self.malformed += 1,
+            }
+        }
+        // A line longer than 64 KiB is not a CDR line: drop it.
+        if self.partial.len() > 64 * 1024 {
+            self.partial.clear();
+            self.malformed += 1;
+        }
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Drops `r`'s entries in the `linked` and `by_file` indexes.
+    fn unindex(&mut self, r: &CdrRow) {
+        let key = &r.uniqueid;
+        if let Some(v) = self.linked.get_mut(&r.linkedid) {
+            v.retain(|u| u != key);
+            if v.is_empty() {
+                self.linked.remove(&r.linkedid);
+            }
+        }
+        let rf = r.recordingfile.trim();
+        let base = rf.rsplit('/').next().unwrap_or(rf);
+        if self.by_file.get(base) == Some(key) {
+            self.by_file.remove(base);
+        }
+    }
+
+    /// Whether the indexes name only rows held (for tests and fuzzing).
+    pub fn indexes_consistent(&self) -> bool {
+        self.order.len() == self.rows.len()
+            && self.rows.len() <= self.max_rows
+            && self.order.iter().all(|u| self.rows.contains_key(u))
+            && self.by_file.values().all(|u| self.rows.contains_key(u))
+            && self
+                .linked
+                .values()
+                .all(|v| !v.is_empty() && v.iter().all(|u| self.rows.contains_key(u)))
+    }
+
+    fn insert(&mut self, row: CdrRow) {
+        let key = row.uniqueid.clone();
+        // A row again (the CDR rewritten): the old one's index entries go.
+        if let Some(old) = self.rows.get(&key).cloned() {
+            self.unindex(&old);
+        }
+        if !row.linkedid.is_empty() {
+            let v = self.linked.entry(row.linkedid.clone()).or_default();
+            if !v.contains(&key) {
+                v.push(key.clone());
+            }
+        }
+        let rf = row.recordingfile.trim();
+        if !rf.is_empty() {
+            let base = rf.rsplit('/').next().unwrap_or(rf).to_string();
+            self.by_file.insert(base, key.clone());
+        }
+        if self.rows.insert(key.clone(), row).is_none() {
+            self.order.push_back(key);
+        }
+        while self.rows.len() > self.max_rows {
+            match self.order.pop_front() {
+                Some(old) => {
+                    if let Some(r) = self.rows.remove(&old) {
+                        self.unindex(&r);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn get(&self, uniqueid: &str) -> Option<&CdrRow> {
+        self.rows.get(uniqueid)
+    }
+
+    /// The best row for `q` among those read so far.
+    pub fn lookup(&self, q: &CdrQuery) -> Option<CdrRow> {
+        let mut cands: Vec<&CdrRow> = Vec::new();
+        for f in &q.files {
+            if let Some(r) = self.by_file.get(f).and_then(|u| self.rows.get(u)) {
+                cands.push(r);
+            }
+        }
+        if let Some(r) = self.rows.get(&q.uniqueid) {
+            cands.push(r);
+        }
+        for u in self.linked.get(&q.uniqueid).into_iter().flatten() {
+            if let Some(r) = self.rows.get(u) {
+                cands.push(r);
+            }
+        }
+        best_row(cands, q)
+    }
+}
+
+/// [`CdrFollower`] as a [`CdrStore`]. A Master.csv that does not exist (yet)
+/// has no rows; one that cannot be read is an error (recordings wait).
+#[derive(Debug)]
+pub struct CsvStore(pub CdrFollower);
+
+impl CdrStore for CsvStore {
+    fn describe(&self) -> String {
+        format!("Master.csv {}", self.0.path.display())
+    }
+
+    fn find(&mut self, queries: &[CdrQuery]) -> Result<Vec<Option<CdrRow>>, CdrError> {
+        match self.0.poll() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CdrError(format!(
+                    "cannot read {}: {e}",
+                    self.0.path.display()
+                )))
+            }
+        }
+        Ok(queries.iter().map(|q| self.0.lookup(q)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_and_cdr() {
+        let line = r#""","1001","5551234","from-internal","""Alice"" <1001>","SIP/1001-0001","SIP/t-0002","Dial","SIP/t/5551234,300","2026-11-24 10:15:02","2026-11-24 10:15:05","2026-11-24 10:16:02",60,57,"ANSWERED","DOCUMENTATION","1700000000.123","""#;
+        let r = parse_cdr_line(line, 3600).unwrap();
+        assert_eq!(r.src, "1001");
+        assert_eq!(r.dst, "5551234");
+        assert_eq!(clid_name(&r.clid).as_deref(), Some("Alice"));
+        assert_eq!(r.uniqueid, "1700000000.123");
+        assert_eq!(r.start.unwrap().to_rfc3339(), "2026-11-24T09:15:02.000Z");
+        assert_eq!(r.billsec, Some(57));
+        assert_eq!(r.disposition, "ANSWERED");
+        assert!(parse_cdr_line("a,b,c", 0).is_none());
+        let f = split_csv_line(r#"a,"b,c","d""e",,"#);
+        assert_eq!(f, vec!["a", "b,c", "d\"e", "", ""]);
+    }
+
+    #[test]
+    fn custom_columns() {
+        let cols = CsvColumns::new(&["uniqueid", "-", "src", "dst", "calldate", "did"]).unwrap();
+        let r = parse_cdr_line_with(
+            "7.7,x,1001,200,2026-11-24 10:00:00,5551000",
+            &cols,
+            PbxTimeZone::Fixed(0),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.uniqueid.as_str(), r.src.as_str(), r.did.as_str()),
+            ("7.7", "1001", "5551000")
+        );
+        assert_eq!(r.start.unwrap().to_rfc3339(), "2026-11-24T10:00:00.000Z");
+        assert!(CsvColumns::new(&["src"]).unwrap_err().contains("uniqueid"));
+        assert!(CsvColumns::new(&["uniqueid", "bogus"])
+            .unwrap_err()
+            .contains("bogus"));
+        assert!(CsvColumns::new(&["uniqueid", "src", "src"]).is_err());
+    }
+
+    #[test]
+    fn cdr_follower_partial_lines_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Master.csv");
+        let row = |u: &str| {
+            format!("\"\",\"1\",\"2\",\"c\",\"\",\"\",\"\",\"\",\"\",\"2026-11-24 10:00:00\",\"\",\"2026-11-24 10:00:09\",9,0,\"NO ANSWER\",\"D\",\"{u}\",\"\"\n")
+        };
+        let first = row("1.1");
+        let (a, b) = first.split_at(30);
+        std::fs::write(&p, a).unwrap();
+        let mut f = CdrFollower::new(&p, 2, 0);
+        f.poll().unwrap();
+        assert!(f.get("1.1").is_none(), "half a line is not a row");
+        std::fs::write(&p, format!("{a}{b}{}garbage\n", row("1.2"))).unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.get("1.1").unwrap().answer, None);
+        assert!(f.get("1.2").is_some());
+        assert_eq!(f.malformed, 1);
+        // Rotated: shorter file, read from the start; bounded to 2 rows.
+        std::fs::write(&p, format!("{}{}", row("2.1"), row("2.2"))).unwrap();
+        f.poll().unwrap();
+        assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
+        assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn newcdrcolumns_order_is_peeraccount_linkedid_sequence() {
+        // cdr_csv.c (newcdrcolumns = yes): ..., uniqueid, userfield,
+        // peeraccount, linkedid, sequence.
+        let line = r#""","1","2","c","","","","","","2026-11-24 10:00:00","","2026-11-24 10:00:09",9,0,"NO ANSWER","D","1.2","uf","peer","1.1",7"#;
+        let row = parse_cdr_line(line, 0).unwrap();
+        assert_eq!(row.uniqueid, "1.2");
+        assert_eq!(row.linkedid, "1.1");
+        assert_eq!(
+            &DEFAULT_COLUMNS[16..],
+            [
+                "uniqueid",
+                "userfield",
+                "peeraccount",
+                "linkedid",
+                "sequence"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_written_again_leaves_no_stale_index_entries() {
+        let cols = CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let mut f = CdrFollower::with_columns(Path::new("/x"), 2, cols, PbxTimeZone::Fixed(0));
+        f.feed(b"1.1,L1,a.wav\n1.1,L2,b.wav\n");
+        assert!(f.indexes_consistent());
+        f.feed(b"2.1,L2,c.wav\n3.1,,\n");
+        assert_eq!(f.len(), 2);
+        assert!(f.indexes_consistent());
+        assert!(f.get("1.1").is_none());
+        let q = CdrQuery {
+            uniqueid: "L1".into(),
+            files: vec!["a.wav".into()],
+            around: None,
+        };
+        assert!(f.lookup(&q).is_none(), "forgotten with its row");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,200}") {
+            let _ = parse_cdr_line(&s, 0);
+            let _ = parse_cdr_datetime(&s);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! A finished recording set (+ its CDR row) → a recording pair, written by
+//! [`crate::recording::write_whole`] (the one writer).
+
+use super::*;
+
+// ---------------------------------------------------------------- convert
+
+/// A recording pair written to the spool.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub id: String,
+    pub wav: PathBuf,
+    pub json: PathBuf,
+    pub bytes: u64,
+    pub duration_ms: i64,
+    pub warnings: Vec<String>,
+}
+
+/// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
+/// Reads only the PBX's files. `mtime` is the start time used when neither the
+/// file name nor the CDR has one.
+pub(crate) fn convert(
+    set: &RecordingSet,
+    cdr: Option<&CdrRow>,
+    out_dir: &Path,
+    agent_id: &str,
+    settings: &FolderSettings,
+    mtime: Timestamp,
+) -> Result<Converted, FolderError> {
+    let mut warnings: Vec<String> = Vec::new();
+    let mut mixed_mono = false;
+    let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);
+    let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
+    if set.rx.is_some() || set.tx.is_some() {
+        let a = set
+            .rx
+            .as_ref()
+            .map(|p| read_audio_as(p, settings, true))
+            .transpose()?;
+        let b = set
+            .tx
+            .as_ref()
+            .map(|p| read_audio_as(p, settings, true))
+            .transpose()?;
+        for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
+            if let (Some(pcm), Some(path)) = (leg, p) {
+                warnings.extend(pcm.warnings.iter().cloned());
+                if pcm.channels != 1 {
+                    warnings.push(format!(
+                        "{}: leg has {} channels, the first is used",
+                        path.display(),
+                        pcm.channels
+                    ));
+                }
+            }
+        }
+        if a.is_none() {
+            warnings.push("the caller leg (-in) is missing: channel 0 is silent".into());
+        }
+        if b.is_none() {
+            warnings.push("the callee leg (-out) is missing: channel 1 is silent".into());
+        }
+        let ra = a.as_ref().map(|p| p.rate).unwrap_or(8000);
+        let rb = b.as_ref().map(|p| p.rate).unwrap_or(8000);
+        rate = if ra > 8000 || rb > 8000 { 16000 } else { 8000 };
+        let la = match (&a, &set.rx) {
+            (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
+            _ => Vec::new(),
+        };
+        let lb = match (&b, &set.tx) {
+            (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
+            _ => Vec::new(),
+        };
+        if a.is_some() && b.is_some() && la.len() != lb.len() {
+            let diff = la.len().abs_diff(lb.len()) as u64 * 1000 / u64::from(rate);
+            if diff > 0 {
+                warnings.push(format!(
+                    "the legs differ in length by {diff} ms; aligned at their start"
+                ));
+            }
+        }
+        left = la;
+        right = lb;
+        sources = [&set.rx, &set.tx]
+            .into_iter()
+            .flatten()
+            .map(src_name)
+            .collect();
+        codecs = [
+            a.as_ref().map_or("L16", |p| p.codec),
+            b.as_ref().map_or("L16", |p| p.codec),
+        ];
+    } else if let Some(path) = &set.whole {
+        let p = read_audio(path, settings)?;
+        warnings.extend(p.warnings.iter().cloned());
+        let r = if p.rate > 8000 { 16000 } else { 8000 };
+        if p.channels == 2 {
+            left = resample(channel(&p, 0), p.rate, r, path)?;
+            right = resample(channel(&p, 1), p.rate, r, path)?;
+        } else {
+            mixed_mono = true;
+            warnings.push(
+                "mono mix: both parties are on channel 0, channel 1 is silent; \
+                 record split legs (MixMonitor r()/t()) or stereo for a two-channel analysis"
+                    .into(),
+            );
+            left = resample(channel(&p, 0), p.rate, r, path)?;
+            right = Vec::new();
+        }
+        rate = r;
+        sources = vec![src_name(path)];
+        codecs = [p.codec, p.codec];
+    } else {
+        return Err(fmt_err(&set.key, "no audio file in the set"));
+    }
+
+    // `caller_leg = "out"`: the caller is what the PBX sent (tx / right).
+    let (left, right, codecs) = if settings.caller_leg_out && !mixed_mono {
+        (right, left, [codecs[1], codecs[0]])
+    } else {
+        (left, right, codecs)
+    };
+
+    // Metadata: the CDR first, then the file name, then the mtime.
+    let stem = set.stem();
+    let name = parse_name(&stem, &settings.name_patterns);
+    let call_id = cdr
+        .map(|c| c.uniqueid.clone())
+        .or_else(|| name.as_ref().map(|n| n.uniqueid.clone()))
+        .unwrap_or_else(|| stem.clone());
+    let frames = left.len().max(right.len());
+    let duration_ms = (frames as u64 * 1000 / u64::from(rate)) as i64;
+    let name_start = name
+        .as_ref()
+        .map(|n| settings.timezone.to_utc(n.started_at));
+    let started_at = cdr
+        .and_then(|c| c.start)
+        .or(name_start)
+        .unwrap_or_else(|| mtime.add_micros(-duration_ms * 1000));
+    let answered_at = cdr.and_then(|c| c.answer);
+    let ended_at = cdr
+        .and_then(|c| c.end)
+        .unwrap_or_else(|| started_at.add_micros(duration_ms * 1000));
+    let (from_number, to_number) = match (cdr, &name) {
+        (Some(c), _) => (
+            if c.src.is_empty() {
+                c.cnum.clone()
+            } else {
+                c.src.clone()
+            },
+            c.dst.clone(),
+        ),
+        (None, Some(n)) => (n.src.clone(), n.dst.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let from_name = cdr
+        .and_then(|c| clid_name(&c.clid).or_else(|| Some(c.cnam.clone()).filter(|n| !n.is_empty())))
+        .or_else(|| name.as_ref().and_then(|n| n.src_name.clone()));
+    let file_direction = name
+        .as_ref()
+        .map(|n| direction_of(&n.kind))
+        .unwrap_or("unknown");
+    let direction = settings.direction.classify(cdr, file_direction);
+    let id = recording_id(&call_id, started_at);
+
+    let doc = RecordingDoc {
+        schema: SCHEMA,
+        recording_id: id.clone(),
+        agent_id: agent_id.to_string(),
+        source: "folder".into(),
+        call_id: Some(call_id),
+        from: Some(DocParty {
+            number: from_number,
+            name: from_name,
+            uri: None,
+        }),
+        to: Some(DocParty {
+            number: to_number,
+            name: None,
+            uri: None,
+        }),
+        direction: direction.to_string(),
+        started_at: Some(started_at),
+        answered_at,
+        ended_at: Some(ended_at),
+        duration_ms,
+        // Filled in by `write_whole` from the WAV it writes.
+        audio: DocAudio::wav(rate, 0, String::new()),
+        channels: DocChannels::summary(codecs),
+        dtmf: Vec::new(),
+        truncated: false,
+        warnings: warnings.clone(),
+        call: None,
+        folder: Some(FolderFields {
+            mixed_mono,
+            disposition: cdr.map(|c| c.disposition.clone()),
+            did: cdr.map(|c| c.did.clone()).filter(|d| !d.is_empty()),
+            cdr: cdr.is_some(),
+            pbx_type: name.as_ref().map(|n| n.kind.clone()),
+            source_files: sources,
+        }),
+    };
+    let (written, bytes) = crate::recording::write_whole(out_dir, rate, &left, &right, doc)
+        .map_err(|source| FolderError::Write {
+            id: id.clone(),
+            source,
+        })?;
+    Ok(Converted {
+        id,
+        wav: written.wav,
+        json: written.json,
+        bytes,
+        duration_ms: written.duration_ms,
+        warnings,
+    })
+}
+
+/// Suffix of a WAV being converted in the spool (removed at start if left).
+pub use crate::recording::WHOLE_TMP as FOLDER_TMP;

@@ -1,0 +1,167 @@
+use super::*;
+
+#[test]
+fn freepbx_name() {
+    let n = parse_freepbx_name("out-5551234-1001-20261124-101502-1700000000.123").unwrap();
+    assert_eq!(n.kind, "out");
+    assert_eq!(n.dst, "5551234");
+    assert_eq!(n.src, "1001");
+    assert_eq!(n.uniqueid, "1700000000.123");
+    assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+    assert!(parse_freepbx_name("foo").is_none());
+    assert!(parse_freepbx_name("in-1-2-2026x124-101502-1.2").is_none());
+    assert!(parse_freepbx_name("in-1-2-20261324-101502-1.2").is_none());
+    // Years beyond 9999 are not dates (found by fuzzing: an overflow).
+    assert!(parse_cdr_datetime("999799999999997-11-24 10:15:02").is_none());
+    assert!(parse_cdr_datetime("9999-12-31 23:59:59").is_some());
+    let epoch = NamePattern::new(r"^(?P<epoch>\d+)-(?P<uniqueid>.+)$").unwrap();
+    assert!(epoch.parse("253402300800-x").is_none());
+    assert!(epoch.parse("1700000000-x").is_some());
+}
+
+#[test]
+fn grouping() {
+    let files: Vec<PathBuf> = [
+        "/r/x-in.wav",
+        "/r/x-out.wav",
+        "/r/y.wav",
+        "/r/z.WAV",
+        "/r/notes.txt",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    let sets = group_sets(&files);
+    assert_eq!(sets.len(), 3);
+    assert_eq!(sets[0].rx.as_deref(), Some(Path::new("/r/x-in.wav")));
+    assert_eq!(sets[0].tx.as_deref(), Some(Path::new("/r/x-out.wav")));
+    assert_eq!(sets[1].whole.as_deref(), Some(Path::new("/r/y.wav")));
+}
+
+#[test]
+fn leg_suffixes_and_what_is_not_one() {
+    let base = "out-5551234-1001-20261124-101502-1700000000.123";
+    for (rx, tx) in [
+        ("-in", "-out"),
+        ("-rx", "-tx"),
+        ("_in", "_out"),
+        ("_rx", "_tx"),
+        ("-r", "-t"),
+        ("_r", "_t"),
+        (".in", ".out"),
+        ("-IN", "-OUT"),
+        ("_Rx", "_TX"),
+    ] {
+        for ext in ["wav", "WAV", "sln16", "gsm"] {
+            assert_eq!(
+                split_name(&format!("{base}{rx}.{ext}")),
+                Some((base.to_string(), Some("in"))),
+                "{rx}.{ext}"
+            );
+            assert_eq!(
+                split_name(&format!("{base}{tx}.{ext}")),
+                Some((base.to_string(), Some("out"))),
+                "{tx}.{ext}"
+            );
+        }
+    }
+    // The FreePBX name of the base parses as without a suffix.
+    let n = parse_freepbx_name(&split_name(&format!("{base}_rx.wav")).unwrap().0).unwrap();
+    assert_eq!(n.uniqueid, "1700000000.123");
+    assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+    // Not legs: a uniqueid ending in `.12`, other endings, a bare suffix.
+    for whole in [
+        "in-1-2-20261124-101502-1700000000.12.wav",
+        "in-1-2-20261124-101502-1700000000.1.wav",
+        "1700000000.12.sln",
+        "call-internal.wav",
+        "x-ri.wav",
+        "x.int.wav",
+    ] {
+        let (stem, leg) = split_name(whole).unwrap();
+        assert_eq!(leg, None, "{whole}");
+        assert_eq!(format!("{stem}."), whole[..=stem.len()], "{whole}");
+    }
+    assert_eq!(split_name("-in.wav"), Some(("-in".to_string(), None)));
+    assert_eq!(split_name("x-in.txt"), None);
+}
+
+#[test]
+fn paths_in_delivery_watches_are_lossless_and_old_ones_readable() {
+    use std::os::unix::ffi::OsStrExt;
+    let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/m/2026/a \xff\xfe-in.wav"));
+    let e = encode_path(&odd);
+    assert_eq!(e, format!("hex:{}", hex_of(odd.as_os_str().as_bytes())));
+    assert_eq!(decode_path(&e), odd);
+    // UTF-8 paths (and what was stored before): as they are.
+    for p in ["/m/2026/11/24/x-in.wav", "/m/ünï cødé/x.wav"] {
+        assert_eq!(encode_path(Path::new(p)), p);
+        assert_eq!(decode_path(p), PathBuf::from(p));
+    }
+    // An old lossy entry stays a path (that is not there: warned of).
+    assert_eq!(
+        decode_path("/m/a \u{fffd}-in.wav"),
+        PathBuf::from("/m/a \u{fffd}-in.wav")
+    );
+    assert_eq!(decode_path("hex:zz"), PathBuf::from("hex:zz"));
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn extensions() {
+    for yes in [
+        "a.wav", "a.WAV16", "a.wav49", "a.sln", "a.sln16", "a.SLN48", "a.sln192", "a.raw", "a.gsm",
+    ] {
+        assert!(is_audio_name(yes), "{yes}");
+    }
+    for no in ["a.txt", "a.sln17", "a.sln8", "wav", "a.wav.part", "a.mp3"] {
+        assert!(!is_audio_name(no), "{no}");
+    }
+}
+
+#[test]
+fn resample_keeps_length() {
+    let x: Vec<i16> = (0..8000)
+        .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
+        .collect();
+    let y = resample(x.clone(), 8000, 16000, Path::new("t")).unwrap();
+    assert_eq!(y.len(), 16000);
+    let z = resample(y, 16000, 8000, Path::new("t")).unwrap();
+    assert_eq!(z.len(), 8000);
+}
+
+#[test]
+fn freeswitch_and_3cx_patterns() {
+    let fs_re = NamePattern::new(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<time>\d{2}-\d{2}-\d{2})_(?P<dst>[^_]*)_(?P<src>[^_]*)_(?P<uniqueid>[0-9a-f-]{36})$").unwrap();
+    let cx = NamePattern::new(r"^\[(?P<src_name>[^\]]*)\]_(?P<src>[^_-]*)-(?P<dst>[^_]*)_(?P<datetime>\d{14})\((?P<uniqueid>[^)]+)\)$").unwrap();
+    let pats = vec![fs_re, cx];
+    let n = parse_name(
+        "2026-11-24-10-15-02_5551234_1001_0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f",
+        &pats,
+    )
+    .unwrap();
+    assert_eq!(n.uniqueid, "0b8e9a36-1c1f-4e5e-9d0a-3f2b1c4d5e6f");
+    assert_eq!((n.src.as_str(), n.dst.as_str()), ("1001", "5551234"));
+    assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+    let n = parse_name("[Alice Smith]_1001-5551234_20261124101502(77)", &pats).unwrap();
+    assert_eq!(n.src_name.as_deref(), Some("Alice Smith"));
+    assert_eq!(n.uniqueid, "77");
+    assert_eq!(n.started_at.to_rfc3339(), "2026-11-24T10:15:02.000Z");
+    // FreePBX still recognised after the patterns.
+    let n = parse_name("in-1-2-20261124-101502-9.9", &pats).unwrap();
+    assert_eq!(n.uniqueid, "9.9");
+    assert!(parse_name("nothing", &pats).is_none());
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsers_never_panic(s in ".{0,200}") {
+        let _ = parse_freepbx_name(&s);
+        let _ = parse_cdr_line(&s, 0);
+        let _ = parse_cdr_datetime(&s);
+        let _ = split_name(&s);
+    }
+}

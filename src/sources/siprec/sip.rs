@@ -1,0 +1,676 @@
+//! The SIP side of the SIPREC server: UDP, TCP and TLS transports, the
+//! answers (SDP with our media ports), sessions and their RTP ports.
+
+use super::*;
+
+/// The address we put in our SDP: the listen address, or (when listening on
+/// all addresses) the local address the kernel would use towards the SRC.
+pub(super) fn media_ip(listen: IpAddr, peer: SocketAddr) -> IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(listen, 0)).and_then(|s| {
+        s.connect(peer)?;
+        s.local_addr()
+    });
+    probe.map(|a| a.ip()).unwrap_or(listen)
+}
+
+/// What the connection tasks (TCP and TLS) tell the SIP task.
+pub(super) enum SipIn {
+    /// A TLS connection finished its handshake: where to write to it.
+    Opened {
+        peer: SocketAddr,
+        transport: uas::Transport,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    /// What a connection's reader reports (messages, refusals, its end).
+    Conn {
+        peer: SocketAddr,
+        transport: uas::Transport,
+        ev: ConnEvent,
+    },
+}
+
+/// The sockets of one SIPREC instance.
+pub(super) struct SipSockets {
+    pub(super) udp: Arc<UdpSocket>,
+    pub(super) tcp: TcpListener,
+    pub(super) tls: Option<(TcpListener, TlsShared)>,
+}
+
+/// What the SIP task shares with the daemon.
+pub(super) struct Shared {
+    pub(super) ports: SharedPorts,
+    pub(super) calls: Arc<AtomicUsize>,
+    pub(super) control: mpsc::UnboundedReceiver<Control>,
+    pub(super) guard: Arc<GuardCounters>,
+    /// Where answered calls are noted before their 200 OK.
+    pub(super) answered: AnsweredCalls,
+}
+
+/// How long a drained instance still answers retransmissions after its last
+/// dialog ended (while server transactions remain).
+pub(super) const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn sip_loop(
+    mut cfg: SiprecConfig,
+    sockets: SipSockets,
+    etx: SyncSender<EngineInput>,
+    media: MediaControl,
+    stop: Arc<AtomicBool>,
+    drops: Arc<AtomicI64>,
+    mut rtp_timeout: Duration,
+    shared: Shared,
+) {
+    let SipSockets { udp, tcp, tls } = sockets;
+    let Shared {
+        ports: pool,
+        calls,
+        control: mut control_rx,
+        guard,
+        answered,
+    } = shared;
+    // Refused input answered and counted; connections capped and timed.
+    let mut refuser = Refuser::new(guard.clone());
+    let busy = BusyPeers::default();
+    let conn_limits = ConnLimits::default();
+    let conn_config = |cfg: &SiprecConfig| ConnConfig {
+        idle_timeout: cfg.tcp_idle_timeout,
+        message_timeout: cfg.tcp_message_timeout,
+        counters: guard.clone(),
+        busy: busy.clone(),
+    };
+    let mut ports = RtpPorts::new(pool, media, cfg.listen.ip(), Instant::now());
+    // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
+    let (mut draining, mut stop_when_idle) = (false, false);
+    let mut idle_since: Option<Instant> = None;
+    let local = cfg.listen;
+    let mut uas = Uas::new(UasConfig {
+        contact_host: local.ip().to_string(),
+        contact_port: local.port(),
+        tls_port: cfg.tls_listen.map(|a| a.port()),
+        user_agent: format!("pbx-edge/{}", env!("CARGO_PKG_VERSION")),
+        tag_seed: now().as_micros() as u64 ^ u64::from(std::process::id()),
+    });
+    // A BYE is answered when the call's recording is on disk (ByeDurable).
+    uas.hold_byes(true);
+    let mut sessions: HashMap<DialogId, Session> = HashMap::new();
+    let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
+        HashMap::new();
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
+    let mut buf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        calls.store(sessions.len(), Ordering::Relaxed);
+        // A BYE still held for its recording keeps the listener open.
+        if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
+            if stop_when_idle {
+                tracing::info!(listen = %local, "SIPREC: no call in progress any more, closing this listener for the new settings");
+                break;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if uas.transaction_count() == 0 || since.elapsed() >= DRAIN_LINGER {
+                tracing::info!(listen = %local, "SIPREC: the last call on the replaced listener ended, closing it");
+                break;
+            }
+        } else {
+            idle_since = None;
+        }
+        tokio::select! {
+            Some(c) = control_rx.recv() => match c {
+                Control::Update { cfg: new, rtp_timeout: t } => {
+                    cfg.allow = new.allow;
+                    cfg.max_calls = new.max_calls;
+                    cfg.rtp_ports = new.rtp_ports;
+                    cfg.tcp_idle_timeout = new.tcp_idle_timeout;
+                    cfg.tcp_message_timeout = new.tcp_message_timeout;
+                    rtp_timeout = t;
+                }
+                Control::Drain => draining = true,
+                Control::StopWhenIdle(on) => stop_when_idle = on,
+                Control::ByeDurable(d) => {
+                    uas.answer_bye(&d, now());
+                }
+            },
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    let bytes = buf[..n].to_vec();
+                    on_message(&mut uas, &mut refuser, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
+                }
+            }
+            acc = tcp.accept() => {
+                if let Ok((sock, peer)) = acc {
+                    if let Some(slot) = conn_slot(&conn_limits, &guard, peer) {
+                        let (wtx, reader) = stream_tasks(sock, peer, uas::Transport::Tcp, tcp_tx.clone(), conn_config(&cfg), slot);
+                        tcp_writers.insert((uas::Transport::Tcp, peer), wtx);
+                        tokio::spawn(reader);
+                    }
+                }
+            }
+            acc = accept_tls(&tls) => {
+                if let (Ok((sock, peer)), Some((_, shared))) = (acc, &tls) {
+                    let acceptor = shared.read().map(|c| TlsAcceptor::from(c.clone()));
+                    let slot = conn_slot(&conn_limits, &guard, peer);
+                    if let (Ok(acceptor), Some(slot)) = (acceptor, slot) {
+                        tokio::spawn(tls_connection(acceptor, sock, peer, tcp_tx.clone(), conn_config(&cfg), slot));
+                    }
+                }
+            }
+            Some(m) = tcp_rx.recv() => {
+                match m {
+                    SipIn::Opened { peer, transport, writer } => { tcp_writers.insert((transport, peer), writer); }
+                    SipIn::Conn { peer, transport, ev } => match ev {
+                        ConnEvent::Message(bytes) => on_message(&mut uas, &mut refuser, &bytes, peer, local, transport, &etx, &drops),
+                        ConnEvent::Refused { error, head } => { refuser.refuse(&mut uas, &head, &error, peer, transport); }
+                        ConnEvent::Closed => { tcp_writers.remove(&(transport, peer)); }
+                    },
+                }
+            }
+            _ = tick.tick() => {
+                uas.handle(UasInput::Timeout(now()));
+                busy.set(sessions.values().map(|s| s.peer));
+                // Hang up sessions whose media stopped long ago.
+                let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
+                let t = now().as_micros();
+                let silent: Vec<DialogId> = sessions
+                    .iter()
+                    .filter(|(_, s)| t - s.last_rtp.load(Ordering::Relaxed) > limit)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for d in silent {
+                    uas.hangup(&d, now());
+                    if let Some(s) = sessions.remove(&d) { release(s, &mut ports); }
+                }
+                ports.tick(Instant::now(), std::time::SystemTime::now());
+            }
+        }
+        // Act on what the UAS decided.
+        while let Some(ev) = uas.poll_event() {
+            match ev {
+                UasEvent::Send {
+                    to,
+                    transport,
+                    bytes,
+                } => {
+                    // The engine sees our answers too (the SDP with our
+                    // ports), before the SRC can send RTP to them.
+                    feed(&etx, &drops, local, to, bytes.clone());
+                    send_sip(&udp, &tcp_writers, transport, to, bytes).await;
+                }
+                UasEvent::NewCall {
+                    dialog,
+                    invite,
+                    from,
+                } => {
+                    let at = now();
+                    if draining {
+                        tracing::info!(peer = %from, listen = %local, "SIPREC INVITE to a listener replaced by a reload: 503 (send new calls to the new sources.siprec.listen)");
+                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        continue;
+                    }
+                    if !cfg.allows(from.ip()) {
+                        tracing::warn!(peer = %from, "SIPREC INVITE from an address outside sources.siprec.allow: 403");
+                        uas.reject(&dialog, 403, "Forbidden", at);
+                        continue;
+                    }
+                    if sessions.len() >= cfg.max_calls as usize {
+                        tracing::warn!(limit = cfg.max_calls, "SIPREC call limit reached: 503");
+                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        continue;
+                    }
+                    let offer = match siprec_parts(&invite) {
+                        Ok((sdp, Some(_meta))) => sdp,
+                        Ok((sdp, None)) => {
+                            // Taken (nothing is lost): the streams in m-line
+                            // order until metadata says otherwise.
+                            tracing::warn!(peer = %from, "SIPREC INVITE without metadata: channels follow the order of the SDP's audio streams");
+                            sdp
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %from, "unusable SIPREC offer: {e}");
+                            let refusal = Refusal::for_offer(&e);
+                            refuser.count_offer(&refusal);
+                            uas.reject_refusal(&dialog, &refusal, at);
+                            continue;
+                        }
+                    };
+                    let mut session = Session {
+                        ports: Vec::new(),
+                        last_rtp: Arc::new(AtomicI64::new(at.as_micros())),
+                        version: 1,
+                        line_ports: Vec::new(),
+                        peer: from,
+                        sdp: String::new(),
+                    };
+                    match answer_for(&offer, &mut session, &mut ports, local.ip(), from) {
+                        Ok(answer) => {
+                            // On disk before the 200 goes out: from now on a
+                            // crash still leaves a recording of this call.
+                            if let Err(e) =
+                                answered.answered(&answered_call(&dialog, &invite, at, now()))
+                            {
+                                tracing::error!("spool: cannot note an answered call: {e}");
+                            }
+                            uas.accept(&dialog, &answer, at);
+                            session.sdp = answer;
+                            sessions.insert(dialog, session);
+                        }
+                        Err(why) => {
+                            release(session, &mut ports);
+                            let (code, reason) = why.status();
+                            uas.reject(&dialog, code, reason, at);
+                        }
+                    }
+                }
+                ev @ (UasEvent::Reinvite { .. } | UasEvent::Update { .. }) => {
+                    let (dialog, msg, invite) = match ev {
+                        UasEvent::Reinvite { dialog, msg } => (dialog, msg, true),
+                        UasEvent::Update { dialog, msg } => (dialog, msg, false),
+                        _ => unreachable!(),
+                    };
+                    let at = now();
+                    let Some(session) = sessions.get_mut(&dialog) else {
+                        uas.reject(&dialog, 481, "Call/Transaction Does Not Exist", at);
+                        continue;
+                    };
+                    match siprec_parts(&msg) {
+                        Ok((offer, _)) => {
+                            session.version += 1;
+                            let peer = session.peer;
+                            match answer_for(&offer, session, &mut ports, local.ip(), peer) {
+                                Ok(answer) => {
+                                    uas.accept(&dialog, &answer, at);
+                                    session.sdp = answer;
+                                }
+                                Err(why) => {
+                                    let (code, reason) = why.status();
+                                    uas.reject(&dialog, code, reason, at);
+                                }
+                            }
+                        }
+                        // No offer: a session refresh (RFC 4028) or a
+                        // metadata update (RFC 7866 §6.2) -- the engine reads
+                        // the metadata from the request itself. Media stay as
+                        // they are: an UPDATE gets a 200 without a body, a
+                        // re-INVITE our SDP in force as the offer (RFC 3261
+                        // 14.2; the answer in the ACK changes nothing here).
+                        Err(SiprecError::NoSdp) => {
+                            let body = if invite {
+                                session.sdp.clone()
+                            } else {
+                                String::new()
+                            };
+                            uas.accept(&dialog, &body, at);
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %session.peer, "unusable SIPREC re-offer: {e}");
+                            let refusal = Refusal::for_offer(&e);
+                            refuser.count_offer(&refusal);
+                            uas.reject_refusal(&dialog, &refusal, at);
+                        }
+                    }
+                }
+                UasEvent::Ended { dialog, reason } => {
+                    tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
+                    let bye = reason == uas::EndCause::Bye;
+                    if let Some(s) = sessions.remove(&dialog) {
+                        release(s, &mut ports);
+                        // After the BYE in the engine's queue: the engine
+                        // has seen it. Never dropped (a call without audio
+                        // would lose its recording): waits for room.
+                        let ended = EngineInput::DialogEnded {
+                            call_id: dialog.call_id.clone(),
+                            reason: if bye { "bye" } else { "rtp_timeout" },
+                            bye: bye.then(|| dialog.clone()),
+                        };
+                        let sent = match etx.try_send(ended) {
+                            Ok(()) => true,
+                            Err(TrySendError::Full(ended)) => {
+                                let tx = etx.clone();
+                                tokio::task::block_in_place(move || tx.send(ended).is_ok())
+                            }
+                            Err(TrySendError::Disconnected(_)) => false,
+                        };
+                        if bye && !sent {
+                            uas.answer_bye(&dialog, now());
+                        }
+                    } else if bye {
+                        uas.answer_bye(&dialog, now());
+                    }
+                }
+            }
+        }
+    }
+    calls.store(0, Ordering::Relaxed);
+    // Shutdown: hang up every session (the SRC learns the recording stopped).
+    // Our BYEs are not fed to the engine: its calls end as cut by shutdown
+    // (`truncated`), not as hung up, when the engine thread finishes them.
+    let at = now();
+    for (d, s) in sessions.drain() {
+        uas.hangup(&d, at);
+        release(s, &mut ports);
+    }
+    // BYEs still waiting for their recording: the engine finishes every
+    // recording as this source stops.
+    uas.answer_held_byes(at);
+    while let Some(ev) = uas.poll_event() {
+        if let UasEvent::Send {
+            to,
+            transport,
+            bytes,
+        } = ev
+        {
+            send_sip(&udp, &tcp_writers, transport, to, bytes).await;
+        }
+    }
+}
+
+/// What is known of a call as it is answered: the parties as the metadata
+/// names them (the same assignment the engine makes), the recorded call's id.
+pub(super) fn answered_call(
+    dialog: &DialogId,
+    invite: &pbx_core::sip::message::SipMessage,
+    started_at: Timestamp,
+    answered_at: Timestamp,
+) -> AnsweredCall {
+    use pbx_core::call::{Party, PartyInfo};
+    let mut call = AnsweredCall {
+        call_id: dialog.call_id.clone(),
+        started_at,
+        answered_at,
+        ..AnsweredCall::default()
+    };
+    let Ok((sdp, Some(meta))) = siprec_parts(invite) else {
+        return call;
+    };
+    call.recorded_call_id = meta.call_id_hint.clone();
+    let assigned = pbx_core::sip::siprec::assign_streams(&sdp, &meta).unwrap_or_default();
+    for (party, slot) in [
+        (Party::Caller, &mut call.from),
+        (Party::Callee, &mut call.to),
+    ] {
+        let p = assigned
+            .iter()
+            .find(|a| a.party == Some(party))
+            .and_then(|a| a.participant.as_deref())
+            .and_then(|id| meta.participant(id));
+        if let Some(p) = p {
+            *slot = PartyInfo {
+                number: p.number.clone().unwrap_or_default(),
+                name: p.name.clone().unwrap_or_default(),
+                uri: p.aor.clone().unwrap_or_default(),
+            };
+        }
+    }
+    call
+}
+
+/// The next connection on the TLS listener (never, without one).
+pub(super) async fn accept_tls(
+    tls: &Option<(TcpListener, TlsShared)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One TLS connection: the handshake (bounded in time; with `tls_client_ca`
+/// the client's certificate is verified here), then the same framing as TCP.
+pub(super) async fn tls_connection(
+    acceptor: TlsAcceptor,
+    sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tx: mpsc::Sender<SipIn>,
+    conn: ConnConfig,
+    slot: ConnSlot,
+) {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %peer, "SIP over TLS: handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %peer, "SIP over TLS: handshake not finished in time");
+            return;
+        }
+    };
+    let transport = uas::Transport::Tls;
+    let (writer, reader) = stream_tasks(stream, peer, transport, tx.clone(), conn, slot);
+    // Registered before the first message is read, so answers find their way.
+    if tx
+        .send(SipIn::Opened {
+            peer,
+            transport,
+            writer,
+        })
+        .await
+        .is_ok()
+    {
+        reader.await;
+    }
+}
+
+/// Split a connected stream (TCP or TLS): a writer task fed by the returned
+/// channel, and the reader (to be run) that frames SIP messages off it.
+pub(super) fn stream_tasks<S>(
+    stream: S,
+    peer: SocketAddr,
+    transport: uas::Transport,
+    tx: mpsc::Sender<SipIn>,
+    conn: ConnConfig,
+    slot: ConnSlot,
+) -> (
+    mpsc::Sender<Vec<u8>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(b) = wrx.recv().await {
+            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let wrap = move |ev| SipIn::Conn {
+        peer,
+        transport,
+        ev,
+    };
+    (wtx, read_connection(rd, peer, conn, Some(slot), tx, wrap))
+}
+
+/// A place for one more connection from `peer`, or `None` (counted and
+/// logged; the socket is dropped, i.e. closed) over the caps.
+pub(super) fn conn_slot(
+    limits: &ConnLimits,
+    guard: &GuardCounters,
+    peer: SocketAddr,
+) -> Option<ConnSlot> {
+    let slot = limits.acquire(peer.ip());
+    if slot.is_none() {
+        guard.count("tcp_connections");
+        tracing::debug!(peer = %peer, "SIP connection refused: too many connections");
+    }
+    slot
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_message(
+    uas: &mut Uas,
+    refuser: &mut Refuser,
+    bytes: &[u8],
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: uas::Transport,
+    etx: &SyncSender<EngineInput>,
+    drops: &AtomicI64,
+) {
+    let msg = match parse_message(bytes) {
+        Ok(msg) => msg,
+        Err(e) => {
+            // Answered if it can be (513 / 400 with a Warning), counted.
+            refuser.refuse(uas, bytes, &e, peer, transport);
+            return;
+        }
+    };
+    feed(etx, drops, peer, local, bytes.to_vec());
+    if uas.needs_local_ip(peer.ip()) {
+        // Listening on all interfaces: Contact and Via name the address
+        // this peer reaches (an SBC may open new connections to it).
+        uas.learn_local_ip(peer.ip(), media_ip(local.ip(), peer));
+    }
+    uas.handle(UasInput::Message {
+        at: now(),
+        from: peer,
+        transport,
+        msg: &msg,
+        raw_len: bytes.len(),
+    });
+}
+
+/// Why an offer gets no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoAnswer {
+    /// No line can be taken (codecs, SRTP suites, no audio): 488.
+    NotAcceptable,
+    /// A line we could take found no free RTP port (`rtp_ports` used up):
+    /// 503, rather than a call recorded without one of its streams.
+    NoPorts,
+}
+
+impl NoAnswer {
+    pub(super) fn status(self) -> (u16, &'static str) {
+        match self {
+            NoAnswer::NotAcceptable => (488, "Not Acceptable Here"),
+            NoAnswer::NoPorts => (503, "Service Unavailable"),
+        }
+    }
+}
+
+/// Ports for every offered audio line (reusing the session's), the RTP
+/// receivers, and the SDP answer.
+pub(super) fn answer_for(
+    offer: &SessionDescription,
+    session: &mut Session,
+    rtp: &mut RtpPorts,
+    listen_ip: IpAddr,
+    peer: SocketAddr,
+) -> Result<String, NoAnswer> {
+    let ip = media_ip(listen_ip, peer);
+    let mut ports = Vec::with_capacity(offer.media.len());
+    let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
+    for (i, m) in offer.media.iter().enumerate() {
+        let secure = m.proto.to_ascii_uppercase().contains("SAVP");
+        // SDES: the first offered suite we support, with the SRC's key.
+        let sdes = if secure {
+            m.crypto.iter().find_map(|c| {
+                crate::sources::siprec::srtp::SUITES
+                    .contains(&c.suite.as_str())
+                    .then(|| (c.suite.clone(), c.key_params.clone()))
+            })
+        } else {
+            None
+        };
+        // Audio with a codec we decode (no port for AMR, G.729, ...: with no
+        // such line at all the offer gets 488).
+        let usable = m.media.eq_ignore_ascii_case("audio")
+            && m.port != 0
+            && (!secure || sdes.is_some())
+            && pbx_core::sip::siprec::decodable_codec(m).is_some();
+        if !usable {
+            ports.push(0);
+            continue;
+        }
+        let decrypt = match &sdes {
+            Some((suite, params)) => {
+                match crate::sources::siprec::srtp::SrtpStream::new(suite, params) {
+                    Some(d) => {
+                        crypto[i] = Some((suite.clone(), crate::sources::siprec::srtp::new_key()));
+                        Some(d)
+                    }
+                    None => {
+                        ports.push(0);
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
+        // Where this stream may come from (see crate::sources::siprec::admission).
+        let origin = StreamOrigin {
+            announced_ip: m.effective_connection(offer),
+            announced_port: m.port,
+            signalling: peer.ip(),
+        };
+        if let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) {
+            // Re-offer of a line we already receive: same port (an SRTP key
+            // change would need a new context; keep the running one).
+            if let Some(local) = session.ports.iter().find(|a| a.port() == p) {
+                rtp.set_origin(*local, origin);
+            }
+            ports.push(p);
+            continue;
+        }
+        // A new line: a port from the pool.
+        let Some(local) = rtp.open(
+            ip,
+            session.last_rtp.clone(),
+            decrypt,
+            Admission::new(origin),
+            Instant::now(),
+        ) else {
+            tracing::warn!("SIPREC: no free RTP port (rtp_ports used up): 503; widen rtp_ports");
+            return Err(NoAnswer::NoPorts);
+        };
+        session.ports.push(local);
+        ports.push(local.port());
+    }
+    session.line_ports = ports.clone();
+    if ports.iter().all(|p| *p == 0) {
+        return Err(NoAnswer::NotAcceptable);
+    }
+    let crypto_refs: Vec<Option<(&str, &str)>> = crypto
+        .iter()
+        .map(|c| c.as_ref().map(|(s, k)| (s.as_str(), k.as_str())))
+        .collect();
+    Ok(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
+}
+
+pub(super) fn release(s: Session, ports: &mut RtpPorts) {
+    let now = Instant::now();
+    for local in s.ports {
+        ports.close(local, now);
+    }
+}
+
+/// Send one SIP message on the transport it belongs to.
+pub(super) async fn send_sip(
+    udp: &UdpSocket,
+    tcp_writers: &HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    transport: uas::Transport,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+) {
+    match transport {
+        uas::Transport::Udp => {
+            let _ = udp.send_to(&bytes, to).await;
+        }
+        _ => {
+            if let Some(w) = tcp_writers.get(&(transport, to)) {
+                let _ = w.send(bytes).await;
+            }
+        }
+    }
+}

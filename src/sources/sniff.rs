@@ -1,0 +1,363 @@
+//! Live sniffing: SIP and RTP captured on an interface with an AF_PACKET socket,
+//! fed to the same [`CallEngine`] as `import`.
+//!
+//! One thread owns the socket and the engine: receive a frame with the time the
+//! kernel received it (`SO_TIMESTAMPNS`, wall clock), hand it to the engine, which writes recordings into the spool.
+//! Every 200 ms without traffic (and at least once a second) the engine gets a
+//! timeout tick, so calls whose media stopped end by `rtp_timeout`, and the
+//! status snapshot is refreshed (kernel drop counters from `PACKET_STATISTICS`).
+//!
+//! The socket is `SOCK_DGRAM`: the kernel strips the link layer (and VLAN
+//! tags), so frames arrive as raw IP whatever the interface type, including
+//! `any`. Opening it needs `CAP_NET_RAW`; without it the error says so.
+//!
+//! `sources.sniff.filter` is a filter in pcap syntax (as for tcpdump),
+//! compiled by libpcap (loaded at run time only when a filter is set: the
+//! binary does not link it; a missing library is an error naming the
+//! package) for `DLT_RAW` (what the socket delivers: packets
+//! from the IP header on, IPv4 or IPv6) and attached to the socket in the
+//! kernel (`SO_ATTACH_FILTER`, then `SO_LOCK_FILTER`), before the socket is
+//! bound, so no unfiltered packet is ever queued. Link-layer primitives
+//! (`ether host`, `vlan`) do not apply to raw IP and are refused when the
+//! config is checked.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::capture::LinkType;
+use pbx_core::Timestamp;
+
+use crate::health::Liveness;
+use crate::recording::{RecordingDir, RecordingSettings};
+use crate::status::SharedStatus;
+
+/// An open capture socket.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    drops: u64,
+    /// Index of the loopback interface: on it every packet is seen twice
+    /// (outgoing and incoming); the outgoing copy is skipped, as libpcap does.
+    loopback: i32,
+}
+
+impl PacketSocket {
+    /// Open a capture on `interface` ("any" for all interfaces), keeping
+    /// only the packets that match `filter` (pcap syntax; `None`: all).
+    pub fn open(interface: &str, filter: Option<&str>) -> io::Result<PacketSocket> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0: the socket receives nothing until it is bound below,
+        // after the filter is in place.
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            // EAFNOSUPPORT: the systemd unit's RestrictAddressFamilies= forbids
+            // AF_PACKET unless the sniffing drop-in is installed.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EAFNOSUPPORT)
+            ) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "capturing on interface {interface} needs the CAP_NET_RAW capability and AF_PACKET sockets \
+                         (under systemd install the drop-in /usr/share/doc/pbx-edge/examples/sniff.conf; or run as root): {e}"
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+        // SAFETY: fd is a valid, owned descriptor from socket(2).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the literal is a valid C string.
+        let loopback = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
+        let sock = PacketSocket {
+            fd,
+            drops: 0,
+            loopback,
+        };
+        // A large receive buffer absorbs bursts.
+        let size: libc::c_int = 8 << 20;
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
+        // Arrival times from the kernel, as libpcap gives them: a busy moment
+        // of this thread does not move the audio in time.
+        let on: libc::c_int = 1;
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on);
+        if let Some(expr) = filter {
+            let prog = compile_filter(expr).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("sources.sniff.filter: {e}"),
+                )
+            })?;
+            sock.attach_filter(&prog)?;
+        }
+        let index = if interface == "any" {
+            0
+        } else {
+            let name = CString::new(interface)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+            // SAFETY: name is a valid C string.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no network interface named {interface}"),
+                ));
+            }
+            index as i32
+        };
+        // Binding with the protocol starts the capture (index 0: every interface).
+        // SAFETY: zeroed sockaddr_ll is a valid value; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index;
+        // SAFETY: sll is a properly initialised sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                sock.fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
+    }
+
+    /// Attach a classic BPF program to the socket and lock it (a process that
+    /// later got hold of the descriptor cannot widen the capture).
+    fn attach_filter(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(prog.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        self.try_setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+            .map_err(|e| named("SO_ATTACH_FILTER", e))?;
+        let one: libc::c_int = 1;
+        self.try_setsockopt(libc::SOL_SOCKET, libc::SO_LOCK_FILTER, &one)
+            .map_err(|e| named("SO_LOCK_FILTER", e))?;
+        Ok(())
+    }
+
+    /// Best effort (buffer size and timeouts): errors are ignored on purpose.
+    fn setsockopt<T>(&self, level: i32, name: i32, v: &T) {
+        let _ = self.try_setsockopt(level, name, v);
+    }
+
+    fn try_setsockopt<T>(&self, level: i32, name: i32, v: &T) -> io::Result<()> {
+        // SAFETY: v points to a T of the given size, valid for the call (the
+        // kernel copies what it keeps).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (v as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Receive one frame (raw IP) with the time the kernel received it.
+    /// `Ok(None)` on timeout (or a skipped duplicate).
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<(Timestamp, &'a [u8])>> {
+        match self.recv_flags(buf, 0) {
+            Ok(Some((ts, n))) => Ok(buf.get(..n).map(|f| (ts, f))),
+            Ok(None) => Ok(None),
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// One frame: its time and length (`None`: a skipped duplicate); a
+    /// timeout or an empty queue (`MSG_DONTWAIT`) is an error (WouldBlock).
+    fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(Timestamp, usize)>> {
+        // SAFETY: zeroed sockaddr_ll and msghdr are valid; recvmsg fills them.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        h.msg_control = control.as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: every pointer in h points at a live buffer of the stated size.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, flags) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_ifindex == self.loopback {
+            return Ok(None);
+        }
+        // SAFETY: h was just filled by recvmsg; `control` is alive.
+        let (ts, _) = unsafe { crate::sys::sockets::control_values(&h) };
+        Ok(Some((ts.unwrap_or_else(now), (n as usize).min(buf.len()))))
+    }
+
+    /// Packets the kernel dropped since the socket was opened.
+    pub fn kernel_drops(&mut self) -> u64 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: st and len are valid for the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            // The kernel resets the counters on each read.
+            self.drops += u64::from(st.tp_drops);
+        }
+        self.drops
+    }
+}
+
+pub use crate::sys::bpf::compile_filter;
+
+pub use crate::sys::now;
+
+/// What the daemon hands a running sniffing loop on a reload.
+pub enum SniffControl {
+    /// Recording settings for the calls that begin from now on.
+    Settings(Box<RecordingSettings>),
+    /// A new capture (interface or filter changed), opened by the daemon
+    /// while the old one still runs: the loop reads what the old socket
+    /// still holds, then goes on with the new one; the engine and its calls
+    /// in progress stay.
+    Socket(PacketSocket),
+}
+
+/// Most frames read off the old socket when a new capture takes over.
+const SWAP_DRAIN_MAX: usize = 1 << 20;
+
+/// Run the sniffing loop until `stop` is set; then close every open call
+/// (marked as cut by shutdown) and return.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    name: &str,
+    mut sock: PacketSocket,
+    engine_cfg: EngineConfig,
+    mut out: RecordingDir,
+    stop: Arc<AtomicBool>,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+    control: Receiver<SniffControl>,
+) {
+    let mut engine = CallEngine::new(engine_cfg);
+    let mut buf = vec![0u8; 65_536];
+    let mut last_tick = Instant::now();
+    let mut errors = 0u64;
+    // After a capture swap: frames of the new socket up to this time were
+    // read off the old one already (both sockets saw them).
+    let mut skip_until: Option<Timestamp> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match sock.recv(&mut buf) {
+            Ok(Some((ts, frame))) => {
+                if skip_until.is_some_and(|t| ts <= t) {
+                    continue;
+                }
+                skip_until = None;
+                engine.handle_frame(ts, LinkType::RawIp, frame, &mut out)
+            }
+            Ok(None) => {}
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(source = name, "capture error: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(200) {
+            last_tick = Instant::now();
+            while let Ok(c) = control.try_recv() {
+                match c {
+                    SniffControl::Settings(s) => {
+                        crate::recording::apply_settings(&mut engine, &mut out, *s)
+                    }
+                    SniffControl::Socket(mut new) => {
+                        // What the old socket still holds (it stops queuing
+                        // when it is closed below), then the new one.
+                        let mut last = None;
+                        for _ in 0..SWAP_DRAIN_MAX {
+                            match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
+                                Ok(Some((ts, n))) => {
+                                    last = Some(ts);
+                                    engine.handle_frame(ts, LinkType::RawIp, &buf[..n], &mut out);
+                                }
+                                Ok(None) => {}
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(_) => break,
+                            }
+                        }
+                        skip_until = last;
+                        new.drops += sock.kernel_drops();
+                        sock = new;
+                        tracing::info!(
+                            source = name,
+                            "capture switched to the new interface/filter; calls in progress go on"
+                        );
+                    }
+                }
+            }
+            engine.handle_timeout(now(), &mut out);
+            live.beat(name);
+            publish(name, &engine, &mut sock, &out, errors, &status);
+        }
+    }
+    engine.finish(EndReason::Shutdown, &mut out);
+    publish(name, &engine, &mut sock, &out, errors, &status);
+    live.forget(name);
+}
+
+fn publish(
+    name: &str,
+    engine: &CallEngine,
+    sock: &mut PacketSocket,
+    out: &RecordingDir,
+    errors: u64,
+    status: &SharedStatus,
+) {
+    let drops = sock.kernel_drops();
+    if let Ok(mut s) = status.lock() {
+        let src = s.sources.entry(name.to_string()).or_default();
+        src.record_engine(engine, &out.counters);
+        src.kernel_drops = drops;
+        src.errors = errors + out.counters.failed;
+    }
+}
