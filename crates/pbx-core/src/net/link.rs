@@ -94,7 +94,7 @@ pub(super) fn network_layer(link: LinkType, frame: &[u8]) -> Result<L3<'_>, NetE
 }
 
 /// Raw IP: the version nibble decides.
-fn by_version<'a>(data: &'a [u8], layer: &'static str) -> Result<L3<'a>, NetError> {
+pub(super) fn by_version<'a>(data: &'a [u8], layer: &'static str) -> Result<L3<'a>, NetError> {
     match data.first().map(|b| b >> 4) {
         Some(4) => Ok(L3::V4(data)),
         Some(6) => Ok(L3::V6(data)),

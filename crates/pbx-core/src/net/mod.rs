@@ -7,7 +7,10 @@
 //!
 //! The layers: Ethernet (with 802.1Q / QinQ tags, MPLS, PPPoE), Linux cooked v1
 //! and v2, BSD loopback, raw IP → IPv4 (options, fragments) or IPv6 (extension
-//! headers, Fragment header) → UDP or TCP. Header parsing of IP, UDP and TCP uses
+//! headers, Fragment header) → UDP or TCP. Mirrored traffic that arrives in a
+//! tunnel (VXLAN, GRE, ERSPAN I/II/III, IP-in-IP: `tunnel`) is unwrapped and
+//! decoded as if captured directly, up to four tunnels deep; the segments
+//! carry the inner addresses. Header parsing of IP, UDP and TCP uses
 //! `etherparse`; the link layer (`link`), fragment reassembly (`defrag`) and
 //! TCP reassembly (`tcp`) are written here because they own state and limits.
 //! UDP and TCP checksums are not verified: captures taken on the sending host
@@ -27,6 +30,7 @@
 mod defrag;
 mod link;
 mod tcp;
+mod tunnel;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -38,6 +42,7 @@ use crate::Timestamp;
 use defrag::{Defragmenter, FragKey, Fragment};
 use link::L3;
 use tcp::{TcpFlags, TcpReassembler};
+use tunnel::Inner;
 
 /// The transport protocol of a [`Segment`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,6 +175,8 @@ pub struct NetStats {
     pub tcp_retransmits: u64,
     /// Holes skipped in TCP streams (including streams picked up mid-way).
     pub tcp_gaps: u64,
+    /// Packets unwrapped from a tunnel (VXLAN, GRE, ERSPAN, IP-in-IP).
+    pub tunnelled: u64,
 }
 
 /// Why one frame produced nothing. Never fatal for the decoder.
@@ -201,6 +208,8 @@ pub struct NetDecoder {
     tcp: TcpReassembler,
     next_hole_check: Option<Timestamp>,
     next_idle_check: Option<Timestamp>,
+    /// Tunnels entered for the frame being decoded.
+    depth: u8,
 }
 
 impl Default for NetDecoder {
@@ -218,6 +227,7 @@ impl NetDecoder {
             tcp: TcpReassembler::default(),
             next_hole_check: None,
             next_idle_check: None,
+            depth: 0,
         }
     }
 
@@ -340,7 +350,10 @@ impl NetDecoder {
         let src = IpAddr::V4(hdr.source_addr());
         let dst = IpAddr::V4(hdr.destination_addr());
         let proto = hdr.protocol().0;
-        if proto != 6 && proto != 17 {
+        if !matches!(
+            proto,
+            6 | 17 | tunnel::PROTO_GRE | tunnel::PROTO_IPIP | tunnel::PROTO_IPV6_IN_IP
+        ) {
             self.stats.not_udp_tcp += 1;
             return Ok(());
         }
@@ -471,6 +484,11 @@ impl NetDecoder {
                     data.get(8..ulen)
                         .ok_or(NetError::Truncated { layer: "udp" })?
                 };
+                if tunnel::VXLAN_PORTS.contains(&udp.destination_port()) {
+                    if let Some(frame) = tunnel::vxlan(payload) {
+                        return self.unwrap(ts, Inner::Ethernet(frame), out);
+                    }
+                }
                 self.stats.udp_datagrams += 1;
                 out(&Segment {
                     ts,
@@ -514,11 +532,48 @@ impl NetDecoder {
                 );
                 Ok(())
             }
+            tunnel::PROTO_GRE => {
+                let inner = tunnel::gre(data)?;
+                self.unwrap(ts, inner, out)
+            }
+            tunnel::PROTO_IPIP | tunnel::PROTO_IPV6_IN_IP => self.unwrap(ts, Inner::Ip(data), out),
             _ => {
                 self.stats.not_udp_tcp += 1;
                 Ok(())
             }
         }
+    }
+
+    /// Decodes what a tunnel carries, as if it had been captured directly.
+    fn unwrap(
+        &mut self,
+        ts: Timestamp,
+        inner: Inner<'_>,
+        out: &mut dyn FnMut(&Segment<'_>),
+    ) -> Result<(), NetError> {
+        if self.depth >= tunnel::MAX_DEPTH {
+            return Err(NetError::Malformed {
+                layer: "tunnel",
+                reason: "tunnels nested too deep",
+            });
+        }
+        let l3 = match inner {
+            Inner::Ethernet(frame) => link::network_layer(LinkType::Ethernet, frame)?,
+            Inner::Ip(packet) => link::by_version(packet, "tunnel")?,
+            Inner::NotIp => L3::NotIp,
+        };
+        self.stats.tunnelled += 1;
+        self.depth += 1;
+        let result = match l3 {
+            L3::V4(p) => self.ipv4(ts, p, out),
+            L3::V6(p) => self.ipv6(ts, p, out),
+            L3::NotIp => {
+                self.stats.not_ip += 1;
+                Ok(())
+            }
+        };
+        self.depth -= 1;
+        result
     }
 }
 

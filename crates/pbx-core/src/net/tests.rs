@@ -1246,3 +1246,147 @@ fn corpus_every_file_decodes() {
         assert_eq!(stats.unsupported, 0, "{name}");
     }
 }
+
+// ----- tunnels ---------------------------------------------------------------------------
+
+const OUTER_A: [u8; 4] = [192, 168, 7, 1];
+const OUTER_B: [u8; 4] = [192, 168, 7, 2];
+
+/// An RTP-looking datagram between the inner hosts A and B.
+fn inner_rtp() -> (Vec<u8>, Vec<u8>) {
+    let rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7, 0xd5, 0xd5];
+    (ipv4(17, &udp(40000, 50000, &rtp)), rtp)
+}
+
+fn outer4(proto: u8, body: &[u8]) -> Vec<u8> {
+    eth4(&ipv4_between(OUTER_A, OUTER_B, proto, 9, (0, false), body))
+}
+
+fn vxlan(inner_frame: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+    v.extend_from_slice(inner_frame);
+    v
+}
+
+fn gre(flags: u16, proto: u16, words: usize, inner: &[u8]) -> Vec<u8> {
+    let mut v = flags.to_be_bytes().to_vec();
+    v.extend(proto.to_be_bytes());
+    v.extend(vec![0u8; 4 * words]);
+    v.extend_from_slice(inner);
+    v
+}
+
+fn expect_inner(frame: &[u8]) {
+    let (_, rtp) = inner_rtp();
+    let mut dec = NetDecoder::default();
+    let (v, r) = collect(&mut dec, 1, LinkType::Ethernet, frame);
+    assert_eq!(r, Ok(()));
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].src, sa4(A4, 40000), "the inner addresses");
+    assert_eq!(v[0].dst, sa4(B4, 50000));
+    assert_eq!(v[0].payload, rtp);
+    assert!(dec.stats().tunnelled >= 1);
+}
+
+#[test]
+fn vxlan_gre_erspan_and_ip_in_ip_are_unwrapped() {
+    let (ip, _) = inner_rtp();
+    // VXLAN on 4789 and 8472.
+    for port in [4789, 8472] {
+        expect_inner(&outer4(17, &udp(33333, port, &vxlan(&eth4(&ip)))));
+    }
+    // GRE: IPv4 inside; with checksum, key and sequence; Ethernet inside.
+    expect_inner(&outer4(47, &gre(0, 0x0800, 0, &ip)));
+    expect_inner(&outer4(47, &gre(0xb000, 0x0800, 3, &ip)));
+    expect_inner(&outer4(47, &gre(0x2000, 0x6558, 1, &eth4(&ip))));
+    // ERSPAN I, II (sequence number + 8-byte header), III (12 bytes).
+    expect_inner(&outer4(47, &gre(0, 0x88be, 0, &eth4(&ip))));
+    let mut e2 = vec![0x10, 0x01, 0, 0x05, 0, 0, 0, 1];
+    e2.extend(eth4(&ip));
+    expect_inner(&outer4(47, &gre(0x1000, 0x88be, 1, &e2)));
+    let mut e3 = vec![0x20, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0];
+    e3.extend(eth4(&ip));
+    expect_inner(&outer4(47, &gre(0x1000, 0x22eb, 1, &e3)));
+    // IPv4 in IPv4, IPv4 in IPv6 (over GRE), VLAN-tagged inner frame.
+    expect_inner(&outer4(4, &ip));
+    expect_inner(&eth(0x86dd, &ipv6(47, &gre(0, 0x0800, 0, &ip))));
+    expect_inner(&outer4(
+        17,
+        &udp(1, 4789, &vxlan(&eth_tagged(&[(0x8100, 12)], 0x0800, &ip))),
+    ));
+}
+
+#[test]
+fn tunnels_nest_four_deep_and_no_deeper() {
+    let (ip, _) = inner_rtp();
+    let mut p = ip;
+    for _ in 0..4 {
+        p = ipv4_between(OUTER_A, OUTER_B, 4, 9, (0, false), &p);
+    }
+    // Four IP-in-IP layers inside the captured packet: all unwrapped.
+    expect_inner(&eth4(&p));
+    let p5 = ipv4_between(OUTER_A, OUTER_B, 4, 9, (0, false), &p);
+    let mut dec = NetDecoder::default();
+    let (v, r) = collect(&mut dec, 1, LinkType::Ethernet, &eth4(&p5));
+    assert!(v.is_empty());
+    assert!(matches!(
+        r,
+        Err(NetError::Malformed {
+            layer: "tunnel",
+            ..
+        })
+    ));
+    assert_eq!(dec.stats().malformed, 1);
+}
+
+#[test]
+fn rtp_on_a_vxlan_port_and_broken_tunnels() {
+    // RTP that happens to use port 4789 is RTP, not VXLAN.
+    let rtp = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7, 0xd5];
+    let o = one(LinkType::Ethernet, &eth4(&ipv4(17, &udp(5000, 4789, &rtp))));
+    assert_eq!(o.payload, rtp);
+    assert_eq!(o.dst, sa4(B4, 4789));
+    // Truncated GRE, PPTP's GRE, GRE carrying PPP: counted, never a panic.
+    let mut dec = NetDecoder::default();
+    let (_, r) = collect(&mut dec, 1, LinkType::Ethernet, &outer4(47, &[0x80, 0]));
+    assert!(matches!(r, Err(NetError::Truncated { layer: "gre" })));
+    let (_, r) = collect(
+        &mut dec,
+        2,
+        LinkType::Ethernet,
+        &outer4(47, &gre(0x3001, 0x880b, 2, &[])),
+    );
+    assert!(matches!(r, Err(NetError::Unsupported { .. })));
+    let (v, r) = collect(
+        &mut dec,
+        3,
+        LinkType::Ethernet,
+        &outer4(47, &gre(0, 0x880b, 0, &[1])),
+    );
+    assert_eq!((v.len(), r), (0, Ok(())));
+    assert_eq!(dec.stats().not_ip, 1);
+    assert_eq!((dec.stats().truncated, dec.stats().unsupported), (1, 1));
+}
+
+proptest! {
+    /// Any bytes inside any tunnel: never a panic, and whatever comes out
+    /// came from inside the frame.
+    #[test]
+    fn any_bytes_in_a_tunnel_never_panic(
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        kind in 0u8..5,
+    ) {
+        let frame = match kind {
+            0 => outer4(17, &udp(1, 4789, &[&[0x08, 0, 0, 0, 0, 0, 0, 0][..], &body].concat())),
+            1 => outer4(47, &body),
+            2 => outer4(4, &body),
+            3 => outer4(41, &body),
+            _ => outer4(47, &gre(0x1000, 0x22eb, 1, &body)),
+        };
+        let mut dec = NetDecoder::default();
+        let (v, _) = collect(&mut dec, 1, LinkType::Ethernet, &frame);
+        for s in v {
+            prop_assert!(s.payload.len() <= frame.len());
+        }
+    }
+}
