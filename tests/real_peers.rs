@@ -7,7 +7,10 @@
 //! turns into a recording. A second test runs the same call through
 //! Kamailio (stateful proxy, record-route) and rtpengine (userspace media
 //! relay) in a third namespace between the phones, captured on A's side, so
-//! B's speech reaches the recorder relayed.
+//! B's speech reaches the recorder relayed. Two more run it with the phones
+//! on a tunnel overlay made by the Linux kernel (VXLAN; gretap and ERSPAN
+//! type III where the kernel has the drivers), captured on the underlay:
+//! the recorder must unwrap what a VPC traffic mirror or RSPAN sends it.
 //!
 //! What is checked, on both recordings, per channel (0 = A, 1 = B), against
 //! the 8 kHz WAV that party's phone played:
@@ -165,9 +168,12 @@ fn write_wav(path: &Path, x: &[i16]) {
 /// microphone, plays what it hears into an unused bridge, PCMU only.
 fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: bool) {
     std::fs::create_dir_all(dir).unwrap();
+    // The media address is the one of the interface holding `addr` (on a
+    // tunnel: the overlay, not the underlay it rides on).
     let config = format!(
         "module_path /usr/lib/baresip/modules\n\
          sip_listen {addr}:5060\n\
+         {iface}\
          audio_source aufile,{wav}\n\
          audio_player aubridge,play-{user}\n\
          audio_alert aubridge,alert-{user}\n\
@@ -177,7 +183,8 @@ fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: b
          module aufile.so\n\
          module aubridge.so\n\
          module_app menu.so\n",
-        wav = wav.display()
+        wav = wav.display(),
+        iface = iface_of(addr),
     );
     std::fs::write(dir.join("config"), config).unwrap();
     let answer = if auto_answer { ";answermode=auto" } else { "" };
@@ -571,6 +578,17 @@ fn check_recording(label: &str, dir: &Path, a: &Party, b: &Party) -> Vec<String>
     bad
 }
 
+/// The interface a test address is put on: overlay addresses (10.79.x.x)
+/// on the tunnel device, the others on the veth of their namespace
+/// (baresip then picks the address it finds there).
+fn iface_of(addr: &str) -> &'static str {
+    if addr.starts_with("10.79.") {
+        "net_interface tn0\n"
+    } else {
+        ""
+    }
+}
+
 /// `ip netns add` works (root or CAP_NET_ADMIN): the probe namespace is deleted again.
 fn can_make_netns(probe: &str) -> bool {
     let ok = Command::new("ip")
@@ -590,7 +608,68 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
-    real_call(false);
+    real_call(Mode::Direct);
+}
+
+/// The same call between phones on a VXLAN overlay (the Linux kernel's
+/// vxlan driver encapsulates, as a cloud VPC's traffic mirror or a switch
+/// does): pbx-edge and tshark see only the underlay, UDP port 4789.
+#[test]
+fn baresip_call_over_a_kernel_vxlan_tunnel_is_unwrapped() {
+    real_call(Mode::Tunnel("vxlan"));
+}
+
+/// GRE transparent Ethernet bridging (gretap, with a key) and ERSPAN type
+/// III, where the kernel has the drivers (skipped with a message if not).
+#[test]
+fn baresip_call_over_kernel_gretap_and_erspan_tunnels_is_unwrapped() {
+    real_call(Mode::Tunnel("gretap"));
+    real_call(Mode::Tunnel("erspan"));
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Proxy,
+    /// Phones on an overlay of this kind over the veth underlay.
+    Tunnel(&'static str),
+}
+
+/// `ip link add` arguments for one end of a tunnel of `kind`.
+fn tunnel_args(kind: &str, local: &str, remote: &str, dev: &str) -> Vec<String> {
+    let base = match kind {
+        "vxlan" => format!("type vxlan id 42 local {local} remote {remote} dstport 4789 dev {dev}"),
+        "gretap" => format!("type gretap local {local} remote {remote} key 7"),
+        _ => format!(
+            "type erspan local {local} remote {remote} seq key 9 erspan_ver 2 erspan_dir ingress erspan_hwid 7"
+        ),
+    };
+    base.split(' ').map(String::from).collect()
+}
+
+/// Whether the kernel can make a tunnel device of `kind` (its driver may be
+/// missing in a container or a small VM).
+fn can_make_tunnel(kind: &str, probe: &str) -> bool {
+    if !can_make_netns(probe) {
+        return false;
+    }
+    let _ = Command::new("ip").args(["netns", "add", probe]).status();
+    let mut args = vec![
+        "-n".to_string(),
+        probe.to_string(),
+        "link".into(),
+        "add".into(),
+        "t0".into(),
+    ];
+    args.extend(tunnel_args(kind, "10.0.0.1", "10.0.0.2", "lo"));
+    let ok = Command::new("ip")
+        .args(&args)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _ = Command::new("ip").args(["netns", "del", probe]).status();
+    ok
 }
 
 /// The same call through Kamailio (stateful proxy, record-route) and
@@ -598,10 +677,11 @@ fn baresip_call_sniffed_and_imported_matches_what_each_party_sent() {
 /// phones; pbx-edge and tshark on A's side, so B's speech arrives relayed.
 #[test]
 fn baresip_call_through_kamailio_and_rtpengine_matches_what_each_party_sent() {
-    real_call(true);
+    real_call(Mode::Proxy);
 }
 
-fn real_call(proxy: bool) {
+fn real_call(mode: Mode) {
+    let proxy = mode == Mode::Proxy;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut tools = vec!["ip", "baresip", "espeak-ng", "sox", "tshark"];
     if proxy {
@@ -614,12 +694,26 @@ fn real_call(proxy: bool) {
         }
     }
     let id = std::process::id();
-    let tag = if proxy { "p" } else { "d" };
+    let tag = match mode {
+        Mode::Direct => "d",
+        Mode::Proxy => "p",
+        Mode::Tunnel("vxlan") => "v",
+        Mode::Tunnel("gretap") => "g",
+        Mode::Tunnel(_) => "e",
+    };
     if !can_make_netns(&format!("pbxe-probe-{tag}{id}")) {
         eprintln!(
             "SKIPPED real-peer test: network namespaces cannot be created here (needs root or CAP_NET_ADMIN)"
         );
         return;
+    }
+    if let Mode::Tunnel(kind) = mode {
+        if !can_make_tunnel(kind, &format!("pbxe-probe-t{tag}{id}")) {
+            eprintln!(
+                "SKIPPED real-peer test over {kind}: this kernel cannot make {kind} devices (driver missing)"
+            );
+            return;
+        }
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -691,6 +785,31 @@ fn real_call(proxy: bool) {
         veth(&ns_a, &if_a, &ip_a, &ns_b, &format!("{tag}xb{id}"), &ip_b);
         call_to = ip_b.clone();
     }
+    // On a tunnel: the phones talk on the overlay, captured on the underlay.
+    let (ip_a, ip_b, call_to) = if let Mode::Tunnel(kind) = mode {
+        let (oa, ob) = (format!("10.79.{net}.1"), format!("10.79.{net}.2"));
+        let if_b = format!("{tag}xb{id}");
+        for (n, dev, local, remote, addr) in [
+            (&ns_a, &if_a, &ip_a, &ip_b, &oa),
+            (&ns_b, &if_b, &ip_b, &ip_a, &ob),
+        ] {
+            let mut args = vec![
+                "-n".to_string(),
+                n.clone(),
+                "link".into(),
+                "add".into(),
+                "tn0".into(),
+            ];
+            args.extend(tunnel_args(kind, local, remote, dev));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ip(&args);
+            ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", "tn0"]);
+            ip(&["-n", n, "link", "set", "tn0", "up"]);
+        }
+        (oa, ob.clone(), ob)
+    } else {
+        (ip_a, ip_b, call_to)
+    };
 
     // tshark on A's veth end.
     let pcap = dir.join("call.pcap");
