@@ -803,11 +803,25 @@ impl LegTimeline {
         let Some(seg) = self.segs.front() else {
             return true;
         };
-        let e = &seg.env;
-        let n = f64::from(e.residuals);
-        let spread = e.jitter.max(e.jitter_typ);
-        e.span() >= (FIT_SPAN_MS as f64 * self.ms) as i64
-            || (n >= 4.0 && spread / (n + 1.0) <= HYSTERESIS_MS * self.ms)
+        if seg.env.span() >= (FIT_SPAN_MS as f64 * self.ms) as i64 {
+            return true;
+        }
+        // Nothing is rendered before time zero: every packet so far is
+        // held. Their spread: twice the median delay over the least one
+        // (a uniform delay over J gives J). The typical spread, not the
+        // worst delay: one stall of the network (or of a loaded capture
+        // host) does not make the many small delays less telling.
+        let Some(least) = seg.chunks.iter().map(|c| c.d).min() else {
+            return false;
+        };
+        let mut over: Vec<i64> = seg.chunks.iter().map(|c| c.d - least).collect();
+        let n = over.len();
+        if n < 4 {
+            return false;
+        }
+        let (_, median, _) = over.select_nth_unstable(n / 2);
+        let spread = 2.0 * *median as f64;
+        spread / (n as f64 + 1.0) <= HYSTERESIS_MS * self.ms
     }
 
     /// Where rendering begins (frame 0 of the recording; before any render).
@@ -1526,6 +1540,64 @@ mod tests {
         assert_eq!(out.len() as i64, start + 400 * 160);
         let first = out.iter().position(|s| *s != 0).unwrap();
         assert_eq!(first as i64, start, "{:?}", t.stats());
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    fn feed(t: &mut LegTimeline, k: i64, late: i64) {
+        let pcm = [100i16; 160];
+        t.insert(&Packet {
+            arrival: k * 160 + late,
+            ssrc: 1,
+            ts: (k as u32) * 160,
+            clock_rate: 8000,
+            newest: true,
+            delay: 0,
+            pcm: &pcm,
+        });
+    }
+
+    /// A clean link knows its floor after a few packets, also when one
+    /// packet was held up 300 ms (a stall of a loaded capture host: in the
+    /// crash test, time zero then waited for seconds and a SIGKILL took
+    /// the whole start of the call).
+    #[test]
+    fn a_clean_link_with_one_stall_settles_at_once() {
+        let mut t = LegTimeline::new(8000, 4000);
+        for k in 0..3 {
+            feed(&mut t, k, 0);
+        }
+        assert!(!t.start_settled(), "not on three packets");
+        feed(&mut t, 3, 2400);
+        for k in 4..8 {
+            feed(&mut t, k, 0);
+        }
+        assert!(t.start_settled());
+    }
+
+    /// With 80 ms of jitter the floor is known within 1 ms only after
+    /// about 80 packets.
+    #[test]
+    fn heavy_jitter_settles_after_enough_packets() {
+        let mut t = LegTimeline::new(8000, 4000);
+        let mut x = 12345u64;
+        let mut late = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % 640) as i64
+        };
+        for k in 0..30 {
+            feed(&mut t, k, late());
+        }
+        assert!(!t.start_settled());
+        for k in 30..110 {
+            feed(&mut t, k, late());
+        }
+        assert!(t.start_settled());
     }
 }
 
