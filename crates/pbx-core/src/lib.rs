@@ -15,6 +15,8 @@
 //! - [`capture`]: pcap / pcapng bytes → link-layer frames with timestamps.
 //! - [`net`]: frames → UDP datagrams and in-order TCP stream bytes (VLAN, SLL,
 //!   IPv4/IPv6, IPv4 defragmentation, TCP reassembly).
+//! - [`hep`]: HEP (Homer) packets from capture agents → segments, beside
+//!   `net` (the agent did the capturing and the unwrapping).
 //! - [`sip`]: SIP messages (via `rsip`), TCP framing, SDP.
 //! - [`rtp`]: RTP/RTCP header parsing, RFC 4733 telephone events.
 //! - [`audio`]: decoders (G.711, G.722, Opus, L16), resampling, the two-channel
@@ -24,6 +26,7 @@
 pub mod audio;
 pub mod call;
 pub mod capture;
+pub mod hep;
 pub mod net;
 pub mod rtp;
 pub mod sip;
