@@ -47,6 +47,13 @@ pub struct SourceStatus {
     /// SIPREC: SIP input refused, by reason (see [`crate::sources::siprec::guard::REASONS`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sip_rejected: BTreeMap<String, u64>,
+    /// HEP: packets received per capture agent id ("-": none given).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hep_agents: BTreeMap<String, u64>,
+    /// HEP: packets or connections refused, by reason (not_allowed, not_hep,
+    /// truncated, malformed, unsupported, tcp_connections).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hep_rejected: BTreeMap<String, u64>,
 }
 
 impl SourceStatus {
@@ -372,6 +379,28 @@ pub fn render_metrics(s: &Status) -> String {
                 })
             })
             .collect::<Vec<_>>(),
+    );
+    let labelled = |f: &dyn Fn(&SourceStatus) -> &BTreeMap<String, u64>, label: &str| {
+        s.sources
+            .iter()
+            .flat_map(|(n, st)| {
+                f(st)
+                    .iter()
+                    .map(move |(k, v)| (format!("{{source=\"{n}\",{label}=\"{k}\"}}"), *v as f64))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "pbx_edge_hep_packets_total",
+        "counter",
+        "HEP packets received, by capture agent id.",
+        &labelled(&|x| &x.hep_agents, "agent"),
+    );
+    family(
+        "pbx_edge_hep_rejected_total",
+        "counter",
+        "HEP packets or connections refused, by reason: not_allowed, not_hep, truncated, malformed, unsupported, tcp_connections.",
+        &labelled(&|x| &x.hep_rejected, "reason"),
     );
     family(
         "pbx_edge_srtp_auth_failures_total",

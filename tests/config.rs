@@ -518,7 +518,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("[sources.sip]\nenabled = true"),
-        "bad.toml:1: sources.sip: unknown source (known: siprec, sniff, folder)"
+        "bad.toml:1: sources.sip: unknown source (known: siprec, sniff, folder, hep)"
     );
     assert_eq!(
         error("[sources.sniff.extra]\nx = 1"),

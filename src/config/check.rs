@@ -17,7 +17,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "filter",
     "log",
 ];
-pub(super) const SOURCES: &[&str] = &["siprec", "sniff", "folder"];
+pub(super) const SOURCES: &[&str] = &["siprec", "sniff", "folder", "hep"];
 
 /// A table being read: which keys were asked for, to report the rest as unknown.
 pub(super) struct Sec<'t> {
@@ -208,7 +208,8 @@ pub(super) fn suggest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (edit_distance(&lname, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        // Close, and not mostly different (`sip` is not `hep`).
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && 2 * *d <= k.len().max(lname.len()))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -647,48 +648,8 @@ pub(super) fn check(
     s.field(errs, "rtp_ports", &mut sr.rtp_ports, |n| {
         to_port_range(n).inspect_err(|_| ports_ok = false)
     });
-    if let Some(n) = s.get("allow") {
-        match &n.kind {
-            Kind::Array(items) => {
-                let mut nets = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    match as_str(item, "a network string such as \"10.0.0.0/8\"")
-                        .and_then(parse_net)
-                    {
-                        Ok(net) => nets.push(net),
-                        Err(message) => errs.push(ConfigError::Invalid {
-                            origin: item.origin.clone(),
-                            key: format!("{}[{i}]", s.key("allow")),
-                            message,
-                        }),
-                    }
-                }
-                sr.allow = nets;
-            }
-            // From the environment a plain list is fine: "10.0.0.0/8, 192.0.2.7".
-            Kind::Str(text) if n.env_text.is_some() => {
-                let mut nets = Vec::new();
-                for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
-                    match parse_net(part) {
-                        Ok(net) => nets.push(net),
-                        Err(message) => errs.push(ConfigError::Invalid {
-                            origin: n.origin.clone(),
-                            key: s.key("allow"),
-                            message,
-                        }),
-                    }
-                }
-                sr.allow = nets;
-            }
-            _ => errs.push(ConfigError::Invalid {
-                origin: n.origin.clone(),
-                key: s.key("allow"),
-                message: format!(
-                    "expected an array of networks such as [\"10.0.0.0/8\"], {}",
-                    n.found()
-                ),
-            }),
-        }
+    if let Some(nets) = allow_list(&mut s, errs) {
+        sr.allow = nets;
     }
     s.field(errs, "max_calls", &mut sr.max_calls, |n| {
         to_u32_in(n, 1..=1_000_000)
@@ -765,6 +726,34 @@ pub(super) fn check(
             .map_err(|e| format!("not a valid capture filter (pcap syntax): {e}"))?;
         Ok(Some(v))
     });
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&src, "hep", errs);
+    let h = &mut cfg.sources.hep;
+    s.field(errs, "enabled", &mut h.enabled, to_bool);
+    let mut hep_listen_ok = true;
+    s.field(errs, "listen", &mut h.listen, |n| {
+        to_socket_addr(n).inspect_err(|_| hep_listen_ok = false)
+    });
+    if let Some(nets) = allow_list(&mut s, errs) {
+        h.allow = nets;
+    }
+    let siprec = &cfg.sources.siprec;
+    for (other, addr, on) in [
+        ("health.listen", cfg.health.listen, true),
+        ("sources.siprec.listen", siprec.listen, siprec.enabled),
+    ] {
+        if hep_listen_ok && h.enabled && on && addr == h.listen {
+            errs.push(ConfigError::Invalid {
+                origin: s.origin("listen"),
+                key: s.key("listen"),
+                message: format!(
+                    "{} is used by both {other} and sources.hep.listen",
+                    h.listen
+                ),
+            });
+        }
+    }
     s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&src, "folder", errs);
@@ -943,4 +932,53 @@ pub(super) fn check(
 
     top.known = SECTIONS.to_vec();
     top.finish(errs, keys, "section");
+}
+
+/// `allow`: networks as an array (or, from the environment, a list
+/// separated by commas or spaces); `None` when not given or unusable
+/// (reported in `errs`).
+fn allow_list(s: &mut Sec<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<IpNet>> {
+    let n = s.get("allow")?;
+    match &n.kind {
+        Kind::Array(items) => {
+            let mut nets = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match as_str(item, "a network string such as \"10.0.0.0/8\"").and_then(parse_net) {
+                    Ok(net) => nets.push(net),
+                    Err(message) => errs.push(ConfigError::Invalid {
+                        origin: item.origin.clone(),
+                        key: format!("{}[{i}]", s.key("allow")),
+                        message,
+                    }),
+                }
+            }
+            Some(nets)
+        }
+        // From the environment a plain list is fine: "10.0.0.0/8, 192.0.2.7".
+        Kind::Str(text) if n.env_text.is_some() => {
+            let mut nets = Vec::new();
+            for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+                match parse_net(part) {
+                    Ok(net) => nets.push(net),
+                    Err(message) => errs.push(ConfigError::Invalid {
+                        origin: n.origin.clone(),
+                        key: s.key("allow"),
+                        message,
+                    }),
+                }
+            }
+            Some(nets)
+        }
+        _ => {
+            errs.push(ConfigError::Invalid {
+                origin: n.origin.clone(),
+                key: s.key("allow"),
+                message: format!(
+                    "expected an array of networks such as [\"10.0.0.0/8\"], {}",
+                    n.found()
+                ),
+            });
+            None
+        }
+    }
 }

@@ -211,6 +211,17 @@ pub struct SourcesConfig {
     pub siprec: SiprecConfig,
     pub sniff: SniffConfig,
     pub folder: FolderConfig,
+    pub hep: HepConfig,
+}
+
+/// `[sources.hep]`: a HEP collector (CONTRACT §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HepConfig {
+    pub enabled: bool,
+    /// HEP over UDP and TCP, the same port.
+    pub listen: SocketAddr,
+    /// Capture agents allowed to send (host bits cleared); empty = all.
+    pub allow: Vec<IpNet>,
 }
 
 /// `[sources.siprec]`
@@ -453,6 +464,11 @@ impl Config {
                     interface: "any".into(),
                     filter: None,
                 },
+                hep: HepConfig {
+                    enabled: false,
+                    listen: SocketAddr::from(([127, 0, 0, 1], 9060)),
+                    allow: Vec::new(),
+                },
                 folder: FolderConfig {
                     enabled: false,
                     path: PathBuf::from("/var/spool/asterisk/monitor"),
@@ -577,6 +593,9 @@ impl Config {
         if s.folder.enabled {
             sources.push(format!("folder {}", s.folder.path.display()));
         }
+        if s.hep.enabled {
+            sources.push(format!("hep {}", s.hep.listen));
+        }
         let sources = if sources.is_empty() {
             "none".to_string()
         } else {
@@ -636,6 +655,9 @@ impl Config {
         }
         if self.sources.folder != new.sources.folder {
             out.push("sources.folder");
+        }
+        if self.sources.hep != new.sources.hep {
+            out.push("sources.hep");
         }
         if self.health.listen != new.health.listen {
             out.push("health.listen");

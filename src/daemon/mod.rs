@@ -519,6 +519,50 @@ fn tls_description(sc: &crate::config::SiprecConfig) -> Option<String> {
     })
 }
 
+/// Start the HEP collector if enabled.
+fn start_hep(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<crate::sources::hep::HepHandle> {
+    let h = &cfg.sources.hep;
+    if !h.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("hep");
+        }
+        return None;
+    }
+    let started = RecordingDir::new(&cfg.spool.dir, context(cfg, "hep"))
+        .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
+        .and_then(|out| {
+            crate::sources::hep::start(
+                h.listen,
+                h.allow.clone(),
+                cfg.recording.engine_config(),
+                out,
+                status.clone(),
+                live.clone(),
+            )
+            .map_err(|e| format!("sources.hep.listen {}: {e}", h.listen))
+        });
+    match started {
+        Ok(handle) => {
+            tracing::info!(listen = %h.listen, "HEP collector listening (UDP and TCP)");
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!("hep: {e}");
+            if let Ok(mut s) = status.lock() {
+                let src = s.sources.entry("hep".into()).or_default();
+                src.up = false;
+                src.error = Some(e);
+                src.listen = h.listen.to_string();
+            }
+            None
+        }
+    }
+}
+
 /// Start the folder source (PBX recording files) if enabled.
 fn start_folder(
     cfg: &Config,
@@ -616,6 +660,9 @@ fn print_banner(cfg: &Config) {
     }
     if cfg.sources.folder.enabled {
         t += &format!("  folder:     {}\n", cfg.sources.folder.path.display());
+    }
+    if cfg.sources.hep.enabled {
+        t += &format!("  HEP:        {} (UDP and TCP)\n", cfg.sources.hep.listen);
     }
     t += &format!(
         "  recordings: {}  (pbx-edge spool list)\n  cloud:      {}\n",
@@ -720,6 +767,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut siprec_pending = false;
     let mut drain_gen = 0u64;
     let mut folder = start_folder(&cfg, &status, &live);
+    let mut hep = start_hep(&cfg, &status, &live);
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
     // The last reason delivery could not start (tried again every tick).
     let mut delivery_error: Option<String> = None;
@@ -752,6 +800,14 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             tracing::warn!("{w}");
                         }
                         cfg = new;
+                        if changed.contains(&"sources.hep") || changed.contains(&"spool.dir") {
+                            if let Some(h) = hep.take() {
+                                let _ = tokio::task::spawn_blocking(move || h.stop()).await;
+                            }
+                            hep = start_hep(&cfg, &status, &live);
+                        } else if let Some(h) = &hep {
+                            h.settings(recording_settings(&cfg, "hep"));
+                        }
                         if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
                             if let Some(f) = folder.take() {
                                 f.stop();
@@ -858,6 +914,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     }
     if let Some(f) = folder.take() {
         let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
+    if let Some(h) = hep.take() {
+        let _ = tokio::task::spawn_blocking(move || h.stop()).await;
     }
     if let Some(d) = delivery.take() {
         d.shutdown().await;

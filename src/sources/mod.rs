@@ -4,5 +4,6 @@
 //! state into [`crate::status`]. A source never uses another source.
 
 pub mod folder;
+pub mod hep;
 pub mod siprec;
 pub mod sniff;

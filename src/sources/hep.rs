@@ -1,0 +1,380 @@
+//! HEP collector (`[sources.hep]`): capture agents (heplify, Kamailio and
+//! OpenSIPS `siptrace`, FreeSWITCH and Asterisk `res_hep`) send copies of
+//! the SIP and RTP they see; the calls in them are recorded like sniffed
+//! ones, without a mirror port or capabilities on the PBX.
+//!
+//! In: HEPv3 (and v2/v1) packets over UDP (one per datagram) and TCP (back
+//! to back) on `listen`, from the addresses in `allow` (empty: any).
+//! Out: recordings in the spool, through one [`CallEngine`] fed with the
+//! packets' own capture times as arrival times; counters in the status
+//! (packets per agent, refusals per reason).
+//!
+//! Threads: one receives UDP, one accepts TCP (a thread per connection,
+//! which frames the stream by the HEP length and is closed on the first
+//! thing that is not HEP); all of them queue the packets to the engine
+//! thread, which owns the engine and the recording sink, ticks every 200 ms
+//! and applies reloads. A full queue drops (counted), never blocks a
+//! receiver. Stop: the flag, seen within 200 ms by every thread.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::hep::{self, HepError};
+use pbx_core::Timestamp;
+
+use crate::health::Liveness;
+use crate::recording::{RecordingDir, RecordingSettings};
+use crate::status::SharedStatus;
+use crate::sys::now;
+
+/// Packets queued for the engine thread at most.
+const QUEUE: usize = 65_536;
+/// How often every thread looks at the stop flag (and the engine ticks).
+const TICK: Duration = Duration::from_millis(200);
+/// TCP connections served at once.
+const MAX_TCP: usize = 256;
+
+/// What the daemon hands a running collector on a reload.
+pub enum HepControl {
+    /// Recording settings for the calls that begin from now on.
+    Settings(Box<RecordingSettings>),
+}
+
+/// One packet for the engine thread.
+struct Input {
+    received: Timestamp,
+    bytes: Vec<u8>,
+}
+
+/// Counters shared by the receiving threads.
+#[derive(Default)]
+struct Shared {
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    queue_drops: AtomicU64,
+    tcp_open: AtomicU64,
+}
+
+impl Shared {
+    fn reject(&self, reason: &'static str) {
+        if let Ok(mut r) = self.rejected.lock() {
+            *r.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+fn reason(e: &HepError) -> &'static str {
+    match e {
+        HepError::NotHep => "not_hep",
+        HepError::Truncated => "truncated",
+        HepError::Malformed(_) => "malformed",
+        HepError::Unsupported(_) => "unsupported",
+    }
+}
+
+fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
+    allow.is_empty() || allow.iter().any(|n| n.contains(&peer.ip()))
+}
+
+/// Binds UDP and TCP on `listen` (the same port).
+pub fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let udp = UdpSocket::bind(listen)?;
+    let tcp = TcpListener::bind(udp.local_addr()?)?;
+    Ok((udp, tcp))
+}
+
+/// A running collector.
+pub struct HepHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    control: std::sync::mpsc::Sender<HepControl>,
+}
+
+impl HepHandle {
+    /// New recording settings (a reload): for calls that begin from now on.
+    pub fn settings(&self, s: RecordingSettings) {
+        let _ = self.control.send(HepControl::Settings(Box::new(s)));
+    }
+
+    /// Stops taking packets, closes the calls in progress (cut by shutdown)
+    /// and returns when the engine thread has ended.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds `listen` (UDP and TCP) and starts the collector.
+pub fn start(
+    listen: SocketAddr,
+    allow: Vec<IpNet>,
+    engine_cfg: EngineConfig,
+    out: RecordingDir,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+) -> io::Result<HepHandle> {
+    let sockets = bind(listen)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (control, crx) = std::sync::mpsc::channel();
+    let sp = stop.clone();
+    live.beat("hep");
+    if let Ok(mut s) = status.lock() {
+        let src = s.sources.entry("hep".into()).or_default();
+        src.up = true;
+        src.error = None;
+        src.listen = listen.to_string();
+    }
+    let thread = std::thread::Builder::new()
+        .name("hep".into())
+        .spawn(move || {
+            run(
+                "hep", sockets, allow, engine_cfg, out, sp, status, live, crx,
+            )
+        })?;
+    Ok(HepHandle {
+        stop,
+        thread,
+        control,
+    })
+}
+
+/// Runs the collector until `stop` is set; then closes every open call
+/// (marked as cut by shutdown) and returns.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    name: &str,
+    (udp, tcp): (UdpSocket, TcpListener),
+    allow: Vec<IpNet>,
+    engine_cfg: EngineConfig,
+    mut out: RecordingDir,
+    stop: Arc<AtomicBool>,
+    status: SharedStatus,
+    live: Arc<Liveness>,
+    control: Receiver<HepControl>,
+) {
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = sync_channel::<Input>(QUEUE);
+    let allow = Arc::new(allow);
+    let mut threads = Vec::new();
+    {
+        let (tx, stop, shared, allow) = (tx.clone(), stop.clone(), shared.clone(), allow.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("hep-udp".into())
+                .spawn(move || udp_loop(udp, &allow, &tx, &stop, &shared))
+                .expect("spawn hep-udp"),
+        );
+    }
+    {
+        let (stop, shared) = (stop.clone(), shared.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("hep-tcp".into())
+                .spawn(move || tcp_accept(tcp, allow, tx, stop, shared))
+                .expect("spawn hep-tcp"),
+        );
+    }
+    let mut engine = CallEngine::new(engine_cfg);
+    let mut agents: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_tick = Instant::now();
+    // The packets carry the agent's clock; the engine's timeouts must run
+    // on the same clock: ours plus how far the agent's was ahead of it at
+    // the latest packet (its capture time minus our receive time: network
+    // delay and clock offset). Never backwards.
+    let mut offset_us = 0i64;
+    let mut engine_now: Option<Timestamp> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(TICK) {
+            Ok(input) => match hep::parse(&input.bytes) {
+                Ok(p) => {
+                    let agent = p
+                        .agent_id
+                        .map_or_else(|| "-".to_string(), |a| a.to_string());
+                    *agents.entry(agent).or_default() += 1;
+                    let seg = p.segment(input.received);
+                    offset_us = seg.ts.micros_since(input.received);
+                    engine_now = Some(engine_now.map_or(seg.ts, |n| n.max(seg.ts)));
+                    engine.handle_segment(&seg, &mut out);
+                }
+                Err(e) => shared.reject(reason(&e)),
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            while let Ok(HepControl::Settings(s)) = control.try_recv() {
+                crate::recording::apply_settings(&mut engine, &mut out, *s);
+            }
+            let t = now().add_micros(offset_us);
+            let t = engine_now.map_or(t, |n| n.max(t));
+            engine_now = Some(t);
+            engine.handle_timeout(t, &mut out);
+            live.beat(name);
+            publish(name, &engine, &out, &shared, &agents, &status);
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    // What the receivers queued before they stopped.
+    while let Ok(input) = rx.try_recv() {
+        if let Ok(p) = hep::parse(&input.bytes) {
+            engine.handle_segment(&p.segment(input.received), &mut out);
+        }
+    }
+    engine.finish(EndReason::Shutdown, &mut out);
+    publish(name, &engine, &out, &shared, &agents, &status);
+    live.forget(name);
+}
+
+fn queue(tx: &SyncSender<Input>, bytes: Vec<u8>, shared: &Shared) {
+    let input = Input {
+        received: now(),
+        bytes,
+    };
+    if let Err(TrySendError::Full(_)) = tx.try_send(input) {
+        shared.queue_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn udp_loop(
+    udp: UdpSocket,
+    allow: &[IpNet],
+    tx: &SyncSender<Input>,
+    stop: &AtomicBool,
+    shared: &Shared,
+) {
+    let _ = udp.set_read_timeout(Some(TICK));
+    let mut buf = vec![0u8; hep::MAX_PACKET];
+    while !stop.load(Ordering::Relaxed) {
+        match udp.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                if !allowed(allow, peer) {
+                    shared.reject("not_allowed");
+                    continue;
+                }
+                queue(tx, buf[..n].to_vec(), shared);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::warn!("hep: UDP receive: {e}");
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+fn tcp_accept(
+    tcp: TcpListener,
+    allow: Arc<Vec<IpNet>>,
+    tx: SyncSender<Input>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nonblocking(true);
+    let mut conns = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match tcp.accept() {
+            Ok((s, peer)) => {
+                if !allowed(&allow, peer) {
+                    shared.reject("not_allowed");
+                    continue;
+                }
+                if shared.tcp_open.load(Ordering::Relaxed) >= MAX_TCP as u64 {
+                    shared.reject("tcp_connections");
+                    continue;
+                }
+                shared.tcp_open.fetch_add(1, Ordering::Relaxed);
+                let (tx, stop, shared) = (tx.clone(), stop.clone(), shared.clone());
+                conns.push(std::thread::spawn(move || {
+                    tcp_conn(s, &tx, &stop, &shared);
+                    shared.tcp_open.fetch_sub(1, Ordering::Relaxed);
+                }));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(TICK / 4),
+            Err(e) => {
+                tracing::warn!("hep: TCP accept: {e}");
+                std::thread::sleep(TICK);
+            }
+        }
+        conns.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+/// One agent's TCP stream: HEP packets back to back, cut by their length.
+fn tcp_conn(mut s: TcpStream, tx: &SyncSender<Input>, stop: &AtomicBool, shared: &Shared) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(TICK));
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        loop {
+            match hep::frame_len(&buf) {
+                Ok(Some(len)) if buf.len() >= len => {
+                    let rest = buf.split_off(len);
+                    queue(tx, std::mem::replace(&mut buf, rest), shared);
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    // Out of step: nothing after this can be trusted.
+                    shared.reject(reason(&e));
+                    return;
+                }
+            }
+        }
+        if buf.len() > hep::MAX_PACKET {
+            shared.reject("malformed");
+            return;
+        }
+    }
+}
+
+fn publish(
+    name: &str,
+    engine: &CallEngine,
+    out: &RecordingDir,
+    shared: &Shared,
+    agents: &BTreeMap<String, u64>,
+    status: &SharedStatus,
+) {
+    let rejected = shared
+        .rejected
+        .lock()
+        .map(|r| r.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        .unwrap_or_default();
+    if let Ok(mut s) = status.lock() {
+        let src = s.sources.entry(name.to_string()).or_default();
+        src.record_engine(engine, &out.counters);
+        src.queue_drops = shared.queue_drops.load(Ordering::Relaxed);
+        src.errors = out.counters.failed;
+        src.hep_agents = agents.clone();
+        src.hep_rejected = rejected;
+    }
+}

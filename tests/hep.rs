@@ -1,0 +1,247 @@
+//! The HEP collector (`[sources.hep]`, issue 17): calls whose SIP and RTP
+//! reach pbx-edge only as HEPv3 copies from a capture agent, over UDP and
+//! over TCP, are recorded; each channel is sample for sample what `import`
+//! makes of a capture of the same packets (the same engine, fed the
+//! agent's capture times). Garbage and foreign senders are counted, not
+//! recorded.
+
+mod common;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::daemon::{free_port, Daemon};
+use common::*;
+use pbx_core::capture::LinkType;
+use pbx_core::hep::{encode_v3, HepPacket, PROTO_RTP, PROTO_SIP};
+use pbx_core::net::NetDecoder;
+use pbx_core::Timestamp;
+use pbx_testgen::audio::speechlike;
+use pbx_testgen::scenario::generate;
+use pbx_testgen::{CallSpec, Framing, Link, Party, TestCodec};
+
+fn call(id: &str, seed: u64, base: u16) -> CallSpec {
+    let mut c = CallSpec::simple(
+        id,
+        TestCodec::Pcmu,
+        speechlike(seed * 2 + 1, 4000, 8000),
+        speechlike(seed * 2 + 2, 4000, 8000),
+    );
+    c.caller = Party {
+        ip: IpAddr::from([10, 1, 0, 1]),
+        sip_port: 5060,
+        rtp_port: base,
+        number: "1001".into(),
+        name: "Alice".into(),
+    };
+    c.callee = Party {
+        ip: IpAddr::from([10, 1, 0, 2]),
+        sip_port: 5060,
+        rtp_port: base + 2,
+        number: "2002".into(),
+        name: "Bob".into(),
+    };
+    c.seed = seed;
+    c
+}
+
+/// The call's packets as HEPv3 from agent `agent`, their capture times
+/// moved to start now (the agent captures live).
+fn hep_packets(spec: &CallSpec, agent: u32) -> Vec<Vec<u8>> {
+    let (frames, _) = generate(
+        std::slice::from_ref(spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    // The generator's times are in nanoseconds.
+    let first = frames.first().map(|(ts, _)| *ts / 1000).unwrap_or(0);
+    let mut dec = NetDecoder::default();
+    let mut out = Vec::new();
+    for (ts, f) in &frames {
+        let shifted = Timestamp::from_micros(ts / 1000 - first + now_us);
+        let _ = dec.decode(
+            Timestamp::from_micros(*ts),
+            LinkType::Ethernet,
+            f,
+            &mut |s| {
+                let sip = s.src.port() == 5060 || s.dst.port() == 5060;
+                out.push(encode_v3(&HepPacket {
+                    version: 3,
+                    ts: Some(shifted),
+                    src: s.src,
+                    dst: s.dst,
+                    transport: s.transport,
+                    proto_type: if sip { PROTO_SIP } else { PROTO_RTP },
+                    agent_id: Some(agent),
+                    auth_key: None,
+                    payload: s.payload,
+                }));
+            },
+        );
+    }
+    out
+}
+
+fn imported(spec: &CallSpec, dir: &std::path::Path) -> Recording {
+    let cap = dir.join(format!("{}.pcap", spec.call_id));
+    pbx_testgen::write_capture(
+        &cap,
+        std::slice::from_ref(spec),
+        pbx_testgen::Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .unwrap();
+    let out = dir.join(format!("import-{}", spec.call_id));
+    assert!(import(&[&cap], &out, &[]).status.success());
+    recordings(&out).remove(0)
+}
+
+fn metric(d: &Daemon, line: &str) -> bool {
+    d.get("/metrics").is_some_and(|(_, m)| m.contains(line))
+}
+
+#[test]
+fn calls_sent_as_hep_over_udp_and_tcp_are_recorded_as_import_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = false\n[sources.hep]\nenabled = true\nlisten = \"{listen}\"\n"),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+
+    let by_udp = call("hep-udp@test", 3, 40000);
+    let by_tcp = call("hep-tcp@test", 4, 41000);
+    // As an agent sends them: in capture order, at the pace they were
+    // captured; one call's copies over UDP (one per datagram), the other's
+    // over one TCP connection.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut tcp = TcpStream::connect(listen).unwrap();
+    let mut all: Vec<(i64, bool, Vec<u8>)> = Vec::new();
+    for (p, by_tcp) in hep_packets(&by_udp, 77)
+        .into_iter()
+        .map(|p| (p, false))
+        .chain(hep_packets(&by_tcp, 78).into_iter().map(|p| (p, true)))
+    {
+        let ts = pbx_core::hep::parse(&p).unwrap().ts.unwrap().as_micros();
+        all.push((ts, by_tcp, p));
+    }
+    all.sort_by_key(|(ts, ..)| *ts);
+    let (t0, start) = (all[0].0, Instant::now());
+    for (ts, by_tcp, p) in &all {
+        let due = Duration::from_micros((ts - t0) as u64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if *by_tcp {
+            tcp.write_all(p).unwrap();
+        } else {
+            udp.send_to(p, listen).unwrap();
+        }
+    }
+    // Garbage on the UDP port: counted, nothing else happens.
+    udp.send_to(b"hello, is this HEP?", listen).unwrap();
+
+    let t = Instant::now();
+    let spool = dir.path().join("spool");
+    let recs = loop {
+        let done: Vec<_> = std::fs::read_dir(&spool)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().to_string();
+                        n.ends_with(".json") && !n.starts_with('.')
+                    })
+                    .count()
+            })
+            .into_iter()
+            .collect();
+        if done.first().copied().unwrap_or(0) >= 2 {
+            break recordings(&spool);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no recordings from HEP:\n{}",
+            d.get("/status").map(|r| r.1).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(tcp);
+    for spec in [&by_udp, &by_tcp] {
+        let r = recs
+            .iter()
+            .find(|r| r.json["call_id"] == spec.call_id.as_str())
+            .unwrap_or_else(|| panic!("no recording of {}", spec.call_id));
+        assert_eq!(r.json["source"], "hep");
+        assert_eq!(r.json["from"]["number"], "1001");
+        assert_eq!(r.json["end_reason"], "bye");
+        let i = imported(spec, dir.path());
+        for ch in 0..2 {
+            assert!(
+                r.ch[ch].len() > 8000 * 3,
+                "{}: ch{ch} too short",
+                spec.call_id
+            );
+            assert_eq!(
+                r.ch[ch], i.ch[ch],
+                "{}: channel {ch} differs from import",
+                spec.call_id
+            );
+        }
+    }
+    let t = Instant::now();
+    while !(metric(
+        &d,
+        "pbx_edge_hep_packets_total{source=\"hep\",agent=\"77\"}",
+    ) && metric(
+        &d,
+        "pbx_edge_hep_packets_total{source=\"hep\",agent=\"78\"}",
+    ) && metric(
+        &d,
+        "pbx_edge_hep_rejected_total{source=\"hep\",reason=\"not_hep\"} 1",
+    )) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.get("/metrics").map(|r| r.1).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn agents_outside_allow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[sources.hep]\nenabled = true\nlisten = \"{listen}\"\nallow = [\"192.0.2.0/24\"]\n"
+        ),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in hep_packets(&call("hep-foreign@test", 5, 42000), 9) {
+        udp.send_to(&p, listen).unwrap();
+    }
+    let _ = TcpStream::connect(listen).map(|mut s| s.write_all(b"HEP3"));
+    let t = Instant::now();
+    while !metric(
+        &d,
+        "pbx_edge_hep_rejected_total{source=\"hep\",reason=\"not_allowed\"}",
+    ) {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(recordings(&dir.path().join("spool")).is_empty());
+    assert!(!metric(&d, "pbx_edge_hep_packets_total{source=\"hep\""));
+}
