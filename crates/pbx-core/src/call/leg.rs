@@ -17,7 +17,7 @@ use crate::call::meta::{
     RecordingStart,
 };
 use crate::call::timeline::{LegTimeline, Packet};
-use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event};
+use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
 use crate::Timestamp;
 
 use super::{dialog::*, engine::*, seq::*};
@@ -49,7 +49,7 @@ pub(super) struct Leg {
     pub(super) order: DecodeOrder,
     pub(super) decoder: Option<ActiveDecoder>,
     pub(super) flow: Option<(Flow, Timestamp)>,
-    pub(super) seq: FxHashMap<u32, SeqStats>,
+    pub(super) seq: FxHashMap<u32, SeqTracker>,
     pub(super) meta: ChannelMeta,
     pub(super) dtmf: Option<DtmfState>,
     pub(super) warned_codecs: Vec<u8>,
@@ -461,9 +461,9 @@ impl Tracker {
         let mut channels: [ChannelMeta; 2] = Default::default();
         for (i, leg) in media.legs.into_iter().enumerate() {
             let mut m = leg.meta;
-            m.lost = leg.seq.values().map(SeqStats::lost).sum();
+            m.lost = leg.seq.values().map(SeqTracker::lost).sum();
             self.stats.rtp_lost += m.lost;
-            m.duplicates += leg.seq.values().map(|s| s.duplicates).sum::<u64>();
+            m.duplicates += leg.seq.values().map(|s| s.duplicates()).sum::<u64>();
             let st = leg.timeline.stats();
             m.reanchors = st.breaks;
             m.late += st.late;

@@ -1,111 +1,14 @@
-//! RTP sequence numbers and decode order.
+//! Decode order: a leg's RTP packets in, the same packets out in sequence
+//! order for the decoder.
 //!
-//! In: each packet's sequence number (and the packet itself, for decoding).
-//! Out: [`SeqStats`]: whether a packet is new, a duplicate or very late,
-//! and the count of lost packets over the extended sequence; [`DecodeOrder`]:
-//! packets released to the decoder in sequence order, waiting at most a
-//! bounded time (see [`order_wait`]) for a gap to fill. Promises: bounded
-//! memory (a 64-bit window, at most `ORDER_HELD_MAX` held packets).
+//! In: each packet ([`InPacket`]) with its codec and payload, and whether
+//! the leg's [`crate::rtp::SeqTracker`] found it the newest so far. Out:
+//! [`Held`] packets released by [`DecodeOrder::pop_ready`] in sequence
+//! order, a packet waiting at most [`order_wait`] for the ones before it.
+//! Promises: bounded memory (at most `ORDER_HELD_MAX` held packets, their
+//! buffers recycled).
 
 use crate::audio::codec::Codec;
-
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct SeqStats {
-    pub(super) base: u64,
-    pub(super) max: u64,
-    pub(super) last: u16,
-    pub(super) started: bool,
-    pub(super) received: u64,
-    pub(super) duplicates: u64,
-    pub(super) window: [u64; 8], // bitmap of the 512 sequence numbers below `max`
-}
-
-/// What a sequence number was, relative to those seen before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SeqUpdate {
-    /// Beyond the highest so far.
-    Newest,
-    /// Older than the highest, not seen before (reordered).
-    Older,
-    Duplicate,
-}
-
-impl SeqStats {
-    pub(super) fn update(&mut self, seq: u16) -> SeqUpdate {
-        if !self.started {
-            self.started = true;
-            self.base = 1 << 32 | u64::from(seq);
-            self.max = self.base;
-            self.last = seq;
-            self.received = 1;
-            self.window = [0; 8];
-            self.window[0] = 1;
-            return SeqUpdate::Newest;
-        }
-        self.last = seq;
-        let ext = (self.max as i64 + i64::from(seq.wrapping_sub(self.max as u16) as i16)) as u64;
-        if ext > self.max {
-            let shift = ext - self.max;
-            self.shift_window(shift);
-            self.max = ext;
-            self.set_bit(0);
-            self.received += 1;
-            SeqUpdate::Newest
-        } else {
-            let back = self.max - ext;
-            if back >= 512 {
-                // Too old to tell; count it as received (a very late packet).
-                self.received += 1;
-                if ext < self.base {
-                    self.base = ext;
-                }
-                return SeqUpdate::Older;
-            }
-            if self.bit(back) {
-                self.duplicates += 1;
-                SeqUpdate::Duplicate
-            } else {
-                self.set_bit(back);
-                self.received += 1;
-                if ext < self.base {
-                    self.base = ext;
-                }
-                SeqUpdate::Older
-            }
-        }
-    }
-    pub(super) fn bit(&self, back: u64) -> bool {
-        self.window[(back / 64) as usize] >> (back % 64) & 1 == 1
-    }
-    pub(super) fn set_bit(&mut self, back: u64) {
-        self.window[(back / 64) as usize] |= 1 << (back % 64);
-    }
-    pub(super) fn shift_window(&mut self, n: u64) {
-        if n >= 512 {
-            self.window = [0; 8];
-            return;
-        }
-        let words = (n / 64) as usize;
-        let bits = n % 64;
-        let old = self.window;
-        for i in 0..8 {
-            let mut v = 0u64;
-            if i >= words {
-                v = old[i - words] << bits;
-                if bits > 0 && i > words {
-                    v |= old[i - words - 1] >> (64 - bits);
-                }
-            }
-            self.window[i] = v;
-        }
-    }
-    pub(super) fn lost(&self) -> u64 {
-        if !self.started {
-            return 0;
-        }
-        (self.max - self.base + 1).saturating_sub(self.received)
-    }
-}
 
 /// One RTP packet on its way to the decoder.
 #[derive(Debug, Clone, Copy)]

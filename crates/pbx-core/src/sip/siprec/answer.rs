@@ -9,9 +9,7 @@
 use std::fmt::Write as _;
 
 use super::*;
-
-/// Codecs the recorder decodes, by encoding name.
-pub(super) const SUPPORTED: [&str; 5] = ["PCMU", "PCMA", "G722", "opus", "GSM"];
+use crate::audio::codec::Codec;
 
 /// The SRS's SDP answer to `offer` (RFC 3264, RFC 7866 §7.1.1):
 ///
@@ -69,11 +67,9 @@ pub fn answer_sdp(
 pub fn decodable_codec(m: &MediaDescription) -> Option<RtpMap> {
     m.formats.iter().find_map(|pt| {
         let map = m.codec(*pt)?;
-        // L16 only where its decoder goes (8/16 kHz, mono or stereo).
-        let l16 = map.is("L16")
-            && matches!(map.clock_rate, 8000 | 16000)
-            && matches!(map.channels, None | Some(1) | Some(2));
-        (l16 || SUPPORTED.iter().any(|n| map.is(n))).then_some(map)
+        Codec::from_rtpmap(&map.encoding, map.clock_rate, map.channels)
+            .is_decodable()
+            .then_some(map)
     })
 }
 

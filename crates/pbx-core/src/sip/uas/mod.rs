@@ -108,6 +108,12 @@ const ACCEPT: &str =
 const SUPPORTED_TAGS: [&str; 1] = ["siprec"];
 
 /// The transport a message came over (and its response goes back over).
+///
+/// Not [`crate::net::Transport`]: that one says which IP protocol a
+/// captured segment used (UDP or TCP; TLS cannot be seen in a capture, its
+/// bytes are just TCP), this one which SIP transport a live peer used, TLS
+/// included, which decides the Via name, the Contact port and whether
+/// responses are retransmitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
