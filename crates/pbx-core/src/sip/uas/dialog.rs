@@ -44,18 +44,8 @@ impl Dialog {
 }
 
 impl Uas {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn in_dialog(
-        &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        msg: &SipMessage,
-        method: &Method,
-        key: TxKey,
-        req: ReqHeaders,
-        id: DialogId,
-    ) {
+    pub(super) fn in_dialog(&mut self, rq: Fresh<'_>, method: &Method, id: DialogId) {
+        let (at, from, transport, msg) = (rq.at, rq.from, rq.transport, rq.msg);
         let Some(dl) = self.dialogs.get_mut(&id) else {
             return;
         };
@@ -63,36 +53,16 @@ impl Uas {
         // with another method (a BYE reusing the re-INVITE's CSeq, as some
         // SRCs do) is a new request; a retransmission never gets here.
         if msg.cseq < dl.remote_cseq {
-            self.new_final(
-                at,
-                from,
-                transport,
-                key,
-                req,
-                msg,
-                500,
-                "CSeq Out of Order",
-                &[],
-            );
+            self.new_final(rq, 500, "CSeq Out of Order", &[]);
             return;
         }
         dl.remote_cseq = msg.cseq;
         let local_tag = id.local_tag.clone();
         match method {
             Method::Invite | Method::Update => {
-                let need = 3 * (req.footprint() + ENTRY_OVERHEAD) + 4096;
+                let need = 3 * (rq.req.footprint() + ENTRY_OVERHEAD) + 4096;
                 if !self.has_room(need) {
-                    self.new_final(
-                        at,
-                        from,
-                        transport,
-                        key,
-                        req,
-                        msg,
-                        503,
-                        "Service Unavailable",
-                        &[],
-                    );
+                    self.new_final(rq, 503, "Service Unavailable", &[]);
                     return;
                 }
                 let Some(dl) = self.dialogs.get_mut(&id) else {
@@ -100,17 +70,7 @@ impl Uas {
                 };
                 if dl.pending.is_some() {
                     let extra = [("Retry-After", "1".to_string())];
-                    self.new_final(
-                        at,
-                        from,
-                        transport,
-                        key,
-                        req,
-                        msg,
-                        500,
-                        "Request Pending",
-                        &extra,
-                    );
+                    self.new_final(rq, 500, "Request Pending", &extra);
                     return;
                 }
                 // Target refresh (RFC 3261 §12.2.2, RFC 3311 §5.2).
@@ -128,23 +88,13 @@ impl Uas {
                 }
                 dl.peer = from;
                 dl.transport = transport;
-                dl.pending = Some(key.clone());
+                dl.pending = Some(rq.key.clone());
                 let kind = if *method == Method::Invite {
                     TxKind::Reinvite
                 } else {
                     TxKind::Update
                 };
-                self.start_proceeding(
-                    at,
-                    from,
-                    transport,
-                    key,
-                    req,
-                    msg,
-                    kind,
-                    local_tag,
-                    Some(id.clone()),
-                );
+                self.start_proceeding(rq, kind, local_tag, Some(id.clone()));
                 let ev = if kind == TxKind::Reinvite {
                     UasEvent::Reinvite {
                         dialog: id,
@@ -164,18 +114,9 @@ impl Uas {
                     self.final_failure(&p, 487, "Request Terminated", &[], at);
                 }
                 self.stop_ack_wait(&id);
-                if self.hold_byes && self.has_room(2 * (req.footprint() + ENTRY_OVERHEAD)) {
-                    self.start_proceeding(
-                        at,
-                        from,
-                        transport,
-                        key.clone(),
-                        req,
-                        msg,
-                        TxKind::HeldBye,
-                        local_tag,
-                        None,
-                    );
+                if self.hold_byes && self.has_room(2 * (rq.req.footprint() + ENTRY_OVERHEAD)) {
+                    let key = rq.key.clone();
+                    self.start_proceeding(rq, TxKind::HeldBye, local_tag, None);
                     if let Some(tx) = self.txs.get_mut(&key) {
                         tx.decide_by = Some(at.add_micros(BYE_HOLD_MAX_US));
                     }
@@ -186,35 +127,15 @@ impl Uas {
                         self.final_response(&old, 200, "OK", &[], at);
                     }
                 } else {
-                    self.new_final(at, from, transport, key, req, msg, 200, "OK", &[]);
+                    self.new_final(rq, 200, "OK", &[]);
                 }
                 self.end_dialog(&id, EndCause::Bye);
             }
             Method::Options | Method::Info => {
-                self.new_final(at, from, transport, key, req, msg, 200, "OK", &[]);
+                self.new_final(rq, 200, "OK", &[]);
             }
-            Method::Prack => self.new_final(
-                at,
-                from,
-                transport,
-                key,
-                req,
-                msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            ),
-            _ => self.new_final(
-                at,
-                from,
-                transport,
-                key,
-                req,
-                msg,
-                405,
-                "Method Not Allowed",
-                &[],
-            ),
+            Method::Prack => self.new_final(rq, 481, "Call/Transaction Does Not Exist", &[]),
+            _ => self.new_final(rq, 405, "Method Not Allowed", &[]),
         }
     }
 }

@@ -17,40 +17,37 @@ impl Uas {
 
     /// A final response on a fresh server transaction (non-INVITE, or an
     /// INVITE refused outright).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_final(
         &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        key: TxKey,
-        req: ReqHeaders,
-        msg: &SipMessage,
+        rq: Fresh<'_>,
         code: u16,
         reason: &str,
         extra: &[(&'static str, String)],
     ) {
-        let tag = match &msg.to.tag {
+        let tag = match &rq.msg.to.tag {
             Some(t) => t.clone(),
             None => self.next_tag(),
         };
-        self.new_final_tagged(at, from, transport, key, req, msg, code, reason, extra, tag);
+        self.new_final_tagged(rq, code, reason, extra, tag);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// [`Uas::new_final`] with our To-tag given.
     pub(super) fn new_final_tagged(
         &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        key: TxKey,
-        req: ReqHeaders,
-        msg: &SipMessage,
+        rq: Fresh<'_>,
         code: u16,
         reason: &str,
         extra: &[(&'static str, String)],
         tag: String,
     ) {
+        let Fresh {
+            at,
+            from,
+            transport,
+            key,
+            req,
+            msg,
+        } = rq;
         let options = msg.method() == Some(&Method::Options);
         let opts = RespOpts {
             allow: code == 405 || options,

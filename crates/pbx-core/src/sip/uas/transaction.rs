@@ -20,6 +20,18 @@ pub(super) struct TxKey {
     pub(super) method: String,
 }
 
+/// A request that opens a new server transaction, with what its final
+/// response or its proceeding state needs: one value handed down from
+/// [`Uas::on_request`] instead of the same six arguments at every call.
+pub(super) struct Fresh<'m> {
+    pub(super) at: Timestamp,
+    pub(super) from: SocketAddr,
+    pub(super) transport: Transport,
+    pub(super) key: TxKey,
+    pub(super) req: ReqHeaders,
+    pub(super) msg: &'m SipMessage,
+}
+
 /// What a response needs from its request.
 #[derive(Debug, Clone)]
 pub(super) struct ReqHeaders {
@@ -147,23 +159,21 @@ impl Uas {
             }
             return;
         }
+        let rq = Fresh {
+            at,
+            from,
+            transport,
+            key,
+            req,
+            msg,
+        };
         if method == Method::Cancel {
-            self.on_cancel(at, from, transport, msg, key, req);
+            self.on_cancel(rq);
             return;
         }
         if let Some(bad) = unsupported_require(msg) {
             let extra = [("Unsupported", bad)];
-            self.new_final(
-                at,
-                from,
-                transport,
-                key,
-                req,
-                msg,
-                420,
-                "Bad Extension",
-                &extra,
-            );
+            self.new_final(rq, 420, "Bad Extension", &extra);
             return;
         }
         match msg.to.tag.clone() {
@@ -174,65 +184,28 @@ impl Uas {
                     remote_tag: msg.from.tag.clone().unwrap_or_default(),
                 };
                 if self.dialogs.contains_key(&id) {
-                    self.in_dialog(at, from, transport, msg, &method, key, req, id);
+                    self.in_dialog(rq, &method, id);
                 } else {
-                    self.new_final(
-                        at,
-                        from,
-                        transport,
-                        key,
-                        req,
-                        msg,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        &[],
-                    );
+                    self.new_final(rq, 481, "Call/Transaction Does Not Exist", &[]);
                 }
             }
             None => match method {
-                Method::Invite => self.new_invite(at, from, transport, msg, key, req),
-                Method::Options => {
-                    self.new_final(at, from, transport, key, req, msg, 200, "OK", &[])
+                Method::Invite => self.new_invite(rq),
+                Method::Options => self.new_final(rq, 200, "OK", &[]),
+                Method::Bye | Method::Update | Method::Info | Method::Prack => {
+                    self.new_final(rq, 481, "Call/Transaction Does Not Exist", &[])
                 }
-                Method::Bye | Method::Update | Method::Info | Method::Prack => self.new_final(
-                    at,
-                    from,
-                    transport,
-                    key,
-                    req,
-                    msg,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    &[],
-                ),
-                _ => self.new_final(
-                    at,
-                    from,
-                    transport,
-                    key,
-                    req,
-                    msg,
-                    405,
-                    "Method Not Allowed",
-                    &[],
-                ),
+                _ => self.new_final(rq, 405, "Method Not Allowed", &[]),
             },
         }
     }
 
-    pub(super) fn new_invite(
-        &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        msg: &SipMessage,
-        key: TxKey,
-        req: ReqHeaders,
-    ) {
+    pub(super) fn new_invite(&mut self, rq: Fresh<'_>) {
+        let (from, transport, msg) = (rq.from, rq.transport, rq.msg);
         // Room for the dialog, its transaction and the 200 (~3 header copies).
-        let need = 3 * (req.footprint() + ENTRY_OVERHEAD) + 4096;
+        let need = 3 * (rq.req.footprint() + ENTRY_OVERHEAD) + 4096;
         if self.dialogs.len() >= MAX_DIALOGS || !self.has_room(need) {
-            self.stateless(&req, from, transport, 503, "Service Unavailable");
+            self.stateless(&rq.req, from, transport, 503, "Service Unavailable");
             return;
         }
         let local_tag = self.next_tag();
@@ -249,25 +222,15 @@ impl Uas {
             remote_cseq: msg.cseq,
             local_cseq: 0,
             remote_target,
-            route_set: req.record_route.clone(),
-            local_hdr: format!("{};tag={local_tag}", req.to),
-            remote_hdr: req.from.clone(),
-            pending: Some(key.clone()),
+            route_set: rq.req.record_route.clone(),
+            local_hdr: format!("{};tag={local_tag}", rq.req.to),
+            remote_hdr: rq.req.from.clone(),
+            pending: Some(rq.key.clone()),
             ack_wait: None,
             size: 0,
         };
         self.insert_dialog(id.clone(), dialog);
-        self.start_proceeding(
-            at,
-            from,
-            transport,
-            key,
-            req,
-            msg,
-            TxKind::InitialInvite,
-            local_tag,
-            Some(id.clone()),
-        );
+        self.start_proceeding(rq, TxKind::InitialInvite, local_tag, Some(id.clone()));
         self.events.push_back(UasEvent::NewCall {
             dialog: id,
             invite: msg.clone(),
@@ -276,19 +239,21 @@ impl Uas {
     }
 
     /// A new server transaction waiting for the shell (INVITE gets 100).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_proceeding(
         &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        key: TxKey,
-        req: ReqHeaders,
-        msg: &SipMessage,
+        rq: Fresh<'_>,
         kind: TxKind,
         local_tag: String,
         dialog: Option<DialogId>,
     ) {
+        let Fresh {
+            at,
+            from,
+            transport,
+            key,
+            req,
+            msg,
+        } = rq;
         let last_response = matches!(kind, TxKind::InitialInvite | TxKind::Reinvite).then(|| {
             let opts = RespOpts {
                 timestamp: true,
@@ -356,38 +321,21 @@ impl Uas {
         }
     }
 
-    pub(super) fn on_cancel(
-        &mut self,
-        at: Timestamp,
-        from: SocketAddr,
-        transport: Transport,
-        msg: &SipMessage,
-        key: TxKey,
-        req: ReqHeaders,
-    ) {
+    pub(super) fn on_cancel(&mut self, rq: Fresh<'_>) {
+        let at = rq.at;
         let invite_key = TxKey {
             method: "INVITE".into(),
-            ..key.clone()
+            ..rq.key.clone()
         };
         let Some(inv) = self.txs.get(&invite_key) else {
-            self.new_final(
-                at,
-                from,
-                transport,
-                key,
-                req,
-                msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            );
+            self.new_final(rq, 481, "Call/Transaction Does Not Exist", &[]);
             return;
         };
         let pending = inv.state == TxState::Proceeding;
         let kind = inv.kind;
         let dialog = inv.dialog.clone();
         let tag = inv.local_tag.clone();
-        self.new_final_tagged(at, from, transport, key, req, msg, 200, "OK", &[], tag);
+        self.new_final_tagged(rq, 200, "OK", &[], tag);
         if !pending {
             return;
         }
