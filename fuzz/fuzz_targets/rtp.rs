@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use pbx_core::rtp::{
     event_to_digit, is_probably_rtp, is_rtcp, parse_rtp, parse_telephone_event, SeqTracker,
-    TsUnwrapper,
+    SeqUpdate, TsUnwrapper,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -20,10 +20,20 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_telephone_event(data);
     let mut seq = SeqTracker::new();
     let mut ts = TsUnwrapper::new();
+    let mut fed = 0u64;
     for c in data.chunks_exact(6) {
-        let ext = seq.update(u16::from_be_bytes([c[0], c[1]]));
-        assert!(ext <= seq.max_extended().max(ext));
+        let before = seq.max_extended();
+        let u = seq.update(u16::from_be_bytes([c[0], c[1]]));
+        fed += 1;
+        // Only a newest packet moves the highest extended number, and only up.
+        let after = seq.max_extended();
+        match (u, before) {
+            (SeqUpdate::Newest, Some(b)) => assert!(after > Some(b)),
+            (_, Some(_)) => assert_eq!(after, before),
+            (_, None) => assert!(after.is_some()),
+        }
         let _ = ts.unwrap(u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
     }
-    let _ = (seq.lost(), seq.expected());
+    assert_eq!(seq.received() + seq.duplicates(), fed);
+    let _ = seq.lost();
 });

@@ -17,11 +17,15 @@
 //!   IPv4/IPv6, IPv4 defragmentation, TCP reassembly).
 //! - [`hep`]: HEP (Homer) packets from capture agents → segments, beside
 //!   `net` (the agent did the capturing and the unwrapping).
-//! - [`sip`]: SIP messages (via `rsip`), TCP framing, SDP.
-//! - [`rtp`]: RTP/RTCP header parsing, RFC 4733 telephone events.
-//! - [`audio`]: decoders (G.711, G.722, Opus, L16), resampling, the two-channel
-//!   timeline, the WAV writer.
-//! - [`call`]: the `CallEngine` that ties it all together.
+//! - [`sip`]: SIP messages (via `rsip`), TCP framing, SDP, the SIPREC
+//!   server's UAS (`sip::uas`: transaction, dialog, response, timers) and
+//!   SIPREC bodies (`sip::siprec`: xml, metadata, body, channel, answer).
+//! - [`rtp`]: RTP/RTCP header parsing, RFC 4733 telephone events, the one
+//!   sequence tracker.
+//! - [`audio`]: decoders (G.711, G.722, GSM, Opus, L16; the one codec list),
+//!   resampling, the two-channel timeline, the WAV writer.
+//! - [`call`]: the `CallEngine` that ties it all together (demux, dialog,
+//!   leg, seq; the per-leg `timeline`).
 
 pub mod audio;
 pub mod call;

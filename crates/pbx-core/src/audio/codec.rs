@@ -206,6 +206,17 @@ impl Codec {
         }
     }
 
+    /// [`new_decoder`] has a decoder for it: the one list of codecs the
+    /// recorder decodes (the SIPREC SDP answer offers only these). L16 only
+    /// at 8 or 16 kHz, mono or stereo.
+    pub fn is_decodable(&self) -> bool {
+        match self {
+            Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::Gsm | Codec::Opus => true,
+            Codec::L16 { rate, channels } => L16Decoder::new(*rate, *channels).is_some(),
+            Codec::TelephoneEvent { .. } | Codec::ComfortNoise | Codec::Unknown { .. } => false,
+        }
+    }
+
     /// Carries audio to decode (false for telephone-event, CN and unknowns).
     pub fn is_audio(&self) -> bool {
         matches!(
@@ -584,6 +595,37 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one codec list: `is_decodable` says exactly where `new_decoder`
+    /// has a decoder (the SIPREC answer offers only those).
+    #[test]
+    fn is_decodable_matches_new_decoder() {
+        let mut codecs = vec![
+            Codec::Pcmu,
+            Codec::Pcma,
+            Codec::G722,
+            Codec::Gsm,
+            Codec::Opus,
+            Codec::TelephoneEvent { rate: 8000 },
+            Codec::ComfortNoise,
+            Codec::from_rtpmap("G729", 8000, None),
+        ];
+        for rate in [8000, 11025, 16000, 44100, 48000] {
+            for channels in 0..=3 {
+                codecs.push(Codec::L16 { rate, channels });
+            }
+        }
+        for c in &codecs {
+            for out in [8000, 16000] {
+                assert_eq!(
+                    c.is_decodable(),
+                    new_decoder(c, out).is_some(),
+                    "{c:?} at {out}"
+                );
+            }
+        }
+        assert_eq!(codecs.iter().filter(|c| c.is_decodable()).count(), 5 + 4);
+    }
 
     #[test]
     fn static_payload_types() {

@@ -1,6 +1,10 @@
 //! The call engine: SIP dialogs, RTP legs and the two-channel timeline.
+mod demux;
+mod dialog;
 pub mod engine;
+mod leg;
 pub mod meta;
+mod seq;
 pub mod timeline;
 
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};

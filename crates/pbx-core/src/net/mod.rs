@@ -44,7 +44,9 @@ use link::L3;
 use tcp::{TcpFlags, TcpReassembler};
 use tunnel::Inner;
 
-/// The transport protocol of a [`Segment`].
+/// The transport protocol of a [`Segment`]: what a capture shows. Not the
+/// SIP transport of the live UAS ([`crate::sip::uas::Transport`], which has
+/// TLS: decrypted by the shell, never seen here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,

@@ -4,8 +4,8 @@
 //! - [`is_rtcp`] / [`is_probably_rtp`]: classify a datagram (RFC 5761 §4
 //!   demultiplexing rule, so rtcp-mux streams sort correctly).
 //! - [`parse_telephone_event`] / [`event_to_digit`]: RFC 4733 DTMF events.
-//! - [`SeqTracker`]: RFC 3550 A.1-style extended sequence numbers with loss,
-//!   duplicate and reorder counts.
+//! - [`SeqTracker`]: extended sequence numbers with loss and duplicate counts
+//!   (the one tracker: the call engine's).
 //! - [`TsUnwrapper`]: 32-bit RTP timestamps extended to `i64` across wraps.
 //!
 //! Promises: parsing borrows (no copies of payloads), validates every length
@@ -14,7 +14,7 @@
 
 mod seq;
 
-pub use seq::{SeqTracker, TsUnwrapper, MAX_DROPOUT, MAX_MISORDER};
+pub use seq::{SeqTracker, SeqUpdate, TsUnwrapper};
 
 /// Why bytes are not a valid RTP packet / telephone event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,524 @@
+//! Dialogs and SDP: SIP messages in, calls and their announced media out.
+//!
+//! In: parsed SIP messages (any direction) with their addresses. Out: a
+//! [`Call`] per Call-ID with its parties, state and the receive addresses
+//! and payload-type maps each side announced in SDP (offer or answer, in
+//! INVITE, 18x, 2xx, ACK, UPDATE, PRACK), SIPREC stream → channel
+//! assignments, and call ends (BYE, CANCEL, failure). Promises: the
+//! INVITE's sender is the caller; retransmissions are counted once.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+use std::net::SocketAddr;
+
+use crate::audio::codec::Codec;
+use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, RecordingSink};
+use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
+use crate::sip::sdp::{parse_sdp, SessionDescription};
+use crate::sip::siprec::{assign_streams, is_siprec_request, siprec_parts};
+use crate::Timestamp;
+
+use super::{engine::*, leg::*};
+
+/// Receive addresses and payload-type map announced by one side.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SideMedia {
+    pub(super) endpoints: Vec<SocketAddr>,
+    pub(super) pt_map: FxHashMap<u8, Codec>,
+    /// First audio codec of the latest SDP of this side.
+    pub(super) preferred: Option<Codec>,
+}
+
+pub(super) struct Media {
+    pub(super) t0: Timestamp,
+    pub(super) rate: u32,
+    pub(super) legs: [Leg; 2],
+    /// Frames handed to the sink (the next timeline position to render).
+    pub(super) frames_out: u64,
+    /// Timeline position of frame 0 (<= 0): set when the first audio is
+    /// written. Negative when the call's first packet was itself late: its
+    /// place on the envelope is before its arrival, and time zero moves there
+    /// (by at most the jitter window) so that none of its audio is cut.
+    pub(super) origin: Option<i64>,
+    /// The jitter window this call started with (a reload changing
+    /// `jitter_ms` applies to new calls: the mixer is sized for this one).
+    pub(super) jitter_ms: u32,
+}
+
+pub(super) enum CallState {
+    Setup,
+    Answered,
+    /// BYE / CANCEL / failure seen at this time; finalised one jitter window later.
+    Ending(Timestamp, EndReason),
+}
+
+pub(super) struct Call {
+    pub(super) key: CallKey,
+    pub(super) call_id: String,
+    pub(super) caller_tag: Option<String>,
+    pub(super) caller: NameAddr,
+    pub(super) callee: NameAddr,
+    pub(super) caller_known: bool,
+    pub(super) initial_cseq: Option<u32>,
+    pub(super) started_at: Timestamp,
+    pub(super) answered_at: Option<Timestamp>,
+    pub(super) last_sip: Timestamp,
+    pub(super) last_rtp: Timestamp,
+    pub(super) state: CallState,
+    pub(super) sides: [SideMedia; 2],
+    pub(super) media: Option<Media>,
+    pub(super) seen_msgs: VecDeque<(u32, String, u16, String)>,
+    pub(super) dtmf: Vec<Dtmf>,
+    pub(super) warnings: Vec<String>,
+    /// ZRTP was seen on the call's media: the audio is encrypted.
+    pub(super) zrtp: bool,
+    /// The SDP negotiated SRTP (RTP/SAVP…), which this engine does not
+    /// decrypt: how its keys were exchanged.
+    pub(super) srtp: Option<&'static str>,
+    /// SIPREC recording session: the party of each SDP m-line.
+    pub(super) siprec: Option<Vec<Option<Party>>>,
+    /// SIPREC: the recorded call's parties and Call-ID from the metadata.
+    pub(super) rec_caller: Option<NameAddr>,
+    pub(super) rec_callee: Option<NameAddr>,
+    pub(super) recorded_call_id: Option<String>,
+}
+
+impl Call {
+    pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
+        // In requests From is the sender; in responses From is still the
+        // request's sender, so the responder is the other party.
+        let from_is_caller = match (&self.caller_tag, &msg.from.tag) {
+            (Some(c), Some(t)) => c == t,
+            _ => msg.from.uri == self.caller.uri,
+        };
+        let requester = if from_is_caller {
+            Party::Caller
+        } else {
+            Party::Callee
+        };
+        if msg.is_request() {
+            requester
+        } else {
+            requester.other()
+        }
+    }
+}
+
+impl Tracker {
+    // ---------------------------------------------------------------- SIP
+
+    pub(super) fn handle_sip(
+        &mut self,
+        ts: Timestamp,
+        _src: SocketAddr,
+        _dst: SocketAddr,
+        msg: SipMessage,
+        sink: &mut dyn RecordingSink,
+    ) {
+        self.stats.sip_messages += 1;
+        if msg.call_id.is_empty() {
+            self.stats.sip_malformed += 1;
+            return;
+        }
+        let is_invite = matches!(msg.method(), Some(Method::Invite));
+        let mut key = self.by_call_id.get(&msg.call_id).copied();
+
+        // A new initial INVITE for a Call-ID whose call has ended: a new call.
+        if let (Some(k), true) = (key, is_invite && msg.to.tag.is_none()) {
+            let replace = self.calls.get(&k).is_some_and(|c| {
+                matches!(c.state, CallState::Ending(..))
+                    && c.initial_cseq.is_some_and(|s| msg.cseq > s)
+            });
+            if replace {
+                self.finalize(k, EndReason::Replaced, sink);
+                key = None;
+            }
+        }
+
+        let key = match key {
+            Some(k) => k,
+            None => {
+                // Only an INVITE opens a call.
+                if !is_invite {
+                    return;
+                }
+                self.open_call(ts, &msg, sink)
+            }
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_sip = ts;
+
+        // Retransmission detection: same CSeq, method, status and branch.
+        let sig = (
+            msg.cseq,
+            format!("{:?}", msg.cseq_method),
+            msg.status().unwrap_or(0),
+            msg.via_branch.clone().unwrap_or_default(),
+        );
+        if call.seen_msgs.contains(&sig) {
+            self.stats.sip_retransmissions += 1;
+            return;
+        }
+        if call.seen_msgs.len() >= 64 {
+            call.seen_msgs.pop_front();
+        }
+        call.seen_msgs.push_back(sig);
+
+        // A new INVITE without To-tag on a call still being set up is the
+        // retry after an authentication challenge (401/407): same call.
+        if is_invite && msg.to.tag.is_none() && matches!(call.state, CallState::Setup) {
+            call.initial_cseq = Some(msg.cseq);
+        }
+        let side = call.side_of_sender(&msg);
+        let sdp_body = sdp_of(&msg);
+        match &msg.start {
+            StartLine::Request { method, .. } => match method {
+                Method::Invite | Method::Ack | Method::Update | Method::Prack => {}
+                Method::Bye if !matches!(call.state, CallState::Ending(..)) => {
+                    call.state = CallState::Ending(ts, EndReason::Bye);
+                }
+                Method::Cancel
+                    if !matches!(call.state, CallState::Ending(..))
+                        && call.answered_at.is_none() =>
+                {
+                    call.state = CallState::Ending(ts, EndReason::Cancel);
+                }
+                _ => {}
+            },
+            StartLine::Response { code, .. } => {
+                let code = *code;
+                if msg.cseq_method == Method::Invite {
+                    if (200..300).contains(&code) {
+                        if call.answered_at.is_none() {
+                            call.answered_at = Some(ts);
+                        }
+                        if matches!(call.state, CallState::Setup) {
+                            call.state = CallState::Answered;
+                        }
+                        if call.callee.tag.is_none() {
+                            call.callee.tag = msg.to.tag.clone();
+                        }
+                    } else if code >= 300
+                        && code != 401
+                        && code != 407
+                        && call.answered_at.is_none()
+                        && call.initial_cseq == Some(msg.cseq)
+                        && !matches!(call.state, CallState::Ending(..))
+                    {
+                        let r = if code == 487 {
+                            EndReason::Cancel
+                        } else {
+                            EndReason::Rejected
+                        };
+                        call.state = CallState::Ending(ts, r);
+                    }
+                }
+            }
+        }
+        let is_siprec_offer = msg.is_request()
+            && matches!(msg.method(), Some(Method::Invite | Method::Update))
+            && (msg
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"))
+                || (sdp_body.is_some() && (self.cfg.siprec_server || is_siprec_request(&msg))));
+        if is_siprec_offer {
+            if let Some(sdp) = self.apply_siprec_metadata(key, &msg) {
+                self.apply_sdp(key, side, &sdp, true);
+                return;
+            }
+        }
+        if let Some(body) = sdp_body {
+            match parse_sdp(&body) {
+                Ok(sdp) => self.apply_sdp(key, side, &sdp, msg.is_request()),
+                Err(_) => self.stats.sdp_malformed += 1,
+            }
+        }
+    }
+
+    pub(super) fn open_call(
+        &mut self,
+        ts: Timestamp,
+        msg: &SipMessage,
+        sink: &mut dyn RecordingSink,
+    ) -> CallKey {
+        if self.calls.len() >= self.cfg.max_calls {
+            // Forget the oldest call without media; if all have media, end the oldest.
+            let victim = self
+                .calls
+                .values()
+                .filter(|c| c.media.is_none())
+                .min_by_key(|c| c.last_sip)
+                .or_else(|| self.calls.values().min_by_key(|c| c.last_rtp))
+                .map(|c| c.key);
+            if let Some(v) = victim {
+                self.stats.calls_evicted += 1;
+                self.finalize(v, EndReason::RtpTimeout, sink);
+            }
+        }
+        let key = CallKey(self.next_key);
+        self.next_key += 1;
+        self.stats.calls_seen += 1;
+        let initial = msg.to.tag.is_none();
+        let call = Call {
+            key,
+            call_id: msg.call_id.clone(),
+            caller_tag: msg.from.tag.clone(),
+            caller: msg.from.clone(),
+            callee: msg.to.clone(),
+            caller_known: initial,
+            initial_cseq: Some(msg.cseq),
+            started_at: ts,
+            answered_at: if initial { None } else { Some(ts) },
+            last_sip: ts,
+            last_rtp: ts,
+            state: if initial {
+                CallState::Setup
+            } else {
+                CallState::Answered
+            },
+            sides: [SideMedia::default(), SideMedia::default()],
+            media: None,
+            seen_msgs: VecDeque::new(),
+            dtmf: Vec::new(),
+            zrtp: false,
+            srtp: None,
+            siprec: None,
+            rec_caller: None,
+            rec_callee: None,
+            recorded_call_id: None,
+            warnings: if initial {
+                Vec::new()
+            } else {
+                vec![
+                    "capture started mid-call: caller/callee taken from the first re-INVITE seen"
+                        .into(),
+                ]
+            },
+        };
+        self.calls.insert(key, call);
+        self.by_call_id.insert(msg.call_id.clone(), key);
+        key
+    }
+
+    /// Register the media an SDP body announces. For a normal call the body
+    /// says where `side` receives. For a SIPREC recording session each m-line
+    /// carries one party's voice (from the metadata): the SRC's offer lines
+    /// are where that voice comes from, the SRS's answer lines where it goes.
+    pub(super) fn apply_sdp(
+        &mut self,
+        key: CallKey,
+        side: Party,
+        sdp: &SessionDescription,
+        is_request: bool,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let siprec = call.siprec.clone();
+        let mut first_audio: Option<Codec> = None;
+        for (i, m) in sdp.media.iter().enumerate() {
+            if !m.media.eq_ignore_ascii_case("audio") {
+                continue;
+            }
+            // SRTP seen from outside (sniffing, captures): the engine has no
+            // decryption, so the audio would be noise. The SIPREC server's
+            // sockets decrypt before the engine and are not affected.
+            if !self.cfg.siprec_server
+                && m.port != 0
+                && m.proto.to_ascii_uppercase().contains("SAVP")
+                && call.srtp.is_none()
+            {
+                let how = if !m.crypto.is_empty() {
+                    "SDES keys (a=crypto), which pbx-edge does not apply when sniffing or importing"
+                } else if m
+                    .attributes
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("fingerprint"))
+                    || sdp
+                        .attributes
+                        .iter()
+                        .any(|(n, _)| n.eq_ignore_ascii_case("fingerprint"))
+                {
+                    "DTLS-SRTP, whose keys never appear on the wire"
+                } else {
+                    "keys exchanged outside the SDP"
+                };
+                call.srtp = Some(how);
+                push_warning(
+                    &mut call.warnings,
+                    format!("the parties negotiated SRTP ({}) with {how}: their audio is encrypted and cannot be recorded here; the channels are silent", m.proto),
+                );
+            }
+            // (who this line's packets belong to as registered side)
+            let reg_side = match &siprec {
+                Some(parties) => match parties.get(i).copied().flatten() {
+                    Some(p) if is_request => p,
+                    Some(p) => p.other(),
+                    None => continue,
+                },
+                None => side,
+            };
+            for pt in &m.formats {
+                let codec = m
+                    .rtpmap(*pt)
+                    .map(|r| Codec::from_rtpmap(&r.encoding, r.clock_rate, r.channels))
+                    .or_else(|| Codec::from_static_pt(*pt));
+                if let Some(c) = codec {
+                    if first_audio.is_none() && c.is_audio() {
+                        first_audio = Some(c.clone());
+                    }
+                    if siprec.is_some() {
+                        // Both parties' streams use the session's payload numbers.
+                        call.sides[0].pt_map.insert(*pt, c.clone());
+                        call.sides[1].pt_map.insert(*pt, c);
+                    } else {
+                        call.sides[side.channel()].pt_map.insert(*pt, c);
+                    }
+                }
+            }
+            let s = &mut call.sides[reg_side.channel()];
+            if m.port == 0 {
+                continue;
+            }
+            if let Some(addr) = m.effective_connection(sdp) {
+                if addr.is_unspecified() {
+                    continue; // RFC 2543 hold: no address
+                }
+                let ep = SocketAddr::new(addr, m.port);
+                if !s.endpoints.contains(&ep) {
+                    if s.endpoints.len() >= 16 {
+                        s.endpoints.remove(0);
+                    }
+                    s.endpoints.push(ep);
+                }
+                self.endpoints.insert(ep, (key, reg_side));
+            }
+        }
+        if first_audio.is_some() {
+            call.sides[side.channel()].preferred = first_audio;
+        }
+        // New SDP may bring new streams (re-INVITE, transfer): let them take over at once.
+        if let Some(media) = call.media.as_mut() {
+            for leg in &mut media.legs {
+                leg.flow = None;
+            }
+        }
+    }
+
+    /// A SIPREC INVITE / UPDATE: which m-line is whose voice, and who the
+    /// recorded call's parties are (CONTRACT §3: the first participant that
+    /// sends a stream is the caller).
+    pub(super) fn apply_siprec_metadata(
+        &mut self,
+        key: CallKey,
+        msg: &SipMessage,
+    ) -> Option<SessionDescription> {
+        let (sdp, session) = siprec_parts(msg).ok()?;
+        let call = self.calls.get_mut(&key)?;
+        let Some(session) = session else {
+            if call.siprec.is_some() {
+                return None; // the metadata's assignment stays
+            }
+            // No metadata (yet: RFC 7866 lets it come in a later request):
+            // the audio m-lines in order, the first the caller's. Metadata
+            // arriving later replaces this.
+            let mut next = [Party::Caller, Party::Callee].into_iter();
+            let parties = sdp
+                .media
+                .iter()
+                .map(|m| {
+                    m.media
+                        .eq_ignore_ascii_case("audio")
+                        .then(|| next.next())
+                        .flatten()
+                })
+                .collect();
+            push_warning(
+                &mut call.warnings,
+                "SIPREC offer without metadata: channel 0 is the first audio stream of the SDP, channel 1 the second".to_string(),
+            );
+            call.siprec = Some(parties);
+            return Some(sdp);
+        };
+        match assign_streams(&sdp, &session) {
+            Ok(assign) => {
+                let n = sdp.media.len();
+                let mut parties = vec![None; n];
+                for a in &assign {
+                    if let Some(slot) = parties.get_mut(a.m_line) {
+                        *slot = a.party;
+                    }
+                    if let Some(w) = &a.warning {
+                        push_warning(&mut call.warnings, w.clone());
+                    }
+                }
+                call.siprec = Some(parties);
+                for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
+                    let pid = assign
+                        .iter()
+                        .find(|a| a.party == Some(party))
+                        .and_then(|a| a.participant.clone());
+                    if let Some(p) =
+                        pid.and_then(|id| session.participants.iter().find(|p| p.id == id))
+                    {
+                        let na = NameAddr {
+                            display_name: p.name.clone(),
+                            uri: p.aor.clone().unwrap_or_default(),
+                            user: p.number.clone(),
+                            host: None,
+                            tag: None,
+                        };
+                        if slot == 0 {
+                            call.rec_caller = Some(na);
+                        } else {
+                            call.rec_callee = Some(na);
+                        }
+                    }
+                }
+                if let Some(cid) = &session.call_id_hint {
+                    call.recorded_call_id = Some(cid.clone());
+                }
+            }
+            Err(e) => {
+                push_warning(
+                    &mut call.warnings,
+                    format!("SIPREC metadata not usable: {e}"),
+                );
+            }
+        }
+        Some(sdp)
+    }
+}
+
+pub(super) fn party_info(n: &NameAddr) -> PartyInfo {
+    PartyInfo {
+        number: n.user.clone().unwrap_or_default(),
+        name: n.display_name.clone().unwrap_or_default(),
+        uri: n.uri.clone(),
+    }
+}
+
+/// The SDP text carried by a message, if any (plain `application/sdp`, or the
+/// SDP part of a multipart body).
+pub(super) fn sdp_of(msg: &SipMessage) -> Option<String> {
+    if msg.body.is_empty() {
+        return None;
+    }
+    let ct = msg.content_type.as_deref().unwrap_or("application/sdp");
+    let body = String::from_utf8_lossy(&msg.body);
+    if ct.starts_with("application/sdp") {
+        return Some(body.into_owned());
+    }
+    if ct.starts_with("multipart/") {
+        // Minimal: find the SDP inside (SIPREC bodies are handled by the SIPREC source).
+        let start = body.find("\nv=0")?;
+        let rest = &body[start + 1..];
+        let end = rest.find("\n--").map(|e| e + 1).unwrap_or(rest.len());
+        return Some(rest[..end].to_string());
+    }
+    None
+}

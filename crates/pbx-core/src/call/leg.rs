@@ -1,0 +1,602 @@
+//! Per-leg RTP: packets in, PCM on the call's timeline out to the sink.
+//!
+//! In: RTP packets matched to a call (by destination, else by source).
+//! Out: decoded audio placed on each leg's [`LegTimeline`], DTMF events, and
+//! on flush the interleaved PCM handed to the [`RecordingSink`]; on
+//! finalize the call's [`CallMeta`]. Promises: one active flow per leg (a
+//! relayed copy is ignored, a new SSRC takes over once the old one is
+//! quiet); audio older than the jitter window is written, so memory does
+//! not grow with call length.
+
+use rustc_hash::FxHashMap;
+use std::net::SocketAddr;
+
+use crate::audio::codec::{new_decoder, Codec, Decoder};
+use crate::call::meta::{
+    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, RecordingSink,
+    RecordingStart,
+};
+use crate::call::timeline::{LegTimeline, Packet};
+use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
+use crate::Timestamp;
+
+use super::{dialog::*, engine::*, seq::*};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Flow {
+    pub(super) src: SocketAddr,
+    pub(super) dst: SocketAddr,
+    pub(super) ssrc: u32,
+    /// Matched by its destination (an SDP receive address) rather than its source.
+    pub(super) by_dst: bool,
+}
+
+pub(super) struct ActiveDecoder {
+    pub(super) pt: u8,
+    pub(super) codec: Codec,
+    pub(super) decoder: Option<Box<dyn Decoder>>,
+}
+
+pub(super) struct DtmfState {
+    pub(super) ssrc: u32,
+    pub(super) ts: u32,
+    pub(super) index: usize,
+}
+
+pub(super) struct Leg {
+    pub(super) party: Party,
+    pub(super) timeline: LegTimeline,
+    pub(super) order: DecodeOrder,
+    pub(super) decoder: Option<ActiveDecoder>,
+    pub(super) flow: Option<(Flow, Timestamp)>,
+    pub(super) seq: FxHashMap<u32, SeqTracker>,
+    pub(super) meta: ChannelMeta,
+    pub(super) dtmf: Option<DtmfState>,
+    pub(super) warned_codecs: Vec<u8>,
+}
+
+impl Leg {
+    pub(super) fn new(party: Party, rate: u32, hold_back: i64) -> Self {
+        Leg {
+            party,
+            timeline: LegTimeline::new(rate, hold_back),
+            order: DecodeOrder::default(),
+            decoder: None,
+            flow: None,
+            seq: FxHashMap::default(),
+            meta: ChannelMeta {
+                index: party.channel(),
+                party: match party {
+                    Party::Caller => "caller".into(),
+                    Party::Callee => "callee".into(),
+                },
+                ..ChannelMeta::default()
+            },
+            dtmf: None,
+            warned_codecs: Vec::new(),
+        }
+    }
+}
+
+impl Tracker {
+    // ---------------------------------------------------------------- RTP
+
+    pub(super) fn handle_rtp(
+        &mut self,
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        sink: &mut dyn RecordingSink,
+    ) {
+        let (key, speaker, by_dst) = match self.endpoints.get(&dst) {
+            Some((k, receiver)) => (*k, receiver.other(), true),
+            None => match self.endpoints.get(&src) {
+                Some((k, sender)) => (*k, *sender, false),
+                None => {
+                    self.stats.rtp_unmatched += 1;
+                    return;
+                }
+            },
+        };
+        let rtp = match parse_rtp(payload) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.rtp_malformed += 1;
+                return;
+            }
+        };
+        self.stats.rtp_packets += 1;
+        let jitter_ms = self.cfg.jitter_ms;
+        let policy = self.cfg.sample_rate;
+        let Some(call) = self.calls.get_mut(&key) else {
+            self.stats.rtp_unmatched += 1;
+            return;
+        };
+        let call_jitter = call.media.as_ref().map_or(jitter_ms, |m| m.jitter_ms);
+        if matches!(call.state, CallState::Ending(at, _) if ts.micros_since(at) > i64::from(call_jitter) * 1000)
+        {
+            return;
+        }
+        // Codec of this packet: the receiver's map first (the sender uses the
+        // payload numbers the receiver announced), then the sender's, then static.
+        let codec = call.sides[speaker.other().channel()]
+            .pt_map
+            .get(&rtp.payload_type)
+            .or_else(|| call.sides[speaker.channel()].pt_map.get(&rtp.payload_type))
+            .cloned()
+            .or_else(|| Codec::from_static_pt(rtp.payload_type));
+
+        if call.media.is_none() {
+            let wide = codec.as_ref().is_some_and(|c| c.is_wideband())
+                || call
+                    .sides
+                    .iter()
+                    .any(|s| s.preferred.as_ref().is_some_and(|c| c.is_wideband()));
+            let rate = match policy {
+                SampleRatePolicy::Fixed(r) => r,
+                SampleRatePolicy::Auto => {
+                    if wide {
+                        16000
+                    } else {
+                        8000
+                    }
+                }
+            };
+            let hold_back = i64::from(rate) * i64::from(jitter_ms) / 1000;
+            call.media = Some(Media {
+                t0: ts,
+                rate,
+                legs: [
+                    Leg::new(Party::Caller, rate, hold_back),
+                    Leg::new(Party::Callee, rate, hold_back),
+                ],
+                frames_out: 0,
+                origin: None,
+                jitter_ms,
+            });
+            let start = RecordingStart {
+                call_id: call.call_id.clone(),
+                sample_rate: rate,
+                media_started_at: ts,
+                recording_id: recording_id(&call.call_id, ts),
+                from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
+                to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
+                started_at: call.started_at.min(ts),
+                answered_at: call.answered_at,
+            };
+            sink.begin(key, &start);
+        }
+        call.last_rtp = ts;
+        let Some(media) = call.media.as_mut() else {
+            return;
+        };
+        let rate = media.rate;
+        let arrival_pos =
+            (i128::from(ts.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        let leg = &mut media.legs[speaker.channel()];
+
+        // One active flow per leg: a flow sent to an announced receive address
+        // beats one only recognised by its source; otherwise a new flow takes
+        // over when the active one has gone quiet.
+        let flow = Flow {
+            src,
+            dst,
+            ssrc: rtp.ssrc,
+            by_dst,
+        };
+        let active_flow = match leg.flow {
+            None => true,
+            Some((active, last)) => {
+                // The same path with a new SSRC is the sender's new stream
+                // (transfer, restart): it takes over at once. A relayed copy
+                // of the stream comes by another path.
+                active == flow
+                    || (active.src == flow.src && active.dst == flow.dst)
+                    || (flow.by_dst && !active.by_dst)
+                    || ts.micros_since(last) >= FLOW_QUIET_US
+            }
+        };
+        let seq_update = if active_flow {
+            leg.flow = Some((flow, ts));
+            let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
+            if u == SeqUpdate::Duplicate {
+                leg.meta.duplicates += 1;
+                return;
+            }
+            leg.meta.packets += 1;
+            if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
+                leg.meta.ssrcs.push(rtp.ssrc);
+            }
+            Some(u)
+        } else {
+            None
+        };
+
+        // DTMF first: digits count from any flow of the leg (a relayed copy of
+        // the same digit is recognised by digit and start time).
+        if let Some(Codec::TelephoneEvent { rate: ev_rate }) = &codec {
+            leg.meta.dtmf_packets += 1;
+            let Ok(ev) = parse_telephone_event(rtp.payload) else {
+                return;
+            };
+            let ev_rate = i64::from((*ev_rate).max(1));
+            let dur_ms = i64::from(ev.duration) * 1000 / ev_rate;
+            let ch = leg.party.channel();
+            match &leg.dtmf {
+                Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
+                    if let Some(e) = call.dtmf.get_mut(d.index) {
+                        e.duration_ms = e.duration_ms.max(dur_ms);
+                    }
+                }
+                _ => {
+                    let Some(digit) = event_to_digit(ev.event) else {
+                        return;
+                    };
+                    let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
+                    let digit = digit.to_string();
+                    let copy = call.dtmf.iter().position(|e| {
+                        e.channel == ch && e.digit == digit && (e.at_ms - at_ms).abs() < 150
+                    });
+                    let index = match copy {
+                        Some(i) => i,
+                        None if call.dtmf.len() < DTMF_MAX => {
+                            call.dtmf.push(Dtmf {
+                                channel: ch,
+                                digit,
+                                at_ms,
+                                duration_ms: dur_ms,
+                            });
+                            call.dtmf.len() - 1
+                        }
+                        None => return,
+                    };
+                    leg.dtmf = Some(DtmfState {
+                        ssrc: rtp.ssrc,
+                        ts: rtp.timestamp,
+                        index,
+                    });
+                }
+            }
+            return;
+        }
+
+        let Some(seq_update) = seq_update else {
+            self.stats.rtp_duplicate_flow += 1;
+            return;
+        };
+
+        let Some(codec) = codec else {
+            if !leg.warned_codecs.contains(&rtp.payload_type) {
+                leg.warned_codecs.push(rtp.payload_type);
+                let w = format!(
+                    "channel {}: payload type {} is not in the SDP and not static: that audio is silence",
+                    leg.party.channel(),
+                    rtp.payload_type
+                );
+                push_warning(&mut call.warnings, w);
+            }
+            return;
+        };
+        // Encrypted (ZRTP, or SRTP negotiated in the SDP): decoding would
+        // give noise; the channel stays silent (the warning says why).
+        if call.zrtp || call.srtp.is_some() {
+            return;
+        }
+        // Comfort noise is silence on the recording.
+        if codec == Codec::ComfortNoise {
+            leg.meta.comfort_noise_packets += 1;
+            return;
+        }
+        let pkt = InPacket {
+            arrival: arrival_pos,
+            ssrc: rtp.ssrc,
+            seq: rtp.sequence,
+            ts: rtp.timestamp,
+            pt: rtp.payload_type,
+            newest: seq_update == SeqUpdate::Newest,
+        };
+        let mut ctx = DecodeCtx {
+            rate,
+            warnings: &mut call.warnings,
+            scratch: &mut self.scratch,
+            stats: &mut self.stats,
+        };
+        // Decoders keep state (ADPCM, LPC, resampler history): packets are
+        // decoded in sequence order, held back briefly when one is missing.
+        if leg.order.offer(&pkt, &codec, rtp.payload) {
+            decode_and_place(leg, &mut ctx, &pkt, &codec, rtp.payload);
+        }
+        let wait = order_wait(rate, media.jitter_ms);
+        while let Some(h) = leg.order.pop_ready(arrival_pos, wait) {
+            decode_and_place(leg, &mut ctx, &h.pkt, &h.codec, &h.payload);
+            leg.order.recycle(h);
+        }
+        self.flush_call(key, sink, false);
+    }
+
+    /// Write out everything older than the jitter window (or all, at the end).
+    pub(super) fn flush_call(&mut self, key: CallKey, sink: &mut dyn RecordingSink, all: bool) {
+        let now = self.now;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(media) = call.media.as_mut() else {
+            return;
+        };
+        let rate = i64::from(media.rate);
+        let now_pos =
+            (i128::from(now.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        // Packets held for decoding order whose wait is over (all, at the end).
+        let wait = order_wait(media.rate, media.jitter_ms);
+        let mut ctx = DecodeCtx {
+            rate: media.rate,
+            warnings: &mut call.warnings,
+            scratch: &mut self.scratch,
+            stats: &mut self.stats,
+        };
+        for leg in &mut media.legs {
+            if all {
+                leg.order.release_all();
+            }
+            while let Some(h) = leg.order.pop_ready(now_pos, wait) {
+                decode_and_place(leg, &mut ctx, &h.pkt, &h.codec, &h.payload);
+                leg.order.recycle(h);
+            }
+        }
+        let hold_back = rate * i64::from(media.jitter_ms) / 1000;
+        let origin = match media.origin {
+            Some(o) => o,
+            None => {
+                let o = media
+                    .legs
+                    .iter()
+                    .filter_map(|l| l.timeline.audio_start())
+                    .min()
+                    .unwrap_or(0)
+                    .clamp(-hold_back, 0);
+                // Time zero is fixed once every leg's first audio is placed
+                // well (a jittery leg's first packets are late by chance:
+                // fixing it by them would shift the whole call), at the
+                // latest when the hold-back window would otherwise fill.
+                let settled = media.legs.iter().all(|l| l.timeline.start_settled());
+                let waited = now_pos - hold_back - o;
+                if !all && (waited < rate / 10 || (!settled && waited < 3 * rate)) {
+                    return;
+                }
+                media.origin = Some(o);
+                for l in &mut media.legs {
+                    l.timeline.set_start(o);
+                }
+                o
+            }
+        };
+        let flushed = origin + media.frames_out as i64;
+        let target = if all {
+            media
+                .legs
+                .iter_mut()
+                .map(|l| l.timeline.end_position(now_pos))
+                .max()
+                .unwrap_or(flushed)
+        } else {
+            let horizon = now_pos - rate * i64::from(media.jitter_ms) / 1000;
+            // Nothing to write before the next 40 ms chunk (see below): the
+            // usual case, checked before asking the legs.
+            if horizon < flushed + rate / 25 {
+                return;
+            }
+            // Never beyond the last audio either leg holds: silence after the
+            // end of the media is only written if media resumes (a call whose
+            // BYE never comes must not end with rtp_timeout of silence).
+            let end = media
+                .legs
+                .iter()
+                .filter_map(|l| l.timeline.audio_end())
+                .max()
+                .unwrap_or(flushed);
+            let mut t = horizon.min(end);
+            for l in &mut media.legs {
+                t = t.min(l.timeline.ready_until(now_pos, false));
+            }
+            // Write in chunks of at least 40 ms: what a crash can lose is the
+            // jitter window plus this (docs/durability.md).
+            if t < flushed + rate / 25 {
+                return;
+            }
+            t
+        };
+        // In pieces of at most a second, so a long pause resumed costs no
+        // more memory than a second of audio.
+        let mut at = flushed;
+        while at < target {
+            let to = (at + rate).min(target);
+            let n = (to - at) as usize;
+            self.out.clear();
+            self.out.resize(n * 2, 0);
+            for (ch, leg) in media.legs.iter_mut().enumerate() {
+                self.scratch.clear();
+                leg.timeline.render(to, &mut self.scratch);
+                for (slot, s) in self.out.iter_mut().skip(ch).step_by(2).zip(&self.scratch) {
+                    *slot = *s;
+                }
+            }
+            media.frames_out += n as u64;
+            sink.audio(key, &self.out);
+            at = to;
+        }
+    }
+
+    pub(super) fn finalize(
+        &mut self,
+        key: CallKey,
+        reason: EndReason,
+        sink: &mut dyn RecordingSink,
+    ) {
+        self.flush_call(key, sink, true);
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        if self.by_call_id.get(&call.call_id) == Some(&key) {
+            self.by_call_id.remove(&call.call_id);
+        }
+        for s in &call.sides {
+            for ep in &s.endpoints {
+                if self.endpoints.get(ep).is_some_and(|(k, _)| *k == key) {
+                    self.endpoints.remove(ep);
+                }
+            }
+        }
+        let Some(media) = call.media else {
+            self.stats.calls_without_media += 1;
+            return;
+        };
+        self.stats.calls_recorded += 1;
+        let rate = media.rate;
+        let origin_us = media.origin.unwrap_or(0) * 1_000_000 / i64::from(rate.max(1));
+        let ended_at = match call.state {
+            CallState::Ending(at, _) => at.max(call.last_rtp),
+            _ => call.last_rtp.max(call.last_sip),
+        };
+        let mut channels: [ChannelMeta; 2] = Default::default();
+        for (i, leg) in media.legs.into_iter().enumerate() {
+            let mut m = leg.meta;
+            m.lost = leg.seq.values().map(SeqTracker::lost).sum();
+            self.stats.rtp_lost += m.lost;
+            m.duplicates += leg.seq.values().map(|s| s.duplicates()).sum::<u64>();
+            let st = leg.timeline.stats();
+            m.reanchors = st.breaks;
+            m.late += st.late;
+            m.timing_corrections = st.corrections;
+            m.corrected_samples = st.corrected_samples;
+            m.drift_ppm = st.drift_ppm;
+            m.resampled_ms = st.resampled_samples * 1000 / u64::from(rate.max(1));
+            m.timing_log = leg
+                .timeline
+                .corrections()
+                .map(|c| crate::call::meta::TimingCorrection {
+                    at_ms: c.at * 1000 / i64::from(rate),
+                    samples: c.samples.round() as i32,
+                    spread: c.spread,
+                })
+                .collect();
+            channels[i] = m;
+        }
+        let mut warnings = call.warnings;
+        for (i, c) in channels.iter().enumerate() {
+            if c.packets == 0 {
+                warnings.push(format!(
+                    "channel {i} ({}): no RTP was received from this party; the channel is silent",
+                    c.party
+                ));
+            }
+        }
+        let meta = CallMeta {
+            key,
+            recording_id: recording_id(&call.call_id, media.t0),
+            call_id: call.call_id,
+            recorded_call_id: call.recorded_call_id,
+            from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
+            to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
+            caller_known: call.caller_known,
+            started_at: call.started_at.min(media.t0),
+            answered_at: call.answered_at,
+            ended_at,
+            media_started_at: media.t0.add_micros(origin_us),
+            sample_rate: rate,
+            frames: media.frames_out,
+            channels,
+            dtmf: dtmf_on_timeline(call.dtmf, origin_us),
+            end_reason: reason,
+            warnings,
+        };
+        sink.end(key, meta);
+    }
+}
+
+pub(super) struct DecodeCtx<'a> {
+    pub(super) rate: u32,
+    pub(super) warnings: &'a mut Vec<String>,
+    pub(super) scratch: &'a mut Vec<i16>,
+    pub(super) stats: &'a mut EngineStats,
+}
+
+/// Decode one packet of `leg` (choosing the decoder for its payload type)
+/// and hand the PCM to the leg's timeline.
+pub(super) fn decode_and_place(
+    leg: &mut Leg,
+    ctx: &mut DecodeCtx<'_>,
+    pkt: &InPacket,
+    codec: &Codec,
+    payload: &[u8],
+) {
+    let rate = ctx.rate;
+    let need_new = leg
+        .decoder
+        .as_ref()
+        .is_none_or(|d| d.pt != pkt.pt || d.codec != *codec);
+    if need_new {
+        let dec = new_decoder(codec, rate);
+        if dec.is_none() && !leg.warned_codecs.contains(&pkt.pt) {
+            leg.warned_codecs.push(pkt.pt);
+            let w = format!(
+                "channel {}: codec {} (payload type {}) cannot be decoded: that audio is silence",
+                leg.party.channel(),
+                codec.name(),
+                pkt.pt
+            );
+            push_warning(ctx.warnings, w);
+        }
+        if dec.is_some() {
+            if leg.meta.codec.is_empty() {
+                leg.meta.codec = codec.name().to_string();
+            }
+            if codec.is_wideband() && rate < 16000 {
+                let w = format!(
+                    "channel {}: wideband {} recorded at {} Hz (the call started narrowband)",
+                    leg.party.channel(),
+                    codec.name(),
+                    rate
+                );
+                push_warning(ctx.warnings, w);
+            }
+        } else if leg.meta.codec.is_empty() {
+            leg.meta.codec = codec.name().to_string();
+        }
+        if !leg.meta.codecs.iter().any(|c| c == codec.name()) {
+            leg.meta.codecs.push(codec.name().to_string());
+        }
+        leg.decoder = Some(ActiveDecoder {
+            pt: pkt.pt,
+            codec: codec.clone(),
+            decoder: dec,
+        });
+    }
+    let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
+        return;
+    };
+    ctx.scratch.clear();
+    if dec.decode(payload, ctx.scratch).is_err() {
+        ctx.stats.rtp_malformed += 1;
+        return;
+    }
+    leg.timeline.insert(&Packet {
+        arrival: pkt.arrival,
+        ssrc: pkt.ssrc,
+        ts: pkt.ts,
+        clock_rate: codec.rtp_clock_rate(),
+        newest: pkt.newest,
+        // Resampling decoders delay their output by a known amount.
+        delay: dec.delay_samples() as i64,
+        pcm: ctx.scratch,
+    });
+}
+
+/// DTMF times are taken on the arrival clock (0 = the first packet's
+/// arrival); frame 0 may lie before it (see `Media::origin`).
+pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
+    for d in &mut dtmf {
+        d.at_ms -= origin_us / 1000;
+    }
+    dtmf
+}

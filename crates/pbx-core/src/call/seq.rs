@@ -1,0 +1,139 @@
+//! Decode order: a leg's RTP packets in, the same packets out in sequence
+//! order for the decoder.
+//!
+//! In: each packet ([`InPacket`]) with its codec and payload, and whether
+//! the leg's [`crate::rtp::SeqTracker`] found it the newest so far. Out:
+//! [`Held`] packets released by [`DecodeOrder::pop_ready`] in sequence
+//! order, a packet waiting at most [`order_wait`] for the ones before it.
+//! Promises: bounded memory (at most `ORDER_HELD_MAX` held packets, their
+//! buffers recycled).
+
+use crate::audio::codec::Codec;
+
+/// One RTP packet on its way to the decoder.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InPacket {
+    pub(super) arrival: i64,
+    pub(super) ssrc: u32,
+    pub(super) seq: u16,
+    pub(super) ts: u32,
+    pub(super) pt: u8,
+    pub(super) newest: bool,
+}
+
+/// A packet held until the ones before it arrive.
+pub(super) struct Held {
+    pub(super) pkt: InPacket,
+    pub(super) codec: Codec,
+    pub(super) payload: Vec<u8>,
+    /// Due now: no more waiting for the packets before it.
+    pub(super) released: bool,
+}
+
+/// Puts a leg's packets in sequence order for the decoder. A packet that
+/// follows the last one released goes straight through (no copy); one after
+/// a gap waits until the gap fills or until it has waited `wait` samples of
+/// arrival time (then the missing ones are lost); one older than the last
+/// released is decoded at once (it is late; its place on the timeline is
+/// still found by its timestamp).
+#[derive(Default)]
+pub(super) struct DecodeOrder {
+    /// SSRC and next expected sequence number.
+    pub(super) next: Option<(u32, u16)>,
+    pub(super) held: Vec<Held>,
+    pub(super) spare: Vec<Vec<u8>>,
+}
+
+pub(super) const ORDER_HELD_MAX: usize = 64;
+
+impl DecodeOrder {
+    /// Whether `pkt` is to be decoded now; otherwise it is held.
+    pub(super) fn offer(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) -> bool {
+        let Some((ssrc, next)) = self.next else {
+            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
+            return true;
+        };
+        if ssrc != pkt.ssrc {
+            // A new stream: what the old one left waiting goes first.
+            self.release_all();
+            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
+            return true;
+        }
+        let ahead = pkt.seq.wrapping_sub(next) as i16;
+        if ahead == 0 {
+            self.next = Some((ssrc, next.wrapping_add(1)));
+            return true;
+        }
+        if !(0..=50).contains(&ahead) || self.held.len() >= ORDER_HELD_MAX {
+            // Late (its successor went already), or a jump no wait explains.
+            if ahead > 0 {
+                self.release_all();
+                self.next = Some((ssrc, pkt.seq.wrapping_add(1)));
+            }
+            return true;
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(payload);
+        self.held.push(Held {
+            pkt: *pkt,
+            codec: codec.clone(),
+            payload: buf,
+            released: false,
+        });
+        false
+    }
+
+    /// Mark every held packet ready (they come out of `pop_ready` in order).
+    pub(super) fn release_all(&mut self) {
+        for h in &mut self.held {
+            h.released = true;
+        }
+    }
+
+    /// The next packet to decode: the expected one if held, else the
+    /// oldest held once it has waited `wait` (or was released).
+    pub(super) fn pop_ready(&mut self, now: i64, wait: i64) -> Option<Held> {
+        let (ssrc, next) = self.next?;
+        if self.held.is_empty() {
+            return None;
+        }
+        let by_seq = |h: &Held| h.pkt.seq.wrapping_sub(next) as i16;
+        let i = match self
+            .held
+            .iter()
+            .position(|h| h.pkt.ssrc == ssrc && by_seq(h) == 0)
+        {
+            Some(i) => i,
+            None => {
+                let (i, h) = self
+                    .held
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, h)| (h.pkt.ssrc != ssrc, by_seq(h)))?;
+                let waited = h.released || now.saturating_sub(h.pkt.arrival) >= wait;
+                if !waited && !self.held.iter().any(|h| h.released) {
+                    return None;
+                }
+                i
+            }
+        };
+        let h = self.held.swap_remove(i);
+        if h.pkt.ssrc == ssrc {
+            self.next = Some((ssrc, h.pkt.seq.wrapping_add(1)));
+        }
+        Some(h)
+    }
+
+    pub(super) fn recycle(&mut self, h: Held) {
+        if self.spare.len() < 8 {
+            self.spare.push(h.payload);
+        }
+    }
+}
+
+/// How long a packet after a gap waits for the missing ones: half the
+/// jitter window, at most 120 ms (output samples).
+pub(super) fn order_wait(rate: u32, jitter_ms: u32) -> i64 {
+    i64::from(rate) * i64::from(jitter_ms.min(240)) / 2000
+}
