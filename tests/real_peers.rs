@@ -166,7 +166,7 @@ fn write_wav(path: &Path, x: &[i16]) {
 
 /// One baresip config directory: listens on `addr`, plays `wav` as its
 /// microphone, plays what it hears into an unused bridge, PCMU only.
-fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: bool) {
+fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: bool, srtp: bool) {
     std::fs::create_dir_all(dir).unwrap();
     // The media address is the one of the interface holding `addr` (on a
     // tunnel: the overlay, not the underlay it rides on).
@@ -182,12 +182,15 @@ fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: b
          module g711.so\n\
          module aufile.so\n\
          module aubridge.so\n\
-         module_app menu.so\n",
+         module_app menu.so\n\
+         {srtp_module}",
         wav = wav.display(),
         iface = iface_of(addr),
+        srtp_module = if srtp { "module srtp.so\n" } else { "" },
     );
     std::fs::write(dir.join("config"), config).unwrap();
     let answer = if auto_answer { ";answermode=auto" } else { "" };
+    let answer = format!("{answer}{}", if srtp { ";mediaenc=srtp-mand" } else { "" });
     std::fs::write(
         dir.join("accounts"),
         format!("<sip:{user}@{addr}>;regint=0;ptime=20;audio_codecs=PCMU{answer}\n"),
@@ -351,6 +354,80 @@ struct Pkt {
     t: f64,
     ts: u32,
     payload: Vec<u8>,
+    /// The whole RTP (or SRTP) packet.
+    packet: Vec<u8>,
+}
+
+/// The SDES key lines (`crypto:<tag> <suite> <key>`) each address's SDP
+/// offered in the capture, as tshark reads them.
+fn sdes_lines(pcap: &Path) -> Vec<(String, Vec<String>)> {
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-Y",
+            "sdp",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "sdp.media_attr",
+        ])
+        .output()
+        .expect("run tshark");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (ip, attrs) = l.split_once('\t')?;
+            let lines: Vec<String> = attrs
+                .split(',')
+                .filter(|a| a.starts_with("crypto:"))
+                .map(str::to_string)
+                .collect();
+            (!lines.is_empty()).then(|| (ip.to_string(), lines))
+        })
+        .collect()
+}
+
+/// SRTP packets of the party at `ip` decrypted with the key its own SDP
+/// announced (the line whose tag the other side's answer chose, else its
+/// first), with the reference implementation pbx-edge also uses; the
+/// payloads replaced by the plain ones.
+fn decrypt_party(pkts: Vec<Pkt>, ip: &str, keys: &[(String, Vec<String>)]) -> Vec<Pkt> {
+    use pbx_core::rtp::srtp::SrtpStream;
+    let parse = |l: &str| -> (String, String, String) {
+        let mut it = l.trim_start_matches("crypto:").split_whitespace();
+        let tag = it.next().unwrap_or_default().to_string();
+        let suite = it.next().unwrap_or_default().to_string();
+        let key = it.next().unwrap_or_default().to_string();
+        (tag, suite, key)
+    };
+    let mine: Vec<_> = keys
+        .iter()
+        .filter(|(a, _)| a == ip)
+        .flat_map(|(_, l)| l.iter().map(|x| parse(x)))
+        .collect();
+    let theirs: Vec<_> = keys
+        .iter()
+        .filter(|(a, _)| a != ip)
+        .flat_map(|(_, l)| l.iter().map(|x| parse(x)))
+        .collect();
+    let (_, suite, key) = mine
+        .iter()
+        .find(|m| theirs.len() == 1 && m.0 == theirs[0].0)
+        .or(mine.first())
+        .unwrap_or_else(|| panic!("no SDES key from {ip} in the capture: {keys:?}"))
+        .clone();
+    let mut s = SrtpStream::for_capture(&suite, &key).expect("usable key");
+    pkts.into_iter()
+        .filter_map(|mut p| {
+            let plain = s.decrypt(&p.packet)?;
+            let rtp = pbx_core::rtp::parse_rtp(&plain).ok()?;
+            p.payload = rtp.payload.to_vec();
+            Some(p)
+        })
+        .collect()
 }
 
 /// The RTP packets of the capture sent from `src`, in capture order, read by
@@ -372,6 +449,8 @@ fn rtp_from(pcap: &Path, src: &str) -> Vec<Pkt> {
             "rtp.timestamp",
             "-e",
             "rtp.payload",
+            "-e",
+            "udp.payload",
         ])
         .output()
         .expect("run tshark");
@@ -382,14 +461,17 @@ fn rtp_from(pcap: &Path, src: &str) -> Vec<Pkt> {
         if f.len() < 3 {
             continue;
         }
-        let hex: String = f[2].chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        let payload = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
+        let bytes = |field: &str| -> Vec<u8> {
+            let hex: String = field.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+            (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect()
+        };
         v.push(Pkt {
             t: f[0].parse().unwrap(),
             ts: f[1].parse().unwrap(),
-            payload,
+            payload: bytes(f[2]),
+            packet: f.get(3).map(|x| bytes(x)).unwrap_or_default(),
         });
     }
     v
@@ -627,10 +709,21 @@ fn baresip_call_over_kernel_gretap_and_erspan_tunnels_is_unwrapped() {
     real_call(Mode::Tunnel("erspan"));
 }
 
+/// The phones encrypt their media (SRTP, SDES keys in the SDP: baresip's
+/// `srtp-mand`): the recorder takes each party's key from its SDP and
+/// decrypts what that party sends (issue 17; before: silence with a
+/// warning, and before that, noise).
+#[test]
+fn baresip_srtp_call_with_sdes_keys_is_decrypted() {
+    real_call(Mode::Srtp);
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Direct,
     Proxy,
+    /// Direct, with SRTP (SDES).
+    Srtp,
     /// Phones on an overlay of this kind over the veth underlay.
     Tunnel(&'static str),
 }
@@ -696,6 +789,7 @@ fn real_call(mode: Mode) {
     let id = std::process::id();
     let tag = match mode {
         Mode::Direct => "d",
+        Mode::Srtp => "s",
         Mode::Proxy => "p",
         Mode::Tunnel("vxlan") => "v",
         Mode::Tunnel("gretap") => "g",
@@ -866,8 +960,9 @@ fn real_call(mode: Mode) {
 
     // The phones; A calls B by URI, B answers on its own.
     let (cfg_a, cfg_b) = (dir.join("baresip-a"), dir.join("baresip-b"));
-    baresip_config(&cfg_a, "a", &ip_a, &wav_a, false);
-    baresip_config(&cfg_b, "b", &ip_b, &wav_b, true);
+    let srtp = mode == Mode::Srtp;
+    baresip_config(&cfg_a, "a", &ip_a, &wav_a, false, srtp);
+    baresip_config(&cfg_b, "b", &ip_b, &wav_b, true, srtp);
     let mut pb = start_phone(&mut g, &ns_b, &cfg_b, "baresip B");
     let mut pa = start_phone(&mut g, &ns_a, &cfg_a, "baresip A");
     pa.send(&format!("/dial sip:b@{call_to}"));
@@ -934,9 +1029,14 @@ fn real_call(mode: Mode) {
     );
 
     // Where each party's speech belongs, from the capture (tshark's reading).
-    let rtp_a = rtp_from(&pcap, &ip_a);
+    let mut rtp_a = rtp_from(&pcap, &ip_a);
     // B's audio as it reaches A's side: from B, or relayed by rtpengine
-    let rtp_b = rtp_from(&pcap, &call_to);
+    let mut rtp_b = rtp_from(&pcap, &call_to);
+    if mode == Mode::Srtp {
+        let keys = sdes_lines(&pcap);
+        rtp_a = decrypt_party(rtp_a, &ip_a, &keys);
+        rtp_b = decrypt_party(rtp_b, &call_to, &keys);
+    }
     assert!(
         rtp_a.len() > 500 && rtp_b.len() > 500,
         "RTP in the capture: A {} packets, B {}",

@@ -1193,15 +1193,16 @@ fn missing_bye_recording_has_no_trailing_timeout_silence() {
 
 // ------------------------------------------------------- SRTP without keys
 
-/// A sniffed or imported call that negotiated SRTP (RTP/SAVP with SDES keys,
-/// or DTLS-SRTP) is recorded as silence with a warning naming why, never as
-/// the noise its encrypted payloads decode to.
+/// A sniffed or imported call that negotiated SRTP whose keys pbx-edge
+/// cannot use (SDES of a suite it does not take, or DTLS-SRTP) is recorded
+/// as silence with a warning naming why, never as the noise its encrypted
+/// payloads decode to. (Usable SDES keys: decrypted, see below.)
 #[test]
 fn srtp_negotiated_in_the_sdp_is_silence_with_a_warning_not_noise() {
     let _g = serial();
     for (keys, why) in [
         (
-            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:aSBrbm93IGFsbCB5b3VyIGxpdHRsZSBzZWNyZXRz\r\n",
+            "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:aSBrbm93IGFsbCB5b3VyIGxpdHRsZSBzZWNyZXRzIGFuZCBtb3JlIGJ5dGVz\r\n",
             "SDES",
         ),
         ("a=fingerprint:sha-256 AA:BB:CC\r\n", "DTLS-SRTP"),
@@ -1253,5 +1254,134 @@ fn srtp_negotiated_in_the_sdp_is_silence_with_a_warning_not_noise() {
         let w = meta.warnings.join(" | ");
         assert!(w.contains("SRTP") && w.contains(why), "{why}: warnings: {w}");
         assert_eq!(meta.channels[0].packets, 100, "the packets are counted");
+    }
+}
+
+// ------------------------------------------------------------ SRTP (SDES)
+
+/// A sniffed or imported call whose parties negotiated SRTP with SDES keys
+/// in the SDP (RFC 4568): each side's packets are decrypted with the key
+/// that side announced (the offer has two lines, the answer selects tag 2,
+/// so the caller encrypts with its tag-2 line), and the channels are bit
+/// for bit the clean call's. A packet that does not authenticate (sent with
+/// another key) is dropped and counted, never decoded as noise.
+#[test]
+fn srtp_with_sdes_keys_is_decrypted_per_sender() {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use webrtc_srtp::context::Context;
+    use webrtc_srtp::protection_profile::ProtectionProfile;
+
+    let _g = serial();
+    let n = 100;
+    let key = |b: u8| -> ([u8; 16], [u8; 14], String) {
+        let raw: [u8; 30] = std::array::from_fn(|i| b.wrapping_add(i as u8 * 7));
+        let (k, s) = raw.split_at(16);
+        (
+            k.try_into().unwrap(),
+            s.try_into().unwrap(),
+            format!("inline:{}", STANDARD.encode(raw)),
+        )
+    };
+    let (caller_unused, caller_k32, callee_k32) = (key(1), key(2), key(3));
+    let savp = |sdp: String, lines: &[(u32, &str, &str)]| {
+        let mut s = sdp.replace("RTP/AVP", "RTP/SAVP");
+        for (tag, suite, params) in lines {
+            s.push_str(&format!("a=crypto:{tag} {suite} {params}\r\n"));
+        }
+        s
+    };
+    let offer = savp(
+        sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv"),
+        &[
+            (1, "AES_CM_128_HMAC_SHA1_80", &caller_unused.2),
+            (2, "AES_CM_128_HMAC_SHA1_32", &caller_k32.2),
+        ],
+    );
+    let answer = savp(
+        sdp("10.0.0.2", 50000, &[0, 101], "sendrecv"),
+        &[(2, "AES_CM_128_HMAC_SHA1_32", &callee_k32.2)],
+    );
+    let d = Dialog::new("srtp-call@10.0.0.1");
+    let plain = call_packets(n, &[]);
+    let mut enc: [Context; 2] = [&caller_k32, &callee_k32].map(|k| {
+        Context::new(
+            &k.0,
+            &k.1,
+            ProtectionProfile::Aes128CmHmacSha1_32,
+            None,
+            None,
+        )
+        .unwrap()
+    });
+    let mut forger = Context::new(
+        &caller_unused.0,
+        &caller_unused.1,
+        ProtectionProfile::Aes128CmHmacSha1_32,
+        None,
+        None,
+    )
+    .unwrap();
+    let mut pkts = Vec::new();
+    for p in &plain {
+        let leg = if p.src == caller_rtp() {
+            Some(0)
+        } else if p.src == callee_rtp() {
+            Some(1)
+        } else {
+            None
+        };
+        let data = match leg {
+            Some(l) => enc[l].encrypt_rtp(&p.data).unwrap().to_vec(),
+            // SIP: the same dialog, with the SRTP offer and answer.
+            None => {
+                let text = String::from_utf8_lossy(&p.data).to_string();
+                if text.starts_with("INVITE") {
+                    d.request("INVITE", 1, true, Some(&offer))
+                } else if text.starts_with("SIP/2.0 200") && text.contains("INVITE") {
+                    d.response(200, "OK", 1, "INVITE", true, Some(&answer))
+                } else {
+                    p.data.clone()
+                }
+            }
+        };
+        pkts.push(Pkt {
+            at_us: p.at_us,
+            src: p.src,
+            dst: p.dst,
+            data,
+        });
+    }
+    // A forged copy of the caller's packet 50 (the offer's unused key).
+    let forged = forger.encrypt_rtp(&leg_packet(0, 50)).unwrap().to_vec();
+    let at = pkts
+        .iter()
+        .position(|p| p.at_us > send_time(0, 50) + 5_000)
+        .unwrap();
+    pkts.insert(
+        at,
+        Pkt {
+            at_us: send_time(0, 50) + 5_000,
+            src: caller_rtp(),
+            dst: callee_rtp(),
+            data: forged,
+        },
+    );
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(engine.stats().srtp_failures, 1);
+    let clean = run(&plain);
+    let (c, g) = (clean.only(), sink.only());
+    let meta = g.meta.as_ref().expect("ended");
+    assert!(meta.warnings.is_empty(), "{:?}", meta.warnings);
+    for leg in 0..2 {
+        assert_eq!(meta.channels[leg].packets, n as u64, "leg {leg}");
+        assert_eq!(
+            channel(&g.audio, leg),
+            channel(&c.audio, leg),
+            "leg {leg} differs from the clean call"
+        );
     }
 }

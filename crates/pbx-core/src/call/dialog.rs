@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 
 use crate::audio::codec::Codec;
 use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, RecordingSink};
+use crate::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
-use crate::sip::sdp::{parse_sdp, SessionDescription};
+use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
 use crate::sip::siprec::{assign_streams, is_siprec_request, siprec_parts};
 use crate::Timestamp;
 
@@ -28,6 +29,50 @@ pub(super) struct SideMedia {
     pub(super) pt_map: FxHashMap<u8, Codec>,
     /// First audio codec of the latest SDP of this side.
     pub(super) preferred: Option<Codec>,
+    /// SDES keys (`a=crypto`) of this side's SRTP: what it encrypts the
+    /// audio it sends with (sniffed and imported calls).
+    pub(super) crypto: Vec<Crypto>,
+    /// Decrypting what this side sends, made at its first packet.
+    pub(super) srtp_rx: SrtpRx,
+}
+
+/// A side's SRTP decryption state: made from the keys when the first
+/// packet comes (a copy starts afresh).
+#[derive(Default)]
+pub(super) struct SrtpRx(pub(super) Option<Box<SrtpStream>>);
+
+impl Clone for SrtpRx {
+    fn clone(&self) -> Self {
+        SrtpRx(None)
+    }
+}
+
+impl std::fmt::Debug for SrtpRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SrtpRx(keyed)"
+        } else {
+            "SrtpRx"
+        })
+    }
+}
+
+/// A crypto line whose suite and key pbx-edge can use.
+pub(super) fn usable(c: &Crypto) -> bool {
+    SUITES.contains(&c.suite.as_str()) && parse_key_params(&c.key_params).is_some()
+}
+
+/// The line a side encrypts with: the one whose tag the other side's
+/// answer (one line) selected, else its only or first usable one.
+pub(super) fn chosen<'a>(mine: &'a [Crypto], theirs: &[Crypto]) -> Option<&'a Crypto> {
+    let selected = match theirs {
+        [one] => Some(one.tag),
+        _ => None,
+    };
+    mine.iter()
+        .filter(|c| usable(c))
+        .find(|c| Some(c.tag) == selected)
+        .or_else(|| mine.iter().find(|c| usable(c)))
 }
 
 pub(super) struct Media {
@@ -324,16 +369,27 @@ impl Tracker {
             if !m.media.eq_ignore_ascii_case("audio") {
                 continue;
             }
-            // SRTP seen from outside (sniffing, captures): the engine has no
-            // decryption, so the audio would be noise. The SIPREC server's
-            // sockets decrypt before the engine and are not affected.
-            if !self.cfg.siprec_server
-                && m.port != 0
-                && m.proto.to_ascii_uppercase().contains("SAVP")
-                && call.srtp.is_none()
-            {
+            // SRTP seen from outside (sniffing, captures): with SDES keys in
+            // the SDP, what this side sends is decrypted with them; without
+            // usable keys the audio would be noise, so the channels stay
+            // silent and a warning says why. The SIPREC server's sockets
+            // decrypt before the engine and are not affected.
+            let savp = m.port != 0 && m.proto.to_ascii_uppercase().contains("SAVP");
+            let keyed_side = match &siprec {
+                Some(parties) => parties.get(i).copied().flatten().filter(|_| is_request),
+                None => Some(side),
+            };
+            if !self.cfg.siprec_server && savp && m.crypto.iter().any(usable) {
+                if let Some(ks) = keyed_side {
+                    let s = &mut call.sides[ks.channel()];
+                    if s.crypto != m.crypto {
+                        s.crypto = m.crypto.clone();
+                        s.srtp_rx = SrtpRx::default();
+                    }
+                }
+            } else if !self.cfg.siprec_server && savp && call.srtp.is_none() {
                 let how = if !m.crypto.is_empty() {
-                    "SDES keys (a=crypto), which pbx-edge does not apply when sniffing or importing"
+                    "SDES keys (a=crypto) of a suite pbx-edge cannot use (it takes AES_CM_128_HMAC_SHA1_80 and _32)"
                 } else if m
                     .attributes
                     .iter()

@@ -109,6 +109,9 @@ pub struct EngineStats {
     pub rtp_malformed: u64,
     pub rtp_unmatched: u64,
     pub rtp_duplicate_flow: u64,
+    /// SRTP packets of sniffed or imported calls that did not authenticate
+    /// with their sender's SDES key (dropped, never decoded as audio).
+    pub srtp_failures: u64,
     pub rtcp_packets: u64,
     pub udp_other: u64,
     pub tcp_other: u64,

@@ -17,6 +17,7 @@ use crate::call::meta::{
     RecordingStart,
 };
 use crate::call::timeline::{LegTimeline, Packet};
+use crate::rtp::srtp::SrtpStream;
 use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
 use crate::Timestamp;
 
@@ -112,6 +113,37 @@ impl Tracker {
         let Some(call) = self.calls.get_mut(&key) else {
             self.stats.rtp_unmatched += 1;
             return;
+        };
+        // SRTP with SDES keys from the sender's SDP: decrypted here, so
+        // everything below sees plain RTP. A packet that does not
+        // authenticate is counted and dropped, never decoded as noise.
+        let plain;
+        let rtp = if !self.cfg.siprec_server && !call.sides[speaker.channel()].crypto.is_empty() {
+            let sp = speaker.channel();
+            if call.sides[sp].srtp_rx.0.is_none() {
+                let made = chosen(&call.sides[sp].crypto, &call.sides[1 - sp].crypto)
+                    .and_then(|c| SrtpStream::for_capture(&c.suite, &c.key_params));
+                call.sides[sp].srtp_rx = SrtpRx(made.map(Box::new));
+            }
+            let Some(decrypted) = call.sides[sp]
+                .srtp_rx
+                .0
+                .as_mut()
+                .and_then(|s| s.decrypt(payload))
+            else {
+                self.stats.srtp_failures += 1;
+                return;
+            };
+            plain = decrypted;
+            match parse_rtp(&plain) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.stats.rtp_malformed += 1;
+                    return;
+                }
+            }
+        } else {
+            rtp
         };
         let call_jitter = call.media.as_ref().map_or(jitter_ms, |m| m.jitter_ms);
         if matches!(call.state, CallState::Ending(at, _) if ts.micros_since(at) > i64::from(call_jitter) * 1000)

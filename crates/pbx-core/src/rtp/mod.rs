@@ -13,6 +13,7 @@
 //! never panics. The trackers use constant memory however long the stream.
 
 mod seq;
+pub mod srtp;
 
 pub use seq::{SeqTracker, SeqUpdate, TsUnwrapper};
 
