@@ -178,12 +178,12 @@ fn baresip_config(dir: &Path, user: &str, addr: &str, wav: &Path, auto_answer: b
          audio_player aubridge,play-{user}\n\
          audio_alert aubridge,alert-{user}\n\
          module stdio.so\n\
+         {srtp_module}\
          module account.so\n\
          module g711.so\n\
          module aufile.so\n\
          module aubridge.so\n\
-         module_app menu.so\n\
-         {srtp_module}",
+         module_app menu.so\n",
         wav = wav.display(),
         iface = iface_of(addr),
         srtp_module = if srtp { "module srtp.so\n" } else { "" },
