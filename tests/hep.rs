@@ -245,3 +245,104 @@ fn agents_outside_allow_are_refused() {
     assert!(recordings(&dir.path().join("spool")).is_empty());
     assert!(!metric(&d, "pbx_edge_hep_packets_total{source=\"hep\""));
 }
+
+/// A real capture agent: Kamailio (Debian's package) with `siptrace` in HEP
+/// mode (v3, capture id 2222) sends a copy of every request it handles to
+/// the collector; each is read as a SIP message from agent 2222, none
+/// refused. Skipped with a message where kamailio is not installed.
+#[test]
+fn kamailio_siptrace_hep_copies_are_understood() {
+    if !have("kamailio") {
+        eprintln!("SKIPPED: kamailio is not installed (see .ci/run)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hep_port, sip_port) = (free_port(), free_port());
+    let listen: SocketAddr = format!("127.0.0.1:{hep_port}").parse().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = false\n[sources.hep]\nenabled = true\nlisten = \"{listen}\"\n"),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let modules = [
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+        "/usr/lib/kamailio/modules",
+    ]
+    .into_iter()
+    .find(|m| std::path::Path::new(m).join("siptrace.so").exists());
+    let Some(modules) = modules else {
+        eprintln!("SKIPPED: kamailio's siptrace module is not installed");
+        return;
+    };
+    let cfg = dir.path().join("kamailio.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "#!KAMAILIO\ndebug=2\nlog_stderror=yes\nfork=no\nchildren=1\n\
+             listen=udp:127.0.0.1:{sip_port}\nmpath=\"{modules}/\"\n\
+             loadmodule \"sl.so\"\nloadmodule \"tm.so\"\nloadmodule \"siptrace.so\"\n\
+             modparam(\"siptrace\", \"duplicate_uri\", \"sip:{listen}\")\n\
+             modparam(\"siptrace\", \"hep_mode_on\", 1)\n\
+             modparam(\"siptrace\", \"hep_version\", 3)\n\
+             modparam(\"siptrace\", \"hep_capture_id\", 2222)\n\
+             modparam(\"siptrace\", \"trace_to_database\", 0)\n\
+             modparam(\"siptrace\", \"trace_on\", 1)\n\
+             request_route {{\n    sip_trace();\n    sl_send_reply(\"200\", \"OK\");\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut kam = std::process::Command::new("kamailio")
+        .arg("-f")
+        .arg(&cfg)
+        .args(["-DD", "-E", "-P"])
+        .arg(dir.path().join("kamailio.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("kamailio.log")).unwrap())
+        .spawn()
+        .expect("start kamailio");
+    let ua = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ua.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let me = ua.local_addr().unwrap();
+    let mut answered = 0;
+    let t = Instant::now();
+    while answered < 3 && t.elapsed() < Duration::from_secs(20) {
+        let m = format!(
+            "OPTIONS sip:k@127.0.0.1:{sip_port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-k{answered}\r\n\
+             From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:k@127.0.0.1>\r\nCall-ID: hep-kam-{answered}\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        ua.send_to(m.as_bytes(), ("127.0.0.1", sip_port)).unwrap();
+        let mut buf = [0u8; 2048];
+        if let Ok(n) = ua.recv(&mut buf) {
+            if buf[..n].starts_with(b"SIP/2.0 200") {
+                answered += 1;
+            }
+        }
+    }
+    let t = Instant::now();
+    let seen = loop {
+        if metric(
+            &d,
+            "pbx_edge_hep_packets_total{source=\"hep\",agent=\"2222\"} 3",
+        ) || t.elapsed() > Duration::from_secs(10)
+        {
+            break d.get("/metrics").map(|r| r.1).unwrap_or_default();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = kam.kill();
+    let _ = kam.wait();
+    assert_eq!(
+        answered,
+        3,
+        "kamailio did not answer: {}",
+        std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default()
+    );
+    assert!(
+        seen.contains("pbx_edge_hep_packets_total{source=\"hep\",agent=\"2222\"} 3")
+            && seen.contains("pbx_edge_sip_messages_total{source=\"hep\"} 3")
+            && !seen.contains("pbx_edge_hep_rejected_total{source"),
+        "{seen}"
+    );
+}
