@@ -420,8 +420,21 @@ impl Spool {
         };
         let conn = Connection::open(&db_path).map_err(dbe)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(dbe)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(dbe)?;
+        // Switching to WAL takes the database's lock without SQLite's busy
+        // handler: while another process opens or writes it at that moment
+        // (the daemon, when `spool list` runs), retry for up to 10 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.map_err(dbe)?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(dbe)?;
         let version: i64 = conn
