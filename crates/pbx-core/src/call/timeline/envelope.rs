@@ -1,0 +1,454 @@
+//! The lower envelope of one segment (see the parent module): per quarter
+//! second the least-delayed packet's `d = arrival - u`, the line fitted
+//! through them (drift), the window minimum a packet is placed by, the
+//! jitter seen, and whether the drift is followed.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bucket {
+    pub(super) idx: i64,
+    pub(super) u: i64,
+    pub(super) d: i64,
+    /// Packets that fell in the bucket (how many the minimum is the least of).
+    pub(super) n: u32,
+}
+
+/// A line `d = d0 + slope·(u - u0)`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Line {
+    pub(super) u0: i64,
+    pub(super) d0: f64,
+    pub(super) slope: f64,
+    /// How far the slope may be off (per sample).
+    pub(super) uncertainty: f64,
+    /// Whether the minima lie along it (a drift), not beside it (a step).
+    pub(super) linear: bool,
+}
+
+impl Line {
+    pub(super) fn at(&self, u: i64) -> f64 {
+        self.d0 + self.slope * (u - self.u0) as f64
+    }
+}
+
+/// Buckets either side of a bucket in its window ([`FLAT_WINDOW_MS`]).
+pub(super) const NEAR_WINDOW: i64 = FLAT_WINDOW_MS * BUCKETS_PER_S / 1000;
+
+/// A window minimum remembered by [`Envelope::at`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cached {
+    pub(super) valid: bool,
+    /// [`Envelope::gen`] when computed (the line it is relative to).
+    pub(super) gen: u64,
+    /// The bucket of the `u` asked for.
+    pub(super) idx: i64,
+    pub(super) following: bool,
+    pub(super) v: f64,
+}
+
+impl Cached {
+    pub(super) const NONE: Cached = Cached {
+        valid: false,
+        gen: 0,
+        idx: 0,
+        following: false,
+        v: 0.0,
+    };
+}
+
+/// Lower envelope of `d = arrival - u` for one segment.
+#[derive(Debug, Clone)]
+pub(super) struct Envelope {
+    pub(super) bucket_len: i64,
+    pub(super) ms: f64,
+    pub(super) buckets: VecDeque<Bucket>,
+    /// The fitted envelope, once the minima span [`FIT_SPAN_MS`].
+    pub(super) line: Option<Line>,
+    /// Largest residual of normal packets lately (decays): the worst
+    /// jitter seen, for telling breaks from jitter.
+    pub(super) jitter: f64,
+    /// Twice the running median residual: the typical jitter (a uniform
+    /// delay of 0..J gives J), not moved by a few very late packets.
+    pub(super) jitter_typ: f64,
+    pub(super) residuals: u32,
+    /// Whether the segment follows the line's slope (by resampling).
+    pub(super) following: bool,
+    /// Fits in a row whose slope was significant (before following).
+    pub(super) significant_fits: u32,
+    /// The fit counter when `update_drift` last looked.
+    pub(super) fits: u32,
+    pub(super) seen_fits: u32,
+    /// Bumped whenever the line or `following` change.
+    pub(super) gen: u64,
+    /// The window minima last computed, one slot for even and one for odd
+    /// buckets (the newest packet and the render point are often in
+    /// neighbouring buckets). Every packet asks for the envelope; a new or
+    /// lowered minimum updates them, so they are computed again only when
+    /// the line changes or a minimum leaves the window.
+    pub(super) cache: [std::cell::Cell<Cached>; 2],
+}
+
+impl Envelope {
+    pub(super) fn new(rate: u32) -> Self {
+        Envelope {
+            bucket_len: (i64::from(rate) / BUCKETS_PER_S).max(1),
+            ms: f64::from(rate) / 1000.0,
+            buckets: VecDeque::new(),
+            line: None,
+            jitter: 0.0,
+            jitter_typ: 0.0,
+            residuals: 0,
+            following: false,
+            significant_fits: 0,
+            fits: 0,
+            seen_fits: 0,
+            gen: 1,
+            cache: [const { std::cell::Cell::new(Cached::NONE) }; 2],
+        }
+    }
+
+    pub(super) fn add(&mut self, u: i64, d: i64) {
+        let idx = u.div_euclid(self.bucket_len);
+        let mut refit = false;
+        let mut changed = true;
+        match self.buckets.back() {
+            None => self.buckets.push_back(Bucket { idx, u, d, n: 1 }),
+            Some(last) if idx > last.idx => {
+                self.buckets.push_back(Bucket { idx, u, d, n: 1 });
+                if self.buckets.len() > MAX_BUCKETS {
+                    if let Some(old) = self.buckets.pop_front() {
+                        self.cache_forget(old.idx);
+                    }
+                }
+                refit = true;
+            }
+            Some(_) => {
+                if let Some(b) = self.buckets.iter_mut().rev().find(|b| b.idx == idx) {
+                    b.n = b.n.saturating_add(1);
+                    if d < b.d {
+                        b.u = u;
+                        b.d = d;
+                    } else {
+                        changed = false;
+                    }
+                } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
+                    let at = self.buckets.partition_point(|b| b.idx < idx);
+                    self.buckets.insert(at, Bucket { idx, u, d, n: 1 });
+                } else {
+                    changed = false;
+                }
+            }
+        }
+        if changed {
+            self.cache_offer(Bucket { idx, u, d, n: 1 });
+        }
+        // A point under the fitted line is news now, not at the next bucket.
+        if refit || self.line.is_some_and(|l| (d as f64) < l.at(u) - 0.5) {
+            self.fit();
+        }
+    }
+
+    pub(super) fn span(&self) -> i64 {
+        match (self.buckets.front(), self.buckets.back()) {
+            (Some(a), Some(b)) => b.u - a.u,
+            _ => 0,
+        }
+    }
+
+    /// The envelope line: its slope from the lowest minimum of each half of
+    /// the window (far apart, and each the least delayed of many packets),
+    /// its height the lowest that keeps it under every minimum. How well the
+    /// slope is known: the spread of the few lowest minima in each half (how
+    /// sharply the envelope is pinned) over the distance between the two.
+    pub(super) fn fit(&mut self) {
+        let span = self.span();
+        if span < (FIT_MIN_MS as f64 * self.ms) as i64 || self.buckets.len() < 4 {
+            return;
+        }
+        let mid = self.buckets[0].u + span / 2;
+        let jitter_typ = self.jitter_typ;
+        let ms = self.ms;
+        let all: &[Bucket] = self.buckets.make_contiguous();
+        let split = all.partition_point(|b| b.u < mid);
+        let (first, second) = all.split_at(split);
+        let (Some(p1), Some(p2)) = (lowest(first), lowest(second)) else {
+            return;
+        };
+        let du = (p2.u - p1.u) as f64;
+        if du <= 0.0 {
+            return;
+        }
+        let slope = (p2.d - p1.d) as f64 / du;
+        if slope.abs() > DRIFT_MAX {
+            return;
+        }
+        let pin = (pin_gap(first) + pin_gap(second)) / 2.0;
+        // However sharp the pins look, the least of n delays spread over J
+        // lies about J/(n+1) above the true floor, give or take as much:
+        // the two halves' lowest points are that uncertain (with heavy
+        // jitter and few packets, chance must not pass for a drift).
+        let packets = |h: &[Bucket]| h.iter().map(|b| f64::from(b.n)).sum::<f64>();
+        let floor = jitter_typ.max(self.jitter)
+            * (1.0 / (packets(first) + 1.0)).hypot(1.0 / (packets(second) + 1.0));
+        let uncertainty = ((pin.max(floor) + 0.05 * ms) / du).max(C_MIN);
+        let u0 = p1.u;
+        let d0 = all
+            .iter()
+            .map(|b| b.d as f64 - slope * (b.u - u0) as f64)
+            .fold(f64::INFINITY, f64::min);
+        // A drift is a straight line: the lowest minimum of every quarter of
+        // the window lies on it. A step in the delay (a route change) makes
+        // the halves' lowest points tilt a line too, but leaves a quarter
+        // well above it: not a drift.
+        let quarter = (span / 4).max(1);
+        let start = all[0].u;
+        let mut lo_q = [f64::INFINITY; 4];
+        for b in all {
+            if let Some(lo) = lo_q.get_mut(((b.u - start) / quarter) as usize) {
+                *lo = lo.min(b.d as f64 - (d0 + slope * (b.u - u0) as f64));
+            }
+        }
+        let linear = !lo_q
+            .iter()
+            .any(|lo| lo.is_finite() && *lo > 1.0 + 2.0 * pin + jitter_typ / 8.0);
+        self.fits = self.fits.wrapping_add(1);
+        self.gen += 1;
+        self.line = Some(Line {
+            u0,
+            d0,
+            slope,
+            uncertainty,
+            linear,
+        });
+    }
+
+    /// The envelope's value at bucket `i`'s point before a line is fitted:
+    /// the smallest `d + c·|Δu|` over the minima around it.
+    pub(super) fn cone_at_bucket(&self, i: usize) -> f64 {
+        let b = self.buckets[i];
+        let lo = i.saturating_sub(NEAR_BUCKETS as usize);
+        let hi = (i + NEAR_BUCKETS as usize + 1).min(self.buckets.len());
+        let mut best = b.d as f64;
+        for o in self.buckets.range(lo..hi) {
+            let du = (b.u - o.u) as f64;
+            best = best.min(o.d as f64 + C_MAX * du.abs());
+        }
+        best
+    }
+
+    /// The minima of the buckets within [`FLAT_WINDOW_MS`] of bucket `idx`
+    /// (the buckets are sorted).
+    pub(super) fn near(&self, idx: i64) -> impl Iterator<Item = &Bucket> {
+        let lo = self.buckets.partition_point(|b| b.idx < idx - NEAR_WINDOW);
+        let hi = self.buckets.partition_point(|b| b.idx <= idx + NEAR_WINDOW);
+        self.buckets.range(lo..hi.max(lo))
+    }
+
+    /// A new or lowered minimum `b`: the cached window minima around it
+    /// take it in.
+    pub(super) fn cache_offer(&self, b: Bucket) {
+        for slot in &self.cache {
+            let mut c = slot.get();
+            if c.valid && (c.idx - b.idx).abs() <= NEAR_WINDOW {
+                let v = match (c.following, self.line) {
+                    (false, _) => b.d as f64,
+                    (true, Some(l)) => b.d as f64 - l.at(b.u),
+                    (true, None) => f64::NEG_INFINITY,
+                };
+                c.v = c.v.min(v);
+                c.valid = v.is_finite();
+                slot.set(c);
+            }
+        }
+    }
+
+    /// Minimum `idx` left the window: the cached minima around it are void.
+    pub(super) fn cache_forget(&self, idx: i64) {
+        for slot in &self.cache {
+            let c = slot.get();
+            if (c.idx - idx).abs() <= NEAR_WINDOW {
+                slot.set(Cached::NONE);
+            }
+        }
+    }
+
+    /// The envelope's value at `u` (samples of offset): the fitted line while
+    /// the sender's drift is followed; else, once the minima span
+    /// [`FIT_SPAN_MS`], the lowest minimum of the window (a flat envelope:
+    /// more data only lowers it, so it never swings back); before that, the
+    /// cone estimate interpolated between the minima around `u`.
+    pub(super) fn at(&self, u: i64) -> Option<f64> {
+        let idx = u.div_euclid(self.bucket_len);
+        let slot = &self.cache[(idx & 1) as usize];
+        let cached = |following: bool| {
+            let c = slot.get();
+            let current = c.valid && c.idx == idx && c.following == following;
+            (current && (!following || c.gen == self.gen)).then_some(c.v)
+        };
+        let keep = |following: bool, v: f64| {
+            slot.set(Cached {
+                valid: true,
+                gen: self.gen,
+                idx,
+                following,
+                v,
+            })
+        };
+        if let (Some(l), true) = (self.line, self.following) {
+            // The line's slope, its height from the minima near `u` (a small
+            // slope error has no lever arm over the whole window).
+            let lift = cached(true).unwrap_or_else(|| {
+                match self
+                    .near(idx)
+                    .map(|b| b.d as f64 - l.at(b.u))
+                    .reduce(f64::min)
+                {
+                    Some(v) => {
+                        keep(true, v);
+                        v
+                    }
+                    None => 0.0,
+                }
+            });
+            return Some(l.at(u) + lift);
+        }
+        let n = self.buckets.len();
+        if n == 0 {
+            return None;
+        }
+        if self.span() >= (FIT_SPAN_MS as f64 * self.ms) as i64 {
+            // The last FLAT_WINDOW_MS only: a drift too small to follow
+            // must not leave the minimum behind by the whole window's worth.
+            if let Some(v) = cached(false) {
+                return Some(v);
+            }
+            if let Some(v) = self.near(idx).map(|b| b.d as f64).reduce(f64::min) {
+                keep(false, v);
+                return Some(v);
+            }
+            // No minimum near `u`: the window's lowest (not cached).
+            return self.buckets.iter().map(|b| b.d as f64).reduce(f64::min);
+        }
+        let i = self.buckets.partition_point(|b| b.u <= u);
+        if i == 0 {
+            return Some(self.cone_at_bucket(0));
+        }
+        if i == n {
+            return Some(self.cone_at_bucket(n - 1));
+        }
+        let (a, b) = (self.buckets[i - 1], self.buckets[i]);
+        let (ea, eb) = (self.cone_at_bucket(i - 1), self.cone_at_bucket(i));
+        let f = (u - a.u) as f64 / ((b.u - a.u) as f64).max(1.0);
+        Some(ea + (eb - ea) * f)
+    }
+
+    /// Whether the line's slope is known well enough to start following it,
+    /// or (while followed) still clearly more than noise.
+    pub(super) fn slope_significant(&self, l: &Line) -> bool {
+        let unc = l
+            .uncertainty
+            .max(0.25 * self.ms / self.span().max(1) as f64);
+        if self.following {
+            l.slope.abs() > unc && l.slope.abs() >= DRIFT_ON / 2.0
+        } else if !l.linear {
+            false
+        } else {
+            // A clean link (its lowest minima within a sample) is trusted
+            // from FIT_MIN_MS, a jittery one from FIT_SPAN_MS.
+            let need = if self.clean() {
+                FIT_MIN_MS
+            } else {
+                FIT_SPAN_MS
+            };
+            self.span() >= (need as f64 * self.ms) as i64
+                && l.slope.abs() >= DRIFT_ON
+                && l.slope.abs() > 3.0 * unc
+        }
+    }
+
+    /// A link without jitter to speak of (typically under 1 ms, over 50
+    /// packets at least): its envelope is exact, its slope trusted early.
+    pub(super) fn clean(&self) -> bool {
+        self.residuals >= 50 && self.jitter_typ <= self.ms
+    }
+
+    /// Decide whether the sender's drift is followed; its slope if so.
+    pub(super) fn update_drift(&mut self) -> Option<f64> {
+        let l = self.line?;
+        let was = self.following;
+        if self.following {
+            self.following = self.slope_significant(&l);
+        } else if self.seen_fits == self.fits {
+            // No new fit since the last look.
+        } else if self.slope_significant(&l) {
+            // Chance can make a jittery envelope look tilted for a moment;
+            // real drift stays significant: 8 more significant fits than
+            // not (2 s at least; a clean link's envelope is exact: at once).
+            self.significant_fits += 1;
+            self.following = self.clean() || self.significant_fits >= 8;
+        } else {
+            self.significant_fits = self.significant_fits.saturating_sub(1);
+        }
+        self.seen_fits = self.fits;
+        if self.following != was {
+            self.gen += 1;
+        }
+        self.following.then_some(l.slope)
+    }
+
+    /// Offset errors smaller than this are left alone: the estimate itself
+    /// wanders by about an eighth of the jitter, and a correction is a lag
+    /// change (however quiet its place), so it is made only when it matters.
+    pub(super) fn hysteresis(&self) -> f64 {
+        (self.jitter_typ / 8.0).clamp(HYSTERESIS_MS * self.ms, 3.0 * HYSTERESIS_MS * self.ms)
+    }
+
+    /// The sender's drift, when it is known well and large enough to follow.
+    pub(super) fn note_residual(&mut self, r: f64) {
+        // Decays by half in about 10 s of packets (20 ms each).
+        let r = r.max(0.0);
+        self.jitter = (self.jitter * 0.9986).max(r);
+        // Running median (a step of 1/16 ms towards each residual; exact
+        // enough, and a few very late packets do not move it).
+        self.residuals = self.residuals.saturating_add(1);
+        let median = self.jitter_typ / 2.0;
+        let step = self.ms / 16.0 * if self.residuals < 64 { 8.0 } else { 1.0 };
+        let median = if r > median {
+            (median + step).min(r)
+        } else {
+            (median - step).max(r)
+        };
+        self.jitter_typ = 2.0 * median;
+    }
+
+    /// Residual beyond which a packet is a break candidate.
+    pub(super) fn break_limit(&self) -> f64 {
+        (BREAK_MS as f64 * self.ms).max(1.5 * self.jitter)
+    }
+}
+
+/// The bucket with the smallest `d`.
+pub(super) fn lowest(b: &[Bucket]) -> Option<Bucket> {
+    b.iter().copied().min_by_key(|b| b.d)
+}
+
+/// How sharply the lowest minimum pins the envelope: how far the next
+/// lowest lies above it (about the spread of the least delays; 0 with one).
+pub(super) fn pin_gap(b: &[Bucket]) -> f64 {
+    let mut lo = [i64::MAX; 2];
+    for x in b {
+        if x.d < lo[0] {
+            lo[1] = lo[0];
+            lo[0] = x.d;
+        } else if x.d < lo[1] {
+            lo[1] = x.d;
+        }
+    }
+    if lo[1] == i64::MAX {
+        return 0.0;
+    }
+    (lo[1] - lo[0]) as f64
+}
