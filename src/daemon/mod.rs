@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,22 +37,24 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::health::{self, Liveness};
 use crate::recording::{self, RecordingContext, RecordingDir, RecordingSettings};
+use crate::sources::engine_host::HostControl;
 use crate::sources::sniff;
 use crate::status::{SharedStatus, SourceStatus, Status};
+use crate::sys::shutdown::Shutdown;
 
-/// A running source: its stop flag and thread.
+/// A running source: its stop token and thread.
 struct RunningSource {
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     thread: JoinHandle<()>,
     /// Reloads for the sniffing loop.
-    control: std::sync::mpsc::Sender<sniff::SniffControl>,
+    control: sniff::SniffSender,
     /// What its capture was opened with (interface, filter).
     capture: (String, Option<String>),
 }
 
 impl RunningSource {
     fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.trigger();
         let _ = self.thread.join();
     }
 }
@@ -100,11 +101,18 @@ fn start_sources(
         match sniff::PacketSocket::open(&iface, filter) {
             Ok(sock) => match RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff")) {
                 Ok(out) => {
+                    let (stop, (control, crx)) =
+                        match Shutdown::new().and_then(|s| Ok((s, sniff::control_channel()?))) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::error!("sniff: {e}");
+                                set(false, Some(e.to_string()));
+                                return running;
+                            }
+                        };
                     set(true, None);
-                    let stop = Arc::new(AtomicBool::new(false));
                     let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
                     let ecfg = cfg.recording.engine_config();
-                    let (control, crx) = std::sync::mpsc::channel();
                     live.beat("sniff");
                     let thread = std::thread::Builder::new()
                         .name("sniff".into())
@@ -312,20 +320,16 @@ fn reload_sniff(
         }
         return;
     }
-    let _ = running
+    running
         .control
-        .send(sniff::SniffControl::Settings(Box::new(recording_settings(
-            cfg, "sniff",
+        .send(sniff::SniffControl::Host(HostControl::Settings(Box::new(
+            recording_settings(cfg, "sniff"),
         ))));
     let capture = (sn.interface.clone(), sn.filter.clone());
     if capture != running.capture {
         match sniff::PacketSocket::open(&sn.interface, sn.filter.as_deref()) {
             Ok(sock) => {
-                if running
-                    .control
-                    .send(sniff::SniffControl::Socket(sock))
-                    .is_ok()
-                {
+                if running.control.send(sniff::SniffControl::Socket(sock)) {
                     tracing::info!(interface = %sn.interface, filter = sn.filter.as_deref().unwrap_or(""), "sniffing: new capture; calls in progress go on");
                     running.capture = capture;
                     if let Ok(mut s) = status.lock() {

@@ -12,45 +12,51 @@
 //! Threads: one receives UDP, one accepts TCP (a thread per connection,
 //! which frames the stream by the HEP length and is closed on the first
 //! thing that is not HEP); all of them queue the packets to the engine
-//! thread, which owns the engine and the recording sink, ticks every 200 ms
-//! and applies reloads. A full queue drops (counted), never blocks a
-//! receiver. Stop: the flag, seen within 200 ms by every thread.
+//! thread, which owns the engine and the recording sink
+//! ([`EngineHost`]: it sleeps until a packet or the engine's next deadline)
+//! and applies reloads that come on the same queue. A full queue drops
+//! packets (counted), never blocks a receiver. Stop: one [`Shutdown`]
+//! token; every receiver waits on its socket and the token together, so
+//! nothing wakes up while no agent sends.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::call::{EndReason, EngineConfig};
 use pbx_core::hep::{self, HepError};
 use pbx_core::Timestamp;
 
 use crate::health::Liveness;
 use crate::recording::{RecordingDir, RecordingSettings};
+use crate::sources::engine_host::{EngineHost, HostControl};
 use crate::status::SharedStatus;
 use crate::sys::now;
+use crate::sys::shutdown::{wait_readable, Ready, Shutdown};
 
 /// Packets queued for the engine thread at most.
 const QUEUE: usize = 65_536;
-/// How often every thread looks at the stop flag (and the engine ticks).
-const TICK: Duration = Duration::from_millis(200);
+/// A pause after a socket error before trying again.
+const ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// TCP connections served at once.
 const MAX_TCP: usize = 256;
 
-/// What the daemon hands a running collector on a reload.
-pub enum HepControl {
-    /// Recording settings for the calls that begin from now on.
-    Settings(Box<RecordingSettings>),
-}
-
-/// One packet for the engine thread.
-struct Input {
-    received: Timestamp,
-    bytes: Vec<u8>,
+/// What the engine thread receives, in order.
+enum Input {
+    Packet {
+        received: Timestamp,
+        bytes: Vec<u8>,
+    },
+    Control(HostControl),
+    /// A receiver refused something (counted in [`Shared`]): the status
+    /// is due.
+    Refused,
 }
 
 /// Counters shared by the receiving threads.
@@ -91,21 +97,27 @@ pub fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
 
 /// A running collector.
 pub struct HepHandle {
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     thread: std::thread::JoinHandle<()>,
-    control: std::sync::mpsc::Sender<HepControl>,
+    /// Into the engine's queue; dropped on stop (the engine ends when the
+    /// receivers' senders and this one are gone).
+    control: SyncSender<Input>,
 }
 
 impl HepHandle {
     /// New recording settings (a reload): for calls that begin from now on.
     pub fn settings(&self, s: RecordingSettings) {
-        let _ = self.control.send(HepControl::Settings(Box::new(s)));
+        // Waits for room: a reload is rare, the queue drains fast.
+        let _ = self
+            .control
+            .send(Input::Control(HostControl::Settings(Box::new(s))));
     }
 
     /// Stops taking packets, closes the calls in progress (cut by shutdown)
     /// and returns when the engine thread has ended.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.trigger();
+        drop(self.control);
         let _ = self.thread.join();
     }
 }
@@ -120,10 +132,10 @@ pub fn start(
     live: Arc<Liveness>,
 ) -> io::Result<HepHandle> {
     let sockets = bind(listen)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (control, crx) = std::sync::mpsc::channel();
+    let stop = Shutdown::new()?;
+    let (tx, rx) = sync_channel::<Input>(QUEUE);
+    let control = tx.clone();
     let sp = stop.clone();
-    live.beat("hep");
     if let Ok(mut s) = status.lock() {
         let src = s.sources.entry("hep".into()).or_default();
         src.up = true;
@@ -134,7 +146,15 @@ pub fn start(
         .name("hep".into())
         .spawn(move || {
             run(
-                "hep", sockets, allow, engine_cfg, out, sp, status, live, crx,
+                "hep",
+                sockets,
+                allow,
+                engine_cfg,
+                out,
+                sp,
+                status,
+                live,
+                (tx, rx),
             )
         })?;
     Ok(HepHandle {
@@ -144,22 +164,22 @@ pub fn start(
     })
 }
 
-/// Runs the collector until `stop` is set; then closes every open call
-/// (marked as cut by shutdown) and returns.
+/// Runs the collector until `stop` is triggered and every sender of
+/// `queue` is gone; then closes every open call (marked as cut by
+/// shutdown) and returns.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
+fn run(
     name: &str,
     (udp, tcp): (UdpSocket, TcpListener),
     allow: Vec<IpNet>,
     engine_cfg: EngineConfig,
-    mut out: RecordingDir,
-    stop: Arc<AtomicBool>,
+    out: RecordingDir,
+    stop: Shutdown,
     status: SharedStatus,
     live: Arc<Liveness>,
-    control: Receiver<HepControl>,
+    (tx, rx): (SyncSender<Input>, Receiver<Input>),
 ) {
     let shared = Arc::new(Shared::default());
-    let (tx, rx) = sync_channel::<Input>(QUEUE);
     let allow = Arc::new(allow);
     let mut threads = Vec::new();
     {
@@ -180,62 +200,74 @@ pub fn run(
                 .expect("spawn hep-tcp"),
         );
     }
-    let mut engine = CallEngine::new(engine_cfg);
+    let mut host = EngineHost::new(name, engine_cfg, out, live);
     let mut agents: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last_tick = Instant::now();
     // The packets carry the agent's clock; the engine's timeouts must run
     // on the same clock: ours plus how far the agent's was ahead of it at
     // the latest packet (its capture time minus our receive time: network
     // delay and clock offset). Never backwards.
     let mut offset_us = 0i64;
     let mut engine_now: Option<Timestamp> = None;
-    while !stop.load(Ordering::Relaxed) {
-        match rx.recv_timeout(TICK) {
-            Ok(input) => match hep::parse(&input.bytes) {
-                Ok(p) => {
-                    let agent = p
-                        .agent_id
-                        .map_or_else(|| "-".to_string(), |a| a.to_string());
-                    *agents.entry(agent).or_default() += 1;
-                    let seg = p.segment(input.received);
-                    offset_us = seg.ts.micros_since(input.received);
-                    engine_now = Some(engine_now.map_or(seg.ts, |n| n.max(seg.ts)));
-                    engine.handle_segment(&seg, &mut out);
-                }
-                Err(e) => shared.reject(reason(&e)),
-            },
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if last_tick.elapsed() >= TICK {
-            last_tick = Instant::now();
-            while let Ok(HepControl::Settings(s)) = control.try_recv() {
-                crate::recording::apply_settings(&mut engine, &mut out, *s);
+    let clock = |offset_us: i64, engine_now: &mut Option<Timestamp>| {
+        let t = now().add_micros(offset_us);
+        let t = engine_now.map_or(t, |n| n.max(t));
+        *engine_now = Some(t);
+        t
+    };
+    loop {
+        let t = clock(offset_us, &mut engine_now);
+        let got = match host.wait(t) {
+            Some(d) => rx.recv_timeout(d),
+            None => {
+                host.idle();
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             }
-            let t = now().add_micros(offset_us);
-            let t = engine_now.map_or(t, |n| n.max(t));
-            engine_now = Some(t);
-            engine.handle_timeout(t, &mut out);
-            live.beat(name);
-            publish(name, &engine, &out, &shared, &agents, &status);
+        };
+        let input = match got {
+            Ok(Input::Packet { received, bytes }) => {
+                match hep::parse(&bytes) {
+                    Ok(p) => {
+                        let agent = p
+                            .agent_id
+                            .map_or_else(|| "-".to_string(), |a| a.to_string());
+                        *agents.entry(agent).or_default() += 1;
+                        let seg = p.segment(received);
+                        offset_us = seg.ts.micros_since(received);
+                        engine_now = Some(engine_now.map_or(seg.ts, |n| n.max(seg.ts)));
+                        host.engine.handle_segment(&seg, &mut host.out);
+                    }
+                    Err(e) => shared.reject(reason(&e)),
+                }
+                true
+            }
+            Ok(Input::Control(c)) => {
+                host.apply(c);
+                true
+            }
+            Ok(Input::Refused) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let t = clock(offset_us, &mut engine_now);
+        if host.tick(t, input) {
+            publish(&host, &shared, &agents, &status);
         }
     }
     for t in threads {
         let _ = t.join();
     }
-    // What the receivers queued before they stopped.
-    while let Ok(input) = rx.try_recv() {
-        if let Ok(p) = hep::parse(&input.bytes) {
-            engine.handle_segment(&p.segment(input.received), &mut out);
-        }
-    }
-    engine.finish(EndReason::Shutdown, &mut out);
-    publish(name, &engine, &out, &shared, &agents, &status);
-    live.forget(name);
+    host.finish(EndReason::Shutdown);
+    publish(&host, &shared, &agents, &status);
+}
+
+/// Count a refusal and let the engine thread publish it.
+fn refuse(tx: &SyncSender<Input>, shared: &Shared, reason: &'static str) {
+    shared.reject(reason);
+    let _ = tx.try_send(Input::Refused);
 }
 
 fn queue(tx: &SyncSender<Input>, bytes: Vec<u8>, shared: &Shared) {
-    let input = Input {
+    let input = Input::Packet {
         received: now(),
         bytes,
     };
@@ -248,16 +280,21 @@ fn udp_loop(
     udp: UdpSocket,
     allow: &[IpNet],
     tx: &SyncSender<Input>,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     shared: &Shared,
 ) {
-    let _ = udp.set_read_timeout(Some(TICK));
+    let _ = udp.set_nonblocking(true);
     let mut buf = vec![0u8; hep::MAX_PACKET];
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        match wait_readable(&[udp.as_raw_fd()], stop, None) {
+            Ready::Stop => return,
+            Ready::Timeout => continue,
+            Ready::Input => {}
+        }
         match udp.recv_from(&mut buf) {
             Ok((n, peer)) => {
                 if !allowed(allow, peer) {
-                    shared.reject("not_allowed");
+                    refuse(tx, shared, "not_allowed");
                     continue;
                 }
                 queue(tx, buf[..n].to_vec(), shared);
@@ -269,7 +306,7 @@ fn udp_loop(
                 ) => {}
             Err(e) => {
                 tracing::warn!("hep: UDP receive: {e}");
-                std::thread::sleep(TICK);
+                std::thread::sleep(ERROR_PAUSE);
             }
         }
     }
@@ -279,20 +316,25 @@ fn tcp_accept(
     tcp: TcpListener,
     allow: Arc<Vec<IpNet>>,
     tx: SyncSender<Input>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     shared: Arc<Shared>,
 ) {
     let _ = tcp.set_nonblocking(true);
     let mut conns = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        match wait_readable(&[tcp.as_raw_fd()], &stop, None) {
+            Ready::Stop => break,
+            Ready::Timeout => continue,
+            Ready::Input => {}
+        }
         match tcp.accept() {
             Ok((s, peer)) => {
                 if !allowed(&allow, peer) {
-                    shared.reject("not_allowed");
+                    refuse(&tx, &shared, "not_allowed");
                     continue;
                 }
                 if shared.tcp_open.load(Ordering::Relaxed) >= MAX_TCP as u64 {
-                    shared.reject("tcp_connections");
+                    refuse(&tx, &shared, "tcp_connections");
                     continue;
                 }
                 shared.tcp_open.fetch_add(1, Ordering::Relaxed);
@@ -302,10 +344,10 @@ fn tcp_accept(
                     shared.tcp_open.fetch_sub(1, Ordering::Relaxed);
                 }));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(TICK / 4),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!("hep: TCP accept: {e}");
-                std::thread::sleep(TICK);
+                std::thread::sleep(ERROR_PAUSE);
             }
         }
         conns.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
@@ -316,12 +358,16 @@ fn tcp_accept(
 }
 
 /// One agent's TCP stream: HEP packets back to back, cut by their length.
-fn tcp_conn(mut s: TcpStream, tx: &SyncSender<Input>, stop: &AtomicBool, shared: &Shared) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(TICK));
+fn tcp_conn(mut s: TcpStream, tx: &SyncSender<Input>, stop: &Shutdown, shared: &Shared) {
+    let _ = s.set_nonblocking(true);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 65_536];
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        match wait_readable(&[s.as_raw_fd()], stop, None) {
+            Ready::Stop => return,
+            Ready::Timeout => continue,
+            Ready::Input => {}
+        }
         match s.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -344,22 +390,20 @@ fn tcp_conn(mut s: TcpStream, tx: &SyncSender<Input>, stop: &AtomicBool, shared:
                 Ok(_) => break,
                 Err(e) => {
                     // Out of step: nothing after this can be trusted.
-                    shared.reject(reason(&e));
+                    refuse(tx, shared, reason(&e));
                     return;
                 }
             }
         }
         if buf.len() > hep::MAX_PACKET {
-            shared.reject("malformed");
+            refuse(tx, shared, "malformed");
             return;
         }
     }
 }
 
 fn publish(
-    name: &str,
-    engine: &CallEngine,
-    out: &RecordingDir,
+    host: &EngineHost,
     shared: &Shared,
     agents: &BTreeMap<String, u64>,
     status: &SharedStatus,
@@ -370,10 +414,10 @@ fn publish(
         .map(|r| r.iter().map(|(k, v)| (k.to_string(), *v)).collect())
         .unwrap_or_default();
     if let Ok(mut s) = status.lock() {
-        let src = s.sources.entry(name.to_string()).or_default();
-        src.record_engine(engine, &out.counters);
+        let src = s.sources.entry(host.name().to_string()).or_default();
+        src.record_engine(&host.engine, &host.out.counters);
         src.queue_drops = shared.queue_drops.load(Ordering::Relaxed);
-        src.errors = out.counters.failed;
+        src.errors = host.out.counters.failed;
         src.hep_agents = agents.clone();
         src.hep_rejected = rejected;
     }

@@ -3,6 +3,7 @@
 //! into recording pairs through [`crate::recording`], and publishes its
 //! state into [`crate::status`]. A source never uses another source.
 
+pub(crate) mod engine_host;
 pub mod folder;
 pub mod hep;
 pub mod siprec;

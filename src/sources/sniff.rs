@@ -3,9 +3,12 @@
 //!
 //! One thread owns the socket and the engine: receive a frame with the time the
 //! kernel received it (`SO_TIMESTAMPNS`, wall clock), hand it to the engine, which writes recordings into the spool.
-//! Every 200 ms without traffic (and at least once a second) the engine gets a
-//! timeout tick, so calls whose media stopped end by `rtp_timeout`, and the
-//! status snapshot is refreshed (kernel drop counters from `PACKET_STATISTICS`).
+//! The thread sleeps in `poll` on the socket, its control doorbell and the
+//! stop token until a frame comes or the engine's next deadline
+//! ([`EngineHost::wait`]): calls whose media stopped end by `rtp_timeout`,
+//! the status snapshot is refreshed (kernel drop counters from
+//! `PACKET_STATISTICS`) while anything happens, and an idle capture does
+//! not wake up at all.
 //!
 //! The socket is `SOCK_DGRAM`: the kernel strips the link layer (and VLAN
 //! tags), so frames arrive as raw IP whatever the interface type, including
@@ -24,18 +27,19 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::call::{EndReason, EngineConfig};
 use pbx_core::capture::LinkType;
 use pbx_core::Timestamp;
 
 use crate::health::Liveness;
-use crate::recording::{RecordingDir, RecordingSettings};
+use crate::recording::RecordingDir;
+use crate::sources::engine_host::{EngineHost, HostControl};
 use crate::status::SharedStatus;
+use crate::sys::shutdown::{wait_readable, Doorbell, Ready, Shutdown};
 
 /// An open capture socket.
 pub struct PacketSocket {
@@ -253,10 +257,11 @@ pub use crate::sys::bpf::compile_filter;
 
 pub use crate::sys::now;
 
-/// What the daemon hands a running sniffing loop on a reload.
-pub enum SniffControl {
-    /// Recording settings for the calls that begin from now on.
-    Settings(Box<RecordingSettings>),
+/// What the daemon hands a running sniffing loop.
+pub(crate) enum SniffControl {
+    /// For the engine (recording settings for the calls that begin from
+    /// now on, ...).
+    Host(HostControl),
     /// A new capture (interface or filter changed), opened by the daemon
     /// while the old one still runs: the loop reads what the old socket
     /// still holds, then goes on with the new one; the engine and its calls
@@ -264,100 +269,147 @@ pub enum SniffControl {
     Socket(PacketSocket),
 }
 
+/// The daemon's end of a sniffing loop's control queue: each message rings
+/// the loop's doorbell, so the loop wakes from `poll` for it.
+pub(crate) struct SniffSender {
+    tx: Sender<SniffControl>,
+    bell: Arc<Doorbell>,
+}
+
+impl SniffSender {
+    /// False when the loop has ended.
+    pub(crate) fn send(&self, c: SniffControl) -> bool {
+        let ok = self.tx.send(c).is_ok();
+        self.bell.ring();
+        ok
+    }
+}
+
+/// The loop's end of the control queue.
+pub(crate) struct SniffReceiver {
+    rx: Receiver<SniffControl>,
+    bell: Arc<Doorbell>,
+}
+
+/// A control queue for one sniffing loop.
+pub(crate) fn control_channel() -> io::Result<(SniffSender, SniffReceiver)> {
+    let bell = Arc::new(Doorbell::new()?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    Ok((
+        SniffSender {
+            tx,
+            bell: bell.clone(),
+        },
+        SniffReceiver { rx, bell },
+    ))
+}
+
 /// Most frames read off the old socket when a new capture takes over.
 const SWAP_DRAIN_MAX: usize = 1 << 20;
+/// Frames read per wake-up before the loop looks at its controls and clock.
+const BATCH: usize = 64;
 
-/// Run the sniffing loop until `stop` is set; then close every open call
-/// (marked as cut by shutdown) and return.
+/// Run the sniffing loop until `stop` is triggered; then close every open
+/// call (marked as cut by shutdown) and return.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
+pub(crate) fn run(
     name: &str,
     mut sock: PacketSocket,
     engine_cfg: EngineConfig,
-    mut out: RecordingDir,
-    stop: Arc<AtomicBool>,
+    out: RecordingDir,
+    stop: Shutdown,
     status: SharedStatus,
     live: Arc<Liveness>,
-    control: Receiver<SniffControl>,
+    control: SniffReceiver,
 ) {
-    let mut engine = CallEngine::new(engine_cfg);
+    let mut host = EngineHost::new(name, engine_cfg, out, live);
     let mut buf = vec![0u8; 65_536];
-    let mut last_tick = Instant::now();
     let mut errors = 0u64;
     // After a capture swap: frames of the new socket up to this time were
     // read off the old one already (both sockets saw them).
     let mut skip_until: Option<Timestamp> = None;
-    while !stop.load(Ordering::Relaxed) {
-        match sock.recv(&mut buf) {
-            Ok(Some((ts, frame))) => {
-                if skip_until.is_some_and(|t| ts <= t) {
-                    continue;
+    loop {
+        let timeout = host.wait(now());
+        if timeout.is_none() {
+            host.idle();
+        }
+        let fds = [sock.fd.as_raw_fd(), control.bell.fd()];
+        if wait_readable(&fds, &stop, timeout) == Ready::Stop {
+            break;
+        }
+        let mut input = false;
+        for _ in 0..BATCH {
+            match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(Some((ts, n))) => {
+                    input = true;
+                    if skip_until.is_some_and(|t| ts <= t) {
+                        continue;
+                    }
+                    skip_until = None;
+                    host.engine
+                        .handle_frame(ts, LinkType::RawIp, &buf[..n], &mut host.out)
                 }
-                skip_until = None;
-                engine.handle_frame(ts, LinkType::RawIp, frame, &mut out)
-            }
-            Ok(None) => {}
-            Err(e) => {
-                errors += 1;
-                tracing::warn!(source = name, "capture error: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                Ok(None) => input = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    errors += 1;
+                    input = true;
+                    tracing::warn!(source = name, "capture error: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
             }
         }
-        if last_tick.elapsed() >= Duration::from_millis(200) {
-            last_tick = Instant::now();
-            while let Ok(c) = control.try_recv() {
-                match c {
-                    SniffControl::Settings(s) => {
-                        crate::recording::apply_settings(&mut engine, &mut out, *s)
-                    }
-                    SniffControl::Socket(mut new) => {
-                        // What the old socket still holds (it stops queuing
-                        // when it is closed below), then the new one.
-                        let mut last = None;
-                        for _ in 0..SWAP_DRAIN_MAX {
-                            match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
-                                Ok(Some((ts, n))) => {
-                                    last = Some(ts);
-                                    engine.handle_frame(ts, LinkType::RawIp, &buf[..n], &mut out);
-                                }
-                                Ok(None) => {}
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(_) => break,
+        control.bell.clear();
+        while let Ok(c) = control.rx.try_recv() {
+            input = true;
+            match c {
+                SniffControl::Host(c) => host.apply(c),
+                SniffControl::Socket(mut new) => {
+                    // What the old socket still holds (it stops queuing
+                    // when it is closed below), then the new one.
+                    let mut last = None;
+                    for _ in 0..SWAP_DRAIN_MAX {
+                        match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
+                            Ok(Some((ts, n))) => {
+                                last = Some(ts);
+                                host.engine.handle_frame(
+                                    ts,
+                                    LinkType::RawIp,
+                                    &buf[..n],
+                                    &mut host.out,
+                                );
                             }
+                            Ok(None) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
                         }
-                        skip_until = last;
-                        new.drops += sock.kernel_drops();
-                        sock = new;
-                        tracing::info!(
-                            source = name,
-                            "capture switched to the new interface/filter; calls in progress go on"
-                        );
                     }
+                    skip_until = last;
+                    new.drops += sock.kernel_drops();
+                    sock = new;
+                    tracing::info!(
+                        source = name,
+                        "capture switched to the new interface/filter; calls in progress go on"
+                    );
                 }
             }
-            engine.handle_timeout(now(), &mut out);
-            live.beat(name);
-            publish(name, &engine, &mut sock, &out, errors, &status);
+        }
+        if host.tick(now(), input) {
+            publish(&host, &mut sock, errors, &status);
         }
     }
-    engine.finish(EndReason::Shutdown, &mut out);
-    publish(name, &engine, &mut sock, &out, errors, &status);
-    live.forget(name);
+    host.finish(EndReason::Shutdown);
+    publish(&host, &mut sock, errors, &status);
 }
 
-fn publish(
-    name: &str,
-    engine: &CallEngine,
-    sock: &mut PacketSocket,
-    out: &RecordingDir,
-    errors: u64,
-    status: &SharedStatus,
-) {
+fn publish(host: &EngineHost, sock: &mut PacketSocket, errors: u64, status: &SharedStatus) {
     let drops = sock.kernel_drops();
     if let Ok(mut s) = status.lock() {
-        let src = s.sources.entry(name.to_string()).or_default();
-        src.record_engine(engine, &out.counters);
+        let src = s.sources.entry(host.name().to_string()).or_default();
+        src.record_engine(&host.engine, &host.out.counters);
         src.kernel_drops = drops;
-        src.errors = errors + out.counters.failed;
+        src.errors = errors + host.out.counters.failed;
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod bpf;
 pub(crate) mod clock;
 pub(crate) mod files;
 pub(crate) mod host;
+pub(crate) mod shutdown;
 pub(crate) mod sockets;
 pub mod tls;
 

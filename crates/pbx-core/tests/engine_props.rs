@@ -760,6 +760,72 @@ fn missing_bye_ends_by_rtp_timeout() {
     assert_eq!(sink.order.len(), 1);
 }
 
+/// A host that sleeps until `poll_timeout` (as the daemon's sources do):
+/// nothing to wait for while idle; while the call runs it is woken at most
+/// 200 ms apart; the BYE's linger ends exactly at its deadline; the
+/// recording is the same as one fed without any timer; afterwards the
+/// engine again has nothing to wait for.
+#[test]
+fn poll_timeout_wakes_only_when_needed() {
+    let _g = serial();
+    let pkts = call_packets(150, &[]);
+    let mut engine = CallEngine::new(EngineConfig::default());
+    assert_eq!(engine.poll_timeout(), None, "an idle engine needs no timer");
+    let mut sink = CheckingSink::keeping_audio();
+    let mut wakes: Vec<i64> = Vec::new();
+    let mut ended_at = None;
+    fn host_until(
+        engine: &mut CallEngine,
+        sink: &mut CheckingSink,
+        until: i64,
+        wakes: &mut Vec<i64>,
+        ended_at: &mut Option<i64>,
+    ) {
+        while let Some(d) = engine.poll_timeout() {
+            if d.as_micros() > until {
+                break;
+            }
+            wakes.push(d.as_micros());
+            engine.handle_timeout(d, sink);
+            if ended_at.is_none() && sink.order.len() == 1 && sink.only().meta.is_some() {
+                *ended_at = Some(d.as_micros());
+            }
+            assert!(wakes.len() < 10_000, "woken without end");
+        }
+    }
+    for p in &pkts {
+        host_until(&mut engine, &mut sink, p.at_us, &mut wakes, &mut ended_at);
+        feed(&mut engine, &mut sink, std::slice::from_ref(p));
+        let d = engine
+            .poll_timeout()
+            .expect("a call in progress needs time");
+        assert!(
+            d.as_micros() <= p.at_us.max(wakes.last().copied().unwrap_or(0)) + 1_000_000,
+            "deadline {} us after the packet",
+            d.as_micros() - p.at_us
+        );
+    }
+    host_until(&mut engine, &mut sink, i64::MAX, &mut wakes, &mut ended_at);
+    assert_eq!(engine.active_calls(), 0);
+    assert_eq!(engine.poll_timeout(), None, "nothing left to wait for");
+    // The BYE is the second-to-last packet; its linger is one jitter window.
+    let bye = pkts[pkts.len() - 2].at_us;
+    let jitter_us = i64::from(EngineConfig::default().jitter_ms) * 1000;
+    assert_eq!(ended_at, Some(bye + jitter_us), "ended at the linger's end");
+    // While media flowed, wakes came at most 200 ms apart (after the first).
+    for w in wakes.windows(2) {
+        assert!(w[1] - w[0] <= 200_000 || w[1] == bye + jitter_us);
+    }
+    let plain = run(&pkts);
+    let (a, b) = (sink.only(), plain.only());
+    assert_eq!(a.frames, b.frames);
+    assert!(a.audio == b.audio, "a timer changed the recording");
+    assert_eq!(
+        a.meta.as_ref().map(|m| m.end_reason),
+        b.meta.as_ref().map(|m| m.end_reason)
+    );
+}
+
 // ------------------------------------------------------------ fuzz seeds
 
 /// One record of the `call_engine` fuzz target's input.

@@ -29,52 +29,58 @@ impl Report {
 /// The engine thread: runs until every sender (SIP task, media thread) is
 /// gone, then closes every open call as cut by shutdown (calls answered
 /// whose audio never came become empty recordings, cut by shutdown too).
+/// It sleeps until input comes or the engine's next deadline
+/// ([`EngineHost::wait`]): no wake-ups while no call is in progress.
 pub(super) fn engine_loop(
     engine_cfg: EngineConfig,
-    mut out: RecordingDir,
+    out: RecordingDir,
     rx: std_mpsc::Receiver<EngineInput>,
     live: Arc<Liveness>,
     report: Report,
     recycler: Recycler,
     durable: mpsc::UnboundedSender<Control>,
 ) {
-    let mut engine = CallEngine::new(engine_cfg);
-    let mut last_tick = Instant::now();
+    let mut host = EngineHost::new(&report.name(), engine_cfg, out, live);
     // BYEs waiting for their call's recording, by Call-ID.
     let mut byes: HashMap<String, Vec<DialogId>> = HashMap::new();
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        let got = match host.wait(now()) {
+            Some(d) => rx.recv_timeout(d),
+            None => {
+                host.idle();
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            }
+        };
+        let input = match got {
             Ok(EngineInput::DialogEnded {
                 call_id,
                 reason,
                 bye,
             }) => {
-                out.end_answered(&call_id, reason);
+                host.out.end_answered(&call_id, reason);
                 if let Some(d) = bye {
-                    if out.is_recording(&call_id) {
+                    if host.out.is_recording(&call_id) {
                         byes.entry(call_id).or_default().push(d);
                     } else {
                         let _ = durable.send(Control::ByeDurable(d));
                     }
                 }
+                true
             }
-            Ok(input) => handle_input(&mut engine, input, &mut out, &recycler),
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(input) => {
+                handle_input(&mut host, input, &recycler);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if last_tick.elapsed() >= Duration::from_millis(200) {
-            last_tick = Instant::now();
-            engine.handle_timeout(now(), &mut out);
-            let name = report.name();
-            if name != "siprec" {
-                live.forget("siprec");
-            }
-            live.beat(&name);
-            publish(&engine, &out, &report);
+        };
+        host.rename(&report.name());
+        if host.tick(now(), input) {
+            publish(&host, &report);
         }
         // Pairs made durable by this input or tick: their BYEs are answered.
-        for call_id in out.take_closed() {
-            if out.is_recording(&call_id) {
+        for call_id in host.out.take_closed() {
+            if host.out.is_recording(&call_id) {
                 continue;
             }
             for d in byes.remove(&call_id).unwrap_or_default() {
@@ -82,11 +88,10 @@ pub(super) fn engine_loop(
             }
         }
     }
-    engine.finish(EndReason::Shutdown, &mut out);
-    out.finish_answered("shutdown");
-    publish(&engine, &out, &report);
+    host.finish(EndReason::Shutdown);
+    host.out.finish_answered("shutdown");
+    publish(&host, &report);
     let name = report.name();
-    live.forget(&name);
     if name != "siprec" {
         // A drained instance: its calls are recorded, its entry goes.
         if let Ok(mut s) = report.status.lock() {
@@ -95,12 +100,7 @@ pub(super) fn engine_loop(
     }
 }
 
-pub(super) fn handle_input(
-    engine: &mut CallEngine,
-    input: EngineInput,
-    out: &mut RecordingDir,
-    recycler: &Recycler,
-) {
+pub(super) fn handle_input(host: &mut EngineHost, input: EngineInput, recycler: &Recycler) {
     let udp = |ts, src, dst, payload| Segment {
         ts,
         src,
@@ -109,6 +109,7 @@ pub(super) fn handle_input(
         payload,
         tcp_gap: false,
     };
+    let (engine, out) = (&mut host.engine, &mut host.out);
     match input {
         EngineInput::Udp {
             ts,
@@ -122,12 +123,13 @@ pub(super) fn handle_input(
             }
             recycler.give_back(batch);
         }
-        EngineInput::Settings(s) => crate::recording::apply_settings(engine, out, *s),
-        EngineInput::DialogEnded { .. } => {}
+        EngineInput::Control(c) => host.apply(c),
+        EngineInput::Refused | EngineInput::DialogEnded { .. } => {}
     }
 }
 
-pub(super) fn publish(engine: &CallEngine, out: &RecordingDir, r: &Report) {
+pub(super) fn publish(host: &EngineHost, r: &Report) {
+    let (engine, out) = (&host.engine, &host.out);
     let name = r.name();
     if let Ok(mut s) = r.status.lock() {
         let draining = name != "siprec";

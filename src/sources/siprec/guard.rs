@@ -108,6 +108,11 @@ impl GuardCounters {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Refusals of every reason together.
+    pub(crate) fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     /// Every reason with its count (zeros included, so the metric exists
     /// from the start).
     pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {

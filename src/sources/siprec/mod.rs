@@ -52,12 +52,12 @@ pub mod srtp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::call::{EndReason, EngineConfig};
 use pbx_core::net::{Segment, Transport};
 use pbx_core::sip::message::parse_message;
 use pbx_core::sip::sdp::SessionDescription;
@@ -75,6 +75,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::SiprecConfig;
 use crate::health::Liveness;
 use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
+use crate::sources::engine_host::{EngineHost, HostControl};
 use crate::sources::siprec::admission::{Admission, StreamOrigin};
 use crate::sources::siprec::guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
@@ -85,6 +86,7 @@ use crate::sources::siprec::media::{
 use crate::sources::siprec::ports::RtpPorts;
 use crate::status::SharedStatus;
 use crate::sys::now;
+use crate::sys::shutdown::Shutdown;
 
 /// What the engine thread is fed: SIP messages (as received and as sent) from
 /// the SIP task, RTP in batches from the media thread. Both go through one
@@ -98,8 +100,11 @@ enum EngineInput {
         payload: Vec<u8>,
     },
     Media(DatagramBatch),
-    /// New recording settings (reload): for calls that begin from now on.
-    Settings(Box<RecordingSettings>),
+    /// From the daemon (new recording settings on a reload, ...).
+    Control(HostControl),
+    /// The SIP task refused input (counted in the guard's counters): the
+    /// status is due.
+    Refused,
     /// An answered dialog ended (after the messages that ended it): a call
     /// whose audio never began becomes an empty recording (`reason`); with
     /// `bye` (the SRC's BYE, held) report [`Control::ByeDurable`] once the
@@ -169,7 +174,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running SIPREC source.
 pub struct SiprecHandle {
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     sip_task: JoinHandle<()>,
     media: MediaReceiver,
     engine_thread: std::thread::JoinHandle<()>,
@@ -201,7 +206,7 @@ impl SiprecHandle {
             rtp_timeout,
         });
         if let Some(tx) = &self.settings {
-            let input = EngineInput::Settings(Box::new(rec));
+            let input = EngineInput::Control(HostControl::Settings(Box::new(rec)));
             // The queue is deep and drained fast; wait for room if it is full.
             if let Err(TrySendError::Full(input)) = tx.try_send(input) {
                 let tx = tx.clone();
@@ -263,7 +268,7 @@ impl SiprecHandle {
     /// what its sockets still hold; the engine thread ends when both are gone
     /// (its channel disconnects), so nothing received is left unrecorded.
     pub async fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.trigger();
         self.settings = None;
         let _ = self.sip_task.await;
         let (media, engine) = (self.media, self.engine_thread);
@@ -330,7 +335,7 @@ pub async fn start(
     let calls = Arc::new(AtomicUsize::new(0));
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new()?;
     let answered = out.answered_calls();
     let mut out = out;
     // The engine thread tells the SIP task when a call's pair is durable.

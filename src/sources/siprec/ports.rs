@@ -413,6 +413,11 @@ impl RtpPorts {
 
     /// Close retired ports whose time is up; write the pool's state file
     /// (at most once a second).
+    /// Ports wait to be retired: [`Self::tick`] has work.
+    pub fn busy(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
     pub fn tick(&mut self, now: Instant, wall: SystemTime) {
         let due: Vec<u16> = self
             .retired

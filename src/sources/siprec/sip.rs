@@ -53,13 +53,16 @@ pub(super) struct Shared {
 /// dialog ended (while server transactions remain).
 pub(super) const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
+/// Refusals are reported to the engine thread at most this often.
+const NUDGE_EVERY: Duration = Duration::from_millis(200);
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn sip_loop(
     mut cfg: SiprecConfig,
     sockets: SipSockets,
     etx: SyncSender<EngineInput>,
     media: MediaControl,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     drops: Arc<AtomicI64>,
     mut rtp_timeout: Duration,
     shared: Shared,
@@ -101,11 +104,32 @@ pub(super) async fn sip_loop(
         HashMap::new();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
     let mut buf = vec![0u8; 65_536];
+    // Timers (UAS retransmissions, silent sessions, retired RTP ports,
+    // draining) run every 100 ms, only while one of them has something
+    // to do: an idle listener does not wake up.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut published_refusals, mut last_nudge) = (0u64, None);
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_set() {
             break;
         }
+        // Refusals reach the status through the engine thread, which
+        // publishes on input: tell it, at most every 200 ms.
+        let refused = guard.total();
+        if refused != published_refusals
+            && last_nudge.is_none_or(|t: Instant| t.elapsed() >= NUDGE_EVERY)
+            && etx.try_send(EngineInput::Refused).is_ok()
+        {
+            published_refusals = refused;
+            last_nudge = Some(Instant::now());
+        }
+        let timers = !sessions.is_empty()
+            || uas.poll_timeout().is_some()
+            || ports.busy()
+            || draining
+            || stop_when_idle
+            || refused != published_refusals;
         calls.store(sessions.len(), Ordering::Relaxed);
         // A BYE still held for its recording keeps the listener open.
         if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
@@ -122,6 +146,7 @@ pub(super) async fn sip_loop(
             idle_since = None;
         }
         tokio::select! {
+            _ = stop.wait() => break,
             Some(c) = control_rx.recv() => match c {
                 Control::Update { cfg: new, rtp_timeout: t } => {
                     cfg.allow = new.allow;
@@ -171,7 +196,7 @@ pub(super) async fn sip_loop(
                     },
                 }
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if timers => {
                 uas.handle(UasInput::Timeout(now()));
                 busy.set(sessions.values().map(|s| s.peer));
                 // Hang up sessions whose media stopped long ago.

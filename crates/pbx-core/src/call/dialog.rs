@@ -263,6 +263,11 @@ impl Tracker {
                 }
             }
         }
+        if matches!(call.state, CallState::Ending(..)) {
+            // Its linger ends at an exact time: a host sleeping on
+            // `poll_timeout` wakes for it.
+            self.wake_for(key);
+        }
         let is_siprec_offer = msg.is_request()
             && matches!(msg.method(), Some(Method::Invite | Method::Update))
             && (msg

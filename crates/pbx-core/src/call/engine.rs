@@ -128,6 +128,10 @@ pub(super) const WARNINGS_MAX: usize = 32;
 /// (relayed copies of a stream interleave, a replaced stream stops).
 pub(super) const FLOW_QUIET_US: i64 = 60_000;
 pub(super) const HOUSEKEEPING_US: i64 = 1_000_000;
+/// While calls are in progress, time must reach the engine at least this
+/// often (renders the legs that fell silent, notices timeouts):
+/// [`CallEngine::poll_timeout`] asks for it.
+pub(super) const FLUSH_TICK_US: i64 = 200_000;
 
 /// Everything but the network decoder (so the decoder's callback can borrow it).
 pub(super) struct Tracker {
@@ -142,6 +146,10 @@ pub(super) struct Tracker {
     pub(super) next_key: u64,
     pub(super) now: Timestamp,
     pub(super) last_housekeeping: Timestamp,
+    /// The earliest exact deadline known (a call's linger after BYE, a
+    /// timeout, an idle TCP framer): recomputed by housekeeping, moved
+    /// earlier by the events that create one.
+    pub(super) wake: Option<Timestamp>,
     pub(super) scratch: Vec<i16>,
     pub(super) out: Vec<i16>,
 }
@@ -158,6 +166,7 @@ impl Tracker {
             next_key: 1,
             now: Timestamp::ZERO,
             last_housekeeping: Timestamp::ZERO,
+            wake: None,
             scratch: Vec::with_capacity(4096),
             out: Vec::with_capacity(16384),
         }
@@ -243,6 +252,42 @@ impl Tracker {
         let idle = self.cfg.setup_timeout_us;
         self.framers
             .retain(|_, (_, last)| now.micros_since(*last) < idle);
+        self.wake = self
+            .calls
+            .values()
+            .map(|c| self.deadline_of(c))
+            .chain(self.framers.values().map(|(_, last)| last.add_micros(idle)))
+            .min();
+    }
+
+    /// When call `c` next needs time without packets: the end of its
+    /// linger after BYE, or its media or set-up timeout.
+    pub(super) fn deadline_of(&self, c: &Call) -> Timestamp {
+        match (&c.state, &c.media) {
+            (CallState::Ending(at, _), m) => at.add_micros(
+                m.as_ref()
+                    .map_or(i64::from(self.cfg.jitter_ms), |m| i64::from(m.jitter_ms))
+                    * 1000,
+            ),
+            (_, Some(_)) => c.last_rtp.add_micros(self.cfg.rtp_timeout_us),
+            (_, None) => c.last_sip.add_micros(self.cfg.setup_timeout_us),
+        }
+    }
+
+    /// Call `key` may have a new, earlier deadline (it began, or is ending).
+    pub(super) fn wake_for(&mut self, key: CallKey) {
+        if let Some(d) = self.calls.get(&key).map(|c| self.deadline_of(c)) {
+            self.wake = Some(self.wake.map_or(d, |w| w.min(d)));
+        }
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Timestamp> {
+        let tick =
+            (!self.calls.is_empty()).then(|| self.last_housekeeping.add_micros(FLUSH_TICK_US));
+        match (self.wake, tick) {
+            (Some(w), Some(t)) => Some(w.min(t)),
+            (w, t) => w.or(t),
+        }
     }
 }
 
@@ -324,6 +369,19 @@ impl CallEngine {
     pub fn handle_segment(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
         self.t.stats.segments += 1;
         self.t.handle_segment(seg, sink)
+    }
+
+    /// When the engine next needs [`CallEngine::handle_timeout`], on the
+    /// clock of the timestamps it is fed (as str0m's `poll_output` returns
+    /// its next deadline): `None` while it has nothing to wait for (no call
+    /// in progress, no half-read SIP stream), so a host may sleep until
+    /// input arrives. While calls are in progress the deadline is at most
+    /// 200 ms after the last time the engine looked at every call (legs
+    /// that fell silent are rendered, timeouts noticed); a BYE's linger
+    /// ends exactly at its deadline. A deadline in the past means now.
+    /// Calling `handle_timeout` earlier or more often is harmless.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.t.poll_timeout()
     }
 
     /// Let time pass without packets (the daemon calls this on a timer).

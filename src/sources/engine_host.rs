@@ -1,0 +1,151 @@
+//! The engine host: what every live source does around its [`CallEngine`],
+//! written once (sniffing, SIPREC, HEP; `import` drives the engine from a
+//! file and needs none of the timing).
+//!
+//! In: the source's inputs (frames or segments, fed straight to
+//! [`EngineHost::engine`] with [`EngineHost::out`] as the sink), the clock
+//! the inputs are stamped with, and [`HostControl`]s from the daemon (each
+//! source carries them on the path that wakes its loop: its input queue, or
+//! for sniffing a control queue with a doorbell fd).
+//! Out: recordings (through the [`RecordingDir`]), liveness beats, and a
+//! "publish now" answer for the source's status report.
+//!
+//! Promises:
+//! - The source blocks for input for [`EngineHost::wait`]: until the
+//!   engine's next deadline ([`CallEngine::poll_timeout`]) or the next
+//!   status report, never longer; with no call in progress and nothing to
+//!   report it blocks without a timeout, so an idle daemon does not wake up
+//!   (its liveness entry says "waiting", which the watchdog accepts).
+//! - [`EngineHost::tick`] after every input or wake-up runs the engine's
+//!   timeout when due and says when the status is due:
+//!   at most every [`PUBLISH_EVERY`] while anything happens, once more when
+//!   the source falls idle.
+//! - [`EngineHost::finish`] closes every open call with a reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pbx_core::call::{CallEngine, EndReason, EngineConfig};
+use pbx_core::Timestamp;
+
+use crate::health::Liveness;
+use crate::recording::{RecordingDir, RecordingSettings};
+
+/// How often a busy source reports its status.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// What the daemon tells a running engine.
+pub(crate) enum HostControl {
+    /// Recording settings for the calls that begin from now on (a reload).
+    Settings(Box<RecordingSettings>),
+}
+
+/// A [`CallEngine`], its recordings and its timing (see the module docs).
+pub(crate) struct EngineHost {
+    name: String,
+    pub(crate) engine: CallEngine,
+    pub(crate) out: RecordingDir,
+    live: Arc<Liveness>,
+    /// When the status was last reported; `None`: reported since the last
+    /// activity (nothing new to say).
+    last_publish: Option<Instant>,
+    /// Something happened since the last report.
+    dirty: bool,
+}
+
+impl EngineHost {
+    pub(crate) fn new(
+        name: &str,
+        cfg: EngineConfig,
+        out: RecordingDir,
+        live: Arc<Liveness>,
+    ) -> Self {
+        live.beat(name);
+        EngineHost {
+            name: name.to_string(),
+            engine: CallEngine::new(cfg),
+            out,
+            live,
+            last_publish: None,
+            dirty: true,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name this host's liveness and status go under changes (a
+    /// draining SIPREC instance).
+    pub(crate) fn rename(&mut self, name: &str) {
+        if name != self.name {
+            self.live.forget(&self.name);
+            self.name = name.to_string();
+            self.live.beat(name);
+        }
+    }
+
+    /// How long the source may block for input, `now` on the inputs' clock;
+    /// `None`: until input comes (nothing to do before).
+    pub(crate) fn wait(&self, now: Timestamp) -> Option<Duration> {
+        let engine = self
+            .engine
+            .poll_timeout()
+            .map(|d| Duration::from_micros(u64::try_from(d.micros_since(now)).unwrap_or(0)));
+        let report = self.dirty.then(|| {
+            self.last_publish.map_or(Duration::ZERO, |t| {
+                PUBLISH_EVERY.saturating_sub(t.elapsed())
+            })
+        });
+        match (engine, report) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The source is about to block without a timeout ([`Self::wait`] said
+    /// `None`): the watchdog must not take the silence for a hang.
+    pub(crate) fn idle(&self) {
+        self.live.waiting(&self.name);
+    }
+
+    /// After an input (`input`: true) or a wake-up: the engine's timeout if
+    /// due, a liveness beat. True when the source should publish its status
+    /// now.
+    pub(crate) fn tick(&mut self, now: Timestamp, input: bool) -> bool {
+        self.dirty |= input;
+        if self.engine.poll_timeout().is_some_and(|d| d <= now) {
+            self.engine.handle_timeout(now, &mut self.out);
+            self.dirty = true;
+        }
+        if !self.dirty {
+            return false;
+        }
+        let due = self
+            .last_publish
+            .is_none_or(|t| t.elapsed() >= PUBLISH_EVERY);
+        if due {
+            self.live.beat(&self.name);
+            self.last_publish = Some(Instant::now());
+            // Nothing new after this report unless an input or a timeout
+            // comes: then one more report, then silence.
+            self.dirty = input || self.engine.poll_timeout().is_some();
+        }
+        due
+    }
+
+    pub(crate) fn apply(&mut self, c: HostControl) {
+        match c {
+            HostControl::Settings(s) => {
+                crate::recording::apply_settings(&mut self.engine, &mut self.out, *s)
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// End every open call (shutdown, end of input); the liveness entry goes.
+    pub(crate) fn finish(&mut self, reason: EndReason) {
+        self.engine.finish(reason, &mut self.out);
+        self.live.forget(&self.name);
+    }
+}
