@@ -129,7 +129,10 @@ async fn handle(
     if method != "GET" && method != "HEAD" {
         return respond(&mut sock, 405, "text/plain", "only GET\n").await;
     }
-    let snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
+    if let Some(t) = snapshot.started {
+        snapshot.uptime_s = t.elapsed().as_secs();
+    }
     match path {
         "/healthz" => {
             let stalled = live.stalled(Duration::from_secs(30));

@@ -141,12 +141,30 @@ pub struct Status {
     pub version: &'static str,
     pub agent_id: String,
     pub started_at: String,
+    /// Seconds since `started` (filled in when the status is read).
     pub uptime_s: u64,
+    #[serde(skip)]
+    pub started: Option<std::time::Instant>,
     pub config_file: Option<String>,
     pub sources: BTreeMap<String, SourceStatus>,
     pub spool: SpoolStatus,
     pub cloud: CloudStatus,
     pub shutting_down: bool,
+}
+
+impl Status {
+    /// Work in progress: a call on any source, or recordings not yet
+    /// delivered or failed (the daemon's timers run faster while it has).
+    pub fn busy(&self) -> bool {
+        self.sources.values().any(|s| s.active_calls > 0)
+            || self.cloud.in_flight > 0
+            || self.cloud.queue.iter().any(|(state, n)| {
+                *n > 0
+                    && (state == "recorded"
+                        || (self.cloud.configured
+                            && matches!(state.as_str(), "queued" | "uploading")))
+            })
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]

@@ -1389,3 +1389,35 @@ fn bench_make_recordings() {
         write_recording(&dir, &format!("{prefix}{i:05}"), bytes, i as u64);
     }
 }
+
+/// An idle queue is scanned only every 30 s (no wake-ups without work),
+/// yet a pair that lands in the spool is delivered at once: the spool
+/// directory's watch wakes the scheduler (the wait below is a third of the
+/// idle scan).
+#[test]
+fn an_idle_delivery_wakes_for_a_new_pair_at_once() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().to_path_buf();
+    let mut s = fast_settings(&spool, &rx.url, CloudProtocol::Tus);
+    s.scan_interval = Duration::from_secs(1);
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("spool open", Duration::from_secs(10), || {
+            cloud_status(&status).spool_error.is_none()
+        })
+        .await;
+        // Past the first scans: idle now.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        write_recording(&spool, "landed", 4000, 7);
+        wait_for(
+            "delivered before the idle scan",
+            Duration::from_secs(10),
+            || rx.lock().calls.len() == 1,
+        )
+        .await;
+        h.shutdown().await;
+    });
+    assert!(rx.calls().contains_key("landed"));
+}

@@ -90,10 +90,14 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
         SpoolCommand::Retry { id, all_failed, .. } => match (id, all_failed) {
             (None, true) => {
                 let n = spool.retry_all_failed(now)?;
+                crate::spool::poke(dir);
                 println!("{n} failed recordings queued again");
             }
             (Some(id), false) => match spool.retry(&id, now) {
-                Ok(()) => println!("{id}: queued for the next attempt"),
+                Ok(()) => {
+                    crate::spool::poke(dir);
+                    println!("{id}: queued for the next attempt")
+                }
                 Err(e @ SpoolError::NotFound(_)) => {
                     eprintln!("pbx-edge spool retry: {e}");
                     return Ok(ExitCode::from(1));

@@ -42,6 +42,10 @@ use crate::sources::sniff;
 use crate::status::{SharedStatus, SourceStatus, Status};
 use crate::sys::shutdown::Shutdown;
 
+/// The supervision tick while there is work, and while there is none.
+const BUSY_TICK: Duration = Duration::from_secs(1);
+const IDLE_TICK: Duration = Duration::from_secs(10);
+
 /// A running source: its stop token and thread.
 struct RunningSource {
     stop: Shutdown,
@@ -377,6 +381,7 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
             // The disk-full reserve is space held for the queue, not spool content.
             // Nor is the RTP port pool's small state file.
             if e.file_name() == crate::spool::RESERVE_FILE
+                || e.file_name() == crate::spool::WAKE_FILE
                 || e.file_name()
                     .to_str()
                     .is_some_and(|n| n.starts_with(crate::sources::siprec::ports::STATE_FILE))
@@ -726,6 +731,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         version: env!("CARGO_PKG_VERSION"),
         agent_id: cfg.agent.id.clone(),
         started_at: crate::sys::now().to_rfc3339(),
+        started: Some(started),
         config_file: Config::resolve_path(config_path.as_deref()).map(|p| p.display().to_string()),
         ..Status::default()
     }));
@@ -785,10 +791,16 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     ]);
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let period = watchdog
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
+    // The supervision tick: every second while there is work (calls,
+    // recordings to deliver, listeners draining, delivery to restart),
+    // every IDLE_TICK otherwise, never longer than half the watchdog time.
+    let period = |busy: bool| {
+        let p = if busy { BUSY_TICK } else { IDLE_TICK };
+        watchdog.map_or(p, |w| p.min(w))
+    };
+    let mut tick_period = period(true);
+    let next_tick = tokio::time::sleep(tick_period);
+    tokio::pin!(next_tick);
     let mut last_wd = Instant::now();
     loop {
         tokio::select! {
@@ -849,8 +861,11 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     }
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
+                // A reload may leave work for the tick (a listener to replace).
+                tick_period = period(true);
+                next_tick.as_mut().reset(tokio::time::Instant::now() + tick_period);
             }
-            _ = tick.tick() => {
+            _ = &mut next_tick => {
                 if let Ok(mut s) = status.lock() {
                     s.uptime_s = started.elapsed().as_secs();
                 }
@@ -879,7 +894,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     // watchdog time: a tick a little early must not wait a
                     // whole period more (with WATCHDOG_USEC=2s the period is
                     // the half, and `>= half` missed every other tick).
-                    if last_wd.elapsed() + period / 2 >= half {
+                    if last_wd.elapsed() + tick_period / 2 >= half {
                         let stalled = live.stalled(half * 2);
                         if stalled.is_empty() {
                             notify(&[sd_notify::NotifyState::Watchdog]);
@@ -890,6 +905,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     }
                 }
                 notify(&[sd_notify::NotifyState::Status(&status_line(&status))]);
+                let busy = siprec_pending
+                    || !siprec_draining.is_empty()
+                    || delivery.is_none()
+                    || status.lock().is_ok_and(|s| s.busy());
+                tick_period = period(busy);
+                next_tick.as_mut().reset(tokio::time::Instant::now() + tick_period);
             }
         }
     }

@@ -9,7 +9,10 @@
 //! `/metrics` and `/readyz`.
 //!
 //! One scheduler task on the caller's tokio runtime, every `scan_interval`
-//! (and whenever an upload ends or [`DeliveryHandle::wake`] is called):
+//! while the queue holds work (every [`IDLE_SCAN`] while it holds none), and
+//! at once whenever a recording pair lands in the spool directory (an
+//! inotify watch on it; `pbx-edge spool retry` touches its `.wake` file),
+//! an upload ends or [`DeliveryHandle::wake`] is called:
 //! adopts new pairs, applies the local filters (`recorded` → `queued`, or
 //! filtered: deleted, or kept with `keep_filtered`), removes delivered
 //! recordings older than `retention`, then starts due uploads up to
@@ -196,8 +199,51 @@ impl Shared {
 pub struct DeliveryHandle {
     shared: Arc<Shared>,
     active_tx: watch::Sender<Arc<Active>>,
-    stop_tx: watch::Sender<bool>,
+    stop: crate::sys::shutdown::Shutdown,
     task: JoinHandle<()>,
+    /// Wakes the scheduler when a pair lands (`None`: inotify unusable;
+    /// the idle scan still finds it).
+    _watch: Option<notify::RecommendedWatcher>,
+}
+
+/// How often an idle queue (nothing to deliver) is scanned; new pairs
+/// wake the scheduler at once through the spool directory's watch.
+pub(crate) const IDLE_SCAN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Watch the spool directory: a new `<id>.json` (the pair is complete) or
+/// a touched [`crate::spool::WAKE_FILE`] wakes the scheduler.
+fn watch_spool(dir: &Path, shared: std::sync::Weak<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        let wanted = ev.paths.iter().any(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                || p.file_name().is_some_and(|n| n == crate::spool::WAKE_FILE)
+        });
+        let kind = matches!(
+            ev.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                | notify::EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                ))
+        );
+        if wanted && kind {
+            if let Some(s) = shared.upgrade() {
+                s.wake.notify_one();
+            }
+        }
+    })
+    .ok()?;
+    match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            tracing::debug!(
+                "spool directory not watched ({e}): new recordings are found by the scan"
+            );
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for DeliveryHandle {
@@ -308,13 +354,18 @@ pub fn start_with(
         _lock: lock,
     });
     let (active_tx, active_rx) = watch::channel(Arc::new(active));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(scheduler(Arc::clone(&shared), active_rx, stop_rx));
+    let stop = crate::sys::shutdown::Shutdown::new().map_err(|source| DeliveryError::Lock {
+        path: shared.dir.clone(),
+        source,
+    })?;
+    let watch = watch_spool(&shared.dir, Arc::downgrade(&shared));
+    let task = tokio::spawn(scheduler(Arc::clone(&shared), active_rx, stop.clone()));
     Ok(DeliveryHandle {
         shared,
         active_tx,
-        stop_tx,
+        stop,
         task,
+        _watch: watch,
     })
 }
 
@@ -355,7 +406,7 @@ impl DeliveryHandle {
     /// Stop: no new uploads; running ones get `shutdown_grace` to finish,
     /// then are dropped (their progress is already saved).
     pub async fn shutdown(self) {
-        let _ = self.stop_tx.send(true);
+        self.stop.trigger();
         self.shared.wake.notify_one();
         let _ = self.task.await;
     }

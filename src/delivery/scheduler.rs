@@ -134,7 +134,7 @@ pub(super) fn publish(
     in_flight: usize,
     window_open: bool,
     db_error: Option<String>,
-) {
+) -> bool {
     let figures = shared.spool.lock().ok().and_then(|sp| {
         let sp = sp.as_ref()?;
         Some((
@@ -157,8 +157,9 @@ pub(super) fn publish(
         .lock()
         .ok()
         .and_then(|e| e.clone());
+    let opened = figures.is_some();
     let Ok(mut st) = shared.status.lock() else {
-        return;
+        return true;
     };
     let c = &mut st.cloud;
     c.configured = active.cloud.is_some();
@@ -188,27 +189,48 @@ pub(super) fn publish(
     c.spool_error = db_error;
     c.spool_repairs = repairs.0;
     c.spool_repaired = repairs.1;
+    // Work left: anything not yet delivered, failed or filtered (or no
+    // figures at all); delivered recordings waiting for their retention
+    // to pass count when retention is short (see the scheduler).
+    let kept = c.queue.get("delivered").is_some_and(|n| *n > 0)
+        && active.settings.retention > Duration::ZERO
+        && active.settings.retention < super::IDLE_SCAN;
+    !opened
+        || in_flight > 0
+        || kept
+        || c.queue.iter().any(|(state, n)| {
+            // Without a cloud, queued recordings wait for one: no work.
+            *n > 0
+                && (state == "recorded"
+                    || (c.configured && matches!(state.as_str(), "queued" | "uploading")))
+        })
 }
+
+/// Wake-ups closer together than this share one scan.
+const MIN_RESCAN: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub(super) async fn scheduler(
     shared: Arc<Shared>,
     mut active_rx: watch::Receiver<Arc<Active>>,
-    mut stop_rx: watch::Receiver<bool>,
+    stop: crate::sys::shutdown::Shutdown,
 ) {
     let mut jobs: JoinSet<()> = JoinSet::new();
     let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut next_scan = Instant::now();
+    let mut last_scan = Instant::now();
     let mut db_error: Option<String> = None;
     // The last spool error logged (the same one is not logged every scan).
     let mut logged: Option<String> = None;
     loop {
-        if *stop_rx.borrow() {
+        if stop.is_set() {
             break;
         }
         let active = Arc::clone(&active_rx.borrow());
         let settings = &active.settings;
         let now = Instant::now();
-        if now >= next_scan {
+        let scanned = now >= next_scan;
+        if scanned {
+            last_scan = now;
             next_scan = now + settings.scan_interval;
             let (sh, st) = (Arc::clone(&shared), settings.clone());
             let r = tokio::task::spawn_blocking(move || housekeeping(&sh, &st)).await;
@@ -298,17 +320,25 @@ pub(super) async fn scheduler(
                 busy.len(),
                 db_error.clone(),
             );
-            let _ =
-                tokio::task::spawn_blocking(move || publish(&sh, &ac, n, window_open, err)).await;
+            let busy = tokio::task::spawn_blocking(move || publish(&sh, &ac, n, window_open, err))
+                .await
+                .unwrap_or(true);
+            // Nothing to deliver, nothing wrong: no need to look every
+            // second (a new pair wakes us through the directory's watch).
+            if scanned && !busy && db_error.is_none() && jobs.is_empty() {
+                next_scan = next_scan.max(last_scan + super::IDLE_SCAN);
+            }
         }
         let sleep = next_scan.saturating_duration_since(Instant::now());
         tokio::select! {
-            _ = stop_rx.changed() => {}
+            _ = stop.wait() => {}
             r = active_rx.changed() => {
                 if r.is_err() { break; }
                 next_scan = Instant::now();
             }
-            _ = shared.wake.notified() => { next_scan = Instant::now(); }
+            // At most one wake-driven scan per MIN_RESCAN (a burst of
+            // new pairs is one scan).
+            _ = shared.wake.notified() => { next_scan = Instant::now().max(last_scan + MIN_RESCAN); }
             Some(r) = jobs.join_next_with_id(), if !jobs.is_empty() => {
                 let tid = match r { Ok((tid, ())) => tid, Err(e) => {
                     if e.is_panic() { tracing::error!("an upload task panicked: {e}"); }

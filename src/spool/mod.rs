@@ -109,6 +109,17 @@ pub(crate) const DB_FILE: &str = "spool.db";
 /// Space held back in the spool directory so that the database can still
 /// record deliveries (which free space) when the disk is full.
 pub const RESERVE_FILE: &str = ".spool.reserve";
+/// Touched by [`poke`] (`pbx-edge spool retry` in another process): the
+/// running daemon's delivery, which watches the spool directory, looks at
+/// the queue at once instead of at its next idle scan.
+pub const WAKE_FILE: &str = ".wake";
+
+/// Tell a running daemon that the queue changed (see [`WAKE_FILE`]); best
+/// effort: without a daemon nothing happens.
+pub fn poke(dir: &Path) {
+    let _ = create_private_file(&dir.join(WAKE_FILE));
+}
+
 /// Size of [`RESERVE_FILE`].
 pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 /// Version of the schema below (`PRAGMA user_version`).
