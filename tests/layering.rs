@@ -299,9 +299,16 @@ fn imports_of(rel: &str, text: &str) -> Vec<Import> {
 /// The top-level module of a file, and for `sources/` the source too.
 fn unit_of(path: &[String]) -> (String, Option<String>) {
     let top = path.first().cloned().unwrap_or_default();
-    let source = (top == "sources").then(|| path.get(1).cloned()).flatten();
+    let source = (top == "sources")
+        .then(|| path.get(1).cloned())
+        .flatten()
+        .filter(|s| !SOURCES_SHARED.contains(&s.as_str()));
     (top, source)
 }
+
+/// What every source shares (`sources/mod.rs`: the `SourceHandle` trait
+/// and helpers; the engine host): not a source itself.
+const SOURCES_SHARED: &[&str] = &["mod", "engine_host", "handle"];
 
 /// Everything wrong with a set of files (relative path, text).
 fn violations(files: &[(String, String)]) -> Vec<String> {

@@ -23,12 +23,10 @@
 //!   sniff capture is handed to the running engine (`reload_siprec`,
 //!   `reload_sniff`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -36,118 +34,64 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::health::{self, Liveness};
-use crate::recording::{self, RecordingContext, RecordingDir, RecordingSettings};
-use crate::sources::engine_host::HostControl;
+use crate::recording::{self, RecordingDir};
+use crate::sources::handle::{context, Reload, SourceHandle};
 use crate::sources::sniff;
 use crate::status::{SharedStatus, SourceStatus, Status};
-use crate::sys::shutdown::Shutdown;
 
 /// The supervision tick while there is work, and while there is none.
 const BUSY_TICK: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_secs(10);
 
-/// A running source: its stop token and thread.
-struct RunningSource {
-    stop: Shutdown,
-    thread: JoinHandle<()>,
-    /// Reloads for the sniffing loop.
-    control: sniff::SniffSender,
-    /// What its capture was opened with (interface, filter).
-    capture: (String, Option<String>),
-}
+/// The sources the daemon starts, reloads and stops alike (SIPREC has
+/// its own listener swap: [`reload_siprec`]).
+const PASSIVE: [&str; 3] = ["sniff", "folder", "hep"];
 
-impl RunningSource {
-    fn stop(self) {
-        self.stop.trigger();
-        let _ = self.thread.join();
-    }
-}
-
-fn context(cfg: &Config, source: &'static str) -> RecordingContext {
-    RecordingContext {
-        agent_id: cfg.agent.id.clone(),
-        source,
-        min_duration: cfg.recording.min_duration,
-    }
-}
-
-/// The settings a reload applies to a running source in place.
-fn recording_settings(cfg: &Config, source: &'static str) -> RecordingSettings {
-    RecordingSettings {
-        engine: cfg.recording.engine_config(),
-        ctx: context(cfg, source),
-        dir: cfg.spool.dir.clone(),
-    }
-}
-
-/// Start every enabled source. Errors are reported in the status (readyz) and
-/// the log; the daemon keeps running with what it could start.
-fn start_sources(
+/// Start source `name` from `cfg` if it is enabled (its status entry says
+/// why not, when it cannot start).
+fn start_source(
+    name: &str,
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
-) -> BTreeMap<&'static str, RunningSource> {
-    let mut running = BTreeMap::new();
-    if cfg.sources.sniff.enabled {
-        let iface = cfg.sources.sniff.interface.clone();
-        let filter = cfg.sources.sniff.filter.as_deref();
-        let set = |up: bool, error: Option<String>| {
-            if let Ok(mut s) = status.lock() {
-                let e = s
-                    .sources
-                    .entry("sniff".into())
-                    .or_insert_with(SourceStatus::default);
-                e.up = up;
-                e.error = error;
-                e.listen = iface.clone();
-            }
-        };
-        match sniff::PacketSocket::open(&iface, filter) {
-            Ok(sock) => match RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff")) {
-                Ok(out) => {
-                    let (stop, (control, crx)) =
-                        match Shutdown::new().and_then(|s| Ok((s, sniff::control_channel()?))) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                tracing::error!("sniff: {e}");
-                                set(false, Some(e.to_string()));
-                                return running;
-                            }
-                        };
-                    set(true, None);
-                    let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
-                    let ecfg = cfg.recording.engine_config();
-                    live.beat("sniff");
-                    let thread = std::thread::Builder::new()
-                        .name("sniff".into())
-                        .spawn(move || sniff::run("sniff", sock, ecfg, out, sp, st, lv, crx))
-                        .expect("spawn sniff thread");
-                    tracing::info!(interface = %iface, filter = filter.unwrap_or(""), "sniffing");
-                    let capture = (iface.clone(), filter.map(str::to_string));
-                    running.insert(
-                        "sniff",
-                        RunningSource {
-                            stop,
-                            thread,
-                            control,
-                            capture,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!("spool {}: {e}", cfg.spool.dir.display());
-                    set(false, Some(format!("spool: {e}")));
-                }
-            },
-            Err(e) => {
-                tracing::error!("sniff: {e}");
-                set(false, Some(e.to_string()));
+) -> Option<Box<dyn SourceHandle>> {
+    fn boxed(h: impl SourceHandle + 'static) -> Box<dyn SourceHandle> {
+        Box::new(h)
+    }
+    match name {
+        "sniff" => sniff::SniffSource::start(cfg, status, live).map(boxed),
+        "folder" => crate::sources::folder::start_source(cfg, status, live).map(boxed),
+        "hep" => crate::sources::hep::start_source(cfg, status, live).map(boxed),
+        _ => None,
+    }
+}
+
+/// SIGHUP for the [`PASSIVE`] sources: each applies what it can in place
+/// (calls in progress go on); the others are stopped and started again;
+/// newly enabled ones start, disabled ones stop.
+async fn reload_sources(
+    cfg: &Config,
+    changed: &[&'static str],
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+    running: &mut Vec<Box<dyn SourceHandle>>,
+) {
+    let mut keep = Vec::new();
+    for mut h in std::mem::take(running) {
+        match h.reload(cfg, changed) {
+            Reload::Applied => keep.push(h),
+            Reload::Restart => {
+                tracing::info!(source = h.name(), "restarting for the new configuration");
+                h.stop().await;
             }
         }
-    } else if let Ok(mut s) = status.lock() {
-        s.sources.remove("sniff");
     }
-    running
+    for name in PASSIVE {
+        if !keep.iter().any(|h| h.name() == name) {
+            keep.extend(start_source(name, cfg, status, live));
+        }
+    }
+    *running = keep;
 }
 
 /// SIGHUP for the SIPREC source. Calls in progress are never cut:
@@ -172,7 +116,6 @@ async fn reload_siprec(
     gen: &mut u64,
 ) {
     let sc = &cfg.sources.siprec;
-    let rec = recording_settings(cfg, "siprec");
     let drain = |draining: &mut Vec<_>,
                  gen: &mut u64,
                  h: crate::sources::siprec::SiprecHandle,
@@ -211,19 +154,14 @@ async fn reload_siprec(
         drain(draining, gen, h, "disabled");
         return;
     }
-    // Whatever happens to the sockets, new calls get the new settings.
-    h.update(sc, cfg.recording.rtp_timeout, rec);
-    if h.listen == sc.listen && h.tls_listen == sc.tls_listen {
+    // Whatever happens to the sockets, new calls get the new settings;
+    // certificates renewed on disk are taken for new TLS connections.
+    let mut h = h;
+    if h.reload(cfg, &[]) == Reload::Applied {
         if *pending {
             *pending = false;
             h.stop_when_idle(false);
             tracing::info!("SIPREC: back to the running listen addresses, nothing to replace");
-        }
-        // Certificates renewed on disk are taken for new TLS connections.
-        match h.reload_tls(sc) {
-            Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
-            Ok(false) => {}
-            Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
         }
         tracing::info!("SIPREC settings applied to new calls; calls in progress go on");
         *siprec = Some(h);
@@ -299,57 +237,6 @@ async fn replace_siprec(
         None => None,
     };
     start_siprec(cfg, status, live, ports).await
-}
-
-/// SIGHUP for the sniffing source: recording settings go to the running
-/// loop in place; a new interface or filter opens a new capture, handed to
-/// the running loop (same engine: calls in progress go on); disabled: stops.
-fn reload_sniff(
-    cfg: &Config,
-    status: &SharedStatus,
-    live: &Arc<Liveness>,
-    sources: &mut BTreeMap<&'static str, RunningSource>,
-) {
-    let sn = &cfg.sources.sniff;
-    let Some(mut running) = sources.remove("sniff") else {
-        for (k, v) in start_sources(cfg, status, live) {
-            sources.insert(k, v);
-        }
-        return;
-    };
-    if !sn.enabled || running.thread.is_finished() {
-        running.stop();
-        for (k, v) in start_sources(cfg, status, live) {
-            sources.insert(k, v);
-        }
-        return;
-    }
-    running
-        .control
-        .send(sniff::SniffControl::Host(HostControl::Settings(Box::new(
-            recording_settings(cfg, "sniff"),
-        ))));
-    let capture = (sn.interface.clone(), sn.filter.clone());
-    if capture != running.capture {
-        match sniff::PacketSocket::open(&sn.interface, sn.filter.as_deref()) {
-            Ok(sock) => {
-                if running.control.send(sniff::SniffControl::Socket(sock)) {
-                    tracing::info!(interface = %sn.interface, filter = sn.filter.as_deref().unwrap_or(""), "sniffing: new capture; calls in progress go on");
-                    running.capture = capture;
-                    if let Ok(mut s) = status.lock() {
-                        if let Some(src) = s.sources.get_mut("sniff") {
-                            src.listen = sn.interface.clone();
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::error!(
-                "sniffing keeps capturing on {} (the new capture could not be opened: {e})",
-                running.capture.0
-            ),
-        }
-    }
-    sources.insert("sniff", running);
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -528,83 +415,6 @@ fn tls_description(sc: &crate::config::SiprecConfig) -> Option<String> {
     })
 }
 
-/// Start the HEP collector if enabled.
-fn start_hep(
-    cfg: &Config,
-    status: &SharedStatus,
-    live: &Arc<Liveness>,
-) -> Option<crate::sources::hep::HepHandle> {
-    let h = &cfg.sources.hep;
-    if !h.enabled {
-        if let Ok(mut s) = status.lock() {
-            s.sources.remove("hep");
-        }
-        return None;
-    }
-    let started = RecordingDir::new(&cfg.spool.dir, context(cfg, "hep"))
-        .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
-        .and_then(|out| {
-            crate::sources::hep::start(
-                h.listen,
-                h.allow.clone(),
-                cfg.recording.engine_config(),
-                out,
-                status.clone(),
-                live.clone(),
-            )
-            .map_err(|e| format!("sources.hep.listen {}: {e}", h.listen))
-        });
-    match started {
-        Ok(handle) => {
-            tracing::info!(listen = %h.listen, "HEP collector listening (UDP and TCP)");
-            Some(handle)
-        }
-        Err(e) => {
-            tracing::error!("hep: {e}");
-            if let Ok(mut s) = status.lock() {
-                let src = s.sources.entry("hep".into()).or_default();
-                src.up = false;
-                src.error = Some(e);
-                src.listen = h.listen.to_string();
-            }
-            None
-        }
-    }
-}
-
-/// Start the folder source (PBX recording files) if enabled.
-fn start_folder(
-    cfg: &Config,
-    status: &SharedStatus,
-    live: &Arc<Liveness>,
-) -> Option<crate::sources::folder::FolderHandle> {
-    if !cfg.sources.folder.enabled {
-        if let Ok(mut s) = status.lock() {
-            s.sources.remove("folder");
-        }
-        return None;
-    }
-    match crate::sources::folder::start(cfg, status.clone(), live.clone()) {
-        Ok(h) => {
-            tracing::info!(path = %cfg.sources.folder.path.display(), "watching PBX recordings");
-            Some(h)
-        }
-        Err(e) => {
-            tracing::error!("folder source: {e}");
-            if let Ok(mut s) = status.lock() {
-                let src = s
-                    .sources
-                    .entry("folder".into())
-                    .or_insert_with(SourceStatus::default);
-                src.up = false;
-                src.error = Some(e.to_string());
-                src.listen = cfg.sources.folder.path.display().to_string();
-            }
-            None
-        }
-    }
-}
-
 /// Start the delivery task; on an error (another process holds the
 /// spool's delivery lock, the spool directory cannot be created) `/readyz`
 /// says why and the caller tries again later. `last` is the error logged
@@ -768,7 +578,6 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         stop_rx.clone(),
     ));
 
-    let mut sources = start_sources(&cfg, &status, &live);
     let mut siprec = start_siprec(&cfg, &status, &live, None).await;
     // SIPREC instances replaced by a reload, finishing their calls.
     let mut siprec_draining: Vec<crate::sources::siprec::SiprecHandle> = Vec::new();
@@ -776,8 +585,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     // the new sockets starts (they need its address).
     let mut siprec_pending = false;
     let mut drain_gen = 0u64;
-    let mut folder = start_folder(&cfg, &status, &live);
-    let mut hep = start_hep(&cfg, &status, &live);
+    let mut running: Vec<Box<dyn SourceHandle>> = PASSIVE
+        .iter()
+        .filter_map(|name| start_source(name, &cfg, &status, &live))
+        .collect();
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
     // The last reason delivery could not start (tried again every tick).
     let mut delivery_error: Option<String> = None;
@@ -816,20 +627,6 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             tracing::warn!("{w}");
                         }
                         cfg = new;
-                        if changed.contains(&"sources.hep") || changed.contains(&"spool.dir") {
-                            if let Some(h) = hep.take() {
-                                let _ = tokio::task::spawn_blocking(move || h.stop()).await;
-                            }
-                            hep = start_hep(&cfg, &status, &live);
-                        } else if let Some(h) = &hep {
-                            h.settings(recording_settings(&cfg, "hep"));
-                        }
-                        if changed.contains(&"sources.folder") || changed.contains(&"spool.dir") {
-                            if let Some(f) = folder.take() {
-                                f.stop();
-                            }
-                            folder = start_folder(&cfg, &status, &live);
-                        }
                         reload_siprec(
                             &cfg,
                             &status,
@@ -840,7 +637,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             &mut drain_gen,
                         )
                         .await;
-                        reload_sniff(&cfg, &status, &live, &mut sources);
+                        reload_sources(&cfg, &changed, &status, &live, &mut running).await;
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
@@ -920,28 +717,17 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     if let Ok(mut s) = status.lock() {
         s.shutting_down = true;
     }
-    // Stop sources in parallel so the 10 s budget is shared.
-    let siprec_stop: Vec<_> = siprec
+    // Stop every source in parallel so the 10 s budget is shared.
+    let stopping: Vec<_> = siprec
         .take()
         .into_iter()
         .chain(std::mem::take(&mut siprec_draining))
+        .map(|h| Box::new(h) as Box<dyn SourceHandle>)
+        .chain(std::mem::take(&mut running))
         .map(|h| tokio::spawn(h.stop()))
         .collect();
-    let handles: Vec<_> = std::mem::take(&mut sources)
-        .into_values()
-        .map(|s| std::thread::spawn(move || s.stop()))
-        .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-    for t in siprec_stop {
+    for t in stopping {
         let _ = t.await;
-    }
-    if let Some(f) = folder.take() {
-        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
-    }
-    if let Some(h) = hep.take() {
-        let _ = tokio::task::spawn_blocking(move || h.stop()).await;
     }
     if let Some(d) = delivery.take() {
         d.shutdown().await;

@@ -33,9 +33,13 @@ use pbx_core::call::{EndReason, EngineConfig};
 use pbx_core::hep::{self, HepError};
 use pbx_core::Timestamp;
 
+use crate::config::Config;
 use crate::health::Liveness;
 use crate::recording::{RecordingDir, RecordingSettings};
 use crate::sources::engine_host::{EngineHost, HostControl};
+use crate::sources::handle::{
+    context, recording_settings, stop_blocking, Reload, SourceHandle, Stopping,
+};
 use crate::status::SharedStatus;
 use crate::sys::now;
 use crate::sys::shutdown::{wait_readable, Ready, Shutdown};
@@ -119,6 +123,74 @@ impl HepHandle {
         self.stop.trigger();
         drop(self.control);
         let _ = self.thread.join();
+    }
+}
+
+/// Start the collector of `[sources.hep]` if enabled; on an error the
+/// status (readyz) and the log say why, and `None`.
+pub(crate) fn start_source(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<HepHandle> {
+    let h = &cfg.sources.hep;
+    if !h.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("hep");
+        }
+        return None;
+    }
+    let started = RecordingDir::new(&cfg.spool.dir, context(cfg, "hep"))
+        .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
+        .and_then(|out| {
+            start(
+                h.listen,
+                h.allow.clone(),
+                cfg.recording.engine_config(),
+                out,
+                status.clone(),
+                live.clone(),
+            )
+            .map_err(|e| format!("sources.hep.listen {}: {e}", h.listen))
+        });
+    match started {
+        Ok(handle) => {
+            tracing::info!(listen = %h.listen, "HEP collector listening (UDP and TCP)");
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!("hep: {e}");
+            if let Ok(mut s) = status.lock() {
+                let src = s.sources.entry("hep".into()).or_default();
+                src.up = false;
+                src.error = Some(e);
+                src.listen = h.listen.to_string();
+            }
+            None
+        }
+    }
+}
+
+impl SourceHandle for HepHandle {
+    fn name(&self) -> &'static str {
+        "hep"
+    }
+
+    /// New recording settings in place; a new listener or spool: restart.
+    fn reload(&mut self, cfg: &Config, changed: &[&'static str]) -> Reload {
+        if !cfg.sources.hep.enabled
+            || changed.contains(&"sources.hep")
+            || changed.contains(&"spool.dir")
+            || self.thread.is_finished()
+        {
+            return Reload::Restart;
+        }
+        self.settings(recording_settings(cfg, "hep"));
+        Reload::Applied
+    }
+
+    fn stop(self: Box<Self>) -> Stopping {
+        stop_blocking(move || HepHandle::stop(*self))
     }
 }
 

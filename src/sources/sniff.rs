@@ -35,9 +35,13 @@ use pbx_core::call::{EndReason, EngineConfig};
 use pbx_core::capture::LinkType;
 use pbx_core::Timestamp;
 
+use crate::config::Config;
 use crate::health::Liveness;
 use crate::recording::RecordingDir;
 use crate::sources::engine_host::{EngineHost, HostControl};
+use crate::sources::handle::{
+    context, recording_settings, stop_blocking, Reload, SourceHandle, Stopping,
+};
 use crate::status::SharedStatus;
 use crate::sys::shutdown::{wait_readable, Doorbell, Ready, Shutdown};
 
@@ -302,6 +306,122 @@ pub(crate) fn control_channel() -> io::Result<(SniffSender, SniffReceiver)> {
         },
         SniffReceiver { rx, bell },
     ))
+}
+
+/// The running sniffing source, as the daemon holds it.
+pub(crate) struct SniffSource {
+    stop: Shutdown,
+    thread: std::thread::JoinHandle<()>,
+    control: SniffSender,
+    /// What its capture was opened with (interface, filter).
+    capture: (String, Option<String>),
+    status: SharedStatus,
+}
+
+impl SniffSource {
+    /// Open the capture of `[sources.sniff]` and start the loop; on an
+    /// error the status (readyz) and the log say why, and `None`.
+    pub(crate) fn start(cfg: &Config, status: &SharedStatus, live: &Arc<Liveness>) -> Option<Self> {
+        let sn = &cfg.sources.sniff;
+        if !sn.enabled {
+            if let Ok(mut s) = status.lock() {
+                s.sources.remove("sniff");
+            }
+            return None;
+        }
+        let (iface, filter) = (sn.interface.clone(), sn.filter.clone());
+        let set = |up: bool, error: Option<String>| {
+            if let Ok(mut s) = status.lock() {
+                let e = s.sources.entry("sniff".into()).or_default();
+                e.up = up;
+                e.error = error;
+                e.listen = iface.clone();
+            }
+        };
+        let started = PacketSocket::open(&iface, filter.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|sock| {
+                let out = RecordingDir::new(&cfg.spool.dir, context(cfg, "sniff"))
+                    .map_err(|e| format!("spool: {e}"))?;
+                let stop = Shutdown::new().map_err(|e| e.to_string())?;
+                let (control, crx) = control_channel().map_err(|e| e.to_string())?;
+                Ok((sock, out, stop, control, crx))
+            });
+        let (sock, out, stop, control, crx) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("sniff: {e}");
+                set(false, Some(e));
+                return None;
+            }
+        };
+        set(true, None);
+        let (st, lv, sp) = (status.clone(), live.clone(), stop.clone());
+        let ecfg = cfg.recording.engine_config();
+        live.beat("sniff");
+        let thread = std::thread::Builder::new()
+            .name("sniff".into())
+            .spawn(move || run("sniff", sock, ecfg, out, sp, st, lv, crx))
+            .expect("spawn sniff thread");
+        tracing::info!(interface = %iface, filter = filter.as_deref().unwrap_or(""), "sniffing");
+        Some(SniffSource {
+            stop,
+            thread,
+            control,
+            capture: (iface, filter),
+            status: status.clone(),
+        })
+    }
+}
+
+impl SourceHandle for SniffSource {
+    fn name(&self) -> &'static str {
+        "sniff"
+    }
+
+    /// Recording settings go to the running loop in place; a new interface
+    /// or filter opens a new capture, handed to the running loop (same
+    /// engine: calls in progress go on; if it cannot be opened the old one
+    /// keeps capturing); disabled or ended: restart.
+    fn reload(&mut self, cfg: &Config, _changed: &[&'static str]) -> Reload {
+        let sn = &cfg.sources.sniff;
+        if !sn.enabled || self.thread.is_finished() {
+            return Reload::Restart;
+        }
+        self.control
+            .send(SniffControl::Host(HostControl::Settings(Box::new(
+                recording_settings(cfg, "sniff"),
+            ))));
+        let capture = (sn.interface.clone(), sn.filter.clone());
+        if capture != self.capture {
+            match PacketSocket::open(&sn.interface, sn.filter.as_deref()) {
+                Ok(sock) => {
+                    if self.control.send(SniffControl::Socket(sock)) {
+                        tracing::info!(interface = %sn.interface, filter = sn.filter.as_deref().unwrap_or(""), "sniffing: new capture; calls in progress go on");
+                        self.capture = capture;
+                        if let Ok(mut s) = self.status.lock() {
+                            if let Some(src) = s.sources.get_mut("sniff") {
+                                src.listen = sn.interface.clone();
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "sniffing keeps capturing on {} (the new capture could not be opened: {e})",
+                    self.capture.0
+                ),
+            }
+        }
+        Reload::Applied
+    }
+
+    fn stop(self: Box<Self>) -> Stopping {
+        let SniffSource { stop, thread, .. } = *self;
+        stop_blocking(move || {
+            stop.trigger();
+            let _ = thread.join();
+        })
+    }
 }
 
 /// Most frames read off the old socket when a new capture takes over.

@@ -515,6 +515,60 @@ impl Drop for FolderHandle {
     }
 }
 
+/// Start the folder source of `[sources.folder]` if enabled; on an error
+/// the status (readyz) and the log say why, and `None`.
+pub(crate) fn start_source(
+    cfg: &Config,
+    status: &SharedStatus,
+    live: &Arc<Liveness>,
+) -> Option<FolderHandle> {
+    if !cfg.sources.folder.enabled {
+        if let Ok(mut s) = status.lock() {
+            s.sources.remove("folder");
+        }
+        return None;
+    }
+    match start(cfg, status.clone(), live.clone()) {
+        Ok(h) => {
+            tracing::info!(path = %cfg.sources.folder.path.display(), "watching PBX recordings");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("folder source: {e}");
+            if let Ok(mut s) = status.lock() {
+                let src = s.sources.entry("folder".into()).or_default();
+                src.up = false;
+                src.error = Some(e.to_string());
+                src.listen = cfg.sources.folder.path.display().to_string();
+            }
+            None
+        }
+    }
+}
+
+impl crate::sources::handle::SourceHandle for FolderHandle {
+    fn name(&self) -> &'static str {
+        "folder"
+    }
+
+    /// Any change of `[sources.folder]` or the spool: restart (the files
+    /// already taken are remembered on disk, so nothing is taken twice).
+    fn reload(&mut self, cfg: &Config, changed: &[&'static str]) -> crate::sources::handle::Reload {
+        if !cfg.sources.folder.enabled
+            || changed.contains(&"sources.folder")
+            || changed.contains(&"spool.dir")
+        {
+            crate::sources::handle::Reload::Restart
+        } else {
+            crate::sources::handle::Reload::Applied
+        }
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::handle::Stopping {
+        crate::sources::handle::stop_blocking(move || FolderHandle::stop(*self))
+    }
+}
+
 /// Starts the folder source (`[sources.folder]`) in its own thread, writing
 /// into `cfg.spool.dir`; beats `"folder"` on `live` each pass.
 pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Result<FolderHandle> {

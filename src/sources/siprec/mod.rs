@@ -72,7 +72,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::SiprecConfig;
+use crate::config::{Config, SiprecConfig};
 use crate::health::Liveness;
 use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
 use crate::sources::engine_host::{EngineHost, HostControl};
@@ -277,6 +277,46 @@ impl SiprecHandle {
             engine.join()
         })
         .await;
+    }
+}
+
+impl crate::sources::handle::SourceHandle for SiprecHandle {
+    fn name(&self) -> &'static str {
+        "siprec"
+    }
+
+    /// In place: `allow`, `max_calls`, `rtp_ports`, `rtp_timeout` and the
+    /// recording settings for new calls, TLS files re-read. New listen
+    /// addresses or disabled: [`Reload::Restart`](crate::sources::handle::Reload),
+    /// which the daemon carries out without cutting a call (the old
+    /// listener drains; see `daemon::reload_siprec`).
+    fn reload(
+        &mut self,
+        cfg: &Config,
+        _changed: &[&'static str],
+    ) -> crate::sources::handle::Reload {
+        let sc = &cfg.sources.siprec;
+        if !sc.enabled {
+            return crate::sources::handle::Reload::Restart;
+        }
+        self.update(
+            sc,
+            cfg.recording.rtp_timeout,
+            crate::sources::handle::recording_settings(cfg, "siprec"),
+        );
+        if self.listen != sc.listen || self.tls_listen != sc.tls_listen {
+            return crate::sources::handle::Reload::Restart;
+        }
+        match self.reload_tls(sc) {
+            Ok(true) => tracing::info!("SIPREC TLS certificate and key re-read"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("SIPREC TLS keeps its running certificate: {e}"),
+        }
+        crate::sources::handle::Reload::Applied
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::handle::Stopping {
+        Box::pin(SiprecHandle::stop(*self))
     }
 }
 

@@ -1,0 +1,60 @@
+//! What every source shares: the [`SourceHandle`] the daemon holds of a
+//! running source, and the recording context and settings a source takes
+//! from the config.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::config::Config;
+use crate::recording::{RecordingContext, RecordingSettings};
+
+/// What a reload did to a running source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// The new settings are in use; calls in progress went on.
+    Applied,
+    /// The source cannot take them in place (disabled, a new address, a
+    /// new spool, its thread ended): stop it and start it again from the
+    /// new config.
+    Restart,
+}
+
+/// A stop in progress: resolves when the source's recordings are closed.
+pub(crate) type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the daemon holds of a running source (see the module docs).
+pub(crate) trait SourceHandle: Send {
+    /// Its name in the status and the logs.
+    fn name(&self) -> &'static str;
+    /// A new configuration (`changed`: the sections that differ from the
+    /// running one, as `Config::diff_restart_needed` names them).
+    fn reload(&mut self, cfg: &Config, changed: &[&'static str]) -> Reload;
+    /// Stop taking input, close every open recording (cut by shutdown),
+    /// resolve when done.
+    fn stop(self: Box<Self>) -> Stopping;
+}
+
+/// The recording context of `source` under `cfg`.
+pub(crate) fn context(cfg: &Config, source: &'static str) -> RecordingContext {
+    RecordingContext {
+        agent_id: cfg.agent.id.clone(),
+        source,
+        min_duration: cfg.recording.min_duration,
+    }
+}
+
+/// The settings a reload applies to a running source in place.
+pub(crate) fn recording_settings(cfg: &Config, source: &'static str) -> RecordingSettings {
+    RecordingSettings {
+        engine: cfg.recording.engine_config(),
+        ctx: context(cfg, source),
+        dir: cfg.spool.dir.clone(),
+    }
+}
+
+/// A blocking stop run off the async runtime.
+pub(crate) fn stop_blocking(f: impl FnOnce() + Send + 'static) -> Stopping {
+    Box::pin(async move {
+        let _ = tokio::task::spawn_blocking(f).await;
+    })
+}
