@@ -143,6 +143,7 @@ pub struct RecordingDir {
     dir: PathBuf,
     ctx: RecordingContext,
     open: HashMap<CallKey, OpenRecording>,
+    /// The latest recordings written (at most 1024).
     pub written: Vec<WrittenRecording>,
     pub counters: RecordingCounters,
     pub errors: Vec<String>,
@@ -159,7 +160,25 @@ pub struct RecordingDir {
     write_through: bool,
 }
 
+/// The most recent recordings and errors a [`RecordingDir`] keeps for its
+/// owner to read (a daemon runs for months: these must not grow).
+const KEEP_WRITTEN: usize = 1024;
+const KEEP_ERRORS: usize = 10_000;
+
 impl RecordingDir {
+    fn remember(&mut self, w: WrittenRecording) {
+        if self.written.len() >= KEEP_WRITTEN {
+            self.written.remove(0);
+        }
+        self.written.push(w);
+    }
+
+    fn error(&mut self, e: String) {
+        if self.errors.len() < KEEP_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
     /// Opens (and creates, mode 0700) `dir`.
     pub fn new(dir: &Path, ctx: RecordingContext) -> io::Result<Self> {
         create_private_dir(dir)?;
@@ -278,7 +297,7 @@ impl RecordingDir {
                 self.counters.written += 1;
                 let wav = dir.join(format!("{id}.wav"));
                 self.counters.bytes += fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
-                self.written.push(WrittenRecording {
+                self.remember(WrittenRecording {
                     json: dir.join(format!("{id}.json")),
                     wav,
                     id,
@@ -288,7 +307,7 @@ impl RecordingDir {
             }
             Err(e) => {
                 self.counters.failed += 1;
-                self.errors.push(format!("recording {id}: {e}"));
+                self.error(format!("recording {id}: {e}"));
                 false
             }
         };
@@ -419,7 +438,7 @@ impl RecordingSink for RecordingDir {
         match self.finish_files(rec, &meta) {
             Ok(Some(w)) => {
                 self.counters.written += 1;
-                self.written.push(w);
+                self.remember(w);
             }
             Ok(None) => {
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
@@ -429,7 +448,7 @@ impl RecordingSink for RecordingDir {
                 let _ = fs::remove_file(&part);
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
                 self.counters.failed += 1;
-                self.errors.push(format!("recording {id}: {e}"));
+                self.error(format!("recording {id}: {e}"));
             }
         }
         self.closed_call(&call_id);

@@ -435,3 +435,32 @@ fn buffered_writes_make_the_same_recording() {
     assert_eq!(wavs[0].len(), 44 + 3200);
     assert_eq!(wavs[0], wavs[1]);
 }
+
+/// A daemon writes recordings for months: what the directory keeps of them
+/// for its owner is bounded (the latest 1024), however many are written.
+#[test]
+fn the_list_of_written_recordings_does_not_grow_without_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.set_write_through(false);
+    let n = KEEP_WRITTEN + 20;
+    for i in 0..n {
+        let id = format!("r{i}");
+        let key = CallKey(i as u64 + 1);
+        rd.begin(key, &start(&id));
+        rd.audio(key, &[1i16; 16]);
+        let mut meta = meta_r4();
+        meta.key = key;
+        meta.recording_id = id.clone();
+        meta.call_id = format!("{id}@src");
+        meta.frames = 8;
+        rd.end(key, meta);
+    }
+    assert_eq!(rd.counters.written, n as u64);
+    assert_eq!(rd.written.len(), KEEP_WRITTEN);
+    assert_eq!(
+        rd.written.last().map(|w| w.id.as_str()),
+        Some(format!("r{}", n - 1).as_str())
+    );
+    assert_eq!(rd.written[0].id, "r20");
+}
