@@ -233,6 +233,9 @@ fn config(variant: u8) -> EngineConfig {
         } else {
             SampleRatePolicy::Auto
         },
+        // Pause/resume sequences (and the in-band detector with them).
+        pause_dtmf: if variant & 32 != 0 { "*1".into() } else { String::new() },
+        resume_dtmf: if variant & 32 != 0 { "*2".into() } else { String::new() },
         ..EngineConfig::default()
     }
 }
