@@ -1,11 +1,15 @@
 //! The HTTP health endpoint: `/healthz` (liveness), `/readyz` (readiness with a
 //! reason per component), `/metrics` (Prometheus text), `/status` (JSON for
-//! people and for `pbx-edge status`).
+//! people and for `pbx-edge status`), and the control API under `/v1/calls`
+//! ([`crate::control`]: calls in progress, pause and resume).
 //!
-//! A deliberately small HTTP/1.1 server on tokio: GET only, one request per
-//! connection, headers capped at 8 KiB, a 5 s read timeout, and a semaphore
-//! capping concurrent connections (mini-redis style). It never touches
-//! recordings: it only copies the [`Status`] snapshot.
+//! A deliberately small HTTP/1.1 server on tokio: GET (and POST for the
+//! control API; a body is not read), one request per connection, headers
+//! capped at 8 KiB, a 5 s read timeout, and a semaphore capping concurrent
+//! connections (mini-redis style). It never touches recordings: it copies
+//! the [`Status`] snapshot, and hands control requests to the engines.
+//! `health.listen` is loopback by default: the control API pauses
+//! recordings, so whoever can reach it can.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::control::Controls;
 use crate::status::{readiness, render_metrics, SharedStatus, Status};
 
 const MAX_CONNECTIONS: usize = 64;
@@ -78,6 +83,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     status: SharedStatus,
     live: Arc<Liveness>,
+    controls: Controls,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -94,8 +100,9 @@ pub(crate) async fn serve(
                 };
                 let status = status.clone();
                 let live = live.clone();
+                let controls = controls.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live, controls)).await;
                     drop(permit);
                 });
             }
@@ -107,6 +114,7 @@ async fn handle(
     mut sock: TcpStream,
     status: SharedStatus,
     live: Arc<Liveness>,
+    controls: Controls,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -126,6 +134,9 @@ async fn handle(
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    if let Some(a) = controls.http(method, path).await {
+        return respond(&mut sock, a.code, "application/json", &a.body).await;
+    }
     if method != "GET" && method != "HEAD" {
         return respond(&mut sock, 405, "text/plain", "only GET\n").await;
     }
@@ -177,7 +188,7 @@ async fn handle(
                 &mut sock,
                 404,
                 "text/plain",
-                "not found: try /healthz /readyz /metrics /status\n",
+                "not found: try /healthz /readyz /metrics /status /v1/calls\n",
             )
             .await
         }
@@ -189,6 +200,7 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

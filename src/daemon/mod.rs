@@ -571,10 +571,13 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let listener = health::bind(cfg.health.listen)
         .await
         .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
+    // The engines answer the control API (`/v1/calls`) through this.
+    let controls = crate::control::Controls::new();
     tokio::spawn(health::serve(
         listener,
         status.clone(),
         live.clone(),
+        controls.clone(),
         stop_rx.clone(),
     ));
 
