@@ -4,9 +4,9 @@
 //! the health listener (loopback by default; `{call_id}` is the raw SIP
 //! Call-ID, percent-encoded as a URL path segment, or the recording id).
 //! Out: a [`ControlRequest`] to every engine that registered with
-//! [`Controls::register`] (one per running source instance), each answered
-//! on the engine's own thread between two inputs ([`serve_pending`]), and a
-//! JSON answer:
+//! [`Controls::register`] (one per running source instance; the request
+//! travels the path that wakes the engine's loop, and is answered on the
+//! engine's own thread by [`answer`]), and a JSON answer:
 //!
 //! - `GET /v1/calls` → 200 `{"calls": [{"call_id", "recording_id",
 //!   "source", "started_at", "paused"}]}` (`recording_id` null until media
@@ -19,7 +19,6 @@
 //! `pbx_core::call::pause` for what is guaranteed around it). The log line
 //! of a pause names the recording id only.
 
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,13 +61,24 @@ pub struct ControlRequest {
 
 /// The engines that take requests: each running source instance registers
 /// one channel; a channel whose engine has stopped is dropped when next used.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Controls {
     engines: Arc<Mutex<Vec<Registered>>>,
 }
 
-/// A source's name and its engine's channel.
-type Registered = (String, std_mpsc::Sender<ControlRequest>);
+impl std::fmt::Debug for Controls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.engines.lock().map(|e| e.len()).unwrap_or(0);
+        write!(f, "Controls({n} engines)")
+    }
+}
+
+/// Hands a request to an engine; false once the engine has ended (it must
+/// not keep the engine's input queue open: engines end when it closes).
+pub type SendRequest = Box<dyn Fn(ControlRequest) -> bool + Send + Sync>;
+
+/// A source's name and how to reach its engine.
+type Registered = (String, SendRequest);
 
 /// One call of `GET /v1/calls`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,14 +114,17 @@ impl Controls {
         Self::default()
     }
 
-    /// A channel for the engine of source `source` ("siprec", "sniff",
-    /// "hep", ...): the engine calls [`serve_pending`] on it between inputs.
-    pub fn register(&self, source: &str) -> std_mpsc::Receiver<ControlRequest> {
-        let (tx, rx) = std_mpsc::channel();
+    /// The engine of source `source` ("siprec", "sniff", "hep") takes
+    /// requests through `send`, and answers each with [`answer`]. It is
+    /// forgotten when `send` says it has ended.
+    pub fn register(
+        &self,
+        source: &str,
+        send: impl Fn(ControlRequest) -> bool + Send + Sync + 'static,
+    ) {
         if let Ok(mut e) = self.engines.lock() {
-            e.push((source.to_string(), tx));
+            e.push((source.to_string(), Box::new(send)));
         }
-        rx
     }
 
     /// Send `command` to every engine; their answers with their source names.
@@ -120,12 +133,10 @@ impl Controls {
         if let Ok(mut engines) = self.engines.lock() {
             engines.retain(|(source, tx)| {
                 let (reply, rx) = oneshot::channel();
-                let sent = tx
-                    .send(ControlRequest {
-                        command: command.clone(),
-                        reply,
-                    })
-                    .is_ok();
+                let sent = tx(ControlRequest {
+                    command: command.clone(),
+                    reply,
+                });
                 if sent {
                     waiting.push((source.clone(), rx));
                 }
@@ -248,18 +259,21 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Answer one request with `engine` (on the engine's thread). A pause or
-/// resume first brings the engine to `now` (the shell's clock), so it takes
-/// effect at the moment it is handled.
+/// resume first brings the engine to `now` (the clock its inputs are
+/// stamped with, if it is the shell's), so it takes effect at the moment it
+/// is handled; without, at the engine's latest time.
 pub fn answer(
     engine: &mut CallEngine,
     req: ControlRequest,
-    now: Timestamp,
+    now: Option<Timestamp>,
     sink: &mut dyn RecordingSink,
 ) {
     let reply = match &req.command {
         ControlCommand::List => ControlReply::Calls(engine.calls_in_progress()),
         ControlCommand::Pause(id) | ControlCommand::Resume(id) => {
-            engine.handle_timeout(now, sink);
+            if let Some(now) = now {
+                engine.handle_timeout(now, sink);
+            }
             let r = if matches!(req.command, ControlCommand::Pause(_)) {
                 engine.pause(id, PauseBy::Api)
             } else {
@@ -281,19 +295,6 @@ pub fn answer(
         }
     };
     let _ = req.reply.send(reply);
-}
-
-/// Answer every request waiting on `rx` (call between inputs); `now` is
-/// read only if there is one.
-pub fn serve_pending(
-    engine: &mut CallEngine,
-    rx: &std_mpsc::Receiver<ControlRequest>,
-    now: impl Fn() -> Timestamp,
-    sink: &mut dyn RecordingSink,
-) {
-    while let Ok(req) = rx.try_recv() {
-        answer(engine, req, now(), sink);
-    }
 }
 
 #[cfg(test)]

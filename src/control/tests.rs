@@ -1,6 +1,7 @@
 //! The control API against an engine answering on its own thread.
 
 use std::net::SocketAddr;
+use std::sync::mpsc as std_mpsc;
 use std::thread;
 
 use pbx_core::call::{CallKey, CallMeta, EngineConfig, RecordingStart};
@@ -60,7 +61,9 @@ fn engine_thread(
     controls: &Controls,
     source: &str,
 ) -> (std_mpsc::Sender<()>, thread::JoinHandle<()>) {
-    let rx = controls.register(source);
+    let (tx, rx) = std_mpsc::channel::<ControlRequest>();
+    let tx = Mutex::new(tx);
+    controls.register(source, move |r| tx.lock().unwrap().send(r).is_ok());
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let h = thread::spawn(move || {
         let mut engine = CallEngine::new(EngineConfig::default());
@@ -79,12 +82,10 @@ fn engine_thread(
             stop_rx.recv_timeout(Duration::from_millis(5))
         {
             t += 5;
-            serve_pending(
-                &mut engine,
-                &rx,
-                || Timestamp::from_micros(T0 + t * 1000),
-                &mut Discard,
-            );
+            while let Ok(req) = rx.try_recv() {
+                let now = Timestamp::from_micros(T0 + t * 1000);
+                answer(&mut engine, req, Some(now), &mut Discard);
+            }
         }
     });
     (stop_tx, h)
