@@ -128,6 +128,35 @@ async fn handle(
             return respond(&mut sock, 431, "text/plain", "request header too large\n").await;
         }
     }
+    // A body (a control request may come with one, which is not used) is
+    // read before answering: closing with unread input would reset the
+    // connection before the client read the answer.
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(buf.len());
+    let length = String::from_utf8_lossy(&buf[..head_end])
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    if length > MAX_REQUEST {
+        return respond(&mut sock, 413, "text/plain", "request body too large\n").await;
+    }
+    while buf.len() < head_end + length {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
@@ -201,6 +230,7 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -82,11 +82,17 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
 
 /// A raw HTTP request to the health listener: status code and body.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "")
+}
+
+/// The same with a request body (which the API does not need, but takes).
+fn http_with(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut resp = String::new();
@@ -348,7 +354,12 @@ fn api_pause_by_http_during_a_live_siprec_call() {
         }
         150 => {
             asked.1 = t0.elapsed();
-            let (code, body) = http(health, "POST", &format!("/v1/calls/{rid}/resume"));
+            let (code, body) = http_with(
+                health,
+                "POST",
+                &format!("/v1/calls/{rid}/resume"),
+                "{\"reason\": \"card number taken\"}",
+            );
             assert_eq!(code, 200, "{body}");
         }
         _ => {}

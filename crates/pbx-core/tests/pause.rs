@@ -612,7 +612,50 @@ fn inband_card_number_between_sequences_leaves_no_trace() {
         let meta = paused.meta.as_ref().unwrap();
         assert_eq!(meta.pauses.len(), 1, "{:?}", meta.pauses);
         assert!(meta.dtmf.is_empty());
+        // In band the pause is decided as the audio is written: it starts
+        // within the 1 of *1 (which begins at packet 110, 2200 ms; the leg
+        // 1 audio is 10 ms later), the stretch ends after the 2 of *2.
+        let p = meta.pauses[0];
+        let off = if leg == 1 { 10 } else { 0 };
+        eprintln!("in band, leg {leg}: {p:?}");
+        assert!((2200 + off..2300 + off).contains(&p.from_ms), "{p:?}");
+        let last = plan.keys.last().unwrap();
+        let end = ((last.at + last.len) * 20) as i64 + if resume_leg == 1 { 10 } else { 0 };
+        assert!(
+            (end..end + 60).contains(&p.to_ms),
+            "{p:?} vs the 2 ending at {end}"
+        );
     }
+}
+
+#[test]
+fn a_slow_pause_sequence_starts_at_the_first_frame_not_yet_written() {
+    // '*' and then '1' 2 s later: the '*' was written long ago; the pause
+    // starts at the first frame not written when the '1' came, one jitter
+    // window (500 ms) before it, and the JSON says so.
+    let mut keys = vec![Key {
+        leg: 0,
+        digit: '*',
+        at: 100,
+        len: 5,
+    }];
+    let card_at = keyed(&mut keys, 0, "1", 200);
+    let resume_at = keyed(&mut keys, 0, "4111", card_at);
+    keyed(&mut keys, 0, RESUME, resume_at);
+    let plan = Plan {
+        n: 400,
+        te: true,
+        keys,
+        acts: Vec::new(),
+        delays: Vec::new(),
+    };
+    let reference = record(&plan, "", "", true);
+    let paused = record(&plan, PAUSE, RESUME, true);
+    check(&reference, &paused, &[frames_of(0, card_at, resume_at)]);
+    let from = paused.meta.as_ref().unwrap().pauses[0].from_ms;
+    // The '1' arrived at 4.0 s (its first packet): written up to about 3.5 s
+    // then (the mixer writes in pieces of 40 ms or more).
+    assert!((3440..=3560).contains(&from), "from {from} ms");
 }
 
 #[test]

@@ -29,6 +29,10 @@
 //!   two legs are rendered together and interleaved: PCM is handed to the
 //!   sink as soon as it is older than that window, so memory does not grow
 //!   with call length.
+//! - A call's recording can be paused ([`CallEngine::pause`], DTMF sequences
+//!   from [`EngineConfig::pause_dtmf`], `X-Recording-Pause` on a request of
+//!   its dialog): the mixer writes exact zeros on both channels over the
+//!   paused stretches, the timeline going on; see [`super::pause`].
 //! - A call ends on BYE (after lingering one jitter window for stragglers),
 //!   CANCEL, a failure answer, `rtp_timeout` of media silence, or [`CallEngine::finish`].
 //!

@@ -1,9 +1,11 @@
 //! Per-leg RTP: packets in, PCM on the call's timeline out to the sink.
 //!
 //! In: RTP packets matched to a call (by destination, else by source).
-//! Out: decoded audio placed on each leg's [`LegTimeline`], DTMF events, and
-//! on flush the interleaved PCM handed to the [`RecordingSink`]; on
-//! finalize the call's [`CallMeta`]. Promises: one active flow per leg (a
+//! Out: decoded audio placed on each leg's [`LegTimeline`], DTMF events (also
+//! matched against the pause/resume sequences), and on flush the interleaved
+//! PCM handed to the [`RecordingSink`], muted over paused stretches (in-band
+//! DTMF is looked for in it first, see [`super::pause`]); on finalize the
+//! call's [`CallMeta`] with its `pauses`. Promises: one active flow per leg (a
 //! relayed copy is ignored, a new SSRC takes over once the old one is
 //! quiet); audio older than the jitter window is written, so memory does
 //! not grow with call length.
