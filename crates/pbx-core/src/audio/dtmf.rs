@@ -33,7 +33,8 @@
 //! Positions: a digit's `start` is the start of the first of its agreeing
 //! blocks (at most a block before the tone really started), its `end` the end
 //! of its last agreeing block (at most a block after the tone stopped).
-//! Nothing here allocates per sample; memory is one block.
+//! Nothing here allocates after [`DtmfDetector::new`]; memory is two blocks
+//! of samples and the window.
 
 use std::f64::consts::PI;
 
@@ -287,7 +288,7 @@ impl DtmfDetector {
     /// Strongest frequency of a group: its index, power, and the strongest
     /// other one's power over it.
     fn strongest(&self, group: &[f64; 4]) -> (usize, f64, f64) {
-        let p: Vec<f64> = group.iter().map(|f| self.power(*f)).collect();
+        let p: [f64; 4] = std::array::from_fn(|i| self.power(group[i]));
         let (i, best) = p
             .iter()
             .copied()
@@ -306,10 +307,7 @@ impl DtmfDetector {
     /// nominal) and its power there.
     fn deviation(&self, nominal: f64) -> Option<(f64, f64)> {
         const STEPS: [f64; 5] = [-0.04, -0.02, 0.0, 0.02, 0.04];
-        let p: Vec<f64> = STEPS
-            .iter()
-            .map(|d| self.power(nominal * (1.0 + d)))
-            .collect();
+        let p: [f64; 5] = std::array::from_fn(|i| self.power(nominal * (1.0 + STEPS[i])));
         let k = (0..5).fold(0, |a, i| if p[i] > p[a] { i } else { a });
         // A peak at the edge lies beyond ±4 %.
         if k == 0 || k == 4 {
