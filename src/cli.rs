@@ -105,7 +105,8 @@ pub struct ImportArgs {
     /// Directory for the recordings (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// Configuration file (recording.* settings and agent.id are used).
+    /// Configuration file: its recording.pause_dtmf / resume_dtmf sequences
+    /// pause the imported calls as they would live.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Output sample rate: auto, 8000 or 16000.

@@ -1,11 +1,15 @@
 //! The HTTP health endpoint: `/healthz` (liveness), `/readyz` (readiness with a
 //! reason per component), `/metrics` (Prometheus text), `/status` (JSON for
-//! people and for `pbx-edge status`).
+//! people and for `pbx-edge status`), and the control API under `/v1/calls`
+//! ([`crate::control`]: calls in progress, pause and resume).
 //!
-//! A deliberately small HTTP/1.1 server on tokio: GET only, one request per
-//! connection, headers capped at 8 KiB, a 5 s read timeout, and a semaphore
-//! capping concurrent connections (mini-redis style). It never touches
-//! recordings: it only copies the [`Status`] snapshot.
+//! A deliberately small HTTP/1.1 server on tokio: GET (and POST for the
+//! control API; a body is not read), one request per connection, headers
+//! capped at 8 KiB, a 5 s read timeout, and a semaphore capping concurrent
+//! connections (mini-redis style). It never touches recordings: it copies
+//! the [`Status`] snapshot, and hands control requests to the engines.
+//! `health.listen` is loopback by default: the control API pauses
+//! recordings, so whoever can reach it can.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::control::Controls;
 use crate::status::{readiness, render_metrics, SharedStatus, Status};
 
 const MAX_CONNECTIONS: usize = 64;
@@ -78,6 +83,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     status: SharedStatus,
     live: Arc<Liveness>,
+    controls: Controls,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -94,8 +100,9 @@ pub(crate) async fn serve(
                 };
                 let status = status.clone();
                 let live = live.clone();
+                let controls = controls.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live, controls)).await;
                     drop(permit);
                 });
             }
@@ -107,6 +114,7 @@ async fn handle(
     mut sock: TcpStream,
     status: SharedStatus,
     live: Arc<Liveness>,
+    controls: Controls,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -120,12 +128,44 @@ async fn handle(
             return respond(&mut sock, 431, "text/plain", "request header too large\n").await;
         }
     }
+    // A body (a control request may come with one, which is not used) is
+    // read before answering: closing with unread input would reset the
+    // connection before the client read the answer.
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(buf.len());
+    let length = String::from_utf8_lossy(&buf[..head_end])
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    if length > MAX_REQUEST {
+        return respond(&mut sock, 413, "text/plain", "request body too large\n").await;
+    }
+    while buf.len() < head_end + length {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    if let Some(a) = controls.http(method, path).await {
+        return respond(&mut sock, a.code, "application/json", &a.body).await;
+    }
     if method != "GET" && method != "HEAD" {
         return respond(&mut sock, 405, "text/plain", "only GET\n").await;
     }
@@ -177,7 +217,7 @@ async fn handle(
                 &mut sock,
                 404,
                 "text/plain",
-                "not found: try /healthz /readyz /metrics /status\n",
+                "not found: try /healthz /readyz /metrics /status /v1/calls\n",
             )
             .await
         }
@@ -189,6 +229,8 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -18,7 +18,8 @@
 //!   due entries → uploads → outcomes; [`upload`]: the cloud protocols (tus,
 //!   multipart) and what an answer means (a pure policy).
 //! - [`status`] and [`health`]: snapshots → `/healthz`, `/readyz`,
-//!   `/metrics`, `/status`.
+//!   `/metrics`, `/status`; [`control`]: `/v1/calls` (calls in progress,
+//!   pause, resume) → requests answered by the engines.
 //! - [`config`]: file + environment → a typed `Config` (a leaf); `sys`
 //!   (crate-private): clock, files, sockets, host name, BPF filters, TLS key
 //!   files (a leaf); [`units`]: sizes and durations; [`logmask`]: phone
@@ -29,6 +30,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod health;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::daemon::*;
 use common::truth::check_alignment;
 use common::*;
-use pbx_testgen::audio::speechlike;
+use pbx_testgen::audio::{best_lag, speechlike};
 use pbx_testgen::scenario::generate;
 use pbx_testgen::{CallSpec, CallTruth, Framing, Link, Party, TestCodec};
 use serde_json::Value;
@@ -218,6 +218,66 @@ fn sniffed_call_is_recorded_alone_while_other_sip_rtp_plays_on_lo() {
     assert_eq!(r.json["call_id"], "sniff-noise@test");
     check_alignment(&r, &truths[0], 25.0, 0.9, 0.9);
     eprintln!("{rounds} rounds of unrelated SIP/RTP on lo; one recording, the test's own");
+}
+
+#[test]
+fn api_pause_during_a_sniffed_call() {
+    if !can_sniff() {
+        return;
+    }
+    let _one_at_a_time = sniff_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &sniff_config(""));
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let spec = loopback_call("sniff-pause@test", 5, 47, 47100);
+    let (frames, truths): (_, Vec<CallTruth>) = generate(
+        std::slice::from_ref(&spec),
+        Link::Ethernet,
+        &Framing::default(),
+    );
+    let player = std::thread::spawn(move || replay(&frames, None));
+    // Media starts after the ring (200 ms); pause 1.5 s in, resume at 3 s.
+    let t = std::time::Instant::now();
+    let at = |ms: u64| {
+        if let Some(w) = Duration::from_millis(ms).checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+    };
+    at(1500);
+    let (code, body) = d.post("/v1/calls/sniff-pause%40test/pause");
+    assert_eq!(code, 200, "{body}");
+    let (_, list) = d.get("/v1/calls").unwrap();
+    let v: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v["calls"][0]["source"], "sniff", "{v}");
+    assert_eq!(v["calls"][0]["paused"], true, "{v}");
+    at(3000);
+    let (code, body) = d.post("/v1/calls/sniff-pause%40test/resume");
+    assert_eq!(code, 200, "{body}");
+    player.join().unwrap();
+    let recs = d.wait_recordings(1, Duration::from_secs(10));
+    let r = recording_of(&recs[0]);
+    let p = r.json["pauses"].as_array().expect("pauses").clone();
+    assert_eq!(p.len(), 1, "{}", r.json);
+    assert_eq!(p[0]["by"], "api");
+    let from = p[0]["from_ms"].as_u64().unwrap() as usize * 8;
+    let to = p[0]["to_ms"].as_u64().unwrap() as usize * 8;
+    // Asked 1.5 s and 3 s after the replay began; media began 0.2 s in.
+    assert!((9_000..=12_000).contains(&from), "{from}");
+    assert!((21_000..=24_500).contains(&to), "{to}");
+    for (k, ch) in r.ch.iter().enumerate() {
+        assert!(ch[from..to].iter().all(|s| *s == 0), "channel {k}");
+        // Before and after the stretch: each party's audio where the truth
+        // says, at the same lag (the sync is kept across the pause).
+        let truth = &truths[0].expected[k];
+        let n = truth.len().min(ch.len());
+        let (lag_pre, c_pre) = best_lag(&ch[..from], &truth[..from], 400);
+        let (lag_post, c_post) = best_lag(&ch[to..n], &truth[to..n], 400);
+        assert!(c_pre > 0.9 && c_post > 0.9, "{c_pre:.3} {c_post:.3}");
+        assert!(
+            (lag_pre - lag_post).abs() <= 1,
+            "lag {lag_pre} then {lag_post}"
+        );
+    }
 }
 
 #[test]

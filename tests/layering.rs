@@ -23,12 +23,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("upload", &["config", "sys"]),
     ("spool", &["sys", "upload"]),
     ("status", &["recording", "spool"]),
-    ("health", &["status"]),
+    ("control", &[]),
+    ("health", &["control", "status"]),
     ("delivery", &["config", "spool", "status", "sys", "upload"]),
     (
         "sources",
         &[
             "config",
+            "control",
             "health",
             "recording",
             "spool",
@@ -41,6 +43,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "config",
+            "control",
             "delivery",
             "health",
             "recording",

@@ -14,7 +14,7 @@
 //! | 4 | time: `u32` ms; forward + `handle_timeout`, or (bit 0) step the packet clock back | bit 0 |
 //! | 5 | SIP over TCP (`handle_segment`, stream bytes) | as 0, bit 4 = `tcp_gap` |
 //! | 6 | UDP datagram between arbitrary ports of the SIP hosts | bits 0-4 ports |
-//! | 7 | `finish(CaptureEnd)` in the middle of the input; a non-zero variant then continues with a new engine configured by it | bits 0-1 `max_calls`, 2-3 `jitter_ms`, 4 fixed 16 kHz |
+//! | 7 | `finish(CaptureEnd)` in the middle of the input; a non-zero variant then continues with a new engine configured by it | bits 0-1 `max_calls`, 2-3 `jitter_ms`, 4 fixed 16 kHz and pause/resume sequences `*1`/`*2` |
 //!
 //! Every packet record advances the clock by 10 ms, so interleaved RTP of the
 //! two legs comes at the 20 ms pace of real calls. The addresses are those of
@@ -233,6 +233,9 @@ fn config(variant: u8) -> EngineConfig {
         } else {
             SampleRatePolicy::Auto
         },
+        // Pause/resume sequences (and the in-band detector with them).
+        pause_dtmf: if variant & 16 != 0 { "*1".into() } else { String::new() },
+        resume_dtmf: if variant & 16 != 0 { "*2".into() } else { String::new() },
         ..EngineConfig::default()
     }
 }

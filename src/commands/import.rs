@@ -36,9 +36,21 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     // A capture file can be imported again: no need to write each chunk
     // through for crash safety.
     out.set_write_through(false);
+    // With --config: its pause/resume DTMF sequences (recording.pause_dtmf,
+    // resume_dtmf) pause the imported calls as they would have live.
+    let (pause_dtmf, resume_dtmf) = match &args.config {
+        Some(p) => {
+            let c = crate::config::Config::load(Some(p))
+                .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
+            (c.recording.pause_dtmf, c.recording.resume_dtmf)
+        }
+        None => (String::new(), String::new()),
+    };
     let mut engine = CallEngine::new(EngineConfig {
         sample_rate,
         jitter_ms: args.jitter_ms,
+        pause_dtmf,
+        resume_dtmf,
         ..EngineConfig::default()
     });
 

@@ -419,6 +419,27 @@ pub(super) fn to_agent_id(n: &Node) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// `recording.pause_dtmf` / `resume_dtmf`: empty, or 1 to 16 DTMF digits
+/// (`0-9 * # A-D`).
+pub(super) fn to_dtmf_sequence(n: &Node) -> Result<String, String> {
+    let s = as_str(n, "a string of DTMF digits")?
+        .trim()
+        .to_ascii_uppercase();
+    if s.is_empty() || pbx_core::call::pause::is_dtmf_sequence(&s) {
+        return Ok(s);
+    }
+    if s.chars().count() > pbx_core::call::pause::SEQUENCE_MAX {
+        return Err(format!(
+            "longer than {} digits",
+            pbx_core::call::pause::SEQUENCE_MAX
+        ));
+    }
+    Err(format!(
+        "{} holds characters that are not DTMF digits (0-9, *, #, A-D), e.g. \"*1\"",
+        quote(&s)
+    ))
+}
+
 pub(super) fn to_sample_rate(n: &Node) -> Result<SampleRate, String> {
     let bad = || {
         let found = match &n.kind {
@@ -601,6 +622,18 @@ pub(super) fn check(
     s.field(errs, "jitter", &mut r.jitter, |n| {
         to_duration_in(n, Duration::ZERO, Duration::from_secs(10))
     });
+    s.field(errs, "pause_dtmf", &mut r.pause_dtmf, to_dtmf_sequence);
+    s.field(errs, "resume_dtmf", &mut r.resume_dtmf, to_dtmf_sequence);
+    if !r.pause_dtmf.is_empty() && r.pause_dtmf == r.resume_dtmf {
+        errs.push(ConfigError::Invalid {
+            origin: s.origin("resume_dtmf"),
+            key: s.key("resume_dtmf"),
+            message: format!(
+                "is the same sequence as recording.pause_dtmf (\"{}\"): a call could never be resumed by it",
+                r.resume_dtmf
+            ),
+        });
+    }
     s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "cloud", errs);

@@ -142,6 +142,10 @@ pub struct RecordingConfig {
     pub rtp_timeout: Duration,
     /// Reorder / jitter window: audio is held this long before it is written. At most 10 s.
     pub jitter: Duration,
+    /// DTMF sequence that pauses a call's recording ("" = none), e.g. `*1`.
+    pub pause_dtmf: String,
+    /// DTMF sequence that resumes it ("" = none).
+    pub resume_dtmf: String,
 }
 
 impl RecordingConfig {
@@ -151,6 +155,8 @@ impl RecordingConfig {
             sample_rate: self.sample_rate.policy(),
             jitter_ms: u32::try_from(self.jitter.as_millis()).unwrap_or(u32::MAX),
             rtp_timeout_us: i64::try_from(self.rtp_timeout.as_micros()).unwrap_or(i64::MAX),
+            pause_dtmf: self.pause_dtmf.clone(),
+            resume_dtmf: self.resume_dtmf.clone(),
             ..EngineConfig::default()
         }
     }
@@ -431,6 +437,8 @@ impl Config {
                 min_duration: Duration::ZERO,
                 rtp_timeout: Duration::from_secs(30),
                 jitter: Duration::from_millis(500),
+                pause_dtmf: String::new(),
+                resume_dtmf: String::new(),
             },
             cloud: CloudConfig {
                 url: String::new(),

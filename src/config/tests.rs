@@ -109,6 +109,36 @@ fn engine_config_carries_recording_settings() {
 }
 
 #[test]
+fn pause_and_resume_sequences_are_checked_and_reach_the_engine() {
+    let c = parse("[recording]\npause_dtmf = \"*1\"\nresume_dtmf = \"#9a\"\n").unwrap();
+    assert_eq!(c.recording.pause_dtmf, "*1");
+    assert_eq!(c.recording.resume_dtmf, "#9A");
+    let e = c.recording.engine_config();
+    assert_eq!(
+        (e.pause_dtmf.as_str(), e.resume_dtmf.as_str()),
+        ("*1", "#9A")
+    );
+    let d = parse("").unwrap().recording;
+    assert!(d.pause_dtmf.is_empty() && d.resume_dtmf.is_empty());
+    assert_eq!(
+        err1("[recording]\n\npause_dtmf = \"*x1\"\n"),
+        "t.toml:3: recording.pause_dtmf: \"*X1\" holds characters that are not DTMF digits (0-9, *, #, A-D), e.g. \"*1\""
+    );
+    assert_eq!(
+        err1("[recording]\nresume_dtmf = \"12345678901234567\"\n"),
+        "t.toml:2: recording.resume_dtmf: longer than 16 digits"
+    );
+    assert_eq!(
+        err1("[recording]\nresume_dtmf = 12\n"),
+        "t.toml:2: recording.resume_dtmf: expected a string of DTMF digits, found an integer (12)"
+    );
+    assert_eq!(
+        err1("[recording]\npause_dtmf = \"*1\"\nresume_dtmf = \"*1\"\n"),
+        "t.toml:3: recording.resume_dtmf: is the same sequence as recording.pause_dtmf (\"*1\"): a call could never be resumed by it"
+    );
+}
+
+#[test]
 fn port_ranges() {
     let ok = |s: &str| {
         parse(&format!("[sources.siprec]\nrtp_ports = \"{s}\"")).map(|c| c.sources.siprec.rtp_ports)

@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::control::Controls;
 use crate::health::{self, Liveness};
 use crate::recording::{self, RecordingDir};
 use crate::sources::handle::{context, Reload, SourceHandle};
@@ -54,16 +55,22 @@ fn start_source(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
 ) -> Option<Box<dyn SourceHandle>> {
     fn boxed(h: impl SourceHandle + 'static) -> Box<dyn SourceHandle> {
         Box::new(h)
     }
-    match name {
+    let h = match name {
         "sniff" => sniff::SniffSource::start(cfg, status, live).map(boxed),
         "folder" => crate::sources::folder::start_source(cfg, status, live).map(boxed),
         "hep" => crate::sources::hep::start_source(cfg, status, live).map(boxed),
         _ => None,
+    }?;
+    // Its calls in progress can be listed, paused and resumed (/v1/calls).
+    if let Some(send) = h.api() {
+        controls.register(h.name(), send);
     }
+    Some(h)
 }
 
 /// SIGHUP for the [`PASSIVE`] sources: each applies what it can in place
@@ -74,6 +81,7 @@ async fn reload_sources(
     changed: &[&'static str],
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
     running: &mut Vec<Box<dyn SourceHandle>>,
 ) {
     let mut keep = Vec::new();
@@ -88,7 +96,7 @@ async fn reload_sources(
     }
     for name in PASSIVE {
         if !keep.iter().any(|h| h.name() == name) {
-            keep.extend(start_source(name, cfg, status, live));
+            keep.extend(start_source(name, cfg, status, live, controls));
         }
     }
     *running = keep;
@@ -110,6 +118,7 @@ async fn reload_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
     siprec: &mut Option<crate::sources::siprec::SiprecHandle>,
     draining: &mut Vec<crate::sources::siprec::SiprecHandle>,
     pending: &mut bool,
@@ -140,7 +149,7 @@ async fn reload_siprec(
         *pending = false;
         if sc.enabled {
             let ports = draining.last().map(|h| h.ports());
-            *siprec = start_siprec(cfg, status, live, ports).await;
+            *siprec = start_siprec(cfg, status, live, controls, ports).await;
         } else if let Ok(mut s) = status.lock() {
             s.sources.remove("siprec");
         }
@@ -177,7 +186,7 @@ async fn reload_siprec(
         .iter()
         .any(|p| old.contains(p));
     if !collides {
-        match start_siprec_with(cfg, status, live, Some(h.ports()), false).await {
+        match start_siprec_with(cfg, status, live, controls, Some(h.ports()), false).await {
             Some(new) => {
                 drain(draining, gen, h, "replaced by a new listen address");
                 *siprec = Some(new);
@@ -207,7 +216,7 @@ async fn reload_siprec(
     }
     if h.finished() {
         *pending = false;
-        *siprec = replace_siprec(Some(h), cfg, status, live).await;
+        *siprec = replace_siprec(Some(h), cfg, status, live, controls).await;
     } else {
         let n = h.calls();
         tracing::warn!(
@@ -227,6 +236,7 @@ async fn replace_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
 ) -> Option<crate::sources::siprec::SiprecHandle> {
     let ports = match old {
         Some(h) => {
@@ -236,7 +246,7 @@ async fn replace_siprec(
         }
         None => None,
     };
-    start_siprec(cfg, status, live, ports).await
+    start_siprec(cfg, status, live, controls, ports).await
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -323,9 +333,10 @@ async fn start_siprec(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
     ports: Option<crate::sources::siprec::SharedPorts>,
 ) -> Option<crate::sources::siprec::SiprecHandle> {
-    start_siprec_with(cfg, status, live, ports, true).await
+    start_siprec_with(cfg, status, live, controls, ports, true).await
 }
 
 /// `report_error`: false while another instance still serves (a reload that
@@ -334,6 +345,7 @@ async fn start_siprec_with(
     cfg: &Config,
     status: &SharedStatus,
     live: &Arc<Liveness>,
+    controls: &Controls,
     ports: Option<crate::sources::siprec::SharedPorts>,
     report_error: bool,
 ) -> Option<crate::sources::siprec::SiprecHandle> {
@@ -381,6 +393,7 @@ async fn start_siprec_with(
     .await
     {
         Ok(h) => {
+            controls.register("siprec", h.api());
             if let Ok(mut s) = status.lock() {
                 let src = s
                     .sources
@@ -571,14 +584,17 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let listener = health::bind(cfg.health.listen)
         .await
         .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
+    // The engines answer the control API (`/v1/calls`) through this.
+    let controls = Controls::new();
     tokio::spawn(health::serve(
         listener,
         status.clone(),
         live.clone(),
+        controls.clone(),
         stop_rx.clone(),
     ));
 
-    let mut siprec = start_siprec(&cfg, &status, &live, None).await;
+    let mut siprec = start_siprec(&cfg, &status, &live, &controls, None).await;
     // SIPREC instances replaced by a reload, finishing their calls.
     let mut siprec_draining: Vec<crate::sources::siprec::SiprecHandle> = Vec::new();
     // The running instance ends when its calls have ended, then one with
@@ -587,7 +603,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut drain_gen = 0u64;
     let mut running: Vec<Box<dyn SourceHandle>> = PASSIVE
         .iter()
-        .filter_map(|name| start_source(name, &cfg, &status, &live))
+        .filter_map(|name| start_source(name, &cfg, &status, &live, &controls))
         .collect();
     // Delivery: spool → cloud (tracks the spool and retention even without a cloud).
     // The last reason delivery could not start (tried again every tick).
@@ -631,13 +647,14 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             &cfg,
                             &status,
                             &live,
+                            &controls,
                             &mut siprec,
                             &mut siprec_draining,
                             &mut siprec_pending,
                             &mut drain_gen,
                         )
                         .await;
-                        reload_sources(&cfg, &changed, &status, &live, &mut running).await;
+                        reload_sources(&cfg, &changed, &status, &live, &controls, &mut running).await;
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
@@ -675,7 +692,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 if siprec_pending && siprec.as_ref().is_none_or(|h| h.finished()) {
                     siprec_pending = false;
-                    siprec = replace_siprec(siprec.take(), &cfg, &status, &live).await;
+                    siprec = replace_siprec(siprec.take(), &cfg, &status, &live, &controls).await;
                     if siprec.is_some() {
                         tracing::info!(listen = %cfg.sources.siprec.listen, "SIPREC listen change applied: the calls that were in progress have ended");
                     }

@@ -15,7 +15,7 @@
 //!   `serde_json::Value`), as they always were.
 
 use pbx_core::call::meta::{ChannelMeta, Dtmf};
-use pbx_core::call::{CallMeta, PartyInfo};
+use pbx_core::call::{CallMeta, PartyInfo, Pause};
 use pbx_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,11 @@ pub struct CallFields {
     /// Whether the caller was told by signalling (absent after a crash).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller_known: Option<bool>,
+    /// Stretches where recording was paused (CONTRACT §3 `pauses`): both
+    /// channels exact zeros there, the timeline kept. Absent after a crash
+    /// (the audio on disk was muted before it was written; where is not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pauses: Option<Vec<Pause>>,
 }
 
 /// The fields of a recording converted from a PBX's files.
@@ -204,6 +209,7 @@ impl RecordingDoc {
                 media_started_at: Some(meta.media_started_at),
                 end_reason: end_reason_name(meta),
                 caller_known: Some(meta.caller_known),
+                pauses: Some(meta.pauses.clone()),
             }),
             folder: None,
         }
@@ -302,6 +308,7 @@ mod tests {
             media_started_at: None,
             end_reason: "crash".into(),
             caller_known: None,
+            pauses: None,
         });
         let v = d.to_value();
         assert_eq!(v["did"], "555");

@@ -233,6 +233,7 @@ pub(super) fn complete_json(
             media_started_at: time("media_started_at"),
             end_reason: reason.to_string(),
             caller_known: None,
+            pauses: None,
         }),
         folder: None,
     };

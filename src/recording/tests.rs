@@ -251,6 +251,7 @@ fn meta_r4() -> CallMeta {
         frames: 800,
         channels: Default::default(),
         dtmf: Vec::new(),
+        pauses: Vec::new(),
         end_reason: pbx_core::call::EndReason::Bye,
         warnings: Vec::new(),
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use pbx_core::call::{CallEngine, EndReason, EngineConfig};
 use pbx_core::Timestamp;
 
+use crate::control::ControlRequest;
 use crate::health::Liveness;
 use crate::recording::{RecordingDir, RecordingSettings};
 
@@ -38,6 +39,9 @@ pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 pub(crate) enum HostControl {
     /// Recording settings for the calls that begin from now on (a reload).
     Settings(Box<RecordingSettings>),
+    /// A control API request (`/v1/calls`: list, pause, resume), answered
+    /// at once.
+    Api(ControlRequest),
 }
 
 /// A [`CallEngine`], its recordings and its timing (see the module docs).
@@ -51,6 +55,11 @@ pub(crate) struct EngineHost {
     last_publish: Option<Instant>,
     /// Something happened since the last report.
     dirty: bool,
+    /// The inputs are stamped with this host's clock (sniffing, SIPREC): a
+    /// pause or resume by the API takes effect at the clock's now. False for
+    /// HEP, whose inputs carry the agents' capture times: there it takes
+    /// effect at the engine's latest time.
+    pub(crate) wall_clock: bool,
 }
 
 impl EngineHost {
@@ -68,6 +77,7 @@ impl EngineHost {
             live,
             last_publish: None,
             dirty: true,
+            wall_clock: true,
         }
     }
 
@@ -138,6 +148,10 @@ impl EngineHost {
         match c {
             HostControl::Settings(s) => {
                 crate::recording::apply_settings(&mut self.engine, &mut self.out, *s)
+            }
+            HostControl::Api(req) => {
+                let now = self.wall_clock.then(crate::sys::now);
+                crate::control::answer(&mut self.engine, req, now, &mut self.out)
             }
         }
         self.dirty = true;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::config::Config;
+use crate::control::SendRequest;
 use crate::recording::{RecordingContext, RecordingSettings};
 
 /// What a reload did to a running source.
@@ -32,6 +33,11 @@ pub(crate) trait SourceHandle: Send {
     /// Stop taking input, close every open recording (cut by shutdown),
     /// resolve when done.
     fn stop(self: Box<Self>) -> Stopping;
+    /// How the control API (`/v1/calls`) reaches its engine, if it has
+    /// calls in progress to list, pause and resume.
+    fn api(&self) -> Option<SendRequest> {
+        None
+    }
 }
 
 /// The recording context of `source` under `cfg`.

@@ -34,6 +34,7 @@ use pbx_core::hep::{self, HepError};
 use pbx_core::Timestamp;
 
 use crate::config::Config;
+use crate::control::ControlRequest;
 use crate::health::Liveness;
 use crate::recording::{RecordingDir, RecordingSettings};
 use crate::sources::engine_host::{EngineHost, HostControl};
@@ -105,10 +106,25 @@ pub struct HepHandle {
     thread: std::thread::JoinHandle<()>,
     /// Into the engine's queue; dropped on stop (the engine ends when the
     /// receivers' senders and this one are gone).
-    control: SyncSender<Input>,
+    control: Arc<SyncSender<Input>>,
 }
 
 impl HepHandle {
+    /// How the control API reaches the collector's engine (through its input
+    /// queue; never keeps it open: the engine still ends on stop).
+    pub(crate) fn api(&self) -> impl Fn(ControlRequest) -> bool + Send + Sync + 'static {
+        let queue = Arc::downgrade(&self.control);
+        move |req| {
+            let Some(tx) = queue.upgrade() else {
+                return false;
+            };
+            !matches!(
+                tx.try_send(Input::Control(HostControl::Api(req))),
+                Err(TrySendError::Disconnected(_))
+            )
+        }
+    }
+
     /// New recording settings (a reload): for calls that begin from now on.
     pub fn settings(&self, s: RecordingSettings) {
         // Waits for room: a reload is rare, the queue drains fast.
@@ -192,6 +208,10 @@ impl SourceHandle for HepHandle {
     fn stop(self: Box<Self>) -> Stopping {
         stop_blocking(move || HepHandle::stop(*self))
     }
+
+    fn api(&self) -> Option<crate::control::SendRequest> {
+        Some(Box::new(HepHandle::api(self)))
+    }
 }
 
 /// Binds `listen` (UDP and TCP) and starts the collector.
@@ -232,7 +252,7 @@ pub fn start(
     Ok(HepHandle {
         stop,
         thread,
-        control,
+        control: Arc::new(control),
     })
 }
 
@@ -273,6 +293,8 @@ fn run(
         );
     }
     let mut host = EngineHost::new(name, engine_cfg, out, live);
+    // The agents' capture times are the engine's clock, not ours.
+    host.wall_clock = false;
     let mut agents: BTreeMap<String, u64> = BTreeMap::new();
     // The packets carry the agent's clock; the engine's timeouts must run
     // on the same clock: ours plus how far the agent's was ahead of it at

@@ -275,6 +275,7 @@ pub(crate) enum SniffControl {
 
 /// The daemon's end of a sniffing loop's control queue: each message rings
 /// the loop's doorbell, so the loop wakes from `poll` for it.
+#[derive(Clone)]
 pub(crate) struct SniffSender {
     tx: Sender<SniffControl>,
     bell: Arc<Doorbell>,
@@ -377,6 +378,14 @@ impl SniffSource {
 impl SourceHandle for SniffSource {
     fn name(&self) -> &'static str {
         "sniff"
+    }
+
+    /// Requests go on the loop's control queue, which rings its doorbell.
+    fn api(&self) -> Option<crate::control::SendRequest> {
+        let control = self.control.clone();
+        Some(Box::new(move |req| {
+            control.send(SniffControl::Host(HostControl::Api(req)))
+        }))
     }
 
     /// Recording settings go to the running loop in place; a new interface

@@ -63,6 +63,32 @@ impl Daemon {
         pbx_edge::health::get(self.health, path).ok()
     }
 
+    /// A POST without a body (the control API): status code and body.
+    pub fn post(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&self.health, Duration::from_secs(3))
+            .expect("connect to health.listen");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.health
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
     pub fn wait_http(&self, path: &str, code: u16, max: Duration) {
         let t = Instant::now();
         while t.elapsed() < max {

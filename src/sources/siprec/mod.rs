@@ -73,6 +73,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, SiprecConfig};
+use crate::control::ControlRequest;
 use crate::health::Liveness;
 use crate::recording::{AnsweredCall, AnsweredCalls, RecordingDir, RecordingSettings};
 use crate::sources::engine_host::{EngineHost, HostControl};
@@ -182,7 +183,7 @@ pub struct SiprecHandle {
     control: mpsc::UnboundedSender<Control>,
     /// Into the engine thread, for settings; dropped before the engine is
     /// joined (the engine ends when every sender is gone).
-    settings: Option<SyncSender<EngineInput>>,
+    settings: Option<Arc<SyncSender<EngineInput>>>,
     /// Dialogs in progress (kept by the SIP task).
     calls: Arc<AtomicUsize>,
     ports: SharedPorts,
@@ -194,6 +195,22 @@ pub struct SiprecHandle {
 }
 
 impl SiprecHandle {
+    /// How the control API reaches this instance's engine (through its input
+    /// queue; never keeps it open: the engine still ends on stop).
+    pub(crate) fn api(&self) -> impl Fn(ControlRequest) -> bool + Send + Sync + 'static {
+        let queue = self.settings.as_ref().map(Arc::downgrade);
+        move |req| {
+            let Some(tx) = queue.as_ref().and_then(std::sync::Weak::upgrade) else {
+                return false;
+            };
+            // A full queue drops the request (its reply goes unanswered).
+            !matches!(
+                tx.try_send(EngineInput::Control(HostControl::Api(req))),
+                Err(TrySendError::Disconnected(_))
+            )
+        }
+    }
+
     /// Apply the settings that need no new socket: `allow`, `max_calls`,
     /// `rtp_timeout` and `rtp_ports` for new INVITEs; `recording` and the
     /// agent id for recordings that begin from now on. Calls in progress go on.
@@ -424,7 +441,7 @@ pub async fn start(
         engine_thread,
         tls: tls_shared,
         control: control_tx,
-        settings: Some(etx),
+        settings: Some(Arc::new(etx)),
         calls,
         ports,
         name,

@@ -6,6 +6,8 @@
 //! - [`codec`]: the [`codec::Codec`] registry (static payload types, `a=rtpmap`
 //!   names, clock-rate quirks) and the [`codec::Decoder`] trait with
 //!   [`codec::new_decoder`], which hands out a decoder emitting at 8000 or 16000 Hz.
+//! - [`dtmf`]: in-band DTMF (Goertzel) detector for G.711 legs without
+//!   telephone-events (pause/resume sequences), tuned to ITU-T Q.24 limits.
 //! - [`g711`]: PCMU / PCMA, table-driven, bit-exact with ITU-T G.711 (and sox).
 //! - [`g722`]: ITU-T G.722 64 kbit/s decoder and encoder (QMF + sub-band ADPCM).
 //! - [`gsm`]: GSM 06.10 full-rate decoder (raw `.gsm` frames and WAV49),
@@ -20,6 +22,7 @@
 //! the shell hands it.
 
 pub mod codec;
+pub mod dtmf;
 pub mod g711;
 pub mod g722;
 pub mod gsm;

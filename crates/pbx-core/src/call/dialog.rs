@@ -13,7 +13,8 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use crate::audio::codec::Codec;
-use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, RecordingSink};
+use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, PauseBy, RecordingSink};
+use crate::call::pause::PauseState;
 use crate::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
@@ -21,6 +22,11 @@ use crate::sip::siprec::{assign_streams, is_siprec_request, siprec_parts};
 use crate::Timestamp;
 
 use super::{engine::*, leg::*};
+
+/// The header with which the SRC or PBX pauses (`yes`, `true`, `on`, `1`) or
+/// resumes (`no`, `false`, `off`, `0`) a call's recording, on any request of
+/// the dialog.
+pub const PAUSE_HEADER: &str = "X-Recording-Pause";
 
 /// Receive addresses and payload-type map announced by one side.
 #[derive(Debug, Default, Clone)]
@@ -127,9 +133,23 @@ pub(super) struct Call {
     pub(super) rec_caller: Option<NameAddr>,
     pub(super) rec_callee: Option<NameAddr>,
     pub(super) recorded_call_id: Option<String>,
+    /// Pause/resume state (DTMF sequences, API, SIP header).
+    pub(super) pause: PauseState,
 }
 
+/// Where a pause asked for before media started begins: before anything,
+/// so it is put at the first frame written.
+pub(super) const BEFORE_MEDIA: i64 = i64::MIN / 4;
+
 impl Call {
+    /// `ts` on the call's timeline (output samples since time zero).
+    pub(super) fn position(&self, ts: Timestamp) -> i64 {
+        match &self.media {
+            Some(m) => (i128::from(ts.micros_since(m.t0)) * i128::from(m.rate) / 1_000_000) as i64,
+            None => BEFORE_MEDIA,
+        }
+    }
+
     pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
         // In requests From is the sender; in responses From is still the
         // request's sender, so the responder is the other party.
@@ -216,6 +236,22 @@ impl Tracker {
         // retry after an authentication challenge (401/407): same call.
         if is_invite && msg.to.tag.is_none() && matches!(call.state, CallState::Setup) {
             call.initial_cseq = Some(msg.cseq);
+        }
+        // The SRC / PBX pausing the recording: `X-Recording-Pause: yes|no`
+        // on any request of the dialog (re-INVITE, UPDATE, INFO...).
+        if msg.is_request() {
+            if let Some(v) = msg.header(PAUSE_HEADER) {
+                let at = call.position(ts);
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "yes" | "true" | "on" | "1" => {
+                        call.pause.pause(at, PauseBy::Sip);
+                    }
+                    "no" | "false" | "off" | "0" => {
+                        call.pause.resume(at);
+                    }
+                    _ => {}
+                }
+            }
         }
         let side = call.side_of_sender(&msg);
         let sdp_body = sdp_of(&msg);
@@ -340,6 +376,7 @@ impl Tracker {
             rec_caller: None,
             rec_callee: None,
             recorded_call_id: None,
+            pause: PauseState::default(),
             warnings: if initial {
                 Vec::new()
             } else {

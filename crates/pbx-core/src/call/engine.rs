@@ -29,6 +29,10 @@
 //!   two legs are rendered together and interleaved: PCM is handed to the
 //!   sink as soon as it is older than that window, so memory does not grow
 //!   with call length.
+//! - A call's recording can be paused ([`CallEngine::pause`], DTMF sequences
+//!   from [`EngineConfig::pause_dtmf`], `X-Recording-Pause` on a request of
+//!   its dialog): the mixer writes exact zeros on both channels over the
+//!   paused stretches, the timeline going on; see [`super::pause`].
 //! - A call ends on BYE (after lingering one jitter window for stragglers),
 //!   CANCEL, a failure answer, `rtp_timeout` of media silence, or [`CallEngine::finish`].
 //!
@@ -40,7 +44,9 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
-use crate::call::meta::{CallKey, EndReason, Party, RecordingSink};
+use serde::Serialize;
+
+use crate::call::meta::{recording_id, CallKey, EndReason, Party, PauseBy, RecordingSink};
 use crate::capture::LinkType;
 use crate::net::{NetDecoder, NetLimits, Segment, Transport};
 use crate::sip::stream::SipStreamFramer;
@@ -73,6 +79,11 @@ pub struct EngineConfig {
     /// Every INVITE is a SIPREC recording session (the SIPREC server's
     /// engine), also without `Require: siprec` / `+sip.src` or metadata.
     pub siprec_server: bool,
+    /// DTMF sequence that pauses a call's recording (`recording.pause_dtmf`,
+    /// e.g. `*1`; empty: none). See [`super::pause`].
+    pub pause_dtmf: String,
+    /// DTMF sequence that resumes it (`recording.resume_dtmf`).
+    pub resume_dtmf: String,
 }
 
 impl Default for EngineConfig {
@@ -85,8 +96,35 @@ impl Default for EngineConfig {
             max_calls: 100_000,
             net: NetLimits::default(),
             siprec_server: false,
+            pause_dtmf: String::new(),
+            resume_dtmf: String::new(),
         }
     }
+}
+
+/// A call in progress, as the control API lists it (`GET /v1/calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallInProgress {
+    pub key: CallKey,
+    /// The SIP Call-ID (for SIPREC: the recording session's).
+    pub call_id: String,
+    /// Set once media started (the id its recording will have).
+    pub recording_id: Option<String>,
+    pub started_at: Timestamp,
+    pub media_started_at: Option<Timestamp>,
+    pub paused: bool,
+}
+
+/// Why [`CallEngine::pause`] or [`CallEngine::resume`] did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PauseError {
+    #[error("no call in progress has that Call-ID or recording id")]
+    UnknownCall,
+    #[error("the call's recording is already paused")]
+    AlreadyPaused,
+    #[error("the call's recording is not paused")]
+    NotPaused,
 }
 
 /// Counters of what the engine saw and what it could not use.
@@ -152,6 +190,8 @@ pub(super) struct Tracker {
     pub(super) wake: Option<Timestamp>,
     pub(super) scratch: Vec<i16>,
     pub(super) out: Vec<i16>,
+    /// In-band DTMF found while rendering (leg, event).
+    pub(super) tones: Vec<(usize, crate::audio::dtmf::ToneEvent)>,
 }
 
 impl Tracker {
@@ -169,7 +209,29 @@ impl Tracker {
             wake: None,
             scratch: Vec::with_capacity(4096),
             out: Vec::with_capacity(16384),
+            tones: Vec::new(),
         }
+    }
+
+    /// A call in progress by its SIP Call-ID or its recording id.
+    pub(super) fn find_call(&self, id: &str) -> Option<CallKey> {
+        let live = |k: &CallKey| {
+            self.calls
+                .get(k)
+                .is_some_and(|c| !matches!(c.state, CallState::Ending(..)))
+        };
+        if let Some(k) = self.by_call_id.get(id).filter(|k| live(k)) {
+            return Some(*k);
+        }
+        self.calls
+            .values()
+            .filter(|c| !matches!(c.state, CallState::Ending(..)))
+            .find(|c| {
+                c.media
+                    .as_ref()
+                    .is_some_and(|m| recording_id(&c.call_id, m.t0) == id)
+            })
+            .map(|c| c.key)
     }
 
     pub(super) fn handle_segment(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
@@ -318,6 +380,7 @@ impl CallEngine {
         // The network limits and the engine's role (a SIPREC server's) stay.
         let net = self.t.cfg.net.clone();
         let siprec_server = self.t.cfg.siprec_server;
+        // (the DTMF sequences apply to every call from now on)
         self.t.cfg = EngineConfig {
             net,
             siprec_server,
@@ -387,6 +450,60 @@ impl CallEngine {
     /// Let time pass without packets (the daemon calls this on a timer).
     pub fn handle_timeout(&mut self, now: Timestamp, sink: &mut dyn RecordingSink) {
         self.t.handle_timeout(now, sink)
+    }
+
+    /// The calls in progress (not yet ending), in the order they began.
+    pub fn calls_in_progress(&self) -> Vec<CallInProgress> {
+        let mut v: Vec<CallInProgress> = self
+            .t
+            .calls
+            .values()
+            .filter(|c| !matches!(c.state, CallState::Ending(..)))
+            .map(|c| CallInProgress {
+                key: c.key,
+                call_id: c.call_id.clone(),
+                recording_id: c.media.as_ref().map(|m| recording_id(&c.call_id, m.t0)),
+                started_at: c
+                    .media
+                    .as_ref()
+                    .map_or(c.started_at, |m| c.started_at.min(m.t0)),
+                media_started_at: c.media.as_ref().map(|m| m.t0),
+                paused: c.pause.is_paused(),
+            })
+            .collect();
+        v.sort_by_key(|c| c.key);
+        v
+    }
+
+    /// Pause the recording of the call whose SIP Call-ID or recording id is
+    /// `call`, from now (the latest time the engine was given): both channels
+    /// are silence from there until [`CallEngine::resume`]; the timeline goes
+    /// on. A call whose media has not started yet is paused from its start.
+    pub fn pause(&mut self, call: &str, by: PauseBy) -> Result<CallKey, PauseError> {
+        let key = self.t.find_call(call).ok_or(PauseError::UnknownCall)?;
+        let now = self.t.now;
+        let c = self.t.calls.get_mut(&key).ok_or(PauseError::UnknownCall)?;
+        let at = c.position(now);
+        if c.pause.pause(at, by) {
+            Ok(key)
+        } else {
+            Err(PauseError::AlreadyPaused)
+        }
+    }
+
+    /// Resume the recording of a paused call, from now. `by` is what asked
+    /// (for symmetry with [`CallEngine::pause`]; the stretch keeps who paused it).
+    pub fn resume(&mut self, call: &str, by: PauseBy) -> Result<CallKey, PauseError> {
+        let _ = by;
+        let key = self.t.find_call(call).ok_or(PauseError::UnknownCall)?;
+        let now = self.t.now;
+        let c = self.t.calls.get_mut(&key).ok_or(PauseError::UnknownCall)?;
+        let at = c.position(now);
+        if c.pause.is_paused() && c.pause.resume(at) {
+            Ok(key)
+        } else {
+            Err(PauseError::NotPaused)
+        }
     }
 
     /// End every call (end of capture, shutdown) and write out all audio.

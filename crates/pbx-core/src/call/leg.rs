@@ -1,9 +1,11 @@
 //! Per-leg RTP: packets in, PCM on the call's timeline out to the sink.
 //!
 //! In: RTP packets matched to a call (by destination, else by source).
-//! Out: decoded audio placed on each leg's [`LegTimeline`], DTMF events, and
-//! on flush the interleaved PCM handed to the [`RecordingSink`]; on
-//! finalize the call's [`CallMeta`]. Promises: one active flow per leg (a
+//! Out: decoded audio placed on each leg's [`LegTimeline`], DTMF events (also
+//! matched against the pause/resume sequences), and on flush the interleaved
+//! PCM handed to the [`RecordingSink`], muted over paused stretches (in-band
+//! DTMF is looked for in it first, see [`super::pause`]); on finalize the
+//! call's [`CallMeta`] with its `pauses`. Promises: one active flow per leg (a
 //! relayed copy is ignored, a new SSRC takes over once the old one is
 //! quiet); audio older than the jitter window is written, so memory does
 //! not grow with call length.
@@ -12,10 +14,12 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use crate::audio::codec::{new_decoder, Codec, Decoder};
+use crate::audio::dtmf::{DtmfDetector, ToneEvent};
 use crate::call::meta::{
-    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, RecordingSink,
+    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PauseBy, RecordingSink,
     RecordingStart,
 };
+use crate::call::pause::{Trigger, SEQUENCE_GAP_MS};
 use crate::call::timeline::{LegTimeline, Packet};
 use crate::rtp::srtp::SrtpStream;
 use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
@@ -41,7 +45,11 @@ pub(super) struct ActiveDecoder {
 pub(super) struct DtmfState {
     pub(super) ssrc: u32,
     pub(super) ts: u32,
-    pub(super) index: usize,
+    /// Its entry in the call's `dtmf` (none while paused).
+    pub(super) index: Option<usize>,
+    pub(super) digit: char,
+    /// Start on the timeline (arrival of its first packet less its duration).
+    pub(super) start: i64,
 }
 
 pub(super) struct Leg {
@@ -54,6 +62,9 @@ pub(super) struct Leg {
     pub(super) meta: ChannelMeta,
     pub(super) dtmf: Option<DtmfState>,
     pub(super) warned_codecs: Vec<u8>,
+    /// In-band DTMF detector on the rendered audio (G.711 legs of calls
+    /// without telephone-events, when pause/resume sequences are set).
+    pub(super) inband: Option<DtmfDetector>,
 }
 
 impl Leg {
@@ -75,6 +86,7 @@ impl Leg {
             },
             dtmf: None,
             warned_codecs: Vec::new(),
+            inband: None,
         }
     }
 }
@@ -246,7 +258,9 @@ impl Tracker {
         };
 
         // DTMF first: digits count from any flow of the leg (a relayed copy of
-        // the same digit is recognised by digit and start time).
+        // the same digit is recognised by digit and start time). They also
+        // drive the pause/resume sequences (`call::pause`); while paused
+        // none is kept.
         if let Some(Codec::TelephoneEvent { rate: ev_rate }) = &codec {
             leg.meta.dtmf_packets += 1;
             let Ok(ev) = parse_telephone_event(rtp.payload) else {
@@ -254,40 +268,88 @@ impl Tracker {
             };
             let ev_rate = i64::from((*ev_rate).max(1));
             let dur_ms = i64::from(ev.duration) * 1000 / ev_rate;
+            let dur_pos = i64::from(ev.duration) * i64::from(rate) / ev_rate;
             let ch = leg.party.channel();
             match &leg.dtmf {
                 Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
-                    if let Some(e) = call.dtmf.get_mut(d.index) {
+                    if let Some(e) = d.index.and_then(|i| call.dtmf.get_mut(i)) {
                         e.duration_ms = e.duration_ms.max(dur_ms);
                     }
+                    call.pause
+                        .digit_goes_on(ch, d.start + dur_pos, arrival_pos, ev.end);
                 }
                 _ => {
                     let Some(digit) = event_to_digit(ev.event) else {
                         return;
                     };
                     let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
-                    let digit = digit.to_string();
+                    let start = arrival_pos - dur_pos;
+                    let digit_s = digit.to_string();
+                    let near = i64::from(rate) * 150 / 1000;
                     let copy = call.dtmf.iter().position(|e| {
-                        e.channel == ch && e.digit == digit && (e.at_ms - at_ms).abs() < 150
+                        e.channel == ch && e.digit == digit_s && (e.at_ms - at_ms).abs() < 150
                     });
-                    let index = match copy {
-                        Some(i) => i,
-                        None if call.dtmf.len() < DTMF_MAX => {
-                            call.dtmf.push(Dtmf {
-                                channel: ch,
-                                digit,
-                                at_ms,
-                                duration_ms: dur_ms,
-                            });
-                            call.dtmf.len() - 1
-                        }
-                        None => return,
+                    let copy_of_last = leg
+                        .dtmf
+                        .as_ref()
+                        .is_some_and(|d| d.digit == digit && (d.start - start).abs() < near);
+                    if copy.is_some() || copy_of_last {
+                        let (index, start) = match (&leg.dtmf, copy) {
+                            (_, Some(i)) => (Some(i), start),
+                            (Some(d), None) => (d.index, d.start),
+                            (None, None) => (None, start),
+                        };
+                        leg.dtmf = Some(DtmfState {
+                            ssrc: rtp.ssrc,
+                            ts: rtp.timestamp,
+                            index,
+                            digit,
+                            start,
+                        });
+                        return;
+                    }
+                    call.pause.digit_began(ch, start);
+                    let index = if !call.pause.muting() && call.dtmf.len() < DTMF_MAX {
+                        call.dtmf.push(Dtmf {
+                            channel: ch,
+                            digit: digit_s,
+                            at_ms,
+                            duration_ms: dur_ms,
+                        });
+                        Some(call.dtmf.len() - 1)
+                    } else {
+                        None
                     };
                     leg.dtmf = Some(DtmfState {
                         ssrc: rtp.ssrc,
                         ts: rtp.timestamp,
                         index,
+                        digit,
+                        start,
                     });
+                    let gap = SEQUENCE_GAP_MS * i64::from(rate) / 1000;
+                    match call.pause.digit(
+                        ch,
+                        digit,
+                        start,
+                        index,
+                        &self.cfg.pause_dtmf,
+                        &self.cfg.resume_dtmf,
+                        gap,
+                    ) {
+                        Some(Trigger::Pause { from }) => {
+                            call.pause.pause(from, PauseBy::Dtmf);
+                        }
+                        Some(Trigger::Resume) => {
+                            call.pause
+                                .resume_after_digit(ch, start + dur_pos, arrival_pos);
+                            if ev.end {
+                                call.pause
+                                    .digit_goes_on(ch, start + dur_pos, arrival_pos, true);
+                            }
+                        }
+                        None => {}
+                    }
                 }
             }
             return;
@@ -359,6 +421,10 @@ impl Tracker {
         let rate = i64::from(media.rate);
         let now_pos =
             (i128::from(now.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        // A resume waiting for the end of an RFC 4733 digit whose end packets
+        // never came: the digit ended where it was last known to.
+        let quiet = (rate / 4).min(rate * i64::from(media.jitter_ms) / 2000);
+        call.pause.settle(now_pos, if all { 0 } else { quiet });
         // Packets held for decoding order whose wait is over (all, at the end).
         let wait = order_wait(media.rate, media.jitter_ms);
         let mut ctx = DecodeCtx {
@@ -438,6 +504,17 @@ impl Tracker {
             }
             t
         };
+        // In-band DTMF is looked for in what is rendered (exact places on the
+        // timeline) on G.711 legs, when the call has no telephone-events and
+        // pause/resume sequences are set.
+        let sequences = !self.cfg.pause_dtmf.is_empty() || !self.cfg.resume_dtmf.is_empty();
+        let inband = sequences
+            && !call.sides.iter().any(|s| {
+                s.pt_map
+                    .values()
+                    .any(|c| matches!(c, Codec::TelephoneEvent { .. }))
+            });
+        let gap = SEQUENCE_GAP_MS * rate / 1000;
         // In pieces of at most a second, so a long pause resumed costs no
         // more memory than a second of audio.
         let mut at = flushed;
@@ -446,13 +523,60 @@ impl Tracker {
             let n = (to - at) as usize;
             self.out.clear();
             self.out.resize(n * 2, 0);
+            self.tones.clear();
             for (ch, leg) in media.legs.iter_mut().enumerate() {
                 self.scratch.clear();
                 leg.timeline.render(to, &mut self.scratch);
+                let g711 = leg
+                    .decoder
+                    .as_ref()
+                    .is_some_and(|d| matches!(d.codec, Codec::Pcmu | Codec::Pcma));
+                if inband && g711 {
+                    let mut found = Vec::new();
+                    leg.inband
+                        .get_or_insert_with(|| DtmfDetector::new(media.rate))
+                        .process(at, &self.scratch, &mut found);
+                    self.tones.extend(found.into_iter().map(|e| (ch, e)));
+                } else {
+                    leg.inband = None;
+                }
                 for (slot, s) in self.out.iter_mut().skip(ch).step_by(2).zip(&self.scratch) {
                     *slot = *s;
                 }
             }
+            // Tones of both legs in the order they were decided.
+            self.tones.sort_by_key(|(_, e)| match e {
+                ToneEvent::Digit { known_at, .. } => *known_at,
+                ToneEvent::End { end, .. } => *end,
+            });
+            for (ch, e) in self.tones.drain(..) {
+                match e {
+                    ToneEvent::Digit {
+                        digit,
+                        start,
+                        known_at,
+                    } => match call.pause.digit(
+                        ch,
+                        digit,
+                        start,
+                        None,
+                        &self.cfg.pause_dtmf,
+                        &self.cfg.resume_dtmf,
+                        gap,
+                    ) {
+                        Some(Trigger::Pause { from }) => {
+                            call.pause.pause(from.max(at), PauseBy::Dtmf);
+                        }
+                        Some(Trigger::Resume) => {
+                            call.pause.resume_after_digit(ch, known_at, i64::MAX);
+                        }
+                        None => {}
+                    },
+                    ToneEvent::End { end, .. } => call.pause.digit_goes_on(ch, end, end, true),
+                }
+            }
+            call.pause.fix(origin, media.rate, at);
+            call.pause.mute(at, &mut self.out);
             media.frames_out += n as u64;
             sink.audio(key, &self.out);
             at = to;
@@ -538,7 +662,18 @@ impl Tracker {
             sample_rate: rate,
             frames: media.frames_out,
             channels,
-            dtmf: dtmf_on_timeline(call.dtmf, origin_us),
+            dtmf: dtmf_on_timeline(
+                call.dtmf
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, d)| !call.pause.hides(*i, d.at_ms * i64::from(rate) / 1000))
+                    .map(|(_, d)| d)
+                    .collect(),
+                origin_us,
+            ),
+            pauses: call
+                .pause
+                .meta(media.origin.unwrap_or(0), rate, media.frames_out),
             end_reason: reason,
             warnings,
         };

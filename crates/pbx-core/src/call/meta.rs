@@ -76,6 +76,38 @@ pub struct Dtmf {
     pub duration_ms: i64,
 }
 
+/// What paused a recording (CONTRACT §3 `pauses[].by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseBy {
+    /// A DTMF sequence (`recording.pause_dtmf`), RFC 4733 or in-band.
+    Dtmf,
+    /// The control API (`POST /v1/calls/{id}/pause`).
+    Api,
+    /// A SIP header (`X-Recording-Pause: yes`) on an in-dialog request.
+    Sip,
+}
+
+impl PauseBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseBy::Dtmf => "dtmf",
+            PauseBy::Api => "api",
+            PauseBy::Sip => "sip",
+        }
+    }
+}
+
+/// A stretch where recording was paused: both channels are exact zeros for
+/// the frames `[from_ms * rate / 1000, to_ms * rate / 1000)` of the WAV; the
+/// timeline goes on (see `call::pause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pause {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub by: PauseBy,
+}
+
 /// Per-channel statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChannelMeta {
@@ -148,7 +180,11 @@ pub struct CallMeta {
     /// Stereo frames written.
     pub frames: u64,
     pub channels: [ChannelMeta; 2],
+    /// RFC 4733 digits, without those inside `pauses` and those of the
+    /// pause and resume sequences.
     pub dtmf: Vec<Dtmf>,
+    /// Stretches where recording was paused, in order.
+    pub pauses: Vec<Pause>,
     pub end_reason: EndReason,
     pub warnings: Vec<String>,
 }

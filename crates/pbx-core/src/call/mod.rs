@@ -4,8 +4,11 @@ mod dialog;
 pub mod engine;
 mod leg;
 pub mod meta;
+pub mod pause;
 mod seq;
 pub mod timeline;
 
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};
-pub use meta::{CallKey, CallMeta, EndReason, Party, PartyInfo, RecordingSink, RecordingStart};
+pub use meta::{
+    CallKey, CallMeta, EndReason, Party, PartyInfo, Pause, PauseBy, RecordingSink, RecordingStart,
+};
