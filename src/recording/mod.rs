@@ -502,35 +502,46 @@ pub const WHOLE_TMP: &str = ".wav.folder-tmp";
 
 /// Writes a recording whose audio is all known at once (a folder
 /// conversion) as a pair, the same way the engine's recordings end: the
-/// WAV (`left` on channel 0, `right` on channel 1, the shorter padded with
-/// silence) in a temp file, fsynced, hashed, renamed; then `doc`, its
-/// `audio` and `duration_ms` filled in from what was written, by the one
-/// JSON writer; then the directory fsynced. On an error nothing is left
+/// WAV in a temp file, fsynced, hashed, renamed; then `doc`, its `audio`
+/// and `duration_ms` filled in from what was written, by the one JSON
+/// writer; then the directory fsynced. On an error nothing is left
 /// (neither temp file nor WAV). Returns the pair and the WAV's size.
+///
+/// `channels` holds one slice per WAV channel: two (`[left, right]`, the
+/// shorter padded with silence) for a two-party recording, or one for a
+/// mono mix (CONTRACT §3 `mixed_mono`: a 1-channel WAV, never a mix beside
+/// a silent channel). Anything else is an error.
 pub fn write_whole(
     dir: &Path,
     rate: u32,
-    left: &[i16],
-    right: &[i16],
+    channels: &[&[i16]],
     mut doc: RecordingDoc,
 ) -> io::Result<(WrittenRecording, u64)> {
+    let nch = channels.len();
+    if !(1..=2).contains(&nch) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a recording has 1 or 2 channels, not {nch}"),
+        ));
+    }
     create_private_dir(dir)?;
     let id = doc.recording_id.clone();
-    let frames = left.len().max(right.len());
+    let frames = channels.iter().map(|c| c.len()).max().unwrap_or(0);
     let part = dir.join(format!(".{id}{WHOLE_TMP}"));
     let wav_path = dir.join(format!("{id}.wav"));
     let json_path = dir.join(format!("{id}.json"));
     let wav = (|| -> io::Result<(u64, String)> {
         let f = create_private_file(&part)?;
-        let mut w = WavWriter::new(io::BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
+        let mut w = WavWriter::new(io::BufWriter::with_capacity(64 * 1024, f), rate, nch as u16)?;
         let mut buf = Vec::with_capacity(8192);
         let mut i = 0;
         while i < frames {
             buf.clear();
             let end = (i + 4096).min(frames);
             for k in i..end {
-                buf.push(left.get(k).copied().unwrap_or(0));
-                buf.push(right.get(k).copied().unwrap_or(0));
+                for c in channels {
+                    buf.push(c.get(k).copied().unwrap_or(0));
+                }
             }
             w.write_samples(&buf)?;
             i = end;
@@ -552,6 +563,7 @@ pub fn write_whole(
         }
     };
     doc.audio = DocAudio::wav(rate, bytes, sha);
+    doc.audio.channels = nch as u16;
     doc.duration_ms = (frames as u64 * 1000 / u64::from(rate.max(1))) as i64;
     if let Err(e) = write_json(dir, &doc).and_then(|()| sync_dir(dir)) {
         let _ = fs::remove_file(&wav_path);

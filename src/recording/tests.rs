@@ -373,7 +373,7 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
     doc.call = None;
     let left = vec![100i16; 8000];
     let right = vec![-100i16; 4000];
-    let (w, bytes) = write_whole(d.path(), 8000, &left, &right, doc).unwrap();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&left, &right], doc).unwrap();
     assert_eq!(w.duration_ms, 1000);
     assert_eq!(bytes, 44 + 8000 * 4);
     let (len, sha) = hash_file(&w.wav).unwrap();
@@ -397,8 +397,45 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
         "folder",
         DocAudio::wav(8000, 0, String::new()),
     );
-    assert!(write_whole(&blocked, 8000, &left, &right, doc).is_err());
+    assert!(write_whole(&blocked, 8000, &[&left, &right], doc).is_err());
     assert!(!d.path().join("w2.wav").exists());
+}
+
+/// A mono mix is a 1-channel WAV (CONTRACT §3 `mixed_mono`), its JSON says
+/// `audio.channels: 1`; three channels are refused and leave nothing.
+#[test]
+fn a_whole_mono_recording_is_a_one_channel_wav() {
+    let d = tempfile::tempdir().unwrap();
+    let doc = |id: &str| {
+        let mut doc = RecordingDoc::of_call(
+            &meta_r4(),
+            id,
+            "edge",
+            "folder",
+            DocAudio::wav(8000, 0, String::new()),
+        );
+        doc.call = None;
+        doc
+    };
+    let mono: Vec<i16> = (0..8000).map(|i| (i % 300) as i16 - 150).collect();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&mono], doc("m1")).unwrap();
+    assert_eq!(bytes, 44 + 8000 * 2);
+    assert_eq!(w.duration_ms, 1000);
+    let raw = fs::read(&w.wav).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&raw).unwrap();
+    assert_eq!(info.channels, 1);
+    let got: Vec<i16> = raw[info.data_offset as usize..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(got, mono);
+    let j = json_of(d.path(), "m1");
+    assert_eq!(j["audio"]["channels"], 1);
+    assert_eq!(j["audio"]["bytes"], bytes);
+    let e = write_whole(d.path(), 8000, &[&mono, &mono, &mono], doc("m3")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(!d.path().join("m3.wav").exists());
+    assert!(hidden_files(d.path()).is_empty());
 }
 
 #[test]

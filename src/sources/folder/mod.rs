@@ -20,8 +20,9 @@
 //!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
 //!   [`LEG_SUFFIXES`]) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
-//!   Stereo files are taken as they are; a mono mix goes on channel 0 with
-//!   silence on channel 1, `"mixed_mono": true` and a warning.
+//!   Stereo files are taken as they are; a mono mix becomes a 1-channel WAV
+//!   (`"mixed_mono": true`, `audio.channels: 1`, one `channels` entry with
+//!   party `mixed`) and a warning: never a mix beside a silent channel.
 //! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
 //!   never finalised is read to the end of the file, with a warning),
 //!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
