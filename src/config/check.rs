@@ -451,6 +451,14 @@ pub(super) fn to_protocol(n: &Node) -> Result<CloudProtocol, String> {
     }
 }
 
+pub(super) fn to_audio_format(n: &Node) -> Result<AudioFormat, String> {
+    match as_str(n, "\"wav\" or \"flac\"")? {
+        "wav" => Ok(AudioFormat::Wav),
+        "flac" => Ok(AudioFormat::Flac),
+        s => Err(format!("expected \"wav\" or \"flac\", found {}", quote(s))),
+    }
+}
+
 pub(super) fn to_log_format(n: &Node) -> Result<LogFormat, String> {
     match as_str(n, "\"auto\", \"journald\", \"text\" or \"json\"")? {
         "auto" => Ok(LogFormat::Auto),
@@ -607,6 +615,7 @@ pub(super) fn check(
     let c = &mut cfg.cloud;
     s.field(errs, "url", &mut c.url, to_cloud_url);
     s.field(errs, "protocol", &mut c.protocol, to_protocol);
+    s.field(errs, "audio_format", &mut c.audio_format, to_audio_format);
     s.field(errs, "token_file", &mut c.token_file, to_path);
     s.field(errs, "max_parallel", &mut c.max_parallel, |n| {
         to_u32_in(n, 1..=64)

@@ -172,6 +172,25 @@ impl CloudProtocol {
     }
 }
 
+/// `cloud.audio_format` (CONTRACT §4): the file uploaded for a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AudioFormat {
+    /// The spooled WAV as it is.
+    #[default]
+    Wav,
+    /// A lossless FLAC encoding of the WAV (same samples and channels).
+    Flac,
+}
+
+impl AudioFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "wav",
+            AudioFormat::Flac => "flac",
+        }
+    }
+}
+
 /// `[cloud]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {
@@ -179,6 +198,8 @@ pub struct CloudConfig {
     /// https, or http for loopback hosts only; no credentials, query or fragment.
     pub url: String,
     pub protocol: CloudProtocol,
+    /// `wav` (default) or `flac`: the audio file uploaded.
+    pub audio_format: AudioFormat,
     /// File holding the bearer token; empty path: none given.
     pub token_file: PathBuf,
     /// Uploads at the same time, 1..=64.
@@ -435,6 +456,7 @@ impl Config {
             cloud: CloudConfig {
                 url: String::new(),
                 protocol: CloudProtocol::Tus,
+                audio_format: AudioFormat::Wav,
                 token_file: PathBuf::new(),
                 max_parallel: 2,
                 ca_file: None,

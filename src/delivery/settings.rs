@@ -179,6 +179,7 @@ impl DeliverySettings {
             client_key: c.client_key.clone(),
             proxy: (!c.proxy.is_empty()).then(|| c.proxy.clone()),
             chunk_size: c.chunk_size,
+            audio_format: c.audio_format,
             ..CloudSettings::new(&c.url, c.protocol)
         });
         DeliverySettings {

@@ -52,7 +52,9 @@ use pbx_core::time::Timestamp;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod crypt;
 pub mod doc;
+pub mod flac;
 pub use crate::sys::{create_private_dir, create_private_file, sync_dir};
 pub use doc::{
     CallFields, ChannelSummary, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,

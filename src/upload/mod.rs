@@ -39,7 +39,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::CloudProtocol;
+use crate::config::{AudioFormat, CloudProtocol};
 use policy::{Action, Answer, Step, Transport};
 
 /// `User-Agent` of every request.
@@ -87,6 +87,8 @@ pub struct CloudSettings {
     pub url: String,
     /// `cloud.protocol`.
     pub protocol: CloudProtocol,
+    /// `cloud.audio_format`: the spooled WAV, or a FLAC encoding of it.
+    pub audio_format: AudioFormat,
     /// `cloud.token_file` (empty: `$CREDENTIALS_DIRECTORY/cloud-token`, if present).
     pub token_file: PathBuf,
     /// `cloud.ca_file`: PEM certificates trusted besides the system roots.
@@ -111,6 +113,7 @@ impl CloudSettings {
         CloudSettings {
             url: url.trim_end_matches('/').to_string(),
             protocol,
+            audio_format: AudioFormat::Wav,
             token_file: PathBuf::new(),
             ca_file: None,
             client_cert: None,
@@ -297,10 +300,16 @@ pub(crate) fn file_stream(
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// The file uploaded: the spooled WAV, or its FLAC ([`flac_job`]).
     pub wav: PathBuf,
-    /// WAV size in bytes (read when the job starts).
+    /// Its size in bytes (read when the job starts).
     pub size: u64,
-    /// The recording JSON (CONTRACT §3) as it is in the spool.
+    /// `wav` or `flac`: the uploaded file's extension (`<id>.<ext>`).
+    pub ext: &'static str,
+    /// `audio/wav` or `audio/flac`.
+    pub content_type: &'static str,
+    /// The recording JSON (CONTRACT §3) as it is in the spool (for a FLAC
+    /// upload, `audio` describes the FLAC: format, bytes, sha256).
     pub json: serde_json::Value,
     /// tus: the upload URL and offset of an earlier attempt.
     pub resume: Option<(String, u64)>,
@@ -628,9 +637,74 @@ pub async fn load_job(
         id: id.to_string(),
         wav,
         size,
+        ext: "wav",
+        content_type: "audio/wav",
         json: doc,
         resume,
     })
+}
+
+/// The FLAC kept beside a spooled WAV for upload: `.<id>.flac` (hidden:
+/// never taken for a recording; removed with the recording's files).
+pub fn flac_path(wav: &Path, id: &str) -> PathBuf {
+    wav.with_file_name(format!(".{id}.flac"))
+}
+
+/// Turns a WAV job into a FLAC one (`cloud.audio_format = "flac"`): the
+/// FLAC kept beside the WAV from an earlier attempt is used, else the WAV
+/// is encoded once (temp file, fsync, rename, directory fsync). The encoding
+/// is deterministic, so a tus upload resumed after the file was lost still
+/// gets the same bytes. The job's JSON `audio` then describes the FLAC
+/// (`format`, `bytes`, `sha256`, CONTRACT §3). Blocking work runs off the
+/// async threads.
+pub async fn flac_job(mut job: Job) -> std::io::Result<Job> {
+    let wav = job.wav.clone();
+    let id = job.id.clone();
+    let (path, info) = tokio::task::spawn_blocking(move || flac_beside(&wav, &id))
+        .await
+        .map_err(std::io::Error::other)??;
+    job.wav = path;
+    job.size = info.0;
+    job.ext = "flac";
+    job.content_type = "audio/flac";
+    if let Some(a) = job.json.get_mut("audio").and_then(|a| a.as_object_mut()) {
+        a.insert("format".into(), "flac".into());
+        a.insert("bytes".into(), info.0.into());
+        a.insert("sha256".into(), info.1.into());
+    }
+    Ok(job)
+}
+
+/// The FLAC of `wav` (encoded now unless kept from before): its path, size
+/// and hex SHA-256.
+fn flac_beside(wav: &Path, id: &str) -> std::io::Result<(PathBuf, (u64, String))> {
+    use std::io::Write;
+    let path = flac_path(wav, id);
+    if path.is_file() {
+        return Ok((path.clone(), crate::recording::hash_file(&path)?));
+    }
+    let tmp = wav.with_file_name(format!(".{id}.flac.tmp"));
+    let made = (|| -> std::io::Result<(u64, String)> {
+        let f = crate::recording::create_private_file(&tmp)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, f);
+        let info = crate::recording::flac::encode_wav(
+            || std::fs::File::open(wav).map(|f| std::io::BufReader::with_capacity(256 * 1024, f)),
+            &mut out,
+        )?;
+        out.flush()?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent() {
+            crate::recording::sync_dir(dir)?;
+        }
+        Ok((info.bytes, info.sha256))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok((path, made?))
 }
 
 #[cfg(test)]

@@ -126,12 +126,12 @@ async fn create(cloud: &Cloud, job: &Job) -> Result<url::Url, Outcome> {
         return Err(retry("cannot build the upload URL"));
     };
     let agent = job.json["agent_id"].as_str().unwrap_or("");
-    let filename = format!("{}.wav", job.id);
+    let filename = format!("{}.{}", job.id, job.ext);
     let meta = upload_metadata(&[
         ("filename", &filename),
         ("recording_id", &job.id),
         ("agent_id", agent),
-        ("content_type", "audio/wav"),
+        ("content_type", job.content_type),
     ]);
     let r = cloud
         .send(
