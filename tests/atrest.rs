@@ -198,7 +198,7 @@ fn spool_calls(spool: &Path) -> Vec<Spooled> {
         if chans.len() == 1 {
             d.channels = DocChannels::mixed("L16");
         }
-        let (w, _) = write_whole(spool, 8000, &chans, d).unwrap();
+        let (w, _) = write_whole(spool, 8000, &chans, d, None).unwrap();
         out.push(Spooled {
             id: id.into(),
             wav: w.wav,
@@ -287,7 +287,7 @@ fn a_broken_flac_upload_resumes_with_the_same_bytes() {
     let (l, r) = conversation(8000);
     let long_l = [l.clone(), l.clone(), l].concat();
     let long_r = [r.clone(), r.clone(), r].concat();
-    write_whole(&spool, 8000, &[&long_l, &long_r], doc("resumed")).unwrap();
+    write_whole(&spool, 8000, &[&long_l, &long_r], doc("resumed"), None).unwrap();
     // First attempt: the connection drops inside the second PATCH.
     rx.push_fault(Fault::new(
         Some(Method::PATCH),
@@ -402,7 +402,8 @@ fn bench_flac_speech() {
             talk.extend_from_slice(&gap);
             quiet.extend_from_slice(&gap);
         }
-        let (w, bytes) = write_whole(d.path(), 8000, &[&l, &r], doc(&format!("b{call}"))).unwrap();
+        let (w, bytes) =
+            write_whole(d.path(), 8000, &[&l, &r], doc(&format!("b{call}")), None).unwrap();
         wav_bytes += bytes;
         seconds += l.len() as f64 / 8000.0;
         let before = cpu_now(libc::RUSAGE_THREAD);
@@ -447,4 +448,468 @@ fn bench_flac_speech() {
         1000.0 * cpu_theirs / minutes
     );
     assert!(ours * 100 <= wav_bytes * 55, "at least 45 % smaller");
+}
+
+// ---------------------------------------------------------------------------
+// Encryption at rest
+// ---------------------------------------------------------------------------
+
+use pbx_edge::recording::{
+    open_recording, read_recording, recover, Keyring, OpenMode, RecordingContext, RecordingDir,
+};
+use std::io::{BufRead, Read};
+
+const KEY_HEX: &str = "8f0e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+
+fn keyring(dir: &Path) -> (PathBuf, Arc<Keyring>) {
+    let p = dir.join("spool.key");
+    std::fs::write(&p, format!("{KEY_HEX}\n")).unwrap();
+    let k = Keyring::load(&p, &[], None).unwrap().unwrap();
+    (p, k)
+}
+
+/// No file of `dir` (but the queue's own database) shows a WAV, FLAC or
+/// JSON in plaintext, or the caller's number.
+fn assert_no_plaintext(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Recording files (the queue's database and lock are not).
+        let recording = [".wav", ".json", ".flac"].iter().any(|x| name.contains(x));
+        if !recording || !e.path().is_file() {
+            continue;
+        }
+        let b = std::fs::read(e.path()).unwrap();
+        for needle in [
+            &b"RIFF"[..],
+            b"WAVE",
+            b"fLaC",
+            b"recording_id",
+            b"\"audio\"",
+            b"+4930111",
+            b"duration_ms",
+        ] {
+            assert!(
+                !b.windows(needle.len()).any(|w| w == needle),
+                "{name} holds {:?} in plaintext",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert!(b.starts_with(b"PBXENC\x00\x01"), "{name} is not sealed");
+        n += 1;
+    }
+    n
+}
+
+fn encrypted_delivery(protocol: CloudProtocol, format: AudioFormat) {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let (_, keys) = keyring(d.path());
+    let (spool, plain) = (d.path().join("spool"), d.path().join("plain"));
+    let (l, r) = conversation(8000);
+    for (dir, seal) in [(&spool, Some(&*keys)), (&plain, None)] {
+        std::fs::create_dir(dir).unwrap();
+        write_whole(dir, 8000, &[&l, &r], doc("sealed-call"), seal).unwrap();
+    }
+    assert_eq!(assert_no_plaintext(&spool), 2);
+    let mut s = settings(&spool, &rx.url, protocol);
+    s.keys = Some(keys.clone());
+    if let Some(c) = s.cloud.as_mut() {
+        c.audio_format = format;
+    }
+    deliver(&spool, &rx, s, 1);
+    let call = &rx.calls()["sealed-call"];
+    let plain_wav = std::fs::read(plain.join("sealed-call.wav")).unwrap();
+    let plain_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.join("sealed-call.json")).unwrap()).unwrap();
+    let got = std::fs::read(&call.audio).unwrap();
+    match format {
+        AudioFormat::Wav => {
+            assert!(got == plain_wav, "the cloud gets the exact plaintext WAV");
+            assert_eq!(call.json["audio"], plain_json["audio"]);
+        }
+        AudioFormat::Flac => {
+            assert_eq!(&got[..4], b"fLaC");
+            let (_, _, fs) = sox_samples(&call.audio);
+            let (_, _, ws) = sox_samples(&plain.join("sealed-call.wav"));
+            assert!(fs == ws);
+        }
+    }
+    assert_eq!(call.json["from"]["number"], "+4930111");
+    // The FLAC kept for upload is sealed too.
+    assert_no_plaintext(&spool);
+}
+
+#[test]
+fn encrypted_spool_uploads_the_exact_plaintext_over_tus() {
+    encrypted_delivery(CloudProtocol::Tus, AudioFormat::Wav);
+}
+
+#[test]
+fn encrypted_spool_uploads_the_exact_plaintext_over_multipart() {
+    encrypted_delivery(CloudProtocol::Multipart, AudioFormat::Wav);
+}
+
+#[test]
+fn encrypted_spool_uploads_flac() {
+    encrypted_delivery(CloudProtocol::Tus, AudioFormat::Flac);
+}
+
+/// A tus upload of a sealed WAV broken in the middle resumes at the
+/// server's offset: the decrypting reader seeks to any plaintext offset.
+#[test]
+fn an_encrypted_upload_resumes_at_any_offset() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let (_, keys) = keyring(d.path());
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let (l, r) = conversation(8000);
+    let (_, bytes) = write_whole(&spool, 8000, &[&l, &r], doc("cut"), Some(&keys)).unwrap();
+    for _ in 0..2 {
+        rx.push_fault(Fault::new(
+            Some(Method::PATCH),
+            "/v1/uploads/",
+            FaultAction::ResetAfter(12_345),
+        ));
+    }
+    let mut s = settings(&spool, &rx.url, CloudProtocol::Tus);
+    s.keys = Some(keys.clone());
+    if let Some(c) = s.cloud.as_mut() {
+        c.audio_format = AudioFormat::Wav;
+    }
+    deliver(&spool, &rx, s, 1);
+    let st = rx.lock();
+    assert!(st.count("HEAD", "/v1/uploads/", 200) >= 1, "{:?}", st.log);
+    let got = std::fs::read(&st.calls["cut"].audio).unwrap();
+    assert_eq!(got.len() as u64, bytes);
+    let mut want = Vec::new();
+    open_recording(&spool.join("cut.wav"), Some(&keys), OpenMode::Strict)
+        .unwrap()
+        .read_to_end(&mut want)
+        .unwrap();
+    assert!(got == want);
+}
+
+fn start(id: &str) -> pbx_core::call::RecordingStart {
+    use pbx_core::call::PartyInfo;
+    use pbx_core::time::Timestamp;
+    pbx_core::call::RecordingStart {
+        call_id: format!("{id}@src"),
+        sample_rate: 8000,
+        media_started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap(),
+        recording_id: id.to_string(),
+        from: PartyInfo {
+            number: "+4930111".into(),
+            ..PartyInfo::default()
+        },
+        to: PartyInfo::default(),
+        started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
+        answered_at: None,
+    }
+}
+
+fn ctx(keys: Option<Arc<Keyring>>) -> RecordingContext {
+    RecordingContext {
+        agent_id: "edge-test".into(),
+        source: "siprec",
+        min_duration: Duration::ZERO,
+        seal: keys,
+    }
+}
+
+/// The samples of chunk `n` the child writes (100 ms of stereo audio).
+fn chunk(n: u32) -> Vec<i16> {
+    (0..1600)
+        .map(|i| ((n * 7 + i) % 2000) as i16 - 1000)
+        .collect()
+}
+
+/// Child mode: records one call into `PBX_ATREST_CHILD` (sealed with the key
+/// file `PBX_ATREST_KEY`), 100 ms chunks, printing each chunk number once
+/// it has been handed to the kernel, until killed.
+#[test]
+fn child_recorder_process() {
+    use pbx_core::call::{CallKey, RecordingSink};
+    let Ok(dir) = std::env::var("PBX_ATREST_CHILD") else {
+        return;
+    };
+    let key = std::env::var("PBX_ATREST_KEY").unwrap();
+    let keys = Keyring::load(Path::new(&key), &[], None).unwrap();
+    let mut rd = RecordingDir::new(Path::new(&dir), ctx(keys)).unwrap();
+    rd.begin(CallKey(1), &start("killed"));
+    for n in 0..100_000 {
+        rd.audio(CallKey(1), &chunk(n));
+        println!("chunk {n}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL while an encrypted call records, then the next start's recovery:
+/// the sealed `.part` becomes a sealed WAV holding every chunk the child had
+/// written, and its JSON (truncated, crash); nothing on disk in plaintext.
+/// A normal call's end and a key that does not fit are checked too.
+#[test]
+fn sigkill_during_an_encrypted_recording_recovers_the_part() {
+    let d = tempfile::tempdir().unwrap();
+    let (key_file, keys) = keyring(d.path());
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_recorder_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PBX_ATREST_CHILD", &spool)
+        .env("PBX_ATREST_KEY", &key_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut written = 0;
+    for l in lines.by_ref() {
+        if let Some(n) = l.unwrap().strip_prefix("chunk ") {
+            written = n.parse::<u32>().unwrap() + 1;
+            if written >= 40 {
+                break;
+            }
+        }
+    }
+    // SIGKILL: nothing of the child's runs after this.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(spool.join(".killed.wav.part").exists());
+    assert_no_plaintext(&spool);
+
+    // A start without the key leaves it as it is.
+    let before: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(recover(&spool, &ctx(None)).unwrap().is_empty());
+    let other = Keyring::load(
+        &{
+            let p = d.path().join("other.key");
+            std::fs::write(&p, [9u8; 32]).unwrap();
+            p
+        },
+        &[],
+        None,
+    )
+    .unwrap();
+    assert!(recover(&spool, &ctx(other)).unwrap().is_empty());
+    let after: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "a missing or wrong key destroys nothing");
+
+    let ids = recover(&spool, &ctx(Some(keys.clone()))).unwrap();
+    assert_eq!(ids, vec!["killed".to_string()]);
+    assert!(!spool.join(".killed.wav.part").exists());
+    assert_no_plaintext(&spool);
+    let j: serde_json::Value =
+        serde_json::from_slice(&read_recording(&spool.join("killed.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["end_reason"], "crash");
+    assert_eq!(j["from"]["number"], "+4930111");
+    let mut wav = Vec::new();
+    open_recording(&spool.join("killed.wav"), Some(&keys), OpenMode::Strict)
+        .unwrap()
+        .read_to_end(&mut wav)
+        .unwrap();
+    assert_eq!(j["audio"]["bytes"], wav.len());
+    let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+    assert_eq!(info.data_len as usize, wav.len() - 44);
+    let samples: Vec<i16> = wav[44..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let got_chunks = samples.len() / 1600;
+    assert!(
+        got_chunks >= written as usize,
+        "{got_chunks} chunks kept, {written} written"
+    );
+    for n in 0..got_chunks {
+        assert!(
+            samples[n * 1600..(n + 1) * 1600] == chunk(n as u32)[..],
+            "chunk {n}"
+        );
+    }
+}
+
+/// A call that ends normally: the sealed `.part` becomes a sealed WAV with
+/// its true header, and the JSON describes the plaintext.
+#[test]
+fn an_encrypted_call_ends_as_a_sealed_pair() {
+    use pbx_core::call::{CallKey, RecordingSink};
+    let d = tempfile::tempdir().unwrap();
+    let (_, keys) = keyring(d.path());
+    let spool = d.path().join("spool");
+    let mut rd = RecordingDir::new(&spool, ctx(Some(keys.clone()))).unwrap();
+    rd.begin(CallKey(1), &start("ended"));
+    for n in 0..30 {
+        rd.audio(CallKey(1), &chunk(n));
+    }
+    assert_no_plaintext(&spool);
+    let t0 = pbx_core::time::Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap();
+    let meta = pbx_core::call::CallMeta {
+        key: CallKey(1),
+        recording_id: "ended".into(),
+        call_id: "ended@src".into(),
+        recorded_call_id: None,
+        from: Default::default(),
+        to: Default::default(),
+        caller_known: true,
+        started_at: t0,
+        answered_at: None,
+        ended_at: t0.add_micros(3_000_000),
+        media_started_at: t0,
+        sample_rate: 8000,
+        frames: 30 * 800,
+        channels: Default::default(),
+        dtmf: Vec::new(),
+        end_reason: pbx_core::call::EndReason::Bye,
+        warnings: Vec::new(),
+    };
+    rd.end(CallKey(1), meta);
+    assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
+    assert_eq!(assert_no_plaintext(&spool), 2);
+    let (n, sha) =
+        pbx_edge::recording::hash_recording(&spool.join("ended.wav"), Some(&keys)).unwrap();
+    assert_eq!(n, 44 + 30 * 3200);
+    let j: serde_json::Value =
+        serde_json::from_slice(&read_recording(&spool.join("ended.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["audio"]["sha256"], sha);
+}
+
+fn pbx_edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pbx-edge"))
+}
+
+/// `spool export ID --out DIR` writes the plaintext pair (0600) of an
+/// encrypted spool; with a wrong key it fails clearly and changes nothing;
+/// `check-config` names a malformed key file at its line.
+#[test]
+fn spool_export_writes_the_plaintext_pair_and_a_wrong_key_destroys_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let (key_file, keys) = keyring(d.path());
+    let spool = d.path().join("spool");
+    let plain = d.path().join("plain");
+    let (l, r) = conversation(8000);
+    write_whole(&spool, 8000, &[&l, &r], doc("exp"), Some(&keys)).unwrap();
+    write_whole(&plain, 8000, &[&l, &r], doc("exp"), None).unwrap();
+    let cfg = d.path().join("c.toml");
+    let write_cfg = |key: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[spool]\ndir = \"{}\"\nencryption_key_file = \"{}\"\n",
+                spool.display(),
+                key.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_cfg(&key_file);
+    let out = d.path().join("out");
+    let o = Command::new(pbx_edge_bin())
+        .args(["spool", "export", "exp", "--out"])
+        .arg(&out)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["exp.wav", "exp.json"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(plain.join(f)).unwrap(),
+            "{f}"
+        );
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+
+    // A wrong key: a clear error, no file written, the spool untouched.
+    let wrong = d.path().join("wrong.key");
+    std::fs::write(&wrong, [1u8; 32]).unwrap();
+    write_cfg(&wrong);
+    let snapshot = |p: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&spool);
+    let out2 = d.path().join("out2");
+    let o = Command::new(pbx_edge_bin())
+        .args(["spool", "export", "exp", "--out"])
+        .arg(&out2)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("key id") && err.contains("not configured"),
+        "{err}"
+    );
+    assert!(!err.contains(KEY_HEX));
+    assert_eq!(snapshot(&spool), before);
+    assert!(!out2.exists() || snapshot(&out2).is_empty());
+
+    // Rotation: the new key as current, the old one listed: exports again.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[spool]\ndir = \"{}\"\nencryption_key_file = \"{}\"\nold_key_files = [\"{}\"]\n",
+            spool.display(),
+            wrong.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let out3 = d.path().join("out3");
+    let o = Command::new(pbx_edge_bin())
+        .args(["spool", "export", "exp", "--out"])
+        .arg(&out3)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A key file of the wrong size: check-config names it at its line.
+    let short = d.path().join("short.key");
+    std::fs::write(&short, b"too short").unwrap();
+    write_cfg(&short);
+    let o = Command::new(pbx_edge_bin())
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr) + String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.toml:3: spool.encryption_key_file:") && err.contains("32 raw bytes"),
+        "{err}"
+    );
 }

@@ -510,7 +510,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("[spool]\ncompression = true"),
-        "bad.toml:2: spool.compression: unknown key (known: dir, max_size, retention)"
+        "bad.toml:2: spool.compression: unknown key (known: dir, max_size, retention, encryption_key_file, old_key_files)"
     );
     assert_eq!(
         error("\n[upload]\nurl = \"https://x\""),

@@ -89,6 +89,14 @@ pub struct SpoolConfig {
     pub max_size: u64,
     /// How long a delivered recording stays on disk (zero: removed once delivered).
     pub retention: Duration,
+    /// `encryption_key_file`: the key new spool files are sealed with;
+    /// empty: the systemd credential `spool-key`, if present, else none.
+    pub encryption_key_file: PathBuf,
+    /// `old_key_files`: keys of earlier rotations, still opening old files.
+    pub old_key_files: Vec<PathBuf>,
+    /// The keys read from those files when the configuration was loaded
+    /// (`None`: encryption at rest is off). Compared by key id.
+    pub keys: Option<std::sync::Arc<crate::recording::crypt::Keyring>>,
 }
 
 /// `[health]`
@@ -443,6 +451,9 @@ impl Config {
                 dir,
                 max_size: 20 << 30,
                 retention: Duration::ZERO,
+                encryption_key_file: PathBuf::new(),
+                old_key_files: Vec::new(),
+                keys: None,
             },
             health: HealthConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9466)),

@@ -138,6 +138,17 @@ pub struct Keyring {
     old: Vec<SpoolKey>,
 }
 
+/// Two keyrings are the same when they hold the same key ids.
+impl PartialEq for Keyring {
+    fn eq(&self, o: &Self) -> bool {
+        self.current.id == o.current.id
+            && self.old.len() == o.old.len()
+            && self.old.iter().zip(&o.old).all(|(a, b)| a.id == b.id)
+    }
+}
+
+impl Eq for Keyring {}
+
 impl Keyring {
     pub fn new(current: SpoolKey, old: Vec<SpoolKey>) -> Self {
         Keyring { current, old }

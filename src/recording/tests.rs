@@ -22,6 +22,7 @@ fn ctx(source: &'static str) -> RecordingContext {
         agent_id: "agent-a".into(),
         source,
         min_duration: Duration::ZERO,
+        seal: None,
     }
 }
 
@@ -373,7 +374,7 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
     doc.call = None;
     let left = vec![100i16; 8000];
     let right = vec![-100i16; 4000];
-    let (w, bytes) = write_whole(d.path(), 8000, &[&left, &right], doc).unwrap();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&left, &right], doc, None).unwrap();
     assert_eq!(w.duration_ms, 1000);
     assert_eq!(bytes, 44 + 8000 * 4);
     let (len, sha) = hash_file(&w.wav).unwrap();
@@ -397,7 +398,7 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
         "folder",
         DocAudio::wav(8000, 0, String::new()),
     );
-    assert!(write_whole(&blocked, 8000, &[&left, &right], doc).is_err());
+    assert!(write_whole(&blocked, 8000, &[&left, &right], doc, None).is_err());
     assert!(!d.path().join("w2.wav").exists());
 }
 
@@ -418,7 +419,7 @@ fn a_whole_mono_recording_is_a_one_channel_wav() {
         doc
     };
     let mono: Vec<i16> = (0..8000).map(|i| (i % 300) as i16 - 150).collect();
-    let (w, bytes) = write_whole(d.path(), 8000, &[&mono], doc("m1")).unwrap();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&mono], doc("m1"), None).unwrap();
     assert_eq!(bytes, 44 + 8000 * 2);
     assert_eq!(w.duration_ms, 1000);
     let raw = fs::read(&w.wav).unwrap();
@@ -432,7 +433,7 @@ fn a_whole_mono_recording_is_a_one_channel_wav() {
     let j = json_of(d.path(), "m1");
     assert_eq!(j["audio"]["channels"], 1);
     assert_eq!(j["audio"]["bytes"], bytes);
-    let e = write_whole(d.path(), 8000, &[&mono, &mono, &mono], doc("m3")).unwrap_err();
+    let e = write_whole(d.path(), 8000, &[&mono, &mono, &mono], doc("m3"), None).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     assert!(!d.path().join("m3.wav").exists());
     assert!(hidden_files(d.path()).is_empty());

@@ -36,7 +36,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::Read;
+
+use crate::recording::{open_recording, Keyring, OpenMode, RecordingReader};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{AudioFormat, CloudProtocol};
@@ -243,26 +245,31 @@ impl RateLimiter {
 #[error("reading the recording: {0}")]
 pub struct LocalReadError(#[source] pub std::io::Error);
 
-/// Stream `len` bytes of `path` from `offset` in [`PIECE`]s, paced by
-/// `limiter`, adding each piece to `sent`.
+/// Stream `len` bytes of the plaintext of the spool file `path` from
+/// `offset` in [`PIECE`]s, paced by `limiter`, adding each piece to `sent`.
+/// A sealed file (encryption at rest) is decrypted on the fly with `keys`
+/// (reads run on the blocking pool: [`crate::recording::open_recording`]).
 pub(crate) fn file_stream(
     path: PathBuf,
     offset: u64,
     len: u64,
     limiter: Option<Arc<RateLimiter>>,
     sent: Arc<AtomicU64>,
+    keys: Option<Arc<Keyring>>,
 ) -> impl Stream<Item = Result<Bytes, LocalReadError>> + Send + 'static {
     struct St {
-        file: Option<tokio::fs::File>,
+        reader: Option<RecordingReader>,
         path: PathBuf,
+        keys: Option<Arc<Keyring>>,
         offset: u64,
         left: u64,
         limiter: Option<Arc<RateLimiter>>,
         sent: Arc<AtomicU64>,
     }
     let st = St {
-        file: None,
+        reader: None,
         path,
+        keys,
         offset,
         left: len,
         limiter,
@@ -272,28 +279,45 @@ pub(crate) fn file_stream(
         if st.left == 0 {
             return Ok(None);
         }
-        if st.file.is_none() {
-            let mut f = tokio::fs::File::open(&st.path)
-                .await
-                .map_err(LocalReadError)?;
-            f.seek(std::io::SeekFrom::Start(st.offset))
-                .await
-                .map_err(LocalReadError)?;
-            st.file = Some(f);
-        }
         let want = st.left.min(PIECE as u64) as usize;
         if let Some(l) = &st.limiter {
             l.acquire(want as u64).await;
         }
-        let mut buf = vec![0u8; want];
-        let Some(f) = st.file.as_mut() else {
-            return Ok(None);
-        };
-        f.read_exact(&mut buf).await.map_err(LocalReadError)?;
+        let (reader, path, keys, offset) = (
+            st.reader.take(),
+            st.path.clone(),
+            st.keys.clone(),
+            st.offset,
+        );
+        let (reader, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut r = match reader {
+                Some(r) => r,
+                None => open_at(&path, keys.as_deref(), offset)?,
+            };
+            let mut buf = vec![0u8; want];
+            r.read_exact(&mut buf)?;
+            Ok((r, buf))
+        })
+        .await
+        .map_err(|e| LocalReadError(std::io::Error::other(e)))?
+        .map_err(LocalReadError)?;
+        st.reader = Some(reader);
         st.left -= want as u64;
         st.sent.fetch_add(want as u64, Ordering::Relaxed);
         Ok(Some((Bytes::from(buf), st)))
     })
+}
+
+/// A spool file's plaintext reader placed at `offset`.
+pub(crate) fn open_at(
+    path: &Path,
+    keys: Option<&Keyring>,
+    offset: u64,
+) -> std::io::Result<RecordingReader> {
+    use std::io::Seek;
+    let mut r = open_recording(path, keys, OpenMode::Strict)?;
+    r.seek(std::io::SeekFrom::Start(offset))?;
+    Ok(r)
 }
 
 /// A recording to deliver.
@@ -313,6 +337,8 @@ pub struct Job {
     pub json: serde_json::Value,
     /// tus: the upload URL and offset of an earlier attempt.
     pub resume: Option<(String, u64)>,
+    /// The keys that open the spool's sealed files (encryption at rest).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// Reports from a running upload.
@@ -609,12 +635,15 @@ pub(crate) fn classify_error(e: &reqwest::Error) -> Transport {
     }
 }
 
-/// Read the recording JSON (at most 4 MiB) and the WAV size for a job.
+/// Read the recording JSON (at most 4 MiB) and the WAV size for a job:
+/// their plaintext when they are sealed (decrypted with `keys`; a missing or
+/// wrong key is an error that changes nothing).
 pub async fn load_job(
     id: &str,
     wav: PathBuf,
     json: &Path,
     resume: Option<(String, u64)>,
+    keys: Option<Arc<Keyring>>,
 ) -> std::io::Result<Job> {
     let meta = tokio::fs::metadata(json).await?;
     if meta.len() > 4 << 20 {
@@ -623,7 +652,14 @@ pub async fn load_job(
             "recording JSON larger than 4 MiB",
         ));
     }
-    let text = tokio::fs::read(json).await?;
+    let (json_path, wav_path, k) = (json.to_path_buf(), wav.clone(), keys.clone());
+    let (text, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let text = crate::recording::read_recording(&json_path, k.as_deref())?;
+        let size = open_recording(&wav_path, k.as_deref(), OpenMode::Strict)?.len();
+        Ok((text, size))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     let doc: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !doc.is_object() {
@@ -632,7 +668,6 @@ pub async fn load_job(
             "recording JSON is not an object",
         ));
     }
-    let size = tokio::fs::metadata(&wav).await?.len();
     Ok(Job {
         id: id.to_string(),
         wav,
@@ -641,6 +676,7 @@ pub async fn load_job(
         content_type: "audio/wav",
         json: doc,
         resume,
+        keys,
     })
 }
 
@@ -660,7 +696,8 @@ pub fn flac_path(wav: &Path, id: &str) -> PathBuf {
 pub async fn flac_job(mut job: Job) -> std::io::Result<Job> {
     let wav = job.wav.clone();
     let id = job.id.clone();
-    let (path, info) = tokio::task::spawn_blocking(move || flac_beside(&wav, &id))
+    let keys = job.keys.clone();
+    let (path, info) = tokio::task::spawn_blocking(move || flac_beside(&wav, &id, keys.as_deref()))
         .await
         .map_err(std::io::Error::other)??;
     job.wav = path;
@@ -675,22 +712,34 @@ pub async fn flac_job(mut job: Job) -> std::io::Result<Job> {
     Ok(job)
 }
 
-/// The FLAC of `wav` (encoded now unless kept from before): its path, size
-/// and hex SHA-256.
-fn flac_beside(wav: &Path, id: &str) -> std::io::Result<(PathBuf, (u64, String))> {
+/// The FLAC of `wav` (encoded now unless kept from before): its path, and
+/// its plaintext's size and hex SHA-256. With `keys` the WAV is read and the
+/// FLAC written sealed, like every spool file.
+fn flac_beside(
+    wav: &Path,
+    id: &str,
+    keys: Option<&Keyring>,
+) -> std::io::Result<(PathBuf, (u64, String))> {
     use std::io::Write;
     let path = flac_path(wav, id);
     if path.is_file() {
-        return Ok((path.clone(), crate::recording::hash_file(&path)?));
+        return Ok((path.clone(), crate::recording::hash_recording(&path, keys)?));
     }
     let tmp = wav.with_file_name(format!(".{id}.flac.tmp"));
     let made = (|| -> std::io::Result<(u64, String)> {
         let f = crate::recording::create_private_file(&tmp)?;
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, f);
+        let mut out = crate::recording::SpoolWriter::new(
+            std::io::BufWriter::with_capacity(256 * 1024, f),
+            keys,
+        )?;
         let info = crate::recording::flac::encode_wav(
-            || std::fs::File::open(wav).map(|f| std::io::BufReader::with_capacity(256 * 1024, f)),
+            || {
+                open_recording(wav, keys, OpenMode::Strict)
+                    .map(|r| std::io::BufReader::with_capacity(256 * 1024, r))
+            },
             &mut out,
         )?;
+        let mut out = out.finish()?;
         out.flush()?;
         let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
@@ -814,7 +863,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let sent = Arc::new(AtomicU64::new(0));
-        let parts: Vec<Bytes> = file_stream(p.clone(), 1000, 150_000, None, sent.clone())
+        let parts: Vec<Bytes> = file_stream(p.clone(), 1000, 150_000, None, sent.clone(), None)
             .try_collect()
             .await
             .unwrap();
@@ -823,7 +872,7 @@ mod tests {
         assert_eq!(sent.load(Ordering::Relaxed), 150_000);
         assert!(parts.iter().all(|b| b.len() <= PIECE));
         // Past the end: a local read error, not a panic.
-        let r: Result<Vec<Bytes>, _> = file_stream(p, 199_000, 5000, None, sent)
+        let r: Result<Vec<Bytes>, _> = file_stream(p, 199_000, 5000, None, sent, None)
             .try_collect()
             .await;
         assert!(r.is_err());

@@ -59,6 +59,7 @@ async fn deliver(cloud: &Cloud, job: &Job) -> Outcome {
         job.size,
         cloud.limiter.clone(),
         Arc::clone(&cloud.bytes_sent),
+        job.keys.clone(),
     ));
     let audio = match Part::stream_with_length(body, job.size)
         .file_name(format!("{}.{}", job.id, job.ext))

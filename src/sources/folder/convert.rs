@@ -212,12 +212,11 @@ pub(crate) fn convert(
         &[&left, &right]
     };
     let (written, bytes) =
-        crate::recording::write_whole(out_dir, rate, channels, doc).map_err(|source| {
-            FolderError::Write {
+        crate::recording::write_whole(out_dir, rate, channels, doc, settings.keys.as_deref())
+            .map_err(|source| FolderError::Write {
                 id: id.clone(),
                 source,
-            }
-        })?;
+            })?;
     Ok(Converted {
         id,
         wav: written.wav,

@@ -179,6 +179,9 @@ fn fmt_err(path: &Path, why: impl Into<String>) -> FolderError {
 /// until the config grows these keys).
 #[derive(Debug, Clone)]
 pub struct FolderSettings {
+    /// Encryption at rest: the spool's keys (`spool.encryption_key_file`);
+    /// converted recordings are sealed with the current one.
+    pub keys: Option<std::sync::Arc<crate::recording::Keyring>>,
     /// The PBX's time zone (file names, CDR times).
     pub timezone: PbxTimeZone,
     /// Master.csv column order.
@@ -286,6 +289,7 @@ pub fn parse_name(stem: &str, patterns: &[NamePattern]) -> Option<FreePbxName> {
 impl Default for FolderSettings {
     fn default() -> Self {
         FolderSettings {
+            keys: None,
             timezone: PbxTimeZone::Fixed(0),
             csv_columns: CsvColumns::default(),
             direction: DirectionRules::default(),
@@ -315,6 +319,7 @@ impl FolderSettings {
             name_patterns.push(NamePattern::new(p).map_err(|e| e.to_string())?);
         }
         Ok(FolderSettings {
+            keys: None,
             timezone: f.utc_offset.map_or(PbxTimeZone::Local, PbxTimeZone::Fixed),
             csv_columns: f.cdr_csv_columns.clone(),
             direction: DirectionRules {
