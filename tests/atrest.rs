@@ -913,3 +913,75 @@ fn spool_export_writes_the_plaintext_pair_and_a_wrong_key_destroys_nothing() {
         "{err}"
     );
 }
+
+/// BENCHMARKS.md "Encryption at rest": CPU per call-minute of recording
+/// with and without `encryption_key_file` (the live `.part` sealed chunk by
+/// chunk, the finished WAV sealed anew, the JSON), and of reading it back
+/// for upload (decrypting vs reading the plain file). Run by `benches/atrest.sh`.
+#[test]
+#[ignore]
+fn bench_encryption_cpu() {
+    use pbx_core::call::{CallKey, RecordingSink};
+    const CALLS: u32 = 10;
+    const CHUNKS: u32 = 600; // 100 ms each: one minute per call
+    let d = tempfile::tempdir().unwrap();
+    let (_, keys) = keyring(d.path());
+    let mut cpu = Vec::new();
+    for (name, seal) in [("plain", None), ("sealed", Some(keys.clone()))] {
+        let dir = d.path().join(name);
+        let mut rd = RecordingDir::new(&dir, ctx(seal.clone())).unwrap();
+        let audio: Vec<Vec<i16>> = (0..CHUNKS).map(chunk).collect();
+        let t = cpu_now(libc::RUSAGE_THREAD);
+        for c in 0..CALLS {
+            let key = CallKey(u64::from(c));
+            let id = format!("{name}-{c}");
+            rd.begin(key, &start(&id));
+            for a in &audio {
+                rd.audio(key, a);
+            }
+            let t0 = pbx_core::time::Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap();
+            rd.end(
+                key,
+                pbx_core::call::CallMeta {
+                    key,
+                    recording_id: id.clone(),
+                    call_id: format!("{id}@src"),
+                    recorded_call_id: None,
+                    from: Default::default(),
+                    to: Default::default(),
+                    caller_known: true,
+                    started_at: t0,
+                    answered_at: None,
+                    ended_at: t0.add_micros(60_000_000),
+                    media_started_at: t0,
+                    sample_rate: 8000,
+                    frames: u64::from(CHUNKS) * 800,
+                    channels: Default::default(),
+                    dtmf: Vec::new(),
+                    end_reason: pbx_core::call::EndReason::Bye,
+                    warnings: Vec::new(),
+                },
+            );
+        }
+        let write = cpu_now(libc::RUSAGE_THREAD) - t;
+        assert_eq!(rd.counters.written, u64::from(CALLS), "{:?}", rd.errors);
+        let t = cpu_now(libc::RUSAGE_THREAD);
+        for c in 0..CALLS {
+            let p = dir.join(format!("{name}-{c}.wav"));
+            let (n, _) = pbx_edge::recording::hash_recording(&p, seal.as_deref()).unwrap();
+            assert_eq!(n, 44 + u64::from(CHUNKS) * 3200);
+        }
+        let read = cpu_now(libc::RUSAGE_THREAD) - t;
+        println!(
+            "{name}: record {:.1} ms, read back (hash for upload) {:.1} ms CPU per call-minute",
+            1000.0 * write / f64::from(CALLS),
+            1000.0 * read / f64::from(CALLS)
+        );
+        cpu.push((write, read));
+    }
+    println!(
+        "encryption costs {:.1} ms CPU per call-minute recorded, decryption {:.1} ms per call-minute uploaded",
+        1000.0 * (cpu[1].0 - cpu[0].0) / f64::from(CALLS),
+        1000.0 * (cpu[1].1 - cpu[0].1) / f64::from(CALLS)
+    );
+}

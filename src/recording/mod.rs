@@ -37,6 +37,15 @@
 //!   completion on purpose (see [`WHOLE_TMP`]): it is converted again.
 //! - A write error (disk full) does not stop other calls: the broken recording is
 //!   removed, counted and reported.
+//! - Encryption at rest (`RecordingContext::seal`, from
+//!   `spool.encryption_key_file`): every file written here (`.part`, WAV,
+//!   JSON, sidecars) is sealed ([`crypt`]): the `.part` record by record (one
+//!   record per `audio` chunk, so the crash windows above hold), the finished
+//!   WAV sealed anew with its true header, the JSON whole. The JSON's
+//!   `audio.bytes`/`sha256` always describe the plaintext WAV (what the cloud
+//!   receives). [`open_recording`] is the one way to read any of these files,
+//!   sealed or not (a live reader of a `.part` uses [`OpenMode::Recover`]).
+//! - A mono mix ([`write_whole`] with one channel) is a 1-channel WAV.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};

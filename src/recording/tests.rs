@@ -502,3 +502,58 @@ fn the_list_of_written_recordings_does_not_grow_without_bound() {
     );
     assert_eq!(rd.written[0].id, "r20");
 }
+
+/// Encryption at rest: an answered call's note is sealed (it names the
+/// parties); after a crash it becomes a sealed empty recording whose JSON
+/// reads with the key, and a `.part` whose final WAV was already renamed in
+/// is simply dropped.
+#[test]
+fn sealed_answered_notes_and_parts_recover_sealed() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[4; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    let id = rd.answered_calls().answered(&answered("a9@src")).unwrap();
+    drop(rd);
+    let note = d.path().join(format!(".{id}{ANSWER_SUFFIX}"));
+    assert!(fs::read(&note).unwrap().starts_with(crypt::MAGIC));
+    // Recovery reads the sealed note with the key: the recording keeps the
+    // call's details.
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec![id.clone()]);
+    for ext in ["wav", "json"] {
+        let b = fs::read(d.path().join(format!("{id}.{ext}"))).unwrap();
+        assert!(b.starts_with(crypt::MAGIC), "{ext}");
+    }
+    let j: Value = serde_json::from_slice(
+        &read_recording(&d.path().join(format!("{id}.json")), Some(&keys)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["call_id"], "a9@src");
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["audio"]["bytes"], 44);
+    let (n, sha) = hash_recording(&d.path().join(format!("{id}.wav")), Some(&keys)).unwrap();
+    assert_eq!(
+        (n, sha.as_str()),
+        (44, j["audio"]["sha256"].as_str().unwrap())
+    );
+
+    // A finished sealed WAV and its leftover .part: the .part goes, the JSON
+    // is made from the start sidecar.
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(3), &start("s3"));
+    rd.audio(CallKey(3), &[5i16; 1600]);
+    drop(rd);
+    let part = d.path().join(".s3.wav.part");
+    let wav = d.path().join("s3.wav");
+    seal_part(&part, &wav, &keys).unwrap();
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec!["s3".to_string()]);
+    assert!(!part.exists());
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("s3.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["audio"]["bytes"], 44 + 3200);
+    assert_eq!(j["truncated"], false);
+}
