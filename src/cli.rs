@@ -95,6 +95,16 @@ pub enum SpoolCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Write a recording's WAV and JSON as plaintext into a directory
+    /// (decrypted when the spool is encrypted at rest; files of mode 0600).
+    Export {
+        id: String,
+        /// Directory for `<id>.wav` and `<id>.json` (created, mode 0700, if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -510,7 +510,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("[spool]\ncompression = true"),
-        "bad.toml:2: spool.compression: unknown key (known: dir, max_size, retention)"
+        "bad.toml:2: spool.compression: unknown key (known: dir, max_size, retention, encryption_key_file, old_key_files)"
     );
     assert_eq!(
         error("\n[upload]\nurl = \"https://x\""),
@@ -546,7 +546,7 @@ max_size = \"big\"
             "bad.toml:3: sources.siprec.rtp_ports: starts at 1: ports below 1024 are privileged (start at 1024 or above)",
             "bad.toml:5: cloud.url: scheme must be https (or http for a loopback host), found `ftp`",
             "bad.toml:6: cloud.max_parallel: must be between 1 and 64, found 0",
-            "bad.toml:7: cloud.bogus: unknown key (known: url, protocol, token_file, max_parallel, ca_file, chunk_size, bandwidth_limit, client_cert, client_key, proxy, upload_window)",
+            "bad.toml:7: cloud.bogus: unknown key (known: url, protocol, audio_format, token_file, max_parallel, ca_file, chunk_size, bandwidth_limit, client_cert, client_key, proxy, upload_window)",
             "bad.toml:9: spool.max_size: `big` is not a size (write e.g. \"512MiB\", \"20GiB\")",
         ]
     );
@@ -930,4 +930,16 @@ fn secret_files_others_can_read_are_named_at_check_config_and_at_start() {
     chmod(&db, 0o640);
     let (code, _, err) = check_config(&[p], &[]);
     assert_eq!((code, err.as_str()), (0, ""));
+}
+
+#[test]
+fn cloud_audio_format_is_wav_or_flac() {
+    use pbx_edge::config::AudioFormat;
+    assert_eq!(Config::defaults(None).cloud.audio_format, AudioFormat::Wav);
+    let c = Config::from_toml_str("f.toml", "[cloud]\naudio_format = \"flac\"\n", NO_ENV).unwrap();
+    assert_eq!(c.cloud.audio_format, AudioFormat::Flac);
+    assert_eq!(
+        error("[cloud]\naudio_format = \"mp3\"\n"),
+        "bad.toml:2: cloud.audio_format: expected \"wav\" or \"flac\", found \"mp3\""
+    );
 }

@@ -1183,6 +1183,7 @@ fn tus_interop_with_rustus() {
             spool.join("interop.wav"),
             &spool.join("interop.json"),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -1198,6 +1199,7 @@ fn tus_interop_with_rustus() {
             spool.join("interop.wav"),
             &spool.join("interop.json"),
             Some((loc.clone(), off)),
+            None,
         )
         .await
         .unwrap();

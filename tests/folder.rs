@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use pbx_core::audio::wav::WavWriter;
 use pbx_edge::folder::{FolderScanner, FolderSettings};
-use pbx_testgen::audio::{best_lag, correlation_at, halve, read_stereo_wav, rms, speechlike, tone};
+use pbx_testgen::audio::{
+    best_lag, correlation_at, halve, read_mono_wav, read_stereo_wav, rms, speechlike, tone,
+};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -39,6 +41,38 @@ fn scanner(root: &Path, spool: &Path, cdr: Option<&Path>) -> FolderScanner {
 fn settle_scan(s: &mut FolderScanner, t0: Instant) -> usize {
     let a = s.scan(t0);
     a + s.scan(t0 + SETTLE + Duration::from_millis(1))
+}
+
+/// A recording's WAV as (rate, [channel 0, channel 1]): a mono mix (a
+/// 1-channel WAV) gives an empty channel 1 (see [`assert_honest_mono`]).
+fn read_wav(p: &Path) -> std::io::Result<(u32, [Vec<i16>; 2])> {
+    match read_mono_wav(p) {
+        Ok((rate, x)) => Ok((rate, [x, Vec::new()])),
+        Err(_) => read_stereo_wav(p),
+    }
+}
+
+/// A mono mix is a 1-channel WAV and its JSON says so (CONTRACT §3).
+fn assert_honest_mono(wav: &Path, json: &Value) {
+    let (_, x) = read_mono_wav(wav).expect("a 1-channel WAV");
+    assert_eq!(json["mixed_mono"], true, "{json}");
+    assert_eq!(json["audio"]["channels"], 1, "{json}");
+    assert_eq!(json["audio"]["bytes"], fs::metadata(wav).unwrap().len());
+    let ch = json["channels"].as_array().unwrap();
+    assert_eq!(ch.len(), 1, "{json}");
+    assert_eq!(ch[0]["party"], "mixed");
+    assert_eq!(
+        json["duration_ms"],
+        x.len() as u64 * 1000 / json["audio"]["sample_rate"].as_u64().unwrap()
+    );
+}
+
+/// A two-party recording is a 2-channel WAV.
+fn assert_stereo(wav: &Path, json: &Value) {
+    read_stereo_wav(wav).expect("a 2-channel WAV");
+    assert_eq!(json["mixed_mono"], false, "{json}");
+    assert_eq!(json["audio"]["channels"], 2, "{json}");
+    assert_eq!(json["channels"].as_array().unwrap().len(), 2, "{json}");
 }
 
 fn json_of(p: &Path) -> Value {
@@ -76,7 +110,7 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
     let c = &s.written[0];
-    let (rate, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
     assert_eq!(rate, 8000);
     assert_eq!(l.len(), 3000 * 8, "padded to the longer leg");
     let (lag, corr) = best_lag(&l, &caller, 200);
@@ -127,7 +161,7 @@ fn legs_of_different_rates_resampled_to_16k() {
     write_wav(&root.join("1700000001.5-out.wav"), 16000, 1, &callee16);
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
-    let (rate, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    let (rate, [l, r]) = read_wav(&s.written[0].wav).unwrap();
     assert_eq!(rate, 16000);
     assert_eq!(l.len(), 32000);
     let (lag, corr) = best_lag(&halve(&l), &caller, 50);
@@ -179,24 +213,23 @@ fn stereo_as_is_mono_flagged_raw_read() {
             .clone()
     };
     let st = by_call("1700000002.1");
-    let (_, [l, r]) = read_stereo_wav(&st.wav).unwrap();
+    let (_, [l, r]) = read_wav(&st.wav).unwrap();
     assert_eq!(l, a);
     assert_eq!(r, b);
     let j = json_of(&st.json);
     assert_eq!(j["direction"], "inbound");
-    assert_eq!(j["mixed_mono"], false);
+    assert_stereo(&st.wav, &j);
 
     let mo = by_call("1700000003.1");
-    let (_, [l, r]) = read_stereo_wav(&mo.wav).unwrap();
-    assert_eq!(l, mono);
-    assert!(r.iter().all(|&x| x == 0));
+    let (_, x) = read_mono_wav(&mo.wav).unwrap();
+    assert_eq!(x, mono);
     let j = json_of(&mo.json);
-    assert_eq!(j["mixed_mono"], true);
+    assert_honest_mono(&mo.wav, &j);
     assert_eq!(j["direction"], "internal");
     assert!(j["warnings"][0].as_str().unwrap().contains("mono"));
 
     let rw = by_call("1700000004.1");
-    let (rate, [l, _]) = read_stereo_wav(&rw.wav).unwrap();
+    let (rate, [l, _]) = read_wav(&rw.wav).unwrap();
     assert_eq!(rate, 8000);
     assert_eq!(l, raw);
     assert_eq!(json_of(&rw.json)["direction"], "inbound");
@@ -493,7 +526,7 @@ fn espeak_speech_legs_at_16k_and_8k() {
     write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &late);
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
-    let (rate, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    let (rate, [l, r]) = read_wav(&s.written[0].wav).unwrap();
     assert_eq!(rate, 16000);
     assert_eq!(l.len(), caller.len().max(late.len() * 2));
     let (lag, c) = best_lag(&l, &caller, 100);
@@ -533,7 +566,7 @@ fn three_cx_stereo_with_a_name_pattern() {
     assert_eq!(j["from"]["number"], "1001");
     assert_eq!(j["to"]["number"], "5551234");
     assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
-    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    let (_, [l, r]) = read_wav(&s.written[0].wav).unwrap();
     assert_eq!((l, r), (a, b));
 }
 
@@ -567,7 +600,7 @@ fn old_files_ignored_with_max_age_and_raw_stereo() {
     };
     let mut s = FolderScanner::new(&root, &spool, "a", None, SETTLE, settings).unwrap();
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
-    let (_, [l, r]) = read_stereo_wav(&s.written[0].wav).unwrap();
+    let (_, [l, r]) = read_wav(&s.written[0].wav).unwrap();
     assert_eq!((l, r), (a, b));
     assert_eq!(json_of(&s.written[0].json)["call_id"], "new-1700000090.1");
 }
@@ -787,7 +820,7 @@ fn wav49_split_legs_merged_exact_with_sox() {
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
     let c = &s.written[0];
-    let (rate, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
     assert_eq!(rate, 8000);
     let frames = want_l.len().max(want_r.len());
     assert_eq!(l.len(), frames, "padded to the longer leg");
@@ -904,17 +937,16 @@ fn gsm_raw_mono_and_broken_gsm_files_reported() {
             .clone()
     };
     let mono = by_call("1700000091.1");
-    let (rate, [l, r]) = read_stereo_wav(&mono.wav).unwrap();
+    let (rate, l) = read_mono_wav(&mono.wav).unwrap();
     assert_eq!(rate, 8000);
     assert_eq!(l, want, "= sox's decoding");
-    assert!(r.iter().all(|&x| x == 0));
     assert!(correlation_at(&l, &speech, 0) > 0.9);
     let j = json_of(&mono.json);
-    assert_eq!(j["mixed_mono"], true);
+    assert_honest_mono(&mono.wav, &j);
     assert_eq!(j["channels"][0]["codec"], "GSM");
 
     let cut = by_call("1700000092.1");
-    let (_, [l, _]) = read_stereo_wav(&cut.wav).unwrap();
+    let (_, [l, _]) = read_wav(&cut.wav).unwrap();
     assert_eq!(l.len(), want49.len() - 320, "the cut block is dropped");
     assert_eq!(l[..], want49[..l.len()]);
     let j = json_of(&cut.json);
@@ -1354,7 +1386,7 @@ mod daemon {
             assert_eq!(c.json["from"]["number"], format!("555000{}", &uid[11..]));
             assert_eq!(c.json["to"]["number"], "1001");
             assert_eq!(c.json["direction"], "inbound");
-            let (rate, [l, r]) = read_stereo_wav(&c.audio).unwrap();
+            let (rate, [l, r]) = read_wav(&c.audio).unwrap();
             assert_eq!(rate, 8000);
             assert!(correlation_at(&l, &s.caller, 0) > 0.99, "{uid} caller");
             assert!(correlation_at(&r, &s.callee, 0) > 0.99, "{uid} callee");
@@ -1446,7 +1478,7 @@ fn leg_suffix_variants_pair_into_two_channels() {
         assert_eq!(j["to"]["number"], "5551234", "{rx}");
         assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z", "{rx}");
         assert_eq!(j["source_files"].as_array().unwrap().len(), 2, "{rx}");
-        let (_, [l, r]) = read_stereo_wav(&c.wav).unwrap();
+        let (_, [l, r]) = read_wav(&c.wav).unwrap();
         assert_eq!(
             &l[..caller.len()],
             &caller[..],
@@ -1773,7 +1805,7 @@ fn raw_layout_detector_on_real_material() {
             .iter()
             .find(|c| json_of(&c.json)["call_id"] == id)
             .unwrap();
-        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap())
+        (json_of(&c.json), read_wav(&c.wav).unwrap())
     };
     let warned = |j: &Value, what: &str| {
         j["warnings"]
@@ -1788,7 +1820,8 @@ fn raw_layout_detector_on_real_material() {
         assert!(warned(&j, "raw layout detected as mono"), "{id}: {j}");
         assert_eq!(r, rate);
         assert_eq!(&l, x);
-        assert!(rr.iter().all(|&v| v == 0));
+        assert!(rr.is_empty(), "{id}: a 1-channel WAV");
+        assert_eq!(j["audio"]["channels"], 1, "{id}");
     }
     let (j, (r, [l, rr])) = by_call("1700000702.1");
     assert_eq!(j["mixed_mono"], false);
@@ -1939,7 +1972,7 @@ fn unfinalised_wav_header_read_to_end_of_file() {
             .iter()
             .find(|c| json_of(&c.json)["call_id"] == id)
             .unwrap();
-        (json_of(&c.json), read_stereo_wav(&c.wav).unwrap().1)
+        (json_of(&c.json), read_wav(&c.wav).unwrap().1)
     };
     let header_warnings = |j: &Value| -> Vec<String> {
         j["warnings"]

@@ -38,15 +38,31 @@ fuzz_target!(|data: &[u8]| {
         agent_id: "fuzz".into(),
         source: "siprec",
         min_duration: Duration::ZERO,
+        // Bit 4: the spool is encrypted at rest (its key opens nothing the
+        // fuzzer made, unless it forged a record: it cannot).
+        seal: (flags & 16 != 0).then(|| {
+            std::sync::Arc::new(pbx_edge::recording::Keyring::new(
+                pbx_edge::recording::crypt::SpoolKey::new(&[7u8; 32]),
+                Vec::new(),
+            ))
+        }),
     };
     let ids = recover(dir, &ctx).expect("recover");
     for id in &ids {
         // A finished WAV left without its JSON is taken as written (our
         // writer renamed it complete); a `.part` is repaired and must read.
         let repaired = flags & 8 == 0;
-        let json = fs::read(dir.join(format!("{id}.json"))).expect("json written");
+        let json = pbx_edge::recording::read_recording(
+            &dir.join(format!("{id}.json")),
+            ctx.seal.as_deref(),
+        )
+        .expect("json written");
         let v: serde_json::Value = serde_json::from_slice(&json).expect("json parses");
         assert!(v.is_object());
+        if ctx.seal.is_some() {
+            // Sealed WAVs are checked by the encrypted reader's own target.
+            continue;
+        }
         let mut f = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -57,5 +73,6 @@ fuzz_target!(|data: &[u8]| {
             repair_wav(&mut f, len).expect("recovered wav has a header");
         }
     }
-    assert!(!dir.join(format!(".{id}.wav.part")).exists());
+    // A sealed `.part` no key opens is left as it is (nothing destroyed).
+    assert!(!dir.join(format!(".{id}.wav.part")).exists() || part.starts_with(b"PBXENC\x00\x01"));
 });

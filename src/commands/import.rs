@@ -30,6 +30,8 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         agent_id: args.agent_id.clone().unwrap_or_else(hostname),
         source: "pcap",
         min_duration,
+        // `import --out DIR` writes plain files for the operator.
+        seal: None,
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;

@@ -1,5 +1,5 @@
-//! `pbx-edge spool list|retry|purge`: the queue seen and changed from the
-//! command line.
+//! `pbx-edge spool list|retry|purge|export`: the queue seen and changed from
+//! the command line, and a recording handed to an operator in plaintext.
 //!
 //! In: the parsed command ([`SpoolCommand`]) and the config file it names.
 //! Out: a listing on stdout (text or JSON), or the changed queue; the exit
@@ -18,9 +18,9 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let config = match &cmd {
         SpoolCommand::List(c) => c.config.config.clone(),
-        SpoolCommand::Retry { config, .. } | SpoolCommand::Purge { config, .. } => {
-            config.config.clone()
-        }
+        SpoolCommand::Retry { config, .. }
+        | SpoolCommand::Purge { config, .. }
+        | SpoolCommand::Export { config, .. } => config.config.clone(),
     };
     let cfg = match Config::load(config.as_deref()) {
         Ok(c) => c,
@@ -36,6 +36,19 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
             dir.display()
         );
         return Ok(ExitCode::from(1));
+    }
+    if let SpoolCommand::Export { id, out, .. } = &cmd {
+        // Files only: no database needed, nothing in the spool changes.
+        return Ok(match export(dir, id, out, cfg.spool.keys.as_deref()) {
+            Ok(()) => {
+                println!("{id}: written to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pbx-edge spool export: {e}");
+                ExitCode::from(1)
+            }
+        });
     }
     let mut spool = match Spool::open(dir).and_then(|s| s.check_integrity().map(|()| s)) {
         Ok(s) => s,
@@ -117,6 +130,66 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         },
+        SpoolCommand::Export { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `spool export ID --out DIR`: `<id>.wav` and `<id>.json` of the spool as
+/// plaintext files (mode 0600) in `out`, decrypted with `keys` when sealed.
+/// Each is written to a temp file and renamed only when complete; the WAV
+/// must match the JSON's `audio.bytes`/`sha256` (the JSON describes the WAV
+/// spooled, not an uploaded FLAC). On any error (no such recording, a
+/// missing or wrong key) nothing is left in `out` and the spool is untouched.
+pub fn export(
+    dir: &std::path::Path,
+    id: &str,
+    out: &std::path::Path,
+    keys: Option<&crate::recording::Keyring>,
+) -> anyhow::Result<()> {
+    use crate::recording::{create_private_dir, create_private_file, open_recording, OpenMode};
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    if !valid_id(id) {
+        anyhow::bail!("{id:?} is not a recording id");
+    }
+    let (wav, json) = (
+        dir.join(format!("{id}.wav")),
+        dir.join(format!("{id}.json")),
+    );
+    if !json.is_file() || !wav.is_file() {
+        anyhow::bail!("no recording {id} in {}", dir.display());
+    }
+    let text = crate::recording::read_recording(&json, keys)?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&text).context("the recording's JSON does not parse")?;
+    create_private_dir(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let tmp_wav = out.join(format!(".{id}.wav.export"));
+    let tmp_json = out.join(format!(".{id}.json.export"));
+    let written = (|| -> anyhow::Result<()> {
+        let r = open_recording(&wav, keys, OpenMode::Strict)?;
+        let f = create_private_file(&tmp_wav)?;
+        let mut w = crate::recording::HashingWriter::new(std::io::BufWriter::new(f));
+        std::io::copy(
+            &mut std::io::BufReader::with_capacity(256 * 1024, r),
+            &mut w,
+        )?;
+        let (bw, (n, sha)) = w.finish();
+        bw.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        if doc["audio"]["bytes"].as_u64() != Some(n) || doc["audio"]["sha256"] != sha.as_str() {
+            anyhow::bail!("{id}.wav does not match its JSON (bytes/sha256): damaged?");
+        }
+        let mut f = create_private_file(&tmp_json)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp_wav, out.join(format!("{id}.wav")))?;
+        std::fs::rename(&tmp_json, out.join(format!("{id}.json")))?;
+        crate::recording::sync_dir(out)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp_wav);
+        let _ = std::fs::remove_file(&tmp_json);
+    }
+    written
 }

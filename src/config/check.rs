@@ -472,6 +472,14 @@ pub(super) fn to_protocol(n: &Node) -> Result<CloudProtocol, String> {
     }
 }
 
+pub(super) fn to_audio_format(n: &Node) -> Result<AudioFormat, String> {
+    match as_str(n, "\"wav\" or \"flac\"")? {
+        "wav" => Ok(AudioFormat::Wav),
+        "flac" => Ok(AudioFormat::Flac),
+        s => Err(format!("expected \"wav\" or \"flac\", found {}", quote(s))),
+    }
+}
+
 pub(super) fn to_log_format(n: &Node) -> Result<LogFormat, String> {
     match as_str(n, "\"auto\", \"journald\", \"text\" or \"json\"")? {
         "auto" => Ok(LogFormat::Auto),
@@ -605,6 +613,59 @@ pub(super) fn check(
         },
     );
     s.field(errs, "retention", &mut cfg.spool.retention, to_duration);
+    // Encryption at rest: the key files are read here, once, so a missing
+    // or malformed key is an error at its line (check-config, start,
+    // SIGHUP), never a failure later while recording.
+    use crate::recording::crypt::{Keyring, SpoolKey, CREDENTIAL_NAME};
+    let mut current: Option<SpoolKey> = None;
+    s.field(
+        errs,
+        "encryption_key_file",
+        &mut cfg.spool.encryption_key_file,
+        |n| {
+            let p = to_path(n)?;
+            if !p.as_os_str().is_empty() {
+                current = Some(SpoolKey::from_file(&p).map_err(|e| e.to_string())?);
+            }
+            Ok(p)
+        },
+    );
+    let mut old: Vec<SpoolKey> = Vec::new();
+    s.field(errs, "old_key_files", &mut cfg.spool.old_key_files, |n| {
+        let v = to_string_list(n)?;
+        let mut paths = Vec::new();
+        for p in v {
+            let p = PathBuf::from(p);
+            old.push(SpoolKey::from_file(&p).map_err(|e| e.to_string())?);
+            paths.push(p);
+        }
+        Ok(paths)
+    });
+    if current.is_none() && cfg.spool.encryption_key_file.as_os_str().is_empty() {
+        // A systemd credential stands in for the key file.
+        if let Some(d) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = Path::new(&d).join(CREDENTIAL_NAME);
+            if p.is_file() {
+                match SpoolKey::from_file(&p) {
+                    Ok(k) => current = Some(k),
+                    Err(e) => errs.push(ConfigError::Invalid {
+                        origin: s.origin("encryption_key_file"),
+                        key: "spool.encryption_key_file".into(),
+                        message: format!("systemd credential: {e}"),
+                    }),
+                }
+            }
+        }
+    }
+    match current {
+        Some(k) => cfg.spool.keys = Some(std::sync::Arc::new(Keyring::new(k, old))),
+        None if !old.is_empty() => errs.push(ConfigError::Invalid {
+            origin: s.origin("old_key_files"),
+            key: "spool.old_key_files".into(),
+            message: "old keys without spool.encryption_key_file: set the current key".into(),
+        }),
+        None => cfg.spool.keys = None,
+    }
     s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "health", errs);
@@ -640,6 +701,7 @@ pub(super) fn check(
     let c = &mut cfg.cloud;
     s.field(errs, "url", &mut c.url, to_cloud_url);
     s.field(errs, "protocol", &mut c.protocol, to_protocol);
+    s.field(errs, "audio_format", &mut c.audio_format, to_audio_format);
     s.field(errs, "token_file", &mut c.token_file, to_path);
     s.field(errs, "max_parallel", &mut c.max_parallel, |n| {
         to_u32_in(n, 1..=64)

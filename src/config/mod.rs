@@ -89,6 +89,14 @@ pub struct SpoolConfig {
     pub max_size: u64,
     /// How long a delivered recording stays on disk (zero: removed once delivered).
     pub retention: Duration,
+    /// `encryption_key_file`: the key new spool files are sealed with;
+    /// empty: the systemd credential `spool-key`, if present, else none.
+    pub encryption_key_file: PathBuf,
+    /// `old_key_files`: keys of earlier rotations, still opening old files.
+    pub old_key_files: Vec<PathBuf>,
+    /// The keys read from those files when the configuration was loaded
+    /// (`None`: encryption at rest is off). Compared by key id.
+    pub keys: Option<std::sync::Arc<crate::recording::crypt::Keyring>>,
 }
 
 /// `[health]`
@@ -178,6 +186,25 @@ impl CloudProtocol {
     }
 }
 
+/// `cloud.audio_format` (CONTRACT §4): the file uploaded for a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AudioFormat {
+    /// The spooled WAV as it is.
+    #[default]
+    Wav,
+    /// A lossless FLAC encoding of the WAV (same samples and channels).
+    Flac,
+}
+
+impl AudioFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "wav",
+            AudioFormat::Flac => "flac",
+        }
+    }
+}
+
 /// `[cloud]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {
@@ -185,6 +212,8 @@ pub struct CloudConfig {
     /// https, or http for loopback hosts only; no credentials, query or fragment.
     pub url: String,
     pub protocol: CloudProtocol,
+    /// `wav` (default) or `flac`: the audio file uploaded.
+    pub audio_format: AudioFormat,
     /// File holding the bearer token; empty path: none given.
     pub token_file: PathBuf,
     /// Uploads at the same time, 1..=64.
@@ -428,6 +457,9 @@ impl Config {
                 dir,
                 max_size: 20 << 30,
                 retention: Duration::ZERO,
+                encryption_key_file: PathBuf::new(),
+                old_key_files: Vec::new(),
+                keys: None,
             },
             health: HealthConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9466)),
@@ -443,6 +475,7 @@ impl Config {
             cloud: CloudConfig {
                 url: String::new(),
                 protocol: CloudProtocol::Tus,
+                audio_format: AudioFormat::Wav,
                 token_file: PathBuf::new(),
                 max_parallel: 2,
                 ca_file: None,

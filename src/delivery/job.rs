@@ -61,7 +61,13 @@ pub(super) async fn run_job(
     let wav = shared.dir.join(format!("{id}.wav"));
     let json = shared.dir.join(format!("{id}.json"));
     let resume = entry.location.clone().map(|l| (l, entry.offset));
-    let job = match upload::load_job(&id, wav, &json, resume).await {
+    let keys = active.settings.keys.clone();
+    let loaded = upload::load_job(&id, wav, &json, resume, keys).await;
+    let loaded = match (loaded, cloud.settings.audio_format) {
+        (Ok(j), crate::config::AudioFormat::Flac) => upload::flac_job(j).await,
+        (r, _) => r,
+    };
+    let job = match loaded {
         Ok(j) => j,
         Err(e) => {
             // Missing or unreadable files are not the cloud's fault and no

@@ -95,7 +95,10 @@ pub(super) fn housekeeping_open(
         tracing::debug!(count = report.adopted.len(), "recordings adopted");
     }
     for e in sp.in_state(State::Recorded)? {
-        let doc: Option<Value> = match std::fs::read(sp.json_path(&e.id)) {
+        let doc: Option<Value> = match crate::recording::read_recording(
+            &sp.json_path(&e.id),
+            settings.keys.as_deref(),
+        ) {
             Ok(b) => serde_json::from_slice(&b).ok(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if sp.forget_vanished(&e.id)? {

@@ -147,6 +147,9 @@ pub struct DeliverySettings {
     pub pause_retry: Duration,
     /// How long shutdown waits for running uploads. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Encryption at rest: the keys that open sealed spool files (JSON read
+    /// for the filters, audio decrypted on the fly while uploading).
+    pub keys: Option<std::sync::Arc<crate::recording::Keyring>>,
 }
 
 impl DeliverySettings {
@@ -166,6 +169,7 @@ impl DeliverySettings {
             backoff_cap: policy::BACKOFF_CAP,
             pause_retry: policy::PAUSE_RETRY,
             shutdown_grace: Duration::from_secs(5),
+            keys: None,
         }
     }
 
@@ -179,6 +183,7 @@ impl DeliverySettings {
             client_key: c.client_key.clone(),
             proxy: (!c.proxy.is_empty()).then(|| c.proxy.clone()),
             chunk_size: c.chunk_size,
+            audio_format: c.audio_format,
             ..CloudSettings::new(&c.url, c.protocol)
         });
         DeliverySettings {
@@ -194,6 +199,7 @@ impl DeliverySettings {
                 directions: cfg.filter.directions.clone(),
             },
             keep_filtered: cfg.filter.keep_filtered,
+            keys: cfg.spool.keys.clone(),
             ..DeliverySettings::new(&cfg.spool.dir)
         }
     }

@@ -30,6 +30,8 @@ pub(super) struct AnsweredState {
     pub(super) dir: PathBuf,
     pub(super) source: &'static str,
     pub(super) agent_id: String,
+    /// Seals the sidecars (encryption at rest): they name the parties.
+    pub(super) seal: Option<Arc<crypt::Keyring>>,
     /// Call-ID -> its sidecar.
     pub(super) by_call: HashMap<String, PathBuf>,
 }
@@ -56,6 +58,7 @@ impl AnsweredCalls {
             dir: dir.to_path_buf(),
             source: ctx.source,
             agent_id: ctx.agent_id.clone(),
+            seal: ctx.seal.clone(),
             by_call: HashMap::new(),
         })))
     }
@@ -70,6 +73,7 @@ impl AnsweredCalls {
         if let Ok(mut g) = self.0.lock() {
             g.source = ctx.source;
             g.agent_id = ctx.agent_id.clone();
+            g.seal = ctx.seal.clone();
         }
     }
 
@@ -93,7 +97,7 @@ impl AnsweredCalls {
             "source": g.source,
             "agent_id": g.agent_id,
         });
-        write_small_file(&path, &doc)?;
+        write_small_file(&path, &doc, g.seal.as_deref())?;
         mark_unsynced(&g.dir);
         if let Some(old) = g.by_call.insert(call.call_id.clone(), path.clone()) {
             if old != path {
@@ -151,7 +155,13 @@ pub(super) fn sidecar_id(path: &Path, suffix: &str) -> Option<String> {
 
 /// A small file (a sidecar) in one `write()`, mode 0600, not fsynced (the
 /// next [`SYNC_INTERVAL`] sync or the pair's own fsyncs make it durable).
-pub(super) fn write_small_file(path: &Path, doc: &Value) -> io::Result<()> {
+/// Writes a small JSON file (a sidecar) in one go, sealed when `seal` is
+/// given (not fsynced: the page cache is what a crash of the process keeps).
+pub(super) fn write_small_file(
+    path: &Path,
+    doc: &Value,
+    seal: Option<&crypt::Keyring>,
+) -> io::Result<()> {
     let bytes = serde_json::to_vec(doc)?;
-    create_private_file(path)?.write_all(&bytes)
+    write_spool_file(create_private_file(path)?, &bytes, seal).map(drop)
 }

@@ -117,6 +117,12 @@ impl DocChannels {
             ChannelSummary::new(1, "callee", codecs[1]),
         ])
     }
+
+    /// The one channel of a mono mix (CONTRACT §3 `mixed_mono`): both
+    /// parties, `party: "mixed"`.
+    pub fn mixed(codec: &str) -> Self {
+        DocChannels::Summary(vec![ChannelSummary::new(0, "mixed", codec)])
+    }
 }
 
 /// One entry of `channels` without packet statistics.
@@ -163,7 +169,8 @@ pub struct CallFields {
 /// The fields of a recording converted from a PBX's files.
 #[derive(Debug, Clone, Serialize)]
 pub struct FolderFields {
-    /// Channel 0 holds a mix of both parties, channel 1 is silent.
+    /// The WAV has one channel holding a mix of both parties
+    /// (`audio.channels: 1`, `channels` lists one entry, party `mixed`).
     pub mixed_mono: bool,
     /// The CDR's disposition (null without a CDR row).
     pub disposition: Option<String>,

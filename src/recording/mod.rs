@@ -37,6 +37,15 @@
 //!   completion on purpose (see [`WHOLE_TMP`]): it is converted again.
 //! - A write error (disk full) does not stop other calls: the broken recording is
 //!   removed, counted and reported.
+//! - Encryption at rest (`RecordingContext::seal`, from
+//!   `spool.encryption_key_file`): every file written here (`.part`, WAV,
+//!   JSON, sidecars) is sealed ([`crypt`]): the `.part` record by record (one
+//!   record per `audio` chunk, so the crash windows above hold), the finished
+//!   WAV sealed anew with its true header, the JSON whole. The JSON's
+//!   `audio.bytes`/`sha256` always describe the plaintext WAV (what the cloud
+//!   receives). [`open_recording`] is the one way to read any of these files,
+//!   sealed or not (a live reader of a `.part` uses [`OpenMode::Recover`]).
+//! - A mono mix ([`write_whole`] with one channel) is a 1-channel WAV.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -52,8 +61,11 @@ use pbx_core::time::Timestamp;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod crypt;
 pub mod doc;
+pub mod flac;
 pub use crate::sys::{create_private_dir, create_private_file, sync_dir};
+pub use crypt::{open_recording, read_recording, Keyring, OpenMode, RecordingReader};
 pub use doc::{
     CallFields, ChannelSummary, DocAudio, DocChannels, DocParty, FolderFields, RecordingDoc, SCHEMA,
 };
@@ -73,6 +85,10 @@ pub struct RecordingContext {
     pub source: &'static str,
     /// Calls shorter than this are discarded.
     pub min_duration: Duration,
+    /// Encryption at rest (`spool.encryption_key_file`): every file written
+    /// (`.part`, WAV, JSON, sidecars) is sealed with the current key
+    /// ([`crypt`]); `None`: plain files.
+    pub seal: Option<Arc<Keyring>>,
 }
 
 /// What a configuration reload changes for a running source without new
@@ -129,7 +145,7 @@ struct OpenRecording {
     part: PathBuf,
     /// Unbuffered below the writer's own conversion buffer: every `audio`
     /// call ends in one `write()` (see the module doc).
-    wav: Option<WavWriter<File>>,
+    wav: Option<PartWriter>,
     error: Option<io::Error>,
     /// The context when the call began: a reload changes it for new calls
     /// only (agent id, min_duration).
@@ -331,17 +347,45 @@ impl RecordingDir {
         let Some(wav) = rec.wav else {
             return Err(io::Error::other("recording was never opened"));
         };
-        let file = wav.finalize()?;
-        file.sync_all()?;
-        drop(file);
-        if (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis() {
-            fs::remove_file(&rec.part)?;
-            return Ok(None);
-        }
-        let (bytes, sha) = hash_file(&rec.part)?;
         let wav_path = rec.dir.join(format!("{}.wav", rec.id));
         let json_path = rec.dir.join(format!("{}.json", rec.id));
-        fs::rename(&rec.part, &wav_path)?;
+        let short = (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
+        let (bytes, sha) = match (wav, rec.ctx.seal.as_deref()) {
+            (PartWriter::Sealed(mut w), Some(keys)) => {
+                // The `.part` is sealed record by record; the finished WAV
+                // gets its true header, so it is sealed anew (fixed chunks)
+                // from the `.part`'s plaintext, then the `.part` goes.
+                w.flush()?;
+                drop(w);
+                if short {
+                    fs::remove_file(&rec.part)?;
+                    return Ok(None);
+                }
+                let tmp = rec.dir.join(format!(".{}.wav.tmp", rec.id));
+                let h = match seal_part(&rec.part, &tmp, keys) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                };
+                fs::rename(&tmp, &wav_path)?;
+                fs::remove_file(&rec.part)?;
+                h
+            }
+            (w, _) => {
+                let file = w.finalize_plain()?;
+                file.sync_all()?;
+                drop(file);
+                if short {
+                    fs::remove_file(&rec.part)?;
+                    return Ok(None);
+                }
+                let h = hash_file(&rec.part)?;
+                fs::rename(&rec.part, &wav_path)?;
+                h
+            }
+        };
         let doc = RecordingDoc::of_call(
             meta,
             &rec.id,
@@ -349,7 +393,7 @@ impl RecordingDir {
             rec.ctx.source,
             DocAudio::wav(meta.sample_rate, bytes, sha),
         );
-        write_json(&rec.dir, &doc)?;
+        write_json(&rec.dir, &doc, rec.ctx.seal.as_deref())?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
@@ -374,15 +418,12 @@ impl RecordingSink for RecordingDir {
             o.insert("source".into(), self.ctx.source.into());
             o.insert("agent_id".into(), self.ctx.agent_id.clone().into());
         }
-        let _ = write_small_file(&sidecar, &v);
+        let _ = write_small_file(&sidecar, &v, self.ctx.seal.as_deref());
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
         // The header goes to the kernel at once: a crash a moment later still
         // leaves a valid (empty) WAV.
-        let opened = create_private_file(&part).and_then(|f| {
-            let mut w = WavWriter::new(f, start.sample_rate, 2)?;
-            w.flush()?;
-            Ok(w)
-        });
+        let opened = create_private_file(&part)
+            .and_then(|f| PartWriter::new(f, start.sample_rate, self.ctx.seal.as_deref()));
         let (wav, error) = match opened {
             Ok(w) => (Some(w), None),
             Err(e) => (None, Some(e)),
@@ -474,14 +515,14 @@ pub fn recording_json(
     .to_value()
 }
 
-/// The only writer of `<id>.json` files.
-fn write_json(dir: &Path, doc: &RecordingDoc) -> io::Result<()> {
+/// The only writer of `<id>.json` files (sealed when `seal` is given).
+fn write_json(dir: &Path, doc: &RecordingDoc, seal: Option<&Keyring>) -> io::Result<()> {
     let id = &doc.recording_id;
     let tmp = dir.join(format!(".{id}.json.tmp"));
     let written = (|| {
-        let mut f = create_private_file(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, &doc.to_value())?;
-        f.write_all(b"\n")?;
+        let mut text = serde_json::to_vec_pretty(&doc.to_value())?;
+        text.push(b'\n');
+        let f = write_spool_file(create_private_file(&tmp)?, &text, seal)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, dir.join(format!("{id}.json")))
@@ -502,45 +543,68 @@ pub const WHOLE_TMP: &str = ".wav.folder-tmp";
 
 /// Writes a recording whose audio is all known at once (a folder
 /// conversion) as a pair, the same way the engine's recordings end: the
-/// WAV (`left` on channel 0, `right` on channel 1, the shorter padded with
-/// silence) in a temp file, fsynced, hashed, renamed; then `doc`, its
-/// `audio` and `duration_ms` filled in from what was written, by the one
-/// JSON writer; then the directory fsynced. On an error nothing is left
+/// WAV in a temp file, fsynced, hashed, renamed; then `doc`, its `audio`
+/// and `duration_ms` filled in from what was written, by the one JSON
+/// writer; then the directory fsynced. On an error nothing is left
 /// (neither temp file nor WAV). Returns the pair and the WAV's size.
+///
+/// `channels` holds one slice per WAV channel: two (`[left, right]`, the
+/// shorter padded with silence) for a two-party recording, or one for a
+/// mono mix (CONTRACT §3 `mixed_mono`: a 1-channel WAV, never a mix beside
+/// a silent channel). Anything else is an error.
 pub fn write_whole(
     dir: &Path,
     rate: u32,
-    left: &[i16],
-    right: &[i16],
+    channels: &[&[i16]],
     mut doc: RecordingDoc,
+    seal: Option<&Keyring>,
 ) -> io::Result<(WrittenRecording, u64)> {
+    use pbx_core::audio::wav::canonical_header;
+    let nch = channels.len();
+    if !(1..=2).contains(&nch) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a recording has 1 or 2 channels, not {nch}"),
+        ));
+    }
     create_private_dir(dir)?;
     let id = doc.recording_id.clone();
-    let frames = left.len().max(right.len());
+    let frames = channels.iter().map(|c| c.len()).max().unwrap_or(0);
+    let data_len = u32::try_from(frames * nch * 2)
+        .ok()
+        .filter(|&n| n < u32::MAX - 64)
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "recording too long for a WAV")
+        })?;
     let part = dir.join(format!(".{id}{WHOLE_TMP}"));
     let wav_path = dir.join(format!("{id}.wav"));
     let json_path = dir.join(format!("{id}.json"));
     let wav = (|| -> io::Result<(u64, String)> {
         let f = create_private_file(&part)?;
-        let mut w = WavWriter::new(io::BufWriter::with_capacity(64 * 1024, f), rate, 2)?;
-        let mut buf = Vec::with_capacity(8192);
+        let out = io::BufWriter::with_capacity(64 * 1024, f);
+        // The plaintext (what the JSON's bytes and sha256 describe) through
+        // a hasher, into the file or its sealing writer.
+        let mut w = HashingWriter::new(SpoolWriter::new(out, seal)?);
+        w.write_all(&canonical_header(rate, nch as u16, data_len))?;
+        let mut buf = Vec::with_capacity(16384);
         let mut i = 0;
         while i < frames {
             buf.clear();
             let end = (i + 4096).min(frames);
             for k in i..end {
-                buf.push(left.get(k).copied().unwrap_or(0));
-                buf.push(right.get(k).copied().unwrap_or(0));
+                for c in channels {
+                    buf.extend_from_slice(&c.get(k).copied().unwrap_or(0).to_le_bytes());
+                }
             }
-            w.write_samples(&buf)?;
+            w.write_all(&buf)?;
             i = end;
         }
-        let mut bw = w.finalize()?;
+        let (inner, h) = w.finish();
+        let mut bw = inner.finish()?;
         bw.flush()?;
         let file = bw.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        let h = hash_file(&part)?;
         fs::rename(&part, &wav_path)?;
         Ok(h)
     })();
@@ -552,8 +616,9 @@ pub fn write_whole(
         }
     };
     doc.audio = DocAudio::wav(rate, bytes, sha);
+    doc.audio.channels = nch as u16;
     doc.duration_ms = (frames as u64 * 1000 / u64::from(rate.max(1))) as i64;
-    if let Err(e) = write_json(dir, &doc).and_then(|()| sync_dir(dir)) {
+    if let Err(e) = write_json(dir, &doc, seal).and_then(|()| sync_dir(dir)) {
         let _ = fs::remove_file(&wav_path);
         return Err(e);
     }
@@ -567,6 +632,199 @@ pub fn write_whole(
         },
         bytes,
     ))
+}
+
+/// A finished spool file's writer: the file as it is, or sealed (fixed
+/// chunks) with the current key.
+pub enum SpoolWriter<W: Write> {
+    Plain(W),
+    Sealed(crypt::SealedWriter<W>),
+}
+
+impl<W: Write> SpoolWriter<W> {
+    pub fn new(inner: W, seal: Option<&Keyring>) -> io::Result<Self> {
+        Ok(match seal {
+            Some(k) => SpoolWriter::Sealed(crypt::SealedWriter::new(
+                inner,
+                k.current(),
+                crypt::Layout::Chunks,
+            )?),
+            None => SpoolWriter::Plain(inner),
+        })
+    }
+
+    /// Everything written (the final record sealed); the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            SpoolWriter::Plain(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+            SpoolWriter::Sealed(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for SpoolWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            SpoolWriter::Plain(w) => w.write(b),
+            SpoolWriter::Sealed(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SpoolWriter::Plain(w) => w.flush(),
+            SpoolWriter::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// Counts and hashes (SHA-256) what goes through it.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
+
+    /// The inner writer, and the length and hex SHA-256 of what went through.
+    pub fn finish(self) -> (W, (u64, String)) {
+        (self.inner, (self.n, hex::encode(self.hash.finalize())))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `bytes` as the whole content of the spool file `f`: as they are,
+/// or sealed with the current key. Returns the file (not synced).
+pub(crate) fn write_spool_file(f: File, bytes: &[u8], seal: Option<&Keyring>) -> io::Result<File> {
+    let mut w = SpoolWriter::new(io::BufWriter::new(f), seal)?;
+    w.write_all(bytes)?;
+    w.finish()?.into_inner().map_err(|e| e.into_error())
+}
+
+/// The `.part` WAV of a call in progress.
+enum PartWriter {
+    /// A plain WAV whose header is patched at the end.
+    Plain(WavWriter<File>),
+    /// Sealed record by record (each `flush` one record, one `write()`); its
+    /// header keeps the size placeholder: [`seal_part`] makes the final WAV.
+    Sealed(crypt::SealedWriter<File>),
+}
+
+impl PartWriter {
+    /// Starts the `.part` with its WAV header, on its way to the kernel.
+    fn new(f: File, rate: u32, seal: Option<&Keyring>) -> io::Result<Self> {
+        use pbx_core::audio::wav::{canonical_header, SIZE_PLACEHOLDER};
+        match seal {
+            None => {
+                let mut w = WavWriter::new(f, rate, 2)?;
+                w.flush()?;
+                Ok(PartWriter::Plain(w))
+            }
+            Some(k) => {
+                let mut w = crypt::SealedWriter::new(f, k.current(), crypt::Layout::Records)?;
+                w.write_all(&canonical_header(rate, 2, SIZE_PLACEHOLDER))?;
+                w.flush()?;
+                Ok(PartWriter::Sealed(w))
+            }
+        }
+    }
+
+    fn write_samples(&mut self, frames: &[i16]) -> io::Result<()> {
+        match self {
+            PartWriter::Plain(w) => w.write_samples(frames),
+            PartWriter::Sealed(w) => {
+                let mut b = Vec::with_capacity(frames.len() * 2);
+                for s in frames {
+                    b.extend_from_slice(&s.to_le_bytes());
+                }
+                w.write_all(&b)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PartWriter::Plain(w) => w.flush(),
+            PartWriter::Sealed(w) => w.flush(),
+        }
+    }
+
+    /// A plain `.part` with its header patched; a sealed one flushed.
+    fn finalize_plain(self) -> io::Result<File> {
+        match self {
+            PartWriter::Plain(w) => w.finalize(),
+            PartWriter::Sealed(mut w) => {
+                w.flush()?;
+                w.get_ref().try_clone()
+            }
+        }
+    }
+}
+
+/// Seals the finished WAV of a sealed `.part` (what the crash or the end
+/// left: its authentic records, whole frames only) into `out` with its true
+/// header, fsynced. Returns the plaintext's length and hex SHA-256. An
+/// error (no key for it, no WAV header in it) leaves `part` untouched.
+pub(crate) fn seal_part(part: &Path, out: &Path, keys: &Keyring) -> io::Result<(u64, String)> {
+    use pbx_core::audio::wav::{canonical_header, parse_wav_header};
+    let mut r = open_recording(part, Some(keys), OpenMode::Recover)?;
+    let total = r.len();
+    let mut head = [0u8; 44];
+    if total < 44 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no WAV header reached the disk",
+        ));
+    }
+    r.read_exact(&mut head)?;
+    let info = parse_wav_header(&head)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let frame = u64::from(info.block_align.max(1));
+    let data = (total - 44) / frame * frame;
+    let data32 = u32::try_from(data).map_err(|_| io::Error::other("WAV too long"))?;
+    let f = create_private_file(out)?;
+    let mut w = HashingWriter::new(SpoolWriter::new(
+        io::BufWriter::with_capacity(256 * 1024, f),
+        Some(keys),
+    )?);
+    w.write_all(&canonical_header(info.sample_rate, info.channels, data32))?;
+    io::copy(&mut (&mut r).take(data), &mut w)?;
+    let (inner, h) = w.finish();
+    let file = inner.finish()?.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(h)
+}
+
+/// Length and hex SHA-256 of a spool file's plaintext (decrypted on the fly
+/// when sealed): what its JSON's `bytes` and `sha256` describe.
+pub fn hash_recording(path: &Path, keys: Option<&Keyring>) -> io::Result<(u64, String)> {
+    let r = open_recording(path, keys, OpenMode::Strict)?;
+    let mut w = HashingWriter::new(io::sink());
+    io::copy(&mut io::BufReader::with_capacity(256 * 1024, r), &mut w)?;
+    Ok(w.finish().1)
 }
 
 /// Length and hex SHA-256 of a file.

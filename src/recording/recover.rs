@@ -26,10 +26,11 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
         .collect();
     entries.sort();
     // Calls whose audio began: an answer sidecar of theirs is stale.
+    let keys = ctx.seal.as_deref();
     let began: HashSet<String> = entries
         .iter()
         .filter(|p| sidecar_id(p, START_SUFFIX).is_some())
-        .filter_map(|p| fs::read(p).ok())
+        .filter_map(|p| read_recording(p, keys).ok())
         .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
         .filter_map(|v| v["call_id"].as_str().map(str::to_string))
         .collect();
@@ -44,7 +45,7 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             continue;
         }
         if let Some(id) = sidecar_id(&p, ANSWER_SUFFIX) {
-            let call_id: Option<String> = fs::read(&p)
+            let call_id: Option<String> = read_recording(&p, keys)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 .and_then(|v| v["call_id"].as_str().map(str::to_string));
@@ -83,6 +84,12 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             continue;
         };
         let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
+        if crypt::is_sealed(&p)? {
+            if let Some(id) = recover_sealed_part(dir, &id, ctx, &p, &sidecar)? {
+                recovered.push(id);
+            }
+            continue;
+        }
         let mut f = OpenOptions::new().read(true).write(true).open(&p)?;
         let len = f.metadata()?.len();
         match repair_wav(&mut f, len) {
@@ -97,7 +104,7 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
             Err(_) if sidecar.exists() => {
                 // The call had begun but not even the header reached the
                 // disk (power loss): an empty recording of it.
-                let sj = read_json_file(&sidecar);
+                let sj = read_json_file(&sidecar, keys);
                 let rate = wav_rate(&sj);
                 f.set_len(0)?;
                 f.write_all_at(&canonical_header(rate, 2, 0), 0)?;
@@ -118,6 +125,64 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
     Ok(recovered)
 }
 
+/// A sealed `.<id>.wav.part` (encryption at rest) after a crash: sealed
+/// anew as `<id>.wav` from its authentic records with its true header
+/// ([`seal_part`]), then its JSON. Without a key that opens it, it is left
+/// as it is (reported; a later start with the key completes it).
+fn recover_sealed_part(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    part: &Path,
+    sidecar: &Path,
+) -> io::Result<Option<String>> {
+    let wav = dir.join(format!("{id}.wav"));
+    let json = dir.join(format!("{id}.json"));
+    if wav.is_file() {
+        // The finished WAV was renamed in before the crash: it is complete.
+        fs::remove_file(part)?;
+        if json.exists() {
+            return Ok(None);
+        }
+        complete_json(dir, id, ctx, sidecar, false, "crash", WARN_SAVING)?;
+        return Ok(Some(id.to_string()));
+    }
+    let Some(keys) = ctx.seal.as_deref() else {
+        tracing::error!(%id, "an encrypted recording cut off by a crash needs spool.encryption_key_file: left as it is");
+        return Ok(None);
+    };
+    let tmp = dir.join(format!(".{id}.wav.tmp"));
+    match seal_part(part, &tmp, keys) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let _ = fs::remove_file(&tmp);
+            tracing::error!(%id, "cannot recover: {e}");
+            return Ok(None);
+        }
+        Err(_) if sidecar.exists() => {
+            // Not even the header reached the disk: an empty recording.
+            let _ = fs::remove_file(&tmp);
+            let rate = wav_rate(&read_json_file(sidecar, Some(keys)));
+            let f = write_spool_file(
+                create_private_file(&tmp)?,
+                &pbx_core::audio::wav::canonical_header(rate, 2, 0),
+                Some(keys),
+            )?;
+            f.sync_all()?;
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!(%id, "an encrypted .part without audio or notes removed: {e}");
+            fs::remove_file(part)?;
+            return Ok(None);
+        }
+    }
+    fs::rename(&tmp, &wav)?;
+    fs::remove_file(part)?;
+    complete_json(dir, id, ctx, sidecar, true, "crash", WARN_CUT)?;
+    Ok(Some(id.to_string()))
+}
+
 pub(super) const WARN_CUT: &str = "the daemon stopped while recording this call; the audio that reached the disk was kept; its packet counts were lost";
 pub(super) const WARN_SAVING: &str = "the daemon stopped while saving this recording: the audio is complete; the call's end details and packet counts were lost";
 pub(super) const WARN_NO_AUDIO: &str =
@@ -132,8 +197,8 @@ pub(super) fn header_is_canonical(f: &mut File) -> bool {
     ok && &h[12..16] == b"fmt " && h[16..20] == 16u32.to_le_bytes() && &h[36..40] == b"data"
 }
 
-pub(super) fn read_json_file(p: &Path) -> Value {
-    fs::read(p)
+pub(super) fn read_json_file(p: &Path, keys: Option<&Keyring>) -> Value {
+    read_recording(p, keys)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null)
@@ -163,8 +228,9 @@ pub(super) fn complete_answered(
     let wav = dir.join(format!("{id}.wav"));
     if !wav.exists() {
         let tmp = dir.join(format!(".{id}.wav.tmp"));
-        let mut f = create_private_file(&tmp)?;
-        f.write_all(&canonical_header(wav_rate(&read_json_file(sidecar)), 2, 0))?;
+        let keys = ctx.seal.as_deref();
+        let header = canonical_header(wav_rate(&read_json_file(sidecar, keys)), 2, 0);
+        let f = write_spool_file(create_private_file(&tmp)?, &header, keys)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, &wav)?;
@@ -185,13 +251,15 @@ pub(super) fn complete_json(
 ) -> io::Result<()> {
     use pbx_core::audio::wav::parse_wav_header;
     let wav_path = dir.join(format!("{id}.wav"));
-    let sj = read_json_file(sidecar);
-    let mut head = vec![0u8; 64];
-    let n = File::open(&wav_path)?.read(&mut head)?;
-    head.truncate(n);
+    let keys = ctx.seal.as_deref();
+    let sj = read_json_file(sidecar, keys);
+    let mut head = Vec::with_capacity(64);
+    open_recording(&wav_path, keys, OpenMode::Strict)?
+        .take(64)
+        .read_to_end(&mut head)?;
     let info = parse_wav_header(&head).ok();
     let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
-    let (bytes, sha) = hash_file(&wav_path)?;
+    let (bytes, sha) = hash_recording(&wav_path, keys)?;
     let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
     let frames = bytes.saturating_sub(header) / 4;
     let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
@@ -237,7 +305,7 @@ pub(super) fn complete_json(
         }),
         folder: None,
     };
-    write_json(dir, &doc)?;
+    write_json(dir, &doc, keys)?;
     let _ = fs::remove_file(sidecar);
     sync_dir(dir)
 }

@@ -22,6 +22,7 @@ fn ctx(source: &'static str) -> RecordingContext {
         agent_id: "agent-a".into(),
         source,
         min_duration: Duration::ZERO,
+        seal: None,
     }
 }
 
@@ -374,7 +375,7 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
     doc.call = None;
     let left = vec![100i16; 8000];
     let right = vec![-100i16; 4000];
-    let (w, bytes) = write_whole(d.path(), 8000, &left, &right, doc).unwrap();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&left, &right], doc, None).unwrap();
     assert_eq!(w.duration_ms, 1000);
     assert_eq!(bytes, 44 + 8000 * 4);
     let (len, sha) = hash_file(&w.wav).unwrap();
@@ -398,8 +399,45 @@ fn a_whole_recording_is_written_as_a_pair_through_the_one_json_writer() {
         "folder",
         DocAudio::wav(8000, 0, String::new()),
     );
-    assert!(write_whole(&blocked, 8000, &left, &right, doc).is_err());
+    assert!(write_whole(&blocked, 8000, &[&left, &right], doc, None).is_err());
     assert!(!d.path().join("w2.wav").exists());
+}
+
+/// A mono mix is a 1-channel WAV (CONTRACT §3 `mixed_mono`), its JSON says
+/// `audio.channels: 1`; three channels are refused and leave nothing.
+#[test]
+fn a_whole_mono_recording_is_a_one_channel_wav() {
+    let d = tempfile::tempdir().unwrap();
+    let doc = |id: &str| {
+        let mut doc = RecordingDoc::of_call(
+            &meta_r4(),
+            id,
+            "edge",
+            "folder",
+            DocAudio::wav(8000, 0, String::new()),
+        );
+        doc.call = None;
+        doc
+    };
+    let mono: Vec<i16> = (0..8000).map(|i| (i % 300) as i16 - 150).collect();
+    let (w, bytes) = write_whole(d.path(), 8000, &[&mono], doc("m1"), None).unwrap();
+    assert_eq!(bytes, 44 + 8000 * 2);
+    assert_eq!(w.duration_ms, 1000);
+    let raw = fs::read(&w.wav).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&raw).unwrap();
+    assert_eq!(info.channels, 1);
+    let got: Vec<i16> = raw[info.data_offset as usize..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(got, mono);
+    let j = json_of(d.path(), "m1");
+    assert_eq!(j["audio"]["channels"], 1);
+    assert_eq!(j["audio"]["bytes"], bytes);
+    let e = write_whole(d.path(), 8000, &[&mono, &mono, &mono], doc("m3"), None).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(!d.path().join("m3.wav").exists());
+    assert!(hidden_files(d.path()).is_empty());
 }
 
 #[test]
@@ -464,4 +502,59 @@ fn the_list_of_written_recordings_does_not_grow_without_bound() {
         Some(format!("r{}", n - 1).as_str())
     );
     assert_eq!(rd.written[0].id, "r20");
+}
+
+/// Encryption at rest: an answered call's note is sealed (it names the
+/// parties); after a crash it becomes a sealed empty recording whose JSON
+/// reads with the key, and a `.part` whose final WAV was already renamed in
+/// is simply dropped.
+#[test]
+fn sealed_answered_notes_and_parts_recover_sealed() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[4; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    let id = rd.answered_calls().answered(&answered("a9@src")).unwrap();
+    drop(rd);
+    let note = d.path().join(format!(".{id}{ANSWER_SUFFIX}"));
+    assert!(fs::read(&note).unwrap().starts_with(crypt::MAGIC));
+    // Recovery reads the sealed note with the key: the recording keeps the
+    // call's details.
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec![id.clone()]);
+    for ext in ["wav", "json"] {
+        let b = fs::read(d.path().join(format!("{id}.{ext}"))).unwrap();
+        assert!(b.starts_with(crypt::MAGIC), "{ext}");
+    }
+    let j: Value = serde_json::from_slice(
+        &read_recording(&d.path().join(format!("{id}.json")), Some(&keys)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["call_id"], "a9@src");
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["audio"]["bytes"], 44);
+    let (n, sha) = hash_recording(&d.path().join(format!("{id}.wav")), Some(&keys)).unwrap();
+    assert_eq!(
+        (n, sha.as_str()),
+        (44, j["audio"]["sha256"].as_str().unwrap())
+    );
+
+    // A finished sealed WAV and its leftover .part: the .part goes, the JSON
+    // is made from the start sidecar.
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(3), &start("s3"));
+    rd.audio(CallKey(3), &[5i16; 1600]);
+    drop(rd);
+    let part = d.path().join(".s3.wav.part");
+    let wav = d.path().join("s3.wav");
+    seal_part(&part, &wav, &keys).unwrap();
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec!["s3".to_string()]);
+    assert!(!part.exists());
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("s3.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["audio"]["bytes"], 44 + 3200);
+    assert_eq!(j["truncated"], false);
 }

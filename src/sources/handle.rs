@@ -46,6 +46,7 @@ pub(crate) fn context(cfg: &Config, source: &'static str) -> RecordingContext {
         agent_id: cfg.agent.id.clone(),
         source,
         min_duration: cfg.recording.min_duration,
+        seal: cfg.spool.keys.clone(),
     }
 }
 

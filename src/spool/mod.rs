@@ -3,7 +3,10 @@
 //! In: complete recording pairs in the spool directory (`<id>.wav` +
 //! `<id>.json`, written by [`crate::recording`]: WAV renamed first, JSON last,
 //! so a `<id>.json` means the pair is complete; hidden files are recordings in
-//! progress and are never looked at), and state changes from the delivery task
+//! progress and are never looked at) (the files may be sealed: encryption at rest,
+//! [`crate::recording::crypt`]; the queue reads their plaintext through
+//! [`crate::recording::open_recording`]; `.<id>.flac` is the FLAC kept for
+//! upload, removed with the pair), and state changes from the delivery task
 //! and from `pbx-edge spool retry|purge`. Out: a durable per-recording state,
 //! the work that is due, and figures for metrics and `pbx-edge spool list`.
 //!

@@ -348,10 +348,16 @@ impl Spool {
         Ok(n)
     }
 
-    /// Remove `<id>.json` then `<id>.wav` (missing files are fine), then
+    /// Remove `<id>.json` then `<id>.wav`, then the FLAC kept for upload
+    /// (`.<id>.flac`, and its temp file) (missing files are fine), then
     /// fsync the directory.
     pub(super) fn remove_files(&self, id: &str) -> Result<(), SpoolError> {
-        for p in [self.json_path(id), self.wav_path(id)] {
+        for p in [
+            self.json_path(id),
+            self.wav_path(id),
+            self.dir.join(format!(".{id}.flac")),
+            self.dir.join(format!(".{id}.flac.tmp")),
+        ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -36,10 +36,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::Read;
+
+use crate::recording::{open_recording, Keyring, OpenMode, RecordingReader};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::CloudProtocol;
+use crate::config::{AudioFormat, CloudProtocol};
 use policy::{Action, Answer, Step, Transport};
 
 /// `User-Agent` of every request.
@@ -87,6 +89,8 @@ pub struct CloudSettings {
     pub url: String,
     /// `cloud.protocol`.
     pub protocol: CloudProtocol,
+    /// `cloud.audio_format`: the spooled WAV, or a FLAC encoding of it.
+    pub audio_format: AudioFormat,
     /// `cloud.token_file` (empty: `$CREDENTIALS_DIRECTORY/cloud-token`, if present).
     pub token_file: PathBuf,
     /// `cloud.ca_file`: PEM certificates trusted besides the system roots.
@@ -111,6 +115,7 @@ impl CloudSettings {
         CloudSettings {
             url: url.trim_end_matches('/').to_string(),
             protocol,
+            audio_format: AudioFormat::Wav,
             token_file: PathBuf::new(),
             ca_file: None,
             client_cert: None,
@@ -240,26 +245,31 @@ impl RateLimiter {
 #[error("reading the recording: {0}")]
 pub struct LocalReadError(#[source] pub std::io::Error);
 
-/// Stream `len` bytes of `path` from `offset` in [`PIECE`]s, paced by
-/// `limiter`, adding each piece to `sent`.
+/// Stream `len` bytes of the plaintext of the spool file `path` from
+/// `offset` in [`PIECE`]s, paced by `limiter`, adding each piece to `sent`.
+/// A sealed file (encryption at rest) is decrypted on the fly with `keys`
+/// (reads run on the blocking pool: [`crate::recording::open_recording`]).
 pub(crate) fn file_stream(
     path: PathBuf,
     offset: u64,
     len: u64,
     limiter: Option<Arc<RateLimiter>>,
     sent: Arc<AtomicU64>,
+    keys: Option<Arc<Keyring>>,
 ) -> impl Stream<Item = Result<Bytes, LocalReadError>> + Send + 'static {
     struct St {
-        file: Option<tokio::fs::File>,
+        reader: Option<RecordingReader>,
         path: PathBuf,
+        keys: Option<Arc<Keyring>>,
         offset: u64,
         left: u64,
         limiter: Option<Arc<RateLimiter>>,
         sent: Arc<AtomicU64>,
     }
     let st = St {
-        file: None,
+        reader: None,
         path,
+        keys,
         offset,
         left: len,
         limiter,
@@ -269,41 +279,66 @@ pub(crate) fn file_stream(
         if st.left == 0 {
             return Ok(None);
         }
-        if st.file.is_none() {
-            let mut f = tokio::fs::File::open(&st.path)
-                .await
-                .map_err(LocalReadError)?;
-            f.seek(std::io::SeekFrom::Start(st.offset))
-                .await
-                .map_err(LocalReadError)?;
-            st.file = Some(f);
-        }
         let want = st.left.min(PIECE as u64) as usize;
         if let Some(l) = &st.limiter {
             l.acquire(want as u64).await;
         }
-        let mut buf = vec![0u8; want];
-        let Some(f) = st.file.as_mut() else {
-            return Ok(None);
-        };
-        f.read_exact(&mut buf).await.map_err(LocalReadError)?;
+        let (reader, path, keys, offset) = (
+            st.reader.take(),
+            st.path.clone(),
+            st.keys.clone(),
+            st.offset,
+        );
+        let (reader, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut r = match reader {
+                Some(r) => r,
+                None => open_at(&path, keys.as_deref(), offset)?,
+            };
+            let mut buf = vec![0u8; want];
+            r.read_exact(&mut buf)?;
+            Ok((r, buf))
+        })
+        .await
+        .map_err(|e| LocalReadError(std::io::Error::other(e)))?
+        .map_err(LocalReadError)?;
+        st.reader = Some(reader);
         st.left -= want as u64;
         st.sent.fetch_add(want as u64, Ordering::Relaxed);
         Ok(Some((Bytes::from(buf), st)))
     })
 }
 
+/// A spool file's plaintext reader placed at `offset`.
+pub(crate) fn open_at(
+    path: &Path,
+    keys: Option<&Keyring>,
+    offset: u64,
+) -> std::io::Result<RecordingReader> {
+    use std::io::Seek;
+    let mut r = open_recording(path, keys, OpenMode::Strict)?;
+    r.seek(std::io::SeekFrom::Start(offset))?;
+    Ok(r)
+}
+
 /// A recording to deliver.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// The file uploaded: the spooled WAV, or its FLAC ([`flac_job`]).
     pub wav: PathBuf,
-    /// WAV size in bytes (read when the job starts).
+    /// Its size in bytes (read when the job starts).
     pub size: u64,
-    /// The recording JSON (CONTRACT §3) as it is in the spool.
+    /// `wav` or `flac`: the uploaded file's extension (`<id>.<ext>`).
+    pub ext: &'static str,
+    /// `audio/wav` or `audio/flac`.
+    pub content_type: &'static str,
+    /// The recording JSON (CONTRACT §3) as it is in the spool (for a FLAC
+    /// upload, `audio` describes the FLAC: format, bytes, sha256).
     pub json: serde_json::Value,
     /// tus: the upload URL and offset of an earlier attempt.
     pub resume: Option<(String, u64)>,
+    /// The keys that open the spool's sealed files (encryption at rest).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// Reports from a running upload.
@@ -600,12 +635,15 @@ pub(crate) fn classify_error(e: &reqwest::Error) -> Transport {
     }
 }
 
-/// Read the recording JSON (at most 4 MiB) and the WAV size for a job.
+/// Read the recording JSON (at most 4 MiB) and the WAV size for a job:
+/// their plaintext when they are sealed (decrypted with `keys`; a missing or
+/// wrong key is an error that changes nothing).
 pub async fn load_job(
     id: &str,
     wav: PathBuf,
     json: &Path,
     resume: Option<(String, u64)>,
+    keys: Option<Arc<Keyring>>,
 ) -> std::io::Result<Job> {
     let meta = tokio::fs::metadata(json).await?;
     if meta.len() > 4 << 20 {
@@ -614,7 +652,14 @@ pub async fn load_job(
             "recording JSON larger than 4 MiB",
         ));
     }
-    let text = tokio::fs::read(json).await?;
+    let (json_path, wav_path, k) = (json.to_path_buf(), wav.clone(), keys.clone());
+    let (text, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let text = crate::recording::read_recording(&json_path, k.as_deref())?;
+        let size = open_recording(&wav_path, k.as_deref(), OpenMode::Strict)?.len();
+        Ok((text, size))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     let doc: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !doc.is_object() {
@@ -623,14 +668,92 @@ pub async fn load_job(
             "recording JSON is not an object",
         ));
     }
-    let size = tokio::fs::metadata(&wav).await?.len();
     Ok(Job {
         id: id.to_string(),
         wav,
         size,
+        ext: "wav",
+        content_type: "audio/wav",
         json: doc,
         resume,
+        keys,
     })
+}
+
+/// The FLAC kept beside a spooled WAV for upload: `.<id>.flac` (hidden:
+/// never taken for a recording; removed with the recording's files).
+pub fn flac_path(wav: &Path, id: &str) -> PathBuf {
+    wav.with_file_name(format!(".{id}.flac"))
+}
+
+/// Turns a WAV job into a FLAC one (`cloud.audio_format = "flac"`): the
+/// FLAC kept beside the WAV from an earlier attempt is used, else the WAV
+/// is encoded once (temp file, fsync, rename, directory fsync). The encoding
+/// is deterministic, so a tus upload resumed after the file was lost still
+/// gets the same bytes. The job's JSON `audio` then describes the FLAC
+/// (`format`, `bytes`, `sha256`, CONTRACT §3). Blocking work runs off the
+/// async threads.
+pub async fn flac_job(mut job: Job) -> std::io::Result<Job> {
+    let wav = job.wav.clone();
+    let id = job.id.clone();
+    let keys = job.keys.clone();
+    let (path, info) = tokio::task::spawn_blocking(move || flac_beside(&wav, &id, keys.as_deref()))
+        .await
+        .map_err(std::io::Error::other)??;
+    job.wav = path;
+    job.size = info.0;
+    job.ext = "flac";
+    job.content_type = "audio/flac";
+    if let Some(a) = job.json.get_mut("audio").and_then(|a| a.as_object_mut()) {
+        a.insert("format".into(), "flac".into());
+        a.insert("bytes".into(), info.0.into());
+        a.insert("sha256".into(), info.1.into());
+    }
+    Ok(job)
+}
+
+/// The FLAC of `wav` (encoded now unless kept from before): its path, and
+/// its plaintext's size and hex SHA-256. With `keys` the WAV is read and the
+/// FLAC written sealed, like every spool file.
+fn flac_beside(
+    wav: &Path,
+    id: &str,
+    keys: Option<&Keyring>,
+) -> std::io::Result<(PathBuf, (u64, String))> {
+    use std::io::Write;
+    let path = flac_path(wav, id);
+    if path.is_file() {
+        return Ok((path.clone(), crate::recording::hash_recording(&path, keys)?));
+    }
+    let tmp = wav.with_file_name(format!(".{id}.flac.tmp"));
+    let made = (|| -> std::io::Result<(u64, String)> {
+        let f = crate::recording::create_private_file(&tmp)?;
+        let mut out = crate::recording::SpoolWriter::new(
+            std::io::BufWriter::with_capacity(256 * 1024, f),
+            keys,
+        )?;
+        let info = crate::recording::flac::encode_wav(
+            || {
+                open_recording(wav, keys, OpenMode::Strict)
+                    .map(|r| std::io::BufReader::with_capacity(256 * 1024, r))
+            },
+            &mut out,
+        )?;
+        let mut out = out.finish()?;
+        out.flush()?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent() {
+            crate::recording::sync_dir(dir)?;
+        }
+        Ok((info.bytes, info.sha256))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok((path, made?))
 }
 
 #[cfg(test)]
@@ -740,7 +863,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let sent = Arc::new(AtomicU64::new(0));
-        let parts: Vec<Bytes> = file_stream(p.clone(), 1000, 150_000, None, sent.clone())
+        let parts: Vec<Bytes> = file_stream(p.clone(), 1000, 150_000, None, sent.clone(), None)
             .try_collect()
             .await
             .unwrap();
@@ -749,7 +872,7 @@ mod tests {
         assert_eq!(sent.load(Ordering::Relaxed), 150_000);
         assert!(parts.iter().all(|b| b.len() <= PIECE));
         // Past the end: a local read error, not a panic.
-        let r: Result<Vec<Bytes>, _> = file_stream(p, 199_000, 5000, None, sent)
+        let r: Result<Vec<Bytes>, _> = file_stream(p, 199_000, 5000, None, sent, None)
             .try_collect()
             .await;
         assert!(r.is_err());

@@ -59,10 +59,11 @@ async fn deliver(cloud: &Cloud, job: &Job) -> Outcome {
         job.size,
         cloud.limiter.clone(),
         Arc::clone(&cloud.bytes_sent),
+        job.keys.clone(),
     ));
     let audio = match Part::stream_with_length(body, job.size)
-        .file_name(format!("{}.wav", job.id))
-        .mime_str("audio/wav")
+        .file_name(format!("{}.{}", job.id, job.ext))
+        .mime_str(job.content_type)
     {
         Ok(p) => p,
         Err(e) => return retry(format!("local: {e}")),

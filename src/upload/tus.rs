@@ -22,7 +22,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::policy::{Action, Step};
 use super::{file_stream, BoxFuture, Cloud, HttpResult, Job, Outcome, Progress, Protocol};
@@ -80,20 +79,30 @@ pub(crate) fn upload_metadata(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Base64 SHA-256 of `len` bytes of `path` from `offset` (read in pieces).
-async fn chunk_checksum(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<String> {
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; super::PIECE];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let Some(b) = buf.get_mut(..want) else { break };
-        f.read_exact(b).await?;
-        h.update(&*b);
-        left -= want as u64;
-    }
-    Ok(base64::engine::general_purpose::STANDARD.encode(h.finalize()))
+async fn chunk_checksum(
+    path: &std::path::Path,
+    keys: Option<&Arc<crate::recording::Keyring>>,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<String> {
+    use std::io::Read;
+    let (path, keys) = (path.to_path_buf(), keys.cloned());
+    tokio::task::spawn_blocking(move || {
+        let mut r = super::open_at(&path, keys.as_deref(), offset)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; super::PIECE];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let Some(b) = buf.get_mut(..want) else { break };
+            r.read_exact(b)?;
+            h.update(&*b);
+            left -= want as u64;
+        }
+        Ok(base64::engine::general_purpose::STANDARD.encode(h.finalize()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn parse_offset(r: &HttpResult) -> Option<u64> {
@@ -126,12 +135,12 @@ async fn create(cloud: &Cloud, job: &Job) -> Result<url::Url, Outcome> {
         return Err(retry("cannot build the upload URL"));
     };
     let agent = job.json["agent_id"].as_str().unwrap_or("");
-    let filename = format!("{}.wav", job.id);
+    let filename = format!("{}.{}", job.id, job.ext);
     let meta = upload_metadata(&[
         ("filename", &filename),
         ("recording_id", &job.id),
         ("agent_id", agent),
-        ("content_type", "audio/wav"),
+        ("content_type", job.content_type),
     ]);
     let r = cloud
         .send(
@@ -188,7 +197,7 @@ async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<
         .header("Upload-Offset", offset.to_string())
         .header("Content-Length", len.to_string());
     if cloud.settings.checksum {
-        match chunk_checksum(&job.wav, offset, len).await {
+        match chunk_checksum(&job.wav, job.keys.as_ref(), offset, len).await {
             Ok(sum) => req = req.header("Upload-Checksum", format!("sha256 {sum}")),
             Err(e) => {
                 return Err(fail(Action::Retry {
@@ -204,6 +213,7 @@ async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<
         len,
         cloud.limiter.clone(),
         Arc::clone(&cloud.bytes_sent),
+        job.keys.clone(),
     ));
     // Time for the body at no less than 16 KiB/s (or the bandwidth limit).
     let floor = match cloud.limiter.as_ref().map(|l| l.rate()) {
@@ -334,9 +344,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x");
         std::fs::write(&p, b"0123456789").unwrap();
-        let got = chunk_checksum(&p, 2, 3).await.unwrap();
+        let got = chunk_checksum(&p, None, 2, 3).await.unwrap();
         let want = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"234"));
         assert_eq!(got, want);
-        assert!(chunk_checksum(&p, 8, 5).await.is_err());
+        assert!(chunk_checksum(&p, None, 8, 5).await.is_err());
     }
 }

@@ -115,6 +115,10 @@ pub struct StoredCall {
     pub protocol: &'static str,
     /// The audio as received (kept in the receiver's store).
     pub audio: PathBuf,
+    /// The audio's content type and file name (tus: `Upload-Metadata`
+    /// `content_type` and `filename`; multipart: the `audio` part's).
+    pub content_type: String,
+    pub filename: String,
 }
 
 /// Everything the receiver saw.
@@ -684,61 +688,76 @@ async fn post_call(
         return Ok(answer(400, "Idempotency-Key required"));
     };
     let ctype = header(&req, "content-type").unwrap_or("").to_string();
-    let (json, bytes, sha, protocol, received) = if ctype.starts_with("application/json") {
-        let mut buf = Vec::new();
-        read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await?;
-        let json: serde_json::Value = match serde_json::from_slice(&buf) {
-            Ok(v) => v,
-            Err(e) => return Ok(answer(400, &format!("bad JSON: {e}"))),
-        };
-        let Some(upload) = json["upload"].as_str() else {
-            return Ok(answer(422, "no upload in the call"));
-        };
-        let uid = upload.rsplit('/').next().unwrap_or("").to_string();
-        let path = {
-            let st = ctx.state.lock().unwrap();
-            match st.uploads.get(&uid) {
-                Some(u) if u.offset == u.length => u.path.clone(),
-                Some(_) => return Ok(answer(422, "upload incomplete")),
-                None => return Ok(answer(422, "unknown upload")),
-            }
-        };
-        let (n, sha) = file_sha(&path)?;
-        (json, n, sha, "tus", Received::Upload(path))
-    } else if ctype.starts_with("multipart/form-data") {
-        let boundary = multer::parse_boundary(&ctype)?;
-        let stream = body_stream(req.into_body(), reset_after);
-        let mut mp = multer::Multipart::new(stream, boundary);
-        let mut json = None;
-        let mut audio = None;
-        let tmp = tempfile::NamedTempFile::new_in(&ctx.store)?;
-        while let Some(mut field) = mp.next_field().await? {
-            match field.name() {
-                Some("metadata") => {
-                    let b = field.bytes().await?;
-                    json = serde_json::from_slice::<serde_json::Value>(&b).ok();
+    let (json, bytes, sha, protocol, received, audio_type) =
+        if ctype.starts_with("application/json") {
+            let mut buf = Vec::new();
+            read_body(req.into_body(), reset_after, |d| buf.extend_from_slice(d)).await?;
+            let json: serde_json::Value = match serde_json::from_slice(&buf) {
+                Ok(v) => v,
+                Err(e) => return Ok(answer(400, &format!("bad JSON: {e}"))),
+            };
+            let Some(upload) = json["upload"].as_str() else {
+                return Ok(answer(422, "no upload in the call"));
+            };
+            let uid = upload.rsplit('/').next().unwrap_or("").to_string();
+            let (path, audio_type) = {
+                let st = ctx.state.lock().unwrap();
+                match st.uploads.get(&uid) {
+                    Some(u) if u.offset == u.length => (
+                        u.path.clone(),
+                        (
+                            u.metadata.get("content_type").cloned().unwrap_or_default(),
+                            u.metadata.get("filename").cloned().unwrap_or_default(),
+                        ),
+                    ),
+                    Some(_) => return Ok(answer(422, "upload incomplete")),
+                    None => return Ok(answer(422, "unknown upload")),
                 }
-                Some("audio") => {
-                    let mut h = Sha256::new();
-                    let mut n = 0u64;
-                    let mut f = tmp.as_file();
-                    while let Some(c) = field.chunk().await? {
-                        h.update(&c);
-                        f.write_all(&c)?;
-                        n += c.len() as u64;
+            };
+            let (n, sha) = file_sha(&path)?;
+            (json, n, sha, "tus", Received::Upload(path), audio_type)
+        } else if ctype.starts_with("multipart/form-data") {
+            let boundary = multer::parse_boundary(&ctype)?;
+            let stream = body_stream(req.into_body(), reset_after);
+            let mut mp = multer::Multipart::new(stream, boundary);
+            let mut json = None;
+            let mut audio = None;
+            let mut audio_type = (String::new(), String::new());
+            let tmp = tempfile::NamedTempFile::new_in(&ctx.store)?;
+            while let Some(mut field) = mp.next_field().await? {
+                match field.name() {
+                    Some("metadata") => {
+                        let b = field.bytes().await?;
+                        json = serde_json::from_slice::<serde_json::Value>(&b).ok();
                     }
-                    audio = Some((n, hex::encode(h.finalize())));
+                    Some("audio") => {
+                        audio_type = (
+                            field
+                                .content_type()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                            field.file_name().unwrap_or("").to_string(),
+                        );
+                        let mut h = Sha256::new();
+                        let mut n = 0u64;
+                        let mut f = tmp.as_file();
+                        while let Some(c) = field.chunk().await? {
+                            h.update(&c);
+                            f.write_all(&c)?;
+                            n += c.len() as u64;
+                        }
+                        audio = Some((n, hex::encode(h.finalize())));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        let (Some(json), Some((n, sha))) = (json, audio) else {
-            return Ok(answer(400, "parts metadata and audio required"));
+            let (Some(json), Some((n, sha))) = (json, audio) else {
+                return Ok(answer(400, "parts metadata and audio required"));
+            };
+            (json, n, sha, "multipart", Received::Part(tmp), audio_type)
+        } else {
+            return Ok(answer(415, "unsupported content type"));
         };
-        (json, n, sha, "multipart", Received::Part(tmp))
-    } else {
-        return Ok(answer(415, "unsupported content type"));
-    };
     let rid = json["recording_id"].as_str().unwrap_or("").to_string();
     if json["audio"]["sha256"].as_str() != Some(sha.as_str())
         || json["audio"]["bytes"].as_u64() != Some(bytes)
@@ -773,6 +792,8 @@ async fn post_call(
             posts: 1,
             protocol,
             audio,
+            content_type: audio_type.0,
+            filename: audio_type.1,
         },
     );
     Ok(answer(201, "{\"status\":\"created\"}"))

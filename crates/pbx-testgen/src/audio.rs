@@ -120,6 +120,29 @@ pub fn read_stereo_wav(path: &Path) -> std::io::Result<(u32, [Vec<i16>; 2])> {
     Ok((info.sample_rate, [l, r]))
 }
 
+/// A one-channel WAV (16-bit PCM) as (rate, samples); an error for any other
+/// channel count.
+pub fn read_mono_wav(path: &Path) -> std::io::Result<(u32, Vec<i16>)> {
+    let bytes = std::fs::read(path)?;
+    let info = pbx_core::audio::wav::parse_wav_header(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    if info.channels != 1 || info.bits_per_sample != 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not 16-bit mono: {} channels", info.channels),
+        ));
+    }
+    let start = info.data_offset as usize;
+    let end = (start + info.data_len as usize).min(bytes.len());
+    Ok((
+        info.sample_rate,
+        bytes[start..end]
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+    ))
+}
+
 /// Normalised cross-correlation of `a` against `b` shifted by `lag` samples
 /// (positive lag: `a` is late).
 pub fn correlation_at(a: &[i16], b: &[i16], lag: i64) -> f64 {

@@ -98,9 +98,11 @@ pub(crate) fn convert(
             left = resample(channel(&p, 0), p.rate, r, path)?;
             right = resample(channel(&p, 1), p.rate, r, path)?;
         } else {
+            // Honest mono (CONTRACT §3): a 1-channel WAV, not a mix beside
+            // a silent channel an analysis would read as a silent callee.
             mixed_mono = true;
             warnings.push(
-                "mono mix: both parties are on channel 0, channel 1 is silent; \
+                "mono mix: both parties are on the one channel of a 1-channel WAV; \
                  record split legs (MixMonitor r()/t()) or stereo for a two-channel analysis"
                     .into(),
             );
@@ -186,7 +188,11 @@ pub(crate) fn convert(
         duration_ms,
         // Filled in by `write_whole` from the WAV it writes.
         audio: DocAudio::wav(rate, 0, String::new()),
-        channels: DocChannels::summary(codecs),
+        channels: if mixed_mono {
+            DocChannels::mixed(codecs[0])
+        } else {
+            DocChannels::summary(codecs)
+        },
         dtmf: Vec::new(),
         truncated: false,
         warnings: warnings.clone(),
@@ -200,11 +206,17 @@ pub(crate) fn convert(
             source_files: sources,
         }),
     };
-    let (written, bytes) = crate::recording::write_whole(out_dir, rate, &left, &right, doc)
-        .map_err(|source| FolderError::Write {
-            id: id.clone(),
-            source,
-        })?;
+    let channels: &[&[i16]] = if mixed_mono {
+        &[&left]
+    } else {
+        &[&left, &right]
+    };
+    let (written, bytes) =
+        crate::recording::write_whole(out_dir, rate, channels, doc, settings.keys.as_deref())
+            .map_err(|source| FolderError::Write {
+                id: id.clone(),
+                source,
+            })?;
     Ok(Converted {
         id,
         wav: written.wav,

@@ -20,8 +20,9 @@
 //!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
 //!   [`LEG_SUFFIXES`]) are merged aligned at their start,
 //!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
-//!   Stereo files are taken as they are; a mono mix goes on channel 0 with
-//!   silence on channel 1, `"mixed_mono": true` and a warning.
+//!   Stereo files are taken as they are; a mono mix becomes a 1-channel WAV
+//!   (`"mixed_mono": true`, `audio.channels: 1`, one `channels` entry with
+//!   party `mixed`) and a warning: never a mix beside a silent channel.
 //! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
 //!   never finalised is read to the end of the file, with a warning),
 //!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
@@ -178,6 +179,9 @@ fn fmt_err(path: &Path, why: impl Into<String>) -> FolderError {
 /// until the config grows these keys).
 #[derive(Debug, Clone)]
 pub struct FolderSettings {
+    /// Encryption at rest: the spool's keys (`spool.encryption_key_file`);
+    /// converted recordings are sealed with the current one.
+    pub keys: Option<std::sync::Arc<crate::recording::Keyring>>,
     /// The PBX's time zone (file names, CDR times).
     pub timezone: PbxTimeZone,
     /// Master.csv column order.
@@ -285,6 +289,7 @@ pub fn parse_name(stem: &str, patterns: &[NamePattern]) -> Option<FreePbxName> {
 impl Default for FolderSettings {
     fn default() -> Self {
         FolderSettings {
+            keys: None,
             timezone: PbxTimeZone::Fixed(0),
             csv_columns: CsvColumns::default(),
             direction: DirectionRules::default(),
@@ -314,6 +319,7 @@ impl FolderSettings {
             name_patterns.push(NamePattern::new(p).map_err(|e| e.to_string())?);
         }
         Ok(FolderSettings {
+            keys: None,
             timezone: f.utc_offset.map_or(PbxTimeZone::Local, PbxTimeZone::Fixed),
             csv_columns: f.cdr_csv_columns.clone(),
             direction: DirectionRules {

@@ -572,8 +572,9 @@ impl crate::sources::handle::SourceHandle for FolderHandle {
 /// Starts the folder source (`[sources.folder]`) in its own thread, writing
 /// into `cfg.spool.dir`; beats `"folder"` on `live` each pass.
 pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Result<FolderHandle> {
-    let settings = FolderSettings::from_config(&cfg.sources.folder)
+    let mut settings = FolderSettings::from_config(&cfg.sources.folder)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    settings.keys = cfg.spool.keys.clone();
     start_with(cfg, settings, status, live)
 }
 

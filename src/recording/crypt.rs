@@ -1,0 +1,835 @@
+//! Encryption at rest (`spool.encryption_key_file`, CONTRACT §6): the file
+//! format of every encrypted spool file, its writer and its reader.
+//!
+//! In: plaintext bytes (a WAV, a JSON document) and a [`Keyring`]. Out: a
+//! sealed file; and back, a reader of the plaintext ([`open_recording`]).
+//!
+//! # File format (version 1)
+//! A 40-byte header, then records:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | magic `PBXENC` `\0` `\x01` (the last byte is the version) |
+//! | 8..16 | key id: the first 8 bytes of SHA-256("pbx-edge spool key id" ‖ key) |
+//! | 16..35 | nonce prefix: 19 random bytes, new for every file |
+//! | 35 | layout: 0 = records of any size (a file being written), 1 = fixed chunks |
+//! | 36..40 | chunk: plaintext bytes per record (u32 LE; layout 1: every record but the last holds exactly this many) |
+//!
+//! Each record: its ciphertext length `n` (u32 LE, plaintext + 16), then the
+//! ciphertext and Poly1305 tag of XChaCha20-Poly1305 with key = the key,
+//! nonce = prefix ‖ record number (u32 BE) ‖ last (1 byte: 1 on the final
+//! record, else 0), associated data = the 40-byte header. This is the STREAM
+//! construction (Hoang, Reyhanitabar, Rogaway, Vizár 2015): records cannot
+//! be reordered, dropped, moved to another file or cut off at the end
+//! without the reader noticing; the header cannot be changed.
+//!
+//! # Promises
+//! - A file being written (`.part`, layout 0) is sealed record by record:
+//!   every [`SealedWriter::flush`] seals what was written since the last one
+//!   and hands it to the kernel in one `write()`, so a crash of the process
+//!   loses only what was not flushed; a record torn by the crash (or power
+//!   loss) is the only thing [`OpenMode::Recover`] drops.
+//! - A finished file (layout 1, [`SealedWriter::finish`]) ends in a record
+//!   marked last: a file cut short is an error in [`OpenMode::Strict`], never
+//!   silently shorter audio. Its records are found by arithmetic, so reading
+//!   from any plaintext offset (a tus resume) costs one record.
+//! - Keys: the current key seals new files; a file sealed with any key of
+//!   the ring (current or old) opens. A file whose key is not in the ring, or
+//!   a wrong key, is a clear error naming the key id, and nothing is changed.
+//! - Files without the magic are plaintext and open as they are (recordings
+//!   spooled before encryption was turned on).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// The first bytes of every encrypted file.
+pub const MAGIC: &[u8; 8] = b"PBXENC\x00\x01";
+/// Header length.
+pub const HEADER_LEN: usize = 40;
+/// Plaintext bytes per record of a finished file.
+pub const CHUNK: usize = 64 * 1024;
+/// Largest record a reader accepts (plaintext bytes).
+pub const MAX_RECORD: usize = 1 << 20;
+const TAG: usize = 16;
+/// The systemd credential looked up when `encryption_key_file` is empty.
+pub const CREDENTIAL_NAME: &str = "spool-key";
+
+/// One 32-byte key and its id.
+#[derive(Clone)]
+pub struct SpoolKey {
+    id: [u8; 8],
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SpoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpoolKey({})", hex::encode(self.id))
+    }
+}
+
+impl SpoolKey {
+    pub fn new(bytes: &[u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"pbx-edge spool key id");
+        h.update(bytes);
+        let d = h.finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&d[..8]);
+        SpoolKey {
+            id,
+            cipher: XChaCha20Poly1305::new(&(*bytes).into()),
+        }
+    }
+
+    /// The key id as hex (shown in errors, never the key).
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    /// Reads a key file: 32 raw bytes, or 64 hex digits (surrounding
+    /// whitespace ignored). The error names the file, never its content.
+    pub fn from_file(path: &Path) -> io::Result<Self> {
+        let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read key file {}: {e}", path.display()),
+            )
+        })?);
+        let key = parse_key(&raw).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "key file {} holds {} bytes: a key is 32 raw bytes or 64 hex digits",
+                    path.display(),
+                    raw.len()
+                ),
+            )
+        })?;
+        Ok(SpoolKey::new(&key))
+    }
+}
+
+fn parse_key(raw: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    if raw.len() == 32 {
+        k.copy_from_slice(raw);
+        return Some(k);
+    }
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    if text.len() == 64 && hex::decode_to_slice(text, &mut k[..]).is_ok() {
+        return Some(k);
+    }
+    None
+}
+
+/// The keys of a spool: the one that seals new files and the old ones that
+/// still open files sealed with them (rotation).
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    current: SpoolKey,
+    old: Vec<SpoolKey>,
+}
+
+/// Two keyrings are the same when they hold the same key ids.
+impl PartialEq for Keyring {
+    fn eq(&self, o: &Self) -> bool {
+        self.current.id == o.current.id
+            && self.old.len() == o.old.len()
+            && self.old.iter().zip(&o.old).all(|(a, b)| a.id == b.id)
+    }
+}
+
+impl Eq for Keyring {}
+
+impl Keyring {
+    pub fn new(current: SpoolKey, old: Vec<SpoolKey>) -> Self {
+        Keyring { current, old }
+    }
+
+    /// `key_file` (empty: the systemd credential [`CREDENTIAL_NAME`] in
+    /// `credentials_dir`, if there is one) and the old key files. `None`:
+    /// encryption is off.
+    pub fn load(
+        key_file: &Path,
+        old_files: &[PathBuf],
+        credentials_dir: Option<&Path>,
+    ) -> io::Result<Option<Arc<Keyring>>> {
+        let path = if key_file.as_os_str().is_empty() {
+            match credentials_dir.map(|d| d.join(CREDENTIAL_NAME)) {
+                Some(p) if p.is_file() => p,
+                _ => {
+                    if !old_files.is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "spool.old_key_files is set but spool.encryption_key_file is not",
+                        ));
+                    }
+                    return Ok(None);
+                }
+            }
+        } else {
+            key_file.to_path_buf()
+        };
+        let current = SpoolKey::from_file(&path)?;
+        let old = old_files
+            .iter()
+            .map(|p| SpoolKey::from_file(p))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Some(Arc::new(Keyring::new(current, old))))
+    }
+
+    pub fn current(&self) -> &SpoolKey {
+        &self.current
+    }
+
+    fn find(&self, id: &[u8]) -> Option<&SpoolKey> {
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == id)
+    }
+}
+
+fn nonce(prefix: &[u8], counter: u32, last: bool) -> XNonce {
+    let mut n = [0u8; 24];
+    n[..19].copy_from_slice(prefix);
+    n[19..23].copy_from_slice(&counter.to_be_bytes());
+    n[23] = u8::from(last);
+    n.into()
+}
+
+/// How a sealed file is laid out (header byte 35).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Records of any size: a file written while a call runs.
+    Records,
+    /// Records of exactly [`CHUNK`] plaintext bytes but the last.
+    Chunks,
+}
+
+/// Writes a sealed file (see the module doc).
+pub struct SealedWriter<W: Write> {
+    inner: W,
+    key: SpoolKey,
+    header: [u8; HEADER_LEN],
+    layout: Layout,
+    counter: u32,
+    header_out: bool,
+    buf: Zeroizing<Vec<u8>>,
+    out: Vec<u8>,
+}
+
+impl<W: Write> SealedWriter<W> {
+    /// Starts a sealed file in `inner` with a fresh nonce prefix; the header
+    /// is written with the first record (or by [`Self::finish`]).
+    pub fn new(inner: W, key: &SpoolKey, layout: Layout) -> io::Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..16].copy_from_slice(&key.id);
+        getrandom::fill(&mut header[16..35]).map_err(|e| io::Error::other(e.to_string()))?;
+        header[35] = match layout {
+            Layout::Records => 0,
+            Layout::Chunks => 1,
+        };
+        header[36..40].copy_from_slice(&(CHUNK as u32).to_le_bytes());
+        Ok(SealedWriter {
+            inner,
+            key: key.clone(),
+            header,
+            layout,
+            counter: 0,
+            header_out: false,
+            buf: Zeroizing::new(Vec::with_capacity(CHUNK)),
+            out: Vec::with_capacity(HEADER_LEN + CHUNK + 4 + TAG),
+        })
+    }
+
+    /// Seals `n` buffered bytes as the next record into `out`.
+    fn seal(&mut self, n: usize, last: bool) -> io::Result<()> {
+        self.put_header();
+        let nonce = nonce(&self.header[16..35], self.counter, last);
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("sealed file: too many records"))?;
+        let start = self.out.len();
+        self.out
+            .extend_from_slice(&((n + TAG) as u32).to_le_bytes());
+        self.out.extend_from_slice(&self.buf[..n]);
+        let tag = self
+            .key
+            .cipher
+            .encrypt_inout_detached(&nonce, &self.header, (&mut self.out[start + 4..]).into())
+            .map_err(|_| io::Error::other("sealing failed"))?;
+        self.out.extend_from_slice(&tag);
+        self.buf.drain(..n);
+        Ok(())
+    }
+
+    fn put_header(&mut self) {
+        if !self.header_out {
+            self.out.extend_from_slice(&self.header);
+            self.header_out = true;
+        }
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.inner.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Seals what is left as the final record, writes it; returns the inner
+    /// writer (not flushed or synced).
+    pub fn finish(mut self) -> io::Result<W> {
+        while self.layout == Layout::Chunks && self.buf.len() > CHUNK {
+            self.seal(CHUNK, false)?;
+        }
+        let n = self.buf.len();
+        self.seal(n, true)?;
+        self.write_out()?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: Write> Write for SealedWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        let full = match self.layout {
+            Layout::Chunks => CHUNK,
+            Layout::Records => MAX_RECORD,
+        };
+        // Keep one full chunk back: `finish` must have something to mark last.
+        while self.buf.len() > full {
+            self.seal(full, false)?;
+        }
+        if self.out.len() >= CHUNK {
+            self.write_out()?;
+        }
+        Ok(data.len())
+    }
+
+    /// Layout `Records`: seals what was written since the last flush as one
+    /// record and hands it to the kernel in one `write()`. Layout `Chunks`:
+    /// writes out the chunks sealed so far (a partial chunk waits).
+    fn flush(&mut self) -> io::Result<()> {
+        if self.layout == Layout::Records && !self.buf.is_empty() {
+            let n = self.buf.len();
+            self.seal(n, false)?;
+        }
+        // The header on disk at once: the file says what it is.
+        self.put_header();
+        self.write_out()?;
+        self.inner.flush()
+    }
+}
+
+/// How strictly [`SealedReader`] takes a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// A finished file: every record authentic, the last one marked last.
+    Strict,
+    /// A `.part` left by a crash: the authentic records up to the first
+    /// torn or inauthentic one; no final record needed.
+    Recover,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    /// Plaintext offset of its first byte.
+    plain: u64,
+    /// File offset of its length field.
+    at: u64,
+    len: u32,
+    last: bool,
+}
+
+/// Reads the plaintext of a sealed file, from any offset.
+pub struct SealedReader {
+    file: File,
+    key: SpoolKey,
+    header: [u8; HEADER_LEN],
+    recs: Vec<Rec>,
+    len: u64,
+    pos: u64,
+    /// The decrypted record in hand: (index, plaintext).
+    cur: Option<(usize, Zeroizing<Vec<u8>>)>,
+    /// Records checked authentic (Recover mode checks all at open).
+    complete: bool,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+impl SealedReader {
+    /// Opens a sealed file whose header is `header` (already read).
+    fn open(file: File, keys: &Keyring, mode: OpenMode) -> io::Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|_| bad("encrypted file: header cut short"))?;
+        if &header[..8] != MAGIC {
+            return Err(bad("not an encrypted pbx-edge file"));
+        }
+        let key = keys.find(&header[8..16]).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "encrypted with key id {}, which is not configured \
+                     (spool.encryption_key_file or spool.old_key_files); nothing was changed",
+                    hex::encode(&header[8..16])
+                ),
+            )
+        })?;
+        let chunk = u32::from_le_bytes([header[36], header[37], header[38], header[39]]) as usize;
+        if header[35] > 1 || chunk == 0 || chunk > MAX_RECORD {
+            return Err(bad("encrypted file: unknown layout"));
+        }
+        let flen = file.metadata()?.len();
+        // The record index, from the length fields.
+        let mut recs = Vec::new();
+        let mut at = HEADER_LEN as u64;
+        let mut plain = 0u64;
+        let mut lenb = [0u8; 4];
+        while at < flen {
+            if flen - at < 4 || file.read_exact_at(&mut lenb, at).is_err() {
+                if mode == OpenMode::Recover {
+                    break;
+                }
+                return Err(bad("encrypted file: cut inside a record"));
+            }
+            let n = u32::from_le_bytes(lenb);
+            let plen = (n as usize).checked_sub(TAG);
+            let fits = at + 4 + u64::from(n) <= flen;
+            match plen {
+                Some(p) if p <= MAX_RECORD && fits => {}
+                _ if mode == OpenMode::Recover => break,
+                _ => return Err(bad("encrypted file: a record is cut or malformed")),
+            }
+            let p = plen.unwrap_or(0) as u64;
+            recs.push(Rec {
+                plain,
+                at,
+                len: n,
+                last: false,
+            });
+            plain += p;
+            at += 4 + u64::from(n);
+        }
+        let mut r = SealedReader {
+            file,
+            key,
+            header,
+            recs,
+            len: plain,
+            pos: 0,
+            cur: None,
+            complete: false,
+        };
+        match mode {
+            OpenMode::Strict => {
+                // The last record must be authentic and marked last; the
+                // others are checked as they are read.
+                let Some(i) = r.recs.len().checked_sub(1) else {
+                    return Err(bad("encrypted file: no records (cut short)"));
+                };
+                r.recs[i].last = true;
+                r.decrypt(i).map_err(|e| {
+                    if e.kind() == io::ErrorKind::PermissionDenied {
+                        e
+                    } else {
+                        bad("encrypted file: cut short or damaged at its end")
+                    }
+                })?;
+                if let Some(x) = r
+                    .recs
+                    .iter()
+                    .take(i)
+                    .find(|x| x.len as usize != CHUNK + TAG)
+                {
+                    if header[35] == 1 {
+                        return Err(bad(format!(
+                            "encrypted file: record at {} is not a full chunk",
+                            x.at
+                        )));
+                    }
+                }
+            }
+            OpenMode::Recover => {
+                // Keep the authentic prefix.
+                let mut keep = 0;
+                for i in 0..r.recs.len() {
+                    if r.decrypt(i).is_ok() {
+                        keep = i + 1;
+                        continue;
+                    }
+                    // A finished file opened for recovery: its last record.
+                    r.recs[i].last = true;
+                    if r.decrypt(i).is_ok() {
+                        keep = i + 1;
+                    }
+                    break;
+                }
+                r.recs.truncate(keep);
+                r.len = r
+                    .recs
+                    .last()
+                    .map_or(0, |x| x.plain + u64::from(x.len) - TAG as u64);
+                r.cur = None;
+                r.complete = true;
+            }
+        }
+        Ok(r)
+    }
+
+    /// The plaintext length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn decrypt(&mut self, i: usize) -> io::Result<()> {
+        if matches!(&self.cur, Some((j, _)) if *j == i) {
+            return Ok(());
+        }
+        let rec = self.recs[i];
+        let mut buf = Zeroizing::new(vec![0u8; rec.len as usize]);
+        self.file.read_exact_at(&mut buf, rec.at + 4)?;
+        let plen = rec.len as usize - TAG;
+        let tag: [u8; TAG] = buf[plen..]
+            .try_into()
+            .map_err(|_| bad("encrypted file: bad record"))?;
+        let nonce = nonce(&self.header[16..35], i as u32, rec.last);
+        self.key
+            .cipher
+            .decrypt_inout_detached(&nonce, &self.header, (&mut buf[..plen]).into(), &tag.into())
+            .map_err(|_| {
+                if i == 0 && !self.complete {
+                    // The first record does not open: the key with this id
+                    // is not the key (a damaged header or first record).
+                    bad(format!(
+                        "encrypted file does not authenticate with key id {} (damaged, or a different key)",
+                        self.key.id_hex()
+                    ))
+                } else {
+                    bad(format!("encrypted file: record {i} does not authenticate"))
+                }
+            })?;
+        buf.truncate(plen);
+        self.cur = Some((i, buf));
+        Ok(())
+    }
+}
+
+impl Read for SealedReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.len || out.is_empty() {
+            return Ok(0);
+        }
+        // The last record starting at or before `pos`: records are
+        // contiguous, so it holds `pos` (an empty one never does: the one
+        // after it starts at the same offset).
+        let pos = self.pos;
+        let Some(i) = self.recs.partition_point(|r| r.plain <= pos).checked_sub(1) else {
+            return Err(bad("encrypted file: no record at this offset"));
+        };
+        self.decrypt(i)?;
+        let Some((_, plain)) = &self.cur else {
+            return Ok(0);
+        };
+        let off = (self.pos - self.recs[i].plain) as usize;
+        if off >= plain.len() {
+            return Err(bad("encrypted file: record index out of step"));
+        }
+        let n = (plain.len() - off).min(out.len());
+        out[..n].copy_from_slice(&plain[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SealedReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before 0"))?;
+        Ok(self.pos)
+    }
+}
+
+/// A recording file opened for reading, encrypted or not.
+pub enum RecordingReader {
+    Plain(File, u64),
+    Sealed(Box<SealedReader>),
+}
+
+impl RecordingReader {
+    /// The plaintext length.
+    pub fn len(&self) -> u64 {
+        match self {
+            RecordingReader::Plain(_, n) => *n,
+            RecordingReader::Sealed(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, RecordingReader::Sealed(_))
+    }
+}
+
+impl Read for RecordingReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            RecordingReader::Plain(f, _) => f.read(out),
+            RecordingReader::Sealed(r) => r.read(out),
+        }
+    }
+}
+
+impl Seek for RecordingReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        match self {
+            RecordingReader::Plain(f, _) => f.seek(to),
+            RecordingReader::Sealed(r) => r.seek(to),
+        }
+    }
+}
+
+/// Whether the file at `path` is sealed (starts with [`MAGIC`]).
+pub fn is_sealed(path: &Path) -> io::Result<bool> {
+    let f = File::open(path)?;
+    let mut m = [0u8; 8];
+    Ok(f.read_exact_at(&mut m, 0).is_ok() && &m == MAGIC)
+}
+
+/// THE way to read a spooled recording file (`<id>.wav`, `<id>.json`, a
+/// `.part` of a call in progress, a sidecar, the upload FLAC), whether it is
+/// encrypted or not: a sealed file is decrypted on the fly with `keys`
+/// (an error if there are none, or none fits: the file is not touched), a
+/// plain file is read as it is. `mode`: [`OpenMode::Strict`] for finished
+/// files; [`OpenMode::Recover`] for a `.part` still being written or cut off
+/// by a crash (its authentic records so far).
+pub fn open_recording(
+    path: &Path,
+    keys: Option<&Keyring>,
+    mode: OpenMode,
+) -> io::Result<RecordingReader> {
+    let f = File::open(path)?;
+    let mut m = [0u8; 8];
+    if f.read_exact_at(&mut m, 0).is_ok() && &m == MAGIC {
+        let Some(keys) = keys else {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is encrypted and no key is configured (spool.encryption_key_file)",
+                    path.display()
+                ),
+            ));
+        };
+        return SealedReader::open(f, keys, mode)
+            .map(|r| RecordingReader::Sealed(Box::new(r)))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+    }
+    let n = f.metadata()?.len();
+    Ok(RecordingReader::Plain(f, n))
+}
+
+/// The whole plaintext of a (small) recording file, e.g. a JSON document.
+pub fn read_recording(path: &Path, keys: Option<&Keyring>) -> io::Result<Vec<u8>> {
+    let mut r = open_recording(path, keys, OpenMode::Strict)?;
+    let mut v = Vec::with_capacity(r.len().min(1 << 20) as usize);
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(b: u8) -> Keyring {
+        Keyring::new(SpoolKey::new(&[b; 32]), Vec::new())
+    }
+
+    fn seal(keys: &Keyring, layout: Layout, parts: &[&[u8]], finish: bool) -> Vec<u8> {
+        let mut w = SealedWriter::new(Vec::new(), keys.current(), layout).unwrap();
+        for p in parts {
+            w.write_all(p).unwrap();
+            w.flush().unwrap();
+        }
+        if finish {
+            w.finish().unwrap()
+        } else {
+            w.get_ref().clone()
+        }
+    }
+
+    fn open_bytes(bytes: &[u8], keys: Option<&Keyring>, mode: OpenMode) -> io::Result<Vec<u8>> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, bytes).unwrap();
+        let mut r = open_recording(&p, keys, mode)?;
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        assert_eq!(v.len() as u64, r.len());
+        Ok(v)
+    }
+
+    #[test]
+    fn round_trip_both_layouts_and_seek_anywhere() {
+        let k = ring(7);
+        let data: Vec<u8> = (0..(3 * CHUNK + 123))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        for layout in [Layout::Chunks, Layout::Records] {
+            let sealed = seal(&k, layout, &[&data[..1000], &data[1000..]], true);
+            assert_eq!(&sealed[..8], MAGIC);
+            assert!(!sealed
+                .windows(64)
+                .any(|w| data.windows(64).take(50).any(|d| d == w)));
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            std::fs::write(&p, &sealed).unwrap();
+            let mut r = open_recording(&p, Some(&k), OpenMode::Strict).unwrap();
+            assert_eq!(r.len(), data.len() as u64);
+            for at in [
+                0u64,
+                1,
+                999,
+                1000,
+                CHUNK as u64 - 1,
+                CHUNK as u64,
+                2 * CHUNK as u64 + 7,
+            ] {
+                r.seek(SeekFrom::Start(at)).unwrap();
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).unwrap();
+                assert_eq!(v, data[at as usize..], "{layout:?} at {at}");
+            }
+        }
+        // Exactly a multiple of the chunk: an empty last record.
+        let exact = vec![5u8; 2 * CHUNK];
+        let s = seal(&k, Layout::Chunks, &[&exact], true);
+        assert_eq!(open_bytes(&s, Some(&k), OpenMode::Strict).unwrap(), exact);
+        let s = seal(&k, Layout::Chunks, &[], true);
+        assert_eq!(open_bytes(&s, Some(&k), OpenMode::Strict).unwrap(), b"");
+    }
+
+    #[test]
+    fn cut_wrong_key_tampered_and_missing_key_are_errors() {
+        let k = ring(1);
+        let data = vec![9u8; 3 * CHUNK];
+        let s = seal(&k, Layout::Chunks, &[&data], true);
+        // Cut at a record boundary: the last record is not marked last.
+        let cut = &s[..HEADER_LEN + 2 * (4 + CHUNK + TAG)];
+        assert!(open_bytes(cut, Some(&k), OpenMode::Strict).is_err());
+        assert!(open_bytes(&s[..s.len() - 1], Some(&k), OpenMode::Strict).is_err());
+        let e = open_bytes(&s, Some(&ring(2)), OpenMode::Strict).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("key id"), "{e}");
+        let e = open_bytes(&s, None, OpenMode::Strict).unwrap_err();
+        assert!(e.to_string().contains("no key is configured"), "{e}");
+        let mut t = s.clone();
+        t[HEADER_LEN + 4 + 100] ^= 1;
+        let mut r = {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            std::fs::write(&p, &t).unwrap();
+            open_recording(&p, Some(&k), OpenMode::Strict).unwrap()
+        };
+        let mut v = Vec::new();
+        assert!(r.read_to_end(&mut v).is_err(), "a changed byte is noticed");
+        let mut h = s.clone();
+        h[20] ^= 1; // the nonce prefix
+        assert!(open_bytes(&h, Some(&k), OpenMode::Strict).is_err());
+    }
+
+    #[test]
+    fn rotation_opens_old_files_and_seals_with_the_new_key() {
+        let old = ring(3);
+        let s = seal(&old, Layout::Chunks, &[b"{\"a\":1}"], true);
+        let both = Keyring::new(SpoolKey::new(&[4; 32]), vec![SpoolKey::new(&[3; 32])]);
+        assert_eq!(
+            open_bytes(&s, Some(&both), OpenMode::Strict).unwrap(),
+            b"{\"a\":1}"
+        );
+        let n = seal(&both, Layout::Chunks, &[b"x"], true);
+        assert_eq!(&n[8..16], &SpoolKey::new(&[4; 32]).id);
+        assert!(open_bytes(&n, Some(&old), OpenMode::Strict).is_err());
+    }
+
+    #[test]
+    fn a_part_cut_anywhere_recovers_its_authentic_records() {
+        let k = ring(5);
+        let parts: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1600]).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let s = seal(&k, Layout::Records, &refs, false);
+        let whole: Vec<u8> = parts.concat();
+        assert_eq!(open_bytes(&s, Some(&k), OpenMode::Recover).unwrap(), whole);
+        assert!(
+            open_bytes(&s, Some(&k), OpenMode::Strict).is_err(),
+            "no final record"
+        );
+        let rec = 4 + 1600 + TAG;
+        for cut in [
+            HEADER_LEN,
+            HEADER_LEN + 3,
+            HEADER_LEN + rec,
+            HEADER_LEN + 5 * rec + 17,
+        ] {
+            let got = open_bytes(&s[..cut], Some(&k), OpenMode::Recover).unwrap();
+            let whole_recs = (cut - HEADER_LEN) / rec;
+            assert_eq!(got, whole[..whole_recs * 1600], "cut at {cut}");
+        }
+        // A finished file opens in recovery too.
+        let f = seal(&k, Layout::Records, &refs, true);
+        assert_eq!(open_bytes(&f, Some(&k), OpenMode::Recover).unwrap(), whole);
+    }
+
+    #[test]
+    fn key_files_raw_or_hex() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("raw");
+        std::fs::write(&raw, [0xabu8; 32]).unwrap();
+        let hexf = d.path().join("hex");
+        std::fs::write(&hexf, format!("{}\n", "ab".repeat(32))).unwrap();
+        assert_eq!(
+            SpoolKey::from_file(&raw).unwrap().id,
+            SpoolKey::from_file(&hexf).unwrap().id
+        );
+        let short = d.path().join("short");
+        std::fs::write(&short, b"secret-but-short").unwrap();
+        let e = SpoolKey::from_file(&short).unwrap_err().to_string();
+        assert!(e.contains("32 raw bytes") && !e.contains("secret"), "{e}");
+        // The credential stands in for an empty key file.
+        std::fs::write(d.path().join(CREDENTIAL_NAME), [1u8; 32]).unwrap();
+        let r = Keyring::load(Path::new(""), &[], Some(d.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.current().id, SpoolKey::new(&[1; 32]).id);
+        assert!(Keyring::load(Path::new(""), &[], None).unwrap().is_none());
+    }
+}
