@@ -2,7 +2,11 @@
 //! reason per component), `/metrics` (Prometheus text), `/status` (JSON for
 //! people and for `pbx-edge status`).
 //!
-//! A deliberately small HTTP/1.1 server on tokio: GET only, one request per
+//! One control request: `POST /v1/drain` (from a loopback address only, else
+//! `403`) asks the daemon to drain (see `pbx-edge drain`); it answers `202`
+//! with the drain's state as JSON.
+//!
+//! A deliberately small HTTP/1.1 server on tokio: GET (and that POST), one request per
 //! connection, headers capped at 8 KiB, a 5 s read timeout, and a semaphore
 //! capping concurrent connections (mini-redis style). It never touches
 //! recordings: it only copies the [`Status`] snapshot.
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::status::{readiness, render_metrics, SharedStatus, Status};
 
@@ -73,12 +77,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve until `shutdown` turns true.
+/// Serve until `shutdown` turns true. `POST /v1/drain` wakes `drain`.
 pub(crate) async fn serve(
     listener: TcpListener,
     status: SharedStatus,
     live: Arc<Liveness>,
     mut shutdown: watch::Receiver<bool>,
+    drain: Arc<Notify>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -94,8 +99,9 @@ pub(crate) async fn serve(
                 };
                 let status = status.clone();
                 let live = live.clone();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live, drain)).await;
                     drop(permit);
                 });
             }
@@ -107,6 +113,7 @@ async fn handle(
     mut sock: TcpStream,
     status: SharedStatus,
     live: Arc<Liveness>,
+    drain: Arc<Notify>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -126,8 +133,34 @@ async fn handle(
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    if method == "POST" && path == "/v1/drain" {
+        let local_peer = sock.peer_addr().is_ok_and(|p| match p.ip() {
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            ip => ip.is_loopback(),
+        });
+        if !local_peer {
+            return respond(&mut sock, 403, "text/plain", "drain: loopback only\n").await;
+        }
+        drain.notify_one();
+        let snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
+        let body = serde_json::to_string_pretty(&serde_json::json!({
+            "draining": true,
+            "drain": snapshot.drain,
+        }))
+        .unwrap_or_default()
+            + "\n";
+        return respond(&mut sock, 202, "application/json", &body).await;
+    }
     if method != "GET" && method != "HEAD" {
-        return respond(&mut sock, 405, "text/plain", "only GET\n").await;
+        return respond(
+            &mut sock,
+            405,
+            "text/plain",
+            "only GET (and POST /v1/drain)\n",
+        )
+        .await;
     }
     let mut snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
     if let Some(t) = snapshot.started {
@@ -187,6 +220,8 @@ async fn handle(
 async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        202 => "Accepted",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
@@ -205,12 +240,21 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
 /// A blocking GET for `pbx-edge status` (no HTTP client dependency needed for
 /// loopback plain HTTP).
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{body}Connection: close\r\n\r\n"
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
@@ -224,6 +268,11 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// A blocking `POST path` with an empty body (for `pbx-edge drain`).
+pub fn post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "POST", path)
 }
 
 #[cfg(test)]
