@@ -20,7 +20,8 @@
 //! 3. Every answered call is delivered exactly once, by the instance that
 //!    answered it (its `agent_id`).
 //!
-//! The figures are printed (`cargo test --test scale_out -- --nocapture`).
+//! The figures are printed (`cargo test --test scale_out -- --nocapture`)
+//! and written to `target/tmp/scale_out.txt`, which `.ci/run` shows.
 //! Skipped with a message where kamailio or its dispatcher module is missing.
 
 mod common;
@@ -527,6 +528,25 @@ fn probe(to: SocketAddr, n: u32) -> Option<(u16, Option<String>)> {
     None
 }
 
+/// Where the figures go besides stdout: `target/tmp/scale_out.txt`, which
+/// `.ci/run` prints after the tests (cargo hides a passing test's output).
+fn figures() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("scale_out.txt")
+}
+
+/// One line of figures: printed and appended to [`figures`].
+fn report(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(figures())
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
@@ -559,6 +579,7 @@ fn run_calls(
 
 #[test]
 fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
+    let _ = std::fs::remove_file(figures());
     if !have("kamailio") {
         eprintln!("SKIPPED: kamailio is not installed (see .ci/run)");
         return;
@@ -654,7 +675,7 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
             *per.entry(pool[*i].name).or_default() += 1;
         }
     }
-    println!(
+    report(&format!(
         "scale_out burst: {burst_answered}/{BURST} calls answered in {burst_s:.1} s = {:.1} calls/s ({WORKERS} SRCs back to back, each call INVITE, ACK, 100 ms of RTP on two streams, BYE); setup median {} ms, max {} ms; per instance {per:?}",
         burst_answered as f64 / burst_s,
         {
@@ -663,7 +684,7 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
             s.get(s.len() / 2).copied().unwrap_or(0)
         },
         setup_ms.iter().max().copied().unwrap_or(0)
-    );
+    ));
     assert_eq!(burst_answered, BURST, "kamailio log:\n{}", kam_log());
     let bad_bye: Vec<(&str, u16)> = burst
         .iter()
@@ -876,7 +897,7 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
             *rush_per.entry(pool[*i].name).or_default() += 1;
         }
     }
-    println!(
+    report(&format!(
         "scale_out load: {} calls in {:.1} s, answered {} (per instance {per:?}), lost {}; edge-b SIGKILLed at +{} ms with {} calls in progress (cut); kamailio marked it down {failover_ms} ms after the kill (failover time); 24 calls sent at the kill: all answered ({rush_per:?}), {rerouted} of them first sent to edge-b and re-routed (setup {rerouted_setup:?} ms; fr_timer {FR_TIMER_MS} ms); slowest setup of any new call after the kill {worst_after_kill} ms; edge-c drained at +{} ms: marked down after {} ms, exited 0 after {} ms",
         load.len(),
         (epoch.elapsed().as_millis() as u64 - load_epoch_ms) as f64 / 1000.0,
@@ -887,7 +908,7 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
         drained_ms - load_epoch_ms,
         c_down - drained_ms,
         c_gone - drained_ms,
-    );
+    ));
     assert!(
         lost.is_empty(),
         "calls lost: {lost:?}\nkamailio:\n{}",
@@ -963,11 +984,11 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
         want.len(),
         "recordings of calls nobody answered"
     );
-    println!(
+    report(&format!(
         "scale_out delivery: {} recordings delivered exactly once to one cloud (per agent.id {per_agent:?}), {} of them cut by the kill and completed truncated after the restart",
         want.len(),
         cut.len()
-    );
+    ));
 }
 
 /// One instance with SIPREC on `sip` and the cloud at `cloud` ("" none).
@@ -1122,7 +1143,8 @@ fn options_answer_503_while_the_spool_is_unusable() {
 }
 
 /// `POST /v1/drain` from an address other than loopback is refused (403)
-/// and changes nothing, even with the health listener on all addresses.
+/// and changes nothing, even with the health listener on all addresses;
+/// `pbx-edge drain --wait` (from loopback) waits until the daemon exited.
 /// Skipped where this host has no address but loopback.
 #[test]
 fn drain_is_taken_from_loopback_only() {
@@ -1163,8 +1185,17 @@ fn drain_is_taken_from_loopback_only() {
     assert!(status.contains("\"draining\": false"), "{status}");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(d.wait_exit(Duration::from_millis(10)), None);
-    // From loopback it is taken.
-    let (code, _) = pbx_edge::health::post(d.health, "/v1/drain").unwrap();
-    assert_eq!(code, 202);
+    // From loopback it is taken: `pbx-edge drain --wait` (health.listen is
+    // 0.0.0.0: reached on 127.0.0.1) returns once the daemon has exited.
+    let out = std::process::Command::new(bin())
+        .arg("drain")
+        .arg("--wait")
+        .arg("--config")
+        .arg(dir.path().join("pbx-edge.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("the daemon has exited"), "{said}");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
 }
