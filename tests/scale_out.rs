@@ -1199,3 +1199,31 @@ fn drain_is_taken_from_loopback_only() {
     assert!(said.contains("the daemon has exited"), "{said}");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
 }
+
+/// A drain whose cloud answers 402 (uploads paused) does not wait for it:
+/// once the call ended the daemon exits 0, says why, and the recording stays
+/// in the spool for the next start.
+#[test]
+fn drain_with_a_cloud_that_answers_402_exits_and_keeps_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().payment_required_until = Some(Instant::now() + Duration::from_secs(3600));
+    let (mut d, sip) = single(dir.path(), "edge-402", &rx.url);
+    let mut call = invite(sip, "unpaid@drain", 4).dialog.expect("answered");
+    call.media(400);
+    assert_eq!(call.request("BYE", Duration::from_secs(10)), 200);
+    wait_until("uploads paused", Duration::from_secs(20), || {
+        d.get("/status")
+            .is_some_and(|(_, b)| b.contains("\"pause_kind\": \"payment\""))
+    });
+    d.signal(libc::SIGUSR1);
+    let code = d.wait_exit(Duration::from_secs(30));
+    let log = d.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("uploads are paused") && log.contains("1 recordings stay in the spool"),
+        "{log}"
+    );
+    assert_eq!(d.recordings().len(), 1);
+    assert!(rx.calls().is_empty());
+}

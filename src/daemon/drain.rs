@@ -21,8 +21,9 @@
 //!    delivered until nothing is left to send (`recorded`, `queued`,
 //!    `uploading`: 0, judged after [`SETTLE`] so the last recordings are
 //!    adopted), or until delivery cannot go on: no cloud configured, uploads
-//!    paused (401/403/402, TLS), or no progress for [`STALL`] while attempts
-//!    fail (cloud unreachable). The log says which, and how many recordings
+//!    paused (401/403/402, TLS), or no progress (nothing delivered, no byte
+//!    sent) for [`STALL`] after a failed attempt (cloud unreachable; its
+//!    next retry may be minutes away under backoff). The log says which, and how many recordings
 //!    stay in the spool for the next start.
 //! 3. the daemon stops as at SIGTERM (nothing left to cut) and exits 0.
 
@@ -35,8 +36,9 @@ use crate::status::{DrainStatus, Status};
 /// at once), so by then it has adopted the last recordings.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
-/// No recording delivered (and attempts failing) for this long: the cloud is
-/// unreachable, the drain ends with the rest left in the spool.
+/// No progress (no recording delivered, no byte sent) for this long after a
+/// failed attempt: the cloud is unreachable, the drain ends with the rest
+/// left in the spool.
 pub const STALL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ pub struct Drain {
     progress_at: Instant,
     pending: u64,
     delivered: u64,
-    attempts: u64,
+    uploaded: u64,
 }
 
 /// Recordings still to be sent: recorded, queued, uploading.
@@ -87,7 +89,7 @@ impl Drain {
             progress_at: now,
             pending: 0,
             delivered: 0,
-            attempts: 0,
+            uploaded: 0,
         }
     }
 
@@ -103,7 +105,7 @@ impl Drain {
                 self.progress_at = now;
                 self.pending = pending(s);
                 self.delivered = s.cloud.delivered_total;
-                self.attempts = s.cloud.attempts;
+                self.uploaded = s.cloud.bytes_uploaded;
                 Step::StopSources
             }
             Phase::Delivery => self.delivery(now, s),
@@ -124,12 +126,20 @@ impl Drain {
     fn delivery(&mut self, now: Instant, s: &Status) -> Step {
         let left = pending(s);
         let c = &s.cloud;
-        if left < self.pending || c.delivered_total > self.delivered {
+        // Progress: fewer to send, more delivered, or bytes going out (a
+        // long upload).
+        if left < self.pending
+            || c.delivered_total > self.delivered
+            || c.bytes_uploaded > self.uploaded
+        {
             self.progress_at = now;
         }
-        let failing = c.attempts > self.attempts && c.last_error.is_some();
+        // The last attempt failed (and nothing moved since, see below): a
+        // retry may be minutes away under backoff; do not wait for it.
+        let failing = c.last_error.is_some();
         self.pending = left;
         self.delivered = c.delivered_total;
+        self.uploaded = c.bytes_uploaded;
         let settled = self
             .sources_stopped
             .is_some_and(|t| now.saturating_duration_since(t) >= SETTLE);
@@ -218,12 +228,12 @@ mod tests {
             Step::Exit(why) => assert!(why.contains("paused") && why.contains("4 recordings")),
             other => panic!("{other:?}"),
         }
-        // Unreachable: attempts fail, nothing delivered for STALL.
+        // Unreachable: the last attempt failed (before the drain: its next
+        // retry is far away under backoff), nothing moves for STALL.
         let mut d = Drain::new(t0);
         let mut s = status(4, 0);
-        assert_eq!(d.tick(t0, 0, &mut s), Step::StopSources);
-        s.cloud.attempts = 3;
         s.cloud.last_error = Some("connection refused".into());
+        assert_eq!(d.tick(t0, 0, &mut s), Step::StopSources);
         assert_eq!(d.tick(t0 + SETTLE, 0, &mut s), Step::Wait);
         assert_eq!(
             d.tick(t0 + STALL - Duration::from_secs(1), 0, &mut s),
@@ -233,7 +243,8 @@ mod tests {
             Step::Exit(why) => assert!(why.contains("unreachable"), "{why}"),
             other => panic!("{other:?}"),
         }
-        // A slow cloud that delivers is not unreachable.
+        // A slow cloud that delivers is not unreachable, nor one long
+        // upload that sends bytes.
         let mut d = Drain::new(t0);
         let mut s = status(40, 0);
         assert_eq!(d.tick(t0, 0, &mut s), Step::StopSources);
@@ -241,6 +252,14 @@ mod tests {
             let mut s = status(40 - i / 2, i / 2);
             s.cloud.attempts = i;
             s.cloud.last_error = Some("timeout".into());
+            assert_eq!(d.tick(t0 + Duration::from_secs(i), 0, &mut s), Step::Wait);
+        }
+        let mut d = Drain::new(t0);
+        let mut s = status(1, 0);
+        s.cloud.last_error = Some("timeout".into());
+        assert_eq!(d.tick(t0, 0, &mut s), Step::StopSources);
+        for i in 1..=60u64 {
+            s.cloud.bytes_uploaded = i * 1000;
             assert_eq!(d.tick(t0 + Duration::from_secs(i), 0, &mut s), Step::Wait);
         }
         // No cloud: exits once settled.
