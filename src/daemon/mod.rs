@@ -778,6 +778,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         drain_request.clone(),
     ));
 
+    // The spool's figures before any source reads them (the SIPREC server
+    // answers OPTIONS by them).
+    scan_spool(&cfg, &status);
     let mut sources = start_sources(&cfg, &status, &live);
     let mut siprec = start_siprec(&cfg, &status, &live, None).await;
     // SIPREC instances replaced by a reload, finishing their calls.

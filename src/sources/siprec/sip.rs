@@ -63,14 +63,23 @@ pub(super) struct Availability {
     pub(super) draining: bool,
     /// The spool problem last seen (logged when it changes).
     spool: Option<String>,
+    /// A 503 for the spool's sake was logged (its end is logged too).
+    warned: bool,
 }
 
 impl Availability {
+    /// The state as it is now, not logged: at start the spool database is
+    /// still being opened, which is no news.
     pub(super) fn new(status: SharedStatus) -> Self {
+        let spool = status
+            .lock()
+            .ok()
+            .and_then(|s| crate::status::spool_unusable(&s));
         Availability {
             status,
             draining: false,
-            spool: None,
+            spool,
+            warned: false,
         }
     }
 
@@ -83,10 +92,17 @@ impl Availability {
             .and_then(|s| crate::status::spool_unusable(&s));
         if spool != self.spool {
             match &spool {
-                Some(why) => tracing::warn!(
-                    "SIPREC: OPTIONS answered 503 while the spool is unusable ({why}): a dispatcher probing with OPTIONS sends new calls elsewhere"
-                ),
-                None => tracing::info!("SIPREC: the spool is usable again: OPTIONS answered 200"),
+                Some(why) => {
+                    tracing::warn!(
+                        "SIPREC: OPTIONS answered 503 while the spool is unusable ({why}): a dispatcher probing with OPTIONS sends new calls elsewhere"
+                    );
+                    self.warned = true;
+                }
+                None if self.warned => {
+                    tracing::info!("SIPREC: the spool is usable again: OPTIONS answered 200");
+                    self.warned = false;
+                }
+                None => {}
             }
             self.spool = spool;
         }
