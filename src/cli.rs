@@ -36,6 +36,16 @@ pub enum Command {
     /// Show what the running daemon reports on /status (sizes and ages for
     /// people; `--json` for the exact figures).
     Status(ReportArgs),
+    /// Drain the running daemon (as SIGUSR1): no new calls (SIPREC INVITE and
+    /// OPTIONS answered 503), the calls in progress finish, the spool is
+    /// delivered, then it exits 0. For rolling upgrades behind a dispatcher.
+    Drain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Wait until the daemon has exited, printing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Write the man pages or the shell completions into DIR (for packaging).
     #[command(hide = true)]
     Generate {
@@ -54,6 +64,7 @@ impl Command {
             Command::Import(_) => "import",
             Command::Spool(_) => "spool",
             Command::Status(_) => "status",
+            Command::Drain { .. } => "drain",
             Command::Generate { .. } => "generate",
         }
     }
@@ -183,6 +194,10 @@ Set by systemd when logging to the journal: log lines then carry no time stamps 
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Stop taking calls, close every open recording, exit 0 within 10 seconds.
+.TP
+\fBSIGUSR1\fR
+Drain (as \fBpbx\-edge drain\fR): take no new calls (SIPREC INVITE and OPTIONS answered 503),
+let the calls in progress finish, deliver the spool, exit 0.
 .TP
 \fBSIGHUP\fR
 Re\-read the configuration. A file with errors is rejected (the reason is logged) and the

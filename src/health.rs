@@ -3,13 +3,17 @@
 //! people and for `pbx-edge status`), and the control API under `/v1/calls`
 //! ([`crate::control`]: calls in progress, pause and resume).
 //!
+//! One more control request: `POST /v1/drain` (from a loopback address
+//! only, else `403`) asks the daemon to drain (see `pbx-edge drain`); it
+//! answers `202` with the drain's state as JSON.
+//!
 //! A deliberately small HTTP/1.1 server on tokio: GET (and POST for the
-//! control API; a body is not read), one request per connection, headers
-//! capped at 8 KiB, a 5 s read timeout, and a semaphore capping concurrent
-//! connections (mini-redis style). It never touches recordings: it copies
-//! the [`Status`] snapshot, and hands control requests to the engines.
-//! `health.listen` is loopback by default: the control API pauses
-//! recordings, so whoever can reach it can.
+//! control API and drain; a body is read up to 8 KiB), one request per
+//! connection, headers capped at 8 KiB, a 5 s read timeout, and a semaphore
+//! capping concurrent connections (mini-redis style). It never touches
+//! recordings: it copies the [`Status`] snapshot, and hands control requests
+//! to the engines. `health.listen` is loopback by default: the control API
+//! pauses recordings, so whoever can reach it can.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::control::Controls;
 use crate::status::{readiness, render_metrics, SharedStatus, Status};
@@ -78,13 +82,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve until `shutdown` turns true.
+/// Serve until `shutdown` turns true. `POST /v1/drain` wakes `drain`.
 pub(crate) async fn serve(
     listener: TcpListener,
     status: SharedStatus,
     live: Arc<Liveness>,
     controls: Controls,
     mut shutdown: watch::Receiver<bool>,
+    drain: Arc<Notify>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -101,8 +106,9 @@ pub(crate) async fn serve(
                 let status = status.clone();
                 let live = live.clone();
                 let controls = controls.clone();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live, controls)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(sock, status, live, controls, drain)).await;
                     drop(permit);
                 });
             }
@@ -115,6 +121,7 @@ async fn handle(
     status: SharedStatus,
     live: Arc<Liveness>,
     controls: Controls,
+    drain: Arc<Notify>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -163,11 +170,37 @@ async fn handle(
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    if method == "POST" && path == "/v1/drain" {
+        let local_peer = sock.peer_addr().is_ok_and(|p| match p.ip() {
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            ip => ip.is_loopback(),
+        });
+        if !local_peer {
+            return respond(&mut sock, 403, "text/plain", "drain: loopback only\n").await;
+        }
+        drain.notify_one();
+        let snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
+        let body = serde_json::to_string_pretty(&serde_json::json!({
+            "draining": true,
+            "drain": snapshot.drain,
+        }))
+        .unwrap_or_default()
+            + "\n";
+        return respond(&mut sock, 202, "application/json", &body).await;
+    }
     if let Some(a) = controls.http(method, path).await {
         return respond(&mut sock, a.code, "application/json", &a.body).await;
     }
     if method != "GET" && method != "HEAD" {
-        return respond(&mut sock, 405, "text/plain", "only GET\n").await;
+        return respond(
+            &mut sock,
+            405,
+            "text/plain",
+            "only GET (POST: /v1/calls/{call_id}/pause|resume, /v1/drain)\n",
+        )
+        .await;
     }
     let mut snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
     if let Some(t) = snapshot.started {
@@ -227,6 +260,8 @@ async fn handle(
 async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        202 => "Accepted",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -247,12 +282,21 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
 /// A blocking GET for `pbx-edge status` (no HTTP client dependency needed for
 /// loopback plain HTTP).
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{body}Connection: close\r\n\r\n"
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
@@ -266,6 +310,11 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// A blocking `POST path` with an empty body (for `pbx-edge drain`).
+pub fn post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "POST", path)
 }
 
 #[cfg(test)]

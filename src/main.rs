@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig { file, config } => Ok(commands::check_config::run(file, config)),
         cli::Command::Run(c) => daemon::run(c.config),
         cli::Command::Status(c) => commands::status::run(c.config.config, c.json),
+        cli::Command::Drain { config, wait } => commands::drain::run(config.config, wait),
         cli::Command::Spool(c) => commands::spool::run(c),
         cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
             Ok(files) => {

@@ -150,6 +150,24 @@ pub struct Status {
     pub spool: SpoolStatus,
     pub cloud: CloudStatus,
     pub shutting_down: bool,
+    /// Draining (`pbx-edge drain`, SIGUSR1): no new calls, the calls in
+    /// progress finish, the spool is delivered, then the daemon exits.
+    pub draining: bool,
+    /// The drain's progress while draining.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+/// Where a drain is.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DrainStatus {
+    /// `calls` (waiting for the calls in progress to end), `delivery`
+    /// (delivering the spool), `exiting`.
+    pub phase: String,
+    /// Seconds since the drain began.
+    pub since_s: u64,
+    /// SIPREC dialogs still in progress.
+    pub calls_in_progress: u64,
 }
 
 impl Status {
@@ -232,18 +250,9 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
         }
     }
     let sp = &s.spool;
-    if !sp.writable {
+    if let Some(why) = spool_dir_problem(sp) {
         ok = false;
-        parts.insert("spool".into(), format!("{} is not writable", sp.dir));
-    } else if sp.free_bytes < 64 * 1024 * 1024 {
-        ok = false;
-        parts.insert(
-            "spool".into(),
-            format!(
-                "disk almost full: {} free",
-                crate::spool::human_size(sp.free_bytes)
-            ),
-        );
+        parts.insert("spool".into(), why);
     } else if sp.max_size > 0 && sp.bytes > sp.max_size {
         ok = false;
         parts.insert(
@@ -256,9 +265,9 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     } else {
         parts.insert("spool".into(), "ok".into());
     }
-    if let Some(e) = &s.cloud.spool_error {
+    if let Some(e) = spool_db_problem(s) {
         ok = false;
-        parts.insert("spool.queue".into(), format!("spool database: {e}"));
+        parts.insert("spool.queue".into(), e);
     } else if let Some(r) = &s.cloud.spool_repaired {
         parts.insert("spool.queue".into(), format!("ok (rebuilt {r})"));
     }
@@ -276,8 +285,54 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     if s.shutting_down {
         ok = false;
         parts.insert("daemon".into(), "shutting down".into());
+    } else if s.draining {
+        ok = false;
+        let phase = s.drain.as_ref().map_or("calls", |d| d.phase.as_str());
+        parts.insert("daemon".into(), format!("draining ({phase})"));
     }
     (ok, parts)
+}
+
+/// Free space below which the spool counts as full.
+pub const SPOOL_MIN_FREE: u64 = 64 * 1024 * 1024;
+
+/// The spool directory cannot take recordings: not writable, or its disk
+/// almost full (below [`SPOOL_MIN_FREE`]).
+fn spool_dir_problem(sp: &SpoolStatus) -> Option<String> {
+    if !sp.writable {
+        Some(format!("{} is not writable", sp.dir))
+    } else if sp.free_bytes < SPOOL_MIN_FREE {
+        Some(format!(
+            "disk almost full: {} free",
+            crate::spool::human_size(sp.free_bytes)
+        ))
+    } else {
+        None
+    }
+}
+
+/// The spool database cannot be used (broken, locked, not opened yet).
+fn spool_db_problem(s: &Status) -> Option<String> {
+    s.cloud
+        .spool_error
+        .as_ref()
+        .map(|e| format!("spool database: {e}"))
+}
+
+/// Why the spool cannot take a new call's recording now, if it cannot: the
+/// directory is not writable, its disk is almost full, or the spool database
+/// is unusable -- the same verdicts `/readyz` gives for `spool` and
+/// `spool.queue` (a spool above `max_size` is not one: new calls are still
+/// recorded). The SIPREC server answers OPTIONS `503` while this is `Some`.
+pub fn spool_unusable(s: &Status) -> Option<String> {
+    spool_dir_problem(&s.spool).or_else(|| spool_db_problem(s))
+}
+
+/// A label value escaped for the text format (backslash, quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition (version 0.0.4).
@@ -568,6 +623,34 @@ pub fn render_metrics(s: &Status) -> String {
         &[(String::new(), f64::from(u8::from(ready)))],
     );
     family(
+        "pbx_edge_info",
+        "gauge",
+        "Always 1; its labels name this agent (agent.id, as in every upload) and its version, for a fleet view across instances.",
+        &[(
+            format!(
+                "{{agent_id=\"{}\",version=\"{}\"}}",
+                label_value(&s.agent_id),
+                label_value(s.version)
+            ),
+            1.0,
+        )],
+    );
+    family(
+        "pbx_edge_draining",
+        "gauge",
+        "1 while draining (pbx-edge drain, SIGUSR1): no new calls, OPTIONS and INVITE answered 503.",
+        &[(String::new(), f64::from(u8::from(s.draining)))],
+    );
+    family(
+        "pbx_edge_spool_usable",
+        "gauge",
+        "1 when the spool can take new recordings (writable, disk not full, spool database usable); 0 makes the SIPREC server answer OPTIONS 503.",
+        &[(
+            String::new(),
+            f64::from(u8::from(spool_unusable(s).is_none())),
+        )],
+    );
+    family(
         "pbx_edge_uptime_seconds",
         "gauge",
         "Seconds since the daemon started.",
@@ -624,5 +707,65 @@ mod tests {
         assert!(!ok);
         assert!(parts["source.siprec"].contains("address in use"));
         assert!(parts["cloud"].contains("not configured"));
+    }
+
+    #[test]
+    fn spool_unusable_follows_the_readiness_verdicts_and_draining_is_not_ready() {
+        let mut s = Status::default();
+        s.spool.dir = "/spool".into();
+        s.spool.writable = true;
+        s.spool.free_bytes = 1 << 40;
+        assert_eq!(spool_unusable(&s), None);
+        assert!(readiness(&s).0);
+        // Above max_size: degraded, but new calls are still recorded.
+        s.spool.max_size = 10;
+        s.spool.bytes = 11;
+        assert!(!readiness(&s).0);
+        assert_eq!(spool_unusable(&s), None);
+        s.spool.max_size = 0;
+        s.spool.free_bytes = SPOOL_MIN_FREE - 1;
+        assert!(spool_unusable(&s).unwrap().contains("disk almost full"));
+        assert_eq!(readiness(&s).1["spool"], spool_unusable(&s).unwrap());
+        s.spool.free_bytes = 1 << 40;
+        s.spool.writable = false;
+        assert!(spool_unusable(&s).unwrap().contains("not writable"));
+        s.spool.writable = true;
+        s.cloud.spool_error = Some("database disk image is malformed".into());
+        assert!(spool_unusable(&s).unwrap().contains("malformed"));
+        assert_eq!(readiness(&s).1["spool.queue"], spool_unusable(&s).unwrap());
+        assert!(render_metrics(&s).contains("pbx_edge_spool_usable 0"));
+        s.cloud.spool_error = None;
+        assert!(render_metrics(&s).contains("pbx_edge_spool_usable 1"));
+        s.draining = true;
+        let (ok, parts) = readiness(&s);
+        assert!(!ok);
+        assert_eq!(parts["daemon"], "draining (calls)");
+        assert!(render_metrics(&s).contains("pbx_edge_draining 1"));
+        s.agent_id = "edge \"a\"\\1".into();
+        assert!(render_metrics(&s)
+            .contains("pbx_edge_info{agent_id=\"edge \\\"a\\\"\\\\1\",version=\"\"} 1"));
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+        let dash = include_str!("../docs/grafana-dashboard.json");
+        let m = render_metrics(&Status::default());
+        let mut names: Vec<&str> = dash
+            .match_indices("pbx_edge_")
+            .map(|(i, _)| {
+                let rest = &dash[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|n| *n != "pbx_edge_fleet")
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 10, "{names:?}");
+        for n in names {
+            assert!(m.contains(&format!("# TYPE {n} ")), "{n} is not exported");
+        }
     }
 }

@@ -15,6 +15,10 @@
 //!   stuck engine gets the daemon restarted).
 //! - SIGTERM / SIGINT: stop taking calls, close every active recording (marked
 //!   `shutdown`, `truncated`), exit 0 within 10 s.
+//! - Drain (`pbx-edge drain`, `POST /v1/drain` from loopback, SIGUSR1): no
+//!   new calls (SIPREC INVITE and OPTIONS answered 503), the calls in
+//!   progress finish, the spool is delivered, exit 0 ([`drain`]). A reload
+//!   is ignored while draining; SIGTERM still stops at once.
 //! - SIGHUP: re-read the config; a bad new config is rejected with the reason
 //!   logged and the old one kept. Calls in progress are never cut: settings
 //!   that need no new socket go to the running sources (new calls take them);
@@ -43,6 +47,8 @@ use crate::status::{SharedStatus, SourceStatus, Status};
 /// The supervision tick while there is work, and while there is none.
 const BUSY_TICK: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_secs(10);
+
+pub mod drain;
 
 /// The sources the daemon starts, reloads and stops alike (SIPREC has
 /// its own listener swap: [`reload_siprec`]).
@@ -545,6 +551,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    // `POST /v1/drain` on the health listener.
+    let drain_request = Arc::new(tokio::sync::Notify::new());
 
     for w in cfg.secret_file_warnings() {
         tracing::warn!("{w}");
@@ -592,8 +601,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         live.clone(),
         controls.clone(),
         stop_rx.clone(),
+        drain_request.clone(),
     ));
 
+    // The spool's figures before any source reads them (the SIPREC server
+    // answers OPTIONS by them).
+    scan_spool(&cfg, &status);
     let mut siprec = start_siprec(&cfg, &status, &live, &controls, None).await;
     // SIPREC instances replaced by a reload, finishing their calls.
     let mut siprec_draining: Vec<crate::sources::siprec::SiprecHandle> = Vec::new();
@@ -629,11 +642,19 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let next_tick = tokio::time::sleep(tick_period);
     tokio::pin!(next_tick);
     let mut last_wd = Instant::now();
+    let mut draining: Option<drain::Drain> = None;
     loop {
+        let mut begin_drain = false;
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => {
+            _ = sigusr1.recv() => begin_drain = true,
+            _ = drain_request.notified() => begin_drain = true,
+            _ = sighup.recv() => 'reload: {
+                if draining.is_some() {
+                    tracing::warn!("configuration reload ignored: draining (SIGTERM stops at once)");
+                    break 'reload;
+                }
                 notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic_usec())]);
                 match Config::load(config_path.as_deref()) {
                     Ok(new) => {
@@ -678,10 +699,37 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 // A reload may leave work for the tick (a listener to replace).
                 tick_period = period(true);
                 next_tick.as_mut().reset(tokio::time::Instant::now() + tick_period);
-            }
+            },
             _ = &mut next_tick => {
                 if let Ok(mut s) = status.lock() {
                     s.uptime_s = started.elapsed().as_secs();
+                }
+                if let Some(d) = draining.as_mut() {
+                    let calls: usize = siprec.iter().chain(siprec_draining.iter()).map(|h| h.calls()).sum();
+                    let step = match status.lock() {
+                        Ok(mut s) => d.tick(Instant::now(), calls, &mut s),
+                        Err(_) => drain::Step::Wait,
+                    };
+                    match step {
+                        drain::Step::Wait => {}
+                        drain::Step::StopSources => {
+                            tracing::info!("draining: no call in progress any more; stopping the passive sources, delivering the spool");
+                            let stopping: Vec<_> = std::mem::take(&mut running)
+                                .into_iter()
+                                .map(|h| tokio::spawn(h.stop()))
+                                .collect();
+                            for t in stopping {
+                                let _ = t.await;
+                            }
+                            if let Some(d) = &delivery {
+                                d.wake();
+                            }
+                        }
+                        drain::Step::Exit(why) => {
+                            tracing::info!("drained: {why}; exiting");
+                            break;
+                        }
+                    }
                 }
                 // Replaced SIPREC listeners whose last call ended.
                 let (done, going): (Vec<_>, Vec<_>) =
@@ -720,12 +768,46 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 notify(&[sd_notify::NotifyState::Status(&status_line(&status))]);
                 let busy = siprec_pending
+                    || draining.is_some()
                     || !siprec_draining.is_empty()
                     || delivery.is_none()
                     || status.lock().is_ok_and(|s| s.busy());
                 tick_period = period(busy);
                 next_tick.as_mut().reset(tokio::time::Instant::now() + tick_period);
             }
+        }
+        if begin_drain && draining.is_none() {
+            let calls: usize = siprec
+                .iter()
+                .chain(siprec_draining.iter())
+                .map(|h| h.calls())
+                .sum();
+            tracing::info!(calls, "draining: no new calls (SIPREC INVITE and OPTIONS answered 503); the calls in progress finish, then the spool is delivered and the daemon exits");
+            for h in siprec.iter() {
+                // A listen change waiting for the calls to end is dropped:
+                // no new listener while draining.
+                if siprec_pending {
+                    h.stop_when_idle(false);
+                }
+                h.refuse_new_calls();
+            }
+            siprec_pending = false;
+            let d = drain::Drain::new(Instant::now());
+            if let Ok(mut s) = status.lock() {
+                s.draining = true;
+                s.drain = Some(crate::status::DrainStatus {
+                    phase: "calls".into(),
+                    since_s: 0,
+                    calls_in_progress: calls as u64,
+                });
+            }
+            draining = Some(d);
+            notify(&[sd_notify::NotifyState::Status("draining")]);
+            // The drain advances on the tick: every second from now on.
+            tick_period = period(true);
+            next_tick
+                .as_mut()
+                .reset(tokio::time::Instant::now() + tick_period);
         }
     }
 

@@ -43,6 +43,13 @@
 //!   listener replaced by a new address [`SiprecHandle::drain`]s: new INVITEs
 //!   get 503, its dialogs go on, it ends after the last one; the RTP port
 //!   pool is shared with its successor.
+//! - availability: out-of-dialog OPTIONS (a dispatcher's or SBC's probe) are
+//!   answered `200` while new calls are taken, `503` + `Retry-After` while
+//!   the daemon drains ([`SiprecHandle::refuse_new_calls`]; INVITEs get the
+//!   same 503) or while the spool cannot take recordings
+//!   ([`crate::status::spool_unusable`], the verdicts `/readyz` gives; the
+//!   status is read as each OPTIONS arrives). In-dialog requests of calls in
+//!   progress are always answered.
 
 pub mod admission;
 pub mod guard;
@@ -127,6 +134,10 @@ enum Control {
     /// Take no new calls (503), keep the dialogs in progress, end after the
     /// last one (its listener was replaced or the source disabled).
     Drain,
+    /// The daemon drains: take no new calls (INVITE and OPTIONS get 503 with
+    /// Retry-After), keep the dialogs in progress, keep answering until
+    /// stopped.
+    NoNewCalls,
     /// Keep taking calls, end as soon as none is in progress (the new
     /// listener needs this one's address); `false` cancels it.
     StopWhenIdle(bool),
@@ -244,6 +255,15 @@ impl SiprecHandle {
         let _ = self.control.send(Control::Drain);
     }
 
+    /// The daemon drains: no new calls (INVITE and out-of-dialog OPTIONS are
+    /// answered `503` with `Retry-After`, so a dispatcher probing with
+    /// OPTIONS stops sending), the calls in progress go on (BYE, re-INVITE,
+    /// UPDATE answered); unlike [`SiprecHandle::drain`] the listener keeps
+    /// answering until [`SiprecHandle::stop`]. See [`SiprecHandle::calls`].
+    pub fn refuse_new_calls(&self) {
+        let _ = self.control.send(Control::NoNewCalls);
+    }
+
     /// Keep taking calls, end as soon as no call is in progress (`false`:
     /// keep running after all).
     pub(crate) fn stop_when_idle(&self, on: bool) {
@@ -255,7 +275,8 @@ impl SiprecHandle {
         self.sip_task.is_finished()
     }
 
-    /// Dialogs in progress.
+    /// Dialogs in progress, counting ended ones whose BYE is still held
+    /// until their recording is on disk.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
     }
@@ -427,6 +448,7 @@ pub async fn start(
         drops,
         rtp_timeout,
         Shared {
+            status: status.clone(),
             ports: ports.clone(),
             calls: calls.clone(),
             control: control_rx,

@@ -41,12 +41,74 @@ pub(super) struct SipSockets {
 
 /// What the SIP task shares with the daemon.
 pub(super) struct Shared {
+    /// The daemon's status: whether the spool can take recordings.
+    pub(super) status: SharedStatus,
     pub(super) ports: SharedPorts,
     pub(super) calls: Arc<AtomicUsize>,
     pub(super) control: mpsc::UnboundedReceiver<Control>,
     pub(super) guard: Arc<GuardCounters>,
     /// Where answered calls are noted before their 200 OK.
     pub(super) answered: AnsweredCalls,
+}
+
+/// `Retry-After` (seconds) of the 503s given while no new calls are taken.
+pub(super) const RETRY_AFTER_S: u32 = 30;
+
+/// Whether new calls are taken, as out-of-dialog OPTIONS are told
+/// ([`Uas::set_unavailable`]): not while draining (a reload's or the
+/// daemon's), not while the spool is unusable.
+pub(super) struct Availability {
+    status: SharedStatus,
+    /// Draining: no new calls.
+    pub(super) draining: bool,
+    /// The spool problem last seen (logged when it changes).
+    spool: Option<String>,
+    /// A 503 for the spool's sake was logged (its end is logged too).
+    warned: bool,
+}
+
+impl Availability {
+    /// The state as it is now, not logged: at start the spool database is
+    /// still being opened, which is no news.
+    pub(super) fn new(status: SharedStatus) -> Self {
+        let spool = status
+            .lock()
+            .ok()
+            .and_then(|s| crate::status::spool_unusable(&s));
+        Availability {
+            status,
+            draining: false,
+            spool,
+            warned: false,
+        }
+    }
+
+    /// Reads the spool's state now and tells the UAS.
+    pub(super) fn refresh(&mut self, uas: &mut Uas) {
+        let spool = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| crate::status::spool_unusable(&s));
+        if spool != self.spool {
+            match &spool {
+                Some(why) => {
+                    tracing::warn!(
+                        "SIPREC: OPTIONS answered 503 while the spool is unusable ({why}): a dispatcher probing with OPTIONS sends new calls elsewhere"
+                    );
+                    self.warned = true;
+                }
+                None if self.warned => {
+                    tracing::info!("SIPREC: the spool is usable again: OPTIONS answered 200");
+                    self.warned = false;
+                }
+                None => {}
+            }
+            self.spool = spool;
+        }
+        let off = self.draining || self.spool.is_some();
+        uas.set_unavailable(off.then_some(RETRY_AFTER_S));
+    }
 }
 
 /// How long a drained instance still answers retransmissions after its last
@@ -69,6 +131,7 @@ pub(super) async fn sip_loop(
 ) {
     let SipSockets { udp, tcp, tls } = sockets;
     let Shared {
+        status,
         ports: pool,
         calls,
         control: mut control_rx,
@@ -86,8 +149,11 @@ pub(super) async fn sip_loop(
         busy: busy.clone(),
     };
     let mut ports = RtpPorts::new(pool, media, cfg.listen.ip(), Instant::now());
-    // Draining: no new calls; `StopWhenIdle`: end as soon as no call is left.
-    let (mut draining, mut stop_when_idle) = (false, false);
+    // Draining: no new calls and end after the last one (a reload's);
+    // `no_new_calls`: no new calls, keep answering until stopped (the
+    // daemon's drain); `StopWhenIdle`: end as soon as no call is left.
+    let (mut draining, mut no_new_calls, mut stop_when_idle) = (false, false, false);
+    let mut avail = Availability::new(status);
     let mut idle_since: Option<Instant> = None;
     let local = cfg.listen;
     let mut uas = Uas::new(UasConfig {
@@ -99,6 +165,7 @@ pub(super) async fn sip_loop(
     });
     // A BYE is answered when the call's recording is on disk (ByeDurable).
     uas.hold_byes(true);
+    avail.refresh(&mut uas);
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
     let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
         HashMap::new();
@@ -130,7 +197,7 @@ pub(super) async fn sip_loop(
             || draining
             || stop_when_idle
             || refused != published_refusals;
-        calls.store(sessions.len(), Ordering::Relaxed);
+        calls.store(sessions.len() + uas.held_bye_count(), Ordering::Relaxed);
         // A BYE still held for its recording keeps the listener open.
         if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
             if stop_when_idle {
@@ -156,7 +223,19 @@ pub(super) async fn sip_loop(
                     cfg.tcp_message_timeout = new.tcp_message_timeout;
                     rtp_timeout = t;
                 }
-                Control::Drain => draining = true,
+                Control::Drain => {
+                    draining = true;
+                    avail.draining = true;
+                    avail.refresh(&mut uas);
+                }
+                Control::NoNewCalls => {
+                    if !no_new_calls {
+                        tracing::info!(listen = %local, calls = sessions.len(), "SIPREC: draining: new INVITEs and OPTIONS answered 503, the calls in progress go on");
+                    }
+                    no_new_calls = true;
+                    avail.draining = true;
+                    avail.refresh(&mut uas);
+                }
                 Control::StopWhenIdle(on) => stop_when_idle = on,
                 Control::ByeDurable(d) => {
                     uas.answer_bye(&d, now());
@@ -165,7 +244,7 @@ pub(super) async fn sip_loop(
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     let bytes = buf[..n].to_vec();
-                    on_message(&mut uas, &mut refuser, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
+                    on_message(&mut uas, &mut refuser, &mut avail, &bytes, peer, local, uas::Transport::Udp, &etx, &drops);
                 }
             }
             acc = tcp.accept() => {
@@ -190,7 +269,7 @@ pub(super) async fn sip_loop(
                 match m {
                     SipIn::Opened { peer, transport, writer } => { tcp_writers.insert((transport, peer), writer); }
                     SipIn::Conn { peer, transport, ev } => match ev {
-                        ConnEvent::Message(bytes) => on_message(&mut uas, &mut refuser, &bytes, peer, local, transport, &etx, &drops),
+                        ConnEvent::Message(bytes) => on_message(&mut uas, &mut refuser, &mut avail, &bytes, peer, local, transport, &etx, &drops),
                         ConnEvent::Refused { error, head } => { refuser.refuse(&mut uas, &head, &error, peer, transport); }
                         ConnEvent::Closed => { tcp_writers.remove(&(transport, peer)); }
                     },
@@ -233,9 +312,14 @@ pub(super) async fn sip_loop(
                     from,
                 } => {
                     let at = now();
+                    if no_new_calls {
+                        tracing::info!(peer = %from, listen = %local, "SIPREC INVITE while draining: 503");
+                        uas.reject_unavailable(&dialog, RETRY_AFTER_S, at);
+                        continue;
+                    }
                     if draining {
                         tracing::info!(peer = %from, listen = %local, "SIPREC INVITE to a listener replaced by a reload: 503 (send new calls to the new sources.siprec.listen)");
-                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        uas.reject_unavailable(&dialog, RETRY_AFTER_S, at);
                         continue;
                     }
                     if !cfg.allows(from.ip()) {
@@ -535,6 +619,7 @@ pub(super) fn conn_slot(
 pub(super) fn on_message(
     uas: &mut Uas,
     refuser: &mut Refuser,
+    avail: &mut Availability,
     bytes: &[u8],
     peer: SocketAddr,
     local: SocketAddr,
@@ -551,6 +636,10 @@ pub(super) fn on_message(
         }
     };
     feed(etx, drops, peer, local, bytes.to_vec());
+    if msg.method() == Some(&pbx_core::sip::message::Method::Options) && msg.to.tag.is_none() {
+        // A probe: answered with the spool's state as it is now.
+        avail.refresh(uas);
+    }
     if uas.needs_local_ip(peer.ip()) {
         // Listening on all interfaces: Contact and Via name the address
         // this peer reaches (an SBC may open new connections to it).

@@ -33,7 +33,10 @@
 //!   that does not exist get `481`. ACKs are absorbed.
 //! - Out of dialog: OPTIONS answered `200` with Allow, Accept
 //!   (`application/sdp`, `application/rs-metadata+xml`, `multipart/mixed`)
-//!   and `Supported: siprec`; BYE/UPDATE/INFO/PRACK `481`; other methods
+//!   and `Supported: siprec` -- or, while the shell says it takes no new
+//!   calls ([`Uas::set_unavailable`]: draining, spool unusable), `503` with
+//!   `Retry-After` (what a dispatcher's OPTIONS probe reads; in-dialog
+//!   OPTIONS of calls in progress still get `200`); BYE/UPDATE/INFO/PRACK `481`; other methods
 //!   `405`; a `Require` with an option tag other than `siprec` → `420`.
 //! - Requests the shell refused before they got here (over a limit,
 //!   malformed; [`super::limits`]): [`Uas::refuse`] answers them without
@@ -238,6 +241,9 @@ pub struct Uas {
     hold_byes: bool,
     /// The held BYE of each ended dialog.
     held_byes: HashMap<DialogId, TxKey>,
+    /// Taking no new calls: out-of-dialog OPTIONS get `503` with this
+    /// `Retry-After` (seconds).
+    unavailable: Option<u32>,
 }
 
 /// Peers whose local address is remembered (beyond it, the map restarts).
@@ -256,7 +262,23 @@ impl Uas {
             local_ips: HashMap::new(),
             hold_byes: false,
             held_byes: HashMap::new(),
+            unavailable: None,
         }
+    }
+
+    /// `Some(secs)`: this server takes no new calls for now (draining,
+    /// spool unusable), and says so to out-of-dialog OPTIONS -- the probe of
+    /// a dispatcher or an SBC's SRS group -- with `503 Service Unavailable`
+    /// and `Retry-After: secs`. `None`: OPTIONS get `200` again. In-dialog
+    /// requests are not affected; INVITEs are still the shell's decision
+    /// ([`Uas::reject_unavailable`]).
+    pub fn set_unavailable(&mut self, retry_after: Option<u32>) {
+        self.unavailable = retry_after;
+    }
+
+    /// What [`Uas::set_unavailable`] last set.
+    pub fn unavailable(&self) -> Option<u32> {
+        self.unavailable
     }
 
     /// With `on`, a BYE ends its dialog at once ([`UasEvent::Ended`] with
@@ -486,6 +508,15 @@ impl Uas {
     /// failure code.
     pub fn reject(&mut self, d: &DialogId, code: u16, reason: &str, at: Timestamp) -> bool {
         self.reject_with(d, code, reason, &[], at)
+    }
+
+    /// Rejects the dialog's pending INVITE with `503 Service Unavailable`
+    /// and `Retry-After: retry_after` (seconds): not taking new calls now,
+    /// try another server (RFC 3261 §21.5.4). Same as [`Uas::reject`]
+    /// otherwise.
+    pub fn reject_unavailable(&mut self, d: &DialogId, retry_after: u32, at: Timestamp) -> bool {
+        let extra = [("Retry-After", retry_after.to_string())];
+        self.reject_with(d, 503, "Service Unavailable", &extra, at)
     }
 
     /// [`Uas::reject`] with the refusal's code, reason and a Warning header

@@ -1170,3 +1170,92 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn unavailable_server_answers_options_503_and_keeps_its_dialogs() {
+    let mut u = uas();
+    let d = established(&mut u, "call-drain");
+    feed(
+        &mut u,
+        t(50),
+        &ack("z9hG4bKack", "call-drain", &d.local_tag, 1),
+    );
+    u.set_unavailable(Some(30));
+    assert_eq!(u.unavailable(), Some(30));
+    // A dispatcher's probe: 503 with Retry-After.
+    let probe = request(
+        "OPTIONS",
+        "z9hG4bKp1",
+        "probe-1",
+        None,
+        1,
+        "OPTIONS",
+        "",
+        "",
+    );
+    let r = sent(&feed(&mut u, t(100), &probe)).remove(0);
+    assert_eq!(r.status(), Some(503));
+    assert_eq!(r.header("Retry-After"), Some("30"));
+    // The call in progress: in-dialog OPTIONS and re-INVITE still answered.
+    let keep = request(
+        "OPTIONS",
+        "z9hG4bKp2",
+        "call-drain",
+        Some(&d.local_tag),
+        2,
+        "OPTIONS",
+        "",
+        "",
+    );
+    assert_eq!(codes(&feed(&mut u, t(200), &keep)), vec![200]);
+    let reinv = request(
+        "INVITE",
+        "z9hG4bKp3",
+        "call-drain",
+        Some(&d.local_tag),
+        3,
+        "INVITE",
+        "",
+        SDP,
+    );
+    let ev = feed(&mut u, t(300), &reinv);
+    assert!(ev.iter().any(|e| matches!(e, UasEvent::Reinvite { .. })));
+    assert!(u.accept(&d, SDP, t(310)));
+    assert_eq!(codes(&drain(&mut u)), vec![200]);
+    // A new INVITE the shell refuses: 503 + Retry-After, the call ends.
+    let ev = feed(&mut u, t(400), &invite("z9hG4bKp4", "call-new"));
+    let n = new_call(&ev);
+    assert!(u.reject_unavailable(&n, 30, t(410)));
+    let ev = drain(&mut u);
+    let r = sent(&ev).remove(0);
+    assert_eq!(r.status(), Some(503));
+    assert_eq!(r.header("Retry-After"), Some("30"));
+    assert_eq!(ended(&ev), vec![EndCause::Rejected(503)]);
+    // BYE of the call in progress: 200, the dialog ends.
+    let bye = request(
+        "BYE",
+        "z9hG4bKp5",
+        "call-drain",
+        Some(&d.local_tag),
+        4,
+        "BYE",
+        "",
+        "",
+    );
+    let ev = feed(&mut u, t(500), &bye);
+    assert_eq!(codes(&ev), vec![200]);
+    assert_eq!(ended(&ev), vec![EndCause::Bye]);
+    // Available again: 200.
+    u.set_unavailable(None);
+    let probe = request(
+        "OPTIONS",
+        "z9hG4bKp6",
+        "probe-2",
+        None,
+        1,
+        "OPTIONS",
+        "",
+        "",
+    );
+    assert_eq!(codes(&feed(&mut u, t(600), &probe)), vec![200]);
+}

@@ -191,7 +191,13 @@ impl Uas {
             }
             None => match method {
                 Method::Invite => self.new_invite(rq),
-                Method::Options => self.new_final(rq, 200, "OK", &[]),
+                Method::Options => match self.unavailable {
+                    Some(secs) => {
+                        let extra = [("Retry-After", secs.to_string())];
+                        self.new_final(rq, 503, "Service Unavailable", &extra)
+                    }
+                    None => self.new_final(rq, 200, "OK", &[]),
+                },
                 Method::Bye | Method::Update | Method::Info | Method::Prack => {
                     self.new_final(rq, 481, "Call/Transaction Does Not Exist", &[])
                 }
