@@ -17,6 +17,8 @@
 //! - [`spool`]: recording pairs → a durable queue (SQLite); [`delivery`]:
 //!   due entries → uploads → outcomes; [`upload`]: the cloud protocols (tus,
 //!   multipart) and what an answer means (a pure policy).
+//! - [`stream`]: recordings being written → a live WebSocket stream per
+//!   call (CONTRACT §5), best effort beside the recording.
 //! - [`status`] and [`health`]: snapshots → `/healthz`, `/readyz`,
 //!   `/metrics`, `/status`.
 //! - [`config`]: file + environment → a typed `Config` (a leaf); `sys`
@@ -38,6 +40,7 @@ pub mod recording;
 pub mod sources;
 pub mod spool;
 pub mod status;
+pub mod stream;
 pub(crate) mod sys;
 pub mod units;
 pub mod upload;

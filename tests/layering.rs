@@ -23,6 +23,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("upload", &["config", "sys"]),
     ("spool", &["sys", "upload"]),
     ("status", &["recording", "spool"]),
+    (
+        "stream",
+        &["config", "recording", "status", "sys", "upload"],
+    ),
     ("health", &["status"]),
     ("delivery", &["config", "spool", "status", "sys", "upload"]),
     (
@@ -47,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sources",
             "spool",
             "status",
+            "stream",
             "sys",
             "units",
         ],

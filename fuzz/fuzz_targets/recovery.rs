@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         agent_id: "fuzz".into(),
         source: "siprec",
         min_duration: Duration::ZERO,
+        tap: None,
     };
     let ids = recover(dir, &ctx).expect("recover");
     for id in &ids {

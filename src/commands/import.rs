@@ -30,6 +30,7 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         agent_id: args.agent_id.clone().unwrap_or_else(hostname),
         source: "pcap",
         min_duration,
+        tap: None,
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;

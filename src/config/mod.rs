@@ -68,6 +68,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub recording: RecordingConfig,
     pub cloud: CloudConfig,
+    pub stream: StreamConfig,
     pub sources: SourcesConfig,
     pub filter: FilterConfig,
     pub log: LogConfig,
@@ -202,6 +203,34 @@ impl CloudConfig {
     /// Whether a cloud is configured at all (`url` not empty).
     pub fn is_configured(&self) -> bool {
         !self.url.is_empty()
+    }
+}
+
+/// `[stream]`: live streaming of calls in progress (CONTRACT §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub enabled: bool,
+    /// `wss://…` (or `ws://` to a loopback host), without a trailing `/`;
+    /// empty only while `enabled` is false. No credentials, no fragment.
+    pub url: String,
+    /// File holding the bearer token; empty path: the cloud's
+    /// ([`StreamConfig::token_path`]).
+    pub token_file: PathBuf,
+    /// Audio per binary message, 20 ms ..= 1 s.
+    pub frame: Duration,
+    /// How far a call's stream may fall behind (or its receiver be gone)
+    /// before it is given up for that call, 1 s ..= 1 h.
+    pub max_lag: Duration,
+}
+
+impl StreamConfig {
+    /// The token file to read: `stream.token_file`, else `cloud.token_file`.
+    pub fn token_path<'a>(&'a self, cloud: &'a CloudConfig) -> &'a Path {
+        if self.token_file.as_os_str().is_empty() {
+            &cloud.token_file
+        } else {
+            &self.token_file
+        }
     }
 }
 
@@ -445,6 +474,13 @@ impl Config {
                 client_key: None,
                 proxy: String::new(),
             },
+            stream: StreamConfig {
+                enabled: false,
+                url: String::new(),
+                token_file: PathBuf::new(),
+                frame: Duration::from_millis(100),
+                max_lag: Duration::from_secs(30),
+            },
             sources: SourcesConfig {
                 siprec: SiprecConfig {
                     enabled: true,
@@ -629,6 +665,9 @@ impl Config {
         let mut files: Vec<(&str, &Path)> = Vec::new();
         if !self.cloud.token_file.as_os_str().is_empty() {
             files.push(("cloud.token_file", &self.cloud.token_file));
+        }
+        if !self.stream.token_file.as_os_str().is_empty() {
+            files.push(("stream.token_file", &self.stream.token_file));
         }
         if let Some(p) = &self.cloud.client_key {
             files.push(("cloud.client_key", p));

@@ -63,11 +63,43 @@ impl RunningSource {
     }
 }
 
+/// The live stream's tap, set once at start: every live source's
+/// recordings hand their audio to it (it starts a stream only while
+/// `[stream]` is enabled).
+static STREAM_TAP: std::sync::OnceLock<Arc<dyn recording::AudioTap>> = std::sync::OnceLock::new();
+
 fn context(cfg: &Config, source: &'static str) -> RecordingContext {
     RecordingContext {
         agent_id: cfg.agent.id.clone(),
         source,
         min_duration: cfg.recording.min_duration,
+        tap: STREAM_TAP.get().cloned(),
+    }
+}
+
+/// Apply `[stream]` (start, reload): new calls stream with these settings.
+/// A token or CA file that cannot be read turns streaming off, said in
+/// /status and /readyz (which stays ready: streams are best effort).
+fn configure_stream(cfg: &Config, hub: &crate::stream::StreamHub, status: &SharedStatus) {
+    let error = match crate::stream::StreamSettings::from_config(cfg) {
+        Ok(s) => {
+            if let Some(s) = &s {
+                tracing::info!(url = %s.url, "live streaming of calls on");
+            }
+            hub.configure(s);
+            None
+        }
+        Err(e) => {
+            tracing::error!("live streaming off: {e}");
+            hub.configure(None);
+            Some(e)
+        }
+    };
+    if let Ok(mut s) = status.lock() {
+        s.stream = crate::status::StreamStatus {
+            config_error: error,
+            ..hub.snapshot()
+        };
     }
 }
 
@@ -741,6 +773,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         s.cloud.spool_error = Some("opening the spool database".into());
     }
     let live = Liveness::new();
+    let stream = crate::stream::StreamHub::new(tokio::runtime::Handle::current());
+    configure_stream(&cfg, &stream, &status);
+    let _ = STREAM_TAP.set(stream.tap());
 
     // Recordings a crash cut off.
     match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
@@ -841,6 +876,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         )
                         .await;
                         reload_sniff(&cfg, &status, &live, &mut sources);
+                        configure_stream(&cfg, &stream, &status);
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
@@ -868,6 +904,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             _ = &mut next_tick => {
                 if let Ok(mut s) = status.lock() {
                     s.uptime_s = started.elapsed().as_secs();
+                    s.stream = crate::status::StreamStatus {
+                        config_error: s.stream.config_error.take(),
+                        ..stream.snapshot()
+                    };
                 }
                 // Replaced SIPREC listeners whose last call ended.
                 let (done, going): (Vec<_>, Vec<_>) =
@@ -943,6 +983,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     if let Some(h) = hep.take() {
         let _ = tokio::task::spawn_blocking(move || h.stop()).await;
     }
+    // The streams of the calls just closed send their `stop` (best effort,
+    // within the stop budget).
+    stream.drain(Duration::from_secs(3)).await;
     if let Some(d) = delivery.take() {
         d.shutdown().await;
     }

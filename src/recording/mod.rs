@@ -64,6 +64,8 @@ mod sync;
 pub use sync::*;
 mod recover;
 pub use recover::*;
+pub mod tap;
+pub use tap::{AudioTap, CallTap, RecordingFile, TapBegin, TapEnd};
 
 /// What every recording of one run shares.
 #[derive(Debug, Clone)]
@@ -73,6 +75,9 @@ pub struct RecordingContext {
     pub source: &'static str,
     /// Calls shorter than this are discarded.
     pub min_duration: Duration,
+    /// Gets each recording's audio as it is written (the live stream);
+    /// `None`: nothing besides the file.
+    pub tap: Option<Arc<dyn AudioTap>>,
 }
 
 /// What a configuration reload changes for a running source without new
@@ -136,6 +141,9 @@ struct OpenRecording {
     ctx: RecordingContext,
     /// The directory it is written in (a reload may move new ones elsewhere).
     dir: PathBuf,
+    /// Sample frames written so far.
+    frames: u64,
+    tap: Option<Box<dyn CallTap>>,
 }
 
 /// Writes recordings into one directory.
@@ -301,11 +309,12 @@ impl RecordingDir {
         &self.dir
     }
 
+    /// The pair written and its JSON, or `None` when too short.
     fn finish_files(
         &mut self,
         rec: OpenRecording,
         meta: &CallMeta,
-    ) -> io::Result<Option<WrittenRecording>> {
+    ) -> io::Result<Option<(WrittenRecording, Value)>> {
         if let Some(e) = rec.error {
             return Err(e);
         }
@@ -334,12 +343,15 @@ impl RecordingDir {
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
-        Ok(Some(WrittenRecording {
-            id: rec.id,
-            wav: wav_path,
-            json: json_path,
-            duration_ms: meta.duration_ms(),
-        }))
+        Ok(Some((
+            WrittenRecording {
+                id: rec.id,
+                wav: wav_path,
+                json: json_path,
+                duration_ms: meta.duration_ms(),
+            },
+            doc.to_value(),
+        )))
     }
 }
 
@@ -357,6 +369,10 @@ impl RecordingSink for RecordingDir {
         }
         let _ = write_small_file(&sidecar, &v);
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
+        let file = RecordingFile {
+            part: part.clone(),
+            wav: self.dir.join(format!("{}.wav", start.recording_id)),
+        };
         // The header goes to the kernel at once: a crash a moment later still
         // leaves a valid (empty) WAV.
         let opened = create_private_file(&part).and_then(|f| {
@@ -370,6 +386,15 @@ impl RecordingSink for RecordingDir {
         };
         // The start sidecar now stands for the call.
         self.answered.forget(&start.call_id);
+        let tap = match (&self.ctx.tap, &error) {
+            (Some(t), None) => t.begin(TapBegin {
+                recording_id: start.recording_id.clone(),
+                sample_rate: start.sample_rate,
+                meta: start_meta(&v),
+                file,
+            }),
+            _ => None,
+        };
         mark_unsynced(&self.dir);
         self.open.insert(
             call,
@@ -381,6 +406,8 @@ impl RecordingSink for RecordingDir {
                 error,
                 ctx: self.ctx.clone(),
                 dir: self.dir.clone(),
+                frames: 0,
+                tap,
             },
         );
     }
@@ -400,6 +427,12 @@ impl RecordingSink for RecordingDir {
                 };
                 if let Err(e) = res {
                     rec.error = Some(e);
+                } else {
+                    // In the file now (the tap may read it from there).
+                    if let Some(t) = rec.tap.as_mut() {
+                        t.audio(rec.frames, frames);
+                    }
+                    rec.frames += (frames.len() / 2) as u64;
                 }
                 if self.write_through {
                     mark_unsynced(&rec.dir);
@@ -409,31 +442,68 @@ impl RecordingSink for RecordingDir {
     }
 
     fn end(&mut self, call: CallKey, meta: CallMeta) {
-        let Some(rec) = self.open.remove(&call) else {
+        let Some(mut rec) = self.open.remove(&call) else {
             return;
         };
         let part = rec.part.clone();
         let id = rec.id.clone();
         let dir = rec.dir.clone();
         let call_id = rec.call_id.clone();
-        match self.finish_files(rec, &meta) {
-            Ok(Some(w)) => {
+        let tap = rec.tap.take();
+        let frames = rec.frames;
+        let tap_end = match self.finish_files(rec, &meta) {
+            Ok(Some((w, doc))) => {
                 self.counters.written += 1;
                 self.written.push(w);
+                TapEnd::Written { frames, meta: doc }
             }
             Ok(None) => {
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
-                self.counters.too_short += 1
+                self.counters.too_short += 1;
+                TapEnd::Discarded {
+                    frames,
+                    reason: "shorter than recording.min_duration".into(),
+                }
             }
             Err(e) => {
                 let _ = fs::remove_file(&part);
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
                 self.counters.failed += 1;
                 self.errors.push(format!("recording {id}: {e}"));
+                TapEnd::Discarded {
+                    frames,
+                    reason: "the recording could not be written".into(),
+                }
             }
+        };
+        if let Some(t) = tap {
+            t.end(tap_end);
         }
         self.closed_call(&call_id);
     }
+}
+
+/// The metadata known when a recording begins, in CONTRACT §3's shape (for
+/// the live stream's `start`), from the start sidecar's value.
+fn start_meta(sidecar: &Value) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("schema".into(), SCHEMA.into());
+    for k in [
+        "recording_id",
+        "agent_id",
+        "source",
+        "call_id",
+        "from",
+        "to",
+        "started_at",
+        "answered_at",
+        "media_started_at",
+    ] {
+        if let Some(v) = sidecar.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(m)
 }
 
 /// The recording JSON of CONTRACT §3 for a call the engine recorded to its
