@@ -8,6 +8,8 @@
 //! stopped incomplete), answering `error` (that call's stream ends), and
 //! slow to answer one call (the other call's stream and both recordings
 //! unaffected). The latency from packet to frame is measured and printed.
+//! Who is who: the SIPREC participants' roles, the agent's extension and
+//! the PBX's ids in the stream's `start` and in the recording.
 
 mod common;
 
@@ -339,6 +341,7 @@ fn invite(call_id: &str, src_port: u16, srs: SocketAddr) -> String {
         "INVITE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{src_port};branch=z9hG4bK-{call_id}\r\nMax-Forwards: 70\r\n\
          From: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: <sip:srs@{srs}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
          Contact: <sip:src@127.0.0.1:{src_port}>;+sip.src\r\nRequire: siprec\r\nAccept: application/sdp, application/rs-metadata\r\n\
+         X-Asterisk-Uniqueid: 1733300000.42\r\nUser-to-User: 00FA080019001038F725B3;encoding=hex\r\n\
          Content-Type: multipart/mixed;boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -534,6 +537,23 @@ fn streamed_audio_is_the_final_wav_sample_for_sample() {
     assert_eq!(s["meta"]["recording_id"], id);
     assert_eq!(s["meta"]["call_id"], "live-1@src");
     assert_eq!(s["meta"]["source"], "siprec");
+    // Who is who, known at the start: Alice (+15551001, the first
+    // participant) calls extension 2002 (Bob): inbound, Bob is the agent.
+    assert_eq!(s["meta"]["direction"], "inbound");
+    assert_eq!(s["meta"]["channels"][0]["role"], "customer");
+    assert_eq!(s["meta"]["channels"][1]["role"], "agent");
+    assert_eq!(s["meta"]["channels"][1]["extension"], "2002");
+    assert_eq!(s["meta"]["ids"]["asterisk_uniqueid"], "1733300000.42");
+    // ... and in the recording.
+    assert_eq!(j["direction"], "inbound");
+    assert_eq!(j["from"]["number"], "+15551001");
+    assert_eq!(j["channels"][0]["role"], "customer");
+    assert!(j["channels"][0].get("extension").is_none());
+    assert_eq!(j["channels"][1]["role"], "agent");
+    assert_eq!(j["channels"][1]["extension"], "2002");
+    assert_eq!(j["ids"]["asterisk_uniqueid"], "1733300000.42");
+    assert_eq!(j["ids"]["avaya_ucid"], "00025000160955721139");
+    assert_eq!(j["ids"]["recorded_call_id"], "rec-live-1@src");
     // stop: complete, every frame, the final metadata (the JSON written).
     let stop = &h.stops[0];
     assert_eq!(stop["complete"], true, "{stop}");

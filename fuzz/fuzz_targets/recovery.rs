@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         source: "siprec",
         min_duration: Duration::ZERO,
         tap: None,
+        roles: Default::default(),
     };
     let ids = recover(dir, &ctx).expect("recover");
     for id in &ids {

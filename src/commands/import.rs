@@ -31,6 +31,7 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         source: "pcap",
         min_duration,
         tap: None,
+        roles: Default::default(),
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;

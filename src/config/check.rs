@@ -14,6 +14,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "recording",
     "cloud",
     "stream",
+    "roles",
     "sources",
     "filter",
     "log",
@@ -703,6 +704,38 @@ pub(super) fn check(
             message: "must be set when stream is enabled (wss://…)".into(),
         });
     }
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "roles", errs);
+    let ro = &mut cfg.roles;
+    s.field(errs, "internal_numbers", &mut ro.internal_numbers, |n| {
+        let v = to_string_list(n)?;
+        if let Some(p) = v.iter().find(|p| p.trim().is_empty() || p.trim() == "*") {
+            return Err(format!("{} would make every number internal", quote(p)));
+        }
+        Ok(v)
+    });
+    s.field(errs, "extension_length", &mut ro.extension_length, |n| {
+        let v = to_string(n)?;
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            format!(
+                "{} is not a length range like \"2-5\" (or \"\" for none)",
+                quote(v)
+            )
+        };
+        let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi || hi > 15 {
+            return Err(format!("{}: lengths from 1 to 15, low to high", quote(v)));
+        }
+        Ok(Some((lo, hi)))
+    });
+    s.field(errs, "agent_uris", &mut ro.agent_uris, to_string_list);
     s.finish(errs, keys, "key");
 
     let mut src = Sec::child(&top, "sources", errs);

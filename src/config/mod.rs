@@ -69,6 +69,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub cloud: CloudConfig,
     pub stream: StreamConfig,
+    pub roles: RolesConfig,
     pub sources: SourcesConfig,
     pub filter: FilterConfig,
     pub log: LogConfig,
@@ -232,6 +233,18 @@ impl StreamConfig {
             &self.token_file
         }
     }
+}
+
+/// `[roles]`: who is who (`channels[i].role`, `extension`, the direction
+/// of calls a source does not know it for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolesConfig {
+    /// Number patterns of internal parties (`*` any run, `?` one character).
+    pub internal_numbers: Vec<String>,
+    /// All-digit numbers this long are extensions (inclusive); `None`: off.
+    pub extension_length: Option<(usize, usize)>,
+    /// SIP URI / SIPREC AoR patterns of agents, e.g. `sip:*@agents.example.com`.
+    pub agent_uris: Vec<String>,
 }
 
 /// `[sources.*]`
@@ -480,6 +493,11 @@ impl Config {
                 token_file: PathBuf::new(),
                 frame: Duration::from_millis(100),
                 max_lag: Duration::from_secs(30),
+            },
+            roles: RolesConfig {
+                internal_numbers: Vec::new(),
+                extension_length: Some((2, 5)),
+                agent_uris: Vec::new(),
             },
             sources: SourcesConfig {
                 siprec: SiprecConfig {

@@ -185,7 +185,7 @@ fn unknown_keys_suggest() {
     );
     assert_eq!(
             err1("[network]\nx = 1"),
-            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, stream, sources, filter, log)"
+            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, stream, roles, sources, filter, log)"
         );
     assert_eq!(
         suggest("max_parralel", &["url", "max_parallel"]),
@@ -313,4 +313,36 @@ fn stream_section_defaults_and_checks() {
     assert!(err1("[stream]\nframe = \"5ms\"\n").starts_with("t.toml:2: stream.frame:"));
     assert!(err1("[stream]\nmax_lag = \"0s\"\n").starts_with("t.toml:2: stream.max_lag:"));
     assert!(err1("[stream]\nmaxlag = \"1s\"\n").starts_with("t.toml:2: stream.maxlag:"));
+}
+
+#[test]
+fn roles_section() {
+    let c = parse("").unwrap();
+    assert_eq!(c.roles.extension_length, Some((2, 5)));
+    let c = parse(
+        "[roles]\ninternal_numbers = [\"+7495123????\"]\nextension_length = \"3-4\"\nagent_uris = [\"sip:*@agents.example.com\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.roles.internal_numbers, vec!["+7495123????".to_string()]);
+    assert_eq!(c.roles.extension_length, Some((3, 4)));
+    assert_eq!(c.roles.agent_uris.len(), 1);
+    assert_eq!(
+        parse("[roles]\nextension_length = \"\"\n")
+            .unwrap()
+            .roles
+            .extension_length,
+        None
+    );
+    assert_eq!(
+        parse("[roles]\nextension_length = \"4\"\n")
+            .unwrap()
+            .roles
+            .extension_length,
+        Some((4, 4))
+    );
+    assert!(err1("[roles]\nextension_length = \"5-3\"\n")
+        .starts_with("t.toml:2: roles.extension_length:"));
+    assert!(err1("[roles]\nextension_length = \"x\"\n")
+        .starts_with("t.toml:2: roles.extension_length:"));
+    assert!(err1("[roles]\ninternal_numbers = [\"*\"]\n").contains("every number"));
 }

@@ -74,6 +74,11 @@ fn context(cfg: &Config, source: &'static str) -> RecordingContext {
         source,
         min_duration: cfg.recording.min_duration,
         tap: STREAM_TAP.get().cloned(),
+        roles: recording::RoleRules {
+            internal_numbers: cfg.roles.internal_numbers.clone(),
+            extension_length: cfg.roles.extension_length,
+            agent_uris: cfg.roles.agent_uris.clone(),
+        },
     }
 }
 

@@ -64,6 +64,8 @@ mod sync;
 pub use sync::*;
 mod recover;
 pub use recover::*;
+pub mod roles;
+pub use roles::{ChannelRole, RoleRules};
 pub mod tap;
 pub use tap::{AudioTap, CallTap, RecordingFile, TapBegin, TapEnd};
 
@@ -78,6 +80,8 @@ pub struct RecordingContext {
     /// Gets each recording's audio as it is written (the live stream);
     /// `None`: nothing besides the file.
     pub tap: Option<Arc<dyn AudioTap>>,
+    /// Who is who (`[roles]`).
+    pub roles: RoleRules,
 }
 
 /// What a configuration reload changes for a running source without new
@@ -332,13 +336,14 @@ impl RecordingDir {
         let wav_path = rec.dir.join(format!("{}.wav", rec.id));
         let json_path = rec.dir.join(format!("{}.json", rec.id));
         fs::rename(&rec.part, &wav_path)?;
-        let doc = RecordingDoc::of_call(
+        let mut doc = RecordingDoc::of_call(
             meta,
             &rec.id,
             &rec.ctx.agent_id,
             rec.ctx.source,
             DocAudio::wav(meta.sample_rate, bytes, sha),
         );
+        doc.assign_roles(&rec.ctx.roles);
         write_json(&rec.dir, &doc)?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
@@ -390,7 +395,7 @@ impl RecordingSink for RecordingDir {
             (Some(t), None) => t.begin(TapBegin {
                 recording_id: start.recording_id.clone(),
                 sample_rate: start.sample_rate,
-                meta: start_meta(&v),
+                meta: start_meta(&v, &self.ctx.roles),
                 file,
             }),
             _ => None,
@@ -485,7 +490,7 @@ impl RecordingSink for RecordingDir {
 
 /// The metadata known when a recording begins, in CONTRACT §3's shape (for
 /// the live stream's `start`), from the start sidecar's value.
-fn start_meta(sidecar: &Value) -> Value {
+fn start_meta(sidecar: &Value, roles: &RoleRules) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("schema".into(), SCHEMA.into());
     for k in [
@@ -502,6 +507,30 @@ fn start_meta(sidecar: &Value) -> Value {
         if let Some(v) = sidecar.get(k) {
             m.insert(k.into(), v.clone());
         }
+    }
+    let party = |k: &str| serde_json::from_value::<DocParty>(sidecar[k].clone()).ok();
+    let (from, to) = (party("from"), party("to"));
+    let (direction, roles) = roles.classify(from.as_ref(), to.as_ref(), "unknown");
+    m.insert("direction".into(), direction.into());
+    let channels: Vec<Value> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let party = ["caller", "callee"][i];
+            let mut c = json!({"index": i, "party": party, "role": r.role});
+            if let Some(e) = &r.extension {
+                c["extension"] = e.clone().into();
+            }
+            c
+        })
+        .collect();
+    m.insert("channels".into(), channels.into());
+    let ids = doc::call_ids(
+        &serde_json::from_value(sidecar["ids"].clone()).unwrap_or_default(),
+        None,
+    );
+    if !ids.is_empty() {
+        m.insert("ids".into(), serde_json::to_value(ids).unwrap_or_default());
     }
     Value::Object(m)
 }

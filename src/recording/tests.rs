@@ -14,6 +14,7 @@ fn start(id: &str) -> RecordingStart {
         to: PartyInfo::default(),
         started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
         answered_at: None,
+        ids: Default::default(),
     }
 }
 
@@ -23,6 +24,7 @@ fn ctx(source: &'static str) -> RecordingContext {
         source,
         min_duration: Duration::ZERO,
         tap: None,
+        roles: RoleRules::default(),
     }
 }
 
@@ -254,6 +256,7 @@ fn meta_r4() -> CallMeta {
         dtmf: Vec::new(),
         end_reason: pbx_core::call::EndReason::Bye,
         warnings: Vec::new(),
+        ids: Default::default(),
     }
 }
 
@@ -549,4 +552,59 @@ fn a_discarded_recording_ends_its_tap_as_discarded() {
         "{:?}",
         s.ends
     );
+}
+
+/// Who is who in the JSON and in the stream's start metadata: an outbound
+/// call from extension 1001 (the caller is the agent), with the PBX's ids
+/// and the recorded call's Call-ID.
+#[test]
+fn roles_and_ids_reach_the_json_and_the_start_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut c = ctx("siprec");
+    c.tap = Some(Arc::new(TestTap(seen.clone())));
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    let ids: std::collections::BTreeMap<String, String> =
+        [("asterisk_uniqueid".to_string(), "1733.7".to_string())].into();
+    let to = PartyInfo {
+        number: "+15551002".into(),
+        ..PartyInfo::default()
+    };
+    rd.begin(
+        CallKey(4),
+        &RecordingStart {
+            to: to.clone(),
+            ids: ids.clone(),
+            ..start("r4")
+        },
+    );
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    rd.end(
+        CallKey(4),
+        CallMeta {
+            from: PartyInfo {
+                number: "1001".into(),
+                ..PartyInfo::default()
+            },
+            to,
+            ids,
+            recorded_call_id: Some("orig-call@pbx".into()),
+            ..meta_r4()
+        },
+    );
+    let j = json_of(d.path(), "r4");
+    assert_eq!(j["direction"], "outbound");
+    assert_eq!(j["channels"][0]["role"], "agent");
+    assert_eq!(j["channels"][0]["extension"], "1001");
+    assert_eq!(j["channels"][1]["role"], "customer");
+    assert!(j["channels"][1].get("extension").is_none());
+    assert_eq!(j["ids"]["asterisk_uniqueid"], "1733.7");
+    assert_eq!(j["ids"]["recorded_call_id"], "orig-call@pbx");
+    let s = seen.lock().unwrap();
+    let m = &s.begun[0].meta;
+    assert_eq!(m["direction"], "outbound");
+    assert_eq!(m["channels"][0]["role"], "agent");
+    assert_eq!(m["channels"][0]["extension"], "1001");
+    assert_eq!(m["channels"][1]["role"], "customer");
+    assert_eq!(m["ids"]["asterisk_uniqueid"], "1733.7");
 }

@@ -518,8 +518,13 @@ impl Drop for FolderHandle {
 /// Starts the folder source (`[sources.folder]`) in its own thread, writing
 /// into `cfg.spool.dir`; beats `"folder"` on `live` each pass.
 pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Result<FolderHandle> {
-    let settings = FolderSettings::from_config(&cfg.sources.folder)
+    let mut settings = FolderSettings::from_config(&cfg.sources.folder)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    settings.roles = crate::recording::RoleRules {
+        internal_numbers: cfg.roles.internal_numbers.clone(),
+        extension_length: cfg.roles.extension_length,
+        agent_uris: cfg.roles.agent_uris.clone(),
+    };
     start_with(cfg, settings, status, live)
 }
 

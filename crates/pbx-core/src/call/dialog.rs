@@ -7,7 +7,7 @@
 //! assignments, and call ends (BYE, CANCEL, failure). Promises: the
 //! INVITE's sender is the caller; retransmissions are counted once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -127,6 +127,8 @@ pub(super) struct Call {
     pub(super) rec_caller: Option<NameAddr>,
     pub(super) rec_callee: Option<NameAddr>,
     pub(super) recorded_call_id: Option<String>,
+    /// Identifiers the PBX gave the call (SIP headers, [`super::ids`]).
+    pub(super) ids: BTreeMap<String, String>,
 }
 
 impl Call {
@@ -211,6 +213,9 @@ impl Tracker {
             call.seen_msgs.pop_front();
         }
         call.seen_msgs.push_back(sig);
+        if msg.is_request() {
+            super::ids::collect(&msg, &mut call.ids);
+        }
 
         // A new INVITE without To-tag on a call still being set up is the
         // retry after an authentication challenge (401/407): same call.
@@ -340,6 +345,7 @@ impl Tracker {
             rec_caller: None,
             rec_callee: None,
             recorded_call_id: None,
+            ids: BTreeMap::new(),
             warnings: if initial {
                 Vec::new()
             } else {

@@ -196,6 +196,7 @@ impl Tracker {
                 to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
                 started_at: call.started_at.min(ts),
                 answered_at: call.answered_at,
+                ids: call.ids.clone(),
             };
             sink.begin(key, &start);
         }
@@ -541,6 +542,7 @@ impl Tracker {
             dtmf: dtmf_on_timeline(call.dtmf, origin_us),
             end_reason: reason,
             warnings,
+            ids: call.ids,
         };
         sink.end(key, meta);
     }

@@ -151,6 +151,9 @@ pub struct CallMeta {
     pub dtmf: Vec<Dtmf>,
     pub end_reason: EndReason,
     pub warnings: Vec<String>,
+    /// Identifiers the PBX gave the call, from SIP headers
+    /// ([`super::ids`]): `asterisk_uniqueid`, `cisco_guid`, `avaya_ucid`, ….
+    pub ids: std::collections::BTreeMap<String, String>,
 }
 
 impl CallMeta {
@@ -189,6 +192,9 @@ pub struct RecordingStart {
     pub to: PartyInfo,
     pub started_at: Timestamp,
     pub answered_at: Option<Timestamp>,
+    /// Identifiers the PBX gave the call, as far as known.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ids: std::collections::BTreeMap<String, String>,
 }
 
 /// Where the engine's recordings go. Implemented by the shell (files) and by
