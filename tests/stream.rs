@@ -430,7 +430,7 @@ fn siprec_call(srs: SocketAddr, call_id: &str, ms: usize, seed: u64) -> Instant 
     t0
 }
 
-fn daemon(dir: &std::path::Path, rx: &Receiver, stream_extra: &str) -> (Daemon, SocketAddr) {
+fn daemon(dir: &std::path::Path, url: &str, stream_extra: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
     let rtp = 30_000 + (port % 1000) * 20;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -441,7 +441,7 @@ fn daemon(dir: &std::path::Path, rx: &Receiver, stream_extra: &str) -> (Daemon, 
         &format!(
             "[recording]\njitter = \"200ms\"\n[cloud]\ntoken_file = \"{}\"\n[stream]\nenabled = true\nurl = \"{}\"\n{stream_extra}\n[sources.siprec]\nenabled = true\nlisten = \"{listen}\"\nrtp_ports = \"{rtp}-{}\"\n",
             token.display(),
-            rx.url(),
+            url,
             rtp + 19
         ),
     );
@@ -516,7 +516,7 @@ fn assert_same_samples(streamed: &[i16], wav: &[i16]) {
 fn streamed_audio_is_the_final_wav_sample_for_sample() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start();
-    let (d, srs) = daemon(dir.path(), &rx, "frame = \"100ms\"");
+    let (d, srs) = daemon(dir.path(), &rx.url(), "frame = \"100ms\"");
     let t0 = siprec_call(srs, "live-1@src", 3000, 11);
     let (j, wav) = recording_of(&d, "live-1@src");
     let id = j["recording_id"].as_str().unwrap();
@@ -606,7 +606,7 @@ fn receiver_dropped_mid_call_is_resumed_from_the_offset_it_holds() {
     // After 1.5 s of audio the connection breaks and the receiver keeps
     // only what it had 0.3 s earlier.
     rx.behaviour.lock().unwrap().drop_at = Some((12_000, 2_400));
-    let (d, srs) = daemon(dir.path(), &rx, "");
+    let (d, srs) = daemon(dir.path(), &rx.url(), "");
     siprec_call(srs, "live-drop@src", 4000, 21);
     let (j, wav) = recording_of(&d, "live-drop@src");
     let id = j["recording_id"].as_str().unwrap();
@@ -636,7 +636,7 @@ fn receiver_dropped_mid_call_is_resumed_from_the_offset_it_holds() {
 fn receiver_gone_longer_than_max_lag_gets_an_incomplete_stop_and_the_recording_is_whole() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start();
-    let (d, srs) = daemon(dir.path(), &rx, "max_lag = \"1s\"");
+    let (d, srs) = daemon(dir.path(), &rx.url(), "max_lag = \"1s\"");
     let down = rx.down.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
@@ -671,7 +671,7 @@ fn receiver_error_ends_that_calls_stream_without_retries() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start();
     rx.behaviour.lock().unwrap().refuse = true;
-    let (d, srs) = daemon(dir.path(), &rx, "");
+    let (d, srs) = daemon(dir.path(), &rx.url(), "");
     siprec_call(srs, "live-refused@src", 2000, 41);
     let (j, wav) = recording_of(&d, "live-refused@src");
     assert!(wav.len() / 2 >= 1800 * 8);
@@ -699,7 +699,7 @@ fn a_slow_receiver_for_one_call_holds_back_neither_the_other_call_nor_the_record
     // The receiver answers the first call's start 3 s late: its queue
     // overflows and it catches up from the file.
     rx.behaviour.lock().unwrap().slow = Some(("slow".into(), Duration::from_secs(3)));
-    let (d, srs) = daemon(dir.path(), &rx, "");
+    let (d, srs) = daemon(dir.path(), &rx.url(), "");
     let slow = std::thread::spawn(move || siprec_call(srs, "live-slow@src", 5000, 51));
     let t0 = siprec_call(srs, "live-fast@src", 5000, 61);
     slow.join().unwrap();
@@ -731,4 +731,159 @@ fn a_slow_receiver_for_one_call_holds_back_neither_the_other_call_nor_the_record
         pct(&lat, 0.99),
         pct(&lat, 1.0)
     );
+}
+
+/// The same call streamed to a receiver we did not write (Python's
+/// `websockets`, tests/ws/stream_receiver.py): it accepts the subprotocol
+/// and the token, and what it holds is the WAV, sample for sample.
+#[test]
+fn an_independent_python_receiver_holds_the_wav_sample_for_sample() {
+    let py = "/usr/bin/python3";
+    let ok = std::process::Command::new(py)
+        .args(["-c", "import websockets"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: python3-websockets is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received");
+    std::fs::create_dir(&out).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws/stream_receiver.py");
+    let mut child = std::process::Command::new(py)
+        .arg(&script)
+        .arg(&out)
+        .arg(TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _guard = Kill(child);
+    let port: u16 = line.trim().parse().unwrap();
+    let (d, srs) = daemon(dir.path(), &format!("ws://127.0.0.1:{port}/"), "");
+    siprec_call(srs, "live-py@src", 2000, 71);
+    let (j, wav) = recording_of(&d, "live-py@src");
+    let id = j["recording_id"].as_str().unwrap();
+    let log = out.join(format!("{id}.json"));
+    let t = Instant::now();
+    while !log.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no stop at the Python receiver; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let l: Value = serde_json::from_slice(&std::fs::read(&log).unwrap()).unwrap();
+    assert_eq!(l["checks"]["subprotocol"], "pbx-edge.stream.v1", "{l}");
+    assert_eq!(l["checks"]["authorization_ok"], true, "{l}");
+    assert!(l["checks"]["user_agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("pbx-edge/"));
+    assert_eq!(l["violations"], serde_json::json!([]));
+    assert_eq!(l["stops"][0]["complete"], true);
+    let pcm: Vec<i16> = std::fs::read(out.join(format!("{id}.pcm")))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_same_samples(&pcm, &wav);
+}
+
+/// Latency and memory with many calls streamed at once (run by hand:
+/// `STREAM_CALLS=100 cargo test --release --test stream -- --ignored many`;
+/// figures in BENCHMARKS.md).
+#[test]
+#[ignore]
+fn many_concurrent_calls_latency_and_memory() {
+    let n: usize = std::env::var("STREAM_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let ms: usize = std::env::var("STREAM_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10)
+        * 1000;
+    let streaming = std::env::var("STREAM_OFF").is_err();
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[recording]\njitter = \"200ms\"\n[cloud]\ntoken_file = \"{}\"\n[stream]\nenabled = {streaming}\nurl = \"{}\"\n[sources.siprec]\nenabled = true\nlisten = \"{listen}\"\nrtp_ports = \"20000-29999\"\nmax_calls = 5000\n",
+            token.display(),
+            rx.url()
+        ),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let pid = d.child.id();
+    let before = rss(pid);
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(5));
+            std::thread::spawn(move || {
+                siprec_call(listen, &format!("many-{i}@src"), ms, 1000 + i as u64)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(ms as u64 / 2));
+    let during = rss(pid);
+    let t0s: Vec<Instant> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let mut lat = Vec::new();
+    let mut complete = 0;
+    for (i, t0) in t0s.iter().enumerate() {
+        let (j, wav) = recording_of(&d, &format!("many-{i}@src"));
+        if !streaming {
+            continue;
+        }
+        let h = rx.wait_stop(j["recording_id"].as_str().unwrap(), Duration::from_secs(60));
+        if h.stops[0]["complete"] == true {
+            complete += 1;
+        }
+        assert_same_samples(&h.pcm, &wav);
+        lat.extend(latencies(&h, *t0));
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "{n} calls of {} s, streaming {streaming}: RSS before {before} KiB, mid-call {during} KiB ({:.0} KiB per call)",
+        ms / 1000,
+        (during.saturating_sub(before)) as f64 / n as f64
+    );
+    if streaming {
+        eprintln!(
+            "packet → frame (jitter 200 ms), {} messages: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {complete}/{n} complete",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0)
+        );
+    }
 }

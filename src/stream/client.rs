@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{
     HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL, USER_AGENT,
 };
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
@@ -43,6 +44,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// After the call ended, a receiver that is gone is tried this long (to
 /// tell it `stop`); then the stream is dropped without a word.
 const RETRY_AFTER_END: Duration = Duration::from_secs(300);
+/// The largest message taken from the server (its messages are short texts).
+const MAX_SERVER_MESSAGE: usize = 64 << 10;
 /// Audio read from the file at once when catching up.
 const CATCH_UP_SECONDS: u64 = 2;
 
@@ -136,14 +139,20 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
         if resume {
             c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-        attempt = 0;
-        match session(c, id, ws, resume, gave_up, &mut held).await {
+        let mut sent_here = 0u64;
+        match session(c, id, ws, resume, gave_up, &mut held, &mut sent_here).await {
             Session::Broken(e) => {
                 tracing::info!(recording = %c.rec.recording_id, "live stream connection lost ({e}); resuming");
                 c.stats.error(e);
                 resume = true;
                 down_since = Some(Instant::now());
-                tokio::time::sleep(backoff(0)).await;
+                // A receiver that takes audio earns a quick retry; one that
+                // breaks before taking any backs off further each time.
+                if sent_here > 0 {
+                    attempt = 0;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
             }
             other => return other,
         }
@@ -178,9 +187,17 @@ async fn connect(s: &StreamSettings) -> Result<Ws, String> {
             h.insert(AUTHORIZATION, v);
         }
     }
+    // Small buffers: the server only says a few short texts (anything
+    // larger is refused), and each audio message is written at once.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(MAX_SERVER_MESSAGE))
+        .max_frame_size(Some(MAX_SERVER_MESSAGE));
     let fut = tokio_tungstenite::connect_async_tls_with_config(
         req,
-        None,
+        Some(ws_config),
         true,
         Some(Connector::Rustls(s.tls.clone())),
     );
@@ -268,6 +285,16 @@ async fn send_pcm(
     Ok(())
 }
 
+/// `stop` with `complete: false` at `held`, with the final metadata if the
+/// recording ended, else the start's.
+async fn stop_incomplete(c: &CallStream, ws: &mut Ws, held: u64) -> Session {
+    let meta = match c.shared.end.lock().ok().and_then(|e| e.clone()) {
+        Some(TapEnd::Written { meta, .. }) => meta,
+        _ => c.rec.meta.clone(),
+    };
+    stop(ws, false, held, &meta).await
+}
+
 /// Frames `[*held, to)` from the recording's file.
 async fn send_from_file(
     c: &CallStream,
@@ -281,15 +308,15 @@ async fn send_from_file(
         let want = (to - *held).min(step) as usize;
         let frames = match c.rec.file.read_frames(*held, want) {
             Ok(f) if !f.is_empty() => f,
+            // The file is gone (discarded, or delivered and removed) or
+            // shorter than said: the receiver is told the stream ends here.
             Ok(_) => {
-                return Err(Session::Refused(
-                    "the recording's file ends before the audio written".into(),
-                ))
+                tracing::warn!(recording = %c.rec.recording_id, "live stream: the recording's file ends early; stopped incomplete");
+                return Err(stop_incomplete(c, ws, *held).await);
             }
             Err(e) => {
-                return Err(Session::Refused(format!(
-                    "cannot read the recording's file: {e}"
-                )))
+                tracing::warn!(recording = %c.rec.recording_id, "live stream: cannot read the recording's file ({e}); stopped incomplete");
+                return Err(stop_incomplete(c, ws, *held).await);
             }
         };
         send_pcm(c, ws, held, &protocol::pcm_bytes(&frames), per_msg).await?;
@@ -304,12 +331,27 @@ async fn session(
     resume: bool,
     gave_up: bool,
     held: &mut u64,
+    sent_here: &mut u64,
+) -> Session {
+    let first = *held;
+    let r = session_inner(c, id, &mut ws, resume, gave_up, held).await;
+    *sent_here = held.saturating_sub(first.min(*held));
+    r
+}
+
+async fn session_inner(
+    c: &mut CallStream,
+    id: u64,
+    ws: &mut Ws,
+    resume: bool,
+    gave_up: bool,
+    held: &mut u64,
 ) -> Session {
     let start = protocol::start(&c.rec.recording_id, resume, c.rec.sample_rate, &c.rec.meta);
-    if let Err(s) = send(&mut ws, Message::Text(start.into()), ANSWER_TIMEOUT).await {
+    if let Err(s) = send(ws, Message::Text(start.into()), ANSWER_TIMEOUT).await {
         return s;
     }
-    let offset = match answer(&mut ws).await {
+    let offset = match answer(ws).await {
         Ok(ServerMsg::Ready { offset }) => offset,
         Ok(ServerMsg::Error { reason }) => {
             return Session::Refused(format!("receiver error: {reason}"))
@@ -327,7 +369,7 @@ async fn session(
         let meta = end_meta(c)
             .map(|e| e.1)
             .unwrap_or_else(|| c.rec.meta.clone());
-        return stop(&mut ws, false, offset, &meta).await;
+        return stop(ws, false, offset, &meta).await;
     }
     let written = c.shared.written.load(Ordering::Acquire);
     if offset > written {
@@ -352,7 +394,7 @@ async fn session(
             let meta = end_meta(c)
                 .map(|e| e.1)
                 .unwrap_or_else(|| c.rec.meta.clone());
-            return stop(&mut ws, false, *held, &meta).await;
+            return stop(ws, false, *held, &meta).await;
         }
         if let Some(ch) = pending.take() {
             if ch.end() <= *held {
@@ -361,12 +403,12 @@ async fn session(
             if ch.at > *held {
                 // Chunks before this one were dropped: the file has them.
                 let to = ch.at;
-                if let Err(s) = send_from_file(c, &mut ws, held, to, per_msg).await {
+                if let Err(s) = send_from_file(c, ws, held, to, per_msg).await {
                     return s;
                 }
             }
             let skip = (*held - ch.at) as usize * FRAME_BYTES;
-            if let Err(s) = send_pcm(c, &mut ws, held, &ch.pcm[skip..], per_msg).await {
+            if let Err(s) = send_pcm(c, ws, held, &ch.pcm[skip..], per_msg).await {
                 return s;
             }
             continue;
@@ -381,19 +423,19 @@ async fn session(
         }
         if let Some((frames, meta, kept)) = end_meta(c) {
             if !kept {
-                return stop(&mut ws, false, *held, &meta).await;
+                return stop(ws, false, *held, &meta).await;
             }
             if *held >= frames {
-                return stop(&mut ws, true, frames, &meta).await;
+                return stop(ws, true, frames, &meta).await;
             }
-            if let Err(s) = send_from_file(c, &mut ws, held, frames, per_msg).await {
+            if let Err(s) = send_from_file(c, ws, held, frames, per_msg).await {
                 return s;
             }
             continue;
         }
         if *held < written {
             // The queue is empty and the file is ahead: chunks were dropped.
-            if let Err(s) = send_from_file(c, &mut ws, held, written, per_msg).await {
+            if let Err(s) = send_from_file(c, ws, held, written, per_msg).await {
                 return s;
             }
             continue;

@@ -316,3 +316,6 @@ impl CallTap for Tapped {
         self.shared.wake.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests;
