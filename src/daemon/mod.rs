@@ -780,6 +780,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let live = Liveness::new();
     let stream = crate::stream::StreamHub::new(tokio::runtime::Handle::current());
     configure_stream(&cfg, &stream, &status);
+    stream.publish_to(status.clone());
     let _ = STREAM_TAP.set(stream.tap());
 
     // Recordings a crash cut off.

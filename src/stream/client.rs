@@ -80,6 +80,7 @@ pub(crate) fn backoff(n: u32) -> Duration {
 /// Run one call's stream to its end.
 pub(crate) async fn run(mut c: CallStream) {
     let id = c.stats.register();
+    c.stats.publish();
     let outcome = stream_call(&mut c, id).await;
     match &outcome {
         Session::Finished { complete: true } => {
@@ -99,6 +100,7 @@ pub(crate) async fn run(mut c: CallStream) {
         }
     }
     c.stats.unregister(id);
+    c.stats.publish();
 }
 
 async fn stream_call(c: &mut CallStream, id: u64) -> Session {
@@ -138,6 +140,7 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
         };
         if resume {
             c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.stats.publish();
         }
         let mut sent_here = 0u64;
         match session(c, id, ws, resume, gave_up, &mut held, &mut sent_here).await {

@@ -44,7 +44,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::config::Config;
 use crate::recording::{AudioTap, CallTap, TapBegin, TapEnd};
-use crate::status::StreamStatus;
+use crate::status::{SharedStatus, StreamStatus};
 use crate::upload::Secret;
 
 /// Chunks (each ≥ 100 ms of audio) queued per call before the stream task
@@ -115,6 +115,9 @@ pub struct StreamStats {
     /// Each open stream's lag in ms (audio written, not yet sent).
     lags: Mutex<HashMap<u64, u64>>,
     last_error: Mutex<Option<String>>,
+    /// Where the counters are published when a stream starts, ends or
+    /// reconnects (the daemon's tick publishes bytes and lag too).
+    status: std::sync::OnceLock<SharedStatus>,
 }
 
 impl StreamStats {
@@ -140,6 +143,20 @@ impl StreamStats {
     fn error(&self, e: String) {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e);
+        }
+    }
+
+    /// Copy the counters into the daemon's status (its `config_error` kept).
+    pub(crate) fn publish(&self) {
+        let Some(status) = self.status.get() else {
+            return;
+        };
+        if let Ok(mut s) = status.lock() {
+            let enabled = s.stream.enabled;
+            s.stream = StreamStatus {
+                config_error: s.stream.config_error.take(),
+                ..self.snapshot(enabled)
+            };
         }
     }
 
@@ -216,6 +233,12 @@ impl StreamHub {
 
     pub fn snapshot(&self) -> StreamStatus {
         self.inner.stats.snapshot(self.enabled())
+    }
+
+    /// Publish the counters into `status` whenever a stream starts, ends
+    /// or reconnects (set once).
+    pub fn publish_to(&self, status: SharedStatus) {
+        let _ = self.inner.stats.status.set(status);
     }
 
     /// The tap to put into every live source's recording context.
