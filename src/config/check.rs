@@ -736,6 +736,9 @@ pub(super) fn check(
         Ok(Some((lo, hi)))
     });
     s.field(errs, "agent_uris", &mut ro.agent_uris, to_string_list);
+    s.field(errs, "trunks", &mut ro.trunks, |n| {
+        to_string_list(n)?.iter().map(|t| parse_net(t)).collect()
+    });
     s.finish(errs, keys, "key");
 
     let mut src = Sec::child(&top, "sources", errs);

@@ -245,6 +245,9 @@ pub struct RolesConfig {
     pub extension_length: Option<(usize, usize)>,
     /// SIP URI / SIPREC AoR patterns of agents, e.g. `sip:*@agents.example.com`.
     pub agent_uris: Vec<String>,
+    /// Carrier-side addresses (host bits cleared): an INVITE from one is
+    /// inbound, to one outbound.
+    pub trunks: Vec<IpNet>,
 }
 
 /// `[sources.*]`
@@ -498,6 +501,7 @@ impl Config {
                 internal_numbers: Vec::new(),
                 extension_length: Some((2, 5)),
                 agent_uris: Vec::new(),
+                trunks: Vec::new(),
             },
             sources: SourcesConfig {
                 siprec: SiprecConfig {

@@ -345,4 +345,7 @@ fn roles_section() {
     assert!(err1("[roles]\nextension_length = \"x\"\n")
         .starts_with("t.toml:2: roles.extension_length:"));
     assert!(err1("[roles]\ninternal_numbers = [\"*\"]\n").contains("every number"));
+    let c = parse("[roles]\ntrunks = [\"192.0.2.7/24\"]\n").unwrap();
+    assert_eq!(c.roles.trunks[0].to_string(), "192.0.2.0/24");
+    assert!(err1("[roles]\ntrunks = [\"nope\"]\n").starts_with("t.toml:2: roles.trunks:"));
 }

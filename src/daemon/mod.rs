@@ -78,6 +78,7 @@ fn context(cfg: &Config, source: &'static str) -> RecordingContext {
             internal_numbers: cfg.roles.internal_numbers.clone(),
             extension_length: cfg.roles.extension_length,
             agent_uris: cfg.roles.agent_uris.clone(),
+            trunks: cfg.roles.trunks.clone(),
         },
     }
 }

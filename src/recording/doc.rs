@@ -227,11 +227,25 @@ impl RecordingDoc {
     /// channel's role from the parties ([`RoleRules::classify`]). A mono
     /// mix gets none: its channels are not parties.
     pub fn assign_roles(&mut self, rules: &RoleRules) {
+        self.assign_roles_with(rules, None);
+    }
+
+    /// [`RecordingDoc::assign_roles`] knowing the signalling addresses of
+    /// the caller's and the callee's side (for `[roles] trunks`).
+    pub fn assign_roles_with(
+        &mut self,
+        rules: &RoleRules,
+        signalling: Option<[std::net::IpAddr; 2]>,
+    ) {
         if self.folder.as_ref().is_some_and(|f| f.mixed_mono) {
             return;
         }
-        let (direction, roles) =
-            rules.classify(self.from.as_ref(), self.to.as_ref(), &self.direction);
+        let (direction, roles) = rules.classify_with(
+            self.from.as_ref(),
+            self.to.as_ref(),
+            &self.direction,
+            signalling,
+        );
         self.direction = direction;
         self.roles = Some(roles);
     }

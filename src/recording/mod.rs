@@ -343,7 +343,7 @@ impl RecordingDir {
             rec.ctx.source,
             DocAudio::wav(meta.sample_rate, bytes, sha),
         );
-        doc.assign_roles(&rec.ctx.roles);
+        doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
         write_json(&rec.dir, &doc)?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
@@ -510,7 +510,8 @@ fn start_meta(sidecar: &Value, roles: &RoleRules) -> Value {
     }
     let party = |k: &str| serde_json::from_value::<DocParty>(sidecar[k].clone()).ok();
     let (from, to) = (party("from"), party("to"));
-    let (direction, roles) = roles.classify(from.as_ref(), to.as_ref(), "unknown");
+    let signalling = serde_json::from_value(sidecar["signalling"].clone()).ok();
+    let (direction, roles) = roles.classify_with(from.as_ref(), to.as_ref(), "unknown", signalling);
     m.insert("direction".into(), direction.into());
     let channels: Vec<Value> = roles
         .iter()

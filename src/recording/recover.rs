@@ -241,7 +241,10 @@ pub(super) fn complete_json(
         ),
         roles: None,
     };
-    doc.assign_roles(&ctx.roles);
+    doc.assign_roles_with(
+        &ctx.roles,
+        serde_json::from_value(sj["signalling"].clone()).ok(),
+    );
     write_json(dir, &doc)?;
     let _ = fs::remove_file(sidecar);
     sync_dir(dir)

@@ -7,7 +7,9 @@
 //! a source already knows (a CDR's), and [`RoleRules`] (`[roles]`).
 //! Out: a direction and a [`ChannelRole`] per channel. Pure functions.
 //!
-//! Rules: a party is internal when its number matches `internal_numbers`
+//! Rules: when the INVITE that opened the call came from one of `trunks`
+//! (and went to an address that is not one) the call is inbound; sent to a
+//! trunk from elsewhere, outbound. Otherwise a party is internal when its number matches `internal_numbers`
 //! (`*` any run, `?` one character), or is all digits with a length in
 //! `extension_length`, or its URI matches `agent_uris`. Caller internal and
 //! callee not: outbound; the reverse: inbound; both: internal. Inbound: the
@@ -15,6 +17,9 @@
 //! is the agent's number when it is internal. Nothing is guessed beyond
 //! that: an unclassified call has both channels `unknown`.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde::Serialize;
 
 use super::doc::DocParty;
@@ -28,6 +33,9 @@ pub struct RoleRules {
     pub extension_length: Option<(usize, usize)>,
     /// URI / AoR patterns of agents (`sip:*@agents.example.com`), case-insensitive.
     pub agent_uris: Vec<String>,
+    /// Addresses of the carrier side (trunks, SBCs): signalling from one of
+    /// them is the outside world.
+    pub trunks: Vec<IpNet>,
 }
 
 impl Default for RoleRules {
@@ -37,6 +45,7 @@ impl Default for RoleRules {
             internal_numbers: Vec::new(),
             extension_length: Some((2, 5)),
             agent_uris: Vec::new(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -110,9 +119,24 @@ impl RoleRules {
         to: Option<&DocParty>,
         direction: &str,
     ) -> (String, [ChannelRole; 2]) {
+        self.classify_with(from, to, direction, None)
+    }
+
+    /// [`RoleRules::classify`], knowing the addresses the opening INVITE
+    /// came from and went to (`signalling`: caller side, callee side).
+    pub fn classify_with(
+        &self,
+        from: Option<&DocParty>,
+        to: Option<&DocParty>,
+        direction: &str,
+        signalling: Option<[IpAddr; 2]>,
+    ) -> (String, [ChannelRole; 2]) {
         let internal = [from, to].map(|p| p.is_some_and(|p| self.is_internal(p)));
-        let direction = match direction {
-            "inbound" | "outbound" | "internal" => direction,
+        let trunk = signalling.map(|s| s.map(|a| self.trunks.iter().any(|n| n.contains(&a))));
+        let direction = match (direction, trunk) {
+            ("inbound" | "outbound" | "internal", _) => direction,
+            (_, Some([true, false])) => "inbound",
+            (_, Some([false, true])) => "outbound",
             _ => match internal {
                 [true, true] => "internal",
                 [true, false] => "outbound",
@@ -209,6 +233,7 @@ mod tests {
             internal_numbers: vec!["+7495123????".into()],
             extension_length: None,
             agent_uris: vec!["sip:*@agents.example.com".into()],
+            trunks: Vec::new(),
         };
         let a = party("+74951234567", "");
         let b = party("alice", "<SIP:alice@Agents.Example.com>");
@@ -219,5 +244,34 @@ mod tests {
         let (d, roles) = r.classify(Some(&c), Some(&b), "unknown");
         assert_eq!(d, "inbound");
         assert_eq!(roles[1].extension.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn an_invite_from_or_to_a_trunk_tells_the_direction() {
+        let r = RoleRules {
+            trunks: vec!["192.0.2.0/24".parse().unwrap()],
+            ..RoleRules::default()
+        };
+        let trunk: IpAddr = "192.0.2.10".parse().unwrap();
+        let pbx: IpAddr = "10.0.0.5".parse().unwrap();
+        // Long numbers on both sides: only the trunk tells.
+        let a = party("+15551001", "");
+        let b = party("+15552002", "");
+        let (d, roles) = r.classify_with(Some(&a), Some(&b), "unknown", Some([trunk, pbx]));
+        assert_eq!(d, "inbound");
+        assert_eq!((roles[0].role, roles[1].role), ("customer", "agent"));
+        let (d, roles) = r.classify_with(Some(&a), Some(&b), "unknown", Some([pbx, trunk]));
+        assert_eq!(d, "outbound");
+        assert_eq!((roles[0].role, roles[1].role), ("agent", "customer"));
+        // Trunk to trunk or no trunk: the numbers decide.
+        let ext = party("2002", "");
+        let (d, _) = r.classify_with(Some(&a), Some(&ext), "unknown", Some([pbx, pbx]));
+        assert_eq!(d, "inbound");
+        let (d, _) = r.classify_with(Some(&a), Some(&b), "unknown", Some([trunk, trunk]));
+        assert_eq!(d, "unknown");
+        // Without the addresses (SIPREC): the numbers.
+        let (d, roles) = r.classify_with(Some(&ext), Some(&b), "unknown", None);
+        assert_eq!(d, "outbound");
+        assert_eq!(roles[0].extension.as_deref(), Some("2002"));
     }
 }

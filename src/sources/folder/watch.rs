@@ -524,6 +524,7 @@ pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Res
         internal_numbers: cfg.roles.internal_numbers.clone(),
         extension_length: cfg.roles.extension_length,
         agent_uris: cfg.roles.agent_uris.clone(),
+        trunks: cfg.roles.trunks.clone(),
     };
     start_with(cfg, settings, status, live)
 }

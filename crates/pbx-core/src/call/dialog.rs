@@ -129,6 +129,8 @@ pub(super) struct Call {
     pub(super) recorded_call_id: Option<String>,
     /// Identifiers the PBX gave the call (SIP headers, [`super::ids`]).
     pub(super) ids: BTreeMap<String, String>,
+    /// Source and destination address of the INVITE that opened the call.
+    pub(super) signalling: Option<[std::net::IpAddr; 2]>,
 }
 
 impl Call {
@@ -158,8 +160,8 @@ impl Tracker {
     pub(super) fn handle_sip(
         &mut self,
         ts: Timestamp,
-        _src: SocketAddr,
-        _dst: SocketAddr,
+        src: SocketAddr,
+        dst: SocketAddr,
         msg: SipMessage,
         sink: &mut dyn RecordingSink,
     ) {
@@ -190,7 +192,13 @@ impl Tracker {
                 if !is_invite {
                     return;
                 }
-                self.open_call(ts, &msg, sink)
+                let k = self.open_call(ts, &msg, sink);
+                if let Some(c) = self.calls.get_mut(&k) {
+                    // Who sent the INVITE to whom (a trunk's address tells
+                    // the direction, `[roles] trunks`).
+                    c.signalling = Some([src.ip(), dst.ip()]);
+                }
+                k
             }
         };
         let Some(call) = self.calls.get_mut(&key) else {
@@ -346,6 +354,7 @@ impl Tracker {
             rec_callee: None,
             recorded_call_id: None,
             ids: BTreeMap::new(),
+            signalling: None,
             warnings: if initial {
                 Vec::new()
             } else {

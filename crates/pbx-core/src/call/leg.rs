@@ -197,6 +197,7 @@ impl Tracker {
                 started_at: call.started_at.min(ts),
                 answered_at: call.answered_at,
                 ids: call.ids.clone(),
+                signalling: caller_sides(call.siprec.is_some(), call.caller_known, call.signalling),
             };
             sink.begin(key, &start);
         }
@@ -515,6 +516,7 @@ impl Tracker {
                 .collect();
             channels[i] = m;
         }
+        let signalling = caller_sides(call.siprec.is_some(), call.caller_known, call.signalling);
         let mut warnings = call.warnings;
         for (i, c) in channels.iter().enumerate() {
             if c.packets == 0 {
@@ -542,6 +544,7 @@ impl Tracker {
             dtmf: dtmf_on_timeline(call.dtmf, origin_us),
             end_reason: reason,
             warnings,
+            signalling,
             ids: call.ids,
         };
         sink.end(key, meta);
@@ -633,4 +636,18 @@ pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf>
         d.at_ms -= origin_us / 1000;
     }
     dtmf
+}
+
+/// The addresses of the caller's and the callee's signalling, when the call
+/// was seen from its INVITE and is not a SIPREC session (whose INVITE comes
+/// from the recording client, not from a party).
+fn caller_sides(
+    siprec: bool,
+    caller_known: bool,
+    signalling: Option<[std::net::IpAddr; 2]>,
+) -> Option<[std::net::IpAddr; 2]> {
+    if siprec || !caller_known {
+        return None;
+    }
+    signalling
 }
