@@ -17,6 +17,8 @@
 //! - [`spool`]: recording pairs → a durable queue (SQLite); [`delivery`]:
 //!   due entries → uploads → outcomes; [`upload`]: the cloud protocols (tus,
 //!   multipart) and what an answer means (a pure policy).
+//! - [`stream`]: recordings being written → a live WebSocket stream per
+//!   call (CONTRACT §5), best effort beside the recording.
 //! - [`status`] and [`health`]: snapshots → `/healthz`, `/readyz`,
 //!   `/metrics`, `/status`; [`control`]: `/v1/calls` (calls in progress,
 //!   pause, resume) → requests answered by the engines.
@@ -40,6 +42,7 @@ pub mod recording;
 pub mod sources;
 pub mod spool;
 pub mod status;
+pub mod stream;
 pub(crate) mod sys;
 pub mod units;
 pub mod upload;

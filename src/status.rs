@@ -149,6 +149,8 @@ pub struct Status {
     pub sources: BTreeMap<String, SourceStatus>,
     pub spool: SpoolStatus,
     pub cloud: CloudStatus,
+    /// The live streams (`[stream]`).
+    pub stream: StreamStatus,
     pub shutting_down: bool,
     /// Draining (`pbx-edge drain`, SIGUSR1): no new calls, the calls in
     /// progress finish, the spool is delivered, then the daemon exits.
@@ -175,6 +177,7 @@ impl Status {
     /// delivered or failed (the daemon's timers run faster while it has).
     pub fn busy(&self) -> bool {
         self.sources.values().any(|s| s.active_calls > 0)
+            || self.stream.open > 0
             || self.cloud.in_flight > 0
             || self.cloud.queue.iter().any(|(state, n)| {
                 *n > 0
@@ -183,6 +186,32 @@ impl Status {
                             && matches!(state.as_str(), "queued" | "uploading")))
             })
     }
+}
+
+/// The live streams at one moment (published by the daemon once a second).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StreamStatus {
+    pub enabled: bool,
+    /// Streams whose task runs (connected or retrying).
+    pub open: u64,
+    pub started: u64,
+    /// Binary message bytes handed to the sockets.
+    pub bytes: u64,
+    pub reconnects: u64,
+    /// Streams the receiver took whole (`stop` with `complete: true`).
+    pub complete: u64,
+    /// Streams given up or stopped incomplete.
+    pub incomplete: u64,
+    /// Streams ended by a receiver's `error` (or a protocol violation).
+    pub refused: u64,
+    /// Chunks that did not fit a call's queue (read back from the file).
+    pub dropped_chunks: u64,
+    /// The largest lag of an open stream, ms.
+    pub max_lag_ms: u64,
+    /// Why the last stream had trouble (no numbers, no tokens).
+    pub last_error: Option<String>,
+    /// Streaming could not be set up (token or CA file).
+    pub config_error: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -281,6 +310,20 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
             "cloud".into(),
             "not configured (recording and spooling only)".into(),
         );
+    }
+    // Best effort: a stream's trouble is shown, never makes /readyz fail.
+    let st = &s.stream;
+    if let Some(e) = &st.config_error {
+        parts.insert("stream".into(), format!("not streaming: {e}"));
+    } else if st.enabled {
+        let mut t = format!("ok, {} open", st.open);
+        if st.max_lag_ms > 0 {
+            let _ = write!(t, ", up to {} ms behind", st.max_lag_ms);
+        }
+        if let Some(e) = &st.last_error {
+            let _ = write!(t, "; last trouble: {e}");
+        }
+        parts.insert("stream".into(), t);
     }
     if s.shutting_down {
         ok = false;
@@ -614,6 +657,48 @@ pub fn render_metrics(s: &Status) -> String {
                 .unwrap_or_default(),
             f64::from(u8::from(c.paused.is_some())),
         )],
+    );
+    let st = &s.stream;
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    family(
+        "pbx_edge_stream_open",
+        "gauge",
+        "Live streams in progress (connected or retrying).",
+        &one(st.open),
+    );
+    family(
+        "pbx_edge_stream_bytes_total",
+        "counter",
+        "Bytes of live audio messages sent.",
+        &one(st.bytes),
+    );
+    family(
+        "pbx_edge_stream_reconnects_total",
+        "counter",
+        "Live streams resumed after a broken connection.",
+        &one(st.reconnects),
+    );
+    family(
+        "pbx_edge_stream_lag_seconds",
+        "gauge",
+        "How far the most delayed live stream is behind the recording.",
+        &[(String::new(), st.max_lag_ms as f64 / 1000.0)],
+    );
+    family(
+        "pbx_edge_streams_total",
+        "counter",
+        "Live streams ended, by outcome (complete, incomplete, refused).",
+        &[
+            ("{outcome=\"complete\"}".to_string(), st.complete as f64),
+            ("{outcome=\"incomplete\"}".to_string(), st.incomplete as f64),
+            ("{outcome=\"refused\"}".to_string(), st.refused as f64),
+        ],
+    );
+    family(
+        "pbx_edge_stream_chunks_from_file_total",
+        "counter",
+        "Audio chunks a slow stream read back from the recording's file.",
+        &one(st.dropped_chunks),
     );
     let (ready, _) = readiness(s);
     family(

@@ -89,6 +89,8 @@ fn doc(id: &str) -> RecordingDoc {
         warnings: Vec::new(),
         call: None,
         folder: None,
+        ids: Default::default(),
+        roles: None,
     }
 }
 
@@ -606,6 +608,8 @@ fn start(id: &str) -> pbx_core::call::RecordingStart {
         to: PartyInfo::default(),
         started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
         answered_at: None,
+        ids: Default::default(),
+        signalling: None,
     }
 }
 
@@ -615,6 +619,8 @@ fn ctx(keys: Option<Arc<Keyring>>) -> RecordingContext {
         source: "siprec",
         min_duration: Duration::ZERO,
         seal: keys,
+        tap: None,
+        roles: Default::default(),
     }
 }
 
@@ -775,8 +781,11 @@ fn an_encrypted_call_ends_as_a_sealed_pair() {
         frames: 30 * 800,
         channels: Default::default(),
         dtmf: Vec::new(),
+        pauses: Vec::new(),
         end_reason: pbx_core::call::EndReason::Bye,
         warnings: Vec::new(),
+        ids: Default::default(),
+        signalling: None,
     };
     rd.end(CallKey(1), meta);
     assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
@@ -958,8 +967,11 @@ fn bench_encryption_cpu() {
                     frames: u64::from(CHUNKS) * 800,
                     channels: Default::default(),
                     dtmf: Vec::new(),
+                    pauses: Vec::new(),
                     end_reason: pbx_core::call::EndReason::Bye,
                     warnings: Vec::new(),
+                    ids: Default::default(),
+                    signalling: None,
                 },
             );
         }

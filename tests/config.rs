@@ -514,7 +514,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("\n[upload]\nurl = \"https://x\""),
-        "bad.toml:2: upload: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)"
+        "bad.toml:2: upload: unknown section (known: agent, spool, health, recording, cloud, stream, roles, sources, filter, log)"
     );
     assert_eq!(
         error("[sources.sip]\nenabled = true"),
@@ -635,7 +635,7 @@ fn bad_env_overrides_name_the_variable() {
             "PBX_EDGE__AGENT____ID: agent..id: malformed variable name (write PBX_EDGE__SECTION__KEY)",
             "PBX_EDGE__CLOUD__MAX_PARALLEL: cloud.max_parallel: must be between 1 and 64, found 0",
             "PBX_EDGE__CLOUD__URLL: cloud.urll: unknown key (did you mean `url`?)",
-            "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)",
+            "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, stream, roles, sources, filter, log)",
             "PBX_EDGE__RECORDING__JITTER: recording.jitter: `lots` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")",
             "PBX_EDGE__SOURCES__SIPREC__ALLOW: sources.siprec.allow[1]: \"nope\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
             "PBX_EDGE__SOURCES__SNIFF__ENABLED: sources.sniff.enabled: expected true or false, found a string (\"yes\")",

@@ -852,3 +852,79 @@ fn sighup_during_a_sniffed_call_new_filter_and_agent_do_not_cut_it() {
         .expect("second recording");
     assert_eq!(j["agent_id"], "sniff-after");
 }
+
+/// Who is who for sniffed calls, with `[roles]` from the config: numbers
+/// matching `internal_numbers` are agents (extension_length off, so a
+/// short outside number is no agent): inbound, outbound and internal calls
+/// get the direction, roles and extension their numbers say.
+#[test]
+fn sniffed_calls_get_roles_from_the_configured_rules() {
+    if !can_sniff() {
+        return;
+    }
+    let _one_at_a_time = sniff_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &sniff_config("[roles]\ninternal_numbers = [\"+7495123????\"]\nextension_length = \"\"\n"),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let agent = "+74951234567";
+    let agent2 = "+74951230001";
+    let outside = "2002"; // short, but not internal: extension_length is off
+    let cases = [
+        (
+            "roles-in@test",
+            outside,
+            agent,
+            "inbound",
+            ["customer", "agent"],
+            [None, Some(agent)],
+        ),
+        (
+            "roles-out@test",
+            agent,
+            outside,
+            "outbound",
+            ["agent", "customer"],
+            [Some(agent), None],
+        ),
+        (
+            "roles-int@test",
+            agent,
+            agent2,
+            "internal",
+            ["agent", "agent"],
+            [Some(agent), Some(agent2)],
+        ),
+    ];
+    for (i, (id, from, to, ..)) in cases.iter().enumerate() {
+        let mut spec = loopback_call(id, 1, 60 + i as u64, 47200 + 20 * i as u16);
+        spec.caller.number = from.to_string();
+        spec.callee.number = to.to_string();
+        let (frames, _) = generate(
+            std::slice::from_ref(&spec),
+            Link::Ethernet,
+            &Framing::default(),
+        );
+        replay(&frames, None);
+    }
+    d.wait_recordings(3, Duration::from_secs(15));
+    for (id, _, _, direction, roles, ext) in cases {
+        let j = d
+            .recordings()
+            .iter()
+            .map(|p| read_json(p))
+            .find(|j| j["call_id"] == id)
+            .unwrap_or_else(|| panic!("no recording of {id}"));
+        assert_eq!(j["direction"], direction, "{id}: {j}");
+        for ch in 0..2 {
+            assert_eq!(j["channels"][ch]["role"], roles[ch], "{id} channel {ch}");
+            assert_eq!(
+                j["channels"][ch]["extension"].as_str(),
+                ext[ch],
+                "{id} channel {ch}"
+            );
+        }
+    }
+}

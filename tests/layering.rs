@@ -25,6 +25,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("status", &["recording", "spool"]),
     ("control", &[]),
     ("health", &["control", "status"]),
+    (
+        "stream",
+        &["config", "recording", "status", "sys", "upload"],
+    ),
     ("delivery", &["config", "spool", "status", "sys", "upload"]),
     (
         "sources",
@@ -50,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sources",
             "spool",
             "status",
+            "stream",
             "sys",
             "units",
         ],

@@ -46,6 +46,8 @@ fuzz_target!(|data: &[u8]| {
                 Vec::new(),
             ))
         }),
+        tap: None,
+        roles: Default::default(),
     };
     let ids = recover(dir, &ctx).expect("recover");
     for id in &ids {

@@ -32,6 +32,8 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         min_duration,
         // `import --out DIR` writes plain files for the operator.
         seal: None,
+        tap: None,
+        roles: Default::default(),
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;

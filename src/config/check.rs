@@ -13,6 +13,8 @@ pub(super) const SECTIONS: &[&str] = &[
     "health",
     "recording",
     "cloud",
+    "stream",
+    "roles",
     "sources",
     "filter",
     "log",
@@ -534,6 +536,47 @@ pub(super) fn to_cloud_url(n: &Node) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
+/// `stream.url`: empty, or wss, or ws to a loopback host (CONTRACT §5).
+pub(super) fn to_stream_url(n: &Node) -> Result<String, String> {
+    let s = as_str(n, "a URL string")?.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let u = url::Url::parse(s).map_err(|e| format!("{} is not a URL: {e}", quote(s)))?;
+    match u.scheme() {
+        "wss" => {}
+        "ws" => {
+            let loopback = match u.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(
+                    "plain ws:// is accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1); use wss://"
+                        .into(),
+                );
+            }
+        }
+        other => {
+            return Err(format!(
+                "scheme must be wss (or ws for a loopback host), found `{other}`"
+            ))
+        }
+    }
+    if u.host().is_none() {
+        return Err("has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not contain credentials; put the token in stream.token_file".into());
+    }
+    if u.fragment().is_some() {
+        return Err("must not have a fragment (#…)".into());
+    }
+    Ok(s.to_string())
+}
+
 pub(super) fn to_port_range(n: &Node) -> Result<RangeInclusive<u16>, String> {
     let s = as_str(n, "a port range string such as \"20000-29999\"")?;
     let bad = || {
@@ -726,6 +769,70 @@ pub(super) fn check(
         v.parse::<UploadWindow>()
             .map(Some)
             .map_err(|_| format!("`{v}` is not a window like \"22:00-06:00\""))
+    });
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "stream", errs);
+    let st = &mut cfg.stream;
+    s.field(errs, "enabled", &mut st.enabled, to_bool);
+    let mut url_ok = true;
+    s.field(errs, "url", &mut st.url, |n| {
+        to_stream_url(n).inspect_err(|_| url_ok = false)
+    });
+    s.field(errs, "token_file", &mut st.token_file, to_path);
+    s.field(errs, "frame", &mut st.frame, |n| {
+        to_duration_in(n, Duration::from_millis(20), Duration::from_secs(1))
+    });
+    s.field(errs, "max_lag", &mut st.max_lag, |n| {
+        to_duration_in(n, Duration::from_secs(1), Duration::from_secs(3600))
+    });
+    if url_ok && st.enabled && st.url.is_empty() {
+        let o = s.origin("url");
+        let origin = if o == Origin::Default {
+            s.origin("enabled")
+        } else {
+            o
+        };
+        errs.push(ConfigError::Invalid {
+            origin,
+            key: s.key("url"),
+            message: "must be set when stream is enabled (wss://…)".into(),
+        });
+    }
+    s.finish(errs, keys, "key");
+
+    let mut s = Sec::child(&top, "roles", errs);
+    let ro = &mut cfg.roles;
+    s.field(errs, "internal_numbers", &mut ro.internal_numbers, |n| {
+        let v = to_string_list(n)?;
+        if let Some(p) = v.iter().find(|p| p.trim().is_empty() || p.trim() == "*") {
+            return Err(format!("{} would make every number internal", quote(p)));
+        }
+        Ok(v)
+    });
+    s.field(errs, "extension_length", &mut ro.extension_length, |n| {
+        let v = to_string(n)?;
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            format!(
+                "{} is not a length range like \"2-5\" (or \"\" for none)",
+                quote(v)
+            )
+        };
+        let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi || hi > 15 {
+            return Err(format!("{}: lengths from 1 to 15, low to high", quote(v)));
+        }
+        Ok(Some((lo, hi)))
+    });
+    s.field(errs, "agent_uris", &mut ro.agent_uris, to_string_list);
+    s.field(errs, "trunks", &mut ro.trunks, |n| {
+        to_string_list(n)?.iter().map(|t| parse_net(t)).collect()
     });
     s.finish(errs, keys, "key");
 

@@ -68,6 +68,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub recording: RecordingConfig,
     pub cloud: CloudConfig,
+    pub stream: StreamConfig,
+    pub roles: RolesConfig,
     pub sources: SourcesConfig,
     pub filter: FilterConfig,
     pub log: LogConfig,
@@ -238,6 +240,49 @@ impl CloudConfig {
     pub fn is_configured(&self) -> bool {
         !self.url.is_empty()
     }
+}
+
+/// `[stream]`: live streaming of calls in progress (CONTRACT §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub enabled: bool,
+    /// `wss://…` (or `ws://` to a loopback host), without a trailing `/`;
+    /// empty only while `enabled` is false. No credentials, no fragment.
+    pub url: String,
+    /// File holding the bearer token; empty path: the cloud's
+    /// ([`StreamConfig::token_path`]).
+    pub token_file: PathBuf,
+    /// Audio per binary message, 20 ms ..= 1 s.
+    pub frame: Duration,
+    /// How far a call's stream may fall behind (or its receiver be gone)
+    /// before it is given up for that call, 1 s ..= 1 h.
+    pub max_lag: Duration,
+}
+
+impl StreamConfig {
+    /// The token file to read: `stream.token_file`, else `cloud.token_file`.
+    pub fn token_path<'a>(&'a self, cloud: &'a CloudConfig) -> &'a Path {
+        if self.token_file.as_os_str().is_empty() {
+            &cloud.token_file
+        } else {
+            &self.token_file
+        }
+    }
+}
+
+/// `[roles]`: who is who (`channels[i].role`, `extension`, the direction
+/// of calls a source does not know it for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolesConfig {
+    /// Number patterns of internal parties (`*` any run, `?` one character).
+    pub internal_numbers: Vec<String>,
+    /// All-digit numbers this long are extensions (inclusive); `None`: off.
+    pub extension_length: Option<(usize, usize)>,
+    /// SIP URI / SIPREC AoR patterns of agents, e.g. `sip:*@agents.example.com`.
+    pub agent_uris: Vec<String>,
+    /// Carrier-side addresses (host bits cleared): an INVITE from one is
+    /// inbound, to one outbound.
+    pub trunks: Vec<IpNet>,
 }
 
 /// `[sources.*]`
@@ -486,6 +531,19 @@ impl Config {
                 client_key: None,
                 proxy: String::new(),
             },
+            stream: StreamConfig {
+                enabled: false,
+                url: String::new(),
+                token_file: PathBuf::new(),
+                frame: Duration::from_millis(100),
+                max_lag: Duration::from_secs(30),
+            },
+            roles: RolesConfig {
+                internal_numbers: Vec::new(),
+                extension_length: Some((2, 5)),
+                agent_uris: Vec::new(),
+                trunks: Vec::new(),
+            },
             sources: SourcesConfig {
                 siprec: SiprecConfig {
                     enabled: true,
@@ -653,14 +711,9 @@ impl Config {
         )
     }
 
-    /// What a reload from `self` to `new` cannot apply in place: the names of
-    /// the parts whose settings changed and that must be restarted —
-    /// `"sources.siprec"`, `"sources.sniff"`, `"sources.folder"` (any key of
-    /// that source), `"health.listen"`, `"spool.dir"`, `"log.format"`. Every
-    /// other key (agent, recording, cloud, spool limits, log_numbers) can be
-    /// taken over by the running daemon for new calls and uploads.
     /// Files holding secrets (`cloud.token_file`, `cloud.client_key`,
-    /// `sources.siprec.tls_key`, `sources.folder.cdr_db_url_file`) whose
+    /// `sources.siprec.tls_key`, `sources.folder.cdr_db_url_file`,
+    /// `stream.token_file`, `spool.encryption_key_file`, `old_key_files`) whose
     /// mode is more open than 0640 (writable by the group, or any access
     /// for others): one warning each, naming the key, the file and its mode.
     /// Shown by `check-config` and logged at start and on SIGHUP; not an
@@ -671,6 +724,9 @@ impl Config {
         if !self.cloud.token_file.as_os_str().is_empty() {
             files.push(("cloud.token_file", &self.cloud.token_file));
         }
+        if !self.stream.token_file.as_os_str().is_empty() {
+            files.push(("stream.token_file", &self.stream.token_file));
+        }
         if let Some(p) = &self.cloud.client_key {
             files.push(("cloud.client_key", p));
         }
@@ -680,12 +736,26 @@ impl Config {
         if let Some(p) = &self.sources.folder.cdr_db_url_file {
             files.push(("sources.folder.cdr_db_url_file", p));
         }
+        if !self.spool.encryption_key_file.as_os_str().is_empty() {
+            files.push(("spool.encryption_key_file", &self.spool.encryption_key_file));
+        }
+        for p in &self.spool.old_key_files {
+            files.push(("spool.old_key_files", p));
+        }
         files
             .into_iter()
             .filter_map(|(key, path)| secret_file_warning(key, path))
             .collect()
     }
 
+    /// What a reload from `self` to `new` cannot apply in place: the names of
+    /// the parts whose settings changed and that must be restarted —
+    /// `"sources.siprec"`, `"sources.sniff"`, `"sources.folder"` (any key of
+    /// that source), `"health.listen"`, `"spool.dir"`, `"log.format"`. Every
+    /// other key (agent, recording, cloud, spool limits, log_numbers) can be
+    /// taken over by the running daemon for new calls and uploads; of those,
+    /// `"roles"` and `"spool.keys"` are named too, for the sources that
+    /// cannot take them in place (the folder source restarts for them).
     pub fn diff_restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.sources.siprec != new.sources.siprec {
@@ -708,6 +778,12 @@ impl Config {
         }
         if self.log.format != new.log.format {
             out.push("log.format");
+        }
+        if self.roles != new.roles {
+            out.push("roles");
+        }
+        if self.spool.keys != new.spool.keys {
+            out.push("spool.keys");
         }
         out
     }

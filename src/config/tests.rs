@@ -215,7 +215,7 @@ fn unknown_keys_suggest() {
     );
     assert_eq!(
             err1("[network]\nx = 1"),
-            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, sources, filter, log)"
+            "t.toml:1: network: unknown section (known: agent, spool, health, recording, cloud, stream, roles, sources, filter, log)"
         );
     assert_eq!(
         suggest("max_parralel", &["url", "max_parallel"]),
@@ -312,4 +312,70 @@ fn resolve_path_prefers_explicit_then_default() {
     assert_eq!(c.agent.id, "from-default");
     let e = load_inner(Some(&other), &def, Vec::new()).unwrap_err();
     assert!(e.lines()[0].contains("other.toml: cannot read"), "{e}");
+}
+
+#[test]
+fn stream_section_defaults_and_checks() {
+    let c = parse("").unwrap();
+    assert!(!c.stream.enabled);
+    assert_eq!(c.stream.frame, Duration::from_millis(100));
+    assert_eq!(c.stream.max_lag, Duration::from_secs(30));
+    // The token defaults to the cloud's.
+    let c = parse(
+        "[cloud]\ntoken_file = \"/etc/t\"\n[stream]\nenabled = true\nurl = \"wss://live.example.com/v1/stream\"\nframe = \"50ms\"\nmax_lag = \"2m\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.stream.token_path(&c.cloud), Path::new("/etc/t"));
+    assert_eq!(c.stream.frame, Duration::from_millis(50));
+    assert_eq!(c.stream.max_lag, Duration::from_secs(120));
+    let c = parse("[stream]\nurl = \"ws://127.0.0.1:9/s\"\ntoken_file = \"/s\"\n").unwrap();
+    assert_eq!(c.stream.token_path(&c.cloud), Path::new("/s"));
+    assert_eq!(
+        err1("[stream]\nurl = \"ws://live.example.com/\"\n"),
+        "t.toml:2: stream.url: plain ws:// is accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1); use wss://"
+    );
+    assert!(err1("[stream]\nurl = \"https://x.example.com/\"\n").contains("scheme must be wss"));
+    assert!(err1("[stream]\nurl = \"wss://u:p@x.example.com/\"\n").contains("credentials"));
+    assert_eq!(
+        err1("[stream]\nenabled = true\n"),
+        "t.toml:2: stream.url: must be set when stream is enabled (wss://…)"
+    );
+    assert!(err1("[stream]\nframe = \"5ms\"\n").starts_with("t.toml:2: stream.frame:"));
+    assert!(err1("[stream]\nmax_lag = \"0s\"\n").starts_with("t.toml:2: stream.max_lag:"));
+    assert!(err1("[stream]\nmaxlag = \"1s\"\n").starts_with("t.toml:2: stream.maxlag:"));
+}
+
+#[test]
+fn roles_section() {
+    let c = parse("").unwrap();
+    assert_eq!(c.roles.extension_length, Some((2, 5)));
+    let c = parse(
+        "[roles]\ninternal_numbers = [\"+7495123????\"]\nextension_length = \"3-4\"\nagent_uris = [\"sip:*@agents.example.com\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.roles.internal_numbers, vec!["+7495123????".to_string()]);
+    assert_eq!(c.roles.extension_length, Some((3, 4)));
+    assert_eq!(c.roles.agent_uris.len(), 1);
+    assert_eq!(
+        parse("[roles]\nextension_length = \"\"\n")
+            .unwrap()
+            .roles
+            .extension_length,
+        None
+    );
+    assert_eq!(
+        parse("[roles]\nextension_length = \"4\"\n")
+            .unwrap()
+            .roles
+            .extension_length,
+        Some((4, 4))
+    );
+    assert!(err1("[roles]\nextension_length = \"5-3\"\n")
+        .starts_with("t.toml:2: roles.extension_length:"));
+    assert!(err1("[roles]\nextension_length = \"x\"\n")
+        .starts_with("t.toml:2: roles.extension_length:"));
+    assert!(err1("[roles]\ninternal_numbers = [\"*\"]\n").contains("every number"));
+    let c = parse("[roles]\ntrunks = [\"192.0.2.7/24\"]\n").unwrap();
+    assert_eq!(c.roles.trunks[0].to_string(), "192.0.2.0/24");
+    assert!(err1("[roles]\ntrunks = [\"nope\"]\n").starts_with("t.toml:2: roles.trunks:"));
 }

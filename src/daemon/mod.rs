@@ -54,6 +54,32 @@ pub mod drain;
 /// its own listener swap: [`reload_siprec`]).
 const PASSIVE: [&str; 3] = ["sniff", "folder", "hep"];
 
+/// Apply `[stream]` (start, reload): new calls stream with these settings.
+/// A token or CA file that cannot be read turns streaming off, said in
+/// /status and /readyz (which stays ready: streams are best effort).
+fn configure_stream(cfg: &Config, hub: &crate::stream::StreamHub, status: &SharedStatus) {
+    let error = match crate::stream::StreamSettings::from_config(cfg) {
+        Ok(s) => {
+            if let Some(s) = &s {
+                tracing::info!(url = %s.url, "live streaming of calls on");
+            }
+            hub.configure(s);
+            None
+        }
+        Err(e) => {
+            tracing::error!("live streaming off: {e}");
+            hub.configure(None);
+            Some(e)
+        }
+    };
+    if let Ok(mut s) = status.lock() {
+        s.stream = crate::status::StreamStatus {
+            config_error: error,
+            ..hub.snapshot()
+        };
+    }
+}
+
 /// Start source `name` from `cfg` if it is enabled (its status entry says
 /// why not, when it cannot start).
 fn start_source(
@@ -573,6 +599,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         s.cloud.spool_error = Some("opening the spool database".into());
     }
     let live = Liveness::new();
+    let stream = crate::stream::StreamHub::new(tokio::runtime::Handle::current());
+    configure_stream(&cfg, &stream, &status);
+    stream.publish_to(status.clone());
+    crate::sources::handle::set_stream_tap(stream.tap());
 
     // Recordings a crash cut off.
     match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
@@ -676,6 +706,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         )
                         .await;
                         reload_sources(&cfg, &changed, &status, &live, &controls, &mut running).await;
+                        configure_stream(&cfg, &stream, &status);
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
@@ -703,6 +734,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             _ = &mut next_tick => {
                 if let Ok(mut s) = status.lock() {
                     s.uptime_s = started.elapsed().as_secs();
+                    s.stream = crate::status::StreamStatus {
+                        config_error: s.stream.config_error.take(),
+                        ..stream.snapshot()
+                    };
                 }
                 if let Some(d) = draining.as_mut() {
                     let calls: usize = siprec.iter().chain(siprec_draining.iter()).map(|h| h.calls()).sum();
@@ -828,6 +863,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     for t in stopping {
         let _ = t.await;
     }
+    // The streams of the calls just closed send their `stop` (best effort,
+    // within the stop budget).
+    stream.drain(Duration::from_secs(3)).await;
     if let Some(d) = delivery.take() {
         d.shutdown().await;
     }

@@ -14,10 +14,14 @@
 //! - Keys are written in sorted order (the document goes through
 //!   `serde_json::Value`), as they always were.
 
+use std::collections::BTreeMap;
+
 use pbx_core::call::meta::{ChannelMeta, Dtmf};
 use pbx_core::call::{CallMeta, PartyInfo, Pause};
 use pbx_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use super::roles::{ChannelRole, RoleRules};
 
 /// The recording JSON schema version (CONTRACT §3).
 pub const SCHEMA: &str = "pbx-edge.recording/1";
@@ -55,6 +59,14 @@ pub struct RecordingDoc {
     /// Known for recordings converted from a PBX's files.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub folder: Option<FolderFields>,
+    /// Identifiers the PBX gave the call (`asterisk_uniqueid`, `cisco_guid`,
+    /// `avaya_ucid`, `recorded_call_id`, …); absent when none is known.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ids: BTreeMap<String, String>,
+    /// Who is who ([`RecordingDoc::assign_roles`]), written into
+    /// `channels[i].role` / `.extension`.
+    #[serde(skip)]
+    pub roles: Option<[ChannelRole; 2]>,
 }
 
 /// A party of the call (`from`, `to`).
@@ -219,13 +231,69 @@ impl RecordingDoc {
                 pauses: Some(meta.pauses.clone()),
             }),
             folder: None,
+            ids: call_ids(&meta.ids, meta.recorded_call_id.as_deref()),
+            roles: None,
         }
+    }
+
+    /// Set the direction (when the source did not know it) and each
+    /// channel's role from the parties ([`RoleRules::classify`]). A mono
+    /// mix gets none: its channels are not parties.
+    pub fn assign_roles(&mut self, rules: &RoleRules) {
+        self.assign_roles_with(rules, None);
+    }
+
+    /// [`RecordingDoc::assign_roles`] knowing the signalling addresses of
+    /// the caller's and the callee's side (for `[roles] trunks`).
+    pub fn assign_roles_with(
+        &mut self,
+        rules: &RoleRules,
+        signalling: Option<[std::net::IpAddr; 2]>,
+    ) {
+        if self.folder.as_ref().is_some_and(|f| f.mixed_mono) {
+            return;
+        }
+        let (direction, roles) = rules.classify_with(
+            self.from.as_ref(),
+            self.to.as_ref(),
+            &self.direction,
+            signalling,
+        );
+        self.direction = direction;
+        self.roles = Some(roles);
     }
 
     /// The JSON value written to `<id>.json`.
     pub(crate) fn to_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let (Some(roles), Some(chs)) = (
+            &self.roles,
+            v.get_mut("channels").and_then(|c| c.as_array_mut()),
+        ) {
+            for (ch, r) in chs.iter_mut().zip(roles) {
+                if let Some(o) = ch.as_object_mut() {
+                    o.insert("role".into(), r.role.into());
+                    if let Some(e) = &r.extension {
+                        o.insert("extension".into(), e.clone().into());
+                    }
+                }
+            }
+        }
+        v
     }
+}
+
+/// `ids` of a live call: the PBX's identifiers and the recorded call's
+/// Call-ID (SIPREC).
+pub(crate) fn call_ids(
+    ids: &BTreeMap<String, String>,
+    recorded_call_id: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = ids.clone();
+    if let Some(r) = recorded_call_id.filter(|r| !r.is_empty()) {
+        out.insert("recorded_call_id".into(), r.to_string());
+    }
+    out
 }
 
 fn end_reason_name(meta: &CallMeta) -> String {
@@ -264,6 +332,8 @@ mod tests {
             warnings: vec!["w".into()],
             call: None,
             folder: None,
+            ids: BTreeMap::new(),
+            roles: None,
         }
     }
 

@@ -76,6 +76,10 @@ mod sync;
 pub use sync::*;
 mod recover;
 pub use recover::*;
+pub mod roles;
+pub use roles::{ChannelRole, RoleRules};
+pub mod tap;
+pub use tap::{AudioTap, CallTap, RecordingFile, TapBegin, TapEnd};
 
 /// What every recording of one run shares.
 #[derive(Debug, Clone)]
@@ -89,6 +93,11 @@ pub struct RecordingContext {
     /// (`.part`, WAV, JSON, sidecars) is sealed with the current key
     /// ([`crypt`]); `None`: plain files.
     pub seal: Option<Arc<Keyring>>,
+    /// Gets each recording's audio as it is written (the live stream);
+    /// `None`: nothing besides the file.
+    pub tap: Option<Arc<dyn AudioTap>>,
+    /// Who is who (`[roles]`).
+    pub roles: RoleRules,
 }
 
 /// What a configuration reload changes for a running source without new
@@ -152,6 +161,9 @@ struct OpenRecording {
     ctx: RecordingContext,
     /// The directory it is written in (a reload may move new ones elsewhere).
     dir: PathBuf,
+    /// Sample frames written so far.
+    frames: u64,
+    tap: Option<Box<dyn CallTap>>,
 }
 
 /// Writes recordings into one directory.
@@ -336,11 +348,12 @@ impl RecordingDir {
         &self.dir
     }
 
+    /// The pair written and its JSON, or `None` when too short.
     fn finish_files(
         &mut self,
         rec: OpenRecording,
         meta: &CallMeta,
-    ) -> io::Result<Option<WrittenRecording>> {
+    ) -> io::Result<Option<(WrittenRecording, Value)>> {
         if let Some(e) = rec.error {
             return Err(e);
         }
@@ -386,23 +399,27 @@ impl RecordingDir {
                 h
             }
         };
-        let doc = RecordingDoc::of_call(
+        let mut doc = RecordingDoc::of_call(
             meta,
             &rec.id,
             &rec.ctx.agent_id,
             rec.ctx.source,
             DocAudio::wav(meta.sample_rate, bytes, sha),
         );
+        doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
         write_json(&rec.dir, &doc, rec.ctx.seal.as_deref())?;
         let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
         sync_dir(&rec.dir)?;
         self.counters.bytes += bytes;
-        Ok(Some(WrittenRecording {
-            id: rec.id,
-            wav: wav_path,
-            json: json_path,
-            duration_ms: meta.duration_ms(),
-        }))
+        Ok(Some((
+            WrittenRecording {
+                id: rec.id,
+                wav: wav_path,
+                json: json_path,
+                duration_ms: meta.duration_ms(),
+            },
+            doc.to_value(),
+        )))
     }
 }
 
@@ -420,6 +437,11 @@ impl RecordingSink for RecordingDir {
         }
         let _ = write_small_file(&sidecar, &v, self.ctx.seal.as_deref());
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
+        let file = RecordingFile {
+            part: part.clone(),
+            wav: self.dir.join(format!("{}.wav", start.recording_id)),
+            keys: self.ctx.seal.clone(),
+        };
         // The header goes to the kernel at once: a crash a moment later still
         // leaves a valid (empty) WAV.
         let opened = create_private_file(&part)
@@ -430,6 +452,15 @@ impl RecordingSink for RecordingDir {
         };
         // The start sidecar now stands for the call.
         self.answered.forget(&start.call_id);
+        let tap = match (&self.ctx.tap, &error) {
+            (Some(t), None) => t.begin(TapBegin {
+                recording_id: start.recording_id.clone(),
+                sample_rate: start.sample_rate,
+                meta: start_meta(&v, &self.ctx.roles),
+                file,
+            }),
+            _ => None,
+        };
         mark_unsynced(&self.dir);
         self.open.insert(
             call,
@@ -441,6 +472,8 @@ impl RecordingSink for RecordingDir {
                 error,
                 ctx: self.ctx.clone(),
                 dir: self.dir.clone(),
+                frames: 0,
+                tap,
             },
         );
     }
@@ -460,6 +493,12 @@ impl RecordingSink for RecordingDir {
                 };
                 if let Err(e) = res {
                     rec.error = Some(e);
+                } else {
+                    // In the file now (the tap may read it from there).
+                    if let Some(t) = rec.tap.as_mut() {
+                        t.audio(rec.frames, frames);
+                    }
+                    rec.frames += (frames.len() / 2) as u64;
                 }
                 if self.write_through {
                     mark_unsynced(&rec.dir);
@@ -469,31 +508,93 @@ impl RecordingSink for RecordingDir {
     }
 
     fn end(&mut self, call: CallKey, meta: CallMeta) {
-        let Some(rec) = self.open.remove(&call) else {
+        let Some(mut rec) = self.open.remove(&call) else {
             return;
         };
         let part = rec.part.clone();
         let id = rec.id.clone();
         let dir = rec.dir.clone();
         let call_id = rec.call_id.clone();
-        match self.finish_files(rec, &meta) {
-            Ok(Some(w)) => {
+        let tap = rec.tap.take();
+        let frames = rec.frames;
+        let tap_end = match self.finish_files(rec, &meta) {
+            Ok(Some((w, doc))) => {
                 self.counters.written += 1;
                 self.remember(w);
+                TapEnd::Written { frames, meta: doc }
             }
             Ok(None) => {
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
-                self.counters.too_short += 1
+                self.counters.too_short += 1;
+                TapEnd::Discarded {
+                    frames,
+                    reason: "shorter than recording.min_duration".into(),
+                }
             }
             Err(e) => {
                 let _ = fs::remove_file(&part);
                 let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
                 self.counters.failed += 1;
                 self.error(format!("recording {id}: {e}"));
+                TapEnd::Discarded {
+                    frames,
+                    reason: "the recording could not be written".into(),
+                }
             }
+        };
+        if let Some(t) = tap {
+            t.end(tap_end);
         }
         self.closed_call(&call_id);
     }
+}
+
+/// The metadata known when a recording begins, in CONTRACT §3's shape (for
+/// the live stream's `start`), from the start sidecar's value.
+fn start_meta(sidecar: &Value, roles: &RoleRules) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("schema".into(), SCHEMA.into());
+    for k in [
+        "recording_id",
+        "agent_id",
+        "source",
+        "call_id",
+        "from",
+        "to",
+        "started_at",
+        "answered_at",
+        "media_started_at",
+    ] {
+        if let Some(v) = sidecar.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    let party = |k: &str| serde_json::from_value::<DocParty>(sidecar[k].clone()).ok();
+    let (from, to) = (party("from"), party("to"));
+    let signalling = serde_json::from_value(sidecar["signalling"].clone()).ok();
+    let (direction, roles) = roles.classify_with(from.as_ref(), to.as_ref(), "unknown", signalling);
+    m.insert("direction".into(), direction.into());
+    let channels: Vec<Value> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let party = ["caller", "callee"][i];
+            let mut c = json!({"index": i, "party": party, "role": r.role});
+            if let Some(e) = &r.extension {
+                c["extension"] = e.clone().into();
+            }
+            c
+        })
+        .collect();
+    m.insert("channels".into(), channels.into());
+    let ids = doc::call_ids(
+        &serde_json::from_value(sidecar["ids"].clone()).unwrap_or_default(),
+        None,
+    );
+    if !ids.is_empty() {
+        m.insert("ids".into(), serde_json::to_value(ids).unwrap_or_default());
+    }
+    Value::Object(m)
 }
 
 /// The recording JSON of CONTRACT §3 for a call the engine recorded to its

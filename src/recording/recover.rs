@@ -278,7 +278,7 @@ pub(super) fn complete_json(
     let text = |k: &str, default: &str| sj[k].as_str().unwrap_or(default).to_string();
     let string = |k: &str| sj[k].as_str().map(str::to_string);
     let party = |k: &str| serde_json::from_value::<DocParty>(sj[k].clone()).ok();
-    let doc = RecordingDoc {
+    let mut doc = RecordingDoc {
         schema: SCHEMA,
         recording_id: id.to_string(),
         agent_id: text("agent_id", &ctx.agent_id),
@@ -304,7 +304,16 @@ pub(super) fn complete_json(
             pauses: None,
         }),
         folder: None,
+        ids: doc::call_ids(
+            &serde_json::from_value(sj["ids"].clone()).unwrap_or_default(),
+            sj["recorded_call_id"].as_str(),
+        ),
+        roles: None,
     };
+    doc.assign_roles_with(
+        &ctx.roles,
+        serde_json::from_value(sj["signalling"].clone()).ok(),
+    );
     write_json(dir, &doc, keys)?;
     let _ = fs::remove_file(sidecar);
     sync_dir(dir)

@@ -14,6 +14,8 @@ fn start(id: &str) -> RecordingStart {
         to: PartyInfo::default(),
         started_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap(),
         answered_at: None,
+        ids: Default::default(),
+        signalling: None,
     }
 }
 
@@ -23,6 +25,8 @@ fn ctx(source: &'static str) -> RecordingContext {
         source,
         min_duration: Duration::ZERO,
         seal: None,
+        tap: None,
+        roles: RoleRules::default(),
     }
 }
 
@@ -255,6 +259,8 @@ fn meta_r4() -> CallMeta {
         pauses: Vec::new(),
         end_reason: pbx_core::call::EndReason::Bye,
         warnings: Vec::new(),
+        ids: Default::default(),
+        signalling: None,
     }
 }
 
@@ -557,4 +563,173 @@ fn sealed_answered_notes_and_parts_recover_sealed() {
             .unwrap();
     assert_eq!(j["audio"]["bytes"], 44 + 3200);
     assert_eq!(j["truncated"], false);
+}
+
+/// What a test tap saw.
+#[derive(Debug, Default)]
+struct Seen {
+    begun: Vec<TapBegin>,
+    /// (offset, samples) of each chunk, with what the file held at that
+    /// offset when the tap was told.
+    chunks: Vec<(u64, Vec<i16>, Vec<i16>)>,
+    ends: Vec<TapEnd>,
+}
+
+#[derive(Debug, Default)]
+struct TestTap(Arc<Mutex<Seen>>);
+
+struct TestCallTap(Arc<Mutex<Seen>>, RecordingFile);
+
+impl AudioTap for TestTap {
+    fn begin(&self, rec: TapBegin) -> Option<Box<dyn CallTap>> {
+        let file = rec.file.clone();
+        self.0.lock().unwrap().begun.push(rec);
+        Some(Box::new(TestCallTap(self.0.clone(), file)))
+    }
+}
+
+impl CallTap for TestCallTap {
+    fn audio(&mut self, at: u64, frames: &[i16]) {
+        let in_file = self.1.read_frames(at, frames.len() / 2).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .chunks
+            .push((at, frames.to_vec(), in_file));
+    }
+    fn end(self: Box<Self>, end: TapEnd) {
+        self.0.lock().unwrap().ends.push(end);
+    }
+}
+
+/// The tap hears every chunk at its offset after it is in the file (so
+/// `read_frames` gives it back, also after the rename), the start metadata,
+/// and the end with the frames and the JSON written.
+#[test]
+fn the_tap_sees_each_chunk_after_it_is_in_the_file_and_the_final_json() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut c = ctx("siprec");
+    c.tap = Some(Arc::new(TestTap(seen.clone())));
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    let chunk = |k: i16| -> Vec<i16> { (0..1600).map(|i| i * 3 + k).collect() };
+    rd.audio(CallKey(4), &chunk(1));
+    rd.audio(CallKey(4), &chunk(2));
+    let file = {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.begun.len(), 1);
+        let b = &s.begun[0];
+        assert_eq!(b.recording_id, "r4");
+        assert_eq!(b.sample_rate, 8000);
+        assert_eq!(b.meta["recording_id"], "r4");
+        assert_eq!(b.meta["call_id"], "r4@src");
+        assert_eq!(b.meta["source"], "siprec");
+        assert_eq!(b.meta["from"]["number"], "1001");
+        assert_eq!(s.chunks.len(), 2);
+        assert_eq!((s.chunks[0].0, s.chunks[1].0), (0, 800));
+        for (_, sent, in_file) in &s.chunks {
+            assert_eq!(sent, in_file);
+        }
+        b.file.clone()
+    };
+    rd.end(
+        CallKey(4),
+        CallMeta {
+            frames: 1600,
+            ..meta_r4()
+        },
+    );
+    let s = seen.lock().unwrap();
+    match &s.ends[..] {
+        [TapEnd::Written { frames, meta }] => {
+            assert_eq!(*frames, 1600);
+            assert_eq!(*meta, json_of(d.path(), "r4"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // After the rename the same reader finds the finished WAV.
+    assert!(!file.part.exists());
+    let all = file.read_frames(0, 10_000).unwrap();
+    assert_eq!(all.len(), 3200);
+    assert_eq!(&all[..1600], &chunk(1)[..]);
+    assert_eq!(
+        file.read_frames(1500, 100).unwrap(),
+        chunk(2)[1400..].to_vec()
+    );
+}
+
+/// A recording discarded as too short tells the tap so.
+#[test]
+fn a_discarded_recording_ends_its_tap_as_discarded() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut c = ctx("siprec");
+    c.tap = Some(Arc::new(TestTap(seen.clone())));
+    c.min_duration = Duration::from_secs(5);
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    rd.end(CallKey(4), meta_r4());
+    let s = seen.lock().unwrap();
+    assert!(
+        matches!(&s.ends[..], [TapEnd::Discarded { frames: 800, .. }]),
+        "{:?}",
+        s.ends
+    );
+}
+
+/// Who is who in the JSON and in the stream's start metadata: an outbound
+/// call from extension 1001 (the caller is the agent), with the PBX's ids
+/// and the recorded call's Call-ID.
+#[test]
+fn roles_and_ids_reach_the_json_and_the_start_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut c = ctx("siprec");
+    c.tap = Some(Arc::new(TestTap(seen.clone())));
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    let ids: std::collections::BTreeMap<String, String> =
+        [("asterisk_uniqueid".to_string(), "1733.7".to_string())].into();
+    let to = PartyInfo {
+        number: "+15551002".into(),
+        ..PartyInfo::default()
+    };
+    rd.begin(
+        CallKey(4),
+        &RecordingStart {
+            to: to.clone(),
+            ids: ids.clone(),
+            ..start("r4")
+        },
+    );
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    rd.end(
+        CallKey(4),
+        CallMeta {
+            from: PartyInfo {
+                number: "1001".into(),
+                ..PartyInfo::default()
+            },
+            to,
+            ids,
+            recorded_call_id: Some("orig-call@pbx".into()),
+            ..meta_r4()
+        },
+    );
+    let j = json_of(d.path(), "r4");
+    assert_eq!(j["direction"], "outbound");
+    assert_eq!(j["channels"][0]["role"], "agent");
+    assert_eq!(j["channels"][0]["extension"], "1001");
+    assert_eq!(j["channels"][1]["role"], "customer");
+    assert!(j["channels"][1].get("extension").is_none());
+    assert_eq!(j["ids"]["asterisk_uniqueid"], "1733.7");
+    assert_eq!(j["ids"]["recorded_call_id"], "orig-call@pbx");
+    let s = seen.lock().unwrap();
+    let m = &s.begun[0].meta;
+    assert_eq!(m["direction"], "outbound");
+    assert_eq!(m["channels"][0]["role"], "agent");
+    assert_eq!(m["channels"][0]["extension"], "1001");
+    assert_eq!(m["channels"][1]["role"], "customer");
+    assert_eq!(m["ids"]["asterisk_uniqueid"], "1733.7");
 }

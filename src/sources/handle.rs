@@ -4,10 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::Config;
 use crate::control::SendRequest;
-use crate::recording::{RecordingContext, RecordingSettings};
+use crate::recording::{AudioTap, RecordingContext, RecordingSettings, RoleRules};
 
 /// What a reload did to a running source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,16 @@ pub(crate) trait SourceHandle: Send {
     }
 }
 
+/// The live stream's tap, set once by the daemon at start: every live
+/// source's recordings hand their audio to it (it starts a stream only while
+/// `[stream]` is enabled).
+static STREAM_TAP: OnceLock<Arc<dyn AudioTap>> = OnceLock::new();
+
+/// Give the recordings of every source started from now on to `tap`.
+pub(crate) fn set_stream_tap(tap: Arc<dyn AudioTap>) {
+    let _ = STREAM_TAP.set(tap);
+}
+
 /// The recording context of `source` under `cfg`.
 pub(crate) fn context(cfg: &Config, source: &'static str) -> RecordingContext {
     RecordingContext {
@@ -47,6 +58,18 @@ pub(crate) fn context(cfg: &Config, source: &'static str) -> RecordingContext {
         source,
         min_duration: cfg.recording.min_duration,
         seal: cfg.spool.keys.clone(),
+        tap: STREAM_TAP.get().cloned(),
+        roles: role_rules(cfg),
+    }
+}
+
+/// Who is who (`[roles]`).
+pub(crate) fn role_rules(cfg: &Config) -> RoleRules {
+    RoleRules {
+        internal_numbers: cfg.roles.internal_numbers.clone(),
+        extension_length: cfg.roles.extension_length,
+        agent_uris: cfg.roles.agent_uris.clone(),
+        trunks: cfg.roles.trunks.clone(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! SIP over TLS for the SIPREC server: the rustls server configuration built
 //! from `sources.siprec.tls_cert`, `tls_key` and (for mutual TLS)
-//! `tls_client_ca`, all PEM files.
+//! `tls_client_ca`, all PEM files. Also the rustls client configuration of
+//! the live stream ([`client_config`]: the system roots plus an optional CA
+//! file, like the cloud client).
 //!
 //! Used twice: when the config is checked (so `check-config` and a SIGHUP with
 //! a broken certificate report the file, line and reason) and when the
@@ -15,7 +17,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Which key of `[sources.siprec]` a problem is about, and what it is.
 #[derive(Debug)]
@@ -133,6 +135,31 @@ pub(crate) fn server_config(
             ),
         )
     })?;
+    Ok(Arc::new(cfg))
+}
+
+/// A TLS client configuration trusting the system's roots plus the PEM
+/// certificates in `ca_file` (the ring provider, TLS 1.2 and 1.3). The
+/// error names the file and what is wrong with it.
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        // A system certificate rustls cannot use is skipped, as reqwest does.
+        let _ = roots.add(c);
+    }
+    if let Some(ca) = ca_file {
+        for c in read_certs("ca_file", ca).map_err(|e| e.message)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+        }
+    }
+    let cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 

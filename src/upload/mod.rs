@@ -142,6 +142,14 @@ impl Drop for Secret {
 
 impl zeroize::ZeroizeOnDrop for Secret {}
 
+impl Secret {
+    /// The token itself, for a request header (marked sensitive there);
+    /// never to be logged or put into an error.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")

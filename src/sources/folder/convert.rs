@@ -165,7 +165,7 @@ pub(crate) fn convert(
     let direction = settings.direction.classify(cdr, file_direction);
     let id = recording_id(&call_id, started_at);
 
-    let doc = RecordingDoc {
+    let mut doc = RecordingDoc {
         schema: SCHEMA,
         recording_id: id.clone(),
         agent_id: agent_id.to_string(),
@@ -205,7 +205,10 @@ pub(crate) fn convert(
             pbx_type: name.as_ref().map(|n| n.kind.clone()),
             source_files: sources,
         }),
+        ids: cdr_ids(cdr),
+        roles: None,
     };
+    doc.assign_roles(&settings.roles);
     let channels: &[&[i16]] = if mixed_mono {
         &[&left]
     } else {
@@ -229,3 +232,19 @@ pub(crate) fn convert(
 
 /// Suffix of a WAV being converted in the spool (removed at start if left).
 pub use crate::recording::WHOLE_TMP as FOLDER_TMP;
+
+/// `ids` from the CDR row: Asterisk's `uniqueid` and `linkedid`.
+fn cdr_ids(cdr: Option<&CdrRow>) -> std::collections::BTreeMap<String, String> {
+    let mut ids = std::collections::BTreeMap::new();
+    if let Some(c) = cdr {
+        for (k, v) in [
+            ("asterisk_uniqueid", &c.uniqueid),
+            ("asterisk_linkedid", &c.linkedid),
+        ] {
+            if !v.trim().is_empty() {
+                ids.insert(k.to_string(), v.trim().to_string());
+            }
+        }
+    }
+    ids
+}

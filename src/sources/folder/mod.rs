@@ -188,6 +188,8 @@ pub struct FolderSettings {
     pub csv_columns: CsvColumns,
     /// Direction from the CDR.
     pub direction: DirectionRules,
+    /// Who is who (`[roles]`).
+    pub roles: crate::recording::RoleRules,
     /// The caller is on the `-out`/`tx` leg (and the right channel of
     /// stereo files): the channels are swapped.
     pub caller_leg_out: bool,
@@ -293,6 +295,7 @@ impl Default for FolderSettings {
             timezone: PbxTimeZone::Fixed(0),
             csv_columns: CsvColumns::default(),
             direction: DirectionRules::default(),
+            roles: crate::recording::RoleRules::default(),
             caller_leg_out: false,
             after_delivery: AfterDelivery::Leave,
             move_to: None,

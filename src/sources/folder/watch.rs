@@ -551,12 +551,15 @@ impl crate::sources::handle::SourceHandle for FolderHandle {
         "folder"
     }
 
-    /// Any change of `[sources.folder]` or the spool: restart (the files
+    /// Any change of `[sources.folder]`, the spool's directory or keys, or
+    /// `[roles]`: restart (the files
     /// already taken are remembered on disk, so nothing is taken twice).
     fn reload(&mut self, cfg: &Config, changed: &[&'static str]) -> crate::sources::handle::Reload {
         if !cfg.sources.folder.enabled
             || changed.contains(&"sources.folder")
             || changed.contains(&"spool.dir")
+            || changed.contains(&"spool.keys")
+            || changed.contains(&"roles")
         {
             crate::sources::handle::Reload::Restart
         } else {
@@ -575,6 +578,7 @@ pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Res
     let mut settings = FolderSettings::from_config(&cfg.sources.folder)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     settings.keys = cfg.spool.keys.clone();
+    settings.roles = crate::sources::handle::role_rules(cfg);
     start_with(cfg, settings, status, live)
 }
 

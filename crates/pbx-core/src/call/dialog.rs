@@ -7,7 +7,7 @@
 //! assignments, and call ends (BYE, CANCEL, failure). Promises: the
 //! INVITE's sender is the caller; retransmissions are counted once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -135,6 +135,10 @@ pub(super) struct Call {
     pub(super) recorded_call_id: Option<String>,
     /// Pause/resume state (DTMF sequences, API, SIP header).
     pub(super) pause: PauseState,
+    /// Identifiers the PBX gave the call (SIP headers, [`super::ids`]).
+    pub(super) ids: BTreeMap<String, String>,
+    /// Source and destination address of the INVITE that opened the call.
+    pub(super) signalling: Option<[std::net::IpAddr; 2]>,
 }
 
 /// Where a pause asked for before media started begins: before anything,
@@ -176,8 +180,8 @@ impl Tracker {
     pub(super) fn handle_sip(
         &mut self,
         ts: Timestamp,
-        _src: SocketAddr,
-        _dst: SocketAddr,
+        src: SocketAddr,
+        dst: SocketAddr,
         msg: SipMessage,
         sink: &mut dyn RecordingSink,
     ) {
@@ -208,7 +212,13 @@ impl Tracker {
                 if !is_invite {
                     return;
                 }
-                self.open_call(ts, &msg, sink)
+                let k = self.open_call(ts, &msg, sink);
+                if let Some(c) = self.calls.get_mut(&k) {
+                    // Who sent the INVITE to whom (a trunk's address tells
+                    // the direction, `[roles] trunks`).
+                    c.signalling = Some([src.ip(), dst.ip()]);
+                }
+                k
             }
         };
         let Some(call) = self.calls.get_mut(&key) else {
@@ -231,6 +241,9 @@ impl Tracker {
             call.seen_msgs.pop_front();
         }
         call.seen_msgs.push_back(sig);
+        if msg.is_request() {
+            super::ids::collect(&msg, &mut call.ids);
+        }
 
         // A new INVITE without To-tag on a call still being set up is the
         // retry after an authentication challenge (401/407): same call.
@@ -377,6 +390,8 @@ impl Tracker {
             rec_callee: None,
             recorded_call_id: None,
             pause: PauseState::default(),
+            ids: BTreeMap::new(),
+            signalling: None,
             warnings: if initial {
                 Vec::new()
             } else {

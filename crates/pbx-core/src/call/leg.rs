@@ -208,6 +208,8 @@ impl Tracker {
                 to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
                 started_at: call.started_at.min(ts),
                 answered_at: call.answered_at,
+                ids: call.ids.clone(),
+                signalling: caller_sides(call.siprec.is_some(), call.caller_known, call.signalling),
             };
             sink.begin(key, &start);
         }
@@ -638,6 +640,7 @@ impl Tracker {
                 .collect();
             channels[i] = m;
         }
+        let signalling = caller_sides(call.siprec.is_some(), call.caller_known, call.signalling);
         let mut warnings = call.warnings;
         for (i, c) in channels.iter().enumerate() {
             if c.packets == 0 {
@@ -676,6 +679,8 @@ impl Tracker {
                 .meta(media.origin.unwrap_or(0), rate, media.frames_out),
             end_reason: reason,
             warnings,
+            signalling,
+            ids: call.ids,
         };
         sink.end(key, meta);
     }
@@ -766,4 +771,18 @@ pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf>
         d.at_ms -= origin_us / 1000;
     }
     dtmf
+}
+
+/// The addresses of the caller's and the callee's signalling, when the call
+/// was seen from its INVITE and is not a SIPREC session (whose INVITE comes
+/// from the recording client, not from a party).
+fn caller_sides(
+    siprec: bool,
+    caller_known: bool,
+    signalling: Option<[std::net::IpAddr; 2]>,
+) -> Option<[std::net::IpAddr; 2]> {
+    if siprec || !caller_known {
+        return None;
+    }
+    signalling
 }

@@ -187,6 +187,13 @@ pub struct CallMeta {
     pub pauses: Vec<Pause>,
     pub end_reason: EndReason,
     pub warnings: Vec<String>,
+    /// Identifiers the PBX gave the call, from SIP headers
+    /// ([`super::ids`]): `asterisk_uniqueid`, `cisco_guid`, `avaya_ucid`, ….
+    pub ids: std::collections::BTreeMap<String, String>,
+    /// Where the caller's and the callee's signalling came from (the
+    /// opening INVITE's source and destination); `None` for SIPREC sessions
+    /// and calls seen mid-way.
+    pub signalling: Option<[std::net::IpAddr; 2]>,
 }
 
 impl CallMeta {
@@ -225,6 +232,12 @@ pub struct RecordingStart {
     pub to: PartyInfo,
     pub started_at: Timestamp,
     pub answered_at: Option<Timestamp>,
+    /// Identifiers the PBX gave the call, as far as known.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ids: std::collections::BTreeMap<String, String>,
+    /// The caller's and the callee's signalling addresses (see [`CallMeta`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signalling: Option<[std::net::IpAddr; 2]>,
 }
 
 /// Where the engine's recordings go. Implemented by the shell (files) and by

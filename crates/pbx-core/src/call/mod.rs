@@ -2,6 +2,7 @@
 mod demux;
 mod dialog;
 pub mod engine;
+pub mod ids;
 mod leg;
 pub mod meta;
 pub mod pause;

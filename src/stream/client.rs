@@ -1,0 +1,487 @@
+//! One call's stream: a task that connects to `stream.url`, speaks
+//! [`super::protocol`] and sends the call's audio as it is recorded.
+//!
+//! In: a [`CallStream`]: the settings, what the recording said when it began
+//! ([`TapBegin`]: id, rate, metadata so far, its file), the queue of chunks
+//! and the shared state (frames written, the end).
+//! Out: WebSocket messages; the counters in [`StreamStats`].
+//!
+//! The state kept is one number, `held`: the sample frames the server has
+//! (from its `ready`) plus those sent since. Each round sends the next audio
+//! from `held` on: from the queued chunk when it starts there, else from
+//! the recording's file (chunks dropped while the queue was full, audio
+//! missed while the connection was down). Frames before `held` are never
+//! sent again on that connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{
+    HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL, USER_AGENT,
+};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use super::protocol::{self, ServerMsg, FRAME_BYTES};
+use super::{Chunk, Shared, StreamSettings, StreamStats};
+use crate::recording::{TapBegin, TapEnd};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connecting (TCP, TLS, upgrade) may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server answers `start` and `stop` within this.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between attempts: full jitter up to min(CAP, BASE · 2^n).
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// After the call ended, a receiver that is gone is tried this long (to
+/// tell it `stop`); then the stream is dropped without a word.
+const RETRY_AFTER_END: Duration = Duration::from_secs(300);
+/// The largest message taken from the server (its messages are short texts).
+const MAX_SERVER_MESSAGE: usize = 64 << 10;
+/// Audio read from the file at once when catching up.
+const CATCH_UP_SECONDS: u64 = 2;
+
+/// Everything one call's stream task owns.
+pub(crate) struct CallStream {
+    pub(crate) settings: Arc<StreamSettings>,
+    pub(crate) rec: TapBegin,
+    pub(crate) rx: mpsc::Receiver<Chunk>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<StreamStats>,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum Session {
+    /// The stream is over (`stop` taken, or nothing more to say).
+    Finished { complete: bool },
+    /// The server said `error` or broke the protocol: not retried.
+    Refused(String),
+    /// The connection broke: connect again and resume.
+    Broken(String),
+}
+
+/// Full-jitter backoff before attempt `n` (0-based).
+pub(crate) fn backoff(n: u32) -> Duration {
+    let cap = BACKOFF_BASE
+        .saturating_mul(1u32 << n.min(16))
+        .min(BACKOFF_CAP);
+    Duration::from_secs_f64(cap.as_secs_f64() * fastrand::f64())
+}
+
+/// Run one call's stream to its end.
+pub(crate) async fn run(mut c: CallStream) {
+    let id = c.stats.register();
+    c.stats.publish();
+    let outcome = stream_call(&mut c, id).await;
+    match &outcome {
+        Session::Finished { complete: true } => {
+            c.stats.complete.fetch_add(1, Ordering::Relaxed);
+        }
+        Session::Finished { complete: false } => {
+            c.stats.incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        Session::Refused(why) | Session::Broken(why) => {
+            if matches!(outcome, Session::Refused(_)) {
+                c.stats.refused.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.stats.incomplete.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(recording = %c.rec.recording_id, "live stream ended: {why}");
+            c.stats.error(why.clone());
+        }
+    }
+    c.stats.unregister(id);
+    c.stats.publish();
+}
+
+async fn stream_call(c: &mut CallStream, id: u64) -> Session {
+    let max_lag = c.settings.max_lag;
+    let mut held = 0u64;
+    let mut resume = false;
+    let mut gave_up = false;
+    let mut attempt = 0u32;
+    let mut down_since: Option<Instant> = None;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        if ended_at.is_none() && c.shared.end.lock().map(|e| e.is_some()).unwrap_or(true) {
+            ended_at = Some(Instant::now());
+        }
+        if down_since.is_some_and(|t| t.elapsed() > max_lag) && !gave_up {
+            gave_up = true;
+            tracing::warn!(recording = %c.rec.recording_id, "live stream given up: its receiver was gone longer than stream.max_lag");
+        }
+        if ended_at.is_some_and(|t| t.elapsed() > RETRY_AFTER_END.max(max_lag)) {
+            return Session::Broken("the receiver did not come back".into());
+        }
+        let ws = match connect(&c.settings).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                if down_since.is_none() {
+                    down_since = Some(Instant::now());
+                    tracing::warn!(recording = %c.rec.recording_id, "live stream: {e}; retrying");
+                    c.stats.error(e);
+                }
+                c.stats.set_lag(id, lag_ms(c, held));
+                // Audio queued meanwhile is read back from the file.
+                while c.rx.try_recv().is_ok() {}
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+        };
+        if resume {
+            c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.stats.publish();
+        }
+        let mut sent_here = 0u64;
+        match session(c, id, ws, resume, gave_up, &mut held, &mut sent_here).await {
+            Session::Broken(e) => {
+                tracing::info!(recording = %c.rec.recording_id, "live stream connection lost ({e}); resuming");
+                c.stats.error(e);
+                resume = true;
+                down_since = Some(Instant::now());
+                // A receiver that takes audio earns a quick retry; one that
+                // breaks before taking any backs off further each time.
+                if sent_here > 0 {
+                    attempt = 0;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Milliseconds of audio written and not yet sent.
+fn lag_ms(c: &CallStream, held: u64) -> u64 {
+    let written = c.shared.written.load(Ordering::Acquire);
+    written.saturating_sub(held) * 1000 / u64::from(c.rec.sample_rate.max(1))
+}
+
+async fn connect(s: &StreamSettings) -> Result<Ws, String> {
+    let mut req = s
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("stream.url: {e}"))?;
+    let h = req.headers_mut();
+    h.insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol::SUBPROTOCOL),
+    );
+    h.insert(
+        USER_AGENT,
+        HeaderValue::from_static(crate::upload::USER_AGENT),
+    );
+    if let Some(t) = &s.token {
+        let bearer = zeroize::Zeroizing::new(format!("Bearer {}", t.expose()));
+        if let Ok(mut v) = HeaderValue::from_str(&bearer) {
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+    }
+    // Small buffers: the server only says a few short texts (anything
+    // larger is refused), and each audio message is written at once.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(MAX_SERVER_MESSAGE))
+        .max_frame_size(Some(MAX_SERVER_MESSAGE));
+    let fut = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(ws_config),
+        true,
+        Some(Connector::Rustls(s.tls.clone())),
+    );
+    let (ws, resp) = tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| "connecting to the stream receiver timed out".to_string())?
+        .map_err(|e| format!("cannot connect to the stream receiver: {e}"))?;
+    let proto = resp
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    if proto != Some(protocol::SUBPROTOCOL) {
+        return Err(format!(
+            "the stream receiver did not accept subprotocol {}",
+            protocol::SUBPROTOCOL
+        ));
+    }
+    Ok(ws)
+}
+
+/// Send a message; a connection that takes longer than `limit` is broken.
+async fn send(ws: &mut Ws, m: Message, limit: Duration) -> Result<(), Session> {
+    match tokio::time::timeout(limit, ws.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Session::Broken(format!("sending: {e}"))),
+        Err(_) => Err(Session::Broken("the receiver stopped reading".into())),
+    }
+}
+
+/// The next server message that means something.
+async fn answer(ws: &mut Ws) -> Result<ServerMsg, Session> {
+    let until = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let m = match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => return Err(Session::Broken("no answer from the receiver".into())),
+            Ok(None) => return Err(Session::Broken("the receiver closed".into())),
+            Ok(Some(Err(e))) => return Err(Session::Broken(format!("receiving: {e}"))),
+            Ok(Some(Ok(m))) => m,
+        };
+        match m {
+            Message::Text(t) => match protocol::parse_server(t.as_str()) {
+                Ok(ServerMsg::Other(_)) => {}
+                Ok(m) => return Ok(m),
+                Err(e) => return Err(Session::Refused(e)),
+            },
+            Message::Close(_) => return Err(Session::Broken("the receiver closed".into())),
+            _ => {}
+        }
+    }
+}
+
+/// `stop`, then wait for `done` and close.
+async fn stop(ws: &mut Ws, complete: bool, frames: u64, meta: &serde_json::Value) -> Session {
+    let m = Message::Text(protocol::stop(complete, frames, meta).into());
+    if let Err(s) = send(ws, m, ANSWER_TIMEOUT).await {
+        return s;
+    }
+    let r = match answer(ws).await {
+        Ok(ServerMsg::Done) => Session::Finished { complete },
+        Ok(ServerMsg::Error { reason }) => Session::Refused(format!("receiver error: {reason}")),
+        Ok(other) => Session::Refused(format!("unexpected answer to stop: {other:?}")),
+        Err(s) => s,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    r
+}
+
+/// Send `pcm` (whole frames) from `*held` on, in messages of at most
+/// `per_msg` frames.
+async fn send_pcm(
+    c: &CallStream,
+    ws: &mut Ws,
+    held: &mut u64,
+    pcm: &[u8],
+    per_msg: usize,
+) -> Result<(), Session> {
+    let limit = c.settings.max_lag.max(Duration::from_secs(1));
+    for piece in pcm.chunks(per_msg * FRAME_BYTES) {
+        let msg = protocol::audio(*held, piece);
+        let n = msg.len() as u64;
+        send(ws, Message::Binary(msg.into()), limit).await?;
+        *held += (piece.len() / FRAME_BYTES) as u64;
+        c.stats.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// `stop` with `complete: false` at `held`, with the final metadata if the
+/// recording ended, else the start's.
+async fn stop_incomplete(c: &CallStream, ws: &mut Ws, held: u64) -> Session {
+    let meta = match c.shared.end.lock().ok().and_then(|e| e.clone()) {
+        Some(TapEnd::Written { meta, .. }) => meta,
+        _ => c.rec.meta.clone(),
+    };
+    stop(ws, false, held, &meta).await
+}
+
+/// Frames `[*held, to)` from the recording's file.
+async fn send_from_file(
+    c: &CallStream,
+    ws: &mut Ws,
+    held: &mut u64,
+    to: u64,
+    per_msg: usize,
+) -> Result<(), Session> {
+    let step = u64::from(c.rec.sample_rate) * CATCH_UP_SECONDS;
+    while *held < to {
+        let want = (to - *held).min(step) as usize;
+        let frames = match c.rec.file.read_frames(*held, want) {
+            Ok(f) if !f.is_empty() => f,
+            // The file is gone (discarded, or delivered and removed) or
+            // shorter than said: the receiver is told the stream ends here.
+            Ok(_) => {
+                tracing::warn!(recording = %c.rec.recording_id, "live stream: the recording's file ends early; stopped incomplete");
+                return Err(stop_incomplete(c, ws, *held).await);
+            }
+            Err(e) => {
+                tracing::warn!(recording = %c.rec.recording_id, "live stream: cannot read the recording's file ({e}); stopped incomplete");
+                return Err(stop_incomplete(c, ws, *held).await);
+            }
+        };
+        send_pcm(c, ws, held, &protocol::pcm_bytes(&frames), per_msg).await?;
+    }
+    Ok(())
+}
+
+async fn session(
+    c: &mut CallStream,
+    id: u64,
+    mut ws: Ws,
+    resume: bool,
+    gave_up: bool,
+    held: &mut u64,
+    sent_here: &mut u64,
+) -> Session {
+    let first = *held;
+    let r = session_inner(c, id, &mut ws, resume, gave_up, held).await;
+    *sent_here = held.saturating_sub(first.min(*held));
+    r
+}
+
+async fn session_inner(
+    c: &mut CallStream,
+    id: u64,
+    ws: &mut Ws,
+    resume: bool,
+    gave_up: bool,
+    held: &mut u64,
+) -> Session {
+    let start = protocol::start(&c.rec.recording_id, resume, c.rec.sample_rate, &c.rec.meta);
+    if let Err(s) = send(ws, Message::Text(start.into()), ANSWER_TIMEOUT).await {
+        return s;
+    }
+    let offset = match answer(ws).await {
+        Ok(ServerMsg::Ready { offset }) => offset,
+        Ok(ServerMsg::Error { reason }) => {
+            return Session::Refused(format!("receiver error: {reason}"))
+        }
+        Ok(other) => return Session::Refused(format!("unexpected answer to start: {other:?}")),
+        Err(s) => return s,
+    };
+    let end_meta = |c: &CallStream| -> Option<(u64, serde_json::Value, bool)> {
+        match c.shared.end.lock().ok()?.as_ref()? {
+            TapEnd::Written { frames, meta } => Some((*frames, meta.clone(), true)),
+            TapEnd::Discarded { frames, .. } => Some((*frames, c.rec.meta.clone(), false)),
+        }
+    };
+    if gave_up {
+        let meta = end_meta(c)
+            .map(|e| e.1)
+            .unwrap_or_else(|| c.rec.meta.clone());
+        return stop(ws, false, offset, &meta).await;
+    }
+    let written = c.shared.written.load(Ordering::Acquire);
+    if offset > written {
+        let _ = ws.close(None).await;
+        return Session::Refused(format!(
+            "the receiver says it holds {offset} frames of {written} recorded"
+        ));
+    }
+    *held = offset;
+    let per_msg = ((c.settings.frame.as_micros() * u128::from(c.rec.sample_rate) / 1_000_000)
+        as usize)
+        .max(1);
+    let max_lag_frames =
+        c.settings.max_lag.as_millis() as u64 * u64::from(c.rec.sample_rate) / 1000;
+    let mut pending: Option<Chunk> = None;
+    let mut queue_open = true;
+    loop {
+        let written = c.shared.written.load(Ordering::Acquire);
+        c.stats.set_lag(id, lag_ms(c, *held));
+        if written.saturating_sub(*held) > max_lag_frames {
+            tracing::warn!(recording = %c.rec.recording_id, "live stream given up: more than stream.max_lag behind");
+            let meta = end_meta(c)
+                .map(|e| e.1)
+                .unwrap_or_else(|| c.rec.meta.clone());
+            return stop(ws, false, *held, &meta).await;
+        }
+        if let Some(ch) = pending.take() {
+            if ch.end() <= *held {
+                continue;
+            }
+            if ch.at > *held {
+                // Chunks before this one were dropped: the file has them.
+                let to = ch.at;
+                if let Err(s) = send_from_file(c, ws, held, to, per_msg).await {
+                    return s;
+                }
+            }
+            let skip = (*held - ch.at) as usize * FRAME_BYTES;
+            if let Err(s) = send_pcm(c, ws, held, &ch.pcm[skip..], per_msg).await {
+                return s;
+            }
+            continue;
+        }
+        match c.rx.try_recv() {
+            Ok(ch) => {
+                pending = Some(ch);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => queue_open = false,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if let Some((frames, meta, kept)) = end_meta(c) {
+            if !kept {
+                return stop(ws, false, *held, &meta).await;
+            }
+            if *held >= frames {
+                return stop(ws, true, frames, &meta).await;
+            }
+            if let Err(s) = send_from_file(c, ws, held, frames, per_msg).await {
+                return s;
+            }
+            continue;
+        }
+        if *held < written {
+            // The queue is empty and the file is ahead: chunks were dropped.
+            if let Err(s) = send_from_file(c, ws, held, written, per_msg).await {
+                return s;
+            }
+            continue;
+        }
+        tokio::select! {
+            m = ws.next() => match m {
+                None => return Session::Broken("the receiver closed".into()),
+                Some(Err(e)) => return Session::Broken(format!("receiving: {e}")),
+                Some(Ok(Message::Close(_))) => return Session::Broken("the receiver closed".into()),
+                Some(Ok(Message::Text(t))) => match protocol::parse_server(t.as_str()) {
+                    Ok(ServerMsg::Error { reason }) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        return Session::Refused(format!("receiver error: {reason}"));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Session::Refused(e),
+                },
+                Some(Ok(_)) => {}
+            },
+            ch = c.rx.recv(), if queue_open => match ch {
+                Some(ch) => pending = Some(ch),
+                None => queue_open = false,
+            },
+            _ = c.shared.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_cap() {
+        for n in 0..40 {
+            let d = backoff(n);
+            assert!(d <= BACKOFF_CAP, "{d:?}");
+            let cap = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
+            assert!(d <= cap);
+        }
+        // Jittered: not always the same.
+        let v: std::collections::BTreeSet<_> = (0..50).map(|_| backoff(5)).collect();
+        assert!(v.len() > 10);
+    }
+}

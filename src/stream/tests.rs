@@ -1,0 +1,216 @@
+//! A call's stream task against an in-process receiver: the file as the
+//! source of missed audio (a gap between queued chunks), a file that is
+//! gone (stop incomplete), a receiver claiming more than was recorded.
+
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::*;
+use crate::recording::RecordingFile;
+
+/// Accepts one connection, answers `start` with `ready` at `offset`, keeps
+/// every message until `stop` (answered `done`) or the end.
+async fn receiver(offset: u64) -> (String, tokio::task::JoinHandle<Vec<Message>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let h =
+        tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            #[allow(clippy::result_large_err)]
+        let cb = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                  mut r: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            r.headers_mut()
+                .insert("sec-websocket-protocol", protocol::SUBPROTOCOL.parse().unwrap());
+            Ok(r)
+        };
+            let mut ws = tokio_tungstenite::accept_hdr_async(sock, cb).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = ws.next().await {
+                let text = m.to_text().ok().map(str::to_string);
+                got.push(m);
+                if let Some(t) = text {
+                    let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                    if v["type"] == "start" {
+                        let r = json!({"type": "ready", "offset": offset}).to_string();
+                        ws.send(Message::Text(r.into())).await.unwrap();
+                    } else if v["type"] == "stop" {
+                        let _ = ws.send(Message::Text(r#"{"type":"done"}"#.into())).await;
+                        break;
+                    }
+                }
+            }
+            got
+        });
+    (url, h)
+}
+
+fn settings(url: &str) -> Arc<StreamSettings> {
+    Arc::new(StreamSettings {
+        url: url.to_string(),
+        token: None,
+        frame: Duration::from_millis(100),
+        max_lag: Duration::from_secs(30),
+        tls: crate::sys::tls::client_config(None).unwrap(),
+    })
+}
+
+/// A WAV of `frames` stereo frames, sample = its index (both channels).
+fn wav(dir: &Path, frames: usize) -> (RecordingFile, Vec<i16>) {
+    let samples: Vec<i16> = (0..frames * 2).map(|i| (i / 2) as i16).collect();
+    let wav = dir.join("r.wav");
+    let f = std::fs::File::create(&wav).unwrap();
+    let mut w = pbx_core::audio::wav::WavWriter::new(f, 8000, 2).unwrap();
+    w.write_samples(&samples).unwrap();
+    w.finalize().unwrap();
+    (
+        RecordingFile {
+            part: dir.join(".r.wav.part"),
+            wav,
+            keys: None,
+        },
+        samples,
+    )
+}
+
+struct Call {
+    tap: Tapped,
+    stats: Arc<StreamStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn call(url: &str, file: RecordingFile) -> Call {
+    let stats = Arc::new(StreamStats::default());
+    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+    let shared = Arc::new(Shared::default());
+    let rec = TapBegin {
+        recording_id: "r".into(),
+        sample_rate: 8000,
+        meta: json!({"recording_id": "r"}),
+        file,
+    };
+    let task = tokio::spawn(client::run(client::CallStream {
+        settings: settings(url),
+        rec,
+        rx,
+        shared: shared.clone(),
+        stats: stats.clone(),
+    }));
+    Call {
+        tap: Tapped {
+            tx,
+            shared,
+            stats: stats.clone(),
+        },
+        stats,
+        task,
+    }
+}
+
+fn audio_of(got: &[Message]) -> Vec<(u64, Vec<i16>)> {
+    got.iter()
+        .filter_map(|m| match m {
+            Message::Binary(b) => protocol::parse_audio(b).map(|(o, pcm)| {
+                (
+                    o,
+                    pcm.chunks_exact(2)
+                        .map(|s| i16::from_le_bytes([s[0], s[1]]))
+                        .collect(),
+                )
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_text(got: &[Message]) -> Value {
+    got.iter()
+        .rev()
+        .find_map(|m| m.to_text().ok().and_then(|t| serde_json::from_str(t).ok()))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_gap_between_queued_chunks_is_read_from_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 3200);
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    // Frames 0..800 and 2400..3200 reach the queue; 800..2400 were dropped.
+    c.tap.audio(0, &samples[..1600]);
+    c.tap.shared.written.store(2400, Ordering::Release);
+    c.tap.audio(2400, &samples[4800..]);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 3200,
+        meta: json!({"final": true}),
+    });
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    let audio = audio_of(&got);
+    let mut at = 0u64;
+    let mut all = Vec::new();
+    for (o, pcm) in &audio {
+        assert_eq!(*o, at, "offsets continue");
+        assert!(
+            pcm.len() <= 800 * 2,
+            "at most one frame (100 ms) per message"
+        );
+        at += (pcm.len() / 2) as u64;
+        all.extend_from_slice(pcm);
+    }
+    assert_eq!(all, samples);
+    let stop = last_text(&got);
+    assert_eq!(stop["type"], "stop");
+    assert_eq!(stop["complete"], true);
+    assert_eq!(stop["frames"], 3200);
+    assert_eq!(stop["meta"]["final"], true);
+    assert_eq!(c.stats.complete.load(Ordering::Relaxed), 1);
+    assert_eq!(c.stats.open.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_recording_file_that_is_gone_stops_the_stream_incomplete() {
+    let d = tempfile::tempdir().unwrap();
+    let file = RecordingFile {
+        part: d.path().join(".gone.wav.part"),
+        wav: d.path().join("gone.wav"),
+        keys: None,
+    };
+    let (url, server) = receiver(0).await;
+    let c = call(&url, file);
+    // 1600 frames written that never reached the queue.
+    c.tap.shared.written.store(1600, Ordering::Release);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 1600,
+        meta: json!({}),
+    });
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    assert!(audio_of(&got).is_empty());
+    let stop = last_text(&got);
+    assert_eq!(
+        (stop["complete"].clone(), stop["frames"].clone()),
+        (json!(false), json!(0))
+    );
+    assert_eq!(c.stats.incomplete.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_receiver_claiming_more_than_was_recorded_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 800);
+    let (url, server) = receiver(1_000_000).await;
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples);
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    assert!(audio_of(&got).is_empty());
+    assert_eq!(c.stats.refused.load(Ordering::Relaxed), 1);
+    assert!(c
+        .stats
+        .snapshot(true)
+        .last_error
+        .is_some_and(|e| e.contains("holds 1000000 frames")));
+}
