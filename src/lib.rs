@@ -22,6 +22,8 @@
 //! - [`status`] and [`health`]: snapshots → `/healthz`, `/readyz`,
 //!   `/metrics`, `/status`; [`control`]: `/v1/calls` (calls in progress,
 //!   pause, resume) → requests answered by the engines.
+//! - [`spoolfile`]: how a spool file is stored (plain or sealed at rest)
+//!   and read back, its hash, its FLAC form for the uplink.
 //! - [`config`]: file + environment → a typed `Config` (a leaf); `sys`
 //!   (crate-private): clock, files, sockets, host name, BPF filters, TLS key
 //!   files (a leaf); [`units`]: sizes and durations; [`logmask`]: phone
@@ -41,6 +43,7 @@ pub mod logmask;
 pub mod recording;
 pub mod sources;
 pub mod spool;
+pub mod spoolfile;
 pub mod status;
 pub mod stream;
 pub(crate) mod sys;

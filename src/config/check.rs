@@ -659,7 +659,7 @@ pub(super) fn check(
     // Encryption at rest: the key files are read here, once, so a missing
     // or malformed key is an error at its line (check-config, start,
     // SIGHUP), never a failure later while recording.
-    use crate::recording::crypt::{Keyring, SpoolKey, CREDENTIAL_NAME};
+    use crate::spoolfile::crypt::{Keyring, SpoolKey, CREDENTIAL_NAME};
     let mut current: Option<SpoolKey> = None;
     s.field(
         errs,

@@ -98,7 +98,7 @@ pub struct SpoolConfig {
     pub old_key_files: Vec<PathBuf>,
     /// The keys read from those files when the configuration was loaded
     /// (`None`: encryption at rest is off). Compared by key id.
-    pub keys: Option<std::sync::Arc<crate::recording::crypt::Keyring>>,
+    pub keys: Option<std::sync::Arc<crate::spoolfile::Keyring>>,
 }
 
 /// `[health]`

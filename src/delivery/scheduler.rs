@@ -95,7 +95,7 @@ pub(super) fn housekeeping_open(
         tracing::debug!(count = report.adopted.len(), "recordings adopted");
     }
     for e in sp.in_state(State::Recorded)? {
-        let doc: Option<Value> = match crate::recording::read_recording(
+        let doc: Option<Value> = match crate::spoolfile::read_recording(
             &sp.json_path(&e.id),
             settings.keys.as_deref(),
         ) {

@@ -149,7 +149,7 @@ pub struct DeliverySettings {
     pub shutdown_grace: Duration,
     /// Encryption at rest: the keys that open sealed spool files (JSON read
     /// for the filters, audio decrypted on the fly while uploading).
-    pub keys: Option<std::sync::Arc<crate::recording::Keyring>>,
+    pub keys: Option<std::sync::Arc<crate::spoolfile::Keyring>>,
 }
 
 impl DeliverySettings {

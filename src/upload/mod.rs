@@ -38,7 +38,7 @@ use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use std::io::Read;
 
-use crate::recording::{open_recording, Keyring, OpenMode, RecordingReader};
+use crate::spoolfile::{open_recording, Keyring, OpenMode, RecordingReader};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{AudioFormat, CloudProtocol};
@@ -256,7 +256,7 @@ pub struct LocalReadError(#[source] pub std::io::Error);
 /// Stream `len` bytes of the plaintext of the spool file `path` from
 /// `offset` in [`PIECE`]s, paced by `limiter`, adding each piece to `sent`.
 /// A sealed file (encryption at rest) is decrypted on the fly with `keys`
-/// (reads run on the blocking pool: [`crate::recording::open_recording`]).
+/// (reads run on the blocking pool: [`crate::spoolfile::open_recording`]).
 pub(crate) fn file_stream(
     path: PathBuf,
     offset: u64,
@@ -662,7 +662,7 @@ pub async fn load_job(
     }
     let (json_path, wav_path, k) = (json.to_path_buf(), wav.clone(), keys.clone());
     let (text, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let text = crate::recording::read_recording(&json_path, k.as_deref())?;
+        let text = crate::spoolfile::read_recording(&json_path, k.as_deref())?;
         let size = open_recording(&wav_path, k.as_deref(), OpenMode::Strict)?.len();
         Ok((text, size))
     })
@@ -731,16 +731,16 @@ fn flac_beside(
     use std::io::Write;
     let path = flac_path(wav, id);
     if path.is_file() {
-        return Ok((path.clone(), crate::recording::hash_recording(&path, keys)?));
+        return Ok((path.clone(), crate::spoolfile::hash_recording(&path, keys)?));
     }
     let tmp = wav.with_file_name(format!(".{id}.flac.tmp"));
     let made = (|| -> std::io::Result<(u64, String)> {
-        let f = crate::recording::create_private_file(&tmp)?;
-        let mut out = crate::recording::SpoolWriter::new(
+        let f = crate::sys::create_private_file(&tmp)?;
+        let mut out = crate::spoolfile::SpoolWriter::new(
             std::io::BufWriter::with_capacity(256 * 1024, f),
             keys,
         )?;
-        let info = crate::recording::flac::encode_wav(
+        let info = crate::spoolfile::flac::encode_wav(
             || {
                 open_recording(wav, keys, OpenMode::Strict)
                     .map(|r| std::io::BufReader::with_capacity(256 * 1024, r))
@@ -754,7 +754,7 @@ fn flac_beside(
         drop(f);
         std::fs::rename(&tmp, &path)?;
         if let Some(dir) = path.parent() {
-            crate::recording::sync_dir(dir)?;
+            crate::sys::sync_dir(dir)?;
         }
         Ok((info.bytes, info.sha256))
     })();

@@ -81,7 +81,7 @@ pub(crate) fn upload_metadata(pairs: &[(&str, &str)]) -> String {
 /// Base64 SHA-256 of `len` bytes of `path` from `offset` (read in pieces).
 async fn chunk_checksum(
     path: &std::path::Path,
-    keys: Option<&Arc<crate::recording::Keyring>>,
+    keys: Option<&Arc<crate::spoolfile::Keyring>>,
     offset: u64,
     len: u64,
 ) -> std::io::Result<String> {

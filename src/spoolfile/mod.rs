@@ -1,0 +1,126 @@
+//! How a spool file is stored: as it is, or sealed at rest
+//! (`spool.encryption_key_file`, [`crypt`]), and the FLAC form of a WAV for
+//! the uplink ([`flac`]).
+//!
+//! In: paths and keys. Out: readers of the plaintext (from any offset),
+//! writers that seal, lengths and SHA-256 of the plaintext. Used by the
+//! recording writer, crash recovery, delivery and upload alike, so it sits
+//! below all of them and uses nothing of ours but `sys`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub mod crypt;
+pub mod flac;
+pub use crypt::{open_recording, read_recording, Keyring, OpenMode, RecordingReader};
+
+/// A finished spool file's writer: the file as it is, or sealed (fixed
+/// chunks) with the current key.
+pub enum SpoolWriter<W: Write> {
+    Plain(W),
+    Sealed(crypt::SealedWriter<W>),
+}
+
+impl<W: Write> SpoolWriter<W> {
+    pub fn new(inner: W, seal: Option<&Keyring>) -> io::Result<Self> {
+        Ok(match seal {
+            Some(k) => SpoolWriter::Sealed(crypt::SealedWriter::new(
+                inner,
+                k.current(),
+                crypt::Layout::Chunks,
+            )?),
+            None => SpoolWriter::Plain(inner),
+        })
+    }
+
+    /// Everything written (the final record sealed); the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            SpoolWriter::Plain(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+            SpoolWriter::Sealed(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for SpoolWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            SpoolWriter::Plain(w) => w.write(b),
+            SpoolWriter::Sealed(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SpoolWriter::Plain(w) => w.flush(),
+            SpoolWriter::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// Counts and hashes (SHA-256) what goes through it.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
+
+    /// The inner writer, and the length and hex SHA-256 of what went through.
+    pub fn finish(self) -> (W, (u64, String)) {
+        (self.inner, (self.n, hex::encode(self.hash.finalize())))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Length and hex SHA-256 of a spool file's plaintext (decrypted on the fly
+/// when sealed): what its JSON's `bytes` and `sha256` describe.
+pub fn hash_recording(path: &Path, keys: Option<&Keyring>) -> io::Result<(u64, String)> {
+    let r = open_recording(path, keys, OpenMode::Strict)?;
+    let mut w = HashingWriter::new(io::sink());
+    io::copy(&mut io::BufReader::with_capacity(256 * 1024, r), &mut w)?;
+    Ok(w.finish().1)
+}
+
+/// Length and hex SHA-256 of a file.
+pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
