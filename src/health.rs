@@ -180,6 +180,11 @@ async fn handle(
         if !local_peer {
             return respond(&mut sock, 403, "text/plain", "drain: loopback only\n").await;
         }
+        // Draining from this answer on (/readyz, SIPREC OPTIONS read it),
+        // not from when the daemon's loop gets to the request.
+        if let Ok(mut s) = status.lock() {
+            s.draining = true;
+        }
         drain.notify_one();
         let snapshot: Status = status.lock().map(|s| s.clone()).unwrap_or_default();
         let body = serde_json::to_string_pretty(&serde_json::json!({

@@ -42,7 +42,7 @@ use crate::spoolfile::{open_recording, Keyring, OpenMode, RecordingReader};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{AudioFormat, CloudProtocol};
-use policy::{Action, Answer, Step, Transport};
+use policy::{Action, Answer, NetFailure, Step};
 
 /// `User-Agent` of every request.
 pub(crate) const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
@@ -564,7 +564,7 @@ pub enum HttpResult {
         headers: HeaderMap,
         body: String,
     },
-    Transport(Transport),
+    Transport(NetFailure),
 }
 
 impl HttpResult {
@@ -618,15 +618,15 @@ async fn read_body(mut resp: reqwest::Response, max: usize) -> String {
 }
 
 /// Classify a reqwest error for the policy. Certificate problems (ours or
-/// theirs) are [`Transport::Certificate`]; a local read failure inside a body
-/// is [`Transport::LocalIo`]. The message never contains the token (reqwest
+/// theirs) are [`NetFailure::Certificate`]; a local read failure inside a body
+/// is [`NetFailure::LocalIo`]. The message never contains the token (reqwest
 /// errors carry the URL, which has no credentials: config refuses them).
-pub(crate) fn classify_error(e: &reqwest::Error) -> Transport {
+pub(crate) fn classify_error(e: &reqwest::Error) -> NetFailure {
     let mut chain = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(l) = err.downcast_ref::<LocalReadError>() {
-            return Transport::LocalIo(l.0.to_string());
+            return NetFailure::LocalIo(l.0.to_string());
         }
         chain.push(err.to_string());
         cur = err.source();
@@ -634,12 +634,12 @@ pub(crate) fn classify_error(e: &reqwest::Error) -> Transport {
     let text = chain.join(": ");
     let lower = text.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
-        return Transport::Certificate(text);
+        return NetFailure::Certificate(text);
     }
     if e.is_timeout() {
-        Transport::Timeout(text)
+        NetFailure::Timeout(text)
     } else {
-        Transport::Connection(text)
+        NetFailure::Connection(text)
     }
 }
 

@@ -27,7 +27,7 @@ pub const BODY_KEEP: usize = 4096;
 
 /// How a request failed below HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
+pub enum NetFailure {
     /// Connect refused / reset / closed early, DNS failure.
     Connection(String),
     /// No answer in time.
@@ -49,7 +49,7 @@ pub enum Answer<'a> {
         retry_after: Option<&'a str>,
         body: &'a str,
     },
-    Transport(Transport),
+    Transport(NetFailure),
 }
 
 /// Why uploads pause.
@@ -131,19 +131,19 @@ pub enum Step {
 pub fn classify(step: Step, answer: &Answer<'_>, now: SystemTime) -> Action {
     match answer {
         Answer::Transport(t) => match t {
-            Transport::Certificate(e) => Action::PauseAll {
+            NetFailure::Certificate(e) => Action::PauseAll {
                 kind: PauseKind::Tls,
                 reason: format!("TLS certificate refused: {e}"),
             },
-            Transport::Connection(e) => Action::Retry {
+            NetFailure::Connection(e) => Action::Retry {
                 after: None,
                 reason: format!("connection: {e}"),
             },
-            Transport::Timeout(e) => Action::Retry {
+            NetFailure::Timeout(e) => Action::Retry {
                 after: None,
                 reason: format!("timeout: {e}"),
             },
-            Transport::LocalIo(e) => Action::Retry {
+            NetFailure::LocalIo(e) => Action::Retry {
                 after: None,
                 reason: format!("local file: {e}"),
             },
@@ -371,14 +371,14 @@ mod tests {
     fn transport_errors() {
         let c = |t| classify(Step::Location, &Answer::Transport(t), now());
         assert!(matches!(
-            c(Transport::Connection("reset".into())),
+            c(NetFailure::Connection("reset".into())),
             Action::Retry { after: None, .. }
         ));
         assert!(matches!(
-            c(Transport::Timeout("30s".into())),
+            c(NetFailure::Timeout("30s".into())),
             Action::Retry { after: None, .. }
         ));
-        let a = c(Transport::Certificate("UnknownIssuer".into()));
+        let a = c(NetFailure::Certificate("UnknownIssuer".into()));
         assert!(matches!(
             a,
             Action::PauseAll {
