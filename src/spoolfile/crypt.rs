@@ -246,8 +246,10 @@ impl<W: Write> SealedWriter<W> {
             layout,
             counter: 0,
             header_out: false,
-            buf: Zeroizing::new(Vec::with_capacity(CHUNK)),
-            out: Vec::with_capacity(HEADER_LEN + CHUNK + 4 + TAG),
+            // Both grow to the largest record sealed (a `.part` sealed
+            // record by record holds one audio chunk, not 64 KiB).
+            buf: Zeroizing::new(Vec::new()),
+            out: Vec::new(),
         })
     }
 

@@ -174,7 +174,10 @@ impl<W: Write + Seek> WavWriter<W> {
             inner: Some(w),
             start,
             channels,
-            buf: Vec::with_capacity(WRITE_BUF),
+            // Grown to what is written between flushes (at most
+            // WRITE_BUF): a recording flushed after every chunk (the
+            // daemon's write-through) holds one chunk, not 64 KiB.
+            buf: Vec::new(),
             data_bytes: 0,
             limit: MAX_DATA_BYTES / frame * frame,
         })

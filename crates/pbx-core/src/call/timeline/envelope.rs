@@ -59,6 +59,17 @@ impl Cached {
     };
 }
 
+/// Buckets the queue grows by when full (8 s): [`MAX_BUCKETS`] is a
+/// multiple, so a long call's queue holds exactly that many.
+const BUCKET_STEP: usize = 32;
+
+/// Room for one more bucket, grown by [`BUCKET_STEP`] (not doubled).
+fn grow(b: &mut VecDeque<Bucket>) {
+    if b.len() == b.capacity() {
+        b.reserve_exact(BUCKET_STEP);
+    }
+}
+
 /// Lower envelope of `d = arrival - u` for one segment.
 #[derive(Debug, Clone)]
 pub(super) struct Envelope {
@@ -115,14 +126,22 @@ impl Envelope {
         let mut refit = false;
         let mut changed = true;
         match self.buckets.back() {
-            None => self.buckets.push_back(Bucket { idx, u, d, n: 1 }),
-            Some(last) if idx > last.idx => {
+            None => {
+                grow(&mut self.buckets);
                 self.buckets.push_back(Bucket { idx, u, d, n: 1 });
-                if self.buckets.len() > MAX_BUCKETS {
+            }
+            Some(last) if idx > last.idx => {
+                // The oldest goes before the newest comes, so the queue
+                // never holds more than MAX_BUCKETS; it grows in steps of a
+                // few seconds up to them (memory follows the call's length
+                // up to 40 s, then stays flat).
+                if self.buckets.len() >= MAX_BUCKETS {
                     if let Some(old) = self.buckets.pop_front() {
                         self.cache_forget(old.idx);
                     }
                 }
+                grow(&mut self.buckets);
+                self.buckets.push_back(Bucket { idx, u, d, n: 1 });
                 refit = true;
             }
             Some(_) => {
@@ -136,6 +155,7 @@ impl Envelope {
                     }
                 } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
                     let at = self.buckets.partition_point(|b| b.idx < idx);
+                    grow(&mut self.buckets);
                     self.buckets.insert(at, Bucket { idx, u, d, n: 1 });
                 } else {
                     changed = false;

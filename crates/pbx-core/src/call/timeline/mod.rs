@@ -112,6 +112,17 @@ const FIT_MIN_MS: i64 = 1000;
 /// Largest drift believed (beyond: the fit is not used).
 const DRIFT_MAX: f64 = 5e-3;
 
+/// Spare chunk buffers a leg keeps for reuse: enough for the chunks one
+/// render frees before the next packets come, not a burst's worth.
+const POOL_MAX: usize = 4;
+
+/// Keep `pcm`'s buffer for a later chunk, or free it when enough are kept.
+fn recycle(pool: &mut Vec<Vec<i16>>, pcm: Vec<i16>) {
+    if pool.len() < POOL_MAX {
+        pool.push(pcm);
+    }
+}
+
 /// One packet for [`LegTimeline::insert`].
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {
@@ -271,7 +282,7 @@ impl Segment {
         if at < self.chunks.len() && self.chunks[at].u == c.u {
             if let Some(old) = self.chunks.get_mut(at) {
                 let prev = std::mem::replace(old, c);
-                pool.push(prev.pcm);
+                recycle(pool, prev.pcm);
             }
             return;
         }
@@ -437,7 +448,7 @@ impl LegTimeline {
     fn recycle(&mut self, s: Segment) {
         for c in s.chunks {
             self.stats.cut_samples += c.pcm.len() as u64;
-            self.pool.push(c.pcm);
+            recycle(&mut self.pool, c.pcm);
         }
     }
 
@@ -606,7 +617,7 @@ impl LegTimeline {
                         let c = self.segs[i].chunks.remove(k);
                         if let Some(c) = c {
                             self.stats.strays += 1;
-                            self.pool.push(c.pcm);
+                            recycle(&mut self.pool, c.pcm);
                         }
                     } else if n_early >= 2 || force || now - c.arrival >= confirm {
                         self.split(i, k);
@@ -956,7 +967,7 @@ impl LegTimeline {
                 let mut dropped = 0;
                 while seg.chunks.front().is_some_and(|c| c.end() <= ui) {
                     if let Some(c) = seg.chunks.pop_front() {
-                        self.pool.push(c.pcm);
+                        recycle(&mut self.pool, c.pcm);
                         dropped += 1;
                     }
                 }
@@ -1011,7 +1022,7 @@ fn copy_exact(
     while n > 0 {
         while chunks.front().is_some_and(|c| c.end() <= u) {
             if let Some(c) = chunks.pop_front() {
-                pool.push(c.pcm);
+                recycle(pool, c.pcm);
             }
         }
         match chunks.front() {
