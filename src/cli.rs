@@ -100,9 +100,25 @@ pub enum SpoolCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Remove a recording from the spool.
+    /// Remove a recording from the spool; or, for a data-subject request,
+    /// every recording of a phone number (--number) and/or every recording
+    /// of calls that started before a date (--before), whatever their state.
     Purge {
-        id: String,
+        id: Option<String>,
+        /// Remove the recordings whose caller or callee is this number
+        /// (digits compared; "+49 30 1234567", "0049301234567" and
+        /// "030 1234567" are the same number when their last 9+ digits
+        /// agree). Not printed: the output names the recordings removed.
+        #[arg(long)]
+        number: Option<String>,
+        /// Remove the recordings of calls that started before this time
+        /// (RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date, 2026-11-01,
+        /// meaning its start in UTC).
+        #[arg(long)]
+        before: Option<String>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         config: ConfigArg,
     },

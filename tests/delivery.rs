@@ -713,6 +713,103 @@ fn spool_purge_and_retry_all_from_the_command_line() {
     assert_eq!(code, 2);
 }
 
+/// A data-subject request: `spool purge --number` removes every recording
+/// of a number whatever its spelling and state (here: one delivered, one
+/// failed, one queued), `--before` those of calls before a date, both
+/// together those matching both; the output names the recordings, never
+/// the number; `--dry-run` removes nothing.
+#[test]
+fn spool_purge_by_number_and_date() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let party = |n: &str| serde_json::json!({ "number": n });
+    for (id, from, to, started) in [
+        ("r1", "+49 30 1234567", "2001", "2026-10-01T10:00:00.000Z"),
+        ("r2", "2002", "0301234567", "2026-11-15T10:00:00.000Z"),
+        ("r3", "2003", "+4930999999", "2026-10-20T10:00:00.000Z"),
+        ("r4", "004930 1234567", "2004", "2026-11-20T10:00:00.000Z"),
+        ("r5", "2005", "+15550001111", "2026-11-25T10:00:00.000Z"),
+    ] {
+        write_recording_with(&spool, id, 800, 1, |j| {
+            j["from"] = party(from);
+            j["to"] = party(to);
+            j["started_at"] = started.into();
+        })
+        .unwrap();
+    }
+    let config = d.path().join("pbx-edge.toml");
+    std::fs::write(&config, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    let (code, _, _) = spool_cmd(&config, &["list"]);
+    assert_eq!(code, 0);
+    {
+        let mut sp = Spool::open(&spool).unwrap();
+        sp.mark_queued("r1", 0).unwrap();
+        sp.begin_attempt("r1", 0).unwrap();
+        sp.mark_delivered("r1", 0).unwrap();
+        sp.mark_queued("r2", 0).unwrap();
+        sp.begin_attempt("r2", 0).unwrap();
+        sp.mark_failed("r2", 400, "nope", 0).unwrap();
+        sp.mark_queued("r4", 0).unwrap();
+    }
+    let number = "+49 (30) 123-4567";
+    let (code, out, err) = spool_cmd(&config, &["purge", "--number", number, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("3 recordings of the number given would be removed: r1, r2, r4"),
+        "{out}"
+    );
+    assert_eq!(pairs_left(&spool).len(), 10);
+    let (code, out, err) = spool_cmd(&config, &["purge", "--number", number]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("3 recordings of the number given removed from the spool: r1, r2, r4"),
+        "{out}"
+    );
+    for digits in ["1234567", "4930", "+49"] {
+        assert!(!out.contains(digits) && !err.contains(digits), "{out}{err}");
+    }
+    assert_eq!(
+        pairs_left(&spool),
+        vec!["r3.json", "r3.wav", "r5.json", "r5.wav"]
+    );
+    let sp = Spool::open(&spool).unwrap();
+    for id in ["r1", "r2", "r4"] {
+        assert!(sp.get(id).unwrap().is_none(), "{id}");
+    }
+    // Both: a number and a date.
+    let (code, out, _) = spool_cmd(
+        &config,
+        &[
+            "purge",
+            "--number",
+            "+1 555 000 1111",
+            "--before",
+            "2026-11-01",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("0 recordings"), "{out}");
+    let (code, out, _) = spool_cmd(&config, &["purge", "--before", "2026-11-01"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("1 recordings started before the date given removed from the spool: r3"),
+        "{out}"
+    );
+    assert_eq!(pairs_left(&spool), vec!["r5.json", "r5.wav"]);
+    // Bad arguments remove nothing.
+    for args in [
+        &["purge", "--before", "last week"][..],
+        &["purge", "--number", "none"][..],
+        &["purge", "r5", "--number", "1"][..],
+        &["purge"][..],
+    ] {
+        let (code, _, err) = spool_cmd(&config, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    assert_eq!(pairs_left(&spool), vec!["r5.json", "r5.wav"]);
+}
+
 // ---------------------------------------------------------------------------
 // tus resume paths
 // ---------------------------------------------------------------------------

@@ -73,6 +73,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "recording",
             "sources",
             "spool",
+            "spoolfile",
             "status",
             "sys",
             "units",

@@ -122,7 +122,13 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         },
-        SpoolCommand::Purge { id, .. } => match spool.purge(&id) {
+        SpoolCommand::Purge {
+            id: Some(id),
+            number: None,
+            before: None,
+            dry_run: false,
+            ..
+        } => match spool.purge(&id) {
             Ok(()) => println!("{id}: removed from the spool"),
             Err(e @ (SpoolError::NotFound(_) | SpoolError::BadId(_))) => {
                 eprintln!("pbx-edge spool purge: {e}");
@@ -130,6 +136,64 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         },
+        SpoolCommand::Purge {
+            id: None,
+            number,
+            before,
+            dry_run,
+            ..
+        } if number.is_some() || before.is_some() => {
+            let sel = match Selection::new(number.as_deref(), before.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pbx-edge spool purge: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // Pairs the daemon has not adopted yet are purged too.
+            spool.scan(now)?;
+            let keys = cfg.spool.keys.as_deref();
+            let mut matched = Vec::new();
+            let mut unreadable = Vec::new();
+            for e in spool.list()? {
+                match read_doc(&spool, &e.id, keys) {
+                    Ok(doc) if sel.matches(&doc, e.recorded_at_ms) => matched.push(e.id),
+                    Ok(_) => {}
+                    Err(err) => unreadable.push(format!("{}: {err}", e.id)),
+                }
+            }
+            let what = sel.describe();
+            if dry_run {
+                println!(
+                    "{} recordings {what} would be removed{}",
+                    matched.len(),
+                    list_ids(&matched)
+                );
+            } else {
+                for id in &matched {
+                    spool.purge(id)?;
+                }
+                println!(
+                    "{} recordings {what} removed from the spool{}",
+                    matched.len(),
+                    list_ids(&matched)
+                );
+            }
+            if !unreadable.is_empty() {
+                eprintln!(
+                    "pbx-edge spool purge: {} recordings could not be read and were left (check them with spool export or remove them by id): {}",
+                    unreadable.len(),
+                    unreadable.join("; ")
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        SpoolCommand::Purge { .. } => {
+            eprintln!(
+                "pbx-edge spool purge: give a recording ID, or --number and/or --before (not both kinds)"
+            );
+            return Ok(ExitCode::from(2));
+        }
         SpoolCommand::Export { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -192,4 +256,174 @@ pub fn export(
         let _ = std::fs::remove_file(&tmp_json);
     }
     written
+}
+
+/// What `spool purge --number/--before` removes: recordings of `number`
+/// (as caller or callee) and/or of calls that started before `before`;
+/// both given: recordings matching both.
+#[derive(Debug)]
+struct Selection {
+    /// The number's digits (after a leading `+` or `00`).
+    number: Option<String>,
+    /// Milliseconds since the epoch.
+    before_ms: Option<i64>,
+}
+
+/// Digits that must agree at the end of two spellings of a number for them
+/// to be the same (a national and an international spelling differ in
+/// their prefix only).
+const SAME_NUMBER_DIGITS: usize = 9;
+
+impl Selection {
+    fn new(number: Option<&str>, before: Option<&str>) -> Result<Selection, String> {
+        let number = match number {
+            None => None,
+            Some(n) => {
+                let d = digits(n);
+                if d.is_empty() {
+                    return Err("--number has no digits".into());
+                }
+                Some(d)
+            }
+        };
+        let before_ms = match before {
+            None => None,
+            Some(b) => {
+                let text = if b.len() == 10 {
+                    format!("{b}T00:00:00Z")
+                } else {
+                    b.to_string()
+                };
+                let t = pbx_core::time::Timestamp::parse_rfc3339(&text).ok_or_else(|| {
+                    format!("--before {b:?}: not a date (2026-11-01) or an RFC 3339 time (2026-11-01T08:00:00Z)")
+                })?;
+                Some(t.as_millis())
+            }
+        };
+        Ok(Selection { number, before_ms })
+    }
+
+    /// Whether the recording whose JSON is `doc` (adopted with
+    /// `recorded_at_ms`) is selected.
+    fn matches(&self, doc: &serde_json::Value, recorded_at_ms: i64) -> bool {
+        if let Some(n) = &self.number {
+            let parties = [&doc["from"], &doc["to"]];
+            let hit = parties.iter().any(|p| {
+                p["number"]
+                    .as_str()
+                    .is_some_and(|x| same_number(&digits(x), n))
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(b) = self.before_ms {
+            let started = doc["started_at"]
+                .as_str()
+                .and_then(pbx_core::time::Timestamp::parse_rfc3339)
+                .map_or(recorded_at_ms, |t| t.as_millis());
+            if started >= b {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The selection in words, without the number.
+    fn describe(&self) -> String {
+        match (&self.number, self.before_ms) {
+            (Some(_), Some(_)) => "of the number given, started before the date given,".into(),
+            (Some(_), None) => "of the number given".into(),
+            _ => "started before the date given".into(),
+        }
+    }
+}
+
+/// The digits of a number, without a leading international `00`.
+fn digits(n: &str) -> String {
+    let d: String = n.chars().filter(char::is_ascii_digit).collect();
+    match d.strip_prefix("00") {
+        Some(rest) if n.trim_start().starts_with("00") => rest.to_string(),
+        _ => d,
+    }
+}
+
+/// Two numbers' digits are the same number: equal, or (national and
+/// international spellings) agreeing in their last digits, at least
+/// [`SAME_NUMBER_DIGITS`] of them, the shorter one without its trunk `0`.
+fn same_number(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let short = short.strip_prefix('0').unwrap_or(short);
+    short.len() >= SAME_NUMBER_DIGITS && long.ends_with(short)
+}
+
+/// `<id>.json` of the spool, decrypted when sealed.
+fn read_doc(
+    spool: &Spool,
+    id: &str,
+    keys: Option<&crate::recording::Keyring>,
+) -> anyhow::Result<serde_json::Value> {
+    let bytes = crate::spoolfile::read_recording(&spool.json_path(id), keys)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// ": id, id, …" or nothing.
+fn list_ids(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", ids.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::*;
+
+    #[test]
+    fn numbers_match_across_spellings_and_only_then() {
+        let s = |n: &str| Selection::new(Some(n), None).unwrap();
+        let doc = |from: &str, to: &str| serde_json::json!({"from": {"number": from}, "to": {"number": to}});
+        let d = doc("+49 30 1234567", "2001");
+        for n in [
+            "+49301234567",
+            "0049301234567",
+            "030 1234567",
+            "(030) 123-4567",
+        ] {
+            assert!(s(n).matches(&d, 0), "{n}");
+        }
+        for n in ["+49301234568", "1234567", "2002", "+4930123456"] {
+            assert!(!s(n).matches(&d, 0), "{n}");
+        }
+        // The callee too; an extension exactly.
+        assert!(s("2001").matches(&d, 0));
+        assert!(!s("001").matches(&d, 0));
+        assert!(Selection::new(Some("abc"), None).is_err());
+    }
+
+    #[test]
+    fn before_takes_a_date_or_a_time_and_both_must_match() {
+        let doc = serde_json::json!({
+            "from": {"number": "+15551234567"},
+            "started_at": "2026-10-31T23:59:59.000Z"
+        });
+        let b = |t: &str| Selection::new(None, Some(t)).unwrap();
+        assert!(b("2026-11-01").matches(&doc, 0));
+        assert!(!b("2026-10-31").matches(&doc, 0));
+        assert!(!b("2026-10-31T23:59:59Z").matches(&doc, 0));
+        assert!(b("2026-10-31T23:59:59.500Z").matches(&doc, 0));
+        assert!(Selection::new(None, Some("yesterday")).is_err());
+        let both = Selection::new(Some("5551234567"), Some("2026-11-01")).unwrap();
+        assert!(both.matches(&doc, 0));
+        let other = Selection::new(Some("5559999999"), Some("2026-11-01")).unwrap();
+        assert!(!other.matches(&doc, 0));
+        // No started_at: the time the spool took it.
+        let bare = serde_json::json!({"from": {"number": "1"}});
+        assert!(b("2026-11-01").matches(&bare, 1_700_000_000_000));
+        assert!(!b("2026-11-01").matches(&bare, 1_800_000_000_000));
+    }
 }

@@ -51,6 +51,9 @@ pub(super) struct Shared {
     pub(super) answered: AnsweredCalls,
 }
 
+/// The spool's state while the daemon starts (`delivery`, `daemon`).
+const OPENING: &str = "opening the spool database";
+
 /// `Retry-After` (seconds) of the 503s given while no new calls are taken.
 pub(super) const RETRY_AFTER_S: u32 = 30;
 
@@ -61,6 +64,10 @@ pub(super) struct Availability {
     status: SharedStatus,
     /// Draining: no new calls.
     pub(super) draining: bool,
+    /// The daemon drains (`pbx-edge drain`): read from the status as each
+    /// probe or new INVITE arrives, so it holds from the moment the drain
+    /// was answered, before the daemon's loop tells this task.
+    pub(super) daemon_draining: bool,
     /// The spool problem last seen (logged when it changes).
     spool: Option<String>,
     /// A 503 for the spool's sake was logged (its end is logged too).
@@ -68,28 +75,31 @@ pub(super) struct Availability {
 }
 
 impl Availability {
-    /// The state as it is now, not logged: at start the spool database is
-    /// still being opened, which is no news.
+    /// The state as it is now. The spool database still being opened at
+    /// start is no news (not logged when the first probe sees it); any other
+    /// spool problem is logged with the first 503 it causes, however early.
     pub(super) fn new(status: SharedStatus) -> Self {
         let spool = status
             .lock()
             .ok()
-            .and_then(|s| crate::status::spool_unusable(&s));
+            .and_then(|s| crate::status::spool_unusable(&s))
+            .filter(|why| why.contains(OPENING));
         Availability {
             status,
             draining: false,
+            daemon_draining: false,
             spool,
             warned: false,
         }
     }
 
-    /// Reads the spool's state now and tells the UAS.
+    /// Reads the spool's state and the daemon's drain now and tells the UAS.
     pub(super) fn refresh(&mut self, uas: &mut Uas) {
-        let spool = self
-            .status
-            .lock()
-            .ok()
-            .and_then(|s| crate::status::spool_unusable(&s));
+        let (spool, daemon_draining) = match self.status.lock() {
+            Ok(s) => (crate::status::spool_unusable(&s), s.draining),
+            Err(_) => (self.spool.clone(), self.daemon_draining),
+        };
+        self.daemon_draining = daemon_draining;
         if spool != self.spool {
             match &spool {
                 Some(why) => {
@@ -106,7 +116,7 @@ impl Availability {
             }
             self.spool = spool;
         }
-        let off = self.draining || self.spool.is_some();
+        let off = self.draining || self.daemon_draining || self.spool.is_some();
         uas.set_unavailable(off.then_some(RETRY_AFTER_S));
     }
 }
@@ -312,7 +322,7 @@ pub(super) async fn sip_loop(
                     from,
                 } => {
                     let at = now();
-                    if no_new_calls {
+                    if no_new_calls || avail.daemon_draining {
                         tracing::info!(peer = %from, listen = %local, "SIPREC INVITE while draining: 503");
                         uas.reject_unavailable(&dialog, RETRY_AFTER_S, at);
                         continue;
@@ -636,8 +646,13 @@ pub(super) fn on_message(
         }
     };
     feed(etx, drops, peer, local, bytes.to_vec());
-    if msg.method() == Some(&pbx_core::sip::message::Method::Options) && msg.to.tag.is_none() {
-        // A probe: answered with the spool's state as it is now.
+    if matches!(
+        msg.method(),
+        Some(pbx_core::sip::message::Method::Options | pbx_core::sip::message::Method::Invite)
+    ) && msg.to.tag.is_none()
+    {
+        // A probe or a new call: answered by the spool's state and the
+        // daemon's drain as they are now.
         avail.refresh(uas);
     }
     if uas.needs_local_ip(peer.ip()) {
