@@ -130,6 +130,12 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     assert_eq!(j["from"]["number"], "1001");
     assert_eq!(j["to"]["number"], "5551234");
     assert_eq!(j["direction"], "outbound");
+    // Who is who (issue 15, default [roles]: 2-5 digit extensions): the
+    // caller is the agent at extension 1001, the callee the customer.
+    assert_eq!(j["channels"][0]["role"], "agent");
+    assert_eq!(j["channels"][0]["extension"], "1001");
+    assert_eq!(j["channels"][1]["role"], "customer");
+    assert!(j["channels"][1].get("extension").is_none());
     assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
     assert_eq!(j["ended_at"], "2026-11-24T10:15:05.000Z");
     assert_eq!(j["duration_ms"], 3000);
@@ -1527,6 +1533,12 @@ fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
     assert_eq!(j["from"]["name"], "Carol");
     assert_eq!(j["disposition"], "ANSWERED");
     assert_eq!(j["started_at"], "2026-11-24T10:15:01.000Z");
+    // Who is who from the CDR (issue 15): an inbound call (the `in-` file
+    // and the trunk's number), the callee is the agent; the ids a cloud
+    // joins on come from the row.
+    assert_eq!(j["direction"], "inbound");
+    assert_eq!(j["ids"]["asterisk_uniqueid"], "1700000600.7");
+    assert_eq!(j["ids"]["asterisk_linkedid"], "1700000600.1");
 }
 
 fn raw_bytes(x: &[i16]) -> Vec<u8> {

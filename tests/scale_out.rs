@@ -451,6 +451,9 @@ fn start_on(dir: &Path) -> Daemon {
 struct Kamailio {
     child: std::process::Child,
     log: PathBuf,
+    /// Its configuration file (unique to the test): whatever still runs
+    /// with it after the group was killed is killed too.
+    cfg: PathBuf,
 }
 
 impl Drop for Kamailio {
@@ -458,6 +461,13 @@ impl Drop for Kamailio {
         // SAFETY: signalling the process group we created for our child.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+        // Kamailio's workers were seen to outlive the group kill (left
+        // running after the tests); none may stay.
+        let _ = std::process::Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(&self.cfg)
+            .status();
     }
 }
 
@@ -503,7 +513,7 @@ fn start_kamailio(dir: &Path, listen: SocketAddr, pool: &[SocketAddr]) -> Option
         .process_group(0)
         .spawn()
         .expect("start kamailio");
-    Some(Kamailio { child, log })
+    Some(Kamailio { child, log, cfg })
 }
 
 /// Send an OPTIONS straight to `to`: its status and Retry-After.

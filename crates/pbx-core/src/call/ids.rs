@@ -7,6 +7,9 @@
 //!   `X-Asterisk-Linkedid` (also `X-Uniqueid`, `X-Linkedid`), as a dialplan
 //!   adds them (`PJSIP_HEADER(add,…)=${UNIQUEID}`);
 //! - `cisco_guid`: `Cisco-Guid` (CUCM, CUBE);
+//! - `session_id`: the RFC 7989 `Session-ID` (CUCM, CUBE, Polycom, …): the
+//!   sender's UUID, the part before `;remote=` (32 hex digits; the nil UUID
+//!   is no id);
 //! - `avaya_ucid`: `X-UCID`, or the UCID in a `User-to-User` header (hex,
 //!   Avaya's `FA 08` element: 2-byte node, 2-byte sequence, 4-byte time,
 //!   written as 20 digits).
@@ -41,12 +44,25 @@ pub fn collect(msg: &SipMessage, ids: &mut BTreeMap<String, String>) {
             if let Some(v) = clean(value) {
                 ids.entry((*id).to_string()).or_insert(v);
             }
+        } else if lower == "session-id" {
+            if let Some(u) = session_uuid(value) {
+                ids.entry("session_id".to_string()).or_insert(u);
+            }
         } else if lower == "user-to-user" {
             if let Some(u) = ucid_from_uui(value) {
                 ids.entry("avaya_ucid".to_string()).or_insert(u);
             }
         }
     }
+}
+
+/// The sender's UUID of an RFC 7989 `Session-ID` value
+/// (`ab30317f1a784dc48ff824d0d3715d86;remote=…`), lower case; `None` for
+/// anything else and for the nil UUID (sent before the peer's is known).
+pub fn session_uuid(value: &str) -> Option<String> {
+    let u = value.split(';').next()?.trim();
+    (u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) && u.bytes().any(|b| b != b'0'))
+        .then(|| u.to_ascii_lowercase())
 }
 
 /// Avaya's UCID from a `User-to-User` value (`00FA08…;encoding=hex`): the
@@ -105,6 +121,17 @@ mod tests {
         assert_eq!(ids2["avaya_ucid"], "00001002161733300000");
         collect(&m2, &mut ids);
         assert_eq!(ids["asterisk_uniqueid"], "1733300000.42");
+    }
+
+    #[test]
+    fn rfc7989_session_id_is_the_senders_uuid() {
+        let m = msg("Session-ID: AB30317F1A784DC48FF824D0D3715D86;remote=00000000000000000000000000000000\r\n");
+        let mut ids = BTreeMap::new();
+        collect(&m, &mut ids);
+        assert_eq!(ids["session_id"], "ab30317f1a784dc48ff824d0d3715d86");
+        assert_eq!(session_uuid("00000000000000000000000000000000"), None);
+        assert_eq!(session_uuid("1234"), None);
+        assert_eq!(session_uuid("zz30317f1a784dc48ff824d0d3715d86"), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! RTP on both streams of every session at the real packet rate (one packet per
 //! stream every 20 ms) for S seconds, hangs up, and prints one JSON line with
 //! what it did (sessions answered, packets sent, setup failures, how late the
-//! sender ran behind real time).
+//! sender ran behind real time, and the setup latency: INVITE sent to its
+//! 200 received, p50/p99/max in ms).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -208,17 +209,30 @@ fn main() {
     let start = Instant::now();
     let mut next = 0usize;
     let mut buf = vec![0u8; 65536];
+    // When each INVITE left, and how long its final answer took.
+    let mut sent_at: Vec<Option<Instant>> = vec![None; calls];
+    let mut setup_ms: Vec<f64> = Vec::with_capacity(calls);
+    let mut last_answer = Instant::now();
     while (sessions.len() + failed) < calls && start.elapsed() < Duration::from_secs(120) {
+        // Every INVITE sent and nothing heard for 5 s: the rest are lost.
+        if next == calls && last_answer.elapsed() > Duration::from_secs(5) {
+            break;
+        }
         let due = (start.elapsed().as_secs_f64() * setup_rate as f64) as usize + 1;
         while next < calls && next < due {
             let _ = sip.send_to(invite(next, local, srs).as_bytes(), srs);
+            sent_at[next] = Some(Instant::now());
             next += 1;
         }
         while let Ok((n, _)) = sip.recv_from(&mut buf) {
+            last_answer = Instant::now();
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if let Some((call, code, to, ports, method)) = parse_answer(&msg) {
                 if method != "INVITE" || code < 200 || sessions.contains_key(&call) {
                     continue;
+                }
+                if let Some(t) = sent_at.get(call).copied().flatten() {
+                    setup_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
                 if code == 200 && ports.len() == 2 {
                     let _ = sip.send_to(in_dialog("ACK", call, 1, &to, local, srs).as_bytes(), srs);
@@ -236,6 +250,14 @@ fn main() {
         }
     }
     let setup_s = start.elapsed().as_secs_f64();
+    setup_ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| -> f64 {
+        if setup_ms.is_empty() {
+            return 0.0;
+        }
+        setup_ms[((setup_ms.len() - 1) as f64 * q).round() as usize]
+    };
+    let (setup_p50, setup_p99, setup_max) = (pct(0.5), pct(0.99), pct(1.0));
 
     // Media: 20 ms packets on both streams of every session, real time.
     let speech = speechlike(7, 1000, 8000);
@@ -336,8 +358,9 @@ fn main() {
         interval = (interval * 2).min(Duration::from_secs(4));
     }
     println!(
-        "{{\"calls\":{calls},\"answered\":{},\"failed\":{failed},\"setup_s\":{setup_s:.2},\"media_s\":{media_s:.2},\"packets_per_stream\":{packets_per_stream},\"packets_sent\":{sent},\"send_errors\":{send_errors},\"sender_worst_lag_ms\":{},\"byes_answered\":{byes},\"bye_retransmissions\":{bye_retransmissions}}}",
+        "{{\"calls\":{calls},\"answered\":{},\"failed\":{failed},\"setup_s\":{setup_s:.2},\"unanswered\":{},\"setup_p50_ms\":{setup_p50:.1},\"setup_p99_ms\":{setup_p99:.1},\"setup_max_ms\":{setup_max:.1},\"media_s\":{media_s:.2},\"packets_per_stream\":{packets_per_stream},\"packets_sent\":{sent},\"send_errors\":{send_errors},\"sender_worst_lag_ms\":{},\"byes_answered\":{byes},\"bye_retransmissions\":{bye_retransmissions}}}",
         sessions.len(),
+        calls - sessions.len() - failed,
         worst_lag.as_millis()
     );
 }
