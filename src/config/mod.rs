@@ -48,6 +48,8 @@ mod load;
 use load::*;
 mod check;
 use check::*;
+mod nodes;
+use nodes::*;
 
 /// Where the daemon looks for its configuration when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/pbx-edge/pbx-edge.toml";
