@@ -317,7 +317,21 @@ async fn serve(
 
 const BOUNDARY: &str = "pbxedgeboundary";
 
+/// The participants' AoR users: a call whose Call-ID starts `out-` is
+/// extension 2002 calling +15551001, `int-` extension 1001 calling 2002;
+/// any other, +15551001 calling extension 2002.
+fn parties(call_id: &str) -> [&'static str; 2] {
+    if call_id.starts_with("out-") {
+        ["2002", "+15551001"]
+    } else if call_id.starts_with("int-") {
+        ["1001", "2002"]
+    } else {
+        ["+15551001", "2002"]
+    }
+}
+
 fn invite(call_id: &str, src_port: u16, srs: SocketAddr) -> String {
+    let [a, b] = parties(call_id);
     let sdp = "v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio 40100 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=sendonly\r\n\
          m=audio 40102 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=sendonly\r\n";
@@ -326,8 +340,8 @@ fn invite(call_id: &str, src_port: u16, srs: SocketAddr) -> String {
 <recording xmlns="urn:ietf:params:xml:ns:recording:1">
   <datamode>complete</datamode>
   <session session_id="c2Vzc2lvbjE="><sipSessionID>rec-{call_id}</sipSessionID></session>
-  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
-  <participant participant_id="UEFSVDI="><nameID aor="sip:2002@pbx.example"><name>Bob</name></nameID></participant>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:{a}@pbx.example"><name>Alice</name></nameID></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:{b}@pbx.example"><name>Bob</name></nameID></participant>
   <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
   <stream stream_id="U1RSMg==" session_id="c2Vzc2lvbjE="><label>2</label></stream>
   <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send><recv>U1RSMg==</recv></participantstreamassoc>
@@ -731,6 +745,55 @@ fn a_slow_receiver_for_one_call_holds_back_neither_the_other_call_nor_the_record
         pct(&lat, 0.99),
         pct(&lat, 1.0)
     );
+}
+
+/// Who is who for SIPREC sessions of each direction (default `[roles]`:
+/// 2-5 digit extensions), from the participants' AoRs: outbound (the
+/// caller is the agent), internal (both are), inbound (the callee is).
+#[test]
+fn siprec_sessions_get_roles_for_each_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    let (d, srs) = daemon(dir.path(), &rx.url(), "");
+    let calls: Vec<_> = ["out-1@src", "int-1@src", "in-1@src"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| std::thread::spawn(move || siprec_call(srs, c, 1000, 70 + i as u64)))
+        .collect();
+    for c in calls {
+        c.join().unwrap();
+    }
+    for (call, direction, roles, ext) in [
+        (
+            "out-1@src",
+            "outbound",
+            ["agent", "customer"],
+            [Some("2002"), None],
+        ),
+        (
+            "int-1@src",
+            "internal",
+            ["agent", "agent"],
+            [Some("1001"), Some("2002")],
+        ),
+        (
+            "in-1@src",
+            "inbound",
+            ["customer", "agent"],
+            [None, Some("2002")],
+        ),
+    ] {
+        let (j, _) = recording_of(&d, call);
+        assert_eq!(j["direction"], direction, "{call}: {j}");
+        for ch in 0..2 {
+            assert_eq!(j["channels"][ch]["role"], roles[ch], "{call} channel {ch}");
+            assert_eq!(
+                j["channels"][ch]["extension"].as_str(),
+                ext[ch],
+                "{call} channel {ch}"
+            );
+        }
+    }
 }
 
 /// The same call streamed to a receiver we did not write (Python's

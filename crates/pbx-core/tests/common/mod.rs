@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-
 // ------------------------------------------------------------ addresses
 
 pub fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
