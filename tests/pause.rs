@@ -123,7 +123,9 @@ type Keys = Vec<(char, usize)>;
 
 /// A SIPREC call: INVITE, then `packets` × 20 ms of audio on both streams in
 /// real time, Alice keying `keys` (digit, first packet; 5 packets of event
-/// each) as RFC 4733 events; `during(i)` is called before packet `i` is sent.
+/// each) as RFC 4733 events; `during(i)` is called before packet `i` is sent;
+/// before packet `i` of `sip_pause` the SRC sends an in-dialog INFO with
+/// `X-Recording-Pause: <value>` (and waits for its 200).
 /// Returns the call's recording (JSON, WAV channels) and Alice's and Bob's audio.
 struct Call {
     json: Value,
@@ -138,6 +140,7 @@ fn siprec_call(
     call_id: &str,
     packets: usize,
     keys: &Keys,
+    sip_pause: &[(usize, &str)],
     mut during: impl FnMut(usize),
 ) -> Call {
     let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -183,6 +186,20 @@ fn siprec_call(
             std::thread::sleep(w);
         }
         during(i);
+        if let Some(k) = sip_pause.iter().position(|(at, _)| *at == i) {
+            let v = sip_pause[k].1;
+            sip.send_to(
+                format!(
+                    "INFO sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKinfo{k}\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {} INFO\r\nX-Recording-Pause: {v}\r\nContent-Length: 0\r\n\r\n",
+                    10 + k
+                )
+                .as_bytes(),
+                srs,
+            )
+            .unwrap();
+            let r = final_response(&sip, "INFO");
+            assert!(r.starts_with("SIP/2.0 200"), "{r}");
+        }
         let (seq, ts) = (i as u16, (i * 160) as u32);
         let key = keys.iter().find(|(_, at)| i >= *at && i < at + 5);
         let pa = match key {
@@ -228,7 +245,8 @@ fn siprec_call(
     }
     sip.send_to(
         format!(
-            "BYE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            "BYE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n",
+            10 + sip_pause.len()
         )
         .as_bytes(),
         srs,
@@ -322,7 +340,7 @@ fn api_pause_by_http_during_a_live_siprec_call() {
         .enumerate()
         .map(|(i, c)| (c, 75 + 10 * i))
         .collect();
-    let c = siprec_call(&d, srs, call_id, 250, &keys, |i| match i {
+    let c = siprec_call(&d, srs, call_id, 250, &keys, &[], |i| match i {
         25 => {
             let (code, body) = http(health, "GET", "/v1/calls");
             assert_eq!(code, 200, "{body}");
@@ -400,7 +418,7 @@ fn rfc4733_pause_and_resume_sequences_during_a_live_siprec_call() {
     let mut keys: Keys = vec![('5', 20), ('*', 50), ('1', 60)];
     keys.extend(CARD.chars().enumerate().map(|(i, c)| (c, 70 + 10 * i)));
     keys.extend([('*', 240), ('2', 250)]);
-    let c = siprec_call(&d, srs, "pause-dtmf-1@src", 330, &keys, |_| {});
+    let c = siprec_call(&d, srs, "pause-dtmf-1@src", 330, &keys, &[], |_| {});
     let (from, to) = check_stretch(&c, "dtmf");
     // From the first digit of *1 to the end of the 2 of *2, on the same
     // clock as the digit kept (the 5).
@@ -420,5 +438,37 @@ fn rfc4733_pause_and_resume_sequences_during_a_live_siprec_call() {
         (to as i64 - (five + 600 + 4000 + 100) * 8).abs() <= 240,
         "to {to} vs 5 at {five} ms"
     );
+    assert!(!d.log().contains("411111"));
+}
+
+/// The SRC pauses and resumes the recording with `X-Recording-Pause` on
+/// in-dialog INFOs while Alice keys a card number: exact zeros on both
+/// channels over the stretch (`by: sip`), each party at one lag before and
+/// after it, the digits nowhere.
+#[test]
+fn sip_header_pause_during_a_live_siprec_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let keys: Keys = CARD
+        .chars()
+        .take(6)
+        .enumerate()
+        .map(|(i, c)| (c, 75 + 10 * i))
+        .collect();
+    let c = siprec_call(
+        &d,
+        srs,
+        "pause-sip-1@src",
+        250,
+        &keys,
+        &[(60, "yes"), (150, "no")],
+        |_| {},
+    );
+    let (from, to) = check_stretch(&c, "sip");
+    // Paused from about 1.2 s to about 3.0 s (packets 60 and 150), give or
+    // take the INFO's round trip and a late packet on a loaded machine.
+    assert!((from as i64 - 1200 * 8).abs() <= 800, "from {from}");
+    assert!((to as i64 - 3000 * 8).abs() <= 800, "to {to}");
+    assert!(c.json["dtmf"].as_array().unwrap().is_empty(), "{}", c.json);
     assert!(!d.log().contains("411111"));
 }
