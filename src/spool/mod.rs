@@ -421,12 +421,28 @@ impl Spool {
     /// Open (creating if needed, mode 0600) `<dir>/spool.db`. `dir` must exist.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         let db_path = dir.join(DB_FILE);
-        if !db_path.exists() {
-            // Created by us with mode 0600; SQLite gives -wal/-shm the same mode.
-            create_private_file(&db_path).map_err(|source| SpoolError::Io {
-                path: db_path.clone(),
-                source,
-            })?;
+        // Created by us with mode 0600 (SQLite gives -wal/-shm the same
+        // mode), and only if it does not exist: never truncated, since
+        // another process opening a new spool at the same moment may have
+        // written its first page already (a truncate then left it
+        // "malformed").
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&db_path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(SpoolError::Io {
+                        path: db_path.clone(),
+                        source,
+                    })
+                }
+            }
         }
         let dbe = |source| SpoolError::Db {
             path: db_path.clone(),
