@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::header;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -50,15 +52,6 @@ fn metadata(call_id: &str) -> String {
   <participantstreamassoc participant_id="UEFSVDI="><send>U1RSMg==</send><recv>U1RSMQ==</recv></participantstreamassoc>
 </recording>"#
     )
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
 }
 
 /// One SIPREC session seen from the SRC, over its own UDP socket.

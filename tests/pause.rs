@@ -8,8 +8,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use common::{final_response, header};
+
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
@@ -52,61 +53,9 @@ fn invite(call_id: &str, src_port: u16, srs: SocketAddr, rtp: [u16; 2]) -> Strin
     )
 }
 
-fn final_response(sock: &UdpSocket, method: &str) -> String {
-    let t = Instant::now();
-    let mut b = vec![0u8; 65536];
-    while t.elapsed() < Duration::from_secs(5) {
-        if let Ok((n, _)) = sock.recv_from(&mut b) {
-            let m = String::from_utf8_lossy(&b[..n]).into_owned();
-            let code: u16 = m
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
-                return m;
-            }
-        }
-    }
-    panic!("no final response to {method}");
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
-}
-
 /// A raw HTTP request to the health listener: status code and body.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    http_with(addr, method, path, "")
-}
-
-/// The same with a request body (which the API does not need, but takes).
-fn http_with(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    http_request(addr, method, path, "")
 }
 
 fn event_code(d: char) -> u8 {
@@ -158,7 +107,7 @@ fn siprec_call(
         ],
     );
     sip.send_to(inv.as_bytes(), srs).unwrap();
-    let ok = final_response(&sip, "INVITE");
+    let ok = final_response(&sip, "INVITE", Duration::from_secs(5));
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let ports: Vec<u16> = ok
         .lines()
@@ -197,7 +146,7 @@ fn siprec_call(
                 srs,
             )
             .unwrap();
-            let r = final_response(&sip, "INFO");
+            let r = final_response(&sip, "INFO", Duration::from_secs(5));
             assert!(r.starts_with("SIP/2.0 200"), "{r}");
         }
         let (seq, ts) = (i as u16, (i * 160) as u32);
@@ -252,7 +201,7 @@ fn siprec_call(
         srs,
     )
     .unwrap();
-    let r = final_response(&sip, "BYE");
+    let r = final_response(&sip, "BYE", Duration::from_secs(5));
     assert!(r.starts_with("SIP/2.0 200"), "{r}");
     let recs = d.wait_recordings(1, Duration::from_secs(20));
     let json: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
@@ -372,7 +321,7 @@ fn api_pause_by_http_during_a_live_siprec_call() {
         }
         150 => {
             asked.1 = t0.elapsed();
-            let (code, body) = http_with(
+            let (code, body) = http_request(
                 health,
                 "POST",
                 &format!("/v1/calls/{rid}/resume"),

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::header;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
@@ -70,15 +72,6 @@ fn status_of(resp: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
 }
 
 /// The final answer must be `code reason`, for this Call-ID, with a

@@ -286,15 +286,6 @@ fn with_content_length(msg: &str) -> String {
     format!("{}\r\n\r\n{body}", head.join("\r\n"))
 }
 
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
-}
-
 /// Answered RTP ports, in m-line order.
 fn answer_ports(resp: &str) -> Vec<u16> {
     resp.lines()

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::header;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -66,15 +68,6 @@ impl Src {
         }
         panic!("no final response to {method} of {call_id}");
     }
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
 }
 
 /// Answered RTP ports, in m-line order.

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::{final_response, header};
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -361,15 +363,6 @@ fn invite(call_id: &str, src_port: u16, srs: SocketAddr) -> String {
     )
 }
 
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines()
-        .find(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|l| l[name.len() + 1..].trim())
-}
-
 /// One SIPREC call from its own SIP socket: INVITE, ACK, `ms` of real-time
 /// RTP on both streams, BYE. Returns when the BYE was answered, with the
 /// instant the first RTP packet went out.
@@ -377,25 +370,7 @@ fn siprec_call(srs: SocketAddr, call_id: &str, ms: usize, seed: u64) -> Instant 
     let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
     sip.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let port = sip.local_addr().unwrap().port();
-    let final_to = |method: &str| -> String {
-        let t = Instant::now();
-        let mut b = vec![0u8; 65536];
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Ok((n, _)) = sip.recv_from(&mut b) {
-                let m = String::from_utf8_lossy(&b[..n]).into_owned();
-                let code: u16 = m
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n"))
-                {
-                    return m;
-                }
-            }
-        }
-        panic!("no final answer to {method} for {call_id}");
-    };
+    let final_to = |method: &str| final_response(&sip, method, Duration::from_secs(30));
     sip.send_to(invite(call_id, port, srs).as_bytes(), srs)
         .unwrap();
     let ok = final_to("INVITE");

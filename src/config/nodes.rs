@@ -348,15 +348,13 @@ fn to_url(
             "must not contain credentials; put the token in {token_key}"
         ));
     }
-    if !query && u.query().is_some() {
-        return Err("must not have a query (?…) or fragment (#…)".into());
-    }
-    if u.fragment().is_some() {
+    if u.fragment().is_some() || (!query && u.query().is_some()) {
         return Err(if query {
-            "must not have a fragment (#…)".into()
+            "must not have a fragment (#…)"
         } else {
-            "must not have a query (?…) or fragment (#…)".into()
-        });
+            "must not have a query (?…) or fragment (#…)"
+        }
+        .into());
     }
     Ok(s.to_string())
 }

@@ -105,6 +105,18 @@ fn start_source(
     Some(h)
 }
 
+/// Stop `sources` in parallel (they share the stop budget) and wait for
+/// every one.
+async fn stop_all(sources: impl IntoIterator<Item = Box<dyn SourceHandle>>) {
+    let stopping: Vec<_> = sources
+        .into_iter()
+        .map(|h| tokio::spawn(h.stop()))
+        .collect();
+    for t in stopping {
+        let _ = t.await;
+    }
+}
+
 /// SIGHUP for the [`PASSIVE`] sources: each applies what it can in place
 /// (calls in progress go on); the others are stopped and started again;
 /// newly enabled ones start, disabled ones stop.
@@ -749,13 +761,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         drain::Step::Wait => {}
                         drain::Step::StopSources => {
                             tracing::info!("draining: no call in progress any more; stopping the passive sources, delivering the spool");
-                            let stopping: Vec<_> = std::mem::take(&mut running)
-                                .into_iter()
-                                .map(|h| tokio::spawn(h.stop()))
-                                .collect();
-                            for t in stopping {
-                                let _ = t.await;
-                            }
+                            stop_all(std::mem::take(&mut running)).await;
                             if let Some(d) = &delivery {
                                 d.wake();
                             }
@@ -852,17 +858,15 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         s.shutting_down = true;
     }
     // Stop every source in parallel so the 10 s budget is shared.
-    let stopping: Vec<_> = siprec
-        .take()
-        .into_iter()
-        .chain(std::mem::take(&mut siprec_draining))
-        .map(|h| Box::new(h) as Box<dyn SourceHandle>)
-        .chain(std::mem::take(&mut running))
-        .map(|h| tokio::spawn(h.stop()))
-        .collect();
-    for t in stopping {
-        let _ = t.await;
-    }
+    stop_all(
+        siprec
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut siprec_draining))
+            .map(|h| Box::new(h) as Box<dyn SourceHandle>)
+            .chain(std::mem::take(&mut running)),
+    )
+    .await;
     // The streams of the calls just closed send their `stop` (best effort,
     // within the stop budget).
     stream.drain(Duration::from_secs(3)).await;

@@ -65,28 +65,7 @@ impl Daemon {
 
     /// A POST without a body (the control API): status code and body.
     pub fn post(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.health, Duration::from_secs(3))
-            .expect("connect to health.listen");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.health
-        )
-        .unwrap();
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
+        http_request(self.health, "POST", path, "")
     }
 
     pub fn wait_http(&self, path: &str, code: u16, max: Duration) {
@@ -226,4 +205,32 @@ pub fn replay(frames: &[TimedFrame], until_ns: Option<i64>) -> HashMap<SocketAdd
             .or_insert_with(|| start.elapsed().saturating_sub(due));
     }
     first_late
+}
+
+/// A raw HTTP/1.1 request to the health listener at `addr` (one request per
+/// connection, as it serves them): status code (0 when no answer came) and
+/// body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .expect("connect to health.listen");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

@@ -119,3 +119,39 @@ pub fn align(
 pub fn corr0(rec: &[i16], rec_rate: u32, truth: &[i16], truth_rate: u32) -> f64 {
     correlation_at(rec, &to_rate(truth, truth_rate, rec_rate), 0)
 }
+
+/// The value of a SIP message's header `name` (case-insensitive; the first
+/// one).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
+        .map(|l| l[name.len() + 1..].trim())
+}
+
+/// The first final (>= 200) response to `method` that reaches `sock` within
+/// `max` (other messages are skipped).
+pub fn final_response(
+    sock: &std::net::UdpSocket,
+    method: &str,
+    max: std::time::Duration,
+) -> String {
+    let t = std::time::Instant::now();
+    let mut b = vec![0u8; 65536];
+    while t.elapsed() < max {
+        if let Ok((n, _)) = sock.recv_from(&mut b) {
+            let m = String::from_utf8_lossy(&b[..n]).into_owned();
+            let code: u16 = m
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
+                return m;
+            }
+        }
+    }
+    panic!("no final response to {method}");
+}
