@@ -61,6 +61,11 @@ pub struct Impairments {
     /// Probability per packet that a burst of `burst_len` lost packets starts.
     pub loss_burst: f64,
     pub burst_len: u32,
+    /// Probability per delivered packet that a stray follows it 1 ms later:
+    /// the same SSRC, a sequence number a little ahead (or anywhere), a
+    /// timestamp 2 s to 2^31 ticks ahead and loud noise as payload (a
+    /// corrupted or injected packet). It belongs nowhere in the recording.
+    pub stray: f64,
 }
 
 /// One leg: what one party says.
@@ -649,6 +654,29 @@ fn rtp_leg(
             out.frames.push((arrival, f.clone()));
             if rng.unit() < imp.duplicate {
                 out.frames.push((arrival + 2_000_000, f));
+            }
+        }
+        // (No draw without strays: the other impairments' draws stay as they were.)
+        if imp.stray > 0.0 && rng.unit() < imp.stray {
+            let r = rng.next_u64();
+            let stray_seq = if r & 1 == 0 {
+                seq.wrapping_add(1 + (r >> 8) as u16 % 20)
+            } else {
+                (r >> 8) as u16
+            };
+            let ahead = 2 * codec.rtp_clock() + (r >> 32) as u32 % (1 << 31);
+            let noise: Vec<u8> = (0..payload.len()).map(|_| rng.next_u64() as u8).collect();
+            let stray = rtp_packet(
+                codec.payload_type(),
+                false,
+                stray_seq,
+                ts.wrapping_add(ahead),
+                ssrc,
+                &noise,
+            );
+            ip_id = ip_id.wrapping_add(1);
+            for f in frame::udp_frames(link, framing, src, dst, &stray, ip_id) {
+                out.frames.push((arrival + 1_000_000, f));
             }
         }
         out.first_arrival = Some(out.first_arrival.map_or(arrival, |a: i64| a.min(arrival)));

@@ -269,6 +269,19 @@ fn check_share(name: &str, spec: &CallSpec, share: f64) -> [Fit; 2] {
             f.bad
         );
     }
+    // Nothing after the call and nothing missing at its end: the recording
+    // ends with its media (the truth runs to the last packet sent; all these
+    // calls are within 5 ms of it; a lost last packet may shorten it).
+    let truth_len = truth.expected[0].len().max(truth.expected[1].len());
+    let extra_ms = (rec.ch[0].len() as f64 - truth_len as f64) * 1000.0 / f64::from(rec.rate);
+    println!(
+        "{name:<28} length: truth {truth_len} recorded {} ({extra_ms:+.1} ms)",
+        rec.ch[0].len()
+    );
+    assert!(
+        (-60.0..=20.0).contains(&extra_ms),
+        "{name}: the recording is {extra_ms:+.1} ms longer than the call"
+    );
     // Nobody else's audio: each channel is unlike the other party's truth.
     for ch in 0..2 {
         let other = &truth.expected[1 - ch];
@@ -637,6 +650,66 @@ proptest! {
         });
         check_share(
             &format!("prop seed {seed} j{jitter} d{drift} l{loss:.2} r{reorder:.2} u{dup:.2} x{dtx} f{late_first} b{burst}"),
+            &c,
+            0.97,
+        );
+    }
+}
+
+/// Stray packets: the stream's own SSRC, a timestamp seconds to hours
+/// ahead, noise as payload (a corrupted or injected packet), 1 in 100.
+/// Found by fuzzing the engine (`fuzz/corpus/call_engine/stray-far-ahead`):
+/// a stray followed by packets that went on where the stream was had only
+/// the packets after it *by timestamp* counted, found none that fit, and
+/// started a segment at its own place: the recording then ran on for as
+/// long as the stray's timestamp said (hours of silence at the end), or
+/// the real packets after it were dropped as late. Each is now judged by
+/// the packets that came after it, and none is in the recording.
+#[test]
+fn stray_packets_with_timestamps_far_ahead_are_dropped() {
+    let mut c = call("stray@t", 60, 4242);
+    both(&mut c, |i| i.stray = 0.01);
+    check("strays 1 %", &c);
+    // With jitter, reordering and loss as well.
+    let mut c = call("stray-jitter@t", 60, 4243);
+    both(&mut c, |i| {
+        i.stray = 0.02;
+        i.jitter_ms = 40;
+        i.reorder = 0.02;
+        i.loss = 0.02;
+    });
+    check("strays 2 % + jitter 40", &c);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 8,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5724_a7e5),
+        ..ProptestConfig::default()
+    })]
+    /// Strays among the other impairments: every channel in place, no
+    /// stray's noise or timestamp in the recording.
+    #[test]
+    fn strays_among_random_impairments(
+        seed in 100u64..10_000,
+        stray in 0.001f64..0.05,
+        jitter in prop::sample::select(vec![0u32, 20, 60]),
+        drift in -300i32..300,
+        loss in 0.0f64..0.03,
+        reorder in 0.0f64..0.03,
+        dtx in any::<bool>(),
+    ) {
+        let mut c = call("prop-stray@t", 40, seed);
+        c.caller_leg.impair.drift_ppm = drift;
+        both(&mut c, |i| {
+            i.stray = stray;
+            i.jitter_ms = jitter;
+            i.loss = loss;
+            i.reorder = reorder;
+            if dtx { i.silence_suppression_rms = Some(50.0); }
+        });
+        check_share(
+            &format!("stray seed {seed} s{stray:.3} j{jitter} d{drift} l{loss:.2} r{reorder:.2} x{dtx}"),
             &c,
             0.97,
         );

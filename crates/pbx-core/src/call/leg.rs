@@ -59,6 +59,7 @@ pub(super) struct Leg {
     pub(super) decoder: Option<ActiveDecoder>,
     pub(super) flow: Option<(Flow, Timestamp)>,
     pub(super) seq: FxHashMap<u32, SeqTracker>,
+    pub(super) jumps: JumpLog,
     pub(super) meta: ChannelMeta,
     pub(super) dtmf: Option<DtmfState>,
     pub(super) warned_codecs: Vec<u8>,
@@ -76,6 +77,7 @@ impl Leg {
             decoder: None,
             flow: None,
             seq: FxHashMap::default(),
+            jumps: JumpLog::default(),
             meta: ChannelMeta {
                 index: party.channel(),
                 party: match party {
@@ -246,9 +248,15 @@ impl Tracker {
         let seq_update = if active_flow {
             leg.flow = Some((flow, ts));
             let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
-            if u == SeqUpdate::Duplicate {
-                leg.meta.duplicates += 1;
-                return;
+            match u {
+                SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
+                SeqUpdate::Duplicate
+                    if !leg.jumps.differs(rtp.ssrc, rtp.sequence, rtp.timestamp) =>
+                {
+                    leg.meta.duplicates += 1;
+                    return;
+                }
+                _ => {}
             }
             leg.meta.packets += 1;
             if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
@@ -473,12 +481,18 @@ impl Tracker {
         };
         let flushed = origin + media.frames_out as i64;
         let target = if all {
+            // Audio is placed no later than it arrived, plus its own
+            // length: nothing of a recording lies a second past the last
+            // packet seen. (A backstop: a timestamp no arrival supports must
+            // not run a recording on for hours.)
+            let latest = now_pos.max(flushed) + rate;
             media
                 .legs
                 .iter_mut()
                 .map(|l| l.timeline.end_position(now_pos))
                 .max()
                 .unwrap_or(flushed)
+                .min(latest)
         } else {
             let horizon = now_pos - rate * i64::from(media.jitter_ms) / 1000;
             // Nothing to write before the next 40 ms chunk (see below): the

@@ -137,3 +137,43 @@ impl DecodeOrder {
 pub(super) fn order_wait(rate: u32, jitter_ms: u32) -> i64 {
     i64::from(rate) * i64::from(jitter_ms.min(240)) / 2000
 }
+
+/// Recent packets of a leg whose timestamp did not follow from their
+/// sequence number (a pause, or a stray: a corrupted or injected packet).
+/// A later packet with one of their numbers but another timestamp is not a
+/// duplicate: a stray must not take the real packet's place. Bounded: the
+/// last [`JUMPS_KEPT`] such packets.
+#[derive(Default)]
+pub(super) struct JumpLog {
+    last: Option<(u32, u16, u32)>,
+    jumps: [(u32, u16, u32); JUMPS_KEPT],
+    n: usize,
+}
+
+const JUMPS_KEPT: usize = 4;
+/// Most timestamp ticks a packet may advance per sequence number and still
+/// follow from it: 60 ms at 48 kHz (360 ms at 8 kHz).
+const MAX_TICKS_PER_SEQ: i64 = 2880;
+
+impl JumpLog {
+    /// A packet that was the newest of its stream.
+    pub(super) fn newest(&mut self, ssrc: u32, seq: u16, ts: u32) {
+        if let Some((s, q, t)) = self.last {
+            let dq = i64::from(seq.wrapping_sub(q) as i16);
+            let dt = i64::from(ts.wrapping_sub(t) as i32);
+            if s == ssrc && !(0..=dq * MAX_TICKS_PER_SEQ).contains(&dt) {
+                self.jumps[self.n % JUMPS_KEPT] = (ssrc, seq, ts);
+                self.n += 1;
+            }
+        }
+        self.last = Some((ssrc, seq, ts));
+    }
+
+    /// Whether a packet the sequence tracker calls a duplicate carries
+    /// another timestamp than a jumping packet of the same number.
+    pub(super) fn differs(&self, ssrc: u32, seq: u16, ts: u32) -> bool {
+        self.jumps[..self.n.min(JUMPS_KEPT)]
+            .iter()
+            .any(|&(s, q, t)| s == ssrc && q == seq && t != ts)
+    }
+}

@@ -59,8 +59,12 @@
 //!   [`CONFIRM_MS`]; one that does shows it was jitter. Rendering waits at the
 //!   candidate until it is decided (at most the hold-back window);
 //! - more than [`BREAK_MS`] early, once the leg is being rendered: the
-//!   timestamps jumped further than the real pause. Confirmed by the packets
-//!   after it (all early too), otherwise dropped as a stray.
+//!   timestamps jumped further than the real pause. Judged by the packets
+//!   that *arrived* after it (by timestamp, the packets after a stray lie
+//!   before it): a majority early too confirms the jump, a majority that
+//!   fits the old envelope makes it a stray, dropped. A split segment's
+//!   chunks are judged again against its own envelope, so a stray among
+//!   them never stretches it.
 //!
 //! A new segment starts at its own envelope's place; if that overlaps the end
 //! of the previous segment by up to 60 ms it starts after it instead (and the
@@ -268,6 +272,16 @@ impl Segment {
         } else {
             u as f64 + self.env.at(u).unwrap_or(0.0)
         }
+    }
+
+    /// A chunk ending at `end` was dropped: the segment's end is that of
+    /// the audio it still holds or has rendered (`pos`: the render position).
+    fn forget_end(&mut self, end: i64, pos: i64) {
+        if self.max_end.is_some_and(|m| m > end) {
+            return;
+        }
+        let rendered = self.started.then(|| (pos as f64 - self.a).floor() as i64);
+        self.max_end = self.chunks.iter().map(Chunk::end).chain(rendered).max();
     }
 
     fn insert_chunk(&mut self, c: Chunk, pool: &mut Vec<Vec<i16>>) {
@@ -573,13 +587,12 @@ impl LegTimeline {
             };
             let seg = &self.segs[i];
             let c = &seg.chunks[k];
-            let later = seg.chunks.iter().skip(k + 1);
             match c.flag {
                 Flag::Late => {
                     // Residuals of this packet and the ones after it.
                     let limit = seg.env.break_limit();
                     let rs: Vec<f64> = std::iter::once(c)
-                        .chain(later)
+                        .chain(seg.chunks.iter().skip(k + 1))
                         .filter_map(|x| seg.env.at(x.uts).map(|e| x.d as f64 - e))
                         .collect();
                     let lo = rs.iter().copied().fold(f64::INFINITY, f64::min);
@@ -604,22 +617,38 @@ impl LegTimeline {
                     }
                 }
                 Flag::Early => {
+                    // What the packets that came after it say: the stream
+                    // goes on where it was (a stray: a corrupted or injected
+                    // timestamp) or from the new place (the timestamps
+                    // jumped). Judged by arrival, not by timestamp: the
+                    // packets after a stray lie *before* it by timestamp.
+                    // A packet sent before the jump and reordered behind it
+                    // fits too, so it takes a majority of two or more.
                     let mut n_early = 0;
                     let mut n_fit = 0;
-                    for x in later {
+                    for (j, x) in seg.chunks.iter().enumerate() {
+                        if j == k || x.arrival <= c.arrival {
+                            continue;
+                        }
                         match seg.env.at(x.uts).map(|e| x.d as f64 - e) {
                             Some(r) if r < early_lim / 2.0 => n_early += 1,
                             _ => n_fit += 1,
                         }
                     }
-                    if n_fit > 0 {
-                        // A stray: timestamp far ahead, the stream goes on as before.
+                    // Nothing came after it yet (a pause in the talk):
+                    // waiting costs nothing, its place lies ahead anyway.
+                    // At the end, a lone packet far ahead is not kept.
+                    let waited = now - c.arrival >= confirm && n_fit + n_early > 0;
+                    if n_fit > n_early && (n_fit >= 2 || waited) || force && n_early <= n_fit {
+                        // A stray: the stream goes on as before.
                         let c = self.segs[i].chunks.remove(k);
                         if let Some(c) = c {
                             self.stats.strays += 1;
+                            let pos = self.pos;
+                            self.segs[i].forget_end(c.end(), pos);
                             recycle(&mut self.pool, c.pcm);
                         }
-                    } else if n_early >= 2 || force || now - c.arrival >= confirm {
+                    } else if n_early > n_fit && (n_early >= 2 || waited || force) {
                         self.split(i, k);
                         i += 1;
                     } else {
@@ -658,9 +687,19 @@ impl LegTimeline {
         s.last_ts = self.segs[i].last_ts;
         s.last_ext = self.segs[i].last_ext;
         s.newest_arrival = self.segs[i].newest_arrival;
+        // The chunks after the candidate are judged again against the new
+        // segment's envelope: one far ahead of it (a stray among them) is a
+        // candidate of its own, never a reason to stretch the segment.
+        let early_limit = BREAK_MS as f64 * self.ms;
         for mut c in tail {
-            c.flag = Flag::Normal;
-            s.env.add(c.uts, c.d);
+            let r = s.env.at(c.uts).map(|e| c.d as f64 - e);
+            if r.is_some_and(|r| r < -early_limit) {
+                c.flag = Flag::Early;
+                self.maybe_flagged = true;
+            } else {
+                c.flag = Flag::Normal;
+                s.env.add(c.uts, c.d);
+            }
             s.max_end = Some(s.max_end.map_or(c.end(), |e| e.max(c.end())));
             s.chunks.push_back(c);
         }
