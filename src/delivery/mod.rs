@@ -62,6 +62,7 @@ mod job;
 use job::*;
 mod scheduler;
 use scheduler::*;
+mod watch_dir;
 
 /// The lock file that keeps a second delivering process away from a spool.
 pub(crate) const LOCK_FILE: &str = ".delivery.lock";
@@ -203,48 +204,12 @@ pub struct DeliveryHandle {
     task: JoinHandle<()>,
     /// Wakes the scheduler when a pair lands (`None`: inotify unusable;
     /// the idle scan still finds it).
-    _watch: Option<notify::RecommendedWatcher>,
+    _watch: Option<watch_dir::SpoolWatch>,
 }
 
 /// How often an idle queue (nothing to deliver) is scanned; new pairs
 /// wake the scheduler at once through the spool directory's watch.
 pub(crate) const IDLE_SCAN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Watch the spool directory: a new `<id>.json` (the pair is complete) or
-/// a touched [`crate::spool::WAKE_FILE`] wakes the scheduler.
-fn watch_spool(dir: &Path, shared: std::sync::Weak<Shared>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let Ok(ev) = ev else { return };
-        let wanted = ev.paths.iter().any(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                || p.file_name().is_some_and(|n| n == crate::spool::WAKE_FILE)
-        });
-        let kind = matches!(
-            ev.kind,
-            notify::EventKind::Create(_)
-                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-                | notify::EventKind::Access(notify::event::AccessKind::Close(
-                    notify::event::AccessMode::Write
-                ))
-        );
-        if wanted && kind {
-            if let Some(s) = shared.upgrade() {
-                s.wake.notify_one();
-            }
-        }
-    })
-    .ok()?;
-    match w.watch(dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(w),
-        Err(e) => {
-            tracing::debug!(
-                "spool directory not watched ({e}): new recordings are found by the scan"
-            );
-            None
-        }
-    }
-}
 
 impl std::fmt::Debug for DeliveryHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,7 +323,7 @@ pub fn start_with(
         path: shared.dir.clone(),
         source,
     })?;
-    let watch = watch_spool(&shared.dir, Arc::downgrade(&shared));
+    let watch = watch_dir::SpoolWatch::start(&shared.dir, Arc::downgrade(&shared));
     let task = tokio::spawn(scheduler(Arc::clone(&shared), active_rx, stop.clone()));
     Ok(DeliveryHandle {
         shared,
