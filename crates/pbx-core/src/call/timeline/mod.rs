@@ -281,11 +281,22 @@ impl Segment {
             return;
         }
         let rendered = self.started.then(|| (pos as f64 - self.a).floor() as i64);
-        self.max_end = self.chunks.iter().map(Chunk::end).chain(rendered).max();
+        self.max_end = self
+            .chunks
+            .iter()
+            .filter(|c| c.flag != Flag::Early)
+            .map(Chunk::end)
+            .chain(rendered)
+            .max();
     }
 
     fn insert_chunk(&mut self, c: Chunk, pool: &mut Vec<Vec<i16>>) {
-        self.max_end = Some(self.max_end.map_or(c.end(), |e| e.max(c.end())));
+        // An early candidate (timestamp far ahead) does not extend the
+        // segment until it is confirmed (split): a stray must not make the
+        // recording run on to where its timestamp points.
+        if c.flag != Flag::Early {
+            self.max_end = Some(self.max_end.map_or(c.end(), |e| e.max(c.end())));
+        }
         // Keep chunks sorted by u; a chunk at the same place replaces it.
         // Most packets come in order: they go at the back.
         if self.chunks.back().is_none_or(|x| x.u < c.u) {
@@ -699,11 +710,16 @@ impl LegTimeline {
             } else {
                 c.flag = Flag::Normal;
                 s.env.add(c.uts, c.d);
+                s.max_end = Some(s.max_end.map_or(c.end(), |e| e.max(c.end())));
             }
-            s.max_end = Some(s.max_end.map_or(c.end(), |e| e.max(c.end())));
             s.chunks.push_back(c);
         }
-        self.segs[i].max_end = self.segs[i].chunks.iter().map(Chunk::end).max();
+        self.segs[i].max_end = self.segs[i]
+            .chunks
+            .iter()
+            .filter(|c| c.flag != Flag::Early)
+            .map(Chunk::end)
+            .max();
         self.segs.insert(i + 1, s);
         self.stats.breaks += 1;
     }

@@ -180,3 +180,47 @@ mod slew_tests {
         );
     }
 }
+
+mod stray_tests {
+    use super::super::*;
+
+    fn feed(t: &mut LegTimeline, ts: u32, arrival: i64) {
+        let pcm = [1000i16; 160];
+        t.insert(&Packet {
+            arrival,
+            ssrc: 7,
+            ts,
+            clock_rate: 8000,
+            newest: true,
+            delay: 0,
+            pcm: &pcm,
+        });
+    }
+
+    /// A packet whose timestamp lies hours ahead, nothing after it yet: it
+    /// is undecided, and the leg's end stays at its real audio (found by
+    /// fuzzing: the end was the stray's place, and the engine rendered
+    /// days of silence up to it, 20 s of CPU for one input).
+    #[test]
+    fn an_undecided_stray_does_not_extend_the_leg() {
+        let mut t = LegTimeline::new(8000, 4000);
+        for k in 0..50 {
+            feed(&mut t, (k as u32) * 160, k * 160);
+        }
+        let end = t.audio_end().expect("audio");
+        assert_eq!(end, 50 * 160);
+        feed(&mut t, 1_600_000_000, 50 * 160);
+        assert_eq!(t.audio_end(), Some(end), "a stray moved the end");
+        // The stream goes on: the stray is dropped, the end follows the audio.
+        for k in 51..60 {
+            feed(&mut t, (k as u32) * 160, k * 160);
+        }
+        assert_eq!(t.ready_until(60 * 160, false), i64::MAX);
+        assert_eq!(t.stats().strays, 1);
+        assert_eq!(t.audio_end(), Some(60 * 160));
+        // At the end of the call a lone stray is not kept either.
+        feed(&mut t, 1_700_000_000, 60 * 160);
+        assert_eq!(t.end_position(61 * 160), 60 * 160);
+        assert_eq!(t.stats().strays, 2);
+    }
+}
