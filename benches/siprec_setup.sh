@@ -19,7 +19,8 @@
 #
 # Usage: benches/siprec_setup.sh [RATE...]   (default 500 1000 2000)
 # Env: CALLS (3000), DCALLS (1000), MEDIA (5), MAXPAR (cloud.max_parallel,
-# default 2 as the daemon's), BENCH_DIR, PART=deliver (part 2 only).
+# default 2 as the daemon's), SPREAD (seconds over which the calls hang up,
+# evenly; default 0: all at once), BENCH_DIR, PART=deliver (part 2 only).
 # Needs: kamailio (for the peer row), python3, curl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,7 +113,7 @@ done
 fi
 
 echo
-echo "Call end -> delivered: $DCALLS calls, $MEDIA s of PCMU on both streams, set up at 100/s, all hung up at once; multipart to a local cloud, max_parallel ${MAXPAR:-2}"
+echo "Call end -> delivered: $DCALLS calls, $MEDIA s of PCMU on both streams, set up at 100/s, hung up over ${SPREAD:-0} s; multipart to a local cloud, max_parallel ${MAXPAR:-2}"
 D=$DIR/deliver; mkdir -p "$D/spool"
 CLOUD_PORT=19481
 python3 - "$CLOUD_PORT" > "$D/cloud.log" 2>&1 <<'PY' &
@@ -159,7 +160,7 @@ TOML
 taskset -c 0 "$BIN" run --config "$D/pbx-edge.toml" 2>"$D/daemon.log" &
 PID=$!
 wait_ready 19477
-OUT=$(taskset -c 1 "$LOAD" --srs 127.0.0.1:15191 --calls "$DCALLS" --seconds "$MEDIA" --setup-rate 100)
+OUT=$(taskset -c 1 "$LOAD" --srs 127.0.0.1:15191 --calls "$DCALLS" --seconds "$MEDIA" --setup-rate 100 --end-spread "${SPREAD:-0}")
 for _ in $(seq 600); do
   n=$("$BIN" spool list --json --config "$D/pbx-edge.toml" | python3 -c 'import json,sys; print(sum(1 for e in json.load(sys.stdin) if e["state"]=="delivered"))' 2>/dev/null || echo 0)
   [ "$n" -ge "$DCALLS" ] && break; sleep 0.5

@@ -94,7 +94,17 @@ pub(super) fn housekeeping_open(
     if !report.adopted.is_empty() {
         tracing::debug!(count = report.adopted.len(), "recordings adopted");
     }
+    // Passed the filters: queued together, one transaction.
+    let mut passed = Vec::new();
     for e in sp.in_state(State::Recorded)? {
+        if settings.filters.is_empty() {
+            // Nothing to read the JSON for: only whether it is still there.
+            if !sp.json_path(&e.id).exists() && sp.forget_vanished(&e.id)? {
+                continue;
+            }
+            passed.push(e.id);
+            continue;
+        }
         let doc: Option<Value> = match crate::spoolfile::read_recording(
             &sp.json_path(&e.id),
             settings.keys.as_deref(),
@@ -111,9 +121,7 @@ pub(super) fn housekeeping_open(
         // A JSON that cannot be read is not filtered (the upload reports it).
         let verdict = doc.as_ref().and_then(|d| settings.filters.check(d));
         match verdict {
-            None => {
-                sp.mark_queued(&e.id, now)?;
-            }
+            None => passed.push(e.id),
             Some(reason) if settings.keep_filtered => {
                 tracing::info!(id = %e.id, %reason, "filtered (kept)");
                 sp.mark_filtered(&e.id, &reason, now)?;
@@ -124,6 +132,7 @@ pub(super) fn housekeeping_open(
             }
         }
     }
+    sp.mark_queued_all(&passed, now)?;
     sp.expire_delivered(now, settings.retention)?;
     // Held back again once there is room.
     sp.ensure_reserve();
@@ -209,6 +218,9 @@ pub(super) fn publish(
         })
 }
 
+/// How often the status is refreshed while uploads are running.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
 /// Wake-ups closer together than this share one scan.
 const MIN_RESCAN: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -221,6 +233,7 @@ pub(super) async fn scheduler(
     let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut next_scan = Instant::now();
     let mut last_scan = Instant::now();
+    let mut last_publish = Instant::now();
     let mut db_error: Option<String> = None;
     // The last spool error logged (the same one is not logged every scan).
     let mut logged: Option<String> = None;
@@ -316,7 +329,11 @@ pub(super) async fn scheduler(
                 }
             }
         }
-        {
+        // The figures (three queries over the queue) at most every
+        // PUBLISH_EVERY while uploads come and go: a burst of call ends
+        // finishes an upload every few milliseconds.
+        if scanned || jobs.is_empty() || last_publish.elapsed() >= PUBLISH_EVERY {
+            last_publish = Instant::now();
             let (sh, ac, n, err) = (
                 Arc::clone(&shared),
                 Arc::clone(&active),

@@ -678,7 +678,7 @@ impl Spool {
             if !valid_id(id) {
                 continue;
             }
-            candidates.push((id.to_string(), e.metadata().ok()));
+            candidates.push((id.to_string(), e));
         }
         let known: HashSet<String> = {
             let mut st = self
@@ -692,10 +692,13 @@ impl Spool {
         };
         let mut report = ScanReport::default();
         let mut new = Vec::new();
-        for (id, meta) in candidates {
+        for (id, entry) in candidates {
+            // Known pairs are not looked at again (a scan during a burst of
+            // call ends saw thousands of them, each one a statx).
             if known.contains(&id) {
                 continue;
             }
+            let meta = entry.metadata().ok();
             let Ok(wav) = fs::metadata(self.wav_path(&id)) else {
                 report.incomplete += 1;
                 continue;

@@ -136,6 +136,21 @@ impl Spool {
         )
     }
 
+    /// [`Spool::mark_queued`] for many, in one transaction (one commit for
+    /// a burst of call ends, not one each).
+    pub fn mark_queued_all(&self, ids: &[String], now: i64) -> Result<usize, SpoolError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut n = 0;
+        for id in ids {
+            n += usize::from(self.mark_queued(id, now)?);
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
     /// `recorded` → `filtered`, files kept.
     pub fn mark_filtered(&self, id: &str, reason: &str, now: i64) -> Result<bool, SpoolError> {
         self.update_counted(

@@ -1,4 +1,4 @@
-//! `siprec-load --srs HOST:PORT --calls N --seconds S [--setup-rate CPS]`
+//! `siprec-load --srs HOST:PORT --calls N --seconds S [--setup-rate CPS] [--end-spread S]`
 //!
 //! A SIPREC load generator for capacity benchmarks: sets up N concurrent
 //! two-stream SIPREC sessions against a recording server over UDP, sends PCMU
@@ -18,6 +18,23 @@ use pbx_testgen::scenario::rtp_packet;
 use pbx_testgen::TestCodec;
 
 const BOUNDARY: &str = "loadboundary";
+
+/// Reads one answer (5 ms at most); 1 when it answers a BYE of a call
+/// still in `open` (then removed from it).
+fn take_bye_answer(
+    sip: &UdpSocket,
+    buf: &mut [u8],
+    open: &mut std::collections::BTreeSet<usize>,
+) -> usize {
+    let Ok((n, _)) = sip.recv_from(buf) else {
+        return 0;
+    };
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    match parse_answer(&msg) {
+        Some((call, code, _, _, m)) if m == "BYE" && code >= 200 && open.remove(&call) => 1,
+        _ => 0,
+    }
+}
 
 fn invite(n: usize, local: SocketAddr, srs: SocketAddr) -> String {
     let sdp = format!(
@@ -167,6 +184,7 @@ fn main() {
     let mut calls = 100usize;
     let mut seconds = 30u64;
     let mut setup_rate = 200usize;
+    let mut end_spread = 0f64;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i + 1 < args.len() {
@@ -176,6 +194,7 @@ fn main() {
             "--calls" => calls = v.parse().expect("--calls N"),
             "--seconds" => seconds = v.parse().expect("--seconds S"),
             "--setup-rate" => setup_rate = v.parse().expect("--setup-rate CPS"),
+            "--end-spread" => end_spread = v.parse().expect("--end-spread SECONDS"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -330,11 +349,35 @@ fn main() {
     // Hang up, retransmitting unanswered BYEs as a UAC does (RFC 3261 timer E:
     // 500 ms doubling to 4 s) for up to 10 s.
     let mut open: std::collections::BTreeSet<usize> = ids.iter().copied().collect();
+    // With --end-spread, the first BYEs leave evenly over that many seconds
+    // (calls ending one after another, as on a busy PBX), not all at once.
+    let mut byes = 0usize;
+    if end_spread > 0.0 && !ids.is_empty() {
+        let t_end = Instant::now();
+        let step = end_spread / ids.len() as f64;
+        for (k, id) in ids.iter().enumerate() {
+            let due = t_end + Duration::from_secs_f64(step * k as f64);
+            loop {
+                byes += take_bye_answer(&sip, &mut buf, &mut open);
+                if Instant::now() >= due {
+                    break;
+                }
+            }
+            let s = &sessions[id];
+            let _ = sip.send_to(in_dialog("BYE", *id, 2, &s.to, local, srs).as_bytes(), srs);
+        }
+    }
     let bye_deadline = Instant::now() + Duration::from_secs(10);
     let mut interval = Duration::from_millis(500);
-    let mut byes = 0usize;
     let mut bye_retransmissions = 0usize;
-    let mut first = true;
+    let mut first = end_spread <= 0.0;
+    if !first {
+        // The paced BYEs went already: wait before retransmitting.
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !open.is_empty() {
+            byes += take_bye_answer(&sip, &mut buf, &mut open);
+        }
+    }
     while !open.is_empty() && Instant::now() < bye_deadline {
         for id in &open {
             let s = &sessions[id];
@@ -346,14 +389,7 @@ fn main() {
         first = false;
         let until = Instant::now() + interval;
         while Instant::now() < until && !open.is_empty() {
-            if let Ok((n, _)) = sip.recv_from(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if let Some((call, code, _, _, m)) = parse_answer(&msg) {
-                    if m == "BYE" && code >= 200 && open.remove(&call) {
-                        byes += 1;
-                    }
-                }
-            }
+            byes += take_bye_answer(&sip, &mut buf, &mut open);
         }
         interval = (interval * 2).min(Duration::from_secs(4));
     }
