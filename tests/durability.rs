@@ -250,7 +250,7 @@ fn siprec_config(listen: SocketAddr, rtp: u16, extra: &str) -> String {
 
 fn listen_and_rtp() -> (SocketAddr, u16) {
     let port = free_port();
-    let rtp = 31_000 + (port % 500) * 40;
+    let rtp = rtp_base(port, 40);
     (format!("127.0.0.1:{port}").parse().unwrap(), rtp)
 }
 

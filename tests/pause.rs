@@ -223,7 +223,7 @@ fn siprec_call(
 
 fn siprec_daemon(dir: &std::path::Path, extra: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
-    let rtp = 34_000 + (port % 500) * 20;
+    let rtp = rtp_base(port, 20);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = Daemon::start(
         dir,

@@ -247,7 +247,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn siprec_daemon(dir: &std::path::Path, extra: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
-    let rtp = 30_000 + (port % 1000) * 20;
+    let rtp = rtp_base(port, 20);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = Daemon::start(
         dir,

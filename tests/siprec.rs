@@ -306,7 +306,7 @@ fn ack_and_bye(src: &mut impl Signalling, call_id: &str, to: &str, srs: SocketAd
 
 fn siprec_daemon(dir: &std::path::Path, extra: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
-    let rtp = 30_000 + (port % 1000) * 20;
+    let rtp = rtp_base(port, 20);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = Daemon::start(
         dir,
@@ -747,7 +747,7 @@ fn invite_without_metadata_is_recorded_in_m_line_order() {
 fn used_up_rtp_ports_give_503_not_a_call_without_a_stream() {
     // Two even ports: one two-stream call.
     let port = free_port();
-    let rtp = 31_000 + (port % 500) * 4;
+    let rtp = rtp_base(port, 4);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
@@ -1263,7 +1263,7 @@ fn assert_whole_call(j: &Value, wav: &std::path::Path, ms: i64) {
 fn sighup_changing_allow_max_calls_agent_and_rtp_timeout_keeps_the_call_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let rtp = 32_000 + (port % 500) * 20;
+    let rtp = rtp_base(port, 20);
     let srs: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let siprec = |allow: &str, max: u32| {
         format!(
@@ -1435,7 +1435,7 @@ fn sighup_moving_listen_to_the_wildcard_on_the_same_port_waits_for_the_call_to_e
     // calls) and is replaced once no call is in progress.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let rtp = 34_000 + (port % 250) * 20;
+    let rtp = rtp_base(port, 20);
     let (srs, any): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{port}").parse().unwrap(),
         format!("0.0.0.0:{port}").parse().unwrap(),
@@ -1492,7 +1492,7 @@ fn sighup_moving_listen_to_the_wildcard_on_the_same_port_waits_for_the_call_to_e
 fn sigterm_while_a_replaced_listener_drains_closes_its_call_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    let rtp = 35_000 + (port_a % 250) * 20;
+    let rtp = rtp_base(port_a, 20);
     let srs_a: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
     let siprec = |p: u16| {
         format!(
@@ -1541,7 +1541,7 @@ fn sip_flood_while_calls_record_keeps_every_call_whole() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let rtp = 50_000 + (port % 200) * 40;
+    let rtp = rtp_base(port, 40);
     let srs: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Two ports (RTP, RTCP) per stream, two streams per call.
     let d = Daemon::start(

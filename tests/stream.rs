@@ -421,7 +421,7 @@ fn siprec_call(srs: SocketAddr, call_id: &str, ms: usize, seed: u64) -> Instant 
 
 fn daemon(dir: &std::path::Path, url: &str, stream_extra: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
-    let rtp = 30_000 + (port % 1000) * 20;
+    let rtp = rtp_base(port, 20);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();

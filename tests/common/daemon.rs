@@ -15,6 +15,16 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// First port of a range of `span` RTP ports for a test daemon, picked by
+/// `seed` (a free port), below the kernel's ephemeral ports (32768 on):
+/// a port the test binds with port 0, or `free_port`, can never fall inside
+/// it (the daemon refuses a listen port inside its RTP range).
+#[allow(dead_code)]
+pub fn rtp_base(seed: u16, span: u16) -> u16 {
+    let slots = 22_000 / span.max(1);
+    10_000 + (seed % slots) * span
+}
+
 pub struct Daemon {
     pub child: Child,
     pub dir: PathBuf,
