@@ -15,12 +15,13 @@ use std::net::SocketAddr;
 
 use crate::audio::codec::{new_decoder, Codec, Decoder};
 use crate::audio::dtmf::{DtmfDetector, ToneEvent};
+use crate::audio::g711::Law;
 use crate::call::meta::{
     recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PauseBy, RecordingSink,
     RecordingStart,
 };
 use crate::call::pause::{Trigger, SEQUENCE_GAP_MS};
-use crate::call::timeline::{LegTimeline, Packet};
+use crate::call::timeline::{LegTimeline, Packet, PacketAudio};
 use crate::rtp::srtp::SrtpStream;
 use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
 use crate::Timestamp;
@@ -761,20 +762,34 @@ pub(super) fn decode_and_place(
     let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
         return;
     };
-    ctx.scratch.clear();
-    if dec.decode(payload, ctx.scratch).is_err() {
-        ctx.stats.rtp_malformed += 1;
-        return;
-    }
+    // G.711 recorded at its own rate goes to the timeline as it came (a
+    // byte a sample in the hold-back window, expanded when rendered: the
+    // same table as the decoder's); anything else decoded now.
+    let law = match codec {
+        Codec::Pcmu if rate == 8000 => Some(Law::Ulaw),
+        Codec::Pcma if rate == 8000 => Some(Law::Alaw),
+        _ => None,
+    };
+    let (audio, delay) = match law {
+        Some(law) => (PacketAudio::G711(law, payload), 0),
+        None => {
+            ctx.scratch.clear();
+            if dec.decode(payload, ctx.scratch).is_err() {
+                ctx.stats.rtp_malformed += 1;
+                return;
+            }
+            // Resampling decoders delay their output by a known amount.
+            (PacketAudio::Pcm(ctx.scratch), dec.delay_samples() as i64)
+        }
+    };
     leg.timeline.insert(&Packet {
         arrival: pkt.arrival,
         ssrc: pkt.ssrc,
         ts: pkt.ts,
         clock_rate: codec.rtp_clock_rate(),
         newest: pkt.newest,
-        // Resampling decoders delay their output by a known amount.
-        delay: dec.delay_samples() as i64,
-        pcm: ctx.scratch,
+        delay,
+        pcm: audio,
     });
 }
 

@@ -7,9 +7,11 @@ use std::collections::VecDeque;
 
 use super::*;
 
+/// One quarter second's least-delayed packet. Its bucket number is
+/// `u.div_euclid(bucket_len)` (not stored: 24 bytes a bucket, 160 of them
+/// per leg in a long call).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
-    pub(super) idx: i64,
     pub(super) u: i64,
     pub(super) d: i64,
     /// Packets that fell in the bucket (how many the minimum is the least of).
@@ -122,30 +124,32 @@ impl Envelope {
     }
 
     pub(super) fn add(&mut self, u: i64, d: i64) {
-        let idx = u.div_euclid(self.bucket_len);
+        let len = self.bucket_len;
+        let idx = u.div_euclid(len);
+        let bidx = |b: &Bucket| b.u.div_euclid(len);
         let mut refit = false;
         let mut changed = true;
         match self.buckets.back() {
             None => {
                 grow(&mut self.buckets);
-                self.buckets.push_back(Bucket { idx, u, d, n: 1 });
+                self.buckets.push_back(Bucket { u, d, n: 1 });
             }
-            Some(last) if idx > last.idx => {
+            Some(last) if idx > bidx(last) => {
                 // The oldest goes before the newest comes, so the queue
                 // never holds more than MAX_BUCKETS; it grows in steps of a
                 // few seconds up to them (memory follows the call's length
                 // up to 40 s, then stays flat).
                 if self.buckets.len() >= MAX_BUCKETS {
                     if let Some(old) = self.buckets.pop_front() {
-                        self.cache_forget(old.idx);
+                        self.cache_forget(bidx(&old));
                     }
                 }
                 grow(&mut self.buckets);
-                self.buckets.push_back(Bucket { idx, u, d, n: 1 });
+                self.buckets.push_back(Bucket { u, d, n: 1 });
                 refit = true;
             }
             Some(_) => {
-                if let Some(b) = self.buckets.iter_mut().rev().find(|b| b.idx == idx) {
+                if let Some(b) = self.buckets.iter_mut().rev().find(|b| bidx(b) == idx) {
                     b.n = b.n.saturating_add(1);
                     if d < b.d {
                         b.u = u;
@@ -153,17 +157,17 @@ impl Envelope {
                     } else {
                         changed = false;
                     }
-                } else if self.buckets.front().is_some_and(|f| idx > f.idx) {
-                    let at = self.buckets.partition_point(|b| b.idx < idx);
+                } else if self.buckets.front().is_some_and(|f| idx > bidx(f)) {
+                    let at = self.buckets.partition_point(|b| b.u < idx * len);
                     grow(&mut self.buckets);
-                    self.buckets.insert(at, Bucket { idx, u, d, n: 1 });
+                    self.buckets.insert(at, Bucket { u, d, n: 1 });
                 } else {
                     changed = false;
                 }
             }
         }
         if changed {
-            self.cache_offer(Bucket { idx, u, d, n: 1 });
+            self.cache_offer(Bucket { u, d, n: 1 });
         }
         // A point under the fitted line is news now, not at the next bucket.
         if refit || self.line.is_some_and(|l| (d as f64) < l.at(u) - 0.5) {
@@ -262,8 +266,15 @@ impl Envelope {
     /// The minima of the buckets within [`FLAT_WINDOW_MS`] of bucket `idx`
     /// (the buckets are sorted).
     pub(super) fn near(&self, idx: i64) -> impl Iterator<Item = &Bucket> {
-        let lo = self.buckets.partition_point(|b| b.idx < idx - NEAR_WINDOW);
-        let hi = self.buckets.partition_point(|b| b.idx <= idx + NEAR_WINDOW);
+        // By position: a bucket's number is below `k` iff its `u` is below
+        // bucket `k`'s first sample.
+        let len = self.bucket_len;
+        let lo = self
+            .buckets
+            .partition_point(|b| b.u < (idx - NEAR_WINDOW) * len);
+        let hi = self
+            .buckets
+            .partition_point(|b| b.u < (idx + NEAR_WINDOW + 1) * len);
         self.buckets.range(lo..hi.max(lo))
     }
 
@@ -272,7 +283,7 @@ impl Envelope {
     pub(super) fn cache_offer(&self, b: Bucket) {
         for slot in &self.cache {
             let mut c = slot.get();
-            if c.valid && (c.idx - b.idx).abs() <= NEAR_WINDOW {
+            if c.valid && (c.idx - b.u.div_euclid(self.bucket_len)).abs() <= NEAR_WINDOW {
                 let v = match (c.following, self.line) {
                     (false, _) => b.d as f64,
                     (true, Some(l)) => b.d as f64 - l.at(b.u),

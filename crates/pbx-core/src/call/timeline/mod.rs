@@ -74,6 +74,8 @@
 
 use std::collections::VecDeque;
 
+use crate::audio::g711::{alaw_to_linear, ulaw_to_linear, Law};
+
 mod envelope;
 use envelope::*;
 
@@ -120,10 +122,78 @@ const DRIFT_MAX: f64 = 5e-3;
 /// render frees before the next packets come, not a burst's worth.
 const POOL_MAX: usize = 4;
 
-/// Keep `pcm`'s buffer for a later chunk, or free it when enough are kept.
-fn recycle(pool: &mut Vec<Vec<i16>>, pcm: Vec<i16>) {
-    if pool.len() < POOL_MAX {
-        pool.push(pcm);
+/// A chunk's samples: linear PCM, or G.711 bytes expanded when they are
+/// read (rendered): a G.711 leg's hold-back window then takes one byte a
+/// sample instead of two. Expanding is a table lookup, the same one the
+/// G.711 decoder makes, so what is rendered is bit for bit the same.
+#[derive(Debug)]
+enum Samples {
+    Linear(Vec<i16>),
+    G711(Law, Vec<u8>),
+}
+
+fn expand(law: Law, b: u8) -> i16 {
+    match law {
+        Law::Ulaw => ulaw_to_linear(b),
+        Law::Alaw => alaw_to_linear(b),
+    }
+}
+
+impl Samples {
+    fn len(&self) -> usize {
+        match self {
+            Samples::Linear(v) => v.len(),
+            Samples::G711(_, b) => b.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> i16 {
+        match self {
+            Samples::Linear(v) => v[i],
+            Samples::G711(law, b) => expand(*law, b[i]),
+        }
+    }
+
+    /// Append samples `off..off + n` to `out`.
+    fn extend_into(&self, off: usize, n: usize, out: &mut Vec<i16>) {
+        match self {
+            Samples::Linear(v) => out.extend_from_slice(&v[off..off + n]),
+            Samples::G711(law, b) => out.extend(b[off..off + n].iter().map(|&x| expand(*law, x))),
+        }
+    }
+}
+
+/// A packet's audio at the output rate.
+#[derive(Debug, Clone, Copy)]
+pub enum PacketAudio<'a> {
+    /// Decoded PCM.
+    Pcm(&'a [i16]),
+    /// G.711 bytes at 8 kHz, one a sample (expanded when rendered).
+    G711(Law, &'a [u8]),
+}
+
+impl PacketAudio<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PacketAudio::Pcm(p) => p.len(),
+            PacketAudio::G711(_, b) => b.len(),
+        }
+    }
+}
+
+/// Spare chunk buffers of both kinds.
+#[derive(Debug, Default)]
+struct Pools {
+    pcm: Vec<Vec<i16>>,
+    g711: Vec<Vec<u8>>,
+}
+
+/// Keep a chunk's buffer for a later chunk, or free it when enough are kept.
+fn recycle(pool: &mut Pools, samples: Samples) {
+    match samples {
+        Samples::Linear(v) if pool.pcm.len() < POOL_MAX => pool.pcm.push(v),
+        Samples::G711(_, b) if pool.g711.len() < POOL_MAX => pool.g711.push(b),
+        _ => {}
     }
 }
 
@@ -140,9 +210,9 @@ pub struct Packet<'a> {
     pub newest: bool,
     /// Decoder delay (output samples) to take off the position.
     pub delay: i64,
-    /// Decoded PCM at the output rate; empty for packets that only carry
+    /// Its audio at the output rate; empty for packets that only carry
     /// timing (comfort noise).
-    pub pcm: &'a [i16],
+    pub pcm: PacketAudio<'a>,
 }
 
 /// What the timeline did, for the recording's JSON and tests.
@@ -187,7 +257,7 @@ struct Chunk {
     d: i64,
     arrival: i64,
     flag: Flag,
-    pcm: Vec<i16>,
+    pcm: Samples,
 }
 
 impl Chunk {
@@ -290,7 +360,7 @@ impl Segment {
             .max();
     }
 
-    fn insert_chunk(&mut self, c: Chunk, pool: &mut Vec<Vec<i16>>) {
+    fn insert_chunk(&mut self, c: Chunk, pool: &mut Pools) {
         // An early candidate (timestamp far ahead) does not extend the
         // segment until it is confirmed (split): a stray must not make the
         // recording run on to where its timestamp points.
@@ -355,7 +425,7 @@ pub struct LegTimeline {
     segs: VecDeque<Segment>,
     /// Next timeline position to render.
     pos: i64,
-    pool: Vec<Vec<i16>>,
+    pool: Pools,
     stats: TimelineStats,
     any_started: bool,
     log: VecDeque<Correction>,
@@ -384,7 +454,7 @@ impl LegTimeline {
             hold_back: hold_back.max(1),
             segs: VecDeque::new(),
             pos: 0,
-            pool: Vec::new(),
+            pool: Pools::default(),
             stats: TimelineStats::default(),
             any_started: false,
             log: VecDeque::new(),
@@ -534,7 +604,7 @@ impl LegTimeline {
                 seg.env.note_residual(r);
             }
         }
-        if p.pcm.is_empty() {
+        if p.pcm.len() == 0 {
             return;
         }
         // Already written: too late for its place.
@@ -548,10 +618,29 @@ impl LegTimeline {
         self.segs[i].insert_chunk(c, &mut self.pool);
     }
 
-    fn chunk(&mut self, u: i64, uts: i64, d: i64, arrival: i64, flag: Flag, pcm: &[i16]) -> Chunk {
-        let mut v = self.pool.pop().unwrap_or_default();
-        v.clear();
-        v.extend_from_slice(pcm);
+    fn chunk(
+        &mut self,
+        u: i64,
+        uts: i64,
+        d: i64,
+        arrival: i64,
+        flag: Flag,
+        pcm: PacketAudio<'_>,
+    ) -> Chunk {
+        let v = match pcm {
+            PacketAudio::Pcm(p) => {
+                let mut v = self.pool.pcm.pop().unwrap_or_default();
+                v.clear();
+                v.extend_from_slice(p);
+                Samples::Linear(v)
+            }
+            PacketAudio::G711(law, b) => {
+                let mut v = self.pool.g711.pop().unwrap_or_default();
+                v.clear();
+                v.extend_from_slice(b);
+                Samples::G711(law, v)
+            }
+        };
         Chunk {
             u,
             uts,
@@ -1069,7 +1158,7 @@ fn find_quiet(chunks: &VecDeque<Chunk>, from: i64, to: i64, need: i64) -> Option
 /// dropping chunks that are left behind.
 fn copy_exact(
     chunks: &mut VecDeque<Chunk>,
-    pool: &mut Vec<Vec<i16>>,
+    pool: &mut Pools,
     mut u: i64,
     mut n: i64,
     out: &mut Vec<i16>,
@@ -1084,7 +1173,7 @@ fn copy_exact(
             Some(c) if c.u <= u => {
                 let off = (u - c.u) as usize;
                 let m = ((c.end() - u).min(n)) as usize;
-                out.extend_from_slice(&c.pcm[off..off + m]);
+                c.pcm.extend_into(off, m, out);
                 u += m as i64;
                 n -= m as i64;
             }
@@ -1113,7 +1202,7 @@ fn sample(chunks: &VecDeque<Chunk>, u: i64, hint: &mut usize) -> i16 {
         }
         *hint = i;
         if c.u <= u {
-            return c.pcm[(u - c.u) as usize];
+            return c.pcm.get((u - c.u) as usize);
         }
         return 0;
     }

@@ -25,7 +25,7 @@ mod placement_tests {
                 clock_rate: 8000,
                 newest: true,
                 delay: 0,
-                pcm: &p,
+                pcm: PacketAudio::Pcm(&p),
             });
             let h = arrival - 4000;
             if h > t.rendered() + 800 {
@@ -57,7 +57,7 @@ mod start_tests {
             clock_rate: 8000,
             newest: true,
             delay: 0,
-            pcm: &pcm,
+            pcm: PacketAudio::Pcm(&pcm),
         });
     }
 
@@ -122,7 +122,7 @@ mod drift_tests {
                 clock_rate: 8000,
                 newest: true,
                 delay: 0,
-                pcm: &pcm,
+                pcm: PacketAudio::Pcm(&pcm),
             });
             let h = send - 4000;
             if h > t.rendered() + 800 {
@@ -159,7 +159,7 @@ mod slew_tests {
                 clock_rate: 8000,
                 newest: true,
                 delay: 0,
-                pcm: &pcm,
+                pcm: PacketAudio::Pcm(&pcm),
             });
             let h = arrival - 4000;
             if h > t.rendered() + 800 {
@@ -193,7 +193,7 @@ mod stray_tests {
             clock_rate: 8000,
             newest: true,
             delay: 0,
-            pcm: &pcm,
+            pcm: PacketAudio::Pcm(&pcm),
         });
     }
 
