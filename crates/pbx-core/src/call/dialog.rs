@@ -401,7 +401,7 @@ impl Tracker {
                 ]
             },
         };
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.by_call_id.insert(msg.call_id.clone(), key);
         key
     }

@@ -175,8 +175,10 @@ pub(super) const FLUSH_TICK_US: i64 = 200_000;
 pub(super) struct Tracker {
     pub(super) cfg: EngineConfig,
     // Per-packet lookups use a fast hash: the keys are our own (call keys)
-    // or addresses taken from SDP, not chosen freely by each packet.
-    pub(super) calls: FxHashMap<CallKey, Call>,
+    // or addresses taken from SDP, not chosen freely by each packet. Each
+    // call's state is boxed: the table's spare slots (up to half of them
+    // after it grows) then cost a pointer, not a whole call's state.
+    pub(super) calls: FxHashMap<CallKey, Box<Call>>,
     pub(super) by_call_id: HashMap<String, CallKey>,
     pub(super) endpoints: FxHashMap<SocketAddr, (CallKey, Party)>,
     pub(super) framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
