@@ -148,13 +148,19 @@ pub struct G711Decoder {
     table: &'static [i16; 256],
 }
 
+/// The expansion table of `law`: byte → linear sample.
+pub fn expansion(law: Law) -> &'static [i16; 256] {
+    match law {
+        Law::Ulaw => &ULAW_TABLE,
+        Law::Alaw => &ALAW_TABLE,
+    }
+}
+
 impl G711Decoder {
     pub fn new(law: Law) -> Self {
-        let table = match law {
-            Law::Ulaw => &ULAW_TABLE,
-            Law::Alaw => &ALAW_TABLE,
-        };
-        G711Decoder { table }
+        G711Decoder {
+            table: expansion(law),
+        }
     }
 }
 

@@ -74,7 +74,7 @@
 
 use std::collections::VecDeque;
 
-use crate::audio::g711::{alaw_to_linear, ulaw_to_linear, Law};
+use crate::audio::g711::{expansion, Law};
 
 mod envelope;
 use envelope::*;
@@ -129,14 +129,8 @@ const POOL_MAX: usize = 4;
 #[derive(Debug)]
 enum Samples {
     Linear(Vec<i16>),
-    G711(Law, Vec<u8>),
-}
-
-fn expand(law: Law, b: u8) -> i16 {
-    match law {
-        Law::Ulaw => ulaw_to_linear(b),
-        Law::Alaw => alaw_to_linear(b),
-    }
+    /// The law's expansion table and the bytes.
+    G711(&'static [i16; 256], Vec<u8>),
 }
 
 impl Samples {
@@ -150,7 +144,7 @@ impl Samples {
     fn get(&self, i: usize) -> i16 {
         match self {
             Samples::Linear(v) => v[i],
-            Samples::G711(law, b) => expand(*law, b[i]),
+            Samples::G711(t, b) => t[usize::from(b[i])],
         }
     }
 
@@ -158,7 +152,7 @@ impl Samples {
     fn extend_into(&self, off: usize, n: usize, out: &mut Vec<i16>) {
         match self {
             Samples::Linear(v) => out.extend_from_slice(&v[off..off + n]),
-            Samples::G711(law, b) => out.extend(b[off..off + n].iter().map(|&x| expand(*law, x))),
+            Samples::G711(t, b) => out.extend(b[off..off + n].iter().map(|&x| t[usize::from(x)])),
         }
     }
 }
@@ -638,7 +632,7 @@ impl LegTimeline {
                 let mut v = self.pool.g711.pop().unwrap_or_default();
                 v.clear();
                 v.extend_from_slice(b);
-                Samples::G711(law, v)
+                Samples::G711(expansion(law), v)
             }
         };
         Chunk {
