@@ -1,0 +1,429 @@
+//! Rendering a leg (see the parent module, "Rendering: corrections that
+//! cannot be heard"): segments handed over, the applied offset following
+//! the envelope, corrections taken in quiet places or spread, drift
+//! followed by interpolation.
+
+use super::*;
+
+/// 8-tap Lanczos (a = 4) interpolation weights for 256 fractional phases.
+fn lanczos_table() -> &'static [[f32; 8]; 257] {
+    use std::sync::OnceLock;
+    static T: OnceLock<Box<[[f32; 8]; 257]>> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Box::new([[0f32; 8]; 257]);
+        for (p, row) in t.iter_mut().enumerate() {
+            let frac = p as f64 / 256.0;
+            let mut sum = 0.0;
+            let mut w = [0f64; 8];
+            for (j, wj) in w.iter_mut().enumerate() {
+                // taps at offsets -3..=4 from floor(U)
+                let x = (j as f64 - 3.0) - frac;
+                *wj = if x.abs() < 1e-9 {
+                    1.0
+                } else if x.abs() >= 4.0 {
+                    0.0
+                } else {
+                    let px = std::f64::consts::PI * x;
+                    4.0 * px.sin() * (px / 4.0).sin() / (px * px)
+                };
+                sum += *wj;
+            }
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (w[j] / sum) as f32;
+            }
+        }
+        t
+    })
+}
+
+impl LegTimeline {
+    /// Write the leg's samples for timeline positions `[rendered(), to)`
+    /// into `out` (exactly `to - rendered()` samples; silence where the leg
+    /// has nothing).
+    pub fn render(&mut self, to: i64, out: &mut Vec<i16>) {
+        while self.pos < to {
+            // Drop segments that are finished and superseded.
+            let Some(cur) = self.segs.front() else {
+                let n = (to - self.pos) as usize;
+                out.resize(out.len() + n, 0);
+                self.pos = to;
+                return;
+            };
+            if !cur.started {
+                self.start_front();
+                continue;
+            }
+            let mut limit = to;
+            if self.segs.len() > 1 {
+                let switch = self.switch_point();
+                if switch <= self.pos {
+                    let h_prev = self.segs[0].env.hysteresis();
+                    if let Some(old) = self.segs.pop_front() {
+                        self.recycle(old);
+                    }
+                    self.start_front_at(self.pos, h_prev);
+                    continue;
+                }
+                limit = limit.min(switch);
+            }
+            self.render_front(limit, out);
+        }
+    }
+
+    /// Where the front segment hands over to the next one.
+    fn switch_point(&self) -> i64 {
+        let cur = &self.segs[0];
+        let next = &self.segs[1];
+        let Some(nu) = next.first_u() else {
+            // The next segment has no audio yet: keep rendering the current.
+            return i64::MAX;
+        };
+        let start = next.place(nu).round() as i64;
+        let cur_end = cur.last_end().map(|e| cur.place(e).round() as i64);
+        // Within what the estimate can tell apart, the new stream continues
+        // the old one seamlessly (a new SSRC mid-talkspurt).
+        let h = next.env.hysteresis().max(cur.env.hysteresis()).ceil() as i64;
+        match cur_end {
+            Some(end) if (end - start).abs() <= h => end,
+            Some(end) if end > start => {
+                if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 {
+                    end
+                } else {
+                    start
+                }
+            }
+            _ => start,
+        }
+    }
+
+    fn start_front(&mut self) {
+        let pos = self.pos;
+        self.start_front_at(pos, 0.0);
+    }
+
+    /// The front segment begins; its first sample goes to its envelope's
+    /// place, or to `at` if that is already written (the first segment of
+    /// the leg: what falls before time zero is cut instead).
+    fn start_front_at(&mut self, at: i64, h_prev: f64) {
+        let first = !self.any_started;
+        self.any_started = true;
+        let Some(seg) = self.segs.front_mut() else {
+            return;
+        };
+        seg.started = true;
+        let u = seg
+            .first_u()
+            .or_else(|| seg.env.buckets.back().map(|b| b.u))
+            .unwrap_or(0);
+        // Never earlier than the evidence: the envelope is an upper bound of
+        // the sender's true offset (every packet's delay is >= 0).
+        let want = seg.env.at(u).unwrap_or((at - u) as f64).round();
+        if first {
+            seg.a = want;
+            return;
+        }
+        let seamless = (at - u) as f64;
+        let h = seg.env.hysteresis().max(h_prev);
+        let a = if (want - seamless).abs() <= h {
+            seamless
+        } else {
+            want.max(seamless)
+        };
+        seg.a = a;
+        // Started later than its place (overlap with the previous segment):
+        // taken up in a quiet place or spread over the audio, if it matters.
+        if (want - a).abs() > h {
+            seg.pending = want - a;
+            seg.pending_since = at;
+        }
+    }
+
+    /// Render the front (started) segment up to `limit`.
+    fn render_front(&mut self, limit: i64, out: &mut Vec<i16>) {
+        let ms = self.ms;
+        let Some(seg) = self.segs.front_mut() else {
+            return;
+        };
+        // Follow drift once it is known, significant and large enough.
+        let was_following = seg.drift != 0.0;
+        seg.drift = seg.env.update_drift().unwrap_or(0.0);
+        // When following starts on a clean link (in the first seconds), what
+        // the leg drifted while the drift was learnt is taken up at once,
+        // not left to build up to the hysteresis later in the call.
+        let starts_following = !was_following && seg.drift != 0.0 && seg.env.clean();
+        // When following stops, the offset is left between two samples:
+        // brought back to a whole one (in a quiet place, or spread), so the
+        // leg is copied bit for bit again.
+        if was_following && seg.drift == 0.0 && seg.a.fract() != 0.0 && seg.slew_left == 0.0 {
+            if let Some(t) = seg.env.at((self.pos as f64 - seg.a).floor() as i64) {
+                seg.pending = t.round() - seg.a;
+                seg.pending_since = self.pos;
+                seg.pending_forced = true;
+            }
+        }
+        self.stats.drift_ppm = (seg.drift * 1e6).round() as i32;
+        // The correction due here.
+        // Through jitter, the first seconds' estimate is the least delay of
+        // few packets: it is not chased (it would swing back and forth);
+        // the placement stays until the envelope spans FIT_SPAN_MS.
+        let settled = seg.env.clean() || seg.env.span() >= (FIT_SPAN_MS as f64 * ms) as i64;
+        if seg.slew_left == 0.0 && settled {
+            let u_now = (self.pos as f64 - seg.a).floor() as i64;
+            if let Some(t) = seg.env.at(u_now) {
+                let k = if seg.drift == 0.0 {
+                    t.round() - seg.a
+                } else {
+                    t - seg.a
+                };
+                let h = if starts_following || seg.pending_forced {
+                    seg.env.hysteresis() / 2.0
+                } else {
+                    seg.env.hysteresis()
+                };
+                // A correction is started beyond the hysteresis and, once
+                // due, kept until it is made.
+                let keep = if seg.pending_forced { 0.0 } else { h / 2.0 };
+                if seg.pending_forced && k.abs() < 1e-9 {
+                    seg.pending = 0.0;
+                    seg.pending_forced = false;
+                } else if k.abs() >= h || (seg.pending != 0.0 && k.abs() >= keep) {
+                    if seg.pending == 0.0 {
+                        seg.pending_since = self.pos;
+                        seg.pending_forced = starts_following;
+                    }
+                    seg.pending = k;
+                } else {
+                    seg.pending = 0.0;
+                    seg.pending_forced = false;
+                }
+            }
+        }
+        // A step this large is a discontinuity, not the estimate moving: it
+        // is taken at once (spreading it would bend seconds of audio), also
+        // before the estimate has settled (a step found as following stops).
+        if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms {
+            let k = seg.pending.round();
+            seg.a += k;
+            seg.pending = 0.0;
+            seg.pending_forced = false;
+            let c = Correction {
+                at: self.pos,
+                samples: k,
+                spread: false,
+            };
+            Self::note(&mut self.stats, &mut self.log, c);
+        }
+        if seg.slew_left == 0.0 && settled {
+            // No quiet place came in time: spread it over the audio.
+            if seg.pending != 0.0
+                && self.pos - seg.pending_since >= (SLEW_AFTER_MS as f64 * ms) as i64
+            {
+                seg.slew_left = seg.pending;
+                seg.pending = 0.0;
+                let c = Correction {
+                    at: self.pos,
+                    samples: seg.slew_left,
+                    spread: true,
+                };
+                Self::note(&mut self.stats, &mut self.log, c);
+            }
+        }
+        let table = lanczos_table();
+        let mut hint = 0usize;
+        let mut next_quiet_check = self.pos;
+        while self.pos < limit {
+            let exact = seg.drift == 0.0 && seg.slew_left == 0.0 && seg.a.fract() == 0.0;
+            if exact {
+                let ui = self.pos - seg.a as i64;
+                let mut to = limit;
+                let mut jump_at = None;
+                if seg.pending != 0.0 {
+                    let need = quiet_len(seg.pending, ms);
+                    if let Some(q) = find_quiet(&seg.chunks, ui, ui + (limit - self.pos), need) {
+                        // Jump in the middle of the quiet run.
+                        let mid = q + need / 2;
+                        let at = mid + seg.a as i64;
+                        if at < limit {
+                            to = at.max(self.pos);
+                            jump_at = Some(to);
+                        }
+                    }
+                }
+                copy_exact(
+                    &mut seg.chunks,
+                    &mut self.pool,
+                    self.pos - seg.a as i64,
+                    to - self.pos,
+                    out,
+                );
+                self.pos = to;
+                if jump_at == Some(self.pos) {
+                    let k = seg.pending.round();
+                    seg.a += k;
+                    seg.pending = 0.0;
+                    let c = Correction {
+                        at: self.pos,
+                        samples: k,
+                        spread: false,
+                    };
+                    Self::note(&mut self.stats, &mut self.log, c);
+                }
+                hint = 0;
+                continue;
+            }
+            // Interpolated: drift followed and/or a correction spread.
+            if seg.drift == 0.0
+                && seg.slew_left == 0.0
+                && seg.pending == 0.0
+                && self.pos >= next_quiet_check
+            {
+                // A fraction left from following drift: dropped where the
+                // leg has no audio at all.
+                next_quiet_check = self.pos + 64;
+                let ui = (self.pos as f64 - seg.a).floor() as i64;
+                if !seg.chunks.iter().any(|c| c.u < ui + 8 && c.end() > ui - 8) {
+                    seg.a = seg.a.round();
+                    continue;
+                }
+            }
+            if seg.pending != 0.0 && seg.slew_left == 0.0 && self.pos >= next_quiet_check {
+                next_quiet_check = self.pos + 64;
+                let ui = (self.pos as f64 - seg.a).floor() as i64;
+                let need = quiet_len(seg.pending, ms);
+                if find_quiet(&seg.chunks, ui - need / 2, ui - need / 2 + 1, need).is_some() {
+                    let k = seg.pending;
+                    seg.a += k;
+                    seg.pending = 0.0;
+                    let c = Correction {
+                        at: self.pos,
+                        samples: k,
+                        spread: false,
+                    };
+                    Self::note(&mut self.stats, &mut self.log, c);
+                }
+            }
+            let uf = self.pos as f64 - seg.a;
+            let base = uf.floor();
+            let frac = uf - base;
+            let base = base as i64;
+            let w = &table[(frac * 256.0).round() as usize];
+            let mut acc = 0f32;
+            for (j, wj) in w.iter().enumerate() {
+                let s = sample(&seg.chunks, base - 3 + j as i64, &mut hint);
+                acc += f32::from(s) * wj;
+            }
+            out.push(acc.round().clamp(-32768.0, 32767.0) as i16);
+            self.pos += 1;
+            self.stats.resampled_samples += 1;
+            let mut step = seg.drift;
+            if seg.slew_left != 0.0 {
+                let s = SLEW.min(seg.slew_left.abs()).copysign(seg.slew_left);
+                step += s;
+                seg.slew_left -= s;
+                if seg.slew_left.abs() < 1e-9 {
+                    seg.slew_left = 0.0;
+                    if seg.drift == 0.0 {
+                        seg.a = (seg.a + step).round();
+                        continue;
+                    }
+                }
+            }
+            seg.a += step;
+            if hint > 2 {
+                // Drop chunks well behind the read position.
+                let ui = (self.pos as f64 - seg.a).floor() as i64 - 4;
+                let mut dropped = 0;
+                while seg.chunks.front().is_some_and(|c| c.end() <= ui) {
+                    if let Some(c) = seg.chunks.pop_front() {
+                        recycle(&mut self.pool, c.pcm);
+                        dropped += 1;
+                    }
+                }
+                hint = hint.saturating_sub(dropped);
+            }
+        }
+    }
+}
+
+/// Length of quiet audio (samples) needed to take a correction of `k`.
+fn quiet_len(k: f64, ms: f64) -> i64 {
+    (2.0 * k.abs().ceil() + QUIET_MARGIN_MS as f64 * ms) as i64
+}
+
+/// First `u` in `[from, to)` where `need` samples from `u` on are all quiet
+/// (below [`QUIET_LEVEL`]) or missing.
+fn find_quiet(chunks: &VecDeque<Chunk>, from: i64, to: i64, need: i64) -> Option<i64> {
+    let mut hint = 0usize;
+    let mut run_start = from;
+    let mut u = from;
+    let end = to + need;
+    while u < end {
+        let s = sample(chunks, u, &mut hint);
+        if s.unsigned_abs() > QUIET_LEVEL {
+            run_start = u + 1;
+            if run_start >= to {
+                return None;
+            }
+        } else if u + 1 - run_start >= need {
+            return Some(run_start);
+        }
+        u += 1;
+    }
+    None
+}
+
+/// Copy `n` source samples from `u` (silence where no chunk covers them),
+/// dropping chunks that are left behind.
+fn copy_exact(
+    chunks: &mut VecDeque<Chunk>,
+    pool: &mut Pools,
+    mut u: i64,
+    mut n: i64,
+    out: &mut Vec<i16>,
+) {
+    while n > 0 {
+        while chunks.front().is_some_and(|c| c.end() <= u) {
+            if let Some(c) = chunks.pop_front() {
+                recycle(pool, c.pcm);
+            }
+        }
+        match chunks.front() {
+            Some(c) if c.u <= u => {
+                let off = (u - c.u) as usize;
+                let m = ((c.end() - u).min(n)) as usize;
+                c.pcm.extend_into(off, m, out);
+                u += m as i64;
+                n -= m as i64;
+            }
+            next => {
+                let gap = next.map_or(n, |c| (c.u - u).min(n));
+                out.resize(out.len() + gap as usize, 0);
+                u += gap;
+                n -= gap;
+            }
+        }
+    }
+}
+
+/// Sample at source position `u` (0 where no chunk covers it). `hint` is
+/// the chunk index to start looking at; positions are read in increasing order.
+fn sample(chunks: &VecDeque<Chunk>, u: i64, hint: &mut usize) -> i16 {
+    let mut i = (*hint).min(chunks.len());
+    while i > 0 && chunks[i - 1].end() > u {
+        i -= 1;
+    }
+    while i < chunks.len() {
+        let c = &chunks[i];
+        if c.end() <= u {
+            i += 1;
+            continue;
+        }
+        *hint = i;
+        if c.u <= u {
+            return c.pcm.get((u - c.u) as usize);
+        }
+        return 0;
+    }
+    *hint = i;
+    0
+}
