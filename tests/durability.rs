@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::header;
+use common::{header, is_final_response};
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -149,12 +149,7 @@ fn final_response(sock: &UdpSocket, method: &str, max: Duration) -> Option<Strin
     let t = Instant::now();
     while t.elapsed() < max {
         if let Some(m) = recv(sock) {
-            let code: u16 = m
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
+            if is_final_response(&m, method) {
                 return Some(m);
             }
         }

@@ -187,12 +187,7 @@ impl Signalling for TlsSrc {
             let m = self
                 .recv()
                 .unwrap_or_else(|e| panic!("no final response to {method}: {e}"));
-            let code: u16 = m
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
+            if is_final_response(&m, method) {
                 return m;
             }
         }

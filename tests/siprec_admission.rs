@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::header;
+use common::{header, is_final_response};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -53,16 +53,7 @@ impl Src {
                 continue;
             };
             let m = String::from_utf8_lossy(&b[..n]).into_owned();
-            let code: u16 = m
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if m.starts_with("SIP/2.0")
-                && code >= 200
-                && m.contains(&format!(" {method}\r\n"))
-                && header(&m, "Call-ID") == Some(call_id)
-            {
+            if is_final_response(&m, method) && header(&m, "Call-ID") == Some(call_id) {
                 return m;
             }
         }

@@ -131,6 +131,17 @@ pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
         .map(|l| l[name.len() + 1..].trim())
 }
 
+/// Whether SIP message `m` is a final (>= 200) response to `method`.
+#[allow(dead_code)]
+pub fn is_final_response(m: &str, method: &str) -> bool {
+    let code: u16 = m
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n"))
+}
+
 /// The first final (>= 200) response to `method` that reaches `sock` within
 /// `max` (other messages are skipped).
 pub fn final_response(
@@ -143,12 +154,7 @@ pub fn final_response(
     while t.elapsed() < max {
         if let Ok((n, _)) = sock.recv_from(&mut b) {
             let m = String::from_utf8_lossy(&b[..n]).into_owned();
-            let code: u16 = m
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if m.starts_with("SIP/2.0") && code >= 200 && m.contains(&format!(" {method}\r\n")) {
+            if is_final_response(&m, method) {
                 return m;
             }
         }
