@@ -203,15 +203,8 @@ impl LegTimeline {
         // before the estimate has settled (a step found as following stops).
         if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms {
             let k = seg.pending.round();
-            seg.a += k;
-            seg.pending = 0.0;
+            take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
             seg.pending_forced = false;
-            let c = Correction {
-                at: self.pos,
-                samples: k,
-                spread: false,
-            };
-            Self::note(&mut self.stats, &mut self.log, c);
         }
         if seg.slew_left == 0.0 && settled {
             // No quiet place came in time: spread it over the audio.
@@ -259,14 +252,7 @@ impl LegTimeline {
                 self.pos = to;
                 if jump_at == Some(self.pos) {
                     let k = seg.pending.round();
-                    seg.a += k;
-                    seg.pending = 0.0;
-                    let c = Correction {
-                        at: self.pos,
-                        samples: k,
-                        spread: false,
-                    };
-                    Self::note(&mut self.stats, &mut self.log, c);
+                    take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
                 }
                 hint = 0;
                 continue;
@@ -292,14 +278,7 @@ impl LegTimeline {
                 let need = quiet_len(seg.pending, ms);
                 if find_quiet(&seg.chunks, ui - need / 2, ui - need / 2 + 1, need).is_some() {
                     let k = seg.pending;
-                    seg.a += k;
-                    seg.pending = 0.0;
-                    let c = Correction {
-                        at: self.pos,
-                        samples: k,
-                        spread: false,
-                    };
-                    Self::note(&mut self.stats, &mut self.log, c);
+                    take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
                 }
             }
             let uf = self.pos as f64 - seg.a;
@@ -343,6 +322,28 @@ impl LegTimeline {
             }
         }
     }
+}
+
+/// Take the pending correction as one step of `k` samples at render
+/// position `at` (in a quiet place, or one too large to spread), noted.
+fn take_step(
+    seg: &mut Segment,
+    k: f64,
+    at: i64,
+    stats: &mut TimelineStats,
+    log: &mut VecDeque<Correction>,
+) {
+    seg.a += k;
+    seg.pending = 0.0;
+    LegTimeline::note(
+        stats,
+        log,
+        Correction {
+            at,
+            samples: k,
+            spread: false,
+        },
+    );
 }
 
 /// Length of quiet audio (samples) needed to take a correction of `k`.
