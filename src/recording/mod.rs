@@ -73,6 +73,7 @@ pub use doc::{
 
 mod answered;
 pub use answered::*;
+mod finisher;
 mod sync;
 pub use sync::*;
 mod recover;
@@ -187,6 +188,9 @@ pub struct RecordingDir {
     /// crash of the process leaves is in the page cache). Off for imports,
     /// which can be run again: audio then goes out in 64 KiB writes.
     write_through: bool,
+    /// Finishes ended recordings off this thread (live sources,
+    /// [`RecordingDir::finish_in_background`]); `None`: in [`RecordingSink::end`].
+    finisher: Option<finisher::Finisher>,
 }
 
 /// The most recent recordings and errors a [`RecordingDir`] keeps for its
@@ -222,7 +226,62 @@ impl RecordingDir {
             closed: Vec::new(),
             track_closed: false,
             write_through: true,
+            finisher: None,
         })
+    }
+
+    /// Finish ended recordings on worker threads ([`finisher`]) instead of
+    /// in [`RecordingSink::end`]: their results (counters, [`Self::take_closed`])
+    /// arrive with [`Self::collect`]. If the threads cannot start, recordings
+    /// go on being finished in `end`.
+    pub(crate) fn finish_in_background(&mut self) {
+        if self.finisher.is_none() {
+            match finisher::Finisher::new(finisher::WORKERS) {
+                Ok(f) => self.finisher = Some(f),
+                Err(e) => tracing::warn!("recordings are finished on the engine thread: {e}"),
+            }
+        }
+    }
+
+    /// Takes in the recordings the finisher has finished since the last
+    /// call (counted, remembered, their Call-IDs closed). True if any.
+    pub(crate) fn collect(&mut self) -> bool {
+        let mut any = false;
+        while let Some(d) = self.finisher.as_mut().and_then(|f| f.try_done(false)) {
+            self.complete(d);
+            any = true;
+        }
+        any
+    }
+
+    /// Recordings being finished in the background, not collected yet.
+    pub(crate) fn finishing(&self) -> usize {
+        self.finisher.as_ref().map_or(0, |f| f.pending())
+    }
+
+    /// Waits until every recording handed to the finisher is finished, and
+    /// takes them in (a stop, the end of input).
+    pub(crate) fn wait_finished(&mut self) {
+        while let Some(d) = self.finisher.as_mut().and_then(|f| f.try_done(true)) {
+            self.complete(d);
+        }
+    }
+
+    /// Counts a finished recording and reports its Call-ID closed.
+    fn complete(&mut self, d: Done) {
+        match d.outcome {
+            Outcome::Written(w, bytes) => {
+                self.counters.written += 1;
+                self.counters.bytes += bytes;
+                self.remember(w);
+            }
+            Outcome::TooShort => self.counters.too_short += 1,
+            Outcome::Failed(e) => {
+                self.counters.failed += 1;
+                self.error(format!("recording {}: {e}", d.id));
+            }
+        }
+        self.closed_call(&d.call_id);
     }
 
     /// Whether each `audio` call is written through to the file at once
@@ -256,9 +315,11 @@ impl RecordingDir {
         self.answered.clone()
     }
 
-    /// Whether a recording of the call with this SIP Call-ID is open.
+    /// Whether a recording of the call with this SIP Call-ID is open or
+    /// being finished (its pair not durable yet).
     pub(crate) fn is_recording(&self, call_id: &str) -> bool {
-        self.open.values().any(|r| r.call_id == call_id)
+        self.finisher.as_ref().is_some_and(|f| f.has(call_id))
+            || self.open.values().any(|r| r.call_id == call_id)
     }
 
     /// Keep the Call-IDs of recordings that end for [`RecordingDir::take_closed`]
@@ -280,6 +341,7 @@ impl RecordingDir {
     /// durable on disk (files and directory fsynced), or there is none
     /// (shorter than `min_duration`, or a write error, counted).
     pub fn take_closed(&mut self) -> Vec<String> {
+        self.collect();
         std::mem::take(&mut self.closed)
     }
 
@@ -347,80 +409,6 @@ impl RecordingDir {
     /// Where new recordings go.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The pair written and its JSON, or `None` when too short.
-    fn finish_files(
-        &mut self,
-        rec: OpenRecording,
-        meta: &CallMeta,
-    ) -> io::Result<Option<(WrittenRecording, Value)>> {
-        if let Some(e) = rec.error {
-            return Err(e);
-        }
-        let Some(wav) = rec.wav else {
-            return Err(io::Error::other("recording was never opened"));
-        };
-        let wav_path = rec.dir.join(format!("{}.wav", rec.id));
-        let json_path = rec.dir.join(format!("{}.json", rec.id));
-        let short = (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
-        let (bytes, sha) = match (wav, rec.ctx.seal.as_deref()) {
-            (PartWriter::Sealed(mut w), Some(keys)) => {
-                // The `.part` is sealed record by record; the finished WAV
-                // gets its true header, so it is sealed anew (fixed chunks)
-                // from the `.part`'s plaintext, then the `.part` goes.
-                w.flush()?;
-                drop(w);
-                if short {
-                    fs::remove_file(&rec.part)?;
-                    return Ok(None);
-                }
-                let tmp = rec.dir.join(format!(".{}.wav.tmp", rec.id));
-                let h = match seal_part(&rec.part, &tmp, keys) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                };
-                fs::rename(&tmp, &wav_path)?;
-                fs::remove_file(&rec.part)?;
-                h
-            }
-            (w, _) => {
-                let file = w.finalize_plain()?;
-                file.sync_all()?;
-                drop(file);
-                if short {
-                    fs::remove_file(&rec.part)?;
-                    return Ok(None);
-                }
-                let h = hash_file(&rec.part)?;
-                fs::rename(&rec.part, &wav_path)?;
-                h
-            }
-        };
-        let mut doc = RecordingDoc::of_call(
-            meta,
-            &rec.id,
-            &rec.ctx.agent_id,
-            rec.ctx.source,
-            DocAudio::wav(meta.sample_rate, bytes, sha),
-        );
-        doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
-        write_json(&rec.dir, &doc, rec.ctx.seal.as_deref())?;
-        let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
-        sync_dir(&rec.dir)?;
-        self.counters.bytes += bytes;
-        Ok(Some((
-            WrittenRecording {
-                id: rec.id,
-                wav: wav_path,
-                json: json_path,
-                duration_ms: meta.duration_ms(),
-            },
-            doc.to_value(),
-        )))
     }
 }
 
@@ -509,45 +497,157 @@ impl RecordingSink for RecordingDir {
     }
 
     fn end(&mut self, call: CallKey, meta: CallMeta) {
-        let Some(mut rec) = self.open.remove(&call) else {
+        let Some(rec) = self.open.remove(&call) else {
             return;
         };
-        let part = rec.part.clone();
-        let id = rec.id.clone();
-        let dir = rec.dir.clone();
-        let call_id = rec.call_id.clone();
-        let tap = rec.tap.take();
-        let frames = rec.frames;
-        let tap_end = match self.finish_files(rec, &meta) {
-            Ok(Some((w, doc))) => {
-                self.counters.written += 1;
-                self.remember(w);
-                TapEnd::Written { frames, meta: doc }
-            }
-            Ok(None) => {
-                let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
-                self.counters.too_short += 1;
+        let job = Box::new(finisher::Job { rec, meta });
+        let job = match self.finisher.as_mut() {
+            Some(f) => match f.submit(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        let done = finish_recording(job.rec, &job.meta);
+        self.complete(done);
+    }
+}
+
+/// A recording finished by [`finish_recording`].
+struct Done {
+    call_id: String,
+    id: String,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The pair is durable; the WAV's size.
+    Written(WrittenRecording, u64),
+    /// Shorter than `min_duration`: removed.
+    TooShort,
+    /// Not written (the error); what was left is removed.
+    Failed(String),
+}
+
+/// Finishes a recording whose call ended: the pair made durable (or
+/// removed when too short or broken), its start sidecar gone, its tap told.
+/// The one way a recording ends, on the engine thread or a
+/// [`finisher`] worker.
+fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
+    let part = rec.part.clone();
+    let id = rec.id.clone();
+    let dir = rec.dir.clone();
+    let call_id = rec.call_id.clone();
+    let tap = rec.tap.take();
+    let frames = rec.frames;
+    let (outcome, tap_end) = match finish_files(rec, meta) {
+        Ok(Some((w, doc, bytes))) => (
+            Outcome::Written(w, bytes),
+            TapEnd::Written { frames, meta: doc },
+        ),
+        Ok(None) => {
+            let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+            (
+                Outcome::TooShort,
                 TapEnd::Discarded {
                     frames,
                     reason: "shorter than recording.min_duration".into(),
-                }
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&part);
-                let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
-                self.counters.failed += 1;
-                self.error(format!("recording {id}: {e}"));
+                },
+            )
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+            (
+                Outcome::Failed(e.to_string()),
                 TapEnd::Discarded {
                     frames,
                     reason: "the recording could not be written".into(),
-                }
-            }
-        };
-        if let Some(t) = tap {
-            t.end(tap_end);
+                },
+            )
         }
-        self.closed_call(&call_id);
+    };
+    if let Some(t) = tap {
+        t.end(tap_end);
     }
+    Done {
+        call_id,
+        id,
+        outcome,
+    }
+}
+
+/// The pair written, its JSON and the WAV's size, or `None` when too short.
+fn finish_files(
+    rec: OpenRecording,
+    meta: &CallMeta,
+) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
+    if let Some(e) = rec.error {
+        return Err(e);
+    }
+    let Some(wav) = rec.wav else {
+        return Err(io::Error::other("recording was never opened"));
+    };
+    let wav_path = rec.dir.join(format!("{}.wav", rec.id));
+    let json_path = rec.dir.join(format!("{}.json", rec.id));
+    let short = (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
+    let (bytes, sha) = match (wav, rec.ctx.seal.as_deref()) {
+        (PartWriter::Sealed(mut w), Some(keys)) => {
+            // The `.part` is sealed record by record; the finished WAV
+            // gets its true header, so it is sealed anew (fixed chunks)
+            // from the `.part`'s plaintext, then the `.part` goes.
+            w.flush()?;
+            drop(w);
+            if short {
+                fs::remove_file(&rec.part)?;
+                return Ok(None);
+            }
+            let tmp = rec.dir.join(format!(".{}.wav.tmp", rec.id));
+            let h = match seal_part(&rec.part, &tmp, keys) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+            fs::rename(&tmp, &wav_path)?;
+            fs::remove_file(&rec.part)?;
+            h
+        }
+        (w, _) => {
+            let file = w.finalize_plain()?;
+            file.sync_all()?;
+            drop(file);
+            if short {
+                fs::remove_file(&rec.part)?;
+                return Ok(None);
+            }
+            let h = hash_file(&rec.part)?;
+            fs::rename(&rec.part, &wav_path)?;
+            h
+        }
+    };
+    let mut doc = RecordingDoc::of_call(
+        meta,
+        &rec.id,
+        &rec.ctx.agent_id,
+        rec.ctx.source,
+        DocAudio::wav(meta.sample_rate, bytes, sha),
+    );
+    doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
+    write_json(&rec.dir, &doc, rec.ctx.seal.as_deref())?;
+    let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
+    sync_dir(&rec.dir)?;
+    Ok(Some((
+        WrittenRecording {
+            id: rec.id,
+            wav: wav_path,
+            json: json_path,
+            duration_ms: meta.duration_ms(),
+        },
+        doc.to_value(),
+        bytes,
+    )))
 }
 
 /// The metadata known when a recording begins, in CONTRACT §3's shape (for

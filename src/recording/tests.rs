@@ -335,6 +335,97 @@ fn closed_calls_are_named_once_their_pair_is_durable() {
     assert!(hidden_files(d.path()).is_empty());
 }
 
+/// Finished in the background (live sources): many calls ending at once
+/// are each made durable by the finisher's threads; a call stays "being
+/// recorded" until its pair is durable, `take_closed` names it only then,
+/// once; the pairs and the counters are the same as when finished inline
+/// (every byte of every WAV, every JSON field).
+#[test]
+fn pairs_finished_in_the_background_are_the_pairs_finished_inline() {
+    let ids: Vec<String> = (0..40).map(|i| format!("bg{i}")).collect();
+    let mut dirs = Vec::new();
+    for background in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+        rd.track_closed(true);
+        if background {
+            rd.finish_in_background();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            rd.begin(CallKey(i as u64), &start(id));
+            rd.audio(CallKey(i as u64), &vec![i as i16; 1600 + 2 * i]);
+        }
+        let mut closed = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            rd.end(
+                CallKey(i as u64),
+                CallMeta {
+                    key: CallKey(i as u64),
+                    recording_id: id.clone(),
+                    call_id: format!("{id}@src"),
+                    ..meta_r4()
+                },
+            );
+            closed.extend(rd.take_closed());
+        }
+        // Until its pair is durable, a call is still being recorded (a
+        // SIPREC BYE waits): never named closed before its JSON exists.
+        for c in &closed {
+            let id = c.trim_end_matches("@src");
+            assert!(d.path().join(format!("{id}.json")).exists(), "{c}");
+            assert!(!rd.is_recording(c));
+        }
+        rd.wait_finished();
+        closed.extend(rd.take_closed());
+        closed.sort();
+        let mut want: Vec<String> = ids.iter().map(|i| format!("{i}@src")).collect();
+        want.sort();
+        assert_eq!(closed, want, "each call closed once");
+        assert_eq!(rd.finishing(), 0);
+        assert!(rd.take_closed().is_empty());
+        assert_eq!(rd.counters.written, ids.len() as u64);
+        assert_eq!(rd.counters.failed + rd.counters.too_short, 0);
+        assert_eq!(rd.written.len(), ids.len());
+        assert!(hidden_files(d.path()).is_empty());
+        dirs.push(d);
+    }
+    for id in &ids {
+        let wav = |d: &tempfile::TempDir| fs::read(d.path().join(format!("{id}.wav"))).unwrap();
+        assert_eq!(wav(&dirs[0]), wav(&dirs[1]), "{id}");
+        let (a, b) = (json_of(dirs[0].path(), id), json_of(dirs[1].path(), id));
+        assert_eq!(a["audio"], b["audio"], "{id}");
+        assert_eq!(a["duration_ms"], b["duration_ms"], "{id}");
+    }
+}
+
+/// Dropping a directory whose pairs are still being finished (a source
+/// that ends) finishes them first: no `.part` is left behind.
+#[test]
+fn dropping_the_directory_finishes_what_was_handed_over() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.finish_in_background();
+    for i in 0..20u64 {
+        let id = format!("dr{i}");
+        rd.begin(CallKey(i), &start(&id));
+        rd.audio(CallKey(i), &[5i16; 1600]);
+        rd.end(
+            CallKey(i),
+            CallMeta {
+                key: CallKey(i),
+                recording_id: id.clone(),
+                call_id: format!("{id}@src"),
+                ..meta_r4()
+            },
+        );
+    }
+    drop(rd);
+    assert!(hidden_files(d.path()).is_empty());
+    for i in 0..20 {
+        assert!(d.path().join(format!("dr{i}.json")).exists());
+    }
+}
+
 /// A write cut in the middle of a frame: the stray bytes go, the WAV
 /// stays valid. A part that never got its header (power loss) but whose
 /// call is known: an empty recording, not nothing.

@@ -15,12 +15,15 @@
 //!   engine's next deadline ([`CallEngine::poll_timeout`]) or the next
 //!   status report, never longer; with no call in progress and nothing to
 //!   report it blocks without a timeout, so an idle daemon does not wake up
-//!   (its liveness entry says "waiting", which the watchdog accepts).
+//!   (its liveness entry says "waiting", which the watchdog accepts). While
+//!   pairs are being finished in the background it wakes every
+//!   [`FINISHED_POLL`] to collect them.
 //! - [`EngineHost::tick`] after every input or wake-up runs the engine's
 //!   timeout when due and says when the status is due:
 //!   at most every [`PUBLISH_EVERY`] while anything happens, once more when
 //!   the source falls idle.
-//! - [`EngineHost::finish`] closes every open call with a reason.
+//! - [`EngineHost::finish`] closes every open call with a reason and
+//!   returns once every pair is finished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,10 @@ use crate::recording::{RecordingDir, RecordingSettings};
 
 /// How often a busy source reports its status.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// How often a source looks for pairs finished in the background while
+/// any are being finished (their counters, SIPREC's held BYEs).
+const FINISHED_POLL: Duration = Duration::from_millis(5);
 
 /// What the daemon tells a running engine.
 pub(crate) enum HostControl {
@@ -66,10 +73,13 @@ impl EngineHost {
     pub(crate) fn new(
         name: &str,
         cfg: EngineConfig,
-        out: RecordingDir,
+        mut out: RecordingDir,
         live: Arc<Liveness>,
     ) -> Self {
         live.beat(name);
+        // Pairs are finished on worker threads: a burst of calls ending
+        // does not hold up the audio of the others (recording::finisher).
+        out.finish_in_background();
         EngineHost {
             name: name.to_string(),
             engine: CallEngine::new(cfg),
@@ -107,10 +117,9 @@ impl EngineHost {
                 PUBLISH_EVERY.saturating_sub(t.elapsed())
             })
         });
-        match (engine, report) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Pairs being finished are collected as they come.
+        let finishing = (self.out.finishing() > 0).then_some(FINISHED_POLL);
+        [engine, report, finishing].into_iter().flatten().min()
     }
 
     /// The source is about to block without a timeout ([`Self::wait`] said
@@ -124,6 +133,7 @@ impl EngineHost {
     /// now.
     pub(crate) fn tick(&mut self, now: Timestamp, input: bool) -> bool {
         self.dirty |= input;
+        self.dirty |= self.out.collect();
         if self.engine.poll_timeout().is_some_and(|d| d <= now) {
             self.engine.handle_timeout(now, &mut self.out);
             self.dirty = true;
@@ -160,6 +170,7 @@ impl EngineHost {
     /// End every open call (shutdown, end of input); the liveness entry goes.
     pub(crate) fn finish(&mut self, reason: EndReason) {
         self.engine.finish(reason, &mut self.out);
+        self.out.wait_finished();
         self.live.forget(&self.name);
     }
 }
