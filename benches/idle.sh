@@ -13,8 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-60}
 DIR=${BENCH_DIR:-/tmp/pbx-edge-idle}
+# The binary as packaged (packaging/profile.env), in a target directory of
+# its own so that everyday release builds are not rebuilt.
+# shellcheck source=packaging/profile.env
+. packaging/profile.env
+export CARGO_TARGET_DIR=${PACKAGED_TARGET_DIR:-target/packaged}
 cargo build --release -q -p pbx-edge
-BIN=$(pwd)/${CARGO_TARGET_DIR:-target}/release/pbx-edge
+BIN=$(cd "$CARGO_TARGET_DIR" && pwd)/release/pbx-edge
 ticks=$(getconf CLK_TCK)
 rm -rf "$DIR"; mkdir -p "$DIR"
 

@@ -14,7 +14,9 @@
 //! One SQLite database, `<spool dir>/spool.db` (plus SQLite's `spool.db-wal`
 //! and `spool.db-shm`), mode 0600, WAL journal with `synchronous=FULL`: every
 //! state change is one transaction that is on disk (WAL fsynced) before the
-//! call returns, so nothing is acknowledged before it is durable. Several
+//! call returns, so nothing is acknowledged before it is durable (the one
+//! exception, an upload attempt's start, acknowledges nothing:
+//! `Spool::begin_attempt`). Several
 //! processes may open it at once (the daemon and the `spool` commands); writers
 //! wait up to 10 s for each other (`busy_timeout`). `PRAGMA user_version`
 //! holds the schema version ([`SCHEMA_VERSION`]).

@@ -185,12 +185,38 @@ impl Spool {
 
     /// An attempt starts: `attempts + 1`, state `uploading`. False if the row
     /// is gone or no longer due (purged, delivered, failed meanwhile).
+    ///
+    /// Not fsynced on its own (the one change that is not): it acknowledges
+    /// nothing, and the next durable change (the attempt's outcome) carries
+    /// it to the disk, as the WAL is written in order. A crash in between
+    /// forgets only that the attempt began (`attempts` one lower; the
+    /// recording is queued either way). This saves one of the three fsyncs
+    /// each upload waited for, under the spool's lock (BENCHMARKS.md, "Call
+    /// end → delivered").
     pub fn begin_attempt(&self, id: &str, now: i64) -> Result<bool, SpoolError> {
-        self.update(
-            "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ?2 \
-             WHERE id = ?1 AND state IN ('queued', 'uploading')",
-            params![id, now],
-        )
+        self.relaxed(|| {
+            self.update(
+                "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ?2 \
+                 WHERE id = ?1 AND state IN ('queued', 'uploading')",
+                params![id, now],
+            )
+        })
+    }
+
+    /// Runs `f` with `synchronous=NORMAL` (its commits reach the WAL, not
+    /// the disk), then back to `FULL`.
+    fn relaxed<T>(&self, f: impl FnOnce() -> Result<T, SpoolError>) -> Result<T, SpoolError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let r = f();
+        let back = self
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e));
+        let r = r?;
+        back?;
+        Ok(r)
     }
 
     /// The server confirmed `offset` bytes of the upload at `location`.

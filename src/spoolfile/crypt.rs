@@ -601,6 +601,27 @@ impl RecordingReader {
     pub fn is_sealed(&self) -> bool {
         matches!(self, RecordingReader::Sealed(_))
     }
+
+    /// The next `n` bytes of plaintext in a new buffer; an error if the
+    /// file ends before. A plain file is read straight into the buffer's
+    /// spare room (no zeroing first: streaming an upload reads every byte
+    /// of a recording this way).
+    pub fn read_piece(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(n);
+        match self {
+            RecordingReader::Plain(f, _) => {
+                f.take(n as u64).read_to_end(&mut buf)?;
+                if buf.len() < n {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            RecordingReader::Sealed(r) => {
+                buf.resize(n, 0);
+                r.read_exact(&mut buf)?;
+            }
+        }
+        Ok(buf)
+    }
 }
 
 impl Read for RecordingReader {

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use std::io::Read;
 
 use crate::spoolfile::{open_recording, Keyring, OpenMode, RecordingReader};
 use zeroize::{Zeroize, Zeroizing};
@@ -46,8 +45,10 @@ use policy::{Action, Answer, NetFailure, Step};
 
 /// `User-Agent` of every request.
 pub(crate) const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
-/// Size of each read from disk while streaming a body.
-pub(crate) const PIECE: usize = 256 * 1024;
+/// Size of each read from disk while streaming a body (each one a hop to
+/// the blocking pool and back: 1 MiB pieces took a quarter of the task
+/// switches of 256 KiB ones, BENCHMARKS.md "Upload").
+pub(crate) const PIECE: usize = 1024 * 1024;
 /// The systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
 pub(crate) const CREDENTIAL_NAME: &str = "cloud-token";
 
@@ -302,8 +303,7 @@ pub(crate) fn file_stream(
                 Some(r) => r,
                 None => open_at(&path, keys.as_deref(), offset)?,
             };
-            let mut buf = vec![0u8; want];
-            r.read_exact(&mut buf)?;
+            let buf = r.read_piece(want)?;
             Ok((r, buf))
         })
         .await
