@@ -138,17 +138,20 @@ impl Recycler {
     }
 }
 
-/// Batches the receive thread may have out at once: the engine's backlog, in
-/// rounds of [`ROUND`] (about 1.3 s).
-const BATCHES: usize = 32;
+/// Batches the receive thread may have out at once: the engine's backlog.
+/// Beyond it the datagrams wait in the sockets' kernel queues (seconds of
+/// audio each, and with their arrival times), not in the daemon's memory:
+/// 32 batches of 1 MiB made the peak RSS of a busy daemon 30 KiB per call
+/// higher (BENCHMARKS.md, "Memory per call").
+const BATCHES: usize = 8;
 
 /// A batch holding this many bytes of datagrams goes to the engine at once,
 /// even in the middle of a round, and the round goes on in another one: after
 /// a burst (a sender catching up) the batches, which keep their buffers,
 /// are not each as large as the burst. With [`BATCHES`] of them, the engine's
-/// backlog holds at most about 50 MiB (32 MiB of datagrams and their
-/// addresses), about 2 s of 2,000 G.711 calls.
-const BATCH_BYTES: usize = 1 << 20;
+/// backlog holds at most about 3.5 MiB (2 MiB of datagrams and their
+/// addresses), about 100 ms of 2,000 G.711 calls.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// What the receive path counts (read by the status snapshot).
 #[derive(Debug, Default)]
