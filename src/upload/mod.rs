@@ -46,9 +46,10 @@ use policy::{Action, Answer, NetFailure, Step};
 /// `User-Agent` of every request.
 pub(crate) const USER_AGENT: &str = concat!("pbx-edge/", env!("CARGO_PKG_VERSION"));
 /// Size of each read from disk while streaming a body (each one a hop to
-/// the blocking pool and back: 1 MiB pieces took a quarter of the task
-/// switches of 256 KiB ones, BENCHMARKS.md "Upload").
-pub(crate) const PIECE: usize = 1024 * 1024;
+/// the blocking pool and back). 1 MiB pieces raised the uploader's RSS from
+/// 12-15 to 16-23 MiB for no clear gain on this machine (BENCHMARKS.md,
+/// "Upload throughput").
+pub(crate) const PIECE: usize = 256 * 1024;
 /// The systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
 pub(crate) const CREDENTIAL_NAME: &str = "cloud-token";
 
