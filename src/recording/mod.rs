@@ -476,7 +476,7 @@ impl RecordingSink for RecordingDir {
                 // Written through: one write() per chunk, in the page cache,
                 // safe from a crash of the process, before the engine goes on.
                 let res = if self.write_through {
-                    w.write_samples(frames).and_then(|()| w.flush())
+                    w.write_through(frames)
                 } else {
                     w.write_samples(frames)
                 };
@@ -883,6 +883,17 @@ impl PartWriter {
                 w.write_all(&b)
             }
         }
+    }
+
+    /// Writes `frames` and hands them to the kernel before returning,
+    /// keeping no buffer between chunks for a plain `.part` (a sealed one
+    /// seals them as one record).
+    fn write_through(&mut self, frames: &[i16]) -> io::Result<()> {
+        if let PartWriter::Plain(w) = self {
+            return w.write_samples_through(frames);
+        }
+        self.write_samples(frames)?;
+        self.flush()
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -51,6 +51,9 @@ const REPAIR_HEADER_MAX: u64 = 64 * 1024;
 const MAX_CHUNKS: usize = 256;
 /// Bytes buffered before the writer hands them to `W`.
 const WRITE_BUF: usize = 64 * 1024;
+/// The stack buffer of [`WavWriter::write_samples_through`]: a 100 ms chunk
+/// of 16 kHz stereo (6.4 KB) in one `write()`.
+const THROUGH_BUF: usize = 8 * 1024;
 
 /// Errors from parsing and repair.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +190,47 @@ impl<W: Write + Seek> WavWriter<W> {
     /// data chunk past the 4 GiB limit is refused whole with
     /// `ErrorKind::FileTooLarge`; so is one that is not whole frames.
     pub fn write_samples(&mut self, interleaved: &[i16]) -> io::Result<()> {
+        let bytes = self.accept(interleaved)?;
+        for chunk in interleaved.chunks(WRITE_BUF / 2) {
+            if self.buf.len() + chunk.len() * 2 > WRITE_BUF {
+                self.flush_buf()?;
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + chunk.len() * 2, 0);
+            for (d, s) in self.buf[start..].chunks_exact_mut(2).zip(chunk) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        self.data_bytes += bytes;
+        Ok(())
+    }
+
+    /// Appends interleaved samples and hands them to `W` at once, through a
+    /// buffer on the stack (after anything buffered before): nothing is
+    /// kept between calls. For a writer flushed after every chunk (the
+    /// daemon's recordings, written through), whose own buffer would
+    /// otherwise stay allocated for the recording's life, one per call in
+    /// progress. Refuses what [`Self::write_samples`] refuses.
+    pub fn write_samples_through(&mut self, interleaved: &[i16]) -> io::Result<()> {
+        let bytes = self.accept(interleaved)?;
+        self.flush_buf()?;
+        self.buf = Vec::new();
+        let w = self.inner.as_mut().ok_or_else(taken)?;
+        let mut stack = [0u8; THROUGH_BUF];
+        for chunk in interleaved.chunks(THROUGH_BUF / 2) {
+            let out = &mut stack[..chunk.len() * 2];
+            for (d, s) in out.chunks_exact_mut(2).zip(chunk) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+            w.write_all(out)?;
+        }
+        self.data_bytes += bytes;
+        Ok(())
+    }
+
+    /// Checks that `interleaved` is whole frames and fits under the 4 GiB
+    /// limit; its length in bytes.
+    fn accept(&self, interleaved: &[i16]) -> io::Result<u64> {
         if interleaved.len() % usize::from(self.channels) != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -200,18 +244,7 @@ impl<W: Write + Seek> WavWriter<W> {
                 "WAV data chunk would exceed 4 GiB",
             ));
         }
-        for chunk in interleaved.chunks(WRITE_BUF / 2) {
-            if self.buf.len() + chunk.len() * 2 > WRITE_BUF {
-                self.flush_buf()?;
-            }
-            let start = self.buf.len();
-            self.buf.resize(start + chunk.len() * 2, 0);
-            for (d, s) in self.buf[start..].chunks_exact_mut(2).zip(chunk) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
-        }
-        self.data_bytes += bytes;
-        Ok(())
+        Ok(bytes)
     }
 
     /// Audio bytes accepted so far (buffered or written).
@@ -487,6 +520,40 @@ mod tests {
         assert_eq!(w.data_bytes(), 0);
         assert!(WavWriter::new(Cursor::new(Vec::new()), 8000, 0).is_err());
         assert!(WavWriter::new(Cursor::new(Vec::new()), 0, 2).is_err());
+    }
+
+    /// Written through (no buffer kept) or buffered, mixed in any order and
+    /// in chunks of any size (past the stack buffer too): the same bytes;
+    /// what goes through is in `W` when the call returns; the same refusals.
+    #[test]
+    fn writing_through_makes_the_same_file() {
+        let samples: Vec<i16> = (0..30_011 * 2).map(|i| (i * 7919) as i16).collect();
+        let mut plain = WavWriter::new(Cursor::new(Vec::new()), 16000, 2).unwrap();
+        plain.write_samples(&samples).unwrap();
+        let want = plain.finalize().unwrap().into_inner();
+        let mut w = WavWriter::new(Cursor::new(Vec::new()), 16000, 2).unwrap();
+        let (mut at, mut n, mut through) = (0, 2, true);
+        while at < samples.len() {
+            let end = (at + n).min(samples.len());
+            if through {
+                w.write_samples_through(&samples[at..end]).unwrap();
+                assert_eq!(
+                    w.inner.as_ref().unwrap().get_ref().len() as u64,
+                    44 + w.data_bytes()
+                );
+                assert_eq!(w.buf.capacity(), 0);
+            } else {
+                w.write_samples(&samples[at..end]).unwrap();
+            }
+            at = end;
+            n = ((n * 3 % 9001) & !1) + 2;
+            through = !through;
+        }
+        assert!(w.write_samples_through(&[1, 2, 3]).is_err());
+        w.set_limit(w.data_bytes());
+        let err = w.write_samples_through(&[1, 2]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(w.finalize().unwrap().into_inner(), want);
     }
 
     #[test]
