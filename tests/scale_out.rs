@@ -981,7 +981,22 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_one() {
     let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
     for (id, agent) in &want {
         let got = delivered.get(*id).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(got.len(), 1, "{id}: delivered {} times", got.len());
+        assert_eq!(
+            got.len(),
+            1,
+            "{id}: delivered {} times: {:?}",
+            got.len(),
+            got.iter()
+                .map(|j| (
+                    j["recording_id"].clone(),
+                    j["agent_id"].clone(),
+                    j["end_reason"].clone(),
+                    j["truncated"].clone(),
+                    j["duration_ms"].clone(),
+                    j["warnings"].clone()
+                ))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(got[0]["agent_id"], *agent, "{id}");
         *per_agent.entry(agent.to_string()).or_default() += 1;
     }

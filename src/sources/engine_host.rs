@@ -38,6 +38,10 @@ use crate::recording::{RecordingDir, RecordingSettings};
 /// How often a busy source reports its status.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
+/// Whether live sources finish pairs on the finisher's threads (see
+/// [`EngineHost::new`]).
+const FINISH_IN_BACKGROUND: bool = false;
+
 /// How often a source looks for pairs finished in the background while
 /// any are being finished (their counters, SIPREC's held BYEs).
 const FINISHED_POLL: Duration = Duration::from_millis(5);
@@ -77,9 +81,13 @@ impl EngineHost {
         live: Arc<Liveness>,
     ) -> Self {
         live.beat(name);
-        // Pairs are finished on worker threads: a burst of calls ending
-        // does not hold up the audio of the others (recording::finisher).
-        out.finish_in_background();
+        // Finishing pairs on worker threads (recording::finisher) is off:
+        // with it on, tests/scale_out.rs twice saw one call delivered as
+        // two recordings (2 of 8 runs, under load), not yet explained.
+        // Until it is, pairs are finished on the engine thread.
+        if FINISH_IN_BACKGROUND {
+            out.finish_in_background();
+        }
         EngineHost {
             name: name.to_string(),
             engine: CallEngine::new(cfg),
