@@ -413,6 +413,13 @@ fn instance_config(name: &str, sip: SocketAddr, rtp: u16, cloud: &str) -> String
 
 /// Start `pbx-edge run` on an existing config (a restart keeps the spool).
 fn start_on(dir: &Path) -> Daemon {
+    let d = spawn_on(dir);
+    d.wait_http("/readyz", 200, Duration::from_secs(30));
+    d
+}
+
+/// [`start_on`] without waiting for the daemon to be ready.
+fn spawn_on(dir: &Path) -> Daemon {
     let config = dir.join("pbx-edge.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let health: SocketAddr = text
@@ -436,15 +443,13 @@ fn start_on(dir: &Path) -> Daemon {
         .stderr(log)
         .spawn()
         .unwrap();
-    let d = Daemon {
+    Daemon {
         child,
         dir: dir.to_path_buf(),
         config,
         health,
         spool: dir.join("spool"),
-    };
-    d.wait_http("/readyz", 200, Duration::from_secs(30));
-    d
+    }
 }
 
 /// Kamailio, killed with its process group when dropped.
@@ -1191,18 +1196,37 @@ fn drain_is_taken_from_loopback_only() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let mut d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
     // Restart on all addresses (Daemon::start binds loopback).
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
-    let cfg = Daemon::config_text(
-        &dir.path().join("spool"),
-        format!("0.0.0.0:{port}").parse().unwrap(),
-        "[sources.siprec]\nenabled = false\n",
-    );
-    std::fs::write(dir.path().join("pbx-edge.toml"), cfg).unwrap();
-    let mut d = start_on(dir.path());
+    // A port free on loopback may be taken on another address by the
+    // other tests' sockets before the daemon binds it: then another one.
+    let (mut d, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            let cfg = Daemon::config_text(
+                &dir.path().join("spool"),
+                format!("0.0.0.0:{port}").parse().unwrap(),
+                "[sources.siprec]\nenabled = false\n",
+            );
+            std::fs::write(dir.path().join("pbx-edge.toml"), cfg).unwrap();
+            let mut d = spawn_on(dir.path());
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(30) {
+                if d.get("/readyz").is_some_and(|(c, _)| c == 200) {
+                    return Some((d, port));
+                }
+                if d.wait_exit(Duration::from_millis(50)).is_some() {
+                    let log = d.log();
+                    assert!(log.contains("in use"), "the daemon exited: {log}");
+                    std::fs::write(dir.path().join("daemon.log"), "").unwrap();
+                    return None;
+                }
+            }
+            panic!("daemon never ready: {}", d.log());
+        })
+        .expect("no free port in 5 tries");
     let outside = SocketAddr::new(own, port);
     let (code, _) = pbx_edge::health::post(outside, "/v1/drain").unwrap();
     assert_eq!(code, 403);

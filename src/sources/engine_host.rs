@@ -81,10 +81,9 @@ impl EngineHost {
         live: Arc<Liveness>,
     ) -> Self {
         live.beat(name);
-        // Finishing pairs on worker threads (recording::finisher) is off
-        // while a duplicate recording seen in tests/scale_out.rs (a race
-        // between a BYE and the call's first RTP, seen with it off too) is
-        // open: pairs are finished on the engine thread.
+        // Finishing pairs on worker threads (recording::finisher) is off:
+        // pairs are finished on the engine thread (BENCHMARKS.md, "Call end
+        // → delivered").
         if FINISH_IN_BACKGROUND {
             out.finish_in_background();
         }

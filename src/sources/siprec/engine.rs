@@ -41,8 +41,7 @@ pub(super) fn engine_loop(
     durable: mpsc::UnboundedSender<Control>,
 ) {
     let mut host = EngineHost::new(&report.name(), engine_cfg, out, live);
-    // BYEs waiting for their call's recording, by Call-ID.
-    let mut byes: HashMap<String, Vec<DialogId>> = HashMap::new();
+    let mut endings = Endings::default();
     loop {
         let got = match host.wait(now()) {
             Some(d) => rx.recv_timeout(d),
@@ -57,14 +56,7 @@ pub(super) fn engine_loop(
                 reason,
                 bye,
             }) => {
-                host.out.end_answered(&call_id, reason);
-                if let Some(d) = bye {
-                    if host.out.is_recording(&call_id) {
-                        byes.entry(call_id).or_default().push(d);
-                    } else {
-                        let _ = durable.send(Control::ByeDurable(d));
-                    }
-                }
+                endings.dialog_ended(&mut host, call_id, reason, bye, &durable);
                 true
             }
             Ok(input) => {
@@ -78,17 +70,10 @@ pub(super) fn engine_loop(
         if host.tick(now(), input) {
             publish(&host, &report);
         }
-        // Pairs made durable by this input or tick: their BYEs are answered.
-        for call_id in host.out.take_closed() {
-            if host.out.is_recording(&call_id) {
-                continue;
-            }
-            for d in byes.remove(&call_id).unwrap_or_default() {
-                let _ = durable.send(Control::ByeDurable(d));
-            }
-        }
+        endings.settle(&mut host, &durable);
     }
     host.finish(EndReason::Shutdown);
+    endings.finish(&mut host);
     host.out.finish_answered("shutdown");
     publish(&host, &report);
     let name = report.name();
@@ -96,6 +81,115 @@ pub(super) fn engine_loop(
         // A drained instance: its calls are recorded, its entry goes.
         if let Ok(mut s) = report.status.lock() {
             s.sources.remove(&name);
+        }
+    }
+}
+
+/// Dialogs the SIP task ended, followed until their recording is settled,
+/// and the SRC's BYEs held until then.
+///
+/// A call hung up before any of its audio reached the engine is not yet
+/// known to have none: the engine lingers one jitter window after the BYE
+/// ([`pbx_core::call::CallEngine::is_ending`]), and media the SRC sent before its BYE
+/// (received on another thread, or held by admission until its quorum)
+/// still begins the recording then. Only once the engine has ended the
+/// call is "no audio arrived" decided ([`RecordingDir::end_answered`]:
+/// an empty recording); deciding it at the BYE made two recordings of one
+/// call, an empty one and the real one.
+///
+/// A held BYE is answered ([`Control::ByeDurable`]) once the call's
+/// recording is durable on disk, or there is none.
+#[derive(Default)]
+pub(super) struct Endings {
+    /// Ended by the SIP task, still lingering in the engine: the reason
+    /// and the BYEs to answer, by Call-ID.
+    lingering: HashMap<String, (&'static str, Vec<DialogId>)>,
+    /// BYEs waiting for their call's recording to be durable, by Call-ID.
+    byes: HashMap<String, Vec<DialogId>>,
+}
+
+impl Endings {
+    /// The SIP task ended a dialog (after the messages that ended it, so
+    /// the engine has seen its BYE).
+    pub(super) fn dialog_ended(
+        &mut self,
+        host: &mut EngineHost,
+        call_id: String,
+        reason: &'static str,
+        bye: Option<DialogId>,
+        durable: &mpsc::UnboundedSender<Control>,
+    ) {
+        if host.engine.is_ending(&call_id) {
+            let (_, byes) = self
+                .lingering
+                .entry(call_id)
+                .or_insert((reason, Vec::new()));
+            byes.extend(bye);
+            return;
+        }
+        self.settle_call(host, call_id, reason, bye.into_iter().collect(), durable);
+    }
+
+    /// After every input or wake-up: the lingering calls the engine has
+    /// ended are settled; the BYEs of the recordings now durable answered.
+    pub(super) fn settle(
+        &mut self,
+        host: &mut EngineHost,
+        durable: &mpsc::UnboundedSender<Control>,
+    ) {
+        if !self.lingering.is_empty() {
+            let done: Vec<String> = self
+                .lingering
+                .keys()
+                .filter(|c| !host.engine.is_ending(c))
+                .cloned()
+                .collect();
+            for call_id in done {
+                if let Some((reason, byes)) = self.lingering.remove(&call_id) {
+                    self.settle_call(host, call_id, reason, byes, durable);
+                }
+            }
+        }
+        for call_id in host.out.take_closed() {
+            if host.out.is_recording(&call_id) {
+                continue;
+            }
+            for d in self.byes.remove(&call_id).unwrap_or_default() {
+                let _ = durable.send(Control::ByeDurable(d));
+            }
+        }
+    }
+
+    /// The source stops, every call ended ([`EngineHost::finish`]): the
+    /// calls hung up without audio become their empty recordings, as hung
+    /// up. (Their BYEs are answered by the SIP task as it stops.)
+    pub(super) fn finish(&mut self, host: &mut EngineHost) {
+        for (call_id, (reason, _)) in self.lingering.drain() {
+            host.out.end_answered(&call_id, reason);
+        }
+    }
+
+    /// The engine is done with the call: with no audio, its answered note
+    /// becomes an empty recording; its BYEs are answered now, or once its
+    /// recording is durable.
+    fn settle_call(
+        &mut self,
+        host: &mut EngineHost,
+        call_id: String,
+        reason: &'static str,
+        byes: Vec<DialogId>,
+        durable: &mpsc::UnboundedSender<Control>,
+    ) {
+        host.out.end_answered(&call_id, reason);
+        if byes.is_empty() {
+            return;
+        }
+        if host.out.is_recording(&call_id) {
+            self.byes.entry(call_id).or_default().extend(byes);
+        } else {
+            for d in byes {
+                let _ = durable.send(Control::ByeDurable(d));
+            }
         }
     }
 }
@@ -163,5 +257,326 @@ pub(super) fn feed(
     };
     if let Err(TrySendError::Full(_)) = etx.try_send(input) {
         drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{RecordingContext, RoleRules};
+    use pbx_testgen::audio::speechlike;
+    use pbx_testgen::codec::Encoder;
+    use pbx_testgen::scenario::rtp_packet;
+    use pbx_testgen::TestCodec;
+
+    const SRC: &str = "127.0.0.1:5070";
+    const SRS: &str = "127.0.0.1:5060";
+    /// The SRC's media ports (offer) and ours (answer), m-line order.
+    const OFFER: [u16; 2] = [40100, 40102];
+    const ANSWER: [u16; 2] = [30000, 30002];
+
+    fn sdp(ports: [u16; 2], dir: &str) -> String {
+        format!(
+            "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na={dir}\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na={dir}\r\n",
+            ports[0], ports[1]
+        )
+    }
+
+    fn metadata() -> String {
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE="><sipSessionID>rec-1</sipSessionID></session>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"/></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"/></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <stream stream_id="U1RSMg==" session_id="c2Vzc2lvbjE="><label>2</label></stream>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send><recv>U1RSMg==</recv></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDI="><send>U1RSMg==</send><recv>U1RSMQ==</recv></participantstreamassoc>
+</recording>"#
+            .to_string()
+    }
+
+    fn message(first: &str, call_id: &str, cseq: &str, ctype: &str, body: &str) -> Vec<u8> {
+        let ctype = if ctype.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {ctype}\r\n")
+        };
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP {SRC};branch=z9hG4bK{cseq}\r\n\
+             From: <sip:src@127.0.0.1>;tag=src\r\nTo: <sip:srs@127.0.0.1>;tag=srs\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq}\r\nContact: <sip:{SRC}>\r\n\
+             {ctype}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    struct Call {
+        host: EngineHost,
+        endings: Endings,
+        durable: mpsc::UnboundedSender<Control>,
+        answers: mpsc::UnboundedReceiver<Control>,
+        dir: tempfile::TempDir,
+        t: Timestamp,
+    }
+
+    impl Call {
+        /// A SIPREC call answered (the SIP task's note written, the INVITE
+        /// and our 200 OK fed to the engine), at `t`.
+        fn answered(call_id: &str) -> Call {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = RecordingContext {
+                agent_id: "agent-a".into(),
+                source: "siprec",
+                min_duration: Duration::ZERO,
+                seal: None,
+                tap: None,
+                roles: RoleRules::default(),
+            };
+            let mut out = RecordingDir::new(dir.path(), ctx).unwrap();
+            out.track_closed(true);
+            let cfg = EngineConfig {
+                siprec_server: true,
+                ..EngineConfig::default()
+            };
+            let host = EngineHost::new("siprec", cfg, out, Liveness::new());
+            let (durable, answers) = mpsc::unbounded_channel();
+            let mut c = Call {
+                host,
+                endings: Endings::default(),
+                durable,
+                answers,
+                dir,
+                t: Timestamp::from_secs(1_800_000_000),
+            };
+            let boundary = "b0undary";
+            let body = format!(
+                "--{boundary}\r\nContent-Type: application/sdp\r\n\r\n{}\r\n--{boundary}\r\n\
+                 Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{}\r\n--{boundary}--\r\n",
+                sdp(OFFER, "sendonly"),
+                metadata()
+            );
+            let invite = message(
+                &format!("INVITE sip:srs@{SRS} SIP/2.0"),
+                call_id,
+                "1 INVITE",
+                &format!("multipart/mixed;boundary={boundary}"),
+                &body,
+            );
+            c.sip(SRC, SRS, invite);
+            let ok = message(
+                "SIP/2.0 200 OK",
+                call_id,
+                "1 INVITE",
+                "application/sdp",
+                &sdp(ANSWER, "recvonly"),
+            );
+            c.sip(SRS, SRC, ok);
+            let note = crate::sources::siprec::sip::answered_call(
+                &dialog(call_id),
+                &parse_message(&message(
+                    &format!("INVITE sip:srs@{SRS} SIP/2.0"),
+                    call_id,
+                    "1 INVITE",
+                    &format!("multipart/mixed;boundary={boundary}"),
+                    &body,
+                ))
+                .unwrap(),
+                c.t,
+                c.t,
+            );
+            c.host.out.answered_calls().answered(&note).unwrap();
+            c
+        }
+
+        fn input(&mut self, input: EngineInput) {
+            match input {
+                EngineInput::DialogEnded {
+                    call_id,
+                    reason,
+                    bye,
+                } => self
+                    .endings
+                    .dialog_ended(&mut self.host, call_id, reason, bye, &self.durable),
+                EngineInput::Udp {
+                    ts,
+                    src,
+                    dst,
+                    payload,
+                } => {
+                    let seg = Segment {
+                        ts,
+                        src,
+                        dst,
+                        transport: Transport::Udp,
+                        payload: &payload,
+                        tcp_gap: false,
+                    };
+                    self.host.engine.handle_segment(&seg, &mut self.host.out)
+                }
+                _ => unreachable!(),
+            }
+            self.host.tick(self.t, true);
+            self.endings.settle(&mut self.host, &self.durable);
+        }
+
+        fn sip(&mut self, src: &str, dst: &str, payload: Vec<u8>) {
+            self.input(EngineInput::Udp {
+                ts: self.t,
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                payload,
+            });
+        }
+
+        /// `n` 20 ms PCMU packets from the SRC on both streams, stamped
+        /// from `t0` on.
+        fn rtp(&mut self, t0: Timestamp, n: usize) {
+            let audio = speechlike(7, 20 * n as u32, 8000);
+            for (k, (from, to)) in OFFER.iter().zip(ANSWER).enumerate() {
+                let mut enc = Encoder::new(TestCodec::Pcmu);
+                for i in 0..n {
+                    let pkt = rtp_packet(
+                        0,
+                        i == 0,
+                        i as u16,
+                        (i * 160) as u32,
+                        0x1000 + k as u32,
+                        &enc.encode(&audio[i * 160..(i + 1) * 160]),
+                    );
+                    self.input(EngineInput::Udp {
+                        ts: t0.add_micros(20_000 * i as i64),
+                        src: SocketAddr::from(([127, 0, 0, 1], *from)),
+                        dst: SocketAddr::from(([127, 0, 0, 1], to)),
+                        payload: pkt,
+                    });
+                }
+            }
+        }
+
+        /// Time passes without input (`ms`), the host waking as it asks.
+        fn wait(&mut self, ms: i64) {
+            let end = self.t.add_micros(ms * 1000);
+            while self.t < end {
+                self.t = self.t.add_micros(10_000);
+                self.host.tick(self.t, false);
+                self.endings.settle(&mut self.host, &self.durable);
+            }
+        }
+
+        /// The SRC's BYE, and the SIP task's news that it ended the dialog.
+        fn bye(&mut self, call_id: &str) {
+            let bye = message(
+                &format!("BYE sip:srs@{SRS} SIP/2.0"),
+                call_id,
+                "2 BYE",
+                "",
+                "",
+            );
+            self.sip(SRC, SRS, bye);
+            self.input(EngineInput::DialogEnded {
+                call_id: call_id.into(),
+                reason: "bye",
+                bye: Some(dialog(call_id)),
+            });
+        }
+
+        fn byes_answered(&mut self) -> usize {
+            let mut n = 0;
+            while let Ok(c) = self.answers.try_recv() {
+                assert!(matches!(c, Control::ByeDurable(_)));
+                n += 1;
+            }
+            n
+        }
+
+        /// The recordings on disk: (duration in ms, warnings).
+        fn recordings(&self) -> Vec<(i64, String)> {
+            let mut v: Vec<(i64, String)> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+                })
+                .map(|p| {
+                    let j: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                    (
+                        j["duration_ms"].as_i64().unwrap_or(-1),
+                        j["warnings"].to_string(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    fn dialog(call_id: &str) -> DialogId {
+        DialogId {
+            call_id: call_id.into(),
+            local_tag: "srs".into(),
+            remote_tag: "src".into(),
+        }
+    }
+
+    /// The race `tests/scale_out.rs` met under load: a short call's audio,
+    /// sent before its BYE, reaches the engine after the BYE and the SIP
+    /// task's "dialog ended" (the media thread's batch, or admission's
+    /// quorum, held it). One recording, with the audio; the BYE answered
+    /// once it is on disk.
+    #[test]
+    fn audio_arriving_after_the_bye_makes_one_recording_not_an_empty_one_too() {
+        let mut c = Call::answered("late-audio@src");
+        let sent = c.t.add_micros(20_000);
+        c.t = c.t.add_micros(140_000);
+        c.bye("late-audio@src");
+        assert_eq!(c.byes_answered(), 0, "answered before the call was settled");
+        assert!(c.recordings().is_empty(), "{:?}", c.recordings());
+        c.rtp(sent, 5);
+        c.wait(1_000);
+        let recs = c.recordings();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 100, "{recs:?}");
+        assert!(!recs[0].1.contains("no audio arrived"), "{recs:?}");
+        assert_eq!(c.byes_answered(), 1);
+    }
+
+    /// A call hung up with no audio at all: an empty recording once the
+    /// engine has given up waiting (one jitter window), then the BYE's
+    /// answer; never before.
+    #[test]
+    fn a_call_hung_up_without_audio_is_one_empty_recording_after_the_linger() {
+        let mut c = Call::answered("no-audio@src");
+        c.t = c.t.add_micros(500_000);
+        c.bye("no-audio@src");
+        assert!(c.recordings().is_empty());
+        assert_eq!(c.byes_answered(), 0);
+        c.wait(1_000);
+        let recs = c.recordings();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 0);
+        assert!(recs[0].1.contains("no audio arrived"), "{recs:?}");
+        assert_eq!(c.byes_answered(), 1);
+    }
+
+    /// The source stops while the call lingers: still one empty recording,
+    /// ended by the BYE (not cut by the shutdown).
+    #[test]
+    fn a_stop_during_the_linger_keeps_the_bye_as_the_end() {
+        let mut c = Call::answered("stop@src");
+        c.bye("stop@src");
+        c.host.finish(EndReason::Shutdown);
+        c.endings.finish(&mut c.host);
+        c.host.out.finish_answered("shutdown");
+        let recs = c.recordings();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert!(recs[0].1.contains("no audio arrived"), "{recs:?}");
     }
 }

@@ -114,7 +114,8 @@ enum EngineInput {
     /// status is due.
     Refused,
     /// An answered dialog ended (after the messages that ended it): a call
-    /// whose audio never began becomes an empty recording (`reason`); with
+    /// whose audio never began, once the engine has ended it too, becomes an
+    /// empty recording (`reason`; see [`engine::Endings`]); with
     /// `bye` (the SRC's BYE, held) report [`Control::ByeDurable`] once the
     /// call's recording is on disk.
     DialogEnded {

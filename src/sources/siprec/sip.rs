@@ -177,6 +177,9 @@ pub(super) async fn sip_loop(
     uas.hold_byes(true);
     avail.refresh(&mut uas);
     let mut sessions: HashMap<DialogId, Session> = HashMap::new();
+    // The SRC's address of each BYE held for its recording: a connection
+    // whose BYE awaits its answer carries a call (not closed as idle).
+    let mut held: HashMap<DialogId, SocketAddr> = HashMap::new();
     let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
         HashMap::new();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
@@ -249,6 +252,9 @@ pub(super) async fn sip_loop(
                 Control::StopWhenIdle(on) => stop_when_idle = on,
                 Control::ByeDurable(d) => {
                     uas.answer_bye(&d, now());
+                    if held.remove(&d).is_some() {
+                        set_busy(&busy, &sessions, &held);
+                    }
                 }
             },
             r = udp.recv_from(&mut buf) => {
@@ -287,7 +293,7 @@ pub(super) async fn sip_loop(
             }
             _ = tick.tick(), if timers => {
                 uas.handle(UasInput::Timeout(now()));
-                busy.set(sessions.values().map(|s| s.peer));
+                set_busy(&busy, &sessions, &held);
                 // Hang up sessions whose media stopped long ago.
                 let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
                 let t = now().as_micros();
@@ -438,6 +444,7 @@ pub(super) async fn sip_loop(
                     tracing::debug!(call_id = %dialog.call_id, ?reason, "SIPREC session ended");
                     let bye = reason == uas::EndCause::Bye;
                     if let Some(s) = sessions.remove(&dialog) {
+                        let peer = s.peer;
                         release(s, &mut ports);
                         // After the BYE in the engine's queue: the engine
                         // has seen it. Never dropped (a call without audio
@@ -457,6 +464,9 @@ pub(super) async fn sip_loop(
                         };
                         if bye && !sent {
                             uas.answer_bye(&dialog, now());
+                        } else if bye {
+                            held.insert(dialog, peer);
+                            set_busy(&busy, &sessions, &held);
                         }
                     } else if bye {
                         uas.answer_bye(&dialog, now());
@@ -782,6 +792,21 @@ pub(super) fn release(s: Session, ports: &mut RtpPorts) {
     for local in s.ports {
         ports.close(local, now);
     }
+}
+
+/// The SRC addresses with a call in progress or a BYE awaiting its answer:
+/// their connections are not closed for being idle.
+fn set_busy(
+    busy: &BusyPeers,
+    sessions: &HashMap<DialogId, Session>,
+    held: &HashMap<DialogId, SocketAddr>,
+) {
+    busy.set(
+        sessions
+            .values()
+            .map(|s| s.peer)
+            .chain(held.values().copied()),
+    );
 }
 
 /// Send one SIP message on the transport it belongs to.

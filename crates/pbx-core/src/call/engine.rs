@@ -454,6 +454,17 @@ impl CallEngine {
         self.t.handle_timeout(now, sink)
     }
 
+    /// Whether the call with this SIP Call-ID has been hung up (BYE) and is
+    /// still lingering for its stragglers: media arriving now still joins
+    /// it, and may still begin its recording.
+    pub fn is_ending(&self, call_id: &str) -> bool {
+        self.t
+            .by_call_id
+            .get(call_id)
+            .and_then(|k| self.t.calls.get(k))
+            .is_some_and(|c| matches!(c.state, CallState::Ending(..)))
+    }
+
     /// The calls in progress (not yet ending), in the order they began.
     pub fn calls_in_progress(&self) -> Vec<CallInProgress> {
         let mut v: Vec<CallInProgress> = self
