@@ -31,7 +31,9 @@ MEDIA=${MEDIA:-5}
 DIR=${BENCH_DIR:-/tmp/pbx-edge-setup}
 cargo build --release -q -p pbx-edge -p pbx-testgen
 T=${CARGO_TARGET_DIR:-target}
-BIN=$(pwd)/$T/release/pbx-edge
+# BIN_OVERRIDE: another pbx-edge binary to measure (an A/B against a build
+# of another commit; the load generator stays this tree's).
+BIN=${BIN_OVERRIDE:-$(pwd)/$T/release/pbx-edge}
 LOAD=$(pwd)/$T/release/siprec-load
 ticks=$(getconf CLK_TCK)
 rm -rf "$DIR"; mkdir -p "$DIR"

@@ -38,10 +38,6 @@ use crate::recording::{RecordingDir, RecordingSettings};
 /// How often a busy source reports its status.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
-/// Whether live sources finish pairs on the finisher's threads (see
-/// [`EngineHost::new`]).
-const FINISH_IN_BACKGROUND: bool = false;
-
 /// How often a source looks for pairs finished in the background while
 /// any are being finished (their counters, SIPREC's held BYEs).
 const FINISHED_POLL: Duration = Duration::from_millis(5);
@@ -81,12 +77,10 @@ impl EngineHost {
         live: Arc<Liveness>,
     ) -> Self {
         live.beat(name);
-        // Finishing pairs on worker threads (recording::finisher) is off:
-        // pairs are finished on the engine thread (BENCHMARKS.md, "Call end
-        // → delivered").
-        if FINISH_IN_BACKGROUND {
-            out.finish_in_background();
-        }
+        // Ended recordings are finished on worker threads
+        // (recording::finisher): the engine goes on with the calls still
+        // running (BENCHMARKS.md, "Call end → delivered").
+        out.finish_in_background();
         EngineHost {
             name: name.to_string(),
             engine: CallEngine::new(cfg),

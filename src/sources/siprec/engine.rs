@@ -458,7 +458,9 @@ mod tests {
             }
         }
 
-        /// Time passes without input (`ms`), the host waking as it asks.
+        /// Time passes without input (`ms`), the host waking as it asks;
+        /// then the pairs ended meanwhile are finished (on the finisher's
+        /// threads) and collected.
         fn wait(&mut self, ms: i64) {
             let end = self.t.add_micros(ms * 1000);
             while self.t < end {
@@ -466,6 +468,8 @@ mod tests {
                 self.host.tick(self.t, false);
                 self.endings.settle(&mut self.host, &self.durable);
             }
+            self.host.out.wait_finished();
+            self.endings.settle(&mut self.host, &self.durable);
         }
 
         /// The SRC's BYE, and the SIP task's news that it ended the dialog.
