@@ -1079,8 +1079,18 @@ fn drain_refuses_new_calls_finishes_the_call_delivers_and_exits_0() {
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("draining (calls)"), "{body}");
-    let (_, status) = d.get("/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    // The request marks the daemon draining at once; its loop then fills
+    // in the drain's progress (a moment later on a busy machine).
+    let mut status = serde_json::Value::Null;
+    wait_until(
+        "the drain's progress in /status",
+        Duration::from_secs(5),
+        || {
+            let (_, s) = d.get("/status").unwrap();
+            status = serde_json::from_str(&s).unwrap();
+            !status["drain"].is_null()
+        },
+    );
     assert_eq!(status["draining"], true);
     assert_eq!(status["drain"]["calls_in_progress"], 1, "{status}");
     assert!(metrics(&d).contains("pbx_edge_draining 1"));
