@@ -97,6 +97,8 @@ pub(super) fn engine_loop(
 /// an empty recording); deciding it at the BYE made two recordings of one
 /// call, an empty one and the real one.
 ///
+/// A BYE the engine missed (its queue was full) still ends the call
+/// there, as the SIP task says ([`pbx_core::call::CallEngine::hang_up`]).
 /// A held BYE is answered ([`Control::ByeDurable`]) once the call's
 /// recording is durable on disk, or there is none.
 #[derive(Default)]
@@ -119,6 +121,11 @@ impl Endings {
         bye: Option<DialogId>,
         durable: &mpsc::UnboundedSender<Control>,
     ) {
+        // Its BYE never reached the engine (the queue was full and the
+        // message dropped): the call ends now as if it had.
+        if bye.is_some() {
+            host.engine.hang_up(&call_id, now(), EndReason::Bye);
+        }
         if host.engine.is_ending(&call_id) {
             let (_, byes) = self
                 .lingering
@@ -568,6 +575,31 @@ mod tests {
         assert_eq!(recs[0].0, 0);
         assert!(recs[0].1.contains("no audio arrived"), "{recs:?}");
         assert_eq!(c.byes_answered(), 1);
+    }
+
+    /// The BYE itself never reached the engine (its queue was full, the
+    /// message dropped), only the SIP task's news that the dialog ended:
+    /// the call still ends there and then, lingers, and takes its late
+    /// audio; one recording, ended by the BYE.
+    #[test]
+    fn a_bye_the_engine_missed_still_ends_the_call_there() {
+        let mut c = Call::answered("missed-bye@src");
+        let sent = c.t.add_micros(20_000);
+        c.t = c.t.add_micros(140_000);
+        c.input(EngineInput::DialogEnded {
+            call_id: "missed-bye@src".into(),
+            reason: "bye",
+            bye: Some(dialog("missed-bye@src")),
+        });
+        assert!(c.host.engine.is_ending("missed-bye@src"));
+        assert_eq!(c.byes_answered(), 0);
+        c.rtp(sent, 5);
+        c.wait(1_000);
+        let recs = c.recordings();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 100, "{recs:?}");
+        assert_eq!(c.byes_answered(), 1);
+        assert_eq!(c.host.engine.active_calls(), 0);
     }
 
     /// The source stops while the call lingers: still one empty recording,

@@ -465,6 +465,27 @@ impl CallEngine {
             .is_some_and(|c| matches!(c.state, CallState::Ending(..)))
     }
 
+    /// The call with this SIP Call-ID was hung up at `at` (`reason`) by
+    /// signalling the engine did not see (a SIPREC server's SIP side ended
+    /// the dialog, and the BYE itself never reached the engine): it ends as
+    /// if the engine had seen the BYE, after lingering one jitter window
+    /// for its stragglers. False if no such call is in progress (none, or
+    /// ending already).
+    pub fn hang_up(&mut self, call_id: &str, at: Timestamp, reason: EndReason) -> bool {
+        let Some(&key) = self.t.by_call_id.get(call_id) else {
+            return false;
+        };
+        let Some(call) = self.t.calls.get_mut(&key) else {
+            return false;
+        };
+        if matches!(call.state, CallState::Ending(..)) {
+            return false;
+        }
+        call.state = CallState::Ending(at.max(self.t.now), reason);
+        self.t.wake_for(key);
+        true
+    }
+
     /// The calls in progress (not yet ending), in the order they began.
     pub fn calls_in_progress(&self) -> Vec<CallInProgress> {
         let mut v: Vec<CallInProgress> = self
