@@ -18,8 +18,13 @@ DIR=${BENCH_DIR:-/tmp/pbx-edge-idle}
 # shellcheck source=packaging/profile.env
 . packaging/profile.env
 export CARGO_TARGET_DIR=${PACKAGED_TARGET_DIR:-target/packaged}
-cargo build --release -q -p pbx-edge
-BIN=$(cd "$CARGO_TARGET_DIR" && pwd)/release/pbx-edge
+# BIN_OVERRIDE: measure another binary instead (an A/B of two builds).
+if [ -n "${BIN_OVERRIDE:-}" ]; then
+  BIN=$BIN_OVERRIDE
+else
+  cargo build --release -q -p pbx-edge
+  BIN=$(cd "$CARGO_TARGET_DIR" && pwd)/release/pbx-edge
+fi
 ticks=$(getconf CLK_TCK)
 rm -rf "$DIR"; mkdir -p "$DIR"
 

@@ -1,15 +1,19 @@
 //! Syncing for power loss: one thread per process `syncfs`es every file
-//! system a recording was written to, every [`SYNC_INTERVAL`].
+//! system a recording was written to, at most [`SYNC_INTERVAL`] after the
+//! write. With nothing written it sleeps until something is: an idle daemon
+//! does not wake up for it.
 
 use super::*;
 
-/// How often the file system of a spool being written is synced: the
+/// How long a write may wait for the sync of its file system: the
 /// power-loss window beyond the engine's hold-back (docs/durability.md).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) struct Syncer {
     /// Directories written since the last round.
     pub(super) dirty: Mutex<HashSet<PathBuf>>,
+    /// Rung when [`Syncer::dirty`] stops being empty.
+    pub(super) written: Condvar,
     /// File system syncs done (for tests and curiosity).
     pub(super) syncs: AtomicU64,
 }
@@ -26,19 +30,36 @@ pub(super) fn syncer() -> &'static Syncer {
         }
         Syncer {
             dirty: Mutex::new(HashSet::new()),
+            written: Condvar::new(),
             syncs: AtomicU64::new(0),
         }
     })
 }
 
-/// One thread per process: every [`SYNC_INTERVAL`], `syncfs` on each file
-/// system a recording was written to since the last round. One system call
-/// covers every open WAV, sidecar and directory entry there, whatever the
-/// number of calls, and the engine threads never wait for a disk.
+/// One thread per process: once something is written, it waits
+/// [`SYNC_INTERVAL`] (more writes join the round meanwhile), then `syncfs`
+/// on each file system written to. One system call covers every open WAV,
+/// sidecar and directory entry there, whatever the number of calls, and
+/// the engine threads never wait for a disk. With nothing written it waits
+/// for a write, without a timeout.
 pub(super) fn sync_loop() {
+    let s = loop {
+        // The thread is spawned from inside the syncer's initialisation.
+        if let Some(s) = SYNCER.get() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     loop {
+        match s.dirty.lock() {
+            Ok(d) => {
+                if s.written.wait_while(d, |d| d.is_empty()).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
         std::thread::sleep(SYNC_INTERVAL);
-        let Some(s) = SYNCER.get() else { continue };
         let dirs: Vec<PathBuf> = s
             .dirty
             .lock()
@@ -66,9 +87,14 @@ pub(super) fn sync_fs(dir: &Path) -> io::Result<()> {
 
 /// Something was written in `dir`: sync its file system in the next round.
 pub(crate) fn mark_unsynced(dir: &Path) {
-    if let Ok(mut d) = syncer().dirty.lock() {
+    let s = syncer();
+    if let Ok(mut d) = s.dirty.lock() {
         if !d.contains(dir) {
+            let first = d.is_empty();
             d.insert(dir.to_path_buf());
+            if first {
+                s.written.notify_one();
+            }
         }
     }
 }

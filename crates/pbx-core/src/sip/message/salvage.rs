@@ -78,11 +78,13 @@ pub fn salvage_request(bytes: &[u8]) -> Option<SipMessage> {
             current = None; // a continuation could not be told apart
             continue;
         }
+        // Measured as kept: each byte that is not UTF-8 becomes U+FFFD,
+        // three bytes.
+        let value = String::from_utf8_lossy(value).into_owned();
         if value.len() > MAX_SALVAGED_VALUE {
             continue;
         }
         let canon = canonical_header_name(&String::from_utf8_lossy(trim_bytes(name)));
-        let value = String::from_utf8_lossy(value).into_owned();
         if kept.iter().any(|(n, _)| *n == canon) {
             continue; // the first one counts
         } else {
