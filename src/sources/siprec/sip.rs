@@ -205,6 +205,7 @@ pub(super) async fn sip_loop(
             last_nudge = Some(Instant::now());
         }
         let timers = !sessions.is_empty()
+            || !held.is_empty()
             || uas.poll_timeout().is_some()
             || ports.busy()
             || draining
@@ -252,9 +253,8 @@ pub(super) async fn sip_loop(
                 Control::StopWhenIdle(on) => stop_when_idle = on,
                 Control::ByeDurable(d) => {
                     uas.answer_bye(&d, now());
-                    if held.remove(&d).is_some() {
-                        set_busy(&busy, &sessions, &held);
-                    }
+                    // Its peer leaves the busy set at the next tick.
+                    held.remove(&d);
                 }
             },
             r = udp.recv_from(&mut buf) => {
@@ -465,8 +465,9 @@ pub(super) async fn sip_loop(
                         if bye && !sent {
                             uas.answer_bye(&dialog, now());
                         } else if bye {
+                            // Busy already (its session was); the ticks
+                            // keep it so while the BYE is held.
                             held.insert(dialog, peer);
-                            set_busy(&busy, &sessions, &held);
                         }
                     } else if bye {
                         uas.answer_bye(&dialog, now());
