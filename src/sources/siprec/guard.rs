@@ -21,7 +21,8 @@
 //!   answer and a FIN first, then up to [`CLOSE_LINGER`] of reading what the
 //!   sender still sends, so it gets to read the answer). A connection idle
 //!   for `tcp_idle_timeout` (no byte, not even a CRLF keep-alive) is closed,
-//!   unless a call set up over it is in progress (its BYE comes that way); a
+//!   unless a call set up over it is in progress (its BYE comes that way,
+//!   and that BYE's answer, sent once the recording is durable); a
 //!   sender that takes longer than `tcp_message_timeout` to finish a message
 //!   (one that trickles bytes) is cut off. At most [`MAX_CONNS_PER_IP`]
 //!   connections per address and [`MAX_CONNS`] in all; more are closed at
@@ -251,7 +252,8 @@ impl Refuser {
 }
 
 /// Where calls are in progress (the SRC addresses of the SIP task's
-/// sessions): connections from there are not closed for being idle.
+/// sessions, and of the BYEs held until their recording is durable):
+/// connections from there are not closed for being idle.
 #[derive(Debug, Default, Clone)]
 pub struct BusyPeers(Arc<RwLock<HashSet<SocketAddr>>>);
 
