@@ -1,9 +1,5 @@
 //! Finishing recordings off the engine thread (live sources).
 //!
-//! Switched off for now (`FINISH_IN_BACKGROUND` in
-//! `sources/engine_host.rs`): with it on, tests/scale_out.rs twice saw a
-//! call delivered as two recordings, not yet explained.
-//!
 //! In: recordings whose call ended ([`Job`]: the open recording and the
 //! call's metadata), from [`RecordingDir::end`](super::RecordingDir).
 //! Out: one [`Done`] per job, collected by the engine thread

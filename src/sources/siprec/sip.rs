@@ -293,7 +293,9 @@ pub(super) async fn sip_loop(
             }
             _ = tick.tick(), if timers => {
                 uas.handle(UasInput::Timeout(now()));
-                set_busy(&busy, &sessions, &held);
+                // Calls in progress and BYEs awaiting their answer: their
+                // connections are not closed for being idle.
+                busy.set(sessions.values().map(|s| s.peer).chain(held.values().copied()));
                 // Hang up sessions whose media stopped long ago.
                 let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
                 let t = now().as_micros();
@@ -793,21 +795,6 @@ pub(super) fn release(s: Session, ports: &mut RtpPorts) {
     for local in s.ports {
         ports.close(local, now);
     }
-}
-
-/// The SRC addresses with a call in progress or a BYE awaiting its answer:
-/// their connections are not closed for being idle.
-fn set_busy(
-    busy: &BusyPeers,
-    sessions: &HashMap<DialogId, Session>,
-    held: &HashMap<DialogId, SocketAddr>,
-) {
-    busy.set(
-        sessions
-            .values()
-            .map(|s| s.peer)
-            .chain(held.values().copied()),
-    );
 }
 
 /// Send one SIP message on the transport it belongs to.
