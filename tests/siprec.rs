@@ -885,6 +885,53 @@ fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
     assert_eq!(status["sources"]["siprec"]["up"], true);
 }
 
+/// With no call in progress the SIP task sleeps until its next timer: a
+/// refusal the SRC does not ACK is still retransmitted on RFC 3261's
+/// schedule (timer G: 0.5 s, then doubling), and the ACK ends it.
+#[test]
+fn an_unacknowledged_refusal_is_retransmitted_until_its_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, srs) = siprec_daemon(dir.path(), "allow = [\"10.0.0.0/8\"]\n");
+    let src = Src::new(srs);
+    src.send(&invite(
+        "unacked@src",
+        src.port(),
+        srs,
+        [40000, 40002],
+        1,
+        "unacked",
+        &metadata("x"),
+    ));
+    let first = src.final_response("INVITE");
+    assert!(first.starts_with("SIP/2.0 403"), "{first}");
+    let t0 = Instant::now();
+    // Timer G fires at 0.5, 1.5 and 3.5 s: three copies within 6 s however
+    // slow the machine, none before T1.
+    let mut copies = Vec::new();
+    while t0.elapsed() < Duration::from_secs(6) && copies.len() < 3 {
+        if let Some(m) = src.recv() {
+            assert_eq!(m, first, "a copy of the refusal, nothing else");
+            copies.push(t0.elapsed());
+        }
+    }
+    assert_eq!(copies.len(), 3, "retransmissions at {copies:?}");
+    assert!(copies[0] >= Duration::from_millis(450), "{copies:?}");
+    assert!(
+        copies[2] - copies[1] > copies[1] - copies[0],
+        "the interval doubles: {copies:?}"
+    );
+    let to = header(&first, "To").unwrap();
+    src.send(&format!(
+        "ACK sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{};branch=z9hG4bKunacked\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-unacked@src\r\nTo: {to}\r\nCall-ID: unacked@src\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        src.port()
+    ));
+    // The next copy would have come 4 s after the last one.
+    src.sock
+        .set_read_timeout(Some(Duration::from_millis(5_000)))
+        .unwrap();
+    assert_eq!(src.recv(), None, "no copy after the ACK");
+}
+
 #[test]
 fn sipp_as_the_src() {
     if !have("sipp") {

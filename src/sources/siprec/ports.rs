@@ -240,6 +240,11 @@ impl PortPool {
         v
     }
 
+    /// Whether [`Self::save`] would write the state file.
+    pub(crate) fn unsaved(&self) -> bool {
+        self.dirty && self.state.is_some()
+    }
+
     /// Write the state file if anything changed (temp file + rename).
     pub(crate) fn save(&mut self, now: Instant, wall: SystemTime) -> std::io::Result<()> {
         let Some(path) = self.state.clone() else {
@@ -413,9 +418,15 @@ impl RtpPorts {
 
     /// Close retired ports whose time is up; write the pool's state file
     /// (at most once a second).
-    /// Ports wait to be retired: [`Self::tick`] has work.
-    pub fn busy(&self) -> bool {
-        !self.retired.is_empty()
+    /// When [`Self::tick`] has work next: a retired port's time is up, or
+    /// the pool's changed state is due to be written (at most once a
+    /// second). `None`: no work until something changes. Linear in the
+    /// retired ports: asked only between calls, not per message.
+    pub fn next_due(&self) -> Option<Instant> {
+        let retire = self.retired.values().map(|(_, until)| *until).min();
+        let unsaved = self.pool.lock().is_ok_and(|p| p.unsaved());
+        let save = unsaved.then(|| self.last_save.map_or_else(Instant::now, |t| t + SAVE_EVERY));
+        retire.into_iter().chain(save).min()
     }
 
     pub fn tick(&mut self, now: Instant, wall: SystemTime) {

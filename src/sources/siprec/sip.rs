@@ -128,6 +128,13 @@ pub(super) const DRAIN_LINGER: Duration = Duration::from_secs(2);
 /// Refusals are reported to the engine thread at most this often.
 const NUDGE_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the timers run while calls are in progress.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Longest sleep between calls (a deadline further away, or a wall clock
+/// stepped back, is looked at again then).
+const MAX_SLEEP: Duration = Duration::from_secs(5);
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn sip_loop(
     mut cfg: SiprecConfig,
@@ -184,11 +191,17 @@ pub(super) async fn sip_loop(
         HashMap::new();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
     let mut buf = vec![0u8; 65_536];
-    // Timers (UAS retransmissions, silent sessions, retired RTP ports,
-    // draining) run every 100 ms, only while one of them has something
-    // to do: an idle listener does not wake up.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Timers (UAS retransmissions, silent sessions, the busy set, retired
+    // RTP ports, draining). While calls are in progress (or BYEs held, a
+    // drain) they run every TICK. Between calls the task sleeps until the
+    // next deadline (a SIP transaction's timer, a retired port's time, the
+    // port state's save): after a call it wakes a few times, not ten times
+    // a second for the half minute its transactions are kept. Idle, never.
+    let wake = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(wake);
+    let (mut wake_at, mut last_tick) = (None::<Instant>, Instant::now());
+    // Peers in the busy set at the last tick: one more tick empties it.
+    let mut published_busy = 0usize;
     let (mut published_refusals, mut last_nudge) = (0u64, None);
     loop {
         if stop.is_set() {
@@ -204,13 +217,28 @@ pub(super) async fn sip_loop(
             published_refusals = refused;
             last_nudge = Some(Instant::now());
         }
-        let timers = !sessions.is_empty()
+        let cadence = !sessions.is_empty()
             || !held.is_empty()
-            || uas.poll_timeout().is_some()
-            || ports.busy()
+            || published_busy > 0
             || draining
             || stop_when_idle
             || refused != published_refusals;
+        let due = if cadence {
+            Some(last_tick + TICK)
+        } else {
+            let sip = uas.poll_timeout().map(|t| {
+                let us = t.micros_since(now()).clamp(0, MAX_SLEEP.as_micros() as i64);
+                // A millisecond late: the timer is due when it runs.
+                Instant::now() + Duration::from_micros(us as u64) + Duration::from_millis(1)
+            });
+            sip.into_iter().chain(ports.next_due()).min()
+        };
+        if due != wake_at {
+            if let Some(d) = due {
+                wake.as_mut().reset(d.into());
+            }
+            wake_at = due;
+        }
         calls.store(sessions.len() + uas.held_bye_count(), Ordering::Relaxed);
         // A BYE still held for its recording keeps the listener open.
         if sessions.is_empty() && (draining || stop_when_idle) && uas.held_bye_count() == 0 {
@@ -291,11 +319,13 @@ pub(super) async fn sip_loop(
                     },
                 }
             }
-            _ = tick.tick(), if timers => {
+            _ = &mut wake, if wake_at.is_some() => {
+                (wake_at, last_tick) = (None, Instant::now());
                 uas.handle(UasInput::Timeout(now()));
                 // Calls in progress and BYEs awaiting their answer: their
                 // connections are not closed for being idle.
                 busy.set(sessions.values().map(|s| s.peer).chain(held.values().copied()));
+                published_busy = sessions.len() + held.len();
                 // Hang up sessions whose media stopped long ago.
                 let limit = i64::try_from(rtp_timeout.as_micros()).unwrap_or(i64::MAX);
                 let t = now().as_micros();
