@@ -66,6 +66,14 @@ pub struct Impairments {
     /// timestamp 2 s to 2^31 ticks ahead and loud noise as payload (a
     /// corrupted or injected packet). It belongs nowhere in the recording.
     pub stray: f64,
+    /// The link stalls at `.0` ms for `.1` ms (an outage with a queue
+    /// behind it): what would have arrived meanwhile arrives when it ends,
+    /// back to back (0.1 ms apart), in order, and what comes while that
+    /// queue drains waits behind it.
+    pub stall: Option<(u32, u32)>,
+    /// The first packet's sequence number and timestamp instead of random
+    /// ones (a start just before the 16-bit and 32-bit wraps).
+    pub rtp_start: Option<(u16, u32)>,
 }
 
 /// One leg: what one party says.
@@ -524,6 +532,10 @@ fn rtp_leg(
     let mut ssrc = rng.next_u64() as u32;
     let mut seq = rng.next_u64() as u16;
     let mut ts_base = rng.next_u64() as u32;
+    if let Some((s0, t0)) = leg.impair.rtp_start {
+        (seq, ts_base) = (s0, t0);
+    }
+    let mut queue_end = 0i64;
     let mut ts_held: u32 = 0; // timestamps not advanced during a hold
     let mut marker = true;
     let mut ssrc_changed = false;
@@ -648,6 +660,15 @@ fn rtp_leg(
         }
         if rng.unit() < imp.reorder {
             arrival += 3 * ptime_ns;
+        }
+        if let Some((at, len)) = imp.stall {
+            // One queue: what comes while it drains waits behind it.
+            let from = media_start_ns + i64::from(at) * 1_000_000;
+            let drained = (media_start_ns + i64::from(at + len) * 1_000_000).max(queue_end);
+            if (from..drained).contains(&arrival) {
+                arrival = drained;
+                queue_end = drained + 100_000;
+            }
         }
         ip_id = ip_id.wrapping_add(1);
         for f in frame::udp_frames(link, framing, src, dst, &pkt, ip_id) {

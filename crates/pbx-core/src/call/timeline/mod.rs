@@ -51,9 +51,14 @@
 //! says the timestamps no longer describe the timing:
 //!
 //! - more than the hold-back window late, on the newest sequence number: the
-//!   sender paused without advancing its timestamps (hold), or restarted them.
-//!   Such a packet could not be placed by its timestamp anyway (its place is
-//!   already written): a new segment starts with it;
+//!   sender paused without advancing its timestamps (hold) or restarted
+//!   them, or the link stalled and now delivers what queued behind it. Such
+//!   a packet cannot be placed by its timestamp (its place is written), so
+//!   it is held, with the ones after it, until the next packets tell which:
+//!   one that fits the envelope again shows a stall (the held packets were
+//!   only late: dropped, and the segment goes on exactly where it was);
+//!   packets that stay as late for [`RESUME_MS`] (at most half the window)
+//!   show a hold or a restart: a new segment starts with them;
 //! - more than [`BREAK_MS`] (or 1.5 times the jitter seen) late: a candidate.
 //!   It is confirmed when no later packet of the leg fits the old envelope for
 //!   [`CONFIRM_MS`]; one that does shows it was jitter. Rendering waits at the
@@ -87,6 +92,12 @@ use samples::*;
 pub const BREAK_MS: i64 = 30;
 /// How long a late candidate must stay unexplained by jitter.
 pub const CONFIRM_MS: i64 = 300;
+/// How long packets more than the window late are held before they start
+/// a new segment (at most half the window): the time a stalled link takes
+/// to deliver its queue.
+pub const RESUME_MS: i64 = 250;
+/// Packets held so at most (the oldest are dropped beyond).
+const HELD_MAX: usize = 64;
 /// Smallest offset error that is corrected.
 pub const HYSTERESIS_MS: f64 = 1.0;
 /// Drift that is followed by continuous resampling (below: by corrections,
@@ -330,6 +341,45 @@ pub struct LegTimeline {
     /// Whether a break candidate may be waiting (cleared by a scan that
     /// finds none): most packets then cost no scan of the queue.
     maybe_flagged: bool,
+    /// Newest packets of the last segment more than the window late, in
+    /// arrival order, until it is known why (see the module documentation).
+    held: Vec<Held>,
+}
+
+/// A packet held because it came more than the window late.
+#[derive(Debug)]
+struct Held {
+    arrival: i64,
+    ssrc: u32,
+    ts: u32,
+    clock_rate: u32,
+    delay: i64,
+    /// `arrival - u` on the old segment's timestamps.
+    d: i64,
+    audio: HeldAudio,
+}
+
+#[derive(Debug)]
+enum HeldAudio {
+    Pcm(Vec<i16>),
+    G711(Law, Vec<u8>),
+}
+
+impl Held {
+    fn packet(&self) -> Packet<'_> {
+        Packet {
+            arrival: self.arrival,
+            ssrc: self.ssrc,
+            ts: self.ts,
+            clock_rate: self.clock_rate,
+            newest: true,
+            delay: self.delay,
+            pcm: match &self.audio {
+                HeldAudio::Pcm(v) => PacketAudio::Pcm(v),
+                HeldAudio::G711(law, b) => PacketAudio::G711(*law, b),
+            },
+        }
+    }
 }
 
 /// One offset correction, for diagnostics ([`LegTimeline::corrections`]).
@@ -357,6 +407,7 @@ impl LegTimeline {
             any_started: false,
             log: VecDeque::new(),
             maybe_flagged: false,
+            held: Vec::new(),
         }
     }
 
@@ -460,6 +511,8 @@ impl LegTimeline {
                     return;
                 }
             }
+            // Held packets of the old stream are decided before it ends.
+            self.resolve_held(None);
             self.new_segment(p);
         }
         let i = self.segs.len() - 1;
@@ -481,11 +534,10 @@ impl LegTimeline {
         let limit = seg.env.break_limit();
         let flag = match r {
             // Its place is long written: the timestamps stopped describing
-            // the timing (hold without timestamps, restart). New segment.
+            // the timing (hold without timestamps, restart), or the link
+            // stalled. Held until the packets after it tell which.
             Some(r) if r > hold_back && p.newest && !straggler => {
-                self.new_segment(p);
-                let j = self.segs.len() - 1;
-                self.insert_into(j, p, true);
+                self.hold(p, d);
                 return;
             }
             Some(r) if r > limit && p.newest => Flag::Late,
@@ -496,12 +548,24 @@ impl LegTimeline {
             Some(r) if r < -hold_back => Flag::Early,
             _ => Flag::Normal,
         };
-        if flag == Flag::Normal {
+        // A packet more than the window late (a duplicate or a reordered
+        // one, not the newest) is dropped below: it says nothing about the
+        // envelope or the jitter either (one such outlier from a stalled
+        // link would make the jitter seen seconds, and stop drift following
+        // for tens of seconds).
+        let beyond = r.is_some_and(|r| r > hold_back);
+        if flag == Flag::Normal && !beyond {
             seg.env.add(u_ts, d);
             if let Some(r) = r {
                 seg.env.note_residual(r);
             }
         }
+        if p.newest && !straggler && !self.held.is_empty() {
+            // The newest packet is within the window again: the link had
+            // stalled, the held packets were its queue, merely late.
+            self.resolve_held(Some(false));
+        }
+        let seg = &mut self.segs[i];
         if p.pcm.len() == 0 {
             return;
         }
@@ -568,6 +632,84 @@ impl LegTimeline {
     /// return how far this leg can be rendered (`i64::MAX`: no limit).
     /// With `force`, undecided candidates are decided on what is there.
     pub fn ready_until(&mut self, now: i64, force: bool) -> i64 {
+        let held = self.decide_held(now, force);
+        held.min(self.decide_flags(now, force))
+    }
+
+    /// Keep `p` (more than the window late, the newest) until it is known
+    /// why it is so late.
+    fn hold(&mut self, p: &Packet<'_>, d: i64) {
+        if self.held.len() >= HELD_MAX {
+            self.held.remove(0);
+            self.stats.late += 1;
+        }
+        self.held.push(Held {
+            arrival: p.arrival,
+            ssrc: p.ssrc,
+            ts: p.ts,
+            clock_rate: p.clock_rate,
+            delay: p.delay,
+            d,
+            audio: match p.pcm {
+                PacketAudio::Pcm(v) => HeldAudio::Pcm(v.to_vec()),
+                PacketAudio::G711(law, b) => HeldAudio::G711(law, b.to_vec()),
+            },
+        });
+    }
+
+    /// Whether `held` are late by the same (a hold or a restart moves every
+    /// packet by as much, give or take the jitter; a draining queue by ever
+    /// less).
+    fn consistent(&self, held: &[Held]) -> bool {
+        let limit = self.segs.back().map_or(0.0, |s| s.env.break_limit());
+        let lo = held.iter().map(|h| h.d).min().unwrap_or(0);
+        let hi = held.iter().map(|h| h.d).max().unwrap_or(0);
+        (hi - lo) as f64 <= limit
+    }
+
+    /// Held packets that stayed as late as each other for [`RESUME_MS`]
+    /// start a new segment; at the end (`force`), or once held the whole
+    /// window, they are decided as they look. Returns how far rendering may
+    /// go meanwhile: to just before where their audio can land.
+    fn decide_held(&mut self, now: i64, force: bool) -> i64 {
+        let Some(first) = self.held.first() else {
+            return i64::MAX;
+        };
+        let wait = ((RESUME_MS as f64 * self.ms) as i64).min(self.hold_back / 2);
+        let limit = self.segs.back().map_or(0.0, |s| s.env.break_limit()) as i64;
+        let since = now - first.arrival;
+        if force || since >= self.hold_back {
+            self.resolve_held(None);
+        } else if since >= wait && self.consistent(&self.held) {
+            self.resolve_held(Some(true));
+        } else {
+            return first.arrival - limit - 1;
+        }
+        i64::MAX
+    }
+
+    /// The held packets start a new segment (`Some(true)`), or were only
+    /// late and are dropped (`Some(false)`); `None`: as they look now
+    /// (as late as each other: a new segment).
+    fn resolve_held(&mut self, resume: Option<bool>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        if !resume.unwrap_or_else(|| self.consistent(&held)) {
+            self.stats.late += held.len() as u64;
+            return;
+        }
+        let first = held[0].packet();
+        self.new_segment(&first);
+        let j = self.segs.len() - 1;
+        for h in &held {
+            self.insert_into(j, &h.packet(), true);
+        }
+    }
+
+    /// Decide the flagged chunks (break candidates); see [`Self::ready_until`].
+    fn decide_flags(&mut self, now: i64, force: bool) -> i64 {
         if !self.maybe_flagged && !force {
             return i64::MAX;
         }

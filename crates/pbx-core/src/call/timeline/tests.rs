@@ -224,3 +224,99 @@ mod stray_tests {
         assert_eq!(t.stats().strays, 2);
     }
 }
+
+/// Packets more than the window late on the newest sequence number: held
+/// until the packets after them tell a stall from a hold.
+mod held_tests {
+    use super::super::*;
+
+    /// 20 ms packets of 8 kHz audio, each sample its own index (so any
+    /// misplacement shows), arriving `late` samples after their time.
+    fn feed(t: &mut LegTimeline, out: &mut Vec<i16>, ts_k: i64, arrival: i64) {
+        let pcm: Vec<i16> = (0..160)
+            .map(|i| ((ts_k * 160 + i) % 30_000 + 1) as i16)
+            .collect();
+        t.insert(&Packet {
+            arrival,
+            ssrc: 9,
+            ts: (ts_k as u32).wrapping_mul(160),
+            clock_rate: 8000,
+            newest: true,
+            delay: 0,
+            pcm: PacketAudio::Pcm(&pcm),
+        });
+        let h = (arrival - 4000).min(t.ready_until(arrival, false));
+        if h > t.rendered() + 320 {
+            t.render(h, out);
+        }
+    }
+
+    /// A hold without timestamps (5 s of nothing, then the timestamps go on
+    /// from where they stopped) that ends 100 ms before the call does: the
+    /// packets after it are still undecided at the end, and kept there.
+    #[test]
+    fn a_resume_at_the_very_end_is_kept() {
+        let mut t = LegTimeline::new(8000, 4000);
+        let mut out = Vec::new();
+        for k in 0..100 {
+            feed(&mut t, &mut out, k, k * 160);
+        }
+        // 5 s later, the timestamps go on from packet 100.
+        for j in 0..5 {
+            let k = 100 + j;
+            feed(&mut t, &mut out, k, k * 160 + 40_000);
+        }
+        let end = t.end_position(105 * 160 + 40_000);
+        t.render(end, &mut out);
+        assert_eq!(t.stats().breaks, 1, "{:?}", t.stats());
+        // The 5 packets after the hold are there, at their arrival.
+        let at = (100 * 160 + 40_000) as usize;
+        assert_eq!(out.len(), at + 5 * 160);
+        assert_eq!(out[at], 100 * 160 + 1);
+        assert_eq!(t.stats().late, 0);
+    }
+
+    /// A stall of 1.2 s whose queue then drains at once: what was too late
+    /// is dropped (counted), the rest lands where it belongs, and the leg
+    /// goes on as one segment without any correction.
+    #[test]
+    fn a_drained_stall_is_one_segment_and_exact() {
+        let mut t = LegTimeline::new(8000, 4000);
+        let mut out = Vec::new();
+        let stall = 50..110; // packets sent in the stall
+        let drained = 110 * 160;
+        let mut q = 0;
+        for k in 0..200 {
+            let arrival = if stall.contains(&k) {
+                q += 1;
+                drained + q
+            } else {
+                k * 160
+            };
+            // What comes while the queue drains waits behind it.
+            let arrival = arrival.max(if k >= 110 { drained + q } else { 0 });
+            feed(&mut t, &mut out, k, arrival);
+        }
+        let end = t.end_position(200 * 160);
+        t.render(end, &mut out);
+        let s = t.stats();
+        assert_eq!((s.breaks, s.corrections), (0, 0), "{s:?}");
+        // Packets that came more than the 500 ms window late (those sent
+        // up to about 1.2 - 0.5 s into the stall) are lost, and only those:
+        // silence there, every other sample exactly in place.
+        let lost = (50..110)
+            .filter(|k| drained + (k - 49) - k * 160 > 4000)
+            .count();
+        assert!((34..=38).contains(&lost), "{lost}");
+        assert_eq!(s.late, lost as u64, "{s:?}");
+        for (i, x) in out.iter().enumerate() {
+            let k = i as i64 / 160;
+            let want = ((i as i64) % 30_000 + 1) as i16;
+            if (50..50 + lost as i64).contains(&k) {
+                assert_eq!(*x, 0, "sample {i} (packet {k}) was too late");
+            } else {
+                assert_eq!(*x, want, "sample {i} (packet {k})");
+            }
+        }
+    }
+}
