@@ -418,13 +418,15 @@ impl RtpPorts {
 
     /// Close retired ports whose time is up; write the pool's state file
     /// (at most once a second).
-    /// When [`Self::tick`] has work next: a retired port's time is up, or
-    /// the pool's changed state is due to be written (at most once a
-    /// second). `None`: no work until something changes. Linear in the
-    /// retired ports: asked only between calls, not per message.
+    /// When [`Self::tick`] has work next: a retired port's time is up, or,
+    /// while ports are retired, the pool's changed state is due to be
+    /// written (at most once a second; a state file that cannot be written
+    /// is not retried every second for good). `None`: no work until
+    /// something changes. Linear in the retired ports: asked only between
+    /// calls, not per message.
     pub fn next_due(&self) -> Option<Instant> {
         let retire = self.retired.values().map(|(_, until)| *until).min();
-        let unsaved = self.pool.lock().is_ok_and(|p| p.unsaved());
+        let unsaved = retire.is_some() && self.pool.lock().is_ok_and(|p| p.unsaved());
         let save = unsaved.then(|| self.last_save.map_or_else(Instant::now, |t| t + SAVE_EVERY));
         retire.into_iter().chain(save).min()
     }
