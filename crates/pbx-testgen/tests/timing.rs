@@ -771,9 +771,11 @@ proptest! {
     })]
     /// A link stall of 0.1 to 4 s on one leg, anywhere in the call, among
     /// jitter, drift, loss, reordering and duplicates, the sequence numbers
-    /// and timestamps about to wrap: the only windows that may be wrong
-    /// are the stall's own (what came too late for the window is lost),
-    /// and every other one is as good as without it.
+    /// and timestamps about to wrap: the windows that may be wrong are the
+    /// stall's own (what came too late for the window is lost), and about
+    /// as many others as without the stall (the bounds below); without
+    /// jitter, drift or loss the recording is the one without the stall,
+    /// sample for sample, but for what came too late.
     #[test]
     fn stalls_among_random_impairments(
         seed in 100u64..10_000,
