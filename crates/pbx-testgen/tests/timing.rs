@@ -806,13 +806,10 @@ proptest! {
         );
         // Compared with the same call without the stall: one more window
         // may be off (an offset correction falls elsewhere when the
-        // envelope saw other packets). A drifting sender (50 ppm or more,
-        // followed by resampling) may have up to four: the stall's late
-        // packets raise the worst jitter seen, which can stop following the
-        // drift for up to 20 s, and meanwhile the drift is taken up by
-        // steps of 1-2 ms in quiet places, which this check counts when
-        // they fall in speech (seen: seed 2307, -273 ppm, jitter 10 ms, a
-        // 3 s stall at 15.8 s: 4 such windows).
+        // envelope saw other packets), two for a drifting sender (50 ppm or
+        // more, followed by resampling: following may start a little later
+        // and the drift meanwhile be taken up by 1-2 ms steps in quiet
+        // places, which this check counts when they fall in speech).
         let mut calm = c.clone();
         calm.caller_leg.impair.stall = None;
         let (truth, rec) = record(&calm);
@@ -829,7 +826,7 @@ proptest! {
         let settle = settling_s(&c.caller_leg);
         let outside: Vec<_> = fits[0].bad.iter().filter(|b| !(from..to).contains(&b.0) && b.0 >= settle).collect();
         prop_assert!(
-            outside.len() <= base + if drift.abs() >= 50 { 4 } else { 1 },
+            outside.len() <= base + if drift.abs() >= 50 { 2 } else { 1 },
             "windows outside the stall {}-{} s: {:?} ({} without the stall)", from, to, outside, base
         );
         prop_assert!(fits[1].bad.len() <= 1, "the other leg: {:?}", fits[1].bad);

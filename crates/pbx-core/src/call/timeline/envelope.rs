@@ -86,6 +86,13 @@ pub(super) struct Envelope {
     /// Twice the running median residual: the typical jitter (a uniform
     /// delay of 0..J gives J), not moved by a few very late packets.
     pub(super) jitter_typ: f64,
+    /// Running 95th percentile of the residuals (steps of a millisecond
+    /// up, a twentieth of that down): how widely most packets' delays
+    /// spread, for how well the envelope's floor is known. Unlike the worst
+    /// jitter it is not made seconds by one stall of the link or a few
+    /// very late packets (which stopped drift following for tens of
+    /// seconds after a stall).
+    pub(super) jitter_hi: f64,
     pub(super) residuals: u32,
     /// Whether the segment follows the line's slope (by resampling).
     pub(super) following: bool,
@@ -113,6 +120,7 @@ impl Envelope {
             line: None,
             jitter: 0.0,
             jitter_typ: 0.0,
+            jitter_hi: 0.0,
             residuals: 0,
             following: false,
             significant_fits: 0,
@@ -215,7 +223,7 @@ impl Envelope {
         // the two halves' lowest points are that uncertain (with heavy
         // jitter and few packets, chance must not pass for a drift).
         let packets = |h: &[Bucket]| h.iter().map(|b| f64::from(b.n)).sum::<f64>();
-        let floor = jitter_typ.max(self.jitter)
+        let floor = jitter_typ.max(self.jitter_hi)
             * (1.0 / (packets(first) + 1.0)).hypot(1.0 / (packets(second) + 1.0));
         let uncertainty = ((pin.max(floor) + 0.05 * ms) / du).max(C_MIN);
         let u0 = p1.u;
@@ -453,6 +461,12 @@ impl Envelope {
             (median - step).max(r)
         };
         self.jitter_typ = 2.0 * median;
+        let s = self.ms;
+        self.jitter_hi = if r > self.jitter_hi {
+            self.jitter_hi + 0.95 * s
+        } else {
+            (self.jitter_hi - 0.05 * s).max(0.0)
+        };
     }
 
     /// Residual beyond which a packet is a break candidate.
