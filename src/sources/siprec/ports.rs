@@ -416,8 +416,6 @@ impl RtpPorts {
         self.media.set_origin(local, origin);
     }
 
-    /// Close retired ports whose time is up; write the pool's state file
-    /// (at most once a second).
     /// When [`Self::tick`] has work next: a retired port's time is up, or,
     /// while ports are retired, the pool's changed state is due to be
     /// written (at most once a second; a state file that cannot be written
@@ -431,6 +429,8 @@ impl RtpPorts {
         retire.into_iter().chain(save).min()
     }
 
+    /// Close retired ports whose time is up; write the pool's state file
+    /// (at most once a second).
     pub fn tick(&mut self, now: Instant, wall: SystemTime) {
         let due: Vec<u16> = self
             .retired

@@ -661,10 +661,16 @@ impl LegTimeline {
     /// packet by as much, give or take the jitter; a draining queue by ever
     /// less).
     fn consistent(&self, held: &[Held]) -> bool {
-        let limit = self.segs.back().map_or(0.0, |s| s.env.break_limit());
+        let limit = self.held_limit();
         let lo = held.iter().map(|h| h.d).min().unwrap_or(0);
         let hi = held.iter().map(|h| h.d).max().unwrap_or(0);
         (hi - lo) as f64 <= limit
+    }
+
+    /// How late held packets may differ and still be late by the same:
+    /// the last segment's break threshold.
+    fn held_limit(&self) -> f64 {
+        self.segs.back().map_or(0.0, |s| s.env.break_limit())
     }
 
     /// Held packets that stayed as late as each other for [`RESUME_MS`]
@@ -676,7 +682,7 @@ impl LegTimeline {
             return i64::MAX;
         };
         let wait = ((RESUME_MS as f64 * self.ms) as i64).min(self.hold_back / 2);
-        let limit = self.segs.back().map_or(0.0, |s| s.env.break_limit()) as i64;
+        let limit = self.held_limit() as i64;
         let since = now - first.arrival;
         if force || since >= self.hold_back {
             self.resolve_held(None);
