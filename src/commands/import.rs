@@ -7,7 +7,7 @@
 //! exit status is 1.
 
 use std::fs::File;
-use std::io::{BufReader, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -90,7 +90,9 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        let mut reader = match CaptureReader::new(BufReader::with_capacity(1 << 20, file)) {
+        // The reader buffers (large reads, straight from the file): a
+        // BufReader in between would copy every byte once more.
+        let mut reader = match CaptureReader::new(file) {
             Ok(r) => r,
             Err(e) => {
                 report(&bar, format!("{shown}: {}", describe(&e)));

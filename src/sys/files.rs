@@ -43,3 +43,54 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     }
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+/// A file's bytes mapped read-only: read once without copying them through
+/// a buffer (hashing a finished recording). The file must not shrink while
+/// it is mapped (reading past its end would fault): only for our own
+/// finished files, which nothing else writes.
+pub(crate) struct MappedFile {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedFile {
+    /// Maps the first `len` bytes of `file` (its length when opened).
+    /// `None` for an empty file, which cannot be mapped.
+    pub(crate) fn map(file: &File, len: u64) -> io::Result<Option<MappedFile>> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to map"))?;
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a fresh private read-only mapping of a valid descriptor;
+        // the kernel picks the address; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: advice on the mapping just made (read front to back).
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Ok(Some(MappedFile { ptr, len }))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until drop; see the type.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}

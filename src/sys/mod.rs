@@ -7,8 +7,9 @@
 //! Promises: one copy of each: the wall clock as a core `Timestamp` or as
 //! epoch milliseconds ([`now`], [`now_ms`]; code that needs a `SystemTime`,
 //! such as HTTP dates, still asks `SystemTime::now` itself), private file
-//! and directory creation (0600 / 0700), free space, the host name, socket
-//! options and control messages.
+//! and directory creation (0600 / 0700), a finished file's bytes mapped
+//! for reading once, free space, the host name, socket options and control
+//! messages.
 
 pub(crate) mod bpf;
 pub(crate) mod clock;
@@ -19,5 +20,6 @@ pub(crate) mod sockets;
 pub mod tls;
 
 pub use clock::{now, now_ms};
+pub(crate) use files::MappedFile;
 pub use files::{create_private_dir, create_private_file, free_bytes, sync_dir};
 pub use host::hostname;

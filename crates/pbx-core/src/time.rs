@@ -8,6 +8,17 @@
 use std::fmt;
 use std::ops::{Add, Sub};
 
+/// `a · m / d` rounded toward zero, exactly: in 64 bits when the product
+/// fits (every real call's sample positions), else in 128 (a 128-bit
+/// division costs tens of instructions, and this runs for every packet).
+/// `d` must be positive.
+pub fn mul_div(a: i64, m: i64, d: i64) -> i64 {
+    match a.checked_mul(m) {
+        Some(p) => p / d,
+        None => (i128::from(a) * i128::from(m) / i128::from(d)) as i64,
+    }
+}
+
 /// Microseconds since 1970-01-01T00:00:00Z.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
@@ -200,6 +211,23 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 64-bit path and the 128-bit one agree with exact arithmetic,
+    /// rounding toward zero, also where the product overflows 64 bits.
+    #[test]
+    fn mul_div_is_exact_with_and_without_overflow() {
+        for (a, m, d) in [
+            (0i64, 8000i64, 1_000_000i64),
+            (1_234_567, 8000, 1_000_000),
+            (-1_234_567, 8000, 1_000_000),
+            (i64::MAX / 3, 16000, 8000),
+            (i64::MIN / 5, 48000, 90000),
+            (i64::MAX, i64::MAX, i64::MAX),
+        ] {
+            let exact = (i128::from(a) * i128::from(m) / i128::from(d)) as i64;
+            assert_eq!(mul_div(a, m, d), exact, "{a} * {m} / {d}");
+        }
+    }
 
     #[test]
     fn rfc3339_round_trip_and_offsets() {

@@ -149,7 +149,7 @@ impl Call {
     /// `ts` on the call's timeline (output samples since time zero).
     pub(super) fn position(&self, ts: Timestamp) -> i64 {
         match &self.media {
-            Some(m) => (i128::from(ts.micros_since(m.t0)) * i128::from(m.rate) / 1_000_000) as i64,
+            Some(m) => crate::time::mul_div(ts.micros_since(m.t0), i64::from(m.rate), 1_000_000),
             None => BEFORE_MEDIA,
         }
     }

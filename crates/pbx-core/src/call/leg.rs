@@ -222,7 +222,7 @@ impl Tracker {
         };
         let rate = media.rate;
         let arrival_pos =
-            (i128::from(ts.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+            crate::time::mul_div(ts.micros_since(media.t0), i64::from(rate), 1_000_000);
         let leg = &mut media.legs[speaker.channel()];
 
         // One active flow per leg: a flow sent to an announced receive address
@@ -430,8 +430,7 @@ impl Tracker {
             return;
         };
         let rate = i64::from(media.rate);
-        let now_pos =
-            (i128::from(now.micros_since(media.t0)) * i128::from(rate) / 1_000_000) as i64;
+        let now_pos = crate::time::mul_div(now.micros_since(media.t0), rate, 1_000_000);
         // A resume waiting for the end of an RFC 4733 digit whose end packets
         // never came: the digit ended where it was last known to.
         let quiet = (rate / 4).min(rate * i64::from(media.jitter_ms) / 2000);
@@ -557,8 +556,8 @@ impl Tracker {
                 } else {
                     leg.inband = None;
                 }
-                for (slot, s) in self.out.iter_mut().skip(ch).step_by(2).zip(&self.scratch) {
-                    *slot = *s;
+                for (frame, s) in self.out.chunks_exact_mut(2).zip(&self.scratch) {
+                    frame[ch] = *s;
                 }
             }
             // Tones of both legs in the order they were decided.

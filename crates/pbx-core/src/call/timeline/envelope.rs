@@ -206,9 +206,10 @@ impl Envelope {
         let all: &[Bucket] = self.buckets.make_contiguous();
         let split = all.partition_point(|b| b.u < mid);
         let (first, second) = all.split_at(split);
-        let (Some(p1), Some(p2)) = (lowest(first), lowest(second)) else {
+        let (Some(h1), Some(h2)) = (Half::of(first), Half::of(second)) else {
             return;
         };
+        let (p1, p2) = (h1.lowest, h2.lowest);
         let du = (p2.u - p1.u) as f64;
         if du <= 0.0 {
             return;
@@ -217,35 +218,41 @@ impl Envelope {
         if slope.abs() > DRIFT_MAX {
             return;
         }
-        let pin = (pin_gap(first) + pin_gap(second)) / 2.0;
+        let pin = (h1.pin_gap + h2.pin_gap) / 2.0;
         // However sharp the pins look, the least of n delays spread over J
         // lies about J/(n+1) above the true floor, give or take as much:
         // the two halves' lowest points are that uncertain (with heavy
         // jitter and few packets, chance must not pass for a drift).
-        let packets = |h: &[Bucket]| h.iter().map(|b| f64::from(b.n)).sum::<f64>();
         let floor = jitter_typ.max(self.jitter_hi)
-            * (1.0 / (packets(first) + 1.0)).hypot(1.0 / (packets(second) + 1.0));
+            * (1.0 / (h1.packets + 1.0)).hypot(1.0 / (h2.packets + 1.0));
         let uncertainty = ((pin.max(floor) + 0.05 * ms) / du).max(C_MIN);
         let u0 = p1.u;
-        let d0 = all
-            .iter()
-            .map(|b| b.d as f64 - slope * (b.u - u0) as f64)
-            .fold(f64::INFINITY, f64::min);
-        // A drift is a straight line: the lowest minimum of every quarter of
-        // the window lies on it. A step in the delay (a route change) makes
-        // the halves' lowest points tilt a line too, but leaves a quarter
-        // well above it: not a drift.
+        // The line's height (the lowest that keeps it under every minimum)
+        // and, in the same pass, the lowest minimum of every quarter of the
+        // window relative to the line. A drift is a straight line: each
+        // quarter's lowest lies on it. A step in the delay (a route change)
+        // makes the halves' lowest points tilt a line too, but leaves a
+        // quarter well above it: not a drift.
         let quarter = (span / 4).max(1);
-        let start = all[0].u;
+        let mut next = all[0].u + quarter;
+        let mut q = 0usize;
         let mut lo_q = [f64::INFINITY; 4];
-        for b in all {
-            if let Some(lo) = lo_q.get_mut(((b.u - start) / quarter) as usize) {
-                *lo = lo.min(b.d as f64 - (d0 + slope * (b.u - u0) as f64));
+        let mut d0 = f64::INFINITY;
+        for b in all.iter() {
+            let r = b.d as f64 - slope * (b.u - u0) as f64;
+            d0 = d0.min(r);
+            // The buckets are sorted: quarters are crossed in order.
+            while q < 4 && b.u >= next {
+                q += 1;
+                next += quarter;
+            }
+            if let Some(lo) = lo_q.get_mut(q) {
+                *lo = lo.min(r);
             }
         }
         let linear = !lo_q
             .iter()
-            .any(|lo| lo.is_finite() && *lo > 1.0 + 2.0 * pin + jitter_typ / 8.0);
+            .any(|lo| lo.is_finite() && lo - d0 > 1.0 + 2.0 * pin + jitter_typ / 8.0);
         self.fits = self.fits.wrapping_add(1);
         self.gen += 1;
         self.line = Some(Line {
@@ -475,25 +482,42 @@ impl Envelope {
     }
 }
 
-/// The bucket with the smallest `d`.
-pub(super) fn lowest(b: &[Bucket]) -> Option<Bucket> {
-    b.iter().copied().min_by_key(|b| b.d)
+/// What a fit needs of each half of the window, in one pass.
+struct Half {
+    /// The bucket with the smallest `d` (the first of equals).
+    lowest: Bucket,
+    /// How sharply the lowest minimum pins the envelope: how far the next
+    /// lowest lies above it (about the spread of the least delays; 0 with
+    /// one).
+    pin_gap: f64,
+    /// Packets that fell in the half's buckets.
+    packets: f64,
 }
 
-/// How sharply the lowest minimum pins the envelope: how far the next
-/// lowest lies above it (about the spread of the least delays; 0 with one).
-pub(super) fn pin_gap(b: &[Bucket]) -> f64 {
-    let mut lo = [i64::MAX; 2];
-    for x in b {
-        if x.d < lo[0] {
-            lo[1] = lo[0];
-            lo[0] = x.d;
-        } else if x.d < lo[1] {
-            lo[1] = x.d;
+impl Half {
+    fn of(b: &[Bucket]) -> Option<Half> {
+        let (first, rest) = b.split_first()?;
+        let mut lowest = *first;
+        let mut second = i64::MAX;
+        let mut packets = f64::from(first.n);
+        for x in rest {
+            packets += f64::from(x.n);
+            if x.d < lowest.d {
+                second = lowest.d;
+                lowest = *x;
+            } else if x.d < second {
+                second = x.d;
+            }
         }
+        let pin_gap = if second == i64::MAX {
+            0.0
+        } else {
+            (second - lowest.d) as f64
+        };
+        Some(Half {
+            lowest,
+            pin_gap,
+            packets,
+        })
     }
-    if lo[1] == i64::MAX {
-        return 0.0;
-    }
-    (lo[1] - lo[0]) as f64
 }

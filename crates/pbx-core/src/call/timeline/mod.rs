@@ -472,7 +472,7 @@ impl LegTimeline {
     }
 
     fn samples_of(&self, ext: i64, clock_rate: u32) -> i64 {
-        (i128::from(ext) * i128::from(self.rate) / i128::from(clock_rate.max(1))) as i64
+        crate::time::mul_div(ext, i64::from(self.rate), i64::from(clock_rate.max(1)))
     }
 
     fn new_segment(&mut self, p: &Packet<'_>) {
