@@ -7,6 +7,7 @@
 # call) and peak memory (VmHWM), per call.
 #
 # Usage: benches/siprec_capacity.sh [SECONDS] [N...]   (default 20 s; 250 500 1000 2000)
+#        BIN_OVERRIDE=/path/to/pbx-edge measures another build (before/after runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}; shift || true
@@ -14,14 +15,14 @@ NS=${*:-250 500 1000 2000}
 DIR=${BENCH_DIR:-/tmp/pbx-edge-capacity}
 cargo build --release -q -p pbx-edge -p pbx-testgen
 T=${CARGO_TARGET_DIR:-target}
-BIN=$T/release/pbx-edge
+BIN=${BIN_OVERRIDE:-$T/release/pbx-edge}
 LOAD=$T/release/siprec-load
 ticks=$(getconf CLK_TCK)
 
 echo "siprec capacity: $SECS s of media per run; $(nproc) cores; $(date -u +%FT%TZ)"
 echo
-echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms | BYEs answered |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms | BYEs answered | engine behind, max s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for N in $NS; do
   rm -rf "$DIR/$N"; mkdir -p "$DIR/$N"
   cat > "$DIR/$N/pbx-edge.toml" <<TOML
@@ -43,6 +44,7 @@ TOML
   t1=$(date +%s.%N)
   c1=$(awk '{print $14+$15}' /proc/$PID/stat)
   hwm=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
+  behind=$(curl -s 127.0.0.1:19466/metrics | awk '/^pbx_edge_media_behind_seconds\{max="true"/{print $2}')
   answered=$(echo "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["answered"])')
   # wait for every recording
   for _ in $(seq 100); do
@@ -50,17 +52,19 @@ TOML
     [ "$n" -ge "$answered" ] && break; sleep 0.2
   done
   kill -TERM $PID; wait $PID || true
-  python3 - "$OUT" "$DIR/$N/spool" "$c0" "$c1" "$t0" "$t1" "$ticks" "$hwm" "$N" <<'PY'
+  python3 - "$OUT" "$DIR/$N/spool" "$c0" "$c1" "$t0" "$t1" "$ticks" "$hwm" "$N" "${behind:--}" <<'PY'
 import json, sys, glob
 out = json.loads(sys.argv[1]); spool = sys.argv[2]
 c0, c1, t0, t1, ticks, hwm, n = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
+# Recorded: received and placed (a packet too late for its place, written
+# as silence before it came, is not recorded).
 rec = 0
 for f in glob.glob(spool + "/*.json"):
     j = json.load(open(f))
-    rec += sum(c.get("packets", 0) for c in j["channels"])
+    rec += sum(c.get("packets", 0) - c.get("late", 0) for c in j["channels"])
 sent = out["packets_sent"]
 cpu = (c1 - c0) / ticks / (t1 - t0) * 100
 a = max(out["answered"], 1)
-print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} | {out['byes_answered']} |")
+print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} | {out['byes_answered']} | {sys.argv[10]} |")
 PY
 done

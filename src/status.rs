@@ -40,6 +40,12 @@ pub struct SourceStatus {
     pub srtp_failures: u64,
     /// SIPREC: RTP datagrams refused by media admission, by reason.
     pub rtp_rejected: RtpRejected,
+    /// SIPREC: how far the engine is behind the media received (ms; the
+    /// machine too slow for its load a while): their audio waits in memory
+    /// meanwhile, and beyond 4 s it is late for the recording.
+    pub media_behind_ms: u64,
+    /// SIPREC: the most it has been behind since the start.
+    pub media_behind_max_ms: u64,
     pub errors: u64,
     pub recordings_written: u64,
     pub recordings_failed: u64,
@@ -539,6 +545,22 @@ pub fn render_metrics(s: &Status) -> String {
                     ("unknown_port", r.unknown_port),
                 ]
                 .map(|(reason, v)| (format!("{{reason=\"{reason}\",source=\"{n}\"}}"), v as f64))
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pbx_edge_media_behind_seconds",
+        "gauge",
+        "How far the SIPREC engine is behind the media received (the machine too slow for its load a while); the audio waits in memory meanwhile, and what is more than 4 s behind is late for the recording. max=\"true\": the most since the start.",
+        &s.sources
+            .iter()
+            .filter(|(n, _)| n.starts_with("siprec"))
+            .flat_map(|(n, st)| {
+                [
+                    (format!("{{source=\"{n}\"}}"), st.media_behind_ms),
+                    (format!("{{max=\"true\",source=\"{n}\"}}"), st.media_behind_max_ms),
+                ]
+                .map(|(l, v)| (l, v as f64 / 1000.0))
             })
             .collect::<Vec<_>>(),
     );

@@ -467,10 +467,15 @@ pub(crate) fn run(
             break;
         }
         let mut input = false;
+        // The newest frame read while more wait in the socket: the clock
+        // stays there (the wall clock would run ahead of the frames still
+        // queued and make them late).
+        let mut behind = None;
         for _ in 0..BATCH {
             match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
                 Ok(Some((ts, n))) => {
                     input = true;
+                    behind = Some(ts);
                     if skip_until.is_some_and(|t| ts <= t) {
                         continue;
                     }
@@ -479,7 +484,10 @@ pub(crate) fn run(
                         .handle_frame(ts, LinkType::RawIp, &buf[..n], &mut host.out)
                 }
                 Ok(None) => input = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    behind = None;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     errors += 1;
@@ -525,7 +533,8 @@ pub(crate) fn run(
                 }
             }
         }
-        if host.tick(now(), input) {
+        let clock = behind.map_or_else(now, |t| t.min(now()));
+        if host.tick(clock, input) {
             publish(&host, &mut sock, errors, &status);
         }
     }

@@ -42,8 +42,15 @@ pub(super) fn engine_loop(
 ) {
     let mut host = EngineHost::new(&report.name(), engine_cfg, out, live);
     let mut endings = Endings::default();
+    // The engine's clock is held back to what the media path has handed
+    // over (SIP messages and timers carry the wall clock, which runs ahead
+    // of media still queued when the machine is busy).
+    let mut media = MediaHorizon::new(now());
+    let idle = &report.media.idle;
     loop {
-        let got = match host.wait(now()) {
+        let wall = now();
+        host.engine.set_horizon(media.horizon(idle, wall));
+        let got = match host.wait(media.clock(idle, wall)) {
             Some(d) => rx.recv_timeout(d),
             None => {
                 host.idle();
@@ -60,22 +67,24 @@ pub(super) fn engine_loop(
                 true
             }
             Ok(input) => {
-                handle_input(&mut host, input, &recycler);
+                handle_input(&mut host, input, &recycler, &mut media);
                 true
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         host.rename(&report.name());
-        if host.tick(now(), input) {
-            publish(&host, &report);
+        let wall = now();
+        host.engine.set_horizon(media.horizon(idle, wall));
+        if host.tick(media.clock(idle, wall), input) {
+            publish(&host, &report, &media);
         }
         endings.settle(&mut host, &durable);
     }
     host.finish(EndReason::Shutdown);
     endings.finish(&mut host);
     host.out.finish_answered("shutdown");
-    publish(&host, &report);
+    publish(&host, &report, &media);
     let name = report.name();
     if name != "siprec" {
         // A drained instance: its calls are recorded, its entry goes.
@@ -201,7 +210,12 @@ impl Endings {
     }
 }
 
-pub(super) fn handle_input(host: &mut EngineHost, input: EngineInput, recycler: &Recycler) {
+pub(super) fn handle_input(
+    host: &mut EngineHost,
+    input: EngineInput,
+    recycler: &Recycler,
+    media: &mut MediaHorizon,
+) {
     let udp = |ts, src, dst, payload| Segment {
         ts,
         src,
@@ -222,6 +236,7 @@ pub(super) fn handle_input(host: &mut EngineHost, input: EngineInput, recycler: 
             for (d, bytes) in batch.iter() {
                 engine.handle_segment(&udp(d.ts, d.src, d.dst, bytes), out);
             }
+            media.processed(&batch);
             recycler.give_back(batch);
         }
         EngineInput::Control(c) => host.apply(c),
@@ -229,7 +244,7 @@ pub(super) fn handle_input(host: &mut EngineHost, input: EngineInput, recycler: 
     }
 }
 
-pub(super) fn publish(host: &EngineHost, r: &Report) {
+pub(super) fn publish(host: &EngineHost, r: &Report, media: &MediaHorizon) {
     let (engine, out) = (&host.engine, &host.out);
     let name = r.name();
     if let Ok(mut s) = r.status.lock() {
@@ -244,6 +259,8 @@ pub(super) fn publish(host: &EngineHost, r: &Report) {
         src.kernel_drops = r.media.kernel_drops.load(Ordering::Relaxed);
         src.srtp_failures = r.media.srtp_failures.load(Ordering::Relaxed);
         src.rtp_rejected = r.media.rejected().into();
+        src.media_behind_ms = (media.behind_us / 1000) as u64;
+        src.media_behind_max_ms = (media.behind_max_us / 1000) as u64;
         src.errors = out.counters.failed;
         src.sip_rejected = r.guard.snapshot();
     }

@@ -185,6 +185,9 @@ pub(super) struct Tracker {
     pub(super) stats: EngineStats,
     pub(super) next_key: u64,
     pub(super) now: Timestamp,
+    /// Set by a host whose media come on another path than the rest
+    /// ([`CallEngine::set_horizon`]): nothing is rendered past it.
+    pub(super) horizon: Option<Timestamp>,
     pub(super) last_housekeeping: Timestamp,
     /// The earliest exact deadline known (a call's linger after BYE, a
     /// timeout, an idle TCP framer): recomputed by housekeeping, moved
@@ -207,6 +210,7 @@ impl Tracker {
             stats: EngineStats::default(),
             next_key: 1,
             now: Timestamp::ZERO,
+            horizon: None,
             last_housekeeping: Timestamp::ZERO,
             wake: None,
             scratch: Vec::with_capacity(4096),
@@ -273,9 +277,18 @@ impl Tracker {
         }
     }
 
+    /// The time calls are rendered, lingered and timed out by: the latest
+    /// time the engine was given, but never past the host's horizon.
+    pub(super) fn clock(&self) -> Timestamp {
+        match self.horizon {
+            Some(h) if h < self.now => h,
+            _ => self.now,
+        }
+    }
+
     pub(super) fn housekeeping(&mut self, sink: &mut dyn RecordingSink) {
         self.last_housekeeping = self.now;
-        let now = self.now;
+        let now = self.clock();
         let linger = i64::from(self.cfg.jitter_ms) * 1000;
         let mut done: Vec<(CallKey, EndReason)> = Vec::new();
         let mut forget: Vec<CallKey> = Vec::new();
@@ -447,6 +460,20 @@ impl CallEngine {
     /// Calling `handle_timeout` earlier or more often is harmless.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.t.poll_timeout()
+    }
+
+    /// How far the media are known to be complete, for a host that reads
+    /// media on another path than signalling and its clock (a live SIPREC
+    /// server: a receive thread hands over each round's datagrams, while
+    /// SIP messages and timers carry the wall clock). Every datagram that
+    /// arrived before `h` has been given to the engine; nothing is rendered,
+    /// lingered or timed out past it, so media still queued on their way
+    /// (the engine or the receive path falling behind under load) are not
+    /// made late by a clock that ran ahead of them. `None`: no limit (the
+    /// receive path is idle with nothing pending, or the input is one
+    /// ordered stream, as a capture is).
+    pub fn set_horizon(&mut self, h: Option<Timestamp>) {
+        self.t.horizon = h;
     }
 
     /// Let time pass without packets (the daemon calls this on a timer).

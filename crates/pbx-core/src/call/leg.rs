@@ -422,7 +422,7 @@ impl Tracker {
 
     /// Write out everything older than the jitter window (or all, at the end).
     pub(super) fn flush_call(&mut self, key: CallKey, sink: &mut dyn RecordingSink, all: bool) {
-        let now = self.now;
+        let now = self.clock();
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };

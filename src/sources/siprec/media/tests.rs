@@ -359,3 +359,129 @@ fn sockaddr_conversion_round_trips() {
         assert_eq!(sockaddr_to_std(&st), Some(want));
     }
 }
+
+/// Every round's last batch says from when on it is complete: no datagram
+/// that arrived before that comes in a later batch. When the thread is idle
+/// with every batch processed, the engine follows the wall clock; while a
+/// batch is out, its horizon stays where the media are complete.
+#[test]
+fn each_round_says_how_far_the_media_are_complete() {
+    let (tx, rx) = sync_channel(64);
+    let counters = Arc::new(MediaCounters::default());
+    let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
+    let ctl = media.control();
+    let last = Arc::new(AtomicI64::new(0));
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let p = MediaPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            last.clone(),
+            Admission::unrestricted(),
+        )
+        .unwrap();
+        ports.push(p.local);
+        ctl.add(p);
+    }
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let start = crate::sys::now();
+    let mut horizon = MediaHorizon::new(start);
+    // Datagrams over about 300 ms, to all ports in turn.
+    let send = std::thread::spawn(move || {
+        for i in 0..300u32 {
+            sender
+                .send_to(&i.to_be_bytes(), ports[i as usize % 3])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let mut complete = start;
+    let mut got = 0;
+    let mut throughs = 0;
+    while got < 300 {
+        let b = rx.recv_timeout(Duration::from_secs(10)).expect("batches");
+        for (d, _) in b.iter() {
+            assert!(
+                d.ts >= complete,
+                "a datagram of {} came after a batch complete from {complete}",
+                d.ts
+            );
+        }
+        got += b.items.len();
+        if let Some(t) = b.through {
+            assert!(t >= complete);
+            complete = t;
+            throughs += 1;
+        }
+        horizon.processed(&b);
+        // A batch processed, the thread maybe still reading: the horizon is
+        // where the media are complete (at most 4 s behind).
+        let wall = crate::sys::now();
+        if let Some(h) = horizon.horizon(&counters.idle, wall) {
+            assert_eq!(h, complete.max(wall.add_micros(-MAX_BEHIND_US)));
+        }
+        recycler.give_back(b);
+    }
+    send.join().unwrap();
+    assert!(throughs >= 2, "rounds end with their stamp");
+    // Nothing more comes: the thread goes idle after the batches handed
+    // over, all processed here: no limit, and the clock is the wall clock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let wall = crate::sys::now();
+        if horizon.horizon(&counters.idle, wall).is_none() {
+            assert_eq!(horizon.clock(&counters.idle, wall), wall);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the thread goes idle");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    media.stop();
+}
+
+/// The engine side alone: idle with every batch processed, no limit; a
+/// batch still to process, the last complete point; never more than
+/// [`MAX_BEHIND_US`] behind the wall clock.
+#[test]
+fn the_horizon_follows_the_idle_mark_and_the_batches() {
+    let t0 = Timestamp::from_micros(1_800_000_000_000_000);
+    let idle = IdleMark::default();
+    let mut h = MediaHorizon::new(t0);
+    // The thread is reading (not idle): complete only up to t0.
+    assert_eq!(h.horizon(&idle, t0.add_micros(100_000)), Some(t0));
+    // Idle after 0 batches, none processed: nothing pending.
+    idle.set(0);
+    assert_eq!(h.horizon(&idle, t0.add_micros(200_000)), None);
+    // Woken: two batches out, the first processed (cut from a round, no
+    // stamp); the horizon stays where the media were last complete.
+    idle.clear();
+    let mut cut = DatagramBatch::default();
+    h.processed(&cut);
+    assert_eq!(
+        h.horizon(&idle, t0.add_micros(300_000)),
+        Some(t0.add_micros(200_000))
+    );
+    cut.through = Some(t0.add_micros(260_000));
+    h.processed(&cut);
+    assert_eq!(
+        h.horizon(&idle, t0.add_micros(320_000)),
+        Some(t0.add_micros(260_000))
+    );
+    assert_eq!(
+        h.clock(&idle, t0.add_micros(320_000)),
+        t0.add_micros(260_000)
+    );
+    // Idle after 3 batches, only 2 processed: one is still pending.
+    idle.set(3);
+    assert!(h.horizon(&idle, t0.add_micros(400_000)).is_some());
+    // Far behind: at most MAX_BEHIND_US.
+    let late = t0.add_micros(60_000_000);
+    assert_eq!(
+        h.horizon(&idle, late),
+        Some(late.add_micros(-MAX_BEHIND_US))
+    );
+    assert_eq!(h.behind_us, MAX_BEHIND_US);
+    assert_eq!(h.behind_max_us, MAX_BEHIND_US);
+    h.processed(&DatagramBatch::default());
+    assert_eq!(h.horizon(&idle, late), None);
+    assert_eq!(h.behind_us, 0);
+}
