@@ -685,6 +685,7 @@ impl Reader {
                 return;
             };
             let mut stop = false;
+            let mut read = false;
             loop {
                 for e in &events[..n] {
                     let key = e.u64;
@@ -692,6 +693,7 @@ impl Reader {
                         stop |= self.commands_due();
                         continue;
                     }
+                    read = true;
                     self.drain(key as usize, &mut batch);
                     if batch.data.len() >= BATCH_BYTES {
                         let full = std::mem::take(&mut batch);
@@ -719,7 +721,7 @@ impl Reader {
                     self.drain(k, &mut batch);
                 }
             }
-            if batch.is_empty() {
+            if batch.is_empty() && !read {
                 // Nothing read (only commands): no batch is out.
                 self.batches -= 1;
                 if stop {
@@ -727,9 +729,15 @@ impl Reader {
                 }
                 continue;
             }
+            // Delivered even when admission kept everything out (a port
+            // flooded by another source): the stamp still moves on.
+            let admitted = !batch.is_empty();
             batch.through = Some(through);
             if !self.deliver(&mut sink, batch) || stop {
                 return;
+            }
+            if !admitted {
+                continue;
             }
             // Let the next round find many sockets ready at once.
             if let Some(rest) = ROUND.checked_sub(round.elapsed()) {

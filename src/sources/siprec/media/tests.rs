@@ -485,3 +485,39 @@ fn the_horizon_follows_the_idle_mark_and_the_batches() {
     assert_eq!(h.horizon(&idle, late), None);
     assert_eq!(h.behind_us, 0);
 }
+
+/// A round in which admission kept everything out (a port flooded by
+/// another source) still hands over its stamp: the engine's horizon moves
+/// on instead of falling behind the wall clock.
+#[test]
+fn a_round_of_rejected_datagrams_still_moves_the_stamp_on() {
+    let (tx, rx) = sync_channel(64);
+    let counters = Arc::new(MediaCounters::default());
+    let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
+    let ctl = media.control();
+    let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let intruder = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let origin = StreamOrigin {
+        announced_ip: Some(src.local_addr().unwrap().ip()),
+        announced_port: src.local_addr().unwrap().port(),
+        signalling: src.local_addr().unwrap().ip(),
+    };
+    let p = MediaPort::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(AtomicI64::new(0)),
+        Admission::new(origin),
+    )
+    .unwrap();
+    let local = p.local;
+    ctl.add(p);
+    let before = crate::sys::now();
+    let mut b = vec![0x80u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+    b.extend_from_slice(&[0u8; 160]);
+    intruder.send_to(&b, local).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("a batch");
+    assert!(got.is_empty(), "nothing of the intruder's");
+    assert!(got.through.is_some_and(|t| t >= before));
+    assert_eq!(counters.rejected().source, 1);
+    recycler.give_back(got);
+    media.stop();
+}
