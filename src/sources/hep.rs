@@ -317,6 +317,11 @@ fn run(
                 rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             }
         };
+        // Only a wait that ran out says the queue is empty: then the clock
+        // moves on with ours. After an input more may be queued behind it,
+        // so the clock stays at the newest packet (ours, running on, would
+        // write the queued packets' places as silence before they come).
+        let drained = matches!(got, Err(RecvTimeoutError::Timeout));
         let input = match got {
             Ok(Input::Packet { received, bytes }) => {
                 match hep::parse(&bytes) {
@@ -342,7 +347,10 @@ fn run(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let t = clock(offset_us, &mut engine_now);
+        let t = match engine_now {
+            Some(t) if !drained => t,
+            _ => clock(offset_us, &mut engine_now),
+        };
         if host.tick(t, input) {
             publish(&host, &shared, &agents, &status);
         }
