@@ -467,9 +467,14 @@ impl Tracker {
                 // well (a jittery leg's first packets are late by chance:
                 // fixing it by them would shift the whole call), at the
                 // latest when the hold-back window would otherwise fill.
-                let settled = media.legs.iter().all(|l| l.timeline.start_settled());
+                // (Whether the legs are settled is asked only when it decides:
+                // it takes a median of the packets held, every packet.)
                 let waited = now_pos - hold_back - o;
-                if !all && (waited < rate / 10 || (!settled && waited < 3 * rate)) {
+                if !all
+                    && (waited < rate / 10
+                        || (waited < 3 * rate
+                            && !media.legs.iter().all(|l| l.timeline.start_settled())))
+                {
                     return;
                 }
                 media.origin = Some(o);

@@ -446,14 +446,14 @@ impl LegTimeline {
         // (a uniform delay over J gives J). The typical spread, not the
         // worst delay: one stall of the network (or of a loaded capture
         // host) does not make the many small delays less telling.
+        let n = seg.chunks.len();
+        if n < 4 {
+            return false;
+        }
         let Some(least) = seg.chunks.iter().map(|c| c.d).min() else {
             return false;
         };
         let mut over: Vec<i64> = seg.chunks.iter().map(|c| c.d - least).collect();
-        let n = over.len();
-        if n < 4 {
-            return false;
-        }
         let (_, median, _) = over.select_nth_unstable(n / 2);
         let spread = 2.0 * *median as f64;
         spread / (n as f64 + 1.0) <= HYSTERESIS_MS * self.ms
