@@ -81,6 +81,16 @@ pub fn run(config_path: Option<PathBuf>, json: bool) -> Result<ExitCode> {
                 v["engine"]["frames"],
                 v["kernel_drops"],
             );
+            // Media waiting for the engine (SIPREC): worth a line from a
+            // second on (a few tens of ms is the receive thread's rounds).
+            let behind = |k: &str| v[k].as_u64().unwrap_or(0);
+            if behind("media_behind_max_ms") >= 1000 {
+                println!(
+                    "  engine behind its media: {:.1} s now, {:.1} s at most (audio beyond 4 s is written as silence)",
+                    behind("media_behind_ms") as f64 / 1000.0,
+                    behind("media_behind_max_ms") as f64 / 1000.0
+                );
+            }
             let r = &v["rtp_rejected"];
             let n = |k: &str| r[k].as_u64().unwrap_or(0);
             if n("source") + n("ssrc") + n("unknown_port") > 0 {
