@@ -48,9 +48,8 @@ pub(super) fn engine_loop(
     let mut media = MediaHorizon::new(now());
     let idle = &report.media.idle;
     loop {
-        let wall = now();
-        host.engine.set_horizon(media.horizon(idle, wall));
-        let got = match host.wait(media.clock(idle, wall)) {
+        let clock = hold_back(&mut host, &mut media, idle);
+        let got = match host.wait(clock) {
             Some(d) => rx.recv_timeout(d),
             None => {
                 host.idle();
@@ -74,9 +73,8 @@ pub(super) fn engine_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         host.rename(&report.name());
-        let wall = now();
-        host.engine.set_horizon(media.horizon(idle, wall));
-        if host.tick(media.clock(idle, wall), input) {
+        let clock = hold_back(&mut host, &mut media, idle);
+        if host.tick(clock, input) {
             publish(&host, &report, &media);
         }
         endings.settle(&mut host, &durable);
@@ -208,6 +206,14 @@ impl Endings {
             }
         }
     }
+}
+
+/// The engine's horizon set from what the media path has handed over; the
+/// clock its host waits and ticks by (the wall clock, held back to it).
+fn hold_back(host: &mut EngineHost, media: &mut MediaHorizon, idle: &IdleMark) -> Timestamp {
+    let (h, clock) = media.hold(idle, now());
+    host.engine.set_horizon(h);
+    clock
 }
 
 pub(super) fn handle_input(

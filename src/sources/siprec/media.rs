@@ -37,7 +37,7 @@
 //! this thread falls behind (a burst of call starts, a slow disk, a busy
 //! machine), the SIP messages and the wall clock, which do not wait, do not
 //! make the queued audio late. Before, a daemon 4 s behind at the start of
-//! 2,000 calls wrote 11 % of their audio as silence (BENCHMARKS.md).
+//! 2,000 calls wrote 3-15 % of their audio as silence (BENCHMARKS.md).
 //!
 //! Back-pressure: the thread owns [`BATCHES`] batch buffers, which the engine
 //! gives back once processed ([`Recycler`]). With all of them waiting in the
@@ -264,10 +264,11 @@ impl MediaHorizon {
         Some(h)
     }
 
-    /// The clock the engine host waits and ticks by: the wall clock, held
-    /// back to the horizon.
-    pub fn clock(&mut self, idle: &IdleMark, wall: Timestamp) -> Timestamp {
-        self.horizon(idle, wall).map_or(wall, |h| h.min(wall))
+    /// The horizon at `wall` and the clock the engine host waits and ticks
+    /// by: the wall clock, held back to the horizon.
+    pub fn hold(&mut self, idle: &IdleMark, wall: Timestamp) -> (Option<Timestamp>, Timestamp) {
+        let h = self.horizon(idle, wall);
+        (h, h.map_or(wall, |h| h.min(wall)))
     }
 }
 

@@ -89,7 +89,8 @@ use crate::sources::siprec::guard::{
     read_connection, BusyPeers, ConnConfig, ConnEvent, ConnLimits, ConnSlot, GuardCounters, Refuser,
 };
 use crate::sources::siprec::media::{
-    BatchSink, DatagramBatch, MediaControl, MediaCounters, MediaHorizon, MediaReceiver, Recycler,
+    BatchSink, DatagramBatch, IdleMark, MediaControl, MediaCounters, MediaHorizon, MediaReceiver,
+    Recycler,
 };
 use crate::sources::siprec::ports::RtpPorts;
 use crate::status::SharedStatus;

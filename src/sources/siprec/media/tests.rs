@@ -429,7 +429,7 @@ fn each_round_says_how_far_the_media_are_complete() {
     loop {
         let wall = crate::sys::now();
         if horizon.horizon(&counters.idle, wall).is_none() {
-            assert_eq!(horizon.clock(&counters.idle, wall), wall);
+            assert_eq!(horizon.hold(&counters.idle, wall), (None, wall));
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the thread goes idle");
@@ -467,8 +467,8 @@ fn the_horizon_follows_the_idle_mark_and_the_batches() {
         Some(t0.add_micros(260_000))
     );
     assert_eq!(
-        h.clock(&idle, t0.add_micros(320_000)),
-        t0.add_micros(260_000)
+        h.hold(&idle, t0.add_micros(320_000)),
+        (Some(t0.add_micros(260_000)), t0.add_micros(260_000))
     );
     // Idle after 3 batches, only 2 processed: one is still pending.
     idle.set(3);
