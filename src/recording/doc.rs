@@ -296,7 +296,7 @@ pub(crate) fn call_ids(
     out
 }
 
-fn end_reason_name(meta: &CallMeta) -> String {
+pub(crate) fn end_reason_name(meta: &CallMeta) -> String {
     match serde_json::to_value(meta.end_reason) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".into(),

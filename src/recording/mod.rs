@@ -35,8 +35,11 @@
 //! - A folder conversion ([`write_whole`]) is written the same way, its WAV
 //!   under [`WHOLE_TMP`] until renamed; it is excluded from crash
 //!   completion on purpose (see [`WHOLE_TMP`]): it is converted again.
-//! - A write error (disk full) does not stop other calls: the broken recording is
-//!   removed, counted and reported.
+//! - A write error (disk full, an I/O error) does not stop other calls, and
+//!   does not lose what was written: the recording stops there, and the audio
+//!   that reached the disk becomes the recording, marked truncated, with a
+//!   warning naming the error ([`salvage`]); when even that cannot be
+//!   written, its files stay for crash recovery at the next start.
 //! - Encryption at rest (`RecordingContext::seal`, from
 //!   `spool.encryption_key_file`): every file written here (`.part`, WAV,
 //!   JSON, sidecars) is sealed ([`crypt`]): the `.part` record by record (one
@@ -191,6 +194,10 @@ pub struct RecordingDir {
     /// Finishes ended recordings off this thread (live sources,
     /// [`RecordingDir::finish_in_background`]); `None`: in [`RecordingSink::end`].
     finisher: Option<finisher::Finisher>,
+    /// Recordings left unfinished by a write error, and when they are next
+    /// tried ([`STRANDED_RETRY`]).
+    stranded: Vec<Stranded>,
+    retry_at: Option<std::time::Instant>,
 }
 
 /// The most recent recordings and errors a [`RecordingDir`] keeps for its
@@ -227,6 +234,8 @@ impl RecordingDir {
             track_closed: false,
             write_through: true,
             finisher: None,
+            stranded: Vec::new(),
+            retry_at: None,
         })
     }
 
@@ -251,6 +260,38 @@ impl RecordingDir {
             self.complete(d);
             any = true;
         }
+        any | self.retry_stranded()
+    }
+
+    /// How long until recordings left unfinished by a write error are tried
+    /// again; `None`: there are none.
+    pub(crate) fn stranded_retry(&self) -> Option<Duration> {
+        self.retry_at
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+    }
+
+    /// Tries the stranded recordings again when due; true if any became a
+    /// recording.
+    fn retry_stranded(&mut self) -> bool {
+        if self.stranded_retry().is_none_or(|d| !d.is_zero()) {
+            return false;
+        }
+        let mut any = false;
+        for s in std::mem::take(&mut self.stranded) {
+            match salvage(&s) {
+                Ok(Some((w, _, bytes))) => {
+                    tracing::info!(id = %s.id, "recording completed from what reached the disk before a write error");
+                    self.counters.written += 1;
+                    self.counters.bytes += bytes;
+                    self.remember(w);
+                    any = true;
+                }
+                Ok(None) => {}
+                Err(_) => self.stranded.push(s),
+            }
+        }
+        self.retry_at =
+            (!self.stranded.is_empty()).then(|| std::time::Instant::now() + STRANDED_RETRY);
         any
     }
 
@@ -269,6 +310,11 @@ impl RecordingDir {
 
     /// Counts a finished recording and reports its Call-ID closed.
     fn complete(&mut self, d: Done) {
+        if let Some(s) = d.stranded {
+            self.stranded.push(s);
+            self.retry_at
+                .get_or_insert_with(|| std::time::Instant::now() + STRANDED_RETRY);
+        }
         match d.outcome {
             Outcome::Written(w, bytes) => {
                 self.counters.written += 1;
@@ -518,7 +564,24 @@ struct Done {
     call_id: String,
     id: String,
     outcome: Outcome,
+    /// Files left after a write error, to be completed once the spool
+    /// takes writes again.
+    stranded: Option<Stranded>,
 }
+
+/// A recording whose files could not be finished after a write error (a
+/// full disk): [`salvage`] is tried again every [`STRANDED_RETRY`] while
+/// the daemon runs, and crash recovery completes it at the next start.
+struct Stranded {
+    dir: PathBuf,
+    id: String,
+    ctx: RecordingContext,
+    reason: String,
+    error: String,
+}
+
+/// How often stranded recordings are tried again.
+pub(crate) const STRANDED_RETRY: Duration = Duration::from_secs(10);
 
 enum Outcome {
     /// The pair is durable; the WAV's size.
@@ -530,7 +593,8 @@ enum Outcome {
 }
 
 /// Finishes a recording whose call ended: the pair made durable (or
-/// removed when too short or broken), its start sidecar gone, its tap told.
+/// removed when too short), its start sidecar gone, its tap told. After a
+/// write error, what reached the disk is kept ([`salvage`]).
 /// The one way a recording ends, on the engine thread or a
 /// [`finisher`] worker.
 fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
@@ -540,7 +604,38 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
     let call_id = rec.call_id.clone();
     let tap = rec.tap.take();
     let frames = rec.frames;
-    let (outcome, tap_end) = match finish_files(rec, meta) {
+    let ctx = rec.ctx.clone();
+    // A write failed (a full disk, an I/O error): what reached the disk is
+    // the recording, marked truncated; when even that cannot be written,
+    // the files stay, tried again later.
+    let mut stranded = None;
+    let finished = match finish_files(rec, meta) {
+        Err(e) => {
+            let s = Stranded {
+                dir: dir.clone(),
+                id: id.clone(),
+                ctx,
+                reason: doc::end_reason_name(meta),
+                error: e.to_string(),
+            };
+            match salvage(&s) {
+                Ok(Some(w)) => {
+                    tracing::error!(%id, "recording: {e}; the audio that reached the disk was kept, marked truncated");
+                    Ok(Some(w))
+                }
+                Ok(None) => Err(e),
+                Err(e2) => {
+                    stranded = Some(s);
+                    Err(io::Error::new(
+                        e.kind(),
+                        format!("{e}; what reached the disk is kept, to be completed when the spool takes writes again ({e2})"),
+                    ))
+                }
+            }
+        }
+        r => r,
+    };
+    let (outcome, tap_end) = match finished {
         Ok(Some((w, doc, bytes))) => (
             Outcome::Written(w, bytes),
             TapEnd::Written { frames, meta: doc },
@@ -556,8 +651,11 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
             )
         }
         Err(e) => {
-            let _ = fs::remove_file(&part);
-            let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+            // Nothing on disk to keep, unless kept to be completed later.
+            if stranded.is_none() {
+                let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
+            }
             (
                 Outcome::Failed(e.to_string()),
                 TapEnd::Discarded {
@@ -574,7 +672,53 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
         call_id,
         id,
         outcome,
+        stranded,
     }
+}
+
+/// The recording of a call whose files could not be finished (`s.error`: a
+/// write refused while recording, or while finishing): the audio that reached the
+/// disk becomes the recording, as crash recovery makes it ([`recover`]) but
+/// with the call's own end reason, `"truncated": true` and a warning naming
+/// the error. A recording whose `.part` never opened becomes an empty one
+/// (an answered call always leaves a recording). `Ok(None)`: nothing of it
+/// is on disk. An error leaves the files as they are, for recovery at the
+/// next start.
+fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
+    let (dir, id, ctx) = (&s.dir, &s.id, &s.ctx);
+    let part = dir.join(format!(".{id}.wav.part"));
+    let wav = dir.join(format!("{id}.wav"));
+    let json = dir.join(format!("{id}.json"));
+    let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
+    let reason = &s.reason;
+    let warning = format!(
+        "the spool refused a write while recording this call ({}): the audio that reached the disk was kept, the rest is missing",
+        s.error
+    );
+    if part.exists() {
+        if complete_part(dir, id, ctx, &part, reason, &warning)?.is_none() {
+            return Ok(None);
+        }
+    } else if wav.is_file() && !json.exists() {
+        complete_json(dir, id, ctx, &sidecar, true, reason, &warning)?;
+    } else if sidecar.exists() && !json.exists() {
+        complete_answered(dir, id, ctx, &sidecar, reason, true, &warning)?;
+    } else {
+        return Ok(None);
+    }
+    let doc = read_json_file(&json, ctx.seal.as_deref());
+    let bytes = doc["audio"]["bytes"].as_u64().unwrap_or(0);
+    let duration_ms = doc["duration_ms"].as_i64().unwrap_or(0);
+    Ok(Some((
+        WrittenRecording {
+            id: id.clone(),
+            wav,
+            json,
+            duration_ms,
+        },
+        doc,
+        bytes,
+    )))
 }
 
 /// The pair written, its JSON and the WAV's size, or `None` when too short.

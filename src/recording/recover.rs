@@ -18,8 +18,6 @@ use super::*;
 /// agent of sidecars without them. Returns the ids recovered. Left-over temp
 /// files of finished recordings are removed.
 pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
-    use pbx_core::audio::wav::{canonical_header, repair_wav};
-    use std::os::unix::fs::FileExt;
     let mut recovered = Vec::new();
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -83,46 +81,67 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
         else {
             continue;
         };
-        let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
-        if crypt::is_sealed(&p)? {
-            if let Some(id) = recover_sealed_part(dir, &id, ctx, &p, &sidecar)? {
-                recovered.push(id);
-            }
-            continue;
+        if let Some(id) = complete_part(dir, &id, ctx, &p, "crash", WARN_CUT)? {
+            recovered.push(id);
         }
-        let mut f = OpenOptions::new().read(true).write(true).open(&p)?;
-        let len = f.metadata()?.len();
-        match repair_wav(&mut f, len) {
-            Ok(audio) => {
-                // Whole frames only: a write cut in the middle of a frame
-                // leaves no stray bytes after the data chunk.
-                let end = len.min(44 + audio).max(44);
-                if end < len && header_is_canonical(&mut f) {
-                    f.set_len(end)?;
-                }
-            }
-            Err(_) if sidecar.exists() => {
-                // The call had begun but not even the header reached the
-                // disk (power loss): an empty recording of it.
-                let sj = read_json_file(&sidecar, keys);
-                let rate = wav_rate(&sj);
-                f.set_len(0)?;
-                f.write_all_at(&canonical_header(rate, 2, 0), 0)?;
-            }
-            Err(_) => {
-                // Nothing to say what it was: nothing to keep.
-                drop(f);
-                fs::remove_file(&p)?;
-                continue;
-            }
-        }
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&p, dir.join(format!("{id}.wav")))?;
-        complete_json(dir, &id, ctx, &sidecar, true, "crash", WARN_CUT)?;
-        recovered.push(id);
     }
     Ok(recovered)
+}
+
+/// Completes the recording whose audio stopped at what its
+/// `.<id>.wav.part` holds (a crash cut it off, or the file system refused a
+/// write): a valid WAV of the whole frames that reached the disk (a partial
+/// frame at its end is cut off; a file without even its header becomes an
+/// empty recording when its start sidecar says what it was), renamed to
+/// `<id>.wav`, and its JSON from the start sidecar, `"truncated": true`,
+/// `end_reason` = `reason`, with `warning`. `None` when there was nothing
+/// to keep (removed) or a sealed one cannot be opened (left as it is).
+pub(super) fn complete_part(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    p: &Path,
+    reason: &str,
+    warning: &str,
+) -> io::Result<Option<String>> {
+    use pbx_core::audio::wav::{canonical_header, repair_wav};
+    use std::os::unix::fs::FileExt;
+    let keys = ctx.seal.as_deref();
+    let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
+    if crypt::is_sealed(p)? {
+        return recover_sealed_part(dir, id, ctx, p, &sidecar, reason, warning);
+    }
+    let mut f = OpenOptions::new().read(true).write(true).open(p)?;
+    let len = f.metadata()?.len();
+    match repair_wav(&mut f, len) {
+        Ok(audio) => {
+            // Whole frames only: a write cut in the middle of a frame
+            // leaves no stray bytes after the data chunk.
+            let end = len.min(44 + audio).max(44);
+            if end < len && header_is_canonical(&mut f) {
+                f.set_len(end)?;
+            }
+        }
+        Err(_) if sidecar.exists() => {
+            // The call had begun but not even the header reached the
+            // disk (power loss): an empty recording of it.
+            let sj = read_json_file(&sidecar, keys);
+            let rate = wav_rate(&sj);
+            f.set_len(0)?;
+            f.write_all_at(&canonical_header(rate, 2, 0), 0)?;
+        }
+        Err(_) => {
+            // Nothing to say what it was: nothing to keep.
+            drop(f);
+            fs::remove_file(p)?;
+            return Ok(None);
+        }
+    }
+    f.sync_all()?;
+    drop(f);
+    fs::rename(p, dir.join(format!("{id}.wav")))?;
+    complete_json(dir, id, ctx, &sidecar, true, reason, warning)?;
+    Ok(Some(id.to_string()))
 }
 
 /// A sealed `.<id>.wav.part` (encryption at rest) after a crash: sealed
@@ -135,6 +154,8 @@ fn recover_sealed_part(
     ctx: &RecordingContext,
     part: &Path,
     sidecar: &Path,
+    reason: &str,
+    warning: &str,
 ) -> io::Result<Option<String>> {
     let wav = dir.join(format!("{id}.wav"));
     let json = dir.join(format!("{id}.json"));
@@ -144,7 +165,7 @@ fn recover_sealed_part(
         if json.exists() {
             return Ok(None);
         }
-        complete_json(dir, id, ctx, sidecar, false, "crash", WARN_SAVING)?;
+        complete_json(dir, id, ctx, sidecar, false, reason, WARN_SAVING)?;
         return Ok(Some(id.to_string()));
     }
     let Some(keys) = ctx.seal.as_deref() else {
@@ -179,7 +200,7 @@ fn recover_sealed_part(
     }
     fs::rename(&tmp, &wav)?;
     fs::remove_file(part)?;
-    complete_json(dir, id, ctx, sidecar, true, "crash", WARN_CUT)?;
+    complete_json(dir, id, ctx, sidecar, true, reason, warning)?;
     Ok(Some(id.to_string()))
 }
 

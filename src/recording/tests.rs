@@ -824,3 +824,161 @@ fn roles_and_ids_reach_the_json_and_the_start_metadata() {
     assert_eq!(m["channels"][1]["role"], "customer");
     assert_eq!(m["ids"]["asterisk_uniqueid"], "1733.7");
 }
+
+/// A write refused while a call records (a full disk, an I/O error): the
+/// recording stops there, and the audio that reached the disk becomes the
+/// recording, sample for sample, marked truncated, with the call's own end
+/// reason and a warning naming the error; nothing written is thrown away.
+/// Plain and sealed alike.
+#[test]
+fn a_write_error_keeps_what_reached_the_disk() {
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[7; 32]), Vec::new()));
+    for seal in [None, Some(keys)] {
+        let d = tempfile::tempdir().unwrap();
+        let c = RecordingContext {
+            seal: seal.clone(),
+            ..ctx("siprec")
+        };
+        let mut rd = RecordingDir::new(d.path(), c).unwrap();
+        rd.begin(CallKey(4), &start("r4"));
+        let first: Vec<i16> = (0..1600).map(|i| (i * 37 % 4000 - 2000) as i16).collect();
+        rd.audio(CallKey(4), &first);
+        rd.open.get_mut(&CallKey(4)).unwrap().error = Some(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "No space left on device",
+        ));
+        rd.audio(CallKey(4), &[9i16; 1600]);
+        rd.end(CallKey(4), meta_r4());
+        assert_eq!(
+            (rd.counters.written, rd.counters.failed),
+            (1, 0),
+            "{:?}",
+            rd.errors
+        );
+        let keys = seal.as_deref();
+        let j: Value =
+            serde_json::from_slice(&read_recording(&d.path().join("r4.json"), keys).unwrap())
+                .unwrap();
+        assert_eq!(j["truncated"], true);
+        assert_eq!(j["end_reason"], "bye");
+        assert_eq!(j["duration_ms"], 100);
+        assert!(
+            j["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("No space left on device"),
+            "{j}"
+        );
+        let wav = read_recording(&d.path().join("r4.wav"), keys).unwrap();
+        let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+        let samples: Vec<i16> = wav[info.data_offset as usize..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(samples, first, "sealed: {}", seal.is_some());
+        let (n, sha) = hash_recording(&d.path().join("r4.wav"), keys).unwrap();
+        assert_eq!(
+            (n, sha.as_str()),
+            (
+                j["audio"]["bytes"].as_u64().unwrap(),
+                j["audio"]["sha256"].as_str().unwrap()
+            )
+        );
+        assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+    }
+}
+
+/// The spool's file system fills up while a call records (a real full
+/// tmpfs; without the right to mount one, a directory that refuses new
+/// files stands in for it): the audio that reached the disk is kept, the
+/// recording cannot be finished while the disk is full, its files stay, and
+/// the running daemon makes the recording from them once space returns.
+#[test]
+fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    struct Umount(Option<PathBuf>);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            if let Some(m) = &self.0 {
+                let _ = Command::new("umount").arg(m).status();
+            }
+        }
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _u = Umount(mounted.then(|| mnt.clone()));
+    let filler = mnt.join("filler");
+    fs::write(&filler, vec![1u8; 64 * 1024]).unwrap();
+    let mut rd = RecordingDir::new(&mnt, ctx("siprec")).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    // 20 s of audio in 100 ms chunks: about 5 s fit.
+    let sent: Vec<i16> = (0..20 * 8000 * 2)
+        .map(|i| ((i * 131) % 30000 - 15000) as i16)
+        .collect();
+    for (n, chunk) in sent.chunks(1600).enumerate() {
+        if n == 60 && !mounted {
+            // No tmpfs: the file refuses writes from 6 s on.
+            rd.open.get_mut(&CallKey(4)).unwrap().error = Some(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "No space left on device",
+            ));
+            fs::set_permissions(&mnt, fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        rd.audio(CallKey(4), chunk);
+    }
+    if !mounted && fs::File::create(mnt.join("probe")).is_ok() {
+        eprintln!("note: neither a tmpfs nor a refused directory here: skipped");
+        return;
+    }
+    let mut meta = meta_r4();
+    meta.frames = 160_000;
+    meta.ended_at = meta.media_started_at.add_micros(20_000_000);
+    rd.end(CallKey(4), meta);
+    assert_eq!(rd.counters.failed, 1, "{:?}", rd.errors);
+    assert!(
+        rd.errors[0].contains("what reached the disk is kept"),
+        "{:?}",
+        rd.errors
+    );
+    assert!(mnt.join(".r4.start.json").exists());
+    assert!(rd.stranded_retry().is_some());
+    assert!(!rd.collect(), "not due yet");
+    // Space returns (the delivered recordings go); the retry is due.
+    if mounted {
+        fs::remove_file(&filler).unwrap();
+    } else {
+        fs::set_permissions(&mnt, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    rd.retry_at = Some(std::time::Instant::now());
+    assert!(rd.collect());
+    assert_eq!((rd.counters.written, rd.stranded_retry()), (1, None));
+    let j = json_of(&mnt, "r4");
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["end_reason"], "bye");
+    let wav = fs::read(mnt.join("r4.wav")).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+    let kept: Vec<i16> = wav[info.data_offset as usize..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert!(kept.len() >= 4 * 8000 * 2, "{} samples kept", kept.len());
+    assert!(kept.len() < sent.len());
+    assert_eq!(
+        kept[..],
+        sent[..kept.len()],
+        "what reached the disk, as sent"
+    );
+    assert_eq!(
+        j["duration_ms"].as_u64().unwrap(),
+        kept.len() as u64 / 2 * 1000 / 8000
+    );
+    assert_eq!(hidden_files(&mnt), Vec::<String>::new());
+}

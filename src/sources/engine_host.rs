@@ -120,7 +120,12 @@ impl EngineHost {
         });
         // Pairs being finished are collected as they come.
         let finishing = (self.out.finishing() > 0).then_some(FINISHED_POLL);
-        [engine, report, finishing].into_iter().flatten().min()
+        // Recordings a full disk left unfinished are tried again.
+        let stranded = self.out.stranded_retry();
+        [engine, report, finishing, stranded]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The source is about to block without a timeout ([`Self::wait`] said
