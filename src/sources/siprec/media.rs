@@ -439,7 +439,7 @@ impl MediaReceiver {
         }
         // SAFETY: ev is a new fd we own.
         let ev = Arc::new(unsafe { OwnedFd::from_raw_fd(ev) });
-        epoll_add(&ep, ev.as_raw_fd(), WAKE)?;
+        epoll_add(&ep, ev.as_raw_fd(), WAKE, false)?;
         let (tx, rx) = mpsc::channel();
         let (spare_tx, spare_rx) = mpsc::sync_channel(BATCHES);
         let wake_fd = ev.clone();
@@ -484,9 +484,17 @@ impl Drop for MediaReceiver {
     }
 }
 
-fn epoll_add(ep: &OwnedFd, fd: RawFd, data: u64) -> io::Result<()> {
+/// Watches `fd` for input: level-triggered, or edge-triggered (`edge`:
+/// reported once per arrival after the last read, for a reader that always
+/// reads the socket empty).
+fn epoll_add(ep: &OwnedFd, fd: RawFd, data: u64, edge: bool) -> io::Result<()> {
+    let flags = if edge {
+        libc::EPOLLIN | libc::EPOLLET
+    } else {
+        libc::EPOLLIN
+    };
     let mut e = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
+        events: flags as u32,
         u64: data,
     };
     // SAFETY: valid epoll fd and event struct.
@@ -672,10 +680,17 @@ impl Reader {
                     self.counters.idle.set(self.delivered);
                     let woke = self.wait(&mut events, -1);
                     self.counters.idle.clear();
-                    // Stamped now and asked again (the sockets are still
-                    // readable), so the stamp is not the idle start.
+                    // Stamped now, not at the idle start. The sockets the
+                    // wait reported are read below (edge-triggered, they
+                    // are not reported again); those that became readable
+                    // since are asked for and read with them.
                     through = crate::sys::now();
-                    woke.and_then(|_| self.wait(&mut events, 0))
+                    match woke {
+                        Some(m) if m < events.len() => {
+                            self.wait(&mut events[m..], 0).map(|more| m + more)
+                        }
+                        other => other,
+                    }
                 }
                 n => n,
             }) else {
@@ -847,7 +862,11 @@ impl Reader {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        if let Err(e) = epoll_add(&self.ep, port.socket.as_raw_fd(), k as u64) {
+        // Edge-triggered: every socket reported is read empty (`drain`), and
+        // level-triggered epoll would poll each reported socket once more at
+        // the next wait only to find it empty (5 % of the daemon's CPU at
+        // 2,000 calls, BENCHMARKS.md).
+        if let Err(e) = epoll_add(&self.ep, port.socket.as_raw_fd(), k as u64, true) {
             tracing::error!(port = %port.local, "media receive: cannot watch the RTP port: {e}");
             self.free.push(k);
             return;
@@ -876,7 +895,8 @@ impl Reader {
         }
     }
 
-    /// Read every datagram queued on slot `k` into `batch`.
+    /// Read every datagram queued on slot `k` into `batch`: the socket is
+    /// left empty (it is watched edge-triggered).
     fn drain(&mut self, k: usize, batch: &mut DatagramBatch) {
         let Some(Some(slot)) = self.slots.get_mut(k) else {
             return;
@@ -889,6 +909,7 @@ impl Reader {
         loop {
             let n = match self.bufs.recv(fd) {
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(port = %local, "RTP receive: {e}");
                     0
