@@ -119,6 +119,12 @@ impl AnsweredCalls {
         }
     }
 
+    /// Holds the notes' lock (a test makes the opener wait with it).
+    #[cfg(test)]
+    pub(super) fn hold(&self) -> std::sync::MutexGuard<'_, AnsweredState> {
+        self.0.lock().unwrap()
+    }
+
     /// How many calls are answered without audio.
     pub fn len(&self) -> usize {
         self.0.lock().map(|g| g.by_call.len()).unwrap_or(0)

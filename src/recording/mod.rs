@@ -9,13 +9,17 @@
 //!
 //! Promises:
 //! - Audio is written while the call runs (`.<id>.wav.part`), never held in
-//!   memory: every chunk the engine hands over (at least 100 ms of audio, at
+//!   memory: every chunk the engine hands over (at least 40 ms of audio, at
 //!   most its hold-back window `recording.jitter` behind real time) is passed
 //!   to the kernel with one `write()` before [`RecordingSink::audio`] returns,
-//!   and the WAV header is on disk as soon as the recording begins. The kernel's
-//!   page cache survives the death of the process (SIGKILL, a panic, the OOM
-//!   killer), so a crash of pbx-edge loses only what the engine still held:
-//!   at most the hold-back window plus one chunk (docs/durability.md).
+//!   and the WAV header is on disk as soon as the recording's file exists.
+//!   The kernel's page cache survives the death of the process (SIGKILL, a
+//!   panic, the OOM killer), so a crash of pbx-edge loses only what the
+//!   engine still held: at most the hold-back window plus one chunk
+//!   (docs/durability.md). One exception: live sources create the files off
+//!   the engine thread ([`opener`]); until a recording's `.part` is open, its
+//!   first audio waits in memory (at most [`WAITING_MAX_S`] seconds, then
+//!   the engine waits for the file).
 //! - Power loss: the spool's file system is synced (`syncfs`) every
 //!   [`SYNC_INTERVAL`] while recordings are written, so a power cut loses at
 //!   most that much more; a finished pair is fsynced before it appears.
@@ -77,6 +81,7 @@ pub use doc::{
 mod answered;
 pub use answered::*;
 mod finisher;
+mod opener;
 mod sync;
 pub use sync::*;
 mod recover;
@@ -169,7 +174,18 @@ struct OpenRecording {
     /// Sample frames written so far.
     frames: u64,
     tap: Option<Box<dyn CallTap>>,
+    /// While its files are being created ([`opener`]): the audio handed
+    /// over meanwhile, written as soon as the `.part` is open.
+    waiting: Option<Vec<i16>>,
+    /// The tap's start, told once the `.part` is open.
+    tap_begin: Option<TapBegin>,
+    /// The WAV's sample rate.
+    rate: u32,
 }
+
+/// The most audio a recording keeps in memory while its file is being
+/// created, in seconds: past it the engine waits for the file.
+const WAITING_MAX_S: usize = 4;
 
 /// Writes recordings into one directory.
 pub struct RecordingDir {
@@ -194,6 +210,9 @@ pub struct RecordingDir {
     /// Finishes ended recordings off this thread (live sources,
     /// [`RecordingDir::finish_in_background`]); `None`: in [`RecordingSink::end`].
     finisher: Option<finisher::Finisher>,
+    /// Creates recordings' files off this thread (live sources, with the
+    /// finisher); `None`: in [`RecordingSink::begin`].
+    opener: Option<opener::Opener>,
     /// Recordings left unfinished by a write error, and when they are next
     /// tried ([`STRANDED_RETRY`]).
     stranded: Vec<Stranded>,
@@ -234,6 +253,7 @@ impl RecordingDir {
             track_closed: false,
             write_through: true,
             finisher: None,
+            opener: None,
             stranded: Vec::new(),
             retry_at: None,
         })
@@ -243,6 +263,7 @@ impl RecordingDir {
     /// in [`RecordingSink::end`]: their results (counters, [`Self::take_closed`])
     /// arrive with [`Self::collect`]. If the threads cannot start, recordings
     /// go on being finished in `end`.
+    /// Their files are created off this thread too ([`opener`]).
     pub(crate) fn finish_in_background(&mut self) {
         if self.finisher.is_none() {
             match finisher::Finisher::new(finisher::WORKERS) {
@@ -250,11 +271,43 @@ impl RecordingDir {
                 Err(e) => tracing::warn!("recordings are finished on the engine thread: {e}"),
             }
         }
+        if self.opener.is_none() {
+            match opener::Opener::new() {
+                Ok(o) => self.opener = Some(o),
+                Err(e) => tracing::warn!("recordings' files are created on the engine thread: {e}"),
+            }
+        }
+    }
+
+    /// Takes in the files the opener has created, or (`wait_for`) waits
+    /// until that recording's are: their waiting audio is written.
+    fn take_opened(&mut self, wait_for: Option<CallKey>) {
+        loop {
+            let block =
+                wait_for.is_some_and(|k| self.open.get(&k).is_some_and(|r| r.waiting.is_some()));
+            let Some(o) = self.opener.as_mut().and_then(|op| op.try_opened(block)) else {
+                break;
+            };
+            if let Some(rec) = self.open.get_mut(&o.key) {
+                attach(rec, o.writer, self.write_through);
+            }
+        }
+        // The opener gone with jobs pending: those recordings never open.
+        if let Some(rec) = wait_for.and_then(|k| self.open.get_mut(&k)) {
+            if rec.waiting.is_some() {
+                attach(
+                    rec,
+                    Err(io::Error::other("the recording's file was never created")),
+                    self.write_through,
+                );
+            }
+        }
     }
 
     /// Takes in the recordings the finisher has finished since the last
     /// call (counted, remembered, their Call-IDs closed). True if any.
     pub(crate) fn collect(&mut self) -> bool {
+        self.take_opened(None);
         let mut any = false;
         while let Some(d) = self.finisher.as_mut().and_then(|f| f.try_done(false)) {
             self.complete(d);
@@ -295,9 +348,11 @@ impl RecordingDir {
         any
     }
 
-    /// Recordings being finished in the background, not collected yet.
+    /// Recordings being finished (or their files created) in the
+    /// background, not collected yet.
     pub(crate) fn finishing(&self) -> usize {
         self.finisher.as_ref().map_or(0, |f| f.pending())
+            + self.opener.as_ref().map_or(0, |o| o.pending())
     }
 
     /// Waits until every recording handed to the finisher is finished, and
@@ -470,79 +525,73 @@ impl RecordingSink for RecordingDir {
             o.insert("source".into(), self.ctx.source.into());
             o.insert("agent_id".into(), self.ctx.agent_id.clone().into());
         }
-        let _ = write_small_file(&sidecar, &v, self.ctx.seal.as_deref());
         let part = self.dir.join(format!(".{}.wav.part", start.recording_id));
-        let file = RecordingFile {
-            part: part.clone(),
-            wav: self.dir.join(format!("{}.wav", start.recording_id)),
-            keys: self.ctx.seal.clone(),
-        };
-        // The header goes to the kernel at once: a crash a moment later still
-        // leaves a valid (empty) WAV.
-        let opened = create_private_file(&part)
-            .and_then(|f| PartWriter::new(f, start.sample_rate, self.ctx.seal.as_deref()));
-        let (wav, error) = match opened {
-            Ok(w) => (Some(w), None),
-            Err(e) => (None, Some(e)),
-        };
-        // The start sidecar now stands for the call.
-        self.answered.forget(&start.call_id);
-        let tap = match (&self.ctx.tap, &error) {
-            (Some(t), None) => t.begin(TapBegin {
-                recording_id: start.recording_id.clone(),
-                sample_rate: start.sample_rate,
-                meta: start_meta(&v, &self.ctx.roles),
-                file,
-            }),
-            _ => None,
-        };
-        mark_unsynced(&self.dir);
-        self.open.insert(
-            call,
-            OpenRecording {
-                id: start.recording_id.clone(),
-                call_id: start.call_id.clone(),
-                part,
-                wav,
-                error,
-                ctx: self.ctx.clone(),
-                dir: self.dir.clone(),
-                frames: 0,
-                tap,
+        let tap_begin = self.ctx.tap.as_ref().map(|_| TapBegin {
+            recording_id: start.recording_id.clone(),
+            sample_rate: start.sample_rate,
+            meta: start_meta(&v, &self.ctx.roles),
+            file: RecordingFile {
+                part: part.clone(),
+                wav: self.dir.join(format!("{}.wav", start.recording_id)),
+                keys: self.ctx.seal.clone(),
             },
-        );
+        });
+        let job = Box::new(opener::OpenJob {
+            key: call,
+            sidecar,
+            sidecar_doc: v,
+            part: part.clone(),
+            dir: self.dir.clone(),
+            sample_rate: start.sample_rate,
+            seal: self.ctx.seal.clone(),
+            call_id: start.call_id.clone(),
+            answered: self.answered.clone(),
+        });
+        let mut rec = OpenRecording {
+            id: start.recording_id.clone(),
+            call_id: start.call_id.clone(),
+            part,
+            wav: None,
+            error: None,
+            ctx: self.ctx.clone(),
+            dir: self.dir.clone(),
+            frames: 0,
+            tap: None,
+            waiting: Some(Vec::new()),
+            tap_begin,
+            rate: start.sample_rate,
+        };
+        // Off this thread when it can be; else here.
+        let opened = match self.opener.as_mut() {
+            Some(o) => o.submit(job).err().map(|j| (*j).run()),
+            None => Some((*job).run()),
+        };
+        if let Some(o) = opened {
+            attach(&mut rec, o.writer, self.write_through);
+        }
+        self.open.insert(call, rec);
     }
 
     fn audio(&mut self, call: CallKey, frames: &[i16]) {
-        if let Some(rec) = self.open.get_mut(&call) {
-            if rec.error.is_some() {
-                return;
+        let Some(rec) = self.open.get_mut(&call) else {
+            return;
+        };
+        if let Some(w) = rec.waiting.as_mut() {
+            w.extend_from_slice(frames);
+            let max = WAITING_MAX_S * rec.rate as usize * 2;
+            if w.len() > max {
+                self.take_opened(Some(call));
             }
-            if let Some(w) = rec.wav.as_mut() {
-                // Written through: one write() per chunk, in the page cache,
-                // safe from a crash of the process, before the engine goes on.
-                let res = if self.write_through {
-                    w.write_through(frames)
-                } else {
-                    w.write_samples(frames)
-                };
-                if let Err(e) = res {
-                    rec.error = Some(e);
-                } else {
-                    // In the file now (the tap may read it from there).
-                    if let Some(t) = rec.tap.as_mut() {
-                        t.audio(rec.frames, frames);
-                    }
-                    rec.frames += (frames.len() / 2) as u64;
-                }
-                if self.write_through {
-                    mark_unsynced(&rec.dir);
-                }
-            }
+            return;
         }
+        write_audio(rec, frames, self.write_through);
     }
 
     fn end(&mut self, call: CallKey, meta: CallMeta) {
+        // Its files first, if they are still being created.
+        if self.open.get(&call).is_some_and(|r| r.waiting.is_some()) {
+            self.take_opened(Some(call));
+        }
         let Some(rec) = self.open.remove(&call) else {
             return;
         };
@@ -556,6 +605,53 @@ impl RecordingSink for RecordingDir {
         };
         let done = finish_recording(job.rec, &job.meta);
         self.complete(done);
+    }
+}
+
+/// The `.part` of `rec` is open (or could not be): the tap is told, and the
+/// audio that waited for it is written.
+fn attach(rec: &mut OpenRecording, writer: io::Result<PartWriter>, write_through: bool) {
+    match writer {
+        Ok(w) => rec.wav = Some(w),
+        Err(e) => rec.error = Some(e),
+    }
+    if let (Some(t), Some(b), None) = (&rec.ctx.tap, rec.tap_begin.take(), &rec.error) {
+        rec.tap = t.begin(b);
+    }
+    rec.tap_begin = None;
+    if let Some(waiting) = rec.waiting.take() {
+        if !waiting.is_empty() {
+            write_audio(rec, &waiting, write_through);
+        }
+    }
+}
+
+/// Writes a chunk of `rec`'s audio: through to the kernel at once
+/// (`write_through`, live sources: the page cache is safe from a crash of
+/// the process) before the engine goes on, or buffered (imports).
+fn write_audio(rec: &mut OpenRecording, frames: &[i16], write_through: bool) {
+    if rec.error.is_some() {
+        return;
+    }
+    let Some(w) = rec.wav.as_mut() else {
+        return;
+    };
+    let res = if write_through {
+        w.write_through(frames)
+    } else {
+        w.write_samples(frames)
+    };
+    if let Err(e) = res {
+        rec.error = Some(e);
+    } else {
+        // In the file now (the tap may read it from there).
+        if let Some(t) = rec.tap.as_mut() {
+            t.audio(rec.frames, frames);
+        }
+        rec.frames += (frames.len() / 2) as u64;
+    }
+    if write_through {
+        mark_unsynced(&rec.dir);
     }
 }
 

@@ -982,3 +982,102 @@ fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
     );
     assert_eq!(hidden_files(&mnt), Vec::<String>::new());
 }
+
+/// A live source's files are created off the engine thread: until the
+/// `.part` is open the audio handed over waits in memory, then it is
+/// written in order, and the tap sees every chunk once it is in the file;
+/// a call that ends before its file is open waits for it. The pair is the
+/// one made inline.
+#[test]
+fn audio_waits_for_its_file_and_is_written_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let c = RecordingContext {
+        tap: Some(Arc::new(TestTap(seen.clone()))),
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    rd.finish_in_background();
+    let answered = rd.answered_calls();
+    let chunks: Vec<Vec<i16>> = (0..5)
+        .map(|k| (0..800).map(|i| (k * 1000 + i) as i16).collect())
+        .collect();
+    {
+        // The opener creates the files, then waits for the lock to drop
+        // the answered note: its result is held back meanwhile.
+        let _held = answered.hold();
+        rd.begin(CallKey(4), &start("r4"));
+        for c in &chunks[..3] {
+            rd.audio(CallKey(4), c);
+        }
+        rd.collect();
+        let part = d.path().join(".r4.wav.part");
+        let t = std::time::Instant::now();
+        while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 44 {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fs::metadata(&part).unwrap().len(), 44, "the audio waits");
+        assert!(
+            seen.lock().unwrap().begun.is_empty(),
+            "the tap waits for the file"
+        );
+    }
+    // Taken in: what waited is written, as one chunk; then chunk by chunk.
+    let part = d.path().join(".r4.wav.part");
+    let t = std::time::Instant::now();
+    while fs::metadata(&part).unwrap().len() == 44 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(5));
+        rd.collect();
+    }
+    assert_eq!(fs::metadata(&part).unwrap().len(), 44 + 3 * 1600);
+    rd.audio(CallKey(4), &chunks[3]);
+    rd.audio(CallKey(4), &chunks[4]);
+    rd.end(CallKey(4), meta_r4());
+    rd.wait_finished();
+    assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
+    let wav = fs::read(d.path().join("r4.wav")).unwrap();
+    let want: Vec<u8> = chunks
+        .concat()
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    assert_eq!(&wav[44..], &want[..]);
+    let s = seen.lock().unwrap();
+    assert_eq!(s.begun.len(), 1);
+    let at: Vec<u64> = s.chunks.iter().map(|c| c.0).collect();
+    assert_eq!(at, vec![0, 1200, 1600]);
+    for (_, sent, in_file) in &s.chunks {
+        assert_eq!(sent, in_file);
+    }
+}
+
+/// A call that ends while its file is still being created waits for it:
+/// nothing of its audio is lost, and its pair is complete.
+#[test]
+fn a_call_ending_before_its_file_is_open_waits_for_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.finish_in_background();
+    let answered = rd.answered_calls();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _held = answered.hold();
+        locked.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    is_locked.recv().unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[7i16; 1600]);
+    rd.end(CallKey(4), meta_r4());
+    t.join().unwrap();
+    rd.wait_finished();
+    assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
+    let wav = fs::read(d.path().join("r4.wav")).unwrap();
+    assert_eq!(wav.len(), 44 + 3200);
+    assert!(wav[44..]
+        .chunks_exact(2)
+        .all(|b| i16::from_le_bytes([b[0], b[1]]) == 7));
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
