@@ -247,6 +247,10 @@ impl Tracker {
             }
         };
         let seq_update = if active_flow {
+            // The SSRC of the flow already active was listed when it became
+            // active: only a new one is looked for in the list (kept off
+            // the path of every packet: the list is one more cache miss).
+            let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
             leg.flow = Some((flow, ts));
             let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
             match u {
@@ -260,7 +264,7 @@ impl Tracker {
                 _ => {}
             }
             leg.meta.packets += 1;
-            if !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
+            if !known_ssrc && !leg.meta.ssrcs.contains(&rtp.ssrc) && leg.meta.ssrcs.len() < 64 {
                 leg.meta.ssrcs.push(rtp.ssrc);
             }
             Some(u)
