@@ -28,7 +28,7 @@ pub fn run(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     let used = Config::resolve_path(path.as_deref());
     match Config::load(path.as_deref()) {
         Ok(c) => {
-            for w in c.secret_file_warnings() {
+            for w in c.warnings() {
                 eprintln!("warning: {w}");
             }
             println!("{}", check_ok_line(used.as_deref(), &c));

@@ -713,6 +713,44 @@ impl Config {
         )
     }
 
+    /// Everything `check-config` warns about, and the daemon logs at start
+    /// and on SIGHUP: settings that work but not as one may expect (not
+    /// errors: the daemon still runs). Secret files too open
+    /// ([`Self::secret_file_warnings`]) and a SIPREC port range too small
+    /// for `max_calls` ([`Self::capacity_warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = self.secret_file_warnings();
+        w.extend(self.capacity_warnings());
+        w
+    }
+
+    /// A SIPREC source whose `rtp_ports` holds fewer streams than
+    /// `max_calls` two-stream calls need (one even port a stream, the odd
+    /// one above it kept for RTCP): the calls past the range's capacity get
+    /// 503, and ended calls' ports come back sooner than their 60 s
+    /// cooling-off.
+    pub fn capacity_warnings(&self) -> Vec<String> {
+        let sr = &self.sources.siprec;
+        if !sr.enabled {
+            return Vec::new();
+        }
+        let (lo, hi) = (
+            u32::from(*sr.rtp_ports.start()),
+            u32::from(*sr.rtp_ports.end()),
+        );
+        let streams = (lo..=hi).filter(|p| p % 2 == 0).count() as u64;
+        let calls = streams / 2;
+        if u64::from(sr.max_calls) <= calls {
+            return Vec::new();
+        }
+        let need = u64::from(sr.max_calls) * 4;
+        vec![format!(
+            "sources.siprec.rtp_ports ({lo}-{hi}) holds {streams} streams: at most {calls} two-stream calls at once, fewer than max_calls = {}; about {need} ports are needed (e.g. \"{lo}-{}\"; keep the range clear of the PBX's own RTP ports and of net.ipv4.ip_local_port_range)",
+            sr.max_calls,
+            (u64::from(lo) + need - 1).min(65535),
+        )]
+    }
+
     /// Files holding secrets (`cloud.token_file`, `cloud.client_key`,
     /// `sources.siprec.tls_key`, `sources.folder.cdr_db_url_file`,
     /// `stream.token_file`, `spool.encryption_key_file`, `old_key_files`) whose

@@ -379,3 +379,26 @@ fn roles_section() {
     assert_eq!(c.roles.trunks[0].to_string(), "192.0.2.0/24");
     assert!(err1("[roles]\ntrunks = [\"nope\"]\n").starts_with("t.toml:2: roles.trunks:"));
 }
+
+/// A SIPREC port range too small for `max_calls` is warned about (one even
+/// port a stream, two streams a call), with the range it would need; the
+/// packaged defaults (1,000 calls, 20000-29999: 2,500 calls) are not.
+#[test]
+fn a_port_range_too_small_for_max_calls_is_warned_about() {
+    assert_eq!(parse("").unwrap().capacity_warnings(), Vec::<String>::new());
+    let c = parse("[sources.siprec]\nmax_calls = 5000").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("holds 5000 streams: at most 2500 two-stream calls")
+            && w[0].contains("max_calls = 5000")
+            && w[0].contains("\"20000-39999\""),
+        "{w:?}"
+    );
+    let odd = parse("[sources.siprec]\nmax_calls = 3\nrtp_ports = \"30001-30009\"").unwrap();
+    assert_eq!(odd.capacity_warnings().len(), 1, "4 even ports: 2 calls");
+    let fits = parse("[sources.siprec]\nmax_calls = 2\nrtp_ports = \"30001-30009\"").unwrap();
+    assert_eq!(fits.capacity_warnings(), Vec::<String>::new());
+    let off = parse("[sources.siprec]\nenabled = false\nmax_calls = 5000").unwrap();
+    assert_eq!(off.capacity_warnings(), Vec::<String>::new());
+}

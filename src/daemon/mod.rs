@@ -593,7 +593,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     // `POST /v1/drain` on the health listener.
     let drain_request = Arc::new(tokio::sync::Notify::new());
 
-    for w in cfg.secret_file_warnings() {
+    for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
     let started = Instant::now();
@@ -702,7 +702,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     Ok(new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
-                        for w in new.secret_file_warnings() {
+                        for w in new.warnings() {
                             tracing::warn!("{w}");
                         }
                         cfg = new;
