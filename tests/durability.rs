@@ -758,3 +758,110 @@ fn crash_torture_sigkills_while_siprec_calls_arrive_and_the_cloud_fails() {
         kills_done.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------
+// The spool's disk fills up while a call records
+// ---------------------------------------------------------------------------
+
+/// The spool's file system fills up in the middle of a SIPREC call (a real
+/// tmpfs, filled by another file). The call's audio up to then is kept: the
+/// recording cannot be finished while the disk is full, its BYE is still
+/// answered, and once space returns the running daemon makes the recording
+/// from what reached the disk: whole, `truncated`, its end reason the BYE,
+/// a warning naming the error, and as long as the audio sent before the
+/// disk filled (give or take the hold-back window).
+#[test]
+fn a_disk_filling_up_mid_call_keeps_the_audio_and_completes_it_when_space_returns() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "note: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): disk-full test skipped"
+        );
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    std::fs::create_dir(mnt.join("spool")).unwrap();
+    std::os::unix::fs::symlink(mnt.join("spool"), dir.path().join("spool")).unwrap();
+    let (listen, rtp) = listen_and_rtp();
+    let mut d = Daemon::start(dir.path(), &siprec_config(listen, rtp, ""));
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let call = SrcCall::place(listen, "full@disk", Duration::from_secs(5)).expect("answered");
+    let mut media = Media::start(call.ports, 6_000, 9);
+    while media.sent_ms() < 2_000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Fill the file system.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let full_at = media.sent_ms();
+    media.join();
+    let sent = media.sent_ms();
+    // The BYE is answered although the pair cannot be written.
+    call.bye(Duration::from_secs(20)).expect("200 to the BYE");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(d.recordings().is_empty(), "no room for the JSON yet");
+    let spool = mnt.join("spool");
+    let files: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    // The audio written is kept: its `.part`, or the WAV made of it.
+    assert_eq!(
+        files
+            .iter()
+            .filter(|n| n.ends_with(".wav.part") || n.ends_with(".wav"))
+            .count(),
+        1,
+        "{files:?}\n{}",
+        d.log()
+    );
+    // Space returns: the daemon completes the recording (it tries every 10 s).
+    std::fs::remove_file(&filler).unwrap();
+    let recs = d.wait_recordings(1, Duration::from_secs(30));
+    let j = json_of(&recs[0]);
+    let wav = std::fs::read(recs[0].with_extension("wav")).unwrap();
+    let ms = wav_ms(&wav);
+    assert_eq!(j["call_id"], "full@disk", "{j}");
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (true.into(), "bye".into()),
+        "{j}"
+    );
+    assert_eq!(j["duration_ms"], ms, "{j}");
+    assert!(j["warnings"].to_string().contains("refused a write"), "{j}");
+    // What was written before the disk filled: the audio sent up to then,
+    // less what the engine still held back (its window) when it did.
+    assert!(
+        ms <= full_at + 100 && ms >= full_at - WINDOW_MS - 300,
+        "kept {ms} ms; the disk filled after {full_at} ms of {sent} ms sent"
+    );
+    assert!(
+        d.log()
+            .contains("recording completed from what reached the disk"),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    eprintln!("disk full: {sent} ms sent, the disk full after {full_at} ms, {ms} ms kept");
+}
