@@ -25,6 +25,10 @@ echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a c
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for N in $NS; do
   rm -rf "$DIR/$N"; mkdir -p "$DIR/$N"
+  # One even port a stream, two streams a call, and room for the cooling-off:
+  # 20000-29999 up to 2,000 calls, wider above.
+  HI=$(( N * 4 + 2000 > 10000 ? 20000 + N * 4 + 1999 : 29999 ))
+  [ "$HI" -gt 65535 ] && HI=65535
   cat > "$DIR/$N/pbx-edge.toml" <<TOML
 [spool]
 dir = "$DIR/$N/spool"
@@ -32,7 +36,7 @@ dir = "$DIR/$N/spool"
 listen = "127.0.0.1:19466"
 [sources.siprec]
 listen = "127.0.0.1:15090"
-rtp_ports = "20000-29999"
+rtp_ports = "20000-$HI"
 max_calls = 10000
 TOML
   $BIN run --config "$DIR/$N/pbx-edge.toml" 2>"$DIR/$N/daemon.log" &
