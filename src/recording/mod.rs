@@ -595,6 +595,13 @@ impl RecordingSink for RecordingDir {
         let Some(rec) = self.open.remove(&call) else {
             return;
         };
+        // Its answered note, if its start sidecar could not replace it: it
+        // goes once the recording has audio on disk to stand for the call;
+        // with nothing written, it stays and becomes the call's (empty)
+        // recording when the call is settled ([`Self::end_answered`]).
+        if rec.wav.is_some() {
+            self.answered.forget(&rec.call_id);
+        }
         let job = Box::new(finisher::Job { rec, meta });
         let job = match self.finisher.as_mut() {
             Some(f) => match f.submit(job) {
@@ -791,13 +798,13 @@ fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
         "the spool refused a write while recording this call ({}): the audio that reached the disk was kept, the rest is missing",
         s.error
     );
-    if part.exists() {
+    if part.is_file() {
         if complete_part(dir, id, ctx, &part, reason, &warning)?.is_none() {
             return Ok(None);
         }
     } else if wav.is_file() && !json.exists() {
         complete_json(dir, id, ctx, &sidecar, true, reason, &warning)?;
-    } else if sidecar.exists() && !json.exists() {
+    } else if sidecar.is_file() && !json.exists() {
         complete_answered(dir, id, ctx, &sidecar, reason, true, &warning)?;
     } else {
         return Ok(None);

@@ -60,13 +60,17 @@ impl OpenJob {
     /// Writes the start sidecar, creates the `.part` with its header (handed
     /// to the kernel at once: a crash a moment later still leaves a valid,
     /// empty WAV), and drops the answered note: the start sidecar now
-    /// stands for the call. The one way a recording's files are made, on
-    /// the engine thread or the opener's.
+    /// stands for the call. When the sidecar cannot be written (a full
+    /// disk), the note stays: it still stands for the call (see
+    /// [`super::RecordingDir`]'s `end`). The one way a recording's files
+    /// are made, on the engine thread or the opener's.
     pub(super) fn run(self) -> Opened {
-        let _ = write_small_file(&self.sidecar, &self.sidecar_doc, self.seal.as_deref());
+        let noted = write_small_file(&self.sidecar, &self.sidecar_doc, self.seal.as_deref());
         let writer = create_private_file(&self.part)
             .and_then(|f| PartWriter::new(f, self.sample_rate, self.seal.as_deref()));
-        self.answered.forget(&self.call_id);
+        if noted.is_ok() {
+            self.answered.forget(&self.call_id);
+        }
         mark_unsynced(&self.dir);
         Opened {
             key: self.key,

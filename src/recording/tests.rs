@@ -1081,3 +1081,53 @@ fn a_call_ending_before_its_file_is_open_waits_for_it() {
         .all(|b| i16::from_le_bytes([b[0], b[1]]) == 7));
     assert_eq!(hidden_files(d.path()), Vec::<String>::new());
 }
+
+/// An answered call's note gives way only to files that stand for the
+/// call: when the start sidecar cannot be written it stays until the
+/// recording's audio is on disk; when nothing can be written it stays, and
+/// the call still leaves a recording (empty, its own) when it is settled.
+#[test]
+fn the_answered_note_stays_until_something_else_stands_for_the_call() {
+    let notes = |dir: &Path| {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(ANSWER_SUFFIX))
+            .count()
+    };
+    // The sidecar's place is taken (a directory): the note stays while
+    // the call records, and goes when its pair is written.
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.answered_calls().answered(&answered("r4@src")).unwrap();
+    fs::create_dir(d.path().join(format!(".r4{START_SUFFIX}"))).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    assert_eq!(notes(d.path()), 1, "the note still stands for the call");
+    rd.end(CallKey(4), meta_r4());
+    assert_eq!(notes(d.path()), 0);
+    assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
+    assert!(
+        !rd.end_answered("r4@src", "bye"),
+        "one recording of the call"
+    );
+
+    // Nothing can be written: the note stays, and makes the recording.
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let id = rd.answered_calls().answered(&answered("r4@src")).unwrap();
+    fs::create_dir(d.path().join(format!(".r4{START_SUFFIX}"))).unwrap();
+    fs::create_dir(d.path().join(".r4.wav.part")).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[1i16; 1600]);
+    rd.end(CallKey(4), meta_r4());
+    assert_eq!(rd.counters.failed, 1);
+    assert_eq!(rd.stranded_retry(), None, "nothing of it on disk");
+    assert_eq!(notes(d.path()), 1);
+    assert!(rd.end_answered("r4@src", "bye"));
+    let j = json_of(d.path(), &id);
+    assert_eq!(
+        (j["call_id"].clone(), j["duration_ms"].clone()),
+        ("r4@src".into(), 0.into())
+    );
+}
