@@ -1343,28 +1343,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn disk_full_keeps_the_spool_intact_and_recovers() {
     let d = tempfile::tempdir().unwrap();
-    let mnt = d.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "note: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): disk-full test skipped"
-        );
+    let Some(fs) = common::Tmpfs::mount(&d.path().join("mnt"), "16m") else {
         return;
-    }
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Umount(mnt.clone());
+    };
+    let mnt = fs.path().to_path_buf();
     let spool = mnt.join("spool");
     std::fs::create_dir(&spool).unwrap();
     let rx = Receiver::start(ReceiverOptions::default());
@@ -1397,13 +1379,7 @@ fn disk_full_keeps_the_spool_intact_and_recovers() {
     let daemon = common::daemon::Daemon::start(&ddir, "[sources.siprec]\nenabled = false\n");
     // Fill the file system.
     let filler = mnt.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-    }
+    common::fill_up(&filler);
     // A new recording cannot be written; the attempt leaves nothing behind.
     let r = write_recording_with(&spool, "no-room", 500_000, 99, |_| {});
     assert!(r.is_err(), "the disk should be full");

@@ -772,29 +772,11 @@ fn crash_torture_sigkills_while_siprec_calls_arrive_and_the_cloud_fails() {
 /// disk filled (give or take the hold-back window).
 #[test]
 fn a_disk_filling_up_mid_call_keeps_the_audio_and_completes_it_when_space_returns() {
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=80m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "note: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): disk-full test skipped"
-        );
+    let Some(fs) = common::Tmpfs::mount(&dir.path().join("mnt"), "80m") else {
         return;
-    }
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Umount(mnt.clone());
+    };
+    let mnt = fs.path().to_path_buf();
     std::fs::create_dir(mnt.join("spool")).unwrap();
     std::os::unix::fs::symlink(mnt.join("spool"), dir.path().join("spool")).unwrap();
     let (listen, rtp) = listen_and_rtp();
@@ -807,12 +789,7 @@ fn a_disk_filling_up_mid_call_keeps_the_audio_and_completes_it_when_space_return
     }
     // Fill the file system.
     let filler = mnt.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-    }
+    common::fill_up(&filler);
     let full_at = media.sent_ms();
     media.join();
     let sent = media.sent_ms();
