@@ -29,7 +29,9 @@
 //!
 //! How far the media are complete: the last batch of each round carries
 //! the time the round began ([`DatagramBatch::through`]): every datagram
-//! that arrived before it is in that batch or an earlier one. While the
+//! that arrived before it is in that batch or an earlier one (except on a
+//! socket flooded past [`DRAIN_CALLS`] reads a round, whose rest waits for
+//! the next rounds: one flooded port does not hold the others back). While the
 //! thread waits for the first datagram of a round with everything handed
 //! over, it says so ([`IdleMark`]). The engine thread turns both into its
 //! horizon ([`MediaHorizon`], [`pbx_core::CallEngine::set_horizon`]): it
@@ -87,6 +89,14 @@ pub const ROUND: Duration = Duration::from_millis(40);
 
 /// Datagrams read from one socket per `recvmmsg` call.
 const VLEN: usize = 32;
+
+/// `recvmmsg` calls per socket per round: at most 256 datagrams, 6,400 a
+/// second at [`ROUND`], 128 times what a stream sends. A socket with more
+/// queued (a flood) is read on in the next rounds, after the others, and
+/// what it is sent beyond that rate overflows its own queue (counted in
+/// `kernel_drops`): one flooded port can neither hold up the other calls'
+/// ports nor take the thread.
+const DRAIN_CALLS: usize = 8;
 
 /// Largest datagram kept (RTP over UDP on an Ethernet path is far smaller;
 /// a longer one is truncated and then dropped by the engine as malformed).
@@ -665,6 +675,11 @@ struct Reader {
     batches: usize,
     /// Batches handed to the engine so far.
     delivered: u64,
+    /// Slots left with datagrams queued at [`DRAIN_CALLS`] (edge-triggered
+    /// epoll reports them again only when more arrive): read next round.
+    unfinished: Vec<usize>,
+    /// The other list of [`Self::unfinished`] (the two swap each round).
+    keys: Vec<usize>,
 }
 
 impl Reader {
@@ -687,6 +702,8 @@ impl Reader {
             spare,
             batches: 0,
             delivered: 0,
+            unfinished: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -702,7 +719,7 @@ impl Reader {
             // readable for the `wait(0)` after it: it is read in this round.
             let mut through = crate::sys::now();
             let Some(mut n) = (match self.wait(&mut events, 0) {
-                Some(0) => {
+                Some(0) if self.unfinished.is_empty() => {
                     self.counters.idle.set(self.delivered);
                     let woke = self.wait(&mut events, -1);
                     self.counters.idle.clear();
@@ -728,6 +745,20 @@ impl Reader {
             };
             let mut stop = false;
             let mut read = false;
+            // The sockets a flood left with datagrams queued first, then
+            // those reported ready, commands in their place among them (a
+            // command given before a datagram was sent, such as a port's
+            // reuse, is mostly reported before its socket).
+            let spare = std::mem::take(&mut self.keys);
+            let mut keys = std::mem::replace(&mut self.unfinished, spare);
+            for &key in &keys {
+                read = true;
+                if !self.read_slot(key, &mut batch, &mut sink) {
+                    return;
+                }
+            }
+            keys.clear();
+            self.keys = keys;
             loop {
                 for e in &events[..n] {
                     let key = e.u64;
@@ -736,16 +767,8 @@ impl Reader {
                         continue;
                     }
                     read = true;
-                    self.drain(key as usize, &mut batch);
-                    if batch.data.len() >= BATCH_BYTES {
-                        let full = std::mem::take(&mut batch);
-                        if !self.deliver(&mut sink, full) {
-                            return;
-                        }
-                        let Some(b) = self.free_batch() else {
-                            return;
-                        };
-                        batch = b;
+                    if !self.read_slot(key as usize, &mut batch, &mut sink) {
+                        return;
                     }
                 }
                 // ...then take every socket that is ready in this round.
@@ -758,9 +781,14 @@ impl Reader {
                 }
             }
             if stop {
-                // Read what the sockets still hold before ending.
+                // Read what the sockets still hold before ending (a
+                // flooded one: a few rounds' worth).
                 for k in 0..self.slots.len() {
-                    self.drain(k, &mut batch);
+                    for _ in 0..4 {
+                        if self.drain(k, &mut batch) {
+                            break;
+                        }
+                    }
                 }
             }
             if batch.is_empty() && !read {
@@ -786,6 +814,31 @@ impl Reader {
                 std::thread::sleep(rest);
             }
         }
+    }
+
+    /// Reads slot `k` into `batch` ([`Self::drain`]; the slot is read on next
+    /// round if a flood left it more), handing `batch` over and taking a
+    /// fresh one when it is full. False when the engine is gone.
+    fn read_slot(
+        &mut self,
+        k: usize,
+        batch: &mut DatagramBatch,
+        sink: &mut impl BatchSink,
+    ) -> bool {
+        if !self.drain(k, batch) {
+            self.unfinished.push(k);
+        }
+        if batch.data.len() >= BATCH_BYTES {
+            let full = std::mem::take(batch);
+            if !self.deliver(sink, full) {
+                return false;
+            }
+            let Some(b) = self.free_batch() else {
+                return false;
+            };
+            *batch = b;
+        }
+        true
     }
 
     /// Counts `batch` and hands it to the engine; false when it is gone.
@@ -921,18 +974,21 @@ impl Reader {
         }
     }
 
-    /// Read every datagram queued on slot `k` into `batch`: the socket is
-    /// left empty (it is watched edge-triggered).
-    fn drain(&mut self, k: usize, batch: &mut DatagramBatch) {
+    /// Read the datagrams queued on slot `k` into `batch`, at most
+    /// [`DRAIN_CALLS`] `recvmmsg` calls' worth. True when the socket was
+    /// left empty (it is watched edge-triggered); false when more may be
+    /// queued (read on next round).
+    fn drain(&mut self, k: usize, batch: &mut DatagramBatch) -> bool {
         let Some(Some(slot)) = self.slots.get_mut(k) else {
-            return;
+            return true;
         };
         let port = &mut slot.port;
         let fd = port.socket.as_raw_fd();
         let local = port.local;
         let mut newest = None;
         let mut rejected = RejectCounts::default();
-        loop {
+        let mut emptied = false;
+        for _ in 0..DRAIN_CALLS {
             let n = match self.bufs.recv(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -977,6 +1033,7 @@ impl Reader {
                 }
             }
             if n < VLEN {
+                emptied = true;
                 break;
             }
         }
@@ -984,6 +1041,7 @@ impl Reader {
         if let Some(ts) = newest {
             port.last_rtp.store(ts.as_micros(), Ordering::Relaxed);
         }
+        emptied
     }
 }
 
