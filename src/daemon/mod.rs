@@ -607,8 +607,6 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     }));
     if let Ok(mut s) = status.lock() {
         s.cloud.configured = !cfg.cloud.url.is_empty();
-        // Not ready before the delivery task has the queue open.
-        s.cloud.spool_error = Some("opening the spool database".into());
     }
     let live = Liveness::new();
     let stream = crate::stream::StreamHub::new(tokio::runtime::Handle::current());
@@ -616,21 +614,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     stream.publish_to(status.clone());
     crate::sources::handle::set_stream_tap(stream.tap());
 
-    // Recordings a crash cut off.
-    match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
-        Ok(ids) if !ids.is_empty() => {
-            tracing::warn!(
-                count = ids.len(),
-                "completed recordings cut off by an earlier stop"
-            );
-            if let Ok(mut s) = status.lock() {
-                s.spool.repaired_at_start = ids.len() as u64;
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!("spool recovery in {}: {e}", cfg.spool.dir.display()),
-    }
-
+    // The health endpoint answers first: /healthz while the spool is
+    // recovered below (it can take a while after a crash on a slow disk),
+    // /readyz not before delivery has the queue open.
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = health::bind(cfg.health.listen)
         .await
@@ -645,6 +631,31 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         stop_rx.clone(),
         drain_request.clone(),
     ));
+
+    // Recordings a crash cut off (/readyz says so meanwhile).
+    let set_spool_state = |why: &str| {
+        if let Ok(mut s) = status.lock() {
+            s.cloud.spool_error = Some(why.into());
+        }
+    };
+    set_spool_state("not opened yet: recovering recordings cut off by an earlier stop");
+    let recovering = Instant::now();
+    match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(
+                count = ids.len(),
+                took_ms = recovering.elapsed().as_millis() as u64,
+                "completed recordings cut off by an earlier stop"
+            );
+            if let Ok(mut s) = status.lock() {
+                s.spool.repaired_at_start = ids.len() as u64;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("spool recovery in {}: {e}", cfg.spool.dir.display()),
+    }
+    // Not ready before the delivery task has the queue open.
+    set_spool_state("opening the spool database");
 
     // The spool's figures before any source reads them (the SIPREC server
     // answers OPTIONS by them).
