@@ -33,59 +33,79 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
         .filter_map(|v| v["call_id"].as_str().map(str::to_string))
         .collect();
     for p in entries {
-        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-            continue;
-        };
-        if name.starts_with('.') && (name.ends_with(".json.tmp") || name.ends_with(".wav.tmp")) {
-            // The JSON never got renamed: its WAV is complete (renamed first) or
-            // still a .part; either way the JSON is rebuilt below or from the pair.
-            let _ = fs::remove_file(&p);
-            continue;
-        }
-        if let Some(id) = sidecar_id(&p, ANSWER_SUFFIX) {
-            let call_id: Option<String> = read_recording(&p, keys)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| v["call_id"].as_str().map(str::to_string));
-            let stale = call_id.is_some_and(|c| began.contains(&c))
-                || dir.join(format!("{id}.json")).exists();
-            if stale {
-                let _ = fs::remove_file(&p);
-            } else {
-                complete_answered(dir, &id, ctx, &p, "crash", true, WARN_NO_AUDIO)?;
-                recovered.push(id);
+        // One recording that cannot be completed (a sealed file without its
+        // key, a read error) is reported and left as it is for the next
+        // start: the others are still completed.
+        match recover_entry(dir, &p, ctx, &began) {
+            Ok(Some(id)) => recovered.push(id),
+            Ok(None) => {}
+            Err(e) => {
+                let file = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                tracing::error!(
+                    file,
+                    "cannot complete a recording cut off by a crash (left as it is): {e}"
+                );
             }
-            continue;
-        }
-        if let Some(id) = sidecar_id(&p, START_SUFFIX) {
-            // A finished WAV without its JSON: renamed, then the crash.
-            let wav_path = dir.join(format!("{id}.wav"));
-            let part = dir.join(format!(".{id}.wav.part"));
-            if part.exists() {
-                continue; // completed with its .part below
-            }
-            if wav_path.is_file() && !dir.join(format!("{id}.json")).exists() {
-                complete_json(dir, &id, ctx, &p, false, "crash", WARN_SAVING)?;
-                recovered.push(id);
-            } else {
-                // The pair is complete (crash before the sidecar's removal),
-                // or the recording was discarded.
-                let _ = fs::remove_file(&p);
-            }
-            continue;
-        }
-        let Some(id) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(".wav.part"))
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if let Some(id) = complete_part(dir, &id, ctx, &p, "crash", WARN_CUT)? {
-            recovered.push(id);
         }
     }
     Ok(recovered)
+}
+
+/// [`recover`] for one file of the spool: the id it completed, if any.
+fn recover_entry(
+    dir: &Path,
+    p: &Path,
+    ctx: &RecordingContext,
+    began: &HashSet<String>,
+) -> io::Result<Option<String>> {
+    let keys = ctx.seal.as_deref();
+    let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+        return Ok(None);
+    };
+    if name.starts_with('.') && (name.ends_with(".json.tmp") || name.ends_with(".wav.tmp")) {
+        // The JSON never got renamed: its WAV is complete (renamed first) or
+        // still a .part; either way the JSON is rebuilt below or from the pair.
+        let _ = fs::remove_file(p);
+        return Ok(None);
+    }
+    if let Some(id) = sidecar_id(p, ANSWER_SUFFIX) {
+        let call_id: Option<String> = read_recording(p, keys)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["call_id"].as_str().map(str::to_string));
+        let stale =
+            call_id.is_some_and(|c| began.contains(&c)) || dir.join(format!("{id}.json")).exists();
+        if stale {
+            let _ = fs::remove_file(p);
+            return Ok(None);
+        }
+        complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
+        return Ok(Some(id));
+    }
+    if let Some(id) = sidecar_id(p, START_SUFFIX) {
+        // A finished WAV without its JSON: renamed, then the crash.
+        let wav_path = dir.join(format!("{id}.wav"));
+        let part = dir.join(format!(".{id}.wav.part"));
+        if part.exists() {
+            return Ok(None); // completed with its .part below
+        }
+        if wav_path.is_file() && !dir.join(format!("{id}.json")).exists() {
+            complete_json(dir, &id, ctx, p, false, "crash", WARN_SAVING)?;
+            return Ok(Some(id));
+        }
+        // The pair is complete (crash before the sidecar's removal), or
+        // the recording was discarded.
+        let _ = fs::remove_file(p);
+        return Ok(None);
+    }
+    let Some(id) = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".wav.part"))
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    complete_part(dir, &id, ctx, p, "crash", WARN_CUT)
 }
 
 /// Completes the recording whose audio stopped at what its

@@ -656,6 +656,53 @@ fn sealed_answered_notes_and_parts_recover_sealed() {
     assert_eq!(j["truncated"], false);
 }
 
+/// A recording that cannot be completed at a start (a sealed WAV left by a
+/// crash, the key no longer configured) is left as it is and reported: it
+/// does not stop the other recordings' recovery (found by the `recovery`
+/// fuzz target: the whole recovery failed), and a later start with the key
+/// completes it.
+#[test]
+fn a_recording_recovery_cannot_open_does_not_stop_the_others() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[4; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    // "a1": sealed, finished WAV renamed in, then the crash (its .part and
+    // start sidecar left).
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(1), &start("a1"));
+    rd.audio(CallKey(1), &[5i16; 1600]);
+    drop(rd);
+    seal_part(
+        &d.path().join(".a1.wav.part"),
+        &d.path().join("a1.wav"),
+        &keys,
+    )
+    .unwrap();
+    // "b2": plain, cut off by the crash.
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(2), &start("b2"));
+    rd.audio(CallKey(2), &[7i16; 1600]);
+    drop(rd);
+    // Started without the key: b2 is completed, a1 left for later.
+    assert_eq!(
+        recover(d.path(), &ctx("siprec")).unwrap(),
+        vec!["b2".to_string()]
+    );
+    assert_eq!(json_of(d.path(), "b2")["audio"]["bytes"], 44 + 3200);
+    assert!(d.path().join("a1.wav").exists());
+    assert!(d.path().join(format!(".a1{START_SUFFIX}")).exists());
+    assert!(!d.path().join("a1.json").exists());
+    // With the key again: a1 gets its JSON.
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec!["a1".to_string()]);
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("a1.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["audio"]["bytes"], 44 + 3200);
+}
+
 /// What a test tap saw.
 #[derive(Debug, Default)]
 struct Seen {
