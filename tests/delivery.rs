@@ -760,12 +760,24 @@ fn spool_purge_by_number_and_date() {
         "{out}"
     );
     assert_eq!(pairs_left(&spool).len(), 10);
+    // One that cannot be removed (a directory where its FLAC copy belongs)
+    // does not stop the others; it is named, and the command fails.
+    let stuck = spool.join(".r4.flac");
+    std::fs::create_dir(&stuck).unwrap();
     let (code, out, err) = spool_cmd(&config, &["purge", "--number", number]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "{out}{err}");
     assert!(
-        out.contains("3 recordings of the number given removed from the spool: r1, r2, r4"),
+        out.contains("2 recordings of the number given removed from the spool: r1, r2"),
         "{out}"
     );
+    assert!(
+        err.contains("1 recordings of the number given could not be removed")
+            && err.contains("r4:"),
+        "{err}"
+    );
+    std::fs::remove_dir(&stuck).unwrap();
+    let (code, out, err) = spool_cmd(&config, &["purge", "r4"]);
+    assert_eq!(code, 0, "{out}{err}");
     for digits in ["1234567", "4930", "+49"] {
         assert!(!out.contains(digits) && !err.contains(digits), "{out}{err}");
     }

@@ -155,6 +155,7 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
             let keys = cfg.spool.keys.as_deref();
             let mut matched = Vec::new();
             let mut unreadable = Vec::new();
+            let mut incomplete = false;
             for e in spool.list()? {
                 match read_doc(&spool, &e.id, keys) {
                     Ok(doc) if sel.matches(&doc, e.recorded_at_ms) => matched.push(e.id),
@@ -170,14 +171,29 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
                     list_ids(&matched)
                 );
             } else {
-                for id in &matched {
-                    spool.purge(id)?;
+                // One that cannot be removed does not stop the others; the
+                // ones left are named (a privacy request must know).
+                let mut removed = Vec::new();
+                let mut failed = Vec::new();
+                for id in matched {
+                    match spool.purge(&id) {
+                        Ok(()) => removed.push(id),
+                        Err(err) => failed.push(format!("{id}: {err}")),
+                    }
                 }
                 println!(
                     "{} recordings {what} removed from the spool{}",
-                    matched.len(),
-                    list_ids(&matched)
+                    removed.len(),
+                    list_ids(&removed)
                 );
+                if !failed.is_empty() {
+                    eprintln!(
+                        "pbx-edge spool purge: {} recordings {what} could not be removed and are still in the spool: {}",
+                        failed.len(),
+                        failed.join("; ")
+                    );
+                    incomplete = true;
+                }
             }
             if !unreadable.is_empty() {
                 eprintln!(
@@ -185,6 +201,9 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
                     unreadable.len(),
                     unreadable.join("; ")
                 );
+                incomplete = true;
+            }
+            if incomplete {
                 return Ok(ExitCode::from(1));
             }
         }

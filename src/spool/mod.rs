@@ -375,6 +375,11 @@ pub struct Spool {
     /// Device and inode of `spool.db` when opened (see [`Spool::is_detached`]).
     identity: Option<(u64, u64)>,
     delivered: DeliveredLog,
+    /// Recordings whose files could not be removed (an immutable file, a
+    /// directory where a file belongs, an I/O error): reported once each,
+    /// skipped by the passes that remove files so they do not hold up the
+    /// others, tried again at every pass.
+    undeletable: std::collections::HashSet<String>,
 }
 
 /// How the queue database was rebuilt ([`Spool::open_repairing`]).
@@ -490,6 +495,7 @@ impl Spool {
             db_path,
             conn,
             delivered: DeliveredLog::load(dir),
+            undeletable: Default::default(),
         })
     }
 

@@ -162,8 +162,12 @@ impl Spool {
     }
 
     /// A recording filtered out and not kept: files, then row, removed.
-    pub fn drop_filtered(&self, id: &str) -> Result<bool, SpoolError> {
-        self.remove_files(id)?;
+    /// The files' removal failing is reported once and leaves the row (the
+    /// next pass tries again); `Ok(false)` then.
+    pub fn drop_filtered(&mut self, id: &str) -> Result<bool, SpoolError> {
+        if !self.remove_files_or_report(id) {
+            return Ok(false);
+        }
         self.update_counted(
             "DELETE FROM recordings WHERE id = ?1 AND state = 'recorded'",
             params![id],
@@ -393,22 +397,46 @@ impl Spool {
     /// (`.<id>.flac`, and its temp file) (missing files are fine), then
     /// fsync the directory.
     pub(super) fn remove_files(&self, id: &str) -> Result<(), SpoolError> {
+        let mut first_error = None;
         for p in [
             self.json_path(id),
             self.wav_path(id),
             self.dir.join(format!(".{id}.flac")),
             self.dir.join(format!(".{id}.flac.tmp")),
         ] {
+            // Every file is tried (what can go, goes); the first failure is
+            // the answer.
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(SpoolError::Io { path: p, source }),
+                Err(source) => {
+                    first_error.get_or_insert(SpoolError::Io { path: p, source });
+                }
             }
         }
         sync_dir(&self.dir).map_err(|source| SpoolError::Io {
             path: self.dir.clone(),
             source,
-        })
+        })?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// [`Self::remove_files`] for a pass over many recordings: false when
+    /// they could not be removed, reported the first time for this id (the
+    /// pass goes on with the others and tries this one again next time).
+    pub(super) fn remove_files_or_report(&mut self, id: &str) -> bool {
+        match self.remove_files(id) {
+            Ok(()) => {
+                self.undeletable.remove(id);
+                true
+            }
+            Err(e) => {
+                if self.undeletable.insert(id.to_string()) {
+                    tracing::error!(%id, "cannot remove a recording's files (left; tried again at every pass): {e}");
+                }
+                false
+            }
+        }
     }
 
     /// `spool purge ID`: files and row, whatever the state.
@@ -440,7 +468,11 @@ impl Spool {
         )?;
         let mut out = Vec::new();
         for e in rows {
-            self.remove_files(&e.id)?;
+            // One recording whose files cannot be removed is skipped (and
+            // reported once): retention goes on for the others.
+            if !self.remove_files_or_report(&e.id) {
+                continue;
+            }
             if self.update(
                 "DELETE FROM recordings WHERE id = ?1 AND state = 'delivered'",
                 params![e.id],

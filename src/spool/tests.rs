@@ -550,3 +550,41 @@ fn concurrent_opens_of_a_new_spool_all_succeed() {
         }
     }
 }
+
+/// A recording whose files cannot be removed (here a directory where its
+/// FLAC belongs: unlinking it fails even for root) is skipped and left by
+/// retention and by dropping filtered recordings: the others are still
+/// removed, and it goes once it can be.
+#[test]
+fn a_recording_that_cannot_be_removed_does_not_stop_the_others() {
+    let d = tempfile::tempdir().unwrap();
+    for id in ["a", "b", "c", "f", "g"] {
+        pair(d.path(), id, 1);
+    }
+    let mut s = Spool::open(d.path()).unwrap();
+    s.scan(0).unwrap();
+    for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
+        deliver(&mut s, id, at);
+    }
+    // "a" is the oldest delivered: the pass meets it first.
+    let stuck = d.path().join(".a.flac");
+    fs::create_dir(&stuck).unwrap();
+    let mut gone = s.expire_delivered(10, Duration::ZERO).unwrap();
+    gone.sort();
+    assert_eq!(gone, vec!["b".to_string(), "c".to_string()]);
+    assert!(!d.path().join("b.wav").exists() && !d.path().join("c.wav").exists());
+    assert!(s.get("a").unwrap().is_some());
+    // A filtered recording likewise: left with its row, the next one dropped.
+    fs::create_dir(d.path().join(".f.flac")).unwrap();
+    assert!(!s.drop_filtered("f").unwrap());
+    assert!(s.get("f").unwrap().is_some());
+    assert!(s.drop_filtered("g").unwrap());
+    // Once it can be removed, the next pass removes it.
+    fs::remove_dir(&stuck).unwrap();
+    assert_eq!(
+        s.expire_delivered(11, Duration::ZERO).unwrap(),
+        vec!["a".to_string()]
+    );
+    fs::remove_dir(d.path().join(".f.flac")).unwrap();
+    assert!(s.drop_filtered("f").unwrap());
+}
