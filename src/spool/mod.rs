@@ -81,8 +81,9 @@
 //!   record names (a crash between the two writes) is settled as delivered
 //!   when the delivery task opens the spool.
 //! - A corrupt `spool.db` (SQLite says "not a database" or "malformed", or
-//!   `PRAGMA quick_check` fails when the delivery task opens it, or any query
-//!   later says so) is moved aside with its `-wal`/`-shm` as
+//!   `PRAGMA quick_check` fails when the delivery task opens it, or a row
+//!   holds a value not of its column's type, or any query later says so)
+//!   is moved aside with its `-wal`/`-shm` as
 //!   `spool.db.corrupt-<UTC time>` and a new one is built from the pairs on
 //!   disk ([`Spool::open_repairing`]): pairs named in [`DELIVERED_LOG`] come
 //!   back as `delivered` (kept for `retention`, never sent again), the others
@@ -169,6 +170,24 @@ CREATE TRIGGER IF NOT EXISTS delivery_watch_mark AFTER UPDATE OF state ON record
 WHEN NEW.state = 'delivered'
 BEGIN UPDATE delivery_watch SET delivered = 1 WHERE id = NEW.id; END;
 ";
+
+/// Rows whose values are not of their column's type (SQLite keeps what it
+/// is given): [`Spool::check_integrity`].
+const WRONG_TYPES: &str = "SELECT \
+    (SELECT count(*) FROM recordings WHERE typeof(id) <> 'text' OR typeof(state) <> 'text' \
+        OR typeof(size) <> 'integer' OR typeof(recorded_at) <> 'integer' \
+        OR typeof(adopted_at) <> 'integer' OR typeof(updated_at) <> 'integer' \
+        OR typeof(attempts) <> 'integer' OR typeof(retries) <> 'integer' \
+        OR typeof(next_attempt_at) <> 'integer' OR typeof(upload_offset) <> 'integer' \
+        OR typeof(last_error) NOT IN ('text', 'null') \
+        OR typeof(upload_location) NOT IN ('text', 'null') \
+        OR typeof(failed_status) NOT IN ('integer', 'null') \
+        OR typeof(failed_body) NOT IN ('text', 'null') \
+        OR typeof(delivered_at) NOT IN ('integer', 'null') \
+        OR typeof(filter_reason) NOT IN ('text', 'null')) \
+  + (SELECT count(*) FROM counters WHERE typeof(name) <> 'text' OR typeof(value) <> 'integer') \
+  + (SELECT count(*) FROM delivery_watch WHERE typeof(id) <> 'text' OR typeof(note) <> 'text' \
+        OR typeof(delivered) <> 'integer')";
 
 /// Errors of the spool queue.
 #[derive(Debug, thiserror::Error)]
@@ -568,13 +587,31 @@ impl Spool {
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(|e| self.err(e))?;
         let found: Vec<String> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        if found.len() == 1 && found[0] == "ok" {
-            return Ok(());
+        if found.len() != 1 || found[0] != "ok" {
+            return Err(SpoolError::Corrupt {
+                path: self.db_path.clone(),
+                detail: found.join("; "),
+            });
         }
-        Err(SpoolError::Corrupt {
+        // Sound pages can still hold a value of the wrong type (a flipped
+        // bit in a record's header, a hand edit): such a row could not be
+        // read, and every query over it would fail.
+        let bad: i64 = self
+            .conn
+            .query_row(WRONG_TYPES, [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if bad > 0 {
+            return Err(self.wrong_type(format!("{bad} rows")));
+        }
+        Ok(())
+    }
+
+    /// A row whose values are not of their column's type.
+    fn wrong_type(&self, what: String) -> SpoolError {
+        SpoolError::Corrupt {
             path: self.db_path.clone(),
-            detail: found.join("; "),
-        })
+            detail: format!("{what} with a value of the wrong type"),
+        }
     }
 
     /// `spool.db` is no longer the file this connection has open (deleted,

@@ -74,7 +74,16 @@ impl Spool {
             .prepare_cached(&format!("SELECT {COLUMNS} FROM recordings WHERE {where_}"))
             .map_err(|e| self.err(e))?;
         let rows = st.query_map(p, entry_from_row).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        rows.collect::<Result<_, _>>().map_err(|e| match e {
+            // A row that cannot be read: the database is rebuilt from the
+            // pairs on disk (every query over the row would fail).
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                self.wrong_type(format!("a row ({e})"))
+            }
+            e => self.err(e),
+        })
     }
 
     /// Run one UPDATE; whether a row matched (false: purged meanwhile).

@@ -588,3 +588,38 @@ fn a_recording_that_cannot_be_removed_does_not_stop_the_others() {
     fs::remove_dir(d.path().join(".f.flac")).unwrap();
     assert!(s.drop_filtered("f").unwrap());
 }
+
+/// Sound pages, but a row holding a value of the wrong type (a flipped bit
+/// in its record header, a hand edit): every query over it would fail, so
+/// no recording would be delivered. Reading it says corrupt, and the
+/// database is rebuilt from the pairs like a damaged one.
+#[test]
+fn a_row_of_the_wrong_type_is_corrupt_and_rebuilt() {
+    let d = tempfile::tempdir().unwrap();
+    for id in ["a", "b", "c"] {
+        pair(d.path(), id, 100);
+    }
+    let mut s = Spool::open(d.path()).unwrap();
+    s.scan(0).unwrap();
+    deliver(&mut s, "a", 10);
+    drop(s);
+    let c = rusqlite::Connection::open(d.path().join(DB_FILE)).unwrap();
+    c.execute(
+        "UPDATE recordings SET next_attempt_at = 'soon' WHERE id = 'b'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let s = Spool::open(d.path()).unwrap();
+    let e = s.list().unwrap_err();
+    assert!(e.is_corrupt(), "{e}");
+    let e = s.check_integrity().unwrap_err();
+    assert!(e.to_string().contains("wrong type"), "{e}");
+    drop(s);
+    let (s, repair) = Spool::open_repairing(d.path()).unwrap();
+    let r = repair.expect("a repair");
+    assert_eq!((r.recordings, r.known_delivered), (3, 1), "{r:?}");
+    assert_eq!(s.get("a").unwrap().unwrap().state, State::Delivered);
+    assert_eq!(s.get("b").unwrap().unwrap().state, State::Recorded);
+    assert_eq!(s.list().unwrap().len(), 3);
+}
