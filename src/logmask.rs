@@ -133,14 +133,123 @@ fn not_a_number(s: &[u8], start: usize, end: usize) -> Option<usize> {
 
 /// stderr, masked (or not).
 #[derive(Clone, Copy)]
-pub struct MaskedStderr {
-    pub mask: bool,
+pub struct MaskedStderr;
+
+/// A URL as it may be logged: without user, password or query (a proxy's
+/// credentials, a receiver's `?api_key=`), which show as `…`; what does not
+/// parse as a URL shows only that.
+pub fn url_for_log(s: &str) -> String {
+    let Ok(mut u) = url::Url::parse(s) else {
+        return "(not a URL)".into();
+    };
+    let had_user = !u.username().is_empty() || u.password().is_some();
+    let had_query = u.query().is_some();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    let mut out = u.to_string();
+    if had_user {
+        if let Some(i) = out.find("://") {
+            out.insert_str(i + 3, "…@");
+        }
+    }
+    if had_query {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// Words of letters a PBX's recording file names are made of (kept whole
+/// by [`file_for_log`]): directions, kinds, formats.
+const FILE_WORDS: &[&str] = &[
+    "in",
+    "out",
+    "exten",
+    "external",
+    "internal",
+    "q",
+    "rg",
+    "ivr",
+    "conf",
+    "force",
+    "ondemand",
+    "g",
+    "wav",
+    "wav49",
+    "gsm",
+    "mp3",
+    "ogg",
+    "opus",
+    "flac",
+    "sln",
+    "ulaw",
+    "alaw",
+    "part",
+    "tmp",
+    "rec",
+    "recording",
+    "call",
+    "queue",
+    "mixmon",
+];
+
+/// A PBX recording file's path as it may be logged: its directory as it
+/// is, and in its name every word of letters that is not one of
+/// [`FILE_WORDS`] (a 3CX display name, a FreeSWITCH user) cut to its first
+/// letter (`[John Smith]_…` → `[J… S…]_…`); words with digits (ids) stay,
+/// and digit runs are left to the log mask. In clear with
+/// `log.log_numbers = true`.
+pub fn file_for_log(p: &std::path::Path) -> String {
+    if SHOW_NUMBERS.load(std::sync::atomic::Ordering::Relaxed) {
+        return p.display().to_string();
+    }
+    let Some(name) = p.file_name() else {
+        return p.display().to_string();
+    };
+    let name = name.to_string_lossy();
+    let mut out = String::with_capacity(name.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let letters = word.chars().all(char::is_alphabetic);
+        let known = FILE_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word));
+        if letters && !known && word.chars().count() > 1 {
+            out.extend(word.chars().next());
+            out.push('…');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in name.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    match p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => format!("{}/{out}", d.display()),
+        None => out,
+    }
+}
+
+/// `log.log_numbers`: numbers shown in clear. Set at start and at every
+/// reload ([`show_numbers`]), read by every log line.
+static SHOW_NUMBERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether log lines show phone numbers in clear (`log.log_numbers`); a
+/// reload that turns it off masks them again at once.
+pub fn show_numbers(show: bool) {
+    SHOW_NUMBERS.store(show, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Write for MaskedStderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut e = io::stderr().lock();
-        if self.mask {
+        if !SHOW_NUMBERS.load(std::sync::atomic::Ordering::Relaxed) {
             e.write_all(&mask_numbers(buf))?;
         } else {
             e.write_all(buf)?;
@@ -162,6 +271,41 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pbx_file_names_are_logged_without_names() {
+        let p = std::path::Path::new;
+        assert_eq!(
+            file_for_log(p(
+                "/var/rec/[John Smith]_15551234567-2001_20261201101500(42).wav"
+            )),
+            "/var/rec/[J… S…]_15551234567-2001_20261201101500(42).wav"
+        );
+        assert_eq!(
+            file_for_log(p(
+                "/m/2026/12/01/in-15551234567-2001-20261201-101500-1700000000.42.WAV"
+            )),
+            "/m/2026/12/01/in-15551234567-2001-20261201-101500-1700000000.42.WAV"
+        );
+        assert_eq!(
+            file_for_log(p("rec_2001_alice_550e8400-e29b-41d4-a716-446655440000.wav")),
+            "rec_2001_a…_550e8400-e29b-41d4-a716-446655440000.wav"
+        );
+    }
+
+    #[test]
+    fn urls_are_logged_without_credentials_or_query() {
+        assert_eq!(
+            url_for_log("http://user:secret@proxy.example:3128"),
+            "http://…@proxy.example:3128/"
+        );
+        assert_eq!(
+            url_for_log("wss://rx.example/v1/stream?api_key=abc123&x=1"),
+            "wss://rx.example/v1/stream?…"
+        );
+        assert_eq!(url_for_log("https://a.example/p"), "https://a.example/p");
+        assert_eq!(url_for_log("not a url secret"), "(not a URL)");
+    }
 
     #[test]
     fn masks_numbers_not_times_or_ports() {

@@ -47,17 +47,26 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8, log: &pbx_edge::config::LogConfig) {
     use pbx_edge::config::LogFormat;
     use tracing_subscriber::EnvFilter;
+    // -v and -vv are pbx-edge's own detail; the libraries stay at info.
     let default = match verbose {
         0 => "info",
-        1 => "debug",
-        _ => "trace",
+        1 => "info,pbx_edge=debug",
+        _ => "info,pbx_edge=trace",
     };
-    let filter =
+    let mut filter =
         EnvFilter::try_from_env("PBX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Phone numbers are masked unless log.log_numbers = true.
-    let writer = pbx_edge::logmask::MaskedStderr {
-        mask: !log.log_numbers,
-    };
+    // Whatever PBX_EDGE_LOG says: the WebSocket library's debug and trace
+    // lines show the live stream's handshake (its bearer token) and frames
+    // (the parties' names and numbers).
+    for quiet in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    // Phone numbers are masked unless log.log_numbers = true (a reload
+    // changes it: daemon::main_loop).
+    pbx_edge::logmask::show_numbers(log.log_numbers);
+    let writer = pbx_edge::logmask::MaskedStderr;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -61,7 +61,7 @@ fn configure_stream(cfg: &Config, hub: &crate::stream::StreamHub, status: &Share
     let error = match crate::stream::StreamSettings::from_config(cfg) {
         Ok(s) => {
             if let Some(s) = &s {
-                tracing::info!(url = %s.url, "live streaming of calls on");
+                tracing::info!(url = %crate::logmask::url_for_log(&s.url), "live streaming of calls on");
             }
             hub.configure(s);
             None
@@ -716,6 +716,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         for w in new.warnings() {
                             tracing::warn!("{w}");
                         }
+                        crate::logmask::show_numbers(new.log.log_numbers);
                         cfg = new;
                         reload_siprec(
                             &cfg,

@@ -260,7 +260,9 @@ async fn stop(ws: &mut Ws, complete: bool, frames: u64, meta: &serde_json::Value
     }
     let r = match answer(ws).await {
         Ok(ServerMsg::Done) => Session::Finished { complete },
-        Ok(ServerMsg::Error { reason }) => Session::Refused(format!("receiver error: {reason}")),
+        Ok(ServerMsg::Error { reason }) => {
+            Session::Refused(format!("receiver error: {}", short_reason(&reason)))
+        }
         Ok(other) => Session::Refused(format!("unexpected answer to stop: {other:?}")),
         Err(s) => s,
     };
@@ -357,7 +359,7 @@ async fn session_inner(
     let offset = match answer(ws).await {
         Ok(ServerMsg::Ready { offset }) => offset,
         Ok(ServerMsg::Error { reason }) => {
-            return Session::Refused(format!("receiver error: {reason}"))
+            return Session::Refused(format!("receiver error: {}", short_reason(&reason)))
         }
         Ok(other) => return Session::Refused(format!("unexpected answer to start: {other:?}")),
         Err(s) => return s,
@@ -451,7 +453,7 @@ async fn session_inner(
                 Some(Ok(Message::Text(t))) => match protocol::parse_server(t.as_str()) {
                     Ok(ServerMsg::Error { reason }) => {
                         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                        return Session::Refused(format!("receiver error: {reason}"));
+                        return Session::Refused(format!("receiver error: {}", short_reason(&reason)));
                     }
                     Ok(_) => {}
                     Err(e) => return Session::Refused(e),
@@ -466,6 +468,20 @@ async fn session_inner(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// A receiver's error reason as logged and shown in /status: one line of at
+/// most 120 characters (what it echoes of the call stays short).
+fn short_reason(reason: &str) -> String {
+    let mut out: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(120)
+        .collect();
+    if reason.chars().count() > 120 {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]

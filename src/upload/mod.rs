@@ -78,6 +78,7 @@ pub enum UploadError {
         path: PathBuf,
         message: String,
     },
+    /// The proxy as it may be shown ([`crate::logmask::url_for_log`]).
     #[error("cloud.proxy {0:?} is not a valid proxy URL")]
     BadProxy(String),
     #[error("cannot build the HTTPS client: {0}")]
@@ -474,7 +475,8 @@ impl Cloud {
             (None, None) => {}
         }
         if let Some(p) = &settings.proxy {
-            let proxy = reqwest::Proxy::all(p).map_err(|_| UploadError::BadProxy(p.clone()))?;
+            let proxy = reqwest::Proxy::all(p)
+                .map_err(|_| UploadError::BadProxy(crate::logmask::url_for_log(p)))?;
             b = b.proxy(proxy);
         }
         let http = b.build().map_err(|e| UploadError::Client(e.to_string()))?;

@@ -176,10 +176,12 @@ pub fn classify(step: Step, answer: &Answer<'_>, now: SystemTime) -> Action {
                 },
                 // Not in the table (other 5xx, 3xx, 404 on a fixed endpoint,
                 // 409 outside tus): nothing is lost by treating it as
-                // transient, and the reason shows in `spool list`.
+                // transient, and the reason shows in `spool list` and the
+                // log. Not the body: a gateway's error page may echo what
+                // was sent (the parties' names and numbers).
                 _ => Action::Retry {
                     after: retry_after.and_then(|v| parse_retry_after(v, now)),
-                    reason: format!("HTTP {status} (unexpected): {}", truncate(body, 200)),
+                    reason: format!("HTTP {status} (unexpected; a {}-byte answer)", body.len()),
                 },
             }
         }

@@ -139,15 +139,17 @@ pub use watch::*;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FolderError {
-    #[error("{path}: {source}")]
+    // The PBX's file names may hold the parties' names: logged through
+    // `file_for_log`.
+    #[error("{}: {source}", crate::logmask::file_for_log(.path))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: {why}")]
+    #[error("{}: {why}", crate::logmask::file_for_log(.path))]
     Format { path: PathBuf, why: String },
-    #[error("{path}: {size} bytes is more than the limit of {limit}")]
+    #[error("{}: {size} bytes is more than the limit of {limit}", crate::logmask::file_for_log(.path))]
     TooLarge {
         path: PathBuf,
         size: u64,

@@ -755,7 +755,7 @@ impl FolderScanner {
                 // Moved or deleted by someone else: nothing left to do, but
                 // not silently (a path we could not name right would end
                 // here too).
-                tracing::warn!(target: "pbx_edge::folder", file = %f.display(), action = ?self.settings.after_delivery, "folder: after_delivery: the PBX file is not there any more");
+                tracing::warn!(target: "pbx_edge::folder", file = %crate::logmask::file_for_log(f), action = ?self.settings.after_delivery, "folder: after_delivery: the PBX file is not there any more");
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -881,7 +881,7 @@ impl FolderScanner {
         );
         let ok = match res {
             Ok(c) => {
-                tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %set.key.display(), "folder recording taken");
+                tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %crate::logmask::file_for_log(&set.key), "folder recording taken");
                 self.counters.written += 1;
                 self.counters.bytes += c.bytes;
                 self.watch_delivery(&c.id.clone(), set);
@@ -897,7 +897,7 @@ impl FolderScanner {
                 self.counters.failed += 1;
                 self.error(format!(
                     "folder: {} not taken, will retry: {e}",
-                    set.key.display()
+                    crate::logmask::file_for_log(&set.key)
                 ));
                 for f in set.files() {
                     if let Some(w) = self.watching.get_mut(f.as_path()) {
@@ -914,7 +914,7 @@ impl FolderScanner {
                 self.counters.failed += 1;
                 self.error(format!(
                     "folder: {} not taken, will retry at the next full listing: {e}",
-                    set.key.display()
+                    crate::logmask::file_for_log(&set.key)
                 ));
                 for f in set.files() {
                     if let Some(k) = present.get(f) {
@@ -928,7 +928,10 @@ impl FolderScanner {
             }
             Err(e) => {
                 self.counters.failed += 1;
-                self.error(format!("folder: {} not taken: {e}", set.key.display()));
+                self.error(format!(
+                    "folder: {} not taken: {e}",
+                    crate::logmask::file_for_log(&set.key)
+                ));
                 false
             }
         };
