@@ -1717,3 +1717,35 @@ fn sip_flood_while_calls_record_keeps_every_call_whole() {
     eprintln!("sip flood: {refused} refusals counted in pbx_edge_sip_rejected_total");
     assert!(refused > 0.0, "{metrics}");
 }
+
+/// An answered call whose media never arrive (an RTP range a firewall
+/// blocks) is hung up after `rtp_timeout`, and its recording (empty,
+/// `rtp_timeout`) is made then, not at the daemon's next stop; its ports
+/// go back to the pool.
+#[test]
+fn an_answered_call_without_media_is_recorded_when_it_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "[recording]\nrtp_timeout = \"2s\"\n");
+    let mut src = Src::new(srs);
+    let (_ok, _bye) = start_call(&mut src, srs, "silent@src");
+    let (j, wav) = wait_recording_of(&d, "silent@src");
+    assert_eq!(j["end_reason"], "rtp_timeout", "{j}");
+    assert_eq!(j["duration_ms"], 0, "{j}");
+    assert!(std::fs::metadata(wav.with_extension("wav")).unwrap().len() >= 44);
+    // No answered-call note left behind in the spool.
+    let notes: Vec<_> = std::fs::read_dir(&d.spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".answer.json"))
+        .collect();
+    assert!(notes.is_empty(), "{notes:?}");
+    // The SRC was sent a BYE (before the recording was made).
+    let mut got_bye = false;
+    while let Some(m) = src.recv() {
+        if m.starts_with("BYE ") {
+            got_bye = true;
+            break;
+        }
+    }
+    assert!(got_bye, "no BYE to the SRC; log:\n{}", d.log());
+}

@@ -336,7 +336,13 @@ pub(super) async fn sip_loop(
                     .collect();
                 for d in silent {
                     uas.hangup(&d, now());
-                    if let Some(s) = sessions.remove(&d) { release(s, &mut ports); }
+                    // Ended here (the UAS's `Ended` for it finds no session):
+                    // the engine is told, so the recording is finished now
+                    // (with no audio at all: the answered call's empty one).
+                    if let Some(s) = sessions.remove(&d) {
+                        release(s, &mut ports);
+                        tell_ended(&etx, &d, "rtp_timeout", false);
+                    }
                 }
                 ports.tick(Instant::now(), std::time::SystemTime::now());
             }
@@ -478,22 +484,12 @@ pub(super) async fn sip_loop(
                     if let Some(s) = sessions.remove(&dialog) {
                         let peer = s.peer;
                         release(s, &mut ports);
-                        // After the BYE in the engine's queue: the engine
-                        // has seen it. Never dropped (a call without audio
-                        // would lose its recording): waits for room.
-                        let ended = EngineInput::DialogEnded {
-                            call_id: dialog.call_id.clone(),
-                            reason: if bye { "bye" } else { "rtp_timeout" },
-                            bye: bye.then(|| dialog.clone()),
+                        let why = match reason {
+                            uas::EndCause::Bye => "bye",
+                            uas::EndCause::AckTimeout => "ack_timeout",
+                            _ => "rtp_timeout",
                         };
-                        let sent = match etx.try_send(ended) {
-                            Ok(()) => true,
-                            Err(TrySendError::Full(ended)) => {
-                                let tx = etx.clone();
-                                tokio::task::block_in_place(move || tx.send(ended).is_ok())
-                            }
-                            Err(TrySendError::Disconnected(_)) => false,
-                        };
+                        let sent = tell_ended(&etx, &dialog, why, bye);
                         if bye && !sent {
                             uas.answer_bye(&dialog, now());
                         } else if bye {
@@ -621,6 +617,10 @@ pub(super) async fn tls_connection(
 
 /// Split a connected stream (TCP or TLS): a writer task fed by the returned
 /// channel, and the reader (to be run) that frames SIP messages off it.
+/// How long one SIP message may take to be written to a TCP/TLS peer before
+/// the connection is given up (the peer does not read it).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(super) fn stream_tasks<S>(
     stream: S,
     peer: SocketAddr,
@@ -639,11 +639,16 @@ where
     let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
         while let Some(b) = wrx.recv().await {
-            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
+            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                wr.write_all(&b).await?;
+                wr.flush().await
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
     });
     let wrap = move |ev| SipIn::Conn {
         peer,
@@ -742,6 +747,9 @@ pub(super) fn answer_for(
 ) -> Result<String, NoAnswer> {
     let ip = media_ip(listen_ip, peer);
     let mut ports = Vec::with_capacity(offer.media.len());
+    // Ports this offer opened: closed again if it is refused (a refused
+    // re-offer leaves the session as it was).
+    let mut opened: Vec<SocketAddr> = Vec::new();
     let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     for (i, m) in offer.media.iter().enumerate() {
         let secure = m.proto.to_ascii_uppercase().contains("SAVP");
@@ -804,20 +812,43 @@ pub(super) fn answer_for(
             Instant::now(),
         ) else {
             tracing::warn!("SIPREC: no free RTP port (rtp_ports used up): 503; widen rtp_ports");
+            close_ports(session, rtp, &opened);
             return Err(NoAnswer::NoPorts);
         };
         session.ports.push(local);
+        opened.push(local);
         ports.push(local.port());
     }
-    session.line_ports = ports.clone();
     if ports.iter().all(|p| *p == 0) {
+        close_ports(session, rtp, &opened);
         return Err(NoAnswer::NotAcceptable);
     }
+    // Streams the new offer no longer has (removed, port 0): their ports go.
+    let gone: Vec<SocketAddr> = session
+        .ports
+        .iter()
+        .filter(|a| !ports.contains(&a.port()))
+        .copied()
+        .collect();
+    close_ports(session, rtp, &gone);
+    session.line_ports = ports.clone();
     let crypto_refs: Vec<Option<(&str, &str)>> = crypto
         .iter()
         .map(|c| c.as_ref().map(|(s, k)| (s.as_str(), k.as_str())))
         .collect();
     Ok(answer_sdp(offer, ip, &ports, &crypto_refs, session.version))
+}
+
+/// Closes `which` of the session's ports and forgets them.
+fn close_ports(session: &mut Session, rtp: &mut RtpPorts, which: &[SocketAddr]) {
+    if which.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    for local in which {
+        rtp.close(*local, now);
+    }
+    session.ports.retain(|a| !which.contains(a));
 }
 
 pub(super) fn release(s: Session, ports: &mut RtpPorts) {
@@ -840,9 +871,43 @@ pub(super) async fn send_sip(
             let _ = udp.send_to(&bytes, to).await;
         }
         _ => {
+            // Never waits: one peer that does not read its connection must
+            // not stall the signalling of every call (its writer queue is
+            // full: the message is dropped, and its writer gives up on the
+            // connection after WRITE_TIMEOUT).
             if let Some(w) = tcp_writers.get(&(transport, to)) {
-                let _ = w.send(bytes).await;
+                if let Err(mpsc::error::TrySendError::Full(_)) = w.try_send(bytes) {
+                    tracing::warn!(peer = %to, "SIP: the peer does not read its connection; a message to it was dropped");
+                }
             }
         }
     }
 }
+
+/// Tells the engine a session ended (after whatever of its media is in the
+/// engine's queue: the engine has seen it). Never dropped (a call without
+/// audio would lose its recording): waits for room. False when the engine
+/// is gone. `bye`: the SRC's BYE, answered once the pair is durable.
+fn tell_ended(
+    etx: &SyncSender<EngineInput>,
+    dialog: &DialogId,
+    reason: &'static str,
+    bye: bool,
+) -> bool {
+    let ended = EngineInput::DialogEnded {
+        call_id: dialog.call_id.clone(),
+        reason,
+        bye: bye.then(|| dialog.clone()),
+    };
+    match etx.try_send(ended) {
+        Ok(()) => true,
+        Err(TrySendError::Full(ended)) => {
+            let tx = etx.clone();
+            tokio::task::block_in_place(move || tx.send(ended).is_ok())
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

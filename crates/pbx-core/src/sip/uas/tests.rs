@@ -250,6 +250,25 @@ fn retransmitted_invite_gets_the_same_response() {
     assert_eq!(u.dialog_count(), 1);
 }
 
+/// The same INVITE (Call-ID, From tag, CSeq) on another branch is a merged
+/// request: 482, no second dialog (RFC 3261 8.2.2.2).
+#[test]
+fn a_merged_invite_gets_482_and_no_second_dialog() {
+    let mut u = uas();
+    let inv = invite("z9hG4bKinv1", "call-m");
+    let d = new_call(&feed(&mut u, t(0), &inv));
+    u.accept(&d, SDP, t(10));
+    drain(&mut u);
+    let copy = invite("z9hG4bKother", "call-m");
+    let ev = feed(&mut u, t(50), &copy);
+    assert!(
+        ev.iter().all(|e| !matches!(e, UasEvent::NewCall { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(codes(&ev), vec![482]);
+    assert_eq!(u.dialog_count(), 1);
+}
+
 #[test]
 fn timer_h_without_ack_ends_call_and_sends_bye() {
     let mut u = uas();

@@ -208,6 +208,18 @@ impl Uas {
 
     pub(super) fn new_invite(&mut self, rq: Fresh<'_>) {
         let (from, transport, msg) = (rq.from, rq.transport, rq.msg);
+        // A merged request (RFC 3261 8.2.2.2): the INVITE of a dialog we
+        // have (Call-ID, From tag, CSeq) on another branch, a copy forked
+        // or retransmitted by another path. A second dialog for it would
+        // take ports and end the first call's recording when it ends.
+        let from_tag = msg.from.tag.as_deref().unwrap_or_default();
+        let merged = self.dialogs.iter().any(|(d, dlg)| {
+            d.call_id == msg.call_id && d.remote_tag == from_tag && dlg.remote_cseq == msg.cseq
+        });
+        if merged {
+            self.new_final(rq, 482, "Loop Detected", &[]);
+            return;
+        }
         // Room for the dialog, its transaction and the 200 (~3 header copies).
         let need = 3 * (rq.req.footprint() + ENTRY_OVERHEAD) + 4096;
         if self.dialogs.len() >= MAX_DIALOGS || !self.has_room(need) {
