@@ -193,6 +193,18 @@ fn deliver(s: &mut Spool, id: &str, now: i64) {
     assert!(s.mark_delivered(id, now).unwrap());
 }
 
+/// A spool of three pairs, "a" delivered, "b" and "c" recorded; closed.
+fn three_pairs_a_delivered() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for id in ["a", "b", "c"] {
+        pair(d.path(), id, 100);
+    }
+    let mut s = Spool::open(d.path()).unwrap();
+    s.scan(0).unwrap();
+    deliver(&mut s, "a", 10);
+    d
+}
+
 fn aside(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -209,14 +221,7 @@ fn aside(dir: &Path) -> Vec<String> {
 /// one (from the delivered record) stays delivered, the others are due.
 #[test]
 fn corrupt_database_is_moved_aside_and_rebuilt_from_the_pairs() {
-    let d = tempfile::tempdir().unwrap();
-    for id in ["a", "b", "c"] {
-        pair(d.path(), id, 100);
-    }
-    let mut s = Spool::open(d.path()).unwrap();
-    s.scan(0).unwrap();
-    deliver(&mut s, "a", 10);
-    drop(s);
+    let d = three_pairs_a_delivered();
     fs::write(d.path().join(DB_FILE), vec![0x5au8; 20_000]).unwrap();
     let e = Spool::open(d.path()).unwrap_err();
     assert!(e.is_corrupt(), "{e}");
@@ -595,14 +600,7 @@ fn a_recording_that_cannot_be_removed_does_not_stop_the_others() {
 /// database is rebuilt from the pairs like a damaged one.
 #[test]
 fn a_row_of_the_wrong_type_is_corrupt_and_rebuilt() {
-    let d = tempfile::tempdir().unwrap();
-    for id in ["a", "b", "c"] {
-        pair(d.path(), id, 100);
-    }
-    let mut s = Spool::open(d.path()).unwrap();
-    s.scan(0).unwrap();
-    deliver(&mut s, "a", 10);
-    drop(s);
+    let d = three_pairs_a_delivered();
     let c = rusqlite::Connection::open(d.path().join(DB_FILE)).unwrap();
     c.execute(
         "UPDATE recordings SET next_attempt_at = 'soon' WHERE id = 'b'",
