@@ -322,6 +322,10 @@ pub(super) async fn sip_loop(
             _ = &mut wake, if wake_at.is_some() => {
                 (wake_at, last_tick) = (None, Instant::now());
                 uas.handle(UasInput::Timeout(now()));
+                // A held BYE the UAS answered on its own (its time limit)
+                // holds nothing any more: its peer is not kept busy, nor
+                // the ticks going, for want of a ByeDurable.
+                held.retain(|d, _| uas.holds_bye(d));
                 // Calls in progress and BYEs awaiting their answer: their
                 // connections are not closed for being idle.
                 busy.set(sessions.values().map(|s| s.peer).chain(held.values().copied()));

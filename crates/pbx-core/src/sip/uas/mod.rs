@@ -313,6 +313,12 @@ impl Uas {
         self.held_byes.len()
     }
 
+    /// Whether the BYE of `d` is still held (not answered yet, neither by
+    /// [`Uas::answer_bye`] nor by its time limit).
+    pub fn holds_bye(&self, d: &DialogId) -> bool {
+        self.held_byes.contains_key(d)
+    }
+
     /// Whether our Contact/Via host depends on the peer: the configured host
     /// is an unspecified address (listening on all interfaces).
     pub fn needs_local_ip(&self, peer: IpAddr) -> bool {
