@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pbx_core::Timestamp;
 
@@ -104,6 +105,18 @@ pub fn clid_name(clid: &str) -> Option<String> {
     }
 }
 
+/// A row held: its line and what it is indexed by.
+#[derive(Debug)]
+struct HeldRow {
+    line: Box<str>,
+    linkedid: Box<str>,
+    /// The base name of its `recordingfile`.
+    file: Box<str>,
+}
+
+/// The longest line taken as a CDR row.
+const MAX_LINE: usize = 64 * 1024;
+
 /// Follows Master.csv as it grows (bounded memory: the oldest rows are forgotten).
 #[derive(Debug)]
 pub struct CdrFollower {
@@ -111,12 +124,18 @@ pub struct CdrFollower {
     offset: u64,
     inode: u64,
     partial: Vec<u8>,
-    rows: HashMap<String, CdrRow>,
+    /// The line being read grew past 64 KiB and was dropped: its rest, up
+    /// to its end, is dropped too (not read as a line of its own).
+    dropping_line: bool,
+    /// uniqueid → the row as its line: parsed again when asked for (a
+    /// row parsed is 1.4 KiB of strings and indexes; its line and indexes
+    /// about a third of that: 200,000 rows took 380 MB before).
+    rows: HashMap<Arc<str>, HeldRow>,
     /// linkedid → uniqueids of its rows.
-    linked: HashMap<String, Vec<String>>,
+    linked: HashMap<Box<str>, Vec<Arc<str>>>,
     /// recordingfile base name → uniqueid.
-    by_file: HashMap<String, String>,
-    order: VecDeque<String>,
+    by_file: HashMap<Box<str>, Arc<str>>,
+    order: VecDeque<Arc<str>>,
     max_rows: usize,
     columns: CsvColumns,
     tz: PbxTimeZone,
@@ -144,6 +163,7 @@ impl CdrFollower {
             offset: 0,
             inode: 0,
             partial: Vec::new(),
+            dropping_line: false,
             rows: HashMap::new(),
             linked: HashMap::new(),
             by_file: HashMap::new(),
@@ -165,36 +185,66 @@ impl CdrFollower {
             self.inode = md.ino();
             self.offset = 0;
             self.partial.clear();
+            self.dropping_line = false;
         }
         f.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = Vec::new();
-        f.take(len - self.offset).read_to_end(&mut buf)?;
-        self.offset += buf.len() as u64;
-        self.feed(&buf);
+        // In pieces: the first read of a large file is not held whole.
+        let mut f = f.take(len - self.offset);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.offset += n as u64;
+            self.feed(&buf[..n]);
+        }
         Ok(())
     }
 
     /// Takes in bytes appended to the file: complete lines become rows (a
     /// line without a `uniqueid` is counted in `malformed`), the rest waits
     /// for its end.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if text.is_empty() {
-                continue;
-            }
-            match parse_cdr_line_with(text, &self.columns, self.tz) {
-                Some(row) => self.insert(row),
-                None => self.malformed += 1,
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        if self.dropping_line {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    bytes = &bytes[end + 1..];
+                    self.dropping_line = false;
+                }
+                None => return,
             }
         }
+        // Where the bytes held back so far end: they hold no line end.
+        let mut from = self.partial.len();
+        self.partial.extend_from_slice(bytes);
+        // The lines are parsed where they lie and the buffer is cut once at
+        // the end: cutting it line by line moved the rest each time, hours
+        // for the first read of a Master.csv of a few hundred MB.
+        let buf = std::mem::take(&mut self.partial);
+        let mut start = 0;
+        while let Some(off) = buf[from..].iter().position(|&b| b == b'\n') {
+            let end = from + off;
+            let text = String::from_utf8_lossy(&buf[start..end]);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if !text.is_empty() {
+                match parse_cdr_line_with(text, &self.columns, self.tz) {
+                    Some(row) => self.insert(text, row),
+                    None => self.malformed += 1,
+                }
+            }
+            start = end + 1;
+            from = start;
+        }
+        self.partial = buf;
+        self.partial.drain(..start);
         // A line longer than 64 KiB is not a CDR line: drop it.
-        if self.partial.len() > 64 * 1024 {
+        if self.partial.len() > MAX_LINE {
             self.partial.clear();
             self.malformed += 1;
+            self.dropping_line = true;
         }
     }
 
@@ -207,19 +257,17 @@ impl CdrFollower {
         self.rows.is_empty()
     }
 
-    /// Drops `r`'s entries in the `linked` and `by_file` indexes.
-    fn unindex(&mut self, r: &CdrRow) {
-        let key = &r.uniqueid;
+    /// Drops the entries of `key`'s row `r` in the `linked` and `by_file`
+    /// indexes.
+    fn unindex(&mut self, key: &str, r: &HeldRow) {
         if let Some(v) = self.linked.get_mut(&r.linkedid) {
-            v.retain(|u| u != key);
+            v.retain(|u| &**u != key);
             if v.is_empty() {
                 self.linked.remove(&r.linkedid);
             }
         }
-        let rf = r.recordingfile.trim();
-        let base = rf.rsplit('/').next().unwrap_or(rf);
-        if self.by_file.get(base) == Some(key) {
-            self.by_file.remove(base);
+        if self.by_file.get(&r.file).is_some_and(|u| &**u == key) {
+            self.by_file.remove(&r.file);
         }
     }
 
@@ -235,31 +283,40 @@ impl CdrFollower {
                 .all(|v| !v.is_empty() && v.iter().all(|u| self.rows.contains_key(u)))
     }
 
-    fn insert(&mut self, row: CdrRow) {
-        let key = row.uniqueid.clone();
+    fn insert(&mut self, line: &str, row: CdrRow) {
+        let rf = row.recordingfile.trim();
+        let held = HeldRow {
+            line: line.into(),
+            linkedid: row.linkedid.into_boxed_str(),
+            file: rf.rsplit('/').next().unwrap_or(rf).into(),
+        };
         // A row again (the CDR rewritten): the old one's index entries go.
-        if let Some(old) = self.rows.get(&key).cloned() {
-            self.unindex(&old);
-        }
-        if !row.linkedid.is_empty() {
-            let v = self.linked.entry(row.linkedid.clone()).or_default();
+        let key: Arc<str> = match self.rows.remove_entry(row.uniqueid.as_str()) {
+            Some((key, old)) => {
+                self.unindex(&key, &old);
+                key
+            }
+            None => {
+                let key: Arc<str> = row.uniqueid.into();
+                self.order.push_back(key.clone());
+                key
+            }
+        };
+        if !held.linkedid.is_empty() {
+            let v = self.linked.entry(held.linkedid.clone()).or_default();
             if !v.contains(&key) {
                 v.push(key.clone());
             }
         }
-        let rf = row.recordingfile.trim();
-        if !rf.is_empty() {
-            let base = rf.rsplit('/').next().unwrap_or(rf).to_string();
-            self.by_file.insert(base, key.clone());
+        if !held.file.is_empty() {
+            self.by_file.insert(held.file.clone(), key.clone());
         }
-        if self.rows.insert(key.clone(), row).is_none() {
-            self.order.push_back(key);
-        }
+        self.rows.insert(key, held);
         while self.rows.len() > self.max_rows {
             match self.order.pop_front() {
                 Some(old) => {
                     if let Some(r) = self.rows.remove(&old) {
-                        self.unindex(&r);
+                        self.unindex(&old, &r);
                     }
                 }
                 None => break,
@@ -267,27 +324,39 @@ impl CdrFollower {
         }
     }
 
-    pub fn get(&self, uniqueid: &str) -> Option<&CdrRow> {
-        self.rows.get(uniqueid)
+    /// The row held as `held`, parsed again (as it was when taken in).
+    fn parsed(&self, held: &HeldRow) -> Option<CdrRow> {
+        parse_cdr_line_with(&held.line, &self.columns, self.tz)
+    }
+
+    pub fn get(&self, uniqueid: &str) -> Option<CdrRow> {
+        self.rows.get(uniqueid).and_then(|h| self.parsed(h))
     }
 
     /// The best row for `q` among those read so far.
     pub fn lookup(&self, q: &CdrQuery) -> Option<CdrRow> {
-        let mut cands: Vec<&CdrRow> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
         for f in &q.files {
-            if let Some(r) = self.by_file.get(f).and_then(|u| self.rows.get(u)) {
-                cands.push(r);
+            if let Some(u) = self.by_file.get(f.as_str()) {
+                keys.push(u);
             }
         }
-        if let Some(r) = self.rows.get(&q.uniqueid) {
-            cands.push(r);
+        keys.push(&q.uniqueid);
+        for u in self.linked.get(q.uniqueid.as_str()).into_iter().flatten() {
+            keys.push(u);
         }
-        for u in self.linked.get(&q.uniqueid).into_iter().flatten() {
-            if let Some(r) = self.rows.get(u) {
-                cands.push(r);
-            }
-        }
-        best_row(cands, q)
+        // A row found two ways is one candidate.
+        let mut seen = Vec::with_capacity(keys.len());
+        let cands: Vec<CdrRow> = keys
+            .into_iter()
+            .filter(|k| {
+                let new = !seen.contains(k);
+                seen.push(k);
+                new
+            })
+            .filter_map(|k| self.rows.get(k).and_then(|h| self.parsed(h)))
+            .collect();
+        best_row(&cands, q)
     }
 }
 
@@ -418,6 +487,119 @@ mod tests {
             around: None,
         };
         assert!(f.lookup(&q).is_none(), "forgotten with its row");
+    }
+
+    #[test]
+    fn a_large_master_csv_is_read_in_pieces_with_every_row() {
+        // Over 1 MB: lines cross the 256 KiB pieces the file is read in.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Master.csv");
+        let mut text = String::new();
+        for i in 0..40_000 {
+            text.push_str(&format!("{i}.7,L{i},rec-{i:06}.wav\r\n"));
+        }
+        assert!(text.len() > 1_000_000);
+        std::fs::write(&path, &text).unwrap();
+        let cols = CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let mut f = CdrFollower::with_columns(&path, 100_000, cols, PbxTimeZone::Fixed(0));
+        f.poll().unwrap();
+        assert_eq!((f.len(), f.malformed), (40_000, 0));
+        for i in [0, 1, 12_345, 39_999] {
+            let r = f.get(&format!("{i}.7")).expect("row read");
+            assert_eq!(r.linkedid, format!("L{i}"));
+            assert_eq!(r.recordingfile, format!("rec-{i:06}.wav"));
+        }
+        assert!(f.indexes_consistent());
+        // What is appended later is read from where the first read ended.
+        let mut more = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut more, b"40000.7,L40000,").unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.len(), 40_000, "half a line waits");
+        std::io::Write::write_all(&mut more, b"last.wav\n").unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.get("40000.7").unwrap().recordingfile, "last.wav");
+    }
+
+    /// Not a test: the time of the first read of a large Master.csv
+    /// (BENCHMARKS.md, "The first read of a large Master.csv").
+    /// `MB=200 cargo test --release --lib first_read_of_a_large -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn first_read_of_a_large_master_csv() {
+        let mb: usize = std::env::var("MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Master.csv");
+        let mut text = String::new();
+        let mut lines = 0;
+        while text.len() < mb << 20 {
+            let i = lines;
+            text.push_str(&format!(
+                "\"\",\"1001\",\"2002\",\"from-internal\",\"\"\"Alice\"\" <1001>\",\
+                 \"PJSIP/1001-{i:08x}\",\"PJSIP/2002-{i:08x}\",\"Dial\",\"PJSIP/2002,,Tt\",\
+                 \"2026-01-01 10:00:00\",\"2026-01-01 10:00:02\",\"2026-01-01 10:01:00\",60,58,\
+                 \"ANSWERED\",\"DOCUMENTATION\",\"1767261600.{i}\",\"\",\"\",\"1767261600.{i}\",{i}\n"
+            ));
+            lines += 1;
+        }
+        std::fs::write(&path, &text).unwrap();
+        drop(text);
+        // As many rows as the folder source keeps.
+        let keep = crate::sources::folder::FolderSettings::default().max_cdr_rows;
+        let rss = || {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            let l = s
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .unwrap()
+                .to_string();
+            l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+        };
+        let before = rss();
+        let mut f = CdrFollower::new(&path, keep, 0);
+        let t = std::time::Instant::now();
+        f.poll().unwrap();
+        let took = t.elapsed();
+        assert_eq!((f.len(), f.malformed), (lines.min(keep), 0));
+        assert!(f.get(&format!("1767261600.{}", lines - 1)).is_some());
+        eprintln!(
+            "{mb} MB, {lines} lines: first read {took:?}, {} rows held, RSS +{} KiB",
+            f.len(),
+            rss().saturating_sub(before)
+        );
+    }
+
+    #[test]
+    fn the_rest_of_an_overlong_line_is_not_read_as_a_row() {
+        let cols = CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let mut f = CdrFollower::with_columns(Path::new("/x"), 10, cols, PbxTimeZone::Fixed(0));
+        f.feed(b"1.1,L1,a.wav\n");
+        // 70 KiB without a line end, in pieces, then the end of that line.
+        for _ in 0..70 {
+            f.feed(&[b'x'; 1024]);
+        }
+        f.feed(b"\n9.9,L9,");
+        assert_eq!((f.len(), f.malformed), (1, 1));
+        f.feed(b"b.wav\n2.2,L2,c.wav\n");
+        assert_eq!((f.len(), f.malformed), (3, 1));
+        assert!(f.get("9.9").is_some(), "the line after the long one");
+        // Cut inside the long line's rest: "9.9,L9,b.wav" is not a row of it.
+        let mut g = CdrFollower::with_columns(
+            Path::new("/x"),
+            10,
+            CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap(),
+            PbxTimeZone::Fixed(0),
+        );
+        g.feed(&vec![b'y'; 65 * 1024 + 1]);
+        g.feed(b"9.9,L9,b.wav\n3.3,L3,d.wav\n");
+        assert!(g.get("9.9").is_none(), "the tail of a dropped line");
+        assert_eq!((g.len(), g.malformed), (1, 1));
+        assert!(g.get("3.3").is_some());
     }
 
     proptest::proptest! {
