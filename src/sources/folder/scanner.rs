@@ -722,7 +722,7 @@ impl FolderScanner {
             let mut failed = None;
             for f in &files {
                 if let Err(e) = self.after_one(f) {
-                    failed = Some(format!("{}: {e}", f.display()));
+                    failed = Some(format!("{}: {e}", crate::logmask::file_for_log(f)));
                 }
             }
             match failed {

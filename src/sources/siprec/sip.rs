@@ -22,7 +22,7 @@ pub(super) enum SipIn {
     Opened {
         peer: SocketAddr,
         transport: uas::Transport,
-        writer: mpsc::Sender<Vec<u8>>,
+        writer: ConnWriter,
     },
     /// What a connection's reader reports (messages, refusals, its end).
     Conn {
@@ -187,8 +187,7 @@ pub(super) async fn sip_loop(
     // The SRC's address of each BYE held for its recording: a connection
     // whose BYE awaits its answer carries a call (not closed as idle).
     let mut held: HashMap<DialogId, SocketAddr> = HashMap::new();
-    let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>> =
-        HashMap::new();
+    let mut tcp_writers: HashMap<(uas::Transport, SocketAddr), ConnWriter> = HashMap::new();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<SipIn>(1024);
     let mut buf = vec![0u8; 65_536];
     // Timers (UAS retransmissions, silent sessions, the busy set, retired
@@ -339,13 +338,16 @@ pub(super) async fn sip_loop(
                     .map(|(d, _)| d.clone())
                     .collect();
                 for d in silent {
-                    uas.hangup(&d, now());
-                    // Ended here (the UAS's `Ended` for it finds no session):
-                    // the engine is told, so the recording is finished now
+                    // Our BYE, then the UAS's `Ended` (below): the engine
+                    // sees the BYE before it is told the call ended, as for
+                    // the SRC's own BYE, and the recording is finished now
                     // (with no audio at all: the answered call's empty one).
-                    if let Some(s) = sessions.remove(&d) {
-                        release(s, &mut ports);
-                        tell_ended(&etx, &d, "rtp_timeout", false);
+                    if !uas.hangup(&d, now()) {
+                        // No dialog left to end: ended here.
+                        if let Some(s) = sessions.remove(&d) {
+                            release(s, &mut ports);
+                            tell_ended(&etx, &d, "rtp_timeout", false);
+                        }
                     }
                 }
                 ports.tick(Instant::now(), std::time::SystemTime::now());
@@ -455,6 +457,9 @@ pub(super) async fn sip_loop(
                                     session.sdp = answer;
                                 }
                                 Err(why) => {
+                                    // Refused: the session stays as it was
+                                    // (its SDP version with it).
+                                    session.version -= 1;
                                     let (code, reason) = why.status();
                                     uas.reject(&dialog, code, reason, at);
                                 }
@@ -619,12 +624,54 @@ pub(super) async fn tls_connection(
     }
 }
 
-/// Split a connected stream (TCP or TLS): a writer task fed by the returned
-/// channel, and the reader (to be run) that frames SIP messages off it.
 /// How long one SIP message may take to be written to a TCP/TLS peer before
 /// the connection is given up (the peer does not read it).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bytes that may wait to be written to one TCP/TLS peer. A burst (the BYEs
+/// of hundreds of calls at a stop, or when their media stops together) fits
+/// many times over; a peer that lets this much wait does not read its
+/// connection.
+const MAX_UNWRITTEN: usize = 1 << 20;
+
+/// Where the SIP task writes to one TCP/TLS connection. Sending never
+/// waits: messages queue for the connection's writer task, every one of
+/// them (none dropped from a burst to a peer that reads). The connection is
+/// closed as a whole, its reader too (the SIP task hears
+/// [`ConnEvent::Closed`], the peer opens a new one), when a message could
+/// not be written within [`WRITE_TIMEOUT`] or [`MAX_UNWRITTEN`] bytes wait.
+#[derive(Debug, Clone)]
+pub(super) struct ConnWriter {
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
+    /// Cancelled when the connection is being closed (for good).
+    close: tokio_util::sync::CancellationToken,
+}
+
+impl ConnWriter {
+    /// Queues `bytes` for the peer; false when the connection is closed or
+    /// being closed (over the limit now).
+    pub(super) fn send(&self, bytes: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.close.is_cancelled() {
+            return false;
+        }
+        let n = bytes.len();
+        if self.unwritten.fetch_add(n, Relaxed) + n > MAX_UNWRITTEN {
+            self.unwritten.fetch_sub(n, Relaxed);
+            tracing::warn!(peer = %self.peer, "SIP: the peer left {MAX_UNWRITTEN} bytes unread on its connection; the connection is closed");
+            self.close.cancel();
+            return false;
+        }
+        self.tx.send(bytes).is_ok()
+    }
+}
+
+/// Split a connected stream (TCP or TLS): a writer task fed by the returned
+/// [`ConnWriter`], and the reader (to be run) that frames SIP messages off
+/// it. The reader ends, and reports [`ConnEvent::Closed`], when the
+/// connection ends or the writer closes it.
 pub(super) fn stream_tasks<S>(
     stream: S,
     peer: SocketAddr,
@@ -633,33 +680,68 @@ pub(super) fn stream_tasks<S>(
     conn: ConnConfig,
     slot: ConnSlot,
 ) -> (
-    mpsc::Sender<Vec<u8>>,
+    ConnWriter,
     impl std::future::Future<Output = ()> + Send + 'static,
 )
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, mut wr) = tokio::io::split(stream);
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = ConnWriter {
+        peer,
+        tx: wtx,
+        unwritten: Arc::default(),
+        close: tokio_util::sync::CancellationToken::new(),
+    };
+    let (unwritten, close) = (writer.unwritten.clone(), writer.close.clone());
     tokio::spawn(async move {
-        while let Some(b) = wrx.recv().await {
-            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-                wr.write_all(&b).await?;
-                wr.flush().await
-            })
-            .await;
+        loop {
+            let b = tokio::select! {
+                biased;
+                () = close.cancelled() => break,
+                b = wrx.recv() => match b {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            let written = tokio::select! {
+                biased;
+                () = close.cancelled() => break,
+                w = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    wr.write_all(&b).await?;
+                    wr.flush().await
+                }) => w,
+            };
+            unwritten.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
             if !matches!(written, Ok(Ok(()))) {
+                if written.is_err() {
+                    tracing::warn!(peer = %peer, "SIP: a message to the peer not written in {WRITE_TIMEOUT:?} (it does not read its connection); the connection is closed");
+                }
+                close.cancel();
                 break;
             }
         }
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
+        if !close.is_cancelled() {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
+        }
     });
     let wrap = move |ev| SipIn::Conn {
         peer,
         transport,
         ev,
     };
-    (wtx, read_connection(rd, peer, conn, Some(slot), tx, wrap))
+    let close = writer.close.clone();
+    let reader = async move {
+        let closed = tx.clone();
+        tokio::select! {
+            () = read_connection(rd, peer, conn, Some(slot), tx, wrap) => {}
+            () = close.cancelled() => {
+                let _ = closed.send(wrap(ConnEvent::Closed)).await;
+            }
+        }
+    };
+    (writer, reader)
 }
 
 /// A place for one more connection from `peer`, or `None` (counted and
@@ -754,6 +836,8 @@ pub(super) fn answer_for(
     // Ports this offer opened: closed again if it is refused (a refused
     // re-offer leaves the session as it was).
     let mut opened: Vec<SocketAddr> = Vec::new();
+    // New origins of the streams kept: applied only if the offer is taken.
+    let mut moved: Vec<(SocketAddr, StreamOrigin)> = Vec::new();
     let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     for (i, m) in offer.media.iter().enumerate() {
         let secure = m.proto.to_ascii_uppercase().contains("SAVP");
@@ -802,7 +886,7 @@ pub(super) fn answer_for(
             // Re-offer of a line we already receive: same port (an SRTP key
             // change would need a new context; keep the running one).
             if let Some(local) = session.ports.iter().find(|a| a.port() == p) {
-                rtp.set_origin(*local, origin);
+                moved.push((*local, origin));
             }
             ports.push(p);
             continue;
@@ -835,6 +919,9 @@ pub(super) fn answer_for(
         .copied()
         .collect();
     close_ports(session, rtp, &gone);
+    for (local, origin) in moved {
+        rtp.set_origin(local, origin);
+    }
     session.line_ports = ports.clone();
     let crypto_refs: Vec<Option<(&str, &str)>> = crypto
         .iter()
@@ -865,7 +952,7 @@ pub(super) fn release(s: Session, ports: &mut RtpPorts) {
 /// Send one SIP message on the transport it belongs to.
 pub(super) async fn send_sip(
     udp: &UdpSocket,
-    tcp_writers: &HashMap<(uas::Transport, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    tcp_writers: &HashMap<(uas::Transport, SocketAddr), ConnWriter>,
     transport: uas::Transport,
     to: SocketAddr,
     bytes: Vec<u8>,
@@ -876,13 +963,9 @@ pub(super) async fn send_sip(
         }
         _ => {
             // Never waits: one peer that does not read its connection must
-            // not stall the signalling of every call (its writer queue is
-            // full: the message is dropped, and its writer gives up on the
-            // connection after WRITE_TIMEOUT).
+            // not stall the signalling of every call (see [`ConnWriter`]).
             if let Some(w) = tcp_writers.get(&(transport, to)) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = w.try_send(bytes) {
-                    tracing::warn!(peer = %to, "SIP: the peer does not read its connection; a message to it was dropped");
-                }
+                w.send(bytes);
             }
         }
     }

@@ -92,3 +92,70 @@ fn re_offers_leave_no_port_behind() {
     release(s, &mut rtp);
     assert_eq!(free(), 10);
 }
+
+/// One connection's tasks over an in-memory stream of `buf` bytes each way:
+/// its writer, the far end, and what the SIP task hears.
+fn connection(buf: usize) -> (ConnWriter, tokio::io::DuplexStream, mpsc::Receiver<SipIn>) {
+    let (ours, theirs) = tokio::io::duplex(buf);
+    let (tx, rx) = mpsc::channel(16);
+    let peer: SocketAddr = "192.0.2.7:5061".parse().unwrap();
+    let conn = ConnConfig {
+        idle_timeout: Duration::from_secs(60),
+        message_timeout: Duration::from_secs(60),
+        counters: Arc::default(),
+        busy: BusyPeers::default(),
+    };
+    let slot = ConnLimits::default().acquire(peer.ip()).unwrap();
+    let (writer, reader) = stream_tasks(ours, peer, uas::Transport::Tcp, tx, conn, slot);
+    tokio::spawn(reader);
+    (writer, theirs, rx)
+}
+
+/// A burst to a peer that reads (the BYEs of 300 calls at a stop) is
+/// written whole and in order (before, a queue of 64 messages dropped what
+/// did not fit).
+#[tokio::test]
+async fn a_burst_to_a_peer_that_reads_is_written_whole() {
+    use tokio::io::AsyncReadExt;
+    let (writer, mut theirs, _rx) = connection(4096);
+    let msg = |i: usize| format!("BYE sip:{i:05}@x SIP/2.0\r\n{}\r\n\r\n", "v".repeat(560));
+    let mut want = Vec::new();
+    for i in 0..300 {
+        assert!(writer.send(msg(i).into_bytes()));
+        want.extend_from_slice(msg(i).as_bytes());
+    }
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), theirs.read_exact(&mut got))
+        .await
+        .expect("all written")
+        .unwrap();
+    assert!(got == want, "every message, in order");
+}
+
+/// A peer that does not read: once a MiB waits for it, the connection is
+/// closed as a whole (its reader too: the SIP task hears it closed, the
+/// peer must open a new one), not left open with answers going nowhere.
+#[tokio::test]
+async fn a_peer_that_does_not_read_has_its_connection_closed() {
+    let (writer, _theirs, mut rx) = connection(4096);
+    let msg = vec![b'x'; 1000];
+    let sent = (0..2 * MAX_UNWRITTEN / 1000)
+        .take_while(|_| writer.send(msg.clone()))
+        .count();
+    assert!(
+        (MAX_UNWRITTEN / 1000..MAX_UNWRITTEN / 1000 + 10).contains(&sent),
+        "{sent} messages queued"
+    );
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the reader ends")
+        .expect("an event");
+    assert!(matches!(
+        ev,
+        SipIn::Conn {
+            ev: ConnEvent::Closed,
+            ..
+        }
+    ));
+    assert!(!writer.send(msg), "nothing more is taken");
+}

@@ -267,6 +267,24 @@ fn a_merged_invite_gets_482_and_no_second_dialog() {
     );
     assert_eq!(codes(&ev), vec![482]);
     assert_eq!(u.dialog_count(), 1);
+    // After an in-dialog request (a keepalive OPTIONS, CSeq 2), a copy of
+    // the first INVITE (CSeq 1) arriving late is still that INVITE's copy.
+    feed(&mut u, t(60), &ack("z9hG4bKack", "call-m", &d.local_tag, 1));
+    let opt = request(
+        "OPTIONS",
+        "z9hG4bKo2",
+        "call-m",
+        Some(&d.local_tag),
+        2,
+        "OPTIONS",
+        "",
+        "",
+    );
+    assert_eq!(codes(&feed(&mut u, t(70), &opt)), vec![200]);
+    let late = invite("z9hG4bKthird", "call-m");
+    let ev = feed(&mut u, t(80), &late);
+    assert_eq!(codes(&ev), vec![482], "{ev:?}");
+    assert_eq!(u.dialog_count(), 1);
 }
 
 #[test]

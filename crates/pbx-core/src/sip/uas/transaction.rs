@@ -214,7 +214,7 @@ impl Uas {
         // take ports and end the first call's recording when it ends.
         let from_tag = msg.from.tag.as_deref().unwrap_or_default();
         let merged = self.dialogs.iter().any(|(d, dlg)| {
-            d.call_id == msg.call_id && d.remote_tag == from_tag && dlg.remote_cseq == msg.cseq
+            d.call_id == msg.call_id && d.remote_tag == from_tag && dlg.invite_cseq == msg.cseq
         });
         if merged {
             self.new_final(rq, 482, "Loop Detected", &[]);
@@ -238,6 +238,7 @@ impl Uas {
             transport,
             confirmed: false,
             remote_cseq: msg.cseq,
+            invite_cseq: msg.cseq,
             local_cseq: 0,
             remote_target,
             route_set: rq.req.record_route.clone(),
