@@ -74,6 +74,12 @@ pub struct Impairments {
     /// The first packet's sequence number and timestamp instead of random
     /// ones (a start just before the 16-bit and 32-bit wraps).
     pub rtp_start: Option<(u16, u32)>,
+    /// At `.0` ms (leg time) the sender's timestamps jump by `.1` ticks
+    /// (either way) while its SSRC and sequence numbers go on: a media
+    /// source switched behind a constant SSRC (a transfer, a
+    /// music-on-hold server, an SBC). `.2`: the first packet after it has
+    /// the marker bit set (as RFC 3550 asks; some senders do not).
+    pub ts_jump: Option<(u32, i32, bool)>,
 }
 
 /// One leg: what one party says.
@@ -539,6 +545,7 @@ fn rtp_leg(
     let mut ts_held: u32 = 0; // timestamps not advanced during a hold
     let mut marker = true;
     let mut ssrc_changed = false;
+    let mut ts_jumped = false;
     let mut dtmf_done: Vec<bool> = vec![false; leg.dtmf.len()];
     let ptime_ns = i64::from(spec.ptime_ms) * 1_000_000;
     let imp = &leg.impair;
@@ -575,6 +582,13 @@ fn rtp_leg(
                 seq = rng.next_u64() as u16;
                 ts_base = (rng.next_u64() as u32).wrapping_sub((i as u32).wrapping_mul(ts_step));
                 marker = true;
+            }
+        }
+        if let (Some((at, ticks, mark)), false) = (imp.ts_jump, ts_jumped) {
+            if t_ms >= at {
+                ts_jumped = true;
+                ts_base = ts_base.wrapping_add(ticks as u32);
+                marker |= mark;
             }
         }
         if let Some(h) = imp.hold {
