@@ -127,8 +127,10 @@ impl Controls {
         }
     }
 
-    /// Send `command` to every engine; their answers with their source names.
-    async fn ask(&self, command: &ControlCommand) -> Vec<(String, ControlReply)> {
+    /// Send `command` to every engine; their answers with their source
+    /// names, and how many engines did not answer within [`ANSWER_TIMEOUT`]
+    /// (one deadline for all), or dropped the request (their queue full).
+    async fn ask(&self, command: &ControlCommand) -> (Vec<(String, ControlReply)>, usize) {
         let mut waiting = Vec::new();
         if let Ok(mut engines) = self.engines.lock() {
             engines.retain(|(source, tx)| {
@@ -144,18 +146,26 @@ impl Controls {
             });
         }
         let mut answers = Vec::new();
+        let mut unanswered = 0;
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         for (source, rx) in waiting {
-            if let Ok(Ok(a)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-                answers.push((source, a));
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(a)) => answers.push((source, a)),
+                _ => unanswered += 1,
             }
         }
-        answers
+        (answers, unanswered)
     }
 
-    /// Calls in progress in every engine.
-    pub async fn list(&self) -> Vec<CallEntry> {
+    /// Calls in progress in every engine; `Err`: an engine did not answer
+    /// (the list would be incomplete).
+    pub async fn list(&self) -> Result<Vec<CallEntry>, ApiAnswer> {
         let mut out = Vec::new();
-        for (source, reply) in self.ask(&ControlCommand::List).await {
+        let (answers, unanswered) = self.ask(&ControlCommand::List).await;
+        if unanswered > 0 {
+            return Err(busy());
+        }
+        for (source, reply) in answers {
             if let ControlReply::Calls(calls) = reply {
                 out.extend(calls.into_iter().map(|c| CallEntry {
                     call_id: c.call_id,
@@ -166,7 +176,7 @@ impl Controls {
                 }));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Pause (`pause`) or resume the call `id` in whichever engine has it.
@@ -177,7 +187,8 @@ impl Controls {
             ControlCommand::Resume(id.to_string())
         };
         let mut refused = None;
-        for (source, reply) in self.ask(&command).await {
+        let (answers, unanswered) = self.ask(&command).await;
+        for (source, reply) in answers {
             match reply {
                 ControlReply::Done {
                     call_id,
@@ -205,6 +216,9 @@ impl Controls {
         }
         match refused {
             Some(e) => ApiAnswer::error(409, &e.to_string()),
+            // Not "no such call": the engine that has it may be the one that
+            // did not answer (and may still act on the request).
+            None if unanswered > 0 => busy(),
             None => ApiAnswer::error(404, "no call in progress has that Call-ID or recording id"),
         }
     }
@@ -216,8 +230,10 @@ impl Controls {
             if method != "GET" && method != "HEAD" {
                 return Some(ApiAnswer::error(405, "GET /v1/calls"));
             }
-            let calls = self.list().await;
-            return Some(ApiAnswer::json(200, serde_json::json!({ "calls": calls })));
+            return Some(match self.list().await {
+                Ok(calls) => ApiAnswer::json(200, serde_json::json!({ "calls": calls })),
+                Err(a) => a,
+            });
         }
         let rest = rest.strip_prefix('/')?;
         let (id, action) = rest.rsplit_once('/')?;
@@ -237,6 +253,14 @@ impl Controls {
         };
         Some(self.set_paused(&id, pause).await)
     }
+}
+
+/// 503: a recording source did not answer in time (or its queue was full).
+fn busy() -> ApiAnswer {
+    ApiAnswer::error(
+        503,
+        "a recording source did not answer in time (busy); try again (a pause or resume asked may still take effect: see GET /v1/calls)",
+    )
 }
 
 /// `%XX` escapes of a path segment decoded (UTF-8); `None` if malformed.

@@ -673,6 +673,57 @@ fn refused_recording_fails_with_the_body_and_spool_retry_requeues() {
     assert!(pairs_left(&spool).is_empty());
 }
 
+/// A local error that passes (here the FLAC copy cannot be written: a
+/// directory stands where its temporary file goes, as a full disk or too
+/// many open files would stop it) is retried with backoff, never `failed`;
+/// the recording goes once the error is gone. A malformed recording (a JSON
+/// that does not parse) is `failed` at once.
+#[test]
+fn a_local_error_that_passes_is_retried_not_failed() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "r", 3000, 5);
+    write_recording(d.path(), "broken", 3000, 6);
+    std::fs::write(d.path().join("broken.json"), b"{not json").unwrap();
+    let blocker = d.path().join(".r.flac.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    if let Some(c) = s.cloud.as_mut() {
+        c.audio_format = pbx_edge::config::AudioFormat::Flac;
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        let sp = Spool::open(d.path()).unwrap();
+        wait_for("two tries of r", Duration::from_secs(10), || {
+            sp.get("r").unwrap().is_some_and(|e| e.retries >= 2)
+        })
+        .await;
+        let e = sp.get("r").unwrap().unwrap();
+        assert_ne!(e.state, State::Failed, "{e:?}");
+        assert!(
+            e.last_error
+                .as_deref()
+                .is_some_and(|m| m.contains("cannot be read now")),
+            "{e:?}"
+        );
+        wait_for("broken failed", Duration::from_secs(10), || {
+            sp.get("broken")
+                .unwrap()
+                .is_some_and(|e| e.state == State::Failed)
+        })
+        .await;
+        std::fs::remove_dir(&blocker).unwrap();
+        wait_for("r delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(rx.calls().contains_key("r"));
+    assert!(cloud_status(&status).failures["local_io"] >= 3);
+}
+
 #[test]
 fn spool_purge_and_retry_all_from_the_command_line() {
     let d = tempfile::tempdir().unwrap();

@@ -188,3 +188,31 @@ fn percent_decoding() {
     assert_eq!(percent_decode("%0a"), None);
     assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
 }
+
+/// An engine whose queue is full (the request dropped) or that does not
+/// answer in time: 503, not "no such call" (the call may be in that engine,
+/// and the request may still take effect), and no incomplete list.
+#[tokio::test]
+async fn an_engine_that_does_not_answer_gives_503_not_404() {
+    let controls = Controls::new();
+    // A full queue: the request is taken and dropped (its reply with it).
+    controls.register("siprec", |r: ControlRequest| {
+        drop(r);
+        true
+    });
+    let a = controls
+        .http("POST", "/v1/calls/somebody%40x/pause")
+        .await
+        .unwrap();
+    assert_eq!(a.code, 503, "{}", a.body);
+    assert!(a.body.contains("did not answer"), "{}", a.body);
+    let l = controls.http("GET", "/v1/calls").await.unwrap();
+    assert_eq!(l.code, 503, "{}", l.body);
+    // Without an engine at all: nobody has the call.
+    let none = Controls::new();
+    let a = none
+        .http("POST", "/v1/calls/somebody%40x/pause")
+        .await
+        .unwrap();
+    assert_eq!(a.code, 404, "{}", a.body);
+}

@@ -51,6 +51,15 @@ impl Progress for JobProgress {
     }
 }
 
+/// Whether a local error reading a recording (or making its FLAC copy)
+/// stays: its files are missing, or malformed (a JSON that does not parse,
+/// a WAV that is not one, a sealed file that does not authenticate). Other
+/// errors (no space, too many open files, I/O errors) pass.
+pub(super) fn local_error_is_for_good(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), NotFound | InvalidData | UnexpectedEof)
+}
+
 pub(super) async fn run_job(
     shared: Arc<Shared>,
     active: Arc<Active>,
@@ -69,8 +78,34 @@ pub(super) async fn run_job(
     };
     let job = match loaded {
         Ok(j) => j,
+        Err(e) if !local_error_is_for_good(&e) => {
+            // Not the recording's fault and not for good (a full disk for
+            // its FLAC copy, too many open files, an I/O error, a key file
+            // being replaced): tried again with backoff, never `failed`.
+            let msg = format!("recording cannot be read now: {e}");
+            tracing::warn!(%id, "{msg}; will retry");
+            let s = &active.settings;
+            let (base, cap) = (s.backoff_base, s.backoff_cap);
+            let i = id.clone();
+            let _ = shared
+                .db(move |sp| {
+                    let now = now_ms();
+                    if sp.begin_attempt(&i, now)? {
+                        let n = sp.get(&i)?.map(|e| e.retries).unwrap_or(0);
+                        let next =
+                            now + policy::backoff(n, fastrand::f64(), base, cap).as_millis() as i64;
+                        sp.retry_later(&i, next, &msg, true, now)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            shared
+                .metrics
+                .failure("local_io", "recording cannot be read now");
+            return;
+        }
         Err(e) => {
-            // Missing or unreadable files are not the cloud's fault and no
+            // Missing or malformed files are not the cloud's fault and no
             // retry fixes them: failed, kept, shown in `spool list`.
             let msg = format!("recording cannot be read: {e}");
             tracing::error!(%id, "{msg}");
@@ -155,7 +190,11 @@ pub(super) async fn run_job(
                     shared
                         .db(move |sp| {
                             let n = sp.get(&i)?.map(|e| e.retries).unwrap_or(0);
+                            // A Retry-After under the backoff's base (0, or
+                            // a date already past on our clock) counts as
+                            // none: no loop of tries back to back.
                             let delay = after
+                                .filter(|a| *a >= base)
                                 .unwrap_or_else(|| policy::backoff(n, fastrand::f64(), base, cap));
                             let now = now_ms();
                             let next = now + delay.as_millis() as i64;

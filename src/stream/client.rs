@@ -311,7 +311,13 @@ async fn send_from_file(
     let step = u64::from(c.rec.sample_rate) * CATCH_UP_SECONDS;
     while *held < to {
         let want = (to - *held).min(step) as usize;
-        let frames = match c.rec.file.read_frames(*held, want) {
+        // Off the async workers (SIPREC's signalling runs there too): a
+        // sealed part is opened by checking its records.
+        let (file, from) = (c.rec.file.clone(), *held);
+        let read = tokio::task::spawn_blocking(move || file.read_frames(from, want))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let frames = match read {
             Ok(f) if !f.is_empty() => f,
             // The file is gone (discarded, or delivered and removed) or
             // shorter than said: the receiver is told the stream ends here.

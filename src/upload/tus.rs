@@ -109,7 +109,9 @@ fn parse_offset(r: &HttpResult) -> Option<u64> {
     r.header("upload-offset")?.trim().parse().ok()
 }
 
-async fn head(cloud: &Cloud, loc: &url::Url) -> Result<Option<u64>, Outcome> {
+/// The upload at `loc`: its offset and, when the server says, its length.
+/// `None`: gone (404/410).
+async fn head(cloud: &Cloud, loc: &url::Url) -> Result<Option<(u64, Option<u64>)>, Outcome> {
     let r = cloud
         .send(
             cloud
@@ -120,7 +122,11 @@ async fn head(cloud: &Cloud, loc: &url::Url) -> Result<Option<u64>, Outcome> {
         .await;
     match r.action(Step::Location) {
         Action::Done => match parse_offset(&r) {
-            Some(o) => Ok(Some(o)),
+            Some(o) => Ok(Some((
+                o,
+                r.header("upload-length")
+                    .and_then(|l| l.trim().parse().ok()),
+            ))),
             None => Err(retry("tus HEAD answer without a valid Upload-Offset")),
         },
         Action::Restart => Ok(None),
@@ -289,9 +295,13 @@ async fn deliver(cloud: &Cloud, job: &Job, progress: &dyn Progress) -> Outcome {
         // Where to continue.
         let (loc, mut offset) = match saved.take() {
             Some(loc) => match head(cloud, &loc).await {
-                Ok(Some(o)) if o <= job.size => (loc, o),
+                Ok(Some((o, len))) if o <= job.size && len.is_none_or(|l| l == job.size) => {
+                    (loc, o)
+                }
                 Ok(Some(_)) | Ok(None) => {
-                    // Gone, or longer than our file (not ours): start again.
+                    // Gone, or not of this file (longer, or of another
+                    // length: an upload of the WAV when the FLAC is sent now,
+                    // or the other way round): start again.
                     progress.restart().await;
                     continue 'upload;
                 }
