@@ -254,6 +254,7 @@ fn build_active(
     bytes_sent: &Arc<AtomicU64>,
 ) -> Result<Active, DeliveryError> {
     limiter.set_rate(settings.bandwidth_limit);
+    limiter.set_sharers(settings.max_parallel);
     let cloud = match &settings.cloud {
         Some(c) => {
             let cloud = Cloud::new(c.clone(), Some(Arc::clone(limiter)), Arc::clone(bytes_sent))?;

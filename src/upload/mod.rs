@@ -204,6 +204,8 @@ pub(crate) fn is_loopback_host(host: &url::Host<&str>) -> bool {
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: AtomicU64,
+    /// Uploads that may share the rate at once (`max_parallel`).
+    sharers: AtomicU64,
     next_free: Mutex<Instant>,
 }
 
@@ -215,7 +217,22 @@ impl RateLimiter {
     pub fn new(rate: u64) -> RateLimiter {
         RateLimiter {
             rate: AtomicU64::new(rate),
+            sharers: AtomicU64::new(1),
             next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How many uploads may share the rate at once (`max_parallel`).
+    pub fn set_sharers(&self, n: u32) {
+        self.sharers.store(u64::from(n.max(1)), Ordering::Relaxed);
+    }
+
+    /// The least rate one upload can count on: its share of the limit when
+    /// all run, capped at [`BODY_FLOOR`] (an unlimited link too).
+    pub fn body_floor(&self) -> u64 {
+        match self.rate() {
+            0 => BODY_FLOOR,
+            r => (r / self.sharers.load(Ordering::Relaxed).max(1)).clamp(1, BODY_FLOOR),
         }
     }
 
@@ -255,6 +272,22 @@ impl RateLimiter {
 #[derive(Debug, thiserror::Error)]
 #[error("reading the recording: {0}")]
 pub struct LocalReadError(#[source] pub std::io::Error);
+
+/// The rate a request body is given time for at least (bytes a second):
+/// its limit is `cloud.timeout` plus its size at this rate.
+pub const BODY_FLOOR: u64 = 16 << 10;
+
+/// The time limit of a request with a body of `len` bytes: `cloud.timeout`
+/// plus the body at the least rate it can count on (its share of
+/// `bandwidth_limit` when every parallel upload runs; a limit per upload
+/// timed out every long recording when several shared a slow link).
+pub(crate) fn body_timeout(cloud: &Cloud, len: u64) -> Duration {
+    let floor = cloud
+        .limiter
+        .as_ref()
+        .map_or(BODY_FLOOR, |l| l.body_floor());
+    cloud.settings.timeout + Duration::from_secs(len / floor + 1)
+}
 
 /// Stream `len` bytes of the plaintext of the spool file `path` from
 /// `offset` in [`PIECE`]s, paced by `limiter`, adding each piece to `sent`.
@@ -840,6 +873,24 @@ mod tests {
         );
         assert!(mk("http://[::1]:9").is_ok());
         assert!(mk("http://localhost:9").is_ok());
+    }
+
+    /// A request body's time limit counts on the upload's share of the
+    /// link when every parallel upload runs (a slow link shared by two no
+    /// longer times out each long recording and retries it for ever).
+    #[test]
+    fn a_body_is_given_time_for_its_share_of_a_limited_link() {
+        let l = RateLimiter::new(8 << 10);
+        assert_eq!(l.body_floor(), 8 << 10);
+        l.set_sharers(2);
+        assert_eq!(l.body_floor(), 4 << 10);
+        l.set_rate(0);
+        assert_eq!(l.body_floor(), BODY_FLOOR, "unlimited");
+        l.set_rate(1 << 30);
+        assert_eq!(l.body_floor(), BODY_FLOOR, "a fast link: the floor");
+        l.set_rate(1);
+        l.set_sharers(8);
+        assert_eq!(l.body_floor(), 1, "never zero");
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! policy's action. Nothing to resume: a broken request is sent again whole.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::multipart::{Form, Part};
 use reqwest::Method;
@@ -69,11 +68,7 @@ async fn deliver(cloud: &Cloud, job: &Job) -> Outcome {
         Err(e) => return retry(format!("local: {e}")),
     };
     let form = Form::new().part("metadata", meta).part("audio", audio);
-    let floor = match cloud.limiter.as_ref().map(|l| l.rate()) {
-        Some(r) if r > 0 => r.min(16 << 10),
-        _ => 16 << 10,
-    };
-    let timeout = cloud.settings.timeout + Duration::from_secs(job.size / floor + 1);
+    let timeout = super::body_timeout(cloud, job.size);
     let r = cloud
         .send(
             cloud

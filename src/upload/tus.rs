@@ -17,7 +17,6 @@
 //! origin than `cloud.url` is refused (the token would go there).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::Method;
@@ -221,12 +220,7 @@ async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<
         Arc::clone(&cloud.bytes_sent),
         job.keys.clone(),
     ));
-    // Time for the body at no less than 16 KiB/s (or the bandwidth limit).
-    let floor = match cloud.limiter.as_ref().map(|l| l.rate()) {
-        Some(r) if r > 0 => r.min(16 << 10),
-        _ => 16 << 10,
-    };
-    let timeout = cloud.settings.timeout + Duration::from_secs(len / floor + 1);
+    let timeout = super::body_timeout(cloud, len);
     let r = cloud.send(req.body(body), timeout).await;
     if r.status() == Some(460) {
         return Ok(PatchEnd::Rehead);
