@@ -58,6 +58,8 @@ struct Behaviour {
     drop_at: Option<(u64, u64)>,
     /// Answer `error` to the start of every stream.
     refuse: bool,
+    /// Answer the WebSocket upgrade 401 (a token it does not take).
+    unauthorized: bool,
     /// Answer `ready` this late to calls whose recorded Call-ID contains
     /// this text.
     slow: Option<(String, Duration)>,
@@ -160,8 +162,16 @@ async fn serve(
     down: Arc<AtomicBool>,
     beh: Arc<Mutex<Behaviour>>,
 ) {
+    let unauthorized = beh.lock().unwrap().unauthorized;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
-    let check = |req: &Request, mut resp: Response| {
+    let check = move |req: &Request, mut resp: Response| {
+        if unauthorized {
+            let mut r = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                Some("token refused".into()),
+            );
+            *r.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::UNAUTHORIZED;
+            return Err(r);
+        }
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mut problems = Vec::new();
@@ -679,6 +689,32 @@ fn receiver_error_ends_that_calls_stream_without_retries() {
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("no such account"), "{body}");
+}
+
+/// A receiver that refuses the token (401 on the upgrade) is not asked
+/// again for that call (before, each call retried for its whole length and
+/// 300 s after); the recording is whole.
+#[test]
+fn a_refused_token_ends_that_calls_stream_without_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    rx.behaviour.lock().unwrap().unauthorized = true;
+    let (d, srs) = daemon(dir.path(), &rx.url(), "");
+    siprec_call(srs, "live-401@src", 2000, 43);
+    let (_, wav) = recording_of(&d, "live-401@src");
+    assert!(wav.len() / 2 >= 1800 * 8);
+    let t = Instant::now();
+    while status(&d)["stream"]["refused"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rx.connections.load(Ordering::SeqCst), 1, "not tried again");
+    assert!(
+        status(&d)["stream"].to_string().contains("HTTP 401"),
+        "{}",
+        status(&d)
+    );
 }
 
 #[test]

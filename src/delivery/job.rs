@@ -7,6 +7,9 @@ use super::*;
 pub(super) struct JobProgress {
     pub(super) shared: Arc<Shared>,
     pub(super) id: String,
+    /// The furthest offset the cloud confirmed for this recording (kept
+    /// across a restart of its upload: retrying the same first chunks of a
+    /// new upload again and again is not progress).
     pub(super) best: AtomicU64,
 }
 
@@ -29,7 +32,7 @@ impl Progress for JobProgress {
             if let Err(e) = r {
                 tracing::error!(id = %self.id, "cannot save upload progress: {e}");
             }
-            if advanced {
+            if offset > 0 {
                 // The cloud takes our data: whatever paused us is over.
                 self.shared.clear_pause();
             }
@@ -39,7 +42,6 @@ impl Progress for JobProgress {
     fn restart(&self) -> upload::BoxFuture<'_, ()> {
         Box::pin(async move {
             let id = self.id.clone();
-            self.best.store(0, Ordering::Relaxed);
             if let Err(e) = self
                 .shared
                 .db(move |sp| sp.clear_upload(&id, now_ms()))

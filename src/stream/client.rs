@@ -124,7 +124,8 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
         }
         let ws = match connect(&c.settings).await {
             Ok(ws) => ws,
-            Err(e) => {
+            Err(NoConnection::Refused(e)) => return Session::Refused(e),
+            Err(NoConnection::Retry(e)) => {
                 if down_since.is_none() {
                     down_since = Some(Instant::now());
                     tracing::warn!(recording = %c.rec.recording_id, "live stream: {e}; retrying");
@@ -168,12 +169,21 @@ fn lag_ms(c: &CallStream, held: u64) -> u64 {
     written.saturating_sub(held) * 1000 / u64::from(c.rec.sample_rate.max(1))
 }
 
-async fn connect(s: &StreamSettings) -> Result<Ws, String> {
+/// Why [`connect`] did not connect.
+enum NoConnection {
+    /// Down, unreachable, timed out: tried again.
+    Retry(String),
+    /// The receiver refused us (401/403 on the upgrade: the token): not
+    /// tried again for this call, like its `error` message.
+    Refused(String),
+}
+
+async fn connect(s: &StreamSettings) -> Result<Ws, NoConnection> {
     let mut req = s
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("stream.url: {e}"))?;
+        .map_err(|e| NoConnection::Refused(format!("stream.url: {e}")))?;
     let h = req.headers_mut();
     h.insert(
         SEC_WEBSOCKET_PROTOCOL,
@@ -206,17 +216,27 @@ async fn connect(s: &StreamSettings) -> Result<Ws, String> {
     );
     let (ws, resp) = tokio::time::timeout(CONNECT_TIMEOUT, fut)
         .await
-        .map_err(|_| "connecting to the stream receiver timed out".to_string())?
-        .map_err(|e| format!("cannot connect to the stream receiver: {e}"))?;
+        .map_err(|_| NoConnection::Retry("connecting to the stream receiver timed out".into()))?
+        .map_err(|e| match &e {
+            tokio_tungstenite::tungstenite::Error::Http(r)
+                if matches!(r.status().as_u16(), 401 | 403) =>
+            {
+                NoConnection::Refused(format!(
+                    "the stream receiver refused the connection (HTTP {}: check stream.token_file)",
+                    r.status().as_u16()
+                ))
+            }
+            _ => NoConnection::Retry(format!("cannot connect to the stream receiver: {e}")),
+        })?;
     let proto = resp
         .headers()
         .get(SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     if proto != Some(protocol::SUBPROTOCOL) {
-        return Err(format!(
+        return Err(NoConnection::Retry(format!(
             "the stream receiver did not accept subprotocol {}",
             protocol::SUBPROTOCOL
-        ));
+        )));
     }
     Ok(ws)
 }
