@@ -1181,7 +1181,8 @@ pub(crate) fn seal_part(part: &Path, out: &Path, keys: &Keyring) -> io::Result<(
     let info = parse_wav_header(&head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let frame = u64::from(info.block_align.max(1));
-    let data = (total - 44) / frame * frame;
+    // A WAV holds at most 4 GiB: a longer part keeps its first 4 GiB.
+    let data = ((total - 44) / frame * frame).min((u64::from(u32::MAX) - 36) / frame * frame);
     let data32 = u32::try_from(data).map_err(|_| io::Error::other("WAV too long"))?;
     let f = create_private_file(out)?;
     let mut w = HashingWriter::new(SpoolWriter::new(

@@ -142,6 +142,11 @@ pub(super) fn complete_part(
                 f.set_len(end)?;
             }
         }
+        // Reading or writing failed (an I/O error; rewriting the header
+        // needs room on a copy-on-write file system): nothing is decided,
+        // the files stay for a later try (never an empty recording made
+        // of one whose audio is on disk).
+        Err(pbx_core::audio::wav::WavError::Io(e)) => return Err(e),
         Err(_) if sidecar.exists() => {
             // The call had begun but not even the header reached the
             // disk (power loss): an empty recording of it.
@@ -199,6 +204,18 @@ fn recover_sealed_part(
             let _ = fs::remove_file(&tmp);
             tracing::error!(%id, "cannot recover: {e}");
             return Ok(None);
+        }
+        // Not "no header": the disk is full (the copy needs the room of
+        // the whole recording), an I/O error. The files stay for a later
+        // try; the audio on disk is never replaced by an empty recording.
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         Err(_) if sidecar.exists() => {
             // Not even the header reached the disk: an empty recording.

@@ -940,8 +940,26 @@ fn a_write_error_keeps_what_reached_the_disk() {
 /// files stands in for it): the audio that reached the disk is kept, the
 /// recording cannot be finished while the disk is full, its files stay, and
 /// the running daemon makes the recording from them once space returns.
+/// Plain and encrypted at rest (where finishing needs room for a sealed copy
+/// of the whole recording: a full disk then must not turn the audio on disk
+/// into an empty recording, as it did).
 #[test]
 fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
+    disk_fills_while_recording(None, 256, 64, 0);
+    // Sealed, with 64 KiB freed before the call ends: room for an empty
+    // recording but not for the sealed copy of the audio.
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[9; 32]), Vec::new()));
+    disk_fills_while_recording(Some(keys), 512, 256, 64);
+}
+
+/// The case above on a tmpfs of `size_k` KiB of which `filler_k` are taken,
+/// and `freed_k` more that are freed when the call ends.
+fn disk_fills_while_recording(
+    seal: Option<Arc<Keyring>>,
+    size_k: u32,
+    filler_k: usize,
+    freed_k: usize,
+) {
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     let d = tempfile::tempdir().unwrap();
@@ -956,15 +974,30 @@ fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
         }
     }
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size_k}k,mode=0700"),
+            "tmpfs",
+        ])
         .arg(&mnt)
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     let _u = Umount(mounted.then(|| mnt.clone()));
     let filler = mnt.join("filler");
-    fs::write(&filler, vec![1u8; 64 * 1024]).unwrap();
-    let mut rd = RecordingDir::new(&mnt, ctx("siprec")).unwrap();
+    fs::write(&filler, vec![1u8; filler_k * 1024]).unwrap();
+    let freed = mnt.join("freed");
+    if freed_k > 0 {
+        fs::write(&freed, vec![1u8; freed_k * 1024]).unwrap();
+    }
+    let keys = seal.clone();
+    let c = RecordingContext {
+        seal,
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(&mnt, c).unwrap();
     rd.begin(CallKey(4), &start("r4"));
     // 20 s of audio in 100 ms chunks: about 5 s fit.
     let sent: Vec<i16> = (0..20 * 8000 * 2)
@@ -988,6 +1021,9 @@ fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
     let mut meta = meta_r4();
     meta.frames = 160_000;
     meta.ended_at = meta.media_started_at.add_micros(20_000_000);
+    if freed_k > 0 && mounted {
+        fs::remove_file(&freed).unwrap();
+    }
     rd.end(CallKey(4), meta);
     assert_eq!(rd.counters.failed, 1, "{:?}", rd.errors);
     assert!(
@@ -1007,10 +1043,12 @@ fn a_call_recording_when_the_disk_fills_is_kept_and_completed_later() {
     rd.retry_at = Some(std::time::Instant::now());
     assert!(rd.collect());
     assert_eq!((rd.counters.written, rd.stranded_retry()), (1, None));
-    let j = json_of(&mnt, "r4");
+    let keys = keys.as_deref();
+    let j: Value =
+        serde_json::from_slice(&read_recording(&mnt.join("r4.json"), keys).unwrap()).unwrap();
     assert_eq!(j["truncated"], true);
     assert_eq!(j["end_reason"], "bye");
-    let wav = fs::read(mnt.join("r4.wav")).unwrap();
+    let wav = read_recording(&mnt.join("r4.wav"), keys).unwrap();
     let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
     let kept: Vec<i16> = wav[info.data_offset as usize..]
         .chunks_exact(2)
