@@ -1283,3 +1283,188 @@ fn srtp_with_sdes_keys_is_decrypted_per_sender() {
         );
     }
 }
+
+/// The answer of one branch of a forking proxy, seen beside the proxy (or
+/// in its HEP trace): a failure the proxy does not pass on to the caller
+/// (it tries the next branch) ends nothing; the call answered by the next
+/// branch is recorded whole. Before, the 486 ended the call and the 200
+/// found none.
+#[test]
+fn a_branch_refused_behind_a_forking_proxy_does_not_end_the_call() {
+    let _g = serial();
+    let n = 100;
+    let d = Dialog::new("props-call@10.0.0.1");
+    let mut pkts = call_packets(n, &[]);
+    // A branch behind the proxy (10.0.0.2) refuses at 30 ms.
+    pkts.insert(
+        1,
+        Pkt {
+            at_us: T0_US + 30_000,
+            src: v4(10, 0, 0, 3, 5060),
+            dst: callee_sip(),
+            data: d.response(486, "Busy Here", 1, "INVITE", true, None),
+        },
+    );
+    let sink = run(&pkts);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    assert_eq!(r.frames, (n * 160 + 80) as u64);
+    assert_eq!(meta.channels[0].packets, n as u64);
+    assert_eq!(meta.channels[1].packets, n as u64);
+}
+
+/// A forked INVITE answered twice: the caller hangs up the extra dialog
+/// (a BYE with the other answer's tag) and talks on in the first. The BYE
+/// of the other dialog does not end the call (it cut the recording there).
+#[test]
+fn a_bye_to_another_fork_of_the_call_does_not_end_it() {
+    let _g = serial();
+    let n = 100;
+    let other = Dialog {
+        to_tag: "other-fork".into(),
+        ..Dialog::new("props-call@10.0.0.1")
+    };
+    let mut pkts = call_packets(n, &[]);
+    let at = |ms: i64| T0_US + ms * 1000;
+    let answer = sdp("10.0.0.3", 52000, &[0], "sendrecv");
+    let extra = [
+        Pkt {
+            at_us: at(1005),
+            src: v4(10, 0, 0, 3, 5060),
+            dst: caller_sip(),
+            data: other.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        },
+        Pkt {
+            at_us: at(1200),
+            src: caller_sip(),
+            dst: v4(10, 0, 0, 3, 5060),
+            // (CSeq 3: another branch than the real BYE's in this helper)
+            data: other.request("BYE", 3, true, None),
+        },
+    ];
+    for p in extra {
+        let i = pkts.iter().position(|q| q.at_us > p.at_us).unwrap();
+        pkts.insert(i, p);
+    }
+    let sink = run(&pkts);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    assert_eq!(r.frames, (n * 160 + 80) as u64, "recorded to the end");
+    assert_eq!(meta.channels[0].packets, n as u64);
+    assert_eq!(meta.channels[1].packets, n as u64);
+}
+
+/// A SIP-I call (the INVITE's body is SDP + ISUP, multipart/mixed), as a
+/// trunk to the PSTN sends it: an ordinary call, its SDP the sender's.
+/// The callee moves its media with a re-INVITE mid-call: each party's
+/// audio stays on its own channel. Before, any multipart INVITE was taken
+/// for SIPREC: the callee's re-INVITE registered its new port as the
+/// caller's, and its audio went to channel 0.
+#[test]
+fn a_sip_i_call_with_a_multipart_invite_keeps_its_channels() {
+    let _g = serial();
+    let n = 100;
+    let half = 50;
+    let d = Dialog::new("sipi-call@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, &[0, 101], "sendrecv");
+    let body = format!(
+        "--b1\r\nContent-Type: application/sdp\r\n\r\n{offer}\r\n--b1\r\n\
+         Content-Type: application/ISUP;version=itu-t92+\r\n\
+         Content-Disposition: signal;handling=optional\r\n\r\n\
+         \x01\x00\x49\x00\x00\x03\x02\x00\x07\x04\x10\x00\x33\x63\r\n--b1--\r\n"
+    );
+    let invite = String::from_utf8(d.request("INVITE", 1, true, Some(&body)))
+        .unwrap()
+        .replace(
+            "Content-Type: application/sdp",
+            "Content-Type: multipart/mixed;boundary=b1",
+        );
+    let at = |ms: i64| T0_US + ms * 1000;
+    let a2b = |at_us: i64, data: Vec<u8>| Pkt {
+        at_us,
+        src: caller_sip(),
+        dst: callee_sip(),
+        data,
+    };
+    let b2a = |at_us: i64, data: Vec<u8>| Pkt {
+        at_us,
+        src: callee_sip(),
+        dst: caller_sip(),
+        data,
+    };
+    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let mut pkts = vec![
+        a2b(at(0), invite.into_bytes()),
+        b2a(
+            at(1000),
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        a2b(at(1010), d.request("ACK", 1, true, None)),
+    ];
+    let moved = v4(10, 0, 0, 2, 50002);
+    let mut media = Vec::new();
+    for k in 0..n {
+        for leg in 0..2 {
+            let (mut src, mut dst) = leg_addrs(leg);
+            if k >= half {
+                if leg == 1 {
+                    src = moved;
+                } else {
+                    dst = moved;
+                }
+            }
+            media.push(Pkt {
+                at_us: send_time(leg, k),
+                src,
+                dst,
+                data: leg_packet(leg, k),
+            });
+        }
+    }
+    pkts.extend(media);
+    // The callee's re-INVITE moves its media to 50002, between packets.
+    let re_at = send_time(0, half) - 5_000;
+    let moved_sdp = sdp("10.0.0.2", 50002, &[0, 101], "sendrecv");
+    let again = sdp("10.0.0.1", 40000, &[0, 101], "sendrecv");
+    let re = [
+        // (the callee's own CSeq; 7 keeps this helper's branches apart)
+        b2a(
+            re_at - 3_000,
+            d.request("INVITE", 7, false, Some(&moved_sdp)),
+        ),
+        a2b(
+            re_at - 2_000,
+            d.response(200, "OK", 7, "INVITE", false, Some(&again)),
+        ),
+        b2a(re_at - 1_000, d.request("ACK", 7, false, None)),
+    ];
+    for p in re {
+        let i = pkts.iter().position(|q| q.at_us > p.at_us).unwrap();
+        pkts.insert(i, p);
+    }
+    let bye_at = send_time(1, n) + 300_000;
+    pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
+    pkts.push(b2a(
+        bye_at + 20_000,
+        d.response(200, "OK", 2, "BYE", true, None),
+    ));
+    let sink = run(&pkts);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.channels[0].packets, n as u64, "{meta:?}");
+    assert_eq!(meta.channels[1].packets, n as u64, "{meta:?}");
+    for leg in 0..2 {
+        let ch = channel(&r.audio, leg);
+        for k in 0..n {
+            let p = clean_pos(leg, k);
+            let want = pbx_core::audio::g711::ulaw_to_linear(payload_byte(leg, k));
+            assert!(
+                ch[p..p + 160].iter().all(|s| *s == want),
+                "leg {leg} packet {k}: {:?}",
+                &ch[p..p + 4]
+            );
+        }
+    }
+}

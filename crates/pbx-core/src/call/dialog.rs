@@ -154,6 +154,16 @@ impl Call {
         }
     }
 
+    /// Whether an in-dialog request belongs to the call's dialog: its tags
+    /// name the callee's (once an answer gave it). A forked INVITE's other
+    /// dialogs share the Call-ID and the caller's tag only.
+    pub(super) fn in_dialog(&self, msg: &SipMessage) -> bool {
+        match &self.callee.tag {
+            Some(t) => msg.to.tag.as_ref() == Some(t) || msg.from.tag.as_ref() == Some(t),
+            None => true,
+        }
+    }
+
     pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
         // In requests From is the sender; in responses From is still the
         // request's sender, so the responder is the other party.
@@ -271,7 +281,11 @@ impl Tracker {
         match &msg.start {
             StartLine::Request { method, .. } => match method {
                 Method::Invite | Method::Ack | Method::Update | Method::Prack => {}
-                Method::Bye if !matches!(call.state, CallState::Ending(..)) => {
+                // A BYE of this call's dialog (not of another fork's: a
+                // caller ends the extra dialogs of a forked INVITE).
+                Method::Bye
+                    if !matches!(call.state, CallState::Ending(..)) && call.in_dialog(&msg) =>
+                {
                     call.state = CallState::Ending(ts, EndReason::Bye);
                 }
                 Method::Cancel
@@ -301,6 +315,10 @@ impl Tracker {
                         && call.answered_at.is_none()
                         && call.initial_cseq == Some(msg.cseq)
                         && !matches!(call.state, CallState::Ending(..))
+                        // The answer the caller gets: a proxy that forks
+                        // tries the next branch after one refuses it (seen
+                        // sniffing beside the proxy, or in its HEP trace).
+                        && call.signalling.is_none_or(|[caller, _]| dst.ip() == caller)
                     {
                         let r = if code == 487 {
                             EndReason::Cancel
@@ -317,12 +335,19 @@ impl Tracker {
             // `poll_timeout` wakes for it.
             self.wake_for(key);
         }
+        // SIPREC: the recording server's own offers, requests that say so,
+        // a call that is one already, or a multipart body with recording
+        // metadata. Not any multipart body: SIP-I (SDP + ISUP) and NG911
+        // (SDP + location) calls are ordinary calls, their SDP the sender's.
+        let multipart = msg
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"));
+        let siprec_call = self.calls.get(&key).is_some_and(|c| c.siprec.is_some());
+        let says_siprec = self.cfg.siprec_server || is_siprec_request(&msg) || siprec_call;
         let is_siprec_offer = msg.is_request()
             && matches!(msg.method(), Some(Method::Invite | Method::Update))
-            && (msg
-                .content_type
-                .as_deref()
-                .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"))
+            && ((multipart && (says_siprec || has_metadata_part(&msg.body)))
                 || (sdp_body.is_some() && (self.cfg.siprec_server || is_siprec_request(&msg))));
         if is_siprec_offer {
             if let Some(sdp) = self.apply_siprec_metadata(key, &msg) {
@@ -617,6 +642,13 @@ pub(super) fn party_info(n: &NameAddr) -> PartyInfo {
 
 /// The SDP text carried by a message, if any (plain `application/sdp`, or the
 /// SDP part of a multipart body).
+/// Whether a multipart body holds a recording-metadata part
+/// (`application/rs-metadata+xml`, or the older `application/rs-metadata`).
+fn has_metadata_part(body: &[u8]) -> bool {
+    body.windows(11)
+        .any(|w| w.eq_ignore_ascii_case(b"rs-metadata"))
+}
+
 pub(super) fn sdp_of(msg: &SipMessage) -> Option<String> {
     if msg.body.is_empty() {
         return None;
