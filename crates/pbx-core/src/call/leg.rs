@@ -28,6 +28,9 @@ use crate::Timestamp;
 
 use super::{dialog::*, engine::*, seq::*};
 
+/// SSRCs whose sequence numbers a leg follows at once.
+const MAX_SSRCS: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Flow {
     pub(super) src: SocketAddr,
@@ -253,6 +256,14 @@ impl Tracker {
             let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
             leg.flow = Some((flow, ts));
             let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
+            if leg.seq.len() > MAX_SSRCS {
+                // A new SSRC on every packet (hostile, or broken): the
+                // sequence state of another one goes (it counts as new if
+                // it comes again); memory stays bounded for the call's life.
+                if let Some(old) = leg.seq.keys().copied().find(|s| *s != rtp.ssrc) {
+                    leg.seq.remove(&old);
+                }
+            }
             match u {
                 SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
                 SeqUpdate::Duplicate
