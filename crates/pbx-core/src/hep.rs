@@ -52,12 +52,25 @@ pub struct HepPacket<'a> {
     pub payload: &'a [u8],
 }
 
+/// How far after its arrival a HEP packet's capture time may be.
+pub const MAX_AHEAD_US: i64 = 5_000_000;
+/// How far before its arrival a HEP packet's capture time may be (an agent
+/// that batches, a queue after an outage).
+pub const MAX_BEHIND_US: i64 = 300_000_000;
+
 impl<'a> HepPacket<'a> {
     /// The packet as a segment for the engine: its capture time, or
-    /// `received` when it has none.
+    /// `received` when it has none or it is implausible: more than
+    /// [`MAX_AHEAD_US`] after `received` or [`MAX_BEHIND_US`] before it (an
+    /// agent without a set clock, a forged packet). The engine's clock only
+    /// goes forward: one packet dated hours ahead would have timed out
+    /// every call in progress.
     pub fn segment(&self, received: Timestamp) -> Segment<'a> {
+        let plausible = |t: &Timestamp| {
+            t.micros_since(received) <= MAX_AHEAD_US && received.micros_since(*t) <= MAX_BEHIND_US
+        };
         Segment {
-            ts: self.ts.unwrap_or(received),
+            ts: self.ts.filter(plausible).unwrap_or(received),
             src: self.src,
             dst: self.dst,
             transport: self.transport,
@@ -363,6 +376,22 @@ pub fn encode_v3(p: &HepPacket<'_>) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A capture time far from the arrival (ahead, or long before) is not
+    /// believed: the arrival stands in for it.
+    #[test]
+    fn an_implausible_capture_time_gives_way_to_the_arrival() {
+        let p = sample(b"x");
+        let t = p.ts.unwrap();
+        // Within the bounds: the agent's time.
+        for rx in [t.add_micros(-4_000_000), t, t.add_micros(299_000_000)] {
+            assert_eq!(p.segment(rx).ts, t);
+        }
+        // Hours ahead of the arrival, or an hour behind it: the arrival.
+        for rx in [t.add_micros(-3_600_000_000), t.add_micros(3_600_000_000)] {
+            assert_eq!(p.segment(rx).ts, rx);
+        }
+    }
+
     fn sample<'a>(payload: &'a [u8]) -> HepPacket<'a> {
         HepPacket {
             version: 3,
@@ -401,7 +430,7 @@ mod tests {
     #[test]
     fn segment_takes_the_capture_time_or_the_arrival() {
         let p = sample(b"x");
-        let now = Timestamp::from_micros(5);
+        let now = p.ts.unwrap().add_micros(1_500);
         assert_eq!(p.segment(now).ts, p.ts.unwrap());
         let q = HepPacket { ts: None, ..p };
         assert_eq!(q.segment(now).ts, now);
