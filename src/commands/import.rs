@@ -77,10 +77,17 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         None
     };
 
+    let files = in_capture_order(&args.files);
+    if files.iter().zip(&args.files).any(|(a, b)| *a != b) {
+        report(
+            &bar,
+            "the files are read in the order of their first packets, not as given".to_string(),
+        );
+    }
     let mut all_ok = true;
     let mut done_bytes = 0u64;
     let mut files_read = 0usize;
-    for path in &args.files {
+    for path in files {
         let shown = path.display();
         let file = match File::open(path) {
             Ok(f) => f,
@@ -223,4 +230,24 @@ fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) ->
         line.push_str(&format!("; not used: {}", unusable.join(", ")));
     }
     line
+}
+
+/// The capture files in the order of their first packets (a shell glob of
+/// `tcpdump -C` or `-G` files gives `cap1 cap10 cap2`): the engine's clock
+/// only goes forward, so a later file read first would time out the calls
+/// of the earlier one and cut those crossing files. Files whose first
+/// packet cannot be read keep their place before the others (their error
+/// is reported when they are read).
+fn in_capture_order(files: &[std::path::PathBuf]) -> Vec<&std::path::PathBuf> {
+    let mut v: Vec<_> = files.iter().collect();
+    if v.len() < 2 {
+        return v;
+    }
+    let first = |p: &std::path::PathBuf| {
+        let mut r = CaptureReader::new(File::open(p).ok()?).ok()?;
+        r.next_frame().ok().flatten().map(|f| f.ts)
+    };
+    let mut keyed: Vec<_> = v.drain(..).map(|p| (first(p), p)).collect();
+    keyed.sort_by_key(|(ts, _)| *ts);
+    keyed.into_iter().map(|(_, p)| p).collect()
 }
