@@ -273,7 +273,14 @@ pub(super) async fn scheduler(
             }
             logged.clone_from(&db_error);
         }
-        let spool_open = shared.spool.lock().is_ok_and(|g| g.is_some());
+        // Not waiting on the lock here (an async worker; SIPREC's signalling
+        // runs on these too): a job holds it through its fsync, or for the
+        // database's busy wait. Held means open.
+        let spool_open = match shared.spool.try_lock() {
+            Ok(g) => g.is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+            Err(std::sync::TryLockError::Poisoned(_)) => false,
+        };
         let window_open = settings
             .upload_window
             .is_none_or(|w| w.contains(local_minute_of_day(SystemTime::now())));
