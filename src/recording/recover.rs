@@ -89,8 +89,18 @@ fn recover_entry(
         if part.exists() {
             return Ok(None); // completed with its .part below
         }
-        if wav_path.is_file() && !dir.join(format!("{id}.json")).exists() {
+        let json_there = dir.join(format!("{id}.json")).exists();
+        if wav_path.is_file() && !json_there {
             complete_json(dir, &id, ctx, p, false, "crash", WARN_SAVING)?;
+            return Ok(Some(id));
+        }
+        if !json_there && !wav_path.exists() && ctx.min_duration.is_zero() {
+            // The call's audio file was never created (a full disk when
+            // it began; its answered note gave way to this sidecar), then
+            // the crash: the call still leaves a recording, an empty one.
+            // (With a min_duration a lone sidecar may be a call discarded
+            // as too short just before the crash: removed.)
+            complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
             return Ok(Some(id));
         }
         // The pair is complete (crash before the sidecar's removal), or

@@ -1216,3 +1216,43 @@ fn the_answered_note_stays_until_something_else_stands_for_the_call() {
         ("r4@src".into(), 0.into())
     );
 }
+
+/// A start sidecar left alone by a crash: the call's audio file was never
+/// created (a full disk when it began: its answered note had given way to
+/// the sidecar). The call still leaves a recording, an empty one marked
+/// truncated (before, recovery removed the sidecar: no recording at all).
+/// With a `min_duration` a lone sidecar may be a call just discarded as too
+/// short: removed as before.
+#[test]
+fn a_start_sidecar_left_alone_becomes_an_empty_recording() {
+    for min in [Duration::ZERO, Duration::from_secs(5)] {
+        let d = tempfile::tempdir().unwrap();
+        let mut doc = serde_json::to_value(start("r5")).unwrap();
+        doc["source"] = "siprec".into();
+        doc["agent_id"] = "agent-a".into();
+        fs::write(
+            d.path().join(format!(".r5{START_SUFFIX}")),
+            serde_json::to_vec(&doc).unwrap(),
+        )
+        .unwrap();
+        let c = RecordingContext {
+            min_duration: min,
+            ..ctx("siprec")
+        };
+        let ids = recover(d.path(), &c).unwrap();
+        assert!(!d.path().join(format!(".r5{START_SUFFIX}")).exists());
+        if !min.is_zero() {
+            assert!(ids.is_empty(), "{ids:?}");
+            assert!(!d.path().join("r5.json").exists());
+            continue;
+        }
+        assert_eq!(ids, vec!["r5".to_string()]);
+        let j = json_of(d.path(), "r5");
+        assert_eq!(j["call_id"], "r5@src");
+        assert_eq!(j["truncated"], true);
+        assert_eq!(j["duration_ms"], 0);
+        let wav = fs::read(d.path().join("r5.wav")).unwrap();
+        assert_eq!(wav.len(), 44, "an empty WAV");
+        assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+    }
+}
