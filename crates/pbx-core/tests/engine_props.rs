@@ -1467,3 +1467,99 @@ fn a_sip_i_call_with_a_multipart_invite_keeps_its_channels() {
         }
     }
 }
+
+/// A hold of 40 s (both streams inactive by the re-INVITE's SDP, no media
+/// at all), longer than the 30 s media timeout, then a resume: one
+/// recording of the whole call, the hold as silence in its place (before,
+/// the call ended 30 s into the hold and the resume opened a second call,
+/// its caller whoever sent the resume).
+#[test]
+fn a_hold_longer_than_the_media_timeout_keeps_the_call() {
+    let _g = serial();
+    let n = 100;
+    let hold_us: i64 = 40_000_000;
+    let d = Dialog::new("hold-call@10.0.0.1");
+    let mut pkts = setup_packets(&d);
+    let a2b = |at_us: i64, data: Vec<u8>| Pkt {
+        at_us,
+        src: caller_sip(),
+        dst: callee_sip(),
+        data,
+    };
+    let b2a = |at_us: i64, data: Vec<u8>| Pkt {
+        at_us,
+        src: callee_sip(),
+        dst: caller_sip(),
+        data,
+    };
+    let media = |pkts: &mut Vec<Pkt>, ks: std::ops::Range<usize>, shift: i64| {
+        for k in ks {
+            for leg in 0..2 {
+                let (src, dst) = leg_addrs(leg);
+                pkts.push(Pkt {
+                    at_us: send_time(leg, k) + shift,
+                    src,
+                    dst,
+                    data: leg_packet(leg, k + (shift / PACKET_US) as usize),
+                });
+            }
+        }
+    };
+    media(&mut pkts, 0..n, 0);
+    // The callee holds: inactive both ways, no packet for 40 s.
+    let t = send_time(1, n);
+    let inactive_b = sdp("10.0.0.2", 50000, &[0, 101], "inactive");
+    let inactive_a = sdp("10.0.0.1", 40000, &[0, 101], "inactive");
+    pkts.push(b2a(t, d.request("INVITE", 7, false, Some(&inactive_b))));
+    pkts.push(a2b(
+        t + 5_000,
+        d.response(200, "OK", 7, "INVITE", false, Some(&inactive_a)),
+    ));
+    pkts.push(b2a(t + 10_000, d.request("ACK", 7, false, None)));
+    // Resumed: sendrecv again, media goes on 40 s later.
+    let r = t + hold_us;
+    let sendrecv_b = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let sendrecv_a = sdp("10.0.0.1", 40000, &[0, 101], "sendrecv");
+    pkts.push(b2a(r, d.request("INVITE", 8, false, Some(&sendrecv_b))));
+    pkts.push(a2b(
+        r + 5_000,
+        d.response(200, "OK", 8, "INVITE", false, Some(&sendrecv_a)),
+    ));
+    pkts.push(b2a(r + 10_000, d.request("ACK", 8, false, None)));
+    // Packets n.. carry on as if sent through (their timestamps too).
+    media(&mut pkts, n..2 * n, hold_us);
+    let end = send_time(1, 2 * n) + hold_us + 300_000;
+    pkts.push(a2b(end, d.request("BYE", 2, true, None)));
+    pkts.push(b2a(
+        end + 20_000,
+        d.response(200, "OK", 2, "BYE", true, None),
+    ));
+    let sink = run(&pkts);
+    let r = sink.only();
+    let meta = r.meta.as_ref().expect("ended");
+    assert_eq!(meta.end_reason, EndReason::Bye);
+    assert_eq!(meta.channels[0].packets, 2 * n as u64);
+    assert_eq!(meta.channels[1].packets, 2 * n as u64);
+    let hold_frames = (hold_us / 125) as usize;
+    for leg in 0..2 {
+        let ch = channel(&r.audio, leg);
+        for k in [0, n - 1, n, 2 * n - 1] {
+            let at = clean_pos(leg, k) + if k >= n { hold_frames } else { 0 };
+            let want = pbx_core::audio::g711::ulaw_to_linear(payload_byte(
+                leg,
+                k + if k >= n {
+                    (hold_us / PACKET_US) as usize
+                } else {
+                    0
+                },
+            ));
+            assert!(
+                ch[at..at + 160].iter().all(|s| *s == want),
+                "leg {leg} packet {k}"
+            );
+        }
+        // The hold is silence.
+        let quiet = clean_pos(leg, n) + 160..clean_pos(leg, n) + hold_frames - 160;
+        assert!(ch[quiet].iter().all(|s| *s == 0), "leg {leg}");
+    }
+}

@@ -139,6 +139,26 @@ pub(super) struct Call {
     pub(super) ids: BTreeMap<String, String>,
     /// Source and destination address of the INVITE that opened the call.
     pub(super) signalling: Option<[std::net::IpAddr; 2]>,
+    /// The latest SDP of the dialog put every audio stream on hold
+    /// (sendonly, recvonly, inactive, `c=0.0.0.0`): silence for a while is
+    /// expected, and the media timeout is [`HOLD_TIMEOUT_US`].
+    pub(super) on_hold: bool,
+}
+
+/// How long a call on hold (by its SDP) may go without media before it
+/// ends: holds of minutes are common, and the BYE or the resuming
+/// re-INVITE ends or resumes it.
+pub(super) const HOLD_TIMEOUT_US: i64 = 3_600_000_000;
+
+impl Call {
+    /// Its media timeout: `rtp_timeout_us`, or [`HOLD_TIMEOUT_US`] on hold.
+    pub(super) fn media_timeout_us(&self, rtp_timeout_us: i64) -> i64 {
+        if self.on_hold {
+            rtp_timeout_us.max(HOLD_TIMEOUT_US)
+        } else {
+            rtp_timeout_us
+        }
+    }
 }
 
 /// Where a pause asked for before media started begins: before anything,
@@ -417,6 +437,7 @@ impl Tracker {
             pause: PauseState::default(),
             ids: BTreeMap::new(),
             signalling: None,
+            on_hold: false,
             warnings: if initial {
                 Vec::new()
             } else {
@@ -446,6 +467,15 @@ impl Tracker {
             return;
         };
         let siprec = call.siprec.clone();
+        if siprec.is_none() && !self.cfg.siprec_server {
+            // A SIPREC offer is always sendonly: not a hold.
+            let mut audio = sdp
+                .media
+                .iter()
+                .filter(|m| m.media.eq_ignore_ascii_case("audio") && !m.is_rejected())
+                .peekable();
+            call.on_hold = audio.peek().is_some() && audio.all(|m| m.is_on_hold(sdp));
+        }
         let mut first_audio: Option<Codec> = None;
         for (i, m) in sdp.media.iter().enumerate() {
             if !m.media.eq_ignore_ascii_case("audio") {

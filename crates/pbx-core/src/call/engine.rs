@@ -300,7 +300,10 @@ impl Tracker {
                 {
                     done.push((*k, *r))
                 }
-                (_, Some(_)) if now.micros_since(c.last_rtp) >= self.cfg.rtp_timeout_us => {
+                (_, Some(_))
+                    if now.micros_since(c.last_rtp)
+                        >= c.media_timeout_us(self.cfg.rtp_timeout_us) =>
+                {
                     done.push((*k, EndReason::RtpTimeout))
                 }
                 (_, None) if now.micros_since(c.last_sip) >= self.cfg.setup_timeout_us => {
@@ -346,7 +349,9 @@ impl Tracker {
                     .map_or(i64::from(self.cfg.jitter_ms), |m| i64::from(m.jitter_ms))
                     * 1000,
             ),
-            (_, Some(_)) => c.last_rtp.add_micros(self.cfg.rtp_timeout_us),
+            (_, Some(_)) => c
+                .last_rtp
+                .add_micros(c.media_timeout_us(self.cfg.rtp_timeout_us)),
             (_, None) => c.last_sip.add_micros(self.cfg.setup_timeout_us),
         }
     }
