@@ -952,6 +952,62 @@ fn expired_upload_starts_again() {
     assert_eq!(st.count("POST", "/v1/uploads", 201), 2);
 }
 
+/// A saved tus upload of another length than the file now sent (its WAV
+/// was being sent when a reload switched to FLAC, or the other way round)
+/// is not continued: a new upload starts, and the recording is delivered
+/// whole. Before, the file was appended to the other upload, which never
+/// completed: the call record was refused (422) and the recording failed.
+#[test]
+fn a_saved_upload_of_another_length_starts_again() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "x", 50_000, 11);
+    let size = std::fs::metadata(d.path().join("x.wav")).unwrap().len();
+    rt().block_on(async {
+        // An upload of another length at the server, saved as this
+        // recording's upload.
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{}/v1/uploads", rx.url))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", (size + 1000).to_string())
+            // filename x.wav, recording_id x (base64)
+            .header("Upload-Metadata", "filename eC53YXY=,recording_id eA==")
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let mut sp = Spool::open(d.path()).unwrap();
+        sp.scan(now).unwrap();
+        assert!(sp.mark_queued("x", now).unwrap());
+        assert!(sp.begin_attempt("x", now).unwrap());
+        assert!(sp.checkpoint("x", &loc, 0, now).unwrap());
+        drop(sp);
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            new_status(),
+        )
+        .unwrap();
+        wait_for("delivery", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.calls["x"].sha256, sha);
+    assert_eq!(st.count("POST", "/v1/uploads", 201), 2, "a new upload");
+    assert_eq!(st.count("POST", "/v1/calls", 422), 0);
+}
+
 #[test]
 fn slow_answers_within_the_timeout_succeed_and_beyond_it_are_retried() {
     let rx = Receiver::start(ReceiverOptions::default());
