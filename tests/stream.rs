@@ -710,6 +710,8 @@ fn a_refused_token_ends_that_calls_stream_without_retries() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(rx.connections.load(Ordering::SeqCst), 1, "not tried again");
+    // The audio after the refusal is not counted as dropped.
+    assert_eq!(status(&d)["stream"]["dropped_chunks"], 0, "{}", status(&d));
     assert!(
         status(&d)["stream"].to_string().contains("HTTP 401"),
         "{}",

@@ -318,6 +318,11 @@ struct Tapped {
 
 impl CallTap for Tapped {
     fn audio(&mut self, at: u64, frames: &[i16]) {
+        if self.tx.is_closed() {
+            // The stream has ended (refused, given up): nothing to queue,
+            // and nothing dropped to count.
+            return;
+        }
         let chunk = Chunk {
             at,
             pcm: protocol::pcm_bytes(frames),
@@ -325,7 +330,7 @@ impl CallTap for Tapped {
         let end = chunk.end();
         // Queued first, counted as written after: a stream task that finds
         // the queue empty and the file ahead knows a chunk was dropped.
-        if self.tx.try_send(chunk).is_err() {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(chunk) {
             self.stats.dropped_chunks.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.written.fetch_max(end, Ordering::Release);
