@@ -69,6 +69,12 @@ fn recover_entry(
         return Ok(None);
     }
     if let Some(id) = sidecar_id(p, ANSWER_SUFFIX) {
+        if keys.is_none() && crypt::is_sealed(p)? {
+            // Sealed (encryption at rest) and no key now: left as it is for
+            // a start with the key (a missing key destroys nothing).
+            tracing::error!(%id, "an encrypted answered-call note needs spool.encryption_key_file: left as it is");
+            return Ok(None);
+        }
         let call_id: Option<String> = read_recording(p, keys)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())

@@ -618,6 +618,14 @@ fn sealed_answered_notes_and_parts_recover_sealed() {
     drop(rd);
     let note = d.path().join(format!(".{id}{ANSWER_SUFFIX}"));
     assert!(fs::read(&note).unwrap().starts_with(crypt::MAGIC));
+    // A start without the key leaves the note as it is (before, it became
+    // an anonymous, unsealed empty recording and the note was gone).
+    assert_eq!(
+        recover(d.path(), &ctx("siprec")).unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(note.exists());
+    assert!(!d.path().join(format!("{id}.json")).exists());
     // Recovery reads the sealed note with the key: the recording keeps the
     // call's details.
     assert_eq!(recover(d.path(), &sealed).unwrap(), vec![id.clone()]);
