@@ -141,6 +141,21 @@ async fn wait_for(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// Pairs (non-hidden `.wav`/`.json`) left in `dir`.
+/// Delivery (tus, the fast settings) of the spool `dir` until `rx` holds
+/// one call.
+async fn tus_delivery_until_one_call(dir: &Path, rx: &Receiver) {
+    let h = delivery::start_with(
+        fast_settings(dir, &rx.url, CloudProtocol::Tus),
+        new_status(),
+    )
+    .unwrap();
+    wait_for("delivery", Duration::from_secs(10), || {
+        rx.lock().calls.len() == 1
+    })
+    .await;
+    h.shutdown().await;
+}
+
 fn pairs_left(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -935,16 +950,7 @@ fn expired_upload_starts_again() {
     let d = tempfile::tempdir().unwrap();
     let sha = write_recording(d.path(), "x", 100_000, 9);
     rt().block_on(async {
-        let h = delivery::start_with(
-            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
-            new_status(),
-        )
-        .unwrap();
-        wait_for("delivery", Duration::from_secs(10), || {
-            rx.lock().calls.len() == 1
-        })
-        .await;
-        h.shutdown().await;
+        tus_delivery_until_one_call(d.path(), &rx).await;
     });
     let st = rx.lock();
     assert_eq!(st.calls["x"].sha256, sha);
@@ -991,16 +997,7 @@ fn a_saved_upload_of_another_length_starts_again() {
         assert!(sp.begin_attempt("x", now).unwrap());
         assert!(sp.checkpoint("x", &loc, 0, now).unwrap());
         drop(sp);
-        let h = delivery::start_with(
-            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
-            new_status(),
-        )
-        .unwrap();
-        wait_for("delivery", Duration::from_secs(10), || {
-            rx.lock().calls.len() == 1
-        })
-        .await;
-        h.shutdown().await;
+        tus_delivery_until_one_call(d.path(), &rx).await;
     });
     let st = rx.lock();
     assert_eq!(st.calls["x"].sha256, sha);

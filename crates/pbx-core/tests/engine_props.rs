@@ -159,6 +159,26 @@ fn setup_packets(d: &Dialog) -> Vec<Pkt> {
     ]
 }
 
+/// A SIP message the caller sends the callee at `at_us`.
+fn a2b(at_us: i64, data: Vec<u8>) -> Pkt {
+    Pkt {
+        at_us,
+        src: caller_sip(),
+        dst: callee_sip(),
+        data,
+    }
+}
+
+/// A SIP message the callee sends the caller at `at_us`.
+fn b2a(at_us: i64, data: Vec<u8>) -> Pkt {
+    Pkt {
+        at_us,
+        src: callee_sip(),
+        dst: caller_sip(),
+        data,
+    }
+}
+
 /// The μ-law byte packet `k` of a leg carries: distinct, never silence.
 fn payload_byte(leg: usize, k: usize) -> u8 {
     // 0x01..=0x7e decode to distinct negative values, 0x80..=0xfe to positive.
@@ -1381,18 +1401,6 @@ fn a_sip_i_call_with_a_multipart_invite_keeps_its_channels() {
             "Content-Type: multipart/mixed;boundary=b1",
         );
     let at = |ms: i64| T0_US + ms * 1000;
-    let a2b = |at_us: i64, data: Vec<u8>| Pkt {
-        at_us,
-        src: caller_sip(),
-        dst: callee_sip(),
-        data,
-    };
-    let b2a = |at_us: i64, data: Vec<u8>| Pkt {
-        at_us,
-        src: callee_sip(),
-        dst: caller_sip(),
-        data,
-    };
     let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
     let mut pkts = vec![
         a2b(at(0), invite.into_bytes()),
@@ -1480,18 +1488,6 @@ fn a_hold_longer_than_the_media_timeout_keeps_the_call() {
     let hold_us: i64 = 40_000_000;
     let d = Dialog::new("hold-call@10.0.0.1");
     let mut pkts = setup_packets(&d);
-    let a2b = |at_us: i64, data: Vec<u8>| Pkt {
-        at_us,
-        src: caller_sip(),
-        dst: callee_sip(),
-        data,
-    };
-    let b2a = |at_us: i64, data: Vec<u8>| Pkt {
-        at_us,
-        src: callee_sip(),
-        dst: caller_sip(),
-        data,
-    };
     let media = |pkts: &mut Vec<Pkt>, ks: std::ops::Range<usize>, shift: i64| {
         for k in ks {
             for leg in 0..2 {
