@@ -49,6 +49,61 @@ const MAX_SERVER_MESSAGE: usize = 64 << 10;
 /// Audio read from the file at once when catching up.
 const CATCH_UP_SECONDS: u64 = 2;
 
+/// Queued audio not sent yet: the frames from `held` on, gathered until
+/// they make one message of `stream.frame` (CONTRACT §5: "about `frame` of
+/// audio each"; the recording hands over chunks of 40 ms and more), until
+/// the first of them has waited a `frame`, or until something else is sent
+/// (audio read from the file, `stop`).
+#[derive(Default)]
+struct Staged {
+    pcm: Vec<u8>,
+    /// When its oldest frame was queued.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Staged {
+    fn frames(&self) -> u64 {
+        (self.pcm.len() / FRAME_BYTES) as u64
+    }
+
+    fn push(&mut self, pcm: &[u8]) {
+        if pcm.is_empty() {
+            return;
+        }
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.pcm.extend_from_slice(pcm);
+    }
+
+    /// Send the whole messages it holds (all of it with `all`, at most
+    /// `cap` frames past `held` in any case).
+    async fn send(
+        &mut self,
+        c: &CallStream,
+        ws: &mut Ws,
+        held: &mut u64,
+        per_msg: usize,
+        all: bool,
+        cap: u64,
+    ) -> Result<(), Session> {
+        let room = cap.saturating_sub(*held).min(self.frames()) as usize;
+        let whole = if all { room } else { room / per_msg * per_msg };
+        if whole > 0 {
+            let n = whole * FRAME_BYTES;
+            send_pcm(c, ws, held, &self.pcm[..n], per_msg).await?;
+            self.pcm.drain(..n);
+        }
+        if all {
+            self.pcm.clear();
+        }
+        self.since = if self.pcm.is_empty() {
+            None
+        } else {
+            Some(tokio::time::Instant::now())
+        };
+        Ok(())
+    }
+}
+
 /// Everything one call's stream task owns.
 pub(crate) struct CallStream {
     pub(crate) settings: Arc<StreamSettings>,
@@ -143,13 +198,18 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
             c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             c.stats.publish();
         }
-        let mut sent_here = 0u64;
-        match session(c, id, ws, resume, gave_up, &mut held, &mut sent_here).await {
+        let (s, sent_here, ready) = session(c, id, ws, resume, gave_up, &mut held).await;
+        match s {
             Session::Broken(e) => {
                 tracing::info!(recording = %c.rec.recording_id, "live stream connection lost ({e}); resuming");
                 c.stats.error(e);
                 resume = true;
-                down_since = Some(Instant::now());
+                // The receiver was there if it answered `start`; one that
+                // accepts connections and breaks them before that is as
+                // gone as one that is down (`max_lag` counts on).
+                if ready || down_since.is_none() {
+                    down_since = Some(Instant::now());
+                }
                 // A receiver that takes audio earns a quick retry; one that
                 // breaks before taking any backs off further each time.
                 if sent_here > 0 {
@@ -233,7 +293,9 @@ async fn connect(s: &StreamSettings) -> Result<Ws, NoConnection> {
         .get(SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     if proto != Some(protocol::SUBPROTOCOL) {
-        return Err(NoConnection::Retry(format!(
+        // Not a receiver of this protocol (a wrong stream.url): asking it
+        // again, with the token, every few seconds would not change that.
+        return Err(NoConnection::Refused(format!(
             "the stream receiver did not accept subprotocol {}",
             protocol::SUBPROTOCOL
         )));
@@ -362,12 +424,11 @@ async fn session(
     resume: bool,
     gave_up: bool,
     held: &mut u64,
-    sent_here: &mut u64,
-) -> Session {
+) -> (Session, u64, bool) {
     let first = *held;
-    let r = session_inner(c, id, &mut ws, resume, gave_up, held).await;
-    *sent_here = held.saturating_sub(first.min(*held));
-    r
+    let mut ready = false;
+    let r = session_inner(c, id, &mut ws, resume, gave_up, held, &mut ready).await;
+    (r, held.saturating_sub(first.min(*held)), ready)
 }
 
 async fn session_inner(
@@ -377,13 +438,17 @@ async fn session_inner(
     resume: bool,
     gave_up: bool,
     held: &mut u64,
+    ready: &mut bool,
 ) -> Session {
     let start = protocol::start(&c.rec.recording_id, resume, c.rec.sample_rate, &c.rec.meta);
     if let Err(s) = send(ws, Message::Text(start.into()), ANSWER_TIMEOUT).await {
         return s;
     }
     let offset = match answer(ws).await {
-        Ok(ServerMsg::Ready { offset }) => offset,
+        Ok(ServerMsg::Ready { offset }) => {
+            *ready = true;
+            offset
+        }
         Ok(ServerMsg::Error { reason }) => {
             return Session::Refused(format!("receiver error: {}", short_reason(&reason)))
         }
@@ -417,6 +482,7 @@ async fn session_inner(
         c.settings.max_lag.as_millis() as u64 * u64::from(c.rec.sample_rate) / 1000;
     let mut pending: Option<Chunk> = None;
     let mut queue_open = true;
+    let mut staged = Staged::default();
     loop {
         let written = c.shared.written.load(Ordering::Acquire);
         c.stats.set_lag(id, lag_ms(c, *held));
@@ -428,18 +494,23 @@ async fn session_inner(
             return stop(ws, false, *held, &meta).await;
         }
         if let Some(ch) = pending.take() {
-            if ch.end() <= *held {
+            let mut staged_end = *held + staged.frames();
+            if ch.end() <= staged_end {
                 continue;
             }
-            if ch.at > *held {
+            if ch.at > staged_end {
                 // Chunks before this one were dropped: the file has them.
-                let to = ch.at;
-                if let Err(s) = send_from_file(c, ws, held, to, per_msg).await {
+                let sent = staged.send(c, ws, held, per_msg, true, u64::MAX).await;
+                if let Err(s) = sent {
                     return s;
                 }
+                if let Err(s) = send_from_file(c, ws, held, ch.at, per_msg).await {
+                    return s;
+                }
+                staged_end = *held;
             }
-            let skip = (*held - ch.at) as usize * FRAME_BYTES;
-            if let Err(s) = send_pcm(c, ws, held, &ch.pcm[skip..], per_msg).await {
+            staged.push(&ch.pcm[(staged_end - ch.at) as usize * FRAME_BYTES..]);
+            if let Err(s) = staged.send(c, ws, held, per_msg, false, u64::MAX).await {
                 return s;
             }
             continue;
@@ -456,6 +527,10 @@ async fn session_inner(
             if !kept {
                 return stop(ws, false, *held, &meta).await;
             }
+            // (Never past the final WAV's frames.)
+            if let Err(s) = staged.send(c, ws, held, per_msg, true, frames).await {
+                return s;
+            }
             if *held >= frames {
                 return stop(ws, true, frames, &meta).await;
             }
@@ -464,13 +539,17 @@ async fn session_inner(
             }
             continue;
         }
-        if *held < written {
+        if *held + staged.frames() < written {
             // The queue is empty and the file is ahead: chunks were dropped.
+            if let Err(s) = staged.send(c, ws, held, per_msg, true, u64::MAX).await {
+                return s;
+            }
             if let Err(s) = send_from_file(c, ws, held, written, per_msg).await {
                 return s;
             }
             continue;
         }
+        let due = staged.since.map(|t| t + c.settings.frame);
         tokio::select! {
             m = ws.next() => match m {
                 None => return Session::Broken("the receiver closed".into()),
@@ -491,6 +570,12 @@ async fn session_inner(
                 None => queue_open = false,
             },
             _ = c.shared.wake.notified() => {}
+            // Staged audio has waited a whole frame: sent as it is.
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                if let Err(s) = staged.send(c, ws, held, per_msg, true, u64::MAX).await {
+                    return s;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

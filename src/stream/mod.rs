@@ -17,8 +17,10 @@
 //!   missed audio back from the recording's file
 //!   ([`crate::recording::RecordingFile::read_frames`]).
 //! - A stream carries exactly the samples of the final WAV, in order, each
-//!   binary message at most `stream.frame` long and starting where the
-//!   server says it holds (`ready`), so offsets never go back.
+//!   binary message `stream.frame` long (the recording's chunks gathered;
+//!   shorter only for audio that waited a whole frame, and the last one)
+//!   and starting where the server says it holds (`ready`), so offsets
+//!   never go back.
 //! - Broken connections are retried with full-jitter backoff and resumed;
 //!   a stream more than `stream.max_lag` behind (or without its receiver
 //!   for that long) is given up for that call: `stop` with
@@ -47,7 +49,7 @@ use crate::recording::{AudioTap, CallTap, TapBegin, TapEnd};
 use crate::status::{SharedStatus, StreamStatus};
 use crate::upload::Secret;
 
-/// Chunks (each ≥ 100 ms of audio) queued per call before the stream task
+/// Chunks (each ≥ 40 ms of audio) queued per call before the stream task
 /// falls back to reading the file.
 const QUEUE_CHUNKS: usize = 16;
 

@@ -214,3 +214,56 @@ async fn a_receiver_claiming_more_than_was_recorded_is_refused() {
         .last_error
         .is_some_and(|e| e.contains("holds 1000000 frames")));
 }
+
+/// CONTRACT §5: binary messages of "about `frame` of audio each". The
+/// recording hands over 40 ms chunks; they go out gathered into 100 ms
+/// messages (the last one shorter), offsets continuous, every sample once.
+#[tokio::test]
+async fn queued_chunks_go_out_in_messages_of_one_frame() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 3520);
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    for at in (0..3520).step_by(320) {
+        c.tap.audio(at as u64, &samples[at * 2..(at + 320) * 2]);
+    }
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 3520,
+        meta: json!({}),
+    });
+    c.task.await.unwrap();
+    let audio = audio_of(&server.await.unwrap());
+    let sizes: Vec<usize> = audio.iter().map(|(_, p)| p.len() / 2).collect();
+    assert_eq!(sizes, [800, 800, 800, 800, 320]);
+    let mut at = 0;
+    for (o, _) in &audio {
+        assert_eq!(*o, at);
+        at += 800;
+    }
+    let all: Vec<i16> = audio.into_iter().flat_map(|(_, p)| p).collect();
+    assert_eq!(all, samples);
+}
+
+/// Audio that does not make a whole frame is not held back longer than a
+/// frame: one 40 ms chunk of a call still running reaches the receiver.
+#[tokio::test]
+async fn a_part_of_a_frame_is_sent_after_waiting_one_frame() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 320);
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples);
+    let t = std::time::Instant::now();
+    while c.stats.bytes.load(Ordering::Relaxed) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.stats.bytes.load(Ordering::Relaxed), 8 + 320 * 4);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 320,
+        meta: json!({}),
+    });
+    c.task.await.unwrap();
+    let audio = audio_of(&server.await.unwrap());
+    assert_eq!(audio, [(0, samples)]);
+}
