@@ -107,6 +107,20 @@ impl AnsweredCalls {
         Ok(id)
     }
 
+    /// The call's audio began and its start sidecar could not be written
+    /// (a full disk): the note becomes that sidecar (`dest`, renamed: no
+    /// room needed), so the recording's `.part` is not completed after a
+    /// crash as a second, anonymous recording beside the note's.
+    pub(super) fn move_to(&self, call_id: &str, dest: &Path) {
+        if let Ok(mut g) = self.0.lock() {
+            if let Some(p) = g.by_call.remove(call_id) {
+                if fs::rename(&p, dest).is_err() {
+                    g.by_call.insert(call_id.to_string(), p);
+                }
+            }
+        }
+    }
+
     /// The call's audio began or the call ended: its sidecar goes.
     pub fn forget(&self, call_id: &str) {
         let path = self
@@ -169,5 +183,11 @@ pub(super) fn write_small_file(
     seal: Option<&crypt::Keyring>,
 ) -> io::Result<()> {
     let bytes = serde_json::to_vec(doc)?;
-    write_spool_file(create_private_file(path)?, &bytes, seal).map(drop)
+    let written = write_spool_file(create_private_file(path)?, &bytes, seal).map(drop);
+    if written.is_err() {
+        // (A full disk: a partial note would stand for a call at the next
+        // start without saying which, besides the one that does.)
+        let _ = fs::remove_file(path);
+    }
+    written
 }

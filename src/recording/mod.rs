@@ -805,7 +805,13 @@ fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
             return Ok(None);
         }
     } else if wav.is_file() && !json.exists() {
-        complete_json(dir, id, ctx, &sidecar, true, reason, &warning)?;
+        // Renamed in by the finish (complete), or by a cut's completion
+        // (its note says so).
+        let saving = format!(
+            "the spool refused a write while saving this recording ({}): the audio is complete; the call's end details and packet counts were lost",
+            s.error
+        );
+        complete_renamed(dir, id, ctx, &sidecar, reason, &saving)?;
     } else if sidecar.is_file() && !json.exists() {
         complete_answered(dir, id, ctx, &sidecar, reason, true, &warning)?;
     } else {
@@ -860,7 +866,7 @@ fn finish_files(
                 }
             };
             fs::rename(&tmp, &wav_path)?;
-            fs::remove_file(&rec.part)?;
+            // (The `.part` goes once the JSON is written.)
             h
         }
         (w, _) => {
@@ -886,6 +892,11 @@ fn finish_files(
     doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
     write_json(&rec.dir, &doc, rec.ctx.seal.as_deref())?;
     let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
+    if rec.part.exists() {
+        // A sealed recording's `.part`, copied into its WAV: one that cannot
+        // be removed is removed at the next start (the JSON is there).
+        let _ = fs::remove_file(&rec.part);
+    }
     sync_dir(&rec.dir)?;
     Ok(Some((
         WrittenRecording {

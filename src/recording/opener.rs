@@ -68,8 +68,16 @@ impl OpenJob {
         let noted = write_small_file(&self.sidecar, &self.sidecar_doc, self.seal.as_deref());
         let writer = create_private_file(&self.part)
             .and_then(|f| PartWriter::new(f, self.sample_rate, self.seal.as_deref()));
-        if noted.is_ok() {
-            self.answered.forget(&self.call_id);
+        match (&noted, &writer) {
+            (Ok(()), _) => self.answered.forget(&self.call_id),
+            // The `.part` stands for the call: the note becomes its sidecar.
+            (Err(_), Ok(_)) => self.answered.move_to(&self.call_id, &self.sidecar),
+            (Err(_), Err(_)) => {}
+        }
+        if writer.is_err() {
+            // No header reached it: not a recording (the sidecar or the
+            // note stands for the call).
+            let _ = std::fs::remove_file(&self.part);
         }
         mark_unsynced(&self.dir);
         Opened {

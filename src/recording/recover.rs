@@ -88,6 +88,20 @@ fn recover_entry(
         complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
         return Ok(Some(id));
     }
+    if let Some(id) = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(CUT_SUFFIX))
+    {
+        // A cut recording's note: read with its WAV (below) while that has
+        // no JSON, or rewritten with its `.part`; else left over.
+        let json = dir.join(format!("{id}.json")).exists();
+        let wav = dir.join(format!("{id}.wav")).exists();
+        let part = dir.join(format!(".{id}.wav.part")).exists();
+        if json || (!wav && !part) {
+            let _ = fs::remove_file(p);
+        }
+        return Ok(None);
+    }
     if let Some(id) = sidecar_id(p, START_SUFFIX) {
         // A finished WAV without its JSON: renamed, then the crash.
         let wav_path = dir.join(format!("{id}.wav"));
@@ -97,7 +111,7 @@ fn recover_entry(
         }
         let json_there = dir.join(format!("{id}.json")).exists();
         if wav_path.is_file() && !json_there {
-            complete_json(dir, &id, ctx, p, false, "crash", WARN_SAVING)?;
+            complete_renamed(dir, &id, ctx, p, "crash", WARN_SAVING)?;
             return Ok(Some(id));
         }
         if !json_there && !wav_path.exists() && ctx.min_duration.is_zero() {
@@ -180,9 +194,53 @@ pub(super) fn complete_part(
     }
     f.sync_all()?;
     drop(f);
+    write_cut_note(dir, id, reason, warning)?;
     fs::rename(p, dir.join(format!("{id}.wav")))?;
     complete_json(dir, id, ctx, &sidecar, true, reason, warning)?;
     Ok(Some(id.to_string()))
+}
+
+/// Suffix of a cut recording's note (`.<id>.cut`).
+const CUT_SUFFIX: &str = ".cut";
+
+/// Written (and durable) before a cut recording's WAV is renamed in, gone
+/// with its JSON: a crash between the two leaves a WAV without JSON that
+/// is still known to be cut, why, and what to say ([`complete_renamed`]).
+/// Fixed texts only (no call data): kept plain.
+fn write_cut_note(dir: &Path, id: &str, reason: &str, warning: &str) -> io::Result<()> {
+    let p = dir.join(format!(".{id}{CUT_SUFFIX}"));
+    let bytes = serde_json::to_vec(&json!({"reason": reason, "warning": warning}))?;
+    let mut f = create_private_file(&p)?;
+    let written = f.write_all(&bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&p);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// The JSON of a WAV renamed in whose JSON was never written: cut (its
+/// note says why: `truncated: true`) or complete, renamed by the finish
+/// (`truncated: false`, `reason` and `warning` given here).
+pub(super) fn complete_renamed(
+    dir: &Path,
+    id: &str,
+    ctx: &RecordingContext,
+    sidecar: &Path,
+    reason: &str,
+    warning: &str,
+) -> io::Result<()> {
+    let note = fs::read(dir.join(format!(".{id}{CUT_SUFFIX}")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    match note {
+        Some(n) => {
+            let text = |k: &str, or: &str| n[k].as_str().unwrap_or(or).to_string();
+            let (r, w) = (text("reason", reason), text("warning", WARN_CUT));
+            complete_json(dir, id, ctx, sidecar, true, &r, &w)
+        }
+        None => complete_json(dir, id, ctx, sidecar, false, reason, warning),
+    }
 }
 
 /// A sealed `.<id>.wav.part` (encryption at rest) after a crash: sealed
@@ -201,12 +259,15 @@ fn recover_sealed_part(
     let wav = dir.join(format!("{id}.wav"));
     let json = dir.join(format!("{id}.json"));
     if wav.is_file() {
-        // The finished WAV was renamed in before the crash: it is complete.
-        fs::remove_file(part)?;
+        // The WAV was renamed in before the crash: complete (or cut, as
+        // its note says). The `.part` goes once the JSON is there (one that
+        // cannot be removed does not keep the recording from its JSON).
         if json.exists() {
+            let _ = fs::remove_file(part);
             return Ok(None);
         }
-        complete_json(dir, id, ctx, sidecar, false, reason, WARN_SAVING)?;
+        complete_renamed(dir, id, ctx, sidecar, reason, WARN_SAVING)?;
+        let _ = fs::remove_file(part);
         return Ok(Some(id.to_string()));
     }
     let Some(keys) = ctx.seal.as_deref() else {
@@ -217,9 +278,10 @@ fn recover_sealed_part(
     match seal_part(part, &tmp, keys) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            // Left as it is (`Ok(None)` would say nothing is on disk, and
+            // a caller would remove the `.part`).
             let _ = fs::remove_file(&tmp);
-            tracing::error!(%id, "cannot recover: {e}");
-            return Ok(None);
+            return Err(e);
         }
         // Not "no header": the disk is full (the copy needs the room of
         // the whole recording), an I/O error. The files stay for a later
@@ -251,9 +313,10 @@ fn recover_sealed_part(
             return Ok(None);
         }
     }
+    write_cut_note(dir, id, reason, warning)?;
     fs::rename(&tmp, &wav)?;
-    fs::remove_file(part)?;
     complete_json(dir, id, ctx, sidecar, true, reason, warning)?;
+    let _ = fs::remove_file(part);
     Ok(Some(id.to_string()))
 }
 
@@ -390,5 +453,6 @@ pub(super) fn complete_json(
     );
     write_json(dir, &doc, keys)?;
     let _ = fs::remove_file(sidecar);
+    let _ = fs::remove_file(dir.join(format!(".{id}{CUT_SUFFIX}")));
     sync_dir(dir)
 }

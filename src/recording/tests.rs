@@ -1264,3 +1264,35 @@ fn a_start_sidecar_left_alone_becomes_an_empty_recording() {
         assert_eq!(hidden_files(d.path()), Vec::<String>::new());
     }
 }
+
+/// Recovery completes a cut recording, and its JSON cannot be written (a
+/// full disk; here a directory in the temp file's place) after the WAV was
+/// renamed in; the next recovery still knows the audio was cut: `truncated`,
+/// the crash's reason and warning (it said "the audio is complete").
+#[test]
+fn a_cut_recording_whose_json_failed_is_still_cut_at_the_next_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("r6"));
+    for _ in 0..10 {
+        rd.audio(CallKey(1), &[5i16; 1600]);
+    }
+    drop(rd);
+    let block = d.path().join(".r6.json.tmp");
+    fs::create_dir(&block).unwrap();
+    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+    assert!(d.path().join("r6.wav").exists() && !d.path().join("r6.json").exists());
+    fs::remove_dir(&block).unwrap();
+    assert_eq!(
+        recover(d.path(), &ctx("sniff")).unwrap(),
+        vec!["r6".to_string()]
+    );
+    let j = json_of(d.path(), "r6");
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (true.into(), "crash".into())
+    );
+    assert_eq!(j["warnings"][0], WARN_CUT);
+    assert_eq!(j["duration_ms"], 1000);
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
