@@ -111,6 +111,8 @@ pub(crate) struct CallStream {
     pub(crate) rx: mpsc::Receiver<Chunk>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<StreamStats>,
+    /// Cancelled when the daemon stops and the streams' time is up.
+    pub(crate) closing: tokio_util::sync::CancellationToken,
 }
 
 /// How a connection ended.
@@ -177,6 +179,9 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
         if ended_at.is_some_and(|t| t.elapsed() > RETRY_AFTER_END.max(max_lag)) {
             return Session::Broken("the receiver did not come back".into());
         }
+        if c.closing.is_cancelled() {
+            return Session::Broken("the daemon stopped before the receiver came back".into());
+        }
         let ws = match connect(&c.settings).await {
             Ok(ws) => ws,
             Err(NoConnection::Refused(e)) => return Session::Refused(e),
@@ -189,7 +194,10 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
                 c.stats.set_lag(id, lag_ms(c, held));
                 // Audio queued meanwhile is read back from the file.
                 while c.rx.try_recv().is_ok() {}
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = c.closing.cancelled() => {}
+                }
                 attempt = attempt.saturating_add(1);
                 continue;
             }
@@ -215,7 +223,10 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
                 if sent_here > 0 {
                     attempt = 0;
                 }
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = c.closing.cancelled() => {}
+                }
                 attempt = attempt.saturating_add(1);
             }
             other => return other,
@@ -392,6 +403,9 @@ async fn send_from_file(
 ) -> Result<(), Session> {
     let step = u64::from(c.rec.sample_rate) * CATCH_UP_SECONDS;
     while *held < to {
+        if c.closing.is_cancelled() {
+            return Err(stop_incomplete(c, ws, *held).await);
+        }
         let want = (to - *held).min(step) as usize;
         // Off the async workers (SIPREC's signalling runs there too): a
         // sealed part is opened by checking its records.
@@ -570,6 +584,13 @@ async fn session_inner(
                 None => queue_open = false,
             },
             _ = c.shared.wake.notified() => {}
+            // The daemon stops and the time for this stream is up.
+            _ = c.closing.cancelled() => {
+                if let Err(s) = staged.send(c, ws, held, per_msg, true, u64::MAX).await {
+                    return s;
+                }
+                return stop_incomplete(c, ws, *held).await;
+            }
             // Staged audio has waited a whole frame: sent as it is.
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 if let Err(s) = staged.send(c, ws, held, per_msg, true, u64::MAX).await {

@@ -189,6 +189,9 @@ struct HubInner {
     rt: tokio::runtime::Handle,
     settings: RwLock<Option<Arc<StreamSettings>>>,
     stats: Arc<StreamStats>,
+    /// The daemon stops and its time is up: every stream still going says
+    /// `stop` (`"complete": false`) where it is and ends.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// Starts a stream task for every recording that begins while streaming is
@@ -212,6 +215,7 @@ impl StreamHub {
                 rt,
                 settings: RwLock::new(None),
                 stats: Arc::new(StreamStats::default()),
+                closing: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -250,9 +254,21 @@ impl StreamHub {
 
     /// Wait (at most `within`) for every stream to end, e.g. to let them
     /// send `stop` when the daemon stops.
+    ///
+    /// Streams still catching up then are told to end: each says `stop`
+    /// with `"complete": false` at the frames its receiver holds (a restarted
+    /// daemon does not resume them: without it the receiver would wait for
+    /// an end that never comes), within `STOP_GRACE` more.
     pub async fn drain(&self, within: Duration) {
+        const STOP_GRACE: Duration = Duration::from_secs(1);
+        let open = || self.inner.stats.open.load(Ordering::Relaxed) > 0;
         let until = Instant::now() + within;
-        while self.inner.stats.open.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        while open() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.closing.cancel();
+        let until = Instant::now() + STOP_GRACE;
+        while open() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -301,6 +317,7 @@ impl AudioTap for HubTap {
             rx,
             shared: shared.clone(),
             stats: self.0.stats.clone(),
+            closing: self.0.closing.clone(),
         };
         self.0.rt.spawn(client::run(call));
         Some(Box::new(Tapped {
@@ -342,6 +359,23 @@ impl CallTap for Tapped {
     fn end(self: Box<Self>, end: TapEnd) {
         if let Ok(mut e) = self.shared.end.lock() {
             *e = Some(end);
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Tapped {
+    /// A recording that goes without saying how it ended (a panic on the
+    /// engine thread): its stream ends incomplete instead of waiting on a
+    /// live connection for ever.
+    fn drop(&mut self) {
+        if let Ok(mut e) = self.shared.end.lock() {
+            if e.is_none() {
+                *e = Some(TapEnd::Discarded {
+                    frames: self.shared.written.load(Ordering::Acquire),
+                    reason: "the recording ended without an end".into(),
+                });
+            }
         }
         self.shared.wake.notify_one();
     }

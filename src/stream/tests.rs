@@ -79,12 +79,14 @@ struct Call {
     tap: Tapped,
     stats: Arc<StreamStats>,
     task: tokio::task::JoinHandle<()>,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 fn call(url: &str, file: RecordingFile) -> Call {
     let stats = Arc::new(StreamStats::default());
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let shared = Arc::new(Shared::default());
+    let closing = tokio_util::sync::CancellationToken::new();
     let rec = TapBegin {
         recording_id: "r".into(),
         sample_rate: 8000,
@@ -97,6 +99,7 @@ fn call(url: &str, file: RecordingFile) -> Call {
         rx,
         shared: shared.clone(),
         stats: stats.clone(),
+        closing: closing.clone(),
     }));
     Call {
         tap: Tapped {
@@ -106,6 +109,7 @@ fn call(url: &str, file: RecordingFile) -> Call {
         },
         stats,
         task,
+        closing,
     }
 }
 
@@ -266,4 +270,51 @@ async fn a_part_of_a_frame_is_sent_after_waiting_one_frame() {
     c.task.await.unwrap();
     let audio = audio_of(&server.await.unwrap());
     assert_eq!(audio, [(0, samples)]);
+}
+
+/// The daemon stops while a call's stream is still going (its time is up):
+/// the receiver gets what was sent and `stop` with `"complete": false` at
+/// the frames it holds, not a connection that just goes.
+#[tokio::test]
+async fn a_stream_cut_short_by_the_daemon_stopping_says_stop_incomplete() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 1600);
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples);
+    let t = std::time::Instant::now();
+    while c.stats.bytes.load(Ordering::Relaxed) < 2 * (8 + 800 * 4) {
+        assert!(t.elapsed() < Duration::from_secs(5), "never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.closing.cancel();
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    let stop = last_text(&got);
+    assert_eq!(stop["type"], "stop");
+    assert_eq!(
+        (stop["complete"].clone(), stop["frames"].clone()),
+        (json!(false), json!(1600))
+    );
+    assert_eq!(audio_of(&got).len(), 2);
+    assert_eq!(c.stats.incomplete.load(Ordering::Relaxed), 1);
+    drop(c.tap);
+}
+
+/// A recording's side dropped without an end (the engine thread gone):
+/// its stream ends incomplete instead of waiting for ever.
+#[tokio::test]
+async fn a_tap_dropped_without_an_end_ends_its_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 800);
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples);
+    drop(c.tap);
+    tokio::time::timeout(Duration::from_secs(10), c.task)
+        .await
+        .expect("the stream ended")
+        .unwrap();
+    let stop = last_text(&server.await.unwrap());
+    assert_eq!(stop["complete"], false);
 }
