@@ -80,6 +80,11 @@ pub struct Impairments {
     /// music-on-hold server, an SBC). `.2`: the first packet after it has
     /// the marker bit set (as RFC 3550 asks; some senders do not).
     pub ts_jump: Option<(u32, i32, bool)>,
+    /// At `.0` ms (leg time) the sender numbers its packets afresh under
+    /// the same SSRC: the sequence number goes back by `.1` and the
+    /// timestamps jump by `.2` ticks (0: they go on). The first packet
+    /// after it has the marker bit set.
+    pub seq_restart: Option<(u32, u16, i32)>,
 }
 
 /// One leg: what one party says.
@@ -546,6 +551,7 @@ fn rtp_leg(
     let mut marker = true;
     let mut ssrc_changed = false;
     let mut ts_jumped = false;
+    let mut seq_restarted = false;
     let mut dtmf_done: Vec<bool> = vec![false; leg.dtmf.len()];
     let ptime_ns = i64::from(spec.ptime_ms) * 1_000_000;
     let imp = &leg.impair;
@@ -589,6 +595,14 @@ fn rtp_leg(
                 ts_jumped = true;
                 ts_base = ts_base.wrapping_add(ticks as u32);
                 marker |= mark;
+            }
+        }
+        if let (Some((at, back, ticks)), false) = (imp.seq_restart, seq_restarted) {
+            if t_ms >= at {
+                seq_restarted = true;
+                seq = seq.wrapping_sub(back);
+                ts_base = ts_base.wrapping_add(ticks as u32);
+                marker = true;
             }
         }
         if let Some(h) = imp.hold {

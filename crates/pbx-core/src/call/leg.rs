@@ -255,7 +255,15 @@ impl Tracker {
             // the path of every packet: the list is one more cache miss).
             let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
             leg.flow = Some((flow, ts));
-            let u = leg.seq.entry(rtp.ssrc).or_default().update(rtp.sequence);
+            let tracker = leg.seq.entry(rtp.ssrc).or_default();
+            let mut u = tracker.update(rtp.sequence);
+            if u != SeqUpdate::Newest && leg.jumps.restarts(rtp.ssrc, rtp.sequence, rtp.timestamp) {
+                // A new numbering under the same SSRC (its first packet
+                // came just before, taken for a very late one): this one
+                // is its newest, and the numbers before it are not awaited.
+                u = tracker.restart(rtp.sequence);
+                leg.order.restart(rtp.ssrc, rtp.sequence);
+            }
             if leg.seq.len() > MAX_SSRCS {
                 // A new SSRC on every packet (hostile, or broken): the
                 // sequence state of another one goes (it counts as new if
@@ -266,8 +274,12 @@ impl Tracker {
             }
             match u {
                 SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
+                // (A "duplicate" whose timestamp does not follow is a
+                // packet of a new numbering until the restart is confirmed:
+                // its place is found by its timestamp.)
                 SeqUpdate::Duplicate
-                    if !leg.jumps.differs(rtp.ssrc, rtp.sequence, rtp.timestamp) =>
+                    if !leg.jumps.differs(rtp.ssrc, rtp.sequence, rtp.timestamp)
+                        && leg.jumps.follows(rtp.ssrc, rtp.sequence, rtp.timestamp) =>
                 {
                     leg.meta.duplicates += 1;
                     return;

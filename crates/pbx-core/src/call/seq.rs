@@ -84,6 +84,13 @@ impl DecodeOrder {
         false
     }
 
+    /// The stream numbers its packets afresh from `seq` (same SSRC): what
+    /// waits goes first, then the new numbering in its own order.
+    pub(super) fn restart(&mut self, ssrc: u32, seq: u16) {
+        self.release_all();
+        self.next = Some((ssrc, seq));
+    }
+
     /// Mark every held packet ready (they come out of `pop_ready` in order).
     pub(super) fn release_all(&mut self) {
         for h in &mut self.held {
@@ -148,9 +155,17 @@ pub(super) struct JumpLog {
     last: Option<(u32, u16, u32)>,
     jumps: [(u32, u16, u32); JUMPS_KEPT],
     n: usize,
+    /// A packet far behind the newest whose timestamp did not follow: the
+    /// sequence number and timestamp its successor would have if it began
+    /// a new numbering ([`JumpLog::restarts`]).
+    probe: Option<(u32, u16, u32)>,
 }
 
 const JUMPS_KEPT: usize = 4;
+/// A packet this many sequence numbers behind the newest (a minute at 20
+/// ms) is not a late one of the same numbering (RFC 3550 A.1's
+/// MAX_DROPOUT).
+const MAX_DROPOUT: i64 = 3000;
 /// Most timestamp ticks a packet may advance per sequence number and still
 /// follow from it: 60 ms at 48 kHz (360 ms at 8 kHz).
 const MAX_TICKS_PER_SEQ: i64 = 2880;
@@ -167,6 +182,42 @@ impl JumpLog {
             }
         }
         self.last = Some((ssrc, seq, ts));
+    }
+
+    /// Whether a packet that is not the newest by its sequence number
+    /// begins, with the one before it, a new numbering under the same SSRC
+    /// (a source switched behind a constant SSRC, a restarted sender): both
+    /// behind the newest by number, their timestamps not following from the
+    /// newest's, and this one the next of the other by number and timestamp
+    /// (RFC 3550 A.1 asks for the two in sequence). A reordered, late or
+    /// duplicated packet's timestamp follows (it is behind by about as much
+    /// as its number); one stray packet is not followed by its successor.
+    pub(super) fn restarts(&mut self, ssrc: u32, seq: u16, ts: u32) -> bool {
+        if self.follows(ssrc, seq, ts) {
+            self.probe = None;
+            return false;
+        }
+        let second = self.probe.is_some_and(|(ps, pq, pt)| {
+            ps == ssrc
+                && pq == seq
+                && (0..=MAX_TICKS_PER_SEQ).contains(&i64::from(ts.wrapping_sub(pt) as i32))
+        });
+        self.probe = (!second).then_some((ssrc, seq.wrapping_add(1), ts));
+        second
+    }
+
+    /// Whether a packet behind the newest by its sequence number is behind
+    /// it in time by about as much (at most [`MAX_TICKS_PER_SEQ`] a
+    /// number), and by at most [`MAX_DROPOUT`] numbers: a reordered, late
+    /// or duplicated packet of the same numbering. (Packets of another
+    /// SSRC, or ahead, say nothing here.)
+    pub(super) fn follows(&self, ssrc: u32, seq: u16, ts: u32) -> bool {
+        let Some((s, q, t)) = self.last else {
+            return true;
+        };
+        let dq = i64::from(seq.wrapping_sub(q) as i16);
+        let dt = i64::from(ts.wrapping_sub(t) as i32);
+        s != ssrc || dq >= 0 || (dq >= -MAX_DROPOUT && (dq * MAX_TICKS_PER_SEQ..=0).contains(&dt))
     }
 
     /// Whether a packet the sequence tracker calls a duplicate carries

@@ -22,6 +22,9 @@ pub struct SeqTracker {
     received: u64,
     duplicates: u64,
     window: [u64; 8], // bitmap of the 512 sequence numbers below `max`
+    /// Counts of the numbering before the last [`SeqTracker::restart`].
+    earlier_received: u64,
+    earlier_lost: u64,
 }
 
 /// What a sequence number was, relative to those seen before.
@@ -41,7 +44,7 @@ impl SeqTracker {
 
     /// Packets received, duplicates not counted.
     pub fn received(&self) -> u64 {
-        self.received
+        self.earlier_received + self.received
     }
 
     /// Packets seen again within the duplicate window.
@@ -75,11 +78,10 @@ impl SeqTracker {
         } else {
             let back = self.max - ext;
             if back >= 512 {
-                // Too old to tell; count it as received (a very late packet).
+                // Too old to tell; count it as received (a very late packet,
+                // or the first of a new numbering: it does not stretch the
+                // span the loss is counted over).
                 self.received += 1;
-                if ext < self.base {
-                    self.base = ext;
-                }
                 return SeqUpdate::Older;
             }
             if self.bit(back) {
@@ -124,7 +126,21 @@ impl SeqTracker {
         if !self.started {
             return 0;
         }
-        (self.max - self.base + 1).saturating_sub(self.received)
+        self.earlier_lost + (self.max - self.base + 1).saturating_sub(self.received)
+    }
+
+    /// The source numbers its packets afresh under the same SSRC (RFC 3550
+    /// A.1: a large jump that the next packet confirms): `seq` is the first
+    /// of the new numbering, and the newest. The counts so far are kept.
+    pub fn restart(&mut self, seq: u16) -> SeqUpdate {
+        let kept = SeqTracker {
+            earlier_received: self.received(),
+            earlier_lost: self.lost(),
+            duplicates: self.duplicates,
+            ..SeqTracker::default()
+        };
+        *self = kept;
+        self.update(seq)
     }
 }
 

@@ -511,6 +511,14 @@ impl LegTimeline {
                     return;
                 }
             }
+            if !p.newest {
+                // A straggler of a stream whose audio is all written (its
+                // segment is gone): too late for its place. As a segment of
+                // its own it would end the stream that took over where it
+                // arrived.
+                self.stats.late += 1;
+                return;
+            }
             // Held packets of the old stream are decided before it ends.
             self.resolve_held(None);
             self.new_segment(p);
