@@ -375,6 +375,15 @@ impl Decoder for OpusDecoder {
         self.rate
     }
 
+    /// The sender's encoder delays the audio by its look-ahead, 6.5 ms in
+    /// libopus' VoIP and audio modes (2.5 ms of CELT overlap and 4 ms of
+    /// SILK's resampling, `OPUS_GET_LOOKAHEAD`; WebRTC and SIP phones use
+    /// these modes): taken off the placement, so an Opus channel is in step
+    /// with a G.711 one (as G.722's 22 samples are).
+    fn delay_samples(&self) -> usize {
+        self.rate as usize * 13 / 2000
+    }
+
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<usize, CodecError> {
         if payload.is_empty() {
             return Err(CodecError::InvalidPayload {
@@ -512,6 +521,34 @@ mod tests {
             let lag = best_lag(&pcm[..rate as usize], &out, rate as usize / 20);
             let c = correlation(&pcm[..pcm.len() - lag], &out[lag..]);
             assert!(c > 0.9, "rate {rate}: correlation {c} at lag {lag}");
+        }
+    }
+
+    /// What `delay_samples` says is what an encode and decode delay speech
+    /// by (a noise-like signal: one best lag).
+    #[test]
+    fn the_delay_reported_is_the_round_trip_delay() {
+        for rate in [8000u32, 16000] {
+            let mut x = 12345u32;
+            let mut lp = 0.0f64;
+            let pcm: Vec<i16> = (0..rate as usize * 2)
+                .map(|i| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    let white = f64::from((x >> 16) as i16);
+                    lp = 0.7 * lp + 0.3 * white;
+                    let env = 0.5 + 0.5 * (i as f64 / rate as f64 * 3.0).sin().abs();
+                    (lp * env * 0.5) as i16
+                })
+                .collect();
+            let mut enc = OpusEncoder::new(rate, 64000).unwrap();
+            let mut dec = OpusDecoder::new(rate).unwrap();
+            let mut out = Vec::new();
+            for frame in pcm.chunks_exact(enc.frame_samples()) {
+                let packet = enc.encode_frame(frame).unwrap();
+                dec.decode(&packet, &mut out).unwrap();
+            }
+            let lag = best_lag(&pcm[..rate as usize], &out, rate as usize / 50);
+            assert_eq!(lag, dec.delay_samples(), "rate {rate}");
         }
     }
 
