@@ -20,7 +20,9 @@
 //!   16 kHz, G.722 at 8 kHz, L16 at the other rate) go through the streaming
 //!   [`Resampler`] and report its group delay in
 //!   [`Decoder::delay_samples`] (output samples: 40 when upsampling to 16 kHz,
-//!   19 when downsampling to 8 kHz, i.e. 2.5 ms). Sample `i` of the output
+//!   19 when downsampling to 8 kHz, i.e. 2.5 ms); G.722 and Opus add the
+//!   delay of the codec itself (22 samples of QMF at 16 kHz; Opus' 6.5 ms
+//!   encoder look-ahead). Sample `i` of the output
 //!   shows what the sender sent at output position `i - delay_samples()`.
 //!   We chose this over self-compensation (dropping the first `delay` samples
 //!   and flushing at the end) because it keeps the exact per-packet sample
@@ -733,8 +735,10 @@ mod tests {
             // top of the downsampler's 19.
             (Codec::G722, 16000, 22),
             (Codec::G722, 8000, 30),
-            (Codec::Opus, 8000, 0),
-            (Codec::Opus, 16000, 0),
+            // Opus: the sender's 6.5 ms look-ahead (decoded at the rate
+            // itself: no resampler).
+            (Codec::Opus, 8000, 52),
+            (Codec::Opus, 16000, 104),
             (Codec::Gsm, 8000, 0),
             (Codec::Gsm, 16000, 40),
         ] {

@@ -559,7 +559,13 @@ impl Tracker {
                 let ep = SocketAddr::new(addr, m.port);
                 if !s.endpoints.contains(&ep) {
                     if s.endpoints.len() >= 16 {
-                        s.endpoints.remove(0);
+                        // The oldest goes from the call-wide map too (it
+                        // would point at this call after its end, and a
+                        // later call's packets to it would be lost).
+                        let old = s.endpoints.remove(0);
+                        if self.endpoints.get(&old).is_some_and(|(k, _)| *k == key) {
+                            self.endpoints.remove(&old);
+                        }
                     }
                     s.endpoints.push(ep);
                 }

@@ -108,9 +108,10 @@ impl Tracker {
         payload: &[u8],
         sink: &mut dyn RecordingSink,
     ) {
-        let (key, speaker, by_dst) = match self.endpoints.get(&dst) {
+        let live = |e: &&(CallKey, Party)| self.calls.contains_key(&e.0);
+        let (key, speaker, by_dst) = match self.endpoints.get(&dst).filter(live) {
             Some((k, receiver)) => (*k, receiver.other(), true),
-            None => match self.endpoints.get(&src) {
+            None => match self.endpoints.get(&src).filter(live) {
                 Some((k, sender)) => (*k, *sender, false),
                 None => {
                     self.stats.rtp_unmatched += 1;

@@ -499,6 +499,23 @@ impl LegTimeline {
     /// Take one packet.
     pub fn insert(&mut self, p: &Packet<'_>) {
         let same = |s: &Segment| s.ssrc == p.ssrc && s.clock_rate == p.clock_rate;
+        if !p.newest && self.segs.len() > 1 {
+            // A packet reordered across a timestamp jump of its SSRC (the
+            // jump split the stream): it belongs to the segment whose
+            // timestamps it continues, not to the newest one (where it
+            // would start that segment a whole jump early).
+            let nearest = self
+                .segs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| same(s))
+                .min_by_key(|(_, s)| (p.ts.wrapping_sub(s.last_ts) as i32).unsigned_abs())
+                .map(|(i, _)| i);
+            if let Some(i) = nearest.filter(|i| *i + 1 < self.segs.len()) {
+                self.insert_into(i, p, true);
+                return;
+            }
+        }
         if !self.segs.back().is_some_and(same) {
             // A straggler of an earlier segment of this SSRC, or a new stream.
             if let Some(i) = self.segs.iter().rposition(same) {

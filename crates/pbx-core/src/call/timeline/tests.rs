@@ -364,7 +364,8 @@ mod straggler_tests {
                 // A's packet at 1.5 s, 2.5 s late (not the newest of A).
                 packet(&mut t, 1, 12_000, 5000 + 12_000, pos, false);
             }
-            let h = pos - 4000;
+            // (As the engine renders: no further than its flags are decided.)
+            let h = (pos - 4000).min(t.ready_until(pos, false));
             if h > t.rendered() + 800 {
                 t.render(h, &mut out);
             }
@@ -386,5 +387,48 @@ mod straggler_tests {
             t.stats()
         );
         assert_eq!(t.stats().late, 1);
+    }
+
+    /// The timestamps jump 20 s ahead under the same SSRC at 2 s (a source
+    /// switched behind it), and the last packet before the jump is
+    /// reordered 100 ms behind the packets after it: it belongs to the
+    /// stream before the jump, and the audio after the jump stays where it
+    /// was said.
+    #[test]
+    fn a_packet_reordered_across_a_timestamp_jump_stays_with_its_stream() {
+        let mut t = LegTimeline::new(8000, 4000);
+        let mut out = Vec::new();
+        let end = 6 * 8000i64;
+        let jump = 160_000u32;
+        let ts_of = |pos: i64| 5000 + pos as u32 + if pos >= 16_000 { jump } else { 0 };
+        for k in 0..end / 160 {
+            let pos = k * 160;
+            if pos == 16_000 - 160 {
+                continue; // comes later
+            }
+            packet(&mut t, 1, pos, ts_of(pos), pos, true);
+            if pos == 16_000 + 640 {
+                let late = 16_000 - 160;
+                packet(&mut t, 1, late, ts_of(late), pos, false);
+            }
+            // (As the engine renders: no further than its flags are decided.)
+            let h = (pos - 4000).min(t.ready_until(pos, false));
+            if h > t.rendered() + 800 {
+                t.render(h, &mut out);
+            }
+        }
+        let last = t.end_position(end);
+        t.render(last, &mut out);
+        let wrong: Vec<usize> = (0..out.len().min(end as usize))
+            .filter(|&i| out[i] != value(1, i as i64))
+            .collect();
+        assert_eq!(out.len() as i64, end, "{:?}", t.stats());
+        assert!(
+            wrong.is_empty(),
+            "{} samples not where they were said, first at {:?}; {:?}",
+            wrong.len(),
+            wrong.first(),
+            t.stats()
+        );
     }
 }
