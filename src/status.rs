@@ -307,7 +307,13 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
         parts.insert("spool.queue".into(), format!("ok (rebuilt {r})"));
     }
     if let (true, Some(reason)) = (s.cloud.configured, &s.cloud.paused) {
-        ok = false;
+        // A refused token or certificate is the operator's to fix: not
+        // ready. A depleted balance (402) is the customer's account: the
+        // daemon records and spools as before (CONTRACT §4), so it stays
+        // ready (a dispatcher must not send its calls elsewhere for it).
+        if s.cloud.pause_kind.as_deref() != Some("payment") {
+            ok = false;
+        }
         parts.insert("cloud".into(), format!("uploads paused: {reason}"));
     } else if s.cloud.configured {
         parts.insert("cloud".into(), "ok".into());

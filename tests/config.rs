@@ -650,7 +650,7 @@ fn explicit_file_must_exist() {
         .lines();
     assert_eq!(
         e,
-        vec!["/nonexistent/pbx.toml: cannot read: No such file or directory (os error 2)"]
+        vec!["/nonexistent/pbx.toml:1: file: cannot read: No such file or directory (os error 2)"]
     );
 }
 
@@ -754,7 +754,7 @@ fn check_config_missing_file_and_env_effects() {
     assert_eq!(out, "");
     assert_eq!(
         err,
-        "/nonexistent/x.toml: cannot read: No such file or directory (os error 2)\n"
+        "/nonexistent/x.toml:1: file: cannot read: No such file or directory (os error 2)\n"
     );
 
     let f = annotated();

@@ -565,9 +565,15 @@ fn payment_required_pauses_all_uploads_then_resumes() {
         .await;
         {
             let st = status.lock().unwrap();
+            // The pause does not make it unready: it records and spools
+            // (CONTRACT §4's 402 row). (This test's status has no spool of
+            // its own: one that is fine is put in.)
+            let mut st = st.clone();
+            st.spool.writable = true;
+            st.spool.free_bytes = u64::MAX;
             let (ok, parts) = readiness(&st);
-            assert!(!ok);
             assert!(parts["cloud"].contains("402"), "{parts:?}");
+            assert!(ok, "{parts:?}");
             let m = render_metrics(&st);
             assert!(
                 m.contains("pbx_edge_delivery_paused{reason=\"payment\"} 1"),

@@ -897,8 +897,10 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file is missing, unreadable, too large or not UTF-8.
-    #[error("{}: {message}", path.display())]
+    /// The file is missing, unreadable, too large or not UTF-8. Shaped as
+    /// every problem is (CONTRACT §1: `FILE:LINE: key.path: what`), the
+    /// whole file's problem at its line 1.
+    #[error("{}:1: file: {message}", path.display())]
     Read { path: PathBuf, message: String },
     /// The file is not valid TOML there. `key` is the best guess of the key
     /// being written (the table header plus the key on that line) or `toml`.

@@ -311,7 +311,10 @@ fn resolve_path_prefers_explicit_then_default() {
     let c = load_inner(None, &def, Vec::new()).unwrap();
     assert_eq!(c.agent.id, "from-default");
     let e = load_inner(Some(&other), &def, Vec::new()).unwrap_err();
-    assert!(e.lines()[0].contains("other.toml: cannot read"), "{e}");
+    assert!(
+        e.lines()[0].contains("other.toml:1: file: cannot read"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -192,11 +192,12 @@ pub(super) async fn run_job(
                     shared
                         .db(move |sp| {
                             let n = sp.get(&i)?.map(|e| e.retries).unwrap_or(0);
-                            // A Retry-After under the backoff's base (0, or
-                            // a date already past on our clock) counts as
-                            // none: no loop of tries back to back.
+                            // Retry-After overrides the backoff (CONTRACT
+                            // §4); one under its base (0, or a date already
+                            // past on our clock) waits the base: no loop of
+                            // tries back to back.
                             let delay = after
-                                .filter(|a| *a >= base)
+                                .map(|a| a.max(base))
                                 .unwrap_or_else(|| policy::backoff(n, fastrand::f64(), base, cap));
                             let now = now_ms();
                             let next = now + delay.as_millis() as i64;
