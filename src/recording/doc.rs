@@ -73,10 +73,17 @@ pub struct RecordingDoc {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocParty {
     pub number: String,
+    /// Written `""` when unknown (CONTRACT §3 shows a string, as live
+    /// calls without a display name write it).
+    #[serde(serialize_with = "name_or_empty")]
     pub name: Option<String>,
     /// The SIP URI (live calls only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+}
+
+fn name_or_empty<S: serde::Serializer>(name: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name.as_deref().unwrap_or(""))
 }
 
 impl From<&PartyInfo> for DocParty {
@@ -363,7 +370,7 @@ mod tests {
             assert!(v.get(k).is_none(), "{k} present in {v}");
         }
         assert!(v["from"].get("uri").is_none());
-        assert!(v["from"]["name"].is_null() && v["from"].get("name").is_some());
+        assert_eq!(v["from"]["name"], "", "a string, empty when unknown");
         assert_eq!(v["channels"][1]["codec"], "L16");
         assert_eq!(v["channels"][1]["party"], "callee");
         assert_eq!(v["audio"]["channels"], 2);

@@ -152,7 +152,14 @@ pub(crate) async fn run(mut c: CallStream) {
             } else {
                 c.stats.incomplete.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::warn!(recording = %c.rec.recording_id, "live stream ended: {why}");
+            if why.starts_with("receiver error:") {
+                // Its words may echo the call (numbers): not in the log at
+                // warn level (/status shows them to the operator).
+                tracing::warn!(recording = %c.rec.recording_id, "live stream ended: the receiver answered error");
+                tracing::debug!(recording = %c.rec.recording_id, "live stream ended: {why}");
+            } else {
+                tracing::warn!(recording = %c.rec.recording_id, "live stream ended: {why}");
+            }
             c.stats.error(why.clone());
         }
     }
