@@ -108,10 +108,9 @@ impl Tracker {
         payload: &[u8],
         sink: &mut dyn RecordingSink,
     ) {
-        let live = |e: &&(CallKey, Party)| self.calls.contains_key(&e.0);
-        let (key, speaker, by_dst) = match self.endpoints.get(&dst).filter(live) {
+        let (key, speaker, by_dst) = match self.endpoints.get(&dst) {
             Some((k, receiver)) => (*k, receiver.other(), true),
-            None => match self.endpoints.get(&src).filter(live) {
+            None => match self.endpoints.get(&src) {
                 Some((k, sender)) => (*k, *sender, false),
                 None => {
                     self.stats.rtp_unmatched += 1;

@@ -330,6 +330,15 @@ mod straggler_tests {
         (ssrc as i64 * 1000 + pos / 160 % 500) as i16
     }
 
+    /// Render as the engine does: 500 ms behind `pos`, no further than the
+    /// timeline's flags are decided.
+    fn render_behind(t: &mut LegTimeline, pos: i64, out: &mut Vec<i16>) {
+        let h = (pos - 4000).min(t.ready_until(pos, false));
+        if h > t.rendered() + 800 {
+            t.render(h, out);
+        }
+    }
+
     fn packet(t: &mut LegTimeline, ssrc: u32, at: i64, ts: u32, arrival: i64, newest: bool) {
         let pcm: Vec<i16> = (0..160).map(|i| value(ssrc, at + i)).collect();
         t.insert(&Packet {
@@ -364,11 +373,7 @@ mod straggler_tests {
                 // A's packet at 1.5 s, 2.5 s late (not the newest of A).
                 packet(&mut t, 1, 12_000, 5000 + 12_000, pos, false);
             }
-            // (As the engine renders: no further than its flags are decided.)
-            let h = (pos - 4000).min(t.ready_until(pos, false));
-            if h > t.rendered() + 800 {
-                t.render(h, &mut out);
-            }
+            render_behind(&mut t, pos, &mut out);
         }
         let last = t.end_position(end);
         t.render(last, &mut out);
@@ -411,11 +416,7 @@ mod straggler_tests {
                 let late = 16_000 - 160;
                 packet(&mut t, 1, late, ts_of(late), pos, false);
             }
-            // (As the engine renders: no further than its flags are decided.)
-            let h = (pos - 4000).min(t.ready_until(pos, false));
-            if h > t.rendered() + 800 {
-                t.render(h, &mut out);
-            }
+            render_behind(&mut t, pos, &mut out);
         }
         let last = t.end_position(end);
         t.render(last, &mut out);
