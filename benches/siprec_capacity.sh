@@ -8,6 +8,10 @@
 #
 # Usage: benches/siprec_capacity.sh [SECONDS] [N...]   (default 20 s; 250 500 1000 2000)
 #        BIN_OVERRIDE=/path/to/pbx-edge measures another build (before/after runs)
+# Memory: "peak RSS" is VmHWM (set-up bursts and the end's finishing
+# included); "RSS per call" is the marginal memory of a call in progress:
+# VmRSS three quarters into the media minus VmRSS of the idle daemon just
+# before the calls, divided by the calls answered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}; shift || true
@@ -21,8 +25,8 @@ ticks=$(getconf CLK_TCK)
 
 echo "siprec capacity: $SECS s of media per run; $(nproc) cores; $(date -u +%FT%TZ)"
 echo
-echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | RSS per call KiB | sender lag ms | BYEs answered | engine behind, max s |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| calls | answered | RTP sent | RTP recorded | lost | daemon CPU (% of a core) | CPU per call (% core) | peak RSS MiB | idle RSS MiB | mid-call RSS MiB | RSS per call KiB | sender lag ms | BYEs answered | engine behind, max s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for N in $NS; do
   rm -rf "$DIR/$N"; mkdir -p "$DIR/$N"
   # One even port a stream, two streams a call, and room for the cooling-off:
@@ -42,6 +46,9 @@ TOML
   $BIN run --config "$DIR/$N/pbx-edge.toml" 2>"$DIR/$N/daemon.log" &
   PID=$!
   for _ in $(seq 50); do curl -sf 127.0.0.1:19466/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+  idle=$(awk '/VmRSS/{print $2}' /proc/$PID/status)
+  # VmRSS three quarters into the media (the set-up at 500 calls/s first).
+  ( sleep "$(python3 -c "print($N / 500 + $SECS * 0.75)")"; awk '/VmRSS/{print $2}' /proc/$PID/status > "$DIR/$N/rss-mid" ) &
   c0=$(awk '{print $14+$15}' /proc/$PID/stat)
   t0=$(date +%s.%N)
   OUT=$($LOAD --srs 127.0.0.1:15090 --calls "$N" --seconds "$SECS" --setup-rate 500)
@@ -56,7 +63,8 @@ TOML
     [ "$n" -ge "$answered" ] && break; sleep 0.2
   done
   kill -TERM $PID; wait $PID || true
-  python3 - "$OUT" "$DIR/$N/spool" "$c0" "$c1" "$t0" "$t1" "$ticks" "$hwm" "$N" "${behind:--}" <<'PY'
+  mid=$(cat "$DIR/$N/rss-mid" 2>/dev/null || echo 0)
+  python3 - "$OUT" "$DIR/$N/spool" "$c0" "$c1" "$t0" "$t1" "$ticks" "$hwm" "$N" "${behind:--}" "$idle" "$mid" <<'PY'
 import json, sys, glob
 out = json.loads(sys.argv[1]); spool = sys.argv[2]
 c0, c1, t0, t1, ticks, hwm, n = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
@@ -69,6 +77,7 @@ for f in glob.glob(spool + "/*.json"):
 sent = out["packets_sent"]
 cpu = (c1 - c0) / ticks / (t1 - t0) * 100
 a = max(out["answered"], 1)
-print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {hwm / a:.0f} | {out['sender_worst_lag_ms']} | {out['byes_answered']} | {sys.argv[10]} |")
+idle, mid = float(sys.argv[11]), float(sys.argv[12])
+print(f"| {n} | {out['answered']} | {sent} | {rec} | {sent - rec} | {cpu:.1f} | {cpu / a:.3f} | {hwm/1024:.0f} | {idle/1024:.1f} | {mid/1024:.0f} | {(mid - idle) / a:.1f} | {out['sender_worst_lag_ms']} | {out['byes_answered']} | {sys.argv[10]} |")
 PY
 done

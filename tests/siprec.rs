@@ -1749,3 +1749,142 @@ fn an_answered_call_without_media_is_recorded_when_it_times_out() {
     }
     assert!(got_bye, "no BYE to the SRC; log:\n{}", d.log());
 }
+
+/// A recording session paused by the SRC (RFC 7866 §7.1.1.2: a re-INVITE
+/// with every stream `a=inactive`, as an SBC does while a card number is
+/// read or a call is on hold) sends no RTP by design: it is not hung up
+/// after `rtp_timeout`, neither by the SIP side (no BYE) nor by the
+/// engine, and after the resume the recording goes on in the same file,
+/// the resumed audio placed after the pause as long as it was.
+#[test]
+fn a_paused_session_outlives_rtp_timeout_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "[recording]\nrtp_timeout = \"1s\"\n");
+    let src = Src::new(srs);
+    let call_id = "paused@src";
+    let inv = invite(
+        call_id,
+        src.port(),
+        srs,
+        [40300, 40302],
+        1,
+        "p1",
+        &metadata(call_id),
+    );
+    src.send(&inv);
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    let ack = |cseq: u32| in_dialog(&src, srs, call_id, &to, "ACK", cseq, "", "");
+    src.send(&ack(1));
+    // The same offer again in a re-INVITE (its To has our tag now), with
+    // every stream as `dir`.
+    let reoffer = |cseq: u32, dir: &str| {
+        let m = invite(
+            call_id,
+            src.port(),
+            srs,
+            [40300, 40302],
+            cseq,
+            &format!("p{cseq}"),
+            &metadata(call_id),
+        )
+        .replace(
+            &format!("To: <sip:srs@{srs}>\r\n"),
+            &format!("To: {to}\r\n"),
+        )
+        .replace("a=sendonly", dir);
+        with_content_length(&m)
+    };
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let audio = speechlike(21, 2000, 8000);
+    let mut enc = [Encoder::new(TestCodec::Pcmu), Encoder::new(TestCodec::Pcmu)];
+    // Packets `from..to` of the audio on both streams, in real time; when
+    // the first went.
+    let mut send = |from: usize, to: usize| {
+        let t = Instant::now();
+        for i in from..to {
+            if let Some(w) = Duration::from_millis(20 * (i - from) as u64).checked_sub(t.elapsed())
+            {
+                std::thread::sleep(w);
+            }
+            for (n, port) in ports.iter().enumerate() {
+                let payload = enc[n].encode(&audio[i * 160..(i + 1) * 160]);
+                let pkt = rtp_packet(
+                    0,
+                    i == 0,
+                    i as u16,
+                    (i * 160) as u32,
+                    0x7000 + n as u32,
+                    &payload,
+                );
+                rtp.send_to(&pkt, ("127.0.0.1", *port)).unwrap();
+            }
+        }
+        t
+    };
+    let first = send(0, 50);
+    // Paused: answered inactive, then 3 s (three times rtp_timeout) of nothing.
+    src.send(&reoffer(2, "a=inactive"));
+    let r = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert_eq!(r.matches("a=inactive").count(), 2, "{r}");
+    src.send(&ack(2));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = src.recv() {
+            assert!(
+                !m.starts_with("BYE "),
+                "the paused session was hung up:\n{m}"
+            );
+        }
+    }
+    // Resumed (the same ports), and another second of audio.
+    src.send(&reoffer(3, "a=sendonly"));
+    let r = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert_eq!(answer_ports(&r), ports, "{r}");
+    src.send(&ack(3));
+    let resumed = send(50, 100);
+    let gap = resumed.duration_since(first);
+    std::thread::sleep(Duration::from_millis(100));
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 4, "", ""));
+    let r = final_response_no_bye(&src, "BYE", call_id);
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    let (j, json) = wait_recording_of(&d, call_id);
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    assert_eq!(j["truncated"], false, "{j}");
+    let (rate, ch) = pbx_testgen::audio::read_stereo_wav(&json.with_extension("wav")).unwrap();
+    assert_eq!(rate, 8000);
+    // Each channel: the first second at its start, the second where it was
+    // sent (the pause as silence between), every packet there.
+    let at = (gap.as_secs_f64() * 8000.0).round() as i64;
+    for (c, samples) in ch.iter().enumerate() {
+        assert_eq!(j["channels"][c]["packets"], 100, "{j}");
+        assert_eq!(j["channels"][c]["late"], 0, "{j}");
+        assert!(
+            samples.len() as i64 >= at + 8000,
+            "{} samples, resumed audio due at {at}",
+            samples.len()
+        );
+        let (lag0, c0) = best_lag(&samples[..8000], &audio[..8000], 160);
+        assert!(
+            lag0.abs() <= 8 && c0 > 0.95,
+            "channel {c}: first second at {lag0} ({c0:.3})"
+        );
+        let quiet = &samples[8800..(at as usize - 800)];
+        assert!(
+            rms(quiet) < 1.0,
+            "channel {c}: the pause is not silence (rms {:.1})",
+            rms(quiet)
+        );
+        let seg = &samples[at as usize..at as usize + 8000];
+        let (lag1, c1) = best_lag(seg, &audio[8000..16000], 400);
+        // The test's own sending thread wakes within a few ms of its plan.
+        assert!(
+            lag1.abs() <= 40 && c1 > 0.95,
+            "channel {c}: resumed audio {lag1} samples off ({c1:.3}), gap {gap:?}"
+        );
+    }
+}

@@ -178,6 +178,9 @@ struct Session {
     /// Our SDP now in force (offered again in the 200 to a re-INVITE that
     /// carries no offer).
     sdp: String,
+    /// The SRC's offer in force sends nothing (every stream inactive: a
+    /// paused recording, RFC 7866 §7.1.1.2): no media timeout hangs it up.
+    held: bool,
 }
 
 /// The TLS settings new connections are accepted with (swapped on reload).

@@ -334,7 +334,8 @@ pub(super) async fn sip_loop(
                 let t = now().as_micros();
                 let silent: Vec<DialogId> = sessions
                     .iter()
-                    .filter(|(_, s)| t - s.last_rtp.load(Ordering::Relaxed) > limit)
+                    // (A paused session sends nothing by design.)
+                    .filter(|(_, s)| !s.held && t - s.last_rtp.load(Ordering::Relaxed) > limit)
                     .map(|(d, _)| d.clone())
                     .collect();
                 for d in silent {
@@ -415,6 +416,7 @@ pub(super) async fn sip_loop(
                         line_ports: Vec::new(),
                         peer: from,
                         sdp: String::new(),
+                        held: pbx_core::sip::siprec::offer_sends_nothing(&offer),
                     };
                     match answer_for(&offer, &mut session, &mut ports, local.ip(), from) {
                         Ok(answer) => {
@@ -455,6 +457,15 @@ pub(super) async fn sip_loop(
                                 Ok(answer) => {
                                     uas.accept(&dialog, &answer, at);
                                     session.sdp = answer;
+                                    let held = pbx_core::sip::siprec::offer_sends_nothing(&offer);
+                                    if session.held && !held {
+                                        // Resumed: the media timeout counts
+                                        // from now, not from before the pause.
+                                        session
+                                            .last_rtp
+                                            .fetch_max(at.as_micros(), Ordering::Relaxed);
+                                    }
+                                    session.held = held;
                                 }
                                 Err(why) => {
                                     // Refused: the session stays as it was

@@ -143,6 +143,10 @@ pub(super) struct Call {
     /// (sendonly, recvonly, inactive, `c=0.0.0.0`): silence for a while is
     /// expected, and the media timeout is [`HOLD_TIMEOUT_US`].
     pub(super) on_hold: bool,
+    /// When the dialog last came off hold: its media timeout counts from
+    /// here or the last packet, whichever is later (a hold of an hour,
+    /// then a resume whose media take a moment, is not a dead call).
+    pub(super) resumed_at: Timestamp,
 }
 
 /// How long a call on hold (by its SDP) may go without media before it
@@ -151,6 +155,11 @@ pub(super) struct Call {
 pub(super) const HOLD_TIMEOUT_US: i64 = 3_600_000_000;
 
 impl Call {
+    /// Since when the call has been quiet, for its media timeout.
+    pub(super) fn quiet_since(&self) -> Timestamp {
+        self.last_rtp.max(self.resumed_at)
+    }
+
     /// Its media timeout: `rtp_timeout_us`, or [`HOLD_TIMEOUT_US`] on hold.
     pub(super) fn media_timeout_us(&self, rtp_timeout_us: i64) -> i64 {
         if self.on_hold {
@@ -438,6 +447,7 @@ impl Tracker {
             ids: BTreeMap::new(),
             signalling: None,
             on_hold: false,
+            resumed_at: ts,
             warnings: if initial {
                 Vec::new()
             } else {
@@ -467,14 +477,22 @@ impl Tracker {
             return;
         };
         let siprec = call.siprec.clone();
+        let was_on_hold = call.on_hold;
         if siprec.is_none() && !self.cfg.siprec_server {
-            // A SIPREC offer is always sendonly: not a hold.
             let mut audio = sdp
                 .media
                 .iter()
                 .filter(|m| m.media.eq_ignore_ascii_case("audio") && !m.is_rejected())
                 .peekable();
             call.on_hold = audio.peek().is_some() && audio.all(|m| m.is_on_hold(sdp));
+        } else if is_request {
+            // A SIPREC offer is always sendonly: its hold (a pause of the
+            // recording, RFC 7866 §7.1.1.2) is an offer sending nothing.
+            // Only the SRC's offer says so (our answer mirrors it).
+            call.on_hold = crate::sip::siprec::offer_sends_nothing(sdp);
+        }
+        if was_on_hold && !call.on_hold {
+            call.resumed_at = self.now;
         }
         let mut first_audio: Option<Codec> = None;
         for (i, m) in sdp.media.iter().enumerate() {

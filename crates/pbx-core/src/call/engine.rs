@@ -301,7 +301,7 @@ impl Tracker {
                     done.push((*k, *r))
                 }
                 (_, Some(_))
-                    if now.micros_since(c.last_rtp)
+                    if now.micros_since(c.quiet_since())
                         >= c.media_timeout_us(self.cfg.rtp_timeout_us) =>
                 {
                     done.push((*k, EndReason::RtpTimeout))
@@ -350,7 +350,7 @@ impl Tracker {
                     * 1000,
             ),
             (_, Some(_)) => c
-                .last_rtp
+                .quiet_since()
                 .add_micros(c.media_timeout_us(self.cfg.rtp_timeout_us)),
             (_, None) => c.last_sip.add_micros(self.cfg.setup_timeout_us),
         }

@@ -30,6 +30,7 @@ fn session() -> Session {
         line_ports: Vec::new(),
         peer: "127.0.0.1:5060".parse().unwrap(),
         sdp: String::new(),
+        held: false,
     }
 }
 

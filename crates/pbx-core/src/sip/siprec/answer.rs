@@ -62,6 +62,26 @@ pub fn answer_sdp(
     s
 }
 
+/// Whether an SRC's offer sends no audio at all: every audio m-line not
+/// rejected is inactive or recvonly (or `c=0.0.0.0`), and there is one. A
+/// paused recording session (RFC 7866 §7.1.1.2: the SRC puts its streams
+/// inactive while it pauses, for a card number or a hold) is silent by
+/// design, not a media failure: no media timeout ends it.
+pub fn offer_sends_nothing(offer: &SessionDescription) -> bool {
+    let mut audio = offer
+        .media
+        .iter()
+        .filter(|m| m.media.eq_ignore_ascii_case("audio") && !m.is_rejected())
+        .peekable();
+    audio.peek().is_some()
+        && audio.all(|m| {
+            matches!(
+                m.effective_direction(offer),
+                Direction::Inactive | Direction::RecvOnly
+            )
+        })
+}
+
 /// The first codec of `m`'s offer list that the recorder decodes, if any: a
 /// line without one is rejected in the answer (and gets no RTP port).
 pub fn decodable_codec(m: &MediaDescription) -> Option<RtpMap> {

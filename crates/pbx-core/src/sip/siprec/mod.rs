@@ -70,7 +70,7 @@ mod metadata;
 mod tests;
 mod xml;
 
-pub use answer::{answer_sdp, decodable_codec};
+pub use answer::{answer_sdp, decodable_codec, offer_sends_nothing};
 pub use body::{is_siprec_request, parts_to_siprec, siprec_parts};
 pub use channel::{assign_streams, PartyBasis, StreamAssignment, StreamMatch};
 pub use metadata::{number_of, parse_metadata};
