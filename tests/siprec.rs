@@ -1888,3 +1888,222 @@ fn a_paused_session_outlives_rtp_timeout_and_resumes() {
         );
     }
 }
+
+/// The metadata of Alice (caller, m-line 1 by label "1") and Bob
+/// (callee, m-line 0 by label "2") in another order or mode.
+fn metadata_doc(mode: &str, body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>{mode}</datamode>
+{body}
+</recording>"#
+    )
+}
+
+/// Real time RTP on the two answered streams: m-line 1 carries `alice`
+/// throughout, m-line 0 `bob` then, from packet `switch` on, `carol` (a
+/// transfer at the SBC: a new source, a new SSRC, on the same stream).
+fn send_transfer_rtp(
+    ports: Vec<u16>,
+    alice: Vec<i16>,
+    bob: Vec<i16>,
+    carol: Vec<i16>,
+    switch: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut enc = [Encoder::new(TestCodec::Pcmu), Encoder::new(TestCodec::Pcmu)];
+        let t = Instant::now();
+        for i in 0..alice.len() / 160 {
+            if let Some(w) = Duration::from_millis(20 * i as u64).checked_sub(t.elapsed()) {
+                std::thread::sleep(w);
+            }
+            let frame = |a: &[i16]| a[i * 160..(i + 1) * 160].to_vec();
+            let (b, ssrc) = if i < switch {
+                (frame(&bob), 0xb0b)
+            } else {
+                (frame(&carol), 0xca501)
+            };
+            for (line, (audio, ssrc)) in [(b, ssrc), (frame(&alice), 0xa11ce)]
+                .into_iter()
+                .enumerate()
+            {
+                let pkt = rtp_packet(
+                    0,
+                    i == 0,
+                    i as u16,
+                    (i * 160) as u32,
+                    ssrc,
+                    &enc[line].encode(&audio),
+                );
+                sock.send_to(&pkt, ("127.0.0.1", ports[line])).unwrap();
+            }
+        }
+    })
+}
+
+/// Metadata updates during a call (RFC 7866 §9): a partial update after a
+/// transfer names only the new party (Carol, now sending Bob's stream), a
+/// complete one later lists Carol before Alice. Neither moves a stream to
+/// the other channel (before: the partial update put both streams on the
+/// caller's channel and one was dropped; the complete one swapped the
+/// channels mid-call). The call's parties stay the ones first named.
+#[test]
+fn metadata_updates_never_move_a_stream_to_the_other_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "transfer@src";
+    src.send(&invite(
+        call_id,
+        src.port(),
+        srs,
+        [40400, 40402],
+        1,
+        "t1",
+        &metadata(call_id),
+    ));
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 1, "", ""));
+    let (alice, bob, carol) = (
+        speechlike(31, 3000, 8000),
+        speechlike(32, 1000, 8000),
+        speechlike(33, 3000, 8000),
+    );
+    let rtp = send_transfer_rtp(ports.clone(), alice.clone(), bob.clone(), carol.clone(), 50);
+    let reinvite = |cseq: u32, md: &str| {
+        let m = invite(
+            call_id,
+            src.port(),
+            srs,
+            [40400, 40402],
+            cseq,
+            &format!("t{cseq}"),
+            md,
+        )
+        .replace(
+            &format!("To: <sip:srs@{srs}>\r\n"),
+            &format!("To: {to}\r\n"),
+        );
+        with_content_length(&m)
+    };
+    std::thread::sleep(Duration::from_millis(1100));
+    let partial = metadata_doc(
+        "partial",
+        r#"  <participant participant_id="UEFSVDM="><nameID aor="sip:+15553003@pbx.example"><name>Carol</name></nameID></participant>
+  <participantstreamassoc participant_id="UEFSVDM="><send>U1RSMg==</send><recv>U1RSMQ==</recv></participantstreamassoc>"#,
+    );
+    src.send(&reinvite(2, &partial));
+    let r = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert_eq!(answer_ports(&r), ports);
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 2, "", ""));
+    std::thread::sleep(Duration::from_millis(900));
+    let reordered = metadata_doc(
+        "complete",
+        r#"  <participant participant_id="UEFSVDM="><nameID aor="sip:+15553003@pbx.example"><name>Carol</name></nameID></participant>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <stream stream_id="U1RSMg==" session_id="c2Vzc2lvbjE="><label>2</label></stream>
+  <participantstreamassoc participant_id="UEFSVDM="><send>U1RSMg==</send><recv>U1RSMQ==</recv></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send><recv>U1RSMg==</recv></participantstreamassoc>"#,
+    );
+    src.send(&reinvite(3, &reordered));
+    let r = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 3, "", ""));
+    rtp.join().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 4, "", ""));
+    assert!(final_response_no_bye(&src, "BYE", call_id).starts_with("SIP/2.0 200"));
+    let (j, json) = wait_recording_of(&d, call_id);
+    assert_eq!(j["from"]["number"], "+15551001", "{j}");
+    assert_eq!(j["to"]["number"], "+15552002", "{j}");
+    let (_, ch) = pbx_testgen::audio::read_stereo_wav(&json.with_extension("wav")).unwrap();
+    for c in 0..2 {
+        assert_eq!(j["channels"][c]["packets"], 150, "{j}");
+    }
+    // Channel 0: Alice for all 3 s; channel 1: Bob's second, then Carol.
+    let check = |c: usize, from: usize, truth: &[i16], who: &str| {
+        let got = &ch[c][from..from + 8000];
+        let (lag, corr) = best_lag(got, &truth[from..from + 8000], 160);
+        assert!(
+            lag.abs() <= 16 && corr > 0.95,
+            "channel {c} at {from}: not {who} ({lag}, {corr:.3})"
+        );
+    };
+    for from in [0, 8000, 16000] {
+        check(0, from, &alice, "Alice");
+    }
+    check(1, 0, &bob, "Bob");
+    check(1, 8000, &carol, "Carol");
+    check(1, 16000, &carol, "Carol");
+}
+
+/// A SIPREC INVITE without metadata, its metadata in a later UPDATE
+/// alone (RFC 7866 §9.1, `application/rs-metadata+xml`): the metadata
+/// decides the channels and the parties (before: it was ignored, the
+/// channels stayed in m-line order and the parties the SRC's own From/To).
+#[test]
+fn metadata_sent_alone_after_the_invite_decides_the_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "late-metadata@src";
+    // The INVITE with the SDP part only.
+    let inv = invite(
+        call_id,
+        src.port(),
+        srs,
+        [40500, 40502],
+        1,
+        "l1",
+        &metadata(call_id),
+    );
+    let cut_from = inv
+        .find(&format!(
+            "\r\n--{BOUNDARY}\r\nContent-Type: application/rs-metadata+xml"
+        ))
+        .unwrap();
+    let inv = with_content_length(&format!("{}\r\n--{BOUNDARY}--\r\n", &inv[..cut_from]));
+    src.send(&inv);
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 1, "", ""));
+    src.send(&in_dialog(
+        &src,
+        srs,
+        call_id,
+        &to,
+        "UPDATE",
+        2,
+        "Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n",
+        &metadata(call_id),
+    ));
+    assert!(final_response_no_bye(&src, "UPDATE", call_id).starts_with("SIP/2.0 200"));
+    std::thread::sleep(Duration::from_millis(100));
+    let (alice, bob) = (speechlike(41, 1000, 8000), speechlike(42, 1000, 8000));
+    send_transfer_rtp(ports, alice.clone(), bob.clone(), bob.clone(), 50)
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 3, "", ""));
+    assert!(final_response_no_bye(&src, "BYE", call_id).starts_with("SIP/2.0 200"));
+    let (j, json) = wait_recording_of(&d, call_id);
+    assert_eq!(j["from"]["number"], "+15551001", "{j}");
+    assert_eq!(j["to"]["number"], "+15552002", "{j}");
+    let (_, ch) = pbx_testgen::audio::read_stereo_wav(&json.with_extension("wav")).unwrap();
+    for (c, truth) in [(0, &alice), (1, &bob)] {
+        let (lag, corr) = best_lag(&ch[c][..8000], &truth[..8000], 160);
+        assert!(
+            lag.abs() <= 16 && corr > 0.95,
+            "channel {c}: ({lag}, {corr:.3})"
+        );
+    }
+}

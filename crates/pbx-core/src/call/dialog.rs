@@ -18,7 +18,10 @@ use crate::call::pause::PauseState;
 use crate::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
-use crate::sip::siprec::{assign_streams, is_siprec_request, siprec_parts};
+use crate::sip::siprec::{
+    assign_streams, is_siprec_request, metadata_without_sdp, siprec_parts, RecordingSession,
+    SiprecError,
+};
 use crate::Timestamp;
 
 use super::{engine::*, leg::*};
@@ -129,6 +132,8 @@ pub(super) struct Call {
     pub(super) srtp: Option<&'static str>,
     /// SIPREC recording session: the party of each SDP m-line.
     pub(super) siprec: Option<Vec<Option<Party>>>,
+    /// SIPREC: the metadata so far and the offer it was applied to.
+    pub(super) siprec_state: Option<Box<SiprecState>>,
     /// SIPREC: the recorded call's parties and Call-ID from the metadata.
     pub(super) rec_caller: Option<NameAddr>,
     pub(super) rec_callee: Option<NameAddr>,
@@ -147,6 +152,72 @@ pub(super) struct Call {
     /// here or the last packet, whichever is later (a hold of an hour,
     /// then a resume whose media take a moment, is not a dead call).
     pub(super) resumed_at: Timestamp,
+}
+
+/// A SIPREC session's metadata so far, and the offer its streams were
+/// last assigned against (a later request may carry metadata alone).
+#[derive(Debug, Default)]
+pub(super) struct SiprecState {
+    /// Every metadata document so far, partial updates merged in.
+    meta: Option<RecordingSession>,
+    /// The last offer's m-lines (kind, port and label only).
+    lines: SessionDescription,
+    /// The m-lines' parties come from metadata (not the m-line order
+    /// guess): a line keeps its party for the rest of the call.
+    from_metadata: bool,
+    /// Per m-line: the SRC's address from the offer and ours from the
+    /// answer (metadata alone moves a line to its party here).
+    eps: Vec<[Option<SocketAddr>; 2]>,
+}
+
+/// `ep` is where `side` is reached: packets to it are the other party's.
+fn register_endpoint(
+    endpoints: &mut FxHashMap<SocketAddr, (CallKey, Party)>,
+    s: &mut SideMedia,
+    key: CallKey,
+    ep: SocketAddr,
+    side: Party,
+) {
+    if !s.endpoints.contains(&ep) {
+        if s.endpoints.len() >= 16 {
+            // The oldest goes from the call-wide map too (it would point
+            // at this call after its end, and a later call's packets to it
+            // would be lost).
+            let old = s.endpoints.remove(0);
+            if endpoints.get(&old).is_some_and(|(k, _)| *k == key) {
+                endpoints.remove(&old);
+            }
+        }
+        s.endpoints.push(ep);
+    }
+    endpoints.insert(ep, (key, side));
+}
+
+/// The offer's m-lines as far as the channel rule reads them.
+fn stream_lines(sdp: &SessionDescription) -> SessionDescription {
+    SessionDescription {
+        media: sdp
+            .media
+            .iter()
+            .map(|m| crate::sip::sdp::MediaDescription {
+                media: m.media.clone(),
+                port: m.port,
+                port_count: m.port_count,
+                proto: String::new(),
+                formats: Vec::new(),
+                connection: None,
+                rtpmaps: Vec::new(),
+                fmtp: Vec::new(),
+                direction: None,
+                label: m.label.clone(),
+                crypto: Vec::new(),
+                rtcp_mux: false,
+                ptime: None,
+                attributes: Vec::new(),
+            })
+            .collect(),
+        ..SessionDescription::default()
+    }
 }
 
 /// How long a call on hold (by its SDP) may go without media before it
@@ -374,9 +445,16 @@ impl Tracker {
             .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"));
         let siprec_call = self.calls.get(&key).is_some_and(|c| c.siprec.is_some());
         let says_siprec = self.cfg.siprec_server || is_siprec_request(&msg) || siprec_call;
+        // (Metadata alone, RFC 7866 §9.1, updates a recording session.)
+        let metadata_alone = siprec_call
+            && msg.media_type().is_some_and(|t| {
+                t.to_ascii_lowercase()
+                    .starts_with("application/rs-metadata")
+            });
         let is_siprec_offer = msg.is_request()
             && matches!(msg.method(), Some(Method::Invite | Method::Update))
             && ((multipart && (says_siprec || has_metadata_part(&msg.body)))
+                || metadata_alone
                 || (sdp_body.is_some() && (self.cfg.siprec_server || is_siprec_request(&msg))));
         if is_siprec_offer {
             if let Some(sdp) = self.apply_siprec_metadata(key, &msg) {
@@ -440,6 +518,7 @@ impl Tracker {
             zrtp: false,
             srtp: None,
             siprec: None,
+            siprec_state: None,
             rec_caller: None,
             rec_callee: None,
             recorded_call_id: None,
@@ -566,7 +645,6 @@ impl Tracker {
                     }
                 }
             }
-            let s = &mut call.sides[reg_side.channel()];
             if m.port == 0 {
                 continue;
             }
@@ -575,19 +653,22 @@ impl Tracker {
                     continue; // RFC 2543 hold: no address
                 }
                 let ep = SocketAddr::new(addr, m.port);
-                if !s.endpoints.contains(&ep) {
-                    if s.endpoints.len() >= 16 {
-                        // The oldest goes from the call-wide map too (it
-                        // would point at this call after its end, and a
-                        // later call's packets to it would be lost).
-                        let old = s.endpoints.remove(0);
-                        if self.endpoints.get(&old).is_some_and(|(k, _)| *k == key) {
-                            self.endpoints.remove(&old);
-                        }
+                register_endpoint(
+                    &mut self.endpoints,
+                    &mut call.sides[reg_side.channel()],
+                    key,
+                    ep,
+                    reg_side,
+                );
+                // A SIPREC line's addresses, for metadata that comes alone.
+                if let (Some(_), Some(st)) = (&siprec, call.siprec_state.as_deref_mut()) {
+                    if st.eps.len() <= i && i < crate::sip::siprec::MAX_STREAMS {
+                        st.eps.resize(i + 1, [None; 2]);
                     }
-                    s.endpoints.push(ep);
+                    if let Some(slot) = st.eps.get_mut(i) {
+                        slot[usize::from(!is_request)] = Some(ep);
+                    }
                 }
-                self.endpoints.insert(ep, (key, reg_side));
             }
         }
         if first_audio.is_some() {
@@ -609,17 +690,26 @@ impl Tracker {
         key: CallKey,
         msg: &SipMessage,
     ) -> Option<SessionDescription> {
-        let (sdp, session) = siprec_parts(msg).ok()?;
+        let (sdp, session) = match siprec_parts(msg) {
+            Ok((sdp, session)) => (Some(sdp), session),
+            // Metadata alone (RFC 7866 §9.1): applied to the offer in force.
+            Err(SiprecError::NoSdp) => (None, metadata_without_sdp(msg).ok().flatten()),
+            Err(_) => return None,
+        };
         let call = self.calls.get_mut(&key)?;
+        let state = call.siprec_state.get_or_insert_with(Box::default);
+        let previous = std::mem::take(&mut state.lines);
+        state.lines = sdp.as_ref().map_or_else(|| previous.clone(), stream_lines);
         let Some(session) = session else {
-            if call.siprec.is_some() {
-                return None; // the metadata's assignment stays
+            if call.siprec.is_some() || sdp.is_none() {
+                return sdp; // the metadata's assignment stays
             }
             // No metadata (yet: RFC 7866 lets it come in a later request):
             // the audio m-lines in order, the first the caller's. Metadata
             // arriving later replaces this.
             let mut next = [Party::Caller, Party::Callee].into_iter();
-            let parties = sdp
+            let parties = state
+                .lines
                 .media
                 .iter()
                 .map(|m| {
@@ -634,11 +724,19 @@ impl Tracker {
                 "SIPREC offer without metadata: channel 0 is the first audio stream of the SDP, channel 1 the second".to_string(),
             );
             call.siprec = Some(parties);
-            return Some(sdp);
+            return sdp;
         };
-        match assign_streams(&sdp, &session) {
+        // A partial update is merged into what is known (RFC 7865 §6.1).
+        let merged = match state.meta.take() {
+            Some(mut m) => {
+                m.update(session);
+                m
+            }
+            None => session,
+        };
+        match assign_streams(&state.lines, &merged) {
             Ok(assign) => {
-                let n = sdp.media.len();
+                let n = state.lines.media.len();
                 let mut parties = vec![None; n];
                 for a in &assign {
                     if let Some(slot) = parties.get_mut(a.m_line) {
@@ -648,30 +746,72 @@ impl Tracker {
                         push_warning(&mut call.warnings, w.clone());
                     }
                 }
-                call.siprec = Some(parties);
-                for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
-                    let pid = assign
-                        .iter()
-                        .find(|a| a.party == Some(party))
-                        .and_then(|a| a.participant.clone());
-                    if let Some(p) =
-                        pid.and_then(|id| session.participants.iter().find(|p| p.id == id))
-                    {
-                        let na = NameAddr {
-                            display_name: p.name.clone(),
-                            uri: p.aor.clone().unwrap_or_default(),
-                            user: p.number.clone(),
-                            host: None,
-                            tag: None,
-                        };
-                        if slot == 0 {
-                            call.rec_caller = Some(na);
-                        } else {
-                            call.rec_callee = Some(na);
+                // The channels never swap mid-call: a stream whose party
+                // metadata decided keeps it (a later document may name its
+                // participants in another order, or a transferred party
+                // first); only new streams are placed by the new document.
+                if state.from_metadata {
+                    if let Some(old) = &call.siprec {
+                        for (i, slot) in parties.iter_mut().enumerate() {
+                            let same_stream = previous.media.get(i).is_some_and(|m| {
+                                m.label == state.lines.media[i].label && m.port != 0
+                            });
+                            if let Some(p) = old.get(i).copied().flatten().filter(|_| same_stream) {
+                                *slot = Some(p);
+                            }
                         }
                     }
                 }
-                if let Some(cid) = &session.call_id_hint {
+                state.from_metadata = true;
+                for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
+                    // Who speaks on the channel now (the sender of its stream).
+                    let pid = assign
+                        .iter()
+                        .find(|a| parties.get(a.m_line).copied().flatten() == Some(party))
+                        .and_then(|a| a.participant.clone());
+                    if let Some(p) =
+                        pid.and_then(|id| merged.participants.iter().find(|p| p.id == id))
+                    {
+                        let known = if slot == 0 {
+                            &mut call.rec_caller
+                        } else {
+                            &mut call.rec_callee
+                        };
+                        // The parties are the ones first named (a transfer
+                        // does not rename the call's caller or callee).
+                        if known.is_none() {
+                            *known = Some(NameAddr {
+                                display_name: p.name.clone(),
+                                uri: p.aor.clone().unwrap_or_default(),
+                                user: p.number.clone(),
+                                host: None,
+                                tag: None,
+                            });
+                        }
+                    }
+                }
+                if sdp.is_none() {
+                    // No offer comes to apply this: the lines' addresses
+                    // go to their parties now.
+                    for (i, eps) in state.eps.iter().enumerate() {
+                        let Some(p) = parties.get(i).copied().flatten() else {
+                            continue;
+                        };
+                        for (ep, side) in eps.iter().zip([p, p.other()]) {
+                            if let Some(ep) = ep {
+                                register_endpoint(
+                                    &mut self.endpoints,
+                                    &mut call.sides[side.channel()],
+                                    key,
+                                    *ep,
+                                    side,
+                                );
+                            }
+                        }
+                    }
+                }
+                call.siprec = Some(parties);
+                if let Some(cid) = &merged.call_id_hint {
                     call.recorded_call_id = Some(cid.clone());
                 }
             }
@@ -682,7 +822,8 @@ impl Tracker {
                 );
             }
         }
-        Some(sdp)
+        state.meta = Some(merged);
+        sdp
     }
 }
 

@@ -47,6 +47,25 @@ pub fn siprec_parts(
     Err(SiprecError::NoSdp)
 }
 
+/// The recording metadata of a request that carries no SDP (RFC 7866 §9.1:
+/// an UPDATE or re-INVITE may carry only metadata, as the whole body or
+/// as the only part of a multipart body). `Ok(None)` when there is none.
+pub fn metadata_without_sdp(msg: &SipMessage) -> Result<Option<RecordingSession>, SiprecError> {
+    let media_type = msg.media_type().unwrap_or_default().to_ascii_lowercase();
+    if media_type.starts_with("multipart/") {
+        let ct = msg.content_type.as_deref().unwrap_or_default();
+        let parts = crate::sip::multipart::split_multipart(ct, &msg.body)?;
+        return match parts.iter().find(|p| is_metadata_part(p)) {
+            Some(p) => Ok(Some(parse_metadata(&p.body)?)),
+            None => Ok(None),
+        };
+    }
+    if media_type == "application/rs-metadata+xml" || media_type == "application/rs-metadata" {
+        return Ok(Some(parse_metadata(&msg.body)?));
+    }
+    Ok(None)
+}
+
 /// [`siprec_parts`] on already split parts (e.g. from
 /// [`crate::sip::multipart::split_multipart`]).
 pub fn parts_to_siprec(

@@ -71,7 +71,7 @@ mod tests;
 mod xml;
 
 pub use answer::{answer_sdp, decodable_codec, offer_sends_nothing};
-pub use body::{is_siprec_request, parts_to_siprec, siprec_parts};
+pub use body::{is_siprec_request, metadata_without_sdp, parts_to_siprec, siprec_parts};
 pub use channel::{assign_streams, PartyBasis, StreamAssignment, StreamMatch};
 pub use metadata::{number_of, parse_metadata};
 use xml::*;
@@ -187,5 +187,75 @@ impl RecordingSession {
     /// The stream with that id.
     pub fn stream(&self, id: &str) -> Option<&StreamInfo> {
         self.streams.iter().find(|s| s.id == id)
+    }
+
+    /// Whether the document is a partial update (`<datamode>partial`, RFC
+    /// 7865 §6.1: it carries only what changed).
+    pub fn is_partial(&self) -> bool {
+        self.data_mode
+            .as_deref()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("partial"))
+    }
+
+    /// Takes in a later metadata document of the same recording session: a
+    /// complete one replaces this, a partial one is merged into it (RFC
+    /// 7866 §9): participants and streams by id (what the update gives
+    /// replaces, what it does not stays; new ones are added after the
+    /// known ones, so the metadata order that decides the caller is
+    /// kept), and a stream the update says a participant sends is no
+    /// longer sent by anyone else (a transfer moves a stream to its new
+    /// party). Never grows past [`MAX_PARTICIPANTS`] / [`MAX_STREAMS`].
+    pub fn update(&mut self, update: RecordingSession) {
+        if !update.is_partial() {
+            *self = update;
+            return;
+        }
+        for p in update.participants {
+            if !p.send.is_empty() {
+                for other in self.participants.iter_mut().filter(|o| o.id != p.id) {
+                    other.send.retain(|s| !p.send.contains(s));
+                }
+            }
+            let room = self.participants.len() < MAX_PARTICIPANTS;
+            match self.participants.iter_mut().find(|o| o.id == p.id) {
+                Some(o) => {
+                    o.name = p.name.or(o.name.take());
+                    o.aor = p.aor.or(o.aor.take());
+                    o.number = p.number.or(o.number.take());
+                    if !p.send.is_empty() {
+                        o.send = p.send;
+                    }
+                    if !p.recv.is_empty() {
+                        o.recv = p.recv;
+                    }
+                }
+                None if room => self.participants.push(p),
+                None => {}
+            }
+        }
+        for st in update.streams {
+            let room = self.streams.len() < MAX_STREAMS;
+            match self.streams.iter_mut().find(|o| o.id == st.id) {
+                Some(o) => {
+                    if !st.label.is_empty() {
+                        o.label = st.label;
+                    }
+                    o.session = st.session.or(o.session.take());
+                }
+                None if room => self.streams.push(st),
+                None => {}
+            }
+        }
+        let keep = |new: Option<String>, old: &mut Option<String>| {
+            if new.is_some() {
+                *old = new;
+            }
+        };
+        keep(update.session_id, &mut self.session_id);
+        keep(update.call_id_hint, &mut self.call_id_hint);
+        keep(update.from_hdr, &mut self.from_hdr);
+        keep(update.to_hdr, &mut self.to_hdr);
+        keep(update.group_id, &mut self.group_id);
+        keep(update.associate_time, &mut self.associate_time);
     }
 }

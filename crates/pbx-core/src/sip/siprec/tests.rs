@@ -890,6 +890,53 @@ fn answer_sdp_sdes() {
     assert_eq!(a.media[3].proto, "RTP/AVP");
 }
 
+/// A partial update merges by id (a stream it gives a participant is no
+/// longer anyone else's; what it leaves out stays); a complete one replaces;
+/// the merged document never grows past the limits.
+#[test]
+fn metadata_updates_merge_partial_and_replace_complete() {
+    let doc = |mode: &str, body: &str| {
+        parse_metadata(format!("<recording xmlns='urn:ietf:params:xml:ns:recording:1'><datamode>{mode}</datamode>{body}</recording>").as_bytes()).unwrap()
+    };
+    let mut m = doc(
+        "complete",
+        "<participant participant_id='a'><nameID aor='sip:1@h'><name>A</name></nameID></participant>\
+         <participant participant_id='b'><nameID aor='sip:2@h'/></participant>\
+         <stream stream_id='s1'><label>1</label></stream><stream stream_id='s2'><label>2</label></stream>\
+         <participantstreamassoc participant_id='a'><send>s1</send></participantstreamassoc>\
+         <participantstreamassoc participant_id='b'><send>s2</send></participantstreamassoc>",
+    );
+    let partial = doc(
+        "partial",
+        "<participant participant_id='c'><nameID aor='sip:3@h'/></participant>\
+         <participantstreamassoc participant_id='c'><send>s2</send></participantstreamassoc>",
+    );
+    assert!(partial.is_partial());
+    m.update(partial);
+    let ids: Vec<&str> = m.participants.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(m.participant("a").unwrap().send, ["s1"]);
+    assert!(m.participant("b").unwrap().send.is_empty());
+    assert_eq!(m.participant("c").unwrap().send, ["s2"]);
+    assert_eq!(m.participant("a").unwrap().name.as_deref(), Some("A"));
+    assert_eq!(m.streams.len(), 2);
+    // The streams still go to A (caller) and now C.
+    let a = assign_streams(&sdp_with_labels(&["1", "2"]), &m).unwrap();
+    assert_eq!(a[0].participant.as_deref(), Some("a"));
+    assert_eq!(a[1].participant.as_deref(), Some("c"));
+    // Many partial updates adding participants: bounded.
+    for i in 0..2 * MAX_PARTICIPANTS {
+        m.update(doc(
+            "partial",
+            &format!("<participant participant_id='x{i}'/>"),
+        ));
+    }
+    assert_eq!(m.participants.len(), MAX_PARTICIPANTS);
+    // A complete document replaces everything.
+    m.update(doc("complete", "<participant participant_id='z'/>"));
+    assert_eq!(m.participants.len(), 1);
+}
+
 proptest::proptest! {
     #[test]
     fn metadata_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
