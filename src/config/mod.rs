@@ -721,6 +721,16 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut w = self.secret_file_warnings();
         w.extend(self.capacity_warnings());
+        let r = &self.recording;
+        if !r.pause_dtmf.is_empty()
+            && !r.resume_dtmf.is_empty()
+            && r.resume_dtmf.chars().all(|c| c.is_ascii_digit())
+        {
+            w.push(format!(
+                "recording.resume_dtmf (\"{}\") is digits only: a card number keyed while paused may hold it and resume the recording on its own (only the leg that paused can resume; still, start the sequence with * or #)",
+                r.resume_dtmf
+            ));
+        }
         w
     }
 

@@ -405,3 +405,19 @@ fn a_port_range_too_small_for_max_calls_is_warned_about() {
     let off = parse("[sources.siprec]\nenabled = false\nmax_calls = 5000").unwrap();
     assert_eq!(off.capacity_warnings(), Vec::<String>::new());
 }
+
+/// A resume sequence of digits only is warned about (a card number keyed
+/// while paused may hold it); one with * or # is not.
+#[test]
+fn a_digits_only_resume_sequence_is_warned_about() {
+    let w = parse("[recording]\npause_dtmf = \"*1\"\nresume_dtmf = \"99\"")
+        .unwrap()
+        .warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("recording.resume_dtmf (\"99\") is digits only"),
+        "{w:?}"
+    );
+    let ok = parse("[recording]\npause_dtmf = \"*1\"\nresume_dtmf = \"*2\"").unwrap();
+    assert_eq!(ok.warnings(), Vec::<String>::new());
+}

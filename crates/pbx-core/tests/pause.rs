@@ -83,6 +83,9 @@ struct Plan {
     n: usize,
     /// Telephone-events negotiated: keys are RFC 4733; else in-band tones.
     te: bool,
+    /// Without `te`: the offer lists telephone-event all the same and the
+    /// answer drops it (the keys are in-band tones).
+    offer_te: bool,
     keys: Vec<Key>,
     acts: Vec<Act>,
     /// Network delay of packet k (both legs), µs.
@@ -133,7 +136,8 @@ fn voice(leg: usize, k: usize) -> u8 {
 fn packets(plan: &Plan) -> Vec<Op> {
     let d = Dialog::new(CALL_ID);
     let pts: &[u8] = if plan.te { &[0, 101] } else { &[0] };
-    let offer = sdp("10.0.0.1", 40000, pts, "sendrecv");
+    let offered: &[u8] = if plan.offer_te { &[0, 101] } else { pts };
+    let offer = sdp("10.0.0.1", 40000, offered, "sendrecv");
     let answer = sdp("10.0.0.2", 50000, pts, "sendrecv");
     let t = |ms: i64| T0_US + ms * 1000;
     let mut ops = vec![
@@ -380,6 +384,7 @@ fn card_plan(
         Plan {
             n: end + 150,
             te,
+            offer_te: false,
             keys,
             acts: Vec::new(),
             delays: Vec::new(),
@@ -425,8 +430,25 @@ fn rfc4733_card_number_between_sequences_leaves_no_trace() {
 
 #[test]
 fn inband_card_number_between_sequences_leaves_no_trace() {
-    for (leg, resume_leg) in [(0, 0), (1, 1), (1, 0)] {
-        let (plan, secret, _) = card_plan(false, leg, resume_leg);
+    // Keyed on the other leg, the resume sequence does not resume (the
+    // party keying a card number must not be able to end the pause): the
+    // call stays muted to its end.
+    let (plan, secret, _) = card_plan(false, 1, 0);
+    let paused = record(&plan, PAUSE, RESUME, true);
+    let meta = paused.meta.as_ref().unwrap();
+    assert_eq!(meta.pauses.len(), 1, "{:?}", meta.pauses);
+    assert_eq!(
+        meta.pauses[0].to_ms as i64,
+        meta.duration_ms() as i64,
+        "{:?}",
+        meta.pauses
+    );
+    let _ = secret;
+    for (leg, resume_leg, offer_te) in [(0, 0, false), (1, 1, false), (0, 0, true)] {
+        // (offer_te: an offer listing telephone-event that the answer
+        // dropped switched tone detection off: the card was recorded.)
+        let (mut plan, secret, _) = card_plan(false, leg, resume_leg);
+        plan.offer_te = offer_te;
         let reference = record(&plan, "", "", true);
         let paused = record(&plan, PAUSE, RESUME, true);
         // The reference holds every tone, the paused recording none of the
@@ -477,6 +499,7 @@ fn a_slow_pause_sequence_starts_at_the_first_frame_not_yet_written() {
     let plan = Plan {
         n: 400,
         te: true,
+        offer_te: false,
         keys,
         acts: Vec::new(),
         delays: Vec::new(),
@@ -495,6 +518,7 @@ fn api_pause_and_resume_are_sample_exact_at_the_time_asked() {
     let plan = Plan {
         n: 400,
         te: true,
+        offer_te: false,
         keys: Vec::new(),
         acts: vec![
             Act::Api(100, true),
@@ -528,6 +552,7 @@ fn sip_header_pauses_and_resumes() {
     let plan = Plan {
         n: 300,
         te: true,
+        offer_te: false,
         keys: Vec::new(),
         acts: vec![Act::Sip(50, true), Act::Sip(120, false)],
         delays: Vec::new(),
@@ -549,6 +574,7 @@ fn api_errors_and_calls_in_progress() {
     let plan = Plan {
         n: 100,
         te: true,
+        offer_te: false,
         keys: Vec::new(),
         acts: Vec::new(),
         delays: Vec::new(),
@@ -623,7 +649,7 @@ proptest! {
         } else {
             (0..n).map(|k| ((k as i64 * 7919) % 13) * 2000).collect()
         };
-        let plan = Plan { n, te, keys, acts: Vec::new(), delays };
+        let plan = Plan { n, te, offer_te: false, keys, acts: Vec::new(), delays };
         let reference = record(&plan, "", "", true);
         let paused = record(&plan, PAUSE, RESUME, true);
         check(&reference, &paused, &[frames_of(leg, card_at, resume_at - resume_gap)]);

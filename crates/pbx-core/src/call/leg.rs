@@ -556,12 +556,12 @@ impl Tracker {
         // timeline) on G.711 legs, when the call has no telephone-events and
         // pause/resume sequences are set.
         let sequences = !self.cfg.pause_dtmf.is_empty() || !self.cfg.resume_dtmf.is_empty();
-        let inband = sequences
-            && !call.sides.iter().any(|s| {
-                s.pt_map
-                    .values()
-                    .any(|c| matches!(c, Codec::TelephoneEvent { .. }))
-            });
+        // Per leg, below: a leg is listened to for tones until it has sent
+        // an RFC 4733 event (an offer listing telephone-event says nothing
+        // of what its answer kept, nor of what the other party sends: a
+        // card number keyed as tones on such a call went unmuted). A leg
+        // sending both hears a digit twice, which matches no more sequences.
+        let inband = sequences;
         let gap = SEQUENCE_GAP_MS * rate / 1000;
         // In pieces of at most a second, so a long pause resumed costs no
         // more memory than a second of audio.
@@ -579,7 +579,7 @@ impl Tracker {
                     .decoder
                     .as_ref()
                     .is_some_and(|d| matches!(d.codec, Codec::Pcmu | Codec::Pcma));
-                if inband && g711 {
+                if inband && g711 && leg.meta.dtmf_packets == 0 {
                     let mut found = Vec::new();
                     leg.inband
                         .get_or_insert_with(|| DtmfDetector::new(media.rate))

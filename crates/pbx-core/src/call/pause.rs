@@ -91,6 +91,11 @@ pub(super) struct PauseState {
     pub(super) closing: Option<Closing>,
     seq: [DigitSeq; 2],
     hidden: Vec<usize>,
+    /// The leg whose DTMF paused the call: only its digits resume it (the
+    /// other party keys the card number, and a card holding the resume
+    /// sequence, or a `#` after it, must not resume the recording). None
+    /// for a pause by the API or SIP: a resume sequence from either leg.
+    paused_on: Option<usize>,
 }
 
 /// The digits a DTMF sequence setting may hold.
@@ -122,6 +127,9 @@ impl PauseState {
         if self.muting() {
             return false;
         }
+        if by != PauseBy::Dtmf {
+            self.paused_on = None;
+        }
         self.spans.push(Span {
             from: at,
             to: None,
@@ -139,6 +147,7 @@ impl PauseState {
             return false;
         }
         self.closing = None;
+        self.paused_on = None;
         if let Some(s) = self.spans.last_mut() {
             s.to = Some(at.max(s.from));
         }
@@ -220,6 +229,9 @@ impl PauseState {
         if want.is_empty() || !is_dtmf_sequence(want) {
             return None;
         }
+        if muting && self.paused_on.is_some_and(|c| c != channel.min(1)) {
+            return None; // not the leg that paused
+        }
         let n = want.chars().count();
         if seq.digits.len() < n {
             return None;
@@ -235,11 +247,14 @@ impl PauseState {
             }
         }
         seq.digits.clear();
-        Some(if muting {
-            Trigger::Resume
-        } else {
-            Trigger::Pause { from: first }
-        })
+        if muting {
+            return Some(Trigger::Resume);
+        }
+        // Paused by this leg: digits either leg keyed before do not count
+        // towards the resume.
+        self.seq[1 - channel.min(1)].digits.clear();
+        self.paused_on = Some(channel.min(1));
+        Some(Trigger::Pause { from: first })
     }
 
     /// Whether a digit whose `dtmf` entry is `index` and which started at
@@ -346,9 +361,32 @@ mod tests {
         assert_eq!(t[2], Some(Trigger::Pause { from: 9600 }));
         assert!(p.pause(9600, PauseBy::Dtmf));
         assert!(p.is_paused());
-        // While paused only the resume sequence counts.
+        // While paused only the resume sequence counts, and only from the
+        // leg that paused: the other party keys the card number, which may
+        // hold the resume sequence (before, it resumed the recording).
         assert_eq!(key(&mut p, 1, "*1", 20000), vec![None, None]);
-        assert_eq!(key(&mut p, 0, "*2", 30000)[1], Some(Trigger::Resume));
+        assert_eq!(key(&mut p, 0, "4*2", 30000), vec![None, None, None]);
+        assert!(p.is_paused());
+        assert_eq!(key(&mut p, 1, "*2", 40000)[1], Some(Trigger::Resume));
+    }
+
+    /// Digits the other leg keyed just before the pause do not count towards
+    /// a resume; a pause by the API (no leg) is resumed from either leg.
+    #[test]
+    fn a_resume_counts_only_digits_of_the_pausing_leg_after_the_pause() {
+        let mut p = PauseState::default();
+        assert_eq!(key(&mut p, 0, "*", 0), vec![None]);
+        assert_eq!(
+            key(&mut p, 1, "*1", 1000)[1],
+            Some(Trigger::Pause { from: 1000 })
+        );
+        assert!(p.pause(1000, PauseBy::Dtmf));
+        // Leg 0's '*' before the pause and a '2' now: no resume.
+        assert_eq!(key(&mut p, 0, "2", 2000), vec![None]);
+        assert!(p.is_paused());
+        assert!(p.resume(5000));
+        assert!(p.pause(9000, PauseBy::Api));
+        assert_eq!(key(&mut p, 0, "*2", 10000)[1], Some(Trigger::Resume));
     }
 
     #[test]
