@@ -90,4 +90,24 @@ fn imported_calls_get_direction_roles_and_extension_from_their_numbers() {
             );
         }
     }
+    // With --config, its [roles] decide (they were ignored: the defaults
+    // were used): +15552002 is internal, 4-digit numbers are not.
+    let cfg = dir.path().join("pbx-edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[spool]\ndir = \"{}\"\n[roles]\ninternal_numbers = [\"+15552002\"]\nextension_length = \"\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let out2 = dir.path().join("out2");
+    let o = import(&[&cap], &out2, &["--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = recordings(&out2);
+    let j = &by_call_id(&recs, "ext@roles").json;
+    assert_eq!(j["direction"], "inbound", "{j}");
+    assert_eq!(j["channels"][1]["role"], "agent", "{j}");
+    let j = &by_call_id(&recs, "int@roles").json;
+    assert_eq!(j["direction"], "unknown", "{j}");
 }

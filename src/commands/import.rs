@@ -26,6 +26,18 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     let sample_rate = parse_rate(&args.sample_rate)?;
     let min_duration =
         parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
+    // With --config: its pause/resume DTMF sequences (recording.pause_dtmf,
+    // resume_dtmf) pause the imported calls as they would have live, and
+    // its [roles] say which channel is the agent's.
+    let (pause_dtmf, resume_dtmf, roles) = match &args.config {
+        Some(p) => {
+            let c = crate::config::Config::load(Some(p))
+                .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
+            let roles = crate::sources::handle::role_rules(&c);
+            (c.recording.pause_dtmf, c.recording.resume_dtmf, roles)
+        }
+        None => (String::new(), String::new(), Default::default()),
+    };
     let ctx = RecordingContext {
         agent_id: args.agent_id.clone().unwrap_or_else(hostname),
         source: "pcap",
@@ -33,23 +45,13 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         // `import --out DIR` writes plain files for the operator.
         seal: None,
         tap: None,
-        roles: Default::default(),
+        roles,
     };
     let mut out = RecordingDir::new(&args.out, ctx)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
     // A capture file can be imported again: no need to write each chunk
     // through for crash safety.
     out.set_write_through(false);
-    // With --config: its pause/resume DTMF sequences (recording.pause_dtmf,
-    // resume_dtmf) pause the imported calls as they would have live.
-    let (pause_dtmf, resume_dtmf) = match &args.config {
-        Some(p) => {
-            let c = crate::config::Config::load(Some(p))
-                .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
-            (c.recording.pause_dtmf, c.recording.resume_dtmf)
-        }
-        None => (String::new(), String::new()),
-    };
     let mut engine = CallEngine::new(EngineConfig {
         sample_rate,
         jitter_ms: args.jitter_ms,

@@ -656,3 +656,59 @@ proptest! {
         prop_assert_eq!(paused.meta.as_ref().unwrap().pauses.len(), 1);
     }
 }
+
+/// A pause asked for by an id the PBX gave the call (here Asterisk's
+/// linkedid, as a desktop application knows it) pauses every call in
+/// progress carrying it: a PBX bridging two legs has a recording of each,
+/// and the card number must be muted in both (before: 404, the engine knew
+/// only each recording session's own Call-ID and recording id).
+#[test]
+fn a_pause_by_the_pbx_id_pauses_every_leg_carrying_it() {
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = Sink::default();
+    for (n, call_id) in ["leg-a@pbx", "leg-b@pbx"].iter().enumerate() {
+        let d = Dialog::new(call_id);
+        let offer = sdp("10.0.0.1", 40000 + 10 * n as u16, &[0], "sendrecv");
+        let answer = sdp("10.0.0.2", 50000 + 10 * n as u16, &[0], "sendrecv");
+        let invite = String::from_utf8(d.request("INVITE", 1, true, Some(&offer)))
+            .unwrap()
+            .replacen(
+                "User-Agent",
+                "X-Asterisk-Linkedid: 1790000000.42\r\nUser-Agent",
+                1,
+            );
+        let t = T0_US + n as i64 * 1000;
+        for (at, src, dst, data) in [
+            (t, caller_sip(), callee_sip(), invite.into_bytes()),
+            (
+                t + 100,
+                callee_sip(),
+                caller_sip(),
+                d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+            ),
+        ] {
+            engine.handle_segment(
+                &Segment {
+                    ts: Timestamp::from_micros(at),
+                    src,
+                    dst,
+                    transport: Transport::Udp,
+                    payload: &data,
+                    tcp_gap: false,
+                },
+                &mut sink,
+            );
+        }
+    }
+    assert!(engine.pause("no-such-id", PauseBy::Api).is_err());
+    assert!(engine.pause("1790000000.42", PauseBy::Api).is_ok());
+    let calls = engine.calls_in_progress();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.paused), "{calls:?}");
+    assert!(
+        engine.pause("1790000000.42", PauseBy::Api).is_err(),
+        "already paused"
+    );
+    assert!(engine.resume("1790000000.42", PauseBy::Api).is_ok());
+    assert!(engine.calls_in_progress().iter().all(|c| !c.paused));
+}

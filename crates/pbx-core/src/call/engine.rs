@@ -219,6 +219,29 @@ impl Tracker {
         }
     }
 
+    /// The calls in progress an id names: the one whose SIP Call-ID or
+    /// recording id it is, else every one whose recorded call (SIPREC
+    /// metadata) or PBX identifiers (`ids`: linkedid, UCID, Cisco GUID...)
+    /// it is: a desktop application knows the PBX's id, not the recording
+    /// session's, and a PBX bridging two legs has a recording of each
+    /// (both must be paused for a card number).
+    pub(super) fn find_calls(&self, id: &str) -> Vec<CallKey> {
+        if let Some(k) = self.find_call(id) {
+            return vec![k];
+        }
+        let mut v: Vec<CallKey> = self
+            .calls
+            .values()
+            .filter(|c| !matches!(c.state, CallState::Ending(..)))
+            .filter(|c| {
+                c.recorded_call_id.as_deref() == Some(id) || c.ids.values().any(|x| x == id)
+            })
+            .map(|c| c.key)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// A call in progress by its SIP Call-ID or its recording id.
     pub(super) fn find_call(&self, id: &str) -> Option<CallKey> {
         let live = |k: &CallKey| {
@@ -545,15 +568,26 @@ impl CallEngine {
     /// `call`, from now (the latest time the engine was given): both channels
     /// are silence from there until [`CallEngine::resume`]; the timeline goes
     /// on. A call whose media has not started yet is paused from its start.
+    ///
+    /// `call` may also be the recorded call's id (SIPREC metadata) or one of
+    /// the PBX's identifiers of it (`ids`): every call in progress it names
+    /// is paused (the first one's key is returned).
     pub fn pause(&mut self, call: &str, by: PauseBy) -> Result<CallKey, PauseError> {
-        let key = self.t.find_call(call).ok_or(PauseError::UnknownCall)?;
+        let keys = self.t.find_calls(call);
         let now = self.t.now;
-        let c = self.t.calls.get_mut(&key).ok_or(PauseError::UnknownCall)?;
-        let at = c.position(now);
-        if c.pause.pause(at, by) {
-            Ok(key)
-        } else {
-            Err(PauseError::AlreadyPaused)
+        let mut done = None;
+        for key in &keys {
+            if let Some(c) = self.t.calls.get_mut(key) {
+                let at = c.position(now);
+                if c.pause.pause(at, by) {
+                    done = done.or(Some(*key));
+                }
+            }
+        }
+        match (done, keys.is_empty()) {
+            (Some(k), _) => Ok(k),
+            (None, true) => Err(PauseError::UnknownCall),
+            (None, false) => Err(PauseError::AlreadyPaused),
         }
     }
 
@@ -561,14 +595,21 @@ impl CallEngine {
     /// (for symmetry with [`CallEngine::pause`]; the stretch keeps who paused it).
     pub fn resume(&mut self, call: &str, by: PauseBy) -> Result<CallKey, PauseError> {
         let _ = by;
-        let key = self.t.find_call(call).ok_or(PauseError::UnknownCall)?;
+        let keys = self.t.find_calls(call);
         let now = self.t.now;
-        let c = self.t.calls.get_mut(&key).ok_or(PauseError::UnknownCall)?;
-        let at = c.position(now);
-        if c.pause.is_paused() && c.pause.resume(at) {
-            Ok(key)
-        } else {
-            Err(PauseError::NotPaused)
+        let mut done = None;
+        for key in &keys {
+            if let Some(c) = self.t.calls.get_mut(key) {
+                let at = c.position(now);
+                if c.pause.is_paused() && c.pause.resume(at) {
+                    done = done.or(Some(*key));
+                }
+            }
+        }
+        match (done, keys.is_empty()) {
+            (Some(k), _) => Ok(k),
+            (None, true) => Err(PauseError::UnknownCall),
+            (None, false) => Err(PauseError::NotPaused),
         }
     }
 

@@ -309,7 +309,13 @@ impl Tracker {
             let dur_pos = i64::from(ev.duration) * i64::from(rate) / ev_rate;
             let ch = leg.party.channel();
             match &leg.dtmf {
-                Some(d) if d.ssrc == rtp.ssrc && d.ts == rtp.timestamp => {
+                // (The same digit: a different event at the same timestamp
+                // is a new key.)
+                Some(d)
+                    if d.ssrc == rtp.ssrc
+                        && d.ts == rtp.timestamp
+                        && event_to_digit(ev.event) == Some(d.digit) =>
+                {
                     if let Some(e) = d.index.and_then(|i| call.dtmf.get_mut(i)) {
                         e.duration_ms = e.duration_ms.max(dur_ms);
                     }
