@@ -2107,3 +2107,101 @@ fn metadata_sent_alone_after_the_invite_decides_the_channels() {
         );
     }
 }
+
+/// An SRTP stream re-keyed by a re-INVITE (RFC 4568 §7.1.4: a new
+/// `a=crypto` key, as SBCs send after a transfer) is decrypted with the new
+/// key from then on (before: the running context was kept, every packet
+/// after the re-INVITE failed authentication and the rest of the call was
+/// lost); a re-offer with the same key keeps the running context.
+#[test]
+fn an_srtp_stream_rekeyed_by_a_reinvite_is_decrypted_with_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "rekey@src";
+    let keys = [pbx_edge::srtp::new_key(), pbx_edge::srtp::new_key()];
+    let context = |key: &str| {
+        let (k, salt) = pbx_edge::srtp::parse_key_params(&format!("inline:{key}")).unwrap();
+        webrtc_srtp::context::Context::new(
+            &k,
+            &salt,
+            webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80,
+            None,
+            None,
+        )
+        .unwrap()
+    };
+    let offer = |cseq: u32, key: &str, to: Option<&str>| {
+        let m = invite_with(
+            call_id,
+            src.port(),
+            srs,
+            [40600, 40602],
+            cseq,
+            &format!("k{cseq}"),
+            &metadata(call_id),
+            Some(key),
+        );
+        match to {
+            Some(to) => with_content_length(&m.replace(
+                &format!("To: <sip:srs@{srs}>\r\n"),
+                &format!("To: {to}\r\n"),
+            )),
+            None => m,
+        }
+    };
+    src.send(&offer(1, &keys[0], None));
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 1, "", ""));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let alice = speechlike(51, 3000, 8000);
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    // Alice's stream (m-line 1) is SRTP: packets `from..to` with `ctx`.
+    let mut send = |ctx: &mut webrtc_srtp::context::Context, from: usize, to: usize| {
+        let t = Instant::now();
+        for i in from..to {
+            if let Some(w) = Duration::from_millis(20 * (i - from) as u64).checked_sub(t.elapsed())
+            {
+                std::thread::sleep(w);
+            }
+            let pkt = rtp_packet(
+                0,
+                i == 0,
+                i as u16,
+                (i * 160) as u32,
+                0xA11CE,
+                &enc.encode(&alice[i * 160..(i + 1) * 160]),
+            );
+            let sealed = ctx.encrypt_rtp(&pkt).unwrap();
+            sock.send_to(&sealed, ("127.0.0.1", ports[1])).unwrap();
+        }
+    };
+    let mut first = context(&keys[0]);
+    send(&mut first, 0, 50);
+    // The same key offered again: the running context goes on.
+    src.send(&offer(2, &keys[0], Some(&to)));
+    assert!(final_response_no_bye(&src, "INVITE", call_id).starts_with("SIP/2.0 200"));
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 2, "", ""));
+    send(&mut first, 50, 100);
+    // A new key: the sender's new context.
+    src.send(&offer(3, &keys[1], Some(&to)));
+    assert!(final_response_no_bye(&src, "INVITE", call_id).starts_with("SIP/2.0 200"));
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 3, "", ""));
+    std::thread::sleep(Duration::from_millis(50));
+    send(&mut context(&keys[1]), 100, 150);
+    std::thread::sleep(Duration::from_millis(100));
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 4, "", ""));
+    assert!(final_response_no_bye(&src, "BYE", call_id).starts_with("SIP/2.0 200"));
+    let (j, _) = wait_recording_of(&d, call_id);
+    // Alice (label 1, m-line 1) is the caller: channel 0, every packet.
+    assert_eq!(j["channels"][0]["packets"], 150, "{j}");
+    let m = d.get("/metrics").unwrap().1;
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("pbx_edge_srtp") && l.contains("fail") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}

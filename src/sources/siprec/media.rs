@@ -355,6 +355,8 @@ enum Command {
         admission: Admission,
     },
     SetOrigin(SocketAddr, StreamOrigin),
+    /// The stream's SRTP keys changed (a re-offer with a new `a=crypto`).
+    SetDecrypt(SocketAddr, Option<SrtpStream>),
     Stop,
 }
 
@@ -414,6 +416,13 @@ impl MediaControl {
     /// The SRC re-offered the stream on `local` (see [`Admission::set_origin`]).
     pub fn set_origin(&self, local: SocketAddr, origin: StreamOrigin) {
         self.send(Command::SetOrigin(local, origin));
+    }
+
+    /// The SRC re-offered the stream on `local` with other SRTP keys (RFC
+    /// 4568 §7.1.4: a new key, or none): what comes next is decrypted with
+    /// them.
+    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<SrtpStream>) {
+        self.send(Command::SetDecrypt(local, decrypt));
     }
 
     fn send(&self, c: Command) {
@@ -929,6 +938,11 @@ impl Reader {
                         slot.port.admission.set_origin(origin, &mut rejected);
                     }
                     self.counters.add_rejected(&rejected);
+                }
+                Command::SetDecrypt(local, decrypt) => {
+                    if let Some(slot) = self.slot_of(local) {
+                        slot.port.decrypt = decrypt;
+                    }
                 }
                 Command::Stop => return true,
             }

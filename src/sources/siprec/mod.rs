@@ -173,6 +173,9 @@ struct Session {
     version: u64,
     /// Port per offered m-line (0 = rejected).
     line_ports: Vec<u16>,
+    /// The SDES suite and key parameters each m-line's stream is decrypted
+    /// with (None: plain RTP), to notice a re-offer's new key.
+    line_keys: Vec<Option<(String, String)>>,
     /// The SRC's address (picks our media address when listening on all).
     peer: SocketAddr,
     /// Our SDP now in force (offered again in the 200 to a re-INVITE that

@@ -416,6 +416,11 @@ impl RtpPorts {
         self.media.set_origin(local, origin);
     }
 
+    /// The stream on `local` is decrypted with other keys from now on.
+    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<SrtpStream>) {
+        self.media.set_decrypt(local, decrypt);
+    }
+
     /// When [`Self::tick`] has work next: a retired port's time is up, or,
     /// while ports are retired, the pool's changed state is due to be
     /// written (at most once a second; a state file that cannot be written

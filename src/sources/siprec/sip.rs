@@ -414,6 +414,7 @@ pub(super) async fn sip_loop(
                         last_rtp: Arc::new(AtomicI64::new(at.as_micros())),
                         version: 1,
                         line_ports: Vec::new(),
+                        line_keys: Vec::new(),
                         peer: from,
                         sdp: String::new(),
                         held: pbx_core::sip::siprec::offer_sends_nothing(&offer),
@@ -849,6 +850,10 @@ pub(super) fn answer_for(
     let mut opened: Vec<SocketAddr> = Vec::new();
     // New origins of the streams kept: applied only if the offer is taken.
     let mut moved: Vec<(SocketAddr, StreamOrigin)> = Vec::new();
+    // Streams kept whose SRTP keys the offer changes: applied likewise.
+    let mut rekeyed: Vec<(SocketAddr, Option<crate::sources::siprec::srtp::SrtpStream>)> =
+        Vec::new();
+    let mut keys: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     for (i, m) in offer.media.iter().enumerate() {
         let secure = m.proto.to_ascii_uppercase().contains("SAVP");
@@ -862,6 +867,7 @@ pub(super) fn answer_for(
         } else {
             None
         };
+        keys[i] = sdes.clone();
         // Audio with a codec we decode (no port for AMR, G.729, ...: with no
         // such line at all the offer gets 488).
         let usable = m.media.eq_ignore_ascii_case("audio")
@@ -894,10 +900,13 @@ pub(super) fn answer_for(
             signalling: peer.ip(),
         };
         if let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) {
-            // Re-offer of a line we already receive: same port (an SRTP key
-            // change would need a new context; keep the running one).
+            // Re-offer of a line we already receive: same port; the running
+            // SRTP context (its rollover counter) unless the keys changed.
             if let Some(local) = session.ports.iter().find(|a| a.port() == p) {
                 moved.push((*local, origin));
+                if session.line_keys.get(i).cloned().flatten() != sdes {
+                    rekeyed.push((*local, decrypt));
+                }
             }
             ports.push(p);
             continue;
@@ -933,6 +942,10 @@ pub(super) fn answer_for(
     for (local, origin) in moved {
         rtp.set_origin(local, origin);
     }
+    for (local, decrypt) in rekeyed {
+        rtp.set_decrypt(local, decrypt);
+    }
+    session.line_keys = keys;
     session.line_ports = ports.clone();
     let crypto_refs: Vec<Option<(&str, &str)>> = crypto
         .iter()

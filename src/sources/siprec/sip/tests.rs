@@ -28,6 +28,7 @@ fn session() -> Session {
         last_rtp: Arc::default(),
         version: 1,
         line_ports: Vec::new(),
+        line_keys: Vec::new(),
         peer: "127.0.0.1:5060".parse().unwrap(),
         sdp: String::new(),
         held: false,
