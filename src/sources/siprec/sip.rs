@@ -5,15 +5,19 @@ use super::*;
 
 /// The address we put in our SDP: the listen address, or (when listening on
 /// all addresses) the local address the kernel would use towards the SRC.
+///
+/// An IPv4 peer reaching a dual-stack listener (`[::]`) is seen as
+/// `::ffff:a.b.c.d`: the address is given as the IPv4 one it is (an
+/// IPv4-only SBC refuses `c=IN IP6 ::ffff:…` and a Contact of that form).
 pub(super) fn media_ip(listen: IpAddr, peer: SocketAddr) -> IpAddr {
     if !listen.is_unspecified() {
-        return listen;
+        return listen.to_canonical();
     }
     let probe = std::net::UdpSocket::bind(SocketAddr::new(listen, 0)).and_then(|s| {
         s.connect(peer)?;
         s.local_addr()
     });
-    probe.map(|a| a.ip()).unwrap_or(listen)
+    probe.map(|a| a.ip()).unwrap_or(listen).to_canonical()
 }
 
 /// What the connection tasks (TCP and TLS) tell the SIP task.
@@ -844,6 +848,7 @@ pub(super) fn answer_for(
     peer: SocketAddr,
 ) -> Result<String, NoAnswer> {
     let ip = media_ip(listen_ip, peer);
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let mut ports = Vec::with_capacity(offer.media.len());
     // Ports this offer opened: closed again if it is refused (a refused
     // re-offer leaves the session as it was).

@@ -161,3 +161,22 @@ async fn a_peer_that_does_not_read_has_its_connection_closed() {
     ));
     assert!(!writer.send(msg), "nothing more is taken");
 }
+
+/// An IPv4 SRC reaching a dual-stack listener (`[::]`) is seen as
+/// `::ffff:a.b.c.d`; the media address offered to it is the IPv4 one (it
+/// was `c=IN IP6 ::ffff:127.0.0.1`, which IPv4-only SBCs refuse).
+#[test]
+fn a_v4_peer_of_a_dual_stack_listener_gets_a_v4_media_address() {
+    if std::net::UdpSocket::bind("[::]:0").is_err() {
+        return; // no IPv6 on this machine
+    }
+    let peer: SocketAddr = "[::ffff:127.0.0.1]:5060".parse().unwrap();
+    assert_eq!(
+        media_ip("::".parse().unwrap(), peer),
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        media_ip("::ffff:127.0.0.1".parse().unwrap(), peer),
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
+}
