@@ -76,6 +76,9 @@ enum Act {
     Api(usize, bool),
     /// An INFO with `X-Recording-Pause` at the time of packet `k`.
     Sip(usize, bool),
+    /// A key as SIP INFO (`application/dtmf-relay`, 100 ms) from leg `leg`
+    /// at the time of packet `k`.
+    Info(usize, usize, char),
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +167,25 @@ fn packets(plan: &Plan) -> Vec<Op> {
     for a in &plan.acts {
         match *a {
             Act::Api(k, on) => ops.push(Op::Api(MEDIA_START_US + k as i64 * PACKET_US, on)),
+            Act::Info(k, leg, digit) => {
+                let m = String::from_utf8(d.request("INFO", cseq, leg == 0, Some("x")))
+                    .unwrap()
+                    .replace("application/sdp", "application/dtmf-relay")
+                    .replace("Content-Length: 1\r\n\r\nx", "");
+                let body = format!("Signal={digit}\r\nDuration=100\r\n");
+                cseq += 1;
+                let (src, dst) = if leg == 0 {
+                    (caller_sip(), callee_sip())
+                } else {
+                    (callee_sip(), caller_sip())
+                };
+                ops.push(Op::Pkt(
+                    MEDIA_START_US + k as i64 * PACKET_US,
+                    src,
+                    dst,
+                    format!("{m}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes(),
+                ));
+            }
             Act::Sip(k, on) => {
                 let mut m = String::from_utf8(d.request("INFO", cseq, true, None)).unwrap();
                 let v = if on { "yes" } else { "no" };
@@ -711,4 +733,57 @@ fn a_pause_by_the_pbx_id_pauses_every_leg_carrying_it() {
     );
     assert!(engine.resume("1790000000.42", PauseBy::Api).is_ok());
     assert!(engine.calls_in_progress().iter().all(|c| !c.paused));
+}
+
+/// Keys sent as SIP INFO (`application/dtmf-relay`, as many phones and
+/// PBXs send DTMF) are digits of their sender's leg: listed in `dtmf` and
+/// matched against the pause and resume sequences (they were ignored: a
+/// pause keyed so never paused). The card number (plain audio here, no key
+/// of it) between is silence.
+#[test]
+fn keys_sent_as_sip_info_pause_and_resume() {
+    let acts: Vec<Act> = [
+        (100, '5'),
+        (150, '*'),
+        (160, '1'),
+        (300, '*'),
+        (310, '2'),
+        (400, '7'),
+    ]
+    .into_iter()
+    .map(|(k, d)| Act::Info(k, 0, d))
+    .collect();
+    let plan = Plan {
+        n: 500,
+        te: false,
+        offer_te: false,
+        keys: Vec::new(),
+        acts,
+        delays: Vec::new(),
+    };
+    let rec = record(&plan, PAUSE, RESUME, true);
+    let meta = rec.meta.as_ref().unwrap();
+    assert_eq!(meta.pauses.len(), 1, "{:?}", meta.pauses);
+    let p = meta.pauses[0];
+    assert_eq!(p.by, PauseBy::Dtmf);
+    // From the '*' of *1 (packet 150: 3000 ms) to the end of the 2 of *2
+    // (packet 310, 6200 ms, plus its 100 ms).
+    assert_eq!((p.from_ms, p.to_ms), (3000, 6300), "{p:?}");
+    let digits: Vec<&str> = meta.dtmf.iter().map(|d| d.digit.as_str()).collect();
+    assert_eq!(digits, ["5", "7"], "{:?}", meta.dtmf);
+    assert_eq!(
+        (
+            meta.dtmf[0].channel,
+            meta.dtmf[0].at_ms,
+            meta.dtmf[0].duration_ms
+        ),
+        (0, 2000, 100)
+    );
+    // Both channels are zeros in the stretch, voice around it.
+    let frames = &rec.audio;
+    for f in [3000 * 8 + 8, 6300 * 8 - 8] {
+        assert_eq!((frames[2 * f], frames[2 * f + 1]), (0, 0), "frame {f}");
+    }
+    assert_ne!(frames[2 * (2900 * 8)], 0);
+    assert_ne!(frames[2 * (6400 * 8)], 0);
 }

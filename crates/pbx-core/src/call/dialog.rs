@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use crate::audio::codec::Codec;
 use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, PauseBy, RecordingSink};
-use crate::call::pause::PauseState;
+use crate::call::pause::{PauseState, Trigger, SEQUENCE_GAP_MS};
 use crate::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
@@ -377,6 +377,45 @@ impl Tracker {
             }
         }
         let side = call.side_of_sender(&msg);
+        // A key pressed, sent as SIP INFO (many phones and PBXs send DTMF so
+        // instead of RFC 4733): listed in `dtmf` and matched against the
+        // pause and resume sequences as a digit of the sender's leg.
+        if msg.method() == Some(&Method::Info) && call.media.is_some() {
+            if let Some((digit, dur_ms)) = info_dtmf(&msg) {
+                let at = call.position(ts);
+                let rate = call.media.as_ref().map_or(8000, |m| i64::from(m.rate));
+                let ch = side.channel();
+                let index = if !call.pause.muting() && call.dtmf.len() < DTMF_MAX {
+                    call.dtmf.push(Dtmf {
+                        channel: ch,
+                        digit: digit.to_string(),
+                        at_ms: (at * 1000 / rate).max(0),
+                        duration_ms: dur_ms,
+                    });
+                    Some(call.dtmf.len() - 1)
+                } else {
+                    None
+                };
+                let gap = SEQUENCE_GAP_MS * rate / 1000;
+                match call.pause.digit(
+                    ch,
+                    digit,
+                    at,
+                    index,
+                    &self.cfg.pause_dtmf,
+                    &self.cfg.resume_dtmf,
+                    gap,
+                ) {
+                    Some(Trigger::Pause { from }) => {
+                        call.pause.pause(from, PauseBy::Dtmf);
+                    }
+                    Some(Trigger::Resume) => {
+                        call.pause.resume(at + dur_ms * rate / 1000);
+                    }
+                    None => {}
+                }
+            }
+        }
         let sdp_body = sdp_of(&msg);
         match &msg.start {
             StartLine::Request { method, .. } => match method {
@@ -824,6 +863,47 @@ impl Tracker {
         }
         state.meta = Some(merged);
         sdp
+    }
+}
+
+/// The key an INFO request carries: `application/dtmf-relay` (`Signal=5`,
+/// `Duration=160` in ms) or `application/dtmf` (the key alone); RFC 4733
+/// event numbers 10-15 stand for `*`, `#`, `A`-`D`. The duration is 0 when
+/// not given.
+pub(super) fn info_dtmf(msg: &SipMessage) -> Option<(char, i64)> {
+    let ct = msg.media_type()?.to_ascii_lowercase();
+    let body = std::str::from_utf8(&msg.body).ok()?;
+    let key = |v: &str| -> Option<char> {
+        let v = v.trim();
+        match v.parse::<u8>() {
+            Ok(n @ 0..=9) => char::from_digit(u32::from(n), 10),
+            Ok(n @ 10..=15) => Some(['*', '#', 'A', 'B', 'C', 'D'][usize::from(n - 10)]),
+            Ok(_) => None,
+            Err(_) => {
+                let mut c = v.chars();
+                let k = c.next()?.to_ascii_uppercase();
+                (c.next().is_none() && matches!(k, '*' | '#' | 'A'..='D')).then_some(k)
+            }
+        }
+    };
+    match ct.as_str() {
+        "application/dtmf-relay" => {
+            let mut digit = None;
+            let mut dur = 0i64;
+            for line in body.lines() {
+                let Some((name, value)) = line.split_once('=') else {
+                    continue;
+                };
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "signal" => digit = key(value),
+                    "duration" => dur = value.trim().parse::<i64>().unwrap_or(0).clamp(0, 10_000),
+                    _ => {}
+                }
+            }
+            Some((digit?, dur))
+        }
+        "application/dtmf" => Some((key(body)?, 0)),
+        _ => None,
     }
 }
 
