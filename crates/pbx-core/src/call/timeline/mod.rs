@@ -476,6 +476,9 @@ impl LegTimeline {
     }
 
     fn new_segment(&mut self, p: &Packet<'_>) {
+        // Grown one at a time: most legs have one segment, and a queue's
+        // first allocation would hold four (a kilobyte a leg for nothing).
+        self.segs.reserve_exact(1);
         self.segs
             .push_back(Segment::new(self.rate, p.ssrc, p.ts, p.clock_rate));
         if self.segs.len() > 1 {
@@ -880,6 +883,7 @@ impl LegTimeline {
             .filter(|c| c.flag != Flag::Early)
             .map(Chunk::end)
             .max();
+        self.segs.reserve_exact(1);
         self.segs.insert(i + 1, s);
         self.stats.breaks += 1;
     }
