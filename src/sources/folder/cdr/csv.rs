@@ -18,6 +18,7 @@ use std::sync::Arc;
 use pbx_core::Timestamp;
 
 use super::{best_row, CdrError, CdrQuery, CdrRow, CdrStore, PbxTimeZone};
+use crate::sources::folder::Pulse;
 
 pub use crate::config::{CsvColumns, DEFAULT_COLUMNS, EXTRA_COLUMNS};
 
@@ -139,6 +140,9 @@ pub struct CdrFollower {
     max_rows: usize,
     columns: CsvColumns,
     tz: PbxTimeZone,
+    /// Beaten after each piece read (the first read of a large file takes
+    /// seconds to minutes); a stop cuts the read short.
+    pulse: Pulse,
     pub malformed: u64,
 }
 
@@ -171,12 +175,20 @@ impl CdrFollower {
             max_rows: max_rows.max(1),
             columns,
             tz,
+            pulse: Pulse::default(),
             malformed: 0,
         }
     }
 
+    /// How a long read reports alive and learns to stop.
+    pub fn set_pulse(&mut self, pulse: Pulse) {
+        self.pulse = pulse;
+    }
+
     /// Reads what was appended since the last call (from the start again if
-    /// the file shrank or was replaced: rotated).
+    /// the file shrank or was replaced: rotated). Reports alive after each
+    /// 256 KiB read; asked to stop, it ends with an `Interrupted` error and
+    /// the next call goes on where this one ended.
     pub fn poll(&mut self) -> io::Result<()> {
         let mut f = File::open(&self.path)?;
         let md = f.metadata()?;
@@ -200,6 +212,12 @@ impl CdrFollower {
             };
             self.offset += n as u64;
             self.feed(&buf[..n]);
+            if !self.pulse.beat() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "stopped while reading",
+                ));
+            }
         }
         Ok(())
     }
@@ -370,6 +388,10 @@ impl CdrStore for CsvStore {
         format!("Master.csv {}", self.0.path.display())
     }
 
+    fn set_pulse(&mut self, pulse: Pulse) {
+        self.0.set_pulse(pulse);
+    }
+
     fn find(&mut self, queries: &[CdrQuery]) -> Result<Vec<Option<CdrRow>>, CdrError> {
         match self.0.poll() {
             Ok(()) => {}
@@ -521,6 +543,55 @@ mod tests {
         std::io::Write::write_all(&mut more, b"last.wav\n").unwrap();
         f.poll().unwrap();
         assert_eq!(f.get("40000.7").unwrap().recordingfile, "last.wav");
+    }
+
+    #[test]
+    fn a_long_first_read_reports_alive_and_a_stop_cuts_it_short_losing_nothing() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Master.csv");
+        let mut text = String::new();
+        for i in 0..40_000 {
+            text.push_str(&format!("{i}.7,L{i},rec-{i:06}.wav\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let cols = CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let mut f = CdrFollower::with_columns(&path, 100_000, cols, PbxTimeZone::Fixed(0));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (beats.clone(), stop.clone());
+        // The second beat (after 512 KiB) asks to stop.
+        f.set_pulse(Pulse::new(
+            move || {
+                if b.fetch_add(1, Ordering::SeqCst) == 1 {
+                    st.store(true, Ordering::SeqCst);
+                }
+            },
+            stop.clone(),
+        ));
+        let e = f.poll().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(beats.load(Ordering::SeqCst), 2, "alive after each piece");
+        assert!(!f.is_empty() && f.len() < 40_000, "{}", f.len());
+        // Read on from where the stop left it: every row, none twice.
+        stop.store(false, Ordering::SeqCst);
+        f.poll().unwrap();
+        assert!(
+            beats.load(Ordering::SeqCst) >= 5,
+            "a 1 MB read beats each 256 KiB"
+        );
+        assert_eq!((f.len(), f.malformed), (40_000, 0));
+        assert!(f.indexes_consistent());
+        // As a store: a stop is an error (recordings wait), not rows missing.
+        let mut store = CsvStore(CdrFollower::new(&path, 10, 0));
+        let stopped = Arc::new(AtomicBool::new(true));
+        store.set_pulse(Pulse::new(|| {}, stopped));
+        let q = CdrQuery {
+            uniqueid: "39999.7".into(),
+            files: vec![],
+            around: None,
+        };
+        assert!(store.find(&[q]).is_err());
     }
 
     /// Not a test: the time of the first read of a large Master.csv

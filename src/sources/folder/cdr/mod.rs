@@ -78,6 +78,10 @@ pub trait CdrStore: Send + std::fmt::Debug {
     /// The best row for each query (same order), `None` where no row exists
     /// (yet). `Err`: the store cannot answer now.
     fn find(&mut self, queries: &[CdrQuery]) -> Result<Vec<Option<CdrRow>>, CdrError>;
+    /// How a long read reports the folder thread alive and learns to stop
+    /// (a stop may cut it short with an error). Stores whose reads are
+    /// bounded otherwise ignore it.
+    fn set_pulse(&mut self, _pulse: crate::sources::folder::Pulse) {}
 }
 
 /// How the PBX's local times (file names, CDR) become UTC.
