@@ -115,8 +115,83 @@ struct HeldRow {
     file: Box<str>,
 }
 
+/// One value or several: no more room than one in the common case (most
+/// uniqueids have one row, most files and linkedids one uniqueid).
+#[derive(Debug)]
+enum Few<T> {
+    One(T),
+    /// Two or more.
+    Many(Vec<T>),
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::One(t) => std::slice::from_ref(t),
+            Few::Many(v) => v,
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Few<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T> Few<T> {
+    fn push(&mut self, t: T) {
+        match self {
+            Few::Many(v) => v.push(t),
+            Few::One(_) => {
+                let Few::One(first) = std::mem::replace(self, Few::Many(Vec::with_capacity(2)))
+                else {
+                    unreachable!("matched One")
+                };
+                *self = Few::Many(vec![first, t]);
+            }
+        }
+    }
+
+    /// Keeps what `keep` says; `false`: nothing is left (the caller drops
+    /// it).
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> bool {
+        match self {
+            Few::One(t) => keep(t),
+            Few::Many(v) => {
+                v.retain(|t| keep(t));
+                if v.len() == 1 {
+                    if let Some(t) = v.pop() {
+                        *self = Few::One(t);
+                    }
+                }
+                !self.is_empty()
+            }
+        }
+    }
+
+    /// Takes out the `i`th of several (`None` for the only one).
+    fn take(&mut self, i: usize) -> Option<T> {
+        let Few::Many(v) = self else { return None };
+        let t = (i < v.len()).then(|| v.remove(i))?;
+        if v.len() == 1 {
+            if let Some(last) = v.pop() {
+                *self = Few::One(last);
+            }
+        }
+        Some(t)
+    }
+}
+
 /// The longest line taken as a CDR row.
 const MAX_LINE: usize = 64 * 1024;
+
+/// Rows held per `uniqueid` (ring groups, queues and transfers write one
+/// per leg; beyond this, the one least likely to be chosen goes).
+pub const MAX_ROWS_PER_ID: usize = 64;
 
 /// Follows Master.csv as it grows (bounded memory: the oldest rows are forgotten).
 #[derive(Debug)]
@@ -128,14 +203,21 @@ pub struct CdrFollower {
     /// The line being read grew past 64 KiB and was dropped: its rest, up
     /// to its end, is dropped too (not read as a line of its own).
     dropping_line: bool,
-    /// uniqueid → the row as its line: parsed again when asked for (a
-    /// row parsed is 1.4 KiB of strings and indexes; its line and indexes
-    /// about a third of that: 200,000 rows took 380 MB before).
-    rows: HashMap<Arc<str>, HeldRow>,
-    /// linkedid → uniqueids of its rows.
-    linked: HashMap<Box<str>, Vec<Arc<str>>>,
-    /// recordingfile base name → uniqueid.
-    by_file: HashMap<Box<str>, Arc<str>>,
+    /// uniqueid → its rows as their lines, in the order read: parsed again
+    /// when asked for (a row parsed is 1.4 KiB of strings and indexes; its
+    /// line and indexes about a third of that: 200,000 rows took 380 MB
+    /// before). Every row of a uniqueid is kept (up to
+    /// [`MAX_ROWS_PER_ID`]): ring groups, queues and transfers write
+    /// several, and [`best_row`] chooses among them as the database store
+    /// does.
+    rows: HashMap<Arc<str>, Few<HeldRow>>,
+    /// Rows held, all uniqueids together (bounded by `max_rows`).
+    held: usize,
+    /// linkedid → uniqueids with a row of it.
+    linked: HashMap<Box<str>, Few<Arc<str>>>,
+    /// recordingfile base name → uniqueids with a row naming it.
+    by_file: HashMap<Box<str>, Few<Arc<str>>>,
+    /// uniqueids, oldest first: forgotten in this order.
     order: VecDeque<Arc<str>>,
     max_rows: usize,
     columns: CsvColumns,
@@ -169,6 +251,7 @@ impl CdrFollower {
             partial: Vec::new(),
             dropping_line: false,
             rows: HashMap::new(),
+            held: 0,
             linked: HashMap::new(),
             by_file: HashMap::new(),
             order: VecDeque::new(),
@@ -268,37 +351,81 @@ impl CdrFollower {
 
     /// Rows held.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.held
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.held == 0
     }
 
-    /// Drops the entries of `key`'s row `r` in the `linked` and `by_file`
-    /// indexes.
-    fn unindex(&mut self, key: &str, r: &HeldRow) {
-        if let Some(v) = self.linked.get_mut(&r.linkedid) {
-            v.retain(|u| &**u != key);
-            if v.is_empty() {
-                self.linked.remove(&r.linkedid);
+    /// Drops `key` from the index entry `k` of `index`.
+    fn unindex_one(index: &mut HashMap<Box<str>, Few<Arc<str>>>, k: &str, key: &str) {
+        if let Some(v) = index.get_mut(k) {
+            if !v.retain(|u| &**u != key) {
+                index.remove(k);
             }
         }
-        if self.by_file.get(&r.file).is_some_and(|u| &**u == key) {
-            self.by_file.remove(&r.file);
+    }
+
+    /// Adds `key` to the index entry `k` of `index` (once).
+    fn index_one(index: &mut HashMap<Box<str>, Few<Arc<str>>>, k: &str, key: &Arc<str>) {
+        if k.is_empty() {
+            return;
+        }
+        match index.get_mut(k) {
+            Some(v) if v.contains(key) => {}
+            Some(v) => v.push(key.clone()),
+            None => {
+                index.insert(k.into(), Few::One(key.clone()));
+            }
         }
     }
 
-    /// Whether the indexes name only rows held (for tests and fuzzing).
+    /// Drops the index entries of `key`'s row `r` that no other row of
+    /// `key` (`rest`) still needs.
+    fn unindex(&mut self, key: &str, r: &HeldRow, rest: &[HeldRow]) {
+        if !rest.iter().any(|o| o.linkedid == r.linkedid) {
+            Self::unindex_one(&mut self.linked, &r.linkedid, key);
+        }
+        if !rest.iter().any(|o| o.file == r.file) {
+            Self::unindex_one(&mut self.by_file, &r.file, key);
+        }
+    }
+
+    /// Whether the indexes name only rows held, and just those (for tests
+    /// and fuzzing).
     pub fn indexes_consistent(&self) -> bool {
+        let needed = |index: &HashMap<Box<str>, Few<Arc<str>>>, f: fn(&HeldRow) -> &str| {
+            index.iter().all(|(k, v)| {
+                !k.is_empty()
+                    && !v.is_empty()
+                    && v.iter().enumerate().all(|(i, u)| {
+                        !v[..i].contains(u)
+                            && self
+                                .rows
+                                .get(u)
+                                .is_some_and(|rs| rs.iter().any(|r| f(r) == &**k))
+                    })
+            }) && self.rows.iter().all(|(u, rs)| {
+                rs.iter()
+                    .all(|r| f(r).is_empty() || index.get(f(r)).is_some_and(|v| v.contains(u)))
+            })
+        };
         self.order.len() == self.rows.len()
-            && self.rows.len() <= self.max_rows
+            && self.held == self.rows.values().map(|rs| rs.len()).sum::<usize>()
+            && self.held <= self.max_rows
             && self.order.iter().all(|u| self.rows.contains_key(u))
-            && self.by_file.values().all(|u| self.rows.contains_key(u))
             && self
-                .linked
+                .rows
                 .values()
-                .all(|v| !v.is_empty() && v.iter().all(|u| self.rows.contains_key(u)))
+                .all(|rs| !rs.is_empty() && rs.len() <= MAX_ROWS_PER_ID)
+            && needed(&self.linked, |r| &r.linkedid)
+            && needed(&self.by_file, |r| &r.file)
+    }
+
+    /// Rows one uniqueid may hold.
+    fn per_id(&self) -> usize {
+        MAX_ROWS_PER_ID.min(self.max_rows)
     }
 
     fn insert(&mut self, line: &str, row: CdrRow) {
@@ -308,11 +435,13 @@ impl CdrFollower {
             linkedid: row.linkedid.into_boxed_str(),
             file: rf.rsplit('/').next().unwrap_or(rf).into(),
         };
-        // A row again (the CDR rewritten): the old one's index entries go.
-        let key: Arc<str> = match self.rows.remove_entry(row.uniqueid.as_str()) {
-            Some((key, old)) => {
-                self.unindex(&key, &old);
-                key
+        let key: Arc<str> = match self.rows.get_key_value(row.uniqueid.as_str()) {
+            Some((key, rs)) => {
+                // The same line again (a file read twice): one row.
+                if rs.iter().any(|r| r.line == held.line) {
+                    return;
+                }
+                key.clone()
             }
             None => {
                 let key: Arc<str> = row.uniqueid.into();
@@ -320,26 +449,71 @@ impl CdrFollower {
                 key
             }
         };
-        if !held.linkedid.is_empty() {
-            let v = self.linked.entry(held.linkedid.clone()).or_default();
-            if !v.contains(&key) {
-                v.push(key.clone());
+        Self::index_one(&mut self.linked, &held.linkedid, &key);
+        Self::index_one(&mut self.by_file, &held.file, &key);
+        let per_id = self.per_id();
+        self.held += 1;
+        let over = match self.rows.get_mut(&key) {
+            Some(rs) => {
+                rs.push(held);
+                rs.len() > per_id
             }
-        }
-        if !held.file.is_empty() {
-            self.by_file.insert(held.file.clone(), key.clone());
-        }
-        self.rows.insert(key, held);
-        while self.rows.len() > self.max_rows {
-            match self.order.pop_front() {
-                Some(old) => {
-                    if let Some(r) = self.rows.remove(&old) {
-                        self.unindex(&old, &r);
-                    }
+            None => {
+                self.rows.insert(key.clone(), Few::One(held));
+                false
+            }
+        };
+        if over {
+            // The row least likely to be chosen goes: never the answered
+            // one (the call's row) for a leg that rang unanswered.
+            if let Some(mut rs) = self.rows.remove(&key) {
+                let worst = self.least_likely(&rs);
+                if let Some(gone) = rs.take(worst) {
+                    self.held -= 1;
+                    self.unindex(&key, &gone, &rs);
                 }
-                None => break,
+                self.rows.insert(key.clone(), rs);
             }
         }
+        // Bounded: the oldest uniqueids go with all their rows (never the
+        // one just read: it holds at most `max_rows` rows itself).
+        let mut kept = false;
+        while self.held > self.max_rows {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if old == key {
+                kept = true;
+                continue;
+            }
+            if let Some(rs) = self.rows.remove(&old) {
+                self.held -= rs.len();
+                for r in &rs {
+                    self.unindex(&old, r, &[]);
+                }
+            }
+        }
+        if kept {
+            self.order.push_front(key);
+        }
+    }
+
+    /// The index in `rs` (rows of one uniqueid) of the row [`best_row`] would
+    /// choose last: no `recordingfile`, not answered, the shortest.
+    fn least_likely(&self, rs: &[HeldRow]) -> usize {
+        let score = |h: &HeldRow| {
+            let r = self.parsed(h);
+            (
+                !h.file.is_empty(),
+                r.as_ref()
+                    .is_some_and(|r| r.disposition.eq_ignore_ascii_case("ANSWERED")),
+                r.as_ref().and_then(|r| r.billsec).unwrap_or(0),
+            )
+        };
+        rs.iter()
+            .enumerate()
+            .min_by_key(|(_, h)| score(h))
+            .map_or(0, |(i, _)| i)
     }
 
     /// The row held as `held`, parsed again (as it was when taken in).
@@ -347,15 +521,32 @@ impl CdrFollower {
         parse_cdr_line_with(&held.line, &self.columns, self.tz)
     }
 
+    /// The rows held for `uniqueid`, parsed again, in the order read.
+    pub fn rows_of(&self, uniqueid: &str) -> Vec<CdrRow> {
+        self.rows
+            .get(uniqueid)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| self.parsed(h))
+            .collect()
+    }
+
+    /// The best row held for `uniqueid` ([`best_row`]'s rule: `ANSWERED`,
+    /// then the longest `billsec`, then the earliest).
     pub fn get(&self, uniqueid: &str) -> Option<CdrRow> {
-        self.rows.get(uniqueid).and_then(|h| self.parsed(h))
+        let q = CdrQuery {
+            uniqueid: uniqueid.to_string(),
+            files: Vec::new(),
+            around: None,
+        };
+        best_row(&self.rows_of(uniqueid), &q)
     }
 
     /// The best row for `q` among those read so far.
     pub fn lookup(&self, q: &CdrQuery) -> Option<CdrRow> {
         let mut keys: Vec<&str> = Vec::new();
         for f in &q.files {
-            if let Some(u) = self.by_file.get(f.as_str()) {
+            for u in self.by_file.get(f.as_str()).into_iter().flatten() {
                 keys.push(u);
             }
         }
@@ -372,7 +563,7 @@ impl CdrFollower {
                 seen.push(k);
                 new
             })
-            .filter_map(|k| self.rows.get(k).and_then(|h| self.parsed(h)))
+            .flat_map(|k| self.rows_of(k))
             .collect();
         best_row(&cands, q)
     }
@@ -592,6 +783,128 @@ mod tests {
             around: None,
         };
         assert!(store.find(&[q]).is_err());
+    }
+
+    /// A default-column Master.csv line: one leg of call `u`.
+    fn leg(u: &str, dst: &str, start: &str, answer: &str, billsec: i64, disp: &str) -> String {
+        format!(
+            "\"\",\"5551234\",\"{dst}\",\"ext-group\",\"\",\"SIP/t-1\",\"SIP/{dst}-2\",\"Dial\",\"\",\
+             \"{start}\",\"{answer}\",\"2026-11-24 10:05:00\",60,{billsec},\"{disp}\",\"D\",\"{u}\",\"\"\n"
+        )
+    }
+
+    #[test]
+    fn several_rows_of_one_uniqueid_answered_then_longest_billsec_in_either_order() {
+        // A ring group: three phones rang, 201 answered; then a transfer
+        // leg, answered for longer; the rows of one uniqueid, in the order
+        // Asterisk wrote them (the unanswered legs last) and reversed.
+        let rows = [
+            leg("7.1", "200", "2026-11-24 10:00:00", "", 0, "NO ANSWER"),
+            leg(
+                "7.1",
+                "201",
+                "2026-11-24 10:00:01",
+                "2026-11-24 10:00:05",
+                40,
+                "ANSWERED",
+            ),
+            leg(
+                "7.1",
+                "202",
+                "2026-11-24 10:00:00",
+                "2026-11-24 10:00:45",
+                90,
+                "ANSWERED",
+            ),
+            leg("7.1", "203", "2026-11-24 10:00:00", "", 0, "NO ANSWER"),
+            leg("7.1", "204", "2026-11-24 10:00:00", "", 0, "BUSY"),
+        ];
+        let q = CdrQuery {
+            uniqueid: "7.1".into(),
+            files: vec!["in-x.wav".into()],
+            around: None,
+        };
+        for reversed in [false, true] {
+            let mut f = CdrFollower::new(Path::new("/x"), 100, 0);
+            let mut order: Vec<&String> = rows.iter().collect();
+            if reversed {
+                order.reverse();
+            }
+            for r in order {
+                f.feed(r.as_bytes());
+            }
+            assert_eq!(f.len(), 5, "every row kept");
+            for r in [f.get("7.1").unwrap(), f.lookup(&q).unwrap()] {
+                assert_eq!(
+                    (r.dst.as_str(), r.disposition.as_str(), r.billsec),
+                    ("202", "ANSWERED", Some(90)),
+                    "reversed: {reversed}"
+                );
+                assert_eq!(r.answer.unwrap().to_rfc3339(), "2026-11-24T10:00:45.000Z");
+                assert_eq!(r.start.unwrap().to_rfc3339(), "2026-11-24T10:00:00.000Z");
+            }
+            assert!(f.indexes_consistent());
+        }
+        // Only unanswered legs: the rule still chooses one (the earliest).
+        let mut f = CdrFollower::new(Path::new("/x"), 100, 0);
+        f.feed(leg("8.1", "300", "2026-11-24 10:00:03", "", 0, "NO ANSWER").as_bytes());
+        f.feed(leg("8.1", "301", "2026-11-24 10:00:01", "", 0, "NO ANSWER").as_bytes());
+        assert_eq!(f.get("8.1").unwrap().dst, "301");
+    }
+
+    #[test]
+    fn rows_per_uniqueid_are_bounded_keeping_the_answered_one() {
+        let mut f = CdrFollower::new(Path::new("/x"), 1000, 0);
+        f.feed(
+            leg(
+                "9.1",
+                "201",
+                "2026-11-24 10:00:00",
+                "2026-11-24 10:00:05",
+                40,
+                "ANSWERED",
+            )
+            .as_bytes(),
+        );
+        for i in 0..2 * MAX_ROWS_PER_ID {
+            f.feed(
+                leg(
+                    "9.1",
+                    &format!("3{i:02}"),
+                    "2026-11-24 10:00:00",
+                    "",
+                    0,
+                    "NO ANSWER",
+                )
+                .as_bytes(),
+            );
+        }
+        assert_eq!(f.len(), MAX_ROWS_PER_ID);
+        assert_eq!(f.get("9.1").unwrap().dst, "201");
+        assert!(f.indexes_consistent());
+        // The same line read twice is one row.
+        let mut g = CdrFollower::new(Path::new("/x"), 10, 0);
+        let l = leg("9.2", "201", "2026-11-24 10:00:00", "", 0, "NO ANSWER");
+        g.feed(format!("{l}{l}").as_bytes());
+        assert_eq!(g.len(), 1);
+        // Bounded in all: the oldest uniqueids go with all their rows, the
+        // one just read stays.
+        let mut h = CdrFollower::new(Path::new("/x"), 3, 0);
+        for (u, d) in [
+            ("1.1", "a"),
+            ("1.1", "b"),
+            ("2.1", "c"),
+            ("2.1", "d"),
+            ("2.1", "e"),
+        ] {
+            h.feed(leg(u, d, "2026-11-24 10:00:00", "", 0, "NO ANSWER").as_bytes());
+            assert!(h.len() <= 3 && h.indexes_consistent());
+        }
+        assert!(h.get("1.1").is_none());
+        assert_eq!(h.rows_of("2.1").len(), 3);
+        h.feed(leg("2.1", "f", "2026-11-24 10:00:00", "", 0, "NO ANSWER").as_bytes());
+        assert_eq!((h.len(), h.rows_of("2.1").len()), (3, 3));
+        assert!(h.indexes_consistent());
     }
 
     /// Not a test: the time of the first read of a large Master.csv
