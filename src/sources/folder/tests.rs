@@ -20,6 +20,57 @@ fn freepbx_name() {
 }
 
 #[test]
+fn freepbx_name_with_a_systemname_uniqueid_and_empty_numbers() {
+    // `systemname = pbx1` in asterisk.conf: the uniqueid holds a dash.
+    let n = parse_freepbx_name("in-2001-5551234-20261201-101500-pbx1-1700000000.123").unwrap();
+    assert_eq!(
+        (n.kind.as_str(), n.dst.as_str(), n.src.as_str()),
+        ("in", "2001", "5551234")
+    );
+    assert_eq!(n.uniqueid, "pbx1-1700000000.123");
+    assert_eq!(n.started_at.to_rfc3339(), "2026-12-01T10:15:00.000Z");
+    // Several dashes in the system name; the plain form is unchanged.
+    let n = parse_freepbx_name("out-5551234-1001-20261201-101500-pbx-east-2-1700000000.9").unwrap();
+    assert_eq!(n.uniqueid, "pbx-east-2-1700000000.9");
+    assert_eq!(n.src, "1001");
+    let n = parse_freepbx_name("in-2001-5551234-20261201-101500-1700000000.123").unwrap();
+    assert_eq!(
+        (n.src.as_str(), n.uniqueid.as_str()),
+        ("5551234", "1700000000.123")
+    );
+    // Empty numbers (no caller id, an unknown destination).
+    let n = parse_freepbx_name("in-2001--20261201-101500-pbx1-1700000000.1").unwrap();
+    assert_eq!((n.dst.as_str(), n.src.as_str()), ("2001", ""));
+    assert_eq!(n.uniqueid, "pbx1-1700000000.1");
+    let n = parse_freepbx_name("out--1001-20261201-101500-1700000000.2").unwrap();
+    assert_eq!((n.dst.as_str(), n.src.as_str()), ("", "1001"));
+    let n = parse_freepbx_name("exten---20261201-101500-1700000000.3").unwrap();
+    assert_eq!(
+        (n.kind.as_str(), n.dst.as_str(), n.src.as_str()),
+        ("exten", "", "")
+    );
+    // A source with dashes stays the source.
+    let n = parse_freepbx_name("in-2001-555-123-4-20261201-101500-pbx1-1.2").unwrap();
+    assert_eq!(
+        (n.src.as_str(), n.uniqueid.as_str()),
+        ("555-123-4", "pbx1-1.2")
+    );
+    // Not FreePBX names: no type, no uniqueid, no date, too few parts.
+    for no in [
+        "-2001-5551234-20261201-101500-1.2",
+        "in-2001-5551234-20261201-101500-",
+        "in-2001-5551234-20261201-101500",
+        "in-2001-20261201-101500-1.2",
+        "in-2001-5551234-20261301-101500-pbx1-1.2",
+        "in-2001-5551234-2026120-101500-1.2",
+        "20261201-101500-1.2",
+        "",
+    ] {
+        assert!(parse_freepbx_name(no).is_none(), "{no}");
+    }
+}
+
+#[test]
 fn grouping() {
     let files: Vec<PathBuf> = [
         "/r/x-in.wav",
