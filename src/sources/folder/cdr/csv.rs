@@ -197,8 +197,12 @@ pub const MAX_ROWS_PER_ID: usize = 64;
 #[derive(Debug)]
 pub struct CdrFollower {
     pub(crate) path: PathBuf,
+    /// The file followed, held open: once rotated (renamed away, deleted)
+    /// its last rows are still read from it before the new file's.
+    file: Option<File>,
     offset: u64,
-    inode: u64,
+    /// Device and inode of `file`.
+    inode: (u64, u64),
     partial: Vec<u8>,
     /// The line being read grew past 64 KiB and was dropped: its rest, up
     /// to its end, is dropped too (not read as a line of its own).
@@ -246,8 +250,9 @@ impl CdrFollower {
     ) -> Self {
         CdrFollower {
             path: path.to_path_buf(),
+            file: None,
             offset: 0,
-            inode: 0,
+            inode: (0, 0),
             partial: Vec::new(),
             dropping_line: false,
             rows: HashMap::new(),
@@ -268,22 +273,67 @@ impl CdrFollower {
         self.pulse = pulse;
     }
 
-    /// Reads what was appended since the last call (from the start again if
-    /// the file shrank or was replaced: rotated). Reports alive after each
-    /// 256 KiB read; asked to stop, it ends with an `Interrupted` error and
-    /// the next call goes on where this one ended.
+    /// Reads what was appended since the last call. Rotated (the path names
+    /// another file now: the old one renamed away or deleted, a new one
+    /// made): the old file is read to its end first, then the new one from
+    /// its start. Truncated in place (`copytruncate`): read from the start
+    /// again (rows written between the last read and the copy are only in
+    /// the copy). Reports alive after each 256 KiB read; asked to stop, it
+    /// ends with an `Interrupted` error and the next call goes on where
+    /// this one ended.
     pub fn poll(&mut self) -> io::Result<()> {
-        let mut f = File::open(&self.path)?;
-        let md = f.metadata()?;
-        let len = md.len();
-        if len < self.offset || md.ino() != self.inode {
-            self.inode = md.ino();
+        let opened = match File::open(&self.path) {
+            Ok(f) => {
+                let md = f.metadata()?;
+                Some((f, md))
+            }
+            // Renamed away, the new one not made yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let id = opened.as_ref().map(|(_, md)| (md.dev(), md.ino()));
+        if self.file.is_some() && id != Some(self.inode) {
+            // Rotated: the old file's last rows first (a stop here leaves
+            // it held, to go on with next time).
+            if let Some(mut old) = self.file.take() {
+                let r = self.read_on(&mut old);
+                self.file = Some(old);
+                r?;
+            }
+            if opened.is_none() {
+                return Ok(());
+            }
+            // Its last line, had it no line end, is a row all the same.
+            self.finish_line();
+            self.file = None;
+        }
+        let Some((f, md)) = opened else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", self.path.display()),
+            ));
+        };
+        if self.file.is_none() || md.len() < self.offset {
+            self.inode = (md.dev(), md.ino());
             self.offset = 0;
             self.partial.clear();
             self.dropping_line = false;
         }
+        let mut f = f;
+        let r = self.read_on(&mut f);
+        // The handle is this path's file: kept for when it is rotated.
+        self.file = Some(f);
+        r
+    }
+
+    /// Reads `f` from `offset` to its end, in pieces (the first read of a
+    /// large file is not held whole).
+    fn read_on(&mut self, f: &mut File) -> io::Result<()> {
+        let len = f.metadata()?.len();
+        if len <= self.offset {
+            return Ok(());
+        }
         f.seek(SeekFrom::Start(self.offset))?;
-        // In pieces: the first read of a large file is not held whole.
         let mut f = f.take(len - self.offset);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -303,6 +353,16 @@ impl CdrFollower {
             }
         }
         Ok(())
+    }
+
+    /// The end of a file: what is held back, a line without its line end,
+    /// is taken as a line.
+    fn finish_line(&mut self) {
+        if !self.partial.is_empty() && !self.dropping_line {
+            self.feed(b"\n");
+        }
+        self.partial.clear();
+        self.dropping_line = false;
     }
 
     /// Takes in bytes appended to the file: complete lines become rows (a
@@ -662,6 +722,57 @@ mod tests {
         f.poll().unwrap();
         assert!(f.get("2.1").is_some() && f.get("2.2").is_some());
         assert!(f.get("1.1").is_none(), "oldest forgotten");
+    }
+
+    #[test]
+    fn a_rotated_master_csv_is_read_to_its_end_before_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Master.csv");
+        let cols = || CsvColumns::new(&["uniqueid", "linkedid", "recordingfile"]).unwrap();
+        let append = |path: &Path, text: &str| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        };
+        let mut f = CdrFollower::with_columns(&p, 100, cols(), PbxTimeZone::Fixed(0));
+        append(&p, "1.1,L1,a.wav\n");
+        f.poll().unwrap();
+        // Rows appended after the last read, then logrotate (`create`):
+        // renamed away, a new file made and written to.
+        append(&p, "1.2,L2,b.wav\n1.3,L3,c.wav\n");
+        std::fs::rename(&p, dir.path().join("Master.csv.1")).unwrap();
+        append(&p, "2.1,L4,d.wav\n");
+        f.poll().unwrap();
+        for u in ["1.1", "1.2", "1.3", "2.1"] {
+            assert!(f.get(u).is_some(), "{u}");
+        }
+        append(&p, "2.2,L5,e.wav\n");
+        f.poll().unwrap();
+        assert_eq!((f.len(), f.malformed), (5, 0));
+
+        // Renamed away with a last line not ended, the new file not made
+        // yet; then deleted (not renamed) and made again.
+        append(&p, "3.1,L6,f.wav\n3.2,L7,g.wav");
+        std::fs::rename(&p, dir.path().join("Master.csv.2")).unwrap();
+        f.poll().unwrap();
+        assert!(f.get("3.1").is_some(), "read from the renamed file");
+        append(&p, "4.1,L8,h.wav\n");
+        f.poll().unwrap();
+        assert!(f.get("3.2").is_some(), "its last line, without a line end");
+        assert!(f.get("4.1").is_some());
+        append(&p, "4.2,L9,i.wav\n");
+        std::fs::remove_file(&p).unwrap();
+        append(&p, "5.1,LA,j.wav\n");
+        f.poll().unwrap();
+        assert!(f.get("4.2").is_some() && f.get("5.1").is_some());
+        assert_eq!((f.len(), f.malformed), (10, 0));
+        assert!(f.indexes_consistent());
+        // A missing file with nothing followed yet: NotFound (no rows).
+        let mut g = CdrFollower::new(&dir.path().join("none.csv"), 10, 0);
+        assert_eq!(g.poll().unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
