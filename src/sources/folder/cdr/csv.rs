@@ -106,6 +106,13 @@ pub fn clid_name(clid: &str) -> Option<String> {
     }
 }
 
+/// Whether `b` holds an odd number of '"' (so a line break after it is
+/// inside or outside quotes the other way round than before it; `""` in a
+/// quoted field counts twice).
+fn odd_quotes(b: &[u8]) -> bool {
+    b.iter().filter(|&&c| c == b'"').count() % 2 == 1
+}
+
 /// A row held: its line and what it is indexed by.
 #[derive(Debug)]
 struct HeldRow {
@@ -207,6 +214,10 @@ pub struct CdrFollower {
     /// The line being read grew past 64 KiB and was dropped: its rest, up
     /// to its end, is dropped too (not read as a line of its own).
     dropping_line: bool,
+    /// `partial` ends inside quotes (its record goes on past a line end).
+    quoted: bool,
+    /// The last read ended with `partial` inside quotes across a line end.
+    open_quote_seen: bool,
     /// uniqueid → its rows as their lines, in the order read: parsed again
     /// when asked for (a row parsed is 1.4 KiB of strings and indexes; its
     /// line and indexes about a third of that: 200,000 rows took 380 MB
@@ -255,6 +266,8 @@ impl CdrFollower {
             inode: (0, 0),
             partial: Vec::new(),
             dropping_line: false,
+            quoted: false,
+            open_quote_seen: false,
             rows: HashMap::new(),
             held: 0,
             linked: HashMap::new(),
@@ -316,14 +329,15 @@ impl CdrFollower {
         if self.file.is_none() || md.len() < self.offset {
             self.inode = (md.dev(), md.ino());
             self.offset = 0;
-            self.partial.clear();
-            self.dropping_line = false;
+            self.reset_record();
         }
         let mut f = f;
         let r = self.read_on(&mut f);
         // The handle is this path's file: kept for when it is rotated.
         self.file = Some(f);
-        r
+        r?;
+        self.at_end_of_data();
+        Ok(())
     }
 
     /// Reads `f` from `offset` to its end, in pieces (the first read of a
@@ -355,57 +369,122 @@ impl CdrFollower {
         Ok(())
     }
 
-    /// The end of a file: what is held back, a line without its line end,
-    /// is taken as a line.
+    /// The end of a file: what is held back, a record without its line
+    /// end, is taken as a record (a quote that does not end: line by line).
     fn finish_line(&mut self) {
-        if !self.partial.is_empty() && !self.dropping_line {
-            self.feed(b"\n");
+        if !self.dropping_line {
+            if self.quoted && self.partial.contains(&b'\n') {
+                self.take_lines_as_they_are();
+            }
+            let rest = std::mem::take(&mut self.partial);
+            self.take_record(&rest);
         }
-        self.partial.clear();
-        self.dropping_line = false;
+        self.reset_record();
     }
 
-    /// Takes in bytes appended to the file: complete lines become rows (a
-    /// line without a `uniqueid` is counted in `malformed`), the rest waits
-    /// for its end.
+    /// Nothing held back (a new file, or read from its start again).
+    fn reset_record(&mut self) {
+        self.partial.clear();
+        self.dropping_line = false;
+        self.quoted = false;
+        self.open_quote_seen = false;
+    }
+
+    /// Takes in bytes appended to the file: complete records become rows
+    /// (a record without a `uniqueid` is counted in `malformed`), the rest
+    /// waits for its end. A record ends at a line end outside quotes: a
+    /// quoted field (a caller name, `userfield`, `lastdata`) may hold line
+    /// breaks.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         if self.dropping_line {
             match bytes.iter().position(|&b| b == b'\n') {
                 Some(end) => {
                     bytes = &bytes[end + 1..];
                     self.dropping_line = false;
+                    self.quoted = false;
                 }
                 None => return,
             }
         }
-        // Where the bytes held back so far end: they hold no line end.
+        // Where the bytes held back so far end: `quoted` says whether they
+        // end inside quotes.
         let mut from = self.partial.len();
         self.partial.extend_from_slice(bytes);
-        // The lines are parsed where they lie and the buffer is cut once at
-        // the end: cutting it line by line moved the rest each time, hours
-        // for the first read of a Master.csv of a few hundred MB.
+        // The records are parsed where they lie and the buffer is cut once
+        // at the end: cutting it record by record moved the rest each time,
+        // hours for the first read of a Master.csv of a few hundred MB.
         let buf = std::mem::take(&mut self.partial);
         let mut start = 0;
+        let mut quoted = self.quoted;
         while let Some(off) = buf[from..].iter().position(|&b| b == b'\n') {
             let end = from + off;
-            let text = String::from_utf8_lossy(&buf[start..end]);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if !text.is_empty() {
-                match parse_cdr_line_with(text, &self.columns, self.tz) {
-                    Some(row) => self.insert(text, row),
-                    None => self.malformed += 1,
-                }
+            quoted ^= odd_quotes(&buf[from..end]);
+            from = end + 1;
+            if quoted {
+                // A line break inside a quoted field.
+                continue;
             }
+            self.take_record(&buf[start..end]);
             start = end + 1;
-            from = start;
+        }
+        self.quoted = quoted ^ odd_quotes(&buf[from..]);
+        self.partial = buf;
+        self.partial.drain(..start);
+        if self.partial.len() > MAX_LINE {
+            // 64 KiB inside quotes: a quote that does not end (a stray
+            // '"'), not a record; its lines are taken one by one.
+            if self.quoted {
+                self.take_lines_as_they_are();
+            }
+            // A line longer than 64 KiB is not a CDR line: drop it.
+            if self.partial.len() > MAX_LINE {
+                self.partial.clear();
+                self.malformed += 1;
+                self.dropping_line = true;
+                self.quoted = false;
+            }
+        }
+    }
+
+    /// One record (without its line end) → a row, or counted as malformed.
+    fn take_record(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if !text.is_empty() {
+            match parse_cdr_line_with(text, &self.columns, self.tz) {
+                Some(row) => self.insert(text, row),
+                None => self.malformed += 1,
+            }
+        }
+    }
+
+    /// What is held back is in a quote that does not end: each of its lines
+    /// is taken as a record of its own (the one with the stray quote is
+    /// malformed, or a row if its columns still fit), the rest waits.
+    fn take_lines_as_they_are(&mut self) {
+        let buf = std::mem::take(&mut self.partial);
+        let mut start = 0;
+        while let Some(off) = buf[start..].iter().position(|&b| b == b'\n') {
+            self.take_record(&buf[start..start + off]);
+            start += off + 1;
         }
         self.partial = buf;
         self.partial.drain(..start);
-        // A line longer than 64 KiB is not a CDR line: drop it.
-        if self.partial.len() > MAX_LINE {
-            self.partial.clear();
-            self.malformed += 1;
-            self.dropping_line = true;
+        self.quoted = odd_quotes(&self.partial);
+        self.open_quote_seen = false;
+    }
+
+    /// Everything the file holds now has been read: a record still open
+    /// inside quotes across a line break, found so at two reads in a row,
+    /// is a stray quote (Asterisk writes a record at once), not a record
+    /// still being written: its lines are taken one by one, so that the
+    /// rows after it do not wait.
+    fn at_end_of_data(&mut self) {
+        let open = self.quoted && self.partial.contains(&b'\n');
+        if open && self.open_quote_seen {
+            self.take_lines_as_they_are();
+        } else {
+            self.open_quote_seen = open;
         }
     }
 
@@ -773,6 +852,75 @@ mod tests {
         // A missing file with nothing followed yet: NotFound (no rows).
         let mut g = CdrFollower::new(&dir.path().join("none.csv"), 10, 0);
         assert_eq!(g.poll().unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_line_break_inside_a_quoted_field_keeps_the_row() {
+        // cdr_csv writes fields as they are: a caller name or a userfield
+        // the dialplan set may hold a line break (LF, or CR LF).
+        let broken = format!(
+            "{}{}{}",
+            r#""","5551234","2001","from-trunk","""Eve"#,
+            "\r\nSmith\"\" <5551234>\",\"SIP/t-1\",\"SIP/2001-2\",\"Dial\",\"\",",
+            r#""2026-11-24 10:00:00","2026-11-24 10:00:04","2026-11-24 10:01:00",60,56,"ANSWERED","D","6.1","note
+second line""#,
+        );
+        let text = format!(
+            "{}{broken}\n{}",
+            leg("5.1", "200", "2026-11-24 09:00:00", "", 0, "NO ANSWER"),
+            leg("7.1", "201", "2026-11-24 10:00:00", "", 0, "NO ANSWER"),
+        );
+        // Whole, and in pieces of every size up to 40 bytes (cut inside
+        // the quotes, at the line breaks, between CR and LF).
+        for piece in std::iter::once(text.len()).chain(1..=40) {
+            let mut f = CdrFollower::new(Path::new("/x"), 100, 0);
+            for c in text.as_bytes().chunks(piece) {
+                f.feed(c);
+            }
+            assert_eq!((f.len(), f.malformed), (3, 0), "pieces of {piece}");
+            let r = f.get("6.1").expect("the row with line breaks");
+            assert_eq!(r.clid, "\"Eve\r\nSmith\" <5551234>");
+            assert_eq!(r.userfield, "note\nsecond line");
+            assert_eq!((r.disposition.as_str(), r.billsec), ("ANSWERED", Some(56)));
+            assert!(f.get("5.1").is_some() && f.get("7.1").is_some());
+        }
+    }
+
+    #[test]
+    fn a_stray_quote_does_not_hold_up_the_rows_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Master.csv");
+        // A quote that never ends, then good rows: the rows after it are
+        // found at the next read (Asterisk writes a record at once, so a
+        // quote still open at two reads in a row is no record in writing).
+        let stray = "\"\",\"1\",\"2\",\"c\",\"Bad <1>,\"\",\"\",\"\",\"\",\"2026-11-24 10:00:00\",\"\",\"2026-11-24 10:00:09\",9,0,\"NO ANSWER\",\"D\",\"8.1\",\"\"\n";
+        let text = format!(
+            "{}{stray}{}{}",
+            leg("5.1", "200", "2026-11-24 09:00:00", "", 0, "NO ANSWER"),
+            leg("7.1", "201", "2026-11-24 10:00:00", "", 0, "NO ANSWER"),
+            leg("7.2", "202", "2026-11-24 10:00:00", "", 0, "NO ANSWER"),
+        );
+        std::fs::write(&p, &text).unwrap();
+        let mut f = CdrFollower::new(&p, 100, 0);
+        f.poll().unwrap();
+        assert!(f.get("5.1").is_some());
+        f.poll().unwrap();
+        assert!(f.get("7.1").is_some() && f.get("7.2").is_some());
+        assert_eq!(f.malformed, 1, "the line with the stray quote");
+        // Fed without reads (no end of data): 64 KiB inside quotes is no
+        // record either; the lines are taken one by one.
+        let mut g = CdrFollower::new(Path::new("/x"), 10_000, 0);
+        g.feed(stray.as_bytes());
+        for i in 0..600 {
+            g.feed(leg(&format!("9.{i}"), "1", "2026-11-24 10:00:00", "", 0, "BUSY").as_bytes());
+        }
+        assert!(
+            g.get("9.0").is_some() && g.len() > 400,
+            "{} {}",
+            g.len(),
+            g.malformed
+        );
+        assert!(g.indexes_consistent());
     }
 
     #[test]
