@@ -98,12 +98,15 @@ pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
 
 pub use crate::sources::folder::cdr::parse_cdr_datetime;
 
-/// FreePBX recording type → CONTRACT direction.
+/// FreePBX recording type → CONTRACT direction. `exten` (recorded by an
+/// extension's own setting) is any call of that extension, to or from the
+/// outside as well as internal: it says nothing of the direction, which the
+/// CDR's contexts or the parties' numbers then tell.
 pub fn direction_of(kind: &str) -> &'static str {
     match kind {
         "in" | "q" | "rg" | "external" | "inbound" => "inbound",
         "out" | "outbound" => "outbound",
-        "internal" | "exten" | "conf" => "internal",
+        "internal" | "conf" => "internal",
         _ => "unknown",
     }
 }

@@ -71,6 +71,26 @@ fn freepbx_name_with_a_systemname_uniqueid_and_empty_numbers() {
 }
 
 #[test]
+fn exten_recordings_leave_the_direction_to_the_cdr_and_the_numbers() {
+    // FreePBX's `exten` type: recorded by the extension's own setting, any
+    // call of it (from a trunk, to a trunk, another extension).
+    assert_eq!(direction_of("exten"), "unknown");
+    assert_eq!(direction_of("internal"), "internal");
+    let d = DirectionRules::default();
+    let row = |dcontext: &str, did: &str| CdrRow {
+        dcontext: dcontext.into(),
+        did: did.into(),
+        ..CdrRow::default()
+    };
+    let f = direction_of("exten");
+    assert_eq!(d.classify(Some(&row("ext-local", "5551000")), f), "inbound");
+    assert_eq!(d.classify(Some(&row("outrt-1", "")), f), "outbound");
+    assert_eq!(d.classify(Some(&row("from-internal", "")), f), "internal");
+    assert_eq!(d.classify(Some(&row("custom-ctx", "")), f), "unknown");
+    assert_eq!(d.classify(None, f), "unknown");
+}
+
+#[test]
 fn grouping() {
     let files: Vec<PathBuf> = [
         "/r/x-in.wav",

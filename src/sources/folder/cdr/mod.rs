@@ -207,9 +207,11 @@ pub fn best_row<'a>(rows: impl IntoIterator<Item = &'a CdrRow>, q: &CdrQuery) ->
 /// 1. `did` not empty, or `dcontext` starts with one of `inbound_contexts` → inbound;
 /// 2. `outbound_cnum` not empty, or `dcontext` starts with one of
 ///    `outbound_contexts` → outbound;
-/// 3. the recording's FreePBX file type (`out`, `internal`, `external`/`in`, `q`, `rg`);
+/// 3. the recording's FreePBX file type (`out`, `internal`, `conf`,
+///    `external`/`in`, `q`, `rg`; not `exten`: [`crate::sources::folder::direction_of`]);
 /// 4. `dcontext` starts with one of `internal_contexts` → internal;
-/// 5. unknown.
+/// 5. unknown: the parties' numbers decide later (`[roles]`,
+///    [`crate::recording::RoleRules::classify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectionRules {
     pub inbound_contexts: Vec<String>,
