@@ -1541,6 +1541,95 @@ fn master_csv_newcdrcolumns_row_matched_by_linkedid() {
     assert_eq!(j["ids"]["asterisk_linkedid"], "1700000600.1");
 }
 
+#[test]
+fn systemname_uniqueid_with_a_dash_is_read_from_the_name_and_matched() {
+    // `systemname = pbx1` (asterisk.conf): Asterisk's uniqueids are
+    // `pbx1-<epoch>.<n>`, in the file name and in the CDR.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let stem = "in-2001-5551234-20261201-101500-pbx1-1700000000.123";
+    write_wav(
+        &day_dir(&root).join(format!("{stem}.wav")),
+        8000,
+        1,
+        &speechlike(61, 500, 8000),
+    );
+    let csv = tmp.path().join("Master.csv");
+    let row = r#""","5551234","2001","from-trunk","""Dan"" <5551234>","SIP/trunk-0001","SIP/2001-0002","Dial","SIP/2001,30","2026-12-01 10:14:58","2026-12-01 10:15:00","2026-12-01 10:16:00",62,60,"ANSWERED","DOCUMENTATION","pbx1-1700000000.123","""#;
+    fs::write(&csv, format!("{row}\n")).unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv));
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let j = json_of(&s.written[0].json);
+    assert_eq!(j["cdr"], true, "{j}");
+    assert_eq!(j["call_id"], "pbx1-1700000000.123");
+    assert_eq!(j["from"]["number"], "5551234");
+    assert_eq!(j["to"]["number"], "2001");
+    assert_eq!(j["started_at"], "2026-12-01T10:14:58.000Z");
+}
+
+#[test]
+fn exten_recordings_get_their_direction_from_the_numbers() {
+    // `exten-`: recorded by an extension's own setting, no CDR row: the
+    // parties' numbers tell (the file type said "internal" for all).
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    // An outside caller to extension 2001, split legs.
+    let inbound = "exten-2001-15551230000-20261124-101502-1700000700.1";
+    write_wav(
+        &d.join(format!("{inbound}-in.wav")),
+        8000,
+        1,
+        &speechlike(70, 500, 8000),
+    );
+    write_wav(
+        &d.join(format!("{inbound}-out.wav")),
+        8000,
+        1,
+        &speechlike(71, 500, 8000),
+    );
+    // 2001 calls 2002, and 2001 calls outside: mono mixes.
+    let internal = "exten-2002-2001-20261124-102000-1700000701.1";
+    write_wav(
+        &d.join(format!("{internal}.wav")),
+        8000,
+        1,
+        &speechlike(72, 500, 8000),
+    );
+    let outbound = "exten-15559870000-2001-20261124-103000-1700000702.1";
+    write_wav(
+        &d.join(format!("{outbound}.wav")),
+        8000,
+        1,
+        &speechlike(73, 500, 8000),
+    );
+    let mut s = scanner(&root, &spool, None);
+    assert_eq!(settle_scan(&mut s, Instant::now()), 3, "{:?}", s.errors);
+    let by_call = |id: &str| {
+        s.written
+            .iter()
+            .map(|c| json_of(&c.json))
+            .find(|j| j["call_id"] == id)
+            .unwrap()
+    };
+    let j = by_call("1700000700.1");
+    assert_eq!(j["direction"], "inbound", "{j}");
+    assert_eq!(j["channels"][0]["role"], "customer");
+    assert_eq!(j["channels"][1]["role"], "agent");
+    assert_eq!(j["channels"][1]["extension"], "2001");
+    assert_eq!(j["pbx_type"], "exten");
+    let j = by_call("1700000701.1");
+    assert_eq!(j["direction"], "internal", "{j}");
+    assert_eq!(j["mixed_mono"], true);
+    assert!(
+        j["channels"][0].get("role").is_none(),
+        "a mono mix has no roles"
+    );
+    assert_eq!(by_call("1700000702.1")["direction"], "outbound");
+}
+
 fn raw_bytes(x: &[i16]) -> Vec<u8> {
     x.iter().flat_map(|s| s.to_le_bytes()).collect()
 }

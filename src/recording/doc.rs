@@ -245,7 +245,7 @@ impl RecordingDoc {
 
     /// Set the direction (when the source did not know it) and each
     /// channel's role from the parties ([`RoleRules::classify`]). A mono
-    /// mix gets none: its channels are not parties.
+    /// mix gets the direction only: its channel is not a party.
     pub fn assign_roles(&mut self, rules: &RoleRules) {
         self.assign_roles_with(rules, None);
     }
@@ -257,9 +257,6 @@ impl RecordingDoc {
         rules: &RoleRules,
         signalling: Option<[std::net::IpAddr; 2]>,
     ) {
-        if self.folder.as_ref().is_some_and(|f| f.mixed_mono) {
-            return;
-        }
         let (direction, roles) = rules.classify_with(
             self.from.as_ref(),
             self.to.as_ref(),
@@ -267,7 +264,9 @@ impl RecordingDoc {
             signalling,
         );
         self.direction = direction;
-        self.roles = Some(roles);
+        if !self.folder.as_ref().is_some_and(|f| f.mixed_mono) {
+            self.roles = Some(roles);
+        }
     }
 
     /// The JSON value written to `<id>.json`.

@@ -72,6 +72,12 @@
 //!   mtime has not changed since it was listed (and was quiet then) is not
 //!   listed again, only the files still settling are re-read; the whole
 //!   tree is listed every `full_scan`.
+//! - A long pass (a backlog of recordings, a large tree, the first read of a
+//!   large Master.csv) reports the thread alive after each recording
+//!   converted and every few hundred files listed or 256 KiB of Master.csv
+//!   read ([`Pulse`]), and ends after the recording in progress when the
+//!   source is stopped. A pass converts for at most
+//!   [`FolderSettings::pass_budget`]; the next one follows at once.
 //! - An undecodable file is logged, counted and marked seen; the others
 //!   continue. A file that cannot be read (an I/O error: permission denied,
 //!   EIO, ... may pass) is logged and counted, not marked seen, and tried
@@ -177,6 +183,60 @@ fn fmt_err(path: &Path, why: impl Into<String>) -> FolderError {
     }
 }
 
+/// How a long pass (a backlog of recordings, a large tree, the first read
+/// of a large Master.csv) reports the folder thread alive and learns that
+/// it is to stop: [`Pulse::beat`] is called after each recording converted
+/// and every few hundred files listed or 256 KiB of Master.csv read. Without
+/// it a pass of minutes looked stalled (the daemon then withholds the
+/// systemd watchdog ping) and a stop waited for the whole pass.
+#[derive(Clone)]
+pub struct Pulse {
+    alive: Arc<dyn Fn() + Send + Sync>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pulse {
+    /// `alive` is called on each beat (the folder thread: its
+    /// [`Liveness`] beat); `stop` set: the pass ends early.
+    pub fn new(alive: impl Fn() + Send + Sync + 'static, stop: Arc<AtomicBool>) -> Self {
+        Pulse {
+            alive: Arc::new(alive),
+            stop,
+        }
+    }
+
+    /// Beats `name` on `live`, stops with `stop`.
+    pub fn of(live: Arc<Liveness>, name: &'static str, stop: Arc<AtomicBool>) -> Self {
+        Pulse::new(move || live.beat(name), stop)
+    }
+
+    /// Reports alive; `false`: asked to stop, the pass is to end now.
+    pub fn beat(&self) -> bool {
+        (self.alive)();
+        !self.stopping()
+    }
+
+    /// Whether a stop was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for Pulse {
+    /// Reports to no one, never stops (a scanner driven by hand).
+    fn default() -> Self {
+        Pulse::new(|| {}, Arc::new(AtomicBool::new(false)))
+    }
+}
+
+impl std::fmt::Debug for Pulse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pulse")
+            .field("stopping", &self.stopping())
+            .finish()
+    }
+}
+
 /// Settings of the folder source beyond `[sources.folder]` (defaults apply
 /// until the config grows these keys).
 #[derive(Debug, Clone)]
@@ -232,6 +292,10 @@ pub struct FolderSettings {
     /// marked): keeps a first start from importing years of old recordings.
     /// `None`: everything found is taken.
     pub max_age: Option<Duration>,
+    /// A pass stops converting after this long and the next one goes on at
+    /// once: a backlog does not hold up the status, the event queue or the
+    /// watch's upkeep for its whole length.
+    pub pass_budget: Duration,
 }
 
 /// A recording file name pattern: a regex with named groups that become
@@ -312,6 +376,7 @@ impl Default for FolderSettings {
             max_depth: 12,
             name_patterns: Vec::new(),
             max_age: None,
+            pass_budget: Duration::from_secs(10),
         }
     }
 }

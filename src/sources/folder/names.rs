@@ -22,20 +22,45 @@ pub struct FreePbxName {
 
 /// Parses `<type>-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>` (a stem, without
 /// extension or `-in`/`-out` suffix). `None` if it does not fit.
+///
+/// The date and time are the anchor: `-<8 digits>-<6 digits>-` followed by
+/// a unique id that may hold dashes itself (`systemname` set in
+/// asterisk.conf makes it `pbx1-1700000000.123`), preceded by the type, the
+/// destination (up to the next dash, maybe empty) and the source (the rest,
+/// maybe empty or with dashes). The last such anchor counts: the source is
+/// the caller's, the unique id the PBX's own.
 pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
-    // The uniqueid (`1700000000.123`) has no '-'; dst/src normally neither, but
-    // the date and time are found from the right to be safe.
-    let parts: Vec<&str> = stem.split('-').collect();
-    if parts.len() < 6 {
-        return None;
+    let b = stem.as_bytes();
+    let digits_at = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    // `i`: the dash before the date; the unique id starts at `i + 17`.
+    let mut i = b.len().checked_sub(18)?;
+    loop {
+        if b[i] == b'-'
+            && digits_at(i + 1, 8)
+            && b[i + 9] == b'-'
+            && digits_at(i + 10, 6)
+            && b[i + 16] == b'-'
+        {
+            if let Some(n) = freepbx_parts(stem, i) {
+                return Some(n);
+            }
+        }
+        i = i.checked_sub(1)?;
     }
-    let n = parts.len();
-    let uniqueid = *parts.get(n - 1)?;
-    let time = *parts.get(n - 2)?;
-    let date = *parts.get(n - 3)?;
-    let kind = *parts.first()?;
-    let dst = *parts.get(1)?;
-    let src = parts.get(2..n - 3)?.join("-");
+}
+
+/// [`parse_freepbx_name`] with the date found at `stem[i + 1..]`.
+fn freepbx_parts(stem: &str, i: usize) -> Option<FreePbxName> {
+    // ASCII digits and dashes around `i`: these are char boundaries.
+    let head = stem.get(..i)?;
+    let date = stem.get(i + 1..i + 9)?;
+    let time = stem.get(i + 10..i + 16)?;
+    let uniqueid = stem.get(i + 17..)?;
+    let (kind, rest) = head.split_once('-')?;
+    let (dst, src) = rest.split_once('-')?;
     if uniqueid.is_empty() || kind.is_empty() {
         return None;
     }
@@ -43,7 +68,7 @@ pub fn parse_freepbx_name(stem: &str) -> Option<FreePbxName> {
     Some(FreePbxName {
         kind: kind.to_string(),
         dst: dst.to_string(),
-        src,
+        src: src.to_string(),
         src_name: None,
         started_at,
         uniqueid: uniqueid.to_string(),
@@ -73,12 +98,15 @@ pub fn parse_compact_datetime(date: &str, time: &str) -> Option<Timestamp> {
 
 pub use crate::sources::folder::cdr::parse_cdr_datetime;
 
-/// FreePBX recording type → CONTRACT direction.
+/// FreePBX recording type → CONTRACT direction. `exten` (recorded by an
+/// extension's own setting) is any call of that extension, to or from the
+/// outside as well as internal: it says nothing of the direction, which the
+/// CDR's contexts or the parties' numbers then tell.
 pub fn direction_of(kind: &str) -> &'static str {
     match kind {
         "in" | "q" | "rg" | "external" | "inbound" => "inbound",
         "out" | "outbound" => "outbound",
-        "internal" | "exten" | "conf" => "internal",
+        "internal" | "conf" => "internal",
         _ => "unknown",
     }
 }

@@ -43,6 +43,15 @@ pub(super) const FRESH_RELIST: Duration = Duration::from_secs(2);
 /// asks the spool whether a watched recording was delivered.
 const AFTER_DELIVERY_POLL: Duration = Duration::from_secs(5);
 
+/// A long pass reports alive (and looks whether it is to stop) every this
+/// many files listed or looked at; after every recording converted, and
+/// before each CDR lookup, in any case.
+const BEAT_EVERY: u32 = 256;
+
+/// Settled recordings looked up in the CDR store at a time (then converted,
+/// before the next are looked up).
+const LOOKUP_CHUNK: usize = 100;
+
 /// What an inotify event asks of the thread that owns the watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EventEffect {
@@ -104,6 +113,13 @@ pub struct FolderScanner {
     touched: HashMap<PathBuf, Instant>,
     /// Events mode: files written to and not closed since.
     open: HashSet<PathBuf>,
+    /// Reports the thread alive during a pass; says when to stop.
+    pulse: Pulse,
+    /// Calls of [`FolderScanner::tick`] (a beat every [`BEAT_EVERY`]).
+    ticks: u32,
+    /// The last pass ended at its time budget with settled recordings left:
+    /// the next pass is due at once.
+    more: bool,
     pub counters: FolderCounters,
     pub written: Vec<Converted>,
     /// Recent errors (at most 100 kept).
@@ -166,6 +182,9 @@ impl FolderScanner {
             fresh: Vec::new(),
             touched: HashMap::new(),
             open: HashSet::new(),
+            pulse: Pulse::default(),
+            ticks: 0,
+            more: false,
             counters: FolderCounters::default(),
             written: Vec::new(),
             errors: VecDeque::new(),
@@ -173,8 +192,34 @@ impl FolderScanner {
     }
 
     /// Uses `store` for call details (replacing Master.csv, if any).
-    pub fn set_cdr_store(&mut self, store: Box<dyn CdrStore>) {
+    pub fn set_cdr_store(&mut self, mut store: Box<dyn CdrStore>) {
+        store.set_pulse(self.pulse.clone());
         self.cdr = Some(store);
+    }
+
+    /// How passes report alive and learn to stop (the CDR store's reads too).
+    pub fn set_pulse(&mut self, pulse: Pulse) {
+        if let Some(c) = self.cdr.as_mut() {
+            c.set_pulse(pulse.clone());
+        }
+        self.pulse = pulse;
+    }
+
+    /// Whether the last pass left settled recordings for the next one (it
+    /// reached [`FolderSettings::pass_budget`]): the next pass is due now.
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    /// A file listed or looked at: reports alive every [`BEAT_EVERY`];
+    /// `false`: asked to stop.
+    fn tick(&mut self) -> bool {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % BEAT_EVERY == 0 {
+            self.pulse.beat()
+        } else {
+            !self.pulse.stopping()
+        }
     }
 
     /// Why the CDR store cannot answer now, if it cannot.
@@ -349,7 +394,7 @@ impl FolderScanner {
     /// for their CDR row, `path` is missing or a delivery is awaited.
     pub fn next_pass(&self, now: Instant) -> Instant {
         let mut next = self.full_scan_at + self.settings.full_scan;
-        if self.rescan || !self.to_list.is_empty() {
+        if self.rescan || self.more || !self.to_list.is_empty() {
             return now;
         }
         for (p, w) in &self.watching {
@@ -432,6 +477,9 @@ impl FolderScanner {
             if c.0 == mt {
                 let subdirs = c.1.clone();
                 for sub in subdirs {
+                    if !self.tick() {
+                        return;
+                    }
                     if depth < self.settings.max_depth {
                         self.walk(&sub, depth + 1, out, cached);
                     }
@@ -449,6 +497,10 @@ impl FolderScanner {
             }
         };
         for entry in rd.flatten() {
+            // Asked to stop: the listing is cut short (and not cached).
+            if !self.tick() {
+                return;
+            }
             let p = entry.path();
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
@@ -472,7 +524,7 @@ impl FolderScanner {
                 }
             }
         }
-        if !cached {
+        if !cached || self.pulse.stopping() {
             return;
         }
         // Cache only a listing that cannot race a file created in the same
@@ -537,7 +589,13 @@ impl FolderScanner {
     /// One pass: notices new and changed files, converts the sets whose files
     /// have all been unchanged for `settle` (and, with inotify, closed).
     /// Returns how many were written.
+    ///
+    /// A long pass reports alive through its [`Pulse`] and ends early when
+    /// asked to stop (a listing cut short is done again in full by the next
+    /// pass), or once it has converted for [`FolderSettings::pass_budget`]
+    /// (the next pass goes on at once: [`FolderScanner::more`]).
     pub fn scan(&mut self, now: Instant) -> usize {
+        self.more = false;
         self.after_delivery_pass();
         if !self.root_present() {
             return 0;
@@ -559,6 +617,10 @@ impl FolderScanner {
             let root = self.root.clone();
             let mut found = Vec::new();
             self.walk(&root, 0, &mut found, !self.events);
+            if self.pulse.stopping() {
+                self.rescan = true;
+                return 0;
+            }
             return self.settle_and_take(found, now);
         }
         let mut found = Vec::new();
@@ -567,6 +629,10 @@ impl FolderScanner {
         } else {
             let root = self.root.clone();
             self.walk(&root, 0, &mut found, true);
+        }
+        if self.pulse.stopping() {
+            self.rescan = true;
+            return 0;
         }
         self.settle_and_take(found, now)
     }
@@ -585,6 +651,9 @@ impl FolderScanner {
         pending.sort();
         pending.dedup();
         for p in pending {
+            if !self.tick() {
+                return 0;
+            }
             if let Ok(md) = fs::symlink_metadata(&p) {
                 if md.is_file() && (self.watching.contains_key(&p) || !self.too_old(&md)) {
                     found.push((p, md));
@@ -651,14 +720,48 @@ impl FolderScanner {
                 })
             })
             .collect();
-        self.waiting_cdr
-            .retain(|k, _| settled.iter().any(|s| s.key == *k));
-        let rows = self.lookup_cdr(&settled, now);
+        let keys: HashSet<&PathBuf> = settled.iter().map(|s| &s.key).collect();
+        self.waiting_cdr.retain(|k, _| keys.contains(k));
+        // A backlog is converted a chunk at a time, reporting alive after
+        // each recording: a pass of thousands must not look stalled (the
+        // systemd watchdog) nor hold up a stop.
+        let started = Instant::now();
         let mut written = 0;
-        for (set, row) in settled.iter().zip(rows) {
-            if self.take(set, row, &present, now) {
-                written += 1;
+        let mut tried = 0;
+        let mut from = 0;
+        while from < settled.len() {
+            let chunk = &settled[from..settled.len().min(from + LOOKUP_CHUNK)];
+            if !self.pulse.beat() {
+                return written;
             }
+            let rows = self.lookup_cdr(chunk, settled.len() - from);
+            if self.pulse.stopping() {
+                return written;
+            }
+            if rows.iter().any(|r| matches!(r, Lookup::Down)) {
+                // The store cannot answer: every recording left waits, and
+                // its wait for a late row starts again once it answers.
+                for s in &settled[from..] {
+                    self.waiting_cdr.insert(s.key.clone(), now);
+                }
+                return written;
+            }
+            for (set, row) in chunk.iter().zip(rows) {
+                // Past the budget: the rest in the next pass (one at least
+                // in each, so a backlog always moves on).
+                if tried > 0 && started.elapsed() >= self.settings.pass_budget {
+                    self.more = true;
+                    return written;
+                }
+                tried += 1;
+                if self.take(set, row, &present, now) {
+                    written += 1;
+                }
+                if !self.pulse.beat() {
+                    return written;
+                }
+            }
+            from += chunk.len();
         }
         written
     }
@@ -714,6 +817,9 @@ impl FolderScanner {
             None => return,
         };
         for (id, note) in done {
+            if !self.tick() {
+                return;
+            }
             let files: Vec<PathBuf> = serde_json::from_str::<Vec<String>>(&note)
                 .unwrap_or_default()
                 .iter()
@@ -786,9 +892,9 @@ impl FolderScanner {
         }
     }
 
-    /// The CDR rows of `sets`, one per set (`Lookup::Wait` while the store is
-    /// down).
-    fn lookup_cdr(&mut self, sets: &[RecordingSet], now: Instant) -> Vec<Lookup> {
+    /// The CDR rows of `sets`, one per set (`Lookup::Down` while the store is
+    /// down: `waiting` recordings wait for it).
+    fn lookup_cdr(&mut self, sets: &[RecordingSet], waiting: usize) -> Vec<Lookup> {
         let Some(store) = self.cdr.as_mut() else {
             return sets.iter().map(|_| Lookup::NoStore).collect();
         };
@@ -827,17 +933,15 @@ impl FolderScanner {
                     .map(|r| r.map_or(Lookup::NotYet, |r| Lookup::Found(Box::new(r))))
                     .collect()
             }
+            // A read cut short by a stop: not an error of the store.
+            Err(_) if self.pulse.stopping() => sets.iter().map(|_| Lookup::Down).collect(),
             Err(e) => {
-                let msg = format!("folder: {e}; {} recording(s) wait for it", sets.len());
+                let msg = format!("folder: {e}; {waiting} recording(s) wait for it");
                 if self.cdr_down.as_deref() != Some(msg.as_str()) {
                     self.counters.scan_errors += 1;
                     self.error(msg.clone());
                 }
                 self.cdr_down = Some(msg);
-                // The wait for late rows starts again once the store answers.
-                for s in sets {
-                    self.waiting_cdr.insert(s.key.clone(), now);
-                }
                 sets.iter().map(|_| Lookup::Down).collect()
             }
         }

@@ -20,6 +20,77 @@ fn freepbx_name() {
 }
 
 #[test]
+fn freepbx_name_with_a_systemname_uniqueid_and_empty_numbers() {
+    // `systemname = pbx1` in asterisk.conf: the uniqueid holds a dash.
+    let n = parse_freepbx_name("in-2001-5551234-20261201-101500-pbx1-1700000000.123").unwrap();
+    assert_eq!(
+        (n.kind.as_str(), n.dst.as_str(), n.src.as_str()),
+        ("in", "2001", "5551234")
+    );
+    assert_eq!(n.uniqueid, "pbx1-1700000000.123");
+    assert_eq!(n.started_at.to_rfc3339(), "2026-12-01T10:15:00.000Z");
+    // Several dashes in the system name; the plain form is unchanged.
+    let n = parse_freepbx_name("out-5551234-1001-20261201-101500-pbx-east-2-1700000000.9").unwrap();
+    assert_eq!(n.uniqueid, "pbx-east-2-1700000000.9");
+    assert_eq!(n.src, "1001");
+    let n = parse_freepbx_name("in-2001-5551234-20261201-101500-1700000000.123").unwrap();
+    assert_eq!(
+        (n.src.as_str(), n.uniqueid.as_str()),
+        ("5551234", "1700000000.123")
+    );
+    // Empty numbers (no caller id, an unknown destination).
+    let n = parse_freepbx_name("in-2001--20261201-101500-pbx1-1700000000.1").unwrap();
+    assert_eq!((n.dst.as_str(), n.src.as_str()), ("2001", ""));
+    assert_eq!(n.uniqueid, "pbx1-1700000000.1");
+    let n = parse_freepbx_name("out--1001-20261201-101500-1700000000.2").unwrap();
+    assert_eq!((n.dst.as_str(), n.src.as_str()), ("", "1001"));
+    let n = parse_freepbx_name("exten---20261201-101500-1700000000.3").unwrap();
+    assert_eq!(
+        (n.kind.as_str(), n.dst.as_str(), n.src.as_str()),
+        ("exten", "", "")
+    );
+    // A source with dashes stays the source.
+    let n = parse_freepbx_name("in-2001-555-123-4-20261201-101500-pbx1-1.2").unwrap();
+    assert_eq!(
+        (n.src.as_str(), n.uniqueid.as_str()),
+        ("555-123-4", "pbx1-1.2")
+    );
+    // Not FreePBX names: no type, no uniqueid, no date, too few parts.
+    for no in [
+        "-2001-5551234-20261201-101500-1.2",
+        "in-2001-5551234-20261201-101500-",
+        "in-2001-5551234-20261201-101500",
+        "in-2001-20261201-101500-1.2",
+        "in-2001-5551234-20261301-101500-pbx1-1.2",
+        "in-2001-5551234-2026120-101500-1.2",
+        "20261201-101500-1.2",
+        "",
+    ] {
+        assert!(parse_freepbx_name(no).is_none(), "{no}");
+    }
+}
+
+#[test]
+fn exten_recordings_leave_the_direction_to_the_cdr_and_the_numbers() {
+    // FreePBX's `exten` type: recorded by the extension's own setting, any
+    // call of it (from a trunk, to a trunk, another extension).
+    assert_eq!(direction_of("exten"), "unknown");
+    assert_eq!(direction_of("internal"), "internal");
+    let d = DirectionRules::default();
+    let row = |dcontext: &str, did: &str| CdrRow {
+        dcontext: dcontext.into(),
+        did: did.into(),
+        ..CdrRow::default()
+    };
+    let f = direction_of("exten");
+    assert_eq!(d.classify(Some(&row("ext-local", "5551000")), f), "inbound");
+    assert_eq!(d.classify(Some(&row("outrt-1", "")), f), "outbound");
+    assert_eq!(d.classify(Some(&row("from-internal", "")), f), "internal");
+    assert_eq!(d.classify(Some(&row("custom-ctx", "")), f), "unknown");
+    assert_eq!(d.classify(None, f), "unknown");
+}
+
+#[test]
 fn grouping() {
     let files: Vec<PathBuf> = [
         "/r/x-in.wav",
@@ -164,4 +235,126 @@ proptest::proptest! {
         let _ = parse_cdr_datetime(&s);
         let _ = split_name(&s);
     }
+}
+
+/// Raw 8 kHz audio, `ms` long.
+fn sln_file(p: &Path, ms: u32) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let b: Vec<u8> = pbx_testgen::audio::speechlike(1, ms, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(p, b).unwrap();
+}
+
+fn recordings_in(spool: &Path) -> usize {
+    fs::read_dir(spool)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".json") && !n.starts_with('.')
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_backlog_pass_reports_alive_between_recordings_and_stops_early() {
+    use std::sync::Mutex;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    for i in 0..30 {
+        sln_file(&root.join(format!("2026/17000000{i:02}.1.sln")), 100);
+    }
+    // Not recordings: listed all the same.
+    let other = root.join("notes");
+    fs::create_dir_all(&other).unwrap();
+    for i in 0..1000 {
+        fs::write(other.join(format!("{i}.txt")), b"x").unwrap();
+    }
+    let mut s = FolderScanner::new(
+        &root,
+        &spool,
+        "t",
+        None,
+        Duration::ZERO,
+        FolderSettings::default(),
+    )
+    .unwrap();
+    // Each beat notes how many recordings were written by then; the 10th
+    // written asks to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (st, sn, sp) = (stop.clone(), seen.clone(), spool.clone());
+    s.set_pulse(Pulse::new(
+        move || {
+            let n = recordings_in(&sp);
+            sn.lock().unwrap().push(n);
+            if n >= 10 {
+                st.store(true, Ordering::SeqCst);
+            }
+        },
+        stop.clone(),
+    ));
+    let t0 = Instant::now();
+    assert_eq!(s.scan(t0), 10, "the pass ends at the stop: {:?}", s.errors);
+    assert_eq!(recordings_in(&spool), 10);
+    let beats = seen.lock().unwrap().clone();
+    // Alive while listing (1000 files: a beat every 256) and after each
+    // recording, not only before and after the pass.
+    assert!(beats.iter().filter(|n| **n == 0).count() >= 3, "{beats:?}");
+    for k in 1..=10 {
+        assert!(beats.contains(&k), "a beat after recording {k}: {beats:?}");
+    }
+    // Nothing lost, nothing taken twice: the next pass takes the rest.
+    stop.store(false, Ordering::SeqCst);
+    s.set_pulse(Pulse::new(|| {}, stop.clone()));
+    assert_eq!(s.scan(t0), 20, "{:?}", s.errors);
+    assert_eq!(recordings_in(&spool), 30);
+    assert!(!s.more());
+
+    // Asked to stop while listing: nothing taken, the next pass lists the
+    // whole tree again.
+    sln_file(&root.join("2026/1700000099.1.sln"), 100);
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(s.scan(t0), 0);
+    assert!(s.next_pass(t0) <= t0, "a full listing is due at once");
+    stop.store(false, Ordering::SeqCst);
+    assert_eq!(s.scan(t0), 1);
+}
+
+#[test]
+fn a_pass_stops_at_its_time_budget_and_the_next_goes_on_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    for i in 0..3 {
+        sln_file(&root.join(format!("17000000{i:02}.1.sln")), 100);
+    }
+    let settings = FolderSettings {
+        pass_budget: Duration::ZERO,
+        full_scan: Duration::from_secs(3600),
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(
+        &root,
+        &tmp.path().join("s"),
+        "t",
+        None,
+        Duration::ZERO,
+        settings,
+    )
+    .unwrap();
+    s.set_event_driven(true);
+    let t0 = Instant::now();
+    for left in [2, 1] {
+        assert_eq!(s.scan(t0), 1);
+        assert!(s.more(), "{left} left");
+        assert_eq!(s.next_pass(t0), t0, "due at once");
+    }
+    assert_eq!(s.scan(t0), 1);
+    assert!(!s.more());
+    assert!(s.next_pass(t0) > t0);
 }

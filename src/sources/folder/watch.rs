@@ -208,6 +208,8 @@ impl FolderLoop {
         stop: Arc<AtomicBool>,
     ) -> Self {
         let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let mut scanner = scanner;
+        scanner.set_pulse(Pulse::of(live.clone(), "folder", stop.clone()));
         FolderLoop {
             root: scanner.root().to_path_buf(),
             scanner,
@@ -399,6 +401,10 @@ impl FolderLoop {
 
     /// When the next pass is due.
     fn due(&self, now: Instant) -> Instant {
+        // The last pass stopped at its time budget: the backlog goes on.
+        if self.scanner.more() {
+            return now;
+        }
         let mut due = match self.mode {
             Mode::Inotify => self.scanner.next_pass(now),
             Mode::Poll => now + self.poll,

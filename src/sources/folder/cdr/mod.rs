@@ -78,6 +78,10 @@ pub trait CdrStore: Send + std::fmt::Debug {
     /// The best row for each query (same order), `None` where no row exists
     /// (yet). `Err`: the store cannot answer now.
     fn find(&mut self, queries: &[CdrQuery]) -> Result<Vec<Option<CdrRow>>, CdrError>;
+    /// How a long read reports the folder thread alive and learns to stop
+    /// (a stop may cut it short with an error). Stores whose reads are
+    /// bounded otherwise ignore it.
+    fn set_pulse(&mut self, _pulse: crate::sources::folder::Pulse) {}
 }
 
 /// How the PBX's local times (file names, CDR) become UTC.
@@ -203,9 +207,11 @@ pub fn best_row<'a>(rows: impl IntoIterator<Item = &'a CdrRow>, q: &CdrQuery) ->
 /// 1. `did` not empty, or `dcontext` starts with one of `inbound_contexts` → inbound;
 /// 2. `outbound_cnum` not empty, or `dcontext` starts with one of
 ///    `outbound_contexts` → outbound;
-/// 3. the recording's FreePBX file type (`out`, `internal`, `external`/`in`, `q`, `rg`);
+/// 3. the recording's FreePBX file type (`out`, `internal`, `conf`,
+///    `external`/`in`, `q`, `rg`; not `exten`: [`crate::sources::folder::direction_of`]);
 /// 4. `dcontext` starts with one of `internal_contexts` → internal;
-/// 5. unknown.
+/// 5. unknown: the parties' numbers decide later (`[roles]`,
+///    [`crate::recording::RoleRules::classify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectionRules {
     pub inbound_contexts: Vec<String>,
