@@ -930,9 +930,9 @@ fn sniffed_calls_get_roles_from_the_configured_rules() {
 }
 
 /// Capture files given out of time order (a shell glob of `tcpdump -C`
-/// files: `cap1 cap10 cap2`): `import` reads them in the order of their
-/// first packets, and the call crossing them is the one the whole capture
-/// gives, sample for sample. Before, the later file read first moved the
+/// files: `cap1 cap10 cap2`), or captured at once (two interfaces):
+/// `import` reads their packets as one stream in time order, and the call
+/// is the one the whole capture gives, sample for sample. Before, the later file read first moved the
 /// clock on, and the earlier file's part of the call was lost.
 #[test]
 fn import_reads_capture_files_in_time_order() {
@@ -975,9 +975,25 @@ fn import_reads_capture_files_in_time_order() {
         "the same audio as from the whole capture"
     );
     assert_eq!(rb[0].json["channels"], ra[0].json["channels"]);
+    // Two files captured at once (two interfaces: every other packet in
+    // each, so their times interleave for the whole call): read as one
+    // stream in time order, the same call (before, the first file was read
+    // to its end first: the call ended without the other file's packets).
+    let odd: Vec<(i64, Vec<u8>)> = frames.iter().skip(1).step_by(2).cloned().collect();
+    let even: Vec<(i64, Vec<u8>)> = frames.iter().step_by(2).cloned().collect();
+    let (if1, if2) = (write("if1.pcap", &odd), write("if2.pcap", &even));
+    let c = dir.path().join("c");
+    let out = import(&[&if1, &if2], &c, &[]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("order of their first packets"),
+        out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let rc = recordings(&c);
+    assert_eq!(rc.len(), 1);
+    assert_eq!(
+        rc[0].ch, ra[0].ch,
+        "the same audio as from the whole capture"
+    );
+    assert_eq!(rc[0].json["channels"], ra[0].json["channels"]);
 }

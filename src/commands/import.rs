@@ -79,17 +79,17 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         None
     };
 
-    let files = in_capture_order(&args.files);
-    if files.iter().zip(&args.files).any(|(a, b)| *a != b) {
-        report(
-            &bar,
-            "the files are read in the order of their first packets, not as given".to_string(),
-        );
-    }
+    // Every file is opened, and their packets read as one stream in time
+    // order (a k-way merge on each file's next packet): two interfaces
+    // captured at once into two files (the SIP VLAN and the voice VLAN,
+    // the inside and the outside of an SBC) make one call only together.
+    // Files one after another in time (a ring buffer's, given in any
+    // order, as a glob gives `cap1 cap10 cap2`) are read one after another
+    // as the merge finds them.
     let mut all_ok = true;
-    let mut done_bytes = 0u64;
     let mut files_read = 0usize;
-    for path in files {
+    let mut inputs: Vec<Input> = Vec::new();
+    for path in &args.files {
         let shown = path.display();
         let file = match File::open(path) {
             Ok(f) => f,
@@ -101,44 +101,65 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         };
         // The reader buffers (large reads, straight from the file): a
         // BufReader in between would copy every byte once more.
-        let mut reader = match CaptureReader::new(file) {
-            Ok(r) => r,
+        match CaptureReader::new(file) {
+            Ok(reader) => {
+                files_read += 1;
+                inputs.push(Input {
+                    path,
+                    reader,
+                    head: None,
+                });
+            }
             Err(e) => {
                 report(&bar, format!("{shown}: {}", describe(&e)));
                 all_ok = false;
-                continue;
             }
-        };
-        files_read += 1;
-        let mut n = 0u64;
+        }
+    }
+    let mut n = 0u64;
+    if inputs.len() == 1 {
+        // One file: its frames straight from the reader's buffer.
+        let input = &mut inputs[0];
         loop {
-            match reader.next_frame() {
-                Ok(Some(f)) => {
-                    engine.handle_frame(f.ts, f.link, f.data, &mut out);
-                    n += 1;
-                    if n % 8192 == 0 {
-                        if let Some(b) = &bar {
-                            b.set_position(done_bytes + reader.offset());
-                            b.set_message(format!(
-                                "{} calls, {} recordings",
-                                engine.stats().calls_seen,
-                                out.counters.written
-                            ));
-                        }
-                    }
-                }
+            match input.reader.next_frame() {
+                Ok(Some(f)) => engine.handle_frame(f.ts, f.link, f.data, &mut out),
                 Ok(None) => break,
                 Err(e) => {
-                    report(&bar, format!("{shown}: {}", describe(&e)));
+                    report(&bar, format!("{}: {}", input.path.display(), describe(&e)));
                     all_ok = false;
                     break;
                 }
             }
+            n += 1;
+            if n % 8192 == 0 {
+                progress(&bar, std::slice::from_ref(input), &engine, &out);
+            }
         }
-        done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if let Some(b) = &bar {
-            b.set_position(done_bytes);
+    } else {
+        // Several: each file's next frame is copied out of its reader (the
+        // reader's buffer moves on when the next one is read), and the
+        // earliest goes first (the earlier file on a tie).
+        let mut heap = std::collections::BinaryHeap::new();
+        for (i, input) in inputs.iter_mut().enumerate() {
+            if let Some(ts) = input.advance(&bar, &mut all_ok) {
+                heap.push(std::cmp::Reverse((ts, i)));
+            }
         }
+        while let Some(std::cmp::Reverse((_, i))) = heap.pop() {
+            if let Some(h) = inputs[i].head.as_ref() {
+                engine.handle_frame(h.ts, h.link, &h.data, &mut out);
+            }
+            if let Some(ts) = inputs[i].advance(&bar, &mut all_ok) {
+                heap.push(std::cmp::Reverse((ts, i)));
+            }
+            n += 1;
+            if n % 8192 == 0 {
+                progress(&bar, &inputs, &engine, &out);
+            }
+        }
+    }
+    if let Some(b) = &bar {
+        b.set_position(total);
     }
     engine.finish(EndReason::CaptureEnd, &mut out);
     if let Some(b) = &bar {
@@ -234,22 +255,64 @@ fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) ->
     line
 }
 
-/// The capture files in the order of their first packets (a shell glob of
-/// `tcpdump -C` or `-G` files gives `cap1 cap10 cap2`): the engine's clock
-/// only goes forward, so a later file read first would time out the calls
-/// of the earlier one and cut those crossing files. Files whose first
-/// packet cannot be read keep their place before the others (their error
-/// is reported when they are read).
-fn in_capture_order(files: &[std::path::PathBuf]) -> Vec<&std::path::PathBuf> {
-    let mut v: Vec<_> = files.iter().collect();
-    if v.len() < 2 {
-        return v;
+/// One capture file of an import, with its next frame when several are
+/// merged (a copy: the reader's buffer moves on).
+struct Input<'a> {
+    path: &'a std::path::PathBuf,
+    reader: CaptureReader<File>,
+    head: Option<Head>,
+}
+
+/// A frame copied out of its reader.
+struct Head {
+    ts: pbx_core::Timestamp,
+    link: pbx_core::capture::LinkType,
+    data: Vec<u8>,
+}
+
+impl Input<'_> {
+    /// Read the next frame into `head` (its buffer reused); its time, or
+    /// `None` at the end (or an error, reported).
+    fn advance(
+        &mut self,
+        bar: &Option<ProgressBar>,
+        all_ok: &mut bool,
+    ) -> Option<pbx_core::Timestamp> {
+        match self.reader.next_frame() {
+            Ok(Some(f)) => {
+                let head = self.head.get_or_insert_with(|| Head {
+                    ts: f.ts,
+                    link: f.link,
+                    data: Vec::with_capacity(2048),
+                });
+                head.ts = f.ts;
+                head.link = f.link;
+                head.data.clear();
+                head.data.extend_from_slice(f.data);
+                Some(f.ts)
+            }
+            Ok(None) => {
+                self.head = None;
+                None
+            }
+            Err(e) => {
+                report(bar, format!("{}: {}", self.path.display(), describe(&e)));
+                *all_ok = false;
+                self.head = None;
+                None
+            }
+        }
     }
-    let first = |p: &std::path::PathBuf| {
-        let mut r = CaptureReader::new(File::open(p).ok()?).ok()?;
-        r.next_frame().ok().flatten().map(|f| f.ts)
-    };
-    let mut keyed: Vec<_> = v.drain(..).map(|p| (first(p), p)).collect();
-    keyed.sort_by_key(|(ts, _)| *ts);
-    keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The progress bar: bytes read of every file, calls and recordings so far.
+fn progress(bar: &Option<ProgressBar>, inputs: &[Input], engine: &CallEngine, out: &RecordingDir) {
+    if let Some(b) = bar {
+        b.set_position(inputs.iter().map(|i| i.reader.offset()).sum());
+        b.set_message(format!(
+            "{} calls, {} recordings",
+            engine.stats().calls_seen,
+            out.counters.written
+        ));
+    }
 }
