@@ -997,3 +997,69 @@ fn import_reads_capture_files_in_time_order() {
     );
     assert_eq!(rc[0].json["channels"], ra[0].json["channels"]);
 }
+
+/// SIP over TCP whose connection lost a segment just before the BYE, at the
+/// end of the capture: the BYE waits behind the hole (for 2 s, to be
+/// reordered in), and the capture ends before that. Its bytes are read at
+/// the end all the same (the hole skipped): the call ends by its BYE, at
+/// the BYE's time (before, they were thrown away and the call ended as
+/// cut by the end of the capture).
+#[test]
+fn import_reads_a_tcp_bye_held_behind_a_hole_at_the_end() {
+    use pbx_testgen::pcap::{CaptureWriter, Format};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = loopback_call("tcp-bye@test", 3, 48, 47400);
+    let sip_ports = [spec.caller.sip_port, spec.callee.sip_port];
+    let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
+    // Ethernet (14) + IPv4 (20) + UDP (8): SIP datagrams become segments of
+    // one TCP connection per direction.
+    let mut seq: std::collections::HashMap<u16, u32> = Default::default();
+    let mut out: Vec<(i64, Vec<u8>)> = Vec::new();
+    for (ts, f) in &frames {
+        let (sport, dport) = (
+            u16::from_be_bytes([f[34], f[35]]),
+            u16::from_be_bytes([f[36], f[37]]),
+        );
+        if !sip_ports.contains(&sport) {
+            out.push((*ts, f.clone()));
+            continue;
+        }
+        let payload = &f[42..];
+        let ip = |o: usize| IpAddr::from([f[o], f[o + 1], f[o + 2], f[o + 3]]);
+        let s = seq.entry(sport).or_insert(1000);
+        if payload.starts_with(b"BYE ") {
+            *s += 100; // a lost segment before it
+        }
+        out.push((
+            *ts,
+            pbx_testgen::frame::tcp_frame(
+                Link::Ethernet,
+                &Framing::default(),
+                SocketAddr::new(ip(26), sport),
+                SocketAddr::new(ip(30), dport),
+                *s,
+                1,
+                0x18,
+                payload,
+            ),
+        ));
+        *s += payload.len() as u32;
+    }
+    let cap = dir.path().join("tcp.pcap");
+    let mut w = CaptureWriter::new(
+        std::io::BufWriter::new(std::fs::File::create(&cap).unwrap()),
+        Format::PcapMicros,
+        Link::Ethernet,
+    )
+    .unwrap();
+    for (ts, f) in &out {
+        w.write(*ts, f).unwrap();
+    }
+    std::io::Write::flush(&mut w.into_inner()).unwrap();
+    let o = dir.path().join("out");
+    let r = import(&[&cap], &o, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let recs = recordings(&o);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].json["end_reason"], "bye", "{}", recs[0].json);
+}

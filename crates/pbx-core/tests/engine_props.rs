@@ -1559,3 +1559,42 @@ fn a_hold_longer_than_the_media_timeout_keeps_the_call() {
         assert!(ch[quiet].iter().all(|s| *s == 0), "leg {leg}");
     }
 }
+
+/// SIP over TCP seen from the middle of the connection (a capture started
+/// during a long-lived trunk): the caller's first segment begins with the
+/// tail of an earlier message, then the INVITE. The stream is followed from
+/// its next start line: the call is recorded as the clean one over UDP is
+/// (before, no framer was made for a stream whose first segment did not
+/// begin with a start line, and nothing of it was ever read).
+#[test]
+fn sip_over_tcp_seen_from_the_middle_of_the_connection() {
+    let _g = serial();
+    let udp = run(&call_packets(50, &[]));
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    let mut first_a2b = true;
+    for p in call_packets(50, &[]) {
+        let sip = p.src.port() == caller_sip().port() || p.src.port() == callee_sip().port();
+        let mut data = p.data.clone();
+        if sip && p.src == caller_sip() && first_a2b {
+            first_a2b = false;
+            let mut d = Vec::new();
+            d.extend_from_slice(b"x-earlier: tail of a message\r\nContent-Length: 0\r\n\r\n");
+            d.extend_from_slice(&p.data);
+            data = d;
+        }
+        let seg = Segment {
+            ts: Timestamp::from_micros(p.at_us),
+            src: p.src,
+            dst: p.dst,
+            transport: if sip { Transport::Tcp } else { Transport::Udp },
+            payload: &data,
+            tcp_gap: false,
+        };
+        engine.handle_segment(&seg, &mut sink);
+    }
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 1, "one recording");
+    let (a, b) = (&udp.calls[&udp.order[0]], &sink.calls[&sink.order[0]]);
+    assert_eq!(a.audio, b.audio, "the same audio as over UDP");
+}

@@ -68,10 +68,18 @@ impl Tracker {
 
     pub(super) fn handle_tcp(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
         let key = (seg.src, seg.dst);
+        let mut resync = false;
         if !self.framers.contains_key(&key) {
             if !looks_like_sip(seg.payload) {
-                self.stats.tcp_other += 1;
-                return;
+                // A stream seen from its middle (a capture started during
+                // a long-lived SIP trunk): its first segment may begin
+                // inside a message, with the next one after it. Followed,
+                // from the next start line on.
+                if !seg.payload.windows(7).any(|w| w == b"SIP/2.0") {
+                    self.stats.tcp_other += 1;
+                    return;
+                }
+                resync = true;
             }
             if self.framers.len() >= TCP_FRAMERS_MAX {
                 // Drop the least recently used stream.
@@ -89,7 +97,7 @@ impl Tracker {
         let mut msgs = Vec::new();
         if let Some((framer, last)) = self.framers.get_mut(&key) {
             *last = seg.ts;
-            if seg.tcp_gap {
+            if seg.tcp_gap || resync {
                 framer.gap();
             }
             framer.push(seg.payload);

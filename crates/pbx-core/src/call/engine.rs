@@ -506,6 +506,11 @@ impl CallEngine {
 
     /// Let time pass without packets (the daemon calls this on a timer).
     pub fn handle_timeout(&mut self, now: Timestamp, sink: &mut dyn RecordingSink) {
+        // The network layer's timers too (a quiet live interface: TCP
+        // holes skipped, idle flows and stale fragments dropped).
+        let t = &mut self.t;
+        self.net
+            .expire(now, &mut |s: &Segment<'_>| t.handle_segment(s, sink));
         self.t.handle_timeout(now, sink)
     }
 
@@ -614,7 +619,12 @@ impl CallEngine {
     }
 
     /// End every call (end of capture, shutdown) and write out all audio.
+    /// TCP bytes still held behind a hole are delivered first (the hole
+    /// skipped): the BYE after a lost segment at the end of a capture.
     pub fn finish(&mut self, reason: EndReason, sink: &mut dyn RecordingSink) {
+        let t = &mut self.t;
+        self.net
+            .finish(&mut |s: &Segment<'_>| t.handle_segment(s, sink));
         self.t.finish(reason, sink)
     }
 }
