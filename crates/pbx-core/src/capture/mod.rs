@@ -48,6 +48,9 @@ use crate::Timestamp;
 /// The largest packet a record may carry (256 KiB, as in Wireshark and tcpdump).
 pub const MAX_PACKET_LEN: usize = 262_144;
 
+/// The obsolete Packet Block's type (pcapng drafts; replaced by the EPB).
+const OBSOLETE_PB_MAGIC: u32 = 0x0000_0002;
+
 /// Largest pcapng block we buffer: a maximal packet plus the EPB header and up
 /// to 64 KiB of options. SHB and IDB blocks share this limit.
 const MAX_BUFFERED_BLOCK: usize = MAX_PACKET_LEN + 32 + 64 * 1024;
@@ -508,7 +511,10 @@ impl<R: Read> CaptureReader<R> {
         if len < 12 || len % 4 != 0 {
             return Err(corrupt(format!("invalid block length {len32}")));
         }
-        let carries_state = matches!(btype, SHB_MAGIC | IDB_MAGIC | EPB_MAGIC | SPB_MAGIC);
+        let carries_state = matches!(
+            btype,
+            SHB_MAGIC | IDB_MAGIC | EPB_MAGIC | SPB_MAGIC | OBSOLETE_PB_MAGIC
+        );
         if len > MAX_BUFFERED_BLOCK {
             if carries_state {
                 return Err(corrupt(format!(
@@ -531,6 +537,7 @@ impl<R: Read> CaptureReader<R> {
             IDB_MAGIC => self.on_interface(len, big).map(|()| Block::Other),
             EPB_MAGIC => self.on_enhanced_packet(len, big).map(Block::Packet),
             SPB_MAGIC => self.on_simple_packet(len, big).map(Block::Packet),
+            OBSOLETE_PB_MAGIC => self.on_obsolete_packet(len, big).map(Block::Packet),
             _ => Ok(Block::Other),
         };
         let block = result.map_err(corrupt)?;
@@ -662,6 +669,57 @@ impl<R: Read> CaptureReader<R> {
             ts,
             link: iface.link,
             orig_len: epb.origlen,
+        })
+    }
+
+    /// The obsolete Packet Block (type 2, pcapng drafts before EPB; old
+    /// Wireshark and tools still write it): an EPB with a 16-bit interface
+    /// id and a 16-bit drop count.
+    fn on_obsolete_packet(&mut self, len: usize, big: bool) -> Result<Found, String> {
+        if len < 32 {
+            return Err(format!("packet block of {len} bytes"));
+        }
+        let if_id = {
+            let b = [self.avail()[8], self.avail()[9]];
+            if big {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            }
+        };
+        let ticks = (u64::from(self.u32_at(12, big)) << 32) | u64::from(self.u32_at(16, big));
+        let caplen = self.u32_at(20, big) as usize;
+        let orig_len = self.u32_at(24, big);
+        if caplen > len - 32 {
+            return Err(format!("packet of {caplen} bytes in a block of {len}"));
+        }
+        if caplen > MAX_PACKET_LEN {
+            return Err(format!("packet of {caplen} bytes (limit {MAX_PACKET_LEN})"));
+        }
+        let State::PcapNg {
+            interfaces,
+            last_ts,
+            ..
+        } = &mut self.state
+        else {
+            return Err("pcapng block in a pcap file".into());
+        };
+        let iface = interfaces
+            .get(usize::from(if_id))
+            .ok_or_else(|| format!("packet on undeclared interface {if_id}"))?;
+        let ts = Timestamp::from_micros(
+            iface
+                .resolution
+                .to_micros(ticks)
+                .saturating_add(iface.offset_us),
+        );
+        *last_ts = ts;
+        let at = self.start + 28;
+        Ok(Found {
+            range: at..at + caplen,
+            ts,
+            link: iface.link,
+            orig_len,
         })
     }
 
