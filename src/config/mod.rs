@@ -731,6 +731,12 @@ impl Config {
                 r.resume_dtmf
             ));
         }
+        if self.sources.folder.enabled && !r.pause_dtmf.is_empty() {
+            w.push(
+                "recording.pause_dtmf does not apply to the folder source: the PBX's own recordings hold what it recorded (pause them in the PBX, e.g. Asterisk's StopMixMonitor/PauseMonitor)"
+                    .to_string(),
+            );
+        }
         w
     }
 
