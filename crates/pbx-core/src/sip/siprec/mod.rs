@@ -34,7 +34,10 @@
 //! metadata order that sends a stream* (`participantstreamassoc/send` or
 //! `participant/send`); every other sending participant goes to channel 1
 //! (callee). With more than two senders (a conference) the first stays the
-//! caller and *all* others are mixed on the callee channel. A stream nobody
+//! caller and all others go to the callee channel, which records one stream
+//! at a time (the engine keeps one flow a channel: another sender's stream
+//! takes over when the one recorded has been quiet for 60 ms; they are not
+//! mixed: a known limit, see docs/siprec.md). A stream nobody
 //! sends is an unknown leg (`party: None`). Only when the metadata carries no
 //! send association at all (drachtio's test template) is the party guessed
 //! from order, i-th stream ↔ i-th participant, as drachtio's own SRS does;
