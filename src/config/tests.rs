@@ -423,5 +423,9 @@ fn a_digits_only_resume_sequence_is_warned_about() {
     // The folder source cannot pause: said so.
     let folder = parse("[recording]\npause_dtmf = \"*1\"\nresume_dtmf = \"*2\"\n[sources.folder]\nenabled = true\n").unwrap();
     let w = folder.warnings();
-    assert!(w.iter().any(|w| w.contains("does not apply to the folder source")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("does not apply to the folder source")),
+        "{w:?}"
+    );
 }

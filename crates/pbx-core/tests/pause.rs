@@ -744,6 +744,7 @@ fn a_pause_by_the_pbx_id_pauses_every_leg_carrying_it() {
 fn keys_sent_as_sip_info_pause_and_resume() {
     let acts: Vec<Act> = [
         (100, '5'),
+        (101, '5'), // the same key again, as from the other side of a proxy
         (150, '*'),
         (160, '1'),
         (300, '*'),

@@ -338,8 +338,12 @@ pub(super) async fn sip_loop(
                 let t = now().as_micros();
                 let silent: Vec<DialogId> = sessions
                     .iter()
-                    // (A paused session sends nothing by design.)
-                    .filter(|(_, s)| !s.held && t - s.last_rtp.load(Ordering::Relaxed) > limit)
+                    // (A paused session sends nothing by design: it is
+                    // given the hold timeout, an hour, as a held call is.)
+                    .filter(|(_, s)| {
+                        let limit = if s.held { limit.max(pbx_core::call::HOLD_TIMEOUT_US) } else { limit };
+                        t - s.last_rtp.load(Ordering::Relaxed) > limit
+                    })
                     .map(|(d, _)| d.clone())
                     .collect();
                 for d in silent {

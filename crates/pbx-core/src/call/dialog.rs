@@ -223,7 +223,7 @@ fn stream_lines(sdp: &SessionDescription) -> SessionDescription {
 /// How long a call on hold (by its SDP) may go without media before it
 /// ends: holds of minutes are common, and the BYE or the resuming
 /// re-INVITE ends or resumes it.
-pub(super) const HOLD_TIMEOUT_US: i64 = 3_600_000_000;
+pub const HOLD_TIMEOUT_US: i64 = 3_600_000_000;
 
 impl Call {
     /// Since when the call has been quiet, for its media timeout.
@@ -385,11 +385,23 @@ impl Tracker {
                 let at = call.position(ts);
                 let rate = call.media.as_ref().map_or(8000, |m| i64::from(m.rate));
                 let ch = side.channel();
-                let index = if !call.pause.muting() && call.dtmf.len() < DTMF_MAX {
+                let at_ms = (at * 1000 / rate).max(0);
+                if let Some(m) = call.media.as_mut() {
+                    m.legs[ch].info_dtmf = true;
+                }
+                // The same key also sent as an RFC 4733 event (or the INFO
+                // seen twice, on both sides of a proxy): counted once.
+                let digit_s = digit.to_string();
+                let copy = call.dtmf.iter().rev().take(8).any(|e| {
+                    e.channel == ch && e.digit == digit_s && (e.at_ms - at_ms).abs() < 150
+                });
+                let index = if copy {
+                    None
+                } else if !call.pause.muting() && call.dtmf.len() < DTMF_MAX {
                     call.dtmf.push(Dtmf {
                         channel: ch,
-                        digit: digit.to_string(),
-                        at_ms: (at * 1000 / rate).max(0),
+                        digit: digit_s,
+                        at_ms,
                         duration_ms: dur_ms,
                     });
                     Some(call.dtmf.len() - 1)
@@ -397,15 +409,20 @@ impl Tracker {
                     None
                 };
                 let gap = SEQUENCE_GAP_MS * rate / 1000;
-                match call.pause.digit(
-                    ch,
-                    digit,
-                    at,
-                    index,
-                    &self.cfg.pause_dtmf,
-                    &self.cfg.resume_dtmf,
-                    gap,
-                ) {
+                let trigger = if copy {
+                    None
+                } else {
+                    call.pause.digit(
+                        ch,
+                        digit,
+                        at,
+                        index,
+                        &self.cfg.pause_dtmf,
+                        &self.cfg.resume_dtmf,
+                        gap,
+                    )
+                };
+                match trigger {
                     Some(Trigger::Pause { from }) => {
                         call.pause.pause(from, PauseBy::Dtmf);
                     }
@@ -658,13 +675,15 @@ impl Tracker {
                 );
             }
             // (who this line's packets belong to as registered side)
+            // (None: a SIPREC line nobody is known to send yet; its
+            // addresses are kept for metadata that may name its sender.)
             let reg_side = match &siprec {
                 Some(parties) => match parties.get(i).copied().flatten() {
-                    Some(p) if is_request => p,
-                    Some(p) => p.other(),
-                    None => continue,
+                    Some(p) if is_request => Some(p),
+                    Some(p) => Some(p.other()),
+                    None => None,
                 },
-                None => side,
+                None => Some(side),
             };
             for pt in &m.formats {
                 let codec = m
@@ -692,13 +711,15 @@ impl Tracker {
                     continue; // RFC 2543 hold: no address
                 }
                 let ep = SocketAddr::new(addr, m.port);
-                register_endpoint(
-                    &mut self.endpoints,
-                    &mut call.sides[reg_side.channel()],
-                    key,
-                    ep,
-                    reg_side,
-                );
+                if let Some(reg_side) = reg_side {
+                    register_endpoint(
+                        &mut self.endpoints,
+                        &mut call.sides[reg_side.channel()],
+                        key,
+                        ep,
+                        reg_side,
+                    );
+                }
                 // A SIPREC line's addresses, for metadata that comes alone.
                 if let (Some(_), Some(st)) = (&siprec, call.siprec_state.as_deref_mut()) {
                     if st.eps.len() <= i && i < crate::sip::siprec::MAX_STREAMS {

@@ -329,7 +329,12 @@ impl Tracker {
                 {
                     done.push((*k, EndReason::RtpTimeout))
                 }
-                (_, None) if now.micros_since(c.last_sip) >= self.cfg.setup_timeout_us => {
+                (_, None)
+                    if now.micros_since(c.last_sip)
+                        >= c.media_timeout_us(self.cfg.setup_timeout_us) =>
+                {
+                    // (A call on hold from its start, e.g. a SIPREC session
+                    // paused from its INVITE, waits as a held call does.)
                     forget.push(*k)
                 }
                 _ => {}
@@ -375,7 +380,9 @@ impl Tracker {
             (_, Some(_)) => c
                 .quiet_since()
                 .add_micros(c.media_timeout_us(self.cfg.rtp_timeout_us)),
-            (_, None) => c.last_sip.add_micros(self.cfg.setup_timeout_us),
+            (_, None) => c
+                .last_sip
+                .add_micros(c.media_timeout_us(self.cfg.setup_timeout_us)),
         }
     }
 

@@ -70,6 +70,9 @@ pub(super) struct Leg {
     /// In-band DTMF detector on the rendered audio (G.711 legs of calls
     /// without telephone-events, when pause/resume sequences are set).
     pub(super) inband: Option<DtmfDetector>,
+    /// The leg's party has sent a key as SIP INFO: its keys are signalled,
+    /// not listened for in the audio.
+    pub(super) info_dtmf: bool,
 }
 
 impl Leg {
@@ -93,6 +96,7 @@ impl Leg {
             dtmf: None,
             warned_codecs: Vec::new(),
             inband: None,
+            info_dtmf: false,
         }
     }
 }
@@ -585,7 +589,7 @@ impl Tracker {
                     .decoder
                     .as_ref()
                     .is_some_and(|d| matches!(d.codec, Codec::Pcmu | Codec::Pcma));
-                if inband && g711 && leg.meta.dtmf_packets == 0 {
+                if inband && g711 && leg.meta.dtmf_packets == 0 && !leg.info_dtmf {
                     let mut found = Vec::new();
                     leg.inband
                         .get_or_insert_with(|| DtmfDetector::new(media.rate))

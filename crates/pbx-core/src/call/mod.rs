@@ -9,6 +9,7 @@ pub mod pause;
 mod seq;
 pub mod timeline;
 
+pub use dialog::HOLD_TIMEOUT_US;
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};
 pub use meta::{
     CallKey, CallMeta, EndReason, Party, PartyInfo, Pause, PauseBy, RecordingSink, RecordingStart,
