@@ -2191,7 +2191,10 @@ fn an_srtp_stream_rekeyed_by_a_reinvite_is_decrypted_with_the_new_key() {
     assert!(final_response_no_bye(&src, "INVITE", call_id).starts_with("SIP/2.0 200"));
     src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 3, "", ""));
     std::thread::sleep(Duration::from_millis(50));
-    send(&mut context(&keys[1]), 100, 150);
+    // Sent before the SRC had our answer: still the old key (in flight
+    // while the re-INVITE was answered), then the new one.
+    send(&mut first, 100, 105);
+    send(&mut context(&keys[1]), 105, 150);
     std::thread::sleep(Duration::from_millis(100));
     src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 4, "", ""));
     assert!(final_response_no_bye(&src, "BYE", call_id).starts_with("SIP/2.0 200"));

@@ -311,6 +311,10 @@ pub struct MediaPort {
     /// Its local address (what the engine sees as the destination).
     pub local: SocketAddr,
     pub decrypt: Option<SrtpStream>,
+    /// The context the stream was decrypted with before a re-key (a
+    /// re-INVITE's new `a=crypto`): packets the SRC sent before it had our
+    /// answer still use it. Dropped once a packet decrypts with the new one.
+    pub previous: Option<SrtpStream>,
     /// Set to the arrival time (µs) of the newest datagram admitted: the
     /// session's RTP inactivity timeout reads it.
     pub last_rtp: Arc<AtomicI64>,
@@ -336,6 +340,7 @@ impl MediaPort {
             socket,
             local,
             decrypt: None,
+            previous: None,
             last_rtp,
             admission,
         })
@@ -910,6 +915,7 @@ impl Reader {
                     if let Some(slot) = self.slot_of(local) {
                         slot.port.admission.retire(&mut rejected);
                         slot.port.decrypt = None;
+                        slot.port.previous = None;
                         slot.port.last_rtp = Arc::default();
                     }
                     self.counters.add_rejected(&rejected);
@@ -922,6 +928,7 @@ impl Reader {
                 } => match self.slot_of(local) {
                     Some(slot) => {
                         slot.port.decrypt = decrypt;
+                        slot.port.previous = None;
                         slot.port.last_rtp = last_rtp;
                         // What still came to the retired port is no
                         // candidate for its new stream.
@@ -941,7 +948,7 @@ impl Reader {
                 }
                 Command::SetDecrypt(local, decrypt) => {
                     if let Some(slot) = self.slot_of(local) {
-                        slot.port.decrypt = decrypt;
+                        slot.port.previous = std::mem::replace(&mut slot.port.decrypt, decrypt);
                     }
                 }
                 Command::Stop => return true,
@@ -1029,18 +1036,36 @@ impl Reader {
                     batch.push(ts, src, local, b);
                     newest = newest.max(Some(ts));
                 };
-                match port.decrypt.as_mut() {
+                let srtp = port.decrypt.is_some() || port.previous.is_some();
+                if srtp && pbx_core::rtp::is_rtcp(pkt) {
                     // RTCP (rtcp-mux) is not needed for recording: dropped.
-                    Some(_) if pbx_core::rtp::is_rtcp(pkt) => {}
-                    Some(d) => match d.decrypt(pkt) {
-                        Some(plain) => {
-                            port.admission
-                                .offer(ts, src, &plain, &mut rejected, &mut admit)
-                        }
-                        None => {
-                            self.counters.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // The current context, then the one before a re-key.
+                let plain = match port.decrypt.as_mut().map(|d| d.decrypt(pkt)) {
+                    Some(Some(p)) => {
+                        port.previous = None;
+                        Some(Some(p))
+                    }
+                    current => match port.previous.as_mut().map(|d| d.decrypt(pkt)) {
+                        Some(Some(p)) => Some(Some(p)),
+                        _ if current.is_some() => Some(None),
+                        // Re-keyed to plain RTP: what the old key does not
+                        // open is the new plain stream.
+                        _ => {
+                            port.previous = None;
+                            None
                         }
                     },
+                };
+                match plain {
+                    Some(Some(plain)) => {
+                        port.admission
+                            .offer(ts, src, &plain, &mut rejected, &mut admit)
+                    }
+                    Some(None) => {
+                        self.counters.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                     None => port
                         .admission
                         .offer(ts, src, pkt, &mut rejected, &mut admit),
