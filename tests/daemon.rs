@@ -996,6 +996,43 @@ fn import_reads_capture_files_in_time_order() {
         "the same audio as from the whole capture"
     );
     assert_eq!(rc[0].json["channels"], ra[0].json["channels"]);
+    // A ring buffer of many files under a small descriptor limit: a file
+    // is open only while the merge reads it (opening them all at once ran
+    // out of descriptors and lost their calls).
+    let chunk = frames.len().div_ceil(60);
+    let ring: Vec<std::path::PathBuf> = frames
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| write(&format!("ring{i}.pcap"), part))
+        .collect();
+    let d = dir.path().join("d");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("import").args(&ring).arg("--out").arg(&d);
+    // SAFETY: setrlimit between fork and exec touches nothing shared.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let lim = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rd = recordings(&d);
+    assert_eq!(rd.len(), 1);
+    assert_eq!(
+        rd[0].ch, ra[0].ch,
+        "the same audio as from the whole capture"
+    );
 }
 
 /// SIP over TCP whose connection lost a segment just before the BYE, at the

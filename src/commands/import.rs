@@ -86,75 +86,133 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     // Files one after another in time (a ring buffer's, given in any
     // order, as a glob gives `cap1 cap10 cap2`) are read one after another
     // as the merge finds them.
+    // A file is opened when the merge reaches its first packet, and closed
+    // at its end: a ring buffer of thousands of files holds one or two
+    // open at a time (not one descriptor per file).
     let mut all_ok = true;
     let mut files_read = 0usize;
-    let mut inputs: Vec<Input> = Vec::new();
-    for path in &args.files {
-        let shown = path.display();
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                report(&bar, format!("{shown}: cannot open: {e}"));
-                all_ok = false;
-                continue;
+    let open =
+        |path: &std::path::PathBuf, bar: &Option<ProgressBar>| -> Option<CaptureReader<File>> {
+            let shown = path.display();
+            let file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    report(bar, format!("{shown}: cannot open: {e}"));
+                    return None;
+                }
+            };
+            // The reader buffers (large reads, straight from the file): a
+            // BufReader in between would copy every byte once more.
+            match CaptureReader::new(file) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    report(bar, format!("{shown}: {}", describe(&e)));
+                    None
+                }
             }
         };
-        // The reader buffers (large reads, straight from the file): a
-        // BufReader in between would copy every byte once more.
-        match CaptureReader::new(file) {
-            Ok(reader) => {
-                files_read += 1;
-                inputs.push(Input {
+    let mut n = 0u64;
+    if args.files.len() == 1 {
+        // One file: its frames straight from the reader's buffer.
+        let path = &args.files[0];
+        match open(path, &bar) {
+            None => all_ok = false,
+            Some(reader) => {
+                files_read = 1;
+                let mut input = Input {
                     path,
                     reader,
                     head: None,
-                });
-            }
-            Err(e) => {
-                report(&bar, format!("{shown}: {}", describe(&e)));
-                all_ok = false;
+                };
+                loop {
+                    match input.reader.next_frame() {
+                        Ok(Some(f)) => engine.handle_frame(f.ts, f.link, f.data, &mut out),
+                        Ok(None) => break,
+                        Err(e) => {
+                            report(&bar, format!("{}: {}", input.path.display(), describe(&e)));
+                            all_ok = false;
+                            break;
+                        }
+                    }
+                    n += 1;
+                    if n % 8192 == 0 {
+                        progress(&bar, input.reader.offset(), &[], &engine, &out);
+                    }
+                }
             }
         }
-    }
-    let mut n = 0u64;
-    if inputs.len() == 1 {
-        // One file: its frames straight from the reader's buffer.
-        let input = &mut inputs[0];
-        loop {
-            match input.reader.next_frame() {
-                Ok(Some(f)) => engine.handle_frame(f.ts, f.link, f.data, &mut out),
-                Ok(None) => break,
+    } else {
+        // Several: each file's first packet time (the file closed again),
+        // the files in that order.
+        let mut pending: Vec<(pbx_core::Timestamp, &std::path::PathBuf)> = Vec::new();
+        for path in &args.files {
+            let Some(mut r) = open(path, &bar) else {
+                all_ok = false;
+                continue;
+            };
+            files_read += 1;
+            match r.next_frame() {
+                Ok(Some(f)) => pending.push((f.ts, path)),
+                Ok(None) => {}
                 Err(e) => {
-                    report(&bar, format!("{}: {}", input.path.display(), describe(&e)));
+                    report(&bar, format!("{}: {}", path.display(), describe(&e)));
                     all_ok = false;
+                }
+            }
+        }
+        pending.sort_by_key(|(ts, _)| *ts);
+        let mut pending = pending.into_iter().peekable();
+        // Each open file's next frame is copied out of its reader (the
+        // reader's buffer moves on when the next one is read), and the
+        // earliest goes first (the earlier file on a tie).
+        let mut inputs: Vec<Option<Input>> = Vec::new();
+        let mut heap = std::collections::BinaryHeap::new();
+        let mut done_bytes = 0u64;
+        loop {
+            // Open the files whose first packet comes before every frame
+            // held.
+            while let Some((first, path)) = pending.peek().copied() {
+                if heap
+                    .peek()
+                    .is_some_and(|std::cmp::Reverse((ts, _))| *ts < first)
+                {
                     break;
+                }
+                pending.next();
+                let Some(reader) = open(path, &bar) else {
+                    all_ok = false;
+                    continue;
+                };
+                let mut input = Input {
+                    path,
+                    reader,
+                    head: None,
+                };
+                if let Some(ts) = input.advance(&bar, &mut all_ok) {
+                    heap.push(std::cmp::Reverse((ts, inputs.len())));
+                    inputs.push(Some(input));
+                }
+            }
+            let Some(std::cmp::Reverse((_, i))) = heap.pop() else {
+                break;
+            };
+            let Some(input) = inputs[i].as_mut() else {
+                continue;
+            };
+            if let Some(h) = input.head.as_ref() {
+                engine.handle_frame(h.ts, h.link, &h.data, &mut out);
+            }
+            match input.advance(&bar, &mut all_ok) {
+                Some(ts) => heap.push(std::cmp::Reverse((ts, i))),
+                None => {
+                    // Its end: closed.
+                    done_bytes += input.reader.offset();
+                    inputs[i] = None;
                 }
             }
             n += 1;
             if n % 8192 == 0 {
-                progress(&bar, std::slice::from_ref(input), &engine, &out);
-            }
-        }
-    } else {
-        // Several: each file's next frame is copied out of its reader (the
-        // reader's buffer moves on when the next one is read), and the
-        // earliest goes first (the earlier file on a tie).
-        let mut heap = std::collections::BinaryHeap::new();
-        for (i, input) in inputs.iter_mut().enumerate() {
-            if let Some(ts) = input.advance(&bar, &mut all_ok) {
-                heap.push(std::cmp::Reverse((ts, i)));
-            }
-        }
-        while let Some(std::cmp::Reverse((_, i))) = heap.pop() {
-            if let Some(h) = inputs[i].head.as_ref() {
-                engine.handle_frame(h.ts, h.link, &h.data, &mut out);
-            }
-            if let Some(ts) = inputs[i].advance(&bar, &mut all_ok) {
-                heap.push(std::cmp::Reverse((ts, i)));
-            }
-            n += 1;
-            if n % 8192 == 0 {
-                progress(&bar, &inputs, &engine, &out);
+                progress(&bar, done_bytes, &inputs, &engine, &out);
             }
         }
     }
@@ -305,10 +363,23 @@ impl Input<'_> {
     }
 }
 
-/// The progress bar: bytes read of every file, calls and recordings so far.
-fn progress(bar: &Option<ProgressBar>, inputs: &[Input], engine: &CallEngine, out: &RecordingDir) {
+/// The progress bar: bytes read (`done` of the files closed, and of those
+/// open), calls and recordings so far.
+fn progress(
+    bar: &Option<ProgressBar>,
+    done: u64,
+    inputs: &[Option<Input>],
+    engine: &CallEngine,
+    out: &RecordingDir,
+) {
     if let Some(b) = bar {
-        b.set_position(inputs.iter().map(|i| i.reader.offset()).sum());
+        b.set_position(
+            done + inputs
+                .iter()
+                .flatten()
+                .map(|i| i.reader.offset())
+                .sum::<u64>(),
+        );
         b.set_message(format!(
             "{} calls, {} recordings",
             engine.stats().calls_seen,
