@@ -50,6 +50,10 @@ pub struct SourceStatus {
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
+    /// Failed attempts to start it in a row (a bind error, a missing
+    /// interface); while above 0 the daemon tries again with a backoff.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_failures: u64,
     /// SIPREC: SIP input refused, by reason (see [`crate::sources::siprec::guard::REASONS`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sip_rejected: BTreeMap<String, u64>,
@@ -79,6 +83,10 @@ impl SourceStatus {
         self.recordings_failed = written.failed;
         self.bytes_written = written.bytes;
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Datagrams refused by media admission ([`crate::sources::siprec::admission`]), by reason.
@@ -278,10 +286,15 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
             }
         } else {
             ok = false;
-            parts.insert(
-                format!("source.{name}"),
-                src.error.clone().unwrap_or_else(|| "not running".into()),
-            );
+            let mut why = src.error.clone().unwrap_or_else(|| "not running".into());
+            if src.start_failures > 0 {
+                let _ = write!(
+                    why,
+                    " (could not start, {} attempts; retrying)",
+                    src.start_failures
+                );
+            }
+            parts.insert(format!("source.{name}"), why);
         }
     }
     let sp = &s.spool;

@@ -981,3 +981,51 @@ fn import_reads_capture_files_in_time_order() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_siprec_listener_that_cannot_bind_at_start_is_tried_again_until_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another program holds the SIPREC port (UDP and TCP) when the daemon
+    // starts, as a PBX started later would, or an address not up yet.
+    let (tcp, udp, port) = loop {
+        let port = free_port();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            break (tcp, udp, port);
+        }
+    };
+    let rtp = rtp_base(port, 20);
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[sources.siprec]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        ),
+    );
+    // Not ready, and /readyz says why and that it is retried.
+    let t = std::time::Instant::now();
+    let body = loop {
+        let (code, body) = d.get("/readyz").unwrap();
+        if body.contains("retrying") {
+            assert_eq!(code, 503, "{body}");
+            break body;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{body}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("cannot listen"), "{body}");
+    // The port comes free: the listener binds without a restart.
+    drop((tcp, udp));
+    d.wait_http("/readyz", 200, Duration::from_secs(15));
+    let log = d.log();
+    assert!(
+        log.contains("source started: it could not start before"),
+        "{log}"
+    );
+    let s: Value = serde_json::from_str(&d.get("/status").unwrap().1).unwrap();
+    assert_eq!(s["sources"]["siprec"]["up"], true, "{s}");
+    assert!(
+        s["sources"]["siprec"].get("start_failures").is_none(),
+        "{s}"
+    );
+}
