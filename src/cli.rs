@@ -205,7 +205,7 @@ Set by systemd (\fBStateDirectory=\fR); the default spool directory.
 Set by systemd (\fBLoadCredential=\fR); the cloud token is read from its file \fIcloud\-token\fR.
 .TP
 \fBJOURNAL_STREAM\fR
-Set by systemd when logging to the journal: log lines then carry no time stamps or colours.
+Set by systemd when logging to the journal: when it names stderr, log lines carry no time stamps or colours and start with their syslog priority (\fB<3>\fR error, \fB<4>\fR warning, \fB<6>\fR info, \fB<7>\fR debug), so \fBjournalctl \-p err\fR finds the errors.
 .SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR

@@ -1029,3 +1029,76 @@ fn a_siprec_listener_that_cannot_bind_at_start_is_tried_again_until_it_binds() {
         "{s}"
     );
 }
+
+/// `pbx-edge run` with stderr to `log` and `JOURNAL_STREAM` set to
+/// `journal_stream`; stopped once it says it runs. Its log.
+fn run_logging_to(dir: &std::path::Path, journal_stream: &str, extra: &str) -> String {
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("pbx-edge.toml");
+    std::fs::write(
+        &config,
+        Daemon::config_text(&dir.join("spool"), health, extra),
+    )
+    .unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("JOURNAL_STREAM", journal_stream)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains(" running")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn log_lines_carry_syslog_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A port held by someone else: an error at start, and the note that
+    // it is tried again is a warning.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let rtp = rtp_base(port, 20);
+    let extra = format!(
+        "[sources.siprec]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrtp_ports = \"{rtp}-{}\"\n",
+        rtp + 19
+    );
+    // JOURNAL_STREAM names the file stderr is (as systemd sets it for the
+    // journal's stream socket): every line starts with its priority.
+    let log_path = dir.path().join("daemon.log");
+    std::fs::write(&log_path, b"").unwrap();
+    let m = std::fs::metadata(&log_path).unwrap();
+    let log = run_logging_to(dir.path(), &format!("{}:{}", m.dev(), m.ino()), &extra);
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+    let prio = |p: &str, word: &str| log.lines().any(|l| l.starts_with(p) && l.contains(word));
+    assert!(prio("<3>", "cannot listen"), "{log}");
+    assert!(prio("<4>", "source not started"), "{log}");
+    assert!(prio("<6>", "running"), "{log}");
+    // No time stamps of our own there (journald adds them).
+    assert!(!log.contains("Z  INFO"), "{log}");
+
+    // JOURNAL_STREAM inherited, but stderr is not the journal (a shell
+    // started by a service, output to a file): plain lines.
+    let log = run_logging_to(dir.path(), "1:1", &extra);
+    assert!(!log.lines().any(|l| l.starts_with('<')), "{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("cannot listen"),
+        "{log}"
+    );
+}

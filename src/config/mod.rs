@@ -436,16 +436,19 @@ pub enum AfterDelivery {
 /// `log.format`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    /// journald when stderr is connected to the journal (`JOURNAL_STREAM` set), else text.
+    /// journald when stderr is connected to the journal (`JOURNAL_STREAM`
+    /// names stderr), else text.
     Auto,
+    /// Plain lines without time stamps or colours, each starting with its
+    /// syslog priority (`<3>` error ... `<7>` debug).
     Journald,
     Text,
     Json,
 }
 
 impl LogFormat {
-    /// The concrete format: `Auto` becomes `Journald` when `journal_stream` (the
-    /// `JOURNAL_STREAM` variable is set), else `Text`.
+    /// The concrete format: `Auto` becomes `Journald` when `journal_stream`
+    /// (stderr is the journal: `JOURNAL_STREAM` names it), else `Text`.
     pub fn resolve(self, journal_stream: bool) -> LogFormat {
         match self {
             LogFormat::Auto if journal_stream => LogFormat::Journald,
