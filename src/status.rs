@@ -57,7 +57,8 @@ pub struct SourceStatus {
     /// SIPREC: SIP input refused, by reason (see [`crate::sources::siprec::guard::REASONS`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sip_rejected: BTreeMap<String, u64>,
-    /// HEP: packets received per capture agent id ("-": none given).
+    /// HEP: packets received per capture agent id ("-": none given); the
+    /// first 64 agents seen are counted apart, any more as "other".
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hep_agents: BTreeMap<String, u64>,
     /// HEP: packets or connections refused, by reason (not_allowed, not_hep,
@@ -534,7 +535,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_hep_packets_total",
         "counter",
-        "HEP packets received, by capture agent id.",
+        "HEP packets received, by capture agent id (\"-\": none given; the first 64 agents seen get a series each, later ones count as agent=\"other\").",
         &labelled(&|x| &x.hep_agents, "agent"),
     );
     family(
