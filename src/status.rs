@@ -144,6 +144,8 @@ pub struct SpoolStatus {
     pub bytes: u64,
     pub max_size: u64,
     pub free_bytes: u64,
+    /// Since the start, by every source (never decreases:
+    /// [`crate::recording::TOTALS`]).
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
@@ -612,19 +614,19 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_recordings_written_total",
         "counter",
-        "Recordings written to the spool.",
+        "Recordings written to the spool since the daemon started (by every source, replaced ones included).",
         &[(String::new(), sp.recordings_written as f64)],
     );
     family(
         "pbx_edge_recordings_failed_total",
         "counter",
-        "Recordings that could not be written (disk full, I/O error).",
+        "Recordings that could not be written (disk full, I/O error) since the daemon started.",
         &[(String::new(), sp.recordings_failed as f64)],
     );
     family(
         "pbx_edge_bytes_written_total",
         "counter",
-        "Audio bytes written to the spool.",
+        "Audio bytes written to the spool since the daemon started.",
         &[(String::new(), sp.bytes_written as f64)],
     );
     let c = &s.cloud;

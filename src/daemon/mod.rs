@@ -452,14 +452,11 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     let writable = recording::create_private_file(&probe).is_ok();
     let _ = std::fs::remove_file(&probe);
     let free = free_bytes(dir);
+    // Since the start, whatever became of the sources that wrote them (a
+    // sum over the sources' entries went backwards when a replaced SIPREC
+    // listener's entry went, or a restarted source began again at 0).
+    let (w, f, b) = recording::TOTALS.snapshot();
     if let Ok(mut s) = status.lock() {
-        let (w, f, b) = s.sources.values().fold((0, 0, 0), |a, x| {
-            (
-                a.0 + x.recordings_written,
-                a.1 + x.recordings_failed,
-                a.2 + x.bytes_written,
-            )
-        });
         let sp = &mut s.spool;
         sp.dir = dir.display().to_string();
         sp.files = files;
