@@ -1102,3 +1102,46 @@ fn log_lines_carry_syslog_priorities_when_stderr_is_the_journal() {
         "{log}"
     );
 }
+
+#[test]
+fn sighup_changing_health_listen_or_log_format_warns_that_they_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
+    let other: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        &d.config,
+        Daemon::config_text(
+            &d.spool,
+            other,
+            "[sources.siprec]\nenabled = false\n[log]\nformat = \"json\"\n",
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    while !d.log().contains("configuration reloaded") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = d.log();
+    let warned = |key: &str| {
+        log.lines().any(|l| {
+            l.contains("WARN") && l.contains(&format!("{key} changed")) && l.contains("restart")
+        })
+    };
+    assert!(warned("health.listen"), "{log}");
+    assert!(warned("log.format"), "{log}");
+    // Still on the address it started with, still logging text.
+    d.wait_http("/healthz", 200, Duration::from_secs(2));
+    assert!(!log.lines().any(|l| l.starts_with('{')), "{log}");
+    // `pbx-edge status` reads the file: it says why it finds no daemon.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("until it is restarted"), "{err}");
+}

@@ -488,6 +488,29 @@ fn status_line(status: &SharedStatus) -> String {
     line
 }
 
+/// What a reload cannot apply (`health.listen`, `log.format`): a warning
+/// naming each key that needs a restart, and `new` keeps the running
+/// values, so the daemon goes on reporting the address it really listens
+/// on.
+fn keep_restart_only(running: &Config, new: &mut Config) {
+    if new.health.listen != running.health.listen {
+        tracing::warn!(
+            "health.listen changed to {} in the file: not applied, the daemon keeps listening on {} until it is restarted (systemctl restart pbx-edge); meanwhile `pbx-edge status` and `pbx-edge drain`, which read the file, do not find it",
+            new.health.listen,
+            running.health.listen
+        );
+        new.health.listen = running.health.listen;
+    }
+    if new.log.format != running.log.format {
+        tracing::warn!(
+            "log.format changed to {:?} in the file: not applied, the log keeps its format ({:?}) until the daemon is restarted (systemctl restart pbx-edge)",
+            new.log.format,
+            running.log.format
+        );
+        new.log.format = running.log.format;
+    }
+}
+
 /// Whether source `name` runs: `siprec` whether a SIPREC listener serves
 /// (or waits to be replaced), the others whether they are in `running`.
 fn running_source(name: &str, siprec: bool, running: &[Box<dyn SourceHandle>]) -> bool {
@@ -845,12 +868,13 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic_usec())]);
                 match Config::load(config_path.as_deref()) {
-                    Ok(new) => {
+                    Ok(mut new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
                         for w in new.warnings() {
                             tracing::warn!("{w}");
                         }
+                        keep_restart_only(&cfg, &mut new);
                         crate::logmask::show_numbers(new.log.log_numbers);
                         cfg = new;
                         reload_siprec(
@@ -1086,6 +1110,20 @@ mod tests {
         assert_eq!(r.started("siprec"), Some(2));
         assert!(r.is_empty());
         assert_eq!(r.started("siprec"), None);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_health_listen_and_log_format() {
+        let running = Config::defaults(None);
+        let mut new = Config::defaults(None);
+        new.health.listen = "127.0.0.1:1".parse().unwrap();
+        new.log.format = crate::config::LogFormat::Json;
+        new.agent.id = "changed".into();
+        keep_restart_only(&running, &mut new);
+        assert_eq!(new.health.listen, running.health.listen);
+        assert_eq!(new.log.format, running.log.format);
+        // What a reload applies is taken.
+        assert_eq!(new.agent.id, "changed");
     }
 
     #[test]
