@@ -1145,3 +1145,63 @@ fn sighup_changing_health_listen_or_log_format_warns_that_they_need_a_restart() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("until it is restarted"), "{err}");
 }
+
+/// systemd may hand a service an abstract NOTIFY_SOCKET (`@name`, e.g. in a
+/// container or under `systemd-run`): READY=1 and STATUS= arrive there. A
+/// socket that cannot be reached is logged once, not at every tick.
+#[test]
+fn ready_is_sent_to_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pbx-edge-test-notify-{}", std::process::id());
+    let rx =
+        UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = |socket: &str| {
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("pbx-edge.toml");
+        std::fs::write(
+            &config,
+            Daemon::config_text(
+                &dir.path().join("spool"),
+                health,
+                "[sources.siprec]\nenabled = false\n",
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start(&format!("@{name}"));
+    let mut buf = [0u8; 4096];
+    let got = rx
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).to_string());
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let got = got.unwrap_or_else(|e| panic!("no notification: {e}\n{log}"));
+    assert!(
+        got.contains("READY=1\n") && got.contains("STATUS=recording 0 calls"),
+        "{got}"
+    );
+    assert!(!log.contains("cannot notify"), "{log}");
+
+    // Nobody listens there: said once.
+    let mut child = start(&format!("@{name}-gone"));
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert_eq!(log.matches("cannot notify systemd").count(), 1, "{log}");
+}

@@ -404,8 +404,59 @@ async fn replace_siprec(
     start_siprec(cfg, status, live, controls, ports).await
 }
 
+/// Tell systemd `state` (`NOTIFY_SOCKET`); the first failure is logged
+/// (once: a socket that cannot be reached fails every time).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(state);
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&socket, state) {
+        if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(
+                "cannot notify systemd on NOTIFY_SOCKET={}: {e} (READY=1, STATUS= and the watchdog ping do not arrive; not logged again)",
+                socket.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// `NOTIFY_SOCKET`'s address: a file system path (`/run/...`), or with a
+/// leading `@` a Linux abstract socket (as systemd hands to services run
+/// in containers, and `systemd-run`/`systemd-notify --exec` tests use).
+fn notify_address(socket: &std::ffi::OsStr) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    let b = socket.as_bytes();
+    match b.first() {
+        Some(b'@') => std::os::unix::net::SocketAddr::from_abstract_name(&b[1..]),
+        Some(b'/') => std::os::unix::net::SocketAddr::from_pathname(socket),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "neither an absolute path nor an abstract socket (@name)",
+        )),
+    }
+}
+
+/// One datagram with `state`, a line each (sd_notify(3)).
+fn send_notify(
+    socket: &std::ffi::OsStr,
+    state: &[sd_notify::NotifyState<'_>],
+) -> std::io::Result<()> {
+    let addr = notify_address(socket)?;
+    let mut msg = String::new();
+    for s in state {
+        let _ = writeln!(msg, "{s}");
+    }
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let n = sock.send_to_addr(msg.as_bytes(), &addr)?;
+    if n != msg.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete write",
+        ));
+    }
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
@@ -1110,6 +1161,34 @@ mod tests {
         assert_eq!(r.started("siprec"), Some(2));
         assert!(r.is_empty());
         assert_eq!(r.started("siprec"), None);
+    }
+
+    #[test]
+    fn notify_socket_may_be_a_path_or_an_abstract_address() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::UnixDatagram;
+        let name = format!("pbx-edge-notify-test-{}", std::process::id());
+        let abs = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&abs).unwrap();
+        let at = std::ffi::OsString::from(format!("@{name}"));
+        send_notify(
+            &at,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("ok"),
+            ],
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        send_notify(path.as_os_str(), &[sd_notify::NotifyState::Watchdog]).unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+        assert!(notify_address(std::ffi::OsStr::new("relative")).is_err());
     }
 
     #[test]
