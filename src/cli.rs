@@ -199,7 +199,7 @@ Overrides any configuration key, e.g. \fBPBX_EDGE__CLOUD__URL\fR or
 Log filter (\fBerror\fR, \fBwarn\fR, \fBinfo\fR, \fBdebug\fR, \fBtrace\fR, or per module).
 .TP
 \fBSTATE_DIRECTORY\fR
-Set by systemd (\fBStateDirectory=\fR); the default spool directory.
+Set by systemd (\fBStateDirectory=\fR); the default spool directory. Without it the default is \fI/var/lib/pbx\-edge\fR for a binary installed under \fI/usr\fR, else \fI./var\fR (run from a checkout).
 .TP
 \fBCREDENTIALS_DIRECTORY\fR
 Set by systemd (\fBLoadCredential=\fR); the cloud token is read from its file \fIcloud\-token\fR.
