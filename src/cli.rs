@@ -199,13 +199,13 @@ Overrides any configuration key, e.g. \fBPBX_EDGE__CLOUD__URL\fR or
 Log filter (\fBerror\fR, \fBwarn\fR, \fBinfo\fR, \fBdebug\fR, \fBtrace\fR, or per module).
 .TP
 \fBSTATE_DIRECTORY\fR
-Set by systemd (\fBStateDirectory=\fR); the default spool directory.
+Set by systemd (\fBStateDirectory=\fR); the default spool directory. Without it the default is \fI/var/lib/pbx\-edge\fR for a binary installed under \fI/usr\fR, else \fI./var\fR (run from a checkout).
 .TP
 \fBCREDENTIALS_DIRECTORY\fR
 Set by systemd (\fBLoadCredential=\fR); the cloud token is read from its file \fIcloud\-token\fR.
 .TP
 \fBJOURNAL_STREAM\fR
-Set by systemd when logging to the journal: log lines then carry no time stamps or colours.
+Set by systemd when logging to the journal: when it names stderr, log lines carry no time stamps or colours and start with their syslog priority (\fB<3>\fR error, \fB<4>\fR warning, \fB<6>\fR info, \fB<7>\fR debug), so \fBjournalctl \-p err\fR finds the errors.
 .SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR

@@ -131,9 +131,79 @@ fn not_a_number(s: &[u8], start: usize, end: usize) -> Option<usize> {
     None
 }
 
-/// stderr, masked (or not).
-#[derive(Clone, Copy)]
-pub struct MaskedStderr;
+/// stderr, masked (or not); for the journal each line starts with its
+/// syslog priority (sd-daemon(3): `<3>` error, `<4>` warning, `<6>` info,
+/// `<7>` debug and trace), so `journalctl -p err` finds the errors.
+#[derive(Clone, Copy, Default)]
+pub struct MaskedStderr {
+    /// Prefix lines with their priority (stderr is the journal).
+    journald: bool,
+    /// The priority of the event being written.
+    prio: u8,
+}
+
+impl MaskedStderr {
+    /// Plain lines (a terminal, a file).
+    pub fn plain() -> Self {
+        MaskedStderr::default()
+    }
+
+    /// Lines for the journal: each prefixed with its priority.
+    pub fn journald() -> Self {
+        MaskedStderr {
+            journald: true,
+            prio: 6,
+        }
+    }
+}
+
+/// The syslog priority of a `tracing` level (sd-daemon(3) prefixes).
+pub fn syslog_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// `<prio>` before every line of `buf` (an event may span lines: a
+/// rejected configuration lists its errors one a line).
+fn with_priority(prio: u8, buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len() + 8);
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        out.push(b'<');
+        out.push(b'0' + prio.min(7));
+        out.push(b'>');
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` (set by
+/// systemd as `DEVICE:INODE`) names stderr's own file (sd-daemon(3), the
+/// check systemd documents: a program started from a service's shell
+/// inherits the variable while its stderr is a terminal).
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(parse_journal_stream) else {
+        return false;
+    };
+    // SAFETY: fstat on fd 2 into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` (both decimal).
+fn parse_journal_stream(v: &str) -> Option<(u64, u64)> {
+    let (d, i) = v.split_once(':')?;
+    Some((d.parse().ok()?, i.parse().ok()?))
+}
 
 /// A URL as it may be logged: without user, password or query (a proxy's
 /// credentials, a receiver's `?api_key=`), which show as `…`; what does not
@@ -249,10 +319,17 @@ pub fn show_numbers(show: bool) {
 impl Write for MaskedStderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut e = io::stderr().lock();
-        if !SHOW_NUMBERS.load(std::sync::atomic::Ordering::Relaxed) {
-            e.write_all(&mask_numbers(buf))?;
+        let masked;
+        let text = if !SHOW_NUMBERS.load(std::sync::atomic::Ordering::Relaxed) {
+            masked = mask_numbers(buf);
+            &masked[..]
         } else {
-            e.write_all(buf)?;
+            buf
+        };
+        if self.journald {
+            e.write_all(&with_priority(self.prio, text))?;
+        } else {
+            e.write_all(text)?;
         }
         Ok(buf.len())
     }
@@ -266,11 +343,40 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
     fn make_writer(&'a self) -> Self::Writer {
         *self
     }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        MaskedStderr {
+            prio: syslog_priority(meta.level()),
+            ..*self
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_lines_carry_their_syslog_priority() {
+        use tracing::Level;
+        let p: Vec<u8> = [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ]
+        .iter()
+        .map(syslog_priority)
+        .collect();
+        assert_eq!(p, [3, 4, 6, 7, 7]);
+        assert_eq!(
+            with_priority(3, b"ERROR new configuration rejected:\na.toml:1: x\n"),
+            b"<3>ERROR new configuration rejected:\n<3>a.toml:1: x\n"
+        );
+        assert_eq!(parse_journal_stream("8:12345"), Some((8, 12345)));
+        assert_eq!(parse_journal_stream("8"), None);
+        assert_eq!(parse_journal_stream("x:1"), None);
+    }
 
     #[test]
     fn pbx_file_names_are_logged_without_names() {

@@ -66,16 +66,22 @@ fn init_logging(verbose: u8, log: &pbx_edge::config::LogConfig) {
     // Phone numbers are masked unless log.log_numbers = true (a reload
     // changes it: daemon::main_loop).
     pbx_edge::logmask::show_numbers(log.log_numbers);
-    let writer = pbx_edge::logmask::MaskedStderr;
+    // Under systemd (JOURNAL_STREAM names stderr) journald adds time stamps
+    // and the unit name itself: plain lines without colours or our own time
+    // stamps. Lines for the journal start with their syslog priority (`<3>`
+    // error, `<4>` warning, `<6>` info, `<7>` debug), which journald takes
+    // off and keeps as PRIORITY= (`journalctl -p err`).
+    let journal = pbx_edge::logmask::stderr_is_journal();
+    let format = log.format.resolve(journal);
+    let writer = if journal || format == LogFormat::Journald {
+        pbx_edge::logmask::MaskedStderr::journald()
+    } else {
+        pbx_edge::logmask::MaskedStderr::plain()
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    // Under systemd (JOURNAL_STREAM set) journald adds time stamps and the
-    // unit name itself: plain lines without colours or our own time stamps.
-    let _ = match log
-        .format
-        .resolve(std::env::var_os("JOURNAL_STREAM").is_some())
-    {
+    let _ = match format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
         LogFormat::Journald => builder
             .without_time()

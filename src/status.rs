@@ -50,10 +50,15 @@ pub struct SourceStatus {
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
+    /// Failed attempts to start it in a row (a bind error, a missing
+    /// interface); while above 0 the daemon tries again with a backoff.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_failures: u64,
     /// SIPREC: SIP input refused, by reason (see [`crate::sources::siprec::guard::REASONS`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sip_rejected: BTreeMap<String, u64>,
-    /// HEP: packets received per capture agent id ("-": none given).
+    /// HEP: packets received per capture agent id ("-": none given); the
+    /// first 64 agents seen are counted apart, any more as "other".
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hep_agents: BTreeMap<String, u64>,
     /// HEP: packets or connections refused, by reason (not_allowed, not_hep,
@@ -79,6 +84,10 @@ impl SourceStatus {
         self.recordings_failed = written.failed;
         self.bytes_written = written.bytes;
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Datagrams refused by media admission ([`crate::sources::siprec::admission`]), by reason.
@@ -135,6 +144,8 @@ pub struct SpoolStatus {
     pub bytes: u64,
     pub max_size: u64,
     pub free_bytes: u64,
+    /// Since the start, by every source (never decreases:
+    /// [`crate::recording::TOTALS`]).
     pub recordings_written: u64,
     pub recordings_failed: u64,
     pub bytes_written: u64,
@@ -278,10 +289,15 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
             }
         } else {
             ok = false;
-            parts.insert(
-                format!("source.{name}"),
-                src.error.clone().unwrap_or_else(|| "not running".into()),
-            );
+            let mut why = src.error.clone().unwrap_or_else(|| "not running".into());
+            if src.start_failures > 0 {
+                let _ = write!(
+                    why,
+                    " (could not start, {} attempts; retrying)",
+                    src.start_failures
+                );
+            }
+            parts.insert(format!("source.{name}"), why);
         }
     }
     let sp = &s.spool;
@@ -521,7 +537,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_hep_packets_total",
         "counter",
-        "HEP packets received, by capture agent id.",
+        "HEP packets received, by capture agent id (\"-\": none given; the first 64 agents seen get a series each, later ones count as agent=\"other\").",
         &labelled(&|x| &x.hep_agents, "agent"),
     );
     family(
@@ -598,19 +614,19 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_recordings_written_total",
         "counter",
-        "Recordings written to the spool.",
+        "Recordings written to the spool since the daemon started (by every source, replaced ones included).",
         &[(String::new(), sp.recordings_written as f64)],
     );
     family(
         "pbx_edge_recordings_failed_total",
         "counter",
-        "Recordings that could not be written (disk full, I/O error).",
+        "Recordings that could not be written (disk full, I/O error) since the daemon started.",
         &[(String::new(), sp.recordings_failed as f64)],
     );
     family(
         "pbx_edge_bytes_written_total",
         "counter",
-        "Audio bytes written to the spool.",
+        "Audio bytes written to the spool since the daemon started.",
         &[(String::new(), sp.bytes_written as f64)],
     );
     let c = &s.cloud;

@@ -1100,3 +1100,227 @@ fn import_reads_a_tcp_bye_held_behind_a_hole_at_the_end() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].json["end_reason"], "bye", "{}", recs[0].json);
 }
+
+#[test]
+fn a_siprec_listener_that_cannot_bind_at_start_is_tried_again_until_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another program holds the SIPREC port (UDP and TCP) when the daemon
+    // starts, as a PBX started later would, or an address not up yet.
+    let (tcp, udp, port) = loop {
+        let port = free_port();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            break (tcp, udp, port);
+        }
+    };
+    let rtp = rtp_base(port, 20);
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "[sources.siprec]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        ),
+    );
+    // Not ready, and /readyz says why and that it is retried.
+    let t = std::time::Instant::now();
+    let body = loop {
+        let (code, body) = d.get("/readyz").unwrap();
+        if body.contains("retrying") {
+            assert_eq!(code, 503, "{body}");
+            break body;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{body}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("cannot listen"), "{body}");
+    // The port comes free: the listener binds without a restart.
+    drop((tcp, udp));
+    d.wait_http("/readyz", 200, Duration::from_secs(15));
+    let log = d.log();
+    assert!(
+        log.contains("source started: it could not start before"),
+        "{log}"
+    );
+    let s: Value = serde_json::from_str(&d.get("/status").unwrap().1).unwrap();
+    assert_eq!(s["sources"]["siprec"]["up"], true, "{s}");
+    assert!(
+        s["sources"]["siprec"].get("start_failures").is_none(),
+        "{s}"
+    );
+}
+
+/// `pbx-edge run` with stderr to `log` and `JOURNAL_STREAM` set to
+/// `journal_stream`; stopped once it says it runs. Its log.
+fn run_logging_to(dir: &std::path::Path, journal_stream: &str, extra: &str) -> String {
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("pbx-edge.toml");
+    std::fs::write(
+        &config,
+        Daemon::config_text(&dir.join("spool"), health, extra),
+    )
+    .unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("JOURNAL_STREAM", journal_stream)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains(" running")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn log_lines_carry_syslog_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A port held by someone else: an error at start, and the note that
+    // it is tried again is a warning.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let rtp = rtp_base(port, 20);
+    let extra = format!(
+        "[sources.siprec]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrtp_ports = \"{rtp}-{}\"\n",
+        rtp + 19
+    );
+    // JOURNAL_STREAM names the file stderr is (as systemd sets it for the
+    // journal's stream socket): every line starts with its priority.
+    let log_path = dir.path().join("daemon.log");
+    std::fs::write(&log_path, b"").unwrap();
+    let m = std::fs::metadata(&log_path).unwrap();
+    let log = run_logging_to(dir.path(), &format!("{}:{}", m.dev(), m.ino()), &extra);
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+    let prio = |p: &str, word: &str| log.lines().any(|l| l.starts_with(p) && l.contains(word));
+    assert!(prio("<3>", "cannot listen"), "{log}");
+    assert!(prio("<4>", "source not started"), "{log}");
+    assert!(prio("<6>", "running"), "{log}");
+    // No time stamps of our own there (journald adds them).
+    assert!(!log.contains("Z  INFO"), "{log}");
+
+    // JOURNAL_STREAM inherited, but stderr is not the journal (a shell
+    // started by a service, output to a file): plain lines.
+    let log = run_logging_to(dir.path(), "1:1", &extra);
+    assert!(!log.lines().any(|l| l.starts_with('<')), "{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("cannot listen"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sighup_changing_health_listen_or_log_format_warns_that_they_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), "[sources.siprec]\nenabled = false\n");
+    let other: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        &d.config,
+        Daemon::config_text(
+            &d.spool,
+            other,
+            "[sources.siprec]\nenabled = false\n[log]\nformat = \"json\"\n",
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    while !d.log().contains("configuration reloaded") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = d.log();
+    let warned = |key: &str| {
+        log.lines().any(|l| {
+            l.contains("WARN") && l.contains(&format!("{key} changed")) && l.contains("restart")
+        })
+    };
+    assert!(warned("health.listen"), "{log}");
+    assert!(warned("log.format"), "{log}");
+    // Still on the address it started with, still logging text.
+    d.wait_http("/healthz", 200, Duration::from_secs(2));
+    assert!(!log.lines().any(|l| l.starts_with('{')), "{log}");
+    // `pbx-edge status` reads the file: it says why it finds no daemon.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("until it is restarted"), "{err}");
+}
+
+/// systemd may hand a service an abstract NOTIFY_SOCKET (`@name`, e.g. in a
+/// container or under `systemd-run`): READY=1 and STATUS= arrive there. A
+/// socket that cannot be reached is logged once, not at every tick.
+#[test]
+fn ready_is_sent_to_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pbx-edge-test-notify-{}", std::process::id());
+    let rx =
+        UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = |socket: &str| {
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("pbx-edge.toml");
+        std::fs::write(
+            &config,
+            Daemon::config_text(
+                &dir.path().join("spool"),
+                health,
+                "[sources.siprec]\nenabled = false\n",
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start(&format!("@{name}"));
+    let mut buf = [0u8; 4096];
+    let got = rx
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).to_string());
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let got = got.unwrap_or_else(|e| panic!("no notification: {e}\n{log}"));
+    assert!(
+        got.contains("READY=1\n") && got.contains("STATUS=recording 0 calls"),
+        "{got}"
+    );
+    assert!(!log.contains("cannot notify"), "{log}");
+
+    // Nobody listens there: said once.
+    let mut child = start(&format!("@{name}-gone"));
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert_eq!(log.matches("cannot notify systemd").count(), 1, "{log}");
+}

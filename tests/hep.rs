@@ -346,3 +346,68 @@ fn kamailio_siptrace_hep_copies_are_understood() {
         "{seen}"
     );
 }
+
+/// Agent ids come from the network: each new one must not become a series
+/// kept for good. The first 64 agents get their own, the rest count under
+/// agent="other"; every packet is counted.
+#[test]
+fn capture_agents_beyond_64_are_counted_as_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = false\n[sources.hep]\nenabled = true\nlisten = \"{listen}\"\n"),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let sent = 300u32;
+    for agent in 0..sent {
+        let msg = format!(
+            "OPTIONS sip:x@10.1.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.1;branch=z9hG4bK{agent}\r\n\
+             From: <sip:a@10.1.0.1>;tag=1\r\nTo: <sip:x@10.1.0.2>\r\nCall-ID: agents-{agent}\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let p = encode_v3(&HepPacket {
+            version: 3,
+            ts: Some(Timestamp::from_micros(now_us)),
+            src: "10.1.0.1:5060".parse().unwrap(),
+            dst: "10.1.0.2:5060".parse().unwrap(),
+            transport: pbx_core::net::Transport::Udp,
+            proto_type: PROTO_SIP,
+            agent_id: Some(1000 + agent),
+            auth_key: None,
+            payload: msg.as_bytes(),
+        });
+        udp.send_to(&p, listen).unwrap();
+        // No flood: the collector's queue keeps every one.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    let (agents, total) = loop {
+        let m = d.get("/metrics").map(|r| r.1).unwrap_or_default();
+        let series: Vec<(String, u64)> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix("pbx_edge_hep_packets_total{source=\"hep\",agent=\""))
+            .filter_map(|l| {
+                let (agent, v) = l.split_once("\"} ")?;
+                Some((agent.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        let total: u64 = series.iter().map(|s| s.1).sum();
+        if total >= u64::from(sent) || t.elapsed() > Duration::from_secs(10) {
+            break (series, total);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(total, u64::from(sent), "{agents:?}");
+    assert_eq!(agents.len(), 65, "{agents:?}");
+    assert!(
+        agents.contains(&("other".to_string(), u64::from(sent) - 64)),
+        "{agents:?}"
+    );
+}

@@ -1470,6 +1470,71 @@ fn sighup_moving_listen_and_rtp_ports_lets_the_old_listener_finish_its_call() {
     d.wait_http("/readyz", 200, Duration::from_secs(5));
 }
 
+/// `pbx_edge_recordings_written_total` (and the other spool totals) count
+/// every recording since the start: the count of a replaced listener stays
+/// when its status entry goes.
+#[test]
+fn recordings_written_total_never_drops_when_a_replaced_listener_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let rtp = rtp_base(port_a, 20);
+    let listen = |p: u16| {
+        format!(
+            "listen = \"127.0.0.1:{p}\"\nrtp_ports = \"{rtp}-{}\"\n",
+            rtp + 19
+        )
+    };
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[sources.siprec]\nenabled = true\n{}", listen(port_a)),
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let srs: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let mut src = Src::new(srs);
+    let (ok, bye) = start_call(&mut src, srs, "counted@src");
+    send_rtp(srs.ip(), answer_ports(&ok), 600, 321)
+        .join()
+        .unwrap();
+    src.send(&bye);
+    assert!(final_response_no_bye(&src, "BYE", "counted@src").starts_with("SIP/2.0 200"));
+    wait_recording_of(&d, "counted@src");
+    let total = |name: &str| -> Option<f64> {
+        let m = d.get("/metrics")?.1;
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let t = Instant::now();
+    while total("pbx_edge_recordings_written_total") != Some(1.0) {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bytes = total("pbx_edge_bytes_written_total").unwrap();
+    assert!(bytes > 0.0);
+    // The listener moves; the old one has no call and ends, its status
+    // entry with it.
+    reload(&d, &listen(port_b), "");
+    let t = Instant::now();
+    loop {
+        let s: Value = serde_json::from_str(&d.get("/status").unwrap().1).unwrap();
+        let names: Vec<String> = s["sources"].as_object().unwrap().keys().cloned().collect();
+        if names == ["siprec"] && s["sources"]["siprec"]["listen"] == format!("127.0.0.1:{port_b}")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{names:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two ticks of the daemon for the spool figures.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(total("pbx_edge_recordings_written_total"), Some(1.0));
+    assert_eq!(total("pbx_edge_bytes_written_total"), Some(bytes));
+}
+
 #[test]
 fn sighup_moving_listen_to_the_wildcard_on_the_same_port_waits_for_the_call_to_end() {
     // New sockets that need the running listener's port (127.0.0.1:P to

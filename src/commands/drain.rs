@@ -45,7 +45,10 @@ pub fn run(config_path: Option<PathBuf>, wait: bool) -> Result<ExitCode> {
     let (code, body) = match health::post(addr, "/v1/drain") {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pbx-edge drain: no daemon answering on {addr} (health.listen): {e}");
+            eprintln!(
+                "pbx-edge drain: no daemon answering on {addr} (health.listen): {e}{}",
+                super::status::RESTART_NOTE
+            );
             return Ok(ExitCode::from(3));
         }
     };

@@ -12,6 +12,11 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::health;
 
+/// Said when no daemon answers: a running daemon keeps the `health.listen`
+/// it started with (a reload does not move it).
+pub(crate) const RESTART_NOTE: &str =
+    " (a daemon started before health.listen was changed listens on its old address until it is restarted)";
+
 /// `pbx-edge status`: ask the running daemon and print it for people.
 pub fn run(config_path: Option<PathBuf>, json: bool) -> Result<ExitCode> {
     let cfg = match Config::load(config_path.as_deref()) {
@@ -25,7 +30,10 @@ pub fn run(config_path: Option<PathBuf>, json: bool) -> Result<ExitCode> {
     let (code, body) = match health::get(addr, "/status") {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pbx-edge status: no daemon answering on {addr} (health.listen): {e}");
+            eprintln!(
+                "pbx-edge status: no daemon answering on {addr} (health.listen): {e}{}",
+                RESTART_NOTE
+            );
             return Ok(ExitCode::from(3));
         }
     };

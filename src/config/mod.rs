@@ -87,7 +87,9 @@ pub struct AgentConfig {
 /// `[spool]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolConfig {
-    /// Default: `$STATE_DIRECTORY` (systemd `StateDirectory=`) if set, else `./var`.
+    /// Default: `$STATE_DIRECTORY` (systemd `StateDirectory=`) if set, else
+    /// `/var/lib/pbx-edge` for a binary installed under `/usr`, else `./var`
+    /// ([`default_spool_dir`]).
     pub dir: PathBuf,
     /// Bytes; above it health is degraded (nothing spooled is ever deleted for room).
     pub max_size: u64,
@@ -436,16 +438,19 @@ pub enum AfterDelivery {
 /// `log.format`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    /// journald when stderr is connected to the journal (`JOURNAL_STREAM` set), else text.
+    /// journald when stderr is connected to the journal (`JOURNAL_STREAM`
+    /// names stderr), else text.
     Auto,
+    /// Plain lines without time stamps or colours, each starting with its
+    /// syslog priority (`<3>` error ... `<7>` debug).
     Journald,
     Text,
     Json,
 }
 
 impl LogFormat {
-    /// The concrete format: `Auto` becomes `Journald` when `journal_stream` (the
-    /// `JOURNAL_STREAM` variable is set), else `Text`.
+    /// The concrete format: `Auto` becomes `Journald` when `journal_stream`
+    /// (stderr is the journal: `JOURNAL_STREAM` names it), else `Text`.
     pub fn resolve(self, journal_stream: bool) -> LogFormat {
         match self {
             LogFormat::Auto if journal_stream => LogFormat::Journald,
@@ -487,15 +492,37 @@ impl Default for Config {
     }
 }
 
+/// The spool of an installed pbx-edge (CONTRACT §2): the service's
+/// `StateDirectory=`.
+pub const INSTALLED_SPOOL_DIR: &str = "/var/lib/pbx-edge";
+
+/// `spool.dir` when the configuration does not set it: the first path of
+/// a systemd `STATE_DIRECTORY` value when given (the service); else
+/// [`INSTALLED_SPOOL_DIR`] when the binary `exe` is installed under `/usr`
+/// (the packages' `/usr/bin/pbx-edge`, so `sudo -u pbx-edge pbx-edge spool
+/// list` finds the service's spool); else `./var` (run from a checkout:
+/// `cargo run`, `target/...`, works as any user).
+pub fn default_spool_dir(state_directory: Option<&str>, exe: Option<&Path>) -> PathBuf {
+    if let Some(d) = state_directory
+        .and_then(|s| s.split(':').next())
+        .filter(|s| !s.is_empty())
+    {
+        return PathBuf::from(d);
+    }
+    if exe.is_some_and(|e| e.starts_with("/usr")) {
+        PathBuf::from(INSTALLED_SPOOL_DIR)
+    } else {
+        PathBuf::from("./var")
+    }
+}
+
 impl Config {
-    /// Built-in defaults with `spool.dir` taken from a systemd `STATE_DIRECTORY`
-    /// value (first of its `:`-separated paths) when given, else `./var`.
+    /// Built-in defaults with `spool.dir` from [`default_spool_dir`]: a
+    /// systemd `STATE_DIRECTORY` value when given, else by where this
+    /// program is installed.
     pub fn defaults(state_directory: Option<&str>) -> Config {
-        let dir = state_directory
-            .and_then(|s| s.split(':').next())
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("./var"));
+        let exe = std::env::current_exe().ok();
+        let dir = default_spool_dir(state_directory, exe.as_deref());
         Config {
             agent: AgentConfig {
                 id: crate::sys::hostname(),

@@ -31,6 +31,37 @@ fn state_directory_sets_spool_default() {
 }
 
 #[test]
+fn an_installed_binary_defaults_to_the_services_spool() {
+    let exe = |p: &str| Some(PathBuf::from(p));
+    // The packages' binary, run from a shell as the service's user.
+    assert_eq!(
+        default_spool_dir(None, exe("/usr/bin/pbx-edge").as_deref()),
+        PathBuf::from("/var/lib/pbx-edge")
+    );
+    assert_eq!(
+        default_spool_dir(None, exe("/usr/local/bin/pbx-edge").as_deref()),
+        PathBuf::from("/var/lib/pbx-edge")
+    );
+    // From a checkout (cargo run), or unknown: ./var, as any user.
+    for p in [
+        "/home/dev/pbx-edge/target/release/pbx-edge",
+        "/usrx/pbx-edge",
+    ] {
+        assert_eq!(
+            default_spool_dir(None, exe(p).as_deref()),
+            PathBuf::from("./var"),
+            "{p}"
+        );
+    }
+    assert_eq!(default_spool_dir(None, None), PathBuf::from("./var"));
+    // systemd's StateDirectory= wins.
+    assert_eq!(
+        default_spool_dir(Some("/srv/spool"), exe("/usr/bin/pbx-edge").as_deref()),
+        PathBuf::from("/srv/spool")
+    );
+}
+
+#[test]
 fn lines_from_offsets() {
     let l = Lines::new("a\nbc\n\nd");
     assert_eq!(l.line(0), 1);

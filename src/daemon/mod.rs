@@ -10,6 +10,10 @@
 //! - Start-up: load and check the config, create the spool (0700), complete
 //!   recordings a crash cut off, bind the health endpoint and the sources, tell
 //!   systemd `READY=1` (Type=notify) with a `STATUS=` line.
+//! - A source that cannot start (its address not up yet, its port taken,
+//!   its interface missing) is tried again on the supervision tick with a
+//!   backoff ([`Retries`]: 1 s doubling to 30 s) until it starts; meanwhile
+//!   `/readyz` and `STATUS=` say so, and its start is logged.
 //! - Watchdog: when systemd sets `WATCHDOG_USEC`, `WATCHDOG=1` is sent at half
 //!   that interval, but only while every source loop has beaten recently (a
 //!   stuck engine gets the daemon restarted).
@@ -27,6 +31,7 @@
 //!   sniff capture is handed to the running engine (`reload_siprec`,
 //!   `reload_sniff`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +58,112 @@ pub mod drain;
 /// The sources the daemon starts, reloads and stops alike (SIPREC has
 /// its own listener swap: [`reload_siprec`]).
 const PASSIVE: [&str; 3] = ["sniff", "folder", "hep"];
+
+/// The longest wait between two attempts to start a source.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Whether source `name` is enabled in `cfg`.
+fn enabled(cfg: &Config, name: &str) -> bool {
+    let s = &cfg.sources;
+    match name {
+        "siprec" => s.siprec.enabled,
+        "sniff" => s.sniff.enabled,
+        "folder" => s.folder.enabled,
+        "hep" => s.hep.enabled,
+        _ => false,
+    }
+}
+
+/// Enabled sources that could not start (a bind error, a missing
+/// interface): tried again on the supervision tick, 1 s after the first
+/// failure, then twice as long after each one, at most [`RETRY_MAX`].
+#[derive(Debug, Default)]
+struct Retries {
+    /// Name, failed attempts, when the next one is due.
+    failed: Vec<(&'static str, u32, Instant)>,
+}
+
+impl Retries {
+    /// The wait after `attempts` failed attempts.
+    fn backoff(attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(8);
+        (Duration::from_secs(1) * (1u32 << exp)).min(RETRY_MAX)
+    }
+
+    /// Source `name` failed to start (again) at `now`: its failed attempts.
+    fn failed(&mut self, name: &'static str, now: Instant) -> u32 {
+        let n = match self.failed.iter_mut().find(|e| e.0 == name) {
+            Some(e) => {
+                e.1 += 1;
+                e.1
+            }
+            None => {
+                self.failed.push((name, 1, now));
+                1
+            }
+        };
+        if let Some(e) = self.failed.iter_mut().find(|e| e.0 == name) {
+            e.2 = now + Self::backoff(n);
+        }
+        n
+    }
+
+    /// Source `name` is not running: tried again (unless it already is).
+    fn missing(&mut self, name: &'static str, now: Instant) {
+        if !self.failed.iter().any(|e| e.0 == name) {
+            self.failed(name, now);
+        }
+    }
+
+    /// Source `name` runs (or is no longer wanted): its failed attempts
+    /// until then, if any.
+    fn started(&mut self, name: &str) -> Option<u32> {
+        let i = self.failed.iter().position(|e| e.0 == name)?;
+        Some(self.failed.remove(i).1)
+    }
+
+    /// The sources whose next attempt is due at `now`.
+    fn due(&self, now: Instant) -> Vec<&'static str> {
+        self.failed
+            .iter()
+            .filter(|e| e.2 <= now)
+            .map(|e| e.0)
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// After a start or a reload: every enabled source not running is
+    /// retried (a reload that failed again counts as an attempt), the
+    /// others are forgotten; the status says how often each has failed.
+    fn sync(&mut self, cfg: &Config, is_running: impl Fn(&str) -> bool, status: &SharedStatus) {
+        let now = Instant::now();
+        for name in std::iter::once("siprec").chain(PASSIVE) {
+            if enabled(cfg, name) && !is_running(name) {
+                self.failed(name, now);
+            } else {
+                self.started(name);
+            }
+        }
+        self.publish(status);
+    }
+
+    /// The failed attempts into the status of each source (`/readyz`,
+    /// `/status`, `STATUS=`).
+    fn publish(&self, status: &SharedStatus) {
+        if let Ok(mut s) = status.lock() {
+            for (name, src) in s.sources.iter_mut() {
+                src.start_failures = self
+                    .failed
+                    .iter()
+                    .find(|e| e.0 == name)
+                    .map_or(0, |e| u64::from(e.1));
+            }
+        }
+    }
+}
 
 /// Apply `[stream]` (start, reload): new calls stream with these settings.
 /// A token or CA file that cannot be read turns streaming off, said in
@@ -293,8 +404,59 @@ async fn replace_siprec(
     start_siprec(cfg, status, live, controls, ports).await
 }
 
+/// Tell systemd `state` (`NOTIFY_SOCKET`); the first failure is logged
+/// (once: a socket that cannot be reached fails every time).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(state);
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&socket, state) {
+        if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(
+                "cannot notify systemd on NOTIFY_SOCKET={}: {e} (READY=1, STATUS= and the watchdog ping do not arrive; not logged again)",
+                socket.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// `NOTIFY_SOCKET`'s address: a file system path (`/run/...`), or with a
+/// leading `@` a Linux abstract socket (as systemd hands to services run
+/// in containers, and `systemd-run`/`systemd-notify --exec` tests use).
+fn notify_address(socket: &std::ffi::OsStr) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    let b = socket.as_bytes();
+    match b.first() {
+        Some(b'@') => std::os::unix::net::SocketAddr::from_abstract_name(&b[1..]),
+        Some(b'/') => std::os::unix::net::SocketAddr::from_pathname(socket),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "neither an absolute path nor an abstract socket (@name)",
+        )),
+    }
+}
+
+/// One datagram with `state`, a line each (sd_notify(3)).
+fn send_notify(
+    socket: &std::ffi::OsStr,
+    state: &[sd_notify::NotifyState<'_>],
+) -> std::io::Result<()> {
+    let addr = notify_address(socket)?;
+    let mut msg = String::new();
+    for s in state {
+        let _ = writeln!(msg, "{s}");
+    }
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let n = sock.send_to_addr(msg.as_bytes(), &addr)?;
+    if n != msg.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete write",
+        ));
+    }
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
@@ -341,14 +503,11 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
     let writable = recording::create_private_file(&probe).is_ok();
     let _ = std::fs::remove_file(&probe);
     let free = free_bytes(dir);
+    // Since the start, whatever became of the sources that wrote them (a
+    // sum over the sources' entries went backwards when a replaced SIPREC
+    // listener's entry went, or a restarted source began again at 0).
+    let (w, f, b) = recording::TOTALS.snapshot();
     if let Ok(mut s) = status.lock() {
-        let (w, f, b) = s.sources.values().fold((0, 0, 0), |a, x| {
-            (
-                a.0 + x.recordings_written,
-                a.1 + x.recordings_failed,
-                a.2 + x.bytes_written,
-            )
-        });
         let sp = &mut s.spool;
         sp.dir = dir.display().to_string();
         sp.files = files;
@@ -366,10 +525,50 @@ fn status_line(status: &SharedStatus) -> String {
     let s = status.lock().map(|s| s.clone()).unwrap_or_default();
     let calls: u64 = s.sources.values().map(|x| x.recording_calls).sum();
     let recorded: u64 = s.sources.values().map(|x| x.engine.calls_recorded).sum();
-    format!(
+    let mut line = format!(
         "recording {calls} calls, {recorded} recorded, spool {} files",
         s.spool.files
-    )
+    );
+    for (name, src) in s.sources.iter().filter(|(_, x)| !x.up) {
+        let why = src.error.as_deref().unwrap_or("not running");
+        let _ = write!(line, "; {name} down: {why}");
+        if src.start_failures > 0 {
+            line.push_str(" (retrying)");
+        }
+    }
+    line
+}
+
+/// What a reload cannot apply (`health.listen`, `log.format`): a warning
+/// naming each key that needs a restart, and `new` keeps the running
+/// values, so the daemon goes on reporting the address it really listens
+/// on.
+fn keep_restart_only(running: &Config, new: &mut Config) {
+    if new.health.listen != running.health.listen {
+        tracing::warn!(
+            "health.listen changed to {} in the file: not applied, the daemon keeps listening on {} until it is restarted (systemctl restart pbx-edge); meanwhile `pbx-edge status` and `pbx-edge drain`, which read the file, do not find it",
+            new.health.listen,
+            running.health.listen
+        );
+        new.health.listen = running.health.listen;
+    }
+    if new.log.format != running.log.format {
+        tracing::warn!(
+            "log.format changed to {:?} in the file: not applied, the log keeps its format ({:?}) until the daemon is restarted (systemctl restart pbx-edge)",
+            new.log.format,
+            running.log.format
+        );
+        new.log.format = running.log.format;
+    }
+}
+
+/// Whether source `name` runs: `siprec` whether a SIPREC listener serves
+/// (or waits to be replaced), the others whether they are in `running`.
+fn running_source(name: &str, siprec: bool, running: &[Box<dyn SourceHandle>]) -> bool {
+    match name {
+        "siprec" => siprec,
+        _ => running.iter().any(|h| h.name() == name),
+    }
 }
 
 /// Start the SIPREC server if enabled; its state goes to the status either way.
@@ -675,6 +874,16 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     // The last reason delivery could not start (tried again every tick).
     let mut delivery_error: Option<String> = None;
     let mut delivery = start_delivery(&cfg, &status, &mut delivery_error);
+    // Sources that could not start are tried again on the tick.
+    let mut retries = Retries::default();
+    retries.sync(
+        &cfg,
+        |n| running_source(n, siprec.is_some(), &running),
+        &status,
+    );
+    for (name, ..) in &retries.failed {
+        tracing::warn!(source = name, "source not started: tried again in 1 s, then less and less often (every 30 s at most) until it starts");
+    }
     scan_spool(&cfg, &status);
     tracing::info!(health = %cfg.health.listen, spool = %cfg.spool.dir.display(), "pbx-edge {} running", env!("CARGO_PKG_VERSION"));
     print_banner(&cfg);
@@ -710,12 +919,13 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 }
                 notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic_usec())]);
                 match Config::load(config_path.as_deref()) {
-                    Ok(new) => {
+                    Ok(mut new) => {
                         let changed = cfg.diff_restart_needed(&new);
                         tracing::info!(?changed, "configuration reloaded");
                         for w in new.warnings() {
                             tracing::warn!("{w}");
                         }
+                        keep_restart_only(&cfg, &mut new);
                         crate::logmask::show_numbers(new.log.log_numbers);
                         cfg = new;
                         reload_siprec(
@@ -730,6 +940,11 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         )
                         .await;
                         reload_sources(&cfg, &changed, &status, &live, &controls, &mut running).await;
+                        retries.sync(
+                            &cfg,
+                            |n| running_source(n, siprec.is_some() || siprec_pending, &running),
+                            &status,
+                        );
                         configure_stream(&cfg, &stream, &status);
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
@@ -798,6 +1013,38 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                         tracing::info!(listen = %cfg.sources.siprec.listen, "SIPREC listen change applied: the calls that were in progress have ended");
                     }
                 }
+                // A listener change applied above whose new address could
+                // not be bound leaves no SIPREC listener: tried again too.
+                if draining.is_none() && siprec.is_none() && cfg.sources.siprec.enabled {
+                    retries.missing("siprec", Instant::now());
+                }
+                if draining.is_none() && !retries.is_empty() {
+                    for name in retries.due(Instant::now()) {
+                        let started = if name == "siprec" {
+                            if siprec.is_none() {
+                                let ports = siprec_draining.last().map(|h| h.ports());
+                                siprec = start_siprec(&cfg, &status, &live, &controls, ports).await;
+                            }
+                            siprec.is_some()
+                        } else {
+                            match start_source(name, &cfg, &status, &live, &controls) {
+                                Some(h) => {
+                                    running.push(h);
+                                    true
+                                }
+                                None => false,
+                            }
+                        };
+                        if started {
+                            let n = retries.started(name).unwrap_or(0);
+                            tracing::info!(source = name, failed_attempts = n, "source started: it could not start before");
+                        } else {
+                            let n = retries.failed(name, Instant::now());
+                            tracing::debug!(source = name, failed_attempts = n, "source still not started: tried again in {} s", Retries::backoff(n).as_secs());
+                        }
+                    }
+                    retries.publish(&status);
+                }
                 scan_spool(&cfg, &status);
                 if delivery.is_none() {
                     // Never a silent stall: e.g. `pbx-edge spool` held the
@@ -822,6 +1069,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                 notify(&[sd_notify::NotifyState::Status(&status_line(&status))]);
                 let busy = siprec_pending
                     || draining.is_some()
+                    || !retries.is_empty()
                     || !siprec_draining.is_empty()
                     || delivery.is_none()
                     || status.lock().is_ok_and(|s| s.busy());
@@ -888,4 +1136,95 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_cannot_start_is_tried_again_with_a_backoff() {
+        let backoffs: Vec<u64> = (1..=8).map(|n| Retries::backoff(n).as_secs()).collect();
+        assert_eq!(backoffs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(Retries::backoff(u32::MAX), RETRY_MAX);
+        let mut r = Retries::default();
+        let t0 = Instant::now();
+        assert_eq!(r.failed("siprec", t0), 1);
+        assert!(r.due(t0).is_empty());
+        assert_eq!(r.due(t0 + Duration::from_secs(1)), ["siprec"]);
+        assert_eq!(r.failed("siprec", t0 + Duration::from_secs(1)), 2);
+        assert!(r.due(t0 + Duration::from_secs(2)).is_empty());
+        assert_eq!(r.due(t0 + Duration::from_secs(3)), ["siprec"]);
+        // Already waiting: not reset.
+        r.missing("siprec", t0 + Duration::from_secs(3));
+        assert_eq!(r.failed[0].1, 2);
+        assert_eq!(r.started("siprec"), Some(2));
+        assert!(r.is_empty());
+        assert_eq!(r.started("siprec"), None);
+    }
+
+    #[test]
+    fn notify_socket_may_be_a_path_or_an_abstract_address() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::UnixDatagram;
+        let name = format!("pbx-edge-notify-test-{}", std::process::id());
+        let abs = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&abs).unwrap();
+        let at = std::ffi::OsString::from(format!("@{name}"));
+        send_notify(
+            &at,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("ok"),
+            ],
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        send_notify(path.as_os_str(), &[sd_notify::NotifyState::Watchdog]).unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+        assert!(notify_address(std::ffi::OsStr::new("relative")).is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_health_listen_and_log_format() {
+        let running = Config::defaults(None);
+        let mut new = Config::defaults(None);
+        new.health.listen = "127.0.0.1:1".parse().unwrap();
+        new.log.format = crate::config::LogFormat::Json;
+        new.agent.id = "changed".into();
+        keep_restart_only(&running, &mut new);
+        assert_eq!(new.health.listen, running.health.listen);
+        assert_eq!(new.log.format, running.log.format);
+        // What a reload applies is taken.
+        assert_eq!(new.agent.id, "changed");
+    }
+
+    #[test]
+    fn sync_retries_exactly_the_enabled_sources_that_do_not_run() {
+        let mut cfg = Config::defaults(None);
+        cfg.sources.sniff.enabled = true;
+        let status = SharedStatus::default();
+        if let Ok(mut s) = status.lock() {
+            for n in ["siprec", "sniff"] {
+                s.sources.insert(n.into(), SourceStatus::default());
+            }
+        }
+        let mut r = Retries::default();
+        r.sync(&cfg, |n| n == "siprec", &status);
+        assert_eq!(r.failed.iter().map(|e| e.0).collect::<Vec<_>>(), ["sniff"]);
+        let s = status.lock().unwrap().clone();
+        assert_eq!(s.sources["sniff"].start_failures, 1);
+        assert_eq!(s.sources["siprec"].start_failures, 0);
+        assert!(status_line(&status).contains("sniff down: not running (retrying)"));
+        // Disabled by a reload: forgotten.
+        cfg.sources.sniff.enabled = false;
+        r.sync(&cfg, |n| n == "siprec", &status);
+        assert!(r.is_empty());
+    }
 }

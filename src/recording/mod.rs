@@ -159,6 +159,62 @@ pub struct RecordingCounters {
     pub bytes: u64,
 }
 
+impl RecordingCounters {
+    /// A recording of `bytes` written (counted in [`TOTALS`] too).
+    pub(crate) fn wrote(&mut self, bytes: u64) {
+        self.written += 1;
+        self.bytes += bytes;
+        TOTALS.wrote(bytes);
+    }
+
+    /// A recording that could not be written (counted in [`TOTALS`] too).
+    pub(crate) fn failed_one(&mut self) {
+        self.failed += 1;
+        TOTALS.failed();
+    }
+}
+
+/// Recordings written and failed, and their bytes, by every source of this
+/// process since it started (`pbx_edge_recordings_written_total`,
+/// `..._failed_total`, `pbx_edge_bytes_written_total`). A source's own
+/// counters ([`RecordingCounters`]) start again at zero with each instance
+/// (a source restarted by a reload, a SIPREC listener replaced) and its
+/// status entry goes when it ends: a sum over the entries would go
+/// backwards. These never do.
+#[derive(Debug)]
+pub struct RecordingTotals {
+    written: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// This process's [`RecordingTotals`].
+pub static TOTALS: RecordingTotals = RecordingTotals {
+    written: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+};
+
+impl RecordingTotals {
+    pub(crate) fn wrote(&self, bytes: u64) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Recordings written, recordings failed, bytes written.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 struct OpenRecording {
     id: String,
     /// The SIP Call-ID of the call (for [`RecordingDir::take_closed`]).
@@ -336,8 +392,7 @@ impl RecordingDir {
             match salvage(&s) {
                 Ok(Some((w, _, bytes))) => {
                     tracing::info!(id = %s.id, "recording completed from what reached the disk before a write error");
-                    self.counters.written += 1;
-                    self.counters.bytes += bytes;
+                    self.counters.wrote(bytes);
                     self.remember(w);
                     any = true;
                 }
@@ -374,13 +429,12 @@ impl RecordingDir {
         }
         match d.outcome {
             Outcome::Written(w, bytes) => {
-                self.counters.written += 1;
-                self.counters.bytes += bytes;
+                self.counters.wrote(bytes);
                 self.remember(w);
             }
             Outcome::TooShort => self.counters.too_short += 1,
             Outcome::Failed(e) => {
-                self.counters.failed += 1;
+                self.counters.failed_one();
                 self.error(format!("recording {}: {e}", d.id));
             }
         }
@@ -488,9 +542,9 @@ impl RecordingDir {
         };
         let made = match complete_answered(&dir, &id, &self.ctx, sidecar, reason, cut, warning) {
             Ok(()) => {
-                self.counters.written += 1;
                 let wav = dir.join(format!("{id}.wav"));
-                self.counters.bytes += fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
+                self.counters
+                    .wrote(fs::metadata(&wav).map(|m| m.len()).unwrap_or(0));
                 self.remember(WrittenRecording {
                     json: dir.join(format!("{id}.json")),
                     wav,
@@ -500,7 +554,7 @@ impl RecordingDir {
                 true
             }
             Err(e) => {
-                self.counters.failed += 1;
+                self.counters.failed_one();
                 self.error(format!("recording {id}: {e}"));
                 false
             }

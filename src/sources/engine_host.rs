@@ -21,7 +21,11 @@
 //! - [`EngineHost::tick`] after every input or wake-up runs the engine's
 //!   timeout when due and says when the status is due:
 //!   at most every [`PUBLISH_EVERY`] while anything happens, once more when
-//!   the source falls idle.
+//!   the source falls idle. It beats the liveness on every input or
+//!   wake-up (at most every [`BEAT_EVERY`]), whether or not there is
+//!   anything to report: a loop woken by a timer with nothing new (a
+//!   recording a full disk stranded, tried again every 10 s) is alive, and
+//!   the watchdog must not kill it.
 //! - [`EngineHost::finish`] closes every open call with a reason and
 //!   returns once every pair is finished.
 
@@ -37,6 +41,10 @@ use crate::recording::{RecordingDir, RecordingSettings};
 
 /// How often a busy source reports its status.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// The liveness is beaten at most this often (every input or wake-up
+/// beats it once this long has passed since the last beat).
+const BEAT_EVERY: Duration = Duration::from_millis(200);
 
 /// How often a source looks for pairs finished in the background while
 /// any are being finished (their counters, SIPREC's held BYEs).
@@ -62,6 +70,9 @@ pub(crate) struct EngineHost {
     last_publish: Option<Instant>,
     /// Something happened since the last report.
     dirty: bool,
+    /// When the liveness was last beaten; `None`: at the next tick (the
+    /// loop said it waits: its entry no longer counts beats).
+    last_beat: Option<Instant>,
     /// The inputs are stamped with this host's clock (sniffing, SIPREC): a
     /// pause or resume by the API takes effect at the clock's now. False for
     /// HEP, whose inputs carry the agents' capture times: there it takes
@@ -88,6 +99,7 @@ impl EngineHost {
             live,
             last_publish: None,
             dirty: true,
+            last_beat: Some(Instant::now()),
             wall_clock: true,
         }
     }
@@ -103,6 +115,7 @@ impl EngineHost {
             self.live.forget(&self.name);
             self.name = name.to_string();
             self.live.beat(name);
+            self.last_beat = Some(Instant::now());
         }
     }
 
@@ -130,14 +143,20 @@ impl EngineHost {
 
     /// The source is about to block without a timeout ([`Self::wait`] said
     /// `None`): the watchdog must not take the silence for a hang.
-    pub(crate) fn idle(&self) {
+    pub(crate) fn idle(&mut self) {
         self.live.waiting(&self.name);
+        self.last_beat = None;
     }
 
     /// After an input (`input`: true) or a wake-up: the engine's timeout if
     /// due, a liveness beat. True when the source should publish its status
     /// now.
     pub(crate) fn tick(&mut self, now: Timestamp, input: bool) -> bool {
+        // The loop woke up: it is alive, with or without news to report.
+        if self.last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
+            self.live.beat(&self.name);
+            self.last_beat = Some(Instant::now());
+        }
         self.dirty |= input;
         self.dirty |= self.out.collect();
         if self.engine.poll_timeout().is_some_and(|d| d <= now) {
@@ -151,7 +170,6 @@ impl EngineHost {
             .last_publish
             .is_none_or(|t| t.elapsed() >= PUBLISH_EVERY);
         if due {
-            self.live.beat(&self.name);
             self.last_publish = Some(Instant::now());
             // Nothing new after this report unless an input or a timeout
             // comes: then one more report, then silence.
@@ -178,5 +196,43 @@ impl EngineHost {
         self.engine.finish(reason, &mut self.out);
         self.out.wait_finished();
         self.live.forget(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{RecordingContext, RoleRules};
+
+    /// A loop that wakes up on a timer with nothing new to report (a
+    /// recording a full disk stranded, tried again every 10 s: the wait
+    /// never says "idle") still beats: the watchdog takes it for alive.
+    #[test]
+    fn a_wake_up_with_nothing_to_report_still_beats_the_liveness() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = RecordingContext {
+            agent_id: "agent-a".into(),
+            source: "sniff",
+            min_duration: Duration::ZERO,
+            seal: None,
+            tap: None,
+            roles: RoleRules::default(),
+        };
+        let out = RecordingDir::new(dir.path(), ctx).unwrap();
+        let live = Liveness::new();
+        let mut host = EngineHost::new("sniff", EngineConfig::default(), out, live.clone());
+        let t = Timestamp::from_secs(1_800_000_000);
+        // The first report, then nothing new.
+        assert!(host.tick(t, false));
+        assert!(!host.dirty);
+        let limit = Duration::from_millis(300);
+        std::thread::sleep(limit + Duration::from_millis(50));
+        assert_eq!(live.stalled(limit), vec!["sniff".to_string()]);
+        // A timer wake-up (no input, no news): no report, but a beat.
+        assert!(!host.tick(t.add_micros(10_000_000), false));
+        assert!(
+            live.stalled(limit).is_empty(),
+            "a loop that wakes up is alive"
+        );
     }
 }

@@ -326,10 +326,7 @@ fn run(
             Ok(Input::Packet { received, bytes }) => {
                 match hep::parse(&bytes) {
                     Ok(p) => {
-                        let agent = p
-                            .agent_id
-                            .map_or_else(|| "-".to_string(), |a| a.to_string());
-                        *agents.entry(agent).or_default() += 1;
+                        count_agent(&mut agents, p.agent_id);
                         let seg = p.segment(received);
                         offset_us = seg.ts.micros_since(received);
                         engine_now = Some(engine_now.map_or(seg.ts, |n| n.max(seg.ts)));
@@ -360,6 +357,31 @@ fn run(
     }
     host.finish(EndReason::Shutdown);
     publish(&host, &shared, &agents, &status);
+}
+
+/// Capture agents counted apart (`/status` `hep_agents`, the `agent`
+/// label of `pbx_edge_hep_packets_total`); the packets of any agent beyond
+/// them are counted under [`OTHER_AGENTS`]. The ids come from the network:
+/// without a cap every id sent would be a series kept for good.
+pub(crate) const MAX_AGENTS: usize = 64;
+
+/// The agent id the packets of agents beyond [`MAX_AGENTS`] count under.
+pub(crate) const OTHER_AGENTS: &str = "other";
+
+/// Count a packet of capture agent `id` (`-`: none given).
+fn count_agent(agents: &mut BTreeMap<String, u64>, id: Option<u32>) {
+    let id = id.map_or_else(|| "-".to_string(), |a| a.to_string());
+    if let Some(n) = agents.get_mut(&id) {
+        *n += 1;
+        return;
+    }
+    let distinct = agents.len() - usize::from(agents.contains_key(OTHER_AGENTS));
+    let key = if distinct < MAX_AGENTS {
+        id
+    } else {
+        OTHER_AGENTS.to_string()
+    };
+    *agents.entry(key).or_default() += 1;
 }
 
 /// Count a refusal and let the engine thread publish it.
@@ -522,5 +544,31 @@ fn publish(
         src.errors = host.out.counters.failed;
         src.hep_agents = agents.clone();
         src.hep_rejected = rejected;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_agents_beyond_the_cap_are_counted_as_other() {
+        let mut agents = BTreeMap::new();
+        count_agent(&mut agents, None);
+        for id in 0..200u32 {
+            count_agent(&mut agents, Some(id));
+            count_agent(&mut agents, Some(id));
+        }
+        // 64 agents of their own ("-" among them), the rest folded.
+        assert_eq!(agents.len(), MAX_AGENTS + 1);
+        assert_eq!(agents["-"], 1);
+        assert_eq!(agents["0"], 2);
+        assert_eq!(agents["62"], 2);
+        assert!(!agents.contains_key("63"));
+        assert_eq!(agents[OTHER_AGENTS], 2 * (200 - 63));
+        assert_eq!(agents.values().sum::<u64>(), 1 + 2 * 200);
+        // An agent counted apart stays so.
+        count_agent(&mut agents, Some(5));
+        assert_eq!(agents["5"], 3);
     }
 }

@@ -988,6 +988,7 @@ impl FolderScanner {
                 tracing::info!(target: "pbx_edge::folder", id = %c.id, set = %crate::logmask::file_for_log(&set.key), "folder recording taken");
                 self.counters.written += 1;
                 self.counters.bytes += c.bytes;
+                crate::recording::TOTALS.wrote(c.bytes);
                 self.watch_delivery(&c.id.clone(), set);
                 self.written.push(c);
                 if self.written.len() > 1000 {
@@ -999,6 +1000,7 @@ impl FolderScanner {
                 // Our side (spool full, ...): not the PBX file's fault. Not
                 // marked: tried again once it has settled again.
                 self.counters.failed += 1;
+                crate::recording::TOTALS.failed();
                 self.error(format!(
                     "folder: {} not taken, will retry: {e}",
                     crate::logmask::file_for_log(&set.key)
@@ -1016,6 +1018,7 @@ impl FolderScanner {
                 // seen; tried once more at each full listing, counted and
                 // logged once per attempt.
                 self.counters.failed += 1;
+                crate::recording::TOTALS.failed();
                 self.error(format!(
                     "folder: {} not taken, will retry at the next full listing: {e}",
                     crate::logmask::file_for_log(&set.key)
@@ -1032,6 +1035,7 @@ impl FolderScanner {
             }
             Err(e) => {
                 self.counters.failed += 1;
+                crate::recording::TOTALS.failed();
                 self.error(format!(
                     "folder: {} not taken: {e}",
                     crate::logmask::file_for_log(&set.key)
