@@ -638,17 +638,6 @@ impl<R: Read> CaptureReader<R> {
             Ok((_, epb)) => epb,
             Err(e) => return Err(format!("bad enhanced packet block: {e:?}")),
         };
-        let State::PcapNg {
-            interfaces,
-            last_ts,
-            ..
-        } = &mut self.state
-        else {
-            return Err("pcapng block in a pcap file".into());
-        };
-        let iface = interfaces
-            .get(epb.if_id as usize)
-            .ok_or_else(|| format!("packet on undeclared interface {}", epb.if_id))?;
         let data = epb.packet_data();
         if data.len() > MAX_PACKET_LEN {
             return Err(format!(
@@ -657,17 +646,11 @@ impl<R: Read> CaptureReader<R> {
             ));
         }
         let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-        let ts = Timestamp::from_micros(
-            iface
-                .resolution
-                .to_micros(ticks)
-                .saturating_add(iface.offset_us),
-        );
-        *last_ts = ts;
+        let (ts, link) = stamp(&mut self.state, epb.if_id as usize, ticks)?;
         Ok(Found {
             range: subslice_range(&self.buf, data),
             ts,
-            link: iface.link,
+            link,
             orig_len: epb.origlen,
         })
     }
@@ -696,29 +679,12 @@ impl<R: Read> CaptureReader<R> {
         if caplen > MAX_PACKET_LEN {
             return Err(format!("packet of {caplen} bytes (limit {MAX_PACKET_LEN})"));
         }
-        let State::PcapNg {
-            interfaces,
-            last_ts,
-            ..
-        } = &mut self.state
-        else {
-            return Err("pcapng block in a pcap file".into());
-        };
-        let iface = interfaces
-            .get(usize::from(if_id))
-            .ok_or_else(|| format!("packet on undeclared interface {if_id}"))?;
-        let ts = Timestamp::from_micros(
-            iface
-                .resolution
-                .to_micros(ticks)
-                .saturating_add(iface.offset_us),
-        );
-        *last_ts = ts;
+        let (ts, link) = stamp(&mut self.state, usize::from(if_id), ticks)?;
         let at = self.start + 28;
         Ok(Found {
             range: at..at + caplen,
             ts,
-            link: iface.link,
+            link,
             orig_len,
         })
     }
@@ -872,6 +838,30 @@ enum Block {
 }
 
 /// The position of `inner` (a sub-slice of `outer`) inside `outer`.
+/// A pcapng packet's time (its interface's resolution and offset) and link
+/// type; the time is kept for the Simple Packet Blocks that follow.
+fn stamp(state: &mut State, if_id: usize, ticks: u64) -> Result<(Timestamp, LinkType), String> {
+    let State::PcapNg {
+        interfaces,
+        last_ts,
+        ..
+    } = state
+    else {
+        return Err("pcapng block in a pcap file".into());
+    };
+    let iface = interfaces
+        .get(if_id)
+        .ok_or_else(|| format!("packet on undeclared interface {if_id}"))?;
+    let ts = Timestamp::from_micros(
+        iface
+            .resolution
+            .to_micros(ticks)
+            .saturating_add(iface.offset_us),
+    );
+    *last_ts = ts;
+    Ok((ts, iface.link))
+}
+
 fn subslice_range(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
     if start > outer.len() || inner.len() > outer.len() - start {
