@@ -213,7 +213,17 @@ impl RecordingSession {
             *self = update;
             return;
         }
-        for p in update.participants {
+        // An id the parser made up for an element without one (`_N`, by
+        // position) names nothing across documents: such a participant or
+        // stream of the update is a new one, not the known one at N.
+        let made_up = |id: &str| {
+            id.strip_prefix('_')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        for mut p in update.participants {
+            if made_up(&p.id) {
+                p.id = format!("_{}", self.participants.len());
+            }
             if !p.send.is_empty() {
                 for other in self.participants.iter_mut().filter(|o| o.id != p.id) {
                     other.send.retain(|s| !p.send.contains(s));
@@ -236,7 +246,10 @@ impl RecordingSession {
                 None => {}
             }
         }
-        for st in update.streams {
+        for mut st in update.streams {
+            if made_up(&st.id) {
+                st.id = format!("_{}", self.streams.len());
+            }
             let room = self.streams.len() < MAX_STREAMS;
             match self.streams.iter_mut().find(|o| o.id == st.id) {
                 Some(o) => {

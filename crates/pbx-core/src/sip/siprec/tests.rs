@@ -924,6 +924,15 @@ fn metadata_updates_merge_partial_and_replace_complete() {
     let a = assign_streams(&sdp_with_labels(&["1", "2"]), &m).unwrap();
     assert_eq!(a[0].participant.as_deref(), Some("a"));
     assert_eq!(a[1].participant.as_deref(), Some("c"));
+    // A participant without an id in an update (the parser names it `_0`
+    // by position) is a new one, not the known first participant.
+    m.update(doc(
+        "partial",
+        "<participant><nameID aor='sip:9@h'/></participant>",
+    ));
+    assert_eq!(m.participants.len(), 4);
+    assert_eq!(m.participants[0].id, "a");
+    assert_eq!(m.participants[3].aor.as_deref(), Some("sip:9@h"));
     // Many partial updates adding participants: bounded.
     for i in 0..2 * MAX_PARTICIPANTS {
         m.update(doc(
