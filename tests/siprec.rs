@@ -2273,3 +2273,61 @@ fn an_srtp_stream_rekeyed_by_a_reinvite_is_decrypted_with_the_new_key() {
         "{m}"
     );
 }
+
+/// The SRC pauses by answering in the ACK (a re-INVITE without an offer:
+/// our 200 offers our SDP, its ACK answers with every stream inactive): the
+/// SIP side sees the pause too (before, only the engine did, and the SIP
+/// side hung the session up after `rtp_timeout`).
+#[test]
+fn a_pause_answered_in_the_ack_is_not_hung_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "[recording]\nrtp_timeout = \"1s\"\n");
+    let src = Src::new(srs);
+    let call_id = "ack-pause@src";
+    src.send(&invite(
+        call_id,
+        src.port(),
+        srs,
+        [40700, 40702],
+        1,
+        "a1",
+        &metadata(call_id),
+    ));
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let to = header(&ok, "To").unwrap().to_string();
+    src.send(&in_dialog(&src, srs, call_id, &to, "ACK", 1, "", ""));
+    send_rtp(srs.ip(), answer_ports(&ok), 400, 77)
+        .join()
+        .unwrap();
+    // A re-INVITE without an offer; the answer to ours in the ACK.
+    src.send(&in_dialog(&src, srs, call_id, &to, "INVITE", 2, "", ""));
+    let r = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(r.starts_with("SIP/2.0 200") && r.contains("m=audio"), "{r}");
+    let answer = "v=0\r\no=SRC 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                  m=audio 40700 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:2\r\na=inactive\r\n\
+                  m=audio 40702 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:1\r\na=inactive\r\n";
+    src.send(&in_dialog(
+        &src,
+        srs,
+        call_id,
+        &to,
+        "ACK",
+        2,
+        "Content-Type: application/sdp\r\n",
+        answer,
+    ));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = src.recv() {
+            assert!(
+                !m.starts_with("BYE "),
+                "the paused session was hung up:\n{m}"
+            );
+        }
+    }
+    src.send(&in_dialog(&src, srs, call_id, &to, "BYE", 3, "", ""));
+    assert!(final_response_no_bye(&src, "BYE", call_id).starts_with("SIP/2.0 200"));
+    let (j, _) = wait_recording_of(&d, call_id);
+    assert_eq!(j["end_reason"], "bye", "{j}");
+}

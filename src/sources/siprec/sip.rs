@@ -447,6 +447,42 @@ pub(super) async fn sip_loop(
                         }
                     }
                 }
+                // The SRC's answer in the ACK, to our offer in a 200 to a
+                // re-INVITE without one: whether it pauses, and where its
+                // streams come from now.
+                UasEvent::AckAnswer { dialog, msg } => {
+                    let Some(session) = sessions.get_mut(&dialog) else {
+                        continue;
+                    };
+                    let Some(Ok(sdp)) = msg.sdp() else {
+                        continue;
+                    };
+                    let held = pbx_core::sip::siprec::offer_sends_nothing(&sdp);
+                    if session.held && !held {
+                        session
+                            .last_rtp
+                            .fetch_max(now().as_micros(), Ordering::Relaxed);
+                    }
+                    session.held = held;
+                    for (i, m) in sdp.media.iter().enumerate() {
+                        let Some(p) = session.line_ports.get(i).copied().filter(|p| *p != 0) else {
+                            continue;
+                        };
+                        if m.port == 0 {
+                            continue;
+                        }
+                        if let Some(local) = session.ports.iter().find(|a| a.port() == p) {
+                            ports.set_origin(
+                                *local,
+                                StreamOrigin {
+                                    announced_ip: m.effective_connection(&sdp),
+                                    announced_port: m.port,
+                                    signalling: session.peer.ip().to_canonical(),
+                                },
+                            );
+                        }
+                    }
+                }
                 ev @ (UasEvent::Reinvite { .. } | UasEvent::Update { .. }) => {
                     let (dialog, msg, invite) = match ev {
                         UasEvent::Reinvite { dialog, msg } => (dialog, msg, true),

@@ -218,6 +218,9 @@ pub enum UasEvent {
     Reinvite { dialog: DialogId, msg: SipMessage },
     /// An UPDATE in the dialog: answer with accept (SDP or empty) / reject.
     Update { dialog: DialogId, msg: SipMessage },
+    /// The ACK of a 2xx carried a body: the peer's SDP answer to the offer
+    /// we made in that 2xx (a re-INVITE without an offer, RFC 3261 14.2).
+    AckAnswer { dialog: DialogId, msg: SipMessage },
     /// The call is over; its state is gone.
     Ended { dialog: DialogId, reason: EndCause },
 }

@@ -337,6 +337,13 @@ impl Uas {
         if dl.ack_wait.as_ref().is_some_and(|(c, _)| *c == msg.cseq) {
             dl.confirmed = true;
             self.stop_ack_wait(&id);
+            // (Only the first ACK: a retransmitted one finds no wait.)
+            if !msg.body.iter().all(u8::is_ascii_whitespace) {
+                self.events.push_back(UasEvent::AckAnswer {
+                    dialog: id,
+                    msg: msg.clone(),
+                });
+            }
         }
     }
 
