@@ -223,6 +223,8 @@ pub struct StreamStatus {
     pub refused: u64,
     /// Chunks that did not fit a call's queue (read back from the file).
     pub dropped_chunks: u64,
+    /// Calls not streamed: `[filter]` keeps them on the machine.
+    pub filtered: u64,
     /// The largest lag of an open stream, ms.
     pub max_lag_ms: u64,
     /// Why the last stream had trouble (no numbers, no tokens).
@@ -737,6 +739,12 @@ pub fn render_metrics(s: &Status) -> String {
             ("{outcome=\"incomplete\"}".to_string(), st.incomplete as f64),
             ("{outcome=\"refused\"}".to_string(), st.refused as f64),
         ],
+    );
+    family(
+        "pbx_edge_stream_filtered_total",
+        "counter",
+        "Calls not streamed live because [filter] keeps them on the machine.",
+        &one(st.filtered),
     );
     family(
         "pbx_edge_stream_chunks_from_file_total",

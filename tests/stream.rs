@@ -970,3 +970,36 @@ fn many_concurrent_calls_latency_and_memory() {
         );
     }
 }
+
+/// A call `[filter]` keeps on the machine (here its caller's number is
+/// excluded) is not streamed live either: its audio never leaves the host
+/// (before, it was streamed while it ran and only its upload was held
+/// back). Another call is streamed as usual; the metric counts the one.
+#[test]
+fn a_call_the_filters_keep_on_the_machine_is_not_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    let (d, srs) = daemon(
+        dir.path(),
+        &rx.url(),
+        "[filter]\nexclude_numbers = [\"+1555*\"]\nkeep_filtered = true\n",
+    );
+    siprec_call(srs, "live-excluded@src", 1500, 51);
+    siprec_call(srs, "int-kept@src", 1500, 52);
+    let (excluded, _) = recording_of(&d, "live-excluded@src");
+    let (kept, _) = recording_of(&d, "int-kept@src");
+    let kept_id = kept["recording_id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    while rx.of(&kept_id).stops.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the kept call was not streamed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let h = rx.of(excluded["recording_id"].as_str().unwrap());
+    assert_eq!((h.connections, h.starts.len(), h.pcm.len()), (0, 0, 0));
+    assert_eq!(status(&d)["stream"]["filtered"], 1, "{}", status(&d));
+    let m = d.get("/metrics").unwrap().1;
+    assert!(m.contains("pbx_edge_stream_filtered_total 1"), "{m}");
+}

@@ -51,11 +51,40 @@ pub(crate) fn glob_match(pattern: &str, s: &str) -> bool {
 }
 
 impl Filters {
+    /// `[filter]` of `cfg`.
+    pub fn from_config(cfg: &Config) -> Filters {
+        Filters {
+            min_duration: cfg.filter.min_duration,
+            include_numbers: cfg.filter.include_numbers.clone(),
+            exclude_numbers: cfg.filter.exclude_numbers.clone(),
+            directions: cfg.filter.directions.clone(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.min_duration.is_zero()
             && self.include_numbers.is_empty()
             && self.exclude_numbers.is_empty()
             && self.directions.is_empty()
+    }
+
+    /// `Some(reason)` when a call whose metadata so far is `start` (CONTRACT
+    /// §3 fields as known when its recording begins) will be filtered out
+    /// whatever happens later: a number filter on its numbers, or its
+    /// direction when already known. The live stream asks before it sends
+    /// anything: audio the filters keep on the machine must not leave it
+    /// while the call runs either.
+    pub fn check_start(&self, start: &Value) -> Option<String> {
+        let known = Filters {
+            min_duration: Duration::ZERO,
+            directions: if start["direction"].is_string() {
+                self.directions.clone()
+            } else {
+                Vec::new()
+            },
+            ..self.clone()
+        };
+        known.check(start)
     }
 
     /// `Some(reason)` when the recording JSON `doc` is filtered out.
@@ -192,12 +221,7 @@ impl DeliverySettings {
             max_parallel: c.max_parallel.max(1),
             bandwidth_limit: c.bandwidth_limit,
             upload_window: c.upload_window,
-            filters: Filters {
-                min_duration: cfg.filter.min_duration,
-                include_numbers: cfg.filter.include_numbers.clone(),
-                exclude_numbers: cfg.filter.exclude_numbers.clone(),
-                directions: cfg.filter.directions.clone(),
-            },
+            filters: Filters::from_config(cfg),
             keep_filtered: cfg.filter.keep_filtered,
             keys: cfg.spool.keys.clone(),
             ..DeliverySettings::new(&cfg.spool.dir)

@@ -62,6 +62,8 @@ pub struct StreamSettings {
     pub frame: Duration,
     pub max_lag: Duration,
     pub tls: Arc<ClientConfig>,
+    /// `[filter]`: a call the filters keep on the machine is not streamed.
+    pub filters: crate::delivery::Filters,
 }
 
 impl std::fmt::Debug for StreamSettings {
@@ -92,6 +94,7 @@ impl StreamSettings {
             frame: s.frame,
             max_lag: s.max_lag,
             tls,
+            filters: crate::delivery::Filters::from_config(cfg),
         }))
     }
 }
@@ -101,6 +104,8 @@ impl StreamSettings {
 pub struct StreamStats {
     /// Streams whose task runs (connected or retrying).
     pub open: AtomicU64,
+    /// Calls not streamed because `[filter]` keeps them on the machine.
+    pub filtered: AtomicU64,
     pub started: AtomicU64,
     /// Binary message bytes (offset + PCM) handed to the sockets.
     pub bytes: AtomicU64,
@@ -178,6 +183,7 @@ impl StreamStats {
             incomplete: self.incomplete.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             dropped_chunks: self.dropped_chunks.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
             max_lag_ms: lag_ms,
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
             config_error: None,
@@ -309,6 +315,12 @@ impl Chunk {
 impl AudioTap for HubTap {
     fn begin(&self, rec: TapBegin) -> Option<Box<dyn CallTap>> {
         let settings = self.0.settings.read().ok()?.clone()?;
+        if let Some(why) = settings.filters.check_start(&rec.meta) {
+            // (The reason may name a number pattern: debug only.)
+            tracing::debug!(recording = %rec.recording_id, "not streamed: {why}");
+            self.0.stats.filtered.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let shared = Arc::new(Shared::default());
         let call = client::CallStream {

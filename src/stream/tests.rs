@@ -54,6 +54,7 @@ fn settings(url: &str) -> Arc<StreamSettings> {
         frame: Duration::from_millis(100),
         max_lag: Duration::from_secs(30),
         tls: crate::sys::tls::client_config(None).unwrap(),
+        filters: Default::default(),
     })
 }
 
