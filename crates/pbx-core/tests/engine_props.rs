@@ -1598,3 +1598,113 @@ fn sip_over_tcp_seen_from_the_middle_of_the_connection() {
     let (a, b) = (&udp.calls[&udp.order[0]], &sink.calls[&sink.order[0]]);
     assert_eq!(a.audio, b.audio, "the same audio as over UDP");
 }
+
+/// A B2BUA (Asterisk, FreeSWITCH) with direct media, sniffed: its two
+/// dialogs of one conversation (the caller's with the PBX, the PBX's with
+/// the callee) both announce the phones' own addresses, and the RTP flows
+/// between the phones. Each dialog's recording gets both parties, as the
+/// clean single dialog does (before, the second dialog took the addresses
+/// over and the first recorded nothing). A lingering call whose address a
+/// new call took keeps none of the new call's packets (it knows only one
+/// end of the new flow): covered by the engine's other tests.
+#[test]
+fn a_b2buas_two_dialogs_with_direct_media_both_record_the_conversation() {
+    let _g = serial();
+    let single = run(&call_packets(50, &[]));
+    let reference = &single.calls[&single.order[0]];
+    let mut pkts = Vec::new();
+    for (i, call_id) in ["leg-a@pbx", "leg-b@pbx"].iter().enumerate() {
+        let d = Dialog::new(call_id);
+        for mut p in setup_packets(&d) {
+            p.at_us += i as i64 * 1000;
+            pkts.push(p);
+        }
+    }
+    let mut media = Vec::new();
+    for k in 0..50 {
+        for leg in 0..2 {
+            let (src, dst) = leg_addrs(leg);
+            media.push(Pkt {
+                at_us: send_time(leg, k),
+                src,
+                dst,
+                data: leg_packet(leg, k),
+            });
+        }
+    }
+    media.sort_by_key(|p| p.at_us);
+    pkts.extend(media);
+    let bye_at = send_time(1, 50) + 300_000;
+    for call_id in ["leg-a@pbx", "leg-b@pbx"] {
+        let d = Dialog::new(call_id);
+        pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
+        pkts.push(b2a(
+            bye_at + 20_000,
+            d.response(200, "OK", 2, "BYE", true, None),
+        ));
+    }
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 2, "a recording of each dialog");
+    for k in &sink.order {
+        let r = &sink.calls[k];
+        let meta = r.meta.as_ref().unwrap();
+        assert_eq!(
+            (meta.channels[0].packets, meta.channels[1].packets),
+            (50, 50),
+            "{}",
+            meta.call_id
+        );
+        assert_eq!(
+            r.audio, reference.audio,
+            "{}: the conversation",
+            meta.call_id
+        );
+    }
+}
+
+/// The other side of sharing an address: a call hung up and lingering for
+/// its stragglers whose callee's address a new call announces at once (the
+/// phone's next call, another caller) gets none of the new call's packets:
+/// it knows only one end of the new flow.
+#[test]
+fn a_lingering_call_gets_nothing_of_a_new_call_on_its_address() {
+    let _g = serial();
+    let mut pkts = call_packets(50, &[]);
+    let bye_at = pkts.iter().map(|p| p.at_us).max().unwrap();
+    let d = Dialog::new("next-call@10.0.0.3");
+    let offer = sdp("10.0.0.3", 60000, &[0], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0], "sendrecv");
+    pkts.push(a2b(
+        bye_at + 1000,
+        d.request("INVITE", 1, true, Some(&offer)),
+    ));
+    pkts.push(b2a(
+        bye_at + 2000,
+        d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+    ));
+    let new_caller: SocketAddr = "10.0.0.3:60000".parse().unwrap();
+    let (_, callee) = leg_addrs(0);
+    for k in 0..20 {
+        pkts.push(Pkt {
+            at_us: bye_at + 3000 + k as i64 * PACKET_US,
+            src: new_caller,
+            dst: callee,
+            data: rtp(0, k == 0, k as u16, (k * 160) as u32, 0x3333, &[0x55; 160]),
+        });
+    }
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 2);
+    let first = sink.calls[&sink.order[0]].meta.as_ref().unwrap();
+    let next = sink.calls[&sink.order[1]].meta.as_ref().unwrap();
+    assert_eq!(
+        (first.channels[0].packets, first.channels[1].packets),
+        (50, 50)
+    );
+    assert_eq!(next.channels[0].packets, 20);
+}

@@ -170,9 +170,18 @@ pub(super) struct SiprecState {
     eps: Vec<[Option<SocketAddr>; 2]>,
 }
 
+/// Other calls' claims on an address a later call announced too.
+pub(super) type SharedEndpoints = FxHashMap<SocketAddr, Vec<(CallKey, Party)>>;
+
+/// Most other calls kept for one address.
+const SHARED_MAX: usize = 4;
+
 /// `ep` is where `side` is reached: packets to it are the other party's.
+/// The latest call to announce an address owns it; the calls that had it
+/// before are kept beside it (see `Tracker::handle_rtp`).
 fn register_endpoint(
     endpoints: &mut FxHashMap<SocketAddr, (CallKey, Party)>,
+    shared: &mut SharedEndpoints,
     s: &mut SideMedia,
     key: CallKey,
     ep: SocketAddr,
@@ -184,13 +193,47 @@ fn register_endpoint(
             // at this call after its end, and a later call's packets to it
             // would be lost).
             let old = s.endpoints.remove(0);
-            if endpoints.get(&old).is_some_and(|(k, _)| *k == key) {
-                endpoints.remove(&old);
-            }
+            unregister_endpoint(endpoints, shared, key, old);
         }
         s.endpoints.push(ep);
     }
-    endpoints.insert(ep, (key, side));
+    if let Some((k0, p0)) = endpoints.insert(ep, (key, side)) {
+        if let Some(v) = shared.get_mut(&ep) {
+            v.retain(|(k, _)| *k != key && *k != k0);
+        }
+        if k0 != key {
+            let v = shared.entry(ep).or_default();
+            if v.len() >= SHARED_MAX {
+                v.remove(0);
+            }
+            v.push((k0, p0));
+        }
+        if shared.get(&ep).is_some_and(Vec::is_empty) {
+            shared.remove(&ep);
+        }
+    }
+}
+
+/// Call `key` no longer announces `ep`: the call that had it before (if
+/// still in progress) owns it again.
+pub(super) fn unregister_endpoint(
+    endpoints: &mut FxHashMap<SocketAddr, (CallKey, Party)>,
+    shared: &mut SharedEndpoints,
+    key: CallKey,
+    ep: SocketAddr,
+) {
+    if endpoints.get(&ep).is_some_and(|(k, _)| *k == key) {
+        endpoints.remove(&ep);
+        if let Some(prev) = shared.get_mut(&ep).and_then(Vec::pop) {
+            endpoints.insert(ep, prev);
+        }
+    }
+    if let Some(v) = shared.get_mut(&ep) {
+        v.retain(|(k, _)| *k != key);
+        if v.is_empty() {
+            shared.remove(&ep);
+        }
+    }
 }
 
 /// The offer's m-lines as far as the channel rule reads them.
@@ -714,6 +757,7 @@ impl Tracker {
                 if let Some(reg_side) = reg_side {
                     register_endpoint(
                         &mut self.endpoints,
+                        &mut self.shared,
                         &mut call.sides[reg_side.channel()],
                         key,
                         ep,
@@ -861,6 +905,7 @@ impl Tracker {
                             if let Some(ep) = ep {
                                 register_endpoint(
                                     &mut self.endpoints,
+                                    &mut self.shared,
                                     &mut call.sides[side.channel()],
                                     key,
                                     *ep,

@@ -181,6 +181,9 @@ pub(super) struct Tracker {
     pub(super) calls: FxHashMap<CallKey, Box<Call>>,
     pub(super) by_call_id: HashMap<String, CallKey>,
     pub(super) endpoints: FxHashMap<SocketAddr, (CallKey, Party)>,
+    /// Calls that announced an address a later call took too (a B2BUA's
+    /// two dialogs with direct media): see `Tracker::handle_rtp`.
+    pub(super) shared: super::dialog::SharedEndpoints,
     pub(super) framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
     pub(super) stats: EngineStats,
     pub(super) next_key: u64,
@@ -206,6 +209,7 @@ impl Tracker {
             calls: FxHashMap::default(),
             by_call_id: HashMap::new(),
             endpoints: FxHashMap::default(),
+            shared: FxHashMap::default(),
             framers: HashMap::new(),
             stats: EngineStats::default(),
             next_key: 1,

@@ -122,6 +122,46 @@ impl Tracker {
                 }
             },
         };
+        self.rtp_for(key, speaker, by_dst, ts, src, dst, payload, sink);
+        // Another call announced the same address (a B2BUA's two dialogs
+        // of one conversation when the media flow directly between the
+        // phones): it gets the packet too if it announced both ends of
+        // this flow (a lingering call whose address a new call took does
+        // not: it knows only one end).
+        if self.shared.is_empty() {
+            return;
+        }
+        let at = if by_dst { dst } else { src };
+        let others: Vec<(CallKey, Party)> = self
+            .shared
+            .get(&at)
+            .map(|v| v.iter().copied().filter(|(k, _)| *k != key).collect())
+            .unwrap_or_default();
+        for (k, side) in others {
+            let both = self.calls.get(&k).is_some_and(|c| {
+                c.sides.iter().any(|s| s.endpoints.contains(&src))
+                    && c.sides.iter().any(|s| s.endpoints.contains(&dst))
+            });
+            if both {
+                let speaker = if by_dst { side.other() } else { side };
+                self.rtp_for(k, speaker, by_dst, ts, src, dst, payload, sink);
+            }
+        }
+    }
+
+    /// One RTP packet of call `key`, sent by `speaker`.
+    #[allow(clippy::too_many_arguments)]
+    fn rtp_for(
+        &mut self,
+        key: CallKey,
+        speaker: Party,
+        by_dst: bool,
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        sink: &mut dyn RecordingSink,
+    ) {
         let rtp = match parse_rtp(payload) {
             Ok(r) => r,
             Err(_) => {
@@ -656,9 +696,7 @@ impl Tracker {
         }
         for s in &call.sides {
             for ep in &s.endpoints {
-                if self.endpoints.get(ep).is_some_and(|(k, _)| *k == key) {
-                    self.endpoints.remove(ep);
-                }
+                unregister_endpoint(&mut self.endpoints, &mut self.shared, key, *ep);
             }
         }
         let Some(media) = call.media else {
