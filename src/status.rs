@@ -329,7 +329,11 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
         // ready. A depleted balance (402) is the customer's account: the
         // daemon records and spools as before (CONTRACT §4), so it stays
         // ready (a dispatcher must not send its calls elsewhere for it).
-        if s.cloud.pause_kind.as_deref() != Some("payment") {
+        // A rate limit (429) likewise: it passes by itself.
+        if !matches!(
+            s.cloud.pause_kind.as_deref(),
+            Some("payment" | "rate_limit")
+        ) {
             ok = false;
         }
         parts.insert("cloud".into(), format!("uploads paused: {reason}"));

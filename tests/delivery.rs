@@ -1618,3 +1618,45 @@ fn an_idle_delivery_wakes_for_a_new_pair_at_once() {
     });
     assert!(rx.calls().contains_key("landed"));
 }
+
+/// A 429 rate-limits the account, not one recording: every upload waits
+/// its Retry-After (before, only the recording told waited and the next
+/// ones hit the limit at once); the daemon stays ready (it records and
+/// spools), and uploads resume by themselves.
+#[test]
+fn a_rate_limit_holds_back_every_upload_for_its_retry_after() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Status(429, Some("2".into())),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        write_recording(d.path(), &format!("q{i}"), 3000, i);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
+        s.max_parallel = 1;
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("all delivered", Duration::from_secs(15), || {
+            rx.lock().calls.len() == 8
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    let t429 = st.answered_at("POST", "/v1/calls", 429)[0];
+    let early: Vec<_> = st
+        .answered_at("POST", "/v1/calls", 201)
+        .into_iter()
+        .filter(|t| *t > t429 && t.duration_since(t429) < Duration::from_millis(1900))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} posts answered within the Retry-After",
+        early.len()
+    );
+    assert!(pairs_left(d.path()).is_empty());
+}

@@ -32,10 +32,9 @@ impl Progress for JobProgress {
             if let Err(e) = r {
                 tracing::error!(id = %self.id, "cannot save upload progress: {e}");
             }
-            if offset > 0 {
-                // The cloud takes our data: whatever paused us is over.
-                self.shared.clear_pause();
-            }
+            // (A pause ends with a recording delivered or refused, not with
+            // data taken: a cloud may take the audio and still answer the
+            // call's post with 402, and uploads must not flap on and off.)
         })
     }
 
@@ -189,6 +188,15 @@ pub(super) async fn run_job(
                 Action::Retry { after, reason } => {
                     tracing::info!(%id, %reason, "upload failed; will retry");
                     shared.metrics.failure(label, &reason);
+                    if reason.starts_with("HTTP 429") {
+                        // The account is rate-limited: every upload waits
+                        // (each one told on its own would hit it again).
+                        shared.set_pause(
+                            PauseKind::RateLimit,
+                            "the cloud is rate-limiting uploads (HTTP 429)",
+                            after.unwrap_or(base).max(base),
+                        );
+                    }
                     shared
                         .db(move |sp| {
                             let n = sp.get(&i)?.map(|e| e.retries).unwrap_or(0);

@@ -4,6 +4,11 @@
 use super::*;
 
 // Queries and state transitions (CONTRACT §5 states).
+/// The longest wait the daemon sets before a retry (a `Retry-After` is
+/// capped at 6 h, backoff at 5 min), with a margin: a retry time further
+/// ahead than this was set before the clock went back.
+const WAIT_MAX_MS: i64 = 7 * 3600 * 1000;
+
 impl Spool {
     /// One row.
     pub fn get(&self, id: &str) -> Result<Option<Entry>, SpoolError> {
@@ -31,7 +36,10 @@ impl Spool {
     }
 
     /// Up to `limit` rows due for an upload attempt at `now` (queued or
-    /// uploading, `next_attempt_at` ≤ now), oldest first, skipping `busy`.
+    /// uploading, `next_attempt_at` ≤ now), the oldest recordings first
+    /// (one that waited out a pause or a backoff is not put behind every
+    /// newer one), skipping `busy`. A retry time further ahead than any
+    /// wait the daemon sets is due now: the clock went back.
     pub fn due(
         &self,
         now: i64,
@@ -42,9 +50,13 @@ impl Spool {
             return Ok(Vec::new());
         }
         let rows = self.select(
-            "state IN ('queued', 'uploading') AND next_attempt_at <= ?1 \
-             ORDER BY next_attempt_at, recorded_at, id LIMIT ?2",
-            params![now, (limit + busy.len()) as i64],
+            "state IN ('queued', 'uploading') AND (next_attempt_at <= ?1 OR next_attempt_at > ?3) \
+             ORDER BY recorded_at, id LIMIT ?2",
+            params![
+                now,
+                (limit + busy.len()) as i64,
+                now.saturating_add(WAIT_MAX_MS)
+            ],
         )?;
         Ok(rows
             .into_iter()
@@ -53,15 +65,22 @@ impl Spool {
             .collect())
     }
 
-    /// When the next queued/uploading row becomes due (Unix ms), if any.
+    /// When the next queued/uploading row becomes due (Unix ms), if any
+    /// (now for one set further ahead than any wait: the clock went back).
     pub fn next_due(&self) -> Result<Option<i64>, SpoolError> {
-        self.conn
+        let (min, max) = self
+            .conn
             .query_row(
-                "SELECT MIN(next_attempt_at) FROM recordings WHERE state IN ('queued', 'uploading')",
+                "SELECT MIN(next_attempt_at), MAX(next_attempt_at) FROM recordings WHERE state IN ('queued', 'uploading')",
                 [],
-                |r| r.get::<_, Option<i64>>(0),
+                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
             )
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let now = crate::sys::clock::now_ms();
+        Ok(match (min, max) {
+            (_, Some(m)) if m > now.saturating_add(WAIT_MAX_MS) => Some(now),
+            (min, _) => min,
+        })
     }
 
     pub(super) fn select(

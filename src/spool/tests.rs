@@ -621,3 +621,45 @@ fn a_row_of_the_wrong_type_is_corrupt_and_rebuilt() {
     assert_eq!(s.get("b").unwrap().unwrap().state, State::Recorded);
     assert_eq!(s.list().unwrap().len(), 3);
 }
+
+/// The oldest recording due goes first, also one that waited out a pause
+/// or a backoff (before, every retried one sorted behind every newer one:
+/// with calls coming as fast as uploads finish, it never went); a retry
+/// time further ahead than any wait the daemon sets (the clock went back)
+/// is due now, and says so to the scheduler.
+#[test]
+fn the_oldest_due_goes_first_and_a_clock_gone_back_stalls_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    pair(d.path(), "old", 1);
+    pair(d.path(), "new", 1);
+    let t = std::time::SystemTime::now();
+    for (id, ago) in [("old", 3600), ("new", 60)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(d.path().join(format!("{id}.json")))
+            .unwrap();
+        f.set_modified(t - Duration::from_secs(ago)).unwrap();
+    }
+    let mut s = Spool::open(d.path()).unwrap();
+    let now = crate::sys::clock::now_ms();
+    s.scan(now).unwrap();
+    for id in ["old", "new"] {
+        s.mark_queued(id, now).unwrap();
+    }
+    // "old" failed once and waited; it is due again now.
+    s.retry_later("old", now - 1, "HTTP 503", true, now)
+        .unwrap();
+    let due = s.due(now, 1, &HashSet::new()).unwrap();
+    assert_eq!(due[0].id, "old");
+    // Set 10 h ahead by a clock since put back: due now.
+    s.retry_later("old", now + 10 * 3600 * 1000, "HTTP 503", true, now)
+        .unwrap();
+    s.retry_later("new", now + 60_000, "HTTP 503", true, now)
+        .unwrap();
+    let due = s.due(now, 10, &HashSet::new()).unwrap();
+    assert_eq!(
+        due.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["old"]
+    );
+    assert!(s.next_due().unwrap().unwrap() <= crate::sys::clock::now_ms());
+}

@@ -61,6 +61,9 @@ pub enum PauseKind {
     Payment,
     /// The TLS certificate check failed.
     Tls,
+    /// 429: the cloud rate-limits this account (every upload waits its
+    /// `Retry-After`, not just the one that was told).
+    RateLimit,
 }
 
 impl PauseKind {
@@ -69,6 +72,7 @@ impl PauseKind {
             PauseKind::Auth => "auth",
             PauseKind::Payment => "payment",
             PauseKind::Tls => "tls",
+            PauseKind::RateLimit => "rate_limit",
         }
     }
 }
