@@ -159,7 +159,11 @@ pub fn classify(step: Step, answer: &Answer<'_>, now: SystemTime) -> Action {
         } => {
             let status = *status;
             match status {
-                200 | 201 | 204 => Action::Done,
+                // (A call is delivered only on 200/201, CONTRACT §4: a 204
+                // from a wrong URL's server that answers anything must not
+                // let the recording be removed.)
+                200 | 201 => Action::Done,
+                204 if step != Step::Call => Action::Done,
                 401 | 403 => Action::PauseAll {
                     kind: PauseKind::Auth,
                     reason: format!("the cloud refused the token (HTTP {status})"),
@@ -248,7 +252,12 @@ mod tests {
     fn success_codes_are_done() {
         for s in [200, 201, 204] {
             for step in [Step::Create, Step::Location, Step::Call] {
-                assert_eq!(classify(step, &http(s), now()), Action::Done);
+                if (s, step) == (204, Step::Call) {
+                    // Not a delivery: retried (the contract's 200/201 only).
+                    assert!(matches!(classify(step, &http(s), now()), Action::Retry { .. }));
+                } else {
+                    assert_eq!(classify(step, &http(s), now()), Action::Done);
+                }
             }
         }
     }
