@@ -131,6 +131,7 @@ pub(super) async fn run_job(
         Ok(false) => return, // purged or settled meanwhile
         Err(e) => {
             tracing::error!(%id, "spool: {e}");
+            shared.hold(&id);
             return;
         }
     }
@@ -228,5 +229,6 @@ pub(super) async fn run_job(
     };
     if let Err(e) = res {
         tracing::error!(%id, "cannot record the upload's outcome: {e}");
+        shared.hold(&id);
     }
 }

@@ -134,6 +134,10 @@ struct Shared {
     bytes_sent: Arc<AtomicU64>,
     limiter: Arc<RateLimiter>,
     pause: Mutex<Option<Pause>>,
+    /// Recordings whose state could not be written (a full disk, a
+    /// database error): not started again before then (they would be due
+    /// at once, and an upload loop would hammer the cloud and the log).
+    held: Mutex<std::collections::HashMap<String, Instant>>,
     wake: Notify,
     _lock: File,
 }
@@ -187,6 +191,25 @@ impl Shared {
         }
     }
 
+    /// Hold `id` back for a while: its state could not be written.
+    fn hold(&self, id: &str) {
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(id.to_string(), Instant::now() + HOLD_AFTER_DB_ERROR);
+        }
+    }
+
+    /// The recordings held back now (the ones whose time is up are let go).
+    fn held_now(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.held
+            .lock()
+            .map(|mut h| {
+                h.retain(|_, until| *until > now);
+                h.keys().cloned().collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn clear_pause(&self) {
         if let Ok(mut p) = self.pause.lock() {
             if let Some(old) = p.take() {
@@ -206,6 +229,10 @@ pub struct DeliveryHandle {
     /// the idle scan still finds it).
     _watch: Option<watch_dir::SpoolWatch>,
 }
+
+/// How long a recording whose state could not be written waits before it
+/// is tried again.
+const HOLD_AFTER_DB_ERROR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often an idle queue (nothing to deliver) is scanned; new pairs
 /// wake the scheduler at once through the spool directory's watch.
@@ -316,6 +343,7 @@ pub fn start_with(
         bytes_sent,
         limiter,
         pause: Mutex::new(None),
+        held: Mutex::new(std::collections::HashMap::new()),
         wake: Notify::new(),
         _lock: lock,
     });

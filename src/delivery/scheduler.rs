@@ -307,7 +307,8 @@ pub(super) async fn scheduler(
                         tracing::error!("{e}");
                     }
                 }
-                let taken: HashSet<String> = busy.values().cloned().collect();
+                let mut taken: HashSet<String> = busy.values().cloned().collect();
+                taken.extend(shared.held_now());
                 match shared.db(move |sp| sp.due(now_ms(), room, &taken)).await {
                     Ok(due) => {
                         if probe && due.is_empty() {
