@@ -770,6 +770,11 @@ fn spool_purge_and_retry_all_from_the_command_line() {
     let (code, out, _) = spool_cmd(&config, &["retry", "--all-failed"]);
     assert_eq!(code, 0);
     assert!(out.contains("2 failed recordings queued again"), "{out}");
+    // Nothing to retry for a recording not waiting or failed (it said
+    // "queued for the next attempt" and did nothing).
+    let (code, _, err) = spool_cmd(&config, &["retry", "c"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("c is recorded: nothing to retry"), "{err}");
     let (code, out, _) = spool_cmd(&config, &["purge", "c"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(

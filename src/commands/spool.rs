@@ -106,6 +106,21 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
                 crate::spool::poke(dir);
                 println!("{n} failed recordings queued again");
             }
+            (Some(id), false)
+                if spool.get(&id)?.is_some_and(|e| {
+                    matches!(
+                        e.state,
+                        crate::spool::State::Delivered
+                            | crate::spool::State::Filtered
+                            | crate::spool::State::Recorded
+                    )
+                }) =>
+            {
+                // (It said "queued" and did nothing.)
+                let state = spool.get(&id)?.map(|e| e.state.as_str()).unwrap_or("");
+                eprintln!("pbx-edge spool retry: {id} is {state}: nothing to retry");
+                return Ok(ExitCode::from(1));
+            }
             (Some(id), false) => match spool.retry(&id, now) {
                 Ok(()) => {
                     crate::spool::poke(dir);

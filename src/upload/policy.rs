@@ -254,7 +254,10 @@ mod tests {
             for step in [Step::Create, Step::Location, Step::Call] {
                 if (s, step) == (204, Step::Call) {
                     // Not a delivery: retried (the contract's 200/201 only).
-                    assert!(matches!(classify(step, &http(s), now()), Action::Retry { .. }));
+                    assert!(matches!(
+                        classify(step, &http(s), now()),
+                        Action::Retry { .. }
+                    ));
                 } else {
                     assert_eq!(classify(step, &http(s), now()), Action::Done);
                 }
