@@ -41,6 +41,7 @@ use toml::Spanned;
 
 use crate::units::{parse_duration, parse_size};
 
+pub mod filters;
 pub mod values;
 pub use values::*;
 

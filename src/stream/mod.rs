@@ -63,7 +63,7 @@ pub struct StreamSettings {
     pub max_lag: Duration,
     pub tls: Arc<ClientConfig>,
     /// `[filter]`: a call the filters keep on the machine is not streamed.
-    pub filters: crate::delivery::Filters,
+    pub filters: crate::config::filters::Filters,
 }
 
 impl std::fmt::Debug for StreamSettings {
@@ -94,7 +94,7 @@ impl StreamSettings {
             frame: s.frame,
             max_lag: s.max_lag,
             tls,
-            filters: crate::delivery::Filters::from_config(cfg),
+            filters: crate::config::filters::Filters::from_config(cfg),
         }))
     }
 }
