@@ -200,6 +200,10 @@ impl Status {
                 *n > 0
                     && (state == "recorded"
                         || (self.cloud.configured
+                            // (Uploads paused, 402, 401, TLS, 429, waiting
+                            // for hours: the spool's figures need not be
+                            // taken every second meanwhile.)
+                            && self.cloud.paused.is_none()
                             && matches!(state.as_str(), "queued" | "uploading")))
             })
     }
@@ -803,6 +807,21 @@ pub fn render_metrics(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recordings waiting while uploads are paused (402 for days) do not
+    /// keep the daemon's supervision on its fast, busy tick (a stat of the
+    /// whole spool every second); waiting for an upload otherwise does.
+    #[test]
+    fn a_paused_queue_is_not_busy() {
+        let mut s = Status::default();
+        s.cloud.configured = true;
+        s.cloud.queue = [("queued".to_string(), 5000u64)].into_iter().collect();
+        assert!(s.busy());
+        s.cloud.paused = Some("the cloud account balance is depleted (HTTP 402)".into());
+        assert!(!s.busy());
+        s.cloud.queue.insert("recorded".into(), 1);
+        assert!(s.busy(), "a recording to look at");
+    }
 
     #[test]
     fn metrics_are_prometheus_text() {
