@@ -1665,3 +1665,43 @@ fn a_rate_limit_holds_back_every_upload_for_its_retry_after() {
     );
     assert!(pairs_left(d.path()).is_empty());
 }
+
+/// A recording whose metadata cannot be read when the filters are applied
+/// (damaged, a key removed, permissions) waits instead of leaving the
+/// machine unfiltered (before, it passed the filters and was uploaded once
+/// it became readable: an excluded number could leave); once readable it is
+/// filtered like any other.
+#[test]
+fn an_unreadable_recording_waits_for_the_filters() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().to_path_buf();
+    write_recording_with(&spool, "blocked", 5000, 4, |j| {
+        j["to"]["number"] = "+1900555".into()
+    })
+    .unwrap();
+    let good = std::fs::read(spool.join("blocked.json")).unwrap();
+    std::fs::write(spool.join("blocked.json"), b"{ damaged").unwrap();
+    let mut s = fast_settings(&spool, &rx.url, CloudProtocol::Multipart);
+    s.filters = Filters {
+        exclude_numbers: vec!["+1900*".into()],
+        ..Filters::default()
+    };
+    s.keep_filtered = true;
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(rx.lock().count("POST", "/v1/calls", 201), 0);
+        let sp = Spool::open(&spool).unwrap();
+        assert_eq!(sp.get("blocked").unwrap().unwrap().state, State::Recorded);
+        // Readable again (restored): filtered, never sent.
+        std::fs::write(spool.join("blocked.json"), &good).unwrap();
+        wait_for("filtered", Duration::from_secs(10), || {
+            sp.get("blocked").unwrap().unwrap().state == State::Filtered
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(rx.lock().calls.is_empty());
+}

@@ -79,6 +79,11 @@ pub(super) fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Resu
     r
 }
 
+/// Recordings whose metadata could not be read for the filters, already
+/// logged (bounded).
+static UNFILTERABLE: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 pub(super) fn housekeeping_open(
     sp: &mut Spool,
     settings: &DeliverySettings,
@@ -118,8 +123,20 @@ pub(super) fn housekeeping_open(
             }
             Err(_) => None,
         };
-        // A JSON that cannot be read is not filtered (the upload reports it).
-        let verdict = doc.as_ref().and_then(|d| settings.filters.check(d));
+        // A JSON that cannot be read cannot be filtered: it waits (read
+        // again at the next scan) rather than leave the machine unfiltered
+        // once it becomes readable to the upload. Said once per recording.
+        let Some(doc) = doc else {
+            let mut warned = UNFILTERABLE.lock().unwrap_or_else(|p| p.into_inner());
+            if warned.len() > 4096 {
+                warned.clear();
+            }
+            if warned.insert(e.id.clone()) {
+                tracing::warn!(id = %e.id, "recording metadata cannot be read (permissions, key, damage): it waits, as [filter] cannot be applied to it");
+            }
+            continue;
+        };
+        let verdict = settings.filters.check(&doc);
         match verdict {
             None => passed.push(e.id),
             Some(reason) if settings.keep_filtered => {
