@@ -33,8 +33,11 @@ fuzz_target!(|data: &[u8]| {
     let mut paths = Vec::new();
     for line in text.lines().take(64) {
         if let Some(n) = parse_freepbx_name(line) {
-            assert!(!n.uniqueid.is_empty() && !n.uniqueid.contains('-'));
+            // (A unique id may hold dashes: `systemname` in asterisk.conf
+            // makes it `pbx1-1700000000.123`. It ends the name.)
+            assert!(!n.uniqueid.is_empty() && line.ends_with(&n.uniqueid));
             assert!(!n.kind.is_empty() && !n.kind.contains('-'));
+            assert!(!n.dst.contains('-'));
             let _ = direction_of(&n.kind);
         }
         if let Some(n) = parse_name(line, patterns()) {
