@@ -31,6 +31,9 @@
 //!   sniff capture is handed to the running engine (`reload_siprec`,
 //!   `reload_sniff`).
 
+mod notify;
+use notify::{monotonic_usec, notify};
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -402,72 +405,6 @@ async fn replace_siprec(
         None => None,
     };
     start_siprec(cfg, status, live, controls, ports).await
-}
-
-/// Tell systemd `state` (`NOTIFY_SOCKET`); the first failure is logged
-/// (once: a socket that cannot be reached fails every time).
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = send_notify(&socket, state) {
-        if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::error!(
-                "cannot notify systemd on NOTIFY_SOCKET={}: {e} (READY=1, STATUS= and the watchdog ping do not arrive; not logged again)",
-                socket.to_string_lossy()
-            );
-        }
-    }
-}
-
-/// `NOTIFY_SOCKET`'s address: a file system path (`/run/...`), or with a
-/// leading `@` a Linux abstract socket (as systemd hands to services run
-/// in containers, and `systemd-run`/`systemd-notify --exec` tests use).
-fn notify_address(socket: &std::ffi::OsStr) -> std::io::Result<std::os::unix::net::SocketAddr> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::ffi::OsStrExt;
-    let b = socket.as_bytes();
-    match b.first() {
-        Some(b'@') => std::os::unix::net::SocketAddr::from_abstract_name(&b[1..]),
-        Some(b'/') => std::os::unix::net::SocketAddr::from_pathname(socket),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "neither an absolute path nor an abstract socket (@name)",
-        )),
-    }
-}
-
-/// One datagram with `state`, a line each (sd_notify(3)).
-fn send_notify(
-    socket: &std::ffi::OsStr,
-    state: &[sd_notify::NotifyState<'_>],
-) -> std::io::Result<()> {
-    let addr = notify_address(socket)?;
-    let mut msg = String::new();
-    for s in state {
-        let _ = writeln!(msg, "{s}");
-    }
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    let n = sock.send_to_addr(msg.as_bytes(), &addr)?;
-    if n != msg.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WriteZero,
-            "incomplete write",
-        ));
-    }
-    Ok(())
-}
-
-/// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
-fn monotonic_usec() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into ts.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1000
 }
 
 /// Free bytes on the file system holding `dir` (0 when unknown).
@@ -1139,92 +1076,4 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_that_cannot_start_is_tried_again_with_a_backoff() {
-        let backoffs: Vec<u64> = (1..=8).map(|n| Retries::backoff(n).as_secs()).collect();
-        assert_eq!(backoffs, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(Retries::backoff(u32::MAX), RETRY_MAX);
-        let mut r = Retries::default();
-        let t0 = Instant::now();
-        assert_eq!(r.failed("siprec", t0), 1);
-        assert!(r.due(t0).is_empty());
-        assert_eq!(r.due(t0 + Duration::from_secs(1)), ["siprec"]);
-        assert_eq!(r.failed("siprec", t0 + Duration::from_secs(1)), 2);
-        assert!(r.due(t0 + Duration::from_secs(2)).is_empty());
-        assert_eq!(r.due(t0 + Duration::from_secs(3)), ["siprec"]);
-        // Already waiting: not reset.
-        r.missing("siprec", t0 + Duration::from_secs(3));
-        assert_eq!(r.failed[0].1, 2);
-        assert_eq!(r.started("siprec"), Some(2));
-        assert!(r.is_empty());
-        assert_eq!(r.started("siprec"), None);
-    }
-
-    #[test]
-    fn notify_socket_may_be_a_path_or_an_abstract_address() {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::UnixDatagram;
-        let name = format!("pbx-edge-notify-test-{}", std::process::id());
-        let abs = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let rx = UnixDatagram::bind_addr(&abs).unwrap();
-        let at = std::ffi::OsString::from(format!("@{name}"));
-        send_notify(
-            &at,
-            &[
-                sd_notify::NotifyState::Ready,
-                sd_notify::NotifyState::Status("ok"),
-            ],
-        )
-        .unwrap();
-        let mut buf = [0u8; 256];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok\n");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        send_notify(path.as_os_str(), &[sd_notify::NotifyState::Watchdog]).unwrap();
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
-        assert!(notify_address(std::ffi::OsStr::new("relative")).is_err());
-    }
-
-    #[test]
-    fn a_reload_keeps_the_running_health_listen_and_log_format() {
-        let running = Config::defaults(None);
-        let mut new = Config::defaults(None);
-        new.health.listen = "127.0.0.1:1".parse().unwrap();
-        new.log.format = crate::config::LogFormat::Json;
-        new.agent.id = "changed".into();
-        keep_restart_only(&running, &mut new);
-        assert_eq!(new.health.listen, running.health.listen);
-        assert_eq!(new.log.format, running.log.format);
-        // What a reload applies is taken.
-        assert_eq!(new.agent.id, "changed");
-    }
-
-    #[test]
-    fn sync_retries_exactly_the_enabled_sources_that_do_not_run() {
-        let mut cfg = Config::defaults(None);
-        cfg.sources.sniff.enabled = true;
-        let status = SharedStatus::default();
-        if let Ok(mut s) = status.lock() {
-            for n in ["siprec", "sniff"] {
-                s.sources.insert(n.into(), SourceStatus::default());
-            }
-        }
-        let mut r = Retries::default();
-        r.sync(&cfg, |n| n == "siprec", &status);
-        assert_eq!(r.failed.iter().map(|e| e.0).collect::<Vec<_>>(), ["sniff"]);
-        let s = status.lock().unwrap().clone();
-        assert_eq!(s.sources["sniff"].start_failures, 1);
-        assert_eq!(s.sources["siprec"].start_failures, 0);
-        assert!(status_line(&status).contains("sniff down: not running (retrying)"));
-        // Disabled by a reload: forgotten.
-        cfg.sources.sniff.enabled = false;
-        r.sync(&cfg, |n| n == "siprec", &status);
-        assert!(r.is_empty());
-    }
-}
+mod tests;
