@@ -460,8 +460,8 @@ fn inband_card_number_between_sequences_leaves_no_trace() {
     let meta = paused.meta.as_ref().unwrap();
     assert_eq!(meta.pauses.len(), 1, "{:?}", meta.pauses);
     assert_eq!(
-        meta.pauses[0].to_ms as i64,
-        meta.duration_ms() as i64,
+        meta.pauses[0].to_ms,
+        meta.duration_ms(),
         "{:?}",
         meta.pauses
     );
