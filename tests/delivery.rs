@@ -389,6 +389,43 @@ fn bandwidth_limit_paces_uploads() {
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
+/// A body that takes longer to send than `cloud.timeout` (a long call on a
+/// slow or shared link) is given the time its size needs: `cloud.timeout`
+/// bounds the wait for an answer, not the whole upload. (reqwest's
+/// `read_timeout` runs from the request's start until the answer's headers
+/// and is not renewed while the body is sent: with it, every upload longer
+/// than `cloud.timeout` timed out and was retried forever.)
+#[test]
+fn an_upload_longer_than_the_timeout_is_not_cut_off() {
+    for protocol in [CloudProtocol::Multipart, CloudProtocol::Tus] {
+        let rx = Receiver::start(ReceiverOptions::default());
+        let d = tempfile::tempdir().unwrap();
+        write_recording(d.path(), "long", 600_000, 7);
+        let mut s = fast_settings(d.path(), &rx.url, protocol);
+        s.bandwidth_limit = 200_000; // 600 KB at 200 KB/s: about 3 s
+        if let Some(c) = s.cloud.as_mut() {
+            c.timeout = Duration::from_secs(1);
+            c.chunk_size = 1 << 20; // tus: one PATCH of the whole file
+        }
+        let status = new_status();
+        rt().block_on(async {
+            let h = delivery::start_with(s, status.clone()).unwrap();
+            wait_for("delivery", Duration::from_secs(20), || {
+                rx.lock().calls.len() == 1
+            })
+            .await;
+            h.shutdown().await;
+        });
+        let c = cloud_status(&status);
+        assert_eq!(
+            c.failures.get("timeout"),
+            None,
+            "{protocol:?}: {:?}",
+            c.failures
+        );
+    }
+}
+
 #[test]
 fn nothing_starts_outside_the_upload_window() {
     let rx = Receiver::start(ReceiverOptions::default());

@@ -461,7 +461,11 @@ impl Cloud {
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15).min(settings.timeout))
-            .read_timeout(settings.timeout)
+            // No `read_timeout`: reqwest runs it from the request's start to
+            // the answer's headers without renewing it while the body is
+            // sent, which cut off every upload longer than `cloud.timeout`.
+            // Each request has its own limit instead ([`Cloud::send`]:
+            // `cloud.timeout`, plus the body's size at its least rate).
             .pool_idle_timeout(Duration::from_secs(60))
             .tls_built_in_native_certs(true);
         if let Some(ca) = &settings.ca_file {
