@@ -1703,6 +1703,66 @@ fn a_rate_limit_holds_back_every_upload_for_its_retry_after() {
     assert!(pairs_left(d.path()).is_empty());
 }
 
+/// A rate limit ends with its Retry-After: every upload goes on then, and
+/// a transient error of the first one after it (a 503) is that upload's
+/// own backoff, not `pause_retry` (5 min by default) for the whole queue
+/// (before: the first upload after the limit was a probe, and the pause
+/// stood until it was delivered).
+#[test]
+fn a_rate_limit_ends_with_its_retry_after_whatever_comes_next() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Status(429, Some("1".into())),
+    ));
+    rx.push_fault(Fault::new(
+        Some(Method::POST),
+        "/v1/calls",
+        FaultAction::Status(503, None),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        write_recording(d.path(), &format!("r{i}"), 3000, i);
+    }
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
+        s.max_parallel = 1;
+        s.pause_retry = Duration::from_secs(60);
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("all delivered", Duration::from_secs(15), || {
+            rx.lock().calls.len() == 4
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(pairs_left(d.path()).is_empty());
+}
+
+/// Plain http (loopback only) never goes through a proxy: a proxy would
+/// carry the token and the recording off the machine in clear.
+#[test]
+fn plain_http_to_loopback_bypasses_the_proxy() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "np", 3000, 1);
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
+        if let Some(c) = s.cloud.as_mut() {
+            c.proxy = Some(format!("http://{}", proxy.local_addr().unwrap()));
+        }
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(proxy.accept().is_err(), "a request went to the proxy");
+}
+
 /// A recording whose metadata cannot be read when the filters are applied
 /// (damaged, a key removed, permissions) waits instead of leaving the
 /// machine unfiltered (before, it passed the filters and was uploaded once

@@ -306,6 +306,20 @@ pub(super) async fn scheduler(
             let mut probe = false;
             let room = {
                 let mut p = shared.pause.lock().ok();
+                if let Some(x) = p.as_mut() {
+                    // A rate limit is over when its Retry-After (or backoff)
+                    // is: every upload goes on at once, no probe (each one
+                    // told 429 again sets it again). A probe would hold the
+                    // whole queue behind one upload, and for `pause_retry`
+                    // if that one met another transient error.
+                    if x.as_ref().is_some_and(|q| {
+                        q.kind == PauseKind::RateLimit && Instant::now() >= q.until
+                    }) {
+                        if let Some(old) = x.take() {
+                            tracing::info!(was = %old.reason, "cloud uploads resumed");
+                        }
+                    }
+                }
                 match p.as_mut().and_then(|p| p.as_mut()) {
                     Some(p) if Instant::now() < p.until => 0,
                     Some(p) if busy.is_empty() => {

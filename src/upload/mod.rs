@@ -511,7 +511,12 @@ impl Cloud {
             }
             (None, None) => {}
         }
-        if let Some(p) = &settings.proxy {
+        if base.scheme() == "http" {
+            // Plain http is for loopback only: never through a proxy (from
+            // `cloud.proxy` or the environment's HTTP_PROXY), which would
+            // carry the token and the recording off the machine in clear.
+            b = b.no_proxy();
+        } else if let Some(p) = &settings.proxy {
             let proxy = reqwest::Proxy::all(p)
                 .map_err(|_| UploadError::BadProxy(crate::logmask::url_for_log(p)))?;
             b = b.proxy(proxy);
