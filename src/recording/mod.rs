@@ -586,11 +586,11 @@ impl RecordingSink for RecordingDir {
             recording_id: start.recording_id.clone(),
             sample_rate: start.sample_rate,
             meta: start_meta(&v, &self.ctx.roles),
-            file: RecordingFile {
-                part: part.clone(),
-                wav: self.dir.join(format!("{}.wav", start.recording_id)),
-                keys: self.ctx.seal.clone(),
-            },
+            file: RecordingFile::new(
+                part.clone(),
+                self.dir.join(format!("{}.wav", start.recording_id)),
+                self.ctx.seal.clone(),
+            ),
         });
         let job = Box::new(opener::OpenJob {
             key: call,

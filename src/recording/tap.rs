@@ -15,9 +15,10 @@
 //! its final name), through [`super::open_recording`], so encrypted spools
 //! (`spool.encryption_key_file`) stream like plain ones.
 
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pbx_core::audio::wav::HEADER_LEN;
 use serde_json::Value;
@@ -30,6 +31,12 @@ pub struct RecordingFile {
     pub wav: PathBuf,
     /// The spool's keys when it is encrypted at rest.
     pub keys: Option<Arc<super::Keyring>>,
+    /// The `.part` held open once it exists ([`RecordingFile::hold`]; shared
+    /// by the clones): read through it, the audio outlives the rename to
+    /// `<id>.wav` and the removal of a delivered pair (`spool.retention =
+    /// "0s"` removes it as soon as the cloud has it, while a stream may
+    /// still be catching up).
+    held: Arc<OnceLock<File>>,
 }
 
 impl std::fmt::Debug for RecordingFile {
@@ -43,17 +50,49 @@ impl std::fmt::Debug for RecordingFile {
 }
 
 impl RecordingFile {
+    pub fn new(part: PathBuf, wav: PathBuf, keys: Option<Arc<super::Keyring>>) -> Self {
+        RecordingFile {
+            part,
+            wav,
+            keys,
+            held: Arc::default(),
+        }
+    }
+
+    /// Hold the `.part` open from now on (once: later calls do nothing).
+    /// Call it once audio was written (the file exists); cheap, one
+    /// `open()`. An error (the file already gone) leaves reads by name.
+    pub fn hold(&self) {
+        if self.held.get().is_none() {
+            // (The WAV if the part was renamed already: a call that ended.)
+            if let Ok(f) = File::open(&self.part).or_else(|_| File::open(&self.wav)) {
+                let _ = self.held.set(f);
+            }
+        }
+    }
+
     /// Up to `max` stereo sample frames (interleaved L, R) from frame `from`
-    /// on; fewer at the end of what is written. Reads the `.part` file, or
-    /// the finished WAV when the part was already renamed.
+    /// on; fewer at the end of what is written. Reads the held `.part`
+    /// ([`RecordingFile::hold`]), else the `.part` file, or the finished WAV
+    /// when the part was already renamed.
     pub fn read_frames(&self, from: u64, max: usize) -> io::Result<Vec<i16>> {
         let keys = self.keys.as_deref();
-        let mut f = match super::open_recording(&self.part, keys, super::OpenMode::Recover) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                super::open_recording(&self.wav, keys, super::OpenMode::Strict)?
-            }
-            Err(e) => return Err(e),
+        let recover = super::OpenMode::Recover;
+        let held = match self.held.get() {
+            Some(f) => Some(f.try_clone()?),
+            None => None,
+        };
+        let mut f = match held {
+            // (A sealed `.part` read as it stands: its authentic records,
+            // the same plaintext as the sealed WAV made from it.)
+            Some(f) => crate::spoolfile::open_recording_file(f, &self.part, keys, recover)?,
+            None => match super::open_recording(&self.part, keys, recover) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    super::open_recording(&self.wav, keys, super::OpenMode::Strict)?
+                }
+                Err(e) => return Err(e),
+            },
         };
         f.seek(SeekFrom::Start(HEADER_LEN + from * 4))?;
         let mut buf = vec![0u8; max * 4];

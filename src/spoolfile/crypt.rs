@@ -661,7 +661,18 @@ pub fn open_recording(
     keys: Option<&Keyring>,
     mode: OpenMode,
 ) -> io::Result<RecordingReader> {
-    let f = File::open(path)?;
+    open_recording_file(File::open(path)?, path, keys, mode)
+}
+
+/// [`open_recording`] of a file already open (`path`: its name, for
+/// messages), e.g. one held open by a reader that must outlive a rename or
+/// removal of the name.
+pub fn open_recording_file(
+    f: File,
+    path: &Path,
+    keys: Option<&Keyring>,
+    mode: OpenMode,
+) -> io::Result<RecordingReader> {
     let mut m = [0u8; 8];
     if f.read_exact_at(&mut m, 0).is_ok() && &m == MAGIC {
         let Some(keys) = keys else {

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 
 pub mod crypt;
 pub mod flac;
-pub use crypt::{open_recording, read_recording, Keyring, OpenMode, RecordingReader};
+pub use crypt::{
+    open_recording, open_recording_file, read_recording, Keyring, OpenMode, RecordingReader,
+};
 
 /// A finished spool file's writer: the file as it is, or sealed (fixed
 /// chunks) with the current key.

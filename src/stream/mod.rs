@@ -331,11 +331,13 @@ impl AudioTap for HubTap {
             stats: self.0.stats.clone(),
             closing: self.0.closing.clone(),
         };
+        let file = call.rec.file.clone();
         self.0.rt.spawn(client::run(call));
         Some(Box::new(Tapped {
             tx,
             shared,
             stats: self.0.stats.clone(),
+            file: Some(file),
         }))
     }
 }
@@ -345,10 +347,17 @@ struct Tapped {
     tx: mpsc::Sender<Chunk>,
     shared: Arc<Shared>,
     stats: Arc<StreamStats>,
+    /// The recording's file until it is held open (at the first audio).
+    file: Option<crate::recording::RecordingFile>,
 }
 
 impl CallTap for Tapped {
     fn audio(&mut self, at: u64, frames: &[i16]) {
+        if let Some(f) = self.file.take() {
+            // The file exists now (the chunk is written): held open, the
+            // stream can catch up from it even after delivery removed it.
+            f.hold();
+        }
         if self.tx.is_closed() {
             // The stream has ended (refused, given up): nothing to queue,
             // and nothing dropped to count.

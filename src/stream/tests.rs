@@ -67,11 +67,7 @@ fn wav(dir: &Path, frames: usize) -> (RecordingFile, Vec<i16>) {
     w.write_samples(&samples).unwrap();
     w.finalize().unwrap();
     (
-        RecordingFile {
-            part: dir.join(".r.wav.part"),
-            wav,
-            keys: None,
-        },
+        RecordingFile::new(dir.join(".r.wav.part"), wav, None),
         samples,
     )
 }
@@ -88,6 +84,7 @@ fn call(url: &str, file: RecordingFile) -> Call {
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let shared = Arc::new(Shared::default());
     let closing = tokio_util::sync::CancellationToken::new();
+    let file_of_tap = file.clone();
     let rec = TapBegin {
         recording_id: "r".into(),
         sample_rate: 8000,
@@ -107,6 +104,7 @@ fn call(url: &str, file: RecordingFile) -> Call {
             tx,
             shared,
             stats: stats.clone(),
+            file: Some(file_of_tap),
         },
         stats,
         task,
@@ -175,14 +173,45 @@ async fn a_gap_between_queued_chunks_is_read_from_the_file() {
     assert_eq!(c.stats.open.load(Ordering::Relaxed), 0);
 }
 
+/// Audio the stream still has to catch up on once the pair was delivered
+/// and removed (`spool.retention = "0s"`, the default, removes it as soon
+/// as the cloud has it) is read from the file held open since its first
+/// audio: the stream ends complete (before: "the file ends early", stop
+/// incomplete).
+#[tokio::test]
+async fn audio_missed_is_sent_even_after_delivery_removed_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 3200);
+    let wav_path = file.wav.clone();
+    let (url, server) = receiver(0).await;
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples[..1600]);
+    // Delivered and removed before the stream read the rest.
+    std::fs::remove_file(&wav_path).unwrap();
+    c.tap.shared.written.store(3200, Ordering::Release);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 3200,
+        meta: json!({"final": true}),
+    });
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    let all: Vec<i16> = audio_of(&got).into_iter().flat_map(|(_, p)| p).collect();
+    assert_eq!(all, samples);
+    let stop = last_text(&got);
+    assert_eq!(
+        (stop["complete"].clone(), stop["frames"].clone()),
+        (json!(true), json!(3200))
+    );
+}
+
 #[tokio::test]
 async fn a_recording_file_that_is_gone_stops_the_stream_incomplete() {
     let d = tempfile::tempdir().unwrap();
-    let file = RecordingFile {
-        part: d.path().join(".gone.wav.part"),
-        wav: d.path().join("gone.wav"),
-        keys: None,
-    };
+    let file = RecordingFile::new(
+        d.path().join(".gone.wav.part"),
+        d.path().join("gone.wav"),
+        None,
+    );
     let (url, server) = receiver(0).await;
     let c = call(&url, file);
     // 1600 frames written that never reached the queue.
