@@ -124,6 +124,10 @@ enum Session {
     Refused(String),
     /// The connection broke: connect again and resume.
     Broken(String),
+    /// Never connected: the call ended shorter than `filter.min_duration`
+    /// (or was discarded, or the daemon stopped) before it was long enough
+    /// to stream.
+    Filtered,
 }
 
 /// Full-jitter backoff before attempt `n` (0-based).
@@ -140,6 +144,9 @@ pub(crate) async fn run(mut c: CallStream) {
     c.stats.publish();
     let outcome = stream_call(&mut c, id).await;
     match &outcome {
+        Session::Filtered => {
+            c.stats.filtered.fetch_add(1, Ordering::Relaxed);
+        }
         Session::Finished { complete: true } => {
             c.stats.complete.fetch_add(1, Ordering::Relaxed);
         }
@@ -167,7 +174,42 @@ pub(crate) async fn run(mut c: CallStream) {
     c.stats.publish();
 }
 
+/// With `filter.min_duration`, a stream connects once that much audio is
+/// written: a shorter call is filtered out by delivery, and its audio must
+/// not leave the machine by the stream either (what it missed meanwhile is
+/// read from the file). `Some(session)`: the call ended first (or the
+/// daemon stopped); it is never streamed.
+async fn wait_min_duration(c: &mut CallStream) -> Option<Session> {
+    let min = c.settings.filters.min_duration;
+    if min.is_zero() {
+        return None;
+    }
+    let need = (min.as_millis() as u64).saturating_mul(u64::from(c.rec.sample_rate)) / 1000;
+    loop {
+        let woken = c.shared.wake.notified();
+        if c.shared.written.load(Ordering::Acquire) >= need {
+            return None;
+        }
+        let end = c.shared.end.lock().ok().and_then(|e| e.clone());
+        if let Some(end) = end {
+            return match end {
+                TapEnd::Written { meta, .. } if c.settings.filters.check(&meta).is_none() => None,
+                _ => Some(Session::Filtered),
+            };
+        }
+        // (Queued audio is read back from the file once connected.)
+        while c.rx.try_recv().is_ok() {}
+        tokio::select! {
+            _ = woken => {}
+            _ = c.closing.cancelled() => return Some(Session::Filtered),
+        }
+    }
+}
+
 async fn stream_call(c: &mut CallStream, id: u64) -> Session {
+    if let Some(s) = wait_min_duration(c).await {
+        return s;
+    }
     let max_lag = c.settings.max_lag;
     let mut held = 0u64;
     let mut resume = false;
@@ -547,6 +589,12 @@ async fn session_inner(
         if let Some((frames, meta, kept)) = end_meta(c) {
             if !kept {
                 return stop(ws, false, *held, &meta).await;
+            }
+            if c.settings.filters.check(&meta).is_some() {
+                // Filtered out by what became known during the call (its
+                // numbers, its direction): no more audio, and the final
+                // metadata stays on the machine with the recording.
+                return stop(ws, false, *held, &c.rec.meta).await;
             }
             // (Never past the final WAV's frames.)
             if let Err(s) = staged.send(c, ws, held, per_msg, true, frames).await {

@@ -80,6 +80,10 @@ struct Call {
 }
 
 fn call(url: &str, file: RecordingFile) -> Call {
+    call_with(settings(url), file)
+}
+
+fn call_with(settings: Arc<StreamSettings>, file: RecordingFile) -> Call {
     let stats = Arc::new(StreamStats::default());
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let shared = Arc::new(Shared::default());
@@ -92,7 +96,7 @@ fn call(url: &str, file: RecordingFile) -> Call {
         file,
     };
     let task = tokio::spawn(client::run(client::CallStream {
-        settings: settings(url),
+        settings,
         rec,
         rx,
         shared: shared.clone(),
@@ -347,4 +351,87 @@ async fn a_tap_dropped_without_an_end_ends_its_stream() {
         .unwrap();
     let stop = last_text(&server.await.unwrap());
     assert_eq!(stop["complete"], false);
+}
+
+fn filtered_settings(
+    url: &str,
+    f: impl FnOnce(&mut crate::config::filters::Filters),
+) -> Arc<StreamSettings> {
+    let mut s = Arc::try_unwrap(settings(url)).ok().unwrap();
+    f(&mut s.filters);
+    Arc::new(s)
+}
+
+/// With `filter.min_duration`, a call that ends shorter is never streamed
+/// (delivery filters its recording out: its audio stays on the machine).
+#[tokio::test]
+async fn a_call_shorter_than_min_duration_is_never_streamed() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 3200);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let mut c = call_with(
+        filtered_settings(&url, |f| f.min_duration = Duration::from_secs(1)),
+        file,
+    );
+    c.tap.audio(0, &samples);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 3200,
+        meta: json!({"duration_ms": 400}),
+    });
+    c.task.await.unwrap();
+    assert!(l.accept().is_err(), "the receiver was connected to");
+    assert_eq!(c.stats.filtered.load(Ordering::Relaxed), 1);
+}
+
+/// With `filter.min_duration`, a longer call streams from the moment it is
+/// that long, every frame from the first (read back from the file).
+#[tokio::test]
+async fn a_call_reaching_min_duration_is_streamed_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 3200);
+    let (url, server) = receiver(0).await;
+    let mut c = call_with(
+        filtered_settings(&url, |f| f.min_duration = Duration::from_millis(200)),
+        file,
+    );
+    c.tap.audio(0, &samples[..1600]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.tap.audio(800, &samples[1600..]);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 3200,
+        meta: json!({"duration_ms": 400}),
+    });
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    let all: Vec<i16> = audio_of(&got).into_iter().flat_map(|(_, p)| p).collect();
+    assert_eq!(all, samples);
+    assert_eq!(last_text(&got)["complete"], true);
+}
+
+/// A call filtered out by what became known during it (a number in
+/// `exclude_numbers` from later metadata) stops incomplete, and its final
+/// metadata (the number) is not sent.
+#[tokio::test]
+async fn a_call_filtered_by_its_final_metadata_stops_incomplete_without_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 1600);
+    let (url, server) = receiver(0).await;
+    let mut c = call_with(
+        filtered_settings(&url, |f| f.exclude_numbers = vec!["555*".into()]),
+        file,
+    );
+    c.tap.audio(0, &samples);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 1600,
+        meta: json!({"from": {"number": "5551234"}, "duration_ms": 200}),
+    });
+    c.task.await.unwrap();
+    let got = server.await.unwrap();
+    let stop = last_text(&got);
+    assert_eq!(stop["type"], "stop");
+    assert_eq!(stop["complete"], false);
+    assert!(!stop.to_string().contains("5551234"), "{stop}");
 }
