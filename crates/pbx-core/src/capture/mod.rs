@@ -24,8 +24,9 @@
 //!   of the last complete record or block, so "stopped at byte N" is meaningful.
 //!
 //! Block framing (lengths, trailers, limits) is done here so that truncation and
-//! corruption are told apart precisely; the contents of each block (pcap header,
-//! records, SHB, IDB with its options, EPB, SPB) are decoded by `pcap-parser`.
+//! corruption are told apart precisely; the contents of each pcapng block (SHB,
+//! IDB with its options, EPB, SPB) are decoded by `pcap-parser`; classic pcap
+//! headers and records (fixed fields, six magic numbers) are decoded here.
 //! Frames borrow the reader's internal buffer: no per-packet allocation.
 
 use std::fmt;
@@ -38,10 +39,7 @@ use pcap_parser::pcapng::{
     parse_simplepacketblock_le,
 };
 use pcap_parser::traits::PcapNGPacketBlock;
-use pcap_parser::{
-    parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header, EPB_MAGIC,
-    IDB_MAGIC, SHB_MAGIC, SPB_MAGIC,
-};
+use pcap_parser::{EPB_MAGIC, IDB_MAGIC, SHB_MAGIC, SPB_MAGIC};
 
 use crate::Timestamp;
 
@@ -310,25 +308,25 @@ impl<R: Read> CaptureReader<R> {
         }
         let magic = me.u32_at(0, false);
         match magic {
-            0xa1b2_c3d4 | 0xa1b2_3c4d | 0xa1b2_cd34 | 0xd4c3_b2a1 | 0x4d3c_b2a1 => {
+            // Read little-endian: a1b2c3d4 (µs), a1b23c4d (ns) and a1b2cd34
+            // (Kuznetzov's "modified" pcap, µs, 24-byte record headers)
+            // written little-endian, and the same three written big-endian.
+            // (pcap-parser knows no big-endian modified file, so the
+            // header and records are decoded here.)
+            0xa1b2_c3d4 | 0xa1b2_3c4d | 0xa1b2_cd34 | 0xd4c3_b2a1 | 0x4d3c_b2a1 | 0x34cd_b2a1 => {
                 if !me.fill(24)? {
                     return Err(CaptureError::Truncated { offset: 0 });
                 }
-                let header = match parse_pcap_header(me.avail()) {
-                    Ok((_, h)) => h,
-                    Err(e) => {
-                        return Err(CaptureError::Corrupt {
-                            offset: 0,
-                            reason: format!("bad pcap file header: {e:?}"),
-                        })
-                    }
-                };
-                // The LINKTYPE field carries FCS information in its upper bits.
-                let link = LinkType::from_number((header.network.0 as u32) & 0xffff);
+                let big_endian = matches!(magic, 0xd4c3_b2a1 | 0x4d3c_b2a1 | 0x34cd_b2a1);
+                let nanos = matches!(magic, 0xa1b2_3c4d | 0x4d3c_b2a1);
+                let modified = matches!(magic, 0xa1b2_cd34 | 0x34cd_b2a1);
+                // The LINKTYPE field (offset 20) carries FCS information in its
+                // upper bits.
+                let link = LinkType::from_number(me.u32_at(20, big_endian) & 0xffff);
                 me.state = State::Pcap {
-                    big_endian: header.is_bigendian(),
-                    nanos: header.is_nanosecond_precision(),
-                    modified: header.is_modified_format(),
+                    big_endian,
+                    nanos,
+                    modified,
                     link,
                 };
                 me.consume(24);
@@ -426,28 +424,14 @@ impl<R: Read> CaptureReader<R> {
         if !self.fill(total)? {
             return Err(CaptureError::Truncated { offset: rec_start });
         }
-        let rec = self.avail().get(..total).unwrap_or(&[]);
-        let parsed = if modified {
-            parse_pcap_frame_modified(rec)
-        } else if big_endian {
-            parse_pcap_frame_be(rec)
-        } else {
-            parse_pcap_frame(rec)
-        };
-        let (ts_sec, ts_frac, origlen, data_range) = match parsed {
-            Ok((_, b)) => (
-                b.ts_sec,
-                b.ts_usec,
-                b.origlen,
-                subslice_range(&self.buf, b.data),
-            ),
-            Err(e) => {
-                return Err(CaptureError::Corrupt {
-                    offset: rec_start,
-                    reason: format!("bad pcap record: {e:?}"),
-                })
-            }
-        };
+        // Record header: seconds, fraction, captured and original length in
+        // the file's byte order; the modified format adds interface index,
+        // protocol, packet type and padding (8 bytes, not used).
+        let ts_sec = self.u32_at(0, big_endian);
+        let ts_frac = self.u32_at(4, big_endian);
+        let origlen = self.u32_at(12, big_endian);
+        let data_start = self.start + hdr_len;
+        let data_range = data_start..data_start + caplen;
         let frac_us = if nanos { ts_frac / 1000 } else { ts_frac };
         let ts = Timestamp::from_micros(i64::from(ts_sec) * 1_000_000 + i64::from(frac_us));
         self.consume(total);
