@@ -20,6 +20,11 @@
 //!   bytes that cannot be a valid record give [`CaptureError::Corrupt`] with the
 //!   offset of the bad record. Every frame returned before the error is good, and
 //!   after an error every later call returns the same error again.
+//! - No made-up times: a pcapng Simple Packet Block (no timestamp) takes the
+//!   time of the last timestamped packet before it; with none before it the
+//!   input is refused ([`CaptureError::Untimed`]), not read as packets at 1970
+//!   (the engine places audio by capture time: a call would be dated 1970,
+//!   and one instant for every packet is no timing at all).
 //! - [`CaptureReader::offset`] is the number of input bytes consumed up to the end
 //!   of the last complete record or block, so "stopped at byte N" is meaningful.
 //!
@@ -148,15 +153,24 @@ pub enum CaptureError {
     Truncated { offset: u64 },
     #[error("corrupt record at byte {offset}: {reason}")]
     Corrupt { offset: u64, reason: String },
+    /// A pcapng Simple Packet Block (which carries no time) before any
+    /// packet with a time: the call's timing would be made up.
+    #[error(
+        "the packet at byte {offset} has no time: pcapng Simple Packet Blocks carry none, and no \
+         timestamped packet came before it; recordings are placed by packet times, so this \
+         capture cannot be imported (capture again with timestamps: dumpcap, tshark and \
+         tcpdump write Enhanced Packet Blocks)"
+    )]
+    Untimed { offset: u64 },
 }
 
 impl CaptureError {
     /// The input offset the error refers to, when there is one.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            CaptureError::Truncated { offset } | CaptureError::Corrupt { offset, .. } => {
-                Some(*offset)
-            }
+            CaptureError::Truncated { offset }
+            | CaptureError::Corrupt { offset, .. }
+            | CaptureError::Untimed { offset } => Some(*offset),
             CaptureError::Io(_) | CaptureError::NotACapture => None,
         }
     }
@@ -167,6 +181,7 @@ impl CaptureError {
 enum Sticky {
     Truncated(u64),
     Corrupt(u64, String),
+    Untimed(u64),
     Io(io::ErrorKind, String),
 }
 
@@ -177,6 +192,7 @@ impl Sticky {
             CaptureError::NotACapture => Sticky::Corrupt(0, "not a capture".into()),
             CaptureError::Truncated { offset } => Sticky::Truncated(*offset),
             CaptureError::Corrupt { offset, reason } => Sticky::Corrupt(*offset, reason.clone()),
+            CaptureError::Untimed { offset } => Sticky::Untimed(*offset),
         }
     }
 
@@ -187,6 +203,7 @@ impl Sticky {
                 offset: *offset,
                 reason: reason.clone(),
             },
+            Sticky::Untimed(offset) => CaptureError::Untimed { offset: *offset },
             Sticky::Io(kind, msg) => CaptureError::Io(io::Error::new(*kind, msg.clone())),
         }
     }
@@ -242,8 +259,10 @@ enum State {
     PcapNg {
         big_endian: bool,
         interfaces: Vec<Interface>,
-        /// Timestamp for Simple Packet Blocks, which carry none.
-        last_ts: Timestamp,
+        /// Timestamp for Simple Packet Blocks, which carry none: that of the
+        /// last timestamped packet; `None` before the first (an SPB then is
+        /// [`CaptureError::Untimed`]).
+        last_ts: Option<Timestamp>,
     },
 }
 
@@ -336,7 +355,7 @@ impl<R: Read> CaptureReader<R> {
                 me.state = State::PcapNg {
                     big_endian: false,
                     interfaces: Vec::new(),
-                    last_ts: Timestamp::ZERO,
+                    last_ts: None,
                 };
                 // The first block must be a section header; reading it here makes
                 // a broken header an error of `new`.
@@ -516,6 +535,12 @@ impl<R: Read> CaptureReader<R> {
                 "block length {len32} does not match its trailer {trailer}"
             )));
         }
+        if btype == SPB_MAGIC && matches!(self.state, State::PcapNg { last_ts: None, .. }) {
+            // No time to give it: refused rather than placed at 1970 (or at
+            // one made-up instant, which the timeline would read as every
+            // packet arriving at once). Wireshark shows no time for it.
+            return Err(CaptureError::Untimed { offset: blk_start });
+        }
         let result = match btype {
             SHB_MAGIC => self.on_section_header(len).map(|()| Block::SectionStart),
             IDB_MAGIC => self.on_interface(len, big).map(|()| Block::Other),
@@ -690,11 +715,11 @@ impl<R: Read> CaptureReader<R> {
         };
         let State::PcapNg {
             interfaces,
-            last_ts,
+            last_ts: Some(last_ts),
             ..
         } = &self.state
         else {
-            return Err("pcapng block in a pcap file".into());
+            return Err("simple packet block without a time".into());
         };
         let iface = interfaces
             .first()
@@ -842,7 +867,7 @@ fn stamp(state: &mut State, if_id: usize, ticks: u64) -> Result<(Timestamp, Link
             .to_micros(ticks)
             .saturating_add(iface.offset_us),
     );
-    *last_ts = ts;
+    *last_ts = Some(ts);
     Ok((ts, iface.link))
 }
 

@@ -514,11 +514,53 @@ fn pcapng_resolution_conversions() {
 #[test]
 fn pcapng_spb_uses_interface_snaplen() {
     let mut ng = Ng::new();
-    ng.shb(false).idb(1, 4, &[]).spb(10, b"0123456789");
+    ng.shb(false)
+        .idb(1, 4, &[])
+        .epb(0, 1_700_000_000_000_000, b"abcd", 4)
+        .spb(10, b"0123456789");
     let (frames, end) = read_all(Cursor::new(&ng.out));
     assert_eq!(end, Ok(()));
-    assert_eq!(frames[0].data, b"0123");
-    assert_eq!(frames[0].orig_len, 10);
+    assert_eq!(frames[1].data, b"0123");
+    assert_eq!(frames[1].orig_len, 10);
+    assert_eq!(frames[1].ts, 1_700_000_000_000_000);
+}
+
+/// Simple Packet Blocks carry no time. Before any timestamped packet there is
+/// none to give them: the file is refused at the first one (it used to be
+/// read with every packet at 1970-01-01, and the call with it).
+#[test]
+fn pcapng_spb_without_any_time_is_refused() {
+    for big in [false, true] {
+        let mut ng = Ng::new();
+        ng.shb(big).idb(1, 0, &[]);
+        let first = ng.out.len() as u64;
+        ng.spb(6, b"packet").spb(6, b"second");
+        let (frames, end) = read_all(Cursor::new(&ng.out));
+        assert!(frames.is_empty(), "{frames:?}");
+        let e = end.unwrap_err();
+        assert!(
+            e.contains(&format!("byte {first}")) && e.contains("no time"),
+            "{e}"
+        );
+        // Sticky, with its offset, and not a corruption.
+        let mut r = reader(&ng.out);
+        let e = r.next_frame().unwrap_err();
+        assert!(matches!(e, CaptureError::Untimed { offset } if offset == first));
+        assert_eq!(e.offset(), Some(first));
+        assert!(matches!(
+            r.next_frame(),
+            Err(CaptureError::Untimed { offset }) if offset == first
+        ));
+        // A timestamped packet first: the SPBs after it take its time.
+        let mut ng = Ng::new();
+        ng.shb(big)
+            .idb(1, 0, &[])
+            .epb(0, 1_650_000_000_000_001, b"timed", 5)
+            .spb(6, b"packet");
+        let (frames, end) = read_all(Cursor::new(&ng.out));
+        assert_eq!(end, Ok(()));
+        assert_eq!(frames[1].ts, 1_650_000_000_000_001);
+    }
 }
 
 #[test]
