@@ -636,6 +636,72 @@ fn payment_required_pauses_all_uploads_then_resumes() {
     assert!(pairs_left(d.path()).is_empty());
 }
 
+/// A tus server whose creation answers a `Location` on another origin (here
+/// another port) is refused: nothing is sent there, every upload pauses with
+/// the reason on `/readyz` (not ready: the operator's to fix) and in the
+/// metrics, the recordings wait in the spool, the server is probed once per
+/// `pause_retry` (not retried back to back), and uploads resume once it
+/// answers its own origin again.
+#[test]
+fn tus_location_on_another_origin_pauses_uploads_visibly() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    // A port nothing listens on: had the upload followed the Location, it
+    // would fail as a connection error, not be refused.
+    rx.lock().foreign_location = Some("http://127.0.0.1:9".into());
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        write_recording(d.path(), &format!("o{i}"), 3000, i);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+        s.pause_retry = Duration::from_millis(600);
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("pause", Duration::from_secs(5), || {
+            cloud_status(&status).paused.is_some()
+        })
+        .await;
+        {
+            let mut st = status.lock().unwrap().clone();
+            st.spool.writable = true;
+            st.spool.free_bytes = u64::MAX;
+            let (ok, parts) = readiness(&st);
+            assert!(!ok, "{parts:?}");
+            assert!(
+                parts["cloud"].contains("another origin (http://127.0.0.1:9)"),
+                "{parts:?}"
+            );
+            assert_eq!(st.cloud.pause_kind.as_deref(), Some("foreign_location"));
+            let m = render_metrics(&st);
+            assert!(
+                m.contains("pbx_edge_delivery_paused{reason=\"foreign_location\"} 1"),
+                "{m}"
+            );
+        }
+        // Paused: one probe per pause_retry, not a creation per recording
+        // and backoff step.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let creations = rx.lock().count("POST", "/v1/uploads", 201);
+        assert!(creations <= 6, "{creations} creations while paused");
+        assert!(rx.lock().calls.is_empty());
+        assert_eq!(pairs_left(d.path()).len(), 8);
+        // The server fixed: the recordings go.
+        rx.lock().foreign_location = None;
+        wait_for("all delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 4
+        })
+        .await;
+        wait_for("unpaused", Duration::from_secs(3), || {
+            cloud_status(&status).paused.is_none()
+        })
+        .await;
+        h.shutdown().await;
+    });
+    // No request ever carried anything to the PATCH location's origin
+    // (the receiver saw no PATCH while the Location was foreign).
+    assert!(pairs_left(d.path()).is_empty());
+}
+
 #[test]
 fn refused_token_pauses_until_a_reload_brings_a_good_one() {
     let rx = Receiver::start(ReceiverOptions {

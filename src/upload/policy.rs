@@ -64,6 +64,11 @@ pub enum PauseKind {
     /// 429: the cloud rate-limits this account (every upload waits its
     /// `Retry-After`, not just the one that was told).
     RateLimit,
+    /// The tus server answered an upload `Location` on another origin
+    /// (scheme, host or port) than `cloud.url`: a misconfigured or hostile
+    /// server. Nothing goes there (the token would follow); every upload
+    /// waits for the operator, with one probe per `pause_retry`.
+    ForeignLocation,
 }
 
 impl PauseKind {
@@ -73,6 +78,7 @@ impl PauseKind {
             PauseKind::Payment => "payment",
             PauseKind::Tls => "tls",
             PauseKind::RateLimit => "rate_limit",
+            PauseKind::ForeignLocation => "foreign_location",
         }
     }
 }

@@ -14,7 +14,10 @@
 //! chunks of `chunk_size` bytes streamed from disk with `Upload-Offset` and
 //! `Upload-Checksum: sha256 <base64>`; a 409 (or a 460 checksum mismatch)
 //! `HEAD`s and continues from the server's offset. A location on another
-//! origin than `cloud.url` is refused (the token would go there).
+//! origin than `cloud.url` is refused (the token would go there): a new
+//! upload's pauses every upload ([`PauseKind::ForeignLocation`]: `/readyz`
+//! and `/status` say why, one probe per `pause_retry`); a saved one is
+//! forgotten (a new upload is created).
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use base64::Engine as _;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
 
-use super::policy::{Action, Step};
+use super::policy::{Action, PauseKind, Step};
 use super::{file_stream, BoxFuture, Cloud, HttpResult, Job, Outcome, Progress, Protocol};
 
 /// The tus version spoken.
@@ -172,14 +175,24 @@ async fn create(cloud: &Cloud, job: &Job) -> Result<url::Url, Outcome> {
     Ok(loc)
 }
 
+/// A location off `cloud.url`'s origin is the server's misconfiguration
+/// (or worse), the same for every upload: all of them pause, the recordings
+/// wait in the spool, and the reason (the two origins, no recording's data)
+/// goes to the log once, `/readyz` and `/status`.
 fn check_origin(cloud: &Cloud, loc: &url::Url) -> Result<(), Outcome> {
     let base = cloud.resolve("").map(|b| b.origin());
     if base.as_ref() != Some(&loc.origin()) {
-        return Err(retry(format!(
-            "tus location {}://{} is not on the cloud.url origin: refused",
-            loc.scheme(),
-            loc.host_str().unwrap_or("?")
-        )));
+        return Err(fail(Action::PauseAll {
+            kind: PauseKind::ForeignLocation,
+            reason: format!(
+                "the tus server answered an upload Location on another origin ({}) than cloud.url ({}): \
+                 refused (recordings and the token go only to cloud.url); a misconfigured or hostile \
+                 server, recordings wait in the spool",
+                loc.origin().ascii_serialization(),
+                base.map(|b| b.ascii_serialization())
+                    .unwrap_or_else(|| "?".into())
+            ),
+        }));
     }
     Ok(())
 }

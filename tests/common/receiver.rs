@@ -141,6 +141,9 @@ pub struct RxState {
     pub user_agents: Vec<String>,
     /// Uploads whose creation is answered, then expire (410) on first PATCH.
     pub expire_next_upload: bool,
+    /// Answer tus creation with a Location on this origin (`scheme://host:port`)
+    /// instead of the receiver's own: a misconfigured or hostile server.
+    pub foreign_location: Option<String>,
     pub bytes_received: u64,
     /// Requests being handled now, and the most at once.
     pub in_flight: usize,
@@ -556,7 +559,9 @@ fn tus_create(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Result<Resp, BoxErr> {
             expired,
         },
     );
-    let loc = if ctx.absolute_location {
+    let loc = if let Some(origin) = &st.foreign_location {
+        format!("{origin}/v1/uploads/{id}")
+    } else if ctx.absolute_location {
         format!("{}/v1/uploads/{id}", ctx.base)
     } else {
         format!("/v1/uploads/{id}")

@@ -20,12 +20,18 @@
 //!   bytes that cannot be a valid record give [`CaptureError::Corrupt`] with the
 //!   offset of the bad record. Every frame returned before the error is good, and
 //!   after an error every later call returns the same error again.
+//! - No made-up times: a pcapng Simple Packet Block (no timestamp) takes the
+//!   time of the last timestamped packet before it; with none before it the
+//!   input is refused ([`CaptureError::Untimed`]), not read as packets at 1970
+//!   (the engine places audio by capture time: a call would be dated 1970,
+//!   and one instant for every packet is no timing at all).
 //! - [`CaptureReader::offset`] is the number of input bytes consumed up to the end
 //!   of the last complete record or block, so "stopped at byte N" is meaningful.
 //!
 //! Block framing (lengths, trailers, limits) is done here so that truncation and
-//! corruption are told apart precisely; the contents of each block (pcap header,
-//! records, SHB, IDB with its options, EPB, SPB) are decoded by `pcap-parser`.
+//! corruption are told apart precisely; the contents of each pcapng block (SHB,
+//! IDB with its options, EPB, SPB) are decoded by `pcap-parser`; classic pcap
+//! headers and records (fixed fields, six magic numbers) are decoded here.
 //! Frames borrow the reader's internal buffer: no per-packet allocation.
 
 use std::fmt;
@@ -38,10 +44,7 @@ use pcap_parser::pcapng::{
     parse_simplepacketblock_le,
 };
 use pcap_parser::traits::PcapNGPacketBlock;
-use pcap_parser::{
-    parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header, EPB_MAGIC,
-    IDB_MAGIC, SHB_MAGIC, SPB_MAGIC,
-};
+use pcap_parser::{EPB_MAGIC, IDB_MAGIC, SHB_MAGIC, SPB_MAGIC};
 
 use crate::Timestamp;
 
@@ -150,15 +153,24 @@ pub enum CaptureError {
     Truncated { offset: u64 },
     #[error("corrupt record at byte {offset}: {reason}")]
     Corrupt { offset: u64, reason: String },
+    /// A pcapng Simple Packet Block (which carries no time) before any
+    /// packet with a time: the call's timing would be made up.
+    #[error(
+        "the packet at byte {offset} has no time: pcapng Simple Packet Blocks carry none, and no \
+         timestamped packet came before it; recordings are placed by packet times, so this \
+         capture cannot be imported (capture again with timestamps: dumpcap, tshark and \
+         tcpdump write Enhanced Packet Blocks)"
+    )]
+    Untimed { offset: u64 },
 }
 
 impl CaptureError {
     /// The input offset the error refers to, when there is one.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            CaptureError::Truncated { offset } | CaptureError::Corrupt { offset, .. } => {
-                Some(*offset)
-            }
+            CaptureError::Truncated { offset }
+            | CaptureError::Corrupt { offset, .. }
+            | CaptureError::Untimed { offset } => Some(*offset),
             CaptureError::Io(_) | CaptureError::NotACapture => None,
         }
     }
@@ -169,6 +181,7 @@ impl CaptureError {
 enum Sticky {
     Truncated(u64),
     Corrupt(u64, String),
+    Untimed(u64),
     Io(io::ErrorKind, String),
 }
 
@@ -179,6 +192,7 @@ impl Sticky {
             CaptureError::NotACapture => Sticky::Corrupt(0, "not a capture".into()),
             CaptureError::Truncated { offset } => Sticky::Truncated(*offset),
             CaptureError::Corrupt { offset, reason } => Sticky::Corrupt(*offset, reason.clone()),
+            CaptureError::Untimed { offset } => Sticky::Untimed(*offset),
         }
     }
 
@@ -189,6 +203,7 @@ impl Sticky {
                 offset: *offset,
                 reason: reason.clone(),
             },
+            Sticky::Untimed(offset) => CaptureError::Untimed { offset: *offset },
             Sticky::Io(kind, msg) => CaptureError::Io(io::Error::new(*kind, msg.clone())),
         }
     }
@@ -244,8 +259,10 @@ enum State {
     PcapNg {
         big_endian: bool,
         interfaces: Vec<Interface>,
-        /// Timestamp for Simple Packet Blocks, which carry none.
-        last_ts: Timestamp,
+        /// Timestamp for Simple Packet Blocks, which carry none: that of the
+        /// last timestamped packet; `None` before the first (an SPB then is
+        /// [`CaptureError::Untimed`]).
+        last_ts: Option<Timestamp>,
     },
 }
 
@@ -310,25 +327,25 @@ impl<R: Read> CaptureReader<R> {
         }
         let magic = me.u32_at(0, false);
         match magic {
-            0xa1b2_c3d4 | 0xa1b2_3c4d | 0xa1b2_cd34 | 0xd4c3_b2a1 | 0x4d3c_b2a1 => {
+            // Read little-endian: a1b2c3d4 (µs), a1b23c4d (ns) and a1b2cd34
+            // (Kuznetzov's "modified" pcap, µs, 24-byte record headers)
+            // written little-endian, and the same three written big-endian.
+            // (pcap-parser knows no big-endian modified file, so the
+            // header and records are decoded here.)
+            0xa1b2_c3d4 | 0xa1b2_3c4d | 0xa1b2_cd34 | 0xd4c3_b2a1 | 0x4d3c_b2a1 | 0x34cd_b2a1 => {
                 if !me.fill(24)? {
                     return Err(CaptureError::Truncated { offset: 0 });
                 }
-                let header = match parse_pcap_header(me.avail()) {
-                    Ok((_, h)) => h,
-                    Err(e) => {
-                        return Err(CaptureError::Corrupt {
-                            offset: 0,
-                            reason: format!("bad pcap file header: {e:?}"),
-                        })
-                    }
-                };
-                // The LINKTYPE field carries FCS information in its upper bits.
-                let link = LinkType::from_number((header.network.0 as u32) & 0xffff);
+                let big_endian = matches!(magic, 0xd4c3_b2a1 | 0x4d3c_b2a1 | 0x34cd_b2a1);
+                let nanos = matches!(magic, 0xa1b2_3c4d | 0x4d3c_b2a1);
+                let modified = matches!(magic, 0xa1b2_cd34 | 0x34cd_b2a1);
+                // The LINKTYPE field (offset 20) carries FCS information in its
+                // upper bits.
+                let link = LinkType::from_number(me.u32_at(20, big_endian) & 0xffff);
                 me.state = State::Pcap {
-                    big_endian: header.is_bigendian(),
-                    nanos: header.is_nanosecond_precision(),
-                    modified: header.is_modified_format(),
+                    big_endian,
+                    nanos,
+                    modified,
                     link,
                 };
                 me.consume(24);
@@ -338,7 +355,7 @@ impl<R: Read> CaptureReader<R> {
                 me.state = State::PcapNg {
                     big_endian: false,
                     interfaces: Vec::new(),
-                    last_ts: Timestamp::ZERO,
+                    last_ts: None,
                 };
                 // The first block must be a section header; reading it here makes
                 // a broken header an error of `new`.
@@ -426,28 +443,14 @@ impl<R: Read> CaptureReader<R> {
         if !self.fill(total)? {
             return Err(CaptureError::Truncated { offset: rec_start });
         }
-        let rec = self.avail().get(..total).unwrap_or(&[]);
-        let parsed = if modified {
-            parse_pcap_frame_modified(rec)
-        } else if big_endian {
-            parse_pcap_frame_be(rec)
-        } else {
-            parse_pcap_frame(rec)
-        };
-        let (ts_sec, ts_frac, origlen, data_range) = match parsed {
-            Ok((_, b)) => (
-                b.ts_sec,
-                b.ts_usec,
-                b.origlen,
-                subslice_range(&self.buf, b.data),
-            ),
-            Err(e) => {
-                return Err(CaptureError::Corrupt {
-                    offset: rec_start,
-                    reason: format!("bad pcap record: {e:?}"),
-                })
-            }
-        };
+        // Record header: seconds, fraction, captured and original length in
+        // the file's byte order; the modified format adds interface index,
+        // protocol, packet type and padding (8 bytes, not used).
+        let ts_sec = self.u32_at(0, big_endian);
+        let ts_frac = self.u32_at(4, big_endian);
+        let origlen = self.u32_at(12, big_endian);
+        let data_start = self.start + hdr_len;
+        let data_range = data_start..data_start + caplen;
         let frac_us = if nanos { ts_frac / 1000 } else { ts_frac };
         let ts = Timestamp::from_micros(i64::from(ts_sec) * 1_000_000 + i64::from(frac_us));
         self.consume(total);
@@ -531,6 +534,12 @@ impl<R: Read> CaptureReader<R> {
             return Err(corrupt(format!(
                 "block length {len32} does not match its trailer {trailer}"
             )));
+        }
+        if btype == SPB_MAGIC && matches!(self.state, State::PcapNg { last_ts: None, .. }) {
+            // No time to give it: refused rather than placed at 1970 (or at
+            // one made-up instant, which the timeline would read as every
+            // packet arriving at once). Wireshark shows no time for it.
+            return Err(CaptureError::Untimed { offset: blk_start });
         }
         let result = match btype {
             SHB_MAGIC => self.on_section_header(len).map(|()| Block::SectionStart),
@@ -706,11 +715,11 @@ impl<R: Read> CaptureReader<R> {
         };
         let State::PcapNg {
             interfaces,
-            last_ts,
+            last_ts: Some(last_ts),
             ..
         } = &self.state
         else {
-            return Err("pcapng block in a pcap file".into());
+            return Err("simple packet block without a time".into());
         };
         let iface = interfaces
             .first()
@@ -858,7 +867,7 @@ fn stamp(state: &mut State, if_id: usize, ticks: u64) -> Result<(Timestamp, Link
             .to_micros(ticks)
             .saturating_add(iface.offset_us),
     );
-    *last_ts = ts;
+    *last_ts = Some(ts);
     Ok((ts, iface.link))
 }
 

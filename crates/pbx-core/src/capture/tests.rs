@@ -28,12 +28,18 @@ fn e32(big: bool, v: u32) -> [u8; 4] {
 /// Classic pcap writer.
 struct Pcap {
     big: bool,
+    /// Kuznetzov's "modified" format: 8 more bytes per record header.
+    modified: bool,
     out: Vec<u8>,
 }
 
 impl Pcap {
     fn new(big: bool, nanos: bool, network: u32) -> Pcap {
         let magic: u32 = if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 };
+        Pcap::with_magic(big, magic, network)
+    }
+
+    fn with_magic(big: bool, magic: u32, network: u32) -> Pcap {
         let mut out = Vec::new();
         out.extend(e32(big, magic));
         out.extend(e16(big, 2));
@@ -42,7 +48,11 @@ impl Pcap {
         out.extend(e32(big, 0));
         out.extend(e32(big, 65535));
         out.extend(e32(big, network));
-        Pcap { big, out }
+        Pcap {
+            big,
+            modified: magic == 0xa1b2_cd34,
+            out,
+        }
     }
 
     fn record(&mut self, sec: u32, frac: u32, data: &[u8], orig_len: u32) -> &mut Self {
@@ -51,6 +61,12 @@ impl Pcap {
         self.out.extend(e32(b, frac));
         self.out.extend(e32(b, data.len() as u32));
         self.out.extend(e32(b, orig_len));
+        if self.modified {
+            // interface index, protocol, packet type, padding
+            self.out.extend(e32(b, 3));
+            self.out.extend(e16(b, 0x0800));
+            self.out.extend([4, 0]);
+        }
         self.out.extend_from_slice(data);
         self
     }
@@ -261,6 +277,81 @@ fn pcap_little_endian_nanoseconds_and_big_endian_micros() {
     assert_eq!(frames[0].link, LinkType::Ipv4);
 }
 
+/// Kuznetzov's "modified" pcap (magic a1b2cd34, 24-byte record headers) in
+/// both byte orders: the file starts a1 b2 cd 34 when written big-endian,
+/// 34 cd b2 a1 little-endian.
+#[test]
+fn pcap_modified_format_both_byte_orders() {
+    for big in [false, true] {
+        let mut p = Pcap::with_magic(big, 0xa1b2_cd34, 1);
+        p.record(1_700_000_000, 250_000, b"first", 5)
+            .record(1_700_000_002, 7, b"second!", 90);
+        let start: [u8; 4] = if big {
+            [0xa1, 0xb2, 0xcd, 0x34]
+        } else {
+            [0x34, 0xcd, 0xb2, 0xa1]
+        };
+        assert_eq!(p.out[..4], start);
+        let (frames, end) = read_all(Cursor::new(&p.out));
+        assert_eq!(end, Ok(()), "big endian: {big}");
+        assert_eq!(
+            frames,
+            vec![
+                Owned {
+                    ts: 1_700_000_000_250_000,
+                    link: LinkType::Ethernet,
+                    data: b"first".to_vec(),
+                    orig_len: 5,
+                },
+                Owned {
+                    ts: 1_700_000_002_000_007,
+                    link: LinkType::Ethernet,
+                    data: b"second!".to_vec(),
+                    orig_len: 90,
+                },
+            ],
+            "big endian: {big}"
+        );
+        // Byte at a time, and cut inside the second record's 24-byte header.
+        let (trickled, end) = read_all(Trickle {
+            data: &p.out,
+            step: 1,
+        });
+        assert_eq!((trickled, end), (frames, Ok(())));
+        let cut = 24 + 24 + 5 + 20;
+        let (frames, end) = read_all(Cursor::new(&p.out[..cut]));
+        assert_eq!(frames.len(), 1);
+        assert!(end.unwrap_err().contains(&format!("{}", 24 + 24 + 5)));
+    }
+}
+
+/// Classic pcap in all four combinations of byte order and resolution, each
+/// checked from its first bytes on.
+#[test]
+fn pcap_classic_magics_both_byte_orders() {
+    let cases: [(bool, bool, [u8; 4]); 4] = [
+        (false, false, [0xd4, 0xc3, 0xb2, 0xa1]),
+        (true, false, [0xa1, 0xb2, 0xc3, 0xd4]),
+        (false, true, [0x4d, 0x3c, 0xb2, 0xa1]),
+        (true, true, [0xa1, 0xb2, 0x3c, 0x4d]),
+    ];
+    for (big, nanos, start) in cases {
+        let mut p = Pcap::new(big, nanos, 113);
+        let frac = if nanos { 123_456_789 } else { 123_456 };
+        p.record(1_650_000_000, frac, b"abc", 3);
+        assert_eq!(p.out[..4], start);
+        let (frames, end) = read_all(Cursor::new(&p.out));
+        assert_eq!(end, Ok(()), "big {big} nanos {nanos}");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            frames[0].ts, 1_650_000_000_123_456,
+            "big {big} nanos {nanos}"
+        );
+        assert_eq!(frames[0].link, LinkType::LinuxSll);
+        assert_eq!(frames[0].data, b"abc");
+    }
+}
+
 #[test]
 fn link_type_numbers() {
     let cases = [
@@ -423,11 +514,53 @@ fn pcapng_resolution_conversions() {
 #[test]
 fn pcapng_spb_uses_interface_snaplen() {
     let mut ng = Ng::new();
-    ng.shb(false).idb(1, 4, &[]).spb(10, b"0123456789");
+    ng.shb(false)
+        .idb(1, 4, &[])
+        .epb(0, 1_700_000_000_000_000, b"abcd", 4)
+        .spb(10, b"0123456789");
     let (frames, end) = read_all(Cursor::new(&ng.out));
     assert_eq!(end, Ok(()));
-    assert_eq!(frames[0].data, b"0123");
-    assert_eq!(frames[0].orig_len, 10);
+    assert_eq!(frames[1].data, b"0123");
+    assert_eq!(frames[1].orig_len, 10);
+    assert_eq!(frames[1].ts, 1_700_000_000_000_000);
+}
+
+/// Simple Packet Blocks carry no time. Before any timestamped packet there is
+/// none to give them: the file is refused at the first one (it used to be
+/// read with every packet at 1970-01-01, and the call with it).
+#[test]
+fn pcapng_spb_without_any_time_is_refused() {
+    for big in [false, true] {
+        let mut ng = Ng::new();
+        ng.shb(big).idb(1, 0, &[]);
+        let first = ng.out.len() as u64;
+        ng.spb(6, b"packet").spb(6, b"second");
+        let (frames, end) = read_all(Cursor::new(&ng.out));
+        assert!(frames.is_empty(), "{frames:?}");
+        let e = end.unwrap_err();
+        assert!(
+            e.contains(&format!("byte {first}")) && e.contains("no time"),
+            "{e}"
+        );
+        // Sticky, with its offset, and not a corruption.
+        let mut r = reader(&ng.out);
+        let e = r.next_frame().unwrap_err();
+        assert!(matches!(e, CaptureError::Untimed { offset } if offset == first));
+        assert_eq!(e.offset(), Some(first));
+        assert!(matches!(
+            r.next_frame(),
+            Err(CaptureError::Untimed { offset }) if offset == first
+        ));
+        // A timestamped packet first: the SPBs after it take its time.
+        let mut ng = Ng::new();
+        ng.shb(big)
+            .idb(1, 0, &[])
+            .epb(0, 1_650_000_000_000_001, b"timed", 5)
+            .spb(6, b"packet");
+        let (frames, end) = read_all(Cursor::new(&ng.out));
+        assert_eq!(end, Ok(()));
+        assert_eq!(frames[1].ts, 1_650_000_000_000_001);
+    }
 }
 
 #[test]
