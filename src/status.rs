@@ -703,7 +703,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_delivery_paused",
         "gauge",
-        "1 while every upload is paused, labelled with the reason (auth, payment, tls, rate_limit, foreign_location).",
+        "1 while every upload is paused, labelled with the reason (auth, payment, tls, rate_limit, foreign_location, endpoint).",
         &[(
             c.pause_kind
                 .as_ref()

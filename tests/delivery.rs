@@ -1829,6 +1829,58 @@ fn plain_http_to_loopback_bypasses_the_proxy() {
     assert!(proxy.accept().is_err(), "a request went to the proxy");
 }
 
+/// A fixed endpoint that answers 404 (a wrong `cloud.url`, or a server of
+/// another API) pauses every upload with the reason on `/readyz` (not
+/// ready) instead of each recording retrying on its own unseen; once it
+/// answers, the recordings go.
+#[test]
+fn a_missing_endpoint_pauses_uploads_with_the_reason() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    for _ in 0..3 {
+        rx.push_fault(Fault::new(
+            Some(Method::POST),
+            "/v1/calls",
+            FaultAction::Status(404, None),
+        ));
+    }
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        write_recording(d.path(), &format!("e{i}"), 3000, i);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
+        s.pause_retry = Duration::from_millis(300);
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        wait_for("pause", Duration::from_secs(5), || {
+            cloud_status(&status).paused.is_some()
+        })
+        .await;
+        {
+            let mut st = status.lock().unwrap().clone();
+            st.spool.writable = true;
+            st.spool.free_bytes = u64::MAX;
+            let (ok, parts) = readiness(&st);
+            assert!(!ok, "{parts:?}");
+            assert!(
+                parts["cloud"].contains("POST /v1/calls (HTTP 404)"),
+                "{parts:?}"
+            );
+            assert_eq!(st.cloud.pause_kind.as_deref(), Some("endpoint"));
+        }
+        wait_for("all delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 3
+        })
+        .await;
+        wait_for("unpaused", Duration::from_secs(3), || {
+            cloud_status(&status).paused.is_none()
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert!(pairs_left(d.path()).is_empty());
+}
+
 /// A recording whose metadata cannot be read when the filters are applied
 /// (damaged, a key removed, permissions) waits instead of leaving the
 /// machine unfiltered (before, it passed the filters and was uploaded once

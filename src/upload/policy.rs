@@ -69,6 +69,12 @@ pub enum PauseKind {
     /// server. Nothing goes there (the token would follow); every upload
     /// waits for the operator, with one probe per `pause_retry`.
     ForeignLocation,
+    /// A fixed endpoint (`POST /v1/uploads`, `POST /v1/calls`) answered as
+    /// if it did not exist there (404, 405, 501) or redirected (3xx, not
+    /// followed: the token would follow): most likely a wrong `cloud.url`.
+    /// Every upload waits for the operator, with one probe per
+    /// `pause_retry`.
+    Endpoint,
 }
 
 impl PauseKind {
@@ -79,6 +85,7 @@ impl PauseKind {
             PauseKind::Tls => "tls",
             PauseKind::RateLimit => "rate_limit",
             PauseKind::ForeignLocation => "foreign_location",
+            PauseKind::Endpoint => "endpoint",
         }
     }
 }
@@ -137,6 +144,17 @@ pub enum Step {
     Call,
 }
 
+impl Step {
+    /// The request, for messages.
+    pub fn request(self) -> &'static str {
+        match self {
+            Step::Create => "POST /v1/uploads",
+            Step::Location => "upload location",
+            Step::Call => "POST /v1/calls",
+        }
+    }
+}
+
 /// CONTRACT §4's table. `now` only serves HTTP-date `Retry-After` values.
 pub fn classify(step: Step, answer: &Answer<'_>, now: SystemTime) -> Action {
     match answer {
@@ -180,6 +198,20 @@ pub fn classify(step: Step, answer: &Answer<'_>, now: SystemTime) -> Action {
                 },
                 409 if step == Step::Location => Action::Resume,
                 404 | 410 if step == Step::Location => Action::Restart,
+                300..=399 => Action::PauseAll {
+                    kind: PauseKind::Endpoint,
+                    reason: format!(
+                        "the cloud redirected {} (HTTP {status}; not followed): check cloud.url",
+                        step.request()
+                    ),
+                },
+                404 | 405 | 501 if step != Step::Location => Action::PauseAll {
+                    kind: PauseKind::Endpoint,
+                    reason: format!(
+                        "the cloud has no {} (HTTP {status}): check cloud.url and cloud.protocol",
+                        step.request()
+                    ),
+                },
                 400 | 413 | 415 | 422 => Action::Fail {
                     status,
                     body: truncate(body, BODY_KEEP),
@@ -347,12 +379,34 @@ mod tests {
         assert_eq!(classify(Step::Location, &http(404), now()), Action::Restart);
         assert_eq!(classify(Step::Location, &http(410), now()), Action::Restart);
         assert!(matches!(
-            classify(Step::Call, &http(404), now()),
-            Action::Retry { .. }
-        ));
-        assert!(matches!(
             classify(Step::Call, &http(409), now()),
             Action::Retry { .. }
+        ));
+    }
+
+    /// A fixed endpoint that is not there, or redirects, is most likely a
+    /// wrong `cloud.url`: every upload pauses with a reason that says so
+    /// (before: each recording retried on its own, forever, `/readyz` ok).
+    #[test]
+    fn a_missing_or_moved_endpoint_pauses_everything() {
+        for step in [Step::Create, Step::Call] {
+            for s in [301, 302, 307, 308, 404, 405, 501] {
+                let Action::PauseAll { kind, reason } = classify(step, &http(s), now()) else {
+                    panic!("{s} {step:?}")
+                };
+                assert_eq!(kind, PauseKind::Endpoint);
+                assert!(reason.contains("cloud.url"), "{reason}");
+                assert!(reason.contains(step.request()), "{reason}");
+            }
+        }
+        // On an upload's location, 404 means the upload expired (§4).
+        assert_eq!(classify(Step::Location, &http(404), now()), Action::Restart);
+        assert!(matches!(
+            classify(Step::Location, &http(307), now()),
+            Action::PauseAll {
+                kind: PauseKind::Endpoint,
+                ..
+            }
         ));
     }
 
