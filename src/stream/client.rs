@@ -313,7 +313,19 @@ async fn connect(s: &StreamSettings) -> Result<Ws, NoConnection> {
         USER_AGENT,
         HeaderValue::from_static(crate::upload::USER_AGENT),
     );
-    if let Some(t) = &s.token {
+    // The file as it is now (rotated without a reload); the token read at
+    // start or reload if it cannot be read.
+    let fresh = match &s.token_file {
+        Some(p) => {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || crate::upload::read_token(&p).ok().flatten())
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    if let Some(t) = fresh.as_ref().or(s.token.as_ref()) {
         let bearer = zeroize::Zeroizing::new(format!("Bearer {}", t.expose()));
         if let Ok(mut v) = HeaderValue::from_str(&bearer) {
             v.set_sensitive(true);
@@ -346,6 +358,17 @@ async fn connect(s: &StreamSettings) -> Result<Ws, NoConnection> {
                     r.status().as_u16()
                 ))
             }
+            // tungstenite checks the subprotocol itself: a receiver that
+            // does not speak ours (a wrong stream.url) is refused, not asked
+            // again with the token every few seconds.
+            tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                    _,
+                ),
+            ) => NoConnection::Refused(format!(
+                "the stream receiver did not accept subprotocol {}",
+                protocol::SUBPROTOCOL
+            )),
             _ => NoConnection::Retry(format!("cannot connect to the stream receiver: {e}")),
         })?;
     let proto = resp

@@ -57,7 +57,11 @@ const QUEUE_CHUNKS: usize = 16;
 pub struct StreamSettings {
     /// `stream.url`.
     pub url: String,
+    /// The token as read at start or reload ...
     pub token: Option<Secret>,
+    /// ... and its file, read again at every connection (a token rotated
+    /// by rewriting the file is used without a reload, as uploads do).
+    pub token_file: Option<std::path::PathBuf>,
     /// Audio per binary message.
     pub frame: Duration,
     pub max_lag: Duration,
@@ -84,13 +88,15 @@ impl StreamSettings {
         if !s.enabled {
             return Ok(None);
         }
-        let token = crate::upload::read_token(s.token_path(&cfg.cloud))
-            .map_err(|e| format!("stream token: {e}"))?;
+        let token_file = s.token_path(&cfg.cloud).to_path_buf();
+        let token =
+            crate::upload::read_token(&token_file).map_err(|e| format!("stream token: {e}"))?;
         let tls = crate::sys::tls::client_config(cfg.cloud.ca_file.as_deref())
             .map_err(|e| format!("cloud.ca_file: {e}"))?;
         Ok(Some(StreamSettings {
             url: s.url.clone(),
             token,
+            token_file: Some(token_file),
             frame: s.frame,
             max_lag: s.max_lag,
             tls,

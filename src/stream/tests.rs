@@ -51,6 +51,7 @@ fn settings(url: &str) -> Arc<StreamSettings> {
     Arc::new(StreamSettings {
         url: url.to_string(),
         token: None,
+        token_file: None,
         frame: Duration::from_millis(100),
         max_lag: Duration::from_secs(30),
         tls: crate::sys::tls::client_config(None).unwrap(),
@@ -434,4 +435,92 @@ async fn a_call_filtered_by_its_final_metadata_stops_incomplete_without_it() {
     assert_eq!(stop["type"], "stop");
     assert_eq!(stop["complete"], false);
     assert!(!stop.to_string().contains("5551234"), "{stop}");
+}
+
+/// The token file is read at every connection: a token rotated by
+/// rewriting the file is used without a reload.
+#[tokio::test]
+async fn a_rotated_token_file_is_used_at_the_next_connection() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 800);
+    let token = d.path().join("token");
+    std::fs::write(&token, "rotated\n").unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let server =
+        tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let seen = Arc::new(std::sync::Mutex::new(String::new()));
+            let seen2 = seen.clone();
+            #[allow(clippy::result_large_err)]
+        let cb = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                       mut r: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            *seen2.lock().unwrap() = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            r.headers_mut()
+                .insert("sec-websocket-protocol", protocol::SUBPROTOCOL.parse().unwrap());
+            Ok(r)
+        };
+            let mut ws = tokio_tungstenite::accept_hdr_async(sock, cb).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if let Ok(t) = m.to_text() {
+                    let v: Value = serde_json::from_str(t).unwrap_or_default();
+                    if v["type"] == "start" {
+                        let r = json!({"type": "ready", "offset": 0}).to_string();
+                        ws.send(Message::Text(r.into())).await.unwrap();
+                    } else if v["type"] == "stop" {
+                        let _ = ws.send(Message::Text(r#"{"type":"done"}"#.into())).await;
+                        break;
+                    }
+                }
+            }
+            let v = seen.lock().unwrap().clone();
+            v
+        });
+    let mut st = Arc::try_unwrap(settings(&url)).ok().unwrap();
+    st.token_file = Some(token);
+    let mut c = call_with(Arc::new(st), file);
+    c.tap.audio(0, &samples);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 800,
+        meta: json!({}),
+    });
+    c.task.await.unwrap();
+    assert_eq!(server.await.unwrap(), "Bearer rotated");
+}
+
+/// A receiver that does not speak `pbx-edge.stream.v1` (a wrong
+/// `stream.url`) is refused at once, not asked again with the token.
+#[tokio::test]
+async fn a_receiver_without_the_subprotocol_is_refused_not_retried() {
+    let d = tempfile::tempdir().unwrap();
+    let (file, samples) = wav(d.path(), 800);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok(Ok((sock, _))) = tokio::time::timeout(Duration::from_secs(3), l.accept()).await
+        {
+            n += 1;
+            // A plain WebSocket server: no subprotocol in its answer.
+            let _ = tokio_tungstenite::accept_async(sock).await;
+        }
+        n
+    });
+    let mut c = call(&url, file);
+    c.tap.audio(0, &samples);
+    Box::new(c.tap).end(TapEnd::Written {
+        frames: 800,
+        meta: json!({}),
+    });
+    tokio::time::timeout(Duration::from_secs(10), c.task)
+        .await
+        .expect("the stream gave up at once")
+        .unwrap();
+    assert_eq!(c.stats.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(server.await.unwrap(), 1, "connections made");
 }
