@@ -221,6 +221,10 @@ fn start_source(
 
 /// Stop `sources` in parallel (they share the stop budget) and wait for
 /// every one.
+/// The time a stop on SIGTERM aims to end within (CONTRACT §1: 10 s),
+/// with a margin for the process's exit.
+const STOP_BUDGET: Duration = Duration::from_secs(9);
+
 async fn stop_all(sources: impl IntoIterator<Item = Box<dyn SourceHandle>>) {
     let stopping: Vec<_> = sources
         .into_iter()
@@ -1054,6 +1058,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     if let Ok(mut s) = status.lock() {
         s.shutting_down = true;
     }
+    // CONTRACT §1: exit within 10 s. Delivery stops beside the sources
+    // (its uploads in progress get their grace, their progress is saved;
+    // the recordings being closed wait in the spool for the next start),
+    // so the phases' times overlap instead of adding up.
+    let stop_started = tokio::time::Instant::now();
+    let delivery_stop = delivery.take().map(|d| tokio::spawn(d.shutdown()));
     // Stop every source in parallel so the 10 s budget is shared.
     stop_all(
         siprec
@@ -1065,10 +1075,13 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     )
     .await;
     // The streams of the calls just closed send their `stop` (best effort,
-    // within the stop budget).
-    stream.drain(Duration::from_secs(3)).await;
-    if let Some(d) = delivery.take() {
-        d.shutdown().await;
+    // within what is left of the stop budget; `drain` adds a 1 s grace).
+    let left = STOP_BUDGET.saturating_sub(stop_started.elapsed());
+    stream
+        .drain(Duration::from_secs(3).min(left.saturating_sub(Duration::from_secs(2))))
+        .await;
+    if let Some(t) = delivery_stop {
+        let _ = t.await;
     }
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
