@@ -58,7 +58,12 @@ pub fn recordings(dir: &Path) -> Vec<Recording> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read out dir") {
         let p = e.expect("dir entry").path();
-        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+        // (Not the hidden `.<id>.start.json` / `.answer.json` sidecars of
+        // calls in progress: one still there for a moment after its
+        // recording's JSON landed was read as a recording without a WAV.)
+        if p.extension().and_then(|x| x.to_str()) != Some("json")
+            || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
             continue;
         }
         let json: Value =
