@@ -64,6 +64,8 @@ pub struct ControlRequest {
 #[derive(Clone, Default)]
 pub struct Controls {
     engines: Arc<Mutex<Vec<Registered>>>,
+    /// `health.control_allow`: networks besides loopback taken.
+    allow: Arc<Mutex<Vec<ipnet::IpNet>>>,
 }
 
 impl std::fmt::Debug for Controls {
@@ -112,6 +114,31 @@ impl ApiAnswer {
 impl Controls {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Networks besides loopback whose requests are taken (at start and on
+    /// every reload: `health.control_allow`).
+    pub fn set_allow(&self, nets: &[ipnet::IpNet]) {
+        if let Ok(mut a) = self.allow.lock() {
+            *a = nets.to_vec();
+        }
+    }
+
+    /// Whether a request from `peer` may use the control API: loopback, or
+    /// a network of `health.control_allow` (CONTRACT §6: loopback by
+    /// default; pausing a recording is not for whoever reaches the port).
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            ip => ip,
+        };
+        peer.is_loopback()
+            || self
+                .allow
+                .lock()
+                .is_ok_and(|a| a.iter().any(|n| n.contains(&peer)))
     }
 
     /// The engine of source `source` ("siprec", "sniff", "hep") takes

@@ -195,6 +195,13 @@ async fn handle(
             + "\n";
         return respond(&mut sock, 202, "application/json", &body).await;
     }
+    if path == "/v1/calls" || path.starts_with("/v1/calls/") {
+        let taken = sock.peer_addr().is_ok_and(|p| controls.allows(p.ip()));
+        if !taken {
+            let body = "{\"error\": \"the control API takes requests from loopback and health.control_allow only\"}\n";
+            return respond(&mut sock, 403, "application/json", body).await;
+        }
+    }
     if let Some(a) = controls.http(method, path).await {
         return respond(&mut sock, a.code, "application/json", &a.body).await;
     }

@@ -295,6 +295,9 @@ pub(super) fn check(
     let mut s = Sec::child(&top, "health", errs);
     s.field(errs, "listen", &mut cfg.health.listen, to_socket_addr);
     let health_origin = s.origin("listen");
+    if let Some(nets) = allow_list_of(&mut s, errs, "control_allow") {
+        cfg.health.control_allow = nets;
+    }
     s.finish(errs, keys, "key");
 
     let mut s = Sec::child(&top, "recording", errs);
@@ -721,7 +724,16 @@ pub(super) fn check(
 /// separated by commas or spaces); `None` when not given or unusable
 /// (reported in `errs`).
 fn allow_list(s: &mut Sec<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<IpNet>> {
-    let n = s.get("allow")?;
+    allow_list_of(s, errs, "allow")
+}
+
+/// A list of networks under the key `name` (as [`allow_list`]).
+fn allow_list_of(
+    s: &mut Sec<'_>,
+    errs: &mut Vec<ConfigError>,
+    name: &'static str,
+) -> Option<Vec<IpNet>> {
+    let n = s.get(name)?;
     match &n.kind {
         Kind::Array(items) => {
             let mut nets = Vec::new();
@@ -730,7 +742,7 @@ fn allow_list(s: &mut Sec<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<IpNet>
                     Ok(net) => nets.push(net),
                     Err(message) => errs.push(ConfigError::Invalid {
                         origin: item.origin.clone(),
-                        key: format!("{}[{i}]", s.key("allow")),
+                        key: format!("{}[{i}]", s.key(name)),
                         message,
                     }),
                 }
@@ -745,7 +757,7 @@ fn allow_list(s: &mut Sec<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<IpNet>
                     Ok(net) => nets.push(net),
                     Err(message) => errs.push(ConfigError::Invalid {
                         origin: n.origin.clone(),
-                        key: s.key("allow"),
+                        key: s.key(name),
                         message,
                     }),
                 }
@@ -755,7 +767,7 @@ fn allow_list(s: &mut Sec<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<IpNet>
         _ => {
             errs.push(ConfigError::Invalid {
                 origin: n.origin.clone(),
-                key: s.key("allow"),
+                key: s.key(name),
                 message: format!(
                     "expected an array of networks such as [\"10.0.0.0/8\"], {}",
                     n.found()

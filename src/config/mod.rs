@@ -111,6 +111,10 @@ pub struct SpoolConfig {
 pub struct HealthConfig {
     /// HTTP listener for /healthz /readyz /metrics /status.
     pub listen: SocketAddr,
+    /// `health.control_allow`: networks besides loopback whose requests to
+    /// the control API (`/v1/calls`, pause/resume) are taken; empty (the
+    /// default): loopback only, others get 403.
+    pub control_allow: Vec<IpNet>,
 }
 
 /// `recording.sample_rate`
@@ -538,6 +542,7 @@ impl Config {
             },
             health: HealthConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9466)),
+                control_allow: Vec::new(),
             },
             recording: RecordingConfig {
                 sample_rate: SampleRate::Auto,

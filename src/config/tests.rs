@@ -234,6 +234,21 @@ fn allow_lists() {
         .allows("8.8.8.8".parse().unwrap()));
 }
 
+/// `health.control_allow`: networks whose requests the control API takes
+/// besides loopback; each bad entry reported with its line and index.
+#[test]
+fn control_allow_lists_networks() {
+    let c = parse("[health]\ncontrol_allow = [\"10.1.2.0/24\", \"192.0.2.7\"]").unwrap();
+    let a = &c.health.control_allow;
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[1].to_string(), "192.0.2.7/32");
+    assert!(Config::defaults(None).health.control_allow.is_empty());
+    assert_eq!(
+        err1("[health]\ncontrol_allow = [\"10.0.0.0/8\",\n  \"nope\"]"),
+        "t.toml:3: health.control_allow[1]: \"nope\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")"
+    );
+}
+
 #[test]
 fn unknown_keys_suggest() {
     assert_eq!(

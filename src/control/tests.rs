@@ -216,3 +216,26 @@ async fn an_engine_that_does_not_answer_gives_503_not_404() {
         .unwrap();
     assert_eq!(a.code, 404, "{}", a.body);
 }
+
+/// The control API takes loopback (IPv4, IPv6, IPv4-mapped) and the
+/// networks of `health.control_allow`; anyone else is refused (403 in the
+/// health server).
+#[test]
+fn the_control_api_takes_loopback_and_allowed_networks_only() {
+    let c = Controls::new();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    for local in ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"] {
+        assert!(c.allows(ip(local)), "{local}");
+    }
+    for other in ["192.0.2.7", "10.1.2.3", "2001:db8::1", "::ffff:10.1.2.3"] {
+        assert!(!c.allows(ip(other)), "{other}");
+    }
+    c.set_allow(&["10.1.2.0/24".parse().unwrap()]);
+    assert!(c.allows(ip("10.1.2.3")));
+    assert!(c.allows(ip("::ffff:10.1.2.3")));
+    assert!(!c.allows(ip("10.1.3.1")));
+    // A clone (the health server's) sees a reload.
+    let served = c.clone();
+    c.set_allow(&[]);
+    assert!(!served.allows(ip("10.1.2.3")));
+}

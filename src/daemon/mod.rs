@@ -763,6 +763,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
         .with_context(|| format!("cannot listen on {} (health.listen)", cfg.health.listen))?;
     // The engines answer the control API (`/v1/calls`) through this.
     let controls = Controls::new();
+    controls.set_allow(&cfg.health.control_allow);
     tokio::spawn(health::serve(
         listener,
         status.clone(),
@@ -887,6 +888,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                             &status,
                         );
                         configure_stream(&cfg, &stream, &status);
+                        controls.set_allow(&cfg.health.control_allow);
                         if let Ok(mut s) = status.lock() {
                             s.cloud.configured = !cfg.cloud.url.is_empty();
                             s.agent_id = cfg.agent.id.clone();
