@@ -62,7 +62,8 @@ pub fn recordings(dir: &Path) -> Vec<Recording> {
         // calls in progress: one still there for a moment after its
         // recording's JSON landed was read as a recording without a WAV.)
         if p.extension().and_then(|x| x.to_str()) != Some("json")
-            || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            || p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         {
             continue;
         }
