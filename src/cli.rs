@@ -13,6 +13,11 @@ pub struct Cli {
     /// More log output (-v info, -vv debug). PBX_EDGE_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Configuration file (default: /etc/pbx-edge/pbx-edge.toml, else
+    /// built-in defaults). Taken before or after the command's words
+    /// (`pbx-edge spool list --config F`, `pbx-edge --config F spool list`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -20,13 +25,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: every configured source, recording, spooling, uploading.
-    Run(ConfigArg),
+    Run,
     /// Validate a configuration file.
     CheckConfig {
-        /// The file to check (default: /etc/pbx-edge/pbx-edge.toml).
+        /// The file to check (default: /etc/pbx-edge/pbx-edge.toml; or
+        /// --config).
         file: Option<PathBuf>,
-        #[arg(long = "config", hide = true)]
-        config: Option<PathBuf>,
     },
     /// Read pcap / pcapng captures and write one recording per call.
     Import(ImportArgs),
@@ -40,8 +44,6 @@ pub enum Command {
     /// OPTIONS answered 503), the calls in progress finish, the spool is
     /// delivered, then it exits 0. For rolling upgrades behind a dispatcher.
     Drain {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Wait until the daemon has exited, printing its progress.
         #[arg(long)]
         wait: bool,
@@ -59,7 +61,7 @@ pub enum Command {
 impl Command {
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Run(_) => "run",
+            Command::Run => "run",
             Command::CheckConfig { .. } => "check-config",
             Command::Import(_) => "import",
             Command::Spool(_) => "spool",
@@ -70,18 +72,9 @@ impl Command {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// Configuration file (default: /etc/pbx-edge/pbx-edge.toml, else built-in defaults).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-}
-
 /// A report for people, or its exact figures as JSON.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
     /// Print the exact figures as JSON (bytes, milliseconds) instead.
     #[arg(long)]
     pub json: bool,
@@ -97,8 +90,6 @@ pub enum SpoolCommand {
         id: Option<String>,
         #[arg(long)]
         all_failed: bool,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Remove a recording from the spool; or, for a data-subject request,
     /// every recording of a phone number (--number) and/or every recording
@@ -119,8 +110,6 @@ pub enum SpoolCommand {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Write a recording's WAV and JSON as plaintext into a directory
     /// (decrypted when the spool is encrypted at rest; files of mode 0600).
@@ -129,8 +118,6 @@ pub enum SpoolCommand {
         /// Directory for `<id>.wav` and `<id>.json` (created, mode 0700, if missing).
         #[arg(long)]
         out: PathBuf,
-        #[command(flatten)]
-        config: ConfigArg,
     },
 }
 
@@ -142,10 +129,6 @@ pub struct ImportArgs {
     /// Directory for the recordings (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// Configuration file: its recording.pause_dtmf / resume_dtmf sequences
-    /// pause the imported calls as they would live.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Output sample rate: auto, 8000 or 16000.
     #[arg(long, default_value = "auto")]
     pub sample_rate: String,

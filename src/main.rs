@@ -12,19 +12,19 @@ fn main() -> ExitCode {
     // The daemon's [log] settings apply from the first line; a config error
     // is reported by `run` itself (with defaults for logging until then).
     let log = match &cli.command {
-        cli::Command::Run(c) => config::Config::load(c.config.as_deref())
+        cli::Command::Run => config::Config::load(cli.config.as_deref())
             .map(|c| c.log)
             .unwrap_or_else(|_| config::Config::default().log),
         _ => config::Config::default().log,
     };
     init_logging(cli.verbose, &log);
     let res = match cli.command {
-        cli::Command::Import(args) => commands::import::run(&args),
-        cli::Command::CheckConfig { file, config } => Ok(commands::check_config::run(file, config)),
-        cli::Command::Run(c) => daemon::run(c.config),
-        cli::Command::Status(c) => commands::status::run(c.config.config, c.json),
-        cli::Command::Drain { config, wait } => commands::drain::run(config.config, wait),
-        cli::Command::Spool(c) => commands::spool::run(c),
+        cli::Command::Import(args) => commands::import::run(&args, cli.config.as_deref()),
+        cli::Command::CheckConfig { file } => Ok(commands::check_config::run(file, cli.config)),
+        cli::Command::Run => daemon::run(cli.config),
+        cli::Command::Status(c) => commands::status::run(cli.config, c.json),
+        cli::Command::Drain { wait } => commands::drain::run(cli.config, wait),
+        cli::Command::Spool(c) => commands::spool::run(c, cli.config),
         cli::Command::Generate { what, dir } => match cli::generate(what, &dir) {
             Ok(files) => {
                 for f in files {

@@ -943,3 +943,42 @@ fn cloud_audio_format_is_wav_or_flac() {
         "bad.toml:2: cloud.audio_format: expected \"wav\" or \"flac\", found \"mp3\""
     );
 }
+
+/// `--config FILE` is taken wherever it stands on the command line
+/// (CONTRACT §1: every command that needs the configuration takes it): a
+/// spool that no daemon has made yet lists as empty (exit 0).
+#[test]
+fn config_is_taken_before_or_after_the_command_words() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("c.toml");
+    let spool = d.path().join("never-made");
+    std::fs::write(&cfg, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    let c = cfg.to_str().unwrap();
+    for args in [
+        vec!["spool", "list", "--config", c],
+        vec!["spool", "--config", c, "list"],
+        vec!["--config", c, "spool", "list"],
+        vec!["spool", "list", "--json", "--config", c],
+        vec!["check-config", "--config", c],
+        vec!["--config", c, "check-config"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_pbx-edge"))
+            .args(&args)
+            .env_remove("PBX_EDGE__SPOOL__DIR")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {out} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if args.contains(&"--json") {
+            assert_eq!(out.trim(), "[]", "{args:?}");
+        } else if args.contains(&"list") {
+            assert!(out.starts_with("0 recordings"), "{args:?}: {out}");
+        }
+    }
+    assert!(!spool.exists(), "listing made the spool");
+}

@@ -22,14 +22,15 @@ use crate::recording::{RecordingContext, RecordingCounters, RecordingDir};
 pub use crate::sys::hostname;
 use crate::units::parse_duration;
 
-pub fn run(args: &ImportArgs) -> Result<ExitCode> {
+/// `config`: `--config`, whose pause/resume sequences and roles apply.
+pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let sample_rate = parse_rate(&args.sample_rate)?;
     let min_duration =
         parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
     // With --config: its pause/resume DTMF sequences (recording.pause_dtmf,
     // resume_dtmf) pause the imported calls as they would have live, and
     // its [roles] say which channel is the agent's.
-    let (pause_dtmf, resume_dtmf, roles) = match &args.config {
+    let (pause_dtmf, resume_dtmf, roles) = match config {
         Some(p) => {
             let c = crate::config::Config::load(Some(p))
                 .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;

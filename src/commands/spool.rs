@@ -14,14 +14,8 @@ use crate::spool::*;
 
 /// `pbx-edge spool list|retry|purge`: works while the daemon runs (both use
 /// the database; SQLite serialises the writers).
-pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: SpoolCommand, config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
-    let config = match &cmd {
-        SpoolCommand::List(c) => c.config.config.clone(),
-        SpoolCommand::Retry { config, .. }
-        | SpoolCommand::Purge { config, .. }
-        | SpoolCommand::Export { config, .. } => config.config.clone(),
-    };
     let cfg = match Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(errs) => {
@@ -30,6 +24,17 @@ pub fn run(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let dir = &cfg.spool.dir;
+    if !dir.exists() {
+        if let SpoolCommand::List(args) = &cmd {
+            // No daemon has run with this spool yet: nothing in it.
+            if args.json {
+                println!("{}", list_json(&[], now_ms()));
+            } else {
+                println!("0 recordings ({} does not exist yet)", dir.display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     if !dir.is_dir() {
         eprintln!(
             "pbx-edge spool: the spool directory {} does not exist (spool.dir)",
