@@ -125,8 +125,26 @@ pub(super) fn to_string_list(n: &Node) -> Result<Vec<String>, String> {
 }
 
 pub(super) fn to_bool(n: &Node) -> Result<bool, String> {
-    match n.kind {
-        Kind::Bool(b) => Ok(b),
+    match &n.kind {
+        Kind::Bool(b) => Ok(*b),
+        // From the environment, what shells and unit files write too:
+        // `1`/`0`, `yes`/`no`, `on`/`off`, any case.
+        _ if n.env_text.is_some() => {
+            let t = n
+                .env_text
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            match t.as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!(
+                    "expected true or false (or 1/0, yes/no, on/off), {}",
+                    n.found()
+                )),
+            }
+        }
         _ => Err(format!("expected true or false, {}", n.found())),
     }
 }

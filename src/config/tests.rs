@@ -475,3 +475,31 @@ fn a_digits_only_resume_sequence_is_warned_about() {
         "{w:?}"
     );
 }
+
+/// A boolean from the environment may be written as shells and unit files
+/// do (`1`, `YES`, `off`, ...); in the file it stays TOML's `true`/`false`.
+#[test]
+fn environment_booleans_take_the_usual_spellings() {
+    let key = "PBX_EDGE__SOURCES__SNIFF__ENABLED";
+    for (v, want) in [
+        ("true", true),
+        ("TRUE", true),
+        ("1", true),
+        ("yes", true),
+        ("On", true),
+        ("false", false),
+        ("0", false),
+        ("NO", false),
+        ("off", false),
+    ] {
+        let c = Config::from_toml_str("t", "", [(key, v)]).unwrap();
+        assert_eq!(c.sources.sniff.enabled, want, "{v}");
+    }
+    let e = Config::from_toml_str("t", "", [(key, "maybe")]).unwrap_err();
+    assert!(
+        e.lines()[0].contains("expected true or false"),
+        "{:?}",
+        e.lines()
+    );
+    assert!(parse("[sources.sniff]\nenabled = \"yes\"").is_err());
+}
