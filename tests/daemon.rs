@@ -934,6 +934,57 @@ fn sniffed_calls_get_roles_from_the_configured_rules() {
 /// `import` reads their packets as one stream in time order, and the call
 /// is the one the whole capture gives, sample for sample. Before, the later file read first moved the
 /// clock on, and the earlier file's part of the call was lost.
+/// A capture cut short (a record broken off at its end: a full disk, a
+/// copy taken while written) is imported up to there, reported, not
+/// counted as imported in the summary, and the exit code is 1.
+#[test]
+fn import_counts_a_capture_cut_short_as_not_imported() {
+    use pbx_testgen::pcap::{CaptureWriter, Format};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = loopback_call("cut@test", 8, 47, 47400);
+    let (frames, _) = generate(&[spec], Link::Ethernet, &Framing::default());
+    let p = dir.path().join("whole.pcap");
+    let mut w = CaptureWriter::new(
+        std::io::BufWriter::new(std::fs::File::create(&p).unwrap()),
+        Format::PcapMicros,
+        Link::Ethernet,
+    )
+    .unwrap();
+    for (ts, f) in &frames {
+        w.write(*ts, f).unwrap();
+    }
+    std::io::Write::flush(&mut w.into_inner()).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+    let summary = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("imported "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let o = import(&[&cut], &dir.path().join("a"), &["--quiet"]);
+    assert_eq!(o.status.code(), Some(1));
+    let s = summary(&o);
+    assert!(s.starts_with("imported 0/1 files"), "{s}");
+    assert!(s.contains("1 files cut short"), "{s}");
+    let o = import(&[&p, &cut], &dir.path().join("b"), &["--quiet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        summary(&o).starts_with("imported 1/2 files"),
+        "{}",
+        summary(&o)
+    );
+    let o = import(&[&p], &dir.path().join("c"), &["--quiet"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        summary(&o).starts_with("imported 1/1 files"),
+        "{}",
+        summary(&o)
+    );
+}
+
 #[test]
 fn import_reads_capture_files_in_time_order() {
     use pbx_testgen::pcap::{CaptureWriter, Format};

@@ -92,6 +92,9 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
     // open at a time (not one descriptor per file).
     let mut all_ok = true;
     let mut files_read = 0usize;
+    // Files opened whose reading stopped at an error (their calls up to
+    // there are written).
+    let mut cut = 0usize;
     let open =
         |path: &std::path::PathBuf, bar: &Option<ProgressBar>| -> Option<CaptureReader<File>> {
             let shown = path.display();
@@ -131,7 +134,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                         Ok(None) => break,
                         Err(e) => {
                             report(&bar, format!("{}: {}", input.path.display(), describe(&e)));
-                            all_ok = false;
+                            cut += 1;
                             break;
                         }
                     }
@@ -157,7 +160,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                 Ok(None) => {}
                 Err(e) => {
                     report(&bar, format!("{}: {}", path.display(), describe(&e)));
-                    all_ok = false;
+                    cut += 1;
                 }
             }
         }
@@ -189,7 +192,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                     reader,
                     head: None,
                 };
-                if let Some(ts) = input.advance(&bar, &mut all_ok) {
+                if let Some(ts) = input.advance(&bar, &mut cut) {
                     heap.push(std::cmp::Reverse((ts, inputs.len())));
                     inputs.push(Some(input));
                 }
@@ -203,7 +206,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
             if let Some(h) = input.head.as_ref() {
                 engine.handle_frame(h.ts, h.link, &h.data, &mut out);
             }
-            match input.advance(&bar, &mut all_ok) {
+            match input.advance(&bar, &mut cut) {
                 Some(ts) => heap.push(std::cmp::Reverse((ts, i))),
                 None => {
                     // Its end: closed.
@@ -229,9 +232,15 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
     }
     println!(
         "{}",
-        summary(args.files.len(), files_read, engine.stats(), &out.counters)
+        summary(
+            args.files.len(),
+            files_read,
+            cut,
+            engine.stats(),
+            &out.counters
+        )
     );
-    if !out.errors.is_empty() {
+    if !out.errors.is_empty() || cut > 0 {
         all_ok = false;
     }
     Ok(if all_ok {
@@ -272,9 +281,18 @@ fn parse_rate(s: &str) -> Result<SampleRatePolicy> {
 }
 
 /// The one summary line printed at the end.
-fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) -> String {
+/// `read`: files opened, of which `cut` stopped at a read error (not
+/// counted as imported: only files read to their end are).
+fn summary(
+    files: usize,
+    read: usize,
+    cut: usize,
+    s: &EngineStats,
+    c: &RecordingCounters,
+) -> String {
+    let whole = read.saturating_sub(cut);
     let mut line = format!(
-        "imported {read}/{files} files: {} packets, {} calls, {} recordings written",
+        "imported {whole}/{files} files: {} packets, {} calls, {} recordings written",
         s.frames, s.calls_seen, c.written
     );
     let mut notes: Vec<String> = Vec::new();
@@ -283,6 +301,10 @@ fn summary(files: usize, read: usize, s: &EngineStats, c: &RecordingCounters) ->
             notes.push(format!("{n} {what}"));
         }
     };
+    add(
+        cut as u64,
+        "files cut short by a read error (their calls up to there written)",
+    );
     add(s.calls_without_media, "calls without media");
     add(c.too_short, "recordings shorter than --min-duration");
     add(c.failed, "recordings failed to write");
@@ -332,10 +354,12 @@ struct Head {
 impl Input<'_> {
     /// Read the next frame into `head` (its buffer reused); its time, or
     /// `None` at the end (or an error, reported).
+    /// The next frame into `head`; at a read error, reported and counted in
+    /// `cut`, the file ends there.
     fn advance(
         &mut self,
         bar: &Option<ProgressBar>,
-        all_ok: &mut bool,
+        cut: &mut usize,
     ) -> Option<pbx_core::Timestamp> {
         match self.reader.next_frame() {
             Ok(Some(f)) => {
@@ -356,7 +380,7 @@ impl Input<'_> {
             }
             Err(e) => {
                 report(bar, format!("{}: {}", self.path.display(), describe(&e)));
-                *all_ok = false;
+                *cut += 1;
                 self.head = None;
                 None
             }
