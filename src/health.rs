@@ -170,6 +170,8 @@ async fn handle(
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    // HEAD: the same answer without its body (RFC 9110 §9.3.2).
+    let head_only = method == "HEAD";
     if method == "POST" && path == "/v1/drain" {
         let local_peer = sock.peer_addr().is_ok_and(|p| match p.ip() {
             std::net::IpAddr::V6(v6) => {
@@ -178,7 +180,14 @@ async fn handle(
             ip => ip.is_loopback(),
         });
         if !local_peer {
-            return respond(&mut sock, 403, "text/plain", "drain: loopback only\n").await;
+            return reply(
+                &mut sock,
+                head_only,
+                403,
+                "text/plain",
+                "drain: loopback only\n",
+            )
+            .await;
         }
         // Draining from this answer on (/readyz, SIPREC OPTIONS read it),
         // not from when the daemon's loop gets to the request.
@@ -193,21 +202,22 @@ async fn handle(
         }))
         .unwrap_or_default()
             + "\n";
-        return respond(&mut sock, 202, "application/json", &body).await;
+        return reply(&mut sock, head_only, 202, "application/json", &body).await;
     }
     if path == "/v1/calls" || path.starts_with("/v1/calls/") {
         let taken = sock.peer_addr().is_ok_and(|p| controls.allows(p.ip()));
         if !taken {
             let body = "{\"error\": \"the control API takes requests from loopback and health.control_allow only\"}\n";
-            return respond(&mut sock, 403, "application/json", body).await;
+            return reply(&mut sock, head_only, 403, "application/json", body).await;
         }
     }
     if let Some(a) = controls.http(method, path).await {
-        return respond(&mut sock, a.code, "application/json", &a.body).await;
+        return reply(&mut sock, head_only, a.code, "application/json", &a.body).await;
     }
     if method != "GET" && method != "HEAD" {
-        return respond(
+        return reply(
             &mut sock,
+            head_only,
             405,
             "text/plain",
             "only GET (POST: /v1/calls/{call_id}/pause|resume, /v1/drain)\n",
@@ -222,10 +232,10 @@ async fn handle(
         "/healthz" => {
             let stalled = live.stalled(Duration::from_secs(30));
             if stalled.is_empty() {
-                respond(&mut sock, 200, "text/plain", "ok\n").await
+                reply(&mut sock, head_only, 200, "text/plain", "ok\n").await
             } else {
                 let body = format!("stalled: {}\n", stalled.join(", "));
-                respond(&mut sock, 503, "text/plain", &body).await
+                reply(&mut sock, head_only, 503, "text/plain", &body).await
             }
         }
         "/readyz" => {
@@ -236,8 +246,9 @@ async fn handle(
             }))
             .unwrap_or_default()
                 + "\n";
-            respond(
+            reply(
                 &mut sock,
+                head_only,
                 if ok { 200 } else { 503 },
                 "application/json",
                 &body,
@@ -245,8 +256,9 @@ async fn handle(
             .await
         }
         "/metrics" => {
-            respond(
+            reply(
                 &mut sock,
+                head_only,
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 &render_metrics(&snapshot),
@@ -255,11 +267,12 @@ async fn handle(
         }
         "/status" => {
             let body = serde_json::to_string_pretty(&snapshot).unwrap_or_default() + "\n";
-            respond(&mut sock, 200, "application/json", &body).await
+            reply(&mut sock, head_only, 200, "application/json", &body).await
         }
         _ => {
-            respond(
+            reply(
                 &mut sock,
+                head_only,
                 404,
                 "text/plain",
                 "not found: try /healthz /readyz /metrics /status /v1/calls\n",
@@ -269,7 +282,29 @@ async fn handle(
     }
 }
 
+/// [`respond`] to a request whose method is known: without the body for
+/// `HEAD`.
+async fn reply(
+    sock: &mut TcpStream,
+    head_only: bool,
+    code: u16,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    write_answer(sock, code, ctype, body, !head_only).await
+}
+
 async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    write_answer(sock, code, ctype, body, true).await
+}
+
+async fn write_answer(
+    sock: &mut TcpStream,
+    code: u16,
+    ctype: &str,
+    body: &str,
+    with_body: bool,
+) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         202 => "Accepted",
@@ -282,12 +317,20 @@ async fn respond(sock: &mut TcpStream, code: u16, ctype: &str, body: &str) -> st
         503 => "Service Unavailable",
         _ => "Error",
     };
+    // (405: what the endpoints take between them; the body says which.)
+    let allow = if code == 405 {
+        "Allow: GET, HEAD, POST\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
     sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
+    if with_body {
+        sock.write_all(body.as_bytes()).await?;
+    }
     sock.shutdown().await
 }
 
@@ -332,6 +375,43 @@ pub fn post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the server answers `req` with, whole.
+    async fn exchange(req: &str) -> String {
+        let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(
+            l,
+            SharedStatus::default(),
+            Liveness::new(),
+            Controls::new(),
+            stop_rx,
+            Arc::new(Notify::new()),
+        ));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        server.abort();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// HEAD gets GET's head without the body (RFC 9110 §9.3.2); a 405 says
+    /// which methods there are.
+    #[tokio::test]
+    async fn head_has_no_body_and_405_says_allow() {
+        let get = exchange("GET /status HTTP/1.1\r\n\r\n").await;
+        let head = exchange("HEAD /status HTTP/1.1\r\n\r\n").await;
+        let (get_head, get_body) = get.split_once("\r\n\r\n").unwrap();
+        assert!(!get_body.is_empty());
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(get_head.contains("Content-Length:"));
+        let del = exchange("DELETE /status HTTP/1.1\r\n\r\n").await;
+        assert!(del.starts_with("HTTP/1.1 405"), "{del}");
+        assert!(del.contains("\r\nAllow: GET, HEAD, POST\r\n"), "{del}");
+    }
 
     #[test]
     fn a_waiting_loop_is_not_stalled_until_it_beats_again() {
