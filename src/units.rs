@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Parse a duration: one or more `<number><unit>` groups, unit in
-/// ms, s, m, h, d. A bare `0` is accepted.
+/// Parse a duration: one or more `<number>[.<fraction>]<unit>` groups, unit
+/// in ms, s, m, h, d (a fraction down to the millisecond). A bare `0` is
+/// accepted.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
@@ -28,6 +29,20 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("`{s}`: number too large"))?;
         rest = &rest[num_len..];
+        // A decimal fraction ("1.5s", "0.25m"), down to the millisecond.
+        let mut frac = (0u128, 1u128);
+        if let Some(after) = rest.strip_prefix('.') {
+            let len = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            if len == 0 || len > 9 {
+                return Err(format!(
+                    "`{s}` is not a duration (write e.g. \"1.5s\", \"30s\", \"5m\")"
+                ));
+            }
+            frac = (after[..len].parse().unwrap_or(0), 10u128.pow(len as u32));
+            rest = &after[len..];
+        }
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
@@ -42,8 +57,12 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             "" => return Err(format!("`{s}`: missing unit (ms, s, m, h, d)")),
             u => return Err(format!("`{s}`: unknown unit `{u}` (use ms, s, m, h, d)")),
         };
+        if frac.0 * ms_per % frac.1 != 0 {
+            return Err(format!("`{s}`: finer than a millisecond"));
+        }
         total = total
             .checked_add(n.checked_mul(ms_per).ok_or("duration too large")?)
+            .and_then(|t| t.checked_add(frac.0 * ms_per / frac.1))
             .ok_or("duration too large")?;
     }
     let ms = u64::try_from(total).map_err(|_| "duration too large".to_string())?;
@@ -102,6 +121,16 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5 weeks").is_err());
+        // Decimal fractions, to the millisecond.
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0.25m").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("1h0.5m").unwrap(), Duration::from_secs(3630));
+        assert_eq!(
+            parse_duration("2.5ms").unwrap_err(),
+            "`2.5ms`: finer than a millisecond"
+        );
+        assert!(parse_duration("1.s").is_err());
+        assert!(parse_duration(".5s").is_err());
         assert!(parse_duration("").is_err());
     }
 
