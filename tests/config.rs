@@ -617,7 +617,7 @@ fn bad_env_overrides_name_the_variable() {
             "PBX_EDGE__SOURCES__SIPREC__ALLOW",
             "[\"10.0.0.0/8\", \"nope\"]",
         ),
-        ("PBX_EDGE__SOURCES__SNIFF__ENABLED", "yes"),
+        ("PBX_EDGE__SOURCES__SNIFF__ENABLED", "maybe"),
         ("PBX_EDGE__RECORDING__JITTER", "lots"),
         ("PBX_EDGE__NETWORK__X", "1"),
         ("PBX_EDGE__AGENT____ID", "x"),
@@ -638,7 +638,7 @@ fn bad_env_overrides_name_the_variable() {
             "PBX_EDGE__NETWORK__X: network: unknown section (known: agent, spool, health, recording, cloud, stream, roles, sources, filter, log)",
             "PBX_EDGE__RECORDING__JITTER: recording.jitter: `lots` is not a duration (write e.g. \"30s\", \"5m\", \"1h\")",
             "PBX_EDGE__SOURCES__SIPREC__ALLOW: sources.siprec.allow[1]: \"nope\" is not a network (write e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")",
-            "PBX_EDGE__SOURCES__SNIFF__ENABLED: sources.sniff.enabled: expected true or false, found a string (\"yes\")",
+            "PBX_EDGE__SOURCES__SNIFF__ENABLED: sources.sniff.enabled: expected true or false (or 1/0, yes/no, on/off), found a string (\"maybe\")",
         ]
     );
 }
