@@ -377,6 +377,11 @@ fn invite(call_id: &str, src_port: u16, srs: SocketAddr) -> String {
 /// RTP on both streams, BYE. Returns when the BYE was answered, with the
 /// instant the first RTP packet went out.
 fn siprec_call(srs: SocketAddr, call_id: &str, ms: usize, seed: u64) -> Instant {
+    siprec_call_ending(srs, call_id, ms, seed, true)
+}
+
+/// [`siprec_call`], hung up with a BYE or (`bye` false) left open.
+fn siprec_call_ending(srs: SocketAddr, call_id: &str, ms: usize, seed: u64, bye: bool) -> Instant {
     let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
     sip.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let port = sip.local_addr().unwrap().port();
@@ -420,6 +425,9 @@ fn siprec_call(srs: SocketAddr, call_id: &str, ms: usize, seed: u64) -> Instant 
             );
             let _ = s.send_to(&pkt, SocketAddr::new(srs.ip(), *p));
         }
+    }
+    if !bye {
+        return t0;
     }
     sip.send_to(format!(
         "BYE sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbye\r\nMax-Forwards: 70\r\nFrom: <sip:src@127.0.0.1>;tag=src-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
@@ -670,6 +678,39 @@ fn receiver_gone_longer_than_max_lag_gets_an_incomplete_stop_and_the_recording_i
         assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&d));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A stream broken by a crash of the daemon (SIGKILL mid-call) is resumed
+/// at the next start for the recording completed from what the crash left:
+/// `start` with `"resume": true`, the rest from the offset the receiver
+/// holds, `stop` complete with the WAV's frames; the receiver holds the
+/// recovered WAV sample for sample (before: a prefix and no `stop`, ever).
+#[test]
+fn a_stream_broken_by_a_crash_is_resumed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    let (mut d, srs) = daemon(dir.path(), &rx.url(), "");
+    // 2 s of media, then the call stays open while the daemon is killed.
+    siprec_call_ending(srs, "live-crash@src", 2000, 33, false);
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let before = rx.connections.load(Ordering::SeqCst);
+    assert_eq!(before, 1);
+    let (d2, _) = daemon(dir.path(), &rx.url(), "");
+    let (j, wav) = recording_of(&d2, "live-crash@src");
+    assert_eq!(j["end_reason"], "crash", "{j}");
+    let id = j["recording_id"].as_str().unwrap();
+    let h = rx.wait_stop(id, Duration::from_secs(30));
+    assert_eq!(h.starts.len(), 2, "{:?}", h.starts);
+    assert_eq!(h.starts[0]["resume"], false);
+    assert_eq!(h.starts[1]["resume"], true);
+    let stop = &h.stops[0];
+    assert_eq!(stop["complete"], true, "{stop}");
+    assert_eq!(stop["frames"].as_u64().unwrap(), (wav.len() / 2) as u64);
+    assert!(wav.len() / 2 >= 1500 * 8, "{} frames", wav.len() / 2);
+    assert_same_samples(&h.pcm, &wav);
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
 }
 
 #[test]

@@ -781,7 +781,8 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     };
     set_spool_state("not opened yet: recovering recordings cut off by an earlier stop");
     let recovering = Instant::now();
-    match recording::recover(&cfg.spool.dir, &context(&cfg, "sniff")) {
+    let recovery_ctx = context(&cfg, "sniff");
+    match recording::recover(&cfg.spool.dir, &recovery_ctx) {
         Ok(ids) if !ids.is_empty() => {
             tracing::warn!(
                 count = ids.len(),
@@ -790,6 +791,23 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
             );
             if let Ok(mut s) = status.lock() {
                 s.spool.repaired_at_start = ids.len() as u64;
+            }
+            // Their live streams, broken by the crash, are resumed to
+            // their end (CONTRACT §5).
+            if stream.enabled() {
+                let keys = recovery_ctx.seal.clone();
+                for id in &ids {
+                    let json = cfg.spool.dir.join(format!("{id}.json"));
+                    match crate::recording::read_recording(&json, keys.as_deref())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
+                        Some(meta) => stream.resume_recovered(&cfg.spool.dir, meta, keys.clone()),
+                        None => {
+                            tracing::warn!(recording = %id, "live stream not resumed: its JSON cannot be read")
+                        }
+                    }
+                }
             }
         }
         Ok(_) => {}

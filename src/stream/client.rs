@@ -113,6 +113,10 @@ pub(crate) struct CallStream {
     pub(crate) stats: Arc<StreamStats>,
     /// Cancelled when the daemon stops and the streams' time is up.
     pub(crate) closing: tokio_util::sync::CancellationToken,
+    /// A stream broken by a crash this long ago, resumed for its recording
+    /// completed at the next start: its first `start` says `resume: true`,
+    /// and the receiver counts as gone since then (`max_lag`).
+    pub(crate) broken_for: Option<Duration>,
 }
 
 /// How a connection ended.
@@ -212,10 +216,18 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
     }
     let max_lag = c.settings.max_lag;
     let mut held = 0u64;
-    let mut resume = false;
+    let mut resume = c.broken_for.is_some();
     let mut gave_up = false;
     let mut attempt = 0u32;
     let mut down_since: Option<Instant> = None;
+    if let Some(d) = c.broken_for {
+        if d > max_lag {
+            gave_up = true;
+            tracing::warn!(recording = %c.rec.recording_id, "live stream given up: the daemon was down longer than stream.max_lag");
+        } else {
+            down_since = Some(Instant::now().checked_sub(d).unwrap_or_else(Instant::now));
+        }
+    }
     let mut ended_at: Option<Instant> = None;
     loop {
         if ended_at.is_none() && c.shared.end.lock().map(|e| e.is_some()).unwrap_or(true) {

@@ -26,6 +26,10 @@
 //!   for that long) is given up for that call: `stop` with
 //!   `"complete": false` when the receiver is reachable again. A server
 //!   `error` ends that call's stream. Streams never affect `/readyz`.
+//! - A stream broken by a crash is resumed at the next start for the
+//!   recording completed from what the crash left
+//!   ([`StreamHub::resume_recovered`]): `start` with `"resume": true`, the
+//!   rest of the file, `stop`.
 //! - The token goes only into the `Authorization` header (marked
 //!   sensitive); audio, numbers and tokens are never logged.
 //!
@@ -264,6 +268,61 @@ impl StreamHub {
         Arc::new(HubTap(self.inner.clone()))
     }
 
+    /// A recording completed at start from what a crash left
+    /// (`recording::recover`): the stream the crash broke is resumed
+    /// (CONTRACT §5: `start` with `"resume": true`, the receiver's `ready`
+    /// says where), sent to the recording's end and stopped — `"complete":
+    /// false` if the daemon was down longer than `max_lag`. Only stereo WAV
+    /// recordings (what is streamed); `meta` is the recording's JSON.
+    pub fn resume_recovered(
+        &self,
+        dir: &std::path::Path,
+        meta: serde_json::Value,
+        keys: Option<Arc<crate::recording::Keyring>>,
+    ) {
+        let audio = &meta["audio"];
+        let (Some(id), Some(rate), Some(bytes)) = (
+            meta["recording_id"].as_str().map(str::to_string),
+            audio["sample_rate"].as_u64(),
+            audio["bytes"].as_u64(),
+        ) else {
+            return;
+        };
+        if audio["channels"].as_u64() != Some(2) || audio["format"].as_str() != Some("wav") {
+            return;
+        }
+        let frames = bytes.saturating_sub(pbx_core::audio::wav::HEADER_LEN) / 4;
+        // Down since the end of the audio kept (about the crash).
+        let broken_for = meta["ended_at"]
+            .as_str()
+            .and_then(pbx_core::Timestamp::parse_rfc3339)
+            .map(|t| {
+                let ago_us = crate::sys::clock::now_ms()
+                    .saturating_mul(1000)
+                    .saturating_sub(t.as_micros());
+                Duration::from_micros(ago_us.max(0) as u64)
+            })
+            .unwrap_or_default();
+        let file = crate::recording::RecordingFile::new(
+            dir.join(format!(".{id}.wav.part")),
+            dir.join(format!("{id}.wav")),
+            keys,
+        );
+        file.hold();
+        let rec = TapBegin {
+            recording_id: id,
+            sample_rate: rate as u32,
+            meta: meta.clone(),
+            file,
+        };
+        let Some(tap) = HubTap(self.inner.clone()).start(rec, Some(broken_for)) else {
+            return;
+        };
+        // Everything is in the file: the stream reads it from there.
+        tap.shared.written.store(frames, Ordering::Release);
+        Box::new(tap).end(TapEnd::Written { frames, meta });
+    }
+
     /// Wait (at most `within`) for every stream to end, e.g. to let them
     /// send `stop` when the daemon stops.
     ///
@@ -320,6 +379,15 @@ impl Chunk {
 
 impl AudioTap for HubTap {
     fn begin(&self, rec: TapBegin) -> Option<Box<dyn CallTap>> {
+        self.start(rec, None)
+            .map(|t| Box::new(t) as Box<dyn CallTap>)
+    }
+}
+
+impl HubTap {
+    /// A recording's stream ([`AudioTap::begin`]), or the resumption of
+    /// one broken by a crash `broken_for` ago.
+    fn start(&self, rec: TapBegin, broken_for: Option<Duration>) -> Option<Tapped> {
         let settings = self.0.settings.read().ok()?.clone()?;
         if let Some(why) = settings.filters.check_start(&rec.meta) {
             // (The reason may name a number pattern: debug only.)
@@ -336,15 +404,16 @@ impl AudioTap for HubTap {
             shared: shared.clone(),
             stats: self.0.stats.clone(),
             closing: self.0.closing.clone(),
+            broken_for,
         };
         let file = call.rec.file.clone();
         self.0.rt.spawn(client::run(call));
-        Some(Box::new(Tapped {
+        Some(Tapped {
             tx,
             shared,
             stats: self.0.stats.clone(),
             file: Some(file),
-        }))
+        })
     }
 }
 

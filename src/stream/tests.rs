@@ -103,6 +103,7 @@ fn call_with(settings: Arc<StreamSettings>, file: RecordingFile) -> Call {
         shared: shared.clone(),
         stats: stats.clone(),
         closing: closing.clone(),
+        broken_for: None,
     }));
     Call {
         tap: Tapped {
