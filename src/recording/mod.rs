@@ -795,10 +795,26 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
         r => r,
     };
     let (outcome, tap_end) = match finished {
-        Ok(Some((w, doc, bytes))) => (
-            Outcome::Written(w, bytes),
-            TapEnd::Written { frames, meta: doc },
-        ),
+        Ok(Some((w, doc, bytes))) => {
+            // The WAV's own length: after a write error, what was salvaged
+            // from the disk may hold a chunk the tap was never told about
+            // (a stream reads it from the file).
+            let a = &doc["audio"];
+            let frames = match (
+                a["format"].as_str(),
+                a["channels"].as_u64(),
+                a["bytes"].as_u64(),
+            ) {
+                (Some("wav"), Some(2), Some(b)) => {
+                    b.saturating_sub(pbx_core::audio::wav::HEADER_LEN) / 4
+                }
+                _ => frames,
+            };
+            (
+                Outcome::Written(w, bytes),
+                TapEnd::Written { frames, meta: doc },
+            )
+        }
         Ok(None) => {
             let _ = fs::remove_file(dir.join(format!(".{id}{START_SUFFIX}")));
             (
