@@ -524,6 +524,9 @@ impl LegTimeline {
             if let Some(i) = self.segs.iter().rposition(same) {
                 // Reordered across the change (or a late duplicate): its own
                 // segment takes it while that stream was alive a moment ago.
+                // (The old stream back after a short switch away lands here
+                // too: what lies after the other is moved behind it before
+                // the hand-over, see `render`.)
                 if !p.newest
                     || p.arrival.saturating_sub(self.segs[i].newest_arrival) < self.hold_back
                 {
@@ -883,8 +886,22 @@ impl LegTimeline {
             .filter(|c| c.flag != Flag::Early)
             .map(Chunk::end)
             .max();
+        // Segments stay in the order of their places: a stream that took
+        // over from this one for a while (another SSRC) and ended before
+        // the tail's audio goes first (the tail is the old stream back
+        // after a switch away and back: the other's audio is not cut).
+        let tail_at = s.first_u().map(|u| s.place(u));
+        let mut at = i + 1;
+        while let (Some(t), Some(next)) = (tail_at, self.segs.get(at)) {
+            let next_end = next.last_end().map(|e| next.place(e));
+            let h = next.env.hysteresis();
+            if next.started || next_end.is_none_or(|e| e > t + h) {
+                break;
+            }
+            at += 1;
+        }
         self.segs.reserve_exact(1);
-        self.segs.insert(i + 1, s);
+        self.segs.insert(at, s);
         self.stats.breaks += 1;
     }
 

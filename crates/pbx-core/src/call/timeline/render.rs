@@ -55,6 +55,7 @@ impl LegTimeline {
             }
             let mut limit = to;
             if self.segs.len() > 1 {
+                self.detach_return();
                 let switch = self.switch_point();
                 if switch <= self.pos {
                     let h_prev = self.segs[0].env.hysteresis();
@@ -68,6 +69,25 @@ impl LegTimeline {
             }
             self.render_front(limit, out);
         }
+    }
+
+    /// Chunks of the front segment that lie after the end of the next
+    /// one's audio: the front's stream came back after another took over
+    /// for a while (a short switch to another source and back, the same
+    /// SSRC again). They become a segment of their own after the other;
+    /// the hand-over to it would cut them.
+    fn detach_return(&mut self) {
+        let (cur, next) = (&self.segs[0], &self.segs[1]);
+        let (Some(end), Some(last)) = (next.last_end(), cur.chunks.back()) else {
+            return;
+        };
+        let h = cur.env.hysteresis().max(next.env.hysteresis());
+        let next_end = next.place(end) - h;
+        if cur.place(last.u) < next_end || next.first_u().is_none() {
+            return;
+        }
+        let k = cur.chunks.partition_point(|c| cur.place(c.u) < next_end);
+        self.split(0, k);
     }
 
     /// Where the front segment hands over to the next one.
