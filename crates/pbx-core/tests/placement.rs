@@ -819,3 +819,166 @@ fn sender_clock_drift_ten_minutes_per_packet() {
         drift_case(ppm, 8.0);
     }
 }
+
+/// Where each packet of `leg` is in `ch` (its value's run, searched from
+/// the previous packet's place on), as offsets from its capture time.
+fn shifts(ch: &[i16], txs: &[Tx], leg: usize, frame0: i64, jump: i64) -> Vec<i64> {
+    let mut from = 0usize;
+    let mut out = Vec::new();
+    for t in txs.iter().filter(|t| t.leg == leg) {
+        let v = value_of(t);
+        let n = t.payload.len();
+        // (Nearly all of its samples: a correction spread over the audio
+        // interpolates them, a few at its edges ring.)
+        let close =
+            |x: i16| (i32::from(x) - i32::from(v)).abs() <= (i32::from(v).abs() / 50).max(8);
+        let fit = |s: usize| ch[s..s + n].iter().filter(|x| close(**x)).count();
+        let last = ch.len().saturating_sub(n);
+        let at = (from..=last)
+            .find(|s| fit(*s) >= n - 16)
+            .map(|s| (s..=(s + 16).min(last)).max_by_key(|s| (fit(*s), usize::MAX - s)).unwrap_or(s))
+            .unwrap_or_else(|| {
+                let p = ((t.sent_us - frame0) * 8 / 1000) as usize;
+                panic!(
+                    "leg {leg}: packet seq {} ({v}) missing after {from} (its place {p}; there: {:?}, length {})",
+                    t.seq,
+                    &ch[p.min(ch.len())..(p + 4).min(ch.len())],
+                    ch.len()
+                )
+            });
+        let shift = at as i64 - (t.sent_us - frame0) * 8 / 1000;
+        if let Some(prev) = out.last() {
+            assert!(
+                (shift - prev).abs() <= jump,
+                "leg {leg}: packet seq {} moved from {prev} to {shift}",
+                t.seq
+            );
+        }
+        out.push(shift);
+        // (A spread correction renders a packet a little shorter.)
+        from = at + n - 8;
+    }
+    out
+}
+
+/// The capture clock steps (both legs at once) by `step_ms` 5 s into the
+/// call: no audio is lost or repeated, and both legs move by the same, so
+/// they stay in sync with each other.
+fn clock_step(step_ms: i64) -> (Vec<i16>, Vec<i16>, i64, Vec<Tx>) {
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 500);
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, 500);
+    let step_at = MEDIA_US + 5_000_000;
+    let txs: Vec<Tx> = a
+        .out
+        .into_iter()
+        .chain(b.out)
+        .map(|mut t| {
+            if t.arrive_us >= step_at {
+                t.stamp_us = Some(t.arrive_us + step_ms * 1000);
+            }
+            t
+        })
+        .collect();
+    let (c0, c1, meta) = record(&txs);
+    assert_eq!(meta.end_reason, EndReason::Bye, "step {step_ms} ms");
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    (c0, c1, frame0, txs)
+}
+
+/// Steps forward by 0.1, 2 and 20 s (below the RTP timeout) and back by
+/// 50 ms: nothing is lost or repeated, and both legs move alike (by the
+/// step forward: the audio is placed by the capture clock; back: the audio
+/// after the step starts after the audio before it, and is brought to its
+/// new place by a correction spread over it, nothing cut).
+#[test]
+fn capture_clock_steps_keep_the_legs_together() {
+    for step in [100, 2000, 20_000, -50] {
+        let (c0, c1, frame0, txs) = clock_step(step);
+        let jump = step.abs() * 8 + 160;
+        // Every packet is there, in order (`shifts` finds each after the
+        // one before), none twice (the length is the call's, give or take
+        // the step).
+        let s0 = shifts(&c0, &txs, 0, frame0, jump);
+        let s1 = shifts(&c1, &txs, 1, frame0, jump);
+        let len = 500 * 160 + 80 + step.max(0) * 8;
+        assert!(
+            (c0.len() as i64 - len).abs() <= 160,
+            "step {step} ms: {} frames for {len}",
+            c0.len()
+        );
+        assert!(
+            s0[..250].iter().chain(&s1[..250]).all(|s| *s == 0),
+            "step {step} ms: audio before the step moved"
+        );
+        for k in 250..500 {
+            assert!(
+                (s0[k] - s1[k]).abs() <= 2,
+                "step {step} ms: packet {k} shifted {} on the caller, {} on the callee",
+                s0[k],
+                s1[k]
+            );
+            if step > 0 {
+                assert_eq!(s0[k], step * 8, "step {step} ms: packet {k}");
+            }
+        }
+    }
+}
+
+/// Known limit (left as designed): a step back by more than the 60 ms a
+/// new segment may overlap the previous one cuts audio around the step
+/// (as much as the step, at most; ~0.7 s of a 2 s step), on both legs
+/// alike: the legs stay in step with each other.
+#[test]
+fn capture_clock_step_back_cuts_both_legs_alike() {
+    for step in [-100, -2000] {
+        let (c0, c1, _, _) = clock_step(step);
+        let nz = |c: &[i16]| c.iter().filter(|x| **x != 0).count() as i64;
+        let (l0, l1) = (500 * 160 - nz(&c0), 500 * 160 - nz(&c1));
+        eprintln!("step {step} ms: caller lost {l0} samples, callee {l1}");
+        assert!((l0 - l1).abs() <= 160, "step {step} ms: lost {l0} vs {l1}");
+        assert!(l0 <= -step * 8 + 160, "step {step} ms: lost {l0}");
+    }
+}
+
+/// A new source takes over `overlap_ms` before the old one's last packet
+/// (both sent at once for a moment: a PBX bridging from an announcement to
+/// the phone). Nothing of either is cut: the new stream starts after the
+/// old one's end and is brought to its place in the first quiet place
+/// (a 200 ms pause 1 s in); before it, it lies up to the overlap late.
+fn overlap(overlap_ms: i64) {
+    let mut a = Sender::new(0, 1, 1);
+    let t = a.talk(MEDIA_US, 200);
+    a.ssrc = 0x5555_0000;
+    a.seq = 30_000;
+    a.ts = 123_456_789;
+    let first_new = a.out.len();
+    let mut t = a.talk(t - overlap_ms * 1000, 50);
+    // A pause in the talk (200 ms of quiet packets), then the new source
+    // goes on.
+    let q = a.out.len();
+    for _ in 0..10 {
+        let i = a.audio(t, 160, 0, 0);
+        a.out[i].payload.fill(0xff);
+        a.out[i].expect = false;
+        t += 20_000;
+    }
+    a.talk(t, 150);
+    for x in &mut a.out[first_new..q] {
+        x.slack = overlap_ms * 8;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(plain_callee(8)).collect();
+    check(&format!("overlap {overlap_ms} ms"), &txs, 0);
+}
+
+/// Overlaps of 10, 20, 40 and 60 ms (the most a new segment may overlap
+/// the previous one and still start after it).
+#[test]
+fn a_new_source_overlapping_the_old_cuts_nothing() {
+    for ms in [10, 20, 40, 60] {
+        overlap(ms);
+    }
+}

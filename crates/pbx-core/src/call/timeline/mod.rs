@@ -229,6 +229,15 @@ struct Segment {
     /// The pending correction is made even if it shrinks below the
     /// hysteresis (the one when drift following starts).
     pending_forced: bool,
+    /// This segment's overlap with the previous one (it started after it
+    /// by this much, negative): while the pending correction is no larger,
+    /// it is taken up in a quiet place or spread, never as a step (that
+    /// would cut what starting after the previous one kept).
+    pending_overlap: f64,
+    /// Quiet samples at the end of what was copied of this segment: a
+    /// correction may be taken in the middle of a quiet run that began in
+    /// an earlier render (rendering goes a packet or so at a time).
+    quiet_run: i64,
     /// Newest arrival seen on this segment.
     newest_arrival: i64,
     /// One past the last source sample ever queued (chunks go as rendered).
@@ -251,6 +260,8 @@ impl Segment {
             pending: 0.0,
             pending_since: 0,
             pending_forced: false,
+            pending_overlap: 0.0,
+            quiet_run: 0,
             newest_arrival: i64::MIN,
             max_end: None,
         }
