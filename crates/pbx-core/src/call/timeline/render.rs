@@ -61,10 +61,11 @@ impl LegTimeline {
                 }
                 if switch <= self.pos {
                     let h_prev = self.segs[0].env.hysteresis();
+                    let clean_prev = self.segs[0].env.clean();
                     if let Some(old) = self.segs.pop_front() {
                         self.recycle(old);
                     }
-                    self.start_front_at(self.pos, h_prev);
+                    self.start_front_at(self.pos, h_prev, clean_prev);
                     continue;
                 }
                 limit = limit.min(switch);
@@ -123,13 +124,13 @@ impl LegTimeline {
 
     fn start_front(&mut self) {
         let pos = self.pos;
-        self.start_front_at(pos, 0.0);
+        self.start_front_at(pos, 0.0, false);
     }
 
     /// The front segment begins; its first sample goes to its envelope's
     /// place, or to `at` if that is already written (the first segment of
     /// the leg: what falls before time zero is cut instead).
-    fn start_front_at(&mut self, at: i64, h_prev: f64) {
+    fn start_front_at(&mut self, at: i64, h_prev: f64, clean_prev: bool) {
         let first = !self.any_started;
         self.any_started = true;
         let Some(seg) = self.segs.front_mut() else {
@@ -160,7 +161,12 @@ impl LegTimeline {
         if (want - a).abs() > h {
             seg.pending = want - a;
             seg.pending_since = at;
-            seg.pending_overlap = want - a;
+            // On a clean link the overlap is real (both streams sent at
+            // once): neither is cut. Through jitter it is as likely the
+            // first estimate of the new stream's place: corrected at once.
+            if clean_prev {
+                seg.pending_overlap = want - a;
+            }
         }
     }
 
