@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 
 use pbx_core::audio::g711::{alaw_to_linear, linear_to_alaw, ulaw_to_linear};
+use pbx_core::audio::g722::{G722Decoder, G722Encoder};
 use pbx_core::call::{
     CallEngine, CallKey, CallMeta, EndReason, EngineConfig, RecordingSink, RecordingStart,
 };
@@ -181,9 +182,14 @@ fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> (i64, SocketAddr, SocketAd
 /// Runs the call: INVITE/200/ACK, the packets (sorted by arrival, stable),
 /// BYE 300 ms after the last arrival. Returns the two channels and meta.
 fn record(txs: &[Tx]) -> (Vec<i16>, Vec<i16>, CallMeta) {
+    record_with(txs, &[0, 8, 101])
+}
+
+/// [`record`] with the payload types both sides announce.
+fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
     let d = Dialog::new("placement@10.0.0.1");
-    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
-    let answer = sdp("10.0.0.2", 50000, &[0, 8, 101], "sendrecv");
+    let offer = sdp("10.0.0.1", 40000, pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, pts, "sendrecv");
     let mut pkts = vec![
         sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
         sip(
@@ -606,8 +612,7 @@ fn silence_suppression_with_and_without_timestamps_advancing() {
         t = b.talk(t, 100);
         b.out[first].marker = true;
     }
-    t = b.talk(t, 100);
-    let _ = t;
+    b.talk(t, 100);
     let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
     check("dtx", &txs, 2);
 }
@@ -981,4 +986,137 @@ fn a_new_source_overlapping_the_old_cuts_nothing() {
     for ms in [10, 20, 40, 60] {
         overlap(ms);
     }
+}
+
+/// G.722 (RTP clock 8 kHz, audio 16 kHz) on the caller, PCMU on the callee,
+/// the G.722 packets reordered by up to 60 ms: the call is recorded at
+/// 16 kHz; the caller's channel is the sender's G.722 decoded, bit for bit,
+/// with the codec's 22-sample delay taken off (sample `j` of the sender's
+/// audio at its capture time); the callee's packet boundaries within 2
+/// samples of theirs (upsampled, so found by their crossing).
+#[test]
+fn g722_is_placed_at_16_khz_exactly() {
+    let n = 250;
+    // The sender's audio: a chirp-like tone, loud, at 16 kHz.
+    let pcm: Vec<i16> = (0..n * 320)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            (9000.0 * (2.0 * std::f64::consts::PI * (300.0 + 40.0 * t) * t).sin()) as i16
+        })
+        .collect();
+    let mut enc = G722Encoder::new();
+    let mut a = Sender::new(0, 65_500, 0xffff_f000);
+    let mut delays = 0x9e37_79b9u32;
+    for k in 0..n {
+        let mut payload = Vec::new();
+        enc.encode(&pcm[k * 320..(k + 1) * 320], &mut payload);
+        assert_eq!(payload.len(), 160);
+        delays = delays.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let delay = if k == 0 {
+            0
+        } else {
+            i64::from(delays >> 26) * 1000
+        };
+        let i = a.audio(MEDIA_US + k as i64 * 20_000, 160, 9, delay);
+        a.out[i].payload = payload;
+    }
+    // What any G.722 decoder makes of the stream, in order.
+    let mut dec = G722Decoder::new();
+    let mut want = Vec::new();
+    for t in &a.out {
+        dec.decode_into(&t.payload, &mut want);
+    }
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, n);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record_with(&txs, &[9, 0, 101]);
+    assert_eq!(meta.sample_rate, 16000);
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    let start = (MEDIA_US - frame0) * 16 / 1000;
+    // Sample j of the decoded stream (22 late) belongs at start + j - 22.
+    let mut bad = Vec::new();
+    for (j, w) in want.iter().enumerate().skip(22) {
+        let p = start + j as i64 - 22;
+        if c0.get(p as usize) != Some(w) {
+            bad.push((j, p, c0.get(p as usize).copied(), *w));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "G.722 not bit-exact at its place: {} samples, first {:?} (frame0 offset {start})",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let mut worst = 0.0f64;
+    for k in 1..n {
+        let at = (b.out[k].sent_us - frame0) as f64 * 16.0 / 1000.0;
+        let (v0, v1) = (value_of(&b.out[k - 1]), value_of(&b.out[k]));
+        if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
+            continue;
+        }
+        let got = boundary(&c1, at, 40, v0, v1).expect("callee boundary");
+        worst = worst.max((got - at).abs());
+    }
+    assert!(
+        worst <= 2.0,
+        "callee boundaries off by up to {worst:.2} samples"
+    );
+}
+
+/// RFC 4733 packets interleaved with the audio on its SSRC (their
+/// timestamp held at the event's start) while audio packets around them
+/// are reordered behind them and duplicated with another payload (a
+/// corrupted copy): the reordered ones are placed exactly, the corrupted
+/// copies are not recorded (the first copy of a packet is the one kept).
+#[test]
+fn reordering_and_corrupt_duplicates_around_dtmf_events() {
+    let mut b = Sender::new(1, 65_530, 0xffff_ff00);
+    let mut at = MEDIA_US + 10_000;
+    let mut dups = Vec::new();
+    for k in 0..300 {
+        let i = b.audio(at, 160, 0, 0);
+        if (100..140).contains(&k) {
+            // An event packet after every audio packet, its timestamp at
+            // the event's start; every third audio packet 30 ms late (behind
+            // the next event packet and audio packet), every fifth copied
+            // with garbage 25 ms later.
+            if k % 3 == 0 {
+                b.out[i].arrive_us += 30_000;
+            }
+            if k % 5 == 0 {
+                let mut d = b.out[i].clone();
+                d.payload.fill(ubyte(1, 777));
+                d.arrive_us = b.out[i].arrive_us + 25_000;
+                d.expect = false;
+                dups.push(d);
+            }
+            let start_ts = 0xffff_ff00u32.wrapping_add(100 * 160);
+            let dur = ((k - 99) * 160) as u16;
+            let end = k == 139;
+            for r in 0..if end { 3 } else { 1 } {
+                b.out.push(Tx {
+                    leg: 1,
+                    sent_us: at + 1_000,
+                    arrive_us: at + 1_000 + r * 1_000,
+                    stamp_us: None,
+                    seq: b.seq,
+                    ts: start_ts,
+                    ssrc: b.ssrc,
+                    pt: 101,
+                    marker: k == 100,
+                    payload: dtmf(7, end, dur),
+                    expect: false,
+                    slack: 0,
+                });
+                b.seq = b.seq.wrapping_add(1);
+            }
+        }
+        at += 20_000;
+    }
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 300);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).chain(dups).collect();
+    check("dtmf reorder dups", &txs, 0);
 }
