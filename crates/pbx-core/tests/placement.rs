@@ -396,7 +396,9 @@ fn baseline_clean_call_is_exact() {
 /// packet of the caller, which is lost with its neighbours while the packets
 /// around them are reordered; on the callee they wrap 30 packets apart, the
 /// timestamp inside a reversed run of eight, the sequence on a lost packet.
-/// Every packet that came is where it was said, sample-exact.
+/// Every packet that came is where it was said, sample-exact; corrupted
+/// copies of packets from before the wrap, arriving after it, are not
+/// recorded.
 #[test]
 fn wraps_inside_loss_and_reordering() {
     // Caller: packet 100 has sequence 0 and timestamp 0.
@@ -418,10 +420,21 @@ fn wraps_inside_loss_and_reordering() {
     b.out[150].expect = false;
     b.out[150].arrive_us = i64::MAX / 2;
     b.out[151].arrive_us += 45_000;
+    // Corrupted copies of packets before the wrap, arriving after it (and
+    // one of the wrapping packet's neighbour that was lost): not recorded.
+    let mut dups = Vec::new();
+    for (k, after_ms) in [(97, 200), (98, 150), (102, 100), (95, 400)] {
+        let mut d = a.out[k].clone();
+        d.payload.fill(ubyte(0, 4242));
+        d.arrive_us = a.out[k].sent_us + after_ms * 1000;
+        d.expect = false;
+        dups.push(d);
+    }
     let txs: Vec<Tx> = a
         .out
         .into_iter()
         .chain(b.out)
+        .chain(dups)
         .filter(|t| t.arrive_us < i64::MAX / 2)
         .collect();
     // (lost packets are left out; they still must be silence: nothing
@@ -749,14 +762,24 @@ fn boundary(ch: &[i16], near: f64, w: i64, v0: i16, v1: i16) -> Option<f64> {
 /// capture time, to the very end; the callee bit-exact throughout. Returns
 /// the worst error of the caller (samples).
 fn drift_case(ppm: f64, tol: f64) -> f64 {
+    drift_case_with_pauses(ppm, tol, false)
+}
+
+/// [`drift_case`]; with `pauses`, the caller's sender stops for 2 s every
+/// 12 s (silence suppression, its timestamps advancing).
+fn drift_case_with_pauses(ppm: f64, tol: f64, pauses: bool) -> f64 {
     let n = 30_000; // 10 min
     let e = ppm * 1e-6;
     let mut a = Sender::new(0, 1, 1);
     for k in 0..n {
         // The sender's 20 ms last 20/(1+e) ms of true time.
         let sent = MEDIA_US + (k as f64 * 20_000.0 / (1.0 + e)).round() as i64;
-        a.audio(sent, 160, 0, 0);
+        let i = a.audio(sent, 160, 0, 0);
+        if pauses && k % 600 >= 500 {
+            a.out[i].expect = false;
+        }
     }
+    a.out.retain(|t| t.expect);
     let mut b = Sender::new(1, 1, 1);
     b.talk(MEDIA_US + 10_000, n);
     let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
@@ -777,7 +800,10 @@ fn drift_case(ppm: f64, tol: f64) -> f64 {
     let mut worst = 0.0f64;
     let mut worst_at = 0;
     let mut last_err = 0.0;
-    for k in 500..n {
+    for k in 500..a.out.len() {
+        if a.out[k].ts.wrapping_sub(a.out[k - 1].ts) != 160 {
+            continue;
+        }
         let want = (a.out[k].sent_us - frame0) as f64 * 8.0 / 1000.0;
         let (v0, v1) = (value_of(&a.out[k - 1]), value_of(&a.out[k]));
         if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
@@ -864,6 +890,15 @@ fn shifts(ch: &[i16], txs: &[Tx], leg: usize, frame0: i64, jump: i64) -> Vec<i64
         from = at + n - 8;
     }
     out
+}
+
+/// The same with the sender pausing 2 s every 12 s (its timestamps
+/// advancing): drift is followed across the pauses.
+#[test]
+fn sender_clock_drift_with_pauses_per_packet() {
+    for ppm in [1000.0, -1000.0] {
+        drift_case_with_pauses(ppm, 8.0, true);
+    }
 }
 
 /// The capture clock steps (both legs at once) by `step_ms` 5 s into the
@@ -1119,4 +1154,18 @@ fn reordering_and_corrupt_duplicates_around_dtmf_events() {
     a.talk(MEDIA_US, 300);
     let txs: Vec<Tx> = a.out.into_iter().chain(b.out).chain(dups).collect();
     check("dtmf reorder dups", &txs, 0);
+}
+
+/// Known limit: the capture clock steps forward by an hour in the middle of
+/// the call (a host whose clock is set by NTP after boot). The engine takes
+/// the hour without packets for a media timeout and ends the call with
+/// `RtpTimeout`: everything after the step is lost. Telling a capture clock
+/// step from real silence would need a clock-step detector in the engine.
+#[test]
+#[ignore = "known limit: a capture clock step beyond rtp_timeout ends the call"]
+fn capture_clock_step_forward_by_an_hour_keeps_the_call() {
+    let (c0, c1, _, _) = clock_step(3_600_000);
+    let nz = |c: &[i16]| c.iter().filter(|x| **x != 0).count();
+    assert_eq!(nz(&c0), 500 * 160, "caller audio after the step lost");
+    assert_eq!(nz(&c1), 500 * 160, "callee audio after the step lost");
 }
