@@ -316,7 +316,15 @@ impl Tracker {
                     leg.seq.remove(&old);
                 }
             }
+            // RFC 4733 events share the audio's sequence numbers, but their
+            // timestamp stays at the event's start: they say nothing of
+            // whether the audio's timestamps follow from its numbers (taken
+            // as the stream's last packet, every audio packet reordered
+            // behind one, and every corrupted duplicate, looked like a new
+            // numbering: the duplicate replaced the packet it copied).
+            let event = matches!(codec, Some(Codec::TelephoneEvent { .. }));
             match u {
+                SeqUpdate::Newest if event => {}
                 SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
                 // (A "duplicate" whose timestamp does not follow is a
                 // packet of a new numbering until the restart is confirmed:

@@ -229,6 +229,15 @@ struct Segment {
     /// The pending correction is made even if it shrinks below the
     /// hysteresis (the one when drift following starts).
     pending_forced: bool,
+    /// This segment's overlap with the previous one (it started after it
+    /// by this much, negative): while the pending correction is no larger,
+    /// it is taken up in a quiet place or spread, never as a step (that
+    /// would cut what starting after the previous one kept).
+    pending_overlap: f64,
+    /// Quiet samples at the end of what was copied of this segment: a
+    /// correction may be taken in the middle of a quiet run that began in
+    /// an earlier render (rendering goes a packet or so at a time).
+    quiet_run: i64,
     /// Newest arrival seen on this segment.
     newest_arrival: i64,
     /// One past the last source sample ever queued (chunks go as rendered).
@@ -251,6 +260,8 @@ impl Segment {
             pending: 0.0,
             pending_since: 0,
             pending_forced: false,
+            pending_overlap: 0.0,
+            quiet_run: 0,
             newest_arrival: i64::MIN,
             max_end: None,
         }
@@ -524,6 +535,9 @@ impl LegTimeline {
             if let Some(i) = self.segs.iter().rposition(same) {
                 // Reordered across the change (or a late duplicate): its own
                 // segment takes it while that stream was alive a moment ago.
+                // (The old stream back after a short switch away lands here
+                // too: what lies after the other is moved behind it before
+                // the hand-over, see `render`.)
                 if !p.newest
                     || p.arrival.saturating_sub(self.segs[i].newest_arrival) < self.hold_back
                 {
@@ -883,8 +897,22 @@ impl LegTimeline {
             .filter(|c| c.flag != Flag::Early)
             .map(Chunk::end)
             .max();
+        // Segments stay in the order of their places: a stream that took
+        // over from this one for a while (another SSRC) and ended before
+        // the tail's audio goes first (the tail is the old stream back
+        // after a switch away and back: the other's audio is not cut).
+        let tail_at = s.first_u().map(|u| s.place(u));
+        let mut at = i + 1;
+        while let (Some(t), Some(next)) = (tail_at, self.segs.get(at)) {
+            let next_end = next.last_end().map(|e| next.place(e));
+            let h = next.env.hysteresis();
+            if next.started || next_end.is_none_or(|e| e > t + h) {
+                break;
+            }
+            at += 1;
+        }
         self.segs.reserve_exact(1);
-        self.segs.insert(i + 1, s);
+        self.segs.insert(at, s);
         self.stats.breaks += 1;
     }
 

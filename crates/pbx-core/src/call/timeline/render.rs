@@ -56,18 +56,44 @@ impl LegTimeline {
             let mut limit = to;
             if self.segs.len() > 1 {
                 let switch = self.switch_point();
+                if switch <= self.pos && self.detach_return() {
+                    continue;
+                }
                 if switch <= self.pos {
                     let h_prev = self.segs[0].env.hysteresis();
+                    let clean_prev = self.segs[0].env.clean();
                     if let Some(old) = self.segs.pop_front() {
                         self.recycle(old);
                     }
-                    self.start_front_at(self.pos, h_prev);
+                    self.start_front_at(self.pos, h_prev, clean_prev);
                     continue;
                 }
                 limit = limit.min(switch);
             }
             self.render_front(limit, out);
         }
+    }
+
+    /// Chunks of the front segment that lie after the end of the next
+    /// one's audio: the front's stream came back after another took over
+    /// for a while (a short switch to another source and back, the same
+    /// SSRC again). They become a segment of their own after the other;
+    /// the hand-over to it would cut them.
+    /// Called at the hand-over (the other's end is known by then: it is
+    /// the window behind the newest arrival). Returns whether it did.
+    fn detach_return(&mut self) -> bool {
+        let (cur, next) = (&self.segs[0], &self.segs[1]);
+        let (Some(end), Some(last)) = (next.last_end(), cur.chunks.back()) else {
+            return false;
+        };
+        let h = cur.env.hysteresis().max(next.env.hysteresis());
+        let next_end = next.place(end) - h;
+        if cur.place(last.u) < next_end || next.first_u().is_none() {
+            return false;
+        }
+        let k = cur.chunks.partition_point(|c| cur.place(c.u) < next_end);
+        self.split(0, k);
+        true
     }
 
     /// Where the front segment hands over to the next one.
@@ -98,13 +124,13 @@ impl LegTimeline {
 
     fn start_front(&mut self) {
         let pos = self.pos;
-        self.start_front_at(pos, 0.0);
+        self.start_front_at(pos, 0.0, false);
     }
 
     /// The front segment begins; its first sample goes to its envelope's
     /// place, or to `at` if that is already written (the first segment of
     /// the leg: what falls before time zero is cut instead).
-    fn start_front_at(&mut self, at: i64, h_prev: f64) {
+    fn start_front_at(&mut self, at: i64, h_prev: f64, clean_prev: bool) {
         let first = !self.any_started;
         self.any_started = true;
         let Some(seg) = self.segs.front_mut() else {
@@ -135,6 +161,12 @@ impl LegTimeline {
         if (want - a).abs() > h {
             seg.pending = want - a;
             seg.pending_since = at;
+            // On a clean link the overlap is real (both streams sent at
+            // once): neither is cut. Through jitter it is as likely the
+            // first estimate of the new stream's place: corrected at once.
+            if clean_prev {
+                seg.pending_overlap = want - a;
+            }
         }
     }
 
@@ -201,7 +233,14 @@ impl LegTimeline {
         // A step this large is a discontinuity, not the estimate moving: it
         // is taken at once (spreading it would bend seconds of audio), also
         // before the estimate has settled (a step found as following stops).
-        if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms {
+        // (Not the overlap with the previous segment: starting after it
+        // kept both; a step would cut the start of this one after all.)
+        if seg.pending == 0.0 {
+            seg.pending_overlap = 0.0;
+        }
+        let overlap = seg.pending * seg.pending_overlap > 0.0
+            && seg.pending.abs() <= seg.pending_overlap.abs() + seg.env.hysteresis();
+        if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms && !overlap {
             let k = seg.pending.round();
             take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
             seg.pending_forced = false;
@@ -232,7 +271,12 @@ impl LegTimeline {
                 let mut jump_at = None;
                 if seg.pending != 0.0 {
                     let need = quiet_len(seg.pending, ms);
-                    if let Some(q) = find_quiet(&seg.chunks, ui, ui + (limit - self.pos), need) {
+                    // From within the quiet run already copied: its middle
+                    // may lie at once (the copied samples are gone from
+                    // the chunks; missing counts as quiet, as they were).
+                    let back = seg.quiet_run.min(need / 2);
+                    let from = ui - back;
+                    if let Some(q) = find_quiet(&seg.chunks, from, ui + (limit - self.pos), need) {
                         // Jump in the middle of the quiet run.
                         let mid = q + need / 2;
                         let at = mid + seg.a as i64;
@@ -242,6 +286,7 @@ impl LegTimeline {
                         }
                     }
                 }
+                let start = out.len();
                 copy_exact(
                     &mut seg.chunks,
                     &mut self.pool,
@@ -249,6 +294,12 @@ impl LegTimeline {
                     to - self.pos,
                     out,
                 );
+                let copied = &out[start..];
+                let loud = copied.iter().rposition(|s| s.unsigned_abs() > QUIET_LEVEL);
+                seg.quiet_run = match loud {
+                    None => seg.quiet_run + copied.len() as i64,
+                    Some(i) => (copied.len() - 1 - i) as i64,
+                };
                 self.pos = to;
                 if jump_at == Some(self.pos) {
                     let k = seg.pending.round();
@@ -291,7 +342,13 @@ impl LegTimeline {
                 let s = sample(&seg.chunks, base - 3 + j as i64, &mut hint);
                 acc += f32::from(s) * wj;
             }
-            out.push(acc.round().clamp(-32768.0, 32767.0) as i16);
+            let v = acc.round().clamp(-32768.0, 32767.0) as i16;
+            out.push(v);
+            seg.quiet_run = if v.unsigned_abs() > QUIET_LEVEL {
+                0
+            } else {
+                seg.quiet_run + 1
+            };
             self.pos += 1;
             self.stats.resampled_samples += 1;
             let mut step = seg.drift;

@@ -1,0 +1,1171 @@
+//! Ground-truth placement through the public [`CallEngine`] API, packet by
+//! packet.
+//!
+//! Every RTP packet of these calls carries one constant G.711 value (a
+//! different one for each packet of a leg; the caller's all negative, the
+//! callee's all positive), and the test knows the capture time of its first
+//! sample on the true clock. The recording must then have, for every packet
+//! that got through in time, exactly that value over exactly its length at
+//! `(capture time - frame 0) * rate` (within `tol` samples: 0 where the
+//! design promises bit-exact placement); silence where a packet was lost or
+//! came too late; nothing else anywhere (no repeated or shifted audio, none
+//! of the other leg's); and both channels ending with the media.
+//!
+//! The correlation suite (`crates/pbx-testgen/tests/timing.rs`) measures
+//! 1 s windows within 5 ms; these tests pin single packets to samples.
+
+use std::net::SocketAddr;
+
+use pbx_core::audio::g711::{alaw_to_linear, linear_to_alaw, ulaw_to_linear};
+use pbx_core::audio::g722::{G722Decoder, G722Encoder};
+use pbx_core::call::{
+    CallEngine, CallKey, CallMeta, EndReason, EngineConfig, RecordingSink, RecordingStart,
+};
+use pbx_core::net::{Segment, Transport};
+use pbx_core::Timestamp;
+
+mod common;
+use common::*;
+
+// ------------------------------------------------------------ sink
+
+#[derive(Default)]
+struct Sink {
+    begins: u32,
+    audio: Vec<i16>,
+    meta: Option<CallMeta>,
+}
+
+impl RecordingSink for Sink {
+    fn begin(&mut self, _call: CallKey, _start: &RecordingStart) {
+        self.begins += 1;
+        assert_eq!(self.begins, 1, "one recording");
+    }
+    fn audio(&mut self, _call: CallKey, frames: &[i16]) {
+        assert!(self.meta.is_none(), "audio after end");
+        assert_eq!(frames.len() % 2, 0);
+        self.audio.extend_from_slice(frames);
+    }
+    fn end(&mut self, _call: CallKey, meta: CallMeta) {
+        assert!(self.meta.is_none(), "end twice");
+        assert_eq!(meta.frames as usize * 2, self.audio.len());
+        self.meta = Some(meta);
+    }
+}
+
+// ------------------------------------------------------------ the plan
+
+const T0_US: i64 = 1_790_000_000_000_000;
+const MEDIA_US: i64 = T0_US + 1_020_000;
+const SSRC: [u32; 2] = [0x1111_0000, 0x2222_0000];
+
+/// One RTP packet: what it is, when its first sample was captured (true
+/// clock), when it reaches the capture point, and the timestamp the capture
+/// gives it (usually the arrival).
+#[derive(Clone, Debug)]
+struct Tx {
+    leg: usize,
+    sent_us: i64,
+    arrive_us: i64,
+    stamp_us: Option<i64>,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    pt: u8,
+    marker: bool,
+    payload: Vec<u8>,
+    /// Whether the recording must hold it at its place (false: lost, too
+    /// late, DTMF, a duplicate whose first copy counts).
+    expect: bool,
+    /// Samples it may lie later than its place (beyond `tol`), where the
+    /// design defers a correction.
+    slack: i64,
+}
+
+/// G.711 bytes whose value is loud and distinct: negative ones for the
+/// caller, positive ones for the callee.
+fn loud(leg: usize) -> Vec<u8> {
+    (0u8..=255)
+        .filter(|b| {
+            let v = ulaw_to_linear(*b);
+            v.unsigned_abs() >= 1000 && (v < 0) == (leg == 0)
+        })
+        .collect()
+}
+
+/// The μ-law byte of packet `k` of `leg`.
+fn ubyte(leg: usize, k: usize) -> u8 {
+    let l = loud(leg);
+    l[(k * 7) % l.len()]
+}
+
+/// A-law byte for the same value's neighbourhood (distinct per packet too).
+fn abyte(leg: usize, k: usize) -> u8 {
+    linear_to_alaw(ulaw_to_linear(ubyte(leg, k)))
+}
+
+/// A leg's sender: sequence and timestamp counters, its packets.
+struct Sender {
+    leg: usize,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    k: usize,
+    out: Vec<Tx>,
+}
+
+impl Sender {
+    fn new(leg: usize, seq: u16, ts: u32) -> Self {
+        Sender {
+            leg,
+            seq,
+            ts,
+            ssrc: SSRC[leg],
+            k: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// One audio packet of `samples` (8 kHz) sent at `sent_us`, arriving
+    /// `delay_us` later; PCMU (pt 0) or PCMA (pt 8).
+    fn audio(&mut self, sent_us: i64, samples: usize, pt: u8, delay_us: i64) -> usize {
+        let b = if pt == 8 {
+            abyte(self.leg, self.k)
+        } else {
+            ubyte(self.leg, self.k)
+        };
+        self.out.push(Tx {
+            leg: self.leg,
+            sent_us,
+            arrive_us: sent_us + delay_us,
+            stamp_us: None,
+            seq: self.seq,
+            ts: self.ts,
+            ssrc: self.ssrc,
+            pt,
+            marker: false,
+            payload: vec![b; samples],
+            expect: true,
+            slack: 0,
+        });
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(samples as u32);
+        self.k += 1;
+        self.out.len() - 1
+    }
+
+    /// `n` packets of 20 ms from `from_us`, PCMU, on time.
+    fn talk(&mut self, from_us: i64, n: usize) -> i64 {
+        for i in 0..n {
+            self.audio(from_us + i as i64 * 20_000, 160, 0, 0);
+        }
+        from_us + n as i64 * 20_000
+    }
+}
+
+fn value_of(t: &Tx) -> i16 {
+    if t.pt == 8 {
+        alaw_to_linear(t.payload[0])
+    } else {
+        ulaw_to_linear(t.payload[0])
+    }
+}
+
+fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> (i64, SocketAddr, SocketAddr, Vec<u8>) {
+    if by_caller {
+        (at_us, caller_sip(), callee_sip(), data)
+    } else {
+        (at_us, callee_sip(), caller_sip(), data)
+    }
+}
+
+/// Runs the call: INVITE/200/ACK, the packets (sorted by arrival, stable),
+/// BYE 300 ms after the last arrival. Returns the two channels and meta.
+fn record(txs: &[Tx]) -> (Vec<i16>, Vec<i16>, CallMeta) {
+    record_with(txs, &[0, 8, 101])
+}
+
+/// [`record`] with the payload types both sides announce.
+fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
+    let d = Dialog::new("placement@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, pts, "sendrecv");
+    let mut pkts = vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
+        sip(
+            T0_US + 1_000_000,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        sip(T0_US + 1_010_000, true, d.request("ACK", 1, true, None)),
+    ];
+    let mut media: Vec<&Tx> = txs.iter().collect();
+    media.sort_by_key(|t| t.arrive_us);
+    // (On the capture's clock, as the media.)
+    let last = media
+        .iter()
+        .map(|t| t.stamp_us.unwrap_or(t.arrive_us))
+        .max()
+        .unwrap_or(MEDIA_US);
+    for t in &media {
+        let (src, dst) = if t.leg == 0 {
+            (caller_rtp(), callee_rtp())
+        } else {
+            (callee_rtp(), caller_rtp())
+        };
+        pkts.push((
+            t.stamp_us.unwrap_or(t.arrive_us),
+            src,
+            dst,
+            rtp(t.pt, t.marker, t.seq, t.ts, t.ssrc, &t.payload),
+        ));
+    }
+    pkts.push(sip(last + 300_000, true, d.request("BYE", 2, true, None)));
+    pkts.push(sip(
+        last + 320_000,
+        false,
+        d.response(200, "OK", 2, "BYE", true, None),
+    ));
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = Sink::default();
+    let mut tick = T0_US;
+    for (at, src, dst, data) in &pkts {
+        // The daemon's timer, every 200 ms of capture time.
+        while tick + 200_000 <= *at {
+            tick += 200_000;
+            engine.handle_timeout(Timestamp::from_micros(tick), &mut sink);
+        }
+        let seg = Segment {
+            ts: Timestamp::from_micros(*at),
+            src: *src,
+            dst: *dst,
+            transport: Transport::Udp,
+            payload: data,
+            tcp_gap: false,
+        };
+        engine.handle_segment(&seg, &mut sink);
+    }
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let meta = sink.meta.expect("recording ended");
+    let ch = |c: usize| -> Vec<i16> { sink.audio.iter().skip(c).step_by(2).copied().collect() };
+    (ch(0), ch(1), meta)
+}
+
+/// Checks the recording against the plan; `tol`: samples a packet may be
+/// off its place. Returns the largest misplacement seen.
+fn check(name: &str, txs: &[Tx], tol: usize) -> i64 {
+    let (c0, c1, meta) = record(txs);
+    assert_eq!(meta.sample_rate, 8000, "{name}");
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    let chans = [c0, c1];
+    let pos = |us: i64| -> i64 { (us - frame0) * 8 / 1000 };
+    let mut worst = 0i64;
+    let mut errors: Vec<String> = Vec::new();
+    for (leg, ch) in chans.iter().enumerate() {
+        // Samples some packet may cover (± tol).
+        let mut covered = vec![false; ch.len()];
+        let mut expect_end = 0i64;
+        for (i, t) in txs.iter().enumerate().filter(|(_, t)| t.leg == leg) {
+            if t.pt != 0 && t.pt != 8 {
+                continue;
+            }
+            let p = pos(t.sent_us);
+            let n = t.payload.len() as i64;
+            if !t.expect {
+                // Silence (unless a packet expected there covers it).
+                continue;
+            }
+            expect_end = expect_end.max(p + n);
+            let v = value_of(t);
+            let fits = |s: i64| {
+                s >= 0
+                    && (s + n) as usize <= ch.len()
+                    && ch[s as usize..(s + n) as usize].iter().all(|x| *x == v)
+            };
+            let found = (0..=tol as i64)
+                .flat_map(|o| [p + o, p - o])
+                .chain(p + tol as i64 + 1..=p + tol as i64 + t.slack)
+                .find(|s| fits(*s));
+            match found {
+                Some(s) => {
+                    if s - p <= tol as i64 {
+                        worst = worst.max((s - p).abs());
+                    }
+                    for c in &mut covered[s as usize..(s + n) as usize] {
+                        *c = true;
+                    }
+                }
+                None => {
+                    let got = ch.get(p.max(0) as usize..((p + n) as usize).min(ch.len()));
+                    let near = ch
+                        .iter()
+                        .position(|x| *x == v)
+                        .map(|q| q as i64 - p)
+                        .filter(|d| d.abs() < 80_000);
+                    errors.push(format!(
+                        "leg {leg} tx #{i} (seq {} ts {} sent {} ms) value {v} not at {p} ±{tol}: got {:?}.. (value first seen at offset {near:?})",
+                        t.seq,
+                        t.ts,
+                        (t.sent_us - frame0) / 1000,
+                        got.map(|g| &g[..g.len().min(6)])
+                    ));
+                }
+            }
+        }
+        // Nothing anywhere else: silence where nothing was expected.
+        let stray: Vec<usize> = (0..ch.len())
+            .filter(|i| !covered[*i] && ch[*i] != 0)
+            .take(5)
+            .collect();
+        if !stray.is_empty() {
+            errors.push(format!(
+                "leg {leg}: audio where none belongs at {stray:?} ({:?})",
+                stray.iter().map(|i| ch[*i]).collect::<Vec<_>>()
+            ));
+        }
+        // None of the other party's audio.
+        if ch.iter().any(|x| (*x > 0) == (leg == 0) && *x != 0) {
+            errors.push(format!(
+                "leg {leg}: the other party's audio in this channel"
+            ));
+        }
+        // The recording runs to this leg's last audio.
+        if (ch.len() as i64) < expect_end - tol as i64 {
+            errors.push(format!(
+                "leg {leg}: recording ends at {} before its audio's end {expect_end}",
+                ch.len()
+            ));
+        }
+    }
+    // ... and not much beyond the last audio of either leg (a packet).
+    let last = txs
+        .iter()
+        .filter(|t| t.expect)
+        .map(|t| pos(t.sent_us) + t.payload.len() as i64)
+        .max()
+        .unwrap_or(0);
+    if chans[0].len() as i64 > last + 160 + tol as i64 {
+        errors.push(format!(
+            "recording of {} frames runs on past the last audio at {last}",
+            chans[0].len()
+        ));
+    }
+    assert!(
+        errors.is_empty(),
+        "{name}: {} problems (channels {:?}):\n{}",
+        errors.len(),
+        meta.channels
+            .iter()
+            .map(|c| (c.packets, c.lost, c.late, c.reanchors, c.timing_corrections))
+            .collect::<Vec<_>>(),
+        errors
+            .iter()
+            .take(if std::env::var_os("ALL_PROBLEMS").is_some() {
+                usize::MAX
+            } else {
+                12
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    worst
+}
+
+/// A plain callee: `secs` of 20 ms packets from 10 ms after the media start.
+fn plain_callee(secs: i64) -> Vec<Tx> {
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, (secs * 50) as usize);
+    b.out
+}
+
+// ------------------------------------------------------------ tests
+
+#[test]
+fn baseline_clean_call_is_exact() {
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    let mut txs = a.out;
+    txs.extend(plain_callee(5));
+    check("baseline", &txs, 0);
+}
+
+/// The 16-bit sequence number and the 32-bit timestamp wrap on the same
+/// packet of the caller, which is lost with its neighbours while the packets
+/// around them are reordered; on the callee they wrap 30 packets apart, the
+/// timestamp inside a reversed run of eight, the sequence on a lost packet.
+/// Every packet that came is where it was said, sample-exact; corrupted
+/// copies of packets from before the wrap, arriving after it, are not
+/// recorded.
+#[test]
+fn wraps_inside_loss_and_reordering() {
+    // Caller: packet 100 has sequence 0 and timestamp 0.
+    let mut a = Sender::new(0, 65535 - 99, 0u32.wrapping_sub(100 * 160));
+    a.talk(MEDIA_US, 250);
+    for k in [99, 100, 101] {
+        a.out[k].expect = false;
+        a.out[k].arrive_us = i64::MAX / 2;
+    }
+    for (k, late_ms) in [(96, 90), (97, 70), (98, 60), (102, 30), (103, 5)] {
+        a.out[k].arrive_us += late_ms * 1000;
+    }
+    // Callee: the timestamp wraps at packet 120, the sequence at 150.
+    let mut b = Sender::new(1, 65535 - 149, 0u32.wrapping_sub(120 * 160));
+    b.talk(MEDIA_US + 10_000, 250);
+    for k in 116..124 {
+        b.out[k].arrive_us += (124 - k as i64) * 25_000;
+    }
+    b.out[150].expect = false;
+    b.out[150].arrive_us = i64::MAX / 2;
+    b.out[151].arrive_us += 45_000;
+    // Corrupted copies of packets before the wrap, arriving after it (and
+    // one of the wrapping packet's neighbour that was lost): not recorded.
+    let mut dups = Vec::new();
+    for (k, after_ms) in [(97, 200), (98, 150), (102, 100), (95, 400)] {
+        let mut d = a.out[k].clone();
+        d.payload.fill(ubyte(0, 4242));
+        d.arrive_us = a.out[k].sent_us + after_ms * 1000;
+        d.expect = false;
+        dups.push(d);
+    }
+    let txs: Vec<Tx> = a
+        .out
+        .into_iter()
+        .chain(b.out)
+        .chain(dups)
+        .filter(|t| t.arrive_us < i64::MAX / 2)
+        .collect();
+    // (lost packets are left out; they still must be silence: nothing
+    // covers their place)
+    check("wraps", &txs, 0);
+}
+
+/// Late packets beyond any jitter window (the newer ones came 300-2000 ms
+/// before them) are silence at their place and move nothing; within the
+/// window (300 ms of 500) they are placed exactly. Duplicates with another
+/// payload (a corrupted copy, 40 ms and 1.5 s after the original) do not
+/// overwrite it: the first copy of a sequence number/timestamp is the one
+/// recorded.
+#[test]
+fn late_bursts_and_duplicates_with_other_payloads() {
+    let mut a = Sender::new(0, 3000, 77_777);
+    a.talk(MEDIA_US, 500);
+    for k in 100..105 {
+        a.out[k].arrive_us += 300_000; // within the window: placed
+    }
+    for (from, late_ms) in [(200, 700), (300, 1200), (400, 2000)] {
+        for k in from..from + 8 {
+            a.out[k].arrive_us += late_ms * 1000;
+            a.out[k].expect = false;
+        }
+    }
+    let mut dups = Vec::new();
+    for (k, after_ms) in [(150, 40), (160, 1500), (170, 0)] {
+        let mut d = a.out[k].clone();
+        d.payload.fill(ubyte(0, 9999));
+        d.arrive_us += after_ms * 1000 + 1;
+        d.expect = false;
+        dups.push(d);
+    }
+    let mut b = Sender::new(1, 100, 0);
+    b.talk(MEDIA_US + 10_000, 500);
+    // The callee's burst arrives late as well, 900 ms.
+    for k in 250..260 {
+        b.out[k].arrive_us += 900_000;
+        b.out[k].expect = false;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(dups).chain(b.out).collect();
+    check("late+dups", &txs, 0);
+}
+
+fn dtmf_packets(s: &mut Sender, start_us: i64, ms: i64, end_repeats: usize, same_seq_end: bool) {
+    let ts0 = s.ts;
+    let steps = ms / 20;
+    for i in 1..=steps {
+        let end = i == steps;
+        let n = if end { end_repeats } else { 1 };
+        for r in 0..n {
+            let dur = (i * 160) as u16;
+            s.out.push(Tx {
+                leg: s.leg,
+                sent_us: start_us + i * 20_000,
+                arrive_us: start_us + i * 20_000 + r as i64 * 2_000,
+                stamp_us: None,
+                seq: s.seq,
+                ts: ts0,
+                ssrc: s.ssrc,
+                pt: 101,
+                marker: i == 1,
+                payload: dtmf(5, end, dur),
+                expect: false,
+                slack: 0,
+            });
+            if !(end && same_seq_end && r + 1 < n) {
+                s.seq = s.seq.wrapping_add(1);
+            }
+        }
+    }
+}
+
+/// RFC 4733 events on the audio's SSRC (one sequence space, the event's
+/// timestamp held at its start, the end packet sent three times): the
+/// caller's audio stops during the key (as most phones do), the callee's
+/// goes on beside it (as some gateways do). No audio moves, the key's
+/// stretch of the caller is silence.
+#[test]
+fn dtmf_events_interleaved_with_audio_move_nothing() {
+    let mut a = Sender::new(0, 500, 4242);
+    let t = a.talk(MEDIA_US, 100);
+    // 400 ms key: audio stops, timestamps go on underneath.
+    dtmf_packets(&mut a, t, 400, 3, false);
+    a.ts = a.ts.wrapping_add(400 * 8);
+    let t = a.talk(t + 400_000, 100);
+    // A key of 1 s with the end packets on one sequence number.
+    dtmf_packets(&mut a, t, 1000, 3, true);
+    a.ts = a.ts.wrapping_add(1000 * 8);
+    a.talk(t + 1_000_000, 100);
+    let mut b = Sender::new(1, 9000, 1_000_000);
+    let mut at = MEDIA_US + 10_000;
+    for k in 0..300 {
+        if k == 80 || k == 200 {
+            // Events between the audio packets of the same SSRC.
+            let ts = b.ts;
+            for i in 1..=20i64 {
+                b.audio(at, 160, 0, 0);
+                let end = i == 20;
+                for r in 0..if end { 3 } else { 1 } {
+                    b.out.push(Tx {
+                        leg: 1,
+                        sent_us: at + 1_000,
+                        arrive_us: at + 1_000 + r * 1_000,
+                        stamp_us: None,
+                        seq: b.seq,
+                        ts,
+                        ssrc: b.ssrc,
+                        pt: 101,
+                        marker: i == 1,
+                        payload: dtmf(1, end, (i * 160) as u16),
+                        expect: false,
+                        slack: 0,
+                    });
+                    b.seq = b.seq.wrapping_add(1);
+                }
+                at += 20_000;
+            }
+        }
+        b.audio(at, 160, 0, 0);
+        at += 20_000;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("dtmf", &txs, 0);
+}
+
+/// The packet time changes mid-call (20 → 30 → 10 → 20 ms) on the caller;
+/// the callee switches PCMU → PCMA → PCMU mid-stream, once across a lost
+/// packet. Sample-exact.
+#[test]
+fn ptime_and_payload_type_changes_mid_call() {
+    let mut a = Sender::new(0, 10, 160_000);
+    let mut t = MEDIA_US;
+    for (ms, n) in [(20, 50), (30, 40), (10, 120), (20, 50)] {
+        for _ in 0..n {
+            a.audio(t, ms as usize * 8, 0, 0);
+            t += ms * 1000;
+        }
+    }
+    let mut b = Sender::new(1, 20, 33);
+    let mut t = MEDIA_US + 10_000;
+    for (pt, n, ms) in [
+        (0, 50, 20),
+        (8, 50, 20),
+        (0, 30, 30),
+        (8, 60, 10),
+        (0, 50, 20),
+    ] {
+        for _ in 0..n {
+            b.audio(t, ms * 8, pt, 0);
+            t += ms as i64 * 1000;
+        }
+    }
+    // The first PCMA packet after the second switch is lost.
+    let lost = b
+        .out
+        .iter()
+        .position(|x| x.pt == 8 && x.payload.len() == 80)
+        .expect("switch");
+    b.out.remove(lost);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("ptime/pt", &txs, 0);
+}
+
+/// Silence suppression: the caller's talkspurts are 0.3, 1 and 5 s apart
+/// with the timestamps advancing (marker bit on some, not on others); the
+/// callee's sender pauses its clock instead (timestamps do not advance over
+/// gaps of 0.3, 0.8 and 3 s). After every gap the audio lands at its capture
+/// time: exact for the caller; the callee's placed by when it arrived
+/// (within 2 samples).
+#[test]
+fn silence_suppression_with_and_without_timestamps_advancing() {
+    let mut a = Sender::new(0, 40_000, 1);
+    let mut t = a.talk(MEDIA_US, 100);
+    for (gap_ms, marker) in [(300, true), (1000, false), (5000, true), (300, false)] {
+        t += gap_ms * 1000;
+        a.ts = a.ts.wrapping_add(gap_ms as u32 * 8);
+        let first = a.out.len();
+        t = a.talk(t, 60);
+        a.out[first].marker = marker;
+    }
+    let mut b = Sender::new(1, 60_000, 2_000_000_000);
+    let mut t = b.talk(MEDIA_US + 10_000, 100);
+    for gap_ms in [300, 800, 3000] {
+        t += gap_ms * 1000;
+        let first = b.out.len();
+        t = b.talk(t, 100);
+        b.out[first].marker = true;
+    }
+    b.talk(t, 100);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("dtx", &txs, 2);
+}
+
+/// The caller's stream changes SSRC at 3 s (new source: random sequence
+/// and timestamp) and goes back to the old SSRC at 6 s, whose timestamps
+/// advanced meanwhile. Placed where they were said, sample-exact.
+#[test]
+fn ssrc_change_and_back() {
+    let mut a = Sender::new(0, 1, 1);
+    let t = a.talk(MEDIA_US, 150);
+    let (old_seq, old_ts) = (a.seq, a.ts);
+    a.ssrc = 0xdead_beef;
+    a.seq = 51_234;
+    a.ts = 0x9e37_79b9;
+    let t = a.talk(t, 150);
+    a.ssrc = SSRC[0];
+    a.seq = old_seq;
+    a.ts = old_ts.wrapping_add(150 * 160);
+    a.talk(t, 150);
+    let txs: Vec<Tx> = a.out.into_iter().chain(plain_callee(10)).collect();
+    check("ssrc", &txs, 0);
+}
+
+/// The callee's stream switches for `away_ms` to another source (another
+/// SSRC, random numbers) and back to the old SSRC, whose clock ran on
+/// meanwhile (`clock_ran`) or stood still: both sources' audio where it
+/// was said (within 2 samples).
+fn switch_back(away_ms: i64, clock_ran: bool) {
+    let mut b = Sender::new(1, 1, 1);
+    let t = b.talk(MEDIA_US + 10_000, 200);
+    let (old_seq, old_ts) = (b.seq, b.ts);
+    b.ssrc = 0x0bad_cafe;
+    b.seq = 7;
+    b.ts = 0xffff_ff00;
+    let t = b.talk(t, (away_ms / 20) as usize);
+    b.ssrc = SSRC[1];
+    b.seq = old_seq;
+    b.ts = if clock_ran {
+        old_ts.wrapping_add(away_ms as u32 * 8)
+    } else {
+        old_ts
+    };
+    b.talk(t, 200);
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 400 + (away_ms / 20) as usize);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check(
+        &format!("away {away_ms} ms, clock ran {clock_ran}"),
+        &txs,
+        2,
+    );
+}
+
+/// A short switch to another source and back (an announcement, a media
+/// server, an SBC's source switch), within the jitter window and beyond.
+#[test]
+fn ssrc_switch_away_and_back_within_the_window() {
+    for (away, ran) in [
+        (1000, false),
+        (1000, true),
+        (300, true),
+        (300, false),
+        (100, false),
+        (100, true),
+    ] {
+        switch_back(away, ran);
+    }
+}
+
+/// The callee starts 5 s after the caller (late answer), the caller stops
+/// 10 s before the end; then a call whose callee never sends.
+#[test]
+fn legs_starting_late_ending_early_or_never() {
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 500);
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 5_000_000 + 10_000, 1000);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out).collect();
+    check("late start, early end", &txs, 0);
+    check("one leg only", &a.out, 0);
+}
+
+/// Capture timestamps that go back a little (a multi-queue NIC stamps
+/// packets out of order by up to 300 µs): nothing moves by more than the
+/// 300 µs (2.4 samples).
+#[test]
+fn capture_stamps_going_back_slightly() {
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 500);
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, 500);
+    let mut txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let mut x = 0x1234_5678u64;
+    for t in txs.iter_mut() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if (x >> 60) < 5 {
+            t.stamp_us = Some(t.arrive_us - ((x >> 20) % 300) as i64);
+        }
+    }
+    check("stamps back", &txs, 3);
+}
+
+/// Where the boundary between two packets of different value lies in `ch`
+/// (the crossing of their mid value, to a fraction of a sample), searched
+/// within `±w` of `near`.
+fn boundary(ch: &[i16], near: f64, w: i64, v0: i16, v1: i16) -> Option<f64> {
+    let mid = (f64::from(v0) + f64::from(v1)) / 2.0;
+    let up = v1 > v0;
+    let c = near.round() as i64;
+    let mut best: Option<f64> = None;
+    for i in (c - w).max(1)..(c + w).min(ch.len() as i64) {
+        let (x0, x1) = (f64::from(ch[i as usize - 1]), f64::from(ch[i as usize]));
+        let crosses = if up {
+            x0 < mid && x1 >= mid
+        } else {
+            x0 > mid && x1 <= mid
+        };
+        if crosses {
+            let at = i as f64 - 1.0 + (mid - x0) / (x1 - x0);
+            if best.is_none_or(|b| (b - near).abs() > (at - near).abs()) {
+                best = Some(at);
+            }
+        }
+    }
+    best
+}
+
+/// A sender clock `ppm` fast (negative: slow) for ten minutes on the
+/// caller, the callee exact: every packet boundary of the caller after the
+/// first 10 s (the drift is being learnt) within `tol` samples of its
+/// capture time, to the very end; the callee bit-exact throughout. Returns
+/// the worst error of the caller (samples).
+fn drift_case(ppm: f64, tol: f64) -> f64 {
+    drift_case_with_pauses(ppm, tol, false)
+}
+
+/// [`drift_case`]; with `pauses`, the caller's sender stops for 2 s every
+/// 12 s (silence suppression, its timestamps advancing).
+fn drift_case_with_pauses(ppm: f64, tol: f64, pauses: bool) -> f64 {
+    let n = 30_000; // 10 min
+    let e = ppm * 1e-6;
+    let mut a = Sender::new(0, 1, 1);
+    for k in 0..n {
+        // The sender's 20 ms last 20/(1+e) ms of true time.
+        let sent = MEDIA_US + (k as f64 * 20_000.0 / (1.0 + e)).round() as i64;
+        let i = a.audio(sent, 160, 0, 0);
+        if pauses && k % 600 >= 500 {
+            a.out[i].expect = false;
+        }
+    }
+    a.out.retain(|t| t.expect);
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, n);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record(&txs);
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    // The callee: exact.
+    for (k, t) in b.out.iter().enumerate() {
+        let p = ((t.sent_us - frame0) * 8 / 1000) as usize;
+        let v = value_of(t);
+        assert!(
+            c1.get(p..p + 160)
+                .is_some_and(|s| s.iter().all(|x| *x == v)),
+            "{ppm} ppm: callee packet {k} not exact at {p}"
+        );
+    }
+    let mut worst = 0.0f64;
+    let mut worst_at = 0;
+    let mut last_err = 0.0;
+    for k in 500..a.out.len() {
+        if a.out[k].ts.wrapping_sub(a.out[k - 1].ts) != 160 {
+            continue;
+        }
+        let want = (a.out[k].sent_us - frame0) as f64 * 8.0 / 1000.0;
+        let (v0, v1) = (value_of(&a.out[k - 1]), value_of(&a.out[k]));
+        if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
+            continue;
+        }
+        let got = boundary(&c0, want, 40, v0, v1).unwrap_or_else(|| {
+            panic!("{ppm} ppm: boundary of caller packet {k} not found near {want}")
+        });
+        let err = got - want;
+        last_err = err;
+        if err.abs() > worst.abs() {
+            worst = err;
+            worst_at = k;
+        }
+    }
+    let c = &meta.channels[0];
+    eprintln!(
+        "{ppm:+} ppm: worst {worst:+.2} samples at packet {worst_at}, at the end {last_err:+.2}; drift {} ppm, corrections {} ({} samples), segments +{}, frames {} (c0 {})",
+        c.drift_ppm, c.timing_corrections, c.corrected_samples, c.reanchors, meta.frames, c0.len()
+    );
+    assert!(
+        worst.abs() <= tol,
+        "{ppm} ppm: caller packet {worst_at} off by {worst:+.2} samples (end: {last_err:+.2})"
+    );
+    // Nothing of the callee in the caller's channel and the other way (the
+    // interpolation rings a few samples across a step, a packet is 160).
+    let run = |c: &[i16], sign: i16| {
+        c.split(|x| x.signum() != sign)
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(run(&c0, 1) < 16, "{ppm} ppm: callee audio in channel 0");
+    assert!(run(&c1, -1) == 0, "{ppm} ppm: caller audio in channel 1");
+    worst
+}
+
+/// ±200 and ±1000 ppm: within 1 ms (the design's hysteresis: a larger
+/// difference is corrected) at every packet after the first 10 s, to the
+/// end of ten minutes.
+#[test]
+fn sender_clock_drift_ten_minutes_per_packet() {
+    for ppm in [200.0, -200.0, 1000.0, -1000.0] {
+        drift_case(ppm, 8.0);
+    }
+}
+
+/// Where each packet of `leg` is in `ch` (its value's run, searched from
+/// the previous packet's place on), as offsets from its capture time.
+fn shifts(ch: &[i16], txs: &[Tx], leg: usize, frame0: i64, jump: i64) -> Vec<i64> {
+    let mut from = 0usize;
+    let mut out = Vec::new();
+    for t in txs.iter().filter(|t| t.leg == leg) {
+        let v = value_of(t);
+        let n = t.payload.len();
+        // (Nearly all of its samples: a correction spread over the audio
+        // interpolates them, a few at its edges ring.)
+        let close =
+            |x: i16| (i32::from(x) - i32::from(v)).abs() <= (i32::from(v).abs() / 50).max(8);
+        let fit = |s: usize| ch[s..s + n].iter().filter(|x| close(**x)).count();
+        let last = ch.len().saturating_sub(n);
+        let at = (from..=last)
+            .find(|s| fit(*s) >= n - 16)
+            .map(|s| (s..=(s + 16).min(last)).max_by_key(|s| (fit(*s), usize::MAX - s)).unwrap_or(s))
+            .unwrap_or_else(|| {
+                let p = ((t.sent_us - frame0) * 8 / 1000) as usize;
+                panic!(
+                    "leg {leg}: packet seq {} ({v}) missing after {from} (its place {p}; there: {:?}, length {})",
+                    t.seq,
+                    &ch[p.min(ch.len())..(p + 4).min(ch.len())],
+                    ch.len()
+                )
+            });
+        let shift = at as i64 - (t.sent_us - frame0) * 8 / 1000;
+        if let Some(prev) = out.last() {
+            assert!(
+                (shift - prev).abs() <= jump,
+                "leg {leg}: packet seq {} moved from {prev} to {shift}",
+                t.seq
+            );
+        }
+        out.push(shift);
+        // (A spread correction renders a packet a little shorter.)
+        from = at + n - 8;
+    }
+    out
+}
+
+/// The same with the sender pausing 2 s every 12 s (its timestamps
+/// advancing): drift is followed across the pauses.
+#[test]
+fn sender_clock_drift_with_pauses_per_packet() {
+    for ppm in [1000.0, -1000.0] {
+        drift_case_with_pauses(ppm, 8.0, true);
+    }
+}
+
+/// The capture clock steps (both legs at once) by `step_ms` 5 s into the
+/// call: no audio is lost or repeated, and both legs move by the same, so
+/// they stay in sync with each other.
+fn clock_step(step_ms: i64) -> (Vec<i16>, Vec<i16>, i64, Vec<Tx>) {
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 500);
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, 500);
+    let step_at = MEDIA_US + 5_000_000;
+    let txs: Vec<Tx> = a
+        .out
+        .into_iter()
+        .chain(b.out)
+        .map(|mut t| {
+            if t.arrive_us >= step_at {
+                t.stamp_us = Some(t.arrive_us + step_ms * 1000);
+            }
+            t
+        })
+        .collect();
+    let (c0, c1, meta) = record(&txs);
+    assert_eq!(meta.end_reason, EndReason::Bye, "step {step_ms} ms");
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    (c0, c1, frame0, txs)
+}
+
+/// Steps forward by 0.1, 2 and 20 s (below the RTP timeout) and back by
+/// 50 ms: nothing is lost or repeated, and both legs move alike (by the
+/// step forward: the audio is placed by the capture clock; back: the audio
+/// after the step starts after the audio before it, and is brought to its
+/// new place by a correction spread over it, nothing cut).
+#[test]
+fn capture_clock_steps_keep_the_legs_together() {
+    for step in [100, 2000, 20_000, -50] {
+        let (c0, c1, frame0, txs) = clock_step(step);
+        let jump = step.abs() * 8 + 160;
+        // Every packet is there, in order (`shifts` finds each after the
+        // one before), none twice (the length is the call's, give or take
+        // the step).
+        let s0 = shifts(&c0, &txs, 0, frame0, jump);
+        let s1 = shifts(&c1, &txs, 1, frame0, jump);
+        let len = 500 * 160 + 80 + step.max(0) * 8;
+        assert!(
+            (c0.len() as i64 - len).abs() <= 160,
+            "step {step} ms: {} frames for {len}",
+            c0.len()
+        );
+        assert!(
+            s0[..250].iter().chain(&s1[..250]).all(|s| *s == 0),
+            "step {step} ms: audio before the step moved"
+        );
+        for k in 250..500 {
+            assert!(
+                (s0[k] - s1[k]).abs() <= 2,
+                "step {step} ms: packet {k} shifted {} on the caller, {} on the callee",
+                s0[k],
+                s1[k]
+            );
+            if step > 0 {
+                assert_eq!(s0[k], step * 8, "step {step} ms: packet {k}");
+            }
+        }
+    }
+}
+
+/// Known limit (left as designed): a step back by more than the 60 ms a
+/// new segment may overlap the previous one cuts audio around the step
+/// (as much as the step, at most; ~0.7 s of a 2 s step), on both legs
+/// alike: the legs stay in step with each other.
+#[test]
+fn capture_clock_step_back_cuts_both_legs_alike() {
+    for step in [-100, -2000] {
+        let (c0, c1, _, _) = clock_step(step);
+        let nz = |c: &[i16]| c.iter().filter(|x| **x != 0).count() as i64;
+        let (l0, l1) = (500 * 160 - nz(&c0), 500 * 160 - nz(&c1));
+        eprintln!("step {step} ms: caller lost {l0} samples, callee {l1}");
+        assert!((l0 - l1).abs() <= 160, "step {step} ms: lost {l0} vs {l1}");
+        assert!(l0 <= -step * 8 + 160, "step {step} ms: lost {l0}");
+    }
+}
+
+/// A new source takes over `overlap_ms` before the old one's last packet
+/// (both sent at once for a moment: a PBX bridging from an announcement to
+/// the phone). Nothing of either is cut: the new stream starts after the
+/// old one's end and is brought to its place in the first quiet place
+/// (a 200 ms pause 1 s in); before it, it lies up to the overlap late.
+fn overlap(overlap_ms: i64) {
+    let mut a = Sender::new(0, 1, 1);
+    let t = a.talk(MEDIA_US, 200);
+    a.ssrc = 0x5555_0000;
+    a.seq = 30_000;
+    a.ts = 123_456_789;
+    let first_new = a.out.len();
+    let mut t = a.talk(t - overlap_ms * 1000, 50);
+    // A pause in the talk (200 ms of quiet packets), then the new source
+    // goes on.
+    let q = a.out.len();
+    for _ in 0..10 {
+        let i = a.audio(t, 160, 0, 0);
+        a.out[i].payload.fill(0xff);
+        a.out[i].expect = false;
+        t += 20_000;
+    }
+    a.talk(t, 150);
+    for x in &mut a.out[first_new..q] {
+        x.slack = overlap_ms * 8;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(plain_callee(8)).collect();
+    check(&format!("overlap {overlap_ms} ms"), &txs, 0);
+}
+
+/// Overlaps of 10, 20, 40 and 60 ms (the most a new segment may overlap
+/// the previous one and still start after it).
+#[test]
+fn a_new_source_overlapping_the_old_cuts_nothing() {
+    for ms in [10, 20, 40, 60] {
+        overlap(ms);
+    }
+}
+
+/// G.722 (RTP clock 8 kHz, audio 16 kHz) on the caller, PCMU on the callee,
+/// the G.722 packets reordered by up to 60 ms: the call is recorded at
+/// 16 kHz; the caller's channel is the sender's G.722 decoded, bit for bit,
+/// with the codec's 22-sample delay taken off (sample `j` of the sender's
+/// audio at its capture time); the callee's packet boundaries within 2
+/// samples of theirs (upsampled, so found by their crossing).
+#[test]
+fn g722_is_placed_at_16_khz_exactly() {
+    let n = 250;
+    // The sender's audio: a chirp-like tone, loud, at 16 kHz.
+    let pcm: Vec<i16> = (0..n * 320)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            (9000.0 * (2.0 * std::f64::consts::PI * (300.0 + 40.0 * t) * t).sin()) as i16
+        })
+        .collect();
+    let mut enc = G722Encoder::new();
+    let mut a = Sender::new(0, 65_500, 0xffff_f000);
+    let mut delays = 0x9e37_79b9u32;
+    for k in 0..n {
+        let mut payload = Vec::new();
+        enc.encode(&pcm[k * 320..(k + 1) * 320], &mut payload);
+        assert_eq!(payload.len(), 160);
+        delays = delays.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let delay = if k == 0 {
+            0
+        } else {
+            i64::from(delays >> 26) * 1000
+        };
+        let i = a.audio(MEDIA_US + k as i64 * 20_000, 160, 9, delay);
+        a.out[i].payload = payload;
+    }
+    // What any G.722 decoder makes of the stream, in order.
+    let mut dec = G722Decoder::new();
+    let mut want = Vec::new();
+    for t in &a.out {
+        dec.decode_into(&t.payload, &mut want);
+    }
+    let mut b = Sender::new(1, 1, 1);
+    b.talk(MEDIA_US + 10_000, n);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record_with(&txs, &[9, 0, 101]);
+    assert_eq!(meta.sample_rate, 16000);
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    let start = (MEDIA_US - frame0) * 16 / 1000;
+    // Sample j of the decoded stream (22 late) belongs at start + j - 22.
+    let mut bad = Vec::new();
+    for (j, w) in want.iter().enumerate().skip(22) {
+        let p = start + j as i64 - 22;
+        if c0.get(p as usize) != Some(w) {
+            bad.push((j, p, c0.get(p as usize).copied(), *w));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "G.722 not bit-exact at its place: {} samples, first {:?} (frame0 offset {start})",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let mut worst = 0.0f64;
+    for k in 1..n {
+        let at = (b.out[k].sent_us - frame0) as f64 * 16.0 / 1000.0;
+        let (v0, v1) = (value_of(&b.out[k - 1]), value_of(&b.out[k]));
+        if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
+            continue;
+        }
+        let got = boundary(&c1, at, 40, v0, v1).expect("callee boundary");
+        worst = worst.max((got - at).abs());
+    }
+    assert!(
+        worst <= 2.0,
+        "callee boundaries off by up to {worst:.2} samples"
+    );
+}
+
+/// RFC 4733 packets interleaved with the audio on its SSRC (their
+/// timestamp held at the event's start) while audio packets around them
+/// are reordered behind them and duplicated with another payload (a
+/// corrupted copy): the reordered ones are placed exactly, the corrupted
+/// copies are not recorded (the first copy of a packet is the one kept).
+#[test]
+fn reordering_and_corrupt_duplicates_around_dtmf_events() {
+    let mut b = Sender::new(1, 65_530, 0xffff_ff00);
+    let mut at = MEDIA_US + 10_000;
+    let mut dups = Vec::new();
+    for k in 0..300 {
+        let i = b.audio(at, 160, 0, 0);
+        if (100..140).contains(&k) {
+            // An event packet after every audio packet, its timestamp at
+            // the event's start; every third audio packet 30 ms late (behind
+            // the next event packet and audio packet), every fifth copied
+            // with garbage 25 ms later.
+            if k % 3 == 0 {
+                b.out[i].arrive_us += 30_000;
+            }
+            if k % 5 == 0 {
+                let mut d = b.out[i].clone();
+                d.payload.fill(ubyte(1, 777));
+                d.arrive_us = b.out[i].arrive_us + 25_000;
+                d.expect = false;
+                dups.push(d);
+            }
+            let start_ts = 0xffff_ff00u32.wrapping_add(100 * 160);
+            let dur = ((k - 99) * 160) as u16;
+            let end = k == 139;
+            for r in 0..if end { 3 } else { 1 } {
+                b.out.push(Tx {
+                    leg: 1,
+                    sent_us: at + 1_000,
+                    arrive_us: at + 1_000 + r * 1_000,
+                    stamp_us: None,
+                    seq: b.seq,
+                    ts: start_ts,
+                    ssrc: b.ssrc,
+                    pt: 101,
+                    marker: k == 100,
+                    payload: dtmf(7, end, dur),
+                    expect: false,
+                    slack: 0,
+                });
+                b.seq = b.seq.wrapping_add(1);
+            }
+        }
+        at += 20_000;
+    }
+    let mut a = Sender::new(0, 1, 1);
+    a.talk(MEDIA_US, 300);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).chain(dups).collect();
+    check("dtmf reorder dups", &txs, 0);
+}
+
+/// Known limit: the capture clock steps forward by an hour in the middle of
+/// the call (a host whose clock is set by NTP after boot). The engine takes
+/// the hour without packets for a media timeout and ends the call with
+/// `RtpTimeout`: everything after the step is lost. Telling a capture clock
+/// step from real silence would need a clock-step detector in the engine.
+#[test]
+#[ignore = "known limit: a capture clock step beyond rtp_timeout ends the call"]
+fn capture_clock_step_forward_by_an_hour_keeps_the_call() {
+    let (c0, c1, _, _) = clock_step(3_600_000);
+    let nz = |c: &[i16]| c.iter().filter(|x| **x != 0).count();
+    assert_eq!(nz(&c0), 500 * 160, "caller audio after the step lost");
+    assert_eq!(nz(&c1), 500 * 160, "callee audio after the step lost");
+}
