@@ -183,11 +183,18 @@ pub(super) fn write_small_file(
     seal: Option<&crypt::Keyring>,
 ) -> io::Result<()> {
     let bytes = serde_json::to_vec(doc)?;
-    let written = write_spool_file(create_private_file(path)?, &bytes, seal).map(drop);
+    // Written beside it and renamed over it: a crash mid-write leaves a
+    // `.tmp` (removed at the next start), never an empty or torn note that
+    // would stand for a call without saying which. (No fsync: the note's
+    // durability comes with the directory sync that follows.)
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let written = write_spool_file(create_private_file(&tmp)?, &bytes, seal)
+        .map(drop)
+        .and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {
-        // (A full disk: a partial note would stand for a call at the next
-        // start without saying which, besides the one that does.)
-        let _ = fs::remove_file(path);
+        let _ = fs::remove_file(&tmp);
     }
     written
 }

@@ -126,9 +126,15 @@ pub fn write_whole(
     doc.audio = DocAudio::wav(rate, bytes, sha);
     doc.audio.channels = nch as u16;
     doc.duration_ms = (frames as u64 * 1000 / u64::from(rate.max(1))) as i64;
-    if let Err(e) = write_json(dir, &doc, seal).and_then(|()| sync_dir(dir)) {
+    if let Err(e) = write_json(dir, &doc, seal) {
         let _ = fs::remove_file(&wav_path);
         return Err(e);
+    }
+    // The JSON is in place (the pair may already be taken for upload): a
+    // failed directory sync no longer undoes it, which would leave a JSON
+    // without its WAV.
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!(recording = %id, "recording written, but its directory could not be synced: {e}");
     }
     let duration_ms = doc.duration_ms;
     Ok((

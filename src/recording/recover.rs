@@ -97,12 +97,25 @@ fn recover_entry(
         let json = dir.join(format!("{id}.json")).exists();
         let wav = dir.join(format!("{id}.wav")).exists();
         let part = dir.join(format!(".{id}.wav.part")).exists();
+        let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
         if json || (!wav && !part) {
             let _ = fs::remove_file(p);
+        } else if wav && !part && !sidecar.exists() {
+            // Its WAV renamed in, then the JSON failed or the crash, and no
+            // start sidecar to complete it with (its write failed, or a
+            // source without one): completed from the WAV and this note.
+            complete_renamed(dir, id, ctx, &sidecar, "crash", WARN_CUT)?;
+            return Ok(Some(id.to_string()));
         }
         return Ok(None);
     }
     if let Some(id) = sidecar_id(p, START_SUFFIX) {
+        if keys.is_none() && crypt::is_sealed(p)? {
+            // As an answered note: sealed and no key now, everything of
+            // this call is left for a start with the key.
+            tracing::error!(%id, "an encrypted recording's start note needs spool.encryption_key_file: left as it is");
+            return Ok(None);
+        }
         // A finished WAV without its JSON: renamed, then the crash.
         let wav_path = dir.join(format!("{id}.wav"));
         let part = dir.join(format!(".{id}.wav.part"));

@@ -1296,3 +1296,64 @@ fn a_cut_recording_whose_json_failed_is_still_cut_at_the_next_recovery() {
     assert_eq!(j["duration_ms"], 1000);
     assert_eq!(hidden_files(d.path()), Vec::<String>::new());
 }
+
+/// The same without a start sidecar (its write failed, or a source
+/// without one): the WAV renamed in before the JSON failed is still
+/// completed at the next recovery (before: it waited without JSON for ever,
+/// never delivered).
+#[test]
+fn a_cut_recording_without_its_sidecar_whose_json_failed_is_completed_later() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("r7"));
+    for _ in 0..10 {
+        rd.audio(CallKey(1), &[5i16; 1600]);
+    }
+    drop(rd);
+    fs::remove_file(d.path().join(format!(".r7{START_SUFFIX}"))).unwrap();
+    let block = d.path().join(".r7.json.tmp");
+    fs::create_dir(&block).unwrap();
+    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+    assert!(d.path().join("r7.wav").exists() && !d.path().join("r7.json").exists());
+    fs::remove_dir(&block).unwrap();
+    assert_eq!(
+        recover(d.path(), &ctx("sniff")).unwrap(),
+        vec!["r7".to_string()]
+    );
+    let j = json_of(d.path(), "r7");
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["warnings"][0], WARN_CUT);
+    assert_eq!(j["duration_ms"], 1000);
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
+
+/// A sealed start sidecar alone (its call's audio file never created: a
+/// full disk, then the crash) and a start without the key: left as it is,
+/// as an answered note is (before, it became a plaintext, anonymous empty
+/// recording and the sealed sidecar was deleted); with the key it becomes
+/// the call's sealed empty recording.
+#[test]
+fn a_sealed_start_sidecar_waits_for_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[4; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(5), &start("s5"));
+    rd.audio(CallKey(5), &[5i16; 1600]);
+    drop(rd);
+    // The audio file never made it to the disk.
+    fs::remove_file(d.path().join(".s5.wav.part")).unwrap();
+    let sidecar = d.path().join(format!(".s5{START_SUFFIX}"));
+    assert!(fs::read(&sidecar).unwrap().starts_with(crypt::MAGIC));
+    assert!(recover(d.path(), &ctx("siprec")).unwrap().is_empty());
+    assert!(sidecar.exists());
+    assert!(!d.path().join("s5.json").exists() && !d.path().join("s5.wav").exists());
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec!["s5".to_string()]);
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("s5.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["truncated"], true);
+}

@@ -431,10 +431,17 @@ pub(super) async fn sip_loop(
                         Ok(answer) => {
                             // On disk before the 200 goes out: from now on a
                             // crash still leaves a recording of this call.
+                            // Not writable (no inodes, a quota, EIO): the
+                            // call is not taken (503: the SRC may try
+                            // another recorder) rather than answered with
+                            // nothing on disk to recover it from.
                             if let Err(e) =
                                 answered.answered(&answered_call(&dialog, &invite, at, now()))
                             {
-                                tracing::error!("spool: cannot note an answered call: {e}");
+                                tracing::error!("spool: cannot note an answered call ({e}): SIPREC INVITE answered 503");
+                                release(session, &mut ports);
+                                uas.reject_unavailable(&dialog, RETRY_AFTER_S, at);
+                                continue;
                             }
                             uas.accept(&dialog, &answer, at);
                             session.sdp = answer;
