@@ -408,7 +408,17 @@ impl SealedReader {
         let mut plain = 0u64;
         let mut lenb = [0u8; 4];
         while at < flen {
-            if flen - at < 4 || file.read_exact_at(&mut lenb, at).is_err() {
+            let read = if flen - at < 4 {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            } else {
+                file.read_exact_at(&mut lenb, at)
+            };
+            if let Err(e) = read {
+                // A failing read (EIO) is not a torn end: nothing is
+                // decided on it (recovery leaves the file for a later try).
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    return Err(e);
+                }
                 if mode == OpenMode::Recover {
                     break;
                 }
@@ -475,9 +485,22 @@ impl SealedReader {
                 // Keep the authentic prefix.
                 let mut keep = 0;
                 for i in 0..r.recs.len() {
-                    if r.decrypt(i).is_ok() {
-                        keep = i + 1;
-                        continue;
+                    match r.decrypt(i) {
+                        Ok(()) => {
+                            keep = i + 1;
+                            continue;
+                        }
+                        // A failing read, not a record that does not
+                        // authenticate: nothing cut on it.
+                        Err(e)
+                            if !matches!(
+                                e.kind(),
+                                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                            ) =>
+                        {
+                            return Err(e);
+                        }
+                        Err(_) => {}
                     }
                     // A finished file opened for recovery: its last record.
                     r.recs[i].last = true;
