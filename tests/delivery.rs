@@ -167,6 +167,22 @@ fn pairs_left(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Uploads are paused for `kind` (the metric says so) with a `/readyz`
+/// cloud reason containing `why`; `ready`: whether `/readyz` stays ready.
+/// (The tests' status has no spool of its own: one that is fine is put in.)
+fn assert_paused(status: &SharedStatus, kind: &str, why: &str, ready: bool) {
+    let mut st = status.lock().unwrap().clone();
+    st.spool.writable = true;
+    st.spool.free_bytes = u64::MAX;
+    let (ok, parts) = readiness(&st);
+    assert_eq!(ok, ready, "{parts:?}");
+    assert!(parts["cloud"].contains(why), "{parts:?}");
+    assert_eq!(st.cloud.pause_kind.as_deref(), Some(kind));
+    let m = render_metrics(&st);
+    let line = format!("pbx_edge_delivery_paused{{reason=\"{kind}\"}} 1");
+    assert!(m.contains(&line), "{m}");
+}
+
 fn cloud_status(st: &SharedStatus) -> pbx_edge::status::CloudStatus {
     st.lock().unwrap().cloud.clone()
 }
@@ -600,23 +616,9 @@ fn payment_required_pauses_all_uploads_then_resumes() {
             cloud_status(&status).paused.is_some()
         })
         .await;
-        {
-            let st = status.lock().unwrap();
-            // The pause does not make it unready: it records and spools
-            // (CONTRACT §4's 402 row). (This test's status has no spool of
-            // its own: one that is fine is put in.)
-            let mut st = st.clone();
-            st.spool.writable = true;
-            st.spool.free_bytes = u64::MAX;
-            let (ok, parts) = readiness(&st);
-            assert!(parts["cloud"].contains("402"), "{parts:?}");
-            assert!(ok, "{parts:?}");
-            let m = render_metrics(&st);
-            assert!(
-                m.contains("pbx_edge_delivery_paused{reason=\"payment\"} 1"),
-                "{m}"
-            );
-        }
+        // The pause does not make it unready: it records and spools
+        // (CONTRACT §4's 402 row).
+        assert_paused(&status, "payment", "402", true);
         // While paused, at most one probe per pause_retry: few requests.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let n402 = rx.lock().count("POST", "/v1/calls", 402);
@@ -661,23 +663,12 @@ fn tus_location_on_another_origin_pauses_uploads_visibly() {
             cloud_status(&status).paused.is_some()
         })
         .await;
-        {
-            let mut st = status.lock().unwrap().clone();
-            st.spool.writable = true;
-            st.spool.free_bytes = u64::MAX;
-            let (ok, parts) = readiness(&st);
-            assert!(!ok, "{parts:?}");
-            assert!(
-                parts["cloud"].contains("another origin (http://127.0.0.1:9)"),
-                "{parts:?}"
-            );
-            assert_eq!(st.cloud.pause_kind.as_deref(), Some("foreign_location"));
-            let m = render_metrics(&st);
-            assert!(
-                m.contains("pbx_edge_delivery_paused{reason=\"foreign_location\"} 1"),
-                "{m}"
-            );
-        }
+        assert_paused(
+            &status,
+            "foreign_location",
+            "another origin (http://127.0.0.1:9)",
+            false,
+        );
         // Paused: one probe per pause_retry, not a creation per recording
         // and backoff step.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1856,18 +1847,7 @@ fn a_missing_endpoint_pauses_uploads_with_the_reason() {
             cloud_status(&status).paused.is_some()
         })
         .await;
-        {
-            let mut st = status.lock().unwrap().clone();
-            st.spool.writable = true;
-            st.spool.free_bytes = u64::MAX;
-            let (ok, parts) = readiness(&st);
-            assert!(!ok, "{parts:?}");
-            assert!(
-                parts["cloud"].contains("POST /v1/calls (HTTP 404)"),
-                "{parts:?}"
-            );
-            assert_eq!(st.cloud.pause_kind.as_deref(), Some("endpoint"));
-        }
+        assert_paused(&status, "endpoint", "POST /v1/calls (HTTP 404)", false);
         wait_for("all delivered", Duration::from_secs(10), || {
             rx.lock().calls.len() == 3
         })

@@ -1265,29 +1265,32 @@ fn a_start_sidecar_left_alone_becomes_an_empty_recording() {
     }
 }
 
-/// Recovery completes a cut recording, and its JSON cannot be written (a
-/// full disk; here a directory in the temp file's place) after the WAV was
-/// renamed in; the next recovery still knows the audio was cut: `truncated`,
-/// the crash's reason and warning (it said "the audio is complete").
-#[test]
-fn a_cut_recording_whose_json_failed_is_still_cut_at_the_next_recovery() {
+/// A call cut by a crash (`id`, 1 s of audio; its start sidecar kept or
+/// not), whose JSON cannot be written at the first recovery (a full disk;
+/// here a directory in the temp file's place) after its WAV was renamed
+/// in: the next recovery completes it, still knowing the audio was cut.
+fn cut_whose_json_failed_is_completed_later(id: &str, keep_sidecar: bool) {
     let d = tempfile::tempdir().unwrap();
     let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
-    rd.begin(CallKey(1), &start("r6"));
+    rd.begin(CallKey(1), &start(id));
     for _ in 0..10 {
         rd.audio(CallKey(1), &[5i16; 1600]);
     }
     drop(rd);
-    let block = d.path().join(".r6.json.tmp");
+    if !keep_sidecar {
+        fs::remove_file(d.path().join(format!(".{id}{START_SUFFIX}"))).unwrap();
+    }
+    let block = d.path().join(format!(".{id}.json.tmp"));
     fs::create_dir(&block).unwrap();
     assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
-    assert!(d.path().join("r6.wav").exists() && !d.path().join("r6.json").exists());
+    let wav = d.path().join(format!("{id}.wav"));
+    assert!(wav.exists() && !d.path().join(format!("{id}.json")).exists());
     fs::remove_dir(&block).unwrap();
     assert_eq!(
         recover(d.path(), &ctx("sniff")).unwrap(),
-        vec!["r6".to_string()]
+        vec![id.to_string()]
     );
-    let j = json_of(d.path(), "r6");
+    let j = json_of(d.path(), id);
     assert_eq!(
         (j["truncated"].clone(), j["end_reason"].clone()),
         (true.into(), "crash".into())
@@ -1297,34 +1300,20 @@ fn a_cut_recording_whose_json_failed_is_still_cut_at_the_next_recovery() {
     assert_eq!(hidden_files(d.path()), Vec::<String>::new());
 }
 
-/// The same without a start sidecar (its write failed, or a source
-/// without one): the WAV renamed in before the JSON failed is still
-/// completed at the next recovery (before: it waited without JSON for ever,
-/// never delivered).
+/// With its start sidecar, the next recovery knows the audio was cut:
+/// `truncated`, the crash's reason and warning (it said "the audio is
+/// complete").
+#[test]
+fn a_cut_recording_whose_json_failed_is_still_cut_at_the_next_recovery() {
+    cut_whose_json_failed_is_completed_later("r6", true);
+}
+
+/// Without it (its write failed, or a source without one), the WAV is
+/// still completed (before: it waited without JSON for ever, never
+/// delivered).
 #[test]
 fn a_cut_recording_without_its_sidecar_whose_json_failed_is_completed_later() {
-    let d = tempfile::tempdir().unwrap();
-    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
-    rd.begin(CallKey(1), &start("r7"));
-    for _ in 0..10 {
-        rd.audio(CallKey(1), &[5i16; 1600]);
-    }
-    drop(rd);
-    fs::remove_file(d.path().join(format!(".r7{START_SUFFIX}"))).unwrap();
-    let block = d.path().join(".r7.json.tmp");
-    fs::create_dir(&block).unwrap();
-    assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
-    assert!(d.path().join("r7.wav").exists() && !d.path().join("r7.json").exists());
-    fs::remove_dir(&block).unwrap();
-    assert_eq!(
-        recover(d.path(), &ctx("sniff")).unwrap(),
-        vec!["r7".to_string()]
-    );
-    let j = json_of(d.path(), "r7");
-    assert_eq!(j["truncated"], true);
-    assert_eq!(j["warnings"][0], WARN_CUT);
-    assert_eq!(j["duration_ms"], 1000);
-    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+    cut_whose_json_failed_is_completed_later("r7", false);
 }
 
 /// A sealed start sidecar alone (its call's audio file never created: a
