@@ -167,10 +167,15 @@ fn pairs_left(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Uploads are paused for `kind` (the metric says so) with a `/readyz`
-/// cloud reason containing `why`; `ready`: whether `/readyz` stays ready.
-/// (The tests' status has no spool of its own: one that is fine is put in.)
-fn assert_paused(status: &SharedStatus, kind: &str, why: &str, ready: bool) {
+/// Uploads pause (within 5 s) for `kind` (the metric says so) with a
+/// `/readyz` cloud reason containing `why`; `ready`: whether `/readyz`
+/// stays ready. (The tests' status has no spool of its own: one that is
+/// fine is put in.)
+async fn assert_paused(status: &SharedStatus, kind: &str, why: &str, ready: bool) {
+    wait_for("pause", Duration::from_secs(5), || {
+        cloud_status(status).paused.is_some()
+    })
+    .await;
     let mut st = status.lock().unwrap().clone();
     st.spool.writable = true;
     st.spool.free_bytes = u64::MAX;
@@ -612,13 +617,9 @@ fn payment_required_pauses_all_uploads_then_resumes() {
         let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
         s.pause_retry = Duration::from_millis(700);
         let h = delivery::start_with(s, status.clone()).unwrap();
-        wait_for("pause", Duration::from_secs(5), || {
-            cloud_status(&status).paused.is_some()
-        })
-        .await;
         // The pause does not make it unready: it records and spools
         // (CONTRACT §4's 402 row).
-        assert_paused(&status, "payment", "402", true);
+        assert_paused(&status, "payment", "402", true).await;
         // While paused, at most one probe per pause_retry: few requests.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let n402 = rx.lock().count("POST", "/v1/calls", 402);
@@ -659,16 +660,13 @@ fn tus_location_on_another_origin_pauses_uploads_visibly() {
         let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
         s.pause_retry = Duration::from_millis(600);
         let h = delivery::start_with(s, status.clone()).unwrap();
-        wait_for("pause", Duration::from_secs(5), || {
-            cloud_status(&status).paused.is_some()
-        })
-        .await;
         assert_paused(
             &status,
             "foreign_location",
             "another origin (http://127.0.0.1:9)",
             false,
-        );
+        )
+        .await;
         // Paused: one probe per pause_retry, not a creation per recording
         // and backoff step.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1843,11 +1841,7 @@ fn a_missing_endpoint_pauses_uploads_with_the_reason() {
         let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Multipart);
         s.pause_retry = Duration::from_millis(300);
         let h = delivery::start_with(s, status.clone()).unwrap();
-        wait_for("pause", Duration::from_secs(5), || {
-            cloud_status(&status).paused.is_some()
-        })
-        .await;
-        assert_paused(&status, "endpoint", "POST /v1/calls (HTTP 404)", false);
+        assert_paused(&status, "endpoint", "POST /v1/calls (HTTP 404)", false).await;
         wait_for("all delivered", Duration::from_secs(10), || {
             rx.lock().calls.len() == 3
         })
