@@ -434,13 +434,22 @@ fn sniff_filters_are_compiled_by_libpcap() {
          can't parse filter expression: syntax error"
     );
     // The socket sees IP packets: link-layer primitives cannot apply.
-    let e = error("[sources.sniff]\nfilter = \"ether host 00:11:22:33:44:55\"");
+    let e = error("[sources.sniff]\nenabled = true\nfilter = \"ether host 00:11:22:33:44:55\"");
     assert!(
         e.starts_with(
-            "bad.toml:2: sources.sniff.filter: not a valid capture filter (pcap syntax): "
+            "bad.toml:3: sources.sniff.filter: not a valid capture filter (pcap syntax): "
         ),
         "{e}"
     );
+    // A filter left in a disabled section is not compiled (libpcap is
+    // not needed for a capture that does not run).
+    let c = Config::from_toml_str(
+        "t.toml",
+        "[sources.sniff]\nenabled = false\nfilter = \"ether host 00:11:22:33:44:55\"",
+        NO_ENV,
+    )
+    .unwrap();
+    assert!(c.sources.sniff.filter.is_some());
     // Empty: no filter.
     let c = Config::from_toml_str("t.toml", "[sources.sniff]\nfilter = \" \"", NO_ENV).unwrap();
     assert_eq!(c.sources.sniff.filter, None);

@@ -1375,3 +1375,109 @@ fn ready_is_sent_to_an_abstract_notify_socket() {
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert_eq!(log.matches("cannot notify systemd").count(), 1, "{log}");
 }
+
+/// The IP packets of `frames` (Ethernet frames from pbx-testgen) sent as
+/// they are, source address included, through a raw socket at the pace of
+/// their time stamps: routed by their destination (out of the interface
+/// whose network holds it).
+fn replay_raw(frames: &[(i64, Vec<u8>)]) {
+    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let Some(first) = frames.first().map(|f| f.0) else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    for (ts, f) in frames {
+        let ip = &f[14..];
+        let due = Duration::from_nanos((ts - first) as u64);
+        if let Some(w) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(w);
+        }
+        // SAFETY: zeroed sockaddr_in is valid; the address is set below.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        // SAFETY: ip and to are valid for the call.
+        unsafe {
+            libc::sendto(
+                fd,
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
+/// A named interface that goes away and comes back (a veth or VPN
+/// interface recreated, under a new index) is captured again: a call on
+/// it after its return is recorded (before: the capture stayed detached
+/// from it until the daemon was restarted, and nothing said so).
+#[test]
+fn a_sniffed_interface_that_goes_away_and_comes_back_is_captured_again() {
+    if !can_sniff() {
+        return;
+    }
+    let _one_at_a_time = sniff_lock();
+    if !ISOLATED.with(|i| i.get()) {
+        eprintln!("note: no network namespace of its own: skipped (it adds an interface)");
+        return;
+    }
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip").args(args).status();
+        st.is_ok_and(|s| s.success())
+    };
+    // One end of a veth pair (without ARP): what is routed to its network
+    // goes out of it (and is captured there as it leaves).
+    let make = || {
+        ip(&[
+            "link", "add", "pbxd0", "type", "veth", "peer", "name", "pbxd1",
+        ]) && ip(&["addr", "add", "10.77.0.1/24", "dev", "pbxd0"])
+            && ip(&["link", "set", "pbxd0", "arp", "off", "up"])
+            && ip(&["link", "set", "pbxd1", "up"])
+    };
+    if !make() {
+        eprintln!("note: no veth interface here: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[sources.siprec]\nenabled = false\n[sources.sniff]\nenabled = true\ninterface = \"pbxd0\"\n",
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    let call = |id: &str, seed: u64| {
+        let mut c = loopback_call(id, 2, seed, 47500);
+        c.caller.ip = IpAddr::from([10, 77, 0, 2]);
+        c.callee.ip = IpAddr::from([10, 77, 0, 3]);
+        generate(&[c], Link::Ethernet, &Framing::default()).0
+    };
+    replay_raw(&call("before@iface", 61));
+    d.wait_recordings(1, Duration::from_secs(15));
+    assert!(ip(&["link", "del", "pbxd0"]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(make());
+    // (It says so when it has the interface again; at most 10 s.)
+    let t = std::time::Instant::now();
+    while !d.log().contains("the interface is back") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    replay_raw(&call("after@iface", 62));
+    let recs = d.wait_recordings(2, Duration::from_secs(15));
+    let ids: Vec<String> = recs
+        .iter()
+        .map(|p| {
+            recording_of(p).json["call_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(ids.contains(&"after@iface".to_string()), "{ids:?}");
+    let _ = ip(&["link", "del", "pbxd0"]);
+}

@@ -503,10 +503,16 @@ pub(super) fn check(
             Ok(v)
         }
     });
+    // (Compiled, with libpcap, only for a capture that runs: a filter
+    // left in a disabled section does not need the library.)
+    let sniffing = sn.enabled;
     s.field(errs, "filter", &mut sn.filter, |n| {
         let v = to_string(n)?;
         if v.trim().is_empty() {
             return Ok(None);
+        }
+        if !sniffing {
+            return Ok(Some(v));
         }
         crate::sys::bpf::compile_filter(&v)
             .map_err(|e| format!("not a valid capture filter (pcap syntax): {e}"))?;

@@ -52,6 +52,10 @@ pub struct PacketSocket {
     /// Index of the loopback interface: on it every packet is seen twice
     /// (outgoing and incoming); the outgoing copy is skipped, as libpcap does.
     loopback: i32,
+    /// What it was opened with (to open it again when a named interface
+    /// goes away and comes back: a new interface has a new index).
+    interface: String,
+    filter: Option<String>,
 }
 
 impl PacketSocket {
@@ -89,10 +93,27 @@ impl PacketSocket {
             fd,
             drops: 0,
             loopback,
+            interface: interface.to_string(),
+            filter: filter.map(str::to_string),
         };
-        // A large receive buffer absorbs bursts.
+        // A large receive buffer absorbs bursts. SO_RCVBUF is capped by
+        // net.core.rmem_max (about 208 KiB by default: a few ms of a busy
+        // link); SO_RCVBUFFORCE (CAP_NET_ADMIN) is not.
         let size: libc::c_int = 8 << 20;
-        sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+        if sock
+            .try_setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size)
+            .is_err()
+        {
+            sock.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+            let granted = sock.rcvbuf();
+            if granted < size as usize {
+                tracing::info!(
+                    interface,
+                    granted,
+                    "capture receive buffer limited by net.core.rmem_max (raise it, e.g. sysctl -w net.core.rmem_max=8388608, or grant CAP_NET_ADMIN) if sources.sniff drops packets"
+                );
+            }
+        }
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 200_000,
@@ -103,7 +124,13 @@ impl PacketSocket {
         let on: libc::c_int = 1;
         sock.setsockopt(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on);
         if let Some(expr) = filter {
-            let prog = compile_filter(expr).map_err(|e| {
+            // IP fragments after the first carry no UDP/TCP header, so a
+            // port filter would drop them and with them every SIP message
+            // larger than the MTU: fragments always pass (reassembled, then
+            // decoded like any packet).
+            let expr =
+                format!("({expr}) or (ip and ip[6:2] & 0x3fff != 0) or (ip6 and ip6[6] == 44)");
+            let prog = compile_filter(&expr).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("sources.sniff.filter: {e}"),
@@ -143,7 +170,58 @@ impl PacketSocket {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        if index != 0 {
+            // Promiscuous, as tcpdump: on a SPAN/mirror port the frames are
+            // addressed to other machines, which the card drops otherwise.
+            // (`any` cannot be.) Best effort: a failure is logged.
+            // SAFETY: zeroed packet_mreq is valid; fields set below.
+            let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+            mreq.mr_ifindex = index;
+            mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+            if let Err(e) =
+                sock.try_setsockopt(libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+            {
+                tracing::warn!(interface, "capture: promiscuous mode not set: {e}");
+            }
+        }
         Ok(sock)
+    }
+
+    /// The receive buffer granted (bytes).
+    fn rcvbuf(&self) -> usize {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are valid for getsockopt to write.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            0
+        } else {
+            v.max(0) as usize
+        }
+    }
+
+    /// The same capture opened again (a named interface that went away
+    /// and came back under a new index).
+    fn reopen(&self) -> io::Result<PacketSocket> {
+        PacketSocket::open(&self.interface, self.filter.as_deref())
+    }
+
+    /// Whether `e` says the socket's interface went away (deleted, or
+    /// down for good): it captures nothing more until opened again.
+    fn lost_interface(&self, e: &io::Error) -> bool {
+        self.interface != "any"
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::ENETDOWN) | Some(libc::ENODEV) | Some(libc::ENXIO)
+            )
     }
 
     /// Attach a classic BPF program to the socket and lock it (a process that
@@ -438,6 +516,9 @@ const SWAP_DRAIN_MAX: usize = 1 << 20;
 /// Frames read per wake-up before the loop looks at its controls and clock.
 const BATCH: usize = 64;
 
+/// How often a capture whose named interface went away is opened again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
 /// Run the sniffing loop until `stop` is triggered; then close every open
 /// call (marked as cut by shutdown) and return.
 #[allow(clippy::too_many_arguments)]
@@ -457,13 +538,34 @@ pub(crate) fn run(
     // After a capture swap: frames of the new socket up to this time were
     // read off the old one already (both sockets saw them).
     let mut skip_until: Option<Timestamp> = None;
+    // The named interface went away: tried again every second until it
+    // is back (then captured from anew; calls in progress go on).
+    let mut lost: Option<std::time::Instant> = None;
     loop {
-        let timeout = host.wait(now());
+        if let Some(since) = lost {
+            if since.elapsed() >= REOPEN_EVERY {
+                match sock.reopen() {
+                    Ok(mut new) => {
+                        new.drops += sock.kernel_drops();
+                        sock = new;
+                        lost = None;
+                        tracing::info!(source = name, interface = %sock.interface, "capture: the interface is back; capturing again");
+                    }
+                    Err(_) => lost = Some(std::time::Instant::now()),
+                }
+            }
+        }
+        let mut timeout = host.wait(now());
+        if lost.is_some() {
+            timeout = Some(timeout.map_or(REOPEN_EVERY, |t| t.min(REOPEN_EVERY)));
+        }
         if timeout.is_none() {
             host.idle();
         }
-        let fds = [sock.fd.as_raw_fd(), control.bell.fd()];
-        if wait_readable(&fds, &stop, timeout) == Ready::Stop {
+        // (Not the socket of a lost interface: it has nothing to say.)
+        let all = [control.bell.fd(), sock.fd.as_raw_fd()];
+        let fds = if lost.is_some() { &all[..1] } else { &all[..] };
+        if wait_readable(fds, &stop, timeout) == Ready::Stop {
             break;
         }
         let mut input = false;
@@ -471,7 +573,7 @@ pub(crate) fn run(
         // stays there (the wall clock would run ahead of the frames still
         // queued and make them late).
         let mut behind = None;
-        for _ in 0..BATCH {
+        for _ in 0..if lost.is_some() { 0 } else { BATCH } {
             match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
                 Ok(Some((ts, n))) => {
                     input = true;
@@ -489,6 +591,14 @@ pub(crate) fn run(
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if sock.lost_interface(&e) => {
+                    if lost.is_none() {
+                        errors += 1;
+                        tracing::warn!(source = name, interface = %sock.interface, "capture: the interface went away ({e}); capturing again as soon as it is back");
+                        lost = Some(std::time::Instant::now());
+                    }
+                    break;
+                }
                 Err(e) => {
                     errors += 1;
                     input = true;
