@@ -1414,6 +1414,60 @@ fn replay_raw(frames: &[(i64, Vec<u8>)]) {
     unsafe { libc::close(fd) };
 }
 
+fn ip_ok(args: &[&str]) -> bool {
+    let st = std::process::Command::new("ip").args(args).status();
+    st.is_ok_and(|s| s.success())
+}
+
+/// `pbxd0`, one end of a veth pair (without ARP) in this thread's network
+/// namespace, with 10.77.0.1/24: what is routed to its network (sent by
+/// [`replay_raw`]) goes out of it and is captured there as it leaves.
+fn veth_out() -> bool {
+    ip_ok(&[
+        "link", "add", "pbxd0", "type", "veth", "peer", "name", "pbxd1",
+    ]) && ip_ok(&["addr", "add", "10.77.0.1/24", "dev", "pbxd0"])
+        && ip_ok(&["link", "set", "pbxd0", "arp", "off", "up"])
+        && ip_ok(&["link", "set", "pbxd1", "up"])
+}
+
+/// The call `id` of 2 s between 10.77.0.2 and 10.77.0.3 (SIP on 47500 and
+/// 47504), as Ethernet frames, its IP packets at most `mtu` long.
+fn call_on_veth(id: &str, seed: u64, mtu: Option<usize>) -> Vec<(i64, Vec<u8>)> {
+    let mut c = loopback_call(id, 2, seed, 47500);
+    c.caller.ip = IpAddr::from([10, 77, 0, 2]);
+    c.callee.ip = IpAddr::from([10, 77, 0, 3]);
+    let framing = Framing {
+        mtu,
+        ..Framing::default()
+    };
+    generate(&[c], Link::Ethernet, &framing).0
+}
+
+/// A port filter keeps the fragments of a SIP message larger than the MTU
+/// (those after the first carry no UDP header, so `udp port ...` alone
+/// dropped them, and with them the call).
+#[test]
+fn a_port_filter_keeps_the_fragments_of_a_large_sip_message() {
+    if !can_sniff() {
+        return;
+    }
+    let _one_at_a_time = sniff_lock();
+    if !ISOLATED.with(|i| i.get()) || !veth_out() {
+        eprintln!("note: no network namespace or veth of its own: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[sources.siprec]\nenabled = false\n[sources.sniff]\nenabled = true\ninterface = \"pbxd0\"\nfilter = \"udp portrange 47500-47510\"\n",
+    );
+    d.wait_http("/readyz", 200, Duration::from_secs(5));
+    replay_raw(&call_on_veth("fragments@iface", 63, Some(400)));
+    let recs = d.wait_recordings(1, Duration::from_secs(15));
+    assert_eq!(recording_of(&recs[0]).json["call_id"], "fragments@iface");
+    let _ = ip_ok(&["link", "del", "pbxd0"]);
+}
+
 /// A named interface that goes away and comes back (a veth or VPN
 /// interface recreated, under a new index) is captured again: a call on
 /// it after its return is recorded (before: the capture stayed detached
@@ -1428,19 +1482,7 @@ fn a_sniffed_interface_that_goes_away_and_comes_back_is_captured_again() {
         eprintln!("note: no network namespace of its own: skipped (it adds an interface)");
         return;
     }
-    let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip").args(args).status();
-        st.is_ok_and(|s| s.success())
-    };
-    // One end of a veth pair (without ARP): what is routed to its network
-    // goes out of it (and is captured there as it leaves).
-    let make = || {
-        ip(&[
-            "link", "add", "pbxd0", "type", "veth", "peer", "name", "pbxd1",
-        ]) && ip(&["addr", "add", "10.77.0.1/24", "dev", "pbxd0"])
-            && ip(&["link", "set", "pbxd0", "arp", "off", "up"])
-            && ip(&["link", "set", "pbxd1", "up"])
-    };
+    let make = veth_out;
     if !make() {
         eprintln!("note: no veth interface here: skipped");
         return;
@@ -1451,15 +1493,10 @@ fn a_sniffed_interface_that_goes_away_and_comes_back_is_captured_again() {
         "[sources.siprec]\nenabled = false\n[sources.sniff]\nenabled = true\ninterface = \"pbxd0\"\n",
     );
     d.wait_http("/readyz", 200, Duration::from_secs(5));
-    let call = |id: &str, seed: u64| {
-        let mut c = loopback_call(id, 2, seed, 47500);
-        c.caller.ip = IpAddr::from([10, 77, 0, 2]);
-        c.callee.ip = IpAddr::from([10, 77, 0, 3]);
-        generate(&[c], Link::Ethernet, &Framing::default()).0
-    };
+    let call = |id: &str, seed: u64| call_on_veth(id, seed, None);
     replay_raw(&call("before@iface", 61));
     d.wait_recordings(1, Duration::from_secs(15));
-    assert!(ip(&["link", "del", "pbxd0"]));
+    assert!(ip_ok(&["link", "del", "pbxd0"]));
     std::thread::sleep(Duration::from_millis(300));
     assert!(make());
     // (It says so when it has the interface again; at most 10 s.)
@@ -1479,5 +1516,5 @@ fn a_sniffed_interface_that_goes_away_and_comes_back_is_captured_again() {
         })
         .collect();
     assert!(ids.contains(&"after@iface".to_string()), "{ids:?}");
-    let _ = ip(&["link", "del", "pbxd0"]);
+    let _ = ip_ok(&["link", "del", "pbxd0"]);
 }
