@@ -538,6 +538,9 @@ pub(crate) fn run(
     // After a capture swap: frames of the new socket up to this time were
     // read off the old one already (both sockets saw them).
     let mut skip_until: Option<Timestamp> = None;
+    // The newest frame taken from the current socket (a swap skips the new
+    // socket's frames up to it: both sockets saw them).
+    let mut last_taken: Option<Timestamp> = None;
     // The named interface went away: tried again every second until it
     // is back (then captured from anew; calls in progress go on).
     let mut lost: Option<std::time::Instant> = None;
@@ -582,6 +585,7 @@ pub(crate) fn run(
                         continue;
                     }
                     skip_until = None;
+                    last_taken = Some(ts);
                     host.engine
                         .handle_frame(ts, LinkType::RawIp, &buf[..n], &mut host.out)
                 }
@@ -633,7 +637,10 @@ pub(crate) fn run(
                             Err(_) => break,
                         }
                     }
-                    skip_until = last;
+                    // (The old socket may have been emptied by the loop
+                    // above: then its newest frame taken is the mark.)
+                    skip_until = last.or(last_taken);
+                    last_taken = None;
                     new.drops += sock.kernel_drops();
                     sock = new;
                     tracing::info!(
