@@ -269,7 +269,7 @@ impl PacketSocket {
     /// `Ok(None)` on timeout (or a skipped duplicate).
     pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<(Timestamp, &'a [u8])>> {
         match self.recv_flags(buf, 0) {
-            Ok(Some((ts, n))) => Ok(buf.get(..n).map(|f| (ts, f))),
+            Ok(Some((ts, n, _))) => Ok(buf.get(..n).map(|f| (ts, f))),
             Ok(None) => Ok(None),
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock
@@ -280,9 +280,14 @@ impl PacketSocket {
         }
     }
 
-    /// One frame: its time and length (`None`: a skipped duplicate); a
-    /// timeout or an empty queue (`MSG_DONTWAIT`) is an error (WouldBlock).
-    fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(Timestamp, usize)>> {
+    /// One frame: its time, length and protocol (the ethertype the kernel
+    /// gives it; `None`: a skipped duplicate); a timeout or an empty queue
+    /// (`MSG_DONTWAIT`) is an error (WouldBlock).
+    fn recv_flags(
+        &self,
+        buf: &mut [u8],
+        flags: i32,
+    ) -> io::Result<Option<(Timestamp, usize, u16)>> {
         // SAFETY: zeroed sockaddr_ll and msghdr are valid; recvmsg fills them.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut control = [0u64; 8];
@@ -307,7 +312,11 @@ impl PacketSocket {
         }
         // SAFETY: h was just filled by recvmsg; `control` is alive.
         let (ts, _) = unsafe { crate::sys::sockets::control_values(&h) };
-        Ok(Some((ts.unwrap_or_else(now), (n as usize).min(buf.len()))))
+        Ok(Some((
+            ts.unwrap_or_else(now),
+            (n as usize).min(buf.len()),
+            u16::from_be(from.sll_protocol),
+        )))
     }
 
     /// Packets the kernel dropped since the socket was opened.
@@ -516,6 +525,38 @@ const SWAP_DRAIN_MAX: usize = 1 << 20;
 /// Frames read per wake-up before the loop looks at its controls and clock.
 const BATCH: usize = 64;
 
+/// Room before each received frame for a link header ([`frame_of`]).
+const HEADROOM: usize = 16;
+
+/// The frame received into `buf[HEADROOM..HEADROOM + n]` with protocol
+/// `proto`, as the engine takes it: IP as raw IP; anything else (the inner
+/// tag of QinQ, MPLS, PPPoE on a mirror port: the kernel strips only one
+/// VLAN tag) behind a Linux cooked header naming its ethertype, so the
+/// link layer's walker unwraps it.
+fn frame_of(buf: &mut [u8], n: usize, proto: u16) -> (LinkType, &[u8]) {
+    const IPV4: u16 = 0x0800;
+    const IPV6: u16 = 0x86dd;
+    let data = &buf[HEADROOM..HEADROOM + n];
+    // (Outgoing through a stacked VLAN device the protocol may name the tag
+    // while the data already starts at IP: a header whose length field is
+    // the frame's is IP.)
+    let ip_here = match data.first().map(|b| b >> 4) {
+        Some(4) => data.len() >= 20 && usize::from(u16::from_be_bytes([data[2], data[3]])) == n,
+        Some(6) => {
+            data.len() >= 40 && usize::from(u16::from_be_bytes([data[4], data[5]])) + 40 == n
+        }
+        _ => false,
+    };
+    if proto == IPV4 || proto == IPV6 || proto == 0 || ip_here {
+        return (LinkType::RawIp, &buf[HEADROOM..HEADROOM + n]);
+    }
+    let head = &mut buf[..HEADROOM];
+    head.fill(0);
+    head[2..4].copy_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+    head[14..16].copy_from_slice(&proto.to_be_bytes());
+    (LinkType::LinuxSll, &buf[..HEADROOM + n])
+}
+
 /// How often a capture whose named interface went away is opened again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -533,7 +574,7 @@ pub(crate) fn run(
     control: SniffReceiver,
 ) {
     let mut host = EngineHost::new(name, engine_cfg, out, live);
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; HEADROOM + 65_536];
     let mut errors = 0u64;
     // After a capture swap: frames of the new socket up to this time were
     // read off the old one already (both sockets saw them).
@@ -577,8 +618,8 @@ pub(crate) fn run(
         // queued and make them late).
         let mut behind = None;
         for _ in 0..if lost.is_some() { 0 } else { BATCH } {
-            match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
-                Ok(Some((ts, n))) => {
+            match sock.recv_flags(&mut buf[HEADROOM..], libc::MSG_DONTWAIT) {
+                Ok(Some((ts, n, proto))) => {
                     input = true;
                     behind = Some(ts);
                     if skip_until.is_some_and(|t| ts <= t) {
@@ -586,8 +627,8 @@ pub(crate) fn run(
                     }
                     skip_until = None;
                     last_taken = Some(ts);
-                    host.engine
-                        .handle_frame(ts, LinkType::RawIp, &buf[..n], &mut host.out)
+                    let (link, frame) = frame_of(&mut buf, n, proto);
+                    host.engine.handle_frame(ts, link, frame, &mut host.out)
                 }
                 Ok(None) => input = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -622,15 +663,11 @@ pub(crate) fn run(
                     // when it is closed below), then the new one.
                     let mut last = None;
                     for _ in 0..SWAP_DRAIN_MAX {
-                        match sock.recv_flags(&mut buf, libc::MSG_DONTWAIT) {
-                            Ok(Some((ts, n))) => {
+                        match sock.recv_flags(&mut buf[HEADROOM..], libc::MSG_DONTWAIT) {
+                            Ok(Some((ts, n, proto))) => {
                                 last = Some(ts);
-                                host.engine.handle_frame(
-                                    ts,
-                                    LinkType::RawIp,
-                                    &buf[..n],
-                                    &mut host.out,
-                                );
+                                let (link, frame) = frame_of(&mut buf, n, proto);
+                                host.engine.handle_frame(ts, link, frame, &mut host.out);
                             }
                             Ok(None) => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -666,5 +703,53 @@ fn publish(host: &EngineHost, sock: &mut PacketSocket, errors: u64, status: &Sha
         src.record_engine(&host.engine, &host.out.counters);
         src.kernel_drops = drops;
         src.errors = errors + host.out.counters.failed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbx_core::net::NetDecoder;
+
+    /// An IPv4/UDP packet 10.0.0.1:5060 → 10.0.0.2:5060 holding `payload`.
+    fn udp4(payload: &[u8]) -> Vec<u8> {
+        let total = (28 + payload.len()) as u16;
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// What the decoder makes of the frame received as `data` with `proto`.
+    fn payloads(data: &[u8], proto: u16) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; HEADROOM + data.len()];
+        buf[HEADROOM..].copy_from_slice(data);
+        let (link, frame) = frame_of(&mut buf, data.len(), proto);
+        let mut got = Vec::new();
+        let mut dec = NetDecoder::default();
+        let _ = dec.decode(Timestamp::from_micros(1), link, frame, &mut |s| {
+            got.push(s.payload.to_vec())
+        });
+        got
+    }
+
+    /// IP as the kernel gives it; the inner tag of QinQ (the kernel strips
+    /// the outer one only) unwrapped; IP whose protocol names a tag (sent
+    /// through a stacked VLAN device) still IP.
+    #[test]
+    fn frames_are_ip_or_unwrapped_by_their_protocol() {
+        let ip = udp4(b"INVITE");
+        assert_eq!(payloads(&ip, 0x0800), vec![b"INVITE".to_vec()]);
+        // (Before: taken for IP, undecodable.)
+        let mut tagged = vec![0xa0, 0xc8, 0x08, 0x00]; // PCP 5, VLAN 200, IPv4
+        tagged.extend_from_slice(&ip);
+        assert_eq!(payloads(&tagged, 0x8100), vec![b"INVITE".to_vec()]);
+        assert_eq!(payloads(&ip, 0x8100), vec![b"INVITE".to_vec()]);
     }
 }
