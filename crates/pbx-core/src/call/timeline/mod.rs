@@ -564,21 +564,37 @@ impl LegTimeline {
     fn insert_into(&mut self, i: usize, p: &Packet<'_>, straggler: bool) {
         let hold_back = self.hold_back as f64;
         let early_limit = BREAK_MS as f64 * self.ms;
+        // A newest packet whose timestamp goes back: the sender restarted
+        // its timestamps (a re-INVITE: Asterisk goes on with the sequence
+        // and a new random timestamp) by less than the window, so its
+        // audio's places collide with audio not yet written.
+        let backwards =
+            p.newest && !straggler && (p.ts.wrapping_sub(self.segs[i].last_ts) as i32) < 0;
         let ext = self.segs[i].extend(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
         let u_ts = self.samples_of(ext, p.clock_rate);
         let d = p.arrival - u_ts;
         let u = u_ts - p.delay;
+        let limit = self.segs[i].env.break_limit();
+        // As late as the packets held (the ones after a restart).
+        let joins_held =
+            !self.held.is_empty() && self.held.iter().all(|h| ((h.d - d).abs() as f64) <= limit);
         let seg = &mut self.segs[i];
         seg.newest_arrival = seg.newest_arrival.max(p.arrival);
         let r = seg.env.at(u_ts).map(|e| d as f64 - e);
-        let limit = seg.env.break_limit();
         let flag = match r {
             // Its place is long written: the timestamps stopped describing
             // the timing (hold without timestamps, restart), or the link
-            // stalled. Held until the packets after it tell which.
-            Some(r) if r > hold_back && p.newest && !straggler => {
+            // stalled. Held until the packets after it tell which. So is
+            // a late one whose timestamp went back (its place is not
+            // written yet, but its audio would replace what is there), and
+            // the ones after it as late.
+            Some(r)
+                if (r > hold_back || (r > limit && (backwards || joins_held)))
+                    && p.newest
+                    && !straggler =>
+            {
                 self.hold(p, d);
                 return;
             }
@@ -602,7 +618,7 @@ impl LegTimeline {
                 seg.env.note_residual(r);
             }
         }
-        if p.newest && !straggler && !self.held.is_empty() {
+        if p.newest && !straggler && !self.held.is_empty() && flag == Flag::Normal {
             // The newest packet is within the window again: the link had
             // stalled, the held packets were its queue, merely late.
             self.resolve_held(Some(false));
