@@ -177,7 +177,10 @@ fn value_of(t: &Tx) -> i16 {
     }
 }
 
-fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> (i64, SocketAddr, SocketAddr, Vec<u8>) {
+/// A datagram on the wire: capture time, source, destination, bytes.
+type Wire = (i64, SocketAddr, SocketAddr, Vec<u8>);
+
+fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> Wire {
     if by_caller {
         (at_us, caller_sip(), callee_sip(), data)
     } else {
@@ -210,14 +213,9 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
 
 /// Runs a call whose signalling before the BYE is `sig` (any order: sorted
 /// by time with the media, signalling first at equal times).
-fn record_sig(
-    txs: &[Tx],
-    sig: Vec<(i64, SocketAddr, SocketAddr, Vec<u8>)>,
-    d: &Dialog,
-) -> (Vec<i16>, Vec<i16>, CallMeta) {
+fn record_sig(txs: &[Tx], sig: Vec<Wire>, d: &Dialog) -> (Vec<i16>, Vec<i16>, CallMeta) {
     // (Sorted by arrival: the capture's stamps may go back.)
-    let mut pkts: Vec<(i64, (i64, SocketAddr, SocketAddr, Vec<u8>))> =
-        sig.into_iter().map(|p| (p.0, p)).collect();
+    let mut pkts: Vec<(i64, Wire)> = sig.into_iter().map(|p| (p.0, p)).collect();
     let mut media: Vec<&Tx> = txs.iter().collect();
     media.sort_by_key(|t| t.arrive_us);
     // (On the capture's clock, as the media.)
@@ -1210,7 +1208,7 @@ fn capture_clock_step_forward_by_an_hour_keeps_the_call() {
 // ------------------------------------------------------------ signalling mid-call
 
 /// The usual INVITE/200/ACK of [`record_with`] with the given SDP bodies.
-fn setup(d: &Dialog, offer: &str, answer: &str) -> Vec<(i64, SocketAddr, SocketAddr, Vec<u8>)> {
+fn setup(d: &Dialog, offer: &str, answer: &str) -> Vec<Wire> {
     vec![
         sip(T0_US, true, d.request("INVITE", 1, true, Some(offer))),
         sip(
@@ -1231,7 +1229,7 @@ fn reinvite(
     by_caller: bool,
     body: &str,
     answer: &str,
-) -> Vec<(i64, SocketAddr, SocketAddr, Vec<u8>)> {
+) -> Vec<Wire> {
     vec![
         sip(
             at_us,
@@ -1310,4 +1308,168 @@ fn reinvite_with_same_ssrc_and_jumped_timestamps() {
             rec,
         );
     }
+}
+
+// ------------------------------------------------------------ payload framing, CN
+
+/// An RTP datagram with CSRCs, a header extension (`ext_words` words of
+/// RFC 8285 one-byte elements) and `pad` padding bytes.
+fn rtp_framed(t: &Tx, csrcs: &[u32], ext_words: usize, pad: u8) -> Vec<u8> {
+    let mut p = vec![
+        0x80 | if pad > 0 { 0x20 } else { 0 }
+            | if ext_words > 0 { 0x10 } else { 0 }
+            | csrcs.len() as u8,
+        t.pt | if t.marker { 0x80 } else { 0 },
+    ];
+    p.extend_from_slice(&t.seq.to_be_bytes());
+    p.extend_from_slice(&t.ts.to_be_bytes());
+    p.extend_from_slice(&t.ssrc.to_be_bytes());
+    for c in csrcs {
+        p.extend_from_slice(&c.to_be_bytes());
+    }
+    if ext_words > 0 {
+        p.extend_from_slice(&[0xbe, 0xde]);
+        p.extend_from_slice(&(ext_words as u16).to_be_bytes());
+        // id 1 (audio level), len 1; the rest padding zeros.
+        let mut e = vec![0u8; ext_words * 4];
+        e[0] = 0x10;
+        e[1] = 0x7f;
+        p.extend_from_slice(&e);
+    }
+    p.extend_from_slice(&t.payload);
+    if pad > 0 {
+        p.extend(std::iter::repeat_n(0x55u8, usize::from(pad) - 1));
+        p.push(pad);
+    }
+    p
+}
+
+/// Padding (P bit, up to 255 bytes, the pad bytes loud values of the
+/// other party), header extensions (X bit, RFC 8285 one-byte form, 1 and 3
+/// words) and CSRC lists (1 to 15), alone and together, on every packet of
+/// both legs: each packet's payload read exactly (sample-exact).
+#[test]
+fn padding_extensions_and_csrcs_are_not_audio() {
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 250);
+    let other = [ubyte(1, 3), ubyte(0, 3)];
+    for (i, t) in a.out.iter_mut().chain(b.out.iter_mut()).enumerate() {
+        let csrcs: Vec<u32> = (0..(i % 16) as u32).map(|c| 0x0c00_0000 + c).collect();
+        let pad = [0u8, 4, 1, 255, 13][i % 5];
+        let mut raw = rtp_framed(t, &csrcs, [0, 1, 3][i % 3], pad);
+        // (Padding bytes that would be heard if read as audio.)
+        let n = raw.len();
+        if pad > 1 {
+            for x in &mut raw[n - usize::from(pad)..n - 1] {
+                *x = other[t.leg];
+            }
+        }
+        t.raw = Some(raw);
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("padding/extension/csrc", &txs, 0);
+}
+
+/// Comfort noise (RFC 3389, PT 13) between talkspurts: the caller sends
+/// one CN packet at the start of each silence and then one every 100 ms
+/// (timestamps at the audio's pace), the callee one at the start and then
+/// irregularly with timestamps at another pace (16 kHz-like, and one not
+/// advancing) and sequence numbers shared with the audio. The silences are
+/// silent, the speech after them at its place (sample-exact).
+#[test]
+fn comfort_noise_between_talkspurts() {
+    let cn = |s: &mut Sender, at: i64, ts: u32| {
+        s.out.push(Tx {
+            leg: s.leg,
+            sent_us: at,
+            arrive_us: at,
+            stamp_us: None,
+            seq: s.seq,
+            ts,
+            ssrc: s.ssrc,
+            pt: 13,
+            marker: false,
+            payload: vec![0x40],
+            expect: false,
+            slack: 0,
+            path: None,
+            raw: None,
+        });
+        s.seq = s.seq.wrapping_add(1);
+    };
+    let mut a = Sender::new(0, 65_000, 0xffff_0000);
+    let mut t = a.talk(MEDIA_US, 100);
+    for gap_ms in [400i64, 1000, 3000, 120] {
+        let ts0 = a.ts;
+        for k in 0..(gap_ms / 100).max(1) {
+            cn(&mut a, t + k * 100_000, ts0.wrapping_add(k as u32 * 800));
+        }
+        t += gap_ms * 1000;
+        a.ts = ts0.wrapping_add(gap_ms as u32 * 8);
+        let i = a.out.len();
+        t = a.talk(t, 80);
+        a.out[i].marker = true;
+    }
+    let mut b = Sender::new(1, 10, 5);
+    let mut t = b.talk(MEDIA_US + 10_000, 120);
+    for (gap_ms, pace) in [(700i64, 16u32), (2000, 0), (300, 3)] {
+        let ts0 = b.ts;
+        for (k, at_ms) in [0i64, 37, 250, 260, 600].iter().enumerate() {
+            if *at_ms < gap_ms {
+                cn(
+                    &mut b,
+                    t + at_ms * 1000,
+                    ts0.wrapping_add(k as u32 * pace * 50),
+                );
+            }
+        }
+        t += gap_ms * 1000;
+        b.ts = ts0.wrapping_add(gap_ms as u32 * 8);
+        let i = b.out.len();
+        t = b.talk(t, 90);
+        b.out[i].marker = true;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let rec = record_with(&txs, &[0, 8, 13, 101]);
+    check_rec("comfort noise", &txs, 0, rec);
+}
+
+// ------------------------------------------------------------ loss with an SSRC change
+
+/// The caller loses 1.5 s (its timestamps and sequence run on) while the
+/// callee's stream changes SSRC (new random numbers) in the middle of the
+/// loss; then a 1 s loss on the callee across which the caller changes
+/// SSRC. Silence over the losses, the rest exact.
+#[test]
+fn loss_burst_while_the_other_leg_changes_ssrc() {
+    let mut a = Sender::new(0, 1000, 77);
+    let t = a.talk(MEDIA_US, 200);
+    let lost = a.out.len();
+    let t = a.talk(t, 75);
+    for x in &mut a.out[lost..] {
+        x.expect = false;
+    }
+    let t = a.talk(t, 200);
+    a.ssrc = 0x5151_5151;
+    a.seq = 9;
+    a.ts = 0x7000_0000;
+    a.talk(t, 200);
+    let mut b = Sender::new(1, 30_000, 0xfff0_0000);
+    let t = b.talk(MEDIA_US + 10_000, 235);
+    b.ssrc = 0x0bad_f00d;
+    b.seq = 65_535;
+    b.ts = 0x1234_5678;
+    let t = b.talk(t, 200);
+    let lost = b.out.len();
+    let t = b.talk(t, 50);
+    for x in &mut b.out[lost..] {
+        x.expect = false;
+    }
+    b.talk(t, 190);
+    a.out.retain(|x| x.expect);
+    b.out.retain(|x| x.expect);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("loss + ssrc change", &txs, 0);
 }
