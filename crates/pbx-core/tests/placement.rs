@@ -1473,3 +1473,110 @@ fn loss_burst_while_the_other_leg_changes_ssrc() {
     let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
     check("loss + ssrc change", &txs, 0);
 }
+
+// ------------------------------------------------------------ early media, forking
+
+/// Early media: the answering branch's 183 with SDP (PCMU at
+/// 10.0.0.2:50000), its ringback and announcement for 2 s, then its 200 OK
+/// with another SDP (PCMA at port 52000) and the talk from there; with
+/// `fork`, a second branch (another To-tag, 10.0.0.3:51000) sends early
+/// media too at the same time and is cancelled at the answer. The callee
+/// channel holds the answering branch's audio only, each packet at its
+/// place (sample-exact), the other branch's nowhere.
+fn early_media(fork: bool) {
+    let d = Dialog::new("early@10.0.0.1");
+    let mut da = Dialog::new("early@10.0.0.1");
+    da.to_tag = "other-branch".into();
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let early_b = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let early_a = sdp("10.0.0.3", 51000, &[0, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 52000, &[8, 101], "sendrecv");
+    let answer_at = MEDIA_US + 2_000_000;
+    let mut sig = vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
+        sip(
+            T0_US + 500_000,
+            false,
+            d.response(183, "Session Progress", 1, "INVITE", true, Some(&early_b)),
+        ),
+        sip(
+            answer_at,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
+    ];
+    let (b_early, b_talk) = (callee_rtp(), v4(10, 0, 0, 2, 52000));
+    let a_early = v4(10, 0, 0, 3, 51000);
+    // The caller talks to the early address, then to the answer's.
+    let mut c = Sender::new(0, 100, 1000);
+    c.talk(MEDIA_US, 300);
+    for x in &mut c.out {
+        let to = if x.sent_us < answer_at + 20_000 {
+            b_early
+        } else {
+            b_talk
+        };
+        x.path = Some((caller_rtp(), to));
+    }
+    let mut b = Sender::new(1, 7000, 90_000);
+    let t = b.talk(MEDIA_US + 10_000, 100);
+    for x in &mut b.out {
+        x.path = Some((b_early, caller_rtp()));
+    }
+    let first = b.out.len();
+    let mut t = t;
+    for _ in 0..200 {
+        b.audio(t, 160, 8, 0);
+        t += 20_000;
+    }
+    for x in &mut b.out[first..] {
+        x.path = Some((b_talk, caller_rtp()));
+    }
+    let mut txs: Vec<Tx> = c.out.into_iter().chain(b.out).collect();
+    if fork {
+        sig.push(sip(
+            T0_US + 400_000,
+            false,
+            da.response(183, "Session Progress", 1, "INVITE", true, Some(&early_a)),
+        ));
+        sig.push(sip(
+            answer_at + 5_000,
+            true,
+            d.request("CANCEL", 1, true, None),
+        ));
+        // Its audio: quiet positive values no packet of the plan has.
+        let quiet = (0u8..=255)
+            .find(|x| (300..900).contains(&ulaw_to_linear(*x)))
+            .expect("a quiet value");
+        let mut a = Sender::new(1, 500, 4000);
+        a.ssrc = 0x4444_0000;
+        // (From before the answering branch's first packet to the answer.)
+        a.talk(MEDIA_US + 5_000, 100);
+        for x in &mut a.out {
+            x.payload = vec![quiet; 160];
+            x.expect = false;
+            x.path = Some((a_early, caller_rtp()));
+        }
+        txs.extend(a.out);
+    }
+    sig.sort_by_key(|s| s.0);
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(&format!("early media, fork {fork}"), &txs, 0, rec);
+}
+
+#[test]
+fn early_media_then_answer_with_other_sdp() {
+    early_media(false);
+}
+
+/// Known limit: while two branches send early media, the channel follows
+/// the first that came (the other is taken for a copy); which one answers
+/// is known only at the 200 OK, seconds after the early audio was written.
+/// Fails: the other branch's ringback is in the callee channel until the
+/// answer, the answering branch's early audio is missing.
+#[test]
+#[ignore = "known limit: early media of a forked INVITE follows the first branch heard, not the one that answers"]
+fn forked_early_media_only_the_answering_branch() {
+    early_media(true);
+}
