@@ -1580,3 +1580,137 @@ fn early_media_then_answer_with_other_sdp() {
 fn forked_early_media_only_the_answering_branch() {
     early_media(true);
 }
+
+// ------------------------------------------------------------ media relay
+
+/// `msg` as forwarded by a proxy: its own Via on top.
+fn via_proxy(msg: Vec<u8>, n: u32) -> Vec<u8> {
+    let s = String::from_utf8(msg).expect("text");
+    let at = s.find("Via:").expect("a Via");
+    format!(
+        "{}Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-proxy-{n}\r\n{}",
+        &s[..at],
+        &s[at..]
+    )
+    .into_bytes()
+}
+
+/// Symmetric RTP through a media relay (192.0.2.10) beside a proxy: the
+/// caller sees the callee at relay port 30000, the callee the caller at
+/// relay port 30002. With `both_sides` the capture sees the signalling and
+/// the media on both sides of the relay (every packet twice, the relayed
+/// copy 1 ms later under the relay's own SSRC and numbers); otherwise only
+/// the callee's side (relay ↔ callee). The relay takes a new SSRC, sequence
+/// and timestamp base for its copies at every re-INVITE (3 s and 6 s).
+/// Each party's audio in its own channel at its place (sample-exact).
+fn relay(both_sides: bool) {
+    let d = Dialog::new("relay@10.0.0.1");
+    let proxy = v4(192, 0, 2, 10, 5060);
+    let (r_caller, r_callee) = (v4(192, 0, 2, 10, 30000), v4(192, 0, 2, 10, 30002));
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let offer_r = sdp("192.0.2.10", 30002, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let answer_r = sdp("192.0.2.10", 30000, &pts, "sendrecv");
+    let mut sig: Vec<Wire> = Vec::new();
+    let reinvites = [MEDIA_US + 2_990_000, MEDIA_US + 5_990_000];
+    for (n, at) in [T0_US].into_iter().chain(reinvites).enumerate() {
+        let cseq = n as u32 + 1;
+        let ans_at = if n == 0 { at + 1_000_000 } else { at + 20_000 };
+        if both_sides {
+            sig.push((
+                at,
+                caller_sip(),
+                proxy,
+                d.request("INVITE", cseq, true, Some(&offer)),
+            ));
+            sig.push((
+                ans_at + 1000,
+                proxy,
+                caller_sip(),
+                d.response(200, "OK", cseq, "INVITE", true, Some(&answer_r)),
+            ));
+            sig.push((
+                ans_at + 10_000,
+                caller_sip(),
+                proxy,
+                d.request("ACK", cseq, true, None),
+            ));
+        }
+        sig.push((
+            at + 1000,
+            proxy,
+            callee_sip(),
+            via_proxy(d.request("INVITE", cseq, true, Some(&offer_r)), cseq),
+        ));
+        sig.push((
+            ans_at,
+            callee_sip(),
+            proxy,
+            via_proxy(
+                d.response(200, "OK", cseq, "INVITE", true, Some(&answer)),
+                cseq,
+            ),
+        ));
+        sig.push((
+            ans_at + 11_000,
+            proxy,
+            callee_sip(),
+            via_proxy(d.request("ACK", cseq, true, None), 100 + cseq),
+        ));
+    }
+    sig.sort_by_key(|s| s.0);
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 450);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 450);
+    let mut txs = Vec::new();
+    // (The caller's voice: caller → relay 30000, relayed 30002 → callee;
+    // the callee's: callee → relay 30002, relayed 30000 → caller.)
+    for (s, direct_path, copy_path) in [
+        (&mut a, (caller_rtp(), r_caller), (r_callee, callee_rtp())),
+        (&mut b, (callee_rtp(), r_callee), (r_caller, caller_rtp())),
+    ] {
+        for x in &s.out {
+            let mut direct = x.clone();
+            direct.path = Some(direct_path);
+            // The relay's numbering for this stretch.
+            let part = reinvites.iter().filter(|r| x.sent_us > **r).count() as u32;
+            let mut copy = x.clone();
+            copy.ssrc = 0x7e1a_0000 + part * 0x101 + s.leg as u32;
+            copy.seq = x.seq.wrapping_add(part as u16 * 12_345);
+            copy.ts = x.ts.wrapping_add(part.wrapping_mul(0x3c6e_f372));
+            copy.arrive_us += 1000;
+            copy.path = Some(copy_path);
+            copy.raw = Some(rtp(
+                0,
+                copy.marker,
+                copy.seq,
+                copy.ts,
+                copy.ssrc,
+                &copy.payload,
+            ));
+            if both_sides {
+                txs.push(direct);
+                // (Not where the audio is counted: the plan's pt 96.)
+                copy.expect = false;
+                copy.pt = 96;
+                txs.push(copy);
+            } else if s.leg == 0 {
+                // Seen leaving the relay only: captured 1 ms later.
+                copy.sent_us += 1000;
+                txs.push(copy);
+            } else {
+                txs.push(direct);
+            }
+        }
+    }
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(&format!("relay, both sides {both_sides}"), &txs, 0, rec);
+}
+
+#[test]
+fn symmetric_rtp_through_a_relay_rewriting_ssrcs() {
+    relay(false);
+    relay(true);
+}
