@@ -1714,3 +1714,155 @@ fn symmetric_rtp_through_a_relay_rewriting_ssrcs() {
     relay(false);
     relay(true);
 }
+
+// ------------------------------------------------------------ opposite drifts
+
+/// Both senders' clocks drift for ten minutes, in opposite directions
+/// (`ppm` and `-ppm`): every packet boundary of both legs after the first
+/// 10 s within 1 ms (8 samples, the design's hysteresis) of its capture
+/// time to the very end, so the legs stay within 2 ms of each other;
+/// neither party's audio in the other's channel.
+#[test]
+fn both_legs_drifting_apart_ten_minutes() {
+    let ppm = 300.0;
+    let n = 30_000;
+    let mut s = [Sender::new(0, 1, 1), Sender::new(1, 40_000, 0xfff0_0000)];
+    for (leg, e) in [(0usize, ppm * 1e-6), (1, -ppm * 1e-6)] {
+        let start = MEDIA_US + leg as i64 * 10_000;
+        for k in 0..n {
+            let sent = start + (k as f64 * 20_000.0 / (1.0 + e)).round() as i64;
+            s[leg].audio(sent, 160, 0, 0);
+        }
+    }
+    let txs: Vec<Tx> = s.iter().flat_map(|x| x.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record(&txs);
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    for (leg, ch) in [&c0, &c1].into_iter().enumerate() {
+        let out = &s[leg].out;
+        let mut worst = 0.0f64;
+        let mut worst_at = 0;
+        for k in 500..out.len() {
+            let want = (out[k].sent_us - frame0) as f64 * 8.0 / 1000.0;
+            let (v0, v1) = (value_of(&out[k - 1]), value_of(&out[k]));
+            if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
+                continue;
+            }
+            let got = boundary(ch, want, 40, v0, v1).unwrap_or_else(|| {
+                panic!("leg {leg}: boundary of packet {k} not found near {want}")
+            });
+            if (got - want).abs() > worst.abs() {
+                worst = got - want;
+                worst_at = k;
+            }
+        }
+        let c = &meta.channels[leg];
+        eprintln!(
+            "leg {leg}: worst {worst:+.2} at packet {worst_at}; drift {} ppm, corrections {}",
+            c.drift_ppm, c.timing_corrections
+        );
+        assert!(
+            worst.abs() <= 8.0,
+            "leg {leg}: packet {worst_at} off by {worst:+.2}"
+        );
+        let sign = if leg == 0 { 1 } else { -1 };
+        let run = ch
+            .split(|x| x.signum() != sign)
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            run < 16,
+            "leg {leg}: the other party's audio in this channel"
+        );
+    }
+}
+
+/// A re-INVITE at 3 s changes the caller's codec PCMU → G.722 (the same
+/// SSRC, the sequence +1, the timestamp jumped at random). The output rate
+/// is chosen at the first packet (narrowband here: 8 kHz, a warning says
+/// the wideband audio is recorded at 8 kHz). The PCMU part sample-exact;
+/// the G.722 part is what the engine's own G.722→8 kHz decoder makes of the
+/// stream, bit for bit, at its capture time (within 2 samples); the callee
+/// exact throughout.
+#[test]
+fn reinvite_changing_codec_to_g722() {
+    use pbx_core::audio::codec::{new_decoder, Codec};
+    let d = Dialog::new("placement@10.0.0.1");
+    let nb = [0, 8, 101];
+    let wb = [9, 0, 101];
+    let mut sig = setup(
+        &d,
+        &sdp("10.0.0.1", 40000, &nb, "sendrecv"),
+        &sdp("10.0.0.2", 50000, &nb, "sendrecv"),
+    );
+    sig.extend(reinvite(
+        &d,
+        MEDIA_US + 2_990_000,
+        2,
+        true,
+        &sdp("10.0.0.1", 40000, &wb, "sendrecv"),
+        &sdp("10.0.0.2", 50000, &wb, "sendrecv"),
+    ));
+    let mut a = Sender::new(0, 100, 1000);
+    let t = a.talk(MEDIA_US, 150);
+    a.ts = a.ts.wrapping_add(0x2545_f491);
+    let n = 150;
+    let pcm: Vec<i16> = (0..n * 320)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            (9000.0 * (2.0 * std::f64::consts::PI * (300.0 + 40.0 * t) * t).sin()) as i16
+        })
+        .collect();
+    let mut enc = G722Encoder::new();
+    let first = a.out.len();
+    for k in 0..n {
+        let mut payload = Vec::new();
+        enc.encode(&pcm[k * 320..(k + 1) * 320], &mut payload);
+        let i = a.audio(t + k as i64 * 20_000, 160, 9, 0);
+        a.out[i].payload = payload;
+    }
+    a.out[first].marker = true;
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 300);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record_sig(&txs, sig, &d);
+    assert_eq!(meta.sample_rate, 8000);
+    assert!(
+        meta.warnings.iter().any(|w| w.contains("wideband")),
+        "{:?}",
+        meta.warnings
+    );
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    // The PCMU parts: exact (the G.722 packets are checked below).
+    let narrow: Vec<Tx> = txs.iter().filter(|t| t.pt != 9).cloned().collect();
+    let mut c0n = c0.clone();
+    let start = (t - frame0) * 8 / 1000;
+    for x in c0n.iter_mut().skip(start as usize) {
+        *x = 0;
+    }
+    check_rec("PCMU part", &narrow, 0, (c0n, c1, meta.clone()));
+    let mut dec = new_decoder(&Codec::G722, 8000).expect("G.722 at 8 kHz");
+    let mut want = Vec::new();
+    for x in &a.out[first..] {
+        dec.decode(&x.payload, &mut want).expect("decodes");
+    }
+    let delay = dec.delay_samples() as i64;
+    let fits = |shift: i64| {
+        want.iter()
+            .enumerate()
+            .skip(delay as usize)
+            .filter(|(j, w)| c0.get((start + *j as i64 - delay + shift) as usize) != Some(*w))
+            .count()
+    };
+    let best = (-40..=40).min_by_key(|s| (fits(*s), s.abs())).unwrap_or(0);
+    assert!(
+        best.abs() <= 2 && fits(best) == 0,
+        "G.722 after the re-INVITE {best} samples off its place ({} samples differ there, {} at 0; delay {delay})",
+        fits(best),
+        fits(0)
+    );
+}

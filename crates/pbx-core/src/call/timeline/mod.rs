@@ -281,6 +281,13 @@ impl Segment {
         self.chunks.front().map(|c| c.u)
     }
 
+    /// Where the sender's first sample is (its timestamp's position): a
+    /// decoder's delay puts its first output samples before it, the
+    /// filters' start, no audio of the sender.
+    fn first_uts(&self) -> Option<i64> {
+        self.chunks.front().map(|c| c.uts)
+    }
+
     fn last_end(&self) -> Option<i64> {
         self.max_end
     }
