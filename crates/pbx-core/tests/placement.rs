@@ -1866,3 +1866,131 @@ fn reinvite_changing_codec_to_g722() {
         fits(0)
     );
 }
+
+// ------------------------------------------------------------ Opus
+
+/// Opus (48 kHz RTP clock, recorded at 16 kHz) with frames of 20, 10, 40
+/// and 60 ms in turn for 3 s, then 2 s of DTX (a 20 ms packet every 400 ms,
+/// the timestamps at real time), then 2 s of talk with an RFC 4733 key
+/// (telephone-event/48000) among the audio packets. Every packet's decoded
+/// audio (the engine's own decoder on the same packets in order) where its
+/// timestamp says, less the decoder's stated delay, within 2 samples;
+/// silence between the DTX packets; the key at its time and length.
+#[cfg(all(feature = "bundled-opus", not(feature = "system-opus")))]
+#[test]
+fn opus_variable_frames_dtx_and_48k_events() {
+    use pbx_core::audio::codec::{new_decoder, Codec};
+    use pbx_core::audio::opus::bundled::RawEncoder;
+    let d = Dialog::new("opus@10.0.0.1");
+    let with_ev = |ip: &str, port: u16| {
+        sdp(ip, port, &[111, 0, 101], "sendrecv")
+            .replace(" 111 0 101\r\n", " 111 0 102\r\n")
+            .replace(
+                "a=rtpmap:101 telephone-event/8000\r\n",
+                "a=rtpmap:102 telephone-event/48000\r\n",
+            )
+            .replace("a=fmtp:101", "a=fmtp:102")
+    };
+    let sig = setup(&d, &with_ev("10.0.0.1", 40000), &with_ev("10.0.0.2", 50000));
+    let mut enc = RawEncoder::new(16000, 32000).expect("encoder");
+    let tone = |i: usize| {
+        let t = i as f64 / 16000.0;
+        (8000.0 * (2.0 * std::f64::consts::PI * (250.0 + 60.0 * t) * t).sin()) as i16
+    };
+    let mut buf = vec![0u8; 1500];
+    let mut a = Sender::new(0, 65_500, 0xffff_0000);
+    let mut at = 0usize; // 16 kHz samples since the media start
+    let mut frame = |a: &mut Sender, at: usize, ms: usize, silent: bool| {
+        let pcm: Vec<i16> = (at..at + ms * 16)
+            .map(|i| if silent { 0 } else { tone(i) })
+            .collect();
+        let n = enc.encode(&pcm, &mut buf).expect("encodes");
+        let i = a.audio(MEDIA_US + at as i64 * 1000 / 16, ms * 8, 111, 0);
+        a.out[i].payload = buf[..n].to_vec();
+        // (48 kHz clock: `audio` advanced it at 8 kHz.)
+        a.ts = a.ts.wrapping_add(ms as u32 * 40);
+    };
+    let sizes = [20, 10, 40, 60];
+    let mut k = 0;
+    while at < 3 * 16000 {
+        let ms = sizes[k % 4];
+        frame(&mut a, at, ms, false);
+        at += ms * 16;
+        k += 1;
+    }
+    // DTX: one packet every 400 ms, the clock running.
+    for _ in 0..5 {
+        frame(&mut a, at, 20, true);
+        at += 20 * 16;
+        a.ts = a.ts.wrapping_add(380 * 48);
+        at += 380 * 16;
+    }
+    // Talk again with a key pressed 500 ms in, for 200 ms.
+    let key_at = at + 500 * 16;
+    let key_ts = a.ts.wrapping_add(500 * 48);
+    while at < key_at + 1500 * 16 {
+        frame(&mut a, at, 20, false);
+        at += 20 * 16;
+        if at > key_at && at <= key_at + 200 * 16 && (at - key_at) % (40 * 16) == 0 {
+            let dur = ((at - key_at) * 3) as u16;
+            let end = at == key_at + 200 * 16;
+            for _ in 0..if end { 3 } else { 1 } {
+                let i = a.audio(MEDIA_US + at as i64 * 1000 / 16, 4, 102, 0);
+                a.ts = a.ts.wrapping_sub(4);
+                let x = &mut a.out[i];
+                x.ts = key_ts;
+                x.payload = dtmf(5, end, dur);
+                x.expect = false;
+            }
+        }
+    }
+    let txs = a.out.clone();
+    let (c0, c1, meta) = record_sig(&txs, sig, &d);
+    assert_eq!(meta.sample_rate, 16000);
+    assert!(
+        c1.iter().all(|x| *x == 0),
+        "nothing of the caller in channel 1"
+    );
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    // The reference: each packet decoded in order, at its place.
+    let mut dec = new_decoder(&Codec::Opus, 16000).expect("opus");
+    let delay = dec.delay_samples() as i64;
+    let mut want = vec![0i16; c0.len() + 2000];
+    let mut out = Vec::new();
+    for x in txs.iter().filter(|x| x.pt == 111) {
+        out.clear();
+        dec.decode(&x.payload, &mut out).expect("decodes");
+        let p = (x.sent_us - frame0) * 16 / 1000 - delay;
+        for (j, s) in out.iter().enumerate() {
+            if let Some(w) = usize::try_from(p + j as i64)
+                .ok()
+                .and_then(|q| want.get_mut(q))
+            {
+                *w = *s;
+            }
+        }
+    }
+    let bad = |shift: i64| {
+        (0..c0.len() as i64)
+            .filter(|i| {
+                want.get((i - shift).max(0) as usize).copied().unwrap_or(0) != c0[*i as usize]
+            })
+            .count()
+    };
+    let best = (-40..=40).min_by_key(|s| (bad(*s), s.abs())).unwrap_or(0);
+    assert!(
+        best.abs() <= 2 && bad(best) == 0,
+        "opus: best shift {best} with {} samples differing ({} at 0; {} frames)",
+        bad(best),
+        bad(0),
+        c0.len()
+    );
+    let key = meta.dtmf.iter().find(|k| k.digit == "5").expect("the key");
+    let at_ms = (MEDIA_US + key_at as i64 * 1000 / 16 - frame0) / 1000;
+    assert!(
+        (key.at_ms - at_ms).abs() <= 25 && (key.duration_ms - 200).abs() <= 5,
+        "key {key:?}, pressed at {at_ms} ms for 200 ms"
+    );
+}
