@@ -240,6 +240,9 @@ struct Segment {
     quiet_run: i64,
     /// Newest arrival seen on this segment.
     newest_arrival: i64,
+    /// Timestamp of the last newest packet not far ahead of the envelope
+    /// (a stray's does not count).
+    newest_ts: Option<u32>,
     /// One past the last source sample ever queued (chunks go as rendered).
     max_end: Option<i64>,
 }
@@ -263,6 +266,7 @@ impl Segment {
             pending_overlap: 0.0,
             quiet_run: 0,
             newest_arrival: i64::MIN,
+            newest_ts: None,
             max_end: None,
         }
     }
@@ -575,8 +579,11 @@ impl LegTimeline {
         // its timestamps (a re-INVITE: Asterisk goes on with the sequence
         // and a new random timestamp) by less than the window, so its
         // audio's places collide with audio not yet written.
-        let backwards =
-            p.newest && !straggler && (p.ts.wrapping_sub(self.segs[i].last_ts) as i32) < 0;
+        let backwards = p.newest
+            && !straggler
+            && self.segs[i]
+                .newest_ts
+                .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
         let ext = self.segs[i].extend(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
@@ -619,6 +626,9 @@ impl LegTimeline {
         // link would make the jitter seen seconds, and stop drift following
         // for tens of seconds).
         let beyond = r.is_some_and(|r| r > hold_back);
+        if p.newest && !straggler && flag != Flag::Early {
+            seg.newest_ts = Some(p.ts);
+        }
         if flag == Flag::Normal && !beyond {
             seg.env.add(u_ts, d);
             if let Some(r) = r {
