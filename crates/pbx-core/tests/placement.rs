@@ -80,6 +80,10 @@ struct Tx {
     /// Samples it may lie later than its place (beyond `tol`), where the
     /// design defers a correction.
     slack: i64,
+    /// Source and destination when not the leg's usual addresses.
+    path: Option<(SocketAddr, SocketAddr)>,
+    /// The datagram when not [`rtp`] of the fields (padding, extensions).
+    raw: Option<Vec<u8>>,
 }
 
 /// G.711 bytes whose value is loud and distinct: negative ones for the
@@ -147,6 +151,8 @@ impl Sender {
             payload: vec![b; samples],
             expect: true,
             slack: 0,
+            path: None,
+            raw: None,
         });
         self.seq = self.seq.wrapping_add(1);
         self.ts = self.ts.wrapping_add(samples as u32);
@@ -171,7 +177,10 @@ fn value_of(t: &Tx) -> i16 {
     }
 }
 
-fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> (i64, SocketAddr, SocketAddr, Vec<u8>) {
+/// A datagram on the wire: capture time, source, destination, bytes.
+type Wire = (i64, SocketAddr, SocketAddr, Vec<u8>);
+
+fn sip(at_us: i64, by_caller: bool, data: Vec<u8>) -> Wire {
     if by_caller {
         (at_us, caller_sip(), callee_sip(), data)
     } else {
@@ -190,7 +199,7 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
     let d = Dialog::new("placement@10.0.0.1");
     let offer = sdp("10.0.0.1", 40000, pts, "sendrecv");
     let answer = sdp("10.0.0.2", 50000, pts, "sendrecv");
-    let mut pkts = vec![
+    let sig = vec![
         sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
         sip(
             T0_US + 1_000_000,
@@ -199,6 +208,14 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
         ),
         sip(T0_US + 1_010_000, true, d.request("ACK", 1, true, None)),
     ];
+    record_sig(txs, sig, &d)
+}
+
+/// Runs a call whose signalling before the BYE is `sig` (any order: sorted
+/// by time with the media, signalling first at equal times).
+fn record_sig(txs: &[Tx], sig: Vec<Wire>, d: &Dialog) -> (Vec<i16>, Vec<i16>, CallMeta) {
+    // (Sorted by arrival: the capture's stamps may go back.)
+    let mut pkts: Vec<(i64, Wire)> = sig.into_iter().map(|p| (p.0, p)).collect();
     let mut media: Vec<&Tx> = txs.iter().collect();
     media.sort_by_key(|t| t.arrive_us);
     // (On the capture's clock, as the media.)
@@ -208,23 +225,30 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
         .max()
         .unwrap_or(MEDIA_US);
     for t in &media {
-        let (src, dst) = if t.leg == 0 {
+        let (src, dst) = t.path.unwrap_or(if t.leg == 0 {
             (caller_rtp(), callee_rtp())
         } else {
             (callee_rtp(), caller_rtp())
-        };
+        });
         pkts.push((
-            t.stamp_us.unwrap_or(t.arrive_us),
-            src,
-            dst,
-            rtp(t.pt, t.marker, t.seq, t.ts, t.ssrc, &t.payload),
+            t.arrive_us,
+            (
+                t.stamp_us.unwrap_or(t.arrive_us),
+                src,
+                dst,
+                t.raw
+                    .clone()
+                    .unwrap_or_else(|| rtp(t.pt, t.marker, t.seq, t.ts, t.ssrc, &t.payload)),
+            ),
         ));
     }
-    pkts.push(sip(last + 300_000, true, d.request("BYE", 2, true, None)));
+    pkts.sort_by_key(|p| p.0);
+    let mut pkts: Vec<_> = pkts.into_iter().map(|p| p.1).collect();
+    pkts.push(sip(last + 300_000, true, d.request("BYE", 90, true, None)));
     pkts.push(sip(
         last + 320_000,
         false,
-        d.response(200, "OK", 2, "BYE", true, None),
+        d.response(200, "OK", 90, "BYE", true, None),
     ));
     let mut engine = CallEngine::new(EngineConfig::default());
     let mut sink = Sink::default();
@@ -254,7 +278,12 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
 /// Checks the recording against the plan; `tol`: samples a packet may be
 /// off its place. Returns the largest misplacement seen.
 fn check(name: &str, txs: &[Tx], tol: usize) -> i64 {
-    let (c0, c1, meta) = record(txs);
+    check_rec(name, txs, tol, record(txs))
+}
+
+/// [`check`] of a recording made otherwise.
+fn check_rec(name: &str, txs: &[Tx], tol: usize, rec: (Vec<i16>, Vec<i16>, CallMeta)) -> i64 {
+    let (c0, c1, meta) = rec;
     assert_eq!(meta.sample_rate, 8000, "{name}");
     let frame0 = meta
         .media_started_at
@@ -501,6 +530,8 @@ fn dtmf_packets(s: &mut Sender, start_us: i64, ms: i64, end_repeats: usize, same
                 payload: dtmf(5, end, dur),
                 expect: false,
                 slack: 0,
+                path: None,
+                raw: None,
             });
             if !(end && same_seq_end && r + 1 < n) {
                 s.seq = s.seq.wrapping_add(1);
@@ -549,6 +580,8 @@ fn dtmf_events_interleaved_with_audio_move_nothing() {
                         payload: dtmf(1, end, (i * 160) as u16),
                         expect: false,
                         slack: 0,
+                        path: None,
+                        raw: None,
                     });
                     b.seq = b.seq.wrapping_add(1);
                 }
@@ -1144,6 +1177,8 @@ fn reordering_and_corrupt_duplicates_around_dtmf_events() {
                     payload: dtmf(7, end, dur),
                     expect: false,
                     slack: 0,
+                    path: None,
+                    raw: None,
                 });
                 b.seq = b.seq.wrapping_add(1);
             }
@@ -1168,4 +1203,794 @@ fn capture_clock_step_forward_by_an_hour_keeps_the_call() {
     let nz = |c: &[i16]| c.iter().filter(|x| **x != 0).count();
     assert_eq!(nz(&c0), 500 * 160, "caller audio after the step lost");
     assert_eq!(nz(&c1), 500 * 160, "callee audio after the step lost");
+}
+
+// ------------------------------------------------------------ signalling mid-call
+
+/// The usual INVITE/200/ACK of [`record_with`] with the given SDP bodies.
+fn setup(d: &Dialog, offer: &str, answer: &str) -> Vec<Wire> {
+    vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(offer))),
+        sip(
+            T0_US + 1_000_000,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(answer)),
+        ),
+        sip(T0_US + 1_010_000, true, d.request("ACK", 1, true, None)),
+    ]
+}
+
+/// A re-INVITE at `at_us` by the caller (or the callee) with `body`, its
+/// 200 OK (`answer`) 20 ms later and the ACK.
+fn reinvite(
+    d: &Dialog,
+    at_us: i64,
+    cseq: u32,
+    by_caller: bool,
+    body: &str,
+    answer: &str,
+) -> Vec<Wire> {
+    vec![
+        sip(
+            at_us,
+            by_caller,
+            d.request("INVITE", cseq, by_caller, Some(body)),
+        ),
+        sip(
+            at_us + 20_000,
+            !by_caller,
+            d.response(200, "OK", cseq, "INVITE", by_caller, Some(answer)),
+        ),
+        sip(
+            at_us + 30_000,
+            by_caller,
+            d.request("ACK", cseq, by_caller, None),
+        ),
+    ]
+}
+
+/// A re-INVITE (a transfer, Asterisk's re-INVITE after which its RTP
+/// engine goes on with the same SSRC, the sequence +1 and the timestamp
+/// jumped by a random amount): on the caller at 3 s with the marker bit, on
+/// the callee at 5 s without it, and again on both at 8 s (backwards jumps,
+/// one of half a second). Real time runs on without a gap: every packet
+/// where it was said (within 2 samples), nothing doubled or cut.
+#[test]
+fn reinvite_with_same_ssrc_and_jumped_timestamps() {
+    for (jumps, marker) in [
+        ([0x5a5a_1234u32, 0x8000_0321], true),
+        ([0x5a5a_1234, 0x8000_0321], false),
+        ([2400, 0u32.wrapping_sub(4000)], true),
+        ([0u32.wrapping_sub(4000), 2400], false),
+        ([160 * 9, 0u32.wrapping_sub(160 * 3)], false),
+    ] {
+        let d = Dialog::new("placement@10.0.0.1");
+        let pts = [0, 8, 101];
+        let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+        let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+        let mut sig = setup(&d, &offer, &answer);
+        sig.extend(reinvite(&d, MEDIA_US + 2_990_000, 2, true, &offer, &answer));
+        sig.extend(reinvite(
+            &d,
+            MEDIA_US + 4_990_000,
+            2,
+            false,
+            &answer,
+            &offer,
+        ));
+        sig.extend(reinvite(&d, MEDIA_US + 7_990_000, 3, true, &offer, &answer));
+        let mut a = Sender::new(0, 100, 1000);
+        let mut b = Sender::new(1, 7000, 90_000);
+        // (sender, packets before its jump, the jump, marker on the next)
+        let mut ta = MEDIA_US;
+        for (n, jump) in [(150, Some(jumps[0])), (250, Some(jumps[1])), (100, None)] {
+            ta = a.talk(ta, n);
+            if let Some(j) = jump {
+                a.ts = a.ts.wrapping_add(j);
+                let i = a.audio(ta, 160, 0, 0);
+                a.out[i].marker = marker;
+                ta += 20_000;
+            }
+        }
+        let mut tb = MEDIA_US + 10_000;
+        for (n, jump) in [(250, Some(jumps[1])), (150, Some(jumps[0])), (100, None)] {
+            tb = b.talk(tb, n);
+            if let Some(j) = jump {
+                b.ts = b.ts.wrapping_add(j);
+            }
+        }
+        let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+        let rec = record_sig(&txs, sig, &d);
+        check_rec(
+            &format!("re-INVITE jumps {jumps:?} marker {marker}"),
+            &txs,
+            2,
+            rec,
+        );
+    }
+}
+
+// ------------------------------------------------------------ payload framing, CN
+
+/// An RTP datagram with CSRCs, a header extension (`ext_words` words of
+/// RFC 8285 one-byte elements) and `pad` padding bytes.
+fn rtp_framed(t: &Tx, csrcs: &[u32], ext_words: usize, pad: u8) -> Vec<u8> {
+    let mut p = vec![
+        0x80 | if pad > 0 { 0x20 } else { 0 }
+            | if ext_words > 0 { 0x10 } else { 0 }
+            | csrcs.len() as u8,
+        t.pt | if t.marker { 0x80 } else { 0 },
+    ];
+    p.extend_from_slice(&t.seq.to_be_bytes());
+    p.extend_from_slice(&t.ts.to_be_bytes());
+    p.extend_from_slice(&t.ssrc.to_be_bytes());
+    for c in csrcs {
+        p.extend_from_slice(&c.to_be_bytes());
+    }
+    if ext_words > 0 {
+        p.extend_from_slice(&[0xbe, 0xde]);
+        p.extend_from_slice(&(ext_words as u16).to_be_bytes());
+        // id 1 (audio level), len 1; the rest padding zeros.
+        let mut e = vec![0u8; ext_words * 4];
+        e[0] = 0x10;
+        e[1] = 0x7f;
+        p.extend_from_slice(&e);
+    }
+    p.extend_from_slice(&t.payload);
+    if pad > 0 {
+        p.extend(std::iter::repeat_n(0x55u8, usize::from(pad) - 1));
+        p.push(pad);
+    }
+    p
+}
+
+/// Padding (P bit, up to 255 bytes, the pad bytes loud values of the
+/// other party), header extensions (X bit, RFC 8285 one-byte form, 1 and 3
+/// words) and CSRC lists (1 to 15), alone and together, on every packet of
+/// both legs: each packet's payload read exactly (sample-exact).
+#[test]
+fn padding_extensions_and_csrcs_are_not_audio() {
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 250);
+    let other = [ubyte(1, 3), ubyte(0, 3)];
+    for (i, t) in a.out.iter_mut().chain(b.out.iter_mut()).enumerate() {
+        let csrcs: Vec<u32> = (0..(i % 16) as u32).map(|c| 0x0c00_0000 + c).collect();
+        let pad = [0u8, 4, 1, 255, 13][i % 5];
+        let mut raw = rtp_framed(t, &csrcs, [0, 1, 3][i % 3], pad);
+        // (Padding bytes that would be heard if read as audio.)
+        let n = raw.len();
+        if pad > 1 {
+            for x in &mut raw[n - usize::from(pad)..n - 1] {
+                *x = other[t.leg];
+            }
+        }
+        t.raw = Some(raw);
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("padding/extension/csrc", &txs, 0);
+}
+
+/// Comfort noise (RFC 3389, PT 13) between talkspurts: the caller sends
+/// one CN packet at the start of each silence and then one every 100 ms
+/// (timestamps at the audio's pace), the callee one at the start and then
+/// irregularly with timestamps at another pace (16 kHz-like, and one not
+/// advancing) and sequence numbers shared with the audio. The silences are
+/// silent, the speech after them at its place (sample-exact).
+#[test]
+fn comfort_noise_between_talkspurts() {
+    let cn = |s: &mut Sender, at: i64, ts: u32| {
+        s.out.push(Tx {
+            leg: s.leg,
+            sent_us: at,
+            arrive_us: at,
+            stamp_us: None,
+            seq: s.seq,
+            ts,
+            ssrc: s.ssrc,
+            pt: 13,
+            marker: false,
+            payload: vec![0x40],
+            expect: false,
+            slack: 0,
+            path: None,
+            raw: None,
+        });
+        s.seq = s.seq.wrapping_add(1);
+    };
+    let mut a = Sender::new(0, 65_000, 0xffff_0000);
+    let mut t = a.talk(MEDIA_US, 100);
+    for gap_ms in [400i64, 1000, 3000, 120] {
+        let ts0 = a.ts;
+        for k in 0..(gap_ms / 100).max(1) {
+            cn(&mut a, t + k * 100_000, ts0.wrapping_add(k as u32 * 800));
+        }
+        t += gap_ms * 1000;
+        a.ts = ts0.wrapping_add(gap_ms as u32 * 8);
+        let i = a.out.len();
+        t = a.talk(t, 80);
+        a.out[i].marker = true;
+    }
+    let mut b = Sender::new(1, 10, 5);
+    let mut t = b.talk(MEDIA_US + 10_000, 120);
+    for (gap_ms, pace) in [(700i64, 16u32), (2000, 0), (300, 3)] {
+        let ts0 = b.ts;
+        for (k, at_ms) in [0i64, 37, 250, 260, 600].iter().enumerate() {
+            if *at_ms < gap_ms {
+                cn(
+                    &mut b,
+                    t + at_ms * 1000,
+                    ts0.wrapping_add(k as u32 * pace * 50),
+                );
+            }
+        }
+        t += gap_ms * 1000;
+        b.ts = ts0.wrapping_add(gap_ms as u32 * 8);
+        let i = b.out.len();
+        t = b.talk(t, 90);
+        b.out[i].marker = true;
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let rec = record_with(&txs, &[0, 8, 13, 101]);
+    check_rec("comfort noise", &txs, 0, rec);
+}
+
+// ------------------------------------------------------------ loss with an SSRC change
+
+/// The caller loses 1.5 s (its timestamps and sequence run on) while the
+/// callee's stream changes SSRC (new random numbers) in the middle of the
+/// loss; then a 1 s loss on the callee across which the caller changes
+/// SSRC. Silence over the losses, the rest exact.
+#[test]
+fn loss_burst_while_the_other_leg_changes_ssrc() {
+    let mut a = Sender::new(0, 1000, 77);
+    let t = a.talk(MEDIA_US, 200);
+    let lost = a.out.len();
+    let t = a.talk(t, 75);
+    for x in &mut a.out[lost..] {
+        x.expect = false;
+    }
+    let t = a.talk(t, 200);
+    a.ssrc = 0x5151_5151;
+    a.seq = 9;
+    a.ts = 0x7000_0000;
+    a.talk(t, 200);
+    let mut b = Sender::new(1, 30_000, 0xfff0_0000);
+    let t = b.talk(MEDIA_US + 10_000, 235);
+    b.ssrc = 0x0bad_f00d;
+    b.seq = 65_535;
+    b.ts = 0x1234_5678;
+    let t = b.talk(t, 200);
+    let lost = b.out.len();
+    let t = b.talk(t, 50);
+    for x in &mut b.out[lost..] {
+        x.expect = false;
+    }
+    b.talk(t, 190);
+    a.out.retain(|x| x.expect);
+    b.out.retain(|x| x.expect);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    check("loss + ssrc change", &txs, 0);
+}
+
+// ------------------------------------------------------------ early media, forking
+
+/// Early media: the answering branch's 183 with SDP (PCMU at
+/// 10.0.0.2:50000), its ringback and announcement for 2 s, then its 200 OK
+/// with another SDP (PCMA at port 52000) and the talk from there; with
+/// `fork`, a second branch (another To-tag, 10.0.0.3:51000) sends early
+/// media too at the same time and is cancelled at the answer. The callee
+/// channel holds the answering branch's audio only, each packet at its
+/// place (sample-exact), the other branch's nowhere.
+fn early_media(fork: bool) {
+    let d = Dialog::new("early@10.0.0.1");
+    let mut da = Dialog::new("early@10.0.0.1");
+    da.to_tag = "other-branch".into();
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let early_b = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let early_a = sdp("10.0.0.3", 51000, &[0, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 52000, &[8, 101], "sendrecv");
+    let answer_at = MEDIA_US + 2_000_000;
+    let mut sig = vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
+        sip(
+            T0_US + 500_000,
+            false,
+            d.response(183, "Session Progress", 1, "INVITE", true, Some(&early_b)),
+        ),
+        sip(
+            answer_at,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
+    ];
+    let (b_early, b_talk) = (callee_rtp(), v4(10, 0, 0, 2, 52000));
+    let a_early = v4(10, 0, 0, 3, 51000);
+    // The caller talks to the early address, then to the answer's.
+    let mut c = Sender::new(0, 100, 1000);
+    c.talk(MEDIA_US, 300);
+    for x in &mut c.out {
+        let to = if x.sent_us < answer_at + 20_000 {
+            b_early
+        } else {
+            b_talk
+        };
+        x.path = Some((caller_rtp(), to));
+    }
+    let mut b = Sender::new(1, 7000, 90_000);
+    let t = b.talk(MEDIA_US + 10_000, 100);
+    for x in &mut b.out {
+        x.path = Some((b_early, caller_rtp()));
+    }
+    let first = b.out.len();
+    let mut t = t;
+    for _ in 0..200 {
+        b.audio(t, 160, 8, 0);
+        t += 20_000;
+    }
+    for x in &mut b.out[first..] {
+        x.path = Some((b_talk, caller_rtp()));
+    }
+    let mut txs: Vec<Tx> = c.out.into_iter().chain(b.out).collect();
+    if fork {
+        sig.push(sip(
+            T0_US + 400_000,
+            false,
+            da.response(183, "Session Progress", 1, "INVITE", true, Some(&early_a)),
+        ));
+        sig.push(sip(
+            answer_at + 5_000,
+            true,
+            d.request("CANCEL", 1, true, None),
+        ));
+        // Its audio: quiet positive values no packet of the plan has.
+        let quiet = (0u8..=255)
+            .find(|x| (300..900).contains(&ulaw_to_linear(*x)))
+            .expect("a quiet value");
+        let mut a = Sender::new(1, 500, 4000);
+        a.ssrc = 0x4444_0000;
+        // (From before the answering branch's first packet to the answer.)
+        a.talk(MEDIA_US + 5_000, 100);
+        for x in &mut a.out {
+            x.payload = vec![quiet; 160];
+            x.expect = false;
+            x.path = Some((a_early, caller_rtp()));
+        }
+        txs.extend(a.out);
+    }
+    sig.sort_by_key(|s| s.0);
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(&format!("early media, fork {fork}"), &txs, 0, rec);
+}
+
+#[test]
+fn early_media_then_answer_with_other_sdp() {
+    early_media(false);
+}
+
+/// Known limit: while two branches send early media, the channel follows
+/// the first that came (the other is taken for a copy); which one answers
+/// is known only at the 200 OK, seconds after the early audio was written.
+/// Fails: the other branch's ringback is in the callee channel until the
+/// answer, the answering branch's early audio is missing.
+#[test]
+#[ignore = "known limit: early media of a forked INVITE follows the first branch heard, not the one that answers"]
+fn forked_early_media_only_the_answering_branch() {
+    early_media(true);
+}
+
+// ------------------------------------------------------------ media relay
+
+/// `msg` as forwarded by a proxy: its own Via on top.
+fn via_proxy(msg: Vec<u8>, n: u32) -> Vec<u8> {
+    let s = String::from_utf8(msg).expect("text");
+    let at = s.find("Via:").expect("a Via");
+    format!(
+        "{}Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-proxy-{n}\r\n{}",
+        &s[..at],
+        &s[at..]
+    )
+    .into_bytes()
+}
+
+/// Symmetric RTP through a media relay (192.0.2.10) beside a proxy: the
+/// caller sees the callee at relay port 30000, the callee the caller at
+/// relay port 30002. With `both_sides` the capture sees the signalling and
+/// the media on both sides of the relay (every packet twice, the relayed
+/// copy 1 ms later under the relay's own SSRC and numbers); otherwise only
+/// the callee's side (relay ↔ callee). The relay takes a new SSRC, sequence
+/// and timestamp base for its copies at every re-INVITE (3 s and 6 s).
+/// Each party's audio in its own channel at its place (sample-exact).
+fn relay(both_sides: bool) {
+    let d = Dialog::new("relay@10.0.0.1");
+    let proxy = v4(192, 0, 2, 10, 5060);
+    let (r_caller, r_callee) = (v4(192, 0, 2, 10, 30000), v4(192, 0, 2, 10, 30002));
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let offer_r = sdp("192.0.2.10", 30002, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let answer_r = sdp("192.0.2.10", 30000, &pts, "sendrecv");
+    let mut sig: Vec<Wire> = Vec::new();
+    let reinvites = [MEDIA_US + 2_990_000, MEDIA_US + 5_990_000];
+    for (n, at) in [T0_US].into_iter().chain(reinvites).enumerate() {
+        let cseq = n as u32 + 1;
+        let ans_at = if n == 0 { at + 1_000_000 } else { at + 20_000 };
+        if both_sides {
+            sig.push((
+                at,
+                caller_sip(),
+                proxy,
+                d.request("INVITE", cseq, true, Some(&offer)),
+            ));
+            sig.push((
+                ans_at + 1000,
+                proxy,
+                caller_sip(),
+                d.response(200, "OK", cseq, "INVITE", true, Some(&answer_r)),
+            ));
+            sig.push((
+                ans_at + 10_000,
+                caller_sip(),
+                proxy,
+                d.request("ACK", cseq, true, None),
+            ));
+        }
+        sig.push((
+            at + 1000,
+            proxy,
+            callee_sip(),
+            via_proxy(d.request("INVITE", cseq, true, Some(&offer_r)), cseq),
+        ));
+        sig.push((
+            ans_at,
+            callee_sip(),
+            proxy,
+            via_proxy(
+                d.response(200, "OK", cseq, "INVITE", true, Some(&answer)),
+                cseq,
+            ),
+        ));
+        sig.push((
+            ans_at + 11_000,
+            proxy,
+            callee_sip(),
+            via_proxy(d.request("ACK", cseq, true, None), 100 + cseq),
+        ));
+    }
+    sig.sort_by_key(|s| s.0);
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 450);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 450);
+    let mut txs = Vec::new();
+    // (The caller's voice: caller → relay 30000, relayed 30002 → callee;
+    // the callee's: callee → relay 30002, relayed 30000 → caller.)
+    for (s, direct_path, copy_path) in [
+        (&mut a, (caller_rtp(), r_caller), (r_callee, callee_rtp())),
+        (&mut b, (callee_rtp(), r_callee), (r_caller, caller_rtp())),
+    ] {
+        for x in &s.out {
+            let mut direct = x.clone();
+            direct.path = Some(direct_path);
+            // The relay's numbering for this stretch.
+            let part = reinvites.iter().filter(|r| x.sent_us > **r).count() as u32;
+            let mut copy = x.clone();
+            copy.ssrc = 0x7e1a_0000 + part * 0x101 + s.leg as u32;
+            copy.seq = x.seq.wrapping_add(part as u16 * 12_345);
+            copy.ts = x.ts.wrapping_add(part.wrapping_mul(0x3c6e_f372));
+            copy.arrive_us += 1000;
+            copy.path = Some(copy_path);
+            copy.raw = Some(rtp(
+                0,
+                copy.marker,
+                copy.seq,
+                copy.ts,
+                copy.ssrc,
+                &copy.payload,
+            ));
+            if both_sides {
+                txs.push(direct);
+                // (Not where the audio is counted: the plan's pt 96.)
+                copy.expect = false;
+                copy.pt = 96;
+                txs.push(copy);
+            } else if s.leg == 0 {
+                // Seen leaving the relay only: captured 1 ms later.
+                copy.sent_us += 1000;
+                txs.push(copy);
+            } else {
+                txs.push(direct);
+            }
+        }
+    }
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(&format!("relay, both sides {both_sides}"), &txs, 0, rec);
+}
+
+#[test]
+fn symmetric_rtp_through_a_relay_rewriting_ssrcs() {
+    relay(false);
+    relay(true);
+}
+
+// ------------------------------------------------------------ opposite drifts
+
+/// Both senders' clocks drift for ten minutes, in opposite directions
+/// (`ppm` and `-ppm`): every packet boundary of both legs after the first
+/// 10 s within 1 ms (8 samples, the design's hysteresis) of its capture
+/// time to the very end, so the legs stay within 2 ms of each other;
+/// neither party's audio in the other's channel.
+#[test]
+fn both_legs_drifting_apart_ten_minutes() {
+    let ppm = 300.0;
+    let n = 30_000;
+    let mut s = [Sender::new(0, 1, 1), Sender::new(1, 40_000, 0xfff0_0000)];
+    for (leg, e) in [(0usize, ppm * 1e-6), (1, -ppm * 1e-6)] {
+        let start = MEDIA_US + leg as i64 * 10_000;
+        for k in 0..n {
+            let sent = start + (k as f64 * 20_000.0 / (1.0 + e)).round() as i64;
+            s[leg].audio(sent, 160, 0, 0);
+        }
+    }
+    let txs: Vec<Tx> = s.iter().flat_map(|x| x.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record(&txs);
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    for (leg, ch) in [&c0, &c1].into_iter().enumerate() {
+        let out = &s[leg].out;
+        let mut worst = 0.0f64;
+        let mut worst_at = 0;
+        for k in 500..out.len() {
+            let want = (out[k].sent_us - frame0) as f64 * 8.0 / 1000.0;
+            let (v0, v1) = (value_of(&out[k - 1]), value_of(&out[k]));
+            if (f64::from(v0) - f64::from(v1)).abs() < 500.0 {
+                continue;
+            }
+            let got = boundary(ch, want, 40, v0, v1).unwrap_or_else(|| {
+                panic!("leg {leg}: boundary of packet {k} not found near {want}")
+            });
+            if (got - want).abs() > worst.abs() {
+                worst = got - want;
+                worst_at = k;
+            }
+        }
+        let c = &meta.channels[leg];
+        eprintln!(
+            "leg {leg}: worst {worst:+.2} at packet {worst_at}; drift {} ppm, corrections {}",
+            c.drift_ppm, c.timing_corrections
+        );
+        assert!(
+            worst.abs() <= 8.0,
+            "leg {leg}: packet {worst_at} off by {worst:+.2}"
+        );
+        let sign = if leg == 0 { 1 } else { -1 };
+        let run = ch
+            .split(|x| x.signum() != sign)
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            run < 16,
+            "leg {leg}: the other party's audio in this channel"
+        );
+    }
+}
+
+/// A re-INVITE at 3 s changes the caller's codec PCMU → G.722 (the same
+/// SSRC, the sequence +1, the timestamp jumped at random). The output rate
+/// is chosen at the first packet (narrowband here: 8 kHz, a warning says
+/// the wideband audio is recorded at 8 kHz). The PCMU part sample-exact;
+/// the G.722 part is what the engine's own G.722→8 kHz decoder makes of the
+/// stream, bit for bit, at its capture time (within 2 samples); the callee
+/// exact throughout.
+#[test]
+fn reinvite_changing_codec_to_g722() {
+    use pbx_core::audio::codec::{new_decoder, Codec};
+    let d = Dialog::new("placement@10.0.0.1");
+    let nb = [0, 8, 101];
+    let wb = [9, 0, 101];
+    let mut sig = setup(
+        &d,
+        &sdp("10.0.0.1", 40000, &nb, "sendrecv"),
+        &sdp("10.0.0.2", 50000, &nb, "sendrecv"),
+    );
+    sig.extend(reinvite(
+        &d,
+        MEDIA_US + 2_990_000,
+        2,
+        true,
+        &sdp("10.0.0.1", 40000, &wb, "sendrecv"),
+        &sdp("10.0.0.2", 50000, &wb, "sendrecv"),
+    ));
+    let mut a = Sender::new(0, 100, 1000);
+    let t = a.talk(MEDIA_US, 150);
+    a.ts = a.ts.wrapping_add(0x2545_f491);
+    let n = 150;
+    let pcm: Vec<i16> = (0..n * 320)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            (9000.0 * (2.0 * std::f64::consts::PI * (300.0 + 40.0 * t) * t).sin()) as i16
+        })
+        .collect();
+    let mut enc = G722Encoder::new();
+    let first = a.out.len();
+    for k in 0..n {
+        let mut payload = Vec::new();
+        enc.encode(&pcm[k * 320..(k + 1) * 320], &mut payload);
+        let i = a.audio(t + k as i64 * 20_000, 160, 9, 0);
+        a.out[i].payload = payload;
+    }
+    a.out[first].marker = true;
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 300);
+    let txs: Vec<Tx> = a.out.iter().cloned().chain(b.out.iter().cloned()).collect();
+    let (c0, c1, meta) = record_sig(&txs, sig, &d);
+    assert_eq!(meta.sample_rate, 8000);
+    assert!(
+        meta.warnings.iter().any(|w| w.contains("wideband")),
+        "{:?}",
+        meta.warnings
+    );
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    // The PCMU parts: exact (the G.722 packets are checked below).
+    let narrow: Vec<Tx> = txs.iter().filter(|t| t.pt != 9).cloned().collect();
+    let mut c0n = c0.clone();
+    let start = (t - frame0) * 8 / 1000;
+    for x in c0n.iter_mut().skip(start as usize) {
+        *x = 0;
+    }
+    check_rec("PCMU part", &narrow, 0, (c0n, c1, meta.clone()));
+    let mut dec = new_decoder(&Codec::G722, 8000).expect("G.722 at 8 kHz");
+    let mut want = Vec::new();
+    for x in &a.out[first..] {
+        dec.decode(&x.payload, &mut want).expect("decodes");
+    }
+    let delay = dec.delay_samples() as i64;
+    let fits = |shift: i64| {
+        want.iter()
+            .enumerate()
+            .skip(delay as usize)
+            .filter(|(j, w)| c0.get((start + *j as i64 - delay + shift) as usize) != Some(*w))
+            .count()
+    };
+    let best = (-40..=40).min_by_key(|s| (fits(*s), s.abs())).unwrap_or(0);
+    assert!(
+        best.abs() <= 2 && fits(best) == 0,
+        "G.722 after the re-INVITE {best} samples off its place ({} samples differ there, {} at 0; delay {delay})",
+        fits(best),
+        fits(0)
+    );
+}
+
+// ------------------------------------------------------------ Opus
+
+/// Opus (48 kHz RTP clock, recorded at 16 kHz) with frames of 20, 10, 40
+/// and 60 ms in turn for 3 s, then 2 s of DTX (a 20 ms packet every 400 ms,
+/// the timestamps at real time), then 2 s of talk with an RFC 4733 key
+/// (telephone-event/48000) among the audio packets. Every packet's decoded
+/// audio (the engine's own decoder on the same packets in order) where its
+/// timestamp says, less the decoder's stated delay, within 2 samples;
+/// silence between the DTX packets; the key at its time and length.
+#[cfg(all(feature = "bundled-opus", not(feature = "system-opus")))]
+#[test]
+fn opus_variable_frames_dtx_and_48k_events() {
+    use pbx_core::audio::codec::{new_decoder, Codec};
+    use pbx_core::audio::opus::bundled::RawEncoder;
+    let d = Dialog::new("opus@10.0.0.1");
+    let with_ev = |ip: &str, port: u16| {
+        sdp(ip, port, &[111, 0, 101], "sendrecv")
+            .replace(" 111 0 101\r\n", " 111 0 102\r\n")
+            .replace(
+                "a=rtpmap:101 telephone-event/8000\r\n",
+                "a=rtpmap:102 telephone-event/48000\r\n",
+            )
+            .replace("a=fmtp:101", "a=fmtp:102")
+    };
+    let sig = setup(&d, &with_ev("10.0.0.1", 40000), &with_ev("10.0.0.2", 50000));
+    let mut enc = RawEncoder::new(16000, 32000).expect("encoder");
+    let tone = |i: usize| {
+        let t = i as f64 / 16000.0;
+        (8000.0 * (2.0 * std::f64::consts::PI * (250.0 + 60.0 * t) * t).sin()) as i16
+    };
+    let mut buf = vec![0u8; 1500];
+    let mut a = Sender::new(0, 65_500, 0xffff_0000);
+    let mut at = 0usize; // 16 kHz samples since the media start
+    let mut frame = |a: &mut Sender, at: usize, ms: usize, silent: bool| {
+        let pcm: Vec<i16> = (at..at + ms * 16)
+            .map(|i| if silent { 0 } else { tone(i) })
+            .collect();
+        let n = enc.encode(&pcm, &mut buf).expect("encodes");
+        let i = a.audio(MEDIA_US + at as i64 * 1000 / 16, ms * 8, 111, 0);
+        a.out[i].payload = buf[..n].to_vec();
+        // (48 kHz clock: `audio` advanced it at 8 kHz.)
+        a.ts = a.ts.wrapping_add(ms as u32 * 40);
+    };
+    let sizes = [20, 10, 40, 60];
+    let mut k = 0;
+    while at < 3 * 16000 {
+        let ms = sizes[k % 4];
+        frame(&mut a, at, ms, false);
+        at += ms * 16;
+        k += 1;
+    }
+    // DTX: one packet every 400 ms, the clock running.
+    for _ in 0..5 {
+        frame(&mut a, at, 20, true);
+        at += 20 * 16;
+        a.ts = a.ts.wrapping_add(380 * 48);
+        at += 380 * 16;
+    }
+    // Talk again with a key pressed 500 ms in, for 200 ms.
+    let key_at = at + 500 * 16;
+    let key_ts = a.ts.wrapping_add(500 * 48);
+    while at < key_at + 1500 * 16 {
+        frame(&mut a, at, 20, false);
+        at += 20 * 16;
+        if at > key_at && at <= key_at + 200 * 16 && (at - key_at) % (40 * 16) == 0 {
+            let dur = ((at - key_at) * 3) as u16;
+            let end = at == key_at + 200 * 16;
+            for _ in 0..if end { 3 } else { 1 } {
+                let i = a.audio(MEDIA_US + at as i64 * 1000 / 16, 4, 102, 0);
+                a.ts = a.ts.wrapping_sub(4);
+                let x = &mut a.out[i];
+                x.ts = key_ts;
+                x.payload = dtmf(5, end, dur);
+                x.expect = false;
+            }
+        }
+    }
+    let txs = a.out.clone();
+    let (c0, c1, meta) = record_sig(&txs, sig, &d);
+    assert_eq!(meta.sample_rate, 16000);
+    assert!(
+        c1.iter().all(|x| *x == 0),
+        "nothing of the caller in channel 1"
+    );
+    let frame0 = meta
+        .media_started_at
+        .micros_since(Timestamp::from_micros(0));
+    // The reference: each packet decoded in order, at its place.
+    let mut dec = new_decoder(&Codec::Opus, 16000).expect("opus");
+    let delay = dec.delay_samples() as i64;
+    let mut want = vec![0i16; c0.len() + 2000];
+    let mut out = Vec::new();
+    for x in txs.iter().filter(|x| x.pt == 111) {
+        out.clear();
+        dec.decode(&x.payload, &mut out).expect("decodes");
+        let p = (x.sent_us - frame0) * 16 / 1000 - delay;
+        for (j, s) in out.iter().enumerate() {
+            if let Some(w) = usize::try_from(p + j as i64)
+                .ok()
+                .and_then(|q| want.get_mut(q))
+            {
+                *w = *s;
+            }
+        }
+    }
+    let bad = |shift: i64| {
+        (0..c0.len() as i64)
+            .filter(|i| {
+                want.get((i - shift).max(0) as usize).copied().unwrap_or(0) != c0[*i as usize]
+            })
+            .count()
+    };
+    let best = (-40..=40).min_by_key(|s| (bad(*s), s.abs())).unwrap_or(0);
+    assert!(
+        best.abs() <= 2 && bad(best) == 0,
+        "opus: best shift {best} with {} samples differing ({} at 0; {} frames)",
+        bad(best),
+        bad(0),
+        c0.len()
+    );
+    let key = meta.dtmf.iter().find(|k| k.digit == "5").expect("the key");
+    let at_ms = (MEDIA_US + key_at as i64 * 1000 / 16 - frame0) / 1000;
+    assert!(
+        (key.at_ms - at_ms).abs() <= 25 && (key.duration_ms - 200).abs() <= 5,
+        "key {key:?}, pressed at {at_ms} ms for 200 ms"
+    );
 }

@@ -178,7 +178,8 @@ const SHARED_MAX: usize = 4;
 
 /// `ep` is where `side` is reached: packets to it are the other party's.
 /// The latest call to announce an address owns it; the calls that had it
-/// before are kept beside it (see `Tracker::handle_rtp`).
+/// before are kept beside it (see `Tracker::handle_rtp`). Returns whether
+/// that is news (the address was not this side's of this call).
 fn register_endpoint(
     endpoints: &mut FxHashMap<SocketAddr, (CallKey, Party)>,
     shared: &mut SharedEndpoints,
@@ -186,7 +187,8 @@ fn register_endpoint(
     key: CallKey,
     ep: SocketAddr,
     side: Party,
-) {
+) -> bool {
+    let new = !s.endpoints.contains(&ep) || endpoints.get(&ep) != Some(&(key, side));
     if !s.endpoints.contains(&ep) {
         if s.endpoints.len() >= 16 {
             // The oldest goes from the call-wide map too (it would point
@@ -212,6 +214,7 @@ fn register_endpoint(
             shared.remove(&ep);
         }
     }
+    new
 }
 
 /// Call `key` no longer announces `ep`: the call that had it before (if
@@ -673,6 +676,7 @@ impl Tracker {
             call.resumed_at = self.now;
         }
         let mut first_audio: Option<Codec> = None;
+        let mut new_address = false;
         for (i, m) in sdp.media.iter().enumerate() {
             if !m.media.eq_ignore_ascii_case("audio") {
                 continue;
@@ -755,7 +759,7 @@ impl Tracker {
                 }
                 let ep = SocketAddr::new(addr, m.port);
                 if let Some(reg_side) = reg_side {
-                    register_endpoint(
+                    new_address |= register_endpoint(
                         &mut self.endpoints,
                         &mut self.shared,
                         &mut call.sides[reg_side.channel()],
@@ -778,8 +782,13 @@ impl Tracker {
         if first_audio.is_some() {
             call.sides[side.channel()].preferred = first_audio;
         }
-        // New SDP may bring new streams (re-INVITE, transfer): let them take over at once.
-        if let Some(media) = call.media.as_mut() {
+        // New SDP may bring new streams (re-INVITE, transfer): let them
+        // take over at once. Not an SDP that only repeats the addresses
+        // (a re-INVITE through a relay seen on both its sides): the
+        // relayed copy, 1 ms behind, would take over from the sender's
+        // own stream at every such re-INVITE, its first packet the audio
+        // just written.
+        if let (true, Some(media)) = (new_address || siprec.is_some(), call.media.as_mut()) {
             for leg in &mut media.legs {
                 leg.flow = None;
             }

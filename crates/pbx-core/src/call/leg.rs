@@ -289,6 +289,11 @@ impl Tracker {
                 // of the stream comes by another path.
                 active == flow
                     || (active.src == flow.src && active.dst == flow.dst)
+                    // The same stream sent on to another address (the
+                    // answer's SDP after early media's, a re-INVITE):
+                    // packets still in flight to the old one are its
+                    // audio too. (A copy would repeat its sequence numbers.)
+                    || (active.src == flow.src && active.ssrc == flow.ssrc)
                     || (flow.by_dst && !active.by_dst)
                     || ts.micros_since(last) >= FLOW_QUIET_US
             }

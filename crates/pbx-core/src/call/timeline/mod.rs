@@ -240,6 +240,9 @@ struct Segment {
     quiet_run: i64,
     /// Newest arrival seen on this segment.
     newest_arrival: i64,
+    /// Timestamp of the last newest packet not far ahead of the envelope
+    /// (a stray's does not count).
+    newest_ts: Option<u32>,
     /// One past the last source sample ever queued (chunks go as rendered).
     max_end: Option<i64>,
 }
@@ -263,6 +266,7 @@ impl Segment {
             pending_overlap: 0.0,
             quiet_run: 0,
             newest_arrival: i64::MIN,
+            newest_ts: None,
             max_end: None,
         }
     }
@@ -279,6 +283,13 @@ impl Segment {
 
     fn first_u(&self) -> Option<i64> {
         self.chunks.front().map(|c| c.u)
+    }
+
+    /// Where the sender's first sample is (its timestamp's position): a
+    /// decoder's delay puts its first output samples before it, the
+    /// filters' start, no audio of the sender.
+    fn first_uts(&self) -> Option<i64> {
+        self.chunks.front().map(|c| c.uts)
     }
 
     fn last_end(&self) -> Option<i64> {
@@ -564,21 +575,40 @@ impl LegTimeline {
     fn insert_into(&mut self, i: usize, p: &Packet<'_>, straggler: bool) {
         let hold_back = self.hold_back as f64;
         let early_limit = BREAK_MS as f64 * self.ms;
+        // A newest packet whose timestamp goes back: the sender restarted
+        // its timestamps (a re-INVITE: Asterisk goes on with the sequence
+        // and a new random timestamp) by less than the window, so its
+        // audio's places collide with audio not yet written.
+        let backwards = p.newest
+            && !straggler
+            && self.segs[i]
+                .newest_ts
+                .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
         let ext = self.segs[i].extend(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
         let u_ts = self.samples_of(ext, p.clock_rate);
         let d = p.arrival - u_ts;
         let u = u_ts - p.delay;
+        let limit = self.segs[i].env.break_limit();
+        // As late as the packets held (the ones after a restart).
+        let joins_held =
+            !self.held.is_empty() && self.held.iter().all(|h| ((h.d - d).abs() as f64) <= limit);
         let seg = &mut self.segs[i];
         seg.newest_arrival = seg.newest_arrival.max(p.arrival);
         let r = seg.env.at(u_ts).map(|e| d as f64 - e);
-        let limit = seg.env.break_limit();
         let flag = match r {
             // Its place is long written: the timestamps stopped describing
             // the timing (hold without timestamps, restart), or the link
-            // stalled. Held until the packets after it tell which.
-            Some(r) if r > hold_back && p.newest && !straggler => {
+            // stalled. Held until the packets after it tell which. So is
+            // a late one whose timestamp went back (its place is not
+            // written yet, but its audio would replace what is there), and
+            // the ones after it as late.
+            Some(r)
+                if (r > hold_back || (r > limit && (backwards || joins_held)))
+                    && p.newest
+                    && !straggler =>
+            {
                 self.hold(p, d);
                 return;
             }
@@ -596,13 +626,16 @@ impl LegTimeline {
         // link would make the jitter seen seconds, and stop drift following
         // for tens of seconds).
         let beyond = r.is_some_and(|r| r > hold_back);
+        if p.newest && !straggler && flag != Flag::Early {
+            seg.newest_ts = Some(p.ts);
+        }
         if flag == Flag::Normal && !beyond {
             seg.env.add(u_ts, d);
             if let Some(r) = r {
                 seg.env.note_residual(r);
             }
         }
-        if p.newest && !straggler && !self.held.is_empty() {
+        if p.newest && !straggler && !self.held.is_empty() && flag == Flag::Normal {
             // The newest packet is within the window again: the link had
             // stalled, the held packets were its queue, merely late.
             self.resolve_held(Some(false));

@@ -100,7 +100,9 @@ impl LegTimeline {
     fn switch_point(&self) -> i64 {
         let cur = &self.segs[0];
         let next = &self.segs[1];
-        let Some(nu) = next.first_u() else {
+        // (Its decoder's start, before the sender's first sample, may
+        // overlap the end of the current: cut, it moves nothing.)
+        let Some(nu) = next.first_uts() else {
             // The next segment has no audio yet: keep rendering the current.
             return i64::MAX;
         };
@@ -148,7 +150,7 @@ impl LegTimeline {
             seg.a = want;
             return;
         }
-        let seamless = (at - u) as f64;
+        let seamless = (at - seg.first_uts().unwrap_or(u)) as f64;
         let h = seg.env.hysteresis().max(h_prev);
         let a = if (want - seamless).abs() <= h {
             seamless
