@@ -92,7 +92,13 @@ impl LegTimeline {
             return false;
         }
         let k = cur.chunks.partition_point(|c| cur.place(c.u) < next_end);
-        self.split(0, k);
+        // The tail goes after the other segment, also where `split` keeps
+        // it in front of one already started: else the tail is the front's
+        // follower with the same property, detached again and again (an
+        // endless loop found by the call_engine fuzz target).
+        if self.split(0, k) == 1 && self.segs.len() > 2 {
+            self.segs.swap(1, 2);
+        }
         true
     }
 
