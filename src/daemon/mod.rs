@@ -1078,12 +1078,11 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     if let Ok(mut s) = status.lock() {
         s.shutting_down = true;
     }
-    // CONTRACT §1: exit within 10 s. Delivery stops beside the sources
-    // (its uploads in progress get their grace, their progress is saved;
-    // the recordings being closed wait in the spool for the next start),
-    // so the phases' times overlap instead of adding up.
+    // CONTRACT §1: exit within 10 s. (Delivery stops after the sources:
+    // the folder source's last pass reads which recordings were delivered
+    // to move or delete their PBX files, which delivery's own last steps
+    // may remove from the spool.)
     let stop_started = tokio::time::Instant::now();
-    let delivery_stop = delivery.take().map(|d| tokio::spawn(d.shutdown()));
     // Stop every source in parallel so the 10 s budget is shared.
     stop_all(
         siprec
@@ -1100,8 +1099,8 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     stream
         .drain(Duration::from_secs(3).min(left.saturating_sub(Duration::from_secs(2))))
         .await;
-    if let Some(t) = delivery_stop {
-        let _ = t.await;
+    if let Some(d) = delivery.take() {
+        d.shutdown().await;
     }
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
