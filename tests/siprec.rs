@@ -1386,8 +1386,13 @@ fn sighup_changing_allow_max_calls_agent_and_rtp_timeout_keeps_the_call_in_progr
 fn sighup_moving_listen_and_rtp_ports_lets_the_old_listener_finish_its_call() {
     let dir = tempfile::tempdir().unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    let rtp_a = 33_000 + (port_a % 250) * 20;
-    let rtp_b = rtp_a + 10_000;
+    // (Below the ephemeral ports: a free port, SIP's, never falls inside.)
+    let rtp_a = rtp_base(port_a, 20);
+    let rtp_b = if rtp_a < 21_000 {
+        rtp_a + 10_000
+    } else {
+        rtp_a - 10_000
+    };
     let (srs_a, srs_b): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{port_a}").parse().unwrap(),
         format!("127.0.0.1:{port_b}").parse().unwrap(),

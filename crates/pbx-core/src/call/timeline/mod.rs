@@ -899,9 +899,8 @@ impl LegTimeline {
         }
     }
 
-    /// Chunks `k..` of segment `i` become a new segment after it. Returns
-    /// the new segment's index.
-    fn split(&mut self, i: usize, k: usize) -> usize {
+    /// Chunks `k..` of segment `i` become a new segment after it.
+    fn split(&mut self, i: usize, k: usize) {
         let tail: VecDeque<Chunk> = self.segs[i].chunks.split_off(k);
         let (ssrc, clock_rate) = (self.segs[i].ssrc, self.segs[i].clock_rate);
         let mut s = Segment::new(self.rate, ssrc, 0, clock_rate);
@@ -948,7 +947,6 @@ impl LegTimeline {
         self.segs.reserve_exact(1);
         self.segs.insert(at, s);
         self.stats.breaks += 1;
-        at
     }
 
     /// Render everything the leg holds (end of the call). Returns the end.

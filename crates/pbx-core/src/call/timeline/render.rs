@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// Returned tails detached at one position of the render at most.
+const MAX_DETACH: u32 = 4;
+
 /// 8-tap Lanczos (a = 4) interpolation weights for 256 fractional phases.
 fn lanczos_table() -> &'static [[f32; 8]; 257] {
     use std::sync::OnceLock;
@@ -41,6 +44,10 @@ impl LegTimeline {
     /// into `out` (exactly `to - rendered()` samples; silence where the leg
     /// has nothing).
     pub fn render(&mut self, to: i64, out: &mut Vec<i16>) {
+        // Returned tails detached at this position (bounded: segments whose
+        // places interleave could hand chunks back and forth for ever, an
+        // endless loop found by the call_engine fuzz target).
+        let mut detached = (self.pos, 0u32);
         while self.pos < to {
             // Drop segments that are finished and superseded.
             let Some(cur) = self.segs.front() else {
@@ -56,7 +63,11 @@ impl LegTimeline {
             let mut limit = to;
             if self.segs.len() > 1 {
                 let switch = self.switch_point();
-                if switch <= self.pos && self.detach_return() {
+                if detached.0 != self.pos {
+                    detached = (self.pos, 0);
+                }
+                if switch <= self.pos && detached.1 < MAX_DETACH && self.detach_return() {
+                    detached.1 += 1;
                     continue;
                 }
                 if switch <= self.pos {
@@ -91,14 +102,13 @@ impl LegTimeline {
         if cur.place(last.u) < next_end || next.first_u().is_none() {
             return false;
         }
-        let k = cur.chunks.partition_point(|c| cur.place(c.u) < next_end);
-        // The tail goes after the other segment, also where `split` keeps
-        // it in front of one already started: else the tail is the front's
-        // follower with the same property, detached again and again (an
-        // endless loop found by the call_engine fuzz target).
-        if self.split(0, k) == 1 && self.segs.len() > 2 {
-            self.segs.swap(1, 2);
-        }
+        // (The first chunk at or after the other's end: places need not
+        // grow with the chunks' order, so no binary search; and there is
+        // one, the last, so the tail is never empty.)
+        let Some(k) = cur.chunks.iter().position(|c| cur.place(c.u) >= next_end) else {
+            return false;
+        };
+        self.split(0, k);
         true
     }
 
