@@ -167,6 +167,19 @@ fn pairs_left(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Every one of `n` calls delivered (within 10 s), then the pause over
+/// (within 3 s).
+async fn delivered_and_unpaused(rx: &Receiver, status: &SharedStatus, n: usize) {
+    wait_for("all delivered", Duration::from_secs(10), || {
+        rx.lock().calls.len() == n
+    })
+    .await;
+    wait_for("unpaused", Duration::from_secs(3), || {
+        cloud_status(status).paused.is_none()
+    })
+    .await;
+}
+
 /// Uploads pause (within 5 s) for `kind` (the metric says so) with a
 /// `/readyz` cloud reason containing `why`; `ready`: whether `/readyz`
 /// stays ready. (The tests' status has no spool of its own: one that is
@@ -624,14 +637,7 @@ fn payment_required_pauses_all_uploads_then_resumes() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let n402 = rx.lock().count("POST", "/v1/calls", 402);
         assert!(n402 <= 6, "{n402} requests during the pause");
-        wait_for("all delivered", Duration::from_secs(10), || {
-            rx.lock().calls.len() == 6
-        })
-        .await;
-        wait_for("unpaused", Duration::from_secs(3), || {
-            cloud_status(&status).paused.is_none()
-        })
-        .await;
+        delivered_and_unpaused(&rx, &status, 6).await;
         let st = status.lock().unwrap().clone();
         assert_eq!(readiness(&st).1["cloud"], "ok");
         h.shutdown().await;
@@ -676,14 +682,7 @@ fn tus_location_on_another_origin_pauses_uploads_visibly() {
         assert_eq!(pairs_left(d.path()).len(), 8);
         // The server fixed: the recordings go.
         rx.lock().foreign_location = None;
-        wait_for("all delivered", Duration::from_secs(10), || {
-            rx.lock().calls.len() == 4
-        })
-        .await;
-        wait_for("unpaused", Duration::from_secs(3), || {
-            cloud_status(&status).paused.is_none()
-        })
-        .await;
+        delivered_and_unpaused(&rx, &status, 4).await;
         h.shutdown().await;
     });
     // No request ever carried anything to the PATCH location's origin
@@ -1842,14 +1841,7 @@ fn a_missing_endpoint_pauses_uploads_with_the_reason() {
         s.pause_retry = Duration::from_millis(300);
         let h = delivery::start_with(s, status.clone()).unwrap();
         assert_paused(&status, "endpoint", "POST /v1/calls (HTTP 404)", false).await;
-        wait_for("all delivered", Duration::from_secs(10), || {
-            rx.lock().calls.len() == 3
-        })
-        .await;
-        wait_for("unpaused", Duration::from_secs(3), || {
-            cloud_status(&status).paused.is_none()
-        })
-        .await;
+        delivered_and_unpaused(&rx, &status, 3).await;
         h.shutdown().await;
     });
     assert!(pairs_left(d.path()).is_empty());
