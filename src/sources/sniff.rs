@@ -190,21 +190,9 @@ impl PacketSocket {
     /// The receive buffer granted (bytes).
     fn rcvbuf(&self) -> usize {
         let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: v and len are valid for getsockopt to write.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            0
-        } else {
-            v.max(0) as usize
+        match self.try_getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &mut v) {
+            Ok(()) => v.max(0) as usize,
+            Err(_) => 0,
         }
     }
 
@@ -244,6 +232,25 @@ impl PacketSocket {
     /// Best effort (buffer size and timeouts): errors are ignored on purpose.
     fn setsockopt<T>(&self, level: i32, name: i32, v: &T) {
         let _ = self.try_setsockopt(level, name, v);
+    }
+
+    fn try_getsockopt<T>(&self, level: i32, name: i32, v: &mut T) -> io::Result<()> {
+        let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+        // SAFETY: v points to a T of the given size, writable for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (v as *mut T).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn try_setsockopt<T>(&self, level: i32, name: i32, v: &T) -> io::Result<()> {
@@ -325,18 +332,10 @@ impl PacketSocket {
             tp_packets: 0,
             tp_drops: 0,
         };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: st and len are valid for the sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
+        if self
+            .try_getsockopt(libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)
+            .is_ok()
+        {
             // The kernel resets the counters on each read.
             self.drops += u64::from(st.tp_drops);
         }
