@@ -539,14 +539,14 @@ fn frame_of(buf: &mut [u8], n: usize, proto: u16) -> (LinkType, &[u8]) {
     // (Outgoing through a stacked VLAN device the protocol may name the tag
     // while the data already starts at IP: a header whose length field is
     // the frame's is IP.)
-    let ip_here = match data.first().map(|b| b >> 4) {
+    let ip_here = || match data.first().map(|b| b >> 4) {
         Some(4) => data.len() >= 20 && usize::from(u16::from_be_bytes([data[2], data[3]])) == n,
         Some(6) => {
             data.len() >= 40 && usize::from(u16::from_be_bytes([data[4], data[5]])) + 40 == n
         }
         _ => false,
     };
-    if proto == IPV4 || proto == IPV6 || proto == 0 || ip_here {
+    if proto == IPV4 || proto == IPV6 || proto == 0 || ip_here() {
         return (LinkType::RawIp, &buf[HEADROOM..HEADROOM + n]);
     }
     let head = &mut buf[..HEADROOM];
