@@ -34,6 +34,10 @@ pub struct SourceStatus {
     pub engine: EngineCounters,
     /// Packets the kernel dropped before we saw them (sniffing).
     pub kernel_drops: u64,
+    /// Sniffing: frames larger than the capture buffer (cut by the kernel,
+    /// not decoded; a GRO/GSO super-packet).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub truncated_frames: u64,
     /// Packets dropped because the engine could not keep up.
     pub queue_drops: u64,
     /// SRTP packets that failed authentication (wrong key, corrupted, replays).
