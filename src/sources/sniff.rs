@@ -402,6 +402,37 @@ impl Truncations {
     }
 }
 
+/// Frames both an old capture and the new one that replaces it saw (a
+/// reload opens the new socket while the old one still runs): on the new
+/// socket, those up to the newest frame read off the old ones are skipped.
+#[derive(Debug, Default)]
+struct SwapDedup {
+    /// Frames of the current socket up to this time were read off an older
+    /// one (cleared by the first newer frame).
+    skip_until: Option<Timestamp>,
+    /// The newest frame read from the current socket, taken or skipped.
+    newest: Option<Timestamp>,
+}
+
+impl SwapDedup {
+    /// A frame read from the current socket at `ts`: whether it is new
+    /// (else an older socket gave it already).
+    fn fresh(&mut self, ts: Timestamp) -> bool {
+        self.newest = self.newest.max(Some(ts));
+        if self.skip_until.is_some_and(|t| ts <= t) {
+            return false;
+        }
+        self.skip_until = None;
+        true
+    }
+
+    /// The current socket, read to its end (by the loop or the swap's
+    /// drain), gives way to a new one.
+    fn swapped(&mut self) {
+        self.skip_until = self.skip_until.max(self.newest.take());
+    }
+}
+
 pub use crate::sys::bpf::compile_filter;
 
 pub use crate::sys::now;
@@ -635,12 +666,8 @@ pub(crate) fn run(
     let mut buf = vec![0u8; HEADROOM + FIRST_FRAME];
     let mut errors = 0u64;
     let mut truncated = Truncations::default();
-    // After a capture swap: frames of the new socket up to this time were
-    // read off the old one already (both sockets saw them).
-    let mut skip_until: Option<Timestamp> = None;
-    // The newest frame taken from the current socket (a swap skips the new
-    // socket's frames up to it: both sockets saw them).
-    let mut last_taken: Option<Timestamp> = None;
+    // After a capture swap: the new socket's frames the old one gave.
+    let mut dedup = SwapDedup::default();
     // The named interface went away: tried again every second until it
     // is back (then captured from anew; calls in progress go on).
     let mut lost: Option<std::time::Instant> = None;
@@ -681,18 +708,18 @@ pub(crate) fn run(
                 Ok(Got::Frame(ts, n, proto)) => {
                     input = true;
                     behind = Some(ts);
-                    if skip_until.is_some_and(|t| ts <= t) {
+                    if !dedup.fresh(ts) {
                         continue;
                     }
-                    skip_until = None;
-                    last_taken = Some(ts);
                     let (link, frame) = frame_of(&mut buf, n, proto);
                     host.engine.handle_frame(ts, link, frame, &mut host.out)
                 }
                 Ok(Got::Truncated(ts, len)) => {
                     input = true;
                     behind = Some(ts);
-                    truncated.note(name, len, &mut buf);
+                    if dedup.fresh(ts) {
+                        truncated.note(name, len, &mut buf);
+                    }
                 }
                 Ok(Got::Skipped) => input = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -724,28 +751,30 @@ pub(crate) fn run(
                 SniffControl::Host(c) => host.apply(c),
                 SniffControl::Socket(mut new) => {
                     // What the old socket still holds (it stops queuing
-                    // when it is closed below), then the new one.
-                    let mut last = None;
+                    // when it is closed below), then the new one. (The old
+                    // socket may be a new one of a swap just before, its
+                    // frames that the one before gave still skipped.)
                     for _ in 0..SWAP_DRAIN_MAX {
                         match sock.recv_flags(&mut buf[HEADROOM..], libc::MSG_DONTWAIT) {
                             Ok(Got::Frame(ts, n, proto)) => {
-                                last = Some(ts);
-                                let (link, frame) = frame_of(&mut buf, n, proto);
-                                host.engine.handle_frame(ts, link, frame, &mut host.out);
+                                if dedup.fresh(ts) {
+                                    let (link, frame) = frame_of(&mut buf, n, proto);
+                                    host.engine.handle_frame(ts, link, frame, &mut host.out);
+                                }
                             }
                             Ok(Got::Truncated(ts, len)) => {
-                                last = Some(ts);
-                                truncated.note(name, len, &mut buf);
+                                if dedup.fresh(ts) {
+                                    truncated.note(name, len, &mut buf);
+                                }
                             }
                             Ok(Got::Skipped) => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(_) => break,
                         }
                     }
-                    // (The old socket may have been emptied by the loop
-                    // above: then its newest frame taken is the mark.)
-                    skip_until = last.or(last_taken);
-                    last_taken = None;
+                    // (Emptied by the loop above or here: the newest frame
+                    // read off it is the mark.)
+                    dedup.swapped();
                     new.drops += sock.kernel_drops();
                     sock = new;
                     tracing::info!(
@@ -894,6 +923,46 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// Frames read off the sockets of a capture and its replacements, in
+    /// order, through [`SwapDedup`] as the loop does: the ones taken.
+    fn taken(sockets: &[&[i64]]) -> Vec<i64> {
+        let mut d = SwapDedup::default();
+        let mut out = Vec::new();
+        for (k, frames) in sockets.iter().enumerate() {
+            if k > 0 {
+                d.swapped();
+            }
+            for &t in *frames {
+                if d.fresh(Timestamp::from_micros(t)) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every frame once across capture swaps: the old socket emptied by the
+    /// loop before the swap; two swaps in a row (the second drains the
+    /// first's new socket, whose first frames the first socket gave); a
+    /// swap while the new socket gave only frames already seen.
+    #[test]
+    fn a_capture_swap_takes_each_frame_once() {
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5, 6, 7]]),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5, 6, 7], &[6, 7, 8]]),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5], &[4, 5, 6]]),
+            [1, 2, 3, 4, 5, 6]
+        );
+        // A socket that gave nothing keeps the mark of the one before.
+        assert_eq!(taken(&[&[1, 2, 3], &[], &[2, 3, 4]]), [1, 2, 3, 4]);
     }
 
     /// IP as the kernel gives it; the inner tag of QinQ (the kernel strips
