@@ -1136,8 +1136,29 @@ fn tus_400_to_a_sha256_checksum_is_retried_without_and_learned() {
     );
 }
 
-/// The reference receiver (sha256 checked, no `OPTIONS`) keeps getting
-/// checksums.
+/// An `OPTIONS` answered 503 (a busy server) teaches nothing: asked again
+/// at the next upload.
+#[test]
+fn tus_options_answered_503_is_asked_again() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().checksum_algorithms = Some(vec!["sha256"]);
+    rx.push_fault(Fault::new(
+        Some(Method::OPTIONS),
+        "/v1/uploads",
+        FaultAction::Status(503, None),
+    ));
+    two_recordings_one_after_the_other(&rx);
+    let st = rx.lock();
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 503), 1, "{:?}", st.log);
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
+    assert!(
+        st.patch_checksums.iter().all(|c| *c),
+        "{:?}",
+        st.patch_checksums
+    );
+}
+
+/// A server that lists sha256 in its `OPTIONS` answer gets checksums.
 #[test]
 fn tus_checksum_is_sent_to_a_server_that_takes_sha256() {
     let rx = Receiver::start(ReceiverOptions::default());

@@ -16,8 +16,8 @@
 //! 460 checksum mismatch) `HEAD`s and continues from the server's offset.
 //!
 //! Checksums: before the first PATCH an `OPTIONS {url}/v1/uploads` asks the
-//! server (once per [`Cloud`], i.e. per endpoint; asked again after a failed
-//! try). `Tus-Checksum-Algorithm` without `sha256`, or a `Tus-Extension`
+//! server (once per [`Cloud`], i.e. per endpoint; asked again after no
+//! answer, a 401/402/403, 408, 429 or a 5xx but 501). `Tus-Checksum-Algorithm` without `sha256`, or a `Tus-Extension`
 //! without `checksum`: no `Upload-Checksum` is sent. No answer on either
 //! (a server without `OPTIONS`): it is sent. A 400 to a PATCH that carried
 //! one (tus: "the checksum algorithm is not supported") is sent again at
@@ -148,9 +148,9 @@ fn sha256_from_options(algorithms: Option<&str>, extensions: Option<&str>) -> Op
 }
 
 /// Whether to send `Upload-Checksum: sha256` with this PATCH: asks the
-/// server (`OPTIONS`) the first time; an answer that says nothing counts as
-/// yes (a 400 teaches otherwise, [`patch`]), no answer is asked again next
-/// time.
+/// server (`OPTIONS`) the first time; an answer that says nothing about it
+/// counts as yes (a 400 teaches otherwise, [`patch`]); no answer, or a
+/// transient or refused one, is asked again next time.
 async fn wants_checksum(tus: &Tus, cloud: &Cloud) -> bool {
     if !cloud.settings.checksum {
         return false;
@@ -170,13 +170,16 @@ async fn wants_checksum(tus: &Tus, cloud: &Cloud) -> bool {
         )
         .await;
     let v = match r.status() {
-        None => return true,
         Some(200..=299) => sha256_from_options(
             r.header("tus-checksum-algorithm"),
             r.header("tus-extension"),
         )
         .unwrap_or(true),
-        Some(_) => true,
+        // A server without OPTIONS: it will not say.
+        Some(400 | 404 | 405 | 501) => true,
+        // No answer, or one that says nothing about it (a refused token,
+        // a busy server): sent this time, asked again next time.
+        _ => return true,
     };
     if !v {
         tracing::info!(
