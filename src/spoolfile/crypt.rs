@@ -385,7 +385,7 @@ pub struct SealedReader {
     next_at: u64,
     /// Opened with [`OpenMode::Follow`].
     follow: bool,
-    /// Follow: the authentic records ended (nothing more is indexed).
+    /// Follow: the final record was read (nothing more is indexed).
     ended: bool,
 }
 
@@ -555,8 +555,8 @@ impl SealedReader {
     }
 
     /// A reader opened with [`OpenMode::Follow`]: take in the records
-    /// written since (only their length fields are read). Nothing once a
-    /// record marked last or one that does not authenticate was read.
+    /// written since (only their length fields are read). Nothing once the
+    /// record marked last was read.
     pub fn refresh(&mut self) -> io::Result<()> {
         if self.follow && !self.ended {
             self.index(OpenMode::Follow)?;
@@ -566,19 +566,24 @@ impl SealedReader {
 
     /// [`OpenMode::Follow`]: record `i` does not authenticate. As
     /// [`OpenMode::Recover`] would: it is the final record of a finished
-    /// file, or the authentic records end before it. Either way nothing
-    /// after it is read.
+    /// file (nothing after it is read), or the authentic records end before
+    /// it for now (it is looked at again at the next [`Self::refresh`], as
+    /// a reader opened anew would).
     fn follow_end(&mut self, i: usize) -> io::Result<()> {
-        self.ended = true;
         self.recs[i].last = true;
         match self.decrypt(i) {
-            Ok(()) => self.recs.truncate(i + 1),
-            Err(e) if e.kind() != io::ErrorKind::InvalidData => {
-                self.recs[i].last = false;
-                self.ended = false;
-                return Err(e);
+            Ok(()) => {
+                self.ended = true;
+                self.recs.truncate(i + 1);
             }
-            Err(_) => self.recs.truncate(i),
+            Err(e) => {
+                self.recs[i].last = false;
+                if e.kind() != io::ErrorKind::InvalidData {
+                    return Err(e);
+                }
+                self.next_at = self.recs[i].at;
+                self.recs.truncate(i);
+            }
         }
         self.len = self
             .recs
@@ -987,7 +992,8 @@ mod tests {
             assert_eq!(read_all(&mut r), whole);
         }
         // A damaged fourth record: the first three, and nothing after.
-        let mut s = seal(&k, Layout::Records, &refs, false);
+        let good = seal(&k, Layout::Records, &refs, false);
+        let mut s = good.clone();
         s[HEADER_LEN + 3 * rec + 10] ^= 1;
         std::fs::write(&p, &s).unwrap();
         let mut r = open_recording(&p, Some(&k), OpenMode::Follow).unwrap();
@@ -995,6 +1001,10 @@ mod tests {
         r.refresh().unwrap();
         assert_eq!(read_all(&mut r), b"");
         assert_eq!(r.len(), 3000);
+        // Looked at again at each refresh (as a reader opened anew would).
+        std::fs::write(&p, &good).unwrap();
+        r.refresh().unwrap();
+        assert_eq!(read_all(&mut r), whole[3000..]);
     }
 
     #[test]
