@@ -1136,6 +1136,33 @@ fn tus_400_to_a_sha256_checksum_is_retried_without_and_learned() {
     );
 }
 
+/// A 400 to the chunk sent again without a checksum is the recording's
+/// refusal (CONTRACT §4): `failed` with the answer, not retried for ever.
+#[test]
+fn tus_400_without_a_checksum_still_fails_the_recording() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().patch_400 = 2;
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "bad", 3000, 23);
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for("failed", Duration::from_secs(10), || {
+            cloud_status(&status).queue.get("failed") == Some(&1)
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 2, "{:?}", st.log);
+    assert_eq!(st.patch_checksums, [true, false]);
+    assert!(st.calls.is_empty());
+}
+
 /// An `OPTIONS` answered 503 (a busy server) teaches nothing: asked again
 /// at the next upload.
 #[test]

@@ -155,6 +155,8 @@ pub struct RxState {
     pub options_silent: bool,
     /// Whether each PATCH carried `Upload-Checksum`, in order.
     pub patch_checksums: Vec<bool>,
+    /// The next this many PATCHes are answered 400 (their body read).
+    pub patch_400: u32,
     /// Requests being handled now, and the most at once.
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -630,15 +632,30 @@ async fn tus_patch(
         return Ok(answer(400, "Upload-Offset required"));
     };
     let checksum = header(&req, "upload-checksum").map(str::to_string);
-    {
+    let refuse = {
         let mut st = ctx.state.lock().unwrap();
         st.patch_checksums.push(checksum.is_some());
-        if let (Some(algs), Some(c)) = (&st.checksum_algorithms, &checksum) {
-            let alg = c.split(' ').next().unwrap_or("");
-            if !algs.iter().any(|a| a.eq_ignore_ascii_case(alg)) {
-                return Ok(answer(400, "checksum algorithm not supported"));
+        let bad_alg = match (&st.checksum_algorithms, &checksum) {
+            (Some(algs), Some(c)) => {
+                let alg = c.split(' ').next().unwrap_or("");
+                !algs.iter().any(|a| a.eq_ignore_ascii_case(alg))
             }
+            _ => false,
+        };
+        if bad_alg {
+            Some("checksum algorithm not supported")
+        } else if st.patch_400 > 0 {
+            st.patch_400 -= 1;
+            Some("bad request")
+        } else {
+            None
         }
+    };
+    if let Some(why) = refuse {
+        // Answered after the body is read (else the client may see the
+        // connection closed under its body instead of the answer).
+        let _ = req.into_body().collect().await;
+        return Ok(answer(400, why));
     }
     let (path, length) = {
         let st = ctx.state.lock().unwrap();
