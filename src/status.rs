@@ -34,6 +34,10 @@ pub struct SourceStatus {
     pub engine: EngineCounters,
     /// Packets the kernel dropped before we saw them (sniffing).
     pub kernel_drops: u64,
+    /// Sniffing: frames larger than the capture buffer (cut by the kernel,
+    /// not decoded; a GRO/GSO super-packet).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub truncated_frames: u64,
     /// Packets dropped because the engine could not keep up.
     pub queue_drops: u64,
     /// SRTP packets that failed authentication (wrong key, corrupted, replays).
@@ -501,7 +505,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "pbx_edge_packets_dropped_total",
         "counter",
-        "Packets dropped before the engine: by the kernel (reason=kernel) or because the engine queue was full (reason=queue).",
+        "Packets dropped before the engine: by the kernel (reason=kernel), because the engine queue was full (reason=queue), or cut by the kernel, larger than the capture buffer (reason=truncated, sniffing; shown once it happened).",
         &s.sources
             .iter()
             .flat_map(|(n, st)| {
@@ -515,6 +519,13 @@ pub fn render_metrics(s: &Status) -> String {
                         st.queue_drops as f64,
                     ),
                 ]
+                .into_iter()
+                .chain((st.truncated_frames > 0).then(|| {
+                    (
+                        format!("{{source=\"{n}\",reason=\"truncated\"}}"),
+                        st.truncated_frames as f64,
+                    )
+                }))
             })
             .collect::<Vec<_>>(),
     );
@@ -834,12 +845,16 @@ mod tests {
             SourceStatus {
                 up: true,
                 active_calls: 3,
+                truncated_frames: 2,
                 ..SourceStatus::default()
             },
         );
         s.spool.writable = true;
         s.spool.free_bytes = 1 << 40;
         let m = render_metrics(&s);
+        assert!(
+            m.contains("pbx_edge_packets_dropped_total{source=\"sniff\",reason=\"truncated\"} 2")
+        );
         assert!(m.contains("# TYPE pbx_edge_active_calls gauge"));
         assert!(m.contains("pbx_edge_active_calls{source=\"sniff\"} 3"));
         assert!(m.contains("pbx_edge_ready 1"));

@@ -1060,6 +1060,146 @@ fn expired_upload_starts_again() {
     assert_eq!(st.count("POST", "/v1/uploads", 201), 2);
 }
 
+/// Delivery of `first`, then (delivery still running) of `second`, both
+/// 100 kB (two PATCHes each): with `rx`'s checksum behaviour.
+fn two_recordings_one_after_the_other(rx: &Receiver) {
+    let d = tempfile::tempdir().unwrap();
+    let a = write_recording(d.path(), "first", 100_000, 21);
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for("first delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 1
+                || cloud_status(&status)
+                    .queue
+                    .get("failed")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+        })
+        .await;
+        assert_eq!(rx.lock().calls.len(), 1, "{:?}", cloud_status(&status));
+        let b = write_recording(d.path(), "second", 100_000, 22);
+        wait_for("second delivered", Duration::from_secs(10), || {
+            rx.lock().calls.len() == 2
+        })
+        .await;
+        h.shutdown().await;
+        let st = rx.lock();
+        assert_eq!(st.calls["first"].sha256, a);
+        assert_eq!(st.calls["second"].sha256, b);
+    });
+    assert!(pairs_left(d.path()).is_empty());
+    let failed = cloud_status(&status).queue.get("failed").copied();
+    assert_eq!(failed.unwrap_or(0), 0);
+}
+
+/// A tus server with the checksum extension but without sha256 that says
+/// so (`OPTIONS`): PATCHes go without `Upload-Checksum`, asked once.
+#[test]
+fn tus_checksum_is_left_out_when_options_lists_no_sha256() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().checksum_algorithms = Some(vec!["sha1", "md5"]);
+    two_recordings_one_after_the_other(&rx);
+    let st = rx.lock();
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 0, "{:?}", st.log);
+    assert!(st.patch_checksums.len() >= 4);
+    assert!(
+        st.patch_checksums.iter().all(|c| !c),
+        "{:?}",
+        st.patch_checksums
+    );
+}
+
+/// The same server not answering `OPTIONS`: its 400 to the first PATCH
+/// with a sha256 checksum is retried at once without one (never `failed`),
+/// and no checksum goes to it after that.
+#[test]
+fn tus_400_to_a_sha256_checksum_is_retried_without_and_learned() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().checksum_algorithms = Some(vec!["md5"]);
+    rx.lock().options_silent = true;
+    two_recordings_one_after_the_other(&rx);
+    let st = rx.lock();
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 404), 1, "{:?}", st.log);
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 1, "{:?}", st.log);
+    assert_eq!(st.patch_checksums.first(), Some(&true));
+    assert!(
+        st.patch_checksums[1..].iter().all(|c| !c),
+        "{:?}",
+        st.patch_checksums
+    );
+}
+
+/// A 400 to the chunk sent again without a checksum is the recording's
+/// refusal (CONTRACT §4): `failed` with the answer, not retried for ever.
+#[test]
+fn tus_400_without_a_checksum_still_fails_the_recording() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().patch_400 = 2;
+    let d = tempfile::tempdir().unwrap();
+    write_recording(d.path(), "bad", 3000, 23);
+    let status = new_status();
+    rt().block_on(async {
+        let h = delivery::start_with(
+            fast_settings(d.path(), &rx.url, CloudProtocol::Tus),
+            status.clone(),
+        )
+        .unwrap();
+        wait_for("failed", Duration::from_secs(10), || {
+            cloud_status(&status).queue.get("failed") == Some(&1)
+        })
+        .await;
+        h.shutdown().await;
+    });
+    let st = rx.lock();
+    assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 2, "{:?}", st.log);
+    assert_eq!(st.patch_checksums, [true, false]);
+    assert!(st.calls.is_empty());
+}
+
+/// An `OPTIONS` answered 503 (a busy server) teaches nothing: asked again
+/// at the next upload.
+#[test]
+fn tus_options_answered_503_is_asked_again() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().checksum_algorithms = Some(vec!["sha256"]);
+    rx.push_fault(Fault::new(
+        Some(Method::OPTIONS),
+        "/v1/uploads",
+        FaultAction::Status(503, None),
+    ));
+    two_recordings_one_after_the_other(&rx);
+    let st = rx.lock();
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 503), 1, "{:?}", st.log);
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
+    assert!(
+        st.patch_checksums.iter().all(|c| *c),
+        "{:?}",
+        st.patch_checksums
+    );
+}
+
+/// A server that lists sha256 in its `OPTIONS` answer gets checksums.
+#[test]
+fn tus_checksum_is_sent_to_a_server_that_takes_sha256() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.lock().checksum_algorithms = Some(vec!["sha1", "sha256"]);
+    two_recordings_one_after_the_other(&rx);
+    let st = rx.lock();
+    assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
+    assert!(
+        st.patch_checksums.iter().all(|c| *c),
+        "{:?}",
+        st.patch_checksums
+    );
+}
+
 /// A saved tus upload of another length than the file now sent (its WAV
 /// was being sent when a reload switched to FLAC, or the other way round)
 /// is not continued: a new upload starts, and the recording is delivered

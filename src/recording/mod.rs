@@ -51,7 +51,8 @@
 //!   WAV sealed anew with its true header, the JSON whole. The JSON's
 //!   `audio.bytes`/`sha256` always describe the plaintext WAV (what the cloud
 //!   receives). [`open_recording`] is the one way to read any of these files,
-//!   sealed or not (a live reader of a `.part` uses [`OpenMode::Recover`]).
+//!   sealed or not (a live reader of a `.part` uses [`OpenMode::Follow`],
+//!   kept open between reads).
 //! - A mono mix ([`write_whole`] with one channel) is a 1-channel WAV.
 
 use std::collections::{HashMap, HashSet};

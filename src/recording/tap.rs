@@ -18,7 +18,9 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::spoolfile::RecordingReader;
 
 use pbx_core::audio::wav::HEADER_LEN;
 use serde_json::Value;
@@ -37,6 +39,11 @@ pub struct RecordingFile {
     /// "0s"` removes it as soon as the cloud has it, while a stream may
     /// still be catching up).
     held: Arc<OnceLock<File>>,
+    /// The reader of the held `.part`, kept between reads (shared by the
+    /// clones): a sealed one keeps its record index and the record in hand,
+    /// so a stream catching up decrypts each record once instead of the
+    /// whole part again at every read.
+    reader: Arc<Mutex<Option<RecordingReader>>>,
 }
 
 impl std::fmt::Debug for RecordingFile {
@@ -56,6 +63,7 @@ impl RecordingFile {
             wav,
             keys,
             held: Arc::default(),
+            reader: Arc::default(),
         }
     }
 
@@ -77,41 +85,54 @@ impl RecordingFile {
     /// when the part was already renamed.
     pub fn read_frames(&self, from: u64, max: usize) -> io::Result<Vec<i16>> {
         let keys = self.keys.as_deref();
-        let recover = super::OpenMode::Recover;
-        let held = match self.held.get() {
-            Some(f) => Some(f.try_clone()?),
-            None => None,
-        };
-        let mut f = match held {
+        if let Some(f) = self.held.get() {
             // (A sealed `.part` read as it stands: its authentic records,
             // the same plaintext as the sealed WAV made from it.)
-            Some(f) => crate::spoolfile::open_recording_file(f, &self.part, keys, recover)?,
-            None => match super::open_recording(&self.part, keys, recover) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    super::open_recording(&self.wav, keys, super::OpenMode::Strict)?
+            let mut kept = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            let r = match kept.as_mut() {
+                Some(r) => {
+                    r.refresh()?;
+                    r
                 }
-                Err(e) => return Err(e),
-            },
-        };
-        f.seek(SeekFrom::Start(HEADER_LEN + from * 4))?;
-        let mut buf = vec![0u8; max * 4];
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(r) => n += r,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+                None => kept.insert(crate::spoolfile::open_recording_file(
+                    f.try_clone()?,
+                    &self.part,
+                    keys,
+                    super::OpenMode::Follow,
+                )?),
+            };
+            return read_frames_from(r, from, max);
         }
-        // Whole frames only (a write may be under way).
-        let n = n - n % 4;
-        Ok(buf[..n]
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect())
+        let mut f = match super::open_recording(&self.part, keys, super::OpenMode::Recover) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                super::open_recording(&self.wav, keys, super::OpenMode::Strict)?
+            }
+            Err(e) => return Err(e),
+        };
+        read_frames_from(&mut f, from, max)
     }
+}
+
+/// [`RecordingFile::read_frames`] from `f`.
+fn read_frames_from(f: &mut RecordingReader, from: u64, max: usize) -> io::Result<Vec<i16>> {
+    f.seek(SeekFrom::Start(HEADER_LEN + from * 4))?;
+    let mut buf = vec![0u8; max * 4];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Whole frames only (a write may be under way).
+    let n = n - n % 4;
+    Ok(buf[..n]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect())
 }
 
 /// What a tap learns when a recording begins.

@@ -1346,3 +1346,64 @@ fn a_sealed_start_sidecar_waits_for_the_key() {
             .unwrap();
     assert_eq!(j["truncated"], true);
 }
+
+/// A stream catching up on a long call from a sealed `.part` held open
+/// (reads of 2 s, as `stream` does, while the call goes on and the part
+/// grows) decrypts each record once, not the whole part again at every
+/// read; what it reads is the audio written, in order.
+#[test]
+fn catching_up_on_a_sealed_part_decrypts_each_record_once() {
+    use crate::spoolfile::crypt::{Layout, SealedWriter, DECRYPTED};
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[5; 32]), Vec::new()));
+    let part = d.path().join(".long.wav.part");
+    let mut w = SealedWriter::new(
+        fs::File::create(&part).unwrap(),
+        keys.current(),
+        Layout::Records,
+    )
+    .unwrap();
+    w.write_all(&[0u8; 44]).unwrap();
+    w.flush().unwrap();
+    let file = RecordingFile::new(part, d.path().join("long.wav"), Some(keys.clone()));
+    file.hold();
+    let sample = |i: u64| (i % 30_000) as i16;
+    let (mut written, mut held) = (0u64, 0u64);
+    let step = 16_000; // 2 s at 8 kHz
+    let start = DECRYPTED.with(|c| c.get());
+    let catch_up = |held: &mut u64| -> bool {
+        let got = file.read_frames(*held, step).unwrap();
+        for (k, f) in got.chunks_exact(2).enumerate() {
+            let i = *held + k as u64;
+            assert_eq!((f[0], f[1]), (sample(i), -sample(i)), "frame {i}");
+        }
+        *held += got.len() as u64 / 2;
+        !got.is_empty()
+    };
+    // 2 minutes written in 40 ms records (one record per flush); the
+    // stream reads 6 s for every 8 s written, then catches up.
+    for _ in 0..15 {
+        for _ in 0..200 {
+            let mut b = Vec::with_capacity(1280);
+            for i in written..written + 320 {
+                b.extend_from_slice(&sample(i).to_le_bytes());
+                b.extend_from_slice(&(-sample(i)).to_le_bytes());
+            }
+            w.write_all(&b).unwrap();
+            w.flush().unwrap();
+            written += 320;
+        }
+        for _ in 0..3 {
+            assert!(catch_up(&mut held));
+        }
+    }
+    while catch_up(&mut held) {}
+    assert_eq!(held, written);
+    let plain = 44 + written * 4;
+    let spent = DECRYPTED.with(|c| c.get()) - start;
+    assert!(
+        spent <= plain,
+        "{spent} plaintext bytes decrypted for a part of {plain}"
+    );
+}

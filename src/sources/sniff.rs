@@ -273,11 +273,20 @@ impl PacketSocket {
     }
 
     /// Receive one frame (raw IP) with the time the kernel received it.
-    /// `Ok(None)` on timeout (or a skipped duplicate).
+    /// `Ok(None)` on timeout (or a skipped duplicate); a frame larger than
+    /// `buf` is an error (`InvalidData`, naming its length), never part of
+    /// it taken for the whole.
     pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<(Timestamp, &'a [u8])>> {
         match self.recv_flags(buf, 0) {
-            Ok(Some((ts, n, _))) => Ok(buf.get(..n).map(|f| (ts, f))),
-            Ok(None) => Ok(None),
+            Ok(Got::Frame(ts, n, _)) => Ok(buf.get(..n).map(|f| (ts, f))),
+            Ok(Got::Truncated(_, len)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a frame of {len} bytes does not fit the {} given",
+                    buf.len()
+                ),
+            )),
+            Ok(Got::Skipped) => Ok(None),
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut
@@ -287,14 +296,12 @@ impl PacketSocket {
         }
     }
 
-    /// One frame: its time, length and protocol (the ethertype the kernel
-    /// gives it; `None`: a skipped duplicate); a timeout or an empty queue
-    /// (`MSG_DONTWAIT`) is an error (WouldBlock).
-    fn recv_flags(
-        &self,
-        buf: &mut [u8],
-        flags: i32,
-    ) -> io::Result<Option<(Timestamp, usize, u16)>> {
+    /// One frame; a timeout or an empty queue (`MSG_DONTWAIT`) is an error
+    /// (WouldBlock). Asked with `MSG_TRUNC`, the kernel says the frame's
+    /// whole length: one longer than `buf` (a GRO/GSO super-packet, e.g.
+    /// TCP coalesced on `lo` or a veth beyond 64 KiB with BIG TCP) is
+    /// [`Got::Truncated`], not a frame.
+    fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Got> {
         // SAFETY: zeroed sockaddr_ll and msghdr are valid; recvmsg fills them.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut control = [0u64; 8];
@@ -310,20 +317,21 @@ impl PacketSocket {
         h.msg_control = control.as_mut_ptr().cast();
         h.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: every pointer in h points at a live buffer of the stated size.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, flags) };
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut h, flags | libc::MSG_TRUNC) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_ifindex == self.loopback {
-            return Ok(None);
+            return Ok(Got::Skipped);
         }
         // SAFETY: h was just filled by recvmsg; `control` is alive.
         let (ts, _) = unsafe { crate::sys::sockets::control_values(&h) };
-        Ok(Some((
-            ts.unwrap_or_else(now),
-            (n as usize).min(buf.len()),
-            u16::from_be(from.sll_protocol),
-        )))
+        let ts = ts.unwrap_or_else(now);
+        let n = n as usize;
+        if n > buf.len() || h.msg_flags & libc::MSG_TRUNC != 0 {
+            return Ok(Got::Truncated(ts, n.max(buf.len() + 1)));
+        }
+        Ok(Got::Frame(ts, n, u16::from_be(from.sll_protocol)))
     }
 
     /// Packets the kernel dropped since the socket was opened.
@@ -340,6 +348,88 @@ impl PacketSocket {
             self.drops += u64::from(st.tp_drops);
         }
         self.drops
+    }
+}
+
+/// What one receive gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    /// A whole frame: its time, length and protocol (the ethertype the
+    /// kernel gives it).
+    Frame(Timestamp, usize, u16),
+    /// A frame longer than the buffer: its time and whole length. Only its
+    /// start was copied: never decoded.
+    Truncated(Timestamp, usize),
+    /// The outgoing copy of a frame on `lo` (the incoming one is taken).
+    Skipped,
+}
+
+/// Frames of a capture that did not fit its buffer (see [`Got::Truncated`]):
+/// counted, logged (the first, then at each power of two), and the buffer
+/// grown to take the next one whole (up to [`MAX_FRAME`]).
+#[derive(Debug, Default)]
+struct Truncations {
+    count: u64,
+}
+
+/// The largest frame the capture buffer grows to (Linux makes GSO/GRO
+/// packets of at most 512 KiB).
+const MAX_FRAME: usize = 1 << 20;
+/// The capture buffer at the start: a 64 KiB IPv4 or IPv6 packet (a TSO
+/// super-packet on `lo` or a veth) and its IPv6 header fit.
+const FIRST_FRAME: usize = 65_536 + 1024;
+
+impl Truncations {
+    /// A frame of `len` bytes did not fit `buf` (its first `HEADROOM`
+    /// bytes are the frame's headroom).
+    fn note(&mut self, source: &str, len: usize, buf: &mut Vec<u8>) {
+        self.count += 1;
+        let had = buf.len() - HEADROOM;
+        let want = len.next_power_of_two().min(MAX_FRAME);
+        if want > had {
+            buf.resize(HEADROOM + want, 0);
+        }
+        if self.count.is_power_of_two() {
+            tracing::warn!(
+                source,
+                frame_bytes = len,
+                buffer_bytes = had,
+                truncated_frames = self.count,
+                "capture: a frame larger than the receive buffer was cut by the kernel: not decoded (a GRO/GSO super-packet? turn off GRO/LRO on the interface); buffer now {} bytes",
+                buf.len() - HEADROOM
+            );
+        }
+    }
+}
+
+/// Frames both an old capture and the new one that replaces it saw (a
+/// reload opens the new socket while the old one still runs): on the new
+/// socket, those up to the newest frame read off the old ones are skipped.
+#[derive(Debug, Default)]
+struct SwapDedup {
+    /// Frames of the current socket up to this time were read off an older
+    /// one (cleared by the first newer frame).
+    skip_until: Option<Timestamp>,
+    /// The newest frame read from the current socket, taken or skipped.
+    newest: Option<Timestamp>,
+}
+
+impl SwapDedup {
+    /// A frame read from the current socket at `ts`: whether it is new
+    /// (else an older socket gave it already).
+    fn fresh(&mut self, ts: Timestamp) -> bool {
+        self.newest = self.newest.max(Some(ts));
+        if self.skip_until.is_some_and(|t| ts <= t) {
+            return false;
+        }
+        self.skip_until = None;
+        true
+    }
+
+    /// The current socket, read to its end (by the loop or the swap's
+    /// drain), gives way to a new one.
+    fn swapped(&mut self) {
+        self.skip_until = self.skip_until.max(self.newest.take());
     }
 }
 
@@ -573,14 +663,11 @@ pub(crate) fn run(
     control: SniffReceiver,
 ) {
     let mut host = EngineHost::new(name, engine_cfg, out, live);
-    let mut buf = vec![0u8; HEADROOM + 65_536];
+    let mut buf = vec![0u8; HEADROOM + FIRST_FRAME];
     let mut errors = 0u64;
-    // After a capture swap: frames of the new socket up to this time were
-    // read off the old one already (both sockets saw them).
-    let mut skip_until: Option<Timestamp> = None;
-    // The newest frame taken from the current socket (a swap skips the new
-    // socket's frames up to it: both sockets saw them).
-    let mut last_taken: Option<Timestamp> = None;
+    let mut truncated = Truncations::default();
+    // After a capture swap: the new socket's frames the old one gave.
+    let mut dedup = SwapDedup::default();
     // The named interface went away: tried again every second until it
     // is back (then captured from anew; calls in progress go on).
     let mut lost: Option<std::time::Instant> = None;
@@ -618,18 +705,23 @@ pub(crate) fn run(
         let mut behind = None;
         for _ in 0..if lost.is_some() { 0 } else { BATCH } {
             match sock.recv_flags(&mut buf[HEADROOM..], libc::MSG_DONTWAIT) {
-                Ok(Some((ts, n, proto))) => {
+                Ok(Got::Frame(ts, n, proto)) => {
                     input = true;
                     behind = Some(ts);
-                    if skip_until.is_some_and(|t| ts <= t) {
+                    if !dedup.fresh(ts) {
                         continue;
                     }
-                    skip_until = None;
-                    last_taken = Some(ts);
                     let (link, frame) = frame_of(&mut buf, n, proto);
                     host.engine.handle_frame(ts, link, frame, &mut host.out)
                 }
-                Ok(None) => input = true,
+                Ok(Got::Truncated(ts, len)) => {
+                    input = true;
+                    behind = Some(ts);
+                    if dedup.fresh(ts) {
+                        truncated.note(name, len, &mut buf);
+                    }
+                }
+                Ok(Got::Skipped) => input = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     behind = None;
                     break;
@@ -659,24 +751,30 @@ pub(crate) fn run(
                 SniffControl::Host(c) => host.apply(c),
                 SniffControl::Socket(mut new) => {
                     // What the old socket still holds (it stops queuing
-                    // when it is closed below), then the new one.
-                    let mut last = None;
+                    // when it is closed below), then the new one. (The old
+                    // socket may be a new one of a swap just before, its
+                    // frames that the one before gave still skipped.)
                     for _ in 0..SWAP_DRAIN_MAX {
                         match sock.recv_flags(&mut buf[HEADROOM..], libc::MSG_DONTWAIT) {
-                            Ok(Some((ts, n, proto))) => {
-                                last = Some(ts);
-                                let (link, frame) = frame_of(&mut buf, n, proto);
-                                host.engine.handle_frame(ts, link, frame, &mut host.out);
+                            Ok(Got::Frame(ts, n, proto)) => {
+                                if dedup.fresh(ts) {
+                                    let (link, frame) = frame_of(&mut buf, n, proto);
+                                    host.engine.handle_frame(ts, link, frame, &mut host.out);
+                                }
                             }
-                            Ok(None) => {}
+                            Ok(Got::Truncated(ts, len)) => {
+                                if dedup.fresh(ts) {
+                                    truncated.note(name, len, &mut buf);
+                                }
+                            }
+                            Ok(Got::Skipped) => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(_) => break,
                         }
                     }
-                    // (The old socket may have been emptied by the loop
-                    // above: then its newest frame taken is the mark.)
-                    skip_until = last.or(last_taken);
-                    last_taken = None;
+                    // (Emptied by the loop above or here: the newest frame
+                    // read off it is the mark.)
+                    dedup.swapped();
                     new.drops += sock.kernel_drops();
                     sock = new;
                     tracing::info!(
@@ -688,19 +786,26 @@ pub(crate) fn run(
         }
         let clock = behind.map_or_else(now, |t| t.min(now()));
         if host.tick(clock, input) {
-            publish(&host, &mut sock, errors, &status);
+            publish(&host, &mut sock, errors, truncated.count, &status);
         }
     }
     host.finish(EndReason::Shutdown);
-    publish(&host, &mut sock, errors, &status);
+    publish(&host, &mut sock, errors, truncated.count, &status);
 }
 
-fn publish(host: &EngineHost, sock: &mut PacketSocket, errors: u64, status: &SharedStatus) {
+fn publish(
+    host: &EngineHost,
+    sock: &mut PacketSocket,
+    errors: u64,
+    truncated: u64,
+    status: &SharedStatus,
+) {
     let drops = sock.kernel_drops();
     if let Ok(mut s) = status.lock() {
         let src = s.sources.entry(host.name().to_string()).or_default();
         src.record_engine(&host.engine, &host.out.counters);
         src.kernel_drops = drops;
+        src.truncated_frames = truncated;
         src.errors = errors + host.out.counters.failed;
     }
 }
@@ -736,6 +841,128 @@ mod tests {
             got.push(s.payload.to_vec())
         });
         got
+    }
+
+    /// `unshare(CLONE_NEWNET)` for the calling thread, then `lo` up: a
+    /// capture on `lo` sees only the test's own packets.
+    fn isolate_network() -> io::Result<()> {
+        // SAFETY: plain system calls on this thread and a socket it owns.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *s as libc::c_char;
+            }
+            let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+            if rc == 0 {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+            }
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame longer than the receive buffer (here a 3,028-byte UDP
+    /// datagram on `lo` into 1,500 bytes: a GRO/GSO super-packet beyond the
+    /// capture buffer is the same case) is never handed on as if whole:
+    /// the kernel's whole length is known, the loop counts it and grows its
+    /// buffer so the next one is taken whole.
+    #[test]
+    fn a_frame_larger_than_the_buffer_is_never_taken_for_whole() {
+        std::thread::spawn(|| {
+            if let Err(e) = isolate_network().and_then(|()| PacketSocket::open("lo", None)) {
+                eprintln!("skipped: needs a network namespace and CAP_NET_RAW ({e})");
+                return;
+            }
+            let sock = PacketSocket::open("lo", None).unwrap();
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = rx.local_addr().unwrap();
+            tx.send_to(&[7u8; 3000], to).unwrap();
+            let mut small = vec![0u8; 1500];
+            let mut got = None;
+            for _ in 0..20 {
+                match sock.recv(&mut small) {
+                    Ok(None) => continue,
+                    Ok(Some((_, f))) => panic!("a cut frame of {} bytes taken as a frame", f.len()),
+                    Err(e) => {
+                        got = Some(e);
+                        break;
+                    }
+                }
+            }
+            let e = got.expect("the datagram was captured");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("3028 bytes"), "{e}");
+            // With room it comes whole.
+            tx.send_to(&[8u8; 3000], to).unwrap();
+            let mut big = vec![0u8; 4096];
+            let f = (0..20)
+                .find_map(|_| sock.recv(&mut big).unwrap().map(|(_, f)| f.to_vec()))
+                .expect("the datagram was captured");
+            assert_eq!(f.len(), 3028);
+            assert!(f[28..].iter().all(|&b| b == 8));
+            // The loop's buffer grows to the next power of two.
+            let mut buf = vec![0u8; HEADROOM + 1500];
+            let mut t = Truncations::default();
+            t.note("test", 3028, &mut buf);
+            assert_eq!((t.count, buf.len()), (1, HEADROOM + 4096));
+            t.note("test", 10 << 20, &mut buf);
+            assert_eq!((t.count, buf.len()), (2, HEADROOM + MAX_FRAME));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Frames read off the sockets of a capture and its replacements, in
+    /// order, through [`SwapDedup`] as the loop does: the ones taken.
+    fn taken(sockets: &[&[i64]]) -> Vec<i64> {
+        let mut d = SwapDedup::default();
+        let mut out = Vec::new();
+        for (k, frames) in sockets.iter().enumerate() {
+            if k > 0 {
+                d.swapped();
+            }
+            for &t in *frames {
+                if d.fresh(Timestamp::from_micros(t)) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every frame once across capture swaps: the old socket emptied by the
+    /// loop before the swap; two swaps in a row (the second drains the
+    /// first's new socket, whose first frames the first socket gave); a
+    /// swap while the new socket gave only frames already seen.
+    #[test]
+    fn a_capture_swap_takes_each_frame_once() {
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5, 6, 7]]),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5, 6, 7], &[6, 7, 8]]),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            taken(&[&[1, 2, 3, 4, 5], &[3, 4, 5], &[4, 5, 6]]),
+            [1, 2, 3, 4, 5, 6]
+        );
+        // A socket that gave nothing keeps the mark of the one before.
+        assert_eq!(taken(&[&[1, 2, 3], &[], &[2, 3, 4]]), [1, 2, 3, 4]);
     }
 
     /// IP as the kernel gives it; the inner tag of QinQ (the kernel strips

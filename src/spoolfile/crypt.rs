@@ -28,7 +28,10 @@
 //!   every [`SealedWriter::flush`] seals what was written since the last one
 //!   and hands it to the kernel in one `write()`, so a crash of the process
 //!   loses only what was not flushed; a record torn by the crash (or power
-//!   loss) is the only thing [`OpenMode::Recover`] drops.
+//!   loss) is the only thing [`OpenMode::Recover`] drops. A reader of a
+//!   `.part` still written ([`OpenMode::Follow`]) is kept open and takes in
+//!   new records as they come: each record is decrypted once, however
+//!   often it reads.
 //! - A finished file (layout 1, [`SealedWriter::finish`]) ends in a record
 //!   marked last: a file cut short is an error in [`OpenMode::Strict`], never
 //!   silently shorter audio. Its records are found by arithmetic, so reading
@@ -348,6 +351,12 @@ pub enum OpenMode {
     /// A `.part` left by a crash: the authentic records up to the first
     /// torn or inauthentic one; no final record needed.
     Recover,
+    /// A `.part` being written, read as it grows and kept open: what
+    /// [`OpenMode::Recover`] reads, but each record is checked when it is
+    /// read (not all at open), and [`RecordingReader::refresh`] takes in
+    /// the records written since. A reader kept between reads decrypts each
+    /// record once.
+    Follow,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -372,6 +381,19 @@ pub struct SealedReader {
     cur: Option<(usize, Zeroizing<Vec<u8>>)>,
     /// Records checked authentic (Recover mode checks all at open).
     complete: bool,
+    /// File offset of the first record not indexed yet.
+    next_at: u64,
+    /// Opened with [`OpenMode::Follow`].
+    follow: bool,
+    /// Follow: the final record was read (nothing more is indexed).
+    ended: bool,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Plaintext bytes decrypted on this thread (a record decrypted again
+    /// counts again): tests count the work a reader does.
+    pub(crate) static DECRYPTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -401,57 +423,20 @@ impl SealedReader {
         if header[35] > 1 || chunk == 0 || chunk > MAX_RECORD {
             return Err(bad("encrypted file: unknown layout"));
         }
-        let flen = file.metadata()?.len();
-        // The record index, from the length fields.
-        let mut recs = Vec::new();
-        let mut at = HEADER_LEN as u64;
-        let mut plain = 0u64;
-        let mut lenb = [0u8; 4];
-        while at < flen {
-            let read = if flen - at < 4 {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            } else {
-                file.read_exact_at(&mut lenb, at)
-            };
-            if let Err(e) = read {
-                // A failing read (EIO) is not a torn end: nothing is
-                // decided on it (recovery leaves the file for a later try).
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    return Err(e);
-                }
-                if mode == OpenMode::Recover {
-                    break;
-                }
-                return Err(bad("encrypted file: cut inside a record"));
-            }
-            let n = u32::from_le_bytes(lenb);
-            let plen = (n as usize).checked_sub(TAG);
-            let fits = at + 4 + u64::from(n) <= flen;
-            match plen {
-                Some(p) if p <= MAX_RECORD && fits => {}
-                _ if mode == OpenMode::Recover => break,
-                _ => return Err(bad("encrypted file: a record is cut or malformed")),
-            }
-            let p = plen.unwrap_or(0) as u64;
-            recs.push(Rec {
-                plain,
-                at,
-                len: n,
-                last: false,
-            });
-            plain += p;
-            at += 4 + u64::from(n);
-        }
         let mut r = SealedReader {
             file,
             key,
             header,
-            recs,
-            len: plain,
+            recs: Vec::new(),
+            next_at: HEADER_LEN as u64,
+            len: 0,
             pos: 0,
             cur: None,
             complete: false,
+            follow: mode == OpenMode::Follow,
+            ended: false,
         };
+        r.index(mode)?;
         match mode {
             OpenMode::Strict => {
                 // The last record must be authentic and marked last; the
@@ -517,8 +502,94 @@ impl SealedReader {
                 r.cur = None;
                 r.complete = true;
             }
+            // Checked as they are read ([`Read`]).
+            OpenMode::Follow => {}
         }
         Ok(r)
+    }
+
+    /// Index the records from `next_at` to the file's end (from its length
+    /// fields; none is decrypted). A record not (yet) whole ends the index
+    /// for now in `Recover` and `Follow` (a later [`Self::refresh`] looks
+    /// again), is an error in `Strict`.
+    fn index(&mut self, mode: OpenMode) -> io::Result<()> {
+        let flen = self.file.metadata()?.len();
+        let mut lenb = [0u8; 4];
+        while self.next_at < flen {
+            let at = self.next_at;
+            let read = if flen - at < 4 {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            } else {
+                self.file.read_exact_at(&mut lenb, at)
+            };
+            if let Err(e) = read {
+                // A failing read (EIO) is not a torn end: nothing is
+                // decided on it (recovery leaves the file for a later try).
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    return Err(e);
+                }
+                if mode != OpenMode::Strict {
+                    break;
+                }
+                return Err(bad("encrypted file: cut inside a record"));
+            }
+            let n = u32::from_le_bytes(lenb);
+            let plen = (n as usize).checked_sub(TAG);
+            let fits = at + 4 + u64::from(n) <= flen;
+            match plen {
+                Some(p) if p <= MAX_RECORD && fits => {}
+                _ if mode != OpenMode::Strict => break,
+                _ => return Err(bad("encrypted file: a record is cut or malformed")),
+            }
+            let p = plen.unwrap_or(0) as u64;
+            self.recs.push(Rec {
+                plain: self.len,
+                at,
+                len: n,
+                last: false,
+            });
+            self.len += p;
+            self.next_at = at + 4 + u64::from(n);
+        }
+        Ok(())
+    }
+
+    /// A reader opened with [`OpenMode::Follow`]: take in the records
+    /// written since (only their length fields are read). Nothing once the
+    /// record marked last was read.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        if self.follow && !self.ended {
+            self.index(OpenMode::Follow)?;
+        }
+        Ok(())
+    }
+
+    /// [`OpenMode::Follow`]: record `i` does not authenticate. As
+    /// [`OpenMode::Recover`] would: it is the final record of a finished
+    /// file (nothing after it is read), or the authentic records end before
+    /// it for now (it is looked at again at the next [`Self::refresh`], as
+    /// a reader opened anew would).
+    fn follow_end(&mut self, i: usize) -> io::Result<()> {
+        self.recs[i].last = true;
+        match self.decrypt(i) {
+            Ok(()) => {
+                self.ended = true;
+                self.recs.truncate(i + 1);
+            }
+            Err(e) => {
+                self.recs[i].last = false;
+                if e.kind() != io::ErrorKind::InvalidData {
+                    return Err(e);
+                }
+                self.next_at = self.recs[i].at;
+                self.recs.truncate(i);
+            }
+        }
+        self.len = self
+            .recs
+            .last()
+            .map_or(0, |x| x.plain + u64::from(x.len) - TAG as u64);
+        Ok(())
     }
 
     /// The plaintext length.
@@ -558,6 +629,8 @@ impl SealedReader {
                 }
             })?;
         buf.truncate(plen);
+        #[cfg(test)]
+        DECRYPTED.with(|d| d.set(d.get() + plen as u64));
         self.cur = Some((i, buf));
         Ok(())
     }
@@ -575,7 +648,17 @@ impl Read for SealedReader {
         let Some(i) = self.recs.partition_point(|r| r.plain <= pos).checked_sub(1) else {
             return Err(bad("encrypted file: no record at this offset"));
         };
-        self.decrypt(i)?;
+        match self.decrypt(i) {
+            Ok(()) => {}
+            Err(e) if self.follow && e.kind() == io::ErrorKind::InvalidData => {
+                self.follow_end(i)?;
+                if self.pos >= self.len {
+                    return Ok(0);
+                }
+                self.decrypt(i)?;
+            }
+            Err(e) => return Err(e),
+        }
         let Some((_, plain)) = &self.cur else {
             return Ok(0);
         };
@@ -623,6 +706,19 @@ impl RecordingReader {
 
     pub fn is_sealed(&self) -> bool {
         matches!(self, RecordingReader::Sealed(_))
+    }
+
+    /// A file still written to: take in what was written since it was
+    /// opened (a sealed one opened with [`OpenMode::Follow`]: its new
+    /// records; a plain one: its new length).
+    pub fn refresh(&mut self) -> io::Result<()> {
+        match self {
+            RecordingReader::Plain(f, n) => {
+                *n = f.metadata()?.len();
+                Ok(())
+            }
+            RecordingReader::Sealed(r) => r.refresh(),
+        }
     }
 
     /// The next `n` bytes of plaintext in a new buffer; an error if the
@@ -864,6 +960,51 @@ mod tests {
         // A finished file opens in recovery too.
         let f = seal(&k, Layout::Records, &refs, true);
         assert_eq!(open_bytes(&f, Some(&k), OpenMode::Recover).unwrap(), whole);
+    }
+
+    /// A part read as it grows ([`OpenMode::Follow`]): a record not whole
+    /// yet is taken in by a later refresh; the first inauthentic record, or
+    /// the final one, ends it as in recovery.
+    #[test]
+    fn a_followed_part_reads_what_is_written_since() {
+        let k = ring(6);
+        let parts: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000]).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let whole: Vec<u8> = parts.concat();
+        let rec = 4 + 1000 + TAG;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        let read_all = |r: &mut RecordingReader| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            v
+        };
+        for finish in [false, true] {
+            let s = seal(&k, Layout::Records, &refs, finish);
+            // Two records and part of the third.
+            std::fs::write(&p, &s[..HEADER_LEN + 2 * rec + 7]).unwrap();
+            let mut r = open_recording(&p, Some(&k), OpenMode::Follow).unwrap();
+            assert_eq!(read_all(&mut r), whole[..2000]);
+            std::fs::write(&p, &s).unwrap();
+            r.refresh().unwrap();
+            assert_eq!(read_all(&mut r), whole[2000..], "finish {finish}");
+            r.seek(SeekFrom::Start(0)).unwrap();
+            assert_eq!(read_all(&mut r), whole);
+        }
+        // A damaged fourth record: the first three, and nothing after.
+        let good = seal(&k, Layout::Records, &refs, false);
+        let mut s = good.clone();
+        s[HEADER_LEN + 3 * rec + 10] ^= 1;
+        std::fs::write(&p, &s).unwrap();
+        let mut r = open_recording(&p, Some(&k), OpenMode::Follow).unwrap();
+        assert_eq!(read_all(&mut r), whole[..3000]);
+        r.refresh().unwrap();
+        assert_eq!(read_all(&mut r), b"");
+        assert_eq!(r.len(), 3000);
+        // Looked at again at each refresh (as a reader opened anew would).
+        std::fs::write(&p, &good).unwrap();
+        r.refresh().unwrap();
+        assert_eq!(read_all(&mut r), whole[3000..]);
     }
 
     #[test]

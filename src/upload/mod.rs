@@ -105,7 +105,8 @@ pub struct CloudSettings {
     pub proxy: Option<String>,
     /// `cloud.chunk_size`: tus PATCH body size.
     pub chunk_size: u64,
-    /// Send `Upload-Checksum` with every tus PATCH.
+    /// Send `Upload-Checksum: sha256` with tus PATCHes (to a server that
+    /// takes it: [`tus`]).
     pub checksum: bool,
     /// `cloud.timeout`: limit for small requests (HEAD, creation, /v1/calls)
     /// and for a stalled answer; a PATCH gets this plus time for its body.
@@ -543,7 +544,7 @@ impl Cloud {
         let http = b.build().map_err(|e| UploadError::Client(e.to_string()))?;
         let token = read_token(&settings.token_file)?;
         let protocol: Box<dyn Protocol> = match settings.protocol {
-            CloudProtocol::Tus => Box::new(tus::Tus),
+            CloudProtocol::Tus => Box::new(tus::Tus::default()),
             CloudProtocol::Multipart => Box::new(multipart::Multipart),
         };
         Ok(Cloud {

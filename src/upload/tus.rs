@@ -12,14 +12,24 @@
 //! `POST {url}/v1/uploads` (`Upload-Length`, `Upload-Metadata` with
 //! `filename`, `recording_id`, `agent_id`, `content_type`). Then `PATCH`
 //! chunks of `chunk_size` bytes streamed from disk with `Upload-Offset` and
-//! `Upload-Checksum: sha256 <base64>`; a 409 (or a 460 checksum mismatch)
-//! `HEAD`s and continues from the server's offset. A location on another
+//! `Upload-Checksum: sha256 <base64>` when the server takes it; a 409 (or a
+//! 460 checksum mismatch) `HEAD`s and continues from the server's offset.
+//!
+//! Checksums: before the first PATCH an `OPTIONS {url}/v1/uploads` asks the
+//! server (once per [`Cloud`], i.e. per endpoint; asked again after no
+//! answer, a 401/402/403, 408, 429 or a 5xx but 501). `Tus-Checksum-Algorithm` without `sha256`, or a `Tus-Extension`
+//! without `checksum`: no `Upload-Checksum` is sent. No answer on either
+//! (a server without `OPTIONS`): it is sent. A 400 to a PATCH that carried
+//! one (tus: "the checksum algorithm is not supported") is sent again at
+//! once without it; if that one is taken, the endpoint gets no checksums
+//! from then on; a 400 to the PATCH without a checksum refuses the
+//! recording as before. A location on another
 //! origin than `cloud.url` is refused (the token would go there): a new
 //! upload's pauses every upload ([`PauseKind::ForeignLocation`]: `/readyz`
 //! and `/status` say why, one probe per `pause_retry`); a saved one is
 //! forgotten (a new upload is created).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use reqwest::Method;
@@ -34,9 +44,25 @@ pub(crate) const TUS_VERSION: &str = "1.0.0";
 /// (as a transient failure) instead of looping.
 const MAX_DETOURS: u32 = 8;
 
-/// The tus protocol.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tus;
+/// The tus protocol, and what its server (the [`Cloud`] it belongs to)
+/// said about checksums.
+#[derive(Debug, Default)]
+pub struct Tus {
+    /// `None`: not asked yet; `Some(true)`: send `Upload-Checksum: sha256`.
+    sha256: Mutex<Option<bool>>,
+}
+
+impl Tus {
+    fn sha256(&self) -> Option<bool> {
+        self.sha256.lock().ok().and_then(|g| *g)
+    }
+
+    fn set_sha256(&self, v: bool) {
+        if let Ok(mut g) = self.sha256.lock() {
+            *g = Some(v);
+        }
+    }
+}
 
 impl Protocol for Tus {
     fn name(&self) -> &'static str {
@@ -49,7 +75,7 @@ impl Protocol for Tus {
         job: &'a Job,
         progress: &'a dyn Progress,
     ) -> BoxFuture<'a, Outcome> {
-        Box::pin(deliver(cloud, job, progress))
+        Box::pin(deliver(self, cloud, job, progress))
     }
 }
 
@@ -105,6 +131,63 @@ async fn chunk_checksum(
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Whether `Upload-Checksum: sha256` may be sent, from an `OPTIONS`
+/// answer's `Tus-Checksum-Algorithm` and `Tus-Extension` (`None`: they do
+/// not say).
+fn sha256_from_options(algorithms: Option<&str>, extensions: Option<&str>) -> Option<bool> {
+    let has = |list: &str, want: &str| list.split(',').any(|a| a.trim().eq_ignore_ascii_case(want));
+    if let Some(a) = algorithms {
+        return Some(has(a, "sha256"));
+    }
+    match extensions {
+        Some(e) if !has(e, "checksum") => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether to send `Upload-Checksum: sha256` with this PATCH: asks the
+/// server (`OPTIONS`) the first time; an answer that says nothing about it
+/// counts as yes (a 400 teaches otherwise, [`patch`]); no answer, or a
+/// transient or refused one, is asked again next time.
+async fn wants_checksum(tus: &Tus, cloud: &Cloud) -> bool {
+    if !cloud.settings.checksum {
+        return false;
+    }
+    if let Some(v) = tus.sha256() {
+        return v;
+    }
+    let Some(url) = cloud.resolve("v1/uploads") else {
+        return true;
+    };
+    let r = cloud
+        .send(
+            cloud
+                .request(Method::OPTIONS, url)
+                .header("Tus-Resumable", TUS_VERSION),
+            cloud.settings.timeout,
+        )
+        .await;
+    let v = match r.status() {
+        Some(200..=299) => sha256_from_options(
+            r.header("tus-checksum-algorithm"),
+            r.header("tus-extension"),
+        )
+        .unwrap_or(true),
+        // A server without OPTIONS: it will not say.
+        Some(400 | 404 | 405 | 501) => true,
+        // No answer, or one that says nothing about it (a refused token,
+        // a busy server): sent this time, asked again next time.
+        _ => return true,
+    };
+    if !v {
+        tracing::info!(
+            "the tus server does not take Upload-Checksum: sha256 (OPTIONS): chunks go without a checksum"
+        );
+    }
+    tus.set_sha256(v);
+    v
 }
 
 fn parse_offset(r: &HttpResult) -> Option<u64> {
@@ -206,15 +289,67 @@ enum PatchEnd {
     Restart,
 }
 
-async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<PatchEnd, Outcome> {
+async fn patch(
+    tus: &Tus,
+    cloud: &Cloud,
+    job: &Job,
+    loc: &url::Url,
+    offset: u64,
+) -> Result<PatchEnd, Outcome> {
     let len = cloud.settings.chunk_size.min(job.size - offset);
+    let mut checksum = wants_checksum(tus, cloud).await;
+    let mut without_after_400 = false;
+    loop {
+        let r = patch_once(cloud, job, loc, offset, len, checksum).await?;
+        if checksum && r.status() == Some(400) {
+            // tus: 400 is the answer to an algorithm the server does not
+            // support. Again without: if that is taken, it was the checksum.
+            tracing::info!(
+                "the tus server answered 400 to a PATCH with Upload-Checksum: sha256: sent again without"
+            );
+            checksum = false;
+            without_after_400 = true;
+            continue;
+        }
+        if without_after_400 {
+            if let Some(200..=299) = r.status() {
+                tracing::warn!(
+                    "the tus server refuses Upload-Checksum: sha256 (400) and takes chunks without: none sent to it from now on"
+                );
+                tus.set_sha256(false);
+            }
+        }
+        if r.status() == Some(460) {
+            return Ok(PatchEnd::Rehead);
+        }
+        return match r.action(Step::Location) {
+            Action::Done => match parse_offset(&r) {
+                Some(o) if o > offset && o <= job.size => Ok(PatchEnd::Offset(o)),
+                _ => Ok(PatchEnd::Rehead),
+            },
+            Action::Resume => Ok(PatchEnd::Rehead),
+            Action::Restart => Ok(PatchEnd::Restart),
+            a => Err(fail(a)),
+        };
+    }
+}
+
+/// One PATCH of `len` bytes at `offset`, with `Upload-Checksum` or without.
+async fn patch_once(
+    cloud: &Cloud,
+    job: &Job,
+    loc: &url::Url,
+    offset: u64,
+    len: u64,
+    checksum: bool,
+) -> Result<HttpResult, Outcome> {
     let mut req = cloud
         .request(Method::PATCH, loc.clone())
         .header("Tus-Resumable", TUS_VERSION)
         .header("Content-Type", "application/offset+octet-stream")
         .header("Upload-Offset", offset.to_string())
         .header("Content-Length", len.to_string());
-    if cloud.settings.checksum {
+    if checksum {
         match chunk_checksum(&job.wav, job.keys.as_ref(), offset, len).await {
             Ok(sum) => req = req.header("Upload-Checksum", format!("sha256 {sum}")),
             Err(e) => {
@@ -234,19 +369,7 @@ async fn patch(cloud: &Cloud, job: &Job, loc: &url::Url, offset: u64) -> Result<
         job.keys.clone(),
     ));
     let timeout = super::body_timeout(cloud, len);
-    let r = cloud.send(req.body(body), timeout).await;
-    if r.status() == Some(460) {
-        return Ok(PatchEnd::Rehead);
-    }
-    match r.action(Step::Location) {
-        Action::Done => match parse_offset(&r) {
-            Some(o) if o > offset && o <= job.size => Ok(PatchEnd::Offset(o)),
-            _ => Ok(PatchEnd::Rehead),
-        },
-        Action::Resume => Ok(PatchEnd::Rehead),
-        Action::Restart => Ok(PatchEnd::Restart),
-        a => Err(fail(a)),
-    }
+    Ok(cloud.send(req.body(body), timeout).await)
 }
 
 /// `POST /v1/calls` with the JSON plus `"upload": <location>`.
@@ -285,7 +408,7 @@ pub(crate) async fn post_json_call(cloud: &Cloud, job: &Job, doc: &serde_json::V
     }
 }
 
-async fn deliver(cloud: &Cloud, job: &Job, progress: &dyn Progress) -> Outcome {
+async fn deliver(tus: &Tus, cloud: &Cloud, job: &Job, progress: &dyn Progress) -> Outcome {
     let mut saved = match &job.resume {
         Some((l, _)) => match cloud.resolve(l) {
             Some(u) if check_origin(cloud, &u).is_ok() => Some(u),
@@ -323,7 +446,7 @@ async fn deliver(cloud: &Cloud, job: &Job, progress: &dyn Progress) -> Outcome {
             },
         };
         while offset < job.size {
-            match patch(cloud, job, &loc, offset).await {
+            match patch(tus, cloud, job, &loc, offset).await {
                 Ok(PatchEnd::Offset(o)) => {
                     offset = o;
                     progress.checkpoint(loc.as_str(), offset).await;
@@ -354,6 +477,21 @@ mod tests {
             "filename YS53YXY=,recording_id YQ=="
         );
         assert_eq!(upload_metadata(&[("agent_id", "")]), "agent_id");
+    }
+
+    #[test]
+    fn sha256_is_sent_only_when_the_options_allow_it() {
+        let f = sha256_from_options;
+        assert_eq!(
+            f(Some("md5, SHA256"), Some("creation,checksum")),
+            Some(true)
+        );
+        assert_eq!(f(Some("sha1,md5"), Some("creation,checksum")), Some(false));
+        assert_eq!(f(Some("sha1"), None), Some(false));
+        assert_eq!(f(None, Some("creation,termination")), Some(false));
+        // rustus lists the extension without the algorithms: unknown.
+        assert_eq!(f(None, Some("creation,checksum")), None);
+        assert_eq!(f(None, None), None);
     }
 
     #[tokio::test]

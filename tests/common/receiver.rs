@@ -145,6 +145,18 @@ pub struct RxState {
     /// instead of the receiver's own: a misconfigured or hostile server.
     pub foreign_location: Option<String>,
     pub bytes_received: u64,
+    /// A tus server with the checksum extension and only these algorithms:
+    /// a PATCH whose `Upload-Checksum` names another one is answered 400
+    /// (tus), and `OPTIONS /v1/uploads` says them in
+    /// `Tus-Checksum-Algorithm` unless `options_silent`. `None`: sha256
+    /// checked, no `OPTIONS`.
+    pub checksum_algorithms: Option<Vec<&'static str>>,
+    /// `OPTIONS` answered 404 (a server that does not say).
+    pub options_silent: bool,
+    /// Whether each PATCH carried `Upload-Checksum`, in order.
+    pub patch_checksums: Vec<bool>,
+    /// The next this many PATCHes are answered 400 (their body read).
+    pub patch_400: u32,
     /// Requests being handled now, and the most at once.
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -504,6 +516,7 @@ async fn handle_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Bo
     }
     let tus_prefix = "/v1/uploads";
     match (method.clone(), path.as_str()) {
+        (Method::OPTIONS, p) if p == tus_prefix || p == "/v1/uploads/" => Ok(tus_options(ctx)),
         (Method::POST, p) if p == tus_prefix || p == "/v1/uploads/" => tus_create(ctx, &req),
         (Method::HEAD, p) if p.starts_with("/v1/uploads/") => Ok(tus_head(ctx, &p[12..])),
         (Method::PATCH, p) if p.starts_with("/v1/uploads/") => {
@@ -573,6 +586,22 @@ fn tus_create(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Result<Resp, BoxErr> {
     Ok(r)
 }
 
+fn tus_options(ctx: &Arc<Ctx>) -> Resp {
+    let st = ctx.state.lock().unwrap();
+    match &st.checksum_algorithms {
+        Some(algs) if !st.options_silent => {
+            let mut r = answer(204, "");
+            let h = r.headers_mut();
+            h.insert("tus-resumable", "1.0.0".parse().unwrap());
+            h.insert("tus-version", "1.0.0".parse().unwrap());
+            h.insert("tus-extension", "creation,checksum".parse().unwrap());
+            h.insert("tus-checksum-algorithm", algs.join(",").parse().unwrap());
+            r
+        }
+        _ => answer(404, "not found"),
+    }
+}
+
 fn tus_head(ctx: &Arc<Ctx>, id: &str) -> Resp {
     let st = ctx.state.lock().unwrap();
     match st.uploads.get(id) {
@@ -603,6 +632,31 @@ async fn tus_patch(
         return Ok(answer(400, "Upload-Offset required"));
     };
     let checksum = header(&req, "upload-checksum").map(str::to_string);
+    let refuse = {
+        let mut st = ctx.state.lock().unwrap();
+        st.patch_checksums.push(checksum.is_some());
+        let bad_alg = match (&st.checksum_algorithms, &checksum) {
+            (Some(algs), Some(c)) => {
+                let alg = c.split(' ').next().unwrap_or("");
+                !algs.iter().any(|a| a.eq_ignore_ascii_case(alg))
+            }
+            _ => false,
+        };
+        if bad_alg {
+            Some("checksum algorithm not supported")
+        } else if st.patch_400 > 0 {
+            st.patch_400 -= 1;
+            Some("bad request")
+        } else {
+            None
+        }
+    };
+    if let Some(why) = refuse {
+        // Answered after the body is read (else the client may see the
+        // connection closed under its body instead of the answer).
+        let _ = req.into_body().collect().await;
+        return Ok(answer(400, why));
+    }
     let (path, length) = {
         let st = ctx.state.lock().unwrap();
         match st.uploads.get(id) {
