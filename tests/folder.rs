@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pbx_core::audio::wav::WavWriter;
-use pbx_edge::folder::{FolderScanner, FolderSettings};
+use pbx_edge::folder::{FolderScanner, FolderSettings, LegAlign};
 use pbx_testgen::audio::{
     best_lag, correlation_at, halve, read_mono_wav, read_stereo_wav, rms, speechlike, tone,
 };
@@ -99,9 +99,11 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     let spool = tmp.path().join("spool");
     let caller = speechlike(1, 3000, 8000);
     let callee_speech = speechlike(2, 2000, 8000);
-    // The callee leg starts with 500 ms of silence (it answered later).
+    // The callee leg starts with 500 ms of silence (it answered later),
+    // written as silence (MixMonitor's S option): both legs 3 s.
     let mut callee = vec![0i16; 4000];
     callee.extend_from_slice(&callee_speech);
+    callee.resize(caller.len(), 0);
     let stem = "out-5551234-1001-20261124-101502-1700000000.123";
     let d = day_dir(&root);
     write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
@@ -112,7 +114,7 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     let c = &s.written[0];
     let (rate, [l, r]) = read_wav(&c.wav).unwrap();
     assert_eq!(rate, 8000);
-    assert_eq!(l.len(), 3000 * 8, "padded to the longer leg");
+    assert_eq!(l.len(), 3000 * 8);
     let (lag, corr) = best_lag(&l, &caller, 200);
     assert_eq!(lag, 0);
     assert!(corr > 0.99, "caller on channel 0: {corr}");
@@ -154,6 +156,66 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
         fs::metadata(&c.wav).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// Without MixMonitor's S option Asterisk writes nothing for a direction
+/// while it has no audio: a callee who answers 0.5 s in has a `t()` file
+/// 0.5 s shorter, its audio missing at the START. The legs are lined up at
+/// their end (default): the callee's first sample lands at 0.5 s exactly,
+/// the caller's channel is unchanged. `leg_align = "start"` keeps the old
+/// alignment for sites that know better.
+#[test]
+fn split_legs_of_different_lengths_lined_up_at_their_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caller = speechlike(11, 3000, 8000);
+    // The callee's audio from 0.5 s to 3 s; the file holds only that.
+    let mut callee = speechlike(12, 2500, 8000);
+    assert_eq!(callee.len(), 20000);
+    callee[0] = 1234;
+    let stem = "in-1001-5551234-20261124-101502-1700000000.321";
+    for align in [LegAlign::End, LegAlign::Start] {
+        let root = tmp.path().join(format!("monitor-{}", align.as_str()));
+        let spool = tmp.path().join(format!("spool-{}", align.as_str()));
+        let d = day_dir(&root);
+        write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
+        write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &callee);
+        let settings = FolderSettings {
+            leg_align: align,
+            ..FolderSettings::default()
+        };
+        let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+        assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+        let c = &s.written[0];
+        let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+        assert_eq!(rate, 8000);
+        assert_eq!(l, caller, "channel 0 is the caller's leg, unchanged");
+        assert_eq!(r.len(), 24000);
+        let j = json_of(&c.json);
+        assert_eq!(j["legs_differ_ms"], 500, "{j}");
+        assert_eq!(j["leg_align"], align.as_str(), "{j}");
+        assert!(
+            j["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("differ in length by 500 ms")),
+            "{j}"
+        );
+        match align {
+            LegAlign::End => {
+                assert!(r[..4000].iter().all(|&x| x == 0), "silence before 0.5 s");
+                assert_eq!(
+                    &r[4000..],
+                    &callee[..],
+                    "the callee's first sample at 0.5 s"
+                );
+            }
+            LegAlign::Start => {
+                assert_eq!(&r[..20000], &callee[..]);
+                assert!(r[20000..].iter().all(|&x| x == 0));
+            }
+        }
+    }
 }
 
 #[test]
@@ -525,10 +587,15 @@ fn espeak_speech_legs_at_16k_and_8k() {
     let spool = tmp.path().join("spool");
     let d = day_dir(&root);
     let stem = "in-5550100-5559876-20261124-120000-1700000080.3";
-    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
-    // The callee answers 1 s in.
+    // The callee answers 1 s in; both legs last as long (silence written:
+    // MixMonitor's S option).
     let mut late = vec![0i16; 8000];
     late.extend_from_slice(&callee);
+    let n8 = late.len().max(caller.len().div_ceil(2));
+    late.resize(n8, 0);
+    let mut caller = caller;
+    caller.resize(n8 * 2, 0);
+    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
     write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &late);
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
@@ -804,9 +871,14 @@ fn wav49_split_legs_merged_exact_with_sox() {
     fs::create_dir_all(&work).unwrap();
     let caller = speech_8k("Hello, I am calling about my last invoice.", 21, &work);
     let callee_speech = speech_8k("Of course, can you give me the invoice number?", 22, &work);
-    // The callee answers 600 ms in.
+    // The callee answers 600 ms in; both legs last as long (silence
+    // written: MixMonitor's S option).
     let mut callee = vec![0i16; 4800];
     callee.extend_from_slice(&callee_speech);
+    let n = callee.len().max(caller.len());
+    callee.resize(n, 0);
+    let mut caller = caller;
+    caller.resize(n, 0);
     // Asterisk `wav49`: GSM 6.10 in WAV, written as `.WAV`.
     let root = tmp.path().join("monitor");
     let spool = tmp.path().join("spool");
@@ -1485,13 +1557,10 @@ fn leg_suffix_variants_pair_into_two_channels() {
         assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z", "{rx}");
         assert_eq!(j["source_files"].as_array().unwrap().len(), 2, "{rx}");
         let (_, [l, r]) = read_wav(&c.wav).unwrap();
+        // The callee leg is the shorter: lined up at its end (leg_align).
+        assert_eq!(&l[..], &caller[..], "{rx}: channel 0 = the rx leg");
         assert_eq!(
-            &l[..caller.len()],
-            &caller[..],
-            "{rx}: channel 0 = the rx leg"
-        );
-        assert_eq!(
-            &r[..callee.len()],
+            &r[r.len() - callee.len()..],
             &callee[..],
             "{rx}: channel 1 = the tx leg"
         );

@@ -29,6 +29,7 @@ pub(crate) fn convert(
 ) -> Result<Converted, FolderError> {
     let mut warnings: Vec<String> = Vec::new();
     let mut mixed_mono = false;
+    let mut legs_differ_ms: Option<u64> = None;
     let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);
     let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
     if set.rx.is_some() || set.tx.is_some() {
@@ -71,12 +72,46 @@ pub(crate) fn convert(
             (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
             _ => Vec::new(),
         };
+        let (mut la, mut lb) = (la, lb);
         if a.is_some() && b.is_some() && la.len() != lb.len() {
-            let diff = la.len().abs_diff(lb.len()) as u64 * 1000 / u64::from(rate);
-            if diff > 0 {
-                warnings.push(format!(
-                    "the legs differ in length by {diff} ms; aligned at their start"
-                ));
+            let diff = la.len().abs_diff(lb.len());
+            let ms = diff as u64 * 1000 / u64::from(rate);
+            // Named by file: with `caller_leg = "out"` the -in leg is the callee.
+            let shorter = if la.len() < lb.len() {
+                "-in (rx)"
+            } else {
+                "-out (tx)"
+            };
+            if settings.leg_align == LegAlign::End {
+                // Both files open when MixMonitor starts and close at
+                // hang-up; without its `S` option a direction without audio
+                // (ringing, one-way early media) writes nothing: what the
+                // shorter leg lacks is at its start.
+                let short = if la.len() < lb.len() {
+                    &mut la
+                } else {
+                    &mut lb
+                };
+                short.splice(0..0, std::iter::repeat_n(0i16, diff));
+            }
+            if ms > 0 {
+                legs_differ_ms = Some(ms);
+                let (at, pad) = match settings.leg_align {
+                    LegAlign::End => ("end", "start"),
+                    LegAlign::Start => ("start", "end"),
+                };
+                let w = format!(
+                    "the legs differ in length by {ms} ms (the {shorter} leg is shorter): \
+                     lined up at their {at}, the shorter padded with silence at its {pad} \
+                     (leg_align = \"{at}\"); MixMonitor's S option keeps the legs the same \
+                     length"
+                );
+                tracing::info!(
+                    target: "pbx_edge::folder",
+                    set = %crate::logmask::file_for_log(&set.key),
+                    "{w}"
+                );
+                warnings.push(w);
             }
         }
         left = la;
@@ -204,6 +239,8 @@ pub(crate) fn convert(
             cdr: cdr.is_some(),
             pbx_type: name.as_ref().map(|n| n.kind.clone()),
             source_files: sources,
+            legs_differ_ms,
+            leg_align: legs_differ_ms.map(|_| settings.leg_align.as_str()),
         }),
         ids: cdr_ids(cdr),
         roles: None,

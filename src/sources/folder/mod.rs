@@ -18,8 +18,12 @@
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
 //!   `…-out.wav` = the callee, channel 1; also `-rx`/`-tx`, `_in`/`_out`,
 //!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
-//!   [`LEG_SUFFIXES`]) are merged aligned at their start,
-//!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
+//!   [`LEG_SUFFIXES`]) are merged aligned at their end (`leg_align`,
+//!   default `"end"`: the shorter padded with silence at its start, since
+//!   Asterisk without MixMonitor's `S` option writes nothing for a direction
+//!   while it has no audio, mostly before answer; `"start"` pads at the end),
+//!   resampled to a common rate (8/16 kHz); a difference is a warning and
+//!   `legs_differ_ms` in the JSON.
 //!   Stereo files are taken as they are; a mono mix becomes a 1-channel WAV
 //!   (`"mixed_mono": true`, `audio.channels: 1`, one `channels` entry with
 //!   party `mixed`) and a warning: never a mix beside a silent channel.
@@ -114,7 +118,7 @@ use pbx_core::Timestamp;
 #[cfg(test)]
 use serde_json::Value;
 
-pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
+pub use crate::config::{AfterDelivery, FolderWatch, LegAlign, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{
@@ -255,6 +259,10 @@ pub struct FolderSettings {
     /// The caller is on the `-out`/`tx` leg (and the right channel of
     /// stereo files): the channels are swapped.
     pub caller_leg_out: bool,
+    /// Where split legs of different lengths are lined up (`leg_align`):
+    /// at their end (default; the shorter padded with silence at its start)
+    /// or at their start.
+    pub leg_align: LegAlign,
     /// What happens to the PBX's files once the spool has delivered the
     /// recording (never before).
     pub after_delivery: AfterDelivery,
@@ -363,6 +371,7 @@ impl Default for FolderSettings {
             direction: DirectionRules::default(),
             roles: crate::recording::RoleRules::default(),
             caller_leg_out: false,
+            leg_align: LegAlign::End,
             after_delivery: AfterDelivery::Leave,
             move_to: None,
             raw_stereo: RawStereo::Auto,
@@ -398,6 +407,7 @@ impl FolderSettings {
                 internal_contexts: f.internal_contexts.clone(),
             },
             caller_leg_out: f.caller_leg_out,
+            leg_align: f.leg_align,
             after_delivery: f.after_delivery,
             move_to: f.move_to.clone(),
             raw_stereo: f.raw_stereo,
