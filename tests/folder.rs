@@ -218,6 +218,99 @@ fn split_legs_of_different_lengths_lined_up_at_their_end() {
     }
 }
 
+/// `recording.min_duration` and a fixed `recording.sample_rate` (CONTRACT
+/// §2) hold for the folder source too: a 2 s recording is not kept with
+/// min_duration 5 s (counted, marked seen, never tried again, the PBX's
+/// file left as it is); 8 kHz legs become 16 kHz with sample_rate 16000, a
+/// 16 kHz file 8 kHz with 8000.
+#[test]
+fn min_duration_and_fixed_sample_rate_apply() {
+    use pbx_edge::config::SampleRate;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    let short = "in-1001-5551234-20261124-101502-1700000000.501";
+    let long = "in-1001-5551234-20261124-101502-1700000000.502";
+    write_wav(
+        &d.join(format!("{short}-in.wav")),
+        8000,
+        1,
+        &tone(440.0, 2000, 8000, 8000.0),
+    );
+    write_wav(
+        &d.join(format!("{short}-out.wav")),
+        8000,
+        1,
+        &tone(700.0, 2000, 8000, 8000.0),
+    );
+    let caller = tone(440.0, 6000, 8000, 8000.0);
+    write_wav(&d.join(format!("{long}-in.wav")), 8000, 1, &caller);
+    write_wav(
+        &d.join(format!("{long}-out.wav")),
+        8000,
+        1,
+        &tone(700.0, 6000, 8000, 8000.0),
+    );
+    let settings = FolderSettings {
+        min_duration: Duration::from_secs(5),
+        sample_rate: SampleRate::Hz16000,
+        ..FolderSettings::default()
+    };
+    let t0 = Instant::now();
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, t0), 1, "{:?}", s.errors);
+    assert_eq!(s.counters.too_short, 1);
+    assert_eq!(s.counters.failed, 0, "not a failure");
+    assert_eq!(pairs(&spool).len(), 1);
+    let c = &s.written[0];
+    assert_eq!(json_of(&c.json)["call_id"], "1700000000.502");
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+    assert_eq!(rate, 16000, "sample_rate = 16000 from 8 kHz legs");
+    assert_eq!(json_of(&c.json)["audio"]["sample_rate"], 16000);
+    assert_eq!(l.len(), 6000 * 16);
+    assert_eq!(r.len(), 6000 * 16);
+    let (lag, corr) = best_lag(&halve(&l), &caller, 10);
+    assert!(lag.abs() <= 1 && corr > 0.95, "{lag} {corr}");
+    // Seen: a later pass (and a restart) does not take it again.
+    s.request_rescan();
+    assert_eq!(s.scan(t0 + SETTLE * 3), 0);
+    assert_eq!(s.counters.too_short, 1, "not tried again");
+    drop(s);
+    let settings = FolderSettings {
+        min_duration: Duration::from_secs(5),
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 0);
+    assert_eq!(s.counters.too_short, 0, "remembered across restarts");
+    assert!(
+        d.join(format!("{short}-in.wav")).exists(),
+        "the PBX's file is left"
+    );
+    assert!(d.join(format!("{short}-out.wav")).exists());
+
+    // 16 kHz in, sample_rate = 8000: 8 kHz out.
+    let root = tmp.path().join("monitor16");
+    let spool = tmp.path().join("spool16");
+    let wide = tone(440.0, 1000, 16000, 8000.0);
+    write_wav(
+        &day_dir(&root).join("in-1001-5551234-20261124-101502-1700000000.503.wav"),
+        16000,
+        2,
+        &interleave(&wide, &wide),
+    );
+    let settings = FolderSettings {
+        sample_rate: SampleRate::Hz8000,
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (rate, [l, _]) = read_wav(&s.written[0].wav).unwrap();
+    assert_eq!(rate, 8000, "sample_rate = 8000 from a 16 kHz file");
+    assert_eq!(l.len(), 8000);
+}
+
 #[test]
 fn legs_of_different_rates_resampled_to_16k() {
     let tmp = tempfile::tempdir().unwrap();

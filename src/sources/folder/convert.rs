@@ -63,7 +63,7 @@ pub(crate) fn convert(
         }
         let ra = a.as_ref().map(|p| p.rate).unwrap_or(8000);
         let rb = b.as_ref().map(|p| p.rate).unwrap_or(8000);
-        rate = if ra > 8000 || rb > 8000 { 16000 } else { 8000 };
+        rate = target_rate(settings, ra.max(rb));
         let la = match (&a, &set.rx) {
             (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
             _ => Vec::new(),
@@ -128,7 +128,7 @@ pub(crate) fn convert(
     } else if let Some(path) = &set.whole {
         let p = read_audio(path, settings)?;
         warnings.extend(p.warnings.iter().cloned());
-        let r = if p.rate > 8000 { 16000 } else { 8000 };
+        let r = target_rate(settings, p.rate);
         if p.channels == 2 {
             left = resample(channel(&p, 0), p.rate, r, path)?;
             right = resample(channel(&p, 1), p.rate, r, path)?;
@@ -167,6 +167,13 @@ pub(crate) fn convert(
         .unwrap_or_else(|| stem.clone());
     let frames = left.len().max(right.len());
     let duration_ms = (frames as u64 * 1000 / u64::from(rate)) as i64;
+    if (duration_ms.max(0) as u128) < settings.min_duration.as_millis() {
+        return Err(FolderError::TooShort {
+            path: set.key.clone(),
+            duration_ms,
+            min_ms: settings.min_duration.as_millis(),
+        });
+    }
     let name_start = name
         .as_ref()
         .map(|n| settings.timezone.to_utc(n.started_at));
@@ -265,6 +272,16 @@ pub(crate) fn convert(
         duration_ms: written.duration_ms,
         warnings,
     })
+}
+
+/// The recording's rate (`recording.sample_rate`) for files whose highest
+/// rate is `highest`: "auto" = 16000 Hz if any is wideband, else 8000 Hz.
+fn target_rate(settings: &FolderSettings, highest: u32) -> u32 {
+    match settings.sample_rate {
+        crate::config::SampleRate::Auto if highest > 8000 => 16000,
+        crate::config::SampleRate::Auto | crate::config::SampleRate::Hz8000 => 8000,
+        crate::config::SampleRate::Hz16000 => 16000,
+    }
 }
 
 /// Suffix of a WAV being converted in the spool (removed at start if left).

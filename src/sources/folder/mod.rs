@@ -165,6 +165,14 @@ pub enum FolderError {
         size: u64,
         limit: u64,
     },
+    /// Shorter than `recording.min_duration`: not kept (marked seen, the
+    /// PBX's files left as they are).
+    #[error("{}: {duration_ms} ms is shorter than recording.min_duration ({min_ms} ms): not kept", crate::logmask::file_for_log(.path))]
+    TooShort {
+        path: PathBuf,
+        duration_ms: i64,
+        min_ms: u128,
+    },
     #[error("writing the recording {id}: {source}")]
     Write {
         id: String,
@@ -259,6 +267,13 @@ pub struct FolderSettings {
     /// The caller is on the `-out`/`tx` leg (and the right channel of
     /// stereo files): the channels are swapped.
     pub caller_leg_out: bool,
+    /// `recording.sample_rate`: `Auto` = 8000 Hz unless a file or leg is
+    /// wideband (16000 Hz then); `Hz8000`/`Hz16000`: always that rate
+    /// (resampled as needed).
+    pub sample_rate: crate::config::SampleRate,
+    /// `recording.min_duration`: shorter recordings are not kept (counted,
+    /// marked seen, the PBX's files left alone whatever `after_delivery`).
+    pub min_duration: Duration,
     /// Where split legs of different lengths are lined up (`leg_align`):
     /// at their end (default; the shorter padded with silence at its start)
     /// or at their start.
@@ -371,6 +386,8 @@ impl Default for FolderSettings {
             direction: DirectionRules::default(),
             roles: crate::recording::RoleRules::default(),
             caller_leg_out: false,
+            sample_rate: crate::config::SampleRate::Auto,
+            min_duration: Duration::ZERO,
             leg_align: LegAlign::End,
             after_delivery: AfterDelivery::Leave,
             move_to: None,

@@ -14,6 +14,8 @@ pub struct FolderCounters {
     pub bytes: u64,
     pub skipped_seen: u64,
     pub scan_errors: u64,
+    /// Recordings shorter than `recording.min_duration`: not kept.
+    pub too_short: u64,
 }
 
 /// What the CDR store said of one settled recording.
@@ -995,6 +997,14 @@ impl FolderScanner {
                     self.written.remove(0);
                 }
                 true
+            }
+            Err(e @ FolderError::TooShort { .. }) => {
+                // Not kept (CONTRACT §2 min_duration), not an error; marked
+                // seen below so it is never tried again. Not delivered:
+                // `after_delivery` never moves or deletes its files.
+                self.counters.too_short += 1;
+                tracing::info!(target: "pbx_edge::folder", "folder: {e}");
+                false
             }
             Err(e @ FolderError::Write { .. }) => {
                 // Our side (spool full, ...): not the PBX file's fault. Not
