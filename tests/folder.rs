@@ -2523,3 +2523,76 @@ fn unreadable_file_is_retried_at_the_next_full_listing() {
     assert_eq!(s.counters.written, 2);
     assert_eq!(pairs(&spool).len(), 2);
 }
+
+/// Asterisk's raw G.711 formats (`MixMonitor(x.ulaw)`, `.alaw`, and their
+/// other extensions) are taken: split legs in µ-law and A-law merged into
+/// two channels, decoded exactly; a mono `.ul` as a mixed mono. Formats
+/// Asterisk writes that pbx-edge cannot decode (G.729, G.722, Siren, ...)
+/// are reported and counted once each, never silently passed over.
+#[test]
+fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
+    use pbx_core::audio::g711::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let caller = speechlike(61, 1000, 8000);
+    let callee = speechlike(62, 1000, 8000);
+    let (mut ul, mut al) = (Vec::new(), Vec::new());
+    encode_ulaw(&caller, &mut ul);
+    encode_alaw(&callee, &mut al);
+    let (mut want_l, mut want_r) = (Vec::new(), Vec::new());
+    decode_ulaw(&ul, &mut want_l);
+    decode_alaw(&al, &mut want_r);
+    let stem = "in-1001-5551234-20261124-101502-1700002000.1";
+    fs::write(d.join(format!("{stem}-in.ulaw")), &ul).unwrap();
+    fs::write(d.join(format!("{stem}-out.alaw")), &al).unwrap();
+    fs::write(
+        d.join("in-1001-5551234-20261124-101502-1700002001.1.UL"),
+        &ul,
+    )
+    .unwrap();
+    fs::write(d.join("1700002002.1.g729"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002003.1-in.siren14"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002003.1-out.siren14"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002004.1.g722"), [0u8; 200]).unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+    let by_id = |id: &str| {
+        s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap_or_else(|| panic!("no recording {id}: {:?}", s.errors))
+            .clone()
+    };
+    let c = by_id("1700002000.1");
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+    assert_eq!(rate, 8000);
+    assert_eq!(l, want_l, "µ-law caller leg decoded exactly");
+    assert_eq!(r, want_r, "A-law callee leg decoded exactly");
+    let j = json_of(&c.json);
+    assert_stereo(&c.wav, &j);
+    assert_eq!(j["channels"][0]["codec"], "PCMU");
+    assert_eq!(j["channels"][1]["codec"], "PCMA");
+    let c = by_id("1700002001.1");
+    let j = json_of(&c.json);
+    assert_honest_mono(&c.wav, &j);
+    assert_eq!(read_wav(&c.wav).unwrap().1[0], want_l);
+    // Three recordings in formats not decoded: each reported once.
+    assert_eq!(s.counters.unsupported, 3, "{:?}", s.errors);
+    assert_eq!(s.counters.failed, 3);
+    for ext in [".g729", ".siren14", ".g722"] {
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains(ext) && e.contains("not supported")),
+            "{ext}: {:?}",
+            s.errors
+        );
+    }
+    assert_eq!(s.scan(t0 + Duration::from_secs(400)), 0);
+    assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
+    assert_eq!(s.counters.unsupported, 3, "not reported again");
+}

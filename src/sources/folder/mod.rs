@@ -31,7 +31,10 @@
 //!   never finalised is read to the end of the file, with a warning),
 //!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
 //!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
-//!   Asterisk's other `.slnNN` rates reported as unsupported, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//!   Asterisk's other `.slnNN` rates reported as unsupported, raw G.711
+//!   (`.ulaw`/`.ul`/`.mu`/`.pcm` µ-law, `.alaw`/`.al` A-law, 8 kHz mono),
+//!   formats Asterisk writes but pbx-edge does not decode ([`UNSUPPORTED_EXTS`]:
+//!   G.722, G.729, Siren, Speex, ...) reported once each, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
 //!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
 //!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
@@ -165,6 +168,10 @@ pub enum FolderError {
         size: u64,
         limit: u64,
     },
+    /// A format Asterisk writes that pbx-edge does not decode (G.729,
+    /// G.722, Siren, Speex, ...).
+    #[error("{}: {why}", crate::logmask::file_for_log(.path))]
+    Unsupported { path: PathBuf, why: String },
     /// Shorter than `recording.min_duration`: not kept (marked seen, the
     /// PBX's files left as they are).
     #[error("{}: {duration_ms} ms is shorter than recording.min_duration ({min_ms} ms): not kept", crate::logmask::file_for_log(.path))]

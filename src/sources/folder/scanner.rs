@@ -16,6 +16,9 @@ pub struct FolderCounters {
     pub scan_errors: u64,
     /// Recordings shorter than `recording.min_duration`: not kept.
     pub too_short: u64,
+    /// Recordings in a format pbx-edge does not decode (counted in `failed`
+    /// too), each reported once.
+    pub unsupported: u64,
 }
 
 /// What the CDR store said of one settled recording.
@@ -1044,6 +1047,9 @@ impl FolderScanner {
                 return false;
             }
             Err(e) => {
+                if matches!(e, FolderError::Unsupported { .. }) {
+                    self.counters.unsupported += 1;
+                }
                 self.counters.failed += 1;
                 crate::recording::TOTALS.failed();
                 self.error(format!(
