@@ -2596,3 +2596,76 @@ fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
     assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
     assert_eq!(s.counters.unsupported, 3, "not reported again");
 }
+
+/// A CDR store that cannot answer (here a Master.csv that cannot be read:
+/// a directory in its place, which stops root too) does not hold
+/// recordings back for ever: each waits `cdr_wait`, then goes with what its
+/// file name tells. The problem is logged once (not per recording), and the
+/// source stays not ready (`cdr_down`) while the store fails.
+#[test]
+fn unreadable_master_csv_recordings_go_with_their_names_after_cdr_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    for uid in ["1700003000.1", "1700003000.2"] {
+        write_wav(
+            &d.join(format!("in-5550000-15551230000-20261124-101502-{uid}.wav")),
+            8000,
+            1,
+            &speechlike(9, 1000, 8000),
+        );
+    }
+    let csv = tmp.path().join("Master.csv");
+    fs::create_dir(&csv).unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv)); // cdr_wait 30 s
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 0, "waits for the store first");
+    assert!(
+        s.cdr_down().is_some_and(|w| w.contains("Master.csv")),
+        "{:?}",
+        s.cdr_down()
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(10)),
+        0,
+        "within cdr_wait"
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(31)),
+        2,
+        "after cdr_wait: taken with the file names' details: {:?}",
+        s.errors
+    );
+    for c in &s.written {
+        let j = json_of(&c.json);
+        assert_eq!(j["cdr"], false);
+        assert_eq!(j["from"]["number"], "15551230000");
+        assert_eq!(j["to"]["number"], "5550000");
+        assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
+    }
+    assert!(
+        s.cdr_down().is_some(),
+        "still not ready while the store fails"
+    );
+    let cdr_errors = s.errors.iter().filter(|e| e.contains("Master.csv")).count();
+    assert_eq!(cdr_errors, 1, "said once: {:?}", s.errors);
+    // A new recording while the store still fails: waits its own cdr_wait.
+    write_wav(
+        &d.join("in-5550000-15551230000-20261124-101502-1700003000.3.wav"),
+        8000,
+        1,
+        &speechlike(10, 1000, 8000),
+    );
+    let t1 = t0 + Duration::from_secs(100);
+    assert_eq!(s.scan(t1), 0);
+    assert_eq!(s.scan(t1 + SETTLE), 0);
+    assert_eq!(
+        s.scan(t1 + SETTLE + Duration::from_secs(31)),
+        1,
+        "{:?}",
+        s.errors
+    );
+    let cdr_errors = s.errors.iter().filter(|e| e.contains("Master.csv")).count();
+    assert_eq!(cdr_errors, 1, "still said once: {:?}", s.errors);
+}

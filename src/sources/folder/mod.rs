@@ -96,9 +96,11 @@
 //!
 //! A settled recording whose CDR row is not there yet waits for it up to
 //! [`FolderSettings::cdr_wait`], then goes with what its file name tells. A
-//! CDR store that cannot answer (database down, Master.csv unreadable) keeps
-//! every settled recording waiting, however long, and marks the source not
-//! ready with the reason; the wait starts again once the store answers.
+//! CDR store that cannot answer (database down, Master.csv unreadable) is
+//! the same: each settled recording waits `cdr_wait` from when it settled,
+//! then goes with what its file name tells; the problem is logged once per
+//! cause (and once that recordings go without their rows), and the source
+//! is not ready, with the reason, while the store fails.
 
 pub mod cdr;
 

@@ -87,6 +87,12 @@ pub struct FolderScanner {
     cdr: Option<Box<dyn CdrStore>>,
     /// Why the CDR store cannot answer, while it cannot.
     cdr_down: Option<String>,
+    /// The store's error last logged (once per distinct cause, not per
+    /// recording waiting).
+    cdr_down_cause: Option<String>,
+    /// While the store cannot answer: recordings past `cdr_wait` were taken
+    /// without their row (said once in the log).
+    cdr_down_gave_up: bool,
     /// The spool database, for `after_delivery` (opened when first needed).
     spool_db: Option<crate::spool::Spool>,
     /// Watches whose action failed (reported once each).
@@ -172,6 +178,8 @@ impl FolderScanner {
             seen,
             cdr,
             cdr_down: None,
+            cdr_down_cause: None,
+            cdr_down_gave_up: false,
             spool_db: None,
             after_failed: HashSet::new(),
             after_pending: false,
@@ -744,10 +752,34 @@ impl FolderScanner {
                 return written;
             }
             if rows.iter().any(|r| matches!(r, Lookup::Down)) {
-                // The store cannot answer: every recording left waits, and
-                // its wait for a late row starts again once it answers.
+                // The store cannot answer (Master.csv unreadable, database
+                // down): each recording left waits for it up to `cdr_wait`
+                // from when it settled, then goes with what its file name
+                // tells, like one whose row never came. The store is not
+                // asked again in this pass.
+                let mut due = Vec::new();
                 for s in &settled[from..] {
-                    self.waiting_cdr.insert(s.key.clone(), now);
+                    let first = *self.waiting_cdr.entry(s.key.clone()).or_insert(now);
+                    if now.saturating_duration_since(first) >= self.settings.cdr_wait {
+                        due.push(s.clone());
+                    }
+                }
+                if !due.is_empty() && !self.cdr_down_gave_up {
+                    self.cdr_down_gave_up = true;
+                    tracing::warn!(target: "pbx_edge::folder", "folder: {}; recordings that waited cdr_wait ({:?}) are taken with what their file names tell", self.cdr_down.as_deref().unwrap_or("the CDR store cannot answer"), self.settings.cdr_wait);
+                }
+                for set in &due {
+                    if tried > 0 && started.elapsed() >= self.settings.pass_budget {
+                        self.more = true;
+                        return written;
+                    }
+                    tried += 1;
+                    if self.take(set, Lookup::NoStore, &present, now) {
+                        written += 1;
+                    }
+                    if !self.pulse.beat() {
+                        return written;
+                    }
                 }
                 return written;
             }
@@ -931,6 +963,8 @@ impl FolderScanner {
             .collect();
         match store.find(&queries) {
             Ok(rows) => {
+                self.cdr_down_cause = None;
+                self.cdr_down_gave_up = false;
                 if self.cdr_down.take().is_some() {
                     tracing::info!(target: "pbx_edge::folder", store = %store.describe(), "CDR store answers again");
                 }
@@ -941,10 +975,16 @@ impl FolderScanner {
             // A read cut short by a stop: not an error of the store.
             Err(_) if self.pulse.stopping() => sets.iter().map(|_| Lookup::Down).collect(),
             Err(e) => {
-                let msg = format!("folder: {e}; {waiting} recording(s) wait for it");
-                if self.cdr_down.as_deref() != Some(msg.as_str()) {
+                let cause = e.to_string();
+                let msg = format!(
+                    "folder: {cause}; {waiting} recording(s) wait for it (up to cdr_wait = {:?} each)",
+                    self.settings.cdr_wait
+                );
+                // Logged once per cause, not each time the count changes.
+                if self.cdr_down_cause.as_deref() != Some(cause.as_str()) {
                     self.counters.scan_errors += 1;
                     self.error(msg.clone());
+                    self.cdr_down_cause = Some(cause);
                 }
                 self.cdr_down = Some(msg);
                 sets.iter().map(|_| Lookup::Down).collect()
