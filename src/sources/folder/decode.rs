@@ -81,6 +81,33 @@ pub fn is_audio_name(name: &str) -> bool {
         || ext.starts_with("g726")
 }
 
+/// Whether `path` is a WAV (by its extension: `.wav`, `.wav16`, `.wav49`,
+/// any case) whose header was not finalised by its writer: the data size is
+/// still 0 while audio follows the header. Asterisk writes the sizes when
+/// it closes the file: such a file is most likely still open. `false` when
+/// it cannot be read or is no WAV (decoding reports that).
+pub fn wav_unfinalised(path: &Path) -> bool {
+    use std::io::Read;
+    let wav = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "wav" | "wav16" | "wav49"));
+    if !wav {
+        return false;
+    }
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(4096);
+    if f.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    parse_wav_header(&head).is_ok_and(|info| info.data_len == 0 && len > info.data_offset)
+}
+
 fn le_samples(bytes: &[u8]) -> Vec<i16> {
     bytes
         .chunks_exact(2)

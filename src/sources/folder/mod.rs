@@ -28,7 +28,9 @@
 //!   (`"mixed_mono": true`, `audio.channels: 1`, one `channels` entry with
 //!   party `mixed`) and a warning: never a mix beside a silent channel.
 //! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
-//!   never finalised is read to the end of the file, with a warning),
+//!   never finalised, data size 0 with audio after it, counts as a file
+//!   still open: it waits [`FolderSettings::open_settle`] unchanged, then is
+//!   read to the end of the file, with a warning),
 //!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
 //!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
 //!   Asterisk's other `.slnNN` rates reported as unsupported, raw G.711

@@ -124,6 +124,10 @@ pub struct FolderScanner {
     touched: HashMap<PathBuf, Instant>,
     /// Events mode: files written to and not closed since.
     open: HashSet<PathBuf>,
+    /// WAVs looked at once settled: the version looked at, and whether its
+    /// header was never finalised (data size 0 with audio after it: still
+    /// open, it waits like one, [`FolderSettings::open_settle`]).
+    unfinalised: HashMap<PathBuf, (FileKey, bool)>,
     /// Reports the thread alive during a pass; says when to stop.
     pulse: Pulse,
     /// Calls of [`FolderScanner::tick`] (a beat every [`BEAT_EVERY`]).
@@ -195,6 +199,7 @@ impl FolderScanner {
             fresh: Vec::new(),
             touched: HashMap::new(),
             open: HashSet::new(),
+            unfinalised: HashMap::new(),
             pulse: Pulse::default(),
             ticks: 0,
             more: false,
@@ -312,7 +317,7 @@ impl FolderScanner {
 
     /// How long `p` must stay unchanged.
     fn need(&self, p: &Path) -> Duration {
-        if self.open.contains(p) {
+        if self.open.contains(p) || self.unfinalised.get(p).is_some_and(|(_, u)| *u) {
             self.settings.open_settle.max(self.settle)
         } else {
             self.settle
@@ -712,6 +717,30 @@ impl FolderScanner {
         self.touched.clear();
         let watching = &self.watching;
         self.open.retain(|p| watching.contains_key(p));
+        // A WAV settled whose header still says it holds no audio while
+        // audio follows was never finalised by its writer (Asterisk writes
+        // the sizes at close): still open. It waits like a file written to
+        // and not closed (`open_settle`), then is read to its end.
+        let settle = self.settle;
+        let look: Vec<(PathBuf, FileKey)> = present
+            .iter()
+            .filter(|(p, k)| {
+                self.unfinalised.get(*p).is_none_or(|(seen, _)| seen != *k)
+                    && self
+                        .watching
+                        .get(*p)
+                        .is_some_and(|w| now.saturating_duration_since(w.since) >= settle)
+            })
+            .map(|(p, k)| (p.clone(), *k))
+            .collect();
+        for (p, k) in look {
+            let open = wav_unfinalised(&p);
+            if open {
+                tracing::info!(target: "pbx_edge::folder", file = %crate::logmask::file_for_log(&p), "folder: WAV header data size still 0: taken as still being written (waits open_settle, {:?}, unchanged)", self.settings.open_settle);
+            }
+            self.unfinalised.insert(p, (k, open));
+        }
+        self.unfinalised.retain(|p, _| present.contains_key(p));
         let files: Vec<PathBuf> = present.keys().cloned().collect();
         let io_failed = &self.io_failed;
         let settled: Vec<RecordingSet> = group_sets(&files)
