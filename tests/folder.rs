@@ -2541,8 +2541,9 @@ fn unreadable_file_is_retried_at_the_next_full_listing() {
 
 /// Asterisk's raw G.711 formats (`MixMonitor(x.ulaw)`, `.alaw`, and their
 /// other extensions) are taken: split legs in µ-law and A-law merged into
-/// two channels, decoded exactly; a mono `.ul` as a mixed mono. Formats
-/// Asterisk writes that pbx-edge cannot decode (G.729, G.722, Siren, ...)
+/// two channels, decoded exactly; a mono `.ul` as a mixed mono; `.g722`
+/// (raw G.722, 16 kHz) decoded. Formats Asterisk writes that pbx-edge
+/// cannot decode (G.729, G.726, Siren, ...)
 /// are reported and counted once each, never silently passed over.
 #[test]
 fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
@@ -2571,10 +2572,24 @@ fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
     fs::write(d.join("1700002002.1.g729"), [0u8; 200]).unwrap();
     fs::write(d.join("1700002003.1-in.siren14"), [0u8; 200]).unwrap();
     fs::write(d.join("1700002003.1-out.siren14"), [0u8; 200]).unwrap();
-    fs::write(d.join("1700002004.1.g722"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002004.1.g726-32"), [0u8; 200]).unwrap();
+    // G.722 (Asterisk's `g722`: raw, 16 kHz): decoded by pbx-core's decoder.
+    let wide = speechlike(63, 1000, 16000);
+    let mut enc = pbx_core::audio::g722::G722Encoder::new();
+    let g722: Vec<u8> = wide
+        .chunks(2)
+        .map(|p| enc.encode_pair(p[0], p[1]))
+        .collect();
+    let mut want_wide = Vec::new();
+    pbx_core::audio::g722::G722Decoder::new().decode_into(&g722, &mut want_wide);
+    fs::write(
+        d.join("in-1001-5551234-20261124-101502-1700002005.1.g722"),
+        &g722,
+    )
+    .unwrap();
     let mut s = scanner(&root, &spool, None);
     let t0 = Instant::now();
-    assert_eq!(settle_scan(&mut s, t0), 2, "{:?}", s.errors);
+    assert_eq!(settle_scan(&mut s, t0), 3, "{:?}", s.errors);
     let by_id = |id: &str| {
         s.written
             .iter()
@@ -2595,10 +2610,19 @@ fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
     let j = json_of(&c.json);
     assert_honest_mono(&c.wav, &j);
     assert_eq!(read_wav(&c.wav).unwrap().1[0], want_l);
+    let c = by_id("1700002005.1");
+    let j = json_of(&c.json);
+    assert_eq!(j["audio"]["sample_rate"], 16000);
+    assert_eq!(j["channels"][0]["codec"], "G722");
+    assert_eq!(
+        read_wav(&c.wav).unwrap().1[0],
+        want_wide,
+        "G.722 decoded exactly"
+    );
     // Three recordings in formats not decoded: each reported once.
     assert_eq!(s.counters.unsupported, 3, "{:?}", s.errors);
     assert_eq!(s.counters.failed, 3);
-    for ext in [".g729", ".siren14", ".g722"] {
+    for ext in [".g729", ".siren14", ".g726-32"] {
         assert!(
             s.errors
                 .iter()

@@ -13,7 +13,8 @@ pub struct Pcm {
     pub channels: u16,
     pub samples: Vec<i16>,
     /// What the file held, for the JSON's per-channel `codec`: `"L16"` (PCM),
-    /// `"GSM"` (GSM 06.10, raw or WAV49), `"PCMU"` / `"PCMA"` (raw G.711).
+    /// `"GSM"` (GSM 06.10, raw or WAV49), `"PCMU"` / `"PCMA"` (raw G.711),
+    /// `"G722"` (raw G.722).
     pub codec: &'static str,
     /// What decoding noticed but got past (GSM frames without the magic, a
     /// partial last frame), each naming the file: for the JSON's `warnings`.
@@ -58,12 +59,12 @@ pub const ALAW_EXTS: &[&str] = &["alaw", "al", "alw"];
 /// is reported (logged, counted in `recordings_failed` and `unsupported`)
 /// once, never silently passed over.
 pub const UNSUPPORTED_EXTS: &[&str] = &[
-    "g722", "g723", "g723sf", "g726", "g729", "g719", "siren7", "siren14", "speex", "speex16",
-    "speex32", "spx", "ilbc", "vox", "ogg", "opus",
+    "g723", "g723sf", "g726", "g729", "g719", "siren7", "siren14", "speex", "speex16", "speex32",
+    "spx", "ilbc", "vox", "ogg", "opus",
 ];
 
 /// Extensions taken as recordings (any case): `wav`, `wav16` (Asterisk's
-/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, raw G.711
+/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, `g722`, raw G.711
 /// ([`ULAW_EXTS`], [`ALAW_EXTS`]), and the [`SLN_OTHER_RATES`] and
 /// [`UNSUPPORTED_EXTS`] ones (reported as unsupported).
 pub fn is_audio_name(name: &str) -> bool {
@@ -75,6 +76,7 @@ pub fn is_audio_name(name: &str) -> bool {
         ext.as_str(),
         "wav" | "wav16" | "wav49" | "sln" | "sln16" | "raw" | "gsm"
     ) || SLN_OTHER_RATES.iter().any(|(e, _)| *e == ext)
+        || ext == "g722"
         || ULAW_EXTS.contains(&ext.as_str())
         || ALAW_EXTS.contains(&ext.as_str())
         || UNSUPPORTED_EXTS.contains(&ext.as_str())
@@ -306,6 +308,7 @@ fn decode_audio_as(
     if ULAW_EXTS.contains(&ext) || ALAW_EXTS.contains(&ext) {
         // Asterisk's `ulaw` / `alaw`: raw G.711, 8 kHz mono, no header.
         let ulaw = ULAW_EXTS.contains(&ext);
+        pcm_fits(path, "G.711", bytes.len() as u64 * 2, settings)?;
         let mut samples = Vec::with_capacity(bytes.len());
         if ulaw {
             pbx_core::audio::g711::decode_ulaw(bytes, &mut samples);
@@ -316,12 +319,22 @@ fn decode_audio_as(
         pcm.codec = if ulaw { "PCMU" } else { "PCMA" };
         return Ok(pcm);
     }
+    if ext == "g722" {
+        // Asterisk's `g722`: raw G.722 at 64 kbit/s, one byte per two
+        // 16 kHz samples, no header.
+        pcm_fits(path, "G.722", bytes.len() as u64 * 4, settings)?;
+        let mut samples = Vec::with_capacity(bytes.len().saturating_mul(2));
+        pbx_core::audio::g722::G722Decoder::new().decode_into(bytes, &mut samples);
+        let mut pcm = Pcm::l16(16000, 1, samples);
+        pcm.codec = "G722";
+        return Ok(pcm);
+    }
     if UNSUPPORTED_EXTS.contains(&ext) || ext.starts_with("g726") {
         return Err(FolderError::Unsupported {
             path: path.to_path_buf(),
             why: format!(
                 "Asterisk's .{ext} format is not supported: pbx-edge decodes wav, wav16, \
-                 wav49, gsm, sln, sln16, raw, ulaw and alaw; record in one of these"
+                 wav49, gsm, sln, sln16, raw, ulaw, alaw and g722; record in one of these"
             ),
         });
     }
@@ -493,6 +506,26 @@ pub(crate) fn pcm_data_len(
         );
     }
     (info.audio_len(file_len), None)
+}
+
+/// Refuses a file whose decoded PCM (`pcm_bytes`) would be larger than
+/// `max_file_bytes` (the memory bound holds for what is decoded).
+fn pcm_fits(
+    path: &Path,
+    codec: &str,
+    pcm_bytes: u64,
+    settings: &FolderSettings,
+) -> Result<(), FolderError> {
+    if pcm_bytes > settings.max_file_bytes {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{codec} decoding to {pcm_bytes} bytes of PCM, more than the limit of {}",
+                settings.max_file_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses GSM whose decoded PCM (`units` frames or blocks of `samples`

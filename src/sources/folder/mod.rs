@@ -35,8 +35,9 @@
 //!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
 //!   Asterisk's other `.slnNN` rates reported as unsupported, raw G.711
 //!   (`.ulaw`/`.ul`/`.mu`/`.pcm` µ-law, `.alaw`/`.al` A-law, 8 kHz mono),
-//!   formats Asterisk writes but pbx-edge does not decode ([`UNSUPPORTED_EXTS`]:
-//!   G.722, G.729, Siren, Speex, ...) reported once each, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//!   raw G.722 (`.g722`, 16 kHz), formats Asterisk writes but pbx-edge does
+//!   not decode ([`UNSUPPORTED_EXTS`]: G.729, G.726, Siren, Speex, ...)
+//!   reported once each, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
 //!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
 //!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
