@@ -2679,6 +2679,12 @@ fn unreadable_master_csv_recordings_go_with_their_names_after_cdr_wait() {
     for c in &s.written {
         let j = json_of(&c.json);
         assert_eq!(j["cdr"], false);
+        assert!(
+            j["warnings"][0].as_str().is_some_and(
+                |w| w.contains("CDR store could not be read") && w.contains("Master.csv")
+            ),
+            "{j}"
+        );
         assert_eq!(j["from"]["number"], "15551230000");
         assert_eq!(j["to"]["number"], "5550000");
         assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");

@@ -18,7 +18,8 @@ pub struct Converted {
 
 /// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
 /// Reads only the PBX's files. `mtime` is the start time used when neither the
-/// file name nor the CDR has one.
+/// file name nor the CDR has one; `note`, if any, is the first of the JSON's
+/// `warnings`.
 pub(crate) fn convert(
     set: &RecordingSet,
     cdr: Option<&CdrRow>,
@@ -26,8 +27,9 @@ pub(crate) fn convert(
     agent_id: &str,
     settings: &FolderSettings,
     mtime: Timestamp,
+    note: Option<String>,
 ) -> Result<Converted, FolderError> {
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = note.into_iter().collect();
     let mut mixed_mono = false;
     let mut legs_differ_ms: Option<u64> = None;
     let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);

@@ -28,6 +28,8 @@ enum Lookup {
     Found(Box<CdrRow>),
     NotYet,
     Down,
+    /// The store could not answer for `cdr_wait`: taken without a row.
+    GaveUp,
 }
 
 #[derive(Debug, Clone)]
@@ -803,7 +805,7 @@ impl FolderScanner {
                         return written;
                     }
                     tried += 1;
-                    if self.take(set, Lookup::NoStore, &present, now) {
+                    if self.take(set, Lookup::GaveUp, &present, now) {
                         written += 1;
                     }
                     if !self.pulse.beat() {
@@ -1029,10 +1031,17 @@ impl FolderScanner {
         present: &HashMap<PathBuf, FileKey>,
         now: Instant,
     ) -> bool {
+        let note = matches!(lookup, Lookup::GaveUp).then(|| {
+            format!(
+                "no CDR details: the CDR store could not be read for cdr_wait ({}); the call's \
+                 details are what the file name tells",
+                self.cdr_down_cause.as_deref().unwrap_or("no answer")
+            )
+        });
         let row = match lookup {
             Lookup::Down => return false,
             Lookup::Found(r) => Some(*r),
-            Lookup::NoStore => None,
+            Lookup::NoStore | Lookup::GaveUp => None,
             Lookup::NotYet => {
                 let first = *self.waiting_cdr.entry(set.key.clone()).or_insert(now);
                 if now.saturating_duration_since(first) < self.settings.cdr_wait {
@@ -1056,6 +1065,7 @@ impl FolderScanner {
             &self.agent_id,
             &self.settings,
             mtime,
+            note,
         );
         let ok = match res {
             Ok(c) => {
