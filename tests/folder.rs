@@ -2713,4 +2713,17 @@ fn unreadable_master_csv_recordings_go_with_their_names_after_cdr_wait() {
     );
     let cdr_errors = s.errors.iter().filter(|e| e.contains("Master.csv")).count();
     assert_eq!(cdr_errors, 1, "still said once: {:?}", s.errors);
+    // Nothing waits any more: the store is still asked, and once it
+    // answers the source is ready again.
+    assert_eq!(s.scan(t1 + SETTLE * 10), 0);
+    assert!(
+        s.cdr_down()
+            .is_some_and(|w| w.contains("no recording waits")),
+        "{:?}",
+        s.cdr_down()
+    );
+    fs::remove_dir(&csv).unwrap();
+    fs::write(&csv, "").unwrap();
+    assert_eq!(s.scan(t1 + SETTLE * 11), 0);
+    assert!(s.cdr_down().is_none(), "{:?}", s.cdr_down());
 }

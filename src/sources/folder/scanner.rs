@@ -411,7 +411,8 @@ impl FolderScanner {
     /// When the next pass is due in events mode (never before `now`): when
     /// a file may have settled, a new directory is listed again, the safety
     /// listing is due, or — every [`FolderSettings::poll`] — recordings wait
-    /// for their CDR row, `path` is missing or a delivery is awaited.
+    /// for their CDR row, the CDR store is down, `path` is missing or a
+    /// delivery is awaited.
     pub fn next_pass(&self, now: Instant) -> Instant {
         let mut next = self.full_scan_at + self.settings.full_scan;
         if self.rescan || self.more || !self.to_list.is_empty() {
@@ -434,7 +435,7 @@ impl FolderScanner {
         for (_, t) in &self.fresh {
             next = next.min(*t);
         }
-        if !self.waiting_cdr.is_empty() || self.root_missing.is_some() {
+        if !self.waiting_cdr.is_empty() || self.root_missing.is_some() || self.cdr_down.is_some() {
             next = next.min(now + self.settings.poll);
         }
         if self.after_pending {
@@ -764,6 +765,9 @@ impl FolderScanner {
                 })
             })
             .collect();
+        if settled.is_empty() {
+            self.probe_cdr();
+        }
         let keys: HashSet<&PathBuf> = settled.iter().map(|s| &s.key).collect();
         self.waiting_cdr.retain(|k, _| keys.contains(k));
         // A backlog is converted a chunk at a time, reporting alive after
@@ -957,6 +961,41 @@ impl FolderScanner {
                 }
             }
             _ => Ok(()),
+        }
+    }
+
+    /// While the store cannot answer and no recording asks it anything:
+    /// asks it a question that matches nothing, so that the source is
+    /// ready again once the store answers (not only at the next recording).
+    fn probe_cdr(&mut self) {
+        if self.cdr_down.is_none() || self.pulse.stopping() {
+            return;
+        }
+        let Some(store) = self.cdr.as_mut() else {
+            return;
+        };
+        let probe = CdrQuery {
+            uniqueid: "pbx-edge-probe".into(),
+            files: Vec::new(),
+            around: None,
+        };
+        match store.find(std::slice::from_ref(&probe)) {
+            Ok(_) => {
+                tracing::info!(target: "pbx_edge::folder", store = %store.describe(), "CDR store answers again");
+                self.cdr_down = None;
+                self.cdr_down_cause = None;
+                self.cdr_down_gave_up = false;
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                let msg = format!("folder: {cause}; no recording waits for it");
+                if self.cdr_down_cause.as_deref() != Some(cause.as_str()) {
+                    self.counters.scan_errors += 1;
+                    self.error(msg.clone());
+                    self.cdr_down_cause = Some(cause);
+                }
+                self.cdr_down = Some(msg);
+            }
         }
     }
 
