@@ -856,6 +856,29 @@ fn raw_stereo_takes_auto_and_booleans() {
 }
 
 #[test]
+fn leg_align_takes_end_and_start() {
+    use pbx_edge::config::LegAlign;
+    let c = Config::from_toml_str("t.toml", "", NO_ENV).unwrap();
+    assert_eq!(c.sources.folder.leg_align, LegAlign::End, "the default");
+    for (v, want) in [("end", LegAlign::End), ("start", LegAlign::Start)] {
+        let c = Config::from_toml_str(
+            "t.toml",
+            &format!("[sources.folder]\nleg_align = \"{v}\""),
+            NO_ENV,
+        )
+        .unwrap();
+        assert_eq!(c.sources.folder.leg_align, want, "{v}");
+        let env = [("PBX_EDGE__SOURCES__FOLDER__LEG_ALIGN", v)];
+        let c = Config::from_toml_str("t.toml", "", env).unwrap();
+        assert_eq!(c.sources.folder.leg_align, want, "env {v}");
+    }
+    assert_eq!(
+        error("[sources.folder]\nleg_align = \"middle\""),
+        "bad.toml:2: sources.folder.leg_align: \"middle\" is not \"end\" or \"start\""
+    );
+}
+
+#[test]
 fn secret_files_others_can_read_are_named_at_check_config_and_at_start() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pbx_core::audio::wav::WavWriter;
-use pbx_edge::folder::{FolderScanner, FolderSettings};
+use pbx_edge::folder::{FolderScanner, FolderSettings, LegAlign};
 use pbx_testgen::audio::{
     best_lag, correlation_at, halve, read_mono_wav, read_stereo_wav, rms, speechlike, tone,
 };
@@ -99,9 +99,11 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     let spool = tmp.path().join("spool");
     let caller = speechlike(1, 3000, 8000);
     let callee_speech = speechlike(2, 2000, 8000);
-    // The callee leg starts with 500 ms of silence (it answered later).
+    // The callee leg starts with 500 ms of silence (it answered later),
+    // written as silence (MixMonitor's S option): both legs 3 s.
     let mut callee = vec![0i16; 4000];
     callee.extend_from_slice(&callee_speech);
+    callee.resize(caller.len(), 0);
     let stem = "out-5551234-1001-20261124-101502-1700000000.123";
     let d = day_dir(&root);
     write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
@@ -112,7 +114,7 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     let c = &s.written[0];
     let (rate, [l, r]) = read_wav(&c.wav).unwrap();
     assert_eq!(rate, 8000);
-    assert_eq!(l.len(), 3000 * 8, "padded to the longer leg");
+    assert_eq!(l.len(), 3000 * 8);
     let (lag, corr) = best_lag(&l, &caller, 200);
     assert_eq!(lag, 0);
     assert!(corr > 0.99, "caller on channel 0: {corr}");
@@ -154,6 +156,159 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
         fs::metadata(&c.wav).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// Without MixMonitor's S option Asterisk writes nothing for a direction
+/// while it has no audio: a callee who answers 0.5 s in has a `t()` file
+/// 0.5 s shorter, its audio missing at the START. The legs are lined up at
+/// their end (default): the callee's first sample lands at 0.5 s exactly,
+/// the caller's channel is unchanged. `leg_align = "start"` keeps the old
+/// alignment for sites that know better.
+#[test]
+fn split_legs_of_different_lengths_lined_up_at_their_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caller = speechlike(11, 3000, 8000);
+    // The callee's audio from 0.5 s to 3 s; the file holds only that.
+    let mut callee = speechlike(12, 2500, 8000);
+    assert_eq!(callee.len(), 20000);
+    callee[0] = 1234;
+    let stem = "in-1001-5551234-20261124-101502-1700000000.321";
+    for align in [LegAlign::End, LegAlign::Start] {
+        let root = tmp.path().join(format!("monitor-{}", align.as_str()));
+        let spool = tmp.path().join(format!("spool-{}", align.as_str()));
+        let d = day_dir(&root);
+        write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
+        write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &callee);
+        let settings = FolderSettings {
+            leg_align: align,
+            ..FolderSettings::default()
+        };
+        let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+        assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+        let c = &s.written[0];
+        let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+        assert_eq!(rate, 8000);
+        assert_eq!(l, caller, "channel 0 is the caller's leg, unchanged");
+        assert_eq!(r.len(), 24000);
+        let j = json_of(&c.json);
+        assert_eq!(j["legs_differ_ms"], 500, "{j}");
+        assert_eq!(j["leg_align"], align.as_str(), "{j}");
+        assert!(
+            j["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("differ in length by 500 ms")),
+            "{j}"
+        );
+        match align {
+            LegAlign::End => {
+                assert!(r[..4000].iter().all(|&x| x == 0), "silence before 0.5 s");
+                assert_eq!(
+                    &r[4000..],
+                    &callee[..],
+                    "the callee's first sample at 0.5 s"
+                );
+            }
+            LegAlign::Start => {
+                assert_eq!(&r[..20000], &callee[..]);
+                assert!(r[20000..].iter().all(|&x| x == 0));
+            }
+        }
+    }
+}
+
+/// `recording.min_duration` and a fixed `recording.sample_rate` (CONTRACT
+/// §2) hold for the folder source too: a 2 s recording is not kept with
+/// min_duration 5 s (counted, marked seen, never tried again, the PBX's
+/// file left as it is); 8 kHz legs become 16 kHz with sample_rate 16000, a
+/// 16 kHz file 8 kHz with 8000.
+#[test]
+fn min_duration_and_fixed_sample_rate_apply() {
+    use pbx_edge::config::SampleRate;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    let short = "in-1001-5551234-20261124-101502-1700000000.501";
+    let long = "in-1001-5551234-20261124-101502-1700000000.502";
+    write_wav(
+        &d.join(format!("{short}-in.wav")),
+        8000,
+        1,
+        &tone(440.0, 2000, 8000, 8000.0),
+    );
+    write_wav(
+        &d.join(format!("{short}-out.wav")),
+        8000,
+        1,
+        &tone(700.0, 2000, 8000, 8000.0),
+    );
+    let caller = tone(440.0, 6000, 8000, 8000.0);
+    write_wav(&d.join(format!("{long}-in.wav")), 8000, 1, &caller);
+    write_wav(
+        &d.join(format!("{long}-out.wav")),
+        8000,
+        1,
+        &tone(700.0, 6000, 8000, 8000.0),
+    );
+    let settings = FolderSettings {
+        min_duration: Duration::from_secs(5),
+        sample_rate: SampleRate::Hz16000,
+        ..FolderSettings::default()
+    };
+    let t0 = Instant::now();
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, t0), 1, "{:?}", s.errors);
+    assert_eq!(s.counters.too_short, 1);
+    assert_eq!(s.counters.failed, 0, "not a failure");
+    assert_eq!(pairs(&spool).len(), 1);
+    let c = &s.written[0];
+    assert_eq!(json_of(&c.json)["call_id"], "1700000000.502");
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+    assert_eq!(rate, 16000, "sample_rate = 16000 from 8 kHz legs");
+    assert_eq!(json_of(&c.json)["audio"]["sample_rate"], 16000);
+    assert_eq!(l.len(), 6000 * 16);
+    assert_eq!(r.len(), 6000 * 16);
+    let (lag, corr) = best_lag(&halve(&l), &caller, 10);
+    assert!(lag.abs() <= 1 && corr > 0.95, "{lag} {corr}");
+    // Seen: a later pass (and a restart) does not take it again.
+    s.request_rescan();
+    assert_eq!(s.scan(t0 + SETTLE * 3), 0);
+    assert_eq!(s.counters.too_short, 1, "not tried again");
+    drop(s);
+    let settings = FolderSettings {
+        min_duration: Duration::from_secs(5),
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 0);
+    assert_eq!(s.counters.too_short, 0, "remembered across restarts");
+    assert!(
+        d.join(format!("{short}-in.wav")).exists(),
+        "the PBX's file is left"
+    );
+    assert!(d.join(format!("{short}-out.wav")).exists());
+
+    // 16 kHz in, sample_rate = 8000: 8 kHz out.
+    let root = tmp.path().join("monitor16");
+    let spool = tmp.path().join("spool16");
+    let wide = tone(440.0, 1000, 16000, 8000.0);
+    write_wav(
+        &day_dir(&root).join("in-1001-5551234-20261124-101502-1700000000.503.wav"),
+        16000,
+        2,
+        &interleave(&wide, &wide),
+    );
+    let settings = FolderSettings {
+        sample_rate: SampleRate::Hz8000,
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let (rate, [l, _]) = read_wav(&s.written[0].wav).unwrap();
+    assert_eq!(rate, 8000, "sample_rate = 8000 from a 16 kHz file");
+    assert_eq!(l.len(), 8000);
 }
 
 #[test]
@@ -525,10 +680,15 @@ fn espeak_speech_legs_at_16k_and_8k() {
     let spool = tmp.path().join("spool");
     let d = day_dir(&root);
     let stem = "in-5550100-5559876-20261124-120000-1700000080.3";
-    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
-    // The callee answers 1 s in.
+    // The callee answers 1 s in; both legs last as long (silence written:
+    // MixMonitor's S option).
     let mut late = vec![0i16; 8000];
     late.extend_from_slice(&callee);
+    let n8 = late.len().max(caller.len().div_ceil(2));
+    late.resize(n8, 0);
+    let mut caller = caller;
+    caller.resize(n8 * 2, 0);
+    write_wav(&d.join(format!("{stem}-in.wav")), 16000, 1, &caller);
     write_wav(&d.join(format!("{stem}-out.wav")), 8000, 1, &late);
     let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
@@ -804,9 +964,14 @@ fn wav49_split_legs_merged_exact_with_sox() {
     fs::create_dir_all(&work).unwrap();
     let caller = speech_8k("Hello, I am calling about my last invoice.", 21, &work);
     let callee_speech = speech_8k("Of course, can you give me the invoice number?", 22, &work);
-    // The callee answers 600 ms in.
+    // The callee answers 600 ms in; both legs last as long (silence
+    // written: MixMonitor's S option).
     let mut callee = vec![0i16; 4800];
     callee.extend_from_slice(&callee_speech);
+    let n = callee.len().max(caller.len());
+    callee.resize(n, 0);
+    let mut caller = caller;
+    caller.resize(n, 0);
     // Asterisk `wav49`: GSM 6.10 in WAV, written as `.WAV`.
     let root = tmp.path().join("monitor");
     let spool = tmp.path().join("spool");
@@ -1485,13 +1650,10 @@ fn leg_suffix_variants_pair_into_two_channels() {
         assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z", "{rx}");
         assert_eq!(j["source_files"].as_array().unwrap().len(), 2, "{rx}");
         let (_, [l, r]) = read_wav(&c.wav).unwrap();
+        // The callee leg is the shorter: lined up at its end (leg_align).
+        assert_eq!(&l[..], &caller[..], "{rx}: channel 0 = the rx leg");
         assert_eq!(
-            &l[..caller.len()],
-            &caller[..],
-            "{rx}: channel 0 = the rx leg"
-        );
-        assert_eq!(
-            &r[..callee.len()],
+            &r[r.len() - callee.len()..],
             &callee[..],
             "{rx}: channel 1 = the tx leg"
         );
@@ -2065,8 +2227,26 @@ fn unfinalised_wav_header_read_to_end_of_file() {
         with_size(0, &[]).get(..44).unwrap(),
     )
     .unwrap();
-    let mut s = scanner(&root, &spool, None);
-    assert_eq!(settle_scan(&mut s, Instant::now()), 4, "{:?}", s.errors);
+    // A header with data size 0 and audio after it was never finalised:
+    // most likely still being written (Asterisk writes the sizes at close).
+    // It waits like an open file (open_settle), then is read to its end.
+    let open_settle = Duration::from_secs(60);
+    let settings = FolderSettings {
+        open_settle,
+        ..FolderSettings::default()
+    };
+    let mut s = FolderScanner::new(&root, &spool, "pbx-test", None, SETTLE, settings).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 3, "{:?}", s.errors);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert!(
+        !s.written
+            .iter()
+            .any(|c| json_of(&c.json)["call_id"] == "1700000900.1"),
+        "data size 0: still open, not taken after settle"
+    );
+    assert_eq!(s.scan(t0 + open_settle / 2), 0, "still waiting");
+    assert_eq!(s.scan(t0 + open_settle + SETTLE), 1, "{:?}", s.errors);
     let get = |s: &FolderScanner, id: &str| {
         let c = s
             .written
@@ -2119,12 +2299,9 @@ fn unfinalised_wav_header_read_to_end_of_file() {
     let at = info.data_offset as usize - 4;
     b[at..at + 4].copy_from_slice(&[0; 4]);
     fs::write(root.join("1700000904.1.WAV"), &b).unwrap();
-    assert_eq!(
-        settle_scan(&mut s, Instant::now() + SETTLE * 3),
-        1,
-        "{:?}",
-        s.errors
-    );
+    let t1 = t0 + open_settle * 2;
+    assert_eq!(settle_scan(&mut s, t1), 0, "{:?}", s.errors);
+    assert_eq!(s.scan(t1 + open_settle + SETTLE), 1, "{:?}", s.errors);
     let (j, [l, _]) = get(&s, "1700000904.1");
     assert_eq!(l, want, "as sox decodes the finalised file");
     let w = header_warnings(&j);
@@ -2360,4 +2537,193 @@ fn unreadable_file_is_retried_at_the_next_full_listing() {
     assert_eq!(s.counters.failed, 1);
     assert_eq!(s.counters.written, 2);
     assert_eq!(pairs(&spool).len(), 2);
+}
+
+/// Asterisk's raw G.711 formats (`MixMonitor(x.ulaw)`, `.alaw`, and their
+/// other extensions) are taken: split legs in µ-law and A-law merged into
+/// two channels, decoded exactly; a mono `.ul` as a mixed mono; `.g722`
+/// (raw G.722, 16 kHz) decoded. Formats Asterisk writes that pbx-edge
+/// cannot decode (G.729, G.726, Siren, ...)
+/// are reported and counted once each, never silently passed over.
+#[test]
+fn raw_g711_legs_taken_and_undecodable_asterisk_formats_reported() {
+    use pbx_core::audio::g711::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let caller = speechlike(61, 1000, 8000);
+    let callee = speechlike(62, 1000, 8000);
+    let (mut ul, mut al) = (Vec::new(), Vec::new());
+    encode_ulaw(&caller, &mut ul);
+    encode_alaw(&callee, &mut al);
+    let (mut want_l, mut want_r) = (Vec::new(), Vec::new());
+    decode_ulaw(&ul, &mut want_l);
+    decode_alaw(&al, &mut want_r);
+    let stem = "in-1001-5551234-20261124-101502-1700002000.1";
+    fs::write(d.join(format!("{stem}-in.ulaw")), &ul).unwrap();
+    fs::write(d.join(format!("{stem}-out.alaw")), &al).unwrap();
+    fs::write(
+        d.join("in-1001-5551234-20261124-101502-1700002001.1.UL"),
+        &ul,
+    )
+    .unwrap();
+    fs::write(d.join("1700002002.1.g729"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002003.1-in.siren14"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002003.1-out.siren14"), [0u8; 200]).unwrap();
+    fs::write(d.join("1700002004.1.g726-32"), [0u8; 200]).unwrap();
+    // G.722 (Asterisk's `g722`: raw, 16 kHz): decoded by pbx-core's decoder.
+    let wide = speechlike(63, 1000, 16000);
+    let mut enc = pbx_core::audio::g722::G722Encoder::new();
+    let g722: Vec<u8> = wide
+        .chunks(2)
+        .map(|p| enc.encode_pair(p[0], p[1]))
+        .collect();
+    let mut want_wide = Vec::new();
+    pbx_core::audio::g722::G722Decoder::new().decode_into(&g722, &mut want_wide);
+    fs::write(
+        d.join("in-1001-5551234-20261124-101502-1700002005.1.g722"),
+        &g722,
+    )
+    .unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 3, "{:?}", s.errors);
+    let by_id = |id: &str| {
+        s.written
+            .iter()
+            .find(|c| json_of(&c.json)["call_id"] == id)
+            .unwrap_or_else(|| panic!("no recording {id}: {:?}", s.errors))
+            .clone()
+    };
+    let c = by_id("1700002000.1");
+    let (rate, [l, r]) = read_wav(&c.wav).unwrap();
+    assert_eq!(rate, 8000);
+    assert_eq!(l, want_l, "µ-law caller leg decoded exactly");
+    assert_eq!(r, want_r, "A-law callee leg decoded exactly");
+    let j = json_of(&c.json);
+    assert_stereo(&c.wav, &j);
+    assert_eq!(j["channels"][0]["codec"], "PCMU");
+    assert_eq!(j["channels"][1]["codec"], "PCMA");
+    let c = by_id("1700002001.1");
+    let j = json_of(&c.json);
+    assert_honest_mono(&c.wav, &j);
+    assert_eq!(read_wav(&c.wav).unwrap().1[0], want_l);
+    let c = by_id("1700002005.1");
+    let j = json_of(&c.json);
+    assert_eq!(j["audio"]["sample_rate"], 16000);
+    assert_eq!(j["channels"][0]["codec"], "G722");
+    assert_eq!(
+        read_wav(&c.wav).unwrap().1[0],
+        want_wide,
+        "G.722 decoded exactly"
+    );
+    // Three recordings in formats not decoded: each reported once.
+    assert_eq!(s.counters.unsupported, 3, "{:?}", s.errors);
+    assert_eq!(s.counters.failed, 3);
+    for ext in [".g729", ".siren14", ".g726-32"] {
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains(ext) && e.contains("not supported")),
+            "{ext}: {:?}",
+            s.errors
+        );
+    }
+    assert_eq!(s.scan(t0 + Duration::from_secs(400)), 0);
+    assert_eq!(s.scan(t0 + Duration::from_secs(400) + SETTLE * 2), 0);
+    assert_eq!(s.counters.unsupported, 3, "not reported again");
+}
+
+/// A CDR store that cannot answer (here a Master.csv that cannot be read:
+/// a directory in its place, which stops root too) does not hold
+/// recordings back for ever: each waits `cdr_wait`, then goes with what its
+/// file name tells. The problem is logged once (not per recording), and the
+/// source stays not ready (`cdr_down`) while the store fails.
+#[test]
+fn unreadable_master_csv_recordings_go_with_their_names_after_cdr_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    for uid in ["1700003000.1", "1700003000.2"] {
+        write_wav(
+            &d.join(format!("in-5550000-15551230000-20261124-101502-{uid}.wav")),
+            8000,
+            1,
+            &speechlike(9, 1000, 8000),
+        );
+    }
+    let csv = tmp.path().join("Master.csv");
+    fs::create_dir(&csv).unwrap();
+    let mut s = scanner(&root, &spool, Some(&csv)); // cdr_wait 30 s
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 0, "waits for the store first");
+    assert!(
+        s.cdr_down().is_some_and(|w| w.contains("Master.csv")),
+        "{:?}",
+        s.cdr_down()
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(10)),
+        0,
+        "within cdr_wait"
+    );
+    assert_eq!(
+        s.scan(t0 + SETTLE + Duration::from_secs(31)),
+        2,
+        "after cdr_wait: taken with the file names' details: {:?}",
+        s.errors
+    );
+    for c in &s.written {
+        let j = json_of(&c.json);
+        assert_eq!(j["cdr"], false);
+        assert!(
+            j["warnings"][0].as_str().is_some_and(
+                |w| w.contains("CDR store could not be read") && w.contains("Master.csv")
+            ),
+            "{j}"
+        );
+        assert_eq!(j["from"]["number"], "15551230000");
+        assert_eq!(j["to"]["number"], "5550000");
+        assert_eq!(j["started_at"], "2026-11-24T10:15:02.000Z");
+    }
+    assert!(
+        s.cdr_down().is_some(),
+        "still not ready while the store fails"
+    );
+    let cdr_errors = s.errors.iter().filter(|e| e.contains("Master.csv")).count();
+    assert_eq!(cdr_errors, 1, "said once: {:?}", s.errors);
+    // A new recording while the store still fails: waits its own cdr_wait.
+    write_wav(
+        &d.join("in-5550000-15551230000-20261124-101502-1700003000.3.wav"),
+        8000,
+        1,
+        &speechlike(10, 1000, 8000),
+    );
+    let t1 = t0 + Duration::from_secs(100);
+    assert_eq!(s.scan(t1), 0);
+    assert_eq!(s.scan(t1 + SETTLE), 0);
+    assert_eq!(
+        s.scan(t1 + SETTLE + Duration::from_secs(31)),
+        1,
+        "{:?}",
+        s.errors
+    );
+    let cdr_errors = s.errors.iter().filter(|e| e.contains("Master.csv")).count();
+    assert_eq!(cdr_errors, 1, "still said once: {:?}", s.errors);
+    // Nothing waits any more: the store is still asked, and once it
+    // answers the source is ready again.
+    assert_eq!(s.scan(t1 + SETTLE * 10), 0);
+    assert!(
+        s.cdr_down()
+            .is_some_and(|w| w.contains("no recording waits")),
+        "{:?}",
+        s.cdr_down()
+    );
+    fs::remove_dir(&csv).unwrap();
+    fs::write(&csv, "").unwrap();
+    assert_eq!(s.scan(t1 + SETTLE * 11), 0);
+    assert!(s.cdr_down().is_none(), "{:?}", s.cdr_down());
 }

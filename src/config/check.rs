@@ -615,6 +615,13 @@ pub(super) fn check(
             v => Err(format!("{} is not a leg: \"in\" or \"out\"", quote(v))),
         },
     );
+    s.field(errs, "leg_align", &mut f.leg_align, |n| {
+        match to_string(n)?.as_str() {
+            "end" => Ok(LegAlign::End),
+            "start" => Ok(LegAlign::Start),
+            v => Err(format!("{} is not \"end\" or \"start\"", quote(v))),
+        }
+    });
     s.field(
         errs,
         "inbound_contexts",

@@ -397,6 +397,8 @@ pub struct FolderConfig {
     pub raw_stereo: RawStereo,
     /// The caller's leg: `in` (rx, default) or `out` (tx): swaps the channels.
     pub caller_leg_out: bool,
+    /// How split legs of different lengths are lined up.
+    pub leg_align: LegAlign,
     /// Direction rules (dcontext prefixes).
     pub inbound_contexts: Vec<String>,
     pub outbound_contexts: Vec<String>,
@@ -430,6 +432,30 @@ pub enum RawStereo {
     Stereo,
     /// `false`: always mono.
     Mono,
+}
+
+/// `sources.folder.leg_align`: where split legs (MixMonitor `r()`/`t()`)
+/// of different lengths are lined up. Without MixMonitor's `S` option
+/// Asterisk writes nothing for a direction while it has no audio; both files
+/// are opened when MixMonitor starts and closed at hang-up, so the audio a
+/// shorter leg lacks is nearly always at its start (ringing, one-way early
+/// media).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegAlign {
+    /// `"end"` (default): the legs end together; the shorter is padded
+    /// with silence at its start.
+    End,
+    /// `"start"`: the legs start together; the shorter is padded at its end.
+    Start,
+}
+
+impl LegAlign {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegAlign::End => "end",
+            LegAlign::Start => "start",
+        }
+    }
 }
 
 /// `sources.folder.after_delivery`
@@ -618,6 +644,7 @@ impl Config {
                     name_patterns: Vec::new(),
                     raw_stereo: RawStereo::Auto,
                     caller_leg_out: false,
+                    leg_align: LegAlign::End,
                     inbound_contexts: strings(INBOUND_CONTEXTS),
                     outbound_contexts: strings(OUTBOUND_CONTEXTS),
                     internal_contexts: strings(INTERNAL_CONTEXTS),

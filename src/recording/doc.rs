@@ -201,6 +201,13 @@ pub struct FolderFields {
     pub pbx_type: Option<String>,
     /// The PBX files the recording was made from.
     pub source_files: Vec<String>,
+    /// Split legs of different lengths: by how much (ms) the shorter one
+    /// was padded with silence (at its start or end: `leg_align`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legs_differ_ms: Option<u64>,
+    /// How split legs of different lengths were lined up: `"end"`, `"start"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leg_align: Option<&'static str>,
 }
 
 impl RecordingDoc {
@@ -385,6 +392,8 @@ mod tests {
             cdr: true,
             pbx_type: None,
             source_files: vec!["/x.wav".into()],
+            legs_differ_ms: None,
+            leg_align: None,
         });
         d.call = Some(CallFields {
             recorded_call_id: None,

@@ -18,7 +18,8 @@ pub struct Converted {
 
 /// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
 /// Reads only the PBX's files. `mtime` is the start time used when neither the
-/// file name nor the CDR has one.
+/// file name nor the CDR has one; `note`, if any, is the first of the JSON's
+/// `warnings`.
 pub(crate) fn convert(
     set: &RecordingSet,
     cdr: Option<&CdrRow>,
@@ -26,9 +27,11 @@ pub(crate) fn convert(
     agent_id: &str,
     settings: &FolderSettings,
     mtime: Timestamp,
+    note: Option<String>,
 ) -> Result<Converted, FolderError> {
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = note.into_iter().collect();
     let mut mixed_mono = false;
+    let mut legs_differ_ms: Option<u64> = None;
     let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);
     let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
     if set.rx.is_some() || set.tx.is_some() {
@@ -62,7 +65,7 @@ pub(crate) fn convert(
         }
         let ra = a.as_ref().map(|p| p.rate).unwrap_or(8000);
         let rb = b.as_ref().map(|p| p.rate).unwrap_or(8000);
-        rate = if ra > 8000 || rb > 8000 { 16000 } else { 8000 };
+        rate = target_rate(settings, ra.max(rb));
         let la = match (&a, &set.rx) {
             (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
             _ => Vec::new(),
@@ -71,12 +74,46 @@ pub(crate) fn convert(
             (Some(p), Some(path)) => resample(channel(p, 0), p.rate, rate, path)?,
             _ => Vec::new(),
         };
+        let (mut la, mut lb) = (la, lb);
         if a.is_some() && b.is_some() && la.len() != lb.len() {
-            let diff = la.len().abs_diff(lb.len()) as u64 * 1000 / u64::from(rate);
-            if diff > 0 {
-                warnings.push(format!(
-                    "the legs differ in length by {diff} ms; aligned at their start"
-                ));
+            let diff = la.len().abs_diff(lb.len());
+            let ms = diff as u64 * 1000 / u64::from(rate);
+            // Named by file: with `caller_leg = "out"` the -in leg is the callee.
+            let shorter = if la.len() < lb.len() {
+                "-in (rx)"
+            } else {
+                "-out (tx)"
+            };
+            if settings.leg_align == LegAlign::End {
+                // Both files open when MixMonitor starts and close at
+                // hang-up; without its `S` option a direction without audio
+                // (ringing, one-way early media) writes nothing: what the
+                // shorter leg lacks is at its start.
+                let short = if la.len() < lb.len() {
+                    &mut la
+                } else {
+                    &mut lb
+                };
+                short.splice(0..0, std::iter::repeat_n(0i16, diff));
+            }
+            if ms > 0 {
+                legs_differ_ms = Some(ms);
+                let (at, pad) = match settings.leg_align {
+                    LegAlign::End => ("end", "start"),
+                    LegAlign::Start => ("start", "end"),
+                };
+                let w = format!(
+                    "the legs differ in length by {ms} ms (the {shorter} leg is shorter): \
+                     lined up at their {at}, the shorter padded with silence at its {pad} \
+                     (leg_align = \"{at}\"); MixMonitor's S option keeps the legs the same \
+                     length"
+                );
+                tracing::info!(
+                    target: "pbx_edge::folder",
+                    set = %crate::logmask::file_for_log(&set.key),
+                    "{w}"
+                );
+                warnings.push(w);
             }
         }
         left = la;
@@ -93,7 +130,7 @@ pub(crate) fn convert(
     } else if let Some(path) = &set.whole {
         let p = read_audio(path, settings)?;
         warnings.extend(p.warnings.iter().cloned());
-        let r = if p.rate > 8000 { 16000 } else { 8000 };
+        let r = target_rate(settings, p.rate);
         if p.channels == 2 {
             left = resample(channel(&p, 0), p.rate, r, path)?;
             right = resample(channel(&p, 1), p.rate, r, path)?;
@@ -132,6 +169,13 @@ pub(crate) fn convert(
         .unwrap_or_else(|| stem.clone());
     let frames = left.len().max(right.len());
     let duration_ms = (frames as u64 * 1000 / u64::from(rate)) as i64;
+    if (duration_ms.max(0) as u128) < settings.min_duration.as_millis() {
+        return Err(FolderError::TooShort {
+            path: set.key.clone(),
+            duration_ms,
+            min_ms: settings.min_duration.as_millis(),
+        });
+    }
     let name_start = name
         .as_ref()
         .map(|n| settings.timezone.to_utc(n.started_at));
@@ -204,6 +248,8 @@ pub(crate) fn convert(
             cdr: cdr.is_some(),
             pbx_type: name.as_ref().map(|n| n.kind.clone()),
             source_files: sources,
+            legs_differ_ms,
+            leg_align: legs_differ_ms.map(|_| settings.leg_align.as_str()),
         }),
         ids: cdr_ids(cdr),
         roles: None,
@@ -228,6 +274,16 @@ pub(crate) fn convert(
         duration_ms: written.duration_ms,
         warnings,
     })
+}
+
+/// The recording's rate (`recording.sample_rate`) for files whose highest
+/// rate is `highest`: "auto" = 16000 Hz if any is wideband, else 8000 Hz.
+fn target_rate(settings: &FolderSettings, highest: u32) -> u32 {
+    match settings.sample_rate {
+        crate::config::SampleRate::Auto if highest > 8000 => 16000,
+        crate::config::SampleRate::Auto | crate::config::SampleRate::Hz8000 => 8000,
+        crate::config::SampleRate::Hz16000 => 16000,
+    }
 }
 
 /// Suffix of a WAV being converted in the spool (removed at start if left).

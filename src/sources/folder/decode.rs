@@ -12,8 +12,9 @@ pub struct Pcm {
     pub rate: u32,
     pub channels: u16,
     pub samples: Vec<i16>,
-    /// What the file held, for the JSON's per-channel `codec`: `"L16"` (PCM)
-    /// or `"GSM"` (GSM 06.10, raw or WAV49).
+    /// What the file held, for the JSON's per-channel `codec`: `"L16"` (PCM),
+    /// `"GSM"` (GSM 06.10, raw or WAV49), `"PCMU"` / `"PCMA"` (raw G.711),
+    /// `"G722"` (raw G.722).
     pub codec: &'static str,
     /// What decoding noticed but got past (GSM frames without the magic, a
     /// partial last frame), each naming the file: for the JSON's `warnings`.
@@ -46,9 +47,26 @@ pub const SLN_OTHER_RATES: &[(&str, u32)] = &[
     ("sln192", 192_000),
 ];
 
+/// Asterisk's raw G.711 µ-law formats (`ulaw`: 8 kHz mono, one byte a
+/// sample, no header): its extensions.
+pub const ULAW_EXTS: &[&str] = &["ulaw", "ul", "mu", "ulw", "pcm"];
+
+/// Asterisk's raw G.711 A-law formats (`alaw`).
+pub const ALAW_EXTS: &[&str] = &["alaw", "al", "alw"];
+
+/// Extensions of formats Asterisk can record in (MixMonitor, Monitor,
+/// Record) that pbx-edge does not decode: taken as recordings so that each
+/// is reported (logged, counted in `recordings_failed` and `unsupported`)
+/// once, never silently passed over.
+pub const UNSUPPORTED_EXTS: &[&str] = &[
+    "g723", "g723sf", "g726", "g729", "g719", "siren7", "siren14", "speex", "speex16", "speex32",
+    "spx", "ilbc", "vox", "ogg", "opus",
+];
+
 /// Extensions taken as recordings (any case): `wav`, `wav16` (Asterisk's
-/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, and the
-/// [`SLN_OTHER_RATES`] ones (reported as unsupported).
+/// 16 kHz WAV), `wav49`, `sln`, `sln16`, `raw`, `gsm`, `g722`, raw G.711
+/// ([`ULAW_EXTS`], [`ALAW_EXTS`]), and the [`SLN_OTHER_RATES`] and
+/// [`UNSUPPORTED_EXTS`] ones (reported as unsupported).
 pub fn is_audio_name(name: &str) -> bool {
     let Some((_, ext)) = name.rsplit_once('.') else {
         return false;
@@ -58,6 +76,38 @@ pub fn is_audio_name(name: &str) -> bool {
         ext.as_str(),
         "wav" | "wav16" | "wav49" | "sln" | "sln16" | "raw" | "gsm"
     ) || SLN_OTHER_RATES.iter().any(|(e, _)| *e == ext)
+        || ext == "g722"
+        || ULAW_EXTS.contains(&ext.as_str())
+        || ALAW_EXTS.contains(&ext.as_str())
+        || UNSUPPORTED_EXTS.contains(&ext.as_str())
+        || ext.starts_with("g726")
+}
+
+/// Whether `path` is a WAV (by its extension: `.wav`, `.wav16`, `.wav49`,
+/// any case) whose header was not finalised by its writer: the data size is
+/// still 0 while audio follows the header. Asterisk writes the sizes when
+/// it closes the file: such a file is most likely still open. `false` when
+/// it cannot be read or is no WAV (decoding reports that).
+pub fn wav_unfinalised(path: &Path) -> bool {
+    use std::io::Read;
+    let wav = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "wav" | "wav16" | "wav49"));
+    if !wav {
+        return false;
+    }
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(4096);
+    if f.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    parse_wav_header(&head).is_ok_and(|info| info.data_len == 0 && len > info.data_offset)
 }
 
 fn le_samples(bytes: &[u8]) -> Vec<i16> {
@@ -254,6 +304,40 @@ fn decode_audio_as(
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
+    let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+    if ULAW_EXTS.contains(&ext) || ALAW_EXTS.contains(&ext) {
+        // Asterisk's `ulaw` / `alaw`: raw G.711, 8 kHz mono, no header.
+        let ulaw = ULAW_EXTS.contains(&ext);
+        pcm_fits(path, "G.711", bytes.len() as u64 * 2, settings)?;
+        let mut samples = Vec::with_capacity(bytes.len());
+        if ulaw {
+            pbx_core::audio::g711::decode_ulaw(bytes, &mut samples);
+        } else {
+            pbx_core::audio::g711::decode_alaw(bytes, &mut samples);
+        }
+        let mut pcm = Pcm::l16(8000, 1, samples);
+        pcm.codec = if ulaw { "PCMU" } else { "PCMA" };
+        return Ok(pcm);
+    }
+    if ext == "g722" {
+        // Asterisk's `g722`: raw G.722 at 64 kbit/s, one byte per two
+        // 16 kHz samples, no header.
+        pcm_fits(path, "G.722", bytes.len() as u64 * 4, settings)?;
+        let mut samples = Vec::with_capacity(bytes.len().saturating_mul(2));
+        pbx_core::audio::g722::G722Decoder::new().decode_into(bytes, &mut samples);
+        let mut pcm = Pcm::l16(16000, 1, samples);
+        pcm.codec = "G722";
+        return Ok(pcm);
+    }
+    if UNSUPPORTED_EXTS.contains(&ext) || ext.starts_with("g726") {
+        return Err(FolderError::Unsupported {
+            path: path.to_path_buf(),
+            why: format!(
+                "Asterisk's .{ext} format is not supported: pbx-edge decodes wav, wav16, \
+                 wav49, gsm, sln, sln16, raw, ulaw, alaw and g722; record in one of these"
+            ),
+        });
+    }
     let raw_rate = if name.ends_with(".sln16") {
         Some(16000)
     } else if name.ends_with(".sln") || name.ends_with(".raw") {
@@ -422,6 +506,26 @@ pub(crate) fn pcm_data_len(
         );
     }
     (info.audio_len(file_len), None)
+}
+
+/// Refuses a file whose decoded PCM (`pcm_bytes`) would be larger than
+/// `max_file_bytes` (the memory bound holds for what is decoded).
+fn pcm_fits(
+    path: &Path,
+    codec: &str,
+    pcm_bytes: u64,
+    settings: &FolderSettings,
+) -> Result<(), FolderError> {
+    if pcm_bytes > settings.max_file_bytes {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{codec} decoding to {pcm_bytes} bytes of PCM, more than the limit of {}",
+                settings.max_file_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses GSM whose decoded PCM (`units` frames or blocks of `samples`

@@ -18,16 +18,26 @@
 //! - Split legs (`…-in.wav` = what the PBX received from the caller, channel 0;
 //!   `…-out.wav` = the callee, channel 1; also `-rx`/`-tx`, `_in`/`_out`,
 //!   `_rx`/`_tx`, `-r`/`-t`, `_r`/`_t`, `.in`/`.out` in any case: see
-//!   [`LEG_SUFFIXES`]) are merged aligned at their start,
-//!   the shorter padded with silence, resampled to a common rate (8/16 kHz).
+//!   [`LEG_SUFFIXES`]) are merged aligned at their end (`leg_align`,
+//!   default `"end"`: the shorter padded with silence at its start, since
+//!   Asterisk without MixMonitor's `S` option writes nothing for a direction
+//!   while it has no audio, mostly before answer; `"start"` pads at the end),
+//!   resampled to a common rate (8/16 kHz); a difference is a warning and
+//!   `legs_differ_ms` in the JSON.
 //!   Stereo files are taken as they are; a mono mix becomes a 1-channel WAV
 //!   (`"mixed_mono": true`, `audio.channels: 1`, one `channels` entry with
 //!   party `mixed`) and a warning: never a mix beside a silent channel.
 //! - Formats ([`decode_audio`]): WAV 16-bit PCM (`.wav`, `.wav16`; a header
-//!   never finalised is read to the end of the file, with a warning),
+//!   never finalised, data size 0 with audio after it, counts as a file
+//!   still open: it waits [`FolderSettings::open_settle`] unchanged, then is
+//!   read to the end of the file, with a warning),
 //!   `.sln`/`.raw` (8 kHz), `.sln16` (mono or interleaved stereo: said by
 //!   `raw_stereo`, or told from the samples, [`probe_raw_layout`]),
-//!   Asterisk's other `.slnNN` rates reported as unsupported, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
+//!   Asterisk's other `.slnNN` rates reported as unsupported, raw G.711
+//!   (`.ulaw`/`.ul`/`.mu`/`.pcm` µ-law, `.alaw`/`.al` A-law, 8 kHz mono),
+//!   raw G.722 (`.g722`, 16 kHz), formats Asterisk writes but pbx-edge does
+//!   not decode ([`UNSUPPORTED_EXTS`]: G.729, G.726, Siren, Speex, ...)
+//!   reported once each, and GSM 06.10 (Asterisk's `gsm` = raw `.gsm` frames, and
 //!   `wav49` = WAV format 0x31, `.WAV`/`.wav49`), decoded by
 //!   [`pbx_core::audio::gsm`] bit-exact with libgsm.
 //! - A file is taken only once the PBX has finished writing it. With
@@ -89,9 +99,11 @@
 //!
 //! A settled recording whose CDR row is not there yet waits for it up to
 //! [`FolderSettings::cdr_wait`], then goes with what its file name tells. A
-//! CDR store that cannot answer (database down, Master.csv unreadable) keeps
-//! every settled recording waiting, however long, and marks the source not
-//! ready with the reason; the wait starts again once the store answers.
+//! CDR store that cannot answer (database down, Master.csv unreadable) is
+//! the same: each settled recording waits `cdr_wait` from when it settled,
+//! then goes with what its file name tells; the problem is logged once per
+//! cause (and once that recordings go without their rows), and the source
+//! is not ready, with the reason, while the store fails.
 
 pub mod cdr;
 
@@ -114,7 +126,7 @@ use pbx_core::Timestamp;
 #[cfg(test)]
 use serde_json::Value;
 
-pub use crate::config::{AfterDelivery, FolderWatch, RawStereo};
+pub use crate::config::{AfterDelivery, FolderWatch, LegAlign, RawStereo};
 use crate::config::{Config, FolderConfig};
 use crate::health::Liveness;
 use crate::recording::{
@@ -160,6 +172,18 @@ pub enum FolderError {
         path: PathBuf,
         size: u64,
         limit: u64,
+    },
+    /// A format Asterisk writes that pbx-edge does not decode (G.729,
+    /// G.722, Siren, Speex, ...).
+    #[error("{}: {why}", crate::logmask::file_for_log(.path))]
+    Unsupported { path: PathBuf, why: String },
+    /// Shorter than `recording.min_duration`: not kept (marked seen, the
+    /// PBX's files left as they are).
+    #[error("{}: {duration_ms} ms is shorter than recording.min_duration ({min_ms} ms): not kept", crate::logmask::file_for_log(.path))]
+    TooShort {
+        path: PathBuf,
+        duration_ms: i64,
+        min_ms: u128,
     },
     #[error("writing the recording {id}: {source}")]
     Write {
@@ -255,6 +279,17 @@ pub struct FolderSettings {
     /// The caller is on the `-out`/`tx` leg (and the right channel of
     /// stereo files): the channels are swapped.
     pub caller_leg_out: bool,
+    /// `recording.sample_rate`: `Auto` = 8000 Hz unless a file or leg is
+    /// wideband (16000 Hz then); `Hz8000`/`Hz16000`: always that rate
+    /// (resampled as needed).
+    pub sample_rate: crate::config::SampleRate,
+    /// `recording.min_duration`: shorter recordings are not kept (counted,
+    /// marked seen, the PBX's files left alone whatever `after_delivery`).
+    pub min_duration: Duration,
+    /// Where split legs of different lengths are lined up (`leg_align`):
+    /// at their end (default; the shorter padded with silence at its start)
+    /// or at their start.
+    pub leg_align: LegAlign,
     /// What happens to the PBX's files once the spool has delivered the
     /// recording (never before).
     pub after_delivery: AfterDelivery,
@@ -363,6 +398,9 @@ impl Default for FolderSettings {
             direction: DirectionRules::default(),
             roles: crate::recording::RoleRules::default(),
             caller_leg_out: false,
+            sample_rate: crate::config::SampleRate::Auto,
+            min_duration: Duration::ZERO,
+            leg_align: LegAlign::End,
             after_delivery: AfterDelivery::Leave,
             move_to: None,
             raw_stereo: RawStereo::Auto,
@@ -398,6 +436,7 @@ impl FolderSettings {
                 internal_contexts: f.internal_contexts.clone(),
             },
             caller_leg_out: f.caller_leg_out,
+            leg_align: f.leg_align,
             after_delivery: f.after_delivery,
             move_to: f.move_to.clone(),
             raw_stereo: f.raw_stereo,

@@ -14,6 +14,11 @@ pub struct FolderCounters {
     pub bytes: u64,
     pub skipped_seen: u64,
     pub scan_errors: u64,
+    /// Recordings shorter than `recording.min_duration`: not kept.
+    pub too_short: u64,
+    /// Recordings in a format pbx-edge does not decode (counted in `failed`
+    /// too), each reported once.
+    pub unsupported: u64,
 }
 
 /// What the CDR store said of one settled recording.
@@ -23,6 +28,8 @@ enum Lookup {
     Found(Box<CdrRow>),
     NotYet,
     Down,
+    /// The store could not answer for `cdr_wait`: taken without a row.
+    GaveUp,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +89,12 @@ pub struct FolderScanner {
     cdr: Option<Box<dyn CdrStore>>,
     /// Why the CDR store cannot answer, while it cannot.
     cdr_down: Option<String>,
+    /// The store's error last logged (once per distinct cause, not per
+    /// recording waiting).
+    cdr_down_cause: Option<String>,
+    /// While the store cannot answer: recordings past `cdr_wait` were taken
+    /// without their row (said once in the log).
+    cdr_down_gave_up: bool,
     /// The spool database, for `after_delivery` (opened when first needed).
     spool_db: Option<crate::spool::Spool>,
     /// Watches whose action failed (reported once each).
@@ -113,6 +126,10 @@ pub struct FolderScanner {
     touched: HashMap<PathBuf, Instant>,
     /// Events mode: files written to and not closed since.
     open: HashSet<PathBuf>,
+    /// WAVs looked at once settled: the version looked at, and whether its
+    /// header was never finalised (data size 0 with audio after it: still
+    /// open, it waits like one, [`FolderSettings::open_settle`]).
+    unfinalised: HashMap<PathBuf, (FileKey, bool)>,
     /// Reports the thread alive during a pass; says when to stop.
     pulse: Pulse,
     /// Calls of [`FolderScanner::tick`] (a beat every [`BEAT_EVERY`]).
@@ -167,6 +184,8 @@ impl FolderScanner {
             seen,
             cdr,
             cdr_down: None,
+            cdr_down_cause: None,
+            cdr_down_gave_up: false,
             spool_db: None,
             after_failed: HashSet::new(),
             after_pending: false,
@@ -182,6 +201,7 @@ impl FolderScanner {
             fresh: Vec::new(),
             touched: HashMap::new(),
             open: HashSet::new(),
+            unfinalised: HashMap::new(),
             pulse: Pulse::default(),
             ticks: 0,
             more: false,
@@ -299,7 +319,7 @@ impl FolderScanner {
 
     /// How long `p` must stay unchanged.
     fn need(&self, p: &Path) -> Duration {
-        if self.open.contains(p) {
+        if self.open.contains(p) || self.unfinalised.get(p).is_some_and(|(_, u)| *u) {
             self.settings.open_settle.max(self.settle)
         } else {
             self.settle
@@ -391,7 +411,8 @@ impl FolderScanner {
     /// When the next pass is due in events mode (never before `now`): when
     /// a file may have settled, a new directory is listed again, the safety
     /// listing is due, or — every [`FolderSettings::poll`] — recordings wait
-    /// for their CDR row, `path` is missing or a delivery is awaited.
+    /// for their CDR row, the CDR store is down, `path` is missing or a
+    /// delivery is awaited.
     pub fn next_pass(&self, now: Instant) -> Instant {
         let mut next = self.full_scan_at + self.settings.full_scan;
         if self.rescan || self.more || !self.to_list.is_empty() {
@@ -414,7 +435,7 @@ impl FolderScanner {
         for (_, t) in &self.fresh {
             next = next.min(*t);
         }
-        if !self.waiting_cdr.is_empty() || self.root_missing.is_some() {
+        if !self.waiting_cdr.is_empty() || self.root_missing.is_some() || self.cdr_down.is_some() {
             next = next.min(now + self.settings.poll);
         }
         if self.after_pending {
@@ -699,6 +720,30 @@ impl FolderScanner {
         self.touched.clear();
         let watching = &self.watching;
         self.open.retain(|p| watching.contains_key(p));
+        // A WAV settled whose header still says it holds no audio while
+        // audio follows was never finalised by its writer (Asterisk writes
+        // the sizes at close): still open. It waits like a file written to
+        // and not closed (`open_settle`), then is read to its end.
+        let settle = self.settle;
+        let look: Vec<(PathBuf, FileKey)> = present
+            .iter()
+            .filter(|(p, k)| {
+                self.unfinalised.get(*p).is_none_or(|(seen, _)| seen != *k)
+                    && self
+                        .watching
+                        .get(*p)
+                        .is_some_and(|w| now.saturating_duration_since(w.since) >= settle)
+            })
+            .map(|(p, k)| (p.clone(), *k))
+            .collect();
+        for (p, k) in look {
+            let open = wav_unfinalised(&p);
+            if open {
+                tracing::info!(target: "pbx_edge::folder", file = %crate::logmask::file_for_log(&p), "folder: WAV header data size still 0: taken as still being written (waits open_settle, {:?}, unchanged)", self.settings.open_settle);
+            }
+            self.unfinalised.insert(p, (k, open));
+        }
+        self.unfinalised.retain(|p, _| present.contains_key(p));
         let files: Vec<PathBuf> = present.keys().cloned().collect();
         let io_failed = &self.io_failed;
         let settled: Vec<RecordingSet> = group_sets(&files)
@@ -720,6 +765,9 @@ impl FolderScanner {
                 })
             })
             .collect();
+        if settled.is_empty() {
+            self.probe_cdr();
+        }
         let keys: HashSet<&PathBuf> = settled.iter().map(|s| &s.key).collect();
         self.waiting_cdr.retain(|k, _| keys.contains(k));
         // A backlog is converted a chunk at a time, reporting alive after
@@ -739,10 +787,34 @@ impl FolderScanner {
                 return written;
             }
             if rows.iter().any(|r| matches!(r, Lookup::Down)) {
-                // The store cannot answer: every recording left waits, and
-                // its wait for a late row starts again once it answers.
+                // The store cannot answer (Master.csv unreadable, database
+                // down): each recording left waits for it up to `cdr_wait`
+                // from when it settled, then goes with what its file name
+                // tells, like one whose row never came. The store is not
+                // asked again in this pass.
+                let mut due = Vec::new();
                 for s in &settled[from..] {
-                    self.waiting_cdr.insert(s.key.clone(), now);
+                    let first = *self.waiting_cdr.entry(s.key.clone()).or_insert(now);
+                    if now.saturating_duration_since(first) >= self.settings.cdr_wait {
+                        due.push(s.clone());
+                    }
+                }
+                if !due.is_empty() && !self.cdr_down_gave_up {
+                    self.cdr_down_gave_up = true;
+                    tracing::warn!(target: "pbx_edge::folder", "folder: {}; recordings that waited cdr_wait ({:?}) are taken with what their file names tell", self.cdr_down.as_deref().unwrap_or("the CDR store cannot answer"), self.settings.cdr_wait);
+                }
+                for set in &due {
+                    if tried > 0 && started.elapsed() >= self.settings.pass_budget {
+                        self.more = true;
+                        return written;
+                    }
+                    tried += 1;
+                    if self.take(set, Lookup::GaveUp, &present, now) {
+                        written += 1;
+                    }
+                    if !self.pulse.beat() {
+                        return written;
+                    }
                 }
                 return written;
             }
@@ -892,6 +964,41 @@ impl FolderScanner {
         }
     }
 
+    /// While the store cannot answer and no recording asks it anything:
+    /// asks it a question that matches nothing, so that the source is
+    /// ready again once the store answers (not only at the next recording).
+    fn probe_cdr(&mut self) {
+        if self.cdr_down.is_none() || self.pulse.stopping() {
+            return;
+        }
+        let Some(store) = self.cdr.as_mut() else {
+            return;
+        };
+        let probe = CdrQuery {
+            uniqueid: "pbx-edge-probe".into(),
+            files: Vec::new(),
+            around: None,
+        };
+        match store.find(std::slice::from_ref(&probe)) {
+            Ok(_) => {
+                tracing::info!(target: "pbx_edge::folder", store = %store.describe(), "CDR store answers again");
+                self.cdr_down = None;
+                self.cdr_down_cause = None;
+                self.cdr_down_gave_up = false;
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                let msg = format!("folder: {cause}; no recording waits for it");
+                if self.cdr_down_cause.as_deref() != Some(cause.as_str()) {
+                    self.counters.scan_errors += 1;
+                    self.error(msg.clone());
+                    self.cdr_down_cause = Some(cause);
+                }
+                self.cdr_down = Some(msg);
+            }
+        }
+    }
+
     /// The CDR rows of `sets`, one per set (`Lookup::Down` while the store is
     /// down: `waiting` recordings wait for it).
     fn lookup_cdr(&mut self, sets: &[RecordingSet], waiting: usize) -> Vec<Lookup> {
@@ -926,6 +1033,8 @@ impl FolderScanner {
             .collect();
         match store.find(&queries) {
             Ok(rows) => {
+                self.cdr_down_cause = None;
+                self.cdr_down_gave_up = false;
                 if self.cdr_down.take().is_some() {
                     tracing::info!(target: "pbx_edge::folder", store = %store.describe(), "CDR store answers again");
                 }
@@ -936,10 +1045,16 @@ impl FolderScanner {
             // A read cut short by a stop: not an error of the store.
             Err(_) if self.pulse.stopping() => sets.iter().map(|_| Lookup::Down).collect(),
             Err(e) => {
-                let msg = format!("folder: {e}; {waiting} recording(s) wait for it");
-                if self.cdr_down.as_deref() != Some(msg.as_str()) {
+                let cause = e.to_string();
+                let msg = format!(
+                    "folder: {cause}; {waiting} recording(s) wait for it (up to cdr_wait = {:?} each)",
+                    self.settings.cdr_wait
+                );
+                // Logged once per cause, not each time the count changes.
+                if self.cdr_down_cause.as_deref() != Some(cause.as_str()) {
                     self.counters.scan_errors += 1;
                     self.error(msg.clone());
+                    self.cdr_down_cause = Some(cause);
                 }
                 self.cdr_down = Some(msg);
                 sets.iter().map(|_| Lookup::Down).collect()
@@ -955,10 +1070,17 @@ impl FolderScanner {
         present: &HashMap<PathBuf, FileKey>,
         now: Instant,
     ) -> bool {
+        let note = matches!(lookup, Lookup::GaveUp).then(|| {
+            format!(
+                "no CDR details: the CDR store could not be read for cdr_wait ({}); the call's \
+                 details are what the file name tells",
+                self.cdr_down_cause.as_deref().unwrap_or("no answer")
+            )
+        });
         let row = match lookup {
             Lookup::Down => return false,
             Lookup::Found(r) => Some(*r),
-            Lookup::NoStore => None,
+            Lookup::NoStore | Lookup::GaveUp => None,
             Lookup::NotYet => {
                 let first = *self.waiting_cdr.entry(set.key.clone()).or_insert(now);
                 if now.saturating_duration_since(first) < self.settings.cdr_wait {
@@ -982,6 +1104,7 @@ impl FolderScanner {
             &self.agent_id,
             &self.settings,
             mtime,
+            note,
         );
         let ok = match res {
             Ok(c) => {
@@ -995,6 +1118,14 @@ impl FolderScanner {
                     self.written.remove(0);
                 }
                 true
+            }
+            Err(e @ FolderError::TooShort { .. }) => {
+                // Not kept (CONTRACT §2 min_duration), not an error; marked
+                // seen below so it is never tried again. Not delivered:
+                // `after_delivery` never moves or deletes its files.
+                self.counters.too_short += 1;
+                tracing::info!(target: "pbx_edge::folder", "folder: {e}");
+                false
             }
             Err(e @ FolderError::Write { .. }) => {
                 // Our side (spool full, ...): not the PBX file's fault. Not
@@ -1034,6 +1165,9 @@ impl FolderScanner {
                 return false;
             }
             Err(e) => {
+                if matches!(e, FolderError::Unsupported { .. }) {
+                    self.counters.unsupported += 1;
+                }
                 self.counters.failed += 1;
                 crate::recording::TOTALS.failed();
                 self.error(format!(

@@ -358,3 +358,27 @@ fn a_pass_stops_at_its_time_budget_and_the_next_goes_on_at_once() {
     assert!(!s.more());
     assert!(s.next_pass(t0) > t0);
 }
+
+/// The folder source runs with `recording.sample_rate` and `min_duration`:
+/// a reload that changes either restarts it (it cannot take them in place);
+/// one that changes neither leaves it running.
+#[test]
+fn reload_restarts_on_recording_settings() {
+    use crate::sources::handle::{Reload, SourceHandle};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Config::defaults(Some(tmp.path().join("s").to_str().unwrap()));
+    cfg.spool.dir = tmp.path().join("s");
+    cfg.sources.folder.enabled = true;
+    cfg.sources.folder.path = tmp.path().join("m");
+    fs::create_dir_all(&cfg.sources.folder.path).unwrap();
+    let status: SharedStatus = Default::default();
+    let mut h = start(&cfg, status, crate::health::Liveness::new()).unwrap();
+    assert!(matches!(h.reload(&cfg, &[]), Reload::Applied));
+    let mut shorter = cfg.clone();
+    shorter.recording.min_duration = Duration::from_secs(5);
+    assert!(matches!(h.reload(&shorter, &[]), Reload::Restart));
+    let mut wide = cfg.clone();
+    wide.recording.sample_rate = crate::config::SampleRate::Hz16000;
+    assert!(matches!(h.reload(&wide, &[]), Reload::Restart));
+    h.stop();
+}

@@ -486,6 +486,9 @@ pub struct FolderHandle {
     stop: Arc<AtomicBool>,
     wake: SyncSender<Wake>,
     thread: Option<JoinHandle<()>>,
+    /// `recording.sample_rate` and `min_duration` it runs with (started
+    /// by [`start`]): a reload that changes them restarts it.
+    recording: Option<(crate::config::SampleRate, Duration)>,
 }
 
 impl std::fmt::Debug for Wake {
@@ -557,8 +560,8 @@ impl crate::sources::handle::SourceHandle for FolderHandle {
         "folder"
     }
 
-    /// Any change of `[sources.folder]`, the spool's directory or keys, or
-    /// `[roles]`: restart (the files
+    /// Any change of `[sources.folder]`, the spool's directory or keys,
+    /// `recording.sample_rate` / `min_duration`, or `[roles]`: restart (the files
     /// already taken are remembered on disk, so nothing is taken twice).
     fn reload(&mut self, cfg: &Config, changed: &[&'static str]) -> crate::sources::handle::Reload {
         if !cfg.sources.folder.enabled
@@ -566,6 +569,9 @@ impl crate::sources::handle::SourceHandle for FolderHandle {
             || changed.contains(&"spool.dir")
             || changed.contains(&"spool.keys")
             || changed.contains(&"roles")
+            || self
+                .recording
+                .is_some_and(|r| r != (cfg.recording.sample_rate, cfg.recording.min_duration))
         {
             crate::sources::handle::Reload::Restart
         } else {
@@ -585,7 +591,11 @@ pub fn start(cfg: &Config, status: SharedStatus, live: Arc<Liveness>) -> io::Res
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     settings.keys = cfg.spool.keys.clone();
     settings.roles = crate::sources::handle::role_rules(cfg);
-    start_with(cfg, settings, status, live)
+    settings.sample_rate = cfg.recording.sample_rate;
+    settings.min_duration = cfg.recording.min_duration;
+    let mut h = start_with(cfg, settings, status, live)?;
+    h.recording = Some((cfg.recording.sample_rate, cfg.recording.min_duration));
+    Ok(h)
 }
 
 /// [`start`] with explicit [`FolderSettings`].
@@ -626,5 +636,6 @@ pub fn start_with(
         stop,
         wake,
         thread: Some(thread),
+        recording: None,
     })
 }
