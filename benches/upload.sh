@@ -15,6 +15,12 @@
 # BENCHMARKS.md.
 #
 # Usage: benches/upload.sh [SMALL_COUNT] [LARGE_COUNT]   (default 200 x 1 MiB, 4 x 100 MiB)
+# Environment (all optional):
+#   PBX_BIN=path       the delivery test binary to use (else built here, release)
+#   BASELINE_BIN=path  another build's delivery test binary, measured in the same
+#                      run right after each pbx-edge row ("pbx-edge <proto> (baseline)")
+#   SETS="small large" PROTOS="tus multipart" REPEAT=1   what to run, how often
+#   NO_APPEND=1        print the rows only (BENCHMARKS.md is left alone)
 # Needs: curl, jq, python3, /usr/bin/time. Scratch: $BENCH_DIR (default /tmp/pbx-edge-upload-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +29,8 @@ LARGE=${2:-4}
 DIR=${BENCH_DIR:-/tmp/pbx-edge-upload-bench}
 rm -rf "$DIR"; mkdir -p "$DIR"
 
-BIN=$(cargo test --release -q -p pbx-edge --test delivery --no-run --message-format=json 2>/dev/null \
+BIN=${PBX_BIN:-}
+[ -n "$BIN" ] || BIN=$(cargo test --release -q -p pbx-edge --test delivery --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     try: m=json.loads(l)
@@ -60,10 +67,10 @@ measure() {
 }
 
 prep_spool() { rm -rf "$DIR/spool"; cp -r "$DIR/$1" "$DIR/spool"; sync; }
-pbx() { # protocol
+pbx() { # protocol [binary]
   PBX_DELIVERY_CHILD="$DIR/spool" PBX_DELIVERY_URL="$URL" PBX_DELIVERY_PROTOCOL=$1 \
     PBX_DELIVERY_EXIT_WHEN_EMPTY=1 PBX_DELIVERY_PARALLEL=2 PBX_DELIVERY_CHUNK=$((4 << 20)) \
-    "$BIN" child_delivery_process --exact --nocapture --test-threads=1
+    "${2:-$BIN}" child_delivery_process --exact --nocapture --test-threads=1
 }
 
 curl_multipart_one() { # json wav key
@@ -90,20 +97,32 @@ curl_set() { # set protocol
 export -f pbx curl_set
 export URL DIR BIN
 
-sets=("small:$SMALL:$((1 << 20))" "large:$LARGE:$((100 << 20))")
-for spec in "${sets[@]}"; do
-  IFS=: read -r name count bytes <<<"$spec"
+BASELINE_BIN=${BASELINE_BIN:-}
+export BASELINE_BIN
+for name in ${SETS:-small large}; do
+  case $name in
+    small) count=$SMALL bytes=$((1 << 20)) ;;
+    large) count=$LARGE bytes=$((100 << 20)) ;;
+    *) echo "unknown set $name" >&2; exit 2 ;;
+  esac
   make_set "$name" "$count" "$bytes"
   total=$(du -cb "$DIR/$name"/*.wav | tail -1 | cut -f1)
   setlabel="$count x $((bytes >> 20)) MiB"
-  for proto in tus multipart; do
-    prep_spool "$name"
-    measure "pbx-edge $proto" "$setlabel" "$total" -- pbx "$proto"
-    measure "curl $proto" "$setlabel" "$total" -- curl_set "$name" "$proto"
+  for _ in $(seq "${REPEAT:-1}"); do
+    for proto in ${PROTOS:-tus multipart}; do
+      prep_spool "$name"
+      measure "pbx-edge $proto" "$setlabel" "$total" -- pbx "$proto"
+      if [ -n "$BASELINE_BIN" ]; then
+        prep_spool "$name"
+        measure "pbx-edge $proto (baseline)" "$setlabel" "$total" -- pbx "$proto" "$BASELINE_BIN"
+      fi
+      measure "curl $proto" "$setlabel" "$total" -- curl_set "$name" "$proto"
+    done
   done
 done
 CALLS=$(grep '^CALLS ' "$DIR/rx.out" | tail -1)
 echo "receiver: $CALLS" >&2
+[ -z "${NO_APPEND:-}" ] || exit 0
 
 {
   echo

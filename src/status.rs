@@ -53,6 +53,12 @@ pub struct SourceStatus {
     pub errors: u64,
     pub recordings_written: u64,
     pub recordings_failed: u64,
+    /// Calls or PBX recordings shorter than `recording.min_duration`: not kept.
+    pub recordings_too_short: u64,
+    /// Folder source: PBX recordings in a format pbx-edge cannot decode
+    /// (counted in `recordings_failed` too).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub recordings_unsupported: u64,
     pub bytes_written: u64,
     /// Failed attempts to start it in a row (a bind error, a missing
     /// interface); while above 0 the daemon tries again with a backoff.
@@ -86,6 +92,7 @@ impl SourceStatus {
         self.engine = EngineCounters::from(engine.stats());
         self.recordings_written = written.written;
         self.recordings_failed = written.failed;
+        self.recordings_too_short = written.too_short;
         self.bytes_written = written.bytes;
     }
 }
@@ -568,6 +575,18 @@ pub fn render_metrics(s: &Status) -> String {
         &labelled(&|x| &x.hep_rejected, "reason"),
     );
     family(
+        "pbx_edge_recordings_too_short_total",
+        "counter",
+        "Calls or PBX recordings not kept because they were shorter than recording.min_duration, by source.",
+        &per_source(&|x| x.recordings_too_short),
+    );
+    family(
+        "pbx_edge_recordings_unsupported_total",
+        "counter",
+        "PBX recordings the folder source cannot decode (their format), by source; counted as failed too.",
+        &per_source(&|x| x.recordings_unsupported),
+    );
+    family(
         "pbx_edge_srtp_auth_failures_total",
         "counter",
         "SRTP packets dropped because they failed authentication (or were replays).",
@@ -849,12 +868,23 @@ mod tests {
                 ..SourceStatus::default()
             },
         );
+        s.sources.insert(
+            "folder".into(),
+            SourceStatus {
+                up: true,
+                recordings_too_short: 4,
+                recordings_unsupported: 1,
+                ..SourceStatus::default()
+            },
+        );
         s.spool.writable = true;
         s.spool.free_bytes = 1 << 40;
         let m = render_metrics(&s);
         assert!(
             m.contains("pbx_edge_packets_dropped_total{source=\"sniff\",reason=\"truncated\"} 2")
         );
+        assert!(m.contains("pbx_edge_recordings_too_short_total{source=\"folder\"} 4"));
+        assert!(m.contains("pbx_edge_recordings_unsupported_total{source=\"folder\"} 1"));
         assert!(m.contains("# TYPE pbx_edge_active_calls gauge"));
         assert!(m.contains("pbx_edge_active_calls{source=\"sniff\"} 3"));
         assert!(m.contains("pbx_edge_ready 1"));

@@ -357,6 +357,8 @@ impl FolderLoop {
             src.errors = s.counters.failed + s.counters.scan_errors;
             src.recordings_written = s.counters.written;
             src.recordings_failed = s.counters.failed;
+            src.recordings_too_short = s.counters.too_short;
+            src.recordings_unsupported = s.counters.unsupported;
             src.bytes_written = s.counters.bytes;
         }
     }
