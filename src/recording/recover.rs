@@ -18,14 +18,52 @@ use super::*;
 /// agent of sidecars without them. Returns the ids recovered. Left-over temp
 /// files of finished recordings are removed.
 pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
-    let mut recovered = Vec::new();
+    recover_spool(dir, ctx).map(|r| r.ids)
+}
+
+/// What a recovery did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The ids of the recordings completed.
+    pub ids: Vec<String>,
+    /// Files whose recovery failed (an I/O error, a file that cannot be
+    /// opened): left as they are for a later try ([`recover_again`]).
+    pub left: Vec<PathBuf>,
+}
+
+/// [`recover`], also naming the files left for a later try.
+pub fn recover_spool(dir: &Path, ctx: &RecordingContext) -> io::Result<Recovery> {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    // Calls whose audio began: an answer sidecar of theirs is stale.
+    Ok(recover_entries(dir, entries, ctx))
+}
+
+/// Tries again exactly `left` (files an earlier recovery of `dir` could not
+/// complete), and nothing else: the daemon calls this while recording, when
+/// the `.part`s of calls in progress are in the same directory (their names
+/// are never those of files left by an earlier process). Files gone since
+/// are dropped from the list.
+pub fn recover_again(dir: &Path, left: &[PathBuf], ctx: &RecordingContext) -> Recovery {
+    let mut entries: Vec<PathBuf> = left
+        .iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok())
+        .cloned()
+        .collect();
+    entries.sort();
+    entries.dedup();
+    recover_entries(dir, entries, ctx)
+}
+
+fn recover_entries(dir: &Path, entries: Vec<PathBuf>, ctx: &RecordingContext) -> Recovery {
+    let mut done = Recovery::default();
+    // Calls whose audio began: an answer sidecar of theirs is stale. (Read
+    // from every start sidecar in the directory; only read.)
     let keys = ctx.seal.as_deref();
-    let began: HashSet<String> = entries
+    let began: HashSet<String> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_else(|_| entries.clone())
         .iter()
         .filter(|p| sidecar_id(p, START_SUFFIX).is_some())
         .filter_map(|p| read_recording(p, keys).ok())
@@ -34,21 +72,29 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
         .collect();
     for p in entries {
         // One recording that cannot be completed (a sealed file without its
-        // key, a read error) is reported and left as it is for the next
-        // start: the others are still completed.
+        // key, a read error) is reported and left as it is for a later
+        // try: the others are still completed.
         match recover_entry(dir, &p, ctx, &began) {
-            Ok(Some(id)) => recovered.push(id),
+            Ok(Some(id)) => done.ids.push(id),
             Ok(None) => {}
             Err(e) => {
                 let file = p.file_name().map(|n| n.to_string_lossy().into_owned());
                 tracing::error!(
                     file,
-                    "cannot complete a recording cut off by a crash (left as it is): {e}"
+                    "cannot complete a recording cut off by a crash (left as it is, tried again later): {e}"
                 );
+                done.left.push(p);
             }
         }
     }
-    Ok(recovered)
+    done
+}
+
+/// When the daemon tries the files a recovery left again: 1 min after the
+/// start's recovery, then twice as long after each failed try, at most
+/// every 16 min.
+pub fn recovery_retry_delay(tries: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(60 << tries.min(4))
 }
 
 /// [`recover`] for one file of the spool: the id it completed, if any.

@@ -1346,3 +1346,58 @@ fn a_sealed_start_sidecar_waits_for_the_key() {
             .unwrap();
     assert_eq!(j["truncated"], true);
 }
+
+/// A recording the start's recovery cannot complete (its `.part` cannot be
+/// read: here a directory in its place, EISDIR, as tests may run as root,
+/// whom permissions do not stop) is left as it is and named; a later try
+/// takes exactly the files left: while the error lasts they stay left,
+/// once it is gone the recording is completed, and the `.part` of a call
+/// in progress beside them is never touched.
+#[test]
+fn a_recovery_that_failed_is_tried_again_on_exactly_the_files_left() {
+    let d = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("c1"));
+    rd.audio(CallKey(1), &[7i16; 1600]);
+    drop(rd);
+    let part = d.path().join(".c1.wav.part");
+    let kept = aside.path().join("c1.part");
+    fs::rename(&part, &kept).unwrap();
+    fs::create_dir(&part).unwrap();
+    let r = recover_spool(d.path(), &ctx("siprec")).unwrap();
+    assert!(r.ids.is_empty(), "{r:?}");
+    assert_eq!(r.left, vec![part.clone()]);
+    assert!(d.path().join(format!(".c1{START_SUFFIX}")).exists());
+    // A call begins meanwhile: its `.part` is beside the one left.
+    let mut live = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    live.begin(CallKey(2), &start("live2"));
+    live.audio(CallKey(2), &[3i16; 1600]);
+    let live_part = d.path().join(".live2.wav.part");
+    let live_len = fs::metadata(&live_part).unwrap().len();
+    // Still failing: still left.
+    let r = recover_again(d.path(), &r.left, &ctx("siprec"));
+    assert!(r.ids.is_empty(), "{r:?}");
+    assert_eq!(r.left, vec![part.clone()]);
+    // The error is gone: completed.
+    fs::remove_dir(&part).unwrap();
+    fs::rename(&kept, &part).unwrap();
+    let r = recover_again(d.path(), &r.left, &ctx("siprec"));
+    assert_eq!(r.ids, vec!["c1".to_string()]);
+    assert!(r.left.is_empty());
+    let j = json_of(d.path(), "c1");
+    assert_eq!(j["audio"]["bytes"], 44 + 3200);
+    assert_eq!(j["truncated"], true);
+    // The call in progress: untouched, still recording.
+    assert_eq!(fs::metadata(&live_part).unwrap().len(), live_len);
+    assert!(!d.path().join("live2.wav").exists());
+    assert!(!d.path().join("live2.json").exists());
+    live.audio(CallKey(2), &[3i16; 1600]);
+    assert!(fs::metadata(&live_part).unwrap().len() > live_len);
+    // Nothing left: a try over an empty list does nothing.
+    let r = recover_again(d.path(), &[], &ctx("siprec"));
+    assert!(r.ids.is_empty() && r.left.is_empty());
+    assert_eq!(recovery_retry_delay(0), Duration::from_secs(60));
+    assert_eq!(recovery_retry_delay(1), Duration::from_secs(120));
+    assert_eq!(recovery_retry_delay(40), Duration::from_secs(960));
+}
