@@ -393,6 +393,7 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
         sp.writable = writable;
         sp.free_bytes = free;
         sp.recordings_written = w;
+        sp.damaged_records = recording::DAMAGED_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
         sp.recordings_failed = f;
         sp.bytes_written = b;
     }

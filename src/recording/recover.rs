@@ -334,8 +334,18 @@ fn recover_sealed_part(
         return Ok(None);
     };
     let tmp = dir.join(format!(".{id}.wav.tmp"));
-    match seal_part(part, &tmp, keys) {
-        Ok(_) => {}
+    let mut damage = None;
+    match seal_part_counted(part, &tmp, keys) {
+        Ok((_, (0, _))) => {}
+        Ok((_, (records, bytes))) => {
+            // Records damaged in the middle of the `.part`: silence in
+            // their place, the audio after them kept in place.
+            DAMAGED_RECORDS.fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+            let rate = wav_rate(&read_json_file(sidecar, Some(keys)));
+            let ms = bytes * 1000 / (u64::from(rate) * 4);
+            tracing::warn!(%id, records, ms, "an encrypted recording cut off by a crash had damaged records: silence in their place, the audio after them kept");
+            damage = Some(format!("{records} damaged record(s) on disk ({ms} ms of audio) could not be decrypted and were replaced by silence of the same length"));
+        }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             // Left as it is (`Ok(None)` would say nothing is on disk, and
             // a caller would remove the `.part`).
@@ -372,12 +382,20 @@ fn recover_sealed_part(
             return Ok(None);
         }
     }
-    write_cut_note(dir, id, reason, warning)?;
+    let warning = match &damage {
+        Some(d) => format!("{warning}; {d}"),
+        None => warning.to_string(),
+    };
+    write_cut_note(dir, id, reason, &warning)?;
     fs::rename(&tmp, &wav)?;
-    complete_json(dir, id, ctx, sidecar, true, reason, warning)?;
+    complete_json(dir, id, ctx, sidecar, true, reason, &warning)?;
     let _ = fs::remove_file(part);
     Ok(Some(id.to_string()))
 }
+
+/// Records of sealed `.part`s that recovery found damaged in the middle
+/// (followed by authentic ones) and replaced by silence, since the start.
+pub static DAMAGED_RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(super) const WARN_CUT: &str = "the daemon stopped while recording this call; the audio that reached the disk was kept; its packet counts were lost";
 pub(super) const WARN_SAVING: &str = "the daemon stopped while saving this recording: the audio is complete; the call's end details and packet counts were lost";

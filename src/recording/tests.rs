@@ -1401,3 +1401,68 @@ fn a_recovery_that_failed_is_tried_again_on_exactly_the_files_left() {
     assert_eq!(recovery_retry_delay(1), Duration::from_secs(120));
     assert_eq!(recovery_retry_delay(40), Duration::from_secs(960));
 }
+
+/// Encryption at rest: a record of a sealed `.part` that fails
+/// authentication in the middle (a flipped bit on disk) costs only its own
+/// audio after a crash: silence of the same length in its place, the audio
+/// after it kept where it was (both channels in step), the recording marked
+/// truncated with a warning saying so, and counted. (It ended what was
+/// kept, losing the rest of the call.)
+#[test]
+fn a_damaged_record_in_a_sealed_part_becomes_silence_and_the_rest_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[9; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(1), &start("z1"));
+    for v in 1..=10i16 {
+        rd.audio(CallKey(1), &[v; 1600]);
+    }
+    drop(rd);
+    // The records of the `.part`: (offset of the length field, length).
+    let part = d.path().join(".z1.wav.part");
+    let mut bytes = fs::read(&part).unwrap();
+    let mut recs = Vec::new();
+    let mut at = crypt::HEADER_LEN;
+    while at + 4 <= bytes.len() {
+        let n = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        recs.push((at, n));
+        at += 4 + n;
+    }
+    // The record holding the 4th chunk of audio (value 4): damaged.
+    let audio: Vec<&(usize, usize)> = recs.iter().filter(|r| r.1 == 3200 + 16).collect();
+    assert_eq!(audio.len(), 10, "{recs:?}");
+    let (bad, _) = *audio[3];
+    bytes[bad + 4 + 1000] ^= 0x20;
+    fs::write(&part, &bytes).unwrap();
+    let before = DAMAGED_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(recover(d.path(), &sealed).unwrap(), vec!["z1".to_string()]);
+    assert!(DAMAGED_RECORDS.load(std::sync::atomic::Ordering::Relaxed) > before);
+    let wav = read_recording(&d.path().join("z1.wav"), Some(&keys)).unwrap();
+    assert_eq!(
+        wav.len(),
+        44 + 10 * 3200,
+        "the audio after the damage is kept"
+    );
+    let samples: Vec<i16> = wav[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    for (i, chunk) in samples.chunks(1600).enumerate() {
+        let want = if i == 3 { 0 } else { i as i16 + 1 };
+        assert!(chunk.iter().all(|s| *s == want), "chunk {i}");
+    }
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("z1.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["duration_ms"], 1000);
+    let w = j["warnings"].to_string();
+    assert!(
+        w.contains("1 damaged record") && w.contains("100 ms"),
+        "{w}"
+    );
+}
