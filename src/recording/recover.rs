@@ -131,6 +131,12 @@ fn recover_entry(
             let _ = fs::remove_file(p);
             return Ok(None);
         }
+        if dir.join(format!("{id}.wav")).is_file() {
+            // Its empty WAV renamed in, then the crash before the JSON: cut
+            // (its note says why) or made whole.
+            complete_renamed(dir, &id, ctx, p, "crash", WARN_SAVING)?;
+            return Ok(Some(id));
+        }
         complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
         return Ok(Some(id));
     }
@@ -428,7 +434,11 @@ pub(super) fn wav_rate(sj: &Value) -> u32 {
 
 /// An answered call without audio as a recording pair: an empty 2-channel
 /// WAV (header only, fsynced, renamed) and its JSON from the answer sidecar
-/// (then removed), `end_reason` = `reason`.
+/// (then removed), `end_reason` = `reason`. A `truncated` one (cut by a
+/// crash or a stop) leaves its cut note before the WAV is renamed in, as
+/// the other completions do: a crash between the WAV and the JSON still
+/// makes it a cut recording, with its reason and warning (without the
+/// note, recovery takes a WAV without JSON for one renamed in whole).
 pub(super) fn complete_answered(
     dir: &Path,
     id: &str,
@@ -447,6 +457,12 @@ pub(super) fn complete_answered(
         let f = write_spool_file(create_private_file(&tmp)?, &header, keys)?;
         f.sync_all()?;
         drop(f);
+        if truncated {
+            if let Err(e) = write_cut_note(dir, id, reason, warning) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         fs::rename(&tmp, &wav)?;
     }
     complete_json(dir, id, ctx, sidecar, truncated, reason, warning)

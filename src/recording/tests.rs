@@ -1466,3 +1466,67 @@ fn a_damaged_record_in_a_sealed_part_becomes_silence_and_the_rest_is_kept() {
         "{w}"
     );
 }
+
+/// A call answered without audio becomes its empty recording as the other
+/// completions do: a cut one (a crash, a stop) leaves its `.cut` note
+/// before its WAV is renamed in, so a crash between the WAV and the JSON
+/// (here the JSON's write fails: a directory in its temp file's place)
+/// still gives a cut recording with its own reason and warning. (It
+/// became a whole recording, "the audio is complete", or lost its reason.)
+#[test]
+fn an_answered_call_completed_without_audio_is_still_cut_after_a_crash_before_its_json() {
+    let d = tempfile::tempdir().unwrap();
+    // A start sidecar alone (the audio file never created), recovered.
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(1), &start("e1"));
+    drop(rd);
+    fs::remove_file(d.path().join(".e1.wav.part")).unwrap();
+    let block = d.path().join(".e1.json.tmp");
+    fs::create_dir(&block).unwrap();
+    let r = recover_spool(d.path(), &ctx("siprec")).unwrap();
+    assert!(r.ids.is_empty(), "{r:?}");
+    assert!(d.path().join("e1.wav").exists());
+    assert!(!d.path().join("e1.json").exists());
+    fs::remove_dir(&block).unwrap();
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec!["e1"]);
+    let j = json_of(d.path(), "e1");
+    assert_eq!(j["truncated"], true, "{j}");
+    assert_eq!(j["end_reason"], "crash", "{j}");
+    assert_eq!(j["warnings"][0], WARN_NO_AUDIO, "{j}");
+    assert_eq!(j["audio"]["bytes"], 44);
+    assert!(!d.path().join(".e1.cut").exists());
+
+    // A call answered without audio, cut by a stop (its note in the
+    // running daemon); the JSON fails, then the crash.
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let id = rd.answered_calls().answered(&answered("e2@src")).unwrap();
+    let block = d.path().join(format!(".{id}.json.tmp"));
+    fs::create_dir(&block).unwrap();
+    rd.finish_answered("shutdown");
+    drop(rd);
+    assert!(d.path().join(format!("{id}.wav")).exists());
+    assert!(!d.path().join(format!("{id}.json")).exists());
+    fs::remove_dir(&block).unwrap();
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec![id.clone()]);
+    let j = json_of(d.path(), &id);
+    assert_eq!(j["truncated"], true, "{j}");
+    assert_eq!(j["end_reason"], "shutdown", "{j}");
+    assert_eq!(j["call_id"], "e2@src", "{j}");
+    assert!(!d.path().join(format!(".{id}.cut")).exists());
+
+    // Not cut (hung up, no audio): no note; a crash before its JSON gives
+    // a whole recording whose end details were lost.
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let id = rd.answered_calls().answered(&answered("e3@src")).unwrap();
+    let block = d.path().join(format!(".{id}.json.tmp"));
+    fs::create_dir(&block).unwrap();
+    assert!(!rd.end_answered("e3@src", "bye"));
+    drop(rd);
+    assert!(!d.path().join(format!(".{id}.cut")).exists());
+    fs::remove_dir(&block).unwrap();
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec![id.clone()]);
+    let j = json_of(d.path(), &id);
+    assert_eq!(j["truncated"], false, "{j}");
+    assert_eq!(j["warnings"][0], WARN_SAVING, "{j}");
+    assert_eq!(j["call_id"], "e3@src", "{j}");
+}
