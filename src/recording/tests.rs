@@ -1530,3 +1530,75 @@ fn an_answered_call_completed_without_audio_is_still_cut_after_a_crash_before_it
     assert_eq!(j["warnings"][0], WARN_SAVING, "{j}");
     assert_eq!(j["call_id"], "e3@src", "{j}");
 }
+
+/// Measurement, not a check (docs/durability.md, "A stop with many long
+/// calls"): what a stop's finishing of every recording in progress costs.
+/// `PBX_EDGE_STOP_CALLS` calls (300) of `PBX_EDGE_STOP_MINUTES` minutes of
+/// audio (10) each are written, then every one is ended at once and the
+/// finisher's threads waited for, as a SIGTERM does. Run with
+/// `cargo test --release --locked -p pbx-edge --lib stop_with_many_long_calls -- --ignored --nocapture`
+/// (`PBX_EDGE_STOP_SEALED=1`: with encryption at rest). Needs the calls'
+/// audio in free space (300 x 10 min: 5.8 GB).
+#[test]
+#[ignore]
+fn stop_with_many_long_calls() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (calls, minutes) = (
+        env("PBX_EDGE_STOP_CALLS", 300),
+        env("PBX_EDGE_STOP_MINUTES", 10),
+    );
+    let sealed = env("PBX_EDGE_STOP_SEALED", 0) == 1;
+    let d = tempfile::tempdir_in(std::env::var("PBX_EDGE_STOP_DIR").unwrap_or(".".into())).unwrap();
+    let mut c = ctx("siprec");
+    if sealed {
+        c.seal = Some(Arc::new(Keyring::new(
+            crypt::SpoolKey::new(&[3; 32]),
+            Vec::new(),
+        )));
+    }
+    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    rd.finish_in_background();
+    let chunk: Vec<i16> = (0..16_000).map(|i| ((i * 37) % 2000) as i16).collect();
+    let t = std::time::Instant::now();
+    for n in 0..calls {
+        rd.begin(CallKey(n as u64 + 1), &start(&format!("s{n}")));
+    }
+    // One second of audio to every call in turn, as calls run side by side.
+    for _ in 0..minutes * 60 {
+        for n in 0..calls {
+            rd.audio(CallKey(n as u64 + 1), &chunk);
+        }
+    }
+    rd.collect();
+    // The daemon's sync thread keeps little unwritten while calls record
+    // (docs/durability.md): the stop's fsyncs find the audio on disk.
+    let _ = std::process::Command::new("sync").status();
+    eprintln!(
+        "wrote {calls} calls of {minutes} min ({} MB) in {:.1} s",
+        calls * minutes * 60 * 32_000 / 1_000_000,
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    for n in 0..calls {
+        let mut meta = meta_r4();
+        meta.key = CallKey(n as u64 + 1);
+        meta.recording_id = format!("s{n}");
+        meta.call_id = format!("s{n}@src");
+        meta.frames = (minutes * 60 * 8000) as u64;
+        meta.end_reason = pbx_core::call::EndReason::Shutdown;
+        rd.end(meta.key, meta);
+    }
+    let handed = t.elapsed();
+    rd.wait_finished();
+    eprintln!(
+        "stop: {calls} recordings handed over in {:.2} s, all finished (fsynced, hashed) after {:.2} s",
+        handed.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(rd.counters.written, calls as u64);
+}
