@@ -161,6 +161,14 @@ pub struct SpoolStatus {
     pub recordings_failed: u64,
     pub bytes_written: u64,
     pub repaired_at_start: u64,
+    /// Files the start's recovery could not complete, waiting for a later
+    /// try while the daemon runs (`daemon::retry_recovery`).
+    pub recovery_pending: u64,
+    /// Recordings such a later try completed.
+    pub repaired_later: u64,
+    /// Damaged records of sealed `.part`s that recovery replaced by
+    /// silence, keeping the audio after them ([`crate::recording::DAMAGED_RECORDS`]).
+    pub damaged_records: u64,
 }
 
 /// Everything `/status` shows.
@@ -650,6 +658,18 @@ pub fn render_metrics(s: &Status) -> String {
         "gauge",
         "Free bytes on the spool's file system.",
         &[(String::new(), sp.free_bytes as f64)],
+    );
+    family(
+        "pbx_edge_spool_recovery_pending",
+        "gauge",
+        "Files the start's crash recovery could not complete (an I/O error), tried again while the daemon runs.",
+        &[(String::new(), sp.recovery_pending as f64)],
+    );
+    family(
+        "pbx_edge_spool_damaged_records_total",
+        "counter",
+        "Records of encrypted recordings cut off by a crash that failed authentication in the middle (damaged on disk) and were replaced by silence of their length by recovery (since start).",
+        &[(String::new(), sp.damaged_records as f64)],
     );
     family(
         "pbx_edge_recordings_written_total",

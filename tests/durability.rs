@@ -842,3 +842,47 @@ fn a_disk_filling_up_mid_call_keeps_the_audio_and_completes_it_when_space_return
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
     eprintln!("disk full: {sent} ms sent, the disk full after {full_at} ms, {ms} ms kept");
 }
+
+/// A recording the start's recovery cannot complete (its `.part` cannot
+/// be read: a directory in its place, as tests may run as root, whom
+/// permissions do not stop) is tried again while the daemon runs, after a
+/// minute: once the error is gone it is completed, without a restart.
+#[test]
+fn a_recovery_that_failed_at_start_is_tried_again_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let part = spool.join(".late1.wav.part");
+    std::fs::create_dir(&part).unwrap();
+    let d = Daemon::start(dir.path(), "");
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let status = |d: &Daemon| -> Value {
+        serde_json::from_str(&d.get("/status").map(|r| r.1).unwrap_or_default()).unwrap_or_default()
+    };
+    assert_eq!(status(&d)["spool"]["recovery_pending"], 1, "{}", d.log());
+    assert!(d.log().contains("tried again in 60 s"), "{}", d.log());
+    // The error goes: the audio is readable now.
+    std::fs::remove_dir(&part).unwrap();
+    let mut bytes = pbx_core::audio::wav::canonical_header(8000, 2, 0).to_vec();
+    bytes.extend(std::iter::repeat_n(0x11u8, 8000 * 4));
+    std::fs::write(&part, &bytes).unwrap();
+    let t = Instant::now();
+    while !spool.join("late1.json").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "not tried again; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let j: Value =
+        serde_json::from_slice(&std::fs::read(spool.join("late1.json")).unwrap()).unwrap();
+    assert_eq!(j["truncated"], true, "{j}");
+    assert_eq!(j["duration_ms"], 1000, "{j}");
+    let t = Instant::now();
+    while status(&d)["spool"]["repaired_later"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", status(&d));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&d)["spool"]["recovery_pending"], 0);
+}

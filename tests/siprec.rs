@@ -564,6 +564,72 @@ fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
     }
 }
 
+/// SIP messages the SIPREC engine has seen (`/status`).
+fn engine_sip_messages(d: &Daemon) -> u64 {
+    let s: Value = d
+        .get("/status")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    s["sources"]["siprec"]["engine"]["sip_messages"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// SIGTERM while the SRC's BYE is held for its recording (a long jitter
+/// window keeps the recording open for seconds after the BYE): the `200`
+/// to the BYE goes out only once the recording is complete on disk, as it
+/// does while the daemon runs (it was answered at once on a stop).
+#[test]
+fn sigterm_answers_a_held_bye_only_once_its_recording_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, srs) = siprec_daemon(dir.path(), "[recording]\njitter = \"4s\"\n");
+    let mut src = Src::new(srs);
+    let call_id = "held-bye@src";
+    let (ok, bye) = start_call(&mut src, srs, call_id);
+    send_rtp(srs.ip(), answer_ports(&ok), 600, 11)
+        .join()
+        .unwrap();
+    // Every message so far seen by the engine, then the BYE: once the
+    // engine has counted it, the SIP task has ended the dialog and holds
+    // the BYE (the recording stays open one jitter window after it).
+    let t = Instant::now();
+    let mut seen = engine_sip_messages(&d);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = engine_sip_messages(&d);
+        if now == seen && now >= 3 {
+            break;
+        }
+        seen = now;
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", d.log());
+    }
+    src.send(&bye);
+    let t = Instant::now();
+    while engine_sip_messages(&d) <= seen {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the engine never saw the BYE:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.signal(libc::SIGTERM);
+    let resp = src.final_response("BYE");
+    // Looked at the moment the answer arrived.
+    let recs = d.recordings();
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    assert_eq!(
+        recs.len(),
+        1,
+        "200 to the BYE before the recording was on disk; log:\n{}",
+        d.log()
+    );
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["call_id"], call_id, "{j}");
+    assert!(j["duration_ms"].as_i64().unwrap() >= 400, "{j}");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0), "{}", d.log());
+}
+
 /// An in-dialog request from the SRC of `call_id` (UDP).
 #[allow(clippy::too_many_arguments)]
 fn in_dialog(

@@ -221,6 +221,87 @@ fn start_source(
     Some(h)
 }
 
+/// The files the start's recovery could not complete (an I/O error, a
+/// file that cannot be opened) are tried again while the daemon runs, on
+/// a thread of their own: exactly those files, never the `.part`s of calls
+/// in progress beside them ([`recording::recover_again`]), after 1 min,
+/// then less and less often ([`recording::recovery_retry_delay`]) until
+/// none is left. `/status` shows how many wait (`spool.recovery_pending`)
+/// and how many were completed so (`spool.repaired_later`); each try that
+/// leaves some is logged. A stop in the middle of a try is a crash in the
+/// middle of a recovery: the next start's recovery takes it up.
+fn retry_recovery(
+    dir: &std::path::Path,
+    ctx: &recording::RecordingContext,
+    left: Vec<std::path::PathBuf>,
+    status: &SharedStatus,
+    stream: &crate::stream::StreamHub,
+) {
+    let (dir, ctx, status, stream) = (
+        dir.to_path_buf(),
+        ctx.clone(),
+        status.clone(),
+        stream.clone(),
+    );
+    let set_pending = |status: &SharedStatus, n: usize| {
+        if let Ok(mut s) = status.lock() {
+            s.spool.recovery_pending = n as u64;
+        }
+    };
+    set_pending(&status, left.len());
+    let first = recording::recovery_retry_delay(0);
+    tracing::warn!(
+        files = left.len(),
+        "recovery left files it could not complete; tried again in {} s",
+        first.as_secs()
+    );
+    let spawned = std::thread::Builder::new()
+        .name("recovery-retry".into())
+        .spawn(move || {
+            let mut left = left;
+            let mut tries = 0u32;
+            while !left.is_empty() {
+                std::thread::sleep(recording::recovery_retry_delay(tries));
+                tries = tries.saturating_add(1);
+                let done = recording::recover_again(&dir, &left, &ctx);
+                if !done.ids.is_empty() {
+                    tracing::warn!(
+                        count = done.ids.len(),
+                        "completed recordings cut off by an earlier stop (a later try)"
+                    );
+                    if let Ok(mut s) = status.lock() {
+                        s.spool.repaired_later += done.ids.len() as u64;
+                    }
+                    if stream.enabled() {
+                        let keys = ctx.seal.clone();
+                        for id in &done.ids {
+                            let json = dir.join(format!("{id}.json"));
+                            if let Some(meta) = recording::read_recording(&json, keys.as_deref())
+                                .ok()
+                                .and_then(|b| serde_json::from_slice(&b).ok())
+                            {
+                                stream.resume_recovered(&dir, meta, keys.clone());
+                            }
+                        }
+                    }
+                }
+                left = done.left;
+                set_pending(&status, left.len());
+                if !left.is_empty() {
+                    tracing::warn!(
+                        files = left.len(),
+                        tries,
+                        "recovery: files still cannot be completed; tried again in {} s",
+                        recording::recovery_retry_delay(tries).as_secs()
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("recovery is not tried again before the next start: {e}");
+    }
+}
+
 /// Stop `sources` in parallel (they share the stop budget) and wait for
 /// every one.
 /// The time a stop on SIGTERM aims to end within (CONTRACT §1: 10 s),
@@ -312,6 +393,7 @@ fn scan_spool(cfg: &Config, status: &SharedStatus) {
         sp.writable = writable;
         sp.free_bytes = free;
         sp.recordings_written = w;
+        sp.damaged_records = recording::DAMAGED_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
         sp.recordings_failed = f;
         sp.bytes_written = b;
     }
@@ -537,35 +619,41 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     set_spool_state("not opened yet: recovering recordings cut off by an earlier stop");
     let recovering = Instant::now();
     let recovery_ctx = context(&cfg, "sniff");
-    match recording::recover(&cfg.spool.dir, &recovery_ctx) {
-        Ok(ids) if !ids.is_empty() => {
-            tracing::warn!(
-                count = ids.len(),
-                took_ms = recovering.elapsed().as_millis() as u64,
-                "completed recordings cut off by an earlier stop"
-            );
-            if let Ok(mut s) = status.lock() {
-                s.spool.repaired_at_start = ids.len() as u64;
+    match recording::recover_spool(&cfg.spool.dir, &recovery_ctx) {
+        Ok(recording::Recovery { ids, left }) => {
+            if !left.is_empty() {
+                retry_recovery(&cfg.spool.dir, &recovery_ctx, left, &status, &stream);
             }
-            // Their live streams, broken by the crash, are resumed to
-            // their end (CONTRACT §5).
-            if stream.enabled() {
-                let keys = recovery_ctx.seal.clone();
-                for id in &ids {
-                    let json = cfg.spool.dir.join(format!("{id}.json"));
-                    match crate::recording::read_recording(&json, keys.as_deref())
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                    {
-                        Some(meta) => stream.resume_recovered(&cfg.spool.dir, meta, keys.clone()),
-                        None => {
-                            tracing::warn!(recording = %id, "live stream not resumed: its JSON cannot be read")
+            if !ids.is_empty() {
+                tracing::warn!(
+                    count = ids.len(),
+                    took_ms = recovering.elapsed().as_millis() as u64,
+                    "completed recordings cut off by an earlier stop"
+                );
+                if let Ok(mut s) = status.lock() {
+                    s.spool.repaired_at_start = ids.len() as u64;
+                }
+                // Their live streams, broken by the crash, are resumed to
+                // their end (CONTRACT §5).
+                if stream.enabled() {
+                    let keys = recovery_ctx.seal.clone();
+                    for id in &ids {
+                        let json = cfg.spool.dir.join(format!("{id}.json"));
+                        match crate::recording::read_recording(&json, keys.as_deref())
+                            .ok()
+                            .and_then(|b| serde_json::from_slice(&b).ok())
+                        {
+                            Some(meta) => {
+                                stream.resume_recovered(&cfg.spool.dir, meta, keys.clone())
+                            }
+                            None => {
+                                tracing::warn!(recording = %id, "live stream not resumed: its JSON cannot be read")
+                            }
                         }
                     }
                 }
             }
         }
-        Ok(_) => {}
         Err(e) => tracing::error!("spool recovery in {}: {e}", cfg.spool.dir.display()),
     }
     // Not ready before the delivery task has the queue open.

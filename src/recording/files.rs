@@ -232,8 +232,19 @@ impl PartWriter {
 /// header, fsynced. Returns the plaintext's length and hex SHA-256. An
 /// error (no key for it, no WAV header in it) leaves `part` untouched.
 pub(crate) fn seal_part(part: &Path, out: &Path, keys: &Keyring) -> io::Result<(u64, String)> {
+    seal_part_counted(part, out, keys).map(|(h, _)| h)
+}
+
+/// [`seal_part`], also saying how many damaged records of the `.part`
+/// became silence, and their bytes ([`crate::spoolfile::crypt::SealedReader::damaged`]).
+pub(crate) fn seal_part_counted(
+    part: &Path,
+    out: &Path,
+    keys: &Keyring,
+) -> io::Result<((u64, String), (usize, u64))> {
     use pbx_core::audio::wav::{canonical_header, parse_wav_header};
     let mut r = open_recording(part, Some(keys), OpenMode::Recover)?;
+    let damaged = r.damaged();
     let total = r.len();
     let mut head = [0u8; 44];
     if total < 44 {
@@ -259,5 +270,5 @@ pub(crate) fn seal_part(part: &Path, out: &Path, keys: &Keyring) -> io::Result<(
     let (inner, h) = w.finish();
     let file = inner.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok(h)
+    Ok((h, damaged))
 }

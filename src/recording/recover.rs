@@ -18,14 +18,52 @@ use super::*;
 /// agent of sidecars without them. Returns the ids recovered. Left-over temp
 /// files of finished recordings are removed.
 pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
-    let mut recovered = Vec::new();
+    recover_spool(dir, ctx).map(|r| r.ids)
+}
+
+/// What a recovery did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The ids of the recordings completed.
+    pub ids: Vec<String>,
+    /// Files whose recovery failed (an I/O error, a file that cannot be
+    /// opened): left as they are for a later try ([`recover_again`]).
+    pub left: Vec<PathBuf>,
+}
+
+/// [`recover`], also naming the files left for a later try.
+pub fn recover_spool(dir: &Path, ctx: &RecordingContext) -> io::Result<Recovery> {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    // Calls whose audio began: an answer sidecar of theirs is stale.
+    Ok(recover_entries(dir, entries, ctx))
+}
+
+/// Tries again exactly `left` (files an earlier recovery of `dir` could not
+/// complete), and nothing else: the daemon calls this while recording, when
+/// the `.part`s of calls in progress are in the same directory (their names
+/// are never those of files left by an earlier process). Files gone since
+/// are dropped from the list.
+pub fn recover_again(dir: &Path, left: &[PathBuf], ctx: &RecordingContext) -> Recovery {
+    let mut entries: Vec<PathBuf> = left
+        .iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok())
+        .cloned()
+        .collect();
+    entries.sort();
+    entries.dedup();
+    recover_entries(dir, entries, ctx)
+}
+
+fn recover_entries(dir: &Path, entries: Vec<PathBuf>, ctx: &RecordingContext) -> Recovery {
+    let mut done = Recovery::default();
+    // Calls whose audio began: an answer sidecar of theirs is stale. (Read
+    // from every start sidecar in the directory; only read.)
     let keys = ctx.seal.as_deref();
-    let began: HashSet<String> = entries
+    let began: HashSet<String> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_else(|_| entries.clone())
         .iter()
         .filter(|p| sidecar_id(p, START_SUFFIX).is_some())
         .filter_map(|p| read_recording(p, keys).ok())
@@ -34,21 +72,29 @@ pub fn recover(dir: &Path, ctx: &RecordingContext) -> io::Result<Vec<String>> {
         .collect();
     for p in entries {
         // One recording that cannot be completed (a sealed file without its
-        // key, a read error) is reported and left as it is for the next
-        // start: the others are still completed.
+        // key, a read error) is reported and left as it is for a later
+        // try: the others are still completed.
         match recover_entry(dir, &p, ctx, &began) {
-            Ok(Some(id)) => recovered.push(id),
+            Ok(Some(id)) => done.ids.push(id),
             Ok(None) => {}
             Err(e) => {
                 let file = p.file_name().map(|n| n.to_string_lossy().into_owned());
                 tracing::error!(
                     file,
-                    "cannot complete a recording cut off by a crash (left as it is): {e}"
+                    "cannot complete a recording cut off by a crash (left as it is, tried again later): {e}"
                 );
+                done.left.push(p);
             }
         }
     }
-    Ok(recovered)
+    done
+}
+
+/// When the daemon tries the files a recovery left again: 1 min after the
+/// start's recovery, then twice as long after each failed try, at most
+/// every 16 min.
+pub fn recovery_retry_delay(tries: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(60 << tries.min(4))
 }
 
 /// [`recover`] for one file of the spool: the id it completed, if any.
@@ -84,6 +130,12 @@ fn recover_entry(
         if stale {
             let _ = fs::remove_file(p);
             return Ok(None);
+        }
+        if dir.join(format!("{id}.wav")).is_file() {
+            // Its empty WAV renamed in, then the crash before the JSON: cut
+            // (its note says why) or made whole.
+            complete_renamed(dir, &id, ctx, p, "crash", WARN_SAVING)?;
+            return Ok(Some(id));
         }
         complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
         return Ok(Some(id));
@@ -288,8 +340,18 @@ fn recover_sealed_part(
         return Ok(None);
     };
     let tmp = dir.join(format!(".{id}.wav.tmp"));
-    match seal_part(part, &tmp, keys) {
-        Ok(_) => {}
+    let mut damage = None;
+    match seal_part_counted(part, &tmp, keys) {
+        Ok((_, (0, _))) => {}
+        Ok((_, (records, bytes))) => {
+            // Records damaged in the middle of the `.part`: silence in
+            // their place, the audio after them kept in place.
+            DAMAGED_RECORDS.fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+            let rate = wav_rate(&read_json_file(sidecar, Some(keys)));
+            let ms = bytes * 1000 / (u64::from(rate) * 4);
+            tracing::warn!(%id, records, ms, "an encrypted recording cut off by a crash had damaged records: silence in their place, the audio after them kept");
+            damage = Some(format!("{records} damaged record(s) on disk ({ms} ms of audio) could not be decrypted and were replaced by silence of the same length"));
+        }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             // Left as it is (`Ok(None)` would say nothing is on disk, and
             // a caller would remove the `.part`).
@@ -326,12 +388,20 @@ fn recover_sealed_part(
             return Ok(None);
         }
     }
-    write_cut_note(dir, id, reason, warning)?;
+    let warning = match &damage {
+        Some(d) => format!("{warning}; {d}"),
+        None => warning.to_string(),
+    };
+    write_cut_note(dir, id, reason, &warning)?;
     fs::rename(&tmp, &wav)?;
-    complete_json(dir, id, ctx, sidecar, true, reason, warning)?;
+    complete_json(dir, id, ctx, sidecar, true, reason, &warning)?;
     let _ = fs::remove_file(part);
     Ok(Some(id.to_string()))
 }
+
+/// Records of sealed `.part`s that recovery found damaged in the middle
+/// (followed by authentic ones) and replaced by silence, since the start.
+pub static DAMAGED_RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(super) const WARN_CUT: &str = "the daemon stopped while recording this call; the audio that reached the disk was kept; its packet counts were lost";
 pub(super) const WARN_SAVING: &str = "the daemon stopped while saving this recording: the audio is complete; the call's end details and packet counts were lost";
@@ -364,7 +434,11 @@ pub(super) fn wav_rate(sj: &Value) -> u32 {
 
 /// An answered call without audio as a recording pair: an empty 2-channel
 /// WAV (header only, fsynced, renamed) and its JSON from the answer sidecar
-/// (then removed), `end_reason` = `reason`.
+/// (then removed), `end_reason` = `reason`. A `truncated` one (cut by a
+/// crash or a stop) leaves its cut note before the WAV is renamed in, as
+/// the other completions do: a crash between the WAV and the JSON still
+/// makes it a cut recording, with its reason and warning (without the
+/// note, recovery takes a WAV without JSON for one renamed in whole).
 pub(super) fn complete_answered(
     dir: &Path,
     id: &str,
@@ -383,6 +457,12 @@ pub(super) fn complete_answered(
         let f = write_spool_file(create_private_file(&tmp)?, &header, keys)?;
         f.sync_all()?;
         drop(f);
+        if truncated {
+            if let Err(e) = write_cut_note(dir, id, reason, warning) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         fs::rename(&tmp, &wav)?;
     }
     complete_json(dir, id, ctx, sidecar, truncated, reason, warning)

@@ -348,8 +348,10 @@ impl<W: Write> Write for SealedWriter<W> {
 pub enum OpenMode {
     /// A finished file: every record authentic, the last one marked last.
     Strict,
-    /// A `.part` left by a crash: the authentic records up to the first
-    /// torn or inauthentic one; no final record needed.
+    /// A `.part` left by a crash: the authentic records up to the last
+    /// one (a torn or damaged end dropped); no final record needed. A
+    /// damaged record in the middle, followed by authentic ones, reads as
+    /// zeros of its length ([`SealedReader::damaged`]).
     Recover,
     /// A `.part` being written, read as it grows and kept open: what
     /// [`OpenMode::Recover`] reads, but each record is checked when it is
@@ -367,6 +369,9 @@ struct Rec {
     at: u64,
     len: u32,
     last: bool,
+    /// Did not authenticate, records after it did (Recover mode): read as
+    /// zeros of its plaintext length.
+    damaged: bool,
 }
 
 /// Reads the plaintext of a sealed file, from any offset.
@@ -467,11 +472,22 @@ impl SealedReader {
                 }
             }
             OpenMode::Recover => {
-                // Keep the authentic prefix.
+                // Keep every record up to the last authentic one. A record
+                // that does not authenticate ends what is kept, unless a
+                // later record authenticates: it does so only at its true
+                // place under its own number (the nonce), which proves the
+                // length fields before it right, so the records between
+                // are damaged in place (a bad sector, a flipped bit), each
+                // of known length: read as zeros (silence), the audio
+                // after them stays where it was.
                 let mut keep = 0;
+                let mut failed: Vec<usize> = Vec::new();
                 for i in 0..r.recs.len() {
                     match r.decrypt(i) {
                         Ok(()) => {
+                            for j in failed.drain(..) {
+                                r.recs[j].damaged = true;
+                            }
                             keep = i + 1;
                             continue;
                         }
@@ -490,9 +506,19 @@ impl SealedReader {
                     // A finished file opened for recovery: its last record.
                     r.recs[i].last = true;
                     if r.decrypt(i).is_ok() {
+                        for j in failed.drain(..) {
+                            r.recs[j].damaged = true;
+                        }
                         keep = i + 1;
+                        break;
                     }
-                    break;
+                    r.recs[i].last = false;
+                    if i == 0 {
+                        // The first record (the WAV header) does not open:
+                        // nothing to go on from.
+                        break;
+                    }
+                    failed.push(i);
                 }
                 r.recs.truncate(keep);
                 r.len = r
@@ -547,6 +573,7 @@ impl SealedReader {
                 at,
                 len: n,
                 last: false,
+                damaged: false,
             });
             self.len += p;
             self.next_at = at + 4 + u64::from(n);
@@ -601,11 +628,28 @@ impl SealedReader {
         self.len == 0
     }
 
+    /// Records of a `.part` opened in [`OpenMode::Recover`] that did not
+    /// authenticate but were followed by authentic ones: how many, and the
+    /// plaintext bytes they stood for (read as zeros).
+    pub fn damaged(&self) -> (usize, u64) {
+        self.recs
+            .iter()
+            .filter(|r| r.damaged)
+            .fold((0, 0), |(n, b), r| {
+                (n + 1, b + u64::from(r.len) - TAG as u64)
+            })
+    }
+
     fn decrypt(&mut self, i: usize) -> io::Result<()> {
         if matches!(&self.cur, Some((j, _)) if *j == i) {
             return Ok(());
         }
         let rec = self.recs[i];
+        if rec.damaged {
+            let zeros = Zeroizing::new(vec![0u8; rec.len as usize - TAG]);
+            self.cur = Some((i, zeros));
+            return Ok(());
+        }
         let mut buf = Zeroizing::new(vec![0u8; rec.len as usize]);
         self.file.read_exact_at(&mut buf, rec.at + 4)?;
         let plen = rec.len as usize - TAG;
@@ -718,6 +762,15 @@ impl RecordingReader {
                 Ok(())
             }
             RecordingReader::Sealed(r) => r.refresh(),
+        }
+    }
+
+    /// Damaged records read as zeros ([`SealedReader::damaged`]): how many,
+    /// and their plaintext bytes. None in a plain file.
+    pub fn damaged(&self) -> (usize, u64) {
+        match self {
+            RecordingReader::Plain(..) => (0, 0),
+            RecordingReader::Sealed(r) => r.damaged(),
         }
     }
 
@@ -1005,6 +1058,68 @@ mod tests {
         std::fs::write(&p, &good).unwrap();
         r.refresh().unwrap();
         assert_eq!(read_all(&mut r), whole[3000..]);
+    }
+
+    /// A record damaged in the middle of a `.part` (a flipped bit, a bad
+    /// sector over two records) costs that record only: it reads as zeros
+    /// of its length, the records after it where they were. A damaged
+    /// length field (no later record authenticates at its place) and a
+    /// damaged end still end what is kept; a damaged first record opens
+    /// nothing, as before.
+    #[test]
+    fn a_damaged_record_in_a_part_reads_as_zeros_and_the_rest_is_kept() {
+        let k = ring(6);
+        let parts: Vec<Vec<u8>> = (1..=20u8).map(|i| vec![i; 1600]).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let s = seal(&k, Layout::Records, &refs, false);
+        let rec = 4 + 1600 + TAG;
+        let at = |i: usize| HEADER_LEN + i * rec;
+        let opened = |bytes: &[u8]| {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            std::fs::write(&p, bytes).unwrap();
+            let mut r = open_recording(&p, Some(&k), OpenMode::Recover).unwrap();
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            assert_eq!(v.len() as u64, r.len());
+            (v, r.damaged())
+        };
+        // Record 5's ciphertext damaged; records 11 and 12 too (one span).
+        let mut bad = s.clone();
+        bad[at(5) + 100] ^= 0x40;
+        bad[at(11) + 1500] ^= 1;
+        bad[at(12) + 4] ^= 0xff;
+        let (got, damaged) = opened(&bad);
+        let mut want = parts.clone();
+        for i in [5, 11, 12] {
+            want[i] = vec![0; 1600];
+        }
+        assert_eq!(got, want.concat());
+        assert_eq!(damaged, (3, 3 * 1600));
+        // Damaged at its end (torn): dropped, nothing marked.
+        let mut torn = s.clone();
+        torn[at(19) + 50] ^= 1;
+        let (got, damaged) = opened(&torn);
+        assert_eq!(got, parts[..19].concat());
+        assert_eq!(damaged, (0, 0));
+        // A damaged length field: nothing after it can be placed.
+        let mut len = s.clone();
+        len[at(7)] ^= 0x10;
+        let (got, _) = opened(&len);
+        assert_eq!(got, parts[..7].concat());
+        // The first record damaged: nothing opens from it.
+        let mut first = s.clone();
+        first[at(0) + 10] ^= 1;
+        assert!(opened(&first).0.is_empty());
+        // A finished file with a damaged record opened for recovery: the
+        // last record still found.
+        let mut fin = seal(&k, Layout::Records, &refs, true);
+        fin[at(3) + 9] ^= 2;
+        let (got, damaged) = opened(&fin);
+        let mut want = parts.clone();
+        want[3] = vec![0; 1600];
+        assert_eq!(got, want.concat());
+        assert_eq!(damaged, (1, 1600));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub(super) fn engine_loop(
         endings.settle(&mut host, &durable);
     }
     host.finish(EndReason::Shutdown);
-    endings.finish(&mut host);
+    endings.finish(&mut host, &durable);
     host.out.finish_answered("shutdown");
     publish(&host, &report, &media);
     let name = report.name();
@@ -174,12 +174,25 @@ impl Endings {
         }
     }
 
-    /// The source stops, every call ended ([`EngineHost::finish`]): the
-    /// calls hung up without audio become their empty recordings, as hung
-    /// up. (Their BYEs are answered by the SIP task as it stops.)
-    pub(super) fn finish(&mut self, host: &mut EngineHost) {
-        for (call_id, (reason, _)) in self.lingering.drain() {
+    /// The source stops, every call ended and its recording finished
+    /// ([`EngineHost::finish`] waits for the finisher): the calls hung up
+    /// without audio become their empty recordings, as hung up; then every
+    /// BYE still held is reported durable, its recording being on disk now.
+    /// (The SIP task, which waits for these as it stops, answers them.)
+    pub(super) fn finish(
+        &mut self,
+        host: &mut EngineHost,
+        durable: &mpsc::UnboundedSender<Control>,
+    ) {
+        let mut byes: Vec<DialogId> = Vec::new();
+        for (call_id, (reason, held)) in self.lingering.drain() {
             host.out.end_answered(&call_id, reason);
+            byes.extend(held);
+        }
+        host.out.wait_finished();
+        byes.extend(self.byes.drain().flat_map(|(_, b)| b));
+        for d in byes {
+            let _ = durable.send(Control::ByeDurable(d));
         }
     }
 
@@ -631,8 +644,11 @@ mod tests {
     fn a_stop_during_the_linger_keeps_the_bye_as_the_end() {
         let mut c = Call::answered("stop@src");
         c.bye("stop@src");
+        assert_eq!(c.byes_answered(), 0, "held while the call lingers");
         c.host.finish(EndReason::Shutdown);
-        c.endings.finish(&mut c.host);
+        c.endings.finish(&mut c.host, &c.durable);
+        // Its BYE is reported durable once the recording is on disk.
+        assert_eq!(c.byes_answered(), 1);
         c.host.out.finish_answered("shutdown");
         let recs = c.recordings();
         assert_eq!(recs.len(), 1, "{recs:?}");

@@ -310,19 +310,34 @@ impl SiprecHandle {
 
     /// Stop taking calls, close every recording (marked `shutdown`), return.
     ///
-    /// The SIP task hangs up and ends first, then the media thread delivers
-    /// what its sockets still hold; the engine thread ends when both are gone
-    /// (its channel disconnects), so nothing received is left unrecorded.
-    pub async fn stop(mut self) {
-        self.stop.trigger();
-        self.settings = None;
-        let _ = self.sip_task.await;
-        let (media, engine) = (self.media, self.engine_thread);
-        let _ = tokio::task::spawn_blocking(move || {
+    /// The SIP task hangs up and lets go of the engine's input while the
+    /// media thread delivers what its sockets still hold and stops; the
+    /// engine thread ends when both are gone (its channel disconnects), so
+    /// nothing received is left unrecorded. The SIP task answers the BYEs
+    /// it holds as the engine reports their recordings durable, so it ends
+    /// after the engine has finished them (the two run at once: the engine
+    /// cannot finish before the SIP task let go of its input).
+    pub async fn stop(self) {
+        let SiprecHandle {
+            stop,
+            sip_task,
+            media,
+            engine_thread,
+            control,
+            settings,
+            ..
+        } = self;
+        stop.trigger();
+        drop(settings);
+        // The engine thread's report of the last durable BYE closes the
+        // SIP task's control channel: nothing else holds it then.
+        drop(control);
+        let engine = tokio::task::spawn_blocking(move || {
             media.stop();
-            engine.join()
-        })
-        .await;
+            engine_thread.join()
+        });
+        let _ = sip_task.await;
+        let _ = engine.await;
     }
 }
 

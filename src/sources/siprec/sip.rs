@@ -585,9 +585,51 @@ pub(super) async fn sip_loop(
         uas.hangup(&d, at);
         release(s, &mut ports);
     }
-    // BYEs still waiting for their recording: the engine finishes every
-    // recording as this source stops.
-    uas.answer_held_byes(at);
+    send_events(&mut uas, &udp, &tcp_writers).await;
+    // BYEs still waiting for their recording: the engine thread finishes
+    // every recording as this source stops, once its input is gone (this
+    // task's sender, dropped here, and the media thread's, which the
+    // handle stops meanwhile), and reports each BYE's recording durable
+    // then. Each is answered as that report comes, never before: an SRC
+    // that sees 200 to its BYE finds the recording complete on disk. The
+    // wait is bounded ([`SHUTDOWN_BYE_WAIT`]); past it (an engine stuck
+    // on a disk), or once the engine thread is gone, the rest are answered.
+    drop(etx);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BYE_WAIT;
+    while uas.held_bye_count() > 0 {
+        match tokio::time::timeout_at(deadline, control_rx.recv()).await {
+            Ok(Some(Control::ByeDurable(d))) => {
+                uas.answer_bye(&d, now());
+                send_events(&mut uas, &udp, &tcp_writers).await;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    byes = uas.held_bye_count(),
+                    "SIPREC: stopping: BYEs answered before their recordings were reported on disk (not done within {} s)",
+                    SHUTDOWN_BYE_WAIT.as_secs()
+                );
+                break;
+            }
+        }
+    }
+    uas.answer_held_byes(now());
+    send_events(&mut uas, &udp, &tcp_writers).await;
+}
+
+/// How long a stopping SIP task waits for the engine thread to report the
+/// recordings of its held BYEs durable before it answers them anyway
+/// (within the daemon's 9 s stop budget).
+const SHUTDOWN_BYE_WAIT: Duration = Duration::from_secs(6);
+
+/// Sends what the UAS has to send (a stopping task: nothing fed to the
+/// engine any more, other events dropped).
+async fn send_events(
+    uas: &mut Uas,
+    udp: &UdpSocket,
+    tcp_writers: &HashMap<(uas::Transport, SocketAddr), ConnWriter>,
+) {
     while let Some(ev) = uas.poll_event() {
         if let UasEvent::Send {
             to,
@@ -595,7 +637,7 @@ pub(super) async fn sip_loop(
             bytes,
         } = ev
         {
-            send_sip(&udp, &tcp_writers, transport, to, bytes).await;
+            send_sip(udp, tcp_writers, transport, to, bytes).await;
         }
     }
 }
