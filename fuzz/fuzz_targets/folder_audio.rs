@@ -1,5 +1,5 @@
 //! Arbitrary bytes as a PBX recording file (WAV, .sln/.raw, .sln16, raw GSM,
-//! WAV49): decoding must never panic and give consistent PCM, and splitting
+//! WAV49, raw G.711 .ulaw/.alaw, raw G.722): decoding must never panic and give consistent PCM, and splitting
 //! it into channels and resampling to 8/16 kHz (as a conversion does) must
 //! hold the duration.
 #![no_main]
@@ -8,8 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use pbx_edge::folder::{channel, decode_audio, resample, FolderSettings, RawStereo};
 use std::path::Path;
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 12] = [
     "a.wav", "a-in.WAV", "a.sln", "a.sln16", "a.raw", "a.gsm", "a.wav49", "a.wav16", "a.sln48",
+    "a-r.ulaw", "a.al", "a-t.g722",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +35,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(pcm.channels, 1);
         assert_eq!(pcm.rate, 8000);
         assert!(pcm.samples.len() * 65 <= bytes.len() * 320);
+    } else if pcm.codec == "PCMU" || pcm.codec == "PCMA" {
+        // One sample a byte, 8 kHz mono.
+        assert_eq!(
+            (pcm.samples.len(), pcm.rate, pcm.channels),
+            (bytes.len(), 8000, 1)
+        );
+    } else if pcm.codec == "G722" {
+        // Two samples a byte, 16 kHz mono.
+        assert_eq!(
+            (pcm.samples.len(), pcm.rate, pcm.channels),
+            (bytes.len() * 2, 16000, 1)
+        );
     } else {
         assert!(pcm.samples.len() * 2 <= bytes.len());
     }
