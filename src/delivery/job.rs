@@ -152,16 +152,13 @@ pub(super) async fn run_job(
             tracing::info!(%id, status, bytes = job.size, "delivered");
             shared.metrics.delivered.fetch_add(1, Ordering::Relaxed);
             shared.clear_pause();
-            shared
-                .db(move |sp| {
-                    let now = now_ms();
-                    sp.mark_delivered(&i, now)?;
-                    if retention.is_zero() {
-                        sp.expire_delivered(now, Duration::ZERO)?;
-                    }
-                    Ok(())
-                })
-                .await
+            let r = shared
+                .db(move |sp| sp.mark_delivered(&i, now_ms()).map(|_| ()))
+                .await;
+            if r.is_ok() && retention.is_zero() {
+                remove_delivered(&shared, &id);
+            }
+            r
         }
         Outcome::Failed(action) => {
             let label = action.failure_label().unwrap_or("other");
@@ -231,4 +228,24 @@ pub(super) async fn run_job(
         tracing::error!(%id, "cannot record the upload's outcome: {e}");
         shared.hold(&id);
     }
+}
+
+/// `retention = 0`: a delivered recording's files are removed beside the
+/// uploads, not in the upload's slot nor under the spool's lock (removing a
+/// large WAV takes tens of milliseconds: each upload's next one, and the
+/// other uploads' database calls, waited for it), then its row goes. What
+/// fails here (or a crash before it) is left to the retention pass, which
+/// removes and reports it.
+fn remove_delivered(shared: &Arc<Shared>, id: &str) {
+    let (sh, i, dir) = (Arc::clone(shared), id.to_string(), shared.dir.clone());
+    tokio::spawn(async move {
+        let j = i.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || crate::spool::remove_pair_files(&dir, &j)).await;
+        if matches!(removed, Ok(Ok(()))) {
+            if let Err(e) = sh.db(move |sp| sp.forget_delivered(&i)).await {
+                tracing::debug!("spool: a delivered row stays for the retention pass: {e}");
+            }
+        }
+    });
 }

@@ -366,6 +366,7 @@ pub struct ScanReport {
 pub use crate::sys::{free_bytes, now_ms};
 
 mod queue;
+pub use queue::remove_pair_files;
 mod repair;
 pub use repair::*;
 mod list;

@@ -423,30 +423,27 @@ impl Spool {
 
     /// Remove `<id>.json` then `<id>.wav`, then the FLAC kept for upload
     /// (`.<id>.flac`, and its temp file) (missing files are fine), then
-    /// fsync the directory.
+    /// fsync the directory ([`remove_pair_files`]).
     pub(super) fn remove_files(&self, id: &str) -> Result<(), SpoolError> {
-        let mut first_error = None;
-        for p in [
-            self.json_path(id),
-            self.wav_path(id),
-            self.dir.join(format!(".{id}.flac")),
-            self.dir.join(format!(".{id}.flac.tmp")),
-        ] {
-            // Every file is tried (what can go, goes); the first failure is
-            // the answer.
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    first_error.get_or_insert(SpoolError::Io { path: p, source });
-                }
-            }
+        remove_pair_files(&self.dir, id)
+    }
+
+    /// A delivered recording whose files are gone (removed by
+    /// [`remove_pair_files`] off the database's lock): its row goes. False
+    /// (nothing changed) while a file is still there, or when it is not
+    /// delivered.
+    pub fn forget_delivered(&mut self, id: &str) -> Result<bool, SpoolError> {
+        if self.json_path(id).exists() || self.wav_path(id).exists() {
+            return Ok(false);
         }
-        sync_dir(&self.dir).map_err(|source| SpoolError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        first_error.map_or(Ok(()), Err)
+        let gone = self.update(
+            "DELETE FROM recordings WHERE id = ?1 AND state = 'delivered'",
+            params![id],
+        )?;
+        if gone {
+            self.compact_delivered_log();
+        }
+        Ok(gone)
     }
 
     /// [`Self::remove_files`] for a pass over many recordings: false when
@@ -562,4 +559,35 @@ impl Spool {
             )
             .map_err(|e| self.err(e))
     }
+}
+
+/// Remove a recording's files from the spool directory `dir`: `<id>.json`
+/// then `<id>.wav`, then the FLAC kept for upload (`.<id>.flac`, and its
+/// temp file) (missing files are fine), then fsync the directory. Needs no
+/// database: a delivered recording's files go without holding the spool's
+/// lock (a large WAV takes tens of milliseconds to remove, ext4 freeing its
+/// extents; BENCHMARKS.md, "Upload throughput").
+pub fn remove_pair_files(dir: &Path, id: &str) -> Result<(), SpoolError> {
+    let mut first_error = None;
+    for p in [
+        dir.join(format!("{id}.json")),
+        dir.join(format!("{id}.wav")),
+        dir.join(format!(".{id}.flac")),
+        dir.join(format!(".{id}.flac.tmp")),
+    ] {
+        // Every file is tried (what can go, goes); the first failure is
+        // the answer.
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                first_error.get_or_insert(SpoolError::Io { path: p, source });
+            }
+        }
+    }
+    sync_dir(dir).map_err(|source| SpoolError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    first_error.map_or(Ok(()), Err)
 }
