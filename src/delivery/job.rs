@@ -11,13 +11,39 @@ pub(super) struct JobProgress {
     /// across a restart of its upload: retrying the same first chunks of a
     /// new upload again and again is not progress).
     pub(super) best: AtomicU64,
+    /// The location last written to the database, when, and whether this
+    /// attempt's progress reset the retries yet ([`CHECKPOINT_EVERY`]).
+    pub(super) saved: std::sync::Mutex<Option<(String, Instant, bool)>>,
 }
+
+/// How often an upload's offset is written to the database while its
+/// location stays the same. A new location is written at once (it is what
+/// a resume needs: the offset is asked of the server with `HEAD`), and so
+/// is the first progress of an attempt (it resets the retries); the offset
+/// in between is what `spool list` shows. Each write is a durable SQLite
+/// transaction (two fsyncs, 5-8 ms here): once per 4 MiB chunk it was a
+/// quarter of a tus upload's time (BENCHMARKS.md, "Upload throughput").
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 impl Progress for JobProgress {
     fn checkpoint<'a>(&'a self, location: &'a str, offset: u64) -> upload::BoxFuture<'a, ()> {
         Box::pin(async move {
             let (id, loc) = (self.id.clone(), location.to_string());
             let advanced = offset > self.best.fetch_max(offset, Ordering::Relaxed);
+            {
+                let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+                let due = match &*saved {
+                    Some((l, at, reset)) => {
+                        l != location || (advanced && !reset) || at.elapsed() >= CHECKPOINT_EVERY
+                    }
+                    None => true,
+                };
+                if !due {
+                    return;
+                }
+                let reset = advanced || saved.as_ref().is_some_and(|(l, _, r)| *r && l == location);
+                *saved = Some((loc.clone(), Instant::now(), reset));
+            }
             let r = self
                 .shared
                 .db(move |sp| {
@@ -141,6 +167,7 @@ pub(super) async fn run_job(
         shared: Arc::clone(&shared),
         id: id.clone(),
         best: AtomicU64::new(entry.offset),
+        saved: std::sync::Mutex::new(None),
     };
     let outcome = cloud.deliver(&job, &progress).await;
     let s = &active.settings;
