@@ -39,9 +39,12 @@ for l in sys.stdin:
 [ -x "$BIN" ] || { echo "could not build the delivery test binary" >&2; exit 1; }
 
 # The receiver, in its own process.
-PBX_BENCH_SECONDS=3600 "$BIN" bench_receiver --exact --ignored --nocapture >"$DIR/rx.out" 2>&1 &
+# Its uploads land in a temporary directory inside $DIR (removed at the end:
+# a killed receiver cannot remove its own, and each run leaves gigabytes).
+mkdir -p "$DIR/rx-tmp"
+TMPDIR="$DIR/rx-tmp" PBX_BENCH_SECONDS=3600 "$BIN" bench_receiver --exact --ignored --nocapture >"$DIR/rx.out" 2>&1 &
 RX=$!
-trap 'kill $RX 2>/dev/null || true' EXIT
+trap 'kill $RX 2>/dev/null || true; rm -rf "$DIR/rx-tmp" "$DIR/spool"' EXIT
 for _ in $(seq 100); do grep -q '^RECEIVER ' "$DIR/rx.out" && break; sleep 0.1; done
 URL=$(sed -n 's/^RECEIVER //p' "$DIR/rx.out" | head -1)
 [ -n "$URL" ] || { echo "receiver did not start" >&2; cat "$DIR/rx.out" >&2; exit 1; }
