@@ -1098,6 +1098,11 @@ fn two_recordings_one_after_the_other(rx: &Receiver) {
     assert_eq!(failed.unwrap_or(0), 0);
 }
 
+/// Every PATCH in `checksums` carried `Upload-Checksum` (`with`), or none did.
+fn all_patches(checksums: &[bool], with: bool) {
+    assert!(checksums.iter().all(|c| *c == with), "{checksums:?}");
+}
+
 /// A tus server with the checksum extension but without sha256 that says
 /// so (`OPTIONS`): PATCHes go without `Upload-Checksum`, asked once.
 #[test]
@@ -1109,11 +1114,7 @@ fn tus_checksum_is_left_out_when_options_lists_no_sha256() {
     assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
     assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 0, "{:?}", st.log);
     assert!(st.patch_checksums.len() >= 4);
-    assert!(
-        st.patch_checksums.iter().all(|c| !c),
-        "{:?}",
-        st.patch_checksums
-    );
+    all_patches(&st.patch_checksums, false);
 }
 
 /// The same server not answering `OPTIONS`: its 400 to the first PATCH
@@ -1129,11 +1130,7 @@ fn tus_400_to_a_sha256_checksum_is_retried_without_and_learned() {
     assert_eq!(st.count("OPTIONS", "/v1/uploads", 404), 1, "{:?}", st.log);
     assert_eq!(st.count("PATCH", "/v1/uploads/", 400), 1, "{:?}", st.log);
     assert_eq!(st.patch_checksums.first(), Some(&true));
-    assert!(
-        st.patch_checksums[1..].iter().all(|c| !c),
-        "{:?}",
-        st.patch_checksums
-    );
+    all_patches(&st.patch_checksums[1..], false);
 }
 
 /// A 400 to the chunk sent again without a checksum is the recording's
@@ -1178,11 +1175,7 @@ fn tus_options_answered_503_is_asked_again() {
     let st = rx.lock();
     assert_eq!(st.count("OPTIONS", "/v1/uploads", 503), 1, "{:?}", st.log);
     assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
-    assert!(
-        st.patch_checksums.iter().all(|c| *c),
-        "{:?}",
-        st.patch_checksums
-    );
+    all_patches(&st.patch_checksums, true);
 }
 
 /// A server that lists sha256 in its `OPTIONS` answer gets checksums.
@@ -1193,11 +1186,7 @@ fn tus_checksum_is_sent_to_a_server_that_takes_sha256() {
     two_recordings_one_after_the_other(&rx);
     let st = rx.lock();
     assert_eq!(st.count("OPTIONS", "/v1/uploads", 204), 1, "{:?}", st.log);
-    assert!(
-        st.patch_checksums.iter().all(|c| *c),
-        "{:?}",
-        st.patch_checksums
-    );
+    all_patches(&st.patch_checksums, true);
 }
 
 /// A saved tus upload of another length than the file now sent (its WAV

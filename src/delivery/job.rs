@@ -263,9 +263,12 @@ pub(super) async fn run_job(
 /// other uploads' database calls, waited for it), then its row goes. What
 /// fails here (or a crash before it) is left to the retention pass, which
 /// removes and reports it.
-fn remove_delivered(shared: &Arc<Shared>, id: &str) {
+pub(super) fn remove_delivered(shared: &Arc<Shared>, id: &str) {
     let (sh, i, dir) = (Arc::clone(shared), id.to_string(), shared.dir.clone());
-    tokio::spawn(async move {
+    let mut removals = shared.removals.lock().unwrap_or_else(|e| e.into_inner());
+    // The finished ones' results go (the set stays as small as the work).
+    while removals.try_join_next().is_some() {}
+    removals.spawn(async move {
         let j = i.clone();
         let removed =
             tokio::task::spawn_blocking(move || crate::spool::remove_pair_files(&dir, &j)).await;

@@ -138,6 +138,10 @@ struct Shared {
     /// database error): not started again before then (they would be due
     /// at once, and an upload loop would hammer the cloud and the log).
     held: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Delivered recordings' files being removed beside the uploads
+    /// (`retention = 0`, [`job::remove_delivered`]): a shutdown waits for
+    /// them (within its grace), so a stop leaves no delivered pair behind.
+    removals: Mutex<JoinSet<()>>,
     wake: Notify,
     _lock: File,
 }
@@ -344,6 +348,7 @@ pub fn start_with(
         limiter,
         pause: Mutex::new(None),
         held: Mutex::new(std::collections::HashMap::new()),
+        removals: Mutex::new(JoinSet::new()),
         wake: Notify::new(),
         _lock: lock,
     });

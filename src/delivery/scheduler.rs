@@ -427,6 +427,14 @@ pub(super) async fn scheduler(
             while jobs.join_next().await.is_some() {}
         }
     }
+    // Delivered recordings' files still being removed: finished (what a
+    // stop cuts short is left to the next start's retention pass).
+    let mut removals =
+        std::mem::take(&mut *shared.removals.lock().unwrap_or_else(|e| e.into_inner()));
+    let all = async { while removals.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all).await.is_err() {
+        removals.abort_all();
+    }
     let active = Arc::clone(&active_rx.borrow());
     let sh = Arc::clone(&shared);
     let _ = tokio::task::spawn_blocking(move || publish(&sh, &active, 0, true, None)).await;
