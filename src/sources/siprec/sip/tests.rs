@@ -1,3 +1,4 @@
+use super::conn::MAX_UNWRITTEN;
 use super::*;
 use crate::sources::siprec::media::{BatchSink, DatagramBatch, MediaCounters, MediaReceiver};
 use crate::sources::siprec::ports::PortPool;
