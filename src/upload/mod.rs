@@ -294,9 +294,6 @@ pub(crate) fn body_timeout(cloud: &Cloud, len: u64) -> Duration {
 /// `offset` in [`PIECE`]s, paced by `limiter`, adding each piece to `sent`.
 /// A sealed file (encryption at rest) is decrypted on the fly with `keys`
 /// (reads run on the blocking pool: [`crate::spoolfile::open_recording`]).
-/// The next piece is read while the one handed over is sent (one piece
-/// ahead: the disk read and the socket write overlap instead of taking
-/// turns; BENCHMARKS.md, "Upload throughput").
 pub(crate) fn file_stream(
     path: PathBuf,
     offset: u64,
@@ -305,47 +302,17 @@ pub(crate) fn file_stream(
     sent: Arc<AtomicU64>,
     keys: Option<Arc<Keyring>>,
 ) -> impl Stream<Item = Result<Bytes, LocalReadError>> + Send + 'static {
-    type Piece = tokio::task::JoinHandle<std::io::Result<(RecordingReader, Vec<u8>)>>;
     struct St {
         reader: Option<RecordingReader>,
-        /// The read of the next piece, under way.
-        ahead: Option<Piece>,
         path: PathBuf,
         keys: Option<Arc<Keyring>>,
         offset: u64,
-        /// Bytes not yet asked of the reader.
         left: u64,
         limiter: Option<Arc<RateLimiter>>,
         sent: Arc<AtomicU64>,
     }
-    impl St {
-        /// Start reading the next piece on the blocking pool (none when
-        /// every byte was asked for).
-        fn read_next(&mut self) -> Option<Piece> {
-            if self.left == 0 {
-                return None;
-            }
-            let want = self.left.min(PIECE as u64) as usize;
-            self.left -= want as u64;
-            let (reader, path, keys, offset) = (
-                self.reader.take(),
-                self.path.clone(),
-                self.keys.clone(),
-                self.offset,
-            );
-            Some(tokio::task::spawn_blocking(move || {
-                let mut r = match reader {
-                    Some(r) => r,
-                    None => open_at(&path, keys.as_deref(), offset)?,
-                };
-                let buf = r.read_piece(want)?;
-                Ok((r, buf))
-            }))
-        }
-    }
     let st = St {
         reader: None,
-        ahead: None,
         path,
         keys,
         offset,
@@ -354,19 +321,33 @@ pub(crate) fn file_stream(
         sent,
     };
     futures_util::stream::try_unfold(st, |mut st| async move {
-        let Some(piece) = st.ahead.take().or_else(|| st.read_next()) else {
+        if st.left == 0 {
             return Ok(None);
-        };
-        let (reader, buf) = piece
-            .await
-            .map_err(|e| LocalReadError(std::io::Error::other(e)))?
-            .map_err(LocalReadError)?;
-        st.reader = Some(reader);
-        st.ahead = st.read_next();
-        if let Some(l) = &st.limiter {
-            l.acquire(buf.len() as u64).await;
         }
-        st.sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let want = st.left.min(PIECE as u64) as usize;
+        if let Some(l) = &st.limiter {
+            l.acquire(want as u64).await;
+        }
+        let (reader, path, keys, offset) = (
+            st.reader.take(),
+            st.path.clone(),
+            st.keys.clone(),
+            st.offset,
+        );
+        let (reader, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut r = match reader {
+                Some(r) => r,
+                None => open_at(&path, keys.as_deref(), offset)?,
+            };
+            let buf = r.read_piece(want)?;
+            Ok((r, buf))
+        })
+        .await
+        .map_err(|e| LocalReadError(std::io::Error::other(e)))?
+        .map_err(LocalReadError)?;
+        st.reader = Some(reader);
+        st.left -= want as u64;
+        st.sent.fetch_add(want as u64, Ordering::Relaxed);
         Ok(Some((Bytes::from(buf), st)))
     })
 }
@@ -969,11 +950,11 @@ mod tests {
         assert!(r.is_err());
     }
 
-    /// Several pieces, each read while the one before is handed over: the
-    /// bytes in order, none twice, and a file cut short while a piece is
-    /// read ahead ends the stream with an error (never short data).
+    /// Several pieces: the bytes in order, none twice, and a file cut
+    /// short while it is streamed ends the stream with an error (never
+    /// short data).
     #[tokio::test]
-    async fn file_stream_reads_ahead_in_order() {
+    async fn file_stream_reads_pieces_in_order() {
         use futures_util::{StreamExt, TryStreamExt};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
