@@ -187,13 +187,7 @@ impl PartWriter {
     pub(super) fn write_samples(&mut self, frames: &[i16]) -> io::Result<()> {
         match self {
             PartWriter::Plain(w) => w.write_samples(frames),
-            PartWriter::Sealed(w) => {
-                let mut b = Vec::with_capacity(frames.len() * 2);
-                for s in frames {
-                    b.extend_from_slice(&s.to_le_bytes());
-                }
-                w.write_all(&b)
-            }
+            PartWriter::Sealed(w) => pbx_core::audio::wav::write_le(w, frames),
         }
     }
 

@@ -43,9 +43,7 @@ pub fn stop(complete: bool, frames: u64, meta: &Value) -> String {
 /// Interleaved stereo samples as s16le bytes.
 pub fn pcm_bytes(frames: &[i16]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frames.len() * 2);
-    for s in frames {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
+    pbx_core::audio::wav::extend_le(&mut out, frames);
     out
 }
 

@@ -51,9 +51,61 @@ const REPAIR_HEADER_MAX: u64 = 64 * 1024;
 const MAX_CHUNKS: usize = 256;
 /// Bytes buffered before the writer hands them to `W`.
 const WRITE_BUF: usize = 64 * 1024;
-/// The stack buffer of [`WavWriter::write_samples_through`]: a 100 ms chunk
-/// of 16 kHz stereo (6.4 KB) in one `write()`.
+/// The stack buffer [`write_le`] converts through on a big-endian machine: a
+/// 100 ms chunk of 16 kHz stereo (6.4 KB) in one `write()`.
+#[cfg(target_endian = "big")]
 const THROUGH_BUF: usize = 8 * 1024;
+
+/// The samples' bytes as a WAV holds them (16-bit little-endian): on a
+/// little-endian machine, the samples' own memory.
+#[cfg(target_endian = "little")]
+fn le_bytes(samples: &[i16]) -> &[u8] {
+    // SAFETY: an `i16` is two initialized bytes with no padding, `u8` has
+    // alignment 1, and the length covers exactly the slice's memory, which
+    // stays borrowed for the result's lifetime.
+    unsafe {
+        std::slice::from_raw_parts(
+            samples.as_ptr().cast::<u8>(),
+            std::mem::size_of_val(samples),
+        )
+    }
+}
+
+/// Appends `samples` to `buf` as 16-bit little-endian bytes: one copy, no
+/// zeroing first (the import's WAV writes: 3 % of its CPU went to
+/// `resize` and the byte-by-byte copy, BENCHMARKS.md).
+pub fn extend_le(buf: &mut Vec<u8>, samples: &[i16]) {
+    #[cfg(target_endian = "little")]
+    buf.extend_from_slice(le_bytes(samples));
+    #[cfg(target_endian = "big")]
+    {
+        buf.reserve(samples.len() * 2);
+        for s in samples {
+            buf.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+}
+
+/// Writes `samples` to `w` as 16-bit little-endian bytes, with no copy on
+/// a little-endian machine.
+pub fn write_le(w: &mut impl Write, samples: &[i16]) -> io::Result<()> {
+    #[cfg(target_endian = "little")]
+    {
+        w.write_all(le_bytes(samples))
+    }
+    #[cfg(target_endian = "big")]
+    {
+        let mut stack = [0u8; THROUGH_BUF];
+        for chunk in samples.chunks(THROUGH_BUF / 2) {
+            let out = &mut stack[..chunk.len() * 2];
+            for (d, s) in out.chunks_exact_mut(2).zip(chunk) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+            w.write_all(out)?;
+        }
+        Ok(())
+    }
+}
 
 /// Errors from parsing and repair.
 #[derive(Debug, thiserror::Error)]
@@ -195,35 +247,24 @@ impl<W: Write + Seek> WavWriter<W> {
             if self.buf.len() + chunk.len() * 2 > WRITE_BUF {
                 self.flush_buf()?;
             }
-            let start = self.buf.len();
-            self.buf.resize(start + chunk.len() * 2, 0);
-            for (d, s) in self.buf[start..].chunks_exact_mut(2).zip(chunk) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
+            extend_le(&mut self.buf, chunk);
         }
         self.data_bytes += bytes;
         Ok(())
     }
 
-    /// Appends interleaved samples and hands them to `W` at once, through a
-    /// buffer on the stack (after anything buffered before): nothing is
-    /// kept between calls. For a writer flushed after every chunk (the
-    /// daemon's recordings, written through), whose own buffer would
-    /// otherwise stay allocated for the recording's life, one per call in
-    /// progress. Refuses what [`Self::write_samples`] refuses.
+    /// Appends interleaved samples and hands them to `W` at once (after
+    /// anything buffered before): nothing is kept between calls. For a
+    /// writer flushed after every chunk (the daemon's recordings, written
+    /// through), whose own buffer would otherwise stay allocated for the
+    /// recording's life, one per call in progress. Refuses what
+    /// [`Self::write_samples`] refuses.
     pub fn write_samples_through(&mut self, interleaved: &[i16]) -> io::Result<()> {
         let bytes = self.accept(interleaved)?;
         self.flush_buf()?;
         self.buf = Vec::new();
         let w = self.inner.as_mut().ok_or_else(taken)?;
-        let mut stack = [0u8; THROUGH_BUF];
-        for chunk in interleaved.chunks(THROUGH_BUF / 2) {
-            let out = &mut stack[..chunk.len() * 2];
-            for (d, s) in out.chunks_exact_mut(2).zip(chunk) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
-            w.write_all(out)?;
-        }
+        write_le(w, interleaved)?;
         self.data_bytes += bytes;
         Ok(())
     }
@@ -531,6 +572,9 @@ mod tests {
         let mut plain = WavWriter::new(Cursor::new(Vec::new()), 16000, 2).unwrap();
         plain.write_samples(&samples).unwrap();
         let want = plain.finalize().unwrap().into_inner();
+        // The samples as 16-bit little-endian, in order.
+        let le: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        assert_eq!(want[44..], le[..]);
         let mut w = WavWriter::new(Cursor::new(Vec::new()), 16000, 2).unwrap();
         let (mut at, mut n, mut through) = (0, 2, true);
         while at < samples.len() {
