@@ -1011,27 +1011,46 @@ fn sipp_as_the_src() {
     write_rtp_pcap(&pcap, &speechlike(201, 3000, 8000));
     let scenario =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/siprec_uac.xml");
-    let out = std::process::Command::new("sipp")
-        .arg(srs.to_string())
-        .args(["-sf"])
-        .arg(&scenario)
-        .args([
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_port().to_string(),
-            "-mp",
-            &free_port().to_string(),
-            "-timeout",
-            "20s",
-            "-nostdin",
-            "-trace_err",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .expect("run sipp");
+    // SIPp binds its SIP port and its media ports (the -mp port and the
+    // one two above it): ports free for all of them, asked again when SIPp
+    // still could not bind one (another test took it in between), which
+    // happens before it sends anything.
+    let mut tries = 0;
+    let out = loop {
+        let (sip, media) = sipp_ports();
+        let out = std::process::Command::new("sipp")
+            .arg(srs.to_string())
+            .args(["-sf"])
+            .arg(&scenario)
+            .args([
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &sip.to_string(),
+                "-mp",
+                &media.to_string(),
+                "-timeout",
+                "20s",
+                "-nostdin",
+                "-trace_err",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("run sipp");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .to_lowercase();
+        tries += 1;
+        if out.status.success() || !said.contains("bind") || tries == 3 {
+            break out;
+        }
+        eprintln!("note: SIPp could not bind its ports; again with others");
+    };
     assert!(
         out.status.success(),
         "sipp failed: {}\n{}",
@@ -1044,6 +1063,24 @@ fn sipp_as_the_src() {
     let (_, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
     // SIPp plays its pcap to the first m-line, which the metadata gives to the caller.
     assert!(rms(&ch[0]) > 100.0, "caller channel has the played audio");
+}
+
+/// A SIP port and an even media port for SIPp, each free for UDP and TCP,
+/// the media port's three neighbours above it too (SIPp binds the -mp port
+/// and the one two above it; RTCP would take the odd ones).
+fn sipp_ports() -> (u16, u16) {
+    use std::net::{TcpListener, UdpSocket};
+    let free = |p: u16| {
+        UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
+    };
+    loop {
+        let sip = free_port();
+        let media = free_port() & !1;
+        let apart = media > sip + 3 || sip > media + 3;
+        if apart && free(sip) && (media..media + 4).all(free) {
+            return (sip, media);
+        }
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
