@@ -125,6 +125,7 @@ pub struct EngineCounters {
     pub calls_recorded: u64,
     pub calls_without_media: u64,
     pub packets_lost: u64,
+    pub capture_clock_steps_back: u64,
 }
 
 impl From<&EngineStats> for EngineCounters {
@@ -142,6 +143,7 @@ impl From<&EngineStats> for EngineCounters {
             calls_recorded: s.calls_recorded,
             calls_without_media: s.calls_without_media,
             packets_lost: s.rtp_lost,
+            capture_clock_steps_back: s.capture_clock_steps_back,
         }
     }
 }
@@ -498,6 +500,12 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "RTP packets missing from the sequence numbers of recorded calls (counted when the recording ends).",
         &per_source(&|x| x.engine.packets_lost),
+    );
+    family(
+        "pbx_edge_capture_clock_steps_back_total",
+        "counter",
+        "Times a capture's clock stepped back beyond the jitter window (sniffing): the time after each continued from before it.",
+        &per_source(&|x| x.engine.capture_clock_steps_back),
     );
     family(
         "pbx_edge_rtp_unmatched_total",

@@ -530,3 +530,49 @@ fn reinvite_moving_media_to_a_new_port_keeps_the_recording_going() {
     assert_eq!(recs.len(), 1, "one recording across the re-INVITE");
     check(&recs[0], &truths[0], 0.0, 0.99);
 }
+
+/// The capturing host's clock set back by NTP in the middle of a call (3 s,
+/// 10 s into a 20 s call): every frame after the step is stamped 3 s
+/// earlier. `import` continues the time after the step from before it, so
+/// both channels hold what each party said where it was said, the whole
+/// call (before, 3 s of both legs around the step were cut), and its
+/// summary names the step.
+#[test]
+fn capture_clock_set_back_mid_call_loses_nothing() {
+    use pbx_testgen::pcap::CaptureWriter;
+    let c = call("clock-back@test", TestCodec::Pcmu, 20, 11);
+    let (frames, truths) =
+        pbx_testgen::scenario::generate(&[c], Link::Ethernet, &Framing::default());
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("stepped.pcap");
+    let step_at = frames[0].0 + 10_000_000_000;
+    let mut w = CaptureWriter::new(
+        std::io::BufWriter::new(std::fs::File::create(&cap).unwrap()),
+        Format::PcapNanos,
+        Link::Ethernet,
+    )
+    .unwrap();
+    for (ts, f) in &frames {
+        let ts = if *ts >= step_at {
+            ts - 3_000_000_000
+        } else {
+            *ts
+        };
+        w.write(ts, f).unwrap();
+    }
+    use std::io::Write as _;
+    w.into_inner().flush().unwrap();
+    let out = dir.path().join("out");
+    let o = import(&[&cap], &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("1 steps back of the capture's clock"),
+        "the summary names the step: {said}"
+    );
+    let recs = recordings(&out);
+    assert_eq!(recs.len(), 1);
+    check_share(&recs[0], &truths[0], 0.0, 0.99, 1.0);
+    assert_eq!(recs[0].json["channels"][0]["lost"], 0);
+    assert_eq!(recs[0].json["channels"][1]["lost"], 0);
+}

@@ -306,6 +306,10 @@ fn summary(
         "files cut short by a read error (their calls up to there written)",
     );
     add(s.calls_without_media, "calls without media");
+    add(
+        s.capture_clock_steps_back,
+        "steps back of the capture's clock (the time after each continued from before it)",
+    );
     add(c.too_short, "recordings shorter than --min-duration");
     add(c.failed, "recordings failed to write");
     let mut unusable: Vec<String> = Vec::new();

@@ -157,6 +157,9 @@ pub struct EngineStats {
     pub calls_recorded: u64,
     pub calls_without_media: u64,
     pub calls_evicted: u64,
+    /// Times a capture's clock stepped back ([`CallEngine::handle_frame`]):
+    /// the time after each step was moved on to continue from before it.
+    pub capture_clock_steps_back: u64,
 }
 
 pub(super) const TCP_FRAMERS_MAX: usize = 4096;
@@ -407,16 +410,91 @@ impl Tracker {
     }
 }
 
+/// A capture's frames come in the order they were captured, so their
+/// stamps go back only by what a multi-queue NIC or a capture of several
+/// interfaces reorders. Farther back than the jitter window (and at least
+/// this), the capturing host's clock was set back (NTP stepping it): frames
+/// reordered that far would be late for their place anyway, while a step
+/// of X cut X of every call's audio (or held every call for X).
+pub const CLOCK_STEP_BACK_US: i64 = 500_000;
+
+/// The clock of a capture's frames, made to run on where the capturing
+/// host's clock was stepped back: every stamp after a step is moved by it,
+/// so the audio on both sides of the step stays continuous (placed by the
+/// raw stamps, the audio after a step back of X overlapped the audio
+/// before it, and X of both legs was cut; a step of minutes held every
+/// call's rendering until the clock caught up). Times in the recordings
+/// after a step carry the clock as it ran before it.
+#[derive(Debug)]
+struct CaptureClock {
+    /// A stamp farther back than this is a step.
+    step: i64,
+    /// The latest stamp given out.
+    latest: Option<Timestamp>,
+    /// The time between the last two frames that moved the clock on.
+    gap: i64,
+    /// Added to every raw stamp: the sum of the steps back seen.
+    offset: i64,
+}
+
+impl CaptureClock {
+    fn new(jitter_ms: u32) -> Self {
+        CaptureClock {
+            step: (i64::from(jitter_ms) * 1000).max(CLOCK_STEP_BACK_US),
+            latest: None,
+            gap: 0,
+            offset: 0,
+        }
+    }
+
+    /// A frame's stamp on the continued clock.
+    fn stamp(&mut self, raw: Timestamp, steps: &mut u64) -> Timestamp {
+        let t = raw.add_micros(self.offset);
+        let Some(latest) = self.latest else {
+            self.latest = Some(t);
+            return t;
+        };
+        let back = latest.micros_since(t);
+        if back > self.step {
+            // The frame after the step follows the one before it as
+            // closely as the frames before did (the time between them is
+            // not known: the clock moved in between).
+            let at = latest.add_micros(self.gap.clamp(0, self.step));
+            self.offset = self.offset.saturating_add(at.micros_since(t));
+            self.latest = Some(at);
+            *steps += 1;
+            return at;
+        }
+        if back < 0 {
+            self.gap = -back;
+            self.latest = Some(t);
+        }
+        t
+    }
+
+    /// A time of the host's own clock (a timer) on the continued clock.
+    fn now(&self, raw: Timestamp) -> Timestamp {
+        raw.add_micros(self.offset)
+    }
+
+    /// A time of the continued clock on the host's own clock.
+    fn raw(&self, t: Timestamp) -> Timestamp {
+        t.add_micros(self.offset.saturating_neg())
+    }
+}
+
 /// The sans-IO call engine. See the module documentation.
 pub struct CallEngine {
     net: NetDecoder,
     t: Tracker,
+    clock: CaptureClock,
 }
 
 impl CallEngine {
     pub fn new(cfg: EngineConfig) -> Self {
         CallEngine {
             net: NetDecoder::new(cfg.net.clone()),
+            clock: CaptureClock::new(cfg.jitter_ms),
             t: Tracker::new(cfg),
         }
     }
@@ -461,7 +539,13 @@ impl CallEngine {
         self.t.calls.values().filter(|c| c.media.is_some()).count()
     }
 
-    /// Feed one captured link-layer frame.
+    /// Feed one captured link-layer frame, frames in the order they were
+    /// captured. A stamp more than the jitter window (at least
+    /// [`CLOCK_STEP_BACK_US`]) before one fed
+    /// earlier is a step back of the capturing host's clock: from there on
+    /// the stamps are moved on by the step (see [`EngineStats::capture_clock_steps_back`]),
+    /// and so are the times given to [`Self::handle_timeout`] and those
+    /// [`Self::poll_timeout`] returns.
     pub fn handle_frame(
         &mut self,
         ts: Timestamp,
@@ -470,6 +554,9 @@ impl CallEngine {
         sink: &mut dyn RecordingSink,
     ) {
         self.t.stats.frames += 1;
+        let ts = self
+            .clock
+            .stamp(ts, &mut self.t.stats.capture_clock_steps_back);
         let t = &mut self.t;
         if self
             .net
@@ -498,7 +585,7 @@ impl CallEngine {
     /// ends exactly at its deadline. A deadline in the past means now.
     /// Calling `handle_timeout` earlier or more often is harmless.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.t.poll_timeout()
+        self.t.poll_timeout().map(|t| self.clock.raw(t))
     }
 
     /// How far the media are known to be complete, for a host that reads
@@ -512,11 +599,12 @@ impl CallEngine {
     /// receive path is idle with nothing pending, or the input is one
     /// ordered stream, as a capture is).
     pub fn set_horizon(&mut self, h: Option<Timestamp>) {
-        self.t.horizon = h;
+        self.t.horizon = h.map(|h| self.clock.now(h));
     }
 
     /// Let time pass without packets (the daemon calls this on a timer).
     pub fn handle_timeout(&mut self, now: Timestamp, sink: &mut dyn RecordingSink) {
+        let now = self.clock.now(now);
         // The network layer's timers too (a quiet live interface: TCP
         // holes skipped, idle flows and stale fragments dropped).
         let t = &mut self.t;
@@ -552,7 +640,7 @@ impl CallEngine {
         if matches!(call.state, CallState::Ending(..)) {
             return false;
         }
-        call.state = CallState::Ending(at.max(self.t.now), reason);
+        call.state = CallState::Ending(self.clock.now(at).max(self.t.now), reason);
         self.t.wake_for(key);
         true
     }

@@ -10,7 +10,7 @@ mod seq;
 pub mod timeline;
 
 pub use dialog::HOLD_TIMEOUT_US;
-pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy};
+pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy, CLOCK_STEP_BACK_US};
 pub use meta::{
     CallKey, CallMeta, EndReason, Party, PartyInfo, Pause, PauseBy, RecordingSink, RecordingStart,
 };
