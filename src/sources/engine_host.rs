@@ -73,11 +73,12 @@ pub(crate) struct EngineHost {
     /// When the liveness was last beaten; `None`: at the next tick (the
     /// loop said it waits: its entry no longer counts beats).
     last_beat: Option<Instant>,
-    /// The inputs are stamped with this host's clock (sniffing, SIPREC): a
-    /// pause or resume by the API takes effect at the clock's now. False for
-    /// HEP, whose inputs carry the agents' capture times: there it takes
-    /// effect at the engine's latest time.
-    pub(crate) wall_clock: bool,
+    /// The clock this host's inputs are stamped with (the wall clock when
+    /// sniffing, the steady wall clock for SIPREC): a pause or resume by
+    /// the API takes effect at its now. `None` for HEP, whose inputs carry
+    /// the agents' capture times: there it takes effect at the engine's
+    /// latest time.
+    pub(crate) clock: Option<fn() -> Timestamp>,
 }
 
 impl EngineHost {
@@ -100,7 +101,7 @@ impl EngineHost {
             last_publish: None,
             dirty: true,
             last_beat: Some(Instant::now()),
-            wall_clock: true,
+            clock: Some(crate::sys::now),
         }
     }
 
@@ -184,7 +185,7 @@ impl EngineHost {
                 crate::recording::apply_settings(&mut self.engine, &mut self.out, *s)
             }
             HostControl::Api(req) => {
-                let now = self.wall_clock.then(crate::sys::now);
+                let now = self.clock.map(|c| c());
                 crate::control::answer(&mut self.engine, req, now, &mut self.out)
             }
         }

@@ -294,7 +294,7 @@ fn run(
     }
     let mut host = EngineHost::new(name, engine_cfg, out, live);
     // The agents' capture times are the engine's clock, not ours.
-    host.wall_clock = false;
+    host.clock = None;
     let mut agents: BTreeMap<String, u64> = BTreeMap::new();
     // The packets carry the agent's clock; the engine's timeouts must run
     // on the same clock: ours plus how far the agent's was ahead of it at

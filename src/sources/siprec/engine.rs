@@ -41,6 +41,7 @@ pub(super) fn engine_loop(
     durable: mpsc::UnboundedSender<Control>,
 ) {
     let mut host = EngineHost::new(&report.name(), engine_cfg, out, live);
+    host.clock = Some(now);
     let mut endings = Endings::default();
     // The engine's clock is held back to what the media path has handed
     // over (SIP messages and timers carry the wall clock, which runs ahead

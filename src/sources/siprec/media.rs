@@ -450,6 +450,16 @@ impl MediaReceiver {
         sink: impl BatchSink,
         counters: Arc<MediaCounters>,
     ) -> io::Result<(MediaReceiver, Recycler)> {
+        Self::start_stepped(sink, counters, crate::sys::wall_step)
+    }
+
+    /// [`Self::start`], told how far the wall clock has been stepped by
+    /// `wall_step` (tests step it without touching the host's clock).
+    fn start_stepped(
+        sink: impl BatchSink,
+        counters: Arc<MediaCounters>,
+        wall_step: fn() -> i64,
+    ) -> io::Result<(MediaReceiver, Recycler)> {
         // SAFETY: plain syscalls; results checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -471,6 +481,7 @@ impl MediaReceiver {
             .name("siprec-media".into())
             .spawn(move || {
                 let mut r = Reader::new(ep, wake_fd, rx, counters, spare_rx);
+                r.wall_step = wall_step;
                 r.run(sink);
             })?;
         let media = MediaReceiver {
@@ -694,6 +705,12 @@ struct Reader {
     unfinished: Vec<usize>,
     /// The other list of [`Self::unfinished`] (the two swap each round).
     keys: Vec<usize>,
+    /// How far the wall clock had been stepped when this round began
+    /// ([`crate::sys::wall_step`]): the kernel's receive stamps are wall
+    /// clock, the engine's clock is the steady one.
+    step: i64,
+    /// Where [`Self::step`] comes from.
+    wall_step: fn() -> i64,
 }
 
 impl Reader {
@@ -718,6 +735,8 @@ impl Reader {
             delivered: 0,
             unfinished: Vec::new(),
             keys: Vec::new(),
+            step: 0,
+            wall_step: crate::sys::wall_step,
         }
     }
 
@@ -731,7 +750,8 @@ impl Reader {
             // the engine may follow the wall clock while the thread sleeps.
             // Every datagram that arrived before `through` leaves its socket
             // readable for the `wait(0)` after it: it is read in this round.
-            let mut through = crate::sys::now();
+            self.step = (self.wall_step)();
+            let mut through = crate::sys::steady_of(crate::sys::now(), self.step);
             let Some(mut n) = (match self.wait(&mut events, 0) {
                 Some(0) if self.unfinished.is_empty() => {
                     self.counters.idle.set(self.delivered);
@@ -741,7 +761,8 @@ impl Reader {
                     // wait reported are read below (edge-triggered, they
                     // are not reported again); those that became readable
                     // since are asked for and read with them.
-                    through = crate::sys::now();
+                    self.step = (self.wall_step)();
+                    through = crate::sys::steady_of(crate::sys::now(), self.step);
                     match woke {
                         Some(m) if m < events.len() => {
                             self.wait(&mut events[m..], 0).map(|more| m + more)
@@ -1030,7 +1051,7 @@ impl Reader {
                 let Some(src) = self.bufs.source(i) else {
                     continue;
                 };
-                let ts = ts.unwrap_or_else(crate::sys::now);
+                let ts = crate::sys::steady_of(ts.unwrap_or_else(crate::sys::now), self.step);
                 let pkt = self.bufs.bytes(i);
                 let mut admit = |ts: Timestamp, src: SocketAddr, b: &[u8]| {
                     batch.push(ts, src, local, b);

@@ -94,8 +94,11 @@ use crate::sources::siprec::media::{
 };
 use crate::sources::siprec::ports::RtpPorts;
 use crate::status::SharedStatus;
-use crate::sys::now;
+// The steady wall clock: every time the engine is given (media stamps,
+// SIP messages, timers) is on it, so a step of the wall clock moves no
+// call's audio (docs/timing.md).
 use crate::sys::shutdown::Shutdown;
+use crate::sys::steady_now as now;
 
 /// What the engine thread is fed: SIP messages (as received and as sent) from
 /// the SIP task, RTP in batches from the media thread. Both go through one

@@ -599,3 +599,47 @@ fn a_flooded_port_does_not_hold_up_the_others() {
     );
     media.stop();
 }
+
+/// The wall clock set back by 2 s (NTP stepping it): the kernel's receive
+/// stamps are wall clock, so each is moved on by the step, as is the
+/// round's `through`, onto the steady clock the engine runs on (a
+/// datagram stamped on the stepped clock would land 2 s early, over audio
+/// already written).
+#[test]
+fn stamps_are_put_on_the_steady_clock_after_a_wall_clock_step() {
+    let (tx, rx) = sync_channel(64);
+    let counters = Arc::new(MediaCounters::default());
+    let (media, recycler) =
+        MediaReceiver::start_stepped(ToChannel(tx), counters, || -2_000_000).unwrap();
+    let ctl = media.control();
+    let last = Arc::new(AtomicI64::new(0));
+    let a = MediaPort::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        last.clone(),
+        Admission::unrestricted(),
+    )
+    .unwrap();
+    let la = a.local;
+    ctl.add(a);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = crate::sys::now().add_micros(2_000_000);
+    sender.send_to(b"probe", la).unwrap();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let b = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("datagrams arrive");
+        assert!(
+            b.through.is_some_and(|t| t >= before),
+            "the round's through on the steady clock"
+        );
+        got.extend(b.iter().map(|(d, _)| d.ts));
+        recycler.give_back(b);
+    }
+    let after = crate::sys::now().add_micros(2_000_000);
+    assert!(
+        got.iter().all(|ts| *ts >= before && *ts <= after),
+        "{got:?} not within {before:?}..{after:?}"
+    );
+    assert!(last.load(Ordering::Relaxed) >= before.as_micros());
+}
