@@ -273,7 +273,14 @@ pub(super) fn check(
                 match SpoolKey::from_file(&p) {
                     Ok(k) => current = Some(k),
                     Err(e) => errs.push(ConfigError::Invalid {
-                        origin: s.origin("encryption_key_file"),
+                        // `encryption_key_file = ""` where written, else
+                        // the variable that pointed at the credential.
+                        origin: match s.origin("encryption_key_file") {
+                            Origin::Default => Origin::Env {
+                                var: "CREDENTIALS_DIRECTORY".into(),
+                            },
+                            o => o,
+                        },
                         key: "spool.encryption_key_file".into(),
                         message: format!("systemd credential: {e}"),
                     }),
@@ -463,19 +470,40 @@ pub(super) fn check(
         check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
     }
     if listen_ok && ports_ok && sr.rtp_ports.contains(&sr.listen.port()) {
+        // At the key written in the file: `rtp_ports`, or `listen` when the
+        // range is the built-in one.
+        let ports_origin = s.origin("rtp_ports");
+        let (origin, key, message) = if ports_origin != Origin::Default {
+            (
+                ports_origin,
+                "rtp_ports",
+                format!(
+                    "contains the SIP port {} of sources.siprec.listen",
+                    sr.listen.port()
+                ),
+            )
+        } else {
+            (
+                s.origin("listen"),
+                "listen",
+                format!(
+                    "port {} is inside sources.siprec.rtp_ports ({}-{})",
+                    sr.listen.port(),
+                    sr.rtp_ports.start(),
+                    sr.rtp_ports.end()
+                ),
+            )
+        };
         errs.push(ConfigError::Invalid {
-            origin: s.origin("rtp_ports"),
-            key: s.key("rtp_ports"),
-            message: format!(
-                "contains the SIP port {} of sources.siprec.listen",
-                sr.listen.port()
-            ),
+            origin,
+            key: s.key(key),
+            message,
         });
     }
+    let siprec_origin = s.origin("listen");
     if listen_ok && sr.enabled && sr.listen == cfg.health.listen {
-        let siprec_origin = s.origin("listen");
         let (origin, key) = if siprec_origin != Origin::Default {
-            (siprec_origin, s.key("listen"))
+            (siprec_origin.clone(), s.key("listen"))
         } else {
             (health_origin.clone(), "health.listen".to_string())
         };
@@ -531,14 +559,27 @@ pub(super) fn check(
         h.allow = nets;
     }
     let siprec = &cfg.sources.siprec;
-    for (other, addr, on) in [
-        ("health.listen", cfg.health.listen, true),
-        ("sources.siprec.listen", siprec.listen, siprec.enabled),
+    let hep_origin = s.origin("listen");
+    for (other, addr, on, other_origin) in [
+        ("health.listen", cfg.health.listen, true, &health_origin),
+        (
+            "sources.siprec.listen",
+            siprec.listen,
+            siprec.enabled,
+            &siprec_origin,
+        ),
     ] {
         if hep_listen_ok && h.enabled && on && addr == h.listen {
+            // At the key written in the file: this one, or the other
+            // when sources.hep.listen is the built-in default.
+            let (origin, key) = if hep_origin != Origin::Default {
+                (hep_origin.clone(), s.key("listen"))
+            } else {
+                (other_origin.clone(), other.to_string())
+            };
             errs.push(ConfigError::Invalid {
-                origin: s.origin("listen"),
-                key: s.key("listen"),
+                origin,
+                key,
                 message: format!(
                     "{} is used by both {other} and sources.hep.listen",
                     h.listen
