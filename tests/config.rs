@@ -837,6 +837,26 @@ fn check_config_reports_clashes_with_defaults_at_the_line_written() {
     );
 }
 
+/// check-config finds the port clashes that would make `run` fail to bind:
+/// the wildcard and a loopback address on one port are one port.
+#[test]
+fn check_config_refuses_a_wildcard_listen_on_the_health_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[health]\nlisten = \"127.0.0.1:9466\"\n\n[sources.siprec]\nlisten = \"0.0.0.0:9466\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        format!("{p}:5: sources.siprec.listen: 0.0.0.0:9466 clashes with health.listen 127.0.0.1:9466 (port 9466 on the same or every address)\n")
+    );
+}
+
 #[test]
 fn check_config_without_a_file() {
     if Path::new(pbx_edge::config::DEFAULT_PATH).exists() {

@@ -129,6 +129,28 @@ impl<'t> Sec<'t> {
     }
 }
 
+/// Whether listeners on `a` and `b` cannot both bind: the same port, and
+/// the same address or either one the wildcard (0.0.0.0 or ::). Every
+/// listener here (health, SIPREC, SIPREC TLS, HEP) binds TCP, where Linux
+/// refuses such a pair even with SO_REUSEADDR; SIPREC and HEP bind UDP as
+/// well, where the same holds.
+fn same_tcp_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The problem of `this` (the key reported) clashing with `other_key`
+/// at `other`: `both` when the two are the same address.
+fn clash(this: SocketAddr, other_key: &str, other: SocketAddr, both: &str) -> String {
+    if this == other {
+        format!("{this} is used by both {both}")
+    } else {
+        format!(
+            "{this} clashes with {other_key} {other} (port {} on the same or every address)",
+            this.port()
+        )
+    }
+}
+
 /// `sources.siprec.tls_*` once `tls_listen` is set: certificate and key
 /// given and usable (loaded as the listener would), no port clashes.
 pub(super) fn check_siprec_tls(
@@ -152,10 +174,6 @@ pub(super) fn check_siprec_tls(
             key: s.key(key),
             message,
         });
-    };
-    let same_tcp_port = |a: SocketAddr, b: SocketAddr| {
-        a.port() == b.port()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
     };
     if listen_ok && same_tcp_port(tls, sr.listen) {
         problem(
@@ -501,19 +519,26 @@ pub(super) fn check(
         });
     }
     let siprec_origin = s.origin("listen");
-    if listen_ok && sr.enabled && sr.listen == cfg.health.listen {
-        let (origin, key) = if siprec_origin != Origin::Default {
-            (siprec_origin.clone(), s.key("listen"))
+    let tls_origin = s.origin("tls_listen");
+    if listen_ok && sr.enabled && same_tcp_port(sr.listen, cfg.health.listen) {
+        let both = "health.listen and sources.siprec.listen";
+        let (origin, key, message) = if siprec_origin != Origin::Default {
+            (
+                siprec_origin.clone(),
+                s.key("listen"),
+                clash(sr.listen, "health.listen", cfg.health.listen, both),
+            )
         } else {
-            (health_origin.clone(), "health.listen".to_string())
+            (
+                health_origin.clone(),
+                "health.listen".to_string(),
+                clash(cfg.health.listen, "sources.siprec.listen", sr.listen, both),
+            )
         };
         errs.push(ConfigError::Invalid {
             origin,
             key,
-            message: format!(
-                "{} is used by both health.listen and sources.siprec.listen",
-                sr.listen
-            ),
+            message,
         });
     }
     s.finish(errs, keys, "key");
@@ -561,29 +586,47 @@ pub(super) fn check(
     let siprec = &cfg.sources.siprec;
     let hep_origin = s.origin("listen");
     for (other, addr, on, other_origin) in [
-        ("health.listen", cfg.health.listen, true, &health_origin),
+        (
+            "health.listen",
+            Some(cfg.health.listen),
+            true,
+            &health_origin,
+        ),
         (
             "sources.siprec.listen",
-            siprec.listen,
+            Some(siprec.listen),
             siprec.enabled,
             &siprec_origin,
         ),
+        (
+            "sources.siprec.tls_listen",
+            siprec.tls_listen,
+            siprec.enabled,
+            &tls_origin,
+        ),
     ] {
-        if hep_listen_ok && h.enabled && on && addr == h.listen {
+        let Some(addr) = addr else { continue };
+        if hep_listen_ok && h.enabled && on && same_tcp_port(h.listen, addr) {
             // At the key written in the file: this one, or the other
             // when sources.hep.listen is the built-in default.
-            let (origin, key) = if hep_origin != Origin::Default {
-                (hep_origin.clone(), s.key("listen"))
+            let both = format!("{other} and sources.hep.listen");
+            let (origin, key, message) = if hep_origin != Origin::Default {
+                (
+                    hep_origin.clone(),
+                    s.key("listen"),
+                    clash(h.listen, other, addr, &both),
+                )
             } else {
-                (other_origin.clone(), other.to_string())
+                (
+                    other_origin.clone(),
+                    other.to_string(),
+                    clash(addr, "sources.hep.listen", h.listen, &both),
+                )
             };
             errs.push(ConfigError::Invalid {
                 origin,
                 key,
-                message: format!(
-                    "{} is used by both {other} and sources.hep.listen",
-                    h.listen
-                ),
+                message,
             });
         }
     }
