@@ -129,16 +129,20 @@ pub struct ImportArgs {
     /// Directory for the recordings (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// Output sample rate: auto, 8000 or 16000.
-    #[arg(long, default_value = "auto")]
-    pub sample_rate: String,
-    /// Calls shorter than this (e.g. "2s") are not written.
-    #[arg(long, default_value = "0s")]
-    pub min_duration: String,
-    /// Reorder/jitter window in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub jitter_ms: u32,
-    /// Agent id written into the recordings (default: host name).
+    /// Output sample rate: auto, 8000 or 16000 (default: the
+    /// configuration's recording.sample_rate, built in "auto").
+    #[arg(long)]
+    pub sample_rate: Option<String>,
+    /// Calls shorter than this (e.g. "2s") are not written (default: the
+    /// configuration's recording.min_duration, built in "0s").
+    #[arg(long)]
+    pub min_duration: Option<String>,
+    /// Reorder/jitter window in milliseconds (default: the configuration's
+    /// recording.jitter, built in 500).
+    #[arg(long)]
+    pub jitter_ms: Option<u32>,
+    /// Agent id written into the recordings (default: the configuration's
+    /// agent.id, built in the host name).
     #[arg(long)]
     pub agent_id: Option<String>,
     /// No progress bar even on a terminal.

@@ -786,6 +786,77 @@ fn check_config_missing_file_and_env_effects() {
     assert!(err.contains("two different files"), "{err}");
 }
 
+/// A clash between a key in the file and a built-in default is reported at
+/// `FILE:LINE` of the key written, never at "(built-in default)"; so is a
+/// bad systemd credential standing in for the spool key.
+#[test]
+fn check_config_reports_clashes_with_defaults_at_the_line_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "# SIP inside the default RTP range\n[sources.siprec]\nlisten = \"0.0.0.0:20000\"\n",
+            "3: sources.siprec.listen: port 20000 is inside sources.siprec.rtp_ports (20000-29999)",
+        ),
+        (
+            "[health]\nlisten = \"127.0.0.1:9060\"\n\n[sources.hep]\nenabled = true\n",
+            "2: health.listen: 127.0.0.1:9060 is used by both health.listen and sources.hep.listen",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        let (code, out, err) = check_config(&[p], &[]);
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert_eq!(err, format!("{p}:{want}\n"));
+    }
+
+    // The systemd credential `spool-key` (no key file in the config).
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("spool-key"), "not a key").unwrap();
+    let path = dir.path().join("plain.toml");
+    std::fs::write(&path, "[agent]\nid = \"a\"\n").unwrap();
+    let c = creds.to_str().unwrap();
+    let (code, _, err) = check_config(&[path.to_str().unwrap()], &[("CREDENTIALS_DIRECTORY", c)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("CREDENTIALS_DIRECTORY: spool.encryption_key_file: systemd credential: "),
+        "{err}"
+    );
+    // Written as `encryption_key_file = ""`: at that line.
+    std::fs::write(&path, "[spool]\nencryption_key_file = \"\"\n").unwrap();
+    let p = path.to_str().unwrap();
+    let (code, _, err) = check_config(&[p], &[("CREDENTIALS_DIRECTORY", c)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{p}:2: spool.encryption_key_file: systemd credential: "
+        )),
+        "{err}"
+    );
+}
+
+/// check-config finds the port clashes that would make `run` fail to bind:
+/// the wildcard and a loopback address on one port are one port.
+#[test]
+fn check_config_refuses_a_wildcard_listen_on_the_health_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[health]\nlisten = \"127.0.0.1:9466\"\n\n[sources.siprec]\nlisten = \"0.0.0.0:9466\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        format!("{p}:5: sources.siprec.listen: 0.0.0.0:9466 clashes with health.listen 127.0.0.1:9466 (port 9466 on the same or every address)\n")
+    );
+}
+
 #[test]
 fn check_config_without_a_file() {
     if Path::new(pbx_edge::config::DEFAULT_PATH).exists() {

@@ -548,6 +548,114 @@ fn shutdown_within_the_grace_period_keeps_the_progress() {
     assert!(st.count("HEAD", "/v1/uploads/", 200) >= 1);
 }
 
+/// A shutdown given a deadline (the daemon's stop budget) ends the grace for
+/// running uploads then, however long `shutdown_grace` is; the upload cut
+/// short stays queued and is delivered at the next start.
+#[test]
+fn shutdown_within_a_deadline_cuts_the_grace_short_and_keeps_the_upload() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    // The cloud takes the upload and does not answer its data for a minute.
+    rx.push_fault(Fault::new(
+        Some(Method::PATCH),
+        "/v1/uploads/",
+        FaultAction::Delay(Duration::from_secs(60)),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    let sha = write_recording(d.path(), "hung", 100_000, 5);
+    let mut s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+    if let Some(c) = s.cloud.as_mut() {
+        c.timeout = Duration::from_secs(120);
+    }
+    s.shutdown_grace = Duration::from_secs(30);
+    rt().block_on(async {
+        let h = delivery::start_with(s.clone(), new_status()).unwrap();
+        wait_for(
+            "the upload's data in flight",
+            Duration::from_secs(10),
+            || {
+                let st = rx.lock();
+                st.count("POST", "/v1/uploads", 201) == 1 && st.in_flight > 0
+            },
+        )
+        .await;
+        let t0 = Instant::now();
+        h.shutdown_within(Duration::from_secs(1)).await;
+        // Not the 30 s grace (CONTRACT §1's 10 s is the bound that matters).
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    });
+    assert!(rx.lock().calls.is_empty());
+    let e = Spool::open(d.path()).unwrap().get("hung").unwrap().unwrap();
+    assert!(matches!(e.state, State::Uploading | State::Queued), "{e:?}");
+    // The next start delivers it.
+    rt().block_on(async {
+        let h = delivery::start_with(s, new_status()).unwrap();
+        wait_for("delivery", Duration::from_secs(20), || {
+            rx.lock().calls.len() == 1
+        })
+        .await;
+        h.shutdown().await;
+    });
+    assert_eq!(rx.calls()["hung"].sha256, sha);
+}
+
+/// CONTRACT §1: `run` exits 0 within 10 s of SIGTERM, also while an upload
+/// hangs on the cloud; the recording stays in the spool and is delivered
+/// after a restart.
+#[test]
+fn sigterm_during_a_hanging_upload_exits_in_time_and_delivers_after_restart() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    rx.push_fault(Fault::new(
+        Some(Method::PATCH),
+        "/v1/uploads/",
+        FaultAction::Delay(Duration::from_secs(60)),
+    ));
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let sha = write_recording(&spool, "term", 100_000, 6);
+    let extra = format!(
+        "[cloud]\nurl = \"{}\"\n[sources.siprec]\nenabled = false\n",
+        rx.url
+    );
+    let mut daemon = common::daemon::Daemon::start(d.path(), &extra);
+    let t = Instant::now();
+    while !(rx.lock().count("POST", "/v1/uploads", 201) == 1 && rx.lock().in_flight > 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no upload started; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let code = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit within 10 s of SIGTERM (after {:?}); log:\n{}",
+        t0.elapsed(),
+        daemon.log()
+    );
+    assert!(rx.lock().calls.is_empty());
+    assert!(spool.join("term.wav").is_file());
+    // The next start delivers it (the fault is spent).
+    let mut daemon = common::daemon::Daemon::start(d.path(), &extra);
+    let t = Instant::now();
+    while rx.lock().calls.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not delivered after the restart; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rx.calls()["term"].sha256, sha);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
 // ---------------------------------------------------------------------------
 // The answer table
 // ---------------------------------------------------------------------------

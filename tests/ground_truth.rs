@@ -211,6 +211,71 @@ fn forced_8k_output_downsamples_wideband() {
     check(&recs[0], &truths[0], 2.0, 0.85);
 }
 
+/// `import --config FILE` takes `[recording]` and `[agent]` from the file
+/// (CONTRACT §1: every command that needs the configuration takes it); a
+/// flag given on the command line wins over the file.
+#[test]
+fn import_takes_recording_and_agent_from_the_config() {
+    let c = call("cfg-pcmu@test", TestCodec::Pcmu, 4, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\nid = \"from-config\"\n\n[recording]\nsample_rate = \"16000\"\njitter = \"200ms\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (_d, truths, recs) = run(
+        std::slice::from_ref(&c),
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &["--config", cfg],
+    );
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].rate, 16000, "a PCMU call at the configured rate");
+    assert_eq!(recs[0].json["agent_id"], "from-config");
+    check(&recs[0], &truths[0], 2.0, 0.85);
+    // The flags win.
+    let (_d, _, recs) = run(
+        std::slice::from_ref(&c),
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &[
+            "--config",
+            cfg,
+            "--sample-rate",
+            "8000",
+            "--agent-id",
+            "flag",
+        ],
+    );
+    assert_eq!(recs[0].rate, 8000);
+    assert_eq!(recs[0].json["agent_id"], "flag");
+    // recording.min_duration: a 4 s call is not kept under "10s", unless
+    // --min-duration says otherwise.
+    let cfg2 = dir.path().join("min.toml");
+    std::fs::write(&cfg2, "[recording]\nmin_duration = \"10s\"\n").unwrap();
+    let cfg2 = cfg2.to_str().unwrap();
+    let (_d, _, recs) = run(
+        std::slice::from_ref(&c),
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &["--config", cfg2],
+    );
+    assert!(recs.is_empty(), "{} recordings", recs.len());
+    let (_d, _, recs) = run(
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+        &["--config", cfg2, "--min-duration", "0s"],
+    );
+    assert_eq!(recs.len(), 1);
+}
+
 #[test]
 fn ssrc_change_hold_and_silence_suppression_keep_sync() {
     let mut c = call("trouble@test", TestCodec::Pcmu, 40, 6);

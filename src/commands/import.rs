@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use pbx_core::call::{CallEngine, EndReason, EngineConfig, EngineStats, SampleRatePolicy};
+use pbx_core::call::{CallEngine, EndReason, EngineStats, SampleRatePolicy};
 use pbx_core::capture::{CaptureError, CaptureReader};
 
 use crate::cli::ImportArgs;
@@ -22,25 +22,26 @@ use crate::recording::{RecordingContext, RecordingCounters, RecordingDir};
 pub use crate::sys::hostname;
 use crate::units::parse_duration;
 
-/// `config`: `--config`, whose pause/resume sequences and roles apply.
+/// `config`: `--config`. The configuration is found as `run` finds it
+/// (`--config FILE`, else /etc/pbx-edge/pbx-edge.toml if present, else the
+/// built-in defaults; `PBX_EDGE__*` over either): its `[recording]`
+/// (sample rate, minimum duration, jitter window, pause/resume DTMF
+/// sequences), `agent.id` and `[roles]` apply to the imported calls as
+/// they would have live. A flag given on the command line wins.
 pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let sample_rate = parse_rate(&args.sample_rate)?;
-    let min_duration =
-        parse_duration(&args.min_duration).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?;
-    // With --config: its pause/resume DTMF sequences (recording.pause_dtmf,
-    // resume_dtmf) pause the imported calls as they would have live, and
-    // its [roles] say which channel is the agent's.
-    let (pause_dtmf, resume_dtmf, roles) = match config {
-        Some(p) => {
-            let c = crate::config::Config::load(Some(p))
-                .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
-            let roles = crate::sources::handle::role_rules(&c);
-            (c.recording.pause_dtmf, c.recording.resume_dtmf, roles)
-        }
-        None => (String::new(), String::new(), Default::default()),
+    let cfg = crate::config::Config::load(config)
+        .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
+    let sample_rate = match &args.sample_rate {
+        Some(s) => parse_rate(s)?,
+        None => cfg.recording.sample_rate.policy(),
     };
+    let min_duration = match &args.min_duration {
+        Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("--min-duration: {e}"))?,
+        None => cfg.recording.min_duration,
+    };
+    let roles = crate::sources::handle::role_rules(&cfg);
     let ctx = RecordingContext {
-        agent_id: args.agent_id.clone().unwrap_or_else(hostname),
+        agent_id: args.agent_id.clone().unwrap_or(cfg.agent.id.clone()),
         source: "pcap",
         min_duration,
         // `import --out DIR` writes plain files for the operator.
@@ -53,13 +54,13 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
     // A capture file can be imported again: no need to write each chunk
     // through for crash safety.
     out.set_write_through(false);
-    let mut engine = CallEngine::new(EngineConfig {
-        sample_rate,
-        jitter_ms: args.jitter_ms,
-        pause_dtmf,
-        resume_dtmf,
-        ..EngineConfig::default()
-    });
+    // [recording] as live (rtp_timeout included), the flags over it.
+    let mut engine_cfg = cfg.recording.engine_config();
+    engine_cfg.sample_rate = sample_rate;
+    if let Some(ms) = args.jitter_ms {
+        engine_cfg.jitter_ms = ms;
+    }
+    let mut engine = CallEngine::new(engine_cfg);
 
     let total: u64 = args
         .files

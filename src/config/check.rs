@@ -129,6 +129,28 @@ impl<'t> Sec<'t> {
     }
 }
 
+/// Whether listeners on `a` and `b` cannot both bind: the same port, and
+/// the same address or either one the wildcard (0.0.0.0 or ::). Every
+/// listener here (health, SIPREC, SIPREC TLS, HEP) binds TCP, where Linux
+/// refuses such a pair even with SO_REUSEADDR; SIPREC and HEP bind UDP as
+/// well, where the same holds.
+fn same_tcp_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The problem of `this` (the key reported) clashing with `other_key`
+/// at `other`: `both` when the two are the same address.
+fn clash(this: SocketAddr, other_key: &str, other: SocketAddr, both: &str) -> String {
+    if this == other {
+        format!("{this} is used by both {both}")
+    } else {
+        format!(
+            "{this} clashes with {other_key} {other} (port {} on the same or every address)",
+            this.port()
+        )
+    }
+}
+
 /// `sources.siprec.tls_*` once `tls_listen` is set: certificate and key
 /// given and usable (loaded as the listener would), no port clashes.
 pub(super) fn check_siprec_tls(
@@ -152,10 +174,6 @@ pub(super) fn check_siprec_tls(
             key: s.key(key),
             message,
         });
-    };
-    let same_tcp_port = |a: SocketAddr, b: SocketAddr| {
-        a.port() == b.port()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
     };
     if listen_ok && same_tcp_port(tls, sr.listen) {
         problem(
@@ -273,7 +291,14 @@ pub(super) fn check(
                 match SpoolKey::from_file(&p) {
                     Ok(k) => current = Some(k),
                     Err(e) => errs.push(ConfigError::Invalid {
-                        origin: s.origin("encryption_key_file"),
+                        // `encryption_key_file = ""` where written, else
+                        // the variable that pointed at the credential.
+                        origin: match s.origin("encryption_key_file") {
+                            Origin::Default => Origin::Env {
+                                var: "CREDENTIALS_DIRECTORY".into(),
+                            },
+                            o => o,
+                        },
                         key: "spool.encryption_key_file".into(),
                         message: format!("systemd credential: {e}"),
                     }),
@@ -463,29 +488,57 @@ pub(super) fn check(
         check_siprec_tls(&s, sr, tls, listen_ok, ports_ok, &cfg.health.listen, errs);
     }
     if listen_ok && ports_ok && sr.rtp_ports.contains(&sr.listen.port()) {
+        // At the key written in the file: `rtp_ports`, or `listen` when the
+        // range is the built-in one.
+        let ports_origin = s.origin("rtp_ports");
+        let (origin, key, message) = if ports_origin != Origin::Default {
+            (
+                ports_origin,
+                "rtp_ports",
+                format!(
+                    "contains the SIP port {} of sources.siprec.listen",
+                    sr.listen.port()
+                ),
+            )
+        } else {
+            (
+                s.origin("listen"),
+                "listen",
+                format!(
+                    "port {} is inside sources.siprec.rtp_ports ({}-{})",
+                    sr.listen.port(),
+                    sr.rtp_ports.start(),
+                    sr.rtp_ports.end()
+                ),
+            )
+        };
         errs.push(ConfigError::Invalid {
-            origin: s.origin("rtp_ports"),
-            key: s.key("rtp_ports"),
-            message: format!(
-                "contains the SIP port {} of sources.siprec.listen",
-                sr.listen.port()
-            ),
+            origin,
+            key: s.key(key),
+            message,
         });
     }
-    if listen_ok && sr.enabled && sr.listen == cfg.health.listen {
-        let siprec_origin = s.origin("listen");
-        let (origin, key) = if siprec_origin != Origin::Default {
-            (siprec_origin, s.key("listen"))
+    let siprec_origin = s.origin("listen");
+    let tls_origin = s.origin("tls_listen");
+    if listen_ok && sr.enabled && same_tcp_port(sr.listen, cfg.health.listen) {
+        let both = "health.listen and sources.siprec.listen";
+        let (origin, key, message) = if siprec_origin != Origin::Default {
+            (
+                siprec_origin.clone(),
+                s.key("listen"),
+                clash(sr.listen, "health.listen", cfg.health.listen, both),
+            )
         } else {
-            (health_origin.clone(), "health.listen".to_string())
+            (
+                health_origin.clone(),
+                "health.listen".to_string(),
+                clash(cfg.health.listen, "sources.siprec.listen", sr.listen, both),
+            )
         };
         errs.push(ConfigError::Invalid {
             origin,
             key,
-            message: format!(
-                "{} is used by both health.listen and sources.siprec.listen",
-                sr.listen
-            ),
+            message,
         });
     }
     s.finish(errs, keys, "key");
@@ -531,18 +584,49 @@ pub(super) fn check(
         h.allow = nets;
     }
     let siprec = &cfg.sources.siprec;
-    for (other, addr, on) in [
-        ("health.listen", cfg.health.listen, true),
-        ("sources.siprec.listen", siprec.listen, siprec.enabled),
+    let hep_origin = s.origin("listen");
+    for (other, addr, on, other_origin) in [
+        (
+            "health.listen",
+            Some(cfg.health.listen),
+            true,
+            &health_origin,
+        ),
+        (
+            "sources.siprec.listen",
+            Some(siprec.listen),
+            siprec.enabled,
+            &siprec_origin,
+        ),
+        (
+            "sources.siprec.tls_listen",
+            siprec.tls_listen,
+            siprec.enabled,
+            &tls_origin,
+        ),
     ] {
-        if hep_listen_ok && h.enabled && on && addr == h.listen {
+        let Some(addr) = addr else { continue };
+        if hep_listen_ok && h.enabled && on && same_tcp_port(h.listen, addr) {
+            // At the key written in the file: this one, or the other
+            // when sources.hep.listen is the built-in default.
+            let both = format!("{other} and sources.hep.listen");
+            let (origin, key, message) = if hep_origin != Origin::Default {
+                (
+                    hep_origin.clone(),
+                    s.key("listen"),
+                    clash(h.listen, other, addr, &both),
+                )
+            } else {
+                (
+                    other_origin.clone(),
+                    other.to_string(),
+                    clash(addr, "sources.hep.listen", h.listen, &both),
+                )
+            };
             errs.push(ConfigError::Invalid {
-                origin: s.origin("listen"),
-                key: s.key("listen"),
-                message: format!(
-                    "{} is used by both {other} and sources.hep.listen",
-                    h.listen
-                ),
+                origin,
+                key,
+                message,
             });
         }
     }

@@ -186,10 +186,71 @@ fn port_ranges() {
         err1("[sources.siprec]\nrtp_ports = \"30000-20000\""),
         "t.toml:2: sources.siprec.rtp_ports: low port 30000 is above high port 20000"
     );
+}
+
+/// A clash between two keys is reported at the one written in the file,
+/// never at "(built-in default)".
+#[test]
+fn clashes_with_a_default_are_reported_at_the_key_written() {
     assert_eq!(
-            err1("[sources.siprec]\nlisten = \"0.0.0.0:20000\""),
-            "(built-in default): sources.siprec.rtp_ports: contains the SIP port 20000 of sources.siprec.listen"
-        );
+        err1("[sources.siprec]\nlisten = \"0.0.0.0:20000\""),
+        "t.toml:2: sources.siprec.listen: port 20000 is inside sources.siprec.rtp_ports (20000-29999)"
+    );
+    assert_eq!(
+        err1("[sources.siprec]\nrtp_ports = \"5000-6000\""),
+        "t.toml:2: sources.siprec.rtp_ports: contains the SIP port 5090 of sources.siprec.listen"
+    );
+    assert_eq!(
+        err1("[health]\nlisten = \"127.0.0.1:9060\"\n\n[sources.hep]\nenabled = true\n"),
+        "t.toml:2: health.listen: 127.0.0.1:9060 is used by both health.listen and sources.hep.listen"
+    );
+    assert_eq!(
+        err1("[sources.siprec]\nlisten = \"127.0.0.1:9060\"\n\n[sources.hep]\nenabled = true\n"),
+        "t.toml:2: sources.siprec.listen: 127.0.0.1:9060 is used by both sources.siprec.listen and sources.hep.listen"
+    );
+    assert_eq!(
+        err1("[sources.hep]\nenabled = true\nlisten = \"127.0.0.1:9466\"\n"),
+        "t.toml:3: sources.hep.listen: 127.0.0.1:9466 is used by both health.listen and sources.hep.listen"
+    );
+    for e in [
+        parse("[sources.siprec]\nlisten = \"0.0.0.0:20000\""),
+        parse("[health]\nlisten = \"127.0.0.1:9060\"\n[sources.hep]\nenabled = true"),
+    ] {
+        assert!(!format!("{e:?}").contains("built-in default"), "{e:?}");
+    }
+}
+
+/// Two listeners on one port clash when their addresses are the same or
+/// either is the wildcard (`run` could not bind both), not only when the
+/// two are written alike.
+#[test]
+fn a_wildcard_and_an_address_on_one_port_clash() {
+    assert_eq!(
+        err1("[sources.siprec]\nlisten = \"0.0.0.0:9466\""),
+        "t.toml:2: sources.siprec.listen: 0.0.0.0:9466 clashes with health.listen 127.0.0.1:9466 (port 9466 on the same or every address)"
+    );
+    assert_eq!(
+        err1("[health]\nlisten = \"[::]:5090\""),
+        "t.toml:2: health.listen: [::]:5090 clashes with sources.siprec.listen 127.0.0.1:5090 (port 5090 on the same or every address)"
+    );
+    assert_eq!(
+        err1("[sources.hep]\nenabled = true\nlisten = \"0.0.0.0:5090\""),
+        "t.toml:3: sources.hep.listen: 0.0.0.0:5090 clashes with sources.siprec.listen 127.0.0.1:5090 (port 5090 on the same or every address)"
+    );
+    assert_eq!(
+        err1("[health]\nlisten = \"0.0.0.0:9060\"\n[sources.hep]\nenabled = true"),
+        "t.toml:2: health.listen: 0.0.0.0:9060 clashes with sources.hep.listen 127.0.0.1:9060 (port 9060 on the same or every address)"
+    );
+    // (The certificate files are missing too: another problem.)
+    let e = parse("[sources.hep]\nenabled = true\nlisten = \"127.0.0.1:5061\"\n[sources.siprec]\ntls_listen = \"0.0.0.0:5061\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"").unwrap_err();
+    assert!(
+        e.contains(&"t.toml:3: sources.hep.listen: 127.0.0.1:5061 clashes with sources.siprec.tls_listen 0.0.0.0:5061 (port 5061 on the same or every address)".to_string()),
+        "{e:#?}"
+    );
+    // Different addresses, or a disabled source: no clash.
+    assert!(parse("[sources.siprec]\nlisten = \"127.0.0.2:9466\"").is_ok());
+    assert!(parse("[sources.siprec]\nenabled = false\nlisten = \"0.0.0.0:9466\"").is_ok());
+    assert!(parse("[sources.hep]\nlisten = \"0.0.0.0:9466\"").is_ok());
 }
 
 #[test]

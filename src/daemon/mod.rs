@@ -302,12 +302,17 @@ fn retry_recovery(
     }
 }
 
-/// Stop `sources` in parallel (they share the stop budget) and wait for
-/// every one.
 /// The time a stop on SIGTERM aims to end within (CONTRACT §1: 10 s),
 /// with a margin for the process's exit.
 const STOP_BUDGET: Duration = Duration::from_secs(9);
 
+/// What delivery gets to stop when the sources took the whole budget: the
+/// running uploads are dropped (their progress is saved) and the spool
+/// closed.
+const DELIVERY_STOP_FLOOR: Duration = Duration::from_millis(300);
+
+/// Stop `sources` in parallel (they share the stop budget) and wait for
+/// every one.
 async fn stop_all(sources: impl IntoIterator<Item = Box<dyn SourceHandle>>) {
     let stopping: Vec<_> = sources
         .into_iter()
@@ -942,8 +947,12 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     stream
         .drain(Duration::from_secs(3).min(left.saturating_sub(Duration::from_secs(2))))
         .await;
+    // Delivery within what is left of the budget (running uploads are
+    // dropped then, still queued with their progress for the next start),
+    // with a little room to stop them cleanly.
     if let Some(d) = delivery.take() {
-        d.shutdown().await;
+        let left = STOP_BUDGET.saturating_sub(stop_started.elapsed());
+        d.shutdown_within(left.max(DELIVERY_STOP_FLOOR)).await;
     }
     let _ = stop_tx.send(true);
     tracing::info!("stopped");

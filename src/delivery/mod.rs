@@ -37,7 +37,9 @@
 //! is deleted; [`DeliveryHandle::shutdown`] stops starting uploads, gives
 //! running ones `shutdown_grace` (5 s) to finish, then drops them — safe,
 //! because their progress is already in the database and the next start
-//! resumes with a tus `HEAD`.
+//! resumes with a tus `HEAD`. [`DeliveryHandle::shutdown_within`] does the
+//! same within a deadline (the daemon's stop budget): the grace ends then
+//! at the latest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -142,6 +144,9 @@ struct Shared {
     /// (`retention = 0`, [`job::remove_delivered`]): a shutdown waits for
     /// them (within its grace), so a stop leaves no delivered pair behind.
     removals: Mutex<JoinSet<()>>,
+    /// When a shutdown must be over ([`DeliveryHandle::shutdown_within`]):
+    /// the waits for running uploads and removals end then at the latest.
+    stop_by: Mutex<Option<Instant>>,
     wake: Notify,
     _lock: File,
 }
@@ -349,6 +354,7 @@ pub fn start_with(
         pause: Mutex::new(None),
         held: Mutex::new(std::collections::HashMap::new()),
         removals: Mutex::new(JoinSet::new()),
+        stop_by: Mutex::new(None),
         wake: Notify::new(),
         _lock: lock,
     });
@@ -408,6 +414,31 @@ impl DeliveryHandle {
         self.stop.trigger();
         self.shared.wake.notify_one();
         let _ = self.task.await;
+    }
+
+    /// [`DeliveryHandle::shutdown`] over within `limit`: the running uploads
+    /// (and the removals of delivered files) get what is left of it, if
+    /// less than `shutdown_grace`, then are dropped; an upload dropped stays
+    /// queued with its progress, for the next start.
+    pub async fn shutdown_within(self, limit: Duration) {
+        /// For a step of the scheduler's that does not come back in time
+        /// (a spool call on a stuck disk): it is left behind.
+        const BACKSTOP: Duration = Duration::from_millis(500);
+        *self
+            .shared
+            .stop_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + limit);
+        self.stop.trigger();
+        self.shared.wake.notify_one();
+        let mut task = self.task;
+        if tokio::time::timeout(limit + BACKSTOP, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery did not stop within {limit:?}: left behind");
+            task.abort();
+        }
     }
 }
 

@@ -410,15 +410,23 @@ pub(super) async fn scheduler(
             _ = tokio::time::sleep(sleep) => {}
         }
     }
-    // Shutdown: let running uploads finish within the grace period.
+    // Shutdown: let running uploads finish within the grace period, and
+    // by the deadline a shutdown was given (the daemon's stop budget).
     let grace = active_rx.borrow().settings.shutdown_grace;
+    let stop_by = *shared.stop_by.lock().unwrap_or_else(|e| e.into_inner());
+    let until = |grace: Duration| {
+        let end = Instant::now() + grace;
+        tokio::time::Instant::from_std(stop_by.map_or(end, |d| d.min(end)))
+    };
     if !jobs.is_empty() {
+        let until = until(grace);
         tracing::info!(
             uploads = jobs.len(),
-            "waiting up to {grace:?} for running uploads"
+            "waiting up to {:?} for running uploads",
+            until.saturating_duration_since(tokio::time::Instant::now())
         );
         let all = async { while jobs.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, all).await.is_err() {
+        if tokio::time::timeout_at(until, all).await.is_err() {
             tracing::info!(
                 uploads = jobs.len(),
                 "uploads still running at shutdown: resumed at the next start"
@@ -432,7 +440,7 @@ pub(super) async fn scheduler(
     let mut removals =
         std::mem::take(&mut *shared.removals.lock().unwrap_or_else(|e| e.into_inner()));
     let all = async { while removals.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all).await.is_err() {
+    if tokio::time::timeout_at(until(grace), all).await.is_err() {
         removals.abort_all();
     }
     let active = Arc::clone(&active_rx.borrow());
