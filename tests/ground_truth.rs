@@ -641,3 +641,43 @@ fn capture_clock_set_back_mid_call_loses_nothing() {
     assert_eq!(recs[0].json["channels"][0]["lost"], 0);
     assert_eq!(recs[0].json["channels"][1]["lost"], 0);
 }
+
+/// Without `--config`, a configuration that cannot be used (here an
+/// override in the environment that is not valid; on a host, a default file
+/// only the daemon's user may read) does not stop an import: it is said on
+/// stderr and the built-in defaults apply. With `--config` it is an error.
+#[test]
+fn import_without_config_goes_on_with_defaults_when_the_configuration_cannot_be_used() {
+    let c = call("nocfg@test", TestCodec::Pcmu, 3, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("c.pcap");
+    write_capture(
+        &cap,
+        &[c],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &str| {
+        std::process::Command::new(bin())
+            .arg("import")
+            .arg(&cap)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .env("PBX_EDGE__RECORDING__SAMPLE_RATE", "sixteen")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[], "a");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("built-in defaults"), "{err}");
+    assert!(err.contains("sample_rate"), "names the problem: {err}");
+    assert_eq!(recordings(&dir.path().join("a")).len(), 1);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[agent]\nid = \"x\"\n").unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap()], "b");
+    assert!(!o.status.success(), "an explicit configuration must load");
+}

@@ -28,9 +28,23 @@ use crate::units::parse_duration;
 /// (sample rate, minimum duration, jitter window, pause/resume DTMF
 /// sequences), `agent.id` and `[roles]` apply to the imported calls as
 /// they would have live. A flag given on the command line wins.
+///
+/// Without `--config`, a default file that cannot be used (one only the
+/// daemon's user may read, or a key or token file it names that this user
+/// cannot read) is said on stderr and the built-in defaults are used: a
+/// capture can always be imported. With `--config`, the file must load.
 pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let cfg = crate::config::Config::load(config)
-        .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))?;
+    let cfg = match (crate::config::Config::load(config), config) {
+        (Ok(c), _) => c,
+        (Err(e), Some(_)) => anyhow::bail!("{}", e.lines().join("\n")),
+        (Err(e), None) => {
+            eprintln!(
+                "pbx-edge import: the default configuration cannot be used, built-in defaults instead (give --config FILE to use one):\n{}",
+                e.lines().join("\n")
+            );
+            crate::config::Config::default()
+        }
+    };
     let sample_rate = match &args.sample_rate {
         Some(s) => parse_rate(s)?,
         None => cfg.recording.sample_rate.policy(),
