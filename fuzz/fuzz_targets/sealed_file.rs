@@ -5,6 +5,9 @@
 //! Also round trips: what the fuzzer's bytes are sealed into reads back
 //! exactly, from any offset, in both open modes, and any cut of that file
 //! reads back a prefix in recovery mode and is refused in strict mode.
+//! A `.part` read once (`OpenMode::Checked`, how a sealed WAV is made from
+//! it) either fails or reads, every record checked, exactly what recovery
+//! mode reads with nothing damaged: on every input, cut or not.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pbx_edge::recording::crypt::{Layout, SealedWriter, SpoolKey, CHUNK};
@@ -19,6 +22,25 @@ fn read_all(path: &std::path::Path, keys: &Keyring, mode: OpenMode, at: u64) -> 
     r.read_to_end(&mut v).ok()?;
     assert!(v.len() as u64 <= len.saturating_sub(at.min(len)));
     Some(v)
+}
+
+/// `OpenMode::Checked` reads the file whole with every record checked
+/// only as `OpenMode::Recover` reads it with nothing damaged.
+fn checked_as_recovered(path: &std::path::Path, keys: &Keyring) {
+    let checked = (|| {
+        let mut r = open_recording(path, Some(keys), OpenMode::Checked).ok()?;
+        let len = r.len();
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).ok()?;
+        r.check_rest().ok()?;
+        Some((v, len))
+    })();
+    if let Some((v, len)) = checked {
+        let mut r = open_recording(path, Some(keys), OpenMode::Recover).expect("recover opens what checked read");
+        let mut want = Vec::new();
+        r.read_to_end(&mut want).expect("recover reads what checked read");
+        assert_eq!((v, len, r.damaged()), (want, r.len(), (0, 0)), "checked read other than recover");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -37,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    checked_as_recovered(&p, &keys);
     // 2. The bytes sealed in pieces (split at 0xff) in both layouts.
     let Some((&sel, body)) = data.split_first() else {
         return;
@@ -64,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         plain.len().saturating_sub(1) / CHUNK * CHUNK
     };
+    checked_as_recovered(&p, &keys);
     let rec = read_all(&p, &keys, OpenMode::Recover, at).expect("recover reads its own file");
     assert_eq!(rec, plain.get(at as usize..durable).unwrap_or(&[]));
     let strict = read_all(&p, &keys, OpenMode::Strict, at);
@@ -77,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
     let sealed = std::fs::read(&p).unwrap();
     let cut = usize::from(sel) * 7 % (sealed.len() + 1);
     std::fs::write(&p, &sealed[..cut]).unwrap();
+    checked_as_recovered(&p, &keys);
     if cut >= 8 {
         // (Shorter than the magic, it is just a plain file of those bytes.)
         if let Some(v) = read_all(&p, &keys, OpenMode::Recover, 0) {

@@ -231,14 +231,56 @@ pub(crate) fn seal_part(part: &Path, out: &Path, keys: &Keyring) -> io::Result<(
 
 /// [`seal_part`], also saying how many damaged records of the `.part`
 /// became silence, and their bytes ([`crate::spoolfile::crypt::SealedReader::damaged`]).
+///
+/// The `.part` is read once ([`OpenMode::Checked`]): each record is
+/// decrypted once, as the copy comes to it, where opening it in
+/// [`OpenMode::Recover`] decrypts every record to decide what to keep
+/// before the copy decrypts them all again. When every record
+/// authenticates, Recover keeps them all and reads them as they are: the
+/// same WAV. Anything else (a record that does not authenticate: a torn or
+/// damaged one; any error at all) throws that copy away and makes the WAV
+/// again from the `.part` opened in Recover, exactly as before.
 pub(crate) fn seal_part_counted(
     part: &Path,
     out: &Path,
     keys: &Keyring,
 ) -> io::Result<((u64, String), (usize, u64))> {
-    use pbx_core::audio::wav::{canonical_header, parse_wav_header};
-    let mut r = open_recording(part, Some(keys), OpenMode::Recover)?;
+    let once = open_recording(part, Some(keys), OpenMode::Checked)
+        .and_then(|r| seal_plaintext(r, out, keys, true));
+    if let Ok(h) = once {
+        return Ok((h, (0, 0)));
+    }
+    // Nothing of the first try is left: as if it had not been made.
+    let _ = fs::remove_file(out);
+    seal_part_recovered(part, out, keys)
+}
+
+/// [`seal_part_counted`] the way it went before the part was read once:
+/// opened in [`OpenMode::Recover`] (every record decrypted to decide what
+/// is kept), then copied (decrypted again). What a part that does not read
+/// whole in [`OpenMode::Checked`] takes.
+pub(super) fn seal_part_recovered(
+    part: &Path,
+    out: &Path,
+    keys: &Keyring,
+) -> io::Result<((u64, String), (usize, u64))> {
+    let r = open_recording(part, Some(keys), OpenMode::Recover)?;
     let damaged = r.damaged();
+    let h = seal_plaintext(r, out, keys, false)?;
+    Ok((h, damaged))
+}
+
+/// The WAV of the plaintext of a `.part` (`r`) sealed into `out` with its
+/// true header, fsynced; its length and hex SHA-256. `check`: every record
+/// of `r` must authenticate ([`RecordingReader::check_rest`]), those after
+/// the audio copied too.
+fn seal_plaintext(
+    mut r: RecordingReader,
+    out: &Path,
+    keys: &Keyring,
+    check: bool,
+) -> io::Result<(u64, String)> {
+    use pbx_core::audio::wav::{canonical_header, parse_wav_header};
     let total = r.len();
     let mut head = [0u8; 44];
     if total < 44 {
@@ -261,8 +303,13 @@ pub(crate) fn seal_part_counted(
     )?);
     w.write_all(&canonical_header(info.sample_rate, info.channels, data32))?;
     io::copy(&mut (&mut r).take(data), &mut w)?;
+    if check {
+        // The records after the audio copied (a part frame, what is past
+        // 4 GiB, empty ones) decide the length too.
+        r.check_rest()?;
+    }
     let (inner, h) = w.finish();
     let file = inner.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok((h, damaged))
+    Ok(h)
 }

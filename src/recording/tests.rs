@@ -1408,6 +1408,229 @@ fn catching_up_on_a_sealed_part_decrypts_each_record_once() {
     );
 }
 
+/// Finishing a call with encryption at rest seals its WAV anew from the
+/// `.part`: a `.part` whose records all authenticate (every call a stop
+/// ends) is decrypted once, as it is copied (before: twice, once to find
+/// its authentic records at open, once more by the copy), and its WAV is
+/// the one the two passes made.
+#[test]
+fn sealing_a_clean_sealed_part_decrypts_it_once() {
+    use crate::spoolfile::crypt::DECRYPTED;
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[7; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(d.path(), sealed.clone()).unwrap();
+    rd.begin(CallKey(1), &start("c1"));
+    for v in 1..=40i16 {
+        rd.audio(CallKey(1), &[v; 1600]);
+    }
+    drop(rd);
+    let part = d.path().join(".c1.wav.part");
+    let plain = 44 + 40 * 3200;
+    let before = DECRYPTED.with(|c| c.get());
+    let once = d.path().join("once.wav");
+    let (h, damaged) = seal_part_counted(&part, &once, &keys).unwrap();
+    let spent = DECRYPTED.with(|c| c.get()) - before;
+    assert_eq!(spent, plain, "the part's plaintext decrypted once");
+    assert_eq!(damaged, (0, 0));
+    // The same WAV as the two passes make.
+    let twice = d.path().join("twice.wav");
+    let (want, want_damaged) = seal_part_recovered(&part, &twice, &keys).unwrap();
+    assert_eq!((h.clone(), damaged), (want, want_damaged));
+    let wav = read_recording(&once, Some(&keys)).unwrap();
+    assert_eq!(wav, read_recording(&twice, Some(&keys)).unwrap());
+    assert_eq!(h.0, plain);
+    assert_eq!(hash_recording(&once, Some(&keys)).unwrap(), h);
+
+    // A call ended (finished on this thread): its part decrypted once too
+    // (and its small sealed sidecar).
+    let mut rd = RecordingDir::new(d.path(), sealed).unwrap();
+    rd.begin(CallKey(2), &start("c2"));
+    for v in 1..=40i16 {
+        rd.audio(CallKey(2), &[v; 1600]);
+    }
+    let mut meta = meta_r4();
+    meta.key = CallKey(2);
+    meta.recording_id = "c2".into();
+    meta.call_id = "c2@src".into();
+    meta.frames = 40 * 800;
+    let before = DECRYPTED.with(|c| c.get());
+    rd.end(meta.key, meta);
+    rd.wait_finished();
+    let spent = DECRYPTED.with(|c| c.get()) - before;
+    assert_eq!(rd.counters.written, 1);
+    assert!(
+        (plain..plain + 4096).contains(&spent),
+        "{spent} plaintext bytes decrypted finishing a part of {plain}"
+    );
+    let j: Value =
+        serde_json::from_slice(&read_recording(&d.path().join("c2.json"), Some(&keys)).unwrap())
+            .unwrap();
+    assert_eq!(j["audio"]["bytes"], plain);
+}
+
+/// Sealing a `.part` read once gives exactly what the two passes gave
+/// (the same WAV plaintext, hash and damaged records, or the same error)
+/// for every part: clean, damaged in the middle, torn or damaged at its
+/// end, its header record alone or damaged, no record at all, a part
+/// frame at its end, a final record marked last.
+#[test]
+fn sealing_a_part_once_gives_what_the_two_passes_gave() {
+    use crate::spoolfile::crypt::{Layout, SealedWriter, HEADER_LEN};
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[8; 32]), Vec::new()));
+    let sealed = RecordingContext {
+        seal: Some(keys.clone()),
+        ..ctx("siprec")
+    };
+    let mut rd = RecordingDir::new(d.path(), sealed).unwrap();
+    rd.begin(CallKey(1), &start("v1"));
+    for v in 1..=10i16 {
+        rd.audio(CallKey(1), &[v; 1600]);
+    }
+    rd.begin(CallKey(2), &start("v2"));
+    drop(rd);
+    let clean = fs::read(d.path().join(".v1.wav.part")).unwrap();
+    let header_only = fs::read(d.path().join(".v2.wav.part")).unwrap();
+    // The records: (offset of the length field, length).
+    let mut recs = Vec::new();
+    let mut at = HEADER_LEN;
+    while at + 4 <= clean.len() {
+        let n = u32::from_le_bytes(clean[at..at + 4].try_into().unwrap()) as usize;
+        recs.push((at, n));
+        at += 4 + n;
+    }
+    assert!(recs.len() >= 11, "{recs:?}");
+    let flip = |bytes: &[u8], ats: &[usize]| {
+        let mut v = bytes.to_vec();
+        for &a in ats {
+            v[a] ^= 0x08;
+        }
+        v
+    };
+    let last = *recs.last().unwrap();
+    // Written here: a part frame at the end; a final record marked last.
+    let written = |finish: bool, tail: usize| {
+        let mut w = SealedWriter::new(Vec::new(), keys.current(), Layout::Records).unwrap();
+        w.write_all(&pbx_core::audio::wav::canonical_header(8000, 2, u32::MAX))
+            .unwrap();
+        w.flush().unwrap();
+        for v in 0..5u8 {
+            w.write_all(&[v; 3200]).unwrap();
+            w.flush().unwrap();
+        }
+        w.write_all(&vec![9; tail]).unwrap();
+        if finish {
+            w.finish().unwrap()
+        } else {
+            w.flush().unwrap();
+            w.get_ref().clone()
+        }
+    };
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("clean", clean.clone()),
+        ("damaged middle", flip(&clean, &[recs[4].0 + 4 + 100])),
+        (
+            "damaged middles",
+            flip(
+                &clean,
+                &[recs[2].0 + 4 + 7, recs[6].0 + 4 + 3000, recs[7].0 + 20],
+            ),
+        ),
+        ("damaged end", flip(&clean, &[last.0 + 4 + 50])),
+        (
+            "damaged end and middle",
+            flip(&clean, &[recs[3].0 + 4 + 1, last.0 + 4 + last.1 - 1]),
+        ),
+        ("torn end", clean[..last.0 + 4 + last.1 / 2].to_vec()),
+        ("torn length field", clean[..last.0 + 2].to_vec()),
+        ("damaged length field", flip(&clean, &[recs[5].0 + 1])),
+        (
+            "damaged WAV header record",
+            flip(&clean, &[recs[0].0 + 4 + 5]),
+        ),
+        ("header only", header_only.clone()),
+        (
+            "header only, damaged",
+            flip(&header_only, &[HEADER_LEN + 4 + 3]),
+        ),
+        ("no record", clean[..HEADER_LEN].to_vec()),
+        ("part frame", written(false, 3)),
+        ("part frame, last marked", written(true, 3)),
+        ("final record marked last", written(true, 0)),
+        ("final record marked last, damaged middle", {
+            let w = written(true, 3200);
+            let at = HEADER_LEN + (4 + 44 + 16) + 2 * (4 + 3200 + 16) + 4 + 9;
+            flip(&w, &[at])
+        }),
+    ];
+    let part = d.path().join(".x.wav.part");
+    let (once, twice) = (d.path().join("once.wav"), d.path().join("twice.wav"));
+    let mut outcomes = Vec::new();
+    for (what, bytes) in variants {
+        fs::write(&part, &bytes).unwrap();
+        let _ = (fs::remove_file(&once), fs::remove_file(&twice));
+        let got = seal_part_counted(&part, &once, &keys);
+        let want = seal_part_recovered(&part, &twice, &keys);
+        match (&got, &want) {
+            (Ok(g), Ok(w)) => {
+                assert_eq!(g, w, "{what}");
+                assert_eq!(
+                    read_recording(&once, Some(&keys)).unwrap(),
+                    read_recording(&twice, Some(&keys)).unwrap(),
+                    "{what}"
+                );
+            }
+            (Err(g), Err(w)) => {
+                assert_eq!(
+                    (g.kind(), g.to_string()),
+                    (w.kind(), w.to_string()),
+                    "{what}"
+                );
+                assert_eq!(once.exists(), twice.exists(), "{what}");
+            }
+            _ => panic!("{what}: {got:?} where the two passes gave {want:?}"),
+        }
+        // The part is left as it was.
+        assert_eq!(fs::read(&part).unwrap(), bytes, "{what}");
+        outcomes.push((
+            what,
+            got.map(|((n, _), damaged)| (n, damaged))
+                .map_err(|e| e.kind()),
+        ));
+    }
+    let a = 44 + 10 * 3200;
+    let b = 44 + 5 * 3200;
+    use io::ErrorKind::UnexpectedEof;
+    assert_eq!(
+        outcomes,
+        vec![
+            ("clean", Ok((a, (0, 0)))),
+            ("damaged middle", Ok((a, (1, 3200)))),
+            ("damaged middles", Ok((a, (3, 3 * 3200)))),
+            ("damaged end", Ok((a - 3200, (0, 0)))),
+            ("damaged end and middle", Ok((a - 3200, (1, 3200)))),
+            ("torn end", Ok((a - 3200, (0, 0)))),
+            ("torn length field", Ok((a - 3200, (0, 0)))),
+            ("damaged length field", Ok((44 + 4 * 3200, (0, 0)))),
+            ("damaged WAV header record", Err(UnexpectedEof)),
+            ("header only", Ok((44, (0, 0)))),
+            ("header only, damaged", Err(UnexpectedEof)),
+            ("no record", Err(UnexpectedEof)),
+            ("part frame", Ok((b, (0, 0)))),
+            ("part frame, last marked", Ok((b, (0, 0)))),
+            ("final record marked last", Ok((b, (0, 0)))),
+            (
+                "final record marked last, damaged middle",
+                Ok((b + 3200, (1, 3200)))
+            ),
+        ]
+    );
+}
+
 /// A recording the start's recovery cannot complete (its `.part` cannot be
 /// read: here a directory in its place, EISDIR, as tests may run as root,
 /// whom permissions do not stop) is left as it is and named; a later try

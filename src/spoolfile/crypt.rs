@@ -31,7 +31,10 @@
 //!   loss) is the only thing [`OpenMode::Recover`] drops. A reader of a
 //!   `.part` still written ([`OpenMode::Follow`]) is kept open and takes in
 //!   new records as they come: each record is decrypted once, however
-//!   often it reads.
+//!   often it reads. A `.part` read once to be sealed anew
+//!   ([`OpenMode::Checked`]) is checked record by record as it is read,
+//!   each decrypted once; only a `.part` with a record that does not
+//!   authenticate is read again in [`OpenMode::Recover`].
 //! - A finished file (layout 1, [`SealedWriter::finish`]) ends in a record
 //!   marked last: a file cut short is an error in [`OpenMode::Strict`], never
 //!   silently shorter audio. Its records are found by arithmetic, so reading
@@ -359,6 +362,16 @@ pub enum OpenMode {
     /// the records written since. A reader kept between reads decrypts each
     /// record once.
     Follow,
+    /// A `.part` read once from its start, as [`OpenMode::Recover`] would
+    /// read it if every record authenticates: each record is checked
+    /// (decrypted once) when the reading comes to it, not all at open, and
+    /// [`RecordingReader::check_rest`] checks those not read. A record
+    /// that does not authenticate (a torn or damaged one, or a final one
+    /// marked last) is an error here, never dropped or read as zeros: on
+    /// any error the caller throws away what it made of the plaintext and
+    /// reads the file again in [`OpenMode::Recover`], which decides. Until
+    /// then [`SealedReader::len`] is that of every record indexed.
+    Checked,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -392,6 +405,11 @@ pub struct SealedReader {
     follow: bool,
     /// Follow: the final record was read (nothing more is indexed).
     ended: bool,
+    /// Opened with [`OpenMode::Checked`].
+    checked: bool,
+    /// Checked: the records before this one authenticated (each as the
+    /// reading came to it).
+    authentic: usize,
 }
 
 #[cfg(test)]
@@ -440,6 +458,8 @@ impl SealedReader {
             complete: false,
             follow: mode == OpenMode::Follow,
             ended: false,
+            checked: mode == OpenMode::Checked,
+            authentic: 0,
         };
         r.index(mode)?;
         match mode {
@@ -529,7 +549,7 @@ impl SealedReader {
                 r.complete = true;
             }
             // Checked as they are read ([`Read`]).
-            OpenMode::Follow => {}
+            OpenMode::Follow | OpenMode::Checked => {}
         }
         Ok(r)
     }
@@ -619,6 +639,28 @@ impl SealedReader {
         Ok(())
     }
 
+    /// [`OpenMode::Checked`]: authenticates the records before `to` not
+    /// yet checked, in order, each as [`OpenMode::Recover`] checks it at
+    /// open (not marked last); the first that does not is the error.
+    fn check_to(&mut self, to: usize) -> io::Result<()> {
+        while self.authentic < to {
+            self.decrypt(self.authentic)?;
+            self.authentic += 1;
+        }
+        Ok(())
+    }
+
+    /// [`OpenMode::Checked`]: authenticates every record not read yet (an
+    /// error if one does not). `Ok` says that [`OpenMode::Recover`] would
+    /// read the file exactly as this reader does: every record kept, none
+    /// damaged, the same length. Nothing to do in the other modes.
+    pub fn check_rest(&mut self) -> io::Result<()> {
+        if self.checked {
+            self.check_to(self.recs.len())?;
+        }
+        Ok(())
+    }
+
     /// The plaintext length.
     pub fn len(&self) -> u64 {
         self.len
@@ -692,6 +734,11 @@ impl Read for SealedReader {
         let Some(i) = self.recs.partition_point(|r| r.plain <= pos).checked_sub(1) else {
             return Err(bad("encrypted file: no record at this offset"));
         };
+        if self.checked {
+            // Every record up to this one, empty ones too (a read never
+            // comes to them): all are what Recover checks at open.
+            self.check_to(i + 1)?;
+        }
         match self.decrypt(i) {
             Ok(()) => {}
             Err(e) if self.follow && e.kind() == io::ErrorKind::InvalidData => {
@@ -762,6 +809,16 @@ impl RecordingReader {
                 Ok(())
             }
             RecordingReader::Sealed(r) => r.refresh(),
+        }
+    }
+
+    /// Opened with [`OpenMode::Checked`]: authenticates the records not
+    /// read yet ([`SealedReader::check_rest`]). Nothing to do for a plain
+    /// file, or in the other modes.
+    pub fn check_rest(&mut self) -> io::Result<()> {
+        match self {
+            RecordingReader::Plain(..) => Ok(()),
+            RecordingReader::Sealed(r) => r.check_rest(),
         }
     }
 

@@ -271,3 +271,94 @@ fn key_files_raw_or_hex() {
     assert_eq!(r.current().id, SpoolKey::new(&[1; 32]).id);
     assert!(Keyring::load(Path::new(""), &[], None).unwrap().is_none());
 }
+
+/// [`OpenMode::Checked`] reads a `.part` once, each record decrypted once
+/// as the reading comes to it; it reads a file whole (with every record
+/// checked, [`RecordingReader::check_rest`]) only when every record
+/// authenticates, and then exactly what [`OpenMode::Recover`] reads (same
+/// plaintext, same length, nothing damaged). Anything else is an error:
+/// a damaged middle, a torn or damaged end, a damaged first record or
+/// length field, a final record marked last.
+#[test]
+fn a_checked_part_reads_as_recover_does_or_fails() {
+    let k = ring(8);
+    let parts: Vec<Vec<u8>> = (1..=12u8).map(|i| vec![i; 1000 + i as usize]).collect();
+    let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    let whole = parts.concat();
+    let s = seal(&k, Layout::Records, &refs, false);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("f");
+    // (plaintext, len at open) read in Checked, or the error.
+    let checked = |bytes: &[u8]| -> io::Result<(Vec<u8>, u64)> {
+        std::fs::write(&p, bytes).unwrap();
+        let mut r = open_recording(&p, Some(&k), OpenMode::Checked)?;
+        let len = r.len();
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        r.check_rest()?;
+        assert_eq!(r.damaged(), (0, 0));
+        Ok((v, len))
+    };
+    let recovered = |bytes: &[u8]| -> io::Result<(Vec<u8>, u64, (usize, u64))> {
+        std::fs::write(&p, bytes).unwrap();
+        let mut r = open_recording(&p, Some(&k), OpenMode::Recover)?;
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok((v, r.len(), r.damaged()))
+    };
+
+    // A clean part: read whole, each record decrypted once.
+    let before = DECRYPTED.with(|c| c.get());
+    assert_eq!(checked(&s).unwrap(), (whole.clone(), whole.len() as u64));
+    assert_eq!(
+        DECRYPTED.with(|c| c.get()) - before,
+        whole.len() as u64,
+        "each record decrypted once"
+    );
+    // Recover decrypts it all at open, then again as it is read.
+    let before = DECRYPTED.with(|c| c.get());
+    recovered(&s).unwrap();
+    assert_eq!(DECRYPTED.with(|c| c.get()) - before, 2 * whole.len() as u64);
+
+    // Cut anywhere, one bit flipped anywhere (headers, length fields,
+    // ciphertexts, tags), finished or not: Checked either fails or reads
+    // exactly what Recover reads.
+    let fin = seal(&k, Layout::Records, &refs, true);
+    let mut variants: Vec<Vec<u8>> = Vec::new();
+    for base in [&s, &fin] {
+        for cut in (0..base.len()).step_by(97).chain([base.len() - 1]) {
+            variants.push(base[..cut].to_vec());
+        }
+        for at in (0..base.len()).step_by(53) {
+            let mut v = base.clone();
+            v[at] ^= 0x10;
+            variants.push(v);
+        }
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for v in &variants {
+        match checked(v) {
+            Ok((plain, len)) => {
+                ok += 1;
+                let (want, want_len, damaged) = recovered(v).unwrap();
+                assert_eq!((plain, len, damaged), (want, want_len, (0, 0)));
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(ok > 10 && failed > 10, "{ok} read, {failed} failed");
+    // In particular: a damaged middle, a damaged end, a final record
+    // marked last are errors (Recover decides on them).
+    let rec = |i: usize| HEADER_LEN + parts[..i].iter().map(|p| 4 + p.len() + TAG).sum::<usize>();
+    for (at, what) in [
+        (rec(5) + 100, "damaged middle"),
+        (rec(11) + 50, "damaged end"),
+        (rec(0) + 10, "damaged first record"),
+    ] {
+        let mut v = s.clone();
+        v[at] ^= 1;
+        assert!(checked(&v).is_err(), "{what}");
+    }
+    assert!(checked(&fin).is_err(), "final record marked last");
+    assert_eq!(recovered(&fin).unwrap().0, whole);
+}
