@@ -25,10 +25,20 @@ pub fn recording_json(
 
 /// The only writer of `<id>.json` files (sealed when `seal` is given).
 pub(super) fn write_json(dir: &Path, doc: &RecordingDoc, seal: Option<&Keyring>) -> io::Result<()> {
-    let id = &doc.recording_id;
+    write_json_value(dir, &doc.recording_id, &doc.to_value(), seal)
+}
+
+/// [`write_json`] of a document already made a value (a stop's end note
+/// completed by recovery).
+pub(super) fn write_json_value(
+    dir: &Path,
+    id: &str,
+    doc: &serde_json::Value,
+    seal: Option<&Keyring>,
+) -> io::Result<()> {
     let tmp = dir.join(format!(".{id}.json.tmp"));
     let written = (|| {
-        let mut text = serde_json::to_vec_pretty(&doc.to_value())?;
+        let mut text = serde_json::to_vec_pretty(doc)?;
         text.push(b'\n');
         let f = write_spool_file(create_private_file(&tmp)?, &text, seal)?;
         f.sync_all()?;

@@ -23,12 +23,14 @@
 //! - Idle workers block on the queue: no wake-ups without work.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use pbx_core::call::CallMeta;
 
-use super::{finish_recording, Done, OpenRecording};
+use super::{defer_recording, finish_recording, Done, OpenRecording};
 
 /// Threads finishing pairs at once.
 pub(super) const WORKERS: usize = 4;
@@ -46,6 +48,9 @@ pub(super) struct Finisher {
     /// Call-IDs of the recordings handed over and not collected yet, with
     /// how many each (a Call-ID may carry more than one recording).
     pending: HashMap<String, usize>,
+    /// A stop ran out of time: the jobs not started yet are left for the
+    /// next start ([`defer_recording`]).
+    defer: Arc<AtomicBool>,
 }
 
 impl Finisher {
@@ -54,10 +59,12 @@ impl Finisher {
         let (jobs, rx) = mpsc::channel::<Box<Job>>();
         let (done_tx, done) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
+        let defer = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
             let rx = Arc::clone(&rx);
             let done_tx = done_tx.clone();
+            let defer = Arc::clone(&defer);
             let h = std::thread::Builder::new()
                 .name(format!("pbx-finish-{i}"))
                 .spawn(move || loop {
@@ -67,7 +74,12 @@ impl Finisher {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    if done_tx.send(finish_recording(job.rec, &job.meta)).is_err() {
+                    let done = if defer.load(Ordering::Relaxed) {
+                        defer_recording(job.rec, &job.meta)
+                    } else {
+                        finish_recording(job.rec, &job.meta)
+                    };
+                    if done_tx.send(done).is_err() {
                         return;
                     }
                 })?;
@@ -78,7 +90,13 @@ impl Finisher {
             done,
             workers: handles,
             pending: HashMap::new(),
+            defer,
         })
+    }
+
+    /// The jobs not started yet are left for the next start from now on.
+    pub(super) fn defer_rest(&self) {
+        self.defer.store(true, Ordering::Relaxed);
     }
 
     /// Hands a recording over; on failure (no worker left) it is given back.
@@ -115,13 +133,26 @@ impl Finisher {
         } else {
             self.done.try_recv().ok()?
         };
+        Some(self.collected(d))
+    }
+
+    /// [`Self::try_done`], waiting at most `wait`.
+    pub(super) fn try_done_within(&mut self, wait: Duration) -> Option<Done> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let d = self.done.recv_timeout(wait).ok()?;
+        Some(self.collected(d))
+    }
+
+    fn collected(&mut self, d: Done) -> Done {
         if let Some(n) = self.pending.get_mut(&d.call_id) {
             *n -= 1;
             if *n == 0 {
                 self.pending.remove(&d.call_id);
             }
         }
-        Some(d)
+        d
     }
 }
 

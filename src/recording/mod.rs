@@ -413,6 +413,33 @@ impl RecordingDir {
             + self.opener.as_ref().map_or(0, |o| o.pending())
     }
 
+    /// [`Self::wait_finished`] at a stop, within `budget`: what is not
+    /// finished by then is left durable for the next start
+    /// ([`defer_recording`]: its `.part` fsynced, its end details in a
+    /// note; recovery finishes it as the finish would have), so a stop with
+    /// hundreds of long calls (an encrypted spool seals each anew) ends in
+    /// time. Recordings being finished at the deadline are finished.
+    pub(crate) fn wait_finished_within(&mut self, budget: Duration) {
+        let deadline = std::time::Instant::now() + budget;
+        loop {
+            let Some(f) = self.finisher.as_mut() else {
+                return;
+            };
+            if f.pending() == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                f.defer_rest();
+                self.wait_finished();
+                return;
+            }
+            if let Some(d) = f.try_done_within(left) {
+                self.complete(d);
+            }
+        }
+    }
+
     /// Waits until every recording handed to the finisher is finished, and
     /// takes them in (a stop, the end of input).
     pub(crate) fn wait_finished(&mut self) {
@@ -434,6 +461,9 @@ impl RecordingDir {
                 self.remember(w);
             }
             Outcome::TooShort => self.counters.too_short += 1,
+            Outcome::Deferred => {
+                tracing::warn!(id = %d.id, "recording: the stop ran out of time to finish it; its audio and end details are on disk, the next start finishes it");
+            }
             Outcome::Failed(e) => {
                 self.counters.failed_one();
                 self.error(format!("recording {}: {e}", d.id));
@@ -672,6 +702,55 @@ impl RecordingSink for RecordingDir {
     }
 }
 
+/// A recording whose call ended while a stop ran out of time
+/// ([`RecordingDir::wait_finished_within`]): its `.part` made durable as it
+/// is (a plain one gets its true header), and beside it an end note
+/// (`.<id>.end.json`, sealed with the spool's key) holding the JSON it
+/// would have had but for the WAV's size and hash. The next start's
+/// recovery finishes the pair from the two, `truncated: false` and the
+/// call's own end details. One that failed to write, never opened or is
+/// too short is finished at once (nothing to hash); one whose note cannot
+/// be written is left to recovery as a crash would leave it.
+fn defer_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
+    let short = (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
+    if rec.error.is_some() || rec.wav.is_none() || short {
+        return finish_recording(rec, meta);
+    }
+    let frames = rec.frames;
+    let tap = rec.tap.take();
+    let written = (|| -> io::Result<()> {
+        if let Some(w) = rec.wav.take() {
+            w.finalize_plain()?.sync_all()?;
+        }
+        let mut doc = RecordingDoc::of_call(
+            meta,
+            &rec.id,
+            &rec.ctx.agent_id,
+            rec.ctx.source,
+            DocAudio::wav(meta.sample_rate, 0, String::new()),
+        );
+        doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
+        recover::write_end_note(&rec.dir, &rec.id, &doc.to_value(), rec.ctx.seal.as_deref())
+    })();
+    if let Err(e) = written {
+        tracing::error!(id = %rec.id, "recording: cannot leave it for the next start ({e}); recovery completes it as after a crash");
+    }
+    if let Some(t) = tap {
+        t.end(TapEnd::Discarded {
+            frames,
+            reason:
+                "the daemon stopped before this recording was finished; the next start finishes it"
+                    .into(),
+        });
+    }
+    Done {
+        call_id: rec.call_id,
+        id: rec.id,
+        outcome: Outcome::Deferred,
+        stranded: None,
+    }
+}
+
 /// The `.part` of `rec` is open (or could not be): the tap is told, and the
 /// audio that waited for it is written.
 fn attach(rec: &mut OpenRecording, writer: io::Result<PartWriter>, write_through: bool) {
@@ -750,6 +829,10 @@ enum Outcome {
     TooShort,
     /// Not written (the error); what was left is removed.
     Failed(String),
+    /// A stop ran out of time: the `.part` is durable and its end note
+    /// beside it; the next start's recovery finishes the pair
+    /// ([`defer_recording`]).
+    Deferred,
 }
 
 /// Finishes a recording whose call ended: the pair made durable (or

@@ -161,6 +161,21 @@ fn recover_entry(
         }
         return Ok(None);
     }
+    if let Some(id) = sidecar_id(p, END_SUFFIX) {
+        // A stop's end note: read with its `.part` (below) or with its WAV
+        // renamed in while that has no JSON; else left over.
+        let json = dir.join(format!("{id}.json")).exists();
+        let wav = dir.join(format!("{id}.wav")).exists();
+        let part = dir.join(format!(".{id}.wav.part")).exists();
+        let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
+        if json || (!wav && !part) {
+            let _ = fs::remove_file(p);
+        } else if wav && !part && !sidecar.exists() {
+            complete_renamed(dir, &id, ctx, &sidecar, "crash", WARN_SAVING)?;
+            return Ok(Some(id));
+        }
+        return Ok(None);
+    }
     if let Some(id) = sidecar_id(p, START_SUFFIX) {
         if keys.is_none() && crypt::is_sealed(p)? {
             // As an answered note: sealed and no key now, everything of
@@ -259,10 +274,48 @@ pub(super) fn complete_part(
     }
     f.sync_all()?;
     drop(f);
-    write_cut_note(dir, id, reason, warning)?;
+    // Left by a stop with its end note: whole, not cut (the note stays
+    // until the JSON is written, and says so after a crash in between).
+    if !has_end_note(dir, id) {
+        write_cut_note(dir, id, reason, warning)?;
+    }
     fs::rename(p, dir.join(format!("{id}.wav")))?;
     complete_json(dir, id, ctx, &sidecar, true, reason, warning)?;
     Ok(Some(id.to_string()))
+}
+
+/// Suffix of the end note a stop leaves beside a recording it had no time
+/// to finish (`.<id>.end.json`: its JSON but for the WAV's size and hash).
+const END_SUFFIX: &str = ".end.json";
+
+fn end_note_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{id}{END_SUFFIX}"))
+}
+
+fn has_end_note(dir: &Path, id: &str) -> bool {
+    end_note_path(dir, id).is_file()
+}
+
+/// Writes (and fsyncs) the end note of a recording left by a stop:
+/// `doc`, the recording's JSON but for its audio's size and hash, sealed
+/// with the spool's key when there is one (it holds the call's numbers),
+/// then the directory.
+pub(super) fn write_end_note(
+    dir: &Path,
+    id: &str,
+    doc: &Value,
+    seal: Option<&Keyring>,
+) -> io::Result<()> {
+    let p = end_note_path(dir, id);
+    let written = (|| {
+        let f = write_spool_file(create_private_file(&p)?, &serde_json::to_vec(doc)?, seal)?;
+        f.sync_all()?;
+        sync_dir(dir)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&p);
+    }
+    written
 }
 
 /// Suffix of a cut recording's note (`.<id>.cut`).
@@ -392,7 +445,13 @@ fn recover_sealed_part(
         Some(d) => format!("{warning}; {d}"),
         None => warning.to_string(),
     };
-    write_cut_note(dir, id, reason, &warning)?;
+    if damage.is_some() {
+        // Not whole after all: a cut recording, whatever its note said.
+        let _ = fs::remove_file(end_note_path(dir, id));
+    }
+    if !has_end_note(dir, id) {
+        write_cut_note(dir, id, reason, &warning)?;
+    }
     fs::rename(&tmp, &wav)?;
     complete_json(dir, id, ctx, sidecar, true, reason, &warning)?;
     let _ = fs::remove_file(part);
@@ -482,6 +541,19 @@ pub(super) fn complete_json(
     use pbx_core::audio::wav::parse_wav_header;
     let wav_path = dir.join(format!("{id}.wav"));
     let keys = ctx.seal.as_deref();
+    let note = end_note_path(dir, id);
+    if let Some(mut doc) = Some(read_json_file(&note, keys)).filter(Value::is_object) {
+        // Left by a stop: the JSON the finish would have written, with the
+        // WAV's size and hash.
+        let (bytes, sha) = hash_recording(&wav_path, keys)?;
+        doc["audio"]["bytes"] = bytes.into();
+        doc["audio"]["sha256"] = sha.into();
+        write_json_value(dir, id, &doc, keys)?;
+        let _ = fs::remove_file(sidecar);
+        let _ = fs::remove_file(dir.join(format!(".{id}{CUT_SUFFIX}")));
+        let _ = fs::remove_file(&note);
+        return sync_dir(dir);
+    }
     let sj = read_json_file(sidecar, keys);
     let mut head = Vec::with_capacity(64);
     open_recording(&wav_path, keys, OpenMode::Strict)?

@@ -1821,7 +1821,9 @@ fn an_answered_call_completed_without_audio_is_still_cut_after_a_crash_before_it
 /// audio (10) each are written, then every one is ended at once and the
 /// finisher's threads waited for, as a SIGTERM does. Run with
 /// `cargo test --release --locked -p pbx-edge --lib stop_with_many_long_calls -- --ignored --nocapture`
-/// (`PBX_EDGE_STOP_SEALED=1`: with encryption at rest). Needs the calls'
+/// (`PBX_EDGE_STOP_SEALED=1`: with encryption at rest;
+/// `PBX_EDGE_STOP_BUDGET_MS=4000`: finished within that, as a daemon's
+/// stop does, the rest by the next start's recovery). Needs the calls'
 /// audio in free space (300 x 10 min: 5.8 GB).
 #[test]
 #[ignore]
@@ -1845,7 +1847,7 @@ fn stop_with_many_long_calls() {
             Vec::new(),
         )));
     }
-    let mut rd = RecordingDir::new(d.path(), c).unwrap();
+    let mut rd = RecordingDir::new(d.path(), c.clone()).unwrap();
     rd.finish_in_background();
     let chunk: Vec<i16> = (0..16_000).map(|i| ((i * 37) % 2000) as i16).collect();
     let t = std::time::Instant::now();
@@ -1878,11 +1880,125 @@ fn stop_with_many_long_calls() {
         rd.end(meta.key, meta);
     }
     let handed = t.elapsed();
-    rd.wait_finished();
+    // PBX_EDGE_STOP_BUDGET_MS: as a daemon's stop does, finish within the
+    // budget and leave the rest for the next start (then timed too).
+    let budget: Option<u64> = std::env::var("PBX_EDGE_STOP_BUDGET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    match budget {
+        Some(ms) => rd.wait_finished_within(Duration::from_millis(ms)),
+        None => rd.wait_finished(),
+    }
+    let written = rd.counters.written;
     eprintln!(
-        "stop: {calls} recordings handed over in {:.2} s, all finished (fsynced, hashed) after {:.2} s",
+        "stop: {calls} recordings handed over in {:.2} s; {written} finished (fsynced, hashed), {} left for the next start, after {:.2} s",
         handed.as_secs_f64(),
+        calls as u64 - written,
         t.elapsed().as_secs_f64()
     );
-    assert_eq!(rd.counters.written, calls as u64);
+    drop(rd);
+    if budget.is_some() {
+        let t = std::time::Instant::now();
+        let ids = recover(d.path(), &c).unwrap();
+        eprintln!(
+            "next start: {} finished by recovery in {:.2} s",
+            ids.len(),
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(written + ids.len() as u64, calls as u64);
+    } else {
+        assert_eq!(written, calls as u64);
+    }
+}
+
+/// A stop that runs out of time (here: none at all) leaves the recordings
+/// it did not finish durable, each `.part` with its end note; the next
+/// start's recovery finishes them exactly as the finish would have: the
+/// same audio, `truncated: false`, the call's own end reason, channels and
+/// timestamps, and nothing left over. Plain and sealed spools.
+#[test]
+fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
+    for sealed in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[9; 32]), Vec::new()));
+        let c = RecordingContext {
+            seal: sealed.then(|| keys.clone()),
+            ..ctx("siprec")
+        };
+        let mut rd = RecordingDir::new(d.path(), c.clone()).unwrap();
+        rd.finish_in_background();
+        // What a finish makes of a call (the reference), on its own.
+        let mut want = Vec::new();
+        for n in 0..6u32 {
+            let id = format!("s{n}");
+            rd.begin(CallKey(n.into()), &start(&id));
+            let audio: Vec<i16> = (0..3200)
+                .map(|i| (i as i16).wrapping_mul(n as i16 + 3))
+                .collect();
+            rd.audio(CallKey(n.into()), &audio);
+            want.push((id, audio));
+        }
+        let mut meta = meta_r4();
+        for n in 0..6u32 {
+            meta.key = CallKey(n.into());
+            meta.recording_id = format!("s{n}");
+            meta.call_id = format!("s{n}@src");
+            meta.frames = 1600;
+            rd.end(CallKey(n.into()), meta.clone());
+        }
+        rd.wait_finished_within(Duration::ZERO);
+        drop(rd);
+        let notes: Vec<String> = hidden_files(d.path())
+            .into_iter()
+            .filter(|f| f.ends_with(".end.json"))
+            .collect();
+        // (A worker may have started a finish before the deadline: that
+        // one is finished now.)
+        assert!(
+            !notes.is_empty(),
+            "sealed {sealed}: some left for the next start"
+        );
+        for f in &notes {
+            let id = f.trim_start_matches('.').trim_end_matches(".end.json");
+            assert!(d.path().join(format!(".{id}.wav.part")).is_file());
+            assert!(!d.path().join(format!("{id}.json")).exists());
+            if sealed {
+                let raw = fs::read(d.path().join(f)).unwrap();
+                assert!(raw.starts_with(crypt::MAGIC), "the note is sealed");
+            }
+        }
+        let done = recover(d.path(), &c).unwrap();
+        assert_eq!(done.len(), notes.len(), "sealed {sealed}");
+        assert_eq!(
+            hidden_files(d.path()),
+            Vec::<String>::new(),
+            "nothing left over"
+        );
+        for (id, audio) in &want {
+            let k = c.seal.as_deref();
+            let j: Value = serde_json::from_slice(
+                &read_recording(&d.path().join(format!("{id}.json")), k).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(j["truncated"], false, "{id}: whole");
+            assert_eq!(j["end_reason"], "bye", "{id}");
+            assert_eq!(j["call_id"], format!("{id}@src"));
+            assert_eq!(j["warnings"], json!([]), "{id}");
+            let wav = read_recording(&d.path().join(format!("{id}.wav")), k).unwrap();
+            let le: Vec<u8> = audio.iter().flat_map(|s| s.to_le_bytes()).collect();
+            assert_eq!(wav[44..], le[..], "{id}: the audio");
+            assert_eq!(j["audio"]["bytes"], wav.len() as u64);
+            use sha2::Digest as _;
+            assert_eq!(
+                j["audio"]["sha256"],
+                hex::encode(sha2::Sha256::digest(&wav))
+            );
+            assert_eq!(
+                pbx_core::audio::wav::parse_wav_header(&wav)
+                    .unwrap()
+                    .data_len,
+                le.len() as u64
+            );
+        }
+    }
 }
