@@ -179,7 +179,7 @@ fn calls_sent_as_hep_over_udp_and_tcp_are_recorded_as_import_records_them() {
             .iter()
             .find(|r| r.json["call_id"] == spec.call_id.as_str())
             .unwrap_or_else(|| panic!("no recording of {}", spec.call_id));
-        assert_eq!(r.json["source"], "hep");
+        assert_eq!(r.json["source"], "sniff", "CONTRACT §3: a passive capture");
         assert_eq!(r.json["from"]["number"], "1001");
         assert_eq!(r.json["end_reason"], "bye");
         let i = imported(spec, dir.path());

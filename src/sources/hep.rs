@@ -142,6 +142,12 @@ impl HepHandle {
     }
 }
 
+/// `source` in the JSON of a recording made from HEP (CONTRACT §3 names
+/// `siprec | sniff | pcap | folder`): copies of a call's SIP and RTP that a
+/// capture agent saw and relayed are a passive capture, as sniffing is.
+/// (Its metrics and status still go under `hep`.)
+const HEP_SOURCE: &str = "sniff";
+
 /// Start the collector of `[sources.hep]` if enabled; on an error the
 /// status (readyz) and the log say why, and `None`.
 pub(crate) fn start_source(
@@ -156,7 +162,7 @@ pub(crate) fn start_source(
         }
         return None;
     }
-    let started = RecordingDir::new(&cfg.spool.dir, context(cfg, "hep"))
+    let started = RecordingDir::new(&cfg.spool.dir, context(cfg, HEP_SOURCE))
         .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
         .and_then(|out| {
             start(
@@ -201,7 +207,7 @@ impl SourceHandle for HepHandle {
         {
             return Reload::Restart;
         }
-        self.settings(recording_settings(cfg, "hep"));
+        self.settings(recording_settings(cfg, HEP_SOURCE));
         Reload::Applied
     }
 
