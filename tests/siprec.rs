@@ -1923,6 +1923,28 @@ fn an_answered_call_without_media_is_recorded_when_it_times_out() {
     assert!(got_bye, "no BYE to the SRC; log:\n{}", d.log());
 }
 
+/// An answered call whose media never arrive, hung up by the SRC 2 s
+/// later: its (empty) recording ends at the BYE, not at the answer.
+#[test]
+fn an_answered_call_without_media_ends_at_its_bye() {
+    use pbx_core::time::Timestamp;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let (_ok, bye) = start_call(&mut src, srs, "quiet@src");
+    std::thread::sleep(Duration::from_secs(2));
+    src.send(&bye);
+    let (j, _) = wait_recording_of(&d, "quiet@src");
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    assert_eq!(j["duration_ms"], 0, "{j}");
+    let time = |k: &str| Timestamp::parse_rfc3339(j[k].as_str().unwrap()).unwrap();
+    let waited = time("ended_at").as_micros() - time("answered_at").as_micros();
+    assert!(
+        (1_900_000..3_000_000).contains(&waited),
+        "ended {waited} us after the answer: {j}"
+    );
+}
+
 /// A recording session paused by the SRC (RFC 7866 §7.1.1.2: a re-INVITE
 /// with every stream `a=inactive`, as an SBC does while a card number is
 /// read or a call is on hold) sends no RTP by design: it is not hung up

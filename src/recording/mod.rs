@@ -534,19 +534,19 @@ impl RecordingDir {
     }
 
     /// Turn the calls still answered without audio into recordings of their
-    /// own (an empty WAV, `truncated`, `end_reason` = `reason`): what a stop
-    /// does with calls whose media never came.
-    pub(crate) fn finish_answered(&mut self, reason: &str) {
+    /// own (an empty WAV, `truncated`, `end_reason` = `reason`, ended `at`
+    /// the stop): what a stop does with calls whose media never came.
+    pub(crate) fn finish_answered(&mut self, reason: &str, at: Timestamp) {
         for (call_id, sidecar) in self.answered.take_all() {
-            self.write_answered(&call_id, &sidecar, reason, true);
+            self.write_answered(&call_id, &sidecar, reason, true, at);
         }
     }
 
-    /// The call with this Call-ID ended (`reason`: `bye`, `rtp_timeout`):
-    /// if its audio never began, it becomes a recording of its own, an
-    /// empty WAV, not truncated (unless `min_duration` discards it).
-    /// Whether such a recording was made.
-    pub fn end_answered(&mut self, call_id: &str, reason: &str) -> bool {
+    /// The call with this Call-ID ended (`reason`: `bye`, `rtp_timeout`)
+    /// `at` that time: if its audio never began, it becomes a recording of
+    /// its own, an empty WAV, not truncated (unless `min_duration` discards
+    /// it). Whether such a recording was made.
+    pub fn end_answered(&mut self, call_id: &str, reason: &str, at: Timestamp) -> bool {
         let Some(sidecar) = self.answered.take(call_id) else {
             return false;
         };
@@ -556,10 +556,17 @@ impl RecordingDir {
             self.closed_call(call_id);
             return false;
         }
-        self.write_answered(call_id, &sidecar, reason, false)
+        self.write_answered(call_id, &sidecar, reason, false, at)
     }
 
-    fn write_answered(&mut self, call_id: &str, sidecar: &Path, reason: &str, cut: bool) -> bool {
+    fn write_answered(
+        &mut self,
+        call_id: &str,
+        sidecar: &Path,
+        reason: &str,
+        cut: bool,
+        at: Timestamp,
+    ) -> bool {
         let (Some(dir), Some(id)) = (
             sidecar.parent().map(Path::to_path_buf),
             sidecar_id(sidecar, ANSWER_SUFFIX),
@@ -571,7 +578,16 @@ impl RecordingDir {
         } else {
             "no audio arrived for this call"
         };
-        let made = match complete_answered(&dir, &id, &self.ctx, sidecar, reason, cut, warning) {
+        let made = match complete_answered(
+            &dir,
+            &id,
+            &self.ctx,
+            sidecar,
+            reason,
+            cut,
+            warning,
+            Some(at),
+        ) {
             Ok(()) => {
                 let wav = dir.join(format!("{id}.wav"));
                 self.counters
@@ -967,7 +983,7 @@ fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
         );
         complete_renamed(dir, id, ctx, &sidecar, reason, &saving)?;
     } else if sidecar.is_file() && !json.exists() {
-        complete_answered(dir, id, ctx, &sidecar, reason, true, &warning)?;
+        complete_answered(dir, id, ctx, &sidecar, reason, true, &warning, None)?;
     } else {
         return Ok(None);
     }

@@ -137,7 +137,7 @@ fn recover_entry(
             complete_renamed(dir, &id, ctx, p, "crash", WARN_SAVING)?;
             return Ok(Some(id));
         }
-        complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
+        complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO, None)?;
         return Ok(Some(id));
     }
     if let Some(id) = name
@@ -200,7 +200,7 @@ fn recover_entry(
             // the crash: the call still leaves a recording, an empty one.
             // (With a min_duration a lone sidecar may be a call discarded
             // as too short just before the crash: removed.)
-            complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO)?;
+            complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO, None)?;
             return Ok(Some(id));
         }
         // The pair is complete (crash before the sidecar's removal), or
@@ -280,7 +280,7 @@ pub(super) fn complete_part(
         write_cut_note(dir, id, reason, warning)?;
     }
     fs::rename(p, dir.join(format!("{id}.wav")))?;
-    complete_json(dir, id, ctx, &sidecar, true, reason, warning)?;
+    complete_json(dir, id, ctx, &sidecar, true, reason, warning, None)?;
     Ok(Some(id.to_string()))
 }
 
@@ -355,9 +355,9 @@ pub(super) fn complete_renamed(
         Some(n) => {
             let text = |k: &str, or: &str| n[k].as_str().unwrap_or(or).to_string();
             let (r, w) = (text("reason", reason), text("warning", WARN_CUT));
-            complete_json(dir, id, ctx, sidecar, true, &r, &w)
+            complete_json(dir, id, ctx, sidecar, true, &r, &w, None)
         }
-        None => complete_json(dir, id, ctx, sidecar, false, reason, warning),
+        None => complete_json(dir, id, ctx, sidecar, false, reason, warning, None),
     }
 }
 
@@ -453,7 +453,7 @@ fn recover_sealed_part(
         write_cut_note(dir, id, reason, &warning)?;
     }
     fs::rename(&tmp, &wav)?;
-    complete_json(dir, id, ctx, sidecar, true, reason, &warning)?;
+    complete_json(dir, id, ctx, sidecar, true, reason, &warning, None)?;
     let _ = fs::remove_file(part);
     Ok(Some(id.to_string()))
 }
@@ -498,6 +498,8 @@ pub(super) fn wav_rate(sj: &Value) -> u32 {
 /// the other completions do: a crash between the WAV and the JSON still
 /// makes it a cut recording, with its reason and warning (without the
 /// note, recovery takes a WAV without JSON for one renamed in whole).
+/// `ended_at`: when the call ended, when known (its BYE, the stop).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn complete_answered(
     dir: &Path,
     id: &str,
@@ -506,6 +508,7 @@ pub(super) fn complete_answered(
     reason: &str,
     truncated: bool,
     warning: &str,
+    ended_at: Option<Timestamp>,
 ) -> io::Result<()> {
     use pbx_core::audio::wav::canonical_header;
     let wav = dir.join(format!("{id}.wav"));
@@ -524,11 +527,13 @@ pub(super) fn complete_answered(
         }
         fs::rename(&tmp, &wav)?;
     }
-    complete_json(dir, id, ctx, sidecar, truncated, reason, warning)
+    complete_json(dir, id, ctx, sidecar, truncated, reason, warning, ended_at)
 }
 
 /// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
-/// never recorded, from its sidecar (then removed).
+/// never recorded, from its sidecar (then removed). `ended_at`: when the
+/// call ended, when the caller knows it (else taken from the audio).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn complete_json(
     dir: &Path,
     id: &str,
@@ -537,6 +542,7 @@ pub(super) fn complete_json(
     truncated: bool,
     reason: &str,
     warning: &str,
+    ended_at: Option<Timestamp>,
 ) -> io::Result<()> {
     use pbx_core::audio::wav::parse_wav_header;
     let wav_path = dir.join(format!("{id}.wav"));
@@ -566,12 +572,16 @@ pub(super) fn complete_json(
     let frames = bytes.saturating_sub(header) / 4;
     let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
     let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
-    // The end of the audio kept on the call's timeline; else when the file
-    // was last written.
-    let ended_at = time("media_started_at")
-        .or_else(|| time("answered_at"))
-        .or_else(|| time("started_at"))
-        .map(|t| t.add_micros(duration_ms * 1000))
+    // The end the caller knows (a call without audio ends when its BYE
+    // came, not when it was answered); else the end of the audio kept on
+    // the call's timeline; else when the file was last written.
+    let ended_at = ended_at
+        .or_else(|| {
+            time("media_started_at")
+                .or_else(|| time("answered_at"))
+                .or_else(|| time("started_at"))
+                .map(|t| t.add_micros(duration_ms * 1000))
+        })
         .or_else(|| {
             let m = fs::metadata(&wav_path).and_then(|m| m.modified()).ok()?;
             let us = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();

@@ -136,6 +136,11 @@ fn answered(call_id: &str) -> AnsweredCall {
     }
 }
 
+/// When the calls of [`answered`] hang up: 20 s after their answer.
+fn hung_up() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-12-03T10:00:20.250Z").unwrap()
+}
+
 fn hidden_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -207,6 +212,27 @@ fn answered_call_without_audio_becomes_an_empty_recording_after_a_crash() {
     );
     assert!(hidden_files(d.path()).is_empty());
     assert!(recover(d.path(), &ctx("sniff")).unwrap().is_empty());
+}
+
+/// A call answered, no audio, hung up 20 s later: its empty recording
+/// ends when the call did (the BYE, or the stop), not when it was
+/// answered (CONTRACT §3 `ended_at`).
+#[test]
+fn an_answered_call_without_audio_ends_when_it_was_hung_up() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    let id = rd.answered_calls().answered(&answered("bye@src")).unwrap();
+    assert!(rd.end_answered("bye@src", "bye", hung_up()));
+    let j = json_of(d.path(), &id);
+    assert_eq!(j["answered_at"], "2026-12-03T10:00:00.250Z");
+    assert_eq!(j["ended_at"], "2026-12-03T10:00:20.250Z", "{j}");
+    assert_eq!(j["duration_ms"], 0);
+    let id = rd.answered_calls().answered(&answered("stop@src")).unwrap();
+    let stop = Timestamp::parse_rfc3339("2026-12-03T10:01:00.000Z").unwrap();
+    rd.finish_answered("shutdown", stop);
+    let j = json_of(d.path(), &id);
+    assert_eq!(j["ended_at"], "2026-12-03T10:01:00.000Z", "{j}");
+    assert_eq!(j["end_reason"], "shutdown");
 }
 
 /// The answer note goes when the call's audio begins (the recording
@@ -286,8 +312,8 @@ fn closed_calls_are_named_once_their_pair_is_durable() {
         .answered_calls()
         .answered(&answered("empty@src"))
         .unwrap();
-    assert!(rd.end_answered("empty@src", "bye"));
-    assert!(!rd.end_answered("empty@src", "bye"), "once");
+    assert!(rd.end_answered("empty@src", "bye", hung_up()));
+    assert!(!rd.end_answered("empty@src", "bye", hung_up()), "once");
     assert_eq!(rd.take_closed(), vec!["empty@src".to_string()]);
     let j = json_of(d.path(), &id);
     assert_eq!(
@@ -309,7 +335,7 @@ fn closed_calls_are_named_once_their_pair_is_durable() {
             ..start("r4b")
         },
     );
-    assert!(!rd.end_answered("r4b@src", "bye"));
+    assert!(!rd.end_answered("r4b@src", "bye", hung_up()));
     rd.end(
         CallKey(7),
         CallMeta {
@@ -324,7 +350,7 @@ fn closed_calls_are_named_once_their_pair_is_durable() {
         .answered_calls()
         .answered(&answered("quiet@src"))
         .unwrap();
-    rd.finish_answered("shutdown");
+    rd.finish_answered("shutdown", hung_up());
     assert_eq!(rd.take_closed(), vec!["quiet@src".to_string()]);
     let j = json_of(d.path(), &id);
     assert_eq!(
@@ -1201,7 +1227,7 @@ fn the_answered_note_stays_until_something_else_stands_for_the_call() {
     assert_eq!(notes(d.path()), 0);
     assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
     assert!(
-        !rd.end_answered("r4@src", "bye"),
+        !rd.end_answered("r4@src", "bye", hung_up()),
         "one recording of the call"
     );
 
@@ -1217,7 +1243,7 @@ fn the_answered_note_stays_until_something_else_stands_for_the_call() {
     assert_eq!(rd.counters.failed, 1);
     assert_eq!(rd.stranded_retry(), None, "nothing of it on disk");
     assert_eq!(notes(d.path()), 1);
-    assert!(rd.end_answered("r4@src", "bye"));
+    assert!(rd.end_answered("r4@src", "bye", hung_up()));
     let j = json_of(d.path(), &id);
     assert_eq!(
         (j["call_id"].clone(), j["duration_ms"].clone()),
@@ -1786,7 +1812,7 @@ fn an_answered_call_completed_without_audio_is_still_cut_after_a_crash_before_it
     let id = rd.answered_calls().answered(&answered("e2@src")).unwrap();
     let block = d.path().join(format!(".{id}.json.tmp"));
     fs::create_dir(&block).unwrap();
-    rd.finish_answered("shutdown");
+    rd.finish_answered("shutdown", hung_up());
     drop(rd);
     assert!(d.path().join(format!("{id}.wav")).exists());
     assert!(!d.path().join(format!("{id}.json")).exists());
@@ -1804,7 +1830,7 @@ fn an_answered_call_completed_without_audio_is_still_cut_after_a_crash_before_it
     let id = rd.answered_calls().answered(&answered("e3@src")).unwrap();
     let block = d.path().join(format!(".{id}.json.tmp"));
     fs::create_dir(&block).unwrap();
-    assert!(!rd.end_answered("e3@src", "bye"));
+    assert!(!rd.end_answered("e3@src", "bye", hung_up()));
     drop(rd);
     assert!(!d.path().join(format!(".{id}.cut")).exists());
     fs::remove_dir(&block).unwrap();

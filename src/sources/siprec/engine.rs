@@ -82,7 +82,7 @@ pub(super) fn engine_loop(
     }
     host.finish(EndReason::Shutdown);
     endings.finish(&mut host, &durable);
-    host.out.finish_answered("shutdown");
+    host.out.finish_answered("shutdown", now());
     publish(&host, &report, &media);
     let name = report.name();
     if name != "siprec" {
@@ -111,9 +111,10 @@ pub(super) fn engine_loop(
 /// recording is durable on disk, or there is none.
 #[derive(Default)]
 pub(super) struct Endings {
-    /// Ended by the SIP task, still lingering in the engine: the reason
-    /// and the BYEs to answer, by Call-ID.
-    lingering: HashMap<String, (&'static str, Vec<DialogId>)>,
+    /// Ended by the SIP task, still lingering in the engine: the reason,
+    /// when it ended (a call without audio ended then, not when the linger
+    /// is over) and the BYEs to answer, by Call-ID.
+    lingering: HashMap<String, (&'static str, Timestamp, Vec<DialogId>)>,
     /// BYEs waiting for their call's recording to be durable, by Call-ID.
     byes: HashMap<String, Vec<DialogId>>,
 }
@@ -129,20 +130,22 @@ impl Endings {
         bye: Option<DialogId>,
         durable: &mpsc::UnboundedSender<Control>,
     ) {
+        let at = now();
         // Its BYE never reached the engine (the queue was full and the
         // message dropped): the call ends now as if it had.
         if bye.is_some() {
-            host.engine.hang_up(&call_id, now(), EndReason::Bye);
+            host.engine.hang_up(&call_id, at, EndReason::Bye);
         }
         if host.engine.is_ending(&call_id) {
-            let (_, byes) = self
+            let (_, _, byes) = self
                 .lingering
                 .entry(call_id)
-                .or_insert((reason, Vec::new()));
+                .or_insert((reason, at, Vec::new()));
             byes.extend(bye);
             return;
         }
-        self.settle_call(host, call_id, reason, bye.into_iter().collect(), durable);
+        let byes = bye.into_iter().collect();
+        self.settle_call(host, call_id, reason, at, byes, durable);
     }
 
     /// After every input or wake-up: the lingering calls the engine has
@@ -160,8 +163,8 @@ impl Endings {
                 .cloned()
                 .collect();
             for call_id in done {
-                if let Some((reason, byes)) = self.lingering.remove(&call_id) {
-                    self.settle_call(host, call_id, reason, byes, durable);
+                if let Some((reason, at, byes)) = self.lingering.remove(&call_id) {
+                    self.settle_call(host, call_id, reason, at, byes, durable);
                 }
             }
         }
@@ -186,8 +189,8 @@ impl Endings {
         durable: &mpsc::UnboundedSender<Control>,
     ) {
         let mut byes: Vec<DialogId> = Vec::new();
-        for (call_id, (reason, held)) in self.lingering.drain() {
-            host.out.end_answered(&call_id, reason);
+        for (call_id, (reason, at, held)) in self.lingering.drain() {
+            host.out.end_answered(&call_id, reason, at);
             byes.extend(held);
         }
         host.out.wait_finished();
@@ -197,18 +200,19 @@ impl Endings {
         }
     }
 
-    /// The engine is done with the call: with no audio, its answered note
-    /// becomes an empty recording; its BYEs are answered now, or once its
-    /// recording is durable.
+    /// The engine is done with the call (ended `at`): with no audio, its
+    /// answered note becomes an empty recording; its BYEs are answered now,
+    /// or once its recording is durable.
     fn settle_call(
         &mut self,
         host: &mut EngineHost,
         call_id: String,
         reason: &'static str,
+        at: Timestamp,
         byes: Vec<DialogId>,
         durable: &mpsc::UnboundedSender<Control>,
     ) {
-        host.out.end_answered(&call_id, reason);
+        host.out.end_answered(&call_id, reason, at);
         if byes.is_empty() {
             return;
         }
@@ -650,7 +654,7 @@ mod tests {
         c.endings.finish(&mut c.host, &c.durable);
         // Its BYE is reported durable once the recording is on disk.
         assert_eq!(c.byes_answered(), 1);
-        c.host.out.finish_answered("shutdown");
+        c.host.out.finish_answered("shutdown", c.t);
         let recs = c.recordings();
         assert_eq!(recs.len(), 1, "{recs:?}");
         assert!(recs[0].1.contains("no audio arrived"), "{recs:?}");
