@@ -1945,6 +1945,50 @@ fn an_answered_call_without_media_ends_at_its_bye() {
     );
 }
 
+/// An answered G.722 call with a `Cisco-Guid`, hung up without media:
+/// its (empty) recording keeps the PBX's id and is 16000 Hz, as it would
+/// have been with audio (`recording.sample_rate = "auto"`).
+#[test]
+fn an_answered_wideband_call_without_media_keeps_its_ids_and_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let src = Src::new(srs);
+    let call_id = "g722@src";
+    let inv = invite(
+        call_id,
+        src.port(),
+        srs,
+        [40100, 40102],
+        1,
+        "i-g722",
+        &metadata(call_id),
+    )
+    .replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
+        "RTP/AVP 9 101\r\na=rtpmap:9 G722/8000",
+    )
+    .replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nCisco-Guid: 1234567890-0987654321-1111111111-2222222222\r\n",
+    );
+    src.send(&with_content_length(&inv));
+    let ok = final_response_no_bye(&src, "INVITE", call_id);
+    assert!(ok.starts_with("SIP/2.0 200") && ok.contains("G722"), "{ok}");
+    let to = header(&ok, "To").unwrap().to_string();
+    let mut src = src;
+    let bye = ack_and_bye(&mut src, call_id, &to, srs);
+    src.send(&bye);
+    let (j, p) = wait_recording_of(&d, call_id);
+    assert_eq!(
+        j["ids"]["cisco_guid"], "1234567890-0987654321-1111111111-2222222222",
+        "{j}"
+    );
+    assert_eq!(j["audio"]["sample_rate"], 16000, "{j}");
+    let wav = std::fs::read(p.with_extension("wav")).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+    assert_eq!((info.channels, info.sample_rate), (2, 16000));
+}
+
 /// A recording session paused by the SRC (RFC 7866 §7.1.1.2: a re-INVITE
 /// with every stream `a=inactive`, as an SBC does while a card number is
 /// read or a call is on hold) sends no RTP by design: it is not hung up

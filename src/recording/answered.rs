@@ -3,6 +3,7 @@
 //! recording (module doc of [`super`]).
 
 use super::*;
+use pbx_core::call::SampleRatePolicy;
 
 /// Suffix of the sidecar of an answered call whose audio has not begun.
 pub const ANSWER_SUFFIX: &str = ".answer.json";
@@ -24,6 +25,9 @@ pub struct AnsweredCall {
     pub recorded_call_id: Option<String>,
     /// The WAV rate the recording will have, when known (else 8000).
     pub sample_rate: Option<u32>,
+    /// Identifiers the PBX gave the call, from the INVITE's headers
+    /// ([`pbx_core::call::ids`]), as a recording with audio has them.
+    pub ids: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) struct AnsweredState {
@@ -34,6 +38,10 @@ pub(super) struct AnsweredState {
     pub(super) seal: Option<Arc<crypt::Keyring>>,
     /// Call-ID -> its sidecar.
     pub(super) by_call: HashMap<String, PathBuf>,
+    /// `recording.sample_rate`, for the rate of a recording without audio
+    /// (the signalling side decides it from the answer, as the engine
+    /// would have from the media).
+    pub(super) rate: SampleRatePolicy,
 }
 
 /// The calls answered (`200 OK` to the INVITE) whose audio has not begun:
@@ -60,7 +68,22 @@ impl AnsweredCalls {
             agent_id: ctx.agent_id.clone(),
             seal: ctx.seal.clone(),
             by_call: HashMap::new(),
+            rate: SampleRatePolicy::Auto,
         })))
+    }
+
+    /// `recording.sample_rate` as configured (set at start and on reload).
+    pub(crate) fn set_rate_policy(&self, rate: SampleRatePolicy) {
+        if let Ok(mut g) = self.0.lock() {
+            g.rate = rate;
+        }
+    }
+
+    pub(crate) fn rate_policy(&self) -> SampleRatePolicy {
+        self.0
+            .lock()
+            .map(|g| g.rate)
+            .unwrap_or(SampleRatePolicy::Auto)
     }
 
     pub(super) fn set_dir(&self, dir: &Path) {
@@ -94,6 +117,7 @@ impl AnsweredCalls {
             "started_at": call.started_at,
             "answered_at": call.answered_at,
             "sample_rate": call.sample_rate,
+            "ids": call.ids,
             "source": g.source,
             "agent_id": g.agent_id,
         });

@@ -131,6 +131,8 @@ pub(crate) fn apply_settings(
     out: &mut RecordingDir,
     s: RecordingSettings,
 ) {
+    // Calls answered from now on without audio take their rate from it.
+    out.answered.set_rate_policy(s.engine.sample_rate);
     engine.set_config(s.engine);
     out.set_context(s.ctx);
     if let Err(e) = out.set_dir(&s.dir) {

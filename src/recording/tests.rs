@@ -133,6 +133,7 @@ fn answered(call_id: &str) -> AnsweredCall {
         answered_at: Timestamp::parse_rfc3339("2026-12-03T10:00:00.250Z").unwrap(),
         recorded_call_id: Some("orig@pbx".into()),
         sample_rate: None,
+        ids: Default::default(),
     }
 }
 

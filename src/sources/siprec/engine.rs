@@ -434,6 +434,8 @@ mod tests {
                     &body,
                 ))
                 .unwrap(),
+                &sdp(ANSWER, "recvonly"),
+                pbx_core::call::SampleRatePolicy::Auto,
                 c.t,
                 c.t,
             );

@@ -441,6 +441,7 @@ pub async fn start(
     let (listen, tls_listen) = (cfg.listen, cfg.tls_listen);
     let stop = Shutdown::new()?;
     let answered = out.answered_calls();
+    answered.set_rate_policy(engine_cfg.sample_rate);
     let mut out = out;
     // The engine thread tells the SIP task when a call's pair is durable.
     out.track_closed(true);

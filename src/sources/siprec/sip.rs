@@ -438,9 +438,14 @@ pub(super) async fn sip_loop(
                             // call is not taken (503: the SRC may try
                             // another recorder) rather than answered with
                             // nothing on disk to recover it from.
-                            if let Err(e) =
-                                answered.answered(&answered_call(&dialog, &invite, at, now()))
-                            {
+                            if let Err(e) = answered.answered(&answered_call(
+                                &dialog,
+                                &invite,
+                                &answer,
+                                answered.rate_policy(),
+                                at,
+                                now(),
+                            )) {
                                 tracing::error!("spool: cannot note an answered call ({e}): SIPREC INVITE answered 503");
                                 release(session, &mut ports);
                                 uas.reject_unavailable(&dialog, RETRY_AFTER_S, at);
@@ -645,21 +650,46 @@ async fn send_events(
     }
 }
 
-/// What is known of a call as it is answered: the parties as the metadata
-/// names them (the same assignment the engine makes), the recorded call's id.
+/// What is known of a call as it is answered (with `answer`, our SDP): the
+/// parties as the metadata names them (the same assignment the engine
+/// makes), the recorded call's id, the PBX's ids from the INVITE's headers
+/// and the WAV's rate (`rate`: `recording.sample_rate`; auto is 16000 when
+/// a stream was answered with a wideband codec, as the engine decides it
+/// when media start): what a recording without audio still says.
 pub(super) fn answered_call(
     dialog: &DialogId,
     invite: &pbx_core::sip::message::SipMessage,
+    answer: &str,
+    rate: pbx_core::call::SampleRatePolicy,
     started_at: Timestamp,
     answered_at: Timestamp,
 ) -> AnsweredCall {
-    use pbx_core::call::{Party, PartyInfo};
+    use pbx_core::audio::codec::Codec;
+    use pbx_core::call::{Party, PartyInfo, SampleRatePolicy};
     let mut call = AnsweredCall {
         call_id: dialog.call_id.clone(),
         started_at,
         answered_at,
         ..AnsweredCall::default()
     };
+    pbx_core::call::ids::collect(invite, &mut call.ids);
+    call.sample_rate = Some(match rate {
+        SampleRatePolicy::Fixed(r) => r,
+        SampleRatePolicy::Auto => {
+            let wide = pbx_core::sip::sdp::parse_sdp(answer).is_ok_and(|sdp| {
+                sdp.media.iter().filter(|m| m.port != 0).any(|m| {
+                    pbx_core::sip::siprec::decodable_codec(m).is_some_and(|c| {
+                        Codec::from_rtpmap(&c.encoding, c.clock_rate, c.channels).is_wideband()
+                    })
+                })
+            });
+            if wide {
+                16000
+            } else {
+                8000
+            }
+        }
+    });
     let Ok((sdp, Some(meta))) = siprec_parts(invite) else {
         return call;
     };

@@ -181,3 +181,81 @@ fn a_v4_peer_of_a_dual_stack_listener_gets_a_v4_media_address() {
         "127.0.0.1".parse::<IpAddr>().unwrap()
     );
 }
+
+/// A call answered and hung up without audio still says what the INVITE
+/// told: the PBX's ids from its headers, and the rate the recording would
+/// have had (`auto`: 16000 for a stream answered with G.722; a fixed
+/// `recording.sample_rate` as set). Before, its recording had only
+/// `recorded_call_id` and was 8000 Hz whatever the codec.
+#[test]
+fn a_call_without_audio_keeps_the_invites_ids_and_rate() {
+    use crate::recording::{RecordingContext, RecordingDir, RoleRules};
+    use pbx_core::call::SampleRatePolicy;
+    let sdp = |codec: &str| {
+        format!(
+            "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP {codec}\r\na=label:1\r\na=sendonly\r\n\
+             m=audio 4002 RTP/AVP {codec}\r\na=label:2\r\na=sendonly\r\n"
+        )
+    };
+    let invite = |codec: &str| {
+        let body = sdp(codec);
+        pbx_core::sip::parse_message(
+            format!(
+                "INVITE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+                 From: <sip:src@127.0.0.1>;tag=src\r\nTo: <sip:srs@127.0.0.1>\r\n\
+                 Call-ID: g@src\r\nCSeq: 1 INVITE\r\nCisco-Guid: 1234567890-0987654321-1111111111-2222222222\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let dialog = DialogId {
+        call_id: "g@src".into(),
+        local_tag: "srs".into(),
+        remote_tag: "src".into(),
+    };
+    let at = Timestamp::parse_rfc3339("2026-12-03T10:00:00.000Z").unwrap();
+    let answer = |codec: &str| sdp(codec).replace("sendonly", "recvonly");
+    let rate = |codec: &str, policy| {
+        answered_call(&dialog, &invite(codec), &answer(codec), policy, at, at).sample_rate
+    };
+    assert_eq!(rate("9", SampleRatePolicy::Auto), Some(16000));
+    assert_eq!(rate("0", SampleRatePolicy::Auto), Some(8000));
+    assert_eq!(rate("9", SampleRatePolicy::Fixed(8000)), Some(8000));
+    assert_eq!(rate("0", SampleRatePolicy::Fixed(16000)), Some(16000));
+
+    let call = answered_call(
+        &dialog,
+        &invite("9"),
+        &answer("9"),
+        SampleRatePolicy::Auto,
+        at,
+        at,
+    );
+    let d = tempfile::tempdir().unwrap();
+    let ctx = RecordingContext {
+        agent_id: "agent-a".into(),
+        source: "siprec",
+        min_duration: Duration::ZERO,
+        seal: None,
+        tap: None,
+        roles: RoleRules::default(),
+    };
+    let mut out = RecordingDir::new(d.path(), ctx).unwrap();
+    let id = out.answered_calls().answered(&call).unwrap();
+    assert!(out.end_answered("g@src", "bye", at.add_micros(20_000_000)));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(
+        j["ids"]["cisco_guid"], "1234567890-0987654321-1111111111-2222222222",
+        "{j}"
+    );
+    assert_eq!(j["audio"]["sample_rate"], 16000, "{j}");
+    let wav = std::fs::read(d.path().join(format!("{id}.wav"))).unwrap();
+    let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
+    assert_eq!((info.channels, info.sample_rate), (2, 16000));
+}
