@@ -740,15 +740,8 @@ fn defer_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
         if let Some(w) = rec.wav.take() {
             w.finalize_plain()?.sync_all()?;
         }
-        let mut doc = RecordingDoc::of_call(
-            meta,
-            &rec.id,
-            &rec.ctx.agent_id,
-            rec.ctx.source,
-            DocAudio::wav(meta.sample_rate, 0, String::new()),
-        );
-        doc.assign_roles_with(&rec.ctx.roles, meta.signalling);
-        recover::write_end_note(&rec.dir, &rec.id, &doc.to_value(), rec.ctx.seal.as_deref())
+        let doc = end_doc(&rec.id, &rec.ctx, meta);
+        recover::write_end_note(&rec.dir, &rec.id, &doc, rec.ctx.seal.as_deref())
     })();
     if let Err(e) = written {
         tracing::error!(id = %rec.id, "recording: cannot leave it for the next start ({e}); recovery completes it as after a crash");
@@ -767,6 +760,20 @@ fn defer_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
         outcome: Outcome::Deferred,
         stranded: None,
     }
+}
+
+/// The JSON of the call's recording but for its audio's size and hash
+/// (an end note's, [`recover::write_end_note`]).
+fn end_doc(id: &str, ctx: &RecordingContext, meta: &CallMeta) -> Value {
+    let mut doc = RecordingDoc::of_call(
+        meta,
+        id,
+        &ctx.agent_id,
+        ctx.source,
+        DocAudio::wav(meta.sample_rate, 0, String::new()),
+    );
+    doc.assign_roles_with(&ctx.roles, meta.signalling);
+    doc.to_value()
 }
 
 /// The `.part` of `rec` is open (or could not be): the tap is told, and the
@@ -835,6 +842,9 @@ struct Stranded {
     ctx: RecordingContext,
     reason: String,
     error: String,
+    /// The call's JSON from its [`CallMeta`] ([`end_doc`]): its codecs,
+    /// packet counts, DTMF and pauses, which the start note lacks.
+    doc: Value,
 }
 
 /// How often stranded recordings are tried again.
@@ -872,12 +882,14 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
     let mut stranded = None;
     let finished = match finish_files(rec, meta) {
         Err(e) => {
+            let doc = end_doc(&id, &ctx, meta);
             let s = Stranded {
                 dir: dir.clone(),
                 id: id.clone(),
                 ctx,
                 reason: doc::end_reason_name(meta),
                 error: e.to_string(),
+                doc,
             };
             match salvage(&s) {
                 Ok(Some(w)) => {
@@ -961,6 +973,12 @@ fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done {
 /// (an answered call always leaves a recording). `Ok(None)`: nothing of it
 /// is on disk. An error leaves the files as they are, for recovery at the
 /// next start.
+///
+/// Its JSON is the call's own ([`Stranded::doc`]: codecs, packet counts,
+/// DTMF, pauses), left first as its end note (as a stop leaves one) for the
+/// completion to write with the WAV's size and hash, and for recovery to
+/// find if the daemon dies in between; without room for the note, it is
+/// made from the start note as after a crash.
 fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
     let (dir, id, ctx) = (&s.dir, &s.id, &s.ctx);
     let part = dir.join(format!(".{id}.wav.part"));
@@ -972,8 +990,29 @@ fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
         "the spool refused a write while recording this call ({}): the audio that reached the disk was kept, the rest is missing",
         s.error
     );
+    let keys = ctx.seal.as_deref();
+    // Left once (a retry finds the first try's note). A WAV renamed in by
+    // the finish is whole: the note is the JSON the finish failed to write
+    // (one renamed in by a first try's completion has its cut note).
+    let leave_note = || {
+        if recover::has_end_note(dir, id) {
+            return;
+        }
+        let mut doc = s.doc.clone();
+        if !wav.is_file() || recover::has_cut_note(dir, id) {
+            doc["truncated"] = true.into();
+            if let Some(w) = doc["warnings"].as_array_mut() {
+                w.push(warning.clone().into());
+            }
+        }
+        if let Err(e) = recover::write_end_note(dir, id, &doc, keys) {
+            tracing::warn!(%id, "recording: its end details could not be kept ({e}); its JSON is made from its start note");
+        }
+    };
     if part.is_file() {
+        leave_note();
         if complete_part(dir, id, ctx, &part, reason, &warning)?.is_none() {
+            recover::remove_end_note(dir, id);
             return Ok(None);
         }
     } else if wav.is_file() && !json.exists() {
@@ -983,13 +1022,15 @@ fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Value, u64)>> {
             "the spool refused a write while saving this recording ({}): the audio is complete; the call's end details and packet counts were lost",
             s.error
         );
+        leave_note();
         complete_renamed(dir, id, ctx, &sidecar, reason, &saving)?;
     } else if sidecar.is_file() && !json.exists() {
+        leave_note();
         complete_answered(dir, id, ctx, &sidecar, reason, true, &warning, None)?;
     } else {
         return Ok(None);
     }
-    let doc = read_json_file(&json, ctx.seal.as_deref());
+    let doc = read_json_file(&json, keys);
     let bytes = doc["audio"]["bytes"].as_u64().unwrap_or(0);
     let duration_ms = doc["duration_ms"].as_i64().unwrap_or(0);
     Ok(Some((

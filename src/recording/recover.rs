@@ -275,7 +275,8 @@ pub(super) fn complete_part(
     f.sync_all()?;
     drop(f);
     // Left by a stop with its end note: whole, not cut (the note stays
-    // until the JSON is written, and says so after a crash in between).
+    // until the JSON is written, and says so after a crash in between);
+    // left by a write error's salvage, its note says it is cut.
     if !has_end_note(dir, id) {
         write_cut_note(dir, id, reason, warning)?;
     }
@@ -292,8 +293,20 @@ fn end_note_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!(".{id}{END_SUFFIX}"))
 }
 
-fn has_end_note(dir: &Path, id: &str) -> bool {
+pub(super) fn has_end_note(dir: &Path, id: &str) -> bool {
     end_note_path(dir, id).is_file()
+}
+
+/// Whether a cut recording's note is there (its WAV, renamed in, is not
+/// whole).
+pub(super) fn has_cut_note(dir: &Path, id: &str) -> bool {
+    dir.join(format!(".{id}{CUT_SUFFIX}")).is_file()
+}
+
+/// Removes the end note of a recording that turned out to have nothing
+/// on disk.
+pub(super) fn remove_end_note(dir: &Path, id: &str) {
+    let _ = fs::remove_file(end_note_path(dir, id));
 }
 
 /// Writes (and fsyncs) the end note of a recording left by a stop:
@@ -530,6 +543,21 @@ pub(super) fn complete_answered(
     complete_json(dir, id, ctx, sidecar, truncated, reason, warning, ended_at)
 }
 
+/// The rate of the 2-channel WAV at `wav_path` (`bytes` long) and its
+/// length in ms, from its header (8000 Hz and 44 bytes when unreadable).
+fn wav_length(wav_path: &Path, keys: Option<&Keyring>, bytes: u64) -> io::Result<(u32, i64)> {
+    use pbx_core::audio::wav::parse_wav_header;
+    let mut head = Vec::with_capacity(64);
+    open_recording(wav_path, keys, OpenMode::Strict)?
+        .take(64)
+        .read_to_end(&mut head)?;
+    let info = parse_wav_header(&head).ok();
+    let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
+    let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
+    let frames = bytes.saturating_sub(header) / 4;
+    Ok((rate, (frames * 1000 / u64::from(rate.max(1))) as i64))
+}
+
 /// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
 /// never recorded, from its sidecar (then removed). `ended_at`: when the
 /// call ended, when the caller knows it (else taken from the audio).
@@ -544,14 +572,20 @@ pub(super) fn complete_json(
     warning: &str,
     ended_at: Option<Timestamp>,
 ) -> io::Result<()> {
-    use pbx_core::audio::wav::parse_wav_header;
     let wav_path = dir.join(format!("{id}.wav"));
     let keys = ctx.seal.as_deref();
     let note = end_note_path(dir, id);
     if let Some(mut doc) = Some(read_json_file(&note, keys)).filter(Value::is_object) {
-        // Left by a stop: the JSON the finish would have written, with the
-        // WAV's size and hash.
+        // Left by a stop, or by a write error's salvage: the JSON the
+        // finish would have written, with the WAV's size and hash.
         let (bytes, sha) = hash_recording(&wav_path, keys)?;
+        if doc["truncated"] == true {
+            // Left by a write error's salvage: only the audio that reached
+            // the disk, as long as it is.
+            let (rate, ms) = wav_length(&wav_path, keys, bytes)?;
+            doc["duration_ms"] = ms.into();
+            doc["audio"]["sample_rate"] = rate.into();
+        }
         doc["audio"]["bytes"] = bytes.into();
         doc["audio"]["sha256"] = sha.into();
         write_json_value(dir, id, &doc, keys)?;
@@ -561,16 +595,8 @@ pub(super) fn complete_json(
         return sync_dir(dir);
     }
     let sj = read_json_file(sidecar, keys);
-    let mut head = Vec::with_capacity(64);
-    open_recording(&wav_path, keys, OpenMode::Strict)?
-        .take(64)
-        .read_to_end(&mut head)?;
-    let info = parse_wav_header(&head).ok();
-    let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
     let (bytes, sha) = hash_recording(&wav_path, keys)?;
-    let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
-    let frames = bytes.saturating_sub(header) / 4;
-    let duration_ms = (frames * 1000 / u64::from(rate.max(1))) as i64;
+    let (rate, duration_ms) = wav_length(&wav_path, keys, bytes)?;
     let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
     // The end the caller knows (a call without audio ends when its BYE
     // came, not when it was answered); else the end of the audio kept on

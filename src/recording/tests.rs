@@ -930,7 +930,25 @@ fn a_write_error_keeps_what_reached_the_disk() {
             "No space left on device",
         ));
         rd.audio(CallKey(4), &[9i16; 1600]);
-        rd.end(CallKey(4), meta_r4());
+        // What the engine still knows of the call: its codecs, packets,
+        // DTMF and pauses (200 ms of it, of which 100 reached the disk).
+        let mut meta = meta_r4();
+        meta.frames = 1600;
+        meta.channels[0].codec = "PCMU".into();
+        meta.channels[0].packets = 10;
+        meta.channels[1].lost = 2;
+        meta.dtmf.push(pbx_core::call::meta::Dtmf {
+            channel: 0,
+            digit: "5".into(),
+            at_ms: 40,
+            duration_ms: 20,
+        });
+        meta.pauses.push(pbx_core::call::meta::Pause {
+            from_ms: 60,
+            to_ms: 80,
+            by: pbx_core::call::meta::PauseBy::Sip,
+        });
+        rd.end(CallKey(4), meta);
         assert_eq!(
             (rd.counters.written, rd.counters.failed),
             (1, 0),
@@ -944,6 +962,13 @@ fn a_write_error_keeps_what_reached_the_disk() {
         assert_eq!(j["truncated"], true);
         assert_eq!(j["end_reason"], "bye");
         assert_eq!(j["duration_ms"], 100);
+        // The call's own details, not only its start note's.
+        assert_eq!(j["channels"][0]["codec"], "PCMU", "{j}");
+        assert_eq!(j["channels"][0]["packets"], 10, "{j}");
+        assert_eq!(j["channels"][1]["lost"], 2, "{j}");
+        assert_eq!(j["dtmf"][0]["digit"], "5", "{j}");
+        assert_eq!(j["pauses"][0]["from_ms"], 60, "{j}");
+        assert_eq!(j["ended_at"], "2026-12-03T10:00:01.100Z", "{j}");
         assert!(
             j["warnings"][0]
                 .as_str()
@@ -968,6 +993,70 @@ fn a_write_error_keeps_what_reached_the_disk() {
         );
         assert_eq!(hidden_files(d.path()), Vec::<String>::new());
     }
+}
+
+/// A write error, then the recording cannot be completed (its WAV's name
+/// is taken) and the daemon dies: the next start's recovery still writes
+/// the call's own details (its end note, left before the completion), cut
+/// by the write error, not by the crash.
+#[test]
+fn a_write_error_then_a_crash_keeps_the_calls_details() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[3i16; 1600]);
+    rd.open.get_mut(&CallKey(4)).unwrap().error = Some(io::Error::new(
+        io::ErrorKind::StorageFull,
+        "No space left on device",
+    ));
+    fs::create_dir(d.path().join("r4.wav")).unwrap();
+    let mut meta = meta_r4();
+    meta.channels[0].codec = "G722".into();
+    rd.end(CallKey(4), meta);
+    assert_eq!(rd.counters.failed, 1, "{:?}", rd.errors);
+    std::mem::forget(rd);
+    fs::remove_dir(d.path().join("r4.wav")).unwrap();
+    assert_eq!(recover(d.path(), &ctx("siprec")).unwrap(), vec!["r4"]);
+    let j = json_of(d.path(), "r4");
+    assert_eq!(j["channels"][0]["codec"], "G722", "{j}");
+    assert_eq!(j["truncated"], true);
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    assert_eq!(j["duration_ms"], 100);
+    assert!(
+        j["warnings"][0].as_str().unwrap().contains("No space left"),
+        "{j}"
+    );
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
+
+/// The finish renames the WAV in, then its JSON cannot be written: the
+/// audio is whole, and the JSON written once it can be is the call's own,
+/// not one rebuilt from the start note without its end details.
+#[test]
+fn a_json_write_error_keeps_the_calls_own_json() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rd = RecordingDir::new(d.path(), ctx("siprec")).unwrap();
+    rd.begin(CallKey(4), &start("r4"));
+    rd.audio(CallKey(4), &[3i16; 1600]);
+    let block = d.path().join(".r4.json.tmp");
+    fs::create_dir(&block).unwrap();
+    let mut meta = meta_r4();
+    meta.channels[1].codec = "PCMA".into();
+    rd.end(CallKey(4), meta);
+    assert_eq!(rd.counters.failed, 1, "{:?}", rd.errors);
+    assert!(d.path().join("r4.wav").exists());
+    fs::remove_dir(&block).unwrap();
+    rd.retry_at = Some(std::time::Instant::now());
+    assert!(rd.collect());
+    let j = json_of(d.path(), "r4");
+    assert_eq!(j["channels"][1]["codec"], "PCMA", "{j}");
+    assert_eq!(
+        (j["truncated"].clone(), j["end_reason"].clone()),
+        (false.into(), "bye".into()),
+        "{j}"
+    );
+    assert_eq!(j["duration_ms"], 100);
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
 }
 
 /// The spool's file system fills up while a call records (a real full
@@ -1056,6 +1145,7 @@ fn disk_fills_while_recording(
     let mut meta = meta_r4();
     meta.frames = 160_000;
     meta.ended_at = meta.media_started_at.add_micros(20_000_000);
+    meta.channels[0].codec = "PCMU".into();
     if freed_k > 0 && mounted {
         fs::remove_file(&freed).unwrap();
     }
@@ -1083,6 +1173,9 @@ fn disk_fills_while_recording(
         serde_json::from_slice(&read_recording(&mnt.join("r4.json"), keys).unwrap()).unwrap();
     assert_eq!(j["truncated"], true);
     assert_eq!(j["end_reason"], "bye");
+    // The call's details, kept by the retry once there is room.
+    assert_eq!(j["channels"][0]["codec"], "PCMU", "{j}");
+    assert_eq!(j["ended_at"], "2026-12-03T10:00:21.000Z", "{j}");
     let wav = read_recording(&mnt.join("r4.wav"), keys).unwrap();
     let info = pbx_core::audio::wav::parse_wav_header(&wav).unwrap();
     let kept: Vec<i16> = wav[info.data_offset as usize..]
