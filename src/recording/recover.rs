@@ -140,12 +140,15 @@ fn recover_entry(
         complete_answered(dir, &id, ctx, p, "crash", true, WARN_NO_AUDIO, None)?;
         return Ok(Some(id));
     }
-    if let Some(id) = name
+    // A cut recording's note, or a stop's end note: read with its `.part`
+    // (below), or with its WAV renamed in while that has no JSON; else
+    // left over.
+    let note = name
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(CUT_SUFFIX))
-    {
-        // A cut recording's note: read with its WAV (below) while that has
-        // no JSON, or rewritten with its `.part`; else left over.
+        .map(|id| (id.to_string(), WARN_CUT))
+        .or_else(|| sidecar_id(p, END_SUFFIX).map(|id| (id, WARN_SAVING)));
+    if let Some((id, warning)) = note {
         let json = dir.join(format!("{id}.json")).exists();
         let wav = dir.join(format!("{id}.wav")).exists();
         let part = dir.join(format!(".{id}.wav.part")).exists();
@@ -155,23 +158,8 @@ fn recover_entry(
         } else if wav && !part && !sidecar.exists() {
             // Its WAV renamed in, then the JSON failed or the crash, and no
             // start sidecar to complete it with (its write failed, or a
-            // source without one): completed from the WAV and this note.
-            complete_renamed(dir, id, ctx, &sidecar, "crash", WARN_CUT)?;
-            return Ok(Some(id.to_string()));
-        }
-        return Ok(None);
-    }
-    if let Some(id) = sidecar_id(p, END_SUFFIX) {
-        // A stop's end note: read with its `.part` (below) or with its WAV
-        // renamed in while that has no JSON; else left over.
-        let json = dir.join(format!("{id}.json")).exists();
-        let wav = dir.join(format!("{id}.wav")).exists();
-        let part = dir.join(format!(".{id}.wav.part")).exists();
-        let sidecar = dir.join(format!(".{id}{START_SUFFIX}"));
-        if json || (!wav && !part) {
-            let _ = fs::remove_file(p);
-        } else if wav && !part && !sidecar.exists() {
-            complete_renamed(dir, &id, ctx, &sidecar, "crash", WARN_SAVING)?;
+            // source without one): completed from the WAV and the note.
+            complete_renamed(dir, &id, ctx, &sidecar, "crash", warning)?;
             return Ok(Some(id));
         }
         return Ok(None);

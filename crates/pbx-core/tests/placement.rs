@@ -197,6 +197,12 @@ fn record(txs: &[Tx]) -> (Vec<i16>, Vec<i16>, CallMeta) {
 
 /// [`record`] with the payload types both sides announce.
 fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
+    record_fed_with(txs, pts, false)
+}
+
+/// [`record_with`], the packets fed as segments or as a capture's frames
+/// ([`record_fed`]).
+fn record_fed_with(txs: &[Tx], pts: &[u8], frames: bool) -> (Vec<i16>, Vec<i16>, CallMeta) {
     let d = Dialog::new("placement@10.0.0.1");
     let offer = sdp("10.0.0.1", 40000, pts, "sendrecv");
     let answer = sdp("10.0.0.2", 50000, pts, "sendrecv");
@@ -209,7 +215,7 @@ fn record_with(txs: &[Tx], pts: &[u8]) -> (Vec<i16>, Vec<i16>, CallMeta) {
         ),
         sip(T0_US + 1_010_000, true, d.request("ACK", 1, true, None)),
     ];
-    record_sig(txs, sig, &d)
+    record_fed(txs, sig, &d, frames)
 }
 
 /// Runs a call whose signalling before the BYE is `sig` (any order: sorted
@@ -222,19 +228,7 @@ fn record_sig(txs: &[Tx], sig: Vec<Wire>, d: &Dialog) -> (Vec<i16>, Vec<i16>, Ca
 /// they arrived, with their stamps ([`CallEngine::handle_frame`]: a
 /// sniffer, an import), and the timer on the stamps' clock (the host's).
 fn record_frames(txs: &[Tx]) -> (Vec<i16>, Vec<i16>, CallMeta) {
-    let d = Dialog::new("placement@10.0.0.1");
-    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
-    let answer = sdp("10.0.0.2", 50000, &[0, 8, 101], "sendrecv");
-    let sig = vec![
-        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
-        sip(
-            T0_US + 1_000_000,
-            false,
-            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
-        ),
-        sip(T0_US + 1_010_000, true, d.request("ACK", 1, true, None)),
-    ];
-    record_fed(txs, sig, &d, true)
+    record_fed_with(txs, &[0, 8, 101], true)
 }
 
 /// An IPv4 packet (LINKTYPE_IPV4) carrying one UDP datagram.
