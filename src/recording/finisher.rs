@@ -136,13 +136,14 @@ impl Finisher {
         Some(self.collected(d))
     }
 
-    /// [`Self::try_done`], waiting at most `wait`.
-    pub(super) fn try_done_within(&mut self, wait: Duration) -> Option<Done> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let d = self.done.recv_timeout(wait).ok()?;
-        Some(self.collected(d))
+    /// A finished recording, waiting at most `wait` (the caller knows one
+    /// is pending). `Disconnected`: no worker is left.
+    pub(super) fn try_done_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Done, mpsc::RecvTimeoutError> {
+        let d = self.done.recv_timeout(wait)?;
+        Ok(self.collected(d))
     }
 
     fn collected(&mut self, d: Done) -> Done {

@@ -436,8 +436,14 @@ impl RecordingDir {
                 self.wait_finished();
                 return;
             }
-            if let Some(d) = f.try_done_within(left) {
-                self.complete(d);
+            match f.try_done_within(left) {
+                Ok(d) => self.complete(d),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // No worker left to answer: waiting on would only spin.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.wait_finished();
+                    return;
+                }
             }
         }
     }
