@@ -931,6 +931,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     // to move or delete their PBX files, which delivery's own last steps
     // may remove from the spool.)
     let stop_started = tokio::time::Instant::now();
+    // The process is ending: the sources finish their recordings within
+    // their share of the budget, leaving the rest to the next start.
+    crate::sources::engine_host::EXITING.store(true, std::sync::atomic::Ordering::Relaxed);
     // Stop every source in parallel so the 10 s budget is shared.
     stop_all(
         siprec

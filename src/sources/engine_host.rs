@@ -66,6 +66,12 @@ pub(crate) enum HostControl {
 /// (docs/durability.md, "A stop with many long calls").
 pub(crate) const FINISH_AT_STOP: Duration = Duration::from_secs(4);
 
+/// Set when the process stops (SIGTERM, SIGINT): only then is the finishing
+/// bounded by [`FINISH_AT_STOP`]. A source stopped by a reload while the
+/// daemon runs on finishes every recording (no next start to leave them to).
+pub(crate) static EXITING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// A [`CallEngine`], its recordings and its timing (see the module docs).
 pub(crate) struct EngineHost {
     name: String,
@@ -200,12 +206,12 @@ impl EngineHost {
     }
 
     /// End every open call (shutdown, end of input); the liveness entry goes.
-    /// At a shutdown the recordings are finished within
-    /// [`FINISH_AT_STOP`]; those left then are made durable for the next
-    /// start to finish (CONTRACT §1: a stop ends within 10 s).
+    /// When the process stops ([`EXITING`]) the recordings are finished
+    /// within [`FINISH_AT_STOP`]; those left then are made durable for the
+    /// next start to finish (CONTRACT §1: a stop ends within 10 s).
     pub(crate) fn finish(&mut self, reason: EndReason) {
         self.engine.finish(reason, &mut self.out);
-        if reason == EndReason::Shutdown {
+        if reason == EndReason::Shutdown && EXITING.load(std::sync::atomic::Ordering::Relaxed) {
             self.out.wait_finished_within(FINISH_AT_STOP);
         } else {
             self.out.wait_finished();
