@@ -84,26 +84,24 @@ use pbx_core::Timestamp;
 use crate::sources::siprec::admission::{Admission, RejectCounts, StreamOrigin};
 use crate::sources::siprec::srtp::SrtpStream;
 
-/// Shortest time between two reading rounds while media flows. Each
-/// round's costs (an `epoll_wait`, a `recvmmsg` per ready socket, a batch to
-/// the engine) are shared by what queued meanwhile: at 2,000 calls, 80 ms
-/// instead of 40 took the daemon from 99.7 % to 91.8 % of a core (mean of
-/// four alternating runs each, BENCHMARKS.md), and the engine fell less far
-/// behind (0.6-1.0 s at most instead of 0.7-2.0). The price: a live
-/// stream's frames leave up to 40 ms later. The kernel's receive stamps,
-/// not the reading, place the audio.
-pub const ROUND: Duration = Duration::from_millis(80);
+/// Shortest time between two reading rounds while media flows. 80 ms
+/// took 8 % off the daemon's CPU at 2,000 calls (BENCHMARKS.md, "Reading
+/// rounds of 80 ms"), but packets then wait up to 80 ms in the sockets
+/// before the engine sees them, which the crash durability window
+/// (`recording.jitter` + 200 ms, docs/durability.md) cannot spare: a
+/// SIGKILL under load then lost 720 ms of a call, past its 700. Kept at 40.
+pub const ROUND: Duration = Duration::from_millis(40);
 
 /// Datagrams read from one socket per `recvmmsg` call.
 const VLEN: usize = 32;
 
-/// `recvmmsg` calls per socket per round: at most 512 datagrams, 6,400 a
+/// `recvmmsg` calls per socket per round: at most 256 datagrams, 6,400 a
 /// second at [`ROUND`], 128 times what a stream sends. A socket with more
 /// queued (a flood) is read on in the next rounds, after the others, and
 /// what it is sent beyond that rate overflows its own queue (counted in
 /// `kernel_drops`): one flooded port can neither hold up the other calls'
 /// ports nor take the thread.
-const DRAIN_CALLS: usize = 16;
+const DRAIN_CALLS: usize = 8;
 
 /// Largest datagram kept (RTP over UDP on an Ethernet path is far smaller;
 /// a longer one is truncated and then dropped by the engine as malformed).
