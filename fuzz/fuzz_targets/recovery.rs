@@ -1,6 +1,6 @@
 //! Crash-recovery inputs: what a crash (or a hostile hand in the spool) may
-//! leave in the recording directory: a start sidecar, an answered-call note
-//! and a `.part` WAV, each any bytes. `recover` never panics; every id it
+//! leave in the recording directory: a start sidecar, an answered-call note,
+//! a `.part` WAV and a stop's end note, each any bytes. `recover` never panics; every id it
 //! recovers ends as a WAV whose header reads and a JSON object; no `.part`
 //! stays behind.
 #![no_main]
@@ -15,10 +15,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let flags = data[0];
-    let mut pieces = data[1..].splitn(3, |b| *b == 0xfe);
+    let mut pieces = data[1..].splitn(4, |b| *b == 0xfe);
     let start = pieces.next().unwrap_or(&[]);
     let answer = pieces.next().unwrap_or(&[]);
     let part = pieces.next().unwrap_or(&[]);
+    let end_note = pieces.next().unwrap_or(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let id = "20260101T000000Z-abc";
@@ -33,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if flags & 8 != 0 {
         fs::write(dir.join(format!("{id}.wav")), part).unwrap();
+    }
+    if flags & 32 != 0 {
+        fs::write(dir.join(format!(".{id}.end.json")), end_note).unwrap();
     }
     let ctx = RecordingContext {
         agent_id: "fuzz".into(),

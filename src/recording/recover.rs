@@ -567,6 +567,12 @@ pub(super) fn complete_json(
         // Left by a stop, or by a write error's salvage: the JSON the
         // finish would have written, with the WAV's size and hash.
         let (bytes, sha) = hash_recording(&wav_path, keys)?;
+        // (A note damaged on disk must not take recovery down, nor name
+        // another recording.)
+        if !doc["audio"].is_object() {
+            doc["audio"] = Value::Object(Default::default());
+        }
+        doc["recording_id"] = id.into();
         if doc["truncated"] == true {
             // Left by a write error's salvage: only the audio that reached
             // the disk, as long as it is.

@@ -2122,3 +2122,26 @@ fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
         }
     }
 }
+
+/// An end note damaged on disk (its `audio` not an object, another
+/// recording's id) neither takes recovery down nor names another
+/// recording: the pair is completed under its own id.
+#[test]
+fn a_damaged_end_note_is_survived() {
+    let d = tempfile::tempdir().unwrap();
+    let id = "20260101T000000Z-abc";
+    let mut wav = pbx_core::audio::wav::canonical_header(8000, 2, 8).to_vec();
+    wav.extend_from_slice(&[1, 0, 2, 0, 3, 0, 4, 0]);
+    fs::write(d.path().join(format!(".{id}.wav.part")), &wav).unwrap();
+    fs::write(
+        d.path().join(format!(".{id}.end.json")),
+        br#"{"audio": 5, "recording_id": "someone-else", "truncated": true}"#,
+    )
+    .unwrap();
+    let ids = recover(d.path(), &ctx("siprec")).unwrap();
+    assert_eq!(ids, vec![id.to_string()]);
+    let j = json_of(d.path(), id);
+    assert_eq!(j["recording_id"], id);
+    assert_eq!(j["audio"]["bytes"], wav.len() as u64);
+    assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
