@@ -55,7 +55,10 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
     };
     let roles = crate::sources::handle::role_rules(&cfg);
     let ctx = RecordingContext {
-        agent_id: args.agent_id.clone().unwrap_or(cfg.agent.id.clone()),
+        agent_id: args
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| cfg.agent.id.clone()),
         source: "pcap",
         min_duration,
         // `import --out DIR` writes plain files for the operator.

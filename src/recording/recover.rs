@@ -448,7 +448,7 @@ fn recover_sealed_part(
     };
     if damage.is_some() {
         // Not whole after all: a cut recording, whatever its note said.
-        let _ = fs::remove_file(end_note_path(dir, id));
+        remove_end_note(dir, id);
     }
     if !has_end_note(dir, id) {
         write_cut_note(dir, id, reason, &warning)?;

@@ -37,7 +37,12 @@ const STEP_MIN_US: i64 = 1000;
 /// microseconds: 0 until it is. Subtracted from a wall-clock stamp (a
 /// socket's receive time) it puts the stamp on [`steady_now`]'s clock.
 pub(crate) fn wall_step() -> i64 {
-    let lead = now().as_micros() - monotonic_us();
+    wall_step_at(now())
+}
+
+/// [`wall_step`] with the wall clock read just before (`wall`).
+fn wall_step_at(wall: Timestamp) -> i64 {
+    let lead = wall.as_micros() - monotonic_us();
     let step = lead - *ANCHOR.get_or_init(|| lead);
     if step.abs() < STEP_MIN_US {
         0
@@ -53,7 +58,8 @@ pub(crate) fn wall_step() -> i64 {
 /// by 2 s would cut 2 s of every call in progress, a step of an hour
 /// hold them for the hour).
 pub(crate) fn steady_now() -> Timestamp {
-    now().add_micros(-wall_step())
+    let wall = now();
+    steady_of(wall, wall_step_at(wall))
 }
 
 /// A wall-clock stamp taken when the wall clock had been stepped by `step`

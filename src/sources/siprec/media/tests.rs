@@ -8,6 +8,16 @@ impl BatchSink for ToChannel {
     }
 }
 
+/// A port on loopback that takes every source, its last RTP time in `last`.
+fn loopback_port(last: &Arc<AtomicI64>) -> MediaPort {
+    MediaPort::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        last.clone(),
+        Admission::unrestricted(),
+    )
+    .unwrap()
+}
+
 fn collect(
     rx: &mpsc::Receiver<DatagramBatch>,
     recycler: &Recycler,
@@ -31,18 +41,8 @@ fn reads_every_port_in_order_with_kernel_timestamps() {
     let (media, recycler) = MediaReceiver::start(ToChannel(tx), counters.clone()).unwrap();
     let ctl = media.control();
     let last = Arc::new(AtomicI64::new(0));
-    let a = MediaPort::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        last.clone(),
-        Admission::unrestricted(),
-    )
-    .unwrap();
-    let b = MediaPort::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        last.clone(),
-        Admission::unrestricted(),
-    )
-    .unwrap();
+    let a = loopback_port(&last);
+    let b = loopback_port(&last);
     let (la, lb) = (a.local, b.local);
     ctl.add(a);
     ctl.add(b);
@@ -83,12 +83,7 @@ fn a_removed_port_is_closed_and_its_slot_reused() {
     let (media, recycler) = MediaReceiver::start(ToChannel(tx), Arc::default()).unwrap();
     let ctl = media.control();
     let last = Arc::new(AtomicI64::new(0));
-    let a = MediaPort::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        last.clone(),
-        Admission::unrestricted(),
-    )
-    .unwrap();
+    let a = loopback_port(&last);
     let la = a.local;
     ctl.add(a);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -613,12 +608,7 @@ fn stamps_are_put_on_the_steady_clock_after_a_wall_clock_step() {
         MediaReceiver::start_stepped(ToChannel(tx), counters, || -2_000_000).unwrap();
     let ctl = media.control();
     let last = Arc::new(AtomicI64::new(0));
-    let a = MediaPort::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        last.clone(),
-        Admission::unrestricted(),
-    )
-    .unwrap();
+    let a = loopback_port(&last);
     let la = a.local;
     ctl.add(a);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
