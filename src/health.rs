@@ -256,6 +256,7 @@ async fn handle(
             .await
         }
         "/metrics" => {
+            snapshot.heap_bytes = crate::sys::heap_in_use();
             reply(
                 &mut sock,
                 head_only,

@@ -196,6 +196,10 @@ pub struct Status {
     /// The drain's progress while draining.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
+    /// Heap in use, read for a metrics scrape only (see
+    /// [`crate::sys::heap_in_use`]).
+    #[serde(skip)]
+    pub heap_bytes: Option<u64>,
 }
 
 /// Where a drain is.
@@ -853,6 +857,14 @@ pub fn render_metrics(s: &Status) -> String {
             f64::from(u8::from(spool_unusable(s).is_none())),
         )],
     );
+    if let Some(b) = s.heap_bytes {
+        family(
+            "pbx_edge_heap_bytes",
+            "gauge",
+            "Heap in use by the process (the C allocator's count of bytes allocated and not freed; the resident memory also holds the allocator's free space, stacks and the binary).",
+            &[(String::new(), b as f64)],
+        );
+    }
     family(
         "pbx_edge_uptime_seconds",
         "gauge",

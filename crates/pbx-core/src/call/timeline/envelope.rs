@@ -3,13 +3,12 @@
 //! through them (drift), the window minimum a packet is placed by, the
 //! jitter seen, and whether the drift is followed.
 
-use std::collections::VecDeque;
-
+use super::buckets::BucketQueue;
 use super::*;
 
 /// One quarter second's least-delayed packet. Its bucket number is
-/// `u.div_euclid(bucket_len)` (not stored: 24 bytes a bucket, 160 of them
-/// per leg in a long call).
+/// `u.div_euclid(bucket_len)` (not stored; [`BucketQueue`] keeps the rest
+/// in 12 bytes a bucket, 160 of them per leg in a long call).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
     pub(super) u: i64,
@@ -61,23 +60,12 @@ impl Cached {
     };
 }
 
-/// Buckets the queue grows by when full (8 s): [`MAX_BUCKETS`] is a
-/// multiple, so a long call's queue holds exactly that many.
-const BUCKET_STEP: usize = 32;
-
-/// Room for one more bucket, grown by [`BUCKET_STEP`] (not doubled).
-fn grow(b: &mut VecDeque<Bucket>) {
-    if b.len() == b.capacity() {
-        b.reserve_exact(BUCKET_STEP);
-    }
-}
-
 /// Lower envelope of `d = arrival - u` for one segment.
 #[derive(Debug, Clone)]
 pub(super) struct Envelope {
     pub(super) bucket_len: i64,
     pub(super) ms: f64,
-    pub(super) buckets: VecDeque<Bucket>,
+    pub(super) buckets: BucketQueue,
     /// The fitted envelope, once the minima span [`FIT_SPAN_MS`].
     pub(super) line: Option<Line>,
     /// Largest residual of normal packets lately (decays): the worst
@@ -116,7 +104,7 @@ impl Envelope {
         Envelope {
             bucket_len: (i64::from(rate) / BUCKETS_PER_S).max(1),
             ms: f64::from(rate) / 1000.0,
-            buckets: VecDeque::new(),
+            buckets: BucketQueue::new(),
             line: None,
             jitter: 0.0,
             jitter_typ: 0.0,
@@ -138,11 +126,8 @@ impl Envelope {
         let mut refit = false;
         let mut changed = true;
         match self.buckets.back() {
-            None => {
-                grow(&mut self.buckets);
-                self.buckets.push_back(Bucket { u, d, n: 1 });
-            }
-            Some(last) if idx > bidx(last) => {
+            None => self.buckets.push_back(Bucket { u, d, n: 1 }),
+            Some(last) if idx > bidx(&last) => {
                 // The oldest goes before the newest comes, so the queue
                 // never holds more than MAX_BUCKETS; it grows in steps of a
                 // few seconds up to them (memory follows the call's length
@@ -152,12 +137,13 @@ impl Envelope {
                         self.cache_forget(bidx(&old));
                     }
                 }
-                grow(&mut self.buckets);
                 self.buckets.push_back(Bucket { u, d, n: 1 });
                 refit = true;
             }
             Some(_) => {
-                if let Some(b) = self.buckets.iter_mut().rev().find(|b| bidx(b) == idx) {
+                let n = self.buckets.len();
+                if let Some(i) = (0..n).rev().find(|&i| bidx(&self.buckets.get(i)) == idx) {
+                    let mut b = self.buckets.get(i);
                     b.n = b.n.saturating_add(1);
                     if d < b.d {
                         b.u = u;
@@ -165,9 +151,9 @@ impl Envelope {
                     } else {
                         changed = false;
                     }
-                } else if self.buckets.front().is_some_and(|f| idx > bidx(f)) {
+                    self.buckets.set(i, b);
+                } else if self.buckets.front().is_some_and(|f| idx > bidx(&f)) {
                     let at = self.buckets.partition_point(|b| b.u < idx * len);
-                    grow(&mut self.buckets);
                     self.buckets.insert(at, Bucket { u, d, n: 1 });
                 } else {
                     changed = false;
@@ -200,12 +186,12 @@ impl Envelope {
         if span < (FIT_MIN_MS as f64 * self.ms) as i64 || self.buckets.len() < 4 {
             return;
         }
-        let mid = self.buckets[0].u + span / 2;
+        let mid = self.buckets.get(0).u + span / 2;
         let jitter_typ = self.jitter_typ;
         let ms = self.ms;
-        let all: &[Bucket] = self.buckets.make_contiguous();
+        let all = &self.buckets;
         let split = all.partition_point(|b| b.u < mid);
-        let (first, second) = all.split_at(split);
+        let (first, second) = (all.range(0..split), all.range(split..all.len()));
         let (Some(h1), Some(h2)) = (Half::of(first), Half::of(second)) else {
             return;
         };
@@ -234,7 +220,7 @@ impl Envelope {
         // makes the halves' lowest points tilt a line too, but leaves a
         // quarter well above it: not a drift.
         let quarter = (span / 4).max(1);
-        let mut next = all[0].u + quarter;
+        let mut next = all.get(0).u + quarter;
         let mut q = 0usize;
         let mut lo_q = [f64::INFINITY; 4];
         let mut d0 = f64::INFINITY;
@@ -267,7 +253,7 @@ impl Envelope {
     /// The envelope's value at bucket `i`'s point before a line is fitted:
     /// the smallest `d + c·|Δu|` over the minima around it.
     pub(super) fn cone_at_bucket(&self, i: usize) -> f64 {
-        let b = self.buckets[i];
+        let b = self.buckets.get(i);
         let lo = i.saturating_sub(NEAR_BUCKETS as usize);
         let hi = (i + NEAR_BUCKETS as usize + 1).min(self.buckets.len());
         let mut best = b.d as f64;
@@ -280,7 +266,7 @@ impl Envelope {
 
     /// The minima of the buckets within [`FLAT_WINDOW_MS`] of bucket `idx`
     /// (the buckets are sorted).
-    pub(super) fn near(&self, idx: i64) -> impl Iterator<Item = &Bucket> {
+    pub(super) fn near(&self, idx: i64) -> impl Iterator<Item = Bucket> + '_ {
         // By position: a bucket's number is below `k` iff its `u` is below
         // bucket `k`'s first sample.
         let len = self.bucket_len;
@@ -385,7 +371,7 @@ impl Envelope {
         if i == n {
             return Some(self.cone_at_bucket(n - 1));
         }
-        let (a, b) = (self.buckets[i - 1], self.buckets[i]);
+        let (a, b) = (self.buckets.get(i - 1), self.buckets.get(i));
         let (ea, eb) = (self.cone_at_bucket(i - 1), self.cone_at_bucket(i));
         let f = (u - a.u) as f64 / ((b.u - a.u) as f64).max(1.0);
         Some(ea + (eb - ea) * f)
@@ -495,16 +481,16 @@ struct Half {
 }
 
 impl Half {
-    fn of(b: &[Bucket]) -> Option<Half> {
-        let (first, rest) = b.split_first()?;
-        let mut lowest = *first;
+    fn of(mut b: impl Iterator<Item = Bucket>) -> Option<Half> {
+        let first = b.next()?;
+        let mut lowest = first;
         let mut second = i64::MAX;
         let mut packets = f64::from(first.n);
-        for x in rest {
+        for x in b {
             packets += f64::from(x.n);
             if x.d < lowest.d {
                 second = lowest.d;
-                lowest = *x;
+                lowest = x;
             } else if x.d < second {
                 second = x.d;
             }

@@ -81,6 +81,7 @@ use std::collections::VecDeque;
 
 use crate::audio::g711::{expansion, Law};
 
+mod buckets;
 mod envelope;
 use envelope::*;
 mod render;
@@ -187,15 +188,16 @@ enum Flag {
     Early,
 }
 
+/// One packet's audio in the window (a leg holds the window's worth: kept
+/// small, 56 bytes beside the samples).
 #[derive(Debug)]
 struct Chunk {
     /// Source position of the first PCM sample.
     u: i64,
-    /// Source position the RTP timestamp names (`u` + decoder delay).
-    uts: i64,
-    /// Arrival minus `uts`.
-    d: i64,
     arrival: i64,
+    /// The decoder's delay (a few hundred samples at most): the RTP
+    /// timestamp names `u + delay`.
+    delay: u32,
     flag: Flag,
     pcm: Samples,
 }
@@ -203,6 +205,16 @@ struct Chunk {
 impl Chunk {
     fn end(&self) -> i64 {
         self.u + self.pcm.len() as i64
+    }
+
+    /// Source position the RTP timestamp names.
+    fn uts(&self) -> i64 {
+        self.u + i64::from(self.delay)
+    }
+
+    /// Arrival minus [`Self::uts`].
+    fn d(&self) -> i64 {
+        self.arrival - self.uts()
     }
 }
 
@@ -289,7 +301,7 @@ impl Segment {
     /// decoder's delay puts its first output samples before it, the
     /// filters' start, no audio of the sender.
     fn first_uts(&self) -> Option<i64> {
-        self.chunks.front().map(|c| c.uts)
+        self.chunks.front().map(Chunk::uts)
     }
 
     fn last_end(&self) -> Option<i64> {
@@ -472,10 +484,10 @@ impl LegTimeline {
         if n < 4 {
             return false;
         }
-        let Some(least) = seg.chunks.iter().map(|c| c.d).min() else {
+        let Some(least) = seg.chunks.iter().map(Chunk::d).min() else {
             return false;
         };
-        let mut over: Vec<i64> = seg.chunks.iter().map(|c| c.d - least).collect();
+        let mut over: Vec<i64> = seg.chunks.iter().map(|c| c.d() - least).collect();
         let (_, median, _) = over.select_nth_unstable(n / 2);
         let spread = 2.0 * *median as f64;
         spread / (n as f64 + 1.0) <= HYSTERESIS_MS * self.ms
@@ -651,15 +663,14 @@ impl LegTimeline {
             return;
         }
         self.maybe_flagged |= flag != Flag::Normal;
-        let c = self.chunk(u, u_ts, d, p.arrival, flag, p.pcm);
+        let c = self.chunk(u, p.delay, p.arrival, flag, p.pcm);
         self.segs[i].insert_chunk(c, &mut self.pool);
     }
 
     fn chunk(
         &mut self,
         u: i64,
-        uts: i64,
-        d: i64,
+        delay: i64,
         arrival: i64,
         flag: Flag,
         pcm: PacketAudio<'_>,
@@ -680,9 +691,8 @@ impl LegTimeline {
         };
         Chunk {
             u,
-            uts,
-            d,
             arrival,
+            delay: u32::try_from(delay).unwrap_or(0),
             flag,
             pcm: v,
         }
@@ -700,7 +710,7 @@ impl LegTimeline {
     /// envelope; the decoder's own delay, pre-roll before it, not counted).
     pub fn audio_start(&self) -> Option<i64> {
         let s = self.segs.front()?;
-        s.chunks.front().map(|c| s.place(c.uts).floor() as i64)
+        s.chunks.front().map(|c| s.place(c.uts()).floor() as i64)
     }
 
     /// Decide break candidates as far as `now` (arrival position) allows and
@@ -814,7 +824,7 @@ impl LegTimeline {
                     let limit = seg.env.break_limit();
                     let rs: Vec<f64> = std::iter::once(c)
                         .chain(seg.chunks.iter().skip(k + 1))
-                        .filter_map(|x| seg.env.at(x.uts).map(|e| x.d as f64 - e))
+                        .filter_map(|x| seg.env.at(x.uts()).map(|e| x.d() as f64 - e))
                         .collect();
                     let lo = rs.iter().copied().fold(f64::INFINITY, f64::min);
                     let hi = rs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -851,7 +861,7 @@ impl LegTimeline {
                         if j == k || x.arrival <= c.arrival {
                             continue;
                         }
-                        match seg.env.at(x.uts).map(|e| x.d as f64 - e) {
+                        match seg.env.at(x.uts()).map(|e| x.d() as f64 - e) {
                             Some(r) if r < early_lim / 2.0 => n_early += 1,
                             _ => n_fit += 1,
                         }
@@ -890,7 +900,7 @@ impl LegTimeline {
         let seg = &mut self.segs[i];
         if let Some(c) = seg.chunks.get_mut(k) {
             c.flag = Flag::Normal;
-            let (u, d) = (c.uts, c.d);
+            let (u, d) = (c.uts(), c.d());
             // It was jitter: it counts towards the jitter seen.
             if let Some(e) = seg.env.at(u) {
                 seg.env.note_residual(d as f64 - e);
@@ -913,13 +923,13 @@ impl LegTimeline {
         // candidate of its own, never a reason to stretch the segment.
         let early_limit = BREAK_MS as f64 * self.ms;
         for mut c in tail {
-            let r = s.env.at(c.uts).map(|e| c.d as f64 - e);
+            let r = s.env.at(c.uts()).map(|e| c.d() as f64 - e);
             if r.is_some_and(|r| r < -early_limit) {
                 c.flag = Flag::Early;
                 self.maybe_flagged = true;
             } else {
                 c.flag = Flag::Normal;
-                s.env.add(c.uts, c.d);
+                s.env.add(c.uts(), c.d());
                 s.max_end = Some(s.max_end.map_or(c.end(), |e| e.max(c.end())));
             }
             s.chunks.push_back(c);
