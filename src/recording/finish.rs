@@ -88,7 +88,7 @@ pub(super) struct Done {
 pub(super) struct Stranded {
     pub(super) dir: PathBuf,
     pub(super) id: String,
-    pub(super) ctx: RecordingContext,
+    pub(super) ctx: Arc<RecordingContext>,
     pub(super) reason: String,
     pub(super) error: String,
     /// The call's JSON from its [`CallMeta`] ([`end_doc`]): its codecs,

@@ -230,8 +230,9 @@ struct OpenRecording {
     wav: Option<PartWriter>,
     error: Option<io::Error>,
     /// The context when the call began: a reload changes it for new calls
-    /// only (agent id, min_duration).
-    ctx: RecordingContext,
+    /// only (agent id, min_duration). Shared by the calls that began
+    /// under it.
+    ctx: Arc<RecordingContext>,
     /// The directory it is written in (a reload may move new ones elsewhere).
     dir: PathBuf,
     /// Sample frames written so far.
@@ -253,8 +254,10 @@ const WAITING_MAX_S: usize = 4;
 /// Writes recordings into one directory.
 pub struct RecordingDir {
     dir: PathBuf,
-    ctx: RecordingContext,
-    open: HashMap<CallKey, OpenRecording>,
+    ctx: Arc<RecordingContext>,
+    /// Boxed: the table's spare room then costs a pointer a slot, not a
+    /// recording's state.
+    open: HashMap<CallKey, Box<OpenRecording>>,
     /// The latest recordings written (at most 1024).
     pub written: Vec<WrittenRecording>,
     pub counters: RecordingCounters,
@@ -307,7 +310,7 @@ impl RecordingDir {
         Ok(RecordingDir {
             dir: dir.to_path_buf(),
             answered: AnsweredCalls::new(dir, &ctx),
-            ctx,
+            ctx: Arc::new(ctx),
             open: HashMap::new(),
             written: Vec::new(),
             counters: RecordingCounters::default(),
@@ -493,7 +496,7 @@ impl RecordingDir {
     /// on carry them; recordings already open keep the context they began with.
     pub(crate) fn set_context(&mut self, ctx: RecordingContext) {
         self.answered.set_context(&ctx);
-        self.ctx = ctx;
+        self.ctx = Arc::new(ctx);
     }
 
     /// Write recordings that begin from now on into `dir` (created 0700);
@@ -682,7 +685,7 @@ impl RecordingSink for RecordingDir {
         if let Some(o) = opened {
             attach(&mut rec, o.writer, self.write_through);
         }
-        self.open.insert(call, rec);
+        self.open.insert(call, Box::new(rec));
     }
 
     fn audio(&mut self, call: CallKey, frames: &[i16]) {
@@ -708,6 +711,7 @@ impl RecordingSink for RecordingDir {
         let Some(rec) = self.open.remove(&call) else {
             return;
         };
+        let rec = *rec;
         // Its answered note, if its start sidecar could not replace it: it
         // goes once the recording has audio on disk to stand for the call;
         // with nothing written, it stays and becomes the call's (empty)

@@ -263,7 +263,8 @@ enum State {
         /// nothing but RTCP or non-RTP datagrams (its first RTP packet locks it).
         ssrc: Option<u32>,
         /// A new SSRC of the source waiting for its quorum.
-        switch: Option<Candidate>,
+        /// Boxed: rare, and a port's state stays small.
+        switch: Option<Box<Candidate>>,
     },
     /// Not a stream (any more): everything is `unknown_port`.
     Retired,
@@ -468,7 +469,8 @@ impl Admission {
                                 old.reject_all(Reason::Ssrc, rejected);
                             }
                         }
-                        let c = switch.get_or_insert_with(|| Candidate::new(src, p_ssrc, seq, ts));
+                        let c = switch
+                            .get_or_insert_with(|| Box::new(Candidate::new(src, p_ssrc, seq, ts)));
                         c.hold(ts, bytes, Reason::Ssrc, rejected);
                         if c.run >= SSRC_QUORUM {
                             *ssrc = Some(p_ssrc);

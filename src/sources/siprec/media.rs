@@ -133,6 +133,19 @@ pub struct DatagramBatch {
 }
 
 impl DatagramBatch {
+    /// An empty batch with room for [`BATCH_BYTES`] and one socket's read
+    /// beyond it (a batch is handed over once it reaches that): taken at
+    /// once, so the buffers are not grown by doubling past what a batch
+    /// holds (a 256 KiB batch's bytes grew to 512 KiB, and its datagrams'
+    /// records likewise).
+    pub(crate) fn with_room() -> Self {
+        DatagramBatch {
+            data: Vec::with_capacity(BATCH_BYTES + BATCH_SLACK),
+            items: Vec::with_capacity((BATCH_BYTES + BATCH_SLACK) / TYPICAL_DATAGRAM),
+            through: None,
+        }
+    }
+
     fn push(&mut self, ts: Timestamp, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
@@ -183,6 +196,15 @@ const BATCHES: usize = 8;
 /// backlog holds at most about 3.5 MiB (2 MiB of datagrams and their
 /// addresses), about 100 ms of 2,000 G.711 calls.
 const BATCH_BYTES: usize = 256 << 10;
+
+/// What a batch may take beyond [`BATCH_BYTES`] before it is handed over:
+/// one socket's read (its datagrams at their usual size).
+const BATCH_SLACK: usize = DRAIN_CALLS * VLEN * TYPICAL_DATAGRAM;
+
+/// A G.711 packet of 20 ms (12 bytes of RTP header, 160 of audio): a
+/// batch's records are reserved for datagrams of this size (smaller ones
+/// grow them).
+const TYPICAL_DATAGRAM: usize = 172;
 
 /// What the receive path counts (read by the status snapshot).
 #[derive(Debug, Default)]
@@ -315,11 +337,13 @@ pub struct MediaPort {
     pub socket: UdpSocket,
     /// Its local address (what the engine sees as the destination).
     pub local: SocketAddr,
-    pub decrypt: Option<SrtpStream>,
+    /// Boxed: most streams are plain RTP, and a port's state stays small
+    /// (two ports a call).
+    pub decrypt: Option<Box<SrtpStream>>,
     /// The context the stream was decrypted with before a re-key (a
     /// re-INVITE's new `a=crypto`): packets the SRC sent before it had our
     /// answer still use it. Dropped once a packet decrypts with the new one.
-    pub previous: Option<SrtpStream>,
+    pub previous: Option<Box<SrtpStream>>,
     /// Set to the arrival time (µs) of the newest datagram admitted: the
     /// session's RTP inactivity timeout reads it.
     pub last_rtp: Arc<AtomicI64>,
@@ -360,13 +384,13 @@ enum Command {
     Retire(SocketAddr),
     Reuse {
         local: SocketAddr,
-        decrypt: Option<SrtpStream>,
+        decrypt: Option<Box<SrtpStream>>,
         last_rtp: Arc<AtomicI64>,
         admission: Admission,
     },
     SetOrigin(SocketAddr, StreamOrigin),
     /// The stream's SRTP keys changed (a re-offer with a new `a=crypto`).
-    SetDecrypt(SocketAddr, Option<SrtpStream>),
+    SetDecrypt(SocketAddr, Option<Box<SrtpStream>>),
     Stop,
 }
 
@@ -417,7 +441,7 @@ impl MediaControl {
     ) {
         self.send(Command::Reuse {
             local,
-            decrypt,
+            decrypt: decrypt.map(Box::new),
             last_rtp,
             admission,
         });
@@ -432,7 +456,7 @@ impl MediaControl {
     /// 4568 §7.1.4: a new key, or none): what comes next is decrypted with
     /// them.
     pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<SrtpStream>) {
-        self.send(Command::SetDecrypt(local, decrypt));
+        self.send(Command::SetDecrypt(local, decrypt.map(Box::new)));
     }
 
     fn send(&self, c: Command) {

@@ -380,7 +380,7 @@ impl RtpPorts {
             }
             match MediaPort::bind(local, last_rtp.clone(), Admission::retired()) {
                 Ok(mut port) => {
-                    port.decrypt = decrypt;
+                    port.decrypt = decrypt.map(Box::new);
                     port.admission = admission;
                     let local = port.local;
                     self.media.add(port);

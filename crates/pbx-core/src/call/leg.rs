@@ -10,7 +10,6 @@
 //! quiet); audio older than the jitter window is written, so memory does
 //! not grow with call length.
 
-use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use crate::audio::codec::{new_decoder, Codec, Decoder};
@@ -30,6 +29,42 @@ use super::{dialog::*, engine::*, seq::*};
 
 /// SSRCs whose sequence numbers a leg follows at once.
 const MAX_SSRCS: usize = 64;
+
+/// A leg's sequence number state per SSRC. Most legs have one SSRC, a few
+/// two or three: a list searched in order, its room grown one at a time
+/// (a hash map took 564 bytes a leg for its one SSRC; this takes 136).
+#[derive(Debug, Default)]
+pub(super) struct SsrcSeqs(Vec<(u32, SeqTracker)>);
+
+impl SsrcSeqs {
+    /// The state of `ssrc`, new if it has none.
+    pub(super) fn entry(&mut self, ssrc: u32) -> &mut SeqTracker {
+        let i = match self.0.iter().position(|(s, _)| *s == ssrc) {
+            Some(i) => i,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((ssrc, SeqTracker::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The oldest SSRC's state other than `keep`'s goes.
+    pub(super) fn forget_one_other_than(&mut self, keep: u32) {
+        if let Some(i) = self.0.iter().position(|(s, _)| *s != keep) {
+            self.0.remove(i);
+        }
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &SeqTracker> {
+        self.0.iter().map(|(_, t)| t)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Flow {
@@ -62,14 +97,16 @@ pub(super) struct Leg {
     pub(super) order: DecodeOrder,
     pub(super) decoder: Option<ActiveDecoder>,
     pub(super) flow: Option<(Flow, Timestamp)>,
-    pub(super) seq: FxHashMap<u32, SeqTracker>,
+    pub(super) seq: SsrcSeqs,
     pub(super) jumps: JumpLog,
     pub(super) meta: ChannelMeta,
     pub(super) dtmf: Option<DtmfState>,
     pub(super) warned_codecs: Vec<u8>,
     /// In-band DTMF detector on the rendered audio (G.711 legs of calls
     /// without telephone-events, when pause/resume sequences are set).
-    pub(super) inband: Option<DtmfDetector>,
+    /// Boxed: only calls with pause sequences use it (a leg's state
+    /// stays small otherwise).
+    pub(super) inband: Option<Box<DtmfDetector>>,
     /// The leg's party has sent a key as SIP INFO: its keys are signalled,
     /// not listened for in the audio.
     pub(super) info_dtmf: bool,
@@ -83,7 +120,7 @@ impl Leg {
             order: DecodeOrder::default(),
             decoder: None,
             flow: None,
-            seq: FxHashMap::default(),
+            seq: SsrcSeqs::default(),
             jumps: JumpLog::default(),
             meta: ChannelMeta {
                 index: party.channel(),
@@ -304,7 +341,7 @@ impl Tracker {
             // the path of every packet: the list is one more cache miss).
             let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
             leg.flow = Some((flow, ts));
-            let tracker = leg.seq.entry(rtp.ssrc).or_default();
+            let tracker = leg.seq.entry(rtp.ssrc);
             let mut u = tracker.update(rtp.sequence);
             if u != SeqUpdate::Newest && leg.jumps.restarts(rtp.ssrc, rtp.sequence, rtp.timestamp) {
                 // A new numbering under the same SSRC (its first packet
@@ -317,9 +354,7 @@ impl Tracker {
                 // A new SSRC on every packet (hostile, or broken): the
                 // sequence state of another one goes (it counts as new if
                 // it comes again); memory stays bounded for the call's life.
-                if let Some(old) = leg.seq.keys().copied().find(|s| *s != rtp.ssrc) {
-                    leg.seq.remove(&old);
-                }
+                leg.seq.forget_one_other_than(rtp.ssrc);
             }
             // RFC 4733 events share the audio's sequence numbers, but their
             // timestamp stays at the event's start: they say nothing of
@@ -645,7 +680,7 @@ impl Tracker {
                 if inband && g711 && leg.meta.dtmf_packets == 0 && !leg.info_dtmf {
                     let mut found = Vec::new();
                     leg.inband
-                        .get_or_insert_with(|| DtmfDetector::new(media.rate))
+                        .get_or_insert_with(|| Box::new(DtmfDetector::new(media.rate)))
                         .process(at, &self.scratch, &mut found);
                     self.tones.extend(found.into_iter().map(|e| (ch, e)));
                 } else {

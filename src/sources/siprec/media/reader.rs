@@ -363,7 +363,7 @@ impl Reader {
         }
         if self.batches < BATCHES {
             self.batches += 1;
-            return Some(DatagramBatch::default());
+            return Some(DatagramBatch::with_room());
         }
         self.spare.recv().ok()
     }
