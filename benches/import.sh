@@ -41,8 +41,9 @@ AUDIO_S=$((CALLS * SECS))
 
 measure() { # name, command...
   local name=$1; shift
-  local t="$DIR/time-$name.txt"
-  /usr/bin/time -f "%U %S %e %M" -o "$t" "$@" >"$DIR/stdout-$name.txt" 2>"$DIR/stderr-$name.txt"
+  local file=${name//\//_}   # a name may hold a path's slashes
+  local t="$DIR/time-$file.txt"
+  /usr/bin/time -f "%U %S %e %M" -o "$t" "$@" >"$DIR/stdout-$file.txt" 2>"$DIR/stderr-$file.txt"
   read -r user sys wall rss < "$t"
   python3 - "$name" "$user" "$sys" "$wall" "$rss" "$PKTS" "$AUDIO_S" <<'PY'
 import sys

@@ -71,6 +71,9 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
     // A capture file can be imported again: no need to write each chunk
     // through for crash safety.
     out.set_write_through(false);
+    // Nor any need to see each pair the moment its call ends: finished
+    // two at a time, their WAVs hashed together.
+    out.finish_in_pairs(true);
     // [recording] as live (rtp_timeout included), the flags over it.
     let mut engine_cfg = cfg.recording.engine_config();
     engine_cfg.sample_rate = sample_rate;
@@ -242,6 +245,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
         b.set_position(total);
     }
     engine.finish(EndReason::CaptureEnd, &mut out);
+    out.finish_held();
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

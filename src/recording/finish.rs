@@ -294,6 +294,61 @@ pub(super) fn salvage(s: &Stranded) -> io::Result<Option<(WrittenRecording, Valu
     )))
 }
 
+/// Whether an ended recording can be finished with another
+/// ([`finish_pair`]): a plain `.part` written without error, long enough
+/// to be kept.
+pub(super) fn pairable(job: &finisher::Job) -> bool {
+    let rec = &job.rec;
+    let short = (job.meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
+    rec.error.is_none()
+        && rec.ctx.seal.is_none()
+        && matches!(rec.wav, Some(PartWriter::Plain(_)))
+        && !short
+}
+
+/// Finishes two ended recordings ([`pairable`]) as [`finish_recording`]
+/// finishes each, but for their WAVs being hashed together
+/// ([`hash_file_pair`]): both `.part`s are finalized and fsynced first. A
+/// finalize that fails is that recording's write error (as in
+/// [`finish_files`]); a pair hash that fails leaves each to be hashed
+/// alone.
+pub(super) fn finish_pair(a: finisher::Job, b: finisher::Job) -> [Done; 2] {
+    let (mut a, mut b) = (a, b);
+    let ready_a = finalize_part(&mut a.rec);
+    let ready_b = finalize_part(&mut b.rec);
+    if ready_a && ready_b {
+        if let Ok([ha, hb]) = hash_file_pair(&a.rec.part, &b.rec.part) {
+            a.rec.hashed = Some(ha);
+            b.rec.hashed = Some(hb);
+        }
+    }
+    [
+        finish_recording(a.rec, &a.meta),
+        finish_recording(b.rec, &b.meta),
+    ]
+}
+
+/// A plain `.part`'s header patched and the file fsynced (what
+/// [`finish_files`] does first); an error becomes the recording's.
+fn finalize_part(rec: &mut OpenRecording) -> bool {
+    let Some(PartWriter::Plain(_)) = rec.wav else {
+        return false;
+    };
+    let Some(w) = rec.wav.take() else {
+        return false;
+    };
+    match w.finalize_plain().and_then(|f| f.sync_all()) {
+        Ok(()) => {
+            rec.finalized = true;
+            true
+        }
+        Err(e) => {
+            rec.error = Some(e);
+            false
+        }
+    }
+}
+
 /// The pair written, its JSON and the WAV's size, or `None` when too short.
 pub(super) fn finish_files(
     rec: OpenRecording,
@@ -302,14 +357,16 @@ pub(super) fn finish_files(
     if let Some(e) = rec.error {
         return Err(e);
     }
-    let Some(wav) = rec.wav else {
-        return Err(io::Error::other("recording was never opened"));
+    // (`None` once finalized for [`finish_pair`].)
+    let wav = match rec.wav {
+        None if !rec.finalized => return Err(io::Error::other("recording was never opened")),
+        w => w,
     };
     let wav_path = rec.dir.join(format!("{}.wav", rec.id));
     let json_path = rec.dir.join(format!("{}.json", rec.id));
     let short = (meta.duration_ms() as u128) < rec.ctx.min_duration.as_millis();
     let (bytes, sha) = match (wav, rec.ctx.seal.as_deref()) {
-        (PartWriter::Sealed(mut w), Some(keys)) => {
+        (Some(PartWriter::Sealed(mut w)), Some(keys)) => {
             // The `.part` is sealed record by record; the finished WAV
             // gets its true header, so it is sealed anew (fixed chunks)
             // from the `.part`'s plaintext, then the `.part` goes.
@@ -332,14 +389,19 @@ pub(super) fn finish_files(
             h
         }
         (w, _) => {
-            let file = w.finalize_plain()?;
-            file.sync_all()?;
-            drop(file);
+            if let Some(w) = w {
+                let file = w.finalize_plain()?;
+                file.sync_all()?;
+                drop(file);
+            }
             if short {
                 fs::remove_file(&rec.part)?;
                 return Ok(None);
             }
-            let h = hash_file(&rec.part)?;
+            let h = match rec.hashed {
+                Some(h) => h,
+                None => hash_file(&rec.part)?,
+            };
             fs::rename(&rec.part, &wav_path)?;
             h
         }

@@ -425,6 +425,65 @@ fn pairs_finished_in_the_background_are_the_pairs_finished_inline() {
     }
 }
 
+/// Finished two at a time (imports): the WAVs hashed together, every
+/// pair byte for byte what finishing each alone makes (an odd count: the
+/// last waits for [`RecordingDir::finish_held`]; the directory dropped
+/// with one waiting finishes it too).
+#[test]
+fn recordings_finished_in_pairs_are_those_finished_one_by_one() {
+    let ids: Vec<String> = (0..7).map(|i| format!("pr{i}")).collect();
+    let mut dirs = Vec::new();
+    for pairs in [false, true, true] {
+        let d = tempfile::tempdir().unwrap();
+        let mut rd = RecordingDir::new(d.path(), ctx("pcap")).unwrap();
+        rd.set_write_through(false);
+        rd.finish_in_pairs(pairs);
+        for (i, id) in ids.iter().enumerate() {
+            rd.begin(CallKey(i as u64), &start(id));
+            for k in 0..(3 + 5 * i) {
+                rd.audio(CallKey(i as u64), &vec![(i * 100 + k) as i16; 1600 + 2 * i]);
+            }
+        }
+        for (i, id) in ids.iter().enumerate() {
+            rd.end(
+                CallKey(i as u64),
+                CallMeta {
+                    key: CallKey(i as u64),
+                    recording_id: id.clone(),
+                    call_id: format!("{id}@src"),
+                    ..meta_r4()
+                },
+            );
+        }
+        if pairs {
+            assert_eq!(rd.counters.written, ids.len() as u64 - 1);
+        }
+        if dirs.len() == 2 {
+            drop(rd);
+        } else {
+            rd.finish_held();
+            assert_eq!(rd.counters.written, ids.len() as u64);
+            assert_eq!(rd.counters.failed + rd.counters.too_short, 0);
+        }
+        assert!(hidden_files(d.path()).is_empty());
+        dirs.push(d);
+    }
+    for id in &ids {
+        let wav = |d: &tempfile::TempDir| fs::read(d.path().join(format!("{id}.wav"))).unwrap();
+        let json = |d: &tempfile::TempDir| fs::read(d.path().join(format!("{id}.json"))).unwrap();
+        for d in &dirs[1..] {
+            assert_eq!(wav(&dirs[0]), wav(d), "{id}");
+            assert_eq!(json(&dirs[0]), json(d), "{id}");
+        }
+        let j = json_of(dirs[1].path(), id);
+        let (n, sha) = hash_file(&dirs[1].path().join(format!("{id}.wav"))).unwrap();
+        assert_eq!(
+            (j["audio"]["bytes"].as_u64(), j["audio"]["sha256"].as_str()),
+            (Some(n), Some(sha.as_str()))
+        );
+    }
+}
+
 /// Dropping a directory whose pairs are still being finished (a source
 /// that ends) finishes them first: no `.part` is left behind.
 #[test]

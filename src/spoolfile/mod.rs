@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 pub mod crypt;
 pub mod flac;
+pub mod sha256x2;
 pub use crypt::{
     open_recording, open_recording_file, read_recording, Keyring, OpenMode, RecordingReader,
 };
@@ -134,6 +135,22 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
+/// [`hash_file`] of two files at once: their SHA-256 computed together
+/// ([`sha256x2`], about twice as fast as one after the other on a CPU with
+/// SHA extensions). The same lengths and hashes as [`hash_file`] of each.
+pub fn hash_file_pair(a: &Path, b: &Path) -> io::Result<[(u64, String); 2]> {
+    let (fa, fb) = (File::open(a)?, File::open(b)?);
+    let (la, lb) = (fa.metadata()?.len(), fb.metadata()?.len());
+    if let (Ok(Some(ma)), Ok(Some(mb))) = (
+        crate::sys::MappedFile::map(&fa, la),
+        crate::sys::MappedFile::map(&fb, lb),
+    ) {
+        let (ha, hb) = sha256x2::digest_pair(ma.bytes(), mb.bytes());
+        return Ok([(la, hex::encode(ha)), (lb, hex::encode(hb))]);
+    }
+    Ok([hash_file(a)?, hash_file(b)?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +169,32 @@ mod tests {
             assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
         }
         assert!(hash_file(&d.path().join("missing")).is_err());
+    }
+
+    /// Two files hashed together: what each hashed alone gives (mapped or
+    /// not: an empty one cannot be mapped).
+    #[test]
+    fn hash_file_pair_is_hash_file_of_each() {
+        let d = tempfile::tempdir().unwrap();
+        let lens = [0usize, 44, 300_001, 1_920_044];
+        for (i, &la) in lens.iter().enumerate() {
+            for &lb in &lens[i..] {
+                let (pa, pb) = (d.path().join("a"), d.path().join("b"));
+                std::fs::write(
+                    &pa,
+                    (0..la).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>(),
+                )
+                .unwrap();
+                std::fs::write(
+                    &pb,
+                    (0..lb).map(|i| (i * 3 % 241) as u8).collect::<Vec<_>>(),
+                )
+                .unwrap();
+                let [ha, hb] = hash_file_pair(&pa, &pb).unwrap();
+                assert_eq!(ha, hash_file(&pa).unwrap());
+                assert_eq!(hb, hash_file(&pb).unwrap());
+            }
+        }
+        assert!(hash_file_pair(&d.path().join("a"), &d.path().join("missing")).is_err());
     }
 }

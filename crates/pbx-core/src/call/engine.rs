@@ -200,6 +200,9 @@ pub(super) struct Tracker {
     /// earlier by the events that create one.
     pub(super) wake: Option<Timestamp>,
     pub(super) scratch: Vec<i16>,
+    /// The second leg's rendered samples (the first's in `scratch`), until
+    /// both are interleaved into `out`.
+    pub(super) scratch2: Vec<i16>,
     pub(super) out: Vec<i16>,
     /// In-band DTMF found while rendering (leg, event).
     pub(super) tones: Vec<(usize, crate::audio::dtmf::ToneEvent)>,
@@ -221,6 +224,7 @@ impl Tracker {
             last_housekeeping: Timestamp::ZERO,
             wake: None,
             scratch: Vec::with_capacity(4096),
+            scratch2: Vec::with_capacity(4096),
             out: Vec::with_capacity(16384),
             tones: Vec::new(),
         }

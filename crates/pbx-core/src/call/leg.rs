@@ -667,12 +667,15 @@ impl Tracker {
         while at < target {
             let to = (at + rate).min(target);
             let n = (to - at) as usize;
-            self.out.clear();
-            self.out.resize(n * 2, 0);
             self.tones.clear();
             for (ch, leg) in media.legs.iter_mut().enumerate() {
-                self.scratch.clear();
-                leg.timeline.render(to, &mut self.scratch);
+                let rendered = if ch == 0 {
+                    &mut self.scratch
+                } else {
+                    &mut self.scratch2
+                };
+                rendered.clear();
+                leg.timeline.render(to, rendered);
                 let g711 = leg
                     .decoder
                     .as_ref()
@@ -681,15 +684,13 @@ impl Tracker {
                     let mut found = Vec::new();
                     leg.inband
                         .get_or_insert_with(|| Box::new(DtmfDetector::new(media.rate)))
-                        .process(at, &self.scratch, &mut found);
+                        .process(at, rendered, &mut found);
                     self.tones.extend(found.into_iter().map(|e| (ch, e)));
                 } else {
                     leg.inband = None;
                 }
-                for (frame, s) in self.out.chunks_exact_mut(2).zip(&self.scratch) {
-                    frame[ch] = *s;
-                }
             }
+            interleave(&mut self.out, n, &self.scratch, &self.scratch2);
             // Tones of both legs in the order they were decided.
             self.tones.sort_by_key(|(_, e)| match e {
                 ToneEvent::Digit { known_at, .. } => *known_at,
@@ -941,4 +942,44 @@ fn caller_sides(
         return None;
     }
     signalling
+}
+
+/// `n` stereo frames into `out` (cleared): `left` and `right` side by
+/// side, silence where either has fewer than `n` samples (a leg renders
+/// exactly `n`: both are written in one pass then).
+fn interleave(out: &mut Vec<i16>, n: usize, left: &[i16], right: &[i16]) {
+    out.clear();
+    out.resize(n * 2, 0);
+    if left.len() == n && right.len() == n {
+        for (frame, (l, r)) in out.chunks_exact_mut(2).zip(left.iter().zip(right)) {
+            frame[0] = *l;
+            frame[1] = *r;
+        }
+        return;
+    }
+    for (ch, samples) in [left, right].into_iter().enumerate() {
+        for (frame, s) in out.chunks_exact_mut(2).zip(samples) {
+            frame[ch] = *s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave;
+
+    /// Both legs of `n` samples side by side; a leg short of `n` (or
+    /// longer) leaves silence (or is cut) as writing each leg on its own did.
+    #[test]
+    fn interleave_puts_the_legs_side_by_side() {
+        let mut out = vec![9i16; 3];
+        interleave(&mut out, 3, &[1, 2, 3], &[-1, -2, -3]);
+        assert_eq!(out, [1, -1, 2, -2, 3, -3]);
+        interleave(&mut out, 3, &[1], &[-1, -2, -3, -4]);
+        assert_eq!(out, [1, -1, 0, -2, 0, -3]);
+        interleave(&mut out, 2, &[], &[7, 8]);
+        assert_eq!(out, [0, 7, 0, 8]);
+        interleave(&mut out, 0, &[1], &[2]);
+        assert!(out.is_empty());
+    }
 }
