@@ -261,4 +261,18 @@ mod tests {
         assert_eq!(ha, hb);
         assert_eq!(ha[..], Sha256::digest(&a)[..]);
     }
+
+    proptest::proptest! {
+        /// Any two messages (random bytes, random lengths, up to 40
+        /// blocks): what `sha2` gives for each.
+        #[test]
+        fn any_pair_hashes_as_sha2_does(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..2600),
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..2600),
+        ) {
+            let (ha, hb) = digest_pair(&a, &b);
+            proptest::prop_assert_eq!(&ha[..], &Sha256::digest(&a)[..]);
+            proptest::prop_assert_eq!(&hb[..], &Sha256::digest(&b)[..]);
+        }
+    }
 }

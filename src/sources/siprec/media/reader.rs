@@ -161,6 +161,9 @@ pub(super) struct Reader {
     spare: Receiver<DatagramBatch>,
     /// Batches made so far (at most [`BATCHES`]).
     batches: usize,
+    /// A batch a round took and left empty (it read only commands): the
+    /// next round's, not freed and made again (its room is reserved once).
+    unused: Option<DatagramBatch>,
     /// Batches handed to the engine so far.
     delivered: u64,
     /// Slots left with datagrams queued at [`DRAIN_CALLS`] (edge-triggered
@@ -196,6 +199,7 @@ impl Reader {
             bufs: RecvBuffers::new(),
             spare,
             batches: 0,
+            unused: None,
             delivered: 0,
             unfinished: Vec::new(),
             keys: Vec::new(),
@@ -289,8 +293,9 @@ impl Reader {
                 }
             }
             if batch.is_empty() && !read {
-                // Nothing read (only commands): no batch is out.
-                self.batches -= 1;
+                // Nothing read (only commands): no batch is out; the next
+                // round takes this one.
+                self.unused = Some(batch);
                 if stop {
                     return;
                 }
@@ -358,6 +363,9 @@ impl Reader {
     /// [`BATCHES`] exist, or else the next one the engine gives back (the
     /// sockets queue meanwhile). `None` when the engine is gone.
     fn free_batch(&mut self) -> Option<DatagramBatch> {
+        if let Some(b) = self.unused.take() {
+            return Some(b);
+        }
         if let Ok(b) = self.spare.try_recv() {
             return Some(b);
         }
