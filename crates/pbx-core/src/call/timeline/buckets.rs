@@ -17,7 +17,7 @@ const BUCKET_STEP: usize = 32;
 
 /// A bucket relative to the queue's base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Narrow {
+pub(super) struct Narrow {
     u: i32,
     d: i32,
     n: u32,
@@ -38,6 +38,7 @@ impl Stored for Narrow {
         })
     }
 
+    #[inline]
     fn unpack(self, (bu, bd): (i64, i64)) -> Bucket {
         Bucket {
             u: bu + i64::from(self.u),
@@ -73,6 +74,42 @@ macro_rules! with_store {
     };
 }
 
+/// Buckets in order ([`BucketQueue::range`]): the queue's own iterator
+/// (every fit walks all of them), unpacked on the way.
+pub(super) enum Iter<'a> {
+    Narrow(std::collections::vec_deque::Iter<'a, Narrow>, (i64, i64)),
+    Wide(std::collections::vec_deque::Iter<'a, Bucket>),
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Bucket;
+
+    #[inline]
+    fn next(&mut self) -> Option<Bucket> {
+        match self {
+            Iter::Narrow(i, base) => i.next().map(|s| s.unpack(*base)),
+            Iter::Wide(i) => i.next().copied(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Iter::Narrow(i, _) => i.size_hint(),
+            Iter::Wide(i) => i.size_hint(),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Bucket> {
+        match self {
+            Iter::Narrow(i, base) => i.next_back().map(|s| s.unpack(*base)),
+            Iter::Wide(i) => i.next_back().copied(),
+        }
+    }
+}
+
 /// The envelope's buckets, sorted by `u`, at most one per bucket number.
 #[derive(Debug, Clone)]
 pub(super) struct BucketQueue {
@@ -94,6 +131,7 @@ impl BucketQueue {
     }
 
     /// Bucket `i` (in `u` order). Panics if out of range, as indexing does.
+    #[inline]
     pub(super) fn get(&self, i: usize) -> Bucket {
         let base = self.base;
         with_store!(&self.store, q => q[i].unpack(base))
@@ -158,14 +196,14 @@ impl BucketQueue {
     }
 
     /// Buckets `range` in order.
-    pub(super) fn range(
-        &self,
-        range: std::ops::Range<usize>,
-    ) -> impl DoubleEndedIterator<Item = Bucket> + '_ {
-        range.map(|i| self.get(i))
+    pub(super) fn range(&self, range: std::ops::Range<usize>) -> Iter<'_> {
+        match &self.store {
+            Store::Narrow(q) => Iter::Narrow(q.range(range), self.base),
+            Store::Wide(q) => Iter::Wide(q.range(range)),
+        }
     }
 
-    pub(super) fn iter(&self) -> impl DoubleEndedIterator<Item = Bucket> + '_ {
+    pub(super) fn iter(&self) -> Iter<'_> {
         self.range(0..self.len())
     }
 

@@ -142,7 +142,8 @@ impl Envelope {
             }
             Some(_) => {
                 let n = self.buckets.len();
-                if let Some(i) = (0..n).rev().find(|&i| bidx(&self.buckets.get(i)) == idx) {
+                let found = self.buckets.iter().rev().position(|b| bidx(&b) == idx);
+                if let Some(i) = found.map(|k| n - 1 - k) {
                     let mut b = self.buckets.get(i);
                     b.n = b.n.saturating_add(1);
                     if d < b.d {
