@@ -25,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("spool", &["sys", "upload"]),
     ("status", &["recording", "spool"]),
     ("control", &[]),
-    ("health", &["control", "status"]),
+    ("health", &["control", "status", "sys"]),
     (
         "stream",
         &["config", "recording", "status", "sys", "upload"],
