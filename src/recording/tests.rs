@@ -265,6 +265,17 @@ fn answered_note_gives_way_to_the_recording_or_goes_with_the_call() {
     assert!(!d.path().join(format!("{id}.json")).exists());
 }
 
+/// [`meta_r4`] for call `i`, recording `id` (its Call-ID `{id}@src`, as
+/// [`start`] gives).
+fn meta_of(i: u64, id: &str) -> CallMeta {
+    CallMeta {
+        key: CallKey(i),
+        recording_id: id.to_string(),
+        call_id: format!("{id}@src"),
+        ..meta_r4()
+    }
+}
+
 fn meta_r4() -> CallMeta {
     let t0 = Timestamp::parse_rfc3339("2026-12-03T10:00:01.000Z").unwrap();
     CallMeta {
@@ -384,15 +395,7 @@ fn pairs_finished_in_the_background_are_the_pairs_finished_inline() {
         }
         let mut closed = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            rd.end(
-                CallKey(i as u64),
-                CallMeta {
-                    key: CallKey(i as u64),
-                    recording_id: id.clone(),
-                    call_id: format!("{id}@src"),
-                    ..meta_r4()
-                },
-            );
+            rd.end(CallKey(i as u64), meta_of(i as u64, id));
             closed.extend(rd.take_closed());
         }
         // Until its pair is durable, a call is still being recorded (a
@@ -445,15 +448,7 @@ fn recordings_finished_in_pairs_are_those_finished_one_by_one() {
             }
         }
         for (i, id) in ids.iter().enumerate() {
-            rd.end(
-                CallKey(i as u64),
-                CallMeta {
-                    key: CallKey(i as u64),
-                    recording_id: id.clone(),
-                    call_id: format!("{id}@src"),
-                    ..meta_r4()
-                },
-            );
+            rd.end(CallKey(i as u64), meta_of(i as u64, id));
         }
         if pairs {
             assert_eq!(rd.counters.written, ids.len() as u64 - 1);
@@ -495,15 +490,7 @@ fn dropping_the_directory_finishes_what_was_handed_over() {
         let id = format!("dr{i}");
         rd.begin(CallKey(i), &start(&id));
         rd.audio(CallKey(i), &[5i16; 1600]);
-        rd.end(
-            CallKey(i),
-            CallMeta {
-                key: CallKey(i),
-                recording_id: id.clone(),
-                call_id: format!("{id}@src"),
-                ..meta_r4()
-            },
-        );
+        rd.end(CallKey(i), meta_of(i, &id));
     }
     drop(rd);
     assert!(hidden_files(d.path()).is_empty());

@@ -435,13 +435,13 @@ impl MediaControl {
     pub fn reuse(
         &self,
         local: SocketAddr,
-        decrypt: Option<SrtpStream>,
+        decrypt: Option<Box<SrtpStream>>,
         last_rtp: Arc<AtomicI64>,
         admission: Admission,
     ) {
         self.send(Command::Reuse {
             local,
-            decrypt: decrypt.map(Box::new),
+            decrypt,
             last_rtp,
             admission,
         });
@@ -455,8 +455,8 @@ impl MediaControl {
     /// The SRC re-offered the stream on `local` with other SRTP keys (RFC
     /// 4568 §7.1.4: a new key, or none): what comes next is decrypted with
     /// them.
-    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<SrtpStream>) {
-        self.send(Command::SetDecrypt(local, decrypt.map(Box::new)));
+    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<Box<SrtpStream>>) {
+        self.send(Command::SetDecrypt(local, decrypt));
     }
 
     fn send(&self, c: Command) {

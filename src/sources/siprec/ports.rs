@@ -360,7 +360,7 @@ impl RtpPorts {
         &mut self,
         ip: IpAddr,
         last_rtp: Arc<AtomicI64>,
-        decrypt: Option<SrtpStream>,
+        decrypt: Option<Box<SrtpStream>>,
         admission: Admission,
         now: Instant,
     ) -> Option<SocketAddr> {
@@ -380,7 +380,7 @@ impl RtpPorts {
             }
             match MediaPort::bind(local, last_rtp.clone(), Admission::retired()) {
                 Ok(mut port) => {
-                    port.decrypt = decrypt.map(Box::new);
+                    port.decrypt = decrypt;
                     port.admission = admission;
                     let local = port.local;
                     self.media.add(port);
@@ -417,7 +417,7 @@ impl RtpPorts {
     }
 
     /// The stream on `local` is decrypted with other keys from now on.
-    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<SrtpStream>) {
+    pub fn set_decrypt(&self, local: SocketAddr, decrypt: Option<Box<SrtpStream>>) {
         self.media.set_decrypt(local, decrypt);
     }
 

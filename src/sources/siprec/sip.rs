@@ -796,8 +796,10 @@ pub(super) fn answer_for(
     // New origins of the streams kept: applied only if the offer is taken.
     let mut moved: Vec<(SocketAddr, StreamOrigin)> = Vec::new();
     // Streams kept whose SRTP keys the offer changes: applied likewise.
-    let mut rekeyed: Vec<(SocketAddr, Option<crate::sources::siprec::srtp::SrtpStream>)> =
-        Vec::new();
+    let mut rekeyed: Vec<(
+        SocketAddr,
+        Option<Box<crate::sources::siprec::srtp::SrtpStream>>,
+    )> = Vec::new();
     let mut keys: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     let mut crypto: Vec<Option<(String, String)>> = vec![None; offer.media.len()];
     for (i, m) in offer.media.iter().enumerate() {
@@ -828,7 +830,9 @@ pub(super) fn answer_for(
                 match crate::sources::siprec::srtp::SrtpStream::new(suite, params) {
                     Some(d) => {
                         crypto[i] = Some((suite.clone(), crate::sources::siprec::srtp::new_key()));
-                        Some(d)
+                        // Boxed: an RTP port's state stays small for the
+                        // many plain streams.
+                        Some(Box::new(d))
                     }
                     None => {
                         ports.push(0);

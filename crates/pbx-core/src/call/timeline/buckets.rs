@@ -218,12 +218,13 @@ impl BucketQueue {
             return;
         }
         let all = || q.iter().map(|s| s.unpack(self.base)).chain([b]);
-        let span = |f: fn(&Bucket) -> i64| {
+        // The middle of what is held (the most room either way; in 128
+        // bits, as any two i64 may be that far apart).
+        let middle = |f: fn(&Bucket) -> i64| {
             let (lo, hi) = all().fold((f(&b), f(&b)), |(lo, hi), x| (lo.min(f(&x)), hi.max(f(&x))));
-            lo + (hi - lo) / 2
+            ((i128::from(lo) + i128::from(hi)) / 2) as i64
         };
-        // The middle of what is held (the most room either way).
-        let base = (span(|x| x.u), span(|x| x.d));
+        let base = (middle(|x| x.u), middle(|x| x.d));
         let moved: Option<VecDeque<Narrow>> = {
             let mut v = VecDeque::with_capacity(q.capacity());
             q.iter()
