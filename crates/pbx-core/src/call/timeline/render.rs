@@ -74,7 +74,7 @@ impl LegTimeline {
                     let h_prev = self.segs[0].env.hysteresis();
                     let clean_prev = self.segs[0].env.clean();
                     if let Some(old) = self.segs.pop_front() {
-                        self.recycle(old);
+                        self.cut(old);
                     }
                     self.start_front_at(self.pos, h_prev, clean_prev);
                     continue;
@@ -305,13 +305,7 @@ impl LegTimeline {
                     }
                 }
                 let start = out.len();
-                copy_exact(
-                    &mut seg.chunks,
-                    &mut self.pool,
-                    self.pos - seg.a as i64,
-                    to - self.pos,
-                    out,
-                );
+                copy_exact(&mut seg.chunks, self.pos - seg.a as i64, to - self.pos, out);
                 let copied = &out[start..];
                 let loud = last_loud(copied);
                 seg.quiet_run = match loud {
@@ -388,8 +382,7 @@ impl LegTimeline {
                 let ui = (self.pos as f64 - seg.a).floor() as i64 - 4;
                 let mut dropped = 0;
                 while seg.chunks.front().is_some_and(|c| c.end() <= ui) {
-                    if let Some(c) = seg.chunks.pop_front() {
-                        recycle(&mut self.pool, c.pcm);
+                    if seg.chunks.pop_front().is_some() {
                         dropped += 1;
                     }
                 }
@@ -467,18 +460,10 @@ fn last_loud(s: &[i16]) -> Option<usize> {
 
 /// Copy `n` source samples from `u` (silence where no chunk covers them),
 /// dropping chunks that are left behind.
-fn copy_exact(
-    chunks: &mut VecDeque<Chunk>,
-    pool: &mut Pools,
-    mut u: i64,
-    mut n: i64,
-    out: &mut Vec<i16>,
-) {
+fn copy_exact(chunks: &mut VecDeque<Chunk>, mut u: i64, mut n: i64, out: &mut Vec<i16>) {
     while n > 0 {
         while chunks.front().is_some_and(|c| c.end() <= u) {
-            if let Some(c) = chunks.pop_front() {
-                recycle(pool, c.pcm);
-            }
+            chunks.pop_front();
         }
         match chunks.front() {
             Some(c) if c.u <= u => {

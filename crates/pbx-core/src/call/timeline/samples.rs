@@ -1,5 +1,5 @@
-//! A chunk's samples and where spare buffers go: linear PCM, or G.711
-//! bytes expanded when read (see the parent module).
+//! A chunk's samples: linear PCM, or G.711 bytes expanded when read (see
+//! the parent module).
 
 use super::*;
 
@@ -7,11 +7,17 @@ use super::*;
 /// read (rendered): a G.711 leg's hold-back window then takes one byte a
 /// sample instead of two. Expanding is a table lookup, the same one the
 /// G.711 decoder makes, so what is rendered is bit for bit the same.
+///
+/// Exactly as long as the packet's audio (a boxed slice, 24 bytes in its
+/// chunk): a chunk's buffer is allocated when its packet comes and freed
+/// when it is rendered, and the allocator's per-thread cache reuses it for
+/// the next packet of any call (a spare buffer kept per leg cost more than
+/// a kilobyte a call).
 #[derive(Debug)]
 pub(super) enum Samples {
-    Linear(Vec<i16>),
+    Linear(Box<[i16]>),
     /// The law's expansion table and the bytes.
-    G711(&'static [i16; 256], Vec<u8>),
+    G711(&'static [i16; 256], Box<[u8]>),
 }
 
 impl Samples {
@@ -53,21 +59,5 @@ impl PacketAudio<'_> {
             PacketAudio::Pcm(p) => p.len(),
             PacketAudio::G711(_, b) => b.len(),
         }
-    }
-}
-
-/// Spare chunk buffers of both kinds.
-#[derive(Debug, Default)]
-pub(super) struct Pools {
-    pub(super) pcm: Vec<Vec<i16>>,
-    pub(super) g711: Vec<Vec<u8>>,
-}
-
-/// Keep a chunk's buffer for a later chunk, or free it when enough are kept.
-pub(super) fn recycle(pool: &mut Pools, samples: Samples) {
-    match samples {
-        Samples::Linear(v) if pool.pcm.len() < POOL_MAX => pool.pcm.push(v),
-        Samples::G711(_, b) if pool.g711.len() < POOL_MAX => pool.g711.push(b),
-        _ => {}
     }
 }

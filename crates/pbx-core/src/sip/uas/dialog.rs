@@ -162,6 +162,7 @@ impl Uas {
     pub(super) fn end_dialog(&mut self, id: &DialogId, reason: EndCause) {
         if let Some(old) = self.dialogs.remove(id) {
             self.state_bytes = self.state_bytes.saturating_sub(old.size);
+            super::give_back_room(&mut self.dialogs);
             self.events.push_back(UasEvent::Ended {
                 dialog: id.clone(),
                 reason,

@@ -252,6 +252,16 @@ pub struct Uas {
 /// Peers whose local address is remembered (beyond it, the map restarts).
 const MAX_LOCAL_IPS: usize = 4096;
 
+/// A table that a burst grew gives its room back once it is down to a
+/// quarter: every INVITE's transaction lives 32 s after its answer
+/// (RFC 6026), so a set-up burst of thousands of calls left a table sized
+/// for them for the rest of the day (about 1 KiB a call in progress).
+fn give_back_room<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 impl Uas {
     pub fn new(cfg: UasConfig) -> Self {
         Uas {
@@ -380,6 +390,7 @@ impl Uas {
     fn remove_tx(&mut self, key: &TxKey) {
         if let Some(old) = self.txs.remove(key) {
             self.state_bytes = self.state_bytes.saturating_sub(old.size);
+            give_back_room(&mut self.txs);
         }
     }
 
@@ -399,6 +410,7 @@ impl Uas {
             self.state_bytes = self
                 .state_bytes
                 .saturating_sub(ENTRY_OVERHEAD + old.bytes.len());
+            give_back_room(&mut self.clients);
         }
     }
 
