@@ -202,11 +202,7 @@ struct Chunk {
 const _: () = assert!(std::mem::size_of::<Chunk>() == 48);
 
 impl Chunk {
-    fn new(u: i64, delay: i64, arrival: i64, flag: Flag, pcm: PacketAudio<'_>) -> Self {
-        let pcm = match pcm {
-            PacketAudio::Pcm(p) => Samples::Linear(p.into()),
-            PacketAudio::G711(law, b) => Samples::G711(expansion(law), b.into()),
-        };
+    fn new(u: i64, delay: i64, arrival: i64, flag: Flag, pcm: Samples) -> Self {
         Chunk {
             u,
             arrival,
@@ -347,7 +343,7 @@ impl Segment {
             .max();
     }
 
-    fn insert_chunk(&mut self, c: Chunk) {
+    fn insert_chunk(&mut self, c: Chunk, spare: &mut Spare) {
         // An early candidate (timestamp far ahead) does not extend the
         // segment until it is confirmed (split): a stray must not make the
         // recording run on to where its timestamp points.
@@ -364,7 +360,7 @@ impl Segment {
         let at = self.chunks.partition_point(|x| x.u < c.u);
         if at < self.chunks.len() && self.chunks[at].u == c.u {
             if let Some(old) = self.chunks.get_mut(at) {
-                *old = c;
+                spare.put(std::mem::replace(old, c).pcm);
             }
             return;
         }
@@ -394,6 +390,7 @@ pub struct LegTimeline {
     segs: VecDeque<Segment>,
     /// Next timeline position to render.
     pos: i64,
+    spare: Spare,
     stats: TimelineStats,
     any_started: bool,
     log: VecDeque<Correction>,
@@ -461,6 +458,7 @@ impl LegTimeline {
             hold_back: hold_back.max(1),
             segs: VecDeque::new(),
             pos: 0,
+            spare: Spare::default(),
             stats: TimelineStats::default(),
             any_started: false,
             log: VecDeque::new(),
@@ -687,8 +685,8 @@ impl LegTimeline {
             return;
         }
         self.maybe_flagged |= flag != Flag::Normal;
-        let c = Chunk::new(u, p.delay, p.arrival, flag, p.pcm);
-        self.segs[i].insert_chunk(c);
+        let c = Chunk::new(u, p.delay, p.arrival, flag, self.spare.samples(p.pcm));
+        self.segs[i].insert_chunk(c, &mut self.spare);
     }
 
     /// Timeline position just past the last audio this leg holds, if any.
@@ -870,6 +868,7 @@ impl LegTimeline {
                             self.stats.strays += 1;
                             let pos = self.pos;
                             self.segs[i].forget_end(c.end(), pos);
+                            self.spare.put(c.pcm);
                         }
                     } else if n_early > n_fit && (n_early >= 2 || waited || force) {
                         self.split(i, k);

@@ -305,7 +305,13 @@ impl LegTimeline {
                     }
                 }
                 let start = out.len();
-                copy_exact(&mut seg.chunks, self.pos - seg.a as i64, to - self.pos, out);
+                copy_exact(
+                    &mut seg.chunks,
+                    &mut self.spare,
+                    self.pos - seg.a as i64,
+                    to - self.pos,
+                    out,
+                );
                 let copied = &out[start..];
                 let loud = last_loud(copied);
                 seg.quiet_run = match loud {
@@ -382,7 +388,8 @@ impl LegTimeline {
                 let ui = (self.pos as f64 - seg.a).floor() as i64 - 4;
                 let mut dropped = 0;
                 while seg.chunks.front().is_some_and(|c| c.end() <= ui) {
-                    if seg.chunks.pop_front().is_some() {
+                    if let Some(c) = seg.chunks.pop_front() {
+                        self.spare.put(c.pcm);
                         dropped += 1;
                     }
                 }
@@ -460,10 +467,18 @@ fn last_loud(s: &[i16]) -> Option<usize> {
 
 /// Copy `n` source samples from `u` (silence where no chunk covers them),
 /// dropping chunks that are left behind.
-fn copy_exact(chunks: &mut VecDeque<Chunk>, mut u: i64, mut n: i64, out: &mut Vec<i16>) {
+fn copy_exact(
+    chunks: &mut VecDeque<Chunk>,
+    spare: &mut Spare,
+    mut u: i64,
+    mut n: i64,
+    out: &mut Vec<i16>,
+) {
     while n > 0 {
         while chunks.front().is_some_and(|c| c.end() <= u) {
-            chunks.pop_front();
+            if let Some(c) = chunks.pop_front() {
+                spare.put(c.pcm);
+            }
         }
         match chunks.front() {
             Some(c) if c.u <= u => {
