@@ -85,6 +85,9 @@ pub fn parse_metadata(xml: &[u8]) -> Result<RecordingSession, SiprecError> {
                     if rs.streams.len() >= MAX_STREAMS {
                         return Err(SiprecError::TooManyStreams);
                     }
+                    // Room for one more, not a doubling: the metadata is
+                    // kept for the whole call.
+                    rs.streams.reserve_exact(1);
                     rs.streams.push(StreamInfo {
                         id,
                         label: label.unwrap_or_default(),
@@ -117,6 +120,7 @@ pub(super) fn participant_entry<'a>(
             if participants.len() >= MAX_PARTICIPANTS {
                 return Err(SiprecError::TooManyParticipants);
             }
+            participants.reserve_exact(1);
             participants.push(Participant {
                 id: id.to_string(),
                 ..Participant::default()
@@ -175,6 +179,7 @@ pub(super) fn add_assoc(tree: &Tree, idx: usize, p: &mut Participant) -> Result<
         if list.len() >= MAX_STREAMS {
             return Err(SiprecError::TooManyAssociations);
         }
+        list.reserve_exact(1);
         list.push(id);
     }
     Ok(())
