@@ -147,7 +147,8 @@ pub(super) struct Call {
     pub(super) state: CallState,
     pub(super) sides: [SideMedia; 2],
     pub(super) media: Option<Media>,
-    pub(super) seen_msgs: VecDeque<(u32, String, u16, String)>,
+    /// The last 64 SIP messages' signatures (see `handle_sip`).
+    pub(super) seen_msgs: VecDeque<u64>,
     pub(super) dtmf: Vec<Dtmf>,
     pub(super) warnings: Vec<String>,
     /// ZRTP was seen on the call's media: the audio is encrypted.
@@ -402,18 +403,23 @@ impl Tracker {
                 k
             }
         };
+        // Retransmission detection: same CSeq, method, status and branch,
+        // kept as a keyed hash (SipHash with this process's random keys, so
+        // a sender cannot make two messages collide): 8 bytes a message.
+        let sig = std::hash::BuildHasher::hash_one(
+            self.by_call_id.hasher(),
+            (
+                msg.cseq,
+                &msg.cseq_method,
+                msg.status().unwrap_or(0),
+                msg.via_branch.as_deref().unwrap_or_default(),
+            ),
+        );
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         call.last_sip = ts;
 
-        // Retransmission detection: same CSeq, method, status and branch.
-        let sig = (
-            msg.cseq,
-            format!("{:?}", msg.cseq_method),
-            msg.status().unwrap_or(0),
-            msg.via_branch.clone().unwrap_or_default(),
-        );
         if call.seen_msgs.contains(&sig) {
             self.stats.sip_retransmissions += 1;
             return;
