@@ -403,9 +403,14 @@ impl Tracker {
                 k
             }
         };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_sip = ts;
+
         // Retransmission detection: same CSeq, method, status and branch,
-        // kept as a keyed hash (SipHash with this process's random keys, so
-        // a sender cannot make two messages collide): 8 bytes a message.
+        // kept as an 8-byte hash keyed as the Call-ID table is (SipHash with
+        // this process's random keys: a sender cannot make two collide).
         let sig = std::hash::BuildHasher::hash_one(
             self.by_call_id.hasher(),
             (
@@ -415,11 +420,6 @@ impl Tracker {
                 msg.via_branch.as_deref().unwrap_or_default(),
             ),
         );
-        let Some(call) = self.calls.get_mut(&key) else {
-            return;
-        };
-        call.last_sip = ts;
-
         if call.seen_msgs.contains(&sig) {
             self.stats.sip_retransmissions += 1;
             return;

@@ -71,11 +71,14 @@ impl PacketAudio<'_> {
 pub(super) struct Spare([Option<Samples>; 2]);
 
 impl Spare {
-    /// Keep `s` if there is room.
+    /// Keep `s`, in place of the older of the two when both are kept (a
+    /// stream whose packets changed length soon has buffers that fit).
     pub(super) fn put(&mut self, s: Samples) {
-        if let Some(slot) = self.0.iter_mut().find(|x| x.is_none()) {
-            *slot = Some(s);
+        let [a, b] = &mut self.0;
+        if a.is_some() {
+            std::mem::swap(a, b);
         }
+        *a = Some(s);
     }
 
     /// `pcm` in a kept buffer if one fits it, else in a new one.
@@ -98,5 +101,62 @@ impl Spare {
             (_, PacketAudio::Pcm(p)) => Samples::Linear(p.into()),
             (_, PacketAudio::G711(law, b)) => Samples::G711(expansion(law), b.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ptr(s: &Samples) -> *const u8 {
+        match s {
+            Samples::Linear(v) => v.as_ptr().cast(),
+            Samples::G711(_, b) => b.as_ptr(),
+        }
+    }
+
+    fn kept(spare: &Spare) -> Vec<(usize, *const u8)> {
+        spare
+            .0
+            .iter()
+            .flatten()
+            .map(|s| (s.len(), ptr(s)))
+            .collect()
+    }
+
+    #[test]
+    fn kept_buffers_are_reused_when_they_fit_and_the_newest_are_kept() {
+        let mut spare = Spare::default();
+        let (a20, b20, a10) = ([1u8; 160], [2u8; 160], [3u8; 80]);
+        // Two 20 ms buffers kept (a render frees a packet or two, then as
+        // many come): a 20 ms packet takes one, with its own bytes.
+        let (x, y) = (
+            spare.samples(PacketAudio::G711(Law::Ulaw, &a20)),
+            spare.samples(PacketAudio::G711(Law::Ulaw, &a20)),
+        );
+        spare.put(x);
+        spare.put(y);
+        let before = kept(&spare);
+        assert_eq!(before.len(), 2);
+        let again = spare.samples(PacketAudio::G711(Law::Alaw, &b20));
+        assert!(before.contains(&(160, ptr(&again))));
+        assert_eq!(again.get(0), expansion(Law::Alaw)[2]);
+        spare.put(again);
+        // The stream goes to 10 ms: its buffers replace the old ones.
+        let (x, y) = (
+            spare.samples(PacketAudio::G711(Law::Ulaw, &a10)),
+            spare.samples(PacketAudio::G711(Law::Ulaw, &a10)),
+        );
+        spare.put(x);
+        spare.put(y);
+        let ten = kept(&spare);
+        assert!(ten.len() == 2 && ten.iter().all(|k| k.0 == 80), "{ten:?}");
+        let reused = spare.samples(PacketAudio::G711(Law::Ulaw, &a10));
+        assert!(ten.contains(&(80, ptr(&reused))));
+        // Linear audio never takes a G.711 buffer.
+        let pcm = [7i16; 80];
+        let lin = spare.samples(PacketAudio::Pcm(&pcm));
+        assert!(matches!(lin, Samples::Linear(ref v) if v[..] == pcm[..]));
+        assert_eq!(kept(&spare).len(), 1);
     }
 }
