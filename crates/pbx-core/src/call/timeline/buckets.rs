@@ -1,10 +1,12 @@
 //! The envelope's quarter-second minima (see [`super::envelope`]), kept
 //! compactly: a long call holds [`MAX_BUCKETS`] of them per leg, and each
-//! stored its `u` and `d` as 64-bit numbers (24 bytes a bucket, 3.75 KiB a
-//! leg). Stored relative to a base as 32-bit numbers (12 bytes a bucket),
+//! stored its `u` and `d` as 64-bit numbers and its count as 32 bits (24
+//! bytes a bucket, 3.75 KiB a leg). Stored relative to a base in one 64-bit
+//! word (24 bits each for `u` and `d`, 16 for the count: 8 bytes a bucket),
 //! they are the same values exactly: a queue whose values no longer fit
-//! (a call of more than 12 hours at 48 kHz, or delays that far apart) is
-//! moved to a new base, or, if none fits, stored wide from then on.
+//! (`u` spans 16.7 M samples: the 40 s of minima a leg keeps span 1.9 M at
+//! 48 kHz) is moved to a new base, or, if none fits, stored wide from then
+//! on.
 
 use std::collections::VecDeque;
 
@@ -15,12 +17,28 @@ use super::MAX_BUCKETS;
 /// multiple, so a long call's queue holds exactly that many.
 const BUCKET_STEP: usize = 32;
 
-/// A bucket relative to the queue's base.
+/// A bucket relative to the queue's base: `u - base.u` in bits 0-23, `d -
+/// base.d` in bits 24-47 (both two's complement), the count in 48-63.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Narrow {
-    u: i32,
-    d: i32,
-    n: u32,
+pub(super) struct Narrow(u64);
+
+/// Bits of `u` and of `d` in a [`Narrow`].
+const FIELD_BITS: u32 = 24;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+const FIELD_MIN: i64 = -(1 << (FIELD_BITS - 1));
+const FIELD_MAX: i64 = (1 << (FIELD_BITS - 1)) - 1;
+
+/// `v` in 24 bits, if it fits.
+fn field(v: i64) -> Option<u64> {
+    (FIELD_MIN..=FIELD_MAX)
+        .contains(&v)
+        .then_some(v as u64 & FIELD_MASK)
+}
+
+/// The 24-bit field at `shift`, sign-extended.
+#[inline]
+fn unfield(w: u64, shift: u32) -> i64 {
+    ((w >> shift) << (64 - FIELD_BITS)) as i64 >> (64 - FIELD_BITS)
 }
 
 /// How a queue's buckets are stored.
@@ -31,19 +49,18 @@ trait Stored: Copy {
 
 impl Stored for Narrow {
     fn pack(b: Bucket, (bu, bd): (i64, i64)) -> Option<Self> {
-        Some(Narrow {
-            u: i32::try_from(b.u.checked_sub(bu)?).ok()?,
-            d: i32::try_from(b.d.checked_sub(bd)?).ok()?,
-            n: b.n,
-        })
+        let u = field(b.u.checked_sub(bu)?)?;
+        let d = field(b.d.checked_sub(bd)?)?;
+        let n = u64::from(u16::try_from(b.n).ok()?);
+        Some(Narrow(u | d << FIELD_BITS | n << (2 * FIELD_BITS)))
     }
 
     #[inline]
     fn unpack(self, (bu, bd): (i64, i64)) -> Bucket {
         Bucket {
-            u: bu + i64::from(self.u),
-            d: bd + i64::from(self.d),
-            n: self.n,
+            u: bu + unfield(self.0, 0),
+            d: bd + unfield(self.0, FIELD_BITS),
+            n: (self.0 >> (2 * FIELD_BITS)) as u32,
         }
     }
 }
@@ -245,7 +262,7 @@ impl BucketQueue {
         }
     }
 
-    /// Whether the buckets are stored 12 bytes each (tests).
+    /// Whether the buckets are stored 8 bytes each (tests).
     #[cfg(test)]
     pub(super) fn is_narrow(&self) -> bool {
         matches!(self.store, Store::Narrow(_))
@@ -259,7 +276,7 @@ impl BucketQueue {
 }
 
 const _: () = assert!(MAX_BUCKETS % BUCKET_STEP == 0);
-const _: () = assert!(std::mem::size_of::<Narrow>() == 12);
+const _: () = assert!(std::mem::size_of::<Narrow>() == 8);
 
 #[cfg(test)]
 mod tests {
@@ -282,13 +299,20 @@ mod tests {
         let big = i64::from(i32::MAX);
         let cases: Vec<Vec<Bucket>> = vec![
             (0..400).map(|i| b(i * 2000, 50 - i % 7, 1)).collect(),
-            // A long call at 48 kHz: u passes i32 from its base.
+            // A long call at 48 kHz: u passes 24 bits from its base, and
+            // i32 too.
             (0..400)
                 .map(|i| b(big - 100_000 + i * 12_000, -3, 2))
                 .collect(),
             // Sparse minima (silence suppression) of a very long call: u
-            // passes 32 bits from where it began, again and again.
-            (0..400).map(|i| b(i * 10_000_000, i % 5, 1)).collect(),
+            // passes 24 bits from where it began, again and again, the
+            // queue's span just within them.
+            (0..400).map(|i| b(i * 90_000, i % 5, 1)).collect(),
+            // Delays 2 M samples apart (a stall of 40 s at 48 kHz): moved
+            // to a base between them.
+            (0..200)
+                .map(|i| b(i * 12_000, if i % 2 == 0 { -3 } else { 5_000_000 }, 1))
+                .collect(),
             // Huge, negative starts (capture clocks far from zero).
             (0..300)
                 .map(|i| b(-(1 << 40) + i * 12_000, (1 << 45) + i % 3, 1))
@@ -300,6 +324,12 @@ mod tests {
                 b(4000, 3 * big, 1),
                 b(6000, -3 * big, 4),
             ],
+            // Minima spread wider than 24 bits: wide.
+            (0..50)
+                .map(|i| b(i * 2000, if i == 20 { 9_000_000 } else { -9_000_000 }, 1))
+                .collect(),
+            // More packets in a bucket than 16 bits count: wide.
+            vec![b(0, 0, 1), b(2000, 5, 70_000), b(4000, 3, 2)],
         ];
         for (k, case) in cases.iter().enumerate() {
             let mut q = BucketQueue::new();
@@ -326,7 +356,7 @@ mod tests {
                     "case {k} step {i}"
                 );
             }
-            let wide_needed = k == 4;
+            let wide_needed = k >= 5;
             assert_eq!(q.is_narrow(), !wide_needed, "case {k}");
             assert!(q.capacity() <= MAX_BUCKETS, "case {k}: {}", q.capacity());
             assert_eq!(

@@ -8,7 +8,7 @@ use super::*;
 
 /// One quarter second's least-delayed packet. Its bucket number is
 /// `u.div_euclid(bucket_len)` (not stored; [`BucketQueue`] keeps the rest
-/// in 12 bytes a bucket, 160 of them per leg in a long call).
+/// in 8 bytes a bucket, 160 of them per leg in a long call).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
     pub(super) u: i64,

@@ -250,6 +250,47 @@ fn retransmitted_invite_gets_the_same_response() {
     assert_eq!(u.dialog_count(), 1);
 }
 
+/// Once the ACK came, the INVITE's transaction keeps only what it needs
+/// to absorb late copies of the INVITE (RFC 6026 Accepted state, Timer
+/// L): its stored 2xx goes at once, and a late copy gets no answer.
+#[test]
+fn after_the_ack_the_stored_2xx_goes_and_a_late_invite_copy_is_absorbed() {
+    let mut u = uas();
+    let inv = invite("z9hG4bKinv1", "call-a");
+    let d = new_call(&feed(&mut u, t(0), &inv));
+    let before = u.state_bytes();
+    assert!(u.accept(&d, SDP, t(10)));
+    let ok = drain(&mut u);
+    assert_eq!(codes(&ok), vec![200]);
+    let answered = u.state_bytes();
+    assert!(answered > before + SDP.len(), "{before} -> {answered}");
+    let ev = feed(
+        &mut u,
+        t(40),
+        &ack("z9hG4bKack1", "call-a", &d.local_tag, 1),
+    );
+    assert!(ev.is_empty(), "ACK absorbed silently");
+    let acked = u.state_bytes();
+    assert!(
+        answered - acked > SDP.len(),
+        "the 2xx's bytes released: {answered} -> {acked}"
+    );
+    assert_eq!(
+        u.transaction_count(),
+        1,
+        "the transaction lives on (Timer L)"
+    );
+    assert!(
+        feed(&mut u, t(60), &inv).is_empty(),
+        "a late copy: absorbed"
+    );
+    assert_eq!(u.dialog_count(), 1);
+    // Still no answer to it while the transaction absorbs, then it expires.
+    let w = run_until(&mut u, t(40_000));
+    assert!(send_times(&w, t(0)).is_empty());
+    assert_eq!(u.transaction_count(), 0);
+}
+
 /// The same INVITE (Call-ID, From tag, CSeq) on another branch is a merged
 /// request: 482, no second dialog (RFC 3261 8.2.2.2).
 #[test]
