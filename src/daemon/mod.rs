@@ -484,6 +484,23 @@ fn start_delivery(
     }
 }
 
+/// The daemon has become idle (after start-up or a busy spell): the code
+/// and read-only data that work mapped, and the heap's free memory, go
+/// back to the system (`sys::release_idle_memory`; the pages stay in the
+/// page cache). An idle daemon's resident memory is then what it uses.
+/// On the blocking pool: trimming a large heap takes its arenas' locks
+/// for a while.
+fn release_idle_memory() {
+    tokio::task::spawn_blocking(|| match crate::sys::release_idle_memory() {
+        Ok(r) => tracing::debug!(
+            file_kib = r.file_bytes / 1024,
+            mappings = r.mappings,
+            "idle: unused pages of the program's files given back"
+        ),
+        Err(e) => tracing::debug!("idle: pages not given back: {e}"),
+    });
+}
+
 /// `pbx-edge run [--config FILE]`.
 /// For the person who started it: where it listens, where recordings go and
 /// how to send it a test call (stdout, once at start; the logs go on as
@@ -713,6 +730,8 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     tokio::pin!(next_tick);
     let mut last_wd = Instant::now();
     let mut draining: Option<drain::Drain> = None;
+    // Start-up was work: the first idle tick gives back what it left.
+    let mut was_busy = true;
     loop {
         let mut begin_drain = false;
         tokio::select! {
@@ -882,6 +901,10 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     || !siprec_draining.is_empty()
                     || delivery.is_none()
                     || status.lock().is_ok_and(|s| s.busy());
+                if was_busy && !busy {
+                    release_idle_memory();
+                }
+                was_busy = busy;
                 tick_period = period(busy);
                 next_tick.as_mut().reset(tokio::time::Instant::now() + tick_period);
             }

@@ -23,5 +23,5 @@ pub use clock::{now, now_ms};
 pub(crate) use clock::{steady_now, steady_of, wall_step};
 pub(crate) use files::MappedFile;
 pub use files::{create_private_dir, create_private_file, free_bytes, sync_dir};
-pub(crate) use host::heap_in_use;
 pub use host::hostname;
+pub(crate) use host::{heap_in_use, release_idle_memory};
