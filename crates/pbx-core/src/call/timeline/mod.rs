@@ -185,35 +185,54 @@ enum Flag {
 }
 
 /// One packet's audio in the window (a leg holds the window's worth: kept
-/// small, 48 bytes beside the samples).
+/// small, 40 bytes beside the samples).
 #[derive(Debug)]
 struct Chunk {
     /// Source position of the first PCM sample.
     u: i64,
     arrival: i64,
+    /// The samples ([`Samples`], kept here as its two parts: the kind
+    /// fits beside the flag).
+    bytes: Box<[u8]>,
     /// The decoder's delay (a few hundred samples at most): the RTP
     /// timestamp names `u + delay`.
     delay: u32,
     flag: Flag,
-    pcm: Samples,
+    kind: Kind,
 }
 
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Chunk>() == 48);
+const _: () = assert!(std::mem::size_of::<Chunk>() == 40);
 
 impl Chunk {
     fn new(u: i64, delay: i64, arrival: i64, flag: Flag, pcm: Samples) -> Self {
         Chunk {
             u,
             arrival,
+            bytes: pcm.bytes,
             delay: u32::try_from(delay).unwrap_or(0),
             flag,
-            pcm,
+            kind: pcm.kind,
+        }
+    }
+
+    fn pcm(&self) -> SamplesRef<'_> {
+        SamplesRef {
+            kind: self.kind,
+            bytes: &self.bytes,
+        }
+    }
+
+    /// The samples' buffer, for the leg's next packets ([`Spare`]).
+    fn into_samples(self) -> Samples {
+        Samples {
+            kind: self.kind,
+            bytes: self.bytes,
         }
     }
 
     fn end(&self) -> i64 {
-        self.u + self.pcm.len() as i64
+        self.u + self.pcm().len() as i64
     }
 
     /// Source position the RTP timestamp names.
@@ -360,7 +379,7 @@ impl Segment {
         let at = self.chunks.partition_point(|x| x.u < c.u);
         if at < self.chunks.len() && self.chunks[at].u == c.u {
             if let Some(old) = self.chunks.get_mut(at) {
-                spare.put(std::mem::replace(old, c).pcm);
+                spare.put(std::mem::replace(old, c).into_samples());
             }
             return;
         }
@@ -552,7 +571,7 @@ impl LegTimeline {
     /// A segment goes with the audio it still holds (counted as cut).
     fn cut(&mut self, s: Segment) {
         for c in s.chunks {
-            self.stats.cut_samples += c.pcm.len() as u64;
+            self.stats.cut_samples += c.pcm().len() as u64;
         }
     }
 
@@ -869,7 +888,7 @@ impl LegTimeline {
                             self.stats.strays += 1;
                             let pos = self.pos;
                             self.segs[i].forget_end(c.end(), pos);
-                            self.spare.put(c.pcm);
+                            self.spare.put(c.into_samples());
                         }
                     } else if n_early > n_fit && (n_early >= 2 || waited || force) {
                         self.split(i, k);

@@ -389,7 +389,7 @@ impl LegTimeline {
                 let mut dropped = 0;
                 while seg.chunks.front().is_some_and(|c| c.end() <= ui) {
                     if let Some(c) = seg.chunks.pop_front() {
-                        self.spare.put(c.pcm);
+                        self.spare.put(c.into_samples());
                         dropped += 1;
                     }
                 }
@@ -477,14 +477,14 @@ fn copy_exact(
     while n > 0 {
         while chunks.front().is_some_and(|c| c.end() <= u) {
             if let Some(c) = chunks.pop_front() {
-                spare.put(c.pcm);
+                spare.put(c.into_samples());
             }
         }
         match chunks.front() {
             Some(c) if c.u <= u => {
                 let off = (u - c.u) as usize;
                 let m = ((c.end() - u).min(n)) as usize;
-                c.pcm.extend_into(off, m, out);
+                c.pcm().extend_into(off, m, out);
                 u += m as i64;
                 n -= m as i64;
             }
@@ -513,7 +513,7 @@ fn sample(chunks: &VecDeque<Chunk>, u: i64, hint: &mut usize) -> i16 {
         }
         *hint = i;
         if c.u <= u {
-            return c.pcm.get((u - c.u) as usize);
+            return c.pcm().get((u - c.u) as usize);
         }
         return 0;
     }

@@ -3,42 +3,86 @@
 
 use super::*;
 
-/// A chunk's samples: linear PCM, or G.711 bytes expanded when they are
-/// read (rendered): a G.711 leg's hold-back window then takes one byte a
-/// sample instead of two. Expanding is a table lookup, the same one the
-/// G.711 decoder makes, so what is rendered is bit for bit the same.
-///
-/// Exactly as long as the packet's audio (a boxed slice, 24 bytes in its
-/// chunk). A rendered chunk's buffer is kept for the leg's next packet
-/// ([`Spare`]).
-#[derive(Debug)]
-pub(super) enum Samples {
-    Linear(Box<[i16]>),
-    /// The law's expansion table and the bytes.
-    G711(&'static [i16; 256], Box<[u8]>),
+/// How a chunk's bytes hold its samples: linear PCM (two bytes a sample,
+/// native order), or G.711 bytes expanded when they are read (rendered):
+/// a G.711 leg's hold-back window then takes one byte a sample instead of
+/// two. Expanding is a table lookup, the same one the G.711 decoder makes,
+/// so what is rendered is bit for bit the same. One byte: a chunk keeps it
+/// beside its bytes, which makes a chunk 40 bytes instead of 48 (an enum
+/// of two boxes takes 24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Linear,
+    G711(Law),
 }
 
-impl Samples {
+/// A chunk's samples, owned: exactly as long as the packet's audio. A
+/// rendered chunk's buffer is kept for the leg's next packet ([`Spare`]).
+#[derive(Debug)]
+pub(super) struct Samples {
+    pub(super) kind: Kind,
+    pub(super) bytes: Box<[u8]>,
+}
+
+/// A chunk's samples, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SamplesRef<'a> {
+    pub(super) kind: Kind,
+    pub(super) bytes: &'a [u8],
+}
+
+/// Sample `i` of linear bytes.
+#[inline]
+fn linear_at(b: &[u8], i: usize) -> i16 {
+    i16::from_ne_bytes([b[2 * i], b[2 * i + 1]])
+}
+
+impl SamplesRef<'_> {
     pub(super) fn len(&self) -> usize {
-        match self {
-            Samples::Linear(v) => v.len(),
-            Samples::G711(_, b) => b.len(),
+        match self.kind {
+            Kind::Linear => self.bytes.len() / 2,
+            Kind::G711(_) => self.bytes.len(),
         }
     }
 
     pub(super) fn get(&self, i: usize) -> i16 {
-        match self {
-            Samples::Linear(v) => v[i],
-            Samples::G711(t, b) => t[usize::from(b[i])],
+        match self.kind {
+            Kind::Linear => linear_at(self.bytes, i),
+            Kind::G711(law) => expansion(law)[usize::from(self.bytes[i])],
         }
     }
 
     /// Append samples `off..off + n` to `out`.
     pub(super) fn extend_into(&self, off: usize, n: usize, out: &mut Vec<i16>) {
-        match self {
-            Samples::Linear(v) => out.extend_from_slice(&v[off..off + n]),
-            Samples::G711(t, b) => out.extend(b[off..off + n].iter().map(|&x| t[usize::from(x)])),
+        match self.kind {
+            Kind::Linear => out.extend(
+                self.bytes[2 * off..2 * (off + n)]
+                    .chunks_exact(2)
+                    .map(|c| i16::from_ne_bytes([c[0], c[1]])),
+            ),
+            Kind::G711(law) => {
+                let t = expansion(law);
+                out.extend(self.bytes[off..off + n].iter().map(|&x| t[usize::from(x)]));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+impl Samples {
+    fn view(&self) -> SamplesRef<'_> {
+        SamplesRef {
+            kind: self.kind,
+            bytes: &self.bytes,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    pub(super) fn get(&self, i: usize) -> i16 {
+        self.view().get(i)
     }
 }
 
@@ -83,24 +127,30 @@ impl Spare {
 
     /// `pcm` in a kept buffer if one fits it, else in a new one.
     pub(super) fn samples(&mut self, pcm: PacketAudio<'_>) -> Samples {
-        let fits = |s: &Option<Samples>| match (s, pcm) {
-            (Some(Samples::Linear(v)), PacketAudio::Pcm(p)) => v.len() == p.len(),
-            (Some(Samples::G711(_, b)), PacketAudio::G711(_, x)) => b.len() == x.len(),
-            _ => false,
+        let (kind, len) = match pcm {
+            PacketAudio::Pcm(p) => (Kind::Linear, 2 * p.len()),
+            PacketAudio::G711(law, b) => (Kind::G711(law), b.len()),
         };
-        let kept = self.0.iter_mut().find(|s| fits(s)).and_then(Option::take);
-        match (kept, pcm) {
-            (Some(Samples::Linear(mut v)), PacketAudio::Pcm(p)) => {
-                v.copy_from_slice(p);
-                Samples::Linear(v)
+        // A buffer of the same length and of the same width of sample (a
+        // law's bytes may go to the other law: the table is the kind's).
+        let linear = kind == Kind::Linear;
+        let fits = |s: &Option<Samples>| {
+            s.as_ref()
+                .is_some_and(|s| s.bytes.len() == len && (s.kind == Kind::Linear) == linear)
+        };
+        let mut bytes = match self.0.iter_mut().find(|s| fits(s)).and_then(Option::take) {
+            Some(kept) => kept.bytes,
+            None => vec![0u8; len].into_boxed_slice(),
+        };
+        match pcm {
+            PacketAudio::Pcm(p) => {
+                for (d, s) in bytes.chunks_exact_mut(2).zip(p) {
+                    d.copy_from_slice(&s.to_ne_bytes());
+                }
             }
-            (Some(Samples::G711(_, mut b)), PacketAudio::G711(law, x)) => {
-                b.copy_from_slice(x);
-                Samples::G711(expansion(law), b)
-            }
-            (_, PacketAudio::Pcm(p)) => Samples::Linear(p.into()),
-            (_, PacketAudio::G711(law, b)) => Samples::G711(expansion(law), b.into()),
+            PacketAudio::G711(_, b) => bytes.copy_from_slice(b),
         }
+        Samples { kind, bytes }
     }
 }
 
@@ -109,10 +159,7 @@ mod tests {
     use super::*;
 
     fn ptr(s: &Samples) -> *const u8 {
-        match s {
-            Samples::Linear(v) => v.as_ptr().cast(),
-            Samples::G711(_, b) => b.as_ptr(),
-        }
+        s.bytes.as_ptr()
     }
 
     fn kept(spare: &Spare) -> Vec<(usize, *const u8)> {
@@ -156,7 +203,23 @@ mod tests {
         // Linear audio never takes a G.711 buffer.
         let pcm = [7i16; 80];
         let lin = spare.samples(PacketAudio::Pcm(&pcm));
-        assert!(matches!(lin, Samples::Linear(ref v) if v[..] == pcm[..]));
+        assert_eq!(lin.kind, Kind::Linear);
+        assert_eq!(lin.len(), 80);
+        assert!((0..80).all(|i| lin.get(i) == 7));
         assert_eq!(kept(&spare).len(), 1);
+        // Nor a G.711 packet a linear buffer of as many bytes: 160 bytes
+        // are 80 linear samples or 160 G.711 ones.
+        let lin_at = ptr(&lin);
+        spare.put(lin);
+        let g = spare.samples(PacketAudio::G711(Law::Ulaw, &[9u8; 160]));
+        assert_eq!(
+            (g.kind, g.len(), g.get(159)),
+            (Kind::G711(Law::Ulaw), 160, expansion(Law::Ulaw)[9])
+        );
+        assert_ne!(ptr(&g), lin_at);
+        assert!(
+            kept(&spare).contains(&(80, lin_at)),
+            "the linear buffer still kept"
+        );
     }
 }
