@@ -1518,3 +1518,73 @@ fn a_sniffed_interface_that_goes_away_and_comes_back_is_captured_again() {
     assert!(ids.contains(&"after@iface".to_string()), "{ids:?}");
     let _ = ip_ok(&["link", "del", "pbxd0"]);
 }
+
+/// Once idle (its first idle tick after start-up), the daemon gives back
+/// the pages of its program and libraries that start-up mapped (they stay
+/// in the page cache), and goes on working: the code it runs next is
+/// mapped again.
+#[test]
+fn an_idle_daemon_gives_back_the_pages_start_up_mapped() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("pbx-edge.toml");
+    let extra = "[sources.siprec]\nenabled = false\n";
+    std::fs::write(&config, Daemon::config_text(&spool, health, extra)).unwrap();
+    let log_path = dir.path().join("daemon.log");
+    let child = Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("PBX_EDGE_LOG", "pbx_edge=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start pbx-edge run");
+    let d = Daemon {
+        child,
+        dir: dir.path().to_path_buf(),
+        config,
+        health,
+        spool,
+    };
+    d.wait_http("/healthz", 200, Duration::from_secs(10));
+    let t = std::time::Instant::now();
+    let line = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("unused pages of the program's files given back"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "nothing given back:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let kib: u64 = line
+        .split("file_kib=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {line:?}"));
+    assert!(
+        kib >= 1024,
+        "start-up left more than a MiB of code mapped: {line}"
+    );
+    // Still working: readiness, the metrics (code not run since), status.
+    d.wait_http("/readyz", 200, Duration::from_secs(10));
+    let (code, metrics) = d.get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("pbx_edge_heap_bytes"), "{metrics}");
+    let out = Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
