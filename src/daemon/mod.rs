@@ -57,6 +57,9 @@ use crate::status::{SharedStatus, SourceStatus, Status};
 /// The supervision tick while there is work, and while there is none.
 const BUSY_TICK: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_secs(10);
+/// How often a busy daemon looks whether a burst left its heap mostly
+/// free (`sys::trim_heap_if_mostly_free`).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 pub mod drain;
 
@@ -484,6 +487,25 @@ fn start_delivery(
     }
 }
 
+/// A busy daemon: the heap a burst left free (thousands of calls set up
+/// at once: twice the memory in use while the engine caught up) goes back
+/// to the system, so that the resident memory follows the calls in
+/// progress, not the largest burst so far.
+fn trim_heap_after_burst() {
+    tokio::task::spawn_blocking(|| {
+        let began = Instant::now();
+        let t = crate::sys::trim_heap_if_mostly_free();
+        if t.trimmed {
+            tracing::debug!(
+                in_use_kib = t.in_use / 1024,
+                resident_beyond_kib = t.idle / 1024,
+                took_us = began.elapsed().as_micros() as u64,
+                "busy: the heap's free memory given back"
+            );
+        }
+    });
+}
+
 /// The daemon has become idle (after start-up or a busy spell): the code
 /// and read-only data that work mapped, and the heap's free memory, go
 /// back to the system (`sys::release_idle_memory`; the pages stay in the
@@ -732,6 +754,7 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
     let mut draining: Option<drain::Drain> = None;
     // Start-up was work: the first idle tick gives back what it left.
     let mut was_busy = true;
+    let mut last_trim = Instant::now();
     loop {
         let mut begin_drain = false;
         tokio::select! {
@@ -903,6 +926,9 @@ async fn main_loop(mut cfg: Config, config_path: Option<PathBuf>) -> Result<Exit
                     || status.lock().is_ok_and(|s| s.busy());
                 if was_busy && !busy {
                     release_idle_memory();
+                } else if busy && last_trim.elapsed() >= TRIM_EVERY {
+                    last_trim = Instant::now();
+                    trim_heap_after_burst();
                 }
                 was_busy = busy;
                 tick_period = period(busy);

@@ -34,6 +34,67 @@ pub(crate) fn heap_in_use() -> Option<u64> {
     }
 }
 
+/// The heap, and whether its free pages were given back
+/// ([`trim_heap_if_mostly_free`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Trim {
+    /// Heap bytes in use when looked at.
+    pub(crate) in_use: u64,
+    /// Resident anonymous bytes beyond them (free heap pages the
+    /// allocator kept, stacks).
+    pub(crate) idle: u64,
+    /// Whether `malloc_trim` ran.
+    pub(crate) trimmed: bool,
+}
+
+/// Resident memory beyond the heap in use past which free pages are given
+/// back: a burst (thousands of calls set up at once, the engine catching
+/// up) leaves the allocator's arenas resident at its size. The C library
+/// returns only the top of its main heap on its own; `malloc_trim`
+/// returns every free page.
+const TRIM_IDLE_MIN: u64 = 32 << 20;
+
+/// Resident anonymous bytes (`/proc/self/statm`: resident less shared,
+/// which is the file-backed part).
+fn resident_anonymous() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut f = statm
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<u64>().ok());
+    let (resident, shared) = (f.next()??, f.next()??);
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(resident.saturating_sub(shared) * u64::try_from(page).ok()?)
+}
+
+/// After a burst of work: if the resident anonymous memory exceeds the
+/// heap in use by more than 32 MiB and by more than half of it, the
+/// allocator's free pages go back to the system (`malloc_trim`; what is
+/// in use does not move). Then the resident memory is near what is used,
+/// and nothing more is done until another burst. The trim holds each
+/// arena's lock while it walks its free chunks (4-22 ms for 70 MB free at
+/// 2,000 calls), so it is called on the blocking pool, seconds apart.
+pub(crate) fn trim_heap_if_mostly_free() -> Trim {
+    let Some(in_use) = heap_in_use() else {
+        return Trim::default();
+    };
+    let idle = resident_anonymous().map_or(0, |r| r.saturating_sub(in_use));
+    let trimmed = idle > TRIM_IDLE_MIN && idle > in_use / 2;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if trimmed {
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    Trim {
+        in_use,
+        idle,
+        trimmed,
+    }
+}
+
 /// Resident bytes the process gave back ([`release_idle_memory`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Released {
@@ -284,6 +345,35 @@ Anonymous:             0 kB
             // SAFETY: unmapping what was mapped above, not used after.
             assert_eq!(unsafe { libc::munmap(p as *mut libc::c_void, len) }, 0);
         }
+    }
+
+    /// After a burst (96 MiB in small blocks, one in sixteen kept), the
+    /// free pages the allocator kept resident are given back; what is in
+    /// use stays, and a second look finds far less beyond it.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_burst_left_free_is_given_back_and_what_is_used_stays() {
+        let blocks: Vec<Box<[u8; 1024]>> =
+            (0..96 * 1024).map(|i| Box::new([i as u8; 1024])).collect();
+        let kept: Vec<Box<[u8; 1024]>> = blocks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, b)| (i % 16 == 0).then_some(b))
+            .collect();
+        let before = super::resident_anonymous().unwrap();
+        let t = super::trim_heap_if_mostly_free();
+        assert!(t.trimmed, "{t:?}");
+        let after = super::resident_anonymous().unwrap();
+        assert!(
+            after + (32 << 20) < before,
+            "resident anonymous {before} -> {after} ({t:?})"
+        );
+        assert!(kept
+            .iter()
+            .enumerate()
+            .all(|(k, b)| b[0] == (k * 16) as u8 && b[1023] == b[0]));
+        let again = super::trim_heap_if_mostly_free();
+        assert!(again.idle + (32 << 20) < t.idle, "{t:?} then {again:?}");
     }
 
     /// What the heap count says follows what is allocated: 64 MiB (mapped

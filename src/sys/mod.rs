@@ -24,4 +24,4 @@ pub(crate) use clock::{steady_now, steady_of, wall_step};
 pub(crate) use files::MappedFile;
 pub use files::{create_private_dir, create_private_file, free_bytes, sync_dir};
 pub use host::hostname;
-pub(crate) use host::{heap_in_use, release_idle_memory};
+pub(crate) use host::{heap_in_use, release_idle_memory, trim_heap_if_mostly_free};
