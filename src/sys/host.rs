@@ -19,7 +19,9 @@ pub fn hostname() -> String {
 /// Bytes of heap in use (allocated and not freed), from the C library's
 /// allocator (`mallinfo2`: every arena's in-use total). It takes each
 /// arena's lock for a moment, so it is read when asked for (a metrics
-/// scrape), never periodically. `None` where the allocator cannot say.
+/// scrape) and, while the daemon is busy, every 5 s to see whether a burst
+/// left free pages to give back ([`trim_heap_if_mostly_free`]). `None`
+/// where the allocator cannot say.
 pub(crate) fn heap_in_use() -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
