@@ -351,31 +351,36 @@ Anonymous:             0 kB
 
     /// After a burst (96 MiB in small blocks, one in sixteen kept), the
     /// free pages the allocator kept resident are given back; what is in
-    /// use stays, and a second look finds far less beyond it.
+    /// use stays, and a second look finds far less beyond it. Other tests'
+    /// threads allocate and free meanwhile: a try they disturbed is made
+    /// again.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn a_burst_left_free_is_given_back_and_what_is_used_stays() {
-        let blocks: Vec<Box<[u8; 1024]>> =
-            (0..96 * 1024).map(|i| Box::new([i as u8; 1024])).collect();
-        let kept: Vec<Box<[u8; 1024]>> = blocks
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, b)| (i % 16 == 0).then_some(b))
-            .collect();
-        let before = super::resident_anonymous().unwrap();
-        let t = super::trim_heap_if_mostly_free();
-        assert!(t.trimmed, "{t:?}");
-        let after = super::resident_anonymous().unwrap();
-        assert!(
-            after + (32 << 20) < before,
-            "resident anonymous {before} -> {after} ({t:?})"
-        );
-        assert!(kept
-            .iter()
-            .enumerate()
-            .all(|(k, b)| b[0] == (k * 16) as u8 && b[1023] == b[0]));
-        let again = super::trim_heap_if_mostly_free();
-        assert!(again.idle + (32 << 20) < t.idle, "{t:?} then {again:?}");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let blocks: Vec<Box<[u8; 1024]>> =
+                (0..96 * 1024).map(|i| Box::new([i as u8; 1024])).collect();
+            let kept: Vec<Box<[u8; 1024]>> = blocks
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, b)| (i % 16 == 0).then_some(b))
+                .collect();
+            let before = super::resident_anonymous().unwrap();
+            let t = super::trim_heap_if_mostly_free();
+            let after = super::resident_anonymous().unwrap();
+            // What is in use is untouched, whatever the trim did.
+            assert!(kept
+                .iter()
+                .enumerate()
+                .all(|(k, b)| b[0] == (k * 16) as u8 && b[1023] == b[0]));
+            let again = super::trim_heap_if_mostly_free();
+            if t.trimmed && after + (32 << 20) < before && again.idle + (32 << 20) < t.idle {
+                return;
+            }
+            seen.push((before, after, t, again));
+        }
+        panic!("a burst's free pages were not given back: {seen:?}");
     }
 
     /// What the heap count says follows what is allocated: 64 MiB (mapped
