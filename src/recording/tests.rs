@@ -2084,6 +2084,9 @@ fn stop_with_many_long_calls() {
 /// timestamps, and nothing left over. Plain and sealed spools.
 #[test]
 fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
+    // More calls than the four finishing threads can take before the
+    // stop's zero deadline (with six, they sometimes took them all).
+    const CALLS: u32 = 24;
     for sealed in [false, true] {
         let d = tempfile::tempdir().unwrap();
         let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[9; 32]), Vec::new()));
@@ -2095,7 +2098,7 @@ fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
         rd.finish_in_background();
         // What a finish makes of a call (the reference), on its own.
         let mut want = Vec::new();
-        for n in 0..6u32 {
+        for n in 0..CALLS {
             let id = format!("s{n}");
             rd.begin(CallKey(n.into()), &start(&id));
             let audio: Vec<i16> = (0..3200)
@@ -2105,7 +2108,7 @@ fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
             want.push((id, audio));
         }
         let mut meta = meta_r4();
-        for n in 0..6u32 {
+        for n in 0..CALLS {
             meta.key = CallKey(n.into());
             meta.recording_id = format!("s{n}");
             meta.call_id = format!("s{n}@src");
