@@ -2084,10 +2084,19 @@ fn stop_with_many_long_calls() {
 /// timestamps, and nothing left over. Plain and sealed spools.
 #[test]
 fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
-    // More calls than the four finishing threads can take before the
-    // stop's zero deadline (with six, they sometimes took them all).
+    // The four finishing threads may take every job before the stop's
+    // zero deadline (on a file system whose fsync costs nothing they keep
+    // up with the ends): such a try tests nothing, and is made again.
     const CALLS: u32 = 24;
-    for sealed in [false, true] {
+    const TRIES: usize = 20;
+    let mut done_with = Vec::new();
+    for (sealed, attempt) in [false, true]
+        .into_iter()
+        .flat_map(|s| (0..TRIES).map(move |a| (s, a)))
+    {
+        if attempt > 0 && done_with.contains(&sealed) {
+            continue;
+        }
         let d = tempfile::tempdir().unwrap();
         let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[9; 32]), Vec::new()));
         let c = RecordingContext {
@@ -2123,10 +2132,14 @@ fn a_stop_out_of_time_leaves_recordings_the_next_start_finishes_whole() {
             .collect();
         // (A worker may have started a finish before the deadline: that
         // one is finished now.)
-        assert!(
-            !notes.is_empty(),
-            "sealed {sealed}: some left for the next start"
-        );
+        if notes.is_empty() {
+            assert!(
+                attempt + 1 < TRIES,
+                "sealed {sealed}: never any left for the next start in {TRIES} tries"
+            );
+            continue;
+        }
+        done_with.push(sealed);
         for f in &notes {
             let id = f.trim_start_matches('.').trim_end_matches(".end.json");
             assert!(d.path().join(format!(".{id}.wav.part")).is_file());
