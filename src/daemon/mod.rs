@@ -498,7 +498,7 @@ fn trim_heap_after_burst() {
         if t.trimmed {
             tracing::debug!(
                 in_use_kib = t.in_use / 1024,
-                resident_beyond_kib = t.idle / 1024,
+                resident_beyond_kib = t.beyond_heap / 1024,
                 took_us = began.elapsed().as_micros() as u64,
                 "busy: the heap's free memory given back"
             );

@@ -44,7 +44,7 @@ pub(crate) struct Trim {
     pub(crate) in_use: u64,
     /// Resident anonymous bytes beyond them (free heap pages the
     /// allocator kept, stacks).
-    pub(crate) idle: u64,
+    pub(crate) beyond_heap: u64,
     /// Whether `malloc_trim` ran.
     pub(crate) trimmed: bool,
 }
@@ -54,7 +54,7 @@ pub(crate) struct Trim {
 /// up) leaves the allocator's arenas resident at its size. The C library
 /// returns only the top of its main heap on its own; `malloc_trim`
 /// returns every free page.
-const TRIM_IDLE_MIN: u64 = 32 << 20;
+const TRIM_BEYOND_MIN: u64 = 32 << 20;
 
 /// Resident anonymous bytes (`/proc/self/statm`: resident less shared,
 /// which is the file-backed part).
@@ -81,19 +81,25 @@ pub(crate) fn trim_heap_if_mostly_free() -> Trim {
     let Some(in_use) = heap_in_use() else {
         return Trim::default();
     };
-    let idle = resident_anonymous().map_or(0, |r| r.saturating_sub(in_use));
-    let trimmed = idle > TRIM_IDLE_MIN && idle > in_use / 2;
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let beyond_heap = resident_anonymous().map_or(0, |r| r.saturating_sub(in_use));
+    let trimmed = beyond_heap > TRIM_BEYOND_MIN && beyond_heap > in_use / 2;
     if trimmed {
-        // SAFETY: malloc_trim only returns free heap memory to the system.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        malloc_trim();
     }
     Trim {
         in_use,
-        idle,
+        beyond_heap,
         trimmed,
+    }
+}
+
+/// The allocator's free pages back to the system (`malloc_trim(0)`; a
+/// no-op where the C library is not glibc).
+fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -122,7 +128,7 @@ pub(crate) struct Released {
 pub(crate) fn release_idle_memory() -> std::io::Result<Released> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut out = Released::default();
-    for m in file_mappings(&smaps).filter(|m| m.releasable()) {
+    for m in mappings(&smaps).filter(|m| m.releasable()) {
         let len = m.end - m.start;
         // SAFETY: the range is one whole mapping of this process, read-only
         // and backed by a file with no private page: dropping its pages
@@ -133,11 +139,7 @@ pub(crate) fn release_idle_memory() -> std::io::Result<Released> {
             out.mappings += 1;
         }
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    malloc_trim();
     Ok(out)
 }
 
@@ -170,7 +172,7 @@ impl Mapping<'_> {
 
 /// The mappings in `/proc/<pid>/smaps` text, with their resident and
 /// anonymous sizes.
-fn file_mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
+fn mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
     let mut lines = smaps.lines().peekable();
     std::iter::from_fn(move || {
         let head = lines.next()?;
@@ -260,7 +262,7 @@ Anonymous:             0 kB
     /// vDSO, or a mapping whose anonymous size is not given).
     #[test]
     fn only_clean_read_only_file_mappings_are_released() {
-        let all: Vec<_> = super::file_mappings(SMAPS).collect();
+        let all: Vec<_> = super::mappings(SMAPS).collect();
         assert_eq!(all.len(), 9);
         assert_eq!(all[1].perms, "r-xp");
         assert_eq!(all[1].path, "/usr/bin/pbx-edge");
@@ -281,7 +283,7 @@ Anonymous:             0 kB
     /// This process's mapping of `[start, end)` in `/proc/self/smaps`.
     fn mapping(start: usize) -> (u64, Option<u64>, String) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let m = super::file_mappings(&smaps)
+        let m = super::mappings(&smaps)
             .find(|m| m.start == start)
             .expect("mapping listed");
         (m.rss_kb, m.anonymous_kb, m.perms.to_string())
@@ -375,7 +377,10 @@ Anonymous:             0 kB
                 .enumerate()
                 .all(|(k, b)| b[0] == (k * 16) as u8 && b[1023] == b[0]));
             let again = super::trim_heap_if_mostly_free();
-            if t.trimmed && after + (32 << 20) < before && again.idle + (32 << 20) < t.idle {
+            if t.trimmed
+                && after + (32 << 20) < before
+                && again.beyond_heap + (32 << 20) < t.beyond_heap
+            {
                 return;
             }
             seen.push((before, after, t, again));

@@ -171,18 +171,24 @@ mod tests {
             .collect()
     }
 
+    /// Two buffers of `bytes`' length taken and kept again (a render
+    /// frees a packet or two, then as many come).
+    fn keep_two(spare: &mut Spare, bytes: &[u8]) {
+        let (x, y) = (
+            spare.samples(PacketAudio::G711(Law::Ulaw, bytes)),
+            spare.samples(PacketAudio::G711(Law::Ulaw, bytes)),
+        );
+        spare.put(x);
+        spare.put(y);
+    }
+
     #[test]
     fn kept_buffers_are_reused_when_they_fit_and_the_newest_are_kept() {
         let mut spare = Spare::default();
         let (a20, b20, a10) = ([1u8; 160], [2u8; 160], [3u8; 80]);
-        // Two 20 ms buffers kept (a render frees a packet or two, then as
-        // many come): a 20 ms packet takes one, with its own bytes.
-        let (x, y) = (
-            spare.samples(PacketAudio::G711(Law::Ulaw, &a20)),
-            spare.samples(PacketAudio::G711(Law::Ulaw, &a20)),
-        );
-        spare.put(x);
-        spare.put(y);
+        // Two 20 ms buffers kept: a 20 ms packet takes one, with its own
+        // bytes.
+        keep_two(&mut spare, &a20);
         let before = kept(&spare);
         assert_eq!(before.len(), 2);
         let again = spare.samples(PacketAudio::G711(Law::Alaw, &b20));
@@ -190,12 +196,7 @@ mod tests {
         assert_eq!(again.get(0), expansion(Law::Alaw)[2]);
         spare.put(again);
         // The stream goes to 10 ms: its buffers replace the old ones.
-        let (x, y) = (
-            spare.samples(PacketAudio::G711(Law::Ulaw, &a10)),
-            spare.samples(PacketAudio::G711(Law::Ulaw, &a10)),
-        );
-        spare.put(x);
-        spare.put(y);
+        keep_two(&mut spare, &a10);
         let ten = kept(&spare);
         assert!(ten.len() == 2 && ten.iter().all(|k| k.0 == 80), "{ten:?}");
         let reused = spare.samples(PacketAudio::G711(Law::Ulaw, &a10));

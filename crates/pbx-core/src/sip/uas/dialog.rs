@@ -155,10 +155,11 @@ impl Uas {
                 tx.state = TxState::Confirmed;
                 tx.retransmit = None;
                 tx.give_up_at = None;
-                // The ACK says the 2xx arrived: the transaction lives on
-                // (RFC 6026, Timer L) only to absorb late copies of the
-                // INVITE, which need no answer. Its stored 2xx (about a
-                // kilobyte with the SDP) goes now, not 32 s later.
+                // The ACK says the 2xx arrived (a BYE or our hangup ends
+                // the wait too): the transaction lives on (RFC 6026, Timer
+                // L) only to absorb late copies of the INVITE, which need
+                // no answer. Its stored 2xx (about a kilobyte with the SDP)
+                // goes now, not 32 s later.
                 if let Some(sent) = tx.last_response.take() {
                     tx.size = tx.size.saturating_sub(sent.len());
                     self.state_bytes = self.state_bytes.saturating_sub(sent.len());
