@@ -362,3 +362,31 @@ fn a_checked_part_reads_as_recover_does_or_fails() {
     assert!(checked(&fin).is_err(), "final record marked last");
     assert_eq!(recovered(&fin).unwrap().0, whole);
 }
+
+/// A plain piece is read whole however the kernel splits it (a pipe
+/// hands over what was written so far), appended after what the buffer
+/// holds; the end of the data before the piece is whole is an error.
+#[test]
+fn a_plain_piece_is_read_whole_across_short_reads() {
+    let (rx, mut tx) = std::io::pipe().unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for c in sent.chunks(997) {
+            tx.write_all(c).unwrap();
+            std::thread::yield_now();
+        }
+        tx.write_all(b"0123456789").unwrap();
+    });
+    let f = File::from(std::os::fd::OwnedFd::from(rx));
+    let mut buf = Vec::with_capacity(3 + data.len());
+    buf.extend_from_slice(b"abc");
+    read_into_spare(&f, &mut buf, data.len()).unwrap();
+    assert_eq!(&buf[..3], b"abc");
+    assert_eq!(buf[3..], data[..]);
+    writer.join().unwrap();
+    let mut rest = Vec::with_capacity(20);
+    let e = read_into_spare(&f, &mut rest, 20).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    assert!(rest.is_empty(), "nothing is claimed as read");
+}
