@@ -71,6 +71,11 @@ pub struct Impairments {
     /// back to back (0.1 ms apart), in order, and what comes while that
     /// queue drains waits behind it.
     pub stall: Option<(u32, u32)>,
+    /// A queue on the way fills at `.0` ms for `.1` ms: what is sent then
+    /// arrives `.2` ms later than it would, and drains when it ends (the
+    /// packets after it wait behind the last queued one, 0.1 ms apart).
+    /// The sequence numbers and timestamps go on.
+    pub congestion: Option<(u32, u32, u32)>,
     /// The first packet's sequence number and timestamp instead of random
     /// ones (a start just before the 16-bit and 32-bit wraps).
     pub rtp_start: Option<(u16, u32)>,
@@ -696,6 +701,17 @@ fn rtp_leg(
             if (from..drained).contains(&arrival) {
                 arrival = drained;
                 queue_end = drained + 100_000;
+            }
+        }
+        if let Some((at, len, extra)) = imp.congestion {
+            let from = media_start_ns + i64::from(at) * 1_000_000;
+            let to = from + i64::from(len) * 1_000_000;
+            if (from..to).contains(&send_ns) {
+                arrival += i64::from(extra) * 1_000_000;
+                queue_end = queue_end.max(arrival);
+            } else if send_ns >= to && arrival <= queue_end {
+                arrival = queue_end + 100_000;
+                queue_end = arrival;
             }
         }
         ip_id = ip_id.wrapping_add(1);

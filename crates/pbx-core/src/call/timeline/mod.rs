@@ -39,10 +39,14 @@
 //!   the leg is resampled at the drift rate (8-tap windowed-sinc interpolation),
 //!   so there is no step at all;
 //! - a remaining difference of more than [`HYSTERESIS_MS`] between `a` and the
-//!   envelope is taken up where the leg is silent (a gap between talkspurts,
-//!   loss, hold) when such a gap comes within 200 ms; otherwise it is spread
-//!   over the audio at 1 sample in 256 (0.4 % speed, inaudible) by the same
-//!   interpolation. No block of samples is ever dropped or repeated in speech.
+//!   envelope is taken up where the leg is quiet (a gap between talkspurts,
+//!   loss, hold, audio below -48 dBFS) when such a place comes within
+//!   [`SLEW_AFTER_MS`]; otherwise it is spread over the audio at 1 sample in
+//!   256 (0.4 % speed, inaudible) by the same interpolation. A step forward
+//!   of [`MAX_SPREAD_MS`] or more is taken at once (silence inserted); a step
+//!   back that large (the delay fell) waits for a quiet place too, and is
+//!   taken as a step only if none comes. No block of samples is ever dropped
+//!   or repeated in speech but for that step back in talk that never pauses.
 //!
 //! # Segments: when arrival and timestamps really disagree
 //!
@@ -72,8 +76,10 @@
 //!   them never stretches it.
 //!
 //! A new segment starts at its own envelope's place; if that overlaps the end
-//! of the previous segment by up to 60 ms it starts after it instead (and the
-//! difference is taken up as above), so no audio of either is cut.
+//! of the previous segment by up to 60 ms, or it is the same stream going on
+//! (its delay fell: a queue drained), it starts after it instead (and the
+//! difference is taken up as above), so no audio of either is cut. (An
+//! overlap of over 60 ms that finds no quiet place in 2 s is then a step.)
 //!
 //! Everything is in output samples; nothing here reads a clock.
 
@@ -251,6 +257,10 @@ impl Chunk {
 struct Segment {
     ssrc: u32,
     clock_rate: u32,
+    /// Shared by a segment and those split from it ([`LegTimeline::split`]):
+    /// their `u` count on one sender clock, so where one's audio ends the
+    /// next one's may be seen to begin.
+    lineage: u32,
     last_ts: u32,
     last_ext: i64,
     env: Envelope,
@@ -288,10 +298,11 @@ struct Segment {
 }
 
 impl Segment {
-    fn new(rate: u32, ssrc: u32, ts: u32, clock_rate: u32) -> Self {
+    fn new(rate: u32, ssrc: u32, ts: u32, clock_rate: u32, lineage: u32) -> Self {
         Segment {
             ssrc,
             clock_rate,
+            lineage,
             last_ts: ts,
             last_ext: 0,
             env: Envelope::new(rate),
@@ -420,6 +431,8 @@ pub struct LegTimeline {
     /// Newest packets of the last segment more than the window late, in
     /// arrival order, until it is known why (see the module documentation).
     held: Vec<Held>,
+    /// Lineages handed out ([`Segment::lineage`]).
+    lineages: u32,
 }
 
 /// A packet held because it came more than the window late.
@@ -484,6 +497,7 @@ impl LegTimeline {
             log: VecDeque::new(),
             maybe_flagged: false,
             held: Vec::new(),
+            lineages: 0,
         }
     }
 
@@ -555,8 +569,14 @@ impl LegTimeline {
         // Grown one at a time: most legs have one segment, and a queue's
         // first allocation would hold four (a kilobyte a leg for nothing).
         self.segs.reserve_exact(1);
-        self.segs
-            .push_back(Segment::new(self.rate, p.ssrc, p.ts, p.clock_rate));
+        self.lineages = self.lineages.wrapping_add(1);
+        self.segs.push_back(Segment::new(
+            self.rate,
+            p.ssrc,
+            p.ts,
+            p.clock_rate,
+            self.lineages,
+        ));
         if self.segs.len() > 1 {
             self.stats.breaks += 1;
         }
@@ -866,22 +886,42 @@ impl LegTimeline {
                     // packets after a stray lie *before* it by timestamp.
                     // A packet sent before the jump and reordered behind it
                     // fits too, so it takes a majority of two or more.
+                    //
+                    // The same stream coming earlier by `ahead` (its delay
+                    // fell: a queue on the way drained) has packets sent
+                    // before it still on the way for up to `ahead`; they
+                    // fit, and may outnumber it at first. The stream goes
+                    // on as before only if packets that fit still come
+                    // after that. (A packet further ahead than CONFIRM_MS
+                    // is no drained queue: judged at once, as before.)
+                    let ahead = seg
+                        .env
+                        .at(c.uts())
+                        .map_or(0.0, |e| e - c.d() as f64)
+                        .max(0.0) as i64;
+                    let ahead = if ahead > confirm { 0 } else { ahead };
                     let mut n_early = 0;
                     let mut n_fit = 0;
+                    let mut fit_after_queue = false;
                     for (j, x) in seg.chunks.iter().enumerate() {
                         if j == k || x.arrival <= c.arrival {
                             continue;
                         }
                         match seg.env.at(x.uts()).map(|e| x.d() as f64 - e) {
                             Some(r) if r < early_lim / 2.0 => n_early += 1,
-                            _ => n_fit += 1,
+                            _ => {
+                                n_fit += 1;
+                                fit_after_queue |= x.arrival > c.arrival + ahead;
+                            }
                         }
                     }
                     // Nothing came after it yet (a pause in the talk):
                     // waiting costs nothing, its place lies ahead anyway.
                     // At the end, a lone packet far ahead is not kept.
                     let waited = now - c.arrival >= confirm && n_fit + n_early > 0;
-                    if n_fit > n_early && (n_fit >= 2 || waited) || force && n_early <= n_fit {
+                    if n_fit > n_early && (n_fit >= 2 && fit_after_queue || waited)
+                        || force && n_early <= n_fit
+                    {
                         // A stray: the stream goes on as before.
                         let c = self.segs[i].chunks.remove(k);
                         if let Some(c) = c {
@@ -924,7 +964,7 @@ impl LegTimeline {
     fn split(&mut self, i: usize, k: usize) {
         let tail: VecDeque<Chunk> = self.segs[i].chunks.split_off(k);
         let (ssrc, clock_rate) = (self.segs[i].ssrc, self.segs[i].clock_rate);
-        let mut s = Segment::new(self.rate, ssrc, 0, clock_rate);
+        let mut s = Segment::new(self.rate, ssrc, 0, clock_rate, self.segs[i].lineage);
         // The old segment's timestamp extension goes on in the new one.
         s.last_ts = self.segs[i].last_ts;
         s.last_ext = self.segs[i].last_ext;

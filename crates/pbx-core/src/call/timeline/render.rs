@@ -72,11 +72,13 @@ impl LegTimeline {
                 }
                 if switch <= self.pos {
                     let h_prev = self.segs[0].env.hysteresis();
-                    let clean_prev = self.segs[0].env.clean();
+                    // Both sent at once (a clean link), or one stream whose
+                    // delay fell: the overlap is kept, never cut.
+                    let keep_both = self.segs[0].env.clean() || self.continues();
                     if let Some(old) = self.segs.pop_front() {
                         self.cut(old);
                     }
-                    self.start_front_at(self.pos, h_prev, clean_prev);
+                    self.start_front_at(self.pos, h_prev, keep_both);
                     continue;
                 }
                 limit = limit.min(switch);
@@ -112,6 +114,27 @@ impl LegTimeline {
         true
     }
 
+    /// Whether the next segment goes on where the front one's audio ends
+    /// in the sender's own numbering: split from it, its first sample at
+    /// or after the front's last, and the sender's gap between them (lost
+    /// packets) no longer than their places overlap. One stream, whose
+    /// packets began to arrive earlier than before (its delay fell, a
+    /// queue on the way drained): its audio cannot overlap itself, so the
+    /// next starts after the front, whatever their places say, and neither
+    /// is cut. (A timestamp jump is no such gap: the places tell.)
+    fn continues(&self) -> bool {
+        let (cur, next) = (&self.segs[0], &self.segs[1]);
+        let h = next.env.hysteresis().max(cur.env.hysteresis()).ceil() as i64;
+        let (Some(e), Some(u)) = (cur.last_end(), next.first_u()) else {
+            return false;
+        };
+        let overlap = (cur.place(e) - next.place(u)).round() as i64;
+        // (A front of a packet or two, placed by itself, is no stream whose
+        // delay fell: one packet came late, the next ones are in place.)
+        let long = cur.env.span() >= (CONFIRM_MS as f64 * self.ms) as i64;
+        cur.lineage == next.lineage && long && u + h >= e && u - e <= overlap.max(0) + h
+    }
+
     /// Where the front segment hands over to the next one.
     fn switch_point(&self) -> i64 {
         let cur = &self.segs[0];
@@ -130,7 +153,7 @@ impl LegTimeline {
         match cur_end {
             Some(end) if (end - start).abs() <= h => end,
             Some(end) if end > start => {
-                if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 {
+                if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 || self.continues() {
                     end
                 } else {
                     start
@@ -148,7 +171,7 @@ impl LegTimeline {
     /// The front segment begins; its first sample goes to its envelope's
     /// place, or to `at` if that is already written (the first segment of
     /// the leg: what falls before time zero is cut instead).
-    fn start_front_at(&mut self, at: i64, h_prev: f64, clean_prev: bool) {
+    fn start_front_at(&mut self, at: i64, h_prev: f64, keep_both: bool) {
         let first = !self.any_started;
         self.any_started = true;
         let Some(seg) = self.segs.front_mut() else {
@@ -180,9 +203,10 @@ impl LegTimeline {
             seg.pending = want - a;
             seg.pending_since = at;
             // On a clean link the overlap is real (both streams sent at
-            // once): neither is cut. Through jitter it is as likely the
-            // first estimate of the new stream's place: corrected at once.
-            if clean_prev {
+            // once), and one stream going on cannot overlap itself: neither
+            // is cut. Otherwise, through jitter, it is as likely the first
+            // estimate of the new stream's place: corrected at once.
+            if keep_both {
                 seg.pending_overlap = want - a;
             }
         }
@@ -237,9 +261,14 @@ impl LegTimeline {
                     seg.pending = 0.0;
                     seg.pending_forced = false;
                 } else if k.abs() >= h || (seg.pending != 0.0 && k.abs() >= keep) {
+                    let big = -(MAX_SPREAD_MS as f64) * ms;
                     if seg.pending == 0.0 {
                         seg.pending_since = self.pos;
                         seg.pending_forced = starts_following;
+                    } else if k <= big && seg.pending > big {
+                        // Grown into a step back: its wait for a quiet
+                        // place (below) starts now.
+                        seg.pending_since = self.pos;
                     }
                     seg.pending = k;
                 } else {
@@ -253,21 +282,36 @@ impl LegTimeline {
         // before the estimate has settled (a step found as following stops).
         // (Not the overlap with the previous segment: starting after it
         // kept both; a step would cut the start of this one after all.)
+        // Nor a step back found by the estimate once settled (the delay
+        // fell: a queue on the way drained, the packets coming earlier and
+        // earlier, each within the jitter of the one before): taken at
+        // once it would cut as much talk, so it waits for a quiet place
+        // like the overlap.
         if seg.pending == 0.0 {
             seg.pending_overlap = 0.0;
         }
         let overlap = seg.pending * seg.pending_overlap > 0.0
             && seg.pending.abs() <= seg.pending_overlap.abs() + seg.env.hysteresis();
-        if seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms && !overlap {
+        let large = seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms;
+        let cuts = large && seg.pending < 0.0 && settled && !seg.pending_forced;
+        if large && !overlap && !cuts {
             let k = seg.pending.round();
             take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
             seg.pending_forced = false;
         }
         if seg.slew_left == 0.0 && settled {
+            let waited = self.pos - seg.pending_since >= (SLEW_AFTER_MS as f64 * ms) as i64;
+            // No quiet place came in time for a step back, or an overlap
+            // kept whole larger than those spread (MAX_OVERLAP_MS; at 1 in
+            // 256, 250 ms would bend a minute of audio): taken as a step
+            // after all, the leg in place again.
+            if waited && (cuts && !overlap || seg.pending.abs() > MAX_OVERLAP_MS as f64 * ms) {
+                let k = seg.pending.round();
+                take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
+                seg.pending_forced = false;
+            }
             // No quiet place came in time: spread it over the audio.
-            if seg.pending != 0.0
-                && self.pos - seg.pending_since >= (SLEW_AFTER_MS as f64 * ms) as i64
-            {
+            if seg.pending != 0.0 && waited {
                 seg.slew_left = seg.pending;
                 seg.pending = 0.0;
                 let c = Correction {
@@ -288,15 +332,16 @@ impl LegTimeline {
                 let mut to = limit;
                 let mut jump_at = None;
                 if seg.pending != 0.0 {
-                    let need = quiet_len(seg.pending, ms);
+                    let (need, into) = quiet_len(seg.pending, ms);
                     // From within the quiet run already copied: its middle
                     // may lie at once (the copied samples are gone from
                     // the chunks; missing counts as quiet, as they were).
-                    let back = seg.quiet_run.min(need / 2);
+                    let back = seg.quiet_run.min(into);
                     let from = ui - back;
                     if let Some(q) = find_quiet(&seg.chunks, from, ui + (limit - self.pos), need) {
-                        // Jump in the middle of the quiet run.
-                        let mid = q + need / 2;
+                        // Jump where the quiet run allows (its middle for
+                        // a step forward).
+                        let mid = q + into;
                         let at = mid + seg.a as i64;
                         if at < limit {
                             to = at.max(self.pos);
@@ -344,8 +389,8 @@ impl LegTimeline {
             if seg.pending != 0.0 && seg.slew_left == 0.0 && self.pos >= next_quiet_check {
                 next_quiet_check = self.pos + 64;
                 let ui = (self.pos as f64 - seg.a).floor() as i64;
-                let need = quiet_len(seg.pending, ms);
-                if find_quiet(&seg.chunks, ui - need / 2, ui - need / 2 + 1, need).is_some() {
+                let (need, into) = quiet_len(seg.pending, ms);
+                if find_quiet(&seg.chunks, ui - into, ui - into + 1, need).is_some() {
                     let k = seg.pending;
                     take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
                 }
@@ -421,9 +466,20 @@ fn take_step(
     );
 }
 
-/// Length of quiet audio (samples) needed to take a correction of `k`.
-fn quiet_len(k: f64, ms: f64) -> i64 {
-    (2.0 * k.abs().ceil() + QUIET_MARGIN_MS as f64 * ms) as i64
+/// Length of quiet audio (samples) needed to take a correction of `k`, and
+/// where in it the correction goes. A step forward (silence inserted) goes
+/// in the middle of quiet twice its size; a step back (audio skipped) skips
+/// only quiet, the margin's half left on each side (asking twice its size
+/// there would leave a large one, 250 ms after a queue drained, waiting in
+/// talk with pauses of 300 ms until it is cut after all).
+fn quiet_len(k: f64, ms: f64) -> (i64, i64) {
+    let margin = (QUIET_MARGIN_MS as f64 * ms) as i64;
+    let size = k.abs().ceil() as i64;
+    if k < 0.0 {
+        (size + margin, margin / 2)
+    } else {
+        (2 * size + margin, size + margin / 2)
+    }
 }
 
 /// First `u` in `[from, to)` where `need` samples from `u` on are all quiet
