@@ -76,6 +76,9 @@ pub struct Impairments {
     /// packets after it wait behind the last queued one, 0.1 ms apart).
     /// The sequence numbers and timestamps go on.
     pub congestion: Option<(u32, u32, u32)>,
+    /// The congestion's delay grows over its first this many ms and
+    /// shrinks over its last as many (0: a step up, a drain at once).
+    pub congestion_ramp_ms: u32,
     /// The first packet's sequence number and timestamp instead of random
     /// ones (a start just before the 16-bit and 32-bit wraps).
     pub rtp_start: Option<(u16, u32)>,
@@ -707,7 +710,19 @@ fn rtp_leg(
             let from = media_start_ns + i64::from(at) * 1_000_000;
             let to = from + i64::from(len) * 1_000_000;
             if (from..to).contains(&send_ns) {
-                arrival += i64::from(extra) * 1_000_000;
+                // (Ramped: up from the start, down to the end, first in
+                // first out all the way.)
+                let ramp = i64::from(imp.congestion_ramp_ms) * 1_000_000;
+                let edge = (send_ns - from).min(to - send_ns);
+                let extra = i64::from(extra) * 1_000_000;
+                arrival += if edge < ramp {
+                    extra * edge / ramp
+                } else {
+                    extra
+                };
+                if arrival <= queue_end {
+                    arrival = queue_end + 100_000;
+                }
                 queue_end = queue_end.max(arrival);
             } else if send_ns >= to && arrival <= queue_end {
                 arrival = queue_end + 100_000;

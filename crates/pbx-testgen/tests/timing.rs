@@ -1014,7 +1014,8 @@ proptest! {
         ..ProptestConfig::default()
     })]
     /// A queue on the way fills for 0.5 to 12 s, adding 20 to 300 ms to one
-    /// leg's delay, and drains, anywhere in the call, among jitter, loss
+    /// leg's delay at once or over up to 3 s, and drains as it filled,
+    /// anywhere in the call, among jitter, loss
     /// and reordering: the windows that may be wrong are the episode's own
     /// (placed as if the sender had paused: the leg is late by the queue)
     /// and those up to 3 s after it (the overlap at its end waits for a
@@ -1028,6 +1029,7 @@ proptest! {
         at in 3_000u32..40_000,
         len in 500u32..12_000,
         extra in 20u32..300,
+        ramp in prop_oneof![Just(0u32), 0u32..3_000],
         jitter in prop::sample::select(vec![0u32, 0, 10, 20]),
         loss in prop_oneof![Just(0.0f64), 0.0f64..0.02],
         reorder in prop_oneof![Just(0.0f64), 0.0f64..0.02],
@@ -1039,7 +1041,8 @@ proptest! {
             i.reorder = reorder;
         });
         c.caller_leg.impair.congestion = Some((at, len, extra));
-        let name = format!("congestion seed {seed} at {at} len {len} +{extra} j{jitter} l{loss:.3} r{reorder:.3}");
+        c.caller_leg.impair.congestion_ramp_ms = ramp.min(len / 2);
+        let name = format!("congestion seed {seed} at {at} len {len} +{extra} ramp {ramp} j{jitter} l{loss:.3} r{reorder:.3}");
         let fits = check_share(&name, &c, 0.7);
         let mut calm = c.clone();
         calm.caller_leg.impair.congestion = None;
