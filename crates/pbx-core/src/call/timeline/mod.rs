@@ -44,8 +44,9 @@
 //!   [`SLEW_AFTER_MS`]; otherwise it is spread over the audio at 1 sample in
 //!   256 (0.4 % speed, inaudible) by the same interpolation. A step forward
 //!   of [`MAX_SPREAD_MS`] or more is taken at once (silence inserted); a step
-//!   back that large (the delay fell) waits for a quiet place too, and is
-//!   taken as a step only if none comes. No block of samples is ever dropped
+//!   back that large (the delay fell) waits for quiet too, taken in parts
+//!   where the quiet is shorter, and the rest as a step only if no quiet
+//!   comes for [`SLEW_AFTER_MS`]. No block of samples is ever dropped
 //!   or repeated in speech but for that step back in talk that never pauses.
 //!
 //! # Segments: when arrival and timestamps really disagree

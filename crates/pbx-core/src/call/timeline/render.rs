@@ -331,6 +331,7 @@ impl LegTimeline {
                 let ui = self.pos - seg.a as i64;
                 let mut to = limit;
                 let mut jump_at = None;
+                let mut jump = 0.0;
                 if seg.pending != 0.0 {
                     let (need, into) = quiet_len(seg.pending, ms);
                     // From within the quiet run already copied: its middle
@@ -338,14 +339,33 @@ impl LegTimeline {
                     // the chunks; missing counts as quiet, as they were).
                     let back = seg.quiet_run.min(into);
                     let from = ui - back;
-                    if let Some(q) = find_quiet(&seg.chunks, from, ui + (limit - self.pos), need) {
+                    let search_to = ui + (limit - self.pos);
+                    // A step back is taken in parts where the quiet is
+                    // shorter than it (each part skips only quiet), and
+                    // never beyond the newest audio that came or the
+                    // render limit (up to which nothing can come any
+                    // more): what may still come is no quiet.
+                    let found = if seg.pending <= -(MAX_SPREAD_MS as f64 * ms) {
+                        let margin = need - (-seg.pending) as i64;
+                        let least = margin + (MAX_SPREAD_MS as f64 * ms) as i64;
+                        let came = seg.last_end().unwrap_or(i64::MIN).max(search_to);
+                        find_quiet(&seg.chunks, from, search_to, least).and_then(|q| {
+                            let run = quiet_len_at(&seg.chunks, q, need.min(came - q));
+                            (run >= least)
+                                .then(|| (q, into, seg.pending.max((margin - run) as f64)))
+                        })
+                    } else {
+                        find_quiet(&seg.chunks, from, search_to, need)
+                            .map(|q| (q, into, seg.pending.round()))
+                    };
+                    if let Some((q, into, k)) = found {
                         // Jump where the quiet run allows (its middle for
                         // a step forward).
-                        let mid = q + into;
-                        let at = mid + seg.a as i64;
+                        let at = q + into + seg.a as i64;
                         if at < limit {
                             to = at.max(self.pos);
                             jump_at = Some(to);
+                            jump = k;
                         }
                     }
                 }
@@ -365,8 +385,14 @@ impl LegTimeline {
                 };
                 self.pos = to;
                 if jump_at == Some(self.pos) {
-                    let k = seg.pending.round();
-                    take_step(seg, k, self.pos, &mut self.stats, &mut self.log);
+                    let rest = seg.pending - jump;
+                    take_step(seg, jump, self.pos, &mut self.stats, &mut self.log);
+                    if rest.abs() >= 1.0 {
+                        // A part taken: the rest waits for the next quiet
+                        // place, its time for one counted again.
+                        seg.pending = rest;
+                        seg.pending_since = self.pos;
+                    }
                 }
                 hint = 0;
                 continue;
@@ -502,6 +528,15 @@ fn find_quiet(chunks: &VecDeque<Chunk>, from: i64, to: i64, need: i64) -> Option
         u += 1;
     }
     None
+}
+
+/// How many samples from `u` on, up to `n`, are quiet (below
+/// [`QUIET_LEVEL`]) or missing.
+fn quiet_len_at(chunks: &VecDeque<Chunk>, u: i64, n: i64) -> i64 {
+    let mut hint = 0usize;
+    (0..n.max(0))
+        .find(|i| sample(chunks, u + i, &mut hint).unsigned_abs() > QUIET_LEVEL)
+        .unwrap_or(n.max(0))
 }
 
 /// The index of the last sample of `s` louder than [`QUIET_LEVEL`] (what
