@@ -9,19 +9,34 @@ use std::time::{Duration, Instant};
 
 use pbx_testgen::scenario::TimedFrame;
 
-/// A free TCP/UDP port on 127.0.0.1.
+/// A port free for both TCP and UDP on 127.0.0.1, from 30000-32699: below
+/// the kernel's ephemeral ports (32768 on), so no socket bound to port 0
+/// anywhere (another test's client, a peer) can take it between this check
+/// and the daemon's bind (one did: "Address already in use" for seconds),
+/// and above the RTP ranges of [`rtp_base`] and the default config
+/// (20000-29999). Each call of a test process tries the next port.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test processes started one after another begin apart.
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let p = 30_000 + (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 2_700) as u16;
+        let free = std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        if free {
+            return p;
+        }
+    }
 }
 
 /// First port of a range of `span` RTP ports for a test daemon, picked by
-/// `seed` (a free port), below the kernel's ephemeral ports (32768 on):
-/// a port the test binds with port 0, or `free_port`, can never fall inside
-/// it (the daemon refuses a listen port inside its RTP range).
+/// `seed` (a free port), in 10000-29999: a port the test binds with port
+/// 0, or `free_port`, can never fall inside it (the daemon refuses a listen
+/// port inside its RTP range).
 #[allow(dead_code)]
 pub fn rtp_base(seed: u16, span: u16) -> u16 {
-    let slots = 22_000 / span.max(1);
+    let slots = 20_000 / span.max(1);
     10_000 + (seed % slots) * span
 }
 
