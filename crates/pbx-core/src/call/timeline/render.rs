@@ -215,6 +215,8 @@ impl LegTimeline {
     /// Render the front (started) segment up to `limit`.
     fn render_front(&mut self, limit: i64, out: &mut Vec<i16>) {
         let ms = self.ms;
+        // A correction this large is a step, not spread (samples).
+        let step_min = MAX_SPREAD_MS as f64 * ms;
         let Some(seg) = self.segs.front_mut() else {
             return;
         };
@@ -261,11 +263,10 @@ impl LegTimeline {
                     seg.pending = 0.0;
                     seg.pending_forced = false;
                 } else if k.abs() >= h || (seg.pending != 0.0 && k.abs() >= keep) {
-                    let big = -(MAX_SPREAD_MS as f64) * ms;
                     if seg.pending == 0.0 {
                         seg.pending_since = self.pos;
                         seg.pending_forced = starts_following;
-                    } else if k <= big && seg.pending > big {
+                    } else if k <= -step_min && seg.pending > -step_min {
                         // Grown into a step back: its wait for a quiet
                         // place (below) starts now.
                         seg.pending_since = self.pos;
@@ -292,7 +293,7 @@ impl LegTimeline {
         }
         let overlap = seg.pending * seg.pending_overlap > 0.0
             && seg.pending.abs() <= seg.pending_overlap.abs() + seg.env.hysteresis();
-        let large = seg.pending.abs() >= MAX_SPREAD_MS as f64 * ms;
+        let large = seg.pending.abs() >= step_min;
         let cuts = large && seg.pending < 0.0 && settled && !seg.pending_forced;
         if large && !overlap && !cuts {
             let k = seg.pending.round();
@@ -345,9 +346,9 @@ impl LegTimeline {
                     // never beyond the newest audio that came or the
                     // render limit (up to which nothing can come any
                     // more): what may still come is no quiet.
-                    let found = if seg.pending <= -(MAX_SPREAD_MS as f64 * ms) {
-                        let margin = need - (-seg.pending) as i64;
-                        let least = margin + (MAX_SPREAD_MS as f64 * ms) as i64;
+                    let found = if seg.pending <= -step_min {
+                        let margin = (QUIET_MARGIN_MS as f64 * ms) as i64;
+                        let least = margin + step_min as i64;
                         let came = seg.last_end().unwrap_or(i64::MIN).max(search_to);
                         find_quiet(&seg.chunks, from, search_to, least).and_then(|q| {
                             let run = quiet_len_at(&seg.chunks, q, need.min(came - q));
