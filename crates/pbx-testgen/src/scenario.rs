@@ -93,6 +93,19 @@ pub struct Impairments {
     /// timestamps jump by `.2` ticks (0: they go on). The first packet
     /// after it has the marker bit set.
     pub seq_restart: Option<(u32, u16, i32)>,
+    /// From `.0` ms (leg time) on the sender's packet time is `.1` ms (a
+    /// transcoder or a re-negotiation changing it mid-call): the timestamps
+    /// go on consistently, each packet's advancing by its own length.
+    pub ptime_change: Option<(u32, u32)>,
+    /// The timestamps advance this many times as fast as the RTP clock says
+    /// (0 or 1: as it says; 2: a G.722 sender counting at 16000 instead of
+    /// RFC 3551's 8000). The audio and the send times are as usual.
+    pub ts_clock_mult: u32,
+    /// The sender's timer releases its packets in groups of this many
+    /// (0 or 1: one by one): each leaves with the last of its group, when
+    /// that one's audio is there (a VM's coarse timer: 5 packets of 20 ms
+    /// every 100 ms, a sawtooth of delays).
+    pub bunch: u32,
 }
 
 /// One leg: what one party says.
@@ -540,7 +553,24 @@ fn rtp_leg(
     let rate = codec.audio_rate() as usize;
     let n = rate * spec.ptime_ms as usize / 1000;
     let ts_step = codec.rtp_clock() * spec.ptime_ms / 1000;
-    let packets = leg.audio.len().div_ceil(n);
+    let ts_mult = leg.impair.ts_clock_mult.max(1);
+    // Packet boundaries (start and length in leg audio samples): the call's
+    // packet time, from `ptime_change`'s time on its own.
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    let mut s = 0usize;
+    while s < leg.audio.len() {
+        let p = match leg.impair.ptime_change {
+            Some((at, p)) if (s as u64 * 1000 / rate as u64) >= u64::from(at) => p,
+            _ => spec.ptime_ms,
+        };
+        let len = rate * p as usize / 1000;
+        bounds.push((s, len));
+        s += len;
+    }
+    // Timestamp ticks from the leg's start to leg audio sample `s`.
+    let ts_off = |s: usize| -> u32 {
+        ((s as u64 * u64::from(codec.rtp_clock()) / rate as u64) as u32).wrapping_mul(ts_mult)
+    };
     let mut enc = Encoder::for_leg(codec, &leg.audio, n);
     let src = leg
         .impair
@@ -567,15 +597,15 @@ fn rtp_leg(
     let mut frame_buf = vec![0i16; n];
     let mut burst_left = 0u32;
     let mut delivered_count = 0u32;
-    for i in 0..packets {
-        let t_ms = (i as u64 * u64::from(spec.ptime_ms)) as u32;
-        let start = i * n;
+    for (i, &(start, n)) in bounds.iter().enumerate() {
+        let t_ms = (start as u64 * 1000 / rate as u64) as u32;
         let end = (start + n).min(leg.audio.len());
-        frame_buf.iter_mut().for_each(|s| *s = 0);
+        frame_buf.clear();
+        frame_buf.resize(n, 0);
         frame_buf[..end - start].copy_from_slice(&leg.audio[start..end]);
         // Every frame goes through the encoder (real encoders keep state).
         let payload = enc.encode(&frame_buf);
-        let nominal = i as i64 * ptime_ns;
+        let nominal = (start as i128 * 1_000_000_000 / rate as i128) as i64;
         let send_ns = media_start_ns
             + i64::from(leg.start_ms) * 1_000_000
             + nominal
@@ -594,7 +624,7 @@ fn rtp_leg(
                 ssrc_changed = true;
                 ssrc = rng.next_u64() as u32;
                 seq = rng.next_u64() as u16;
-                ts_base = (rng.next_u64() as u32).wrapping_sub((i as u32).wrapping_mul(ts_step));
+                ts_base = (rng.next_u64() as u32).wrapping_sub(ts_off(start));
                 marker = true;
             }
         }
@@ -616,15 +646,13 @@ fn rtp_leg(
         if let Some(h) = imp.hold {
             if t_ms >= h.from_ms && t_ms < h.to_ms {
                 if !h.timestamps_continue {
-                    ts_held = ts_held.wrapping_add(ts_step);
+                    ts_held = ts_held.wrapping_add(ts_off(start + n).wrapping_sub(ts_off(start)));
                 }
                 marker = true;
                 continue;
             }
         }
-        let ts = ts_base
-            .wrapping_add((i as u32).wrapping_mul(ts_step))
-            .wrapping_sub(ts_held);
+        let ts = ts_base.wrapping_add(ts_off(start)).wrapping_sub(ts_held);
         // DTMF replaces the audio of its window.
         let mut in_dtmf = None;
         for (k, (d, at, dur)) in leg.dtmf.iter().enumerate() {
@@ -687,6 +715,11 @@ fn rtp_leg(
             continue;
         }
         let mut arrival = send_ns;
+        if imp.bunch > 1 {
+            // Leaves with the last packet of its group.
+            let behind = i64::from(imp.bunch - 1 - i as u32 % imp.bunch);
+            arrival += behind * (n as i64 * 1_000_000_000 / rate as i64);
+        }
         if delivered_count < imp.late_first_packets {
             arrival += i64::from(imp.late_first_ms) * 1_000_000;
         }

@@ -57,6 +57,24 @@ impl LegTimeline {
                 return;
             };
             if !cur.started {
+                // The leg's first stream, beginning after time zero (a
+                // party that starts sending later): its place is fixed
+                // when its first sample is due, not at the first render
+                // after its first packet, by then the hold-back window's
+                // packets have settled its envelope. (Fixed from the first
+                // packets alone, first packets 30 ms late put 2.5 s of the
+                // leg 30 ms late, then cut 30 ms of its talk.) The
+                // envelope only falls with more packets, so its place now
+                // is the latest it can be: until then, silence.
+                if !self.any_started {
+                    if let Some(p) = cur.first_u().map(|u| cur.place(u).floor() as i64) {
+                        if p >= to {
+                            out.resize(out.len() + (to - self.pos) as usize, 0);
+                            self.pos = to;
+                            return;
+                        }
+                    }
+                }
                 self.start_front();
                 continue;
             }
