@@ -510,20 +510,17 @@ fn delay_spike_on_a_three_packet_spurt_moves_nothing() {
 }
 
 /// Spurts of 5 and 8 packets (100 and 160 ms: a short answer) crossing a
-/// spike of 40-100 ms. Fails: the whole spurt is taken for a sender that paused
-/// without advancing its timestamps (a "late" break candidate, confirmed
-/// because 300 ms passed since it arrived with 4 or more packets after it
-/// that were all as late; docs/timing.md says the candidate is confirmed
-/// only if every packet after it is late by about the same amount *for
-/// 300 ms*, but a spurt ending in DTX gives only its own 80-220 ms of
-/// evidence) and placed late by the spike: a 100 ms spurt +60 ms lies
-/// 60 ms late in the caller's channel (1,269 samples differ, 10.000-10.160
-/// s), +40 ms: 40 ms late; a 160 ms spurt +100 ms: 80 ms late (the sync with
-/// the other leg off by that much for that answer). A 240 ms spurt crossing
-/// a 250 ms spike is placed right. See `LegTimeline::decide_flags`
-/// (`Flag::Late`: `now - c.arrival >= confirm` and `rs.len() >= 4`).
+/// spike of 40-100 ms, then silence suppression: placed by their
+/// timestamps, as the call without the spike. Failed before 2026-12-06:
+/// the whole spurt was taken for a sender that paused without advancing
+/// its timestamps (a "late" break candidate, confirmed because 300 ms had
+/// passed since it arrived with 4 or more packets after it, all as late,
+/// though they spanned only 80-140 ms of audio) and placed late by the
+/// spike: a 100 ms spurt +60 ms lay 60 ms late in the caller's channel
+/// (1,269 samples differed, 10.000-10.160 s), +40 ms: 40 ms late; a 160 ms
+/// spurt +100 ms: 80 ms late (`LegTimeline::decide_flags`, `Flag::Late`;
+/// the late packets must now span 300 ms of the sender's audio).
 #[test]
-#[ignore = "defect: a short talk spurt (>= 5 packets, then DTX) delayed as a whole by a 40-100 ms spike is placed late by (up to) the spike (taken for a pause without timestamps)"]
 fn delay_spike_on_a_short_spurt_moves_nothing() {
     let mut errors = Vec::new();
     for (spurt, extra) in [(100, 60), (100, 40), (160, 100)] {

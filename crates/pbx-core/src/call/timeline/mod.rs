@@ -869,7 +869,18 @@ impl LegTimeline {
                     if jitter {
                         self.clear_flag(i, k);
                     } else if force || now - c.arrival >= confirm {
-                        if rs.len() >= 4 {
+                        // A shift stays: the late packets span CONFIRM_MS
+                        // of the sender's audio, not only of waiting. A talk
+                        // spurt that ends in silence suppression while the
+                        // link was slow gives no more evidence than itself:
+                        // its 100 ms of packets, 60 ms late through a delay
+                        // spike, were placed 60 ms late. By its timestamps,
+                        // as jitter. (A pause without timestamps shorter
+                        // than the window, then a short spurt and silence:
+                        // the spurt lies that much early; the next spurt
+                        // long enough moves the leg.)
+                        let span = seg.chunks.back().map_or(0, Chunk::end) - c.u;
+                        if rs.len() >= 4 && (force || span >= confirm) {
                             self.split(i, k);
                             i += 1;
                         } else {
