@@ -21,6 +21,7 @@ use crate::call::meta::{
 };
 use crate::call::pause::{Trigger, SEQUENCE_GAP_MS};
 use crate::call::timeline::{LegTimeline, Packet, PacketAudio};
+use crate::call::tsclock::TsClock;
 use crate::rtp::srtp::SrtpStream;
 use crate::rtp::{event_to_digit, parse_rtp, parse_telephone_event, SeqTracker, SeqUpdate};
 use crate::Timestamp;
@@ -110,6 +111,9 @@ pub(super) struct Leg {
     /// The leg's party has sent a key as SIP INFO: its keys are signalled,
     /// not listened for in the audio.
     pub(super) info_dtmf: bool,
+    /// Its stream's timestamps read at half when they step twice its audio
+    /// ([`TsClock`]).
+    pub(super) ts_clock: TsClock,
 }
 
 impl Leg {
@@ -134,6 +138,7 @@ impl Leg {
             warned_codecs: Vec::new(),
             inband: None,
             info_dtmf: false,
+            ts_clock: TsClock::default(),
         }
     }
 }
@@ -898,8 +903,8 @@ pub(super) fn decode_and_place(
         Codec::Pcma if rate == 8000 => Some(Law::Alaw),
         _ => None,
     };
-    let (audio, delay) = match law {
-        Some(law) => (PacketAudio::G711(law, payload), 0),
+    let (audio, delay, len) = match law {
+        Some(law) => (PacketAudio::G711(law, payload), 0, payload.len()),
         None => {
             ctx.scratch.clear();
             if dec.decode(payload, ctx.scratch).is_err() {
@@ -907,14 +912,31 @@ pub(super) fn decode_and_place(
                 return;
             }
             // Resampling decoders delay their output by a known amount.
-            (PacketAudio::Pcm(ctx.scratch), dec.delay_samples() as i64)
+            let len = ctx.scratch.len();
+            (
+                PacketAudio::Pcm(ctx.scratch),
+                dec.delay_samples() as i64,
+                len,
+            )
         }
     };
+    // Its audio in RTP ticks (whole for every codec and rate used; 0, which
+    // tells nothing, if not).
+    let clock_rate = codec.rtp_clock_rate();
+    let ticks = len as u64 * u64::from(clock_rate);
+    let ticks = if ticks % u64::from(rate) == 0 {
+        u32::try_from(ticks / u64::from(rate)).unwrap_or(0)
+    } else {
+        0
+    };
+    let ts = leg
+        .ts_clock
+        .map(pkt.ssrc, pkt.seq, pkt.ts, ticks, len as i64, pkt.arrival);
     leg.timeline.insert(&Packet {
         arrival: pkt.arrival,
         ssrc: pkt.ssrc,
-        ts: pkt.ts,
-        clock_rate: codec.rtp_clock_rate(),
+        ts,
+        clock_rate,
         newest: pkt.newest,
         delay,
         pcm: audio,

@@ -8,6 +8,7 @@ pub mod meta;
 pub mod pause;
 mod seq;
 pub mod timeline;
+mod tsclock;
 
 pub use dialog::HOLD_TIMEOUT_US;
 pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy, CLOCK_STEP_BACK_US};
