@@ -440,7 +440,12 @@ fn rtp_from(pcap: &Path, src: &str) -> Vec<Pkt> {
             "-o",
             "rtp.heuristic_rtp:TRUE",
             "-Y",
-            &format!("rtp && ip.src == {src} && rtp.p_type == 0"),
+            // (Not an ICMP error quoting the other party's RTP: `ip.src`
+            // matches the quoted header too, and a port unreachable sent
+            // by this party when its socket closed before the other's
+            // last packet put that packet, another stream's timestamp,
+            // among its own.)
+            &format!("rtp && !icmp && ip.src == {src} && rtp.p_type == 0"),
             "-T",
             "fields",
             "-e",
