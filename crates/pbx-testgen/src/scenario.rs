@@ -106,6 +106,20 @@ pub struct Impairments {
     /// that one's audio is there (a VM's coarse timer: 5 packets of 20 ms
     /// every 100 ms, a sawtooth of delays).
     pub bunch: u32,
+    /// The leg's SSRC instead of a random one (a B2BUA or PBX giving both
+    /// legs the same SSRC). The random draws are made as usual.
+    pub ssrc: Option<u32>,
+    /// After every pause of silence suppression the sender starts its
+    /// timestamps afresh at a random value (its SSRC and sequence numbers go
+    /// on, the marker bit is set): a gateway restarting its clock at every
+    /// talk spurt.
+    pub ts_restart_each_spurt: bool,
+    /// From `.0` ms (leg time) on the sender codes with `.1` (a mid-call
+    /// switch PCMU <-> G.722; both have an RTP clock of 8000, so the
+    /// timestamps go on). The leg's audio stays at its own codec's rate: a
+    /// 16 kHz codec after an 8 kHz one gets each sample twice, an 8 kHz one
+    /// after a 16 kHz one every other sample. The SDP offers both codecs.
+    pub codec_change: Option<(u32, TestCodec)>,
 }
 
 /// One leg: what one party says.
@@ -172,6 +186,13 @@ impl CallSpec {
         let mut v = vec![self.leg_codec(0)];
         if self.leg_codec(1) != v[0] {
             v.push(self.leg_codec(1));
+        }
+        for leg in [&self.caller_leg, &self.callee_leg] {
+            if let Some((_, c)) = leg.impair.codec_change {
+                if !v.contains(&c) {
+                    v.push(c);
+                }
+            }
         }
         v
     }
@@ -579,6 +600,9 @@ fn rtp_leg(
     let mut dst = SocketAddr::new(to.ip, to.rtp_port);
     let mut src = src;
     let mut ssrc = rng.next_u64() as u32;
+    if let Some(s) = leg.impair.ssrc {
+        ssrc = s;
+    }
     let mut seq = rng.next_u64() as u16;
     let mut ts_base = rng.next_u64() as u32;
     if let Some((s0, t0)) = leg.impair.rtp_start {
@@ -597,6 +621,10 @@ fn rtp_leg(
     let mut frame_buf = vec![0i16; n];
     let mut burst_left = 0u32;
     let mut delivered_count = 0u32;
+    let mut paused = false;
+    // (Its own draws: the other impairments' draws stay as they were.)
+    let mut ts_rng = Rng::new(seed ^ 0x7473_7273);
+    let mut enc2 = leg.impair.codec_change.map(|(_, c)| (c, Encoder::new(c)));
     for (i, &(start, n)) in bounds.iter().enumerate() {
         let t_ms = (start as u64 * 1000 / rate as u64) as u32;
         let end = (start + n).min(leg.audio.len());
@@ -604,7 +632,21 @@ fn rtp_leg(
         frame_buf.resize(n, 0);
         frame_buf[..end - start].copy_from_slice(&leg.audio[start..end]);
         // Every frame goes through the encoder (real encoders keep state).
-        let payload = enc.encode(&frame_buf);
+        let mut payload = enc.encode(&frame_buf);
+        let mut pt = codec.payload_type();
+        if let (Some((at, _)), Some((c2, e2))) = (imp.codec_change, enc2.as_mut()) {
+            if t_ms >= at {
+                let other: Vec<i16> = if c2.audio_rate() > codec.audio_rate() {
+                    frame_buf.iter().flat_map(|s| [*s, *s]).collect()
+                } else if c2.audio_rate() < codec.audio_rate() {
+                    frame_buf.iter().step_by(2).copied().collect()
+                } else {
+                    frame_buf.clone()
+                };
+                payload = e2.encode(&other);
+                pt = c2.payload_type();
+            }
+        }
         let nominal = (start as i128 * 1_000_000_000 / rate as i128) as i64;
         let send_ns = media_start_ns
             + i64::from(leg.start_ms) * 1_000_000
@@ -695,10 +737,20 @@ fn rtp_leg(
                 (frame_buf.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / n as f64).sqrt();
             if rms < th {
                 marker = true;
+                paused = true;
                 continue;
             }
         }
-        let pkt = rtp_packet(codec.payload_type(), marker, seq, ts, ssrc, &payload);
+        let mut ts = ts;
+        if imp.ts_restart_each_spurt && paused {
+            ts_base = (ts_rng.next_u64() as u32)
+                .wrapping_sub(ts_off(start))
+                .wrapping_add(ts_held);
+            ts = ts_base.wrapping_add(ts_off(start)).wrapping_sub(ts_held);
+            marker = true;
+        }
+        paused = false;
+        let pkt = rtp_packet(pt, marker, seq, ts, ssrc, &payload);
         marker = false;
         seq = seq.wrapping_add(1);
         out.sent += 1;

@@ -13,7 +13,7 @@
 
 use pbx_core::audio::resample::Resampler;
 use pbx_testgen::audio::speechlike;
-use pbx_testgen::{CallSpec, CallTruth, Hold, Impairments, TestCodec};
+use pbx_testgen::{CallSpec, CallTruth, Hold, TestCodec};
 use proptest::prelude::*;
 
 mod common;
@@ -146,11 +146,6 @@ fn call(id: &str, secs: u32, seed: u64) -> CallSpec {
     // Different codecs on the two legs (PCMU caller, PCMA callee).
     c.callee_leg.codec = Some(TestCodec::Pcma);
     c
-}
-
-fn both(c: &mut CallSpec, f: impl Fn(&mut Impairments)) {
-    f(&mut c.caller_leg.impair);
-    f(&mut c.callee_leg.impair);
 }
 
 #[test]
@@ -474,21 +469,6 @@ fn mixed_narrowband_and_wideband_legs() {
     c.seed = 20;
     both(&mut c, |i| i.jitter_ms = 30);
     check("G.722 + PCMU, jitter 30", &c);
-}
-
-/// Speech-like sound without pauses (for corrections that must happen in speech).
-fn continuous(ms: u32, rate: u32, seed: u64) -> Vec<i16> {
-    let a = speechlike(seed, ms, rate);
-    let b = speechlike(seed + 1000, ms, rate);
-    a.iter()
-        .zip(&b)
-        .enumerate()
-        .map(|(i, (x, y))| {
-            let hum =
-                1500.0 * (2.0 * std::f64::consts::PI * 180.0 * i as f64 / f64::from(rate)).sin();
-            (f64::from(*x) * 0.5 + f64::from(*y) * 0.5 + hum).clamp(-32000.0, 32000.0) as i16
-        })
-        .collect()
 }
 
 /// Continuity: a clean call whose first packets were late by a few ms comes

@@ -5,13 +5,15 @@
 //! good when the correlation is >= 0.95 at a lag within 5 ms).
 #![allow(dead_code)]
 
+use pbx_core::audio::resample::Resampler;
 use pbx_core::call::{
     CallEngine, CallKey, CallMeta, EndReason, EngineConfig, RecordingSink, RecordingStart,
 };
 use pbx_core::capture::LinkType;
 use pbx_core::Timestamp;
+use pbx_testgen::audio::speechlike;
 use pbx_testgen::scenario::generate;
-use pbx_testgen::{CallSpec, CallTruth, Framing, Link};
+use pbx_testgen::{CallSpec, CallTruth, Framing, Impairments, Link, TestCodec};
 
 #[derive(Default)]
 pub struct Sink {
@@ -175,4 +177,193 @@ pub fn fit(rec: &[i16], truth: &[i16], rate: u32) -> Fit {
         a += w;
     }
     f
+}
+
+/// The truth of channel `ch` at the call's rate: a narrowband leg of a
+/// wideband call (whose truth doubles each sample) upsampled with the
+/// core's resampler, its delay taken off, as a correct recorder would (as
+/// `timing.rs` does).
+pub fn truth_at_rate(truth: &CallTruth, ch: usize) -> Vec<i16> {
+    let leg_rate = truth.rates[ch];
+    if truth.rate == leg_rate {
+        return truth.expected[ch].clone();
+    }
+    let native: Vec<i16> = truth.expected[ch].iter().step_by(2).copied().collect();
+    let mut rs = Resampler::new(leg_rate, truth.rate).expect("rates");
+    let mut out = Vec::new();
+    rs.process(&native, &mut out);
+    rs.process_silence(rs.delay(), &mut out);
+    out.drain(..rs.delay().min(out.len()));
+    out
+}
+
+pub fn measure(truth: &CallTruth, rec: &Recorded, ch: usize) -> Fit {
+    assert_eq!(
+        rec.rate, truth.rate,
+        "these tests record every call at its truth's rate"
+    );
+    fit(&rec.ch[ch], &truth_at_rate(truth, ch), rec.rate)
+}
+
+/// Records `spec` and checks it as the timing suite does: each channel has
+/// at least `share` of its speech windows good (the first `settle_s`
+/// seconds of a drifting leg need only be within 10 ms), the recording
+/// ends with the media, and neither channel holds the other party's audio.
+pub fn check_share(name: &str, spec: &CallSpec, share: f64, settle_s: [usize; 2]) -> [Fit; 2] {
+    let (truth, rec) = record(spec);
+    check_rec(name, &truth, &rec, share, settle_s)
+}
+
+pub fn check_rec(
+    name: &str,
+    truth: &CallTruth,
+    rec: &Recorded,
+    share: f64,
+    settle_s: [usize; 2],
+) -> [Fit; 2] {
+    let mut fits = [measure(truth, rec, 0), measure(truth, rec, 1)];
+    for (ch, f) in fits.iter_mut().enumerate() {
+        let exempt: Vec<(usize, f64, f64)> = f
+            .bad
+            .iter()
+            .copied()
+            .filter(|b| b.0 < settle_s[ch] && b.1.abs() <= 10.0)
+            .collect();
+        f.good += exempt.len();
+        f.bad.retain(|b| !exempt.contains(b));
+    }
+    for (ch, f) in fits.iter().enumerate() {
+        let c = &rec.meta.channels[ch];
+        println!(
+            "{name:<34} ch{ch} windows {:>4} good {:>6.2} % median |lag| {:>5.3} ms worst {:>6.3} ms min corr {:.3} (segments+{} corrections {} / {} samples, drift {} ppm, late {}) bad {:?}",
+            f.windows,
+            f.share() * 100.0,
+            f.median_abs_lag(),
+            f.worst_lag(),
+            f.min_corr,
+            c.reanchors,
+            c.timing_corrections,
+            c.corrected_samples,
+            c.drift_ppm,
+            c.late,
+            &f.bad[..f.bad.len().min(8)],
+        );
+    }
+    for (ch, f) in fits.iter().enumerate() {
+        assert!(
+            f.share() >= share && f.windows > 0,
+            "{name} channel {ch}: {:.2} % of {} windows good (worst lag {} ms, min corr {:.3}); bad (s, lag, corr): {:?}",
+            f.share() * 100.0,
+            f.windows,
+            f.worst_lag(),
+            f.min_corr,
+            f.bad
+        );
+    }
+    let truth_len = truth.expected[0].len().max(truth.expected[1].len());
+    let extra_ms = (rec.ch[0].len() as f64 - truth_len as f64) * 1000.0 / f64::from(rec.rate);
+    assert!(
+        (-60.0..=20.0).contains(&extra_ms),
+        "{name}: the recording is {extra_ms:+.1} ms longer than the call"
+    );
+    for ch in 0..2 {
+        let other = &truth.expected[1 - ch];
+        let n = rec.ch[ch].len().min(other.len());
+        if n > 0 {
+            let x = corr(&rec.ch[ch][..n], &other[..n]);
+            assert!(x.abs() < 0.1, "{name} channel {ch}: cross-talk {x:.3}");
+        }
+    }
+    fits
+}
+
+pub fn call(id: &str, secs: u32, seed: u64) -> CallSpec {
+    let mut c = CallSpec::simple(
+        id,
+        TestCodec::Pcmu,
+        speechlike(seed * 2 + 1, secs * 1000, 8000),
+        speechlike(seed * 2 + 2, secs * 1000, 8000),
+    );
+    c.seed = seed;
+    c.callee_leg.codec = Some(TestCodec::Pcma);
+    c
+}
+
+pub fn both(c: &mut CallSpec, f: impl Fn(&mut Impairments)) {
+    f(&mut c.caller_leg.impair);
+    f(&mut c.callee_leg.impair);
+}
+
+/// Speech-like sound without pauses.
+pub fn continuous(ms: u32, rate: u32, seed: u64) -> Vec<i16> {
+    let a = speechlike(seed, ms, rate);
+    let b = speechlike(seed + 1000, ms, rate);
+    a.iter()
+        .zip(&b)
+        .enumerate()
+        .map(|(i, (x, y))| {
+            let hum =
+                1500.0 * (2.0 * std::f64::consts::PI * 180.0 * i as f64 / f64::from(rate)).sin();
+            (f64::from(*x) * 0.5 + f64::from(*y) * 0.5 + hum).clamp(-32000.0, 32000.0) as i16
+        })
+        .collect()
+}
+
+/// Talk spurts of loud, pause-free speech (`spurts`: start ms, length ms,
+/// multiples of 20 ms so each is whole packets) and digital silence between
+/// them (suppressed by a DTX sender: nothing is sent there).
+pub fn spurts(total_ms: u32, rate: u32, seed: u64, spurts: &[(u32, u32)]) -> Vec<i16> {
+    let talk = continuous(total_ms, rate, seed);
+    let mut out = vec![0i16; talk.len()];
+    let per_ms = rate as usize / 1000;
+    for &(at, len) in spurts {
+        let r = at as usize * per_ms..((at + len) as usize * per_ms).min(out.len());
+        out[r.clone()].copy_from_slice(&talk[r]);
+    }
+    out
+}
+
+/// Where `a` and `b` (one channel, two recordings) differ: (samples
+/// differing, first differing ms, last differing ms), over their common
+/// length; `None` when identical there.
+pub fn differ(a: &[i16], b: &[i16], rate: u32) -> Option<(usize, f64, f64)> {
+    let n = a.len().min(b.len());
+    let d: Vec<usize> = (0..n).filter(|k| a[*k] != b[*k]).collect();
+    let ms = |k: usize| k as f64 * 1000.0 / f64::from(rate);
+    (!d.is_empty()).then(|| (d.len(), ms(d[0]), ms(*d.last().expect("non-empty"))))
+}
+
+/// The lag (ms) at which the `len_ms` of `truth` from `at_ms` best matches
+/// `rec` (±`search_ms`), and the correlation there.
+pub fn lag_at(
+    rec: &[i16],
+    truth: &[i16],
+    rate: u32,
+    at_ms: u32,
+    len_ms: u32,
+    search_ms: i64,
+) -> (f64, f64) {
+    let per_ms = rate as usize / 1000;
+    let a = at_ms as usize * per_ms;
+    let tw = &truth[a..a + len_ms as usize * per_ms];
+    let (lag, c) = best_lag(rec, tw, a, search_ms * per_ms as i64);
+    (lag as f64 / per_ms as f64, c)
+}
+
+/// Asserts that channel `ch` of `with` is the one of `without`, sample for
+/// sample, and as long (within `len_tol` samples).
+pub fn assert_same(name: &str, with: &Recorded, without: &Recorded, ch: usize, len_tol: usize) {
+    let (a, b) = (&with.ch[ch], &without.ch[ch]);
+    assert!(
+        a.len().abs_diff(b.len()) <= len_tol,
+        "{name} ch{ch}: {} samples, {} without",
+        a.len(),
+        b.len()
+    );
+    if let Some((n, first, last)) = differ(a, b, with.rate) {
+        panic!(
+            "{name} ch{ch}: {n} samples differ from the same call without it, from {first:.3} ms to {last:.3} ms (corrections {:?})",
+            with.meta.channels[ch].timing_log
+        );
+    }
 }

@@ -883,6 +883,20 @@ impl LegTimeline {
                         if rs.len() >= 4 && (force || span >= confirm) {
                             self.split(i, k);
                             i += 1;
+                        } else if rs.len() >= 4 {
+                            // Too short to tell a shift from a spike: placed
+                            // by its timestamps, but neither counted as
+                            // jitter nor in the envelope. (Counted, a clock
+                            // paused 200-500 ms raised the jitter seen past
+                            // the pause: the spurts after it were never
+                            // candidates again and lay early by the pause
+                            // for 8 s.) The next spurt as late, if long
+                            // enough, moves the leg.
+                            for x in self.segs[i].chunks.iter_mut().skip(k) {
+                                if x.flag == Flag::Late {
+                                    x.flag = Flag::Normal;
+                                }
+                            }
                         } else {
                             self.clear_flag(i, k);
                         }
