@@ -11,33 +11,12 @@
 //! the median |lag| is reported (`cargo test -p pbx-testgen --test timing --
 //! --nocapture` prints the table used in the closing notes).
 
-use pbx_core::audio::resample::Resampler;
 use pbx_testgen::audio::speechlike;
-use pbx_testgen::{CallSpec, CallTruth, Hold, TestCodec};
+use pbx_testgen::{CallSpec, Hold, TestCodec};
 use proptest::prelude::*;
 
 mod common;
 use common::*;
-
-/// The truth of channel `ch` at the recording's rate: a narrowband leg of a
-/// wideband call is upsampled with the core's resampler (its delay taken
-/// off), as a correct recorder would.
-fn measure(truth: &CallTruth, rec: &Recorded, ch: usize) -> Fit {
-    let leg_rate = truth.rates[ch];
-    let t: Vec<i16> = if truth.rate == leg_rate || rec.rate == leg_rate {
-        truth.expected[ch].clone()
-    } else {
-        // the truth doubles samples for a narrowband leg: take every other one
-        let native: Vec<i16> = truth.expected[ch].iter().step_by(2).copied().collect();
-        let mut rs = Resampler::new(leg_rate, rec.rate).expect("rates");
-        let mut out = Vec::new();
-        rs.process(&native, &mut out);
-        rs.process_silence(rs.delay(), &mut out);
-        out.drain(..rs.delay().min(out.len()));
-        out
-    };
-    fit(&rec.ch[ch], &t, rec.rate)
-}
 
 /// Seconds at the start of a leg during which its drift is being learnt
 /// (3 s on a clean link, 10 s through jitter up to 30 ms or reordering, 30 s
@@ -62,19 +41,12 @@ fn check(name: &str, spec: &CallSpec) -> [Fit; 2] {
 /// [`check`] with the share of good windows each channel needs.
 fn check_share(name: &str, spec: &CallSpec, share: f64) -> [Fit; 2] {
     let (truth, rec) = record(spec);
-    let mut fits = [measure(&truth, &rec, 0), measure(&truth, &rec, 1)];
-    for (ch, leg) in [&spec.caller_leg, &spec.callee_leg].iter().enumerate() {
-        let settle = settling_s(leg);
-        let f = &mut fits[ch];
-        let exempt: Vec<(usize, f64, f64)> = f
-            .bad
-            .iter()
-            .copied()
-            .filter(|b| b.0 < settle && b.1.abs() <= 10.0)
-            .collect();
-        f.good += exempt.len();
-        f.bad.retain(|b| !exempt.contains(b));
-    }
+    let mut fits = [
+        measure_any_rate(&truth, &rec, 0),
+        measure_any_rate(&truth, &rec, 1),
+    ];
+    let settle = [settling_s(&spec.caller_leg), settling_s(&spec.callee_leg)];
+    exempt_settling(&mut fits, settle);
     for (ch, f) in fits.iter().enumerate() {
         let c = &rec.meta.channels[ch];
         println!(
@@ -133,19 +105,6 @@ fn check_share(name: &str, spec: &CallSpec, share: f64) -> [Fit; 2] {
         }
     }
     fits
-}
-
-fn call(id: &str, secs: u32, seed: u64) -> CallSpec {
-    let mut c = CallSpec::simple(
-        id,
-        TestCodec::Pcmu,
-        speechlike(seed * 2 + 1, secs * 1000, 8000),
-        speechlike(seed * 2 + 2, secs * 1000, 8000),
-    );
-    c.seed = seed;
-    // Different codecs on the two legs (PCMU caller, PCMA callee).
-    c.callee_leg.codec = Some(TestCodec::Pcma);
-    c
 }
 
 #[test]
@@ -806,7 +765,7 @@ proptest! {
         let mut calm = c.clone();
         calm.caller_leg.impair.stall = None;
         let (truth, rec) = record(&calm);
-        let base = measure(&truth, &rec, 0).bad.len();
+        let base = measure_any_rate(&truth, &rec, 0).bad.len();
         if jitter == 0 && drift == 0 && loss == 0.0 {
             // Nothing else moves the packets: sample by sample. (Not with
             // loss: a packet missing just before the queue drains makes the
@@ -883,7 +842,7 @@ fn congestion_case(
     let mut calm = c.clone();
     calm.caller_leg.impair.congestion = None;
     let (truth, without) = record(&calm);
-    let base = measure(&truth, &without, 0).bad.len();
+    let base = measure_any_rate(&truth, &without, 0).bad.len();
     let (from, to) = (
         (at / 1000) as usize,
         ((at + len + extra) / 1000 + 3) as usize,

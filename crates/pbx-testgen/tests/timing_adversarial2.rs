@@ -499,7 +499,7 @@ fn codec_switch(from: TestCodec, to: TestCodec, jitter: u32) -> Vec<u32> {
     // The truth resampled as a correct recorder would (the narrowband
     // side), and with each sample twice (what G.722 was given): each
     // window and block is judged by the one that fits it better.
-    let t = truth_at_rate(&truth, 1);
+    let t = truth_at_rate(&truth, 1, truth.rate);
     let tol = if jitter == 0 { 0.0625 } else { 2.0 };
     let off_a = windows_off(&rec.ch[1], &t, 16000, 0, tol);
     let off_b = windows_off(&rec.ch[1], &truth.expected[1], 16000, 0, tol);
@@ -514,7 +514,7 @@ fn codec_switch(from: TestCodec, to: TestCodec, jitter: u32) -> Vec<u32> {
     let off0 = windows_off(&rec.ch[0], &truth.expected[0], 16000, 0, tol);
     assert!(off0.is_empty(), "{name} ch0: {off0:?}");
     for ch in 0..2 {
-        let other = truth_at_rate(&truth, 1 - ch);
+        let other = truth_at_rate(&truth, 1 - ch, truth.rate);
         let n = rec.ch[ch].len().min(other.len());
         let x = corr(&rec.ch[ch][..n], &other[..n]);
         assert!(x.abs() < 0.1, "{name} channel {ch}: cross-talk {x:.3}");
