@@ -595,17 +595,13 @@ fn codec_switch_in_a_16_khz_call_loses_nothing() {
 /// placement); here the decoders keep state: G.722, and PCMU resampled to
 /// 16 kHz.
 ///
-/// Fails: the stream's first packet to arrive is decoded first (there is
-/// no gap before it to wait for), its predecessor after it, through the
-/// same decoder (`call::leg::decode_and_place`; the decode-order wait of
-/// docs/timing.md "Decoding order" only covers a gap after a known packet).
-/// G.722, 25 ms late: 4,199 samples differ from 998.6 to 1,350.6 ms, 5 ms
-/// blocks at 1,020-1,035 ms not found within 2 ms of their place (the
-/// ADPCM state is wrong for 350 ms); 45 ms late: 5,462 samples to
-/// 1,386.9 ms. PCMU at 16 kHz, 25 ms late: 167 samples differ,
-/// 997.5-1,041.9 ms (the resampler's history spliced).
+/// Failed before 2026-12-07: the stream's first packet to arrive was
+/// decoded first (there was no gap before it to wait for), its predecessor
+/// after it (G.722, 25 ms late: 4,199 samples differed from 998.6 to
+/// 1,350.6 ms, the ADPCM state wrong for 350 ms; PCMU at 16 kHz: 167
+/// samples, the resampler's history spliced). A stream's first packet now
+/// waits for its predecessors like one after a gap (`call::seq`).
 #[test]
-#[ignore = "defect: a stream's first packet arriving after its second is decoded out of order: G.722 wrong for 350 ms, resampled G.711 spliced"]
 fn first_packets_swapped_at_a_stream_start_decode_in_order() {
     let mut errors = Vec::new();
     for (codec, late) in [

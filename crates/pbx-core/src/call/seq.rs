@@ -35,11 +35,17 @@ pub(super) struct Held {
 /// a gap waits until the gap fills or until it has waited `wait` samples of
 /// arrival time (then the missing ones are lost); one older than the last
 /// released is decoded at once (it is late; its place on the timeline is
-/// still found by its timestamp).
+/// still found by its timestamp). A stream's first packet to arrive waits
+/// as long for the ones before it (reordered at the start: decoded after
+/// their successor, a stateful decoder's state would be wrong for
+/// hundreds of milliseconds).
 #[derive(Default)]
 pub(super) struct DecodeOrder {
     /// SSRC and next expected sequence number.
     pub(super) next: Option<(u32, u16)>,
+    /// Arrival of the current stream's first packet while nothing of it is
+    /// decoded yet: packets numbered before it may still come.
+    starting: Option<i64>,
     pub(super) held: Vec<Held>,
     pub(super) spare: Vec<Vec<u8>>,
 }
@@ -50,17 +56,22 @@ impl DecodeOrder {
     /// Whether `pkt` is to be decoded now; otherwise it is held.
     pub(super) fn offer(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) -> bool {
         let Some((ssrc, next)) = self.next else {
-            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
-            return true;
+            return self.start(pkt, codec, payload);
         };
         if ssrc != pkt.ssrc {
             // A new stream: what the old one left waiting goes first.
             self.release_all();
-            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
-            return true;
+            return self.start(pkt, codec, payload);
         }
         let ahead = pkt.seq.wrapping_sub(next) as i16;
-        if ahead == 0 {
+        if self.starting.is_some() && (-50..0).contains(&ahead) {
+            // Before the stream's first packet to arrive: the stream starts
+            // here (unless an earlier one comes in time).
+            self.next = Some((ssrc, pkt.seq));
+            self.hold(pkt, codec, payload);
+            return false;
+        }
+        if ahead == 0 && self.starting.is_none() {
             self.next = Some((ssrc, next.wrapping_add(1)));
             return true;
         }
@@ -72,6 +83,24 @@ impl DecodeOrder {
             }
             return true;
         }
+        self.hold(pkt, codec, payload);
+        false
+    }
+
+    /// A stream's first packet to arrive: held for its predecessors (see
+    /// [`DecodeOrder::pop_ready`]) unless nothing may be held.
+    fn start(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) -> bool {
+        if self.held.len() >= ORDER_HELD_MAX {
+            self.next = Some((pkt.ssrc, pkt.seq.wrapping_add(1)));
+            return true;
+        }
+        self.next = Some((pkt.ssrc, pkt.seq));
+        self.starting = Some(pkt.arrival);
+        self.hold(pkt, codec, payload);
+        false
+    }
+
+    fn hold(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(payload);
@@ -81,7 +110,6 @@ impl DecodeOrder {
             payload: buf,
             released: false,
         });
-        false
     }
 
     /// The stream numbers its packets afresh from `seq` (same SSRC): what
@@ -93,6 +121,7 @@ impl DecodeOrder {
 
     /// Mark every held packet ready (they come out of `pop_ready` in order).
     pub(super) fn release_all(&mut self) {
+        self.starting = None;
         for h in &mut self.held {
             h.released = true;
         }
@@ -104,6 +133,23 @@ impl DecodeOrder {
         let (ssrc, next) = self.next?;
         if self.held.is_empty() {
             return None;
+        }
+        // What an earlier stream left (released when this one began) goes
+        // first, in its own order.
+        if let Some(old) = self.held.iter().find(|h| h.pkt.ssrc != ssrc) {
+            let (old_ssrc, base) = (old.pkt.ssrc, old.pkt.seq);
+            let i = (0..self.held.len())
+                .filter(|&i| self.held[i].pkt.ssrc == old_ssrc)
+                .min_by_key(|&i| self.held[i].pkt.seq.wrapping_sub(base) as i16)?;
+            return Some(self.held.swap_remove(i));
+        }
+        let mut first = false;
+        if let Some(arrived) = self.starting {
+            if now.saturating_sub(arrived) < wait {
+                return None;
+            }
+            self.starting = None;
+            first = true;
         }
         let by_seq = |h: &Held| h.pkt.seq.wrapping_sub(next) as i16;
         let i = match self
@@ -125,7 +171,11 @@ impl DecodeOrder {
                 i
             }
         };
-        let h = self.held.swap_remove(i);
+        let mut h = self.held.swap_remove(i);
+        // The stream's first in sequence is the newest the timeline has seen
+        // of it, though its successor arrived first (not newest, it would be
+        // taken for a straggler of a stream long written).
+        h.pkt.newest |= first;
         if h.pkt.ssrc == ssrc {
             self.next = Some((ssrc, h.pkt.seq.wrapping_add(1)));
         }
@@ -226,5 +276,72 @@ impl JumpLog {
         self.jumps[..self.n.min(JUMPS_KEPT)]
             .iter()
             .any(|&(s, q, t)| s == ssrc && q == seq && t != ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(seq: u16, arrival: i64) -> InPacket {
+        InPacket {
+            arrival,
+            ssrc: 7,
+            seq,
+            ts: u32::from(seq) * 160,
+            pt: 0,
+            newest: true,
+        }
+    }
+
+    /// Offers each packet at its arrival and returns the order in which
+    /// they are decoded.
+    fn run(order: &mut DecodeOrder, pkts: &[InPacket], wait: i64) -> Vec<u16> {
+        let mut out = Vec::new();
+        for p in pkts {
+            if order.offer(p, &Codec::Pcmu, &[0; 160]) {
+                out.push(p.seq);
+            }
+            while let Some(h) = order.pop_ready(p.arrival, wait) {
+                out.push(h.pkt.seq);
+            }
+        }
+        while let Some(h) = order.pop_ready(i64::MAX / 2, wait) {
+            out.push(h.pkt.seq);
+        }
+        out
+    }
+
+    #[test]
+    fn a_streams_first_packets_arriving_swapped_are_decoded_in_order() {
+        let mut o = DecodeOrder::default();
+        // 101 and 102 arrive before 100 (200 samples late); wait 320.
+        let got = run(
+            &mut o,
+            &[pkt(101, 160), pkt(102, 320), pkt(100, 200), pkt(103, 480)],
+            320,
+        );
+        assert_eq!(got, [100, 101, 102, 103]);
+    }
+
+    #[test]
+    fn a_predecessor_later_than_the_wait_is_decoded_as_late() {
+        let mut o = DecodeOrder::default();
+        let got = run(
+            &mut o,
+            &[pkt(101, 0), pkt(102, 160), pkt(103, 400), pkt(100, 480)],
+            320,
+        );
+        assert_eq!(got, [101, 102, 103, 100]);
+    }
+
+    #[test]
+    fn a_new_ssrc_waits_behind_what_the_old_one_left() {
+        let mut o = DecodeOrder::default();
+        let mut b = pkt(500, 700);
+        b.ssrc = 9;
+        // 3 is missing: 4 is held when the new stream begins.
+        let got = run(&mut o, &[pkt(1, 0), pkt(2, 160), pkt(4, 480), b], 320);
+        assert_eq!(got, [1, 2, 4, 500]);
     }
 }
