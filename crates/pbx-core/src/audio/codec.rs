@@ -255,6 +255,23 @@ pub trait Decoder: Send {
     fn delay_samples(&self) -> usize {
         0
     }
+
+    /// Whether the decoder's filters hold output still to come after a
+    /// packet (a resampler's or a QMF's delay line): see [`Decoder::tail`].
+    fn holds_tail(&self) -> bool {
+        false
+    }
+
+    /// The samples this decoder would still emit if silence followed the
+    /// last packet, until its filters have rung out (trailing zeros left
+    /// off), appended to `out`; the decoder itself is unchanged. They
+    /// belong right after the last packet's output: at a codec switch, a
+    /// gap or the call's end they are otherwise lost (or land at the start
+    /// of the next packet's output). Nothing for decoders without such
+    /// state.
+    fn tail(&self, out: &mut Vec<i16>) {
+        let _ = out;
+    }
 }
 
 /// A decoder emitting at `out_rate` (8000 or 16000), or `None` for non-audio,
@@ -367,6 +384,16 @@ impl<D: Decoder> Decoder for ResamplingDecoder<D> {
         self.inner.delay_samples() * self.resampler.output_rate() as usize
             / self.resampler.input_rate() as usize
             + self.resampler.delay()
+    }
+
+    fn holds_tail(&self) -> bool {
+        self.resampler.delay() > 0 || self.inner.holds_tail()
+    }
+
+    fn tail(&self, out: &mut Vec<i16>) {
+        let mut inner = Vec::new();
+        self.inner.tail(&mut inner);
+        self.resampler.tail(&inner, out);
     }
 }
 

@@ -263,6 +263,22 @@ impl Resampler {
         self.silent = self.work[..HIST].iter().all(|&v| v == 0.0);
     }
 
+    /// What `process` would append for `input` followed by silence until the
+    /// history has drained, trailing zeros left off; `self` unchanged.
+    pub fn tail(&self, input: &[i16], out: &mut Vec<i16>) {
+        let before = out.len();
+        if self.mode == Mode::Identity {
+            out.extend_from_slice(input);
+        } else if !self.silent || input.iter().any(|&x| x != 0) {
+            let mut r = self.clone();
+            r.process(input, out);
+            r.process(&[0; HIST], out);
+        }
+        while out.len() > before && out.last() == Some(&0) {
+            out.pop();
+        }
+    }
+
     /// Same as `process` on `n` zero samples, but once the history has
     /// drained it costs nothing per sample (long gaps, hold).
     pub fn process_silence(&mut self, n: usize, out: &mut Vec<i16>) {
@@ -441,6 +457,25 @@ mod tests {
                 b.process(&input, &mut out_b);
                 assert_eq!(out_a, out_b, "{from}->{to} n={n}");
             }
+        }
+    }
+
+    /// The tail is what processing silence would append.
+    #[test]
+    fn tail_and_skip_match_processing_silence() {
+        for (from, to) in [(8000, 16000), (16000, 8000)] {
+            let input = sine(440.0, f64::from(from), 8000.0, 333);
+            let mut r = Resampler::new(from, to).unwrap();
+            let mut out = Vec::new();
+            r.process(&input, &mut out);
+            let mut tail = Vec::new();
+            r.tail(&[], &mut tail);
+            let mut zeros = Vec::new();
+            let mut r2 = r.clone();
+            r2.process(&[0; 200], &mut zeros);
+            let nz = zeros.iter().rposition(|&v| v != 0).map_or(0, |i| i + 1);
+            assert_eq!(tail, zeros[..nz], "{from} -> {to}");
+            assert!(!tail.is_empty());
         }
     }
 

@@ -20,6 +20,7 @@ use crate::call::meta::{
     RecordingStart,
 };
 use crate::call::pause::{Trigger, SEQUENCE_GAP_MS};
+use crate::call::tail::LastOut;
 use crate::call::timeline::{LegTimeline, Packet, PacketAudio};
 use crate::call::tsclock::TsClock;
 use crate::rtp::srtp::SrtpStream;
@@ -114,6 +115,9 @@ pub(super) struct Leg {
     /// Its stream's timestamps read at half when they step twice its audio
     /// ([`TsClock`]).
     pub(super) ts_clock: TsClock,
+    /// The last packet decoded while its decoder holds a tail
+    /// ([`super::tail`]).
+    pub(super) last_out: Option<LastOut>,
 }
 
 impl Leg {
@@ -139,7 +143,25 @@ impl Leg {
             inband: None,
             info_dtmf: false,
             ts_clock: TsClock::default(),
+            last_out: None,
         }
+    }
+
+    /// Place the decoder's tail after the last packet if the next one is
+    /// overdue (`overdue`: the arrival position after which it is) or
+    /// `now` (the end).
+    pub(super) fn place_tail_if_idle(&mut self, now_pos: i64, overdue: i64, now: bool) {
+        let Some(last) = self.last_out.as_mut() else {
+            return;
+        };
+        if last.placed || !(now || now_pos.saturating_sub(last.arrival_end) >= overdue) {
+            return;
+        }
+        let mut tail = Vec::new();
+        if let Some(dec) = self.decoder.as_ref().and_then(|d| d.decoder.as_ref()) {
+            dec.tail(&mut tail);
+        }
+        last.place(&mut self.timeline, &tail);
     }
 }
 
@@ -581,6 +603,9 @@ impl Tracker {
                 decode_and_place(leg, &mut ctx, &h.pkt, &h.codec, &h.payload);
                 leg.order.recycle(h);
             }
+            // A decoder's tail after the last packet once the next one is
+            // later than the decoding order would wait for it.
+            leg.place_tail_if_idle(now_pos, wait, all);
         }
         let hold_back = rate * i64::from(media.jitter_ms) / 1000;
         let origin = match media.origin {
@@ -855,6 +880,18 @@ pub(super) fn decode_and_place(
         .decoder
         .as_ref()
         .is_none_or(|d| d.pt != pkt.pt || d.codec != *codec);
+    // What the decoder's filters still hold of the packets before, when
+    // this one may not follow them at once (`call::tail`): a new decoder,
+    // another stream, a timestamp that does not follow.
+    let mut tail = Vec::new();
+    if let Some(last) = leg.last_out {
+        let same = last.ssrc == pkt.ssrc;
+        if need_new || !same || last.raw_next != pkt.ts {
+            if let Some(dec) = leg.decoder.as_ref().and_then(|d| d.decoder.as_ref()) {
+                dec.tail(&mut tail);
+            }
+        }
+    }
     if need_new {
         let dec = new_decoder(codec, rate);
         if dec.is_none() && !leg.warned_codecs.contains(&pkt.pt) {
@@ -893,32 +930,34 @@ pub(super) fn decode_and_place(
         });
     }
     let Some(dec) = leg.decoder.as_mut().and_then(|d| d.decoder.as_mut()) else {
+        // Undecodable: the old decoder's tail goes after its last packet.
+        if let Some(mut last) = leg.last_out.take() {
+            last.place(&mut leg.timeline, &tail);
+        }
         return;
     };
     // G.711 recorded at its own rate goes to the timeline as it came (a
     // byte a sample in the hold-back window, expanded when rendered: the
     // same table as the decoder's); anything else decoded now.
-    let law = match codec {
+    let mut law = match codec {
         Codec::Pcmu if rate == 8000 => Some(Law::Ulaw),
         Codec::Pcma if rate == 8000 => Some(Law::Alaw),
         _ => None,
     };
-    let (audio, delay, len) = match law {
-        Some(law) => (PacketAudio::G711(law, payload), 0, payload.len()),
-        None => {
-            ctx.scratch.clear();
-            if dec.decode(payload, ctx.scratch).is_err() {
-                ctx.stats.rtp_malformed += 1;
-                return;
-            }
-            // Resampling decoders delay their output by a known amount.
-            let len = ctx.scratch.len();
-            (
-                PacketAudio::Pcm(ctx.scratch),
-                dec.delay_samples() as i64,
-                len,
-            )
+    let mut delay = 0;
+    if law.is_none() {
+        ctx.scratch.clear();
+        if dec.decode(payload, ctx.scratch).is_err() {
+            ctx.stats.rtp_malformed += 1;
+            return;
         }
+        // Resampling decoders delay their output by a known amount.
+        delay = dec.delay_samples() as i64;
+    }
+    let len = if law.is_some() {
+        payload.len()
+    } else {
+        ctx.scratch.len()
     };
     // Its audio in RTP ticks (whole for every codec and rate used; 0, which
     // tells nothing, if not).
@@ -932,6 +971,31 @@ pub(super) fn decode_and_place(
     let ts = leg
         .ts_clock
         .map(pkt.ssrc, pkt.seq, pkt.ts, ticks, len as i64, pkt.arrival);
+    if let Some(last) = leg.last_out.as_mut() {
+        if last.continued_by(pkt.ssrc, ts, clock_rate) {
+            if need_new && !tail.is_empty() {
+                // A new decoder without a gap: the old one's tail belongs
+                // in this packet's first samples.
+                if law.take().is_some() {
+                    ctx.scratch.clear();
+                    // (G.711 never fails.)
+                    let _ = dec.decode(payload, ctx.scratch);
+                }
+                delay = super::tail::merge(ctx.scratch, &tail, delay, last.delay);
+            }
+        } else if !tail.is_empty() {
+            // A gap: the tail goes after the packet it belongs to, and off
+            // this one's start (the same decoder still held it).
+            last.place(&mut leg.timeline, &tail);
+            if !need_new && law.is_none() {
+                super::tail::subtract(ctx.scratch, &tail);
+            }
+        }
+    }
+    let audio = match law {
+        Some(law) => PacketAudio::G711(law, payload),
+        None => PacketAudio::Pcm(ctx.scratch),
+    };
     leg.timeline.insert(&Packet {
         arrival: pkt.arrival,
         ssrc: pkt.ssrc,
@@ -940,6 +1004,21 @@ pub(super) fn decode_and_place(
         newest: pkt.newest,
         delay,
         pcm: audio,
+    });
+    // A packet decoded after its successor (late) leaves the decoder's
+    // state to itself: the tail of the one before it was placed above.
+    let after = leg
+        .last_out
+        .is_none_or(|l| l.before(pkt.ssrc, ts, clock_rate));
+    let raw_per_tick = leg.ts_clock.ticks_per_tick();
+    leg.last_out = (after && ticks != 0 && dec.holds_tail()).then_some(LastOut {
+        ssrc: pkt.ssrc,
+        ts_end: ts.wrapping_add(ticks),
+        clock_rate,
+        raw_next: pkt.ts.wrapping_add(ticks.wrapping_mul(raw_per_tick)),
+        delay,
+        arrival_end: pkt.arrival + len as i64,
+        placed: false,
     });
 }
 

@@ -7,6 +7,7 @@ mod leg;
 pub mod meta;
 pub mod pause;
 mod seq;
+mod tail;
 pub mod timeline;
 mod tsclock;
 

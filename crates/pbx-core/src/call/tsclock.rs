@@ -97,6 +97,16 @@ impl TsClock {
         self.mapped(ts)
     }
 
+    /// RTP ticks the current stream's timestamps step per tick of its
+    /// audio: 2 while read at half, else 1.
+    pub(super) fn ticks_per_tick(&self) -> u32 {
+        if self.half.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
     fn mapped(&self, ts: u32) -> u32 {
         match (self.half, self.once) {
             (Some((from, to)), _) => to.wrapping_add((ts.wrapping_sub(from) as i32 / 2) as u32),

@@ -647,6 +647,40 @@ impl LegTimeline {
         self.insert_into(i, p, false);
     }
 
+    /// A decoder's tail (`call::tail`): the audio its filters held after
+    /// the packet ending at `p.ts`, placed right after it in the segment of
+    /// its stream. It says nothing of the timing (no envelope, no flags)
+    /// and takes no audio's place: the stream's next packet, if it follows
+    /// at once, replaces it (the same place).
+    pub fn insert_tail(&mut self, p: &Packet<'_>) {
+        let Some(i) = self
+            .segs
+            .iter()
+            .rposition(|s| s.ssrc == p.ssrc && s.clock_rate == p.clock_rate)
+        else {
+            return;
+        };
+        let seg = &self.segs[i];
+        let ext = seg.last_ext + i64::from(p.ts.wrapping_sub(seg.last_ts) as i32);
+        let u = self.samples_of(ext, p.clock_rate) - p.delay;
+        let seg = &self.segs[i];
+        let taken = seg.chunks.iter().rev().any(|c| c.u == u);
+        if p.pcm.len() == 0 || taken {
+            return;
+        }
+        if seg.started && seg.place(u + p.pcm.len() as i64) <= self.pos as f64 {
+            return;
+        }
+        let c = Chunk::new(
+            u,
+            p.delay,
+            p.arrival,
+            Flag::Normal,
+            self.spare.samples(p.pcm),
+        );
+        self.segs[i].insert_chunk(c, &mut self.spare);
+    }
+
     fn insert_into(&mut self, i: usize, p: &Packet<'_>, straggler: bool) {
         let hold_back = self.hold_back as f64;
         let early_limit = BREAK_MS as f64 * self.ms;
