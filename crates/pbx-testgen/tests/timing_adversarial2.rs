@@ -262,8 +262,8 @@ fn clock_pause_then_a_short_spurt_moves_only_that_spurt() {
 /// correction of -811 samples (a 101 ms step back) at 7,033 ms. The
 /// caller's packets are the same with the callee's jitter off, and then
 /// nothing is lost (the spurt is 3.75 ms late): when the engine renders
-/// (driven by the other leg's packets) decides it. Seed 404 drops one
-/// packet of it (20 ms at 7.16 s) as late. Over 60 s of random spurts
+/// (driven by the other leg's packets) decides it. (Seed 404 dropped one
+/// packet of it as late until 2026-12-07.) Over 60 s of random spurts
 /// (seed 400): 105 blocks of 5 ms lost in 14 spurts, one spurt 125 ms
 /// late with 240 ms lost (29.78-30.02 s), 12 packets dropped as late,
 /// corrections of -686 and -157 samples.
@@ -299,6 +299,33 @@ fn timestamps_restarting_at_every_talk_spurt_through_jitter() {
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// What of the above holds: seed 404's restart is recorded whole, and
+/// over 60 s of random spurts restarting their timestamps through jitter
+/// no correction is larger than the 500 ms window. Before 2026-12-07 a
+/// packet reordered behind a restart went into the old numbering's
+/// segment at its own numbering's place, hours away; a segment not
+/// started yet began there and its first step (-746,162,767 and
+/// -1,187,384,572 samples, in the recording's timing log) took it back.
+/// (Forward, such a step rendered hours of silence.)
+#[test]
+fn timestamps_restarting_through_jitter_never_step_beyond_the_window() {
+    restart_two_spurts(404).unwrap();
+    for (k, (len, pause)) in [((60, 1500), (100, 2000)), ((60, 200), (100, 400))]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = restart_call(k as u64, len, pause);
+        both(&mut c, |i| i.jitter_ms = 30);
+        c.caller_leg.impair.ts_restart_each_spurt = true;
+        let (_, rec) = record(&c);
+        let log = &rec.meta.channels[0].timing_log;
+        assert!(
+            log.iter().all(|c| c.samples.abs() <= 4000),
+            "spurts {len:?} / {pause:?}: corrections {log:?}"
+        );
+    }
 }
 
 /// Two spurts, the second after a timestamp restart, both legs through

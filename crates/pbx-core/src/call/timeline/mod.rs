@@ -704,8 +704,23 @@ impl LegTimeline {
         let joins_held =
             !self.held.is_empty() && self.held.iter().all(|h| ((h.d - d).abs() as f64) <= limit);
         let seg = &mut self.segs[i];
-        seg.newest_arrival = seg.newest_arrival.max(p.arrival);
         let r = seg.env.at(u_ts).map(|e| d as f64 - e);
+        if !p.newest && r.is_some_and(|r| r > hold_back) {
+            // A reordered packet this far behind the segment's envelope is
+            // not of its numbering (nor any jitter's): one of a new
+            // numbering whose first packets are held goes with them;
+            // anything else is dropped. (Inserted, it lay at its own
+            // numbering's place in this segment: one not started yet began
+            // there, hours back, its first step taking it forward again.
+            // One far ahead is a break candidate, `Flag::Early`.)
+            if joins_held {
+                self.hold(p, d);
+            } else {
+                self.stats.late += 1;
+            }
+            return;
+        }
+        seg.newest_arrival = seg.newest_arrival.max(p.arrival);
         let flag = match r {
             // Its place is long written: the timestamps stopped describing
             // the timing (hold without timestamps, restart), or the link
