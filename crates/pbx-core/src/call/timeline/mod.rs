@@ -733,7 +733,24 @@ impl LegTimeline {
                     && p.newest
                     && !straggler =>
             {
-                self.hold(p, d);
+                // Another restart before the held ones were decided (talk
+                // spurts shorter than the wait, each with timestamps
+                // afresh): more than a window apart from the last held,
+                // it is no queue draining; the held ones, late by the same,
+                // were a restart and start their segment now. (Kept
+                // together, the two were not late by the same and went as
+                // late, whole spurts.)
+                let restart_before = self
+                    .held
+                    .last()
+                    .is_some_and(|h| (h.d - d).abs() > self.hold_back)
+                    && self.consistent(&self.held);
+                if restart_before {
+                    self.resolve_held(Some(true));
+                    self.insert(p);
+                } else {
+                    self.hold(p, d);
+                }
                 return;
             }
             Some(r) if r > limit && p.newest => Flag::Late,
