@@ -531,31 +531,51 @@ fn quiet_len(k: f64, ms: f64) -> (i64, i64) {
 /// (below [`QUIET_LEVEL`]) or missing.
 fn find_quiet(chunks: &VecDeque<Chunk>, from: i64, to: i64, need: i64) -> Option<i64> {
     let mut hint = 0usize;
-    let mut run_start = from;
-    let mut u = from;
-    let end = to + need;
-    while u < end {
-        let s = sample(chunks, u, &mut hint);
-        if s.unsigned_abs() > QUIET_LEVEL {
-            run_start = u + 1;
-            if run_start >= to {
-                return None;
-            }
-        } else if u + 1 - run_start >= need {
-            return Some(run_start);
+    let mut start = from;
+    loop {
+        match first_loud(chunks, start, start + need, &mut hint) {
+            None => return Some(start),
+            Some(k) if k + 1 >= to => return None,
+            Some(k) => start = k + 1,
         }
-        u += 1;
     }
-    None
 }
 
 /// How many samples from `u` on, up to `n`, are quiet (below
 /// [`QUIET_LEVEL`]) or missing.
 fn quiet_len_at(chunks: &VecDeque<Chunk>, u: i64, n: i64) -> i64 {
-    let mut hint = 0usize;
-    (0..n.max(0))
-        .find(|i| sample(chunks, u + i, &mut hint).unsigned_abs() > QUIET_LEVEL)
-        .unwrap_or(n.max(0))
+    let n = n.max(0);
+    first_loud(chunks, u, u + n, &mut 0).map_or(n, |k| k - u)
+}
+
+/// The first position in `[from, to)` whose sample, as [`sample`] reads
+/// it, is louder than [`QUIET_LEVEL`]. Where no chunk covers the positions
+/// (silence) it skips to the next chunk: a search as long as a step
+/// (hours, once a timestamp no arrival supported made one) costs what the
+/// audio held costs, not what the positions number.
+fn first_loud(chunks: &VecDeque<Chunk>, from: i64, to: i64, hint: &mut usize) -> Option<i64> {
+    let mut u = from;
+    while u < to {
+        // The chunk `sample` reads at `u` (the same walk from the hint).
+        let mut i = (*hint).min(chunks.len());
+        while i > 0 && chunks[i - 1].end() > u {
+            i -= 1;
+        }
+        while chunks.get(i).is_some_and(|c| c.end() <= u) {
+            i += 1;
+        }
+        *hint = i;
+        let c = chunks.get(i)?;
+        if c.u > u {
+            // No chunk before it reaches here: silence up to it.
+            u = c.u;
+        } else if c.pcm().get((u - c.u) as usize).unsigned_abs() > QUIET_LEVEL {
+            return Some(u);
+        } else {
+            u += 1;
+        }
+    }
+    None
 }
 
 /// The index of the last sample of `s` louder than [`QUIET_LEVEL`] (what
@@ -656,6 +676,75 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The skipping search finds what reading every position finds, on
+    /// chunks that overlap, leave gaps and hold loud samples anywhere.
+    #[test]
+    fn quiet_search_matches_reading_every_sample() {
+        fn naive_len(chunks: &VecDeque<Chunk>, u: i64, n: i64) -> i64 {
+            let mut hint = 0usize;
+            (0..n.max(0))
+                .find(|i| sample(chunks, u + i, &mut hint).unsigned_abs() > QUIET_LEVEL)
+                .unwrap_or(n.max(0))
+        }
+        fn naive_find(chunks: &VecDeque<Chunk>, from: i64, to: i64, need: i64) -> Option<i64> {
+            let mut hint = 0usize;
+            let mut run_start = from;
+            let mut u = from;
+            while u < to + need {
+                if sample(chunks, u, &mut hint).unsigned_abs() > QUIET_LEVEL {
+                    run_start = u + 1;
+                    if run_start >= to {
+                        return None;
+                    }
+                } else if u + 1 - run_start >= need {
+                    return Some(run_start);
+                }
+                u += 1;
+            }
+            None
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut spare = super::super::samples::Spare::default();
+        for _ in 0..3000 {
+            let mut chunks = VecDeque::new();
+            let mut u = next(20) as i64;
+            for _ in 0..next(6) {
+                let len = 1 + next(40) as usize;
+                let pcm: Vec<i16> = (0..len)
+                    .map(|_| {
+                        if next(8) == 0 {
+                            2000
+                        } else {
+                            next(200) as i16 - 100
+                        }
+                    })
+                    .collect();
+                let c = Chunk::new(u, 0, 0, Flag::Normal, spare.samples(PacketAudio::Pcm(&pcm)));
+                chunks.push_back(c);
+                // Overlapping the next, or a gap before it.
+                u += next(60) as i64 - 10;
+                u = u.max(chunks.back().map_or(0, |c: &Chunk| c.u));
+            }
+            let from = next(80) as i64 - 10;
+            let to = from + next(100) as i64;
+            let need = 1 + next(30) as i64;
+            assert_eq!(
+                find_quiet(&chunks, from, to, need),
+                naive_find(&chunks, from, to, need)
+            );
+            assert_eq!(
+                quiet_len_at(&chunks, from, need),
+                naive_len(&chunks, from, need)
+            );
         }
     }
 }
