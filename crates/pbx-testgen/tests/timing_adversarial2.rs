@@ -12,7 +12,7 @@
 //! (run them with `-- --ignored`).
 
 use pbx_testgen::audio::speechlike;
-use pbx_testgen::{CallSpec, TestCodec};
+use pbx_testgen::{CallSpec, CallTruth, TestCodec};
 
 mod common;
 use common::*;
@@ -280,14 +280,7 @@ fn timestamps_restarting_at_every_talk_spurt_through_jitter() {
             errors.push(e);
         }
     }
-    for (k, (len, pause)) in [((60, 1500), (100, 2000)), ((60, 200), (100, 400))]
-        .into_iter()
-        .enumerate()
-    {
-        let mut c = restart_call(k as u64, len, pause);
-        both(&mut c, |i| i.jitter_ms = 30);
-        c.caller_leg.impair.ts_restart_each_spurt = true;
-        let (truth, rec) = record(&c);
+    for (len, pause, (truth, rec)) in restarting_through_jitter() {
         let name = format!("ts restart per spurt {len:?} / {pause:?}, jitter 30");
         let lost = lost_blocks(&rec.ch[0], &truth.expected[0], 8000, 0, 60_000, 40);
         let late = rec.meta.channels[0].late;
@@ -316,20 +309,31 @@ fn timestamps_restarting_at_every_talk_spurt_through_jitter() {
 #[test]
 fn timestamps_restarting_through_jitter_never_step_beyond_the_window() {
     restart_two_spurts(404).unwrap();
-    for (k, (len, pause)) in [((60, 1500), (100, 2000)), ((60, 200), (100, 400))]
-        .into_iter()
-        .enumerate()
-    {
-        let mut c = restart_call(k as u64, len, pause);
-        both(&mut c, |i| i.jitter_ms = 30);
-        c.caller_leg.impair.ts_restart_each_spurt = true;
-        let (_, rec) = record(&c);
+    for (len, pause, (_, rec)) in restarting_through_jitter() {
         let log = &rec.meta.channels[0].timing_log;
         assert!(
             log.iter().all(|c| c.samples.abs() <= 4000),
             "spurts {len:?} / {pause:?}: corrections {log:?}"
         );
     }
+}
+
+type Spurts = (u32, u32);
+
+/// 60 s of DTX talk restarting its timestamps at every spurt, both legs
+/// through 30 ms of jitter: long spurts (60-1500 ms, pauses 0.1-2 s) and
+/// short ones (60-200 ms, pauses 0.1-0.4 s), each recorded.
+fn restarting_through_jitter() -> Vec<(Spurts, Spurts, (CallTruth, Recorded))> {
+    [((60, 1500), (100, 2000)), ((60, 200), (100, 400))]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (len, pause))| {
+            let mut c = restart_call(k as u64, len, pause);
+            both(&mut c, |i| i.jitter_ms = 30);
+            c.caller_leg.impair.ts_restart_each_spurt = true;
+            (len, pause, record(&c))
+        })
+        .collect()
 }
 
 /// Two spurts, the second after a timestamp restart, both legs through
