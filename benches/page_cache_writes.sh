@@ -6,6 +6,10 @@
 # host backs guest memory at first touch, the first pass pays for every
 # page the page cache takes (BENCHMARKS.md, "Where the CPU goes at 2,000
 # calls, again"). TOUCH_GIB=N first fills and frees N GiB of memory once.
+# MODE=mmap copies the pieces into a shared mapping of each file instead (1
+# MiB windows, the file extended by ftruncate a window at a time): no system
+# call a piece, a page fault every few (BENCHMARKS.md, "The floor under the
+# live path").
 #
 # Usage: benches/page_cache_writes.sh [FILES] [PIECE] [TOTAL] [PASSES]
 #        (default 2000 files, 6400 bytes, 1000000000 bytes, 2 passes)
@@ -16,6 +20,7 @@ DIR=${BENCH_DIR:-/tmp/pbx-edge-writes}
 rm -rf "$DIR"; mkdir -p "$DIR"
 cat > "$DIR/w.c" <<'C'
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,22 +31,42 @@ int main(int argc, char **argv) {
   int n = atoi(argv[1]), s = atoi(argv[2]);
   long total = atol(argv[3]);
   const char *d = argv[4];
+  int mm = argc > 5 && !strcmp(argv[5], "mmap");
+  const long win = 1L << 20;
+  char **map = calloc(n, sizeof(char *));
+  long *off = calloc(n, sizeof(long)), *base = calloc(n, sizeof(long));
   int *fd = malloc(n * sizeof(int));
   char p[4096], *buf = malloc(s);
   memset(buf, 7, s);
   for (int i = 0; i < n; i++) {
     snprintf(p, sizeof p, "%s/f%d", d, i);
-    fd[i] = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    fd[i] = open(p, O_CREAT | O_TRUNC | O_RDWR, 0600);
     if (fd[i] < 0 || write(fd[i], buf, 44) != 44) { perror(p); return 1; }
+    off[i] = 44;
   }
   long writes = total / s;
   struct rusage a, b;
   getrusage(RUSAGE_SELF, &a);
-  for (long k = 0; k < writes; k++)
-    if (write(fd[k % n], buf, s) != s) { perror("write"); return 1; }
+  for (long k = 0; k < writes; k++) {
+    int i = k % n;
+    if (!mm) {
+      if (write(fd[i], buf, s) != s) { perror("write"); return 1; }
+      continue;
+    }
+    if (!map[i] || off[i] + s > base[i] + win) {
+      long nb = map[i] ? (off[i] & ~4095L) : 0;
+      if (map[i]) munmap(map[i], win);
+      if (ftruncate(fd[i], nb + win)) { perror("ftruncate"); return 1; }
+      map[i] = mmap(0, win, PROT_READ | PROT_WRITE, MAP_SHARED, fd[i], nb);
+      if (map[i] == MAP_FAILED) { perror("mmap"); return 1; }
+      base[i] = nb;
+    }
+    memcpy(map[i] + (off[i] - base[i]), buf, s);
+    off[i] += s;
+  }
   getrusage(RUSAGE_SELF, &b);
   double cpu = secs(b.ru_stime) - secs(a.ru_stime) + secs(b.ru_utime) - secs(a.ru_utime);
-  printf("files=%d piece=%d writes=%ld cpu=%.3f s per-write=%.2f us\n", n, s, writes, cpu, cpu / writes * 1e6);
+  printf("%s files=%d piece=%d writes=%ld cpu=%.3f s per-write=%.2f us\n", mm ? "mmap" : "write", n, s, writes, cpu, cpu / writes * 1e6);
   return 0;
 }
 C
@@ -64,6 +89,6 @@ if [ -n "${TOUCH_GIB:-}" ]; then
 fi
 for i in $(seq "$PASSES"); do
   rm -rf "$DIR/d"; mkdir "$DIR/d"
-  printf 'pass %s: ' "$i"; "$DIR/w" "$FILES" "$PIECE" "$TOTAL" "$DIR/d"
+  printf 'pass %s: ' "$i"; "$DIR/w" "$FILES" "$PIECE" "$TOTAL" "$DIR/d" "${MODE:-write}"
 done
 rm -rf "$DIR/d"

@@ -21,6 +21,9 @@
 #                      run right after each pbx-edge row ("pbx-edge <proto> (baseline)")
 #   SETS="small large" PROTOS="tus multipart" REPEAT=1   what to run, how often
 #   NO_APPEND=1        print the rows only (BENCHMARKS.md is left alone)
+#   PIN=1              the receiver on core 1, every uploader (pbx-edge, curl) on
+#                      core 0 (taskset): unpinned, the two fill both cores and the
+#                      wall time follows whichever the scheduler favours
 # Needs: curl, jq, python3, /usr/bin/time. Scratch: $BENCH_DIR (default /tmp/pbx-edge-upload-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,11 +45,13 @@ for l in sys.stdin:
 # Its uploads land in a temporary directory inside $DIR (removed at the end:
 # a killed receiver cannot remove its own, and each run leaves gigabytes).
 mkdir -p "$DIR/rx-tmp"
-TMPDIR="$DIR/rx-tmp" PBX_BENCH_SECONDS=3600 "$BIN" bench_receiver --exact --ignored --nocapture >"$DIR/rx.out" 2>&1 &
+RX_PIN=(); UP_PIN=""
+if [ -n "${PIN:-}" ]; then RX_PIN=(taskset -c 1); UP_PIN="taskset -c 0"; fi
+TMPDIR="$DIR/rx-tmp" PBX_BENCH_SECONDS=3600 "${RX_PIN[@]}" "$BIN" bench_receiver --exact --ignored --nocapture >"$DIR/rx.out" 2>&1 &
 RX=$!
 trap 'kill $RX 2>/dev/null || true; rm -rf "$DIR/rx-tmp" "$DIR/spool"' EXIT
-for _ in $(seq 100); do grep -q '^RECEIVER ' "$DIR/rx.out" && break; sleep 0.1; done
-URL=$(sed -n 's/^RECEIVER //p' "$DIR/rx.out" | head -1)
+for _ in $(seq 100); do grep -q 'RECEIVER http' "$DIR/rx.out" && break; sleep 0.1; done
+URL=$(sed -n 's/.*RECEIVER \(http\)/\1/p' "$DIR/rx.out" | head -1)
 [ -n "$URL" ] || { echo "receiver did not start" >&2; cat "$DIR/rx.out" >&2; exit 1; }
 echo "receiver at $URL" >&2
 
@@ -60,8 +65,11 @@ ROWS=()
 measure() {
   local label=$1 set=$2 total=$3; shift 4
   local t0 t1 out
+  # The receiver's writes of the last run flushed first: its writeback
+  # must not fall into the next uploader's time.
+  sync
   t0=$(date +%s.%N)
-  /usr/bin/time -f '%U %S %M' -o "$DIR/time.out" bash -c "$*" >/dev/null 2>>"$DIR/err.log"
+  /usr/bin/time -f '%U %S %M' -o "$DIR/time.out" $UP_PIN bash -c "$*" >/dev/null 2>>"$DIR/err.log"
   t1=$(date +%s.%N)
   read -r u s m <"$DIR/time.out"
   out=$(python3 -c "w=$t1-$t0; c=$u+$s; b=$total/1048576; print(f'| $label | $set | {w:.2f} | {c:.2f} | {b/w:.1f} | {$m/1024:.0f} |')")
