@@ -545,13 +545,15 @@ impl Tracker {
             leg.meta.comfort_noise_packets += 1;
             return;
         }
-        let pkt = InPacket {
+        let mut pkt = InPacket {
             arrival: arrival_pos,
             ssrc: rtp.ssrc,
             seq: rtp.sequence,
             ts: rtp.timestamp,
             pt: rtp.payload_type,
             newest: seq_update == SeqUpdate::Newest,
+            marker: rtp.marker,
+            restart: false,
         };
         let mut ctx = DecodeCtx {
             rate,
@@ -561,7 +563,7 @@ impl Tracker {
         };
         // Decoders keep state (ADPCM, LPC, resampler history): packets are
         // decoded in sequence order, held back briefly when one is missing.
-        if leg.order.offer(&pkt, &codec, rtp.payload) {
+        if leg.order.offer(&mut pkt, &codec, rtp.payload) {
             decode_and_place(leg, &mut ctx, &pkt, &codec, rtp.payload);
         }
         let wait = order_wait(rate, media.jitter_ms);
@@ -1002,6 +1004,7 @@ pub(super) fn decode_and_place(
         ts,
         clock_rate,
         newest: pkt.newest,
+        restart: pkt.restart,
         delay,
         pcm: audio,
     });

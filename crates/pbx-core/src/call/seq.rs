@@ -19,6 +19,22 @@ pub(super) struct InPacket {
     pub(super) ts: u32,
     pub(super) pt: u8,
     pub(super) newest: bool,
+    pub(super) marker: bool,
+    /// A talk spurt's first packet (the marker bit) next in the decoding
+    /// order: the first of the spurt the timeline sees, though its
+    /// successor may have arrived first (it waits behind it), so taken as
+    /// the newest; [`crate::call::timeline::Packet::restart`].
+    pub(super) restart: bool,
+}
+
+impl InPacket {
+    /// Next in the decoding order: a talk spurt's start if marked.
+    fn mark_spurt_start(&mut self) {
+        if self.marker {
+            self.restart = true;
+            self.newest = true;
+        }
+    }
 }
 
 /// A packet held until the ones before it arrive.
@@ -54,7 +70,7 @@ pub(super) const ORDER_HELD_MAX: usize = 64;
 
 impl DecodeOrder {
     /// Whether `pkt` is to be decoded now; otherwise it is held.
-    pub(super) fn offer(&mut self, pkt: &InPacket, codec: &Codec, payload: &[u8]) -> bool {
+    pub(super) fn offer(&mut self, pkt: &mut InPacket, codec: &Codec, payload: &[u8]) -> bool {
         let Some((ssrc, next)) = self.next else {
             return self.start(pkt, codec, payload);
         };
@@ -73,6 +89,7 @@ impl DecodeOrder {
         }
         if ahead == 0 && self.starting.is_none() {
             self.next = Some((ssrc, next.wrapping_add(1)));
+            pkt.mark_spurt_start();
             return true;
         }
         if !(0..=50).contains(&ahead) || self.held.len() >= ORDER_HELD_MAX {
@@ -177,6 +194,9 @@ impl DecodeOrder {
         // taken for a straggler of a stream long written).
         h.pkt.newest |= first;
         if h.pkt.ssrc == ssrc {
+            if h.pkt.seq == next {
+                h.pkt.mark_spurt_start();
+            }
             self.next = Some((ssrc, h.pkt.seq.wrapping_add(1)));
         }
         Some(h)
@@ -291,6 +311,8 @@ mod tests {
             ts: u32::from(seq) * 160,
             pt: 0,
             newest: true,
+            marker: false,
+            restart: false,
         }
     }
 
@@ -299,7 +321,8 @@ mod tests {
     fn run(order: &mut DecodeOrder, pkts: &[InPacket], wait: i64) -> Vec<u16> {
         let mut out = Vec::new();
         for p in pkts {
-            if order.offer(p, &Codec::Pcmu, &[0; 160]) {
+            let mut p = *p;
+            if order.offer(&mut p, &Codec::Pcmu, &[0; 160]) {
                 out.push(p.seq);
             }
             while let Some(h) = order.pop_ready(p.arrival, wait) {
@@ -310,6 +333,59 @@ mod tests {
             out.push(h.pkt.seq);
         }
         out
+    }
+
+    /// A talk spurt's first packet (marker bit) is the first of the spurt
+    /// the timeline sees, whether it arrived in order or after its
+    /// successor (which waits behind it): marked as a possible restart and
+    /// as the newest. A marked packet decoded late (its successor went
+    /// already) or without the marker is not.
+    #[test]
+    fn a_spurts_first_packet_is_marked_in_decoding_order() {
+        let marked = |seq: u16, arrival: i64| InPacket {
+            marker: true,
+            newest: false,
+            ..pkt(seq, arrival)
+        };
+        let mut o = DecodeOrder::default();
+        let mut seen = Vec::new();
+        let wait = 320;
+        // 100 starts the stream (waits for predecessors); 101 in order;
+        // 103 (after the gap) before the marked 102; then the marked 104
+        // in order; the marked 106 after its successor waited too long.
+        for p in [
+            pkt(100, 0),
+            pkt(101, 400),
+            pkt(103, 420),
+            marked(102, 440),
+            marked(104, 460),
+            pkt(107, 480),
+            marked(105, 900),
+        ] {
+            let mut p = p;
+            // What is due by now first (the engine pops on time, too).
+            while let Some(h) = o.pop_ready(p.arrival, wait) {
+                seen.push((h.pkt.seq, h.pkt.restart, h.pkt.newest));
+            }
+            if o.offer(&mut p, &Codec::Pcmu, &[0; 160]) {
+                seen.push((p.seq, p.restart, p.newest));
+            }
+            while let Some(h) = o.pop_ready(p.arrival, wait) {
+                seen.push((h.pkt.seq, h.pkt.restart, h.pkt.newest));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (100, false, true),
+                (101, false, true),
+                (102, true, true),
+                (103, false, true),
+                (104, true, true),
+                (107, false, true),
+                (105, false, false),
+            ]
+        );
     }
 
     #[test]

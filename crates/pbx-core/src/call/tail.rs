@@ -54,6 +54,7 @@ impl LastOut {
             ts: self.ts_end,
             clock_rate: self.clock_rate,
             newest: false,
+            restart: false,
             delay: self.delay,
             pcm: PacketAudio::Pcm(tail),
         });

@@ -13,6 +13,7 @@ pub(super) struct Held {
     ts: u32,
     clock_rate: u32,
     delay: i64,
+    restart: bool,
     /// `arrival - u` on the old segment's timestamps.
     pub(super) d: i64,
     audio: HeldAudio,
@@ -32,6 +33,7 @@ impl Held {
             ts: self.ts,
             clock_rate: self.clock_rate,
             newest: true,
+            restart: self.restart,
             delay: self.delay,
             pcm: match &self.audio {
                 HeldAudio::Pcm(v) => PacketAudio::Pcm(v),
@@ -55,6 +57,7 @@ impl LegTimeline {
             ts: p.ts,
             clock_rate: p.clock_rate,
             delay: p.delay,
+            restart: p.restart,
             d,
             audio: match p.pcm {
                 PacketAudio::Pcm(v) => HeldAudio::Pcm(v.to_vec()),

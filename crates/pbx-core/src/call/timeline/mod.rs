@@ -154,6 +154,12 @@ pub struct Packet<'a> {
     pub clock_rate: u32,
     /// Whether its sequence number is the highest of its SSRC so far.
     pub newest: bool,
+    /// The marker bit on the packet right after the newest (a talk
+    /// spurt's start with the numbering going on): if its timestamp does
+    /// not fit the stream's place by more than the window, the sender
+    /// started its timestamps afresh, and the packet starts a segment at
+    /// once (instead of being held or taken for a jump to confirm).
+    pub restart: bool,
     /// Decoder delay (output samples) to take off the position.
     pub delay: i64,
     /// Its audio at the output rate; empty for packets that only carry
@@ -323,6 +329,11 @@ impl Segment {
             newest_ts: None,
             max_end: None,
         }
+    }
+
+    /// [`Self::extend`] without taking the timestamp as the newest.
+    fn peek_ext(&self, ts: u32) -> i64 {
+        self.last_ext + i64::from(ts.wrapping_sub(self.last_ts) as i32)
     }
 
     fn extend(&mut self, ts: u32) -> i64 {
@@ -659,12 +670,31 @@ impl LegTimeline {
             && self.segs[i]
                 .newest_ts
                 .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
-        let ext = self.segs[i].extend(p.ts);
+        let ext = self.segs[i].peek_ext(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
         let u_ts = self.samples_of(ext, p.clock_rate);
         let d = p.arrival - u_ts;
         let u = u_ts - p.delay;
+        if p.restart && p.newest && !straggler {
+            let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
+            if r.is_some_and(|r| r.abs() > hold_back) {
+                // A talk spurt whose timestamps start afresh (the marker
+                // bit on the packet right after the newest): a segment of
+                // its own at once, placed by its arrival as any stream's
+                // start. (Held as late for the wait that tells a restart
+                // from a stalled link, or taken for a jump to confirm, such
+                // spurts shorter than that wait were lost.) The old
+                // segment's timestamp extension is left as it was for its
+                // stragglers.
+                self.resolve_held(None);
+                self.new_segment(p);
+                let j = self.segs.len() - 1;
+                self.insert_into(j, p, false);
+                return;
+            }
+        }
+        self.segs[i].extend(p.ts);
         let limit = self.segs[i].env.break_limit();
         // As late as the packets held (the ones after a restart).
         let joins_held =

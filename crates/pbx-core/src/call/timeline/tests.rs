@@ -24,6 +24,7 @@ mod placement_tests {
                 ts: 1000 + (k as u32) * 160,
                 clock_rate: 8000,
                 newest: true,
+                restart: false,
                 delay: 0,
                 pcm: PacketAudio::Pcm(&p),
             });
@@ -56,6 +57,7 @@ mod start_tests {
             ts: (k as u32) * 160,
             clock_rate: 8000,
             newest: true,
+            restart: false,
             delay: 0,
             pcm: PacketAudio::Pcm(&pcm),
         });
@@ -121,6 +123,7 @@ mod drift_tests {
                 ts: (k as u32) * 160,
                 clock_rate: 8000,
                 newest: true,
+                restart: false,
                 delay: 0,
                 pcm: PacketAudio::Pcm(&pcm),
             });
@@ -158,6 +161,7 @@ mod slew_tests {
                 ts: (k as u32) * 160,
                 clock_rate: 8000,
                 newest: true,
+                restart: false,
                 delay: 0,
                 pcm: PacketAudio::Pcm(&pcm),
             });
@@ -192,6 +196,7 @@ mod stray_tests {
             ts,
             clock_rate: 8000,
             newest: true,
+            restart: false,
             delay: 0,
             pcm: PacketAudio::Pcm(&pcm),
         });
@@ -242,6 +247,7 @@ mod held_tests {
             ts: (ts_k as u32).wrapping_mul(160),
             clock_rate: 8000,
             newest: true,
+            restart: false,
             delay: 0,
             pcm: PacketAudio::Pcm(&pcm),
         });
@@ -347,6 +353,7 @@ mod straggler_tests {
             ts,
             clock_rate: 8000,
             newest,
+            restart: false,
             delay: 0,
             pcm: PacketAudio::Pcm(&pcm),
         });
