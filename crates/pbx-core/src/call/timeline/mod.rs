@@ -678,7 +678,14 @@ impl LegTimeline {
         let u = u_ts - p.delay;
         if p.restart && p.newest && !straggler {
             let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
-            if r.is_some_and(|r| r.abs() > hold_back) {
+            let back = (p.ts.wrapping_sub(self.segs[i].last_ts) as i32) < 0;
+            // Ahead of the stream's place by more than the window (more
+            // sender time than passed), or behind it with the timestamp
+            // gone back: no pause or stall of the link explains it (a
+            // stalled link, or a hold whose timestamps stopped, leaves the
+            // timestamps going forward, less than the time that passed:
+            // those are told apart as before, from the packets after).
+            if r.is_some_and(|r| r < -hold_back || r > hold_back && back) {
                 // A talk spurt whose timestamps start afresh (the marker
                 // bit on the packet right after the newest): a segment of
                 // its own at once, placed by its arrival as any stream's
