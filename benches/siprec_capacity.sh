@@ -8,6 +8,8 @@
 #
 # Usage: benches/siprec_capacity.sh [SECONDS] [N...]   (default 20 s; 250 500 1000 2000)
 #        BIN_OVERRIDE=/path/to/pbx-edge measures another build (before/after runs)
+#        PIN=1 runs the daemon on core 0 and the load generator on core 1
+#        (taskset; the runs in BENCHMARKS.md before 2026-12-07 were unpinned)
 # Memory: "peak RSS" is VmHWM (set-up bursts and the end's finishing
 # included); "RSS per call" is the marginal memory of a call in progress:
 # VmRSS three quarters into the media minus VmRSS of the idle daemon just
@@ -45,7 +47,9 @@ listen = "127.0.0.1:15090"
 rtp_ports = "20000-$HI"
 max_calls = 10000
 TOML
-  $BIN run --config "$DIR/$N/pbx-edge.toml" 2>"$DIR/$N/daemon.log" &
+  D_PIN=(); L_PIN=()
+  if [ -n "${PIN:-}" ]; then D_PIN=(taskset -c 0); L_PIN=(taskset -c 1); fi
+  "${D_PIN[@]}" $BIN run --config "$DIR/$N/pbx-edge.toml" 2>"$DIR/$N/daemon.log" &
   PID=$!
   for _ in $(seq 50); do curl -sf 127.0.0.1:19466/healthz >/dev/null 2>&1 && break; sleep 0.1; done
   idle=$(awk '/VmRSS/{print $2}' /proc/$PID/status)
@@ -55,7 +59,7 @@ TOML
   ( sleep "$(python3 -c "print($N / 500 + $SECS * 0.75)")"; awk '/VmRSS/{print $2}' /proc/$PID/status > "$DIR/$N/rss-mid"; heap > "$DIR/$N/heap-mid" ) &
   c0=$(awk '{print $14+$15}' /proc/$PID/stat)
   t0=$(date +%s.%N)
-  OUT=$($LOAD --srs 127.0.0.1:15090 --calls "$N" --seconds "$SECS" --setup-rate 500)
+  OUT=$("${L_PIN[@]}" $LOAD --srs 127.0.0.1:15090 --calls "$N" --seconds "$SECS" --setup-rate 500)
   t1=$(date +%s.%N)
   c1=$(awk '{print $14+$15}' /proc/$PID/stat)
   hwm=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
