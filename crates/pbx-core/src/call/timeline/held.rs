@@ -13,7 +13,6 @@ pub(super) struct Held {
     ts: u32,
     clock_rate: u32,
     delay: i64,
-    restart: bool,
     /// `arrival - u` on the old segment's timestamps.
     pub(super) d: i64,
     audio: HeldAudio,
@@ -33,7 +32,9 @@ impl Held {
             ts: self.ts,
             clock_rate: self.clock_rate,
             newest: true,
-            restart: self.restart,
+            // Held packets go back in as their segment's own (stragglers):
+            // none starts a segment by itself.
+            restart: false,
             delay: self.delay,
             pcm: match &self.audio {
                 HeldAudio::Pcm(v) => PacketAudio::Pcm(v),
@@ -57,7 +58,6 @@ impl LegTimeline {
             ts: p.ts,
             clock_rate: p.clock_rate,
             delay: p.delay,
-            restart: p.restart,
             d,
             audio: match p.pcm {
                 PacketAudio::Pcm(v) => HeldAudio::Pcm(v.to_vec()),

@@ -331,19 +331,19 @@ impl Segment {
         }
     }
 
-    /// [`Self::extend`] without taking the timestamp as the newest.
-    fn peek_ext(&self, ts: u32) -> i64 {
+    /// `ts` extended to 64 bits: the value nearest the newest so far
+    /// (within ±2^31 ticks).
+    fn ext_of(&self, ts: u32) -> i64 {
         self.last_ext + i64::from(ts.wrapping_sub(self.last_ts) as i32)
     }
 
-    fn extend(&mut self, ts: u32) -> i64 {
-        let delta = i64::from(ts.wrapping_sub(self.last_ts) as i32);
-        let ext = self.last_ext + delta;
-        if delta > 0 {
+    /// `ts`, extended to `ext` ([`Self::ext_of`]), is the newest so far if
+    /// it lies ahead.
+    fn advance(&mut self, ts: u32, ext: i64) {
+        if ext > self.last_ext {
             self.last_ts = ts;
             self.last_ext = ext;
         }
-        ext
     }
 
     fn first_u(&self) -> Option<i64> {
@@ -670,15 +670,15 @@ impl LegTimeline {
             && self.segs[i]
                 .newest_ts
                 .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
-        let ext = self.segs[i].peek_ext(p.ts);
+        let ext = self.segs[i].ext_of(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
         let u_ts = self.samples_of(ext, p.clock_rate);
         let d = p.arrival - u_ts;
         let u = u_ts - p.delay;
+        let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
         if p.restart && p.newest && !straggler {
-            let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
-            let back = (p.ts.wrapping_sub(self.segs[i].last_ts) as i32) < 0;
+            let back = ext < self.segs[i].last_ext;
             // Ahead of the stream's place by more than the window (more
             // sender time than passed), or behind it with the timestamp
             // gone back: no pause or stall of the link explains it (a
@@ -701,13 +701,12 @@ impl LegTimeline {
                 return;
             }
         }
-        self.segs[i].extend(p.ts);
+        self.segs[i].advance(p.ts, ext);
         let limit = self.segs[i].env.break_limit();
         // As late as the packets held (the ones after a restart).
         let joins_held =
             !self.held.is_empty() && self.held.iter().all(|h| ((h.d - d).abs() as f64) <= limit);
         let seg = &mut self.segs[i];
-        let r = seg.env.at(u_ts).map(|e| d as f64 - e);
         if !p.newest && r.is_some_and(|r| r > hold_back) {
             // A reordered packet this far behind the segment's envelope is
             // not of its numbering (nor any jitter's): one of a new
