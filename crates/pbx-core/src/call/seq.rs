@@ -68,6 +68,9 @@ pub(super) struct DecodeOrder {
 
 pub(super) const ORDER_HELD_MAX: usize = 64;
 
+/// Payload buffers kept for held packets while some are held.
+const SPARE_HELD_MAX: usize = 8;
+
 impl DecodeOrder {
     /// Whether `pkt` is to be decoded now; otherwise it is held.
     pub(super) fn offer(&mut self, pkt: &mut InPacket, codec: &Codec, payload: &[u8]) -> bool {
@@ -202,8 +205,19 @@ impl DecodeOrder {
         Some(h)
     }
 
+    /// Takes back a released packet's buffer for the next one held. Once
+    /// nothing is held (the stream in order again) the buffers and the held
+    /// list's room are given back: every stream's start holds its first
+    /// packets for [`order_wait`], and what that took, kept, was 2 KiB a leg
+    /// never used again in an orderly call (the engine's heap per PCMU call
+    /// 23.0 KiB against 19.2, `call_memory`).
     pub(super) fn recycle(&mut self, h: Held) {
-        if self.spare.len() < 8 {
+        if self.held.is_empty() {
+            self.spare = Vec::new();
+            self.held = Vec::new();
+            return;
+        }
+        if self.spare.len() < SPARE_HELD_MAX {
             self.spare.push(h.payload);
         }
     }
