@@ -53,6 +53,12 @@ pub struct Impairments {
     /// Sender clock error in parts per million (positive: the sender's clock is
     /// slow, so packets come later than their timestamps say).
     pub drift_ppm: i32,
+    /// From `.0` ms (leg time) on the sender's clock is `.1` ppm off instead
+    /// of `drift_ppm` (its send times go on from where they were): a call
+    /// handed from one source to another behind an SBC that keeps the SSRC
+    /// and timestamps going (an IVR on a server's clock, then an agent's
+    /// ATA), or a sender's oscillator disciplined mid-call.
+    pub drift_change: Option<(u32, i32)>,
     /// Packets leave from this address instead of the one in the SDP (NAT).
     pub nat_source: Option<SocketAddr>,
     /// The leg sends nothing at all.
@@ -405,7 +411,7 @@ fn rtp_leg(
         let send_ns = media_start_ns
             + i64::from(leg.start_ms) * 1_000_000
             + nominal
-            + nominal * i64::from(imp.drift_ppm) / 1_000_000;
+            + drift_offset_ns(nominal, imp);
         if let Some((at_ms, port)) = move_port {
             if send_ns >= media_start_ns + i64::from(at_ms) * 1_000_000 {
                 if moves_src {
@@ -881,6 +887,19 @@ pub fn generate_call(
 }
 
 /// Frames of several calls, in capture order, and their truths.
+/// How far a leg's sender clock has run off by `nominal` ns of its audio
+/// ([`Impairments::drift_ppm`], [`Impairments::drift_change`]).
+fn drift_offset_ns(nominal: i64, imp: &Impairments) -> i64 {
+    let ppm = |ns: i64, ppm: i32| ns * i64::from(ppm) / 1_000_000;
+    match imp.drift_change {
+        Some((at_ms, to)) if nominal > i64::from(at_ms) * 1_000_000 => {
+            let at = i64::from(at_ms) * 1_000_000;
+            ppm(at, imp.drift_ppm) + ppm(nominal - at, to)
+        }
+        _ => ppm(nominal, imp.drift_ppm),
+    }
+}
+
 pub fn generate(
     calls: &[CallSpec],
     link: Link,

@@ -378,3 +378,68 @@ pub fn assert_same(name: &str, with: &Recorded, without: &Recorded, ch: usize, l
         );
     }
 }
+
+/// 5 ms blocks of talk of `truth` between `from_ms` and `to_ms` not found in
+/// `rec` within `max_lag` samples of their place (correlation below 0.9
+/// at every such lag): their starts, in ms. Blocks quieter than RMS 300 are
+/// left out.
+pub fn lost_blocks(
+    rec: &[i16],
+    truth: &[i16],
+    rate: u32,
+    from_ms: u32,
+    to_ms: u32,
+    max_lag: i64,
+) -> Vec<u32> {
+    let per_ms = rate as usize / 1000;
+    let w = 5 * per_ms;
+    let mut lost = Vec::new();
+    let mut at = from_ms;
+    while at + 5 <= to_ms {
+        let a = at as usize * per_ms;
+        if a + w > truth.len() {
+            break;
+        }
+        let tw = &truth[a..a + w];
+        if pbx_testgen::audio::rms(tw) > 300.0 {
+            let found = (-max_lag..=max_lag).any(|lag| {
+                let s = a as i64 + lag;
+                s >= 0
+                    && (s as usize) + w <= rec.len()
+                    && corr(&rec[s as usize..s as usize + w], tw) >= 0.9
+            });
+            if !found {
+                lost.push(at);
+            }
+        }
+        at += 5;
+    }
+    lost
+}
+
+/// Lags (ms) of the 1 s speech windows from `from_s` on whose best lag is
+/// more than `tol_ms` off (or whose correlation is below 0.9): (second,
+/// lag ms, correlation).
+pub fn windows_off(
+    rec: &[i16],
+    truth: &[i16],
+    rate: u32,
+    from_s: usize,
+    tol_ms: f64,
+) -> Vec<(usize, f64, f64)> {
+    let w = rate as usize;
+    let mut out = Vec::new();
+    let mut a = from_s * w;
+    while a + w <= truth.len() {
+        let tw = &truth[a..a + w];
+        if pbx_testgen::audio::rms(tw) > 300.0 {
+            let (lag, c) = best_lag(rec, tw, a, rate as i64 / 20);
+            let lag_ms = lag as f64 * 1000.0 / f64::from(rate);
+            if lag_ms.abs() > tol_ms || c < 0.9 {
+                out.push((a / w, lag_ms, c));
+            }
+        }
+        a += w;
+    }
+    out
+}

@@ -86,6 +86,11 @@ pub(super) struct Envelope {
     pub(super) following: bool,
     /// Fits in a row whose slope was significant (before following).
     pub(super) significant_fits: u32,
+    /// Checks in a row whose newest minima showed a changed drift
+    /// ([`Envelope::drift_changed`]).
+    pub(super) changed_fits: u32,
+    /// New buckets since the last such check (one a second).
+    pub(super) since_check: u8,
     /// The fit counter when `update_drift` last looked.
     pub(super) fits: u32,
     pub(super) seen_fits: u32,
@@ -112,6 +117,8 @@ impl Envelope {
             residuals: 0,
             following: false,
             significant_fits: 0,
+            changed_fits: 0,
+            since_check: 0,
             fits: 0,
             seen_fits: 0,
             gen: 1,
@@ -139,6 +146,7 @@ impl Envelope {
                 }
                 self.buckets.push_back(Bucket { u, d, n: 1 });
                 refit = true;
+                self.since_check = self.since_check.saturating_add(1);
             }
             Some(_) => {
                 let n = self.buckets.len();
@@ -177,33 +185,68 @@ impl Envelope {
         }
     }
 
-    /// The envelope line: its slope from the lowest minimum of each half of
-    /// the window (far apart, and each the least delayed of many packets),
-    /// its height the lowest that keeps it under every minimum. How well the
-    /// slope is known: the spread of the few lowest minima in each half (how
-    /// sharply the envelope is pinned) over the distance between the two.
+    /// The envelope line ([`Envelope::line_over`] the whole window), after
+    /// letting go of the minima from before a change of the sender's drift
+    /// ([`Envelope::drift_changed`]).
     pub(super) fn fit(&mut self) {
-        let span = self.span();
-        if span < (FIT_MIN_MS as f64 * self.ms) as i64 || self.buckets.len() < 4 {
-            return;
-        }
-        let mid = self.buckets.get(0).u + span / 2;
-        let jitter_typ = self.jitter_typ;
-        let ms = self.ms;
-        let all = &self.buckets;
-        let split = all.partition_point(|b| b.u < mid);
-        let (first, second) = (all.range(0..split), all.range(split..all.len()));
-        let (Some(h1), Some(h2)) = (Half::of(first), Half::of(second)) else {
+        let Some(mut line) = self.line_over(0, self.buckets.len()) else {
             return;
         };
+        if self.since_check >= BUCKETS_PER_S as u8 {
+            self.since_check = 0;
+            self.check_drift_change(&mut line);
+        }
+        self.fits = self.fits.wrapping_add(1);
+        self.gen += 1;
+        self.line = Some(line);
+    }
+
+    /// Once a second: after a change of the sender's drift
+    /// ([`Envelope::drift_changed`]) the minima from before it are let go
+    /// and `line` is fitted again through the rest.
+    fn check_drift_change(&mut self, line: &mut Line) {
+        if let Some(from) = self.drift_changed(line) {
+            while self.buckets.front().is_some_and(|b| b.u < from) {
+                if let Some(old) = self.buckets.pop_front() {
+                    self.cache_forget(old.u.div_euclid(self.bucket_len));
+                }
+            }
+            self.significant_fits = 0;
+            if let Some(l) = self.line_over(0, self.buckets.len()) {
+                *line = l;
+            }
+        }
+    }
+
+    /// The line through the minima `lo..hi`: its slope from the lowest
+    /// minimum of each half (far apart, and each the least delayed of many
+    /// packets), its height the lowest that keeps it under every minimum.
+    /// How well the slope is known: the spread of the few lowest minima in
+    /// each half (how sharply the envelope is pinned) over the distance
+    /// between the two.
+    fn line_over(&self, lo: usize, hi: usize) -> Option<Line> {
+        if hi < lo + 4 {
+            return None;
+        }
+        let all = &self.buckets;
+        let (start, span) = (all.get(lo).u, all.get(hi - 1).u - all.get(lo).u);
+        if span < (FIT_MIN_MS as f64 * self.ms) as i64 {
+            return None;
+        }
+        let mid = start + span / 2;
+        let jitter_typ = self.jitter_typ;
+        let ms = self.ms;
+        let split = all.partition_point(|b| b.u < mid).clamp(lo, hi);
+        let (first, second) = (all.range(lo..split), all.range(split..hi));
+        let (h1, h2) = (Half::of(first)?, Half::of(second)?);
         let (p1, p2) = (h1.lowest, h2.lowest);
         let du = (p2.u - p1.u) as f64;
         if du <= 0.0 {
-            return;
+            return None;
         }
         let slope = (p2.d - p1.d) as f64 / du;
         if slope.abs() > DRIFT_MAX {
-            return;
+            return None;
         }
         let pin = (h1.pin_gap + h2.pin_gap) / 2.0;
         // However sharp the pins look, the least of n delays spread over J
@@ -216,16 +259,16 @@ impl Envelope {
         let u0 = p1.u;
         // The line's height (the lowest that keeps it under every minimum)
         // and, in the same pass, the lowest minimum of every quarter of the
-        // window relative to the line. A drift is a straight line: each
+        // range relative to the line. A drift is a straight line: each
         // quarter's lowest lies on it. A step in the delay (a route change)
         // makes the halves' lowest points tilt a line too, but leaves a
         // quarter well above it: not a drift.
         let quarter = (span / 4).max(1);
-        let mut next = all.get(0).u + quarter;
+        let mut next = start + quarter;
         let mut q = 0usize;
         let mut lo_q = [f64::INFINITY; 4];
         let mut d0 = f64::INFINITY;
-        for b in all.iter() {
+        for b in all.range(lo..hi) {
             let r = b.d as f64 - slope * (b.u - u0) as f64;
             d0 = d0.min(r);
             // The buckets are sorted: quarters are crossed in order.
@@ -240,15 +283,71 @@ impl Envelope {
         let linear = !lo_q
             .iter()
             .any(|lo| lo.is_finite() && lo - d0 > 1.0 + 2.0 * pin + jitter_typ / 8.0);
-        self.fits = self.fits.wrapping_add(1);
-        self.gen += 1;
-        self.line = Some(Line {
+        Some(Line {
             u0,
             d0,
             slope,
             uncertainty,
             linear,
-        });
+        })
+    }
+
+    /// Whether the sender's drift changed: the newest 2, 4, 8 or 16 s of
+    /// minima lie along a line of their own whose slope differs from the
+    /// line through the minima before them by at least [`DRIFT_ON`] and
+    /// three times its uncertainty, and which at the newest minimum lies
+    /// further from that older line's extension than the hysteresis and the
+    /// extension's own uncertainty, twice in a row (at once on a clean
+    /// link). Then the minima from before them are let go (returned: from
+    /// where to keep): the window's halves straddling the change would take
+    /// the old slope for tens of seconds, and the window minimum of a rising
+    /// floor lags it by [`FLAT_WINDOW_MS`] (a call handed from an IVR on a
+    /// server's clock to an ATA 1,000 ppm off behind an SBC that keeps the
+    /// SSRC and timestamps: 12 ms off before the first correction). A step
+    /// in the delay is no line (a congestion, a route change).
+    fn drift_changed(&mut self, line: &Line) -> Option<i64> {
+        let (front, back) = (self.buckets.front()?.u, self.buckets.back()?.u);
+        let n = self.buckets.len();
+        let mut found = None;
+        for secs in [2, 4, 8, 16] {
+            let from = back - (secs as f64 * 1000.0 * self.ms) as i64;
+            if from <= front {
+                break;
+            }
+            let lo = self.buckets.partition_point(|b| b.u < from);
+            // The newest minima first (few, and most often along the whole
+            // window's line: then the older ones need no line of their own).
+            let Some(recent) = self.line_over(lo, n) else {
+                continue;
+            };
+            if !recent.linear || (recent.slope - line.slope).abs() <= 2.0 * recent.uncertainty {
+                continue;
+            }
+            let Some(older) = self.line_over(0, lo) else {
+                continue;
+            };
+            let diff = (recent.slope - older.slope).abs();
+            let apart = (recent.at(back) - older.at(back)).abs();
+            let reach = 3.0 * older.uncertainty * (back - older.u0) as f64;
+            if recent.linear
+                && diff >= DRIFT_ON
+                && diff > 3.0 * recent.uncertainty
+                && apart > self.hysteresis() + reach
+            {
+                found = Some(from);
+                break;
+            }
+        }
+        if found.is_none() {
+            self.changed_fits = 0;
+            return None;
+        }
+        self.changed_fits += 1;
+        if self.clean() || self.changed_fits >= 2 {
+            self.changed_fits = 0;
+            return found;
+        }
+        None
     }
 
     /// The envelope's value at bucket `i`'s point before a line is fitted:
