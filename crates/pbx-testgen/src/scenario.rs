@@ -129,6 +129,9 @@ pub struct Impairments {
     /// 16 kHz codec after an 8 kHz one gets each sample twice, an 8 kHz one
     /// after a 16 kHz one every other sample. The SDP offers both codecs.
     pub codec_change: Option<(u32, TestCodec)>,
+    /// Every audio packet has the marker bit set (a sender that sets it
+    /// always, not only at a talk spurt's start).
+    pub marker_always: bool,
 }
 
 /// One leg: what one party says.
@@ -510,7 +513,7 @@ fn rtp_leg(
             marker = true;
         }
         paused = false;
-        let pkt = rtp_packet(pt, marker, seq, ts, ssrc, &payload);
+        let pkt = rtp_packet(pt, marker || imp.marker_always, seq, ts, ssrc, &payload);
         marker = false;
         seq = seq.wrapping_add(1);
         out.sent += 1;

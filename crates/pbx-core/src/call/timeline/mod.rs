@@ -871,7 +871,7 @@ impl LegTimeline {
                         // long enough moves the leg.)
                         let span = seg.chunks.back().map_or(0, Chunk::end) - c.u;
                         if rs.len() >= 4 && (force || span >= confirm) {
-                            self.split(i, k);
+                            self.split(i, k, true);
                             i += 1;
                         } else if rs.len() >= 4 {
                             // Too short to tell a shift from a spike: placed
@@ -947,7 +947,9 @@ impl LegTimeline {
                             self.spare.put(c.into_samples());
                         }
                     } else if n_early > n_fit && (n_early >= 2 || waited || force) {
-                        self.split(i, k);
+                        // (A source switched behind the SSRC may have a
+                        // clock of its own: its drift is learnt afresh.)
+                        self.split(i, k, false);
                         i += 1;
                     } else {
                         // Early chunks lie ahead of the rendering in any case;
@@ -977,10 +979,15 @@ impl LegTimeline {
     }
 
     /// Chunks `k..` of segment `i` become a new segment after it.
-    fn split(&mut self, i: usize, k: usize) {
+    fn split(&mut self, i: usize, k: usize, same_clock: bool) {
         let tail: VecDeque<Chunk> = self.segs[i].chunks.split_off(k);
         let (ssrc, clock_rate) = (self.segs[i].ssrc, self.segs[i].clock_rate);
         let mut s = Segment::new(self.rate, ssrc, 0, clock_rate, self.segs[i].lineage);
+        if same_clock {
+            // The delay rose or the stream overlapped itself: the same
+            // sender's clock goes on, and so does its drift.
+            s.env.inherit_drift(&self.segs[i].env);
+        }
         // The old segment's timestamp extension goes on in the new one.
         s.last_ts = self.segs[i].last_ts;
         s.last_ext = self.segs[i].last_ext;

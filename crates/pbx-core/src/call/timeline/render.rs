@@ -128,7 +128,7 @@ impl LegTimeline {
         let Some(k) = cur.chunks.iter().position(|c| cur.place(c.u) >= next_end) else {
             return false;
         };
-        self.split(0, k);
+        self.split(0, k, true);
         true
     }
 
