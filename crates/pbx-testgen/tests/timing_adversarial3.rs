@@ -205,3 +205,32 @@ fn the_marker_bit_on_every_packet_changes_nothing() {
         }
     }
 }
+
+/// A leg's start through 30 ms of jitter, both legs from the start: every
+/// 250 ms piece of talk of its first 6 s within 2 ms of where it was said.
+///
+/// Fails: the callee of this draw is placed 3.5 ms late (2.4 ms through
+/// 20 ms of jitter) until a correction at 2.78 s: the least delay of its
+/// first 500 ms of packets (the hold-back window, when its first sample
+/// is placed) lay 3.5 ms above the floor (25 packets through 30 ms lie at
+/// least that high by a 4.5 % chance), and corrections wait through the
+/// first seconds of a jittery link. Seeds 432-434 (jitter 10-40 ms) are
+/// within 1.25 ms from the start.
+#[test]
+#[ignore = "defect: a leg whose first 500 ms of packets all came 3.5 ms late through 30 ms of jitter is placed 3.5 ms late for its first 2.8 s"]
+fn a_legs_start_through_jitter_is_in_place_from_the_first_second() {
+    let mut c = call("st@t", 10, 431);
+    both(&mut c, |i| i.jitter_ms = 30);
+    let (truth, rec) = record(&c);
+    for ch in 0..2 {
+        let off: Vec<_> = piece_lags(&rec, &truth, ch, 0, 6_000)
+            .into_iter()
+            .filter(|p| p.1.abs() > 2.0 || p.2 < 0.9)
+            .collect();
+        assert!(
+            off.is_empty(),
+            "ch{ch}: pieces off (ms, lag, corr): {off:?}; corrections {:?}",
+            rec.meta.channels[ch].timing_log
+        );
+    }
+}
