@@ -246,10 +246,10 @@ proptest::proptest! {
     /// and the 10 s after the change (each drift being learnt), every 250 ms
     /// piece of talk within 4 ms of where it was said. (Not checked here:
     /// 5 ms blocks of talk not found by correlation. Two draws had one such
-    /// block each, at a lost packet's edge and beside a one-sample gap the
-    /// truth leaves under drift, where the recording's samples looked
-    /// continuous and in place: likely the measure's, not yet told apart
-    /// from a real loss.)
+    /// block each: one beside a one-sample gap the truth leaves under drift
+    /// (its packets at their send times, rounded), the recording continuous
+    /// and the truth's samples after the gap one later (correlation 0.892
+    /// at lag 0: the measure's); one at a lost packet's edge, not traced.)
     #[test]
     fn drift_changes_among_random_impairments(
         seed in 100u64..10_000,
