@@ -20,14 +20,15 @@ fn piece_lags(
     from_ms: u32,
     to_ms: u32,
 ) -> Vec<(u32, f64, f64)> {
+    let per_ms = rec.rate as usize / 1000;
     let mut out = Vec::new();
     for at in (from_ms..to_ms).step_by(250) {
-        let a = at as usize * 8;
-        if a + 2000 > truth.expected[ch].len() {
+        let a = at as usize * per_ms;
+        if a + 250 * per_ms > truth.expected[ch].len() {
             break;
         }
-        if pbx_testgen::audio::rms(&truth.expected[ch][a..a + 2000]) > 300.0 {
-            let (l, c) = lag_at(&rec.ch[ch], &truth.expected[ch], 8000, at, 250, 60);
+        if pbx_testgen::audio::rms(&truth.expected[ch][a..a + 250 * per_ms]) > 300.0 {
+            let (l, c) = lag_at(&rec.ch[ch], &truth.expected[ch], rec.rate, at, 250, 60);
             out.push((at, l, c));
         }
     }

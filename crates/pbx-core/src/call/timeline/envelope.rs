@@ -88,7 +88,7 @@ pub(super) struct Envelope {
     pub(super) significant_fits: u32,
     /// Checks in a row whose newest minima showed a changed drift
     /// ([`Envelope::drift_changed`]).
-    pub(super) changed_fits: u32,
+    pub(super) changed_checks: u32,
     /// New buckets since the last such check (one a second).
     pub(super) since_check: u8,
     /// The drift of the segment this one was split from (same sender's
@@ -123,7 +123,7 @@ impl Envelope {
             residuals: 0,
             following: false,
             significant_fits: 0,
-            changed_fits: 0,
+            changed_checks: 0,
             since_check: 0,
             inherited: None,
             line_inherited: false,
@@ -177,7 +177,8 @@ impl Envelope {
                 }
             }
         }
-        if let (None, Some((slope, uncertainty))) = (self.line, self.inherited.take()) {
+        // (Set only on a new segment, before its first minimum.)
+        if let Some((slope, uncertainty)) = self.inherited.take() {
             self.line = Some(Line {
                 u0: u,
                 d0: d as f64,
@@ -378,8 +379,7 @@ impl Envelope {
             let diff = (recent.slope - older.slope).abs();
             let apart = (recent.at(back) - older.at(back)).abs();
             let reach = 3.0 * older.uncertainty * (back - older.u0) as f64;
-            if recent.linear
-                && diff >= DRIFT_ON
+            if diff >= DRIFT_ON
                 && diff > 3.0 * recent.uncertainty
                 && apart > self.hysteresis() + reach
             {
@@ -388,12 +388,12 @@ impl Envelope {
             }
         }
         if found.is_none() {
-            self.changed_fits = 0;
+            self.changed_checks = 0;
             return None;
         }
-        self.changed_fits += 1;
-        if self.clean() || self.changed_fits >= 2 {
-            self.changed_fits = 0;
+        self.changed_checks += 1;
+        if self.clean() || self.changed_checks >= 2 {
+            self.changed_checks = 0;
             return found;
         }
         None
