@@ -400,8 +400,18 @@ fn cheap_ata_2000_ppm_10_ms_packets_jitter_40_five_minutes() {
                 &lost[..lost.len().min(20)]
             );
         }
-        let off = windows_off(&rec.ch[1], &truth.expected[1], 8000, 0, 0.0);
-        assert!(off.is_empty(), "{name}: the exact callee moved: {off:?}");
+        // The exact callee is where it was said, but for the whole call's
+        // time zero: fixed 1.6 s in (once the start's least delays are known
+        // within a quarter millisecond through this jitter), from the
+        // caller's start, which a clock 2,000 ppm off moves by more than
+        // the 1,500 ppm an unknown drift is allowed there: by at most
+        // 0.5 ms, the same throughout.
+        let all = windows_off(&rec.ch[1], &truth.expected[1], 8000, 0, -1.0);
+        assert!(
+            all.iter()
+                .all(|w| w.1 == all[0].1 && w.1.abs() <= 0.5 && w.2 > 0.999),
+            "{name}: the exact callee moved: {all:?}"
+        );
     }
 }
 

@@ -210,15 +210,14 @@ fn the_marker_bit_on_every_packet_changes_nothing() {
 /// A leg's start through 30 ms of jitter, both legs from the start: every
 /// 250 ms piece of talk of its first 6 s within 2 ms of where it was said.
 ///
-/// Fails: the callee of this draw is placed 3.5 ms late (2.4 ms through
-/// 20 ms of jitter) until a correction at 2.78 s: the least delay of its
-/// first 500 ms of packets (the hold-back window, when its first sample
-/// is placed) lay 3.5 ms above the floor (25 packets through 30 ms lie at
-/// least that high by a 4.5 % chance), and corrections wait through the
-/// first seconds of a jittery link. Seeds 432-434 (jitter 10-40 ms) are
-/// within 1.25 ms from the start.
+/// Failed until 2026-12-07 (ninth session): the callee of this draw was
+/// placed 3.5 ms late (2.4 ms through 20 ms of jitter) until a correction
+/// at 2.78 s: time zero was fixed once each leg's least delay lay on
+/// average 1 ms above its floor (about 30 packets here), and the least
+/// delay of its first 25 packets lay 3.5 ms above it (a 4.5 % chance);
+/// corrections wait through the first seconds of a jittery link. Time zero
+/// now waits until that mean is a quarter millisecond.
 #[test]
-#[ignore = "defect: a leg whose first 500 ms of packets all came 3.5 ms late through 30 ms of jitter is placed 3.5 ms late for its first 2.8 s"]
 fn a_legs_start_through_jitter_is_in_place_from_the_first_second() {
     let mut c = call("st@t", 10, 431);
     both(&mut c, |i| i.jitter_ms = 30);
@@ -234,6 +233,51 @@ fn a_legs_start_through_jitter_is_in_place_from_the_first_second() {
             rec.meta.channels[ch].timing_log
         );
     }
+}
+
+/// Leg starts through jitter, many draws: 40 calls (both legs from the
+/// start, 8 s) through each of 20, 40 and 60 ms of jitter on both legs,
+/// 240 leg starts. Each leg's worst 250 ms piece of talk of its first 6 s:
+/// none more than 3.5 ms from where it was said, at most 1 in 40 more
+/// than 2 ms. (Time zero fixed on a mean of 1 ms above the floor, until
+/// 2026-12-07: 18 of these 240 beyond 2 ms, the worst 7.9 ms. Now three:
+/// seed 413's caller through 20 and 40 ms, 2.5 and 3.4 ms late until a
+/// correction at 2.8 s, its first 500 ms of packets all late by an eighth
+/// of the jitter or more, which only packets seconds later show, further
+/// than an unknown drift lets them count at the start (1,500 ppm); and
+/// seed 414's callee through 40 ms, a correction at 4.2 s 3 ms too large
+/// for 1.7 s.)
+#[test]
+fn leg_starts_through_jitter_many_draws() {
+    let mut over2 = Vec::new();
+    for jitter in [20u32, 40, 60] {
+        for seed in 400..440u64 {
+            let mut c = call("sts@t", 8, seed);
+            both(&mut c, |i| i.jitter_ms = jitter);
+            let (truth, rec) = record(&c);
+            for ch in 0..2 {
+                let worst = piece_lags(&rec, &truth, ch, 0, 6_000)
+                    .into_iter()
+                    .map(|p| {
+                        assert!(
+                            p.2 >= 0.9,
+                            "jitter {jitter} seed {seed} ch{ch}: piece {p:?}"
+                        );
+                        p.1.abs()
+                    })
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst <= 3.5,
+                    "jitter {jitter} seed {seed} ch{ch}: {worst} ms off; corrections {:?}",
+                    rec.meta.channels[ch].timing_log
+                );
+                if worst > 2.0 {
+                    over2.push((jitter, seed, ch, worst));
+                }
+            }
+        }
+    }
+    assert!(over2.len() <= 6, "more than 2 ms off: {over2:?}");
 }
 
 proptest::proptest! {
