@@ -132,6 +132,19 @@ pub struct Impairments {
     /// Every audio packet has the marker bit set (a sender that sets it
     /// always, not only at a talk spurt's start).
     pub marker_always: bool,
+    /// Correlated extra delay: a queue whose depth walks between 0 and
+    /// this many ms, from a random depth, each delivered packet's step
+    /// uniform within an eighth of it either way, reflected at both ends
+    /// (cross traffic on a busy uplink): the delay wanders for seconds and
+    /// touches its floor only now and then. Drawn from a generator of its
+    /// own: the other impairments' draws are those of the call without it.
+    pub jitter_walk_ms: u32,
+    /// Normally distributed extra delay, this standard deviation (ms)
+    /// around four times it (below zero: none), each packet's drawn
+    /// afresh (netem's `delay 4S S distribution normal`): no floor the
+    /// packets pile up against, the least delay seen falling further the
+    /// more packets come. From a generator of its own, as above.
+    pub jitter_normal_ms: u32,
 }
 
 /// One leg: what one party says.
@@ -372,6 +385,9 @@ fn rtp_leg(
         (seq, ts_base) = (s0, t0);
     }
     let mut queue_end = 0i64;
+    let mut walk_rng = Rng::new(seed ^ 0x5741_4c4b_0000_0001);
+    let walk_max = f64::from(leg.impair.jitter_walk_ms);
+    let mut walk = walk_rng.unit() * walk_max;
     let mut ts_held: u32 = 0; // timestamps not advanced during a hold
     let mut marker = true;
     let mut ssrc_changed = false;
@@ -541,6 +557,21 @@ fn rtp_leg(
         delivered_count += 1;
         if imp.jitter_ms > 0 {
             arrival += (rng.unit() * f64::from(imp.jitter_ms) * 1e6) as i64;
+        }
+        if leg.impair.jitter_normal_ms > 0 {
+            // Box-Muller.
+            let (a, b) = (walk_rng.unit().max(1e-300), walk_rng.unit());
+            let z = (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos();
+            let sigma = f64::from(leg.impair.jitter_normal_ms);
+            arrival += ((4.0 * sigma + z * sigma).max(0.0) * 1e6) as i64;
+        }
+        if walk_max > 0.0 {
+            walk += (walk_rng.unit() * 2.0 - 1.0) * walk_max / 8.0;
+            walk = walk.abs();
+            if walk > walk_max {
+                walk = 2.0 * walk_max - walk;
+            }
+            arrival += (walk * 1e6) as i64;
         }
         if rng.unit() < imp.reorder {
             arrival += 3 * ptime_ns;

@@ -249,34 +249,7 @@ fn a_legs_start_through_jitter_is_in_place_from_the_first_second() {
 /// for 1.7 s.)
 #[test]
 fn leg_starts_through_jitter_many_draws() {
-    let mut over2 = Vec::new();
-    for jitter in [20u32, 40, 60] {
-        for seed in 400..440u64 {
-            let mut c = call("sts@t", 8, seed);
-            both(&mut c, |i| i.jitter_ms = jitter);
-            let (truth, rec) = record(&c);
-            for ch in 0..2 {
-                let worst = piece_lags(&rec, &truth, ch, 0, 6_000)
-                    .into_iter()
-                    .map(|p| {
-                        assert!(
-                            p.2 >= 0.9,
-                            "jitter {jitter} seed {seed} ch{ch}: piece {p:?}"
-                        );
-                        p.1.abs()
-                    })
-                    .fold(0.0, f64::max);
-                assert!(
-                    worst <= 3.5,
-                    "jitter {jitter} seed {seed} ch{ch}: {worst} ms off; corrections {:?}",
-                    rec.meta.channels[ch].timing_log
-                );
-                if worst > 2.0 {
-                    over2.push((jitter, seed, ch, worst));
-                }
-            }
-        }
-    }
+    let over2 = start_draws("sts@t", 8, 0, 3.5);
     assert!(over2.len() <= 6, "more than 2 ms off: {over2:?}");
 }
 
@@ -290,15 +263,25 @@ fn leg_starts_through_jitter_many_draws() {
 /// as at time zero: 9, the worst 4.0 ms.)
 #[test]
 fn legs_starting_after_time_zero_through_jitter_many_draws() {
+    let over2 = start_draws("stl@t", 12, 4_000, 4.0);
+    assert!(over2.len() <= 12, "more than 2 ms off: {over2:?}");
+}
+
+/// Calls of seeds 400-439 through 20, 40 and 60 ms of jitter on both legs,
+/// the callee starting `callee_ms` after the caller: each leg's worst
+/// 250 ms piece of talk of its first 6 s, asserted within `max_ms` of
+/// where it was said (and found); returns the legs more than 2 ms off
+/// (jitter, seed, channel, ms).
+fn start_draws(id: &str, secs: u32, callee_ms: u32, max_ms: f64) -> Vec<(u32, u64, usize, f64)> {
     let mut over2 = Vec::new();
     for jitter in [20u32, 40, 60] {
         for seed in 400..440u64 {
-            let mut c = call("stl@t", 12, seed);
-            c.callee_leg.start_ms = 4_000;
+            let mut c = call(id, secs, seed);
+            c.callee_leg.start_ms = callee_ms;
             both(&mut c, |i| i.jitter_ms = jitter);
             let (truth, rec) = record(&c);
             for ch in 0..2 {
-                let from = if ch == 0 { 0 } else { 4_000 };
+                let from = if ch == 0 { 0 } else { callee_ms };
                 let worst = piece_lags(&rec, &truth, ch, from, from + 6_000)
                     .into_iter()
                     .map(|p| {
@@ -310,7 +293,7 @@ fn legs_starting_after_time_zero_through_jitter_many_draws() {
                     })
                     .fold(0.0, f64::max);
                 assert!(
-                    worst <= 4.0,
+                    worst <= max_ms,
                     "jitter {jitter} seed {seed} ch{ch}: {worst} ms off; corrections {:?}",
                     rec.meta.channels[ch].timing_log
                 );
@@ -320,7 +303,98 @@ fn legs_starting_after_time_zero_through_jitter_many_draws() {
             }
         }
     }
-    assert!(over2.len() <= 12, "more than 2 ms off: {over2:?}");
+    over2
+}
+
+/// One leg's 250 ms pieces of talk against where each was said, allowing
+/// one offset for the whole channel (its median lag: where time zero
+/// fell): the pieces more than `tol_ms` off it (ms, lag, median), and the
+/// 5 ms blocks of talk not found within 12.5 ms.
+fn off_own_median(
+    rec: &Recorded,
+    truth: &CallTruth,
+    ch: usize,
+    tol_ms: f64,
+) -> (Vec<(u32, f64, f64)>, usize) {
+    let secs = truth.expected[ch].len() as u32 / rec.rate;
+    let ps = piece_lags(rec, truth, ch, 0, secs * 1000);
+    let mut lags: Vec<f64> = ps.iter().map(|p| p.1).collect();
+    lags.sort_by(f64::total_cmp);
+    let med = lags.get(lags.len() / 2).copied().unwrap_or(0.0);
+    let off = ps
+        .into_iter()
+        .filter(|p| (p.1 - med).abs() > tol_ms || p.2 < 0.9)
+        .map(|p| (p.0, p.1, med))
+        .collect();
+    let lost = lost_blocks(
+        &rec.ch[ch],
+        &truth.expected[ch],
+        rec.rate,
+        0,
+        (secs - 1) * 1000,
+        100,
+    );
+    (off, lost.len())
+}
+
+/// Runs [`off_own_median`] over calls of 60 s, seeds 500-503, each leg
+/// impaired by `f`; panics with every leg's figures if any piece is more
+/// than 2 ms off its channel's median or any talk is lost.
+fn in_place_through(name: &str, f: impl Fn(&mut pbx_testgen::Impairments) + Copy) {
+    let mut errs = Vec::new();
+    for seed in 500..504u64 {
+        let mut c = call("soft@t", 60, seed);
+        both(&mut c, f);
+        let (truth, rec) = record(&c);
+        for ch in 0..2 {
+            let (off, lost) = off_own_median(&rec, &truth, ch, 2.0);
+            if !off.is_empty() || lost > 0 {
+                let worst = off.iter().map(|p| (p.1 - p.2).abs()).fold(0.0, f64::max);
+                errs.push(format!(
+                    "seed {seed} ch{ch}: {} pieces off (worst {worst:.2} ms), {lost} blocks lost, drift {} ppm, corrections {:?}",
+                    off.len(),
+                    rec.meta.channels[ch].drift_ppm,
+                    rec.meta.channels[ch].timing_log
+                ));
+            }
+        }
+    }
+    assert!(errs.is_empty(), "{name}:\n{}", errs.join("\n"));
+}
+
+/// Delay that wanders: a queue on a busy uplink whose depth walks between
+/// 0 and 20 ms over seconds (`Impairments::jitter_walk_ms`), touching its
+/// floor only now and then, on both legs of 60 s calls. Every 250 ms piece
+/// of talk within 2 ms of its channel's own offset, no talk lost.
+///
+/// Fails (found 2026-12-07, ninth session; not fixed): the leg follows the
+/// floor of each 10 s window, which rises when the queue stays up: over
+/// seeds 500-515, 473 of 5,743 pieces more than 2 ms off (8 %), the worst
+/// 23 ms, 412 blocks of 5 ms of talk not found within 12.5 ms (40 ms of
+/// walk: 534 pieces, 27 ms, 725 blocks). Uniform jitter of the same size,
+/// each packet's drawn afresh: none off, nothing lost.
+#[test]
+#[ignore = "defect: a wandering queueing delay moves the legs back and forth (8 % of pieces more than 2 ms off through 20 ms)"]
+fn a_wandering_queue_delay_keeps_each_leg_in_place() {
+    in_place_through("wandering delay up to 20 ms", |i| i.jitter_walk_ms = 20);
+}
+
+/// Normally distributed jitter, as `netem delay 20ms 5ms distribution
+/// normal` makes it (`Impairments::jitter_normal_ms`): no floor the delays
+/// pile up against, the least delay seen falling further the more packets
+/// come. Every 250 ms piece of talk within 2 ms of its channel's own
+/// offset, no talk lost.
+///
+/// Fails (found 2026-12-07, ninth session; not fixed): the least delay of
+/// each window moves with chance, and the envelope follows it: over seeds
+/// 500-515, with a deviation of 5 ms, 1,785 of 5,743 pieces more than 2 ms
+/// off (31 %), the worst 10.4 ms, 150 blocks lost; with 10 ms, 2,784 (48 %),
+/// the worst 32 ms, drifts of 68-204 ppm followed that are not there;
+/// 2 ms: 304 (5 %), the worst 9.9 ms.
+#[test]
+#[ignore = "defect: normally distributed jitter (no delay floor) moves the legs back and forth (31 % of pieces more than 2 ms off at 5 ms)"]
+fn normally_distributed_jitter_keeps_each_leg_in_place() {
+    in_place_through("normal jitter, 5 ms", |i| i.jitter_normal_ms = 5);
 }
 
 proptest::proptest! {
