@@ -305,7 +305,6 @@ impl Envelope {
         // jitter and few packets, chance must not pass for a drift).
         let floor = jitter_typ.max(self.jitter_hi)
             * (1.0 / (h1.packets + 1.0)).hypot(1.0 / (h2.packets + 1.0));
-        let uncertainty = ((pin.max(floor) + 0.05 * ms) / du).max(C_MIN);
         let u0 = p1.u;
         // The line's height (the lowest that keeps it under every minimum)
         // and, in the same pass, the lowest minimum of every quarter of the
@@ -333,6 +332,19 @@ impl Envelope {
         let linear = !lo_q
             .iter()
             .any(|lo| lo.is_finite() && lo - d0 > 1.0 + 2.0 * pin + jitter_typ / 8.0);
+        // Where the least delays pile up against a floor, each quarter's
+        // lowest lies on the line, within J/(n+1) of its packets. Where they
+        // do not (a queue whose depth wanders for seconds, normally
+        // distributed jitter: the least delay of each stretch moves by
+        // chance), the quarters' lowest scatter about it, and the halves'
+        // lowest points are as uncertain as that scatter beyond chance.
+        let per_quarter = (h1.packets + h2.packets) / 4.0 + 1.0;
+        let scatter = lo_q
+            .iter()
+            .filter(|lo| lo.is_finite())
+            .map(|lo| lo - d0 - 3.0 * floor.max(jitter_typ / per_quarter))
+            .fold(0.0, f64::max);
+        let uncertainty = ((pin.max(floor).max(scatter) + 0.05 * ms) / du).max(C_MIN);
         Some(Line {
             u0,
             d0,
