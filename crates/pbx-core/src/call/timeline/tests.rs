@@ -81,6 +81,47 @@ mod start_tests {
         assert!(t.start_settled());
     }
 
+    /// A leg whose first packet comes after time zero, through 20 ms of
+    /// jitter: the render waits short of its first sample (by the spread
+    /// of its delays) until its floor is known, then goes on; on a clean
+    /// link it does not wait at all; and never longer than 3 s after its
+    /// first packet.
+    #[test]
+    fn a_leg_starting_later_holds_the_render_until_its_floor_is_known() {
+        let jittery = |k: i64| ((k * 7919) % 160 + 160) % 160;
+        // Time zero at 0; the leg's first packet (sent at 8000) arrives
+        // 8000 + its delay later: 1 s into the call.
+        let mut t = LegTimeline::new(8000, 4000);
+        t.set_start(0);
+        for k in 50..60 {
+            feed(&mut t, k, jittery(k));
+        }
+        let now = 60 * 160 + 160;
+        let wait = t.ready_until(now, false);
+        assert!(wait <= 50 * 160, "held short of its first sample: {wait}");
+        assert!(wait > 50 * 160 - 200, "by no more than its spread: {wait}");
+        assert_eq!(t.ready_until(now, true), i64::MAX, "not at the end");
+        for k in 60..200 {
+            feed(&mut t, k, jittery(k));
+        }
+        assert_eq!(t.ready_until(200 * 160, false), i64::MAX, "settled");
+        // A clean link: no wait.
+        let mut t = LegTimeline::new(8000, 4000);
+        t.set_start(0);
+        for k in 50..56 {
+            feed(&mut t, k, 0);
+        }
+        assert_eq!(t.ready_until(56 * 160, false), i64::MAX);
+        // A leg of three packets never settles: released 3 s after the first.
+        let mut t = LegTimeline::new(8000, 4000);
+        t.set_start(0);
+        for k in 50..53 {
+            feed(&mut t, k, jittery(k));
+        }
+        assert!(t.ready_until(50 * 160 + 23_000, false) < i64::MAX);
+        assert_eq!(t.ready_until(50 * 160 + 24_200, false), i64::MAX);
+    }
+
     /// With 20 ms of jitter the floor is known within a quarter of a
     /// millisecond on average only after about 80 packets; with 80 ms, only
     /// once their minima span 3 s.
