@@ -245,8 +245,9 @@ fn a_legs_start_through_jitter_is_in_place_from_the_first_second() {
 /// correction at 2.8 s, its first 500 ms of packets all late by an eighth
 /// of the jitter or more, which only packets seconds later show, further
 /// than an unknown drift lets them count at the start (1,500 ppm); and
-/// seed 414's callee through 40 ms, a correction at 4.2 s 3 ms too large
-/// for 1.7 s.)
+/// seed 414's callee through 40 ms: time zero fixed by the caller's start
+/// 2.3 ms above its floor, the callee corrected to its own at 4.2 s, the
+/// caller (within the 3 ms hysteresis of 40 ms) only at 13 s.)
 #[test]
 fn leg_starts_through_jitter_many_draws() {
     let over2 = start_draws("sts@t", 8, 0, 3.5);
