@@ -316,7 +316,7 @@ fn off_own_median(
     truth: &CallTruth,
     ch: usize,
     tol_ms: f64,
-) -> (Vec<(u32, f64, f64)>, usize) {
+) -> (Vec<(u32, f64, f64)>, usize, f64) {
     let secs = truth.expected[ch].len() as u32 / rec.rate;
     let ps = piece_lags(rec, truth, ch, 0, secs * 1000);
     let mut lags: Vec<f64> = ps.iter().map(|p| p.1).collect();
@@ -335,7 +335,7 @@ fn off_own_median(
         (secs - 1) * 1000,
         100,
     );
-    (off, lost.len())
+    (off, lost.len(), med)
 }
 
 /// Runs [`off_own_median`] over calls of 60 s, seeds 500-503, each leg
@@ -348,7 +348,7 @@ fn in_place_through(name: &str, f: impl Fn(&mut pbx_testgen::Impairments) + Copy
         both(&mut c, f);
         let (truth, rec) = record(&c);
         for ch in 0..2 {
-            let (off, lost) = off_own_median(&rec, &truth, ch, 2.0);
+            let (off, lost, _) = off_own_median(&rec, &truth, ch, 2.0);
             if !off.is_empty() || lost > 0 {
                 let worst = off.iter().map(|p| (p.1 - p.2).abs()).fold(0.0, f64::max);
                 errs.push(format!(
@@ -375,7 +375,10 @@ fn in_place_through(name: &str, f: impl Fn(&mut pbx_testgen::Impairments) + Copy
 /// walk: 534 pieces, 27 ms, 725 blocks). Uniform jitter of the same size,
 /// each packet's drawn afresh: none off, nothing lost. Since the fits'
 /// uncertainty counts the minima's scatter (same day): 254 pieces, the
-/// worst 15.4 ms, 69 blocks (40 ms: 331, 25.8 ms, 132).
+/// worst 15.4 ms, 69 blocks (40 ms: 331, 25.8 ms, 132). Soft floors
+/// placed by a quantile (tenth session) leave a walk alone but for one
+/// leg of 32 whose first 0.86 s fixed time zero on the walk 12.5 ms high:
+/// 20 ms 309 pieces, 40 ms 331.
 #[test]
 #[ignore = "defect: a wandering queueing delay moves the legs back and forth (8 % of pieces more than 2 ms off through 20 ms)"]
 fn a_wandering_queue_delay_keeps_each_leg_in_place() {
@@ -396,11 +399,56 @@ fn a_wandering_queue_delay_keeps_each_leg_in_place() {
 /// 2 ms: 304 (5 %), the worst 9.9 ms. Since the fits' uncertainty counts
 /// the minima's scatter (same day), no drift is followed that is not
 /// there: at 5 ms 1,485 pieces (26 %), the worst 14.4 ms, none lost; at
-/// 10 ms 2,614, 881 blocks; at 2 ms 252.
+/// 10 ms 2,614, 881 blocks; at 2 ms 252. Since a soft floor is told
+/// apart and placed by a low quantile of its minima (tenth session;
+/// `normally_distributed_jitter_is_placed_by_a_low_quantile` keeps it):
+/// at 5 ms 395 (6.9 %), the worst 6.0 ms; at 10 ms 497, 116 blocks; at
+/// 2 ms 200. Left: legs not told soft by their first packets, and a 20 s
+/// window's quantile moving beyond the hysteresis (docs/timing.md).
 #[test]
-#[ignore = "defect: normally distributed jitter (no delay floor) moves the legs back and forth (31 % of pieces more than 2 ms off at 5 ms)"]
+#[ignore = "defect: normally distributed jitter (no delay floor) still moves some legs (7 % of pieces more than 2 ms off at 5 ms)"]
 fn normally_distributed_jitter_keeps_each_leg_in_place() {
     in_place_through("normal jitter, 5 ms", |i| i.jitter_normal_ms = 5);
+}
+
+/// Normally distributed jitter of 5 ms on both legs, as `netem delay 20ms
+/// 5ms distribution normal` makes it, what the soft-floor placement
+/// (2026-12-07, tenth session) mended, kept from coming back: over seeds
+/// 500-507 (60 s calls), pieces of 250 ms more than 2 ms off their
+/// channel's own median at most 8 % (measured: 7.0 %; before, 26 % over
+/// 16 seeds), none more than 7 ms off it (measured 6.0), no 5 ms block of
+/// talk lost, and each call's two channels placed alike: their medians
+/// within 3 ms of each other (measured 2.5; before, 5.25 over 16 seeds).
+#[test]
+fn normally_distributed_jitter_is_placed_by_a_low_quantile() {
+    let (mut pieces, mut off, mut worst, mut lost) = (0usize, 0usize, 0.0f64, 0usize);
+    let mut apart = Vec::new();
+    for seed in 500..508u64 {
+        let mut c = call("soft@t", 60, seed);
+        both(&mut c, |i| i.jitter_normal_ms = 5);
+        let (truth, rec) = record(&c);
+        let mut medians = [0.0; 2];
+        for (ch, median) in medians.iter_mut().enumerate() {
+            pieces += piece_lags(&rec, &truth, ch, 0, 60_000).len();
+            let (o, l, med) = off_own_median(&rec, &truth, ch, 2.0);
+            off += o.len();
+            worst = o.iter().map(|p| (p.1 - p.2).abs()).fold(worst, f64::max);
+            lost += l;
+            *median = med;
+        }
+        apart.push((seed, medians[0] - medians[1]));
+    }
+    let share = off as f64 / pieces as f64;
+    eprintln!("{off} of {pieces} pieces off ({share:.3}), worst {worst:.2} ms, {lost} blocks lost, medians apart {apart:?}");
+    assert!(share <= 0.08, "{off} of {pieces} pieces more than 2 ms off");
+    assert!(worst <= 7.0, "a piece {worst} ms off its channel's median");
+    assert_eq!(lost, 0, "blocks of talk lost");
+    for (seed, d) in apart {
+        assert!(
+            d.abs() <= 3.0,
+            "seed {seed}: channels' medians {d} ms apart"
+        );
+    }
 }
 
 proptest::proptest! {

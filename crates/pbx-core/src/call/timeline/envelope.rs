@@ -1,7 +1,8 @@
 //! The lower envelope of one segment (see the parent module): per quarter
 //! second the least-delayed packet's `d = arrival - u`, the line fitted
 //! through them (drift), the window minimum a packet is placed by, the
-//! jitter seen, and whether the drift is followed.
+//! jitter seen, whether the drift is followed, and whether the delays have
+//! a hard floor at all (if not, a low quantile places the leg instead).
 
 use super::buckets::BucketQueue;
 use super::*;
@@ -37,6 +38,61 @@ impl Line {
 
 /// Buckets either side of a bucket in its window ([`FLAT_WINDOW_MS`]).
 pub(super) const NEAR_WINDOW: i64 = FLAT_WINDOW_MS * BUCKETS_PER_S / 1000;
+
+/// Buckets between two looks at [`Envelope::soft`] (2.5 s).
+const SOFT_CHECK_BUCKETS: i64 = 10;
+/// [`Envelope::target`] of a soft floor: this quantile of the window's
+/// minima with at least [`SOFT_MIN_PACKETS`] packets each.
+const SOFT_QUANTILE: f64 = 0.1;
+const SOFT_MIN_PACKETS: u32 = 4;
+/// Minima spread less than this (lowest to median) are a hard floor
+/// whatever their shape.
+const SOFT_SPREAD_MS: f64 = 2.0;
+/// Offset errors of a soft floor within this much of the minima's spread
+/// ([`Envelope::soft_spread`]) are left alone.
+const SOFT_HYSTERESIS: f64 = 0.6;
+
+/// The `p` quantile of `v` (reordered), interpolated between ranks.
+pub(super) fn quantile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    let x = p * (v.len() - 1) as f64;
+    let i = x.floor() as usize;
+    let f = x - i as f64;
+    match (v.get(i), v.get(i + 1)) {
+        (Some(a), Some(b)) => a + f * (b - a),
+        (Some(a), None) => *a,
+        _ => 0.0,
+    }
+}
+
+/// Whether the delays of consecutive packets `d` (in the order they were
+/// sent; reordered here) thin out towards their least instead of piling
+/// up against it, once there are enough of them to tell: the lowest tenth
+/// lies about 1.0 of the way from the least to the median where they are
+/// normally distributed (the least of 150 at 2.6 deviations below the
+/// mean, the tenth at 1.3), 0.23 where they are uniform (above 0.6: one
+/// start in 200). Not where each packet's delay is close to the one
+/// before (a queue that wanders for seconds: how low it gets is not told
+/// by a few seconds of it, and its floor is hard).
+pub(super) fn soft_delays(d: &mut [i64], ms: f64) -> Option<bool> {
+    let n = d.len();
+    if n < 40 {
+        return None;
+    }
+    let step = d
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs() as f64)
+        .sum::<f64>()
+        / (n - 1) as f64;
+    d.sort_unstable();
+    let (lo, q10, q50) = (d[0] as f64, d[n / 10] as f64, d[n / 2] as f64);
+    if q50 - lo < SOFT_SPREAD_MS * ms {
+        return Some(false);
+    }
+    // Independent normal delays: a step of 1.13 deviations on average, the
+    // tenth to the median 1.28.
+    Some((q10 - lo) / (q50 - q10).max(1e-9) > 0.6 && step > 0.5 * (q50 - q10))
+}
 
 /// A window minimum remembered by [`Envelope::at`].
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +138,19 @@ pub(super) struct Envelope {
     /// seconds after a stall).
     pub(super) jitter_hi: f64,
     pub(super) residuals: u32,
+    /// Whether the least delays thin out towards their floor instead of
+    /// piling up against it ([`Envelope::update_soft`], [`soft_delays`]):
+    /// then the leg is placed by a low quantile of the window's minima
+    /// ([`Envelope::target`]).
+    pub(super) soft: bool,
+    /// The minima's spread from their lowest tenth to their median (when
+    /// soft): a window's low quantile moves by chance by about a fifth of
+    /// it either way.
+    pub(super) soft_spread: f64,
+    /// Bumped whenever a minimum is added or lowered.
+    pub(super) version: u64,
+    /// The last [`Envelope::target`]: (gen, version, bucket, value).
+    pub(super) target_cache: std::cell::Cell<(u64, u64, i64, f64)>,
     /// Whether the segment follows the line's slope (by resampling).
     pub(super) following: bool,
     /// Fits in a row whose slope was significant (before following).
@@ -121,6 +190,10 @@ impl Envelope {
             jitter_typ: 0.0,
             jitter_hi: 0.0,
             residuals: 0,
+            soft: false,
+            soft_spread: 0.0,
+            version: 0,
+            target_cache: std::cell::Cell::new((0, 0, i64::MIN, 0.0)),
             following: false,
             significant_fits: 0,
             changed_checks: 0,
@@ -191,11 +264,15 @@ impl Envelope {
             self.gen += 1;
         }
         if changed {
+            self.version += 1;
             self.cache_offer(Bucket { u, d, n: 1 });
         }
         // A point under the fitted line is news now, not at the next bucket.
         if refit || self.line.is_some_and(|l| (d as f64) < l.at(u) - 0.5) {
             self.fit();
+        }
+        if refit && idx.rem_euclid(SOFT_CHECK_BUCKETS) == 0 {
+            self.update_soft();
         }
     }
 
@@ -538,6 +615,107 @@ impl Envelope {
         Some(ea + (eb - ea) * f)
     }
 
+    /// Where the leg's audio is placed at `u`: [`Envelope::at`], but where
+    /// the delays have no hard floor ([`Envelope::soft`]), a low quantile of
+    /// the minima around `u` instead of the least: the least of a window
+    /// moves by chance, and the leg would with it.
+    pub(super) fn target(&self, u: i64) -> Option<f64> {
+        if !self.soft {
+            return self.at(u);
+        }
+        let idx = u.div_euclid(self.bucket_len);
+        let (gen, version, at, v) = self.target_cache.get();
+        if (gen, version, at) == (self.gen, self.version, idx) {
+            return Some(v);
+        }
+        let line = self.line.filter(|_| self.following);
+        let mut vals = [0.0f64; MAX_BUCKETS];
+        let mut m = 0;
+        let tilted = !self.following
+            && self.line.is_some_and(|l| {
+                l.slope.abs() > (self.soft_spread / (self.span() / 2).max(1) as f64).max(DRIFT_ON)
+            });
+        let w = if tilted { NEAR_WINDOW } else { 2 * NEAR_WINDOW };
+        let (lo, hi) = (idx - w, idx + w);
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| (lo..=hi).contains(&b.u.div_euclid(self.bucket_len)))
+        {
+            if b.n >= SOFT_MIN_PACKETS && m < vals.len() {
+                vals[m] = b.d as f64 - line.map_or(0.0, |l| l.at(b.u));
+                m += 1;
+            }
+        }
+        if m < 4 {
+            return self.at(u);
+        }
+        let v = quantile(&mut vals[..m], SOFT_QUANTILE) + line.map_or(0.0, |l| l.at(u));
+        self.target_cache.set((self.gen, self.version, idx, v));
+        Some(v)
+    }
+
+    /// [`Envelope::soft`] from the minima kept (relative to the line, if
+    /// its drift is followed), once 10 s of them have enough packets each: where
+    /// the least delays pile up against a floor, the lowest tenth of the
+    /// minima lie much closer to the lowest than to the median (a uniform
+    /// or exponential delay: about 0.15 of the way); where they thin out
+    /// towards it (normally distributed jitter), 0.75 of it.
+    fn update_soft(&mut self) {
+        let line = self.line.filter(|_| self.following);
+        let mut vals = [0.0f64; MAX_BUCKETS];
+        let mut m = 0;
+        for b in self.buckets.iter() {
+            if b.n >= SOFT_MIN_PACKETS && m < vals.len() {
+                vals[m] = b.d as f64 - line.map_or(0.0, |l| l.at(b.u));
+                m += 1;
+            }
+        }
+        if m < 12 {
+            return;
+        }
+        let vals = &mut vals[..m];
+        vals.sort_unstable_by(f64::total_cmp);
+        let (lo, q10, q50) = (vals[0], vals[m / 10], vals[m / 2]);
+        // The spread about the line, followed or not: a drift not (yet)
+        // followed is no spread of the delays.
+        if let (Some(l), false) = (self.line, self.following) {
+            let mut rel = [0.0f64; MAX_BUCKETS];
+            let mut k = 0;
+            for b in self.buckets.iter() {
+                if b.n >= SOFT_MIN_PACKETS && k < rel.len() {
+                    rel[k] = b.d as f64 - l.at(b.u);
+                    k += 1;
+                }
+            }
+            let rel = &mut rel[..k];
+            rel.sort_unstable_by(f64::total_cmp);
+            self.soft_spread = rel[k / 2] - rel[k / 10];
+        } else {
+            self.soft_spread = q50 - q10;
+        }
+        // Fewer than 20 s of minima cannot tell the shapes apart (the
+        // first segment was told by its first packets), nor can minima
+        // relative to a line: a slope off by a little, or a drift that
+        // changed, spreads them as the lack of a floor does.
+        if m < 80 || self.following {
+            return;
+        }
+        let was = self.soft;
+        let t = (q10 - lo) / (q50 - q10).max(1e-9);
+        // Only clear shapes change what the first packets told: a uniform
+        // delay's minima lie above 0.8 in one window of 80 in a thousand,
+        // a normal one's below 0.2 hardly ever.
+        if q50 - lo < SOFT_SPREAD_MS * self.ms || t < 0.2 {
+            self.soft = false;
+        } else if t > 0.8 {
+            self.soft = true;
+        }
+        if self.soft != was {
+            self.gen += 1;
+        }
+    }
+
     /// Whether the line's slope is known well enough to start following it,
     /// or (while followed) still clearly more than noise.
     pub(super) fn slope_significant(&self, l: &Line) -> bool {
@@ -547,6 +725,14 @@ impl Envelope {
         } else {
             l.uncertainty
                 .max(0.25 * self.ms / self.span().max(1) as f64)
+        };
+        // Without a hard floor, each half's lowest minimum is as uncertain
+        // as the minima's spread ([`Envelope::soft_spread`]): chance tilts
+        // the line by that much over half the span.
+        let unc = if self.soft {
+            unc.max(self.soft_spread / (self.span() / 2).max(1) as f64)
+        } else {
+            unc
         };
         if self.following {
             l.slope.abs() > unc && l.slope.abs() >= DRIFT_ON / 2.0
@@ -600,7 +786,13 @@ impl Envelope {
     /// wanders by about an eighth of the jitter, and a correction is a lag
     /// change (however quiet its place), so it is made only when it matters.
     pub(super) fn hysteresis(&self) -> f64 {
-        (self.jitter_typ / 8.0).clamp(HYSTERESIS_MS * self.ms, 3.0 * HYSTERESIS_MS * self.ms)
+        let h =
+            (self.jitter_typ / 8.0).clamp(HYSTERESIS_MS * self.ms, 3.0 * HYSTERESIS_MS * self.ms);
+        if self.soft {
+            h.max(SOFT_HYSTERESIS * self.soft_spread)
+        } else {
+            h
+        }
     }
 
     /// The sender's drift, when it is known well and large enough to follow.

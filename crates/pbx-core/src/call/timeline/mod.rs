@@ -29,6 +29,12 @@
 //!   only rendered a hold-back window after it arrived, so a first packet that
 //!   was itself late is known to be late before anything is written.
 //!
+//! Where the delays have no hard floor to pile up against (normally
+//! distributed jitter: the least delay keeps falling as packets come, and
+//! each window's least moves by chance), the leg is placed by a low
+//! quantile of the minima instead ([`Envelope`]'s `soft`, told by the
+//! shape of the delays' lower tail).
+//!
 //! # Rendering: corrections that cannot be heard
 //!
 //! The leg's samples go out at `pos = u + a`, `a` the applied offset. While `a`
@@ -373,7 +379,7 @@ impl Segment {
         if self.started {
             u as f64 + self.a
         } else {
-            u as f64 + self.env.at(u).unwrap_or(0.0)
+            u as f64 + self.env.target(u).unwrap_or(0.0)
         }
     }
 
@@ -1023,6 +1029,9 @@ impl LegTimeline {
         let tail: VecDeque<Chunk> = self.segs[i].chunks.split_off(k);
         let (ssrc, clock_rate) = (self.segs[i].ssrc, self.segs[i].clock_rate);
         let mut s = Segment::new(self.rate, ssrc, 0, clock_rate, self.segs[i].lineage);
+        // The same stream on the same path: its delays' shape goes on.
+        s.env.soft = self.segs[i].env.soft;
+        s.env.soft_spread = self.segs[i].env.soft_spread;
         if same_clock {
             // The delay rose or the stream overlapped itself: the same
             // sender's clock goes on, and so does its drift.

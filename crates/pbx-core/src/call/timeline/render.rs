@@ -200,9 +200,17 @@ impl LegTimeline {
             .first_u()
             .or_else(|| seg.env.buckets.back().map(|b| b.u))
             .unwrap_or(0);
+        // A leg's first segment holds every packet so far: whether their
+        // delays have a hard floor is told by them ([`Envelope::soft`]).
+        if first {
+            let mut d: Vec<i64> = seg.chunks.iter().map(Chunk::d).collect();
+            if let Some(soft) = soft_delays(&mut d, seg.env.ms) {
+                seg.env.soft = soft;
+            }
+        }
         // Never earlier than the evidence: the envelope is an upper bound of
         // the sender's true offset (every packet's delay is >= 0).
-        let want = seg.env.at(u).unwrap_or((at - u) as f64).round();
+        let want = seg.env.target(u).unwrap_or((at - u) as f64).round();
         if first {
             seg.a = want;
             return;
@@ -249,7 +257,7 @@ impl LegTimeline {
         // brought back to a whole one (in a quiet place, or spread), so the
         // leg is copied bit for bit again.
         if was_following && seg.drift == 0.0 && seg.a.fract() != 0.0 && seg.slew_left == 0.0 {
-            if let Some(t) = seg.env.at((self.pos as f64 - seg.a).floor() as i64) {
+            if let Some(t) = seg.env.target((self.pos as f64 - seg.a).floor() as i64) {
                 seg.pending = t.round() - seg.a;
                 seg.pending_since = self.pos;
                 seg.pending_forced = true;
@@ -263,7 +271,7 @@ impl LegTimeline {
         let settled = seg.env.clean() || seg.env.span() >= (FIT_SPAN_MS as f64 * ms) as i64;
         if seg.slew_left == 0.0 && settled {
             let u_now = (self.pos as f64 - seg.a).floor() as i64;
-            if let Some(t) = seg.env.at(u_now) {
+            if let Some(t) = seg.env.target(u_now) {
                 let k = if seg.drift == 0.0 {
                     t.round() - seg.a
                 } else {

@@ -487,3 +487,118 @@ mod straggler_tests {
         );
     }
 }
+
+mod soft_floor_tests {
+    use super::super::envelope::{quantile, soft_delays, Envelope};
+
+    /// xorshift64*, uniform in [0, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn unit(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f64 {
+            let (a, b) = (self.unit().max(1e-300), self.unit());
+            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+        }
+    }
+
+    /// Delays (samples at 8 kHz) of `n` consecutive packets.
+    fn draws(n: usize, rng: &mut Rng, f: impl Fn(&mut Rng) -> f64) -> Vec<i64> {
+        (0..n).map(|_| f(rng).round() as i64).collect()
+    }
+
+    #[test]
+    fn packets_tell_a_normal_delay_from_a_hard_floor() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut uniform_soft, mut normal_soft) = (0, 0);
+        for _ in 0..500 {
+            // 40 ms of uniform jitter, or a deviation of 5 ms around 20 ms.
+            let mut u = draws(150, &mut rng, |r| 320.0 * r.unit());
+            uniform_soft += usize::from(soft_delays(&mut u, 8.0) == Some(true));
+            let mut n = draws(150, &mut rng, |r| 160.0 + 40.0 * r.normal());
+            normal_soft += usize::from(soft_delays(&mut n, 8.0) == Some(true));
+        }
+        // (Expected: about 1 in 200, and 19 in 20.)
+        assert!(
+            uniform_soft <= 8,
+            "uniform taken for soft {uniform_soft} of 500"
+        );
+        assert!(
+            normal_soft >= 450,
+            "normal taken for soft {normal_soft} of 500"
+        );
+        // Too few packets to tell; a spread under 2 ms is a floor.
+        let mut few = draws(39, &mut rng, |r| 160.0 + 40.0 * r.normal());
+        assert_eq!(soft_delays(&mut few, 8.0), None);
+        let mut narrow = draws(150, &mut rng, |r| 40.0 + 2.0 * r.normal());
+        assert_eq!(soft_delays(&mut narrow, 8.0), Some(false));
+    }
+
+    #[test]
+    fn a_queue_that_wanders_is_no_soft_floor() {
+        // Each packet's delay a step of at most 2.5 ms from the one before,
+        // between 0 and 20 ms: from its first seconds its lowest tenth can
+        // lie anywhere, its floor is hard.
+        let mut rng = Rng(7);
+        let mut soft = 0;
+        for _ in 0..200 {
+            let mut q = 160.0 * rng.unit();
+            let mut d: Vec<i64> = (0..150)
+                .map(|_| {
+                    q = (q + (2.0 * rng.unit() - 1.0) * 20.0).abs();
+                    if q > 160.0 {
+                        q = 320.0 - q;
+                    }
+                    q.round() as i64
+                })
+                .collect();
+            soft += usize::from(soft_delays(&mut d, 8.0) == Some(true));
+        }
+        assert_eq!(soft, 0, "wandering queue taken for soft {soft} of 200");
+    }
+
+    #[test]
+    fn quantile_interpolates_between_ranks() {
+        let mut v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&mut v, 0.0), 1.0);
+        assert_eq!(quantile(&mut v, 1.0), 5.0);
+        assert_eq!(quantile(&mut v, 0.5), 3.0);
+        assert!((quantile(&mut v, 0.1) - 1.4).abs() < 1e-12);
+        assert_eq!(quantile(&mut [7.0], 0.1), 7.0);
+    }
+
+    /// An envelope fed 60 s of packets (20 ms, 8 kHz) delayed by `f`.
+    fn fed(f: impl Fn(&mut Rng) -> f64) -> Envelope {
+        let mut rng = Rng(0x1234_5678);
+        let mut env = Envelope::new(8000);
+        for k in 0..3000i64 {
+            let u = k * 160;
+            env.add(u, f(&mut rng).round() as i64);
+        }
+        env
+    }
+
+    #[test]
+    fn minima_tell_a_normal_delay_from_a_hard_floor() {
+        // Not told by the first packets (soft starts false here): the
+        // minima of 20 s and more tell it.
+        let normal = fed(|r| 160.0 + 40.0 * r.normal());
+        assert!(normal.soft);
+        let uniform = fed(|r| 320.0 * r.unit());
+        assert!(!uniform.soft);
+        // Soft: placed by the lowest tenth of the minima around, between
+        // the least and the median of them; the hysteresis grows with
+        // their spread.
+        let u = 2999 * 160;
+        let (at, target) = (normal.at(u).unwrap(), normal.target(u).unwrap());
+        assert!(target > at + 8.0, "target {target} at {at}");
+        assert!(target < 160.0 - 40.0, "target {target}");
+        assert!(normal.hysteresis() > uniform.hysteresis());
+        // A hard floor is placed by its least delay, as before.
+        assert_eq!(uniform.target(u), uniform.at(u));
+    }
+}
