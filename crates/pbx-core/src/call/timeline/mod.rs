@@ -534,6 +534,13 @@ impl LegTimeline {
             return false;
         };
         let mut over: Vec<i64> = seg.chunks.iter().map(|c| c.d() - least).collect();
+        // Delays without a hard floor: the least of them is no estimate
+        // that settles, the leg is placed by a quantile of its minima, and
+        // the more of them the start waits for (up to FIT_SPAN_MS), the
+        // less that quantile moves later.
+        if soft_delays(&mut over.clone(), self.ms) == Some(true) {
+            return false;
+        }
         let (_, median, _) = over.select_nth_unstable(n / 2);
         let spread = 2.0 * *median as f64;
         spread / (n as f64 + 1.0) <= START_BIAS_MS * self.ms
