@@ -147,6 +147,11 @@ pub(super) struct Envelope {
     /// soft): a window's low quantile moves by chance by about a fifth of
     /// it either way.
     pub(super) soft_spread: f64,
+    /// A new stream on a soft leg: the previous stream's median delay over
+    /// its placement ([`Envelope::median_gap`]; 0: none), by which its first
+    /// packets' median places it ([`Envelope::target`] needs seconds of
+    /// minima).
+    pub(super) soft_gap: f64,
     /// Bumped whenever a minimum is added or lowered.
     pub(super) version: u64,
     /// The last [`Envelope::target`]: (gen, version, bucket, value).
@@ -192,6 +197,7 @@ impl Envelope {
             residuals: 0,
             soft: false,
             soft_spread: 0.0,
+            soft_gap: 0.0,
             version: 0,
             target_cache: std::cell::Cell::new((0, 0, i64::MIN, 0.0)),
             following: false,
@@ -655,6 +661,23 @@ impl Envelope {
         Some(v)
     }
 
+    /// How far the typical packet's delay lies above the placement
+    /// ([`Envelope::target`]) at the newest minimum, on a soft floor whose
+    /// packets are known well enough (0 otherwise): the running median of
+    /// the residuals over the least delay, less the target's height over it.
+    pub(super) fn median_gap(&self) -> f64 {
+        let Some(u) = self.buckets.back().map(|b| b.u) else {
+            return 0.0;
+        };
+        if !self.soft || self.residuals < 200 {
+            return 0.0;
+        }
+        match (self.at(u), self.target(u)) {
+            (Some(at), Some(t)) => (at + self.jitter_typ / 2.0 - t).max(0.0),
+            _ => 0.0,
+        }
+    }
+
     /// The minima kept with at least [`SOFT_MIN_PACKETS`] packets each,
     /// relative to `line` if any, sorted into `out`; how many.
     fn sorted_minima(&self, line: Option<Line>, out: &mut [f64; MAX_BUCKETS]) -> usize {
@@ -799,6 +822,19 @@ impl Envelope {
             h.max(SOFT_HYSTERESIS * self.soft_spread)
         } else {
             h
+        }
+    }
+
+    /// How far a new stream's first place may lie from where the previous
+    /// one's audio ends and still be taken to continue it: the
+    /// hysteresis; for a new stream on a soft leg, placed by its first
+    /// packets' median ([`Envelope::soft_gap`], uncertain by about the
+    /// minima's spread), at least that spread.
+    pub(super) fn seam_tolerance(&self) -> f64 {
+        if self.soft && self.soft_gap > 0.0 {
+            self.hysteresis().max(self.soft_spread)
+        } else {
+            self.hysteresis()
         }
     }
 

@@ -380,8 +380,31 @@ impl Segment {
         if self.started {
             u as f64 + self.a
         } else {
-            u as f64 + self.env.target(u).unwrap_or(0.0)
+            u as f64 + self.target(u).unwrap_or(0.0)
         }
+    }
+
+    /// The offset for `u` before rendering ([`Envelope::target`]); a new
+    /// stream on a soft leg is placed by its packets' median delay less
+    /// the previous stream's median over its placement
+    /// ([`Envelope::soft_gap`]): its least delays so far lie well above
+    /// where its target will settle, its median is known sooner. Never
+    /// above its least delay, nor below it by more than the median is
+    /// above it (a clean path's packets spread nothing).
+    fn target(&self, u: i64) -> Option<f64> {
+        let t = self.env.target(u);
+        if !self.env.soft || self.env.soft_gap <= 0.0 || self.chunks.len() < 8 {
+            return t;
+        }
+        let mut d = [0i64; 64];
+        let n = self.chunks.len().min(d.len());
+        for (x, c) in d.iter_mut().zip(self.chunks.iter()) {
+            *x = c.d();
+        }
+        let d = &mut d[..n];
+        let least = d.iter().copied().min().unwrap_or(0) as f64;
+        let median = *d.select_nth_unstable(n / 2).1 as f64;
+        Some((median - self.env.soft_gap).clamp(least - (median - least), least))
     }
 
     /// A chunk ending at `end` was dropped: the segment's end is that of
@@ -524,13 +547,15 @@ impl LegTimeline {
         // first allocation would hold four (a kilobyte a leg for nothing).
         self.segs.reserve_exact(1);
         self.lineages = self.lineages.wrapping_add(1);
-        self.segs.push_back(Segment::new(
-            self.rate,
-            p.ssrc,
-            p.ts,
-            p.clock_rate,
-            self.lineages,
-        ));
+        let mut s = Segment::new(self.rate, p.ssrc, p.ts, p.clock_rate, self.lineages);
+        if let Some(prev) = self.segs.back() {
+            // A new stream on the leg (a re-INVITE, a transfer) comes the
+            // same way to the capture: its delays' shape is the path's.
+            s.env.soft = prev.env.soft;
+            s.env.soft_spread = prev.env.soft_spread;
+            s.env.soft_gap = prev.env.median_gap();
+        }
+        self.segs.push_back(s);
         if self.segs.len() > 1 {
             self.stats.breaks += 1;
         }

@@ -167,7 +167,7 @@ impl LegTimeline {
         let cur_end = cur.last_end().map(|e| cur.place(e).round() as i64);
         // Within what the estimate can tell apart, the new stream continues
         // the old one seamlessly (a new SSRC mid-talkspurt).
-        let h = next.env.hysteresis().max(cur.env.hysteresis()).ceil() as i64;
+        let h = next.env.seam_tolerance().max(cur.env.hysteresis()).ceil() as i64;
         match cur_end {
             Some(end) if (end - start).abs() <= h => end,
             Some(end) if end > start => {
@@ -210,13 +210,13 @@ impl LegTimeline {
         }
         // Never earlier than the evidence: the envelope is an upper bound of
         // the sender's true offset (every packet's delay is >= 0).
-        let want = seg.env.target(u).unwrap_or((at - u) as f64).round();
+        let want = seg.target(u).unwrap_or((at - u) as f64).round();
         if first {
             seg.a = want;
             return;
         }
         let seamless = (at - seg.first_uts().unwrap_or(u)) as f64;
-        let h = seg.env.hysteresis().max(h_prev);
+        let h = seg.env.seam_tolerance().max(h_prev);
         let a = if (want - seamless).abs() <= h {
             seamless
         } else {

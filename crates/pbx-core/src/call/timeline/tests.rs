@@ -490,6 +490,7 @@ mod straggler_tests {
 
 mod soft_floor_tests {
     use super::super::envelope::{quantile, soft_delays, Envelope};
+    use super::super::{LegTimeline, Packet, PacketAudio};
 
     /// xorshift64*, uniform in [0, 1).
     struct Rng(u64);
@@ -600,5 +601,92 @@ mod soft_floor_tests {
         assert!(normal.hysteresis() > uniform.hysteresis());
         // A hard floor is placed by its least delay, as before.
         assert_eq!(uniform.target(u), uniform.at(u));
+    }
+
+    /// A leg whose first stream comes through normally distributed jitter
+    /// (20 +- 5 ms) for 30 s, then a new SSRC (a transfer) from the next
+    /// sample on, through `second` (samples of delay for a packet): the
+    /// output positions of the sample at 25 s and at 30.5 s, 33 s and 45 s,
+    /// and whether the first stream was taken for soft when the second came.
+    fn seam(seed: u64, second: impl Fn(&mut Rng) -> f64) -> ([i64; 4], bool) {
+        let mut rng = Rng(0x5eed_0000 + seed);
+        let value = |s: i64| ((s * 7919 % 20000) - 10000) as i16;
+        // (send sample, arrival, ssrc, ts)
+        let mut pkts: Vec<(i64, i64, u32, u32)> = Vec::new();
+        for k in 0..3000i64 {
+            let s = k * 160;
+            let (ssrc, ts, d) = if k < 1500 {
+                (1, 1000 + s as u32, (160.0 + 40.0 * rng.normal()).max(0.0))
+            } else {
+                (2, 700_000 + (s as u32 - 240_000), second(&mut rng))
+            };
+            pkts.push((s, s + d.round() as i64 + 480, ssrc, ts));
+        }
+        pkts.sort_by_key(|p| p.1);
+        let mut t = LegTimeline::new(8000, 4000);
+        let mut out = Vec::new();
+        let mut newest = [0u32; 3];
+        let mut soft = false;
+        for &(s, arrival, ssrc, ts) in &pkts {
+            if ssrc == 2 && newest[2] == 0 {
+                soft = t.segs.back().is_some_and(|g| g.env.soft);
+            }
+            let pcm: Vec<i16> = (s..s + 160).map(value).collect();
+            let is_newest = ts >= newest[ssrc as usize];
+            newest[ssrc as usize] = newest[ssrc as usize].max(ts);
+            t.insert(&Packet {
+                arrival,
+                ssrc,
+                ts,
+                clock_rate: 8000,
+                newest: is_newest,
+                restart: false,
+                delay: 0,
+                pcm: PacketAudio::Pcm(&pcm),
+            });
+            if arrival - 4000 > t.rendered() + 800 {
+                t.render(arrival - 4000, &mut out);
+            }
+        }
+        let end = t.end_position(pkts.last().unwrap().1 + 4000);
+        t.render(end, &mut out);
+        let at = [200_000i64, 244_000, 264_000, 360_000].map(|s| {
+            let want: Vec<i16> = (s..s + 160).map(value).collect();
+            (s..s + 800)
+                .find(|&i| out.get(i as usize..i as usize + 160) == Some(&want[..]))
+                .map_or(i64::MIN, |i| i - s)
+        });
+        (at, soft)
+    }
+
+    #[test]
+    fn a_new_stream_on_a_soft_leg_continues_in_place() {
+        // The same path: the new stream goes on where the old one was
+        // placed, within the hysteresis, from its first packets on.
+        // (Told soft by its first packets or its minima: most draws.)
+        let mut told = 0;
+        for seed in 1..=12 {
+            let ([old, a, b, c], soft) = seam(seed, |r| (160.0 + 40.0 * r.normal()).max(0.0));
+            assert!(old > 480, "old stream at {old}");
+            if !soft {
+                continue;
+            }
+            told += 1;
+            for (at, x) in [("30.5 s", a), ("33 s", b), ("45 s", c)] {
+                assert!(
+                    (x - old).abs() <= 24,
+                    "seed {seed}: new stream {x} at {at}, old {old}"
+                );
+            }
+        }
+        assert!(told >= 9, "{told} of 12 first streams taken for soft");
+        // A clean path (a fixed 20 ms): placed by its own delay, never
+        // before it, not by the previous stream's spread.
+        let ([old, a, b, c], soft) = seam(1, |_| 160.0);
+        assert!(soft);
+        assert!(old < 480 + 160 - 40, "old stream at {old}");
+        for (at, x) in [("30.5 s", a), ("33 s", b), ("45 s", c)] {
+            assert_eq!(x, 480 + 160, "new stream at {at}");
+        }
     }
 }
