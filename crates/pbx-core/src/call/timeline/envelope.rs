@@ -47,7 +47,7 @@ const SOFT_QUANTILE: f64 = 0.1;
 const SOFT_MIN_PACKETS: u32 = 4;
 /// Minima spread less than this (lowest to median) are a hard floor
 /// whatever their shape.
-const SOFT_SPREAD_MS: f64 = 2.0;
+pub(super) const SOFT_SPREAD_MS: f64 = 2.0;
 /// Offset errors of a soft floor within this much of the minima's spread
 /// ([`Envelope::soft_spread`]) are left alone.
 const SOFT_HYSTERESIS: f64 = 0.6;

@@ -99,8 +99,10 @@ mod envelope;
 use envelope::*;
 mod held;
 use held::*;
+mod probe;
 mod render;
 mod samples;
+use probe::*;
 mod start;
 pub use samples::PacketAudio;
 use samples::*;
@@ -388,12 +390,14 @@ impl Segment {
     /// stream on a soft leg is placed by its packets' median delay less
     /// the previous stream's median over its placement
     /// ([`Envelope::soft_gap`]): its least delays so far lie well above
-    /// where its target will settle, its median is known sooner. Never
-    /// above its least delay, nor below it by more than the median is
-    /// above it (a clean path's packets spread nothing).
+    /// where its target will settle (the least of two packets through a
+    /// deviation of 5 ms: 9 ms above), its median is known sooner. Never
+    /// above its least delay, nor, from 8 packets on, below it by more
+    /// than the median is above it (a clean path's packets spread
+    /// nothing); fewer (a short talk spurt starts it) cannot tell.
     fn target(&self, u: i64) -> Option<f64> {
         let t = self.env.target(u);
-        if !self.env.soft || self.env.soft_gap <= 0.0 || self.chunks.len() < 8 {
+        if !self.env.soft || self.env.soft_gap <= 0.0 || self.chunks.is_empty() {
             return t;
         }
         let mut d = [0i64; 64];
@@ -402,9 +406,15 @@ impl Segment {
             *x = c.d();
         }
         let d = &mut d[..n];
-        let least = d.iter().copied().min().unwrap_or(0) as f64;
-        let median = *d.select_nth_unstable(n / 2).1 as f64;
-        Some((median - self.env.soft_gap).clamp(least - (median - least), least))
+        d.sort_unstable();
+        let least = d[0] as f64;
+        let median = (d[(n - 1) / 2] + d[n / 2]) as f64 / 2.0;
+        let floor = if n >= 8 {
+            least - (median - least)
+        } else {
+            f64::NEG_INFINITY
+        };
+        Some((median - self.env.soft_gap).clamp(floor, least))
     }
 
     /// A chunk ending at `end` was dropped: the segment's end is that of
@@ -483,6 +493,9 @@ pub struct LegTimeline {
     held: Vec<Held>,
     /// Lineages handed out ([`Segment::lineage`]).
     lineages: u32,
+    /// The first stream's delays since its start, while its shape is not
+    /// told ([`Probe`]).
+    probe: Option<Box<Probe>>,
 }
 
 /// One offset correction, for diagnostics ([`LegTimeline::corrections`]).
@@ -512,6 +525,7 @@ impl LegTimeline {
             maybe_flagged: false,
             held: Vec::new(),
             lineages: 0,
+            probe: None,
         }
     }
 
@@ -543,6 +557,8 @@ impl LegTimeline {
     }
 
     fn new_segment(&mut self, p: &Packet<'_>) {
+        // The first stream's probe is of that stream only.
+        self.probe = None;
         // Grown one at a time: most legs have one segment, and a queue's
         // first allocation would hold four (a kilobyte a leg for nothing).
         self.segs.reserve_exact(1);
@@ -777,6 +793,16 @@ impl LegTimeline {
             seg.env.add(u_ts, d);
             if let Some(r) = r {
                 seg.env.note_residual(r);
+            }
+            if let Some(probe) = self.probe.as_mut().filter(|_| i == 0) {
+                if let Some(soft) = probe.push(d, self.ms) {
+                    self.probe = None;
+                    let env = &mut self.segs[0].env;
+                    if soft && !env.soft {
+                        env.soft = true;
+                        env.gen += 1;
+                    }
+                }
             }
         }
         if p.newest && !straggler && !self.held.is_empty() && flag == Flag::Normal {

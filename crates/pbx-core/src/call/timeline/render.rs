@@ -204,8 +204,22 @@ impl LegTimeline {
         // delays have a hard floor is told by them ([`Envelope::soft`]).
         if first {
             let mut d: Vec<i64> = seg.chunks.iter().map(Chunk::d).collect();
-            if let Some(soft) = soft_delays(&mut d, seg.env.ms) {
+            let told = soft_delays(&mut d, seg.env.ms);
+            if let Some(soft) = told {
                 seg.env.soft = soft;
+            }
+            // Not told soft by these (a few seconds at most): told by more
+            // packets, unless they spread under a hard floor's 2 ms.
+            d.sort_unstable();
+            let spread = d.get(d.len() / 2).zip(d.first()).map_or(0, |(m, l)| m - l);
+            if told != Some(true) && spread as f64 >= SOFT_SPREAD_MS * seg.env.ms {
+                if let Some(c) = seg.chunks.front() {
+                    let mut probe = Probe::new(c.d());
+                    for c in seg.chunks.iter() {
+                        probe.push(c.d(), seg.env.ms);
+                    }
+                    self.probe = Some(probe);
+                }
             }
         }
         // Never earlier than the evidence: the envelope is an upper bound of
