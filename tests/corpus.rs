@@ -696,6 +696,29 @@ fn sip_rtp_g729a() {
     });
 }
 
+/// A call whose only audio is in a codec without a decoder is as long as
+/// its packets (425 of 20 ms from 10:41:21.095; the WAV ends with the
+/// last packet's audio): silence for its whole length on both channels,
+/// not an empty WAV (before 2026-12-07: 0 frames, `duration_ms` 0).
+#[test]
+fn an_undecodable_call_is_silence_as_long_as_its_packets() {
+    let Some(f) = corpus_file("sip-rtp-g729a.pcap") else {
+        return;
+    };
+    let im = run_import(&f);
+    let r = &im.recs[0];
+    let frames = r.ch[1].len();
+    // 425 packets of 20 ms: 8.5 s (their timestamps run 8.48 s and one
+    // packet's audio beyond).
+    assert!(
+        (8.4 * 8000.0..=8.6 * 8000.0).contains(&(frames as f64)),
+        "{frames} frames"
+    );
+    assert!(r.ch.iter().all(|c| c.iter().all(|s| *s == 0)));
+    let ms = r.json["duration_ms"].as_u64().unwrap_or(0);
+    assert!((8400..=8600).contains(&ms), "duration_ms {ms}");
+}
+
 // INVITE + 200 only, opus/48000/2 PT 99, 5 RTP packets kept of a stream whose
 // sequence numbers run 23845..24160 (tshark: 5 pkts, 311 lost). The TOCs are
 // 0x78 (1 frame), 0x79, 0x7a (2 frames) and 0x7b twice (code 3 with

@@ -936,6 +936,7 @@ pub(super) fn decode_and_place(
         if let Some(mut last) = leg.last_out.take() {
             last.place(&mut leg.timeline, &tail);
         }
+        place_silence(leg, ctx, pkt, codec, payload);
         return;
     };
     // G.711 recorded at its own rate goes to the timeline as it came (a
@@ -1023,6 +1024,67 @@ pub(super) fn decode_and_place(
         arrival_end: pkt.arrival + len as i64,
         placed: false,
     });
+}
+
+/// A packet of a codec without a decoder still holds its time: silence as
+/// long as its audio goes to the timeline at its timestamp (CONTRACT §3:
+/// what is missing is silence, the channels in sync), so a call in such a
+/// codec is as long as it was (before: a G.729 call alone gave a WAV of no
+/// frames) and its time zero, gaps and end are those of its packets.
+fn place_silence(
+    leg: &mut Leg,
+    ctx: &mut DecodeCtx<'_>,
+    pkt: &InPacket,
+    codec: &Codec,
+    payload: &[u8],
+) {
+    let clock = codec.rtp_clock_rate();
+    // (At most 200 ms, the longest packet time in use: a packet claiming
+    // more is not taken at its word.)
+    let us = undecodable_frame_us(codec, payload.len()).min(200_000);
+    let n = (u64::from(ctx.rate) * us / 1_000_000) as usize;
+    let ticks = u32::try_from(u64::from(clock) * us / 1_000_000).unwrap_or(0);
+    if n == 0 || clock == 0 {
+        return;
+    }
+    ctx.scratch.clear();
+    ctx.scratch.resize(n, 0);
+    let ts = leg
+        .ts_clock
+        .map(pkt.ssrc, pkt.seq, pkt.ts, ticks, n as i64, pkt.arrival);
+    leg.timeline.insert(&Packet {
+        arrival: pkt.arrival,
+        ssrc: pkt.ssrc,
+        ts,
+        clock_rate: clock,
+        newest: pkt.newest,
+        restart: pkt.restart,
+        delay: 0,
+        pcm: PacketAudio::Pcm(ctx.scratch),
+    });
+}
+
+/// How much audio a payload of `len` bytes of an undecodable codec holds
+/// (µs): by its frame size where RTP fixes one (RFC 3551 4.5: G.729 10
+/// bytes a 10 ms frame, a 2-byte SID one; G.723.1 frames of 30 ms; G.728
+/// 5 bytes a 2.5 ms; G.726 by its bit rate; iLBC 38 bytes 20 ms, 50 bytes
+/// 30 ms), else the usual 20 ms.
+fn undecodable_frame_us(codec: &Codec, len: usize) -> u64 {
+    let name = codec.name().to_ascii_uppercase();
+    let len = len as u64;
+    let per = |bytes: u64, us: u64| (len.div_ceil(bytes)).max(1) * us;
+    match name.as_str() {
+        "G729" | "G729A" | "G729B" | "G729AB" => per(10, 10_000),
+        "G723" => 30_000 * (len / 24).max(1),
+        "G728" => per(5, 2_500),
+        "ILBC" if len % 50 == 0 && len > 0 => len / 50 * 30_000,
+        "ILBC" => per(38, 20_000),
+        n if n.starts_with("G726-") => match n[5..].parse::<u64>() {
+            Ok(kbps @ 16..=40) => (len * 8 * 1000 / kbps).max(1),
+            _ => 20_000,
+        },
+        _ => 20_000,
+    }
 }
 
 /// DTMF times are taken on the arrival clock (0 = the first packet's
