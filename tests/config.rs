@@ -756,6 +756,82 @@ fn check_config_lists_every_problem_and_exits_1() {
     );
 }
 
+/// A token file that cannot be read (missing, a directory): check-config
+/// names it at its line and exits 1, alone or among other problems; the
+/// daemon's own load still succeeds (it records, `/readyz` says why nothing
+/// is delivered): a refused start would lose the calls.
+#[test]
+fn check_config_names_a_token_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let missing = dir.path().join("no-token");
+    std::fs::write(
+        &path,
+        format!(
+            "[cloud]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"{}\"\n\n[stream]\ntoken_file = \"{}\"\n",
+            missing.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{p}:3: cloud.token_file: cannot read {}: ",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "{p}:6: stream.token_file: {} is a directory, not a file",
+            dir.path().display()
+        )
+    );
+    let c = pbx_edge::config::Config::load(Some(&path)).expect("the daemon still loads it");
+    assert_eq!(c.delivery_problems.len(), 2);
+    // Among other problems: every one listed.
+    std::fs::write(
+        &path,
+        format!(
+            "[cloud]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"{}\"\nmax_parallel = 0\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&[p], &[]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{p}:3: cloud.token_file: cannot read")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{p}:4: cloud.max_parallel: ")),
+        "{err}"
+    );
+    // Readable: fine.
+    std::fs::write(&missing, "tok\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[cloud]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check_config(&[p], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok ("), "{out}");
+}
+
 #[test]
 fn check_config_missing_file_and_env_effects() {
     let (code, out, err) = check_config(&["/nonexistent/x.toml"], &[]);

@@ -753,18 +753,20 @@ fn payment_required_pauses_all_uploads_then_resumes() {
     assert!(pairs_left(d.path()).is_empty());
 }
 
-/// A tus server whose creation answers a `Location` on another origin (here
-/// another port) is refused: nothing is sent there, every upload pauses with
-/// the reason on `/readyz` (not ready: the operator's to fix) and in the
-/// metrics, the recordings wait in the spool, the server is probed once per
-/// `pause_retry` (not retried back to back), and uploads resume once it
-/// answers its own origin again.
+/// A tus server whose creation answers a `Location` on another origin in
+/// plain `http://` to a host that is not loopback is refused: nothing is
+/// sent there (the recording and the token would travel in clear), every
+/// upload pauses with the reason on `/readyz` (not ready: the operator's to
+/// fix) and in the metrics, the recordings wait in the spool, the server is
+/// probed once per `pause_retry` (not retried back to back), and uploads
+/// resume once it answers a location it may have.
 #[test]
-fn tus_location_on_another_origin_pauses_uploads_visibly() {
+fn tus_location_in_clear_on_another_origin_pauses_uploads_visibly() {
     let rx = Receiver::start(ReceiverOptions::default());
-    // A port nothing listens on: had the upload followed the Location, it
-    // would fail as a connection error, not be refused.
-    rx.lock().foreign_location = Some("http://127.0.0.1:9".into());
+    // A documentation address (RFC 5737) nothing answers on: had the
+    // upload followed the Location, it would fail as a connection error,
+    // not be refused.
+    rx.lock().foreign_location = Some("http://192.0.2.1:9".into());
     let d = tempfile::tempdir().unwrap();
     for i in 0..4 {
         write_recording(d.path(), &format!("o{i}"), 3000, i);
@@ -777,7 +779,7 @@ fn tus_location_on_another_origin_pauses_uploads_visibly() {
         assert_paused(
             &status,
             "foreign_location",
-            "another origin (http://127.0.0.1:9)",
+            "another origin (http://192.0.2.1:9)",
             false,
         )
         .await;
@@ -796,6 +798,33 @@ fn tus_location_on_another_origin_pauses_uploads_visibly() {
     // No request ever carried anything to the PATCH location's origin
     // (the receiver saw no PATCH while the Location was foreign).
     assert!(pairs_left(d.path()).is_empty());
+}
+
+/// CONTRACT §4: the creation's `Location` is "absolute or relative to
+/// `url`", and may name another origin (an upload host of its own): one
+/// the daemon may reach as it reaches `cloud.url` (here the same server
+/// under `localhost` instead of `127.0.0.1`: loopback, so plain `http://`
+/// is allowed) is followed, with the token, and every recording is
+/// delivered.
+#[test]
+fn tus_location_on_another_loopback_origin_is_followed() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let other = rx.url.replace("127.0.0.1", "localhost");
+    assert_ne!(other, rx.url, "the receiver's url {}", rx.url);
+    rx.lock().foreign_location = Some(other);
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        write_recording(d.path(), &format!("l{i}"), 3000, i);
+    }
+    let status = new_status();
+    rt().block_on(async {
+        let s = fast_settings(d.path(), &rx.url, CloudProtocol::Tus);
+        let h = delivery::start_with(s, status.clone()).unwrap();
+        delivered_and_unpaused(&rx, &status, 3).await;
+        h.shutdown().await;
+    });
+    assert!(pairs_left(d.path()).is_empty());
+    assert!(rx.lock().count("PATCH", "", 204) >= 3);
 }
 
 #[test]

@@ -12,7 +12,9 @@ use crate::config::{Config, DEFAULT_PATH};
 /// `pbx-edge check-config [FILE] [--config FILE]`: prints the summary line to
 /// stdout and exits 0 (warnings, such as a token file others can read, go to
 /// stderr as `warning: key: ...`), or prints every problem to stderr and
-/// exits 1 (2 for contradicting arguments).
+/// exits 1 (2 for contradicting arguments); a token file that cannot be
+/// read is such a problem, though the daemon runs with it (recording,
+/// not delivering: [`Config::delivery_problems`]).
 pub fn run(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     let path = match (file, config) {
         (Some(a), Some(b)) if a != b => {
@@ -27,6 +29,13 @@ pub fn run(file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     };
     let used = Config::resolve_path(path.as_deref());
     match Config::load(path.as_deref()) {
+        Ok(c) if !c.delivery_problems.is_empty() => {
+            // The daemon would run and record, but deliver nothing.
+            for e in &c.delivery_problems {
+                eprintln!("{e}");
+            }
+            ExitCode::from(1)
+        }
         Ok(c) => {
             for w in c.warnings() {
                 eprintln!("warning: {w}");

@@ -222,6 +222,25 @@ pub(super) fn check_siprec_tls(
     }
 }
 
+/// Why a secret file (a token) that is set cannot be read, if it cannot:
+/// missing, a directory, or another error; not when only its permissions
+/// keep this user out (it is often readable by the service user alone:
+/// checked when the daemon uses it, and by check-config run as that user).
+fn unreadable_secret(p: &Path) -> Option<String> {
+    if p.as_os_str().is_empty() {
+        return None;
+    }
+    match std::fs::File::open(p).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_dir() => Some(format!("{} is a directory, not a file", p.display())),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(e) => Some(format!(
+            "cannot read {}: {e} (recordings would be kept but not delivered)",
+            p.display()
+        )),
+    }
+}
+
 // --- the sections ---
 
 pub(super) fn check(
@@ -355,6 +374,14 @@ pub(super) fn check(
     s.field(errs, "protocol", &mut c.protocol, to_protocol);
     s.field(errs, "audio_format", &mut c.audio_format, to_audio_format);
     s.field(errs, "token_file", &mut c.token_file, to_path);
+    if let Some(message) = unreadable_secret(&c.token_file) {
+        cfg.delivery_problems.push(ConfigError::Invalid {
+            origin: s.origin("token_file"),
+            key: "cloud.token_file".into(),
+            message,
+        });
+    }
+    let c = &mut cfg.cloud;
     s.field(errs, "max_parallel", &mut c.max_parallel, |n| {
         to_u32_in(n, 1..=64)
     });
@@ -389,6 +416,14 @@ pub(super) fn check(
         to_stream_url(n).inspect_err(|_| url_ok = false)
     });
     s.field(errs, "token_file", &mut st.token_file, to_path);
+    if let Some(message) = unreadable_secret(&st.token_file) {
+        cfg.delivery_problems.push(ConfigError::Invalid {
+            origin: s.origin("token_file"),
+            key: "stream.token_file".into(),
+            message,
+        });
+    }
+    let st = &mut cfg.stream;
     s.field(errs, "frame", &mut st.frame, |n| {
         to_duration_in(n, Duration::from_millis(20), Duration::from_secs(1))
     });

@@ -448,6 +448,8 @@ pub(super) fn build(
     if errors.is_empty() {
         Ok(cfg)
     } else {
+        // Every problem at once: those that would only stop delivery too.
+        errors.append(&mut cfg.delivery_problems);
         errors.sort_by(|a, b| {
             let ka = a.origin().map(Origin::sort_key);
             let kb = b.origin().map(Origin::sort_key);

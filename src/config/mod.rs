@@ -76,6 +76,11 @@ pub struct Config {
     pub sources: SourcesConfig,
     pub filter: FilterConfig,
     pub log: LogConfig,
+    /// Problems that stop delivery but not recording (a token file that
+    /// cannot be read): `check-config` reports them as errors (exit 1);
+    /// the daemon still starts and records, and `/readyz` says why
+    /// nothing is delivered (a refused start would lose the calls).
+    pub delivery_problems: Vec<ConfigError>,
 }
 
 /// `[agent]`
@@ -657,6 +662,7 @@ impl Config {
                 format: LogFormat::Auto,
                 log_numbers: false,
             },
+            delivery_problems: Vec::new(),
         }
     }
 
