@@ -1113,8 +1113,9 @@ fn missing_bye_recording_has_no_trailing_timeout_silence() {
 
 /// A sniffed or imported call that negotiated SRTP whose keys pbx-edge
 /// cannot use (SDES of a suite it does not take, or DTLS-SRTP) is recorded
-/// as silence with a warning naming why, never as the noise its encrypted
-/// payloads decode to. (Usable SDES keys: decrypted, see below.)
+/// as silence as long as its packets with a warning naming why, never as
+/// the noise its encrypted payloads decode to. (Usable SDES keys:
+/// decrypted, see below.)
 #[test]
 fn srtp_negotiated_in_the_sdp_is_silence_with_a_warning_not_noise() {
     let _g = serial();
@@ -1169,6 +1170,12 @@ fn srtp_negotiated_in_the_sdp_is_silence_with_a_warning_not_noise() {
         let r = sink.only();
         let meta = r.meta.as_ref().expect("ended");
         assert!(r.audio.iter().all(|s| *s == 0), "{why}: the channels must be silent");
+        // As long as its packets (100 of 20 ms): not an empty recording.
+        assert!(
+            r.audio.len() >= 2 * 8000 * 19 / 10,
+            "{why}: {} samples",
+            r.audio.len()
+        );
         let w = meta.warnings.join(" | ");
         assert!(w.contains("SRTP") && w.contains(why), "{why}: warnings: {w}");
         assert_eq!(meta.channels[0].packets, 100, "the packets are counted");

@@ -536,10 +536,9 @@ impl Tracker {
             return;
         };
         // Encrypted (ZRTP, or SRTP negotiated in the SDP): decoding would
-        // give noise; the channel stays silent (the warning says why).
-        if call.zrtp || call.srtp.is_some() {
-            return;
-        }
+        // give noise; the channel stays silent (the warning says why), as
+        // long as its packets.
+        let encrypted = call.zrtp || call.srtp.is_some();
         // Comfort noise is silence on the recording.
         if codec == Codec::ComfortNoise {
             leg.meta.comfort_noise_packets += 1;
@@ -561,6 +560,11 @@ impl Tracker {
             scratch: &mut self.scratch,
             stats: &mut self.stats,
         };
+        if encrypted {
+            place_silence(leg, &mut ctx, &pkt, &codec, &[]);
+            self.flush_call(key, sink, false);
+            return;
+        }
         // Decoders keep state (ADPCM, LPC, resampler history): packets are
         // decoded in sequence order, held back briefly when one is missing.
         if leg.order.offer(&mut pkt, &codec, rtp.payload) {
@@ -1068,12 +1072,13 @@ fn place_silence(
 /// (µs): by its frame size where RTP fixes one (RFC 3551 4.5: G.729 10
 /// bytes a 10 ms frame, a 2-byte SID one; G.723.1 frames of 30 ms; G.728
 /// 5 bytes a 2.5 ms; G.726 by its bit rate; iLBC 38 bytes 20 ms, 50 bytes
-/// 30 ms), else the usual 20 ms.
+/// 30 ms), else (and for an encrypted payload, `len` 0) the usual 20 ms.
 fn undecodable_frame_us(codec: &Codec, len: usize) -> u64 {
     let name = codec.name().to_ascii_uppercase();
     let len = len as u64;
     let per = |bytes: u64, us: u64| (len.div_ceil(bytes)).max(1) * us;
     match name.as_str() {
+        _ if len == 0 => 20_000,
         "G729" | "G729A" | "G729B" | "G729AB" => per(10, 10_000),
         "G723" => 30_000 * (len / 24).max(1),
         "G728" => per(5, 2_500),
