@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::control::Controls;
-use crate::status::{readiness, render_metrics, SharedStatus, Status};
+use crate::status::{degraded, readiness, render_metrics, SharedStatus, Status};
 
 const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST: usize = 8192;
@@ -232,7 +232,14 @@ async fn handle(
         "/healthz" => {
             let stalled = live.stalled(Duration::from_secs(30));
             if stalled.is_empty() {
-                reply(&mut sock, head_only, 200, "text/plain", "ok\n").await
+                // Alive; degraded, but recording, is still alive (200).
+                let why = degraded(&snapshot);
+                let body = if why.is_empty() {
+                    "ok\n".to_string()
+                } else {
+                    format!("degraded: {}\n", why.join("; "))
+                };
+                reply(&mut sock, head_only, 200, "text/plain", &body).await
             } else {
                 let body = format!("stalled: {}\n", stalled.join(", "));
                 reply(&mut sock, head_only, 503, "text/plain", &body).await

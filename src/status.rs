@@ -399,6 +399,29 @@ pub fn readiness(s: &Status) -> (bool, BTreeMap<String, String>) {
     (ok, parts)
 }
 
+/// What makes the daemon's health degraded while it records as before
+/// (CONTRACT §2: above `spool.max_size`, "health degraded, new calls still
+/// recorded while the disk has room"; uploads paused by a depleted balance
+/// or a rate limit): shown by `/healthz` beside its 200.
+pub fn degraded(s: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    let sp = &s.spool;
+    if sp.max_size > 0 && sp.bytes > sp.max_size {
+        out.push(format!(
+            "spool holds {} bytes, above max_size {}",
+            sp.bytes, sp.max_size
+        ));
+    }
+    if let (true, Some(reason), Some("payment" | "rate_limit")) = (
+        s.cloud.configured,
+        &s.cloud.paused,
+        s.cloud.pause_kind.as_deref(),
+    ) {
+        out.push(format!("uploads paused: {reason}"));
+    }
+    out
+}
+
 /// Free space below which the spool counts as full.
 pub const SPOOL_MIN_FREE: u64 = 64 * 1024 * 1024;
 
@@ -963,10 +986,15 @@ mod tests {
         assert_eq!(spool_unusable(&s), None);
         assert!(readiness(&s).0);
         // Above max_size: degraded, but new calls are still recorded.
+        assert!(degraded(&s).is_empty());
         s.spool.max_size = 10;
         s.spool.bytes = 11;
         assert!(!readiness(&s).0);
         assert_eq!(spool_unusable(&s), None);
+        assert_eq!(
+            degraded(&s),
+            vec!["spool holds 11 bytes, above max_size 10".to_string()]
+        );
         s.spool.max_size = 0;
         s.spool.free_bytes = SPOOL_MIN_FREE - 1;
         assert!(spool_unusable(&s).unwrap().contains("disk almost full"));
