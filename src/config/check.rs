@@ -222,23 +222,29 @@ pub(super) fn check_siprec_tls(
     }
 }
 
-/// Why a secret file (a token) that is set cannot be read, if it cannot:
-/// missing, a directory, or another error; not when only its permissions
-/// keep this user out (it is often readable by the service user alone:
-/// checked when the daemon uses it, and by check-config run as that user).
-fn unreadable_secret(p: &Path) -> Option<String> {
+/// Why the secret file (a token) `key` of section `s` names cannot be
+/// read, at its line, if it is set and cannot: missing, a directory, or
+/// another error; not when only its permissions keep this user out (it is
+/// often readable by the service user alone: checked when the daemon uses
+/// it, and by check-config run as that user).
+fn unreadable_secret(s: &Sec<'_>, key: &str, p: &Path) -> Option<ConfigError> {
     if p.as_os_str().is_empty() {
         return None;
     }
-    match std::fs::File::open(p).and_then(|f| f.metadata()) {
-        Ok(m) if m.is_dir() => Some(format!("{} is a directory, not a file", p.display())),
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
-        Err(e) => Some(format!(
+    let message = match std::fs::File::open(p).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_dir() => format!("{} is a directory, not a file", p.display()),
+        Ok(_) => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+        Err(e) => format!(
             "cannot read {}: {e} (recordings would be kept but not delivered)",
             p.display()
-        )),
-    }
+        ),
+    };
+    Some(ConfigError::Invalid {
+        origin: s.origin(key),
+        key: s.key(key),
+        message,
+    })
 }
 
 // --- the sections ---
@@ -374,14 +380,8 @@ pub(super) fn check(
     s.field(errs, "protocol", &mut c.protocol, to_protocol);
     s.field(errs, "audio_format", &mut c.audio_format, to_audio_format);
     s.field(errs, "token_file", &mut c.token_file, to_path);
-    if let Some(message) = unreadable_secret(&c.token_file) {
-        cfg.delivery_problems.push(ConfigError::Invalid {
-            origin: s.origin("token_file"),
-            key: "cloud.token_file".into(),
-            message,
-        });
-    }
-    let c = &mut cfg.cloud;
+    cfg.delivery_problems
+        .extend(unreadable_secret(&s, "token_file", &c.token_file));
     s.field(errs, "max_parallel", &mut c.max_parallel, |n| {
         to_u32_in(n, 1..=64)
     });
@@ -416,14 +416,8 @@ pub(super) fn check(
         to_stream_url(n).inspect_err(|_| url_ok = false)
     });
     s.field(errs, "token_file", &mut st.token_file, to_path);
-    if let Some(message) = unreadable_secret(&st.token_file) {
-        cfg.delivery_problems.push(ConfigError::Invalid {
-            origin: s.origin("token_file"),
-            key: "stream.token_file".into(),
-            message,
-        });
-    }
-    let st = &mut cfg.stream;
+    cfg.delivery_problems
+        .extend(unreadable_secret(&s, "token_file", &st.token_file));
     s.field(errs, "frame", &mut st.frame, |n| {
         to_duration_in(n, Duration::from_millis(20), Duration::from_secs(1))
     });

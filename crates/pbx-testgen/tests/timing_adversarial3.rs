@@ -423,34 +423,67 @@ fn normally_distributed_jitter_keeps_each_leg_in_place() {
 /// within 3 ms of each other (measured 2.6; before, 5.25 over 16 seeds).
 #[test]
 fn normally_distributed_jitter_is_placed_by_a_low_quantile() {
-    let (mut pieces, mut off, mut worst, mut lost) = (0usize, 0usize, 0.0f64, 0usize);
-    let mut apart = Vec::new();
+    soft_figures("soft@t", |i| i.jitter_normal_ms = 5).assert_within(0.06, 6.0);
+}
+
+/// Over seeds 500-507 (60 s calls, both legs impaired by `f`): every
+/// channel's pieces off its own median by more than 2 ms, the worst, the
+/// 5 ms blocks of talk lost, and each call's two medians apart.
+#[derive(Debug, Default)]
+struct SoftFigures {
+    pieces: usize,
+    off: usize,
+    worst: f64,
+    lost: usize,
+    apart: Vec<(u64, f64)>,
+}
+
+impl SoftFigures {
+    fn share(&self) -> f64 {
+        self.off as f64 / self.pieces.max(1) as f64
+    }
+
+    /// At most `share` of the pieces more than 2 ms off their channel's
+    /// median, none more than `worst` ms, no talk lost, and each call's
+    /// channels' medians within 3 ms of each other.
+    fn assert_within(&self, share: f64, worst: f64) {
+        assert!(self.share() <= share, "{self:?}: pieces more than 2 ms off");
+        assert!(
+            self.worst <= worst,
+            "{self:?}: a piece that far off its median"
+        );
+        assert_eq!(self.lost, 0, "{self:?}: blocks of talk lost");
+        for (seed, d) in &self.apart {
+            assert!(
+                d.abs() <= 3.0,
+                "seed {seed}: channels' medians {d} ms apart"
+            );
+        }
+    }
+}
+
+fn soft_figures(id: &str, f: impl Fn(&mut pbx_testgen::Impairments) + Copy) -> SoftFigures {
+    let mut out = SoftFigures::default();
     for seed in 500..508u64 {
-        let mut c = call("soft@t", 60, seed);
-        both(&mut c, |i| i.jitter_normal_ms = 5);
+        let mut c = call(id, 60, seed);
+        both(&mut c, f);
         let (truth, rec) = record(&c);
         let mut medians = [0.0; 2];
         for (ch, median) in medians.iter_mut().enumerate() {
-            pieces += piece_lags(&rec, &truth, ch, 0, 60_000).len();
+            out.pieces += piece_lags(&rec, &truth, ch, 0, 60_000).len();
             let (o, l, med) = off_own_median(&rec, &truth, ch, 2.0);
-            off += o.len();
-            worst = o.iter().map(|p| (p.1 - p.2).abs()).fold(worst, f64::max);
-            lost += l;
+            out.off += o.len();
+            out.worst = o
+                .iter()
+                .map(|p| (p.1 - p.2).abs())
+                .fold(out.worst, f64::max);
+            out.lost += l;
             *median = med;
         }
-        apart.push((seed, medians[0] - medians[1]));
+        out.apart.push((seed, medians[0] - medians[1]));
     }
-    let share = off as f64 / pieces as f64;
-    eprintln!("{off} of {pieces} pieces off ({share:.3}), worst {worst:.2} ms, {lost} blocks lost, medians apart {apart:?}");
-    assert!(share <= 0.06, "{off} of {pieces} pieces more than 2 ms off");
-    assert!(worst <= 6.0, "a piece {worst} ms off its channel's median");
-    assert_eq!(lost, 0, "blocks of talk lost");
-    for (seed, d) in apart {
-        assert!(
-            d.abs() <= 3.0,
-            "seed {seed}: channels' medians {d} ms apart"
-        );
-    }
+    eprintln!("{out:?}: {:.3} of the pieces off", out.share());
+    out
 }
 
 /// A new stream (a new SSRC: a transfer, a re-INVITE to another media
@@ -465,34 +498,11 @@ fn normally_distributed_jitter_is_placed_by_a_low_quantile() {
 /// channels' medians within 3 ms.
 #[test]
 fn a_new_stream_through_normal_jitter_goes_on_in_place() {
-    let (mut pieces, mut off, mut worst, mut lost) = (0usize, 0usize, 0.0f64, 0usize);
-    for seed in 500..508u64 {
-        let mut c = call("soft-ssrc@t", 60, seed);
-        both(&mut c, |i| {
-            i.jitter_normal_ms = 5;
-            i.ssrc_change_at_ms = Some(30_000);
-        });
-        let (truth, rec) = record(&c);
-        let mut medians = [0.0; 2];
-        for (ch, median) in medians.iter_mut().enumerate() {
-            pieces += piece_lags(&rec, &truth, ch, 0, 60_000).len();
-            let (o, l, med) = off_own_median(&rec, &truth, ch, 2.0);
-            off += o.len();
-            worst = o.iter().map(|p| (p.1 - p.2).abs()).fold(worst, f64::max);
-            lost += l;
-            *median = med;
-        }
-        let apart = medians[0] - medians[1];
-        assert!(
-            apart.abs() <= 3.0,
-            "seed {seed}: channels' medians {apart} ms apart"
-        );
-    }
-    let share = off as f64 / pieces as f64;
-    eprintln!("{off} of {pieces} pieces off ({share:.3}), worst {worst:.2} ms, {lost} blocks lost");
-    assert!(share <= 0.05, "{off} of {pieces} pieces more than 2 ms off");
-    assert!(worst <= 6.5, "a piece {worst} ms off its channel's median");
-    assert_eq!(lost, 0, "blocks of talk lost");
+    soft_figures("soft-ssrc@t", |i| {
+        i.jitter_normal_ms = 5;
+        i.ssrc_change_at_ms = Some(30_000);
+    })
+    .assert_within(0.05, 6.5);
 }
 
 proptest::proptest! {

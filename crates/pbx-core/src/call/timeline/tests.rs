@@ -610,7 +610,6 @@ mod soft_floor_tests {
     /// and whether the first stream was taken for soft when the second came.
     fn seam(seed: u64, second: impl Fn(&mut Rng) -> f64) -> ([i64; 4], bool) {
         let mut rng = Rng(0x5eed_0000 + seed);
-        let value = |s: i64| ((s * 7919 % 20000) - 10000) as i16;
         // (send sample, arrival, ssrc, ts)
         let mut pkts: Vec<(i64, i64, u32, u32)> = Vec::new();
         for k in 0..3000i64 {
@@ -622,34 +621,12 @@ mod soft_floor_tests {
             };
             pkts.push((s, s + d.round() as i64 + 480, ssrc, ts));
         }
-        pkts.sort_by_key(|p| p.1);
-        let mut t = LegTimeline::new(8000, 4000);
-        let mut out = Vec::new();
-        let mut newest = [0u32; 3];
         let mut soft = false;
-        for &(s, arrival, ssrc, ts) in &pkts {
-            if ssrc == 2 && newest[2] == 0 {
+        let (_, out) = play(&mut pkts, true, |t, ssrc, first| {
+            if ssrc == 2 && first {
                 soft = t.segs.back().is_some_and(|g| g.env.soft);
             }
-            let pcm: Vec<i16> = (s..s + 160).map(value).collect();
-            let is_newest = ts >= newest[ssrc as usize];
-            newest[ssrc as usize] = newest[ssrc as usize].max(ts);
-            t.insert(&Packet {
-                arrival,
-                ssrc,
-                ts,
-                clock_rate: 8000,
-                newest: is_newest,
-                restart: false,
-                delay: 0,
-                pcm: PacketAudio::Pcm(&pcm),
-            });
-            if arrival - 4000 > t.rendered() + 800 {
-                t.render(arrival - 4000, &mut out);
-            }
-        }
-        let end = t.end_position(pkts.last().unwrap().1 + 4000);
-        t.render(end, &mut out);
+        });
         let at = [200_000i64, 244_000, 264_000, 360_000].map(|s| {
             let want: Vec<i16> = (s..s + 160).map(value).collect();
             (s..s + 800)
@@ -697,24 +674,44 @@ mod soft_floor_tests {
     /// rendered as it goes.
     fn leg(seed: u64, secs: i64, f: impl Fn(&mut Rng, i64) -> f64) -> LegTimeline {
         let mut rng = Rng(0xabcd_0000 + seed);
-        let mut pkts: Vec<(i64, i64)> = (0..secs * 50)
+        let mut pkts: Vec<(i64, i64, u32, u32)> = (0..secs * 50)
             .map(|k| {
                 let s = k * 160;
-                (s, s + f(&mut rng, s).round().max(0.0) as i64 + 480)
+                let d = f(&mut rng, s).round().max(0.0) as i64;
+                (s, s + d + 480, 1, 1000 + s as u32)
             })
             .collect();
+        play(&mut pkts, false, |_, _, _| {}).0
+    }
+
+    /// The sample value at send sample `s` (a sequence that repeats every
+    /// 2.5 s: any 20 ms of it is found where it went).
+    fn value(s: i64) -> i16 {
+        ((s * 7919 % 20000) - 10000) as i16
+    }
+
+    /// Feeds 20 ms packets (send sample, arrival, SSRC, timestamp) to a
+    /// leg in the order they arrive, rendering as it goes (and to the end
+    /// with `finish`); `look` sees the timeline before each packet, with
+    /// its SSRC and whether it is that SSRC's first.
+    fn play(
+        pkts: &mut [(i64, i64, u32, u32)],
+        finish: bool,
+        mut look: impl FnMut(&LegTimeline, u32, bool),
+    ) -> (LegTimeline, Vec<i16>) {
         pkts.sort_by_key(|p| p.1);
         let mut t = LegTimeline::new(8000, 4000);
         let mut out = Vec::new();
-        let pcm = [100i16; 160];
-        let mut newest = 0u32;
-        for &(s, arrival) in &pkts {
-            let ts = 1000 + s as u32;
-            let is_newest = ts >= newest;
-            newest = newest.max(ts);
+        let mut newest: std::collections::HashMap<u32, u32> = Default::default();
+        for &(s, arrival, ssrc, ts) in pkts.iter() {
+            look(&t, ssrc, !newest.contains_key(&ssrc));
+            let pcm: Vec<i16> = (s..s + 160).map(value).collect();
+            let n = newest.entry(ssrc).or_insert(ts);
+            let is_newest = ts >= *n;
+            *n = (*n).max(ts);
             t.insert(&Packet {
                 arrival,
-                ssrc: 1,
+                ssrc,
                 ts,
                 clock_rate: 8000,
                 newest: is_newest,
@@ -726,7 +723,11 @@ mod soft_floor_tests {
                 t.render(arrival - 4000, &mut out);
             }
         }
-        t
+        if finish {
+            let end = t.end_position(pkts.last().map_or(0, |p| p.1) + 4000);
+            t.render(end, &mut out);
+        }
+        (t, out)
     }
 
     #[test]
