@@ -753,20 +753,19 @@ fn payment_required_pauses_all_uploads_then_resumes() {
     assert!(pairs_left(d.path()).is_empty());
 }
 
-/// A tus server whose creation answers a `Location` on another origin in
-/// plain `http://` to a host that is not loopback is refused: nothing is
-/// sent there (the recording and the token would travel in clear), every
-/// upload pauses with the reason on `/readyz` (not ready: the operator's to
-/// fix) and in the metrics, the recordings wait in the spool, the server is
-/// probed once per `pause_retry` (not retried back to back), and uploads
-/// resume once it answers a location it may have.
+/// A tus server whose creation answers a `Location` on another origin is
+/// refused: nothing is sent there (recordings leave the machine only to the
+/// configured cloud), every upload pauses with the reason on `/readyz` (not
+/// ready: the operator's to fix) and in the metrics, the recordings wait in
+/// the spool, the server is probed once per `pause_retry` (not retried
+/// back to back), and uploads resume once it answers its own origin again.
 #[test]
-fn tus_location_in_clear_on_another_origin_pauses_uploads_visibly() {
+fn tus_location_on_another_origin_pauses_uploads_visibly() {
     let rx = Receiver::start(ReceiverOptions::default());
-    // A documentation address (RFC 5737) nothing answers on: had the
-    // upload followed the Location, it would fail as a connection error,
-    // not be refused.
-    rx.lock().foreign_location = Some("http://192.0.2.1:9".into());
+    // This machine, but a port nothing listens on (another origin, though
+    // loopback): had the upload followed the Location, it would fail as a
+    // connection error, not be refused.
+    rx.lock().foreign_location = Some("http://127.0.0.1:9".into());
     let d = tempfile::tempdir().unwrap();
     for i in 0..4 {
         write_recording(d.path(), &format!("o{i}"), 3000, i);
@@ -779,7 +778,7 @@ fn tus_location_in_clear_on_another_origin_pauses_uploads_visibly() {
         assert_paused(
             &status,
             "foreign_location",
-            "another origin (http://192.0.2.1:9)",
+            "another origin (http://127.0.0.1:9)",
             false,
         )
         .await;
@@ -801,13 +800,13 @@ fn tus_location_in_clear_on_another_origin_pauses_uploads_visibly() {
 }
 
 /// CONTRACT §4: the creation's `Location` is "absolute or relative to
-/// `url`", and may name another origin (an upload host of its own): one
-/// the daemon may reach as it reaches `cloud.url` (here the same server
-/// under `localhost` instead of `127.0.0.1`: loopback, so plain `http://`
-/// is allowed) is followed, with the token, and every recording is
-/// delivered.
+/// `url`": an absolute one that names this machine by another loopback
+/// name (`localhost` for `127.0.0.1`, as a tus server naming itself by its
+/// listening address answers) with the same scheme and port is the same
+/// server: followed, and every recording is delivered. (Another port or
+/// host: refused, above.)
 #[test]
-fn tus_location_on_another_loopback_origin_is_followed() {
+fn tus_location_on_another_loopback_name_is_followed() {
     let rx = Receiver::start(ReceiverOptions::default());
     let other = rx.url.replace("127.0.0.1", "localhost");
     assert_ne!(other, rx.url, "the receiver's url {}", rx.url);

@@ -65,11 +65,10 @@ pub enum PauseKind {
     /// `Retry-After`, not just the one that was told).
     RateLimit,
     /// The tus server answered an upload `Location` on another origin
-    /// (scheme, host or port) than `cloud.url` in plain `http://` to a
-    /// host that is not loopback: a misconfigured or hostile server.
-    /// Nothing goes there (the recording and the token would travel in
-    /// clear); every upload waits for the operator, with one probe per
-    /// `pause_retry`.
+    /// (scheme, host or port) than `cloud.url`: a misconfigured or hostile
+    /// server. Nothing goes there (recordings leave the machine only to the
+    /// configured cloud, and the token would follow); every upload waits
+    /// for the operator, with one probe per `pause_retry`.
     ForeignLocation,
     /// A fixed endpoint (`POST /v1/uploads`, `POST /v1/calls`) answered as
     /// if it did not exist there (404, 405, 501) or redirected (3xx, not

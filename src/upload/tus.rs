@@ -24,10 +24,9 @@
 //! once without it; if that one is taken, the endpoint gets no checksums
 //! from then on; a 400 to the PATCH without a checksum refuses the
 //! recording as before. A location on another
-//! origin than `cloud.url` is followed when it is `https://` (or plain
-//! `http://` to a loopback host, as `cloud.url` may be); one in clear
-//! elsewhere is refused (the recording and the token would travel in
-//! clear): a new upload's pauses every upload
+//! origin than `cloud.url` is refused (recordings and the token go only to
+//! the configured cloud; `localhost` and `127.0.0.1` with the same scheme
+//! and port are one origin): a new upload's pauses every upload
 //! ([`PauseKind::ForeignLocation`]: `/readyz` and `/status` say why, one
 //! probe per `pause_retry`); a saved one is forgotten (a new upload is
 //! created).
@@ -261,27 +260,34 @@ async fn create(cloud: &Cloud, job: &Job) -> Result<url::Url, Outcome> {
     Ok(loc)
 }
 
-/// A location may lie on another origin than `cloud.url` (CONTRACT §4:
-/// "absolute or relative to `url`": an upload host of its own), but never
-/// where the recording and the token would travel in clear: plain
-/// `http://` only to a loopback host, as for `cloud.url` itself. Such a
-/// location is the server's misconfiguration (or worse), the same for
-/// every upload: all of them pause, the recordings wait in the spool, and
-/// the reason (the two origins, no recording's data) goes to the log
-/// once, `/readyz` and `/status`.
+/// A location off `cloud.url`'s origin is the server's misconfiguration
+/// (or worse): recordings leave the machine only to the configured cloud,
+/// and the token goes only there. The same for every upload: all of them
+/// pause, the recordings wait in the spool, and the reason (the two
+/// origins, no recording's data) goes to the log once, `/readyz` and
+/// `/status`. One name for this machine stands for another (`localhost`,
+/// `127.0.0.1`, `[::1]`: the same scheme and port on loopback is the same
+/// server, as a tus server that names itself by its listening address
+/// answers).
 fn check_origin(cloud: &Cloud, loc: &url::Url) -> Result<(), Outcome> {
-    let base = cloud.resolve("").map(|b| b.origin());
-    let secure = loc.scheme() == "https"
-        || (loc.scheme() == "http" && loc.host().is_some_and(|h| super::is_loopback_host(&h)));
-    if base.as_ref() != Some(&loc.origin()) && !secure {
+    let base = cloud.resolve("");
+    let same = base.as_ref().is_some_and(|b| {
+        b.origin() == loc.origin()
+            || (b.scheme() == loc.scheme()
+                && b.port_or_known_default() == loc.port_or_known_default()
+                && [b, loc]
+                    .iter()
+                    .all(|u| u.host().is_some_and(|h| super::is_loopback_host(&h))))
+    });
+    if !same {
         return Err(fail(Action::PauseAll {
             kind: PauseKind::ForeignLocation,
             reason: format!(
-                "the tus server answered an upload Location on another origin ({}) than cloud.url ({}) \
-                 without TLS: refused (recordings and the token never travel in clear but to a \
-                 loopback address); a misconfigured or hostile server, recordings wait in the spool",
+                "the tus server answered an upload Location on another origin ({}) than cloud.url ({}): \
+                 refused (recordings and the token go only to cloud.url); a misconfigured or hostile \
+                 server, recordings wait in the spool",
                 loc.origin().ascii_serialization(),
-                base.map(|b| b.ascii_serialization())
+                base.map(|b| b.origin().ascii_serialization())
                     .unwrap_or_else(|| "?".into())
             ),
         }));

@@ -1011,6 +1011,8 @@ impl LegTimeline {
 
     /// Chunks `k..` of segment `i` become a new segment after it.
     fn split(&mut self, i: usize, k: usize, same_clock: bool) {
+        // (The first stream's probe is of its first stretch only.)
+        self.probe = None;
         let tail: VecDeque<Chunk> = self.segs[i].chunks.split_off(k);
         let (ssrc, clock_rate) = (self.segs[i].ssrc, self.segs[i].clock_rate);
         let mut s = Segment::new(self.rate, ssrc, 0, clock_rate, self.segs[i].lineage);

@@ -208,11 +208,15 @@ impl LegTimeline {
             if let Some(soft) = told {
                 seg.env.soft = soft;
             }
-            // Not told soft by these (a few seconds at most): told by more
-            // packets, unless they spread under a hard floor's 2 ms.
+            // Not told soft by these (a few seconds at most, fewer than a
+            // probe's packets): told by more, unless they spread under a
+            // hard floor's 2 ms.
             d.sort_unstable();
             let spread = d.get(d.len() / 2).zip(d.first()).map_or(0, |(m, l)| m - l);
-            if told != Some(true) && spread as f64 >= SOFT_SPREAD_MS * seg.env.ms {
+            if told != Some(true)
+                && d.len() < PROBE_LEN
+                && spread as f64 >= SOFT_SPREAD_MS * seg.env.ms
+            {
                 if let Some(c) = seg.chunks.front() {
                     let mut probe = Probe::new(c.d());
                     for c in seg.chunks.iter() {
