@@ -1,4 +1,5 @@
 //! The call engine: SIP dialogs, RTP legs and the two-channel timeline.
+mod decode;
 mod demux;
 mod dialog;
 pub mod engine;
