@@ -784,8 +784,10 @@ fn invite_opus_bye() {
 // ports to opus with new SSRCs. Caller at :5094, callee at :5084.
 // tshark: 5094->5084 0x0A0A0001 PCMU 77 + 0x0EEF0001 opus 32 (caller),
 // 5084->5094 0x0A0A0002 PCMU 77 + 0x0EEF0002 opus 32 (callee). The call
-// started narrowband, so it stays 8 kHz (warned); opus here is the same
-// synthetic silence frame as in invite-opus-bye, the PCMU part is audible.
+// started narrowband: the capture is read again and the call recorded at
+// 16 kHz from its start (`sample_rate = "auto"`: 16000 if a leg is
+// wideband); opus here is the same synthetic silence frame as in
+// invite-opus-bye, the PCMU part is audible.
 #[test]
 fn register_invite_reinvite_bye() {
     check_case(&Case {
@@ -795,13 +797,13 @@ fn register_invite_reinvite_bye() {
             from: "alice",
             to: "bob",
             end_reason: "bye",
-            rate: 8000,
+            rate: 16000,
             ch: [
                 leg(&["PCMU", "opus"], 109, &[0x0A0A_0001, 0x0EEF_0001], Audible),
                 leg(&["PCMU", "opus"], 109, &[0x0A0A_0002, 0x0EEF_0002], Audible),
             ],
             dtmf: &[],
-            warnings: &["wideband opus recorded at 8000 Hz"],
+            warnings: &[],
         }],
         summary: &[("packets", 230), ("calls", 1), ("recordings written", 1)],
     });
@@ -809,7 +811,8 @@ fn register_invite_reinvite_bye() {
 
 // Loopback call, offer 0 8 9 answered PCMU, re-INVITE switches to G.722.
 // Caller :5084, callee :5094; tshark: 151 PCMU (0x0E330AF3) + 151 G.722
-// (0x2D374E76) each way, the same SSRCs in both directions.
+// (0x2D374E76) each way, the same SSRCs in both directions. Recorded at
+// 16 kHz from its start (read again once the G.722 was heard).
 #[test]
 fn codec_negotiation() {
     check_case(&Case {
@@ -819,13 +822,13 @@ fn codec_negotiation() {
             from: "alice",
             to: "bob",
             end_reason: "bye",
-            rate: 8000,
+            rate: 16000,
             ch: [
                 leg(&["PCMU", "G722"], 302, &[0x0E33_0AF3, 0x2D37_4E76], Audible),
                 leg(&["PCMU", "G722"], 302, &[0x0E33_0AF3, 0x2D37_4E76], Audible),
             ],
             dtmf: &[],
-            warnings: &["wideband G722 recorded at 8000 Hz"],
+            warnings: &[],
         }],
         summary: &[("packets", 614), ("calls", 1), ("recordings written", 1)],
     });

@@ -681,3 +681,70 @@ fn import_without_config_goes_on_with_defaults_when_the_configuration_cannot_be_
     let o = run(&["--config", cfg.to_str().unwrap()], "b");
     assert!(!o.status.success(), "an explicit configuration must load");
 }
+
+/// `sample_rate = "auto"` (CONTRACT §2: 16000 if any leg is wideband): a
+/// call that starts in PCMU and whose callee turns to G.722 at 6 s (a
+/// re-INVITE) is recorded at 16000 Hz from its start, not narrowed to
+/// 8000 Hz from the switch on. The capture is read again for it: its WAV
+/// is the one `--sample-rate 16000` gives, bit for bit, once, and the
+/// narrowband call beside it stays at 8000 Hz, sample-aligned.
+#[test]
+fn a_call_turning_wideband_midway_is_recorded_wideband_from_its_start() {
+    let mut turning = call("turning@test", TestCodec::Pcmu, 12, 21);
+    turning.callee_leg.impair.codec_change = Some((6_000, TestCodec::G722));
+    let mut narrow = call("narrow@test", TestCodec::Pcmu, 12, 22);
+    narrow.caller.ip = "10.9.0.7".parse().unwrap();
+    narrow.callee.ip = "10.9.1.7".parse().unwrap();
+    narrow.start_ns += 2_000_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = dir.path().join("calls.pcap");
+    let truths = write_capture(
+        &cap,
+        &[turning, narrow],
+        Format::PcapMicros,
+        Link::Ethernet,
+        &Framing::default(),
+    )
+    .expect("write capture");
+    let auto = dir.path().join("auto");
+    let o = import(&[&cap], &auto, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("2 calls, 2 recordings written"),
+        "{summary}"
+    );
+    let recs = recordings(&auto);
+    assert_eq!(recs.len(), 2, "one recording a call");
+    assert_eq!(
+        std::fs::read_dir(&auto).unwrap().count(),
+        4,
+        "two pairs, nothing else"
+    );
+
+    let t = by_call_id(&recs, "turning@test");
+    assert_eq!(t.rate, 16000);
+    assert_eq!(t.json["audio"]["sample_rate"], 16000);
+    assert_eq!(
+        t.json["channels"][1]["codecs"],
+        serde_json::json!(["PCMU", "G722"])
+    );
+    let warnings = t.json["warnings"].to_string();
+    assert!(!warnings.contains("recorded at 8000"), "{warnings}");
+    // Both channels within a sample (at 16 kHz) of the truth in every
+    // window of the call, before and after the switch.
+    let truth = truths.iter().find(|t| t.call_id == "turning@test").unwrap();
+    check_share(t, truth, 0.0625, 0.98, 1.0);
+
+    let fixed = dir.path().join("fixed");
+    let o = import(&[&cap], &fixed, &["--sample-rate", "16000"]);
+    assert!(o.status.success());
+    let f = by_call_id(&recordings(&fixed), "turning@test").json.clone();
+    assert_eq!(t.json["audio"]["sha256"], f["audio"]["sha256"]);
+    assert_eq!(t.json["recording_id"], f["recording_id"]);
+
+    let n = by_call_id(&recs, "narrow@test");
+    assert_eq!(n.rate, 8000);
+    let truth = truths.iter().find(|t| t.call_id == "narrow@test").unwrap();
+    check(n, truth, 0.0, 0.99);
+}

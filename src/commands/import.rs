@@ -12,7 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use pbx_core::call::{CallEngine, EndReason, EngineStats, SampleRatePolicy};
+use pbx_core::call::{
+    CallEngine, CallKey, CallMeta, EndReason, EngineConfig, EngineStats, Narrowed, RecordingSink,
+    RecordingStart, SampleRatePolicy,
+};
 use pbx_core::capture::{CaptureError, CaptureReader};
 
 use crate::cli::ImportArgs;
@@ -101,6 +104,65 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
         None
     };
 
+    let read = read_captures(&args.files, &mut engine, &mut out, &bar);
+    if let Some(b) = &bar {
+        b.set_position(total);
+    }
+    engine.finish(EndReason::CaptureEnd, &mut out);
+    out.finish_held();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let narrowed = engine.take_narrowed();
+    if sample_rate == SampleRatePolicy::Auto && !narrowed.is_empty() {
+        read_wideband_again(&args.files, engine.config(), narrowed, &mut out);
+    }
+    let Reading {
+        mut all_ok,
+        files_read,
+        cut,
+    } = read;
+    for e in &out.errors {
+        eprintln!("pbx-edge import: {e}");
+    }
+    println!(
+        "{}",
+        summary(
+            args.files.len(),
+            files_read,
+            cut,
+            engine.stats(),
+            &out.counters
+        )
+    );
+    if !out.errors.is_empty() || cut > 0 {
+        all_ok = false;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// How reading the captures went.
+struct Reading {
+    /// Every file could be opened and read.
+    all_ok: bool,
+    /// Files opened.
+    files_read: usize,
+    /// Files opened whose reading stopped at an error (their calls up to
+    /// there are written).
+    cut: usize,
+}
+
+/// Read `files` into `engine`, its recordings to `sink`.
+fn read_captures(
+    files: &[std::path::PathBuf],
+    engine: &mut CallEngine,
+    sink: &mut dyn RecordingSink,
+    bar: &Option<ProgressBar>,
+) -> Reading {
     // Every file is opened, and their packets read as one stream in time
     // order (a k-way merge on each file's next packet): two interfaces
     // captured at once into two files (the SIP VLAN and the voice VLAN,
@@ -137,10 +199,10 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
             }
         };
     let mut n = 0u64;
-    if args.files.len() == 1 {
+    if files.len() == 1 {
         // One file: its frames straight from the reader's buffer.
-        let path = &args.files[0];
-        match open(path, &bar) {
+        let path = &files[0];
+        match open(path, bar) {
             None => all_ok = false,
             Some(reader) => {
                 files_read = 1;
@@ -151,17 +213,17 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                 };
                 loop {
                     match input.reader.next_frame() {
-                        Ok(Some(f)) => engine.handle_frame(f.ts, f.link, f.data, &mut out),
+                        Ok(Some(f)) => engine.handle_frame(f.ts, f.link, f.data, sink),
                         Ok(None) => break,
                         Err(e) => {
-                            report(&bar, format!("{}: {}", input.path.display(), describe(&e)));
+                            report(bar, format!("{}: {}", input.path.display(), describe(&e)));
                             cut += 1;
                             break;
                         }
                     }
                     n += 1;
                     if n % 8192 == 0 {
-                        progress(&bar, input.reader.offset(), &[], &engine, &out);
+                        progress(bar, input.reader.offset(), &[], engine);
                     }
                 }
             }
@@ -170,8 +232,8 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
         // Several: each file's first packet time (the file closed again),
         // the files in that order.
         let mut pending: Vec<(pbx_core::Timestamp, &std::path::PathBuf)> = Vec::new();
-        for path in &args.files {
-            let Some(mut r) = open(path, &bar) else {
+        for path in files {
+            let Some(mut r) = open(path, bar) else {
                 all_ok = false;
                 continue;
             };
@@ -180,7 +242,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                 Ok(Some(f)) => pending.push((f.ts, path)),
                 Ok(None) => {}
                 Err(e) => {
-                    report(&bar, format!("{}: {}", path.display(), describe(&e)));
+                    report(bar, format!("{}: {}", path.display(), describe(&e)));
                     cut += 1;
                 }
             }
@@ -204,7 +266,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                     break;
                 }
                 pending.next();
-                let Some(reader) = open(path, &bar) else {
+                let Some(reader) = open(path, bar) else {
                     all_ok = false;
                     continue;
                 };
@@ -213,7 +275,7 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                     reader,
                     head: None,
                 };
-                if let Some(ts) = input.advance(&bar, &mut cut) {
+                if let Some(ts) = input.advance(bar, &mut cut) {
                     heap.push(std::cmp::Reverse((ts, inputs.len())));
                     inputs.push(Some(input));
                 }
@@ -225,9 +287,9 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
                 continue;
             };
             if let Some(h) = input.head.as_ref() {
-                engine.handle_frame(h.ts, h.link, &h.data, &mut out);
+                engine.handle_frame(h.ts, h.link, &h.data, sink);
             }
-            match input.advance(&bar, &mut cut) {
+            match input.advance(bar, &mut cut) {
                 Some(ts) => heap.push(std::cmp::Reverse((ts, i))),
                 None => {
                     // Its end: closed.
@@ -237,39 +299,102 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
             }
             n += 1;
             if n % 8192 == 0 {
-                progress(&bar, done_bytes, &inputs, &engine, &out);
+                progress(bar, done_bytes, &inputs, engine);
             }
         }
     }
-    if let Some(b) = &bar {
-        b.set_position(total);
+    Reading {
+        all_ok,
+        files_read,
+        cut,
     }
-    engine.finish(EndReason::CaptureEnd, &mut out);
+}
+
+/// `sample_rate = "auto"` records a call at 16000 Hz if a leg is wideband,
+/// but the rate is fixed when its media start: a call that began in G.711
+/// and turned to G.722 or Opus later (a re-INVITE) was recorded at 8000 Hz,
+/// its wideband audio narrowed. A capture can be read again: those calls
+/// (`narrowed`) are recorded anew at 16000 Hz from their start, their files
+/// replacing the first reading's (the same recording ids: the same first
+/// packet). The other calls are followed as before, so that every packet
+/// finds the same call, but not written again.
+fn read_wideband_again(
+    files: &[std::path::PathBuf],
+    cfg: &EngineConfig,
+    narrowed: Vec<Narrowed>,
+    out: &mut RecordingDir,
+) {
+    let mut cfg = cfg.clone();
+    cfg.wideband_calls = narrowed.iter().map(|n| n.call_id.clone()).collect();
+    let before = out.counters.clone();
+    let mut engine = CallEngine::new(cfg.clone());
+    let mut only = OnlyCalls {
+        out,
+        calls: &cfg.wideband_calls,
+        keys: Default::default(),
+        written: Vec::new(),
+    };
+    // Said once, by the first reading.
+    let quiet = Some(ProgressBar::hidden());
+    read_captures(files, &mut engine, &mut only, &quiet);
+    engine.finish(EndReason::CaptureEnd, &mut only);
+    let written = std::mem::take(&mut only.written);
     out.finish_held();
-    if let Some(b) = &bar {
-        b.finish_and_clear();
+    // The first reading's count stands, but for a recording the second
+    // did not make again (removed) or made anew.
+    let mut counters = before;
+    counters.failed = out.counters.failed;
+    for n in &narrowed {
+        if !written.contains(&n.recording_id) {
+            let mut had = false;
+            for ext in ["wav", "json"] {
+                had |= std::fs::remove_file(out.dir().join(format!("{}.{ext}", n.recording_id)))
+                    .is_ok();
+            }
+            if had {
+                counters.written = counters.written.saturating_sub(1);
+            }
+        }
     }
-    for e in &out.errors {
-        eprintln!("pbx-edge import: {e}");
+    for id in &written {
+        if !narrowed.iter().any(|n| &n.recording_id == id)
+            && out.dir().join(format!("{id}.json")).is_file()
+        {
+            counters.written += 1;
+        }
     }
-    println!(
-        "{}",
-        summary(
-            args.files.len(),
-            files_read,
-            cut,
-            engine.stats(),
-            &out.counters
-        )
-    );
-    if !out.errors.is_empty() || cut > 0 {
-        all_ok = false;
+    out.counters = counters;
+}
+
+/// The recordings of some calls only (by Call-ID) to a [`RecordingDir`].
+struct OnlyCalls<'a> {
+    out: &'a mut RecordingDir,
+    calls: &'a std::collections::HashSet<String>,
+    keys: std::collections::HashSet<CallKey>,
+    /// The recording ids ended.
+    written: Vec<String>,
+}
+
+impl RecordingSink for OnlyCalls<'_> {
+    fn begin(&mut self, call: CallKey, start: &RecordingStart) {
+        if self.calls.contains(&start.call_id) {
+            self.keys.insert(call);
+            self.out.begin(call, start);
+        }
     }
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+
+    fn audio(&mut self, call: CallKey, frames: &[i16]) {
+        if self.keys.contains(&call) {
+            self.out.audio(call, frames);
+        }
+    }
+
+    fn end(&mut self, call: CallKey, meta: CallMeta) {
+        if self.keys.remove(&call) {
+            self.written.push(meta.recording_id.clone());
+            self.out.end(call, meta);
+        }
+    }
 }
 
 fn report(bar: &Option<ProgressBar>, msg: String) {
@@ -416,13 +541,7 @@ impl Input<'_> {
 
 /// The progress bar: bytes read (`done` of the files closed, and of those
 /// open), calls and recordings so far.
-fn progress(
-    bar: &Option<ProgressBar>,
-    done: u64,
-    inputs: &[Option<Input>],
-    engine: &CallEngine,
-    out: &RecordingDir,
-) {
+fn progress(bar: &Option<ProgressBar>, done: u64, inputs: &[Option<Input>], engine: &CallEngine) {
     if let Some(b) = bar {
         b.set_position(
             done + inputs
@@ -434,7 +553,7 @@ fn progress(
         b.set_message(format!(
             "{} calls, {} recordings",
             engine.stats().calls_seen,
-            out.counters.written
+            engine.stats().calls_recorded
         ));
     }
 }

@@ -65,6 +65,7 @@ pub(super) fn decode_and_place(
                 leg.meta.codec = codec.name().to_string();
             }
             if codec.is_wideband() && rate < 16000 {
+                leg.narrowed = true;
                 let w = format!(
                     "channel {}: wideband {} recorded at {} Hz (the call started narrowband)",
                     leg.party.channel(),

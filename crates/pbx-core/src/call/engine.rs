@@ -84,6 +84,11 @@ pub struct EngineConfig {
     pub pause_dtmf: String,
     /// DTMF sequence that resumes it (`recording.resume_dtmf`).
     pub resume_dtmf: String,
+    /// Calls (by SIP Call-ID) recorded at 16000 Hz from their start under
+    /// [`SampleRatePolicy::Auto`] although they start narrowband: an
+    /// import's second reading of the calls that turned wideband after
+    /// their rate was fixed ([`CallEngine::take_narrowed`]).
+    pub wideband_calls: std::collections::HashSet<String>,
 }
 
 impl Default for EngineConfig {
@@ -98,8 +103,17 @@ impl Default for EngineConfig {
             siprec_server: false,
             pause_dtmf: String::new(),
             resume_dtmf: String::new(),
+            wideband_calls: Default::default(),
         }
     }
+}
+
+/// A finished recording that heard a wideband codec below 16000 Hz
+/// ([`CallEngine::take_narrowed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Narrowed {
+    pub call_id: String,
+    pub recording_id: String,
 }
 
 /// A call in progress, as the control API lists it (`GET /v1/calls`).
@@ -206,6 +220,9 @@ pub(super) struct Tracker {
     pub(super) out: Vec<i16>,
     /// In-band DTMF found while rendering (leg, event).
     pub(super) tones: Vec<(usize, crate::audio::dtmf::ToneEvent)>,
+    /// Finished recordings that heard a wideband codec below 16000 Hz
+    /// ([`CallEngine::take_narrowed`]).
+    pub(super) narrowed: Vec<Narrowed>,
 }
 
 impl Tracker {
@@ -227,6 +244,7 @@ impl Tracker {
             scratch2: Vec::with_capacity(4096),
             out: Vec::with_capacity(16384),
             tones: Vec::new(),
+            narrowed: Vec::new(),
         }
     }
 
@@ -527,6 +545,16 @@ impl CallEngine {
     /// The settings in use.
     pub fn config(&self) -> &EngineConfig {
         &self.t.cfg
+    }
+
+    /// The recordings finished since the last call whose rate was fixed
+    /// below 16000 Hz when their media started and which then heard a
+    /// wideband codec (a re-INVITE from G.711 to G.722 or Opus): that
+    /// audio was recorded narrowband. Under [`SampleRatePolicy::Auto`] an
+    /// import reads its captures again with these calls in
+    /// [`EngineConfig::wideband_calls`].
+    pub fn take_narrowed(&mut self) -> Vec<Narrowed> {
+        std::mem::take(&mut self.t.narrowed)
     }
 
     pub fn net_stats(&self) -> &crate::net::NetStats {

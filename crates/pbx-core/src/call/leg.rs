@@ -118,6 +118,9 @@ pub(super) struct Leg {
     /// The last packet decoded while its decoder holds a tail
     /// ([`super::tail`]).
     pub(super) last_out: Option<LastOut>,
+    /// A wideband codec was decoded below 16000 Hz (the rate was fixed
+    /// when the call's media started narrowband).
+    pub(super) narrowed: bool,
 }
 
 impl Leg {
@@ -144,6 +147,7 @@ impl Leg {
             info_dtmf: false,
             ts_clock: TsClock::default(),
             last_out: None,
+            narrowed: false,
         }
     }
 
@@ -294,7 +298,7 @@ impl Tracker {
             let rate = match policy {
                 SampleRatePolicy::Fixed(r) => r,
                 SampleRatePolicy::Auto => {
-                    if wide {
+                    if wide || self.cfg.wideband_calls.contains(&call.call_id) {
                         16000
                     } else {
                         8000
@@ -795,6 +799,12 @@ impl Tracker {
             CallState::Ending(at, _) => at.max(call.last_rtp),
             _ => call.last_rtp.max(call.last_sip),
         };
+        if media.legs.iter().any(|l| l.narrowed) {
+            self.narrowed.push(super::engine::Narrowed {
+                call_id: call.call_id.clone(),
+                recording_id: recording_id(&call.call_id, media.t0),
+            });
+        }
         let mut channels: [ChannelMeta; 2] = Default::default();
         for (i, leg) in media.legs.into_iter().enumerate() {
             let mut m = leg.meta;

@@ -13,7 +13,9 @@ pub mod timeline;
 mod tsclock;
 
 pub use dialog::HOLD_TIMEOUT_US;
-pub use engine::{CallEngine, EngineConfig, EngineStats, SampleRatePolicy, CLOCK_STEP_BACK_US};
+pub use engine::{
+    CallEngine, EngineConfig, EngineStats, Narrowed, SampleRatePolicy, CLOCK_STEP_BACK_US,
+};
 pub use meta::{
     CallKey, CallMeta, EndReason, Party, PartyInfo, Pause, PauseBy, RecordingSink, RecordingStart,
 };
