@@ -90,13 +90,14 @@ impl LegTimeline {
                 }
                 if switch <= self.pos {
                     let h_prev = self.segs[0].env.hysteresis();
+                    let slack = self.segs[1].env.seam_slack(self.segs[0].env.jitter_typ);
                     // Both sent at once (a clean link), or one stream whose
                     // delay fell: the overlap is kept, never cut.
                     let keep_both = self.segs[0].env.clean() || self.continues();
                     if let Some(old) = self.segs.pop_front() {
                         self.cut(old);
                     }
-                    self.start_front_at(self.pos, h_prev, keep_both);
+                    self.start_front_at(self.pos, (h_prev, slack), keep_both);
                     continue;
                 }
                 limit = limit.min(switch);
@@ -168,8 +169,9 @@ impl LegTimeline {
         // Within what the estimate can tell apart, the new stream continues
         // the old one seamlessly (a new SSRC mid-talkspurt).
         let h = next.env.seam_tolerance().max(cur.env.hysteresis()).ceil() as i64;
+        let late = h + next.env.seam_slack(cur.env.jitter_typ).ceil() as i64;
         match cur_end {
-            Some(end) if (end - start).abs() <= h => end,
+            Some(end) if end - start <= h && start - end <= late => end,
             Some(end) if end > start => {
                 if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 || self.continues() {
                     end
@@ -183,13 +185,17 @@ impl LegTimeline {
 
     fn start_front(&mut self) {
         let pos = self.pos;
-        self.start_front_at(pos, 0.0, false);
+        self.start_front_at(pos, (0.0, 0.0), false);
     }
 
     /// The front segment begins; its first sample goes to its envelope's
     /// place, or to `at` if that is already written (the first segment of
     /// the leg: what falls before time zero is cut instead).
-    fn start_front_at(&mut self, at: i64, h_prev: f64, keep_both: bool) {
+    /// `prev`: the previous segment's hysteresis, and how much later than
+    /// it ended this one's place may lie beyond it and still be taken to
+    /// go on from there ([`Envelope::seam_slack`]).
+    fn start_front_at(&mut self, at: i64, prev: (f64, f64), keep_both: bool) {
+        let (h_prev, slack) = prev;
         let first = !self.any_started;
         self.any_started = true;
         let Some(seg) = self.segs.front_mut() else {
@@ -235,7 +241,7 @@ impl LegTimeline {
         }
         let seamless = (at - seg.first_uts().unwrap_or(u)) as f64;
         let h = seg.env.seam_tolerance().max(h_prev);
-        let a = if (want - seamless).abs() <= h {
+        let a = if seamless - want <= h && want - seamless <= h + slack {
             seamless
         } else {
             want.max(seamless)
@@ -243,7 +249,7 @@ impl LegTimeline {
         seg.a = a;
         // Started later than its place (overlap with the previous segment):
         // taken up in a quiet place or spread over the audio, if it matters.
-        if (want - a).abs() > h {
+        if a - want > h || want - a > h + slack {
             seg.pending = want - a;
             seg.pending_since = at;
             // On a clean link the overlap is real (both streams sent at
