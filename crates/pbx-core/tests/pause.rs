@@ -425,12 +425,12 @@ fn rfc4733_card_number_between_sequences_leaves_no_trace() {
     let meta = paused.meta.as_ref().unwrap();
     assert_eq!(meta.pauses.len(), 1);
     assert_eq!(meta.pauses[0].by, PauseBy::Dtmf);
-    // From the first digit of the pause sequence (its first packet's arrival
-    // less the 20 ms duration it reports) to the end of the resume
-    // sequence's last digit.
+    // From the first digit of the pause sequence (where its RTP timestamp,
+    // the key's start, places it: the audio packet of that timestamp's)
+    // to the end of the resume sequence's last digit.
     assert_eq!(
         meta.pauses[0].from_ms as usize,
-        pause_at * 20 - 20,
+        pause_at * 20,
         "{:?}",
         meta.pauses
     );
@@ -445,9 +445,9 @@ fn rfc4733_card_number_between_sequences_leaves_no_trace() {
     assert_eq!(rdigits, format!("{PAUSE}{CARD}{RESUME}"));
     assert!(meta.dtmf.is_empty(), "no digit kept: {:?}", meta.dtmf);
     // The stretch ends with the last resume digit: its start (as for the
-    // first digit, 20 ms before its first packet) plus its 100 ms.
+    // first digit, where its timestamp places it) plus its 100 ms.
     let last = plan.keys.last().unwrap();
-    assert_eq!(meta.pauses[0].to_ms as usize, (last.at + last.len - 1) * 20);
+    assert_eq!(meta.pauses[0].to_ms as usize, (last.at + last.len) * 20);
 }
 
 #[test]

@@ -2087,7 +2087,7 @@ fn opus_variable_frames_dtx_and_48k_events() {
     let key = meta.dtmf.iter().find(|k| k.digit == "5").expect("the key");
     let at_ms = (MEDIA_US + key_at as i64 * 1000 / 16 - frame0) / 1000;
     assert!(
-        (key.at_ms - at_ms).abs() <= 25 && (key.duration_ms - 200).abs() <= 5,
+        (key.at_ms - at_ms).abs() <= 1 && (key.duration_ms - 200).abs() <= 5,
         "key {key:?}, pressed at {at_ms} ms for 200 ms"
     );
 }

@@ -347,6 +347,17 @@ mod tests {
             .to_string()
     }
 
+    /// A SIPREC offer with `metadata`: (Content-Type, body).
+    fn offer_with(metadata: &str) -> (String, String) {
+        let boundary = "b0undary";
+        let body = format!(
+            "--{boundary}\r\nContent-Type: application/sdp\r\n\r\n{}\r\n--{boundary}\r\n\
+             Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{metadata}\r\n--{boundary}--\r\n",
+            sdp(OFFER, "sendonly"),
+        );
+        (format!("multipart/mixed;boundary={boundary}"), body)
+    }
+
     fn message(first: &str, call_id: &str, cseq: &str, ctype: &str, body: &str) -> Vec<u8> {
         let ctype = if ctype.is_empty() {
             String::new()
@@ -376,6 +387,11 @@ mod tests {
         /// A SIPREC call answered (the SIP task's note written, the INVITE
         /// and our 200 OK fed to the engine), at `t`.
         fn answered(call_id: &str) -> Call {
+            Call::answered_with(call_id, Some(metadata()))
+        }
+
+        /// [`Call::answered`], the INVITE with `metadata` (or its SDP alone).
+        fn answered_with(call_id: &str, metadata: Option<String>) -> Call {
             let dir = tempfile::tempdir().unwrap();
             let ctx = RecordingContext {
                 agent_id: "agent-a".into(),
@@ -401,18 +417,15 @@ mod tests {
                 dir,
                 t: Timestamp::from_secs(1_800_000_000),
             };
-            let boundary = "b0undary";
-            let body = format!(
-                "--{boundary}\r\nContent-Type: application/sdp\r\n\r\n{}\r\n--{boundary}\r\n\
-                 Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{}\r\n--{boundary}--\r\n",
-                sdp(OFFER, "sendonly"),
-                metadata()
-            );
+            let (ctype, body) = match &metadata {
+                Some(m) => offer_with(m),
+                None => ("application/sdp".to_string(), sdp(OFFER, "sendonly")),
+            };
             let invite = message(
                 &format!("INVITE sip:srs@{SRS} SIP/2.0"),
                 call_id,
                 "1 INVITE",
-                &format!("multipart/mixed;boundary={boundary}"),
+                &ctype,
                 &body,
             );
             c.sip(SRC, SRS, invite);
@@ -430,7 +443,7 @@ mod tests {
                     &format!("INVITE sip:srs@{SRS} SIP/2.0"),
                     call_id,
                     "1 INVITE",
-                    &format!("multipart/mixed;boundary={boundary}"),
+                    &ctype,
                     &body,
                 ))
                 .unwrap(),
@@ -486,10 +499,16 @@ mod tests {
         /// `n` 20 ms PCMU packets from the SRC on both streams, stamped
         /// from `t0` on.
         fn rtp(&mut self, t0: Timestamp, n: usize) {
-            let audio = speechlike(7, 20 * n as u32, 8000);
+            self.rtp_from(t0, 0, n);
+        }
+
+        /// Packets `first..first + n` of both streams (SSRC 0x1000 the
+        /// first m-line's, 0x1001 the second's), packet `first` at `t0`.
+        fn rtp_from(&mut self, t0: Timestamp, first: usize, n: usize) {
+            let audio = speechlike(7, 20 * (first + n) as u32, 8000);
             for (k, (from, to)) in OFFER.iter().zip(ANSWER).enumerate() {
                 let mut enc = Encoder::new(TestCodec::Pcmu);
-                for i in 0..n {
+                for i in first..first + n {
                     let pkt = rtp_packet(
                         0,
                         i == 0,
@@ -499,7 +518,7 @@ mod tests {
                         &enc.encode(&audio[i * 160..(i + 1) * 160]),
                     );
                     self.input(EngineInput::Udp {
-                        ts: t0.add_micros(20_000 * i as i64),
+                        ts: t0.add_micros(20_000 * (i - first) as i64),
                         src: SocketAddr::from(([127, 0, 0, 1], *from)),
                         dst: SocketAddr::from(([127, 0, 0, 1], to)),
                         payload: pkt,
@@ -643,6 +662,110 @@ mod tests {
         assert_eq!(recs[0].0, 100, "{recs:?}");
         assert_eq!(c.byes_answered(), 1);
         assert_eq!(c.host.engine.active_calls(), 0);
+    }
+
+    /// A BYE naming our tag but another From tag is no request of the
+    /// dialog (its UAS answers 481): the call goes on, and its recording
+    /// holds all its audio, up to the real BYE.
+    #[test]
+    fn a_bye_with_another_from_tag_does_not_end_the_recording() {
+        let mut c = Call::answered("other-tag@src");
+        let bye = message(
+            &format!("BYE sip:srs@{SRS} SIP/2.0"),
+            "other-tag@src",
+            "2 BYE",
+            "",
+            "",
+        );
+        let bye = String::from_utf8(bye)
+            .unwrap()
+            .replace("tag=src", "tag=WRONG");
+        c.sip(SRC, SRS, bye.into_bytes());
+        assert!(!c.host.engine.is_ending("other-tag@src"));
+        let sent = c.t.add_micros(20_000);
+        c.rtp(sent, 50);
+        c.t = c.t.add_micros(1_100_000);
+        c.bye("other-tag@src");
+        c.wait(1_000);
+        let recs = c.recordings();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 1000, "{recs:?}");
+    }
+
+    /// Metadata first sent in a re-INVITE after the media began (RFC 7866
+    /// allows it), naming the second m-line's stream as the first
+    /// participant's: the streams keep the channels the SDP's order gave
+    /// them (before, they swapped mid-recording: each channel held one
+    /// party, then the other); from/to name who is on each.
+    #[test]
+    fn metadata_after_the_media_began_keeps_each_stream_on_its_channel() {
+        let mut c = Call::answered_with("late-meta@src", None);
+        let t0 = c.t.add_micros(20_000);
+        c.rtp_from(t0, 0, 25);
+        c.t = c.t.add_micros(600_000);
+        let swapped = metadata()
+            .replace(
+                "<send>U1RSMQ==</send><recv>U1RSMg==</recv>",
+                "<send>X</send><recv>Y</recv>",
+            )
+            .replace(
+                "<send>U1RSMg==</send><recv>U1RSMQ==</recv>",
+                "<send>U1RSMQ==</send><recv>U1RSMg==</recv>",
+            )
+            .replace(
+                "<send>X</send><recv>Y</recv>",
+                "<send>U1RSMg==</send><recv>U1RSMQ==</recv>",
+            );
+        let (ctype, body) = offer_with(&swapped);
+        let reinvite = message(
+            &format!("INVITE sip:srs@{SRS} SIP/2.0"),
+            "late-meta@src",
+            "2 INVITE",
+            &ctype,
+            &body,
+        );
+        c.sip(SRC, SRS, reinvite);
+        let ok = message(
+            "SIP/2.0 200 OK",
+            "late-meta@src",
+            "2 INVITE",
+            "application/sdp",
+            &sdp(ANSWER, "recvonly"),
+        );
+        c.sip(SRS, SRC, ok);
+        c.rtp_from(t0.add_micros(500_000), 25, 25);
+        c.t = c.t.add_micros(600_000);
+        c.bye("late-meta@src");
+        c.wait(1_000);
+        let json = std::fs::read_dir(c.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            })
+            .expect("a recording");
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+        assert_eq!(
+            j["channels"][0]["ssrcs"],
+            serde_json::json!([0x1000]),
+            "{j}"
+        );
+        assert_eq!(
+            j["channels"][1]["ssrcs"],
+            serde_json::json!([0x1001]),
+            "{j}"
+        );
+        assert_eq!(j["channels"][0]["packets"], 50, "{j}");
+        assert_eq!(j["from"]["number"], "+15552002", "{j}");
+        assert_eq!(j["to"]["number"], "+15551001", "{j}");
+        assert!(
+            j["warnings"]
+                .to_string()
+                .contains("metadata came after the media began"),
+            "{j}"
+        );
     }
 
     /// The source stops while the call lingers: still one empty recording,

@@ -735,7 +735,12 @@ pub(super) fn on_message(
             return;
         }
     };
-    feed(etx, drops, peer, local, bytes.to_vec());
+    // The engine records what the UAS takes up only: a BYE it answers
+    // 481 must not end a recording, nor an INVITE it cannot answer (no
+    // Via) or refuses for its Call-ID start one.
+    if uas.takes(&msg) {
+        feed(etx, drops, peer, local, bytes.to_vec());
+    }
     if matches!(
         msg.method(),
         Some(pbx_core::sip::message::Method::Options | pbx_core::sip::message::Method::Invite)

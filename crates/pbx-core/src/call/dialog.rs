@@ -327,11 +327,24 @@ impl Call {
     }
 
     /// Whether an in-dialog request belongs to the call's dialog: its tags
-    /// name the callee's (once an answer gave it). A forked INVITE's other
-    /// dialogs share the Call-ID and the caller's tag only.
+    /// name the callee's (once an answer gave it) and the caller's (RFC
+    /// 3261 12: a dialog is its Call-ID and both tags). A forked INVITE's
+    /// other dialogs share the Call-ID and the caller's tag only; a BYE
+    /// naming the callee's tag beside another From tag is no request of
+    /// this dialog (its UAS answers 481) and ended the recording.
     pub(super) fn in_dialog(&self, msg: &SipMessage) -> bool {
-        match &self.callee.tag {
-            Some(t) => msg.to.tag.as_ref() == Some(t) || msg.from.tag.as_ref() == Some(t),
+        let Some(t) = &self.callee.tag else {
+            return true;
+        };
+        let other = if msg.to.tag.as_ref() == Some(t) {
+            &msg.from.tag
+        } else if msg.from.tag.as_ref() == Some(t) {
+            &msg.to.tag
+        } else {
+            return false;
+        };
+        match &self.caller_tag {
+            Some(c) => other.as_ref() == Some(c),
             None => true,
         }
     }
@@ -894,7 +907,18 @@ impl Tracker {
                 // metadata decided keeps it (a later document may name its
                 // participants in another order, or a transferred party
                 // first); only new streams are placed by the new document.
-                if state.from_metadata {
+                // So does a stream placed by the SDP's order once its audio
+                // is recording (metadata first sent after the media began:
+                // RFC 7866 allows it): the metadata then names who is on
+                // each channel, not which channel each is on.
+                let late = !state.from_metadata && call.media.is_some();
+                if late {
+                    push_warning(
+                        &mut call.warnings,
+                        "SIPREC metadata came after the media began: the channels stay as the SDP's order placed them, from/to name who is on each".to_string(),
+                    );
+                }
+                if state.from_metadata || late {
                     if let Some(old) = &call.siprec {
                         for (i, slot) in parties.iter_mut().enumerate() {
                             let same_stream = previous.media.get(i).is_some_and(|m| {

@@ -449,8 +449,17 @@ impl Tracker {
                     let Some(digit) = event_to_digit(ev.event) else {
                         return;
                     };
-                    let at_ms = (arrival_pos * 1000 / i64::from(rate) - dur_ms).max(0);
-                    let start = arrival_pos - dur_pos;
+                    // Where its timestamp (the key's start) places it
+                    // against the leg's audio; else by its arrival less
+                    // the time it has lasted (by the first packet's
+                    // duration, which senders count differently: one
+                    // 20 ms early).
+                    let start = leg
+                        .timeline
+                        .position_of(rtp.ssrc, rtp.timestamp, ev_rate as u32)
+                        .filter(|p| (p - (arrival_pos - dur_pos)).abs() <= i64::from(rate))
+                        .unwrap_or(arrival_pos - dur_pos);
+                    let at_ms = (start * 1000 / i64::from(rate)).max(0);
                     let digit_s = digit.to_string();
                     let near = i64::from(rate) * 150 / 1000;
                     let copy = call.dtmf.iter().position(|e| {

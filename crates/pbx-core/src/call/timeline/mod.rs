@@ -552,6 +552,22 @@ impl LegTimeline {
         self.pos
     }
 
+    /// Where the sender's sample of RTP timestamp `ts` lies on the arrival
+    /// timeline: placed as the newest segment of its stream (`ssrc`,
+    /// `clock_rate`) places its audio; `None` without one. (An RFC 4733
+    /// event's timestamp is its start, on its stream's clock: the digit
+    /// then lies where it was pressed against the audio around it.)
+    pub fn position_of(&self, ssrc: u32, ts: u32, clock_rate: u32) -> Option<i64> {
+        let seg = self
+            .segs
+            .iter()
+            .rev()
+            .find(|s| s.ssrc == ssrc && s.clock_rate == clock_rate)?;
+        let u = self.samples_of(seg.ext_of(ts), clock_rate);
+        let pos = seg.place(u);
+        pos.is_finite().then_some(pos.round() as i64)
+    }
+
     fn samples_of(&self, ext: i64, clock_rate: u32) -> i64 {
         crate::time::mul_div(ext, i64::from(self.rate), i64::from(clock_rate.max(1)))
     }

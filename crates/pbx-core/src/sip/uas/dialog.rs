@@ -18,9 +18,6 @@ pub(super) struct Dialog {
     pub(super) transport: Transport,
     pub(super) confirmed: bool,
     pub(super) remote_cseq: u32,
-    /// The CSeq of the INVITE that made the dialog (a merged copy of it
-    /// has this one; `remote_cseq` moves on with in-dialog requests).
-    pub(super) invite_cseq: u32,
     pub(super) local_cseq: u32,
     pub(super) remote_target: String,
     pub(super) route_set: Vec<String>,

@@ -328,6 +328,102 @@ fn a_merged_invite_gets_482_and_no_second_dialog() {
     assert_eq!(u.dialog_count(), 1);
 }
 
+/// A new INVITE (another From tag) whose Call-ID a dialog holds: 482, no
+/// second dialog (a recorder keeps recordings by Call-ID: the second
+/// session was recorded into the first, its own audio lost), and a
+/// recorder beside the UAS is not shown it ([`Uas::takes`]).
+#[test]
+fn an_invite_with_a_call_id_in_use_gets_482_and_is_not_taken() {
+    let mut u = uas();
+    let inv = invite("z9hG4bKinv1", "call-used");
+    assert!(u.takes(&inv));
+    let d = new_call(&feed(&mut u, t(0), &inv));
+    u.accept(&d, SDP, t(10));
+    drain(&mut u);
+    // Its retransmission is still taken (the recorder counts it once).
+    assert!(u.takes(&inv));
+    let text = String::from_utf8(format_invite("z9hG4bKinv2", "call-used")).unwrap();
+    let other = parse_message(text.replace("tag=src-tag", "tag=other-tag").as_bytes()).unwrap();
+    assert!(!u.takes(&other));
+    let ev = feed(&mut u, t(50), &other);
+    assert!(
+        ev.iter().all(|e| !matches!(e, UasEvent::NewCall { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(codes(&ev), vec![482]);
+    assert_eq!(u.dialog_count(), 1);
+}
+
+/// What a recorder beside the UAS may act on: not a BYE whose tags name
+/// no dialog (481: it ended a recording), nor a request it cannot answer
+/// (no Via: such INVITEs were calls in progress for minutes); the
+/// dialog's own requests and new calls yes.
+#[test]
+fn takes_only_what_the_uas_takes_up() {
+    let mut u = uas();
+    let d = established(&mut u, "call-t");
+    let bye = request(
+        "BYE",
+        "z9hG4bKb1",
+        "call-t",
+        Some(&d.local_tag),
+        2,
+        "BYE",
+        "",
+        "",
+    );
+    assert!(u.takes(&bye));
+    let text = String::from_utf8(bye_bytes(&d.local_tag)).unwrap();
+    let wrong = parse_message(text.replace("tag=src-tag", "tag=WRONG").as_bytes()).unwrap();
+    assert!(!u.takes(&wrong));
+    assert_eq!(codes(&feed(&mut u, t(100), &wrong)), vec![481]);
+    let stray = request("BYE", "z9hG4bKb2", "call-t", None, 3, "BYE", "", "");
+    assert!(!u.takes(&stray));
+    let no_via = parse_message(
+        b"INVITE sip:srs@192.0.2.50 SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n\
+          Call-ID: novia-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert!(!u.takes(&no_via));
+    assert!(u.takes(&invite("z9hG4bKnew", "call-new")));
+    let ok = parse_message(
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.50:5090;branch=z9hG4bKx\r\n\
+          From: <sip:srs@192.0.2.50>;tag=a\r\nTo: <sip:src@10.1.1.1>;tag=b\r\n\
+          Call-ID: call-t\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert!(u.takes(&ok));
+}
+
+/// The text of [`invite`] on `branch`.
+fn format_invite(branch: &str, call_id: &str) -> Vec<u8> {
+    let m = invite(branch, call_id);
+    let body = String::from_utf8_lossy(&m.body).to_string();
+    format!(
+        "INVITE sip:srs@192.0.2.50:5090 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 10.1.1.1:5060;branch={branch};rport\r\n\
+         From: \"SRC\" <sip:src@10.1.1.1>;tag=src-tag\r\n\
+         To: <sip:srs@192.0.2.50:5090>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:src@10.1.1.1:5060>;+sip.src\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A BYE of dialog `local_tag` of "call-t".
+fn bye_bytes(local_tag: &str) -> Vec<u8> {
+    format!(
+        "BYE sip:srs@192.0.2.50:5090 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKb3;rport\r\n\
+         From: \"SRC\" <sip:src@10.1.1.1>;tag=src-tag\r\n\
+         To: <sip:srs@192.0.2.50:5090>;tag={local_tag}\r\n\
+         Call-ID: call-t\r\nCSeq: 4 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 #[test]
 fn timer_h_without_ack_ends_call_and_sends_bye() {
     let mut u = uas();

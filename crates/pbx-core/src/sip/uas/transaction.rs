@@ -212,11 +212,11 @@ impl Uas {
         // have (Call-ID, From tag, CSeq) on another branch, a copy forked
         // or retransmitted by another path. A second dialog for it would
         // take ports and end the first call's recording when it ends.
-        let from_tag = msg.from.tag.as_deref().unwrap_or_default();
-        let merged = self.dialogs.iter().any(|(d, dlg)| {
-            d.call_id == msg.call_id && d.remote_tag == from_tag && dlg.invite_cseq == msg.cseq
-        });
-        if merged {
+        // So is any new INVITE whose Call-ID a dialog already holds (under
+        // another From tag): recordings are kept by Call-ID, and a second
+        // session accepted with one in use was recorded into the first,
+        // its own audio lost. Refused, its SRC knows it is not recorded.
+        if self.call_id_in_use(msg) {
             self.new_final(rq, 482, "Loop Detected", &[]);
             return;
         }
@@ -238,7 +238,6 @@ impl Uas {
             transport,
             confirmed: false,
             remote_cseq: msg.cseq,
-            invite_cseq: msg.cseq,
             local_cseq: 0,
             remote_target,
             route_set: rq.req.record_route.clone(),
@@ -255,6 +254,44 @@ impl Uas {
             invite: msg.clone(),
             from,
         });
+    }
+
+    /// An initial INVITE (no To tag) whose Call-ID a dialog holds.
+    fn call_id_in_use(&self, msg: &SipMessage) -> bool {
+        self.dialogs.keys().any(|d| d.call_id == msg.call_id)
+    }
+
+    /// Whether a received message is one this UAS takes up, so that a
+    /// recorder beside it may act on it: a response; a request it can
+    /// answer (it has a Via) that names one of its dialogs, or starts one
+    /// (an INVITE whose Call-ID no dialog holds, or a retransmission of
+    /// one it has), or needs none (OPTIONS, CANCEL, ACK). Not a request it
+    /// answers `481` (a BYE whose tags name no dialog), nor one it cannot
+    /// answer at all: such a BYE ended a recording, such INVITEs were
+    /// calls in progress for minutes.
+    pub fn takes(&self, msg: &SipMessage) -> bool {
+        let Some(method) = msg.method() else {
+            return true;
+        };
+        let Some(key) = tx_key(msg, method) else {
+            return false;
+        };
+        match &msg.to.tag {
+            Some(tag) => {
+                *method == Method::Ack
+                    || *method == Method::Cancel
+                    || self.dialogs.contains_key(&DialogId {
+                        call_id: msg.call_id.clone(),
+                        local_tag: tag.clone(),
+                        remote_tag: msg.from.tag.clone().unwrap_or_default(),
+                    })
+            }
+            None => match method {
+                Method::Invite => self.txs.contains_key(&key) || !self.call_id_in_use(msg),
+                Method::Bye | Method::Update | Method::Info | Method::Prack => false,
+                _ => true,
+            },
+        }
     }
 
     /// A new server transaction waiting for the shell (INVITE gets 100).
