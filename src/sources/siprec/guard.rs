@@ -232,6 +232,12 @@ impl Refuser {
         self.counters.count(refusal.kind);
     }
 
+    /// A request that parsed but cannot be answered (no Via): dropped,
+    /// counted as `unanswerable`.
+    pub(crate) fn count_unanswerable(&self) {
+        self.counters.count("unanswerable");
+    }
+
     fn log(&mut self, peer: SocketAddr, reason: &str, error: &SipError) {
         let now = Instant::now();
         if self

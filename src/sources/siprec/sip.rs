@@ -740,6 +740,8 @@ pub(super) fn on_message(
     // Via) or refuses for its Call-ID start one.
     if uas.takes(&msg) {
         feed(etx, drops, peer, local, bytes.to_vec());
+    } else if msg.is_request() && !Uas::answerable(&msg) {
+        refuser.count_unanswerable();
     }
     if matches!(
         msg.method(),

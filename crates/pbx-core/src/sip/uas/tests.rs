@@ -385,6 +385,8 @@ fn takes_only_what_the_uas_takes_up() {
     )
     .unwrap();
     assert!(!u.takes(&no_via));
+    assert!(!Uas::answerable(&no_via));
+    assert!(Uas::answerable(&wrong));
     assert!(u.takes(&invite("z9hG4bKnew", "call-new")));
     let ok = parse_message(
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.50:5090;branch=z9hG4bKx\r\n\

@@ -261,6 +261,12 @@ impl Uas {
         self.dialogs.keys().any(|d| d.call_id == msg.call_id)
     }
 
+    /// Whether a request can be answered at all (it has a Via): one that
+    /// cannot is dropped without a word.
+    pub fn answerable(msg: &SipMessage) -> bool {
+        msg.method().is_some_and(|m| tx_key(msg, m).is_some())
+    }
+
     /// Whether a received message is one this UAS takes up, so that a
     /// recorder beside it may act on it: a response; a request it can
     /// answer (it has a Via) that names one of its dialogs, or starts one
