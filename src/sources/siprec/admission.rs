@@ -281,6 +281,42 @@ pub struct Admission {
     /// since). A stream: sources of the port's previous stream, never
     /// latched (their packets are `unknown_port`).
     stale: Vec<SocketAddr>,
+    /// The newest RTP packet admitted: (source, SSRC, sequence number).
+    newest: Option<Ended>,
+    /// Retired: the streams heard (the ended one's, and late ones since),
+    /// each at its newest sequence number. A stream: those of the port's
+    /// previous streams; a packet that continues one (same source and
+    /// SSRC, the next [`CONTINUES`] sequence numbers) is `unknown_port`,
+    /// even from the announced address.
+    ended: Vec<Ended>,
+}
+
+/// An RTP stream heard on a port: its source, SSRC and newest sequence
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    src: SocketAddr,
+    ssrc: u32,
+    seq: u16,
+}
+
+/// How many sequence numbers after an ended stream's newest still
+/// continue it ([`Admission::excluding`]): 2 s of 20 ms packets.
+const CONTINUES: u16 = 100;
+
+/// Notes RTP packet `bytes` from `src` in `list` (at most [`MAX_STALE`]
+/// streams), each stream at its newest sequence number.
+fn note_stream(list: &mut Vec<Ended>, src: SocketAddr, bytes: &[u8]) {
+    let Some((ssrc, seq)) = rtp_fields(bytes) else {
+        return;
+    };
+    if let Some(e) = list.iter_mut().find(|e| e.src == src && e.ssrc == ssrc) {
+        if (seq.wrapping_sub(e.seq) as i16) > 0 {
+            e.seq = seq;
+        }
+    } else if list.len() < MAX_STALE {
+        list.push(Ended { src, ssrc, seq });
+    }
 }
 
 /// The RTP header fields admission looks at; None when not RTP (or RTCP).
@@ -300,6 +336,8 @@ impl Admission {
             origin: Some(origin),
             state: State::Learning(Vec::new()),
             stale: Vec::new(),
+            newest: None,
+            ended: Vec::new(),
         }
     }
 
@@ -309,6 +347,8 @@ impl Admission {
             origin: None,
             state: State::Retired,
             stale: Vec::new(),
+            newest: None,
+            ended: Vec::new(),
         }
     }
 
@@ -318,6 +358,8 @@ impl Admission {
             origin: None,
             state: State::Unrestricted,
             stale: Vec::new(),
+            newest: None,
+            ended: Vec::new(),
         }
     }
 
@@ -344,6 +386,16 @@ impl Admission {
         self.origin = None;
         self.state = State::Retired;
         self.stale = locked.into_iter().collect();
+        self.ended = self.newest.take().into_iter().collect();
+    }
+
+    /// Retired: the streams heard on the port (its last stream's first),
+    /// to keep their continuation out of the port's next stream.
+    pub fn ended_streams(&self) -> &[Ended] {
+        match self.state {
+            State::Retired => &self.ended,
+            _ => &[],
+        }
     }
 
     /// Retired: the sources heard on the port (its last stream's source
@@ -359,9 +411,41 @@ impl Admission {
     /// that went to the port before, e.g. an SBC still sending the ended
     /// call's stream) are never latched; they count as `unknown_port`. The
     /// announced address is still taken from them (rule 1).
-    pub fn excluding(mut self, stale: &[SocketAddr]) -> Admission {
+    ///
+    /// And packets that continue a stream `ended` on the port (same source
+    /// and SSRC, the sequence numbers right after its newest) are
+    /// `unknown_port` even from the announced address: an SRC that sends
+    /// every stream from one port (SIPp) still sending the ended call's
+    /// when the port came back early (a small `rtp_ports`) put 60 ms of the
+    /// ended call at the start of the new one, shifting all of it.
+    pub fn excluding(mut self, stale: &[SocketAddr], ended: &[Ended]) -> Admission {
         self.stale = stale.iter().take(MAX_STALE).copied().collect();
+        self.ended = ended.iter().take(MAX_STALE).copied().collect();
         self
+    }
+
+    /// Whether RTP packet `bytes` from `src` continues an ended stream of
+    /// the port (noted as its newest then).
+    fn continues_ended(&mut self, src: SocketAddr, bytes: &[u8]) -> bool {
+        if self.ended.is_empty() {
+            return false;
+        }
+        let Some((ssrc, seq)) = rtp_fields(bytes) else {
+            return false;
+        };
+        let Some(e) = self
+            .ended
+            .iter_mut()
+            .find(|e| e.src == src && e.ssrc == ssrc)
+        else {
+            return false;
+        };
+        let ahead = seq.wrapping_sub(e.seq);
+        if ahead == 0 || ahead > CONTINUES {
+            return ahead == 0;
+        }
+        e.seq = seq;
+        true
     }
 
     /// Whether a source is locked.
@@ -409,6 +493,39 @@ impl Admission {
         out: &mut impl FnMut(Timestamp, SocketAddr, &[u8]),
     ) {
         let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+        if matches!(self.state, State::Retired) || self.origin.is_none() {
+            note_stream(&mut self.ended, src, bytes);
+        } else if self.continues_ended(src, bytes) {
+            return rejected.add(Reason::UnknownPort, 1);
+        }
+        let mut newest = self.newest.take();
+        self.admit(ts, src, bytes, rejected, &mut |ts, src, b: &[u8]| {
+            if let Some((ssrc, seq)) = rtp_fields(b) {
+                newest = Some(match newest {
+                    Some(e)
+                        if e.src == src
+                            && e.ssrc == ssrc
+                            && (seq.wrapping_sub(e.seq) as i16) <= 0 =>
+                    {
+                        e
+                    }
+                    _ => Ended { src, ssrc, seq },
+                });
+            }
+            out(ts, src, b)
+        });
+        self.newest = newest;
+    }
+
+    /// [`Admission::offer`]'s rule.
+    fn admit(
+        &mut self,
+        ts: Timestamp,
+        src: SocketAddr,
+        bytes: &[u8],
+        rejected: &mut RejectCounts,
+        out: &mut impl FnMut(Timestamp, SocketAddr, &[u8]),
+    ) {
         let origin = match (&self.state, self.origin) {
             (State::Unrestricted, _) => return out(ts, src, bytes),
             (State::Retired, _) | (_, None) => {

@@ -283,7 +283,7 @@ fn the_stream_of_a_retired_port_is_kept_out_of_its_next_stream() {
     let stale = r.adm.stale_sources().to_vec();
     assert_eq!(stale, vec![a("192.0.2.10:31000"), a("192.0.2.10:31002")]);
     // The new call: the old stream goes on, the new one starts later.
-    let mut r2 = Run::new(Admission::new(nat).excluding(&stale));
+    let mut r2 = Run::new(Admission::new(nat).excluding(&stale, &[]));
     for i in 0..50 {
         r2.send(1000 + i * 20, "192.0.2.10:31000", 1, 20 + i as u16);
         if i >= 5 {
@@ -296,7 +296,7 @@ fn the_stream_of_a_retired_port_is_kept_out_of_its_next_stream() {
     assert_eq!(r2.rejected.unknown_port, 50);
     // The announced address is taken even if it was heard before.
     let o = origin();
-    let mut r3 = Run::new(Admission::new(o).excluding(&[a("192.0.2.10:4000")]));
+    let mut r3 = Run::new(Admission::new(o).excluding(&[a("192.0.2.10:4000")], &[]));
     r3.send(0, "192.0.2.10:4000", 1, 1);
     assert_eq!(r3.admitted.len(), 1);
 }
@@ -471,4 +471,45 @@ fn reordered_packets_in_a_run_are_held_not_lost() {
         r.send(i as i64 * 20, "192.0.2.10:31000", 5, *s);
     }
     assert_eq!(r.seqs_from("192.0.2.10:31000"), seqs.to_vec());
+}
+
+/// A port given to a new call before its cooling-off ended (a small
+/// `rtp_ports`), by an SRC that sends every stream from one address (SIPp):
+/// the ended call's last packets, arriving after the new call's offer, go
+/// on from its newest sequence number under its SSRC, from the new call's
+/// announced address. They are `unknown_port`, not the new call's first
+/// audio (60 ms of the ended call at the new one's start, all of it
+/// shifted); the new stream under its own SSRC is admitted from its first
+/// packet, and so is a new stream that happens to reuse the old SSRC with
+/// its own numbering (SIPp playing the same capture again).
+#[test]
+fn an_ended_streams_continuation_stays_out_of_the_ports_next_stream() {
+    let o = origin();
+    let src = "192.0.2.10:4000";
+    let mut r = Run::new(Admission::new(o));
+    for i in 0..50 {
+        r.send(i * 20, src, 7, 1000 + i as u16);
+    }
+    let mut rej = RejectCounts::default();
+    r.adm.retire(&mut rej);
+    let stale = r.adm.stale_sources().to_vec();
+    let ended = r.adm.ended_streams().to_vec();
+    assert_eq!(ended.len(), 1);
+    let mut r2 = Run::new(Admission::new(o).excluding(&stale, &ended));
+    for i in 50..53 {
+        r2.send(1000 + i * 20, src, 7, 1000 + i as u16);
+    }
+    for i in 0..20 {
+        r2.send(1100 + i * 20, src, 8, i as u16);
+    }
+    assert_eq!(r2.rejected.unknown_port, 3);
+    assert_eq!(r2.admitted.len(), 20);
+    assert!(r2.admitted.iter().all(|x| x.2 == 8));
+    // The same SSRC with a numbering of its own (not the next ones).
+    let mut r3 = Run::new(Admission::new(o).excluding(&stale, &ended));
+    for i in 0..20 {
+        r3.send(2000 + i * 20, src, 7, 500 + i as u16);
+    }
+    assert_eq!(r3.admitted.len(), 20);
+    assert_eq!(r3.rejected.unknown_port, 0);
 }

@@ -431,7 +431,8 @@ impl Reader {
                         // What still came to the retired port is no
                         // candidate for its new stream.
                         let stale = slot.port.admission.stale_sources().to_vec();
-                        slot.port.admission = admission.excluding(&stale);
+                        let ended = slot.port.admission.ended_streams().to_vec();
+                        slot.port.admission = admission.excluding(&stale, &ended);
                     }
                     None => {
                         tracing::error!(port = %local, "media receive: no retired port to reuse")
