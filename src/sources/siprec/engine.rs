@@ -136,6 +136,11 @@ impl Endings {
         if bye.is_some() {
             host.engine.hang_up(&call_id, at, EndReason::Bye);
         }
+        // Our BYE for a 200 never acknowledged ended it: the missing ACK
+        // is why.
+        if reason == "ack_timeout" {
+            host.engine.end_with(&call_id, at, EndReason::AckTimeout);
+        }
         if host.engine.is_ending(&call_id) {
             let (_, _, byes) = self
                 .lingering
@@ -567,6 +572,20 @@ mod tests {
             n
         }
 
+        /// The recordings' JSON documents on disk.
+        fn documents(&self) -> Vec<serde_json::Value> {
+            std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+                })
+                .map(|p| serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap())
+                .collect()
+        }
+
         /// The recordings on disk: (duration in ms, warnings).
         fn recordings(&self) -> Vec<(i64, String)> {
             let mut v: Vec<(i64, String)> = std::fs::read_dir(self.dir.path())
@@ -737,16 +756,9 @@ mod tests {
         c.t = c.t.add_micros(600_000);
         c.bye("late-meta@src");
         c.wait(1_000);
-        let json = std::fs::read_dir(c.dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-            })
-            .expect("a recording");
-        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+        let docs = c.documents();
+        assert_eq!(docs.len(), 1);
+        let j = &docs[0];
         assert_eq!(
             j["channels"][0]["ssrcs"],
             serde_json::json!([0x1000]),
@@ -766,6 +778,37 @@ mod tests {
                 .contains("metadata came after the media began"),
             "{j}"
         );
+    }
+
+    /// Our 200 was never acknowledged: the SIP task hung up with a BYE
+    /// (which the engine sees, as every message we send) and ended the
+    /// session for that; the recording says why (docs/siprec.md), not
+    /// "bye".
+    #[test]
+    fn a_session_never_acknowledged_ends_as_ack_timeout() {
+        let mut c = Call::answered("no-ack@src");
+        let sent = c.t.add_micros(20_000);
+        c.rtp(sent, 25);
+        // (32 s after the 200, the media still coming: here sooner.)
+        c.t = c.t.add_micros(2_000_000);
+        let ours = message(
+            &format!("BYE sip:src@{SRC} SIP/2.0"),
+            "no-ack@src",
+            "1 BYE",
+            "",
+            "",
+        );
+        c.sip(SRS, SRC, ours);
+        c.input(EngineInput::DialogEnded {
+            call_id: "no-ack@src".into(),
+            reason: "ack_timeout",
+            bye: None,
+        });
+        c.wait(1_000);
+        let docs = c.documents();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0]["end_reason"], "ack_timeout", "{}", docs[0]);
+        assert_eq!(docs[0]["duration_ms"], 500, "{}", docs[0]);
     }
 
     /// The source stops while the call lingers: still one empty recording,

@@ -677,6 +677,27 @@ impl CallEngine {
         true
     }
 
+    /// Why the call `call_id` ended is `reason`: a call ending already
+    /// (lingering for late media) takes it in place of the one it had (a
+    /// SIPREC session whose 200 was never acknowledged: the BYE the server
+    /// sent ended it, its reason is the missing ACK); one still up is hung
+    /// up with it. False if there is no such call.
+    pub fn end_with(&mut self, call_id: &str, at: Timestamp, reason: EndReason) -> bool {
+        let Some(call) = self
+            .t
+            .by_call_id
+            .get(call_id)
+            .and_then(|k| self.t.calls.get_mut(k))
+        else {
+            return false;
+        };
+        if let CallState::Ending(since, _) = call.state {
+            call.state = CallState::Ending(since, reason);
+            return true;
+        }
+        self.hang_up(call_id, at, reason)
+    }
+
     /// The calls in progress (not yet ending), in the order they began.
     pub fn calls_in_progress(&self) -> Vec<CallInProgress> {
         let mut v: Vec<CallInProgress> = self

@@ -58,6 +58,9 @@ pub enum EndReason {
     Shutdown,
     /// The same Call-ID started a new call.
     Replaced,
+    /// The SIPREC server's 200 to the INVITE was never acknowledged: the
+    /// session was hung up after 32 s (RFC 3261 Timer H).
+    AckTimeout,
 }
 
 impl EndReason {
