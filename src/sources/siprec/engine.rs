@@ -426,22 +426,7 @@ mod tests {
                 Some(m) => offer_with(m),
                 None => ("application/sdp".to_string(), sdp(OFFER, "sendonly")),
             };
-            let invite = message(
-                &format!("INVITE sip:srs@{SRS} SIP/2.0"),
-                call_id,
-                "1 INVITE",
-                &ctype,
-                &body,
-            );
-            c.sip(SRC, SRS, invite);
-            let ok = message(
-                "SIP/2.0 200 OK",
-                call_id,
-                "1 INVITE",
-                "application/sdp",
-                &sdp(ANSWER, "recvonly"),
-            );
-            c.sip(SRS, SRC, ok);
+            c.offer_answered(call_id, 1, &ctype, &body);
             let note = crate::sources::siprec::sip::answered_call(
                 &dialog(call_id),
                 &parse_message(&message(
@@ -459,6 +444,28 @@ mod tests {
             );
             c.host.out.answered_calls().answered(&note).unwrap();
             c
+        }
+
+        /// The SRC's INVITE (CSeq `cseq`) with `body`, and our 200 OK with
+        /// our SDP, as the engine sees them.
+        fn offer_answered(&mut self, call_id: &str, cseq: u32, ctype: &str, body: &str) {
+            let cseq = format!("{cseq} INVITE");
+            let invite = message(
+                &format!("INVITE sip:srs@{SRS} SIP/2.0"),
+                call_id,
+                &cseq,
+                ctype,
+                body,
+            );
+            self.sip(SRC, SRS, invite);
+            let ok = message(
+                "SIP/2.0 200 OK",
+                call_id,
+                &cseq,
+                "application/sdp",
+                &sdp(ANSWER, "recvonly"),
+            );
+            self.sip(SRS, SRC, ok);
         }
 
         fn input(&mut self, input: EngineInput) {
@@ -588,17 +595,10 @@ mod tests {
 
         /// The recordings on disk: (duration in ms, warnings).
         fn recordings(&self) -> Vec<(i64, String)> {
-            let mut v: Vec<(i64, String)> = std::fs::read_dir(self.dir.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|x| x == "json")
-                        && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-                })
-                .map(|p| {
-                    let j: serde_json::Value =
-                        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            let mut v: Vec<(i64, String)> = self
+                .documents()
+                .into_iter()
+                .map(|j| {
                     (
                         j["duration_ms"].as_i64().unwrap_or(-1),
                         j["warnings"].to_string(),
@@ -736,22 +736,7 @@ mod tests {
                 "<send>U1RSMg==</send><recv>U1RSMQ==</recv>",
             );
         let (ctype, body) = offer_with(&swapped);
-        let reinvite = message(
-            &format!("INVITE sip:srs@{SRS} SIP/2.0"),
-            "late-meta@src",
-            "2 INVITE",
-            &ctype,
-            &body,
-        );
-        c.sip(SRC, SRS, reinvite);
-        let ok = message(
-            "SIP/2.0 200 OK",
-            "late-meta@src",
-            "2 INVITE",
-            "application/sdp",
-            &sdp(ANSWER, "recvonly"),
-        );
-        c.sip(SRS, SRC, ok);
+        c.offer_answered("late-meta@src", 2, &ctype, &body);
         c.rtp_from(t0.add_micros(500_000), 25, 25);
         c.t = c.t.add_micros(600_000);
         c.bye("late-meta@src");
