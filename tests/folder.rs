@@ -158,6 +158,44 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
     );
 }
 
+/// One leg of a split recording cannot be read (its file holds six bytes
+/// of a WAV header: a PBX's write cut short): the other party's leg is
+/// still recorded, unchanged on its channel, the unreadable one silent
+/// and named in a warning (before, the whole set was refused and the
+/// readable caller's audio lost).
+#[test]
+fn an_unreadable_leg_leaves_the_other_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caller = speechlike(21, 2000, 8000);
+    let root = tmp.path().join("monitor");
+    let spool = tmp.path().join("spool");
+    let d = day_dir(&root);
+    let stem = "in-1001-5551234-20261124-101502-1700000000.322";
+    write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
+    fs::write(d.join(format!("{stem}-out.wav")), b"RIFF\0\0").unwrap();
+    let mut s = FolderScanner::new(
+        &root,
+        &spool,
+        "pbx-test",
+        None,
+        SETTLE,
+        FolderSettings::default(),
+    )
+    .unwrap();
+    assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
+    let c = &s.written[0];
+    let (_, [l, r]) = read_wav(&c.wav).unwrap();
+    assert_eq!(l, caller, "channel 0 is the caller's leg, unchanged");
+    assert!(r.iter().all(|x| *x == 0), "channel 1 silent");
+    let j = json_of(&c.json);
+    assert!(
+        j["warnings"]
+            .to_string()
+            .contains("the callee leg (-out) cannot be read: channel 1 is silent"),
+        "{j}"
+    );
+}
+
 /// Without MixMonitor's S option Asterisk writes nothing for a direction
 /// while it has no audio: a callee who answers 0.5 s in has a `t()` file
 /// 0.5 s shorter, its audio missing at the START. The legs are lined up at

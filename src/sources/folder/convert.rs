@@ -35,16 +35,36 @@ pub(crate) fn convert(
     let (left, right, rate, sources, codecs): (Vec<i16>, Vec<i16>, u32, Vec<String>, [&str; 2]);
     let src_name = |p: &PathBuf| p.to_string_lossy().into_owned();
     if set.rx.is_some() || set.tx.is_some() {
-        let a = set
-            .rx
-            .as_ref()
-            .map(|p| read_audio_as(p, settings, true))
-            .transpose()?;
-        let b = set
-            .tx
-            .as_ref()
-            .map(|p| read_audio_as(p, settings, true))
-            .transpose()?;
+        // A leg that cannot be read (a truncated or foreign file) is a
+        // silent channel beside the other, said in a warning, as a missing
+        // leg is: refusing the set threw the readable party's audio away.
+        // Only with no leg readable is the set refused.
+        let read = |p: &Option<PathBuf>| match p.as_ref().map(|p| read_audio_as(p, settings, true))
+        {
+            Some(Ok(pcm)) => (Some(pcm), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let (a, a_err) = read(&set.rx);
+        let (b, b_err) = read(&set.tx);
+        let (a_err, b_err) = match (a.is_none() && b.is_none(), a_err, b_err) {
+            (true, Some(e), _) | (true, None, Some(e)) => return Err(e),
+            (_, a_err, b_err) => (a_err, b_err),
+        };
+        for (err, which) in [
+            (
+                &a_err,
+                "the caller leg (-in) cannot be read: channel 0 is silent",
+            ),
+            (
+                &b_err,
+                "the callee leg (-out) cannot be read: channel 1 is silent",
+            ),
+        ] {
+            if let Some(e) = err {
+                warnings.push(format!("{which} ({e})"));
+            }
+        }
         for (leg, p) in [(&a, &set.rx), (&b, &set.tx)] {
             if let (Some(pcm), Some(path)) = (leg, p) {
                 warnings.extend(pcm.warnings.iter().cloned());
@@ -57,10 +77,10 @@ pub(crate) fn convert(
                 }
             }
         }
-        if a.is_none() {
+        if a.is_none() && a_err.is_none() {
             warnings.push("the caller leg (-in) is missing: channel 0 is silent".into());
         }
-        if b.is_none() {
+        if b.is_none() && b_err.is_none() {
             warnings.push("the callee leg (-out) is missing: channel 1 is silent".into());
         }
         let ra = a.as_ref().map(|p| p.rate).unwrap_or(8000);

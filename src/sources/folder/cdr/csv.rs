@@ -448,7 +448,7 @@ impl CdrFollower {
 
     /// One record (without its line end) → a row, or counted as malformed.
     fn take_record(&mut self, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
+        let text = text_of(bytes);
         let text = text.trim_end_matches(['\n', '\r']);
         if !text.is_empty() {
             match parse_cdr_line_with(text, &self.columns, self.tz) {
@@ -734,6 +734,16 @@ impl CdrStore for CsvStore {
             }
         }
         Ok(queries.iter().map(|q| self.0.lookup(q)).collect())
+    }
+}
+
+/// A record's text: UTF-8, or (a file written in Latin-1: Asterisk writes
+/// the caller ID's bytes as the channel gave them) each byte its Latin-1
+/// character, so that `José` stays `José` instead of `Jos\u{fffd}`.
+fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(bytes.iter().map(|b| char::from(*b)).collect()),
     }
 }
 

@@ -513,3 +513,14 @@ proptest::proptest! {
         let _ = parse_cdr_datetime(&s);
     }
 }
+
+/// A record in Latin-1 (not UTF-8): each byte its Latin-1 character, the
+/// caller's name kept (`José`, not `Jos\u{ffd}`); UTF-8 as it is.
+#[test]
+fn a_latin1_record_keeps_its_accents() {
+    assert_eq!(
+        text_of(b"\"Jos\xe9\" <15550000006>"),
+        "\"José\" <15550000006>"
+    );
+    assert_eq!(text_of("\"José\" <1>".as_bytes()), "\"José\" <1>");
+}
