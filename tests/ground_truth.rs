@@ -748,4 +748,32 @@ fn a_call_turning_wideband_midway_is_recorded_wideband_from_its_start() {
     assert_eq!(n.rate, 8000);
     let truth = truths.iter().find(|t| t.call_id == "narrow@test").unwrap();
     check(n, truth, 0.0, 0.99);
+
+    // A pipe cannot be read twice: read once, the turning call kept at
+    // 8000 Hz with its warning (nothing removed, nothing lost).
+    let piped = dir.path().join("piped");
+    let mut child = std::process::Command::new(bin())
+        .args(["import", "/dev/stdin", "--out"])
+        .arg(&piped)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&cap).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&bytes).unwrap();
+    });
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = recordings(&piped);
+    assert_eq!(recs.len(), 2);
+    let t = by_call_id(&recs, "turning@test");
+    assert_eq!(t.rate, 8000);
+    assert!(t.json["warnings"]
+        .to_string()
+        .contains("recorded at 8000 Hz"));
 }

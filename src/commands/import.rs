@@ -114,7 +114,12 @@ pub fn run(args: &ImportArgs, config: Option<&std::path::Path>) -> Result<ExitCo
         b.finish_and_clear();
     }
     let narrowed = engine.take_narrowed();
-    if sample_rate == SampleRatePolicy::Auto && !narrowed.is_empty() {
+    // (Only files can be read again: not a pipe, `/dev/stdin`, a FIFO.)
+    let again = args
+        .files
+        .iter()
+        .all(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()));
+    if sample_rate == SampleRatePolicy::Auto && !narrowed.is_empty() && again {
         read_wideband_again(&args.files, engine.config(), narrowed, &mut out);
     }
     let Reading {
@@ -313,7 +318,7 @@ fn read_captures(
 /// `sample_rate = "auto"` records a call at 16000 Hz if a leg is wideband,
 /// but the rate is fixed when its media start: a call that began in G.711
 /// and turned to G.722 or Opus later (a re-INVITE) was recorded at 8000 Hz,
-/// its wideband audio narrowed. A capture can be read again: those calls
+/// its wideband audio narrowed. A capture file can be read again: those calls
 /// (`narrowed`) are recorded anew at 16000 Hz from their start, their files
 /// replacing the first reading's (the same recording ids: the same first
 /// packet). The other calls are followed as before, so that every packet
@@ -341,21 +346,10 @@ fn read_wideband_again(
     let written = std::mem::take(&mut only.written);
     out.finish_held();
     // The first reading's count stands, but for a recording the second
-    // did not make again (removed) or made anew.
+    // made anew. (One the second did not make again keeps the first
+    // reading's files, at 8000 Hz with their warning: nothing is removed.)
     let mut counters = before;
     counters.failed = out.counters.failed;
-    for n in &narrowed {
-        if !written.contains(&n.recording_id) {
-            let mut had = false;
-            for ext in ["wav", "json"] {
-                had |= std::fs::remove_file(out.dir().join(format!("{}.{ext}", n.recording_id)))
-                    .is_ok();
-            }
-            if had {
-                counters.written = counters.written.saturating_sub(1);
-            }
-        }
-    }
     for id in &written {
         if !narrowed.iter().any(|n| &n.recording_id == id)
             && out.dir().join(format!("{id}.json")).is_file()
