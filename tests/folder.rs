@@ -525,6 +525,53 @@ fn growing_file_not_taken_until_settled() {
     assert_eq!(s.written[0].duration_ms, 1000, "all five chunks");
 }
 
+/// A headerless file taken (it stayed unchanged for `settle`: a call on
+/// hold when the daemon started), then written to again (the call
+/// resumed), is taken again as a recording of its own, under an id of its
+/// own: before, a FreePBX name gave it the first take's id, which the
+/// spool and the cloud hold already, and what came after the hold never
+/// reached the cloud. The first take stays as it was.
+#[test]
+fn a_file_written_to_after_it_was_taken_is_a_recording_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    let p = d.join("out-15550000072-1001-20260116-100000-1768558000.72.sln");
+    let chunk: Vec<u8> = speechlike(12, 2000, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    fs::write(&p, &chunk).unwrap();
+    let mut s = scanner(&root, &spool, None);
+    let t0 = Instant::now();
+    assert_eq!(settle_scan(&mut s, t0), 1);
+    let first = s.written[0].clone();
+    assert_eq!(first.duration_ms, 2000);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(&chunk)
+        .unwrap();
+    assert_eq!(settle_scan(&mut s, t0 + SETTLE * 2), 1);
+    let second = s.written[1].clone();
+    assert_eq!(second.duration_ms, 4000);
+    assert_ne!(second.id, first.id);
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("a recording of its own")),
+        "{:?}",
+        second.warnings
+    );
+    // The first take's files are as they were.
+    assert_eq!(json_of(&first.json)["duration_ms"], 2000);
+    assert_eq!(pairs(&spool).len(), 2);
+}
+
 #[test]
 fn taken_once_across_restarts_and_renames() {
     let tmp = tempfile::tempdir().unwrap();

@@ -19,7 +19,9 @@ pub struct Converted {
 /// Turns a finished recording set into `<id>.wav` + `<id>.json` in `out_dir`.
 /// Reads only the PBX's files. `mtime` is the start time used when neither the
 /// file name nor the CDR has one; `note`, if any, is the first of the JSON's
-/// `warnings`.
+/// `warnings`. `retake`: the set was taken before and written to since
+/// (its files' total size now): its recording id is this version's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn convert(
     set: &RecordingSet,
     cdr: Option<&CdrRow>,
@@ -28,6 +30,7 @@ pub(crate) fn convert(
     settings: &FolderSettings,
     mtime: Timestamp,
     note: Option<String>,
+    retake: Option<u64>,
 ) -> Result<Converted, FolderError> {
     let mut warnings: Vec<String> = note.into_iter().collect();
     let mut mixed_mono = false;
@@ -227,7 +230,15 @@ pub(crate) fn convert(
         .map(|n| direction_of(&n.kind))
         .unwrap_or("unknown");
     let direction = settings.direction.classify(cdr, file_direction);
-    let id = recording_id(&call_id, started_at);
+    let id = match retake {
+        None => recording_id(&call_id, started_at),
+        Some(size) => {
+            warnings.push(format!(
+                "the PBX wrote to these files after a first version of them was taken                  (a call on hold when pbx-edge started): this is their version of {size} bytes,                  a recording of its own"
+            ));
+            recording_id(&format!("{call_id}#{size}"), started_at)
+        }
+    };
 
     let mut doc = RecordingDoc {
         schema: SCHEMA,

@@ -875,6 +875,25 @@ impl FolderScanner {
             .map(|m| Timestamp::from_micros(m.mtime() * 1_000_000 + m.mtime_nsec() / 1000))
             .max()
             .unwrap_or(Timestamp::ZERO);
+        // A file taken before and written to since (a headerless file of a
+        // call on hold when the daemon started): a recording of its own,
+        // under an id of this version's (its files' sizes), not the first
+        // one's, which the spool and the cloud hold already.
+        let retake = set
+            .files()
+            .iter()
+            .any(|f| {
+                present
+                    .get(*f)
+                    .is_some_and(|k| self.seen.taken_before(k.0, f))
+            })
+            .then(|| {
+                set.files()
+                    .iter()
+                    .filter_map(|f| present.get(*f))
+                    .map(|k| k.1)
+                    .sum::<u64>()
+            });
         let res = convert(
             set,
             row.as_ref(),
@@ -883,6 +902,7 @@ impl FolderScanner {
             &self.settings,
             mtime,
             note,
+            retake,
         );
         let ok = match res {
             Ok(c) => {

@@ -65,6 +65,8 @@ pub(super) fn file_key(md: &fs::Metadata) -> FileKey {
 pub struct SeenFile {
     pub(super) path: PathBuf,
     keys: HashSet<FileKey>,
+    /// The path (as a line shows it) each inode was last taken under.
+    taken: HashMap<u64, String>,
 }
 
 impl SeenFile {
@@ -72,12 +74,27 @@ impl SeenFile {
 
     pub fn open(spool: &Path) -> io::Result<Self> {
         let path = spool.join(Self::NAME);
-        let keys = match fs::read(&path) {
-            Ok(bytes) => parse_seen(&String::from_utf8_lossy(&bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+        let text = match fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
-        Ok(SeenFile { path, keys })
+        let keys = parse_seen(&text);
+        let taken = text
+            .lines()
+            .filter_map(|l| {
+                let (k, p) = l.split_once('\t')?;
+                Some((k.split(' ').next()?.parse().ok()?, p.to_string()))
+            })
+            .collect();
+        Ok(SeenFile { path, keys, taken })
+    }
+
+    /// Whether a version of the file at `p` (inode `ino`) was taken
+    /// before: it has been written to since (a headerless file of a call
+    /// on hold when the daemon started, taken after `settle`).
+    pub fn taken_before(&self, ino: u64, p: &Path) -> bool {
+        self.taken.get(&ino).is_some_and(|s| *s == shown(p))
     }
 
     pub fn contains(&self, k: &FileKey) -> bool {
@@ -102,8 +119,9 @@ impl SeenFile {
             .open(&self.path)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        for (k, _) in files {
+        for (k, p) in files {
             self.keys.insert(*k);
+            self.taken.insert(k.0, shown(p));
         }
         Ok(())
     }
@@ -112,8 +130,13 @@ impl SeenFile {
 /// One line of `.folder-seen`: `ino size mtime_ns<TAB>path` (the path
 /// escaped: one line whatever its characters).
 pub fn seen_line(k: &FileKey, p: &Path) -> String {
-    let shown: String = p.to_string_lossy().escape_debug().collect();
-    format!("{} {} {}\t{}\n", k.0, k.1, k.2, shown)
+    format!("{} {} {}\t{}\n", k.0, k.1, k.2, shown(p))
+}
+
+/// A path as a `.folder-seen` line shows it (escaped: one line whatever
+/// its characters).
+fn shown(p: &Path) -> String {
+    p.to_string_lossy().escape_debug().collect()
 }
 
 /// The keys of a `.folder-seen` text; lines that are not `ino size
