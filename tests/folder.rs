@@ -29,6 +29,35 @@ fn day_dir(root: &Path) -> PathBuf {
     root.join("2026/11/24")
 }
 
+/// A PBX's recording folder and a spool in a temporary directory: (the
+/// directory, the folder, the spool, the folder's day directory, made).
+fn site() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let spool = tmp.path().join("s");
+    let d = day_dir(&root);
+    fs::create_dir_all(&d).unwrap();
+    (tmp, root, spool, d)
+}
+
+/// `bytes` written at the end of the file at `p` (a PBX still recording).
+fn append(p: &Path, bytes: &[u8]) {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
+/// `ms` of speech-like signed linear 8 kHz audio, as a `.sln` file holds it.
+fn sln_bytes(seed: u64, ms: u32) -> Vec<u8> {
+    speechlike(seed, ms, 8000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect()
+}
+
 fn scanner(root: &Path, spool: &Path, cdr: Option<&Path>) -> FolderScanner {
     let settings = FolderSettings {
         cdr_wait: Duration::from_secs(30),
@@ -165,23 +194,12 @@ fn split_legs_merged_aligned_with_freepbx_metadata() {
 /// readable caller's audio lost).
 #[test]
 fn an_unreadable_leg_leaves_the_other_recorded() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (_tmp, root, spool, d) = site();
     let caller = speechlike(21, 2000, 8000);
-    let root = tmp.path().join("monitor");
-    let spool = tmp.path().join("spool");
-    let d = day_dir(&root);
     let stem = "in-1001-5551234-20261124-101502-1700000000.322";
     write_wav(&d.join(format!("{stem}-in.wav")), 8000, 1, &caller);
     fs::write(d.join(format!("{stem}-out.wav")), b"RIFF\0\0").unwrap();
-    let mut s = FolderScanner::new(
-        &root,
-        &spool,
-        "pbx-test",
-        None,
-        SETTLE,
-        FolderSettings::default(),
-    )
-    .unwrap();
+    let mut s = scanner(&root, &spool, None);
     assert_eq!(settle_scan(&mut s, Instant::now()), 1, "{:?}", s.errors);
     let c = &s.written[0];
     let (_, [l, r]) = read_wav(&c.wav).unwrap();
@@ -500,22 +518,14 @@ fn growing_file_not_taken_until_settled() {
     let spool = tmp.path().join("s");
     let p = root.join("1700000020.1.sln");
     fs::create_dir_all(&root).unwrap();
-    let chunk: Vec<u8> = speechlike(10, 200, 8000)
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
+    let chunk = sln_bytes(10, 200);
     fs::write(&p, &chunk).unwrap();
     let mut s = scanner(&root, &spool, None);
     let t0 = Instant::now();
     assert_eq!(s.scan(t0), 0);
     // Still being written: grows before each scan.
     for i in 1..=4u32 {
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .unwrap()
-            .write_all(&chunk)
-            .unwrap();
+        append(&p, &chunk);
         assert_eq!(s.scan(t0 + SETTLE * i + Duration::from_millis(1)), 0);
     }
     assert!(pairs(&spool).is_empty());
@@ -533,28 +543,16 @@ fn growing_file_not_taken_until_settled() {
 /// reached the cloud. The first take stays as it was.
 #[test]
 fn a_file_written_to_after_it_was_taken_is_a_recording_of_its_own() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("m");
-    let spool = tmp.path().join("s");
-    let d = day_dir(&root);
-    fs::create_dir_all(&d).unwrap();
+    let (_tmp, root, spool, d) = site();
     let p = d.join("out-15550000072-1001-20260116-100000-1768558000.72.sln");
-    let chunk: Vec<u8> = speechlike(12, 2000, 8000)
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
+    let chunk = sln_bytes(12, 2000);
     fs::write(&p, &chunk).unwrap();
     let mut s = scanner(&root, &spool, None);
     let t0 = Instant::now();
     assert_eq!(settle_scan(&mut s, t0), 1);
     let first = s.written[0].clone();
     assert_eq!(first.duration_ms, 2000);
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&p)
-        .unwrap()
-        .write_all(&chunk)
-        .unwrap();
+    append(&p, &chunk);
     assert_eq!(settle_scan(&mut s, t0 + SETTLE * 2), 1);
     let second = s.written[1].clone();
     assert_eq!(second.duration_ms, 4000);
@@ -901,10 +899,7 @@ fn quiet_directories_are_not_relisted_but_new_and_growing_files_are_seen() {
     let d = root.join("2026/11/24");
     fs::create_dir_all(&d).unwrap();
     let p = d.join("1700000110.1.sln");
-    let chunk: Vec<u8> = speechlike(40, 200, 8000)
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
+    let chunk = sln_bytes(40, 200);
     fs::write(&p, &chunk).unwrap();
     let touch_old = |dir: &Path| {
         let ok = std::process::Command::new("touch")
@@ -1287,13 +1282,6 @@ mod inotify {
                 h.stop();
             }
         }
-    }
-
-    fn sln_bytes(seed: u64, ms: u32) -> Vec<u8> {
-        speechlike(seed, ms, 8000)
-            .iter()
-            .flat_map(|s| s.to_le_bytes())
-            .collect()
     }
 
     #[test]
