@@ -289,7 +289,23 @@ pub struct Admission {
     /// SSRC, the next [`CONTINUES`] sequence numbers) is `unknown_port`,
     /// even from the announced address.
     ended: Vec<Ended>,
+    /// A locked stream: the RTP refused lately from one other source
+    /// (counted `source` when refused), kept for [`STRAY_KEEP_US`] in
+    /// case a re-offer names that source ([`Admission::set_origin`]): an
+    /// SRC that moves a stream to another port the moment it has our 200
+    /// sends its first packets before the media thread has the new
+    /// origin, and they were lost. Released, in order, ahead of the first
+    /// packet the new origin admits.
+    stray: Option<Box<Candidate>>,
 }
+
+/// How long refused packets of another source are kept for a re-offer
+/// that names it ([`Admission::stray`]).
+const STRAY_KEEP_US: i64 = 500_000;
+/// The most packets, and bytes, kept of another source (a port flooded
+/// from elsewhere holds no more).
+const STRAY_MAX: usize = 8;
+const STRAY_MAX_BYTES: usize = 2048;
 
 /// An RTP stream heard on a port: its source, SSRC and newest sequence
 /// number.
@@ -338,6 +354,7 @@ impl Admission {
             stale: Vec::new(),
             newest: None,
             ended: Vec::new(),
+            stray: None,
         }
     }
 
@@ -349,6 +366,7 @@ impl Admission {
             stale: Vec::new(),
             newest: None,
             ended: Vec::new(),
+            stray: None,
         }
     }
 
@@ -360,6 +378,7 @@ impl Admission {
             stale: Vec::new(),
             newest: None,
             ended: Vec::new(),
+            stray: None,
         }
     }
 
@@ -387,6 +406,7 @@ impl Admission {
         self.state = State::Retired;
         self.stale = locked.into_iter().collect();
         self.ended = self.newest.take().into_iter().collect();
+        self.stray = None;
     }
 
     /// Retired: the streams heard on the port (its last stream's first),
@@ -550,6 +570,12 @@ impl Admission {
                     ssrc: fields.map(|f| f.0),
                     switch: None,
                 };
+                // Its packets refused just before (the new origin came
+                // after them), in order; no older than STRAY_KEEP_US.
+                if let Some(mut c) = self.stray.take().filter(|c| c.src == src) {
+                    c.held.retain(|h| ts.micros_since(h.ts) <= STRAY_KEEP_US);
+                    c.release(out);
+                }
                 return out(ts, src, bytes);
             }
         }
@@ -561,6 +587,25 @@ impl Admission {
                 ..
             } => {
                 if src != *locked {
+                    if let Some((p_ssrc, seq)) = fields {
+                        let same = self
+                            .stray
+                            .as_mut()
+                            .is_some_and(|c| c.src == src && c.extend(p_ssrc, seq, ts));
+                        if !same {
+                            self.stray = Some(Box::new(Candidate::new(src, p_ssrc, seq, ts)));
+                        }
+                        if let Some(c) = self.stray.as_mut() {
+                            // (Counted below, when refused; not again when
+                            // the bounds drop it.)
+                            c.hold(ts, bytes, Reason::Source, &mut RejectCounts::default());
+                            while c.held.len() > STRAY_MAX || c.held_bytes > STRAY_MAX_BYTES {
+                                if let Some(h) = c.held.pop_front() {
+                                    c.held_bytes -= h.bytes.len();
+                                }
+                            }
+                        }
+                    }
                     return rejected.add(Reason::Source, 1);
                 }
                 let Some((p_ssrc, seq)) = fields else {

@@ -517,8 +517,13 @@ mod tests {
         /// Packets `first..first + n` of both streams (SSRC 0x1000 the
         /// first m-line's, 0x1001 the second's), packet `first` at `t0`.
         fn rtp_from(&mut self, t0: Timestamp, first: usize, n: usize) {
+            self.rtp_sent_from(OFFER, t0, first, n);
+        }
+
+        /// [`Call::rtp_from`], the streams sent from `ports`.
+        fn rtp_sent_from(&mut self, ports: [u16; 2], t0: Timestamp, first: usize, n: usize) {
             let audio = speechlike(7, 20 * (first + n) as u32, 8000);
-            for (k, (from, to)) in OFFER.iter().zip(ANSWER).enumerate() {
+            for (k, (from, to)) in ports.iter().zip(ANSWER).enumerate() {
                 let mut enc = Encoder::new(TestCodec::Pcmu);
                 for i in first..first + n {
                     let pkt = rtp_packet(
@@ -763,6 +768,32 @@ mod tests {
                 .contains("metadata came after the media began"),
             "{j}"
         );
+    }
+
+    /// The SRC moves its streams to other source ports by a re-INVITE and
+    /// sends from them the moment it has our 200, the SSRCs and numbers
+    /// going on: the stream moved, taken at once (before, its first two
+    /// packets were taken for a copy while the old port had not been quiet
+    /// for 60 ms, and lost).
+    #[test]
+    fn a_stream_moved_to_another_source_port_loses_nothing() {
+        let mut c = Call::answered("moved@src");
+        let t0 = c.t.add_micros(20_000);
+        c.rtp_from(t0, 0, 25);
+        c.rtp_sent_from([40200, 40202], t0.add_micros(500_000), 25, 25);
+        c.t = c.t.add_micros(1_100_000);
+        c.bye("moved@src");
+        c.wait(1_000);
+        let docs = c.documents();
+        assert_eq!(docs.len(), 1);
+        for m in docs[0]["channels"].as_array().unwrap() {
+            assert_eq!(
+                (m["packets"].as_u64(), m["lost"].as_u64()),
+                (Some(50), Some(0)),
+                "{m}"
+            );
+        }
+        assert_eq!(docs[0]["duration_ms"], 1000);
     }
 
     /// Our 200 was never acknowledged: the SIP task hung up with a BYE

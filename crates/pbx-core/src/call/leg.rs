@@ -32,6 +32,10 @@ use super::{dialog::*, engine::*, seq::*};
 /// SSRCs whose sequence numbers a leg follows at once.
 const MAX_SSRCS: usize = 64;
 
+/// How far ahead of its stream's newest number a packet from a new source
+/// may be and still be that stream moved ([`SsrcSeqs::continues`]).
+const MOVED_SEQ_AHEAD: u16 = 50;
+
 /// A leg's sequence number state per SSRC. Most legs have one SSRC, a few
 /// two or three: a list searched in order, its room grown one at a time
 /// (a hash map took 564 bytes a leg for its one SSRC; this takes 136).
@@ -54,6 +58,16 @@ impl SsrcSeqs {
 
     pub(super) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Whether `seq` of `ssrc` goes on from its newest number (the next
+    /// [`MOVED_SEQ_AHEAD`]): not a copy of a packet already heard.
+    pub(super) fn continues(&self, ssrc: u32, seq: u16) -> bool {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .and_then(|(_, t)| t.max_extended())
+            .is_some_and(|m| (1..=MOVED_SEQ_AHEAD).contains(&seq.wrapping_sub(m as u16)))
     }
 
     /// The oldest SSRC's state other than `keep`'s goes.
@@ -362,6 +376,14 @@ impl Tracker {
                     // packets still in flight to the old one are its
                     // audio too. (A copy would repeat its sequence numbers.)
                     || (active.src == flow.src && active.ssrc == flow.ssrc)
+                    // The same stream to the same address from another
+                    // source port (the SRC moved it by a re-INVITE, a NAT
+                    // rebound it), its numbers going on: it, moved, at
+                    // once (a copy would repeat its numbers; waiting for
+                    // the old source to go quiet lost its first 40 ms).
+                    || (active.dst == flow.dst
+                        && active.ssrc == flow.ssrc
+                        && leg.seq.continues(rtp.ssrc, rtp.sequence))
                     || (flow.by_dst && !active.by_dst)
                     || ts.micros_since(last) >= FLOW_QUIET_US
             }

@@ -513,3 +513,35 @@ fn an_ended_streams_continuation_stays_out_of_the_ports_next_stream() {
     assert_eq!(r3.admitted.len(), 20);
     assert_eq!(r3.rejected.unknown_port, 0);
 }
+
+/// A re-offer that moves a locked stream to another source port, the SRC
+/// switching the moment it has our 200: its first packets from the new
+/// port come before the media thread has the new origin (refused,
+/// counted), and are admitted after all, in order, ahead of the first
+/// packet the new origin admits (before, 2 packets were lost at every
+/// such move). Packets of a source no re-offer names stay refused.
+#[test]
+fn packets_from_a_new_port_just_before_its_re_offer_are_not_lost() {
+    let o = origin();
+    let mut r = Run::new(Admission::new(o));
+    for i in 0..10 {
+        r.send(i * 20, "192.0.2.10:4000", 1, i as u16);
+    }
+    // The switch: two packets from :4010 before the re-offer reaches us.
+    r.send(200, "192.0.2.10:4010", 1, 10);
+    r.send(220, "192.0.2.10:4010", 1, 11);
+    assert_eq!(r.rejected.source, 2);
+    let moved = StreamOrigin {
+        announced_port: 4010,
+        ..o
+    };
+    let mut rej = RejectCounts::default();
+    r.adm.set_origin(moved, &mut rej);
+    r.send(240, "192.0.2.10:4010", 1, 12);
+    assert_eq!(r.adm.locked(), Some(a("192.0.2.10:4010")));
+    assert_eq!(r.seqs_from("192.0.2.10:4010"), vec![10, 11, 12]);
+    // Another source, never named: refused for good.
+    r.send(260, "192.0.2.10:4999", 1, 13);
+    r.send(280, "192.0.2.10:4010", 1, 13);
+    assert!(!r.admitted.iter().any(|x| x.1 == a("192.0.2.10:4999")));
+}
