@@ -316,6 +316,15 @@ pub struct Ended {
     seq: u16,
 }
 
+impl Ended {
+    /// `seq` of this stream: its newest if ahead.
+    fn advance(&mut self, seq: u16) {
+        if (seq.wrapping_sub(self.seq) as i16) > 0 {
+            self.seq = seq;
+        }
+    }
+}
+
 /// How many sequence numbers after an ended stream's newest still
 /// continue it ([`Admission::excluding`]): 2 s of 20 ms packets.
 const CONTINUES: u16 = 100;
@@ -327,9 +336,7 @@ fn note_stream(list: &mut Vec<Ended>, src: SocketAddr, bytes: &[u8]) {
         return;
     };
     if let Some(e) = list.iter_mut().find(|e| e.src == src && e.ssrc == ssrc) {
-        if (seq.wrapping_sub(e.seq) as i16) > 0 {
-            e.seq = seq;
-        }
+        e.advance(seq);
     } else if list.len() < MAX_STALE {
         list.push(Ended { src, ssrc, seq });
     }
@@ -460,12 +467,14 @@ impl Admission {
         else {
             return false;
         };
-        let ahead = seq.wrapping_sub(e.seq);
-        if ahead == 0 || ahead > CONTINUES {
-            return ahead == 0;
+        match seq.wrapping_sub(e.seq) {
+            0 => true,
+            1..=CONTINUES => {
+                e.seq = seq;
+                true
+            }
+            _ => false,
         }
-        e.seq = seq;
-        true
     }
 
     /// Whether a source is locked.
@@ -522,11 +531,8 @@ impl Admission {
         self.admit(ts, src, bytes, rejected, &mut |ts, src, b: &[u8]| {
             if let Some((ssrc, seq)) = rtp_fields(b) {
                 newest = Some(match newest {
-                    Some(e)
-                        if e.src == src
-                            && e.ssrc == ssrc
-                            && (seq.wrapping_sub(e.seq) as i16) <= 0 =>
-                    {
+                    Some(mut e) if e.src == src && e.ssrc == ssrc => {
+                        e.advance(seq);
                         e
                     }
                     _ => Ended { src, ssrc, seq },
