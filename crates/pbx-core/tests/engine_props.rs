@@ -1715,3 +1715,144 @@ fn a_lingering_call_gets_nothing_of_a_new_call_on_its_address() {
     );
     assert_eq!(next.channels[0].packets, 20);
 }
+
+/// A call whose BYE the capture missed, then the same two phones (the same
+/// two RTP addresses, fixed ports per phone) in a new call a second later:
+/// the new call announced both ends of the flow, and the old one, still
+/// waiting for its media timeout, knew both ends too. The new call's
+/// packets are the new call's only (before, the old recording took them
+/// all: the second conversation in two recordings, the first one's end
+/// stretched to the second's).
+#[test]
+fn a_call_without_bye_gets_nothing_of_the_next_call_on_the_same_two_addresses() {
+    let _g = serial();
+    let mut pkts: Vec<Pkt> = call_packets(50, &[]);
+    // (The first call's BYE and its answer missed.)
+    pkts.retain(|p| !p.data.starts_with(b"BYE") && !p.data.windows(7).any(|w| w == b" 2 BYE\r"));
+    let end = pkts.iter().map(|p| p.at_us).max().unwrap();
+    let d = Dialog::new("next-call@10.0.0.1");
+    for mut p in setup_packets(&d) {
+        p.at_us += end + 1_000_000 - T0_US;
+        pkts.push(p);
+    }
+    let start = end + 1_000_000 + 1_020_000;
+    for k in 0..30 {
+        for leg in 0..2 {
+            let (src, dst) = leg_addrs(leg);
+            let ssrc = if leg == 0 { 0x5555_0000 } else { 0x6666_0000 };
+            pkts.push(Pkt {
+                at_us: start + k as i64 * PACKET_US + leg as i64 * LEG_OFFSET_US,
+                src,
+                dst,
+                data: rtp(
+                    0,
+                    k == 0,
+                    (20 + k) as u16,
+                    (k * 160) as u32,
+                    ssrc,
+                    &[0x55; 160],
+                ),
+            });
+        }
+    }
+    let bye_at = start + 31 * PACKET_US;
+    pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
+    pkts.push(b2a(
+        bye_at + 20_000,
+        d.response(200, "OK", 2, "BYE", true, None),
+    ));
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 2);
+    let first = &sink.calls[&sink.order[0]];
+    let next = &sink.calls[&sink.order[1]];
+    let (fm, nm) = (first.meta.as_ref().unwrap(), next.meta.as_ref().unwrap());
+    assert_eq!(fm.call_id, "props-call@10.0.0.1");
+    assert_eq!(
+        (fm.channels[0].packets, fm.channels[1].packets),
+        (50, 50),
+        "the first call's packets only"
+    );
+    assert!(
+        !first
+            .audio
+            .iter()
+            .any(|s| *s == pbx_core::audio::g711::ulaw_to_linear(0x55)),
+        "none of the next call's audio in the first call's recording"
+    );
+    assert!(
+        fm.frames <= 50 * 160 + 80 + 160,
+        "the first recording ends with its media: {} frames",
+        fm.frames
+    );
+    assert_eq!((nm.channels[0].packets, nm.channels[1].packets), (30, 30));
+}
+
+/// The B2BUA's two dialogs of [`a_b2buas_two_dialogs_with_direct_media_both_record_the_conversation`],
+/// and then a session refresh (a re-INVITE of the second dialog repeating
+/// both addresses: that dialog announced both ends last). The first dialog
+/// was set up with the second (its INVITE before the other's answer): it
+/// goes on recording the conversation.
+#[test]
+fn a_b2buas_dialogs_keep_recording_after_one_refreshes_its_session() {
+    let _g = serial();
+    let mut pkts = Vec::new();
+    let dialogs = ["leg-a@pbx", "leg-b@pbx"].map(Dialog::new);
+    for (i, d) in dialogs.iter().enumerate() {
+        for mut p in setup_packets(d) {
+            p.at_us += i as i64 * 1000;
+            pkts.push(p);
+        }
+    }
+    let refresh_at = send_time(0, 20) - 5_000;
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    pkts.push(a2b(
+        refresh_at,
+        dialogs[1].request("INVITE", 2, true, Some(&offer)),
+    ));
+    pkts.push(b2a(
+        refresh_at + 2_000,
+        dialogs[1].response(200, "OK", 2, "INVITE", true, Some(&answer)),
+    ));
+    pkts.push(a2b(
+        refresh_at + 3_000,
+        dialogs[1].request("ACK", 2, true, None),
+    ));
+    for k in 0..50 {
+        for leg in 0..2 {
+            let (src, dst) = leg_addrs(leg);
+            pkts.push(Pkt {
+                at_us: send_time(leg, k),
+                src,
+                dst,
+                data: leg_packet(leg, k),
+            });
+        }
+    }
+    pkts.sort_by_key(|p| p.at_us);
+    let bye_at = send_time(1, 50) + 300_000;
+    for d in &dialogs {
+        pkts.push(a2b(bye_at, d.request("BYE", 3, true, None)));
+        pkts.push(b2a(
+            bye_at + 20_000,
+            d.response(200, "OK", 3, "BYE", true, None),
+        ));
+    }
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &pkts);
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 2, "a recording of each dialog");
+    for k in &sink.order {
+        let meta = sink.calls[k].meta.as_ref().unwrap();
+        assert_eq!(
+            (meta.channels[0].packets, meta.channels[1].packets),
+            (50, 50),
+            "{}",
+            meta.call_id
+        );
+    }
+}

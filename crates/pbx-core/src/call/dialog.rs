@@ -34,7 +34,9 @@ pub const PAUSE_HEADER: &str = "X-Recording-Pause";
 /// Receive addresses and payload-type map announced by one side.
 #[derive(Debug, Default, Clone)]
 pub(super) struct SideMedia {
-    pub(super) endpoints: Vec<SocketAddr>,
+    /// Its receive addresses, oldest first, each with when it was first
+    /// announced (the tracker's count of new announcements then).
+    pub(super) endpoints: Vec<(SocketAddr, u32)>,
     pub(super) pt_map: PtMap,
     /// First audio codec of the latest SDP of this side.
     pub(super) preferred: Option<Codec>,
@@ -43,6 +45,16 @@ pub(super) struct SideMedia {
     pub(super) crypto: Vec<Crypto>,
     /// Decrypting what this side sends, made at its first packet.
     pub(super) srtp_rx: SrtpRx,
+}
+
+impl SideMedia {
+    pub(super) fn announced(&self, ep: &SocketAddr) -> Option<u32> {
+        self.endpoints.iter().find(|e| e.0 == *ep).map(|e| e.1)
+    }
+
+    pub(super) fn knows(&self, ep: &SocketAddr) -> bool {
+        self.announced(ep).is_some()
+    }
 }
 
 /// A side's payload type numbers and their codecs: a few entries, sorted,
@@ -209,21 +221,23 @@ const SHARED_MAX: usize = 4;
 fn register_endpoint(
     endpoints: &mut FxHashMap<SocketAddr, (CallKey, Party)>,
     shared: &mut SharedEndpoints,
+    announcements: &mut u32,
     s: &mut SideMedia,
     key: CallKey,
     ep: SocketAddr,
     side: Party,
 ) -> bool {
-    let new = !s.endpoints.contains(&ep) || endpoints.get(&ep) != Some(&(key, side));
-    if !s.endpoints.contains(&ep) {
+    let new = !s.knows(&ep) || endpoints.get(&ep) != Some(&(key, side));
+    if !s.knows(&ep) {
         if s.endpoints.len() >= 16 {
             // The oldest goes from the call-wide map too (it would point
             // at this call after its end, and a later call's packets to it
             // would be lost).
-            let old = s.endpoints.remove(0);
+            let (old, _) = s.endpoints.remove(0);
             unregister_endpoint(endpoints, shared, key, old);
         }
-        s.endpoints.push(ep);
+        *announcements = announcements.saturating_add(1);
+        s.endpoints.push((ep, *announcements));
     }
     if let Some((k0, p0)) = endpoints.insert(ep, (key, side)) {
         if let Some(v) = shared.get_mut(&ep) {
@@ -806,6 +820,7 @@ impl Tracker {
                     new_address |= register_endpoint(
                         &mut self.endpoints,
                         &mut self.shared,
+                        &mut self.announcements,
                         &mut call.sides[reg_side.channel()],
                         key,
                         ep,
@@ -970,6 +985,7 @@ impl Tracker {
                                 register_endpoint(
                                     &mut self.endpoints,
                                     &mut self.shared,
+                                    &mut self.announcements,
                                     &mut call.sides[side.channel()],
                                     key,
                                     *ep,

@@ -201,6 +201,9 @@ pub(super) struct Tracker {
     /// Calls that announced an address a later call took too (a B2BUA's
     /// two dialogs with direct media): see `Tracker::handle_rtp`.
     pub(super) shared: super::dialog::SharedEndpoints,
+    /// How many times a side announced an address it had not announced
+    /// before: the order of announcements (see `Leg::announced_before`).
+    pub(super) announcements: u32,
     pub(super) framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
     pub(super) stats: EngineStats,
     pub(super) next_key: u64,
@@ -233,6 +236,7 @@ impl Tracker {
             by_call_id: HashMap::new(),
             endpoints: FxHashMap::default(),
             shared: FxHashMap::default(),
+            announcements: 0,
             framers: HashMap::new(),
             stats: EngineStats::default(),
             next_key: 1,

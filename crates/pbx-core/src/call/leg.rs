@@ -113,6 +113,11 @@ pub(super) struct Leg {
     pub(super) order: DecodeOrder,
     pub(super) decoder: Option<ActiveDecoder>,
     pub(super) flow: Option<(Flow, Timestamp)>,
+    /// The count of addresses announced (`Tracker::announcements`) when
+    /// the leg's first flow began: a flow to or from an address announced
+    /// later than that, and later than the active flow's, is where the
+    /// signalling moved the leg's stream.
+    pub(super) announced_before: Option<u32>,
     pub(super) seq: SsrcSeqs,
     pub(super) jumps: JumpLog,
     pub(super) meta: ChannelMeta,
@@ -145,6 +150,7 @@ impl Leg {
             order: DecodeOrder::default(),
             decoder: None,
             flow: None,
+            announced_before: None,
             seq: SsrcSeqs::default(),
             jumps: JumpLog::default(),
             meta: ChannelMeta {
@@ -208,8 +214,13 @@ impl Tracker {
         // Another call announced the same address (a B2BUA's two dialogs
         // of one conversation when the media flow directly between the
         // phones): it gets the packet too if it announced both ends of
-        // this flow (a lingering call whose address a new call took does
-        // not: it knows only one end).
+        // this flow, and is still one of the conversation's dialogs: it
+        // is the latest to announce one of the two ends (each dialog of a
+        // B2BUA passes on the other's address), or the two dialogs were
+        // set up together (one's INVITE came before the other was
+        // answered). A lingering call (its BYE not seen) whose two
+        // addresses a later call took, the same two phones or ports
+        // again, is neither: the later call's audio is not its.
         if self.shared.is_empty() {
             return;
         }
@@ -220,9 +231,13 @@ impl Tracker {
             .map(|v| v.iter().copied().filter(|(k, _)| *k != key).collect())
             .unwrap_or_default();
         for (k, side) in others {
+            let owns = |ep: &SocketAddr| self.endpoints.get(ep).is_some_and(|(o, _)| *o == k);
             let both = self.calls.get(&k).is_some_and(|c| {
-                c.sides.iter().any(|s| s.endpoints.contains(&src))
-                    && c.sides.iter().any(|s| s.endpoints.contains(&dst))
+                c.sides.iter().any(|s| s.knows(&src))
+                    && c.sides.iter().any(|s| s.knows(&dst))
+                    && (owns(&src)
+                        || owns(&dst)
+                        || self.calls.get(&key).is_some_and(|o| set_up_together(c, o)))
             });
             if both {
                 let speaker = if by_dst { side.other() } else { side };
@@ -254,6 +269,7 @@ impl Tracker {
         self.stats.rtp_packets += 1;
         let jitter_ms = self.cfg.jitter_ms;
         let policy = self.cfg.sample_rate;
+        let announcements = self.announcements;
         let Some(call) = self.calls.get_mut(&key) else {
             self.stats.rtp_unmatched += 1;
             return;
@@ -353,6 +369,16 @@ impl Tracker {
         let arrival_pos =
             crate::time::mul_div(ts.micros_since(media.t0), i64::from(rate), 1_000_000);
         let leg = &mut media.legs[speaker.channel()];
+        // When the flow's addresses were announced: its sender's side's
+        // source, its receiver's side's destination (0: not announced).
+        let sides = &call.sides;
+        let announced = |f: &Flow| {
+            let from = sides[speaker.channel()].announced(&f.src).unwrap_or(0);
+            let to = sides[speaker.other().channel()]
+                .announced(&f.dst)
+                .unwrap_or(0);
+            from.max(to)
+        };
 
         // One active flow per leg: a flow sent to an announced receive address
         // beats one only recognised by its source; otherwise a new flow takes
@@ -386,8 +412,21 @@ impl Tracker {
                         && leg.seq.continues(rtp.ssrc, rtp.sequence))
                     || (flow.by_dst && !active.by_dst)
                     || ts.micros_since(last) >= FLOW_QUIET_US
+                    // The signalling moved the stream (a re-INVITE's new
+                    // ports, the answer's address after early media from
+                    // a media server): the new flow is the leg's from its
+                    // first packet, as the old one may still send its last
+                    // (a copy through a relay had its addresses announced
+                    // before the media began, or with the active flow's).
+                    || {
+                        let new = announced(&flow);
+                        new > leg.announced_before.unwrap_or(u32::MAX) && new > announced(&active)
+                    }
             }
         };
+        if leg.announced_before.is_none() {
+            leg.announced_before = Some(announcements);
+        }
         let seq_update = if active_flow {
             // The SSRC of the flow already active was listed when it became
             // active: only a new one is looked for in the list (kept off
@@ -815,7 +854,7 @@ impl Tracker {
             self.by_call_id.remove(&call.call_id);
         }
         for s in &call.sides {
-            for ep in &s.endpoints {
+            for (ep, _) in &s.endpoints {
                 unregister_endpoint(&mut self.endpoints, &mut self.shared, key, *ep);
             }
         }
@@ -908,6 +947,20 @@ impl Tracker {
 
 /// DTMF times are taken on the arrival clock (0 = the first packet's
 /// arrival); frame 0 may lie before it (see `Media::origin`).
+/// Two calls whose set-ups overlap: the later one's INVITE came before the
+/// earlier one was answered (a B2BUA's two dialogs of one conversation).
+/// An earlier call whose answer was not seen counts as still setting up.
+fn set_up_together(a: &Call, b: &Call) -> bool {
+    let (first, second) = if a.started_at <= b.started_at {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    first
+        .answered_at
+        .is_none_or(|answered| second.started_at <= answered)
+}
+
 pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
     for d in &mut dtmf {
         d.at_ms -= origin_us / 1000;

@@ -174,3 +174,5 @@ pub fn dtmf(event: u8, end: bool, duration: u16) -> Vec<u8> {
     let d = duration.to_be_bytes();
     vec![event, if end { 0x8a } else { 0x0a }, d[0], d[1]]
 }
+
+pub mod plan;

@@ -1,0 +1,130 @@
+//! A leg's stream moved by the signalling to another flow (other
+//! addresses, another SSRC): the new flow is the leg's from its first
+//! packet, sample-exact, even when the old one sent until just before
+//! (the plan and its check: `common/plan.rs`).
+
+mod common;
+use common::plan::*;
+use common::*;
+
+/// Early media from a media server (the 183's SDP: 10.0.0.9:30000, its
+/// own SSRC and numbers: the ringback), then the 200 OK with the phone's
+/// address (10.0.0.2:50000), the phone's stream (another SSRC) going on in
+/// the very next 20 ms slot after the ringback's last packet, the callee
+/// talking at once. Before, the phone's first 40 ms were taken for a
+/// copy of the ringback's stream and lost (it took over only once the
+/// media server had been quiet 60 ms).
+#[test]
+fn early_media_from_a_media_server_then_the_phone_in_the_next_slot() {
+    let d = Dialog::new("early-ms@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let early = sdp("10.0.0.9", 30000, &[0, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let media_server = v4(10, 0, 0, 9, 30000);
+    let answer_at = MEDIA_US + 2_000_000;
+    let sig = vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
+        sip(
+            T0_US + 500_000,
+            false,
+            d.response(183, "Session Progress", 1, "INVITE", true, Some(&early)),
+        ),
+        sip(
+            answer_at,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
+    ];
+    let mut c = Sender::new(0, 100, 1000);
+    c.talk(MEDIA_US, 300);
+    for x in &mut c.out {
+        let to = if x.sent_us < answer_at + 20_000 {
+            media_server
+        } else {
+            callee_rtp()
+        };
+        x.path = Some((caller_rtp(), to));
+    }
+    // The ringback until just after the answer (its last packets were
+    // on their way), then the phone in the next slot.
+    let mut ring = Sender::new(1, 7000, 90_000);
+    ring.ssrc = 0x0999_9999;
+    let next = ring.talk(MEDIA_US + 10_000, 102);
+    for x in &mut ring.out {
+        x.path = Some((media_server, caller_rtp()));
+    }
+    let mut phone = Sender::new(1, 31_000, 5_000_000);
+    phone.ssrc = 0x0222_3333;
+    phone.k = ring.k;
+    phone.talk(next, 200);
+    for x in &mut phone.out {
+        x.path = Some((callee_rtp(), caller_rtp()));
+    }
+    let txs: Vec<Tx> = c.out.into_iter().chain(ring.out).chain(phone.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec("ringback, then the phone", &txs, 0, rec);
+}
+
+/// A re-INVITE moving both streams to other ports with new SSRCs (a PBX
+/// taking itself out of the media path, a transfer's new party): each
+/// old stream sends up to its last slot, the new one goes on in the next
+/// slot. Before, each new stream's first 40 ms were silence.
+#[test]
+fn a_reinvite_moving_both_streams_with_new_ssrcs_cuts_nothing() {
+    for by_caller in [true, false] {
+        let d = Dialog::new("moved@10.0.0.1");
+        let pts = [0, 8, 101];
+        let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+        let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+        let (offer2, answer2) = (
+            sdp("10.0.0.1", 40100, &pts, "sendrecv"),
+            sdp("10.0.0.2", 50100, &pts, "sendrecv"),
+        );
+        let (new_a, new_b) = (v4(10, 0, 0, 1, 40100), v4(10, 0, 0, 2, 50100));
+        let mut sig = setup(&d, &offer, &answer);
+        let at = MEDIA_US + 2_990_000;
+        if by_caller {
+            sig.extend(reinvite(&d, at, 2, true, &offer2, &answer2));
+        } else {
+            sig.extend(reinvite(&d, at, 2, false, &answer2, &offer2));
+        }
+        // Each side's old stream to 20 ms past the 200 OK, the new one on.
+        let moved_at = at + 40_000;
+        let mut legs = Vec::new();
+        for leg in 0..2 {
+            let (from, seq, ts) = if leg == 0 {
+                (MEDIA_US, 100, 1000)
+            } else {
+                (MEDIA_US + 10_000, 7000, 90_000)
+            };
+            let mut old = Sender::new(leg, seq, ts);
+            let n = ((moved_at - from) / 20_000) as usize;
+            let next = old.talk(from, n);
+            let mut new = Sender::new(leg, seq.wrapping_add(20_000), 0x7000_0000);
+            new.ssrc = 0x0abc_0000 + leg as u32;
+            new.k = old.k;
+            new.talk(next, 150);
+            let (mine, theirs) = if leg == 0 {
+                (new_a, new_b)
+            } else {
+                (new_b, new_a)
+            };
+            for x in &mut new.out {
+                x.path = Some((mine, theirs));
+            }
+            legs.extend(old.out);
+            legs.extend(new.out);
+        }
+        let rec = record_sig(&legs, sig, &d);
+        check_rec(
+            &format!(
+                "moved by a re-INVITE of the {}",
+                if by_caller { "caller" } else { "callee" }
+            ),
+            &legs,
+            0,
+            rec,
+        );
+    }
+}
