@@ -400,6 +400,9 @@ fn report(bar: &Option<ProgressBar>, msg: String) {
 
 fn describe(e: &CaptureError) -> String {
     match e {
+        CaptureError::Truncated { offset: 0 } => {
+            "the file ends within its header: no packet in it (truncated capture)".to_string()
+        }
         CaptureError::Truncated { offset } => {
             format!("stopped at byte {offset}: the file ends in the middle of a packet record (truncated capture)")
         }

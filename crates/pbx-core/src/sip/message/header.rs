@@ -239,6 +239,39 @@ pub(super) fn header_param(params: &str, name: &str) -> Option<String> {
 }
 
 /// User and host of a `sip:`/`sips:` URI, or the number of a `tel:` URI.
+/// A URI's user part with its `%XX` escapes (RFC 3261 §19.1.2:
+/// `sip:%2B4930123@host` is the number `+4930123`) decoded; as written when
+/// an escape is malformed or decodes to no text.
+pub fn unescape_user(user: &str) -> String {
+    if !user.contains('%') {
+        return user.to_string();
+    }
+    let b = user.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => return user.to_string(),
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) if !s.chars().any(char::is_control) => s,
+        _ => user.to_string(),
+    }
+}
+
 pub fn uri_user_host(uri: &str) -> (Option<String>, Option<String>) {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return (None, None);
@@ -246,7 +279,7 @@ pub fn uri_user_host(uri: &str) -> (Option<String>, Option<String>) {
     let scheme = scheme.trim();
     if scheme.eq_ignore_ascii_case("tel") {
         let number = rest.split(';').next().unwrap_or_default().trim();
-        return ((!number.is_empty()).then(|| number.to_string()), None);
+        return ((!number.is_empty()).then(|| unescape_user(number)), None);
     }
     if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
         return (None, None);
@@ -258,7 +291,7 @@ pub fn uri_user_host(uri: &str) -> (Option<String>, Option<String>) {
     let user = userinfo
         .map(|u| u.split(':').next().unwrap_or(u))
         .filter(|u| !u.is_empty())
-        .map(str::to_string);
+        .map(unescape_user);
     let hostport = hostport
         .split([';', '?', '>'])
         .next()

@@ -1,7 +1,7 @@
 //! The rsip front end: only used where it accepts the message; any refusal
 //! sends the message to the tolerant parser.
 
-use super::{unquote_display, Method, NameAddr, RawMessage, StartLine, MAX_HEADERS};
+use super::{unescape_user, unquote_display, Method, NameAddr, RawMessage, StartLine, MAX_HEADERS};
 use rsip::headers::{ToTypedHeader, UntypedHeader};
 
 pub(super) fn split(bytes: &[u8]) -> Option<RawMessage<'_>> {
@@ -97,7 +97,7 @@ pub(super) fn name_addr(value: &str, is_from: bool) -> Option<NameAddr> {
     Some(NameAddr {
         display_name: display.as_deref().and_then(unquote_display),
         uri: raw_uri,
-        user: uri.user().filter(|u| !u.is_empty()).map(str::to_string),
+        user: uri.user().filter(|u| !u.is_empty()).map(unescape_user),
         host: Some(host),
         tag: tag.filter(|t| !t.is_empty()),
     })

@@ -473,3 +473,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn escaped_user_parts_are_decoded_on_both_paths() {
+    // Strict (rsip) and tolerant (LF-only line ends) alike.
+    for eol in ["\r\n", "\n"] {
+        let msg = format!(
+            "INVITE sip:%2B4930123@b SIP/2.0{eol}Via: SIP/2.0/UDP h;branch=z9hG4bK1{eol}\
+             From: <sip:%32002@h>;tag=1{eol}To: <sip:%2B4930123@b>{eol}Call-ID: c{eol}\
+             CSeq: 1 INVITE{eol}Contact: <sip:x@h>{eol}Content-Length: 0{eol}{eol}"
+        );
+        let m = parse_message(msg.as_bytes()).unwrap();
+        assert_eq!(m.from.user.as_deref(), Some("2002"), "{eol:?}");
+        assert_eq!(m.to.user.as_deref(), Some("+4930123"), "{eol:?}");
+    }
+    assert_eq!(unescape_user("%2B49"), "+49");
+    assert_eq!(unescape_user("100%"), "100%", "malformed: as written");
+    assert_eq!(unescape_user("a%0Ab"), "a%0Ab", "no control characters");
+    assert_eq!(unescape_user("%zz1"), "%zz1");
+    assert_eq!(unescape_user("%C3%A9"), "é");
+}
