@@ -49,6 +49,11 @@ fn call(id: &str, seed: u64, base: u16) -> CallSpec {
 /// The call's packets as HEPv3 from agent `agent`, their capture times
 /// moved to start now (the agent captures live).
 fn hep_packets(spec: &CallSpec, agent: u32) -> Vec<Vec<u8>> {
+    hep_packets_behind(spec, agent, 0)
+}
+
+/// [`hep_packets`] from an agent whose clock is `behind_us` behind ours.
+fn hep_packets_behind(spec: &CallSpec, agent: u32, behind_us: i64) -> Vec<Vec<u8>> {
     let (frames, _) = generate(
         std::slice::from_ref(spec),
         Link::Ethernet,
@@ -57,7 +62,8 @@ fn hep_packets(spec: &CallSpec, agent: u32) -> Vec<Vec<u8>> {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_micros() as i64;
+        .as_micros() as i64
+        - behind_us;
     // The generator's times are in nanoseconds.
     let first = frames.first().map(|(ts, _)| *ts / 1000).unwrap_or(0);
     let mut dec = NetDecoder::default();
@@ -108,6 +114,36 @@ fn metric(d: &Daemon, line: &str) -> bool {
 
 #[test]
 fn calls_sent_as_hep_over_udp_and_tcp_are_recorded_as_import_records_them() {
+    two_calls_as_hep(
+        call("hep-udp@test", 3, 40000),
+        call("hep-tcp@test", 4, 41000),
+        0,
+    );
+}
+
+/// An agent whose clock is 20 s behind ours (no NTP on the capture host),
+/// the legs through 60 ms of jitter (reordered): the engine runs on the
+/// agent's clock from its first packet, so the jitter window holds as in
+/// an import. Before, the engine's clock started at ours and every packet
+/// looked 20 s old: written at once, a reordered packet's place was
+/// already silence (half of one leg's packets, with nothing counted).
+#[test]
+fn an_agent_whose_clock_is_behind_ours_is_recorded_as_import_records_it() {
+    let jittery = |mut c: CallSpec| {
+        c.caller_leg.impair.jitter_ms = 60;
+        c.callee_leg.impair.jitter_ms = 60;
+        c
+    };
+    two_calls_as_hep(
+        jittery(call("hep-behind-udp@test", 5, 40100)),
+        jittery(call("hep-behind-tcp@test", 6, 41100)),
+        20_000_000,
+    );
+}
+
+/// `by_udp` sent as HEP over UDP and `by_tcp` over TCP, in real time, by
+/// agents `behind_us` behind our clock: each channel as `import` makes it.
+fn two_calls_as_hep(by_udp: CallSpec, by_tcp: CallSpec, behind_us: i64) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -117,18 +153,20 @@ fn calls_sent_as_hep_over_udp_and_tcp_are_recorded_as_import_records_them() {
     );
     d.wait_http("/readyz", 200, Duration::from_secs(10));
 
-    let by_udp = call("hep-udp@test", 3, 40000);
-    let by_tcp = call("hep-tcp@test", 4, 41000);
     // As an agent sends them: in capture order, at the pace they were
     // captured; one call's copies over UDP (one per datagram), the other's
     // over one TCP connection.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut tcp = TcpStream::connect(listen).unwrap();
     let mut all: Vec<(i64, bool, Vec<u8>)> = Vec::new();
-    for (p, by_tcp) in hep_packets(&by_udp, 77)
+    for (p, by_tcp) in hep_packets_behind(&by_udp, 77, behind_us)
         .into_iter()
         .map(|p| (p, false))
-        .chain(hep_packets(&by_tcp, 78).into_iter().map(|p| (p, true)))
+        .chain(
+            hep_packets_behind(&by_tcp, 78, behind_us)
+                .into_iter()
+                .map(|p| (p, true)),
+        )
     {
         let ts = pbx_core::hep::parse(&p).unwrap().ts.unwrap().as_micros();
         all.push((ts, by_tcp, p));

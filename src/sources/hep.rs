@@ -306,13 +306,19 @@ fn run(
     // on the same clock: ours plus how far the agent's was ahead of it at
     // the latest packet (its capture time minus our receive time: network
     // delay and clock offset). Never backwards.
+    // Before the first packet the agent's clock is not known: ours stands
+    // in for the wait, and is not kept (kept, it was the floor of the
+    // engine's clock: an agent whose clock is behind ours had every
+    // packet rendered at once, as if older than the jitter window, until
+    // its clock passed our start; reordered packets became silence).
     let mut offset_us = 0i64;
     let mut engine_now: Option<Timestamp> = None;
-    let clock = |offset_us: i64, engine_now: &mut Option<Timestamp>| {
-        let t = now().add_micros(offset_us);
-        let t = engine_now.map_or(t, |n| n.max(t));
-        *engine_now = Some(t);
-        t
+    let clock = |offset_us: i64, engine_now: &mut Option<Timestamp>| match engine_now {
+        None => now(),
+        Some(n) => {
+            *n = (*n).max(now().add_micros(offset_us));
+            *n
+        }
     };
     loop {
         let t = clock(offset_us, &mut engine_now);
