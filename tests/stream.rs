@@ -63,6 +63,9 @@ struct Behaviour {
     /// Answer `ready` this late to calls whose recorded Call-ID contains
     /// this text.
     slow: Option<(String, Duration)>,
+    /// Take this long over each audio message (a receiver slower than
+    /// real time: the rest waits in the socket buffers).
+    read_delay: Option<Duration>,
 }
 
 struct Receiver {
@@ -316,6 +319,10 @@ async fn serve(
                 }
                 if cut {
                     return; // the connection dropped, no close frame
+                }
+                let delay = beh.lock().unwrap().read_delay;
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
                 }
             }
             _ => {}
@@ -678,6 +685,54 @@ fn receiver_gone_longer_than_max_lag_gets_an_incomplete_stop_and_the_recording_i
         assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&d));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A receiver four times slower than real time (0.4 s over each 100 ms
+/// message): the audio waits in the socket buffers, and when the call
+/// ends it still has most of it to read. Its stream is one connection to
+/// the end, `stop` complete, the WAV sample for sample, no offset twice.
+/// Before, `done` not coming within 10 s of `stop` broke the connection:
+/// the daemon connected again and sent the rest once more, again and again
+/// (3.4 times the WAV in 72 s, no complete stop).
+#[test]
+fn a_receiver_slower_than_real_time_gets_the_whole_stream_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    rx.behaviour.lock().unwrap().read_delay = Some(Duration::from_millis(400));
+    let (d, srs) = daemon(dir.path(), &rx.url(), "frame = \"100ms\"");
+    siprec_call(srs, "live-slowreader@src", 6000, 61);
+    let (j, wav) = recording_of(&d, "live-slowreader@src");
+    let id = j["recording_id"].as_str().unwrap();
+    let h = rx.wait_stop(id, Duration::from_secs(60));
+    assert_eq!(h.connections, 1, "{}", d.log());
+    assert_eq!(h.stops[0]["complete"], true);
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    assert_same_samples(&h.pcm, &wav);
+    assert_eq!(status(&d)["stream"]["reconnects"], 0);
+}
+
+/// The same slow receiver with `max_lag` 2 s: the audio it has not taken
+/// (sent, unacknowledged) counts as lag, so the stream is given up, with
+/// `stop` complete: false on the same connection, what it holds the
+/// recording's start. Before, the lag counted only audio not yet sent:
+/// never more than a message for a receiver that reads at all.
+#[test]
+fn a_receiver_falling_behind_by_more_than_max_lag_gets_an_incomplete_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    rx.behaviour.lock().unwrap().read_delay = Some(Duration::from_millis(400));
+    let (d, srs) = daemon(dir.path(), &rx.url(), "frame = \"100ms\"\nmax_lag = \"2s\"");
+    siprec_call(srs, "live-behind@src", 6000, 62);
+    let (j, wav) = recording_of(&d, "live-behind@src");
+    let id = j["recording_id"].as_str().unwrap();
+    let h = rx.wait_stop(id, Duration::from_secs(60));
+    assert_eq!(h.connections, 1, "{:?}", h.starts);
+    let stop = &h.stops[0];
+    assert_eq!(stop["complete"], false, "{stop}");
+    assert_eq!(stop["frames"].as_u64().unwrap(), (h.pcm.len() / 2) as u64);
+    assert!(h.pcm.len() < wav.len());
+    assert_same_samples(&h.pcm, &wav[..h.pcm.len()]);
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
 }
 
 /// A stream broken by a crash of the daemon (SIGKILL mid-call) is resumed

@@ -252,7 +252,7 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
                     tracing::warn!(recording = %c.rec.recording_id, "live stream: {e}; retrying");
                     c.stats.error(e);
                 }
-                c.stats.set_lag(id, lag_ms(c, held));
+                c.stats.set_lag(id, lag_ms(c, held, 0));
                 // Audio queued meanwhile is read back from the file.
                 while c.rx.try_recv().is_ok() {}
                 tokio::select! {
@@ -263,13 +263,10 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
                 continue;
             }
         };
-        if resume {
-            c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            c.stats.publish();
-        }
         let (s, sent_here, ready) = session(c, id, ws, resume, gave_up, &mut held).await;
         match s {
             Session::Broken(e) => {
+                c.stats.set_lag(id, lag_ms(c, held, 0));
                 tracing::info!(recording = %c.rec.recording_id, "live stream connection lost ({e}); resuming");
                 c.stats.error(e);
                 resume = true;
@@ -295,10 +292,23 @@ async fn stream_call(c: &mut CallStream, id: u64) -> Session {
     }
 }
 
-/// Milliseconds of audio written and not yet sent.
-fn lag_ms(c: &CallStream, held: u64) -> u64 {
+/// Milliseconds of audio written and not yet with the receiver: not sent
+/// yet, and `in_flight` frames sent that it has not taken yet.
+fn lag_ms(c: &CallStream, held: u64, in_flight: u64) -> u64 {
     let written = c.shared.written.load(Ordering::Acquire);
-    written.saturating_sub(held) * 1000 / u64::from(c.rec.sample_rate.max(1))
+    (written.saturating_sub(held) + in_flight) * 1000 / u64::from(c.rec.sample_rate.max(1))
+}
+
+/// How often a stream sends a ping carrying the frames sent so far: the
+/// receiver's pong (RFC 6455 §5.5.3: it answers each ping as it reads it,
+/// behind the audio sent before) says how much of the audio it has taken.
+/// A receiver that reads slower than real time has the rest waiting in
+/// the socket buffers (many seconds of audio), where nothing else shows.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The frames a pong says the receiver has read up to.
+fn pong_frames(p: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(p.try_into().ok()?))
 }
 
 /// Why [`connect`] did not connect.
@@ -407,9 +417,13 @@ async fn send(ws: &mut Ws, m: Message, limit: Duration) -> Result<(), Session> {
     }
 }
 
-/// The next server message that means something.
+/// The next server message that means something. A receiver still taking
+/// the audio sent before (it reads slower than real time: its pongs to the
+/// pings sent with the audio, [`PING_EVERY`], keep coming) is waited for as
+/// long as it reads; one that neither answers nor reads for
+/// [`ANSWER_TIMEOUT`] is broken.
 async fn answer(ws: &mut Ws) -> Result<ServerMsg, Session> {
-    let until = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    let mut until = tokio::time::Instant::now() + ANSWER_TIMEOUT;
     loop {
         let m = match tokio::time::timeout_at(until, ws.next()).await {
             Err(_) => return Err(Session::Broken("no answer from the receiver".into())),
@@ -424,6 +438,7 @@ async fn answer(ws: &mut Ws) -> Result<ServerMsg, Session> {
                 Err(e) => return Err(Session::Refused(e)),
             },
             Message::Close(_) => return Err(Session::Broken("the receiver closed".into())),
+            Message::Pong(_) => until = tokio::time::Instant::now() + ANSWER_TIMEOUT,
             _ => {}
         }
     }
@@ -545,6 +560,12 @@ async fn session_inner(
     let offset = match answer(ws).await {
         Ok(ServerMsg::Ready { offset }) => {
             *ready = true;
+            if resume {
+                // (Counted when the receiver takes the stream back, not at
+                // each attempt: one that never answers resumes nothing.)
+                c.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                c.stats.publish();
+            }
             offset
         }
         Ok(ServerMsg::Error { reason }) => {
@@ -581,10 +602,21 @@ async fn session_inner(
     let mut pending: Option<Chunk> = None;
     let mut queue_open = true;
     let mut staged = Staged::default();
+    // The frames the receiver's latest pong said it has read.
+    let mut taken: Option<u64> = None;
+    let mut pinged: Option<Instant> = None;
     loop {
         let written = c.shared.written.load(Ordering::Acquire);
-        c.stats.set_lag(id, lag_ms(c, *held));
-        if written.saturating_sub(*held) > max_lag_frames {
+        if pinged.is_none_or(|t| t.elapsed() >= PING_EVERY) {
+            pinged = Some(Instant::now());
+            let ping = Message::Ping(held.to_be_bytes().to_vec().into());
+            if let Err(s) = send(ws, ping, ANSWER_TIMEOUT).await {
+                return s;
+            }
+        }
+        let in_flight = taken.map_or(0, |t| held.saturating_sub(t));
+        c.stats.set_lag(id, lag_ms(c, *held, in_flight));
+        if written.saturating_sub(*held) + in_flight > max_lag_frames {
             tracing::warn!(recording = %c.rec.recording_id, "live stream given up: more than stream.max_lag behind");
             let meta = end_meta(c)
                 .map(|e| e.1)
@@ -667,6 +699,11 @@ async fn session_inner(
                     Ok(_) => {}
                     Err(e) => return Session::Refused(e),
                 },
+                Some(Ok(Message::Pong(p))) => {
+                    if let Some(f) = pong_frames(&p).filter(|f| *f <= *held) {
+                        taken = Some(taken.map_or(f, |t| t.max(f)));
+                    }
+                }
                 Some(Ok(_)) => {}
             },
             ch = c.rx.recv(), if queue_open => match ch {
