@@ -830,6 +830,19 @@ fn check_config_names_a_token_file_it_cannot_read() {
     let (code, out, err) = check_config(&[p], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": ok ("), "{out}");
+    // Readable but empty (or its first line blank): no token to send.
+    for empty in ["", "\n", "  \r\ntok\n"] {
+        std::fs::write(&missing, empty).unwrap();
+        let (code, out, err) = check_config(&[p], &[]);
+        assert_eq!(code, 1, "{empty:?}: {out}");
+        assert_eq!(
+            err,
+            format!(
+                "{p}:3: cloud.token_file: {} holds no token (its first line is empty): requests would go without Authorization\n",
+                missing.display()
+            )
+        );
+    }
 }
 
 #[test]

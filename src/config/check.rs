@@ -233,7 +233,17 @@ fn unreadable_secret(s: &Sec<'_>, key: &str, p: &Path) -> Option<ConfigError> {
     }
     let message = match std::fs::File::open(p).and_then(|f| f.metadata()) {
         Ok(m) if m.is_dir() => format!("{} is a directory, not a file", p.display()),
-        Ok(_) => return None,
+        Ok(_) => {
+            // (The token is the file's first line.)
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(p).unwrap_or_default());
+            if !text.lines().next().unwrap_or("").trim().is_empty() {
+                return None;
+            }
+            format!(
+                "{} holds no token (its first line is empty): requests would go without Authorization",
+                p.display()
+            )
+        }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
         Err(e) => format!(
             "cannot read {}: {e} (recordings would be kept but not delivered)",

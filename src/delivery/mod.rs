@@ -296,7 +296,7 @@ fn build_active(
             let cloud = Cloud::new(c.clone(), Some(Arc::clone(limiter)), Arc::clone(bytes_sent))?;
             if !cloud.has_token() {
                 tracing::warn!(
-                    "no cloud token (cloud.token_file empty and no $CREDENTIALS_DIRECTORY/{}): requests go without Authorization",
+                    "no cloud token (cloud.token_file not set, or its first line empty, and no $CREDENTIALS_DIRECTORY/{}): requests go without Authorization",
                     upload::CREDENTIAL_NAME
                 );
             }

@@ -1856,3 +1856,33 @@ fn a_b2buas_dialogs_keep_recording_after_one_refreshes_its_session() {
         );
     }
 }
+
+/// Each copy of a packet is counted once in `duplicates` (before, twice:
+/// once as it was dropped, once more from the sequence numbers' tracker).
+#[test]
+fn each_duplicate_is_counted_once() {
+    let _g = serial();
+    let dup = Fate {
+        dup_delay_us: Some(5_000),
+        ..CLEAN
+    };
+    let fates: Vec<[Fate; 2]> = (0..50)
+        .map(|k| {
+            if k % 5 == 0 {
+                [dup, CLEAN]
+            } else {
+                [CLEAN, dup]
+            }
+        })
+        .collect();
+    let rec = run(&call_packets(50, &fates));
+    let meta = rec.calls[&rec.order[0]].meta.as_ref().unwrap();
+    assert_eq!(
+        (meta.channels[0].duplicates, meta.channels[1].duplicates),
+        (10, 40)
+    );
+    assert_eq!(
+        (meta.channels[0].packets, meta.channels[1].packets),
+        (50, 50)
+    );
+}

@@ -880,7 +880,8 @@ impl Tracker {
             let mut m = leg.meta;
             m.lost = leg.seq.values().map(SeqTracker::lost).sum();
             self.stats.rtp_lost += m.lost;
-            m.duplicates += leg.seq.values().map(|s| s.duplicates()).sum::<u64>();
+            // (`meta.duplicates` counts the copies dropped as they came; the
+            // sequence trackers saw the same ones: counted once.)
             let st = leg.timeline.stats();
             m.reanchors = st.breaks;
             m.late += st.late;
