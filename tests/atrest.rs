@@ -557,6 +557,33 @@ fn encrypted_spool_uploads_flac() {
     encrypted_delivery(CloudProtocol::Tus, AudioFormat::Flac);
 }
 
+/// A plaintext pair put in an encrypted spool by another program (`pbx-edge
+/// import --out` the spool dir, a copy): sealed where it lies before it is
+/// queued, then delivered as the exact plaintext. Before, it stayed in
+/// plaintext on the disk the key was meant to protect.
+#[test]
+fn a_plaintext_pair_in_an_encrypted_spool_is_sealed_then_delivered() {
+    let rx = Receiver::start(ReceiverOptions::default());
+    let d = tempfile::tempdir().unwrap();
+    let (_, keys) = keyring(d.path());
+    let (spool, plain) = (d.path().join("spool"), d.path().join("plain"));
+    let (l, r) = conversation(8000);
+    for dir in [&spool, &plain] {
+        std::fs::create_dir(dir).unwrap();
+        write_whole(dir, 8000, &[&l, &r], doc("dropped-in"), None).unwrap();
+    }
+    let mut s = settings(&spool, &rx.url, CloudProtocol::Tus);
+    s.keys = Some(keys.clone());
+    if let Some(c) = s.cloud.as_mut() {
+        c.audio_format = AudioFormat::Wav;
+    }
+    deliver(&spool, &rx, s, 1);
+    assert_eq!(assert_no_plaintext(&spool), 2, "the pair sealed in place");
+    let got = std::fs::read(&rx.calls()["dropped-in"].audio).unwrap();
+    assert!(got == std::fs::read(plain.join("dropped-in.wav")).unwrap());
+    assert_eq!(rx.calls()["dropped-in"].json["from"]["number"], "+4930111");
+}
+
 /// A tus upload of a sealed WAV broken in the middle resumes at the
 /// server's offset: the decrypting reader seeks to any plaintext offset.
 #[test]

@@ -84,6 +84,19 @@ pub(super) fn housekeeping(shared: &Shared, settings: &DeliverySettings) -> Resu
 static UNFILTERABLE: std::sync::Mutex<std::collections::BTreeSet<String>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
+/// [`crate::spoolfile::seal_in_place`] of a pair's WAV and JSON.
+fn seal_pair(sp: &Spool, id: &str, keys: &crate::spoolfile::Keyring) -> std::io::Result<()> {
+    let mut sealed = false;
+    for p in [sp.wav_path(id), sp.json_path(id)] {
+        sealed |= crate::spoolfile::seal_in_place(&p, keys)?;
+    }
+    if sealed {
+        crate::sys::sync_dir(sp.dir())?;
+        tracing::info!(recording = %id, "a plaintext recording in the encrypted spool sealed");
+    }
+    Ok(())
+}
+
 pub(super) fn housekeeping_open(
     sp: &mut Spool,
     settings: &DeliverySettings,
@@ -102,6 +115,17 @@ pub(super) fn housekeeping_open(
     // Passed the filters: queued together, one transaction.
     let mut passed = Vec::new();
     for e in sp.in_state(State::Recorded)? {
+        // A plaintext pair in an encrypted spool (put there by another
+        // program) is sealed before it goes further; one that cannot be
+        // now (a full disk) waits for the next scan.
+        if let Some(keys) = settings.keys.as_deref() {
+            if let Err(err) = seal_pair(sp, &e.id, keys) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(recording = %e.id, "a plaintext recording in the encrypted spool could not be sealed yet: {err}");
+                    continue;
+                }
+            }
+        }
         if settings.filters.is_empty() {
             // Nothing to read the JSON for: only whether it is still there.
             if !sp.json_path(&e.id).exists() && sp.forget_vanished(&e.id)? {

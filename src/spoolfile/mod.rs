@@ -67,6 +67,37 @@ impl<W: Write> Write for SpoolWriter<W> {
     }
 }
 
+/// Seals a plaintext spool file where it is (a pair another program put in
+/// an encrypted spool: `pbx-edge import --out` the spool, a copy from
+/// elsewhere): the sealed copy written beside it, fsynced, then renamed
+/// over it; the caller syncs the directory. False when it was sealed
+/// already. An error leaves the file as it was.
+pub fn seal_in_place(path: &Path, keys: &Keyring) -> io::Result<bool> {
+    if crypt::is_sealed(path)? {
+        return Ok(false);
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".sealing");
+    let tmp = path.with_file_name(name);
+    let sealed = (|| {
+        let mut src = File::open(path)?;
+        let f = crate::sys::create_private_file(&tmp)?;
+        let mut w = SpoolWriter::new(io::BufWriter::with_capacity(256 * 1024, f), Some(keys))?;
+        io::copy(&mut src, &mut w)?;
+        let f = w
+            .finish()?
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = sealed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(true)
+}
+
 /// Counts and hashes (SHA-256) what goes through it.
 pub struct HashingWriter<W: Write> {
     inner: W,
