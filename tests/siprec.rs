@@ -2505,3 +2505,82 @@ fn a_pause_answered_in_the_ack_is_not_hung_up() {
     let (j, _) = wait_recording_of(&d, call_id);
     assert_eq!(j["end_reason"], "bye", "{j}");
 }
+
+/// The SRC's last packets, sent before its BYE, arrive after it (the
+/// media's path is not the signalling's: an SBC's media interface, a
+/// relay): 1 to 100 ms after the BYE. They are the call's last words and
+/// are recorded, each at its place. Before, the ports were closed at the
+/// BYE and those packets refused (`unknown_port`).
+#[test]
+fn packets_sent_before_the_bye_that_arrive_after_it_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let call_id = "late-tail@src";
+    let (ok, bye) = start_call(&mut src, srs, call_id);
+    let ports = answer_ports(&ok);
+    let socks: Vec<UdpSocket> = ports
+        .iter()
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    // A tone (speech pauses: the last 100 ms could be one).
+    let audio: Vec<i16> = (0..16_000)
+        .map(|n| (8000.0 * (n as f64 * 0.3).sin()) as i16)
+        .collect();
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let pkts: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            rtp_packet(
+                0,
+                i == 0,
+                i as u16,
+                (i * 160) as u32,
+                0x7000,
+                &enc.encode(&audio[i * 160..(i + 1) * 160]),
+            )
+        })
+        .collect();
+    let to = |k: usize| SocketAddr::new(srs.ip(), ports[k]);
+    let t = Instant::now();
+    for (i, p) in pkts.iter().enumerate() {
+        if let Some(w) = Duration::from_millis(20 * i as u64).checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        // The callee's stream whole; the caller's last five held back.
+        socks[1].send_to(p, to(1)).unwrap();
+        if i < 95 {
+            socks[0].send_to(p, to(0)).unwrap();
+        }
+    }
+    src.send(&bye);
+    for (k, p) in pkts[95..].iter().enumerate() {
+        std::thread::sleep(Duration::from_millis([1, 4, 15, 30, 50][k]));
+        socks[0].send_to(p, to(0)).unwrap();
+    }
+    let (j, json) = wait_recording_of(&d, call_id);
+    assert_eq!(j["end_reason"], "bye", "{j}");
+    for ch in 0..2 {
+        assert_eq!(j["channels"][ch]["packets"], 100, "channel {ch}: {j}");
+    }
+    let (_, chans) = pbx_testgen::audio::read_stereo_wav(&json.with_extension("wav")).unwrap();
+    // The caller's last 100 ms are its audio: the same as the callee's
+    // at the same place (the same packets sent at the same times).
+    assert!(chans[0].len() >= 16_000, "{} frames", chans[0].len());
+    let (a, b) = (&chans[0][15_200..16_000], &chans[1][15_200..16_000]);
+    assert!(rms(b) > 100.0);
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    assert!(
+        same >= 790,
+        "the caller's last 100 ms: {same} of 800 samples as sent"
+    );
+    assert_eq!(rejected_unknown_port(&d), 0);
+}
+
+fn rejected_unknown_port(d: &Daemon) -> u64 {
+    let (_, m) = d.get("/metrics").unwrap();
+    m.lines()
+        .find(|l| l.starts_with("pbx_edge_rtp_rejected_total{reason=\"unknown_port\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -283,6 +283,52 @@ fn silence_suppression_with_and_without_timestamps_advancing() {
     check("dtx", &txs, 2);
 }
 
+/// The callee's timestamps step back by less than a packet at 3 s (5, 10,
+/// 20 ms; the numbers and the sending go on: two streams spliced under one
+/// numbering), with and without the marker bit. Its audio goes on where
+/// it was said: nothing cut, nothing early. Before, the packet after the
+/// step lay the step early, over the end of the one before (cut), and the
+/// leg stayed that early for 10 s (until the envelope's minimum forgot the
+/// old delay).
+#[test]
+fn timestamps_stepping_back_by_less_than_a_packet_cut_nothing() {
+    for back_ms in [5u32, 10, 20] {
+        for marker in [false, true] {
+            let mut a = Sender::new(0, 100, 1000);
+            a.talk(MEDIA_US, 300);
+            let mut b = Sender::new(1, 7000, 90_000);
+            let t = b.talk(MEDIA_US + 10_000, 150);
+            b.ts = b.ts.wrapping_sub(back_ms * 8);
+            let i = b.out.len();
+            b.talk(t, 150);
+            b.out[i].marker = marker;
+            let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+            check(&format!("ts back {back_ms} ms, marker {marker}"), &txs, 0);
+        }
+    }
+}
+
+/// A sender whose every packet's timestamp advances less than its audio
+/// (120 ticks for 160 samples: broken): each packet's audio begins inside
+/// the one before's. A few such steps start segments of their own; then
+/// the packets are taken as they come (bounded: not a segment a packet).
+#[test]
+fn timestamps_advancing_less_than_the_audio_every_packet_stay_bounded() {
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    let mut b = Sender::new(1, 7000, 90_000);
+    for k in 0..250 {
+        b.audio(MEDIA_US + 10_000 + k * 20_000, 160, 0, 0);
+        b.ts = b.ts.wrapping_sub(40);
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let (c0, c1, meta) = record(&txs);
+    assert!(meta.channels[1].reanchors <= 24, "{:?}", meta.channels[1]);
+    assert_eq!(meta.channels[1].packets, 250);
+    assert!(c1.iter().filter(|x| **x != 0).count() > 250 * 100);
+    assert_eq!(c0.len(), c1.len());
+}
+
 /// The caller's stream changes SSRC at 3 s (new source: random sequence
 /// and timestamp) and goes back to the old SSRC at 6 s, whose timestamps
 /// advanced meanwhile. Placed where they were said, sample-exact.

@@ -33,14 +33,17 @@
 //!
 //! Once locked, the stream's SSRC is locked too: a packet of another SSRC
 //! from the locked address is held until [`SSRC_QUORUM`] of them have come in
-//! sequence with no packet of the locked SSRC in between (an SBC changing
-//! SSRC on a transfer: the old stops, the new starts, nothing is lost); a new
-//! SSRC interleaved with the locked one is rejected (`ssrc`). A new SSRC is
+//! sequence with fewer than that many packets of the locked SSRC in between
+//! (an SBC changing SSRC on a transfer: the old stops, the new starts, the
+//! old one's last packets may be overtaken by the new one's first; nothing
+//! is lost); a new SSRC interleaved with the locked one is rejected
+//! (`ssrc`). A new SSRC is
 //! never accepted from another address. RTCP (rtcp-mux) and datagrams that
 //! are not RTP are admitted only from the locked address (the engine ignores
-//! or counts them). A port whose stream has ended ([`Admission::retire`])
-//! rejects everything (`unknown_port`): late packets after a BYE, streams of
-//! calls a restart killed. It remembers the sources it heard (the ended
+//! or counts them). A port whose stream has ended ([`Admission::retire`],
+//! half a second after the BYE: `media::RETIRE_GRACE_US`) rejects
+//! everything (`unknown_port`): late packets after a call, streams of calls
+//! a restart killed. It remembers the sources it heard (the ended
 //! stream's first); if the port is given to a new stream before they stopped
 //! (a small `rtp_ports`), they are never latched for it
 //! ([`Admission::excluding`]) and still count as `unknown_port`: an SBC
@@ -178,6 +181,10 @@ impl StreamOrigin {
 struct Held {
     ts: Timestamp,
     bytes: Vec<u8>,
+    /// A packet of the locked SSRC held behind a change in progress (to
+    /// keep the source's arrival order): admitted whatever the change's
+    /// fate.
+    locked: bool,
 }
 
 /// A source (or, once locked, a new SSRC of the source) waiting for its quorum.
@@ -192,6 +199,11 @@ struct Candidate {
     last_ts: Timestamp,
     held: VecDeque<Held>,
     held_bytes: usize,
+    /// A new SSRC of a locked source: packets of the locked SSRC that came
+    /// since its run began (the old stream's last ones, overtaken by the
+    /// new one's first), and whether packets of the run came after them.
+    interleaved: u32,
+    resumed: bool,
 }
 
 impl Candidate {
@@ -205,6 +217,8 @@ impl Candidate {
             last_ts: ts,
             held: VecDeque::new(),
             held_bytes: 0,
+            interleaved: 0,
+            resumed: false,
         }
     }
 
@@ -228,9 +242,21 @@ impl Candidate {
 
     /// Hold a packet; the oldest held ones go (counted) beyond the bounds.
     fn hold(&mut self, ts: Timestamp, bytes: &[u8], reason: Reason, rejected: &mut RejectCounts) {
+        self.push(ts, bytes, false, reason, rejected);
+    }
+
+    fn push(
+        &mut self,
+        ts: Timestamp,
+        bytes: &[u8],
+        locked: bool,
+        reason: Reason,
+        rejected: &mut RejectCounts,
+    ) {
         self.held.push_back(Held {
             ts,
             bytes: bytes.to_vec(),
+            locked,
         });
         self.held_bytes += bytes.len();
         while self.held.len() > MAX_HELD || self.held_bytes > MAX_HELD_BYTES {
@@ -243,6 +269,23 @@ impl Candidate {
 
     fn reject_all(self, reason: Reason, rejected: &mut RejectCounts) {
         rejected.add(reason, self.held.len() as u64);
+    }
+
+    /// A change of SSRC that was not one: its packets rejected, the locked
+    /// stream's held behind it admitted, in their order.
+    fn abandon(
+        self,
+        rejected: &mut RejectCounts,
+        out: &mut impl FnMut(Timestamp, SocketAddr, &[u8]),
+    ) {
+        let src = self.src;
+        for h in self.held {
+            if h.locked {
+                out(h.ts, src, &h.bytes);
+            } else {
+                rejected.add(Reason::Ssrc, 1);
+            }
+        }
     }
 
     fn release(self, out: &mut impl FnMut(Timestamp, SocketAddr, &[u8])) {
@@ -624,9 +667,22 @@ impl Admission {
                         out(ts, src, bytes)
                     }
                     Some(s) if s == p_ssrc => {
-                        // The locked SSRC goes on: a change in progress was not one.
-                        if let Some(c) = switch.take() {
-                            c.reject_all(Reason::Ssrc, rejected);
+                        // The locked SSRC goes on: a change in progress was
+                        // not one. But one or two of its packets in one
+                        // block are the old stream's last, overtaken by the
+                        // new one's first (before, the new stream's first
+                        // packets went): the change goes on. (Two streams
+                        // taking turns are not a change.)
+                        // (Held behind it meanwhile: the source's packets
+                        // reach the engine in the order they came.)
+                        if let Some(c) = switch.as_mut() {
+                            c.interleaved += 1;
+                            if !c.resumed && c.interleaved < SSRC_QUORUM {
+                                return c.push(ts, bytes, true, Reason::Ssrc, rejected);
+                            }
+                            if let Some(c) = switch.take() {
+                                c.abandon(rejected, out);
+                            }
                         }
                         out(ts, src, bytes)
                     }
@@ -634,11 +690,12 @@ impl Admission {
                         let extended = switch.as_mut().is_some_and(|c| c.extend(p_ssrc, seq, ts));
                         if !extended {
                             if let Some(old) = switch.take() {
-                                old.reject_all(Reason::Ssrc, rejected);
+                                old.abandon(rejected, out);
                             }
                         }
                         let c = switch
                             .get_or_insert_with(|| Box::new(Candidate::new(src, p_ssrc, seq, ts)));
+                        c.resumed |= c.interleaved > 0;
                         c.hold(ts, bytes, Reason::Ssrc, rejected);
                         if c.run >= SSRC_QUORUM {
                             *ssrc = Some(p_ssrc);

@@ -349,6 +349,30 @@ pub struct MediaPort {
     pub last_rtp: Arc<AtomicI64>,
     /// Which datagrams are the stream's.
     pub admission: Admission,
+    /// The stream ended (BYE) and the port retires after this arrival time
+    /// ([`RETIRE_GRACE_US`]): what the SRC sent before its BYE, still on
+    /// the way, is taken until then.
+    pub retire_at: Option<Timestamp>,
+}
+
+/// How long after its stream ended a port still takes the stream's
+/// packets (arrival time, µs): those the SRC sent before its BYE that came
+/// after it (the media's path is not the signalling's). The engine lingers
+/// one jitter window (default 500 ms) after a BYE for them; before, the
+/// port refused them at the BYE (`unknown_port`) and the call's last words
+/// were lost.
+pub const RETIRE_GRACE_US: i64 = 500_000;
+
+impl MediaPort {
+    /// The port's stream is over: nothing more is taken, SRTP keys and
+    /// state go. What its admission refused of held packets is counted.
+    pub fn retire(&mut self, rejected: &mut RejectCounts) {
+        self.admission.retire(rejected);
+        self.decrypt = None;
+        self.previous = None;
+        self.last_rtp = Arc::default();
+        self.retire_at = None;
+    }
 }
 
 impl MediaPort {
@@ -372,6 +396,7 @@ impl MediaPort {
             previous: None,
             last_rtp,
             admission,
+            retire_at: None,
         })
     }
 }

@@ -53,6 +53,7 @@ impl LastOut {
             ssrc: self.ssrc,
             ts: self.ts_end,
             clock_rate: self.clock_rate,
+            ticks: 0,
             newest: false,
             restart: false,
             delay: self.delay,

@@ -216,12 +216,75 @@ fn an_ssrc_change_from_the_locked_source_is_followed_without_loss() {
     let ssrcs: Vec<u32> = r.admitted.iter().map(|x| x.2).collect();
     assert_eq!(ssrcs, [[1u32; 10], [2u32; 10]].concat());
     assert_eq!(r.rejected.total(), 0);
-    // The old SSRC is no longer the stream's.
+    // The old SSRC is no longer the stream's: its two packets wait for a
+    // change back; the new one going on (three packets) refuses them.
     r.send(400, "192.0.2.10:4000", 1, 10);
     r.send(420, "192.0.2.10:4000", 1, 11);
-    r.send(440, "192.0.2.10:4000", 2, 9010);
+    for k in 0..3 {
+        r.send(440 + 20 * k, "192.0.2.10:4000", 2, 9010 + k as u16);
+    }
     assert_eq!(r.rejected.ssrc, 2);
-    assert_eq!(r.admitted.len(), 21);
+    assert_eq!(r.admitted.len(), 23);
+    let order: Vec<u16> = r.admitted[20..].iter().map(|x| x.3).collect();
+    assert_eq!(order, [9010, 9011, 9012], "in the order they came");
+}
+
+/// An SSRC change whose old stream's last packets were overtaken by the
+/// new one's first (1 or 2 of them): every packet of both is admitted, in
+/// the order they came. Before, the old one's straggler cancelled the
+/// change in progress and the new stream's first packets were lost.
+#[test]
+fn an_ssrc_change_overtaking_the_old_streams_last_packets_loses_nothing() {
+    for overtaken in 1..=2u16 {
+        for new_first in 1..=2u16 {
+            let mut r = Run::new(Admission::new(origin()));
+            for i in 0..10 - overtaken {
+                r.send(i64::from(i) * 20, "192.0.2.10:4000", 1, i);
+            }
+            let mut t = 200;
+            for k in 0..new_first {
+                r.send(t, "192.0.2.10:4000", 2, 9000 + k);
+                t += 1;
+            }
+            for i in 10 - overtaken..10 {
+                r.send(t, "192.0.2.10:4000", 1, i);
+                t += 1;
+            }
+            for k in new_first..10 {
+                r.send(t + 20 * i64::from(k), "192.0.2.10:4000", 2, 9000 + k);
+            }
+            assert_eq!(r.rejected.total(), 0, "{overtaken} overtaken");
+            // In the order they came.
+            let seqs: Vec<u16> = r.admitted.iter().map(|x| x.3).collect();
+            let mut want: Vec<u16> = (0..10 - overtaken).collect();
+            want.extend(9000..9000 + new_first);
+            want.extend(10 - overtaken..10);
+            want.extend(9000 + new_first..9010);
+            assert_eq!(seqs, want, "{overtaken} overtaken");
+        }
+    }
+}
+
+/// Two SSRCs taking turns, one packet each: no change, the other one's
+/// packets refused.
+#[test]
+fn two_ssrcs_taking_turns_do_not_move_the_lock() {
+    let mut r = Run::new(Admission::new(origin()));
+    for i in 0..50u16 {
+        r.send(i64::from(i) * 20, "192.0.2.10:4000", 1, i);
+        r.send(i64::from(i) * 20 + 5, "192.0.2.10:4000", 66, 7000 + i);
+    }
+    assert!(r.admitted.iter().all(|x| x.2 == 1));
+    assert_eq!(
+        r.admitted.len() as u64 + r.rejected.ssrc + r.adm.held() as u64,
+        100
+    );
+    // (The last turn waits for what comes next.)
+    assert!(r.adm.held() <= 3, "{}", r.adm.held());
+    assert!(r.admitted.len() >= 49, "{}", r.admitted.len());
+    r.send(1000, "192.0.2.10:4000", 1, 50);
+    assert_eq!(r.adm.held(), 0, "the old stream going on refuses the turns");
+    assert_eq!(r.admitted.len(), 51);
 }
 
 #[test]

@@ -409,35 +409,43 @@ impl Reader {
                 Command::Add(port) => self.add(port),
                 Command::Remove(local) => self.remove(local),
                 Command::Retire(local) => {
-                    let mut rejected = RejectCounts::default();
+                    // (Retired at its next datagram after the grace, or
+                    // when the port is given a new stream.)
+                    let at = crate::sys::steady_of(crate::sys::now(), self.step)
+                        .add_micros(RETIRE_GRACE_US);
                     if let Some(slot) = self.slot_of(local) {
-                        slot.port.admission.retire(&mut rejected);
-                        slot.port.decrypt = None;
-                        slot.port.previous = None;
-                        slot.port.last_rtp = Arc::default();
+                        slot.port.retire_at = Some(at);
                     }
-                    self.counters.add_rejected(&rejected);
                 }
                 Command::Reuse {
                     local,
                     decrypt,
                     last_rtp,
                     admission,
-                } => match self.slot_of(local) {
-                    Some(slot) => {
-                        slot.port.decrypt = decrypt;
-                        slot.port.previous = None;
-                        slot.port.last_rtp = last_rtp;
-                        // What still came to the retired port is no
-                        // candidate for its new stream.
-                        let stale = slot.port.admission.stale_sources().to_vec();
-                        let ended = slot.port.admission.ended_streams().to_vec();
-                        slot.port.admission = admission.excluding(&stale, &ended);
+                } => {
+                    let mut rejected = RejectCounts::default();
+                    match self.slot_of(local) {
+                        Some(slot) => {
+                            // (What a retiring port held is refused: a
+                            // switch of SSRC in progress.)
+                            if slot.port.retire_at.is_some() {
+                                slot.port.retire(&mut rejected);
+                            }
+                            slot.port.decrypt = decrypt;
+                            slot.port.previous = None;
+                            slot.port.last_rtp = last_rtp;
+                            // What still came to the retired port is no
+                            // candidate for its new stream.
+                            let stale = slot.port.admission.stale_sources().to_vec();
+                            let ended = slot.port.admission.ended_streams().to_vec();
+                            slot.port.admission = admission.excluding(&stale, &ended);
+                        }
+                        None => {
+                            tracing::error!(port = %local, "media receive: no retired port to reuse")
+                        }
                     }
-                    None => {
-                        tracing::error!(port = %local, "media receive: no retired port to reuse")
-                    }
-                },
+                    self.counters.add_rejected(&rejected);
+                }
                 Command::SetOrigin(local, origin) => {
                     let mut rejected = RejectCounts::default();
                     if let Some(slot) = self.slot_of(local) {
@@ -530,6 +538,9 @@ impl Reader {
                     continue;
                 };
                 let ts = crate::sys::steady_of(ts.unwrap_or_else(crate::sys::now), self.step);
+                if port.retire_at.is_some_and(|at| ts > at) {
+                    port.retire(&mut rejected);
+                }
                 let pkt = self.bufs.bytes(i);
                 let mut admit = |ts: Timestamp, src: SocketAddr, b: &[u8]| {
                     batch.push(ts, src, local, b);

@@ -251,11 +251,13 @@ fn admission_keeps_other_sources_out_and_a_retired_port_counts_what_comes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Retired: nothing gets through, everything is counted.
-    // (The command may reach the thread after a datagram sent at once:
-    // keep sending until ten were counted.)
+    // Retired: the stream's packets still come through for the grace
+    // after its end (sent before the BYE, they came after it); from then
+    // on nothing gets through, and everything is counted.
     ctl.retire(local);
+    let retired_at = Instant::now();
     let mut seq = 20;
+    let mut after_end = Vec::new();
     while counters.rejected().unknown_port < 10 {
         src.send_to(&rtp(seq), local).unwrap();
         seq += 1;
@@ -265,7 +267,18 @@ fn admission_keeps_other_sources_out_and_a_retired_port_counts_what_comes() {
             counters.rejected()
         );
         std::thread::sleep(Duration::from_millis(10));
+        while let Ok(b) = rx.try_recv() {
+            after_end.extend(b.iter().map(|(d, _)| d.ts));
+            recycler.give_back(b);
+        }
     }
+    let grace = Duration::from_micros(RETIRE_GRACE_US as u64);
+    assert!(retired_at.elapsed() >= grace);
+    assert!(
+        after_end.len() >= 20,
+        "the stream's packets during the grace: {}",
+        after_end.len()
+    );
     // Reused for a new stream from `other`.
     let origin2 = StreamOrigin {
         announced_ip: Some(other.local_addr().unwrap().ip()),

@@ -31,6 +31,7 @@ impl Held {
             ssrc: self.ssrc,
             ts: self.ts,
             clock_rate: self.clock_rate,
+            ticks: 0,
             newest: true,
             // Held packets go back in as their segment's own (stragglers):
             // none starts a segment by itself.

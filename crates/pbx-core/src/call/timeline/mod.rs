@@ -167,6 +167,9 @@ pub struct Packet<'a> {
     pub ts: u32,
     /// RTP clock rate of the payload.
     pub clock_rate: u32,
+    /// Its own audio in RTP ticks (a decoder's tail merged into its output
+    /// not counted); 0 when not known.
+    pub ticks: u32,
     /// Whether its sequence number is the highest of its SSRC so far.
     pub newest: bool,
     /// The marker bit on the packet right after the newest (a talk
@@ -317,6 +320,9 @@ struct Segment {
     /// Timestamp of the last newest packet not far ahead of the envelope
     /// (a stray's does not count).
     newest_ts: Option<u32>,
+    /// Where that packet's own audio ends: its timestamp plus its ticks
+    /// (not known: None).
+    newest_end: Option<u32>,
     /// One past the last source sample ever queued (chunks go as rendered).
     max_end: Option<i64>,
 }
@@ -342,6 +348,7 @@ impl Segment {
             quiet_run: 0,
             newest_arrival: i64::MIN,
             newest_ts: None,
+            newest_end: None,
             max_end: None,
         }
     }
@@ -496,7 +503,15 @@ pub struct LegTimeline {
     /// The first stream's delays since its start, while its shape is not
     /// told ([`Probe`]).
     probe: Option<Box<Probe>>,
+    /// Segments started by a timestamp stepping back into the audio before
+    /// it (see `insert_into`): a sender whose every packet does that (its
+    /// timestamps advance less than its audio) gets no more than
+    /// [`MAX_OVERLAP_RESTARTS`] of them.
+    overlap_restarts: u8,
 }
+
+/// See [`LegTimeline::overlap_restarts`].
+const MAX_OVERLAP_RESTARTS: u8 = 16;
 
 /// One offset correction, for diagnostics ([`LegTimeline::corrections`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -526,6 +541,7 @@ impl LegTimeline {
             held: Vec::new(),
             lineages: 0,
             probe: None,
+            overlap_restarts: 0,
         }
     }
 
@@ -698,17 +714,41 @@ impl LegTimeline {
         // its timestamps (a re-INVITE: Asterisk goes on with the sequence
         // and a new random timestamp) by less than the window, so its
         // audio's places collide with audio not yet written.
-        let backwards = p.newest
-            && !straggler
-            && self.segs[i]
-                .newest_ts
-                .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
         let ext = self.segs[i].ext_of(p.ts);
         // The offset is measured on the timestamp's own position; the PCM
         // starts `delay` earlier (the decoder's output lags its input).
         let u_ts = self.samples_of(ext, p.clock_rate);
         let d = p.arrival - u_ts;
         let u = u_ts - p.delay;
+        // A newest packet whose audio would begin more than a millisecond
+        // inside the newest one's (its timestamp stepped back by less than
+        // a packet: two streams spliced under one numbering). No network
+        // does that (it moves arrivals, not timestamps), and the sender's
+        // time did not go back: a segment of its own at once, placed by
+        // its arrival, as a restart. (Placed at its timestamp, it cut the
+        // end of the packet before, and the leg lay that much early until
+        // the envelope's minimum forgot the old delay, 10 s later.)
+        let backwards = p.newest
+            && !straggler
+            && self.segs[i]
+                .newest_ts
+                .is_some_and(|t| (p.ts.wrapping_sub(t) as i32) < 0);
+        let ms_ticks = (p.clock_rate / 1000).max(1) as i32;
+        let overlaps = p.newest
+            && !straggler
+            && !backwards
+            && self.overlap_restarts < MAX_OVERLAP_RESTARTS
+            && self.segs[i]
+                .newest_end
+                .is_some_and(|e| (p.ts.wrapping_sub(e) as i32) < -ms_ticks);
+        if overlaps {
+            self.overlap_restarts += 1;
+            self.resolve_held(None);
+            self.new_segment(p);
+            let j = self.segs.len() - 1;
+            self.insert_into(j, p, false);
+            return;
+        }
         let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
         if p.restart && p.newest && !straggler {
             let back = ext < self.segs[i].last_ext;
@@ -804,6 +844,7 @@ impl LegTimeline {
         let beyond = r.is_some_and(|r| r > hold_back);
         if p.newest && !straggler && flag != Flag::Early {
             seg.newest_ts = Some(p.ts);
+            seg.newest_end = (p.ticks != 0).then(|| p.ts.wrapping_add(p.ticks));
         }
         if flag == Flag::Normal && !beyond {
             seg.env.add(u_ts, d);
