@@ -50,7 +50,9 @@
 //! still sending an ended call's stream cannot win the new call's latch.
 //!
 //! A re-offer announcing another address for the stream starts over
-//! ([`Admission::set_origin`]); one announcing the same keeps the lock. A
+//! ([`Admission::set_origin`]), the old source's packets admitted until
+//! another source is latched or announced; one announcing the same keeps
+//! the lock. A
 //! source, once locked, is not given up because it goes quiet (hold): only the
 //! announced address or a new offer can move the stream.
 //!
@@ -340,6 +342,12 @@ pub struct Admission {
     /// origin, and they were lost. Released, in order, ahead of the first
     /// packet the new origin admits.
     stray: Option<Box<Candidate>>,
+    /// Learning again after a re-offer moved the stream: the source it was
+    /// locked to before, whose packets are admitted until another source
+    /// takes the stream (an SRC goes on sending from the old address until
+    /// it has our answer, or a moment longer: its packets were held as a
+    /// candidate and refused when the new address won, up to 100 ms lost).
+    moved_from: Option<SocketAddr>,
 }
 
 /// How long refused packets of another source are kept for a re-offer
@@ -405,6 +413,7 @@ impl Admission {
             newest: None,
             ended: Vec::new(),
             stray: None,
+            moved_from: None,
         }
     }
 
@@ -417,6 +426,7 @@ impl Admission {
             newest: None,
             ended: Vec::new(),
             stray: None,
+            moved_from: None,
         }
     }
 
@@ -429,6 +439,7 @@ impl Admission {
             newest: None,
             ended: Vec::new(),
             stray: None,
+            moved_from: None,
         }
     }
 
@@ -443,6 +454,11 @@ impl Admission {
         if same && matches!(self.state, State::Learning(_) | State::Locked { .. }) {
             return;
         }
+        self.moved_from = match self.state {
+            State::Locked { src, .. } => Some(src),
+            State::Learning(_) => self.moved_from,
+            _ => None,
+        };
         self.reject_held(Reason::Source, rejected);
         self.state = State::Learning(Vec::new());
     }
@@ -457,6 +473,7 @@ impl Admission {
         self.stale = locked.into_iter().collect();
         self.ended = self.newest.take().into_iter().collect();
         self.stray = None;
+        self.moved_from = None;
     }
 
     /// Retired: the streams heard on the port (its last stream's first),
@@ -614,6 +631,7 @@ impl Admission {
             let keep = matches!(self.state, State::Locked { src: s, .. } if s == src);
             if !keep {
                 self.reject_held(Reason::Source, rejected);
+                self.moved_from = None;
                 self.state = State::Locked {
                     src,
                     ssrc: fields.map(|f| f.0),
@@ -707,6 +725,10 @@ impl Admission {
                 }
             }
             State::Learning(cands) => {
+                if self.moved_from == Some(src) {
+                    // The stream's old source, until another takes it.
+                    return out(ts, src, bytes);
+                }
                 let Some((p_ssrc, seq)) = fields else {
                     return rejected.add(Reason::Source, 1);
                 };
@@ -750,6 +772,7 @@ impl Admission {
                     }
                     let ssrc = winner.ssrc;
                     winner.release(out);
+                    self.moved_from = None;
                     self.state = State::Locked {
                         src,
                         ssrc: Some(ssrc),

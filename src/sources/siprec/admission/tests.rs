@@ -381,8 +381,41 @@ fn a_new_offer_with_another_address_starts_over_the_same_keeps_the_lock() {
     r.send(40, "192.0.2.10:4100", 1, 3);
     assert_eq!(r.seqs_from("192.0.2.10:4100"), vec![3]);
     assert_eq!(r.adm.locked(), Some(a("192.0.2.10:4100")));
-    // The packet from the old address was held as a candidate, then rejected.
+    // The old address's packet (the SRC had not moved yet) was the
+    // stream's: admitted; after the new address took over, refused.
+    assert_eq!(r.seqs_from("192.0.2.10:4000"), vec![1, 2]);
+    r.send(60, "192.0.2.10:4000", 1, 4);
     assert_eq!(r.rejected.source, 1);
+}
+
+/// An SRC that goes on sending from the stream's old address for 100 ms
+/// after its re-offer moved it (before it has our answer, or a moment
+/// longer) loses nothing: before, those packets were a candidate's, held,
+/// and refused when the new address won (80 ms lost). Another source in
+/// the meantime is still only a candidate.
+#[test]
+fn a_moved_stream_keeps_its_old_source_until_the_new_one_comes() {
+    let mut r = Run::new(Admission::new(origin()));
+    for i in 0..10u16 {
+        r.send(i64::from(i) * 20, "192.0.2.10:4000", 1, i);
+    }
+    let moved = StreamOrigin {
+        announced_port: 4100,
+        ..origin()
+    };
+    let mut rej = RejectCounts::default();
+    r.adm.set_origin(moved, &mut rej);
+    for i in 10..15u16 {
+        r.send(i64::from(i) * 20, "192.0.2.10:4000", 1, i);
+        r.send(i64::from(i) * 20 + 3, "192.0.2.10:6666", 9, i);
+    }
+    for i in 15..30u16 {
+        r.send(i64::from(i) * 20, "192.0.2.10:4100", 1, i);
+    }
+    assert_eq!(r.seqs_from("192.0.2.10:4000"), (0..15).collect::<Vec<_>>());
+    assert_eq!(r.seqs_from("192.0.2.10:4100"), (15..30).collect::<Vec<_>>());
+    assert!(r.seqs_from("192.0.2.10:6666").is_empty());
+    assert_eq!(r.rejected.source, 5);
 }
 
 #[test]
