@@ -1886,3 +1886,117 @@ fn each_duplicate_is_counted_once() {
         (50, 50)
     );
 }
+
+/// A queue: the PBX answers the caller itself (its IVR, the PBX's media
+/// address), dials the agent later with the caller's address (direct
+/// media), then re-INVITEs the caller with the agent's (and, with
+/// `refresh`, the agent again with the caller's: that dialog then
+/// announced both ends last). Both dialogs record the conversation: the
+/// caller's also its IVR part. (A rule for lingering calls that took
+/// "set up together" for "the same conversation" lost the caller's
+/// dialog's whole conversation, or the agent's recording.)
+#[test]
+fn a_queue_call_handed_to_an_agent_with_direct_media_is_in_both_dialogs() {
+    for refresh in [false, true] {
+        let _g = serial();
+        let (c1, c2) = (
+            Dialog::new("queue-caller@pbx"),
+            Dialog::new("queue-agent@pbx"),
+        );
+        let a_sdp = sdp("10.0.0.1", 40000, &[0], "sendrecv");
+        let pbx_sdp = sdp("10.0.0.9", 30000, &[0], "sendrecv");
+        let b_sdp = sdp("10.0.0.2", 50000, &[0], "sendrecv");
+        let (a, pbx, b): (SocketAddr, SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.9:30000".parse().unwrap(),
+            "10.0.0.2:50000".parse().unwrap(),
+        );
+        let ms = |m: i64| T0_US + m * 1000;
+        let mut pkts = vec![
+            a2b(ms(0), c1.request("INVITE", 1, true, Some(&a_sdp))),
+            b2a(
+                ms(100),
+                c1.response(200, "OK", 1, "INVITE", true, Some(&pbx_sdp)),
+            ),
+            a2b(ms(110), c1.request("ACK", 1, true, None)),
+            // The agent dialled 2 s after the caller was answered.
+            a2b(ms(2000), c2.request("INVITE", 1, true, Some(&a_sdp))),
+            b2a(
+                ms(2500),
+                c2.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
+            ),
+            a2b(ms(2510), c2.request("ACK", 1, true, None)),
+            // The caller now talks to the agent.
+            b2a(ms(2520), c1.request("INVITE", 2, false, Some(&b_sdp))),
+            a2b(
+                ms(2530),
+                c1.response(200, "OK", 2, "INVITE", false, Some(&a_sdp)),
+            ),
+            b2a(ms(2540), c1.request("ACK", 2, false, None)),
+        ];
+        if refresh {
+            pkts.push(a2b(ms(2600), c2.request("INVITE", 2, true, Some(&a_sdp))));
+            pkts.push(b2a(
+                ms(2610),
+                c2.response(200, "OK", 2, "INVITE", true, Some(&b_sdp)),
+            ));
+            pkts.push(a2b(ms(2620), c2.request("ACK", 2, true, None)));
+        }
+        // The IVR part (0.2-2.5 s), then the conversation (2.6-4.6 s).
+        let mut media = Vec::new();
+        for k in 0..115u16 {
+            let at = ms(200) + i64::from(k) * PACKET_US;
+            media.push((at, a, pbx, 0x1111_0000, k));
+            media.push((at + 5_000, pbx, a, 0x9999_0000, k));
+        }
+        for k in 0..100u16 {
+            let at = ms(2700) + i64::from(k) * PACKET_US;
+            media.push((at, a, b, 0x1111_0000, 115 + k));
+            media.push((at + 5_000, b, a, 0x2222_0000, k));
+        }
+        for (at, src, dst, ssrc, k) in media {
+            let byte = if ssrc == 0x2222_0000 { 0x90 } else { 0x20 } + (k % 8) as u8;
+            pkts.push(Pkt {
+                at_us: at,
+                src,
+                dst,
+                data: rtp(0, false, k, u32::from(k) * 160, ssrc, &[byte; 160]),
+            });
+        }
+        pkts.sort_by_key(|p| p.at_us);
+        let end = ms(5000);
+        pkts.push(a2b(end, c1.request("BYE", 3, true, None)));
+        pkts.push(b2a(
+            end + 10_000,
+            c1.response(200, "OK", 3, "BYE", true, None),
+        ));
+        pkts.push(a2b(end, c2.request("BYE", 3, true, None)));
+        pkts.push(b2a(
+            end + 10_000,
+            c2.response(200, "OK", 3, "BYE", true, None),
+        ));
+        let mut engine = CallEngine::new(EngineConfig::default());
+        let mut sink = CheckingSink::keeping_audio();
+        feed(&mut engine, &mut sink, &pkts);
+        engine.finish(EndReason::CaptureEnd, &mut sink);
+        let by_id = |id: &str| {
+            sink.order
+                .iter()
+                .map(|k| sink.calls[k].meta.as_ref().unwrap())
+                .find(|m| m.call_id == id)
+                .unwrap_or_else(|| panic!("no recording of {id} (refresh {refresh})"))
+                .clone()
+        };
+        let (m1, m2) = (by_id("queue-caller@pbx"), by_id("queue-agent@pbx"));
+        assert_eq!(
+            (m1.channels[0].packets, m1.channels[1].packets),
+            (215, 215),
+            "the caller's dialog: its IVR part and the conversation (refresh {refresh})"
+        );
+        assert_eq!(
+            (m2.channels[0].packets, m2.channels[1].packets),
+            (100, 100),
+            "the agent's dialog: the conversation (refresh {refresh})"
+        );
+    }
+}

@@ -154,6 +154,8 @@ pub(super) struct Call {
     pub(super) initial_cseq: Option<u32>,
     pub(super) started_at: Timestamp,
     pub(super) answered_at: Option<Timestamp>,
+    /// When its signalling last announced media addresses (an SDP).
+    pub(super) last_announced: Timestamp,
     pub(super) last_sip: Timestamp,
     pub(super) last_rtp: Timestamp,
     pub(super) state: CallState,
@@ -664,6 +666,7 @@ impl Tracker {
             initial_cseq: Some(msg.cseq),
             started_at: ts,
             answered_at: if initial { None } else { Some(ts) },
+            last_announced: ts,
             last_sip: ts,
             last_rtp: ts,
             state: if initial {
@@ -733,6 +736,7 @@ impl Tracker {
         if was_on_hold && !call.on_hold {
             call.resumed_at = self.now;
         }
+        call.last_announced = self.now;
         let mut first_audio: Option<Codec> = None;
         let mut new_address = false;
         for (i, m) in sdp.media.iter().enumerate() {

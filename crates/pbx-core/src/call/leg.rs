@@ -200,7 +200,7 @@ impl Tracker {
         payload: &[u8],
         sink: &mut dyn RecordingSink,
     ) {
-        let (key, speaker, by_dst) = match self.endpoints.get(&dst) {
+        let (mut key, mut speaker, by_dst) = match self.endpoints.get(&dst) {
             Some((k, receiver)) => (*k, receiver.other(), true),
             None => match self.endpoints.get(&src) {
                 Some((k, sender)) => (*k, *sender, false),
@@ -210,17 +210,39 @@ impl Tracker {
                 }
             },
         };
+        // The destination's latest call does not know the source, and the
+        // call that announced the source knows the destination too: the
+        // packet is that call's (a B2BUA dialling an agent with the
+        // caller's address while its own IVR still talks to the caller:
+        // the IVR's audio is not the agent's).
+        if by_dst {
+            if let Some((k2, _)) = self.endpoints.get(&src).filter(|(k2, _)| *k2 != key) {
+                let knows_src = |c: &Call| c.sides.iter().any(|s| s.knows(&src));
+                if self.calls.get(&key).is_some_and(|c| !knows_src(c)) {
+                    let receiver = self.calls.get(k2).and_then(|c| {
+                        [Party::Caller, Party::Callee]
+                            .into_iter()
+                            .find(|p| c.sides[p.channel()].knows(&dst))
+                    });
+                    if let Some(r) = receiver {
+                        (key, speaker) = (*k2, r.other());
+                    }
+                }
+            }
+        }
         self.rtp_for(key, speaker, by_dst, ts, src, dst, payload, sink);
         // Another call announced the same address (a B2BUA's two dialogs
         // of one conversation when the media flow directly between the
         // phones): it gets the packet too if it announced both ends of
         // this flow, and is still one of the conversation's dialogs: it
-        // is the latest to announce one of the two ends (each dialog of a
-        // B2BUA passes on the other's address), or the two dialogs were
-        // set up together (one's INVITE came before the other was
-        // answered). A lingering call (its BYE not seen) whose two
-        // addresses a later call took, the same two phones or ports
-        // again, is neither: the later call's audio is not its.
+        // is the latest to announce one of the two ends, or its
+        // signalling announced media since the call that took the address
+        // began (each dialog of a B2BUA passes on the other's address:
+        // set up together, a queue's agent dialled after the IVR
+        // answered, a transfer's third dialog). A lingering call (its BYE
+        // not seen) whose two addresses a later call took, the same two
+        // phones or ports again, is neither: the later call's audio is
+        // not its.
         if self.shared.is_empty() {
             return;
         }
@@ -237,7 +259,10 @@ impl Tracker {
                     && c.sides.iter().any(|s| s.knows(&dst))
                     && (owns(&src)
                         || owns(&dst)
-                        || self.calls.get(&key).is_some_and(|o| set_up_together(c, o)))
+                        || self
+                            .calls
+                            .get(&key)
+                            .is_some_and(|o| c.last_announced >= o.started_at))
             });
             if both {
                 let speaker = if by_dst { side.other() } else { side };
@@ -380,6 +405,7 @@ impl Tracker {
             from.max(to)
         };
 
+        let mut moved = false;
         // One active flow per leg: a flow sent to an announced receive address
         // beats one only recognised by its source; otherwise a new flow takes
         // over when the active one has gone quiet.
@@ -412,19 +438,24 @@ impl Tracker {
                         && leg.seq.continues(rtp.ssrc, rtp.sequence))
                     || (flow.by_dst && !active.by_dst)
                     || ts.micros_since(last) >= FLOW_QUIET_US
-                    // The signalling moved the stream (a re-INVITE's new
-                    // ports, the answer's address after early media from
-                    // a media server): the new flow is the leg's from its
-                    // first packet, as the old one may still send its last
-                    // (a copy through a relay had its addresses announced
-                    // before the media began, or with the active flow's).
+                    // The signalling moved the sender (a re-INVITE's new
+                    // port, the phone's answer after early media from a
+                    // media server): its flow from the newly announced
+                    // source is the leg's from its first packet, as the
+                    // old one may still send its last. Once per
+                    // announcement (a relay's copy of the stream, sent
+                    // to an announced address, may then take it back as
+                    // before). A relayed copy's source was announced
+                    // before the media began, or with the active flow's.
                     || {
-                        let new = announced(&flow);
-                        new > leg.announced_before.unwrap_or(u32::MAX) && new > announced(&active)
+                        let from = sides[speaker.channel()].announced(&flow.src).unwrap_or(0);
+                        moved = from > leg.announced_before.unwrap_or(u32::MAX)
+                            && from > announced(&active);
+                        moved
                     }
             }
         };
-        if leg.announced_before.is_none() {
+        if leg.announced_before.is_none() || moved {
             leg.announced_before = Some(announcements);
         }
         let seq_update = if active_flow {
@@ -948,20 +979,6 @@ impl Tracker {
 
 /// DTMF times are taken on the arrival clock (0 = the first packet's
 /// arrival); frame 0 may lie before it (see `Media::origin`).
-/// Two calls whose set-ups overlap: the later one's INVITE came before the
-/// earlier one was answered (a B2BUA's two dialogs of one conversation).
-/// An earlier call whose answer was not seen counts as still setting up.
-fn set_up_together(a: &Call, b: &Call) -> bool {
-    let (first, second) = if a.started_at <= b.started_at {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    first
-        .answered_at
-        .is_none_or(|answered| second.started_at <= answered)
-}
-
 pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
     for d in &mut dtmf {
         d.at_ms -= origin_us / 1000;
