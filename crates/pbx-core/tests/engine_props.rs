@@ -2000,3 +2000,134 @@ fn a_queue_call_handed_to_an_agent_with_direct_media_is_in_both_dialogs() {
         );
     }
 }
+
+/// A B2BUA's blind transfer with direct media: the caller's dialog and the
+/// first agent's, set up together, then a third dialog to the new agent
+/// (the caller's address), the caller re-INVITEd with the new agent's,
+/// and the first agent's dialog hung up (its BYE seen or not). Each dialog
+/// records its own part: the third the caller and the new agent, the first
+/// the whole conversation, the second nothing of the new agent.
+#[test]
+fn a_blind_transfer_with_direct_media_records_each_dialogs_part() {
+    for second_bye in [true, false] {
+        let _g = serial();
+        let [c1, c2, c3] =
+            ["xfer-caller@pbx", "xfer-first@pbx", "xfer-second@pbx"].map(Dialog::new);
+        let (a_sdp, b_sdp, c_sdp) = (
+            sdp("10.0.0.1", 40000, &[0], "sendrecv"),
+            sdp("10.0.0.2", 50000, &[0], "sendrecv"),
+            sdp("10.0.0.3", 60000, &[0], "sendrecv"),
+        );
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:50000".parse().unwrap(),
+            "10.0.0.3:60000".parse().unwrap(),
+        );
+        let ms = |m: i64| T0_US + m * 1000;
+        let mut pkts = vec![
+            a2b(ms(0), c1.request("INVITE", 1, true, Some(&a_sdp))),
+            a2b(ms(10), c2.request("INVITE", 1, true, Some(&a_sdp))),
+            b2a(
+                ms(500),
+                c2.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
+            ),
+            b2a(
+                ms(510),
+                c1.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
+            ),
+            a2b(ms(520), c2.request("ACK", 1, true, None)),
+            a2b(ms(520), c1.request("ACK", 1, true, None)),
+            // The transfer at 2 s.
+            a2b(ms(2000), c3.request("INVITE", 1, true, Some(&a_sdp))),
+            b2a(
+                ms(2300),
+                c3.response(200, "OK", 1, "INVITE", true, Some(&c_sdp)),
+            ),
+            a2b(ms(2310), c3.request("ACK", 1, true, None)),
+            b2a(ms(2320), c1.request("INVITE", 2, false, Some(&c_sdp))),
+            a2b(
+                ms(2330),
+                c1.response(200, "OK", 2, "INVITE", false, Some(&a_sdp)),
+            ),
+            b2a(ms(2340), c1.request("ACK", 2, false, None)),
+        ];
+        if second_bye {
+            pkts.push(a2b(ms(2350), c2.request("BYE", 2, true, None)));
+            pkts.push(b2a(ms(2360), c2.response(200, "OK", 2, "BYE", true, None)));
+        }
+        // A and B 0.6-2.3 s; A sends to C once re-INVITEd (2.34 s), C
+        // talks from 2.4 s.
+        let mut media = Vec::new();
+        for k in 0..185u16 {
+            let at = ms(600) + i64::from(k) * PACKET_US;
+            let other = if k < 87 { b } else { c };
+            media.push((at, a, other, 0x1111_0000, k));
+            if k < 85 {
+                media.push((at + 5_000, b, a, 0x2222_0000, k));
+            } else if k >= 90 {
+                media.push((at + 5_000, c, a, 0x3333_0000, k));
+            }
+        }
+        for (at, src, dst, ssrc, k) in media {
+            let byte = match ssrc {
+                0x2222_0000 => 0x90,
+                0x3333_0000 => 0xc0,
+                _ => 0x20,
+            } + (k % 8) as u8;
+            pkts.push(Pkt {
+                at_us: at,
+                src,
+                dst,
+                data: rtp(0, false, k, u32::from(k) * 160, ssrc, &[byte; 160]),
+            });
+        }
+        pkts.sort_by_key(|p| p.at_us);
+        let end = ms(5000);
+        for d in [&c1, &c3] {
+            pkts.push(a2b(end, d.request("BYE", 3, true, None)));
+            pkts.push(b2a(
+                end + 10_000,
+                d.response(200, "OK", 3, "BYE", true, None),
+            ));
+        }
+        let mut engine = CallEngine::new(EngineConfig::default());
+        let mut sink = CheckingSink::keeping_audio();
+        feed(&mut engine, &mut sink, &pkts);
+        engine.finish(EndReason::CaptureEnd, &mut sink);
+        let rec = |id: &str| {
+            sink.order
+                .iter()
+                .map(|k| &sink.calls[k])
+                .find(|r| r.meta.as_ref().unwrap().call_id == id)
+                .unwrap_or_else(|| panic!("no recording of {id} (BYE {second_bye})"))
+        };
+        let c_values: Vec<i16> = (0..8)
+            .map(|i| pbx_core::audio::g711::ulaw_to_linear(0xc0 + i))
+            .collect();
+        let has_c = |r: &Rec| r.audio.iter().any(|s| c_values.contains(s));
+        let (r1, r2, r3) = (
+            rec("xfer-caller@pbx"),
+            rec("xfer-first@pbx"),
+            rec("xfer-second@pbx"),
+        );
+        let packets = |r: &Rec| {
+            let m = r.meta.as_ref().unwrap();
+            (m.channels[0].packets, m.channels[1].packets)
+        };
+        assert_eq!(
+            packets(r1),
+            (185, 180),
+            "the caller's dialog (BYE {second_bye})"
+        );
+        assert_eq!(
+            packets(r3),
+            (98, 95),
+            "the new agent's dialog (BYE {second_bye})"
+        );
+        assert!(has_c(r1) && has_c(r3));
+        assert!(
+            !has_c(r2),
+            "the new agent in the first agent's dialog (BYE {second_bye})"
+        );
+    }
+}
