@@ -1459,11 +1459,7 @@ fn a_sip_i_call_with_a_multipart_invite_keeps_its_channels() {
         pkts.insert(i, p);
     }
     let bye_at = send_time(1, n) + 300_000;
-    pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
-    pkts.push(b2a(
-        bye_at + 20_000,
-        d.response(200, "OK", 2, "BYE", true, None),
-    ));
+    pkts.extend(hang_up(&d, bye_at, 2));
     let sink = run(&pkts);
     let r = sink.only();
     let meta = r.meta.as_ref().expect("ended");
@@ -1532,11 +1528,7 @@ fn a_hold_longer_than_the_media_timeout_keeps_the_call() {
     // Packets n.. carry on as if sent through (their timestamps too).
     media(&mut pkts, n..2 * n, hold_us);
     let end = send_time(1, 2 * n) + hold_us + 300_000;
-    pkts.push(a2b(end, d.request("BYE", 2, true, None)));
-    pkts.push(b2a(
-        end + 20_000,
-        d.response(200, "OK", 2, "BYE", true, None),
-    ));
+    pkts.extend(hang_up(&d, end, 2));
     let sink = run(&pkts);
     let r = sink.only();
     let meta = r.meta.as_ref().expect("ended");
@@ -1644,16 +1636,9 @@ fn a_b2buas_two_dialogs_with_direct_media_both_record_the_conversation() {
     let bye_at = send_time(1, 50) + 300_000;
     for call_id in ["leg-a@pbx", "leg-b@pbx"] {
         let d = Dialog::new(call_id);
-        pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
-        pkts.push(b2a(
-            bye_at + 20_000,
-            d.response(200, "OK", 2, "BYE", true, None),
-        ));
+        pkts.extend(hang_up(&d, bye_at, 2));
     }
-    let mut engine = CallEngine::new(EngineConfig::default());
-    let mut sink = CheckingSink::keeping_audio();
-    feed(&mut engine, &mut sink, &pkts);
-    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let sink = run(&pkts);
     assert_eq!(sink.order.len(), 2, "a recording of each dialog");
     for k in &sink.order {
         let r = &sink.calls[k];
@@ -1702,10 +1687,7 @@ fn a_lingering_call_gets_nothing_of_a_new_call_on_its_address() {
             data: rtp(0, k == 0, k as u16, (k * 160) as u32, 0x3333, &[0x55; 160]),
         });
     }
-    let mut engine = CallEngine::new(EngineConfig::default());
-    let mut sink = CheckingSink::keeping_audio();
-    feed(&mut engine, &mut sink, &pkts);
-    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let sink = run(&pkts);
     assert_eq!(sink.order.len(), 2);
     let first = sink.calls[&sink.order[0]].meta.as_ref().unwrap();
     let next = sink.calls[&sink.order[1]].meta.as_ref().unwrap();
@@ -1756,15 +1738,8 @@ fn a_call_without_bye_gets_nothing_of_the_next_call_on_the_same_two_addresses() 
         }
     }
     let bye_at = start + 31 * PACKET_US;
-    pkts.push(a2b(bye_at, d.request("BYE", 2, true, None)));
-    pkts.push(b2a(
-        bye_at + 20_000,
-        d.response(200, "OK", 2, "BYE", true, None),
-    ));
-    let mut engine = CallEngine::new(EngineConfig::default());
-    let mut sink = CheckingSink::keeping_audio();
-    feed(&mut engine, &mut sink, &pkts);
-    engine.finish(EndReason::CaptureEnd, &mut sink);
+    pkts.extend(hang_up(&d, bye_at, 2));
+    let sink = run(&pkts);
     assert_eq!(sink.order.len(), 2);
     let first = &sink.calls[&sink.order[0]];
     let next = &sink.calls[&sink.order[1]];
@@ -1835,16 +1810,9 @@ fn a_b2buas_dialogs_keep_recording_after_one_refreshes_its_session() {
     pkts.sort_by_key(|p| p.at_us);
     let bye_at = send_time(1, 50) + 300_000;
     for d in &dialogs {
-        pkts.push(a2b(bye_at, d.request("BYE", 3, true, None)));
-        pkts.push(b2a(
-            bye_at + 20_000,
-            d.response(200, "OK", 3, "BYE", true, None),
-        ));
+        pkts.extend(hang_up(d, bye_at, 3));
     }
-    let mut engine = CallEngine::new(EngineConfig::default());
-    let mut sink = CheckingSink::keeping_audio();
-    feed(&mut engine, &mut sink, &pkts);
-    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let sink = run(&pkts);
     assert_eq!(sink.order.len(), 2, "a recording of each dialog");
     for k in &sink.order {
         let meta = sink.calls[k].meta.as_ref().unwrap();
@@ -1887,6 +1855,53 @@ fn each_duplicate_is_counted_once() {
     );
 }
 
+/// The caller's BYE in dialog `d` at `at_us`, and its 200 OK 20 ms later.
+fn hang_up(d: &Dialog, at_us: i64, cseq: u32) -> [Pkt; 2] {
+    [
+        a2b(at_us, d.request("BYE", cseq, true, None)),
+        b2a(
+            at_us + 20_000,
+            d.response(200, "OK", cseq, "BYE", true, None),
+        ),
+    ]
+}
+
+/// An INVITE with `offer` at `at_ms` (by the caller of dialog `d`, or the
+/// callee), its 200 OK with `answer` `answer_ms` later, and the ACK.
+fn exchange(
+    d: &Dialog,
+    at_ms: i64,
+    answer_ms: i64,
+    cseq: u32,
+    by_caller: bool,
+    offer: &str,
+    answer: &str,
+) -> Vec<Pkt> {
+    let us = |m: i64| T0_US + m * 1000;
+    type Message = fn(i64, Vec<u8>) -> Pkt;
+    let (req, resp): (Message, Message) = if by_caller { (a2b, b2a) } else { (b2a, a2b) };
+    vec![
+        req(us(at_ms), d.request("INVITE", cseq, by_caller, Some(offer))),
+        resp(
+            us(at_ms + answer_ms),
+            d.response(200, "OK", cseq, "INVITE", by_caller, Some(answer)),
+        ),
+        req(
+            us(at_ms + answer_ms + 10),
+            d.request("ACK", cseq, by_caller, None),
+        ),
+    ]
+}
+
+/// The recording of `call_id` in `sink`.
+fn recording_of<'a>(sink: &'a CheckingSink, call_id: &str) -> &'a Rec {
+    sink.order
+        .iter()
+        .map(|k| &sink.calls[k])
+        .find(|r| r.meta.as_ref().is_some_and(|m| m.call_id == call_id))
+        .unwrap_or_else(|| panic!("no recording of {call_id}"))
+}
+
 /// A queue: the PBX answers the caller itself (its IVR, the PBX's media
 /// address), dials the agent later with the caller's address (direct
 /// media), then re-INVITEs the caller with the agent's (and, with
@@ -1912,35 +1927,14 @@ fn a_queue_call_handed_to_an_agent_with_direct_media_is_in_both_dialogs() {
             "10.0.0.2:50000".parse().unwrap(),
         );
         let ms = |m: i64| T0_US + m * 1000;
-        let mut pkts = vec![
-            a2b(ms(0), c1.request("INVITE", 1, true, Some(&a_sdp))),
-            b2a(
-                ms(100),
-                c1.response(200, "OK", 1, "INVITE", true, Some(&pbx_sdp)),
-            ),
-            a2b(ms(110), c1.request("ACK", 1, true, None)),
-            // The agent dialled 2 s after the caller was answered.
-            a2b(ms(2000), c2.request("INVITE", 1, true, Some(&a_sdp))),
-            b2a(
-                ms(2500),
-                c2.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
-            ),
-            a2b(ms(2510), c2.request("ACK", 1, true, None)),
-            // The caller now talks to the agent.
-            b2a(ms(2520), c1.request("INVITE", 2, false, Some(&b_sdp))),
-            a2b(
-                ms(2530),
-                c1.response(200, "OK", 2, "INVITE", false, Some(&a_sdp)),
-            ),
-            b2a(ms(2540), c1.request("ACK", 2, false, None)),
-        ];
+        let mut pkts = exchange(&c1, 0, 100, 1, true, &a_sdp, &pbx_sdp);
+        // The agent dialled 2 s after the caller was answered; then the
+        // caller talks to the agent (and, with `refresh`, the agent's
+        // dialog is re-INVITEd).
+        pkts.extend(exchange(&c2, 2000, 500, 1, true, &a_sdp, &b_sdp));
+        pkts.extend(exchange(&c1, 2520, 10, 2, false, &b_sdp, &a_sdp));
         if refresh {
-            pkts.push(a2b(ms(2600), c2.request("INVITE", 2, true, Some(&a_sdp))));
-            pkts.push(b2a(
-                ms(2610),
-                c2.response(200, "OK", 2, "INVITE", true, Some(&b_sdp)),
-            ));
-            pkts.push(a2b(ms(2620), c2.request("ACK", 2, true, None)));
+            pkts.extend(exchange(&c2, 2600, 10, 2, true, &a_sdp, &b_sdp));
         }
         // The IVR part (0.2-2.5 s), then the conversation (2.6-4.6 s).
         let mut media = Vec::new();
@@ -1965,29 +1959,11 @@ fn a_queue_call_handed_to_an_agent_with_direct_media_is_in_both_dialogs() {
         }
         pkts.sort_by_key(|p| p.at_us);
         let end = ms(5000);
-        pkts.push(a2b(end, c1.request("BYE", 3, true, None)));
-        pkts.push(b2a(
-            end + 10_000,
-            c1.response(200, "OK", 3, "BYE", true, None),
-        ));
-        pkts.push(a2b(end, c2.request("BYE", 3, true, None)));
-        pkts.push(b2a(
-            end + 10_000,
-            c2.response(200, "OK", 3, "BYE", true, None),
-        ));
-        let mut engine = CallEngine::new(EngineConfig::default());
-        let mut sink = CheckingSink::keeping_audio();
-        feed(&mut engine, &mut sink, &pkts);
-        engine.finish(EndReason::CaptureEnd, &mut sink);
-        let by_id = |id: &str| {
-            sink.order
-                .iter()
-                .map(|k| sink.calls[k].meta.as_ref().unwrap())
-                .find(|m| m.call_id == id)
-                .unwrap_or_else(|| panic!("no recording of {id} (refresh {refresh})"))
-                .clone()
-        };
-        let (m1, m2) = (by_id("queue-caller@pbx"), by_id("queue-agent@pbx"));
+        pkts.extend(hang_up(&c1, end, 3));
+        pkts.extend(hang_up(&c2, end, 3));
+        let sink = run(&pkts);
+        let meta = |id: &str| recording_of(&sink, id).meta.clone().unwrap();
+        let (m1, m2) = (meta("queue-caller@pbx"), meta("queue-agent@pbx"));
         assert_eq!(
             (m1.channels[0].packets, m1.channels[1].packets),
             (215, 215),
@@ -2024,33 +2000,12 @@ fn a_blind_transfer_with_direct_media_records_each_dialogs_part() {
             "10.0.0.3:60000".parse().unwrap(),
         );
         let ms = |m: i64| T0_US + m * 1000;
-        let mut pkts = vec![
-            a2b(ms(0), c1.request("INVITE", 1, true, Some(&a_sdp))),
-            a2b(ms(10), c2.request("INVITE", 1, true, Some(&a_sdp))),
-            b2a(
-                ms(500),
-                c2.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
-            ),
-            b2a(
-                ms(510),
-                c1.response(200, "OK", 1, "INVITE", true, Some(&b_sdp)),
-            ),
-            a2b(ms(520), c2.request("ACK", 1, true, None)),
-            a2b(ms(520), c1.request("ACK", 1, true, None)),
-            // The transfer at 2 s.
-            a2b(ms(2000), c3.request("INVITE", 1, true, Some(&a_sdp))),
-            b2a(
-                ms(2300),
-                c3.response(200, "OK", 1, "INVITE", true, Some(&c_sdp)),
-            ),
-            a2b(ms(2310), c3.request("ACK", 1, true, None)),
-            b2a(ms(2320), c1.request("INVITE", 2, false, Some(&c_sdp))),
-            a2b(
-                ms(2330),
-                c1.response(200, "OK", 2, "INVITE", false, Some(&a_sdp)),
-            ),
-            b2a(ms(2340), c1.request("ACK", 2, false, None)),
-        ];
+        // The caller's dialog and the first agent's set up together.
+        let mut pkts = exchange(&c1, 0, 510, 1, true, &a_sdp, &b_sdp);
+        pkts.extend(exchange(&c2, 10, 490, 1, true, &a_sdp, &b_sdp));
+        // The transfer at 2 s.
+        pkts.extend(exchange(&c3, 2000, 300, 1, true, &a_sdp, &c_sdp));
+        pkts.extend(exchange(&c1, 2320, 10, 2, false, &c_sdp, &a_sdp));
         if second_bye {
             pkts.push(a2b(ms(2350), c2.request("BYE", 2, true, None)));
             pkts.push(b2a(ms(2360), c2.response(200, "OK", 2, "BYE", true, None)));
@@ -2084,23 +2039,10 @@ fn a_blind_transfer_with_direct_media_records_each_dialogs_part() {
         pkts.sort_by_key(|p| p.at_us);
         let end = ms(5000);
         for d in [&c1, &c3] {
-            pkts.push(a2b(end, d.request("BYE", 3, true, None)));
-            pkts.push(b2a(
-                end + 10_000,
-                d.response(200, "OK", 3, "BYE", true, None),
-            ));
+            pkts.extend(hang_up(d, end, 3));
         }
-        let mut engine = CallEngine::new(EngineConfig::default());
-        let mut sink = CheckingSink::keeping_audio();
-        feed(&mut engine, &mut sink, &pkts);
-        engine.finish(EndReason::CaptureEnd, &mut sink);
-        let rec = |id: &str| {
-            sink.order
-                .iter()
-                .map(|k| &sink.calls[k])
-                .find(|r| r.meta.as_ref().unwrap().call_id == id)
-                .unwrap_or_else(|| panic!("no recording of {id} (BYE {second_bye})"))
-        };
+        let sink = run(&pkts);
+        let rec = |id: &str| recording_of(&sink, id);
         let c_values: Vec<i16> = (0..8)
             .map(|i| pbx_core::audio::g711::ulaw_to_linear(0xc0 + i))
             .collect();
