@@ -438,8 +438,11 @@ impl Tracker {
         call.last_sip = ts;
 
         // Retransmission detection: same CSeq, method, status and branch,
-        // kept as an 8-byte hash keyed as the Call-ID table is (SipHash with
-        // this process's random keys: a sender cannot make two collide).
+        // from the same sender to the same receiver (the same message
+        // forwarded on another hop, seen by a capture on a proxy's host,
+        // carries that hop's SDP: a relay's addresses), kept as an 8-byte
+        // hash keyed as the Call-ID table is (SipHash with this process's
+        // random keys: a sender cannot make two collide).
         let sig = std::hash::BuildHasher::hash_one(
             self.by_call_id.hasher(),
             (
@@ -447,6 +450,8 @@ impl Tracker {
                 &msg.cseq_method,
                 msg.status().unwrap_or(0),
                 msg.via_branch.as_deref().unwrap_or_default(),
+                src,
+                dst,
             ),
         );
         if call.seen_msgs.contains(&sig) {
