@@ -114,9 +114,9 @@ pub(super) struct Leg {
     pub(super) decoder: Option<ActiveDecoder>,
     pub(super) flow: Option<(Flow, Timestamp)>,
     /// The count of addresses announced (`Tracker::announcements`) when
-    /// the leg's first flow began: a flow to or from an address announced
-    /// later than that, and later than the active flow's, is where the
-    /// signalling moved the leg's stream.
+    /// the leg's first flow began, or when the signalling last moved it: a
+    /// flow from a source announced later than that, and later than the
+    /// active flow's addresses, is where the signalling moved the sender.
     pub(super) announced_before: Option<u32>,
     pub(super) seq: SsrcSeqs,
     pub(super) jumps: JumpLog,
