@@ -128,3 +128,42 @@ fn a_reinvite_moving_both_streams_with_new_ssrcs_cuts_nothing() {
         );
     }
 }
+
+/// Hold with a PBX's music: a re-INVITE puts the caller's side on a music
+/// server (its address, sendonly) for 2 s, and the one taking the call
+/// off hold announces the caller's own address again; the caller talks
+/// in the very next slot after the music's last packet. Every packet at
+/// its place. Before, the caller's address (announced long before) was
+/// no news: its stream waited for the music to be quiet 60 ms, and its
+/// first packet was lost.
+#[test]
+fn back_from_hold_music_the_party_is_heard_from_its_first_packet() {
+    let d = Dialog::new("moh@10.0.0.1");
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let music = sdp("10.0.0.9", 30000, &pts, "sendonly");
+    let held = sdp("10.0.0.2", 50000, &pts, "recvonly");
+    let moh = v4(10, 0, 0, 9, 30000);
+    let mut sig = setup(&d, &offer, &answer);
+    sig.extend(reinvite(&d, MEDIA_US + 1_990_000, 2, true, &music, &held));
+    sig.extend(reinvite(&d, MEDIA_US + 3_950_000, 3, true, &offer, &answer));
+    let mut a = Sender::new(0, 100, 1000);
+    let t = a.talk(MEDIA_US, 100);
+    let mut m = Sender::new(0, 5000, 777_000);
+    m.ssrc = 0x0777_0000;
+    m.k = a.k;
+    let t = m.talk(t, 100);
+    for x in &mut m.out {
+        x.path = Some((moh, callee_rtp()));
+    }
+    // The caller's stream goes on: its numbers, its timestamps 2 s on.
+    a.ts = a.ts.wrapping_add(16_000);
+    a.k = m.k;
+    a.talk(t, 100);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 300);
+    let txs: Vec<Tx> = a.out.into_iter().chain(m.out).chain(b.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec("back from hold music", &txs, 0, rec);
+}

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use crate::audio::codec::Codec;
 use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, PauseBy, RecordingSink};
 use crate::call::pause::{PauseState, Trigger, SEQUENCE_GAP_MS};
-use crate::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
+use crate::rtp::srtp::{parse_key_params, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
 use crate::sip::siprec::{
@@ -24,84 +24,13 @@ use crate::sip::siprec::{
 };
 use crate::Timestamp;
 
+pub(super) use super::side::{SideMedia, SrtpRx};
 use super::{engine::*, leg::*};
 
 /// The header with which the SRC or PBX pauses (`yes`, `true`, `on`, `1`) or
 /// resumes (`no`, `false`, `off`, `0`) a call's recording, on any request of
 /// the dialog.
 pub const PAUSE_HEADER: &str = "X-Recording-Pause";
-
-/// Receive addresses and payload-type map announced by one side.
-#[derive(Debug, Default, Clone)]
-pub(super) struct SideMedia {
-    /// Its receive addresses, oldest first, each with when it was first
-    /// announced (the tracker's count of new announcements then).
-    pub(super) endpoints: Vec<(SocketAddr, u32)>,
-    pub(super) pt_map: PtMap,
-    /// First audio codec of the latest SDP of this side.
-    pub(super) preferred: Option<Codec>,
-    /// SDES keys (`a=crypto`) of this side's SRTP: what it encrypts the
-    /// audio it sends with (sniffed and imported calls).
-    pub(super) crypto: Vec<Crypto>,
-    /// Decrypting what this side sends, made at its first packet.
-    pub(super) srtp_rx: SrtpRx,
-}
-
-impl SideMedia {
-    pub(super) fn announced(&self, ep: &SocketAddr) -> Option<u32> {
-        self.endpoints.iter().find(|e| e.0 == *ep).map(|e| e.1)
-    }
-
-    pub(super) fn knows(&self, ep: &SocketAddr) -> bool {
-        self.announced(ep).is_some()
-    }
-}
-
-/// A side's payload type numbers and their codecs: a few entries, sorted,
-/// searched by halves (a hash table for four payload types took twice the
-/// room, for every side of every call).
-#[derive(Debug, Clone, Default)]
-pub(super) struct PtMap(Vec<(u8, Codec)>);
-
-impl PtMap {
-    pub(super) fn get(&self, pt: &u8) -> Option<&Codec> {
-        self.0
-            .binary_search_by_key(pt, |e| e.0)
-            .ok()
-            .map(|i| &self.0[i].1)
-    }
-
-    pub(super) fn insert(&mut self, pt: u8, codec: Codec) {
-        match self.0.binary_search_by_key(&pt, |e| e.0) {
-            Ok(i) => self.0[i].1 = codec,
-            Err(i) => {
-                self.0.reserve_exact(1);
-                self.0.insert(i, (pt, codec));
-            }
-        }
-    }
-}
-
-/// A side's SRTP decryption state: made from the keys when the first
-/// packet comes (a copy starts afresh).
-#[derive(Default)]
-pub(super) struct SrtpRx(pub(super) Option<Box<SrtpStream>>);
-
-impl Clone for SrtpRx {
-    fn clone(&self) -> Self {
-        SrtpRx(None)
-    }
-}
-
-impl std::fmt::Debug for SrtpRx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "SrtpRx(keyed)"
-        } else {
-            "SrtpRx"
-        })
-    }
-}
 
 /// A crypto line whose suite and key pbx-edge can use.
 pub(super) fn usable(c: &Crypto) -> bool {
@@ -738,10 +667,14 @@ impl Tracker {
             // Only the SRC's offer says so (our answer mirrors it).
             call.on_hold = crate::sip::siprec::offer_sends_nothing(sdp);
         }
-        if was_on_hold && !call.on_hold {
+        let resumed = was_on_hold && !call.on_hold;
+        if resumed {
             call.resumed_at = self.now;
         }
         call.last_announced = self.now;
+        // Off hold: the addresses announced again, after the hold's (a
+        // PBX's hold music), are the latest again.
+        let mut again: Vec<(Party, SocketAddr)> = Vec::new();
         let mut first_audio: Option<Codec> = None;
         let mut new_address = false;
         for (i, m) in sdp.media.iter().enumerate() {
@@ -826,6 +759,9 @@ impl Tracker {
                 }
                 let ep = SocketAddr::new(addr, m.port);
                 if let Some(reg_side) = reg_side {
+                    if resumed {
+                        again.push((reg_side, ep));
+                    }
                     new_address |= register_endpoint(
                         &mut self.endpoints,
                         &mut self.shared,
@@ -849,6 +785,16 @@ impl Tracker {
         }
         if first_audio.is_some() {
             call.sides[side.channel()].preferred = first_audio;
+        }
+        for (side, ep) in again {
+            let s = &mut call.sides[side.channel()];
+            let latest = s.endpoints.iter().map(|e| e.1).max();
+            if let Some(e) = s.endpoints.iter_mut().find(|e| e.0 == ep) {
+                if latest.is_some_and(|l| e.1 < l) {
+                    self.announcements = self.announcements.saturating_add(1);
+                    e.1 = self.announcements;
+                }
+            }
         }
         // New SDP may bring new streams (re-INVITE, transfer): let them
         // take over at once. Not an SDP that only repeats the addresses
@@ -1096,29 +1042,4 @@ pub(super) fn sdp_of(msg: &SipMessage) -> Option<String> {
         return Some(rest[..end].to_string());
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_payload_type_map_finds_what_was_put_in_any_order_and_replaces() {
-        let mut m = PtMap::default();
-        let mut want = std::collections::HashMap::new();
-        // Payload types in an SDP's order, repeated, and replaced.
-        for pt in [101u8, 0, 8, 13, 9, 0, 127, 96, 101] {
-            let c = Codec::from_static_pt(pt % 19).unwrap_or(Codec::Pcmu);
-            m.insert(pt, c.clone());
-            want.insert(pt, c);
-        }
-        assert_eq!(m.0.len(), want.len());
-        assert!(m.0.windows(2).all(|w| w[0].0 < w[1].0));
-        for pt in 0..=255u8 {
-            assert_eq!(m.get(&pt), want.get(&pt), "pt {pt}");
-        }
-        m.insert(0, Codec::Pcma);
-        assert_eq!(m.get(&0), Some(&Codec::Pcma));
-        assert_eq!(m.0.len(), want.len());
-    }
 }

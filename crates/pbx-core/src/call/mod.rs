@@ -8,6 +8,7 @@ mod leg;
 pub mod meta;
 pub mod pause;
 mod seq;
+mod side;
 mod tail;
 pub mod timeline;
 mod tsclock;

@@ -95,6 +95,8 @@ use std::collections::VecDeque;
 use crate::audio::g711::{expansion, Law};
 
 mod buckets;
+mod chunk;
+use chunk::*;
 mod envelope;
 use envelope::*;
 mod held;
@@ -206,77 +208,6 @@ pub struct TimelineStats {
     /// Samples rendered by interpolation (drift followed, corrections
     /// spread); every other sample is the decoded one, bit for bit.
     pub resampled_samples: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flag {
-    Normal,
-    /// Later than the envelope by more than the break threshold.
-    Late,
-    /// Earlier than the envelope by more than the break threshold.
-    Early,
-}
-
-/// One packet's audio in the window (a leg holds the window's worth: kept
-/// small, 40 bytes beside the samples).
-#[derive(Debug)]
-struct Chunk {
-    /// Source position of the first PCM sample.
-    u: i64,
-    arrival: i64,
-    /// The samples ([`Samples`], kept here as its two parts: the kind
-    /// fits beside the flag).
-    bytes: Box<[u8]>,
-    /// The decoder's delay (a few hundred samples at most): the RTP
-    /// timestamp names `u + delay`.
-    delay: u32,
-    flag: Flag,
-    kind: Kind,
-}
-
-#[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Chunk>() == 40);
-
-impl Chunk {
-    fn new(u: i64, delay: i64, arrival: i64, flag: Flag, pcm: Samples) -> Self {
-        Chunk {
-            u,
-            arrival,
-            bytes: pcm.bytes,
-            delay: u32::try_from(delay).unwrap_or(0),
-            flag,
-            kind: pcm.kind,
-        }
-    }
-
-    fn pcm(&self) -> SamplesRef<'_> {
-        SamplesRef {
-            kind: self.kind,
-            bytes: &self.bytes,
-        }
-    }
-
-    /// The samples' buffer, for the leg's next packets ([`Spare`]).
-    fn into_samples(self) -> Samples {
-        Samples {
-            kind: self.kind,
-            bytes: self.bytes,
-        }
-    }
-
-    fn end(&self) -> i64 {
-        self.u + self.pcm().len() as i64
-    }
-
-    /// Source position the RTP timestamp names.
-    fn uts(&self) -> i64 {
-        self.u + i64::from(self.delay)
-    }
-
-    /// Arrival minus [`Self::uts`].
-    fn d(&self) -> i64 {
-        self.arrival - self.uts()
-    }
 }
 
 /// One stretch of a leg whose RTP timestamps run on one clock.

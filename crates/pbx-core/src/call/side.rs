@@ -1,0 +1,106 @@
+//! What one side of a call announced in its SDP: its receive addresses
+//! (each with when it was announced), its payload types, its preferred
+//! codec and its SRTP keys, and the decryption of what it sends.
+
+use std::net::SocketAddr;
+
+use crate::audio::codec::Codec;
+use crate::rtp::srtp::SrtpStream;
+use crate::sip::sdp::Crypto;
+
+/// Receive addresses and payload-type map announced by one side.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SideMedia {
+    /// Its receive addresses, oldest first, each with when it was first
+    /// announced (the tracker's count of new announcements then).
+    pub(super) endpoints: Vec<(SocketAddr, u32)>,
+    pub(super) pt_map: PtMap,
+    /// First audio codec of the latest SDP of this side.
+    pub(super) preferred: Option<Codec>,
+    /// SDES keys (`a=crypto`) of this side's SRTP: what it encrypts the
+    /// audio it sends with (sniffed and imported calls).
+    pub(super) crypto: Vec<Crypto>,
+    /// Decrypting what this side sends, made at its first packet.
+    pub(super) srtp_rx: SrtpRx,
+}
+
+impl SideMedia {
+    pub(super) fn announced(&self, ep: &SocketAddr) -> Option<u32> {
+        self.endpoints.iter().find(|e| e.0 == *ep).map(|e| e.1)
+    }
+
+    pub(super) fn knows(&self, ep: &SocketAddr) -> bool {
+        self.announced(ep).is_some()
+    }
+}
+
+/// A side's payload type numbers and their codecs: a few entries, sorted,
+/// searched by halves (a hash table for four payload types took twice the
+/// room, for every side of every call).
+#[derive(Debug, Clone, Default)]
+pub(super) struct PtMap(Vec<(u8, Codec)>);
+
+impl PtMap {
+    pub(super) fn get(&self, pt: &u8) -> Option<&Codec> {
+        self.0
+            .binary_search_by_key(pt, |e| e.0)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub(super) fn insert(&mut self, pt: u8, codec: Codec) {
+        match self.0.binary_search_by_key(&pt, |e| e.0) {
+            Ok(i) => self.0[i].1 = codec,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (pt, codec));
+            }
+        }
+    }
+}
+
+/// A side's SRTP decryption state: made from the keys when the first
+/// packet comes (a copy starts afresh).
+#[derive(Default)]
+pub(super) struct SrtpRx(pub(super) Option<Box<SrtpStream>>);
+
+impl Clone for SrtpRx {
+    fn clone(&self) -> Self {
+        SrtpRx(None)
+    }
+}
+
+impl std::fmt::Debug for SrtpRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SrtpRx(keyed)"
+        } else {
+            "SrtpRx"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_type_map_finds_what_was_put_in_any_order_and_replaces() {
+        let mut m = PtMap::default();
+        let mut want = std::collections::HashMap::new();
+        // Payload types in an SDP's order, repeated, and replaced.
+        for pt in [101u8, 0, 8, 13, 9, 0, 127, 96, 101] {
+            let c = Codec::from_static_pt(pt % 19).unwrap_or(Codec::Pcmu);
+            m.insert(pt, c.clone());
+            want.insert(pt, c);
+        }
+        assert_eq!(m.0.len(), want.len());
+        assert!(m.0.windows(2).all(|w| w[0].0 < w[1].0));
+        for pt in 0..=255u8 {
+            assert_eq!(m.get(&pt), want.get(&pt), "pt {pt}");
+        }
+        m.insert(0, Codec::Pcma);
+        assert_eq!(m.get(&0), Some(&Codec::Pcma));
+        assert_eq!(m.0.len(), want.len());
+    }
+}
