@@ -787,14 +787,7 @@ impl Tracker {
             call.sides[side.channel()].preferred = first_audio;
         }
         for (side, ep) in again {
-            let s = &mut call.sides[side.channel()];
-            let latest = s.endpoints.iter().map(|e| e.1).max();
-            if let Some(e) = s.endpoints.iter_mut().find(|e| e.0 == ep) {
-                if latest.is_some_and(|l| e.1 < l) {
-                    self.announcements = self.announcements.saturating_add(1);
-                    e.1 = self.announcements;
-                }
-            }
+            call.sides[side.channel()].announce_again(ep, &mut self.announcements);
         }
         // New SDP may bring new streams (re-INVITE, transfer): let them
         // take over at once. Not an SDP that only repeats the addresses

@@ -210,24 +210,11 @@ impl Tracker {
                 }
             },
         };
-        // The destination's latest call does not know the source, and the
-        // call that announced the source knows the destination too: the
-        // packet is that call's (a B2BUA dialling an agent with the
-        // caller's address while its own IVR still talks to the caller:
-        // the IVR's audio is not the agent's).
-        if by_dst {
-            if let Some((k2, _)) = self.endpoints.get(&src).filter(|(k2, _)| *k2 != key) {
-                let knows_src = |c: &Call| c.sides.iter().any(|s| s.knows(&src));
-                if self.calls.get(&key).is_some_and(|c| !knows_src(c)) {
-                    let receiver = self.calls.get(k2).and_then(|c| {
-                        [Party::Caller, Party::Callee]
-                            .into_iter()
-                            .find(|p| c.sides[p.channel()].knows(&dst))
-                    });
-                    if let Some(r) = receiver {
-                        (key, speaker) = (*k2, r.other());
-                    }
-                }
+        // (Only an address another call announced too can be another
+        // call's: most packets skip the look-up.)
+        if by_dst && self.shared.contains_key(&dst) {
+            if let Some(owner) = self.source_announcer(key, src, dst) {
+                (key, speaker) = owner;
             }
         }
         self.rtp_for(key, speaker, by_dst, ts, src, dst, payload, sink);
@@ -269,6 +256,30 @@ impl Tracker {
                 self.rtp_for(k, speaker, by_dst, ts, src, dst, payload, sink);
             }
         }
+    }
+
+    /// A packet to `dst` (whose latest call is `key`) from `src`, which
+    /// `key` does not know: when the call that announced `src` knows `dst`
+    /// too, the packet is that call's, sent by the other party than the
+    /// one `dst` reaches (a B2BUA dialling an agent with the caller's
+    /// address while its own IVR still talks to the caller: the IVR's
+    /// audio is not the agent's).
+    fn source_announcer(
+        &self,
+        key: CallKey,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<(CallKey, Party)> {
+        let (k2, _) = self.endpoints.get(&src).filter(|(k2, _)| *k2 != key)?;
+        let call = self.calls.get(&key)?;
+        if call.sides.iter().any(|s| s.knows(&src)) {
+            return None;
+        }
+        let other = self.calls.get(k2)?;
+        [Party::Caller, Party::Callee]
+            .into_iter()
+            .find(|p| other.sides[p.channel()].knows(&dst))
+            .map(|receiver| (*k2, receiver.other()))
     }
 
     /// One RTP packet of call `key`, sent by `speaker`.

@@ -32,6 +32,18 @@ impl SideMedia {
     pub(super) fn knows(&self, ep: &SocketAddr) -> bool {
         self.announced(ep).is_some()
     }
+
+    /// `ep`, announced before, announced again after another of this
+    /// side's: the latest again (`announcements`: the tracker's count).
+    pub(super) fn announce_again(&mut self, ep: SocketAddr, announcements: &mut u32) {
+        let latest = self.endpoints.iter().map(|e| e.1).max();
+        if let Some(e) = self.endpoints.iter_mut().find(|e| e.0 == ep) {
+            if latest.is_some_and(|l| e.1 < l) {
+                *announcements = announcements.saturating_add(1);
+                e.1 = *announcements;
+            }
+        }
+    }
 }
 
 /// A side's payload type numbers and their codecs: a few entries, sorted,

@@ -638,6 +638,15 @@ impl LegTimeline {
         self.segs[i].insert_chunk(c, &mut self.spare);
     }
 
+    /// `p` starts a segment of its own at once (the held packets of the
+    /// old one decided first), placed by its arrival as any stream's start.
+    fn restart_with(&mut self, p: &Packet<'_>) {
+        self.resolve_held(None);
+        self.new_segment(p);
+        let j = self.segs.len() - 1;
+        self.insert_into(j, p, false);
+    }
+
     fn insert_into(&mut self, i: usize, p: &Packet<'_>, straggler: bool) {
         let hold_back = self.hold_back as f64;
         let early_limit = BREAK_MS as f64 * self.ms;
@@ -674,11 +683,7 @@ impl LegTimeline {
                 .is_some_and(|e| (p.ts.wrapping_sub(e) as i32) < -ms_ticks);
         if overlaps {
             self.overlap_restarts += 1;
-            self.resolve_held(None);
-            self.new_segment(p);
-            let j = self.segs.len() - 1;
-            self.insert_into(j, p, false);
-            return;
+            return self.restart_with(p);
         }
         let r = self.segs[i].env.at(u_ts).map(|e| d as f64 - e);
         if p.restart && p.newest && !straggler {
@@ -698,11 +703,7 @@ impl LegTimeline {
                 // spurts shorter than that wait were lost.) The old
                 // segment's timestamp extension is left as it was for its
                 // stragglers.
-                self.resolve_held(None);
-                self.new_segment(p);
-                let j = self.segs.len() - 1;
-                self.insert_into(j, p, false);
-                return;
+                return self.restart_with(p);
             }
         }
         self.segs[i].advance(p.ts, ext);
