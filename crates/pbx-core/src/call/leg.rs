@@ -469,6 +469,9 @@ impl Tracker {
         if leg.announced_before.is_none() || moved {
             leg.announced_before = Some(announcements);
         }
+        if moved && leg.flow.is_some_and(|(f, _)| f.ssrc != rtp.ssrc) {
+            leg.timeline.supersede_with(rtp.ssrc);
+        }
         let seq_update = if active_flow {
             // The SSRC of the flow already active was listed when it became
             // active: only a new one is looked for in the list (kept off

@@ -256,6 +256,12 @@ struct Segment {
     newest_end: Option<u32>,
     /// One past the last source sample ever queued (chunks go as rendered).
     max_end: Option<i64>,
+    /// The stream the signalling moved the leg to: it takes over at its
+    /// place, the previous segment cut there (two sources sending at once
+    /// for a moment, e.g. the ringback's last packets after the phone's
+    /// first). Otherwise an overlap keeps both (one stream whose delay fell,
+    /// or a clean link's), the new one starting after the old.
+    supersedes: bool,
 }
 
 impl Segment {
@@ -281,6 +287,7 @@ impl Segment {
             newest_ts: None,
             newest_end: None,
             max_end: None,
+            supersedes: false,
         }
     }
 
@@ -439,6 +446,9 @@ pub struct LegTimeline {
     /// timestamps advance less than its audio) gets no more than
     /// [`MAX_OVERLAP_RESTARTS`] of them.
     overlap_restarts: u8,
+    /// The SSRC of a stream the signalling moved the leg to
+    /// ([`LegTimeline::supersede_with`]), until its segment begins.
+    supersede: Option<u32>,
 }
 
 /// See [`LegTimeline::overlap_restarts`].
@@ -473,7 +483,17 @@ impl LegTimeline {
             lineages: 0,
             probe: None,
             overlap_restarts: 0,
+            supersede: None,
         }
+    }
+
+    /// The leg's sender was moved by the signalling to the stream `ssrc`
+    /// (the phone's answer after a media server's early media, a
+    /// re-INVITE's new port, back from hold music): its segment, when it
+    /// begins, supersedes the one before from its first sample (what the
+    /// old stream still sent after it is cut, [`Segment::supersedes`]).
+    pub fn supersede_with(&mut self, ssrc: u32) {
+        self.supersede = Some(ssrc);
     }
 
     pub fn stats(&self) -> TimelineStats {
@@ -527,6 +547,10 @@ impl LegTimeline {
         self.segs.reserve_exact(1);
         self.lineages = self.lineages.wrapping_add(1);
         let mut s = Segment::new(self.rate, p.ssrc, p.ts, p.clock_rate, self.lineages);
+        if self.supersede == Some(p.ssrc) {
+            self.supersede = None;
+            s.supersedes = !self.segs.is_empty();
+        }
         if let Some(prev) = self.segs.back() {
             // A new stream on the leg (a re-INVITE, a transfer) comes the
             // same way to the capture: its delays' shape is the path's.

@@ -93,7 +93,8 @@ impl LegTimeline {
                     let slack = self.segs[1].env.seam_slack(self.segs[0].env.jitter_typ);
                     // Both sent at once (a clean link), or one stream whose
                     // delay fell: the overlap is kept, never cut.
-                    let keep_both = self.segs[0].env.clean() || self.continues();
+                    let keep_both =
+                        !self.segs[1].supersedes && (self.segs[0].env.clean() || self.continues());
                     if let Some(old) = self.segs.pop_front() {
                         self.cut(old);
                     }
@@ -171,6 +172,9 @@ impl LegTimeline {
         let h = next.env.seam_tolerance().max(cur.env.hysteresis()).ceil() as i64;
         let late = h + next.env.seam_slack(cur.env.jitter_typ).ceil() as i64;
         match cur_end {
+            // The signalling moved the leg to the next stream: it starts at
+            // its place, whatever the old one still sent.
+            Some(end) if next.supersedes && end > start => start,
             Some(end) if end - start <= h && start - end <= late => end,
             Some(end) if end > start => {
                 if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 || self.continues() {
