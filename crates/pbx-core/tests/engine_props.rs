@@ -1598,6 +1598,47 @@ fn sip_over_tcp_seen_from_the_middle_of_the_connection() {
     assert_eq!(a.audio, b.audio, "the same audio as over UDP");
 }
 
+/// SIP over TCP whose connection's first segment ends inside the INVITE's
+/// request line (a small first segment, an IPv6 request line longer than
+/// it): the stream is followed from its first byte, the next segment
+/// completing the INVITE; the call is recorded as over UDP. Before, the
+/// first segment was taken for another protocol, the INVITE lost with it,
+/// and the call with the INVITE.
+#[test]
+fn sip_over_tcp_whose_first_segment_ends_inside_the_request_line() {
+    let _g = serial();
+    let udp = run(&call_packets(50, &[]));
+    for cut in [1usize, 3, 6, 7, 12, 20, 30, 36] {
+        let mut engine = CallEngine::new(EngineConfig::default());
+        let mut sink = CheckingSink::keeping_audio();
+        let mut first_a2b = true;
+        for p in call_packets(50, &[]) {
+            let sip = p.src.port() == caller_sip().port() || p.src.port() == callee_sip().port();
+            let parts: Vec<&[u8]> = if sip && p.src == caller_sip() && first_a2b {
+                first_a2b = false;
+                vec![&p.data[..cut], &p.data[cut..]]
+            } else {
+                vec![&p.data[..]]
+            };
+            for (i, part) in parts.into_iter().enumerate() {
+                let seg = Segment {
+                    ts: Timestamp::from_micros(p.at_us + i as i64),
+                    src: p.src,
+                    dst: p.dst,
+                    transport: if sip { Transport::Tcp } else { Transport::Udp },
+                    payload: part,
+                    tcp_gap: false,
+                };
+                engine.handle_segment(&seg, &mut sink);
+            }
+        }
+        engine.finish(EndReason::CaptureEnd, &mut sink);
+        assert_eq!(sink.order.len(), 1, "cut at {cut}: one recording");
+        let (a, b) = (&udp.calls[&udp.order[0]], &sink.calls[&sink.order[0]]);
+        assert_eq!(a.audio, b.audio, "cut at {cut}: the same audio as over UDP");
+    }
+}
+
 /// A B2BUA (Asterisk, FreeSWITCH) with direct media, sniffed: its two
 /// dialogs of one conversation (the caller's with the PBX, the PBX's with
 /// the callee) both announce the phones' own addresses, and the RTP flows
@@ -1826,9 +1867,11 @@ fn a_b2buas_dialogs_keep_recording_after_one_refreshes_its_session() {
 }
 
 /// Each copy of a packet is counted once in `duplicates` (before, twice:
-/// once as it was dropped, once more from the sequence numbers' tracker).
+/// once as it was dropped, once more from the sequence numbers' tracker);
+/// a packet captured twice at once (forwarded by the capturing host) is
+/// not counted at all.
 #[test]
-fn each_duplicate_is_counted_once() {
+fn each_duplicate_is_counted_once_and_a_capture_copy_not_at_all() {
     let _g = serial();
     let dup = Fate {
         dup_delay_us: Some(5_000),
@@ -1853,6 +1896,26 @@ fn each_duplicate_is_counted_once() {
         (meta.channels[0].packets, meta.channels[1].packets),
         (50, 50)
     );
+    // Every packet captured twice 50 µs apart (sniffing `any` on a host
+    // that forwards them: seen coming in and going out): one packet each,
+    // no duplicate.
+    let forwarded = Fate {
+        dup_delay_us: Some(50),
+        ..CLEAN
+    };
+    let rec = run(&call_packets(50, &vec![[forwarded, forwarded]; 50]));
+    let once = run(&call_packets(50, &[]));
+    let (c, o) = (&rec.calls[&rec.order[0]], &once.calls[&once.order[0]]);
+    let meta = c.meta.as_ref().unwrap();
+    assert_eq!(
+        (meta.channels[0].duplicates, meta.channels[1].duplicates),
+        (0, 0)
+    );
+    assert_eq!(
+        (meta.channels[0].packets, meta.channels[1].packets),
+        (50, 50)
+    );
+    assert_eq!(c.audio, o.audio);
 }
 
 /// The caller's BYE in dialog `d` at `at_us`, and its 200 OK 20 ms later.

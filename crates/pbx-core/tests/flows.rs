@@ -276,3 +276,68 @@ fn hold_music_still_playing_when_the_party_is_back_is_superseded_at_once() {
         check_rec(&format!("hold music {overlap_ms} ms over"), &txs, 0, rec);
     }
 }
+
+/// A re-INVITE of the callee (a session refresh, the same SDP) answered by
+/// a caller whose 200 OK does not copy the request's From and To (it
+/// names itself in From, as in its own requests: not RFC 3261, seen on
+/// broken UAs): the answer's SDP is still the caller's, who answers the
+/// callee's request. Before, it was taken for the callee's: the callee's
+/// stream, sent to the caller's address, became the caller's and was
+/// recorded on channel 0 from the refresh on.
+#[test]
+fn an_answer_whose_from_and_to_are_not_the_requests_is_its_responders() {
+    let d = Dialog::new("bad-echo@10.0.0.1");
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let mut sig = setup(&d, &offer, &answer);
+    let at = MEDIA_US + 2_000_000;
+    sig.push(sip(at, false, d.request("INVITE", 1, false, Some(&answer))));
+    // The caller answers naming itself in From (as if it had asked).
+    sig.push(sip(
+        at + 20_000,
+        true,
+        d.response(200, "OK", 1, "INVITE", true, Some(&offer)),
+    ));
+    sig.push(sip(at + 30_000, false, d.request("ACK", 1, false, None)));
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 250);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec("answer with the caller's From", &txs, 0, rec);
+}
+
+/// A caller behind a NAT (it announces its private address, its packets
+/// come from the NAT's 203.0.113.5:34567) and a callee that sends from
+/// another port than it announced (50002), first to the caller's announced
+/// address, then, latching, to the NAT's address its packets came from:
+/// neither address of that flow was announced. It is the callee's stream
+/// all the same (sent to where the caller's came from), every packet at
+/// its place. Before, all but the callee's first 50 packets were dropped
+/// as RTP of no known call, and the JSON counted none of them lost.
+#[test]
+fn a_callee_answering_a_natted_caller_from_an_unannounced_port_is_recorded() {
+    let d = Dialog::new("nat@10.0.0.1");
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let sig = setup(&d, &offer, &answer);
+    let nat = v4(203, 0, 113, 5, 34567);
+    let callee_from = v4(10, 0, 0, 2, 50002);
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 300);
+    for x in &mut a.out {
+        x.path = Some((nat, callee_rtp()));
+    }
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 300);
+    for (i, x) in b.out.iter_mut().enumerate() {
+        let to = if i < 50 { caller_rtp() } else { nat };
+        x.path = Some((callee_from, to));
+    }
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec("NAT, callee from another port", &txs, 0, rec);
+}

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::call::meta::RecordingSink;
 use crate::net::Segment;
 use crate::rtp::is_rtcp;
-use crate::sip::message::{looks_like_sip, parse_message};
+use crate::sip::message::{looks_like_sip, may_begin_sip, parse_message};
 use crate::sip::stream::SipStreamFramer;
 use crate::Timestamp;
 
@@ -70,7 +70,7 @@ impl Tracker {
         let key = (seg.src, seg.dst);
         let mut resync = false;
         if !self.framers.contains_key(&key) {
-            if !looks_like_sip(seg.payload) {
+            if !looks_like_sip(seg.payload) && !may_begin_sip(seg.payload) {
                 // A stream seen from its middle (a capture started during
                 // a long-lived SIP trunk): its first segment may begin
                 // inside a message, with the next one after it. Followed,

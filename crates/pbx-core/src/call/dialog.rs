@@ -121,7 +121,23 @@ pub(super) struct Call {
     /// here or the last packet, whichever is later (a hold of an hour,
     /// then a resume whose media take a moment, is not a dead call).
     pub(super) resumed_at: Timestamp,
+    /// The latest requests that may carry an offer (INVITE, UPDATE,
+    /// PRACK; at most [`OFFERS_KEPT`]): CSeq, method and sender. An
+    /// answer's sender is the other party of its request's, whatever its
+    /// From and To say (a UA that does not copy them into its response
+    /// had its SDP taken for the other party's: that party's stream then
+    /// recorded on the wrong channel).
+    pub(super) offers: Vec<(u32, Method, Party)>,
+    /// Addresses its parties were seen sending from that nobody announced
+    /// (a NAT's): `Tracker::latched` (at most [`LATCHED_MAX`]).
+    pub(super) latched: Vec<SocketAddr>,
 }
+
+/// See [`Call::latched`].
+pub(super) const LATCHED_MAX: usize = 4;
+
+/// See [`Call::offers`].
+const OFFERS_KEPT: usize = 4;
 
 /// A SIPREC session's metadata so far, and the offer its streams were
 /// last assigned against (a later request may carry metadata alone).
@@ -295,6 +311,16 @@ impl Call {
     }
 
     pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
+        if !msg.is_request() {
+            let request = self
+                .offers
+                .iter()
+                .rev()
+                .find(|(c, m, _)| *c == msg.cseq && *m == msg.cseq_method);
+            if let Some((_, _, requester)) = request {
+                return requester.other();
+            }
+        }
         // In requests From is the sender; in responses From is still the
         // request's sender, so the responder is the other party.
         let from_is_caller = match (&self.caller_tag, &msg.from.tag) {
@@ -417,6 +443,12 @@ impl Tracker {
             }
         }
         let side = call.side_of_sender(&msg);
+        if let Some(m @ (Method::Invite | Method::Update | Method::Prack)) = msg.method() {
+            if call.offers.len() >= OFFERS_KEPT {
+                call.offers.remove(0);
+            }
+            call.offers.push((msg.cseq, m.clone(), side));
+        }
         // A key pressed, sent as SIP INFO (many phones and PBXs send DTMF so
         // instead of RFC 4733): listed in `dtmf` and matched against the
         // pause and resume sequences as a digit of the sender's leg.
@@ -624,6 +656,8 @@ impl Tracker {
             signalling: None,
             on_hold: false,
             resumed_at: ts,
+            offers: Vec::new(),
+            latched: Vec::new(),
             warnings: if initial {
                 Vec::new()
             } else {

@@ -198,6 +198,13 @@ pub(super) struct Tracker {
     pub(super) calls: FxHashMap<CallKey, Box<Call>>,
     pub(super) by_call_id: HashMap<String, CallKey>,
     pub(super) endpoints: FxHashMap<SocketAddr, (CallKey, Party)>,
+    /// Where a party is reached though nobody announced it: the source of
+    /// its stream to an address the other party announced (symmetric RTP
+    /// behind a NAT: the other party answers to where the packets came
+    /// from, from a port of its own that it may not have announced
+    /// either). Asked only for packets neither of whose addresses was
+    /// announced; the latest call to be seen sending from one has it.
+    pub(super) latched: FxHashMap<SocketAddr, (CallKey, Party)>,
     /// Calls that announced an address a later call took too (a B2BUA's
     /// two dialogs with direct media): see `Tracker::handle_rtp`.
     pub(super) shared: super::dialog::SharedEndpoints,
@@ -235,6 +242,7 @@ impl Tracker {
             calls: FxHashMap::default(),
             by_call_id: HashMap::new(),
             endpoints: FxHashMap::default(),
+            latched: FxHashMap::default(),
             shared: FxHashMap::default(),
             announcements: 0,
             framers: HashMap::new(),

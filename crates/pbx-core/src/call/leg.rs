@@ -107,6 +107,10 @@ pub(super) struct DtmfState {
     pub(super) start: i64,
 }
 
+/// A packet captured twice this close together is one packet seen on two
+/// interfaces (see the duplicates' count in `Tracker::rtp_for`).
+const CAPTURE_COPY_US: i64 = 2_000;
+
 pub(super) struct Leg {
     pub(super) party: Party,
     pub(super) timeline: LegTimeline,
@@ -118,6 +122,8 @@ pub(super) struct Leg {
     /// flow from a source announced later than that, and later than the
     /// active flow's addresses, is where the signalling moved the sender.
     pub(super) announced_before: Option<u32>,
+    /// The newest packet so far: SSRC, sequence number, arrival.
+    pub(super) newest: Option<(u32, u16, Timestamp)>,
     pub(super) seq: SsrcSeqs,
     pub(super) jumps: JumpLog,
     pub(super) meta: ChannelMeta,
@@ -151,6 +157,7 @@ impl Leg {
             decoder: None,
             flow: None,
             announced_before: None,
+            newest: None,
             seq: SsrcSeqs::default(),
             jumps: JumpLog::default(),
             meta: ChannelMeta {
@@ -204,10 +211,18 @@ impl Tracker {
             Some((k, receiver)) => (*k, receiver.other(), true),
             None => match self.endpoints.get(&src) {
                 Some((k, sender)) => (*k, *sender, false),
-                None => {
-                    self.stats.rtp_unmatched += 1;
-                    return;
-                }
+                // Neither address announced: to or from where a party was
+                // seen sending from (a NAT's address, latched).
+                None => match self.latched.get(&dst) {
+                    Some((k, receiver)) => (*k, receiver.other(), false),
+                    None => match self.latched.get(&src) {
+                        Some((k, sender)) => (*k, *sender, false),
+                        None => {
+                            self.stats.rtp_unmatched += 1;
+                            return;
+                        }
+                    },
+                },
             },
         };
         // (Only an address another call announced too can be another
@@ -477,6 +492,17 @@ impl Tracker {
             // active: only a new one is looked for in the list (kept off
             // the path of every packet: the list is one more cache miss).
             let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
+            // A new source sending to an announced address, itself not
+            // announced: where its party is reached (latched).
+            if by_dst
+                && leg.flow.is_none_or(|(f, _)| f.src != src)
+                && call.latched.len() < LATCHED_MAX
+                && !call.latched.contains(&src)
+                && !self.endpoints.contains_key(&src)
+            {
+                call.latched.push(src);
+                self.latched.insert(src, (key, speaker));
+            }
             leg.flow = Some((flow, ts));
             let tracker = leg.seq.entry(rtp.ssrc);
             let mut u = tracker.update(rtp.sequence);
@@ -501,8 +527,11 @@ impl Tracker {
             // numbering: the duplicate replaced the packet it copied).
             let event = matches!(codec, Some(Codec::TelephoneEvent { .. }));
             match u {
-                SeqUpdate::Newest if event => {}
-                SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
+                SeqUpdate::Newest if event => leg.newest = Some((rtp.ssrc, rtp.sequence, ts)),
+                SeqUpdate::Newest => {
+                    leg.newest = Some((rtp.ssrc, rtp.sequence, ts));
+                    leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp);
+                }
                 // (A "duplicate" whose timestamp does not follow is a
                 // packet of a new numbering until the restart is confirmed:
                 // its place is found by its timestamp.)
@@ -510,7 +539,16 @@ impl Tracker {
                     if !leg.jumps.differs(rtp.ssrc, rtp.sequence, rtp.timestamp)
                         && leg.jumps.follows(rtp.ssrc, rtp.sequence, rtp.timestamp) =>
                 {
-                    leg.meta.duplicates += 1;
+                    // The newest packet captured again at once is the
+                    // capture's copy, not the network's duplicate: a host
+                    // forwarding it (a bridge, a router) is sniffed on
+                    // `any` as it comes in and as it goes out.
+                    let copy = leg.newest.is_some_and(|(s, q, t)| {
+                        s == rtp.ssrc && q == rtp.sequence && ts.micros_since(t) <= CAPTURE_COPY_US
+                    });
+                    if !copy {
+                        leg.meta.duplicates += 1;
+                    }
                     return;
                 }
                 _ => {}
@@ -901,6 +939,11 @@ impl Tracker {
         for s in &call.sides {
             for (ep, _) in &s.endpoints {
                 unregister_endpoint(&mut self.endpoints, &mut self.shared, key, *ep);
+            }
+        }
+        for ep in &call.latched {
+            if self.latched.get(ep).is_some_and(|(k, _)| *k == key) {
+                self.latched.remove(ep);
             }
         }
         let Some(media) = call.media else {

@@ -395,6 +395,46 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
     is_start_line(line)
 }
 
+/// Whether `bytes`, without a line end yet, may be the beginning of a SIP
+/// start line: a TCP stream's first segment cut inside its request line
+/// (`INVITE sip:bob@[2001:db8::`, a small first segment) or status line.
+/// The stream is then followed from there, the next segments completing
+/// the message (turned away, the INVITE was lost and with it the call).
+pub fn may_begin_sip(bytes: &[u8]) -> bool {
+    let start = bytes
+        .iter()
+        .take(64)
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(bytes.len());
+    let line = bytes.get(start..).unwrap_or_default();
+    if line.is_empty() || line.len() > 1024 || line.contains(&b'\n') {
+        return false;
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let prefix_ci =
+        |s: &[u8], of: &[u8]| s.len() <= of.len() && s.eq_ignore_ascii_case(&of[..s.len()]);
+    let status = b"SIP/2.0 ";
+    if prefix_ci(line, status) {
+        return true;
+    }
+    if let Some(rest) = strip_prefix_ci(line, status) {
+        let code = &rest[..rest.len().min(3)];
+        return code.iter().all(u8::is_ascii_digit)
+            && (rest.len() <= 3 || rest[3] == b' ')
+            && !rest.iter().any(u8::is_ascii_control);
+    }
+    // METHOD [SP Request-URI [SP SIP/2.0]], cut anywhere.
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let uri = parts.next();
+    let version = parts.next();
+    !method.is_empty()
+        && method.len() <= 16
+        && method.iter().all(u8::is_ascii_uppercase)
+        && uri.is_none_or(|u| u.iter().all(|b| b.is_ascii_graphic()))
+        && version.is_none_or(|v| prefix_ci(v, b"SIP/2.0"))
+}
+
 /// Whether one line (without its line end) is a SIP request or status line.
 pub(crate) fn is_start_line(line: &[u8]) -> bool {
     if let Some(rest) = strip_prefix_ci(line, b"SIP/2.0 ") {

@@ -27,8 +27,8 @@ pub(crate) mod test_support;
 
 pub use limits::Refusal;
 pub use message::{
-    looks_like_sip, parse_message, salvage_request, Method, NameAddr, SipError, SipMessage,
-    StartLine,
+    looks_like_sip, may_begin_sip, parse_message, salvage_request, Method, NameAddr, SipError,
+    SipMessage, StartLine,
 };
 pub use multipart::{split_multipart, MultipartError, Part};
 pub use sdp::{

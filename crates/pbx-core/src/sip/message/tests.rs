@@ -235,6 +235,44 @@ fn looks_like_sip_classifies() {
     assert!(!looks_like_sip(b"a=rtpmap:0 PCMU/8000\r\n"));
 }
 
+/// Every cut of a start line before its line end may begin SIP; other
+/// protocols' first bytes and lines with a line end (decided by
+/// [`looks_like_sip`]) do not.
+#[test]
+fn may_begin_sip_takes_every_cut_start_line() {
+    for line in [
+        "INVITE sip:bob@[2001:db8::2]:5060;transport=tcp SIP/2.0",
+        "SIP/2.0 200 OK",
+        "\r\nBYE sip:a@b SIP/2.0",
+    ] {
+        for cut in 1..=line.len() {
+            let part = &line.as_bytes()[..cut];
+            if part.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                continue;
+            }
+            assert!(may_begin_sip(part), "{:?}", String::from_utf8_lossy(part));
+        }
+    }
+    for other in [
+        &b"GET / HTTP/1.1"[..],
+        b"get sip:a@b",
+        b"INVITE sip:a@b HTTP/1.1",
+        b"INVITE sip:a@b SIP/2.0\r\n",
+        b"SIP/2.0 2x",
+        b"SIP/2.0 200\x01",
+        b"\x80\x08\x00\x01abcdefgh",
+        b"a=rtpmap:0 PCMU/8000",
+        b"",
+        b"\r\n",
+    ] {
+        assert!(
+            !may_begin_sip(other),
+            "{:?}",
+            String::from_utf8_lossy(other)
+        );
+    }
+}
+
 /// Every SIP-over-UDP message tshark finds in the corpus captures parses, with
 /// the Call-ID tshark reports, and the rsip and tolerant paths agree.
 #[test]
