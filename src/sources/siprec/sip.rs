@@ -153,7 +153,7 @@ pub(super) async fn sip_loop(
     mut rtp_timeout: Duration,
     shared: Shared,
 ) {
-    let SipSockets { udp, tcp, tls } = sockets;
+    let SipSockets { udp, tcp, mut tls } = sockets;
     let Shared {
         status,
         ports: pool,
@@ -285,6 +285,8 @@ pub(super) async fn sip_loop(
                     avail.refresh(&mut uas);
                 }
                 Control::StopWhenIdle(on) => stop_when_idle = on,
+                // (The connections open keep their handshake's acceptor.)
+                Control::CloseTlsListener => tls = None,
                 Control::ByeDurable(d) => {
                     uas.answer_bye(&d, now());
                     // Its peer leaves the busy set at the next tick.
@@ -814,9 +816,9 @@ pub(super) fn answer_for(
         // SDES: the first offered suite we support, with the SRC's key.
         let sdes = if secure {
             m.crypto.iter().find_map(|c| {
-                crate::sources::siprec::srtp::SUITES
-                    .contains(&c.suite.as_str())
-                    .then(|| (c.suite.clone(), c.key_params.clone()))
+                (crate::sources::siprec::srtp::SUITES.contains(&c.suite.as_str())
+                    && crate::sources::siprec::srtp::parse_key_params(&c.key_params).is_some())
+                .then(|| (c.suite.clone(), c.key_params.clone()))
             })
         } else {
             None

@@ -710,6 +710,8 @@ impl Tracker {
         // PBX's hold music), are the latest again.
         let mut again: Vec<(Party, SocketAddr)> = Vec::new();
         let mut first_audio: Option<Codec> = None;
+        // SIPREC: each m-line's first audio codec and its sender.
+        let mut line_first: Vec<(usize, Party, Codec)> = Vec::new();
         let mut new_address = false;
         for (i, m) in sdp.media.iter().enumerate() {
             if !m.media.eq_ignore_ascii_case("audio") {
@@ -775,10 +777,16 @@ impl Tracker {
                     if first_audio.is_none() && c.is_audio() {
                         first_audio = Some(c.clone());
                     }
-                    if siprec.is_some() {
-                        // Both parties' streams use the session's payload numbers.
-                        call.sides[0].pt_map.insert(*pt, c.clone());
-                        call.sides[1].pt_map.insert(*pt, c);
+                    if let (Some(parties), true) = (&siprec, c.is_audio()) {
+                        if let Some(p) = parties.get(i).copied().flatten() {
+                            if !line_first.iter().any(|(l, _, _)| *l == i) {
+                                line_first.push((i, p, c.clone()));
+                            }
+                        }
+                    }
+                    if let Some(parties) = &siprec {
+                        let party = parties.get(i).copied().flatten();
+                        super::side::add_line_codec(&mut call.sides, party, *pt, c);
                     } else {
                         call.sides[side.channel()].pt_map.insert(*pt, c);
                     }
@@ -817,7 +825,13 @@ impl Tracker {
                 }
             }
         }
-        if first_audio.is_some() {
+        if !line_first.is_empty() {
+            // SIPREC: each party's stream's first codec (the sample rate
+            // is "auto"'s wideband if either is).
+            for (_, p, c) in line_first {
+                call.sides[p.channel()].preferred = Some(c);
+            }
+        } else if first_audio.is_some() {
             call.sides[side.channel()].preferred = first_audio;
         }
         for (side, ep) in again {

@@ -603,7 +603,9 @@ impl Tracker {
                         .position_of(rtp.ssrc, rtp.timestamp, ev_rate as u32)
                         .filter(|p| (p - (arrival_pos - dur_pos)).abs() <= i64::from(rate))
                         .unwrap_or(arrival_pos - dur_pos);
-                    let at_ms = (start * 1000 / i64::from(rate)).max(0);
+                    // (To the nearest millisecond: a key placed a sample
+                    // before its 6 s was listed at 5999.)
+                    let at_ms = ((start * 1000 + i64::from(rate) / 2) / i64::from(rate)).max(0);
                     let digit_s = digit.to_string();
                     let near = i64::from(rate) * 150 / 1000;
                     let copy = call.dtmf.iter().position(|e| {
@@ -1038,7 +1040,7 @@ impl Tracker {
 /// arrival); frame 0 may lie before it (see `Media::origin`).
 pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
     for d in &mut dtmf {
-        d.at_ms -= origin_us / 1000;
+        d.at_ms -= (origin_us + 500).div_euclid(1000);
     }
     dtmf
 }

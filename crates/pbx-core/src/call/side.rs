@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use super::meta::Party;
 use crate::audio::codec::Codec;
 use crate::rtp::srtp::SrtpStream;
 use crate::sip::sdp::Crypto;
@@ -42,6 +43,35 @@ impl SideMedia {
                 *announcements = announcements.saturating_add(1);
                 e.1 = *announcements;
             }
+        }
+    }
+}
+
+/// A SIPREC m-line's payload number `pt` is `codec` in the stream of
+/// `party` (None: nobody is known to send it yet, both sides get it). Each
+/// m-line's numbers are its sender's stream's: put on the other side (a
+/// packet's codec is looked up on its receiver's side first), so two lines
+/// giving one number to two codecs (96 Opus on one, 96 PCMA on the other,
+/// or telephone-event at 48000 and at 8000) each keep theirs; the sender's
+/// side gets it too where it has none (a fallback). Before, the last line
+/// gave its codec to both streams: the other decoded as noise.
+pub(super) fn add_line_codec(
+    sides: &mut [SideMedia; 2],
+    party: Option<Party>,
+    pt: u8,
+    codec: Codec,
+) {
+    match party {
+        Some(p) => {
+            sides[p.other().channel()].pt_map.insert(pt, codec.clone());
+            let own = &mut sides[p.channel()].pt_map;
+            if own.get(&pt).is_none() {
+                own.insert(pt, codec);
+            }
+        }
+        None => {
+            sides[0].pt_map.insert(pt, codec.clone());
+            sides[1].pt_map.insert(pt, codec);
         }
     }
 }

@@ -30,6 +30,7 @@ fn profile(suite: &str) -> Option<ProtectionProfile> {
 /// Master key and salt from `inline:<base64>[|lifetime][|MKI:len]`.
 pub fn parse_key_params(key_params: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     let inline = key_params.trim().strip_prefix("inline:")?;
+    mki_len(inline)?;
     let b64 = inline.split('|').next()?;
     let raw = STANDARD.decode(b64.trim()).ok()?;
     if raw.len() != 30 {
@@ -38,11 +39,28 @@ pub fn parse_key_params(key_params: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((raw[..16].to_vec(), raw[16..].to_vec()))
 }
 
+/// The MKI's length in bytes (RFC 4568 6.1: `|<value>:<length>`, 1-128
+/// bytes; 0 without one); None when malformed.
+fn mki_len(inline: &str) -> Option<usize> {
+    match inline.split('|').skip(1).find(|f| f.contains(':')) {
+        None => Some(0),
+        Some(f) => {
+            let (value, len) = f.split_once(':')?;
+            let len: usize = len.trim().parse().ok()?;
+            (value.trim().parse::<u128>().is_ok() && (1..=128).contains(&len)).then_some(len)
+        }
+    }
+}
+
 /// Decrypts one SRTP stream.
 pub struct SrtpStream {
     ctx: Context,
     /// Length of the authentication tag at the end of each packet.
     tag: usize,
+    /// Length of the MKI before the tag (RFC 3711 3.1: not authenticated),
+    /// 0 without one. A sender that announces one but does not send it
+    /// is decrypted too.
+    mki: usize,
 }
 
 impl SrtpStream {
@@ -67,7 +85,8 @@ impl SrtpStream {
         };
         let replay = replay.then(|| srtp_replay_protection(1024));
         let ctx = Context::new(&key, &salt, p, replay, None).ok()?;
-        Some(SrtpStream { ctx, tag })
+        let mki = mki_len(key_params.trim().strip_prefix("inline:")?)?;
+        Some(SrtpStream { ctx, tag, mki })
     }
 
     /// The plain RTP packet, or None when authentication fails (or a replay)
@@ -75,6 +94,23 @@ impl SrtpStream {
     /// header extension runs past the end: the SRTP library panics on those,
     /// so they never reach it).
     pub fn decrypt(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
+        if self.mki > 0 {
+            // The MKI lies between the encrypted payload and the tag: the
+            // packet without it is what the tag authenticates.
+            let cut = packet.len().checked_sub(self.tag + self.mki);
+            if let Some(cut) = cut.filter(|c| *c >= 12) {
+                let mut without = Vec::with_capacity(packet.len() - self.mki);
+                without.extend_from_slice(&packet[..cut]);
+                without.extend_from_slice(&packet[cut + self.mki..]);
+                if let Some(p) = self.decrypt_plain(&without) {
+                    return Some(p);
+                }
+            }
+        }
+        self.decrypt_plain(packet)
+    }
+
+    fn decrypt_plain(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
         let body = packet.get(..packet.len().checked_sub(self.tag)?)?;
         if !rtp_header_fits(body) {
             return None;
@@ -262,6 +298,31 @@ mod tests {
         let mut bad = cipher.to_vec();
         bad[20] ^= 1;
         assert!(dec.decrypt(&bad).is_none());
+    }
+
+    /// A sender that puts the MKI its key announces (`|1:4`) in every
+    /// packet, between the payload and the tag (RFC 3711 3.1): decrypted.
+    /// Before, every packet failed to authenticate (the stream silent).
+    #[test]
+    fn packets_carrying_an_mki_are_decrypted() {
+        let key = new_key();
+        let params = format!("inline:{key}|2^31|1:4");
+        let (k, s) = parse_key_params(&params).unwrap();
+        let mut enc =
+            Context::new(&k, &s, ProtectionProfile::Aes128CmHmacSha1_80, None, None).unwrap();
+        let mut dec = SrtpStream::new("AES_CM_128_HMAC_SHA1_80", &params).unwrap();
+        for seq in 1..4u8 {
+            let mut rtp = vec![0x80, 0, 0, seq, 0, 0, 0, 160, 0, 0, 0x12, 0x34];
+            rtp.extend_from_slice(&[0x55 + seq; 160]);
+            let cipher = enc.encrypt_rtp(&rtp).unwrap();
+            let tag_at = cipher.len() - 10;
+            let mut with_mki = cipher[..tag_at].to_vec();
+            with_mki.extend_from_slice(&[0, 0, 0, 1]);
+            with_mki.extend_from_slice(&cipher[tag_at..]);
+            assert_eq!(dec.decrypt(&with_mki).unwrap(), rtp);
+        }
+        assert!(parse_key_params(&format!("inline:{key}|2^31|1:0")).is_none());
+        assert!(parse_key_params(&format!("inline:{key}|x:4")).is_none());
     }
 
     #[test]
