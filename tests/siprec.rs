@@ -496,6 +496,102 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
     assert!(rms(&ch[0]) > 100.0);
 }
 
+/// The two m-lines give payload number 96 to two codecs (Bob's stream
+/// PCMA, Alice's G.722), and the first m-line (Bob's) is narrowband: each
+/// stream is decoded with its own line's codec, and `sample_rate = "auto"`
+/// records at 16 kHz (a leg is wideband) whichever stream's packet comes
+/// first. Before, the last line's codec was every stream's (Bob's PCMA
+/// decoded as G.722: noise) and the rate came from the first line's first
+/// codec (8 kHz, Alice's G.722 narrowed).
+#[test]
+fn each_m_line_keeps_its_payload_numbers_and_a_wideband_leg_makes_16_khz() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let call_id = "siprec-pt96@src";
+    let rtp_a = UdpSocket::bind("127.0.0.1:0").unwrap(); // Alice (label 1)
+    let rtp_b = UdpSocket::bind("127.0.0.1:0").unwrap(); // Bob (label 2)
+    let (pa, pb) = (
+        rtp_a.local_addr().unwrap().port(),
+        rtp_b.local_addr().unwrap().port(),
+    );
+    let inv = invite(
+        call_id,
+        src.port(),
+        srs,
+        [pb, pa],
+        1,
+        "pt96",
+        &metadata("recorded-pt96@pbx"),
+    );
+    let line = |port: u16| {
+        format!("m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+    };
+    let inv = inv
+        .replace(
+            &line(pb),
+            &format!("m=audio {pb} RTP/AVP 96\r\na=rtpmap:96 PCMA/8000\r\n"),
+        )
+        .replace(
+            &line(pa),
+            &format!("m=audio {pa} RTP/AVP 96\r\na=rtpmap:96 G722/8000\r\n"),
+        );
+    let inv = with_content_length(&inv);
+    src.send(&inv);
+    let ok = src.final_response("INVITE");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    let to = header(&ok, "To").unwrap().to_string();
+    let bye = ack_and_bye(&mut src, call_id, &to, srs);
+    // 2 s each, 20 ms packets; Bob's (narrowband) first.
+    let alice = speechlike(201, 2000, 16000);
+    let bob = speechlike(202, 2000, 8000);
+    let (mut ea, mut eb) = (Encoder::new(TestCodec::G722), Encoder::new(TestCodec::Pcma));
+    let t = Instant::now();
+    for i in 0..100usize {
+        let due = Duration::from_millis(20 * i as u64);
+        if let Some(w) = due.checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let b = rtp_packet(
+            96,
+            i == 0,
+            1000 + i as u16,
+            5000 + (i * 160) as u32,
+            0xB0B,
+            &eb.encode(&bob[i * 160..(i + 1) * 160]),
+        );
+        rtp_b
+            .send_to(&b, SocketAddr::new(srs.ip(), ports[0]))
+            .unwrap();
+        let a = rtp_packet(
+            96,
+            i == 0,
+            i as u16,
+            (i * 160) as u32,
+            0xA11CE,
+            &ea.encode(&alice[i * 320..(i + 1) * 320]),
+        );
+        rtp_a
+            .send_to(&a, SocketAddr::new(srs.ip(), ports[1]))
+            .unwrap();
+    }
+    src.send(&bye);
+    let r = src.final_response("BYE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["channels"][0]["codec"], "G722", "{j}");
+    assert_eq!(j["channels"][1]["codec"], "PCMA", "{j}");
+    let (rate, ch) = pbx_testgen::audio::read_stereo_wav(&recs[0].with_extension("wav")).unwrap();
+    assert_eq!(rate, 16000, "a leg is wideband");
+    // Alice's G.722 at its rate; Bob's PCMA upsampled: every other sample.
+    let (_, ca) = best_lag(&ch[0], &alice, 1600);
+    let bob_ch: Vec<i16> = ch[1].iter().step_by(2).copied().collect();
+    let (_, cb) = best_lag(&bob_ch, &bob, 800);
+    assert!(ca > 0.9 && cb > 0.9, "correlations {ca:.3} {cb:.3}");
+}
+
 #[test]
 fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
     let dir = tempfile::tempdir().unwrap();
