@@ -813,6 +813,7 @@ fn an_encrypted_call_ends_as_a_sealed_pair() {
         warnings: Vec::new(),
         ids: Default::default(),
         signalling: None,
+        mixed_mono: false,
     };
     rd.end(CallKey(1), meta);
     assert_eq!(rd.counters.written, 1, "{:?}", rd.errors);
@@ -999,6 +1000,7 @@ fn bench_encryption_cpu() {
                     warnings: Vec::new(),
                     ids: Default::default(),
                     signalling: None,
+                    mixed_mono: false,
                 },
             );
         }

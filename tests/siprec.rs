@@ -592,6 +592,85 @@ fn each_m_line_keeps_its_payload_numbers_and_a_wideband_leg_makes_16_khz() {
     assert!(ca > 0.9 && cb > 0.9, "correlations {ca:.3} {cb:.3}");
 }
 
+/// A session with one audio stream that both participants send (the SRC
+/// records its mix): CONTRACT §3's mono mix, a 1-channel WAV of that
+/// stream with `"mixed_mono": true`, one `channels` entry (party "mixed"),
+/// `from` and `to` the two participants. Before, a 2-channel WAV whose
+/// second channel was silence, and `to` was the SRS's own address.
+#[test]
+fn a_single_mixed_stream_is_a_one_channel_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let call_id = "siprec-mixed@src";
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = rtp.local_addr().unwrap().port();
+    let meta = r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE="><sipSessionID>mixed@pbx</sipSessionID></session>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDI="><send>U1RSMQ==</send></participantstreamassoc>
+</recording>"#;
+    let inv = invite(call_id, src.port(), srs, [port, 1], 1, "mixed", meta);
+    // One m-line: the second goes.
+    let second = "m=audio 1 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n";
+    let inv = inv.replace(second, "").replace("a=label:2", "a=label:1");
+    let inv = with_content_length(&inv);
+    src.send(&inv);
+    let ok = src.final_response("INVITE");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ports = answer_ports(&ok);
+    assert_eq!(ports.len(), 1, "{ok}");
+    let to = header(&ok, "To").unwrap().to_string();
+    let bye = ack_and_bye(&mut src, call_id, &to, srs);
+    let mix = speechlike(301, 2000, 8000);
+    let mut enc = Encoder::new(TestCodec::Pcmu);
+    let mut sent = Vec::new();
+    let t = Instant::now();
+    for i in 0..100usize {
+        let due = Duration::from_millis(20 * i as u64);
+        if let Some(w) = due.checked_sub(t.elapsed()) {
+            std::thread::sleep(w);
+        }
+        let payload = enc.encode(&mix[i * 160..(i + 1) * 160]);
+        sent.extend(
+            payload
+                .iter()
+                .map(|b| pbx_core::audio::g711::ulaw_to_linear(*b)),
+        );
+        let p = rtp_packet(0, i == 0, i as u16, (i * 160) as u32, 0x313, &payload);
+        rtp.send_to(&p, SocketAddr::new(srs.ip(), ports[0]))
+            .unwrap();
+    }
+    src.send(&bye);
+    let r = src.final_response("BYE");
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    let recs = d.wait_recordings(1, Duration::from_secs(20));
+    let j: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(j["mixed_mono"], true, "{j}");
+    assert_eq!(j["audio"]["channels"], 1, "{j}");
+    assert_eq!(j["channels"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(j["channels"][0]["party"], "mixed", "{j}");
+    assert_eq!(j["channels"][0]["packets"], 100, "{j}");
+    assert_eq!(j["from"]["name"], "Alice", "{j}");
+    assert_eq!(j["to"]["name"], "Bob", "{j}");
+    assert!(
+        !j["warnings"].to_string().contains("no RTP was received"),
+        "{j}"
+    );
+    let wav = recs[0].with_extension("wav");
+    let bytes = std::fs::read(&wav).unwrap();
+    assert_eq!(j["audio"]["bytes"], bytes.len() as u64);
+    let (rate, ch) = pbx_testgen::audio::read_mono_wav(&wav).unwrap();
+    assert_eq!(rate, 8000);
+    // The stream's samples, bit for bit, from time zero.
+    assert_eq!(&ch[..sent.len()], &sent[..]);
+}
+
 #[test]
 fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
     let dir = tempfile::tempdir().unwrap();

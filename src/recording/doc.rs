@@ -183,6 +183,10 @@ pub struct CallFields {
     /// (the audio on disk was muted before it was written; where is not known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pauses: Option<Vec<Pause>>,
+    /// The WAV has one channel: the one stream carried both parties (a
+    /// SIPREC session's single, mixed stream; CONTRACT §3). Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mixed_mono: bool,
 }
 
 /// The fields of a recording converted from a PBX's files.
@@ -233,7 +237,13 @@ impl RecordingDoc {
             ended_at: Some(meta.ended_at),
             duration_ms: meta.duration_ms(),
             audio,
-            channels: DocChannels::Measured(meta.channels.to_vec()),
+            channels: DocChannels::Measured(if meta.mixed_mono {
+                let mut ch = meta.channels[0].clone();
+                ch.party = "mixed".into();
+                vec![ch]
+            } else {
+                meta.channels.to_vec()
+            }),
             dtmf: meta.dtmf.clone(),
             truncated: meta.end_reason.is_cut(),
             warnings: meta.warnings.clone(),
@@ -243,6 +253,7 @@ impl RecordingDoc {
                 end_reason: end_reason_name(meta),
                 caller_known: Some(meta.caller_known),
                 pauses: Some(meta.pauses.clone()),
+                mixed_mono: meta.mixed_mono,
             }),
             folder: None,
             ids: call_ids(&meta.ids, meta.recorded_call_id.as_deref()),
@@ -271,7 +282,9 @@ impl RecordingDoc {
             signalling,
         );
         self.direction = direction;
-        if !self.folder.as_ref().is_some_and(|f| f.mixed_mono) {
+        let mixed = self.folder.as_ref().is_some_and(|f| f.mixed_mono)
+            || self.call.as_ref().is_some_and(|c| c.mixed_mono);
+        if !mixed {
             self.roles = Some(roles);
         }
     }
@@ -401,6 +414,7 @@ mod tests {
             end_reason: "crash".into(),
             caller_known: None,
             pauses: None,
+            mixed_mono: false,
         });
         let v = d.to_value();
         assert_eq!(v["did"], "555");

@@ -280,6 +280,56 @@ pub(super) fn seal_part_recovered(
     Ok((h, damaged))
 }
 
+/// The finished two-channel WAV at `wav` made a one-channel WAV of its
+/// left channel, in place (a temp file renamed over it), sealed again when
+/// `keys`: a mixed stream's recording (CONTRACT §3 `mixed_mono`). Its
+/// length and hex SHA-256.
+pub(crate) fn wav_to_mono(wav: &Path, keys: Option<&Keyring>) -> io::Result<(u64, String)> {
+    use pbx_core::audio::wav::{canonical_header, parse_wav_header};
+    let mut r = open_recording(wav, keys, OpenMode::Strict)?;
+    let mut head = [0u8; 44];
+    r.read_exact(&mut head)?;
+    let info = parse_wav_header(&head)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let frames = info.data_len / 4;
+    let tmp = wav.with_extension("wav.mono-tmp");
+    let out = (|| -> io::Result<(u64, String)> {
+        let f = create_private_file(&tmp)?;
+        let mut w = HashingWriter::new(SpoolWriter::new(
+            io::BufWriter::with_capacity(256 * 1024, f),
+            keys,
+        )?);
+        let data = u32::try_from(frames * 2).map_err(|_| io::Error::other("WAV too long"))?;
+        w.write_all(&canonical_header(info.sample_rate, 1, data))?;
+        let (mut stereo, mut mono) = (vec![0u8; 64 * 1024], Vec::with_capacity(32 * 1024));
+        let mut left = frames * 4;
+        while left > 0 {
+            let n = (left as usize).min(stereo.len());
+            r.read_exact(&mut stereo[..n])?;
+            mono.clear();
+            for f in stereo[..n].chunks_exact(4) {
+                mono.extend_from_slice(&f[..2]);
+            }
+            w.write_all(&mono)?;
+            left -= n as u64;
+        }
+        let (inner, h) = w.finish();
+        let file = inner.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(h)
+    })();
+    match out {
+        Ok(h) => {
+            fs::rename(&tmp, wav)?;
+            Ok(h)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// The WAV of the plaintext of a `.part` (`r`) sealed into `out` with its
 /// true header, fsynced; its length and hex SHA-256. `check`: every record
 /// of `r` must authenticate ([`RecordingReader::check_rest`]), those after

@@ -168,8 +168,8 @@ pub(super) fn finish_recording(mut rec: OpenRecording, meta: &CallMeta) -> Done 
                 a["channels"].as_u64(),
                 a["bytes"].as_u64(),
             ) {
-                (Some("wav"), Some(2), Some(b)) => {
-                    b.saturating_sub(pbx_core::audio::wav::HEADER_LEN) / 4
+                (Some("wav"), Some(c @ 1..=2), Some(b)) => {
+                    b.saturating_sub(pbx_core::audio::wav::HEADER_LEN) / (2 * c)
                 }
                 _ => frames,
             };
@@ -406,12 +406,14 @@ pub(super) fn finish_files(
             h
         }
     };
-    let doc = call_doc(
-        &rec.id,
-        &rec.ctx,
-        meta,
-        DocAudio::wav(meta.sample_rate, bytes, sha),
-    );
+    let mut audio = DocAudio::wav(meta.sample_rate, bytes, sha);
+    if meta.mixed_mono {
+        // One stream carried both parties: its channel alone.
+        let (bytes, sha) = files::wav_to_mono(&wav_path, rec.ctx.seal.as_deref())?;
+        audio = DocAudio::wav(meta.sample_rate, bytes, sha);
+        audio.channels = 1;
+    }
+    let doc = call_doc(&rec.id, &rec.ctx, meta, audio);
     write_json_value(&rec.dir, &rec.id, &doc, rec.ctx.seal.as_deref())?;
     let _ = fs::remove_file(rec.dir.join(format!(".{}.start.json", rec.id)));
     if rec.part.exists() {

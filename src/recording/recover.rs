@@ -634,6 +634,8 @@ pub(super) fn complete_json(
             end_reason: reason.to_string(),
             caller_known: None,
             pauses: None,
+            // (A crash leaves a mixed stream's recording in two channels.)
+            mixed_mono: false,
         }),
         folder: None,
         ids: doc::call_ids(

@@ -299,6 +299,7 @@ fn meta_r4() -> CallMeta {
         warnings: Vec::new(),
         ids: Default::default(),
         signalling: None,
+        mixed_mono: false,
     }
 }
 
@@ -2206,4 +2207,53 @@ fn a_damaged_end_note_is_survived() {
     assert_eq!(j["recording_id"], id);
     assert_eq!(j["audio"]["bytes"], wav.len() as u64);
     assert_eq!(hidden_files(d.path()), Vec::<String>::new());
+}
+
+/// A mixed stream's recording (`CallMeta::mixed_mono`) is the left channel
+/// alone, in a 1-channel WAV, plain and sealed; the JSON's `audio` (bytes,
+/// sha256 of the plaintext, 1 channel) describes it.
+#[test]
+fn a_mixed_stream_is_written_as_one_channel_plain_and_sealed() {
+    use sha2::Digest;
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[5; 32]), Vec::new()));
+    for seal in [None, Some(keys)] {
+        let d = tempfile::tempdir().unwrap();
+        let c = RecordingContext {
+            seal: seal.clone(),
+            ..ctx("siprec")
+        };
+        let mut rd = RecordingDir::new(d.path(), c).unwrap();
+        rd.begin(CallKey(4), &start("r4"));
+        let frames: Vec<i16> = (0..800i16).flat_map(|k| [k * 3 + 1, 0]).collect();
+        rd.audio(CallKey(4), &frames);
+        rd.end(
+            CallKey(4),
+            CallMeta {
+                mixed_mono: true,
+                ..meta_r4()
+            },
+        );
+        let wav = crypt::read_recording(&d.path().join("r4.wav"), seal.as_deref()).unwrap();
+        assert_eq!(wav.len(), 44 + 1600);
+        assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "one channel");
+        let left: Vec<i16> = wav[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(left, (0..800i16).map(|k| k * 3 + 1).collect::<Vec<_>>());
+        let j: Value = serde_json::from_slice(
+            &crypt::read_recording(&d.path().join("r4.json"), seal.as_deref()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(j["mixed_mono"], true);
+        assert_eq!(j["audio"]["channels"], 1);
+        assert_eq!(j["audio"]["bytes"], wav.len() as u64);
+        let sha: String = sha2::Sha256::digest(&wav)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(j["audio"]["sha256"], sha);
+        assert_eq!(j["channels"].as_array().unwrap().len(), 1);
+        assert!(!d.path().join("r4.wav.mono-tmp").exists());
+    }
 }

@@ -286,57 +286,20 @@ impl Call {
             None => BEFORE_MEDIA,
         }
     }
+}
 
-    /// Whether an in-dialog request belongs to the call's dialog: its tags
-    /// name the callee's (once an answer gave it) and the caller's (RFC
-    /// 3261 12: a dialog is its Call-ID and both tags). A forked INVITE's
-    /// other dialogs share the Call-ID and the caller's tag only; a BYE
-    /// naming the callee's tag beside another From tag is no request of
-    /// this dialog (its UAS answers 481) and ended the recording.
-    pub(super) fn in_dialog(&self, msg: &SipMessage) -> bool {
-        let Some(t) = &self.callee.tag else {
-            return true;
+impl Call {
+    /// A SIPREC session whose offer has one audio stream: the SRC's mix of
+    /// both parties (CONTRACT §3 `mixed_mono`).
+    pub(super) fn siprec_mixed(&self) -> bool {
+        let audio = |m: &&crate::sip::sdp::MediaDescription| {
+            m.media.eq_ignore_ascii_case("audio") && !m.is_rejected()
         };
-        let other = if msg.to.tag.as_ref() == Some(t) {
-            &msg.from.tag
-        } else if msg.from.tag.as_ref() == Some(t) {
-            &msg.to.tag
-        } else {
-            return false;
-        };
-        match &self.caller_tag {
-            Some(c) => other.as_ref() == Some(c),
-            None => true,
-        }
-    }
-
-    pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
-        if !msg.is_request() {
-            let request = self
-                .offers
-                .iter()
-                .rev()
-                .find(|(c, m, _)| *c == msg.cseq && *m == msg.cseq_method);
-            if let Some((_, _, requester)) = request {
-                return requester.other();
-            }
-        }
-        // In requests From is the sender; in responses From is still the
-        // request's sender, so the responder is the other party.
-        let from_is_caller = match (&self.caller_tag, &msg.from.tag) {
-            (Some(c), Some(t)) => c == t,
-            _ => msg.from.uri == self.caller.uri,
-        };
-        let requester = if from_is_caller {
-            Party::Caller
-        } else {
-            Party::Callee
-        };
-        if msg.is_request() {
-            requester
-        } else {
-            requester.other()
-        }
+        self.siprec.is_some()
+            && self
+                .siprec_state
+                .as_ref()
+                .is_some_and(|st| st.lines.media.iter().filter(audio).count() == 1)
     }
 }
 
@@ -942,12 +905,23 @@ impl Tracker {
                     }
                 }
                 state.from_metadata = true;
+                // One stream (the SRC's mix): the callee is the participant
+                // the metadata names after the one sending it.
+                let mixed = assign.len() == 1;
+                let sender = assign.first().and_then(|a| a.participant.clone());
                 for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
                     // Who speaks on the channel now (the sender of its stream).
                     let pid = assign
                         .iter()
                         .find(|a| parties.get(a.m_line).copied().flatten() == Some(party))
-                        .and_then(|a| a.participant.clone());
+                        .and_then(|a| a.participant.clone())
+                        .or_else(|| {
+                            let other = merged
+                                .participants
+                                .iter()
+                                .find(|p| Some(&p.id) != sender.as_ref());
+                            other.filter(|_| mixed && slot == 1).map(|p| p.id.clone())
+                        });
                     if let Some(p) =
                         pid.and_then(|id| merged.participants.iter().find(|p| p.id == id))
                     {

@@ -32,56 +32,6 @@ use super::{dialog::*, engine::*, seq::*};
 /// SSRCs whose sequence numbers a leg follows at once.
 const MAX_SSRCS: usize = 64;
 
-/// How far ahead of its stream's newest number a packet from a new source
-/// may be and still be that stream moved ([`SsrcSeqs::continues`]).
-const MOVED_SEQ_AHEAD: u16 = 50;
-
-/// A leg's sequence number state per SSRC. Most legs have one SSRC, a few
-/// two or three: a list searched in order, its room grown one at a time
-/// (a hash map took 564 bytes a leg for its one SSRC; this takes 136).
-#[derive(Debug, Default)]
-pub(super) struct SsrcSeqs(Vec<(u32, SeqTracker)>);
-
-impl SsrcSeqs {
-    /// The state of `ssrc`, new if it has none.
-    pub(super) fn entry(&mut self, ssrc: u32) -> &mut SeqTracker {
-        let i = match self.0.iter().position(|(s, _)| *s == ssrc) {
-            Some(i) => i,
-            None => {
-                self.0.reserve_exact(1);
-                self.0.push((ssrc, SeqTracker::default()));
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[i].1
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether `seq` of `ssrc` goes on from its newest number (the next
-    /// [`MOVED_SEQ_AHEAD`]): not a copy of a packet already heard.
-    pub(super) fn continues(&self, ssrc: u32, seq: u16) -> bool {
-        self.0
-            .iter()
-            .find(|(s, _)| *s == ssrc)
-            .and_then(|(_, t)| t.max_extended())
-            .is_some_and(|m| (1..=MOVED_SEQ_AHEAD).contains(&seq.wrapping_sub(m as u16)))
-    }
-
-    /// The oldest SSRC's state other than `keep`'s goes.
-    pub(super) fn forget_one_other_than(&mut self, keep: u32) {
-        if let Some(i) = self.0.iter().position(|(s, _)| *s != keep) {
-            self.0.remove(i);
-        }
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &SeqTracker> {
-        self.0.iter().map(|(_, t)| t)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Flow {
     pub(super) src: SocketAddr,
@@ -948,6 +898,7 @@ impl Tracker {
                 self.latched.remove(ep);
             }
         }
+        let mixed_mono = call.siprec_mixed();
         let Some(media) = call.media else {
             self.stats.calls_without_media += 1;
             return;
@@ -992,7 +943,11 @@ impl Tracker {
         }
         let signalling = caller_sides(call.siprec.is_some(), call.caller_known, call.signalling);
         let mut warnings = call.warnings;
-        for (i, c) in channels.iter().enumerate() {
+        for (i, c) in channels
+            .iter()
+            .enumerate()
+            .take(if mixed_mono { 1 } else { 2 })
+        {
             if c.packets == 0 {
                 warnings.push(format!(
                     "channel {i} ({}): no RTP was received from this party; the channel is silent",
@@ -1031,13 +986,13 @@ impl Tracker {
             warnings,
             signalling,
             ids: call.ids,
+            mixed_mono,
         };
         sink.end(key, meta);
     }
 }
 
-/// DTMF times are taken on the arrival clock (0 = the first packet's
-/// arrival); frame 0 may lie before it (see `Media::origin`).
+/// DTMF times on the WAV's clock (taken on the arrival clock; frame 0 may lie before it, `Media::origin`).
 pub(super) fn dtmf_on_timeline(mut dtmf: Vec<Dtmf>, origin_us: i64) -> Vec<Dtmf> {
     for d in &mut dtmf {
         d.at_ms -= (origin_us + 500).div_euclid(1000);

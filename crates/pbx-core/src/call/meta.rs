@@ -197,6 +197,10 @@ pub struct CallMeta {
     /// opening INVITE's source and destination); `None` for SIPREC sessions
     /// and calls seen mid-way.
     pub signalling: Option<[std::net::IpAddr; 2]>,
+    /// One stream carried both parties (a SIPREC session with a single
+    /// audio stream, the SRC's mix): the recording is its one channel
+    /// (CONTRACT §3 `mixed_mono`), channel 0 here; channel 1 is empty.
+    pub mixed_mono: bool,
 }
 
 impl CallMeta {

@@ -8,6 +8,7 @@ use super::meta::Party;
 use crate::audio::codec::Codec;
 use crate::rtp::srtp::SrtpStream;
 use crate::sip::sdp::Crypto;
+use crate::sip::SipMessage;
 
 /// Receive addresses and payload-type map announced by one side.
 #[derive(Debug, Default, Clone)]
@@ -119,6 +120,62 @@ impl std::fmt::Debug for SrtpRx {
         } else {
             "SrtpRx"
         })
+    }
+}
+
+/// Who sent a SIP message of the call, and whether a request is of its
+/// dialog.
+impl super::dialog::Call {
+    /// Whether an in-dialog request belongs to the call's dialog: its tags
+    /// name the callee's (once an answer gave it) and the caller's (RFC
+    /// 3261 12: a dialog is its Call-ID and both tags). A forked INVITE's
+    /// other dialogs share the Call-ID and the caller's tag only; a BYE
+    /// naming the callee's tag beside another From tag is no request of
+    /// this dialog (its UAS answers 481) and ended the recording.
+    pub(super) fn in_dialog(&self, msg: &SipMessage) -> bool {
+        let Some(t) = &self.callee.tag else {
+            return true;
+        };
+        let other = if msg.to.tag.as_ref() == Some(t) {
+            &msg.from.tag
+        } else if msg.from.tag.as_ref() == Some(t) {
+            &msg.to.tag
+        } else {
+            return false;
+        };
+        match &self.caller_tag {
+            Some(c) => other.as_ref() == Some(c),
+            None => true,
+        }
+    }
+
+    pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
+        if !msg.is_request() {
+            let request = self
+                .offers
+                .iter()
+                .rev()
+                .find(|(c, m, _)| *c == msg.cseq && *m == msg.cseq_method);
+            if let Some((_, _, requester)) = request {
+                return requester.other();
+            }
+        }
+        // In requests From is the sender; in responses From is still the
+        // request's sender, so the responder is the other party.
+        let from_is_caller = match (&self.caller_tag, &msg.from.tag) {
+            (Some(c), Some(t)) => c == t,
+            _ => msg.from.uri == self.caller.uri,
+        };
+        let requester = if from_is_caller {
+            Party::Caller
+        } else {
+            Party::Callee
+        };
+        if msg.is_request() {
+            requester
+        } else {
+            requester.other()
+        }
     }
 }
 
