@@ -1041,6 +1041,11 @@ fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
     ));
     let r = src.final_response("INVITE");
     assert!(r.starts_with("SIP/2.0 403"), "{r}");
+    // Saying why (RFC 3261 20.43).
+    assert!(
+        header(&r, "Warning").is_some_and(|w| w.starts_with("399 pbx-edge") && w.contains("allow")),
+        "{r}"
+    );
 
     let dir2 = tempfile::tempdir().unwrap();
     let (d2, srs2) = siprec_daemon(dir2.path(), "max_calls = 1\n");
@@ -1110,6 +1115,11 @@ fn refusals_forbidden_malformed_limit_and_unknown_dialog() {
     ));
     let r = src2.final_response("INVITE");
     assert!(r.starts_with("SIP/2.0 503"), "{r}");
+    assert!(
+        header(&r, "Warning").is_some_and(|w| w.contains("max_calls")),
+        "{r}"
+    );
+    assert_eq!(header(&r, "Retry-After"), Some("30"), "{r}");
     // BYE for an unknown dialog: 481.
     let p = src2.port();
     src2.send(&format!(

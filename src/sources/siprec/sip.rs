@@ -398,12 +398,30 @@ pub(super) async fn sip_loop(
                     }
                     if !cfg.allows(from.ip()) {
                         tracing::warn!(peer = %from, "SIPREC INVITE from an address outside sources.siprec.allow: 403");
-                        uas.reject(&dialog, 403, "Forbidden", at);
+                        uas.reject_because(
+                            &dialog,
+                            403,
+                            "Forbidden",
+                            "source address not allowed (sources.siprec.allow)",
+                            None,
+                            at,
+                        );
                         continue;
                     }
                     if sessions.len() >= cfg.max_calls as usize {
                         tracing::warn!(limit = cfg.max_calls, "SIPREC call limit reached: 503");
-                        uas.reject(&dialog, 503, "Service Unavailable", at);
+                        let why = format!(
+                            "call limit reached ({} calls, sources.siprec.max_calls)",
+                            cfg.max_calls
+                        );
+                        uas.reject_because(
+                            &dialog,
+                            503,
+                            "Service Unavailable",
+                            &why,
+                            Some(RETRY_AFTER_S),
+                            at,
+                        );
                         continue;
                     }
                     let offer = match siprec_parts(&invite) {

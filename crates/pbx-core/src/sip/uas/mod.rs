@@ -540,6 +540,29 @@ impl Uas {
         self.reject_with(d, 503, "Service Unavailable", &extra, at)
     }
 
+    /// [`Uas::reject`] with a `Warning: 399 pbx-edge "<why>"` saying why
+    /// (not an allowed source, the call limit reached), and a
+    /// `Retry-After` when `retry_after` (seconds) is given.
+    pub fn reject_because(
+        &mut self,
+        d: &DialogId,
+        code: u16,
+        reason: &str,
+        why: &str,
+        retry_after: Option<u32>,
+        at: Timestamp,
+    ) -> bool {
+        let why: String = why
+            .chars()
+            .filter(|c| *c != '"' && !c.is_control())
+            .collect();
+        let mut extra = vec![("Warning", format!("399 pbx-edge \"{why}\""))];
+        if let Some(s) = retry_after {
+            extra.push(("Retry-After", s.to_string()));
+        }
+        self.reject_with(d, code, reason, &extra, at)
+    }
+
     /// [`Uas::reject`] with the refusal's code, reason and a Warning header
     /// saying why (an offer over a limit: too many m-lines, metadata too
     /// large, ...).
