@@ -125,6 +125,7 @@ pub struct EngineCounters {
     pub calls_recorded: u64,
     pub calls_without_media: u64,
     pub packets_lost: u64,
+    pub packets_late: u64,
     pub capture_clock_steps_back: u64,
 }
 
@@ -143,6 +144,7 @@ impl From<&EngineStats> for EngineCounters {
             calls_recorded: s.calls_recorded,
             calls_without_media: s.calls_without_media,
             packets_lost: s.rtp_lost,
+            packets_late: s.rtp_late,
             capture_clock_steps_back: s.capture_clock_steps_back,
         }
     }
@@ -527,6 +529,12 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "RTP packets missing from the sequence numbers of recorded calls (counted when the recording ends).",
         &per_source(&|x| x.engine.packets_lost),
+    );
+    family(
+        "pbx_edge_rtp_packets_late_total",
+        "counter",
+        "RTP packets of recorded calls that came after their place in the recording was written (beyond recording.jitter): dropped, not placed (counted when the recording ends).",
+        &per_source(&|x| x.engine.packets_late),
     );
     family(
         "pbx_edge_capture_clock_steps_back_total",

@@ -467,6 +467,7 @@ fn two_stream_call_over(d: &Daemon, sip_to: SocketAddr, src: &mut impl Signallin
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric("pbx_edge_rtp_packets_lost_total"), Some(0));
+    assert_eq!(metric("pbx_edge_rtp_packets_late_total"), Some(0));
     assert_eq!(j["from"]["name"], "Alice");
     assert_eq!(j["from"]["number"], "+15551001");
     assert_eq!(j["to"]["name"], "Bob");

@@ -1918,6 +1918,34 @@ fn each_duplicate_is_counted_once_and_a_capture_copy_not_at_all() {
     assert_eq!(c.audio, o.audio);
 }
 
+/// Packets that come after their place was written (2 s late, beyond the
+/// 500 ms window) are dropped, counted in the channel's `late` and in the
+/// engine's `rtp_late` (the `pbx_edge_rtp_packets_late_total` metric).
+#[test]
+fn packets_later_than_the_window_are_counted_late() {
+    let _g = serial();
+    let late = Fate {
+        delay_us: 2_000_000,
+        ..CLEAN
+    };
+    let fates: Vec<[Fate; 2]> = (0..100)
+        .map(|k| {
+            if k == 40 || k == 60 {
+                [late, CLEAN]
+            } else {
+                [CLEAN, CLEAN]
+            }
+        })
+        .collect();
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    feed(&mut engine, &mut sink, &call_packets(100, &fates));
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    let meta = sink.calls[&sink.order[0]].meta.as_ref().unwrap();
+    assert_eq!((meta.channels[0].late, meta.channels[1].late), (2, 0));
+    assert_eq!(engine.stats().rtp_late, 2);
+}
+
 /// The caller's BYE in dialog `d` at `at_us`, and its 200 OK 20 ms later.
 fn hang_up(d: &Dialog, at_us: i64, cseq: u32) -> [Pkt; 2] {
     [

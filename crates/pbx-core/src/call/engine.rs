@@ -152,6 +152,9 @@ pub struct EngineStats {
     /// RTP packets missing from the sequence ranges of finished recordings
     /// (the sum of their channels' `lost`).
     pub rtp_lost: u64,
+    /// RTP packets of finished recordings that came after their place was
+    /// written (the sum of their channels' `late`): dropped, not placed.
+    pub rtp_late: u64,
     pub frames_undecodable: u64,
     pub sip_messages: u64,
     pub sip_malformed: u64,

@@ -926,6 +926,7 @@ impl Tracker {
             let st = leg.timeline.stats();
             m.reanchors = st.breaks;
             m.late += st.late;
+            self.stats.rtp_late += m.late;
             m.timing_corrections = st.corrections;
             m.corrected_samples = st.corrected_samples;
             m.drift_ppm = st.drift_ppm;
