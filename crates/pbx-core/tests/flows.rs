@@ -341,3 +341,116 @@ fn a_callee_answering_a_natted_caller_from_an_unannounced_port_is_recorded() {
     let rec = record_sig(&txs, sig, &d);
     check_rec("NAT, callee from another port", &txs, 0, rec);
 }
+
+/// The NAT call above, its BYE missed by the capture; 2 s after its media
+/// end, another call whose signalling the capture does not see (SIP over
+/// TLS) uses the NAT's address: none of it is the first call's (a latched
+/// address takes packets only while its call has media, within a second).
+/// Found by a re-audit of the latching: the first recording took the other
+/// call's 500 packets and ran 7 s longer.
+#[test]
+fn a_latched_address_reused_after_its_call_went_quiet_is_not_that_calls() {
+    let d = Dialog::new("nat-linger@10.0.0.1");
+    let pts = [0, 8, 101];
+    let sig = setup(
+        &d,
+        &sdp("10.0.0.1", 40000, &pts, "sendrecv"),
+        &sdp("10.0.0.2", 50000, &pts, "sendrecv"),
+    );
+    let nat = v4(203, 0, 113, 5, 34567);
+    let (callee_from, far) = (v4(10, 0, 0, 2, 50002), v4(198, 51, 100, 7, 9000));
+    let mut a = Sender::new(0, 100, 1000);
+    let end = a.talk(MEDIA_US, 200);
+    for x in &mut a.out {
+        x.path = Some((nat, callee_rtp()));
+    }
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 200);
+    for x in &mut b.out {
+        x.path = Some((callee_from, nat));
+    }
+    // The other call, 2 s later: both directions on the NAT's address.
+    let mut o0 = Sender::new(0, 3000, 500);
+    o0.ssrc = 0x0333_0000;
+    o0.k = a.k;
+    o0.talk(end + 2_000_000, 100);
+    let mut o1 = Sender::new(1, 4000, 700);
+    o1.ssrc = 0x0444_0000;
+    o1.k = b.k;
+    o1.talk(end + 2_010_000, 100);
+    for x in o0.out.iter_mut() {
+        x.path = Some((nat, far));
+        x.expect = false;
+    }
+    for x in o1.out.iter_mut() {
+        x.path = Some((far, nat));
+        x.expect = false;
+    }
+    let txs: Vec<Tx> = [a.out, b.out, o0.out, o1.out].concat();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec("latched address reused", &txs, 0, rec);
+}
+
+/// The caller's re-INVITE (CSeq 2 of its own numbering, moving its stream
+/// to port 40100) missed by the capture, after a re-INVITE of the callee
+/// with the same CSeq number was seen: the callee's 200 to the caller's
+/// request is the callee's answer, not taken for one to the callee's own
+/// request. Found by a re-audit of the responder-by-CSeq rule: the channels
+/// were swapped from then on.
+#[test]
+fn an_answer_to_a_request_the_capture_missed_is_not_taken_for_another_with_its_cseq() {
+    // With its own Via branch, and with the branch of the other's request
+    // (a sender numbering its branches by CSeq): told apart by the way the
+    // answer goes (the callee's 200 to the caller, not the caller's to it).
+    for same_branch in [false, true] {
+        missed_request(same_branch);
+    }
+}
+
+fn missed_request(same_branch: bool) {
+    // (A Call-ID without "@": the helper puts it in the Via branch, a token.)
+    let d = Dialog::new("missed-req-1");
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let mut sig = setup(&d, &offer, &answer);
+    sig.extend(reinvite(
+        &d,
+        MEDIA_US + 1_000_000,
+        2,
+        false,
+        &answer,
+        &offer,
+    ));
+    // The caller's own CSeq 2 re-INVITE (not captured), its 200 and ACK.
+    let at = MEDIA_US + 2_000_000;
+    let ok = String::from_utf8(d.response(200, "OK", 2, "INVITE", true, Some(&answer)))
+        .unwrap()
+        .replace(
+            "-INVITE-2\r\n",
+            if same_branch {
+                "-INVITE-2\r\n"
+            } else {
+                "-INVITE-2-by-caller\r\n"
+            },
+        );
+    sig.push(sip(at + 20_000, false, ok.into_bytes()));
+    sig.push(sip(at + 30_000, true, d.request("ACK", 2, true, None)));
+    let mut a = Sender::new(0, 100, 1000);
+    a.talk(MEDIA_US, 250);
+    for x in &mut a.out {
+        if x.sent_us >= at + 40_000 {
+            x.path = Some((v4(10, 0, 0, 1, 40100), callee_rtp()));
+        }
+    }
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 250);
+    let txs: Vec<Tx> = a.out.into_iter().chain(b.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(
+        &format!("answer to a missed request (same branch: {same_branch})"),
+        &txs,
+        0,
+        rec,
+    );
+}

@@ -127,7 +127,7 @@ pub(super) struct Call {
     /// From and To say (a UA that does not copy them into its response
     /// had its SDP taken for the other party's: that party's stream then
     /// recorded on the wrong channel).
-    pub(super) offers: Vec<(u32, Method, Party)>,
+    pub(super) offers: Vec<Offered>,
     /// Addresses its parties were seen sending from that nobody announced
     /// (a NAT's): `Tracker::latched` (at most [`LATCHED_MAX`]).
     pub(super) latched: Vec<SocketAddr>,
@@ -138,6 +138,21 @@ pub(super) const LATCHED_MAX: usize = 4;
 
 /// See [`Call::offers`].
 const OFFERS_KEPT: usize = 4;
+
+/// A request that may carry an offer ([`Call::offers`]): its CSeq number
+/// and method, its top Via branch and the addresses it went between (what
+/// its responses carry, and the way they come back: the CSeq numbers of
+/// the two sides' requests are counted apart, and one side's request the
+/// capture missed may carry the number, and with a careless sender the
+/// branch, of the other's seen before), and its sender.
+#[derive(Debug)]
+pub(super) struct Offered {
+    pub(super) cseq: u32,
+    pub(super) method: Method,
+    pub(super) branch: Option<String>,
+    pub(super) path: (SocketAddr, SocketAddr),
+    pub(super) by: Party,
+}
 
 /// A SIPREC session's metadata so far, and the offer its streams were
 /// last assigned against (a later request may carry metadata alone).
@@ -405,12 +420,18 @@ impl Tracker {
                 }
             }
         }
-        let side = call.side_of_sender(&msg);
+        let side = call.side_of_sender(&msg, (src, dst));
         if let Some(m @ (Method::Invite | Method::Update | Method::Prack)) = msg.method() {
             if call.offers.len() >= OFFERS_KEPT {
                 call.offers.remove(0);
             }
-            call.offers.push((msg.cseq, m.clone(), side));
+            call.offers.push(Offered {
+                cseq: msg.cseq,
+                method: m.clone(),
+                branch: msg.via_branch.clone(),
+                path: (src, dst),
+                by: side,
+            });
         }
         // A key pressed, sent as SIP INFO (many phones and PBXs send DTMF so
         // instead of RFC 4733): listed in `dtmf` and matched against the

@@ -61,6 +61,9 @@ pub(super) struct DtmfState {
 /// interfaces (see the duplicates' count in `Tracker::rtp_for`).
 const CAPTURE_COPY_US: i64 = 2_000;
 
+/// A latched address takes packets while its call had media this recently.
+const LATCH_FRESH_US: i64 = 1_000_000;
+
 pub(super) struct Leg {
     pub(super) party: Party,
     pub(super) timeline: LegTimeline,
@@ -161,17 +164,21 @@ impl Tracker {
             Some((k, receiver)) => (*k, receiver.other(), true),
             None => match self.endpoints.get(&src) {
                 Some((k, sender)) => (*k, *sender, false),
-                // Neither address announced: to or from where a party was
-                // seen sending from (a NAT's address, latched).
-                None => match self.latched.get(&dst) {
+                // Neither address announced: to where a party was seen
+                // sending from (a NAT's address, latched), while its call
+                // goes on (no BYE, media within the last second: a call
+                // whose BYE the capture missed gets nothing of a later
+                // call on that address).
+                None => match self
+                    .latched
+                    .get(&dst)
+                    .filter(|(k, _)| self.latch_alive(*k, ts))
+                {
                     Some((k, receiver)) => (*k, receiver.other(), false),
-                    None => match self.latched.get(&src) {
-                        Some((k, sender)) => (*k, *sender, false),
-                        None => {
-                            self.stats.rtp_unmatched += 1;
-                            return;
-                        }
-                    },
+                    None => {
+                        self.stats.rtp_unmatched += 1;
+                        return;
+                    }
                 },
             },
         };
@@ -221,6 +228,15 @@ impl Tracker {
                 self.rtp_for(k, speaker, by_dst, ts, src, dst, payload, sink);
             }
         }
+    }
+
+    /// Whether call `key`'s latched addresses still take packets: no BYE
+    /// (or CANCEL) seen, and media within [`LATCH_FRESH_US`].
+    fn latch_alive(&self, key: CallKey, ts: Timestamp) -> bool {
+        self.calls.get(&key).is_some_and(|c| {
+            !matches!(c.state, CallState::Ending(..))
+                && ts.micros_since(c.last_rtp) <= LATCH_FRESH_US
+        })
     }
 
     /// A packet to `dst` (whose latest call is `key`) from `src`, which

@@ -149,15 +149,19 @@ impl super::dialog::Call {
         }
     }
 
-    pub(super) fn side_of_sender(&self, msg: &SipMessage) -> Party {
-        if !msg.is_request() {
-            let request = self
-                .offers
-                .iter()
-                .rev()
-                .find(|(c, m, _)| *c == msg.cseq && *m == msg.cseq_method);
-            if let Some((_, _, requester)) = request {
-                return requester.other();
+    /// `path`: the message's source and destination.
+    pub(super) fn side_of_sender(&self, msg: &SipMessage, path: (SocketAddr, SocketAddr)) -> Party {
+        if !msg.is_request() && msg.via_branch.is_some() {
+            // The request it answers: its CSeq and Via branch, sent the
+            // other way.
+            let request = self.offers.iter().rev().find(|o| {
+                o.cseq == msg.cseq
+                    && o.method == msg.cseq_method
+                    && o.branch == msg.via_branch
+                    && o.path == (path.1, path.0)
+            });
+            if let Some(o) = request {
+                return o.by.other();
             }
         }
         // In requests From is the sender; in responses From is still the

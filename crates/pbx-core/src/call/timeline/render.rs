@@ -172,10 +172,12 @@ impl LegTimeline {
         let h = next.env.seam_tolerance().max(cur.env.hysteresis()).ceil() as i64;
         let late = h + next.env.seam_slack(cur.env.jitter_typ).ceil() as i64;
         match cur_end {
-            // The signalling moved the leg to the next stream: it starts at
-            // its place, whatever the old one still sent.
-            Some(end) if next.supersedes && end > start => start,
             Some(end) if end - start <= h && start - end <= late => end,
+            // The signalling moved the leg to the next stream: it starts at
+            // its place, whatever the old one still sent (beyond what the
+            // estimate tells apart: within it, the old one's last packet
+            // is kept whole, as for any seamless change).
+            Some(end) if next.supersedes && end > start => start,
             Some(end) if end > start => {
                 if end - start <= (MAX_OVERLAP_MS as f64 * self.ms) as i64 || self.continues() {
                     end
