@@ -637,6 +637,7 @@ fn start(id: &str) -> pbx_core::call::RecordingStart {
         answered_at: None,
         ids: Default::default(),
         signalling: None,
+        mixed_mono: false,
     }
 }
 

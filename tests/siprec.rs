@@ -672,6 +672,87 @@ fn a_single_mixed_stream_is_a_one_channel_recording() {
     assert_eq!(&ch[..sent.len()], &sent[..]);
 }
 
+/// Not a mix: an offer whose second audio m-line is refused (port 0), and
+/// a single stream the metadata says one participant sends: two channels,
+/// the sender on channel 0, no `mixed_mono`. Found by a re-audit of the
+/// mixed-stream rule (both were written as a 1-channel "mixed" WAV).
+#[test]
+fn one_party_streams_are_not_taken_for_a_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, srs) = siprec_daemon(dir.path(), "");
+    let mut src = Src::new(srs);
+    let one_sender = r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE="><sipSessionID>one@pbx</sipSessionID></session>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDI="><recv>U1RSMQ==</recv></participantstreamassoc>
+</recording>"#;
+    for (k, case) in ["refused", "one sender"].into_iter().enumerate() {
+        let call_id = format!("siprec-notmix-{k}@src");
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        let second = "m=audio 1 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n";
+        let inv = if case == "refused" {
+            // Alice (label 1) on a line with port 0, Bob's (label 2) taken.
+            invite(
+                &call_id,
+                src.port(),
+                srs,
+                [port, 1],
+                1,
+                "nm",
+                &metadata("nm@pbx"),
+            )
+            .replace(second, &second.replace("m=audio 1 ", "m=audio 0 "))
+        } else {
+            invite(&call_id, src.port(), srs, [port, 1], 1, "nm1", one_sender)
+                .replace(second, "")
+                .replace("a=label:2", "a=label:1")
+        };
+        src.send(&with_content_length(&inv));
+        let ok = src.final_response("INVITE");
+        assert!(ok.starts_with("SIP/2.0 200"), "{case}: {ok}");
+        let ports = answer_ports(&ok);
+        let to = header(&ok, "To").unwrap().to_string();
+        let bye = ack_and_bye(&mut src, &call_id, &to, srs);
+        let mut enc = Encoder::new(TestCodec::Pcmu);
+        let voice = speechlike(401 + k as u64, 1000, 8000);
+        for i in 0..50usize {
+            std::thread::sleep(Duration::from_millis(20));
+            let p = rtp_packet(
+                0,
+                i == 0,
+                i as u16,
+                (i * 160) as u32,
+                0x515,
+                &enc.encode(&voice[i * 160..(i + 1) * 160]),
+            );
+            rtp.send_to(&p, SocketAddr::new(srs.ip(), ports[0]))
+                .unwrap();
+        }
+        src.send(&bye);
+        assert!(src.final_response("BYE").starts_with("SIP/2.0 200"));
+        let recs = d.wait_recordings(k + 1, Duration::from_secs(20));
+        let rec = recs
+            .iter()
+            .find(|r| std::fs::read_to_string(r).unwrap().contains(&call_id))
+            .unwrap();
+        let j: Value = serde_json::from_slice(&std::fs::read(rec).unwrap()).unwrap();
+        assert!(j.get("mixed_mono").is_none(), "{case}: {j}");
+        assert_eq!(j["audio"]["channels"], 2, "{case}: {j}");
+        let (_, ch) = pbx_testgen::audio::read_stereo_wav(&rec.with_extension("wav")).unwrap();
+        // The one stream's sender: Bob (label 2) when Alice's line is
+        // refused (channel 1: Alice, the first participant, is the caller),
+        // Alice in the other case (channel 0).
+        let (on, off) = if case == "refused" { (1, 0) } else { (0, 1) };
+        assert!(rms(&ch[on]) > 100.0 && rms(&ch[off]) == 0.0, "{case}: {j}");
+    }
+}
+
 #[test]
 fn sigterm_during_siprec_calls_marks_them_cut_by_shutdown_and_says_bye() {
     let dir = tempfile::tempdir().unwrap();

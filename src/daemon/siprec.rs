@@ -84,22 +84,13 @@ pub(super) async fn reload_siprec(
             .chain(b.map(|b| b.port()))
             .collect::<Vec<_>>()
     };
-    // An unchanged TLS address is shared while the old listener finishes
-    // its calls (both bind it, SO_REUSEPORT): the old one stops accepting
-    // on it as the new one starts. Before, a reload moving `listen` alone
-    // waited for every call in progress to end (a busy SRS never got
-    // there) with `tls_listen` set.
-    let same_tls = h.tls_listen.is_some() && h.tls_listen == sc.tls_listen;
-    let old = ports_of(h.listen, h.tls_listen.filter(|_| !same_tls));
-    let collides = ports_of(sc.listen, sc.tls_listen.filter(|_| !same_tls))
+    let old = ports_of(h.listen, h.tls_listen);
+    let collides = ports_of(sc.listen, sc.tls_listen)
         .iter()
         .any(|p| old.contains(p));
     if !collides {
         match start_siprec_with(cfg, status, live, controls, Some(h.ports()), false).await {
             Some(new) => {
-                if same_tls {
-                    h.close_tls_listener();
-                }
                 drain(draining, gen, h, "replaced by a new listen address");
                 *siprec = Some(new);
                 *pending = false;

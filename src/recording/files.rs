@@ -291,6 +291,11 @@ pub(crate) fn wav_to_mono(wav: &Path, keys: Option<&Keyring>) -> io::Result<(u64
     r.read_exact(&mut head)?;
     let info = parse_wav_header(&head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    if info.channels == 1 {
+        // Made mono already (a recovery after a crash between the two).
+        drop(r);
+        return hash_recording(wav, keys);
+    }
     let frames = info.data_len / 4;
     let tmp = wav.with_extension("wav.mono-tmp");
     let out = (|| -> io::Result<(u64, String)> {

@@ -542,7 +542,9 @@ fn wav_length(wav_path: &Path, keys: Option<&Keyring>, bytes: u64) -> io::Result
     let info = parse_wav_header(&head).ok();
     let rate = info.as_ref().map(|i| i.sample_rate).unwrap_or(8000);
     let header = info.as_ref().map(|i| i.data_offset).unwrap_or(44);
-    let frames = bytes.saturating_sub(header) / 4;
+    // (Two channels, or one: a mixed stream's.)
+    let frame = info.as_ref().map_or(4, |i| u64::from(i.block_align.max(1)));
+    let frames = bytes.saturating_sub(header) / frame;
     Ok((rate, (frames * 1000 / u64::from(rate.max(1))) as i64))
 }
 
@@ -565,8 +567,15 @@ pub(super) fn complete_json(
     let note = end_note_path(dir, id);
     if let Some(mut doc) = Some(read_json_file(&note, keys)).filter(Value::is_object) {
         // Left by a stop, or by a write error's salvage: the JSON the
-        // finish would have written, with the WAV's size and hash.
-        let (bytes, sha) = hash_recording(&wav_path, keys)?;
+        // finish would have written, with the WAV's size and hash (a mixed
+        // stream's WAV made mono, as the finish would have).
+        let mixed = doc["mixed_mono"] == true;
+        let (bytes, sha) = if mixed {
+            doc["audio"]["channels"] = 1.into();
+            super::files::wav_to_mono(&wav_path, keys)?
+        } else {
+            hash_recording(&wav_path, keys)?
+        };
         // (A note damaged on disk must not take recovery down, nor name
         // another recording.)
         if !doc["audio"].is_object() {
@@ -589,7 +598,14 @@ pub(super) fn complete_json(
         return sync_dir(dir);
     }
     let sj = read_json_file(sidecar, keys);
-    let (bytes, sha) = hash_recording(&wav_path, keys)?;
+    // A mixed stream's recording (known when it began): mono, as its
+    // finish would have made it.
+    let mixed = sj["mixed_mono"] == true;
+    let (bytes, sha) = if mixed {
+        super::files::wav_to_mono(&wav_path, keys)?
+    } else {
+        hash_recording(&wav_path, keys)?
+    };
     let (rate, duration_ms) = wav_length(&wav_path, keys, bytes)?;
     let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
     // The end the caller knows (a call without audio ends when its BYE
@@ -623,8 +639,15 @@ pub(super) fn complete_json(
         answered_at: time("answered_at"),
         ended_at,
         duration_ms,
-        audio: DocAudio::wav(rate, bytes, sha),
-        channels: DocChannels::summary(["", ""]),
+        audio: DocAudio {
+            channels: if mixed { 1 } else { 2 },
+            ..DocAudio::wav(rate, bytes, sha)
+        },
+        channels: if mixed {
+            DocChannels::mixed("")
+        } else {
+            DocChannels::summary(["", ""])
+        },
         dtmf: Vec::new(),
         truncated,
         warnings: vec![warning.to_string()],
@@ -634,8 +657,7 @@ pub(super) fn complete_json(
             end_reason: reason.to_string(),
             caller_known: None,
             pauses: None,
-            // (A crash leaves a mixed stream's recording in two channels.)
-            mixed_mono: false,
+            mixed_mono: mixed,
         }),
         folder: None,
         ids: doc::call_ids(

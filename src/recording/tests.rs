@@ -16,6 +16,7 @@ fn start(id: &str) -> RecordingStart {
         answered_at: None,
         ids: Default::default(),
         signalling: None,
+        mixed_mono: false,
     }
 }
 
@@ -2255,5 +2256,46 @@ fn a_mixed_stream_is_written_as_one_channel_plain_and_sealed() {
         assert_eq!(j["audio"]["sha256"], sha);
         assert_eq!(j["channels"].as_array().unwrap().len(), 1);
         assert!(!d.path().join("r4.wav.mono-tmp").exists());
+    }
+}
+
+/// A mixed stream's recording cut by a crash (its start said `mixed_mono`)
+/// is completed mono at the next start, plain and sealed: the left
+/// channel, `mixed_mono`, one channel entry, its length from the mono WAV;
+/// a second recovery finds nothing to redo.
+#[test]
+fn a_mixed_stream_cut_by_a_crash_is_completed_mono() {
+    let keys = Arc::new(Keyring::new(crypt::SpoolKey::new(&[6; 32]), Vec::new()));
+    for seal in [None, Some(keys)] {
+        let d = tempfile::tempdir().unwrap();
+        let c = RecordingContext {
+            seal: seal.clone(),
+            ..ctx("siprec")
+        };
+        let mut rd = RecordingDir::new(d.path(), c.clone()).unwrap();
+        rd.begin(
+            CallKey(1),
+            &RecordingStart {
+                mixed_mono: true,
+                ..start("m1")
+            },
+        );
+        let frames: Vec<i16> = (0..8000i16).flat_map(|k| [k % 97 + 1, 0]).collect();
+        rd.audio(CallKey(1), &frames);
+        drop(rd);
+        assert_eq!(recover(d.path(), &c).unwrap(), vec!["m1".to_string()]);
+        let wav = crypt::read_recording(&d.path().join("m1.wav"), seal.as_deref()).unwrap();
+        assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "one channel");
+        assert_eq!(wav.len(), 44 + 16_000);
+        let j: Value = serde_json::from_slice(
+            &crypt::read_recording(&d.path().join("m1.json"), seal.as_deref()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(j["mixed_mono"], true, "{j}");
+        assert_eq!(j["audio"]["channels"], 1, "{j}");
+        assert_eq!(j["audio"]["bytes"], wav.len() as u64);
+        assert_eq!(j["duration_ms"], 1000);
+        assert_eq!(j["channels"].as_array().unwrap().len(), 1);
+        assert!(recover(d.path(), &c).unwrap().is_empty());
     }
 }

@@ -149,9 +149,6 @@ enum Control {
     /// From the engine thread: the recording of the dialog the SRC's BYE
     /// ended is durable (or there is none): answer the BYE.
     ByeDurable(DialogId),
-    /// The instance replacing this one listens on the same TLS address:
-    /// accept no more TLS connections (those open go on).
-    CloseTlsListener,
 }
 
 /// The media thread's way into the engine: it waits when the queue is full
@@ -278,13 +275,6 @@ impl SiprecHandle {
         let _ = self.control.send(Control::NoNewCalls);
     }
 
-    /// Accept no more TLS connections: the instance replacing this one
-    /// took the same TLS address (both listen on it a moment, see
-    /// [`start`]); the connections open go on.
-    pub(crate) fn close_tls_listener(&self) {
-        let _ = self.control.send(Control::CloseTlsListener);
-    }
-
     /// Keep taking calls, end as soon as no call is in progress (`false`:
     /// keep running after all).
     pub(crate) fn stop_when_idle(&self, on: bool) {
@@ -395,20 +385,6 @@ impl crate::sources::handle::SourceHandle for SiprecHandle {
 }
 
 /// Bind the sockets and start the source.
-/// A TCP listener on `addr` that another of this daemon's listeners may
-/// bind too (SO_REUSEPORT; only sockets of the same user can share it).
-fn shared_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.set_reuseport(true)?;
-    sock.bind(addr)?;
-    sock.listen(1024)
-}
-
 pub async fn start(
     cfg: SiprecConfig,
     engine_cfg: EngineConfig,
@@ -437,11 +413,8 @@ pub async fn start(
                 .map_err(|e| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                 })?;
-            // Shared (SO_REUSEPORT): a reload that moves `listen` and
-            // keeps `tls_listen` starts the new instance on the same TLS
-            // address while the old one finishes its calls; the old one
-            // then stops accepting (`close_tls_listener`).
-            let listener = shared_listener(addr)
+            let listener = TcpListener::bind(addr)
+                .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("TLS listener {addr}: {e}")))?;
             Some((listener, Arc::new(RwLock::new(sc))))
         }

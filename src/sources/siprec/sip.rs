@@ -153,7 +153,7 @@ pub(super) async fn sip_loop(
     mut rtp_timeout: Duration,
     shared: Shared,
 ) {
-    let SipSockets { udp, tcp, mut tls } = sockets;
+    let SipSockets { udp, tcp, tls } = sockets;
     let Shared {
         status,
         ports: pool,
@@ -285,8 +285,6 @@ pub(super) async fn sip_loop(
                     avail.refresh(&mut uas);
                 }
                 Control::StopWhenIdle(on) => stop_when_idle = on,
-                // (The connections open keep their handshake's acceptor.)
-                Control::CloseTlsListener => tls = None,
                 Control::ByeDurable(d) => {
                     uas.answer_bye(&d, now());
                     // Its peer leaves the busy set at the next tick.

@@ -168,6 +168,12 @@ pub(super) struct SiprecState {
     /// Per m-line: the SRC's address from the offer and ours from the
     /// answer (metadata alone moves a line to its party here).
     eps: Vec<[Option<SocketAddr>; 2]>,
+    /// An offer of the session had more than one audio m-line (taken or
+    /// refused): not one mixed stream (see [`Call::siprec_mixed`]).
+    several: bool,
+    /// The metadata names exactly one participant sending the session's
+    /// one stream: that party's voice, not a mix.
+    one_sender: bool,
 }
 
 /// Other calls' claims on an address a later call announced too.
@@ -304,17 +310,18 @@ impl Call {
 }
 
 impl Call {
-    /// A SIPREC session whose offer has one audio stream: the SRC's mix of
-    /// both parties (CONTRACT §3 `mixed_mono`).
+    /// A SIPREC session whose every offer had one audio stream, not said
+    /// by the metadata to be one participant's: the SRC's mix of both
+    /// parties (CONTRACT §3 `mixed_mono`). (A session that had two streams
+    /// and dropped one, or refused one, keeps its two channels.)
     pub(super) fn siprec_mixed(&self) -> bool {
         let audio = |m: &&crate::sip::sdp::MediaDescription| {
             m.media.eq_ignore_ascii_case("audio") && !m.is_rejected()
         };
         self.siprec.is_some()
-            && self
-                .siprec_state
-                .as_ref()
-                .is_some_and(|st| st.lines.media.iter().filter(audio).count() == 1)
+            && self.siprec_state.as_ref().is_some_and(|st| {
+                !st.several && !st.one_sender && st.lines.media.iter().filter(audio).count() == 1
+            })
     }
 }
 
@@ -852,6 +859,12 @@ impl Tracker {
         let state = call.siprec_state.get_or_insert_with(Box::default);
         let previous = std::mem::take(&mut state.lines);
         state.lines = sdp.as_ref().map_or_else(|| previous.clone(), stream_lines);
+        let audio_lines = state
+            .lines
+            .media
+            .iter()
+            .filter(|m| m.media.eq_ignore_ascii_case("audio"));
+        state.several |= audio_lines.count() > 1;
         let Some(session) = session else {
             if call.siprec.is_some() || sdp.is_none() {
                 return sdp; // the metadata's assignment stays
@@ -930,6 +943,15 @@ impl Tracker {
                 // the metadata names after the one sending it.
                 let mixed = assign.len() == 1;
                 let sender = assign.first().and_then(|a| a.participant.clone());
+                state.one_sender = mixed
+                    && assign[0].stream.as_ref().is_some_and(|sid| {
+                        merged
+                            .participants
+                            .iter()
+                            .filter(|p| p.send.contains(sid))
+                            .count()
+                            == 1
+                    });
                 for (party, slot) in [(Party::Caller, 0usize), (Party::Callee, 1usize)] {
                     // Who speaks on the channel now (the sender of its stream).
                     let pid = assign

@@ -375,6 +375,7 @@ impl Tracker {
                 answered_at: call.answered_at,
                 ids: call.ids.clone(),
                 signalling: caller_sides(call.siprec.is_some(), call.caller_known, call.signalling),
+                mixed_mono: call.siprec_mixed(),
             };
             sink.begin(key, &start);
         }

@@ -245,6 +245,11 @@ pub struct RecordingStart {
     /// The caller's and the callee's signalling addresses (see [`CallMeta`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signalling: Option<[std::net::IpAddr; 2]>,
+    /// The call's one stream is a mix of both parties, as far as known
+    /// now ([`CallMeta::mixed_mono`]): a recording completed after a crash
+    /// is made mono too.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mixed_mono: bool,
 }
 
 /// Where the engine's recordings go. Implemented by the shell (files) and by
