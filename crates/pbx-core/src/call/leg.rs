@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use crate::audio::codec::{Codec, Decoder};
 use crate::audio::dtmf::{DtmfDetector, ToneEvent};
 use crate::call::meta::{
-    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PauseBy, RecordingSink,
-    RecordingStart,
+    recording_id, CallKey, CallMeta, ChannelMeta, Dtmf, EndReason, Party, PartyInfo, PauseBy,
+    RecordingSink, RecordingStart,
 };
 use crate::call::pause::{Trigger, SEQUENCE_GAP_MS};
 use crate::call::tail::LastOut;
@@ -369,8 +369,8 @@ impl Tracker {
                 sample_rate: rate,
                 media_started_at: ts,
                 recording_id: recording_id(&call.call_id, ts),
-                from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
-                to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
+                from: recorded_party(call, Party::Caller),
+                to: recorded_party(call, Party::Callee),
                 started_at: call.started_at.min(ts),
                 answered_at: call.answered_at,
                 ids: call.ids.clone(),
@@ -916,6 +916,10 @@ impl Tracker {
             }
         }
         let mixed_mono = call.siprec_mixed();
+        let (from, to) = (
+            recorded_party(&call, Party::Caller),
+            recorded_party(&call, Party::Callee),
+        );
         let Some(media) = call.media else {
             self.stats.calls_without_media += 1;
             return;
@@ -978,8 +982,8 @@ impl Tracker {
             recording_id: recording_id(&call.call_id, media.t0),
             call_id: call.call_id,
             recorded_call_id: call.recorded_call_id,
-            from: party_info(call.rec_caller.as_ref().unwrap_or(&call.caller)),
-            to: party_info(call.rec_callee.as_ref().unwrap_or(&call.callee)),
+            from,
+            to,
             caller_known: call.caller_known,
             started_at: call.started_at.min(media.t0),
             answered_at: call.answered_at,
@@ -1007,6 +1011,21 @@ impl Tracker {
             mixed_mono,
         };
         sink.end(key, meta);
+    }
+}
+
+/// Who a recording names as its caller or callee: for SIPREC, the
+/// metadata's participant (unknown without one: the recording session's
+/// From and To are the SRC and us, not the parties); else the dialog's.
+fn recorded_party(call: &Call, party: Party) -> PartyInfo {
+    let (rec, dialog) = match party {
+        Party::Caller => (&call.rec_caller, &call.caller),
+        Party::Callee => (&call.rec_callee, &call.callee),
+    };
+    match (rec, call.siprec.is_some()) {
+        (Some(n), _) => party_info(n),
+        (None, true) => PartyInfo::default(),
+        (None, false) => party_info(dialog),
     }
 }
 
