@@ -593,6 +593,26 @@ fn each_m_line_keeps_its_payload_numbers_and_a_wideband_leg_makes_16_khz() {
     assert!(ca > 0.9 && cb > 0.9, "correlations {ca:.3} {cb:.3}");
 }
 
+/// [`invite`]'s second m-line when its RTP port is 1.
+const SECOND_LINE: &str = "m=audio 1 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n";
+
+/// Metadata of one stream (label 1) that Alice sends and Bob `bob`s
+/// (`send`: both send it, the SRC's mix; `recv`: Alice's voice alone).
+fn one_stream_metadata(session: &str, bob: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE="><sipSessionID>{session}</sipSessionID></session>
+  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
+  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
+  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send></participantstreamassoc>
+  <participantstreamassoc participant_id="UEFSVDI="><{bob}>U1RSMQ==</{bob}></participantstreamassoc>
+</recording>"#
+    )
+}
+
 /// A session with one audio stream that both participants send (the SRC
 /// records its mix): CONTRACT §3's mono mix, a 1-channel WAV of that
 /// stream with `"mixed_mono": true`, one `channels` entry (party "mixed"),
@@ -606,19 +626,10 @@ fn a_single_mixed_stream_is_a_one_channel_recording() {
     let call_id = "siprec-mixed@src";
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = rtp.local_addr().unwrap().port();
-    let meta = r#"<?xml version="1.0" encoding="UTF-8"?>
-<recording xmlns="urn:ietf:params:xml:ns:recording:1">
-  <datamode>complete</datamode>
-  <session session_id="c2Vzc2lvbjE="><sipSessionID>mixed@pbx</sipSessionID></session>
-  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
-  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
-  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
-  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send></participantstreamassoc>
-  <participantstreamassoc participant_id="UEFSVDI="><send>U1RSMQ==</send></participantstreamassoc>
-</recording>"#;
+    let meta = &one_stream_metadata("mixed@pbx", "send");
     let inv = invite(call_id, src.port(), srs, [port, 1], 1, "mixed", meta);
     // One m-line: the second goes.
-    let second = "m=audio 1 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n";
+    let second = SECOND_LINE;
     let inv = inv.replace(second, "").replace("a=label:2", "a=label:1");
     let inv = with_content_length(&inv);
     src.send(&inv);
@@ -681,21 +692,12 @@ fn one_party_streams_are_not_taken_for_a_mix() {
     let dir = tempfile::tempdir().unwrap();
     let (d, srs) = siprec_daemon(dir.path(), "");
     let mut src = Src::new(srs);
-    let one_sender = r#"<?xml version="1.0" encoding="UTF-8"?>
-<recording xmlns="urn:ietf:params:xml:ns:recording:1">
-  <datamode>complete</datamode>
-  <session session_id="c2Vzc2lvbjE="><sipSessionID>one@pbx</sipSessionID></session>
-  <participant participant_id="UEFSVDE="><nameID aor="sip:+15551001@pbx.example"><name>Alice</name></nameID></participant>
-  <participant participant_id="UEFSVDI="><nameID aor="sip:+15552002@pbx.example"><name>Bob</name></nameID></participant>
-  <stream stream_id="U1RSMQ==" session_id="c2Vzc2lvbjE="><label>1</label></stream>
-  <participantstreamassoc participant_id="UEFSVDE="><send>U1RSMQ==</send></participantstreamassoc>
-  <participantstreamassoc participant_id="UEFSVDI="><recv>U1RSMQ==</recv></participantstreamassoc>
-</recording>"#;
+    let one_sender = &one_stream_metadata("one@pbx", "recv");
     for (k, case) in ["refused", "one sender"].into_iter().enumerate() {
         let call_id = format!("siprec-notmix-{k}@src");
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rtp.local_addr().unwrap().port();
-        let second = "m=audio 1 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na=sendonly\r\n";
+        let second = SECOND_LINE;
         let inv = if case == "refused" {
             // Alice (label 1) on a line with port 0, Bob's (label 2) taken.
             invite(

@@ -16,54 +16,7 @@ use common::*;
 /// media server had been quiet 60 ms).
 #[test]
 fn early_media_from_a_media_server_then_the_phone_in_the_next_slot() {
-    let d = Dialog::new("early-ms@10.0.0.1");
-    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
-    let early = sdp("10.0.0.9", 30000, &[0, 101], "sendrecv");
-    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
-    let media_server = v4(10, 0, 0, 9, 30000);
-    let answer_at = MEDIA_US + 2_000_000;
-    let sig = vec![
-        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
-        sip(
-            T0_US + 500_000,
-            false,
-            d.response(183, "Session Progress", 1, "INVITE", true, Some(&early)),
-        ),
-        sip(
-            answer_at,
-            false,
-            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
-        ),
-        sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
-    ];
-    let mut c = Sender::new(0, 100, 1000);
-    c.talk(MEDIA_US, 300);
-    for x in &mut c.out {
-        let to = if x.sent_us < answer_at + 20_000 {
-            media_server
-        } else {
-            callee_rtp()
-        };
-        x.path = Some((caller_rtp(), to));
-    }
-    // The ringback until just after the answer (its last packets were
-    // on their way), then the phone in the next slot.
-    let mut ring = Sender::new(1, 7000, 90_000);
-    ring.ssrc = 0x0999_9999;
-    let next = ring.talk(MEDIA_US + 10_000, 102);
-    for x in &mut ring.out {
-        x.path = Some((media_server, caller_rtp()));
-    }
-    let mut phone = Sender::new(1, 31_000, 5_000_000);
-    phone.ssrc = 0x0222_3333;
-    phone.k = ring.k;
-    phone.talk(next, 200);
-    for x in &mut phone.out {
-        x.path = Some((callee_rtp(), caller_rtp()));
-    }
-    let txs: Vec<Tx> = c.out.into_iter().chain(ring.out).chain(phone.out).collect();
-    let rec = record_sig(&txs, sig, &d);
-    check_rec("ringback, then the phone", &txs, 0, rec);
+    ringback_then_the_phone(0);
 }
 
 /// A re-INVITE moving both streams to other ports with new SSRCs (a PBX
@@ -138,34 +91,7 @@ fn a_reinvite_moving_both_streams_with_new_ssrcs_cuts_nothing() {
 /// first packet was lost.
 #[test]
 fn back_from_hold_music_the_party_is_heard_from_its_first_packet() {
-    let d = Dialog::new("moh@10.0.0.1");
-    let pts = [0, 8, 101];
-    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
-    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
-    let music = sdp("10.0.0.9", 30000, &pts, "sendonly");
-    let held = sdp("10.0.0.2", 50000, &pts, "recvonly");
-    let moh = v4(10, 0, 0, 9, 30000);
-    let mut sig = setup(&d, &offer, &answer);
-    sig.extend(reinvite(&d, MEDIA_US + 1_990_000, 2, true, &music, &held));
-    sig.extend(reinvite(&d, MEDIA_US + 3_950_000, 3, true, &offer, &answer));
-    let mut a = Sender::new(0, 100, 1000);
-    let t = a.talk(MEDIA_US, 100);
-    let mut m = Sender::new(0, 5000, 777_000);
-    m.ssrc = 0x0777_0000;
-    m.k = a.k;
-    let t = m.talk(t, 100);
-    for x in &mut m.out {
-        x.path = Some((moh, callee_rtp()));
-    }
-    // The caller's stream goes on: its numbers, its timestamps 2 s on.
-    a.ts = a.ts.wrapping_add(16_000);
-    a.k = m.k;
-    a.talk(t, 100);
-    let mut b = Sender::new(1, 7000, 90_000);
-    b.talk(MEDIA_US + 10_000, 300);
-    let txs: Vec<Tx> = a.out.into_iter().chain(m.out).chain(b.out).collect();
-    let rec = record_sig(&txs, sig, &d);
-    check_rec("back from hold music", &txs, 0, rec);
+    back_from_hold_music(0);
 }
 
 /// The same, but the media server's ringback goes on past the answer for
@@ -180,60 +106,67 @@ fn back_from_hold_music_the_party_is_heard_from_its_first_packet() {
 #[test]
 fn ringback_still_playing_when_the_phone_starts_is_superseded_at_once() {
     for overlap_ms in [20i64, 40, 60, 100, 200] {
-        let d = Dialog::new("early-overlap@10.0.0.1");
-        let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
-        let early = sdp("10.0.0.9", 30000, &[0, 101], "sendrecv");
-        let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
-        let media_server = v4(10, 0, 0, 9, 30000);
-        let answer_at = MEDIA_US + 2_000_000;
-        let sig = vec![
-            sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
-            sip(
-                T0_US + 500_000,
-                false,
-                d.response(183, "Session Progress", 1, "INVITE", true, Some(&early)),
-            ),
-            sip(
-                answer_at,
-                false,
-                d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
-            ),
-            sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
-        ];
-        let mut c = Sender::new(0, 100, 1000);
-        c.talk(MEDIA_US, 300);
-        for x in &mut c.out {
-            let to = if x.sent_us < answer_at + 20_000 {
-                media_server
-            } else {
-                callee_rtp()
-            };
-            x.path = Some((caller_rtp(), to));
-        }
-        let mut ring = Sender::new(1, 7000, 90_000);
-        ring.ssrc = 0x0999_9999;
-        let phone_from = ring.talk(MEDIA_US + 10_000, 102);
-        ring.talk(phone_from, (overlap_ms / 20) as usize);
-        for x in &mut ring.out {
-            x.path = Some((media_server, caller_rtp()));
-            x.expect = x.sent_us < phone_from;
-        }
-        let mut phone = Sender::new(1, 31_000, 5_000_000);
-        phone.ssrc = 0x0222_3333;
-        phone.k = ring.k;
-        phone.talk(phone_from, 200);
-        for x in &mut phone.out {
-            x.path = Some((callee_rtp(), caller_rtp()));
-        }
-        let txs: Vec<Tx> = c.out.into_iter().chain(ring.out).chain(phone.out).collect();
-        let rec = record_sig(&txs, sig, &d);
-        check_rec(
-            &format!("ringback {overlap_ms} ms over the phone"),
-            &txs,
-            0,
-            rec,
-        );
+        ringback_then_the_phone(overlap_ms);
     }
+}
+
+/// The ringback (the 183's media server) until the phone's first slot and
+/// `overlap_ms` beyond it, the phone's stream from then on: every packet
+/// of the phone and of the ringback before it at its place.
+fn ringback_then_the_phone(overlap_ms: i64) {
+    let d = Dialog::new("early-overlap@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, &[0, 8, 101], "sendrecv");
+    let early = sdp("10.0.0.9", 30000, &[0, 101], "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &[0, 101], "sendrecv");
+    let media_server = v4(10, 0, 0, 9, 30000);
+    let answer_at = MEDIA_US + 2_000_000;
+    let sig = vec![
+        sip(T0_US, true, d.request("INVITE", 1, true, Some(&offer))),
+        sip(
+            T0_US + 500_000,
+            false,
+            d.response(183, "Session Progress", 1, "INVITE", true, Some(&early)),
+        ),
+        sip(
+            answer_at,
+            false,
+            d.response(200, "OK", 1, "INVITE", true, Some(&answer)),
+        ),
+        sip(answer_at + 10_000, true, d.request("ACK", 1, true, None)),
+    ];
+    let mut c = Sender::new(0, 100, 1000);
+    c.talk(MEDIA_US, 300);
+    for x in &mut c.out {
+        let to = if x.sent_us < answer_at + 20_000 {
+            media_server
+        } else {
+            callee_rtp()
+        };
+        x.path = Some((caller_rtp(), to));
+    }
+    let mut ring = Sender::new(1, 7000, 90_000);
+    ring.ssrc = 0x0999_9999;
+    let phone_from = ring.talk(MEDIA_US + 10_000, 102);
+    ring.talk(phone_from, (overlap_ms / 20) as usize);
+    for x in &mut ring.out {
+        x.path = Some((media_server, caller_rtp()));
+        x.expect = x.sent_us < phone_from;
+    }
+    let mut phone = Sender::new(1, 31_000, 5_000_000);
+    phone.ssrc = 0x0222_3333;
+    phone.k = ring.k;
+    phone.talk(phone_from, 200);
+    for x in &mut phone.out {
+        x.path = Some((callee_rtp(), caller_rtp()));
+    }
+    let txs: Vec<Tx> = c.out.into_iter().chain(ring.out).chain(phone.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(
+        &format!("ringback {overlap_ms} ms over the phone"),
+        &txs,
+        0,
+        rec,
+    );
 }
 
 /// Back from hold music (as above), the music going on `overlap` ms after
@@ -244,37 +177,44 @@ fn ringback_still_playing_when_the_phone_starts_is_superseded_at_once() {
 #[test]
 fn hold_music_still_playing_when_the_party_is_back_is_superseded_at_once() {
     for overlap_ms in [20i64, 40, 60, 120] {
-        let d = Dialog::new("moh-overlap@10.0.0.1");
-        let pts = [0, 8, 101];
-        let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
-        let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
-        let music = sdp("10.0.0.9", 30000, &pts, "sendonly");
-        let held = sdp("10.0.0.2", 50000, &pts, "recvonly");
-        let moh = v4(10, 0, 0, 9, 30000);
-        let mut sig = setup(&d, &offer, &answer);
-        sig.extend(reinvite(&d, MEDIA_US + 1_990_000, 2, true, &music, &held));
-        sig.extend(reinvite(&d, MEDIA_US + 3_950_000, 3, true, &offer, &answer));
-        let mut a = Sender::new(0, 100, 1000);
-        let t = a.talk(MEDIA_US, 100);
-        let mut m = Sender::new(0, 5000, 777_000);
-        m.ssrc = 0x0777_0000;
-        m.k = a.k;
-        let back = m.talk(t, 100);
-        m.talk(back, (overlap_ms / 20) as usize);
-        for x in &mut m.out {
-            x.path = Some((moh, callee_rtp()));
-            x.expect = x.sent_us < back;
-        }
-        a.ts = a.ts.wrapping_add(16_000);
-        a.k = m.k;
-        a.talk(back, 100);
-        let mut b = Sender::new(1, 7000, 90_000);
-        b.talk(MEDIA_US + 10_000, 300);
-        // (The music's packet sent with the caller's first arrives first.)
-        let txs: Vec<Tx> = m.out.into_iter().chain(a.out).chain(b.out).collect();
-        let rec = record_sig(&txs, sig, &d);
-        check_rec(&format!("hold music {overlap_ms} ms over"), &txs, 0, rec);
+        back_from_hold_music(overlap_ms);
     }
+}
+
+/// Hold music (a re-INVITE's sendonly address) for 2 s, going on
+/// `overlap_ms` past the re-INVITE that takes the call off hold, the
+/// caller's own stream from then on: every packet at its place.
+fn back_from_hold_music(overlap_ms: i64) {
+    let d = Dialog::new("moh-overlap@10.0.0.1");
+    let pts = [0, 8, 101];
+    let offer = sdp("10.0.0.1", 40000, &pts, "sendrecv");
+    let answer = sdp("10.0.0.2", 50000, &pts, "sendrecv");
+    let music = sdp("10.0.0.9", 30000, &pts, "sendonly");
+    let held = sdp("10.0.0.2", 50000, &pts, "recvonly");
+    let moh = v4(10, 0, 0, 9, 30000);
+    let mut sig = setup(&d, &offer, &answer);
+    sig.extend(reinvite(&d, MEDIA_US + 1_990_000, 2, true, &music, &held));
+    sig.extend(reinvite(&d, MEDIA_US + 3_950_000, 3, true, &offer, &answer));
+    let mut a = Sender::new(0, 100, 1000);
+    let t = a.talk(MEDIA_US, 100);
+    let mut m = Sender::new(0, 5000, 777_000);
+    m.ssrc = 0x0777_0000;
+    m.k = a.k;
+    let back = m.talk(t, 100);
+    m.talk(back, (overlap_ms / 20) as usize);
+    for x in &mut m.out {
+        x.path = Some((moh, callee_rtp()));
+        x.expect = x.sent_us < back;
+    }
+    a.ts = a.ts.wrapping_add(16_000);
+    a.k = m.k;
+    a.talk(back, 100);
+    let mut b = Sender::new(1, 7000, 90_000);
+    b.talk(MEDIA_US + 10_000, 300);
+    // (The music's packet sent with the caller's first arrives first.)
+    let txs: Vec<Tx> = m.out.into_iter().chain(a.out).chain(b.out).collect();
+    let rec = record_sig(&txs, sig, &d);
+    check_rec(&format!("hold music {overlap_ms} ms over"), &txs, 0, rec);
 }
 
 /// A re-INVITE of the callee (a session refresh, the same SDP) answered by
