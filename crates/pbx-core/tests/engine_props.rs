@@ -1639,6 +1639,71 @@ fn sip_over_tcp_whose_first_segment_ends_inside_the_request_line() {
     }
 }
 
+/// An HTTP request on the same host whose body holds SIP text (a log
+/// shipped to a log server: the call's own BYE, and an INVITE of another
+/// call announcing the same RTP addresses), in several segments: never read
+/// as SIP, the call recorded as without it. Found by a re-audit (both the
+/// session's base and its new build): the logged BYE ended the real call
+/// mid-way, the logged INVITE made a phantom recording of its audio.
+#[test]
+fn sip_text_inside_an_http_stream_is_not_sip() {
+    // The first segment with the whole header and the body's start, or
+    // cut inside the request line ("POST /lo"): a prefix of a SIP
+    // request line too, until its line end says otherwise.
+    for cut in [None, Some(8)] {
+        http_stream_with_sip_text(cut);
+    }
+}
+
+fn http_stream_with_sip_text(cut: Option<usize>) {
+    let _g = serial();
+    let clean = run(&call_packets(400, &[]));
+    let pkts = call_packets(400, &[]);
+    let d = Dialog::new("props-call@10.0.0.1");
+    let offer = sdp("10.0.0.1", 40000, &[0, 101], "sendrecv");
+    let logged = [
+        d.request("BYE", 5, true, None),
+        Dialog::new("phantom@10.0.0.9").request("INVITE", 1, true, Some(&offer)),
+    ]
+    .concat();
+    let head = format!(
+        "POST /logs HTTP/1.1\r\nHost: logs.example\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        logged.len()
+    );
+    let (client, server) = (v4(10, 0, 0, 1, 45000), v4(10, 0, 0, 50, 8080));
+    let mid = pkts[pkts.len() / 4].at_us;
+    let mut engine = CallEngine::new(EngineConfig::default());
+    let mut sink = CheckingSink::keeping_audio();
+    let mut http_sent = false;
+    for p in &pkts {
+        if !http_sent && p.at_us >= mid {
+            http_sent = true;
+            let all = [head.as_bytes(), &logged].concat();
+            let at = cut.unwrap_or(head.len() + 100);
+            let parts: [&[u8]; 2] = [&all[..at], &all[at..]];
+            for (i, part) in parts.into_iter().enumerate() {
+                let seg = Segment {
+                    ts: Timestamp::from_micros(p.at_us + i as i64),
+                    src: client,
+                    dst: server,
+                    transport: Transport::Tcp,
+                    payload: part,
+                    tcp_gap: false,
+                };
+                engine.handle_segment(&seg, &mut sink);
+            }
+        }
+        feed(&mut engine, &mut sink, std::slice::from_ref(p));
+    }
+    engine.finish(EndReason::CaptureEnd, &mut sink);
+    assert_eq!(sink.order.len(), 1, "no phantom recording");
+    let (a, b) = (&clean.calls[&clean.order[0]], &sink.calls[&sink.order[0]]);
+    assert_eq!(
+        a.audio, b.audio,
+        "the call whole, as without the HTTP stream"
+    );
+}
+
 /// A B2BUA (Asterisk, FreeSWITCH) with direct media, sniffed: its two
 /// dialogs of one conversation (the caller's with the PBX, the PBX's with
 /// the callee) both announce the phones' own addresses, and the RTP flows

@@ -69,13 +69,44 @@ impl Tracker {
     pub(super) fn handle_tcp(&mut self, seg: &Segment<'_>, sink: &mut dyn RecordingSink) {
         let key = (seg.src, seg.dst);
         let mut resync = false;
+        // A stream's first bytes that did not hold its first line whole
+        // (kept in `first_lines`) go before this segment's.
+        let joined;
+        let mut data = seg.payload;
         if !self.framers.contains_key(&key) {
-            if !looks_like_sip(seg.payload) && !may_begin_sip(seg.payload) {
+            if self.not_sip.contains(&key) {
+                self.stats.tcp_other += 1;
+                return;
+            }
+            if let Some(mut head) = self.first_lines.remove(&key) {
+                head.extend_from_slice(seg.payload);
+                joined = head;
+                data = &joined;
+            }
+            if other_protocol(data) {
+                if self.not_sip.len() >= TCP_FRAMERS_MAX {
+                    self.not_sip.clear();
+                }
+                self.not_sip.insert(key);
+                self.stats.tcp_other += 1;
+                return;
+            }
+            if !looks_like_sip(data) && may_begin_sip(data) {
+                // Cut inside its first line: SIP, or another protocol
+                // (`POST /upload` of an HTTP request whose body holds SIP
+                // text), told by the line's end in the next segment.
+                if self.first_lines.len() >= TCP_FRAMERS_MAX {
+                    self.first_lines.clear();
+                }
+                self.first_lines.insert(key, data.to_vec());
+                return;
+            }
+            if !looks_like_sip(data) {
                 // A stream seen from its middle (a capture started during
                 // a long-lived SIP trunk): its first segment may begin
                 // inside a message, with the next one after it. Followed,
                 // from the next start line on.
-                if !seg.payload.windows(7).any(|w| w == b"SIP/2.0") {
+                if !data.windows(7).any(|w| w == b"SIP/2.0") {
                     self.stats.tcp_other += 1;
                     return;
                 }
@@ -100,7 +131,7 @@ impl Tracker {
             if seg.tcp_gap || resync {
                 framer.gap();
             }
-            framer.push(seg.payload);
+            framer.push(data);
             while let Some(m) = framer.next_message() {
                 msgs.push(m);
             }
@@ -115,4 +146,18 @@ impl Tracker {
             }
         }
     }
+}
+
+/// Whether a TCP stream's first bytes open another text protocol's
+/// message: a first line ending in `HTTP/1.x` or `RTSP/1.0`, or an HTTP
+/// status line.
+fn other_protocol(payload: &[u8]) -> bool {
+    let line = payload.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() == payload.len() {
+        return false; // no whole line yet
+    }
+    let version =
+        |v: &[u8]| v.starts_with(b"HTTP/1.") || v.starts_with(b"HTTP/2") || v.starts_with(b"RTSP/");
+    version(line) || line.rsplit(|b| *b == b' ').next().is_some_and(version)
 }

@@ -215,6 +215,14 @@ pub(super) struct Tracker {
     /// before: the order of announcements (see `Leg::announced_before`).
     pub(super) announcements: u32,
     pub(super) framers: HashMap<(SocketAddr, SocketAddr), (SipStreamFramer, Timestamp)>,
+    /// TCP streams whose first line named another protocol (`HTTP/1.1`,
+    /// `RTSP/1.0`): never read as SIP, even where their content holds SIP
+    /// text (a log shipped over HTTP made a phantom call, or ended a real
+    /// one). At most [`TCP_FRAMERS_MAX`], forgotten all at once beyond.
+    pub(super) not_sip: rustc_hash::FxHashSet<(SocketAddr, SocketAddr)>,
+    /// A TCP stream's first bytes cut inside its first line (at most 1 KiB
+    /// each: `may_begin_sip`), until the line's end says what it is.
+    pub(super) first_lines: FxHashMap<(SocketAddr, SocketAddr), Vec<u8>>,
     pub(super) stats: EngineStats,
     pub(super) next_key: u64,
     pub(super) now: Timestamp,
@@ -249,6 +257,8 @@ impl Tracker {
             shared: FxHashMap::default(),
             announcements: 0,
             framers: HashMap::new(),
+            not_sip: Default::default(),
+            first_lines: FxHashMap::default(),
             stats: EngineStats::default(),
             next_key: 1,
             now: Timestamp::ZERO,
