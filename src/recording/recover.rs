@@ -548,6 +548,16 @@ fn wav_length(wav_path: &Path, keys: Option<&Keyring>, bytes: u64) -> io::Result
     Ok((rate, (frames * 1000 / u64::from(rate.max(1))) as i64))
 }
 
+/// The size and hash of a recovered recording's WAV, made mono first for
+/// a mixed stream's (`mixed`), as its finish would have.
+fn finished_wav(wav: &Path, keys: Option<&Keyring>, mixed: bool) -> io::Result<(u64, String)> {
+    if mixed {
+        super::files::wav_to_mono(wav, keys)
+    } else {
+        hash_recording(wav, keys)
+    }
+}
+
 /// Writes `<id>.json` for the complete `<id>.wav` of a call whose end was
 /// never recorded, from its sidecar (then removed). `ended_at`: when the
 /// call ended, when the caller knows it (else taken from the audio).
@@ -570,16 +580,14 @@ pub(super) fn complete_json(
         // finish would have written, with the WAV's size and hash (a mixed
         // stream's WAV made mono, as the finish would have).
         let mixed = doc["mixed_mono"] == true;
-        let (bytes, sha) = if mixed {
-            doc["audio"]["channels"] = 1.into();
-            super::files::wav_to_mono(&wav_path, keys)?
-        } else {
-            hash_recording(&wav_path, keys)?
-        };
+        let (bytes, sha) = finished_wav(&wav_path, keys, mixed)?;
         // (A note damaged on disk must not take recovery down, nor name
         // another recording.)
         if !doc["audio"].is_object() {
             doc["audio"] = Value::Object(Default::default());
+        }
+        if mixed {
+            doc["audio"]["channels"] = 1.into();
         }
         doc["recording_id"] = id.into();
         if doc["truncated"] == true {
@@ -601,11 +609,7 @@ pub(super) fn complete_json(
     // A mixed stream's recording (known when it began): mono, as its
     // finish would have made it.
     let mixed = sj["mixed_mono"] == true;
-    let (bytes, sha) = if mixed {
-        super::files::wav_to_mono(&wav_path, keys)?
-    } else {
-        hash_recording(&wav_path, keys)?
-    };
+    let (bytes, sha) = finished_wav(&wav_path, keys, mixed)?;
     let (rate, duration_ms) = wav_length(&wav_path, keys, bytes)?;
     let time = |k: &str| sj[k].as_str().and_then(Timestamp::parse_rfc3339);
     // The end the caller knows (a call without audio ends when its BYE

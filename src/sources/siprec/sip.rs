@@ -832,9 +832,8 @@ pub(super) fn answer_for(
         // SDES: the first offered suite we support, with the SRC's key.
         let sdes = if secure {
             m.crypto.iter().find_map(|c| {
-                (crate::sources::siprec::srtp::SUITES.contains(&c.suite.as_str())
-                    && crate::sources::siprec::srtp::parse_key_params(&c.key_params).is_some())
-                .then(|| (c.suite.clone(), c.key_params.clone()))
+                crate::sources::siprec::srtp::usable(&c.suite, &c.key_params)
+                    .then(|| (c.suite.clone(), c.key_params.clone()))
             })
         } else {
             None

@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-pub use pbx_core::rtp::srtp::{parse_key_params, SrtpStream, SUITES};
+pub use pbx_core::rtp::srtp::{parse_key_params, usable, SrtpStream, SUITES};
 
 /// A fresh base64 master key + salt (30 bytes) for our answer.
 pub fn new_key() -> String {

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
+use super::side::Offered;
 use crate::audio::codec::Codec;
 use crate::call::meta::{CallKey, Dtmf, EndReason, Party, PartyInfo, PauseBy, RecordingSink};
 use crate::call::pause::{PauseState, Trigger, SEQUENCE_GAP_MS};
-use crate::rtp::srtp::{parse_key_params, SUITES};
 use crate::sip::message::{Method, NameAddr, SipMessage, StartLine};
 use crate::sip::sdp::{parse_sdp, Crypto, SessionDescription};
 use crate::sip::siprec::{
@@ -34,7 +34,7 @@ pub const PAUSE_HEADER: &str = "X-Recording-Pause";
 
 /// A crypto line whose suite and key pbx-edge can use.
 pub(super) fn usable(c: &Crypto) -> bool {
-    SUITES.contains(&c.suite.as_str()) && parse_key_params(&c.key_params).is_some()
+    crate::rtp::srtp::usable(&c.suite, &c.key_params)
 }
 
 /// The line a side encrypts with: the one whose tag the other side's
@@ -121,8 +121,7 @@ pub(super) struct Call {
     /// here or the last packet, whichever is later (a hold of an hour,
     /// then a resume whose media take a moment, is not a dead call).
     pub(super) resumed_at: Timestamp,
-    /// The latest requests that may carry an offer (INVITE, UPDATE,
-    /// PRACK; at most [`OFFERS_KEPT`]): CSeq, method and sender. An
+    /// The latest requests that may carry an offer ([`Offered`]): an
     /// answer's sender is the other party of its request's, whatever its
     /// From and To say (a UA that does not copy them into its response
     /// had its SDP taken for the other party's: that party's stream then
@@ -135,24 +134,6 @@ pub(super) struct Call {
 
 /// See [`Call::latched`].
 pub(super) const LATCHED_MAX: usize = 4;
-
-/// See [`Call::offers`].
-const OFFERS_KEPT: usize = 4;
-
-/// A request that may carry an offer ([`Call::offers`]): its CSeq number
-/// and method, its top Via branch and the addresses it went between (what
-/// its responses carry, and the way they come back: the CSeq numbers of
-/// the two sides' requests are counted apart, and one side's request the
-/// capture missed may carry the number, and with a careless sender the
-/// branch, of the other's seen before), and its sender.
-#[derive(Debug)]
-pub(super) struct Offered {
-    pub(super) cseq: u32,
-    pub(super) method: Method,
-    pub(super) branch: Option<String>,
-    pub(super) path: (SocketAddr, SocketAddr),
-    pub(super) by: Party,
-}
 
 /// A SIPREC session's metadata so far, and the offer its streams were
 /// last assigned against (a later request may carry metadata alone).
@@ -428,18 +409,7 @@ impl Tracker {
             }
         }
         let side = call.side_of_sender(&msg, (src, dst));
-        if let Some(m @ (Method::Invite | Method::Update | Method::Prack)) = msg.method() {
-            if call.offers.len() >= OFFERS_KEPT {
-                call.offers.remove(0);
-            }
-            call.offers.push(Offered {
-                cseq: msg.cseq,
-                method: m.clone(),
-                branch: msg.via_branch.clone(),
-                path: (src, dst),
-                by: side,
-            });
-        }
+        call.note_offer(&msg, (src, dst), side);
         // A key pressed, sent as SIP INFO (many phones and PBXs send DTMF so
         // instead of RFC 4733): listed in `dtmf` and matched against the
         // pause and resume sequences as a digit of the sender's leg.

@@ -75,8 +75,6 @@ pub(super) struct Leg {
     /// flow from a source announced later than that, and later than the
     /// active flow's addresses, is where the signalling moved the sender.
     pub(super) announced_before: Option<u32>,
-    /// The newest packet so far: SSRC, sequence number, arrival.
-    pub(super) newest: Option<(u32, u16, Timestamp)>,
     pub(super) seq: SsrcSeqs,
     pub(super) jumps: JumpLog,
     pub(super) meta: ChannelMeta,
@@ -110,7 +108,6 @@ impl Leg {
             decoder: None,
             flow: None,
             announced_before: None,
-            newest: None,
             seq: SsrcSeqs::default(),
             jumps: JumpLog::default(),
             meta: ChannelMeta {
@@ -459,6 +456,8 @@ impl Tracker {
             // active: only a new one is looked for in the list (kept off
             // the path of every packet: the list is one more cache miss).
             let known_ssrc = leg.flow.is_some_and(|(f, _)| f.ssrc == rtp.ssrc);
+            // When the leg's packet before this one came.
+            let prev_at = leg.flow.map(|(_, t)| t);
             // A new source sending to an announced address, itself not
             // announced: where its party is reached (latched).
             if by_dst
@@ -494,11 +493,8 @@ impl Tracker {
             // numbering: the duplicate replaced the packet it copied).
             let event = matches!(codec, Some(Codec::TelephoneEvent { .. }));
             match u {
-                SeqUpdate::Newest if event => leg.newest = Some((rtp.ssrc, rtp.sequence, ts)),
-                SeqUpdate::Newest => {
-                    leg.newest = Some((rtp.ssrc, rtp.sequence, ts));
-                    leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp);
-                }
+                SeqUpdate::Newest if event => {}
+                SeqUpdate::Newest => leg.jumps.newest(rtp.ssrc, rtp.sequence, rtp.timestamp),
                 // (A "duplicate" whose timestamp does not follow is a
                 // packet of a new numbering until the restart is confirmed:
                 // its place is found by its timestamp.)
@@ -510,9 +506,9 @@ impl Tracker {
                     // capture's copy, not the network's duplicate: a host
                     // forwarding it (a bridge, a router) is sniffed on
                     // `any` as it comes in and as it goes out.
-                    let copy = leg.newest.is_some_and(|(s, q, t)| {
-                        s == rtp.ssrc && q == rtp.sequence && ts.micros_since(t) <= CAPTURE_COPY_US
-                    });
+                    let newest = leg.seq.entry(rtp.ssrc).max_extended();
+                    let copy = newest.is_some_and(|m| m as u16 == rtp.sequence)
+                        && prev_at.is_some_and(|t| ts.micros_since(t) <= CAPTURE_COPY_US);
                     if !copy {
                         leg.meta.duplicates += 1;
                     }

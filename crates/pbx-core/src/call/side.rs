@@ -8,7 +8,7 @@ use super::meta::Party;
 use crate::audio::codec::Codec;
 use crate::rtp::srtp::SrtpStream;
 use crate::sip::sdp::Crypto;
-use crate::sip::SipMessage;
+use crate::sip::{Method, SipMessage};
 
 /// Receive addresses and payload-type map announced by one side.
 #[derive(Debug, Default, Clone)]
@@ -123,9 +123,51 @@ impl std::fmt::Debug for SrtpRx {
     }
 }
 
+/// See [`Call::offers`].
+const OFFERS_KEPT: usize = 4;
+
+/// A request that may carry an offer ([`Call::offers`]): its CSeq number
+/// and method, its top Via branch and the addresses it went between (what
+/// its responses carry, and the way they come back: the CSeq numbers of
+/// the two sides' requests are counted apart, and one side's request the
+/// capture missed may carry the number, and with a careless sender the
+/// branch, of the other's seen before), and its sender.
+#[derive(Debug)]
+pub(super) struct Offered {
+    pub(super) cseq: u32,
+    pub(super) method: Method,
+    pub(super) branch: Option<String>,
+    pub(super) path: (SocketAddr, SocketAddr),
+    pub(super) by: Party,
+}
+
 /// Who sent a SIP message of the call, and whether a request is of its
 /// dialog.
 impl super::dialog::Call {
+    /// `msg`, a request that may carry an offer (INVITE, UPDATE, PRACK),
+    /// sent by `by` over `path`, is kept for its answers
+    /// ([`Self::side_of_sender`]): the latest [`OFFERS_KEPT`].
+    pub(super) fn note_offer(
+        &mut self,
+        msg: &SipMessage,
+        path: (SocketAddr, SocketAddr),
+        by: Party,
+    ) {
+        let Some(m @ (Method::Invite | Method::Update | Method::Prack)) = msg.method() else {
+            return;
+        };
+        if self.offers.len() >= OFFERS_KEPT {
+            self.offers.remove(0);
+        }
+        self.offers.push(Offered {
+            cseq: msg.cseq,
+            method: m.clone(),
+            branch: msg.via_branch.clone(),
+            path,
+            by,
+        });
+    }
+
     /// Whether an in-dialog request belongs to the call's dialog: its tags
     /// name the callee's (once an answer gave it) and the caller's (RFC
     /// 3261 12: a dialog is its Call-ID and both tags). A forked INVITE's

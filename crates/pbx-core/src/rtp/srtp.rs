@@ -39,6 +39,12 @@ pub fn parse_key_params(key_params: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((raw[..16].to_vec(), raw[16..].to_vec()))
 }
 
+/// Whether pbx-edge can decrypt with an `a=crypto` line of `suite` and
+/// these key parameters.
+pub fn usable(suite: &str, key_params: &str) -> bool {
+    SUITES.contains(&suite) && parse_key_params(key_params).is_some()
+}
+
 /// The MKI's length in bytes (RFC 4568 6.1: `|<value>:<length>`, 1-128
 /// bytes; 0 without one); None when malformed.
 fn mki_len(inline: &str) -> Option<usize> {
@@ -61,6 +67,9 @@ pub struct SrtpStream {
     /// 0 without one. A sender that announces one but does not send it
     /// is decrypted too.
     mki: usize,
+    /// The last packet that decrypted carried the MKI: the next is tried
+    /// that way first (one authentication a packet, not two).
+    mki_sent: bool,
 }
 
 impl SrtpStream {
@@ -86,7 +95,12 @@ impl SrtpStream {
         let replay = replay.then(|| srtp_replay_protection(1024));
         let ctx = Context::new(&key, &salt, p, replay, None).ok()?;
         let mki = mki_len(key_params.trim().strip_prefix("inline:")?)?;
-        Some(SrtpStream { ctx, tag, mki })
+        Some(SrtpStream {
+            ctx,
+            tag,
+            mki,
+            mki_sent: true,
+        })
     }
 
     /// The plain RTP packet, or None when authentication fails (or a replay)
@@ -94,20 +108,35 @@ impl SrtpStream {
     /// header extension runs past the end: the SRTP library panics on those,
     /// so they never reach it).
     pub fn decrypt(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
-        if self.mki > 0 {
-            // The MKI lies between the encrypted payload and the tag: the
-            // packet without it is what the tag authenticates.
-            let cut = packet.len().checked_sub(self.tag + self.mki);
-            if let Some(cut) = cut.filter(|c| *c >= 12) {
-                let mut without = Vec::with_capacity(packet.len() - self.mki);
-                without.extend_from_slice(&packet[..cut]);
-                without.extend_from_slice(&packet[cut + self.mki..]);
-                if let Some(p) = self.decrypt_plain(&without) {
-                    return Some(p);
-                }
+        if self.mki == 0 {
+            return self.decrypt_plain(packet);
+        }
+        // Tried the way the last packet decrypted first, then the other.
+        for with_mki in [self.mki_sent, !self.mki_sent] {
+            let p = if with_mki {
+                self.decrypt_without_mki(packet)
+            } else {
+                self.decrypt_plain(packet)
+            };
+            if p.is_some() {
+                self.mki_sent = with_mki;
+                return p;
             }
         }
-        self.decrypt_plain(packet)
+        None
+    }
+
+    /// The MKI lies between the encrypted payload and the tag: the packet
+    /// without it is what the tag authenticates.
+    fn decrypt_without_mki(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
+        let cut = packet
+            .len()
+            .checked_sub(self.tag + self.mki)
+            .filter(|c| *c >= 12)?;
+        let mut without = Vec::with_capacity(packet.len() - self.mki);
+        without.extend_from_slice(&packet[..cut]);
+        without.extend_from_slice(&packet[cut + self.mki..]);
+        self.decrypt_plain(&without)
     }
 
     fn decrypt_plain(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
@@ -320,6 +349,19 @@ mod tests {
             with_mki.extend_from_slice(&[0, 0, 0, 1]);
             with_mki.extend_from_slice(&cipher[tag_at..]);
             assert_eq!(dec.decrypt(&with_mki).unwrap(), rtp);
+        }
+        // Without the MKI, then with it again: each decrypted.
+        for (seq, mki) in [(4u8, false), (5, true), (6, false)] {
+            let mut rtp = vec![0x80, 0, 0, seq, 0, 0, 0, 160, 0, 0, 0x12, 0x34];
+            rtp.extend_from_slice(&[0x55 + seq; 160]);
+            let cipher = enc.encrypt_rtp(&rtp).unwrap().to_vec();
+            let sent = if mki {
+                let tag_at = cipher.len() - 10;
+                [&cipher[..tag_at], &[0, 0, 0, 1], &cipher[tag_at..]].concat()
+            } else {
+                cipher
+            };
+            assert_eq!(dec.decrypt(&sent).unwrap(), rtp, "seq {seq}");
         }
         assert!(parse_key_params(&format!("inline:{key}|2^31|1:0")).is_none());
         assert!(parse_key_params(&format!("inline:{key}|x:4")).is_none());

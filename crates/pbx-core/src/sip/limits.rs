@@ -124,8 +124,13 @@ impl Refusal {
     /// The Warning header's value: `399 pbx-edge "text"` (RFC 3261 §20.43;
     /// the warn-agent is a pseudonym, our host names are not needed).
     pub fn warning_value(&self) -> String {
-        format!("399 pbx-edge \"{}\"", self.warning)
+        warning_value(&self.warning)
     }
+}
+
+/// A Warning header's value saying `text` (sanitized): `399 pbx-edge "text"`.
+pub fn warning_value(text: &str) -> String {
+    format!("399 pbx-edge \"{}\"", sanitize(text))
 }
 
 /// `18446744073709551615` is not a size anyone sent: say "more than" instead.

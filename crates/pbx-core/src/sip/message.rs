@@ -398,8 +398,9 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
 /// Whether `bytes`, without a line end yet, may be the beginning of a SIP
 /// start line: a TCP stream's first segment cut inside its request line
 /// (`INVITE sip:bob@[2001:db8::`, a small first segment) or status line.
-/// The stream is then followed from there, the next segments completing
-/// the message (turned away, the INVITE was lost and with it the call).
+/// Its bytes then wait for the line's end in the next segments, which
+/// tells SIP from another protocol (turned away, the INVITE was lost and
+/// with it the call).
 pub fn may_begin_sip(bytes: &[u8]) -> bool {
     let start = bytes
         .iter()

@@ -552,11 +552,7 @@ impl Uas {
         retry_after: Option<u32>,
         at: Timestamp,
     ) -> bool {
-        let why: String = why
-            .chars()
-            .filter(|c| *c != '"' && !c.is_control())
-            .collect();
-        let mut extra = vec![("Warning", format!("399 pbx-edge \"{why}\""))];
+        let mut extra = vec![("Warning", crate::sip::limits::warning_value(why))];
         if let Some(s) = retry_after {
             extra.push(("Retry-After", s.to_string()));
         }
